@@ -1,0 +1,18 @@
+"""The dense fp32 eager baseline every savings factor divides by."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from accelerators.base import Accelerator
+
+
+class TorchFP32(Accelerator):
+    """PyTorch eager fp32 on the CPU: a deep copy of the model in eval mode."""
+
+    name = "torch-fp32"
+
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
+        return copy.deepcopy(model).eval()

@@ -1,0 +1,139 @@
+"""``auto``: probe the machine and combine the best available meter per device.
+
+CPU side: ``rapl`` (measured) when its counters are readable, else ``estimate`` (TDP ×
+utilisation) — never a silent switch: :attr:`AutoMeter.choice_reason` says what was picked and
+why, and it is stored in every row (``energy_auto_choice``). GPU side: ``nvml`` (counter =
+measured, or power-poll) for every NVIDIA GPU when NVML works; nothing otherwise (no GPU → no
+``gpu`` domain, never 0 J). The combined method is the weakest of the parts, and each counter
+carries its own method.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from profiler.meters.base import EnergyMeter, Reading
+from profiler.meters.estimate import EstimateMeter
+from profiler.meters.rapl import DEFAULT_ROOT, RaplMeter
+
+_RANK = {"measured": 0, "power-poll": 1, "estimated": 2, "unavailable": 3}
+
+
+def _avail(m: EnergyMeter) -> tuple[bool, str]:
+    try:
+        ok, reason = m.availability()
+        return bool(ok), str(reason)
+    except Exception as e:  # pragma: no cover - availability must not raise
+        return False, f"availability() raised {e!r}"
+
+
+class AutoMeter(EnergyMeter):
+    """Picks ``rapl`` else ``estimate`` for the CPU, plus ``nvml`` for GPUs when present.
+
+    Args:
+        rapl_root: powercap root for the RAPL probe.
+        gpu: probe NVML for GPUs (``False`` skips it).
+        tdp_w, memory_w_per_gb: passed to the ``estimate`` fallback.
+        meters: for tests: ``{"rapl": meter, "nvml": meter, "estimate": meter}`` replacing the
+            probed candidates (a missing key is built normally; ``None`` disables it).
+
+    Probing happens in the constructor; it never raises for missing hardware.
+    """
+
+    name: ClassVar[str] = "auto"
+
+    def __init__(
+        self,
+        rapl_root: str = DEFAULT_ROOT,
+        gpu: bool = True,
+        tdp_w: float | None = None,
+        memory_w_per_gb: float = 0.375,
+        *,
+        meters: dict[str, EnergyMeter | None] | None = None,
+    ):
+        given = dict(meters or {})
+        rapl = given["rapl"] if "rapl" in given else RaplMeter(root=rapl_root)
+        if "nvml" in given:
+            nvml = given["nvml"]
+        elif gpu:
+            nvml = self._default_nvml()
+        else:
+            nvml = None
+        self.probes: dict[str, tuple[bool, str]] = {}
+        parts: list[EnergyMeter] = []
+        why: list[str] = []
+
+        if rapl is not None:
+            ok, reason = self.probes.setdefault("rapl", _avail(rapl))
+        else:
+            ok, reason = False, "disabled"
+        if ok:
+            parts.append(rapl)
+            why.append(f"CPU: rapl measured ({reason})")
+        else:
+            est = (given["estimate"] if "estimate" in given and given["estimate"] is not None
+                   else EstimateMeter(tdp_w=tdp_w, memory_w_per_gb=memory_w_per_gb))
+            self.probes["estimate"] = _avail(est)
+            parts.append(est)
+            why.append(f"CPU: estimated (TDP × utilisation, {est.describe().get('estimate_source', '')})"
+                       f" because RAPL is unavailable: {reason}")
+
+        if nvml is not None:
+            ok, reason = self.probes.setdefault("nvml", _avail(nvml))
+            if ok:
+                parts.append(nvml)
+                why.append(f"GPU: nvml ({reason})")
+            else:
+                why.append(f"GPU: none ({reason})")
+        else:
+            why.append("GPU: not probed" if not gpu else "GPU: NVML meter not built")
+
+        self.parts = parts
+        self.choice_reason = "; ".join(why)
+        self.method = max((p.method for p in parts), key=lambda m: _RANK.get(m, 3))
+        self.resolution_s = max(p.resolution_s for p in parts)
+        safes = [p.max_safe_window_s for p in parts if p.max_safe_window_s]
+        self.max_safe_window_s = min(safes) if safes else None
+
+    @staticmethod
+    def _default_nvml() -> EnergyMeter | None:
+        try:
+            from profiler.meters.nvml import NvmlMeter
+        except ImportError:
+            return None
+        return NvmlMeter()
+
+    def availability(self) -> tuple[bool, str]:
+        """Always ``(True, choice_reason)``: the estimate is the floor."""
+        return True, self.choice_reason
+
+    def start(self) -> None:
+        """Start every part's background sampling."""
+        for p in self.parts:
+            p.start()
+
+    def stop(self) -> None:
+        """Stop every part's background sampling."""
+        for p in self.parts:
+            p.stop()
+
+    def read(self) -> Reading:
+        """Counters of all parts, each tagged with its part's method; ``t_s`` of the first."""
+        counters = {}
+        t = None
+        for p in self.parts:
+            r = p.read()
+            t = r.t_s if t is None else t
+            for dom, c in r.counters.items():
+                counters[dom] = c if c.method else dataclasses.replace(c, method=p.method)
+        return Reading(t_s=t if t is not None else 0.0, counters=counters)
+
+    def describe(self) -> dict:
+        """``auto_choice`` (why), ``auto_parts`` (meter names) and every part's own entries."""
+        d = {"meter": self.name, "method": self.method, "auto_choice": self.choice_reason,
+             "auto_parts": [p.name for p in self.parts]}
+        for p in self.parts:
+            for k, v in p.describe().items():
+                if k not in ("meter", "method"):
+                    d[k] = v
+        return d

@@ -1,0 +1,217 @@
+"""The one window logic (profiler.energy) with scripted fake meters and a fake clock."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from profiler.energy import (
+    EnergyResult, EnergyWindow, IdlePower, counter_delta, measure_idle_power, readings_energy,
+)
+from profiler.meters.base import Counter, EnergyMeter, Reading
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+class ScriptMeter(EnergyMeter):
+    """Cumulative counters driven by the test: ``self.e[domain]`` joules, constant power ``w``."""
+
+    name = "script"
+
+    def __init__(self, clock, watts, method="measured", resolution_s=0.001, available=True,
+                 max_range_j=None, safe=None):
+        self.clock, self.watts, self.method = clock, dict(watts), method
+        self.resolution_s = resolution_s
+        self.max_safe_window_s = safe
+        self._ok = available
+        self._rng = max_range_j
+        self.started = self.stopped = 0
+
+    def availability(self):
+        return (True, "ok") if self._ok else (False, "no such device here")
+
+    def start(self):
+        self.started += 1
+
+    def stop(self):
+        self.stopped += 1
+
+    def read(self):
+        t = self.clock()
+        counters = {}
+        for d, w in self.watts.items():
+            if w is None:
+                counters[d] = Counter(None, flag="read failed")
+                continue
+            e = w * t
+            if self._rng:
+                e = math.fmod(e, self._rng)
+            counters[d] = Counter(e, self._rng)
+        return Reading(t, counters)
+
+
+def run(meter, clock, seconds, n, idle=None):
+    with EnergyWindow(meter, idle, background_sampling=False) as w:
+        clock.sleep(seconds)
+    return w.result(n)
+
+
+def test_gross_net_and_per_inference():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 40.0, "dram:0": 5.0, "platform": 80.0, "gpu:0": 100.0})
+    idle = measure_idle_power(m, 2.0, sleep=c.sleep)
+    assert idle.watts["package:0"] == pytest.approx(40.0) and idle.duration_s == pytest.approx(2.0)
+    m.watts = {"package:0": 60.0, "dram:0": 5.0, "platform": 80.0, "gpu:0": 150.0}
+    c.t = 1000.0
+    r = run(m, c, 2.0, 100, idle=idle)
+    assert r.energy_j["package:0"] == pytest.approx(120.0)
+    assert r.energy_j["platform"] == pytest.approx(160.0)          # reported, not summed
+    assert r.energy_j_per_inference == pytest.approx((120 + 10 + 300) / 100)
+    assert r.energy_j_per_inference_net == pytest.approx((430 - (40 + 5 + 100) * 2) / 100)
+    assert r.method == "measured" and r.reason is None and r.flags == []
+    assert m.started >= 2 and m.stopped >= 2
+
+
+def test_idle_exceeding_window_power_is_flagged_not_clamped():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 10.0})
+    r = run(m, c, 1.0, 10, idle=IdlePower({"package:0": 30.0}, 2.0))
+    assert r.energy_j_per_inference == pytest.approx(1.0)
+    assert r.energy_j_per_inference_net == pytest.approx(-2.0)
+    assert any("exceeds" in f for f in r.flags)
+
+
+def test_zero_length_window_no_exception_no_zero_no_division():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 50.0})
+    w = EnergyWindow(m, IdlePower({"package:0": 5.0}, 1.0))
+    assert w.min_duration_s == pytest.approx(0.01)
+    with w:
+        pass                                       # fake clock does not move: 0 s
+    r = w.result(0)
+    assert r.window_s == 0.0
+    assert r.energy_j_per_inference is None and r.energy_j_per_inference_net is None
+    assert r.energy_j == {"package:0": None}       # not 0.0
+    assert any("shorter than 10×" in f for f in r.flags)
+    assert r.reason
+    # sub-resolution but non-zero, and positive n
+    r2 = run(m, c, 0.005, 10)
+    assert r2.energy_j_per_inference is None and r2.energy_j["package:0"] is None
+
+
+def test_counter_that_did_not_advance_is_not_zero():
+    c = Clock()
+    m = ScriptMeter(c, {"gpu:0": 0.0, "package:0": 10.0})
+    r = run(m, c, 1.0, 5)
+    assert r.energy_j["gpu:0"] is None
+    assert r.energy_j_per_inference is None
+    assert any("did not advance" in f for f in r.flags)
+
+
+def test_unavailable_meter():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 1.0}, available=False)
+    r = run(m, c, 1.0, 10)
+    assert r.method == "unavailable" and r.reason == "no such device here"
+    assert r.energy_j == {} and r.energy_j_per_inference is None
+    row = r.row_fields()
+    assert row["energy_method"] == "unavailable" and row["energy_j_per_inference"] is None
+    idle = measure_idle_power(m, 1.0, sleep=c.sleep)
+    assert idle.watts == {} and idle.flags
+
+
+def test_failed_read_gives_none_not_zero():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 10.0, "dram:0": None})
+    r = run(m, c, 1.0, 1)
+    assert r.energy_j["dram:0"] is None and r.energy_j["package:0"] == pytest.approx(10.0)
+    assert r.energy_j_per_inference is None and "dram:0" in r.reason
+
+
+def test_no_devices_at_all_is_none():
+    c = Clock()
+    m = ScriptMeter(c, {})
+    r = run(m, c, 1.0, 1)
+    assert r.energy_j_per_inference is None and r.reason
+
+
+def test_n_inferences_zero_never_divides():
+    c = Clock()
+    r = run(ScriptMeter(c, {"package:0": 10.0}), c, 1.0, 0)
+    assert r.energy_j["package:0"] == pytest.approx(10.0)
+    assert r.energy_j_per_inference is None
+
+
+def test_counter_delta_rules():
+    assert counter_delta(Counter(5.0, 10.0), Counter(2.0, 10.0)) == (7.0, [])
+    d, fl = counter_delta(Counter(5.0), Counter(2.0))
+    assert d is None and fl
+    d, fl = counter_delta(Counter(None), Counter(2.0))
+    assert d is None and fl
+    d, fl = counter_delta(Counter(1.0, None, "max unreadable"), Counter(2.0))
+    assert d == 1.0 and fl == ["max unreadable"]
+
+
+def test_mixed_methods_report_weakest():
+    c = Clock()
+
+    class Mixed(ScriptMeter):
+        def read(self):
+            r = super().read()
+            return Reading(r.t_s, {"package:0": r.counters["package:0"],
+                                   "gpu:0": Counter(r.counters["gpu:0"].energy_j,
+                                                    method="power-poll")})
+
+    r = run(Mixed(c, {"package:0": 10.0, "gpu:0": 100.0}), c, 1.0, 1)
+    assert r.method == "power-poll"
+    assert r.domain_methods == {"package:0": "measured", "gpu:0": "power-poll"}
+    assert any("mixed methods" in f for f in r.flags)
+
+
+def test_background_sampler_reads_inside_long_windows():
+    import time
+    m = ScriptMeter(time.monotonic, {"package:0": 10.0}, max_range_j=1e9, safe=0.02)
+    with EnergyWindow(m) as w:
+        time.sleep(0.06)
+    assert w.sample_interval_s == pytest.approx(0.005)
+    assert len(w.readings) >= 4
+    assert w.result(1).energy_j["package:0"] == pytest.approx(10.0 * w.result(1).window_s)
+
+
+def test_result_before_exit_raises_and_body_exceptions_propagate():
+    c = Clock()
+    w = EnergyWindow(ScriptMeter(c, {"package:0": 1.0}))
+    with pytest.raises(RuntimeError):
+        w.result(1)
+    with pytest.raises(KeyError):
+        with w:
+            raise KeyError("x")
+    assert isinstance(w.result(1), EnergyResult)
+
+
+def test_row_fields_shape():
+    c = Clock()
+    r = run(ScriptMeter(c, {"package:0": 10.0}), c, 1.0, 2)
+    row = r.row_fields()
+    for k in ("energy_j_per_inference", "energy_j_per_inference_net", "energy_method",
+              "energy_reason", "energy_window_s", "energy_flags", "energy_domains_j",
+              "idle_power_w", "energy_meter", "energy_meter_method"):
+        assert k in row
+    assert row["energy_meter"] == "script" and row["idle_power_w"] is None
+
+
+def test_readings_energy_domain_missing_midway():
+    r0 = Reading(0, {"a": Counter(0.0)})
+    r1 = Reading(1, {})
+    r2 = Reading(2, {"a": Counter(2.0)})
+    e, fl = readings_energy([r0, r1, r2])
+    assert e == {"a": None} and fl

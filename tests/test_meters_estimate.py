@@ -1,0 +1,94 @@
+"""The estimate meter: TDP table matching, per-core default, the model, injectable clocks."""
+from __future__ import annotations
+
+import pytest
+
+from profiler.energy import EnergyWindow
+from profiler.meters import EstimateMeter, make_meter
+from profiler.meters.estimate import lookup_tdp, normalise_cpu_model, read_cpuinfo
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.mark.parametrize("model,watts", [
+    ("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", 150),
+    ("Intel(R) Xeon(R) Gold 6248R CPU @ 3.00GHz", 205),
+    ("Intel(R) Xeon(R) Platinum 8480+", 350),
+    ("AMD EPYC 7763 64-Core Processor", 280),
+    ("AMD Ryzen 9 5950X 16-Core Processor", 105),
+    ("12th Gen Intel(R) Core(TM) i7-12700K", 125),
+    ("Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz", 65),
+    ("Intel(R) Core(TM) i7-8650U CPU @ 1.90GHz", 15),     # family rule
+    ("11th Gen Intel(R) Core(TM) i7-11800H @ 2.30GHz", 45),  # family rule
+])
+def test_tdp_lookup_is_robust(model, watts):
+    hit = lookup_tdp(model)
+    assert hit is not None and hit[0] == watts
+
+
+def test_unknown_model_uses_per_core_default_and_says_so():
+    assert lookup_tdp("Intel(R) Xeon(R) Processor") is None
+    m = EstimateMeter(cpu_model="Intel(R) Xeon(R) Processor", physical_cores=2, logical_cpus=2,
+                      sockets=1, ram_gb=24)
+    assert m.tdp_w == 20.0
+    d = m.describe()
+    assert d["estimate_tdp_w"] == 20.0 and "default 10 W/core × 2 core" in d["estimate_source"]
+    assert "not in the TDP table" in d["estimate_source"]
+
+
+def test_vm_sees_fewer_cores_scales_tdp():
+    m = EstimateMeter(cpu_model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", physical_cores=4,
+                      logical_cpus=8, sockets=1, ram_gb=16)
+    assert m.tdp_w == pytest.approx(150 * 4 / 20)
+    assert "scaled to 4 of 20 cores" in m.tdp_source
+    m2 = EstimateMeter(cpu_model="AMD EPYC 7763 64-Core Processor", physical_cores=128,
+                       logical_cpus=256, sockets=2, ram_gb=16)
+    assert m2.tdp_w == 560
+
+
+def test_model_with_fake_clock_and_cpu_time():
+    clock, cpu = Clock(), {"t": 0.0}
+    m = EstimateMeter(tdp_w=80, memory_w_per_gb=0.5, ram_gb=16, logical_cpus=4, clock=clock,
+                      cpu_time=lambda: cpu["t"])
+    assert m.method == "estimated" and m.availability()[0]
+    with EnergyWindow(m) as w:
+        clock.t += 2.0
+        cpu["t"] += 4.0            # 4 CPU-s over 2 s on 4 CPUs = 50 %
+    r = w.result(8)
+    assert r.energy_j["cpu"] == pytest.approx(80 * 0.5 * 2)    # 80 J
+    assert r.energy_j["dram"] == pytest.approx(0.5 * 16 * 2)   # 16 J
+    assert r.energy_j_per_inference == pytest.approx(96 / 8)
+    row = r.row_fields()
+    assert row["energy_method"] == "estimated"
+    assert row["energy_estimate_tdp_w"] == 80 and row["energy_estimate_source"] == "user-supplied tdp_w"
+    assert row["energy_estimate_memory_w"] == pytest.approx(8.0)
+
+
+def test_bad_params_raise():
+    with pytest.raises(ValueError):
+        EstimateMeter(tdp_w=-1)
+    with pytest.raises(ValueError, match="valid"):
+        make_meter("estimate", tdp=5)
+    with pytest.raises(ValueError, match="choose one of"):
+        make_meter("nope")
+    assert make_meter("estimate", tdp_w=5).tdp_w == 5
+
+
+def test_cpuinfo_parsing(tmp_path):
+    p = tmp_path / "cpuinfo"
+    blocks = []
+    for i, (pid, cid) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (0, 0), (0, 1), (1, 0), (1, 1)]):
+        blocks.append(f"processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz\n"
+                      f"physical id\t: {pid}\ncore id\t\t: {cid}\n")
+    p.write_text("\n".join(blocks))
+    info = read_cpuinfo(str(p))
+    assert info == {"model": "Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz", "logical": 8,
+                    "physical_cores": 4, "sockets": 2}
+    assert normalise_cpu_model(info["model"]) == "intel xeon gold 6130"
+    assert read_cpuinfo(str(tmp_path / "missing"))["model"] is None

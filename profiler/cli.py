@@ -1,0 +1,171 @@
+"""``sparsebench`` command line: run, report, compare, doctor."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from profiler.errors import ConfigError
+
+EPILOG = "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/."
+
+
+class RichReporter:
+    """Progress bars over cells and training steps, a line per finished cell."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.cells = None
+        self.train = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, total: int, done: int) -> None:
+        self.cells = self.progress.add_task("cells", total=total, completed=done, info=f"{done} already done")
+
+    def cell_done(self, r) -> None:
+        info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
+        if r.status == "ok":
+            info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
+        self.progress.update(self.cells, advance=1, info=f"{r.pruner} {info}")
+        if r.status != "ok":
+            self.console.print(f"[yellow]{r.status}[/]: {r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def training(self, label: str) -> Callable[[int, int, float], None]:
+        state = {"id": None}
+
+        def cb(step: int, total: int, loss: float, sparsity: float | None = None) -> None:
+            if state["id"] is None:
+                state["id"] = self.progress.add_task(label, total=total, info="")
+            info = f"loss {loss:.4f}" + (f" sparsity {sparsity:.3f}" if sparsity is not None else "")
+            self.progress.update(state["id"], completed=step, info=info)
+
+        self._train_state = state
+        return cb
+
+    def training_done(self) -> None:
+        state = getattr(self, "_train_state", None)
+        if state and state["id"] is not None:
+            self.progress.remove_task(state["id"])
+            state["id"] = None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from profiler.config import load_config
+    from profiler.runner import Runner, load_run_config, new_run_dir
+
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "manifest.json").exists():
+                raise ConfigError(f"--resume: {run_dir} is not a run directory (no manifest.json)")
+            cfg = load_run_config(run_dir)
+        else:
+            cfg = load_config(args.config)
+            if args.output_dir:
+                cfg.output_dir = args.output_dir
+            run_dir = new_run_dir(cfg)
+    except ConfigError as exc:
+        print(f"sparsebench: invalid config: {exc}", file=sys.stderr)
+        return 2
+    from profiler.config import expand
+
+    with RichReporter() as rep:
+        rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells)")
+        Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep).run()
+    from reports.report import print_summary, write_report
+
+    path = write_report(run_dir)
+    print_summary(run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results.jsonl").exists():
+        print(f"sparsebench: {run_dir} has no results.jsonl", file=sys.stderr)
+        return 2
+    print(write_report(run_dir, Path(args.output) if args.output else None))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import write_compare
+
+    dirs = [Path(d) for d in args.run_dirs]
+    missing = [str(d) for d in dirs if not (d / "results.jsonl").exists()]
+    if missing:
+        print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
+        return 2
+    print(write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from profiler.doctor import doctor_report, format_doctor
+
+    rep = doctor_report()
+    print(json.dumps(rep, indent=1, default=str) if args.json else format_doctor(rep))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparsebench",
+        description="Energy, latency and accuracy profiling of pruned and quantized transformer inference.",
+        epilog=EPILOG,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
+                       description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html.",
+                       epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
+    r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, fp32 + INT8, batch 1 and 8, seq 128, 2 threads)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run: skips cells already in RUN_DIR/results.jsonl")
+    r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
+    r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    r.set_defaults(func=cmd_run)
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained, works offline)",
+                        description="Turn RUN_DIR/results.jsonl into one self-contained HTML report (plotly.js embedded).")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("-o", "--output", help="output path (default: RUN_DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
+    c = sub.add_parser("compare", help="the same cells side by side across run directories (hardware targets)",
+                       description="Join rows on cell_id across run directories (one per hardware target) into one self-contained HTML page.")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("-o", "--output", default="compare.html", help="output HTML path (default: compare.html)")
+    c.add_argument("--allow-mixed-energy", action="store_true", help="allow energy ratios between targets whose energy methods differ (e.g. measured vs estimated)")
+    c.set_defaults(func=cmd_compare)
+    d = sub.add_parser("doctor", help="what this machine can measure: meters, CPU/GPU fingerprint, kernel variant",
+                       description="Print each energy meter's availability and reason, what 'auto' would use, the hardware fingerprint and the sparse-kernel variant.")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""TOML config → validated :class:`Config` → list of :class:`Cell` (the profiling matrix).
+
+Everything is checked before any work starts: an unknown section, key, plugin name or
+parameter, or a value a plugin rejects, raises :class:`ConfigError` naming the key and the
+valid choices.
+
+A list value for a scalar plugin parameter is a sweep: ``sparsity = [0.5, 0.7, 0.9]`` expands
+into three pruners.
+"""
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import ConfigError
+from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
+from profiler.registry import Registry
+from profiler.tasks.base import stable_hash
+
+KERNEL_VARIANTS = ("auto", "scalar", "avx2", "avx512", "vnni")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin chosen by the config: registry ``kind``, ``name``, full params (defaults filled)."""
+
+    kind: str
+    name: str
+    params: dict[str, Any]
+    key: str
+
+    def canonical(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params}
+
+    def label(self) -> str:
+        shown = [str(v) for k, v in self.params.items() if k in ("sparsity", "engine", "format")]
+        return " ".join([self.name, *shown])
+
+    def __hash__(self) -> int:
+        return hash(stable_hash(self.canonical()))
+
+
+@dataclass
+class MeasureSpec:
+    """Measurement protocol. Seconds throughout.
+
+    warmup_iters: untimed calls before timing. min_iters / min_seconds: the timed loop runs until
+    both are reached (and the energy window is at least 10× the meter's resolution);
+    max_seconds: stop once min_iters are done. idle_seconds: idle-power window before the matrix.
+    eval_batch_size: batch size of the (untimed) accuracy pass.
+    """
+
+    warmup_iters: int = 5
+    min_iters: int = 20
+    min_seconds: float = 2.0
+    max_seconds: float = 60.0
+    idle_seconds: float = 2.0
+    eval_batch_size: int = 64
+
+
+@dataclass
+class Config:
+    name: str
+    seed: int
+    output_dir: str
+    tasks: list[PluginSpec]
+    pruners: list[PluginSpec]
+    accelerators: list[PluginSpec]
+    meter: PluginSpec
+    batch_sizes: list[int]
+    seq_lens: list[int]
+    threads: list[int]
+    kernel_variants: list[str]
+    measure: MeasureSpec
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix. ``cell_id`` is a short hash of its canonical config, so it is
+    stable across runs and machines (resume and cross-machine joins are exact)."""
+
+    task: PluginSpec
+    pruner: PluginSpec
+    accelerator: PluginSpec
+    batch_size: int
+    seq_len: int
+    threads: int
+    kernel_variant: str = "auto"
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "task": self.task.canonical(), "pruner": self.pruner.canonical(),
+            "accelerator": self.accelerator.canonical(), "batch_size": self.batch_size,
+            "seq_len": self.seq_len, "threads": self.threads, "kernel_variant": self.kernel_variant,
+        }
+
+    @property
+    def cell_id(self) -> str:
+        return stable_hash(self.canonical(), 12)
+
+
+SECTIONS = {"run", "measure", "meter", "tasks", "pruners", "accelerators", "matrix"}
+RUN_KEYS = {"name", "seed", "output_dir"}
+MATRIX_KEYS = {"batch_size", "seq_len", "threads", "kernel_variant"}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _is_list_param(registry: Registry, name: str, param: str) -> bool:
+    ann = str(registry.params(name)[param].annotation)
+    return any(t in ann.lower() for t in ("list", "tuple", "sequence"))
+
+
+def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
+    """Expand one table (or array of tables) of plugin entries, with sweeps, into PluginSpecs."""
+    entries = raw if isinstance(raw, list) else [raw]
+    if not entries:
+        raise ConfigError(f"{key}: at least one entry is needed; valid choices: {', '.join(registry.names())}")
+    specs: list[PluginSpec] = []
+    for i, entry in enumerate(entries):
+        k = f"{key}[{i}]" if isinstance(raw, list) else key
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{k}: needs a 'name'; valid choices: {', '.join(registry.names())}")
+        name = entry["name"]
+        registry.get(name, f"{k}.name")
+        params = {p: v for p, v in entry.items() if p != "name"}
+        valid = registry.params(name)
+        for p in params:
+            if p not in valid:
+                raise ConfigError(f"{k}.{p}: unknown parameter for {registry.kind} {name!r}; valid parameters: {', '.join(sorted(valid)) or '(none)'}")
+        sweep_keys = [p for p, v in params.items() if isinstance(v, list) and not _is_list_param(registry, name, p)]
+        for values in itertools.product(*(params[p] for p in sweep_keys)) if sweep_keys else [()]:
+            concrete = {**params, **dict(zip(sweep_keys, values))}
+            registry.build(name, concrete, k)  # validates every value now, before any work
+            full = {p: _jsonable(v.default) for p, v in valid.items() if v.default is not v.empty}
+            full.update({p: _jsonable(v) for p, v in concrete.items()})
+            specs.append(PluginSpec(registry.kind, name, full, k))
+    return specs
+
+
+def _int_list(raw: dict, key: str, default: list[int], minimum: int = 1) -> list[int]:
+    v = raw.get(key, default)
+    v = v if isinstance(v, list) else [v]
+    if not v or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in v):
+        raise ConfigError(f"matrix.{key}: must be an integer >= {minimum} or a list of them, got {raw.get(key)!r}")
+    return v
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a config dict (as read from TOML). Raises ConfigError before any work starts."""
+    unknown = set(raw) - SECTIONS
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section; valid sections: {', '.join(sorted(SECTIONS))}")
+    run = raw.get("run", {})
+    for k in run:
+        if k not in RUN_KEYS:
+            raise ConfigError(f"run.{k}: unknown key; valid keys: {', '.join(sorted(RUN_KEYS))}")
+    m = raw.get("measure", {})
+    valid_measure = MeasureSpec.__dataclass_fields__
+    for k, v in m.items():
+        if k not in valid_measure:
+            raise ConfigError(f"measure.{k}: unknown key; valid keys: {', '.join(valid_measure)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"measure.{k}: must be a non-negative number, got {v!r}")
+    measure = MeasureSpec(**m)
+    if measure.min_iters < 1 or measure.eval_batch_size < 1:
+        raise ConfigError("measure.min_iters and measure.eval_batch_size must be >= 1")
+    matrix = raw.get("matrix", {})
+    for k in matrix:
+        if k not in MATRIX_KEYS:
+            raise ConfigError(f"matrix.{k}: unknown key; valid keys: {', '.join(sorted(MATRIX_KEYS))}")
+    variants = matrix.get("kernel_variant", ["auto"])
+    variants = variants if isinstance(variants, list) else [variants]
+    for v in variants:
+        if v not in KERNEL_VARIANTS:
+            raise ConfigError(f"matrix.kernel_variant: unknown variant {v!r}; valid choices: {', '.join(KERNEL_VARIANTS)}")
+    for section in ("tasks", "pruners", "accelerators"):
+        if section not in raw:
+            raise ConfigError(f"{section}: missing section")
+    return Config(
+        name=str(run.get("name", "run")),
+        seed=int(run.get("seed", 0)),
+        output_dir=str(run.get("output_dir", "runs")),
+        tasks=_plugins(TASKS, raw["tasks"], "tasks"),
+        pruners=_plugins(PRUNERS, raw["pruners"], "pruners"),
+        accelerators=_plugins(ACCELERATORS, raw["accelerators"], "accelerators"),
+        meter=_plugins(METERS, raw.get("meter", {"name": "auto"}), "meter")[0],
+        batch_sizes=_int_list(matrix, "batch_size", [1]),
+        seq_lens=_int_list(matrix, "seq_len", [128]),
+        threads=_int_list(matrix, "threads", [1]),
+        kernel_variants=variants,
+        measure=measure,
+        raw=raw,
+    )
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a TOML config; ``None`` → the packaged quickstart."""
+    if path is None:
+        text = (resources.files("profiler") / "data" / "quickstart.toml").read_text()
+        source = "quickstart.toml (packaged)"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        text, source = p.read_text(), str(p)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(raw)
+
+
+def expand(cfg: Config) -> list[Cell]:
+    """All cells, grouped task → pruner → accelerator → kernel variant → threads → batch → seq."""
+    return [
+        Cell(t, p, a, b, s, th, kv)
+        for t in cfg.tasks
+        for p in cfg.pruners
+        for a in cfg.accelerators
+        for kv in cfg.kernel_variants
+        for th in cfg.threads
+        for b in cfg.batch_sizes
+        for s in cfg.seq_lens
+    ]

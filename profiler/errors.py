@@ -1,0 +1,9 @@
+"""Exceptions shared across the profiler."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: raised before any work starts.
+
+    The message names the offending key (e.g. ``pruners[1].sparsity``) and, where there is a
+    closed set, the valid choices.
+    """

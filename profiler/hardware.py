@@ -1,0 +1,137 @@
+"""Hardware fingerprint (``hardware.json``) and a stable ``hardware_id`` derived from it."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+from profiler.tasks.base import stable_hash
+
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve",
+)
+# Fields that identify the hardware; software versions are recorded but do not change the id.
+ID_FIELDS = ("cpu_model", "cpu_vendor", "isa_flags", "physical_cores", "logical_cpus", "memory_gb", "gpus")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """CPU model, vendor, ISA flags of interest and core counts from /proc/cpuinfo text."""
+    info: dict[str, Any] = {"cpu_model": platform.processor() or platform.machine(), "cpu_vendor": None}
+    flags: set[str] = set()
+    cores: set[tuple[str, str]] = set()
+    phys, logical = None, 0
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "processor":
+            logical += 1
+        elif key in ("model name", "Model") and val:
+            info["cpu_model"] = val
+        elif key == "vendor_id":
+            info["cpu_vendor"] = val
+        elif key in ("flags", "Features"):
+            flags.update(val.split())
+        elif key == "physical id":
+            phys = val
+        elif key == "core id":
+            cores.add((phys or "0", val))
+    info["isa_flags"] = sorted(f for f in ISA_FLAGS if f in flags)
+    info["logical_cpus"] = logical or os.cpu_count()
+    info["physical_cores"] = len(cores) or info["logical_cpus"]
+    return info
+
+
+def cache_sizes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict[str, str]:
+    out = {}
+    for idx in sorted(Path(root).glob("index*")) if Path(root).exists() else []:
+        level, kind, size = _read(f"{idx}/level").strip(), _read(f"{idx}/type").strip(), _read(f"{idx}/size").strip()
+        if level and size:
+            out[f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''}"] = size
+    return out
+
+
+def gpus() -> list[dict[str, Any]]:
+    """Model, driver and memory of each NVIDIA GPU through NVML; [] when there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        out = []
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            out.append({
+                "index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                "driver": driver.decode() if isinstance(driver, bytes) else driver,
+            })
+        return out
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def software_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "numpy", "pandas", "plotly", "sparsebench", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def kernel_variant_info() -> dict[str, Any]:
+    """The sparse C kernels' chosen ISA variant, or why it is unknown."""
+    try:
+        from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_note": f"C extension not built: {exc}"}
+    return {"kernel_variant": k.kernel_variant(), "kernel_variants_supported": list(k.supported_variants())}
+
+
+def fingerprint(cpuinfo: Callable[[], str] = lambda: _read("/proc/cpuinfo"), gpu_probe: Callable[[], list] = gpus) -> dict[str, Any]:
+    """Everything recorded in ``hardware.json``; ``hardware_id`` is included."""
+    fp = parse_cpuinfo(cpuinfo())
+    mem_kb = next((int(l.split()[1]) for l in _read("/proc/meminfo").splitlines() if l.startswith("MemTotal")), 0)
+    fp.update({
+        "memory_gb": round(mem_kb / 2**20) if mem_kb else None,
+        "caches": cache_sizes(),
+        "os": platform.platform(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "hostname_hash": stable_hash(platform.node(), 8),
+        "gpus": gpu_probe(),
+        "versions": software_versions(),
+        **kernel_variant_info(),
+    })
+    fp["hardware_id"] = hardware_id(fp)
+    return fp
+
+
+def hardware_id(fp: dict[str, Any]) -> str:
+    """Stable short id of the hardware: same machine → same id; a changed ISA flag, core count,
+    memory size or GPU → a different id. Software versions do not enter it."""
+    gpu_ids = [{"name": g.get("name"), "memory_bytes": g.get("memory_bytes")} for g in fp.get("gpus") or []]
+    key = {k: fp.get(k) for k in ID_FIELDS}
+    key["gpus"] = gpu_ids
+    return stable_hash(key, 10)

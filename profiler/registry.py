@@ -1,0 +1,85 @@
+"""One registry per plugin kind: ``TASKS``, ``PRUNERS``, ``ACCELERATORS``, ``METERS``.
+
+A plugin is a class with a ``name`` class attribute whose constructor keyword parameters *are*
+its config. Registries are filled by explicit imports in :mod:`profiler.plugins`; nothing
+registers itself as a side effect of being imported.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Generic, TypeVar
+
+from profiler.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name → plugin class for one kind (``kind`` is used in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[T]] = {}
+
+    def register(self, cls: type[T]) -> type[T]:
+        """Add ``cls`` under ``cls.name``. Raises ValueError on an empty or duplicate name."""
+        name = getattr(cls, "name", "")
+        if not name:
+            raise ValueError(f"{cls.__qualname__} has no 'name' class attribute")
+        if name in self._classes and self._classes[name] is not cls:
+            raise ValueError(f"duplicate {self.kind} name {name!r}")
+        self._classes[name] = cls
+        return cls
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._classes
+
+    def get(self, name: str, key: str = "name") -> type[T]:
+        """Return the class registered as ``name``; ConfigError naming ``key`` and the choices otherwise."""
+        try:
+            return self._classes[name]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"{key}: unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
+            ) from None
+
+    def params(self, name: str) -> dict[str, inspect.Parameter]:
+        """Constructor keyword parameters of plugin ``name`` (its config schema)."""
+        sig = inspect.signature(self._classes[name].__init__)
+        return {
+            p.name: p
+            for p in list(sig.parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def build(self, name: str, params: dict[str, Any], key: str) -> T:
+        """Instantiate plugin ``name`` with ``params``.
+
+        Raises:
+            ConfigError: unknown name, unknown or missing parameter, or a value the plugin rejects
+                (its ValueError/TypeError message is kept), always naming ``key``.
+        """
+        cls = self.get(name, f"{key}.name")
+        valid = self.params(name)
+        for p in params:
+            if p not in valid:
+                choices = ", ".join(sorted(valid)) or "(none)"
+                raise ConfigError(
+                    f"{key}.{p}: unknown parameter for {self.kind} {name!r}; valid parameters: {choices}"
+                )
+        missing = [p for p, v in valid.items() if v.default is inspect.Parameter.empty and p not in params]
+        if missing:
+            raise ConfigError(f"{key}: {self.kind} {name!r} needs parameter(s) {', '.join(missing)}")
+        try:
+            return cls(**params)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
+TASKS: Registry = Registry("task")
+PRUNERS: Registry = Registry("pruner")
+ACCELERATORS: Registry = Registry("accelerator")
+METERS: Registry = Registry("energy meter")

@@ -1,0 +1,303 @@
+"""Runs a profiling matrix: prune once per (task, pruner), then time, meter and evaluate every
+accelerator × kernel variant × threads × batch × sequence cell, appending one row per cell."""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import traceback
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from profiler import __version__
+from profiler.config import Cell, Config, PluginSpec, expand, parse_config
+from profiler.energy import EnergyWindow, IdlePower, measure_idle_power
+from profiler.hardware import fingerprint
+from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
+from profiler.results import Result, append_result, read_results, repair_tail
+from profiler.tasks.base import Task, default_cache_dir, logits_of, seed_everything, stable_hash
+from profiler.timing import LatencyStats, timed_loop
+from pruners.base import PruneReport
+
+RESULTS = "results.jsonl"
+MANIFEST = "manifest.json"
+HARDWARE = "hardware.json"
+
+
+class Reporter:
+    """Progress callbacks; the CLI supplies a rich-based one, tests a silent one."""
+
+    def start(self, total_cells: int, done: int) -> None: ...
+    def cell_done(self, result: Result) -> None: ...
+    def message(self, text: str) -> None: ...
+    def training(self, label: str) -> Callable[[int, int, float], None] | None:
+        return None
+    def training_done(self) -> None: ...
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def new_run_dir(cfg: Config) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{n}"
+    return path
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``)."""
+    manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
+    return parse_config(manifest["config"])
+
+
+def model_bytes(module: nn.Module) -> int:
+    """Bytes of the module's serialized state_dict (packed INT8 and sparse buffers included)."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.tell()
+
+
+class Runner:
+    """Executes ``cfg`` into ``run_dir``; finished cells already in ``results.jsonl`` are skipped."""
+
+    def __init__(self, cfg: Config, run_dir: Path, cache_dir: Path | None = None, reporter: Reporter | None = None) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.reporter = reporter or Reporter()
+        self.results_path = self.run_dir / RESULTS
+        self._accuracy: dict[str, float] = {}
+
+    # ---- run-level files ----------------------------------------------------------------------
+    def _write_run_files(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        hw_path = self.run_dir / HARDWARE
+        if hw_path.exists():
+            hw = json.loads(hw_path.read_text())
+        else:
+            hw = fingerprint()
+            hw_path.write_text(json.dumps(hw, indent=1))
+        man_path = self.run_dir / MANIFEST
+        if not man_path.exists():
+            manifest = {
+                "sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "git_commit": git_commit(), "argv": sys.argv, "config": self.cfg.raw, "seed": self.cfg.seed,
+                "versions": hw.get("versions"), "hardware_id": hw["hardware_id"],
+            }
+            man_path.write_text(json.dumps(manifest, indent=1, default=str))
+        return hw
+
+    def _idle(self, meter) -> IdlePower | None:
+        path = self.run_dir / "idle_power.json"
+        if path.exists():
+            d = json.loads(path.read_text())
+            return IdlePower(watts=d["watts"], duration_s=d["duration_s"])
+        if self.cfg.measure.idle_seconds <= 0:
+            return None
+        self.reporter.message(f"measuring idle power for {self.cfg.measure.idle_seconds:g} s")
+        idle = measure_idle_power(meter, self.cfg.measure.idle_seconds)
+        path.write_text(json.dumps({"watts": idle.watts, "duration_s": idle.duration_s}))
+        return idle
+
+    # ---- the matrix ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars cover loading and saving
+        seed_everything(self.cfg.seed)
+        hw = self._write_run_files()
+        self.hw = hw
+        if repair_tail(self.results_path):
+            self.reporter.message("cut a partial last line from results.jsonl (killed mid-write)")
+        done = {r["cell_id"] for r in read_results(self.results_path).rows}
+        for r in read_results(self.results_path).rows:
+            if r.get("status") == "ok" and r.get("accuracy") is not None:
+                self._accuracy.setdefault(self._acc_key_from_row(r), r["accuracy"])
+        cells = expand(self.cfg)
+        todo = [c for c in cells if c.cell_id not in done]
+        self.reporter.start(len(cells), len(cells) - len(todo))
+        if not todo:
+            return self.run_dir
+        cores = os.cpu_count() or 1
+        for th in self.cfg.threads:
+            if th > cores:
+                self.reporter.message(f"warning: threads={th} exceeds the {cores} logical CPUs here; latency will suffer")
+        meter = METERS.build(self.cfg.meter.name, self.cfg.meter.params, "meter")
+        idle = self._idle(meter)
+        meter.start()
+        try:
+            by_task: dict[PluginSpec, list[Cell]] = defaultdict(list)
+            for c in todo:
+                by_task[c.task].append(c)
+            for task_spec, task_cells in by_task.items():
+                self._run_task(task_spec, task_cells, meter, idle)
+        finally:
+            meter.stop()
+        return self.run_dir
+
+    def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
+        try:
+            task: Task = TASKS.build(spec.name, spec.params, spec.key)
+            dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
+            self.reporter.training_done()
+        except Exception as exc:  # a task that cannot build fails its cells, the matrix goes on
+            for c in cells:
+                self._record(self._base_row(c, None), "failed", f"task: {type(exc).__name__}: {exc}")
+            return
+        by_pruner: dict[PluginSpec, list[Cell]] = defaultdict(list)
+        for c in cells:
+            by_pruner[c.pruner].append(c)
+        for p_spec, p_cells in by_pruner.items():
+            try:
+                model, report = self._pruned(task, dense, p_spec)
+            except Exception as exc:
+                for c in p_cells:
+                    self._record(self._base_row(c, task), "failed", f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
+                continue
+            for c in p_cells:
+                self._run_cell(c, task, model, report, meter, idle)
+
+    def _pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
+        """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now."""
+        pruner = PRUNERS.build(spec.name, spec.params, spec.key)
+        if spec.name == "none":
+            return dense, pruner.prune(dense, task)
+        key = stable_hash({"task": task.fingerprint(), "pruner": spec.canonical()})
+        path = self.cache_dir / "pruned" / f"{task.name}-{spec.name}-{key}"
+        if (path / "prune_report.json").exists():
+            model = task.load_saved(path)
+            return model, PruneReport.from_dict(json.loads((path / "prune_report.json").read_text()))
+        model = copy.deepcopy(dense)
+        model.train(pruner.needs_training)
+        report = pruner.prune(model, task)
+        self.reporter.training_done()
+        model.eval()
+        tmp = path.with_name(path.name + ".tmp")
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
+        if not path.exists():
+            tmp.replace(path)
+        return model, report
+
+    def _base_row(self, c: Cell, task: Task | None) -> Result:
+        return Result(
+            cell_id=c.cell_id, task=c.task.name, pruner=c.pruner.name, pruner_params=c.pruner.params,
+            accelerator=c.accelerator.name, accelerator_params=c.accelerator.params, batch_size=c.batch_size,
+            seq_len=c.seq_len, threads=c.threads, status="ok", kernel_variant=c.kernel_variant,
+            metric_name=task.metric_name if task else None, hardware_id=self.hw["hardware_id"],
+            sparsebench_version=__version__,
+            extra={"task_params": c.task.params, "pruner_label": c.pruner.label(), "accelerator_label": c.accelerator.label()},
+        )
+
+    def _record(self, row: Result, status: str, reason: str | None) -> None:
+        row.status, row.reason = status, reason
+        row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        append_result(self.results_path, row)
+        self.reporter.cell_done(row)
+
+    @staticmethod
+    def _acc_key(c: Cell) -> str:
+        return stable_hash([c.task.canonical(), c.pruner.canonical(), c.accelerator.canonical(), c.kernel_variant])
+
+    @staticmethod
+    def _acc_key_from_row(r: dict) -> str:
+        return stable_hash([
+            {"name": r["task"], "params": r.get("task_params")}, {"name": r["pruner"], "params": r["pruner_params"]},
+            {"name": r["accelerator"], "params": r["accelerator_params"]}, r.get("kernel_variant", "auto"),
+        ])
+
+    def _run_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport, meter, idle) -> None:
+        row = self._base_row(c, task)
+        row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
+        acc = ACCELERATORS.build(c.accelerator.name, c.accelerator.params, c.accelerator.key)
+        ok, why = acc.availability()
+        if not ok:
+            return self._record(row, "skipped", why)
+        row.device = acc.device
+        try:
+            variant_note = self._set_kernel_variant(c.kernel_variant)
+            if variant_note:
+                return self._record(row, "skipped", variant_note)
+            torch.set_num_threads(c.threads)
+            example = task.example_inputs(c.batch_size, c.seq_len)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = acc.prepare(model, example, c.threads)
+            extra = dict(acc.row_fields())
+            if "kernel_variant" in extra:  # the axis value stays in kernel_variant; what ran goes here
+                extra["kernel_variant_used"] = extra.pop("kernel_variant")
+            row.extra.update(extra)
+            row.model_bytes = model_bytes(module)
+            self._measure(row, module, example, acc, meter, idle)
+            key = self._acc_key(c)
+            if key not in self._accuracy:
+                with torch.inference_mode():
+                    self._accuracy[key] = task.evaluate(module, self.cfg.measure.eval_batch_size)
+            row.accuracy = self._accuracy[key]
+            self._record(row, "ok", None)
+        except Exception as exc:
+            self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
+        finally:
+            self._set_kernel_variant("auto")
+
+    @staticmethod
+    def _set_kernel_variant(variant: str) -> str | None:
+        """Force the C kernels' ISA variant for this cell; a reason string when it cannot be."""
+        try:
+            from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
+        except ImportError as exc:
+            return None if variant == "auto" else f"kernel_variant {variant!r}: C extension not built ({exc})"
+        if variant == "auto":
+            k.set_kernel_variant(None)
+            return None
+        if variant not in k.supported_variants():
+            return f"kernel_variant {variant!r} not supported on this CPU (supported: {', '.join(k.supported_variants())})"
+        k.set_kernel_variant(variant)
+        return None
+
+    def _measure(self, row: Result, module: nn.Module, example: dict, acc, meter, idle) -> None:
+        m = self.cfg.measure
+        sync = (lambda: torch.cuda.synchronize()) if acc.device == "cuda" else (lambda: None)
+        inputs = {k: v.to(acc.device) for k, v in example.items()} if acc.device != "cpu" else example
+
+        def call() -> None:
+            logits_of(module(**inputs))
+            sync()
+
+        with torch.inference_mode():
+            for _ in range(m.warmup_iters):
+                call()
+            with EnergyWindow(meter, idle) as win:
+                samples = timed_loop(call, m.min_iters, max(m.min_seconds, win.min_duration_s), max(m.max_seconds, win.min_duration_s))
+        stats = LatencyStats.from_samples(samples)
+        row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
+        row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag
+        row.throughput_per_s = row.batch_size / stats.mean_s
+        energy = win.result(n_inferences=len(samples) * row.batch_size).row_fields()
+        row.energy_j_per_inference = energy.pop("energy_j_per_inference", None)
+        row.energy_j_per_inference_net = energy.pop("energy_j_per_inference_net", None)
+        row.energy_method = energy.pop("energy_method", "unavailable")
+        row.energy_reason = energy.pop("energy_reason", None)
+        row.extra.update(energy)
+
+
+def _tb() -> str:
+    return "".join(traceback.format_exc(limit=-3)).strip()[-1500:]

@@ -1,0 +1,209 @@
+"""Task interface: model, data, metric, and the fine-tuning loop shared by every task."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+
+def default_cache_dir() -> Path:
+    """``$SPARSEBENCH_CACHE`` or ``~/.cache/sparsebench``: fine-tuned and pruned models live here."""
+    return Path(os.environ.get("SPARSEBENCH_CACHE", Path.home() / ".cache" / "sparsebench"))
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short sha256 of the canonical JSON of ``obj`` (sorted keys); stable across runs and machines."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+@dataclass
+class Example:
+    """One tokenized example: ``input_ids`` (list of int token ids) and an int or float ``label``."""
+
+    input_ids: list[int]
+    label: float
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """Logits from a transformers output object, a tuple, or a plain tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0]
+
+
+class Task:
+    """Base class for tasks. Subclasses set ``name``/``metric_name`` and implement the data and
+    model hooks; fine-tuning, evaluation and batching live here once.
+
+    Subclass hooks: :meth:`fingerprint`, :meth:`check`, :meth:`base_model`, :meth:`train_examples`,
+    :meth:`eval_examples`, :meth:`metric`. ``pad_id`` is the padding token id.
+    """
+
+    name: ClassVar[str] = ""
+    metric_name: ClassVar[str] = "accuracy"
+    pad_id: int = 0
+    num_labels: int = 2
+
+    # fine-tuning hyper-parameters, set by subclasses' constructors
+    finetune_steps: int = 0
+    finetune_batch_size: int = 32
+    finetune_lr: float = 5e-5
+    seed: int = 0
+    max_length: int = 128
+
+    # ---- hooks -----------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the fine-tuned dense model (used as its cache key)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise ValueError if the task cannot run (missing data file, missing model package)."""
+
+    def base_model(self) -> nn.Module:
+        """A fresh (not yet fine-tuned) sequence-classification model."""
+        raise NotImplementedError
+
+    def train_examples(self) -> list[Example]:
+        raise NotImplementedError
+
+    def eval_examples(self) -> list[Example]:
+        raise NotImplementedError
+
+    def metric(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """Accuracy of argmax predictions (override for regression tasks)."""
+        return float((logits.argmax(-1) == labels.long()).float().mean())
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, labels.long())
+
+    # ---- batching ----------------------------------------------------------------------------
+    def collate(self, examples: list[Example], pad_to: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Pad ``examples`` to their longest (or ``pad_to``) length; padding masked with attention_mask=0.
+
+        Returns ``(inputs, labels)``: int64 tensors (batch, seq) for ``input_ids``,
+        ``attention_mask`` and ``token_type_ids``, and labels (batch,).
+        """
+        length = pad_to or max(len(e.input_ids) for e in examples)
+        ids = torch.full((len(examples), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for i, e in enumerate(examples):
+            seq = e.input_ids[:length]
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        labels = torch.tensor([e.label for e in examples])
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}, labels
+
+    def example_inputs(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """A timing batch: the first ``batch_size`` eval examples padded/truncated to exactly ``seq_len``."""
+        ex = self.eval_examples()
+        picked = [ex[i % len(ex)] for i in range(batch_size)]
+        return self.collate(picked, pad_to=seq_len)[0]
+
+    def train_batches(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Endless shuffled training batches, length-bucketed (chunks of 50 batches sorted by length)
+        so padding stays small; deterministic for a given seed."""
+        rng = random.Random(self.seed if seed is None else seed)
+        data = self.train_examples()
+        while True:
+            order = list(range(len(data)))
+            rng.shuffle(order)
+            chunk = batch_size * 50
+            batches = []
+            for s in range(0, len(order), chunk):
+                part = sorted(order[s : s + chunk], key=lambda i: len(data[i].input_ids))
+                batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+            rng.shuffle(batches)
+            for b in batches:
+                yield self.collate([data[i] for i in b])
+
+    # ---- fine-tuning and evaluation -----------------------------------------------------------
+    def model_cache_path(self, cache_dir: Path) -> Path:
+        return Path(cache_dir) / "finetuned" / f"{self.name}-{stable_hash(self.fingerprint())}"
+
+    def load_finetuned(self, cache_dir: Path | None = None, progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
+        """The fine-tuned dense model, from the on-disk cache or fine-tuned now and cached
+        (``save_pretrained``, safetensors). ``progress(step, total, loss)`` is called per step."""
+        path = self.model_cache_path(cache_dir or default_cache_dir())
+        if (path / "config.json").exists():
+            return self.load_saved(path)
+        model = self.base_model()
+        if self.finetune_steps > 0:
+            self.finetune(model, self.finetune_steps, progress)
+        model.eval()
+        tmp = path.with_name(path.name + ".tmp")
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "sparsebench_task.json").write_text(json.dumps(self.fingerprint(), indent=1, default=str))
+        tmp.replace(path) if not path.exists() else None
+        return model
+
+    def load_saved(self, path: Path) -> nn.Module:
+        """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise)."""
+        from transformers import AutoModelForSequenceClassification
+
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+        bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if bad:
+            raise RuntimeError(f"checkpoint {path} did not load strictly: {bad}")
+        return model.eval()
+
+    def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None) -> None:
+        """AdamW with linear warm-up (6 % of steps) and linear decay; cross-entropy (or task) loss."""
+        torch.manual_seed(self.seed)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=self.finetune_lr, weight_decay=0.01)
+        warm = max(1, int(0.06 * steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+        )
+        batches = self.train_batches(self.finetune_batch_size)
+        for step in range(steps):
+            inputs, labels = next(batches)
+            loss = self.loss(logits_of(model(**inputs)), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if progress:
+                progress(step + 1, steps, loss.detach().item())
+        model.eval()
+
+    @torch.inference_mode()
+    def evaluate(self, module: nn.Module, batch_size: int = 64) -> float:
+        """The task metric over the whole eval split, in a fixed order, padding masked.
+
+        Examples are batched in length order (dynamic padding), which changes no prediction because
+        padding positions are masked out of attention.
+        """
+        ex = self.eval_examples()
+        order = sorted(range(len(ex)), key=lambda i: len(ex[i].input_ids))
+        logits = [None] * len(ex)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            inputs, _ = self.collate([ex[i] for i in idx])
+            out = logits_of(module(**inputs)).float()
+            for j, i in enumerate(idx):
+                logits[i] = out[j]
+        labels = torch.tensor([e.label for e in ex])
+        return self.metric(torch.stack(logits), labels)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass

@@ -1,0 +1,91 @@
+"""A tiny BERT built in code with a learnable synthetic task: for tests and smoke runs."""
+from __future__ import annotations
+
+import random
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from profiler.tasks.base import Example, Task
+
+MARKER_TOKEN = 7
+
+
+class TinySynthetic(Task):
+    """Binary task: label 1 iff the sequence contains the marker token. Model: a randomly
+    initialised BERT (config in code, no download) fine-tuned for a few seconds.
+
+    Args:
+        hidden_size, num_layers, num_heads, intermediate_size: BERT shape.
+        vocab_size: token ids drawn from [10, vocab_size); ids < 10 are special.
+        n_train, n_eval: examples in each split (fixed by ``seed``).
+        finetune_steps, finetune_batch_size, finetune_lr, seed: fine-tuning budget.
+    """
+
+    name = "tiny-synthetic"
+
+    def __init__(
+        self,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 256,
+        vocab_size: int = 200,
+        n_train: int = 2000,
+        n_eval: int = 256,
+        finetune_steps: int = 150,
+        finetune_batch_size: int = 32,
+        finetune_lr: float = 2e-3,
+        seed: int = 0,
+    ) -> None:
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
+        if vocab_size <= 20 or n_train < 1 or n_eval < 1:
+            raise ValueError("vocab_size must be > 20 and n_train, n_eval >= 1")
+        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
+        self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
+        self.n_train, self.n_eval = n_train, n_eval
+        self.finetune_steps, self.finetune_batch_size, self.finetune_lr = finetune_steps, finetune_batch_size, finetune_lr
+        self.seed, self.max_length = seed, 128
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"task": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+    def base_model(self) -> nn.Module:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(self.seed)
+        cfg = BertConfig(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads, intermediate_size=self.intermediate_size,
+            max_position_embeddings=512, num_labels=2,
+        )
+        return BertForSequenceClassification(cfg)
+
+    def _make(self, n: int, salt: int) -> list[Example]:
+        rng = random.Random(self.seed * 1000 + salt)
+        out = []
+        for i in range(n):
+            length = rng.randint(8, 32)
+            ids = [rng.randrange(10, self.vocab_size) for _ in range(length)]
+            label = i % 2
+            if label:
+                ids[rng.randrange(1, length - 1)] = MARKER_TOKEN
+            out.append(Example([1] + ids + [2], label))
+        return out
+
+    @cached_property
+    def _train(self) -> list[Example]:
+        return self._make(self.n_train, 1)
+
+    @cached_property
+    def _eval(self) -> list[Example]:
+        return self._make(self.n_eval, 2)
+
+    def train_examples(self) -> list[Example]:
+        return self._train
+
+    def eval_examples(self) -> list[Example]:
+        return self._eval

@@ -1,0 +1,71 @@
+"""Latency measurement: warm-up, a timed loop bounded by count and time, nearest-rank percentiles."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+SPREAD_LIMIT = 0.10  # IQR / median above this is flagged (design.md, measurement rules)
+
+
+def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0 < q <= 100) by the nearest-rank method: the value of rank ⌈q/100 · n⌉.
+
+    Raises ValueError on an empty sequence or q outside (0, 100].
+    """
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("no samples")
+    if not 0 < q <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {q}")
+    rank = max(1, math.ceil(q / 100 * n))
+    return float(sorted_values[rank - 1])
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency summary of ``n`` timed iterations, seconds per iteration (one batch)."""
+
+    n: int
+    mean_s: float
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    iqr_over_median: float
+
+    @property
+    def spread_flag(self) -> bool:
+        return self.iqr_over_median > SPREAD_LIMIT
+
+    @classmethod
+    def from_samples(cls, samples_s: Sequence[float]) -> "LatencyStats":
+        s = sorted(samples_s)
+        p50 = nearest_rank(s, 50)
+        iqr = nearest_rank(s, 75) - nearest_rank(s, 25)
+        return cls(
+            n=len(s), mean_s=sum(s) / len(s), p50_s=p50, p90_s=nearest_rank(s, 90), p99_s=nearest_rank(s, 99),
+            iqr_over_median=iqr / p50 if p50 > 0 else 0.0,
+        )
+
+
+def timed_loop(
+    fn: Callable[[], object],
+    min_iters: int,
+    min_seconds: float,
+    max_seconds: float = float("inf"),
+    clock_ns: Callable[[], int] = time.perf_counter_ns,
+) -> list[float]:
+    """Call ``fn`` until at least ``min_iters`` calls AND ``min_seconds`` have passed (stopping at
+    ``max_seconds`` once ``min_iters`` is reached). Returns per-call latencies in seconds, timed
+    with ``clock_ns`` (``perf_counter_ns``). Warm-up is the caller's job."""
+    samples: list[float] = []
+    start = clock_ns()
+    while True:
+        t0 = clock_ns()
+        fn()
+        t1 = clock_ns()
+        samples.append((t1 - t0) / 1e9)
+        elapsed = (t1 - start) / 1e9
+        if len(samples) >= min_iters and (elapsed >= min_seconds or elapsed >= max_seconds):
+            return samples

@@ -1,0 +1,192 @@
+"""Pruner interface, layer roles and sparsity accounting shared by every pruner.
+
+Layer roles follow nn_pruning: the encoder Linear layers of a BERT-like model are addressed by
+role (attention q/k/v/out, FFN in/out), so "ffn only" means the same on any BERT-family model.
+Embeddings, LayerNorm, pooler and classifier are never prunable targets.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+#: role → regex on the module's qualified name (BERT / MiniLM naming in transformers).
+ROLE_PATTERNS: dict[str, str] = {
+    "attn_q": r"encoder\.layer\.\d+\.attention\.self\.query$",
+    "attn_k": r"encoder\.layer\.\d+\.attention\.self\.key$",
+    "attn_v": r"encoder\.layer\.\d+\.attention\.self\.value$",
+    "attn_out": r"encoder\.layer\.\d+\.attention\.output\.dense$",
+    "ffn_in": r"encoder\.layer\.\d+\.intermediate\.dense$",
+    "ffn_out": r"encoder\.layer\.\d+\.output\.dense$",
+}
+ALL_ROLES: tuple[str, ...] = tuple(ROLE_PATTERNS)
+
+
+def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Return ``roles`` as a tuple; ValueError naming the valid roles if one is unknown or none given."""
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in ROLE_PATTERNS]
+    if bad or not roles:
+        raise ValueError(f"roles {list(bad) or '[]'} invalid; valid roles: {', '.join(ALL_ROLES)}")
+    return roles
+
+
+def prunable_linears(model: nn.Module, roles: Iterable[str] = ALL_ROLES) -> dict[str, nn.Linear]:
+    """Qualified name → ``nn.Linear`` for every encoder Linear layer whose role is in ``roles``."""
+    patterns = [re.compile(ROLE_PATTERNS[r]) for r in roles]
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and any(p.search(name) for p in patterns)
+    }
+
+
+@dataclass
+class LayerSparsity:
+    zeros: int
+    numel: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass
+class PruneReport:
+    """Achieved sparsity of a model, counted from its weights' exact zeros (the applied masks).
+
+    Attributes:
+        per_layer: qualified layer name → zeros / numel of its weight matrix.
+        prunable_zeros, prunable_numel: over the targeted Linear weights (denominator: prunable weights).
+        all_zeros, all_numel: over every parameter of the model, embeddings and biases included
+            (denominator: all parameters).
+        notes: free-form facts from the pruner (schedule, training budget, wall time, ...).
+    """
+
+    per_layer: dict[str, LayerSparsity] = field(default_factory=dict)
+    prunable_zeros: int = 0
+    prunable_numel: int = 0
+    all_zeros: int = 0
+    all_numel: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparsity_prunable(self) -> float:
+        """Zeros ÷ prunable weights (the encoder Linear weights targeted)."""
+        return self.prunable_zeros / self.prunable_numel if self.prunable_numel else 0.0
+
+    @property
+    def sparsity_all_params(self) -> float:
+        """Zeros ÷ all parameters of the model."""
+        return self.all_zeros / self.all_numel if self.all_numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sparsity_prunable"] = self.sparsity_prunable
+        d["sparsity_all_params"] = self.sparsity_all_params
+        d["denominators"] = {
+            "sparsity_prunable": "targeted encoder Linear weights",
+            "sparsity_all_params": "all model parameters",
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PruneReport":
+        return cls(
+            per_layer={k: LayerSparsity(**v) for k, v in d.get("per_layer", {}).items()},
+            prunable_zeros=d["prunable_zeros"],
+            prunable_numel=d["prunable_numel"],
+            all_zeros=d["all_zeros"],
+            all_numel=d["all_numel"],
+            notes=d.get("notes", {}),
+        )
+
+
+def sparsity_report(model: nn.Module, roles: Iterable[str] = ALL_ROLES, notes: dict | None = None) -> PruneReport:
+    """Count exact zeros per targeted layer, over targeted weights and over all parameters."""
+    rep = PruneReport(notes=dict(notes or {}))
+    for name, lin in prunable_linears(model, roles).items():
+        z, n = int((lin.weight == 0).sum()), lin.weight.numel()
+        rep.per_layer[name] = LayerSparsity(z, n)
+        rep.prunable_zeros += z
+        rep.prunable_numel += n
+    for p in model.parameters():
+        rep.all_zeros += int((p == 0).sum())
+        rep.all_numel += p.numel()
+    return rep
+
+
+class Pruner:
+    """Base class. ``prune(model, task)`` zeroes weights of ``model`` in place and reports sparsity.
+
+    Subclasses set ``name``; their constructor keyword parameters are their config. A pruner that
+    trains (GMP, movement) sets ``needs_training = True`` and uses the task's training batches.
+    The model handed back holds plain weights with exact zeros: no hooks, parametrizations,
+    ``weight_orig`` or ``weight_mask`` remain.
+    """
+
+    name: ClassVar[str] = ""
+    needs_training: ClassVar[bool] = False
+
+    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+        raise NotImplementedError
+
+    def target_sparsity(self) -> float:
+        """The sparsity of prunable weights this pruner aims for (0 for ``none``)."""
+        return 0.0
+
+
+class NoPruner(Pruner):
+    """The dense model, untouched (the baseline)."""
+
+    name = "none"
+
+    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+        return sparsity_report(model)
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Return ``sparsity`` as float; ValueError unless 0 <= sparsity < 1."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return float(sparsity)
+
+
+@torch.no_grad()
+def magnitude_masks(
+    weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer"
+) -> dict[str, torch.Tensor]:
+    """Keep-masks (bool, same shapes) zeroing exactly ``round(sparsity · n)`` smallest-|W| entries.
+
+    ``scope="layer"`` selects per matrix; ``scope="global"`` ranks all matrices together. Ties are
+    broken by position (stable sort), so the achieved zero count is exact even with equal
+    magnitudes. Source: magnitude pruning (Han et al. 2015; Zhu & Gupta 2017 with one step).
+    """
+    if scope == "layer":
+        masks = {}
+        for name, w in weights.items():
+            k = int(round(sparsity * w.numel()))
+            masks[name] = _keep_mask(w.abs().flatten(), k).view_as(w)
+        return masks
+    if scope == "global":
+        flat = torch.cat([w.abs().flatten() for w in weights.values()])
+        keep = _keep_mask(flat, int(round(sparsity * flat.numel())))
+        masks, start = {}, 0
+        for name, w in weights.items():
+            masks[name] = keep[start : start + w.numel()].view_as(w)
+            start += w.numel()
+        return masks
+    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+
+
+def _keep_mask(scores: torch.Tensor, k_zero: int) -> torch.Tensor:
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k_zero > 0:
+        order = torch.sort(scores, stable=True).indices
+        keep[order[:k_zero]] = False
+    return keep

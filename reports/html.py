@@ -1,0 +1,91 @@
+"""Self-contained HTML page scaffolding shared by report and compare: plotly.js embedded once,
+sortable tables, badges for how energy was obtained."""
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable, Sequence
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0} th.sorted-asc:after{content:" ▲"} th.sorted-desc:after{content:" ▼"}
+td.l,th.l{text-align:left} tr:nth-child(even){background:#fafafa}
+.badge{display:inline-block;padding:0 5px;border-radius:3px;font-size:11px;font-weight:600}
+.measured{background:#d4edda;color:#155724}.estimated{background:#fff3cd;color:#856404}
+.power-poll{background:#d1ecf1;color:#0c5460}.unavailable{background:#eee;color:#666}
+.failed{background:#f8d7da;color:#721c24}.skipped{background:#eee;color:#666}.ok{background:#d4edda;color:#155724}
+.warn{background:#fff3cd;border:1px solid #ffe08a;padding:8px;margin:8px 0}
+.note{color:#555;font-size:13px}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(t){
+ t.querySelectorAll('th').forEach(function(th,ci){th.addEventListener('click',function(){
+  var asc=!th.classList.contains('sorted-asc');
+  t.querySelectorAll('th').forEach(function(h){h.classList.remove('sorted-asc','sorted-desc')});
+  th.classList.add(asc?'sorted-asc':'sorted-desc');
+  var rows=Array.from(t.tBodies[0].rows);
+  rows.sort(function(a,b){var x=a.cells[ci].dataset.v??a.cells[ci].innerText,y=b.cells[ci].dataset.v??b.cells[ci].innerText;
+   var nx=parseFloat(x),ny=parseFloat(y);
+   if(!isNaN(nx)&&!isNaN(ny))return asc?nx-ny:ny-nx; return asc?x.localeCompare(y):y.localeCompare(x)});
+  rows.forEach(function(r){t.tBodies[0].appendChild(r)});});});});
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def badge(kind: str, text: str | None = None) -> str:
+    return f'<span class="badge {esc(kind)}">{esc(text or kind)}</span>'
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
+    return str(v)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 0, sortable: bool = True) -> str:
+    """HTML table; cells may be (display_html, sort_value) pairs or plain values (escaped)."""
+    th = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for r in rows:
+        tds = []
+        for i, c in enumerate(r):
+            cls = ' class="l"' if i < left else ""
+            if isinstance(c, tuple):
+                disp, val = c
+                sv = "" if val is None or (isinstance(val, float) and math.isnan(val)) else f' data-v="{esc(val)}"'
+                tds.append(f"<td{cls}{sv}>{disp}</td>")
+            else:
+                tds.append(f"<td{cls}>{esc(fmt(c))}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def figure(fig: go.Figure) -> str:
+    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=430)
+    return fig.to_html(full_html=False, include_plotlyjs=False)
+
+
+def page(title: str, sections: list[str]) -> str:
+    """A complete HTML document embedding plotly.js once (no CDN: renders offline)."""
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{CSS}</style>"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+        + "\n".join(sections)
+        + f"<script>{SORT_JS}</script></body></html>"
+    )

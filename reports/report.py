@@ -1,0 +1,146 @@
+"""``sparsebench report RUN_DIR``: one self-contained HTML page for a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from reports.frame import add_savings, load_json, load_rows, pareto_front
+from reports.html import badge, esc, figure, fmt, page, table
+
+ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
+
+
+def _cell_table(df: pd.DataFrame) -> str:
+    headers = ["task", "pruner", "accelerator", "batch", "seq", "threads", "kernel", "status", "accuracy", "kept",
+               "sparsity (prunable)", "p50 ms", "p90 ms", "p99 ms", "n", "throughput /s", "J/inference",
+               "J/inf net", "energy method", "latency ×", "energy ×", "model MB", "reason"]
+    rows = []
+    for _, r in df.iterrows():
+        method = r.get("energy_method") or "unavailable"
+        spread = " ⚠" if r.get("latency_spread_flag") else ""
+        rows.append([
+            r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
+            r.get("kernel_variant_used") if isinstance(r.get("kernel_variant_used"), str) else r.get("kernel_variant"),
+            (badge(r["status"]), r["status"]), r.get("accuracy"), r.get("accuracy_kept"), r.get("sparsity_prunable"),
+            (esc(fmt(r["latency_p50_s"] * 1e3 if pd.notna(r.get("latency_p50_s")) else None)) + spread, r.get("latency_p50_s")),
+            r["latency_p90_s"] * 1e3 if pd.notna(r.get("latency_p90_s")) else None,
+            r["latency_p99_s"] * 1e3 if pd.notna(r.get("latency_p99_s")) else None,
+            r.get("latency_n"), r.get("throughput_per_s"), r.get("energy_j_per_inference"),
+            r.get("energy_j_per_inference_net"), (badge(method), method),
+            r.get("latency_savings_factor"), r.get("energy_savings_factor"),
+            r["model_bytes"] / 1e6 if pd.notna(r.get("model_bytes")) else None,
+            ((r.get("reason") or "")[:160].splitlines() or [""])[0] if r["status"] != "ok" else "",
+        ])
+    return table(headers, rows, left=3)
+
+
+def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
+    d = df[(df["status"] == "ok")].dropna(subset=[x, "accuracy"])
+    if d.empty:
+        return f"<p class='note'>{esc(title)}: no data.</p>"
+    fig = go.Figure()
+    for (bs, method), g in d.groupby(["batch_size", "energy_method"] if x.startswith("energy") else ["batch_size", "status"]):
+        name = f"batch {bs}" + (f" ({method})" if x.startswith("energy") else "")
+        fig.add_trace(go.Scatter(
+            x=g[x] * (1e3 if x.startswith("latency") else 1), y=g["accuracy"], mode="markers", name=name, text=g["label"],
+            marker=dict(size=10, symbol=ENERGY_SYMBOL.get(method, "circle") if x.startswith("energy") else "circle"),
+            hovertemplate="%{text}<br>%{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
+        ))
+        front = g[pareto_front(g, x)].sort_values(x)
+        fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines",
+                                 line=dict(dash="dot"), name=f"{name} Pareto front", hoverinfo="skip"))
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="accuracy")
+    return figure(fig)
+
+
+def _savings(df: pd.DataFrame) -> str:
+    d = df[(df["status"] == "ok")].dropna(subset=["latency_savings_factor"])
+    if d.empty:
+        return "<p class='note'>No savings factors: the run has no dense torch-fp32 baseline cell.</p>"
+    d = d.assign(cell=d["label"] + " b" + d["batch_size"].astype(str))
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=d["cell"], y=d["latency_savings_factor"], name="latency ×"))
+    if d["energy_savings_factor"].notna().any():
+        methods = ", ".join(sorted(d["energy_method"].dropna().unique()))
+        fig.add_trace(go.Bar(x=d["cell"], y=d["energy_savings_factor"], name=f"energy × ({methods})"))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="#888")
+    fig.update_layout(title="Savings factor vs dense fp32 baseline (higher is better)", barmode="group", yaxis_title="×")
+    return figure(fig)
+
+
+def build_report_html(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    df, damaged = load_rows(run_dir)
+    hw, manifest = load_json(run_dir / "hardware.json"), load_json(run_dir / "manifest.json")
+    title = f"sparsebench report — {run_dir.name}"
+    head = [f"<h1>{esc(title)}</h1>"]
+    gpus = ", ".join(g.get("name", "?") for g in hw.get("gpus") or []) or "none"
+    head.append(
+        f"<p class='note'>hardware <b>{esc(hw.get('cpu_model', '?'))}</b>, {esc(hw.get('logical_cpus', '?'))} logical CPUs, "
+        f"{esc(hw.get('memory_gb', '?'))} GB, ISA {esc(' '.join(hw.get('isa_flags', [])))}, GPU {esc(gpus)}; "
+        f"hardware_id {esc(hw.get('hardware_id', '?'))}; sparsebench {esc(manifest.get('sparsebench_version', '?'))}, "
+        f"git {esc((manifest.get('git_commit') or '?')[:10])}</p>"
+    )
+    if damaged:
+        head.append(f"<div class='warn'>results.jsonl: damaged line(s) {esc(damaged)} skipped (a run killed mid-write).</div>")
+    if df.empty:
+        return page(title, head + ["<p>No results yet.</p>"])
+    df = add_savings(df)
+    methods = sorted(df.loc[df["status"] == "ok", "energy_method"].dropna().unique())
+    if any(m != "measured" for m in methods):
+        reasons = "; ".join(sorted({str(r) for r in df.get("energy_reason", pd.Series(dtype=str)).dropna().unique()}))
+        head.append(
+            "<div class='warn'>Energy here is " + ", ".join(badge(m) for m in methods)
+            + (" — not a measurement." if "estimated" in methods else ".")
+            + (f" {esc(reasons[:400])}" if reasons else "") + "</div>"
+        )
+    counts = df["status"].value_counts().to_dict()
+    head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
+    sections = head + [
+        "<h2>Accuracy vs latency</h2>", _scatter(df, "latency_p50_s", "p50 latency per batch (ms)", "Accuracy vs p50 latency (Pareto front dotted)"),
+        "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J)", "Accuracy vs energy per inference (open markers: estimated)"),
+        "<h2>Savings factors</h2>", _savings(df),
+    ]
+    try:
+        from reports.multiply import multiply_section
+
+        sections.append(multiply_section(df))
+    except ImportError:
+        pass
+    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %. "
+                 "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
+                 "energy factors only between cells of one energy method.</p>", _cell_table(df)]
+    return page(title, sections)
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) and return its path."""
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    out.write_text(build_report_html(Path(run_dir)), encoding="utf-8")
+    return out
+
+
+def print_summary(run_dir: Path) -> None:
+    """A short table of the run's cells on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    df, damaged = load_rows(Path(run_dir))
+    if df.empty:
+        return
+    df = add_savings(df)
+    t = Table(title=f"sparsebench — {Path(run_dir).name}")
+    for c in ("pruner", "accelerator", "batch", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×"):
+        t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
+    for _, r in df.iterrows():
+        ok = r["status"] == "ok"
+        t.add_row(
+            str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["status"]),
+            fmt(r.get("accuracy"), 4), fmt(r["latency_p50_s"] * 1e3) if ok else "—", fmt(r["latency_p90_s"] * 1e3) if ok else "—",
+            fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
+        )
+    console = Console()
+    console.width = max(console.width, 130)  # a readable table beats a wrapped one
+    console.print(t)

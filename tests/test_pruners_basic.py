@@ -1,0 +1,82 @@
+import copy
+
+import pytest
+import torch
+
+from accelerators.int8_dynamic import Int8Dynamic
+from accelerators.torch_fp32 import TorchFP32
+from profiler.tasks import TinySynthetic
+from pruners.base import ALL_ROLES, magnitude_masks, prunable_linears, sparsity_report
+from pruners.magnitude import MagnitudePruner
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    task = TinySynthetic(finetune_steps=0)
+    return task, task.base_model().eval()
+
+
+def test_roles_pick_only_encoder_linears(tiny):
+    _, model = tiny
+    names = prunable_linears(model)
+    assert len(names) == 6 * 2  # 6 roles × 2 layers
+    assert not any("pooler" in n or "classifier" in n or "embeddings" in n for n in names)
+    ffn = prunable_linears(model, ["ffn_out"])
+    assert all(n.endswith(".output.dense") and ".attention." not in n for n in ffn)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.95])
+def test_magnitude_exact_sparsity(tiny, scope, sparsity):
+    task, model = tiny
+    m = copy.deepcopy(model)
+    rep = MagnitudePruner(sparsity=sparsity, scope=scope).prune(m, task)
+    expected = sum(round(sparsity * w.weight.numel()) for w in prunable_linears(m).values()) if scope == "layer" else round(sparsity * rep.prunable_numel)
+    assert rep.prunable_zeros == expected
+    if scope == "layer":
+        for name, ls in rep.per_layer.items():
+            assert ls.zeros == round(sparsity * ls.numel), name
+    # untouched parts keep every weight
+    assert torch.equal(m.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(m.classifier.weight, model.classifier.weight)
+
+
+def test_magnitude_ties_are_broken_exactly():
+    w = torch.ones(10, 10)  # all magnitudes tie
+    keep = magnitude_masks({"w": w}, 0.37)["w"]
+    assert int((~keep).sum()) == 37
+    w2 = torch.tensor([[3.0, 1.0, 1.0, 1.0, 2.0]])
+    assert magnitude_masks({"w": w2}, 0.4)["w"].tolist() == [[True, False, False, True, True]]
+
+
+def test_sparsity_report_names_both_denominators(tiny):
+    task, model = tiny
+    m = copy.deepcopy(model)
+    rep = MagnitudePruner(sparsity=0.9).prune(m, task)
+    d = rep.to_dict()
+    assert d["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
+    assert 0 < d["sparsity_all_params"] < d["sparsity_prunable"]
+    assert set(d["denominators"]) == {"sparsity_prunable", "sparsity_all_params"}
+    assert rep.all_numel == sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("acc", [TorchFP32(), Int8Dynamic()])
+def test_prepare_does_not_mutate_its_input(tiny, acc):
+    task, model = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(mod) for mod in model.modules()]
+    ex = task.example_inputs(2, 16)
+    out = acc.prepare(model, ex, threads=1)
+    assert out is not model
+    out(**ex)
+    assert [type(mod) for mod in model.modules()] == types
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_int8_dynamic_reports_unavailable_engine():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Int8Dynamic(engine="nope")
+    acc = Int8Dynamic()
+    ok, why = acc.availability()
+    assert ok, why

@@ -1,0 +1,46 @@
+import pytest
+
+from profiler.timing import LatencyStats, nearest_rank, timed_loop
+
+
+def test_nearest_rank_golden_values():
+    v = list(range(1, 11))  # 1..10
+    assert nearest_rank(v, 50) == 5
+    assert nearest_rank(v, 90) == 9
+    assert nearest_rank(v, 99) == 10
+    assert nearest_rank(v, 100) == 10
+    assert nearest_rank(v, 1) == 1
+    # classic worked example (Wikipedia, nearest-rank method)
+    w = [15, 20, 35, 40, 50]
+    assert [nearest_rank(w, q) for q in (5, 30, 40, 50, 100)] == [15, 20, 20, 35, 50]
+
+
+def test_nearest_rank_rejects_bad_input():
+    with pytest.raises(ValueError):
+        nearest_rank([], 50)
+    with pytest.raises(ValueError):
+        nearest_rank([1.0], 0)
+
+
+def test_latency_stats_and_spread_flag():
+    s = LatencyStats.from_samples([0.010] * 98 + [0.020, 0.030])
+    assert (s.n, s.p50_s, s.p90_s, s.p99_s) == (100, 0.010, 0.010, 0.020)
+    assert s.mean_s == pytest.approx(0.0103)
+    assert not s.spread_flag
+    wide = LatencyStats.from_samples([1.0, 1.0, 2.0, 2.0])
+    assert wide.iqr_over_median == pytest.approx(1.0) and wide.spread_flag
+
+
+def test_timed_loop_stops_at_count_and_time_with_fake_clock():
+    t = {"ns": 0}
+
+    def clock():
+        return t["ns"]
+
+    def work():
+        t["ns"] += 10_000_000  # each call takes 10 ms of fake time
+
+    samples = timed_loop(work, min_iters=5, min_seconds=0.1, clock_ns=clock)
+    assert len(samples) == 10 and all(s == pytest.approx(0.01) for s in samples)
+    assert len(timed_loop(work, min_iters=30, min_seconds=0.1, clock_ns=clock)) == 30
+    assert len(timed_loop(work, min_iters=2, min_seconds=100, max_seconds=0.05, clock_ns=clock)) == 5

@@ -1,0 +1,97 @@
+"""One real end-to-end matrix on the tiny-synthetic task, to report.html; resume; bad configs."""
+import json
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import expand, parse_config
+from profiler.results import read_results
+from profiler.runner import Runner
+from reports.report import write_report
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    cfg = parse_config(tiny_config())
+    Runner(cfg, run_dir).run()
+    return cfg, run_dir
+
+
+def test_matrix_writes_every_cell_and_report(finished_run):
+    cfg, run_dir = finished_run
+    rows = read_results(run_dir / "results.jsonl").rows
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in expand(cfg))
+    assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows if r["status"] != "ok"]
+    for r in rows:
+        assert 0 < r["latency_p50_s"] <= r["latency_p90_s"] <= r["latency_p99_s"]
+        assert r["latency_n"] >= 3 and r["throughput_per_s"] > 0
+        assert r["energy_method"] == "estimated" and r["energy_j_per_inference"] > 0
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["model_bytes"] > 0
+        assert r["hardware_id"] == json.loads((run_dir / "hardware.json").read_text())["hardware_id"]
+    dense = [r for r in rows if r["pruner"] == "none" and r["accelerator"] == "torch-fp32"]
+    assert all(r["accuracy"] >= 0.9 for r in dense)  # the synthetic task is learnable
+    sp = {r["pruner_params"].get("sparsity"): r["sparsity_prunable"] for r in rows}
+    assert sp[0.9] == pytest.approx(0.9, abs=1e-3) and sp[None] < 0.01
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["tasks"][0]["name"] == "tiny-synthetic" and "versions" in manifest
+    html = write_report(run_dir).read_text()
+    assert html.count("plotly.js v") <= 2 and "cdn.plot.ly" not in html.split("</script>", 1)[1]
+    assert "Pareto" in html and "estimated" in html and "Savings factor" in html
+
+
+def test_resume_adds_only_missing_cells(finished_run, tmp_path):
+    cfg, run_dir = finished_run
+    lines = (run_dir / "results.jsonl").read_text().splitlines(keepends=True)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for f in ("manifest.json", "hardware.json", "idle_power.json"):
+        (resumed / f).write_text((run_dir / f).read_text())
+    # a run killed after 5 cells, in the middle of writing the 6th
+    (resumed / "results.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
+    Runner(cfg, resumed).run()
+    rows = read_results(resumed / "results.jsonl")
+    assert rows.damaged_lines == []
+    ids = [r["cell_id"] for r in rows.rows]
+    assert len(ids) == len(set(ids)) == len(lines)
+    assert ids[:5] == [json.loads(l)["cell_id"] for l in lines[:5]]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"pruners": [{"name": "prune-it-all"}]}, "valid choices"),
+    ({"pruners": [{"name": "magnitude", "sparsity": 1.5}]}, "sparsity"),
+])
+def test_cli_rejects_bad_config_before_any_work(tmp_path, capsys, override, needle):
+    import tomllib  # noqa: F401  (config is TOML)
+
+    cfg = tiny_config(**override)
+    cfg["run"]["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "bad.toml"
+    path.write_text(_to_toml(cfg))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "pruners[0]" in err and needle in err
+    assert not (tmp_path / "runs").exists()
+
+
+def _to_toml(cfg: dict) -> str:
+    def val(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+
+    out = []
+    for section, body in cfg.items():
+        if isinstance(body, list):
+            for entry in body:
+                out.append(f"[[{section}]]")
+                out += [f"{k} = {val(v)}" for k, v in entry.items()]
+        else:
+            out.append(f"[{section}]")
+            out += [f"{k} = {val(v)}" for k, v in body.items()]
+    return "\n".join(out) + "\n"

@@ -1,6 +1,7 @@
 """Fills the four registries by explicit import: the one place that lists every plugin."""
 from __future__ import annotations
 
+from accelerators.bf16 import BF16
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.torch_fp32 import TorchFP32
 from profiler.meters import METER_CLASSES
@@ -14,7 +15,7 @@ for _task in (SST2, TinySynthetic):
     TASKS.register(_task)
 for _pruner in (NoPruner, MagnitudePruner):
     PRUNERS.register(_pruner)
-for _acc in (TorchFP32, Int8Dynamic):
+for _acc in (TorchFP32, Int8Dynamic, BF16):
     ACCELERATORS.register(_acc)
 for _meter in METER_CLASSES.values():
     METERS.register(_meter)

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 
 from reports.frame import add_savings, load_json, load_rows, pareto_front
 from reports.html import badge, esc, figure, fmt, page, table
+from reports.multiply import multiply_section
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
 
@@ -103,12 +104,7 @@ def build_report_html(run_dir: Path) -> str:
         "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J)", "Accuracy vs energy per inference (open markers: estimated)"),
         "<h2>Savings factors</h2>", _savings(df),
     ]
-    try:
-        from reports.multiply import multiply_section
-
-        sections.append(multiply_section(df))
-    except ImportError:
-        pass
+    sections.append(multiply_section(df))
     sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %. "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]

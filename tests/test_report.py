@@ -1,0 +1,44 @@
+import pandas as pd
+import pytest
+
+from reports.frame import add_savings, pareto_front
+from reports.multiply import multiply_table
+
+
+def row(pruner, acc, p50, energy, method="estimated", accuracy=0.9, sparsity=None, batch=8):
+    return dict(task="t", batch_size=batch, seq_len=128, threads=2, kernel_variant="auto", status="ok", pruner=pruner,
+                pruner_label=pruner if sparsity is None else f"{pruner} {sparsity}", accelerator=acc, latency_p50_s=p50,
+                energy_j_per_inference=energy, energy_method=method, accuracy=accuracy)
+
+
+def test_savings_against_dense_fp32_of_same_group():
+    df = add_savings(pd.DataFrame([
+        row("none", "torch-fp32", 0.10, 2.0), row("magnitude", "torch-fp32", 0.05, 1.0, accuracy=0.45, sparsity=0.9),
+        row("magnitude", "int8-dynamic", 0.04, 1.0, method="measured", sparsity=0.9),
+        row("magnitude", "torch-fp32", 0.05, 1.0, batch=1, sparsity=0.9),  # no baseline at batch 1
+    ]))
+    assert df.loc[1, "latency_savings_factor"] == pytest.approx(2.0)
+    assert df.loc[1, "energy_savings_factor"] == pytest.approx(2.0)
+    assert df.loc[1, "accuracy_kept"] == pytest.approx(0.5)
+    assert pd.isna(df.loc[2, "energy_savings_factor"])  # never a ratio of measured over estimated
+    assert pd.isna(df.loc[3, "latency_savings_factor"])
+
+
+def test_pareto_front_golden():
+    df = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 2.5, 1.0], "accuracy": [0.80, 0.90, 0.95, 0.85, 0.70]})
+    assert pareto_front(df, "cost").tolist() == [True, True, True, False, False]
+
+
+def test_multiply_table_product_vs_measured():
+    df = add_savings(pd.DataFrame([
+        row("none", "torch-fp32", 0.12, 3.0), row("none", "int8-dynamic", 0.06, 1.5, accuracy=0.89),
+        row("magnitude", "sparse-cpu", 0.04, 1.0, sparsity=0.9, accuracy=0.88),
+        row("magnitude", "sparse-int8", 0.03, 0.75, sparsity=0.9, accuracy=0.87),
+    ]))
+    t = multiply_table(df)
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert (r["latency_sparse"], r["latency_int8"], r["latency_both"]) == pytest.approx((3.0, 2.0, 4.0))
+    assert r["latency_product"] == pytest.approx(6.0)
+    assert r["energy_product"] == pytest.approx(6.0) and r["energy_both"] == pytest.approx(4.0)
+    assert r["acc_kept_both"] == pytest.approx(0.87 / 0.9)

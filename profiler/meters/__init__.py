@@ -7,11 +7,16 @@ import inspect
 
 from profiler.meters.auto import AutoMeter
 from profiler.meters.base import Counter, EnergyMeter, EnergyMethod, Reading
+from profiler.meters.codecarbon_meter import CodecarbonMeter
 from profiler.meters.estimate import EstimateMeter
+from profiler.meters.nvml import NvmlMeter
+from profiler.meters.pyrapl import PyRaplMeter, compare_with_direct
 from profiler.meters.rapl import RaplMeter
 
+#: name → class for every meter (the lead's registry registers these explicitly).
 METER_CLASSES: dict[str, type[EnergyMeter]] = {
-    c.name: c for c in (RaplMeter, EstimateMeter, AutoMeter)
+    c.name: c
+    for c in (AutoMeter, RaplMeter, PyRaplMeter, NvmlMeter, CodecarbonMeter, EstimateMeter)
 }
 
 
@@ -34,6 +39,7 @@ def make_meter(name: str, **params) -> EnergyMeter:
 
 
 __all__ = [
-    "AutoMeter", "Counter", "EnergyMeter", "EnergyMethod", "EstimateMeter", "METER_CLASSES",
-    "RaplMeter", "Reading", "make_meter",
+    "AutoMeter", "CodecarbonMeter", "Counter", "EnergyMeter", "EnergyMethod", "EstimateMeter",
+    "METER_CLASSES", "NvmlMeter", "PyRaplMeter", "RaplMeter", "Reading", "compare_with_direct",
+    "make_meter",
 ]

@@ -1,0 +1,188 @@
+"""``sparsebench doctor``: what this machine can measure, and what the profiler will do about it.
+
+:func:`doctor_report` probes every energy meter (availability and reason), what ``auto`` would
+pick and why, the CPU/GPU fingerprint (:mod:`profiler.hardware`, when present) and the sparse
+kernel variant; :func:`format_doctor` turns it into plain sentences such as
+``RAPL: absent (/sys/class/powercap not found) — energy will be estimated (TDP × utilisation)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from profiler.meters.base import EnergyMeter
+
+_LABELS = {"rapl": "RAPL", "pyrapl": "pyRAPL", "nvml": "NVML", "codecarbon": "codecarbon",
+           "estimate": "estimate"}
+
+
+def _default_meters(include_codecarbon: bool) -> dict[str, EnergyMeter]:
+    from profiler.meters import CodecarbonMeter, EstimateMeter, NvmlMeter, PyRaplMeter, RaplMeter
+
+    ms: dict[str, EnergyMeter] = {"rapl": RaplMeter(), "pyrapl": PyRaplMeter(),
+                                  "nvml": NvmlMeter(), "estimate": EstimateMeter()}
+    if include_codecarbon:
+        ms["codecarbon"] = CodecarbonMeter()
+    return ms
+
+
+def _status(name: str, ok: bool, reason: str, method: str) -> str:
+    if ok:
+        return method
+    r = reason.lower()
+    if "permission" in r or "root only" in r:
+        return "not readable"
+    if "not found" in r or "no rapl zones" in r or "not installed" in r or "no nvidia" in r:
+        return "absent"
+    return "unavailable"
+
+
+def _short_reason(reason: str) -> str:
+    """``"/sys/class/powercap not found (no powercap…)"`` → ``"/sys/class/powercap not found"``."""
+    if " (" in reason and reason.endswith(")") and "root only" not in reason:
+        return reason.split(" (", 1)[0]
+    return reason
+
+
+def doctor_report(
+    meters: dict[str, EnergyMeter] | None = None,
+    auto: EnergyMeter | None = None,
+    include_codecarbon: bool = True,
+    fingerprint: Callable[[], dict] | None = None,
+) -> dict[str, Any]:
+    """Probe the machine; return a JSON-able dict.
+
+    Keys: ``meters`` (name → ``{"available", "status", "reason", "method"}``), ``auto``
+    (``{"choice", "method", "parts", "resolution_s", "min_window_s"}``), ``cpu_energy`` (one
+    sentence on what CPU energy will be), ``summary`` (list of sentences), ``hardware`` (the
+    :func:`profiler.hardware.fingerprint` dict, or ``None``), ``hardware_id``, ``hardware_note``,
+    ``kernel_variant`` (``"not built"`` when the C extension is missing).
+
+    Args:
+        meters: meters to probe (tests inject fakes); default: every meter with default config.
+        auto: the ``auto`` meter to describe; default ``AutoMeter()`` built from ``meters``.
+        include_codecarbon: probe codecarbon too (starts its tracker, ≈2 s).
+        fingerprint: ``() -> dict``; default :func:`profiler.hardware.fingerprint` if importable.
+
+    Never raises for missing hardware or missing optional modules.
+    """
+    from profiler.energy import MIN_RESOLUTION_MULTIPLE
+    from profiler.meters.auto import AutoMeter
+
+    meters = meters if meters is not None else _default_meters(include_codecarbon)
+    rep: dict[str, Any] = {"meters": {}}
+    for name, m in meters.items():
+        try:
+            ok, reason = m.availability()
+        except Exception as e:  # availability must not raise; report it if it does
+            ok, reason = False, f"availability() raised {e!r}"
+        rep["meters"][name] = {"available": bool(ok), "reason": reason, "method": m.method,
+                               "status": _status(name, bool(ok), reason, m.method)}
+    if auto is None:
+        auto = AutoMeter(meters={k: meters[k] for k in ("rapl", "nvml", "estimate")
+                                 if k in meters})
+    parts = [p.name for p in getattr(auto, "parts", [])]
+    rep["auto"] = {"choice": getattr(auto, "choice_reason", auto.availability()[1]),
+                   "method": auto.method, "parts": parts, "resolution_s": auto.resolution_s,
+                   "min_window_s": MIN_RESOLUTION_MULTIPLE * auto.resolution_s}
+    for m in meters.values():
+        close = getattr(m, "close", None)
+        if callable(close) and m.name == "codecarbon":
+            close()
+
+    # hardware fingerprint
+    fp_fn = fingerprint
+    if fp_fn is None:
+        try:
+            from profiler.hardware import fingerprint as fp_fn  # type: ignore[no-redef]
+        except ImportError as e:
+            rep["hardware_note"] = f"profiler.hardware not available: {e}"
+    rep["hardware"] = None
+    rep["hardware_id"] = None
+    if fp_fn is not None:
+        try:
+            fp = fp_fn()
+            rep["hardware"] = fp
+            rep["hardware_id"] = fp.get("hardware_id")
+            if rep["hardware_id"] is None:
+                try:
+                    from profiler.hardware import hardware_id
+                    rep["hardware_id"] = hardware_id(fp)
+                except ImportError:
+                    pass
+        except Exception as e:
+            rep["hardware_note"] = f"fingerprint failed: {e!r}"
+
+    # kernel variant
+    try:
+        from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
+        rep["kernel_variant"] = k.kernel_variant()
+    except Exception as e:
+        rep["kernel_variant"] = "not built"
+        rep["kernel_note"] = f"accelerators._sparse_kernels not importable: {e}"
+
+    rep["cpu_energy"] = _cpu_sentence(rep, parts)
+    rep["summary"] = _summary(rep, parts)
+    return rep
+
+
+def _cpu_sentence(rep: dict, parts: list[str]) -> str:
+    if "rapl" in parts:
+        return "CPU energy will be measured (RAPL counters)"
+    if "estimate" in parts:
+        return "energy will be estimated (TDP × utilisation)"
+    return "CPU energy: " + rep["auto"]["choice"]
+
+
+def _summary(rep: dict, parts: list[str]) -> list[str]:
+    lines = []
+    ms = rep["meters"]
+    if "rapl" in ms:
+        r = ms["rapl"]
+        if r["available"]:
+            lines.append(f"RAPL: measured ({r['reason'].removeprefix('RAPL: ')})")
+        else:
+            lines.append(f"RAPL: {r['status']} ({_short_reason(r['reason'])}) — "
+                         f"{rep['cpu_energy']}")
+    if "nvml" in ms:
+        n = ms["nvml"]
+        if n["available"]:
+            lines.append(f"NVML: {n['method']} ({n['reason']})")
+        else:
+            lines.append(f"NVML: {n['status']} ({n['reason']}) — no GPU energy")
+    for name in ("pyrapl", "codecarbon", "estimate"):
+        if name in ms:
+            x = ms[name]
+            state = x["method"] if x["available"] else x["status"]
+            lines.append(f"{_LABELS[name]}: {state} ({x['reason']})")
+    lines.append(f"auto will use: {', '.join(parts) or 'nothing'} — {rep['auto']['choice']}")
+    lines.append(f"energy rows will be labelled: {rep['auto']['method']} "
+                 f"(windows of at least {rep['auto']['min_window_s']:g} s)")
+    return lines
+
+
+def format_doctor(report: dict) -> str:
+    """Human-readable text of a :func:`doctor_report` dict (one fact per line)."""
+    out = ["sparsebench doctor — what this machine can measure", ""]
+    out += ["Energy"] + [f"  {line}" for line in report.get("summary", [])]
+    out.append("")
+    hw = report.get("hardware")
+    out.append("Hardware")
+    if hw:
+        cpu = hw.get("cpu_model") or hw.get("model") or "?"
+        cores = hw.get("physical_cores") or hw.get("cores")
+        logical = hw.get("logical_cpus") or hw.get("threads")
+        flags = hw.get("isa") or hw.get("isa_flags")
+        out.append(f"  CPU: {cpu}" + (f", {cores} cores" if cores else "")
+                   + (f" / {logical} threads" if logical else ""))
+        if flags:
+            out.append(f"  ISA: {', '.join(flags) if isinstance(flags, (list, tuple)) else flags}")
+        if hw.get("memory_gb") is not None:
+            out.append(f"  RAM: {hw['memory_gb']} GB")
+        gpus = hw.get("gpus") or []
+        out.append("  GPU: " + (", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g)
+                                          for g in gpus) or "none"))
+        out.append(f"  hardware_id: {report.get('hardware_id')}")
+    else:
+        out.append(f"  fingerprint unavailable ({report.get('hardware_note', 'unknown')})")
+    out.append(f"  sparse kernel variant: {report.get('kernel_variant', 'not built')}")
+    return "\n".join(out)

@@ -1,0 +1,65 @@
+"""sparsebench doctor: plain statements of what this machine can measure."""
+from __future__ import annotations
+
+import json
+import os
+
+from profiler.doctor import doctor_report, format_doctor
+from profiler.meters import EstimateMeter, NvmlMeter, RaplMeter
+from profiler.meters.rapl import PERMISSION_REASON
+
+
+def _meters(rapl):
+    import types
+
+    class E(Exception):
+        value = 12
+
+    nv = types.SimpleNamespace(NVMLError=E, nvmlInit=lambda: (_ for _ in ()).throw(E("NVML Shared Library Not Found")))
+    return {"rapl": rapl, "nvml": NvmlMeter(nvml=nv),
+            "estimate": EstimateMeter(cpu_model="Intel(R) Xeon(R) Processor", physical_cores=2,
+                                      logical_cpus=2, ram_gb=8)}
+
+
+def test_absent_rapl_is_stated_plainly(tmp_path):
+    rep = doctor_report(meters=_meters(RaplMeter(root=str(tmp_path / "powercap"))),
+                        fingerprint=lambda: {"cpu_model": "X", "hardware_id": "abc"})
+    text = format_doctor(rep)
+    assert (f"RAPL: absent ({tmp_path / 'powercap'} not found) — energy will be estimated "
+            "(TDP × utilisation)") in text
+    assert "NVML: absent" in text
+    assert rep["auto"]["parts"] == ["estimate"] and rep["auto"]["method"] == "estimated"
+    assert rep["meters"]["rapl"]["available"] is False
+    assert rep["hardware_id"] == "abc"
+    json.dumps(rep)
+
+
+def test_permission_denied_reason_is_shown(tmp_path):
+    d = tmp_path / "intel-rapl:0"
+    d.mkdir()
+    (d / "name").write_text("package-0\n")
+    (d / "energy_uj").write_text("1\n")
+
+    def reader(p):
+        if p.endswith("energy_uj"):
+            raise PermissionError(13, "Permission denied", p)
+        return open(p).read()
+
+    rep = doctor_report(meters=_meters(RaplMeter(root=str(tmp_path), reader=reader)),
+                        fingerprint=lambda: {})
+    text = format_doctor(rep)
+    assert "RAPL: not readable (" + PERMISSION_REASON + ")" in text
+    assert "energy rows will be labelled: estimated" in text
+
+
+def test_doctor_on_this_machine():
+    """The real probe: on this RAPL-less machine it says RAPL is absent and what it uses."""
+    rep = doctor_report(include_codecarbon=False)
+    text = format_doctor(rep)
+    assert "sparse kernel variant:" in text
+    assert rep["kernel_variant"]
+    if not os.path.isdir("/sys/class/powercap"):
+        assert ("RAPL: absent (/sys/class/powercap not found) — energy will be estimated "
+                "(TDP × utilisation)") in text
+        assert "auto will use: estimate" in text
+    json.dumps(rep, default=str)

@@ -59,33 +59,72 @@ def cache_sizes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict[str, s
     return out
 
 
-def gpus() -> list[dict[str, Any]]:
-    """Model, driver and memory of each NVIDIA GPU through NVML; [] when there is none."""
+def _nvml_gpus(nvml: Any = None) -> list[dict[str, Any]]:
+    """Model, driver and memory of each NVIDIA GPU through NVML (``pynvml`` unless injected)."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
+        if nvml is None:
+            import pynvml as nvml  # type: ignore[no-redef]
+        nvml.nvmlInit()
     except Exception:
         return []
     try:
         out = []
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            out.append({
+        driver = nvml.nvmlSystemGetDriverVersion()
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            name = nvml.nvmlDeviceGetName(h)
+            gpu = {
                 "index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                "memory_bytes": int(nvml.nvmlDeviceGetMemoryInfo(h).total),
                 "driver": driver.decode() if isinstance(driver, bytes) else driver,
-            })
+            }
+            try:
+                major, minor = nvml.nvmlDeviceGetCudaComputeCapability(h)
+                gpu["compute_capability"] = f"{major}.{minor}"
+            except Exception:
+                pass
+            out.append(gpu)
         return out
     except Exception:
         return []
     finally:
         try:
-            pynvml.nvmlShutdown()
+            nvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def _torch_gpus() -> list[dict[str, Any]]:
+    """The CUDA devices torch sees (name, memory, compute capability); [] without CUDA."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        out = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.append({"index": i, "name": p.name, "memory_bytes": int(p.total_memory), "driver": None,
+                        "compute_capability": f"{p.major}.{p.minor}"})
+        return out
+    except Exception:
+        return []
+
+
+def gpus(nvml: Any = None, torch_probe: Callable[[], list] = _torch_gpus) -> list[dict[str, Any]]:
+    """Model, driver, memory and compute capability of each NVIDIA GPU; [] when there is none.
+
+    NVML first (it knows the driver); torch's CUDA view fills the compute capability, and stands in
+    when NVML is missing but torch sees a device."""
+    found = _nvml_gpus(nvml)
+    seen = torch_probe()
+    if not found:
+        return seen
+    for g in found:
+        t = next((x for x in seen if x.get("index") == g["index"]), None)
+        if t and "compute_capability" not in g:
+            g["compute_capability"] = t.get("compute_capability")
+    return found
 
 
 def software_versions() -> dict[str, str | None]:
@@ -97,6 +136,13 @@ def software_versions() -> dict[str, str | None]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
+    try:  # the CUDA toolkit torch was built with (None on CPU builds) and cuDNN
+        import torch
+
+        out["torch_cuda"] = torch.version.cuda
+        out["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    except Exception:
+        pass
     return out
 
 

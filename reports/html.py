@@ -73,7 +73,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 0, 
             else:
                 tds.append(f"<td{cls}>{esc(fmt(c))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div style="overflow-x:auto"><table class="{"sortable" if sortable else ""}"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def figure(fig: go.Figure) -> str:

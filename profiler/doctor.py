@@ -7,6 +7,7 @@ kernel variant; :func:`format_doctor` turns it into plain sentences such as
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from profiler.meters.base import EnergyMeter
@@ -48,11 +49,14 @@ def doctor_report(
     auto: EnergyMeter | None = None,
     include_codecarbon: bool = True,
     fingerprint: Callable[[], dict] | None = None,
+    compare_seconds: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Probe the machine; return a JSON-able dict.
 
     Keys: ``meters`` (name → ``{"available", "status", "reason", "method"}``), ``auto``
-    (``{"choice", "method", "parts", "resolution_s", "min_window_s"}``), ``cpu_energy`` (one
+    (``{"choice", "method", "parts", "resolution_s", "min_window_s"}``), ``pyrapl_vs_direct``
+    (only when both RAPL readers work: see :func:`~profiler.meters.compare_with_direct`), ``cpu_energy`` (one
     sentence on what CPU energy will be), ``summary`` (list of sentences), ``hardware`` (the
     :func:`profiler.hardware.fingerprint` dict, or ``None``), ``hardware_id``, ``hardware_note``,
     ``kernel_variant`` (``"not built"`` when the C extension is missing).
@@ -62,6 +66,8 @@ def doctor_report(
         auto: the ``auto`` meter to describe; default ``AutoMeter()`` built from ``meters``.
         include_codecarbon: probe codecarbon too (starts its tracker, ≈2 s).
         fingerprint: ``() -> dict``; default :func:`profiler.hardware.fingerprint` if importable.
+        compare_seconds, sleep: when both ``rapl`` and ``pyrapl`` work, they are read over
+            ``compare_seconds`` and ``pyrapl_vs_direct`` says whether they agree.
 
     Never raises for missing hardware or missing optional modules.
     """
@@ -75,8 +81,18 @@ def doctor_report(
             ok, reason = m.availability()
         except Exception as e:  # availability must not raise; report it if it does
             ok, reason = False, f"availability() raised {e!r}"
-        rep["meters"][name] = {"available": bool(ok), "reason": reason, "method": m.method,
+        rep["meters"][name] = {"available": bool(ok), "reason": reason,
+                               "method": m.method if ok else "unavailable",
                                "status": _status(name, bool(ok), reason, m.method)}
+    if rep["meters"].get("rapl", {}).get("available") and \
+            rep["meters"].get("pyrapl", {}).get("available"):
+        from profiler.meters.pyrapl import compare_with_direct
+        try:
+            rep["pyrapl_vs_direct"] = compare_with_direct(meters["rapl"], meters["pyrapl"],
+                                                          seconds=compare_seconds, sleep=sleep)
+        except Exception as e:
+            rep["pyrapl_vs_direct"] = {"agree": None, "message": f"comparison failed: {e!r}",
+                                       "domains": {}}
     if auto is None:
         auto = AutoMeter(meters={k: meters[k] for k in ("rapl", "nvml", "estimate")
                                  if k in meters})
@@ -154,6 +170,8 @@ def _summary(rep: dict, parts: list[str]) -> list[str]:
             x = ms[name]
             state = x["method"] if x["available"] else x["status"]
             lines.append(f"{_LABELS[name]}: {state} ({x['reason']})")
+            if name == "pyrapl" and "pyrapl_vs_direct" in rep:
+                lines.append(f"pyRAPL vs direct RAPL: {rep['pyrapl_vs_direct']['message']}")
     lines.append(f"auto will use: {', '.join(parts) or 'nothing'} — {rep['auto']['choice']}")
     lines.append(f"energy rows will be labelled: {rep['auto']['method']} "
                  f"(windows of at least {rep['auto']['min_window_s']:g} s)")

@@ -63,3 +63,35 @@ def test_doctor_on_this_machine():
                 "(TDP × utilisation)") in text
         assert "auto will use: estimate" in text
     json.dumps(rep, default=str)
+
+
+def test_doctor_says_when_pyrapl_and_direct_disagree(tmp_path):
+    import types
+
+    d = tmp_path / "intel-rapl:0"
+    d.mkdir()
+    (d / "name").write_text("package-0\n")
+    (d / "energy_uj").write_text("1000000\n")
+    (d / "max_energy_range_uj").write_text("262143328850\n")
+    clock = {"t": 0.0}
+    py_vals = {"v": [1e6, -1]}
+
+    class Sensor:
+        def energy(self):
+            return py_vals["v"]
+
+    from profiler.meters import PyRaplMeter
+
+    def sleep(s):
+        clock["t"] += s
+        (d / "energy_uj").write_text("11000000\n")      # direct: +10 J
+        py_vals["v"] = [31e6, -1]                         # pyRAPL: +30 J
+
+    ms = _meters(RaplMeter(root=str(tmp_path), clock=lambda: clock["t"]))
+    ms["pyrapl"] = PyRaplMeter(pyrapl=types.SimpleNamespace(Sensor=Sensor),
+                               powercap_dir=str(tmp_path), clock=lambda: clock["t"])
+    rep = doctor_report(meters=ms, fingerprint=lambda: {}, sleep=sleep)
+    assert rep["pyrapl_vs_direct"]["agree"] is False
+    assert "DISAGREE on package:0" in format_doctor(rep)
+    assert rep["meters"]["rapl"]["method"] == "measured"
+    assert rep["meters"]["nvml"]["method"] == "unavailable"

@@ -1,0 +1,96 @@
+/* AVX2 + FMA kernels (8 fp32 lanes, 16 ymm registers). */
+#include "sk_common.h"
+#ifdef SK_HAVE_X86
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#define VEC __m256
+#define VW 8
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_load_ps(p)
+#define VSET1(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm256_add_ps((a), (b))
+#define VSTORE(p, v) _mm256_store_ps((p), (v))
+
+#define MK_FN mk_b1_v2
+#define MK_B 1
+#define MK_NV 2
+#define MK_U 4
+#include "sk_mk_fp32.h"
+#define MK_FN mk_b1_v4
+#define MK_B 1
+#define MK_NV 4
+#define MK_U 2
+#include "sk_mk_fp32.h"
+#define MK_FN mk_b2_v2
+#define MK_B 2
+#define MK_NV 2
+#define MK_U 2
+#include "sk_mk_fp32.h"
+#define MK_FN mk_b2_v4
+#define MK_B 2
+#define MK_NV 4
+#define MK_U 1
+#include "sk_mk_fp32.h"
+#define MK_FN mk_b4_v2
+#define MK_B 4
+#define MK_NV 2
+#define MK_U 1
+#include "sk_mk_fp32.h"
+#define MK_FN mk_b8_v1
+#define MK_B 8
+#define MK_NV 1
+#define MK_U 1
+#include "sk_mk_fp32.h"
+
+/* rows x (K panels) x (sub-tiles); pp[br * (npan + 1) + p] = first block of panel p */
+#define ROWLOOP(FN, NVV)                                                                   \
+    for (int p = 0; p < npan; p++)                                                         \
+        for (int64_t br = br0; br < br1; br++) {                                           \
+            float *o = scratch + (br - br0) * bh * lds + tile->t0;                         \
+            const int64_t ja = npan > 1 ? pp[br * (npan + 1) + p] : ptr[br];               \
+            const int64_t jb = npan > 1 ? pp[br * (npan + 1) + p + 1] : ptr[br + 1];       \
+            for (int64_t s = 0; s < nvt; s += (NVV))                                       \
+                FN(idx, val, ja, jb, xb + s * VW, w, o + s * VW, lds, p > 0);              \
+        }
+
+static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
+                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
+                      int64_t n_in, float *scratch, int64_t lds)
+{
+    (void)n_in;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        const float *xb = xt + tile->offset;
+        const int64_t w = tile->width;
+        const int64_t nvt = w / VW; /* even */
+        switch (bh) {
+        case 1:
+            if (nvt % 4 == 0) { ROWLOOP(mk_b1_v4, 4) } else { ROWLOOP(mk_b1_v2, 2) }
+            break;
+        case 2:
+            if (nvt % 4 == 0) { ROWLOOP(mk_b2_v4, 4) } else { ROWLOOP(mk_b2_v2, 2) }
+            break;
+        case 4:
+            ROWLOOP(mk_b4_v2, 2)
+            break;
+        default:
+            ROWLOOP(mk_b8_v1, 1)
+            break;
+        }
+    }
+}
+
+static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
+                   float *xt, const sk_tiling *tl, int64_t n_in)
+{ sk_pack_x_generic(X, ldX, nb, k0, k1, xt, tl, n_in); }
+
+static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
+                     float *Y, int64_t ldY, const float *bias)
+{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias); }
+
+const sk_kernels sk_kernels_avx2 = {
+    "avx2", tile_fp32, pack_x, unpack_y, NULL, NULL,
+};
+#endif

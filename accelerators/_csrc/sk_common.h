@@ -1,0 +1,85 @@
+/*
+ * sparsebench sparse kernels: shared declarations.
+ *
+ * Conventions (all kernels):
+ *   W  : sparse weight, logical shape (n_out, n_in), stored as "block-row CSR" with
+ *        blocks of bh consecutive output rows x 1 input column (bh = 1 is plain CSR).
+ *        ptr[nbr+1] (int64), idx[nnzb] (int32 column), val[nnzb * bh] (block-major).
+ *   X  : dense activations, tokens x n_in, row-major.
+ *   Y  : dense output, tokens x n_out, row-major; Y = X * W^T (+ bias).
+ *   XT : packed, transposed copy of a block of X: token tiles of width w (multiple of 16
+ *        floats), each tile contiguous with layout [n_in][w] ("token-contiguous").
+ *
+ * Variants are separate translation units compiled with a `#pragma GCC target(...)`;
+ * module.c picks one kernel table at import (or per call) after checking the CPU.
+ */
+#ifndef SK_COMMON_H
+#define SK_COMMON_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
+#define SK_TOK_GROUP 16        /* token padding granularity */
+#define SK_IDX_PAD 64          /* zeroed int32 entries after the last index (prefetch reads) */
+
+/* One token tile inside a packed XT block. */
+typedef struct {
+    int64_t t0;      /* first token (relative to the block) */
+    int64_t width;   /* tokens in the tile (multiple of 16), row stride of the tile */
+    int64_t offset;  /* float offset of the tile inside the XT buffer */
+} sk_tile;
+
+#define SK_MAX_TILES 512
+
+typedef struct {
+    int ntiles;
+    sk_tile tiles[SK_MAX_TILES];
+} sk_tiling;
+
+/* ---- INT8 packed activations ------------------------------------------------------
+ * XQ block layout: token tiles as above, but each tile is [n_in/4 quads][w tokens][4 bytes]
+ * of uint8 (x_q + 128), so one 32-bit lane holds 4 consecutive input channels of a token
+ * (the operand layout of vpdpbusd). n_in is padded to a multiple of 4 with zeros (=128).
+ */
+
+typedef struct sk_kernels {
+    const char *name;
+    /* fp32: compute scratch[(r) * lds + t] for rows of block rows [br0, br1), all tiles. */
+    /* pp (may be NULL when npan == 1): per block row, npan + 1 block offsets splitting the
+     * row's (column-sorted) blocks into input-column panels processed panel by panel. */
+    void (*tile_fp32)(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
+                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
+                      int64_t n_in, float *scratch, int64_t lds);
+    /* xt tiles <- X[0:nb, k0:k1] transposed; tokens nb..(padded) zero. */
+    void (*pack_x)(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
+                   float *xt, const sk_tiling *tl, int64_t n_in);
+    /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows (<= 16), t < ntok. */
+    void (*unpack_y)(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
+                     float *Y, int64_t ldY, const float *bias);
+    /* int8 (NULL where not compiled) */
+    void (*tile_int8)(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *val,
+                      int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
+                      int64_t nq, int32_t *scratch, int64_t lds);
+    /* quantize X[0:nb, :] per token -> xq tiles (quads k0q..k1q), and write per-token scale */
+    void (*pack_xq)(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                    const float *inv_scale, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+} sk_kernels;
+
+extern const sk_kernels sk_kernels_scalar;
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SK_HAVE_X86 1
+extern const sk_kernels sk_kernels_avx2;
+extern const sk_kernels sk_kernels_avx512;
+extern const sk_kernels sk_kernels_vnni;
+#endif
+
+/* Shared scalar helpers (defined in sk_scalar.c). */
+void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
+                       float *xt, const sk_tiling *tl, int64_t n_in);
+void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
+                         float *Y, int64_t ldY, const float *bias);
+void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                        const float *inv_scale, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+
+#endif

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from accelerators.bf16 import BF16
+from accelerators.cuda import Cuda24, CudaBF16, CudaFP16
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.torch_fp32 import TorchFP32
 from profiler.meters import METER_CLASSES
@@ -15,7 +16,7 @@ for _task in (SST2, TinySynthetic):
     TASKS.register(_task)
 for _pruner in (NoPruner, MagnitudePruner):
     PRUNERS.register(_pruner)
-for _acc in (TorchFP32, Int8Dynamic, BF16):
+for _acc in (TorchFP32, Int8Dynamic, BF16, CudaFP16, CudaBF16, Cuda24):
     ACCELERATORS.register(_acc)
 for _meter in METER_CLASSES.values():
     METERS.register(_meter)

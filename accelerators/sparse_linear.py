@@ -1,0 +1,238 @@
+"""``SparseLinear``: the torch face of the sparse C kernels (``accelerators._sparse_kernels``).
+
+A ``SparseLinear`` holds a pruned ``nn.Linear`` weight in a sparse format as plain buffers
+(``indptr``, ``indices``, ``values``, and for INT8 ``w_scale`` / ``w_sum``), so it survives
+``state_dict`` round trips; the packed, validated kernel handle is built from those buffers and
+rebuilt whenever they change. Inference only: no autograd through the kernels.
+
+Formats
+    ``"csr"``      fp32: unstructured, one stored weight per non-zero.
+                   int8: 1 x 4 quads along the input dimension (the VNNI dot-product width),
+                   a quad is stored when any of its 4 weights is non-zero.
+    ``"bsr{r}x1"`` fp32 only: blocks of r consecutive output rows x 1 input column (r in
+                   1, 2, 4, 8); a block is stored when any of its r weights is non-zero.
+    ``"bsr{r}x4"`` int8 only: r output rows x 4 input columns (r in 1, 2, 4, 8).
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+from torch import nn
+
+from accelerators import _sparse_kernels as _sk
+
+__all__ = ["SparseLinear", "dense_to_blocks", "parse_format"]
+
+_FORMAT_RE = re.compile(r"^bsr(\d+)x(\d+)$")
+
+
+def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) -> tuple[str, int, int]:
+    """Normalise a format name to ``(name, block_rows, block_cols)``.
+
+    ``format`` is ``"csr"``, ``"bsr"`` (with ``block`` = rows, default 4) or ``"bsr{r}x{c}"``;
+    fp32 needs ``c == 1``, int8 ``c == 4``. Raises ValueError for anything else.
+    """
+    if dtype not in ("fp32", "int8"):
+        raise ValueError(f"dtype must be 'fp32' or 'int8', got {dtype!r}")
+    bw = 1 if dtype == "fp32" else 4
+    if format == "csr":
+        bh = 1
+    elif format == "bsr":
+        bh = 4 if block is None else int(block)
+    else:
+        m = _FORMAT_RE.match(format)
+        if not m:
+            raise ValueError(f"unknown sparse format {format!r}; use 'csr', 'bsr' or 'bsr{{rows}}x{{cols}}'")
+        bh, c = int(m.group(1)), int(m.group(2))
+        if c != bw:
+            raise ValueError(f"format {format!r}: {dtype} blocks have {bw} input column(s)")
+        if block is not None and int(block) != bh:
+            raise ValueError(f"format {format!r} conflicts with block={block}")
+    if bh not in (1, 2, 4, 8):
+        raise ValueError(f"block rows must be 1, 2, 4 or 8, got {bh}")
+    name = "csr" if (bh == 1) else f"bsr{bh}x{bw}"
+    return name, bh, bw
+
+
+@torch.no_grad()
+def dense_to_blocks(weight: torch.Tensor, bh: int, bw: int = 1):
+    """Split a dense (n_out, n_in) weight into stored blocks of bh x bw.
+
+    Returns ``(indptr int64 [n_block_rows + 1], indices int32 [nblocks], blocks [nblocks, bh, bw])``
+    where ``indices`` are block-column numbers (input column for bw == 1, quad number for bw == 4)
+    and ``blocks`` keeps the weight's dtype; rows/columns past the matrix are zero padded. A block
+    is stored when any of its entries is non-zero.
+    """
+    w = weight.detach()
+    n_out, n_in = w.shape
+    nbr = -(-n_out // bh)
+    nbc = -(-n_in // bw)
+    wp = torch.zeros(nbr * bh, nbc * bw, dtype=w.dtype)
+    wp[:n_out, :n_in] = w
+    b = wp.reshape(nbr, bh, nbc, bw).permute(0, 2, 1, 3)  # (nbr, nbc, bh, bw)
+    mask = (b != 0).flatten(2).any(-1)
+    indptr = torch.zeros(nbr + 1, dtype=torch.int64)
+    indptr[1:] = mask.sum(1).cumsum(0)
+    r, c = mask.nonzero(as_tuple=True)
+    return indptr, c.to(torch.int32), b[r, c].contiguous()
+
+
+def _np(t: torch.Tensor):
+    return t.detach().numpy()
+
+
+class SparseLinear(nn.Module):
+    """y = x @ W.T + b with a sparse W, computed by the C kernels.
+
+    Build with :meth:`from_dense`. ``forward`` accepts (..., in_features) inputs (e.g. (batch,
+    seq, in)), flattens the leading dims into tokens, and returns (..., out_features) float32
+    (cast back to the input's floating dtype if it was not float32). ``threads`` (attribute,
+    settable) is the OpenMP thread count used per call; ``variant`` (None = module default)
+    forces a kernel ISA variant.
+
+    Buffers (fp32): ``indptr`` int64 [n_block_rows + 1], ``indices`` int32 [nblocks],
+    ``values`` float32 [nblocks, bh]; ``bias`` float32 [out] or absent.
+    Buffers (int8): ``indices`` are quad numbers, ``values`` int8 [nblocks, bh, 4],
+    ``w_scale`` float32 [out] (per-output-channel symmetric scale, W ~= w_scale[:, None] * W_q).
+    """
+
+    def __init__(self, in_features: int, out_features: int, indptr: torch.Tensor, indices: torch.Tensor,
+                 values: torch.Tensor, bias: Optional[torch.Tensor], format: str = "csr", dtype: str = "fp32",
+                 threads: int = 1, w_scale: Optional[torch.Tensor] = None, act_quant: str = "token"):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.format, self.block_rows, self.block_cols = parse_format(format, dtype)
+        self.dtype_name = dtype
+        self.threads = int(threads)
+        self.variant: Optional[str] = None
+        if act_quant not in ("token", "tensor"):
+            raise ValueError("act_quant must be 'token' or 'tensor'")
+        self.act_quant = act_quant
+        self.register_buffer("indptr", indptr.to(torch.int64).contiguous())
+        self.register_buffer("indices", indices.to(torch.int32).contiguous())
+        if dtype == "fp32":
+            self.register_buffer("values", values.to(torch.float32).contiguous())
+            self.w_scale = None
+        else:
+            if w_scale is None:
+                raise ValueError("int8 SparseLinear needs w_scale")
+            self.register_buffer("values", values.to(torch.int8).contiguous())
+            self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
+        if bias is not None:
+            self.register_buffer("bias", bias.detach().to(torch.float32).contiguous().clone())
+        else:
+            self.bias = None
+        self._mat = None
+        self._key = None
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, linear: nn.Linear, format: str = "csr", block: Optional[int] = None, dtype: str = "fp32",
+                   threads: int = 1, act_quant: str = "token") -> "SparseLinear":
+        """Convert an ``nn.Linear`` (its zeros are what gets skipped).
+
+        format/block: see the module docstring (``"csr"``, ``"bsr"`` + ``block``, ``"bsr4x1"``...).
+        dtype: ``"fp32"`` (exact weights) or ``"int8"`` (per-output-channel symmetric weight
+        quantization, round-to-nearest-even, range [-127, 127]; activations quantized per token at
+        run time, or per tensor with ``act_quant="tensor"``). Raises ValueError on bad options.
+        """
+        name, bh, bw = parse_format(format, dtype, block)
+        w = linear.weight.detach().to(torch.float32)
+        n_out, n_in = w.shape
+        bias = linear.bias.detach() if linear.bias is not None else None
+        if dtype == "fp32":
+            indptr, indices, blocks = dense_to_blocks(w, bh, 1)
+            values = blocks.reshape(-1, bh)
+            return cls(n_in, n_out, indptr, indices, values, bias, name, dtype, threads)
+        amax = w.abs().amax(dim=1)
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        wq = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+        indptr, indices, blocks = dense_to_blocks(wq, bh, 4)
+        return cls(n_in, n_out, indptr, indices, blocks.reshape(-1, bh, 4), bias, name, dtype, threads,
+                   w_scale=scale, act_quant=act_quant)
+
+    # ---------------------------------------------------------------- kernel handle
+    def _buffers_key(self):
+        ts = [self.indptr, self.indices, self.values]
+        if self.bias is not None:
+            ts.append(self.bias)
+        if self.w_scale is not None:
+            ts.append(self.w_scale)
+        return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in ts)
+
+    def packed(self):
+        """The validated kernel handle (``_sparse_kernels.SparseMatrix``), rebuilt if buffers changed."""
+        key = self._buffers_key()
+        if self._mat is None or key != self._key:
+            shape = (self.out_features, self.in_features)
+            if self.dtype_name == "fp32":
+                vals = _np(self.values.contiguous())
+                if self.block_rows == 1:
+                    self._mat = _sk.pack_csr(_np(self.indptr), _np(self.indices), vals.reshape(-1), shape)
+                else:
+                    self._mat = _sk.pack_bsr(_np(self.indptr), _np(self.indices), vals, shape,
+                                             block=self.block_rows)
+            else:
+                self._mat = _sk.pack_int8(_np(self.indptr), _np(self.indices), _np(self.values.contiguous()),
+                                          _np(self.w_scale), shape, block=self.block_rows)
+            self._key = key
+            self._bias_np = _np(self.bias) if self.bias is not None else None
+        return self._mat
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._mat = None
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise ValueError("SparseLinear runs on the CPU only")
+        mat = self.packed()
+        lead = x.shape[:-1]
+        x2 = x.detach().reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.to(torch.float32)
+        x2 = x2.contiguous()
+        out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+        if self.dtype_name == "fp32":
+            _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, threads=self.threads, variant=self.variant)
+        else:
+            _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, threads=self.threads,
+                          variant=self.variant, per_token=self.act_quant == "token")
+        out = out.reshape(*lead, self.out_features)
+        if x.dtype != torch.float32 and x.is_floating_point():
+            out = out.to(x.dtype)
+        return out
+
+    # ---------------------------------------------------------------- info
+    @property
+    def nnz_stored(self) -> int:
+        """Stored weights including the zeros inside stored blocks."""
+        return int(self.values.numel())
+
+    def density(self) -> float:
+        """Fraction of the dense weight's entries that are stored (block fill included)."""
+        return self.nnz_stored / max(1, self.in_features * self.out_features)
+
+    def to_dense(self) -> torch.Tensor:
+        """The (dequantized for int8) dense weight, float32 (out_features, in_features)."""
+        bh, bw = self.block_rows, self.block_cols
+        nbr = self.indptr.numel() - 1
+        nbc = -(-self.in_features // bw)
+        w = torch.zeros(nbr, nbc, bh, bw, dtype=torch.float32)
+        rows = torch.repeat_interleave(torch.arange(nbr), self.indptr[1:] - self.indptr[:-1])
+        w[rows, self.indices.long()] = self.values.to(torch.float32).reshape(-1, bh, bw)
+        w = w.permute(0, 2, 1, 3).reshape(nbr * bh, nbc * bw)[: self.out_features, : self.in_features]
+        if self.w_scale is not None:
+            w = w * self.w_scale[:, None]
+        return w.contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
+                f"dtype={self.dtype_name}, density={self.density():.3f}, threads={self.threads}")

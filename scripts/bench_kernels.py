@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Side-by-side per-layer benchmark of the sparse kernels against torch, in one process.
+
+For each case (layer shape, tokens, sparsity, threads) the competitors are timed round-robin
+(interleaved repeats, each repeat a short loop of calls; the reported value is the median over
+repeats of the per-call time), all on the same pruned weight:
+
+* ``torch dense fp32``  F.linear(x, W, b)
+* ``torch CSR``         torch.mm(W.to_sparse_csr(), x.T)   (no bias / transpose back: flattering to torch)
+* ours, fp32            ``csr`` on the unstructured-pruned W, ``bsr4x1`` on the 4x1-block-pruned W
+* ours, int8 (``--int8``) ``csr`` (1x4 quads) on unstructured W, ``bsr4x4`` on 4x4-block-pruned W,
+                          vs torch dynamic INT8 (engines x86 / fbgemm / onednn where available)
+
+Output: a table on stdout and a JSON list of objects (``--json`` / ``--out``, default runs/bench_kernels-<time>.json)
+with one object per (case, competitor): out_features, in_features, tokens, sparsity, dtype, format,
+block, variant, threads, median_s, dense_median_s, torch_csr_median_s, speedup_vs_dense,
+speedup_vs_torch_csr, gflops_effective (useful FLOPs = 2 * tokens * nnz(W) per second), roofline
+fraction, spread (IQR / median) and, for int8 rows, dense_int8_median_s / speedup_vs_dense_int8.
+
+Modes: default = W 3072x768, 128 tokens, sparsity 0.5/0.8/0.9/0.95/0.98, 2 threads;
+``--quick`` = same layer at 0.9 and 0.95 only (< 1 minute); ``--full`` = the issue's grid
+(4 shapes x tokens 1/8/128/1024 x 6 sparsities x threads 1, 2; many minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from accelerators import _sparse_kernels as sk  # noqa: E402
+from accelerators.sparse_linear import SparseLinear  # noqa: E402
+
+PEAK_FP32_GFLOPS_PER_CORE = 215.0  # 2 FMA ports x 16 lanes x 2 flops x ~3.4 GHz (this machine: ~430 on 2 cores)
+
+
+def prune_unstructured(w: torch.Tensor, s: float) -> torch.Tensor:
+    k = int(round(s * w.numel()))
+    if k <= 0:
+        return w.clone()
+    thr = w.abs().flatten().kthvalue(k).values
+    return w * (w.abs() > thr)
+
+
+def prune_blocks(w: torch.Tensor, s: float, bh: int, bw: int) -> torch.Tensor:
+    n_out, n_in = w.shape
+    b = w.reshape(n_out // bh, bh, n_in // bw, bw)
+    score = b.pow(2).sum(dim=(1, 3))
+    k = int(round(s * score.numel()))
+    if k <= 0:
+        return w.clone()
+    thr = score.flatten().kthvalue(k).values
+    keep = (score > thr)[:, None, :, None]
+    return (b * keep).reshape(n_out, n_in)
+
+
+def timeit(fns: dict, reps: int, min_time: float) -> dict:
+    """Interleaved timing: each repeat runs every fn in turn for a loop of n calls."""
+    # calibrate loop length so one repeat of the slowest fn takes >= min_time
+    n = {}
+    for k, f in fns.items():
+        f()
+        t0 = time.perf_counter()
+        f()
+        dt = max(time.perf_counter() - t0, 1e-7)
+        n[k] = max(1, int(min_time / dt))
+    res = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(n[k]):
+                f()
+            res[k].append((time.perf_counter_ns() - t0) * 1e-9 / n[k])
+    return res
+
+
+def stats(v):
+    v = sorted(v)
+    med = statistics.median(v)
+    q = statistics.quantiles(v, n=4) if len(v) >= 4 else [v[0], med, v[-1]]
+    return med, min(v), (q[2] - q[0]) / med if med > 0 else 0.0
+
+
+def torch_int8_engines():
+    try:
+        import torch.ao.nn.quantized.dynamic as nnqd  # noqa: F401
+    except Exception:
+        return []
+    return [e for e in ("x86", "fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+
+
+def make_torch_int8(lin: torch.nn.Linear, engine: str):
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    return q
+
+
+def run_case(n_out, n_in, tokens, s, threads, args, rng_seed=0):
+    g = torch.Generator().manual_seed(rng_seed + int(s * 1000) + n_out + tokens)
+    w = torch.randn(n_out, n_in, generator=g) * (1.0 / n_in ** 0.5)
+    b = torch.randn(n_out, generator=g) * 0.1
+    x = torch.randn(tokens, n_in, generator=g)
+    torch.set_num_threads(threads)
+    wu = prune_unstructured(w, s)
+    wb = prune_blocks(w, s, 4, 1)
+    rows = []
+    fns = {}
+    meta = {}
+    lin_u = torch.nn.Linear(n_in, n_out)
+    lin_u.weight.data.copy_(wu)
+    lin_u.bias.data.copy_(b)
+    lin_b = torch.nn.Linear(n_in, n_out)
+    lin_b.weight.data.copy_(wb)
+    lin_b.bias.data.copy_(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csr_u = wu.to_sparse_csr()
+    xt = x.t().contiguous()
+    fns["dense"] = lambda: F.linear(x, wu, b)
+    fns["torch_csr"] = lambda: torch.mm(csr_u, xt)
+    ours = {}
+    if not args.no_fp32:
+        ours[("fp32", "csr", 1)] = (SparseLinear.from_dense(lin_u, "csr", threads=threads), wu)
+        ours[("fp32", "bsr4x1", 4)] = (SparseLinear.from_dense(lin_b, "bsr4x1", threads=threads), wb)
+    int8_dense = {}
+    if args.int8 and hasattr(sk, "pack_int8"):
+        wb44 = prune_blocks(w, s, 4, 4)
+        lin_b44 = torch.nn.Linear(n_in, n_out)
+        lin_b44.weight.data.copy_(wb44)
+        lin_b44.bias.data.copy_(b)
+        ours[("int8", "csr", 1)] = (SparseLinear.from_dense(lin_u, "csr", dtype="int8", threads=threads), wu)
+        ours[("int8", "bsr4x4", 4)] = (SparseLinear.from_dense(lin_b44, "bsr4x4", dtype="int8", threads=threads),
+                                       wb44)
+        lin_d = torch.nn.Linear(n_in, n_out)
+        lin_d.weight.data.copy_(w)
+        lin_d.bias.data.copy_(b)
+        for eng in torch_int8_engines():
+            try:
+                q = make_torch_int8(lin_d, eng)
+                q(x)
+                int8_dense[eng] = q
+            except Exception as e:  # engine unusable here
+                print(f"# torch int8 engine {eng}: {e}", file=sys.stderr)
+    for key, (mod, wref) in ours.items():
+        ref = F.linear(x, wref, b)
+        got = mod(x)
+        err = ((got - ref).abs().max() / (ref.abs().max() + 1e-6)).item()
+        tol = 1e-4 if key[0] == "fp32" else 5e-2
+        if err > tol:
+            raise RuntimeError(f"{key}: wrong result, max rel err {err:.2e}")
+        fns[key] = (lambda m=mod: m(x))
+        meta[key] = (mod, int((wref != 0).sum()))
+    engines = {}
+    for eng, q in int8_dense.items():
+        def f(q=q, eng=eng):
+            torch.backends.quantized.engine = eng
+            return q(x)
+        fns[("torch_int8", eng)] = f
+        engines[eng] = q
+    res = timeit(fns, args.reps, args.min_time)
+    dense_med = stats(res["dense"])[0]
+    tcsr_med = stats(res["torch_csr"])[0]
+    int8_meds = {eng: stats(res[("torch_int8", eng)])[0] for eng in engines}
+    best_int8 = min(int8_meds.values()) if int8_meds else None
+    variant = sk.kernel_variant()
+    base = dict(out_features=n_out, in_features=n_in, tokens=tokens, sparsity=s, threads=threads,
+                dense_median_s=dense_med, torch_csr_median_s=tcsr_med)
+    if best_int8 is not None:
+        base["dense_int8_median_s"] = best_int8
+        base["dense_int8_engine"] = min(int8_meds, key=int8_meds.get)
+    nnz_u = int((wu != 0).sum())
+    for name, key, nnz in (("torch-dense", "dense", n_out * n_in), ("torch-csr", "torch_csr", nnz_u)):
+        med, mn, spread = stats(res[key])
+        rows.append(dict(base, impl=name, dtype="fp32", format="dense" if key == "dense" else "csr", block=None,
+                         variant="torch", median_s=med, latency_median_s=med, min_s=mn, spread=spread,
+                         speedup_vs_dense=dense_med / med, speedup_vs_dense_fp32=dense_med / med,
+                         speedup_vs_torch_csr=tcsr_med / med,
+                         gflops_effective=2 * tokens * nnz / med / 1e9))
+    for eng in engines:
+        med, mn, spread = stats(res[("torch_int8", eng)])
+        rows.append(dict(base, impl=f"torch-int8-{eng}", dtype="int8", format="dense", block=None, variant="torch",
+                         median_s=med, latency_median_s=med, min_s=mn, spread=spread,
+                         speedup_vs_dense=dense_med / med, speedup_vs_dense_fp32=dense_med / med,
+                         speedup_vs_torch_csr=tcsr_med / med, speedup_vs_dense_int8=best_int8 / med,
+                         gflops_effective=2 * tokens * n_out * n_in / med / 1e9))
+    for key, (mod, nnz) in meta.items():
+        med, mn, spread = stats(res[key])
+        gf = 2 * tokens * nnz / med / 1e9
+        row = dict(base, impl="sparsebench", dtype=key[0], format=key[1], block=[key[2], 1 if key[0] == "fp32" else 4],
+                   variant=variant, kernel_variant=variant, median_s=med, latency_median_s=med, min_s=mn,
+                   spread=spread, speedup_vs_dense=dense_med / med, speedup_vs_dense_fp32=dense_med / med,
+                   speedup_vs_torch_csr=tcsr_med / med, gflops_effective=gf, gflops_useful=gf,
+                   roofline_fraction=gf / (PEAK_FP32_GFLOPS_PER_CORE * threads), nnz=nnz,
+                   stored_density=mod.density())
+        if best_int8 is not None:
+            row["speedup_vs_dense_int8"] = best_int8 / med
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", "--out", dest="json", default=None, help="JSON output path")
+    ap.add_argument("--quick", action="store_true", help="3072x768, 128 tokens, sparsity 0.9/0.95, 2 threads")
+    ap.add_argument("--full", action="store_true", help="the full grid of shapes, tokens, sparsities, threads")
+    ap.add_argument("--shapes", default=None, help="comma list like 3072x768,768x3072 (out x in)")
+    ap.add_argument("--tokens", default=None, help="comma list of token counts")
+    ap.add_argument("--sparsities", default=None, help="comma list")
+    ap.add_argument("--threads", default=None, help="comma list")
+    ap.add_argument("--reps", type=int, default=15, help="interleaved repeats (median over these)")
+    ap.add_argument("--min-time", type=float, default=0.01, help="seconds per repeat and competitor")
+    ap.add_argument("--int8", action="store_true", help="add INT8 rows (ours and torch dynamic INT8)")
+    ap.add_argument("--no-fp32", action="store_true", help="skip our fp32 rows")
+    args = ap.parse_args(argv)
+
+    shapes, tokens, sparsities, threads = [(3072, 768)], [128], [0.5, 0.8, 0.9, 0.95, 0.98], [2]
+    if args.quick:
+        sparsities = [0.9, 0.95]
+        args.reps = min(args.reps, 11)
+    if args.full:
+        shapes = [(3072, 768), (768, 3072), (1536, 384), (384, 1536)]
+        tokens = [1, 8, 128, 1024]
+        sparsities = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+        threads = [1, 2]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.tokens:
+        tokens = [int(v) for v in args.tokens.split(",")]
+    if args.sparsities:
+        sparsities = [float(v) for v in args.sparsities.split(",")]
+    if args.threads:
+        threads = [int(v) for v in args.threads.split(",")]
+
+    out = Path(args.json) if args.json else ROOT / "runs" / f"bench_kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(host=platform.node(), cpu_count=os.cpu_count(), torch=torch.__version__,
+               kernel_variant=sk.kernel_variant(), supported_variants=sk.supported_variants(),
+               loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)
+    print(f"# kernel variant {env['kernel_variant']}, torch {env['torch']}, load average {env['loadavg']}")
+    hdr = (f"{'shape':>10} {'tok':>5} {'thr':>3} {'sparsity':>8} {'impl':>18} {'dtype':>5} {'format':>7} "
+           f"{'median_ms':>9} {'x_dense':>7} {'x_tcsr':>6} {'x_int8':>6} {'GFLOP/s':>7} {'spread':>6}")
+    print(hdr)
+    rows = []
+    for (n_out, n_in) in shapes:
+        for t in tokens:
+            for th in threads:
+                for s in sparsities:
+                    for r in run_case(n_out, n_in, t, s, th, args):
+                        rows.append(r)
+                        x8 = r.get("speedup_vs_dense_int8")
+                        print(f"{n_out:>5}x{n_in:<4} {t:>5} {th:>3} {s:>8.2f} {r['impl'] + ('' if r['impl'] != 'sparsebench' else ''):>18} "
+                              f"{r['dtype']:>5} {r['format']:>7} {r['median_s'] * 1e3:>9.3f} "
+                              f"{r['speedup_vs_dense']:>7.2f} {r['speedup_vs_torch_csr']:>6.2f} "
+                              f"{(f'{x8:.2f}' if x8 is not None else '-'):>6} {r['gflops_effective']:>7.1f} "
+                              f"{r['spread']:>6.2f}", flush=True)
+    env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    for r in rows:
+        r.update(torch_version=env["torch"], loadavg_start=env["loadavg"], loadavg_end=env["loadavg_end"])
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""SparseLinear (torch face of the kernels) and the sparse-cpu accelerator on a tiny BERT."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+sk = pytest.importorskip("accelerators._sparse_kernels")
+
+from accelerators.sparse_cpu import SparseCPU, encoder_linears  # noqa: E402
+from accelerators.sparse_linear import SparseLinear, parse_format  # noqa: E402
+
+
+def pruned_linear(n_in, n_out, sparsity, bias=True, seed=0, block=1):
+    torch.manual_seed(seed)
+    lin = nn.Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():
+        if block == 1:
+            lin.weight.mul_(torch.rand_like(lin.weight) >= sparsity)
+        else:
+            rows = -(-n_out // block)
+            keep = (torch.rand(rows, n_in) >= sparsity).repeat_interleave(block, 0)[:n_out]
+            lin.weight.mul_(keep)
+    return lin
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr2x1", "bsr4x1", "bsr8x1"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_dense_matches_linear(fmt, bias):
+    lin = pruned_linear(77, 131, 0.8, bias=bias, block=4 if fmt != "csr" else 1)
+    sl = SparseLinear.from_dense(lin, fmt, threads=2)
+    x = torch.randn(3, 11, 77)
+    with torch.no_grad():
+        ref = lin(x)
+    out = sl(x)
+    assert out.shape == (3, 11, 131)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sl.to_dense(), lin.weight.detach())
+    assert 0 < sl.density() <= 1
+
+
+@pytest.mark.parametrize("variant", sk.supported_variants())
+def test_every_variant_through_module(variant):
+    lin = pruned_linear(40, 24, 0.9)
+    sl = SparseLinear.from_dense(lin, "bsr", block=4)
+    sl.variant = variant
+    x = torch.randn(130, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_format_parsing():
+    assert parse_format("csr") == ("csr", 1, 1)
+    assert parse_format("bsr", block=8) == ("bsr8x1", 8, 1)
+    assert parse_format("bsr4x4", "int8") == ("bsr4x4", 4, 4)
+    for bad in [("bsr3x1", "fp32"), ("bsr4x4", "fp32"), ("coo", "fp32"), ("csr", "fp16")]:
+        with pytest.raises(ValueError):
+            parse_format(*bad)
+
+
+def test_state_dict_roundtrip_and_repack():
+    lin = pruned_linear(32, 48, 0.7)
+    a = SparseLinear.from_dense(lin, "csr")
+    b = SparseLinear.from_dense(lin, "csr")
+    with torch.no_grad():
+        b.values.mul_(2.0)  # in-place change of a buffer -> handle is rebuilt
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        ref = lin(x)
+        torch.testing.assert_close(b(x) - lin.bias, 2 * (ref - lin.bias), rtol=1e-5, atol=1e-5)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(x), ref, rtol=1e-5, atol=1e-5)
+    assert set(a.state_dict()) == {"indptr", "indices", "values", "bias"}
+
+
+def test_non_float32_input_and_errors():
+    lin = pruned_linear(16, 8, 0.5)
+    sl = SparseLinear.from_dense(lin)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    out = sl(x)
+    assert out.dtype == torch.float64
+    with pytest.raises(ValueError):
+        sl(torch.randn(4, 15))
+
+
+# ------------------------------------------------------------------------------------------
+# the sparse-cpu accelerator on a tiny BERT built in code
+# ------------------------------------------------------------------------------------------
+def tiny_bert(sparsity: float, seed: int = 0):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for _, lin in encoder_linears(model):
+            w = lin.weight
+            thr = w.abs().flatten().kthvalue(max(1, int(sparsity * w.numel()))).values
+            w.mul_(w.abs() > thr) if sparsity > 0 else None
+    return model
+
+
+def example(batch=2, seq=16):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 120, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def logits(m, ex):
+    with torch.no_grad():
+        out = m(**ex)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def test_encoder_layer_selection():
+    model = tiny_bert(0.0)
+    names = [n for n, _ in encoder_linears(model)]
+    assert len(names) == 12
+    assert not any("pooler" in n or "classifier" in n for n in names)
+
+
+def test_sparse_cpu_swaps_and_keeps_outputs():
+    model = tiny_bert(0.9)
+    before = copy.deepcopy(model.state_dict())
+    acc = SparseCPU(format="csr", min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
+    assert acc.availability() == (True, "")
+    ex = example()
+    new = acc.prepare(model, ex, threads=2)
+    # input model untouched
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(isinstance(m, nn.Linear) for _, m in encoder_linears(model))
+    torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
+    fields = acc.row_fields()
+    assert fields["sparse_layers"] + fields["dense_layers"] == 12
+    assert fields["kernel_variant"] in sk.supported_variants()
+    choices = json.loads(fields["sparse_layer_choices"])
+    assert len(choices) == 12
+    n_swapped = sum(isinstance(m, SparseLinear) for m in new.modules())
+    assert n_swapped == fields["sparse_layers"]
+
+
+def test_sparse_cpu_keeps_dense_when_not_sparse():
+    model = tiny_bert(0.0)
+    acc = SparseCPU(repeats=2, min_time_s=0.0005)
+    ex = example()
+    new = acc.prepare(model, ex, threads=1)
+    assert not any(isinstance(m, SparseLinear) for m in new.modules())
+    assert acc.row_fields()["sparse_layers"] == 0
+    torch.testing.assert_close(logits(new, ex), logits(model, ex))
+
+
+def test_sparse_cpu_rule_mode_and_forced_variant():
+    model = tiny_bert(0.95)
+    acc = SparseCPU(calibrate=False, variant="scalar", format="auto")
+    ex = example(batch=1, seq=8)
+    new = acc.prepare(model, ex, threads=1)
+    assert acc.row_fields()["sparse_layers"] == 12
+    assert acc.row_fields()["kernel_variant"] == "scalar"
+    torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_cpu_config_errors():
+    with pytest.raises(ValueError):
+        SparseCPU(format="coo")
+    with pytest.raises(ValueError):
+        SparseCPU(min_speedup=0.5)
+    ok, reason = SparseCPU(variant="nonexistent").availability()
+    assert not ok and "nonexistent" in reason

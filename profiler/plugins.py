@@ -10,11 +10,13 @@ from profiler.registry import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.tasks.sst2 import SST2
 from profiler.tasks.tiny_synthetic import TinySynthetic
 from pruners.base import NoPruner
+from pruners.gmp import GMPPruner
 from pruners.magnitude import MagnitudePruner
+from pruners.movement import MovementPruner
 
 for _task in (SST2, TinySynthetic):
     TASKS.register(_task)
-for _pruner in (NoPruner, MagnitudePruner):
+for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner):
     PRUNERS.register(_pruner)
 for _acc in (TorchFP32, Int8Dynamic, BF16, CudaFP16, CudaBF16, Cuda24):
     ACCELERATORS.register(_acc)

@@ -187,6 +187,8 @@ class Runner:
             return model, PruneReport.from_dict(json.loads((path / "prune_report.json").read_text()))
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
+        if pruner.needs_training:
+            pruner.progress = self.reporter.training(f"pruning {spec.label()}")
         report = pruner.prune(model, task)
         self.reporter.training_done()
         model.eval()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -130,6 +130,9 @@ class Pruner:
 
     name: ClassVar[str] = ""
     needs_training: ClassVar[bool] = False
+    #: optional ``progress(step, total, loss, sparsity)`` callback, set by the runner before
+    #: :meth:`prune` for training pruners (a progress bar with the current sparsity and loss).
+    progress: Callable[..., None] | None = None
 
     def prune(self, model: nn.Module, task: Any) -> PruneReport:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""One-shot magnitude pruning (GMP in a single step)."""
+"""One-shot magnitude pruning (GMP in a single step): score |W|, one-shot schedule, any structure."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -6,7 +6,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, magnitude_masks, prunable_linears, sparsity_report, validate_roles
+from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from pruners.masks import MaskSet
+from pruners.schedules import OneShot
+from pruners.scores import MagnitudeScore
+from pruners.structure import SCOPES, parse_structure
 
 
 class MagnitudePruner(Pruner):
@@ -17,16 +21,21 @@ class MagnitudePruner(Pruner):
         scope: ``"layer"`` (each matrix pruned to ``sparsity``) or ``"global"`` (one threshold
             over all targeted matrices).
         roles: layer roles to prune (see :data:`pruners.base.ROLE_PATTERNS`).
+        structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``, block score = L1
+            norm), or ``"N:M"`` such as ``"2:4"`` (then ``sparsity`` must be ``1 − N/M``).
     """
 
     name = "magnitude"
 
-    def __init__(self, sparsity: float = 0.9, scope: str = "layer", roles: Sequence[str] = ALL_ROLES) -> None:
+    def __init__(self, sparsity: float = 0.9, scope: str = "layer", roles: Sequence[str] = ALL_ROLES, structure: str = "unstructured") -> None:
         self.sparsity = check_sparsity(sparsity)
-        if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be one of: layer, global (got {scope!r})")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
         self.scope = scope
         self.roles = validate_roles(roles)
+        self.structure = parse_structure(structure)
+        self.structure.check_sparsity(self.sparsity)
+        self.schedule = OneShot(self.sparsity)
 
     def target_sparsity(self) -> float:
         return self.sparsity
@@ -34,7 +43,11 @@ class MagnitudePruner(Pruner):
     @torch.no_grad()
     def prune(self, model: nn.Module, task: Any = None) -> PruneReport:
         layers = prunable_linears(model, self.roles)
-        masks = magnitude_masks({n: l.weight for n, l in layers.items()}, self.sparsity, self.scope)
-        for n, lin in layers.items():
-            lin.weight.mul_(masks[n])
-        return sparsity_report(model, self.roles, notes={"schedule": "one-shot", "score": "magnitude", "scope": self.scope})
+        masks = MaskSet(layers)
+        s = self.schedule.sparsity_at(0)
+        masks.update(self.structure.masks(MagnitudeScore(layers).scores(), s, self.scope), sparsity=s)
+        masks.squash()
+        notes = {**self.schedule.describe(), "score": "magnitude", "scope": self.scope, "structure": self.structure.spec,
+                 "training": None}
+        notes["schedule"] = "one-shot"
+        return masks.report(model, notes)

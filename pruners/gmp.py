@@ -1,0 +1,210 @@
+"""Training-time pruning: gradual magnitude pruning (GMP, Zhu & Gupta 2017) and the shared loop
+that movement pruning reuses (GMP and movement differ only in the score).
+
+The pruned model is trained from the dense fine-tuned model handed to :meth:`prune`: AdamW with
+linear warm-up then linear decay to zero, gradient clipping at 1.0, the task's training batches;
+masks are recomputed from the score at each update step of the cubic schedule and kept applied
+through every optimizer step by :class:`pruners.masks.MaskSet`; optionally distilled from a frozen
+copy of the dense model (:mod:`pruners.distill`). At the end the masks are squashed into plain
+weights and the report (from the masks) carries the training budget and wall time.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from pruners.distill import Distiller, check_distill
+from pruners.masks import MaskSet, assert_plain
+from pruners.schedules import Cubic
+from pruners.scores import MagnitudeScore, Score
+from pruners.structure import SCOPES, parse_structure
+
+log = logging.getLogger(__name__)
+
+
+def _int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    if (v <= lo if lo_open else v < lo) or v > hi:
+        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    return float(v)
+
+
+class TrainingPruner(Pruner):
+    """Base of the training-time pruners: a score + the cubic schedule + a structure, trained.
+
+    Args:
+        sparsity: final sparsity ``s_f`` of the targeted weights, in [0, 1).
+        initial_sparsity: ``s_i`` at the first pruning step, in [0, sparsity].
+        steps: optimizer steps of training in total (pruning and recovery), >= 1.
+        start_frac: pruning starts at step ``round(start_frac·steps)`` (``t0``), in [0, 1).
+        end_frac: sparsity reaches ``s_f`` at step ``round(end_frac·steps)``, in (start_frac, 1];
+            the remaining steps fine-tune at constant sparsity (recovery).
+        update_every: steps between mask updates (``Δt``), >= 1.
+        lr: peak AdamW learning rate (linear warm-up over ``warmup_steps``, then linear decay to 0).
+        batch_size: training sentences per step.
+        warmup_steps: learning-rate warm-up steps, in [0, steps).
+        weight_decay: AdamW decoupled weight decay, >= 0.
+        distill: distil from the dense model (a frozen copy taken inside ``prune``).
+        temperature: distillation temperature T (> 0).
+        alpha: weight of the distillation term, in [0, 1].
+        structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
+        scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
+        roles: encoder Linear roles to prune (see :data:`pruners.base.ROLE_PATTERNS`).
+        seed: seed of the batch order and dropout.
+    """
+
+    needs_training = True
+
+    def __init__(
+        self,
+        sparsity: float = 0.9,
+        initial_sparsity: float = 0.0,
+        steps: int = 1000,
+        start_frac: float = 0.0,
+        end_frac: float = 0.7,
+        update_every: int = 10,
+        lr: float = 1e-4,
+        batch_size: int = 32,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.01,
+        distill: bool = False,
+        temperature: float = 2.0,
+        alpha: float = 0.9,
+        structure: str = "unstructured",
+        scope: str = "layer",
+        roles: Sequence[str] = ALL_ROLES,
+        seed: int = 0,
+    ) -> None:
+        self.sparsity = check_sparsity(sparsity)
+        self.initial_sparsity = _num("initial_sparsity", initial_sparsity, 0.0, self.sparsity)
+        self.steps = _int("steps", steps, 1)
+        self.start_frac = _num("start_frac", start_frac, 0.0, 1.0)
+        if self.start_frac >= 1.0:
+            raise ValueError(f"start_frac must be in [0, 1), got {start_frac!r}")
+        self.end_frac = _num("end_frac", end_frac, self.start_frac, 1.0, lo_open=True)
+        self.update_every = _int("update_every", update_every, 1)
+        self.lr = _num("lr", lr, 0.0, 1.0, lo_open=True)
+        self.batch_size = _int("batch_size", batch_size, 1)
+        self.warmup_steps = _int("warmup_steps", warmup_steps, 0)
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}), got {warmup_steps!r}")
+        self.weight_decay = _num("weight_decay", weight_decay, 0.0, 1.0)
+        if not isinstance(distill, bool):
+            raise ValueError(f"distill must be true or false, got {distill!r}")
+        self.distill = distill
+        check_distill(temperature, alpha)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+        self.structure = parse_structure(structure)
+        self.structure.check_sparsity(self.sparsity)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
+        self.scope = scope
+        self.roles = validate_roles(roles)
+        self.seed = _int("seed", seed, 0)
+        self.start_step = int(round(self.start_frac * self.steps))
+        self.end_step = max(self.start_step + 1, int(round(self.end_frac * self.steps)))
+        self.schedule = Cubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
+
+    def target_sparsity(self) -> float:
+        return self.sparsity
+
+    # ---- hooks for subclasses ----------------------------------------------------------------------
+    def make_score(self, layers: dict[str, nn.Linear]) -> Score:
+        return MagnitudeScore(layers)
+
+    def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
+        return self.structure.masks(score.scores(), sparsity, self.scope)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+        t_wall = time.perf_counter()
+        torch.manual_seed(self.seed)
+        layers = prunable_linears(model, self.roles)
+        if not layers:
+            raise ValueError(f"no encoder Linear layer matches roles {list(self.roles)}")
+        for n, lin in layers.items():
+            self.structure.check_shape(n, lin.weight.shape)
+        distiller = Distiller(model, self.temperature, self.alpha) if self.distill else None
+        masks = MaskSet(layers)
+        score = self.make_score(layers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        warm, total = self.warmup_steps, self.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        )
+        batches = task.train_batches(self.batch_size, self.seed)
+        progress = getattr(self, "progress", None)
+        recent: deque[float] = deque(maxlen=50)
+        model.train()
+        for step in range(total):
+            if self.schedule.is_update(step):
+                s = self.schedule.sparsity_at(step)
+                masks.update(self.select(score, s), opt, sparsity=s)
+            inputs, labels = next(batches)
+            logits = _logits_of(model(**inputs))
+            loss = task.loss(logits, labels)
+            if distiller is not None:
+                loss = distiller.loss(inputs, logits, loss)
+            loss.backward()
+            score.accumulate()
+            masks.step(opt, clip_norm=1.0, params=params)
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            recent.append(float(loss.detach()))
+            if progress:
+                progress(step + 1, total, recent[-1], masks.sparsity)
+            if (step + 1) % 50 == 0 or step + 1 == total:
+                log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, total,
+                         sum(recent) / len(recent), len(recent), masks.sparsity, time.perf_counter() - t_wall)
+        if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
+            masks.update(self.select(score, self.sparsity), opt, sparsity=self.sparsity)
+        masks.squash()
+        del opt, distiller
+        model.eval()
+        assert_plain(model)
+        notes = self.describe()
+        notes.update(score.describe())
+        notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
+        notes["wall_time_s"] = round(time.perf_counter() - t_wall, 1)
+        return masks.report(model, notes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pruner": self.name,
+            **self.schedule.describe(),
+            "structure": self.structure.spec, "scope": self.scope, "roles": list(self.roles),
+            "training": {
+                "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
+                "weight_decay": self.weight_decay, "optimizer": "AdamW, linear warm-up then linear decay to 0, clip 1.0",
+                "seed": self.seed,
+            },
+            "distillation": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else False,
+        }
+
+
+class GMPPruner(TrainingPruner):
+    """Gradual magnitude pruning (Zhu & Gupta 2017): score |W|, cubic schedule, trained
+    (optionally distilled) between mask updates. Parameters: see :class:`TrainingPruner`."""
+
+    name = "gmp"
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if hasattr(out, "logits") else out[0]

@@ -1,0 +1,121 @@
+"""Structure: *which shape* of weight groups a mask keeps or drops, and layer-wise or global selection.
+
+Given per-layer scores (higher = more important; same shape as the weight, ``(out, in)``) and a
+target sparsity, :meth:`Structure.masks` returns boolean keep-masks:
+
+* ``"unstructured"`` — single weights. ``scope="layer"``: each matrix loses exactly
+  ``round(s · numel)`` lowest-score entries; ``scope="global"``: one ranking over all matrices.
+* ``"RxC"`` blocks, e.g. ``"1x4"`` (4 consecutive inputs of one output row) or ``"4x1"`` (4
+  consecutive output rows of one input column). A block's score is the sum of its entries' scores
+  (L1 norm for magnitude); exactly ``round(s · n_blocks)`` blocks are dropped per layer (or over
+  all layers for ``scope="global"``). Both weight dimensions must be multiples of the block.
+* ``"N:M"`` e.g. ``"2:4"`` — in every group of M consecutive weights along the input dimension
+  (the layout sparse tensor cores use), the N highest-score weights are kept. The final sparsity
+  is therefore fixed at ``1 − N/M``; at an intermediate schedule sparsity ``s`` each group drops
+  ``min(M − N, round(s · M))``. Scope does not apply (selection is always within a group).
+
+Ties are broken by position (stable sort) so the zero count is always exact.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from pruners.base import _keep_mask
+
+STRUCTURE_HELP = "'unstructured', a block 'RxC' such as '1x4' or '4x1', or 'N:M' such as '2:4'"
+SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class Structure:
+    kind: str  # "unstructured" | "block" | "nm"
+    rows: int = 1  # block rows, or N for N:M
+    cols: int = 1  # block cols, or M for N:M
+
+    @property
+    def spec(self) -> str:
+        if self.kind == "unstructured":
+            return "unstructured"
+        return f"{self.rows}x{self.cols}" if self.kind == "block" else f"{self.rows}:{self.cols}"
+
+    @property
+    def fixed_sparsity(self) -> float | None:
+        """``1 − N/M`` for N:M, else None (any sparsity is reachable)."""
+        return 1.0 - self.rows / self.cols if self.kind == "nm" else None
+
+    def check_sparsity(self, sparsity: float) -> None:
+        """ValueError if ``sparsity`` is not reachable with this structure (N:M fixes it)."""
+        fixed = self.fixed_sparsity
+        if fixed is not None and abs(sparsity - fixed) > 1e-9:
+            raise ValueError(f"sparsity must equal 1 - N/M = {fixed:g} for structure {self.spec!r}, got {sparsity!r}")
+
+    def check_shape(self, name: str, shape: torch.Size) -> None:
+        out_f, in_f = shape
+        if self.kind == "block" and (out_f % self.rows or in_f % self.cols):
+            raise ValueError(f"structure {self.spec!r}: layer {name} weight {tuple(shape)} is not a multiple of the block")
+        if self.kind == "nm" and in_f % self.cols:
+            raise ValueError(f"structure {self.spec!r}: layer {name} input size {in_f} is not a multiple of M={self.cols}")
+
+    # ---- selection --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def masks(self, scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:
+        """Boolean keep-masks (True = keep) with exactly this structure at ``sparsity``."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
+        for name, s in scores.items():
+            self.check_shape(name, s.shape)
+        if self.kind == "nm":
+            return {n: self._nm(s, sparsity) for n, s in scores.items()}
+        pooled = {n: self._pool(s.float()) for n, s in scores.items()}
+        if scope == "layer":
+            keep = {n: _keep_mask(p.flatten(), int(round(sparsity * p.numel()))).view_as(p) for n, p in pooled.items()}
+        else:
+            flat = torch.cat([p.flatten() for p in pooled.values()])
+            k = _keep_mask(flat, int(round(sparsity * flat.numel())))
+            keep, start = {}, 0
+            for n, p in pooled.items():
+                keep[n] = k[start : start + p.numel()].view_as(p)
+                start += p.numel()
+        return {n: self._expand(m) for n, m in keep.items()}
+
+    def _pool(self, s: torch.Tensor) -> torch.Tensor:
+        if self.kind == "unstructured":
+            return s
+        r, c = self.rows, self.cols
+        return s.reshape(s.shape[0] // r, r, s.shape[1] // c, c).sum(dim=(1, 3))
+
+    def _expand(self, m: torch.Tensor) -> torch.Tensor:
+        if self.kind == "unstructured":
+            return m
+        return m.repeat_interleave(self.rows, 0).repeat_interleave(self.cols, 1)
+
+    def _nm(self, s: torch.Tensor, sparsity: float) -> torch.Tensor:
+        n, m = self.rows, self.cols
+        drop = min(m - n, int(round(sparsity * m)))
+        groups = s.float().reshape(s.shape[0], s.shape[1] // m, m)
+        keep = torch.ones_like(groups, dtype=torch.bool)
+        if drop > 0:
+            order = torch.sort(groups, dim=-1, stable=True).indices[..., :drop]
+            keep.scatter_(-1, order, False)
+        return keep.reshape(s.shape)
+
+
+def parse_structure(spec: str) -> Structure:
+    """``"unstructured"`` | ``"RxC"`` | ``"N:M"`` → :class:`Structure`; ValueError naming the choices."""
+    if not isinstance(spec, str):
+        raise TypeError(f"structure must be a string: {STRUCTURE_HELP}; got {spec!r}")
+    s = spec.strip().lower()
+    if s == "unstructured":
+        return Structure("unstructured")
+    if mt := re.fullmatch(r"(\d+)x(\d+)", s):
+        r, c = int(mt[1]), int(mt[2])
+        if r >= 1 and c >= 1 and r * c > 1:
+            return Structure("block", r, c)
+    if mt := re.fullmatch(r"(\d+):(\d+)", s):
+        n, m = int(mt[1]), int(mt[2])
+        if 1 <= n < m:
+            return Structure("nm", n, m)
+    raise ValueError(f"structure must be {STRUCTURE_HELP} (blocks of >= 2 weights, 1 <= N < M); got {spec!r}")

@@ -1,0 +1,140 @@
+"""GMP and movement pruners: score hand computation, exact final sparsity, config validation,
+notes with the training budget, progress callback, runner integration."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from profiler.config import parse_config
+from profiler.errors import ConfigError
+from profiler.tasks import TinySynthetic
+from pruners.base import prunable_linears
+from pruners.gmp import GMPPruner
+from pruners.movement import MovementPruner
+from pruners.scores import MovementScore
+from tests.conftest import tiny_config
+
+
+def test_movement_scores_accumulate_minus_w_times_grad_by_hand():
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]))
+    score = MovementScore({"l": lin})
+    x = torch.tensor([[1.0, 2.0, -1.0]])
+    expected = torch.zeros(2, 3)
+    for _ in range(2):
+        W = lin.weight.detach().clone()
+        y = W @ x[0]  # loss = sum(y²)  =>  dL/dW = 2·y·xᵀ
+        grad = 2 * y[:, None] * x[0][None, :]
+        expected -= W * grad
+        lin.weight.grad = None
+        (lin(x) ** 2).sum().backward()
+        assert torch.allclose(lin.weight.grad, grad)
+        score.accumulate()
+        with torch.no_grad():
+            lin.weight -= 0.01 * lin.weight.grad  # the weights move between steps
+    assert torch.allclose(score.scores()["l"], expected)
+    # first step by hand: W=[[1,-2,.5],[0,3,-1]], y=[-3.5, 7], grad row0 = -7·x, row1 = 14·x
+    first = -torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]) * torch.tensor([[-7.0, -14.0, 7.0], [14.0, 28.0, -14.0]])
+    assert first[0].tolist() == [7.0, -28.0, -3.5]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    task = TinySynthetic(finetune_steps=0, n_train=256, n_eval=32)
+    return task, task.base_model()
+
+
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (GMPPruner, dict(sparsity=0.8)),
+        (GMPPruner, dict(sparsity=0.5, structure="2:4", scope="global")),
+        (MovementPruner, dict(sparsity=0.9, variant="hard")),
+        (MovementPruner, dict(sparsity=0.9, variant="soft", structure="4x1")),
+    ],
+)
+def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
+    task, dense = tiny
+    model = copy.deepcopy(dense)
+    seen = []
+    p = cls(steps=10, update_every=2, batch_size=8, **kw)
+    p.progress = lambda step, total, loss, sparsity: seen.append((step, total, sparsity))
+    rep = p.prune(model, task)
+    assert seen[-1][:2] == (10, 10) and seen[-1][2] == kw["sparsity"]
+    assert [s for _, _, s in seen] == sorted(s for _, _, s in seen)  # sparsity only grows
+    total = sum(l.weight.numel() for l in prunable_linears(model).values())
+    if kw.get("scope", "layer") == "layer" and kw.get("variant") != "soft":
+        for name, ls in rep.per_layer.items():
+            assert ls.zeros == round(kw["sparsity"] * ls.numel), name
+    assert abs(rep.prunable_zeros - kw["sparsity"] * total) <= 4 * len(rep.per_layer)
+    assert int((model.classifier.weight == 0).sum()) == 0  # classifier trained, not pruned
+    n = rep.notes
+    assert n["training"]["steps"] == 10 and n["training"]["batch_size"] == 8 and n["training"]["lr"] == p.lr
+    assert n["wall_time_s"] >= 0 and n["final_sparsity"] == kw["sparsity"]
+    assert (n["distillation"] != False) == p.distill  # noqa: E712
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(sparsity=1.0), "sparsity"),
+        (dict(steps=0), "steps"),
+        (dict(end_frac=0.0), "end_frac"),
+        (dict(lr=0), "lr"),
+        (dict(warmup_steps=5000), "warmup_steps"),
+        (dict(temperature=0), "temperature"),
+        (dict(alpha=1.5), "alpha"),
+        (dict(distill="yes"), "distill"),
+        (dict(structure="3x"), "structure"),
+        (dict(sparsity=0.9, structure="2:4"), "1 - N/M"),
+        (dict(scope="model"), "scope"),
+        (dict(roles=["ffn"]), "roles"),
+    ],
+)
+def test_constructor_validation_names_the_param(kw, match):
+    with pytest.raises(ValueError, match=match):
+        GMPPruner(**kw)
+
+
+def test_movement_validation():
+    with pytest.raises(ValueError, match="variant"):
+        MovementPruner(variant="medium")
+    with pytest.raises(ValueError, match="start_frac"):
+        MovementPruner(start_frac=0.0)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"pruners\[1\].*alpha"):
+        parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "gmp", "alpha": 2.0}]))
+    with pytest.raises(ConfigError, match=r"pruners\[0\]\.epochs.*valid parameters"):
+        parse_config(tiny_config(pruners=[{"name": "movement", "epochs": 2}]))
+
+
+def test_runner_trains_caches_and_reports(tmp_path):
+    from profiler.runner import Reporter, Runner
+
+    class Rec(Reporter):
+        calls = []
+
+        def training(self, label):
+            return lambda *a: self.calls.append((label, a))
+
+    cfg = parse_config(tiny_config(
+        tasks=[{"name": "tiny-synthetic", "finetune_steps": 20, "n_train": 256, "n_eval": 32}],
+        pruners=[{"name": "gmp", "sparsity": 0.9, "steps": 6, "batch_size": 8, "update_every": 2, "distill": True}],
+        accelerators=[{"name": "torch-fp32"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]},
+    ))
+    Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", reporter=Rec()).run()
+    assert any(label.startswith("pruning gmp") and a[0] == 6 and a[3] == 0.9 for label, a in Rec.calls)
+    [saved] = list((tmp_path / "cache" / "pruned").iterdir())
+    import json
+
+    rep = json.loads((saved / "prune_report.json").read_text())
+    assert rep["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
+    assert rep["notes"]["training"]["steps"] == 6 and rep["notes"]["distillation"] == {"temperature": 2.0, "alpha": 0.9}
+    rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["status"] == "ok" and rows[0]["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)

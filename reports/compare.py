@@ -182,6 +182,14 @@ def _load_targets(run_dirs: Sequence[Path]) -> tuple[list[Target], list[pd.DataF
 RECIPE_COLS = ["task", "pruner", "pruner_label", "accelerator", "accelerator_label", "batch_size", "seq_len", "sparsity"]
 
 
+def _pruner_text(r: pd.Series) -> str:
+    """The pruner's label plus its structure when not unstructured (2:4 and 1x4 differ from it)."""
+    params = r.get("pruner_params") if isinstance(r.get("pruner_params"), dict) else {}
+    structure = params.get("structure")
+    label = str(r["pruner_label"])
+    return f"{label} {structure}" if structure and structure != "unstructured" and str(structure) not in label else label
+
+
 def _recipe_label(r: pd.Series, many_tasks: bool) -> str:
     lab = f"{r['pruner_label']} + {r['accelerator_label']} · b{int(r['batch_size'])} s{int(r['seq_len'])}"
     return f"{r['task']}: {lab}" if many_tasks else lab
@@ -250,10 +258,13 @@ def build_compare(run_dirs: Sequence[Path], allow_mixed_energy: bool = False) ->
         joined = pd.DataFrame(columns=["target", "recipe_id", "status"])
     else:
         long["recipe_id"] = [recipe_id(r) for _, r in long.iterrows()]
+        long["pruner_label"] = [_pruner_text(r) for _, r in long.iterrows()]
         long = long.drop_duplicates(["target", "recipe_id"], keep="last")
         many_tasks = long["task"].nunique() > 1
         recipes = long.drop_duplicates("recipe_id").set_index("recipe_id")[RECIPE_COLS]
         recipes["recipe"] = [_recipe_label(r, many_tasks) for _, r in recipes.iterrows()]
+        dup = recipes["recipe"].duplicated(keep=False)  # configurations differing in a parameter the labels omit
+        recipes.loc[dup, "recipe"] = recipes.loc[dup, "recipe"] + " [" + recipes.index[dup].str[:6] + "]"
         recipes["_base"] = ~((recipes["pruner"] == BASELINE_PRUNER) & (recipes["accelerator"] == BASELINE_ACCELERATOR))
         recipes["_acc"] = recipes["accelerator"] != BASELINE_ACCELERATOR
         recipes = recipes.sort_values(["task", "batch_size", "seq_len", "_base", "sparsity", "pruner_label", "_acc", "accelerator"])

@@ -196,3 +196,12 @@ def test_empty_and_missing_runs_do_not_crash(tmp_path):
     html = build_compare_html([empty])
     assert "No results to compare" in html
     assert main(["compare", str(tmp_path / "nope"), "-o", str(tmp_path / "x.html")]) == 2
+
+
+def test_structure_named_in_labels(tmp_path):
+    """An unstructured and a 2:4 pruner at the same sparsity are two configurations, labelled apart."""
+    nm = row("magnitude", 0.5, p50=0.006)
+    nm["pruner_params"] = {"sparsity": 0.5, "structure": "2:4"}
+    c = build_compare([make_run(tmp_path / "a", [row(), row("magnitude", 0.5, p50=0.008), nm])])
+    labels = sorted(c.joined["recipe"])
+    assert labels == ["magnitude 0.5 + torch-fp32 · b1 s32", "magnitude 0.5 2:4 + torch-fp32 · b1 s32", "none + torch-fp32 · b1 s32"]

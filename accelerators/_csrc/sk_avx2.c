@@ -91,6 +91,9 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
 { sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias); }
 
 const sk_kernels sk_kernels_avx2 = {
-    "avx2", tile_fp32, pack_x, unpack_y, NULL, NULL,
+    "avx2", tile_fp32, pack_x, unpack_y,
+    /* int8 on non-VNNI variants: portable C */
+    sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic,
 };
 #endif

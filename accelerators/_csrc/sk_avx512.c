@@ -131,31 +131,7 @@ static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, c
     }
 }
 
-/* In-register 16x16 transpose of r[0..15]. */
-static inline __attribute__((always_inline)) void tr16(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int h = 0; h < 2; h++) {
-        for (int i = 0; i < 4; i++) {
-            t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
-            t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
-        }
-    }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-    }
-}
+#include "sk_tr16.h"
 
 static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                    float *xt, const sk_tiling *tl, int64_t n_in)
@@ -202,7 +178,10 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
 }
 
 const sk_kernels sk_kernels_avx512 = {
-    "avx512", tile_fp32, pack_x, unpack_y, NULL, NULL,
+    "avx512", tile_fp32, pack_x, unpack_y,
+    /* int8 on non-VNNI variants: portable C */
+    sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic,
 };
 
 /* exported for the vnni table */

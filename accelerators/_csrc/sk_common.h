@@ -37,12 +37,15 @@ typedef struct {
     sk_tile tiles[SK_MAX_TILES];
 } sk_tiling;
 
-/* ---- INT8 packed activations ------------------------------------------------------
- * XQ block layout: token tiles as above, but each tile is [n_in/4 quads][w tokens][4 bytes]
- * of uint8 (x_q + 128), so one 32-bit lane holds 4 consecutive input channels of a token
- * (the operand layout of vpdpbusd). n_in is padded to a multiple of 4 with zeros (=128).
+/* ---- INT8 ----------------------------------------------------------------------------
+ * Weights: blocks of bh output rows x 4 input columns ("quads"), int8, stored per block as bh
+ * int32 words (4 int8 each, little-endian = columns 4q..4q+3). idx = quad number.
+ * Activations are quantized per token (or per tensor) to x_q in [-127, 127] and stored as
+ * u = x_q + 128 (uint8) in token tiles laid out [nq quads][w tokens][4 bytes], so one 32-bit
+ * lane holds 4 consecutive input channels of one token: the operand layout of vpdpbusd
+ * (u8 x s8 -> s32). The +128 offset is removed with a per-row compensation 128 * sum(w_q).
+ * Padding (tokens past the end, columns past n_in) holds u = 128 (x_q = 0).
  */
-
 typedef struct sk_kernels {
     const char *name;
     /* fp32: compute scratch[(r) * lds + t] for rows of block rows [br0, br1), all tiles. */
@@ -57,13 +60,26 @@ typedef struct sk_kernels {
     /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows (<= 16), t < ntok. */
     void (*unpack_y)(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                      float *Y, int64_t ldY, const float *bias);
-    /* int8 (NULL where not compiled) */
-    void (*tile_int8)(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *val,
+    /* int8: scratch[r * lds + t] = sum over stored quads of u * w (int32, no compensation) */
+    void (*tile_int8)(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                       int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
                       int64_t nq, int32_t *scratch, int64_t lds);
-    /* quantize X[0:nb, :] per token -> xq tiles (quads k0q..k1q), and write per-token scale */
+    /* quantize X[0:nb, 4*q0 : 4*q1] (fp32, row stride ldX, n_in valid columns) with per-token
+     * inverse scales inv[0:nb] into xq tiles; tokens nb.. and columns >= n_in get u = 128. */
     void (*pack_xq)(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
-                    const float *inv_scale, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+                    const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+    /* same from already-quantized int8 X (exact-integer path) */
+    void (*pack_xq_raw)(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                        uint8_t *xq, const sk_tiling *tl, int64_t nq);
+    /* Y[t * ldY + r] = (acc[r][t] - comp[r]) * (sx[t] * sw[r]) + bias[r]  (fp32 out) */
+    void (*unpack_int8)(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
+                        int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                        const float *sx);
+    /* amax[t] = max_k |X[t * ldX + k]| for t in [t0, t1) (NaN counts as +inf) */
+    void (*rows_amax)(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
+    /* Y[t * ldY + r] = acc[r][t] - comp[r]  (int32 out) */
+    void (*unpack_i32)(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
+                       int64_t ldY, const int32_t *comp);
 } sk_kernels;
 
 extern const sk_kernels sk_kernels_scalar;
@@ -79,7 +95,26 @@ void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int6
                        float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                          float *Y, int64_t ldY, const float *bias);
+void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
+                          int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
+                          int64_t nq, int32_t *scratch, int64_t lds);
 void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
-                        const float *inv_scale, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+                        const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq);
+void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                            uint8_t *xq, const sk_tiling *tl, int64_t nq);
+void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
+                            int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                            const float *sx);
+void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
+                           int64_t ldY, const int32_t *comp);
+void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
+/* x * inv rounded to nearest even, clamped to [-127, 127] (shared definition of quantization) */
+static inline int32_t sk_quant1(float x, float inv)
+{
+    float v = x * inv;
+    if (!(v > -127.0f)) v = -127.0f; /* also maps NaN to -127 */
+    if (v > 127.0f) v = 127.0f;
+    return (int32_t)__builtin_rintf(v);
+}
 
 #endif

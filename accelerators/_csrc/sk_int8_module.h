@@ -1,2 +1,335 @@
-/* INT8 entry points (filled in by the int8 work). */
-#define SK_INT8_METHODS
+/* INT8 entry points of the module (included by sk_module.c). */
+
+/* values may be 1-D (nblocks * bh * 4), 2-D (nblocks, bh * 4) or 3-D (nblocks, bh, 4) */
+static PyObject *py_pack_int8(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"indptr", "indices", "values", "w_scale", "shape", "block", NULL};
+    PyObject *o_ptr, *o_idx, *o_val, *o_sc, *o_shape;
+    int bh = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|i:pack_int8", kwlist, &o_ptr, &o_idx, &o_val, &o_sc,
+                                     &o_shape, &bh))
+        return NULL;
+    int64_t n_out, n_in;
+    if (parse_shape(o_shape, &n_out, &n_in) < 0) return NULL;
+    if (n_in > 65536) {
+        PyErr_Format(PyExc_ValueError, "int8 kernels support n_in <= 65536 (int32 accumulation), got %lld",
+                     (long long)n_in);
+        return NULL;
+    }
+    if (check_block(bh) < 0) return NULL;
+    Py_buffer vp, vi, vv, vs;
+    if (get_buffer(o_ptr, &vp, "indptr", 'I', 1, 0) < 0) return NULL;
+    if (get_buffer(o_idx, &vi, "indices", 'I', 1, 0) < 0) {
+        PyBuffer_Release(&vp);
+        return NULL;
+    }
+    if (get_buffer(o_val, &vv, "values", 'b', -1, 0) < 0) {
+        PyBuffer_Release(&vp);
+        PyBuffer_Release(&vi);
+        return NULL;
+    }
+    if (get_buffer(o_sc, &vs, "w_scale", 'f', 1, 0) < 0) {
+        PyBuffer_Release(&vp);
+        PyBuffer_Release(&vi);
+        PyBuffer_Release(&vv);
+        return NULL;
+    }
+    SKMatrix *m = skm_new();
+    if (!m) goto fail;
+    m->dtype = DT_INT8;
+    m->n_out = n_out;
+    m->n_in = n_in;
+    m->bh = bh;
+    m->bw = 4;
+    m->nbr = (n_out + bh - 1) / bh;
+    const int64_t nq = (n_in + 3) / 4;
+    if (copy_structure(m, &vp, &vi, nq) < 0) goto fail;
+    if (vv.len != m->nnzb * bh * 4) {
+        PyErr_Format(PyExc_ValueError, "values: expected %lld int8 (nblocks=%lld x %d rows x 4), got %lld",
+                     (long long)(m->nnzb * bh * 4), (long long)m->nnzb, bh, (long long)vv.len);
+        goto fail;
+    }
+    if (vs.shape[0] != n_out) {
+        PyErr_Format(PyExc_ValueError, "w_scale: expected length %lld, got %lld", (long long)n_out,
+                     (long long)vs.shape[0]);
+        goto fail;
+    }
+    m->qval = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(m->nnzb * bh));
+    m->wscale = (float *)aligned_malloc(sizeof(float) * (size_t)(n_out > 0 ? n_out : 1));
+    m->wsum = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(m->nbr * bh > 0 ? m->nbr * bh : 1));
+    if (!m->qval || !m->wscale || !m->wsum) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    memcpy(m->qval, vv.buf, (size_t)(m->nnzb * bh * 4));
+    memcpy(m->wscale, vs.buf, sizeof(float) * (size_t)n_out);
+    for (int64_t i = 0; i < n_out; i++) {
+        if (!(m->wscale[i] >= 0.0f) || m->wscale[i] == (float)INFINITY) {
+            PyErr_Format(PyExc_ValueError, "w_scale[%lld] must be finite and >= 0", (long long)i);
+            goto fail;
+        }
+    }
+    if (sort_rows(m, m->qval, bh, sizeof(int32_t)) < 0) goto fail;
+    for (int64_t br = 0; br < m->nbr; br++) {
+        for (int b = 0; b < bh; b++) {
+            int32_t s = 0;
+            for (int64_t j = m->ptr[br]; j < m->ptr[br + 1]; j++) {
+                const int8_t *wb = (const int8_t *)(m->qval + j * bh + b);
+                s += wb[0] + wb[1] + wb[2] + wb[3];
+            }
+            m->wsum[br * bh + b] = 128 * s;
+        }
+    }
+    if (skm_compute_chunks(m) < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    PyBuffer_Release(&vp);
+    PyBuffer_Release(&vi);
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&vs);
+    return (PyObject *)m;
+fail:
+    Py_XDECREF(m);
+    PyBuffer_Release(&vp);
+    PyBuffer_Release(&vi);
+    PyBuffer_Release(&vv);
+    PyBuffer_Release(&vs);
+    return NULL;
+}
+
+typedef struct {
+    const SKMatrix *m;
+    const sk_kernels *kt;
+    const float *X;       /* fp32 input, or NULL for raw */
+    const int8_t *Xq;     /* raw int8 input */
+    int64_t T;
+    float *Y;             /* fp32 output */
+    int32_t *Yi;          /* raw int32 output */
+    const float *bias;
+    int per_token;
+    int nt;
+    int64_t tt, tb, lds;
+    uint8_t *xq;
+    int32_t *scratch;
+    float *amax, *sx, *inv; /* T each */
+} int8_job;
+
+static void run_int8(int8_job *J)
+{
+    const SKMatrix *m = J->m;
+    const int64_t K = m->n_in, N = m->n_out, T = J->T;
+    const int64_t nq = (K + 3) / 4;
+    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
+#pragma omp parallel num_threads(J->nt)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+#else
+        const int tid = 0, nthr = 1;
+#endif
+        sk_tiling tl;
+        int64_t c0, c1;
+        thread_chunks(m, tid, nthr, &c0, &c1);
+        const int64_t q0 = nq * tid / nthr, q1 = nq * (tid + 1) / nthr;
+        int32_t *scr = J->scratch + (int64_t)tid * SK_ROWS_PER_CHUNK * J->lds;
+        if (J->X) {
+            const int64_t ta = T * tid / nthr, tb_ = T * (tid + 1) / nthr;
+            if (tb_ > ta) J->kt->rows_amax(J->X, K, K, ta, tb_, J->amax);
+#pragma omp barrier
+            float g = 0.0f;
+            if (!J->per_token)
+                for (int64_t t = 0; t < T; t++) g = J->amax[t] > g ? J->amax[t] : g;
+            for (int64_t t = ta; t < tb_; t++) {
+                const float a = J->per_token ? J->amax[t] : g;
+                /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 */
+                const int ok = a > 0.0f && a <= 3.0e38f;
+                J->inv[t] = ok ? 127.0f / a : 0.0f;
+                J->sx[t] = ok ? a / 127.0f : 0.0f;
+            }
+#pragma omp barrier
+        }
+        for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
+            const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
+            make_tiling(&tl, nb, J->tt, nq * 4);
+            if (q1 > q0) {
+                if (J->X) J->kt->pack_xq(J->X + t0 * K, K, nb, K, q0, q1, J->inv + t0, J->xq, &tl, nq);
+                else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, J->xq, &tl, nq);
+            }
+#pragma omp barrier
+            for (int64_t c = c0; c < c1; c++) {
+                const int64_t br0 = c * brpc;
+                const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+                J->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, J->xq, &tl, nq, scr, J->lds);
+                const int64_t r0 = c * SK_ROWS_PER_CHUNK;
+                const int64_t nrows = N - r0 < SK_ROWS_PER_CHUNK ? N - r0 : SK_ROWS_PER_CHUNK;
+                if (nrows <= 0) continue;
+                if (J->X)
+                    J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
+                                       m->wscale + r0, m->wsum + r0, J->sx + t0);
+                else
+                    J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
+            }
+#pragma omp barrier
+        }
+    }
+}
+
+static int default_tile_int8(int variant, int bh)
+{
+    if (variant >= V_VNNI) return bh >= 8 ? 32 : 64;
+    return 16;
+}
+
+static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
+{
+    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block", NULL};
+    static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", NULL};
+    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None;
+    int threads = 1, tile = 0, tblock = 0, per_token = 1;
+    if (raw) {
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOii:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
+                                         &threads, &o_var, &tile, &tblock))
+            return NULL;
+    } else {
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpii:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                         &threads, &o_var, &per_token, &tile, &tblock))
+            return NULL;
+    }
+    if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
+        PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
+        return NULL;
+    }
+    SKMatrix *m = (SKMatrix *)o_m;
+    if (m->dtype != DT_INT8) {
+        PyErr_SetString(PyExc_TypeError, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32");
+        return NULL;
+    }
+    if (parse_threads(threads) < 0) return NULL;
+    int variant = variant_from_obj(o_var);
+    if (variant < 0) return NULL;
+    if (tile != 0 && (tile < 16 || tile > 256 || (tile & (tile - 1)) != 0)) {
+        PyErr_Format(PyExc_ValueError, "tile must be 0 (auto) or a power of two in [16, 256], got %d", tile);
+        return NULL;
+    }
+    if (tblock < 0) {
+        PyErr_SetString(PyExc_ValueError, "token_block must be >= 0");
+        return NULL;
+    }
+    Py_buffer vx, vo, vb;
+    int have_bias = o_bias != Py_None;
+    if (get_buffer(o_x, &vx, "x", raw ? 'b' : 'f', 2, 0) < 0) return NULL;
+    if (get_buffer(o_out, &vo, "out", raw ? 'i' : 'f', 2, 1) < 0) {
+        PyBuffer_Release(&vx);
+        return NULL;
+    }
+    if (have_bias && get_buffer(o_bias, &vb, "bias", 'f', 1, 0) < 0) {
+        PyBuffer_Release(&vx);
+        PyBuffer_Release(&vo);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    int8_job J;
+    size_t xq_n = 0, scr_n = 0, sc_n = 0;
+    float *scales = NULL;
+    memset(&J, 0, sizeof(J));
+    const int64_t T = vx.shape[0];
+    if (vx.shape[1] != m->n_in) {
+        PyErr_Format(PyExc_ValueError, "x: expected shape (tokens, %lld), got (%lld, %lld)", (long long)m->n_in,
+                     (long long)vx.shape[0], (long long)vx.shape[1]);
+        goto done;
+    }
+    if (vo.shape[0] != T || vo.shape[1] != m->n_out) {
+        PyErr_Format(PyExc_ValueError, "out: expected shape (%lld, %lld), got (%lld, %lld)", (long long)T,
+                     (long long)m->n_out, (long long)vo.shape[0], (long long)vo.shape[1]);
+        goto done;
+    }
+    if (have_bias && vb.shape[0] != m->n_out) {
+        PyErr_Format(PyExc_ValueError, "bias: expected length %lld, got %lld", (long long)m->n_out,
+                     (long long)vb.shape[0]);
+        goto done;
+    }
+    if (ranges_overlap(&vx, &vo) || (have_bias && ranges_overlap(&vb, &vo))) {
+        PyErr_SetString(PyExc_ValueError, "out must not overlap x or bias");
+        goto done;
+    }
+    if (T > 0 && m->n_out > 0) {
+        const int64_t nq = (m->n_in + 3) / 4;
+        const int64_t tt = tile ? tile : default_tile_int8(variant, m->bh);
+        int64_t tb = tblock;
+        if (tb == 0) tb = (384 * 1024) / (nq * 4 > 0 ? nq * 4 : 1);
+        tb = tb / tt * tt;
+        if (tb < tt) tb = tt;
+        if (tb > 2048) tb = 2048;
+        if (tb > round_up(T, SK_TOK_GROUP)) tb = round_up(T, SK_TOK_GROUP);
+        J.m = m;
+        J.kt = variant_tables[variant];
+        J.X = raw ? NULL : (const float *)vx.buf;
+        J.Xq = raw ? (const int8_t *)vx.buf : NULL;
+        J.T = T;
+        J.Y = raw ? NULL : (float *)vo.buf;
+        J.Yi = raw ? (int32_t *)vo.buf : NULL;
+        J.bias = have_bias ? (const float *)vb.buf : NULL;
+        J.per_token = per_token;
+        J.nt = threads;
+        J.tt = tt;
+        J.tb = tb;
+        J.lds = round_up(tb, SK_TOK_GROUP) + 16;
+        J.xq = (uint8_t *)ws_take((size_t)(nq * 4 * round_up(tb, SK_TOK_GROUP)), &xq_n);
+        J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
+        scales = (float *)ws_take(sizeof(float) * (size_t)(3 * round_up(T, 16)), &sc_n);
+        if (!J.xq || !J.scratch || !scales) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        J.amax = scales;
+        J.sx = scales + round_up(T, 16);
+        J.inv = scales + 2 * round_up(T, 16);
+        Py_BEGIN_ALLOW_THREADS
+        run_int8(&J);
+        Py_END_ALLOW_THREADS
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    ws_give(J.xq, xq_n);
+    ws_give(J.scratch, scr_n);
+    ws_give(scales, sc_n);
+    PyBuffer_Release(&vx);
+    PyBuffer_Release(&vo);
+    if (have_bias) PyBuffer_Release(&vb);
+    return ret;
+}
+
+static PyObject *py_spmm_int8(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    return spmm_int8_common(args, kw, 0);
+}
+
+static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    return spmm_int8_common(args, kw, 1);
+}
+
+#define SK_INT8_METHODS                                                                              \
+    {"pack_int8", (PyCFunction)(void (*)(void))py_pack_int8, METH_VARARGS | METH_KEYWORDS,             \
+     "pack_int8(indptr, indices, values, w_scale, shape, block=1) -> SparseMatrix\n\n"                 \
+     "Validate and copy an INT8 weight stored as blocks of `block` output rows x 4 input columns\n"     \
+     "(quads; block in 1, 2, 4, 8). indptr over ceil(n_out / block) block rows; indices: quad number\n" \
+     "in [0, ceil(n_in / 4)); values: int8, nblocks * block * 4 entries laid out (block, row, col);\n"  \
+     "w_scale: float32 (n_out,), finite >= 0, per-output-channel scale (W ~= w_scale[o] * W_q[o]).\n"   \
+     "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
+    {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
+     "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0)\n\n" \
+     "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
+     "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
+     "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \
+     "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n" \
+     "GIL released; errors as spmm."},                                                                  \
+    {"spmm_int8_raw", (PyCFunction)(void (*)(void))py_spmm_int8_raw, METH_VARARGS | METH_KEYWORDS,     \
+     "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0) -> None\n\n"           \
+     "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n" \
+     "(the accumulation the int8 path uses, without scales or bias; for testing and reuse)."},

@@ -1,5 +1,5 @@
 /*
- * Register-tiled fp32 micro-kernel template (included several times per ISA file).
+ * Register-tiled micro-kernel template (fp32 FMA, or int8 vpdpbusd with MK_XT/MK_WT/MK_OT = int32) (included several times per ISA file).
  * Parameters (macros): MK_FN name, MK_B block height (output rows per block), MK_NV vectors
  * per row (token tile = MK_NV * VW tokens), MK_U independent accumulator sets (unroll over
  * blocks to hide FMA latency when MK_B * MK_NV is small).
@@ -8,9 +8,14 @@
  *
  * out[b * lds + v * VW + l] = (accum ? out[...] : 0) + sum_j val[j*B+b] * xt[idx[j] * ldx + v * VW + l], j in [j0, j1)
  */
+#ifndef MK_XT
+#define MK_XT float /* element type of the packed activations */
+#define MK_WT float /* element type of one stored weight (per block row) */
+#define MK_OT float /* accumulator / output element type */
+#endif
 static inline __attribute__((always_inline)) void
-MK_FN(const int32_t *restrict idx, const float *restrict val, int64_t j0, int64_t j1,
-      const float *restrict xt, int64_t ldx, float *restrict out, int64_t lds, int accum)
+MK_FN(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_t j1,
+      const MK_XT *restrict xt, int64_t ldx, MK_OT *restrict out, int64_t lds, int accum)
 {
     VEC acc[MK_U][MK_B][MK_NV];
     _Pragma("GCC unroll 64")
@@ -36,7 +41,7 @@ MK_FN(const int32_t *restrict idx, const float *restrict val, int64_t j0, int64_
                 for (int v = 0; v < (MK_NV * VW * 4 + 63) / 64; v++) _mm_prefetch(pf + 64 * v, _MM_HINT_T0);
             }
 #endif
-            const float *xp = xt + (int64_t)idx[j + u] * ldx;
+            const MK_XT *xp = xt + (int64_t)idx[j + u] * ldx;
             VEC xv[MK_NV];
             _Pragma("GCC unroll 64")
             for (int v = 0; v < MK_NV; v++) xv[v] = VLOAD(xp + v * VW);
@@ -50,7 +55,7 @@ MK_FN(const int32_t *restrict idx, const float *restrict val, int64_t j0, int64_
     }
 #if MK_U > 1
     for (; j < j1; j++) {
-        const float *xp = xt + (int64_t)idx[j] * ldx;
+        const MK_XT *xp = xt + (int64_t)idx[j] * ldx;
         VEC xv[MK_NV];
         _Pragma("GCC unroll 64")
         for (int v = 0; v < MK_NV; v++) xv[v] = VLOAD(xp + v * VW);

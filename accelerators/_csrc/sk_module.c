@@ -149,7 +149,8 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, char kin
         PyBuffer_Release(view);
         return -1;
     }
-    if (ndim > 0 ? view->ndim != ndim : (view->ndim != 1 && view->ndim != 2)) {
+    if (ndim > 0 ? view->ndim != ndim : (ndim == 0 ? (view->ndim != 1 && view->ndim != 2)
+                                                   : (view->ndim < 1 || view->ndim > 3))) {
         PyErr_Format(PyExc_ValueError, "%s: expected %d-dimensional buffer, got %d dimensions", name,
                      ndim > 0 ? ndim : 1, view->ndim);
         PyBuffer_Release(view);

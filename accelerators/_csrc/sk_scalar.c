@@ -67,6 +67,122 @@ static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, c
     }
 }
 
+/* ---------------------------------------------------------------------------- INT8 */
+void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
+                          int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
+                          int64_t nq, int32_t *scratch, int64_t lds)
+{
+    (void)nq;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        const uint8_t *xb = xq + tile->offset;
+        const int64_t w = tile->width;
+        for (int64_t br = br0; br < br1; br++) {
+            for (int64_t tg = 0; tg < w; tg += 16) {
+                int32_t acc[8][16];
+                memset(acc, 0, sizeof(acc));
+                for (int64_t j = ptr[br]; j < ptr[br + 1]; j++) {
+                    const uint8_t *xp = xb + ((int64_t)idx[j] * w + tg) * 4;
+                    for (int b = 0; b < bh; b++) {
+                        const uint32_t word = (uint32_t)qval[j * bh + b];
+                        const int32_t w0 = (int8_t)(word & 0xff), w1 = (int8_t)((word >> 8) & 0xff);
+                        const int32_t w2 = (int8_t)((word >> 16) & 0xff), w3 = (int8_t)(word >> 24);
+                        for (int l = 0; l < 16; l++)
+                            acc[b][l] += xp[4 * l] * w0 + xp[4 * l + 1] * w1 + xp[4 * l + 2] * w2 + xp[4 * l + 3] * w3;
+                    }
+                }
+                for (int b = 0; b < bh; b++) {
+                    int32_t *o = scratch + ((br - br0) * bh + b) * lds + tile->t0 + tg;
+                    for (int l = 0; l < 16; l++) o[l] = acc[b][l];
+                }
+            }
+        }
+    }
+}
+
+void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                        const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        uint8_t *xb = xq + tile->offset;
+        const int64_t w = tile->width;
+        for (int64_t tl_ = 0; tl_ < w; tl_++) {
+            const int64_t t = tile->t0 + tl_;
+            for (int64_t q = q0; q < q1; q++) {
+                uint8_t *d = xb + (q * w + tl_) * 4;
+                for (int c = 0; c < 4; c++) {
+                    const int64_t k = 4 * q + c;
+                    d[c] = (t < nb && k < n_in) ? (uint8_t)(sk_quant1(X[t * ldX + k], inv[t]) + 128) : 128;
+                }
+            }
+        }
+    }
+    (void)nq;
+}
+
+void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                            uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        uint8_t *xb = xq + tile->offset;
+        const int64_t w = tile->width;
+        for (int64_t tl_ = 0; tl_ < w; tl_++) {
+            const int64_t t = tile->t0 + tl_;
+            for (int64_t q = q0; q < q1; q++) {
+                uint8_t *d = xb + (q * w + tl_) * 4;
+                for (int c = 0; c < 4; c++) {
+                    const int64_t k = 4 * q + c;
+                    d[c] = (t < nb && k < n_in) ? (uint8_t)((int32_t)X[t * ldX + k] + 128) : 128;
+                }
+            }
+        }
+    }
+    (void)nq;
+}
+
+void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
+                            int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                            const float *sx)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        float *yr = Y + t * ldY;
+        for (int64_t r = 0; r < nrows; r++)
+            yr[r] = (float)(scratch[r * lds + t] - comp[r]) * (sx[t] * sw[r]) + (bias ? bias[r] : 0.0f);
+    }
+}
+
+void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
+                           int64_t ldY, const int32_t *comp)
+{
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t r = 0; r < nrows; r++) Y[t * ldY + r] = scratch[r * lds + t] - comp[r];
+}
+
+void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax)
+{
+    for (int64_t t = t0; t < t1; t++) {
+        const float *xr = X + t * ldX;
+        float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8)
+            for (int l = 0; l < 8; l++) {
+                const float v = fabsf(xr[k + l]);
+                a[l] = (v > a[l] || v != v) ? v : a[l];
+            }
+        float m = 0.0f;
+        for (; k < K; k++) {
+            const float v = fabsf(xr[k]);
+            m = (v > m || v != v) ? v : m;
+        }
+        for (int l = 0; l < 8; l++) m = (a[l] > m || a[l] != a[l]) ? a[l] : m;
+        amax[t] = m != m ? __builtin_inff() : m;
+    }
+}
+
 const sk_kernels sk_kernels_scalar = {
-    "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic, NULL, NULL,
+    "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
+    sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic,
 };

@@ -1,0 +1,254 @@
+"""INT8 sparse kernels: bit-exact integer accumulation for every variant, dequantized results
+against a float64 emulation and against fp32, saturation, zero rows, validation, the module and
+the sparse-int8 accelerator on a tiny BERT. No timings."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+sk = pytest.importorskip("accelerators._sparse_kernels")
+
+from accelerators.sparse_linear import SparseLinear, dense_to_blocks  # noqa: E402
+
+VARIANTS = sk.supported_variants()
+BLOCKS = [1, 2, 4, 8]
+
+
+def pack_q(wq: np.ndarray, bh: int, scale=None):
+    ip, ix, bl = dense_to_blocks(torch.from_numpy(wq), bh, 4)
+    n_out = wq.shape[0]
+    sc = np.ones(n_out, np.float32) if scale is None else scale
+    return sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy(), sc, wq.shape, block=bh)
+
+
+def rand_wq(rng, n_out, n_in, density):
+    w = rng.integers(-127, 128, (n_out, n_in), dtype=np.int64) * (rng.random((n_out, n_in)) < density)
+    return w.astype(np.int8)
+
+
+def raw(m, xq, variant, threads=1, **kw):
+    out = np.full((xq.shape[0], m.shape[0]), -7, np.int32)
+    sk.spmm_int8_raw(m, xq, out, threads=threads, variant=variant, **kw)
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bh", BLOCKS)
+@pytest.mark.parametrize("tokens", [1, 7, 128, 1029])
+def test_exact_integer_accumulation(variant, bh, tokens):
+    rng = np.random.default_rng(tokens + bh)
+    n_out, n_in = (45, 61) if tokens > 1000 else (203, 333)
+    wq = rand_wq(rng, n_out, n_in, 0.2)
+    xq = rng.integers(-128, 128, (tokens, n_in)).astype(np.int8)
+    ref = xq.astype(np.int64) @ wq.astype(np.int64).T
+    m = pack_q(wq, bh)
+    for threads in (1, 2):
+        assert np.array_equal(raw(m, xq, variant, threads), ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_extremes_and_saturation_free_accumulation(variant):
+    # all-extreme operands: u8 = 0 / 255 against s8 = -128 / 127 (a vpmaddubsw would saturate int16)
+    n_in = 4096
+    for wv, xv in ((127, 127), (-128, -128), (127, -128), (-128, 127)):
+        wq = np.full((24, n_in), wv, np.int8)
+        xq = np.full((17, n_in), xv, np.int8)
+        ref = xq.astype(np.int64) @ wq.astype(np.int64).T
+        for bh in BLOCKS:
+            assert np.array_equal(raw(pack_q(wq, bh), xq, variant, 2), ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiles_tokens_blocks(variant):
+    rng = np.random.default_rng(3)
+    wq = rand_wq(rng, 70, 130, 0.3)
+    xq = rng.integers(-128, 128, (300, 130)).astype(np.int8)
+    ref = xq.astype(np.int64) @ wq.astype(np.int64).T
+    for bh in BLOCKS:
+        m = pack_q(wq, bh)
+        for tile in (16, 32, 64, 128):
+            assert np.array_equal(raw(m, xq, variant, 2, tile=tile), ref)
+        assert np.array_equal(raw(m, xq, variant, 2, token_block=48), ref)
+
+
+def emulate(x, wq, sw, bias, per_token=True):
+    """float64 emulation of the int8 path (quantization in float32 exactly like the kernels)."""
+    x = x.astype(np.float32)
+    amax = np.abs(x).max(axis=1) if per_token else np.full(x.shape[0], np.abs(x).max(), np.float32)
+    amax = amax.astype(np.float32)
+    ok = amax > 0
+    inv = np.where(ok, np.float32(127.0) / np.where(ok, amax, 1), 0).astype(np.float32)
+    sx = np.where(ok, amax / np.float32(127.0), 0).astype(np.float32)
+    xq = np.clip(np.rint(x * inv[:, None]), -127, 127)
+    acc = xq.astype(np.int64) @ wq.astype(np.int64).T
+    y = acc.astype(np.float64) * (sx[:, None].astype(np.float64) * sw[None, :].astype(np.float64))
+    return y + (bias if bias is not None else 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("per_token", [True, False])
+def test_dequantized_matches_emulation(variant, per_token):
+    rng = np.random.default_rng(11)
+    n_out, n_in, tokens = 96, 150, 37
+    wq = rand_wq(rng, n_out, n_in, 0.25)
+    sw = (rng.random(n_out) * 0.02 + 1e-3).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    x = (rng.standard_normal((tokens, n_in)) * rng.random((tokens, 1)) * 5).astype(np.float32)
+    x[3] = 0.0  # a zero row: output is the bias
+    ref = emulate(x, wq, sw, bias, per_token)
+    for bh in BLOCKS:
+        m = pack_q(wq, bh, sw)
+        out = np.empty((tokens, n_out), np.float32)
+        sk.spmm_int8(m, x, out, bias, threads=2, variant=variant, per_token=per_token)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+        if per_token:
+            np.testing.assert_array_equal(out[3], bias)
+
+
+def test_quantization_clamps_at_127():
+    # one huge activation: the row's others round toward 0, the max maps to exactly 127
+    wq = np.eye(8, dtype=np.int8)
+    m = pack_q(wq, 1)
+    x = np.array([[1e6, -1e6, 1.0, -3.0, 0, 0, 0, 0]], np.float32)
+    out = np.empty((1, 8), np.float32)
+    for variant in VARIANTS:
+        sk.spmm_int8(m, x, out, variant=variant)
+        np.testing.assert_allclose(out[0, :2], [1e6, -1e6], rtol=1e-6)
+        np.testing.assert_array_equal(out[0, 2:], 0)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_out=st.integers(1, 40), n_in=st.integers(1, 70), tokens=st.integers(1, 35),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), bh=st.sampled_from(BLOCKS), seed=st.integers(0, 2**31 - 1))
+def test_hypothesis_exact(n_out, n_in, tokens, density, bh, seed):
+    rng = np.random.default_rng(seed)
+    wq = rand_wq(rng, n_out, n_in, density)
+    xq = rng.integers(-128, 128, (tokens, n_in)).astype(np.int8)
+    ref = xq.astype(np.int64) @ wq.astype(np.int64).T
+    m = pack_q(wq, bh)
+    for variant in VARIANTS:
+        assert np.array_equal(raw(m, xq, variant, 3), ref)
+
+
+def test_int8_validation():
+    wq = np.ones((4, 8), np.int8)
+    ip, ix, bl = (t.numpy() for t in dense_to_blocks(torch.from_numpy(wq), 1, 4))
+    sc = np.ones(4, np.float32)
+    m = sk.pack_int8(ip, ix, bl, sc, (4, 8))
+    assert m.dtype == "int8" and m.format == "bsr1x4" and m.block == (1, 4)
+    with pytest.raises(TypeError):
+        sk.pack_int8(ip, ix, bl.astype(np.float32), sc, (4, 8))
+    with pytest.raises(TypeError):
+        sk.pack_int8(ip, ix, bl, sc.astype(np.float64), (4, 8))
+    with pytest.raises(ValueError):
+        sk.pack_int8(ip, ix, bl[:-1], sc, (4, 8))
+    with pytest.raises(ValueError):
+        sk.pack_int8(ip, np.array([0, 1, 0, 2, 0, 1, 0, 1], np.int32), bl, sc, (4, 8))  # quad 2 >= 2
+    with pytest.raises(ValueError):
+        sk.pack_int8(ip, ix, bl, np.array([1, -1, 1, 1], np.float32), (4, 8))
+    with pytest.raises(ValueError):
+        sk.pack_int8(ip, ix, bl, np.array([1, np.nan, 1, 1], np.float32), (4, 8))
+    with pytest.raises(ValueError):
+        sk.pack_int8(ip, ix, bl, sc[:3], (4, 8))
+    with pytest.raises(ValueError):
+        sk.pack_int8(np.array([0, 1], np.int64), np.array([0], np.int32), np.ones(4, np.int8),
+                     np.ones(1, np.float32), (1, 70000))
+    x = np.ones((2, 8), np.float32)
+    with pytest.raises(TypeError):
+        sk.spmm_int8(m, x, np.empty((2, 4), np.int32))  # fp32 path needs float out
+    with pytest.raises(TypeError):
+        sk.spmm_int8_raw(m, x, np.empty((2, 4), np.int32))  # raw path needs int8 x
+    with pytest.raises(TypeError):
+        sk.spmm(m, x, np.empty((2, 4), np.float32))  # int8 matrix in the fp32 entry point
+    with pytest.raises(ValueError):
+        sk.spmm_int8(m, np.ones((2, 7), np.float32), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        sk.spmm_int8(m, np.ones((2, 16), np.float32)[:, ::2], np.empty((2, 4), np.float32))
+    fm = sk.pack_csr(np.array([0, 0], np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), (1, 8))
+    with pytest.raises(TypeError):
+        sk.spmm_int8(fm, x, np.empty((2, 1), np.float32))
+
+
+# ------------------------------------------------------------------------------------------ module
+@pytest.mark.parametrize("fmt", ["csr", "bsr2x4", "bsr4x4", "bsr8x4"])
+def test_sparse_linear_int8_close_to_fp32(fmt):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(130, 70)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) > 0.8)
+    sl = SparseLinear.from_dense(lin, fmt, dtype="int8", threads=2)
+    x = torch.randn(2, 9, 130)
+    with torch.no_grad():
+        ref = lin(x)
+    out = sl(x)
+    assert out.shape == ref.shape
+    # stated tolerance: per-token int8 activations x per-channel int8 weights
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    wd = sl.to_dense()
+    assert ((wd - lin.weight).abs().max() <= sl.w_scale.max() / 2 + 1e-7).item()
+    sl2 = SparseLinear.from_dense(lin, fmt, dtype="int8")
+    sl2.load_state_dict(sl.state_dict())
+    torch.testing.assert_close(sl2(x), out)
+
+
+# ------------------------------------------------------------------------------------------ accelerator
+def tiny_bert(sparsity, seed=0):
+    transformers = pytest.importorskip("transformers")
+    from accelerators.sparse_cpu import encoder_linears
+
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for _, lin in encoder_linears(model):
+            w = lin.weight
+            thr = w.abs().flatten().kthvalue(max(1, int(sparsity * w.numel()))).values
+            w.mul_(w.abs() > thr)
+    return model
+
+
+def example(batch=2, seq=16):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 120, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.mark.parametrize("fallback", ["torch-int8", "fp32"])
+def test_sparse_int8_accelerator(fallback):
+    from accelerators.sparse_int8 import SparseInt8
+
+    acc = SparseInt8(dense_fallback=fallback, min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
+    ok, reason = acc.availability()
+    if not ok:
+        pytest.skip(reason)
+    model = tiny_bert(0.9)
+    before = copy.deepcopy(model.state_dict())
+    ex = example()
+    new = acc.prepare(model, ex, threads=2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    with torch.no_grad():
+        ref = model(**ex).logits
+        got = new(**ex).logits
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
+    f = acc.row_fields()
+    assert f["sparse_layers"] + f["dense_layers"] == 12
+    assert f["sparse_dtype"] == "int8" and f["sparse_act_quant"] == "token"
+    assert len(json.loads(f["sparse_layer_choices"])) == 12
+
+
+def test_sparse_int8_config_errors():
+    from accelerators.sparse_int8 import SparseInt8
+
+    with pytest.raises(ValueError):
+        SparseInt8(format="bsr4x1")
+    with pytest.raises(ValueError):
+        SparseInt8(act_quant="channel")
+    with pytest.raises(ValueError):
+        SparseInt8(engine="qnnpack9")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -169,7 +170,7 @@ def _load_targets(run_dirs: Sequence[Path]) -> tuple[list[Target], list[pd.DataF
                 t.energy_methods = sorted(ok["energy_method"].dropna().unique()) if "energy_method" in ok else []
                 t.devices = sorted(g["device"].dropna().unique()) if "device" in g else ["cpu"]
                 t.status_counts = {str(k): int(v) for k, v in g["status"].value_counts().items()}
-                t.noisy_cells = int((ok.get("latency_spread_flag", pd.Series(dtype=object)) == True).sum())  # noqa: E712
+                t.noisy_cells = sum(_noisy(v) for v in ok.get("latency_spread_flag", pd.Series(dtype=object)))
                 g = add_savings(g).assign(target=t.key)
             targets.append(t)
             frames.append(g)
@@ -231,19 +232,37 @@ def _vs_reference(joined: pd.DataFrame, ref: str, allow_mixed: bool) -> None:
                 joined.at[i, "energy_vs_ref_refused"] = f"{b.get('energy_method')} vs {r.get('energy_method')}"
 
 
+def _noisy(v: Any) -> bool:
+    """A latency spread flag as stored (True/False, or NaN/None where the cell has none)."""
+    return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
 def best_per_target(joined: pd.DataFrame, min_kept: float = MIN_KEPT) -> pd.DataFrame:
     """Per target and shape (task, batch, seq): the configuration with the highest latency savings
     factor among cells keeping at least ``min_kept`` of the dense fp32 metric (energy factor breaks
-    ties). The dense baseline itself qualifies, so a shape with a baseline always has a winner."""
+    ties). The dense baseline itself qualifies, so a shape with a baseline always has a winner.
+
+    Cells whose latency spread is flagged (IQR/median > 10 %) do not win while a steady cell
+    qualifies; ``noisy_skipped`` names those that would have, ``noisy`` marks a winner that is
+    itself noisy or whose baseline is."""
     ok = joined[(joined["status"] == "ok") & joined["latency_savings_factor"].notna() & (joined["accuracy_kept"] >= min_kept)]
+    spread = joined["latency_spread_flag"] if "latency_spread_flag" in joined else pd.Series(False, index=joined.index)
     rows = []
     for (tgt, task, bs, sl), g in ok.groupby(["target", "task", "batch_size", "seq_len"], sort=False):
-        g = g.assign(_e=g["energy_savings_factor"].fillna(-1.0))
-        w = g.sort_values(["latency_savings_factor", "_e"], ascending=False).iloc[0]
-        rows.append({k: w.get(k) for k in ("target", "target_label", "task", "batch_size", "seq_len", "recipe_id", "recipe",
-                                           "pruner_label", "accelerator_label", "latency_savings_factor",
-                                           "energy_savings_factor", "energy_method", "accuracy", "accuracy_kept",
-                                           "latency_p50_s", "energy_j_per_inference")})
+        g = g.assign(_e=g["energy_savings_factor"].fillna(-1.0), _noisy=[_noisy(v) for v in spread.loc[g.index]])
+        g = g.sort_values(["latency_savings_factor", "_e"], ascending=False)
+        steady = g[~g["_noisy"]]
+        w = (steady if not steady.empty else g).iloc[0]
+        base = g[(g["pruner"] == BASELINE_PRUNER) & (g["accelerator"] == BASELINE_ACCELERATOR)]
+        skipped = g[g["_noisy"] & (g["latency_savings_factor"] > w["latency_savings_factor"])]
+        out = {k: w.get(k) for k in ("target", "target_label", "task", "batch_size", "seq_len", "recipe_id", "recipe",
+                                     "pruner_label", "accelerator_label", "latency_savings_factor",
+                                     "energy_savings_factor", "energy_method", "accuracy", "accuracy_kept",
+                                     "latency_p50_s", "energy_j_per_inference")}
+        out["noisy"] = bool(w["_noisy"]) or bool(base["_noisy"].any())
+        out["noisy_skipped"] = "; ".join(f"{r['pruner_label']} + {r['accelerator_label']} ({fmt(r['latency_savings_factor'], 3)}×)"
+                                         for _, r in skipped.iterrows())
+        rows.append(out)
     return pd.DataFrame(rows)
 
 
@@ -470,7 +489,10 @@ def _best_section(c: Comparison) -> str:
         e = w.get("energy_savings_factor")
         items.append(f"<li><b>{esc(t.key)} · {esc(t.label)}</b>: <b>{esc(w['recipe'])}</b> — {fmt(w['latency_savings_factor'], 3)}× latency"
                      + (f", {fmt(e, 3)}× energy ({esc(w['energy_method'])})" if pd.notna(e) else "")
-                     + f", {fmt(w['accuracy_kept'] * 100, 4)} % of dense accuracy</li>")
+                     + f", {fmt(w['accuracy_kept'] * 100, 4)} % of dense accuracy"
+                     + (" <span class='badge estimated'>⚠ noisy latency: rerun</span>" if w["noisy"] else "")
+                     + (f" <span class='tag'>(noisy cells not counted: {esc(w['noisy_skipped'])})</span>" if w["noisy_skipped"] else "")
+                     + "</li>")
     shapes = c.best.drop_duplicates(["task", "batch_size", "seq_len"])[["task", "batch_size", "seq_len"]]
     heads = ["task", "batch", "seq"] + [f"{t.key} · {t.label}" for t in c.targets]
     rows = []
@@ -483,11 +505,14 @@ def _best_section(c: Comparison) -> str:
             else:
                 w = m.iloc[0]
                 line.append((f"{esc(w['pruner_label'])} + {esc(w['accelerator_label'])}<br><b>{fmt(w['latency_savings_factor'], 3)}×</b> "
-                             f"<span class='tag'>kept {fmt(w['accuracy_kept'] * 100, 4)} %</span>", w["latency_savings_factor"]))
+                             f"<span class='tag'>kept {fmt(w['accuracy_kept'] * 100, 4)} %</span>" + (" ⚠" if w["noisy"] else "")
+                             + (f"<br><span class='tag'>not counted (noisy): {esc(w['noisy_skipped'])}</span>" if w["noisy_skipped"] else ""),
+                             w["latency_savings_factor"]))
         rows.append(line)
     return (f"<h2>Best configuration per target (≥ {MIN_KEPT:.0%} of dense accuracy)</h2>"
             "<p class='note'>Highest latency savings factor among cells keeping at least 99 % of the dense fp32 metric; "
-            "the headline is the best shape of each target.</p><ul class='targets'>" + "".join(items) + "</ul>"
+            "cells with a latency spread above 10 % do not win while a steady one qualifies (⚠: the winner or its baseline is noisy). "
+            "The headline is the best shape of each target.</p><ul class='targets'>" + "".join(items) + "</ul>"
             + table(heads, rows, left=3, sortable=False))
 
 

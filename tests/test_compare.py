@@ -205,3 +205,15 @@ def test_structure_named_in_labels(tmp_path):
     c = build_compare([make_run(tmp_path / "a", [row(), row("magnitude", 0.5, p50=0.008), nm])])
     labels = sorted(c.joined["recipe"])
     assert labels == ["magnitude 0.5 + torch-fp32 · b1 s32", "magnitude 0.5 2:4 + torch-fp32 · b1 s32", "none + torch-fp32 · b1 s32"]
+
+
+def test_noisy_cells_do_not_win_while_a_steady_one_qualifies(tmp_path):
+    noisy = row("magnitude", 0.9, p50=0.001, accuracy=0.90)
+    noisy["latency_spread_flag"] = True  # IQR/median > 10 %: a stall-ridden measurement
+    steady = row("magnitude", 0.5, p50=0.005, accuracy=0.90)
+    steady["latency_spread_flag"] = False
+    c = build_compare([make_run(tmp_path / "a", [row(p50=0.010), noisy, steady])])
+    w = c.best.iloc[0]
+    assert w["pruner_label"] == "magnitude 0.5" and not w["noisy"]
+    assert w["noisy_skipped"] == "magnitude 0.9 + torch-fp32 (10×)"
+    assert "not counted (noisy)" in build_compare_html([tmp_path / "a"])

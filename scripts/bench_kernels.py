@@ -24,6 +24,7 @@ Modes: default = W 3072x768, 128 tokens, sparsity 0.5/0.8/0.9/0.95/0.98, 2 threa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -211,6 +212,91 @@ def run_case(n_out, n_in, tokens, s, threads, args, rng_seed=0):
     return rows
 
 
+def run_model(args):
+    """Whole MiniLM-shaped BERT (random weights, encoder Linear layers magnitude-pruned per layer):
+    torch fp32 vs our accelerators (and torch INT8 / bf16 peers), interleaved, same process."""
+    import transformers
+
+    from accelerators.sparse_cpu import SparseCPU, encoder_linears
+    from accelerators.torch_fp32 import TorchFP32
+
+    cfg = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                  intermediate_size=1536, num_labels=2)
+    torch.manual_seed(0)
+    base = transformers.BertForSequenceClassification(cfg).eval()
+    rows = []
+    for s in [float(v) for v in (args.sparsities or "0.9").split(",")]:
+        model = copy.deepcopy(base)
+        with torch.no_grad():
+            for _, lin in encoder_linears(model):
+                if args.model_structure == "4x1":
+                    lin.weight.copy_(prune_blocks(lin.weight, s, 4, 1))
+                elif args.model_structure == "4x4":
+                    lin.weight.copy_(prune_blocks(lin.weight, s, 4, 4))
+                else:
+                    lin.weight.copy_(prune_unstructured(lin.weight, s))
+        for batch in [int(v) for v in args.batches.split(",")]:
+            for th in [int(v) for v in (args.threads or "2").split(",")]:
+                torch.set_num_threads(th)
+                g = torch.Generator().manual_seed(batch)
+                ids = torch.randint(0, cfg.vocab_size, (batch, args.seq), generator=g)
+                ex = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                      "token_type_ids": torch.zeros_like(ids)}
+                accs = {"torch-fp32": TorchFP32(), "sparse-cpu": SparseCPU()}
+                if args.int8:
+                    from accelerators.sparse_int8 import SparseInt8
+                    accs["sparse-int8"] = SparseInt8()
+                    try:
+                        from accelerators.int8_dynamic import Int8Dynamic
+                        for eng in torch_int8_engines():
+                            accs[f"int8-dynamic-{eng}"] = Int8Dynamic(engine=eng)
+                    except Exception as e:
+                        print(f"# int8-dynamic unavailable: {e}", file=sys.stderr)
+                    try:
+                        from accelerators.bf16 import BF16
+                        accs["bf16"] = BF16()
+                    except Exception as e:
+                        print(f"# bf16 unavailable: {e}", file=sys.stderr)
+                mods, fields, prep_s = {}, {}, {}
+                for name, acc in accs.items():
+                    ok, why = acc.availability()
+                    if not ok:
+                        print(f"# {name}: unavailable: {why}", file=sys.stderr)
+                        continue
+                    t0 = time.perf_counter()
+                    mods[name] = acc.prepare(model, ex, th)
+                    prep_s[name] = time.perf_counter() - t0
+                    fields[name] = acc.row_fields()
+                engines = {n: a.engine for n, a in accs.items() if n.startswith("int8-dynamic")}
+
+                def call(m, name):
+                    if name in engines:
+                        torch.backends.quantized.engine = engines[name]
+                    with torch.inference_mode():
+                        return m(**ex)
+
+                with torch.inference_mode():
+                    ref = model(**ex).logits
+                fns = {n: (lambda m=m, n=n: call(m, n)) for n, m in mods.items()}
+                res = timeit(fns, args.reps, max(args.min_time, 0.05))
+                dense_med = stats(res["torch-fp32"])[0]
+                for name in mods:
+                    out = call(mods[name], name)
+                    lg = out.logits if hasattr(out, "logits") else out
+                    rel = ((lg.float() - ref).abs().max() / ref.abs().max()).item()
+                    med, mn, spread = stats(res[name])
+                    row = dict(model="minilm-shaped-bert", structure=args.model_structure, sparsity=s, batch=batch,
+                               seq=args.seq, threads=th, accelerator=name, median_s=med, min_s=mn, spread=spread,
+                               dense_median_s=dense_med, speedup_vs_torch_fp32=dense_med / med,
+                               logits_max_rel_diff=rel, prepare_s=prep_s[name],
+                               **{k: v for k, v in fields[name].items() if not isinstance(v, (dict, list))})
+                    rows.append(row)
+                    print(f"model s={s} b={batch} seq={args.seq} thr={th} {name:>22}: {med * 1e3:8.2f} ms "
+                          f"{dense_med / med:5.2f}x  spread {spread:4.2f}  logits rel diff {rel:.1e}  "
+                          f"sparse layers {fields[name].get('sparse_layers', '-')}", flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", "--out", dest="json", default=None, help="JSON output path")
@@ -224,8 +310,19 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.01, help="seconds per repeat and competitor")
     ap.add_argument("--int8", action="store_true", help="add INT8 rows (ours and torch dynamic INT8)")
     ap.add_argument("--no-fp32", action="store_true", help="skip our fp32 rows")
+    ap.add_argument("--model", action="store_true", help="whole MiniLM-shaped model instead of single layers")
+    ap.add_argument("--model-structure", default="unstructured", choices=["unstructured", "4x1", "4x4"])
+    ap.add_argument("--batches", default="8,1", help="model mode: batch sizes")
+    ap.add_argument("--seq", type=int, default=128, help="model mode: sequence length")
     args = ap.parse_args(argv)
 
+    out = Path(args.json) if args.json else ROOT / "runs" / f"bench_kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        rows = run_model(args)
+        out.write_text(json.dumps(rows, indent=1))
+        print(f"# wrote {out}")
+        return
     shapes, tokens, sparsities, threads = [(3072, 768)], [128], [0.5, 0.8, 0.9, 0.95, 0.98], [2]
     if args.quick:
         sparsities = [0.9, 0.95]
@@ -244,8 +341,6 @@ def main(argv=None):
     if args.threads:
         threads = [int(v) for v in args.threads.split(",")]
 
-    out = Path(args.json) if args.json else ROOT / "runs" / f"bench_kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(host=platform.node(), cpu_count=os.cpu_count(), torch=torch.__version__,
                kernel_variant=sk.kernel_variant(), supported_variants=sk.supported_variants(),
                loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)

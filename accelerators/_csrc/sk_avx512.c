@@ -158,21 +158,28 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
     (void)n_in;
 }
 
+/* Token-major order over row blocks of 16: each token row of Y receives a run of consecutive
+ * lines before the next token, which avoids the L1 set conflicts of a column-wise walk when
+ * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072). */
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                      float *Y, int64_t ldY, const float *bias)
 {
-    const __mmask16 rm = (__mmask16)((1u << nrows) - 1u);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(rm, bias) : _mm512_setzero_ps();
     for (int64_t t = 0; t < ntok; t += 16) {
-        __m512 r[16];
-        for (int l = 0; l < 16; l++)
-            r[l] = l < nrows ? _mm512_load_ps(scratch + l * lds + t) : _mm512_setzero_ps();
-        tr16(r);
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
-        if (nrows == 16) {
-            for (int l = 0; l < nt; l++) _mm512_storeu_ps(Y + (t + l) * ldY, _mm512_add_ps(r[l], bv));
-        } else {
-            for (int l = 0; l < nt; l++) _mm512_mask_storeu_ps(Y + (t + l) * ldY, rm, _mm512_add_ps(r[l], bv));
+        for (int64_t r0 = 0; r0 < nrows; r0 += 16) {
+            const int64_t nr = nrows - r0 < 16 ? nrows - r0 : 16;
+            const __mmask16 rm = (__mmask16)((1u << nr) - 1u);
+            const __m512 bv = bias ? _mm512_maskz_loadu_ps(rm, bias + r0) : _mm512_setzero_ps();
+            const float *sb = scratch + r0 * lds + t;
+            __m512 r[16];
+            for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_load_ps(sb + l * lds) : _mm512_setzero_ps();
+            tr16(r);
+            float *yb = Y + t * ldY + r0;
+            if (nr == 16) {
+                for (int l = 0; l < nt; l++) _mm512_storeu_ps(yb + l * ldY, _mm512_add_ps(r[l], bv));
+            } else {
+                for (int l = 0; l < nt; l++) _mm512_mask_storeu_ps(yb + l * ldY, rm, _mm512_add_ps(r[l], bv));
+            }
         }
     }
 }

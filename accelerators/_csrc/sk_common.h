@@ -57,7 +57,7 @@ typedef struct sk_kernels {
     /* xt tiles <- X[0:nb, k0:k1] transposed; tokens nb..(padded) zero. */
     void (*pack_x)(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                    float *xt, const sk_tiling *tl, int64_t n_in);
-    /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows (<= 16), t < ntok. */
+    /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows, t < ntok. */
     void (*unpack_y)(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                      float *Y, int64_t ldY, const float *bias);
     /* int8: scratch[r * lds + t] = sum over stored quads of u * w (int32, no compensation) */

@@ -110,7 +110,7 @@ typedef struct {
     const float *bias;
     int per_token;
     int nt;
-    int64_t tt, tb, lds;
+    int64_t tt, tb, lds, group;
     uint8_t *xq;
     int32_t *scratch;
     float *amax, *sx, *inv; /* T each */
@@ -133,7 +133,7 @@ static void run_int8(int8_job *J)
         int64_t c0, c1;
         thread_chunks(m, tid, nthr, &c0, &c1);
         const int64_t q0 = nq * tid / nthr, q1 = nq * (tid + 1) / nthr;
-        int32_t *scr = J->scratch + (int64_t)tid * SK_ROWS_PER_CHUNK * J->lds;
+        int32_t *scr = J->scratch + (int64_t)tid * J->group * SK_ROWS_PER_CHUNK * J->lds;
         if (J->X) {
             const int64_t ta = T * tid / nthr, tb_ = T * (tid + 1) / nthr;
             if (tb_ > ta) J->kt->rows_amax(J->X, K, K, ta, tb_, J->amax);
@@ -158,12 +158,17 @@ static void run_int8(int8_job *J)
                 else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, J->xq, &tl, nq);
             }
 #pragma omp barrier
-            for (int64_t c = c0; c < c1; c++) {
-                const int64_t br0 = c * brpc;
-                const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-                J->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, J->xq, &tl, nq, scr, J->lds);
-                const int64_t r0 = c * SK_ROWS_PER_CHUNK;
-                const int64_t nrows = N - r0 < SK_ROWS_PER_CHUNK ? N - r0 : SK_ROWS_PER_CHUNK;
+            for (int64_t g = c0; g < c1; g += J->group) {
+                const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
+                for (int64_t c = g; c < g1; c++) {
+                    const int64_t br0 = c * brpc;
+                    const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+                    J->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, J->xq, &tl, nq,
+                                     scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
+                }
+                const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+                int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+                if (nrows > N - r0) nrows = N - r0;
                 if (nrows <= 0) continue;
                 if (J->X)
                     J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
@@ -276,8 +281,10 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.tt = tt;
         J.tb = tb;
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
+        J.group = unpack_group(J.lds);
         J.xq = (uint8_t *)ws_take((size_t)(nq * 4 * round_up(tb, SK_TOK_GROUP)), &xq_n);
-        J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
+        J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds),
+                                       &scr_n);
         scales = (float *)ws_take(sizeof(float) * (size_t)(3 * round_up(T, 16)), &sc_n);
         if (!J.xq || !J.scratch || !scales) {
             PyErr_NoMemory();

@@ -695,6 +695,16 @@ static int default_tile(int variant, int bh)
     return 16;
 }
 
+/* chunks per unpack group: scratch of about 160 KiB per thread (L2), at most 16 chunks */
+static int64_t unpack_group(int64_t lds)
+{
+    const char *e = getenv("SPARSEBENCH_UNPACK_GROUP"); /* tuning hook for benchmarks */
+    int64_t g = e ? atoll(e) : (160 * 1024) / (SK_ROWS_PER_CHUNK * lds * 4);
+    if (g < 1) g = 1;
+    if (g > 16) g = 16;
+    return g;
+}
+
 static int parse_threads(int threads)
 {
     if (threads < 1 || threads > 1024) {
@@ -716,6 +726,7 @@ typedef struct {
     const float *bias;
     int nt;
     int64_t tt, tb, lds;
+    int64_t group; /* 16-row chunks whose outputs are unpacked together (token-major) */
     float *xt;
     float *scratch;
 } fp32_job;
@@ -736,19 +747,23 @@ static void run_fp32(fp32_job *J)
         int64_t c0, c1;
         thread_chunks(m, tid, nthr, &c0, &c1);
         const int64_t k0 = K * tid / nthr, k1 = K * (tid + 1) / nthr;
-        float *scr = J->scratch + (int64_t)tid * SK_ROWS_PER_CHUNK * J->lds;
+        float *scr = J->scratch + (int64_t)tid * J->group * SK_ROWS_PER_CHUNK * J->lds;
         for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
             const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
             make_tiling(&tl, nb, J->tt, K);
             if (k1 > k0) J->kt->pack_x(J->X + t0 * K, K, nb, k0, k1, J->xt, &tl, K);
 #pragma omp barrier
-            for (int64_t c = c0; c < c1; c++) {
-                const int64_t br0 = c * brpc;
-                const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-                J->kt->tile_fp32(m->bh, m->ptr, m->pp, m->npan, m->idx, m->val, br0, br1, J->xt, &tl, K, scr,
-                                 J->lds);
-                const int64_t r0 = c * SK_ROWS_PER_CHUNK;
-                const int64_t nrows = N - r0 < SK_ROWS_PER_CHUNK ? N - r0 : SK_ROWS_PER_CHUNK;
+            for (int64_t g = c0; g < c1; g += J->group) {
+                const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
+                for (int64_t c = g; c < g1; c++) {
+                    const int64_t br0 = c * brpc;
+                    const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+                    J->kt->tile_fp32(m->bh, m->ptr, m->pp, m->npan, m->idx, m->val, br0, br1, J->xt, &tl, K,
+                                     scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
+                }
+                const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+                int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+                if (nrows > N - r0) nrows = N - r0;
                 if (nrows > 0)
                     J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL);
             }
@@ -851,8 +866,9 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.tt = tt;
         J.tb = tb;
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
+        J.group = unpack_group(J.lds);
         J.xt = (float *)ws_take(sizeof(float) * (size_t)(m->n_in * round_up(tb, SK_TOK_GROUP)), &xt_n);
-        J.scratch = (float *)ws_take(sizeof(float) * (size_t)(threads * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
+        J.scratch = (float *)ws_take(sizeof(float) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
         if (!J.xt || !J.scratch) {
             PyErr_NoMemory();
             goto done;

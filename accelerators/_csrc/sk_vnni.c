@@ -201,20 +201,25 @@ static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, 
 static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
                         int64_t ldY, const float *bias, const float *sw, const int32_t *comp, const float *sx)
 {
-    const __mmask16 rm = (__mmask16)((1u << nrows) - 1u);
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(rm, bias) : _mm512_setzero_ps();
-    const __m512 swv = _mm512_maskz_loadu_ps(rm, sw);
-    const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp);
     for (int64_t t = 0; t < ntok; t += 16) {
-        __m512i r[16];
-        for (int l = 0; l < 16; l++)
-            r[l] = l < nrows ? _mm512_load_si512((const void *)(scratch + l * lds + t)) : _mm512_setzero_si512();
-        tr16((__m512 *)r);
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
-        for (int l = 0; l < nt; l++) {
-            const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(r[l], cv));
-            const __m512 y = _mm512_fmadd_ps(a, _mm512_mul_ps(swv, _mm512_set1_ps(sx[t + l])), bv);
-            _mm512_mask_storeu_ps(Y + (t + l) * ldY, rm, y);
+        for (int64_t r0 = 0; r0 < nrows; r0 += 16) {
+            const int64_t nr = nrows - r0 < 16 ? nrows - r0 : 16;
+            const __mmask16 rm = (__mmask16)((1u << nr) - 1u);
+            const __m512 bv = bias ? _mm512_maskz_loadu_ps(rm, bias + r0) : _mm512_setzero_ps();
+            const __m512 swv = _mm512_maskz_loadu_ps(rm, sw + r0);
+            const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp + r0);
+            const int32_t *sb = scratch + r0 * lds + t;
+            __m512i r[16];
+            for (int l = 0; l < 16; l++)
+                r[l] = l < nr ? _mm512_load_si512((const void *)(sb + l * lds)) : _mm512_setzero_si512();
+            tr16((__m512 *)r);
+            float *yb = Y + t * ldY + r0;
+            for (int l = 0; l < nt; l++) {
+                const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(r[l], cv));
+                const __m512 y = _mm512_fmadd_ps(a, _mm512_mul_ps(swv, _mm512_set1_ps(sx[t + l])), bv);
+                _mm512_mask_storeu_ps(yb + l * ldY, rm, y);
+            }
         }
     }
 }
@@ -222,15 +227,20 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
 static void unpack_i32(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                        int64_t ldY, const int32_t *comp)
 {
-    const __mmask16 rm = (__mmask16)((1u << nrows) - 1u);
-    const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp);
     for (int64_t t = 0; t < ntok; t += 16) {
-        __m512i r[16];
-        for (int l = 0; l < 16; l++)
-            r[l] = l < nrows ? _mm512_load_si512((const void *)(scratch + l * lds + t)) : _mm512_setzero_si512();
-        tr16((__m512 *)r);
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
-        for (int l = 0; l < nt; l++) _mm512_mask_storeu_epi32(Y + (t + l) * ldY, rm, _mm512_sub_epi32(r[l], cv));
+        for (int64_t r0 = 0; r0 < nrows; r0 += 16) {
+            const int64_t nr = nrows - r0 < 16 ? nrows - r0 : 16;
+            const __mmask16 rm = (__mmask16)((1u << nr) - 1u);
+            const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp + r0);
+            const int32_t *sb = scratch + r0 * lds + t;
+            __m512i r[16];
+            for (int l = 0; l < 16; l++)
+                r[l] = l < nr ? _mm512_load_si512((const void *)(sb + l * lds)) : _mm512_setzero_si512();
+            tr16((__m512 *)r);
+            for (int l = 0; l < nt; l++)
+                _mm512_mask_storeu_epi32(Y + (t + l) * ldY + r0, rm, _mm512_sub_epi32(r[l], cv));
+        }
     }
 }
 

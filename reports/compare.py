@@ -121,6 +121,8 @@ def _short_cpu(model: str | None) -> str:
 
 
 def _hw_name(hw: dict) -> str:
+    if not hw:
+        return "unknown hardware (no hardware.json)"
     gpus = hw.get("gpus") or []
     cpu = _short_cpu(hw.get("cpu_model"))
     return f"{cpu} + {gpus[0].get('name', 'GPU')}" if gpus else cpu

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from accelerators.sparse_cpu import _SparseSwap, encoder_linears, interleaved_median, set_submodule
+from accelerators.sparse_cpu import _SparseSwap, encoder_linears, interleaved_timing, set_submodule
 
 INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
 ENGINES = ("x86", "fbgemm", "onednn")
@@ -160,7 +160,7 @@ class SparseInt8(_SparseSwap):
                     torch.set_num_threads(threads)
                     try:
                         mods = {e: EngineInt8Linear(lin, e) for e in engines}
-                        t = interleaved_median({e: (lambda m=m: m(x)) for e, m in mods.items()},
+                        t = interleaved_timing({e: (lambda m=m: m(x)) for e, m in mods.items()},
                                                max(3, self.repeats // 2), self.min_time_s)
                     finally:
                         torch.set_num_threads(old)

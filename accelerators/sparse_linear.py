@@ -157,12 +157,15 @@ class SparseLinear(nn.Module):
 
     # ---------------------------------------------------------------- kernel handle
     def _buffers_key(self):
-        ts = [self.indptr, self.indices, self.values]
-        if self.bias is not None:
-            ts.append(self.bias)
-        if self.w_scale is not None:
-            ts.append(self.w_scale)
-        return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in ts)
+        # identity + in-place version of every buffer: a replaced or modified buffer repacks
+        # (read self._buffers directly: nn.Module.__getattr__ is slow on the per-call path)
+        bufs = self._buffers
+        key = []
+        for name in ("indptr", "indices", "values", "bias", "w_scale"):
+            t = bufs.get(name)
+            key.append(id(t))
+            key.append(t._version if t is not None else 0)
+        return tuple(key)
 
     def packed(self):
         """The validated kernel handle (``_sparse_kernels.SparseMatrix``), rebuilt if buffers changed."""
@@ -191,21 +194,24 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError("SparseLinear runs on the CPU only")
-        mat = self.packed()
+        mat = self._mat
+        if mat is None or self._buffers_key() != self._key:
+            mat = self.packed()
         lead = x.shape[:-1]
         x2 = x.detach().reshape(-1, self.in_features)
         if x2.dtype != torch.float32:
             x2 = x2.to(torch.float32)
-        x2 = x2.contiguous()
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
         if self.dtype_name == "fp32":
-            _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, threads=self.threads, variant=self.variant)
+            _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant)
         else:
-            _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, threads=self.threads,
-                          variant=self.variant, per_token=self.act_quant == "token")
-        out = out.reshape(*lead, self.out_features)
+            _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant,
+                          self.act_quant == "token")
+        out = out.view(*lead, self.out_features)
         if x.dtype != torch.float32 and x.is_floating_point():
             out = out.to(x.dtype)
         return out

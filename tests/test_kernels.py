@@ -119,6 +119,9 @@ def test_tiles_blocks_and_panels(variant):
         for tile in (16, 32, 64, 128, 256):
             check(X, W, b, bh, variant, 2, tile=tile)
         check(X, W, b, bh, variant, 2, token_block=48)
+        for split in ("rows", "tokens", "auto"):
+            check(X, W, b, bh, variant, 2, split=split)
+            check(X[:37], W, b, bh, variant, 3, split=split, token_block=16)
         check(X, W, b, bh, variant, 2, panel=128)
         check(X, W, b, bh, variant, 1, panel=64, tile=32, token_block=16)
 
@@ -275,6 +278,8 @@ def test_spmm_validation():
         sk.spmm(m, X, out, threads=0)
     with pytest.raises(ValueError):
         sk.spmm(m, X, out, tile=24)
+    with pytest.raises(ValueError):
+        sk.spmm(m, X, out, split="columns")
     with pytest.raises(ValueError):
         buf = np.zeros((4, 3), np.float32)
         m3 = sk.pack_csr(np.array([0, 1, 1, 1], np.int64), np.array([0], np.int32),

@@ -74,6 +74,9 @@ def test_tiles_tokens_blocks(variant):
         for tile in (16, 32, 64, 128):
             assert np.array_equal(raw(m, xq, variant, 2, tile=tile), ref)
         assert np.array_equal(raw(m, xq, variant, 2, token_block=48), ref)
+        for split in ("rows", "tokens"):
+            assert np.array_equal(raw(m, xq, variant, 2, split=split), ref)
+            assert np.array_equal(raw(m, xq[:41], variant, 3, split=split, token_block=16), ref[:41])
 
 
 def emulate(x, wq, sw, bias, per_token=True):
@@ -103,9 +106,10 @@ def test_dequantized_matches_emulation(variant, per_token):
     ref = emulate(x, wq, sw, bias, per_token)
     for bh in BLOCKS:
         m = pack_q(wq, bh, sw)
-        out = np.empty((tokens, n_out), np.float32)
-        sk.spmm_int8(m, x, out, bias, threads=2, variant=variant, per_token=per_token)
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+        for split in ("rows", "tokens"):
+            out = np.empty((tokens, n_out), np.float32)
+            sk.spmm_int8(m, x, out, bias, threads=2, variant=variant, per_token=per_token, split=split)
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
         if per_token:
             np.testing.assert_array_equal(out[3], bias)
 

@@ -111,17 +111,45 @@ typedef struct {
     int per_token;
     int nt;
     int64_t tt, tb, lds, group;
+    int token_split;
+    int64_t xq_stride;
     uint8_t *xq;
     int32_t *scratch;
     float *amax, *sx, *inv; /* T each */
 } int8_job;
 
+static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq, int32_t *scr, int64_t t0,
+                       int64_t nb, int64_t c0, int64_t c1)
+{
+    const SKMatrix *m = J->m;
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4;
+    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
+    for (int64_t g = c0; g < c1; g += J->group) {
+        const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
+        for (int64_t c = g; c < g1; c++) {
+            const int64_t br0 = c * brpc;
+            const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+            J->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, xq, tl, nq,
+                             scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
+        }
+        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+        if (nrows > N - r0) nrows = N - r0;
+        if (nrows <= 0) continue;
+        if (J->X)
+            J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
+                               m->wscale + r0, m->wsum + r0, J->sx + t0);
+        else
+            J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
+    }
+}
+
+/* same work sharing as run_fp32 (token split without barriers, or row split) */
 static void run_int8(int8_job *J)
 {
     const SKMatrix *m = J->m;
-    const int64_t K = m->n_in, N = m->n_out, T = J->T;
+    const int64_t K = m->n_in, T = J->T;
     const int64_t nq = (K + 3) / 4;
-    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
 #pragma omp parallel num_threads(J->nt)
     {
 #ifdef _OPENMP
@@ -130,14 +158,19 @@ static void run_int8(int8_job *J)
         const int tid = 0, nthr = 1;
 #endif
         sk_tiling tl;
-        int64_t c0, c1;
-        thread_chunks(m, tid, nthr, &c0, &c1);
-        const int64_t q0 = nq * tid / nthr, q1 = nq * (tid + 1) / nthr;
         int32_t *scr = J->scratch + (int64_t)tid * J->group * SK_ROWS_PER_CHUNK * J->lds;
+        int64_t ta, tb_;
+        if (J->token_split) token_range(T, tid, nthr, &ta, &tb_);
+        else {
+            ta = T * tid / nthr;
+            tb_ = T * (tid + 1) / nthr;
+        }
         if (J->X) {
-            const int64_t ta = T * tid / nthr, tb_ = T * (tid + 1) / nthr;
+            /* per-token ranges of the activations (scales), then inverse scales */
             if (tb_ > ta) J->kt->rows_amax(J->X, K, K, ta, tb_, J->amax);
+            if (!J->per_token) {
 #pragma omp barrier
+            }
             float g = 0.0f;
             if (!J->per_token)
                 for (int64_t t = 0; t < T; t++) g = J->amax[t] > g ? J->amax[t] : g;
@@ -148,35 +181,36 @@ static void run_int8(int8_job *J)
                 J->inv[t] = ok ? 127.0f / a : 0.0f;
                 J->sx[t] = ok ? a / 127.0f : 0.0f;
             }
+            if (!J->token_split) {
 #pragma omp barrier
+            }
         }
-        for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
-            const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
-            make_tiling(&tl, nb, J->tt, nq * 4);
-            if (q1 > q0) {
-                if (J->X) J->kt->pack_xq(J->X + t0 * K, K, nb, K, q0, q1, J->inv + t0, J->xq, &tl, nq);
-                else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, J->xq, &tl, nq);
-            }
-#pragma omp barrier
-            for (int64_t g = c0; g < c1; g += J->group) {
-                const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
-                for (int64_t c = g; c < g1; c++) {
-                    const int64_t br0 = c * brpc;
-                    const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-                    J->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, J->xq, &tl, nq,
-                                     scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
+        if (J->token_split) {
+            uint8_t *xq = J->xq + (int64_t)tid * J->xq_stride;
+            for (int64_t t0 = ta; t0 < tb_; t0 += J->tb) {
+                const int64_t nb = tb_ - t0 < J->tb ? tb_ - t0 : J->tb;
+                make_tiling(&tl, nb, J->tt, nq * 4);
+                if (nq > 0) {
+                    if (J->X) J->kt->pack_xq(J->X + t0 * K, K, nb, K, 0, nq, J->inv + t0, xq, &tl, nq);
+                    else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, 0, nq, xq, &tl, nq);
                 }
-                const int64_t r0 = g * SK_ROWS_PER_CHUNK;
-                int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
-                if (nrows > N - r0) nrows = N - r0;
-                if (nrows <= 0) continue;
-                if (J->X)
-                    J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
-                                       m->wscale + r0, m->wsum + r0, J->sx + t0);
-                else
-                    J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
+                int8_block(J, &tl, xq, scr, t0, nb, 0, m->nchunks);
             }
+        } else {
+            int64_t c0, c1;
+            thread_chunks(m, tid, nthr, &c0, &c1);
+            const int64_t q0 = nq * tid / nthr, q1 = nq * (tid + 1) / nthr;
+            for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
+                const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
+                make_tiling(&tl, nb, J->tt, nq * 4);
+                if (q1 > q0) {
+                    if (J->X) J->kt->pack_xq(J->X + t0 * K, K, nb, K, q0, q1, J->inv + t0, J->xq, &tl, nq);
+                    else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, J->xq, &tl, nq);
+                }
 #pragma omp barrier
+                int8_block(J, &tl, J->xq, scr, t0, nb, c0, c1);
+#pragma omp barrier
+            }
         }
     }
 }
@@ -189,19 +223,21 @@ static int default_tile_int8(int variant, int bh)
 
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
-    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block", NULL};
-    static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", NULL};
-    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None;
-    int threads = 1, tile = 0, tblock = 0, per_token = 1;
+    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
+                             "split", NULL};
+    static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
+    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None;
+    int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0;
     if (raw) {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOii:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
-                                         &threads, &o_var, &tile, &tblock))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
+                                         &threads, &o_var, &tile, &tblock, &o_split))
             return NULL;
     } else {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpii:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                         &threads, &o_var, &per_token, &tile, &tblock))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split))
             return NULL;
     }
+    if (parse_split(o_split, &split) < 0) return NULL;
     if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
         PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
         return NULL;
@@ -282,7 +318,9 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.tb = tb;
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
         J.group = unpack_group(J.lds);
-        J.xq = (uint8_t *)ws_take((size_t)(nq * 4 * round_up(tb, SK_TOK_GROUP)), &xq_n);
+        J.token_split = use_token_split(split, T, threads);
+        J.xq_stride = round_up(nq * 4 * round_up(tb, SK_TOK_GROUP), 64);
+        J.xq = (uint8_t *)ws_take((size_t)(J.xq_stride * (J.token_split ? threads : 1)), &xq_n);
         J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds),
                                        &scr_n);
         scales = (float *)ws_take(sizeof(float) * (size_t)(3 * round_up(T, 16)), &sc_n);
@@ -330,13 +368,14 @@ static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
      "w_scale: float32 (n_out,), finite >= 0, per-output-channel scale (W ~= w_scale[o] * W_q[o]).\n"   \
      "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
     {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
-     "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0)\n\n" \
+     "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n" \
+     "          split='auto')\n\n"                                                                     \
      "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
      "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
      "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \
      "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n" \
      "GIL released; errors as spmm."},                                                                  \
     {"spmm_int8_raw", (PyCFunction)(void (*)(void))py_spmm_int8_raw, METH_VARARGS | METH_KEYWORDS,     \
-     "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0) -> None\n\n"           \
+     "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n" \
      "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n" \
      "(the accumulation the int8 path uses, without scales or bias; for testing and reuse)."},

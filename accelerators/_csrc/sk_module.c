@@ -727,15 +727,51 @@ typedef struct {
     int nt;
     int64_t tt, tb, lds;
     int64_t group; /* 16-row chunks whose outputs are unpacked together (token-major) */
+    int token_split;
+    int64_t xt_stride; /* floats between per-thread activation buffers (token split) */
     float *xt;
     float *scratch;
 } fp32_job;
 
+/* Token range of thread tid when threads split the tokens (boundaries on 16-token groups). */
+static void token_range(int64_t T, int tid, int nthr, int64_t *ta, int64_t *tb)
+{
+    *ta = (T * tid / nthr) / SK_TOK_GROUP * SK_TOK_GROUP;
+    *tb = tid == nthr - 1 ? T : (T * (tid + 1) / nthr) / SK_TOK_GROUP * SK_TOK_GROUP;
+}
+
+/* chunks [c0, c1) for one packed token block (t0, nb tokens): compute and unpack in groups */
+static void fp32_block(const fp32_job *J, const sk_tiling *tl, const float *xt, float *scr, int64_t t0,
+                       int64_t nb, int64_t c0, int64_t c1)
+{
+    const SKMatrix *m = J->m;
+    const int64_t K = m->n_in, N = m->n_out;
+    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
+    for (int64_t g = c0; g < c1; g += J->group) {
+        const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
+        for (int64_t c = g; c < g1; c++) {
+            const int64_t br0 = c * brpc;
+            const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+            J->kt->tile_fp32(m->bh, m->ptr, m->pp, m->npan, m->idx, m->val, br0, br1, xt, tl, K,
+                             scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
+        }
+        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+        if (nrows > N - r0) nrows = N - r0;
+        if (nrows > 0)
+            J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL);
+    }
+}
+
+/* Two ways to share the work between threads:
+ *  token split (T >= 64 per thread): each thread packs its own tokens and computes all output
+ *    rows for them; no barrier at all, and each thread writes whole rows of Y;
+ *  row split (few tokens): threads pack slices of the shared activation block, then compute
+ *    nnz-balanced ranges of output rows (two barriers per token block). */
 static void run_fp32(fp32_job *J)
 {
     const SKMatrix *m = J->m;
-    const int64_t K = m->n_in, N = m->n_out, T = J->T;
-    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
+    const int64_t K = m->n_in, T = J->T;
 #pragma omp parallel num_threads(J->nt)
     {
 #ifdef _OPENMP
@@ -744,32 +780,56 @@ static void run_fp32(fp32_job *J)
         const int tid = 0, nthr = 1;
 #endif
         sk_tiling tl;
-        int64_t c0, c1;
-        thread_chunks(m, tid, nthr, &c0, &c1);
-        const int64_t k0 = K * tid / nthr, k1 = K * (tid + 1) / nthr;
         float *scr = J->scratch + (int64_t)tid * J->group * SK_ROWS_PER_CHUNK * J->lds;
-        for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
-            const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
-            make_tiling(&tl, nb, J->tt, K);
-            if (k1 > k0) J->kt->pack_x(J->X + t0 * K, K, nb, k0, k1, J->xt, &tl, K);
-#pragma omp barrier
-            for (int64_t g = c0; g < c1; g += J->group) {
-                const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
-                for (int64_t c = g; c < g1; c++) {
-                    const int64_t br0 = c * brpc;
-                    const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-                    J->kt->tile_fp32(m->bh, m->ptr, m->pp, m->npan, m->idx, m->val, br0, br1, J->xt, &tl, K,
-                                     scr + (c - g) * SK_ROWS_PER_CHUNK * J->lds, J->lds);
-                }
-                const int64_t r0 = g * SK_ROWS_PER_CHUNK;
-                int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
-                if (nrows > N - r0) nrows = N - r0;
-                if (nrows > 0)
-                    J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL);
+        if (J->token_split) {
+            float *xt = J->xt + (int64_t)tid * J->xt_stride;
+            int64_t ta, tb_;
+            token_range(T, tid, nthr, &ta, &tb_);
+            for (int64_t t0 = ta; t0 < tb_; t0 += J->tb) {
+                const int64_t nb = tb_ - t0 < J->tb ? tb_ - t0 : J->tb;
+                make_tiling(&tl, nb, J->tt, K);
+                if (K > 0) J->kt->pack_x(J->X + t0 * K, K, nb, 0, K, xt, &tl, K);
+                fp32_block(J, &tl, xt, scr, t0, nb, 0, m->nchunks);
             }
+        } else {
+            int64_t c0, c1;
+            thread_chunks(m, tid, nthr, &c0, &c1);
+            const int64_t k0 = K * tid / nthr, k1 = K * (tid + 1) / nthr;
+            for (int64_t t0 = 0; t0 < T; t0 += J->tb) {
+                const int64_t nb = T - t0 < J->tb ? T - t0 : J->tb;
+                make_tiling(&tl, nb, J->tt, K);
+                if (k1 > k0) J->kt->pack_x(J->X + t0 * K, K, nb, k0, k1, J->xt, &tl, K);
 #pragma omp barrier
+                fp32_block(J, &tl, J->xt, scr, t0, nb, c0, c1);
+#pragma omp barrier
+            }
         }
     }
+}
+
+/* split: 0 auto, 1 rows, 2 tokens */
+static int parse_split(PyObject *o, int *split)
+{
+    if (o == NULL || o == Py_None) {
+        *split = 0;
+        return 0;
+    }
+    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    if (s && strcmp(s, "auto") == 0) *split = 0;
+    else if (s && strcmp(s, "rows") == 0) *split = 1;
+    else if (s && strcmp(s, "tokens") == 0) *split = 2;
+    else {
+        PyErr_SetString(PyExc_ValueError, "split must be 'auto', 'rows' or 'tokens'");
+        return -1;
+    }
+    return 0;
+}
+
+static int use_token_split(int split, int64_t T, int threads)
+{
+    if (split == 1) return 0;
+    if (split == 2) return 1;
+    return threads == 1 || T >= 64 * (int64_t)threads;
 }
 
 static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
@@ -782,12 +842,13 @@ static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
 static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", NULL};
-    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None;
-    int threads = 1, tile = 0, tblock = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOii:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                     &threads, &o_var, &tile, &tblock))
+    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split", NULL};
+    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None;
+    int threads = 1, tile = 0, tblock = 0, split = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                     &threads, &o_var, &tile, &tblock, &o_split))
         return NULL;
+    if (parse_split(o_split, &split) < 0) return NULL;
     if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
         PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
         return NULL;
@@ -867,7 +928,9 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.tb = tb;
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
         J.group = unpack_group(J.lds);
-        J.xt = (float *)ws_take(sizeof(float) * (size_t)(m->n_in * round_up(tb, SK_TOK_GROUP)), &xt_n);
+        J.token_split = use_token_split(split, T, threads);
+        J.xt_stride = round_up(m->n_in * round_up(tb, SK_TOK_GROUP), 16);
+        J.xt = (float *)ws_take(sizeof(float) * (size_t)(J.xt_stride * (J.token_split ? threads : 1)), &xt_n);
         J.scratch = (float *)ws_take(sizeof(float) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
         if (!J.xt || !J.scratch) {
             PyErr_NoMemory();
@@ -969,12 +1032,14 @@ static PyMethodDef methods[] = {
      "input column of each block; values: float32 (nblocks, block) or flat, block-major.\n"
      "Rows past n_out in the last block are ignored. Errors as pack_csr."},
     {"spmm", (PyCFunction)(void (*)(void))py_spmm, METH_VARARGS | METH_KEYWORDS,
-     "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0) -> None\n\n"
+     "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n"
      "out[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]), i.e. out = x @ W.T + bias.\n"
      "x: float32 C-contiguous (tokens, n_in); out: writable float32 C-contiguous (tokens, n_out),\n"
      "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads (>= 1).\n"
      "variant: None (module default) or a name from supported_variants(). tile / token_block:\n"
      "tuning knobs (tokens per register tile, power of two 16..256; tokens per packed block), 0 = auto.\n"
+     "split: how threads share work: 'tokens' (each thread its own tokens, no barriers), 'rows'\n"
+     "(output rows, for few tokens) or 'auto' (tokens when there are >= 64 per thread).\n"
      "The GIL is released during the computation."},
     {"kernel_variant", py_kernel_variant, METH_NOARGS, "kernel_variant() -> str: the default variant in use."},
     {"compiled_variants", py_compiled_variants, METH_NOARGS,

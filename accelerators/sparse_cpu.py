@@ -230,7 +230,7 @@ class _SparseSwap(Accelerator):
     def _check_whole_model(self, new, dense_model, example, threads):
         fallback = self._dense_model(dense_model, threads)
         t = interleaved_timing({"dense": lambda: fallback(**example), "sparse": lambda: new(**example)},
-                               max(3, self.repeats // 2), self.min_time_s)
+                               max(5, self.repeats), self.min_time_s)
         self._model_speedup = t["dense"] / t["sparse"]
         if t["sparse"] > t["dense"]:
             self._fell_back = True

@@ -300,6 +300,8 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         const int64_t tt = tile ? tile : default_tile_int8(variant, m->bh);
         int64_t tb = tblock;
         if (tb == 0) tb = (384 * 1024) / (nq * 4 > 0 ? nq * 4 : 1);
+        /* measured: int8 activations are small, but long scratch rows make the unpack slow */
+        if (tb > 128) tb = 128;
         tb = tb / tt * tt;
         if (tb < tt) tb = tt;
         if (tb > 2048) tb = 2048;

@@ -913,6 +913,8 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
             const int64_t budget = 384 * 1024 / 4;
             tb = m->n_in > 0 ? budget / m->n_in : 4096;
         }
+        /* measured: blocks beyond 128 tokens lose (scratch rows leave L1/L2 sweet spot) */
+        if (tb > 128) tb = 128;
         tb = tb / tt * tt;
         if (tb < tt) tb = tt;
         if (tb > 2048) tb = 2048;

@@ -68,34 +68,46 @@ class RichReporter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from profiler.config import load_config
-    from profiler.runner import Runner, load_run_config, new_run_dir
+    from profiler.config import expand, load_config
+    from profiler.runner import Runner, load_run_config, new_run_dir, preflight
 
+    if args.resume and args.config:
+        print("sparsebench: give either CONFIG or --resume RUN_DIR (a resumed run uses the config stored in it)", file=sys.stderr)
+        return 2
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            if not (run_dir / "manifest.json").exists():
-                raise ConfigError(f"--resume: {run_dir} is not a run directory (no manifest.json)")
             cfg = load_run_config(run_dir)
         else:
             cfg = load_config(args.config)
             if args.output_dir:
                 cfg.output_dir = args.output_dir
             run_dir = new_run_dir(cfg)
+        preflight(cfg, args.cache_dir)
     except ConfigError as exc:
-        print(f"sparsebench: invalid config: {exc}", file=sys.stderr)
+        print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
         return 2
-    from profiler.config import expand
-
-    with RichReporter() as rep:
-        rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells)")
-        Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep).run()
+    try:
+        with RichReporter() as rep:
+            rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells)")
+            Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep).run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished cells are saved. Continue with: sparsebench run --resume {run_dir}", file=sys.stderr)
+        return 130
+    except ConfigError as exc:  # run directory held by another process
+        print(f"sparsebench: {exc}", file=sys.stderr)
+        return 2
+    from reports.frame import load_rows
     from reports.report import print_summary, write_report
 
     path = write_report(run_dir)
     print_summary(run_dir)
     print(f"report: {path}")
-    return 0
+    df, _ = load_rows(run_dir)
+    failed = int((df["status"] == "failed").sum()) if not df.empty else 0
+    if failed:
+        print(f"{failed} of {len(df)} cells failed; their reasons are in results.jsonl and the report", file=sys.stderr)
+    return 1 if failed and failed == len(df) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -130,17 +142,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from profiler import __version__
+
     p = argparse.ArgumentParser(
         prog="sparsebench",
         description="Energy, latency and accuracy profiling of pruned and quantized transformer inference.",
         epilog=EPILOG,
     )
+    p.add_argument("--version", action="version", version=f"sparsebench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
     r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, fp32 + INT8, batch 1 and 8, seq 128, 2 threads)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run: skips cells already in RUN_DIR/results.jsonl")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
     r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
     r.set_defaults(func=cmd_run)

@@ -10,6 +10,7 @@ into three pruners.
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,9 @@ from profiler.registry import Registry
 from profiler.tasks.base import stable_hash
 
 KERNEL_VARIANTS = ("auto", "scalar", "avx2", "avx512", "vnni")
+MAX_THREADS = 256  # torch.set_num_threads crashes the interpreter far above any real core count
+MAX_SEQ_LEN = 512  # position embeddings of BERT-family models
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ def _is_list_param(registry: Registry, name: str, param: str) -> bool:
 def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
     """Expand one table (or array of tables) of plugin entries, with sweeps, into PluginSpecs."""
     entries = raw if isinstance(raw, list) else [raw]
+    if key == "meter" and isinstance(raw, list):
+        raise ConfigError("meter: give one [meter] table, not an array of tables")
     if not entries:
         raise ConfigError(f"{key}: at least one entry is needed; valid choices: {', '.join(registry.names())}")
     specs: list[PluginSpec] = []
@@ -140,6 +146,9 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
             if p not in valid:
                 raise ConfigError(f"{k}.{p}: unknown parameter for {registry.kind} {name!r}; valid parameters: {', '.join(sorted(valid)) or '(none)'}")
         sweep_keys = [p for p, v in params.items() if isinstance(v, list) and not _is_list_param(registry, name, p)]
+        for p in sweep_keys:
+            if not params[p]:
+                raise ConfigError(f"{k}.{p}: an empty sweep; give a value or a non-empty list")
         for values in itertools.product(*(params[p] for p in sweep_keys)) if sweep_keys else [()]:
             concrete = {**params, **dict(zip(sweep_keys, values))}
             registry.build(name, concrete, k)  # validates every value now, before any work
@@ -149,11 +158,20 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
     return specs
 
 
-def _int_list(raw: dict, key: str, default: list[int], minimum: int = 1) -> list[int]:
+def _int_list(raw: dict, key: str, default: list[int], minimum: int = 1, maximum: int = 1 << 20) -> list[int]:
     v = raw.get(key, default)
     v = v if isinstance(v, list) else [v]
-    if not v or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in v):
-        raise ConfigError(f"matrix.{key}: must be an integer >= {minimum} or a list of them, got {raw.get(key)!r}")
+    if not v or any(isinstance(x, bool) or not isinstance(x, int) or not minimum <= x <= maximum for x in v):
+        raise ConfigError(f"matrix.{key}: must be an integer in [{minimum}, {maximum}] or a non-empty list of them, got {raw.get(key)!r}")
+    if len(set(v)) != len(v):
+        raise ConfigError(f"matrix.{key}: duplicate values in {v!r}")
+    return v
+
+
+def _table(raw: dict, key: str) -> dict:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: must be a table ([{key}]), got {v!r}")
     return v
 
 
@@ -162,33 +180,45 @@ def parse_config(raw: dict[str, Any]) -> Config:
     unknown = set(raw) - SECTIONS
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section; valid sections: {', '.join(sorted(SECTIONS))}")
-    run = raw.get("run", {})
+    run = _table(raw, "run")
     for k in run:
         if k not in RUN_KEYS:
             raise ConfigError(f"run.{k}: unknown key; valid keys: {', '.join(sorted(RUN_KEYS))}")
-    m = raw.get("measure", {})
+    if not isinstance(run.get("name", "run"), str) or not NAME_PATTERN.match(run.get("name", "run")):
+        raise ConfigError(f"run.name: letters, digits, '.', '_' and '-' only (it names the run directory), got {run.get('name')!r}")
+    if isinstance(run.get("seed", 0), bool) or not isinstance(run.get("seed", 0), int):
+        raise ConfigError(f"run.seed: must be an integer, got {run.get('seed')!r}")
+    if not isinstance(run.get("output_dir", "runs"), str):
+        raise ConfigError(f"run.output_dir: must be a string (a folder path), got {run.get('output_dir')!r}")
+    m = _table(raw, "measure")
     valid_measure = MeasureSpec.__dataclass_fields__
     for k, v in m.items():
         if k not in valid_measure:
             raise ConfigError(f"measure.{k}: unknown key; valid keys: {', '.join(valid_measure)}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"measure.{k}: must be a non-negative number, got {v!r}")
+        if valid_measure[k].type in ("int", int) and not isinstance(v, int):
+            raise ConfigError(f"measure.{k}: must be an integer, got {v!r}")
     measure = MeasureSpec(**m)
     if measure.min_iters < 1 or measure.eval_batch_size < 1:
         raise ConfigError("measure.min_iters and measure.eval_batch_size must be >= 1")
-    matrix = raw.get("matrix", {})
+    matrix = _table(raw, "matrix")
     for k in matrix:
         if k not in MATRIX_KEYS:
             raise ConfigError(f"matrix.{k}: unknown key; valid keys: {', '.join(sorted(MATRIX_KEYS))}")
     variants = matrix.get("kernel_variant", ["auto"])
     variants = variants if isinstance(variants, list) else [variants]
+    if not variants or len(set(map(str, variants))) != len(variants):
+        raise ConfigError(f"matrix.kernel_variant: a non-empty list without duplicates; valid choices: {', '.join(KERNEL_VARIANTS)}")
     for v in variants:
         if v not in KERNEL_VARIANTS:
             raise ConfigError(f"matrix.kernel_variant: unknown variant {v!r}; valid choices: {', '.join(KERNEL_VARIANTS)}")
     for section in ("tasks", "pruners", "accelerators"):
         if section not in raw:
-            raise ConfigError(f"{section}: missing section")
-    return Config(
+            raise ConfigError(f"{section}: missing section ([[{section}]] tables)")
+        if not isinstance(raw[section], (list, dict)):
+            raise ConfigError(f"{section}: must be [[{section}]] tables, got {raw[section]!r}")
+    cfg = Config(
         name=str(run.get("name", "run")),
         seed=int(run.get("seed", 0)),
         output_dir=str(run.get("output_dir", "runs")),
@@ -196,13 +226,21 @@ def parse_config(raw: dict[str, Any]) -> Config:
         pruners=_plugins(PRUNERS, raw["pruners"], "pruners"),
         accelerators=_plugins(ACCELERATORS, raw["accelerators"], "accelerators"),
         meter=_plugins(METERS, raw.get("meter", {"name": "auto"}), "meter")[0],
-        batch_sizes=_int_list(matrix, "batch_size", [1]),
-        seq_lens=_int_list(matrix, "seq_len", [128]),
-        threads=_int_list(matrix, "threads", [1]),
+        batch_sizes=_int_list(matrix, "batch_size", [1], maximum=65536),
+        seq_lens=_int_list(matrix, "seq_len", [128], minimum=2, maximum=MAX_SEQ_LEN),
+        threads=_int_list(matrix, "threads", [1], maximum=MAX_THREADS),
         kernel_variants=variants,
         measure=measure,
         raw=raw,
     )
+    for section in ("tasks", "pruners", "accelerators"):
+        seen: dict[str, str] = {}
+        for spec in getattr(cfg, section):
+            h = stable_hash(spec.canonical())
+            if h in seen:
+                raise ConfigError(f"{spec.key}: duplicates {seen[h]} ({spec.label()}); each cell must be unique")
+            seen[h] = spec.key
+    return cfg
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -6,7 +6,10 @@ registers itself as a side effect of being imported.
 """
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import types
+import typing
 from typing import Any, Generic, TypeVar
 
 from profiler.errors import ConfigError
@@ -47,13 +50,19 @@ class Registry(Generic[T]):
             ) from None
 
     def params(self, name: str) -> dict[str, inspect.Parameter]:
-        """Constructor keyword parameters of plugin ``name`` (its config schema)."""
+        """Constructor parameters of plugin ``name`` that form its config schema.
+
+        Keyword-only parameters (after ``*``) are injection hooks for tests (fake clocks, fake
+        sysfs readers, fake NVML modules) and are not config keys.
+        """
         sig = inspect.signature(self._classes[name].__init__)
-        return {
-            p.name: p
-            for p in list(sig.parameters.values())[1:]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        return {p.name: p for p in list(sig.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD}
+
+    def hints(self, name: str) -> dict[str, Any]:
+        try:
+            return typing.get_type_hints(self._classes[name].__init__)
+        except Exception:  # unresolvable annotation: values are left to the plugin to check
+            return {}
 
     def build(self, name: str, params: dict[str, Any], key: str) -> T:
         """Instantiate plugin ``name`` with ``params``.
@@ -73,10 +82,51 @@ class Registry(Generic[T]):
         missing = [p for p, v in valid.items() if v.default is inspect.Parameter.empty and p not in params]
         if missing:
             raise ConfigError(f"{key}: {self.kind} {name!r} needs parameter(s) {', '.join(missing)}")
+        hints = self.hints(name)
+        for p, v in params.items():
+            if p in hints and not matches(v, hints[p]):
+                raise ConfigError(f"{key}.{p}: expected {describe(hints[p])}, got {v!r}")
         try:
             return cls(**params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a constructor annotation (int, float, str, bool, ``X | None``,
+    sequences of those). Unknown annotations accept anything; the plugin checks those."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, h) for h in typing.get_args(hint))
+    if origin in (list, tuple, collections.abc.Sequence):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(matches(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def describe(hint: Any) -> str:
+    if hint is type(None):
+        return "none"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        args = typing.get_args(hint)
+        return f"a list of {describe(args[0])}" if args else "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 TASKS: Registry = Registry("task")

@@ -21,10 +21,11 @@ from torch import nn
 from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, expand, parse_config
 from profiler.energy import EnergyWindow, IdlePower, measure_idle_power
+from profiler.errors import ConfigError
 from profiler.hardware import fingerprint
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
-from profiler.tasks.base import Task, default_cache_dir, logits_of, seed_everything, stable_hash
+from profiler.tasks.base import Task, default_cache_dir, load_cached, logits_of, seed_everything, stable_hash
 from profiler.timing import LatencyStats, timed_loop
 from pruners.base import PruneReport
 
@@ -64,9 +65,59 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def load_run_config(run_dir: Path) -> Config:
-    """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``)."""
-    manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
-    return parse_config(manifest["config"])
+    """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``). Raises ConfigError."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"--resume: {run_dir} is not a run directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+        raw = manifest["config"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--resume: {path} is damaged ({type(exc).__name__}: {exc}); start a new run") from None
+    return parse_config(raw)
+
+
+def preflight(cfg: Config, cache_dir: Path | None) -> None:
+    """Checks that need this machine, done before any work: an explicitly chosen energy meter
+    must be available, and the model cache and output folders writable. Raises ConfigError."""
+    meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
+    if cfg.meter.name != "auto":
+        ok, why = meter.availability()
+        if not ok:
+            raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
+                              "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
+    for label, folder in (("model cache (--cache-dir / SPARSEBENCH_CACHE)", Path(cache_dir) if cache_dir else default_cache_dir()),
+                          ("output folder (--output-dir / run.output_dir)", Path(cfg.output_dir))):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"{label}: {folder} is not writable: {exc.strerror or exc}") from None
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, so two processes never append to one results file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._f = None
+
+    def __enter__(self) -> "RunDirLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.close()
+            raise ConfigError(f"{self.path.parent}: another sparsebench process is running this run directory") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
 
 
 def model_bytes(module: nn.Module) -> int:
@@ -119,6 +170,11 @@ class Runner:
 
     # ---- the matrix ----------------------------------------------------------------------------
     def run(self) -> Path:
+        """Run every cell not yet in ``results.jsonl``. Raises ConfigError if another process holds the run directory."""
+        with RunDirLock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> Path:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars cover loading and saving
@@ -182,9 +238,12 @@ class Runner:
             return dense, pruner.prune(dense, task)
         key = stable_hash({"task": task.fingerprint(), "pruner": spec.canonical()})
         path = self.cache_dir / "pruned" / f"{task.name}-{spec.name}-{key}"
-        if (path / "prune_report.json").exists():
-            model = task.load_saved(path)
-            return model, PruneReport.from_dict(json.loads((path / "prune_report.json").read_text()))
+        cached = load_cached(
+            path, lambda p: (task.load_saved(p), PruneReport.from_dict(json.loads((p / "prune_report.json").read_text()))),
+            "prune_report.json",
+        )
+        if cached is not None:
+            return cached
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
         if pruner.needs_training:

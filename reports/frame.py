@@ -23,6 +23,9 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     if "kernel_variant" not in df:
         df["kernel_variant"] = "auto"
     df["kernel_variant"] = df["kernel_variant"].fillna("auto")
+    for col in ("pruner_params", "accelerator_params"):
+        if col not in df:
+            df[col] = [{} for _ in range(len(df))]
     df["sparsity"] = df["pruner_params"].map(lambda p: (p or {}).get("sparsity", 0.0) if isinstance(p, dict) else 0.0)
     for col in ("pruner_label", "accelerator_label"):
         if col not in df:

@@ -50,8 +50,9 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
             hovertemplate="%{text}<br>%{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
         ))
         front = g[pareto_front(g, x)].sort_values(x)
-        fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines",
-                                 line=dict(dash="dot"), name=f"{name} Pareto front", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines+markers",
+                                 line=dict(dash="dot"), marker=dict(size=18, symbol="circle-open", line=dict(width=2)),
+                                 name=f"{name} Pareto front", hoverinfo="skip"))
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="accuracy")
     return figure(fig)
 
@@ -100,7 +101,7 @@ def build_report_html(run_dir: Path) -> str:
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
     sections = head + [
-        "<h2>Accuracy vs latency</h2>", _scatter(df, "latency_p50_s", "p50 latency per batch (ms)", "Accuracy vs p50 latency (Pareto front dotted)"),
+        "<h2>Accuracy vs latency</h2>", _scatter(df, "latency_p50_s", "p50 latency per batch (ms)", "Accuracy vs p50 latency (Pareto front: rings and dotted line)"),
         "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J)", "Accuracy vs energy per inference (open markers: estimated)"),
         "<h2>Savings factors</h2>", _savings(df),
     ]
@@ -128,12 +129,12 @@ def print_summary(run_dir: Path) -> None:
         return
     df = add_savings(df)
     t = Table(title=f"sparsebench — {Path(run_dir).name}")
-    for c in ("pruner", "accelerator", "batch", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×"):
+    for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×"):
         t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
     for _, r in df.iterrows():
         ok = r["status"] == "ok"
         t.add_row(
-            str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["status"]),
+            str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
             fmt(r.get("accuracy"), 4), fmt(r["latency_p50_s"] * 1e3) if ok else "—", fmt(r["latency_p90_s"] * 1e3) if ok else "—",
             fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
         )

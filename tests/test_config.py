@@ -36,6 +36,23 @@ def test_sweep_expands_list_params_only_for_scalar_params():
         ({"matrix": {"kernel_variant": ["sse"]}}, ["matrix.kernel_variant", "avx512"]),
         ({"measure": {"min_iter": 3}}, ["measure.min_iter", "min_iters"]),
         ({"extras": {}}, ["extras", "valid sections"]),
+        ({"matrix": {"threads": [100000]}}, ["matrix.threads", "256"]),
+        ({"matrix": {"seq_len": [100000]}}, ["matrix.seq_len", "512"]),
+        ({"matrix": {"kernel_variant": []}}, ["matrix.kernel_variant", "non-empty"]),
+        ({"matrix": 3}, ["matrix", "table"]),
+        ({"measure": 5}, ["measure", "table"]),
+        ({"measure": {"warmup_iters": 2.5}}, ["measure.warmup_iters", "integer"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": []}]}, ["pruners[0].sparsity", "empty sweep"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": [0.5, 0.5]}]}, ["pruners[0]", "duplicates"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": "high"}]}, ["pruners[0].sparsity", "a number"]),
+        ({"tasks": [{"name": "tiny-synthetic", "finetune_lr": "fast"}]}, ["tasks[0].finetune_lr", "a number"]),
+        ({"tasks": [{"name": "tiny-synthetic", "seed": "x"}]}, ["tasks[0].seed", "an integer"]),
+        ({"tasks": [{"name": "tiny-synthetic", "num_heads": 0}]}, ["tasks[0]", "num_heads must be >= 1"]),
+        ({"tasks": [{"name": "tiny-synthetic", "num_layers": -1}]}, ["tasks[0]", "num_layers"]),
+        ({"run": {"name": "../../escape"}}, ["run.name", "letters"]),
+        ({"run": {"seed": "abc"}}, ["run.seed", "integer"]),
+        ({"meter": {"name": "estimate", "clock": 5}}, ["meter.clock", "unknown parameter"]),
+        ({"meter": [{"name": "estimate"}, {"name": "auto"}]}, ["meter", "one [meter] table"]),
     ],
 )
 def test_invalid_configs_name_the_key_and_choices(override, must_say):
@@ -60,3 +77,28 @@ def test_cell_id_golden():
     cells = expand(parse_config(tiny_config()))
     assert cells[0].canonical()["pruner"] == {"name": "none", "params": {}}
     assert len(cells[0].cell_id) == 12 and all(ch in "0123456789abcdef" for ch in cells[0].cell_id)
+
+
+def test_preflight_rejects_an_explicit_meter_that_is_unavailable(tmp_path):
+    from profiler.runner import preflight
+
+    cfg = parse_config(tiny_config(meter={"name": "rapl", "root": str(tmp_path / "no-powercap")}, run={"name": "t", "output_dir": str(tmp_path / "runs")}))
+    with pytest.raises(ConfigError, match="meter.name: 'rapl' is unavailable here"):
+        preflight(cfg, tmp_path / "cache")
+    ok = parse_config(tiny_config(run={"name": "t", "output_dir": str(tmp_path / "runs")}))
+    preflight(ok, tmp_path / "cache")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="model cache"):
+        preflight(ok, blocker / "cache")
+
+
+def test_run_directory_lock_refuses_a_second_runner(tmp_path):
+    from profiler.runner import RunDirLock
+
+    with RunDirLock(tmp_path):
+        with pytest.raises(ConfigError, match="another sparsebench process"):
+            with RunDirLock(tmp_path):
+                pass
+    with RunDirLock(tmp_path):  # released
+        pass

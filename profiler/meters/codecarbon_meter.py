@@ -50,6 +50,7 @@ class CodecarbonMeter(EnergyMeter):
         country_iso_code: str = "USA",
         tracking_mode: str = "machine",
         measure_power_secs: float = 1.0,
+        *,
         tracker_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):

@@ -213,6 +213,7 @@ class EstimateMeter(EnergyMeter):
         physical_cores: int | None = None,
         sockets: int | None = None,
         ram_gb: float | None = None,
+        *,
         clock: Callable[[], float] = time.monotonic,
         cpu_time: Callable[[], float] | None = None,
         cpuinfo_path: str = "/proc/cpuinfo",

@@ -80,9 +80,10 @@ class NvmlMeter(EnergyMeter):
         devices: list[int] | None = None,
         poll_hz: float = 20.0,
         force_poll: bool = False,
+        *,
         nvml: Any = None,
         clock: Callable[[], float] = time.monotonic,
-        background: bool = True,
+        background: bool = True,  # tests drive sampling by hand
     ):
         if not poll_hz >= 10:
             raise ValueError(f"poll_hz must be >= 10 Hz, got {poll_hz!r}")

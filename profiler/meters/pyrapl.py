@@ -33,8 +33,9 @@ class PyRaplMeter(EnergyMeter):
 
     def __init__(
         self,
-        pyrapl: Any = None,
         powercap_dir: str = "/sys/class/powercap/intel-rapl",
+        *,
+        pyrapl: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._mod = pyrapl

@@ -92,9 +92,10 @@ class RaplMeter(EnergyMeter):
     def __init__(
         self,
         root: str = DEFAULT_ROOT,
-        reader: Callable[[str], str] | None = None,
         include_subdomains: bool = False,
         default_max_power_w: float = DEFAULT_MAX_POWER_W,
+        *,
+        reader: Callable[[str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.root = root

@@ -134,8 +134,9 @@ class Task:
         """The fine-tuned dense model, from the on-disk cache or fine-tuned now and cached
         (``save_pretrained``, safetensors). ``progress(step, total, loss)`` is called per step."""
         path = self.model_cache_path(cache_dir or default_cache_dir())
-        if (path / "config.json").exists():
-            return self.load_saved(path)
+        cached = load_cached(path, self.load_saved, "config.json")
+        if cached is not None:
+            return cached
         model = self.base_model()
         if self.finetune_steps > 0:
             self.finetune(model, self.finetune_steps, progress)
@@ -196,6 +197,23 @@ class Task:
                 logits[i] = out[j]
         labels = torch.tensor([e.label for e in ex])
         return self.metric(torch.stack(logits), labels)
+
+
+def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any | None:
+    """``loader(path)`` if a cache entry is there; a damaged entry is moved aside (and a warning
+    issued) so that it is rebuilt instead of failing every cell."""
+    if not (path / marker).exists():
+        return None
+    try:
+        return loader(path)
+    except Exception as exc:
+        import time
+        import warnings
+
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        path.rename(aside)
+        warnings.warn(f"cache entry {path} could not be loaded ({type(exc).__name__}: {exc}); moved to {aside} and rebuilding")
+        return None
 
 
 def seed_everything(seed: int) -> None:

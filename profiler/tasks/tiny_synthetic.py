@@ -40,10 +40,17 @@ class TinySynthetic(Task):
         finetune_lr: float = 2e-3,
         seed: int = 0,
     ) -> None:
+        for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
+                         ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval),
+                         ("finetune_batch_size", finetune_batch_size)):
+            if v < 1:
+                raise ValueError(f"{label} must be >= 1, got {v}")
+        if finetune_steps < 0 or not finetune_lr > 0:
+            raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0 (got {finetune_steps}, {finetune_lr})")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
-        if vocab_size <= 20 or n_train < 1 or n_eval < 1:
-            raise ValueError("vocab_size must be > 20 and n_train, n_eval >= 1")
+        if vocab_size <= 20:
+            raise ValueError(f"vocab_size must be > 20, got {vocab_size}")
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
         self.n_train, self.n_eval = n_train, n_eval

@@ -532,11 +532,17 @@ def _bars(c: Comparison, col: str, title: str, xtitle: str, hline: float | None 
         name = f"{t.key} · {t.label}"
         if col == "energy_savings_factor":
             name += f" ({', '.join(t.energy_methods)})"
+        noisy = [_noisy(v) for v in g.get("latency_spread_flag", pd.Series(False, index=g.index))]
+        timed = col != "accuracy"  # every other bar here rests on a timed loop
         fig.add_trace(go.Bar(y=g["recipe"], x=g[col], name=name, orientation="h", marker_color=_COLORS[i % len(_COLORS)],
-                             text=[fmt(v, 3) for v in g[col]], textposition="outside", cliponaxis=False,
+                             marker_pattern_shape=["/" if n and timed else "" for n in noisy],
+                             text=[fmt(v, 3) + (" ⚠ noisy" if n and timed else "") for v, n in zip(g[col], noisy)],
+                             textposition="outside", cliponaxis=False,
                              hovertemplate="%{y}<br>%{x:.4g}<extra>" + esc(t.key) + "</extra>"))
     if hline is not None:
         fig.add_vline(x=hline, line_dash="dash", line_color="#888")
+    if col != "accuracy":
+        title += " — hatched ⚠: latency spread above 10 %, rerun before quoting"
     n_bars = len(order) * max(1, len(fig.data))
     fig.update_layout(title=title, barmode="group", xaxis_title=xtitle, bargap=0.25,
                       yaxis=dict(categoryorder="array", categoryarray=order[::-1], automargin=True),

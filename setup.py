@@ -42,6 +42,7 @@ setup(
             include_dirs=[_CSRC],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
+            libraries=["m"] if sys.platform != "win32" else [],
         )
     ]
 )

@@ -66,7 +66,7 @@ class SparseInt8(_SparseSwap):
             (keep nn.Linear) for layers where sparse is not faster.
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the first layer.
-        min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, variant: as sparse-cpu.
+        min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, variant, fuse_gelu: as sparse-cpu.
     """
 
     name = "sparse-int8"
@@ -75,7 +75,7 @@ class SparseInt8(_SparseSwap):
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "torch-int8",
                  engine: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
                  calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
-                 variant: Optional[str] = None) -> None:
+                 variant: Optional[str] = None, fuse_gelu: bool = True) -> None:
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
         if dense_fallback not in ("torch-int8", "fp32"):
@@ -87,7 +87,8 @@ class SparseInt8(_SparseSwap):
         self.engine = engine
         self._engine_used: Optional[str] = None
         super().__init__(format=format, min_speedup=min_speedup, min_sparsity=min_sparsity, calibrate=calibrate,
-                         repeats=repeats, min_time_s=min_time_s, check_model=check_model, variant=variant)
+                         repeats=repeats, min_time_s=min_time_s, check_model=check_model, variant=variant,
+                         fuse_gelu=fuse_gelu)
 
     def _validate_format(self) -> None:
         if self.format != "auto" and self.format not in INT8_FORMATS:

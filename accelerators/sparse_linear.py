@@ -100,8 +100,14 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, indptr: torch.Tensor, indices: torch.Tensor,
                  values: torch.Tensor, bias: Optional[torch.Tensor], format: str = "csr", dtype: str = "fp32",
-                 threads: int = 1, w_scale: Optional[torch.Tensor] = None, act_quant: str = "token"):
+                 threads: int = 1, w_scale: Optional[torch.Tensor] = None, act_quant: str = "token",
+                 activation: str = "none"):
         super().__init__()
+        if activation not in ("none", "gelu"):
+            raise ValueError("activation must be 'none' or 'gelu' (exact erf form)")
+        #: epilogue applied to the output inside the kernel: "none" or "gelu" (exact erf GELU,
+        #: |error| <= ~1e-6 against torch's F.gelu); set by accelerators that fuse BERT's FFN GELU.
+        self.activation = activation
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.format, self.block_rows, self.block_cols = parse_format(format, dtype)
@@ -132,13 +138,14 @@ class SparseLinear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_dense(cls, linear: nn.Linear, format: str = "csr", block: Optional[int] = None, dtype: str = "fp32",
-                   threads: int = 1, act_quant: str = "token") -> "SparseLinear":
+                   threads: int = 1, act_quant: str = "token", activation: str = "none") -> "SparseLinear":
         """Convert an ``nn.Linear`` (its zeros are what gets skipped).
 
         format/block: see the module docstring (``"csr"``, ``"bsr"`` + ``block``, ``"bsr4x1"``...).
         dtype: ``"fp32"`` (exact weights) or ``"int8"`` (per-output-channel symmetric weight
         quantization, round-to-nearest-even, range [-127, 127]; activations quantized per token at
-        run time, or per tensor with ``act_quant="tensor"``). Raises ValueError on bad options.
+        run time, or per tensor with ``act_quant="tensor"``). activation: ``"none"`` or ``"gelu"``
+        (y = GELU(x W^T + b), fused into the kernel's output pass). Raises ValueError on bad options.
         """
         name, bh, bw = parse_format(format, dtype, block)
         w = linear.weight.detach().to(torch.float32)
@@ -147,13 +154,13 @@ class SparseLinear(nn.Module):
         if dtype == "fp32":
             indptr, indices, blocks = dense_to_blocks(w, bh, 1)
             values = blocks.reshape(-1, bh)
-            return cls(n_in, n_out, indptr, indices, values, bias, name, dtype, threads)
+            return cls(n_in, n_out, indptr, indices, values, bias, name, dtype, threads, activation=activation)
         amax = w.abs().amax(dim=1)
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
         wq = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
         indptr, indices, blocks = dense_to_blocks(wq, bh, 4)
         return cls(n_in, n_out, indptr, indices, blocks.reshape(-1, bh, 4), bias, name, dtype, threads,
-                   w_scale=scale, act_quant=act_quant)
+                   w_scale=scale, act_quant=act_quant, activation=activation)
 
     # ---------------------------------------------------------------- kernel handle
     def _buffers_key(self):
@@ -206,11 +213,15 @@ class SparseLinear(nn.Module):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+        act = self.activation
         if self.dtype_name == "fp32":
-            _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant)
+            if act == "none":
+                _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant)
+            else:
+                _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant, activation=act)
         else:
             _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant,
-                          self.act_quant == "token")
+                          self.act_quant == "token", activation=act)
         out = out.view(*lead, self.out_features)
         if x.dtype != torch.float32 and x.is_floating_point():
             out = out.to(x.dtype)
@@ -241,4 +252,5 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
-                f"dtype={self.dtype_name}, density={self.density():.3f}, threads={self.threads}")
+                f"dtype={self.dtype_name}, density={self.density():.3f}, threads={self.threads}, "
+                f"activation={self.activation}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -170,3 +171,38 @@ def test_sparse_cpu_config_errors():
         SparseCPU(min_speedup=0.5)
     ok, reason = SparseCPU(variant="nonexistent").availability()
     assert not ok and "nonexistent" in reason
+
+
+@pytest.mark.parametrize("variant", sk.supported_variants())
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_fused_gelu_epilogue(variant, dtype):
+    lin = pruned_linear(64, 96, 0.8, seed=3)
+    plain = SparseLinear.from_dense(lin, "csr", dtype=dtype, threads=2)
+    fused = SparseLinear.from_dense(lin, "csr", dtype=dtype, threads=2, activation="gelu")
+    plain.variant = fused.variant = variant
+    x = torch.randn(2, 70, 64) * 3
+    x[0, 0] = 0.0
+    ref = torch.nn.functional.gelu(plain(x))
+    torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=2e-6)
+    with pytest.raises(ValueError):
+        SparseLinear.from_dense(lin, activation="relu6")
+    with pytest.raises(ValueError):
+        sk.spmm(plain.packed(), x[0].numpy(), np.empty((70, 96), np.float32), activation="tanh") \
+            if dtype == "fp32" else sk.spmm_int8(plain.packed(), x[0].numpy(), np.empty((70, 96), np.float32),
+                                                 activation="tanh")
+
+
+def test_sparse_cpu_fuses_ffn_gelu():
+    model = tiny_bert(0.9)
+    acc = SparseCPU(format="csr", min_speedup=1.0, calibrate=False)
+    ex = example()
+    new = acc.prepare(model, ex, threads=2)
+    fields = acc.row_fields()
+    assert fields["sparse_fused_gelu_layers"] == 2
+    assert all(isinstance(l.intermediate.intermediate_act_fn, nn.Identity) for l in new.bert.encoder.layer)
+    assert all(l.intermediate.dense.activation == "gelu" for l in new.bert.encoder.layer)
+    torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(l.intermediate.intermediate_act_fn, nn.Identity) for l in model.bert.encoder.layer)
+    acc2 = SparseCPU(format="csr", calibrate=False, fuse_gelu=False)
+    acc2.prepare(model, ex, threads=1)
+    assert acc2.row_fields()["sparse_fused_gelu_layers"] == 0

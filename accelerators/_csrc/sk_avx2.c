@@ -87,8 +87,8 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
 { sk_pack_x_generic(X, ldX, nb, k0, k1, xt, tl, n_in); }
 
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias)
-{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias); }
+                     float *Y, int64_t ldY, const float *bias, int act)
+{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias, act); }
 
 const sk_kernels sk_kernels_avx2 = {
     "avx2", tile_fp32, pack_x, unpack_y,

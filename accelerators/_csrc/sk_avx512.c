@@ -162,7 +162,7 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
  * lines before the next token, which avoids the L1 set conflicts of a column-wise walk when
  * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072). */
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias)
+                     float *Y, int64_t ldY, const float *bias, int act)
 {
     for (int64_t t = 0; t < ntok; t += 16) {
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
@@ -175,10 +175,14 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
             for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_load_ps(sb + l * lds) : _mm512_setzero_ps();
             tr16(r);
             float *yb = Y + t * ldY + r0;
+            if (act == SK_ACT_GELU)
+                for (int l = 0; l < nt; l++) r[l] = sk_gelu16(_mm512_add_ps(r[l], bv));
+            else
+                for (int l = 0; l < nt; l++) r[l] = _mm512_add_ps(r[l], bv);
             if (nr == 16) {
-                for (int l = 0; l < nt; l++) _mm512_storeu_ps(yb + l * ldY, _mm512_add_ps(r[l], bv));
+                for (int l = 0; l < nt; l++) _mm512_storeu_ps(yb + l * ldY, r[l]);
             } else {
-                for (int l = 0; l < nt; l++) _mm512_mask_storeu_ps(yb + l * ldY, rm, _mm512_add_ps(r[l], bv));
+                for (int l = 0; l < nt; l++) _mm512_mask_storeu_ps(yb + l * ldY, rm, r[l]);
             }
         }
     }
@@ -200,6 +204,6 @@ void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64
                       float *xt, const sk_tiling *tl, int64_t n_in)
 { pack_x(X, ldX, nb, k0, k1, xt, tl, n_in); }
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias)
-{ unpack_y(scratch, lds, nrows, ntok, Y, ldY, bias); }
+                        float *Y, int64_t ldY, const float *bias, int act)
+{ unpack_y(scratch, lds, nrows, ntok, Y, ldY, bias, act); }
 #endif

@@ -22,6 +22,8 @@
 #define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
 #define SK_TOK_GROUP 16        /* token padding granularity */
 #define SK_IDX_PAD 64          /* zeroed int32 entries after the last index (prefetch reads) */
+#define SK_ACT_NONE 0          /* epilogue activations applied while writing Y */
+#define SK_ACT_GELU 1          /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
 
 /* One token tile inside a packed XT block. */
 typedef struct {
@@ -59,7 +61,7 @@ typedef struct sk_kernels {
                    float *xt, const sk_tiling *tl, int64_t n_in);
     /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows, t < ntok. */
     void (*unpack_y)(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias);
+                     float *Y, int64_t ldY, const float *bias, int act);
     /* int8: scratch[r * lds + t] = sum over stored quads of u * w (int32, no compensation) */
     void (*tile_int8)(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                       int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
@@ -74,7 +76,7 @@ typedef struct sk_kernels {
     /* Y[t * ldY + r] = (acc[r][t] - comp[r]) * (sx[t] * sw[r]) + bias[r]  (fp32 out) */
     void (*unpack_int8)(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
                         int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
-                        const float *sx);
+                        const float *sx, int act);
     /* amax[t] = max_k |X[t * ldX + k]| for t in [t0, t1) (NaN counts as +inf) */
     void (*rows_amax)(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
     /* Y[t * ldY + r] = acc[r][t] - comp[r]  (int32 out) */
@@ -94,7 +96,7 @@ extern const sk_kernels sk_kernels_vnni;
 void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                        float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                         float *Y, int64_t ldY, const float *bias);
+                         float *Y, int64_t ldY, const float *bias, int act);
 void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                           int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
                           int64_t nq, int32_t *scratch, int64_t lds);
@@ -104,7 +106,9 @@ void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_
                             uint8_t *xq, const sk_tiling *tl, int64_t nq);
 void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
                             int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
-                            const float *sx);
+                            const float *sx, int act);
+/* exact GELU with libm erff (portable epilogue) */
+float sk_gelu1(float x);
 void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                            int64_t ldY, const int32_t *comp);
 void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);

@@ -112,6 +112,7 @@ typedef struct {
     int nt;
     int64_t tt, tb, lds, group;
     int token_split;
+    int act;
     int64_t xq_stride;
     uint8_t *xq;
     int32_t *scratch;
@@ -138,7 +139,7 @@ static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq
         if (nrows <= 0) continue;
         if (J->X)
             J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
-                               m->wscale + r0, m->wsum + r0, J->sx + t0);
+                               m->wscale + r0, m->wsum + r0, J->sx + t0, J->act);
         else
             J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
     }
@@ -224,20 +225,21 @@ static int default_tile_int8(int variant, int bh)
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
-                             "split", NULL};
+                             "split", "activation", NULL};
     static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
-    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None;
-    int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0;
+    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
+    int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0, act = 0;
     if (raw) {
         if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
                                          &threads, &o_var, &tile, &tblock, &o_split))
             return NULL;
     } else {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act))
             return NULL;
     }
     if (parse_split(o_split, &split) < 0) return NULL;
+    if (parse_activation(o_act, &act) < 0) return NULL;
     if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
         PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
         return NULL;
@@ -321,6 +323,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
         J.group = unpack_group(J.lds);
         J.token_split = use_token_split(split, T, threads);
+        J.act = act;
         J.xq_stride = round_up(nq * 4 * round_up(tb, SK_TOK_GROUP), 64);
         J.xq = (uint8_t *)ws_take((size_t)(J.xq_stride * (J.token_split ? threads : 1)), &xq_n);
         J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds),
@@ -371,7 +374,7 @@ static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
      "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
     {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
      "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n" \
-     "          split='auto')\n\n"                                                                     \
+     "          split='auto', activation=None)\n\n"                                                    \
      "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
      "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
      "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \

@@ -728,6 +728,7 @@ typedef struct {
     int64_t tt, tb, lds;
     int64_t group; /* 16-row chunks whose outputs are unpacked together (token-major) */
     int token_split;
+    int act;           /* SK_ACT_* epilogue */
     int64_t xt_stride; /* floats between per-thread activation buffers (token split) */
     float *xt;
     float *scratch;
@@ -759,7 +760,7 @@ static void fp32_block(const fp32_job *J, const sk_tiling *tl, const float *xt, 
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
         if (nrows > N - r0) nrows = N - r0;
         if (nrows > 0)
-            J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL);
+            J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL, J->act);
     }
 }
 
@@ -825,6 +826,22 @@ static int parse_split(PyObject *o, int *split)
     return 0;
 }
 
+static int parse_activation(PyObject *o, int *act)
+{
+    if (o == NULL || o == Py_None) {
+        *act = SK_ACT_NONE;
+        return 0;
+    }
+    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    if (s && strcmp(s, "none") == 0) *act = SK_ACT_NONE;
+    else if (s && strcmp(s, "gelu") == 0) *act = SK_ACT_GELU;
+    else {
+        PyErr_SetString(PyExc_ValueError, "activation must be None, 'none' or 'gelu'");
+        return -1;
+    }
+    return 0;
+}
+
 static int use_token_split(int split, int64_t T, int threads)
 {
     if (split == 1) return 0;
@@ -842,13 +859,15 @@ static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
 static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split", NULL};
-    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None;
-    int threads = 1, tile = 0, tblock = 0, split = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                     &threads, &o_var, &tile, &tblock, &o_split))
+    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split",
+                             "activation", NULL};
+    PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
+    int threads = 1, tile = 0, tblock = 0, split = 0, act = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                     &threads, &o_var, &tile, &tblock, &o_split, &o_act))
         return NULL;
     if (parse_split(o_split, &split) < 0) return NULL;
+    if (parse_activation(o_act, &act) < 0) return NULL;
     if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
         PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
         return NULL;
@@ -931,6 +950,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.lds = round_up(tb, SK_TOK_GROUP) + 16;
         J.group = unpack_group(J.lds);
         J.token_split = use_token_split(split, T, threads);
+        J.act = act;
         J.xt_stride = round_up(m->n_in * round_up(tb, SK_TOK_GROUP), 16);
         J.xt = (float *)ws_take(sizeof(float) * (size_t)(J.xt_stride * (J.token_split ? threads : 1)), &xt_n);
         J.scratch = (float *)ws_take(sizeof(float) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds), &scr_n);
@@ -1034,12 +1054,15 @@ static PyMethodDef methods[] = {
      "input column of each block; values: float32 (nblocks, block) or flat, block-major.\n"
      "Rows past n_out in the last block are ignored. Errors as pack_csr."},
     {"spmm", (PyCFunction)(void (*)(void))py_spmm, METH_VARARGS | METH_KEYWORDS,
-     "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n"
+     "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0, split='auto',\n"
+     "     activation=None) -> None\n\n"
      "out[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]), i.e. out = x @ W.T + bias.\n"
      "x: float32 C-contiguous (tokens, n_in); out: writable float32 C-contiguous (tokens, n_out),\n"
      "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads (>= 1).\n"
      "variant: None (module default) or a name from supported_variants(). tile / token_block:\n"
      "tuning knobs (tokens per register tile, power of two 16..256; tokens per packed block), 0 = auto.\n"
+     "activation: None/'none', or 'gelu' = exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) applied to the\n"
+     "output (erf approximated to 1.5e-7 absolute in the AVX-512 variants, libm erff elsewhere).\n"
      "split: how threads share work: 'tokens' (each thread its own tokens, no barriers), 'rows'\n"
      "(output rows, for few tokens) or 'auto' (tokens when there are >= 64 per thread).\n"
      "The GIL is released during the computation."},

@@ -27,12 +27,17 @@ void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int6
     }
 }
 
+float sk_gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
 void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                         float *Y, int64_t ldY, const float *bias)
+                         float *Y, int64_t ldY, const float *bias, int act)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *yr = Y + t * ldY;
-        for (int64_t r = 0; r < nrows; r++) yr[r] = scratch[r * lds + t] + (bias ? bias[r] : 0.0f);
+        for (int64_t r = 0; r < nrows; r++) {
+            const float v = scratch[r * lds + t] + (bias ? bias[r] : 0.0f);
+            yr[r] = act == SK_ACT_GELU ? sk_gelu1(v) : v;
+        }
     }
 }
 
@@ -144,12 +149,14 @@ void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_
 
 void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
                             int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
-                            const float *sx)
+                            const float *sx, int act)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *yr = Y + t * ldY;
-        for (int64_t r = 0; r < nrows; r++)
-            yr[r] = (float)(scratch[r * lds + t] - comp[r]) * (sx[t] * sw[r]) + (bias ? bias[r] : 0.0f);
+        for (int64_t r = 0; r < nrows; r++) {
+            const float v = (float)(scratch[r * lds + t] - comp[r]) * (sx[t] * sw[r]) + (bias ? bias[r] : 0.0f);
+            yr[r] = act == SK_ACT_GELU ? sk_gelu1(v) : v;
+        }
     }
 }
 

@@ -12,7 +12,7 @@ void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias);
+                        float *Y, int64_t ldY, const float *bias, int act);
 
 #define VEC __m512i
 #define VW 16
@@ -199,7 +199,8 @@ static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, 
 }
 
 static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                        int64_t ldY, const float *bias, const float *sw, const int32_t *comp, const float *sx)
+                        int64_t ldY, const float *bias, const float *sw, const int32_t *comp, const float *sx,
+                        int act)
 {
     for (int64_t t = 0; t < ntok; t += 16) {
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
@@ -217,7 +218,8 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
             float *yb = Y + t * ldY + r0;
             for (int l = 0; l < nt; l++) {
                 const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(r[l], cv));
-                const __m512 y = _mm512_fmadd_ps(a, _mm512_mul_ps(swv, _mm512_set1_ps(sx[t + l])), bv);
+                __m512 y = _mm512_fmadd_ps(a, _mm512_mul_ps(swv, _mm512_set1_ps(sx[t + l])), bv);
+                if (act == SK_ACT_GELU) y = sk_gelu16(y);
                 _mm512_mask_storeu_ps(yb + l * ldY, rm, y);
             }
         }

@@ -20,6 +20,7 @@ from torch import nn
 
 from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, expand, parse_config
+from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import EnergyWindow, IdlePower, measure_idle_power
 from profiler.errors import ConfigError
 from profiler.hardware import fingerprint
@@ -346,8 +347,15 @@ class Runner:
         with torch.inference_mode():
             for _ in range(m.warmup_iters):
                 call()
+            before = snapshot()
             with EnergyWindow(meter, idle) as win:
                 samples = timed_loop(call, m.min_iters, max(m.min_seconds, win.min_duration_s), max(m.max_seconds, win.min_duration_s))
+            others = other_busy_cpus(before, snapshot())
+        row.extra["other_busy_cpus"] = None if others is None else round(others, 3)
+        if others is not None and others > BUSY_LIMIT_CPUS:
+            row.extra["contention_flag"] = True
+            self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {row.pruner}/{row.accelerator} "
+                                  f"b{row.batch_size} was timed; its latency and energy are inflated")
         stats = LatencyStats.from_samples(samples)
         row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
         row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag

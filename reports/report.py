@@ -20,7 +20,8 @@ def _cell_table(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         method = r.get("energy_method") or "unavailable"
-        spread = " ⚠" if r.get("latency_spread_flag") else ""
+        spread = " ⚠" if r.get("latency_spread_flag") is True else ""
+        spread += " ⛔" if r.get("contention_flag") is True else ""
         rows.append([
             r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
             r.get("kernel_variant_used") if isinstance(r.get("kernel_variant_used"), str) else r.get("kernel_variant"),
@@ -98,6 +99,10 @@ def build_report_html(run_dir: Path) -> str:
             + (" — not a measurement." if "estimated" in methods else ".")
             + (f" {esc(reasons[:400])}" if reasons else "") + "</div>"
         )
+    if "contention_flag" in df and (df["contention_flag"] == True).any():  # noqa: E712 (NaN-safe)
+        n = int((df["contention_flag"] == True).sum())  # noqa: E712
+        head.append(f"<div class='warn'>⛔ {n} cell(s) were timed while other processes kept more than "
+                    "0.2 CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
     sections = head + [
@@ -106,7 +111,7 @@ def build_report_html(run_dir: Path) -> str:
         "<h2>Savings factors</h2>", _savings(df),
     ]
     sections.append(multiply_section(df))
-    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %. "
+    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; ⛔ a cell timed while other processes were busy. "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)

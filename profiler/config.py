@@ -42,6 +42,7 @@ class PluginSpec:
 
     def label(self) -> str:
         shown = [str(v) for k, v in self.params.items() if k in ("sparsity", "engine", "format")]
+        shown += [str(v) for k, v in self.params.items() if (k, v) not in (("structure", "unstructured"), ("scope", "layer")) and k in ("structure", "scope")]
         return " ".join([self.name, *shown])
 
     def __hash__(self) -> int:

@@ -30,6 +30,11 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     for col in ("pruner_label", "accelerator_label"):
         if col not in df:
             df[col] = df[col.split("_")[0]]
+    # rows written before labels named the block structure / global scope
+    for key, default in (("structure", "unstructured"), ("scope", "layer")):
+        extra = df["pruner_params"].map(lambda p: str(p.get(key)) if isinstance(p, dict) and p.get(key, default) != default else "")
+        need = (extra != "") & ~df.apply(lambda r: bool(extra[r.name]) and extra[r.name] in str(r["pruner_label"]).split(), axis=1)
+        df.loc[need, "pruner_label"] = df.loc[need, "pruner_label"] + " " + extra[need]
     df["label"] = df["pruner_label"] + " + " + df["accelerator_label"]
     return df, rf.damaged_lines
 

@@ -8,7 +8,7 @@ from reports.frame import GROUP_KEYS
 from reports.html import esc, figure, table
 
 SPARSE = "sparse-cpu"
-INT8_CHOICES = ("int8-dynamic", "sparse-int8")  # INT8 alone on the dense model: first one present
+INT8_CHOICES = ("int8-dynamic", "sparse-int8")  # INT8 alone on the dense model: the fastest of these
 BOTH = "sparse-int8"
 
 
@@ -24,17 +24,17 @@ def multiply_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in ok.groupby(GROUP_KEYS):
         dense = g[g["pruner"] == "none"]
-        int8 = next((dense[dense["accelerator"] == a] for a in INT8_CHOICES if (dense["accelerator"] == a).any()), None)
-        if int8 is None or int8.empty:
+        int8 = dense[dense["accelerator"].isin(INT8_CHOICES)].dropna(subset=["latency_savings_factor"])
+        if int8.empty:
             continue
-        i8 = int8.iloc[0]
+        i8 = int8.loc[int8["latency_savings_factor"].idxmax()]  # the best INT8 path measured on the dense model
         for label, p in g[g["pruner"] != "none"].groupby("pruner_label"):
             sp, both = p[p["accelerator"] == SPARSE], p[p["accelerator"] == BOTH]
             if sp.empty or both.empty:
                 continue
             s, b = sp.iloc[0], both.iloc[0]
             row = dict(zip(GROUP_KEYS, key))
-            row.update(pruned=label, int8_path=i8["accelerator"])
+            row.update(pruned=label, int8_path=i8["accelerator_label"])
             for kind in ("latency", "energy"):
                 f = f"{kind}_savings_factor"
                 row[f"{kind}_sparse"], row[f"{kind}_int8"], row[f"{kind}_both"] = s[f], i8[f], b[f]
@@ -68,7 +68,7 @@ def multiply_section(df: pd.DataFrame) -> str:
                  "energy × sparse", "energy × INT8", "energy × product", "energy × measured",
                  "acc kept sparse", "acc kept INT8", "acc kept both"], rows, left=2)
     return "<h2>Multiplicative savings</h2><p class='note'>" + esc(
-        "Pruning + sparse kernel (sparse-cpu on the pruned model), INT8 alone (on the dense model), their product, "
+        "Pruning + sparse kernel (sparse-cpu on the pruned model), INT8 alone (the fastest INT8 path measured on the dense model), their product, "
         "and the measured combination (sparse-int8 on the pruned model). Accuracy kept = metric ÷ dense fp32 metric."
     ) + "</p>" + "".join(figs) + tab
 

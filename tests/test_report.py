@@ -7,7 +7,7 @@ from reports.multiply import multiply_table
 
 def row(pruner, acc, p50, energy, method="estimated", accuracy=0.9, sparsity=None, batch=8):
     return dict(task="t", batch_size=batch, seq_len=128, threads=2, kernel_variant="auto", status="ok", pruner=pruner,
-                pruner_label=pruner if sparsity is None else f"{pruner} {sparsity}", accelerator=acc, latency_p50_s=p50,
+                pruner_label=pruner if sparsity is None else f"{pruner} {sparsity}", accelerator=acc, accelerator_label=acc, latency_p50_s=p50,
                 energy_j_per_inference=energy, energy_method=method, accuracy=accuracy)
 
 

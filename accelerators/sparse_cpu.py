@@ -119,6 +119,11 @@ class _SparseSwap(Accelerator):
             raise ValueError("min_sparsity must be in [0, 1]")
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
+        if min_time_s < 0:
+            raise ValueError(f"min_time_s must be >= 0, got {min_time_s!r}")
+        if variant is not None and variant not in KERNEL_VARIANTS:
+            # a known variant this CPU lacks is reported by availability(), so one config serves many machines
+            raise ValueError(f"variant must be one of: {', '.join(KERNEL_VARIANTS)} (got {variant!r})")
         self.format = format
         self.min_speedup = float(min_speedup)
         self.min_sparsity = float(min_sparsity)
@@ -297,6 +302,9 @@ class _SparseSwap(Accelerator):
     def layer_choices(self) -> dict[str, dict[str, Any]]:
         """Per-layer records of the last ``prepare`` (choice, sparsity, timings, speedup or reason)."""
         return copy.deepcopy(self._choices)
+
+
+KERNEL_VARIANTS = ("scalar", "avx2", "avx512", "vnni")
 
 
 class SparseCPU(_SparseSwap):

@@ -169,8 +169,14 @@ def test_sparse_cpu_config_errors():
         SparseCPU(format="coo")
     with pytest.raises(ValueError):
         SparseCPU(min_speedup=0.5)
-    ok, reason = SparseCPU(variant="nonexistent").availability()
-    assert not ok and "nonexistent" in reason
+    with pytest.raises(ValueError, match="variant must be one of"):
+        SparseCPU(variant="nonexistent")  # a typo fails at config time
+    with pytest.raises(ValueError, match="min_time_s"):
+        SparseCPU(min_time_s=-1)
+    missing = [v for v in ("scalar", "avx2", "avx512", "vnni") if v not in sk.supported_variants()]
+    if missing:  # a real variant this CPU lacks is reported by availability(), not a config error
+        ok, reason = SparseCPU(variant=missing[0]).availability()
+        assert not ok and missing[0] in reason
 
 
 @pytest.mark.parametrize("variant", sk.supported_variants())

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from profiler.energy import EnergyWindow
-from profiler.meters import EstimateMeter, make_meter
+from profiler.errors import ConfigError
+from profiler.meters import EstimateMeter
+from profiler.plugins import METERS
 from profiler.meters.estimate import lookup_tdp, normalise_cpu_model, read_cpuinfo
 
 
@@ -73,11 +75,11 @@ def test_model_with_fake_clock_and_cpu_time():
 def test_bad_params_raise():
     with pytest.raises(ValueError):
         EstimateMeter(tdp_w=-1)
-    with pytest.raises(ValueError, match="valid"):
-        make_meter("estimate", tdp=5)
-    with pytest.raises(ValueError, match="choose one of"):
-        make_meter("nope")
-    assert make_meter("estimate", tdp_w=5).tdp_w == 5
+    with pytest.raises(ConfigError, match="valid parameters"):
+        METERS.build("estimate", {"tdp": 5}, "meter")
+    with pytest.raises(ConfigError, match="valid choices"):
+        METERS.build("nope", {}, "meter")
+    assert METERS.build("estimate", {"tdp_w": 5}, "meter").tdp_w == 5
 
 
 def test_cpuinfo_parsing(tmp_path):

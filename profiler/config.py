@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import ConfigError
+from profiler.labels import plugin_label
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
 from profiler.tasks.base import stable_hash
@@ -41,9 +42,7 @@ class PluginSpec:
         return {"name": self.name, "params": self.params}
 
     def label(self) -> str:
-        shown = [str(v) for k, v in self.params.items() if k in ("sparsity", "engine", "format")]
-        shown += [str(v) for k, v in self.params.items() if (k, v) not in (("structure", "unstructured"), ("scope", "layer")) and k in ("structure", "scope")]
-        return " ".join([self.name, *shown])
+        return plugin_label(self.name, self.params)
 
     def __hash__(self) -> int:
         return hash(stable_hash(self.canonical()))

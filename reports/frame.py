@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from profiler.labels import plugin_label
 from profiler.results import read_results
 
 BASELINE_PRUNER = "none"
@@ -27,14 +28,9 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
         if col not in df:
             df[col] = [{} for _ in range(len(df))]
     df["sparsity"] = df["pruner_params"].map(lambda p: (p or {}).get("sparsity", 0.0) if isinstance(p, dict) else 0.0)
-    for col in ("pruner_label", "accelerator_label"):
-        if col not in df:
-            df[col] = df[col.split("_")[0]]
-    # rows written before labels named the block structure / global scope
-    for key, default in (("structure", "unstructured"), ("scope", "layer")):
-        extra = df["pruner_params"].map(lambda p: str(p.get(key)) if isinstance(p, dict) and p.get(key, default) != default else "")
-        need = (extra != "") & ~df.apply(lambda r: bool(extra[r.name]) and extra[r.name] in str(r["pruner_label"]).split(), axis=1)
-        df.loc[need, "pruner_label"] = df.loc[need, "pruner_label"] + " " + extra[need]
+    # labels are recomputed from the params, so runs written by older versions read the same
+    df["pruner_label"] = [plugin_label(n, p) for n, p in zip(df["pruner"], df["pruner_params"])]
+    df["accelerator_label"] = [plugin_label(n, p) for n, p in zip(df["accelerator"], df["accelerator_params"])]
     df["label"] = df["pruner_label"] + " + " + df["accelerator_label"]
     return df, rf.damaged_lines
 

@@ -1,0 +1,20 @@
+"""Short human labels for plugin configs (used in result rows and reports; no torch import)."""
+from __future__ import annotations
+
+from typing import Any
+
+# parameter → how it shows when it differs from the plain default
+_SHOWN = ("sparsity", "engine", "format")
+_UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "variant": "hard"}
+
+
+def plugin_label(name: str, params: dict[str, Any] | None) -> str:
+    """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``."""
+    params = params or {}
+    parts = [name] + [str(params[k]) for k in _SHOWN if k in params]
+    parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d and k != "variant"]
+    if name == "movement" and params.get("variant") == "soft":
+        parts.append("soft")
+    if params.get("distill") is True:
+        parts.append("KD")
+    return " ".join(parts)

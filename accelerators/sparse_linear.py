@@ -108,6 +108,10 @@ class SparseLinear(nn.Module):
         #: epilogue applied to the output inside the kernel: "none" or "gelu" (exact erf GELU,
         #: |error| <= ~1e-6 against torch's F.gelu); set by accelerators that fuse BERT's FFN GELU.
         self.activation = activation
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        if not 1 <= int(threads) <= 1024:
+            raise ValueError(f"threads must be in [1, 1024], got {threads}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.format, self.block_rows, self.block_cols = parse_format(format, dtype)
@@ -148,6 +152,8 @@ class SparseLinear(nn.Module):
         (y = GELU(x W^T + b), fused into the kernel's output pass). Raises ValueError on bad options.
         """
         name, bh, bw = parse_format(format, dtype, block)
+        if linear.weight.dim() != 2:
+            raise ValueError(f"from_dense needs a 2-D (out, in) weight, got shape {tuple(linear.weight.shape)}")
         w = linear.weight.detach().to(torch.float32)
         n_out, n_in = w.shape
         bias = linear.bias.detach() if linear.bias is not None else None

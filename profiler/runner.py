@@ -366,6 +366,8 @@ class Runner:
         row.energy_method = energy.pop("energy_method", "unavailable")
         row.energy_reason = energy.pop("energy_reason", None)
         row.extra.update(energy)
+        if idle is None and row.energy_j_per_inference_net is None:
+            row.extra["energy_net_reason"] = "no idle baseline: measure.idle_seconds = 0"
 
 
 def _tb() -> str:

@@ -212,3 +212,13 @@ def test_sparse_cpu_fuses_ffn_gelu():
     acc2 = SparseCPU(format="csr", calibrate=False, fuse_gelu=False)
     acc2.prepare(model, ex, threads=1)
     assert acc2.row_fields()["sparse_fused_gelu_layers"] == 0
+
+
+def test_constructor_rejects_nonsense_shapes_and_threads():
+    lin = torch.nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="threads"):
+        SparseLinear.from_dense(lin, threads=2**31)
+    with pytest.raises(ValueError, match="2-D"):
+        bad = torch.nn.Linear(8, 4)
+        bad.weight = torch.nn.Parameter(torch.zeros(4, 8, 1))
+        SparseLinear.from_dense(bad)

@@ -238,28 +238,11 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
                                          &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act))
             return NULL;
     }
-    if (parse_split(o_split, &split) < 0) return NULL;
-    if (parse_activation(o_act, &act) < 0) return NULL;
-    if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
-        PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
+    SKMatrix *m;
+    int variant;
+    if (check_spmm_args(o_m, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", threads, o_var,
+                        tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    }
-    SKMatrix *m = (SKMatrix *)o_m;
-    if (m->dtype != DT_INT8) {
-        PyErr_SetString(PyExc_TypeError, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32");
-        return NULL;
-    }
-    if (parse_threads(threads) < 0) return NULL;
-    int variant = variant_from_obj(o_var);
-    if (variant < 0) return NULL;
-    if (tile != 0 && (tile < 16 || tile > 256 || (tile & (tile - 1)) != 0)) {
-        PyErr_Format(PyExc_ValueError, "tile must be 0 (auto) or a power of two in [16, 256], got %d", tile);
-        return NULL;
-    }
-    if (tblock < 0) {
-        PyErr_SetString(PyExc_ValueError, "token_block must be >= 0");
-        return NULL;
-    }
     Py_buffer vx, vo, vb;
     int have_bias = o_bias != Py_None;
     if (get_buffer(o_x, &vx, "x", raw ? 'b' : 'f', 2, 0) < 0) return NULL;

@@ -856,6 +856,39 @@ static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
     return a->len > 0 && b->len > 0 && a0 < b1 && b0 < a1;
 }
 
+/* Checks shared by spmm and spmm_int8: matrix type and dtype, threads, variant, tile, token block,
+ * split and activation. Returns -1 with a Python exception set on any bad argument. */
+static int check_spmm_args(PyObject *o_m, int want_dtype, const char *dtype_msg, int threads, PyObject *o_var,
+                           int tile, int tblock, PyObject *o_split, PyObject *o_act, SKMatrix **m_out,
+                           int *variant_out, int *split, int *act)
+{
+    if (parse_split(o_split, split) < 0) return -1;
+    if (parse_activation(o_act, act) < 0) return -1;
+    if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
+        PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
+        return -1;
+    }
+    SKMatrix *m = (SKMatrix *)o_m;
+    if (m->dtype != want_dtype) {
+        PyErr_SetString(PyExc_TypeError, dtype_msg);
+        return -1;
+    }
+    if (parse_threads(threads) < 0) return -1;
+    int variant = variant_from_obj(o_var);
+    if (variant < 0) return -1;
+    if (tile != 0 && (tile < 16 || tile > 256 || (tile & (tile - 1)) != 0)) {
+        PyErr_Format(PyExc_ValueError, "tile must be 0 (auto) or a power of two in [16, 256], got %d", tile);
+        return -1;
+    }
+    if (tblock < 0) {
+        PyErr_SetString(PyExc_ValueError, "token_block must be >= 0");
+        return -1;
+    }
+    *m_out = m;
+    *variant_out = variant;
+    return 0;
+}
+
 static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
@@ -866,28 +899,11 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
                                      &threads, &o_var, &tile, &tblock, &o_split, &o_act))
         return NULL;
-    if (parse_split(o_split, &split) < 0) return NULL;
-    if (parse_activation(o_act, &act) < 0) return NULL;
-    if (!PyObject_TypeCheck(o_m, &SKMatrixType)) {
-        PyErr_Format(PyExc_TypeError, "mat: expected a SparseMatrix, got %.200s", Py_TYPE(o_m)->tp_name);
+    SKMatrix *m;
+    int variant;
+    if (check_spmm_args(o_m, DT_FP32, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8", threads, o_var,
+                        tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    }
-    SKMatrix *m = (SKMatrix *)o_m;
-    if (m->dtype != DT_FP32) {
-        PyErr_SetString(PyExc_TypeError, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8");
-        return NULL;
-    }
-    if (parse_threads(threads) < 0) return NULL;
-    int variant = variant_from_obj(o_var);
-    if (variant < 0) return NULL;
-    if (tile != 0 && (tile < 16 || tile > 256 || (tile & (tile - 1)) != 0)) {
-        PyErr_Format(PyExc_ValueError, "tile must be 0 (auto) or a power of two in [16, 256], got %d", tile);
-        return NULL;
-    }
-    if (tblock < 0) {
-        PyErr_SetString(PyExc_ValueError, "token_block must be >= 0");
-        return NULL;
-    }
     Py_buffer vx, vo, vb;
     int have_bias = o_bias != Py_None;
     if (get_buffer(o_x, &vx, "x", 'f', 2, 0) < 0) return NULL;

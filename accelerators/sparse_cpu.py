@@ -59,6 +59,10 @@ def fuse_ffn_gelu(model: nn.Module) -> int:
     return n
 
 
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+
+
 def encoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """``(qualified name, module)`` of the encoder Linear layers matched by :data:`ENCODER_LINEAR_RE`."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ENCODER_LINEAR_RE.search(n)]
@@ -112,7 +116,7 @@ class _SparseSwap(Accelerator):
 
     def __init__(self, format: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
                  calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
-                 variant: Optional[str] = None, fuse_gelu: bool = True) -> None:
+                 variant: Optional[str] = None, fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
         if min_speedup < 1.0:
             raise ValueError("min_speedup must be >= 1.0 (the swap must never be slower than dense)")
         if not 0.0 <= min_sparsity <= 1.0:
@@ -133,7 +137,10 @@ class _SparseSwap(Accelerator):
         self.check_model = bool(check_model)
         self.variant = variant
         self.fuse_gelu = bool(fuse_gelu)
+        self.fuse_layers = bool(fuse_layers)
         self._fused_gelu = 0
+        self._fused_layers = 0
+        self._fuse_note = ""
         self._choices: dict[str, dict[str, Any]] = {}
         self._model_speedup: Optional[float] = None
         self._fell_back = False
@@ -189,6 +196,8 @@ class _SparseSwap(Accelerator):
         self._model_speedup = None
         self._fell_back = False
         self._fused_gelu = 0
+        self._fused_layers = 0
+        self._fuse_note = ""
         dense_model = copy.deepcopy(model).eval()
         new = copy.deepcopy(model).eval()
         tokens = int(example["input_ids"].numel()) if "input_ids" in example else int(
@@ -247,11 +256,31 @@ class _SparseSwap(Accelerator):
                     self._keep_dense(new, name, lin, rec, threads, dense_mod)
                 self._choices[name] = rec
             self._fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
+            if self.fuse_layers and any(r["choice"] != "dense" for r in self._choices.values()):
+                new = self._fuse_layers(new, example, threads)
             if self.check_model and self.calibrate and any(r["choice"] != "dense" for r in self._choices.values()):
                 new = self._check_whole_model(new, dense_model, example, threads)
         finally:
             torch.set_num_threads(old_threads)
         return new
+
+    def _fuse_layers(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
+        """The model with lean fused encoder layers (fused q/k/v, our attention kernel, residuals in
+        the kernels) when they give the same logits as ``model`` (1e-4 of their max); else ``model``."""
+        from accelerators.fused_layer import fuse_encoder_layers
+
+        fused = copy.deepcopy(model)
+        try:
+            n, why = fuse_encoder_layers(fused, threads)
+            if n:
+                ref, got = _logits(model(**example)), _logits(fused(**example))
+                err = ((got - ref).abs().max() / (ref.abs().max() + 1e-12)).item()
+                if not err <= 1e-4:
+                    n, why = 0, f"fused logits differ by {err:.1e} (relative)"
+        except Exception as exc:  # a model layout the fused layer does not reproduce
+            n, why = 0, f"{type(exc).__name__}: {exc}"[:200]
+        self._fused_layers, self._fuse_note = n, why
+        return fused if n else model
 
     def _keep_dense(self, root, name, lin, rec, threads, dense_mod=None):
         dm = dense_mod if dense_mod is not None else self._make_dense(lin, threads)
@@ -296,6 +325,8 @@ class _SparseSwap(Accelerator):
             "sparse_model_check_speedup": round(self._model_speedup, 3) if self._model_speedup else None,
             "sparse_fell_back_to_dense": self._fell_back,
             "sparse_fused_gelu_layers": 0 if self._fell_back else self._fused_gelu,
+            "fused_encoder_layers": 0 if self._fell_back else self._fused_layers,
+            "fused_encoder_note": self._fuse_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }
 
@@ -321,6 +352,9 @@ class SparseCPU(_SparseSwap):
         variant: force a kernel ISA variant (scalar, avx2, avx512, vnni); None = the module default.
         fuse_gelu: apply BERT's FFN GELU inside the sparse ``intermediate.dense`` kernel (exact erf
             form, |error| <= ~1e-6), saving a full pass over the largest activation.
+        fuse_layers: replace each BERT encoder layer by :class:`accelerators.fused_layer.FusedBertLayer`
+            (q/k/v in one kernel call, our fp32 attention kernel, residual adds inside the output
+            pass), kept only if the logits match the unfused model within 1e-4 (relative to their max).
     """
 
     name = "sparse-cpu"

@@ -6,7 +6,8 @@ rescaled to fp32 with the bias. Each encoder Linear layer is measured at the exa
 and thread count: our sparse INT8 kernel in each candidate layout against the dense fallback
 (torch dynamic INT8 with the fastest quantized engine, by default), and the faster one is kept.
 A final whole-model check falls back to the all-dense-INT8 model if the mix is slower.
-Embeddings, LayerNorm, attention matmuls, pooler and classifier stay fp32.
+Embeddings, LayerNorm, attention (our fused fp32 kernel, see ``fuse_layers``), pooler and
+classifier stay fp32.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class SparseInt8(_SparseSwap):
             (keep nn.Linear) for layers where sparse is not faster.
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the first layer.
-        min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, variant, fuse_gelu: as sparse-cpu.
+        min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, variant, fuse_gelu,
+            fuse_layers: as sparse-cpu.
     """
 
     name = "sparse-int8"
@@ -75,7 +77,7 @@ class SparseInt8(_SparseSwap):
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "torch-int8",
                  engine: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
                  calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
-                 variant: Optional[str] = None, fuse_gelu: bool = True) -> None:
+                 variant: Optional[str] = None, fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
         if dense_fallback not in ("torch-int8", "fp32"):
@@ -88,7 +90,7 @@ class SparseInt8(_SparseSwap):
         self._engine_used: Optional[str] = None
         super().__init__(format=format, min_speedup=min_speedup, min_sparsity=min_sparsity, calibrate=calibrate,
                          repeats=repeats, min_time_s=min_time_s, check_model=check_model, variant=variant,
-                         fuse_gelu=fuse_gelu)
+                         fuse_gelu=fuse_gelu, fuse_layers=fuse_layers)
 
     def _validate_format(self) -> None:
         if self.format != "auto" and self.format not in INT8_FORMATS:
@@ -183,5 +185,5 @@ class SparseInt8(_SparseSwap):
         f.update(sparse_act_quant=self.act_quant, sparse_dense_fallback=self.dense_fallback,
                  quant_engine=self._engine_used,
                  quant_scope="encoder Linear layers int8 (weights per channel, activations per "
-                             f"{self.act_quant}); embeddings, attention matmuls, pooler, classifier fp32")
+                             f"{self.act_quant}); embeddings, attention, LayerNorm, pooler, classifier fp32")
         return f

@@ -84,11 +84,12 @@ def _np(t: torch.Tensor):
 
 
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with a sparse W, computed by the C kernels.
+    """y = act(x @ W.T + b) (+ residual) with a sparse W, computed by the C kernels.
 
-    Build with :meth:`from_dense`. ``forward`` accepts (..., in_features) inputs (e.g. (batch,
-    seq, in)), flattens the leading dims into tokens, and returns (..., out_features) float32
-    (cast back to the input's floating dtype if it was not float32). ``threads`` (attribute,
+    Build with :meth:`from_dense`. ``forward(x, residual=None)`` accepts (..., in_features) inputs
+    (e.g. (batch, seq, in)), flattens the leading dims into tokens, and returns (..., out_features)
+    float32 (cast back to the input's floating dtype if it was not float32); ``residual`` (any shape
+    with tokens x out_features elements) is added in the kernel's output pass (BERT's skip connection). ``threads`` (attribute,
     settable) is the OpenMP thread count used per call; ``variant`` (None = module default)
     forces a kernel ISA variant.
 
@@ -168,6 +169,39 @@ class SparseLinear(nn.Module):
         return cls(n_in, n_out, indptr, indices, blocks.reshape(-1, bh, 4), bias, name, dtype, threads,
                    w_scale=scale, act_quant=act_quant, activation=activation)
 
+    @staticmethod
+    def can_stack(mods: "list[SparseLinear]") -> bool:
+        """True when ``mods`` share in_features, format, dtype, activation and act_quant, have block-row
+        aligned out_features, and all or none have a bias (so :meth:`stack` applies)."""
+        a = mods[0]
+        return all(m.in_features == a.in_features and m.format == a.format and m.dtype_name == a.dtype_name
+                   and m.activation == a.activation and m.act_quant == a.act_quant
+                   and m.out_features % m.block_rows == 0 and (m.bias is None) == (a.bias is None)
+                   for m in mods)
+
+    @classmethod
+    @torch.no_grad()
+    def stack(cls, mods: "list[SparseLinear]") -> "SparseLinear":
+        """One SparseLinear computing ``torch.cat([m(x) for m in mods], -1)`` in a single kernel call
+        (e.g. BERT's q, k, v projections): the weights' block rows are stacked, nothing is
+        re-quantized, so the outputs are bit-identical to the separate calls. Raises ValueError
+        when :meth:`can_stack` is False."""
+        if not mods or not cls.can_stack(mods):
+            raise ValueError("stack needs SparseLinear modules with the same in_features, format, dtype, "
+                             "activation and act_quant, block-aligned out_features and consistent biases")
+        a = mods[0]
+        offsets = [0]
+        for m in mods:
+            offsets.append(offsets[-1] + int(m.indptr[-1]))
+        indptr = torch.cat([a.indptr[:1]] + [m.indptr[1:] + off for m, off in zip(mods, offsets)])
+        bias = torch.cat([m.bias for m in mods]) if a.bias is not None else None
+        w_scale = torch.cat([m.w_scale for m in mods]) if a.w_scale is not None else None
+        out = cls(a.in_features, sum(m.out_features for m in mods), indptr, torch.cat([m.indices for m in mods]),
+                  torch.cat([m.values for m in mods]), bias, a.format, a.dtype_name, a.threads, w_scale=w_scale,
+                  act_quant=a.act_quant, activation=a.activation)
+        out.variant = a.variant
+        return out
+
     # ---------------------------------------------------------------- kernel handle
     def _buffers_key(self):
         # identity + in-place version of every buffer: a replaced or modified buffer repacks
@@ -199,12 +233,19 @@ class SparseLinear(nn.Module):
             self._bias_np = _np(self.bias) if self.bias is not None else None
         return self._mat
 
+    def __getstate__(self):
+        # the packed C handle is a cache: copies and pickles rebuild it from the buffers
+        state = self.__dict__.copy()
+        state.update(_mat=None, _key=None)
+        state.pop("_bias_np", None)
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._mat = None
 
     # ---------------------------------------------------------------- compute
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
         if not x.is_cpu:
@@ -219,15 +260,19 @@ class SparseLinear(nn.Module):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
-        act = self.activation
+        kw = {}
+        if self.activation != "none":
+            kw["activation"] = self.activation
+        if residual is not None:
+            r2 = residual.detach().reshape(out.shape)
+            if r2.dtype != torch.float32 or not r2.is_contiguous():
+                r2 = r2.to(torch.float32).contiguous()
+            kw["residual"] = r2.numpy()
         if self.dtype_name == "fp32":
-            if act == "none":
-                _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant)
-            else:
-                _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant, activation=act)
+            _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant, **kw)
         else:
             _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant,
-                          self.act_quant == "token", activation=act)
+                          self.act_quant == "token", **kw)
         out = out.view(*lead, self.out_features)
         if x.dtype != torch.float32 and x.is_floating_point():
             out = out.to(x.dtype)

@@ -87,13 +87,13 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
 { sk_pack_x_generic(X, ldX, nb, k0, k1, xt, tl, n_in); }
 
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias, int act)
-{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias, act); }
+                     float *Y, int64_t ldY, const float *bias, const float *R, int act)
+{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias, R, act); }
 
 const sk_kernels sk_kernels_avx2 = {
     "avx2", tile_fp32, pack_x, unpack_y,
     /* int8 on non-VNNI variants: portable C */
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic,
 };
 #endif

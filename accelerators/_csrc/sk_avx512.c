@@ -162,7 +162,7 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
  * lines before the next token, which avoids the L1 set conflicts of a column-wise walk when
  * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072). */
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias, int act)
+                     float *Y, int64_t ldY, const float *bias, const float *R, int act)
 {
     for (int64_t t = 0; t < ntok; t += 16) {
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
@@ -179,6 +179,10 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
                 for (int l = 0; l < nt; l++) r[l] = sk_gelu16(_mm512_add_ps(r[l], bv));
             else
                 for (int l = 0; l < nt; l++) r[l] = _mm512_add_ps(r[l], bv);
+            if (R) {
+                const float *rb = R + t * ldY + r0;
+                for (int l = 0; l < nt; l++) r[l] = _mm512_add_ps(r[l], _mm512_maskz_loadu_ps(rm, rb + l * ldY));
+            }
             if (nr == 16) {
                 for (int l = 0; l < nt; l++) _mm512_storeu_ps(yb + l * ldY, r[l]);
             } else {
@@ -188,11 +192,139 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
     }
 }
 
+/* exp(x) for x <= 0 (softmax after the max is subtracted): 2^n * P(f), f = x - n ln2 in
+ * [-ln2/2, ln2/2], P the degree-6 Taylor polynomial (relative error < 2e-7); x below -87.3
+ * (including -inf for masked keys) and NaN give exactly 0. */
+static inline __attribute__((always_inline)) __m512 exp16_nonpos(__m512 x)
+{
+    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+    const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+/* Attention for one head, SK_ATTN_ROWS query rows at a time: K is transposed once into
+ * scratch (dh x Sp, keys contiguous) so each score vector is 16 keys wide; the softmax
+ * probabilities of the row block stay in L1 for the V pass (columns of V in 16-float chunks). */
+static void attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                      float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    enum { R = SK_ATTN_ROWS };
+    const int64_t Sp = (S + 15) / 16 * 16, nj = Sp / 16;
+    const int64_t ncv = (dh + 15) / 16, dhp = ncv * 16;
+    float *kt = scratch;         /* dh x Sp: K transposed */
+    float *bias = kt + dh * Sp;  /* Sp: key bias, -inf on padding keys */
+    float *p = bias + Sp;        /* R x Sp scores, then probabilities */
+    float *vb = p + R * Sp;      /* S x dhp: V rows packed contiguously (BERT's row stride maps
+                                    every V row to the same few L1 sets) */
+    for (int64_t j = 0; j < S; j++) {
+        const float *kj = k + j * ld;
+        for (int64_t d = 0; d < dh; d++) kt[d * Sp + j] = kj[d];
+        for (int64_t c = 0; c < ncv; c++) {
+            const int64_t nd = dh - c * 16 < 16 ? dh - c * 16 : 16;
+            _mm512_store_ps(vb + j * dhp + c * 16, _mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), v + j * ld + c * 16));
+        }
+    }
+    for (int64_t d = 0; d < dh; d++)
+        for (int64_t j = S; j < Sp; j++) kt[d * Sp + j] = 0.0f;
+    for (int64_t j = 0; j < Sp; j++) bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int64_t i0 = 0; i0 < S; i0 += R) {
+        const int64_t nr = S - i0 < R ? S - i0 : R;
+        const float *qr[R];
+        for (int r = 0; r < R; r++) qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
+        __m512 mx[R];
+        for (int r = 0; r < R; r++) mx[r] = _mm512_set1_ps(-__builtin_inff());
+        /* two 16-key vectors x R rows per step: 2R independent FMA chains */
+        for (int64_t jv = 0; jv < nj; jv += 2) {
+            const int two = jv + 1 < nj;
+            __m512 acc0[R], acc1[R];
+            for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+            const float *kc = kt + jv * 16;
+            if (two) {
+                for (int64_t d = 0; d < dh; d++) {
+                    const __m512 k0 = _mm512_load_ps(kc + d * Sp), k1 = _mm512_load_ps(kc + d * Sp + 16);
+                    for (int r = 0; r < R; r++) {
+                        const __m512 qb = _mm512_set1_ps(qr[r][d]);
+                        acc0[r] = _mm512_fmadd_ps(qb, k0, acc0[r]);
+                        acc1[r] = _mm512_fmadd_ps(qb, k1, acc1[r]);
+                    }
+                }
+            } else {
+                for (int64_t d = 0; d < dh; d++) {
+                    const __m512 k0 = _mm512_load_ps(kc + d * Sp);
+                    for (int r = 0; r < R; r++) acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][d]), k0, acc0[r]);
+                }
+            }
+            for (int h = 0; h <= two; h++) {
+                const __m512 bv = _mm512_load_ps(bias + (jv + h) * 16);
+                for (int r = 0; r < R; r++) {
+                    const __m512 s = _mm512_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
+                    _mm512_store_ps(p + r * Sp + (jv + h) * 16, s);
+                    mx[r] = _mm512_max_ps(mx[r], s);
+                }
+            }
+        }
+        float inv[R];
+        for (int r = 0; r < R; r++) {
+            const float m = _mm512_reduce_max_ps(mx[r]);
+            if (!(m > -__builtin_inff())) { /* every key masked: zero probabilities */
+                memset(p + r * Sp, 0, sizeof(float) * (size_t)Sp);
+                inv[r] = 0.0f;
+                continue;
+            }
+            const __m512 mv = _mm512_set1_ps(m);
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t jv = 0; jv < nj; jv++) {
+                const __m512 e = exp16_nonpos(_mm512_sub_ps(_mm512_load_ps(p + r * Sp + jv * 16), mv));
+                _mm512_store_ps(p + r * Sp + jv * 16, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+        }
+        /* two 16-column chunks of V x R rows per step */
+        for (int64_t c = 0; c < ncv; c += 2) {
+            const int two = c + 1 < ncv;
+            const int64_t nd0 = dh - c * 16 < 16 ? dh - c * 16 : 16;
+            const int64_t nd1 = two ? (dh - c * 16 - 16 < 16 ? dh - c * 16 - 16 : 16) : 0;
+            const __mmask16 m0 = (__mmask16)((1u << nd0) - 1u), m1 = (__mmask16)((1u << nd1) - 1u);
+            __m512 o0[R], o1[R];
+            for (int r = 0; r < R; r++) o0[r] = o1[r] = _mm512_setzero_ps();
+            const float *vc = vb + c * 16;
+            for (int64_t j = 0; j < S; j++) {
+                const __m512 v0 = _mm512_load_ps(vc + j * dhp);
+                const __m512 v1 = two ? _mm512_load_ps(vc + j * dhp + 16) : _mm512_setzero_ps();
+                for (int r = 0; r < R; r++) {
+                    const __m512 pb = _mm512_set1_ps(p[r * Sp + j]);
+                    o0[r] = _mm512_fmadd_ps(pb, v0, o0[r]);
+                    o1[r] = _mm512_fmadd_ps(pb, v1, o1[r]);
+                }
+            }
+            for (int r = 0; r < nr; r++) {
+                const __m512 iv = _mm512_set1_ps(inv[r]);
+                float *orow = o + (i0 + r) * ldo + c * 16;
+                _mm512_mask_storeu_ps(orow, m0, _mm512_mul_ps(o0[r], iv));
+                if (two) _mm512_mask_storeu_ps(orow + 16, m1, _mm512_mul_ps(o1[r], iv));
+            }
+        }
+    }
+}
+
 const sk_kernels sk_kernels_avx512 = {
     "avx512", tile_fp32, pack_x, unpack_y,
     /* int8 on non-VNNI variants: portable C */
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic, attn_head,
 };
 
 /* exported for the vnni table */
@@ -203,7 +335,10 @@ void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in)
 { pack_x(X, ldX, nb, k0, k1, xt, tl, n_in); }
+void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                         float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{ attn_head(q, k, v, ld, S, dh, scale, kb, o, ldo, scratch); }
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias, int act)
-{ unpack_y(scratch, lds, nrows, ntok, Y, ldY, bias, act); }
+                        float *Y, int64_t ldY, const float *bias, const float *R, int act)
+{ unpack_y(scratch, lds, nrows, ntok, Y, ldY, bias, R, act); }
 #endif

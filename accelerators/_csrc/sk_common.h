@@ -59,9 +59,10 @@ typedef struct sk_kernels {
     /* xt tiles <- X[0:nb, k0:k1] transposed; tokens nb..(padded) zero. */
     void (*pack_x)(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                    float *xt, const sk_tiling *tl, int64_t n_in);
-    /* Y[t * ldY + r] = scratch[r * lds + t] (+ bias[r]) for r < nrows, t < ntok. */
+    /* Y[t * ldY + r] = act(scratch[r * lds + t] (+ bias[r])) (+ R[t * ldY + r]) for r < nrows, t < ntok;
+     * R (residual, same layout as Y) may be NULL. */
     void (*unpack_y)(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias, int act);
+                     float *Y, int64_t ldY, const float *bias, const float *R, int act);
     /* int8: scratch[r * lds + t] = sum over stored quads of u * w (int32, no compensation) */
     void (*tile_int8)(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                       int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
@@ -73,16 +74,29 @@ typedef struct sk_kernels {
     /* same from already-quantized int8 X (exact-integer path) */
     void (*pack_xq_raw)(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
                         uint8_t *xq, const sk_tiling *tl, int64_t nq);
-    /* Y[t * ldY + r] = (acc[r][t] - comp[r]) * (sx[t] * sw[r]) + bias[r]  (fp32 out) */
+    /* Y[t * ldY + r] = act((acc[r][t] - comp[r]) * (sx[t] * sw[r]) + bias[r]) (+ R[t * ldY + r])  (fp32 out) */
     void (*unpack_int8)(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                        int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                        int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
                         const float *sx, int act);
     /* amax[t] = max_k |X[t * ldX + k]| for t in [t0, t1) (NaN counts as +inf) */
     void (*rows_amax)(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
     /* Y[t * ldY + r] = acc[r][t] - comp[r]  (int32 out) */
     void (*unpack_i32)(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                        int64_t ldY, const int32_t *comp);
+    /* One attention head: o[i] = sum_j softmax_j(scale * q[i].k[j] + kb[j]) v[j] for i, j < S.
+     * q, k, v: row i at q + i * ld (dh floats); o: row i at o + i * ldo; kb: S additive key biases
+     * (NULL = none; -inf masks a key); a row whose keys are all masked gets zeros.
+     * scratch: sk_attn_scratch_floats(S, dh) floats, 64-byte aligned. */
+    void (*attn_head)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                      float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 } sk_kernels;
+
+#define SK_ATTN_ROWS 4 /* query rows per block */
+static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
+{
+    const int64_t Sp = (S + 15) / 16 * 16;
+    return (dh + 1 + SK_ATTN_ROWS) * Sp + S * ((dh + 15) / 16 * 16) + 16;
+}
 
 extern const sk_kernels sk_kernels_scalar;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -96,7 +110,7 @@ extern const sk_kernels sk_kernels_vnni;
 void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                        float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                         float *Y, int64_t ldY, const float *bias, int act);
+                         float *Y, int64_t ldY, const float *bias, const float *R, int act);
 void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                           int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
                           int64_t nq, int32_t *scratch, int64_t lds);
@@ -105,13 +119,15 @@ void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, i
 void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
                             uint8_t *xq, const sk_tiling *tl, int64_t nq);
 void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                            int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                            int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
                             const float *sx, int act);
 /* exact GELU with libm erff (portable epilogue) */
 float sk_gelu1(float x);
 void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                            int64_t ldY, const int32_t *comp);
 void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
+void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                          float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 /* x * inv rounded to nearest even, clamped to [-127, 127] (shared definition of quantization) */
 static inline int32_t sk_quant1(float x, float inv)
 {

@@ -108,6 +108,7 @@ typedef struct {
     float *Y;             /* fp32 output */
     int32_t *Yi;          /* raw int32 output */
     const float *bias;
+    const float *R;       /* residual added in the output pass, or NULL */
     int per_token;
     int nt;
     int64_t tt, tb, lds, group;
@@ -139,7 +140,7 @@ static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq
         if (nrows <= 0) continue;
         if (J->X)
             J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
-                               m->wscale + r0, m->wsum + r0, J->sx + t0, J->act);
+                               J->R ? J->R + t0 * N + r0 : NULL, m->wscale + r0, m->wsum + r0, J->sx + t0, J->act);
         else
             J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
     }
@@ -225,17 +226,18 @@ static int default_tile_int8(int variant, int bh)
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
-                             "split", "activation", NULL};
+                             "split", "activation", "residual", NULL};
     static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
     PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
+    PyObject *o_res = Py_None;
     int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0, act = 0;
     if (raw) {
         if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
                                          &threads, &o_var, &tile, &tblock, &o_split))
             return NULL;
     } else {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act, &o_res))
             return NULL;
     }
     SKMatrix *m;
@@ -243,8 +245,8 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
     if (check_spmm_args(o_m, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb;
-    int have_bias = o_bias != Py_None;
+    Py_buffer vx, vo, vb, vr;
+    int have_bias = o_bias != Py_None, have_res = 0;
     if (get_buffer(o_x, &vx, "x", raw ? 'b' : 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", raw ? 'i' : 'f', 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -280,6 +282,10 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         PyErr_SetString(PyExc_ValueError, "out must not overlap x or bias");
         goto done;
     }
+    if ((have_res = get_residual(o_res, &vr, T, m->n_out, &vo)) < 0) {
+        have_res = 0;
+        goto done;
+    }
     if (T > 0 && m->n_out > 0) {
         const int64_t nq = (m->n_in + 3) / 4;
         const int64_t tt = tile ? tile : default_tile_int8(variant, m->bh);
@@ -299,6 +305,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.Y = raw ? NULL : (float *)vo.buf;
         J.Yi = raw ? (int32_t *)vo.buf : NULL;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
+        J.R = have_res ? (const float *)vr.buf : NULL;
         J.per_token = per_token;
         J.nt = threads;
         J.tt = tt;
@@ -332,6 +339,7 @@ done:
     PyBuffer_Release(&vx);
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
+    if (have_res) PyBuffer_Release(&vr);
     return ret;
 }
 
@@ -357,12 +365,12 @@ static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
      "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
     {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
      "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n" \
-     "          split='auto', activation=None)\n\n"                                                    \
+     "          split='auto', activation=None, residual=None)\n\n"                                     \
      "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
      "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
      "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \
      "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n" \
-     "GIL released; errors as spmm."},                                                                  \
+     "activation and residual as in spmm. GIL released; errors as spmm."},                                                                  \
     {"spmm_int8_raw", (PyCFunction)(void (*)(void))py_spmm_int8_raw, METH_VARARGS | METH_KEYWORDS,     \
      "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n" \
      "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n" \

@@ -724,6 +724,7 @@ typedef struct {
     int64_t T;
     float *Y;
     const float *bias;
+    const float *R; /* residual added in the output pass, or NULL */
     int nt;
     int64_t tt, tb, lds;
     int64_t group; /* 16-row chunks whose outputs are unpacked together (token-major) */
@@ -760,7 +761,8 @@ static void fp32_block(const fp32_job *J, const sk_tiling *tl, const float *xt, 
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
         if (nrows > N - r0) nrows = N - r0;
         if (nrows > 0)
-            J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL, J->act);
+            J->kt->unpack_y(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
+                            J->R ? J->R + t0 * N + r0 : NULL, J->act);
     }
 }
 
@@ -856,6 +858,26 @@ static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
     return a->len > 0 && b->len > 0 && a0 < b1 && b0 < a1;
 }
 
+/* Optional residual buffer (float32, shape (T, n_out), C-contiguous, not overlapping out).
+ * Returns 1 when acquired (release it), 0 when o is None, -1 with an exception set. */
+static int get_residual(PyObject *o, Py_buffer *v, int64_t T, int64_t n_out, const Py_buffer *vo)
+{
+    if (o == Py_None) return 0;
+    if (get_buffer(o, v, "residual", 'f', 2, 0) < 0) return -1;
+    if (v->shape[0] != T || v->shape[1] != n_out) {
+        PyErr_Format(PyExc_ValueError, "residual: expected shape (%lld, %lld), got (%lld, %lld)", (long long)T,
+                     (long long)n_out, (long long)v->shape[0], (long long)v->shape[1]);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    if (ranges_overlap(v, vo)) {
+        PyErr_SetString(PyExc_ValueError, "residual must not overlap out");
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 1;
+}
+
 /* Checks shared by spmm and spmm_int8: matrix type and dtype, threads, variant, tile, token block,
  * split and activation. Returns -1 with a Python exception set on any bad argument. */
 static int check_spmm_args(PyObject *o_m, int want_dtype, const char *dtype_msg, int threads, PyObject *o_var,
@@ -893,19 +915,20 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split",
-                             "activation", NULL};
+                             "activation", "residual", NULL};
     PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
+    PyObject *o_res = Py_None;
     int threads = 1, tile = 0, tblock = 0, split = 0, act = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                     &threads, &o_var, &tile, &tblock, &o_split, &o_act))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOOO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                     &threads, &o_var, &tile, &tblock, &o_split, &o_act, &o_res))
         return NULL;
     SKMatrix *m;
     int variant;
     if (check_spmm_args(o_m, DT_FP32, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb;
-    int have_bias = o_bias != Py_None;
+    Py_buffer vx, vo, vb, vr;
+    int have_bias = o_bias != Py_None, have_res = 0;
     if (get_buffer(o_x, &vx, "x", 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", 'f', 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -940,6 +963,10 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "out must not overlap x or bias");
         goto done;
     }
+    if ((have_res = get_residual(o_res, &vr, T, m->n_out, &vo)) < 0) {
+        have_res = 0;
+        goto done;
+    }
     if (T > 0 && m->n_out > 0) {
         const int64_t tt = tile ? tile : default_tile(variant, m->bh);
         int64_t tb = tblock;
@@ -960,6 +987,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.T = T;
         J.Y = (float *)vo.buf;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
+        J.R = have_res ? (const float *)vr.buf : NULL;
         J.nt = threads;
         J.tt = tt;
         J.tb = tb;
@@ -986,6 +1014,7 @@ done:
     PyBuffer_Release(&vx);
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
+    if (have_res) PyBuffer_Release(&vr);
     return ret;
 }
 
@@ -1055,6 +1084,7 @@ static PyObject *py_max_threads(PyObject *self, PyObject *noargs)
 }
 
 #include "sk_int8_module.h"
+#include "sk_attention.h"
 
 static PyMethodDef methods[] = {
     {"pack_csr", (PyCFunction)(void (*)(void))py_pack_csr, METH_VARARGS | METH_KEYWORDS,
@@ -1071,7 +1101,7 @@ static PyMethodDef methods[] = {
      "Rows past n_out in the last block are ignored. Errors as pack_csr."},
     {"spmm", (PyCFunction)(void (*)(void))py_spmm, METH_VARARGS | METH_KEYWORDS,
      "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0, split='auto',\n"
-     "     activation=None) -> None\n\n"
+     "     activation=None, residual=None) -> None\n\n"
      "out[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]), i.e. out = x @ W.T + bias.\n"
      "x: float32 C-contiguous (tokens, n_in); out: writable float32 C-contiguous (tokens, n_out),\n"
      "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads (>= 1).\n"
@@ -1079,6 +1109,8 @@ static PyMethodDef methods[] = {
      "tuning knobs (tokens per register tile, power of two 16..256; tokens per packed block), 0 = auto.\n"
      "activation: None/'none', or 'gelu' = exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) applied to the\n"
      "output (erf approximated to 1.5e-7 absolute in the AVX-512 variants, libm erff elsewhere).\n"
+     "residual: None, or float32 C-contiguous (tokens, n_out) not overlapping out, added after the\n"
+     "activation in the same output pass: out = act(x @ W.T + bias) + residual (BERT's skip connection).\n"
      "split: how threads share work: 'tokens' (each thread its own tokens, no barriers), 'rows'\n"
      "(output rows, for few tokens) or 'auto' (tokens when there are >= 64 per thread).\n"
      "The GIL is released during the computation."},
@@ -1092,6 +1124,7 @@ static PyMethodDef methods[] = {
      "the previous one. Raises ValueError for unknown, uncompiled or unsupported names."},
     {"max_threads", py_max_threads, METH_NOARGS, "max_threads() -> int: processors OpenMP sees."},
     SK_INT8_METHODS
+    SK_ATTENTION_METHODS
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,13 +30,13 @@ void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int6
 float sk_gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                         float *Y, int64_t ldY, const float *bias, int act)
+                         float *Y, int64_t ldY, const float *bias, const float *R, int act)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *yr = Y + t * ldY;
         for (int64_t r = 0; r < nrows; r++) {
             const float v = scratch[r * lds + t] + (bias ? bias[r] : 0.0f);
-            yr[r] = act == SK_ACT_GELU ? sk_gelu1(v) : v;
+            yr[r] = (act == SK_ACT_GELU ? sk_gelu1(v) : v) + (R ? R[t * ldY + r] : 0.0f);
         }
     }
 }
@@ -148,14 +148,14 @@ void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_
 }
 
 void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                            int64_t ldY, const float *bias, const float *sw, const int32_t *comp,
+                            int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
                             const float *sx, int act)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *yr = Y + t * ldY;
         for (int64_t r = 0; r < nrows; r++) {
             const float v = (float)(scratch[r * lds + t] - comp[r]) * (sx[t] * sw[r]) + (bias ? bias[r] : 0.0f);
-            yr[r] = act == SK_ACT_GELU ? sk_gelu1(v) : v;
+            yr[r] = (act == SK_ACT_GELU ? sk_gelu1(v) : v) + (R ? R[t * ldY + r] : 0.0f);
         }
     }
 }
@@ -188,8 +188,40 @@ void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, in
     }
 }
 
+/* Portable attention head (two passes over the scores: max, then exp / sum / weighted V). */
+void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                          float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    float *p = scratch;
+    for (int64_t i = 0; i < S; i++) {
+        const float *qi = q + i * ld;
+        float m = -__builtin_inff();
+        for (int64_t j = 0; j < S; j++) {
+            const float *kj = k + j * ld;
+            float acc = 0.0f;
+            for (int64_t d = 0; d < dh; d++) acc += qi[d] * kj[d];
+            p[j] = acc * scale + (kb ? kb[j] : 0.0f);
+            if (p[j] > m) m = p[j];
+        }
+        float *oi = o + i * ldo;
+        for (int64_t d = 0; d < dh; d++) oi[d] = 0.0f;
+        if (!(m > -__builtin_inff())) continue; /* every key masked (or NaN scores): zeros */
+        float l = 0.0f;
+        for (int64_t j = 0; j < S; j++) {
+            p[j] = expf(p[j] - m);
+            l += p[j];
+        }
+        const float inv = 1.0f / l;
+        for (int64_t j = 0; j < S; j++) {
+            const float pj = p[j] * inv;
+            const float *vj = v + j * ld;
+            for (int64_t d = 0; d < dh; d++) oi[d] += pj * vj[d];
+        }
+    }
+}
+
 const sk_kernels sk_kernels_scalar = {
     "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic,
 };

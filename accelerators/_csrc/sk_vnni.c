@@ -12,7 +12,9 @@ void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias, int act);
+                        float *Y, int64_t ldY, const float *bias, const float *R, int act);
+void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                         float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 
 #define VEC __m512i
 #define VW 16
@@ -199,8 +201,8 @@ static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, 
 }
 
 static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                        int64_t ldY, const float *bias, const float *sw, const int32_t *comp, const float *sx,
-                        int act)
+                        int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
+                        const float *sx, int act)
 {
     for (int64_t t = 0; t < ntok; t += 16) {
         const int64_t nt = ntok - t < 16 ? ntok - t : 16;
@@ -220,6 +222,7 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
                 const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(r[l], cv));
                 __m512 y = _mm512_fmadd_ps(a, _mm512_mul_ps(swv, _mm512_set1_ps(sx[t + l])), bv);
                 if (act == SK_ACT_GELU) y = sk_gelu16(y);
+                if (R) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(rm, R + (t + l) * ldY + r0));
                 _mm512_mask_storeu_ps(yb + l * ldY, rm, y);
             }
         }
@@ -273,6 +276,6 @@ static void rows_amax(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_
 
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
-    tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32,
+    tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
 };
 #endif

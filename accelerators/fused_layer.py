@@ -1,0 +1,170 @@
+"""A lean BERT encoder layer for inference with swapped (sparse or quantized) Linear layers.
+
+Once the Linear layers run 5-18x faster, the rest of a BERT layer dominates: three separate
+q/k/v calls, the Python of transformers' attention modules (views, transposes, dropout calls,
+the attention-interface dispatch) and separate residual adds. :class:`FusedBertLayer` computes
+the same function with fewer passes:
+
+    qkv  = x W_qkv^T + b_qkv                      one kernel call for q, k and v (stacked rows)
+    ctx  = softmax(q k^T / sqrt(d) + mask) v      our fused attention kernel (``_sparse_kernels.attention``)
+                                                  for key-padding masks, torch SDPA otherwise
+    h    = LayerNorm1(ctx W_o^T + b_o + x)        residual added in the kernel's output pass
+    y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)
+
+It is built only for plain encoder layers (no cross-attention, no decoder cache, no feed-forward
+chunking, ``sdpa`` or ``eager`` attention, the padding mask additive or boolean as transformers
+passes it to SDPA) and only in eval mode; :func:`fuse_encoder_layers` leaves any other layer as it is.
+Callers check the fused model's outputs against the unfused one (``prepare`` does).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accelerators import _sparse_kernels as _sk
+
+__all__ = ["FusedBertLayer", "fuse_encoder_layers"]
+
+_LAYER_RE = re.compile(r"(?:^|\.)encoder\.layer\.\d+$")
+
+
+def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
+    """The (batch, seq) float32 additive key bias equivalent to an attention mask, or None when the
+    mask is not a pure key-padding mask (then it depends on the query; use SDPA).
+
+    ``mask``: None (returns a zero bias), boolean keep-mask or additive float mask broadcastable
+    to (batch, 1, seq, seq) with the same value for every query. Raises nothing.
+    """
+    if mask is None:
+        return torch.zeros(batch, seq, dtype=torch.float32)
+    if mask.dim() != 4 or mask.shape[-1] != seq or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
+        return None
+    first = mask[:, :, :1, :]
+    if mask.shape[2] != 1 and not torch.equal(mask, first.expand_as(mask)):
+        return None
+    row = first.reshape(mask.shape[0], seq)
+    if row.dtype == torch.bool:
+        bias = torch.zeros(row.shape, dtype=torch.float32).masked_fill_(~row, float("-inf"))
+    else:
+        bias = row.to(torch.float32)
+    return bias.expand(batch, seq).contiguous()
+
+
+def _linear_call(mod: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mod(x) (+ residual): inside the kernel for a SparseLinear, a torch add otherwise."""
+    from accelerators.sparse_linear import SparseLinear
+
+    if isinstance(mod, SparseLinear):
+        return mod(x, residual=residual)
+    y = mod(x)
+    return y if residual is None else y + residual
+
+
+class FusedBertLayer(nn.Module):
+    """Inference-only replacement for a transformers ``BertLayer`` (same weights, same outputs).
+
+    Input ``hidden_states`` (batch, seq, hidden) float32 and the layer's ``attention_mask`` (None,
+    or broadcastable to (batch, heads, seq, seq): additive float or boolean keep-mask, as
+    transformers passes it to SDPA). Returns (batch, seq, hidden) float32, or a 1-tuple when the
+    original layer returned tuples (transformers 4.x). Raises RuntimeError in training mode.
+    """
+
+    def __init__(self, layer: nn.Module, returns_tuple: bool = False, threads: int = 1) -> None:
+        super().__init__()
+        #: OpenMP threads of the attention kernel
+        self.threads = int(threads)
+        from accelerators.sparse_linear import SparseLinear
+
+        att = layer.attention.self
+        self.num_heads = int(att.num_attention_heads)
+        self.head_dim = int(att.attention_head_size)
+        self.scaling = float(getattr(att, "scaling", self.head_dim ** -0.5))
+        q, k, v = att.query, att.key, att.value
+        if all(isinstance(m, SparseLinear) for m in (q, k, v)) and SparseLinear.can_stack([q, k, v]):
+            self.qkv: Optional[nn.Module] = SparseLinear.stack([q, k, v])
+            self.q = self.k = self.v = None
+        else:
+            self.qkv = None
+            self.q, self.k, self.v = q, k, v
+        self.att_out = layer.attention.output.dense
+        self.ln1 = layer.attention.output.LayerNorm
+        self.ffn_in = layer.intermediate.dense
+        self.act = layer.intermediate.intermediate_act_fn
+        self.ffn_out = layer.output.dense
+        self.ln2 = layer.output.LayerNorm
+        self.returns_tuple = returns_tuple
+        self.train(layer.training)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                *args: Any, **kwargs: Any):
+        if self.training:
+            raise RuntimeError("FusedBertLayer is inference-only; call .eval()")
+        B, S, H = hidden_states.shape
+        nh, dh = self.num_heads, self.head_dim
+        x = hidden_states.reshape(B * S, H)
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.to(torch.float32).contiguous()
+        if self.qkv is not None:
+            qkv = self.qkv(x)
+        else:
+            qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        kb = key_padding_bias(attention_mask, B, S)
+        if kb is not None:
+            ctx = torch.empty(B * S, H, dtype=torch.float32)
+            _sk.attention(qkv.view(B, S, 3 * H).numpy(), ctx.view(B, S, H).numpy(), nh, self.scaling,
+                          kb.numpy(), self.threads)
+        else:
+            q, k, v = qkv.view(B, S, 3, nh, dh).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
+            ctx = ctx.transpose(1, 2).reshape(B * S, H)
+        h = self.ln1(_linear_call(self.att_out, ctx, residual=x))
+        i = self.act(self.ffn_in(h))
+        y = self.ln2(_linear_call(self.ffn_out, i, residual=h)).view(B, S, H)
+        return (y,) if self.returns_tuple else y
+
+
+def _fusable(layer: nn.Module) -> str:
+    """'' when ``layer`` looks like a plain BERT encoder layer FusedBertLayer reproduces, else why not."""
+    try:
+        att = layer.attention
+        cfg = att.self.config
+    except AttributeError:
+        return "not a BERT layer"
+    if getattr(layer, "add_cross_attention", False) or getattr(layer, "is_decoder", False):
+        return "decoder / cross-attention layer"
+    if getattr(layer, "chunk_size_feed_forward", 0):
+        return "feed-forward chunking"
+    if getattr(cfg, "_attn_implementation", "eager") not in ("sdpa", "eager", None):
+        return f"attention implementation {cfg._attn_implementation!r}"
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        return "relative position embeddings"
+    for name in ("query", "key", "value"):
+        if not hasattr(att.self, name):
+            return "no q/k/v projections"
+    return ""
+
+
+def fuse_encoder_layers(model: nn.Module, threads: int = 1) -> tuple[int, str]:
+    """Replace every plain BERT encoder layer of ``model`` (in place) by a :class:`FusedBertLayer`.
+
+    Returns ``(layers fused, reason none were)``; the reason is '' when at least one was fused.
+    """
+    import transformers
+
+    returns_tuple = int(transformers.__version__.split(".")[0]) < 5
+    names = [n for n, _ in model.named_modules() if _LAYER_RE.search(n)]
+    why = "no encoder layers"
+    n = 0
+    for name in names:
+        layer = model.get_submodule(name)
+        why = _fusable(layer)
+        if why:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, FusedBertLayer(layer, returns_tuple, threads))
+        n += 1
+    return n, "" if n else why

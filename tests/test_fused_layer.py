@@ -1,0 +1,258 @@
+"""Fused attention kernel, residual epilogue, stacked q/k/v and the lean encoder layer.
+
+Every compiled kernel variant is checked against a float64 reference; the fused BERT layer is
+checked against the transformers layer it replaces, with padded batches.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from accelerators import _sparse_kernels as sk
+from accelerators.fused_layer import FusedBertLayer, fuse_encoder_layers, key_padding_bias
+from accelerators.sparse_cpu import SparseCPU
+from accelerators.sparse_int8 import SparseInt8
+from accelerators.sparse_linear import SparseLinear
+
+VARIANTS = sk.supported_variants()
+
+
+def attention_ref(qkv: np.ndarray, heads: int, key_bias=None, scale=None) -> np.ndarray:
+    """float64 softmax(scale q k^T + key_bias) v per head; rows with every key masked -> 0."""
+    B, S, H3 = qkv.shape
+    H = H3 // 3
+    dh = H // heads
+    x = qkv.astype(np.float64).reshape(B, S, 3, heads, dh).transpose(2, 0, 3, 1, 4)
+    q, k, v = x[0], x[1], x[2]
+    s = (q @ k.transpose(0, 1, 3, 2)) * (dh ** -0.5 if scale is None else scale)
+    if key_bias is not None:
+        s = s + key_bias.astype(np.float64)[:, None, None, :]
+    m = s.max(-1, keepdims=True)
+    dead = ~np.isfinite(m)
+    e = np.exp(s - np.where(dead, 0.0, m))
+    e = np.where(dead, 0.0, e)
+    den = e.sum(-1, keepdims=True)
+    p = np.divide(e, den, out=np.zeros_like(e), where=den > 0)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, S, H)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(B=st.integers(1, 3), S=st.integers(1, 40), heads=st.integers(1, 4), dh=st.integers(1, 40),
+       masked=st.integers(0, 40), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_attention_matches_float64_reference(variant, B, S, heads, dh, masked, threads, seed):
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, S, 3 * heads * dh)).astype(np.float32)
+    kb = np.zeros((B, S), np.float32)
+    kb[-1, S - min(masked, S):] = -np.inf  # padding keys of the last sequence (possibly all of them)
+    out = np.full((B, S, heads * dh), np.nan, np.float32)
+    sk.attention(qkv, out, heads, key_bias=kb, threads=threads, variant=variant)
+    np.testing.assert_allclose(out, attention_ref(qkv, heads, kb), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_bert_shape_and_explicit_scale(variant):
+    rng = np.random.default_rng(3)
+    qkv = rng.standard_normal((2, 128, 3 * 384)).astype(np.float32)
+    out = np.empty((2, 128, 384), np.float32)
+    sk.attention(qkv, out, 12, 0.25, None, 2, variant)
+    np.testing.assert_allclose(out, attention_ref(qkv, 12, scale=0.25), rtol=2e-5, atol=2e-6)
+    # torch's SDPA gives the same answer in float32
+    t = torch.from_numpy(qkv).view(2, 128, 3, 12, 32).permute(2, 0, 3, 1, 4)
+    ref = F.scaled_dot_product_attention(t[0], t[1], t[2], scale=0.25).transpose(1, 2).reshape(2, 128, 384)
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_large_scores_are_stable():
+    qkv = np.zeros((1, 4, 6), np.float32)
+    qkv[0, :, 0] = 100.0  # q
+    qkv[0, :, 2] = [100.0, -100.0, 50.0, 0.0]  # k: scores up to 1e4 would overflow a naive exp
+    qkv[0, :, 4] = [1.0, 2.0, 3.0, 4.0]  # v
+    out = np.empty((1, 4, 2), np.float32)
+    sk.attention(qkv, out, 1)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, attention_ref(qkv, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_rejects_bad_buffers():
+    qkv = np.zeros((2, 8, 12), np.float32)
+    out = np.zeros((2, 8, 4), np.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        sk.attention(qkv.astype(np.float64), out, 2)
+    with pytest.raises(ValueError, match="3-dimensional"):
+        sk.attention(qkv.reshape(16, 12), out, 2)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        sk.attention(qkv, out, 3)
+    with pytest.raises(ValueError, match="num_heads"):
+        sk.attention(qkv, out, 0)
+    with pytest.raises(ValueError, match="out: expected shape"):
+        sk.attention(qkv, np.zeros((2, 8, 5), np.float32), 2)
+    with pytest.raises(ValueError, match="key_bias: expected shape"):
+        sk.attention(qkv, out, 2, key_bias=np.zeros((2, 7), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        sk.attention(np.asfortranarray(qkv), out, 2)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = out.copy()
+        ro.flags.writeable = False
+        sk.attention(qkv, ro, 2)
+    with pytest.raises(ValueError, match="overlap"):
+        both = np.zeros(2 * 8 * 12, np.float32)
+        sk.attention(both.reshape(2, 8, 12), both[: 2 * 8 * 4].reshape(2, 8, 4), 2)
+    with pytest.raises(ValueError, match="finite"):
+        sk.attention(qkv, out, 2, float("nan"))
+    with pytest.raises(ValueError, match="threads"):
+        sk.attention(qkv, out, 2, threads=0)
+    with pytest.raises(ValueError):
+        sk.attention(qkv, out, 2, variant="sse9")
+
+
+# --------------------------------------------------------------------------- residual epilogue
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype,fmt", [("fp32", "csr"), ("fp32", "bsr4x1"), ("int8", "csr"), ("int8", "bsr4x4")])
+def test_residual_is_added_in_the_output_pass(variant, dtype, fmt):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) > 0.7)
+    m = SparseLinear.from_dense(lin, fmt, dtype=dtype, threads=2)
+    m.variant = variant
+    x, r = torch.randn(37, 48), torch.randn(37, 40)
+    plain = m(x)
+    torch.testing.assert_close(m(x, residual=r), plain + r, rtol=0, atol=1e-6)
+    m.activation = "gelu"
+    torch.testing.assert_close(m(x, residual=r), F.gelu(plain) + r, rtol=0, atol=2e-5)
+
+
+def test_residual_rejects_bad_buffers():
+    lin = torch.nn.Linear(8, 4)
+    mat = SparseLinear.from_dense(lin).packed()
+    x, out = np.zeros((3, 8), np.float32), np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        sk.spmm(mat, x, out, residual=np.zeros((3, 5), np.float32))
+    with pytest.raises(TypeError, match="residual"):
+        sk.spmm(mat, x, out, residual=np.zeros((3, 4), np.float64))
+    with pytest.raises(ValueError, match="residual must not overlap out"):
+        sk.spmm(mat, x, out, residual=out)
+    qmat = SparseLinear.from_dense(lin, dtype="int8").packed()
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        sk.spmm_int8(qmat, x, out, residual=np.zeros((2, 4), np.float32))
+
+
+# --------------------------------------------------------------------------- stacked q/k/v
+@pytest.mark.parametrize("dtype,fmt", [("fp32", "csr"), ("fp32", "bsr4x1"), ("int8", "bsr4x4")])
+def test_stack_is_bit_identical_to_separate_calls(dtype, fmt):
+    torch.manual_seed(1)
+    lins = [torch.nn.Linear(32, 24) for _ in range(3)]
+    with torch.no_grad():
+        for lin in lins:
+            lin.weight.mul_(torch.rand_like(lin.weight) > 0.8)
+    mods = [SparseLinear.from_dense(lin, fmt, dtype=dtype) for lin in lins]
+    stacked = SparseLinear.stack(mods)
+    x = torch.randn(19, 32)
+    assert torch.equal(stacked(x), torch.cat([m(x) for m in mods], -1))
+    assert stacked.out_features == 72 and stacked.nnz_stored == sum(m.nnz_stored for m in mods)
+    with pytest.raises(ValueError, match="stack"):
+        SparseLinear.stack([mods[0], SparseLinear.from_dense(torch.nn.Linear(16, 24), fmt, dtype=dtype)])
+
+
+def test_sparse_linear_deepcopies_and_repacks():
+    lin = torch.nn.Linear(16, 8)
+    m = SparseLinear.from_dense(lin)
+    x = torch.randn(5, 16)
+    y = m(x)
+    c = copy.deepcopy(m)
+    assert c._mat is None
+    assert torch.equal(c(x), y)
+
+
+# --------------------------------------------------------------------------- fused encoder layer
+def tiny_bert(sparsity: float, attn: str = "sdpa"):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=256, max_position_embeddings=64, num_labels=2,
+                                  attn_implementation=attn)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "encoder.layer" in name and name.endswith("weight") and p.dim() == 2:
+                p.mul_(torch.rand_like(p) > sparsity)
+    return model
+
+
+def padded_example(batch=3, seq=24):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 120, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    mask[-1, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def logits(model, ex):
+    with torch.no_grad():
+        return model(**ex).logits
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_sparse_cpu_fused_layers_match_transformers(attn):
+    model = tiny_bert(0.9, attn)
+    ex = padded_example()
+    acc = SparseCPU(format="csr", min_speedup=1.0, calibrate=False)
+    new = acc.prepare(model, ex, threads=2)
+    fields = acc.row_fields()
+    assert fields["fused_encoder_layers"] == 2, fields["fused_encoder_note"]
+    assert all(isinstance(layer, FusedBertLayer) for layer in new.bert.encoder.layer)
+    assert all(layer.qkv is not None for layer in new.bert.encoder.layer)
+    torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
+    other = padded_example(batch=2, seq=40)  # another shape and padding than prepare() saw
+    torch.testing.assert_close(logits(new, other), logits(model, other), rtol=1e-4, atol=1e-5)
+    no_mask = {k: v for k, v in other.items() if k != "attention_mask"}
+    torch.testing.assert_close(logits(new, no_mask), logits(model, no_mask), rtol=1e-4, atol=1e-5)
+    off = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False)
+    plain = off.prepare(model, ex, threads=1)
+    assert off.row_fields()["fused_encoder_layers"] == 0
+    assert not any(isinstance(layer, FusedBertLayer) for layer in plain.bert.encoder.layer)
+
+
+def test_sparse_int8_fused_layers_match_unfused():
+    model = tiny_bert(0.9)
+    ex = padded_example()
+    fused = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
+    plain = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", fuse_layers=False)
+    a, b = fused.prepare(model, ex, threads=2), plain.prepare(model, ex, threads=2)
+    assert fused.row_fields()["fused_encoder_layers"] == 2
+    torch.testing.assert_close(logits(a, ex), logits(b, ex), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_layer_falls_back_to_sdpa_for_query_dependent_masks():
+    model = tiny_bert(0.0)
+    layer = model.bert.encoder.layer[0]
+    fused = FusedBertLayer(copy.deepcopy(layer))
+    h = torch.randn(2, 10, 64)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()[None, None].expand(2, 1, 10, 10)
+    assert key_padding_bias(causal, 2, 10) is None
+    with torch.no_grad():
+        torch.testing.assert_close(fused(h, causal), layer(h, causal), rtol=1e-4, atol=1e-5)
+    fused.train()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused(h)
+
+
+def test_key_padding_bias_forms():
+    keep = torch.tensor([[True, True, False], [True, False, False]])
+    bias = key_padding_bias(keep[:, None, None, :].expand(2, 1, 3, 3), 2, 3)
+    assert torch.equal(bias, torch.tensor([[0.0, 0.0, float("-inf")], [0.0, float("-inf"), float("-inf")]]))
+    additive = torch.tensor([[0.0, -1e9, 0.0]])[:, None, None, :]
+    assert torch.equal(key_padding_bias(additive, 2, 3), torch.tensor([[0.0, -1e9, 0.0]] * 2))
+    assert torch.equal(key_padding_bias(None, 1, 2), torch.zeros(1, 2))
+    assert key_padding_bias(torch.zeros(2, 3), 2, 3) is None
+
+
+def test_fuse_encoder_layers_leaves_other_models_alone():
+    assert fuse_encoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2))) == (0, "no encoder layers")

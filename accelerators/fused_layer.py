@@ -54,6 +54,24 @@ def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Opti
     return bias.expand(batch, seq).contiguous()
 
 
+_last_bias: list = [None, 0, 0, 0, None]  # mask, its version, batch, seq, bias: every layer gets the same mask
+
+
+def _version(t: torch.Tensor) -> int:
+    # inference tensors keep no version counter (and cannot change outside inference mode)
+    return -1 if t.is_inference() else t._version
+
+
+def _cached_key_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
+    """key_padding_bias, computed once per mask object: all layers of one forward share the mask."""
+    m, version, b, s, bias = _last_bias
+    if mask is not None and mask is m and _version(mask) == version and (b, s) == (batch, seq):
+        return bias
+    bias = key_padding_bias(mask, batch, seq)
+    _last_bias[:] = [mask, _version(mask) if mask is not None else 0, batch, seq, bias]
+    return bias
+
+
 def _linear_call(mod: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """mod(x) (+ residual): inside the kernel for a SparseLinear, a torch add otherwise."""
     from accelerators.sparse_linear import SparseLinear
@@ -112,7 +130,7 @@ class FusedBertLayer(nn.Module):
             qkv = self.qkv(x)
         else:
             qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-        kb = key_padding_bias(attention_mask, B, S)
+        kb = _cached_key_bias(attention_mask, B, S)
         if kb is not None:
             ctx = torch.empty(B * S, H, dtype=torch.float32)
             _sk.attention(qkv.view(B, S, 3 * H).numpy(), ctx.view(B, S, H).numpy(), nh, self.scaling,

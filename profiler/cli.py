@@ -13,7 +13,10 @@ EPILOG = "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp
 
 
 class RichReporter:
-    """Progress bars over cells and training steps, a line per finished cell."""
+    """Progress bars over cells and training steps on a terminal; plain lines when stderr is a file or
+    pipe (a line per finished cell, and a training line every ``PLAIN_EVERY_S`` seconds)."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -26,6 +29,9 @@ class RichReporter:
         )
         self.cells = None
         self.train = None
+        self.plain = not self.console.is_terminal
+        self.total = 0
+        self.done = 0
 
     def __enter__(self):
         self.progress.start()
@@ -36,12 +42,16 @@ class RichReporter:
 
     def start(self, total: int, done: int) -> None:
         self.cells = self.progress.add_task("cells", total=total, completed=done, info=f"{done} already done")
+        self.total, self.done = total, done
 
     def cell_done(self, r) -> None:
         info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
         if r.status == "ok":
             info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
         self.progress.update(self.cells, advance=1, info=f"{r.pruner} {info}")
+        self.done += 1
+        if self.plain:
+            self.console.print(f"cell {self.done}/{self.total}: {r.pruner} {info}", highlight=False)
         if r.status != "ok":
             self.console.print(f"[yellow]{r.status}[/]: {r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
 
@@ -49,13 +59,19 @@ class RichReporter:
         self.console.print(text)
 
     def training(self, label: str) -> Callable[[int, int, float], None]:
-        state = {"id": None}
+        import time
+
+        state = {"id": None, "printed": 0.0}
 
         def cb(step: int, total: int, loss: float, sparsity: float | None = None) -> None:
             if state["id"] is None:
                 state["id"] = self.progress.add_task(label, total=total, info="")
             info = f"loss {loss:.4f}" + (f" sparsity {sparsity:.3f}" if sparsity is not None else "")
             self.progress.update(state["id"], completed=step, info=info)
+            now = time.monotonic()
+            if self.plain and (step >= total or now - state["printed"] >= self.PLAIN_EVERY_S):
+                state["printed"] = now
+                self.console.print(f"{label}: step {step}/{total} {info}", highlight=False)
 
         self._train_state = state
         return cb

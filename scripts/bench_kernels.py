@@ -17,6 +17,11 @@ block, variant, threads, median_s, dense_median_s, torch_csr_median_s, speedup_v
 speedup_vs_torch_csr, gflops_effective (useful FLOPs = 2 * tokens * nnz(W) per second), roofline
 fraction, spread (IQR / median) and, for int8 rows, dense_int8_median_s / speedup_vs_dense_int8.
 
+``--attention``: our fused attention kernel (``_sparse_kernels.attention``, the one the fused encoder
+layer uses) against torch's ``F.scaled_dot_product_attention`` on the same q/k/v (BERT layout, a
+key-padding mask of zeros), MiniLM's 12 heads x 32 at sequence 128, batch 1 and 8, threads 1 and 2;
+rows carry batch, seq, heads, head_dim, threads, median_s, sdpa_median_s, speedup_vs_sdpa, gflops.
+
 Modes: default = W 3072x768, 128 tokens, sparsity 0.5/0.8/0.9/0.95/0.98, 2 threads;
 ``--quick`` = same layer at 0.9 and 0.95 only (< 1 minute); ``--full`` = the issue's grid
 (4 shapes x tokens 1/8/128/1024 x 6 sparsities x threads 1, 2; many minutes).
@@ -363,6 +368,36 @@ def run_model(args):
     return rows
 
 
+def run_attention(args) -> list[dict]:
+    """Our attention kernel vs torch SDPA (fp32), interleaved, per (batch, threads)."""
+    rows = []
+    heads, dh, seq = args.heads, args.head_dim, args.seq
+    hidden = heads * dh
+    print(f"{'batch':>5} {'seq':>4} {'heads':>5} {'dh':>3} {'thr':>3} {'ours_ms':>8} {'sdpa_ms':>8} {'x_sdpa':>6} "
+          f"{'GFLOP/s':>7} {'clean':>5}")
+    for b in [int(v) for v in args.batches.split(",")]:
+        for th in [int(v) for v in (args.threads or "1,2").split(",")]:
+            torch.set_num_threads(th)
+            g = torch.Generator().manual_seed(0)
+            qkv = torch.randn(b, seq, 3 * hidden, generator=g)
+            out = torch.empty(b, seq, hidden)
+            kb = torch.zeros(b, seq)
+            q, k, v = qkv.view(b, seq, 3, heads, dh).permute(2, 0, 3, 1, 4)
+            mask = torch.ones(b, 1, seq, seq, dtype=torch.bool)
+            fns = {"ours": lambda: sk.attention(qkv.numpy(), out.numpy(), heads, None, kb.numpy(), th),
+                   "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
+            res = timeit(fns, args.reps, args.min_time)
+            (m_ours, *_rest), (m_sdpa, *_r2) = stats(res["ours"]), stats(res["sdpa"])
+            flops = 4.0 * b * heads * seq * seq * dh
+            clean = stats(res["ours"])[4]
+            print(f"{b:>5} {seq:>4} {heads:>5} {dh:>3} {th:>3} {m_ours * 1e3:>8.3f} {m_sdpa * 1e3:>8.3f} "
+                  f"{m_sdpa / m_ours:>6.2f} {flops / m_ours / 1e9:>7.1f} {clean:>5.2f}", flush=True)
+            rows.append(dict(kind="attention", batch=b, seq=seq, heads=heads, head_dim=dh, threads=th, dtype="fp32",
+                             variant=sk.kernel_variant(), median_s=m_ours, sdpa_median_s=m_sdpa,
+                             speedup_vs_sdpa=m_sdpa / m_ours, gflops=flops / m_ours / 1e9, clean_fraction=clean))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", "--out", dest="json", default=None, help="JSON output path")
@@ -383,7 +418,10 @@ def main(argv=None):
     ap.add_argument("--model", action="store_true", help="whole MiniLM-shaped model instead of single layers")
     ap.add_argument("--model-structure", default="unstructured", choices=["unstructured", "4x1", "1x4", "4x4"])
     ap.add_argument("--batches", default="8,1", help="model mode: batch sizes")
-    ap.add_argument("--seq", type=int, default=128, help="model mode: sequence length")
+    ap.add_argument("--seq", type=int, default=128, help="model / attention mode: sequence length")
+    ap.add_argument("--attention", action="store_true", help="our fused attention kernel vs torch SDPA")
+    ap.add_argument("--heads", type=int, default=12, help="attention mode: heads")
+    ap.add_argument("--head-dim", type=int, default=32, help="attention mode: head dimension")
     args = ap.parse_args(argv)
 
     out = Path(args.json) if args.json else ROOT / "runs" / f"bench_kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -392,8 +430,8 @@ def main(argv=None):
     if args.wait_quiet > 0:
         quiet = wait_for_quiet(args.wait_quiet)
         print(f"# machine quiet: {quiet}", flush=True)
-    if args.model:
-        rows = run_model(args)
+    if args.model or args.attention:
+        rows = run_model(args) if args.model else run_attention(args)
         for r in rows:
             r["machine_quiet_at_start"] = quiet
         out.write_text(json.dumps(rows, indent=1))

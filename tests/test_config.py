@@ -8,8 +8,9 @@ from tests.conftest import tiny_config
 def test_quickstart_is_valid_and_has_the_promised_cells():
     cfg = load_config(None)
     cells = expand(cfg)
-    # sst2 × (none + magnitude 0.5/0.7/0.9) × (fp32, int8) × batch (1, 8) × seq 128 × 2 threads
-    assert len(cells) == 1 * 4 * 2 * 2
+    # sst2 × (none + magnitude 0.5/0.7/0.9) × (fp32, int8, sparse-cpu, sparse-int8) × batch (1, 8) × seq 128 × 2 threads
+    assert len(cells) == 1 * 4 * 4 * 2
+    assert {c.accelerator.name for c in cells} == {"torch-fp32", "int8-dynamic", "sparse-cpu", "sparse-int8"}
     assert {c.pruner.params.get("sparsity") for c in cells} == {None, 0.5, 0.7, 0.9}
     assert {c.threads for c in cells} == {2}
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from profiler.tasks.base import logits_of as default_logits_of
+
 
 def check_distill(temperature: float, alpha: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or math.isinf(temperature):
@@ -42,15 +44,9 @@ class Distiller:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.temperature, self.alpha = float(temperature), float(alpha)
-        self._logits_of = logits_of or _logits_of
+        self._logits_of = logits_of or default_logits_of
 
     def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = self._logits_of(self.teacher(**inputs)).float()
         return distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
-
-
-def _logits_of(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    return out.logits if hasattr(out, "logits") else out[0]

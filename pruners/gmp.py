@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from profiler.tasks.base import logits_of
 from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
 from pruners.distill import Distiller, check_distill
 from pruners.masks import MaskSet, assert_plain
@@ -156,7 +157,7 @@ class TrainingPruner(Pruner):
                 s = self.schedule.sparsity_at(step)
                 masks.update(self.select(score, s), opt, sparsity=s)
             inputs, labels = next(batches)
-            logits = _logits_of(model(**inputs))
+            logits = logits_of(model(**inputs))
             loss = task.loss(logits, labels)
             if distiller is not None:
                 loss = distiller.loss(inputs, logits, loss)
@@ -202,9 +203,3 @@ class GMPPruner(TrainingPruner):
     (optionally distilled) between mask updates. Parameters: see :class:`TrainingPruner`."""
 
     name = "gmp"
-
-
-def _logits_of(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    return out.logits if hasattr(out, "logits") else out[0]

@@ -8,7 +8,7 @@ the same function with fewer passes:
     qkv  = x W_qkv^T + b_qkv                      one kernel call for q, k and v (stacked rows)
     ctx  = softmax(q k^T / sqrt(d) + mask) v      our fused attention kernel (``_sparse_kernels.attention``)
                                                   for key-padding masks, torch SDPA otherwise
-    h    = LayerNorm1(ctx W_o^T + b_o + x)        residual added in the kernel's output pass
+    h    = LayerNorm1(ctx W_o^T + b_o + x)        residual and LayerNorm inside the kernel call
     y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)
 
 It is built only for plain encoder layers (no cross-attention, no decoder cache, no feed-forward
@@ -72,14 +72,14 @@ def _cached_key_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Opti
     return bias
 
 
-def _linear_call(mod: nn.Module, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """mod(x) (+ residual): inside the kernel for a SparseLinear, a torch add otherwise."""
+def _linear_add_norm(mod: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """norm(mod(x) + residual): inside the kernel call for a SparseLinear, torch ops otherwise."""
     from accelerators.sparse_linear import SparseLinear
 
-    if isinstance(mod, SparseLinear):
-        return mod(x, residual=residual)
-    y = mod(x)
-    return y if residual is None else y + residual
+    if isinstance(mod, SparseLinear) and isinstance(norm, nn.LayerNorm) and norm.weight is not None \
+            and tuple(norm.normalized_shape) == (mod.out_features,):
+        return mod(x, residual=residual, layer_norm=norm)
+    return norm(mod(x) + residual)
 
 
 class FusedBertLayer(nn.Module):
@@ -139,9 +139,9 @@ class FusedBertLayer(nn.Module):
             q, k, v = qkv.view(B, S, 3, nh, dh).permute(2, 0, 3, 1, 4)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
             ctx = ctx.transpose(1, 2).reshape(B * S, H)
-        h = self.ln1(_linear_call(self.att_out, ctx, residual=x))
+        h = _linear_add_norm(self.att_out, ctx, x, self.ln1)
         i = self.act(self.ffn_in(h))
-        y = self.ln2(_linear_call(self.ffn_out, i, residual=h)).view(B, S, H)
+        y = _linear_add_norm(self.ffn_out, i, h, self.ln2).view(B, S, H)
         return (y,) if self.returns_tuple else y
 
 

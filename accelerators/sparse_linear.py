@@ -86,10 +86,12 @@ def _np(t: torch.Tensor):
 class SparseLinear(nn.Module):
     """y = act(x @ W.T + b) (+ residual) with a sparse W, computed by the C kernels.
 
-    Build with :meth:`from_dense`. ``forward(x, residual=None)`` accepts (..., in_features) inputs
-    (e.g. (batch, seq, in)), flattens the leading dims into tokens, and returns (..., out_features)
-    float32 (cast back to the input's floating dtype if it was not float32); ``residual`` (any shape
-    with tokens x out_features elements) is added in the kernel's output pass (BERT's skip connection). ``threads`` (attribute,
+    Build with :meth:`from_dense`. ``forward(x, residual=None, layer_norm=None)`` accepts
+    (..., in_features) inputs (e.g. (batch, seq, in)), flattens the leading dims into tokens, and
+    returns (..., out_features) float32 (cast back to the input's floating dtype if it was not
+    float32); ``residual`` (any shape with tokens x out_features elements) is added in the kernel's
+    output pass (BERT's skip connection), and ``layer_norm`` (an affine ``nn.LayerNorm(out_features)``)
+    is applied to each output row inside the same call, while the rows are still in cache. ``threads`` (attribute,
     settable) is the OpenMP thread count used per call; ``variant`` (None = module default)
     forces a kernel ISA variant.
 
@@ -245,7 +247,8 @@ class SparseLinear(nn.Module):
         self._mat = None
 
     # ---------------------------------------------------------------- compute
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                layer_norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
         if not x.is_cpu:
@@ -268,6 +271,11 @@ class SparseLinear(nn.Module):
             if r2.dtype != torch.float32 or not r2.is_contiguous():
                 r2 = r2.to(torch.float32).contiguous()
             kw["residual"] = r2.numpy()
+        if layer_norm is not None:
+            if tuple(layer_norm.normalized_shape) != (self.out_features,) or layer_norm.weight is None:
+                raise ValueError(f"layer_norm must be an affine nn.LayerNorm({self.out_features})")
+            kw.update(ln_weight=layer_norm.weight.detach().numpy(), ln_eps=float(layer_norm.eps),
+                      ln_bias=layer_norm.bias.detach().numpy() if layer_norm.bias is not None else None)
         if self.dtype_name == "fp32":
             _sk.spmm(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant, **kw)
         else:

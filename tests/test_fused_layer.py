@@ -259,3 +259,45 @@ def test_key_padding_bias_forms():
 
 def test_fuse_encoder_layers_leaves_other_models_alone():
     assert fuse_encoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2))) == (0, "no encoder layers")
+
+
+# --------------------------------------------------------------------------- LayerNorm epilogue
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype,fmt", [("fp32", "csr"), ("int8", "csr"), ("int8", "bsr4x4")])
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_layer_norm_epilogue_matches_torch(variant, dtype, fmt, tokens):
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) > 0.6)
+    ln = torch.nn.LayerNorm(48, eps=1e-5)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    m = SparseLinear.from_dense(lin, fmt, dtype=dtype, threads=2)
+    m.variant = variant
+    x, r = torch.randn(tokens, 64), torch.randn(tokens, 48) * 3 + 1
+    with torch.no_grad():
+        ref = ln(m(x) + r)
+        torch.testing.assert_close(m(x, residual=r, layer_norm=ln), ref, rtol=1e-5, atol=2e-5)
+        no_bias = torch.nn.LayerNorm(48, eps=1e-5, bias=False)
+        torch.testing.assert_close(m(x, layer_norm=no_bias), no_bias(m(x)), rtol=1e-5, atol=2e-5)
+
+
+def test_layer_norm_epilogue_rejects_bad_arguments():
+    lin = torch.nn.Linear(8, 4)
+    m = SparseLinear.from_dense(lin)
+    mat = m.packed()
+    x, out, g = np.zeros((3, 8), np.float32), np.zeros((3, 4), np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="ln_weight: expected length 4"):
+        sk.spmm(mat, x, out, ln_weight=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="ln_bias needs ln_weight"):
+        sk.spmm(mat, x, out, ln_bias=g)
+    with pytest.raises(ValueError, match="ln_bias: expected length 4"):
+        sk.spmm(mat, x, out, ln_weight=g, ln_bias=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="ln_eps"):
+        sk.spmm(mat, x, out, ln_weight=g, ln_eps=-1.0)
+    with pytest.raises(TypeError, match="ln_weight"):
+        sk.spmm_int8(SparseLinear.from_dense(lin, dtype="int8").packed(), x, out, ln_weight=g.astype(np.float64))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        m(torch.zeros(3, 8), layer_norm=torch.nn.LayerNorm(5))

@@ -5,6 +5,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #include <immintrin.h>
 #include <string.h>
+#include <math.h>
 
 #define VEC __m512
 #define VW 16
@@ -320,11 +321,48 @@ static void attn_head(const float *q, const float *k, const float *v, int64_t ld
     }
 }
 
+/* LayerNorm with 16-wide float accumulators: pass 1 mean, pass 2 centred variance, pass 3 write. */
+static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        float *y = Y + t * N;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 32 <= N; i += 32) {
+            s0 = _mm512_add_ps(s0, _mm512_loadu_ps(y + i));
+            s1 = _mm512_add_ps(s1, _mm512_loadu_ps(y + i + 16));
+        }
+        for (; i < N; i += 16)
+            s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps((__mmask16)((1u << (N - i < 16 ? N - i : 16)) - 1u), y + i));
+        const float mean = N > 0 ? _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)N : 0.0f;
+        const __m512 mv = _mm512_set1_ps(mean);
+        s0 = s1 = _mm512_setzero_ps();
+        for (i = 0; i + 32 <= N; i += 32) {
+            const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(y + i), mv), d1 = _mm512_sub_ps(_mm512_loadu_ps(y + i + 16), mv);
+            s0 = _mm512_fmadd_ps(d0, d0, s0);
+            s1 = _mm512_fmadd_ps(d1, d1, s1);
+        }
+        for (; i < N; i += 16) {
+            const __mmask16 m = (__mmask16)((1u << (N - i < 16 ? N - i : 16)) - 1u);
+            const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, y + i), mv);
+            s0 = _mm512_fmadd_ps(d, d, s0);
+        }
+        const float var = N > 0 ? _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)N : 0.0f;
+        const __m512 rs = _mm512_set1_ps(1.0f / sqrtf(var + eps));
+        for (i = 0; i < N; i += 16) {
+            const __mmask16 m = (__mmask16)((1u << (N - i < 16 ? N - i : 16)) - 1u);
+            const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gamma + i), rs);
+            const __m512 b = beta ? _mm512_maskz_loadu_ps(m, beta + i) : _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, y + i), mv), g, b));
+        }
+    }
+}
+
 const sk_kernels sk_kernels_avx512 = {
     "avx512", tile_fp32, pack_x, unpack_y,
     /* int8 on non-VNNI variants: portable C */
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic, attn_head,
+    sk_rows_amax_generic, sk_unpack_i32_generic, attn_head, layer_norm,
 };
 
 /* exported for the vnni table */
@@ -335,6 +373,8 @@ void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in)
 { pack_x(X, ldX, nb, k0, k1, xt, tl, n_in); }
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+{ layer_norm(Y, ntok, N, gamma, beta, eps); }
 void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                          float scale, const float *kb, float *o, int64_t ldo, float *scratch)
 { attn_head(q, k, v, ld, S, dh, scale, kb, o, ldo, scratch); }

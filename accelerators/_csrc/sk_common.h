@@ -89,7 +89,16 @@ typedef struct sk_kernels {
      * scratch: sk_attn_scratch_floats(S, dh) floats, 64-byte aligned. */
     void (*attn_head)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                       float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+    /* In-place LayerNorm of ntok rows of N floats (row stride N):
+     * y = (y - mean) / sqrt(var + eps) * gamma + beta, biased variance; beta may be NULL. */
+    void (*layer_norm)(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 } sk_kernels;
+
+/* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */
+typedef struct {
+    const float *gamma, *beta; /* N each; beta may be NULL */
+    float eps;
+} sk_ln;
 
 #define SK_ATTN_ROWS 4 /* query rows per block */
 static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
@@ -126,6 +135,7 @@ float sk_gelu1(float x);
 void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                            int64_t ldY, const int32_t *comp);
 void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
+void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 /* x * inv rounded to nearest even, clamped to [-127, 127] (shared definition of quantization) */

@@ -109,6 +109,7 @@ typedef struct {
     int32_t *Yi;          /* raw int32 output */
     const float *bias;
     const float *R;       /* residual added in the output pass, or NULL */
+    const sk_ln *ln;      /* LayerNorm epilogue, or NULL */
     int per_token;
     int nt;
     int64_t tt, tb, lds, group;
@@ -197,6 +198,7 @@ static void run_int8(int8_job *J)
                     else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, 0, nq, xq, &tl, nq);
                 }
                 int8_block(J, &tl, xq, scr, t0, nb, 0, m->nchunks);
+                apply_ln(J->kt, J->ln, J->Y, m->n_out, t0, t0 + nb);
             }
         } else {
             int64_t c0, c1;
@@ -213,6 +215,7 @@ static void run_int8(int8_job *J)
                 int8_block(J, &tl, J->xq, scr, t0, nb, c0, c1);
 #pragma omp barrier
             }
+            apply_ln(J->kt, J->ln, J->Y, m->n_out, T * tid / nthr, T * (tid + 1) / nthr);
         }
     }
 }
@@ -226,18 +229,20 @@ static int default_tile_int8(int variant, int bh)
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
-                             "split", "activation", "residual", NULL};
+                             "split", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
     static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
     PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
-    PyObject *o_res = Py_None;
+    PyObject *o_res = Py_None, *o_lnw = Py_None, *o_lnb = Py_None;
     int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0, act = 0;
+    double ln_eps = 1e-12;
     if (raw) {
         if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o_m, &o_x, &o_out,
                                          &threads, &o_var, &tile, &tblock, &o_split))
             return NULL;
     } else {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOO:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act, &o_res))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOd:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act, &o_res,
+                                         &o_lnw, &o_lnb, &ln_eps))
             return NULL;
     }
     SKMatrix *m;
@@ -245,8 +250,9 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
     if (check_spmm_args(o_m, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb, vr;
-    int have_bias = o_bias != Py_None, have_res = 0;
+    Py_buffer vx, vo, vb, vr, vlw, vlb;
+    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0;
+    sk_ln ln;
     if (get_buffer(o_x, &vx, "x", raw ? 'b' : 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", raw ? 'i' : 'f', 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -286,6 +292,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         have_res = 0;
         goto done;
     }
+    if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
     if (T > 0 && m->n_out > 0) {
         const int64_t nq = (m->n_in + 3) / 4;
         const int64_t tt = tile ? tile : default_tile_int8(variant, m->bh);
@@ -306,6 +313,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.Yi = raw ? (int32_t *)vo.buf : NULL;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
         J.R = have_res ? (const float *)vr.buf : NULL;
+        J.ln = have_ln ? &ln : NULL;
         J.per_token = per_token;
         J.nt = threads;
         J.tt = tt;
@@ -340,6 +348,7 @@ done:
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
     if (have_res) PyBuffer_Release(&vr);
+    release_layer_norm(have_ln, &vlw, &vlb);
     return ret;
 }
 
@@ -365,12 +374,12 @@ static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
      "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
     {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
      "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n" \
-     "          split='auto', activation=None, residual=None)\n\n"                                     \
+     "          split='auto', activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12)\n\n" \
      "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
      "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
      "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \
      "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n" \
-     "activation and residual as in spmm. GIL released; errors as spmm."},                                                                  \
+     "activation, residual and the LayerNorm epilogue as in spmm. GIL released; errors as spmm."},                                                                  \
     {"spmm_int8_raw", (PyCFunction)(void (*)(void))py_spmm_int8_raw, METH_VARARGS | METH_KEYWORDS,     \
      "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n" \
      "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n" \

@@ -714,6 +714,12 @@ static int parse_threads(int threads)
     return 0;
 }
 
+/* LayerNorm of tokens [t0, t1) of Y (n_out wide) when the job has one */
+static inline void apply_ln(const sk_kernels *kt, const sk_ln *ln, float *Y, int64_t N, int64_t t0, int64_t t1)
+{
+    if (ln && t1 > t0) kt->layer_norm(Y + t0 * N, t1 - t0, N, ln->gamma, ln->beta, ln->eps);
+}
+
 /* ------------------------------------------------------------------------------------
  * fp32 driver
  * ---------------------------------------------------------------------------------- */
@@ -725,6 +731,7 @@ typedef struct {
     float *Y;
     const float *bias;
     const float *R; /* residual added in the output pass, or NULL */
+    const sk_ln *ln; /* LayerNorm epilogue, or NULL */
     int nt;
     int64_t tt, tb, lds;
     int64_t group; /* 16-row chunks whose outputs are unpacked together (token-major) */
@@ -793,6 +800,7 @@ static void run_fp32(fp32_job *J)
                 make_tiling(&tl, nb, J->tt, K);
                 if (K > 0) J->kt->pack_x(J->X + t0 * K, K, nb, 0, K, xt, &tl, K);
                 fp32_block(J, &tl, xt, scr, t0, nb, 0, m->nchunks);
+                apply_ln(J->kt, J->ln, J->Y, m->n_out, t0, t0 + nb); /* rows still in L2 */
             }
         } else {
             int64_t c0, c1;
@@ -806,6 +814,7 @@ static void run_fp32(fp32_job *J)
                 fp32_block(J, &tl, J->xt, scr, t0, nb, c0, c1);
 #pragma omp barrier
             }
+            apply_ln(J->kt, J->ln, J->Y, m->n_out, T * tid / nthr, T * (tid + 1) / nthr);
         }
     }
 }
@@ -856,6 +865,60 @@ static int ranges_overlap(const Py_buffer *a, const Py_buffer *b)
     const char *a0 = (const char *)a->buf, *a1 = a0 + a->len;
     const char *b0 = (const char *)b->buf, *b1 = b0 + b->len;
     return a->len > 0 && b->len > 0 && a0 < b1 && b0 < a1;
+}
+
+/* Optional LayerNorm epilogue: ln_weight / ln_bias float32 (n_out,), ln_eps finite >= 0.
+ * Returns 0 with *have = 0 (no weight), 0 with buffers acquired (*have = 1 weight, 2 weight + bias;
+ * release with release_layer_norm), or -1 with an exception set. */
+static int get_layer_norm(PyObject *ow, PyObject *ob, double eps, int64_t n_out, Py_buffer *vw, Py_buffer *vb,
+                          int *have, sk_ln *ln)
+{
+    *have = 0;
+    if (ow == Py_None) {
+        if (ob != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "ln_bias needs ln_weight");
+            return -1;
+        }
+        return 0;
+    }
+    if (!(eps >= 0.0) || !isfinite(eps)) {
+        PyErr_Format(PyExc_ValueError, "ln_eps must be finite and >= 0, got %g", eps);
+        return -1;
+    }
+    if (get_buffer(ow, vw, "ln_weight", 'f', 1, 0) < 0) return -1;
+    if (vw->shape[0] != n_out) {
+        PyErr_Format(PyExc_ValueError, "ln_weight: expected length %lld, got %lld", (long long)n_out,
+                     (long long)vw->shape[0]);
+        PyBuffer_Release(vw);
+        return -1;
+    }
+    *have = 1;
+    if (ob != Py_None) {
+        if (get_buffer(ob, vb, "ln_bias", 'f', 1, 0) < 0) {
+            PyBuffer_Release(vw);
+            *have = 0;
+            return -1;
+        }
+        if (vb->shape[0] != n_out) {
+            PyErr_Format(PyExc_ValueError, "ln_bias: expected length %lld, got %lld", (long long)n_out,
+                         (long long)vb->shape[0]);
+            PyBuffer_Release(vw);
+            PyBuffer_Release(vb);
+            *have = 0;
+            return -1;
+        }
+        *have = 2;
+    }
+    ln->gamma = (const float *)vw->buf;
+    ln->beta = *have == 2 ? (const float *)vb->buf : NULL;
+    ln->eps = (float)eps;
+    return 0;
+}
+
+static void release_layer_norm(int have, Py_buffer *vw, Py_buffer *vb)
+{
+    if (have >= 1) PyBuffer_Release(vw);
+    if (have == 2) PyBuffer_Release(vb);
 }
 
 /* Optional residual buffer (float32, shape (T, n_out), C-contiguous, not overlapping out).
@@ -915,20 +978,23 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split",
-                             "activation", "residual", NULL};
+                             "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
     PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
-    PyObject *o_res = Py_None;
+    PyObject *o_res = Py_None, *o_lnw = Py_None, *o_lnb = Py_None;
     int threads = 1, tile = 0, tblock = 0, split = 0, act = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOOO:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                     &threads, &o_var, &tile, &tblock, &o_split, &o_act, &o_res))
+    double ln_eps = 1e-12;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOOOOOd:spmm", kwlist, &o_m, &o_x, &o_out, &o_bias,
+                                     &threads, &o_var, &tile, &tblock, &o_split, &o_act, &o_res, &o_lnw, &o_lnb,
+                                     &ln_eps))
         return NULL;
     SKMatrix *m;
     int variant;
     if (check_spmm_args(o_m, DT_FP32, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb, vr;
-    int have_bias = o_bias != Py_None, have_res = 0;
+    Py_buffer vx, vo, vb, vr, vlw, vlb;
+    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0;
+    sk_ln ln;
     if (get_buffer(o_x, &vx, "x", 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", 'f', 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -967,6 +1033,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         have_res = 0;
         goto done;
     }
+    if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
     if (T > 0 && m->n_out > 0) {
         const int64_t tt = tile ? tile : default_tile(variant, m->bh);
         int64_t tb = tblock;
@@ -988,6 +1055,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.Y = (float *)vo.buf;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
         J.R = have_res ? (const float *)vr.buf : NULL;
+        J.ln = have_ln ? &ln : NULL;
         J.nt = threads;
         J.tt = tt;
         J.tb = tb;
@@ -1015,6 +1083,7 @@ done:
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
     if (have_res) PyBuffer_Release(&vr);
+    release_layer_norm(have_ln, &vlw, &vlb);
     return ret;
 }
 
@@ -1101,7 +1170,7 @@ static PyMethodDef methods[] = {
      "Rows past n_out in the last block are ignored. Errors as pack_csr."},
     {"spmm", (PyCFunction)(void (*)(void))py_spmm, METH_VARARGS | METH_KEYWORDS,
      "spmm(mat, x, out, bias=None, threads=1, variant=None, tile=0, token_block=0, split='auto',\n"
-     "     activation=None, residual=None) -> None\n\n"
+     "     activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12) -> None\n\n"
      "out[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]), i.e. out = x @ W.T + bias.\n"
      "x: float32 C-contiguous (tokens, n_in); out: writable float32 C-contiguous (tokens, n_out),\n"
      "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads (>= 1).\n"
@@ -1111,6 +1180,8 @@ static PyMethodDef methods[] = {
      "output (erf approximated to 1.5e-7 absolute in the AVX-512 variants, libm erff elsewhere).\n"
      "residual: None, or float32 C-contiguous (tokens, n_out) not overlapping out, added after the\n"
      "activation in the same output pass: out = act(x @ W.T + bias) + residual (BERT's skip connection).\n"
+     "ln_weight / ln_bias / ln_eps: optional LayerNorm over each output row, applied last (float32 (n_out,)\n"
+     "gamma and beta, eps >= 0; biased variance as torch.nn.LayerNorm), while the rows are in cache.\n"
      "split: how threads share work: 'tokens' (each thread its own tokens, no barriers), 'rows'\n"
      "(output rows, for few tokens) or 'auto' (tokens when there are >= 64 per thread).\n"
      "The GIL is released during the computation."},

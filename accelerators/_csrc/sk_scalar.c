@@ -220,8 +220,23 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
     }
 }
 
+/* Portable LayerNorm: double accumulators, two passes (mean, then centred variance). */
+void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        float *y = Y + t * N;
+        double sum = 0.0, sq = 0.0;
+        for (int64_t i = 0; i < N; i++) sum += y[i];
+        const double mean = N > 0 ? sum / (double)N : 0.0;
+        for (int64_t i = 0; i < N; i++) sq += (y[i] - mean) * (y[i] - mean);
+        const float rstd = (float)(1.0 / sqrt((N > 0 ? sq / (double)N : 0.0) + (double)eps));
+        const float mf = (float)mean;
+        for (int64_t i = 0; i < N; i++) y[i] = (y[i] - mf) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+    }
+}
+
 const sk_kernels sk_kernels_scalar = {
     "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic,
+    sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
 };

@@ -13,6 +13,7 @@ void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64
                       float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                         float *Y, int64_t ldY, const float *bias, const float *R, int act);
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                          float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 
@@ -277,5 +278,6 @@ static void rows_amax(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
+    sk_avx512_layer_norm,
 };
 #endif

@@ -9,7 +9,8 @@ the same function with fewer passes:
     ctx  = softmax(q k^T / sqrt(d) + mask) v      our fused attention kernel (``_sparse_kernels.attention``)
                                                   for key-padding masks, torch SDPA otherwise
     h    = LayerNorm1(ctx W_o^T + b_o + x)        residual and LayerNorm inside the kernel call
-    y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)
+    y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)   GELU in the kernel; with INT8 kernels the
+                                                  intermediate leaves the first kernel already quantized
 
 It is built only for plain encoder layers (no cross-attention, no decoder cache, no feed-forward
 chunking, ``sdpa`` or ``eager`` attention, the padding mask additive or boolean as transformers
@@ -114,6 +115,11 @@ class FusedBertLayer(nn.Module):
         self.act = layer.intermediate.intermediate_act_fn
         self.ffn_out = layer.output.dense
         self.ln2 = layer.output.LayerNorm
+        # INT8 FFN with GELU in the kernel: the intermediate activation (4x hidden wide, the largest
+        # tensor of the layer) stays int8 between the two kernels (bit-identical outputs)
+        self.int8_ffn = (isinstance(self.ffn_in, SparseLinear) and isinstance(self.ffn_out, SparseLinear)
+                         and self.ffn_in.dtype_name == "int8" and self.ffn_out.dtype_name == "int8"
+                         and self.ffn_out.act_quant == "token" and isinstance(self.act, nn.Identity))
         self.returns_tuple = returns_tuple
         self.train(layer.training)
 
@@ -140,7 +146,7 @@ class FusedBertLayer(nn.Module):
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
             ctx = ctx.transpose(1, 2).reshape(B * S, H)
         h = _linear_add_norm(self.att_out, ctx, x, self.ln1)
-        i = self.act(self.ffn_in(h))
+        i = self.ffn_in.forward_quantized(h) if self.int8_ffn else self.act(self.ffn_in(h))
         y = _linear_add_norm(self.ffn_out, i, h, self.ln2).view(B, S, H)
         return (y,) if self.returns_tuple else y
 

@@ -16,14 +16,33 @@ Formats
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from accelerators import _sparse_kernels as _sk
 
-__all__ = ["SparseLinear", "dense_to_blocks", "parse_format"]
+__all__ = ["QuantizedActivation", "SparseLinear", "dense_to_blocks", "parse_format"]
+
+
+class QuantizedActivation(NamedTuple):
+    """An activation quantized per token: ``values`` int8 (..., features), ``scale`` float32 (tokens,)
+    with x[t] ~= scale[t] * values[t] (symmetric, [-127, 127]; scale 0 for an all-zero or
+    non-finite row). Produced by :meth:`SparseLinear.forward_quantized`, consumed by an int8
+    ``SparseLinear`` with per-token activations."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 tensor of the same shape."""
+        v = self.values.reshape(self.scale.shape[0], -1).to(torch.float32) * self.scale[:, None]
+        return v.view(self.values.shape)
 
 _FORMAT_RE = re.compile(r"^bsr(\d+)x(\d+)$")
 
@@ -247,27 +266,53 @@ class SparseLinear(nn.Module):
         self._mat = None
 
     # ---------------------------------------------------------------- compute
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+    def forward(self, x: "torch.Tensor | QuantizedActivation", residual: Optional[torch.Tensor] = None,
                 layer_norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        return self._run(x, residual, layer_norm, quantize_out=False)
+
+    def forward_quantized(self, x: "torch.Tensor | QuantizedActivation",
+                          residual: Optional[torch.Tensor] = None,
+                          layer_norm: Optional[nn.LayerNorm] = None) -> "QuantizedActivation":
+        """Like ``forward`` (int8 mode only), but the output leaves the kernel quantized per token
+        (:class:`QuantizedActivation`), bit-identical to what the next int8 SparseLinear (per-token
+        activations) would compute from the fp32 output, without the fp32 round trip through memory."""
+        if self.dtype_name != "int8":
+            raise ValueError("forward_quantized needs an int8 SparseLinear")
+        return self._run(x, residual, layer_norm, quantize_out=True)
+
+    def _run(self, x, residual, layer_norm, quantize_out: bool):
+        q_in = isinstance(x, QuantizedActivation)
+        if q_in and (self.dtype_name != "int8" or self.act_quant != "token"):
+            raise ValueError("a QuantizedActivation input needs an int8 SparseLinear with act_quant='token'")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(x.shape)}")
-        if not x.is_cpu:
+        if not q_in and not x.is_cpu:
             raise ValueError("SparseLinear runs on the CPU only")
         mat = self._mat
         if mat is None or self._buffers_key() != self._key:
             mat = self.packed()
         lead = x.shape[:-1]
-        x2 = x.detach().reshape(-1, self.in_features)
-        if x2.dtype != torch.float32:
-            x2 = x2.to(torch.float32)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
         kw = {}
+        if q_in:
+            x2 = x.values.reshape(-1, self.in_features)
+            kw["x_scale"] = x.scale.numpy()
+        else:
+            x2 = x.detach().reshape(-1, self.in_features)
+            if x2.dtype != torch.float32:
+                x2 = x2.to(torch.float32)
+            if not x2.is_contiguous():
+                x2 = x2.contiguous()
+        tokens = x2.shape[0]
+        if quantize_out:
+            out = torch.empty(tokens, self.out_features, dtype=torch.int8)
+            out_scale = torch.empty(tokens, dtype=torch.float32)
+            kw["out_scale"] = out_scale.numpy()
+        else:
+            out = torch.empty(tokens, self.out_features, dtype=torch.float32)
         if self.activation != "none":
             kw["activation"] = self.activation
         if residual is not None:
-            r2 = residual.detach().reshape(out.shape)
+            r2 = residual.detach().reshape(tokens, self.out_features)
             if r2.dtype != torch.float32 or not r2.is_contiguous():
                 r2 = r2.to(torch.float32).contiguous()
             kw["residual"] = r2.numpy()
@@ -281,8 +326,10 @@ class SparseLinear(nn.Module):
         else:
             _sk.spmm_int8(mat, x2.numpy(), out.numpy(), self._bias_np, self.threads, self.variant,
                           self.act_quant == "token", **kw)
+        if quantize_out:
+            return QuantizedActivation(out.view(*lead, self.out_features), out_scale)
         out = out.view(*lead, self.out_features)
-        if x.dtype != torch.float32 and x.is_floating_point():
+        if not q_in and x.dtype != torch.float32 and x.is_floating_point():
             out = out.to(x.dtype)
         return out
 

@@ -301,3 +301,66 @@ def test_layer_norm_epilogue_rejects_bad_arguments():
         sk.spmm_int8(SparseLinear.from_dense(lin, dtype="int8").packed(), x, out, ln_weight=g.astype(np.float64))
     with pytest.raises(ValueError, match="LayerNorm"):
         m(torch.zeros(3, 8), layer_norm=torch.nn.LayerNorm(5))
+
+
+# --------------------------------------------------------------------------- INT8 activations between kernels
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("tokens", [1, 9, 130, 600])  # row split and token split, several token blocks
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_output_feeds_next_layer_bit_identically(variant, tokens, threads):
+    torch.manual_seed(3)
+    l1, l2 = torch.nn.Linear(96, 200), torch.nn.Linear(200, 64)
+    with torch.no_grad():
+        for lin in (l1, l2):
+            lin.weight.mul_(torch.rand_like(lin.weight) > 0.7)
+    a = SparseLinear.from_dense(l1, "csr", dtype="int8", threads=threads, activation="gelu")
+    b = SparseLinear.from_dense(l2, "bsr4x4", dtype="int8", threads=threads)
+    a.variant = b.variant = variant
+    x, r = torch.randn(tokens, 96), torch.randn(tokens, 64)
+    ln = torch.nn.LayerNorm(64)
+    q = a.forward_quantized(x)
+    assert q.values.dtype == torch.int8 and q.scale.shape == (tokens,)
+    assert torch.equal(b(q, residual=r, layer_norm=ln), b(a(x), residual=r, layer_norm=ln))
+    y = a(x)
+    amax = y.abs().amax(1)
+    torch.testing.assert_close(q.scale, amax / 127, rtol=0, atol=0)
+    torch.testing.assert_close(q.dequantize(), y, rtol=0, atol=float(amax.max()) / 254 + 1e-6)
+
+
+def test_int8_chaining_edge_rows_and_errors():
+    lin = torch.nn.Linear(8, 4, bias=False)
+    a = SparseLinear.from_dense(lin, dtype="int8")
+    x = torch.randn(3, 8)
+    x[1] = 0.0  # an all-zero row: scale 0, values 0
+    q = a.forward_quantized(x)
+    assert q.scale[1] == 0 and not q.values[1].any()
+    mat = a.packed()
+    xq, sc = np.zeros((3, 8), np.int8), np.ones(3, np.float32)
+    out = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="x_scale: expected length 3"):
+        sk.spmm_int8(mat, xq, out, x_scale=np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="x: expected dtype int8"):
+        sk.spmm_int8(mat, xq.astype(np.float32), out, x_scale=sc)
+    with pytest.raises(TypeError, match="out: expected dtype int8"):
+        sk.spmm_int8(mat, xq, out, x_scale=sc, out_scale=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="out_scale: expected length 3"):
+        sk.spmm_int8(mat, xq, np.zeros((3, 4), np.int8), x_scale=sc, out_scale=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.ones(3, np.float32)
+        ro.flags.writeable = False
+        sk.spmm_int8(mat, xq, np.zeros((3, 4), np.int8), x_scale=sc, out_scale=ro)
+    with pytest.raises(ValueError, match="int8 SparseLinear"):
+        SparseLinear.from_dense(lin).forward_quantized(x)
+    with pytest.raises(ValueError, match="act_quant='token'"):
+        SparseLinear.from_dense(torch.nn.Linear(4, 2), dtype="int8", act_quant="tensor")(q)
+
+
+def test_fused_int8_layer_keeps_the_ffn_intermediate_int8():
+    model = tiny_bert(0.9)
+    ex = padded_example()
+    acc = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
+    new = acc.prepare(model, ex, threads=2)
+    assert all(layer.int8_ffn for layer in new.bert.encoder.layer)
+    plain = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", fuse_layers=False)
+    torch.testing.assert_close(logits(new, ex), logits(plain.prepare(model, ex, threads=2), ex), rtol=1e-2,
+                               atol=1e-3)

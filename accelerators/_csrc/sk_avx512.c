@@ -363,6 +363,7 @@ const sk_kernels sk_kernels_avx512 = {
     /* int8 on non-VNNI variants: portable C */
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, attn_head, layer_norm,
+    sk_quant_rows_generic,
 };
 
 /* exported for the vnni table */

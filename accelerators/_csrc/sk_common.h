@@ -92,6 +92,10 @@ typedef struct sk_kernels {
     /* In-place LayerNorm of ntok rows of N floats (row stride N):
      * y = (y - mean) / sqrt(var + eps) * gamma + beta, biased variance; beta may be NULL. */
     void (*layer_norm)(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
+    /* Per-row symmetric INT8 quantization of ntok rows of N floats (row stride N), the same rule
+     * as the activations of spmm_int8: amax = max |x| (NaN counts as +inf); a finite, non-zero amax
+     * gives scale = amax / 127 and q = clamp(rint(x * 127 / amax), -127, 127); otherwise scale 0, q 0. */
+    void (*quant_rows)(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale);
 } sk_kernels;
 
 /* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */
@@ -135,6 +139,7 @@ float sk_gelu1(float x);
 void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, int32_t *Y,
                            int64_t ldY, const int32_t *comp);
 void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
+void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale);
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);

@@ -102,11 +102,14 @@ fail:
 typedef struct {
     const SKMatrix *m;
     const sk_kernels *kt;
-    const float *X;       /* fp32 input, or NULL for raw */
-    const int8_t *Xq;     /* raw int8 input */
+    const float *X;       /* fp32 input, or NULL for int8 input */
+    const int8_t *Xq;     /* int8 input: raw (int32 out), or pre-quantized with scales sx (fp32 / int8 out) */
     int64_t T;
     float *Y;             /* fp32 output */
     int32_t *Yi;          /* raw int32 output */
+    int8_t *Yq;           /* int8 output (quantized per token into Yq / Ysc), via fp32 staging */
+    float *Ysc;           /* T per-token scales of Yq */
+    float *stage;         /* fp32 staging rows: tb * N per thread (token split) or T * N (row split) */
     const float *bias;
     const float *R;       /* residual added in the output pass, or NULL */
     const sk_ln *ln;      /* LayerNorm epilogue, or NULL */
@@ -121,8 +124,9 @@ typedef struct {
     float *amax, *sx, *inv; /* T each */
 } int8_job;
 
-static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq, int32_t *scr, int64_t t0,
-                       int64_t nb, int64_t c0, int64_t c1)
+/* Yt: fp32 destination row of token t0 (NULL: raw int32 output) */
+static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq, int32_t *scr, float *Yt,
+                       int64_t t0, int64_t nb, int64_t c0, int64_t c1)
 {
     const SKMatrix *m = J->m;
     const int64_t N = m->n_out, nq = (m->n_in + 3) / 4;
@@ -139,8 +143,8 @@ static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
         if (nrows > N - r0) nrows = N - r0;
         if (nrows <= 0) continue;
-        if (J->X)
-            J->kt->unpack_int8(scr, J->lds, nrows, nb, J->Y + t0 * N + r0, N, J->bias ? J->bias + r0 : NULL,
+        if (Yt)
+            J->kt->unpack_int8(scr, J->lds, nrows, nb, Yt + r0, N, J->bias ? J->bias + r0 : NULL,
                                J->R ? J->R + t0 * N + r0 : NULL, m->wscale + r0, m->wsum + r0, J->sx + t0, J->act);
         else
             J->kt->unpack_i32(scr, J->lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
@@ -168,7 +172,7 @@ static void run_int8(int8_job *J)
             ta = T * tid / nthr;
             tb_ = T * (tid + 1) / nthr;
         }
-        if (J->X) {
+        if (J->X) { /* fp32 input (else: int8 input, scales given or raw) */
             /* per-token ranges of the activations (scales), then inverse scales */
             if (tb_ > ta) J->kt->rows_amax(J->X, K, K, ta, tb_, J->amax);
             if (!J->per_token) {
@@ -197,8 +201,15 @@ static void run_int8(int8_job *J)
                     if (J->X) J->kt->pack_xq(J->X + t0 * K, K, nb, K, 0, nq, J->inv + t0, xq, &tl, nq);
                     else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, 0, nq, xq, &tl, nq);
                 }
-                int8_block(J, &tl, xq, scr, t0, nb, 0, m->nchunks);
-                apply_ln(J->kt, J->ln, J->Y, m->n_out, t0, t0 + nb);
+                if (J->Yq) { /* finish the block's fp32 rows while in L2, then quantize them */
+                    float *st = J->stage + (int64_t)tid * J->tb * m->n_out;
+                    int8_block(J, &tl, xq, scr, st, t0, nb, 0, m->nchunks);
+                    apply_ln(J->kt, J->ln, st, m->n_out, 0, nb);
+                    J->kt->quant_rows(st, nb, m->n_out, J->Yq + t0 * m->n_out, J->Ysc + t0);
+                } else {
+                    int8_block(J, &tl, xq, scr, J->Y ? J->Y + t0 * m->n_out : NULL, t0, nb, 0, m->nchunks);
+                    apply_ln(J->kt, J->ln, J->Y, m->n_out, t0, t0 + nb);
+                }
             }
         } else {
             int64_t c0, c1;
@@ -212,10 +223,14 @@ static void run_int8(int8_job *J)
                     else J->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, J->xq, &tl, nq);
                 }
 #pragma omp barrier
-                int8_block(J, &tl, J->xq, scr, t0, nb, c0, c1);
+                float *dst = J->Yq ? J->stage : J->Y;
+                int8_block(J, &tl, J->xq, scr, dst ? dst + t0 * m->n_out : NULL, t0, nb, c0, c1);
 #pragma omp barrier
             }
-            apply_ln(J->kt, J->ln, J->Y, m->n_out, T * tid / nthr, T * (tid + 1) / nthr);
+            const int64_t u0 = T * tid / nthr, u1 = T * (tid + 1) / nthr;
+            apply_ln(J->kt, J->ln, J->Yq ? J->stage : J->Y, m->n_out, u0, u1);
+            if (J->Yq && u1 > u0)
+                J->kt->quant_rows(J->stage + u0 * m->n_out, u1 - u0, m->n_out, J->Yq + u0 * m->n_out, J->Ysc + u0);
         }
     }
 }
@@ -229,10 +244,11 @@ static int default_tile_int8(int variant, int bh)
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
-                             "split", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
+                             "split", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", "x_scale",
+                             "out_scale", NULL};
     static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
     PyObject *o_m, *o_x, *o_out, *o_bias = Py_None, *o_var = Py_None, *o_split = Py_None, *o_act = Py_None;
-    PyObject *o_res = Py_None, *o_lnw = Py_None, *o_lnb = Py_None;
+    PyObject *o_res = Py_None, *o_lnw = Py_None, *o_lnb = Py_None, *o_xs = Py_None, *o_os = Py_None;
     int threads = 1, tile = 0, tblock = 0, per_token = 1, split = 0, act = 0;
     double ln_eps = 1e-12;
     if (raw) {
@@ -240,9 +256,9 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
                                          &threads, &o_var, &tile, &tblock, &o_split))
             return NULL;
     } else {
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOd:spmm_int8", kwlist, &o_m, &o_x, &o_out, &o_bias,
-                                         &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act, &o_res,
-                                         &o_lnw, &o_lnb, &ln_eps))
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOO:spmm_int8", kwlist, &o_m, &o_x, &o_out,
+                                         &o_bias, &threads, &o_var, &per_token, &tile, &tblock, &o_split, &o_act,
+                                         &o_res, &o_lnw, &o_lnb, &ln_eps, &o_xs, &o_os))
             return NULL;
     }
     SKMatrix *m;
@@ -250,11 +266,12 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
     if (check_spmm_args(o_m, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb, vr, vlw, vlb;
-    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0;
+    Py_buffer vx, vo, vb, vr, vlw, vlb, vxs, vos;
+    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0, have_xs = 0, have_os = 0;
+    const int in_q = o_xs != Py_None, out_q = o_os != Py_None; /* int8 input with scales / int8 output */
     sk_ln ln;
-    if (get_buffer(o_x, &vx, "x", raw ? 'b' : 'f', 2, 0) < 0) return NULL;
-    if (get_buffer(o_out, &vo, "out", raw ? 'i' : 'f', 2, 1) < 0) {
+    if (get_buffer(o_x, &vx, "x", (raw || in_q) ? 'b' : 'f', 2, 0) < 0) return NULL;
+    if (get_buffer(o_out, &vo, "out", raw ? 'i' : (out_q ? 'b' : 'f'), 2, 1) < 0) {
         PyBuffer_Release(&vx);
         return NULL;
     }
@@ -265,7 +282,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
     }
     PyObject *ret = NULL;
     int8_job J;
-    size_t xq_n = 0, scr_n = 0, sc_n = 0;
+    size_t xq_n = 0, scr_n = 0, sc_n = 0, st_n = 0;
     float *scales = NULL;
     memset(&J, 0, sizeof(J));
     const int64_t T = vx.shape[0];
@@ -293,6 +310,28 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         goto done;
     }
     if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
+    if (in_q) {
+        if (get_buffer(o_xs, &vxs, "x_scale", 'f', 1, 0) < 0) goto done;
+        have_xs = 1;
+        if (vxs.shape[0] != T) {
+            PyErr_Format(PyExc_ValueError, "x_scale: expected length %lld (tokens), got %lld", (long long)T,
+                         (long long)vxs.shape[0]);
+            goto done;
+        }
+    }
+    if (out_q) {
+        if (get_buffer(o_os, &vos, "out_scale", 'f', 1, 1) < 0) goto done;
+        have_os = 1;
+        if (vos.shape[0] != T) {
+            PyErr_Format(PyExc_ValueError, "out_scale: expected length %lld (tokens), got %lld", (long long)T,
+                         (long long)vos.shape[0]);
+            goto done;
+        }
+        if (ranges_overlap(&vos, &vo) || ranges_overlap(&vos, &vx) || (have_xs && ranges_overlap(&vos, &vxs))) {
+            PyErr_SetString(PyExc_ValueError, "out_scale must not overlap out, x or x_scale");
+            goto done;
+        }
+    }
     if (T > 0 && m->n_out > 0) {
         const int64_t nq = (m->n_in + 3) / 4;
         const int64_t tt = tile ? tile : default_tile_int8(variant, m->bh);
@@ -306,11 +345,13 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         if (tb > round_up(T, SK_TOK_GROUP)) tb = round_up(T, SK_TOK_GROUP);
         J.m = m;
         J.kt = variant_tables[variant];
-        J.X = raw ? NULL : (const float *)vx.buf;
-        J.Xq = raw ? (const int8_t *)vx.buf : NULL;
+        J.X = (raw || in_q) ? NULL : (const float *)vx.buf;
+        J.Xq = (raw || in_q) ? (const int8_t *)vx.buf : NULL;
         J.T = T;
-        J.Y = raw ? NULL : (float *)vo.buf;
+        J.Y = (raw || out_q) ? NULL : (float *)vo.buf;
         J.Yi = raw ? (int32_t *)vo.buf : NULL;
+        J.Yq = out_q ? (int8_t *)vo.buf : NULL;
+        J.Ysc = out_q ? (float *)vos.buf : NULL;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
         J.R = have_res ? (const float *)vr.buf : NULL;
         J.ln = have_ln ? &ln : NULL;
@@ -327,12 +368,15 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.scratch = (int32_t *)ws_take(sizeof(int32_t) * (size_t)(threads * J.group * SK_ROWS_PER_CHUNK * J.lds),
                                        &scr_n);
         scales = (float *)ws_take(sizeof(float) * (size_t)(3 * round_up(T, 16)), &sc_n);
-        if (!J.xq || !J.scratch || !scales) {
+        if (out_q)
+            J.stage = (float *)ws_take(sizeof(float) * (size_t)((J.token_split ? threads * tb : T) * m->n_out),
+                                       &st_n);
+        if (!J.xq || !J.scratch || !scales || (out_q && !J.stage)) {
             PyErr_NoMemory();
             goto done;
         }
         J.amax = scales;
-        J.sx = scales + round_up(T, 16);
+        J.sx = in_q ? (float *)vxs.buf : scales + round_up(T, 16); /* read-only when given */
         J.inv = scales + 2 * round_up(T, 16);
         Py_BEGIN_ALLOW_THREADS
         run_int8(&J);
@@ -344,6 +388,9 @@ done:
     ws_give(J.xq, xq_n);
     ws_give(J.scratch, scr_n);
     ws_give(scales, sc_n);
+    ws_give(J.stage, st_n);
+    if (have_xs) PyBuffer_Release(&vxs);
+    if (have_os) PyBuffer_Release(&vos);
     PyBuffer_Release(&vx);
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
@@ -374,12 +421,18 @@ static PyObject *py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
      "n_in <= 65536. Raises TypeError / ValueError like pack_csr."},                                   \
     {"spmm_int8", (PyCFunction)(void (*)(void))py_spmm_int8, METH_VARARGS | METH_KEYWORDS,             \
      "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n" \
-     "          split='auto', activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12)\n\n" \
+     "          split='auto', activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12,\n" \
+     "          x_scale=None, out_scale=None)\n\n"                                                    \
      "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n" \
      "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n" \
      "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"     \
      "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n" \
-     "activation, residual and the LayerNorm epilogue as in spmm. GIL released; errors as spmm."},                                                                  \
+     "activation, residual and the LayerNorm epilogue as in spmm.\n"                                    \
+     "x_scale: float32 (tokens,) -> x is int8 (tokens, n_in), already quantized (x ~= x_scale[t] * x_q),\n" \
+     "per_token ignored. out_scale: writable float32 (tokens,) -> out is int8 (tokens, n_out): the fp32\n" \
+     "result (after the epilogues) quantized per token by the same rule, scale in out_scale, so one\n"  \
+     "layer's INT8 output feeds the next layer without an fp32 round trip through memory.\n"          \
+     "GIL released; errors as spmm."},                                                                  \
     {"spmm_int8_raw", (PyCFunction)(void (*)(void))py_spmm_int8_raw, METH_VARARGS | METH_KEYWORDS,     \
      "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n" \
      "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n" \

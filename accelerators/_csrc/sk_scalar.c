@@ -220,6 +220,18 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
     }
 }
 
+void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        float a;
+        sk_rows_amax_generic(X + t * N, N, N, 0, 1, &a);
+        const int ok = a > 0.0f && a <= 3.0e38f;
+        const float inv = ok ? 127.0f / a : 0.0f;
+        scale[t] = ok ? a / 127.0f : 0.0f;
+        for (int64_t i = 0; i < N; i++) Q[t * N + i] = ok ? (int8_t)sk_quant1(X[t * N + i], inv) : 0;
+    }
+}
+
 /* Portable LayerNorm: double accumulators, two passes (mean, then centred variance). */
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
 {
@@ -239,4 +251,5 @@ const sk_kernels sk_kernels_scalar = {
     "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
+    sk_quant_rows_generic,
 };

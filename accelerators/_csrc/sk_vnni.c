@@ -4,6 +4,7 @@
 #ifdef SK_HAVE_X86
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")
 #include <immintrin.h>
+#include <string.h>
 #include "sk_tr16.h"
 
 void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
@@ -275,9 +276,32 @@ static void rows_amax(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_
     }
 }
 
+static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale)
+{
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t t = 0; t < ntok; t++) {
+        const float *x = X + t * N;
+        float a;
+        rows_amax(x, N, N, 0, 1, &a);
+        const int ok = a > 0.0f && a <= 3.0e38f;
+        const __m512 inv = _mm512_set1_ps(ok ? 127.0f / a : 0.0f);
+        scale[t] = ok ? a / 127.0f : 0.0f;
+        if (!ok) {
+            memset(Q + t * N, 0, (size_t)N);
+            continue;
+        }
+        for (int64_t i = 0; i < N; i += 16) {
+            const __mmask16 m = (__mmask16)((1u << (N - i < 16 ? N - i : 16)) - 1u);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi); /* NaN -> -127, as sk_quant1 */
+            _mm_mask_storeu_epi8(Q + t * N + i, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+        }
+    }
+}
+
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
-    sk_avx512_layer_norm,
+    sk_avx512_layer_norm, quant_rows,
 };
 #endif

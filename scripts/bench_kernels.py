@@ -384,7 +384,7 @@ def run_attention(args) -> list[dict]:
             kb = torch.zeros(b, seq)
             q, k, v = qkv.view(b, seq, 3, heads, dh).permute(2, 0, 3, 1, 4)
             mask = torch.ones(b, 1, seq, seq, dtype=torch.bool)
-            fns = {"ours": lambda: sk.attention(qkv.numpy(), out.numpy(), heads, None, kb.numpy(), th),
+            fns = {"ours": lambda: sk.attention(qkv.numpy(), out.numpy(), heads, dh ** -0.5, kb.numpy(), th),
                    "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
             res = timeit(fns, args.reps, args.min_time)
             (m_ours, *_rest), (m_sdpa, *_r2) = stats(res["ours"]), stats(res["sdpa"])

@@ -193,25 +193,11 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
     }
 }
 
-/* exp(x) for x <= 0 (softmax after the max is subtracted): 2^n * P(f), f = x - n ln2 in
- * [-ln2/2, ln2/2], P the degree-6 Taylor polynomial (relative error < 2e-7); x below -87.3
+/* exp(x) for x <= 0 (softmax after the max is subtracted), sk_tr16.h's polynomial; x below -87
  * (including -inf for masked keys) and NaN give exactly 0. */
 static inline __attribute__((always_inline)) __m512 exp16_nonpos(__m512 x)
 {
-    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-    const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(live, p, n);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), sk_exp_nonpos16(x));
 }
 
 /* Attention for one head, SK_ATTN_ROWS query rows at a time: K is transposed once into

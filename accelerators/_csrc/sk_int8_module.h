@@ -241,6 +241,19 @@ static int default_tile_int8(int variant, int bh)
     return 16;
 }
 
+/* float32 (T,) per-token scales: 1 when acquired (release it), -1 with an exception set */
+static int get_token_scales(PyObject *o, Py_buffer *v, const char *name, int64_t T, int writable)
+{
+    if (get_buffer(o, v, name, 'f', 1, writable) < 0) return -1;
+    if (v->shape[0] != T) {
+        PyErr_Format(PyExc_ValueError, "%s: expected length %lld (tokens), got %lld", name, (long long)T,
+                     (long long)v->shape[0]);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 1;
+}
+
 static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
@@ -310,21 +323,13 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         goto done;
     }
     if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
-    if (in_q) {
-        if (get_buffer(o_xs, &vxs, "x_scale", 'f', 1, 0) < 0) goto done;
-        have_xs = 1;
-        if (vxs.shape[0] != T) {
-            PyErr_Format(PyExc_ValueError, "x_scale: expected length %lld (tokens), got %lld", (long long)T,
-                         (long long)vxs.shape[0]);
-            goto done;
-        }
+    if (in_q && (have_xs = get_token_scales(o_xs, &vxs, "x_scale", T, 0)) < 0) {
+        have_xs = 0;
+        goto done;
     }
     if (out_q) {
-        if (get_buffer(o_os, &vos, "out_scale", 'f', 1, 1) < 0) goto done;
-        have_os = 1;
-        if (vos.shape[0] != T) {
-            PyErr_Format(PyExc_ValueError, "out_scale: expected length %lld (tokens), got %lld", (long long)T,
-                         (long long)vos.shape[0]);
+        if ((have_os = get_token_scales(o_os, &vos, "out_scale", T, 1)) < 0) {
+            have_os = 0;
             goto done;
         }
         if (ranges_overlap(&vos, &vo) || ranges_overlap(&vos, &vx) || (have_xs && ranges_overlap(&vos, &vxs))) {

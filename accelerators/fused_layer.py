@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from accelerators import _sparse_kernels as _sk
+from accelerators.sparse_linear import SparseLinear
 
-__all__ = ["FusedBertLayer", "fuse_encoder_layers"]
+__all__ = ["FusedBertLayer", "fuse_encoder_layers", "key_padding_bias"]
 
 _LAYER_RE = re.compile(r"(?:^|\.)encoder\.layer\.\d+$")
 
@@ -75,8 +76,6 @@ def _cached_key_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Opti
 
 def _linear_add_norm(mod: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """norm(mod(x) + residual): inside the kernel call for a SparseLinear, torch ops otherwise."""
-    from accelerators.sparse_linear import SparseLinear
-
     if isinstance(mod, SparseLinear) and isinstance(norm, nn.LayerNorm) and norm.weight is not None \
             and tuple(norm.normalized_shape) == (mod.out_features,):
         return mod(x, residual=residual, layer_norm=norm)
@@ -96,8 +95,6 @@ class FusedBertLayer(nn.Module):
         super().__init__()
         #: OpenMP threads of the attention kernel
         self.threads = int(threads)
-        from accelerators.sparse_linear import SparseLinear
-
         att = layer.attention.self
         self.num_heads = int(att.num_attention_heads)
         self.head_dim = int(att.attention_head_size)

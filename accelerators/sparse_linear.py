@@ -109,10 +109,12 @@ class SparseLinear(nn.Module):
     (..., in_features) inputs (e.g. (batch, seq, in)), flattens the leading dims into tokens, and
     returns (..., out_features) float32 (cast back to the input's floating dtype if it was not
     float32); ``residual`` (any shape with tokens x out_features elements) is added in the kernel's
-    output pass (BERT's skip connection), and ``layer_norm`` (an affine ``nn.LayerNorm(out_features)``)
-    is applied to each output row inside the same call, while the rows are still in cache. ``threads`` (attribute,
-    settable) is the OpenMP thread count used per call; ``variant`` (None = module default)
-    forces a kernel ISA variant.
+    output pass (BERT's skip connection), and ``layer_norm`` (an affine
+    ``nn.LayerNorm(out_features)``) is applied to each output row inside the same call, while the
+    rows are still in cache. In int8 mode ``x`` may also be a :class:`QuantizedActivation` (from
+    :meth:`forward_quantized` of the previous layer). ``threads`` (attribute, settable) is the
+    OpenMP thread count used per call; ``variant`` (None = module default) forces a kernel ISA
+    variant.
 
     Buffers (fp32): ``indptr`` int64 [n_block_rows + 1], ``indices`` int32 [nblocks],
     ``values`` float32 [nblocks, bh]; ``bias`` float32 [out] or absent.

@@ -279,10 +279,10 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
     if (check_spmm_args(o_m, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb, vr, vlw, vlb, vxs, vos;
-    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0, have_xs = 0, have_os = 0;
+    Py_buffer vx, vo, vb, vxs, vos;
+    int have_bias = o_bias != Py_None, have_xs = 0, have_os = 0;
+    sk_epilogue ep = {.have_res = 0, .have_ln = 0};
     const int in_q = o_xs != Py_None, out_q = o_os != Py_None; /* int8 input with scales / int8 output */
-    sk_ln ln;
     if (get_buffer(o_x, &vx, "x", (raw || in_q) ? 'b' : 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", raw ? 'i' : (out_q ? 'b' : 'f'), 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -318,11 +318,7 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         PyErr_SetString(PyExc_ValueError, "out must not overlap x or bias");
         goto done;
     }
-    if ((have_res = get_residual(o_res, &vr, T, m->n_out, &vo)) < 0) {
-        have_res = 0;
-        goto done;
-    }
-    if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
+    if (epilogue_acquire(&ep, o_res, o_lnw, o_lnb, ln_eps, T, m->n_out, &vo) < 0) goto done;
     if (in_q && (have_xs = get_token_scales(o_xs, &vxs, "x_scale", T, 0)) < 0) {
         have_xs = 0;
         goto done;
@@ -358,8 +354,8 @@ static PyObject *spmm_int8_common(PyObject *args, PyObject *kw, int raw)
         J.Yq = out_q ? (int8_t *)vo.buf : NULL;
         J.Ysc = out_q ? (float *)vos.buf : NULL;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
-        J.R = have_res ? (const float *)vr.buf : NULL;
-        J.ln = have_ln ? &ln : NULL;
+        J.R = ep.have_res ? (const float *)ep.vr.buf : NULL;
+        J.ln = ep.have_ln ? &ep.ln : NULL;
         J.per_token = per_token;
         J.nt = threads;
         J.tt = tt;
@@ -399,8 +395,7 @@ done:
     PyBuffer_Release(&vx);
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
-    if (have_res) PyBuffer_Release(&vr);
-    release_layer_norm(have_ln, &vlw, &vlb);
+    epilogue_release(&ep);
     return ret;
 }
 

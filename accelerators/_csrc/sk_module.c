@@ -941,6 +941,36 @@ static int get_residual(PyObject *o, Py_buffer *v, int64_t T, int64_t n_out, con
     return 1;
 }
 
+/* Output-pass epilogue buffers shared by spmm and spmm_int8: residual and LayerNorm. */
+typedef struct {
+    Py_buffer vr, vlw, vlb;
+    int have_res, have_ln; /* have_ln: 0 none, 1 weight, 2 weight + bias */
+    sk_ln ln;
+} sk_epilogue;
+
+/* Acquire (and validate) the epilogue arguments; -1 with an exception set (nothing held). */
+static int epilogue_acquire(sk_epilogue *e, PyObject *o_res, PyObject *o_lnw, PyObject *o_lnb, double ln_eps,
+                            int64_t T, int64_t n_out, const Py_buffer *vo)
+{
+    e->have_res = e->have_ln = 0;
+    const int r = get_residual(o_res, &e->vr, T, n_out, vo);
+    if (r < 0) return -1;
+    e->have_res = r;
+    if (get_layer_norm(o_lnw, o_lnb, ln_eps, n_out, &e->vlw, &e->vlb, &e->have_ln, &e->ln) < 0) {
+        if (e->have_res) PyBuffer_Release(&e->vr);
+        e->have_res = 0;
+        return -1;
+    }
+    return 0;
+}
+
+static void epilogue_release(sk_epilogue *e)
+{
+    if (e->have_res) PyBuffer_Release(&e->vr);
+    release_layer_norm(e->have_ln, &e->vlw, &e->vlb);
+    e->have_res = e->have_ln = 0;
+}
+
 /* Checks shared by spmm and spmm_int8: matrix type and dtype, threads, variant, tile, token block,
  * split and activation. Returns -1 with a Python exception set on any bad argument. */
 static int check_spmm_args(PyObject *o_m, int want_dtype, const char *dtype_msg, int threads, PyObject *o_var,
@@ -992,9 +1022,9 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
     if (check_spmm_args(o_m, DT_FP32, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8", threads, o_var,
                         tile, tblock, o_split, o_act, &m, &variant, &split, &act) < 0)
         return NULL;
-    Py_buffer vx, vo, vb, vr, vlw, vlb;
-    int have_bias = o_bias != Py_None, have_res = 0, have_ln = 0;
-    sk_ln ln;
+    Py_buffer vx, vo, vb;
+    int have_bias = o_bias != Py_None;
+    sk_epilogue ep = {.have_res = 0, .have_ln = 0};
     if (get_buffer(o_x, &vx, "x", 'f', 2, 0) < 0) return NULL;
     if (get_buffer(o_out, &vo, "out", 'f', 2, 1) < 0) {
         PyBuffer_Release(&vx);
@@ -1029,11 +1059,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "out must not overlap x or bias");
         goto done;
     }
-    if ((have_res = get_residual(o_res, &vr, T, m->n_out, &vo)) < 0) {
-        have_res = 0;
-        goto done;
-    }
-    if (get_layer_norm(o_lnw, o_lnb, ln_eps, m->n_out, &vlw, &vlb, &have_ln, &ln) < 0) goto done;
+    if (epilogue_acquire(&ep, o_res, o_lnw, o_lnb, ln_eps, T, m->n_out, &vo) < 0) goto done;
     if (T > 0 && m->n_out > 0) {
         const int64_t tt = tile ? tile : default_tile(variant, m->bh);
         int64_t tb = tblock;
@@ -1054,8 +1080,8 @@ static PyObject *py_spmm(PyObject *self, PyObject *args, PyObject *kw)
         J.T = T;
         J.Y = (float *)vo.buf;
         J.bias = have_bias ? (const float *)vb.buf : NULL;
-        J.R = have_res ? (const float *)vr.buf : NULL;
-        J.ln = have_ln ? &ln : NULL;
+        J.R = ep.have_res ? (const float *)ep.vr.buf : NULL;
+        J.ln = ep.have_ln ? &ep.ln : NULL;
         J.nt = threads;
         J.tt = tt;
         J.tb = tb;
@@ -1082,8 +1108,7 @@ done:
     PyBuffer_Release(&vx);
     PyBuffer_Release(&vo);
     if (have_bias) PyBuffer_Release(&vb);
-    if (have_res) PyBuffer_Release(&vr);
-    release_layer_norm(have_ln, &vlw, &vlb);
+    epilogue_release(&ep);
     return ret;
 }
 

@@ -142,6 +142,8 @@ class SparseLinear(nn.Module):
         self.dtype_name = dtype
         self.threads = int(threads)
         self.variant: Optional[str] = None
+        #: fp32 column-panel width handed to the kernel pack (-1: chosen there from the density)
+        self.panel: int = -1
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
         self.act_quant = act_quant
@@ -223,6 +225,14 @@ class SparseLinear(nn.Module):
                   torch.cat([m.values for m in mods]), bias, a.format, a.dtype_name, a.threads, w_scale=w_scale,
                   act_quant=a.act_quant, activation=a.activation)
         out.variant = a.variant
+        if a.dtype_name == "fp32":
+            # the column-panel width sets the order of each row's sum: one width for all, so
+            # the stacked outputs stay bit-identical to the separate calls
+            widths = {m.packed().panel for m in mods}
+            if len(widths) > 1:
+                for m in mods:
+                    m.panel, m._mat = 0, None
+            out.panel = widths.pop() if len(widths) == 1 else 0
         return out
 
     # ---------------------------------------------------------------- kernel handle
@@ -245,10 +255,11 @@ class SparseLinear(nn.Module):
             if self.dtype_name == "fp32":
                 vals = _np(self.values.contiguous())
                 if self.block_rows == 1:
-                    self._mat = _sk.pack_csr(_np(self.indptr), _np(self.indices), vals.reshape(-1), shape)
+                    self._mat = _sk.pack_csr(_np(self.indptr), _np(self.indices), vals.reshape(-1), shape,
+                                             panel=self.panel)
                 else:
                     self._mat = _sk.pack_bsr(_np(self.indptr), _np(self.indices), vals, shape,
-                                             block=self.block_rows)
+                                             block=self.block_rows, panel=self.panel)
             else:
                 self._mat = _sk.pack_int8(_np(self.indptr), _np(self.indices), _np(self.values.contiguous()),
                                           _np(self.w_scale), shape, block=self.block_rows)

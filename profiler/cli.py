@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
-    r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, fp32 + INT8, batch 1 and 8, seq 128, 2 threads)")
+    r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
     r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")

@@ -237,7 +237,10 @@ class Runner:
         pruner = PRUNERS.build(spec.name, spec.params, spec.key)
         if spec.name == "none":
             return dense, pruner.prune(dense, task)
-        key = stable_hash({"task": task.fingerprint(), "pruner": spec.canonical()})
+        what = {"task": task.fingerprint(), "pruner": spec.canonical()}
+        if pruner.cache_version:
+            what["pruner_version"] = pruner.cache_version
+        key = stable_hash(what)
         path = self.cache_dir / "pruned" / f"{task.name}-{spec.name}-{key}"
         cached = load_cached(
             path, lambda p: (task.load_saved(p), PruneReport.from_dict(json.loads((p / "prune_report.json").read_text()))),

@@ -130,6 +130,9 @@ class Pruner:
 
     name: ClassVar[str] = ""
     needs_training: ClassVar[bool] = False
+    #: bumped when a change to the algorithm makes models cached on disk stale (part of the cache
+    #: key when non-zero, so caches of unchanged pruners stay valid)
+    cache_version: ClassVar[int] = 0
     #: optional ``progress(step, total, loss, sparsity)`` callback, set by the runner before
     #: :meth:`prune` for training pruners (a progress bar with the current sparsity and loss).
     progress: Callable[..., None] | None = None

@@ -124,6 +124,9 @@ class TrainingPruner(Pruner):
         return self.sparsity
 
     # ---- hooks for subclasses ----------------------------------------------------------------------
+    def init_student(self, model: nn.Module, task: Any) -> None:
+        """Weights the pruned student starts from (in place); default: the dense model handed to :meth:`prune`."""
+
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
         return MagnitudeScore(layers)
 
@@ -140,6 +143,7 @@ class TrainingPruner(Pruner):
         for n, lin in layers.items():
             self.structure.check_shape(n, lin.weight.shape)
         distiller = Distiller(model, self.temperature, self.alpha) if self.distill else None
+        self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -155,7 +159,7 @@ class TrainingPruner(Pruner):
         for step in range(total):
             if self.schedule.is_update(step):
                 s = self.schedule.sparsity_at(step)
-                masks.update(self.select(score, s), opt, sparsity=s)
+                score.update_masks(masks, self.select(score, s), opt, s)
             inputs, labels = next(batches)
             logits = logits_of(model(**inputs))
             loss = task.loss(logits, labels)
@@ -173,7 +177,7 @@ class TrainingPruner(Pruner):
                 log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, total,
                          sum(recent) / len(recent), len(recent), masks.sparsity, time.perf_counter() - t_wall)
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
-            masks.update(self.select(score, self.sparsity), opt, sparsity=self.sparsity)
+            score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
         masks.squash()
         del opt, distiller
         model.eval()

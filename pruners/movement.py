@@ -4,19 +4,27 @@ Scores accumulate ``S ← S − W ⊙ ∂L/∂W`` after every backward pass (see
 the equations and the hard/soft variants). Pruning starts after ``start_frac`` of the steps so the
 scores have seen gradients (the paper's initial warm-up); distillation is on by default, as in
 the paper (T = 2, α = 0.9).
+
+Where training starts (``init``): the paper prunes *while fine-tuning the pretrained model*
+(the teacher is the fine-tuned dense model), and that is our default, ``init = "pretrained"``:
+movement scores measure how far weights travel away from zero, and a converged fine-tuned model
+barely moves, so its scores are mostly noise. Measured on SST-2 / MiniLM (600 steps, 90 %):
+starting from the fine-tuned model (``init = "finetuned"``) the first masks removed large weights
+on noise and the model collapsed to one class (accuracy 0.509).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from pruners.base import ALL_ROLES
-from pruners.gmp import TrainingPruner
-from pruners.scores import MovementScore, Score
+from pruners.gmp import TrainingPruner, _num
+from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score
 
 VARIANTS = ("hard", "soft")
+INITS = ("pretrained", "finetuned")
 
 
 class MovementPruner(TrainingPruner):
@@ -27,9 +35,17 @@ class MovementPruner(TrainingPruner):
             threshold τ on the scores, set to the schedule's sparsity quantile; ``scope`` must be
             ``"global"`` or is treated as global).
         start_frac: must be > 0 so scores accumulate before the first mask (default 0.1).
+        init: ``"pretrained"`` (default, as in the paper: the student restarts from the task's
+            pretrained model with a new head and is fine-tuned while pruned, distilled from the
+            dense fine-tuned model) or ``"finetuned"`` (the student starts from the dense
+            fine-tuned model, like GMP).
+        score_optimizer: ``"adam"`` (default, as in the paper) or ``"sum"`` (plain accumulation);
+            see :mod:`pruners.scores`.
+        score_lr: the score learning rate α_S of ``"adam"`` (default 1e-2, the paper's).
     """
 
     name = "movement"
+    cache_version = 2  # 2: pretrained start, latent values of pruned weights, Adam-stepped scores
 
     def __init__(
         self,
@@ -47,6 +63,9 @@ class MovementPruner(TrainingPruner):
         temperature: float = 2.0,
         alpha: float = 0.9,
         variant: str = "hard",
+        init: str = "pretrained",
+        score_optimizer: str = "adam",
+        score_lr: float = 1e-2,
         structure: str = "unstructured",
         scope: str = "layer",
         roles: Sequence[str] = ALL_ROLES,
@@ -55,6 +74,13 @@ class MovementPruner(TrainingPruner):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of: {', '.join(VARIANTS)} (got {variant!r})")
         self.variant = variant
+        if init not in INITS:
+            raise ValueError(f"init must be one of: {', '.join(INITS)} (got {init!r})")
+        self.init = init
+        if score_optimizer not in SCORE_OPTIMIZERS:
+            raise ValueError(f"score_optimizer must be one of: {', '.join(SCORE_OPTIMIZERS)} (got {score_optimizer!r})")
+        self.score_optimizer = score_optimizer
+        self.score_lr = _num("score_lr", score_lr, 0.0, 10.0, lo_open=True)
         super().__init__(
             sparsity=sparsity, initial_sparsity=initial_sparsity, steps=steps, start_frac=start_frac, end_frac=end_frac,
             update_every=update_every, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
@@ -64,8 +90,12 @@ class MovementPruner(TrainingPruner):
         if self.start_step < 1:
             raise ValueError(f"start_frac must leave >= 1 step of score accumulation before pruning (start_frac·steps >= 1), got {start_frac!r}")
 
+    def init_student(self, model: nn.Module, task: Any) -> None:
+        if self.init == "pretrained":
+            model.load_state_dict(task.base_model().state_dict())
+
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
-        return MovementScore(layers)
+        return MovementScore(layers, self.score_optimizer, self.score_lr)
 
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
         scope = "global" if self.variant == "soft" else self.scope
@@ -74,6 +104,7 @@ class MovementPruner(TrainingPruner):
     def describe(self) -> dict:
         d = super().describe()
         d["variant"] = self.variant
+        d["init"] = self.init
         if self.variant == "soft":
             d["scope"] = "global (soft: one threshold)"
         return d

@@ -14,10 +14,18 @@ descent on S (score learning rate ``α_S``, eq. (4) of the paper)::
 i.e. a weight's score grows when the weight *moves away from zero* (W and −∂L/∂W have the same
 sign). We accumulate exactly this sum with ``α_S = 1`` (a constant α_S does not change the
 ranking): after every backward pass, ``S ← S − W ⊙ ∂L/∂W`` where ``∂L/∂W`` is the gradient of the
-effective (masked) weight, read before the optimizer masks it. Pruned weights hold exact zeros in
-our single mask mechanism, so their scores stop moving once pruned (their latent value is not
-kept): a weight can come back only if its frozen score outranks a kept weight's score, and then
-restarts from zero.
+effective (masked) weight, read before the optimizer masks it.
+
+Pruned weights, as in the paper: the paper keeps a dense latent ``W`` and multiplies it by the mask
+in the forward pass; a pruned weight gets no weight update (its gradient is masked), so its latent
+value stays where it was when it was pruned, while its *score* keeps moving with
+``−W_latent · ∂L/∂W'``. A wrongly pruned weight therefore earns its way back, with its old value.
+Our single mask mechanism keeps pruned weights at exact zeros in the model, so
+:class:`MovementScore` keeps the latent values itself (:meth:`Score.update_masks` records a
+weight's value when it is pruned and writes it back if the weight re-enters the top-v). Without
+this, a regrown weight would restart from zero and a score would freeze the moment its weight is
+pruned; at our short budgets that made every early mistake permanent and the model collapsed to
+one class.
 
 Two selection variants (hyper-parameter ``variant`` of the movement pruner):
 
@@ -30,6 +38,13 @@ Two selection variants (hyper-parameter ``variant`` of the movement pruner):
   sparsities we instead set τ at every pruning step to the ``s_t`` quantile of all targeted scores
   (global threshold, scheduled), without the λ penalty. Documented deviation.
 
+How S is stepped (``score_optimizer``): the paper optimises S as a parameter with Adam (score lr
+α_S = 1e-2), so each step moves a score by about α_S in the direction of ``−W·∂L/∂W'``
+whatever the size of that product; ``"adam"`` (our default) does the same (β = 0.9, 0.999,
+ε = 1e-8, bias-corrected). ``"sum"`` is the closed form of plain gradient descent above, where the
+extremes of S are dominated by the largest weights: at our short budgets that pruned large weights
+on gradient noise first.
+
 Hyper-parameters in the paper (BERT-base, SQuAD/MNLI): score lr 1e-2, weight lr 3e-5, cubic
 schedule with 1 epoch warm-up before pruning and 2 epochs of final fine-tuning at constant
 sparsity, distillation T = 2, α_distil = 0.9.
@@ -38,6 +53,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from pruners.masks import MaskSet
 
 
 class Score:
@@ -50,6 +67,10 @@ class Score:
 
     def accumulate(self) -> None:
         """Called after each backward pass, before the optimizer step (gradients unmasked)."""
+
+    def update_masks(self, masks: "MaskSet", new: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, sparsity: float) -> None:
+        """Install the keep-masks ``new`` (a pruning step). Scores that track pruned weights override this."""
+        masks.update(new, optimizer, sparsity=sparsity)
 
     def scores(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -68,14 +89,28 @@ class MagnitudeScore(Score):
         return {n: lin.weight.detach().abs() for n, lin in self.layers.items()}
 
 
+SCORE_OPTIMIZERS = ("adam", "sum")
+
+
 class MovementScore(Score):
-    """Accumulated movement scores ``S ← S − W ⊙ ∂L/∂W`` (first-order, straight-through)."""
+    """Accumulated movement scores ``S ← S − W ⊙ ∂L/∂W`` (first-order, straight-through), with the
+    latent value ``W`` of a pruned weight frozen at its value when pruned (see the module doc)."""
 
     name = "movement"
 
-    def __init__(self, layers: dict[str, nn.Linear]) -> None:
+    def __init__(self, layers: dict[str, nn.Linear], optimizer: str = "adam", lr: float = 1e-2) -> None:
         super().__init__(layers)
+        if optimizer not in SCORE_OPTIMIZERS:
+            raise ValueError(f"score_optimizer must be one of: {', '.join(SCORE_OPTIMIZERS)} (got {optimizer!r})")
+        self.optimizer, self.lr = optimizer, float(lr)
         self.S = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in self.layers.items()}
+        if optimizer == "adam":
+            self.m = {n: torch.zeros_like(s) for n, s in self.S.items()}
+            self.v = {n: torch.zeros_like(s) for n, s in self.S.items()}
+        # latent values of the weights (== the weight while kept, frozen once pruned)
+        self.latent = {n: lin.weight.detach().clone() for n, lin in self.layers.items()}
+        self.keep = {n: torch.ones_like(lin.weight, dtype=torch.bool) for n, lin in self.layers.items()}
+        self.regrown = 0
         self.steps = 0
 
     @torch.no_grad()
@@ -83,11 +118,34 @@ class MovementScore(Score):
         for n, lin in self.layers.items():
             g = lin.weight.grad
             if g is not None:
-                self.S[n].sub_(lin.weight.detach().float() * g.float())
+                w = torch.where(self.keep[n], lin.weight.detach(), self.latent[n])
+                up = -(w.float() * g.float())  # -dL/dS: the direction that raises the score
+                if self.optimizer == "sum":
+                    self.S[n].add_(up)
+                else:
+                    b1, b2, t = 0.9, 0.999, self.steps + 1
+                    self.m[n].mul_(b1).add_(up, alpha=1 - b1)
+                    self.v[n].mul_(b2).addcmul_(up, up, value=1 - b2)
+                    denom = (self.v[n] / (1 - b2**t)).sqrt_().add_(1e-8)
+                    self.S[n].addcdiv_(self.m[n], denom, value=self.lr / (1 - b1**t))
         self.steps += 1
+
+    @torch.no_grad()
+    def update_masks(self, masks: MaskSet, new: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, sparsity: float) -> None:
+        for n, lin in self.layers.items():
+            dropped = self.keep[n] & ~new[n]
+            self.latent[n][dropped] = lin.weight.detach()[dropped]
+        masks.update(new, optimizer, sparsity=sparsity)
+        for n, lin in self.layers.items():
+            back = ~self.keep[n] & new[n]
+            self.regrown += int(back.sum())
+            lin.weight.data[back] = self.latent[n][back]
+            self.keep[n] = new[n].clone()
 
     def scores(self) -> dict[str, torch.Tensor]:
         return self.S
 
     def describe(self) -> dict:
-        return {"score": "movement (Sanh et al. 2020): S -= W * dL/dW, accumulated", "score_steps": self.steps}
+        return {"score": "movement (Sanh et al. 2020): S stepped along -W * dL/dW; pruned weights keep a frozen latent value",
+                "score_optimizer": self.optimizer, "score_lr": self.lr if self.optimizer == "adam" else None,
+                "score_steps": self.steps, "regrown_weights": self.regrown}

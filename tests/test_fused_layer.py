@@ -160,6 +160,24 @@ def test_stack_is_bit_identical_to_separate_calls(dtype, fmt):
         SparseLinear.stack([mods[0], SparseLinear.from_dense(torch.nn.Linear(16, 24), fmt, dtype=dtype)])
 
 
+@pytest.mark.parametrize("densities", [(0.1, 0.1, 0.1), (0.1, 0.05, 0.02)])
+def test_stack_with_column_panels_is_bit_identical(densities):
+    """Column panels change each row's summation order: parts whose density picks different panel
+    widths (128, 256, none) fall back to one width, so stacking stays bit-identical."""
+    torch.manual_seed(2)
+    lins = [torch.nn.Linear(512, 384) for _ in densities]
+    with torch.no_grad():
+        for lin, d in zip(lins, densities):
+            lin.weight.mul_(torch.rand_like(lin.weight) < d)
+    mods = [SparseLinear.from_dense(lin, "csr", threads=1) for lin in lins]
+    widths = [m.packed().panel for m in mods]
+    stacked = SparseLinear.stack(mods)
+    x = torch.randn(128, 512)
+    assert torch.equal(stacked(x), torch.cat([m(x) for m in mods], -1))
+    assert stacked.packed().panel == (widths[0] if len(set(widths)) == 1 else 0)
+    assert len(set(widths)) == 1 or widths == [128, 256, 0]
+
+
 def test_sparse_linear_deepcopies_and_repacks():
     lin = torch.nn.Linear(16, 8)
     m = SparseLinear.from_dense(lin)

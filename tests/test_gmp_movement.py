@@ -10,6 +10,7 @@ from profiler.config import parse_config
 from profiler.errors import ConfigError
 from profiler.tasks import TinySynthetic
 from pruners.base import prunable_linears
+from pruners.masks import MaskSet
 from pruners.gmp import GMPPruner
 from pruners.movement import MovementPruner
 from pruners.scores import MovementScore
@@ -20,7 +21,7 @@ def test_movement_scores_accumulate_minus_w_times_grad_by_hand():
     lin = nn.Linear(3, 2, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]))
-    score = MovementScore({"l": lin})
+    score = MovementScore({"l": lin}, optimizer="sum")
     x = torch.tensor([[1.0, 2.0, -1.0]])
     expected = torch.zeros(2, 3)
     for _ in range(2):
@@ -104,6 +105,69 @@ def test_movement_validation():
         MovementPruner(variant="medium")
     with pytest.raises(ValueError, match="start_frac"):
         MovementPruner(start_frac=0.0)
+    with pytest.raises(ValueError, match="init must be one of: pretrained, finetuned"):
+        MovementPruner(init="random")
+    with pytest.raises(ValueError, match="score_optimizer must be one of: adam, sum"):
+        MovementPruner(score_optimizer="sgd")
+    with pytest.raises(ValueError, match="score_lr"):
+        MovementPruner(score_lr=0)
+
+
+def test_movement_adam_scores_by_hand():
+    """Adam on S with the straight-through gradient dL/dS = W * dL/dW (paper eq. 4, score lr 1e-2)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False)
+    score = MovementScore({"l": lin}, optimizer="adam", lr=1e-2)
+    m = v = S = torch.zeros(3, 4)
+    for t in range(1, 4):
+        x = torch.randn(2, 4)
+        lin.weight.grad = None
+        (lin(x) ** 2).sum().backward()
+        up = -(lin.weight.detach() * lin.weight.grad)
+        m = 0.9 * m + 0.1 * up
+        v = 0.999 * v + 0.001 * up * up
+        S = S + 1e-2 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        score.accumulate()
+        with torch.no_grad():
+            lin.weight -= 0.05 * lin.weight.grad
+    assert torch.allclose(score.scores()["l"], S, atol=1e-7)
+    # first Adam step moves every score by exactly ±lr (the sign of -W*dL/dW): sizes don't matter
+    assert score.describe()["score_optimizer"] == "adam"
+
+
+def test_movement_pruned_weight_keeps_latent_value_and_regrows_with_it():
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]]))
+    masks = MaskSet({"l": lin})
+    score = MovementScore({"l": lin}, optimizer="sum")
+    drop = torch.tensor([[True, False, True], [True, True, True]])
+    score.update_masks(masks, {"l": drop}, None, 1 / 6)
+    assert lin.weight[0, 1] == 0.0
+    # the pruned weight's score still moves, with its latent value -2.0
+    lin.weight.grad = torch.full((2, 3), 0.5)
+    score.accumulate()
+    assert score.scores()["l"][0, 1] == pytest.approx(-(-2.0) * 0.5)
+    assert score.scores()["l"][0, 0] == pytest.approx(-1.0 * 0.5)
+    with torch.no_grad():
+        lin.weight[0, 0] = 1.5  # a kept weight trains on
+    score.update_masks(masks, {"l": torch.ones(2, 3, dtype=torch.bool)}, None, 0.0)
+    assert lin.weight[0, 1] == -2.0 and lin.weight[0, 0] == 1.5 and score.describe()["regrown_weights"] == 1
+
+
+def test_movement_starts_from_the_pretrained_model_by_default(tiny):
+    task, _ = tiny
+    finetuned = task.base_model()
+    with torch.no_grad():
+        for p in finetuned.parameters():
+            p.add_(1.0)
+    pre = task.base_model().state_dict()
+    student = copy.deepcopy(finetuned)
+    MovementPruner().init_student(student, task)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in pre.items())
+    student = copy.deepcopy(finetuned)
+    MovementPruner(init="finetuned").init_student(student, task)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in finetuned.state_dict().items())
 
 
 def test_config_errors_name_the_key():

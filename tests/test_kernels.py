@@ -126,6 +126,35 @@ def test_tiles_blocks_and_panels(variant):
         check(X, W, b, bh, variant, 1, panel=64, tile=32, token_block=16)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_column_panels_sorted_segments(variant):
+    """Column panels (segments sorted by length, a group of 256 rows sweeping each panel): several
+    groups with a partial last one, empty rows, an all-zero panel, rows denser in one panel."""
+    rng = np.random.default_rng(11)
+    W = rand_sparse(rng, 600, 700, 0.12)
+    W[5:40] = 0  # empty rows
+    W[:, 256:384] = 0  # an all-zero panel
+    W[300:310, :128] = rng.standard_normal((10, 128))  # long segments in panel 0
+    b = rng.standard_normal(600).astype(np.float32)
+    for bh in BLOCKS:
+        for T in (1, 17, 64, 300):
+            X = rng.standard_normal((T, 700)).astype(np.float32)
+            for threads in (1, 2):
+                check(X, W, b, bh, variant, threads, panel=128)
+            check(X, W, b, bh, variant, 1, panel=64, tile=16)
+
+
+def test_panel_default_rule():
+    rng = np.random.default_rng(0)
+    assert pack(rand_sparse(rng, 512, 768, 0.1), 1).panel == 128  # ~12.8 non-zeros per row and panel
+    assert pack(rand_sparse(rng, 512, 768, 0.05), 1).panel == 256  # 6.4 per 128 columns, 12.8 per 256
+    assert pack(rand_sparse(rng, 512, 768, 0.02), 1).panel == 0  # 5.1 per 256: segment overhead dominates
+    assert pack(rand_sparse(rng, 512, 200, 0.5), 1).panel == 0  # fewer than 2 panels
+    assert pack(rand_sparse(rng, 512, 768, 0.1), 4).panel == 0  # blocks: off unless asked
+    assert pack(rand_sparse(rng, 512, 768, 0.1), 4, panel=128).panel == 128
+    assert pack(rand_sparse(rng, 512, 768, 0.1), 1, panel=0).panel == 0
+
+
 def test_zero_sizes():
     for variant in VARIANTS:
         m = pack(np.zeros((5, 0), np.float32), 1)

@@ -44,22 +44,18 @@
 #define MK_U 1
 #include "sk_mk_fp32.h"
 
-/* rows x (K panels) x (sub-tiles); pp[br * (npan + 1) + p] = first block of panel p */
-#define ROWLOOP(FN, NVV)                                                                   \
-    for (int p = 0; p < npan; p++)                                                         \
-        for (int64_t br = br0; br < br1; br++) {                                           \
-            float *o = scratch + (br - br0) * bh * lds + tile->t0;                         \
-            const int64_t ja = npan > 1 ? pp[br * (npan + 1) + p] : ptr[br];               \
-            const int64_t jb = npan > 1 ? pp[br * (npan + 1) + p + 1] : ptr[br + 1];       \
-            for (int64_t s = 0; s < nvt; s += (NVV))                                       \
-                FN(idx, val, ja, jb, xb + s * VW, w, o + s * VW, lds, p > 0);              \
+/* segments (see sk_segs) x sub-tiles; panel 0 stores, later panels accumulate */
+#define SEGLOOP(FN, NVV)                                                                   \
+    for (int p = 0; p < sg->npan; p++)                                                     \
+        for (int64_t s = sg->sptr[p]; s < sg->sptr[p + 1]; s++) {                          \
+            const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
+            float *o = scratch + r * bh * lds + tile->t0;                                  \
+            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
+                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
         }
 
-static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                      int64_t n_in, float *scratch, int64_t lds)
+static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
-    (void)n_in;
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
         const float *xb = xt + tile->offset;
@@ -67,16 +63,16 @@ static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, c
         const int64_t nvt = w / VW; /* even */
         switch (bh) {
         case 1:
-            if (nvt % 4 == 0) { ROWLOOP(mk_b1_v4, 4) } else { ROWLOOP(mk_b1_v2, 2) }
+            if (nvt % 4 == 0) { SEGLOOP(mk_b1_v4, 4) } else { SEGLOOP(mk_b1_v2, 2) }
             break;
         case 2:
-            if (nvt % 4 == 0) { ROWLOOP(mk_b2_v4, 4) } else { ROWLOOP(mk_b2_v2, 2) }
+            if (nvt % 4 == 0) { SEGLOOP(mk_b2_v4, 4) } else { SEGLOOP(mk_b2_v2, 2) }
             break;
         case 4:
-            ROWLOOP(mk_b4_v2, 2)
+            SEGLOOP(mk_b4_v2, 2)
             break;
         default:
-            ROWLOOP(mk_b8_v1, 1)
+            SEGLOOP(mk_b8_v1, 1)
             break;
         }
     }

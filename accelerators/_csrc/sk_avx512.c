@@ -85,22 +85,18 @@
 typedef void (*mk_fn)(const int32_t *restrict, const float *restrict, int64_t, int64_t,
                       const float *restrict, int64_t, float *restrict, int64_t);
 
-/* rows x (K panels) x (sub-tiles); pp[br * (npan + 1) + p] = first block of panel p */
-#define ROWLOOP(FN, NVV)                                                                   \
-    for (int p = 0; p < npan; p++)                                                         \
-        for (int64_t br = br0; br < br1; br++) {                                           \
-            float *o = scratch + (br - br0) * bh * lds + tile->t0;                         \
-            const int64_t ja = npan > 1 ? pp[br * (npan + 1) + p] : ptr[br];               \
-            const int64_t jb = npan > 1 ? pp[br * (npan + 1) + p + 1] : ptr[br + 1];       \
-            for (int64_t s = 0; s < nvt; s += (NVV))                                       \
-                FN(idx, val, ja, jb, xb + s * VW, w, o + s * VW, lds, p > 0);              \
+/* segments (see sk_segs) x sub-tiles; panel 0 stores, later panels accumulate */
+#define SEGLOOP(FN, NVV)                                                                   \
+    for (int p = 0; p < sg->npan; p++)                                                     \
+        for (int64_t s = sg->sptr[p]; s < sg->sptr[p + 1]; s++) {                          \
+            const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
+            float *o = scratch + r * bh * lds + tile->t0;                                  \
+            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
+                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
         }
 
-static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                      int64_t n_in, float *scratch, int64_t lds)
+static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
-    (void)n_in;
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
         const float *xb = xt + tile->offset;
@@ -108,25 +104,25 @@ static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, c
         const int64_t nvt = w / VW; /* power of two */
         switch (bh) {
         case 1:
-            if (nvt >= 8) { ROWLOOP(mk_b1_v8, 8) }
-            else if (nvt >= 4) { ROWLOOP(mk_b1_v4, 4) }
-            else if (nvt >= 2) { ROWLOOP(mk_b1_v2, 2) }
-            else { ROWLOOP(mk_b1_v1, 1) }
+            if (nvt >= 8) { SEGLOOP(mk_b1_v8, 8) }
+            else if (nvt >= 4) { SEGLOOP(mk_b1_v4, 4) }
+            else if (nvt >= 2) { SEGLOOP(mk_b1_v2, 2) }
+            else { SEGLOOP(mk_b1_v1, 1) }
             break;
         case 2:
-            if (nvt >= 8) { ROWLOOP(mk_b2_v8, 8) }
-            else if (nvt >= 4) { ROWLOOP(mk_b2_v4, 4) }
-            else if (nvt >= 2) { ROWLOOP(mk_b2_v2, 2) }
-            else { ROWLOOP(mk_b2_v1, 1) }
+            if (nvt >= 8) { SEGLOOP(mk_b2_v8, 8) }
+            else if (nvt >= 4) { SEGLOOP(mk_b2_v4, 4) }
+            else if (nvt >= 2) { SEGLOOP(mk_b2_v2, 2) }
+            else { SEGLOOP(mk_b2_v1, 1) }
             break;
         case 4:
-            if (nvt >= 4) { ROWLOOP(mk_b4_v4, 4) }
-            else if (nvt >= 2) { ROWLOOP(mk_b4_v2, 2) }
-            else { ROWLOOP(mk_b4_v1, 1) }
+            if (nvt >= 4) { SEGLOOP(mk_b4_v4, 4) }
+            else if (nvt >= 2) { SEGLOOP(mk_b4_v2, 2) }
+            else { SEGLOOP(mk_b4_v1, 1) }
             break;
         default: /* 8 */
-            if (nvt >= 2) { ROWLOOP(mk_b8_v2, 2) }
-            else { ROWLOOP(mk_b8_v1, 1) }
+            if (nvt >= 2) { SEGLOOP(mk_b8_v2, 2) }
+            else { SEGLOOP(mk_b8_v1, 1) }
             break;
         }
     }
@@ -353,10 +349,8 @@ const sk_kernels sk_kernels_avx512 = {
 };
 
 /* exported for the vnni table */
-void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                         const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                         int64_t n_in, float *scratch, int64_t lds)
-{ tile_fp32(bh, ptr, pp, npan, idx, val, br0, br1, xt, tl, n_in, scratch, lds); }
+void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
+{ tile_fp32(bh, sg, xt, tl, scratch, lds); }
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in)
 { pack_x(X, ldX, nb, k0, k1, xt, tl, n_in); }

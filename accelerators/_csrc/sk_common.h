@@ -39,6 +39,26 @@ typedef struct {
     sk_tile tiles[SK_MAX_TILES];
 } sk_tiling;
 
+/* A list of fp32 work segments for one tile_fp32 call: segment s multiplies the stored blocks
+ * [start[s], start[s + 1]) of (idx, val) into scratch block row row[s] (row == NULL: s - sptr[0]).
+ * Segments come in npan consecutive panels, panel p = [sptr[p], sptr[p + 1]); panel 0 writes its
+ * rows, later panels add to them, so every row written by the call must appear in panel 0.
+ *  - plain rows: npan = 1, one segment per block row, start = ptr, row = NULL;
+ *  - column panels (SKMatrix.panel > 0): per group of SK_PANEL_GROUP_ROWS rows, one segment per
+ *    (block row, panel of `panel` input columns); within a panel, segments are sorted by length,
+ *    so the inner loop's trip count repeats from one row to the next (predicted branches), and
+ *    the panel's slice of XT stays in L1 while all rows of the group sweep it. */
+typedef struct {
+    int npan;
+    const int64_t *sptr;  /* npan + 1 */
+    const int32_t *row;   /* block row (relative to scratch) per segment, or NULL */
+    const int64_t *start; /* first stored block per segment, start[s + 1] ends it */
+    const int32_t *idx;
+    const float *val;
+} sk_segs;
+
+#define SK_PANEL_GROUP_ROWS 256 /* output rows per column-panel sweep (16 chunks) */
+
 /* ---- INT8 ----------------------------------------------------------------------------
  * Weights: blocks of bh output rows x 4 input columns ("quads"), int8, stored per block as bh
  * int32 words (4 int8 each, little-endian = columns 4q..4q+3). idx = quad number.
@@ -50,12 +70,8 @@ typedef struct {
  */
 typedef struct sk_kernels {
     const char *name;
-    /* fp32: compute scratch[(r) * lds + t] for rows of block rows [br0, br1), all tiles. */
-    /* pp (may be NULL when npan == 1): per block row, npan + 1 block offsets splitting the
-     * row's (column-sorted) blocks into input-column panels processed panel by panel. */
-    void (*tile_fp32)(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                      int64_t n_in, float *scratch, int64_t lds);
+    /* fp32: scratch[(row * bh + b) * lds + t] for the segments of sg (see sk_segs), all tiles. */
+    void (*tile_fp32)(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);
     /* xt tiles <- X[0:nb, k0:k1] transposed; tokens nb..(padded) zero. */
     void (*pack_x)(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                    float *xt, const sk_tiling *tl, int64_t n_in);

@@ -41,34 +41,31 @@ void sk_unpack_y_generic(const float *scratch, int64_t lds, int64_t nrows, int64
     }
 }
 
-static void tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                      const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                      int64_t n_in, float *scratch, int64_t lds)
+static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
-    (void)n_in;
-    (void)pp;
-    (void)npan; /* panels only change the order of the sum; the portable kernel ignores them */
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
         const float *xb = xt + tile->offset;
         const int64_t w = tile->width;
-        for (int64_t br = br0; br < br1; br++) {
-            for (int64_t tg = 0; tg < w; tg += 16) {
-                float acc[8][16];
-                memset(acc, 0, sizeof(acc));
-                for (int64_t j = ptr[br]; j < ptr[br + 1]; j++) {
-                    const float *xp = xb + (int64_t)idx[j] * w + tg;
+        for (int p = 0; p < sg->npan; p++)
+            for (int64_t s = sg->sptr[p]; s < sg->sptr[p + 1]; s++) {
+                const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];
+                for (int64_t tg = 0; tg < w; tg += 16) {
+                    float acc[8][16];
+                    memset(acc, 0, sizeof(acc));
+                    for (int64_t j = sg->start[s]; j < sg->start[s + 1]; j++) {
+                        const float *xp = xb + (int64_t)sg->idx[j] * w + tg;
+                        for (int b = 0; b < bh; b++) {
+                            const float wv = sg->val[j * bh + b];
+                            for (int l = 0; l < 16; l++) acc[b][l] += wv * xp[l];
+                        }
+                    }
                     for (int b = 0; b < bh; b++) {
-                        const float wv = val[j * bh + b];
-                        for (int l = 0; l < 16; l++) acc[b][l] += wv * xp[l];
+                        float *o = scratch + (r * bh + b) * lds + tile->t0 + tg;
+                        for (int l = 0; l < 16; l++) o[l] = p > 0 ? o[l] + acc[b][l] : acc[b][l];
                     }
                 }
-                for (int b = 0; b < bh; b++) {
-                    float *o = scratch + ((br - br0) * bh + b) * lds + tile->t0 + tg;
-                    for (int l = 0; l < 16; l++) o[l] = acc[b][l];
-                }
             }
-        }
     }
 }
 

@@ -7,9 +7,7 @@
 #include <string.h>
 #include "sk_tr16.h"
 
-void sk_avx512_tile_fp32(int bh, const int64_t *ptr, const int64_t *pp, int npan, const int32_t *idx,
-                         const float *val, int64_t br0, int64_t br1, const float *xt, const sk_tiling *tl,
-                         int64_t n_in, float *scratch, int64_t lds);
+void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);
 void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
                       float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,

@@ -21,7 +21,6 @@
 
 #define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
 #define SK_TOK_GROUP 16        /* token padding granularity */
-#define SK_IDX_PAD 64          /* zeroed int32 entries after the last index (prefetch reads) */
 #define SK_ACT_NONE 0          /* epilogue activations applied while writing Y */
 #define SK_ACT_GELU 1          /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
 

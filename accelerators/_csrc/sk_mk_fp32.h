@@ -34,13 +34,6 @@ MK_FN(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_
     for (; j + MK_U <= j1; j += MK_U) {
         _Pragma("GCC unroll 64")
         for (int u = 0; u < MK_U; u++) {
-#if defined(SK_PREFETCH) && SK_PREFETCH > 0
-            {
-                const char *pf = (const char *)(xt + (int64_t)idx[j + u + SK_PREFETCH] * ldx);
-                _Pragma("GCC unroll 64")
-                for (int v = 0; v < (MK_NV * VW * 4 + 63) / 64; v++) _mm_prefetch(pf + 64 * v, _MM_HINT_T0);
-            }
-#endif
             const MK_XT *xp = xt + (int64_t)idx[j + u] * ldx;
             VEC xv[MK_NV];
             _Pragma("GCC unroll 64")

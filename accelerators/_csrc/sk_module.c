@@ -428,13 +428,11 @@ static int copy_structure(SKMatrix *m, Py_buffer *vp, Py_buffer *vi, int64_t n_c
     const int64_t nnzb = vi->shape[0];
     m->nnzb = nnzb;
     m->ptr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(m->nbr + 1));
-    /* padded so kernels may read (prefetch) a few indices past the end */
-    m->idx = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(nnzb + SK_IDX_PAD));
+    m->idx = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(nnzb + 1)); /* + 1: never 0 bytes */
     if (!m->ptr || !m->idx) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(m->idx + nnzb, 0, sizeof(int32_t) * SK_IDX_PAD);
     for (int64_t r = 0; r <= m->nbr; r++) {
         int64_t p = load_int(vp, kp, r);
         if (r == 0 && p != 0) {
@@ -564,7 +562,7 @@ static int compute_panels(SKMatrix *m, int64_t panel, int64_t n_cols)
     m->sg_ptr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ng * np + 1));
     m->sg_row = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nseg > 0 ? nseg : 1));
     m->sg_start = (int64_t *)malloc(sizeof(int64_t) * (size_t)(nseg + 1));
-    m->sg_idx = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(m->nnzb + SK_IDX_PAD));
+    m->sg_idx = (int32_t *)aligned_malloc(sizeof(int32_t) * (size_t)(m->nnzb + 1));
     m->sg_val = (float *)aligned_malloc(sizeof(float) * (size_t)(m->nnzb * bh + 16));
     int64_t *len = (int64_t *)malloc(sizeof(int64_t) * (size_t)(gbr * (np + 1)));
     int64_t *beg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(gbr * (np + 1)));
@@ -575,7 +573,6 @@ static int compute_panels(SKMatrix *m, int64_t panel, int64_t n_cols)
         PyErr_NoMemory();
         return -1;
     }
-    memset(m->sg_idx, 0, sizeof(int32_t) * (size_t)(m->nnzb + SK_IDX_PAD));
     int64_t s = 0, nz = 0;
     for (int64_t g = 0; g < ng; g++) {
         const int64_t r0 = g * gbr, r1 = r0 + gbr < m->nbr ? r0 + gbr : m->nbr;

@@ -22,10 +22,9 @@ value stays where it was when it was pruned, while its *score* keeps moving with
 ``−W_latent · ∂L/∂W'``. A wrongly pruned weight therefore earns its way back, with its old value.
 Our single mask mechanism keeps pruned weights at exact zeros in the model, so
 :class:`MovementScore` keeps the latent values itself (:meth:`Score.update_masks` records a
-weight's value when it is pruned and writes it back if the weight re-enters the top-v). Without
-this, a regrown weight would restart from zero and a score would freeze the moment its weight is
-pruned; at our short budgets that made every early mistake permanent and the model collapsed to
-one class.
+weight's value when it is pruned and writes it back if the weight re-enters the top-v); without
+it a regrown weight would restart from zero and a score would freeze the moment its weight is
+pruned.
 
 Two selection variants (hyper-parameter ``variant`` of the movement pruner):
 
@@ -42,8 +41,7 @@ How S is stepped (``score_optimizer``): the paper optimises S as a parameter wit
 α_S = 1e-2), so each step moves a score by about α_S in the direction of ``−W·∂L/∂W'``
 whatever the size of that product; ``"adam"`` (our default) does the same (β = 0.9, 0.999,
 ε = 1e-8, bias-corrected). ``"sum"`` is the closed form of plain gradient descent above, where the
-extremes of S are dominated by the largest weights: at our short budgets that pruned large weights
-on gradient noise first.
+extremes of S are dominated by the largest weights.
 
 Hyper-parameters in the paper (BERT-base, SQuAD/MNLI): score lr 1e-2, weight lr 3e-5, cubic
 schedule with 1 epoch warm-up before pruning and 2 epochs of final fine-tuning at constant
@@ -104,9 +102,8 @@ class MovementScore(Score):
             raise ValueError(f"score_optimizer must be one of: {', '.join(SCORE_OPTIMIZERS)} (got {optimizer!r})")
         self.optimizer, self.lr = optimizer, float(lr)
         self.S = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in self.layers.items()}
-        if optimizer == "adam":
-            self.m = {n: torch.zeros_like(s) for n, s in self.S.items()}
-            self.v = {n: torch.zeros_like(s) for n, s in self.S.items()}
+        # "adam": the scores are stepped by torch's Adam with dL/dS = W * dL/dW' as their gradient
+        self._adam = torch.optim.Adam(list(self.S.values()), lr=self.lr, betas=(0.9, 0.999), eps=1e-8) if optimizer == "adam" else None
         # latent values of the weights (== the weight while kept, frozen once pruned)
         self.latent = {n: lin.weight.detach().clone() for n, lin in self.layers.items()}
         self.keep = {n: torch.ones_like(lin.weight, dtype=torch.bool) for n, lin in self.layers.items()}
@@ -117,17 +114,16 @@ class MovementScore(Score):
     def accumulate(self) -> None:
         for n, lin in self.layers.items():
             g = lin.weight.grad
+            self.S[n].grad = None
             if g is not None:
                 w = torch.where(self.keep[n], lin.weight.detach(), self.latent[n])
-                up = -(w.float() * g.float())  # -dL/dS: the direction that raises the score
-                if self.optimizer == "sum":
-                    self.S[n].add_(up)
+                dS = w.float() * g.float()  # dL/dS (straight-through)
+                if self._adam is None:
+                    self.S[n].sub_(dS)
                 else:
-                    b1, b2, t = 0.9, 0.999, self.steps + 1
-                    self.m[n].mul_(b1).add_(up, alpha=1 - b1)
-                    self.v[n].mul_(b2).addcmul_(up, up, value=1 - b2)
-                    denom = (self.v[n] / (1 - b2**t)).sqrt_().add_(1e-8)
-                    self.S[n].addcdiv_(self.m[n], denom, value=self.lr / (1 - b1**t))
+                    self.S[n].grad = dS
+        if self._adam is not None:
+            self._adam.step()
         self.steps += 1
 
     @torch.no_grad()

@@ -153,6 +153,10 @@ def test_panel_default_rule():
     assert pack(rand_sparse(rng, 512, 768, 0.1), 4).panel == 0  # blocks: off unless asked
     assert pack(rand_sparse(rng, 512, 768, 0.1), 4, panel=128).panel == 128
     assert pack(rand_sparse(rng, 512, 768, 0.1), 1, panel=0).panel == 0
+    W = rand_sparse(rng, 512, 768, 0.1)
+    nnz = np.count_nonzero(W)
+    assert pack(W, 1, panel=0).nbytes == 513 * 8 + nnz * 8  # indptr, indices, values
+    assert pack(W, 1, panel=128).nbytes > 513 * 8 + nnz * 16  # plus the panel copy and its segments
 
 
 def test_zero_sizes():

@@ -309,12 +309,12 @@ static PyObject *skm_get_nbytes(SKMatrix *m, void *c)
     (void)c;
     int64_t b = (m->nbr + 1) * 8 + m->nnzb * 4;
     if (m->dtype == DT_FP32) b += m->nnzb * m->bh * 4;
+    else b += m->nnzb * m->bh * 4 + m->n_out * 4 + m->nbr * m->bh * 4;
     if (m->npan > 1) { /* column-panel copy */
         const int64_t ng = (m->nbr + SK_PANEL_GROUP_ROWS / m->bh - 1) / (SK_PANEL_GROUP_ROWS / m->bh);
         const int64_t nseg = m->sg_ptr[ng * m->npan];
         b += (ng * m->npan + 1) * 8 + nseg * 12 + 8 + m->nnzb * (4 + 4 * m->bh);
     }
-    else b += m->nnzb * m->bh * 4 + m->n_out * 4 + m->nbr * m->bh * 4;
     return PyLong_FromLongLong(b);
 }
 

@@ -131,8 +131,14 @@ def test_movement_adam_scores_by_hand():
         with torch.no_grad():
             lin.weight -= 0.05 * lin.weight.grad
     assert torch.allclose(score.scores()["l"], S, atol=1e-7)
-    # first Adam step moves every score by exactly ±lr (the sign of -W*dL/dW): sizes don't matter
     assert score.describe()["score_optimizer"] == "adam"
+    # the first Adam step moves every score by lr in the sign of -W*dL/dW, whatever its size
+    first = MovementScore({"l": lin}, optimizer="adam", lr=1e-2)
+    lin.weight.grad = None
+    (lin(torch.randn(2, 4)) ** 2).sum().backward()
+    up = -(lin.weight.detach() * lin.weight.grad)
+    first.accumulate()
+    assert torch.allclose(first.scores()["l"], 1e-2 * torch.sign(up), atol=1e-6)
 
 
 def test_movement_pruned_weight_keeps_latent_value_and_regrows_with_it():

@@ -85,16 +85,6 @@
 typedef void (*mk_fn)(const int32_t *restrict, const float *restrict, int64_t, int64_t,
                       const float *restrict, int64_t, float *restrict, int64_t);
 
-/* segments (see sk_segs) x sub-tiles; panel 0 stores, later panels accumulate */
-#define SEGLOOP(FN, NVV)                                                                   \
-    for (int p = 0; p < sg->npan; p++)                                                     \
-        for (int64_t s = sg->sptr[p]; s < sg->sptr[p + 1]; s++) {                          \
-            const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
-            float *o = scratch + r * bh * lds + tile->t0;                                  \
-            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
-                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
-        }
-
 static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
     for (int i = 0; i < tl->ntiles; i++) {
@@ -104,25 +94,25 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
         const int64_t nvt = w / VW; /* power of two */
         switch (bh) {
         case 1:
-            if (nvt >= 8) { SEGLOOP(mk_b1_v8, 8) }
-            else if (nvt >= 4) { SEGLOOP(mk_b1_v4, 4) }
-            else if (nvt >= 2) { SEGLOOP(mk_b1_v2, 2) }
-            else { SEGLOOP(mk_b1_v1, 1) }
+            if (nvt >= 8) { SK_SEGLOOP(mk_b1_v8, 8) }
+            else if (nvt >= 4) { SK_SEGLOOP(mk_b1_v4, 4) }
+            else if (nvt >= 2) { SK_SEGLOOP(mk_b1_v2, 2) }
+            else { SK_SEGLOOP(mk_b1_v1, 1) }
             break;
         case 2:
-            if (nvt >= 8) { SEGLOOP(mk_b2_v8, 8) }
-            else if (nvt >= 4) { SEGLOOP(mk_b2_v4, 4) }
-            else if (nvt >= 2) { SEGLOOP(mk_b2_v2, 2) }
-            else { SEGLOOP(mk_b2_v1, 1) }
+            if (nvt >= 8) { SK_SEGLOOP(mk_b2_v8, 8) }
+            else if (nvt >= 4) { SK_SEGLOOP(mk_b2_v4, 4) }
+            else if (nvt >= 2) { SK_SEGLOOP(mk_b2_v2, 2) }
+            else { SK_SEGLOOP(mk_b2_v1, 1) }
             break;
         case 4:
-            if (nvt >= 4) { SEGLOOP(mk_b4_v4, 4) }
-            else if (nvt >= 2) { SEGLOOP(mk_b4_v2, 2) }
-            else { SEGLOOP(mk_b4_v1, 1) }
+            if (nvt >= 4) { SK_SEGLOOP(mk_b4_v4, 4) }
+            else if (nvt >= 2) { SK_SEGLOOP(mk_b4_v2, 2) }
+            else { SK_SEGLOOP(mk_b4_v1, 1) }
             break;
         default: /* 8 */
-            if (nvt >= 2) { SEGLOOP(mk_b8_v2, 2) }
-            else { SEGLOOP(mk_b8_v1, 1) }
+            if (nvt >= 2) { SK_SEGLOOP(mk_b8_v2, 2) }
+            else { SK_SEGLOOP(mk_b8_v1, 1) }
             break;
         }
     }

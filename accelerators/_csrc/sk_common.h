@@ -58,6 +58,18 @@ typedef struct {
 
 #define SK_PANEL_GROUP_ROWS 256 /* output rows per column-panel sweep (16 chunks) */
 
+/* Body of a SIMD tile_fp32 for one token tile: the segments of sg (panel 0 stores, later panels
+ * accumulate) x sub-tiles of NVV vectors, with micro-kernel FN (sk_mk_fp32.h). Expects in scope:
+ * sg, bh, scratch, lds, tile, xb (tile base), w (tile width), nvt (vectors per tile), VW. */
+#define SK_SEGLOOP(FN, NVV)                                                                \
+    for (int p = 0; p < sg->npan; p++)                                                     \
+        for (int64_t s = sg->sptr[p]; s < sg->sptr[p + 1]; s++) {                          \
+            const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
+            float *o = scratch + r * bh * lds + tile->t0;                                  \
+            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
+                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
+        }
+
 /* ---- INT8 ----------------------------------------------------------------------------
  * Weights: blocks of bh output rows x 4 input columns ("quads"), int8, stored per block as bh
  * int32 words (4 int8 each, little-endian = columns 4q..4q+3). idx = quad number.

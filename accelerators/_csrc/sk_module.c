@@ -841,12 +841,11 @@ static void fp32_block(const fp32_job *J, const sk_tiling *tl, const float *xt, 
                        int64_t nb, int64_t c0, int64_t c1)
 {
     const SKMatrix *m = J->m;
-    const int64_t K = m->n_in, N = m->n_out;
+    const int64_t N = m->n_out;
     const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
     /* column panels: whole groups only (token split sweeps all rows; group = 16 chunks) */
     const int panels = m->npan > 1 && J->group * SK_ROWS_PER_CHUNK == SK_PANEL_GROUP_ROWS && c0 == 0 &&
                        c1 == m->nchunks;
-    (void)K;
     for (int64_t g = c0; g < c1; g += J->group) {
         const int64_t g1 = g + J->group < c1 ? g + J->group : c1;
         if (panels) {

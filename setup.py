@@ -23,6 +23,7 @@ _SOURCES = [
 _DEPENDS = [
     f"{_CSRC}/sk_common.h",
     f"{_CSRC}/sk_mk_fp32.h",
+    f"{_CSRC}/sk_mk2_fp32.h",
     f"{_CSRC}/sk_int8_module.h",
     f"{_CSRC}/sk_attention.h",
     f"{_CSRC}/sk_tr16.h",

@@ -70,6 +70,28 @@ typedef struct {
                 FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
         }
 
+/* SK_SEGLOOP for height-1 blocks with a row-pair micro-kernel FN2 (sk_mk2_fp32.h): consecutive
+ * segments of a panel two at a time, FN (sk_mk_fp32.h) for an odd one left over. */
+#define SK_PAIRLOOP(FN2, FN, NVV)                                                          \
+    for (int p = 0; p < sg->npan; p++) {                                                   \
+        int64_t s = sg->sptr[p];                                                           \
+        const int64_t se = sg->sptr[p + 1];                                                \
+        for (; s + 1 < se; s += 2) {                                                       \
+            const int64_t ra = sg->row ? sg->row[s] : s - sg->sptr[0];                     \
+            const int64_t rb = sg->row ? sg->row[s + 1] : s + 1 - sg->sptr[0];             \
+            float *oa = scratch + ra * lds + tile->t0, *ob = scratch + rb * lds + tile->t0; \
+            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
+                FN2(sg->idx, sg->val, sg->start[s], sg->start[s + 1], sg->start[s + 1], sg->start[s + 2], \
+                    xb + v * VW, w, oa + v * VW, ob + v * VW, p > 0);                      \
+        }                                                                                  \
+        for (; s < se; s++) {                                                              \
+            const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
+            float *o = scratch + r * lds + tile->t0;                                       \
+            for (int64_t v = 0; v < nvt; v += (NVV))                                       \
+                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
+        }                                                                                  \
+    }
+
 /* ---- INT8 ----------------------------------------------------------------------------
  * Weights: blocks of bh output rows x 4 input columns ("quads"), int8, stored per block as bh
  * int32 words (4 int8 each, little-endian = columns 4q..4q+3). idx = quad number.

@@ -1,0 +1,53 @@
+/*
+ * Row-pair micro-kernel template (fp32 FMA, included once per instantiation): two rows (block
+ * rows of height 1) of MK2_NV vectors each, stepped together, so 2 * MK2_NV independent
+ * accumulator chains hide the FMA latency with no per-row zeroing or reduction of unrolled sets.
+ * Column-panel segments are sorted by length, so the rows of a pair have nearly equal lengths
+ * and the single-row tails are short. Vector macros from the includer as in sk_mk_fp32.h.
+ *
+ * oa[v * VW + l] = (accum ? oa[...] : 0) + sum_j val[j] * xt[idx[j] * ldx + v * VW + l], j in [a0, a1)
+ * ob likewise for j in [b0, b1).
+ */
+static inline __attribute__((always_inline)) void
+MK2_FN(const int32_t *restrict idx, const float *restrict val, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
+       const float *restrict xt, int64_t ldx, float *restrict oa, float *restrict ob, int accum)
+{
+    VEC A[MK2_NV], B[MK2_NV];
+    _Pragma("GCC unroll 16")
+    for (int v = 0; v < MK2_NV; v++) {
+        A[v] = accum ? VLOAD(oa + v * VW) : VZERO();
+        B[v] = accum ? VLOAD(ob + v * VW) : VZERO();
+    }
+    const int64_t na = a1 - a0, nb = b1 - b0, n = na < nb ? na : nb;
+    const int32_t *ia = idx + a0, *ib = idx + b0;
+    const float *va = val + a0, *vb = val + b0;
+    int64_t k = 0;
+    for (; k < n; k++) {
+        const float *xa = xt + (int64_t)ia[k] * ldx, *xb = xt + (int64_t)ib[k] * ldx;
+        const VEC wa = VSET1(va[k]), wb = VSET1(vb[k]);
+        _Pragma("GCC unroll 16")
+        for (int v = 0; v < MK2_NV; v++) {
+            A[v] = VFMA(wa, VLOAD(xa + v * VW), A[v]);
+            B[v] = VFMA(wb, VLOAD(xb + v * VW), B[v]);
+        }
+    }
+    for (int64_t j = k; j < na; j++) {
+        const float *xa = xt + (int64_t)ia[j] * ldx;
+        const VEC wa = VSET1(va[j]);
+        _Pragma("GCC unroll 16")
+        for (int v = 0; v < MK2_NV; v++) A[v] = VFMA(wa, VLOAD(xa + v * VW), A[v]);
+    }
+    for (int64_t j = k; j < nb; j++) {
+        const float *xb = xt + (int64_t)ib[j] * ldx;
+        const VEC wb = VSET1(vb[j]);
+        _Pragma("GCC unroll 16")
+        for (int v = 0; v < MK2_NV; v++) B[v] = VFMA(wb, VLOAD(xb + v * VW), B[v]);
+    }
+    _Pragma("GCC unroll 16")
+    for (int v = 0; v < MK2_NV; v++) {
+        VSTORE(oa + v * VW, A[v]);
+        VSTORE(ob + v * VW, B[v]);
+    }
+}
+#undef MK2_FN
+#undef MK2_NV

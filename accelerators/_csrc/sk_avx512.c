@@ -159,7 +159,8 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
  * SK_STAGE_ROWS rows: 16x16 register transposes land in an L1 staging buffer, then each token row
  * of the strip is written to Y as one run of consecutive lines with the epilogue applied. Storing
  * the transposed blocks straight into Y would put 16 lines of one L1 set in flight whenever
- * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072), which measured 1.9x slower. */
+ * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072), which measured 1.9x slower;
+ * strips of at most 8 tokens (8 lines per set) are stored directly, saving the copy. */
 #define SK_STAGE_ROWS 256
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                      float *Y, int64_t ldY, const float *bias, const float *R, int act)
@@ -176,8 +177,21 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
                 __m512 r[16];
                 for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_load_ps(sb + l * lds) : _mm512_setzero_ps();
                 tr16(r);
-                for (int l = 0; l < nt; l++) _mm512_store_ps(stage + l * LST + r0, r[l]);
+                if (nt > 8) {
+                    for (int l = 0; l < nt; l++) _mm512_store_ps(stage + l * LST + r0, r[l]);
+                    continue;
+                }
+                /* few tokens: at most 8 lines of one set in flight, store straight into Y */
+                const __mmask16 m = (__mmask16)((1u << nr) - 1u);
+                const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + rb + r0) : _mm512_setzero_ps();
+                for (int l = 0; l < nt; l++) {
+                    __m512 v = _mm512_add_ps(r[l], bv);
+                    if (act == SK_ACT_GELU) v = sk_gelu16(v);
+                    if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, R + (t + l) * ldY + rb + r0));
+                    _mm512_mask_storeu_ps(Y + (t + l) * ldY + rb + r0, m, v);
+                }
             }
+            if (nt <= 8) continue;
             for (int l = 0; l < nt; l++) {
                 const float *st = stage + l * LST;
                 float *yr = Y + (t + l) * ldY + rb;

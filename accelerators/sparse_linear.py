@@ -300,7 +300,7 @@ class SparseLinear(nn.Module):
         if q_in and (self.dtype_name != "int8" or self.act_quant != "token"):
             raise ValueError("a QuantizedActivation input needs an int8 SparseLinear with act_quant='token'")
         shape = x.shape
-        if shape[-1] != self.in_features:
+        if not shape or shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(shape)}")
         if not q_in and not x.is_cpu:
             raise ValueError("SparseLinear runs on the CPU only")

@@ -178,6 +178,25 @@ def test_stack_with_column_panels_is_bit_identical(densities):
     assert len(set(widths)) == 1 or widths == [128, 256, 0]
 
 
+@pytest.mark.parametrize("outs,density,panel", [((17, 16, 33), 0.5, -1), ((128, 128, 128), 0.03, 128)])
+def test_stack_bit_identical_with_unpaired_rows(outs, density, panel):
+    """CSR rows run two at a time (the row-pair kernel); a row left without a partner (an odd row
+    count in a chunk, an odd segment count in a panel) must sum in the same order as a paired one,
+    or stacking would change its rounding."""
+    torch.manual_seed(3)
+    lins = [torch.nn.Linear(512 if panel > 0 else 64, o) for o in outs]
+    with torch.no_grad():
+        for lin in lins:
+            lin.weight.mul_(torch.rand_like(lin.weight) < density)
+    mods = [SparseLinear.from_dense(lin, "csr", threads=1) for lin in lins]
+    for m in mods:
+        m.panel = panel
+    stacked = SparseLinear.stack(mods)
+    for tokens in (17, 64, 130):
+        x = torch.randn(tokens, lins[0].in_features)
+        assert torch.equal(stacked(x), torch.cat([m(x) for m in mods], -1)), tokens
+
+
 def test_sparse_linear_deepcopies_and_repacks():
     lin = torch.nn.Linear(16, 8)
     m = SparseLinear.from_dense(lin)

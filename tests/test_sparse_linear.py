@@ -85,6 +85,8 @@ def test_non_float32_input_and_errors():
     assert out.dtype == torch.float64
     with pytest.raises(ValueError):
         sl(torch.randn(4, 15))
+    with pytest.raises(ValueError, match="expected last dim"):
+        sl(torch.tensor(1.0))  # 0-d
 
 
 # ------------------------------------------------------------------------------------------

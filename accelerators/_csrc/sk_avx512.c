@@ -83,12 +83,15 @@
 #include "sk_mk_fp32.h"
 
 #define MK2_FN mk2_v2
+#define MK2_FN1 mk1_v2
 #define MK2_NV 2
 #include "sk_mk2_fp32.h"
 #define MK2_FN mk2_v4
+#define MK2_FN1 mk1_v4
 #define MK2_NV 4
 #include "sk_mk2_fp32.h"
 #define MK2_FN mk2_v8
+#define MK2_FN1 mk1_v8
 #define MK2_NV 8
 #include "sk_mk2_fp32.h"
 
@@ -104,9 +107,9 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
         const int64_t nvt = w / VW; /* power of two */
         switch (bh) {
         case 1:
-            if (nvt >= 8) { SK_PAIRLOOP(mk2_v8, mk_b1_v8, 8) }
-            else if (nvt >= 4) { SK_PAIRLOOP(mk2_v4, mk_b1_v4, 4) }
-            else if (nvt >= 2) { SK_PAIRLOOP(mk2_v2, mk_b1_v2, 2) }
+            if (nvt >= 8) { SK_PAIRLOOP(mk2_v8, mk1_v8, 8) }
+            else if (nvt >= 4) { SK_PAIRLOOP(mk2_v4, mk1_v4, 4) }
+            else if (nvt >= 2) { SK_PAIRLOOP(mk2_v2, mk1_v2, 2) }
             else { SK_SEGLOOP(mk_b1_v1, 1) } /* one vector per row: the 4-way unrolled single row wins */
             break;
         case 2:

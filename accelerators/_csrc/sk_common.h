@@ -70,9 +70,9 @@ typedef struct {
                 FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
         }
 
-/* SK_SEGLOOP for height-1 blocks with a row-pair micro-kernel FN2 (sk_mk2_fp32.h): consecutive
- * segments of a panel two at a time, FN (sk_mk_fp32.h) for an odd one left over. */
-#define SK_PAIRLOOP(FN2, FN, NVV)                                                          \
+/* SK_SEGLOOP for height-1 blocks with a row-pair micro-kernel FN2 and its single-row companion
+ * FN1 (sk_mk2_fp32.h): consecutive segments of a panel two at a time, FN1 for an odd one left. */
+#define SK_PAIRLOOP(FN2, FN1, NVV)                                                         \
     for (int p = 0; p < sg->npan; p++) {                                                   \
         int64_t s = sg->sptr[p];                                                           \
         const int64_t se = sg->sptr[p + 1];                                                \
@@ -88,7 +88,7 @@ typedef struct {
             const int64_t r = sg->row ? sg->row[s] : s - sg->sptr[0];                      \
             float *o = scratch + r * lds + tile->t0;                                       \
             for (int64_t v = 0; v < nvt; v += (NVV))                                       \
-                FN(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, lds, p > 0); \
+                FN1(sg->idx, sg->val, sg->start[s], sg->start[s + 1], xb + v * VW, w, o + v * VW, p > 0); \
         }                                                                                  \
     }
 

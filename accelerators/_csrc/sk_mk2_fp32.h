@@ -1,5 +1,6 @@
 /*
- * Row-pair micro-kernel template (fp32 FMA, included once per instantiation): two rows (block
+ * Row-pair micro-kernel template (fp32 FMA, included once per instantiation; MK2_FN the pair,
+ * MK2_FN1 its single-row companion, MK2_NV vectors per row): two rows (block
  * rows of height 1) of MK2_NV vectors each, stepped together, so 2 * MK2_NV independent
  * accumulator chains hide the FMA latency with no per-row zeroing or reduction of unrolled sets.
  * Column-panel segments are sorted by length, so the rows of a pair have nearly equal lengths
@@ -49,5 +50,26 @@ MK2_FN(const int32_t *restrict idx, const float *restrict val, int64_t a0, int64
         VSTORE(ob + v * VW, B[v]);
     }
 }
+
+/* The single-row companion (MK2_FN1) for a row left without a partner (an odd segment count):
+ * the same sequential sum as a row of a pair, so a row's rounding never depends on whether it
+ * was paired (SparseLinear.stack promises bit-identical outputs). */
+static inline __attribute__((always_inline)) void
+MK2_FN1(const int32_t *restrict idx, const float *restrict val, int64_t a0, int64_t a1,
+        const float *restrict xt, int64_t ldx, float *restrict oa, int accum)
+{
+    VEC A[MK2_NV];
+    _Pragma("GCC unroll 16")
+    for (int v = 0; v < MK2_NV; v++) A[v] = accum ? VLOAD(oa + v * VW) : VZERO();
+    for (int64_t j = a0; j < a1; j++) {
+        const float *xa = xt + (int64_t)idx[j] * ldx;
+        const VEC wa = VSET1(val[j]);
+        _Pragma("GCC unroll 16")
+        for (int v = 0; v < MK2_NV; v++) A[v] = VFMA(wa, VLOAD(xa + v * VW), A[v]);
+    }
+    _Pragma("GCC unroll 16")
+    for (int v = 0; v < MK2_NV; v++) VSTORE(oa + v * VW, A[v]);
+}
 #undef MK2_FN
+#undef MK2_FN1
 #undef MK2_NV

@@ -166,6 +166,14 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
  * took 40 us stored directly, 29 us staged (20 us stored directly into a Y with a padded stride).
  * Strips of at most 8 tokens (8 lines per set) are stored directly, saving the copy. */
 #define SK_STAGE_ROWS 256
+/* the Linear epilogue of one output vector: + bias, optional GELU, + residual (masked load) */
+static inline __attribute__((always_inline)) __m512 epi16(__m512 v, __m512 bv, int act, const float *r, __mmask16 m)
+{
+    v = _mm512_add_ps(v, bv);
+    if (act == SK_ACT_GELU) v = sk_gelu16(v);
+    return r ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r)) : v;
+}
+
 static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                      float *Y, int64_t ldY, const float *bias, const float *R, int act)
 {
@@ -188,26 +196,19 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
                 /* few tokens: at most 8 lines of one set in flight, store straight into Y */
                 const __mmask16 m = (__mmask16)((1u << nr) - 1u);
                 const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + rb + r0) : _mm512_setzero_ps();
-                for (int l = 0; l < nt; l++) {
-                    __m512 v = _mm512_add_ps(r[l], bv);
-                    if (act == SK_ACT_GELU) v = sk_gelu16(v);
-                    if (R) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, R + (t + l) * ldY + rb + r0));
-                    _mm512_mask_storeu_ps(Y + (t + l) * ldY + rb + r0, m, v);
-                }
+                for (int l = 0; l < nt; l++)
+                    _mm512_mask_storeu_ps(Y + (t + l) * ldY + rb + r0, m,
+                                          epi16(r[l], bv, act, R ? R + (t + l) * ldY + rb + r0 : NULL, m));
             }
             if (nt <= 8) continue;
             for (int l = 0; l < nt; l++) {
                 const float *st = stage + l * LST;
                 float *yr = Y + (t + l) * ldY + rb;
                 const float *rr = R ? R + (t + l) * ldY + rb : NULL;
-                const float *br = bias ? bias + rb : NULL;
                 for (int64_t c = 0; c < nrb; c += 16) {
                     const __mmask16 m = nrb - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nrb - c)) - 1u);
-                    __m512 v = _mm512_load_ps(st + c);
-                    if (br) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, br + c));
-                    if (act == SK_ACT_GELU) v = sk_gelu16(v);
-                    if (rr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, rr + c));
-                    _mm512_mask_storeu_ps(yr + c, m, v);
+                    const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + rb + c) : _mm512_setzero_ps();
+                    _mm512_mask_storeu_ps(yr + c, m, epi16(_mm512_load_ps(st + c), bv, act, rr ? rr + c : NULL, m));
                 }
             }
         }

@@ -9,6 +9,17 @@
  * oa[v * VW + l] = (accum ? oa[...] : 0) + sum_j val[j] * xt[idx[j] * ldx + v * VW + l], j in [a0, a1)
  * ob likewise for j in [b0, b1).
  */
+#ifndef SK_MK2_ROW
+/* ACC[0..NV) += sum_j VAL[j] * xt[IDX[j] * ldx + v * VW], j in [J0, J1): one row's sequential sum,
+ * shared by the pair's tails and the single-row companion so both round alike */
+#define SK_MK2_ROW(ACC, IDX, VAL, J0, J1, NV)                                               \
+    for (int64_t j_ = (J0); j_ < (J1); j_++) {                                             \
+        const float *x_ = xt + (int64_t)(IDX)[j_] * ldx;                                   \
+        const VEC w_ = VSET1((VAL)[j_]);                                                   \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < (NV); v++) (ACC)[v] = VFMA(w_, VLOAD(x_ + v * VW), (ACC)[v]);  \
+    }
+#endif
 static inline __attribute__((always_inline)) void
 MK2_FN(const int32_t *restrict idx, const float *restrict val, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
        const float *restrict xt, int64_t ldx, float *restrict oa, float *restrict ob, int accum)
@@ -32,18 +43,8 @@ MK2_FN(const int32_t *restrict idx, const float *restrict val, int64_t a0, int64
             B[v] = VFMA(wb, VLOAD(xb + v * VW), B[v]);
         }
     }
-    for (int64_t j = k; j < na; j++) {
-        const float *xa = xt + (int64_t)ia[j] * ldx;
-        const VEC wa = VSET1(va[j]);
-        _Pragma("GCC unroll 16")
-        for (int v = 0; v < MK2_NV; v++) A[v] = VFMA(wa, VLOAD(xa + v * VW), A[v]);
-    }
-    for (int64_t j = k; j < nb; j++) {
-        const float *xb = xt + (int64_t)ib[j] * ldx;
-        const VEC wb = VSET1(vb[j]);
-        _Pragma("GCC unroll 16")
-        for (int v = 0; v < MK2_NV; v++) B[v] = VFMA(wb, VLOAD(xb + v * VW), B[v]);
-    }
+    SK_MK2_ROW(A, ia, va, k, na, MK2_NV)
+    SK_MK2_ROW(B, ib, vb, k, nb, MK2_NV)
     _Pragma("GCC unroll 16")
     for (int v = 0; v < MK2_NV; v++) {
         VSTORE(oa + v * VW, A[v]);
@@ -61,12 +62,7 @@ MK2_FN1(const int32_t *restrict idx, const float *restrict val, int64_t a0, int6
     VEC A[MK2_NV];
     _Pragma("GCC unroll 16")
     for (int v = 0; v < MK2_NV; v++) A[v] = accum ? VLOAD(oa + v * VW) : VZERO();
-    for (int64_t j = a0; j < a1; j++) {
-        const float *xa = xt + (int64_t)idx[j] * ldx;
-        const VEC wa = VSET1(val[j]);
-        _Pragma("GCC unroll 16")
-        for (int v = 0; v < MK2_NV; v++) A[v] = VFMA(wa, VLOAD(xa + v * VW), A[v]);
-    }
+    SK_MK2_ROW(A, idx, val, a0, a1, MK2_NV)
     _Pragma("GCC unroll 16")
     for (int v = 0; v < MK2_NV; v++) VSTORE(oa + v * VW, A[v]);
 }

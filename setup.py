@@ -7,27 +7,18 @@ and a C compiler. Each ISA variant lives in its own translation unit with a
 OpenMP is used when the compiler supports ``-fopenmp`` (set SPARSEBENCH_NO_OPENMP=1 to
 build without it; the kernels then run single-threaded).
 """
+import glob
 import os
 import sys
 
 from setuptools import Extension, setup
 
 _CSRC = "accelerators/_csrc"
-_SOURCES = [
-    f"{_CSRC}/sk_module.c",
-    f"{_CSRC}/sk_scalar.c",
-    f"{_CSRC}/sk_avx2.c",
-    f"{_CSRC}/sk_avx512.c",
-    f"{_CSRC}/sk_vnni.c",
-]
-_DEPENDS = [
-    f"{_CSRC}/sk_common.h",
-    f"{_CSRC}/sk_mk_fp32.h",
-    f"{_CSRC}/sk_mk2_fp32.h",
-    f"{_CSRC}/sk_int8_module.h",
-    f"{_CSRC}/sk_attention.h",
-    f"{_CSRC}/sk_tr16.h",
-]
+# Every .c file is one translation unit; the headers (declarations, `*.inc.h` templates, inline
+# helpers) are dependencies, so editing one rebuilds the extension. accelerators/_csrc/README.md
+# maps the files.
+_SOURCES = sorted(glob.glob(f"{_CSRC}/*.c"))
+_DEPENDS = sorted(glob.glob(f"{_CSRC}/*.h"))
 
 compile_args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
 link_args = []

@@ -5,35 +5,88 @@ execution path: torch fp32 eager, our sparse C kernels, INT8, ... The profiler
 times whatever ``prepare`` returns; the returned module must accept the same
 keyword inputs as a transformers sequence-classification model
 (``input_ids``, ``attention_mask``, ``token_type_ids``) and return an object with
-a ``logits`` attribute or a logits tensor.
+a ``logits`` attribute or a logits tensor (:func:`logits_of` reads either).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
+#: ISA variants of the sparse C kernels, slowest first; ``"auto"`` (not listed) = the best this CPU has
+KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What a cell asks of ``prepare``: the shape and thread count the module will be timed with,
+    and what an accelerator may draw on while preparing.
+
+    threads: intra-op thread count (>= 1). kernel_variant: ``"auto"`` or one of
+    :data:`KERNEL_VARIANTS`; only the sparse C kernels read it. batch_size / seq_len: the timing
+    batch's shape (sequences, tokens per sequence). calibration: ``calibration(n)`` yields up to
+    ``n`` input batches of the task's training data (dicts of int64 tensors (batch, seq)) for
+    post-training quantization; None = no calibration data. cache_dir: folder where an
+    accelerator may cache artefacts on disk (exported models); None = its own default.
+    """
+
+    threads: int = 1
+    kernel_variant: str = "auto"
+    batch_size: int = 1
+    seq_len: int = 128
+    calibration: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None = None
+    cache_dir: str | None = None
+
+    @property
+    def forced_variant(self) -> str | None:
+        """The variant to force in the C kernels, or None for the module's own choice ("auto")."""
+        return None if self.kernel_variant == "auto" else self.kernel_variant
+
+
+@dataclass
+class Prepared:
+    """The result of ``prepare``: the runnable ``module`` and the flat, JSON-able ``fields`` that
+    go into every result row of the cell (what the accelerator chose or found while preparing)."""
+
+    module: nn.Module
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """Logits from a transformers output object (``.logits``), a tuple (first item), or a plain tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0]
+
 
 class Accelerator:
-    """Base class. Subclasses set ``name`` and take their config as constructor keyword arguments."""
+    """Base class. Subclasses set ``name`` and take their config as constructor keyword arguments.
+
+    An instance holds only its config: everything ``prepare`` finds comes back in
+    :class:`Prepared`, so one instance may prepare many models (for different cells) in any order.
+    """
 
     name: ClassVar[str] = ""
     #: device the prepared module runs on ("cpu" or "cuda")
     device: ClassVar[str] = "cpu"
+    #: number format of the prepared module's heavy arithmetic ("fp32", "bf16", "fp16", "int8");
+    #: dense cells in "fp32" are the full-precision engines every savings factor is also taken against
+    compute_precision: str = "fp32"
 
-    def availability(self) -> tuple[bool, str]:
-        """Return ``(ok, reason)``; ``reason`` explains why not when ``ok`` is False. Never raises."""
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
+        """Return ``(ok, reason)`` for running here with ``settings`` (None = any settings);
+        ``reason`` explains why not when ``ok`` is False. Never raises."""
         return True, ""
 
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        """Return a new runnable module built from ``model``; ``model`` itself is never mutated.
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        """Build a new runnable module from ``model``; ``model`` itself is never mutated.
 
-        ``example`` is one timing batch (int64 tensors of shape (batch, seq_len)); ``threads`` is the
-        intra-op thread count the module will be timed with.
+        ``example`` is one timing batch (int64 tensors of shape (batch, seq_len)); ``settings`` gives
+        the thread count and kernel variant the module will be timed with. Raises RuntimeError when
+        the accelerator is not available with these settings.
         """
         raise NotImplementedError
-
-    def row_fields(self) -> dict[str, Any]:
-        """Extra flat fields recorded in every result row of this accelerator (after ``prepare``)."""
-        return {}

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator
+from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
 
 
 class _FloatLogits(nn.Module):
@@ -18,9 +17,7 @@ class _FloatLogits(nn.Module):
         self.model = model
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        out = self.model(**inputs)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        return logits.float()
+        return logits_of(self.model(**inputs)).float()
 
 
 class BF16(Accelerator):
@@ -30,8 +27,9 @@ class BF16(Accelerator):
     """
 
     name = "bf16"
+    compute_precision = "bf16"
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         try:
             x = torch.ones(2, 2, dtype=torch.bfloat16)
             (x @ x).sum().item()
@@ -39,13 +37,14 @@ class BF16(Accelerator):
             return False, f"bf16 matmul not supported on this CPU/torch build: {exc}"
         return True, ""
 
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        return _FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval())
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        return Prepared(_FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval()), {"bf16_amx": _cpu_has_amx_bf16()})
 
-    def row_fields(self) -> dict[str, Any]:
-        flags = ""
-        try:
-            flags = open("/proc/cpuinfo").read()
-        except OSError:
-            pass
-        return {"bf16_amx": "amx_bf16" in flags}
+
+def _cpu_has_amx_bf16() -> bool:
+    """Whether /proc/cpuinfo lists ``amx_bf16`` (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False

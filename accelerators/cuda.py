@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator
+from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
+from accelerators.roles import ENCODER_LINEAR_RE
 
 CUDA_ABSENT = "torch.cuda.is_available() is False: no CUDA device/driver"
 BACKENDS_24 = ("auto", "cutlass", "cusparselt")
@@ -56,9 +57,7 @@ class OnDevice(nn.Module):
     def forward(self, **inputs: Any) -> torch.Tensor:
         source = next((v.device for v in inputs.values() if isinstance(v, torch.Tensor)), self.target)
         moved = {k: v.to(self.target, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        out = self.model(**moved)
-        logits = out if isinstance(out, torch.Tensor) else out.logits if hasattr(out, "logits") else out[0]
-        logits = logits.float()
+        logits = logits_of(self.model(**moved)).float()
         return logits if source == logits.device else logits.to(source)
 
 
@@ -68,27 +67,23 @@ class _CudaDense(Accelerator):
     device = "cuda"
     dtype: torch.dtype = torch.float16
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         return cuda_availability()
 
-    def _check(self) -> None:
-        ok, why = self.availability()
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        ok, why = self.availability(settings)
         if not ok:
             raise RuntimeError(f"{self.name}: {why}")
-
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        self._check()
         gpu = copy.deepcopy(model).eval().to(device=self.device, dtype=self.dtype)
-        return OnDevice(gpu, self.device).eval()
-
-    def row_fields(self) -> dict[str, Any]:
-        return {"gpu_dtype": str(self.dtype).replace("torch.", ""), **_gpu_fields()}
+        return Prepared(OnDevice(gpu, self.device).eval(),
+                        {"gpu_dtype": str(self.dtype).replace("torch.", ""), **_gpu_fields()})
 
 
 class CudaFP16(_CudaDense):
     """Dense fp16 on CUDA (tensor cores): weights and activations in half precision."""
 
     name = "cuda-fp16"
+    compute_precision = "fp16"
     dtype = torch.float16
 
 
@@ -96,9 +91,10 @@ class CudaBF16(_CudaDense):
     """Dense bf16 on CUDA: native on compute capability >= 8.0 (Ampere and newer)."""
 
     name = "cuda-bf16"
+    compute_precision = "bf16"
     dtype = torch.bfloat16
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         ok, why = cuda_availability()
         if not ok:
             return ok, why
@@ -127,7 +123,7 @@ def plan_24(model: nn.Module, min_rows: int = 32, min_cols: int = 64) -> list[st
     (rows a multiple of ``min_rows``, columns of ``min_cols``). Zero-free encoder layers (untouched
     by the pruner) stay dense. Raises ValueError with the offending layers otherwise, or when no
     layer is 2:4 sparse at all."""
-    encoder = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".encoder." in f".{n}."}
+    encoder = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ENCODER_LINEAR_RE.search(n)}
     if not encoder:
         raise ValueError("cuda-2:4: the model has no encoder nn.Linear layers (expected a BERT-family model)")
     touched = {n: m for n, m in encoder.items() if bool((m.weight == 0).any())}
@@ -179,14 +175,13 @@ class Cuda24(Accelerator):
     """
 
     name = "cuda-2:4"
+    compute_precision = "fp16"
     device = "cuda"
 
     def __init__(self, backend: str = "auto") -> None:
         if backend not in BACKENDS_24:
             raise ValueError(f"backend must be one of: {', '.join(BACKENDS_24)} (got {backend!r})")
         self.backend = backend
-        self._converted: list[str] = []
-        self._backend_used: str | None = None
 
     def _resolve_backend(self) -> str:
         if self.backend != "auto":
@@ -196,7 +191,7 @@ class Cuda24(Accelerator):
         except Exception:
             return "cutlass"
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         ok, why = cuda_availability((8, 0), "2:4 semi-structured sparsity")
         if not ok:
             return ok, why
@@ -210,8 +205,8 @@ class Cuda24(Accelerator):
                 return False, f"cuSPARSELt probe failed: {exc}"
         return True, ""
 
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        ok, why = self.availability()
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        ok, why = self.availability(settings)
         if not ok:
             raise RuntimeError(f"{self.name}: {why}")
         backend = self._resolve_backend()
@@ -225,9 +220,6 @@ class Cuda24(Accelerator):
             for n in names:
                 lin = mods[n]
                 lin.weight = nn.Parameter(cls.from_dense(lin.weight.detach().contiguous()), requires_grad=False)
-        self._converted, self._backend_used = names, backend
-        return Sparse24Module(gpu, self.device).eval()
-
-    def row_fields(self) -> dict[str, Any]:
-        return {"gpu_dtype": "float16", "sparse_24_layers": len(self._converted),
-                "sparse_24_backend": self._backend_used, **_gpu_fields()}
+        return Prepared(Sparse24Module(gpu, self.device).eval(),
+                        {"gpu_dtype": "float16", "sparse_24_layers": len(names), "sparse_24_backend": backend,
+                         **_gpu_fields()})

@@ -19,7 +19,6 @@ Callers check the fused model's outputs against the unfused one (``prepare`` doe
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 import torch
@@ -27,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from accelerators import _sparse_kernels as _sk
+from accelerators.roles import ENCODER_LAYER_RE
 from accelerators.sparse_linear import SparseLinear
 
-__all__ = ["FusedBertLayer", "fuse_encoder_layers", "key_padding_bias"]
-
-_LAYER_RE = re.compile(r"(?:^|\.)encoder\.layer\.\d+$")
+__all__ = ["FusedBertLayer", "KeyBiasCache", "fuse_encoder_layers", "key_padding_bias"]
 
 
 def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
@@ -56,22 +54,32 @@ def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Opti
     return bias.expand(batch, seq).contiguous()
 
 
-_last_bias: list = [None, 0, 0, 0, None]  # mask, its version, batch, seq, bias: every layer gets the same mask
-
-
 def _version(t: torch.Tensor) -> int:
     # inference tensors keep no version counter (and cannot change outside inference mode)
     return -1 if t.is_inference() else t._version
 
 
-def _cached_key_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
-    """key_padding_bias, computed once per mask object: all layers of one forward share the mask."""
-    m, version, b, s, bias = _last_bias
-    if mask is not None and mask is m and _version(mask) == version and (b, s) == (batch, seq):
+class KeyBiasCache:
+    """:func:`key_padding_bias` computed once per mask object: every layer of one forward gets the
+    same mask, so the fused layers of one model share one cache (made by
+    :func:`fuse_encoder_layers`). A cached bias is reused only for the same mask object, unchanged
+    since (its in-place version) and the same (batch, seq). Copying a model starts a fresh cache."""
+
+    def __init__(self) -> None:
+        self._entry: Optional[tuple[torch.Tensor, int, int, int, Optional[torch.Tensor]]] = None
+
+    def __deepcopy__(self, memo: dict) -> "KeyBiasCache":
+        return KeyBiasCache()
+
+    def get(self, mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
+        """The (batch, seq) float32 key bias of ``mask``, or None (see :func:`key_padding_bias`)."""
+        if mask is not None and self._entry is not None:
+            m, version, b, s, bias = self._entry
+            if mask is m and _version(mask) == version and (b, s) == (batch, seq):
+                return bias
+        bias = key_padding_bias(mask, batch, seq)
+        self._entry = None if mask is None else (mask, _version(mask), batch, seq, bias)
         return bias
-    bias = key_padding_bias(mask, batch, seq)
-    _last_bias[:] = [mask, _version(mask) if mask is not None else 0, batch, seq, bias]
-    return bias
 
 
 def _linear_add_norm(mod: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -89,12 +97,18 @@ class FusedBertLayer(nn.Module):
     or broadcastable to (batch, heads, seq, seq): additive float or boolean keep-mask, as
     transformers passes it to SDPA). Returns (batch, seq, hidden) float32, or a 1-tuple when the
     original layer returned tuples (transformers 4.x). Raises RuntimeError in training mode.
+
+    ``threads`` / ``variant``: OpenMP threads and kernel ISA variant (None = the extension's default)
+    of the attention kernel; ``key_bias``: the cache shared by the layers of one model (a new one
+    when None).
     """
 
-    def __init__(self, layer: nn.Module, returns_tuple: bool = False, threads: int = 1) -> None:
+    def __init__(self, layer: nn.Module, returns_tuple: bool = False, threads: int = 1,
+                 variant: Optional[str] = None, key_bias: Optional[KeyBiasCache] = None) -> None:
         super().__init__()
-        #: OpenMP threads of the attention kernel
         self.threads = int(threads)
+        self.variant = variant
+        self.key_bias = key_bias if key_bias is not None else KeyBiasCache()
         att = layer.attention.self
         self.num_heads = int(att.num_attention_heads)
         self.head_dim = int(att.attention_head_size)
@@ -133,11 +147,11 @@ class FusedBertLayer(nn.Module):
             qkv = self.qkv(x)
         else:
             qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-        kb = _cached_key_bias(attention_mask, B, S)
+        kb = self.key_bias.get(attention_mask, B, S)
         if kb is not None:
             ctx = torch.empty(B * S, H, dtype=torch.float32)
             _sk.attention(qkv.view(B, S, 3 * H).numpy(), ctx.view(B, S, H).numpy(), nh, self.scaling,
-                          kb.numpy(), self.threads)
+                          kb.numpy(), self.threads, self.variant)
         else:
             q, k, v = qkv.view(B, S, 3, nh, dh).permute(2, 0, 3, 1, 4)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
@@ -169,15 +183,17 @@ def _fusable(layer: nn.Module) -> str:
     return ""
 
 
-def fuse_encoder_layers(model: nn.Module, threads: int = 1) -> tuple[int, str]:
-    """Replace every plain BERT encoder layer of ``model`` (in place) by a :class:`FusedBertLayer`.
+def fuse_encoder_layers(model: nn.Module, threads: int = 1, variant: Optional[str] = None) -> tuple[int, str]:
+    """Replace every plain BERT encoder layer of ``model`` (in place) by a :class:`FusedBertLayer`
+    whose attention kernel runs with ``threads`` and ``variant`` (None = the extension's default).
 
     Returns ``(layers fused, reason none were)``; the reason is '' when at least one was fused.
     """
     import transformers
 
     returns_tuple = int(transformers.__version__.split(".")[0]) < 5
-    names = [n for n, _ in model.named_modules() if _LAYER_RE.search(n)]
+    names = [n for n, _ in model.named_modules() if ENCODER_LAYER_RE.search(n)]
+    key_bias = KeyBiasCache()
     why = "no encoder layers"
     n = 0
     for name in names:
@@ -186,6 +202,6 @@ def fuse_encoder_layers(model: nn.Module, threads: int = 1) -> tuple[int, str]:
         if why:
             continue
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, FusedBertLayer(layer, returns_tuple, threads))
+        setattr(model.get_submodule(parent), child, FusedBertLayer(layer, returns_tuple, threads, variant, key_bias))
         n += 1
     return n, "" if n else why

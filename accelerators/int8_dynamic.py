@@ -1,15 +1,52 @@
-"""Dense INT8 through PyTorch dynamic quantization of Linear layers."""
+"""Dense INT8 through PyTorch dynamic quantization of Linear layers, and the quantized-engine
+helpers every INT8 path here shares.
+
+torch binds the quantized engine into a Linear's packed weights when they are packed (at
+quantization, and again whenever the module is copied or its state loaded), and dispatches each
+call on the packed weights' own type: the process-global ``torch.backends.quantized.engine`` only
+matters while packing. So the engine is set once, around building the prepared model
+(:func:`quantized_engine`), and restored afterwards; calls need no engine switching.
+"""
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator
+from accelerators.base import Accelerator, PrepareSettings, Prepared
 
-ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
+#: torch's quantized engines: the x86 server engines first, then qnnpack (the mobile/ARM engine)
+QUANT_ENGINES: tuple[str, ...] = ("x86", "fbgemm", "onednn", "qnnpack")
+#: the x86 server engines (sparse-int8 measures these for its dense fallback)
+X86_QUANT_ENGINES: tuple[str, ...] = QUANT_ENGINES[:3]
+
+
+def supported_quant_engines(candidates: Iterable[str] = QUANT_ENGINES) -> list[str]:
+    """The ``candidates`` this torch build supports, in the candidates' order ([] when unknown)."""
+    try:
+        supported = torch.backends.quantized.supported_engines
+    except Exception:
+        return []
+    return [e for e in candidates if e in supported]
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str | None) -> Iterator[None]:
+    """``torch.backends.quantized.engine`` set to ``engine`` inside the block (None: unchanged),
+    restored after it. Wrap everything that packs quantized weights (quantizing, deep-copying a
+    quantized model); calls to packed modules keep the engine they were packed with."""
+    if engine is None:
+        yield
+        return
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
 
 
 class Int8Dynamic(Accelerator):
@@ -17,17 +54,18 @@ class Int8Dynamic(Accelerator):
     activations quantized dynamically per batch); embeddings and LayerNorm stay fp32.
 
     Args:
-        engine: quantized engine (``torch.backends.quantized.engine``): one of x86, fbgemm, onednn, qnnpack.
+        engine: quantized engine the weights are packed for: one of x86, fbgemm, onednn, qnnpack.
     """
 
     name = "int8-dynamic"
+    compute_precision = "int8"
 
     def __init__(self, engine: str = "x86") -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of: {', '.join(ENGINES)} (got {engine!r})")
+        if engine not in QUANT_ENGINES:
+            raise ValueError(f"engine must be one of: {', '.join(QUANT_ENGINES)} (got {engine!r})")
         self.engine = engine
 
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         try:
             from torch.ao.quantization import quantize_dynamic  # noqa: F401
         except Exception as exc:  # API removed in a future torch
@@ -37,15 +75,13 @@ class Int8Dynamic(Accelerator):
             return False, f"quantized engine {self.engine!r} not supported by this torch build (supported: {', '.join(engines)})"
         return True, ""
 
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
         import warnings
 
         from torch.ao.quantization import quantize_dynamic
 
-        torch.backends.quantized.engine = self.engine
-        with warnings.catch_warnings():
+        with quantized_engine(self.engine), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the API is deprecated in this torch; still the reference path
-            return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-
-    def row_fields(self) -> dict[str, Any]:
-        return {"quant_engine": self.engine, "quant_scope": "all nn.Linear (encoder, pooler, classifier); embeddings fp32"}
+            module = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return Prepared(module, {"quant_engine": self.engine,
+                                 "quant_scope": "all nn.Linear (encoder, pooler, classifier); embeddings fp32"})

@@ -10,28 +10,23 @@ so the result is never slower than dense (within measurement noise). Choices are
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import re
-import time
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accelerators.base import Accelerator
-from profiler.tasks.base import logits_of
-
-#: encoder Linear layers by role (BERT-family naming)
-ENCODER_LINEAR_RE = re.compile(
-    r"(?:^|\.)encoder\.layer\.\d+\."
-    r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)$"
-)
+from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
+from accelerators.roles import INTERMEDIATE_RE, encoder_linears
+from accelerators.timing import interleaved_timing
 
 FP32_FORMATS = ("csr", "bsr2x1", "bsr4x1", "bsr8x1")
 
-_INTERMEDIATE_RE = re.compile(r"(?:^|\.)encoder\.layer\.\d+\.intermediate$")
+__all__ = ["FP32_FORMATS", "SparseCPU", "SwapRun", "encoder_linears", "fuse_ffn_gelu", "set_submodule"]
 
 
 def fuse_ffn_gelu(model: nn.Module) -> int:
@@ -43,7 +38,7 @@ def fuse_ffn_gelu(model: nn.Module) -> int:
     probe = torch.linspace(-8, 8, 257)
     n = 0
     for name, mod in model.named_modules():
-        if not _INTERMEDIATE_RE.search(name):
+        if not INTERMEDIATE_RE.search(name):
             continue
         dense, act = getattr(mod, "dense", None), getattr(mod, "intermediate_act_fn", None)
         if not isinstance(dense, SparseLinear) or dense.activation != "none" or act is None:
@@ -60,40 +55,22 @@ def fuse_ffn_gelu(model: nn.Module) -> int:
     return n
 
 
-def encoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """``(qualified name, module)`` of the encoder Linear layers matched by :data:`ENCODER_LINEAR_RE`."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ENCODER_LINEAR_RE.search(n)]
-
-
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at qualified ``name`` of ``root`` by ``new`` (in place)."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
 
 
-def interleaved_timing(fns: dict[str, Callable[[], Any]], repeats: int, min_time_s: float) -> dict[str, float]:
-    """Seconds per call of each fn: timed round-robin, each repeat a loop lasting >= min_time_s;
-    returns the fastest repeat's mean per fn. The minimum over repeats is the estimator least
-    disturbed by other tenants of a shared machine (interference only ever adds time), and the
-    round-robin order exposes every candidate to the same conditions."""
-    loops = {}
-    for k, f in fns.items():
-        f()
-        t0 = time.perf_counter()
-        f()
-        loops[k] = max(1, int(min_time_s / max(time.perf_counter() - t0, 1e-7)))
-    res: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter_ns()
-            for _ in range(loops[k]):
-                f()
-            res[k].append((time.perf_counter_ns() - t0) * 1e-9 / loops[k])
-    return {k: min(v) for k, v in res.items()}
-
-
-#: backwards-compatible name
-interleaved_median = interleaved_timing
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def block_fill(weight: torch.Tensor, bh: int) -> float:
@@ -106,6 +83,37 @@ def block_fill(weight: torch.Tensor, bh: int) -> float:
     return float((weight != 0).sum().item()) / max(1, stored)
 
 
+def _short_layer_name(name: str) -> str:
+    return (name.replace("encoder.layer.", "L").replace("attention.self.", "att.")
+            .replace("attention.output.dense", "att.out").replace("intermediate.dense", "ffn.in")
+            .replace("output.dense", "ffn.out"))
+
+
+@dataclass
+class SwapRun:
+    """Everything one ``prepare`` call decides, handed through its steps and turned into the row
+    fields at the end (an accelerator instance keeps none of it).
+
+    threads: OpenMP/intra-op threads. variant: the kernel variant forced on every swapped module
+    (None = the extension's default). engine: sparse-int8's quantized engine for the dense fallback.
+    choices: per-layer records (choice, sparsity, timings in seconds, speed-up or why dense).
+    """
+
+    threads: int
+    variant: Optional[str]
+    engine: Optional[str] = None
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_speedup: Optional[float] = None
+    fell_back: bool = False
+    fused_gelu: int = 0
+    fused_layers: int = 0
+    fuse_note: str = ""
+
+    @property
+    def any_sparse(self) -> bool:
+        return any(r["choice"] != "dense" for r in self.choices.values())
+
+
 class _SparseSwap(Accelerator):
     """Shared machinery of ``sparse-cpu`` and ``sparse-int8``: per-layer measured swaps."""
 
@@ -116,7 +124,7 @@ class _SparseSwap(Accelerator):
 
     def __init__(self, format: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
                  calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
-                 variant: Optional[str] = None, fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
+                 fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
         if min_speedup < 1.0:
             raise ValueError("min_speedup must be >= 1.0 (the swap must never be slower than dense)")
         if not 0.0 <= min_sparsity <= 1.0:
@@ -125,9 +133,6 @@ class _SparseSwap(Accelerator):
             raise ValueError("repeats must be >= 1")
         if min_time_s < 0:
             raise ValueError(f"min_time_s must be >= 0, got {min_time_s!r}")
-        if variant is not None and variant not in KERNEL_VARIANTS:
-            # a known variant this CPU lacks is reported by availability(), so one config serves many machines
-            raise ValueError(f"variant must be one of: {', '.join(KERNEL_VARIANTS)} (got {variant!r})")
         self.format = format
         self.min_speedup = float(min_speedup)
         self.min_sparsity = float(min_sparsity)
@@ -135,16 +140,8 @@ class _SparseSwap(Accelerator):
         self.repeats = int(repeats)
         self.min_time_s = float(min_time_s)
         self.check_model = bool(check_model)
-        self.variant = variant
         self.fuse_gelu = bool(fuse_gelu)
         self.fuse_layers = bool(fuse_layers)
-        self._fused_gelu = 0
-        self._fused_layers = 0
-        self._fuse_note = ""
-        self._choices: dict[str, dict[str, Any]] = {}
-        self._model_speedup: Optional[float] = None
-        self._fell_back = False
-        self._threads: Optional[int] = None
         self._validate_format()
 
     # -- subclass hooks ---------------------------------------------------------------------
@@ -162,109 +159,132 @@ class _SparseSwap(Accelerator):
                 cands.append(fmt)
         return cands
 
-    def _make_sparse(self, lin: nn.Linear, fmt: str, threads: int) -> nn.Module:
+    def _make_sparse(self, lin: nn.Linear, fmt: str, run: SwapRun) -> nn.Module:
         from accelerators.sparse_linear import SparseLinear
 
-        m = SparseLinear.from_dense(lin, fmt, dtype="fp32", threads=threads)
-        m.variant = self.variant
-        return m
+        return SparseLinear.from_dense(lin, fmt, dtype="fp32", threads=run.threads, variant=run.variant)
 
-    def _make_dense(self, lin: nn.Linear, threads: int) -> Optional[nn.Module]:
+    def _make_dense(self, lin: nn.Linear, run: SwapRun) -> Optional[nn.Module]:
         """The dense fallback; None = keep the original nn.Linear."""
         return None
+
+    def _dense_model(self, dense_model: nn.Module, run: SwapRun) -> nn.Module:
+        """Whole-model dense fallback (fp32 copy here; int8 subclass quantizes)."""
+        return dense_model
 
     def _tolerance(self) -> float:
         return 1e-4
 
+    def _start(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> SwapRun:
+        """The decisions taken before any layer is swapped (int8: the fallback's engine)."""
+        return SwapRun(threads=int(settings.threads), variant=settings.forced_variant)
+
+    @contextlib.contextmanager
+    def _building(self, run: SwapRun) -> Iterator[None]:
+        """Process state the prepared model must be built under (int8: the quantized engine)."""
+        yield
+
     # -- Accelerator API --------------------------------------------------------------------
-    def availability(self) -> tuple[bool, str]:
+    def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         try:
             from accelerators import _sparse_kernels as sk
         except Exception as exc:  # not built
             return False, f"C extension accelerators._sparse_kernels not importable: {exc} (run pip install -e .)"
-        if self.variant is not None and self.variant not in sk.supported_variants():
-            return False, f"kernel variant {self.variant!r} not supported here (supported: {sk.supported_variants()})"
+        variant = settings.forced_variant if settings is not None else None
+        if variant is not None and variant not in sk.supported_variants():
+            return False, f"kernel variant {variant!r} not supported here (supported: {sk.supported_variants()})"
         return True, ""
 
     @torch.no_grad()
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        ok, reason = self.availability()
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        ok, reason = self.availability(settings)
         if not ok:
             raise RuntimeError(reason)
-        self._threads = int(threads)
-        self._choices = {}
-        self._model_speedup = None
-        self._fell_back = False
-        self._fused_gelu = 0
-        self._fused_layers = 0
-        self._fuse_note = ""
+        run = self._start(model, example, settings)
         dense_model = copy.deepcopy(model).eval()
         new = copy.deepcopy(model).eval()
         tokens = int(example["input_ids"].numel()) if "input_ids" in example else int(
             next(iter(example.values())).numel())
-        old_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            gen = torch.Generator().manual_seed(0)
-            xs: dict[int, torch.Tensor] = {}
-            for name, lin in encoder_linears(new):
-                w = lin.weight.detach()
-                sparsity = 1.0 - float((w != 0).sum().item()) / max(1, w.numel())
-                rec: dict[str, Any] = {"sparsity": round(sparsity, 4), "shape": list(w.shape)}
-                if sparsity < self.min_sparsity:
-                    rec.update(choice="dense", why=f"sparsity<{self.min_sparsity}")
-                    self._keep_dense(new, name, lin, rec, threads)
-                    continue
-                if lin.in_features not in xs:
-                    xs[lin.in_features] = torch.randn(tokens, lin.in_features, generator=gen)
-                x = xs[lin.in_features]
-                ref = F.linear(x, lin.weight, lin.bias)
-                cands = {}
-                for fmt in self._candidates(w):
-                    mod = self._make_sparse(lin, fmt, threads)
-                    err = ((mod(x) - ref).abs().max() / (ref.abs().max() + 1e-12)).item()
-                    if err > self._tolerance():
-                        rec.setdefault("rejected", {})[fmt] = f"error {err:.1e}"
-                        continue
-                    cands[fmt] = mod
-                if not cands:
-                    rec.update(choice="dense", why="no candidate within tolerance")
-                    self._keep_dense(new, name, lin, rec, threads)
-                    continue
-                if not self.calibrate:
-                    fmt = next(iter(cands))
-                    if sparsity >= 0.7:
-                        rec.update(choice=fmt, why="rule: sparsity>=0.7")
-                        set_submodule(new, name, cands[fmt])
-                    else:
-                        rec.update(choice="dense", why="rule: sparsity<0.7")
-                        self._keep_dense(new, name, lin, rec, threads)
-                    self._choices[name] = rec
-                    continue
-                dense_mod = self._make_dense(lin, threads) or lin
-                fns = {"dense": (lambda m=dense_mod: m(x))}
-                fns.update({fmt: (lambda m=m: m(x)) for fmt, m in cands.items()})
-                t = interleaved_timing(fns, self.repeats, self.min_time_s)
-                best = min(cands, key=lambda f: t[f])
-                rec["dense_s"] = t["dense"]
-                rec.update({f"{f}_s": t[f] for f in cands})
-                if t[best] * self.min_speedup <= t["dense"]:
-                    rec.update(choice=best, speedup=round(t["dense"] / t[best], 3))
-                    set_submodule(new, name, cands[best])
-                else:
-                    rec.update(choice="dense", why=f"sparse {t['dense'] / t[best]:.2f}x < {self.min_speedup}x")
-                    self._keep_dense(new, name, lin, rec, threads, dense_mod)
-                self._choices[name] = rec
-            self._fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
-            if self.fuse_layers and any(r["choice"] != "dense" for r in self._choices.values()):
-                new = self._fuse_layers(new, example, threads)
-            if self.check_model and self.calibrate and any(r["choice"] != "dense" for r in self._choices.values()):
-                new = self._check_whole_model(new, dense_model, example, threads)
-        finally:
-            torch.set_num_threads(old_threads)
-        return new
+        with self._building(run), intra_op_threads(run.threads):
+            self._swap_layers(new, tokens, run)
+            run.fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
+            if self.fuse_layers and run.any_sparse:
+                new = self._fuse_layers(new, example, run)
+            if self.check_model and self.calibrate and run.any_sparse:
+                new = self._check_whole_model(new, dense_model, example, run)
+        return Prepared(new, self._fields(run))
 
-    def _fuse_layers(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
+    # -- the steps of prepare ---------------------------------------------------------------
+    def _swap_layers(self, new: nn.Module, tokens: int, run: SwapRun) -> None:
+        """Swap each encoder Linear layer of ``new`` (in place) for the fastest accepted module."""
+        gen = torch.Generator().manual_seed(0)
+        xs: dict[int, torch.Tensor] = {}
+        for name, lin in encoder_linears(new):
+            w = lin.weight.detach()
+            sparsity = 1.0 - float((w != 0).sum().item()) / max(1, w.numel())
+            rec: dict[str, Any] = {"sparsity": round(sparsity, 4), "shape": list(w.shape)}
+            if sparsity < self.min_sparsity:
+                rec.update(choice="dense", why=f"sparsity<{self.min_sparsity}")
+                self._keep_dense(new, name, lin, rec, run)
+                continue
+            if lin.in_features not in xs:
+                xs[lin.in_features] = torch.randn(tokens, lin.in_features, generator=gen)
+            self._swap_layer(new, name, lin, xs[lin.in_features], sparsity, rec, run)
+
+    def _accepted_candidates(self, lin: nn.Linear, x: torch.Tensor, rec: dict[str, Any], run: SwapRun) -> dict[str, nn.Module]:
+        """Format -> sparse module, for the candidates whose output on ``x`` is within tolerance."""
+        ref = F.linear(x, lin.weight, lin.bias)
+        cands = {}
+        for fmt in self._candidates(lin.weight.detach()):
+            mod = self._make_sparse(lin, fmt, run)
+            err = ((mod(x) - ref).abs().max() / (ref.abs().max() + 1e-12)).item()
+            if err > self._tolerance():
+                rec.setdefault("rejected", {})[fmt] = f"error {err:.1e}"
+                continue
+            cands[fmt] = mod
+        return cands
+
+    def _swap_layer(self, new: nn.Module, name: str, lin: nn.Linear, x: torch.Tensor, sparsity: float,
+                    rec: dict[str, Any], run: SwapRun) -> None:
+        cands = self._accepted_candidates(lin, x, rec, run)
+        if not cands:
+            rec.update(choice="dense", why="no candidate within tolerance")
+            return self._keep_dense(new, name, lin, rec, run)
+        if not self.calibrate:
+            fmt = next(iter(cands))
+            if sparsity >= 0.7:
+                rec.update(choice=fmt, why="rule: sparsity>=0.7")
+                set_submodule(new, name, cands[fmt])
+                run.choices[name] = rec
+            else:
+                rec.update(choice="dense", why="rule: sparsity<0.7")
+                self._keep_dense(new, name, lin, rec, run)
+            return None
+        dense_mod = self._make_dense(lin, run) or lin
+        fns = {"dense": (lambda m=dense_mod: m(x))}
+        fns.update({fmt: (lambda m=m: m(x)) for fmt, m in cands.items()})
+        t = interleaved_timing(fns, self.repeats, self.min_time_s)
+        best = min(cands, key=lambda f: t[f])
+        rec["dense_s"] = t["dense"]
+        rec.update({f"{f}_s": t[f] for f in cands})
+        if t[best] * self.min_speedup <= t["dense"]:
+            rec.update(choice=best, speedup=round(t["dense"] / t[best], 3))
+            set_submodule(new, name, cands[best])
+            run.choices[name] = rec
+        else:
+            rec.update(choice="dense", why=f"sparse {t['dense'] / t[best]:.2f}x < {self.min_speedup}x")
+            self._keep_dense(new, name, lin, rec, run, dense_mod)
+        return None
+
+    def _keep_dense(self, root: nn.Module, name: str, lin: nn.Linear, rec: dict[str, Any], run: SwapRun,
+                    dense_mod: Optional[nn.Module] = None) -> None:
+        dm = dense_mod if dense_mod is not None else self._make_dense(lin, run)
+        if dm is not None and dm is not lin:
+            set_submodule(root, name, dm)
+            rec["dense_impl"] = type(dm).__name__
+        run.choices[name] = rec
+
+    def _fuse_layers(self, model: nn.Module, example: dict[str, torch.Tensor], run: SwapRun) -> nn.Module:
         """The model with lean fused encoder layers (fused q/k/v, our attention kernel, residuals in
         the kernels) when they give the same logits as ``model`` (within :attr:`fuse_tolerance` of
         their max); else ``model``."""
@@ -272,7 +292,7 @@ class _SparseSwap(Accelerator):
 
         fused = copy.deepcopy(model)
         try:
-            n, why = fuse_encoder_layers(fused, threads)
+            n, why = fuse_encoder_layers(fused, run.threads, run.variant)
             if n:
                 ref = logits_of(model(**example))
                 with torch.inference_mode():  # the runner times and evaluates in inference mode
@@ -283,67 +303,52 @@ class _SparseSwap(Accelerator):
                     n, why = 0, f"fused logits differ by {err:.1e} (relative)"
         except Exception as exc:  # a model layout the fused layer does not reproduce
             n, why = 0, f"{type(exc).__name__}: {exc}"[:200]
-        self._fused_layers, self._fuse_note = n, why
+        run.fused_layers, run.fuse_note = n, why
         return fused if n else model
 
-    def _keep_dense(self, root, name, lin, rec, threads, dense_mod=None):
-        dm = dense_mod if dense_mod is not None else self._make_dense(lin, threads)
-        if dm is not None and dm is not lin:
-            set_submodule(root, name, dm)
-            rec["dense_impl"] = type(dm).__name__
-        self._choices[name] = rec
-
-    def _dense_model(self, dense_model: nn.Module, threads: int) -> nn.Module:
-        """Whole-model dense fallback (fp32 copy here; int8 subclass quantizes)."""
-        return dense_model
-
-    def _check_whole_model(self, new, dense_model, example, threads):
-        fallback = self._dense_model(dense_model, threads)
+    def _check_whole_model(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
+                           run: SwapRun) -> nn.Module:
+        fallback = self._dense_model(dense_model, run)
         t = interleaved_timing({"dense": lambda: fallback(**example), "sparse": lambda: new(**example)},
                                max(5, self.repeats), self.min_time_s)
-        self._model_speedup = t["dense"] / t["sparse"]
+        run.model_speedup = t["dense"] / t["sparse"]
         if t["sparse"] > t["dense"]:
-            self._fell_back = True
+            run.fell_back = True
             return fallback
         return new
 
-    def row_fields(self) -> dict[str, Any]:
+    def _fields(self, run: SwapRun) -> dict[str, Any]:
+        """The row fields of one prepare: what ran (kernel variant, layer counts, per-layer choices)."""
         from accelerators import _sparse_kernels as sk
 
-        n_sparse = sum(1 for r in self._choices.values() if r["choice"] != "dense")
-        n_dense = len(self._choices) - n_sparse
-        if self._fell_back:
-            n_dense, n_sparse = len(self._choices), 0
-        compact = {k.replace("encoder.layer.", "L").replace("attention.self.", "att.")
-                   .replace("attention.output.dense", "att.out").replace("intermediate.dense", "ffn.in")
-                   .replace("output.dense", "ffn.out"): (r["choice"] if "speedup" not in r
-                                                          else f"{r['choice']}:{r['speedup']:.2f}x")
-                   for k, r in self._choices.items()}
+        n_sparse = sum(1 for r in run.choices.values() if r["choice"] != "dense")
+        n_dense = len(run.choices) - n_sparse
+        if run.fell_back:
+            n_dense, n_sparse = len(run.choices), 0
+        compact = {_short_layer_name(k): (r["choice"] if "speedup" not in r else f"{r['choice']}:{r['speedup']:.2f}x")
+                   for k, r in run.choices.items()}
         return {
-            "kernel_variant": self.variant or sk.kernel_variant(),
+            "kernel_variant_used": run.variant or sk.kernel_variant(),
             "sparse_format": self.format,
             "sparse_dtype": self.dtype,
             "sparse_layers": n_sparse,
             "dense_layers": n_dense,
             "sparse_min_speedup": self.min_speedup,
-            "sparse_model_check_speedup": round(self._model_speedup, 3) if self._model_speedup else None,
-            "sparse_fell_back_to_dense": self._fell_back,
-            "sparse_fused_gelu_layers": 0 if self._fell_back else self._fused_gelu,
-            "fused_encoder_layers": 0 if self._fell_back else self._fused_layers,
-            "fused_encoder_note": self._fuse_note or None,
+            "sparse_model_check_speedup": round(run.model_speedup, 3) if run.model_speedup else None,
+            "sparse_fell_back_to_dense": run.fell_back,
+            "sparse_fused_gelu_layers": 0 if run.fell_back else run.fused_gelu,
+            "fused_encoder_layers": 0 if run.fell_back else run.fused_layers,
+            "fused_encoder_note": run.fuse_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }
-
-    def layer_choices(self) -> dict[str, dict[str, Any]]:
-        """Per-layer records of the last ``prepare`` (choice, sparsity, timings, speedup or reason)."""
-        return copy.deepcopy(self._choices)
-
-
-KERNEL_VARIANTS = ("scalar", "avx2", "avx512", "vnni")
 
 
 class SparseCPU(_SparseSwap):
     """Our fp32 sparse kernels (CSR / 4x1 blocks) in place of encoder Linear layers, where measured faster.
+
+    The kernel ISA variant comes from the cell (``PrepareSettings.kernel_variant``, the matrix's
+    ``kernel_variant`` axis) and is set on every swapped module; the one that ran is recorded as
+    ``kernel_variant_used``.
 
     Args:
         format: ``"auto"`` (measure CSR and, where the pruning left whole blocks, bsr4x1 / bsr8x1;
@@ -353,7 +358,6 @@ class SparseCPU(_SparseSwap):
         calibrate: measure (default); False = rule of thumb (sparse when sparsity >= 0.7).
         repeats / min_time_s: interleaved repeats per layer and seconds per repeat and competitor.
         check_model: time the whole prepared model against dense at the end; fall back to dense if slower.
-        variant: force a kernel ISA variant (scalar, avx2, avx512, vnni); None = the module default.
         fuse_gelu: apply BERT's FFN GELU inside the sparse ``intermediate.dense`` kernel (exact erf
             form, |error| <= ~1e-6), saving a full pass over the largest activation.
         fuse_layers: replace each BERT encoder layer by :class:`accelerators.fused_layer.FusedBertLayer`

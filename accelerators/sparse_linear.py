@@ -113,8 +113,9 @@ class SparseLinear(nn.Module):
     ``nn.LayerNorm(out_features)``) is applied to each output row inside the same call, while the
     rows are still in cache. In int8 mode ``x`` may also be a :class:`QuantizedActivation` (from
     :meth:`forward_quantized` of the previous layer). ``threads`` (attribute, settable) is the
-    OpenMP thread count used per call; ``variant`` (None = module default) forces a kernel ISA
-    variant.
+    OpenMP thread count used per call; ``variant`` (attribute, settable; None = the extension's
+    default) is the kernel ISA variant every call uses, so that two modules in one process can run
+    different variants.
 
     Buffers (fp32): ``indptr`` int64 [n_block_rows + 1], ``indices`` int32 [nblocks],
     ``values`` float32 [nblocks, bh]; ``bias`` float32 [out] or absent.
@@ -168,15 +169,24 @@ class SparseLinear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_dense(cls, linear: nn.Linear, format: str = "csr", block: Optional[int] = None, dtype: str = "fp32",
-                   threads: int = 1, act_quant: str = "token", activation: str = "none") -> "SparseLinear":
+                   threads: int = 1, act_quant: str = "token", activation: str = "none",
+                   variant: Optional[str] = None) -> "SparseLinear":
         """Convert an ``nn.Linear`` (its zeros are what gets skipped).
 
         format/block: see the module docstring (``"csr"``, ``"bsr"`` + ``block``, ``"bsr4x1"``...).
         dtype: ``"fp32"`` (exact weights) or ``"int8"`` (per-output-channel symmetric weight
         quantization, round-to-nearest-even, range [-127, 127]; activations quantized per token at
         run time, or per tensor with ``act_quant="tensor"``). activation: ``"none"`` or ``"gelu"``
-        (y = GELU(x W^T + b), fused into the kernel's output pass). Raises ValueError on bad options.
+        (y = GELU(x W^T + b), fused into the kernel's output pass). variant: the kernel ISA variant
+        every call of this module uses (None = the extension's default). Raises ValueError on bad options.
         """
+        m = cls._from_dense(linear, format, block, dtype, threads, act_quant, activation)
+        m.variant = variant
+        return m
+
+    @classmethod
+    def _from_dense(cls, linear: nn.Linear, format: str, block: Optional[int], dtype: str, threads: int,
+                    act_quant: str, activation: str) -> "SparseLinear":
         name, bh, bw = parse_format(format, dtype, block)
         if linear.weight.dim() != 2:
             raise ValueError(f"from_dense needs a 2-D (out, in) weight, got shape {tuple(linear.weight.shape)}")

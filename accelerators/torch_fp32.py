@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator
+from accelerators.base import Accelerator, PrepareSettings, Prepared
 
 
 class TorchFP32(Accelerator):
@@ -14,5 +14,5 @@ class TorchFP32(Accelerator):
 
     name = "torch-fp32"
 
-    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> nn.Module:
-        return copy.deepcopy(model).eval()
+    def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
+        return Prepared(copy.deepcopy(model).eval(), {})

@@ -1,13 +1,14 @@
-"""``sparsebench`` command line: run, report, compare, doctor."""
+"""``sparsebench`` command line: run, report, compare, doctor, plugins."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, PluginWarning
 
 EPILOG = "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/."
 
@@ -138,7 +139,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from reports.compare import write_compare
+    from reports.compare_page import write_compare
 
     dirs = [Path(d) for d in args.run_dirs]
     missing = [str(d) for d in dirs if not (d / "results.jsonl").exists()]
@@ -154,6 +155,77 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     rep = doctor_report()
     print(json.dumps(rep, indent=1, default=str) if args.json else format_doctor(rep))
+    return 0
+
+
+def select_plugins(which: str | None) -> list[dict[str, Any]] | None:
+    """:meth:`~profiler.registry.Registry.describe` of every plugin, of one kind (``task``,
+    ``pruners``, ``meter``, ``energy-meter``, ...) or of one name; ``None`` when ``which`` is
+    neither a kind nor a registered name."""
+    from profiler.plugins import REGISTRIES
+
+    def is_kind(registry, word: str) -> bool:
+        kinds = {registry.kind, registry.section, registry.kind.split()[-1]}
+        kinds |= {k + "s" for k in kinds} | {k.replace(" ", "-") for k in kinds}
+        return word.lower() in kinds
+
+    chosen = []
+    for registry in REGISTRIES:
+        if which is None or is_kind(registry, which):
+            chosen += [registry.describe(n) for n in registry.names()]
+        elif which in registry:
+            chosen.append(registry.describe(which))
+    return chosen or None
+
+
+def _default_text(p: dict[str, Any]) -> str:
+    """``required``, ``optional`` (default None: leave it out) or ``default <TOML value>``."""
+    if p["required"]:
+        return "required"
+    v = p["default"]
+    if v is None:
+        return "optional"
+    return f"default {json.dumps(v) if isinstance(v, (bool, list, str)) else v}"
+
+
+def format_plugins(plugins: list[dict[str, Any]], problems: list[str]) -> str:
+    """Plain text of :func:`select_plugins`: a block per kind, a line per plugin and parameter."""
+    out: list[str] = []
+    kind = None
+    for d in plugins:
+        if d["kind"] != kind:
+            kind = d["kind"]
+            out += ["" if out else None, f"{kind}s (config section: {d['section']})".capitalize()]
+        out.append(f"  {d['name']}: {d['summary'].replace('``', '') or '(no description)'}")
+        if d["source"] != "built-in":
+            out.append(f"      from {d['source']}")
+        width = max((len(p["name"]) for p in d["params"]), default=0)
+        twidth = max((len(p["type"]) for p in d["params"]), default=0)
+        for p in d["params"]:
+            out.append(f"      {p['name']:<{width}}  {p['type']:<{twidth}}  {_default_text(p)}")
+        if not d["params"]:
+            out.append("      (no parameters)")
+    if problems:
+        out += ["", "Third-party plugins not loaded:"] + [f"  {p}" for p in problems]
+    return "\n".join(line for line in out if line is not None)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from profiler.plugins import LOAD_PROBLEMS
+
+    plugins = select_plugins(args.which)
+    if plugins is None:
+        from profiler.plugins import REGISTRIES
+
+        kinds = ", ".join(r.kind.split()[-1] for r in REGISTRIES)
+        names = ", ".join(sorted({n for r in REGISTRIES for n in r.names()}))
+        print(f"sparsebench: {args.which!r} is neither a plugin kind ({kinds}) nor a plugin name ({names})",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"plugins": plugins, "problems": list(LOAD_PROBLEMS)}, indent=1))
+    else:
+        print(format_plugins(plugins, list(LOAD_PROBLEMS)))
     return 0
 
 
@@ -190,12 +262,39 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print each energy meter's availability and reason, what 'auto' would use, the hardware fingerprint and the sparse-kernel variant.")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_doctor)
+    pl = sub.add_parser("plugins", help="every task, pruner, accelerator and energy meter, with its parameters",
+                        description="List every registered plugin (built-in, and third-party from the 'sparsebench.plugins' "
+                                    "entry-point group) with a one-line summary and its config parameters: type and default.",
+                        epilog="A config names a plugin and sets its parameters, e.g. [[accelerators]] name = \"sparse-cpu\" "
+                               "min_sparsity = 0.5. " + EPILOG)
+    pl.add_argument("which", nargs="?", metavar="KIND|NAME",
+                    help="only one kind (task, pruner, accelerator, meter) or the plugins of one name")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.set_defaults(func=cmd_plugins)
     return p
+
+
+def plugin_warning_printer(fallback: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints a :class:`PluginWarning` as one ``sparsebench: warning:``
+    line and hands every other warning to ``fallback``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, PluginWarning):
+            print(f"sparsebench: warning: {message}", file=file or sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    previous = warnings.showwarning
+    warnings.showwarning = plugin_warning_printer(previous)
+    try:
+        return args.func(args)
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -17,13 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from accelerators.base import KERNEL_VARIANTS
+from profiler import identity
 from profiler.errors import ConfigError
+from profiler.identity import stable_hash
 from profiler.labels import plugin_label
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
-from profiler.tasks.base import stable_hash
 
-KERNEL_VARIANTS = ("auto", "scalar", "avx2", "avx512", "vnni")
+#: values of ``matrix.kernel_variant``: "auto" (the best this CPU has) or a forced variant
+MATRIX_KERNEL_VARIANTS = ("auto",) + KERNEL_VARIANTS
+SCHEDULES = ("interleaved", "sequential")
 MAX_THREADS = 256  # torch.set_num_threads crashes the interpreter far above any real core count
 MAX_SEQ_LEN = 512  # position embeddings of BERT-family models
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -56,6 +60,10 @@ class MeasureSpec:
     both are reached (and the energy window is at least 10× the meter's resolution);
     max_seconds: stop once min_iters are done. idle_seconds: idle-power window before the matrix.
     eval_batch_size: batch size of the (untimed) accuracy pass.
+    schedule: ``"interleaved"`` (default: cells of one task and shape are timed side by side in
+    rounds, :mod:`profiler.interleave`; min/max bounds apply per cell, summed over its visits) or
+    ``"sequential"`` (one cell after the other). visit_seconds: timed seconds per visit;
+    min_rounds: rounds at least (the savings factors' medians and intervals are over rounds).
     """
 
     warmup_iters: int = 5
@@ -64,6 +72,9 @@ class MeasureSpec:
     max_seconds: float = 60.0
     idle_seconds: float = 2.0
     eval_batch_size: int = 64
+    schedule: str = "interleaved"
+    visit_seconds: float = 0.2
+    min_rounds: int = 7
 
 
 @dataclass
@@ -85,8 +96,10 @@ class Config:
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the matrix. ``cell_id`` is a short hash of its canonical config, so it is
-    stable across runs and machines (resume and cross-machine joins are exact)."""
+    """One point of the matrix. Its ids (:mod:`profiler.identity`) are short hashes of its config,
+    stable across runs and machines: ``cell_id`` of every axis (resume is exact), ``recipe_id``
+    without threads and kernel variant (cross-target joins), ``model_id`` of what the predictions
+    depend on (accuracy reuse)."""
 
     task: PluginSpec
     pruner: PluginSpec
@@ -105,7 +118,17 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        return stable_hash(self.canonical(), 12)
+        return identity.cell_id(self.canonical())
+
+    @property
+    def recipe_id(self) -> str:
+        return identity.recipe_id(self.task.canonical(), self.pruner.canonical(), self.accelerator.canonical(),
+                                  self.batch_size, self.seq_len)
+
+    @property
+    def model_id(self) -> str:
+        return identity.model_id(self.task.canonical(), self.pruner.canonical(), self.accelerator.canonical(),
+                                 self.kernel_variant)
 
 
 SECTIONS = {"run", "measure", "meter", "tasks", "pruners", "accelerators", "matrix"}
@@ -195,13 +218,19 @@ def parse_config(raw: dict[str, Any]) -> Config:
     for k, v in m.items():
         if k not in valid_measure:
             raise ConfigError(f"measure.{k}: unknown key; valid keys: {', '.join(valid_measure)}")
+        if k == "schedule":
+            if v not in SCHEDULES:
+                raise ConfigError(f"measure.schedule: must be one of {', '.join(SCHEDULES)}, got {v!r}")
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"measure.{k}: must be a non-negative number, got {v!r}")
         if valid_measure[k].type in ("int", int) and not isinstance(v, int):
             raise ConfigError(f"measure.{k}: must be an integer, got {v!r}")
     measure = MeasureSpec(**m)
-    if measure.min_iters < 1 or measure.eval_batch_size < 1:
-        raise ConfigError("measure.min_iters and measure.eval_batch_size must be >= 1")
+    if measure.min_iters < 1 or measure.eval_batch_size < 1 or measure.min_rounds < 1:
+        raise ConfigError("measure.min_iters, measure.min_rounds and measure.eval_batch_size must be >= 1")
+    if not measure.visit_seconds > 0:
+        raise ConfigError(f"measure.visit_seconds: must be > 0, got {measure.visit_seconds!r}")
     matrix = _table(raw, "matrix")
     for k in matrix:
         if k not in MATRIX_KEYS:
@@ -209,10 +238,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
     variants = matrix.get("kernel_variant", ["auto"])
     variants = variants if isinstance(variants, list) else [variants]
     if not variants or len(set(map(str, variants))) != len(variants):
-        raise ConfigError(f"matrix.kernel_variant: a non-empty list without duplicates; valid choices: {', '.join(KERNEL_VARIANTS)}")
+        raise ConfigError(f"matrix.kernel_variant: a non-empty list without duplicates; valid choices: {', '.join(MATRIX_KERNEL_VARIANTS)}")
     for v in variants:
-        if v not in KERNEL_VARIANTS:
-            raise ConfigError(f"matrix.kernel_variant: unknown variant {v!r}; valid choices: {', '.join(KERNEL_VARIANTS)}")
+        if v not in MATRIX_KERNEL_VARIANTS:
+            raise ConfigError(f"matrix.kernel_variant: unknown variant {v!r}; valid choices: {', '.join(MATRIX_KERNEL_VARIANTS)}")
     for section in ("tasks", "pruners", "accelerators"):
         if section not in raw:
             raise ConfigError(f"{section}: missing section ([[{section}]] tables)")

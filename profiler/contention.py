@@ -1,9 +1,9 @@
 """How busy the machine was with *other* work during a measurement window.
 
-A competing process ruins CPU latency far beyond its share: on a 2-core machine one busy
-single-thread process beside a 2-thread MiniLM run turned a 23 ms batch-1 latency into 830 ms
-(OpenMP workers wait at every operator for the descheduled thread). Each row therefore records
-the average number of CPUs other processes kept busy while it was timed.
+A competing process ruins CPU latency far beyond its share: OpenMP workers wait at every
+operator for a descheduled thread, so one busy process on a small machine can multiply a
+multi-threaded model's latency many times over. Each row therefore records the average number of
+CPUs other processes kept busy while it was timed.
 """
 from __future__ import annotations
 

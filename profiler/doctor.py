@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from profiler.energy import MIN_RESOLUTION_MULTIPLE, safe_availability
 from profiler.meters.base import EnergyMeter
 
 _LABELS = {"rapl": "RAPL", "pyrapl": "pyRAPL", "nvml": "NVML", "codecarbon": "codecarbon",
@@ -71,74 +72,92 @@ def doctor_report(
 
     Never raises for missing hardware or missing optional modules.
     """
-    from profiler.energy import MIN_RESOLUTION_MULTIPLE
-    from profiler.meters.auto import AutoMeter
-
     meters = meters if meters is not None else _default_meters(include_codecarbon)
-    rep: dict[str, Any] = {"meters": {}}
-    for name, m in meters.items():
-        try:
-            ok, reason = m.availability()
-        except Exception as e:  # availability must not raise; report it if it does
-            ok, reason = False, f"availability() raised {e!r}"
-        rep["meters"][name] = {"available": bool(ok), "reason": reason,
-                               "method": m.method if ok else "unavailable",
-                               "status": _status(name, bool(ok), reason, m.method)}
+    rep: dict[str, Any] = {"meters": _probe_meters(meters)}
     if rep["meters"].get("rapl", {}).get("available") and \
             rep["meters"].get("pyrapl", {}).get("available"):
-        from profiler.meters.pyrapl import compare_with_direct
-        try:
-            rep["pyrapl_vs_direct"] = compare_with_direct(meters["rapl"], meters["pyrapl"],
-                                                          seconds=compare_seconds, sleep=sleep)
-        except Exception as e:
-            rep["pyrapl_vs_direct"] = {"agree": None, "message": f"comparison failed: {e!r}",
-                                       "domains": {}}
-    if auto is None:
-        auto = AutoMeter(meters={k: meters[k] for k in ("rapl", "nvml", "estimate")
-                                 if k in meters})
-    parts = [p.name for p in getattr(auto, "parts", [])]
-    rep["auto"] = {"choice": getattr(auto, "choice_reason", auto.availability()[1]),
-                   "method": auto.method, "parts": parts, "resolution_s": auto.resolution_s,
-                   "min_window_s": MIN_RESOLUTION_MULTIPLE * auto.resolution_s}
+        rep["pyrapl_vs_direct"] = _compare_rapl_readers(meters, compare_seconds, sleep)
+    rep["auto"] = _auto_section(meters, auto)
     for m in meters.values():
         close = getattr(m, "close", None)
         if callable(close) and m.name == "codecarbon":
             close()
+    rep.update(_hardware_section(fingerprint))
+    rep.update(_kernel_section())
+    parts = rep["auto"]["parts"]
+    rep["cpu_energy"] = _cpu_sentence(rep, parts)
+    rep["summary"] = _summary(rep, parts)
+    return rep
 
-    # hardware fingerprint
+
+def _probe_meters(meters: dict[str, EnergyMeter]) -> dict[str, dict[str, Any]]:
+    """name → ``{"available", "reason", "method", "status"}`` for each meter."""
+    out = {}
+    for name, m in meters.items():
+        ok, reason = safe_availability(m)
+        out[name] = {"available": ok, "reason": reason,
+                     "method": m.method if ok else "unavailable",
+                     "status": _status(name, ok, reason, m.method)}
+    return out
+
+
+def _compare_rapl_readers(meters: dict[str, EnergyMeter], seconds: float,
+                          sleep: Callable[[float], None]) -> dict[str, Any]:
+    from profiler.meters.pyrapl import compare_with_direct
+
+    try:
+        return compare_with_direct(meters["rapl"], meters["pyrapl"], seconds=seconds, sleep=sleep)
+    except Exception as e:
+        return {"agree": None, "message": f"comparison failed: {e!r}", "domains": {}}
+
+
+def _auto_section(meters: dict[str, EnergyMeter], auto: EnergyMeter | None) -> dict[str, Any]:
+    """What ``auto`` picks: ``{"choice", "method", "parts", "resolution_s", "min_window_s"}``."""
+    from profiler.meters.auto import AutoMeter
+
+    if auto is None:
+        auto = AutoMeter(meters={k: meters[k] for k in ("rapl", "nvml", "estimate")
+                                 if k in meters})
+    choice = getattr(auto, "choice_reason", None)
+    return {"choice": choice if choice is not None else safe_availability(auto)[1],
+            "method": auto.method, "parts": [p.name for p in getattr(auto, "parts", [])],
+            "resolution_s": auto.resolution_s,
+            "min_window_s": MIN_RESOLUTION_MULTIPLE * auto.resolution_s}
+
+
+def _hardware_section(fingerprint: Callable[[], dict] | None) -> dict[str, Any]:
+    """``hardware``, ``hardware_id`` and, when something failed, ``hardware_note``."""
+    out: dict[str, Any] = {"hardware": None, "hardware_id": None}
     fp_fn = fingerprint
     if fp_fn is None:
         try:
             from profiler.hardware import fingerprint as fp_fn  # type: ignore[no-redef]
         except ImportError as e:
-            rep["hardware_note"] = f"profiler.hardware not available: {e}"
-    rep["hardware"] = None
-    rep["hardware_id"] = None
-    if fp_fn is not None:
-        try:
-            fp = fp_fn()
-            rep["hardware"] = fp
-            rep["hardware_id"] = fp.get("hardware_id")
-            if rep["hardware_id"] is None:
-                try:
-                    from profiler.hardware import hardware_id
-                    rep["hardware_id"] = hardware_id(fp)
-                except ImportError:
-                    pass
-        except Exception as e:
-            rep["hardware_note"] = f"fingerprint failed: {e!r}"
+            out["hardware_note"] = f"profiler.hardware not available: {e}"
+            return out
+    try:
+        fp = fp_fn()
+        out["hardware"] = fp
+        out["hardware_id"] = fp.get("hardware_id")
+        if out["hardware_id"] is None:
+            try:
+                from profiler.hardware import hardware_id
+                out["hardware_id"] = hardware_id(fp)
+            except ImportError:
+                pass
+    except Exception as e:
+        out["hardware_note"] = f"fingerprint failed: {e!r}"
+    return out
 
-    # kernel variant
+
+def _kernel_section() -> dict[str, Any]:
+    """``kernel_variant`` the C extension dispatches to (``"not built"`` without it)."""
     try:
         from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
-        rep["kernel_variant"] = k.kernel_variant()
+        return {"kernel_variant": k.kernel_variant()}
     except Exception as e:
-        rep["kernel_variant"] = "not built"
-        rep["kernel_note"] = f"accelerators._sparse_kernels not importable: {e}"
-
-    rep["cpu_energy"] = _cpu_sentence(rep, parts)
-    rep["summary"] = _summary(rep, parts)
-    return rep
+        return {"kernel_variant": "not built",
+                "kernel_note": f"accelerators._sparse_kernels not importable: {e}"}
 
 
 def _cpu_sentence(rep: dict, parts: list[str]) -> str:

@@ -12,7 +12,12 @@ lives here, once:
   GPUs; never ``platform``/psys, never the core/uncore sub-domains already inside a package);
 * the idle baseline (:func:`measure_idle_power`, watts per domain) and the net energy;
 * short-window handling: windows shorter than ``10 × meter.resolution_s`` are rejected (values
-  ``None`` and a flag), never reported as 0 J, never a division by zero.
+  ``None`` and a flag), never reported as 0 J, never a division by zero;
+* the method rank (:data:`ENERGY_METHODS`, :func:`worst_method`) and the never-raising
+  availability probe (:func:`safe_availability`) every caller uses.
+
+:func:`window_result` is the arithmetic as a pure function of the readings; :class:`EnergyWindow`
+only takes the readings. This module imports nothing outside the standard library at run time.
 
 Units: joules, seconds, watts. An absent device is ``None``, never ``0.0``.
 """
@@ -21,9 +26,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, get_args
 
-from profiler.meters.base import Counter, EnergyMeter, Reading
+from profiler.energy_math import counter_delta, gross_total, net_energy, readings_energy, sampling_flags, segments_energy
+
+if TYPE_CHECKING:  # annotations only: meters import this module, so no import cycle at run time
+    from profiler.meters.base import EnergyMeter, Reading
+
+#: How an energy value was obtained, best first: ``measured`` (a hardware counter: RAPL, NVML
+#: total energy), ``power-poll`` (power samples integrated over time), ``estimated`` (a model,
+#: e.g. TDP × utilisation), ``unavailable`` (no value, with a reason).
+EnergyMethod = Literal["measured", "power-poll", "estimated", "unavailable"]
+ENERGY_METHODS: tuple[str, ...] = get_args(EnergyMethod)
 
 #: Domain kinds (the part of a domain name before the first ``:``) that add up to the total.
 #: ``package``/``cpu`` (CPU sockets or the estimate of them), ``dram`` (not inside package),
@@ -33,8 +47,6 @@ SUMMED_KINDS: frozenset[str] = frozenset({"package", "cpu", "dram", "gpu"})
 
 #: Minimum window length as a multiple of the meter's counter update period.
 MIN_RESOLUTION_MULTIPLE = 10
-
-_METHOD_RANK = {"measured": 0, "power-poll": 1, "estimated": 2, "unavailable": 3}
 
 
 def domain_kind(domain: str) -> str:
@@ -47,84 +59,34 @@ def is_summed(domain: str) -> bool:
     return domain_kind(domain) in SUMMED_KINDS
 
 
-def weakest_method(methods) -> str:
-    """The least trustworthy of several methods (measured < power-poll < estimated < unavailable)."""
-    methods = [m for m in methods if m]
-    if not methods:
+def worst_method(methods: Iterable[str | None]) -> str:
+    """The least trustworthy of several methods, by their place in :data:`ENERGY_METHODS`.
+
+    Empty or ``None`` entries are ignored; no methods at all, or a name not in
+    :data:`ENERGY_METHODS`, counts as ``"unavailable"``.
+    """
+    rank = {m: i for i, m in enumerate(ENERGY_METHODS)}
+    known = [m for m in methods if m]
+    if not known:
         return "unavailable"
-    return max(methods, key=lambda m: _METHOD_RANK.get(m, 3))
+    return max(known, key=lambda m: rank.get(m, len(ENERGY_METHODS) - 1))
 
 
-# --------------------------------------------------------------------------------------------
-# counter arithmetic
-# --------------------------------------------------------------------------------------------
+def safe_availability(plugin: Any, *args: Any) -> tuple[bool, str]:
+    """``plugin.availability(*args)`` as ``(bool, str)``, an exception turned into ``(False, reason)``.
 
-
-def counter_delta(c0: Counter, c1: Counter) -> tuple[float | None, list[str]]:
-    """Energy in joules between two readings of one cumulative counter, wrap-corrected.
-
-    Returns ``(joules, flags)``. ``joules`` is ``None`` (never negative) when either read failed,
-    or when the counter went backwards and its wrap range is unknown. Flags carried on either
-    counter are passed through. At most one wrap per interval is assumed; keeping intervals
-    shorter than the meter's ``max_safe_window_s`` is the caller's job (:class:`EnergyWindow`).
+    For any plugin with ``availability()`` (meters; accelerators, which take their prepare
+    settings as ``args``). ``availability()`` is documented never to raise; third-party plugins
+    may still do so, and a probe must never end a run or ``sparsebench doctor``.
     """
-    flags = [f for f in (c0.flag, c1.flag) if f]
-    if c0.energy_j is None or c1.energy_j is None:
-        return None, flags or ["counter unreadable"]
-    d = c1.energy_j - c0.energy_j
-    if d >= 0:
-        return d, flags
-    rng = c1.max_range_j if c1.max_range_j is not None else c0.max_range_j
-    if rng is None or rng <= 0:
-        return None, flags + ["counter went backwards and its wrap range is unknown; value dropped"]
-    d += rng
-    if d < 0:
-        return None, flags + ["counter went backwards by more than its wrap range; value dropped"]
-    return d, flags
-
-
-def readings_energy(
-    readings: list[Reading],
-) -> tuple[dict[str, float | None], list[str]]:
-    """Sum wrap-corrected deltas over consecutive readings, per domain.
-
-    Only domains present in the first and last reading are reported; a domain missing from an
-    intermediate reading, or unreadable in any interval, is ``None`` for the whole window.
-    Returns ``(joules per domain, flags)`` where flags are prefixed with the domain name.
-    """
-    if len(readings) < 2:
-        return {}, ["fewer than two readings"]
-    domains = [d for d in readings[0].counters if d in readings[-1].counters]
-    out: dict[str, float | None] = {}
-    flags: list[str] = []
-    for dom in domains:
-        total: float | None = 0.0
-        seen: list[str] = []
-        for r0, r1 in zip(readings, readings[1:]):
-            c0, c1 = r0.counters.get(dom), r1.counters.get(dom)
-            if c0 is None or c1 is None:
-                total = None
-                seen.append("missing from an intermediate reading")
-                break
-            d, fl = counter_delta(c0, c1)
-            for f in fl:
-                if f not in seen:
-                    seen.append(f)
-            if d is None:
-                total = None
-                break
-            total += d
-        out[dom] = total
-        flags.extend(f"{dom}: {f}" for f in seen)
-    return out, flags
-
-
-def _domain_methods(meter: EnergyMeter, reading: Reading) -> dict[str, str]:
-    return {d: (c.method or meter.method) for d, c in reading.counters.items()}
+    try:
+        ok, reason = plugin.availability(*args)
+        return bool(ok), str(reason)
+    except Exception as e:
+        return False, f"availability() raised {e!r}"
 
 
 # --------------------------------------------------------------------------------------------
-# idle baseline
 # --------------------------------------------------------------------------------------------
 
 
@@ -159,7 +121,7 @@ def measure_idle_power(
         seconds: idle interval in seconds.
         sleep: injectable sleep (tests pass one that advances a fake clock).
     """
-    ok, reason = _safe_availability(meter)
+    ok, reason = safe_availability(meter)
     if not ok:
         return IdlePower(watts={}, duration_s=0.0, flags=[f"meter unavailable: {reason}"])
     seconds = max(float(seconds), MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s))
@@ -189,14 +151,6 @@ def measure_idle_power(
     return IdlePower(watts=watts, duration_s=dt, flags=flags)
 
 
-def _safe_availability(meter: EnergyMeter) -> tuple[bool, str]:
-    try:
-        ok, reason = meter.availability()
-        return bool(ok), str(reason)
-    except Exception as e:  # availability() must never raise; be defensive anyway
-        return False, f"availability() raised {e!r}"
-
-
 # --------------------------------------------------------------------------------------------
 # result
 # --------------------------------------------------------------------------------------------
@@ -207,9 +161,8 @@ class EnergyResult:
     """Energy of one timed window.
 
     Attributes:
-        method: ``measured`` | ``power-poll`` | ``estimated`` | ``unavailable`` — the weakest
-            method among the summed domains (a mix of measured CPU and estimated anything is
-            ``estimated``).
+        method: one of :data:`ENERGY_METHODS`: the worst (:func:`worst_method`) among the
+            summed domains (a mix of measured CPU and estimated anything is ``estimated``).
         reason: why values are missing, or ``None``.
         window_s: window length in seconds (0.0 when unknown).
         energy_j: gross joules per domain over the window; ``None`` where unknown.
@@ -276,6 +229,21 @@ class EnergyResult:
 # --------------------------------------------------------------------------------------------
 
 
+def _meter_info(meter: EnergyMeter) -> dict:
+    """``meter.describe()``, or what is known when it raises."""
+    try:
+        return dict(meter.describe())
+    except Exception as e:
+        return {"meter": getattr(meter, "name", "?"), "describe_error": repr(e)}
+
+
+def unavailable_result(reason: str, idle_w: dict | None, info: dict, n_inferences: int) -> EnergyResult:
+    """An :class:`EnergyResult` without values: ``method="unavailable"`` and the ``reason``."""
+    return EnergyResult(method="unavailable", reason=reason, window_s=0.0, energy_j={},
+                        energy_j_per_inference=None, energy_j_per_inference_net=None,
+                        idle_power_w=idle_w, meter_info=info, n_inferences=n_inferences)
+
+
 class EnergyWindow:
     """Context manager around the timed loop; :meth:`result` turns it into joules per inference.
 
@@ -327,7 +295,7 @@ class EnergyWindow:
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> "EnergyWindow":
         self._entered = True
-        self._available = _safe_availability(self.meter)
+        self._available = safe_availability(self.meter)
         if not self._available[0]:
             return self
         try:
@@ -387,119 +355,176 @@ class EnergyWindow:
 
     # -- result ----------------------------------------------------------------------------
     def result(self, n_inferences: int) -> EnergyResult:
-        """Energy over the window, divided by ``n_inferences``.
+        """Energy over the window, divided by ``n_inferences`` (see :func:`window_result`).
 
-        Never raises for meter problems and never divides by zero: an unavailable meter gives
-        ``method="unavailable"`` with the reason; a window shorter than :attr:`min_duration_s`
-        or ``n_inferences <= 0`` gives ``None`` values with a flag. Raises ``RuntimeError`` if
-        called before the window was entered and exited.
+        Never raises for meter problems and never divides by zero: an unavailable meter or a
+        failed read gives ``method="unavailable"`` with the reason; a window shorter than
+        :attr:`min_duration_s` or ``n_inferences <= 0`` gives ``None`` values with a flag.
+        Raises ``RuntimeError`` if called before the window was entered and exited.
         """
         if not (self._entered and self._exited):
             raise RuntimeError("EnergyWindow.result() needs a completed `with` block")
-        try:
-            info = dict(self.meter.describe())
-        except Exception as e:
-            info = {"meter": getattr(self.meter, "name", "?"), "describe_error": repr(e)}
+        info = _meter_info(self.meter)
         idle_w = None if self.idle is None else dict(self.idle.watts)
-
-        def unavailable(reason: str, window_s: float = 0.0, flags=()) -> EnergyResult:
-            return EnergyResult(
-                method="unavailable", reason=reason, window_s=window_s, energy_j={},
-                energy_j_per_inference=None, energy_j_per_inference_net=None,
-                flags=list(flags), idle_power_w=idle_w, meter_info=info,
-                n_inferences=n_inferences,
-            )
-
         assert self._available is not None
-        if not self._available[0]:
-            return unavailable(self._available[1])
         readings = self.readings
-        if self._error is not None or len(readings) < 2:
-            return unavailable(self._error or "no end reading")
+        failure = None if self._available[0] else self._available[1]
+        if failure is None and (self._error is not None or len(readings) < 2):
+            failure = self._error or "no end reading"
+        if failure is not None:
+            return unavailable_result(failure, idle_w, info, n_inferences)
+        return window_result(
+            readings, n_inferences, meter_method=self.meter.method,
+            resolution_s=float(self.meter.resolution_s),
+            max_safe_window_s=self.meter.max_safe_window_s, idle_w=idle_w, meter_info=info,
+        )
 
-        window_s = max(readings[-1].t_s - readings[0].t_s, 0.0)
-        energies, flags = readings_energy(readings)
-        methods = _domain_methods(self.meter, readings[-1])
-        methods = {d: m for d, m in methods.items() if d in energies}
-        summed = [d for d in energies if is_summed(d)]
-        method = weakest_method(methods[d] for d in summed) if summed else self.meter.method
-        reason: str | None = None
 
-        # sampling gaps longer than the wrap-safe interval may hide a second wrap
-        safe = self.meter.max_safe_window_s
-        if safe:
-            if window_s > safe:
-                flags.append(
-                    f"window {window_s:.1f} s is longer than the counter's safe window "
-                    f"{safe:.1f} s; sampled {len(readings)} times to correct wraps"
-                )
-            gaps = [b.t_s - a.t_s for a, b in zip(readings, readings[1:])]
-            if gaps and max(gaps) > safe:
-                flags.append(
-                    f"gap of {max(gaps):.1f} s between samples exceeds the safe window "
-                    f"{safe:.1f} s; a counter wrap may be missed"
-                )
+# --------------------------------------------------------------------------------------------
+# the window arithmetic, as a pure function of the readings
+# --------------------------------------------------------------------------------------------
 
-        if len(set(methods[d] for d in summed)) > 1:
-            flags.append(
-                "mixed methods: " + ", ".join(f"{d}={methods[d]}" for d in summed)
-            )
 
-        if window_s < self.min_duration_s:
-            flags.append(
-                f"window {window_s:.6f} s is shorter than {MIN_RESOLUTION_MULTIPLE}× the meter "
-                f"resolution ({self.min_duration_s:.6f} s); energy rejected — extend the loop"
-            )
-            return EnergyResult(
-                method=method, reason="window shorter than 10× meter resolution",
-                window_s=window_s, energy_j={d: None for d in energies},
-                energy_j_per_inference=None, energy_j_per_inference_net=None, flags=flags,
-                domain_methods=methods, idle_power_w=idle_w, meter_info=info,
-                n_inferences=n_inferences,
-            )
+def window_result(
+    readings: list[Reading],
+    n_inferences: int,
+    *,
+    meter_method: str,
+    resolution_s: float,
+    max_safe_window_s: float | None = None,
+    idle_w: dict[str, float | None] | None = None,
+    meter_info: dict | None = None,
+) -> EnergyResult:
+    """One window: :func:`segments_result` with a single segment (see there for the arithmetic)."""
+    return segments_result([readings], n_inferences, meter_method=meter_method, resolution_s=resolution_s,
+                           max_safe_window_s=max_safe_window_s, idle_w=idle_w, meter_info=meter_info)
 
-        # a measured counter that did not move over a long-enough window did not update: unknown
-        for d, e in list(energies.items()):
-            if e == 0.0 and methods.get(d) in ("measured", "power-poll"):
-                energies[d] = None
-                flags.append(f"{d}: counter did not advance over {window_s:.3f} s; value dropped")
 
-        gross_total: float | None = None
-        if not summed:
-            reason = "meter reported no CPU/DRAM/GPU domain"
-        elif any(energies[d] is None for d in summed):
-            missing = [d for d in summed if energies[d] is None]
-            reason = f"no value for {', '.join(missing)}"
-        else:
-            gross_total = sum(energies[d] for d in summed)  # type: ignore[misc]
+def segments_result(
+    segments: list[list[Reading]],
+    n_inferences: int,
+    *,
+    meter_method: str,
+    resolution_s: float,
+    max_safe_window_s: float | None = None,
+    idle_w: dict[str, float | None] | None = None,
+    meter_info: dict | None = None,
+) -> EnergyResult:
+    """Joules per inference from the readings of one or more segments of a window: a cell timed
+    in interleaved visits counts only its own visits, each a segment (begin, intermediate
+    samples, end); joules and seconds add up over the segments, the gaps between them (other
+    cells' visits) are not counted.
 
-        per_inf = net_per_inf = None
-        if n_inferences is None or n_inferences <= 0:
-            flags.append("no inferences counted; per-inference energy not computed")
-            reason = reason or "n_inferences <= 0"
-        elif gross_total is not None:
-            per_inf = gross_total / n_inferences
-            net_per_inf = self._net(gross_total, summed, window_s, n_inferences, flags)
+    Wrap-corrected deltas per domain (:func:`readings_energy`), the method of the summed domains
+    (:func:`worst_method`; a counter's own ``method`` overrides ``meter_method``), rejection of
+    windows shorter than ``MIN_RESOLUTION_MULTIPLE × resolution_s`` seconds, dropping of
+    measured counters that did not advance, the sum over :data:`SUMMED_KINDS` domains, the
+    division by ``n_inferences`` and the idle-baseline net energy.
 
+    Args:
+        segments: readings per segment, each at least two, oldest first (``t_s`` in seconds).
+        n_inferences: inferences run inside the window; ``<= 0`` gives ``None`` values and a flag.
+        meter_method: the meter's nominal method (for counters that carry none).
+        resolution_s: the meter's counter update period in seconds.
+        max_safe_window_s: the meter's wrap-safe interval in seconds, or ``None`` (no wrap).
+        idle_w: idle power in watts per domain (:attr:`IdlePower.watts`), or ``None``.
+        meter_info: ``meter.describe()``, stored in the result.
+
+    Never raises and never divides by zero; fewer than two readings count as no value.
+    """
+    info = dict(meter_info or {})
+    segments = [seg for seg in segments if seg] or [[]]
+    window_s = sum(max(seg[-1].t_s - seg[0].t_s, 0.0) for seg in segments if seg)
+    energies, flags = segments_energy(segments)
+    last = segments[-1]
+    methods = {d: (c.method or meter_method) for d, c in last[-1].counters.items()
+               if d in energies} if last else {}
+    summed = [d for d in energies if is_summed(d)]
+    method = worst_method(methods[d] for d in summed) if summed else meter_method
+    for seg in segments:
+        flags += [f for f in sampling_flags(seg, max(seg[-1].t_s - seg[0].t_s, 0.0), max_safe_window_s)
+                  if f not in flags] if seg else []
+    if len(set(methods[d] for d in summed)) > 1:
+        flags.append("mixed methods: " + ", ".join(f"{d}={methods[d]}" for d in summed))
+
+    def result(energy_j, reason, per_inf=None, net=None) -> EnergyResult:
         return EnergyResult(
-            method=method, reason=reason, window_s=window_s, energy_j=energies,
-            energy_j_per_inference=per_inf, energy_j_per_inference_net=net_per_inf,
-            flags=flags, domain_methods=methods, idle_power_w=idle_w, meter_info=info,
+            method=method, reason=reason, window_s=window_s, energy_j=energy_j,
+            energy_j_per_inference=per_inf, energy_j_per_inference_net=net, flags=flags,
+            domain_methods=methods, idle_power_w=idle_w, meter_info=info,
             n_inferences=n_inferences,
         )
 
-    def _net(self, gross: float, summed: list[str], window_s: float, n: int, flags: list[str]):
-        if self.idle is None:
-            return None
-        missing = [d for d in summed if self.idle.watts.get(d) is None]
-        if missing:
-            flags.append(f"no idle baseline for {', '.join(missing)}; net energy not computed")
-            return None
-        idle_w = sum(self.idle.watts[d] for d in summed)  # type: ignore[misc]
-        net = gross - idle_w * window_s
-        if net < 0:
-            flags.append(
-                f"idle power {idle_w:.3f} W exceeds the window's mean power "
-                f"{gross / window_s:.3f} W; net energy is negative (not clamped)"
-            )
-        return net / n
+    min_duration_s = MIN_RESOLUTION_MULTIPLE * float(resolution_s)
+    if window_s < min_duration_s:
+        flags.append(
+            f"window {window_s:.6f} s is shorter than {MIN_RESOLUTION_MULTIPLE}× the meter "
+            f"resolution ({min_duration_s:.6f} s); energy rejected — extend the loop"
+        )
+        return result({d: None for d in energies}, "window shorter than 10× meter resolution")
+
+    # a measured counter that did not move over a long-enough window did not update: unknown
+    for d, e in list(energies.items()):
+        if e == 0.0 and methods.get(d) in ("measured", "power-poll"):
+            energies[d] = None
+            flags.append(f"{d}: counter did not advance over {window_s:.3f} s; value dropped")
+
+    gross, reason = gross_total(energies, summed)
+    per_inf = net_per_inf = None
+    if n_inferences is None or n_inferences <= 0:
+        flags.append("no inferences counted; per-inference energy not computed")
+        reason = reason or "n_inferences <= 0"
+    elif gross is not None:
+        per_inf = gross / n_inferences
+        net = net_energy(gross, summed, window_s, idle_w, flags)
+        net_per_inf = None if net is None else net / n_inferences
+    return result(energies, reason, per_inf, net_per_inf)
+
+
+class VisitWindows:
+    """The energy window of a cell timed in interleaved visits: one segment per visit.
+
+    :meth:`begin` and :meth:`end` read the meter around each visit's timed calls; :meth:`result`
+    adds joules and seconds over the visits only (:func:`segments_result`), so the energy of the
+    other cells' visits in between is never counted. The meter is started and stopped by the
+    caller (once per run). Meter errors never propagate: they end in ``method="unavailable"``.
+    Visits are expected to be shorter than ``meter.max_safe_window_s`` (longer ones are flagged).
+    """
+
+    def __init__(self, meter: EnergyMeter, idle: IdlePower | None = None) -> None:
+        self.meter, self.idle = meter, idle
+        self._available = safe_availability(meter)
+        self._segments: list[list[Reading]] = []
+        self._error: str | None = None
+
+    def begin(self) -> None:
+        self._read(new_segment=True)
+
+    def end(self) -> None:
+        self._read(new_segment=False)
+
+    def _read(self, new_segment: bool) -> None:
+        if not self._available[0] or self._error is not None:
+            return
+        try:
+            r = self.meter.read()
+        except Exception as e:
+            self._error = f"meter read failed at a visit's {'start' if new_segment else 'end'}: {e!r}"
+            return
+        if new_segment:
+            self._segments.append([r])
+        elif self._segments:
+            self._segments[-1].append(r)
+
+    def result(self, n_inferences: int) -> EnergyResult:
+        """Joules per inference over all visits (see :func:`segments_result`)."""
+        info = _meter_info(self.meter)
+        idle_w = None if self.idle is None else dict(self.idle.watts)
+        failure = None if self._available[0] else self._available[1]
+        complete = [seg for seg in self._segments if len(seg) >= 2]
+        failure = failure or self._error or (None if complete else "no complete visit")
+        if failure is not None:
+            return unavailable_result(failure, idle_w, info, n_inferences)
+        return segments_result(complete, n_inferences, meter_method=self.meter.method,
+                               resolution_s=float(self.meter.resolution_s),
+                               max_safe_window_s=self.meter.max_safe_window_s, idle_w=idle_w, meter_info=info)

@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler.tasks.base import stable_hash
+from profiler.identity import stable_hash
 
 ISA_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",

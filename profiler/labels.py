@@ -5,14 +5,14 @@ from typing import Any
 
 # parameter → how it shows when it differs from the plain default
 _SHOWN = ("sparsity", "engine", "format")
-_UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "variant": "hard"}
+_UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer"}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:
     """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``."""
     params = params or {}
     parts = [name] + [str(params[k]) for k in _SHOWN if k in params]
-    parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d and k != "variant"]
+    parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d]
     if name == "movement" and params.get("variant") == "soft":
         parts.append("soft")
     if params.get("distill") is True:

@@ -1,13 +1,16 @@
 """One registry per plugin kind: ``TASKS``, ``PRUNERS``, ``ACCELERATORS``, ``METERS``.
 
 A plugin is a class with a ``name`` class attribute whose constructor keyword parameters *are*
-its config. Registries are filled by explicit imports in :mod:`profiler.plugins`; nothing
-registers itself as a side effect of being imported.
+its config. Registries are filled by explicit imports in :mod:`profiler.plugins` (built-ins,
+then third-party classes from the ``sparsebench.plugins`` entry-point group); nothing registers
+itself as a side effect of being imported. :meth:`Registry.describe` is what
+``sparsebench plugins`` prints.
 """
 from __future__ import annotations
 
 import collections.abc
 import inspect
+import re
 import types
 import typing
 from typing import Any, Generic, TypeVar
@@ -16,26 +19,47 @@ from profiler.errors import ConfigError
 
 T = TypeVar("T")
 
+#: :meth:`Registry.source` of the plugins that ship with sparsebench.
+BUILT_IN = "built-in"
+
 
 class Registry(Generic[T]):
     """Name → plugin class for one kind (``kind`` is used in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, section: str) -> None:
+        """``kind``: singular noun for messages (``"accelerator"``); ``section``: the config
+        table that names these plugins (``"accelerators"``)."""
         self.kind = kind
+        self.section = section
         self._classes: dict[str, type[T]] = {}
+        self._sources: dict[str, str] = {}
 
-    def register(self, cls: type[T]) -> type[T]:
-        """Add ``cls`` under ``cls.name``. Raises ValueError on an empty or duplicate name."""
+    def register(self, cls: type[T], source: str = BUILT_IN) -> type[T]:
+        """Add ``cls`` under ``cls.name``; ``source`` says where it came from (:data:`BUILT_IN`,
+        or a third-party distribution and entry point).
+
+        Raises ValueError on an empty name, or a name already taken by another class (the message
+        names both classes and their sources).
+        """
         name = getattr(cls, "name", "")
-        if not name:
+        if not name or not isinstance(name, str):
             raise ValueError(f"{cls.__qualname__} has no 'name' class attribute")
-        if name in self._classes and self._classes[name] is not cls:
-            raise ValueError(f"duplicate {self.kind} name {name!r}")
+        old = self._classes.get(name)
+        if old is not None and old is not cls:
+            raise ValueError(
+                f"duplicate {self.kind} name {name!r}: {class_path(cls)} from {source} and "
+                f"{class_path(old)} from {self._sources[name]}"
+            )
         self._classes[name] = cls
+        self._sources[name] = source
         return cls
 
     def names(self) -> list[str]:
         return sorted(self._classes)
+
+    def source(self, name: str) -> str:
+        """Where plugin ``name`` came from: :data:`BUILT_IN` or ``"<distribution> (entry point <ep>)"``."""
+        return self._sources[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._classes
@@ -63,6 +87,32 @@ class Registry(Generic[T]):
             return typing.get_type_hints(self._classes[name].__init__)
         except Exception:  # unresolvable annotation: values are left to the plugin to check
             return {}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """JSON-able description of plugin ``name``, taken from its class.
+
+        Keys: ``kind``, ``section`` (config table), ``name``, ``summary`` (first line of the class
+        docstring, ``""`` without one), ``class`` (``module.QualName``), ``source``, ``params``:
+        one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
+        ``type`` as written in the annotation (``"any"`` when unannotated), ``default`` made
+        JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
+        Raises ConfigError for an unknown name.
+        """
+        cls = self.get(name)
+        hints = self.hints(name)
+        params = []
+        for p, v in self.params(name).items():
+            required = v.default is inspect.Parameter.empty
+            params.append({
+                "name": p,
+                "type": type_name(hints.get(p, v.annotation)),
+                "default": None if required else _jsonable(v.default),
+                "required": required,
+            })
+        return {
+            "kind": self.kind, "section": self.section, "name": name, "summary": summary(cls),
+            "class": class_path(cls), "source": self._sources[name], "params": params,
+        }
 
     def build(self, name: str, params: dict[str, Any], key: str) -> T:
         """Instantiate plugin ``name`` with ``params``.
@@ -129,7 +179,55 @@ def describe(hint: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-TASKS: Registry = Registry("task")
-PRUNERS: Registry = Registry("pruner")
-ACCELERATORS: Registry = Registry("accelerator")
-METERS: Registry = Registry("energy meter")
+def type_name(hint: Any) -> str:
+    """An annotation as a user reads it: ``int``, ``float | None``, ``list[str]``; ``"any"`` if absent."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return "any"
+    if isinstance(hint, str):
+        return hint
+    if hint is type(None):
+        return "None"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(h) for h in typing.get_args(hint))
+    if origin is not None:
+        args = typing.get_args(hint)
+        base = getattr(origin, "__name__", str(origin))
+        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def summary(cls: type) -> str:
+    """The summary line of a class's own docstring (not inherited): its first sentence, or its
+    whole first paragraph when that has no full stop; ``""`` without a docstring."""
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    paragraph = " ".join(doc.split("\n\n", 1)[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
+
+
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)(?<!vs)\.(?=\s|$)")
+
+
+def class_path(cls: type) -> str:
+    """``module.QualName`` of a class (what a user greps for)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+TASKS: Registry = Registry("task", "tasks")
+PRUNERS: Registry = Registry("pruner", "pruners")
+ACCELERATORS: Registry = Registry("accelerator", "accelerators")
+METERS: Registry = Registry("energy meter", "meter")
+
+#: Every registry, in the order the config and ``sparsebench plugins`` list them.
+REGISTRIES: tuple[Registry, ...] = (TASKS, PRUNERS, ACCELERATORS, METERS)

@@ -14,8 +14,12 @@ STATUSES = ("ok", "failed", "skipped")
 class Result:
     """One matrix cell's outcome. Units are in the names: seconds, joules, bytes.
 
-    ``status`` is ok | failed | skipped; ``reason`` says why for the last two. Fields not known to
-    this class (plugin-specific ones) round-trip through ``extra``.
+    ``status`` is ok | failed | skipped; ``reason`` says why for the last two. Identity
+    (:mod:`profiler.identity`): ``cell_id`` (every axis), ``recipe_id`` (without threads and kernel
+    variant: what ``compare`` joins on across targets), ``model_id`` (rows with equal ids share
+    one accuracy pass); rows written before ``recipe_id``/``model_id`` existed have them None
+    (:func:`profiler.identity.ids_of_row` recomputes them). Fields not known to this class
+    (plugin-specific ones) round-trip through ``extra``.
     """
 
     cell_id: str
@@ -28,6 +32,8 @@ class Result:
     seq_len: int
     threads: int
     status: str
+    recipe_id: str | None = None
+    model_id: str | None = None
     reason: str | None = None
     kernel_variant: str | None = None
     device: str = "cpu"

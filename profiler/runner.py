@@ -18,16 +18,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from accelerators.base import PrepareSettings
 from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
-from profiler.energy import EnergyWindow, IdlePower, measure_idle_power
+from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError
 from profiler.hardware import fingerprint
+from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
-from profiler.tasks.base import Task, default_cache_dir, load_cached, logits_of, seed_everything, stable_hash
-from profiler.timing import LatencyStats, timed_loop
+from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
+from profiler.measure import Timed, fill_measurements, make_call, measure_group, measure_one, savings_fields
 from pruners.base import PruneReport
 
 RESULTS = "results.jsonl"
@@ -136,6 +138,7 @@ class Runner:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.reporter = reporter or Reporter()
         self.results_path = self.run_dir / RESULTS
+        #: accuracy by model_id: cells with the same model share one accuracy pass
         self._accuracy: dict[str, float] = {}
 
     # ---- run-level files ----------------------------------------------------------------------
@@ -184,10 +187,11 @@ class Runner:
         self.hw = hw
         if repair_tail(self.results_path):
             self.reporter.message("cut a partial last line from results.jsonl (killed mid-write)")
-        done = {r["cell_id"] for r in read_results(self.results_path).rows}
-        for r in read_results(self.results_path).rows:
+        rows = read_results(self.results_path).rows
+        done = {r["cell_id"] for r in rows}
+        for r in rows:
             if r.get("status") == "ok" and r.get("accuracy") is not None:
-                self._accuracy.setdefault(self._acc_key_from_row(r), r["accuracy"])
+                self._accuracy.setdefault(r.get("model_id") or ids_of_row(r)["model_id"], r["accuracy"])
         cells = expand(self.cfg)
         todo = [c for c in cells if c.cell_id not in done]
         self.reporter.start(len(cells), len(cells) - len(todo))
@@ -219,18 +223,23 @@ class Runner:
             for c in cells:
                 self._record(self._base_row(c, None), "failed", f"task: {type(exc).__name__}: {exc}")
             return
-        by_pruner: dict[PluginSpec, list[Cell]] = defaultdict(list)
-        for c in cells:
-            by_pruner[c.pruner].append(c)
-        for p_spec, p_cells in by_pruner.items():
+        models: dict[PluginSpec, tuple[nn.Module, PruneReport]] = {}
+        for p_spec in dict.fromkeys(c.pruner for c in cells):
             try:
-                model, report = self._pruned(task, dense, p_spec)
+                models[p_spec] = self._pruned(task, dense, p_spec)
             except Exception as exc:
-                for c in p_cells:
+                for c in (c for c in cells if c.pruner == p_spec):
                     self._record(self._base_row(c, task), "failed", f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
-                continue
-            for c in p_cells:
-                self._run_cell(c, task, model, report, meter, idle)
+        cells = [c for c in cells if c.pruner in models]
+        if self.cfg.measure.schedule == "sequential":
+            for c in cells:
+                self._run_cell(c, task, *models[c.pruner], meter, idle)
+            return
+        groups: dict[tuple, list[Cell]] = defaultdict(list)
+        for c in cells:  # side by side: every model and accelerator of this task at one shape
+            groups[(c.batch_size, c.seq_len, c.threads, c.kernel_variant)].append(c)
+        for group in groups.values():
+            self._run_group(group, task, models, meter, idle)
 
     def _pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
         """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now."""
@@ -250,9 +259,8 @@ class Runner:
             return cached
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
-        if pruner.needs_training:
-            pruner.progress = self.reporter.training(f"pruning {spec.label()}")
-        report = pruner.prune(model, task)
+        progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
+        report = pruner.prune(model, task, progress=progress)
         self.reporter.training_done()
         model.eval()
         tmp = path.with_name(path.name + ".tmp")
@@ -264,7 +272,7 @@ class Runner:
 
     def _base_row(self, c: Cell, task: Task | None) -> Result:
         return Result(
-            cell_id=c.cell_id, task=c.task.name, pruner=c.pruner.name, pruner_params=c.pruner.params,
+            cell_id=c.cell_id, recipe_id=c.recipe_id, model_id=c.model_id, task=c.task.name, pruner=c.pruner.name, pruner_params=c.pruner.params,
             accelerator=c.accelerator.name, accelerator_params=c.accelerator.params, batch_size=c.batch_size,
             seq_len=c.seq_len, threads=c.threads, status="ok", kernel_variant=c.kernel_variant,
             metric_name=task.metric_name if task else None, hardware_id=self.hw["hardware_id"],
@@ -278,99 +286,111 @@ class Runner:
         append_result(self.results_path, row)
         self.reporter.cell_done(row)
 
-    @staticmethod
-    def _acc_key(c: Cell) -> str:
-        return stable_hash([c.task.canonical(), c.pruner.canonical(), c.accelerator.canonical(), c.kernel_variant])
-
-    @staticmethod
-    def _acc_key_from_row(r: dict) -> str:
-        return stable_hash([
-            {"name": r["task"], "params": r.get("task_params")}, {"name": r["pruner"], "params": r["pruner_params"]},
-            {"name": r["accelerator"], "params": r["accelerator_params"]}, r.get("kernel_variant", "auto"),
-        ])
-
-    def _run_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport, meter, idle) -> None:
+    def _prepare_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport) -> tuple[Result, Any] | None:
+        """The cell's row and prepared module; None when the cell was recorded skipped or failed."""
         row = self._base_row(c, task)
         row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
         acc = ACCELERATORS.build(c.accelerator.name, c.accelerator.params, c.accelerator.key)
-        ok, why = acc.availability()
+        settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
+                                   seq_len=c.seq_len, calibration=task.calibration_inputs, cache_dir=str(self.cache_dir))
+        ok, why = safe_availability(acc, settings)
         if not ok:
-            return self._record(row, "skipped", why)
+            self._record(row, "skipped", why)
+            return None
         row.device = acc.device
+        row.extra["compute_precision"] = acc.compute_precision
         try:
-            variant_note = self._set_kernel_variant(c.kernel_variant)
-            if variant_note:
-                return self._record(row, "skipped", variant_note)
             torch.set_num_threads(c.threads)
             example = task.example_inputs(c.batch_size, c.seq_len)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = acc.prepare(model, example, c.threads)
-            extra = dict(acc.row_fields())
-            if "kernel_variant" in extra:  # the axis value stays in kernel_variant; what ran goes here
-                extra["kernel_variant_used"] = extra.pop("kernel_variant")
-            row.extra.update(extra)
-            row.model_bytes = model_bytes(module)
-            self._measure(row, module, example, acc, meter, idle)
-            key = self._acc_key(c)
-            if key not in self._accuracy:
+                prepared = acc.prepare(model, example, settings)
+            row.extra.update(prepared.fields)
+            row.model_bytes = model_bytes(prepared.module)
+            return row, (prepared.module, make_call(prepared.module, example, acc.device))
+        except Exception as exc:
+            self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
+            return None
+
+    def _finish_cell(self, c: Cell, task: Task, row: Result, module: nn.Module) -> None:
+        """Accuracy (one pass per model_id), then the row is appended."""
+        try:
+            if c.model_id not in self._accuracy:
                 with torch.inference_mode():
-                    self._accuracy[key] = task.evaluate(module, self.cfg.measure.eval_batch_size)
-            row.accuracy = self._accuracy[key]
+                    self._accuracy[c.model_id] = task.evaluate(module, self.cfg.measure.eval_batch_size)
+            row.accuracy = self._accuracy[c.model_id]
             self._record(row, "ok", None)
         except Exception as exc:
             self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
-        finally:
-            self._set_kernel_variant("auto")
 
-    @staticmethod
-    def _set_kernel_variant(variant: str) -> str | None:
-        """Force the C kernels' ISA variant for this cell; a reason string when it cannot be."""
+    def _run_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport, meter, idle) -> None:
+        prepared = self._prepare_cell(c, task, model, report)
+        if prepared is None:
+            return
+        row, (module, call) = prepared
         try:
-            from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
-        except ImportError as exc:
-            return None if variant == "auto" else f"kernel_variant {variant!r}: C extension not built ({exc})"
-        if variant == "auto":
-            k.set_kernel_variant(None)
-            return None
-        if variant not in k.supported_variants():
-            return f"kernel_variant {variant!r} not supported on this CPU (supported: {', '.join(k.supported_variants())})"
-        k.set_kernel_variant(variant)
-        return None
-
-    def _measure(self, row: Result, module: nn.Module, example: dict, acc, meter, idle) -> None:
-        m = self.cfg.measure
-        sync = (lambda: torch.cuda.synchronize()) if acc.device == "cuda" else (lambda: None)
-        inputs = {k: v.to(acc.device) for k, v in example.items()} if acc.device != "cpu" else example
-
-        def call() -> None:
-            logits_of(module(**inputs))
-            sync()
-
-        with torch.inference_mode():
-            for _ in range(m.warmup_iters):
-                call()
+            torch.set_num_threads(c.threads)
             before = snapshot()
-            with EnergyWindow(meter, idle) as win:
-                samples = timed_loop(call, m.min_iters, max(m.min_seconds, win.min_duration_s), max(m.max_seconds, win.min_duration_s))
-            others = other_busy_cpus(before, snapshot())
-        row.extra["other_busy_cpus"] = None if others is None else round(others, 3)
+            timed = measure_one(call, self.cfg.measure, meter, idle, c.batch_size)
+            self._contention([row], other_busy_cpus(before, snapshot()))
+            fill_measurements(row, timed)
+        except Exception as exc:
+            return self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
+        self._finish_cell(c, task, row, module)
+
+    def _run_group(self, group: list[Cell], task: Task, models: dict, meter, idle) -> None:
+        """Prepare every cell of one shape, time them side by side in rounds, then evaluate."""
+        live: dict[str, tuple[Cell, Result, nn.Module, Callable]] = {}
+        for c in group:
+            prepared = self._prepare_cell(c, task, *models[c.pruner])
+            if prepared is not None:
+                row, (module, call) = prepared
+                live[c.cell_id] = (c, row, module, call)
+        if not live:
+            return
+        c0 = group[0]
+        self.reporter.message(f"timing {len(live)} cells side by side: b{c0.batch_size} seq {c0.seq_len} "
+                              f"{c0.threads} thread(s)")
+        try:
+            torch.set_num_threads(c0.threads)
+            before = snapshot()
+            timed = measure_group({k: v[3] for k, v in live.items()}, c0.batch_size, self.cfg.measure, meter, idle,
+                                  seed=self.cfg.seed)
+            self._contention([v[1] for v in live.values()], other_busy_cpus(before, snapshot()))
+        except Exception as exc:
+            for c, row, _, _ in live.values():
+                self._record(row, "failed", f"timing group: {type(exc).__name__}: {exc}\n{_tb()}")
+            return
+        for k, (c, row, _, _) in live.items():
+            fill_measurements(row, timed[k])
+        self._group_savings({k: (v[1], timed[k]) for k, v in live.items()})
+        for c, row, module, _ in live.values():
+            self._finish_cell(c, task, row, module)
+
+    def _group_savings(self, cells: dict[str, tuple[Result, Timed]]) -> None:
+        """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell."""
+        dense = {k: v for k, v in cells.items() if v[0].pruner == BASELINE_PRUNER and v[0].extra.get("compute_precision") == "fp32"}
+        base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR), None)
+        best = min(dense, key=lambda k: cells[k][0].latency_p50_s or float("inf"), default=None)
+        for k, (row, t) in cells.items():
+            if base is not None:
+                row.extra.update(savings_fields(t, cells[base][1], "latency_savings_factor", self.cfg.seed))
+                row.extra["baseline_cell_id"] = base
+            if best is not None:
+                row.extra.update(savings_fields(t, cells[best][1], "latency_savings_vs_best_dense", self.cfg.seed))
+                row.extra["best_dense_cell_id"] = best
+                row.extra["best_dense_label"] = cells[best][0].extra.get("accelerator_label")
+
+    def _contention(self, rows: list[Result], others: float | None) -> None:
+        for row in rows:
+            row.extra["other_busy_cpus"] = None if others is None else round(others, 3)
+            if others is not None and others > BUSY_LIMIT_CPUS:
+                row.extra["contention_flag"] = True
         if others is not None and others > BUSY_LIMIT_CPUS:
-            row.extra["contention_flag"] = True
-            self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {row.pruner}/{row.accelerator} "
-                                  f"b{row.batch_size} was timed; its latency and energy are inflated")
-        stats = LatencyStats.from_samples(samples)
-        row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
-        row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag
-        row.throughput_per_s = row.batch_size / stats.mean_s
-        energy = win.result(n_inferences=len(samples) * row.batch_size).row_fields()
-        row.energy_j_per_inference = energy.pop("energy_j_per_inference", None)
-        row.energy_j_per_inference_net = energy.pop("energy_j_per_inference_net", None)
-        row.energy_method = energy.pop("energy_method", "unavailable")
-        row.energy_reason = energy.pop("energy_reason", None)
-        row.extra.update(energy)
-        if idle is None and row.energy_j_per_inference_net is None:
-            row.extra["energy_net_reason"] = "no idle baseline: measure.idle_seconds = 0"
+            r = rows[0]
+            what = f"{r.pruner}/{r.accelerator}" if len(rows) == 1 else f"{len(rows)} cells"
+            self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {what} b{r.batch_size} "
+                                  "was timed; its latency and energy are inflated")
 
 
 def _tb() -> str:

@@ -1,10 +1,17 @@
-"""Latency measurement: warm-up, a timed loop bounded by count and time, nearest-rank percentiles."""
+"""Latency statistics: nearest-rank percentiles, IQR spread flag.
+
+The clock loop itself (:func:`timed_loop`) lives with the other clock loops in
+:mod:`accelerators.timing` and is re-exported here for the profiler's callers.
+"""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
+
+from accelerators.timing import timed_loop
+
+__all__ = ["SPREAD_LIMIT", "LatencyStats", "nearest_rank", "timed_loop"]
 
 SPREAD_LIMIT = 0.10  # IQR / median above this is flagged (design.md, measurement rules)
 
@@ -47,25 +54,3 @@ class LatencyStats:
             n=len(s), mean_s=sum(s) / len(s), p50_s=p50, p90_s=nearest_rank(s, 90), p99_s=nearest_rank(s, 99),
             iqr_over_median=iqr / p50 if p50 > 0 else 0.0,
         )
-
-
-def timed_loop(
-    fn: Callable[[], object],
-    min_iters: int,
-    min_seconds: float,
-    max_seconds: float = float("inf"),
-    clock_ns: Callable[[], int] = time.perf_counter_ns,
-) -> list[float]:
-    """Call ``fn`` until at least ``min_iters`` calls AND ``min_seconds`` have passed (stopping at
-    ``max_seconds`` once ``min_iters`` is reached). Returns per-call latencies in seconds, timed
-    with ``clock_ns`` (``perf_counter_ns``). Warm-up is the caller's job."""
-    samples: list[float] = []
-    start = clock_ns()
-    while True:
-        t0 = clock_ns()
-        fn()
-        t1 = clock_ns()
-        samples.append((t1 - t0) / 1e9)
-        elapsed = (t1 - start) / 1e9
-        if len(samples) >= min_iters and (elapsed >= min_seconds or elapsed >= max_seconds):
-            return samples

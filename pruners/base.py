@@ -1,28 +1,24 @@
 """Pruner interface, layer roles and sparsity accounting shared by every pruner.
 
-Layer roles follow nn_pruning: the encoder Linear layers of a BERT-like model are addressed by
-role (attention q/k/v/out, FFN in/out), so "ffn only" means the same on any BERT-family model.
-Embeddings, LayerNorm, pooler and classifier are never prunable targets.
+Pruners target encoder Linear layers by role (attention q/k/v/out, FFN in/out; the role map is
+:mod:`accelerators.roles`), so "ffn only" means the same on any BERT-family model. Embeddings,
+LayerNorm, pooler and classifier are never prunable targets.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
-#: role → regex on the module's qualified name (BERT / MiniLM naming in transformers).
-ROLE_PATTERNS: dict[str, str] = {
-    "attn_q": r"encoder\.layer\.\d+\.attention\.self\.query$",
-    "attn_k": r"encoder\.layer\.\d+\.attention\.self\.key$",
-    "attn_v": r"encoder\.layer\.\d+\.attention\.self\.value$",
-    "attn_out": r"encoder\.layer\.\d+\.attention\.output\.dense$",
-    "ffn_in": r"encoder\.layer\.\d+\.intermediate\.dense$",
-    "ffn_out": r"encoder\.layer\.\d+\.output\.dense$",
-}
-ALL_ROLES: tuple[str, ...] = tuple(ROLE_PATTERNS)
+from accelerators.roles import ALL_ROLES, ROLE_PATTERNS, linears_by_role
+
+#: ``progress(step, total, loss, sparsity)``: called after each training step of a training pruner
+Progress = Callable[[int, int, float, float], None]
+
+__all__ = ["ALL_ROLES", "ROLE_PATTERNS", "NoPruner", "Progress", "PruneReport", "Pruner", "check_sparsity",
+           "magnitude_masks", "prunable_linears", "sparsity_report", "validate_roles"]
 
 
 def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
@@ -36,12 +32,7 @@ def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
 
 def prunable_linears(model: nn.Module, roles: Iterable[str] = ALL_ROLES) -> dict[str, nn.Linear]:
     """Qualified name → ``nn.Linear`` for every encoder Linear layer whose role is in ``roles``."""
-    patterns = [re.compile(ROLE_PATTERNS[r]) for r in roles]
-    return {
-        name: mod
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and any(p.search(name) for p in patterns)
-    }
+    return linears_by_role(model, tuple(roles))
 
 
 @dataclass
@@ -120,7 +111,8 @@ def sparsity_report(model: nn.Module, roles: Iterable[str] = ALL_ROLES, notes: d
 
 
 class Pruner:
-    """Base class. ``prune(model, task)`` zeroes weights of ``model`` in place and reports sparsity.
+    """Base class. ``prune(model, task, progress=None)`` zeroes weights of ``model`` in place and
+    reports sparsity; a training pruner calls ``progress`` (a :data:`Progress`) after each step.
 
     Subclasses set ``name``; their constructor keyword parameters are their config. A pruner that
     trains (GMP, movement) sets ``needs_training = True`` and uses the task's training batches.
@@ -133,11 +125,8 @@ class Pruner:
     #: bumped when a change to the algorithm makes models cached on disk stale (part of the cache
     #: key when non-zero, so caches of unchanged pruners stay valid)
     cache_version: ClassVar[int] = 0
-    #: optional ``progress(step, total, loss, sparsity)`` callback, set by the runner before
-    #: :meth:`prune` for training pruners (a progress bar with the current sparsity and loss).
-    progress: Callable[..., None] | None = None
 
-    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+    def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         raise NotImplementedError
 
     def target_sparsity(self) -> float:
@@ -150,7 +139,7 @@ class NoPruner(Pruner):
 
     name = "none"
 
-    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+    def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         return sparsity_report(model)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from profiler.tasks.base import logits_of as default_logits_of
+from accelerators.base import logits_of as default_logits_of
 
 
 def check_distill(temperature: float, alpha: float) -> None:

@@ -10,17 +10,20 @@ weights and the report (from the masks) carries the training budget and wall tim
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import time
+import typing
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from profiler.tasks.base import logits_of
-from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from accelerators.base import logits_of
+from pruners.base import ALL_ROLES, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
 from pruners.distill import Distiller, check_distill
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
@@ -64,7 +67,7 @@ class TrainingPruner(Pruner):
         alpha: weight of the distillation term, in [0, 1].
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
-        roles: encoder Linear roles to prune (see :data:`pruners.base.ROLE_PATTERNS`).
+        roles: encoder Linear roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
         seed: seed of the batch order and dropout.
     """
 
@@ -134,7 +137,7 @@ class TrainingPruner(Pruner):
         return self.structure.masks(score.scores(), sparsity, self.scope)
 
     # ---- the loop --------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, task: Any) -> PruneReport:
+    def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         t_wall = time.perf_counter()
         torch.manual_seed(self.seed)
         layers = prunable_linears(model, self.roles)
@@ -153,7 +156,6 @@ class TrainingPruner(Pruner):
             opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
         )
         batches = task.train_batches(self.batch_size, self.seed)
-        progress = getattr(self, "progress", None)
         recent: deque[float] = deque(maxlen=50)
         model.train()
         for step in range(total):
@@ -200,6 +202,40 @@ class TrainingPruner(Pruner):
             },
             "distillation": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else False,
         }
+
+
+def training_params(**defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator for the ``__init__(self, <own parameters>, **training)`` of a
+    :class:`TrainingPruner` subclass, so that the training parameters are declared once (on
+    :class:`TrainingPruner`). The decorated constructor's signature, which the plugin registry reads
+    as the config schema, is its own parameters followed by every :class:`TrainingPruner` parameter,
+    with ``defaults`` replacing :class:`TrainingPruner`'s defaults where given; a call receives every
+    parameter, defaults filled in, so ``**training`` can go straight to ``super().__init__``.
+    Raises TypeError (at decoration) for a default that names no training parameter."""
+    base = list(inspect.signature(TrainingPruner.__init__).parameters.values())[1:]
+    unknown = set(defaults) - {p.name for p in base}
+    if unknown:
+        raise TypeError(f"not TrainingPruner parameters: {', '.join(sorted(unknown))}")
+
+    def wrap(init: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(init)
+        own_params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in own_params}
+        sig = own.replace(parameters=own_params + [p.replace(default=defaults.get(p.name, p.default))
+                                                   for p in base if p.name not in names])
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            init(**bound.arguments)
+
+        hints = {**typing.get_type_hints(TrainingPruner.__init__), **typing.get_type_hints(init)}
+        __init__.__signature__ = sig  # type: ignore[attr-defined]
+        __init__.__annotations__ = {k: v for k, v in hints.items() if k in sig.parameters or k == "return"}
+        return __init__
+
+    return wrap
 
 
 class GMPPruner(TrainingPruner):

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pruners.base import ALL_ROLES, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from pruners.base import ALL_ROLES, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
 from pruners.masks import MaskSet
 from pruners.schedules import OneShot
 from pruners.scores import MagnitudeScore
@@ -20,7 +20,7 @@ class MagnitudePruner(Pruner):
         sparsity: fraction of targeted weights set to zero, in [0, 1).
         scope: ``"layer"`` (each matrix pruned to ``sparsity``) or ``"global"`` (one threshold
             over all targeted matrices).
-        roles: layer roles to prune (see :data:`pruners.base.ROLE_PATTERNS`).
+        roles: layer roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``, block score = L1
             norm), or ``"N:M"`` such as ``"2:4"`` (then ``sparsity`` must be ``1 − N/M``).
     """
@@ -41,7 +41,7 @@ class MagnitudePruner(Pruner):
         return self.sparsity
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, task: Any = None) -> PruneReport:
+    def prune(self, model: nn.Module, task: Any = None, progress: Progress | None = None) -> PruneReport:
         layers = prunable_linears(model, self.roles)
         masks = MaskSet(layers)
         s = self.schedule.sparsity_at(0)

@@ -1,22 +1,36 @@
-"""Results rows → pandas DataFrame with savings factors against the dense fp32 baseline."""
+"""Results rows → pandas DataFrame with savings factors against the dense fp32 baseline.
+
+Shared by ``report`` (one run) and ``compare`` (several): loading, identity fields, the kernel
+variant shown for a cell, the savings arithmetic, the Pareto front and the flags stored per cell.
+"""
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row
 from profiler.labels import plugin_label
 from profiler.results import read_results
 
-BASELINE_PRUNER = "none"
-BASELINE_ACCELERATOR = "torch-fp32"
 # Cells that share these keys are compared with each other (same shape, threads and target).
 GROUP_KEYS = ["task", "batch_size", "seq_len", "threads", "kernel_variant"]
+IDENTITY_FIELDS = ("recipe_id", "model_id")
 
 
 def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
-    """All complete rows of ``run_dir/results.jsonl`` and the numbers of damaged lines."""
+    """All complete rows of ``run_dir/results.jsonl`` and the (1-based) numbers of damaged lines.
+
+    Every row of the frame has ``kernel_variant`` ("auto" where absent), ``kernel_variant_used``
+    (None where no sparse kernel reported one), ``recipe_id`` and ``model_id`` (recomputed by
+    :func:`profiler.identity.ids_of_row` where a row lacks them), ``sparsity`` (the pruner's
+    target, 0.0 for none) and the labels ``pruner_label``, ``accelerator_label`` and ``label``.
+    """
     rf = read_results(Path(run_dir) / "results.jsonl")
     df = pd.DataFrame(rf.rows)
     if df.empty:
@@ -24,28 +38,85 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     if "kernel_variant" not in df:
         df["kernel_variant"] = "auto"
     df["kernel_variant"] = df["kernel_variant"].fillna("auto")
+    if "kernel_variant_used" not in df:
+        df["kernel_variant_used"] = None
     for col in ("pruner_params", "accelerator_params"):
         if col not in df:
             df[col] = [{} for _ in range(len(df))]
+    _fill_ids(df)
     df["sparsity"] = df["pruner_params"].map(lambda p: (p or {}).get("sparsity", 0.0) if isinstance(p, dict) else 0.0)
-    # labels are recomputed from the params, so runs written by older versions read the same
+    # labels come from the params, not the stored label, so rows label alike whoever wrote them
     df["pruner_label"] = [plugin_label(n, p) for n, p in zip(df["pruner"], df["pruner_params"])]
     df["accelerator_label"] = [plugin_label(n, p) for n, p in zip(df["accelerator"], df["accelerator_params"])]
     df["label"] = df["pruner_label"] + " + " + df["accelerator_label"]
     return df, rf.damaged_lines
 
 
-def add_savings(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``latency_savings_factor`` (baseline p50 ÷ cell p50), ``energy_savings_factor`` (baseline
-    J/inference ÷ cell, only when both share one energy method), and ``accuracy_kept`` (cell metric
-    ÷ baseline metric); the baseline is the dense (pruner none) torch-fp32 cell of the same group."""
+def _fill_ids(df: pd.DataFrame) -> None:
+    """Add ``recipe_id`` / ``model_id`` in place where a row does not carry them."""
+    for col in IDENTITY_FIELDS:
+        if col not in df:
+            df[col] = None
+    lacking = df[list(IDENTITY_FIELDS)].isna().any(axis=1)
+    for i, row in df[lacking].iterrows():
+        for col, value in ids_of_row(row).items():
+            if pd.isna(df.at[i, col]):
+                df.at[i, col] = value
+
+
+def kernel_variant_text(axis: Any, used: Any) -> str:
+    """The kernel variant to show for a cell or a target.
+
+    ``axis`` is the matrix axis value ``kernel_variant`` ("auto" or a variant name); ``used`` is
+    ``kernel_variant_used``, what the sparse C kernels reported running (None/NaN where no
+    sparse kernel ran; a comma-separated list for a target whose cells ran several). Returns
+    e.g. "auto→avx512" when "auto" resolved to one variant, the axis value otherwise.
+    """
+    axis = axis if isinstance(axis, str) and axis else "auto"
+    if axis == "auto" and isinstance(used, str) and used and "," not in used:
+        return f"auto→{used}"
+    return axis
+
+
+def is_flagged(v: Any) -> bool:
+    """A stored boolean flag (``latency_spread_flag``, ``contention_flag``): True only for a true
+    bool, False for False, None or NaN (cells that have no such flag)."""
+    return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
+def is_number(v: Any) -> bool:
+    """A real number (Python or numpy), not a bool, None or NaN."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and not math.isnan(v)
+
+
+def positive(v: Any) -> bool:
+    """A number above zero: a value a ratio may divide by."""
+    return is_number(v) and bool(v > 0)
+
+
+def is_baseline(df: pd.DataFrame) -> pd.Series:
+    """Boolean mask of the dense (pruner none) torch-fp32 rows: the cells savings divide."""
+    return (df["pruner"] == BASELINE_PRUNER) & (df["accelerator"] == BASELINE_ACCELERATOR)
+
+
+def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFrame:
+    """A copy of ``df`` with savings factors against the dense (pruner none) torch-fp32 cell of
+    the same group (:data:`GROUP_KEYS`); cells without such a baseline get NaN.
+
+    Adds ``latency_savings_factor`` (baseline p50 ÷ cell p50), ``energy_savings_factor`` (baseline
+    J/inference ÷ cell), ``accuracy_kept`` (cell metric ÷ baseline metric), ``accuracy_delta``
+    (cell − baseline) and ``energy_mixed``. An energy factor needs both cells on one energy
+    method, unless ``allow_mixed_energy``: then cells of another method than their baseline get
+    a factor too, with ``energy_mixed`` True.
+    """
     df = df.copy()
     for col in ("latency_savings_factor", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
         df[col] = float("nan")
+    df["energy_mixed"] = False
     if df.empty:
         return df
     ok = df["status"] == "ok"
-    base = df[ok & (df["pruner"] == BASELINE_PRUNER) & (df["accelerator"] == BASELINE_ACCELERATOR)]
+    base = df[ok & is_baseline(df)]
     base = base.drop_duplicates(GROUP_KEYS).set_index(GROUP_KEYS)
     for i, row in df[ok].iterrows():
         key = tuple(row[k] for k in GROUP_KEYS)
@@ -54,11 +125,11 @@ def add_savings(df: pd.DataFrame) -> pd.DataFrame:
         b = base.loc[key]
         if row.get("latency_p50_s"):
             df.at[i, "latency_savings_factor"] = b["latency_p50_s"] / row["latency_p50_s"]
-        if (
-            row.get("energy_j_per_inference") and b.get("energy_j_per_inference")
-            and row.get("energy_method") == b.get("energy_method")
-        ):
+        same_method = row.get("energy_method") == b.get("energy_method")
+        energies = positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference"))
+        if energies and (same_method or allow_mixed_energy):
             df.at[i, "energy_savings_factor"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
+            df.at[i, "energy_mixed"] = not same_method
         if row.get("accuracy") is not None and b.get("accuracy"):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
             df.at[i, "accuracy_delta"] = row["accuracy"] - b["accuracy"]
@@ -77,6 +148,7 @@ def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Seri
 
 
 def load_json(path: Path) -> dict:
+    """The JSON object in ``path``, or {} when the file is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):

@@ -9,6 +9,8 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from reports.frame import is_number
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
@@ -46,8 +48,22 @@ def badge(kind: str, text: str | None = None) -> str:
     return f'<span class="badge {esc(kind)}">{esc(text or kind)}</span>'
 
 
-def is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+def ms(seconds: Any) -> float | None:
+    """Seconds → milliseconds for display; None when the value is not a number (None, NaN)."""
+    return seconds * 1e3 if is_number(seconds) else None
+
+
+def first_line(text: Any, limit: int) -> str:
+    """The first line of the first ``limit`` characters of ``text`` ("" when not a string)."""
+    return (text[:limit].splitlines() or [""])[0] if isinstance(text, str) else ""
+
+
+def damaged_warning(name: str, lines: Sequence[int]) -> str:
+    """The warning for a results file with unreadable lines (their 1-based numbers), or ""."""
+    if not lines:
+        return ""
+    return (f"<div class='warn'>{esc(name)}: damaged line(s) {esc(', '.join(map(str, lines)))} could not be read "
+            "(a run killed mid-write?) and are left out; every complete row is used.</div>")
 
 
 def fmt(v: Any, digits: int = 3) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.frame import GROUP_KEYS
+from reports.frame import BASELINE_PRUNER, GROUP_KEYS
 from reports.html import esc, figure, table
 
 SPARSE = "sparse-cpu"
@@ -23,12 +23,12 @@ def multiply_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     out = []
     for key, g in ok.groupby(GROUP_KEYS):
-        dense = g[g["pruner"] == "none"]
+        dense = g[g["pruner"] == BASELINE_PRUNER]
         int8 = dense[dense["accelerator"].isin(INT8_CHOICES)].dropna(subset=["latency_savings_factor"])
         if int8.empty:
             continue
         i8 = int8.loc[int8["latency_savings_factor"].idxmax()]  # the best INT8 path measured on the dense model
-        for label, p in g[g["pruner"] != "none"].groupby("pruner_label"):
+        for label, p in g[g["pruner"] != BASELINE_PRUNER].groupby("pruner_label"):
             sp, both = p[p["accelerator"] == SPARSE], p[p["accelerator"] == BOTH]
             if sp.empty or both.empty:
                 continue

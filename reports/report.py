@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.frame import add_savings, load_json, load_rows, pareto_front
-from reports.html import badge, esc, figure, fmt, page, table
+from reports.frame import add_savings, is_flagged, kernel_variant_text, load_json, load_rows, pareto_front
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
 from reports.multiply import multiply_section
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
@@ -20,20 +20,18 @@ def _cell_table(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         method = r.get("energy_method") or "unavailable"
-        spread = " ⚠" if r.get("latency_spread_flag") is True else ""
-        spread += " ⛔" if r.get("contention_flag") is True else ""
+        spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" ⛔" if is_flagged(r.get("contention_flag")) else "")
         rows.append([
             r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
-            r.get("kernel_variant_used") if isinstance(r.get("kernel_variant_used"), str) else r.get("kernel_variant"),
+            kernel_variant_text(r.get("kernel_variant"), r.get("kernel_variant_used")),
             (badge(r["status"]), r["status"]), r.get("accuracy"), r.get("accuracy_kept"), r.get("sparsity_prunable"),
-            (esc(fmt(r["latency_p50_s"] * 1e3 if pd.notna(r.get("latency_p50_s")) else None)) + spread, r.get("latency_p50_s")),
-            r["latency_p90_s"] * 1e3 if pd.notna(r.get("latency_p90_s")) else None,
-            r["latency_p99_s"] * 1e3 if pd.notna(r.get("latency_p99_s")) else None,
+            (esc(fmt(ms(r.get("latency_p50_s")))) + spread, r.get("latency_p50_s")),
+            ms(r.get("latency_p90_s")), ms(r.get("latency_p99_s")),
             r.get("latency_n"), r.get("throughput_per_s"), r.get("energy_j_per_inference"),
             r.get("energy_j_per_inference_net"), (badge(method), method),
             r.get("latency_savings_factor"), r.get("energy_savings_factor"),
             r["model_bytes"] / 1e6 if pd.notna(r.get("model_bytes")) else None,
-            ((r.get("reason") or "")[:160].splitlines() or [""])[0] if r["status"] != "ok" else "",
+            first_line(r.get("reason"), 160) if r["status"] != "ok" else "",
         ])
     return table(headers, rows, left=3)
 
@@ -87,7 +85,7 @@ def build_report_html(run_dir: Path) -> str:
         f"git {esc((manifest.get('git_commit') or '?')[:10])}</p>"
     )
     if damaged:
-        head.append(f"<div class='warn'>results.jsonl: damaged line(s) {esc(damaged)} skipped (a run killed mid-write).</div>")
+        head.append(damaged_warning("results.jsonl", damaged))
     if df.empty:
         return page(title, head + ["<p>No results yet.</p>"])
     df = add_savings(df)
@@ -99,9 +97,9 @@ def build_report_html(run_dir: Path) -> str:
             + (" — not a measurement." if "estimated" in methods else ".")
             + (f" {esc(reasons[:400])}" if reasons else "") + "</div>"
         )
-    if "contention_flag" in df and (df["contention_flag"] == True).any():  # noqa: E712 (NaN-safe)
-        n = int((df["contention_flag"] == True).sum())  # noqa: E712
-        head.append(f"<div class='warn'>⛔ {n} cell(s) were timed while other processes kept more than "
+    contended = int(df["contention_flag"].map(is_flagged).sum()) if "contention_flag" in df else 0
+    if contended:
+        head.append(f"<div class='warn'>⛔ {contended} cell(s) were timed while other processes kept more than "
                     "0.2 CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
@@ -140,7 +138,7 @@ def print_summary(run_dir: Path) -> None:
         ok = r["status"] == "ok"
         t.add_row(
             str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
-            fmt(r.get("accuracy"), 4), fmt(r["latency_p50_s"] * 1e3) if ok else "—", fmt(r["latency_p90_s"] * 1e3) if ok else "—",
+            fmt(r.get("accuracy"), 4), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
             fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
         )
     console = Console()

@@ -9,8 +9,9 @@ import pytest
 
 from profiler.cli import main
 from profiler.results import Result
-from profiler.tasks.base import stable_hash
-from reports.compare import build_compare, build_compare_html, joined_frame, write_compare
+from profiler.identity import ids_of_row, stable_hash
+from reports.compare import build_compare, joined_frame
+from reports.compare_page import build_compare_html, write_compare
 
 TASK_PARAMS = {"hidden_size": 64}
 HW = {"cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_vendor": "GenuineIntel", "isa_flags": ["avx2", "avx512f"],
@@ -19,8 +20,8 @@ HW = {"cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_vendor": "GenuineInte
 
 
 def row(pruner="none", sparsity=None, acc="torch-fp32", batch=1, threads=1, kv="auto", p50=0.010, energy=1.0,
-        method="estimated", accuracy=0.90, status="ok", version="0.1.0", device="cpu") -> dict:
-    pp = {} if sparsity is None else {"sparsity": sparsity}
+        method="estimated", accuracy=0.90, status="ok", version="0.1.0", device="cpu", structure=None) -> dict:
+    pp = ({} if sparsity is None else {"sparsity": sparsity}) | ({} if structure is None else {"structure": structure})
     canon = {"task": {"name": "tiny", "params": TASK_PARAMS}, "pruner": {"name": pruner, "params": pp},
              "accelerator": {"name": acc, "params": {}}, "batch_size": batch, "seq_len": 32, "threads": threads, "kernel_variant": kv}
     ok = status == "ok"
@@ -30,7 +31,14 @@ def row(pruner="none", sparsity=None, acc="torch-fp32", batch=1, threads=1, kv="
                energy_j_per_inference=energy if ok else None, energy_method=method if ok else "unavailable",
                hardware_id="aaaaaaaaaa", sparsebench_version=version,
                extra={"task_params": TASK_PARAMS, "pruner_label": pruner if sparsity is None else f"{pruner} {sparsity}", "accelerator_label": acc})
-    return r.to_dict()
+    d = r.to_dict()
+    d.update({k: v for k, v in ids_of_row(d).items() if d.get(k) is None})  # as the runner stores them
+    return d
+
+
+def without_ids(rows: list[dict]) -> list[dict]:
+    """Rows as written before recipe_id / model_id were stored."""
+    return [{k: v for k, v in r.items() if k not in ("recipe_id", "model_id")} for r in rows]
 
 
 def standard(threads=1, kv="auto", speed=1.0, method="estimated", **kw) -> list[dict]:
@@ -79,6 +87,19 @@ def test_join_on_cell_config_without_target_axes(two_targets):
     # across targets: T1's value ÷ T2's (same method here, so energy too)
     assert b["latency_vs_ref"] == pytest.approx(2.0) and b["energy_vs_ref"] == pytest.approx(2.0)
     assert not c.flags
+
+
+def test_join_uses_the_stored_recipe_id_and_recomputes_missing_ones(tmp_path):
+    a = make_run(tmp_path / "a", without_ids(standard()))  # an old run: ids recomputed, the same
+    b = make_run(tmp_path / "b", standard(threads=2, speed=2.0))
+    c = build_compare([a, b])
+    assert len(c.joined) == 2 * 6 and (c.joined["status"] == "ok").all()
+    assert get(c.joined, "T2", acc="int8-dynamic")["latency_vs_ref"] == pytest.approx(2.0)
+    renamed = standard(threads=2)
+    renamed[0]["recipe_id"] = "stored-id"  # the row's own field decides the join
+    c = build_compare([a, make_run(tmp_path / "c", renamed)])
+    stored = c.joined[c.joined["recipe_id"] == "stored-id"].set_index("target")["status"]
+    assert stored.to_dict() == {"T1": "missing", "T2": "ok"} and len(c.joined) == 2 * 7
 
 
 def test_labels_name_the_machine_when_hardware_differs(tmp_path):
@@ -200,8 +221,7 @@ def test_empty_and_missing_runs_do_not_crash(tmp_path):
 
 def test_structure_named_in_labels(tmp_path):
     """An unstructured and a 2:4 pruner at the same sparsity are two configurations, labelled apart."""
-    nm = row("magnitude", 0.5, p50=0.006)
-    nm["pruner_params"] = {"sparsity": 0.5, "structure": "2:4"}
+    nm = row("magnitude", 0.5, p50=0.006, structure="2:4")
     c = build_compare([make_run(tmp_path / "a", [row(), row("magnitude", 0.5, p50=0.008), nm])])
     labels = sorted(c.joined["recipe"])
     assert labels == ["magnitude 0.5 + torch-fp32 · b1 s32", "magnitude 0.5 2:4 + torch-fp32 · b1 s32", "none + torch-fp32 · b1 s32"]

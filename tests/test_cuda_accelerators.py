@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from accelerators.base import PrepareSettings
 from accelerators.cuda import CUDA_ABSENT, Cuda24, CudaBF16, CudaFP16, OnDevice, is_24_sparse, plan_24
 from profiler.plugins import ACCELERATORS
 
@@ -53,7 +54,7 @@ def test_unavailable_with_reason_without_cuda(cls):
     ok, why = cls().availability()
     assert ok is False and why == CUDA_ABSENT
     with pytest.raises(RuntimeError, match="no CUDA device/driver"):
-        cls().prepare(tiny_bert(), example(), 1)
+        cls().prepare(tiny_bert(), example(), PrepareSettings(threads=1))
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA behaviour")
@@ -125,7 +126,8 @@ def test_dense_half_on_gpu(cls, dtype):
         pytest.skip(why)
     model = tiny_bert()
     ref = model(**example()).logits
-    mod = acc.prepare(model, example(), 1)
+    p = acc.prepare(model, example(), PrepareSettings(threads=1))
+    mod = p.module
     assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32  # input untouched
     inner = mod.model
     assert next(inner.parameters()).device.type == "cuda" and next(inner.parameters()).dtype == dtype
@@ -135,7 +137,7 @@ def test_dense_half_on_gpu(cls, dtype):
     assert cpu_out.device.type == "cpu" and cpu_out.dtype == torch.float32
     assert gpu_out.device.type == "cuda"
     assert torch.allclose(cpu_out, ref, atol=5e-2 if dtype == torch.bfloat16 else 1e-2)
-    assert acc.row_fields()["gpu_dtype"] in ("float16", "bfloat16")
+    assert p.fields["gpu_dtype"] in ("float16", "bfloat16")
 
 
 @pytest.mark.gpu
@@ -148,15 +150,16 @@ def test_24_sparse_on_gpu_matches_dense_fp16():
     from torch.sparse import SparseSemiStructuredTensor
 
     model = prune_24_(tiny_bert())
-    mod = acc.prepare(model, example(8, 32), 1)
+    p = acc.prepare(model, example(8, 32), PrepareSettings(threads=1))
+    mod = p.module
     assert isinstance(model.bert.encoder.layer[0].intermediate.dense.weight, nn.Parameter)
     assert not isinstance(model.bert.encoder.layer[0].intermediate.dense.weight.data, SparseSemiStructuredTensor)
     assert isinstance(mod.model.bert.encoder.layer[0].intermediate.dense.weight, SparseSemiStructuredTensor)
-    dense = CudaFP16().prepare(model, example(8, 32), 1)
+    dense = CudaFP16().prepare(model, example(8, 32), PrepareSettings(threads=1)).module
     with torch.inference_mode():
         a, b = mod(**example(8, 32)), dense(**example(8, 32))
     assert a.device.type == "cpu" and torch.allclose(a, b, atol=2e-2)
-    assert acc.row_fields()["sparse_24_layers"] == 12
+    assert p.fields["sparse_24_layers"] == 12
     sd = mod.state_dict()  # compressed form: stored-size accounting must not crash
     assert any(k.endswith(".packed") for k in sd)
 
@@ -169,7 +172,7 @@ def test_24_rejects_unstructured_model_on_gpu():
     if not ok:
         pytest.skip(why)
     with pytest.raises(ValueError, match="2:4"):
-        acc.prepare(tiny_bert(), example(), 1)
+        acc.prepare(tiny_bert(), example(), PrepareSettings(threads=1))
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@ import pytest
 
 from profiler.cli import main
 from profiler.config import expand, parse_config
+from profiler.identity import ids_of_row
 from profiler.results import read_results
 from profiler.runner import Runner
 from reports.report import write_report
@@ -34,6 +35,10 @@ def test_matrix_writes_every_cell_and_report(finished_run):
     assert all(r["accuracy"] >= 0.9 for r in dense)  # the synthetic task is learnable
     sp = {r["pruner_params"].get("sparsity"): r["sparsity_prunable"] for r in rows}
     assert sp[0.9] == pytest.approx(0.9, abs=1e-3) and sp[None] < 0.01
+    cells = {c.cell_id: c for c in expand(cfg)}
+    for r in rows:  # identity fields on every row
+        assert (r["recipe_id"], r["model_id"]) == (cells[r["cell_id"]].recipe_id, cells[r["cell_id"]].model_id)
+        assert ids_of_row(r) == {"recipe_id": r["recipe_id"], "model_id": r["model_id"]}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["config"]["tasks"][0]["name"] == "tiny-synthetic" and "versions" in manifest
     html = write_report(run_dir).read_text()
@@ -56,6 +61,28 @@ def test_resume_adds_only_missing_cells(finished_run, tmp_path):
     ids = [r["cell_id"] for r in rows.rows]
     assert len(ids) == len(set(ids)) == len(lines)
     assert ids[:5] == [json.loads(l)["cell_id"] for l in lines[:5]]
+
+
+def test_resume_reuses_accuracy_of_rows_without_ids(finished_run, tmp_path):
+    """Rows written before recipe_id/model_id existed still key the accuracy reuse."""
+    cfg, run_dir = finished_run
+    rows = [json.loads(l) for l in (run_dir / "results.jsonl").read_text().splitlines()]
+    old = []
+    for r in rows[:5]:
+        r = dict(r)
+        del r["recipe_id"], r["model_id"]
+        old.append(json.dumps(r) + "\n")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for f in ("manifest.json", "hardware.json", "idle_power.json"):
+        (resumed / f).write_text((run_dir / f).read_text())
+    (resumed / "results.jsonl").write_text("".join(old))
+    runner = Runner(cfg, resumed)
+    runner.run()
+    for r in rows[:5]:
+        assert runner._accuracy[r["model_id"]] == r["accuracy"]
+    new = read_results(resumed / "results.jsonl").rows[5:]
+    assert len(new) == len(rows) - 5 and all(r["recipe_id"] and r["model_id"] for r in new)
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from profiler.energy import (
-    EnergyResult, EnergyWindow, IdlePower, counter_delta, measure_idle_power, readings_energy,
+    ENERGY_METHODS, EnergyResult, EnergyWindow, IdlePower, counter_delta, measure_idle_power,
+    readings_energy, safe_availability, window_result, worst_method,
 )
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -215,3 +216,44 @@ def test_readings_energy_domain_missing_midway():
     r2 = Reading(2, {"a": Counter(2.0)})
     e, fl = readings_energy([r0, r1, r2])
     assert e == {"a": None} and fl
+
+
+def test_method_rank_and_worst_method():
+    assert ENERGY_METHODS == ("measured", "power-poll", "estimated", "unavailable")
+    assert worst_method(["measured", "estimated", "power-poll"]) == "estimated"
+    assert worst_method(["measured", None, ""]) == "measured"
+    assert worst_method([]) == "unavailable"
+    assert worst_method(["measured", "no-such-method"]) == "no-such-method"  # ranks as unavailable
+
+
+def test_safe_availability_turns_an_exception_into_a_reason():
+    class Raises:
+        def availability(self):
+            raise OSError("sysfs vanished")
+
+    class Loose:
+        def availability(self):
+            return 1, None
+
+    ok, reason = safe_availability(Raises())
+    assert ok is False and "sysfs vanished" in reason
+    assert safe_availability(Loose()) == (True, "None")
+
+
+def test_window_result_is_the_window_arithmetic():
+    """The pure function on the window's own readings gives the window's result."""
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 60.0, "dram:0": 5.0, "platform": 80.0})
+    idle = IdlePower({"package:0": 40.0, "dram:0": 5.0}, 2.0)
+    c.t = 10.0
+    with EnergyWindow(m, idle, background_sampling=False) as w:
+        c.sleep(1.0)
+        w.sample()
+        c.sleep(1.0)
+    pure = window_result(w.readings, 100, meter_method=m.method, resolution_s=m.resolution_s,
+                         max_safe_window_s=m.max_safe_window_s, idle_w=dict(idle.watts),
+                         meter_info=m.describe())
+    assert pure == w.result(100)
+    assert pure.energy_j_per_inference == pytest.approx((120 + 10) / 100)
+    assert pure.energy_j_per_inference_net == pytest.approx((130 - 45 * 2) / 100)
+    assert window_result(w.readings[:1], 5, meter_method="measured", resolution_s=0.001).energy_j_per_inference is None

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from accelerators import _sparse_kernels as sk
+from accelerators.base import PrepareSettings
 from accelerators.fused_layer import FusedBertLayer, fuse_encoder_layers, key_padding_bias
 from accelerators.sparse_cpu import SparseCPU
 from accelerators.sparse_int8 import SparseInt8
@@ -241,8 +242,8 @@ def test_sparse_cpu_fused_layers_match_transformers(attn):
     model = tiny_bert(0.9, attn)
     ex = padded_example()
     acc = SparseCPU(format="csr", min_speedup=1.0, calibrate=False)
-    new = acc.prepare(model, ex, threads=2)
-    fields = acc.row_fields()
+    p = acc.prepare(model, ex, PrepareSettings(threads=2))
+    new, fields = p.module, p.fields
     assert fields["fused_encoder_layers"] == 2, fields["fused_encoder_note"]
     assert all(isinstance(layer, FusedBertLayer) for layer in new.bert.encoder.layer)
     assert all(layer.qkv is not None for layer in new.bert.encoder.layer)
@@ -255,8 +256,9 @@ def test_sparse_cpu_fused_layers_match_transformers(attn):
         for _ in range(2):
             torch.testing.assert_close(new(**ex).logits, model(**ex).logits, rtol=1e-4, atol=1e-5)
     off = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False)
-    plain = off.prepare(model, ex, threads=1)
-    assert off.row_fields()["fused_encoder_layers"] == 0
+    p_off = off.prepare(model, ex, PrepareSettings(threads=1))
+    plain = p_off.module
+    assert p_off.fields["fused_encoder_layers"] == 0
     assert not any(isinstance(layer, FusedBertLayer) for layer in plain.bert.encoder.layer)
 
 
@@ -265,8 +267,9 @@ def test_sparse_int8_fused_layers_match_unfused():
     ex = padded_example()
     fused = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
     plain = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", fuse_layers=False)
-    a, b = fused.prepare(model, ex, threads=2), plain.prepare(model, ex, threads=2)
-    assert fused.row_fields()["fused_encoder_layers"] == 2
+    pa, pb = fused.prepare(model, ex, PrepareSettings(threads=2)), plain.prepare(model, ex, PrepareSettings(threads=2))
+    a, b = pa.module, pb.module
+    assert pa.fields["fused_encoder_layers"] == 2
     torch.testing.assert_close(logits(a, ex), logits(b, ex), rtol=1e-4, atol=1e-5)
 
 
@@ -282,6 +285,21 @@ def test_fused_layer_falls_back_to_sdpa_for_query_dependent_masks():
     fused.train()
     with pytest.raises(RuntimeError, match="inference-only"):
         fused(h)
+
+
+def test_key_bias_cache_is_per_model():
+    model = tiny_bert(0.0)
+    n, why = fuse_encoder_layers(model, threads=1, variant="scalar")
+    assert n == 2, why
+    layers = list(model.bert.encoder.layer)
+    assert layers[0].key_bias is layers[1].key_bias and all(l.variant == "scalar" for l in layers)
+    copied = copy.deepcopy(model)
+    assert copied.bert.encoder.layer[0].key_bias is copied.bert.encoder.layer[1].key_bias
+    assert copied.bert.encoder.layer[0].key_bias is not layers[0].key_bias
+    mask = torch.ones(2, 1, 1, 7)
+    first = layers[0].key_bias.get(mask, 2, 7)
+    assert layers[1].key_bias.get(mask, 2, 7) is first  # the same mask object: computed once
+    assert copied.bert.encoder.layer[0].key_bias.get(mask, 2, 7) is not first
 
 
 def test_key_padding_bias_forms():
@@ -396,8 +414,9 @@ def test_fused_int8_layer_keeps_the_ffn_intermediate_int8():
     model = tiny_bert(0.9)
     ex = padded_example()
     acc = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
-    new = acc.prepare(model, ex, threads=2)
+    new = acc.prepare(model, ex, PrepareSettings(threads=2)).module
     assert all(layer.int8_ffn for layer in new.bert.encoder.layer)
     plain = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", fuse_layers=False)
-    torch.testing.assert_close(logits(new, ex), logits(plain.prepare(model, ex, threads=2), ex), rtol=1e-2,
+    unfused = plain.prepare(model, ex, PrepareSettings(threads=2)).module
+    torch.testing.assert_close(logits(new, ex), logits(unfused, ex), rtol=1e-2,
                                atol=1e-3)

@@ -61,8 +61,7 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
     model = copy.deepcopy(dense)
     seen = []
     p = cls(steps=10, update_every=2, batch_size=8, **kw)
-    p.progress = lambda step, total, loss, sparsity: seen.append((step, total, sparsity))
-    rep = p.prune(model, task)
+    rep = p.prune(model, task, progress=lambda step, total, loss, sparsity: seen.append((step, total, sparsity)))
     assert seen[-1][:2] == (10, 10) and seen[-1][2] == kw["sparsity"]
     assert [s for _, _, s in seen] == sorted(s for _, _, s in seen)  # sparsity only grows
     total = sum(l.weight.numel() for l in prunable_linears(model).values())
@@ -98,6 +97,18 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
 def test_constructor_validation_names_the_param(kw, match):
     with pytest.raises(ValueError, match=match):
         GMPPruner(**kw)
+
+
+def test_movement_declares_the_training_parameters_once():
+    from profiler.plugins import PRUNERS
+
+    gmp, mov = PRUNERS.params("gmp"), PRUNERS.params("movement")
+    assert set(gmp) < set(mov) and set(mov) - set(gmp) == {"variant", "init", "score_optimizer", "score_lr"}
+    assert mov["start_frac"].default == 0.1 and mov["distill"].default is True
+    assert all(mov[k].default == gmp[k].default for k in gmp if k not in ("start_frac", "distill"))
+    assert PRUNERS.hints("movement")["score_lr"] is float and PRUNERS.hints("movement")["steps"] is int
+    p = MovementPruner(sparsity=0.5, steps=20)
+    assert (p.sparsity, p.steps, p.start_frac, p.distill, p.variant) == (0.5, 20, 0.1, True, "hard")
 
 
 def test_movement_validation():

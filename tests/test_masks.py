@@ -33,7 +33,8 @@ def _prune_80(lin, opt=None):
 
 
 def test_sgd_momentum_weight_decay_keeps_exact_zero_count():
-    """Regression (issue 4): after an 80 % prune, 20 SGD steps (momentum 0.9, wd 1e-2) keep the zeros."""
+    """After an 80 % prune, 20 SGD steps (momentum 0.9, wd 1e-2) keep the zeros (momentum and weight
+    decay must not revive pruned weights)."""
     lin, opt, x, y = _linear_with_momentum()
     ms = _prune_80(lin, opt)
     zeros = int((lin.weight == 0).sum())

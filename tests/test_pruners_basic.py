@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from accelerators.base import PrepareSettings
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.torch_fp32 import TorchFP32
 from profiler.tasks import TinySynthetic
@@ -66,7 +67,7 @@ def test_prepare_does_not_mutate_its_input(tiny, acc):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     types = [type(mod) for mod in model.modules()]
     ex = task.example_inputs(2, 16)
-    out = acc.prepare(model, ex, threads=1)
+    out = acc.prepare(model, ex, PrepareSettings(threads=1)).module
     assert out is not model
     out(**ex)
     assert [type(mod) for mod in model.modules()] == types

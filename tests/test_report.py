@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from reports.frame import add_savings, pareto_front
+from reports.frame import add_savings, kernel_variant_text, pareto_front
 from reports.multiply import multiply_table
 
 
@@ -42,3 +42,20 @@ def test_multiply_table_product_vs_measured():
     assert r["latency_product"] == pytest.approx(6.0)
     assert r["energy_product"] == pytest.approx(6.0) and r["energy_both"] == pytest.approx(4.0)
     assert r["acc_kept_both"] == pytest.approx(0.87 / 0.9)
+
+
+def test_kernel_variant_text_names_what_auto_ran():
+    assert kernel_variant_text("auto", "avx512") == "auto→avx512"
+    assert kernel_variant_text("avx2", "avx2") == "avx2"
+    assert kernel_variant_text("auto", None) == "auto"  # no sparse kernel in the cell
+    assert kernel_variant_text("auto", float("nan")) == "auto"
+    assert kernel_variant_text("auto", "avx2, avx512") == "auto"  # a target whose cells ran several
+    assert kernel_variant_text(None, None) == "auto"
+
+
+def test_mixed_energy_factor_only_when_allowed():
+    rows = pd.DataFrame([row("none", "torch-fp32", 0.10, 2.0), row("none", "cuda-fp16", 0.02, 0.5, method="measured")])
+    assert pd.isna(add_savings(rows).loc[1, "energy_savings_factor"]) and not add_savings(rows).loc[1, "energy_mixed"]
+    mixed = add_savings(rows, allow_mixed_energy=True)
+    assert mixed.loc[1, "energy_savings_factor"] == pytest.approx(4.0) and mixed.loc[1, "energy_mixed"]
+    assert not mixed.loc[0, "energy_mixed"]

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 sk = pytest.importorskip("accelerators._sparse_kernels")
 
+from accelerators.base import PrepareSettings  # noqa: E402
 from accelerators.sparse_linear import SparseLinear, dense_to_blocks  # noqa: E402
 
 VARIANTS = sk.supported_variants()
@@ -234,17 +235,38 @@ def test_sparse_int8_accelerator(fallback):
     model = tiny_bert(0.9)
     before = copy.deepcopy(model.state_dict())
     ex = example()
-    new = acc.prepare(model, ex, threads=2)
+    p = acc.prepare(model, ex, PrepareSettings(threads=2))
+    new = p.module
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     with torch.no_grad():
         ref = model(**ex).logits
         got = new(**ex).logits
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
-    f = acc.row_fields()
+    f = p.fields
     assert f["sparse_layers"] + f["dense_layers"] == 12
     assert f["sparse_dtype"] == "int8" and f["sparse_act_quant"] == "token"
     assert len(json.loads(f["sparse_layer_choices"])) == 12
+
+
+def test_engine_int8_linear_leaves_the_global_engine_alone():
+    from accelerators.int8_dynamic import supported_quant_engines
+    from accelerators.sparse_int8 import EngineInt8Linear
+
+    engines = supported_quant_engines(("x86", "fbgemm", "onednn"))
+    if len(engines) < 2:
+        pytest.skip("needs two quantized engines")
+    lin = torch.nn.Linear(32, 16)
+    x = torch.randn(5, 32)
+    before = torch.backends.quantized.engine
+    mods = {e: EngineInt8Linear(lin, e) for e in engines}
+    outs = {e: m(x) for e, m in mods.items()}
+    assert torch.backends.quantized.engine == before
+    for e, m in mods.items():  # the packed weights keep their engine whatever the global one is
+        for g in engines:
+            torch.backends.quantized.engine = g
+            assert torch.equal(m(x), outs[e])
+    torch.backends.quantized.engine = before
 
 
 def test_sparse_int8_config_errors():

@@ -11,8 +11,12 @@ from torch import nn
 
 sk = pytest.importorskip("accelerators._sparse_kernels")
 
+from accelerators.base import PrepareSettings  # noqa: E402
 from accelerators.sparse_cpu import SparseCPU, encoder_linears  # noqa: E402
 from accelerators.sparse_linear import SparseLinear, parse_format  # noqa: E402
+from profiler.config import parse_config  # noqa: E402
+from profiler.errors import ConfigError  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
 
 
 def pruned_linear(n_in, n_out, sparsity, bias=True, seed=0, block=1):
@@ -131,15 +135,16 @@ def test_sparse_cpu_swaps_and_keeps_outputs():
     acc = SparseCPU(format="csr", min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
     assert acc.availability() == (True, "")
     ex = example()
-    new = acc.prepare(model, ex, threads=2)
+    p = acc.prepare(model, ex, PrepareSettings(threads=2))
+    new = p.module
     # input model untouched
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert all(isinstance(m, nn.Linear) for _, m in encoder_linears(model))
     torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
-    fields = acc.row_fields()
+    fields = p.fields
     assert fields["sparse_layers"] + fields["dense_layers"] == 12
-    assert fields["kernel_variant"] in sk.supported_variants()
+    assert fields["kernel_variant_used"] in sk.supported_variants()
     choices = json.loads(fields["sparse_layer_choices"])
     assert len(choices) == 12
     n_swapped = sum(isinstance(m, SparseLinear) for m in new.modules())
@@ -150,19 +155,22 @@ def test_sparse_cpu_keeps_dense_when_not_sparse():
     model = tiny_bert(0.0)
     acc = SparseCPU(repeats=2, min_time_s=0.0005)
     ex = example()
-    new = acc.prepare(model, ex, threads=1)
+    p = acc.prepare(model, ex, PrepareSettings(threads=1))
+    new = p.module
     assert not any(isinstance(m, SparseLinear) for m in new.modules())
-    assert acc.row_fields()["sparse_layers"] == 0
+    assert p.fields["sparse_layers"] == 0
     torch.testing.assert_close(logits(new, ex), logits(model, ex))
 
 
 def test_sparse_cpu_rule_mode_and_forced_variant():
     model = tiny_bert(0.95)
-    acc = SparseCPU(calibrate=False, variant="scalar", format="auto")
+    acc = SparseCPU(calibrate=False, format="auto")
     ex = example(batch=1, seq=8)
-    new = acc.prepare(model, ex, threads=1)
-    assert acc.row_fields()["sparse_layers"] == 12
-    assert acc.row_fields()["kernel_variant"] == "scalar"
+    p = acc.prepare(model, ex, PrepareSettings(threads=1, kernel_variant="scalar"))
+    new = p.module
+    assert p.fields["sparse_layers"] == 12
+    assert p.fields["kernel_variant_used"] == "scalar"
+    assert all(m.variant == "scalar" for m in new.modules() if isinstance(m, SparseLinear))
     torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
 
 
@@ -171,14 +179,53 @@ def test_sparse_cpu_config_errors():
         SparseCPU(format="coo")
     with pytest.raises(ValueError):
         SparseCPU(min_speedup=0.5)
-    with pytest.raises(ValueError, match="variant must be one of"):
-        SparseCPU(variant="nonexistent")  # a typo fails at config time
+    with pytest.raises(ConfigError, match="matrix.kernel_variant: unknown variant 'nonexistent'"):
+        parse_config(tiny_config(matrix={"kernel_variant": ["nonexistent"]}))  # a typo fails at config time
     with pytest.raises(ValueError, match="min_time_s"):
         SparseCPU(min_time_s=-1)
     missing = [v for v in ("scalar", "avx2", "avx512", "vnni") if v not in sk.supported_variants()]
     if missing:  # a real variant this CPU lacks is reported by availability(), not a config error
-        ok, reason = SparseCPU(variant=missing[0]).availability()
+        ok, reason = SparseCPU().availability(PrepareSettings(kernel_variant=missing[0]))
         assert not ok and missing[0] in reason
+
+
+def test_one_instance_prepares_each_cell_with_its_own_settings():
+    from accelerators.fused_layer import FusedBertLayer
+
+    model = tiny_bert(0.95)
+    acc = SparseCPU(calibrate=False, format="csr")
+    fresh = dict(vars(acc))
+    ex = example(batch=1, seq=8)
+    a = acc.prepare(model, ex, PrepareSettings(threads=1, kernel_variant="scalar"))
+    b = acc.prepare(model, ex, PrepareSettings(threads=2))
+    assert vars(acc) == fresh  # what prepare found comes back in Prepared, never in the instance
+    assert a.fields["kernel_variant_used"] == "scalar" and b.fields["kernel_variant_used"] == sk.kernel_variant()
+    for p, variant, threads in ((a, "scalar", 1), (b, None, 2)):
+        sparse = [m for m in p.module.modules() if isinstance(m, SparseLinear)]
+        fused = [m for m in p.module.modules() if isinstance(m, FusedBertLayer)]
+        assert sparse and all(m.variant == variant and m.threads == threads for m in sparse)
+        assert fused and all(m.variant == variant and m.threads == threads for m in fused)
+    torch.testing.assert_close(logits(a.module, ex), logits(b.module, ex), rtol=1e-4, atol=1e-5)
+
+
+def test_runner_passes_the_kernel_variant_axis_to_sparse_cells_only(tmp_path, monkeypatch):
+    from profiler.results import read_results
+    from profiler.runner import Runner
+
+    supported = [v for v in sk.supported_variants() if v != "scalar"]
+    monkeypatch.setattr(sk, "supported_variants", lambda: supported)  # as on a CPU without "scalar"
+    cfg = parse_config(tiny_config(
+        pruners=[{"name": "magnitude", "sparsity": 0.9}],
+        accelerators=[{"name": "torch-fp32"}, {"name": "sparse-cpu", "calibrate": False, "format": "csr"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1], "kernel_variant": ["scalar", supported[0]]}))
+    Runner(cfg, tmp_path / "r").run()
+    rows = {(r["accelerator"], r["kernel_variant"]): r for r in read_results(tmp_path / "r" / "results.jsonl").rows}
+    skipped = rows[("sparse-cpu", "scalar")]
+    assert skipped["status"] == "skipped" and "'scalar' not supported" in skipped["reason"]
+    ran = rows[("sparse-cpu", supported[0])]
+    assert ran["status"] == "ok" and ran["kernel_variant_used"] == supported[0], ran["reason"]
+    assert all(rows[("torch-fp32", v)]["status"] == "ok" for v in ("scalar", supported[0]))
+    assert "kernel_variant_used" not in rows[("torch-fp32", "scalar")]
 
 
 @pytest.mark.parametrize("variant", sk.supported_variants())
@@ -204,16 +251,15 @@ def test_sparse_cpu_fuses_ffn_gelu():
     model = tiny_bert(0.9)
     acc = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False)
     ex = example()
-    new = acc.prepare(model, ex, threads=2)
-    fields = acc.row_fields()
+    p = acc.prepare(model, ex, PrepareSettings(threads=2))
+    new, fields = p.module, p.fields
     assert fields["sparse_fused_gelu_layers"] == 2
     assert all(isinstance(l.intermediate.intermediate_act_fn, nn.Identity) for l in new.bert.encoder.layer)
     assert all(l.intermediate.dense.activation == "gelu" for l in new.bert.encoder.layer)
     torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
     assert not any(isinstance(l.intermediate.intermediate_act_fn, nn.Identity) for l in model.bert.encoder.layer)
     acc2 = SparseCPU(format="csr", calibrate=False, fuse_gelu=False)
-    acc2.prepare(model, ex, threads=1)
-    assert acc2.row_fields()["sparse_fused_gelu_layers"] == 0
+    assert acc2.prepare(model, ex, PrepareSettings(threads=1)).fields["sparse_fused_gelu_layers"] == 0
 
 
 def test_constructor_rejects_nonsense_shapes_and_threads():

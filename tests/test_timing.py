@@ -44,3 +44,31 @@ def test_timed_loop_stops_at_count_and_time_with_fake_clock():
     assert len(samples) == 10 and all(s == pytest.approx(0.01) for s in samples)
     assert len(timed_loop(work, min_iters=30, min_seconds=0.1, clock_ns=clock)) == 30
     assert len(timed_loop(work, min_iters=2, min_seconds=100, max_seconds=0.05, clock_ns=clock)) == 5
+
+
+def test_profiler_timed_loop_is_the_one_clock_loop():
+    from accelerators import timing
+
+    assert timed_loop is timing.timed_loop
+
+
+def test_interleaved_samples_sets_preempted_calls_apart():
+    from accelerators.timing import interleaved_samples, loop_lengths
+
+    switches = {"n": 0}
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+
+    def b():
+        calls["b"] += 1
+        switches["n"] += 1  # every call of b is "preempted"
+
+    res = interleaved_samples({"a": a, "b": b}, repeats=3, min_time_s=1.0, max_calls=4, preemptions=lambda: switches["n"])
+    assert set(res) == {"a", "b"}
+    clean_a, all_a = res["a"]
+    clean_b, all_b = res["b"]
+    assert len(all_a) == len(all_b) == 12 and len(clean_a) == 12 and clean_b == []  # 3 repeats x 4 calls
+    assert calls == {"a": 14, "b": 14}  # 2 sizing calls each
+    assert loop_lengths({"a": a}, 0.0) == {"a": 1}

@@ -13,36 +13,19 @@
 #define VADD(a, b) _mm256_add_ps((a), (b))
 #define VSTORE(p, v) _mm256_store_ps((p), (v))
 
-#define MK_FN mk_b1_v2
-#define MK_B 1
-#define MK_NV 2
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b1_v4
-#define MK_B 1
-#define MK_NV 4
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v2
-#define MK_B 2
-#define MK_NV 2
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v4
-#define MK_B 2
-#define MK_NV 4
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b4_v2
-#define MK_B 4
-#define MK_NV 2
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b8_v1
-#define MK_B 8
-#define MK_NV 1
-#define MK_U 1
-#include "sk_mk_fp32.h"
+/* micro-kernels (sk_mk.inc.h): name, rows per block, vectors per row, unrolled accumulator sets */
+#define MK mk_b1_v2, 1, 2, 4
+#include "sk_mk.inc.h"
+#define MK mk_b1_v4, 1, 4, 2
+#include "sk_mk.inc.h"
+#define MK mk_b2_v2, 2, 2, 2
+#include "sk_mk.inc.h"
+#define MK mk_b2_v4, 2, 4, 1
+#include "sk_mk.inc.h"
+#define MK mk_b4_v2, 4, 2, 1
+#include "sk_mk.inc.h"
+#define MK mk_b8_v1, 8, 1, 1
+#include "sk_mk.inc.h"
 
 static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
@@ -68,17 +51,9 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
     }
 }
 
-static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
-                   float *xt, const sk_tiling *tl, int64_t n_in)
-{ sk_pack_x_generic(X, ldX, nb, k0, k1, xt, tl, n_in); }
-
-static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias, const float *R, int act)
-{ sk_unpack_y_generic(scratch, lds, nrows, ntok, Y, ldY, bias, R, act); }
-
 const sk_kernels sk_kernels_avx2 = {
-    "avx2", tile_fp32, pack_x, unpack_y,
-    /* int8 on non-VNNI variants: portable C */
+    /* only the fp32 multiply is AVX2; packing, unpacking, int8 and attention are portable C */
+    "avx2", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
     sk_quant_rows_generic,

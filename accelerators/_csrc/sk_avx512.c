@@ -16,89 +16,42 @@
 #define VADD(a, b) _mm512_add_ps((a), (b))
 #define VSTORE(p, v) _mm512_store_ps((p), (v))
 
-#define MK_FN mk_b1_v1
-#define MK_B 1
-#define MK_NV 1
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b1_v2
-#define MK_B 1
-#define MK_NV 2
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b1_v4
-#define MK_B 1
-#define MK_NV 4
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b1_v8
-#define MK_B 1
-#define MK_NV 8
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v1
-#define MK_B 2
-#define MK_NV 1
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v2
-#define MK_B 2
-#define MK_NV 2
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v4
-#define MK_B 2
-#define MK_NV 4
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b2_v8
-#define MK_B 2
-#define MK_NV 8
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b4_v1
-#define MK_B 4
-#define MK_NV 1
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b4_v2
-#define MK_B 4
-#define MK_NV 2
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b4_v4
-#define MK_B 4
-#define MK_NV 4
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b8_v1
-#define MK_B 8
-#define MK_NV 1
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mk_b8_v2
-#define MK_B 8
-#define MK_NV 2
-#define MK_U 1
-#include "sk_mk_fp32.h"
+/* micro-kernels (sk_mk.inc.h): name, rows per block, vectors per row, unrolled accumulator sets */
+#define MK mk_b1_v1, 1, 1, 4
+#include "sk_mk.inc.h"
+#define MK mk_b1_v2, 1, 2, 4
+#include "sk_mk.inc.h"
+#define MK mk_b1_v4, 1, 4, 2
+#include "sk_mk.inc.h"
+#define MK mk_b1_v8, 1, 8, 2
+#include "sk_mk.inc.h"
+#define MK mk_b2_v1, 2, 1, 4
+#include "sk_mk.inc.h"
+#define MK mk_b2_v2, 2, 2, 2
+#include "sk_mk.inc.h"
+#define MK mk_b2_v4, 2, 4, 2
+#include "sk_mk.inc.h"
+#define MK mk_b2_v8, 2, 8, 1
+#include "sk_mk.inc.h"
+#define MK mk_b4_v1, 4, 1, 2
+#include "sk_mk.inc.h"
+#define MK mk_b4_v2, 4, 2, 1
+#include "sk_mk.inc.h"
+#define MK mk_b4_v4, 4, 4, 1
+#include "sk_mk.inc.h"
+#define MK mk_b8_v1, 8, 1, 1
+#include "sk_mk.inc.h"
+#define MK mk_b8_v2, 8, 2, 1
+#include "sk_mk.inc.h"
+/* row pairs (sk_mk2.inc.h): pair, single-row companion, vectors per row */
+#define MK2 mk2_v2, mk1_v2, 2
+#include "sk_mk2.inc.h"
+#define MK2 mk2_v4, mk1_v4, 4
+#include "sk_mk2.inc.h"
+#define MK2 mk2_v8, mk1_v8, 8
+#include "sk_mk2.inc.h"
 
-#define MK2_FN mk2_v2
-#define MK2_FN1 mk1_v2
-#define MK2_NV 2
-#include "sk_mk2_fp32.h"
-#define MK2_FN mk2_v4
-#define MK2_FN1 mk1_v4
-#define MK2_NV 4
-#include "sk_mk2_fp32.h"
-#define MK2_FN mk2_v8
-#define MK2_FN1 mk1_v8
-#define MK2_NV 8
-#include "sk_mk2_fp32.h"
-
-typedef void (*mk_fn)(const int32_t *restrict, const float *restrict, int64_t, int64_t,
-                      const float *restrict, int64_t, float *restrict, int64_t);
-
-static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
+void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
 {
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
@@ -131,10 +84,10 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
     }
 }
 
-#include "sk_tr16.h"
+#include "sk_avx512_inline.h"
 
-static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
-                   float *xt, const sk_tiling *tl, int64_t n_in)
+void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
+                      float *xt, const sk_tiling *tl, int64_t n_in)
 {
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
@@ -162,9 +115,8 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
  * SK_STAGE_ROWS rows: 16x16 register transposes land in an L1 staging buffer, then each token row
  * of the strip is written to Y as one run of consecutive lines with the epilogue applied. Storing
  * the transposed blocks straight into Y would put 16 lines of one L1 set in flight whenever
- * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072): one thread's 64 x 3072 outputs
- * took 40 us stored directly, 29 us staged (20 us stored directly into a Y with a padded stride).
- * Strips of at most 8 tokens (8 lines per set) are stored directly, saving the copy. */
+ * ldY * 4 is a multiple of 4 KiB (BERT widths 768, 1536, 3072) and stall on L1 conflicts; strips
+ * of at most 8 tokens (8 lines per set) are stored directly, saving the copy. */
 #define SK_STAGE_ROWS 256
 /* the Linear epilogue of one output vector: + bias, optional GELU, + residual (masked load) */
 static inline __attribute__((always_inline)) __m512 epi16(__m512 v, __m512 bv, int act, const float *r, __mmask16 m)
@@ -174,8 +126,8 @@ static inline __attribute__((always_inline)) __m512 epi16(__m512 v, __m512 bv, i
     return r ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r)) : v;
 }
 
-static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                     float *Y, int64_t ldY, const float *bias, const float *R, int act)
+void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
+                        float *Y, int64_t ldY, const float *bias, const float *R, int act)
 {
     enum { LST = SK_STAGE_ROWS + 16 }; /* staged row stride: rows fall in different L1 sets */
     float stage[16 * LST] __attribute__((aligned(64)));
@@ -185,10 +137,8 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
             const int64_t nt = ntok - t < 16 ? ntok - t : 16;
             for (int64_t r0 = 0; r0 < nrb; r0 += 16) {
                 const int64_t nr = nrb - r0 < 16 ? nrb - r0 : 16;
-                const float *sb = scratch + (rb + r0) * lds + t;
                 __m512 r[16];
-                for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_load_ps(sb + l * lds) : _mm512_setzero_ps();
-                tr16(r);
+                sk_load_tr16(scratch + (rb + r0) * lds + t, lds, nr, r);
                 if (nt > 8) {
                     for (int l = 0; l < nt; l++) _mm512_store_ps(stage + l * LST + r0, r[l]);
                     continue;
@@ -215,122 +165,168 @@ static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t n
     }
 }
 
-/* exp(x) for x <= 0 (softmax after the max is subtracted), sk_tr16.h's polynomial; x below -87
- * (including -inf for masked keys) and NaN give exactly 0. */
+/* ------------------------------------------------------------------------------------
+ * Attention for one head, SK_ATTN_ROWS query rows at a time: K is transposed once into scratch
+ * (dh x Sp, keys contiguous) so each score vector is 16 keys wide; the softmax probabilities of
+ * the row block stay in L1 for the V pass (columns of V in 16-float chunks).
+ * ---------------------------------------------------------------------------------- */
+enum { AR = SK_ATTN_ROWS };
+
+/* the head's keys and values, laid out once per head in scratch (see sk_attn_scratch_floats) */
+typedef struct {
+    int64_t S, Sp, nj;   /* keys, keys padded to 16, 16-key vectors */
+    int64_t dh, ncv, dhp; /* head dim, its 16-float chunks, padded head dim */
+    float *kt;           /* dh x Sp: K transposed */
+    float *bias;         /* Sp: key bias, -inf on padding keys */
+    float *p;            /* AR x Sp scores, then probabilities */
+    float *vb;           /* S x dhp: V rows packed contiguously (BERT's row stride maps every V row to
+                            the same few L1 sets) */
+} attn_kv;
+
+/* exp(x) for x <= 0 (softmax after the max is subtracted), sk_exp_nonpos16's polynomial; x below
+ * -87 (including -inf for masked keys) and NaN give exactly 0. */
 static inline __attribute__((always_inline)) __m512 exp16_nonpos(__m512 x)
 {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), sk_exp_nonpos16(x));
 }
 
-/* Attention for one head, SK_ATTN_ROWS query rows at a time: K is transposed once into
- * scratch (dh x Sp, keys contiguous) so each score vector is 16 keys wide; the softmax
- * probabilities of the row block stay in L1 for the V pass (columns of V in 16-float chunks). */
-static void attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
-                      float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+static inline __attribute__((always_inline)) void attn_pack_kv(attn_kv *a, const float *k, const float *v, int64_t ld,
+                                                               const float *kb)
 {
-    enum { R = SK_ATTN_ROWS };
-    const int64_t Sp = (S + 15) / 16 * 16, nj = Sp / 16;
-    const int64_t ncv = (dh + 15) / 16, dhp = ncv * 16;
-    float *kt = scratch;         /* dh x Sp: K transposed */
-    float *bias = kt + dh * Sp;  /* Sp: key bias, -inf on padding keys */
-    float *p = bias + Sp;        /* R x Sp scores, then probabilities */
-    float *vb = p + R * Sp;      /* S x dhp: V rows packed contiguously (BERT's row stride maps
-                                    every V row to the same few L1 sets) */
+    const int64_t S = a->S, Sp = a->Sp, dh = a->dh;
     for (int64_t j = 0; j < S; j++) {
         const float *kj = k + j * ld;
-        for (int64_t d = 0; d < dh; d++) kt[d * Sp + j] = kj[d];
-        for (int64_t c = 0; c < ncv; c++) {
+        for (int64_t d = 0; d < dh; d++) a->kt[d * Sp + j] = kj[d];
+        for (int64_t c = 0; c < a->ncv; c++) {
             const int64_t nd = dh - c * 16 < 16 ? dh - c * 16 : 16;
-            _mm512_store_ps(vb + j * dhp + c * 16, _mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), v + j * ld + c * 16));
+            _mm512_store_ps(a->vb + j * a->dhp + c * 16,
+                            _mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), v + j * ld + c * 16));
         }
     }
     for (int64_t d = 0; d < dh; d++)
-        for (int64_t j = S; j < Sp; j++) kt[d * Sp + j] = 0.0f;
-    for (int64_t j = 0; j < Sp; j++) bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
-    const __m512 vscale = _mm512_set1_ps(scale);
-    for (int64_t i0 = 0; i0 < S; i0 += R) {
-        const int64_t nr = S - i0 < R ? S - i0 : R;
-        const float *qr[R];
-        for (int r = 0; r < R; r++) qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
-        __m512 mx[R];
-        for (int r = 0; r < R; r++) mx[r] = _mm512_set1_ps(-__builtin_inff());
-        /* two 16-key vectors x R rows per step: 2R independent FMA chains */
-        for (int64_t jv = 0; jv < nj; jv += 2) {
-            const int two = jv + 1 < nj;
-            __m512 acc0[R], acc1[R];
-            for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
-            const float *kc = kt + jv * 16;
-            if (two) {
-                for (int64_t d = 0; d < dh; d++) {
-                    const __m512 k0 = _mm512_load_ps(kc + d * Sp), k1 = _mm512_load_ps(kc + d * Sp + 16);
-                    for (int r = 0; r < R; r++) {
-                        const __m512 qb = _mm512_set1_ps(qr[r][d]);
-                        acc0[r] = _mm512_fmadd_ps(qb, k0, acc0[r]);
-                        acc1[r] = _mm512_fmadd_ps(qb, k1, acc1[r]);
-                    }
-                }
-            } else {
-                for (int64_t d = 0; d < dh; d++) {
-                    const __m512 k0 = _mm512_load_ps(kc + d * Sp);
-                    for (int r = 0; r < R; r++) acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][d]), k0, acc0[r]);
+        for (int64_t j = S; j < Sp; j++) a->kt[d * Sp + j] = 0.0f;
+    for (int64_t j = 0; j < Sp; j++) a->bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+}
+
+/* scores p[r] = scale * q_r . K + bias for the AR rows qr, and their maxima mx; two 16-key
+ * vectors x AR rows per step: 2 AR independent FMA chains */
+static inline __attribute__((always_inline)) void attn_scores(const attn_kv *a, const float *const qr[AR],
+                                                              __m512 vscale, __m512 mx[AR])
+{
+    const int64_t Sp = a->Sp;
+    for (int r = 0; r < AR; r++) mx[r] = _mm512_set1_ps(-__builtin_inff());
+    for (int64_t jv = 0; jv < a->nj; jv += 2) {
+        const int two = jv + 1 < a->nj;
+        __m512 acc0[AR], acc1[AR];
+        for (int r = 0; r < AR; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+        const float *kc = a->kt + jv * 16;
+        if (two) {
+            for (int64_t d = 0; d < a->dh; d++) {
+                const __m512 k0 = _mm512_load_ps(kc + d * Sp), k1 = _mm512_load_ps(kc + d * Sp + 16);
+                for (int r = 0; r < AR; r++) {
+                    const __m512 qb = _mm512_set1_ps(qr[r][d]);
+                    acc0[r] = _mm512_fmadd_ps(qb, k0, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(qb, k1, acc1[r]);
                 }
             }
-            for (int h = 0; h <= two; h++) {
-                const __m512 bv = _mm512_load_ps(bias + (jv + h) * 16);
-                for (int r = 0; r < R; r++) {
-                    const __m512 s = _mm512_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
-                    _mm512_store_ps(p + r * Sp + (jv + h) * 16, s);
-                    mx[r] = _mm512_max_ps(mx[r], s);
-                }
+        } else {
+            for (int64_t d = 0; d < a->dh; d++) {
+                const __m512 k0 = _mm512_load_ps(kc + d * Sp);
+                for (int r = 0; r < AR; r++) acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][d]), k0, acc0[r]);
             }
         }
-        float inv[R];
-        for (int r = 0; r < R; r++) {
-            const float m = _mm512_reduce_max_ps(mx[r]);
-            if (!(m > -__builtin_inff())) { /* every key masked: zero probabilities */
-                memset(p + r * Sp, 0, sizeof(float) * (size_t)Sp);
-                inv[r] = 0.0f;
-                continue;
-            }
-            const __m512 mv = _mm512_set1_ps(m);
-            __m512 sum = _mm512_setzero_ps();
-            for (int64_t jv = 0; jv < nj; jv++) {
-                const __m512 e = exp16_nonpos(_mm512_sub_ps(_mm512_load_ps(p + r * Sp + jv * 16), mv));
-                _mm512_store_ps(p + r * Sp + jv * 16, e);
-                sum = _mm512_add_ps(sum, e);
-            }
-            inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
-        }
-        /* two 16-column chunks of V x R rows per step */
-        for (int64_t c = 0; c < ncv; c += 2) {
-            const int two = c + 1 < ncv;
-            const int64_t nd0 = dh - c * 16 < 16 ? dh - c * 16 : 16;
-            const int64_t nd1 = two ? (dh - c * 16 - 16 < 16 ? dh - c * 16 - 16 : 16) : 0;
-            const __mmask16 m0 = (__mmask16)((1u << nd0) - 1u), m1 = (__mmask16)((1u << nd1) - 1u);
-            __m512 o0[R], o1[R];
-            for (int r = 0; r < R; r++) o0[r] = o1[r] = _mm512_setzero_ps();
-            const float *vc = vb + c * 16;
-            for (int64_t j = 0; j < S; j++) {
-                const __m512 v0 = _mm512_load_ps(vc + j * dhp);
-                const __m512 v1 = two ? _mm512_load_ps(vc + j * dhp + 16) : _mm512_setzero_ps();
-                for (int r = 0; r < R; r++) {
-                    const __m512 pb = _mm512_set1_ps(p[r * Sp + j]);
-                    o0[r] = _mm512_fmadd_ps(pb, v0, o0[r]);
-                    o1[r] = _mm512_fmadd_ps(pb, v1, o1[r]);
-                }
-            }
-            for (int r = 0; r < nr; r++) {
-                const __m512 iv = _mm512_set1_ps(inv[r]);
-                float *orow = o + (i0 + r) * ldo + c * 16;
-                _mm512_mask_storeu_ps(orow, m0, _mm512_mul_ps(o0[r], iv));
-                if (two) _mm512_mask_storeu_ps(orow + 16, m1, _mm512_mul_ps(o1[r], iv));
+        for (int h = 0; h <= two; h++) {
+            const __m512 bv = _mm512_load_ps(a->bias + (jv + h) * 16);
+            for (int r = 0; r < AR; r++) {
+                const __m512 s = _mm512_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
+                _mm512_store_ps(a->p + r * Sp + (jv + h) * 16, s);
+                mx[r] = _mm512_max_ps(mx[r], s);
             }
         }
     }
 }
 
+/* p[r] <- exp(p[r] - max) in place, inv[r] = 1 / sum; a row whose keys are all masked gets zero
+ * probabilities (and inv 0) */
+static inline __attribute__((always_inline)) void attn_softmax(const attn_kv *a, const __m512 mx[AR], float inv[AR])
+{
+    const int64_t Sp = a->Sp;
+    for (int r = 0; r < AR; r++) {
+        const float m = _mm512_reduce_max_ps(mx[r]);
+        if (!(m > -__builtin_inff())) {
+            memset(a->p + r * Sp, 0, sizeof(float) * (size_t)Sp);
+            inv[r] = 0.0f;
+            continue;
+        }
+        const __m512 mv = _mm512_set1_ps(m);
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t jv = 0; jv < a->nj; jv++) {
+            const __m512 e = exp16_nonpos(_mm512_sub_ps(_mm512_load_ps(a->p + r * Sp + jv * 16), mv));
+            _mm512_store_ps(a->p + r * Sp + jv * 16, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+}
+
+/* o[r] = inv[r] * p[r] V for the nr real rows at o (row stride ldo); two 16-column chunks of V x
+ * AR rows per step */
+static inline __attribute__((always_inline)) void attn_pv(const attn_kv *a, const float inv[AR], int64_t nr, float *o,
+                                                          int64_t ldo)
+{
+    const int64_t dh = a->dh;
+    for (int64_t c = 0; c < a->ncv; c += 2) {
+        const int two = c + 1 < a->ncv;
+        const int64_t nd0 = dh - c * 16 < 16 ? dh - c * 16 : 16;
+        const int64_t nd1 = two ? (dh - c * 16 - 16 < 16 ? dh - c * 16 - 16 : 16) : 0;
+        const __mmask16 m0 = (__mmask16)((1u << nd0) - 1u), m1 = (__mmask16)((1u << nd1) - 1u);
+        __m512 o0[AR], o1[AR];
+        for (int r = 0; r < AR; r++) o0[r] = o1[r] = _mm512_setzero_ps();
+        const float *vc = a->vb + c * 16;
+        for (int64_t j = 0; j < a->S; j++) {
+            const __m512 v0 = _mm512_load_ps(vc + j * a->dhp);
+            const __m512 v1 = two ? _mm512_load_ps(vc + j * a->dhp + 16) : _mm512_setzero_ps();
+            for (int r = 0; r < AR; r++) {
+                const __m512 pb = _mm512_set1_ps(a->p[r * a->Sp + j]);
+                o0[r] = _mm512_fmadd_ps(pb, v0, o0[r]);
+                o1[r] = _mm512_fmadd_ps(pb, v1, o1[r]);
+            }
+        }
+        for (int r = 0; r < nr; r++) {
+            const __m512 iv = _mm512_set1_ps(inv[r]);
+            float *orow = o + r * ldo + c * 16;
+            _mm512_mask_storeu_ps(orow, m0, _mm512_mul_ps(o0[r], iv));
+            if (two) _mm512_mask_storeu_ps(orow + 16, m1, _mm512_mul_ps(o1[r], iv));
+        }
+    }
+}
+
+void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                         float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    attn_kv a = {.S = S, .Sp = (S + 15) / 16 * 16, .dh = dh, .ncv = (dh + 15) / 16};
+    a.nj = a.Sp / 16;
+    a.dhp = a.ncv * 16;
+    a.kt = scratch;
+    a.bias = a.kt + dh * a.Sp;
+    a.p = a.bias + a.Sp;
+    a.vb = a.p + AR * a.Sp;
+    attn_pack_kv(&a, k, v, ld, kb);
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int64_t i0 = 0; i0 < S; i0 += AR) {
+        const int64_t nr = S - i0 < AR ? S - i0 : AR;
+        const float *qr[AR]; /* rows past the end repeat the last one (computed, never stored) */
+        for (int r = 0; r < AR; r++) qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
+        __m512 mx[AR];
+        float inv[AR];
+        attn_scores(&a, qr, vscale, mx);
+        attn_softmax(&a, mx, inv);
+        attn_pv(&a, inv, nr, o + i0 * ldo, ldo);
+    }
+}
+
 /* LayerNorm with 16-wide float accumulators: pass 1 mean, pass 2 centred variance, pass 3 write. */
-static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *y = Y + t * N;
@@ -367,25 +363,10 @@ static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, co
 }
 
 const sk_kernels sk_kernels_avx512 = {
-    "avx512", tile_fp32, pack_x, unpack_y,
-    /* int8 on non-VNNI variants: portable C */
+    /* int8 without VNNI: portable C */
+    "avx512", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic, attn_head, layer_norm,
+    sk_rows_amax_generic, sk_unpack_i32_generic, sk_avx512_attn_head, sk_avx512_layer_norm,
     sk_quant_rows_generic,
 };
-
-/* exported for the vnni table */
-void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds)
-{ tile_fp32(bh, sg, xt, tl, scratch, lds); }
-void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
-                      float *xt, const sk_tiling *tl, int64_t n_in)
-{ pack_x(X, ldX, nb, k0, k1, xt, tl, n_in); }
-void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
-{ layer_norm(Y, ntok, N, gamma, beta, eps); }
-void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
-                         float scale, const float *kb, float *o, int64_t ldo, float *scratch)
-{ attn_head(q, k, v, ld, S, dh, scale, kb, o, ldo, scratch); }
-void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias, const float *R, int act)
-{ unpack_y(scratch, lds, nrows, ntok, Y, ldY, bias, R, act); }
 #endif

@@ -10,8 +10,9 @@
  *   XT : packed, transposed copy of a block of X: token tiles of width w (multiple of 16
  *        floats), each tile contiguous with layout [n_in][w] ("token-contiguous").
  *
- * Variants are separate translation units compiled with a `#pragma GCC target(...)`;
- * module.c picks one kernel table at import (or per call) after checking the CPU.
+ * Variants are separate translation units compiled with a `#pragma GCC target(...)`, each
+ * exporting one sk_kernels table; sk_module.c picks the table at import (or per call) after
+ * checking the CPU. This header is all a kernel file sees: no CPython here.
  */
 #ifndef SK_COMMON_H
 #define SK_COMMON_H
@@ -59,7 +60,7 @@ typedef struct {
 #define SK_PANEL_GROUP_ROWS 256 /* output rows per column-panel sweep (16 chunks) */
 
 /* Body of a SIMD tile_fp32 for one token tile: the segments of sg (panel 0 stores, later panels
- * accumulate) x sub-tiles of NVV vectors, with micro-kernel FN (sk_mk_fp32.h). Expects in scope:
+ * accumulate) x sub-tiles of NVV vectors, with micro-kernel FN (sk_mk.inc.h). Expects in scope:
  * sg, bh, scratch, lds, tile, xb (tile base), w (tile width), nvt (vectors per tile), VW. */
 #define SK_SEGLOOP(FN, NVV)                                                                \
     for (int p = 0; p < sg->npan; p++)                                                     \
@@ -71,7 +72,7 @@ typedef struct {
         }
 
 /* SK_SEGLOOP for height-1 blocks with a row-pair micro-kernel FN2 and its single-row companion
- * FN1 (sk_mk2_fp32.h): consecutive segments of a panel two at a time, FN1 for an odd one left. */
+ * FN1 (sk_mk2.inc.h): consecutive segments of a panel two at a time, FN1 for an odd one left. */
 #define SK_PAIRLOOP(FN2, FN1, NVV)                                                         \
     for (int p = 0; p < sg->npan; p++) {                                                   \
         int64_t s = sg->sptr[p];                                                           \
@@ -192,6 +193,17 @@ void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, f
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+#ifdef SK_HAVE_X86
+/* AVX-512 fp32 kernels (defined in sk_avx512.c), shared by the avx512 and vnni tables. */
+void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);
+void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
+                      float *xt, const sk_tiling *tl, int64_t n_in);
+void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
+                        float *Y, int64_t ldY, const float *bias, const float *R, int act);
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
+void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                         float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+#endif
 /* x * inv rounded to nearest even, clamped to [-127, 127] (shared definition of quantization) */
 static inline int32_t sk_quant1(float x, float inv)
 {

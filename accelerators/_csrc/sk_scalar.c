@@ -102,8 +102,11 @@ void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const 
     }
 }
 
-void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
-                        const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+/* pack_xq (fp32 X, quantized with inv) and pack_xq_raw (int8 X, raw) in one body; raw is a
+ * compile-time constant after inlining. Tokens past nb and columns past n_in get u = 128. */
+static inline __attribute__((always_inline)) void pack_quads(const void *X, int raw, int64_t ldX, int64_t nb,
+                                                             int64_t n_in, int64_t q0, int64_t q1, const float *inv,
+                                                             uint8_t *xq, const sk_tiling *tl)
 {
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
@@ -115,33 +118,27 @@ void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, i
                 uint8_t *d = xb + (q * w + tl_) * 4;
                 for (int c = 0; c < 4; c++) {
                     const int64_t k = 4 * q + c;
-                    d[c] = (t < nb && k < n_in) ? (uint8_t)(sk_quant1(X[t * ldX + k], inv[t]) + 128) : 128;
+                    if (!(t < nb && k < n_in)) d[c] = 128;
+                    else if (raw) d[c] = (uint8_t)((int32_t)((const int8_t *)X)[t * ldX + k] + 128);
+                    else d[c] = (uint8_t)(sk_quant1(((const float *)X)[t * ldX + k], inv[t]) + 128);
                 }
             }
         }
     }
+}
+
+void sk_pack_xq_generic(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                        const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
     (void)nq;
+    pack_quads(X, 0, ldX, nb, n_in, q0, q1, inv, xq, tl);
 }
 
 void sk_pack_xq_raw_generic(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
                             uint8_t *xq, const sk_tiling *tl, int64_t nq)
 {
-    for (int i = 0; i < tl->ntiles; i++) {
-        const sk_tile *tile = &tl->tiles[i];
-        uint8_t *xb = xq + tile->offset;
-        const int64_t w = tile->width;
-        for (int64_t tl_ = 0; tl_ < w; tl_++) {
-            const int64_t t = tile->t0 + tl_;
-            for (int64_t q = q0; q < q1; q++) {
-                uint8_t *d = xb + (q * w + tl_) * 4;
-                for (int c = 0; c < 4; c++) {
-                    const int64_t k = 4 * q + c;
-                    d[c] = (t < nb && k < n_in) ? (uint8_t)((int32_t)X[t * ldX + k] + 128) : 128;
-                }
-            }
-        }
-    }
     (void)nq;
+    pack_quads(X, 1, ldX, nb, n_in, q0, q1, NULL, xq, tl);
 }
 
 void sk_unpack_int8_generic(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,

@@ -5,16 +5,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")
 #include <immintrin.h>
 #include <string.h>
-#include "sk_tr16.h"
-
-void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);
-void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,
-                      float *xt, const sk_tiling *tl, int64_t n_in);
-void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
-                        float *Y, int64_t ldY, const float *bias, const float *R, int act);
-void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
-void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
-                         float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+#include "sk_avx512_inline.h"
 
 #define VEC __m512i
 #define VW 16
@@ -29,61 +20,29 @@ void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t
 #define MK_WT int32_t
 #define MK_OT int32_t
 
-#define MK_FN mq_b1_v1
-#define MK_B 1
-#define MK_NV 1
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b1_v2
-#define MK_B 1
-#define MK_NV 2
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b1_v4
-#define MK_B 1
-#define MK_NV 4
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b2_v1
-#define MK_B 2
-#define MK_NV 1
-#define MK_U 4
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b2_v2
-#define MK_B 2
-#define MK_NV 2
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b2_v4
-#define MK_B 2
-#define MK_NV 4
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b4_v1
-#define MK_B 4
-#define MK_NV 1
-#define MK_U 2
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b4_v2
-#define MK_B 4
-#define MK_NV 2
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b4_v4
-#define MK_B 4
-#define MK_NV 4
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b8_v1
-#define MK_B 8
-#define MK_NV 1
-#define MK_U 1
-#include "sk_mk_fp32.h"
-#define MK_FN mq_b8_v2
-#define MK_B 8
-#define MK_NV 2
-#define MK_U 1
-#include "sk_mk_fp32.h"
+/* micro-kernels (sk_mk.inc.h): name, rows per block, vectors per row, unrolled accumulator sets */
+#define MK mq_b1_v1, 1, 1, 4
+#include "sk_mk.inc.h"
+#define MK mq_b1_v2, 1, 2, 4
+#include "sk_mk.inc.h"
+#define MK mq_b1_v4, 1, 4, 2
+#include "sk_mk.inc.h"
+#define MK mq_b2_v1, 2, 1, 4
+#include "sk_mk.inc.h"
+#define MK mq_b2_v2, 2, 2, 2
+#include "sk_mk.inc.h"
+#define MK mq_b2_v4, 2, 4, 1
+#include "sk_mk.inc.h"
+#define MK mq_b4_v1, 4, 1, 2
+#include "sk_mk.inc.h"
+#define MK mq_b4_v2, 4, 2, 1
+#include "sk_mk.inc.h"
+#define MK mq_b4_v4, 4, 4, 1
+#include "sk_mk.inc.h"
+#define MK mq_b8_v1, 8, 1, 1
+#include "sk_mk.inc.h"
+#define MK mq_b8_v2, 8, 2, 1
+#include "sk_mk.inc.h"
 
 #define QROWLOOP(FN, NVV)                                                                  \
     for (int64_t br = br0; br < br1; br++) {                                               \
@@ -147,10 +106,13 @@ static inline __attribute__((always_inline)) __m512i quant64(const float *xr, in
     return res;
 }
 
-static void pack_xq(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
-                    const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+/* pack_xq (fp32 X, quantized with inverse scales inv) and pack_xq_raw (int8 X, offset; raw is a
+ * compile-time constant after inlining) in one body: 16 tokens x 16 quads (64 bytes of u8 =
+ * x_q + 128 per token) per transpose; tokens past nb and columns past n_in hold u = 128. */
+static inline __attribute__((always_inline)) void pack_quads(const void *X, int raw, int64_t ldX, int64_t nb,
+                                                             int64_t n_in, int64_t q0, int64_t q1, const float *inv,
+                                                             uint8_t *xq, const sk_tiling *tl)
 {
-    (void)nq;
     const __m512i pad = _mm512_set1_epi32((int)0x80808080u);
     const int64_t kend = 4 * q1 < n_in ? 4 * q1 : n_in;
     for (int i = 0; i < tl->ntiles; i++) {
@@ -161,10 +123,16 @@ static void pack_xq(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64
             const int64_t t = tile->t0 + tg;
             for (int64_t qa = q0; qa < q1; qa += 16) {
                 const int64_t nqv = q1 - qa < 16 ? q1 - qa : 16;
+                int64_t n = kend - 4 * qa; /* valid input columns of the 64 */
+                n = n < 0 ? 0 : (n > 64 ? 64 : n);
+                const __mmask64 m = n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
                 __m512i r[16];
-                for (int l = 0; l < 16; l++)
-                    r[l] = (t + l < nb) ? quant64(X + (t + l) * ldX + 4 * qa, kend - 4 * qa, _mm512_set1_ps(inv[t + l]))
-                                        : pad;
+                for (int l = 0; l < 16; l++) {
+                    const int64_t off = (t + l) * ldX + 4 * qa;
+                    if (t + l >= nb) r[l] = pad;
+                    else if (raw) r[l] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, (const int8_t *)X + off), pad);
+                    else r[l] = quant64((const float *)X + off, kend - 4 * qa, _mm512_set1_ps(inv[t + l]));
+                }
                 tr16((__m512 *)r);
                 for (int l = 0; l < nqv; l++) _mm512_store_si512((void *)(xb + (qa + l) * w + tg), r[l]);
             }
@@ -172,32 +140,18 @@ static void pack_xq(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64
     }
 }
 
+static void pack_xq(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                    const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
+    (void)nq;
+    pack_quads(X, 0, ldX, nb, n_in, q0, q1, inv, xq, tl);
+}
+
 static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
                         uint8_t *xq, const sk_tiling *tl, int64_t nq)
 {
     (void)nq;
-    const __m512i pad = _mm512_set1_epi32((int)0x80808080u);
-    const int64_t kend = 4 * q1 < n_in ? 4 * q1 : n_in;
-    for (int i = 0; i < tl->ntiles; i++) {
-        const sk_tile *tile = &tl->tiles[i];
-        int32_t *xb = (int32_t *)(xq + tile->offset);
-        const int64_t w = tile->width;
-        for (int64_t tg = 0; tg < w; tg += 16) {
-            const int64_t t = tile->t0 + tg;
-            for (int64_t qa = q0; qa < q1; qa += 16) {
-                const int64_t nqv = q1 - qa < 16 ? q1 - qa : 16;
-                int64_t n = kend - 4 * qa;
-                n = n < 0 ? 0 : (n > 64 ? 64 : n);
-                const __mmask64 m = n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
-                __m512i r[16];
-                for (int l = 0; l < 16; l++)
-                    r[l] = (t + l < nb) ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, X + (t + l) * ldX + 4 * qa), pad)
-                                        : pad;
-                tr16((__m512 *)r);
-                for (int l = 0; l < nqv; l++) _mm512_store_si512((void *)(xb + (qa + l) * w + tg), r[l]);
-            }
-        }
-    }
+    pack_quads(X, 1, ldX, nb, n_in, q0, q1, NULL, xq, tl);
 }
 
 static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
@@ -212,11 +166,8 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
             const __m512 bv = bias ? _mm512_maskz_loadu_ps(rm, bias + r0) : _mm512_setzero_ps();
             const __m512 swv = _mm512_maskz_loadu_ps(rm, sw + r0);
             const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp + r0);
-            const int32_t *sb = scratch + r0 * lds + t;
             __m512i r[16];
-            for (int l = 0; l < 16; l++)
-                r[l] = l < nr ? _mm512_load_si512((const void *)(sb + l * lds)) : _mm512_setzero_si512();
-            tr16((__m512 *)r);
+            sk_load_tr16(scratch + r0 * lds + t, lds, nr, (__m512 *)r);
             float *yb = Y + t * ldY + r0;
             for (int l = 0; l < nt; l++) {
                 const __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(r[l], cv));
@@ -238,11 +189,8 @@ static void unpack_i32(const int32_t *scratch, int64_t lds, int64_t nrows, int64
             const int64_t nr = nrows - r0 < 16 ? nrows - r0 : 16;
             const __mmask16 rm = (__mmask16)((1u << nr) - 1u);
             const __m512i cv = _mm512_maskz_loadu_epi32(rm, comp + r0);
-            const int32_t *sb = scratch + r0 * lds + t;
             __m512i r[16];
-            for (int l = 0; l < 16; l++)
-                r[l] = l < nr ? _mm512_load_si512((const void *)(sb + l * lds)) : _mm512_setzero_si512();
-            tr16((__m512 *)r);
+            sk_load_tr16(scratch + r0 * lds + t, lds, nr, (__m512 *)r);
             for (int l = 0; l < nt; l++)
                 _mm512_mask_storeu_epi32(Y + (t + l) * ldY + r0, rm, _mm512_sub_epi32(r[l], cv));
         }

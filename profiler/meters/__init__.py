@@ -11,7 +11,7 @@ from profiler.meters.nvml import NvmlMeter
 from profiler.meters.pyrapl import PyRaplMeter, compare_with_direct
 from profiler.meters.rapl import RaplMeter
 
-#: name → class for every meter (the lead's registry registers these explicitly).
+#: name → class for every built-in meter; :mod:`profiler.plugins` registers each in ``METERS``.
 METER_CLASSES: dict[str, type[EnergyMeter]] = {
     c.name: c
     for c in (AutoMeter, RaplMeter, PyRaplMeter, NvmlMeter, CodecarbonMeter, EstimateMeter)

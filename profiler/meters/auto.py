@@ -4,27 +4,18 @@ CPU side: ``rapl`` (measured) when its counters are readable, else ``estimate`` 
 utilisation) — never a silent switch: :attr:`AutoMeter.choice_reason` says what was picked and
 why, and it is stored in every row (``energy_auto_choice``). GPU side: ``nvml`` (counter =
 measured, or power-poll) for every NVIDIA GPU when NVML works; nothing otherwise (no GPU → no
-``gpu`` domain, never 0 J). The combined method is the weakest of the parts, and each counter
-carries its own method.
+``gpu`` domain, never 0 J). The combined method is the worst of the parts
+(:func:`profiler.energy.worst_method`), and each counter carries its own method.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import ClassVar
 
+from profiler.energy import safe_availability, worst_method
 from profiler.meters.base import EnergyMeter, Reading
 from profiler.meters.estimate import EstimateMeter
 from profiler.meters.rapl import DEFAULT_ROOT, RaplMeter
-
-_RANK = {"measured": 0, "power-poll": 1, "estimated": 2, "unavailable": 3}
-
-
-def _avail(m: EnergyMeter) -> tuple[bool, str]:
-    try:
-        ok, reason = m.availability()
-        return bool(ok), str(reason)
-    except Exception as e:  # pragma: no cover - availability must not raise
-        return False, f"availability() raised {e!r}"
 
 
 class AutoMeter(EnergyMeter):
@@ -64,7 +55,7 @@ class AutoMeter(EnergyMeter):
         why: list[str] = []
 
         if rapl is not None:
-            ok, reason = self.probes.setdefault("rapl", _avail(rapl))
+            ok, reason = self.probes.setdefault("rapl", safe_availability(rapl))
         else:
             ok, reason = False, "disabled"
         if ok:
@@ -73,13 +64,13 @@ class AutoMeter(EnergyMeter):
         else:
             est = (given["estimate"] if "estimate" in given and given["estimate"] is not None
                    else EstimateMeter(tdp_w=tdp_w, memory_w_per_gb=memory_w_per_gb))
-            self.probes["estimate"] = _avail(est)
+            self.probes["estimate"] = safe_availability(est)
             parts.append(est)
             why.append(f"CPU: estimated (TDP × utilisation, {est.describe().get('estimate_source', '')})"
                        f" because RAPL is unavailable: {reason}")
 
         if nvml is not None:
-            ok, reason = self.probes.setdefault("nvml", _avail(nvml))
+            ok, reason = self.probes.setdefault("nvml", safe_availability(nvml))
             if ok:
                 parts.append(nvml)
                 why.append(f"GPU: nvml ({reason})")
@@ -90,7 +81,7 @@ class AutoMeter(EnergyMeter):
 
         self.parts = parts
         self.choice_reason = "; ".join(why)
-        self.method = max((p.method for p in parts), key=lambda m: _RANK.get(m, 3))
+        self.method = worst_method(p.method for p in parts)
         self.resolution_s = max(p.resolution_s for p in parts)
         safes = [p.max_safe_window_s for p in parts if p.max_safe_window_s]
         self.max_safe_window_s = min(safes) if safes else None

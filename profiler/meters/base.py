@@ -7,9 +7,9 @@ per-inference division) lives once in :mod:`profiler.energy`, never in a meter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-EnergyMethod = Literal["measured", "power-poll", "estimated", "unavailable"]
+from profiler.energy import EnergyMethod
 
 
 @dataclass(frozen=True)

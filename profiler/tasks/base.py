@@ -1,7 +1,6 @@
 """Task interface: model, data, metric, and the fine-tuning loop shared by every task."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -12,16 +11,13 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
+from accelerators.base import logits_of
+from profiler.identity import stable_hash
+
 
 def default_cache_dir() -> Path:
     """``$SPARSEBENCH_CACHE`` or ``~/.cache/sparsebench``: fine-tuned and pruned models live here."""
     return Path(os.environ.get("SPARSEBENCH_CACHE", Path.home() / ".cache" / "sparsebench"))
-
-
-def stable_hash(obj: Any, n: int = 12) -> str:
-    """Short sha256 of the canonical JSON of ``obj`` (sorted keys); stable across runs and machines."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
 @dataclass
@@ -30,15 +26,6 @@ class Example:
 
     input_ids: list[int]
     label: float
-
-
-def logits_of(out: Any) -> torch.Tensor:
-    """Logits from a transformers output object, a tuple, or a plain tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    return out[0]
 
 
 class Task:
@@ -60,6 +47,18 @@ class Task:
     finetune_lr: float = 5e-5
     seed: int = 0
     max_length: int = 128
+
+    def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int) -> None:
+        """Check and store the fine-tuning hyper-parameters (constructors call this).
+
+        Raises ValueError unless steps >= 0, batch_size >= 1, lr > 0 and 8 <= max_length <= 512."""
+        if steps < 0 or batch_size < 1 or not 8 <= max_length <= 512:
+            raise ValueError("finetune_steps must be >= 0, finetune_batch_size >= 1, max_length in [8, 512] "
+                             f"(got {steps}, {batch_size}, {max_length})")
+        if not lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, got {lr}")
+        self.finetune_steps, self.finetune_batch_size, self.finetune_lr = steps, batch_size, lr
+        self.seed, self.max_length = seed, max_length
 
     # ---- hooks -----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -108,6 +107,12 @@ class Task:
         ex = self.eval_examples()
         picked = [ex[i % len(ex)] for i in range(batch_size)]
         return self.collate(picked, pad_to=seq_len)[0]
+
+    def calibration_inputs(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The first ``n`` training examples, one per batch (int64 tensors (1, length)): the
+        calibration data of post-training quantization."""
+        for e in self.train_examples()[:n]:
+            yield self.collate([e])[0]
 
     def train_batches(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Endless shuffled training batches, length-bucketed (chunks of 50 batches sorted by length)

@@ -57,13 +57,7 @@ class SST2(Task):
         max_length: int = 128,
         data_dir: str | None = None,
     ) -> None:
-        if finetune_steps < 0 or finetune_batch_size < 1 or not 8 <= max_length <= 512:
-            raise ValueError("finetune_steps must be >= 0, finetune_batch_size >= 1, max_length in [8, 512] "
-                             f"(got {finetune_steps}, {finetune_batch_size}, {max_length})")
-        if not finetune_lr > 0:
-            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr}")
-        self.finetune_steps, self.finetune_batch_size, self.finetune_lr = finetune_steps, finetune_batch_size, finetune_lr
-        self.seed, self.max_length = seed, max_length
+        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length)
         self.data_dir = Path(data_dir) if data_dir else packaged_data_dir()
         self.check()
 

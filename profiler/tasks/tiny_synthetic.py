@@ -41,12 +41,9 @@ class TinySynthetic(Task):
         seed: int = 0,
     ) -> None:
         for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
-                         ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval),
-                         ("finetune_batch_size", finetune_batch_size)):
+                         ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval)):
             if v < 1:
                 raise ValueError(f"{label} must be >= 1, got {v}")
-        if finetune_steps < 0 or not finetune_lr > 0:
-            raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0 (got {finetune_steps}, {finetune_lr})")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
         if vocab_size <= 20:
@@ -54,8 +51,7 @@ class TinySynthetic(Task):
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
         self.n_train, self.n_eval = n_train, n_eval
-        self.finetune_steps, self.finetune_batch_size, self.finetune_lr = finetune_steps, finetune_batch_size, finetune_lr
-        self.seed, self.max_length = seed, 128
+        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length=128)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"task": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

@@ -1,6 +1,12 @@
-/* AVX-512 16x16 transpose of 32-bit lanes; include after immintrin.h inside an avx512f target. */
-#ifndef SK_TR16_H
-#define SK_TR16_H
+/*
+ * Static inline AVX-512 helpers shared by the AVX-512 and VNNI translation units: the 16x16
+ * transpose of 32-bit lanes behind every layout change between row-major activations / outputs
+ * and token-contiguous tiles, exp for the softmax and GELU. Include after immintrin.h in a file
+ * compiled under an avx512f target pragma (each includer gets its own copy, compiled for its
+ * own target).
+ */
+#ifndef SK_AVX512_INLINE_H
+#define SK_AVX512_INLINE_H
 /* In-register 16x16 transpose of r[0..15]. */
 static inline __attribute__((always_inline)) void tr16(__m512 r[16])
 {
@@ -27,6 +33,14 @@ static inline __attribute__((always_inline)) void tr16(__m512 r[16])
     }
 }
 
+/* r = the 16 x 16 block of 32-bit lanes at p (rows lds elements apart, 64-byte aligned; rows
+ * from nr on read as zero), transposed: r[l] holds column l. Works for float and int32 data. */
+static inline __attribute__((always_inline)) void sk_load_tr16(const void *p, int64_t lds, int64_t nr, __m512 r[16])
+{
+    const float *f = (const float *)p;
+    for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_load_ps(f + l * lds) : _mm512_setzero_ps();
+    tr16(r);
+}
 
 /* e^y for y <= 0 (inputs below -87 flush to ~0): Cody-Waite reduction, degree-6 polynomial */
 static inline __attribute__((always_inline)) __m512 sk_exp_nonpos16(__m512 y)

@@ -1,21 +1,39 @@
 /*
- * Register-tiled micro-kernel template (fp32 FMA, or int8 vpdpbusd with MK_XT/MK_WT/MK_OT = int32) (included several times per ISA file).
- * Parameters (macros): MK_FN name, MK_B block height (output rows per block), MK_NV vectors
- * per row (token tile = MK_NV * VW tokens), MK_U independent accumulator sets (unroll over
- * blocks to hide FMA latency when MK_B * MK_NV is small).
- * Vector macros from the includer: VEC, VW, VZERO(), VLOAD(p), VSET1(x), VFMA(a,b,c)=a*b+c,
- * VADD(a,b), VSTORE(p,v).
+ * TEMPLATE, included once per micro-kernel instance (no include guard): a register-tiled
+ * micro-kernel, fp32 FMA or (with MK_XT / MK_WT / MK_OT = int32_t) int8 vpdpbusd.
+ *
+ * Expects before each #include (and #undefs it after):
+ *   MK   "name, B, NV, U": the function's name, B block height (output rows per block), NV
+ *        vectors per row (token tile = NV * VW tokens), U independent accumulator sets (unroll
+ *        over blocks to hide the FMA latency when B * NV is small).
+ * and from the includer, once: VEC, VW, VZERO(), VLOAD(p), VSET1(x), VFMA(a, b, c) = a * b + c,
+ * VADD(a, b), VSTORE(p, v); optionally MK_XT / MK_WT / MK_OT (element types of the packed
+ * activations, of one stored weight, of the accumulator; float by default).
  *
  * out[b * lds + v * VW + l] = (accum ? out[...] : 0) + sum_j val[j*B+b] * xt[idx[j] * ldx + v * VW + l], j in [j0, j1)
  */
+#ifndef SK_MK_PARAMS
+#define SK_MK_PARAMS
+#define SK_MK_FN_(fn, b, nv, u) fn
+#define SK_MK_B_(fn, b, nv, u) b
+#define SK_MK_NV_(fn, b, nv, u) nv
+#define SK_MK_U_(fn, b, nv, u) u
+#define SK_MK_FN(P) SK_MK_FN_(P) /* one level more, so that P is expanded into its four fields */
+#define SK_MK_B(P) SK_MK_B_(P)
+#define SK_MK_NV(P) SK_MK_NV_(P)
+#define SK_MK_U(P) SK_MK_U_(P)
+#endif
 #ifndef MK_XT
 #define MK_XT float /* element type of the packed activations */
 #define MK_WT float /* element type of one stored weight (per block row) */
 #define MK_OT float /* accumulator / output element type */
 #endif
+#define MK_B SK_MK_B(MK)
+#define MK_NV SK_MK_NV(MK)
+#define MK_U SK_MK_U(MK)
 static inline __attribute__((always_inline)) void
-MK_FN(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_t j1,
-      const MK_XT *restrict xt, int64_t ldx, MK_OT *restrict out, int64_t lds, int accum)
+SK_MK_FN(MK)(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_t j1,
+             const MK_XT *restrict xt, int64_t ldx, MK_OT *restrict out, int64_t lds, int accum)
 {
     VEC acc[MK_U][MK_B][MK_NV];
     _Pragma("GCC unroll 64")
@@ -46,7 +64,7 @@ MK_FN(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_
             }
         }
     }
-#if MK_U > 1
+#if SK_MK_U(MK) > 1
     for (; j < j1; j++) {
         const MK_XT *xp = xt + (int64_t)idx[j] * ldx;
         VEC xv[MK_NV];
@@ -71,7 +89,7 @@ MK_FN(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0, int64_
         _Pragma("GCC unroll 64")
         for (int v = 0; v < MK_NV; v++) VSTORE(out + b * lds + v * VW, acc[0][b][v]);
 }
-#undef MK_FN
 #undef MK_B
 #undef MK_NV
 #undef MK_U
+#undef MK

@@ -1,0 +1,197 @@
+/*
+ * Declarations shared by the translation units that face Python (everything using the CPython
+ * API): variant dispatch, argument buffers and scratch memory, the SparseMatrix type, the
+ * per-call plan shared by spmm and spmm_int8, the output-pass epilogues, and the entry points
+ * listed in the method table of sk_module.c. The kernels themselves only see sk_common.h.
+ */
+#ifndef SK_PY_H
+#define SK_PY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "sk_common.h"
+
+/* ---- variants (sk_module.c) --------------------------------------------------------- */
+enum { V_SCALAR = 0, V_AVX2 = 1, V_AVX512 = 2, V_VNNI = 3, V_COUNT = 4 };
+/* kernel table per variant (NULL when not compiled) */
+extern const sk_kernels *sk_variant_tables[V_COUNT];
+/* variant= argument: None -> the module default; a str -> its index (ValueError when unknown,
+ * not compiled or not supported by this CPU). Returns -1 with an exception set. */
+int sk_variant_from_obj(PyObject *obj);
+
+/* ---- argument buffers (sk_buffers.c) -------------------------------------------------
+ * Every entry point acquires its buffers into one sk_args and releases them all with one call,
+ * whatever failed in between. Kinds: 'f' float32, 'b' int8, 'i' int32, 'q' int64,
+ * 'I' int32 or int64. ndim: exact when > 0; 0: 1 or 2; -1: 1 to 3. */
+#define SK_MAX_ARGS 8
+typedef struct {
+    Py_buffer v[SK_MAX_ARGS];
+    int n;
+} sk_args;
+
+/* Acquire obj as a C-contiguous buffer of `kind` and `ndim` (writable when asked) and record it
+ * in a. Returns the view, or NULL with TypeError / ValueError set. */
+Py_buffer *sk_arg(sk_args *a, PyObject *obj, const char *name, char kind, int ndim, int writable);
+/* sk_arg for an optional argument: None gives *view = NULL. Returns 0, or -1 with an exception. */
+int sk_arg_opt(sk_args *a, PyObject *obj, const char *name, char kind, int ndim, int writable, Py_buffer **view);
+void sk_args_release(sk_args *a);
+
+#define SK_ANY (-1) /* a dimension sk_check_shape does not constrain */
+/* v->shape must equal dims[0..ndim); SK_ANY matches any length. dim_name (or NULL) names the
+ * counted dimension in the message: an SK_ANY entry of a shape prints as it, a length is followed
+ * by it. Returns 0, or -1 with ValueError "name: expected length N (dim_name), got M" or
+ * "name: expected shape (dim_name, N), got (M, K)". */
+int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t *dims, const char *dim_name);
+int sk_overlap(const Py_buffer *a, const Py_buffer *b); /* 1 when the memory ranges intersect */
+char sk_buffer_kind(const Py_buffer *v);                /* one of the kinds above, or '?' */
+int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i);
+int sk_check_threads(int threads); /* [1, 1024], else -1 with ValueError */
+
+/* inside a parallel region: this thread's number and the team's size (0 and 1 without OpenMP) */
+static inline int sk_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline int sk_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- scratch memory (sk_buffers.c) ----------------------------------------------------
+ * 64-byte aligned; free() releases it. The workspace cache keeps a few large buffers across
+ * calls (taken and given back with the GIL held) so packed activations are not mmap'ed and
+ * page-faulted on every call; concurrent calls simply allocate extra buffers. */
+void *sk_aligned_malloc(size_t bytes);
+void *sk_ws_take(size_t bytes, size_t *got); /* at least `bytes`; *got = its real size */
+void sk_ws_give(void *p, size_t n);          /* NULL is ignored */
+
+/* ---- SparseMatrix (sk_matrix.c, filled by sk_pack.c) ---------------------------------- */
+enum { DT_FP32 = 0, DT_INT8 = 1 };
+
+typedef struct {
+    PyObject_HEAD
+    int dtype;
+    int64_t n_out, n_in;
+    int bh;           /* block height (output rows per block) */
+    int bw;           /* block width: 1 for fp32, 4 for int8 (input quads) */
+    int64_t nbr;      /* block rows */
+    int64_t nnzb;     /* stored blocks */
+    int64_t *ptr;     /* nbr + 1 */
+    int32_t *idx;     /* nnzb: input column (fp32) or quad index (int8) */
+    float *val;       /* fp32: nnzb * bh */
+    int32_t *qval;    /* int8: nnzb * bh packed int8x4 words */
+    float *wscale;    /* int8: per output row scale (n_out) */
+    int32_t *wsum;    /* int8: per output row 128 * sum of int8 weights (n_out padded to nbr*bh) */
+    int npan;         /* input-column panels (1 = none) */
+    int64_t panel;    /* panel width in input columns (0 = none) */
+    /* column-panel segments (sk_segs), when npan > 1: per group of SK_PANEL_GROUP_ROWS rows and
+     * panel, segments sorted by length; blocks copied in segment order */
+    int64_t *sg_ptr;   /* ngroups * npan + 1 segment offsets */
+    int32_t *sg_row;   /* block row within its group, per segment */
+    int64_t *sg_start; /* nseg + 1 */
+    int32_t *sg_idx;
+    float *sg_val;
+    int64_t nchunks;  /* 16-row chunks */
+    int64_t *cwork;   /* nchunks + 1 prefix sums of work estimate */
+} SKMatrix;
+
+/* every array a SparseMatrix owns: X(member) for each (freed together by the destructor) */
+#define SKM_ARRAYS(X) X(ptr) X(idx) X(val) X(qval) X(wscale) X(wsum) X(cwork) X(sg_ptr) X(sg_row) X(sg_start) \
+    X(sg_idx) X(sg_val)
+
+extern PyTypeObject SKMatrixType;
+SKMatrix *skm_new(void); /* empty fp32 1x1 matrix, all arrays NULL */
+/* cwork: per 16-row chunk, multiply-adds per token plus a per-row overhead. -1: MemoryError set. */
+int skm_compute_chunks(SKMatrix *m);
+/* nnz-balanced chunk range [*c0, *c1) of thread tid of nthr (row split) */
+void skm_thread_chunks(const SKMatrix *m, int tid, int nthr, int64_t *c0, int64_t *c1);
+
+/* ---- the plan of one spmm / spmm_int8 call (sk_spmm.c) --------------------------------
+ * Two ways to share the work between threads:
+ *  token split: each thread packs its own tokens and computes all output rows for them; no
+ *    barrier at all, and each thread writes whole rows of Y;
+ *  row split (few tokens): threads pack slices of the shared activation block, then compute
+ *    nnz-balanced ranges of output rows (two barriers per token block). */
+typedef struct {
+    int nt;            /* threads */
+    int64_t tt;        /* tokens per register tile */
+    int64_t tb;        /* tokens per packed block */
+    int64_t lds;       /* scratch row stride */
+    int64_t group;     /* 16-row chunks whose outputs are unpacked together (token-major) */
+    int token_split;
+} sk_plan;
+
+/* Options and buffers of one spmm-family call, validated by sk_spmm_acquire. */
+typedef struct {
+    PyObject *mat, *x, *out, *bias, *variant, *split, *activation, *residual, *ln_weight, *ln_bias;
+    double ln_eps;
+    int threads, tile, token_block;
+} sk_spmm_opts;
+
+typedef struct {
+    sk_args bufs;        /* every buffer acquired for the call; sk_args_release(&c->bufs) frees them */
+    SKMatrix *m;
+    const sk_kernels *kt;
+    int variant, split, act;
+    int64_t T;           /* tokens */
+    Py_buffer *x, *out;
+    const float *bias;   /* NULL: none */
+    const float *R;      /* residual added in the output pass, or NULL */
+    sk_ln ln;
+    const sk_ln *lnp;    /* &ln when the call has a LayerNorm epilogue, else NULL */
+} sk_spmm_call;
+
+#define SK_SPMM_OPTS_INIT {.bias = Py_None, .variant = Py_None, .split = Py_None, .activation = Py_None, \
+                           .residual = Py_None, .ln_weight = Py_None, .ln_bias = Py_None, .ln_eps = 1e-12,   \
+                           .threads = 1}
+
+/* Check the options and acquire x (kind xk), out (writable, kind ok), bias and the epilogue
+ * buffers: shapes, dtypes, overlaps. Returns 0, or -1 with an exception set; either way the
+ * caller releases c->bufs. */
+int sk_spmm_acquire(sk_spmm_call *c, const sk_spmm_opts *o, int want_dtype, const char *dtype_msg, char xk, char ok);
+/* Fill p for T tokens: tile (0 = auto_tile), token block (0 = auto_tb, then clamped), scratch
+ * stride, unpack group and the way threads share the work. */
+void sk_plan_make(sk_plan *p, const sk_spmm_opts *o, int split, int64_t T, int64_t auto_tile, int64_t auto_tb);
+/* tiles for a block of nb tokens: full tiles of tt tokens, then the remainder split into
+ * power-of-two multiples of 16 tokens; each tile occupies n_rows * width elements. */
+void sk_make_tiling(sk_tiling *tl, int64_t nb, int64_t tt, int64_t n_rows);
+/* Token range of thread tid when threads split the tokens (boundaries on 16-token groups). */
+void sk_token_range(int64_t T, int tid, int nthr, int64_t *ta, int64_t *tb);
+static inline int64_t sk_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+/* LayerNorm of tokens [t0, t1) of Y (N wide) when the call has one (rows still in cache) */
+static inline void sk_apply_ln(const sk_kernels *kt, const sk_ln *ln, float *Y, int64_t N, int64_t t0, int64_t t1)
+{
+    if (ln && t1 > t0) kt->layer_norm(Y + t0 * N, t1 - t0, N, ln->gamma, ln->beta, ln->eps);
+}
+
+/* ---- output-pass epilogues (sk_epilogue.c) ------------------------------------------- */
+/* Optional residual (float32 (T, n_out), not overlapping out) and LayerNorm (ln_weight / ln_bias
+ * float32 (n_out,), ln_eps finite >= 0) into c->R / c->lnp; buffers go to c->bufs. */
+int sk_epilogue_acquire(sk_spmm_call *c, const sk_spmm_opts *o);
+
+/* ---- entry points (one translation unit each) and their docstrings ------------------- */
+PyObject *sk_py_pack_csr(PyObject *self, PyObject *args, PyObject *kw);  /* sk_pack.c */
+PyObject *sk_py_pack_bsr(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *sk_py_pack_int8(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *sk_py_spmm(PyObject *self, PyObject *args, PyObject *kw);      /* sk_spmm_fp32.c */
+PyObject *sk_py_spmm_int8(PyObject *self, PyObject *args, PyObject *kw); /* sk_spmm_int8.c */
+PyObject *sk_py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw); /* sk_attention.c */
+extern const char sk_doc_pack_csr[], sk_doc_pack_bsr[], sk_doc_pack_int8[], sk_doc_spmm[], sk_doc_spmm_int8[],
+    sk_doc_spmm_int8_raw[], sk_doc_attention[];
+
+#endif

@@ -1,0 +1,297 @@
+/*
+ * spmm_int8 / spmm_int8_raw: Y = dequant(quant(X) W_q^T) (+ bias, activation, residual,
+ * LayerNorm) with W an int8 SparseMatrix. Activations are quantized per token (or per tensor)
+ * while they are packed (pack_xq), or arrive already quantized (x_scale; pack_xq_raw); products
+ * accumulate exactly in int32 (tile_int8) and are dequantized while the scratch is transposed
+ * into Y (unpack_int8). With out_scale the fp32 rows are finished in a staging buffer and
+ * quantized per token into an int8 Y, so one layer's INT8 output feeds the next.
+ */
+#include "sk_py.h"
+
+typedef struct {
+    const sk_spmm_call *c;
+    sk_plan p;
+    const float *X;       /* fp32 input, or NULL for int8 input */
+    const int8_t *Xq;     /* int8 input: raw (int32 out), or pre-quantized with scales sx (fp32 / int8 out) */
+    float *Y;             /* fp32 output */
+    int32_t *Yi;          /* raw int32 output */
+    int8_t *Yq;           /* int8 output (quantized per token into Yq / Ysc), via fp32 staging */
+    float *Ysc;           /* T per-token scales of Yq */
+    float *stage;         /* fp32 staging rows: tb * N per thread (token split) or T * N (row split) */
+    int per_token;
+    int64_t xq_stride;
+    uint8_t *xq;
+    int32_t *scratch;
+    float *amax, *sx, *inv; /* T each */
+} int8_job;
+
+/* Options of spmm_int8 beyond the shared ones. */
+typedef struct {
+    PyObject *x_scale, *out_scale;
+    int per_token, raw;
+} int8_opts;
+
+/* tokens per register tile: vpdpbusd fills 64 tokens of 16 rows; other variants run portable C */
+static int default_tile_int8(int variant, int bh)
+{
+    if (variant >= V_VNNI) return bh >= 8 ? 32 : 64;
+    return 16;
+}
+
+/* Yt: fp32 destination row of token t0 (NULL: raw int32 output) */
+static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq, int32_t *scr, float *Yt,
+                       int64_t t0, int64_t nb, int64_t c0, int64_t c1)
+{
+    const sk_spmm_call *c = J->c;
+    const SKMatrix *m = c->m;
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, group = J->p.group, lds = J->p.lds;
+    const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
+    for (int64_t g = c0; g < c1; g += group) {
+        const int64_t g1 = g + group < c1 ? g + group : c1;
+        for (int64_t ch = g; ch < g1; ch++) {
+            const int64_t br0 = ch * brpc;
+            const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+            c->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, xq, tl, nq,
+                             scr + (ch - g) * SK_ROWS_PER_CHUNK * lds, lds);
+        }
+        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+        if (nrows > N - r0) nrows = N - r0;
+        if (nrows <= 0) continue;
+        if (Yt)
+            c->kt->unpack_int8(scr, lds, nrows, nb, Yt + r0, N, c->bias ? c->bias + r0 : NULL,
+                               c->R ? c->R + t0 * N + r0 : NULL, m->wscale + r0, m->wsum + r0, J->sx + t0, c->act);
+        else
+            c->kt->unpack_i32(scr, lds, nrows, nb, J->Yi + t0 * N + r0, N, m->wsum + r0);
+    }
+}
+
+/* Activation scales of tokens [ta, te) (every thread calls it: it holds barriers). Per token:
+ * from the token's own range; per tensor: from the largest range of all tokens. */
+static void int8_scales(const int8_job *J, int64_t ta, int64_t te)
+{
+    const int64_t K = J->c->m->n_in, T = J->c->T;
+    if (te > ta) J->c->kt->rows_amax(J->X, K, K, ta, te, J->amax);
+    if (!J->per_token) {
+#pragma omp barrier
+    }
+    float g = 0.0f;
+    if (!J->per_token)
+        for (int64_t t = 0; t < T; t++) g = J->amax[t] > g ? J->amax[t] : g;
+    for (int64_t t = ta; t < te; t++) {
+        const float a = J->per_token ? J->amax[t] : g;
+        /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 */
+        const int ok = a > 0.0f && a <= 3.0e38f;
+        J->inv[t] = ok ? 127.0f / a : 0.0f;
+        J->sx[t] = ok ? a / 127.0f : 0.0f;
+    }
+    if (!J->p.token_split) {
+#pragma omp barrier
+    }
+}
+
+/* pack quads [q0, q1) of tokens t0 .. t0 + nb, quantizing fp32 input or copying int8 input */
+static void int8_pack(const int8_job *J, const sk_tiling *tl, uint8_t *xq, int64_t t0, int64_t nb, int64_t q0,
+                      int64_t q1)
+{
+    const int64_t K = J->c->m->n_in, nq = (K + 3) / 4;
+    if (q1 <= q0) return;
+    if (J->X) J->c->kt->pack_xq(J->X + t0 * K, K, nb, K, q0, q1, J->inv + t0, xq, tl, nq);
+    else J->c->kt->pack_xq_raw(J->Xq + t0 * K, K, nb, K, q0, q1, xq, tl, nq);
+}
+
+/* token split: this thread's tokens [ta, te), all output rows, no barrier */
+static void int8_tokens(const int8_job *J, int tid, int64_t ta, int64_t te, int32_t *scr)
+{
+    const sk_spmm_call *c = J->c;
+    const SKMatrix *m = c->m;
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, tb = J->p.tb;
+    uint8_t *xq = J->xq + (int64_t)tid * J->xq_stride;
+    sk_tiling tl;
+    for (int64_t t0 = ta; t0 < te; t0 += tb) {
+        const int64_t nb = te - t0 < tb ? te - t0 : tb;
+        sk_make_tiling(&tl, nb, J->p.tt, nq * 4);
+        int8_pack(J, &tl, xq, t0, nb, 0, nq);
+        if (J->Yq) { /* finish the block's fp32 rows while in L2, then quantize them */
+            float *st = J->stage + (int64_t)tid * tb * N;
+            int8_block(J, &tl, xq, scr, st, t0, nb, 0, m->nchunks);
+            sk_apply_ln(c->kt, c->lnp, st, N, 0, nb);
+            c->kt->quant_rows(st, nb, N, J->Yq + t0 * N, J->Ysc + t0);
+        } else {
+            int8_block(J, &tl, xq, scr, J->Y ? J->Y + t0 * N : NULL, t0, nb, 0, m->nchunks);
+            sk_apply_ln(c->kt, c->lnp, J->Y, N, t0, t0 + nb);
+        }
+    }
+}
+
+/* row split: threads pack slices of each shared token block, then compute their row chunks */
+static void int8_rows(const int8_job *J, int tid, int nthr, int32_t *scr)
+{
+    const sk_spmm_call *c = J->c;
+    const SKMatrix *m = c->m;
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, T = c->T, tb = J->p.tb;
+    int64_t c0, c1;
+    skm_thread_chunks(m, tid, nthr, &c0, &c1);
+    const int64_t q0 = nq * tid / nthr, q1 = nq * (tid + 1) / nthr;
+    float *dst = J->Yq ? J->stage : J->Y;
+    sk_tiling tl;
+    for (int64_t t0 = 0; t0 < T; t0 += tb) {
+        const int64_t nb = T - t0 < tb ? T - t0 : tb;
+        sk_make_tiling(&tl, nb, J->p.tt, nq * 4);
+        int8_pack(J, &tl, J->xq, t0, nb, q0, q1);
+#pragma omp barrier
+        int8_block(J, &tl, J->xq, scr, dst ? dst + t0 * N : NULL, t0, nb, c0, c1);
+#pragma omp barrier
+    }
+    const int64_t u0 = T * tid / nthr, u1 = T * (tid + 1) / nthr;
+    sk_apply_ln(c->kt, c->lnp, dst, N, u0, u1);
+    if (J->Yq && u1 > u0) c->kt->quant_rows(J->stage + u0 * N, u1 - u0, N, J->Yq + u0 * N, J->Ysc + u0);
+}
+
+/* same work sharing as run_fp32 (token split without barriers, or row split) */
+static void run_int8(const int8_job *J)
+{
+    const int64_t T = J->c->T;
+#pragma omp parallel num_threads(J->p.nt)
+    {
+        const int tid = sk_thread_num(), nthr = sk_num_threads();
+        int32_t *scr = J->scratch + (int64_t)tid * J->p.group * SK_ROWS_PER_CHUNK * J->p.lds;
+        int64_t ta, te;
+        if (J->p.token_split) sk_token_range(T, tid, nthr, &ta, &te);
+        else {
+            ta = T * tid / nthr;
+            te = T * (tid + 1) / nthr;
+        }
+        if (J->X) int8_scales(J, ta, te); /* fp32 input (else: int8 input, scales given or raw) */
+        if (J->p.token_split) int8_tokens(J, tid, ta, te, scr);
+        else int8_rows(J, tid, nthr, scr);
+    }
+}
+
+/* x_scale / out_scale: float32 (tokens,), out_scale writable and apart from out, x, x_scale */
+static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs, Py_buffer **vos)
+{
+    if (sk_arg_opt(&c->bufs, q->x_scale, "x_scale", 'f', 1, 0, vxs) < 0 ||
+        (*vxs && sk_check_shape(*vxs, "x_scale", 1, &c->T, "tokens") < 0) ||
+        sk_arg_opt(&c->bufs, q->out_scale, "out_scale", 'f', 1, 1, vos) < 0 ||
+        (*vos && sk_check_shape(*vos, "out_scale", 1, &c->T, "tokens") < 0))
+        return -1;
+    if (*vos && (sk_overlap(*vos, c->out) || sk_overlap(*vos, c->x) || (*vxs && sk_overlap(*vos, *vxs)))) {
+        PyErr_SetString(PyExc_ValueError, "out_scale must not overlap out, x or x_scale");
+        return -1;
+    }
+    return 0;
+}
+
+/* input / output pointers by mode: raw (int8 in, int32 out), x_scale (int8 in), out_scale (int8 out) */
+static void int8_io(int8_job *J, const int8_opts *q, const Py_buffer *vxs, const Py_buffer *vos)
+{
+    const sk_spmm_call *c = J->c;
+    const int in_q = q->raw || vxs, out_f = !q->raw && !vos;
+    J->X = in_q ? NULL : (const float *)c->x->buf;
+    J->Xq = in_q ? (const int8_t *)c->x->buf : NULL;
+    J->Y = out_f ? (float *)c->out->buf : NULL;
+    J->Yi = q->raw ? (int32_t *)c->out->buf : NULL;
+    J->Yq = vos ? (int8_t *)c->out->buf : NULL;
+    J->Ysc = vos ? (float *)vos->buf : NULL;
+    J->per_token = q->per_token;
+}
+
+/* Plan, take the scratch buffers, run with the GIL released, give them back. */
+static int spmm_int8_run(const sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts *q, const Py_buffer *vxs,
+                         const Py_buffer *vos)
+{
+    const SKMatrix *m = c->m;
+    if (c->T == 0 || m->n_out == 0) return 0;
+    int8_job J = {.c = c};
+    const int64_t nq = (m->n_in + 3) / 4, Tp = sk_round_up(c->T, 16);
+    /* about 384 KiB of packed activations; sk_plan_make caps it to keep scratch rows short */
+    const int64_t auto_tb = (384 * 1024) / (nq * 4 > 0 ? nq * 4 : 1);
+    sk_plan_make(&J.p, o, c->split, c->T, default_tile_int8(c->variant, m->bh), auto_tb);
+    int8_io(&J, q, vxs, vos);
+    J.xq_stride = sk_round_up(nq * 4 * sk_round_up(J.p.tb, SK_TOK_GROUP), 64);
+    size_t xq_n = 0, scr_n = 0, sc_n = 0, st_n = 0;
+    J.xq = (uint8_t *)sk_ws_take((size_t)(J.xq_stride * (J.p.token_split ? J.p.nt : 1)), &xq_n);
+    J.scratch = (int32_t *)sk_ws_take(sizeof(int32_t) * (size_t)(J.p.nt * J.p.group * SK_ROWS_PER_CHUNK * J.p.lds),
+                                      &scr_n);
+    float *scales = (float *)sk_ws_take(sizeof(float) * (size_t)(3 * Tp), &sc_n);
+    if (J.Yq)
+        J.stage = (float *)sk_ws_take(sizeof(float) * (size_t)((J.p.token_split ? J.p.nt * J.p.tb : c->T) * m->n_out),
+                                      &st_n);
+    int rc = 0;
+    if (!J.xq || !J.scratch || !scales || (J.Yq && !J.stage)) {
+        PyErr_NoMemory();
+        rc = -1;
+    } else {
+        J.amax = scales;
+        J.sx = vxs ? (float *)vxs->buf : scales + Tp; /* read-only when given */
+        J.inv = scales + 2 * Tp;
+        Py_BEGIN_ALLOW_THREADS
+        run_int8(&J);
+        Py_END_ALLOW_THREADS
+    }
+    sk_ws_give(J.xq, xq_n);
+    sk_ws_give(J.scratch, scr_n);
+    sk_ws_give(scales, sc_n);
+    sk_ws_give(J.stage, st_n);
+    return rc;
+}
+
+static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
+{
+    static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
+                             "split", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", "x_scale",
+                             "out_scale", NULL};
+    static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
+    sk_spmm_opts o = SK_SPMM_OPTS_INIT;
+    int8_opts q = {.x_scale = Py_None, .out_scale = Py_None, .per_token = 1, .raw = raw};
+    if (raw ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o.mat, &o.x, &o.out,
+                                           &o.threads, &o.variant, &o.tile, &o.token_block, &o.split)
+            : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
+                                           &o.bias, &o.threads, &o.variant, &q.per_token, &o.tile, &o.token_block,
+                                           &o.split, &o.activation, &o.residual, &o.ln_weight, &o.ln_bias,
+                                           &o.ln_eps, &q.x_scale, &q.out_scale))
+        return NULL;
+    const char xk = (raw || q.x_scale != Py_None) ? 'b' : 'f';
+    const char ok = raw ? 'i' : (q.out_scale != Py_None ? 'b' : 'f');
+    sk_spmm_call c;
+    Py_buffer *vxs = NULL, *vos = NULL;
+    int rc = sk_spmm_acquire(&c, &o, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", xk, ok);
+    if (rc == 0) rc = get_token_scales(&c, &q, &vxs, &vos);
+    if (rc == 0) rc = spmm_int8_run(&c, &o, &q, vxs, vos);
+    sk_args_release(&c.bufs);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyObject *sk_py_spmm_int8(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    return spmm_int8_entry(args, kw, 0);
+}
+
+PyObject *sk_py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    return spmm_int8_entry(args, kw, 1);
+}
+
+const char sk_doc_spmm_int8[] =
+    "spmm_int8(mat, x, out, bias=None, threads=1, variant=None, per_token=True, tile=0, token_block=0,\n"
+    "          split='auto', activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12,\n"
+    "          x_scale=None, out_scale=None)\n\n"
+    "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n"
+    "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n"
+    "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"
+    "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n"
+    "activation, residual and the LayerNorm epilogue as in spmm.\n"
+    "x_scale: float32 (tokens,) -> x is int8 (tokens, n_in), already quantized (x ~= x_scale[t] * x_q),\n"
+    "per_token ignored. out_scale: writable float32 (tokens,) -> out is int8 (tokens, n_out): the fp32\n"
+    "result (after the epilogues) quantized per token by the same rule, scale in out_scale, so one\n"
+    "layer's INT8 output feeds the next layer without an fp32 round trip through memory.\n"
+    "GIL released; errors as spmm.";
+
+const char sk_doc_spmm_int8_raw[] =
+    "spmm_int8_raw(mat, x, out, threads=1, variant=None, tile=0, token_block=0, split='auto') -> None\n\n"
+    "Exact integer product out = x @ W_q.T for int8 x (tokens, n_in) into int32 out (tokens, n_out)\n"
+    "(the accumulation the int8 path uses, without scales or bias; for testing and reuse).";

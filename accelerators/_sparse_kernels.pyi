@@ -1,0 +1,187 @@
+"""Type stub of the C extension ``accelerators._sparse_kernels`` (sources: ``accelerators/_csrc``).
+
+Sparse weight x dense activation kernels for CPU inference. Every array argument is an object
+exporting the buffer protocol (numpy array, memoryview, ``tensor.numpy()``), C-contiguous, with
+the dtype and shape given below; a wrong dtype or a non-buffer raises ``TypeError``, a wrong shape,
+a non-contiguous or read-only output, overlapping input/output memory or a bad option raises
+``ValueError``. Weights are validated and copied once by the ``pack_*`` functions. The ``spmm*``
+and ``attention`` calls run with ``threads`` OpenMP threads and the GIL released.
+
+Shapes: ``n_out`` / ``n_in`` are the weight's output / input features, ``tokens`` the rows of the
+activations (batch x sequence, flattened).
+"""
+from typing import Literal, final
+
+from typing_extensions import Buffer
+
+# "scalar", "avx2", "avx512" or "vnni"; None = the module default (kernel_variant()).
+_Variant = str | None
+# How threads share the work: "tokens" (each thread its own tokens, no barriers), "rows" (output
+# rows, for few tokens) or "auto"/None (tokens when there are >= 64 per thread).
+_Split = Literal["auto", "rows", "tokens"] | None
+# Applied to the output before the residual: None/"none", or "gelu" (exact erf form).
+_Activation = Literal["none", "gelu"] | None
+
+@final
+class SparseMatrix:
+    """Immutable packed sparse weight W (n_out, n_in), made by pack_csr, pack_bsr or pack_int8.
+
+    Not constructible from Python; the arrays are private copies, validated once.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_out, n_in): the logical shape of W."""
+    @property
+    def block(self) -> tuple[int, int]:
+        """(rows, cols) of one stored block: (1, 1) is CSR, (bh, 1) fp32 blocks, (bh, 4) int8."""
+    @property
+    def nblocks(self) -> int:
+        """Number of stored blocks."""
+    @property
+    def nnz_stored(self) -> int:
+        """Stored weights, zeros inside blocks included (nblocks * rows * cols)."""
+    @property
+    def dtype(self) -> Literal["fp32", "int8"]:
+        """Element type of the stored weights."""
+    @property
+    def format(self) -> str:
+        """'csr' or 'bsr{rows}x{cols}' (e.g. 'bsr4x1', 'bsr1x4')."""
+    @property
+    def panel(self) -> int:
+        """Input columns per column panel (0 = none)."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed arrays (a column-panel copy included)."""
+
+def pack_csr(indptr: Buffer, indices: Buffer, values: Buffer, shape: tuple[int, int], panel: int = -1) -> SparseMatrix:
+    """CSR fp32 weight of shape (n_out, n_in), n_out and n_in < 2**31.
+
+    indptr: int32/int64 (n_out + 1,), indptr[0] == 0, non-decreasing, indptr[-1] == nnz.
+    indices: int32/int64 (nnz,), each in [0, n_in); unsorted rows are sorted, duplicates add up.
+    values: float32 (nnz,).
+    panel: input columns per column panel; -1 chooses from the density, 0 = none.
+    """
+
+def pack_bsr(
+    indptr: Buffer, indices: Buffer, values: Buffer, shape: tuple[int, int], block: int = 4, panel: int = -1
+) -> SparseMatrix:
+    """Block-row fp32 weight: blocks of `block` (1, 2, 4 or 8) consecutive output rows x 1 column.
+
+    indptr: int32/int64 (ceil(n_out / block) + 1,); indices: int32/int64 (nblocks,) input columns;
+    values: float32 (nblocks, block) or (nblocks * block,), block-major. Rows past n_out in the last
+    block are ignored. panel as pack_csr (default: none for blocks).
+    """
+
+def pack_int8(
+    indptr: Buffer, indices: Buffer, values: Buffer, w_scale: Buffer, shape: tuple[int, int], block: int = 1
+) -> SparseMatrix:
+    """INT8 weight: blocks of `block` (1, 2, 4 or 8) output rows x 4 input columns ("quads").
+
+    indptr: int32/int64 (ceil(n_out / block) + 1,); indices: int32/int64 (nblocks,) quad numbers in
+    [0, ceil(n_in / 4)); values: int8 with nblocks * block * 4 entries laid out (block, row, col)
+    (1-D, 2-D or 3-D); w_scale: float32 (n_out,), finite >= 0, W ~= w_scale[o] * W_q[o].
+    n_in <= 65536 (exact int32 accumulation).
+    """
+
+def spmm(
+    mat: SparseMatrix,
+    x: Buffer,
+    out: Buffer,
+    bias: Buffer | None = None,
+    threads: int = 1,
+    variant: _Variant = None,
+    tile: int = 0,
+    token_block: int = 0,
+    split: _Split = None,
+    activation: _Activation = None,
+    residual: Buffer | None = None,
+    ln_weight: Buffer | None = None,
+    ln_bias: Buffer | None = None,
+    ln_eps: float = 1e-12,
+) -> None:
+    """out = LayerNorm(act(x @ W.T + bias) + residual), each stage optional; mat is fp32.
+
+    x: float32 (tokens, n_in); out: writable float32 (tokens, n_out), not overlapping x, bias or
+    residual; bias: float32 (n_out,); residual: float32 (tokens, n_out); ln_weight / ln_bias:
+    float32 (n_out,) (ln_bias only with ln_weight), ln_eps finite >= 0 (biased variance, as
+    torch.nn.LayerNorm). threads in [1, 1024]. tile: tokens per register tile, 0 = auto or a power
+    of two in [16, 256]; token_block: tokens per packed block, 0 = auto.
+    """
+
+def spmm_int8(
+    mat: SparseMatrix,
+    x: Buffer,
+    out: Buffer,
+    bias: Buffer | None = None,
+    threads: int = 1,
+    variant: _Variant = None,
+    per_token: bool = True,
+    tile: int = 0,
+    token_block: int = 0,
+    split: _Split = None,
+    activation: _Activation = None,
+    residual: Buffer | None = None,
+    ln_weight: Buffer | None = None,
+    ln_bias: Buffer | None = None,
+    ln_eps: float = 1e-12,
+    x_scale: Buffer | None = None,
+    out_scale: Buffer | None = None,
+) -> None:
+    """out = dequant(quant(x) @ W_q.T) + bias, then activation, residual, LayerNorm as in spmm; mat is int8.
+
+    x: float32 (tokens, n_in), quantized symmetrically per token (per_token=False: one scale for
+    all of x): x_q = clamp(rint(x * 127 / amax), -127, 127); out[t, o] = acc * (amax_t / 127) *
+    w_scale[o] + bias[o]. With x_scale (float32 (tokens,)), x is int8 (tokens, n_in) already
+    quantized (x ~= x_scale[t] * x_q) and per_token is ignored. With out_scale (writable float32
+    (tokens,)), out is int8 (tokens, n_out): the fp32 result quantized per token by the same rule,
+    its scales written to out_scale. Otherwise out is float32 (tokens, n_out).
+    """
+
+def spmm_int8_raw(
+    mat: SparseMatrix,
+    x: Buffer,
+    out: Buffer,
+    threads: int = 1,
+    variant: _Variant = None,
+    tile: int = 0,
+    token_block: int = 0,
+    split: _Split = None,
+) -> None:
+    """Exact integer product out = x @ W_q.T: x int8 (tokens, n_in), out writable int32 (tokens, n_out)."""
+
+def attention(
+    qkv: Buffer,
+    out: Buffer,
+    num_heads: int,
+    scale: float = ...,
+    key_bias: Buffer | None = None,
+    threads: int = 1,
+    variant: _Variant = None,
+) -> None:
+    """Fused multi-head self-attention: out = softmax(scale * Q K^T + key_bias) V per head, fp32.
+
+    qkv: float32 (batch, seq, 3 * hidden), q | k | v side by side, hidden = num_heads * head_dim
+    with heads contiguous (BERT's layout); out: writable float32 (batch, seq, hidden), not
+    overlapping the inputs; key_bias: float32 (batch, seq) added to every query's scores for that
+    key (0 keeps, -inf masks); a query whose keys are all masked gets zeros. scale: finite; omitted
+    (or negative) = 1 / sqrt(head_dim).
+    """
+
+def kernel_variant() -> str:
+    """The module default variant (the best the CPU supports, or SPARSEBENCH_KERNEL_VARIANT)."""
+
+def compiled_variants() -> list[str]:
+    """Variants compiled into this build, in order scalar, avx2, avx512, vnni."""
+
+def supported_variants() -> list[str]:
+    """Compiled variants this CPU can run."""
+
+def set_kernel_variant(name: str | None, /) -> str:
+    """Set the module default (None = best supported); returns the previous one.
+
+    Raises ValueError for an unknown, uncompiled or unsupported name.
+    """
+
+def max_threads() -> int:
+    """Processors OpenMP sees (1 in a build without OpenMP)."""

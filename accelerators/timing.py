@@ -1,0 +1,103 @@
+"""The clock loops every measurement in sparsebench uses: one home, in the bottom layer, so that
+accelerators (which time candidates while preparing), the profiler and the benchmark scripts
+time things the same way.
+
+- :func:`timed_loop`: one callable, per-call latencies, until a minimum count AND a minimum time.
+- :func:`interleaved_timing`: several callables round-robin, the fastest repeat's mean per call
+  (the estimator least disturbed by other tenants of a shared machine).
+- :func:`interleaved_samples`: several callables round-robin, every call timed on its own, calls
+  during which this process was preempted set apart.
+
+All times are seconds (floats) measured with ``time.perf_counter_ns``. Warm-up is the caller's
+job, except that the interleaved loops call each function once untimed to size their loops.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any, Callable, Mapping
+
+Fn = Callable[[], Any]
+
+
+def timed_loop(
+    fn: Fn,
+    min_iters: int,
+    min_seconds: float,
+    max_seconds: float = float("inf"),
+    clock_ns: Callable[[], int] = time.perf_counter_ns,
+) -> list[float]:
+    """Call ``fn`` until at least ``min_iters`` calls AND ``min_seconds`` have passed (stopping at
+    ``max_seconds`` once ``min_iters`` is reached). Returns per-call latencies in seconds, timed
+    with ``clock_ns`` (``perf_counter_ns``; tests inject a fake clock)."""
+    samples: list[float] = []
+    start = clock_ns()
+    while True:
+        t0 = clock_ns()
+        fn()
+        t1 = clock_ns()
+        samples.append((t1 - t0) / 1e9)
+        elapsed = (t1 - start) / 1e9
+        if len(samples) >= min_iters and (elapsed >= min_seconds or elapsed >= max_seconds):
+            return samples
+
+
+def loop_lengths(fns: Mapping[str, Fn], min_time_s: float, max_calls: int | None = None) -> dict[str, int]:
+    """Calls per loop so that one loop of each fn lasts about ``min_time_s`` (>= 1, <= ``max_calls``
+    when given): each fn is called once untimed, then once timed."""
+    loops = {}
+    for k, f in fns.items():
+        f()
+        t0 = time.perf_counter()
+        f()
+        n = max(1, int(min_time_s / max(time.perf_counter() - t0, 1e-7)))
+        loops[k] = n if max_calls is None else min(max_calls, n)
+    return loops
+
+
+def interleaved_timing(fns: Mapping[str, Fn], repeats: int, min_time_s: float) -> dict[str, float]:
+    """Seconds per call of each fn: timed round-robin, each repeat a loop lasting >= min_time_s;
+    returns the fastest repeat's mean per fn. The minimum over repeats is the estimator least
+    disturbed by other tenants of a shared machine (interference only ever adds time), and the
+    round-robin order exposes every candidate to the same conditions."""
+    loops = loop_lengths(fns, min_time_s)
+    res: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(loops[k]):
+                f()
+            res[k].append((time.perf_counter_ns() - t0) * 1e-9 / loops[k])
+    return {k: min(v) for k, v in res.items()}
+
+
+def involuntary_switches() -> int:
+    """Involuntary context switches of this process so far (``getrusage``): a change across a call
+    means one of our threads was preempted during it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def interleaved_samples(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,
+                        preemptions: Callable[[], int] = involuntary_switches) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-call seconds of each fn, timed round-robin: each repeat runs every fn in turn for a loop
+    of individually timed calls (loop length sized so that one loop lasts about ``min_time_s``, at
+    most ``max_calls`` calls).
+
+    On a shared machine a call during which one of our threads was preempted (``preemptions()``
+    changed across it) measures the other tenants, not the callable: such calls are left out of
+    the first list. Returns ``{name: (clean samples, all samples)}``.
+    """
+    n = loop_lengths(fns, min_time_s, max_calls)
+    res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            clean, every = res[k]
+            for _ in range(n[k]):
+                c0 = preemptions()
+                t0 = time.perf_counter_ns()
+                f()
+                dt = (time.perf_counter_ns() - t0) * 1e-9
+                if preemptions() == c0:
+                    clean.append(dt)
+                every.append(dt)
+    return res

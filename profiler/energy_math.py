@@ -1,0 +1,146 @@
+"""Counter arithmetic of energy windows: wrap-corrected deltas per domain, summed over the
+readings of a window or over the segments (visits) of an interleaved one; gross and net totals.
+
+Pure functions of :class:`profiler.meters.base.Reading` values; joules, seconds, watts. Never a
+negative joule from a counter (a backwards counter with an unknown wrap range gives ``None``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: meters import profiler.energy, which imports this module
+    from profiler.meters.base import Counter, Reading
+
+
+def counter_delta(c0: Counter, c1: Counter) -> tuple[float | None, list[str]]:
+    """Energy in joules between two readings of one cumulative counter, wrap-corrected.
+
+    Returns ``(joules, flags)``. ``joules`` is ``None`` (never negative) when either read failed,
+    or when the counter went backwards and its wrap range is unknown. Flags carried on either
+    counter are passed through. At most one wrap per interval is assumed; keeping intervals
+    shorter than the meter's ``max_safe_window_s`` is the caller's job (:class:`EnergyWindow`).
+    """
+    flags = [f for f in (c0.flag, c1.flag) if f]
+    if c0.energy_j is None or c1.energy_j is None:
+        return None, flags or ["counter unreadable"]
+    d = c1.energy_j - c0.energy_j
+    if d >= 0:
+        return d, flags
+    rng = c1.max_range_j if c1.max_range_j is not None else c0.max_range_j
+    if rng is None or rng <= 0:
+        return None, flags + ["counter went backwards and its wrap range is unknown; value dropped"]
+    d += rng
+    if d < 0:
+        return None, flags + ["counter went backwards by more than its wrap range; value dropped"]
+    return d, flags
+
+
+def readings_energy(
+    readings: list[Reading],
+) -> tuple[dict[str, float | None], list[str]]:
+    """Sum wrap-corrected deltas over consecutive readings, per domain.
+
+    Only domains present in the first and last reading are reported; a domain missing from an
+    intermediate reading, or unreadable in any interval, is ``None`` for the whole window.
+    Returns ``(joules per domain, flags)`` where flags are prefixed with the domain name.
+    """
+    if len(readings) < 2:
+        return {}, ["fewer than two readings"]
+    domains = [d for d in readings[0].counters if d in readings[-1].counters]
+    out: dict[str, float | None] = {}
+    flags: list[str] = []
+    for dom in domains:
+        total: float | None = 0.0
+        seen: list[str] = []
+        for r0, r1 in zip(readings, readings[1:]):
+            c0, c1 = r0.counters.get(dom), r1.counters.get(dom)
+            if c0 is None or c1 is None:
+                total = None
+                seen.append("missing from an intermediate reading")
+                break
+            d, fl = counter_delta(c0, c1)
+            for f in fl:
+                if f not in seen:
+                    seen.append(f)
+            if d is None:
+                total = None
+                break
+            total += d
+        out[dom] = total
+        flags.extend(f"{dom}: {f}" for f in seen)
+    return out, flags
+
+
+# --------------------------------------------------------------------------------------------
+# idle baseline
+
+def segments_energy(segments: list[list[Reading]]) -> tuple[dict[str, float | None], list[str]]:
+    """:func:`readings_energy` summed over segments, per domain; a domain missing from a segment
+    or unknown in one is ``None`` overall. Flags are merged without repeats."""
+    total: dict[str, float | None] | None = None
+    flags: list[str] = []
+    for seg in segments:
+        energies, fl = readings_energy(seg)
+        flags += [f for f in fl if f not in flags]
+        if total is None:
+            total = dict(energies)
+            continue
+        for d in list(total):
+            e = energies.get(d)
+            total[d] = None if total[d] is None or e is None else total[d] + e
+    return total or {}, flags
+
+
+def sampling_flags(readings: list[Reading], window_s: float, safe: float | None) -> list[str]:
+    """Flags for sampling gaps longer than the wrap-safe interval (they may hide a second wrap)."""
+    if not safe:
+        return []
+    flags = []
+    if window_s > safe:
+        flags.append(
+            f"window {window_s:.1f} s is longer than the counter's safe window "
+            f"{safe:.1f} s; sampled {len(readings)} times to correct wraps"
+        )
+    gaps = [b.t_s - a.t_s for a, b in zip(readings, readings[1:])]
+    if gaps and max(gaps) > safe:
+        flags.append(
+            f"gap of {max(gaps):.1f} s between samples exceeds the safe window "
+            f"{safe:.1f} s; a counter wrap may be missed"
+        )
+    return flags
+
+
+def gross_total(
+    energies: dict[str, float | None], summed: list[str]
+) -> tuple[float | None, str | None]:
+    """``(joules summed over the summed domains, None)``, or ``(None, reason)`` when any is unknown."""
+    if not summed:
+        return None, "meter reported no CPU/DRAM/GPU domain"
+    missing = [d for d in summed if energies[d] is None]
+    if missing:
+        return None, f"no value for {', '.join(missing)}"
+    return sum(energies[d] for d in summed), None  # type: ignore[misc]
+
+
+def net_energy(
+    gross: float, summed: list[str], window_s: float,
+    idle_w: dict[str, float | None] | None, flags: list[str],
+) -> float | None:
+    """Gross joules minus idle watts × window seconds; ``None`` without a full idle baseline.
+
+    A negative result (idle power above the window's mean power) is flagged, not clamped.
+    """
+    if idle_w is None:
+        return None
+    missing = [d for d in summed if idle_w.get(d) is None]
+    if missing:
+        flags.append(f"no idle baseline for {', '.join(missing)}; net energy not computed")
+        return None
+    idle_total_w = sum(idle_w[d] for d in summed)  # type: ignore[misc]
+    net = gross - idle_total_w * window_s
+    if net < 0:
+        flags.append(
+            f"idle power {idle_total_w:.3f} W exceeds the window's mean power "
+            f"{gross / window_s:.3f} W; net energy is negative (not clamped)"
+        )
+    return net

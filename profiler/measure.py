@@ -1,0 +1,117 @@
+"""Timing and metering of prepared modules: one cell alone (``sequential``) or a group of cells side
+by side in interleaved rounds (``interleaved``, :mod:`profiler.interleave`), and the row fields that
+come out of it (latency percentiles, energy per inference, same-round savings factors).
+
+Seconds and joules throughout. Warm-up calls are never timed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Hashable, Mapping
+
+import torch
+from torch import nn
+
+from accelerators.base import logits_of
+from profiler.config import MeasureSpec
+from profiler.energy import EnergyResult, EnergyWindow, IdlePower, VisitWindows
+from profiler.interleave import CellSamples, RoundPlan, VisitHooks, median_ratio, run_rounds, same_round_ratios
+from profiler.results import Result
+from profiler.timing import LatencyStats, timed_loop
+
+
+@dataclass
+class Timed:
+    """What timing one cell produced: per-call ``samples`` (seconds), its ``energy`` over the
+    timed calls, and its per-round median latencies when timed in rounds (else ``None``)."""
+
+    samples: list[float]
+    energy: EnergyResult
+    round_medians: list[float | None] | None = None
+
+
+def make_call(module: nn.Module, example: dict[str, torch.Tensor], device: str) -> Callable[[], None]:
+    """One inference on the timing batch, synchronised on CUDA so the clock sees the whole call."""
+    inputs = {k: v.to(device) for k, v in example.items()} if device != "cpu" else example
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call() -> None:
+        logits_of(module(**inputs))
+        sync()
+
+    return call
+
+
+def measure_one(call: Callable[[], None], m: MeasureSpec, meter, idle: IdlePower | None, batch_size: int) -> Timed:
+    """Warm-up, then a timed loop inside one energy window (at least 10× the meter's resolution)."""
+    with torch.inference_mode():
+        for _ in range(m.warmup_iters):
+            call()
+        with EnergyWindow(meter, idle) as win:
+            samples = timed_loop(call, m.min_iters, max(m.min_seconds, win.min_duration_s),
+                                 max(m.max_seconds, win.min_duration_s))
+    return Timed(samples, win.result(n_inferences=len(samples) * batch_size))
+
+
+class _EnergyHooks(VisitHooks):
+    def __init__(self, windows: Mapping[Hashable, VisitWindows]) -> None:
+        self.windows = windows
+
+    def begin(self, key: Hashable) -> None:
+        self.windows[key].begin()
+
+    def end(self, key: Hashable, n_calls: int) -> None:
+        self.windows[key].end()
+
+
+def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int, m: MeasureSpec, meter,
+                  idle: IdlePower | None, seed: int, on_round: Callable[[int], None] | None = None) -> dict[Hashable, Timed]:
+    """Warm every call up, then time them in interleaved rounds (:func:`profiler.interleave.run_rounds`,
+    order seeded by ``seed``); each cell's energy counts its own visits only."""
+    windows = {k: VisitWindows(meter, idle) for k in calls}
+    plan = RoundPlan(visit_seconds=m.visit_seconds, min_rounds=m.min_rounds, min_iters=m.min_iters,
+                     min_seconds=m.min_seconds, max_seconds=m.max_seconds)
+    with torch.inference_mode():
+        for call in calls.values():
+            for _ in range(m.warmup_iters):
+                call()
+        cells, _ = run_rounds(calls, plan, rng=random.Random(seed), hooks=_EnergyHooks(windows), on_round=on_round)
+    return {k: _timed(cells[k], windows[k], batch_size) for k in calls}
+
+
+def _timed(c: CellSamples, w: VisitWindows, batch_size: int) -> Timed:
+    return Timed(c.all, w.result(n_inferences=len(c.all) * batch_size), c.round_medians())
+
+
+def fill_measurements(row: Result, t: Timed) -> None:
+    """Latency percentiles, throughput and energy fields of ``row`` from ``t``."""
+    stats = LatencyStats.from_samples(t.samples)
+    row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
+    row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag
+    row.throughput_per_s = row.batch_size / stats.mean_s
+    energy = t.energy.row_fields()
+    row.energy_j_per_inference = energy.pop("energy_j_per_inference", None)
+    row.energy_j_per_inference_net = energy.pop("energy_j_per_inference_net", None)
+    row.energy_method = energy.pop("energy_method", "unavailable")
+    row.energy_reason = energy.pop("energy_reason", None)
+    row.extra.update(energy)
+    if t.round_medians is not None:
+        row.extra["latency_rounds"] = len(t.round_medians)
+
+
+def savings_fields(cell: Timed, ref: Timed, prefix: str, seed: int = 0) -> dict[str, float | int | None]:
+    """Same-round savings factor of ``cell`` against ``ref`` (ref latency ÷ cell latency per round,
+    median over rounds, bootstrap 95 % interval): ``{prefix}``, ``{prefix}_low``, ``{prefix}_high``,
+    ``{prefix}_rounds``; the energy factor ``energy_{prefix}`` is the ratio of the two cells'
+    gross joules per inference over their interleaved visits (``None`` unless both are known and
+    of one energy method)."""
+    r = median_ratio(same_round_ratios(ref.round_medians or [], cell.round_medians or []), seed=seed)
+    out: dict[str, float | int | None] = {
+        prefix: r.median if r else None, f"{prefix}_low": r.low if r else None,
+        f"{prefix}_high": r.high if r else None, f"{prefix}_rounds": r.n_rounds if r else 0,
+    }
+    e_ref, e_cell = ref.energy.energy_j_per_inference, cell.energy.energy_j_per_inference
+    same = ref.energy.method == cell.energy.method
+    out[f"energy_{prefix}"] = e_ref / e_cell if same and e_ref and e_cell and e_ref > 0 and e_cell > 0 else None
+    return out

@@ -1,0 +1,210 @@
+"""`sparsebench plugins` and third-party plugins from the `sparsebench.plugins` entry-point group."""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+
+import pytest
+
+import profiler.plugins as plugins
+from accelerators.base import Accelerator, Prepared
+from profiler.cli import main
+from profiler.config import parse_config
+from profiler.errors import ConfigError, PluginWarning
+from profiler.plugins import ACCELERATORS, ENTRY_POINT_GROUP, REGISTRIES, load_entry_points
+
+
+class TinyAccelerator(Accelerator):
+    """A third-party accelerator that runs the model as it is.
+
+    Second paragraph: not part of the summary.
+    """
+
+    name = "tiny-acc"
+
+    def __init__(self, scale: float = 1.0, label: str | None = None, repeats: int = 3):
+        if scale <= 0:
+            raise ValueError("scale must be > 0")
+        self.scale, self.label, self.repeats = scale, label, repeats
+
+    def prepare(self, model, example, settings) -> Prepared:
+        return Prepared(copy.deepcopy(model).eval(), {"tiny_scale": self.scale})
+
+
+class ClashingAccelerator(Accelerator):
+    """Takes a built-in's name."""
+
+    name = "torch-fp32"
+
+
+class NotAPlugin:
+    name = "stray"
+
+
+class FakeDist:
+    name = "sparsebench-tiny"
+    version = "0.3"
+
+
+class FakeEntryPoint:
+    """What importlib.metadata returns: ``name``, ``value``, ``group``, ``dist``, ``load()``."""
+
+    def __init__(self, name, obj=None, error=None):
+        self.name, self.value, self.group = name, f"sparsebench_tiny:{name}", ENTRY_POINT_GROUP
+        self.dist = FakeDist()
+        self._obj, self._error = obj, error
+
+    def load(self):
+        if self._error is not None:
+            raise self._error
+        return self._obj
+
+
+@pytest.fixture
+def isolated_registries(monkeypatch):
+    """Every registry and the problem list restored after the test."""
+    for r in REGISTRIES:
+        monkeypatch.setattr(r, "_classes", dict(r._classes))
+        monkeypatch.setattr(r, "_sources", dict(r._sources))
+    monkeypatch.setattr(plugins, "LOAD_PROBLEMS", [])
+
+
+def _fake_group(monkeypatch, *eps):
+    def entry_points(**kw):
+        assert kw == {"group": ENTRY_POINT_GROUP}
+        return list(eps)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def _plugins_json(capsys, *args) -> dict:
+    assert main(["plugins", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# -- describe / CLI -------------------------------------------------------------------------------
+
+
+def test_describe_reads_the_constructor_and_docstring(isolated_registries):
+    ACCELERATORS.register(TinyAccelerator, source="distribution 'x'")
+    d = ACCELERATORS.describe("tiny-acc")
+    assert d["kind"] == "accelerator" and d["section"] == "accelerators"
+    assert d["summary"] == "A third-party accelerator that runs the model as it is."
+    assert d["class"] == "tests.test_plugins_cli.TinyAccelerator"
+    assert d["source"] == "distribution 'x'"
+    assert d["params"] == [
+        {"name": "scale", "type": "float", "default": 1.0, "required": False},
+        {"name": "label", "type": "str | None", "default": None, "required": False},
+        {"name": "repeats", "type": "int", "default": 3, "required": False},
+    ]
+
+
+def test_plugins_json_lists_every_registered_plugin(capsys):
+    out = _plugins_json(capsys)
+    listed = {(p["kind"], p["name"]) for p in out["plugins"]}
+    assert listed == {(r.kind, n) for r in REGISTRIES for n in r.names()}
+    assert {p["kind"] for p in out["plugins"]} == {"task", "pruner", "accelerator", "energy meter"}
+    mag = next(p for p in out["plugins"] if p["name"] == "magnitude")
+    sparsity = next(p for p in mag["params"] if p["name"] == "sparsity")
+    assert sparsity["type"] == "float" and isinstance(sparsity["default"], float)
+    assert all(p["summary"] for p in out["plugins"])
+
+
+def test_plugins_text_has_every_kind_name_and_parameter(capsys):
+    assert main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    for header in ("Tasks", "Pruners", "Accelerators", "Energy meters"):
+        assert header in text
+    for r in REGISTRIES:
+        for n in r.names():
+            assert f"  {n}: " in text
+            for p in r.params(n):
+                assert p in text
+
+
+def test_plugins_filters_by_kind_and_by_name(capsys):
+    for word in ("meter", "meters", "energy-meter"):
+        kinds = {p["kind"] for p in _plugins_json(capsys, word)["plugins"]}
+        assert kinds == {"energy meter"}
+    names = [p["name"] for p in _plugins_json(capsys, "accelerator")["plugins"]]
+    assert names == ACCELERATORS.names()
+    only = _plugins_json(capsys, "sparse-cpu")["plugins"]
+    assert [(p["kind"], p["name"]) for p in only] == [("accelerator", "sparse-cpu")]
+    assert main(["plugins", "no-such-thing"]) == 2
+    assert "neither a plugin kind" in capsys.readouterr().err
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+def test_entry_point_accelerator_is_listed_and_validates(monkeypatch, capsys, isolated_registries):
+    _fake_group(monkeypatch, FakeEntryPoint("tiny-acc", TinyAccelerator))
+    assert load_entry_points() == []
+    assert ACCELERATORS.get("tiny-acc") is TinyAccelerator
+    assert "sparsebench-tiny" in ACCELERATORS.source("tiny-acc")
+
+    listed = _plugins_json(capsys, "tiny-acc")["plugins"]
+    assert len(listed) == 1 and listed[0]["kind"] == "accelerator"
+    assert "sparsebench-tiny" in listed[0]["source"] and "tiny-acc" in listed[0]["source"]
+    assert main(["plugins", "accelerators"]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-acc: A third-party accelerator" in text and "from distribution 'sparsebench-tiny'" in text
+
+    raw = {"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}],
+           "accelerators": [{"name": "tiny-acc", "scale": [2.0, 3.0]}]}
+    cfg = parse_config(raw)
+    assert [a.params["scale"] for a in cfg.accelerators] == [2.0, 3.0]
+    assert cfg.accelerators[0].params["repeats"] == 3
+    with pytest.raises(ConfigError, match=r"accelerators\[0\]\.scale: expected a number"):
+        parse_config({**raw, "accelerators": [{"name": "tiny-acc", "scale": "big"}]})
+    with pytest.raises(ConfigError, match="scale must be > 0"):
+        parse_config({**raw, "accelerators": [{"name": "tiny-acc", "scale": -1.0}]})
+    # loading the same entry points again changes nothing
+    assert load_entry_points() == []
+
+
+def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, isolated_registries):
+    _fake_group(monkeypatch, FakeEntryPoint("broken", error=ImportError("No module named 'torch_xyz'")),
+                FakeEntryPoint("stray", NotAPlugin), FakeEntryPoint("tiny-acc", TinyAccelerator))
+    with pytest.warns(PluginWarning) as caught:
+        problems = load_entry_points()
+    assert len(problems) == 2 and len(caught) == 2
+    assert "'sparsebench-tiny'" in problems[0] and "'broken'" in problems[0] and "torch_xyz" in problems[0]
+    assert "'stray'" in problems[1] and "not a subclass of a plugin base" in problems[1]
+    assert "tiny-acc" in ACCELERATORS  # the good entry point of the same distribution still loads
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "Third-party plugins not loaded:" in out and "torch_xyz" in out
+    assert _plugins_json(capsys)["problems"] == problems
+
+
+def test_name_clash_with_a_built_in_names_both(monkeypatch, isolated_registries):
+    builtin = ACCELERATORS.get("torch-fp32")
+    _fake_group(monkeypatch, FakeEntryPoint("clash", ClashingAccelerator))
+    with pytest.warns(PluginWarning, match="already taken"):
+        (problem,) = load_entry_points()
+    assert "tests.test_plugins_cli.ClashingAccelerator" in problem
+    assert f"{builtin.__module__}.{builtin.__qualname__}" in problem and "built-in" in problem
+    assert "'sparsebench-tiny'" in problem and "'clash'" in problem
+    assert ACCELERATORS.get("torch-fp32") is builtin
+
+
+def test_unreadable_entry_point_metadata_is_a_warning(monkeypatch, isolated_registries):
+    def broken(**kw):
+        raise OSError("metadata unreadable")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", broken)
+    with pytest.warns(PluginWarning, match="metadata unreadable"):
+        assert len(load_entry_points()) == 1
+
+
+def test_cli_prints_plugin_warnings_as_one_line(capsys):
+    from profiler.cli import plugin_warning_printer
+
+    others = []
+    show = plugin_warning_printer(lambda *a: others.append(a))
+    show(PluginWarning("sparsebench.plugins: distribution 'x' failed"), PluginWarning, "f.py", 1)
+    assert capsys.readouterr().err == "sparsebench: warning: sparsebench.plugins: distribution 'x' failed\n"
+    show(UserWarning("other"), UserWarning, "f.py", 1)
+    assert len(others) == 1 and others[0][1] is UserWarning

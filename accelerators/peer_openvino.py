@@ -87,8 +87,10 @@ class OpenVINO(Accelerator):
     def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
         """Convert, (quantize,) compile. ``example``: int64 (batch, seq) tensors; the compiled model
         is static at that shape. Returns a :class:`PeerModule` whose other shapes run a
-        dynamic-shape compilation of the same IR, built on first use. Raises RuntimeError when
-        unavailable (missing package, no bf16, int8 without calibration data)."""
+        dynamic-shape compilation of the same IR, built on first use (dense kernels: sparse-weights
+        decompression changes no value). Raises RuntimeError when unavailable (missing package, no
+        bf16, int8 without calibration data) or when OpenVINO dies compiling the sparse-weights
+        kernel for this shape (probed in a child process, see :func:`probe_compile`)."""
         ok, why = self.availability(settings)
         if not ok:
             raise RuntimeError(f"openvino accelerator unavailable: {why}")
@@ -108,12 +110,11 @@ class OpenVINO(Accelerator):
         static = ov_model.clone()
         static.reshape({n: [batch, seq] for n in names})
         compiled = core.compile_model(static, "CPU", config)
-        # other shapes (accuracy passes) run dense kernels: sparse-weights decompression is exact,
-        # and its compile-time crash (see probe_compile) is only probed for the timed shape
+        # other shapes run dense kernels: the crash probe covers only the timed shape
         dense_config = {k: v for k, v in config.items() if k != "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"}
         runner = _Runner(core, ov_model, compiled, dense_config, (batch, seq))
-        fields.update(self._fields(compiled, settings, (batch, seq)))
-        return Prepared(PeerModule(names, runner, compiled.export_model().getvalue()), fields)
+        fields.update(self._fields(compiled, (batch, seq)))
+        return Prepared(PeerModule(names, runner, ir_bytes(ov_model)), fields)
 
     def compile_config(self, settings: PrepareSettings) -> dict[str, Any]:
         """CPU plugin properties for ``settings``: threads, one stream, latency hint, precision
@@ -151,12 +152,12 @@ class OpenVINO(Accelerator):
             "quant_cache_key": key,
         }
 
-    def _fields(self, compiled: Any, settings: PrepareSettings, shape: tuple[int, int]) -> dict[str, Any]:
+    def _fields(self, compiled: Any, shape: tuple[int, int]) -> dict[str, Any]:
         import openvino as ov
 
         layers = fully_connected_kernels(compiled)
         n_sparse = sum("sparse" in prim for prim, _ in layers)
-        executed, reason = n_sparse > 0, self.sparse_reason(layers)
+        executed, reason = n_sparse > 0, self.sparse_reason(n_sparse, len(layers))
         return {
             "peer_engine": "openvino", "peer_version": ov.__version__, "peer_precision": self.precision,
             "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
@@ -168,14 +169,13 @@ class OpenVINO(Accelerator):
             "fc_layers_sparse": n_sparse,
         }
 
-    def sparse_reason(self, layers: list[tuple[str, str]]) -> str:
-        """Why the compiled model did or did not run OpenVINO's sparse-weights kernel, given the
-        (primitiveType, runtimePrecision) of its FullyConnected layers."""
-        n_sparse = sum("sparse" in prim for prim, _ in layers)
+    def sparse_reason(self, n_sparse: int, n_layers: int) -> str:
+        """Why the compiled model did or did not run OpenVINO's sparse-weights kernel, given how
+        many of its ``n_layers`` FullyConnected layers chose it."""
         if self.sparse_weights_rate is None:
             return "sparse_weights_rate not set"
         if n_sparse:
-            return f"{n_sparse} of {len(layers)} FullyConnected layers ran the sparse-weights kernel"
+            return f"{n_sparse} of {n_layers} FullyConnected layers ran the sparse-weights kernel"
         if "amx_int8" not in cpu_flags():
             return ("this CPU has no AMX (amx_int8): OpenVINO's sparse-weights decompression needs it, "
                     "so the dense INT8 kernels ran")
@@ -251,6 +251,18 @@ def probe_compile(xml: Path, names: list[str], shape: tuple[int, int], config: d
                else f"exit status {proc.returncode}: {proc.stderr.strip()[-400:]}")
         raise RuntimeError(f"OpenVINO compiling the model for shape {list(shape)} with {config} ended with {how} "
                            "(in a child process, so the run goes on)")
+
+
+def ir_bytes(ov_model: Any) -> bytes:
+    """The IR files (``.xml`` then ``.bin``, full-precision weights) of ``ov_model`` as one byte
+    string: what a user would ship (node names, so a few bytes, differ between conversions)."""
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="sparsebench-ov-") as tmp:
+        ov.save_model(ov_model, Path(tmp) / "model.xml", compress_to_fp16=False)
+        return (Path(tmp) / "model.xml").read_bytes() + (Path(tmp) / "model.bin").read_bytes()
 
 
 def load_ir(folder: Path) -> Any | None:

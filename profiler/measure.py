@@ -7,6 +7,7 @@ Seconds and joules throughout. Warm-up calls are never timed.
 from __future__ import annotations
 
 import random
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Hashable, Mapping
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from accelerators.base import logits_of
 from profiler.config import MeasureSpec
-from profiler.energy import EnergyResult, EnergyWindow, IdlePower, VisitWindows
+from profiler.energy import MIN_RESOLUTION_MULTIPLE, EnergyResult, EnergyWindow, IdlePower, VisitWindows
 from profiler.interleave import CellSamples, RoundPlan, VisitHooks, median_ratio, run_rounds, same_round_ratios
 from profiler.results import Result
 from profiler.timing import LatencyStats, timed_loop
@@ -41,6 +42,19 @@ def make_call(module: nn.Module, example: dict[str, torch.Tensor], device: str) 
         sync()
 
     return call
+
+
+def harness_overhead_s(seconds: float = 0.2) -> float:
+    """Median seconds per call of the timing loop around a module that does no work (the ``null``
+    accelerator's module on a one-token batch): the floor every measured latency includes."""
+    from accelerators.null import ConstantLogits
+
+    call = make_call(ConstantLogits(2), {"input_ids": torch.zeros(1, 1, dtype=torch.long)}, "cpu")
+    with torch.inference_mode():
+        for _ in range(100):
+            call()
+        samples = timed_loop(call, 1000, seconds)
+    return statistics.median(samples)
 
 
 def measure_one(call: Callable[[], None], m: MeasureSpec, meter, idle: IdlePower | None, batch_size: int) -> Timed:
@@ -70,8 +84,9 @@ def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int,
     """Warm every call up, then time them in interleaved rounds (:func:`profiler.interleave.run_rounds`,
     order seeded by ``seed``); each cell's energy counts its own visits only."""
     windows = {k: VisitWindows(meter, idle) for k in calls}
+    min_energy_s = MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s)  # each cell's visits add up to a valid window
     plan = RoundPlan(visit_seconds=m.visit_seconds, min_rounds=m.min_rounds, min_iters=m.min_iters,
-                     min_seconds=m.min_seconds, max_seconds=m.max_seconds)
+                     min_seconds=max(m.min_seconds, min_energy_s), max_seconds=max(m.max_seconds, min_energy_s))
     with torch.inference_mode():
         for call in calls.values():
             for _ in range(m.warmup_iters):
@@ -100,18 +115,10 @@ def fill_measurements(row: Result, t: Timed) -> None:
         row.extra["latency_rounds"] = len(t.round_medians)
 
 
-def savings_fields(cell: Timed, ref: Timed, prefix: str, seed: int = 0) -> dict[str, float | int | None]:
-    """Same-round savings factor of ``cell`` against ``ref`` (ref latency ÷ cell latency per round,
-    median over rounds, bootstrap 95 % interval): ``{prefix}``, ``{prefix}_low``, ``{prefix}_high``,
-    ``{prefix}_rounds``; the energy factor ``energy_{prefix}`` is the ratio of the two cells'
-    gross joules per inference over their interleaved visits (``None`` unless both are known and
-    of one energy method)."""
+def savings_fields(cell: Timed, ref: Timed, key: str, seed: int = 0) -> dict[str, float | int | None]:
+    """Same-round latency savings factor of ``cell`` against ``ref`` (ref's median latency ÷ the
+    cell's, per round; median over rounds with a bootstrap 95 % interval): ``{key}``,
+    ``{key}_low``, ``{key}_high`` and ``{key}_rounds`` (``None``/0 without common rounds)."""
     r = median_ratio(same_round_ratios(ref.round_medians or [], cell.round_medians or []), seed=seed)
-    out: dict[str, float | int | None] = {
-        prefix: r.median if r else None, f"{prefix}_low": r.low if r else None,
-        f"{prefix}_high": r.high if r else None, f"{prefix}_rounds": r.n_rounds if r else 0,
-    }
-    e_ref, e_cell = ref.energy.energy_j_per_inference, cell.energy.energy_j_per_inference
-    same = ref.energy.method == cell.energy.method
-    out[f"energy_{prefix}"] = e_ref / e_cell if same and e_ref and e_cell and e_ref > 0 and e_cell > 0 else None
-    return out
+    return {key: r.median if r else None, f"{key}_low": r.low if r else None,
+            f"{key}_high": r.high if r else None, f"{key}_rounds": r.n_rounds if r else 0}

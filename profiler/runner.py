@@ -29,7 +29,7 @@ from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row,
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
 from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
-from profiler.measure import Timed, fill_measurements, make_call, measure_group, measure_one, savings_fields
+from profiler.measure import Timed, harness_overhead_s, fill_measurements, make_call, measure_group, measure_one, savings_fields
 from pruners.base import PruneReport
 
 RESULTS = "results.jsonl"
@@ -156,6 +156,7 @@ class Runner:
                 "sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "git_commit": git_commit(), "argv": sys.argv, "config": self.cfg.raw, "seed": self.cfg.seed,
                 "versions": hw.get("versions"), "hardware_id": hw["hardware_id"],
+                "harness_overhead_s": harness_overhead_s(),
             }
             man_path.write_text(json.dumps(manifest, indent=1, default=str))
         return hw

@@ -107,14 +107,17 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     J/inference ÷ cell), ``accuracy_kept`` (cell metric ÷ baseline metric), ``accuracy_delta``
     (cell − baseline) and ``energy_mixed``. An energy factor needs both cells on one energy
     method, unless ``allow_mixed_energy``: then cells of another method than their baseline get
-    a factor too, with ``energy_mixed`` True.
+    a factor too, with ``energy_mixed`` True. A latency factor the runner stored (the median of
+    same-round ratios of an interleaved run) is kept; only rows without one get the ratio of p50s.
+    Then :func:`add_best_dense` adds the factors against the fastest dense engine.
     """
     df = df.copy()
+    stored = pd.to_numeric(df["latency_savings_factor"], errors="coerce") if "latency_savings_factor" in df else None
     for col in ("latency_savings_factor", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
         df[col] = float("nan")
     df["energy_mixed"] = False
     if df.empty:
-        return df
+        return add_best_dense(df)
     ok = df["status"] == "ok"
     base = df[ok & is_baseline(df)]
     base = base.drop_duplicates(GROUP_KEYS).set_index(GROUP_KEYS)
@@ -133,7 +136,74 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if row.get("accuracy") is not None and b.get("accuracy"):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
             df.at[i, "accuracy_delta"] = row["accuracy"] - b["accuracy"]
+    if stored is not None:
+        df["latency_savings_factor"] = stored.where(stored.notna(), df["latency_savings_factor"])
+    return add_best_dense(df)
+
+
+def dense_fp32_mask(df: pd.DataFrame) -> pd.Series:
+    """The dense full-precision engines: pruner none, fp32 arithmetic (rows written without
+    ``compute_precision`` count only the torch-fp32 baseline)."""
+    prec = df["compute_precision"] if "compute_precision" in df else pd.Series(None, index=df.index, dtype=object)
+    fp32 = (prec == "fp32") | (prec.isna() & (df["accelerator"] == BASELINE_ACCELERATOR))
+    return (df["status"] == "ok") & (df["pruner"] == BASELINE_PRUNER) & fp32 & df["latency_p50_s"].map(positive)
+
+
+def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
+    """Factors against the **fastest dense fp32 cell of the same group** (the engine a user would
+    run instead of pruning): ``latency_savings_vs_best_dense`` (kept when the runner stored the
+    same-round median, else best p50 ÷ cell p50), ``energy_savings_vs_best_dense`` (best J ÷ cell
+    J, one energy method only), ``best_dense_label``."""
+    for col in ("latency_savings_vs_best_dense", "energy_savings_vs_best_dense", "best_dense_label"):
+        if col not in df:
+            df[col] = None
+    df["latency_savings_vs_best_dense"] = pd.to_numeric(df["latency_savings_vs_best_dense"], errors="coerce")
+    df["energy_savings_vs_best_dense"] = float("nan")
+    if df.empty:
+        return df
+    dense = df[dense_fp32_mask(df)]
+    best = dense.loc[dense.groupby(GROUP_KEYS, dropna=False)["latency_p50_s"].idxmin()] if len(dense) else dense
+    best = best.set_index(GROUP_KEYS)
+    for i, row in df[df["status"] == "ok"].iterrows():
+        key = tuple(row[k] for k in GROUP_KEYS)
+        if key not in best.index:
+            continue
+        b = best.loc[key]
+        if not is_number(row["latency_savings_vs_best_dense"]) and positive(row.get("latency_p50_s")):
+            df.at[i, "latency_savings_vs_best_dense"] = b["latency_p50_s"] / row["latency_p50_s"]
+        if not isinstance(row.get("best_dense_label"), str):
+            df.at[i, "best_dense_label"] = b.get("accelerator_label") or b.get("accelerator")
+        if positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference")) \
+                and row.get("energy_method") == b.get("energy_method"):
+            df.at[i, "energy_savings_vs_best_dense"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
     return df
+
+
+def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
+    """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
+    through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
+    factors against the fastest dense fp32 engine, or that none beats the dense engines."""
+    out = []
+    ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)] if not df.empty else df
+    for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
+        where = f"{g['task'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
+        kept = g[pd.to_numeric(g["accuracy_kept"], errors="coerce") >= min_kept]
+        dense = g[dense_fp32_mask(g)]
+        if kept.empty or dense.empty:
+            continue
+        x = kept.loc[kept["latency_p50_s"].idxmin()]
+        y = dense.loc[dense["latency_p50_s"].idxmin()]
+        if x.name in dense.index:
+            out.append(f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
+                       f"the fastest is the dense {y.get('accelerator_label') or y['accelerator']}.")
+            continue
+        n, m = x.get("latency_savings_vs_best_dense"), x.get("energy_savings_vs_best_dense")
+        label = f"{x.get('pruner_label') or x['pruner']} + {x.get('accelerator_label') or x['accelerator']}"
+        joules = f" and {m:.2f}× fewer joules" if is_number(m) else " (energy not comparable)"
+        out.append(f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
+                   f"{n:.2f}× lower latency{joules} than the fastest dense engine "
+                   f"({y.get('accelerator_label') or y['accelerator']}).")
+    return out
 
 
 def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Series:

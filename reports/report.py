@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.frame import add_savings, is_flagged, kernel_variant_text, load_json, load_rows, pareto_front
+from reports.frame import add_savings, is_flagged, is_number, kernel_variant_text, load_json, load_rows, pareto_front, verdicts
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
 from reports.multiply import multiply_section
 
@@ -89,6 +90,10 @@ def build_report_html(run_dir: Path) -> str:
     if df.empty:
         return page(title, head + ["<p>No results yet.</p>"])
     df = add_savings(df)
+    head.append(_harness_note(df, manifest.get("harness_overhead_s")))
+    lines = verdicts(df)
+    head.append("<h2>Verdict</h2>" + ("<ul>" + "".join(f"<li>{esc(v)}</li>" for v in lines) + "</ul>" if lines else
+                "<p class='note'>No verdict: the run needs a dense fp32 cell (pruner none) with an accuracy in each shape.</p>"))
     methods = sorted(df.loc[df["status"] == "ok", "energy_method"].dropna().unique())
     if any(m != "measured" for m in methods):
         reasons = "; ".join(sorted({str(r) for r in df.get("energy_reason", pd.Series(dtype=str)).dropna().unique()}))
@@ -115,6 +120,21 @@ def build_report_html(run_dir: Path) -> str:
     return page(title, sections)
 
 
+def _harness_note(df: pd.DataFrame, overhead_s: Any) -> str:
+    """The timing loop's own per-call cost (the null module) against the fastest cell's p50."""
+    if not is_number(overhead_s):
+        return ""
+    fastest = pd.to_numeric(df.loc[(df["status"] == "ok") & (df["accelerator"] != "null"), "latency_p50_s"],
+                            errors="coerce").min()
+    share = overhead_s / fastest if is_number(fastest) and fastest > 0 else None
+    text = f"harness overhead {overhead_s * 1e6:.1f} µs per call (null module)"
+    if share is None:
+        return f"<p class='note'>{esc(text)}.</p>"
+    text += f", {share:.2%} of the fastest cell's p50 latency"
+    cls = "warn" if share > 0.02 else "note"
+    return f"<p class='{cls}'>{esc(text)}{' — above 2 %: the fastest latencies include a visible harness share' if share > 0.02 else ''}.</p>"
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report (default ``RUN_DIR/report.html``) and return its path."""
     out = Path(out) if out else Path(run_dir) / "report.html"
@@ -132,7 +152,7 @@ def print_summary(run_dir: Path) -> None:
         return
     df = add_savings(df)
     t = Table(title=f"sparsebench — {Path(run_dir).name}")
-    for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×"):
+    for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×", "× best dense"):
         t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
     for _, r in df.iterrows():
         ok = r["status"] == "ok"
@@ -140,7 +160,10 @@ def print_summary(run_dir: Path) -> None:
             str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
             fmt(r.get("accuracy"), 4), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
             fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
+            fmt(r.get("latency_savings_vs_best_dense"), 2),
         )
     console = Console()
     console.width = max(console.width, 130)  # a readable table beats a wrapped one
     console.print(t)
+    for line in verdicts(df):
+        console.print(line)

@@ -23,7 +23,8 @@ def tiny_config(**overrides) -> dict:
     """A tiny-synthetic matrix config dict (seconds to run)."""
     cfg = {
         "run": {"name": "t"},
-        "measure": {"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.05, "max_seconds": 2.0, "idle_seconds": 0.05},
+        "measure": {"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.05, "max_seconds": 2.0, "idle_seconds": 0.05,
+                    "visit_seconds": 0.02, "min_rounds": 3},
         "meter": {"name": "estimate"},
         "tasks": [{"name": "tiny-synthetic", "finetune_steps": 60, "n_train": 512, "n_eval": 64}],
         "pruners": [{"name": "none"}, {"name": "magnitude", "sparsity": [0.5, 0.9]}],

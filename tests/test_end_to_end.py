@@ -39,8 +39,17 @@ def test_matrix_writes_every_cell_and_report(finished_run):
     for r in rows:  # identity fields on every row
         assert (r["recipe_id"], r["model_id"]) == (cells[r["cell_id"]].recipe_id, cells[r["cell_id"]].model_id)
         assert ids_of_row(r) == {"recipe_id": r["recipe_id"], "model_id": r["model_id"]}
+    for r in rows:  # interleaved (the default): same-round factors against both references, per shape
+        base = [d for d in dense if d["batch_size"] == r["batch_size"]][0]
+        assert r["baseline_cell_id"] == base["cell_id"] and r["latency_rounds"] >= 3
+        assert r["latency_savings_factor_low"] <= r["latency_savings_factor"] <= r["latency_savings_factor_high"]
+        assert r["latency_savings_factor_rounds"] == r["latency_rounds"]
+        assert r["best_dense_cell_id"] in {d["cell_id"] for d in rows if d["pruner"] == "none"}
+        assert r["compute_precision"] == ("int8" if r["accelerator"] == "int8-dynamic" else "fp32")
+    assert all(d["latency_savings_factor"] == 1.0 for d in dense)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["config"]["tasks"][0]["name"] == "tiny-synthetic" and "versions" in manifest
+    assert 0 < manifest["harness_overhead_s"] < 1e-3
     html = write_report(run_dir).read_text()
     assert html.count("plotly.js v") <= 2 and "cdn.plot.ly" not in html.split("</script>", 1)[1]
     assert "Pareto" in html and "estimated" in html and "Savings factor" in html
@@ -122,3 +131,16 @@ def _to_toml(cfg: dict) -> str:
             out.append(f"[{section}]")
             out += [f"{k} = {val(v)}" for k, v in body.items()]
     return "\n".join(out) + "\n"
+
+
+def test_sequential_schedule_times_cells_one_by_one(tmp_path):
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "schedule": "sequential"},
+        pruners=[{"name": "none"}], matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "seq").run()
+    rows = read_results(tmp_path / "seq" / "results.jsonl").rows
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all("latency_rounds" not in r and "latency_savings_factor" not in r for r in rows)
+    html = write_report(tmp_path / "seq").read_text()
+    assert "Verdict" in html and ("none beats the dense engines" in html or "fastest configuration" in html)

@@ -1,0 +1,59 @@
+"""Savings against the fastest dense engine and the report's verdict sentence, from rows built here."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from reports.frame import add_savings, verdicts
+
+
+def row(pruner, acc, p50, acc_metric, precision="fp32", energy=None, **kw):
+    return {"task": "tiny", "batch_size": 1, "seq_len": 32, "threads": 1, "kernel_variant": "auto", "status": "ok",
+            "pruner": pruner, "accelerator": acc, "pruner_label": pruner, "accelerator_label": acc,
+            "latency_p50_s": p50, "accuracy": acc_metric, "compute_precision": precision,
+            "energy_j_per_inference": energy, "energy_method": "estimated", **kw}
+
+
+def test_a_dense_int8_engine_wins_and_the_verdict_says_so():
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90, energy=4.0),
+        row("none", "openvino", 0.017, 0.90, energy=1.7),                    # fastest dense fp32 engine
+        row("none", "openvino-int8", 0.0065, 0.90, precision="int8", energy=0.65),
+        row("magnitude-90", "sparse-int8", 0.0053, 0.85, precision="int8", energy=0.5),  # faster but 94 % kept
+    ])
+    out = add_savings(df)
+    assert math.isclose(out.loc[0, "latency_savings_factor"], 1.0)
+    assert math.isclose(out.loc[2, "latency_savings_vs_best_dense"], 0.017 / 0.0065)
+    assert math.isclose(out.loc[2, "energy_savings_vs_best_dense"], 1.7 / 0.65)
+    assert set(out["best_dense_label"]) == {"openvino"}
+    (v,) = verdicts(out)
+    assert "fastest configuration that keeps ≥ 99% of the dense accuracy: none + openvino-int8" in v
+    assert "2.62× lower latency and 2.62× fewer joules than the fastest dense engine (openvino)" in v
+
+
+def test_none_beats_the_dense_engines():
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90),
+        row("none", "openvino", 0.017, 0.90),
+        row("magnitude-90", "sparse-cpu", 0.020, 0.90),
+        row("magnitude-95", "sparse-int8", 0.005, 0.80, precision="int8"),
+    ])
+    (v,) = verdicts(add_savings(df))
+    assert "none beats the dense engines" in v and "dense openvino" in v
+
+
+def test_stored_same_round_factors_are_kept():
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90, latency_savings_factor=1.0, latency_savings_vs_best_dense=1.0),
+        row("magnitude-90", "sparse-cpu", 0.020, 0.90, latency_savings_factor=2.1, latency_savings_vs_best_dense=2.1),
+    ])
+    out = add_savings(df)
+    assert out.loc[1, "latency_savings_factor"] == 2.1  # the median of same-round ratios, not 0.040/0.020
+    assert out.loc[1, "latency_savings_vs_best_dense"] == 2.1
+
+
+def test_rows_without_compute_precision_use_the_torch_baseline_as_dense():
+    df = pd.DataFrame([row("none", "torch-fp32", 0.04, 0.9), row("gmp", "sparse-cpu", 0.02, 0.9)]).drop(columns="compute_precision")
+    out = add_savings(df)
+    assert math.isclose(out.loc[1, "latency_savings_vs_best_dense"], 2.0)

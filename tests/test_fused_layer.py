@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from accelerators import _sparse_kernels as sk
 from accelerators.base import PrepareSettings
 from accelerators.fused_layer import FusedBertLayer, fuse_encoder_layers, key_padding_bias
-from accelerators.sparse_cpu import SparseCPU
+from accelerators.sparse_cpu import SparseCPU, layer_outputs, relative_error
 from accelerators.sparse_int8 import SparseInt8
 from accelerators.sparse_linear import SparseLinear
 
@@ -420,3 +420,22 @@ def test_fused_int8_layer_keeps_the_ffn_intermediate_int8():
     unfused = plain.prepare(model, ex, PrepareSettings(threads=2)).module
     torch.testing.assert_close(logits(new, ex), logits(unfused, ex), rtol=1e-2,
                                atol=1e-3)
+
+
+@pytest.mark.parametrize("acc_cls", [SparseCPU, SparseInt8])
+def test_fused_layers_kept_with_a_small_random_head(acc_cls):
+    """The fused-layer check looks at each encoder layer's hidden states, not at the logits: a head
+    whose logits are tiny (random, untrained) must not make INT8 rounding look like an error."""
+    model = tiny_bert(0.9)
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e-3)
+        model.classifier.bias.zero_()
+    ex = padded_example()
+    assert logits(model, ex).abs().max() < 0.01
+    kw = {"dense_fallback": "fp32"} if acc_cls is SparseInt8 else {}
+    p = acc_cls(format="csr", min_speedup=1.0, calibrate=False, **kw).prepare(model, ex, PrepareSettings(threads=2))
+    assert p.fields["fused_encoder_layers"] == 2, p.fields["fused_encoder_note"]
+    plain = acc_cls(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False, **kw).prepare(
+        model, ex, PrepareSettings(threads=2)).module
+    for got, ref in zip(layer_outputs(p.module, ex), layer_outputs(plain, ex)):
+        assert relative_error(got, ref) <= acc_cls.fuse_tolerance

@@ -40,7 +40,7 @@ class ONNXRuntime(Accelerator):
     def __init__(self, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")
-        self.precision = precision
+        self.precision = self.compute_precision = precision
 
     def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         return import_status("onnxruntime", "onnx")

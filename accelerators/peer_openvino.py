@@ -64,6 +64,7 @@ class OpenVINO(Accelerator):
         if calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1 (got {calibration_samples})")
         self.precision = precision
+        self.compute_precision = precision
         self.sparse_weights_rate = sparse_weights_rate
         self.calibration_samples = calibration_samples
 

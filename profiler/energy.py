@@ -374,7 +374,7 @@ class EnergyWindow:
         if failure is not None:
             return unavailable_result(failure, idle_w, info, n_inferences)
         return window_result(
-            readings, n_inferences, meter_method=self.meter.method,
+            [readings], n_inferences, meter_method=self.meter.method,
             resolution_s=float(self.meter.resolution_s),
             max_safe_window_s=self.meter.max_safe_window_s, idle_w=idle_w, meter_info=info,
         )
@@ -386,21 +386,6 @@ class EnergyWindow:
 
 
 def window_result(
-    readings: list[Reading],
-    n_inferences: int,
-    *,
-    meter_method: str,
-    resolution_s: float,
-    max_safe_window_s: float | None = None,
-    idle_w: dict[str, float | None] | None = None,
-    meter_info: dict | None = None,
-) -> EnergyResult:
-    """One window: :func:`segments_result` with a single segment (see there for the arithmetic)."""
-    return segments_result([readings], n_inferences, meter_method=meter_method, resolution_s=resolution_s,
-                           max_safe_window_s=max_safe_window_s, idle_w=idle_w, meter_info=meter_info)
-
-
-def segments_result(
     segments: list[list[Reading]],
     n_inferences: int,
     *,
@@ -485,7 +470,7 @@ class VisitWindows:
     """The energy window of a cell timed in interleaved visits: one segment per visit.
 
     :meth:`begin` and :meth:`end` read the meter around each visit's timed calls; :meth:`result`
-    adds joules and seconds over the visits only (:func:`segments_result`), so the energy of the
+    adds joules and seconds over the visits only (:func:`window_result`), so the energy of the
     other cells' visits in between is never counted. The meter is started and stopped by the
     caller (once per run). Meter errors never propagate: they end in ``method="unavailable"``.
     Visits are expected to be shorter than ``meter.max_safe_window_s`` (longer ones are flagged).
@@ -517,7 +502,7 @@ class VisitWindows:
             self._segments[-1].append(r)
 
     def result(self, n_inferences: int) -> EnergyResult:
-        """Joules per inference over all visits (see :func:`segments_result`)."""
+        """Joules per inference over all visits (see :func:`window_result`)."""
         info = _meter_info(self.meter)
         idle_w = None if self.idle is None else dict(self.idle.watts)
         failure = None if self._available[0] else self._available[1]
@@ -525,6 +510,6 @@ class VisitWindows:
         failure = failure or self._error or (None if complete else "no complete visit")
         if failure is not None:
             return unavailable_result(failure, idle_w, info, n_inferences)
-        return segments_result(complete, n_inferences, meter_method=self.meter.method,
+        return window_result(complete, n_inferences, meter_method=self.meter.method,
                                resolution_s=float(self.meter.resolution_s),
                                max_safe_window_s=self.meter.max_safe_window_s, idle_w=idle_w, meter_info=info)

@@ -53,12 +53,12 @@ class RoundPlan:
     ``min_iters``), or after ``max_rounds``.
     """
 
-    visit_seconds: float = 0.25
-    min_rounds: int = 7
-    max_rounds: int = 1000
-    min_iters: int = 20
-    min_seconds: float = 2.0
-    max_seconds: float = 60.0
+    visit_seconds: float
+    min_rounds: int
+    min_iters: int
+    min_seconds: float
+    max_seconds: float = float("inf")
+    max_rounds: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.visit_seconds > 0:

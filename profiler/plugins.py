@@ -33,6 +33,8 @@ from accelerators.bf16 import BF16
 from accelerators.cuda import Cuda24, CudaBF16, CudaFP16
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.null import NullAccelerator
+from accelerators.peer_onnxruntime import ONNXRuntime
+from accelerators.peer_openvino import OpenVINO
 from accelerators.sparse_cpu import SparseCPU
 from accelerators.sparse_int8 import SparseInt8
 from accelerators.torch_fp32 import TorchFP32
@@ -61,7 +63,8 @@ for _task in (SST2, TinySynthetic):
     TASKS.register(_task)
 for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner):
     PRUNERS.register(_pruner)
-for _acc in (TorchFP32, SparseCPU, Int8Dynamic, SparseInt8, BF16, CudaFP16, CudaBF16, Cuda24, NullAccelerator):
+for _acc in (TorchFP32, SparseCPU, Int8Dynamic, SparseInt8, BF16, OpenVINO, ONNXRuntime, CudaFP16, CudaBF16, Cuda24,
+             NullAccelerator):
     ACCELERATORS.register(_acc)
 for _meter in METER_CLASSES.values():
     METERS.register(_meter)

@@ -250,10 +250,10 @@ def test_window_result_is_the_window_arithmetic():
         c.sleep(1.0)
         w.sample()
         c.sleep(1.0)
-    pure = window_result(w.readings, 100, meter_method=m.method, resolution_s=m.resolution_s,
+    pure = window_result([w.readings], 100, meter_method=m.method, resolution_s=m.resolution_s,
                          max_safe_window_s=m.max_safe_window_s, idle_w=dict(idle.watts),
                          meter_info=m.describe())
     assert pure == w.result(100)
     assert pure.energy_j_per_inference == pytest.approx((120 + 10) / 100)
     assert pure.energy_j_per_inference_net == pytest.approx((130 - 45 * 2) / 100)
-    assert window_result(w.readings[:1], 5, meter_method="measured", resolution_s=0.001).energy_j_per_inference is None
+    assert window_result([w.readings[:1]], 5, meter_method="measured", resolution_s=0.001).energy_j_per_inference is None

@@ -109,6 +109,6 @@ def test_ratio_interval_brackets_the_median_and_skips_missing_rounds():
 
 def test_plan_rejects_nonsense():
     with pytest.raises(ValueError):
-        RoundPlan(visit_seconds=0)
+        RoundPlan(visit_seconds=0, min_rounds=1, min_iters=1, min_seconds=0)
     with pytest.raises(ValueError):
-        RoundPlan(min_rounds=5, max_rounds=2)
+        RoundPlan(visit_seconds=1, min_rounds=5, max_rounds=2, min_iters=1, min_seconds=0)

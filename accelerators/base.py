@@ -76,6 +76,10 @@ class Accelerator:
     #: number format of the prepared module's heavy arithmetic ("fp32", "bf16", "fp16", "int8");
     #: dense cells in "fp32" are the full-precision engines every savings factor is also taken against
     compute_precision: str = "fp32"
+    #: whether outputs depend on the padding of a batch (not just on its real tokens), e.g. when
+    #: activations are quantized with one scale per tensor, pad positions included: such cells'
+    #: accuracy (measured with the task's own padding) and their timing (padded to seq_len) differ
+    padding_sensitive: bool = False
 
     def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         """Return ``(ok, reason)`` for running here with ``settings`` (None = any settings);

@@ -167,8 +167,8 @@ def _fusable(layer: nn.Module) -> str:
     try:
         att = layer.attention
         cfg = att.self.config
-    except AttributeError:
-        return "not a BERT layer"
+    except AttributeError:  # e.g. DistilBERT's TransformerBlock (q_lin/k_lin/v_lin, sa_layer_norm)
+        return f"{type(layer).__name__} does not have the BERT layer layout the fused layer reproduces"
     if getattr(layer, "add_cross_attention", False) or getattr(layer, "is_decoder", False):
         return "decoder / cross-attention layer"
     if getattr(layer, "chunk_size_feed_forward", 0):

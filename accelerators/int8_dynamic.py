@@ -59,6 +59,7 @@ class Int8Dynamic(Accelerator):
 
     name = "int8-dynamic"
     compute_precision = "int8"
+    padding_sensitive = True  # torch's dynamic quantization: one activation scale per tensor
 
     def __init__(self, engine: str = "x86") -> None:
         if engine not in QUANT_ENGINES:

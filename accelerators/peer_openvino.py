@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from accelerators.base import Accelerator, PrepareSettings, Prepared
+from accelerators.params import Range
 from accelerators.peer_common import (
     LogitsOnly, PeerModule, arrays_digest, cache_root, calibration_batches, cpu_flags, import_status, input_names,
     quiet_trace, weights_digest,
@@ -52,8 +53,8 @@ class OpenVINO(Accelerator):
 
     name = "openvino"
 
-    def __init__(self, precision: str = "fp32", sparse_weights_rate: float | None = None,
-                 calibration_samples: int = 300) -> None:
+    def __init__(self, precision: str = "fp32", sparse_weights_rate: Annotated[float | None, Range(0.0, 1.0)] = None,
+                 calibration_samples: Annotated[int, Range(1, 100_000)] = 300) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")
         if sparse_weights_rate is not None:

@@ -14,14 +14,15 @@ import contextlib
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
-from accelerators.roles import ENCODER_LAYER_RE, INTERMEDIATE_RE, encoder_linears
+from accelerators.params import Range
+from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing
 
 FP32_FORMATS = ("csr", "bsr2x1", "bsr4x1", "bsr8x1")
@@ -30,17 +31,16 @@ __all__ = ["FP32_FORMATS", "SparseCPU", "SwapRun", "encoder_linears", "fuse_ffn_
 
 
 def fuse_ffn_gelu(model: nn.Module) -> int:
-    """Move BERT's FFN GELU into the kernel of a sparse ``intermediate.dense`` (one pass over the
-    output instead of two). Only where the activation is the exact erf GELU (checked numerically
-    against ``F.gelu``) and the dense layer was swapped for a ``SparseLinear``. Returns the count."""
+    """Move the FFN GELU into the kernel of a sparse ``ffn_in`` layer (BERT's ``intermediate.dense``,
+    DistilBERT's ``ffn.lin1``): one pass over the output instead of two. Only where the activation
+    is the exact erf GELU (checked numerically against ``F.gelu``) and the dense layer was swapped
+    for a ``SparseLinear``. Returns the count."""
     from accelerators.sparse_linear import SparseLinear
 
     probe = torch.linspace(-8, 8, 257)
     n = 0
-    for name, mod in model.named_modules():
-        if not INTERMEDIATE_RE.search(name):
-            continue
-        dense, act = getattr(mod, "dense", None), getattr(mod, "intermediate_act_fn", None)
+    for block, in_attr, act_attr in ffn_blocks(model):
+        dense, act = getattr(block, in_attr, None), getattr(block, act_attr, None)
         if not isinstance(dense, SparseLinear) or dense.activation != "none" or act is None:
             continue
         try:
@@ -50,7 +50,7 @@ def fuse_ffn_gelu(model: nn.Module) -> int:
             ok = False
         if ok:
             dense.activation = "gelu"
-            mod.intermediate_act_fn = nn.Identity()
+            setattr(block, act_attr, nn.Identity())
             n += 1
     return n
 
@@ -102,6 +102,14 @@ def block_fill(weight: torch.Tensor, bh: int) -> float:
     return float((weight != 0).sum().item()) / max(1, stored)
 
 
+# Calibration parameters of the sparse swaps (ranges enforced by the plugin registry): the
+# upper bounds keep a typo (1e9 repeats, a 1e6 s minimum) from turning into an endless prepare.
+MinSpeedup = Annotated[float, Range(1.0, 1000.0)]
+MinSparsity = Annotated[float, Range(0.0, 1.0)]
+Repeats = Annotated[int, Range(1, 1000)]
+MinTime = Annotated[float, Range(0.0, 10.0)]
+
+
 def _short_layer_name(name: str) -> str:
     return (name.replace("encoder.layer.", "L").replace("attention.self.", "att.")
             .replace("attention.output.dense", "att.out").replace("intermediate.dense", "ffn.in")
@@ -141,8 +149,8 @@ class _SparseSwap(Accelerator):
     #: rounding differs from torch's SDPA by ~1e-6
     fuse_tolerance: float = 1e-4
 
-    def __init__(self, format: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
-                 calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
+    def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
+                 calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
         if min_speedup < 1.0:
             raise ValueError("min_speedup must be >= 1.0 (the swap must never be slower than dense)")

@@ -22,7 +22,7 @@ from torch import nn
 from accelerators.base import PrepareSettings
 from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, supported_quant_engines
 from accelerators.roles import encoder_linears
-from accelerators.sparse_cpu import SwapRun, _SparseSwap, intra_op_threads, set_submodule
+from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, SwapRun, _SparseSwap, intra_op_threads, set_submodule
 from accelerators.timing import interleaved_timing
 
 INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
@@ -88,8 +88,8 @@ class SparseInt8(_SparseSwap):
     fuse_tolerance = 1e-2
 
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "torch-int8",
-                 engine: str = "auto", min_speedup: float = 1.05, min_sparsity: float = 0.3,
-                 calibrate: bool = True, repeats: int = 7, min_time_s: float = 0.004, check_model: bool = True,
+                 engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
+                 calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
@@ -98,6 +98,7 @@ class SparseInt8(_SparseSwap):
         if engine != "auto" and engine not in X86_QUANT_ENGINES:
             raise ValueError(f"engine must be 'auto' or one of {', '.join(X86_QUANT_ENGINES)}")
         self.act_quant = act_quant
+        self.padding_sensitive = act_quant == "tensor"
         self.dense_fallback = dense_fallback
         self.engine = engine
         super().__init__(format=format, min_speedup=min_speedup, min_sparsity=min_sparsity, calibrate=calibrate,

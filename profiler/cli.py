@@ -1,4 +1,4 @@
-"""``sparsebench`` command line: run, report, compare, doctor, plugins."""
+"""``sparsebench`` command line: run, report, compare, doctor, plugins, export."""
 from __future__ import annotations
 
 import argparse
@@ -88,26 +88,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from profiler.config import expand, load_config
     from profiler.runner import Runner, load_run_config, new_run_dir, preflight
 
-    if args.resume and args.config:
-        print("sparsebench: give either CONFIG or --resume RUN_DIR (a resumed run uses the config stored in it)", file=sys.stderr)
+    problem = resume_flag_problem(args)
+    if problem:
+        print(f"sparsebench: {problem}", file=sys.stderr)
         return 2
     try:
         if args.resume:
             run_dir = Path(args.resume)
             cfg = load_run_config(run_dir)
+            preflight(cfg, args.cache_dir)
         else:
             cfg = load_config(args.config)
             if args.output_dir:
                 cfg.output_dir = args.output_dir
-            run_dir = new_run_dir(cfg)
-        preflight(cfg, args.cache_dir)
+            preflight(cfg, args.cache_dir)
+            run_dir = new_run_dir(cfg)  # only once every check passed: a rejected config writes nothing
     except ConfigError as exc:
         print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
         return 2
     try:
         with RichReporter() as rep:
             rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells)")
-            Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep).run()
+            Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are saved. Continue with: sparsebench run --resume {run_dir}", file=sys.stderr)
         return 130
@@ -127,27 +129,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed and failed == len(df) else 0
 
 
+def resume_flag_problem(args: argparse.Namespace) -> str | None:
+    """Why the flags given to ``run`` do not fit together (None when they do): a resumed run
+    takes its config and run directory from RUN_DIR, and only a resumed run has failed cells."""
+    if args.resume and args.config:
+        return "give either CONFIG or --resume RUN_DIR (a resumed run uses the config stored in it)"
+    if args.resume and args.output_dir:
+        return "--output-dir does not apply to --resume: the run continues in RUN_DIR itself"
+    if args.retry_failed and not args.resume:
+        return "--retry-failed applies to --resume RUN_DIR only"
+    return None
+
+
+def _results_warnings(run_dir: Path) -> int:
+    """Print the damaged rows and duplicate cells of ``run_dir/results.jsonl`` to stderr; the
+    number of valid rows."""
+    from profiler.results import read_results
+
+    rf = read_results(run_dir / "results.jsonl")
+    for line in rf.warnings():
+        print(f"sparsebench: warning: {line}", file=sys.stderr)
+    return len(rf.rows)
+
+
+def _write_page(write: Callable[[], Path]) -> int:
+    """Run a page writer; an unwritable output path is a one-line error with exit status 2."""
+    try:
+        print(write())
+    except OSError as exc:
+        print(f"sparsebench: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import write_report
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "results.jsonl").exists():
+    if not (run_dir / "results.jsonl").is_file():
         print(f"sparsebench: {run_dir} has no results.jsonl", file=sys.stderr)
         return 2
-    print(write_report(run_dir, Path(args.output) if args.output else None))
-    return 0
+    _results_warnings(run_dir)
+    return _write_page(lambda: write_report(run_dir, Path(args.output) if args.output else None))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reports.compare_page import write_compare
 
     dirs = [Path(d) for d in args.run_dirs]
-    missing = [str(d) for d in dirs if not (d / "results.jsonl").exists()]
+    missing = [str(d) for d in dirs if not (d / "results.jsonl").is_file()]
     if missing:
         print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
         return 2
-    print(write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
-    return 0
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        if d.resolve() in seen:
+            print(f"sparsebench: warning: {d} is given twice (as {seen[d.resolve()]}); it is compared with itself",
+                  file=sys.stderr)
+        seen.setdefault(d.resolve(), d)
+        if _results_warnings(d) == 0:
+            print(f"sparsebench: warning: {d} has no valid result rows", file=sys.stderr)
+    return _write_page(lambda: write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -244,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
     r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
+    r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
     r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
     r.set_defaults(func=cmd_run)
@@ -271,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only one kind (task, pruner, accelerator, meter) or the plugins of one name")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(func=cmd_plugins)
+    from profiler.export import add_parser as add_export_parser
+
+    add_export_parser(sub)
     return p
 
 

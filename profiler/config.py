@@ -15,9 +15,11 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+import typing
+from typing import Annotated, Any
 
 from accelerators.base import KERNEL_VARIANTS
+from accelerators.params import Range, number_problem
 from profiler import identity
 from profiler.errors import ConfigError
 from profiler.identity import stable_hash
@@ -31,6 +33,8 @@ SCHEDULES = ("interleaved", "sequential")
 MAX_THREADS = 256  # torch.set_num_threads crashes the interpreter far above any real core count
 MAX_SEQ_LEN = 512  # position embeddings of BERT-family models
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_SEED = 2**32 - 1  # numpy's seed limit; torch and random accept it too
+DAY_S = 86_400.0  # no timed loop or idle window of one cell should need longer
 
 
 @dataclass(frozen=True)
@@ -64,17 +68,19 @@ class MeasureSpec:
     rounds, :mod:`profiler.interleave`; min/max bounds apply per cell, summed over its visits) or
     ``"sequential"`` (one cell after the other). visit_seconds: timed seconds per visit;
     min_rounds: rounds at least (the savings factors' medians and intervals are over rounds).
+    Each number's range is declared next to it and checked by :func:`parse_config`, as are
+    ``min_seconds <= max_seconds`` and ``visit_seconds <= max_seconds``.
     """
 
-    warmup_iters: int = 5
-    min_iters: int = 20
-    min_seconds: float = 2.0
-    max_seconds: float = 60.0
-    idle_seconds: float = 2.0
-    eval_batch_size: int = 64
+    warmup_iters: Annotated[int, Range(0, 1_000_000)] = 5
+    min_iters: Annotated[int, Range(1, 100_000_000)] = 20
+    min_seconds: Annotated[float, Range(0.0, DAY_S)] = 2.0
+    max_seconds: Annotated[float, Range(0.0, DAY_S, lo_open=True)] = 60.0
+    idle_seconds: Annotated[float, Range(0.0, 3600.0)] = 2.0
+    eval_batch_size: Annotated[int, Range(1, 65536)] = 64
     schedule: str = "interleaved"
-    visit_seconds: float = 0.2
-    min_rounds: int = 7
+    visit_seconds: Annotated[float, Range(0.0, 3600.0, lo_open=True)] = 0.2
+    min_rounds: Annotated[int, Range(1, 100_000)] = 7
 
 
 @dataclass
@@ -198,6 +204,30 @@ def _table(raw: dict, key: str) -> dict:
     return v
 
 
+def _measure(m: dict[str, Any]) -> MeasureSpec:
+    """The ``[measure]`` table as a MeasureSpec: every number of its type, finite, inside the
+    range declared on its field, and consistent with its siblings. Raises ConfigError naming the key."""
+    hints = typing.get_type_hints(MeasureSpec, include_extras=True)
+    for k, v in m.items():
+        if k not in hints:
+            raise ConfigError(f"measure.{k}: unknown key; valid keys: {', '.join(hints)}")
+        if k == "schedule":
+            if v not in SCHEDULES:
+                raise ConfigError(f"measure.schedule: must be one of {', '.join(SCHEDULES)}, got {v!r}")
+            continue
+        base, rng = hints[k].__origin__, hints[k].__metadata__[0]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (base is int and not isinstance(v, int)):
+            raise ConfigError(f"measure.{k}: must be {'an integer' if base is int else 'a number'} in {rng}, got {v!r}")
+        problem = number_problem(v, rng)
+        if problem:
+            raise ConfigError(f"measure.{k}: {problem}")
+    spec = MeasureSpec(**m)
+    for k in ("min_seconds", "visit_seconds"):
+        if getattr(spec, k) > spec.max_seconds:
+            raise ConfigError(f"measure.{k}: must be <= measure.max_seconds ({spec.max_seconds}), got {getattr(spec, k)!r}")
+    return spec
+
+
 def parse_config(raw: dict[str, Any]) -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError before any work starts."""
     unknown = set(raw) - SECTIONS
@@ -209,28 +239,12 @@ def parse_config(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"run.{k}: unknown key; valid keys: {', '.join(sorted(RUN_KEYS))}")
     if not isinstance(run.get("name", "run"), str) or not NAME_PATTERN.match(run.get("name", "run")):
         raise ConfigError(f"run.name: letters, digits, '.', '_' and '-' only (it names the run directory), got {run.get('name')!r}")
-    if isinstance(run.get("seed", 0), bool) or not isinstance(run.get("seed", 0), int):
-        raise ConfigError(f"run.seed: must be an integer, got {run.get('seed')!r}")
+    seed = run.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"run.seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if not isinstance(run.get("output_dir", "runs"), str):
         raise ConfigError(f"run.output_dir: must be a string (a folder path), got {run.get('output_dir')!r}")
-    m = _table(raw, "measure")
-    valid_measure = MeasureSpec.__dataclass_fields__
-    for k, v in m.items():
-        if k not in valid_measure:
-            raise ConfigError(f"measure.{k}: unknown key; valid keys: {', '.join(valid_measure)}")
-        if k == "schedule":
-            if v not in SCHEDULES:
-                raise ConfigError(f"measure.schedule: must be one of {', '.join(SCHEDULES)}, got {v!r}")
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"measure.{k}: must be a non-negative number, got {v!r}")
-        if valid_measure[k].type in ("int", int) and not isinstance(v, int):
-            raise ConfigError(f"measure.{k}: must be an integer, got {v!r}")
-    measure = MeasureSpec(**m)
-    if measure.min_iters < 1 or measure.eval_batch_size < 1 or measure.min_rounds < 1:
-        raise ConfigError("measure.min_iters, measure.min_rounds and measure.eval_batch_size must be >= 1")
-    if not measure.visit_seconds > 0:
-        raise ConfigError(f"measure.visit_seconds: must be > 0, got {measure.visit_seconds!r}")
+    measure = _measure(_table(raw, "measure"))
     matrix = _table(raw, "matrix")
     for k in matrix:
         if k not in MATRIX_KEYS:
@@ -278,15 +292,29 @@ def load_config(path: str | Path | None = None) -> Config:
         text = (resources.files("profiler") / "data" / "quickstart.toml").read_text()
         source = "quickstart.toml (packaged)"
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        text, source = p.read_text(), str(p)
+        text, source = read_text_file(Path(path), "config file"), str(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     return parse_config(raw)
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``. Raises ConfigError naming the file: missing, a directory,
+    unreadable, or not UTF-8 (with the byte offset of the first bad byte)."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
 
 
 def expand(cfg: Config) -> list[Cell]:

@@ -199,7 +199,8 @@ class EnergyResult:
         ``energy_domains_j`` (dict), ``energy_domain_methods`` (dict), ``idle_power_w`` (dict or
         ``None``), plus every ``meter.describe()`` entry prefixed with ``energy_`` (``meter`` →
         ``energy_meter``, ``estimate_tdp_w`` → ``energy_estimate_tdp_w``); the describe entry
-        ``method`` (the meter's nominal method) is stored as ``energy_meter_method``.
+        ``method`` (the meter's nominal method) is stored as ``energy_meter_method``; and, when any
+        value is estimated, ``energy_estimated_because`` (:func:`estimate_reason`).
         """
         row: dict = {}
         for k, v in self.meter_info.items():
@@ -221,7 +222,20 @@ class EnergyResult:
             energy_domain_methods=dict(self.domain_methods),
             idle_power_w=None if self.idle_power_w is None else dict(self.idle_power_w),
         )
+        if "estimated" in (self.method, *self.domain_methods.values()):
+            row["energy_estimated_because"] = estimate_reason(self.meter_info)
         return row
+
+
+def estimate_reason(meter_info: dict) -> str:
+    """Why energy is an estimate, from the meter's ``describe()``: the ``auto`` meter's own words
+    for the CPU (e.g. "RAPL is unavailable: energy_uj is readable by root only"), else that the
+    config chose an estimating meter."""
+    choice = str(meter_info.get("auto_choice") or "")
+    cpu = next((part.strip() for part in choice.split(";") if part.strip().startswith("CPU: estimated")), None)
+    if cpu:
+        return cpu
+    return f"the config chose the {meter_info.get('meter', '?')!r} meter, which estimates"
 
 
 # --------------------------------------------------------------------------------------------

@@ -181,3 +181,40 @@ def hardware_id(fp: dict[str, Any]) -> str:
     key = {k: fp.get(k) for k in ID_FIELDS}
     key["gpus"] = gpu_ids
     return stable_hash(key, 10)
+
+
+#: environment variables that set the thread pools of OpenMP, MKL and OpenBLAS under torch
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cpu_affinity(getter: Callable[[int], set[int]] | None = None) -> list[int]:
+    """The CPUs this process may run on (its affinity mask: ``taskset``, cgroup cpusets), sorted;
+    every logical CPU where the platform has no affinity call."""
+    getter = getter or getattr(os, "sched_getaffinity", None)
+    if getter is None:
+        return list(range(os.cpu_count() or 1))
+    try:
+        return sorted(getter(0))
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_list_text(cpus: list[int]) -> str:
+    """``[0, 1, 2, 3, 8]`` → ``"0-3,8"`` (the kernel's cpulist format)."""
+    parts: list[str] = []
+    for c in cpus:
+        if parts and c == int(parts[-1].rsplit("-", 1)[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{c}"
+        else:
+            parts.append(str(c))
+    return ",".join(parts)
+
+
+def thread_fields(torch_threads: int, affinity: list[int] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Row fields that say what a timing ran on: ``cpu_affinity`` (cpulist text),
+    ``affinity_cpus`` (count), ``torch_threads`` (``torch.get_num_threads()`` at timing) and
+    ``thread_env`` (the :data:`THREAD_ENV_VARS` that are set)."""
+    cpus = cpu_affinity() if affinity is None else affinity
+    env = os.environ if env is None else env
+    return {"cpu_affinity": cpu_list_text(cpus), "affinity_cpus": len(cpus), "torch_threads": int(torch_threads),
+            "thread_env": {k: env[k] for k in THREAD_ENV_VARS if k in env}}

@@ -44,6 +44,7 @@ from profiler.meters.base import EnergyMeter
 from profiler.registry import ACCELERATORS, METERS, PRUNERS, REGISTRIES, TASKS, Registry, class_path
 from profiler.tasks.base import Task
 from profiler.tasks.sst2 import SST2
+from profiler.tasks.text_classification import TextClassification
 from profiler.tasks.tiny_synthetic import TinySynthetic
 from pruners.base import NoPruner, Pruner
 from pruners.gmp import GMPPruner
@@ -59,7 +60,7 @@ KIND_BASES: tuple[tuple[type, Registry], ...] = (
 )
 
 
-for _task in (SST2, TinySynthetic):
+for _task in (SST2, TextClassification, TinySynthetic):
     TASKS.register(_task)
 for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner):
     PRUNERS.register(_pruner)

@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any, Generic, TypeVar
 
+from accelerators.params import Range, number_problem, range_of
 from profiler.errors import ConfigError
 
 T = TypeVar("T")
@@ -83,8 +84,19 @@ class Registry(Generic[T]):
         return {p.name: p for p in list(sig.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD}
 
     def hints(self, name: str) -> dict[str, Any]:
+        """Constructor annotations of plugin ``name`` with ``Annotated`` metadata stripped
+        (``{}`` when one cannot be resolved: values are then left to the plugin to check)."""
+        return {p: _strip(h) for p, h in self._raw_hints(name).items()}
+
+    def ranges(self, name: str) -> dict[str, Range]:
+        """The :class:`~accelerators.params.Range` each numeric parameter declares
+        (``Annotated[float, Range(0, 1)]``); parameters without one are absent."""
+        found = {p: _range(h) for p, h in self._raw_hints(name).items()}
+        return {p: r for p, r in found.items() if r is not None}
+
+    def _raw_hints(self, name: str) -> dict[str, Any]:
         try:
-            return typing.get_type_hints(self._classes[name].__init__)
+            return typing.get_type_hints(self._classes[name].__init__, include_extras=True)
         except Exception:  # unresolvable annotation: values are left to the plugin to check
             return {}
 
@@ -94,20 +106,22 @@ class Registry(Generic[T]):
         Keys: ``kind``, ``section`` (config table), ``name``, ``summary`` (first line of the class
         docstring, ``""`` without one), ``class`` (``module.QualName``), ``source``, ``params``:
         one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
+        plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one,
         ``type`` as written in the annotation (``"any"`` when unannotated), ``default`` made
         JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
         Raises ConfigError for an unknown name.
         """
         cls = self.get(name)
-        hints = self.hints(name)
+        hints, ranges = self.hints(name), self.ranges(name)
         params = []
         for p, v in self.params(name).items():
             required = v.default is inspect.Parameter.empty
             params.append({
                 "name": p,
-                "type": type_name(hints.get(p, v.annotation)),
+                "type": type_name(hints.get(p, _strip(v.annotation))),
                 "default": None if required else _jsonable(v.default),
                 "required": required,
+                **({"range": str(ranges[p])} if p in ranges else {}),
             })
         return {
             "kind": self.kind, "section": self.section, "name": name, "summary": summary(cls),
@@ -117,9 +131,14 @@ class Registry(Generic[T]):
     def build(self, name: str, params: dict[str, Any], key: str) -> T:
         """Instantiate plugin ``name`` with ``params``.
 
+        Every number must be finite and inside the range its parameter declares
+        (:meth:`ranges`), checked before the constructor runs; the constructor checks what
+        depends on several parameters.
+
         Raises:
-            ConfigError: unknown name, unknown or missing parameter, or a value the plugin rejects
-                (its ValueError/TypeError message is kept), always naming ``key``.
+            ConfigError: unknown name, unknown or missing parameter, a value of the wrong type,
+                non-finite or out of its range (the range is in the message), or a value the
+                plugin rejects (its ValueError/TypeError message is kept), always naming ``key``.
         """
         cls = self.get(name, f"{key}.name")
         valid = self.params(name)
@@ -132,14 +151,37 @@ class Registry(Generic[T]):
         missing = [p for p, v in valid.items() if v.default is inspect.Parameter.empty and p not in params]
         if missing:
             raise ConfigError(f"{key}: {self.kind} {name!r} needs parameter(s) {', '.join(missing)}")
-        hints = self.hints(name)
+        hints, ranges = self.hints(name), self.ranges(name)
         for p, v in params.items():
             if p in hints and not matches(v, hints[p]):
                 raise ConfigError(f"{key}.{p}: expected {describe(hints[p])}, got {v!r}")
+            for item in (v if isinstance(v, (list, tuple)) else [v]):
+                problem = number_problem(item, ranges.get(p))
+                if problem:
+                    raise ConfigError(f"{key}.{p}: {problem}")
         try:
             return cls(**params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
+
+
+def _strip(hint: Any) -> Any:
+    """``Annotated[T, ...]`` → ``T`` (also inside ``T | None``); other hints unchanged."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return hint.__origin__
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = tuple(_strip(h) for h in typing.get_args(hint))
+        return typing.Union[args]
+    return hint
+
+
+def _range(hint: Any) -> Range | None:
+    """The Range declared in ``hint`` (``Annotated[...]``, possibly inside ``X | None``)."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return range_of(hint.__metadata__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((r for r in map(_range, typing.get_args(hint)) if r is not None), None)
+    return None
 
 
 def matches(value: Any, hint: Any) -> bool:

@@ -1,9 +1,17 @@
-"""Result rows: one flat JSON object per cell, appended to ``results.jsonl`` and flushed."""
+"""Result rows: one flat JSON object per cell, appended to ``results.jsonl`` and flushed.
+
+Rows are written with finite numbers only (a non-finite value is stored as ``null`` and named in
+``null_reasons``) and read defensively: a line that is not UTF-8, not JSON or not a row of the
+schema (:func:`row_problem`) is reported as damaged (file, line, why) and skipped, never raised.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +68,16 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The flat row. A non-finite number (NaN, ±inf) anywhere in it becomes None, and
+        ``null_reasons`` maps its dotted path to why (e.g. ``{"latency_p99_s": "measured inf"}``)."""
         d = asdict(self)
         extra = d.pop("extra")
-        return {**d, **{k: v for k, v in extra.items() if k not in d}}
+        row = {**d, **{k: v for k, v in extra.items() if k not in d}}
+        reasons: dict[str, str] = {}
+        row = _finite(row, "", reasons)
+        if reasons:
+            row["null_reasons"] = {**(row.get("null_reasons") or {}), **reasons}
+        return row
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Result":
@@ -77,32 +92,143 @@ class Result:
         return cls.from_dict(json.loads(line))
 
 
+def _finite(value: Any, path: str, reasons: dict[str, str]) -> Any:
+    """``value`` with every non-finite float (at any depth) replaced by None, noted in ``reasons``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        reasons[path] = f"measured {value!r}"
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), reasons) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", reasons) for i, v in enumerate(value)]
+    return value
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """One line of a results file that was skipped: ``file``, 1-based ``line`` (0: the whole
+    file), and ``why``."""
+
+    file: str
+    line: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.why}" if self.line else f"{self.file}: {self.why}"
+
+
 @dataclass
 class ResultsFile:
-    """Complete rows of a ``results.jsonl`` plus the 1-based numbers of lines that were damaged
-    (e.g. a truncated last line from a run killed mid-write)."""
+    """Valid rows of a ``results.jsonl`` (one per cell: a repeated cell keeps its last row, at
+    the place of its first), the damaged lines (e.g. a truncated last line from a run killed
+    mid-write, or a row of the wrong types) and the cell ids that had more than one row."""
 
     rows: list[dict[str, Any]]
     damaged_lines: list[int]
+    damaged: list[Damaged] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """One line per damaged line and one for the duplicates, for a user to read."""
+        out = [f"damaged row skipped: {d}" for d in self.damaged]
+        if self.duplicates:
+            out.append(f"{len(self.duplicates)} cell(s) had more than one row; the last row of each is used: "
+                       f"{', '.join(self.duplicates[:5])}{' …' if len(self.duplicates) > 5 else ''}")
+        return out
+
+
+def _schema() -> dict[str, tuple[Any, bool]]:
+    """Field → (annotation, required) of :class:`Result` (``extra`` aside)."""
+    hints = typing.get_type_hints(Result)
+    return {f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING)
+            for f in fields(Result) if f.name != "extra"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a Result annotation (str, int, float, bool, dict, ``X | None``)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    if value is None:
+        return type(None) in options
+    base = [h for h in options if h is not type(None)]
+    base = [typing.get_origin(h) or h for h in base]
+    if Any in base:
+        return True
+    if isinstance(value, bool):
+        return bool in base
+    if isinstance(value, int):
+        return int in base or float in base
+    return any(isinstance(value, b) for b in base if isinstance(b, type))
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` is not a valid result row (not an object, a required field missing, a field of
+    the wrong type, a non-finite number, an unknown status, a count below 1), or None."""
+    if not isinstance(row, dict):
+        return f"not a JSON object but {type(row).__name__}"
+    for name, (hint, required) in SCHEMA.items():
+        if name not in row:
+            if required:
+                return f"field {name!r} is missing"
+            continue
+        if not _fits(row[name], hint):
+            return f"field {name!r} has the wrong type ({type(row[name]).__name__}: {str(row[name])[:40]!r})"
+    if not row["cell_id"]:
+        return "field 'cell_id' is empty"
+    if row["status"] not in STATUSES:
+        return f"field 'status' is {row['status']!r}, not one of {', '.join(STATUSES)}"
+    small = next((k for k in ("batch_size", "seq_len", "threads") if row[k] < 1), None)
+    return f"field {small!r} is {row[small]!r}, below 1" if small else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a valid row, (None, why) otherwise."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte {exc.start} of the line)"
+    try:
+        row = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        return None, "not JSON: nested too deeply"
+    except ValueError as exc:
+        return None, f"not JSON ({str(exc).splitlines()[0][:80]})"
+    why = row_problem(row)
+    return (None, why) if why else (row, None)
 
 
 def read_results(path: Path) -> ResultsFile:
-    """Read every complete JSON row of ``path``; damaged lines are reported, never raised."""
-    rows, damaged = [], []
-    if not Path(path).exists():
-        return ResultsFile(rows, damaged)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or "cell_id" not in row:
-                    raise ValueError("not a result row")
-                rows.append(row)
-            except ValueError:
-                damaged.append(i)
-    return ResultsFile(rows, damaged)
+    """Read every valid row of ``path`` (see :class:`ResultsFile`); damaged lines and an
+    unreadable file are reported in the result, never raised. A missing file has no rows."""
+    path = Path(path)
+    out = ResultsFile([], [])
+    if not path.exists():
+        return out
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        out.damaged.append(Damaged(str(path), 0, f"cannot be read: {exc.strerror or exc}"))
+        return out
+    where: dict[str, int] = {}
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        row, why = _parse_line(raw)
+        if row is None:
+            out.damaged_lines.append(i)
+            out.damaged.append(Damaged(str(path), i, why or "damaged"))
+        elif row["cell_id"] in where:
+            out.rows[where[row["cell_id"]]] = row
+            if row["cell_id"] not in out.duplicates:
+                out.duplicates.append(row["cell_id"])
+        else:
+            where[row["cell_id"]] = len(out.rows)
+            out.rows.append(row)
+    return out
 
 
 def repair_tail(path: Path) -> bool:
@@ -127,3 +253,6 @@ def append_result(path: Path, result: Result) -> None:
         f.write(result.to_json() + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+SCHEMA: dict[str, tuple[Any, bool]] = _schema()

@@ -24,7 +24,7 @@ from profiler.config import Cell, Config, PluginSpec, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError
-from profiler.hardware import fingerprint
+from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
@@ -57,14 +57,34 @@ def git_commit() -> str | None:
         return None
 
 
-def new_run_dir(cfg: Config) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{n}"
-    return path
+def new_run_dir(cfg: Config, now: Callable[[], dt.datetime] = dt.datetime.now) -> Path:
+    """Create and return a new, empty run directory ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``.
+
+    Creation is the claim (``mkdir`` fails if the folder exists), so two runs started in the
+    same second, in one process or several, never share a folder: the later one gets the next
+    free suffix ``-2``, ``-3``, …. Raises ConfigError when the output folder cannot be written.
+    """
+    stamp = now().strftime("%Y%m%d-%H%M%S")
+    parent = Path(cfg.output_dir)
+    for n in range(1, 10_000):
+        path = parent / (f"{cfg.name}-{stamp}" if n == 1 else f"{cfg.name}-{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"run.output_dir: cannot create {path}: {exc.strerror or exc}") from None
+    raise ConfigError(f"run.output_dir: {parent} already has 9999 runs named {cfg.name}-{stamp}")
+
+
+def read_run_json(path: Path) -> Any:
+    """The JSON in run file ``path``. Raises ConfigError naming the file when it is not UTF-8 JSON
+    (a damaged run directory: start a new run)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); start a new run") from None
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -72,12 +92,10 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-        raw = manifest["config"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--resume: {path} is damaged ({type(exc).__name__}: {exc}); start a new run") from None
-    return parse_config(raw)
+    manifest = read_run_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise ConfigError(f"--resume: {path} is damaged (no 'config' table); start a new run")
+    return parse_config(manifest["config"])
 
 
 def preflight(cfg: Config, cache_dir: Path | None) -> None:
@@ -123,6 +141,23 @@ class RunDirLock:
         self._f.close()
 
 
+#: how :meth:`profiler.tasks.base.Task.evaluate_metrics` pads the accuracy pass
+ACCURACY_PADDING = "dynamic: length-sorted batches padded to their longest example, padding masked"
+
+
+def padding_fields(acc: Any, c: Cell, eval_batch_size: int) -> dict[str, Any]:
+    """Row fields stating the padding of the accuracy pass (``accuracy_padding``) against the
+    timing's (``timing_padding``), and ``padding_flag`` (why the accuracy may not match what was
+    timed) for an accelerator whose outputs depend on padding."""
+    out: dict[str, Any] = {"accuracy_padding": f"{ACCURACY_PADDING} (batches of {eval_batch_size})",
+                           "timing_padding": f"every example padded or truncated to seq_len {c.seq_len}"}
+    if getattr(acc, "padding_sensitive", False):
+        out["padding_flag"] = ("outputs depend on padding (activations quantized per tensor, pad positions "
+                               "included): the accuracy was measured with dynamic padding, not at seq_len "
+                               f"{c.seq_len} as timed")
+    return out
+
+
 def model_bytes(module: nn.Module) -> int:
     """Bytes of the module's serialized state_dict (packed INT8 and sparse buffers included)."""
     buf = io.BytesIO()
@@ -131,22 +166,27 @@ def model_bytes(module: nn.Module) -> int:
 
 
 class Runner:
-    """Executes ``cfg`` into ``run_dir``; finished cells already in ``results.jsonl`` are skipped."""
+    """Executes ``cfg`` into ``run_dir``; cells already in ``results.jsonl`` are skipped, except
+    failed ones when ``retry_failed`` (their new row then replaces the old one on read)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, cache_dir: Path | None = None, reporter: Reporter | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, cache_dir: Path | None = None, reporter: Reporter | None = None,
+                 retry_failed: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.retry_failed = retry_failed
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.reporter = reporter or Reporter()
         self.results_path = self.run_dir / RESULTS
         #: accuracy by model_id: cells with the same model share one accuracy pass
         self._accuracy: dict[str, float] = {}
+        #: every metric the task reports, as row fields ``metric_<name>``, by model_id
+        self._metrics: dict[str, dict[str, float]] = {}
 
     # ---- run-level files ----------------------------------------------------------------------
     def _write_run_files(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         hw_path = self.run_dir / HARDWARE
         if hw_path.exists():
-            hw = json.loads(hw_path.read_text())
+            hw = read_run_json(hw_path)
         else:
             hw = fingerprint()
             hw_path.write_text(json.dumps(hw, indent=1))
@@ -164,7 +204,9 @@ class Runner:
     def _idle(self, meter) -> IdlePower | None:
         path = self.run_dir / "idle_power.json"
         if path.exists():
-            d = json.loads(path.read_text())
+            d = read_run_json(path)
+            if not (isinstance(d, dict) and isinstance(d.get("watts"), dict) and isinstance(d.get("duration_s"), (int, float))):
+                raise ConfigError(f"{path} is damaged (needs 'watts' per domain and 'duration_s'); start a new run")
             return IdlePower(watts=d["watts"], duration_s=d["duration_s"])
         if self.cfg.measure.idle_seconds <= 0:
             return None
@@ -188,20 +230,22 @@ class Runner:
         self.hw = hw
         if repair_tail(self.results_path):
             self.reporter.message("cut a partial last line from results.jsonl (killed mid-write)")
-        rows = read_results(self.results_path).rows
-        done = {r["cell_id"] for r in rows}
+        rf = read_results(self.results_path)
+        for line in rf.warnings():
+            self.reporter.message(f"warning: {line}")
+        rows = rf.rows
+        done = {r["cell_id"] for r in rows if not (self.retry_failed and r["status"] == "failed")}
         for r in rows:
             if r.get("status") == "ok" and r.get("accuracy") is not None:
-                self._accuracy.setdefault(r.get("model_id") or ids_of_row(r)["model_id"], r["accuracy"])
+                mid = r.get("model_id") or ids_of_row(r)["model_id"]
+                self._accuracy.setdefault(mid, r["accuracy"])
+                self._metrics.setdefault(mid, {k: v for k, v in r.items() if k.startswith("metric_") and k != "metric_name"})
         cells = expand(self.cfg)
         todo = [c for c in cells if c.cell_id not in done]
         self.reporter.start(len(cells), len(cells) - len(todo))
         if not todo:
             return self.run_dir
-        cores = os.cpu_count() or 1
-        for th in self.cfg.threads:
-            if th > cores:
-                self.reporter.message(f"warning: threads={th} exceeds the {cores} logical CPUs here; latency will suffer")
+        self._warn_oversubscription()
         meter = METERS.build(self.cfg.meter.name, self.cfg.meter.params, "meter")
         idle = self._idle(meter)
         meter.start()
@@ -214,6 +258,15 @@ class Runner:
         finally:
             meter.stop()
         return self.run_dir
+
+    def _warn_oversubscription(self) -> None:
+        """Warn for a thread count above the CPUs this process may use (its affinity mask, which
+        ``taskset`` and cgroup cpusets narrow below ``os.cpu_count()``)."""
+        cpus = cpu_affinity()
+        for th in self.cfg.threads:
+            if th > len(cpus):
+                self.reporter.message(f"warning: threads={th} exceeds the {len(cpus)} CPUs this process may use "
+                                      f"(affinity {cpu_list_text(cpus)}); latency will suffer")
 
     def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
         try:
@@ -300,6 +353,7 @@ class Runner:
             return None
         row.device = acc.device
         row.extra["compute_precision"] = acc.compute_precision
+        row.extra.update(padding_fields(acc, c, self.cfg.measure.eval_batch_size))
         try:
             torch.set_num_threads(c.threads)
             example = task.example_inputs(c.batch_size, c.seq_len)
@@ -318,8 +372,11 @@ class Runner:
         try:
             if c.model_id not in self._accuracy:
                 with torch.inference_mode():
-                    self._accuracy[c.model_id] = task.evaluate(module, self.cfg.measure.eval_batch_size)
+                    metrics = task.evaluate_metrics(module, self.cfg.measure.eval_batch_size)
+                self._accuracy[c.model_id] = metrics[task.metric_name]
+                self._metrics[c.model_id] = {f"metric_{k}": v for k, v in metrics.items()}
             row.accuracy = self._accuracy[c.model_id]
+            row.extra.update(self._metrics.get(c.model_id, {}))
             self._record(row, "ok", None)
         except Exception as exc:
             self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
@@ -331,6 +388,7 @@ class Runner:
         row, (module, call) = prepared
         try:
             torch.set_num_threads(c.threads)
+            row.extra.update(thread_fields(torch.get_num_threads()))
             before = snapshot()
             timed = measure_one(call, self.cfg.measure, meter, idle, c.batch_size)
             self._contention([row], other_busy_cpus(before, snapshot()))
@@ -354,6 +412,8 @@ class Runner:
                               f"{c0.threads} thread(s)")
         try:
             torch.set_num_threads(c0.threads)
+            for v in live.values():
+                v[1].extra.update(thread_fields(torch.get_num_threads()))
             before = snapshot()
             timed = measure_group({k: v[3] for k, v in live.items()}, c0.batch_size, self.cfg.measure, meter, idle,
                                   seed=self.cfg.seed)

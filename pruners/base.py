@@ -7,11 +7,12 @@ LayerNorm, pooler and classifier are never prunable targets.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Annotated, Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
+from accelerators.params import Range
 from accelerators.roles import ALL_ROLES, ROLE_PATTERNS, linears_by_role
 
 #: ``progress(step, total, loss, sparsity)``: called after each training step of a training pruner
@@ -141,6 +142,10 @@ class NoPruner(Pruner):
 
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         return sparsity_report(model)
+
+
+#: a pruner's target sparsity (fraction of prunable weights set to zero)
+Sparsity = Annotated[float, Range(0.0, 1.0, hi_open=True)]
 
 
 def check_sparsity(sparsity: float) -> float:

@@ -17,13 +17,14 @@ import math
 import time
 import typing
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from accelerators.base import logits_of
-from pruners.base import ALL_ROLES, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from accelerators.params import Range
+from pruners.base import ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
 from pruners.distill import Distiller, check_distill
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
@@ -75,23 +76,23 @@ class TrainingPruner(Pruner):
 
     def __init__(
         self,
-        sparsity: float = 0.9,
-        initial_sparsity: float = 0.0,
-        steps: int = 1000,
-        start_frac: float = 0.0,
-        end_frac: float = 0.7,
-        update_every: int = 10,
-        lr: float = 1e-4,
-        batch_size: int = 32,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.01,
+        sparsity: Sparsity = 0.9,
+        initial_sparsity: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
+        steps: Annotated[int, Range(1, 10_000_000)] = 1000,
+        start_frac: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
+        end_frac: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.7,
+        update_every: Annotated[int, Range(1, 10_000_000)] = 10,
+        lr: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1e-4,
+        batch_size: Annotated[int, Range(1, 65536)] = 32,
+        warmup_steps: Annotated[int, Range(0, 10_000_000)] = 0,
+        weight_decay: Annotated[float, Range(0.0, 1.0)] = 0.01,
         distill: bool = False,
-        temperature: float = 2.0,
-        alpha: float = 0.9,
+        temperature: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 2.0,
+        alpha: Annotated[float, Range(0.0, 1.0)] = 0.9,
         structure: str = "unstructured",
         scope: str = "layer",
         roles: Sequence[str] = ALL_ROLES,
-        seed: int = 0,
+        seed: Annotated[int, Range(0, 2**32 - 1)] = 0,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         self.initial_sparsity = _num("initial_sparsity", initial_sparsity, 0.0, self.sparsity)
@@ -230,7 +231,8 @@ def training_params(**defaults: Any) -> Callable[[Callable[..., None]], Callable
             bound.apply_defaults()
             init(**bound.arguments)
 
-        hints = {**typing.get_type_hints(TrainingPruner.__init__), **typing.get_type_hints(init)}
+        hints = {**typing.get_type_hints(TrainingPruner.__init__, include_extras=True),
+                 **typing.get_type_hints(init, include_extras=True)}
         __init__.__signature__ = sig  # type: ignore[attr-defined]
         __init__.__annotations__ = {k: v for k, v in hints.items() if k in sig.parameters or k == "return"}
         return __init__

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pruners.base import ALL_ROLES, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from pruners.base import ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
 from pruners.masks import MaskSet
 from pruners.schedules import OneShot
 from pruners.scores import MagnitudeScore
@@ -27,7 +27,7 @@ class MagnitudePruner(Pruner):
 
     name = "magnitude"
 
-    def __init__(self, sparsity: float = 0.9, scope: str = "layer", roles: Sequence[str] = ALL_ROLES, structure: str = "unstructured") -> None:
+    def __init__(self, sparsity: Sparsity = 0.9, scope: str = "layer", roles: Sequence[str] = ALL_ROLES, structure: str = "unstructured") -> None:
         self.sparsity = check_sparsity(sparsity)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")

@@ -16,11 +16,12 @@ that over ~10 epochs; with a budget of a few hundred steps the model can collaps
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from accelerators.params import Range
 from pruners.gmp import TrainingPruner, _num, training_params
 from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score
 
@@ -55,7 +56,7 @@ class MovementPruner(TrainingPruner):
         variant: str = "hard",
         init: str = "pretrained",
         score_optimizer: str = "adam",
-        score_lr: float = 1e-2,
+        score_lr: Annotated[float, Range(0.0, 10.0, lo_open=True)] = 1e-2,
         **training: Any,
     ) -> None:
         if variant not in VARIANTS:

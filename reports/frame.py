@@ -85,8 +85,9 @@ def is_flagged(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A real number (Python or numpy), not a bool, None or NaN."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and not math.isnan(v)
+    """A finite real number (Python or numpy), not a bool, None, NaN or ±inf: an infinite latency
+    must become a gap, never a savings factor of 0×."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
 
 
 def positive(v: Any) -> bool:
@@ -218,8 +219,10 @@ def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Seri
 
 
 def load_json(path: Path) -> dict:
-    """The JSON object in ``path``, or {} when the file is missing or unreadable."""
+    """The JSON object in ``path``, or {} when the file is missing, unreadable, not UTF-8 JSON
+    or not an object."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        d = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
+    return d if isinstance(d, dict) else {}

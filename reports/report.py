@@ -21,7 +21,7 @@ def _cell_table(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         method = r.get("energy_method") or "unavailable"
-        spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" ⛔" if is_flagged(r.get("contention_flag")) else "")
+        spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" [busy]" if is_flagged(r.get("contention_flag")) else "")
         rows.append([
             r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
             kernel_variant_text(r.get("kernel_variant"), r.get("kernel_variant_used")),
@@ -96,7 +96,8 @@ def build_report_html(run_dir: Path) -> str:
                 "<p class='note'>No verdict: the run needs a dense fp32 cell (pruner none) with an accuracy in each shape.</p>"))
     methods = sorted(df.loc[df["status"] == "ok", "energy_method"].dropna().unique())
     if any(m != "measured" for m in methods):
-        reasons = "; ".join(sorted({str(r) for r in df.get("energy_reason", pd.Series(dtype=str)).dropna().unique()}))
+        reasons = "; ".join(sorted({str(r) for col in ("energy_estimated_because", "energy_reason")
+                                    for r in df.get(col, pd.Series(dtype=str)).dropna().unique()}))
         head.append(
             "<div class='warn'>Energy here is " + ", ".join(badge(m) for m in methods)
             + (" — not a measurement." if "estimated" in methods else ".")
@@ -104,7 +105,7 @@ def build_report_html(run_dir: Path) -> str:
         )
     contended = int(df["contention_flag"].map(is_flagged).sum()) if "contention_flag" in df else 0
     if contended:
-        head.append(f"<div class='warn'>⛔ {contended} cell(s) were timed while other processes kept more than "
+        head.append(f"<div class='warn'>[busy] {contended} cell(s) were timed while other processes kept more than "
                     "0.2 CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
@@ -114,7 +115,8 @@ def build_report_html(run_dir: Path) -> str:
         "<h2>Savings factors</h2>", _savings(df),
     ]
     sections.append(multiply_section(df))
-    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; ⛔ a cell timed while other processes were busy. "
+    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; [busy] a cell timed while other processes were busy; "
+                 "— a value that was not measured or not finite (see the row's <code>null_reasons</code>). "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)

@@ -134,13 +134,14 @@ typedef struct {
     int token_split;
 } sk_plan;
 
-/* Options and buffers of one spmm-family call, validated by sk_spmm_acquire. */
+/* The Python arguments of one spmm-family call as parsed (defaults: SK_SPMM_OPTS_INIT). */
 typedef struct {
     PyObject *mat, *x, *out, *bias, *variant, *split, *activation, *residual, *ln_weight, *ln_bias;
     double ln_eps;
     int threads, tile, token_block;
 } sk_spmm_opts;
 
+/* What sk_spmm_acquire checked and acquired from them. */
 typedef struct {
     sk_args bufs;        /* every buffer acquired for the call; sk_args_release(&c->bufs) frees them */
     SKMatrix *m;

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from profiler.energy import safe_availability, worst_method
 from profiler.meters.base import EnergyMeter, Reading
-from profiler.meters.estimate import EstimateMeter
+from profiler.meters.estimate import DEFAULT_MEMORY_W_PER_GB, EstimateMeter, Watts, WattsPerGB
 from profiler.meters.rapl import DEFAULT_ROOT, RaplMeter
 
 
@@ -37,8 +37,8 @@ class AutoMeter(EnergyMeter):
         self,
         rapl_root: str = DEFAULT_ROOT,
         gpu: bool = True,
-        tdp_w: float | None = None,
-        memory_w_per_gb: float = 0.375,
+        tdp_w: Watts | None = None,
+        memory_w_per_gb: WattsPerGB = DEFAULT_MEMORY_W_PER_GB,
         *,
         meters: dict[str, EnergyMeter | None] | None = None,
     ):

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
+
+from accelerators.params import Range
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -49,7 +51,7 @@ class CodecarbonMeter(EnergyMeter):
         self,
         country_iso_code: str = "USA",
         tracking_mode: str = "machine",
-        measure_power_secs: float = 1.0,
+        measure_power_secs: Annotated[float, Range(0.1, 3600.0)] = 1.0,
         *,
         tracker_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -23,7 +23,9 @@ import os
 import platform
 import re
 import time
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
+
+from accelerators.params import Range
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -100,6 +102,11 @@ FAMILY_RULES: list[tuple[str, float, str]] = [
 
 DEFAULT_W_PER_CORE = 10.0
 DEFAULT_MEMORY_W_PER_GB = 0.375  # codecarbon: 3 W per 8 GB
+# Meter settings: ranges the registry enforces. Upper bounds are far above any real machine
+# (a 100 kW CPU, 100 W per GB) so that only typos and unit mix-ups (mW for W) are rejected.
+Watts = Annotated[float, Range(0.0, 100_000.0)]
+WattsPerGB = Annotated[float, Range(0.0, 100.0)]
+Count = Annotated[int, Range(1, 1_000_000)]
 
 
 def normalise_cpu_model(model: str) -> str:
@@ -205,14 +212,14 @@ class EstimateMeter(EnergyMeter):
 
     def __init__(
         self,
-        tdp_w: float | None = None,
-        memory_w_per_gb: float = DEFAULT_MEMORY_W_PER_GB,
-        default_w_per_core: float = DEFAULT_W_PER_CORE,
+        tdp_w: Watts | None = None,
+        memory_w_per_gb: WattsPerGB = DEFAULT_MEMORY_W_PER_GB,
+        default_w_per_core: Watts = DEFAULT_W_PER_CORE,
         cpu_model: str | None = None,
-        logical_cpus: int | None = None,
-        physical_cores: int | None = None,
-        sockets: int | None = None,
-        ram_gb: float | None = None,
+        logical_cpus: Count | None = None,
+        physical_cores: Count | None = None,
+        sockets: Count | None = None,
+        ram_gb: Annotated[float | None, Range(0.0, 1_000_000.0, lo_open=True)] = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         cpu_time: Callable[[], float] | None = None,

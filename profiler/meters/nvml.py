@@ -19,7 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
+
+from accelerators.params import Range
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -77,8 +79,8 @@ class NvmlMeter(EnergyMeter):
 
     def __init__(
         self,
-        devices: list[int] | None = None,
-        poll_hz: float = 20.0,
+        devices: Annotated[list[int] | None, Range(0, 1023)] = None,
+        poll_hz: Annotated[float, Range(10.0, 10_000.0)] = 20.0,
         force_poll: bool = False,
         *,
         nvml: Any = None,

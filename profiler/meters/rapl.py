@@ -32,7 +32,9 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
+
+from accelerators.params import Range
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -93,7 +95,7 @@ class RaplMeter(EnergyMeter):
         self,
         root: str = DEFAULT_ROOT,
         include_subdomains: bool = False,
-        default_max_power_w: float = DEFAULT_MAX_POWER_W,
+        default_max_power_w: Annotated[float, Range(1.0, 100_000.0)] = DEFAULT_MAX_POWER_W,
         *,
         reader: Callable[[str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -1,6 +1,7 @@
 """Task plugins: model + data + metric."""
 from profiler.tasks.base import Example, Task, default_cache_dir
 from profiler.tasks.sst2 import SST2
+from profiler.tasks.text_classification import TextClassification
 from profiler.tasks.tiny_synthetic import TinySynthetic
 
-__all__ = ["Example", "SST2", "Task", "TinySynthetic", "default_cache_dir"]
+__all__ = ["Example", "SST2", "Task", "TextClassification", "TinySynthetic", "default_cache_dir"]

@@ -22,10 +22,12 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class Example:
-    """One tokenized example: ``input_ids`` (list of int token ids) and an int or float ``label``."""
+    """One tokenized example: ``input_ids`` (list of int token ids), an int or float ``label``, and
+    ``token_type_ids`` (segment ids of a sentence pair; None = all zeros)."""
 
     input_ids: list[int]
     label: float
+    token_type_ids: list[int] | None = None
 
 
 class Task:
@@ -37,9 +39,11 @@ class Task:
     """
 
     name: ClassVar[str] = ""
-    metric_name: ClassVar[str] = "accuracy"
+    metric_name: str = "accuracy"
     pad_id: int = 0
     num_labels: int = 2
+    #: whether the model takes ``token_type_ids`` (DistilBERT does not)
+    uses_token_types: bool = True
 
     # fine-tuning hyper-parameters, set by subclasses' constructors
     finetune_steps: int = 0
@@ -90,17 +94,23 @@ class Task:
         """Pad ``examples`` to their longest (or ``pad_to``) length; padding masked with attention_mask=0.
 
         Returns ``(inputs, labels)``: int64 tensors (batch, seq) for ``input_ids``,
-        ``attention_mask`` and ``token_type_ids``, and labels (batch,).
+        ``attention_mask`` and (when :attr:`uses_token_types`) ``token_type_ids``, and labels (batch,).
         """
         length = pad_to or max(len(e.input_ids) for e in examples)
         ids = torch.full((len(examples), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(examples), length), dtype=torch.long)
+        types = torch.zeros_like(ids)
         for i, e in enumerate(examples):
             seq = e.input_ids[:length]
             ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[i, : len(seq)] = 1
+            if e.token_type_ids is not None:
+                types[i, : len(seq)] = torch.tensor(e.token_type_ids[:length], dtype=torch.long)
         labels = torch.tensor([e.label for e in examples])
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}, labels
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if self.uses_token_types:
+            inputs["token_type_ids"] = types
+        return inputs, labels
 
     def example_inputs(self, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         """A timing batch: the first ``batch_size`` eval examples padded/truncated to exactly ``seq_len``."""
@@ -111,8 +121,12 @@ class Task:
     def calibration_inputs(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
         """The first ``n`` training examples, one per batch (int64 tensors (1, length)): the
         calibration data of post-training quantization."""
-        for e in self.train_examples()[:n]:
+        for e in self.calibration_examples()[:n]:
             yield self.collate([e])[0]
+
+    def calibration_examples(self) -> list[Example]:
+        """Where :meth:`calibration_inputs` draws from: the training examples."""
+        return self.train_examples()
 
     def train_batches(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Endless shuffled training batches, length-bucketed (chunks of 50 batches sorted by length)
@@ -184,9 +198,17 @@ class Task:
                 progress(step + 1, steps, loss.detach().item())
         model.eval()
 
-    @torch.inference_mode()
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Every metric the task reports, headline (:attr:`metric_name`) first; default: the headline only."""
+        return {self.metric_name: self.metric(logits, labels)}
+
     def evaluate(self, module: nn.Module, batch_size: int = 64) -> float:
-        """The task metric over the whole eval split, in a fixed order, padding masked.
+        """The headline metric (:attr:`metric_name`) over the whole eval split (see :meth:`evaluate_metrics`)."""
+        return self.evaluate_metrics(module, batch_size)[self.metric_name]
+
+    @torch.inference_mode()
+    def evaluate_metrics(self, module: nn.Module, batch_size: int = 64) -> dict[str, float]:
+        """Every metric of :meth:`metrics` over the whole eval split, in a fixed order, padding masked.
 
         Examples are batched in length order (dynamic padding), which changes no prediction because
         padding positions are masked out of attention.
@@ -201,7 +223,7 @@ class Task:
             for j, i in enumerate(idx):
                 logits[i] = out[j]
         labels = torch.tensor([e.label for e in ex])
-        return self.metric(torch.stack(logits), labels)
+        return self.metrics(torch.stack(logits), labels)
 
 
 def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any | None:

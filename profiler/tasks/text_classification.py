@@ -1,0 +1,223 @@
+"""``text-classification``: any supported BERT-family model on any labelled text.
+
+The model is a local transformers folder, a hub id in the local cache, or the packaged
+all-MiniLM-L6-v2 (:mod:`profiler.tasks.modelsource`); the data a packaged GLUE set (SST-2, MRPC,
+STS-B) or the user's CSV / TSV / JSONL files (:mod:`profiler.tasks.textdata`). Everything that can
+be wrong with them (missing files or columns, labels outside the head, a regression metric on a
+classification head, an unsupported architecture) raises ValueError in the constructor, i.e. when
+the config is validated, before any model is built.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from profiler.tasks import modelsource, textdata
+from profiler.tasks.base import Example, Task
+
+
+class TextClassification(Task):
+    """Sequence classification or regression on labelled text, with the metric of your choice.
+
+    Args:
+        model: local model folder (config, weights, tokenizer), hub id (only from the local cache,
+            or when the hub is reachable), or None for the packaged all-MiniLM-L6-v2.
+        glue: ``"sst2"``, ``"mrpc"`` or ``"stsb"``: the packaged GLUE train/dev split (columns
+            and metric preset). Exclusive with ``eval_file``.
+        train_file / eval_file: ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` files; train only
+            needed for fine-tuning and training pruners.
+        text_column / text_pair_column / label_column: column names (default ``text`` / none /
+            ``label``; GLUE presets name their own).
+        metric: ``accuracy``, ``f1``, ``matthews`` (class labels) or ``pearson``, ``spearman``
+            (one regression output); default: the GLUE preset's, else accuracy.
+        finetune_steps: 0 = use the model as given (it must have its classification head);
+            otherwise fine-tune (AdamW, linear warm-up/decay) and cache the result.
+        finetune_batch_size, finetune_lr, seed, max_length: fine-tuning and tokenization.
+        data_dir: folder with the GLUE ``train.tsv``/``dev.tsv``; default: the packaged copy.
+    """
+
+    name = "text-classification"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        glue: str | None = None,
+        train_file: str | None = None,
+        eval_file: str | None = None,
+        text_column: str | None = None,
+        text_pair_column: str | None = None,
+        label_column: str | None = None,
+        metric: str | None = None,
+        finetune_steps: int = 0,
+        finetune_batch_size: int = 32,
+        finetune_lr: float = 5e-5,
+        seed: int = 0,
+        max_length: int = 128,
+        data_dir: str | None = None,
+    ) -> None:
+        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length)
+        self.model_arg, self.glue = model, glue
+        self._data_source(glue, train_file, eval_file, data_dir, (text_column, text_pair_column, label_column))
+        self._pick_metric(metric)
+        self.model_path = modelsource.resolve_model(model)
+        self._check_model()
+        self._read_data()
+
+    # ---- construction-time checks -------------------------------------------------------------
+    def _data_source(self, glue, train_file, eval_file, data_dir, columns) -> None:
+        if glue is not None:
+            if glue not in textdata.GLUE:
+                raise ValueError(f"glue: unknown GLUE task {glue!r}; packaged: {', '.join(textdata.GLUE)}")
+            if eval_file or train_file or any(columns):
+                raise ValueError("glue: give either glue or train_file/eval_file with their columns, not both")
+            folder = Path(data_dir) if data_dir else textdata.packaged_glue_dir(glue)
+            self.train_path, self.eval_path = folder / "train.tsv", folder / "dev.tsv"
+            for f in (self.train_path, self.eval_path):
+                if not f.is_file():
+                    raise ValueError(f"data_dir: missing data file {f}")
+            p = textdata.GLUE[glue]
+            self.text_column, self.text_pair_column, self.label_column = p.text_column, p.text_pair_column, p.label_column
+            return
+        if not eval_file:
+            raise ValueError("give glue = 'sst2' | 'mrpc' | 'stsb', or eval_file (and train_file to fine-tune)")
+        self.train_path = Path(train_file) if train_file else None
+        self.eval_path = Path(eval_file)
+        self.text_column = columns[0] or "text"
+        self.text_pair_column = columns[1]
+        self.label_column = columns[2] or "label"
+
+    def _pick_metric(self, metric: str | None) -> None:
+        preset = textdata.GLUE.get(self.glue or "")
+        self.metric_name = metric or (preset.metric if preset else "accuracy")
+        if self.metric_name not in textdata.METRICS:
+            raise ValueError(f"metric: unknown metric {self.metric_name!r}; valid: {', '.join(textdata.METRICS)}")
+        self.regression = textdata.METRICS[self.metric_name]
+        if preset and self.metric_name == preset.metric:
+            also = preset.also
+        else:
+            also = ("pearson", "spearman") if self.regression else ()
+        self.also_metrics = tuple(m for m in also if m != self.metric_name)
+
+    def _check_model(self) -> None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.model_path)
+        self.model_type = modelsource.check_architecture(config)
+        self.has_head = modelsource.has_classification_head(config)
+        self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
+        self.pair_token_types = getattr(config, "type_vocab_size", 0) > 1
+        labels = dict(getattr(config, "label2id", None) or {})
+        self.label2id = {k: int(v) for k, v in labels.items() if not k.startswith("LABEL_")}
+        if self.has_head:
+            self.num_labels = int(config.num_labels)
+            if self.regression != (self.num_labels == 1):
+                want = "a regression head (num_labels = 1)" if self.regression else "a classification head (num_labels >= 2)"
+                raise ValueError(f"metric: {self.metric_name!r} needs {want}; the model's head has num_labels = {self.num_labels}")
+        elif self.finetune_steps == 0:
+            raise ValueError(f"model: {self.model_path} has no sequence-classification head; set finetune_steps > 0 "
+                             "to train one, or give a fine-tuned model")
+
+    def _read_data(self) -> None:
+        """Read, check and keep the raw rows (texts and parsed labels); tokenized lazily."""
+        self._raw: dict[str, tuple[list[str], list[str] | None, list[float]]] = {}
+        for split, path in (("eval", self.eval_path), ("train", self.train_path)):
+            if path is None:
+                continue
+            rows = textdata.read_rows(path)
+            textdata.check_columns(rows, (self.text_column, self.text_pair_column, self.label_column), str(path))
+            labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id, str(path))
+            texts = [str(r[self.text_column]).strip() for r in rows]
+            pairs = [str(r[self.text_pair_column]).strip() for r in rows] if self.text_pair_column else None
+            self._raw[split] = (texts, pairs, labels)
+        if self.finetune_steps > 0 and "train" not in self._raw:
+            raise ValueError("finetune_steps > 0 needs train_file")
+        if not self.regression:
+            if not self.has_head:
+                self.num_labels = max(2, 1 + int(max(max(v[2]) for v in self._raw.values())))
+            for split, (_, _, labels) in self._raw.items():
+                where = str(self.eval_path if split == "eval" else self.train_path)
+                textdata.check_label_range(labels, self.num_labels, where)
+        elif not self.has_head:
+            self.num_labels = 1
+
+    # ---- Task hooks -----------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        files = {s: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+                 for s, p in (("train", self.train_path), ("eval", self.eval_path)) if p is not None}
+        return {
+            "task": self.name, "model": self.model_arg or "all-MiniLM-L6-v2",
+            "model_files": modelsource.folder_fingerprint(self.model_path), "data": files,
+            "columns": [self.text_column, self.text_pair_column, self.label_column], "metric": self.metric_name,
+            "num_labels": self.num_labels, "steps": self.finetune_steps, "batch": self.finetune_batch_size,
+            "lr": self.finetune_lr, "seed": self.seed, "max_length": self.max_length,
+        }
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.model_path)
+
+    @property
+    def pad_id(self) -> int:  # type: ignore[override]
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def base_model(self) -> nn.Module:
+        """The model as saved (``has_head``), or the encoder with a new head of ``num_labels`` outputs
+        initialised from ``seed``."""
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging
+
+        if self.has_head:
+            return self.load_saved(self.model_path)
+        torch.manual_seed(self.seed)
+        extra = {"problem_type": "regression"} if self.regression else {}
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=self.num_labels, **extra)
+        finally:
+            logging.set_verbosity(verbosity)
+
+    def _encode(self, split: str) -> list[Example]:
+        texts, pairs, labels = self._raw[split]
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        types = enc.get("token_type_ids") if self.pair_token_types and pairs is not None else None
+        return [Example(ids, lab, types[i] if types is not None else None)
+                for i, (ids, lab) in enumerate(zip(enc["input_ids"], labels))]
+
+    @cached_property
+    def _train(self) -> list[Example]:
+        if "train" not in self._raw:
+            raise ValueError(f"task {self.name!r}: no training data (give train_file) for fine-tuning or a training pruner")
+        return self._encode("train")
+
+    @cached_property
+    def _eval(self) -> list[Example]:
+        return self._encode("eval")
+
+    def train_examples(self) -> list[Example]:
+        return self._train
+
+    def eval_examples(self) -> list[Example]:
+        return self._eval
+
+    def calibration_examples(self) -> list[Example]:
+        """The training examples, or the eval examples when there is no training data."""
+        return self.train_examples() if "train" in self._raw else self.eval_examples()
+
+    def metric(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return textdata.compute_metric(self.metric_name, logits, labels)
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {m: textdata.compute_metric(m, logits, labels) for m in (self.metric_name, *self.also_metrics)}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+        return nn.functional.cross_entropy(logits, labels.long())

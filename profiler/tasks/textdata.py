@@ -1,0 +1,155 @@
+"""Labelled text for classification and regression tasks: the packaged GLUE sets, the user's own
+CSV / TSV / JSONL files, and the metrics computed on them.
+
+One code path reads every file (GLUE's TSVs included): TSV with quoting OFF (GLUE sentences hold
+unbalanced quotes), CSV with standard quoting, JSONL one object per line; strict UTF-8. Every
+error is a ValueError naming the file and what is wrong, raised before any model work.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+#: metric name -> True when it scores a regression head (one output), False for classification
+METRICS: dict[str, bool] = {"accuracy": False, "f1": False, "matthews": False, "pearson": True, "spearman": True}
+
+
+@dataclass(frozen=True)
+class GluePreset:
+    """A packaged GLUE task: its columns, headline metric and the metrics reported beside it."""
+
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    metric: str
+    also: tuple[str, ...]
+
+
+GLUE: dict[str, GluePreset] = {
+    "sst2": GluePreset("sentence", None, "label", "accuracy", ()),
+    "mrpc": GluePreset("sentence1", "sentence2", "label", "f1", ("accuracy",)),
+    "stsb": GluePreset("sentence1", "sentence2", "score", "spearman", ("pearson",)),
+}
+
+
+def packaged_glue_dir(task: str) -> Path:
+    """Folder of the packaged GLUE ``train.tsv``/``dev.tsv`` of ``task`` (a key of :data:`GLUE`)."""
+    return Path(str(resources.files("profiler") / "data" / task))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` file as dicts keyed by column.
+
+    Raises ValueError when the file is missing, not UTF-8, of another extension, has no data rows,
+    or a JSONL line is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {path} does not exist")
+    kind = path.suffix.lower()
+    if kind not in (".csv", ".tsv", ".jsonl"):
+        raise ValueError(f"data file {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"data file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    if kind == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"data file {path} line {i}: not JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"data file {path} line {i}: expected a JSON object per line")
+                rows.append(obj)
+    else:
+        quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
+        reader = csv.reader(text.splitlines(), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
+        header = next(reader, None) or []
+        rows = [dict(zip(header, row)) for row in reader if row]
+    if not rows:
+        raise ValueError(f"data file {path} has no data rows")
+    return rows
+
+
+def check_columns(rows: list[dict[str, Any]], columns: Iterable[str | None], where: str) -> None:
+    """ValueError naming the missing column(s) and the ones present, unless every row has every column."""
+    want = [c for c in columns if c]
+    for i, row in enumerate(rows):
+        missing = [c for c in want if c not in row]
+        if missing:
+            raise ValueError(f"{where}: column(s) {missing} missing (row {i + 1}); columns present: {sorted(row)}")
+
+
+def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], where: str) -> list[float]:
+    """Labels as floats (regression) or class indices. A class label is an int, a string of one,
+    or a name in ``label2id``. Raises ValueError on the first label that is neither."""
+    out: list[float] = []
+    for i, v in enumerate(values):
+        try:
+            if regression:
+                out.append(float(v))
+            elif isinstance(v, str) and v.strip() in label2id:
+                out.append(label2id[v.strip()])
+            else:
+                f = float(v)
+                if f != int(f):
+                    raise ValueError
+                out.append(int(f))
+        except (TypeError, ValueError):
+            kind = "a number" if regression else f"a class index or one of {sorted(label2id)}"
+            raise ValueError(f"{where}: label {v!r} (row {i + 1}) is not {kind}") from None
+    return out
+
+
+def check_label_range(labels: list[float], num_labels: int, where: str) -> None:
+    """ValueError when a class index lies outside the head's ``[0, num_labels)``."""
+    bad = sorted({int(x) for x in labels if not 0 <= x < num_labels})
+    if bad:
+        raise ValueError(f"{where}: labels {bad[:10]} are outside the model head's range 0..{num_labels - 1} "
+                         f"(num_labels = {num_labels})")
+
+
+def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """``name`` (a key of :data:`METRICS`) of float logits (n, num_labels) against labels (n,).
+
+    accuracy / f1 (positive class 1) / matthews use argmax predictions; pearson / spearman the
+    single regression output. A constant prediction or label gives 0.0 correlation (not NaN).
+    """
+    if METRICS[name]:
+        pred, gold = logits.reshape(-1).double(), labels.double()
+        if name == "spearman":
+            pred, gold = _ranks(pred), _ranks(gold)
+        return _pearson(pred, gold)
+    pred, gold = logits.argmax(-1), labels.long()
+    if name == "accuracy":
+        return float((pred == gold).double().mean())
+    tp = float(((pred == 1) & (gold == 1)).sum())
+    fp = float(((pred == 1) & (gold != 1)).sum())
+    fn = float(((pred != 1) & (gold == 1)).sum())
+    if name == "f1":
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    tn = float(len(gold)) - tp - fp - fn  # matthews, binary
+    den = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    return (tp * tn - fp * fn) / den if den else 0.0
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    den = float((x.square().sum() * y.square().sum()).sqrt())
+    return float((x * y).sum()) / den if den else 0.0
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks from 1 with ties sharing their average rank (as Spearman's rho needs)."""
+    from scipy.stats import rankdata
+
+    return torch.from_numpy(rankdata(x.numpy())).double()

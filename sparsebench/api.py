@@ -1,0 +1,126 @@
+"""``sparsebench.profile``: the profiling matrix of one model and its data, from Python.
+
+The model, tokenizer and data are written as files (a transformers folder and JSONL) and the
+matrix runs through the same ``text-classification`` task, config validation and runner as
+``sparsebench run``, so a notebook's rows are exactly a CLI run's rows.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+#: the pruner and accelerator of a plain dense fp32 baseline
+DEFAULT_PRUNERS: tuple[dict[str, Any], ...] = ({"name": "none"},)
+DEFAULT_ACCELERATORS: tuple[dict[str, Any], ...] = ({"name": "torch-fp32"},)
+
+
+def records_of(data: Any, what: str) -> list[dict[str, Any]]:
+    """Rows of ``data`` as dicts: a list of dicts, a pandas DataFrame or a ``datasets.Dataset``
+    (``datasets`` is optional; anything iterable of mappings works). Raises ValueError when empty
+    or not made of mappings."""
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
+        rows = data.to_dict("records")
+    elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
+        rows = data.to_list()
+    else:
+        rows = list(data)
+    if not rows:
+        raise ValueError(f"{what}: no rows")
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{what}: expected dicts (one per example), a DataFrame or a datasets.Dataset")
+    return rows
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
+    def plain(v: Any) -> Any:  # numpy scalars from DataFrames
+        return v.item() if hasattr(v, "item") else str(v)
+
+    path.write_text("".join(json.dumps(r, default=plain) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
+    """A folder path or hub id for the task: ``model`` itself when a string, else ``model`` and
+    ``tokenizer`` saved into ``folder`` (``save_pretrained``, safetensors)."""
+    if isinstance(model, (str, Path)):
+        if tokenizer is not None:
+            raise ValueError("tokenizer: give it only with a model object (a model folder holds its own tokenizer)")
+        return str(model)
+    if tokenizer is None or not hasattr(model, "save_pretrained"):
+        raise ValueError("model: give a transformers model object and its tokenizer, or a model folder path")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = None,
+            pruners: Iterable[dict[str, Any]] = DEFAULT_PRUNERS,
+            accelerators: Iterable[dict[str, Any]] = DEFAULT_ACCELERATORS,
+            batch_size: Sequence[int] = (1, 8), seq_len: Sequence[int] = (128,), threads: Sequence[int] = (1,),
+            metric: str | None = None, text_column: str = "text", text_pair_column: str | None = None,
+            label_column: str = "label", finetune_steps: int = 0, measure: dict[str, Any] | None = None,
+            meter: dict[str, Any] | None = None, out: str | Path | None = None,
+            cache_dir: str | Path | None = None):
+    """Profile ``model`` on ``eval_data``: every pruner × accelerator × batch × seq × threads cell.
+
+    Args:
+        model: a transformers sequence-classification model object (BERT, RoBERTa, XLM-R,
+            DistilBERT, ELECTRA), or a model folder / hub id (then ``tokenizer`` is None).
+        tokenizer: the model's tokenizer object.
+        eval_data / train_data: a list of dicts, a pandas DataFrame or a ``datasets.Dataset`` with
+            ``text_column`` (and ``text_pair_column``) and ``label_column``; train only for
+            fine-tuning (``finetune_steps`` > 0) and training pruners (gmp, movement).
+        pruners / accelerators / measure / meter: the same dicts as the TOML tables, e.g.
+            ``{"name": "magnitude", "sparsity": [0.5, 0.9]}``.
+        batch_size / seq_len / threads: the matrix axes (sequences, tokens, intra-op threads).
+        metric: accuracy | f1 | matthews | pearson | spearman (default accuracy).
+        out: run directory to write (results.jsonl, manifest, the model and data as given); None =
+            a temporary one (and a temporary model cache), removed afterwards.
+        cache_dir: fine-tuned/pruned model cache; default ``$SPARSEBENCH_CACHE`` with ``out``.
+
+    Returns a pandas DataFrame with exactly the rows of ``results.jsonl`` (one per cell; units in
+    the column names). Raises :class:`profiler.errors.ConfigError` (a ValueError) on bad input,
+    before any work.
+    """
+    import pandas as pd
+
+    from profiler.config import parse_config
+    from profiler.results import read_results
+    from profiler.runner import RESULTS, Runner, preflight
+
+    tmp = Path(tempfile.mkdtemp(prefix="sparsebench-")) if out is None else None
+    run_dir = Path(out) if out is not None else tmp / "run"
+    created = not run_dir.exists()
+    started = False
+    try:
+        inputs = run_dir / "inputs"
+        (inputs / "model").mkdir(parents=True, exist_ok=True)
+        task: dict[str, Any] = {
+            "name": "text-classification", "model": _model_arg(model, tokenizer, inputs / "model"),
+            "eval_file": _write_jsonl(records_of(eval_data, "eval_data"), inputs / "eval.jsonl"),
+            "text_column": text_column, "label_column": label_column, "finetune_steps": finetune_steps,
+        }
+        if train_data is not None:
+            task["train_file"] = _write_jsonl(records_of(train_data, "train_data"), inputs / "train.jsonl")
+        task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric)) if v is not None})
+        raw: dict[str, Any] = {
+            "run": {"name": "profile"}, "tasks": [task], "pruners": [dict(p) for p in pruners],
+            "accelerators": [dict(a) for a in accelerators], "meter": dict(meter or {"name": "auto"}),
+            "matrix": {"batch_size": list(batch_size), "seq_len": list(seq_len), "threads": list(threads)},
+        }
+        if measure:
+            raw["measure"] = dict(measure)
+        cfg = parse_config(raw)
+        cache = Path(cache_dir) if cache_dir else (tmp / "cache" if tmp else None)
+        preflight(cfg, cache)
+        started = True
+        Runner(cfg, run_dir, cache_dir=cache).run()
+        return pd.DataFrame(read_results(run_dir / RESULTS).rows)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif created and not started:  # bad input: leave no half-written run directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)

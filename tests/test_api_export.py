@@ -1,0 +1,95 @@
+"""sparsebench.profile (the Python API) and `sparsebench export` round trips on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import sparsebench
+from profiler.cli import main
+from profiler.errors import ConfigError
+from profiler.results import read_results
+from tests.tiny_family import save_tiny_model, sentences
+
+FAST = {"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.01, "max_seconds": 1.0, "idle_seconds": 0,
+        "schedule": "sequential"}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """One API run: dense and 90 % magnitude under torch-fp32 and sparse-cpu, a regression head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("api")
+    folder = save_tiny_model(root / "model", "bert", num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    data = pd.DataFrame([{"a": a, "b": b, "score": 0.5 * len(a.split()) % 5} for a, b, _ in sentences(24)])
+    df = sparsebench.profile(
+        model, tok, data, text_column="a", text_pair_column="b", label_column="score", metric="spearman",
+        pruners=[{"name": "none"}, {"name": "magnitude", "sparsity": 0.9}],
+        accelerators=[{"name": "torch-fp32"}, {"name": "sparse-cpu", "calibrate": False}],
+        batch_size=[2], seq_len=[16], threads=[1], measure=FAST, meter={"name": "estimate"},
+        out=root / "run", cache_dir=root / "cache")
+    return root, df
+
+
+def test_profile_returns_exactly_the_rows_of_results_jsonl(profiled):
+    root, df = profiled
+    rows = read_results(root / "run" / "results.jsonl").rows
+    assert len(df) == len(rows) == 4
+    pd.testing.assert_frame_equal(df, pd.DataFrame(rows))
+    assert list(df["cell_id"]) == [r["cell_id"] for r in rows]
+    assert set(df["status"]) == {"ok"}, df["reason"].tolist()
+    assert set(df["metric_name"]) == {"spearman"}
+    assert (df["accuracy"] == df["metric_spearman"]).all() and df["metric_pearson"].notna().all()
+
+
+def test_profile_without_out_leaves_nothing_and_takes_list_of_dicts(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = save_tiny_model(tmp_path / "m", "distilbert")
+    data = [{"text": a, "label": y} for a, _, y in sentences(12)]
+    df = sparsebench.profile(AutoModelForSequenceClassification.from_pretrained(folder),
+                             AutoTokenizer.from_pretrained(folder), data, batch_size=[1], seq_len=[8],
+                             measure=FAST, meter={"name": "estimate"})
+    assert list(df["status"]) == ["ok"] and list(df["metric_name"]) == ["accuracy"]
+
+
+def test_profile_bad_input_writes_nothing(tmp_path):
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    with pytest.raises(ConfigError, match="outside the model head's range"):
+        sparsebench.profile(str(folder), None, [{"text": "good movie", "label": 7}], out=tmp_path / "run",
+                            meter={"name": "estimate"})
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_round_trip_identical_logits_and_zero_counts(profiled, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    root, df = profiled
+    cell = df[(df["pruner"] == "magnitude") & (df["accelerator"] == "sparse-cpu")]["cell_id"].iloc[0]
+    out = tmp_path / "exported"
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(out), "--cache-dir", str(root / "cache"),
+                 "--format", "onnx"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "model.onnx").is_file()
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["pruner"]["name"] == "magnitude" and info["sparsity_prunable"] == pytest.approx(0.9)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    for name, layer in info["per_layer"].items():
+        assert int((model.get_submodule(name).weight == 0).sum()) == layer["zeros"]
+    dense = AutoModelForSequenceClassification.from_pretrained(root / "run" / "inputs" / "model").eval()
+    assert not any(k.endswith("_orig") or "mask" in k for k in model.state_dict())
+    batch = tok(["good movie", "awful plot"], ["fun", "dull"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        assert model(**batch).logits.shape == dense(**batch).logits.shape == (2, 1)
+
+
+def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
+    root, _ = profiled
+    assert main(["export", str(root / "run"), "--cell", "zzzz", "--out", str(tmp_path / "o")]) == 2
+    assert "not a cell of this run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,130 @@
+"""Fault class 2: damaged or foreign files fail cleanly. Configs that are not UTF-8 or are a
+directory; results rows of the wrong types, non-UTF-8 bytes or non-finite numbers are reported
+(file, line, why) and skipped by report, compare and --resume; rows are written finite only."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import load_config
+from profiler.errors import ConfigError
+from profiler.results import Result, append_result, read_results, row_problem
+from reports.frame import load_json, load_rows
+from tests.conftest import tiny_config
+from tests.faults_util import toml_text
+from tests.test_compare import make_run, standard
+
+
+def good(cell_id="a", **kw) -> Result:
+    base = dict(cell_id=cell_id, task="t", pruner="none", pruner_params={}, accelerator="torch-fp32",
+                accelerator_params={}, batch_size=1, seq_len=16, threads=1, status="ok", latency_p50_s=0.01)
+    return Result(**{**base, **kw})
+
+
+def test_config_not_utf8_names_file_and_byte_offset(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(toml_text(tiny_config()).encode()[:10] + b"\xff\xfe" + b"rest")
+    with pytest.raises(ConfigError, match=r"c\.toml: not UTF-8 text \(byte 10"):
+        load_config(path)
+
+
+def test_config_directory_is_not_called_missing(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cli_bad_config_file_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\x80\x81")
+    assert main(["run", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["run", str(tmp_path)]) == 2
+    assert "directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, why", [
+    (b'{"cell_id": 5}', "cell_id"),
+    (b'[1, 2]', "not a JSON object"),
+    (b'{"cell_id": "x", "task": "t"', "not JSON"),
+    (b'\xff\xfe{}', "not UTF-8"),
+    (b'{"latency_p50_s": NaN}', "non-finite"),
+    (b'"just a string"', "not a JSON object"),
+])
+def test_bad_rows_are_reported_with_file_line_and_why_and_skipped(tmp_path, line, why):
+    path = tmp_path / "results.jsonl"
+    append_result(path, good("a"))
+    with open(path, "ab") as f:
+        f.write(line + b"\n")
+    append_result(path, good("b"))
+    rf = read_results(path)
+    assert [r["cell_id"] for r in rf.rows] == ["a", "b"] and rf.damaged_lines == [2]
+    d = rf.damaged[0]
+    assert d.file == str(path) and d.line == 2 and why in d.why, d
+    assert str(d).startswith(f"{path}:2: ")
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"batch_size": "8"}, "batch_size"), ({"threads": 0}, "threads"), ({"status": "great"}, "status"),
+    ({"pruner_params": [1]}, "pruner_params"), ({"latency_p50_s": "fast"}, "latency_p50_s"),
+    ({"latency_spread_flag": 1.5}, "latency_spread_flag"), ({"cell_id": ""}, "cell_id"),
+])
+def test_row_schema(change, why):
+    row = {**good().to_dict(), **change}
+    assert why in row_problem(row)
+    assert row_problem(good().to_dict()) is None
+
+
+def test_nonfinite_measurements_are_written_as_null_with_a_reason(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_result(path, good(latency_p99_s=math.inf, energy_j_per_inference=math.nan, extra={"x": {"y": -math.inf}}))
+    row = read_results(path).rows[0]
+    assert row["latency_p99_s"] is None and row["energy_j_per_inference"] is None and row["x"] == {"y": None}
+    assert row["null_reasons"] == {"latency_p99_s": "measured inf", "energy_j_per_inference": "measured nan",
+                                   "x.y": "measured -inf"}
+
+
+def test_report_and_compare_skip_damaged_rows_and_warn(tmp_path, capsys):
+    a = make_run(tmp_path / "a", standard(), tail='{"cell_id": 5}\n\xff\n')
+    b = make_run(tmp_path / "b", standard(speed=2.0))
+    df, damaged = load_rows(a)
+    assert len(df) == len(standard()) and damaged == [len(standard()) + 1, len(standard()) + 2]
+    assert main(["report", str(a)]) == 0
+    err = capsys.readouterr().err
+    assert f"results.jsonl:{len(standard()) + 1}: field 'cell_id'" in err
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "c.html")]) == 0
+    assert "damaged row skipped" in capsys.readouterr().err
+
+
+def test_unwritable_report_output_is_one_line_exit_2(tmp_path, capsys):
+    a = make_run(tmp_path / "a", standard())
+    assert main(["report", str(a), "-o", str(tmp_path)]) == 2  # a directory
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write" in err
+    assert main(["report", str(a), "-o", str(tmp_path / "no" / "such" / "dir" / "r.html")]) == 2
+
+
+def test_damaged_run_json_files_do_not_crash_the_reader(tmp_path):
+    (tmp_path / "h.json").write_bytes(b"\xff")
+    (tmp_path / "l.json").write_text("[1, 2]")
+    assert load_json(tmp_path / "h.json") == {} and load_json(tmp_path / "l.json") == {}
+
+
+def test_resume_of_a_damaged_manifest_is_one_line_exit_2(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_bytes(b"\xff\xfe")
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "damaged" in capsys.readouterr().err
+    (run / "manifest.json").write_text(json.dumps({"config": 5}))
+    assert main(["run", "--resume", str(run)]) == 2
+
+
+def test_results_file_that_is_a_directory_is_reported(tmp_path):
+    (tmp_path / "results.jsonl").mkdir()
+    rf = read_results(tmp_path / "results.jsonl")
+    assert rf.rows == [] and rf.damaged and "cannot be read" in rf.damaged[0].why

@@ -1,0 +1,105 @@
+"""Fault class 3: runs that race or repeat. Run directories are claimed atomically (a suffix when
+taken, within one second and across processes); --resume --retry-failed reruns failed cells;
+duplicate rows collapse on read with a warning; flags that do not apply to --resume are refused;
+compare warns on a directory given twice or without rows."""
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import types
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import expand, parse_config
+from profiler.results import Result, append_result, read_results
+from profiler.runner import Runner, new_run_dir
+from tests.conftest import tiny_config
+from tests.faults_util import write_config
+from tests.test_compare import make_run, standard
+
+FIXED = dt.datetime(2026, 1, 2, 3, 4, 5)
+
+
+def fixed_clock() -> dt.datetime:
+    return FIXED
+
+
+def _claim(output_dir: str) -> str:
+    return str(new_run_dir(types.SimpleNamespace(output_dir=output_dir, name="race"), now=fixed_clock))
+
+
+def test_same_second_gets_a_suffix_and_every_dir_is_new(tmp_path):
+    cfg = types.SimpleNamespace(output_dir=str(tmp_path), name="r")
+    dirs = [new_run_dir(cfg, now=fixed_clock) for _ in range(3)]
+    assert [d.name for d in dirs] == ["r-20260102-030405", "r-20260102-030405-2", "r-20260102-030405-3"]
+    assert all(d.is_dir() for d in dirs)
+
+
+def test_processes_racing_for_one_second_never_share_a_dir(tmp_path):
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        dirs = pool.map(_claim, [str(tmp_path)] * 16)
+    assert len(set(dirs)) == 16
+
+
+def test_unwritable_output_dir_is_a_config_error(tmp_path):
+    from profiler.errors import ConfigError
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="run.output_dir"):
+        new_run_dir(types.SimpleNamespace(output_dir=str(tmp_path / "f"), name="r"), now=fixed_clock)
+
+
+def row(cell_id: str, status: str = "ok", p50: float | None = 0.01) -> Result:
+    return Result(cell_id=cell_id, task="t", pruner="none", pruner_params={}, accelerator="torch-fp32",
+                  accelerator_params={}, batch_size=1, seq_len=16, threads=1, status=status, latency_p50_s=p50)
+
+
+def test_duplicate_rows_collapse_to_the_last_with_a_warning(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_result(path, row("a", "failed", None))
+    append_result(path, row("b"))
+    append_result(path, row("a", "ok", 0.02))
+    rf = read_results(path)
+    assert [(r["cell_id"], r["status"]) for r in rf.rows] == [("a", "ok"), ("b", "ok")]
+    assert rf.duplicates == ["a"] and any("more than one row" in w for w in rf.warnings())
+
+
+ONE_CELL = dict(pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}],
+                matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
+
+
+def test_resume_keeps_failed_cells_unless_retry_failed(tmp_path):
+    cfg = parse_config(tiny_config(**ONE_CELL))
+    (cell,) = expand(cfg)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    failed = row(cell.cell_id, "failed", None)
+    failed.reason = "injected"
+    append_result(run_dir / "results.jsonl", failed)
+    Runner(cfg, run_dir).run()
+    assert [r["status"] for r in read_results(run_dir / "results.jsonl").rows] == ["failed"]
+    Runner(cfg, run_dir, retry_failed=True).run()
+    rf = read_results(run_dir / "results.jsonl")
+    assert [r["status"] for r in rf.rows] == ["ok"] and rf.duplicates == [cell.cell_id]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--resume", "{run}", "--output-dir", "{tmp}"], "--output-dir does not apply to --resume"),
+    (["{cfg}", "--retry-failed"], "--retry-failed applies to --resume"),
+    (["{cfg}", "--resume", "{run}"], "either CONFIG or --resume"),
+])
+def test_flags_that_do_not_apply_to_resume_are_refused(tmp_path, capsys, argv, needle):
+    cfg = write_config(tmp_path / "c.toml", tiny_config(**ONE_CELL))
+    argv = [a.format(run=tmp_path / "run", tmp=tmp_path, cfg=cfg) for a in argv]
+    assert main(["run", *argv]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_warns_on_the_same_dir_twice_and_on_an_empty_one(tmp_path, capsys):
+    a = make_run(tmp_path / "a", standard())
+    empty = make_run(tmp_path / "e", [])
+    assert main(["compare", str(a), str(tmp_path / "." / "a"), str(empty), "-o", str(tmp_path / "c.html")]) == 0
+    err = capsys.readouterr().err
+    assert "is given twice" in err and f"{empty} has no valid result rows" in err

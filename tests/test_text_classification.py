@@ -1,0 +1,190 @@
+"""text-classification on every supported architecture: tiny random models loaded back from a
+folder, pruned to 90 %, run through every CPU accelerator; data files and their errors."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from accelerators.base import PrepareSettings, logits_of
+from accelerators.roles import linears_by_role
+from profiler.plugins import ACCELERATORS
+from profiler.tasks.text_classification import TextClassification
+from pruners.magnitude import MagnitudePruner
+from tests.tiny_family import ARCHITECTURES, save_tiny_model, sentences, write_jsonl
+
+#: accelerator name, params (no timing-based choices, so tiny layers still go sparse), fp32 path?
+CPU_ACCELERATORS = [
+    ("torch-fp32", {}, True),
+    ("int8-dynamic", {}, False),
+    ("bf16", {}, False),
+    ("sparse-cpu", {"calibrate": False, "check_model": False}, True),
+    ("sparse-int8", {"calibrate": False, "check_model": False}, False),
+    ("onnxruntime", {}, True),
+    ("openvino", {}, True),
+]
+
+
+def write_csv(path: Path, header: list[str], rows: list[tuple]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    write_csv(d / "reviews.csv", ["review", "other", "stars"], sentences(48))
+    write_jsonl(d / "reviews.jsonl", [{"t": a, "y": y} for a, _, y in sentences(32, seed=1)])
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: save_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_family_pruned_through_every_cpu_accelerator(arch, model_dirs, data_dir):
+    task = TextClassification(model=str(model_dirs[arch]), eval_file=str(data_dir / "reviews.csv"),
+                              text_column="review", text_pair_column="other", label_column="stars")
+    model = task.base_model()
+    report = MagnitudePruner(sparsity=0.9).prune(model, task)
+    layers = linears_by_role(model)
+    assert len(layers) == 6 * 2
+    for name, lin in layers.items():  # exact: 90 % of each matrix is a whole number of entries
+        assert int((lin.weight == 0).sum()) == round(0.9 * lin.weight.numel()), name
+    assert report.sparsity_prunable == pytest.approx(0.9, abs=1e-12)
+    example = task.example_inputs(2, 16)
+    inputs, _ = task.collate(task.eval_examples()[:8])
+    with torch.inference_mode():
+        ref = logits_of(model(**inputs)).float()
+    for name, params, fp32 in CPU_ACCELERATORS:
+        acc = ACCELERATORS.build(name, params, name)
+        settings = PrepareSettings(threads=1, batch_size=2, seq_len=16, calibration=task.calibration_inputs)
+        ok, why = acc.availability(settings)
+        if not ok:
+            continue
+        prepared = acc.prepare(model, example, settings)
+        with torch.inference_mode():
+            got = logits_of(prepared.module(**inputs)).float()
+        assert got.shape == ref.shape, name
+        if fp32:
+            err = ((got - ref).abs().max() / ref.abs().max()).item()
+            assert err <= 1e-4, f"{arch} {name}: relative error {err:.2e}"
+        else:
+            assert torch.equal(got.argmax(-1), ref.argmax(-1)), f"{arch} {name}: predictions differ"
+        if name == "sparse-cpu":
+            assert prepared.fields["sparse_layers"] == 12
+            if arch == "distilbert":
+                assert prepared.fields["fused_encoder_layers"] == 0
+                assert "BERT layer layout" in prepared.fields["fused_encoder_note"]
+            else:
+                assert prepared.fields["fused_encoder_layers"] == 2, prepared.fields["fused_encoder_note"]
+
+
+def test_jsonl_data_and_custom_columns(model_dirs, data_dir):
+    task = TextClassification(model=str(model_dirs["bert"]), eval_file=str(data_dir / "reviews.jsonl"),
+                              train_file=str(data_dir / "reviews.jsonl"), text_column="t", label_column="y",
+                              metric="f1")
+    assert len(task.eval_examples()) == 32 and task.metric_name == "f1"
+    metrics = task.evaluate_metrics(task.base_model())
+    assert list(metrics) == ["f1"] and 0.0 <= metrics["f1"] <= 1.0
+
+
+def test_glue_presets_pick_headline_and_companion_metrics(tmp_path):
+    mrpc_model = save_tiny_model(tmp_path / "cls", "bert")
+    stsb_model = save_tiny_model(tmp_path / "reg", "roberta", num_labels=1)
+    mrpc = TextClassification(model=str(mrpc_model), glue="mrpc")
+    stsb = TextClassification(model=str(stsb_model), glue="stsb")
+    assert (mrpc.metric_name, mrpc.also_metrics, mrpc.num_labels) == ("f1", ("accuracy",), 2)
+    assert (stsb.metric_name, stsb.also_metrics, stsb.num_labels) == ("spearman", ("pearson",), 1)
+    assert len(mrpc.eval_examples()) == 408 and len(stsb.eval_examples()) == 1500
+    assert mrpc.eval_examples()[0].token_type_ids[-1] == 1  # sentence pairs keep their segment ids
+    assert set(mrpc.evaluate_metrics(mrpc.base_model())) == {"f1", "accuracy"}
+
+
+def test_metrics_golden():
+    from profiler.tasks.textdata import compute_metric
+
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([1, 0, 0, 1])
+    assert compute_metric("accuracy", logits, labels) == 0.75
+    assert compute_metric("f1", logits, labels) == pytest.approx(0.8)  # tp 2, fp 1, fn 0
+    assert compute_metric("matthews", logits, labels) == pytest.approx(1 / 3 ** 0.5)
+    pred, gold = torch.tensor([[1.0], [2.0], [3.0], [5.0]]), torch.tensor([1.0, 3.0, 2.0, 4.0])
+    assert compute_metric("spearman", pred, gold) == pytest.approx(0.8)
+    assert compute_metric("pearson", pred, gold) == pytest.approx(0.8315218, abs=1e-6)
+
+
+def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+@pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
+                                  "empty-file", "header-only", "not-utf8", "hub-offline", "unsupported-arch"])
+def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
+    model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
+                                           "label_column": "stars"}
+    if case == "no-weights":
+        model, match = str(_broken_folder(model_dirs["bert"], tmp_path / "m", ("model.safetensors",))), "no weights"
+    elif case == "no-tokenizer":
+        drop = ("vocab.txt", "tokenizer.json")
+        model, match = str(_broken_folder(model_dirs["bert"], tmp_path / "m", drop)), "no tokenizer"
+    elif case == "missing-column":
+        kw["text_column"], match = "sentence", r"column\(s\) \['sentence'\] missing"
+    elif case == "label-range":
+        write_jsonl(tmp_path / "d.jsonl", [{"text": "good", "label": 0}, {"text": "bad", "label": 3}])
+        kw, match = {"eval_file": str(tmp_path / "d.jsonl")}, r"labels \[3\] are outside the model head's range 0..1"
+    elif case == "regression-metric":
+        kw["metric"], match = "spearman", "needs a regression head"
+    elif case == "empty-file":
+        (tmp_path / "e.csv").write_text("")
+        kw["eval_file"], match = str(tmp_path / "e.csv"), "no data rows"
+    elif case == "header-only":
+        (tmp_path / "e.tsv").write_text("review\tstars\n")
+        kw["eval_file"], match = str(tmp_path / "e.tsv"), "no data rows"
+    elif case == "not-utf8":
+        (tmp_path / "l.csv").write_bytes("review,stars\ncafé crème,1\n".encode("latin-1"))
+        kw["eval_file"], match = str(tmp_path / "l.csv"), "not UTF-8"
+    elif case == "hub-offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        model, match = "some-org/some-model", "not in the local transformers cache, and HF_HUB_OFFLINE is set"
+    else:
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+        model, match = str(folder), "unsupported architecture 'gpt2'; supported: bert, roberta"
+    with pytest.raises(ValueError, match=match):
+        TextClassification(model=model, **kw)
+
+
+def test_bad_task_fails_config_validation_and_writes_nothing(tmp_path, model_dirs):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[tasks]]\nname = "text-classification"\nmodel = "{model_dirs["bert"]}"\n'
+                   f'eval_file = "{tmp_path / "missing.csv"}"\n[[pruners]]\nname = "none"\n'
+                   '[[accelerators]]\nname = "torch-fp32"\n')
+    from profiler.cli import main
+
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unsupported_architecture_is_rejected_by_the_role_map():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0))
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'; supported: bert, roberta, xlm-roberta, electra, distilbert"):
+        MagnitudePruner(sparsity=0.5).prune(model)

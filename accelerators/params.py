@@ -8,8 +8,10 @@ pruners, accelerators and meters can all declare ranges without importing the pr
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,45 @@ def number_problem(value: Any, rng: Range | None) -> str | None:
 def range_of(metadata: tuple) -> Range | None:
     """The :class:`Range` among an ``Annotated`` type's metadata, or None."""
     return next((m for m in metadata if isinstance(m, Range)), None)
+
+
+def declared_range(hint: Any) -> Range | None:
+    """The Range declared in an annotation (``Annotated[...]``, possibly inside ``X | None``)."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return range_of(hint.__metadata__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((r for r in map(declared_range, typing.get_args(hint)) if r is not None), None)
+    return None
+
+
+def declared_ranges(func: Callable) -> dict[str, Range]:
+    """Parameter → Range of every parameter of ``func`` that declares one; ``{}`` when its
+    annotations cannot be resolved."""
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception:  # an unresolvable annotation declares nothing we can enforce
+        return {}
+    found = {p: declared_range(h) for p, h in hints.items()}
+    return {p: r for p, r in found.items() if r is not None}
+
+
+def range_problems(func: Callable, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(parameter, problem)`` for each value (or list item) of ``values`` that is non-finite or
+    outside the range its parameter of ``func`` declares; ``[]`` when all are fine."""
+    ranges = declared_ranges(func)
+    out = []
+    for p, v in values.items():
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            problem = number_problem(item, ranges.get(p))
+            if problem:
+                out.append((p, problem))
+                break
+    return out
+
+
+def check_ranges(func: Callable, values: dict[str, Any]) -> None:
+    """For a plugin constructed directly (not through the registry): ValueError naming the first
+    parameter of ``values`` that breaks its declared range (see :func:`range_problems`)."""
+    problems = range_problems(func, values)
+    if problems:
+        raise ValueError(f"{problems[0][0]} {problems[0][1]}")

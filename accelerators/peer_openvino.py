@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from accelerators.base import Accelerator, PrepareSettings, Prepared
-from accelerators.params import Range
+from accelerators.params import Range, check_ranges
 from accelerators.peer_common import (
     LogitsOnly, PeerModule, arrays_digest, cache_root, calibration_batches, cpu_flags, import_status, input_names,
     quiet_trace, weights_digest,
@@ -57,13 +57,10 @@ class OpenVINO(Accelerator):
                  calibration_samples: Annotated[int, Range(1, 100_000)] = 300) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")
-        if sparse_weights_rate is not None:
-            if not 0.0 <= sparse_weights_rate <= 1.0:
-                raise ValueError(f"sparse_weights_rate must be in [0, 1] or None (got {sparse_weights_rate})")
-            if precision != "int8":
-                raise ValueError("sparse_weights_rate applies to INT8 weights only: set precision = \"int8\"")
-        if calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be >= 1 (got {calibration_samples})")
+        check_ranges(OpenVINO.__init__, {"sparse_weights_rate": sparse_weights_rate,
+                                         "calibration_samples": calibration_samples})
+        if sparse_weights_rate is not None and precision != "int8":
+            raise ValueError("sparse_weights_rate applies to INT8 weights only: set precision = \"int8\"")
         self.precision = precision
         self.compute_precision = precision
         self.sparse_weights_rate = sparse_weights_rate

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
-from accelerators.params import Range
+from accelerators.params import Range, check_ranges
 from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing
 
@@ -111,7 +111,7 @@ MinTime = Annotated[float, Range(0.0, 10.0)]
 
 
 def _short_layer_name(name: str) -> str:
-    return (name.replace("encoder.layer.", "L").replace("attention.self.", "att.")
+    return (name.replace("encoder.layer.", "L").replace("transformer.layer.", "L").replace("attention.self.", "att.")
             .replace("attention.output.dense", "att.out").replace("intermediate.dense", "ffn.in")
             .replace("output.dense", "ffn.out"))
 
@@ -145,21 +145,16 @@ class _SparseSwap(Accelerator):
     """Shared machinery of ``sparse-cpu`` and ``sparse-int8``: per-layer measured swaps."""
 
     dtype: str = "fp32"
-    #: fused vs unfused logits, max abs difference relative to their max: the attention kernel's
-    #: rounding differs from torch's SDPA by ~1e-6
+    #: fused vs unfused encoder layer outputs, max abs difference relative to the layer's largest
+    #: |activation|: the attention kernel's rounding differs from torch's SDPA by ~1e-6
     fuse_tolerance: float = 1e-4
 
     def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
-        if min_speedup < 1.0:
-            raise ValueError("min_speedup must be >= 1.0 (the swap must never be slower than dense)")
-        if not 0.0 <= min_sparsity <= 1.0:
-            raise ValueError("min_sparsity must be in [0, 1]")
-        if repeats < 1:
-            raise ValueError("repeats must be >= 1")
-        if min_time_s < 0:
-            raise ValueError(f"min_time_s must be >= 0, got {min_time_s!r}")
+        # min_speedup >= 1: the swap must never be slower than dense
+        check_ranges(_SparseSwap.__init__, {"min_speedup": min_speedup, "min_sparsity": min_sparsity,
+                                            "repeats": repeats, "min_time_s": min_time_s})
         self.format = format
         self.min_speedup = float(min_speedup)
         self.min_sparsity = float(min_sparsity)

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from profiler.errors import ConfigError, PluginWarning
 
-EPILOG = "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/."
+EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
+          "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
 
 
 class RichReporter:
@@ -244,7 +245,8 @@ def format_plugins(plugins: list[dict[str, Any]], problems: list[str]) -> str:
         width = max((len(p["name"]) for p in d["params"]), default=0)
         twidth = max((len(p["type"]) for p in d["params"]), default=0)
         for p in d["params"]:
-            out.append(f"      {p['name']:<{width}}  {p['type']:<{twidth}}  {_default_text(p)}")
+            rng = f", in {p['range']}" if "range" in p else ""
+            out.append(f"      {p['name']:<{width}}  {p['type']:<{twidth}}  {_default_text(p)}{rng}")
         if not d["params"]:
             out.append("      (no parameters)")
     if problems:

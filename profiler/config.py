@@ -242,8 +242,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
     seed = run.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"run.seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    if not isinstance(run.get("output_dir", "runs"), str):
-        raise ConfigError(f"run.output_dir: must be a string (a folder path), got {run.get('output_dir')!r}")
+    if not isinstance(run.get("output_dir", "runs"), str) or "\0" in run.get("output_dir", "runs"):
+        raise ConfigError(f"run.output_dir: must be a folder path (a string without NUL), got {run.get('output_dir')!r}")
     measure = _measure(_table(raw, "measure"))
     matrix = _table(raw, "matrix")
     for k in matrix:

@@ -43,6 +43,7 @@ from profiler.meters import METER_CLASSES
 from profiler.meters.base import EnergyMeter
 from profiler.registry import ACCELERATORS, METERS, PRUNERS, REGISTRIES, TASKS, Registry, class_path
 from profiler.tasks.base import Task
+from profiler.tasks.glue import MRPC, STSB
 from profiler.tasks.sst2 import SST2
 from profiler.tasks.text_classification import TextClassification
 from profiler.tasks.tiny_synthetic import TinySynthetic
@@ -60,7 +61,7 @@ KIND_BASES: tuple[tuple[type, Registry], ...] = (
 )
 
 
-for _task in (SST2, TextClassification, TinySynthetic):
+for _task in (SST2, MRPC, STSB, TextClassification, TinySynthetic):
     TASKS.register(_task)
 for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner):
     PRUNERS.register(_pruner)

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Generic, TypeVar
 
-from accelerators.params import Range, number_problem, range_of
+from accelerators.params import Range, declared_ranges, range_problems
 from profiler.errors import ConfigError
 
 T = TypeVar("T")
@@ -91,8 +91,7 @@ class Registry(Generic[T]):
     def ranges(self, name: str) -> dict[str, Range]:
         """The :class:`~accelerators.params.Range` each numeric parameter declares
         (``Annotated[float, Range(0, 1)]``); parameters without one are absent."""
-        found = {p: _range(h) for p, h in self._raw_hints(name).items()}
-        return {p: r for p, r in found.items() if r is not None}
+        return declared_ranges(self._classes[name].__init__)
 
     def _raw_hints(self, name: str) -> dict[str, Any]:
         try:
@@ -151,14 +150,12 @@ class Registry(Generic[T]):
         missing = [p for p, v in valid.items() if v.default is inspect.Parameter.empty and p not in params]
         if missing:
             raise ConfigError(f"{key}: {self.kind} {name!r} needs parameter(s) {', '.join(missing)}")
-        hints, ranges = self.hints(name), self.ranges(name)
+        hints = self.hints(name)
         for p, v in params.items():
             if p in hints and not matches(v, hints[p]):
                 raise ConfigError(f"{key}.{p}: expected {describe(hints[p])}, got {v!r}")
-            for item in (v if isinstance(v, (list, tuple)) else [v]):
-                problem = number_problem(item, ranges.get(p))
-                if problem:
-                    raise ConfigError(f"{key}.{p}: {problem}")
+        for p, problem in range_problems(cls.__init__, params)[:1]:
+            raise ConfigError(f"{key}.{p}: {problem}")
         try:
             return cls(**params)
         except (ValueError, TypeError) as exc:
@@ -173,15 +170,6 @@ def _strip(hint: Any) -> Any:
         args = tuple(_strip(h) for h in typing.get_args(hint))
         return typing.Union[args]
     return hint
-
-
-def _range(hint: Any) -> Range | None:
-    """The Range declared in ``hint`` (``Annotated[...]``, possibly inside ``X | None``)."""
-    if typing.get_origin(hint) is typing.Annotated:
-        return range_of(hint.__metadata__)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next((r for r in map(_range, typing.get_args(hint)) if r is not None), None)
-    return None
 
 
 def matches(value: Any, hint: Any) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings
+from accelerators.base import PrepareSettings, logits_of
 from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
@@ -239,7 +239,8 @@ class Runner:
             if r.get("status") == "ok" and r.get("accuracy") is not None:
                 mid = r.get("model_id") or ids_of_row(r)["model_id"]
                 self._accuracy.setdefault(mid, r["accuracy"])
-                self._metrics.setdefault(mid, {k: v for k, v in r.items() if k.startswith("metric_") and k != "metric_name"})
+                self._metrics.setdefault(mid, {k: v for k, v in r.items() if (k.startswith("metric_") and k != "metric_name")
+                                                or k in ("collapsed", "collapse_reason")})
         cells = expand(self.cfg)
         todo = [c for c in cells if c.cell_id not in done]
         self.reporter.start(len(cells), len(cells) - len(todo))
@@ -371,13 +372,15 @@ class Runner:
         """Accuracy (one pass per model_id), then the row is appended."""
         try:
             if c.model_id not in self._accuracy:
+                counter = PredictionCounter(module)
                 with torch.inference_mode():
-                    metrics = task.evaluate_metrics(module, self.cfg.measure.eval_batch_size)
+                    metrics = task.evaluate_metrics(counter, self.cfg.measure.eval_batch_size)
                 self._accuracy[c.model_id] = metrics[task.metric_name]
                 self._metrics[c.model_id] = {f"metric_{k}": v for k, v in metrics.items()}
+                self._metrics[c.model_id].update(counter.collapse_fields())
             row.accuracy = self._accuracy[c.model_id]
             row.extra.update(self._metrics.get(c.model_id, {}))
-            self._record(row, "ok", None)
+            self._record(row, "ok", row.extra.get("collapse_reason"))
         except Exception as exc:
             self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
 
@@ -452,6 +455,34 @@ class Runner:
             what = f"{r.pruner}/{r.accelerator}" if len(rows) == 1 else f"{len(rows)} cells"
             self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {what} b{r.batch_size} "
                                   "was timed; its latency and energy are inflated")
+
+
+class PredictionCounter(nn.Module):
+    """Passes calls through to ``module`` and counts its argmax predictions (classification heads),
+    so that a model that predicts one class for every evaluation example is named collapsed:
+    its metric is the majority-class rate, not a result of the pruning recipe."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.classes: dict[int, int] = {}
+
+    def forward(self, **inputs):
+        out = self.module(**inputs)
+        logits = logits_of(out)
+        if logits.dim() == 2 and logits.shape[-1] > 1:
+            for c in logits.argmax(-1).tolist():
+                self.classes[c] = self.classes.get(c, 0) + 1
+        return out
+
+    def collapse_fields(self) -> dict[str, Any]:
+        """``collapsed`` (bool; None for regression heads) and, when collapsed, ``collapse_reason``."""
+        if not self.classes:
+            return {"collapsed": None}
+        if len(self.classes) > 1:
+            return {"collapsed": False}
+        (c, n), = self.classes.items()
+        return {"collapsed": True, "collapse_reason": f"collapsed: predicts class {c} for all {n} evaluation examples"}
 
 
 def _tb() -> str:

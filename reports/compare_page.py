@@ -90,8 +90,8 @@ def _cell(r: pd.Series, value: Any, digits: int = 3, suffix: str = "") -> Any:
         return ("<span class='tag'>missing</span>", None)
     if st != "ok":
         return (badge(st) + f" <span class='tag'>{esc(first_line(r.get('reason'), 60))}</span>", None)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ("—", None)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ("n/a", None)
     return (esc(fmt(value, digits)) + suffix, value)
 
 
@@ -134,7 +134,7 @@ def _measurements_table(c: Comparison) -> str:
     heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("p50 ms", "p90 ms", "J/inference", "method", "accuracy")]
     return ("<h2>Latency, energy and accuracy per target</h2>"
             "<p class='note'>⚠ after p50: latency spread (IQR/median) above 10 % — a noisy measurement "
-            "(shared or throttled cores); rerun before trusting that factor.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
+            "(shared or throttled cores); rerun before trusting that factor. n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
 def _cross_table(c: Comparison) -> str:

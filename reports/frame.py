@@ -114,6 +114,8 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     """
     df = df.copy()
     stored = pd.to_numeric(df["latency_savings_factor"], errors="coerce") if "latency_savings_factor" in df else None
+    if stored is not None:  # a non-finite stored factor is a gap, like a missing one
+        stored = stored.where(np.isfinite(stored))
     for col in ("latency_savings_factor", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
         df[col] = float("nan")
     df["energy_mixed"] = False
@@ -127,14 +129,14 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if key not in base.index:
             continue
         b = base.loc[key]
-        if row.get("latency_p50_s"):
+        if positive(row.get("latency_p50_s")) and positive(b["latency_p50_s"]):
             df.at[i, "latency_savings_factor"] = b["latency_p50_s"] / row["latency_p50_s"]
         same_method = row.get("energy_method") == b.get("energy_method")
         energies = positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference"))
         if energies and (same_method or allow_mixed_energy):
             df.at[i, "energy_savings_factor"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
             df.at[i, "energy_mixed"] = not same_method
-        if row.get("accuracy") is not None and b.get("accuracy"):
+        if is_number(row.get("accuracy")) and positive(b.get("accuracy")):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
             df.at[i, "accuracy_delta"] = row["accuracy"] - b["accuracy"]
     if stored is not None:
@@ -186,6 +188,8 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     factors against the fastest dense fp32 engine, or that none beats the dense engines."""
     out = []
     ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)] if not df.empty else df
+    if "collapsed" in ok:  # a model predicting one class is not a candidate, whatever its metric
+        ok = ok[~ok["collapsed"].map(is_flagged)]
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
         where = f"{g['task'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
         kept = g[pd.to_numeric(g["accuracy_kept"], errors="coerce") >= min_kept]

@@ -67,8 +67,10 @@ def damaged_warning(name: str, lines: Sequence[int]) -> str:
 
 
 def fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
+    """``v`` for a table cell; ``"n/a"`` for a value that is missing or not finite (the pages'
+    footnotes say so), never a number made up for it."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
     return str(v)

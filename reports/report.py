@@ -107,6 +107,10 @@ def build_report_html(run_dir: Path) -> str:
     if contended:
         head.append(f"<div class='warn'>[busy] {contended} cell(s) were timed while other processes kept more than "
                     "0.2 CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
+    padded = df["padding_flag"].dropna() if "padding_flag" in df else pd.Series(dtype=object)
+    if len(padded):
+        head.append(f"<div class='warn'>[padding] {len(padded)} cell(s) have outputs that depend on padding: "
+                    f"{esc(str(padded.iloc[0]))}.</div>")
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
     sections = head + [
@@ -116,7 +120,7 @@ def build_report_html(run_dir: Path) -> str:
     ]
     sections.append(multiply_section(df))
     sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; [busy] a cell timed while other processes were busy; "
-                 "— a value that was not measured or not finite (see the row's <code>null_reasons</code>). "
+                 "n/a: a value that was not measured or not finite (the row's <code>reason</code>, <code>energy_reason</code> or <code>null_reasons</code> say why). "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)

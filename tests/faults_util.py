@@ -21,17 +21,17 @@ def toml_value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return json.dumps(v, ensure_ascii=False)  # TOML has no surrogate-pair escapes
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"no TOML form for {type(v).__name__}")
 
 
 def toml_text(doc: dict[str, Any]) -> str:
     """A TOML document with one top-level ``key = value`` line per entry of ``doc``."""
-    return "".join(f"{json.dumps(str(k))} = {toml_value(v)}\n" for k, v in doc.items())
+    return "".join(f"{json.dumps(str(k), ensure_ascii=False)} = {toml_value(v)}\n" for k, v in doc.items())
 
 
 def write_config(path: Path, doc: dict[str, Any]) -> Path:

@@ -93,3 +93,30 @@ def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
     assert main(["export", str(root / "run"), "--cell", "zzzz", "--out", str(tmp_path / "o")]) == 2
     assert "not a cell of this run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_openvino_ir(profiled, tmp_path):
+    pytest.importorskip("openvino")
+    root, df = profiled
+    cell = df[df["pruner"] == "magnitude"]["cell_id"].iloc[0]
+    out = tmp_path / "ov"
+    assert main(["export", str(root / "run"), "--cell", cell[:8], "--out", str(out), "--cache-dir", str(root / "cache"),
+                 "--format", "openvino"]) == 0
+    assert (out / "openvino" / "model.xml").is_file() and (out / "config.json").is_file()
+
+
+def test_records_of_accepts_lists_dataframes_and_dataset_like_objects():
+    from sparsebench.api import records_of
+
+    class FakeDataset:  # what datasets.Dataset offers (the library is optional)
+        column_names = ["text", "label"]
+
+        def to_list(self):
+            return [{"text": "good", "label": 1}]
+
+    rows = [{"text": "good", "label": 1}]
+    assert records_of(rows, "x") == rows == records_of(pd.DataFrame(rows), "x") == records_of(FakeDataset(), "x")
+    with pytest.raises(ValueError, match="no rows"):
+        records_of([], "eval_data")
+    with pytest.raises(ValueError, match="expected dicts"):
+        records_of([("good", 1)], "eval_data")

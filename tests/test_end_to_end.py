@@ -144,3 +144,21 @@ def test_sequential_schedule_times_cells_one_by_one(tmp_path):
     assert all("latency_rounds" not in r and "latency_savings_factor" not in r for r in rows)
     html = write_report(tmp_path / "seq").read_text()
     assert "Verdict" in html and ("none beats the dense engines" in html or "fastest configuration" in html)
+
+
+def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
+    """The null accelerator's constant logits predict class 0 for every example: the row says
+    collapsed (with the reason) and the verdict does not take it as a candidate."""
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "visit_seconds": 0.01, "min_rounds": 2},
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "null"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "c").run()
+    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    assert rows["null"]["status"] == "ok" and rows["null"]["collapsed"] is True
+    assert rows["null"]["reason"].startswith("collapsed: predicts class 0 for all")
+    assert rows["torch-fp32"]["collapsed"] is False and rows["torch-fp32"]["reason"] is None
+    from reports.frame import add_savings, load_rows, verdicts
+    df, _ = load_rows(tmp_path / "c")
+    assert all("null" not in v for v in verdicts(add_savings(df)))

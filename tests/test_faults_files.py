@@ -128,3 +128,29 @@ def test_results_file_that_is_a_directory_is_reported(tmp_path):
     (tmp_path / "results.jsonl").mkdir()
     rf = read_results(tmp_path / "results.jsonl")
     assert rf.rows == [] and rf.damaged and "cannot be read" in rf.damaged[0].why
+
+
+def test_resume_skips_damaged_rows_with_a_warning(tmp_path, monkeypatch):
+    from profiler.config import expand, parse_config
+    from profiler.runner import Reporter, Runner
+
+    cfg = parse_config(tiny_config(pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}],
+                                   matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}, measure={"idle_seconds": 0}))
+    redone, messages = [], []
+    monkeypatch.setattr(Runner, "_run_task", lambda self, spec, cells, meter, idle: redone.extend(cells))
+    rep = Reporter()
+    rep.message = messages.append
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.jsonl").write_bytes(b'{"cell_id": 5}\n\xff\n')
+    Runner(cfg, run_dir, reporter=rep).run()
+    assert [c.cell_id for c in redone] == [c.cell_id for c in expand(cfg)]
+    assert any("results.jsonl:1: field 'cell_id'" in m for m in messages)
+    assert any("results.jsonl:2: not UTF-8" in m for m in messages)
+
+
+def test_output_dir_with_nul_is_a_config_error():
+    from profiler.config import parse_config
+
+    with pytest.raises(ConfigError, match="run.output_dir"):
+        parse_config(tiny_config(run={"name": "t", "output_dir": "a\0b"}))

@@ -40,7 +40,7 @@ def test_measure_numbers_are_finite_in_range_and_consistent(measure, must_say):
     ({"name": "estimate", "tdp_w": INF}, ["meter.tdp_w", "finite"]),
     ({"name": "estimate", "memory_w_per_gb": -1.0}, ["meter.memory_w_per_gb", "[0, 100]"]),
     ({"name": "estimate", "logical_cpus": -4}, ["meter.logical_cpus", "[1, 1000000]"]),
-    ({"name": "estimate", "ram_gb": 0}, ["meter.ram_gb", "(0, 1000000]"]),
+    ({"name": "estimate", "ram_gb": -1}, ["meter.ram_gb", "[0, 1000000]"]),
     ({"name": "auto", "tdp_w": -5}, ["meter.tdp_w", "[0, 100000]"]),
     ({"name": "nvml", "poll_hz": NAN}, ["meter.poll_hz", "finite"]),
     ({"name": "nvml", "devices": [0, -1]}, ["meter.devices", "[0, 1023]"]),

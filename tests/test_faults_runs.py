@@ -69,19 +69,29 @@ ONE_CELL = dict(pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}
                 matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
 
 
-def test_resume_keeps_failed_cells_unless_retry_failed(tmp_path):
-    cfg = parse_config(tiny_config(**ONE_CELL))
+def test_resume_keeps_failed_cells_unless_retry_failed(tmp_path, monkeypatch):
+    """Which cells a resumed run redoes; the cells themselves are faked (no model work)."""
+    cfg = parse_config(tiny_config(**ONE_CELL, measure={"idle_seconds": 0}))
     (cell,) = expand(cfg)
+    redone = []
+
+    def fake_task(self, spec, cells, meter, idle):
+        for c in cells:
+            redone.append(c.cell_id)
+            self._record(self._base_row(c, None), "ok", None)
+
+    monkeypatch.setattr(Runner, "_run_task", fake_task)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    failed = row(cell.cell_id, "failed", None)
-    failed.reason = "injected"
-    append_result(run_dir / "results.jsonl", failed)
+    append_result(run_dir / "results.jsonl", row(cell.cell_id, "failed", None))
     Runner(cfg, run_dir).run()
-    assert [r["status"] for r in read_results(run_dir / "results.jsonl").rows] == ["failed"]
+    assert redone == [] and [r["status"] for r in read_results(run_dir / "results.jsonl").rows] == ["failed"]
     Runner(cfg, run_dir, retry_failed=True).run()
     rf = read_results(run_dir / "results.jsonl")
+    assert redone == [cell.cell_id]
     assert [r["status"] for r in rf.rows] == ["ok"] and rf.duplicates == [cell.cell_id]
+    Runner(cfg, run_dir, retry_failed=True).run()  # nothing failed any more: nothing to redo
+    assert redone == [cell.cell_id]
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -95,7 +95,7 @@ def test_jsonl_data_and_custom_columns(model_dirs, data_dir):
                               metric="f1")
     assert len(task.eval_examples()) == 32 and task.metric_name == "f1"
     metrics = task.evaluate_metrics(task.base_model())
-    assert list(metrics) == ["f1"] and 0.0 <= metrics["f1"] <= 1.0
+    assert list(metrics) == ["f1", "accuracy"] and 0.0 <= metrics["f1"] <= 1.0
 
 
 def test_glue_presets_pick_headline_and_companion_metrics(tmp_path):
@@ -188,3 +188,50 @@ def test_unsupported_architecture_is_rejected_by_the_role_map():
     model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0))
     with pytest.raises(ValueError, match="unsupported architecture 'gpt2'; supported: bert, roberta, xlm-roberta, electra, distilbert"):
         MagnitudePruner(sparsity=0.5).prune(model)
+
+
+def test_glue_presets_are_named_tasks_with_their_metrics():
+    from profiler.plugins import TASKS
+
+    assert {"sst2", "mrpc", "stsb", "text-classification"} <= set(TASKS.names())
+    assert TASKS.params("mrpc") == TASKS.params("sst2")  # one preset signature: fine-tuning knobs + data_dir
+
+
+def test_cli_run_on_own_model_and_file_writes_metric_rows_and_report(tmp_path, model_dirs, data_dir):
+    from profiler.cli import main
+
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text(
+        '[run]\nname = "mine"\n[measure]\nwarmup_iters = 1\nmin_iters = 2\nmin_seconds = 0.01\nmax_seconds = 1.0\n'
+        'idle_seconds = 0\nschedule = "sequential"\n[meter]\nname = "estimate"\n'
+        f'[[tasks]]\nname = "text-classification"\nmodel = "{model_dirs["electra"]}"\n'
+        f'eval_file = "{data_dir / "reviews.csv"}"\ntext_column = "review"\ntext_pair_column = "other"\n'
+        'label_column = "stars"\nmetric = "f1"\n'
+        '[[pruners]]\nname = "none"\n[[pruners]]\nname = "magnitude"\nsparsity = 0.9\n'
+        '[[accelerators]]\nname = "torch-fp32"\n[[accelerators]]\nname = "sparse-cpu"\ncalibrate = false\n'
+        '[matrix]\nbatch_size = [2]\nseq_len = [16]\n')
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert all(r["metric_name"] == "f1" and r["metric_f1"] == r["accuracy"] for r in rows)
+    assert (run_dir / "report.html").is_file()
+
+
+def test_resumed_cells_reuse_every_metric_of_their_model(tmp_path, model_dirs, data_dir):
+    import sparsebench
+    from profiler.cli import main
+
+    run_dir = tmp_path / "run"
+    fast = {"warmup_iters": 1, "min_iters": 2, "min_seconds": 0.01, "max_seconds": 1.0, "idle_seconds": 0,
+            "schedule": "sequential"}
+    df = sparsebench.profile(str(model_dirs["bert"]), None, [{"text": a, "label": y} for a, _, y in sentences(16)],
+                             metric="f1", batch_size=[1, 2], seq_len=[8], measure=fast, meter={"name": "estimate"},
+                             out=run_dir, cache_dir=tmp_path / "cache")
+    assert df["model_id"].nunique() == 1 and df["metric_accuracy"].notna().all()
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    (run_dir / "results.jsonl").write_text(lines[0] + "\n")  # as if killed after the first cell
+    assert main(["run", "--resume", str(run_dir), "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[1]["metric_accuracy"] == rows[0]["metric_accuracy"]
+    assert rows[1]["metric_f1"] == rows[0]["metric_f1"] == rows[1]["accuracy"]

@@ -25,7 +25,7 @@ import re
 import time
 from typing import Annotated, Callable, ClassVar
 
-from accelerators.params import Range
+from accelerators.params import Range, check_ranges
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -219,16 +219,14 @@ class EstimateMeter(EnergyMeter):
         logical_cpus: Count | None = None,
         physical_cores: Count | None = None,
         sockets: Count | None = None,
-        ram_gb: Annotated[float | None, Range(0.0, 1_000_000.0, lo_open=True)] = None,
+        ram_gb: Annotated[float | None, Range(0.0, 1_000_000.0)] = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         cpu_time: Callable[[], float] | None = None,
         cpuinfo_path: str = "/proc/cpuinfo",
     ):
-        for label, v in (("tdp_w", tdp_w), ("memory_w_per_gb", memory_w_per_gb),
-                         ("default_w_per_core", default_w_per_core)):
-            if v is not None and not (float(v) >= 0 and float(v) < float("inf")):
-                raise ValueError(f"{label} must be a finite number >= 0, got {v!r}")
+        check_ranges(EstimateMeter.__init__, {"tdp_w": tdp_w, "memory_w_per_gb": memory_w_per_gb,
+                                              "default_w_per_core": default_w_per_core, "ram_gb": ram_gb})
         info = read_cpuinfo(cpuinfo_path)
         self.cpu_model = cpu_model or info["model"] or platform.processor() or "unknown"
         self.logical_cpus = int(logical_cpus or info["logical"] or os.cpu_count() or 1)

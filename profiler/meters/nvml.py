@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, ClassVar
 
-from accelerators.params import Range
+from accelerators.params import Range, check_ranges
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
@@ -87,8 +87,7 @@ class NvmlMeter(EnergyMeter):
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,  # tests drive sampling by hand
     ):
-        if not poll_hz >= 10:
-            raise ValueError(f"poll_hz must be >= 10 Hz, got {poll_hz!r}")
+        check_ranges(NvmlMeter.__init__, {"poll_hz": poll_hz, "devices": devices})
         self.devices = devices
         self.poll_hz = float(poll_hz)
         self.force_poll = force_poll

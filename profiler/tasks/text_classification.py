@@ -34,7 +34,9 @@ class TextClassification(Task):
         text_column / text_pair_column / label_column: column names (default ``text`` / none /
             ``label``; GLUE presets name their own).
         metric: ``accuracy``, ``f1``, ``matthews`` (class labels) or ``pearson``, ``spearman``
-            (one regression output); default: the GLUE preset's, else accuracy.
+            (one regression output); default: the GLUE preset's, else accuracy. The headline goes
+            in the row's ``accuracy``; accuracy (beside f1 / matthews) or the other correlation is
+            reported too, every metric as ``metric_<name>``.
         finetune_steps: 0 = use the model as given (it must have its classification head);
             otherwise fine-tune (AdamW, linear warm-up/decay) and cache the result.
         finetune_batch_size, finetune_lr, seed, max_length: fine-tuning and tokenization.
@@ -69,7 +71,9 @@ class TextClassification(Task):
         self._read_data()
 
     # ---- construction-time checks -------------------------------------------------------------
-    def _data_source(self, glue, train_file, eval_file, data_dir, columns) -> None:
+    def _data_source(self, glue: str | None, train_file: str | None, eval_file: str | None, data_dir: str | None,
+                     columns: tuple[str | None, str | None, str | None]) -> None:
+        """Set the data files and (text, pair, label) columns: a GLUE preset's or the user's."""
         if glue is not None:
             if glue not in textdata.GLUE:
                 raise ValueError(f"glue: unknown GLUE task {glue!r}; packaged: {', '.join(textdata.GLUE)}")
@@ -97,10 +101,11 @@ class TextClassification(Task):
         if self.metric_name not in textdata.METRICS:
             raise ValueError(f"metric: unknown metric {self.metric_name!r}; valid: {', '.join(textdata.METRICS)}")
         self.regression = textdata.METRICS[self.metric_name]
+        # reported beside the headline: the GLUE preset's companion, else accuracy / the other correlation
         if preset and self.metric_name == preset.metric:
             also = preset.also
         else:
-            also = ("pearson", "spearman") if self.regression else ()
+            also = ("pearson", "spearman") if self.regression else ("accuracy",)
         self.also_metrics = tuple(m for m in also if m != self.metric_name)
 
     def _check_model(self) -> None:
@@ -139,6 +144,8 @@ class TextClassification(Task):
         if not self.regression:
             if not self.has_head:
                 self.num_labels = max(2, 1 + int(max(max(v[2]) for v in self._raw.values())))
+            if self.metric_name in ("f1", "matthews") and self.num_labels != 2:
+                raise ValueError(f"metric: {self.metric_name!r} is binary; the head has {self.num_labels} labels (use accuracy)")
             for split, (_, _, labels) in self._raw.items():
                 where = str(self.eval_path if split == "eval" else self.train_path)
                 textdata.check_label_range(labels, self.num_labels, where)

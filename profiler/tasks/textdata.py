@@ -121,8 +121,8 @@ def check_label_range(labels: list[float], num_labels: int, where: str) -> None:
 def compute_metric(name: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
     """``name`` (a key of :data:`METRICS`) of float logits (n, num_labels) against labels (n,).
 
-    accuracy / f1 (positive class 1) / matthews use argmax predictions; pearson / spearman the
-    single regression output. A constant prediction or label gives 0.0 correlation (not NaN).
+    accuracy / f1 / matthews use argmax predictions (f1 and matthews binary: class 1 is the
+    positive class); pearson / spearman the single regression output. A constant prediction or label gives 0.0 correlation (not NaN).
     """
     if METRICS[name]:
         pred, gold = logits.reshape(-1).double(), labels.double()

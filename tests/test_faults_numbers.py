@@ -107,3 +107,16 @@ def test_cli_exits_2_before_any_work_and_writes_nothing(tmp_path, capsys, overri
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid config" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_direct_construction_enforces_the_same_declared_ranges():
+    from accelerators.sparse_cpu import SparseCPU
+    from profiler.meters.estimate import EstimateMeter
+    from profiler.meters.nvml import NvmlMeter
+
+    with pytest.raises(ValueError, match=r"min_sparsity must be in \[0, 1\], got 2"):
+        SparseCPU(min_sparsity=2)
+    with pytest.raises(ValueError, match="tdp_w must be a finite number"):
+        EstimateMeter(tdp_w=NAN)
+    with pytest.raises(ValueError, match=r"devices must be in \[0, 1023\]"):
+        NvmlMeter(devices=[-2])

@@ -92,7 +92,7 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
         raise ConfigError(f"--out: {out} exists and is not empty")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
-    model, report = runner._pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
+    model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
     model.eval()
     example = task.example_inputs(2, min(cell.seq_len, 32))
     out.mkdir(parents=True, exist_ok=True)

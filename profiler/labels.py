@@ -4,17 +4,19 @@ from __future__ import annotations
 from typing import Any
 
 # parameter → how it shows when it differs from the plain default
-_SHOWN = ("sparsity", "engine", "format")
+_SHOWN = ("sparsity", "engine", "format", "precision")
 _UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer"}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:
-    """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``."""
+    """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``, ``openvino int8``."""
     params = params or {}
-    parts = [name] + [str(params[k]) for k in _SHOWN if k in params]
+    parts = [name] + [str(params[k]) for k in _SHOWN if k in params and params[k] != "auto"]
     parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d]
     if name == "movement" and params.get("variant") == "soft":
         parts.append("soft")
     if params.get("distill") is True:
         parts.append("KD")
+    if params.get("sparse_weights_rate") is not None:
+        parts.append(f"sparse-weights {params['sparse_weights_rate']:g}")
     return " ".join(parts)

@@ -281,7 +281,7 @@ class Runner:
         models: dict[PluginSpec, tuple[nn.Module, PruneReport]] = {}
         for p_spec in dict.fromkeys(c.pruner for c in cells):
             try:
-                models[p_spec] = self._pruned(task, dense, p_spec)
+                models[p_spec] = self.pruned(task, dense, p_spec)
             except Exception as exc:
                 for c in (c for c in cells if c.pruner == p_spec):
                     self._record(self._base_row(c, task), "failed", f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
@@ -296,7 +296,7 @@ class Runner:
         for group in groups.values():
             self._run_group(group, task, models, meter, idle)
 
-    def _pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
+    def pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
         """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now."""
         pruner = PRUNERS.build(spec.name, spec.params, spec.key)
         if spec.name == "none":

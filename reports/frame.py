@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row
+from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, stable_hash
 from profiler.labels import plugin_label
 from profiler.results import read_results
 
 # Cells that share these keys are compared with each other (same shape, threads and target).
-GROUP_KEYS = ["task", "batch_size", "seq_len", "threads", "kernel_variant"]
+GROUP_KEYS = ["task_key", "batch_size", "seq_len", "threads", "kernel_variant"]
 IDENTITY_FIELDS = ("recipe_id", "model_id")
 
 
@@ -44,12 +44,23 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
         if col not in df:
             df[col] = [{} for _ in range(len(df))]
     _fill_ids(df)
+    add_task_key(df)
     df["sparsity"] = df["pruner_params"].map(lambda p: (p or {}).get("sparsity", 0.0) if isinstance(p, dict) else 0.0)
     # labels come from the params, not the stored label, so rows label alike whoever wrote them
     df["pruner_label"] = [plugin_label(n, p) for n, p in zip(df["pruner"], df["pruner_params"])]
     df["accelerator_label"] = [plugin_label(n, p) for n, p in zip(df["accelerator"], df["accelerator_params"])]
     df["label"] = df["pruner_label"] + " + " + df["accelerator_label"]
     return df, rf.damaged_lines
+
+
+def add_task_key(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``task_key`` in place (if missing): the task's name and parameters hashed, so two tasks
+    of one plugin (two ``text-classification`` models or data sets) never share a baseline."""
+    if "task_key" not in df:
+        params = df["task_params"] if "task_params" in df else pd.Series([None] * len(df), index=df.index)
+        df["task_key"] = [stable_hash({"name": t, "params": p if isinstance(p, dict) else None})
+                          for t, p in zip(df["task"], params)]
+    return df
 
 
 def _fill_ids(df: pd.DataFrame) -> None:
@@ -112,7 +123,7 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     same-round ratios of an interleaved run) is kept; only rows without one get the ratio of p50s.
     Then :func:`add_best_dense` adds the factors against the fastest dense engine.
     """
-    df = df.copy()
+    df = add_task_key(df.copy())
     stored = pd.to_numeric(df["latency_savings_factor"], errors="coerce") if "latency_savings_factor" in df else None
     if stored is not None:  # a non-finite stored factor is a gap, like a missing one
         stored = stored.where(np.isfinite(stored))
@@ -174,8 +185,7 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
         b = best.loc[key]
         if not is_number(row["latency_savings_vs_best_dense"]) and positive(row.get("latency_p50_s")):
             df.at[i, "latency_savings_vs_best_dense"] = b["latency_p50_s"] / row["latency_p50_s"]
-        if not isinstance(row.get("best_dense_label"), str):
-            df.at[i, "best_dense_label"] = b.get("accelerator_label") or b.get("accelerator")
+        df.at[i, "best_dense_label"] = b.get("accelerator_label") or b.get("accelerator")
         if positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference")) \
                 and row.get("energy_method") == b.get("energy_method"):
             df.at[i, "energy_savings_vs_best_dense"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
@@ -203,7 +213,9 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
                        f"the fastest is the dense {y.get('accelerator_label') or y['accelerator']}.")
             continue
         n, m = x.get("latency_savings_vs_best_dense"), x.get("energy_savings_vs_best_dense")
-        label = f"{x.get('pruner_label') or x['pruner']} + {x.get('accelerator_label') or x['accelerator']}"
+        acc = x.get("accelerator_label") or x["accelerator"]
+        label = (f"the dense model under {acc} (no pruning)" if x["pruner"] == BASELINE_PRUNER
+                 else f"{x.get('pruner_label') or x['pruner']} + {acc}")
         joules = f" and {m:.2f}× fewer joules" if is_number(m) else " (energy not comparable)"
         out.append(f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
                    f"{n:.2f}× lower latency{joules} than the fastest dense engine "

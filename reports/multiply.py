@@ -33,7 +33,7 @@ def multiply_table(df: pd.DataFrame) -> pd.DataFrame:
             if sp.empty or both.empty:
                 continue
             s, b = sp.iloc[0], both.iloc[0]
-            row = dict(zip(GROUP_KEYS, key))
+            row = dict(zip(GROUP_KEYS, key), task=g["task"].iloc[0])
             row.update(pruned=label, int8_path=i8["accelerator_label"])
             for kind in ("latency", "energy"):
                 f = f"{kind}_savings_factor"

@@ -14,8 +14,14 @@ from reports.multiply import multiply_section
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
 
 
+def metric_title(df: pd.DataFrame) -> str:
+    """The headline metric's name(s) in this frame (``accuracy``, ``f1``, ``spearman``, ...)."""
+    names = sorted(df["metric_name"].dropna().unique()) if "metric_name" in df else []
+    return " / ".join(map(str, names)) or "accuracy"
+
+
 def _cell_table(df: pd.DataFrame) -> str:
-    headers = ["task", "pruner", "accelerator", "batch", "seq", "threads", "kernel", "status", "accuracy", "kept",
+    headers = ["task", "pruner", "accelerator", "batch", "seq", "threads", "kernel", "status", metric_title(df), "kept",
                "sparsity (prunable)", "p50 ms", "p90 ms", "p99 ms", "n", "throughput /s", "J/inference",
                "J/inf net", "energy method", "latency ×", "energy ×", "model MB", "reason"]
     rows = []
@@ -53,7 +59,7 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
         fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines+markers",
                                  line=dict(dash="dot"), marker=dict(size=18, symbol="circle-open", line=dict(width=2)),
                                  name=f"{name} Pareto front", hoverinfo="skip"))
-    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="accuracy")
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=metric_title(df))
     return figure(fig)
 
 

@@ -28,7 +28,7 @@ def test_a_dense_int8_engine_wins_and_the_verdict_says_so():
     assert math.isclose(out.loc[2, "energy_savings_vs_best_dense"], 1.7 / 0.65)
     assert set(out["best_dense_label"]) == {"openvino"}
     (v,) = verdicts(out)
-    assert "fastest configuration that keeps ≥ 99% of the dense accuracy: none + openvino-int8" in v
+    assert "fastest configuration that keeps ≥ 99% of the dense accuracy: the dense model under openvino-int8 (no pruning)" in v
     assert "2.62× lower latency and 2.62× fewer joules than the fastest dense engine (openvino)" in v
 
 

@@ -6,12 +6,13 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Annotated, Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
 
 from accelerators.base import logits_of
+from accelerators.params import Range
 from profiler.identity import stable_hash
 
 
@@ -29,6 +30,17 @@ class Example:
     label: float
     token_type_ids: list[int] | None = None
 
+
+
+# Fine-tuning parameters shared by every task (ranges enforced by the plugin registry; the upper
+# bounds only stop a typo from becoming a run that never ends or a batch that cannot fit).
+FinetuneSteps = Annotated[int, Range(0, 10_000_000)]
+FinetuneBatch = Annotated[int, Range(1, 4096)]
+FinetuneLR = Annotated[float, Range(0.0, 1.0, lo_open=True)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]
+MaxLength = Annotated[int, Range(8, 512)]
+#: sizes of models and data sets built in code
+Size = Annotated[int, Range(1, 1_000_000)]
 
 class Task:
     """Base class for tasks. Subclasses set ``name``/``metric_name`` and implement the data and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from profiler.tasks.base import FinetuneBatch, FinetuneLR, FinetuneSteps, MaxLength, Seed
 from profiler.tasks.text_classification import TextClassification
 
 
@@ -23,11 +24,11 @@ class GlueMiniLM(TextClassification):
 
     def __init__(
         self,
-        finetune_steps: int = 1000,
-        finetune_batch_size: int = 32,
-        finetune_lr: float = 1e-4,
-        seed: int = 0,
-        max_length: int = 128,
+        finetune_steps: FinetuneSteps = 1000,
+        finetune_batch_size: FinetuneBatch = 32,
+        finetune_lr: FinetuneLR = 1e-4,
+        seed: Seed = 0,
+        max_length: MaxLength = 128,
         data_dir: str | None = None,
     ) -> None:
         super().__init__(glue=self.glue_task, finetune_steps=finetune_steps, finetune_batch_size=finetune_batch_size,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from profiler.tasks import modelsource, textdata
-from profiler.tasks.base import Example, Task
+from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, MaxLength, Seed, Task
 
 
 class TextClassification(Task):
@@ -55,11 +55,11 @@ class TextClassification(Task):
         text_pair_column: str | None = None,
         label_column: str | None = None,
         metric: str | None = None,
-        finetune_steps: int = 0,
-        finetune_batch_size: int = 32,
-        finetune_lr: float = 5e-5,
-        seed: int = 0,
-        max_length: int = 128,
+        finetune_steps: FinetuneSteps = 0,
+        finetune_batch_size: FinetuneBatch = 32,
+        finetune_lr: FinetuneLR = 5e-5,
+        seed: Seed = 0,
+        max_length: MaxLength = 128,
         data_dir: str | None = None,
     ) -> None:
         self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from profiler.tasks.base import Example, Task
+from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, Seed, Size, Task
 
 MARKER_TOKEN = 7
 
@@ -28,17 +28,17 @@ class TinySynthetic(Task):
 
     def __init__(
         self,
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        intermediate_size: int = 256,
-        vocab_size: int = 200,
-        n_train: int = 2000,
-        n_eval: int = 256,
-        finetune_steps: int = 150,
-        finetune_batch_size: int = 32,
-        finetune_lr: float = 2e-3,
-        seed: int = 0,
+        hidden_size: Size = 64,
+        num_layers: Size = 2,
+        num_heads: Size = 4,
+        intermediate_size: Size = 256,
+        vocab_size: Size = 200,
+        n_train: Size = 2000,
+        n_eval: Size = 256,
+        finetune_steps: FinetuneSteps = 150,
+        finetune_batch_size: FinetuneBatch = 32,
+        finetune_lr: FinetuneLR = 2e-3,
+        seed: Seed = 0,
     ) -> None:
         for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
                          ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval)):

@@ -39,8 +39,6 @@ FinetuneBatch = Annotated[int, Range(1, 4096)]
 FinetuneLR = Annotated[float, Range(0.0, 1.0, lo_open=True)]
 Seed = Annotated[int, Range(0, 2**32 - 1)]
 MaxLength = Annotated[int, Range(8, 512)]
-#: sizes of models and data sets built in code
-Size = Annotated[int, Range(1, 1_000_000)]
 
 class Task:
     """Base class for tasks. Subclasses set ``name``/``metric_name`` and implement the data and

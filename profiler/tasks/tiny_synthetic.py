@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, Seed, Size, Task
+from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, Seed, Task
 
 MARKER_TOKEN = 7
 
@@ -28,13 +28,13 @@ class TinySynthetic(Task):
 
     def __init__(
         self,
-        hidden_size: Size = 64,
-        num_layers: Size = 2,
-        num_heads: Size = 4,
-        intermediate_size: Size = 256,
-        vocab_size: Size = 200,
-        n_train: Size = 2000,
-        n_eval: Size = 256,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 256,
+        vocab_size: int = 200,
+        n_train: int = 2000,
+        n_eval: int = 256,
         finetune_steps: FinetuneSteps = 150,
         finetune_batch_size: FinetuneBatch = 32,
         finetune_lr: FinetuneLR = 2e-3,

@@ -56,7 +56,9 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
 def add_task_key(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``task_key`` in place (if missing): the task's name and parameters hashed, so two tasks
     of one plugin (two ``text-classification`` models or data sets) never share a baseline."""
-    if "task_key" not in df:
+    if "task_key" not in df and "task" not in df:  # an empty frame: no rows, no columns
+        df["task_key"] = pd.Series(dtype=object)
+    elif "task_key" not in df:
         params = df["task_params"] if "task_params" in df else pd.Series([None] * len(df), index=df.index)
         df["task_key"] = [stable_hash({"name": t, "params": p if isinstance(p, dict) else None})
                           for t, p in zip(df["task"], params)]
@@ -196,8 +198,10 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
     through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
     factors against the fastest dense fp32 engine, or that none beats the dense engines."""
-    out = []
-    ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)] if not df.empty else df
+    out: list[str] = []
+    if df.empty or "latency_p50_s" not in df:
+        return out
+    ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)]
     if "collapsed" in ok:  # a model predicting one class is not a candidate, whatever its metric
         ok = ok[~ok["collapsed"].map(is_flagged)]
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):

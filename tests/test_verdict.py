@@ -57,3 +57,8 @@ def test_rows_without_compute_precision_use_the_torch_baseline_as_dense():
     df = pd.DataFrame([row("none", "torch-fp32", 0.04, 0.9), row("gmp", "sparse-cpu", 0.02, 0.9)]).drop(columns="compute_precision")
     out = add_savings(df)
     assert math.isclose(out.loc[1, "latency_savings_vs_best_dense"], 2.0)
+
+
+def test_an_empty_frame_has_no_savings_and_no_verdict():
+    out = add_savings(pd.DataFrame())
+    assert out.empty and verdicts(out) == []

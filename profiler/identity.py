@@ -20,6 +20,17 @@ BASELINE_PRUNER = "none"
 BASELINE_ACCELERATOR = "torch-fp32"
 
 
+def is_dense_fp32(pruner: Any, accelerator: Any, compute_precision: Any) -> bool:
+    """Whether a cell is a dense full-precision engine (the candidates for "best dense"): pruner
+    none and fp32 arithmetic. Rows written before ``compute_precision`` existed (``None``) count
+    only the torch-fp32 baseline."""
+    if pruner != BASELINE_PRUNER:
+        return False
+    if isinstance(compute_precision, str):
+        return compute_precision == "fp32"
+    return accelerator == BASELINE_ACCELERATOR
+
+
 def stable_hash(obj: Any, n: int = 12) -> str:
     """First ``n`` hex digits of the sha256 of ``obj``'s canonical JSON (sorted keys, no spaces,
     ``str()`` for anything JSON cannot encode); stable across runs, processes and machines."""

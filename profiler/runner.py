@@ -25,7 +25,7 @@ from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_fields
-from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, stable_hash
+from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
 from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
@@ -433,7 +433,8 @@ class Runner:
 
     def _group_savings(self, cells: dict[str, tuple[Result, Timed]]) -> None:
         """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell."""
-        dense = {k: v for k, v in cells.items() if v[0].pruner == BASELINE_PRUNER and v[0].extra.get("compute_precision") == "fp32"}
+        dense = {k: v for k, v in cells.items()
+                 if is_dense_fp32(v[0].pruner, v[0].accelerator, v[0].extra.get("compute_precision"))}
         base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR), None)
         best = min(dense, key=lambda k: cells[k][0].latency_p50_s or float("inf"), default=None)
         for k, (row, t) in cells.items():

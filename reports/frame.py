@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, stable_hash
+from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import plugin_label
 from profiler.results import read_results
 
@@ -161,8 +161,9 @@ def dense_fp32_mask(df: pd.DataFrame) -> pd.Series:
     """The dense full-precision engines: pruner none, fp32 arithmetic (rows written without
     ``compute_precision`` count only the torch-fp32 baseline)."""
     prec = df["compute_precision"] if "compute_precision" in df else pd.Series(None, index=df.index, dtype=object)
-    fp32 = (prec == "fp32") | (prec.isna() & (df["accelerator"] == BASELINE_ACCELERATOR))
-    return (df["status"] == "ok") & (df["pruner"] == BASELINE_PRUNER) & fp32 & df["latency_p50_s"].map(positive)
+    dense = pd.Series([is_dense_fp32(p, a, c) for p, a, c in zip(df["pruner"], df["accelerator"], prec)],
+                      index=df.index, dtype=bool)
+    return (df["status"] == "ok") & dense & df["latency_p50_s"].map(positive)
 
 
 def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:

@@ -158,10 +158,23 @@ class TrainingPruner(Pruner):
         )
         batches = task.train_batches(self.batch_size, self.seed)
         recent: deque[float] = deque(maxlen=50)
+
+        def gradient() -> float:
+            opt.zero_grad(set_to_none=True)
+            inputs, labels = next(batches)
+            logits = logits_of(model(**inputs))
+            loss = task.loss(logits, labels)
+            if distiller is not None:
+                loss = distiller.loss(inputs, logits, loss)
+            loss.backward()
+            return float(loss.detach())
+
         model.train()
         for step in range(total):
             if self.schedule.is_update(step):
                 s = self.schedule.sparsity_at(step)
+                score.before_update(gradient)
+                opt.zero_grad(set_to_none=True)
                 score.update_masks(masks, self.select(score, s), opt, s)
             inputs, labels = next(batches)
             logits = logits_of(model(**inputs))

@@ -49,6 +49,8 @@ sparsity, distillation T = 2, α_distil = 0.9.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -65,6 +67,12 @@ class Score:
 
     def accumulate(self) -> None:
         """Called after each backward pass, before the optimizer step (gradients unmasked)."""
+
+    def before_update(self, gradient: Callable[[], float]) -> None:
+        """Called at each pruning step before :meth:`scores`. ``gradient()`` zeroes the model's
+        gradients, runs forward, the training loss (with distillation when on) and backward on the
+        next training batch, leaving ``.grad`` on every weight, and returns the loss; second-order
+        scores (OBS) call it as often as they need gradients. The loop zeroes gradients afterwards."""
 
     def update_masks(self, masks: "MaskSet", new: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, sparsity: float) -> None:
         """Install the keep-masks ``new`` (a pruning step). Scores that track pruned weights override this."""

@@ -54,6 +54,18 @@ class Prepared:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags (first ``flags`` line) from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def logits_of(out: Any) -> torch.Tensor:
     """Logits from a transformers output object (``.logits``), a tuple (first item), or a plain tensor."""
     if isinstance(out, torch.Tensor):

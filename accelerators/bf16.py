@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
+from accelerators.base import Accelerator, PrepareSettings, Prepared, cpu_flags, logits_of
 
 
 class _FloatLogits(nn.Module):
@@ -38,13 +38,5 @@ class BF16(Accelerator):
         return True, ""
 
     def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
-        return Prepared(_FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval()), {"bf16_amx": _cpu_has_amx_bf16()})
+        return Prepared(_FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval()), {"bf16_amx": "amx_bf16" in cpu_flags()})
 
-
-def _cpu_has_amx_bf16() -> bool:
-    """Whether /proc/cpuinfo lists ``amx_bf16`` (False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings, logits_of
+from accelerators.base import PrepareSettings, cpu_flags, logits_of
 
 #: the model inputs a peer graph may take, in the order of the export wrapper's arguments
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
@@ -169,15 +169,3 @@ def calibration_batches(settings: PrepareSettings, n: int, names: list[str]) -> 
     if not out:
         raise RuntimeError("PrepareSettings.calibration yielded no batches")
     return out
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's ISA flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared
+from accelerators.base import Accelerator, PrepareSettings, Prepared, cpu_flags
 from accelerators.params import Range, check_ranges
 from accelerators.peer_common import (
-    LogitsOnly, PeerModule, arrays_digest, cache_root, calibration_batches, cpu_flags, import_status, input_names,
+    LogitsOnly, PeerModule, arrays_digest, cache_root, calibration_batches, import_status, input_names,
     quiet_trace, weights_digest,
 )
 

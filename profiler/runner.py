@@ -315,6 +315,7 @@ class Runner:
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
         progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
+        pruner.cache_dir = self.cache_dir
         report = pruner.prune(model, task, progress=progress)
         self.reporter.training_done()
         model.eval()

@@ -7,6 +7,7 @@ LayerNorm, pooler and classifier are never prunable targets.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Iterable
 
 import torch
@@ -126,6 +127,9 @@ class Pruner:
     #: bumped when a change to the algorithm makes models cached on disk stale (part of the cache
     #: key when non-zero, so caches of unchanged pruners stay valid)
     cache_version: ClassVar[int] = 0
+    #: a folder where the pruner may keep data derived from the dense model (e.g. the distillation
+    #: teacher's logits); set by the runner, None = nothing written to disk
+    cache_dir: Path | None = None
 
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         raise NotImplementedError

@@ -7,12 +7,20 @@ with teacher logits ``z_t``, student logits ``z_s``, temperature ``T`` and disti
 ``α``. The T² factor keeps the soft-target gradients on the scale of the hard-target ones. The
 teacher is a frozen deep copy of the dense model taken before pruning starts (eval mode, no
 gradients). Movement pruning (Sanh et al. 2020) uses T = 2, α = 0.9.
+
+Because the teacher is frozen and in eval mode (dropout off), its logits for a training example
+never change: :class:`TeacherLogits` computes them once per example (fp32, no autocast) and keeps
+them, in memory for the run and on disk under a key of the teacher's weights and the training
+data, so every later pruner distilled from the same dense model skips the teacher's forward pass.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import math
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,18 +43,125 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tas
     return alpha * T * T * kl + (1.0 - alpha) * task_loss
 
 
-class Distiller:
-    """Holds the frozen teacher; ``loss(inputs, student_logits, task_loss)`` gives the mixed loss."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None) -> None:
+
+def weights_key(model: nn.Module, data: Sequence[Sequence[int]]) -> str:
+    """SHA-256 (24 hex digits) of ``model``'s state dict (names, dtypes, shapes, bytes) and the
+    token ids of the training examples ``data``: equal keys mean equal teacher logits."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for ids in data:
+        h.update(len(ids).to_bytes(4, "little"))
+        h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+class TeacherLogits:
+    """Teacher logits per training example: computed on first use, then looked up.
+
+    Args:
+        teacher: the frozen teacher (eval mode).
+        n_examples: number of training examples (indices are in ``range(n_examples)``).
+        file: where the logits persist (``torch.save`` of ``{"key", "logits", "have"}``); None = memory only.
+        key: :func:`weights_key` of the teacher and the data; a file with another key is ignored.
+
+    The logits tensor is float32 ``(n_examples, num_labels)``; ``have`` marks the computed rows.
+    """
+
+    def __init__(self, teacher: nn.Module, n_examples: int, logits_of: Callable, file: Path | None = None, key: str = "") -> None:
+        self.teacher, self.n, self._logits_of = teacher, int(n_examples), logits_of
+        self.file, self.key = (Path(file) if file else None), key
+        self.logits: torch.Tensor | None = None
+        self.have = torch.zeros(self.n, dtype=torch.bool)
+        self.computed = 0
+        self.loaded = 0
+        if self.file is not None and self.file.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            saved = torch.load(self.file, weights_only=True)
+        except Exception as exc:  # a damaged file only costs recomputation
+            log.warning("teacher logits %s unreadable (%s); recomputing", self.file, exc)
+            return
+        if saved.get("key") == self.key and saved["have"].shape == (self.n,):
+            self.logits, self.have = saved["logits"].float(), saved["have"].bool()
+            self.loaded = int(self.have.sum())
+
+    def __call__(self, indices: Sequence[int], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(len(indices), num_labels)`` float32 of the examples ``indices``, whose collated
+        batch is ``inputs``; rows not seen before run through the teacher (sub-batch of ``inputs``)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        miss = ~self.have[idx]
+        if bool(miss.any()):
+            sub = {k: v[miss] for k, v in inputs.items()}
+            with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+                t = self._logits_of(self.teacher(**sub)).float()
+            if self.logits is None:
+                self.logits = torch.zeros(self.n, t.shape[-1])
+            self.logits[idx[miss]] = t
+            self.have[idx[miss]] = True
+            self.computed += int(miss.sum())
+        assert self.logits is not None
+        return self.logits[idx].clone()
+
+    def save(self) -> None:
+        """Write the logits to :attr:`file` (atomically) when new rows were computed."""
+        if self.file is None or not self.computed or self.logits is None:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(self.file.name + ".tmp")
+        torch.save({"key": self.key, "logits": self.logits, "have": self.have}, tmp)
+        tmp.replace(self.file)
+
+    def describe(self) -> dict:
+        return {"teacher_logits": "cached per example", "teacher_forward_examples": self.computed,
+                "teacher_logits_reused": self.loaded}
+
+
+class Distiller:
+    """Holds the frozen teacher; ``loss(inputs, student_logits, task_loss, indices)`` gives the mixed loss.
+
+    With ``n_examples`` the teacher's logits are cached per training example (:class:`TeacherLogits`,
+    persisted under ``cache_dir/teacher_logits/`` when ``cache_dir`` is given, keyed by the teacher's
+    weights and ``examples``); ``loss`` then needs the batch's example ``indices``. Without, or with
+    ``indices=None``, the teacher runs on every batch.
+    """
+
+    def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None,
+                 examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None) -> None:
         check_distill(temperature, alpha)
         self.teacher = copy.deepcopy(dense).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.temperature, self.alpha = float(temperature), float(alpha)
         self._logits_of = logits_of or default_logits_of
+        self.cache: TeacherLogits | None = None
+        if examples is not None:
+            key = weights_key(self.teacher, examples) if cache_dir else ""
+            file = Path(cache_dir) / "teacher_logits" / f"{key}.pt" if cache_dir else None
+            self.cache = TeacherLogits(self.teacher, len(examples), self._logits_of, file, key)
 
-    def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t = self._logits_of(self.teacher(**inputs)).float()
+    def teacher_logits(self, inputs: dict[str, torch.Tensor], indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Teacher logits (batch, num_labels) float32, from the cache when ``indices`` are given."""
+        if self.cache is not None and indices is not None:
+            return self.cache(indices, inputs)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            return self._logits_of(self.teacher(**inputs)).float()
+
+    def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor,
+             indices: Sequence[int] | None = None) -> torch.Tensor:
+        t = self.teacher_logits(inputs, indices)
         return distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
+
+    def save(self) -> None:
+        """Persist newly computed teacher logits (no-op without a cache file)."""
+        if self.cache is not None:
+            self.cache.save()
+
+    def describe(self) -> dict:
+        return self.cache.describe() if self.cache is not None else {"teacher_logits": "live teacher every step"}

@@ -14,7 +14,6 @@ import functools
 import inspect
 import logging
 import math
-import time
 import typing
 from collections import deque
 from typing import Annotated, Any, Callable, Sequence
@@ -30,6 +29,7 @@ from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
 from pruners.structure import SCOPES, parse_structure
+from pruners.training import StepClock, adamw, autocast, check_precision, resolve_precision, warmup_linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class TrainingPruner(Pruner):
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         roles: encoder Linear roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
         seed: seed of the batch order and dropout.
+        precision: ``"auto"`` (bf16 autocast with fp32 master weights where the CPU has native
+            bf16, else fp32), ``"fp32"`` or ``"bf16"``; see :mod:`pruners.training`. Masked
+            weights stay exact zeros either way (the masks act on the fp32 weights).
     """
 
     needs_training = True
@@ -93,6 +96,7 @@ class TrainingPruner(Pruner):
         scope: str = "layer",
         roles: Sequence[str] = ALL_ROLES,
         seed: Annotated[int, Range(0, 2**32 - 1)] = 0,
+        precision: str = "auto",
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         self.initial_sparsity = _num("initial_sparsity", initial_sparsity, 0.0, self.sparsity)
@@ -120,6 +124,7 @@ class TrainingPruner(Pruner):
         self.scope = scope
         self.roles = validate_roles(roles)
         self.seed = _int("seed", seed, 0)
+        self.precision = check_precision(precision)
         self.start_step = int(round(self.start_frac * self.steps))
         self.end_step = max(self.start_step + 1, int(round(self.end_frac * self.steps)))
         self.schedule = Cubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
@@ -139,70 +144,80 @@ class TrainingPruner(Pruner):
 
     # ---- the loop --------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
-        t_wall = time.perf_counter()
+        clock = StepClock()
+        precision = resolve_precision(self.precision)
         torch.manual_seed(self.seed)
         layers = prunable_linears(model, self.roles)
         if not layers:
             raise ValueError(f"no encoder Linear layer matches roles {list(self.roles)}")
         for n, lin in layers.items():
             self.structure.check_shape(n, lin.weight.shape)
-        distiller = Distiller(model, self.temperature, self.alpha) if self.distill else None
+        data = task.train_examples()
+        distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir)
+                     if self.distill else None)
         self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        warm, total = self.warmup_steps, self.steps
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
-        )
-        batches = task.train_batches(self.batch_size, self.seed)
-        recent: deque[float] = deque(maxlen=50)
+        opt = adamw(params, self.lr, self.weight_decay)
+        sched = warmup_linear_decay(opt, self.warmup_steps, self.steps)
+        batches = task.train_index_batches(self.batch_size, self.seed)
+
+        def next_loss() -> torch.Tensor:
+            idx = next(batches)
+            inputs, labels = task.collate([data[i] for i in idx])
+            with autocast(precision):
+                logits = logits_of(model(**inputs)).float()
+            loss = task.loss(logits, labels)
+            return distiller.loss(inputs, logits, loss, idx) if distiller is not None else loss
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
-            inputs, labels = next(batches)
-            logits = logits_of(model(**inputs))
-            loss = task.loss(logits, labels)
-            if distiller is not None:
-                loss = distiller.loss(inputs, logits, loss)
+            loss = next_loss()
             loss.backward()
             return float(loss.detach())
 
-        model.train()
-        for step in range(total):
-            if self.schedule.is_update(step):
-                s = self.schedule.sparsity_at(step)
-                score.before_update(gradient)
-                opt.zero_grad(set_to_none=True)
-                score.update_masks(masks, self.select(score, s), opt, s)
-            inputs, labels = next(batches)
-            logits = logits_of(model(**inputs))
-            loss = task.loss(logits, labels)
-            if distiller is not None:
-                loss = distiller.loss(inputs, logits, loss)
-            loss.backward()
-            score.accumulate()
-            masks.step(opt, clip_norm=1.0, params=params)
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            recent.append(float(loss.detach()))
-            if progress:
-                progress(step + 1, total, recent[-1], masks.sparsity)
-            if (step + 1) % 50 == 0 or step + 1 == total:
-                log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, total,
-                         sum(recent) / len(recent), len(recent), masks.sparsity, time.perf_counter() - t_wall)
+        recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress)
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
             score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
         masks.squash()
-        del opt, distiller
+        if distiller is not None:
+            distiller.save()
         model.eval()
         assert_plain(model)
         notes = self.describe()
         notes.update(score.describe())
         notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
-        notes["wall_time_s"] = round(time.perf_counter() - t_wall, 1)
+        notes["training_speed"] = {**clock.describe(precision), **(distiller.describe() if distiller else {})}
+        notes["wall_time_s"] = notes["training_speed"]["wall_time_s"]
         return masks.report(model, notes)
+
+    def _train(self, model: nn.Module, masks: MaskSet, score: Score, opt: torch.optim.Optimizer, sched: Any,
+               params: list[torch.nn.Parameter], next_loss: Callable[[], torch.Tensor], gradient: Callable[[], float],
+               clock: StepClock, progress: Progress | None) -> deque[float]:
+        """The training steps: mask updates on the schedule, one masked optimizer step per batch."""
+        recent: deque[float] = deque(maxlen=50)
+        model.train()
+        for step in range(self.steps):
+            if self.schedule.is_update(step):
+                s = self.schedule.sparsity_at(step)
+                score.before_update(gradient)
+                opt.zero_grad(set_to_none=True)
+                score.update_masks(masks, self.select(score, s), opt, s)
+            loss = next_loss()
+            loss.backward()
+            score.accumulate()
+            masks.step(opt, clip_norm=1.0, params=params)
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            clock.tick()
+            recent.append(float(loss.detach()))
+            if progress:
+                progress(step + 1, self.steps, recent[-1], masks.sparsity)
+            if (step + 1) % 50 == 0 or step + 1 == self.steps:
+                log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, self.steps,
+                         sum(recent) / len(recent), len(recent), masks.sparsity, clock.wall_s)
+        return recent
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -212,7 +227,7 @@ class TrainingPruner(Pruner):
             "training": {
                 "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
                 "weight_decay": self.weight_decay, "optimizer": "AdamW, linear warm-up then linear decay to 0, clip 1.0",
-                "seed": self.seed,
+                "seed": self.seed, "precision": resolve_precision(self.precision),
             },
             "distillation": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else False,
         }

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from accelerators.base import PrepareSettings, logits_of
-from accelerators.peer_common import cpu_flags, weights_digest
+from accelerators.base import cpu_flags
+from accelerators.peer_common import weights_digest
 from accelerators.peer_onnxruntime import ONNXRuntime
 from accelerators.peer_openvino import OpenVINO
 from profiler.tasks.tiny_synthetic import TinySynthetic

@@ -14,6 +14,7 @@ from torch import nn
 from accelerators.base import logits_of
 from accelerators.params import Range
 from profiler.identity import stable_hash
+from pruners.training import StepClock, adamw, autocast, check_precision, index_batches, resolve_precision, warmup_linear_decay
 
 
 def default_cache_dir() -> Path:
@@ -61,11 +62,13 @@ class Task:
     finetune_lr: float = 5e-5
     seed: int = 0
     max_length: int = 128
+    finetune_precision: str = "auto"
 
-    def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int) -> None:
+    def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int, precision: str = "auto") -> None:
         """Check and store the fine-tuning hyper-parameters (constructors call this).
 
-        Raises ValueError unless steps >= 0, batch_size >= 1, lr > 0 and 8 <= max_length <= 512."""
+        Raises ValueError unless steps >= 0, batch_size >= 1, lr > 0, 8 <= max_length <= 512 and
+        ``precision`` is valid on this CPU (:func:`pruners.training.check_precision`)."""
         if steps < 0 or batch_size < 1 or not 8 <= max_length <= 512:
             raise ValueError("finetune_steps must be >= 0, finetune_batch_size >= 1, max_length in [8, 512] "
                              f"(got {steps}, {batch_size}, {max_length})")
@@ -73,6 +76,13 @@ class Task:
             raise ValueError(f"finetune_lr must be > 0, got {lr}")
         self.finetune_steps, self.finetune_batch_size, self.finetune_lr = steps, batch_size, lr
         self.seed, self.max_length = seed, max_length
+        self.finetune_precision = check_precision(precision, "finetune_precision")
+
+    def precision_fingerprint(self) -> dict[str, str]:
+        """``{"precision": "bf16"}`` when fine-tuning runs in bf16, else ``{}`` (fp32 fine-tunes keep
+        the cache keys they had before the precision option existed)."""
+        p = resolve_precision(self.finetune_precision)
+        return {} if p == "fp32" or self.finetune_steps == 0 else {"precision": p}
 
     # ---- hooks -----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -138,22 +148,17 @@ class Task:
         """Where :meth:`calibration_inputs` draws from: the training examples."""
         return self.train_examples()
 
-    def train_batches(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """Endless shuffled training batches, length-bucketed (chunks of 50 batches sorted by length)
-        so padding stays small; deterministic for a given seed."""
-        rng = random.Random(self.seed if seed is None else seed)
+    def train_index_batches(self, batch_size: int, seed: int | None = None) -> Iterator[list[int]]:
+        """Endless shuffled batches of indices into :meth:`train_examples`, length-bucketed (chunks
+        of 50 batches sorted by length) so padding stays small; deterministic for a given seed."""
         data = self.train_examples()
-        while True:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            chunk = batch_size * 50
-            batches = []
-            for s in range(0, len(order), chunk):
-                part = sorted(order[s : s + chunk], key=lambda i: len(data[i].input_ids))
-                batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-            rng.shuffle(batches)
-            for b in batches:
-                yield self.collate([data[i] for i in b])
+        return index_batches(len(data), [len(e.input_ids) for e in data], batch_size, self.seed if seed is None else seed)
+
+    def train_batches(self, batch_size: int, seed: int | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """The batches of :meth:`train_index_batches`, collated."""
+        data = self.train_examples()
+        for idx in self.train_index_batches(batch_size, seed):
+            yield self.collate([data[i] for i in idx])
 
     # ---- fine-tuning and evaluation -----------------------------------------------------------
     def model_cache_path(self, cache_dir: Path) -> Path:
@@ -167,12 +172,11 @@ class Task:
         if cached is not None:
             return cached
         model = self.base_model()
-        if self.finetune_steps > 0:
-            self.finetune(model, self.finetune_steps, progress)
+        training = self.finetune(model, self.finetune_steps, progress) if self.finetune_steps > 0 else None
         model.eval()
         tmp = path.with_name(path.name + ".tmp")
         model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "sparsebench_task.json").write_text(json.dumps(self.fingerprint(), indent=1, default=str))
+        (tmp / "sparsebench_task.json").write_text(json.dumps({**self.fingerprint(), "training": training}, indent=1, default=str))
         tmp.replace(path) if not path.exists() else None
         return model
 
@@ -186,27 +190,33 @@ class Task:
             raise RuntimeError(f"checkpoint {path} did not load strictly: {bad}")
         return model.eval()
 
-    def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None) -> None:
-        """AdamW with linear warm-up (6 % of steps) and linear decay; cross-entropy (or task) loss."""
+    def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+        """Fine-tune ``model`` in place: AdamW (lr :attr:`finetune_lr`, weight decay 0.01), linear
+        warm-up over 6 % of the steps then linear decay, gradient clipping at 1.0, the task loss, in
+        :attr:`finetune_precision` (see :mod:`pruners.training`). Returns ``{"precision", "steps",
+        "wall_time_s", "steps_per_s"}``."""
+        precision = resolve_precision(self.finetune_precision)
+        clock = StepClock()
         torch.manual_seed(self.seed)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=self.finetune_lr, weight_decay=0.01)
-        warm = max(1, int(0.06 * steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-        )
+        opt = adamw(model.parameters(), self.finetune_lr, 0.01)
+        sched = warmup_linear_decay(opt, max(1, int(0.06 * steps)), steps)
         batches = self.train_batches(self.finetune_batch_size)
         for step in range(steps):
             inputs, labels = next(batches)
-            loss = self.loss(logits_of(model(**inputs)), labels)
+            with autocast(precision):
+                logits = logits_of(model(**inputs))
+            loss = self.loss(logits.float(), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            clock.tick()
             if progress:
                 progress(step + 1, steps, loss.detach().item())
         model.eval()
+        return clock.describe(precision)
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Every metric the task reports, headline (:attr:`metric_name`) first; default: the headline only."""

@@ -18,6 +18,7 @@ class GlueMiniLM(TextClassification):
         seed: seed for the head's initialisation and the batch order.
         max_length: tokens kept per example (longer ones are truncated).
         data_dir: folder with ``train.tsv`` and ``dev.tsv``; default: the packaged copy.
+        finetune_precision: ``auto`` | ``fp32`` | ``bf16`` (see :mod:`pruners.training`).
     """
 
     glue_task: ClassVar[str] = ""
@@ -30,9 +31,11 @@ class GlueMiniLM(TextClassification):
         seed: Seed = 0,
         max_length: MaxLength = 128,
         data_dir: str | None = None,
+        finetune_precision: str = "auto",
     ) -> None:
         super().__init__(glue=self.glue_task, finetune_steps=finetune_steps, finetune_batch_size=finetune_batch_size,
-                         finetune_lr=finetune_lr, seed=seed, max_length=max_length, data_dir=data_dir)
+                         finetune_lr=finetune_lr, seed=seed, max_length=max_length, data_dir=data_dir,
+                         finetune_precision=finetune_precision)
         self.data_dir = self.eval_path.parent
 
 

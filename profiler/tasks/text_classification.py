@@ -41,6 +41,8 @@ class TextClassification(Task):
             otherwise fine-tune (AdamW, linear warm-up/decay) and cache the result.
         finetune_batch_size, finetune_lr, seed, max_length: fine-tuning and tokenization.
         data_dir: folder with the GLUE ``train.tsv``/``dev.tsv``; default: the packaged copy.
+        finetune_precision: ``auto`` (bf16 autocast with fp32 master weights where the CPU has
+            native bf16, else fp32), ``fp32`` or ``bf16``; see :mod:`pruners.training`.
     """
 
     name = "text-classification"
@@ -61,8 +63,9 @@ class TextClassification(Task):
         seed: Seed = 0,
         max_length: MaxLength = 128,
         data_dir: str | None = None,
+        finetune_precision: str = "auto",
     ) -> None:
-        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length)
+        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length, finetune_precision)
         self.model_arg, self.glue = model, glue
         self._data_source(glue, train_file, eval_file, data_dir, (text_column, text_pair_column, label_column))
         self._pick_metric(metric)
@@ -161,7 +164,7 @@ class TextClassification(Task):
             "model_files": modelsource.folder_fingerprint(self.model_path), "data": files,
             "columns": [self.text_column, self.text_pair_column, self.label_column], "metric": self.metric_name,
             "num_labels": self.num_labels, "steps": self.finetune_steps, "batch": self.finetune_batch_size,
-            "lr": self.finetune_lr, "seed": self.seed, "max_length": self.max_length,
+            "lr": self.finetune_lr, "seed": self.seed, "max_length": self.max_length, **self.precision_fingerprint(),
         }
 
     @cached_property

@@ -22,6 +22,7 @@ class TinySynthetic(Task):
         vocab_size: token ids drawn from [10, vocab_size); ids < 10 are special.
         n_train, n_eval: examples in each split (fixed by ``seed``).
         finetune_steps, finetune_batch_size, finetune_lr, seed: fine-tuning budget.
+        finetune_precision: ``auto`` | ``fp32`` | ``bf16`` (see :mod:`pruners.training`).
     """
 
     name = "tiny-synthetic"
@@ -39,6 +40,7 @@ class TinySynthetic(Task):
         finetune_batch_size: FinetuneBatch = 32,
         finetune_lr: FinetuneLR = 2e-3,
         seed: Seed = 0,
+        finetune_precision: str = "auto",
     ) -> None:
         for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
                          ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval)):
@@ -51,10 +53,11 @@ class TinySynthetic(Task):
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
         self.n_train, self.n_eval = n_train, n_eval
-        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length=128)
+        self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length=128, precision=finetune_precision)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"task": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        return {"task": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_") and k != "finetune_precision"},
+                **self.precision_fingerprint()}
 
     def base_model(self) -> nn.Module:
         from transformers import BertConfig, BertForSequenceClassification

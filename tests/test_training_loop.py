@@ -1,0 +1,141 @@
+"""The shared training machinery: precision selection, the teacher-logit cache, bf16 masks,
+the schedule, and the speed figures written into reports."""
+import copy
+
+import pytest
+import torch
+
+from accelerators.base import logits_of
+from profiler.tasks import TinySynthetic
+from pruners import training
+from pruners.base import prunable_linears
+from pruners.distill import Distiller, weights_key
+from pruners.gmp import GMPPruner
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    task = TinySynthetic(finetune_steps=0, n_train=128, n_eval=32)
+    return task, task.base_model().eval()
+
+
+def test_precision_auto_follows_cpu_flags(monkeypatch):
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert training.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    assert training.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "avx2"})
+    assert training.resolve_precision("auto") == "fp32"
+    assert training.resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="needs a CPU with avx512_bf16 or amx_bf16"):
+        training.check_precision("bf16")
+    with pytest.raises(ValueError, match="precision must be one of: auto, fp32, bf16"):
+        training.check_precision("fp16")
+
+
+def test_precision_is_validated_by_pruner_and_task_constructors(monkeypatch):
+    monkeypatch.setattr(training, "cpu_flags", lambda: set())
+    with pytest.raises(ValueError, match="precision = 'bf16' needs a CPU"):
+        GMPPruner(precision="bf16")
+    with pytest.raises(ValueError, match="finetune_precision must be one of"):
+        TinySynthetic(finetune_precision="half")
+
+
+def test_warmup_linear_decay_golden():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = training.warmup_linear_decay(opt, 2, 6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_index_batches_cover_every_example_once_per_epoch_and_are_deterministic():
+    lengths = [(i * 7) % 13 for i in range(100)]
+    a, b = training.index_batches(100, lengths, 8, 3), training.index_batches(100, lengths, 8, 3)
+    first = [next(a) for _ in range(13)]  # 100 / 8 -> 13 batches per epoch
+    assert first == [next(b) for _ in range(13)]
+    assert sorted(i for batch in first for i in batch) == list(range(100))
+
+
+def _loss_live_and_cached(task, dense, student, tmp_path):
+    data = task.train_examples()
+    live = Distiller(dense, 2.0, 0.9)
+    cached = Distiller(dense, 2.0, 0.9, examples=[e.input_ids for e in data], cache_dir=tmp_path)
+    idx = list(range(0, 40, 3))
+    inputs, labels = task.collate([data[i] for i in idx])
+    s = logits_of(student(**inputs)).float()
+    task_loss = task.loss(s, labels)
+    return live.loss(inputs, s, task_loss), cached, (inputs, s, task_loss, idx)
+
+
+def test_teacher_logit_cache_gives_the_live_teachers_loss(tiny, tmp_path):
+    task, dense = tiny
+    student = copy.deepcopy(dense)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    student.eval()
+    want, cached, (inputs, s, task_loss, idx) = _loss_live_and_cached(task, dense, student, tmp_path)
+    first = cached.loss(inputs, s, task_loss, idx)
+    again = cached.loss(inputs, s, task_loss, idx)  # served from the cache
+    assert cached.cache.computed == len(idx)
+    torch.testing.assert_close(first, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-6)
+    # persisted, and reused by a new distiller of the same teacher and data
+    cached.save()
+    data = task.train_examples()
+    reborn = Distiller(dense, 2.0, 0.9, examples=[e.input_ids for e in data], cache_dir=tmp_path)
+    assert reborn.cache.loaded == len(idx)
+    torch.testing.assert_close(reborn.loss(inputs, s, task_loss, idx), want, rtol=1e-5, atol=1e-6)
+    assert reborn.cache.computed == 0
+
+
+def test_teacher_cache_key_changes_with_weights_and_data(tiny):
+    task, dense = tiny
+    ids = [e.input_ids for e in task.train_examples()]
+    other = copy.deepcopy(dense)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1.0
+    assert weights_key(dense, ids) == weights_key(copy.deepcopy(dense), ids)
+    assert weights_key(dense, ids) != weights_key(other, ids)
+    assert weights_key(dense, ids) != weights_key(dense, ids[:-1])
+
+
+@pytest.mark.skipif(not training.bf16_native(), reason="CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)")
+def test_bf16_loop_keeps_masked_weights_exactly_zero_and_reports_speed(tiny, tmp_path):
+    task, dense = tiny
+    model = copy.deepcopy(dense)
+    pruner = GMPPruner(sparsity=0.75, steps=12, update_every=2, end_frac=0.5, distill=True, precision="bf16",
+                       structure="1x4")
+    pruner.cache_dir = tmp_path
+    layers = prunable_linears(model)
+    before = {n: torch.zeros_like(lin.weight, dtype=torch.bool) for n, lin in layers.items()}
+    checked = []
+
+    def progress_exact(step, total, loss, sparsity):
+        for n, lin in layers.items():
+            zeros = lin.weight.detach() == 0
+            if sparsity == 0.75:  # at the final sparsity the mask no longer changes: zeros stay zeros
+                assert bool(zeros[before[n]].all()), f"{n}: a masked weight became non-zero at step {step}"
+                checked.append(step)
+            before[n] = zeros
+
+    report = pruner.prune(model, task, progress=progress_exact)
+    assert checked  # the final-sparsity steps were seen
+    assert all(lin.weight.dtype == torch.float32 for lin in layers.values())  # fp32 master weights
+    assert report.sparsity_prunable == pytest.approx(0.75)
+    speed = report.notes["training_speed"]
+    assert speed["precision"] == "bf16" and speed["steps"] == 12 and speed["steps_per_s"] > 0
+    assert speed["teacher_forward_examples"] > 0
+    assert list((tmp_path / "teacher_logits").glob("*.pt"))
+
+
+def test_fp32_finetune_reports_its_speed_and_precision():
+    task = TinySynthetic(finetune_steps=5, n_train=64, n_eval=16, finetune_precision="fp32")
+    model = task.base_model()
+    out = task.finetune(model, 5)
+    assert out["precision"] == "fp32" and out["steps"] == 5 and out["steps_per_s"] > 0
+    assert "precision" not in task.fingerprint()  # fp32 fine-tunes keep their old cache keys

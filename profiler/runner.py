@@ -346,6 +346,10 @@ class Runner:
         """The cell's row and prepared module; None when the cell was recorded skipped or failed."""
         row = self._base_row(c, task)
         row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
+        if report.notes.get("training_speed"):
+            row.extra["pruner_training"] = report.notes["training_speed"]
+        if task.finetune_report:
+            row.extra["dense_finetune"] = task.finetune_report
         acc = ACCELERATORS.build(c.accelerator.name, c.accelerator.params, c.accelerator.key)
         settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
                                    seq_len=c.seq_len, calibration=task.calibration_inputs, cache_dir=str(self.cache_dir))

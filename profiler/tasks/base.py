@@ -63,6 +63,9 @@ class Task:
     seed: int = 0
     max_length: int = 128
     finetune_precision: str = "auto"
+    #: how the dense model was fine-tuned (steps, precision, wall time, steps/s), set by
+    #: :meth:`load_finetuned`; None before, or for a model used as given
+    finetune_report: dict[str, Any] | None = None
 
     def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int, precision: str = "auto") -> None:
         """Check and store the fine-tuning hyper-parameters (constructors call this).
@@ -170,9 +173,11 @@ class Task:
         path = self.model_cache_path(cache_dir or default_cache_dir())
         cached = load_cached(path, self.load_saved, "config.json")
         if cached is not None:
+            self.finetune_report = _saved_training(path, self.finetune_steps)
             return cached
         model = self.base_model()
         training = self.finetune(model, self.finetune_steps, progress) if self.finetune_steps > 0 else None
+        self.finetune_report = training
         model.eval()
         tmp = path.with_name(path.name + ".tmp")
         model.save_pretrained(tmp, safe_serialization=True)
@@ -244,6 +249,18 @@ class Task:
                 logits[i] = out[j]
         labels = torch.tensor([e.label for e in ex])
         return self.metrics(torch.stack(logits), labels)
+
+
+def _saved_training(path: Path, steps: int) -> dict[str, Any] | None:
+    """The fine-tune's ``training`` record saved beside a cached model (older entries have none:
+    then only the step count is known)."""
+    if steps == 0:
+        return None
+    try:
+        saved = json.loads((path / "sparsebench_task.json").read_text()).get("training")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    return saved or {"steps": steps}
 
 
 def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any | None:

@@ -97,6 +97,7 @@ def build_report_html(run_dir: Path) -> str:
         return page(title, head + ["<p>No results yet.</p>"])
     df = add_savings(df)
     head.append(_harness_note(df, manifest.get("harness_overhead_s")))
+    head.append(_models_note(df))
     lines = verdicts(df)
     head.append("<h2>Verdict</h2>" + ("<ul>" + "".join(f"<li>{esc(v)}</li>" for v in lines) + "</ul>" if lines else
                 "<p class='note'>No verdict: the run needs a dense fp32 cell (pruner none) with an accuracy in each shape.</p>"))
@@ -130,6 +131,30 @@ def build_report_html(run_dir: Path) -> str:
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)
+
+
+def _training_text(t: Any) -> str:
+    """``6315 steps, bf16, 9.1 steps/s, 694 s`` from a training record (missing parts left out)."""
+    if not isinstance(t, dict):
+        return "as given (not fine-tuned here)"
+    parts = [f"{t['steps']} steps" if t.get("steps") is not None else None, t.get("precision"),
+             f"{t['steps_per_s']:.2f} steps/s" if is_number(t.get("steps_per_s")) else None,
+             f"{t['wall_time_s']:.0f} s" if is_number(t.get("wall_time_s")) else None]
+    return ", ".join(p for p in parts if p)
+
+
+def _models_note(df: pd.DataFrame) -> str:
+    """Which dense model each task used (its fine-tune) and how each training pruner trained."""
+    items = []
+    if "dense_finetune" in df:
+        for task_key, t in df.dropna(subset=["dense_finetune"]).groupby("task_key")["dense_finetune"].first().items():
+            items.append(f"dense model of {task_key}: fine-tuned {_training_text(t)}")
+    if "pruner_training" in df:
+        for label, t in df.dropna(subset=["pruner_training"]).groupby("pruner_label")["pruner_training"].first().items():
+            items.append(f"{label}: trained {_training_text(t)}")
+    if not items:
+        return ""
+    return "<h2>Models</h2><ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
 
 
 def _harness_note(df: pd.DataFrame, overhead_s: Any) -> str:

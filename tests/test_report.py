@@ -59,3 +59,17 @@ def test_mixed_energy_factor_only_when_allowed():
     mixed = add_savings(rows, allow_mixed_energy=True)
     assert mixed.loc[1, "energy_savings_factor"] == pytest.approx(4.0) and mixed.loc[1, "energy_mixed"]
     assert not mixed.loc[0, "energy_mixed"]
+
+
+def test_models_note_names_the_dense_finetune_and_each_pruners_training():
+    from reports.report import _models_note
+
+    df = pd.DataFrame([
+        {**row("none", "torch-fp32", 0.1, 1.0), "task_key": "sst2", "dense_finetune": {"steps": 6315, "precision": "bf16", "steps_per_s": 9.5, "wall_time_s": 665.0}},
+        {**row("gmp", "sparse-int8", 0.05, 1.0, sparsity=0.9), "task_key": "sst2", "dense_finetune": {"steps": 6315},
+         "pruner_training": {"steps": 12000, "precision": "fp32", "steps_per_s": 4.25, "wall_time_s": 2824.0}},
+    ])
+    html = _models_note(df)
+    assert "dense model of sst2: fine-tuned 6315 steps, bf16, 9.50 steps/s, 665 s" in html
+    assert "gmp 0.9: trained 12000 steps, fp32, 4.25 steps/s, 2824 s" in html
+    assert _models_note(pd.DataFrame([row("none", "torch-fp32", 0.1, 1.0)])) == ""

@@ -48,15 +48,16 @@ class RichReporter:
         self.total, self.done = total, done
 
     def cell_done(self, r) -> None:
+        where = f"[{r.extra['target']}] " if r.extra.get("target") else ""  # a Ray run's hardware target
         info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
         if r.status == "ok":
             info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
-        self.progress.update(self.cells, advance=1, info=f"{r.pruner} {info}")
+        self.progress.update(self.cells, advance=1, info=f"{where}{r.pruner} {info}")
         self.done += 1
         if self.plain:
-            self.console.print(f"cell {self.done}/{self.total}: {r.pruner} {info}", highlight=False)
+            self.console.print(f"cell {self.done}/{self.total}: {where}{r.pruner} {info}", highlight=False)
         if r.status != "ok":
-            self.console.print(f"[yellow]{r.status}[/]: {r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
+            self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
 
     def message(self, text: str) -> None:
         self.console.print(text)

@@ -294,10 +294,13 @@ class RayExecutor:
     def _build_models(self) -> None:
         """Build each (task, pruner) model some target still needs, once, and put it in the object
         store. A task or pruner that fails fails its cells on every target, as in a local run."""
+        from transformers.utils import logging as hf_logging
+
         from profiler.hardware import fingerprint
         from profiler.plugins import TASKS
         from profiler.tasks.base import seed_everything
 
+        hf_logging.disable_progress_bar()  # our own bars cover loading and saving
         seed_everything(self.cfg.seed)
         needed: dict[PluginSpec, dict[PluginSpec, None]] = defaultdict(dict)
         for tr in self.runs.values():

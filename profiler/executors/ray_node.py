@@ -139,8 +139,11 @@ def _node_task(spec: Any) -> Any:
 
 def _unpack(payload: ModelPayload, task: Any) -> tuple[Any, Any]:
     """(model, PruneReport) of a payload, loaded once per worker process from a private folder."""
+    from transformers.utils import logging as hf_logging
+
     from pruners.base import PruneReport
 
+    hf_logging.disable_progress_bar()  # a worker's output goes to Ray's log files, not to a terminal
     if payload.key not in _PROCESS["models"]:
         with tempfile.TemporaryDirectory(prefix="sparsebench-model-") as tmp:
             for name, data in payload.files.items():

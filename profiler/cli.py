@@ -48,7 +48,10 @@ class RichReporter:
         self.total, self.done = total, done
 
     def cell_done(self, r) -> None:
-        where = f"[{r.extra['target']}] " if r.extra.get("target") else ""  # a Ray run's hardware target
+        from rich.markup import escape
+
+        target = (getattr(r, "extra", None) or {}).get("target")  # a Ray run's hardware target
+        where = escape(f"[{target}] ") if target else ""
         info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
         if r.status == "ok":
             info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
@@ -60,7 +63,7 @@ class RichReporter:
             self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, markup=False)  # plain text: "[target] ..." is not a style
 
     def training(self, label: str) -> Callable[[int, int, float], None]:
         import time

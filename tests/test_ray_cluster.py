@@ -13,6 +13,7 @@ from pathlib import Path
 
 from profiler.cli import main
 from profiler.config import expand, parse_config
+from profiler.executors import ray_node
 from profiler.rundir import expand_run_dirs, target_dirs
 from reports.compare import build_compare
 from tests.conftest import tiny_config
@@ -87,6 +88,7 @@ def test_every_cell_runs_once_on_each_target_and_compare_reads_the_run(tmp_path,
             for r in _rows_of(run_dir, t):
                 assert r["ray_node_id"] == node_of[t] and r["hardware_id"] == hw["hardware_id"]
                 assert r["model_built_on"] == "driver" and r["model_shipped_via"] == "ray object store"
+                assert set(ray_node.STAMP_FIELDS) <= set(r) and r["worker_niceness"] == 0  # not Ray's 15
                 assert r["latency_rounds"] >= 3 and r["baseline_cell_id"] in cell_ids  # interleaved per target
                 accuracy.setdefault(r["model_id"], set()).add(r["accuracy"])
             assert (run_dir / "targets" / t / "report.html").is_file()

@@ -349,6 +349,10 @@ class RayExecutor:
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)
             tr.units.append(Unit(tr.name, cells, remote.remote(spec, *refs)))
+        kind = "interleave group" if self.cfg.measure.schedule != "sequential" else "(task, pruner)"
+        self.reporter.message(f"[{tr.name}] {len(tr.units)} unit(s) of work submitted, one per {kind}, each "
+                              f"reserving a whole node ({tr.target.cpus} CPU(s), {tr.target.gpus} GPU(s)); rows "
+                              "arrive as its cells finish")
 
     def _unit_payloads(self, cells: list[Cell]) -> list[Any] | None:
         """Object refs of the models a unit needs, one per pruner; None when some failed to build

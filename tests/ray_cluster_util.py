@@ -5,7 +5,7 @@ stays on loopback, so such a test re-executes itself (a pytest subprocess runnin
 test) inside namespaces of its own: a network namespace where only loopback exists (Ray then uses
 127.0.0.1) and a PID namespace, so that every process the test starts (Ray's GCS, raylets,
 workers, a driver) ends when the test process ends, whatever happens. Creating namespaces needs
-root; elsewhere these tests are skipped, with that reason.
+root; elsewhere these tests are skipped, with that reason (without Ray they fail: CI installs it).
 """
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ INNER_ENV = "SPARSEBENCH_TEST_PRIVATE_NETWORK"
 # --kill-child: the namespace's first process dies with unshare (e.g. on a timeout), and with it
 # every process of the PID namespace; --mount-proc: /proc shows that namespace, as Ray expects
 NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+def require_ray() -> None:
+    """Fail (not skip) without Ray: `make test` installs the ``ray`` extra, so CI runs these tests."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.fail("Ray is not installed: pip install -e '.[ray]' (`make test` installs it)")
 
 
 def namespace_problem() -> str | None:
@@ -57,7 +65,7 @@ def private_network(timeout_s: float = 600) -> Callable:
         def test(*args: Any, **kwargs: Any) -> Any:
             if os.environ.get(INNER_ENV) == "1":
                 return fn(*args, **kwargs)
-            pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+            require_ray()
             problem = namespace_problem()
             if problem:
                 pytest.skip(problem)

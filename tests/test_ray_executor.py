@@ -18,6 +18,7 @@ from profiler.rundir import expand_run_dirs, target_dirs
 from profiler.runner import Runner, interleave_key
 from tests.conftest import tiny_config
 from tests.faults_util import write_config
+from tests.ray_cluster_util import require_ray
 
 
 @pytest.fixture()
@@ -94,7 +95,7 @@ def test_executor_ray_without_ray_installed_fails_before_any_work(config_file, t
     ("nohost", ["is not HOST:PORT"]),
 ])
 def test_an_unreachable_or_malformed_address_fails_before_any_work(config_file, tmp_path, capsys, address, words):
-    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    require_ray()
     if address is None:  # a loopback port nothing listens on
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -24,7 +24,8 @@ from tests.ray_cluster_util import require_ray
 @pytest.fixture()
 def fresh_process(monkeypatch):
     """A worker process's caches (tasks, models, accuracy), empty for this test."""
-    monkeypatch.setattr(ray_node, "_PROCESS", {"tasks": {}, "models": {}, "accuracy": {}, "metrics": {}, "hardware": None})
+    monkeypatch.setattr(ray_node, "_PROCESS", {"configs": {}, "tasks": {}, "models": {}, "accuracy": {}, "metrics": {},
+                                               "hardware": None})
 
 
 def _payloads(cfg, tmp_path):
@@ -68,6 +69,24 @@ def test_a_sequential_unit_and_a_failing_unit(tmp_path, fresh_process):
     assert [r["cell_id"] for r in rows] == ids and all(r["status"] == "ok" and "latency_rounds" not in r for r in rows)
     with pytest.raises(KeyError):  # a unit without its model raises, and Ray hands the error to the driver
         list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=ids, stamp={})))
+
+
+def test_a_cell_the_runner_left_without_a_row_still_gets_one_in_order(monkeypatch, fresh_process):
+    from profiler.runner import base_row
+
+    cfg = parse_config(tiny_config())
+    cells = expand(cfg)[:3]
+
+    def last_only(spec, payloads, sink):  # a runner that records the third cell and forgets the others
+        row = base_row(cells[2], None, "hw")
+        sink(row)
+
+    monkeypatch.setattr(ray_node, "_work", last_only)
+    rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=[c.cell_id for c in cells],
+                                                    stamp={"target": "t"})))
+    assert [r["cell_id"] for r in rows] == [c.cell_id for c in cells]
+    assert [r["status"] for r in rows] == ["failed", "failed", "ok"] and "recorded no row" in rows[0]["reason"]
+    assert rows[0]["target"] == "t" and "worker_niceness" in rows[0]
 
 
 @pytest.fixture()

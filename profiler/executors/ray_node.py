@@ -84,8 +84,9 @@ class UnitSpec:
     known_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-#: per worker process: built tasks, unpacked models, accuracy per model_id, the node's fingerprint
-_PROCESS: dict[str, Any] = {"tasks": {}, "models": {}, "accuracy": {}, "metrics": {}, "hardware": None}
+#: per worker process: parsed configs, built tasks, unpacked models, accuracy per model_id, the
+#: node's fingerprint (a job's worker processes serve many of its units)
+_PROCESS: dict[str, Any] = {"configs": {}, "tasks": {}, "models": {}, "accuracy": {}, "metrics": {}, "hardware": None}
 
 
 def node_identity() -> tuple[str | None, dict[str, str]]:
@@ -144,6 +145,17 @@ def normal_priority() -> int | None:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
+def _config_cells(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(Config, cells by id) of a raw config, parsed once per worker process."""
+    from profiler.config import expand, parse_config
+
+    key = stable_hash(raw)
+    if key not in _PROCESS["configs"]:
+        cfg = parse_config(raw)
+        _PROCESS["configs"][key] = (cfg, {c.cell_id: c for c in expand(cfg)})
+    return _PROCESS["configs"][key]
+
+
 def _node_task(spec: Any) -> Any:
     """The task of ``spec`` (a PluginSpec), built once per worker process."""
     from profiler.plugins import TASKS
@@ -200,13 +212,11 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     """Run the unit's cells with the runner's cell functions; every row goes to ``sink``."""
     import torch  # noqa: F401  (imported before the meter starts, so its import is not metered)
 
-    from profiler.config import expand, parse_config
     from profiler.energy import IdlePower
     from profiler.plugins import METERS
     from profiler.tasks.base import seed_everything
 
-    cfg = parse_config(spec.config)
-    by_id = {c.cell_id: c for c in expand(cfg)}
+    cfg, by_id = _config_cells(spec.config)
     cells = [by_id[i] for i in spec.cell_ids]
     seed_everything(cfg.seed)
     task = _node_task(cells[0].task)
@@ -266,11 +276,9 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
 
 def _unrecorded(spec: UnitSpec, cell_id: str) -> dict[str, Any]:
     """A failed row for a cell the runner recorded nothing for (a bug: the row says so)."""
-    from profiler.config import expand, parse_config
     from profiler.runner import base_row
 
-    cell = next(c for c in expand(parse_config(spec.config)) if c.cell_id == cell_id)
-    row = base_row(cell, None, node_hardware()["hardware_id"])
+    row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
     row.status, row.reason = "failed", "the runner recorded no row for this cell on the node (a bug; please report)"
     row.extra.update(spec.stamp)
     return row.to_dict()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from profiler.identity import stable_hash
+from profiler.runner import Runner, base_row
 
 #: rows of a Ray run carry these fields besides the runner's
 STAMP_FIELDS = ("target", "executor", "label_selector", "ray_node_id", "node_labels", "worker_niceness",
@@ -184,34 +185,27 @@ def _unpack(payload: ModelPayload, task: Any) -> tuple[Any, Any]:
     return _PROCESS["models"][payload.key]
 
 
-def _runner_class() -> type:
-    from profiler.runner import Runner
+class NodeRunner(Runner):
+    """The runner's own cell functions, with every recorded row handed to ``sink`` (the row
+    stamped with the target, the node and where its model was built) instead of a file."""
 
-    class NodeRunner(Runner):
-        """The runner's own cell functions, with every recorded row handed to ``sink`` (the row
-        stamped with the target, the node and where its model was built) instead of a file."""
+    def __init__(self, cfg: Any, hw: dict, stamp: dict[str, Any], built_on: dict[str, dict],
+                 sink: Callable[[Any], None]) -> None:
+        # run_dir is never written: _record is replaced below and the run files are the driver's
+        super().__init__(cfg, Path(tempfile.gettempdir()))
+        self.hw, self.stamp, self.built_on, self.sink = hw, stamp, built_on, sink
+        self._accuracy, self._metrics = _PROCESS["accuracy"], _PROCESS["metrics"]
 
-        def __init__(self, cfg: Any, hw: dict, stamp: dict[str, Any], built_on: dict[str, dict],
-                     sink: Callable[[Any], None]) -> None:
-            # run_dir is never written: _record is replaced below and the run files are the driver's
-            super().__init__(cfg, Path(tempfile.gettempdir()))
-            self.hw, self.stamp, self.built_on, self.sink = hw, stamp, built_on, sink
-            self._accuracy, self._metrics = _PROCESS["accuracy"], _PROCESS["metrics"]
-
-        def _record(self, row: Any, status: str, reason: str | None) -> None:
-            row.status, row.reason = status, reason
-            row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
-            row.extra.update(self.stamp)
-            row.extra.update(self.built_on.get(pruner_key({"name": row.pruner, "params": row.pruner_params}), {}))
-            self.sink(row)
-
-    return NodeRunner
+    def _record(self, row: Any, status: str, reason: str | None) -> None:
+        row.status, row.reason = status, reason
+        row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        row.extra.update(self.stamp)
+        row.extra.update(self.built_on.get(pruner_key({"name": row.pruner, "params": row.pruner_params}), {}))
+        self.sink(row)
 
 
 def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[Any], None]) -> None:
     """Run the unit's cells with the runner's cell functions; every row goes to ``sink``."""
-    import torch  # noqa: F401  (imported before the meter starts, so its import is not metered)
-
     from profiler.energy import IdlePower
     from profiler.plugins import METERS
     from profiler.tasks.base import seed_everything
@@ -224,7 +218,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in cells}
     node_id, labels = node_identity()
     stamp = {**spec.stamp, "ray_node_id": node_id, "node_labels": labels}
-    runner = _runner_class()(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
+    runner = NodeRunner(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
     for mid, fields in spec.known_metrics.items():
         runner._accuracy.setdefault(mid, fields["accuracy"])
         runner._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
@@ -276,8 +270,6 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
 
 def _unrecorded(spec: UnitSpec, cell_id: str) -> dict[str, Any]:
     """A failed row for a cell the runner recorded nothing for (a bug: the row says so)."""
-    from profiler.runner import base_row
-
     row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
     row.status, row.reason = "failed", "the runner recorded no row for this cell on the node (a bug; please report)"
     row.extra.update(spec.stamp)

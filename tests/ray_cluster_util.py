@@ -77,7 +77,7 @@ def private_network(timeout_s: float = 600) -> Callable:
 
 
 def _run_inside(node_id: str, timeout_s: float) -> None:
-    ray_tmp = tempfile.mkdtemp(prefix="sbray-", dir="/tmp")  # short: Ray's socket paths live under it
+    ray_tmp = tempfile.mkdtemp(prefix="sbray-")  # Ray's session files and sockets, removed afterwards
     env = {**os.environ, INNER_ENV: "1", "RAY_TMPDIR": ray_tmp,
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     cmd = NAMESPACES + ["sh", "-c", 'ip link set lo up && exec "$@"', "sh",

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard accelerators/_csrc/*.c accelerators
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[test,peers]'
+	$(PY) -m pip install -q -e '.[test,peers,ray]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from profiler.errors import ConfigError, PluginWarning
+from profiler.executors import EXECUTORS
 
 EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
           "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
@@ -47,18 +48,22 @@ class RichReporter:
         self.total, self.done = total, done
 
     def cell_done(self, r) -> None:
+        from rich.markup import escape
+
+        target = (getattr(r, "extra", None) or {}).get("target")  # a Ray run's hardware target
+        where = escape(f"[{target}] ") if target else ""
         info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
         if r.status == "ok":
             info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
-        self.progress.update(self.cells, advance=1, info=f"{r.pruner} {info}")
+        self.progress.update(self.cells, advance=1, info=f"{where}{r.pruner} {info}")
         self.done += 1
         if self.plain:
-            self.console.print(f"cell {self.done}/{self.total}: {r.pruner} {info}", highlight=False)
+            self.console.print(f"cell {self.done}/{self.total}: {where}{r.pruner} {info}", highlight=False)
         if r.status != "ok":
-            self.console.print(f"[yellow]{r.status}[/]: {r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
+            self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, markup=False)  # plain text: "[target] ..." is not a style
 
     def training(self, label: str) -> Callable[[int, int, float], None]:
         import time
@@ -86,48 +91,111 @@ class RichReporter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from profiler.config import expand, load_config
-    from profiler.runner import Runner, load_run_config, new_run_dir, preflight
+    from profiler.runner import Runner
 
     problem = resume_flag_problem(args)
     if problem:
         print(f"sparsebench: {problem}", file=sys.stderr)
         return 2
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            cfg = load_run_config(run_dir)
-            preflight(cfg, args.cache_dir)
-        else:
-            cfg = load_config(args.config)
-            if args.output_dir:
-                cfg.output_dir = args.output_dir
-            preflight(cfg, args.cache_dir)
-            run_dir = new_run_dir(cfg)  # only once every check passed: a rejected config writes nothing
+        cfg, run_dir, executor = _prepare_run(args)
     except ConfigError as exc:
         print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
         return 2
     try:
+        from profiler.config import expand
+
         with RichReporter() as rep:
-            rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells)")
-            Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
+            where = f" on {len(executor.runs)} targets" if executor else ""
+            rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells{where})")
+            if executor is not None:
+                executor.reporter = rep
+                executor.run(run_dir)
+            else:
+                Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished cells are saved. Continue with: sparsebench run --resume {run_dir}", file=sys.stderr)
+        address = f" --address {args.address}" if args.address else ""
+        print(f"\ninterrupted; finished cells are saved. Continue with: sparsebench run --resume {run_dir}{address}",
+              file=sys.stderr)
         return 130
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if executor is not None:
+            executor.close()
+    return _report_run(run_dir)
+
+
+def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
+    """(config, run directory, Ray executor or None) of ``sparsebench run``, after every check;
+    the run directory of a new run is created last, so a rejected run writes nothing. Raises
+    ConfigError. On a raise after the Ray executor connected, it is closed here."""
+    from profiler.config import load_config
+    from profiler.runner import load_run_config, new_run_dir, preflight
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir)
+        executor = resume_executor(run_dir, args.executor)
+    else:
+        cfg = load_config(args.config)
+        if args.output_dir:
+            cfg.output_dir = args.output_dir
+        executor = args.executor or "local"
+    if args.address and executor != "ray":
+        raise ConfigError("--address: applies to --executor ray only")
+    preflight(cfg, args.cache_dir, check_meter=executor == "local")
+    if executor == "local":
+        if cfg.targets is not None or "ray" in cfg.raw:
+            print("sparsebench: note: [targets] and [ray] apply to --executor ray; this local run ignores them",
+                  file=sys.stderr)
+        return cfg, run_dir if args.resume else new_run_dir(cfg), None
+    from profiler.executors.ray_driver import RayExecutor
+
+    ray_ex = RayExecutor(cfg, cache_dir=args.cache_dir, address=args.address, retry_failed=args.retry_failed)
+    try:
+        ray_ex.prepare(run_dir if args.resume else None)
+        return cfg, run_dir if args.resume else new_run_dir(cfg), ray_ex
+    except BaseException:
+        ray_ex.close()
+        raise
+
+
+def resume_executor(run_dir: Path, given: str | None) -> str:
+    """The executor a resumed run uses: the one its manifest names (``local`` for runs made
+    before executors existed). Raises ConfigError when ``--executor`` names another."""
+    from profiler.runner import MANIFEST, read_run_json
+
+    manifest = read_run_json(run_dir / MANIFEST)
+    stored = manifest.get("executor", "local") if isinstance(manifest, dict) else "local"
+    if given and given != stored:
+        raise ConfigError(f"--executor {given}: {run_dir} was run with --executor {stored}; resume it with the same one")
+    return stored
+
+
+def _report_run(run_dir: Path) -> int:
+    """Write the report(s) of a finished run and print the summary; exit status 1 when every cell failed."""
+    from profiler.rundir import target_dirs
     from reports.frame import load_rows
     from reports.report import print_summary, write_report
 
-    path = write_report(run_dir)
-    print_summary(run_dir)
-    print(f"report: {path}")
-    df, _ = load_rows(run_dir)
-    failed = int((df["status"] == "failed").sum()) if not df.empty else 0
+    dirs = target_dirs(run_dir) or [run_dir]
+    failed = total = 0
+    for d in dirs:
+        path = write_report(d)
+        print_summary(d)
+        print(f"report: {path}")
+        df, _ = load_rows(d)
+        failed += int((df["status"] == "failed").sum()) if not df.empty else 0
+        total += len(df)
+    if dirs != [run_dir]:
+        from reports.compare_page import write_compare
+
+        print(f"compare: {write_compare(dirs, run_dir / 'compare.html')}")
     if failed:
-        print(f"{failed} of {len(df)} cells failed; their reasons are in results.jsonl and the report", file=sys.stderr)
-    return 1 if failed and failed == len(df) else 0
+        print(f"{failed} of {total} cells failed; their reasons are in results.jsonl and the report", file=sys.stderr)
+    return 1 if failed and failed == total else 0
 
 
 def resume_flag_problem(args: argparse.Namespace) -> str | None:
@@ -164,20 +232,36 @@ def _write_page(write: Callable[[], Path]) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from profiler.rundir import target_dirs
     from reports.report import write_report
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "results.jsonl").is_file():
-        print(f"sparsebench: {run_dir} has no results.jsonl", file=sys.stderr)
+    targets = [] if (run_dir / "results.jsonl").is_file() else target_dirs(run_dir)
+    if not targets and not (run_dir / "results.jsonl").is_file():
+        print(f"sparsebench: {run_dir} has no results.jsonl (nor targets/*/results.jsonl)", file=sys.stderr)
         return 2
-    _results_warnings(run_dir)
-    return _write_page(lambda: write_report(run_dir, Path(args.output) if args.output else None))
+    if targets and args.output:
+        print("sparsebench: -o applies to a one-target run directory; a multi-target run writes "
+              "RUN_DIR/targets/<target>/report.html (and `sparsebench compare RUN_DIR` the comparison)", file=sys.stderr)
+        return 2
+    for d in targets or [run_dir]:
+        _results_warnings(d)
+        status = _write_page(lambda: write_report(d, Path(args.output) if args.output else None))
+        if status:
+            return status
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reports.compare_page import write_compare
 
-    dirs = [Path(d) for d in args.run_dirs]
+    from profiler.rundir import expand_run_dirs, target_dirs
+
+    given = [Path(d) for d in args.run_dirs]
+    dirs = expand_run_dirs(given)  # a multi-target run directory stands for its target folders
+    if args.output is None:
+        multi = len(given) == 1 and not (given[0] / "results.jsonl").is_file() and target_dirs(given[0])
+        args.output = str(given[0] / "compare.html") if multi else "compare.html"
     missing = [str(d) for d in dirs if not (d / "results.jsonl").is_file()]
     if missing:
         print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
@@ -291,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
     r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    r.add_argument("--executor", choices=EXECUTORS, help="where the cells run: local (default: this process) or ray "
+                   "(every cell on every hardware target of a Ray cluster, one target per node label; "
+                   "pip install 'sparsebench[ray]'). A resumed run uses the executor it was started with")
+    r.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: the cluster's head (GCS) address "
+                   "(default: $RAY_ADDRESS, else the cluster started on this machine with `ray start --head`)")
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained, works offline)",
                         description="Turn RUN_DIR/results.jsonl into one self-contained HTML report (plotly.js embedded).")
@@ -299,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     c = sub.add_parser("compare", help="the same cells side by side across run directories (hardware targets)",
                        description="Join rows on cell_id across run directories (one per hardware target) into one self-contained HTML page.")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("-o", "--output", default="compare.html", help="output HTML path (default: compare.html)")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories; a multi-target run directory (--executor ray) stands for all its targets")
+    c.add_argument("-o", "--output", help="output HTML path (default: RUN_DIR/compare.html for one multi-target "
+                                          "run directory, else compare.html)")
     c.add_argument("--allow-mixed-energy", action="store_true", help="allow energy ratios between targets whose energy methods differ (e.g. measured vs estimated)")
     c.set_defaults(func=cmd_compare)
     d = sub.add_parser("doctor", help="what this machine can measure: meters, CPU/GPU fingerprint, kernel variant",

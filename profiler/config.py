@@ -5,7 +5,8 @@ parameter, or a value a plugin rejects, raises :class:`ConfigError` naming the k
 valid choices.
 
 A list value for a scalar plugin parameter is a sweep: ``sparsity = [0.5, 0.7, 0.9]`` expands
-into three pruners.
+into three pruners. ``[targets]`` and ``[ray]`` (where a run on a Ray cluster puts its cells) are
+checked by :mod:`profiler.targets`; they leave the cells and their ids unchanged.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from profiler.identity import stable_hash
 from profiler.labels import plugin_label
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
+from profiler.targets import RaySettings, parse_ray, parse_targets
 
 #: values of ``matrix.kernel_variant``: "auto" (the best this CPU has) or a forced variant
 MATRIX_KERNEL_VARIANTS = ("auto",) + KERNEL_VARIANTS
@@ -97,6 +99,11 @@ class Config:
     threads: list[int]
     kernel_variants: list[str]
     measure: MeasureSpec
+    #: ``[targets]``: target name -> Ray label selector (None: one per value of the node label
+    #: ``sparsebench.target``); read by the Ray executor only (:mod:`profiler.targets`)
+    targets: dict[str, dict[str, str]] | None = None
+    #: ``[ray]``: fault settings of the Ray executor
+    ray: RaySettings = field(default_factory=RaySettings)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,7 +144,7 @@ class Cell:
                                  self.kernel_variant)
 
 
-SECTIONS = {"run", "measure", "meter", "tasks", "pruners", "accelerators", "matrix"}
+SECTIONS = {"run", "measure", "meter", "tasks", "pruners", "accelerators", "matrix", "targets", "ray"}
 RUN_KEYS = {"name", "seed", "output_dir"}
 MATRIX_KEYS = {"batch_size", "seq_len", "threads", "kernel_variant"}
 
@@ -274,6 +281,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
         threads=_int_list(matrix, "threads", [1], maximum=MAX_THREADS),
         kernel_variants=variants,
         measure=measure,
+        targets=parse_targets(raw["targets"]) if "targets" in raw else None,
+        ray=parse_ray(raw.get("ray", {})),
         raw=raw,
     )
     for section in ("tasks", "pruners", "accelerators"):

@@ -255,4 +255,33 @@ def append_result(path: Path, result: Result) -> None:
         os.fsync(f.fileno())
 
 
+def rewrite_without(path: Path, cell_ids: set[str]) -> int:
+    """Remove every row of ``cell_ids`` from ``path``, atomically: the kept lines (damaged ones
+    too, byte for byte) go to a temporary file that is fsync'ed and renamed over ``path``, so a
+    crash leaves either the old file or the new one. Returns the number of lines removed."""
+    path = Path(path)
+    if not cell_ids or not path.exists():
+        return 0
+    kept, removed = [], 0
+    for raw in path.read_bytes().splitlines(keepends=True):
+        row, _ = _parse_line(raw.rstrip(b"\n"))
+        if row is not None and row["cell_id"] in cell_ids:
+            removed += 1
+        else:
+            kept.append(raw)
+    if removed:
+        tmp = path.with_name(path.name + ".rewrite")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself reaches the disk
+        finally:
+            os.close(dir_fd)
+    return removed
+
+
 SCHEMA: dict[str, tuple[Any, bool]] = _schema()

@@ -98,11 +98,12 @@ def load_run_config(run_dir: Path) -> Config:
     return parse_config(manifest["config"])
 
 
-def preflight(cfg: Config, cache_dir: Path | None) -> None:
+def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True) -> None:
     """Checks that need this machine, done before any work: an explicitly chosen energy meter
-    must be available, and the model cache and output folders writable. Raises ConfigError."""
+    must be available (unless ``check_meter`` is False: a Ray run checks it on each target's
+    node instead), and the model cache and output folders writable. Raises ConfigError."""
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
-    if cfg.meter.name != "auto":
+    if check_meter and cfg.meter.name != "auto":
         ok, why = meter.availability()
         if not ok:
             raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
@@ -156,6 +157,38 @@ def padding_fields(acc: Any, c: Cell, eval_batch_size: int) -> dict[str, Any]:
                                "included): the accuracy was measured with dynamic padding, not at seq_len "
                                f"{c.seq_len} as timed")
     return out
+
+
+def base_row(c: Cell, task: Task | None, hardware_id: str | None) -> Result:
+    """A cell's row before anything is measured: its identity, plugins and shape (status ok)."""
+    return Result(
+        cell_id=c.cell_id, recipe_id=c.recipe_id, model_id=c.model_id, task=c.task.name, pruner=c.pruner.name, pruner_params=c.pruner.params,
+        accelerator=c.accelerator.name, accelerator_params=c.accelerator.params, batch_size=c.batch_size,
+        seq_len=c.seq_len, threads=c.threads, status="ok", kernel_variant=c.kernel_variant,
+        metric_name=task.metric_name if task else None, hardware_id=hardware_id,
+        sparsebench_version=__version__,
+        extra={"task_params": c.task.params, "pruner_label": c.pruner.label(), "accelerator_label": c.accelerator.label()},
+    )
+
+
+def known_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``model_id`` → ``accuracy`` and the metric fields (``metric_<name>``, ``collapsed``,
+    ``collapse_reason``) of the first ok row with an accuracy: what a resumed run reuses instead
+    of evaluating the same model again."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("accuracy") is not None:
+            mid = r.get("model_id") or ids_of_row(r)["model_id"]
+            out.setdefault(mid, {"accuracy": r["accuracy"], **{
+                k: v for k, v in r.items()
+                if (k.startswith("metric_") and k != "metric_name") or k in ("collapsed", "collapse_reason")}})
+    return out
+
+
+def interleave_key(c: Cell) -> tuple:
+    """Cells of one task with equal keys are timed side by side (``measure.schedule = "interleaved"``):
+    every model and accelerator at one batch, sequence, thread count and kernel variant."""
+    return (c.batch_size, c.seq_len, c.threads, c.kernel_variant)
 
 
 def model_bytes(module: nn.Module) -> int:
@@ -235,12 +268,9 @@ class Runner:
             self.reporter.message(f"warning: {line}")
         rows = rf.rows
         done = {r["cell_id"] for r in rows if not (self.retry_failed and r["status"] == "failed")}
-        for r in rows:
-            if r.get("status") == "ok" and r.get("accuracy") is not None:
-                mid = r.get("model_id") or ids_of_row(r)["model_id"]
-                self._accuracy.setdefault(mid, r["accuracy"])
-                self._metrics.setdefault(mid, {k: v for k, v in r.items() if (k.startswith("metric_") and k != "metric_name")
-                                                or k in ("collapsed", "collapse_reason")})
+        for mid, fields in known_metrics(rows).items():
+            self._accuracy.setdefault(mid, fields["accuracy"])
+            self._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
         cells = expand(self.cfg)
         todo = [c for c in cells if c.cell_id not in done]
         self.reporter.start(len(cells), len(cells) - len(todo))
@@ -292,7 +322,7 @@ class Runner:
             return
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for c in cells:  # side by side: every model and accelerator of this task at one shape
-            groups[(c.batch_size, c.seq_len, c.threads, c.kernel_variant)].append(c)
+            groups[interleave_key(c)].append(c)
         for group in groups.values():
             self._run_group(group, task, models, meter, idle)
 
@@ -327,14 +357,7 @@ class Runner:
         return model, report
 
     def _base_row(self, c: Cell, task: Task | None) -> Result:
-        return Result(
-            cell_id=c.cell_id, recipe_id=c.recipe_id, model_id=c.model_id, task=c.task.name, pruner=c.pruner.name, pruner_params=c.pruner.params,
-            accelerator=c.accelerator.name, accelerator_params=c.accelerator.params, batch_size=c.batch_size,
-            seq_len=c.seq_len, threads=c.threads, status="ok", kernel_variant=c.kernel_variant,
-            metric_name=task.metric_name if task else None, hardware_id=self.hw["hardware_id"],
-            sparsebench_version=__version__,
-            extra={"task_params": c.task.params, "pruner_label": c.pruner.label(), "accelerator_label": c.accelerator.label()},
-        )
+        return base_row(c, task, self.hw["hardware_id"])
 
     def _record(self, row: Result, status: str, reason: str | None) -> None:
         row.status, row.reason = status, reason

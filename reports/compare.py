@@ -11,7 +11,8 @@ target's value for the same recipe. No energy ratio mixes energy methods (measur
 unless ``allow_mixed_energy`` is set, and then it is marked.
 
 Only results files are read (``results.jsonl``, ``hardware.json``, ``manifest.json``): copying run
-directories from several machines into one place is all this needs.
+directories from several machines into one place is all this needs. A run on a Ray cluster
+(``--executor ray``) already holds one such folder per target (:mod:`profiler.rundir`).
 """
 from __future__ import annotations
 
@@ -99,12 +100,13 @@ def _hw_name(hw: dict) -> str:
 
 def _label_targets(targets: list[Target]) -> None:
     """Readable, unique labels: 'avx2 · 1 thread' when the hardware is the same everywhere,
-    prefixed by the machine's short name when it differs; the run directory breaks ties."""
+    prefixed by the machine's short name when it differs, and by the target's name for a target
+    folder of a Ray run (its manifest's ``target``); the run directory breaks ties."""
     same_hw = len({t.hardware_id for t in targets}) <= 1
     names = {t.hardware_id: _hw_name(t.hardware) for t in targets}
     clash = len(set(names.values())) < len(names)
     for t in targets:
-        parts = []
+        parts = [str(t.manifest["target"])] if t.manifest.get("target") else []
         if not same_hw:
             parts.append(names[t.hardware_id] + (f" [{t.hardware_id}]" if clash else ""))
         parts.append(kernel_variant_text(t.kernel_variant, t.kernel_variant_used))

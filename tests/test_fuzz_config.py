@@ -13,6 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from profiler.config import MATRIX_KEYS, RUN_KEYS, SECTIONS, MeasureSpec, load_config
+from profiler.targets import RAY_KEYS
 from profiler.errors import ConfigError
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from tests.conftest import tiny_config
@@ -61,7 +62,9 @@ def plugin_list(registry, exclude=frozenset()) -> st.SearchStrategy:
 random_document = st.fixed_dictionaries(
     {"tasks": plugin_list(TASKS, SLOW_TASKS), "pruners": plugin_list(PRUNERS), "accelerators": plugin_list(ACCELERATORS)},
     optional={"run": table(RUN_KEYS), "measure": table(MeasureSpec.__dataclass_fields__), "matrix": table(MATRIX_KEYS),
-              "meter": plugin_entry(METERS)},
+              "meter": plugin_entry(METERS), "ray": table(RAY_KEYS),
+              "targets": st.one_of(st.dictionaries(text, st.one_of(text, st.dictionaries(text, text, max_size=2)),
+                                                   max_size=3), value)},
 )
 VALID = tiny_config(meter={"name": "estimate", "tdp_w": 50.0},
                     accelerators=[{"name": "torch-fp32"}, {"name": "sparse-cpu", "repeats": 3}])

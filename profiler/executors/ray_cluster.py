@@ -1,0 +1,81 @@
+"""Connecting the driver to a Ray cluster, with every failure a :class:`ConfigError` raised before
+any work: Ray not installed, a Ray Client address, an address nothing answers on, a cluster that
+refuses the connection."""
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from profiler.errors import ConfigError
+from profiler.targets import NodeInfo
+
+INSTALL_HINT = "pip install 'sparsebench[ray]' (or: pip install 'ray>=2.60')"
+#: seconds to wait for the cluster's GCS port to accept a TCP connection
+CONNECT_TIMEOUT_S = 5.0
+
+
+def import_ray() -> Any:
+    """The ``ray`` module. Raises ConfigError naming ``--executor ray`` and how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(f"--executor ray: Ray is not installed ({exc}); {INSTALL_HINT}") from None
+    return ray
+
+
+def resolve_address(address: str | None) -> str:
+    """The cluster's ``HOST:PORT``: ``address`` itself, or for None / ``"auto"`` the one Ray would
+    use (``RAY_ADDRESS``, else the cluster last started on this machine with ``ray start``).
+    Raises ConfigError for a Ray Client address or when there is no cluster to find."""
+    if address and address.startswith("ray://"):
+        raise ConfigError(f"--address: {address} is a Ray Client address, which sparsebench does not use; run "
+                          "sparsebench on a node of the cluster (e.g. the head) with --address HEAD_IP:6379")
+    if address and address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address  # Ray's own lookup of "auto"
+
+    try:
+        found = canonicalize_bootstrap_address(address or "auto")
+    except ConnectionError as exc:
+        found, why = None, str(exc)
+    else:
+        why = "no RAY_ADDRESS and no cluster started on this machine"
+    if not found:
+        raise ConfigError(f"--address: no Ray cluster found ({why}); start one (`ray start --head`) or give "
+                          "--address HEAD_IP:6379")
+    return found
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ConfigError unless ``HOST:PORT`` accepts a TCP connection within ``timeout_s`` (ray.init
+    itself would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--address: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
+                          "started (`ray start --head`) and the port open from here?") from None
+
+
+def connect(address: str | None) -> Any:
+    """Connect this process to the cluster as its driver and return the ``ray`` module.
+
+    Worker stdout is not forwarded (rows and errors come back as data). Raises ConfigError."""
+    ray = import_ray()
+    resolved = resolve_address(address)
+    check_reachable(resolved)
+    try:
+        ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError by cause
+        raise ConfigError(f"--address: cannot connect to the Ray cluster at {resolved}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+    return ray
+
+
+def cluster_nodes(ray: Any) -> list[NodeInfo]:
+    """Every node the cluster knows, live and dead."""
+    return [NodeInfo.from_ray(d) for d in ray.nodes()]

@@ -1,0 +1,283 @@
+"""The node side of the Ray executor: what runs on a target's node. Ray is imported only to ask
+the node's id and labels, so this module also runs (and is tested) without a cluster.
+
+- :func:`probe_node`: the target's ``hardware.json`` fingerprint, whether the configured energy
+  meter works there, its idle power and harness overhead, taken while the probe holds the node.
+- :func:`run_unit`: one **unit of work**, a Ray streaming generator that yields one result row
+  per cell, in the unit's cell order, as cells finish. A unit is what the local runner times
+  together, so same-round savings factors keep their meaning per target: with
+  ``measure.schedule = "interleaved"`` one interleave group (every pruner and accelerator of a
+  task at one batch, sequence, thread count and kernel variant, timed side by side by
+  :meth:`Runner._run_group`); with ``"sequential"`` the cells of one (task, pruner), timed one
+  after the other by :meth:`Runner._run_cell`. Measuring is the runner's code; :class:`NodeRunner`
+  only sends each recorded row to the driver instead of appending it to a file.
+
+Models are built once, on the driver, and reach the node through Ray's object store as
+:class:`ModelPayload` (the ``save_pretrained`` files). A worker process keeps the models, the
+task and the accuracy of each ``model_id`` it has seen, so a node prepares each model once per
+run however many units it runs (Ray reuses a job's worker processes).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from profiler.identity import stable_hash
+from profiler.runner import Runner, base_row
+
+#: rows of a Ray run carry these fields besides the runner's
+STAMP_FIELDS = ("target", "executor", "label_selector", "ray_node_id", "node_labels", "worker_niceness",
+                "model_built_on", "model_built_on_host", "model_built_on_node", "model_built_on_hardware_id",
+                "model_shipped_via")
+
+
+@dataclass
+class ModelPayload:
+    """A built model on its way to the nodes. ``pruner_key``: :func:`pruner_key` of the pruner
+    whose cells use it; ``files``: the ``save_pretrained`` folder (relative path → bytes);
+    ``report``: the :class:`pruners.base.PruneReport` as a dict; ``built_on``: row fields saying
+    where it was built (``model_built_on`` and friends)."""
+
+    pruner_key: str
+    files: dict[str, bytes]
+    report: dict[str, Any]
+    built_on: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the model's bytes (a worker keeps one copy per key)."""
+        return stable_hash([self.pruner_key, sorted((k, len(v)) for k, v in self.files.items()), self.built_on])
+
+
+def pruner_key(canonical_pruner: dict[str, Any]) -> str:
+    """Key of a pruner config (``PluginSpec.canonical()`` or a row's name and params)."""
+    return stable_hash(canonical_pruner)
+
+
+def pack_model(model: Any, report: Any, key: str, built_on: dict[str, Any]) -> ModelPayload:
+    """The payload of ``model`` (saved with ``save_pretrained``, safetensors) and its PruneReport."""
+    with tempfile.TemporaryDirectory(prefix="sparsebench-pack-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        files = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    return ModelPayload(key, files, report.to_dict(), built_on)
+
+
+@dataclass
+class UnitSpec:
+    """What a unit needs besides its model payloads (which Ray passes as separate arguments, so
+    that it fetches them to the node before the unit starts). ``config``: the raw validated
+    config; ``cell_ids``: the unit's cells in order; ``stamp``: fields every row gets (target,
+    executor); ``idle``: the target's idle power (``IdlePower.to_dict()``) or None;
+    ``known_metrics``: ``model_id`` → accuracy and metric fields already measured on this target
+    (rows of an earlier, resumed attempt)."""
+
+    config: dict[str, Any]
+    cell_ids: list[str]
+    stamp: dict[str, Any]
+    idle: dict[str, Any] | None = None
+    known_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: per worker process: parsed configs, built tasks, unpacked models, accuracy per model_id, the
+#: node's fingerprint (a job's worker processes serve many of its units)
+_PROCESS: dict[str, Any] = {"configs": {}, "tasks": {}, "models": {}, "accuracy": {}, "metrics": {}, "hardware": None}
+
+
+def node_identity() -> tuple[str | None, dict[str, str]]:
+    """(Ray node id, node labels without Ray's own ``ray.io/`` ones) of this process; (None, {})
+    outside a Ray worker."""
+    try:
+        import ray
+    except ImportError:
+        return None, {}
+    if not ray.is_initialized():
+        return None, {}
+    ctx = ray.get_runtime_context()
+    labels = {k: v for k, v in (ctx.get_node_labels() or {}).items() if not k.startswith("ray.io/")}
+    return ctx.get_node_id(), labels
+
+
+def node_hardware() -> dict[str, Any]:
+    """This node's ``hardware.json`` fingerprint (taken once per worker process)."""
+    from profiler.hardware import fingerprint
+
+    if _PROCESS["hardware"] is None:
+        _PROCESS["hardware"] = fingerprint()
+    return _PROCESS["hardware"]
+
+
+def probe_node(meter: dict[str, Any], idle_seconds: float) -> dict[str, Any]:
+    """Fingerprint, meter availability, idle power (when ``idle_seconds`` > 0 and the meter works)
+    and harness overhead of the node this runs on. ``meter``: ``{"name", "params"}`` of the config.
+
+    Returns a dict: ``hardware``, ``node_id``, ``labels``, ``meter_ok`` (bool), ``meter_why``,
+    ``idle`` (``IdlePower.to_dict()`` or None), ``harness_overhead_s`` (seconds per call)."""
+    from profiler.energy import measure_idle_power
+    from profiler.measure import harness_overhead_s
+    from profiler.plugins import METERS
+
+    node_id, labels = node_identity()
+    m = METERS.build(meter["name"], meter["params"], "meter")
+    ok, why = (True, None) if meter["name"] == "auto" else m.availability()
+    idle = measure_idle_power(m, idle_seconds).to_dict() if ok and idle_seconds > 0 else None
+    return {"hardware": node_hardware(), "node_id": node_id, "labels": labels, "meter_ok": ok, "meter_why": why,
+            "idle": idle, "harness_overhead_s": harness_overhead_s()}
+
+
+def normal_priority() -> int | None:
+    """Ray starts worker processes at niceness 15 (``RAY_worker_niceness``), so any other process on
+    the node would preempt a timing. Set every thread of this process back to 0 where that is
+    allowed (root, or CAP_SYS_NICE) and return the niceness the timing runs at (None where the
+    platform has no priorities); threads started later (torch's pool) inherit it."""
+    if not hasattr(os, "setpriority"):
+        return None
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), 0)
+    except OSError:  # not allowed to lower it: the row records the niceness instead
+        pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _config_cells(raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(Config, cells by id) of a raw config, parsed once per worker process."""
+    from profiler.config import expand, parse_config
+
+    key = stable_hash(raw)
+    if key not in _PROCESS["configs"]:
+        cfg = parse_config(raw)
+        _PROCESS["configs"][key] = (cfg, {c.cell_id: c for c in expand(cfg)})
+    return _PROCESS["configs"][key]
+
+
+def _node_task(spec: Any) -> Any:
+    """The task of ``spec`` (a PluginSpec), built once per worker process."""
+    from profiler.plugins import TASKS
+
+    key = stable_hash(spec.canonical())
+    if key not in _PROCESS["tasks"]:
+        _PROCESS["tasks"][key] = TASKS.build(spec.name, spec.params, spec.key)
+    return _PROCESS["tasks"][key]
+
+
+def _unpack(payload: ModelPayload, task: Any) -> tuple[Any, Any]:
+    """(model, PruneReport) of a payload, loaded once per worker process from a private folder."""
+    from transformers.utils import logging as hf_logging
+
+    from pruners.base import PruneReport
+
+    hf_logging.disable_progress_bar()  # a worker's output goes to Ray's log files, not to a terminal
+    if payload.key not in _PROCESS["models"]:
+        with tempfile.TemporaryDirectory(prefix="sparsebench-model-") as tmp:
+            for name, data in payload.files.items():
+                path = Path(tmp) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            model = task.load_saved(Path(tmp))
+        _PROCESS["models"][payload.key] = (model, PruneReport.from_dict(payload.report))
+    return _PROCESS["models"][payload.key]
+
+
+class NodeRunner(Runner):
+    """The runner's own cell functions, with every recorded row handed to ``sink`` (the row
+    stamped with the target, the node and where its model was built) instead of a file."""
+
+    def __init__(self, cfg: Any, hw: dict, stamp: dict[str, Any], built_on: dict[str, dict],
+                 sink: Callable[[Any], None]) -> None:
+        # run_dir is never written: _record is replaced below and the run files are the driver's
+        super().__init__(cfg, Path(tempfile.gettempdir()))
+        self.hw, self.stamp, self.built_on, self.sink = hw, stamp, built_on, sink
+        self._accuracy, self._metrics = _PROCESS["accuracy"], _PROCESS["metrics"]
+
+    def _record(self, row: Any, status: str, reason: str | None) -> None:
+        row.status, row.reason = status, reason
+        row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        row.extra.update(self.stamp)
+        row.extra.update(self.built_on.get(pruner_key({"name": row.pruner, "params": row.pruner_params}), {}))
+        self.sink(row)
+
+
+def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[Any], None]) -> None:
+    """Run the unit's cells with the runner's cell functions; every row goes to ``sink``."""
+    from profiler.energy import IdlePower
+    from profiler.plugins import METERS
+    from profiler.tasks.base import seed_everything
+
+    cfg, by_id = _config_cells(spec.config)
+    cells = [by_id[i] for i in spec.cell_ids]
+    seed_everything(cfg.seed)
+    task = _node_task(cells[0].task)
+    loaded = {p.pruner_key: _unpack(p, task) for p in payloads}
+    models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in cells}
+    node_id, labels = node_identity()
+    stamp = {**spec.stamp, "ray_node_id": node_id, "node_labels": labels}
+    runner = NodeRunner(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
+    for mid, fields in spec.known_metrics.items():
+        runner._accuracy.setdefault(mid, fields["accuracy"])
+        runner._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
+    idle = IdlePower(watts=spec.idle["watts"], duration_s=spec.idle["duration_s"]) if spec.idle else None
+    meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
+    meter.start()
+    try:
+        if cfg.measure.schedule == "sequential":
+            for c in cells:
+                runner._run_cell(c, task, *models[c.pruner], meter, idle)
+        else:
+            runner._run_group(cells, task, models, meter, idle)
+    finally:
+        meter.stop()
+
+
+def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]]:
+    """One unit of work (see the module docstring): yields exactly one row dict per cell of
+    ``spec.cell_ids``, in that order, each as soon as it and the cells before it are recorded.
+
+    The order is fixed so that when Ray re-runs a unit whose node died, the rows it had already
+    delivered (Ray skips that many items of the re-run) are the same cells. The cells run in a
+    worker thread; this generator only waits for their rows, so it costs no CPU while timing."""
+    rows: queue.Queue = queue.Queue()
+    spec.stamp = {**spec.stamp, "worker_niceness": normal_priority()}  # before the work thread starts
+
+    def target() -> None:
+        try:
+            _work(spec, payloads, lambda row: rows.put(("row", row.to_dict())))
+            rows.put(("done", None))
+        except BaseException as exc:  # handed to the generator, which raises it to Ray
+            rows.put(("error", exc))
+
+    thread = threading.Thread(target=target, name="sparsebench-unit", daemon=True)
+    thread.start()
+    ready: dict[str, dict[str, Any]] = {}
+    order = list(spec.cell_ids)
+    while order:
+        kind, item = rows.get()
+        if kind == "error":
+            raise item
+        if kind == "row":
+            ready[item["cell_id"]] = item
+        while order and (order[0] in ready or kind == "done"):
+            cid = order.pop(0)
+            yield ready.pop(cid) if cid in ready else _unrecorded(spec, cid)
+    thread.join()
+
+
+def _unrecorded(spec: UnitSpec, cell_id: str) -> dict[str, Any]:
+    """A failed row for a cell the runner recorded nothing for (a bug: the row says so)."""
+    row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
+    row.status, row.reason = "failed", "the runner recorded no row for this cell on the node (a bug; please report)"
+    row.extra.update(spec.stamp)
+    return row.to_dict()
+
+
+def driver_built_on(node_id: str | None, hardware_id: str | None) -> dict[str, Any]:
+    """Row fields for models built by this process, the driver: where, and how they travel."""
+    return {"model_built_on": "driver", "model_built_on_host": stable_hash(platform.node(), 8),
+            "model_built_on_node": node_id, "model_built_on_hardware_id": hardware_id,
+            "model_shipped_via": "ray object store"}

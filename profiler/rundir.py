@@ -1,0 +1,38 @@
+"""Run directory layout, shared by the executors and the reports (standard library only).
+
+A local run writes ``RUN_DIR/manifest.json``, ``hardware.json``, ``idle_power.json``,
+``results.jsonl`` and ``report.html``. A run on a Ray cluster writes ``RUN_DIR/manifest.json``
+(config, executor, targets) and ``RUN_DIR/compare.html``, and one folder per hardware target,
+``RUN_DIR/targets/<target>/``, laid out like a local run (its manifest names the target and its
+label selector; its ``hardware.json`` was taken on a node of the target). ``report`` and
+``compare`` therefore read a target folder as they read a local run directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+TARGETS_DIR = "targets"
+RESULTS = "results.jsonl"
+
+
+def target_dir(run_dir: Path, target: str) -> Path:
+    """``RUN_DIR/targets/<target>``."""
+    return Path(run_dir) / TARGETS_DIR / target
+
+
+def target_dirs(run_dir: Path) -> list[Path]:
+    """The target folders of a multi-target run directory that hold results, by name; [] for a
+    local run directory."""
+    root = Path(run_dir) / TARGETS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / RESULTS).is_file())
+
+
+def expand_run_dirs(run_dirs: Iterable[Path]) -> list[Path]:
+    """Each multi-target run directory replaced by its target folders; other paths kept as given."""
+    out: list[Path] = []
+    for d in map(Path, run_dirs):
+        out += target_dirs(d) if not (d / RESULTS).is_file() and target_dirs(d) else [d]
+    return out

@@ -1,0 +1,170 @@
+"""The Ray executor's parts that need no cluster: a unit of work run as a plain generator (the node
+side), the bad-input errors of ``run --executor ray`` (before any work), and ``report`` /
+``compare`` reading a multi-target run directory."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+
+import pytest
+
+from profiler.cli import main
+from profiler.config import expand, parse_config
+from profiler.executors import ray_node
+from profiler.plugins import TASKS
+from profiler.rundir import expand_run_dirs, target_dirs
+from profiler.runner import Runner, interleave_key
+from tests.conftest import tiny_config
+from tests.faults_util import write_config
+from tests.ray_cluster_util import require_ray
+
+
+@pytest.fixture()
+def fresh_process(monkeypatch):
+    """A worker process's caches (tasks, models, accuracy), empty for this test."""
+    monkeypatch.setattr(ray_node, "_PROCESS", {"configs": {}, "tasks": {}, "models": {}, "accuracy": {}, "metrics": {},
+                                               "hardware": None})
+
+
+def _payloads(cfg, tmp_path):
+    """The models of every pruner, built and packed as the driver does."""
+    spec = cfg.tasks[0]
+    task = TASKS.build(spec.name, spec.params, spec.key)
+    runner = Runner(cfg, tmp_path / "unused")
+    dense = task.load_finetuned(runner.cache_dir)
+    built_on = ray_node.driver_built_on("driver-node", "hw0")
+    return [ray_node.pack_model(*runner.pruned(task, dense, p), ray_node.pruner_key(p.canonical()), built_on)
+            for p in cfg.pruners]
+
+
+def test_a_unit_yields_one_row_per_cell_in_its_order(tmp_path, fresh_process):
+    cfg = parse_config(tiny_config())
+    cells = [c for c in expand(cfg) if interleave_key(c) == interleave_key(expand(cfg)[0])]
+    order = [c.cell_id for c in reversed(cells)]  # the unit's order, not the matrix's
+    known = {cells[0].model_id: {"accuracy": 0.123, "metric_accuracy": 0.123, "collapsed": False}}
+    spec = ray_node.UnitSpec(config=cfg.raw, cell_ids=order, stamp={"target": "t1", "executor": "ray"},
+                             known_metrics=known)
+    rows = list(ray_node.run_unit(spec, *_payloads(cfg, tmp_path)))
+    assert [r["cell_id"] for r in rows] == order
+    for r in rows:
+        assert r["status"] == "ok", r["reason"]
+        assert r["target"] == "t1" and r["executor"] == "ray" and r["ray_node_id"] is None  # not inside Ray here
+        assert r["model_built_on"] == "driver" and r["model_built_on_node"] == "driver-node"
+        assert r["latency_p50_s"] > 0 and r["latency_rounds"] >= 3 and r["baseline_cell_id"] in order
+        assert r["hardware_id"] == ray_node.node_hardware()["hardware_id"]
+    by_model = {r["model_id"]: r["accuracy"] for r in rows}
+    assert by_model[cells[0].model_id] == 0.123  # a metric measured before is reused, not measured again
+    assert all(0.0 <= a <= 1.0 for a in by_model.values())
+
+
+def test_a_sequential_unit_and_a_failing_unit(tmp_path, fresh_process):
+    doc = tiny_config(pruners=[{"name": "none"}], matrix={"batch_size": [1, 2], "seq_len": [16], "threads": [1]})
+    doc["measure"]["schedule"] = "sequential"
+    cfg = parse_config(doc)
+    ids = [c.cell_id for c in expand(cfg)]
+    payloads = _payloads(cfg, tmp_path)
+    rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=ids, stamp={"target": "t"}), *payloads))
+    assert [r["cell_id"] for r in rows] == ids and all(r["status"] == "ok" and "latency_rounds" not in r for r in rows)
+    with pytest.raises(KeyError):  # a unit without its model raises, and Ray hands the error to the driver
+        list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=ids, stamp={})))
+
+
+def test_a_cell_the_runner_left_without_a_row_still_gets_one_in_order(monkeypatch, fresh_process):
+    from profiler.runner import base_row
+
+    cfg = parse_config(tiny_config())
+    cells = expand(cfg)[:3]
+
+    def last_only(spec, payloads, sink):  # a runner that records the third cell and forgets the others
+        row = base_row(cells[2], None, "hw")
+        sink(row)
+
+    monkeypatch.setattr(ray_node, "_work", last_only)
+    rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=[c.cell_id for c in cells],
+                                                    stamp={"target": "t"})))
+    assert [r["cell_id"] for r in rows] == [c.cell_id for c in cells]
+    assert [r["status"] for r in rows] == ["failed", "failed", "ok"] and "recorded no row" in rows[0]["reason"]
+    assert rows[0]["target"] == "t" and "worker_niceness" in rows[0]
+
+
+@pytest.fixture()
+def config_file(tmp_path):
+    doc = tiny_config()
+    doc["run"] = {"name": "bad", "output_dir": str(tmp_path / "runs")}
+    return write_config(tmp_path / "c.toml", doc)
+
+
+def _no_run_dir(tmp_path) -> bool:
+    return not list((tmp_path / "runs").glob("bad-*"))
+
+
+def test_executor_ray_without_ray_installed_fails_before_any_work(config_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["run", str(config_file), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--executor ray: Ray is not installed" in err and "pip install 'sparsebench[ray]'" in err
+    assert _no_run_dir(tmp_path)
+
+
+@pytest.mark.parametrize("address, words", [
+    (None, ["--address: cannot reach a Ray cluster at 127.0.0.1:", "ray start --head"]),
+    ("ray://127.0.0.1:10001", ["Ray Client address", "--address HEAD_IP:6379"]),
+    ("nohost", ["is not HOST:PORT"]),
+])
+def test_an_unreachable_or_malformed_address_fails_before_any_work(config_file, tmp_path, capsys, address, words):
+    require_ray()
+    if address is None:  # a loopback port nothing listens on
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+    assert main(["run", str(config_file), "--executor", "ray", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert _no_run_dir(tmp_path)
+
+
+def test_executor_flags_that_do_not_fit(config_file, tmp_path, capsys):
+    assert main(["run", str(config_file), "--address", "127.0.0.1:6379"]) == 2
+    assert "--address: applies to --executor ray only" in capsys.readouterr().err
+    ray_run = tmp_path / "ray-run"
+    ray_run.mkdir()
+    (ray_run / "manifest.json").write_text(json.dumps({"config": tiny_config(), "executor": "ray", "targets": {"a": {}}}))
+    assert main(["run", "--resume", str(ray_run), "--executor", "local"]) == 2
+    assert "was run with --executor ray; resume it with the same one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", str(config_file), "--executor", "slurm"])
+    assert "invalid choice: 'slurm' (choose from 'local', 'ray')" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def multi_target_run(tmp_path_factory):
+    """A run directory laid out as a Ray run writes it: two target folders (copies of one small
+    local run, each manifest naming its target)."""
+    root = tmp_path_factory.mktemp("multi")
+    cfg = parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "magnitude", "sparsity": 0.5}],
+                                   accelerators=[{"name": "torch-fp32"}], matrix={"batch_size": [1], "seq_len": [16]}))
+    local = Runner(cfg, root / "local").run()
+    run_dir = root / "ray-run"
+    for name in ("spr", "zen5"):
+        d = run_dir / "targets" / name
+        shutil.copytree(local, d)
+        manifest = json.loads((d / "manifest.json").read_text())
+        (d / "manifest.json").write_text(json.dumps({**manifest, "target": name, "executor": "ray"}))
+    (run_dir / "manifest.json").write_text(json.dumps({"config": cfg.raw, "executor": "ray", "targets": {}}))
+    return run_dir
+
+
+def test_compare_and_report_read_a_multi_target_run_directory(multi_target_run, capsys):
+    run_dir = multi_target_run
+    assert target_dirs(run_dir) == [run_dir / "targets" / "spr", run_dir / "targets" / "zen5"]
+    assert expand_run_dirs([run_dir, run_dir / "targets" / "spr"]) == target_dirs(run_dir) + [run_dir / "targets" / "spr"]
+    assert main(["compare", str(run_dir)]) == 0
+    html = (run_dir / "compare.html").read_text()
+    assert "spr · " in html and "zen5 · " in html
+    assert main(["report", str(run_dir)]) == 0
+    assert all((d / "report.html").is_file() for d in target_dirs(run_dir))
+    assert main(["report", str(run_dir), "-o", "x.html"]) == 2
+    assert "multi-target run writes RUN_DIR/targets/<target>/report.html" in capsys.readouterr().err
+    assert main(["report", str(run_dir.parent)]) == 2

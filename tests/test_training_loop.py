@@ -139,3 +139,11 @@ def test_fp32_finetune_reports_its_speed_and_precision():
     out = task.finetune(model, 5)
     assert out["precision"] == "fp32" and out["steps"] == 5 and out["steps_per_s"] > 0
     assert "precision" not in task.fingerprint()  # fp32 fine-tunes keep their old cache keys
+
+
+def test_fingerprint_does_not_change_when_the_dense_model_is_loaded(tmp_path):
+    task = TinySynthetic(finetune_steps=2, n_train=32, n_eval=8, finetune_precision="fp32")
+    before = task.fingerprint()
+    task.load_finetuned(tmp_path)
+    assert task.finetune_report["steps"] == 2
+    assert task.fingerprint() == before

@@ -56,8 +56,8 @@ class TinySynthetic(Task):
         self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length=128, precision=finetune_precision)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"task": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_") and k != "finetune_precision"},
-                **self.precision_fingerprint()}
+        own = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("finetune_precision", "finetune_report")}
+        return {"task": self.name, **own, **self.precision_fingerprint()}
 
     def base_model(self) -> nn.Module:
         from transformers import BertConfig, BertForSequenceClassification

@@ -17,7 +17,7 @@ import math
 import time
 import typing
 from collections import deque
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -137,6 +137,10 @@ class TrainingPruner(Pruner):
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
         return self.structure.masks(score.scores(), sparsity, self.scope)
 
+    def gradient_batches(self, task: Any, batches: Iterator) -> Iterator:
+        """Batches that ``gradient()`` (see :meth:`Score.before_update`) draws; default: the training batches."""
+        return batches
+
     # ---- the loop --------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         t_wall = time.perf_counter()
@@ -157,11 +161,12 @@ class TrainingPruner(Pruner):
             opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
         )
         batches = task.train_batches(self.batch_size, self.seed)
+        grad_batches = self.gradient_batches(task, batches)
         recent: deque[float] = deque(maxlen=50)
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
-            inputs, labels = next(batches)
+            inputs, labels = next(grad_batches)
             logits = logits_of(model(**inputs))
             loss = task.loss(logits, labels)
             if distiller is not None:

@@ -115,8 +115,10 @@ class BlockFisherInverse:
         g = self.to_blocks(grads).permute(1, 2, 0)  # (n_blocks, B, k)
         k = g.shape[-1]
         u = torch.bmm(self.finv, g)  # F⁻¹ G, (n_blocks, B, k)
-        s = torch.baddbmm(torch.eye(k, dtype=torch.float64).mul_(self.m), g.transpose(1, 2).double(), u.double())
-        # m·I + Gᵀ F⁻¹ G is SPD (m > 0): its Cholesky factor L gives U S⁻¹ Uᵀ = VᵀV with V = L⁻¹ Uᵀ
+        # S = m·I + Gᵀ F⁻¹ G, (n_blocks, k, k): small, so factorised in float64; SPD since m > 0
+        s = torch.bmm(g.transpose(1, 2), u).double()
+        s.diagonal(dim1=1, dim2=2).add_(self.m)
+        # with S = L Lᵀ: U S⁻¹ Uᵀ = Vᵀ V for V = L⁻¹ Uᵀ, one symmetric rank-k downdate of F⁻¹
         chol = torch.linalg.cholesky(s).to(u.dtype)
         v = torch.linalg.solve_triangular(chol, u.transpose(1, 2), upper=False)  # (n_blocks, k, B)
         self.finv.baddbmm_(v.transpose(1, 2), v, alpha=-1.0)

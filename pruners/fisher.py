@@ -2,46 +2,53 @@
 Scalable and Accurate Second-Order Pruning for Large Language Models", arXiv:2203.07259, Sec. 3):
 the block-wise inverse empirical Fisher, the saliencies and the optimal weight update. One
 implementation, used by the ``obs`` pruner in one shot and at every step of its gradual schedule.
+The labels (E1)–(E5) are ours, for the docstrings and tests; each equation is the paper's (Sec. 3:
+the OBS saliency and update, their generalisation to a block of weights, the dampened empirical
+Fisher and its Woodbury recursion).
 
 Notation. ``w`` is one weight matrix flattened row-major (``numel`` entries), cut into ``n_blocks =
 ceil(numel / B)`` Fisher blocks of ``B`` consecutive entries (the last one zero-padded). The loss
-near ``w`` is modelled by its second-order Taylor expansion with the Hessian replaced by the
-dampened empirical Fisher, block-diagonal (weights of different blocks are treated as
-uncorrelated)::
+near ``w`` is modelled by its second-order Taylor expansion (at a trained point, gradient term
+dropped) with the Hessian replaced by the dampened empirical Fisher, block-diagonal (weights of
+different blocks are treated as uncorrelated)::
 
-    L(w + δw) − L(w) ≈ ½ δwᵀ F δw,      F = λ I + (1/m) Σ_{i=1..m} g_i g_iᵀ           (Taylor; emp. Fisher)
+    (E1)  L(w + δw) − L(w) ≈ ½ δwᵀ F δw,     F = λ I + (1/m) Σ_{i=1..m} g_i g_iᵀ
 
 with ``m`` gradients ``g_i`` (one per mini-batch), damping ``λ``. Its inverse is built without ever
-inverting a ``B × B`` matrix, by the Woodbury identity starting from ``F⁻¹ = (1/λ) I``::
+inverting a ``B × B`` matrix, by the Woodbury (Sherman–Morrison) identity from ``F⁻¹ = (1/λ) I``::
 
-    F⁻¹ ← F⁻¹ − (F⁻¹ g)(F⁻¹ g)ᵀ / (m + gᵀ F⁻¹ g)                                      (rank-1 update)
+    (E2)  F⁻¹ ← F⁻¹ − (F⁻¹ g)(F⁻¹ g)ᵀ / (m + gᵀ F⁻¹ g)          once per gradient g
 
 :meth:`BlockFisherInverse.add_grads` applies ``k`` gradients at once with the rank-k form of the
 same identity, ``F⁻¹ ← F⁻¹ − U (m I_k + Gᵀ U)⁻¹ Uᵀ`` with ``U = F⁻¹ G`` (``G``: the ``k`` gradients
-as columns), which equals ``k`` successive rank-1 updates in exact arithmetic; it reads and writes
+as columns), which equals ``k`` successive (E2) updates in exact arithmetic; it reads and writes
 the ``numel · B`` floats of ``F⁻¹`` once per ``k`` gradients instead of once per gradient (the
 rank-1 loop is memory-bound: ~4× slower on MiniLM).
 
 Pruning a set ``Q`` of weights (``E_Q`` selects them) solves ``min ½ δwᵀ F δw`` subject to
 ``E_Q (w + δw) = 0`` (the OBS problem of Hassibi & Stork 1993, in the paper's block form)::
 
-    δw* = −F⁻¹ E_Qᵀ (E_Q F⁻¹ E_Qᵀ)⁻¹ E_Q w,      ρ_Q = ½ (E_Q w)ᵀ (E_Q F⁻¹ E_Qᵀ)⁻¹ E_Q w
+    (E3)  δw* = −F⁻¹ E_Qᵀ (E_Q F⁻¹ E_Qᵀ)⁻¹ E_Q w
+    (E4)  ρ_Q = ½ (E_Q w)ᵀ (E_Q F⁻¹ E_Qᵀ)⁻¹ E_Q w
 
-``ρ_Q`` (the saliency) is the loss increase the quadratic model predicts. For one weight it is
-``ρ_i = w_i² / (2 [F⁻¹]_ii)`` with ``δw* = −(w_i / [F⁻¹]_ii) F⁻¹ e_i``; for a 1×C group (C consecutive
-weights of one row: the paper's 4-block with C = 4, the VNNI block of our INT8 kernels) ``Q`` is
-the group. Because ``F`` is block-diagonal, the problem splits into one independent problem per
-Fisher block.
+``ρ_Q`` (the saliency) is the loss increase (E1) predicts after the update (E3). For one weight::
 
-The update when many weights go at once (:func:`obs_update`). ``"joint"`` (default) solves the
-problem above exactly for the whole set each Fisher block loses at this step: the pruned weights
-land exactly on zero and the predicted loss increase is ``ρ_Q`` of that set. The paper's code
-(SparseML's OBS modifier) instead adds the updates each pruned weight (or 4-block) would get alone,
-ignoring the coupling between pruned weights of one block, and then zeroes the pruned weights by
-hand; that is ``"independent"`` here. ``"none"`` keeps the remaining weights unchanged (saliency
-only). We default to the joint solution because it is the minimiser of the model the saliencies
-come from, so the zeroing is not a second, unmodelled perturbation; it costs one batched ``B × B``
-solve per Fisher block that loses weights (float64; ~10 s for all of MiniLM on 2 cores).
+    (E5)  ρ_i = w_i² / (2 [F⁻¹]_ii),     δw* = −(w_i / [F⁻¹]_ii) F⁻¹ e_i
+
+For a 1×C group (C consecutive weights of one row: the paper's 4-block with C = 4, the VNNI block
+of our INT8 kernels) ``Q`` is the group. Because ``F`` is block-diagonal, (E3)–(E4) split into one
+independent problem per Fisher block.
+
+The update when many weights go at once (:func:`obs_update`). ``"joint"`` (default) solves (E3)
+exactly for the whole set each Fisher block loses at this step: the pruned weights land exactly on
+zero and the predicted loss increase is (E4) of that set. The paper's code (SparseML's OBS
+modifier) instead adds the updates each pruned weight (or 4-block) would get alone, ignoring the
+coupling between pruned weights of one block, and then zeroes the pruned weights by hand; that is
+``"independent"`` here. ``"none"`` keeps the remaining weights unchanged (saliency only). We
+default to the joint solution because it is the minimiser of the model the saliencies come from,
+so the zeroing is not a second, unmodelled perturbation, and it measured best on SST-2 / MiniLM at
+70 % (one-shot: 0.853 joint, 0.845 independent, 0.843 none; 50 %: 0.876, 0.870, 0.876). It costs
+one batched float64 ``B × B`` solve per Fisher block that loses weights.
 
 Memory: ``F⁻¹`` holds ``n_blocks · B²`` floats, i.e. ``numel · B · 4`` bytes in fp32 when ``B``
 divides ``numel`` (MiniLM-L6: 10,616,832 prunable weights, B = 48 → 2.04 GB; B = 50 → 2.12 GB).
@@ -107,7 +114,7 @@ class BlockFisherInverse:
 
     @torch.no_grad()
     def add_grads(self, grads: torch.Tensor) -> None:
-        """Fold ``k`` gradients into the inverse (rank-k Woodbury; see the module docstring).
+        """Fold ``k`` gradients into the inverse: ``k`` updates (E2), applied as one rank-k Woodbury update.
 
         Args:
             grads: ``(k, numel)`` (any float dtype), one gradient of the flattened weight per row.
@@ -142,8 +149,8 @@ def saliency(fisher: BlockFisherInverse, w: torch.Tensor, group: int = 1) -> tor
     """Per-entry OBS saliency of weight ``w`` (any shape with ``numel`` entries): ``(n_blocks, B)``
     float tensor, in units of the loss.
 
-    ``group = 1``: ``ρ_i = w_i² / (2 [F⁻¹]_ii)``. ``group = C`` (> 1, dividing ``B``): every entry of a
-    1×C group holds ``ρ_g / C`` with ``ρ_g = ½ w_gᵀ ([F⁻¹]_gg)⁻¹ w_g``, so that summing a group's entries
+    ``group = 1``: (E5) ``ρ_i = w_i² / (2 [F⁻¹]_ii)``. ``group = C`` (> 1, dividing ``B``): every entry of a
+    1×C group holds ``ρ_g / C`` with (E4) ``ρ_g = ½ w_gᵀ ([F⁻¹]_gg)⁻¹ w_g``, so that summing a group's entries
     (what :class:`pruners.structure.Structure` does for a block) gives the group saliency exactly.
     A non-positive ``[F⁻¹]_ii`` (fp32 round-off) is clamped to the smallest positive float, which
     keeps that weight."""
@@ -180,7 +187,7 @@ def obs_update(fisher: BlockFisherInverse, w: torch.Tensor, pruned: torch.Tensor
         fisher: the inverse Fisher of ``w``'s matrix.
         w: current weights (any shape, ``numel`` entries).
         pruned: bool, same shape: the weights removed at this step.
-        mode: ``"joint"`` (exact solution for the whole pruned set of each Fisher block),
+        mode: ``"joint"`` ((E3) for the whole pruned set of each Fisher block),
             ``"independent"`` (the paper's code: sum of each pruned unit's own update) or ``"none"``.
         group: the unit of ``"independent"``: 1 (single weights) or C (1×C groups, all-or-nothing).
 

@@ -27,6 +27,10 @@ Departures from the paper's recipes, and why:
 * An update step of the cubic schedule that would not raise the sparsity (the first one when
   ``initial_sparsity = 0``) is skipped instead of costing ``num_grads`` gradients for nothing.
 
+``scope = "global"`` (the paper's recipes) ranks the saliencies of all layers together, which is
+meaningful because each is a predicted loss increase; it scored higher one-shot on SST-2 / MiniLM (70 %: 0.866 vs 0.853), but
+the default stays ``"layer"``, like the other pruners, so every matrix has the same sparsity.
+
 Gradients of weights already pruned are masked to zero before they enter the Fisher (as in the
 paper's code), so the inverse restricted to the remaining weights is the inverse of their own
 Fisher, already-pruned weights get saliency −∞ (they stay pruned) and no update moves them.

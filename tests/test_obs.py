@@ -72,11 +72,11 @@ def test_joint_update_is_the_closed_form_zeroes_the_set_and_costs_its_saliency()
     delta, predicted = obs_update(f, w, pruned, "joint")
     Q = pruned.reshape(-1).nonzero().squeeze(1)
     wf = w.reshape(-1)
-    closed = -finv[:, Q] @ torch.linalg.solve(finv[Q][:, Q], wf[Q])  # δw* = −F⁻¹E_Qᵀ(E_Q F⁻¹ E_Qᵀ)⁻¹E_Q w
+    closed = -finv[:, Q] @ torch.linalg.solve(finv[Q][:, Q], wf[Q])  # (E3) δw* = −F⁻¹E_Qᵀ(E_Q F⁻¹ E_Qᵀ)⁻¹E_Q w
     assert torch.allclose(delta.reshape(-1), closed, atol=1e-10)
     new = w + delta
     assert new[pruned].abs().max() < 1e-10  # pruned weights land on zero
-    rho = 0.5 * wf[Q] @ torch.linalg.solve(finv[Q][:, Q], wf[Q])
+    rho = 0.5 * wf[Q] @ torch.linalg.solve(finv[Q][:, Q], wf[Q])  # (E4)
     assert predicted == pytest.approx(float(rho), rel=1e-9)
     assert float(0.5 * delta.reshape(-1) @ F @ delta.reshape(-1)) == pytest.approx(predicted, rel=1e-8)
     # any other way of zeroing the set costs more under the quadratic model
@@ -88,7 +88,7 @@ def test_single_weight_saliency_and_independent_update_match_the_paper():
     w, f, F = _problem(seed=2)
     finv = torch.linalg.inv(F)
     rho = saliency(f, w).reshape(-1)[: w.numel()]
-    assert torch.allclose(rho, w.reshape(-1) ** 2 / (2 * finv.diagonal()), rtol=1e-9)
+    assert torch.allclose(rho, w.reshape(-1) ** 2 / (2 * finv.diagonal()), rtol=1e-9)  # (E5)
     i = 5
     one = torch.zeros(w.shape, dtype=torch.bool).reshape(-1)
     one[i] = True

@@ -51,6 +51,7 @@ from pruners.base import NoPruner, Pruner
 from pruners.gmp import GMPPruner
 from pruners.magnitude import MagnitudePruner
 from pruners.movement import MovementPruner
+from pruners.obs import OBSPruner
 
 #: The entry-point group third-party distributions register plugin classes under.
 ENTRY_POINT_GROUP = "sparsebench.plugins"
@@ -63,7 +64,7 @@ KIND_BASES: tuple[tuple[type, Registry], ...] = (
 
 for _task in (SST2, MRPC, STSB, TextClassification, TinySynthetic):
     TASKS.register(_task)
-for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner):
+for _pruner in (NoPruner, MagnitudePruner, GMPPruner, MovementPruner, OBSPruner):
     PRUNERS.register(_pruner)
 for _acc in (TorchFP32, SparseCPU, Int8Dynamic, SparseInt8, BF16, OpenVINO, ONNXRuntime, CudaFP16, CudaBF16, Cuda24,
              NullAccelerator):

@@ -16,7 +16,7 @@ import logging
 import math
 import typing
 from collections import deque
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -142,6 +142,11 @@ class TrainingPruner(Pruner):
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
         return self.structure.masks(score.scores(), sparsity, self.scope)
 
+    def gradient_batches(self, task: Any, batches: Iterator[list[int]]) -> Iterator[list[int]]:
+        """Batches of training-example indices that ``gradient()`` (see :meth:`Score.before_update`)
+        draws; default: the training batches themselves."""
+        return batches
+
     # ---- the loop --------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         clock = StepClock()
@@ -162,9 +167,10 @@ class TrainingPruner(Pruner):
         opt = adamw(params, self.lr, self.weight_decay)
         sched = warmup_linear_decay(opt, self.warmup_steps, self.steps)
         batches = task.train_index_batches(self.batch_size, self.seed)
+        grad_batches = self.gradient_batches(task, batches)
 
-        def next_loss() -> torch.Tensor:
-            idx = next(batches)
+        def next_loss(stream: Iterator[list[int]] = batches) -> torch.Tensor:
+            idx = next(stream)
             inputs, labels = task.collate([data[i] for i in idx])
             with autocast(precision):
                 logits = logits_of(model(**inputs)).float()
@@ -173,7 +179,7 @@ class TrainingPruner(Pruner):
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
-            loss = next_loss()
+            loss = next_loss(grad_batches)
             loss.backward()
             return float(loss.detach())
 

@@ -26,22 +26,19 @@ weight's value when it is pruned and writes it back if the weight re-enters the 
 it a regrown weight would restart from zero and a score would freeze the moment its weight is
 pruned.
 
-Two selection variants (hyper-parameter ``variant`` of the movement pruner):
-
-* ``"hard"`` — hard movement pruning: ``M = Top_v(S)``, the top ``v = 1 − s_t`` fraction of scores
-  per layer (``scope="layer"``) or over all targeted layers (``scope="global"``), with the
-  cubic schedule giving ``s_t``.
-* ``"soft"`` — soft movement pruning keeps ``M = 1(S > τ)`` with one threshold τ for the whole
-  model, so each layer's sparsity adapts to its scores. The paper learns τ implicitly through an
-  L1 penalty ``λ · Σ σ(S)`` and does not hit a prescribed sparsity; to benchmark at fixed
-  sparsities we instead set τ at every pruning step to the ``s_t`` quantile of all targeted scores
-  (global threshold, scheduled), without the λ penalty. Documented deviation.
+Selection (hard and soft movement, the regulariser of soft movement, schedules) lives in
+:mod:`pruners.movement`; this module steps S. Soft movement adds the paper's penalty
+``R = λ_t · mean_l( Σ σ(S_l) / numel_l )`` (mean over the targeted layers ``l``, their code's
+``l1`` regularisation) to the loss; its gradient on S, ``λ_t · σ(S)(1 − σ(S)) / (numel_l · L)``,
+is added here in closed form (it involves S only, so no autograd pass is needed).
 
 How S is stepped (``score_optimizer``): the paper optimises S as a parameter with Adam (score lr
 α_S = 1e-2), so each step moves a score by about α_S in the direction of ``−W·∂L/∂W'``
 whatever the size of that product; ``"adam"`` (our default) does the same (β = 0.9, 0.999,
-ε = 1e-8, bias-corrected). ``"sum"`` is the closed form of plain gradient descent above, where the
-extremes of S are dominated by the largest weights.
+ε = 1e-8, bias-corrected), with the score learning rate following the weights' schedule
+(warm-up, then linear decay to 0), as the paper's code puts S in the weights' optimizer with its
+own learning rate. ``"sum"`` is the closed form of plain gradient descent above (α_S = 1, no
+schedule), where the extremes of S are dominated by the largest weights.
 
 Hyper-parameters in the paper (BERT-base, SQuAD/MNLI): score lr 1e-2, weight lr 3e-5, cubic
 schedule with 1 epoch warm-up before pruning and 2 epochs of final fine-tuning at constant
@@ -99,18 +96,32 @@ SCORE_OPTIMIZERS = ("adam", "sum")
 
 
 class MovementScore(Score):
-    """Accumulated movement scores ``S ← S − W ⊙ ∂L/∂W`` (first-order, straight-through), with the
-    latent value ``W`` of a pruned weight frozen at its value when pruned (see the module doc)."""
+    """Movement scores S (float32, one per targeted weight, shape ``(out, in)``) stepped along
+    ``−∂(L + R)/∂S`` after every backward pass, with the latent value of a pruned weight frozen
+    at its value when pruned (see the module doc).
+
+    Args:
+        layers: qualified name → ``nn.Linear`` (the targeted layers).
+        optimizer: ``"adam"`` or ``"sum"`` (see the module doc); ValueError otherwise.
+        lr: score learning rate α_S of ``"adam"`` (> 0).
+        lr_factor: ``step → multiplier`` of ``lr`` (the weights' warm-up/decay); None = 1.
+        reg_lambda: ``step → λ_t`` of soft movement's penalty ``λ_t · mean_l Σσ(S_l)/numel_l``;
+            None = no penalty (hard movement).
+    """
 
     name = "movement"
 
-    def __init__(self, layers: dict[str, nn.Linear], optimizer: str = "adam", lr: float = 1e-2) -> None:
+    def __init__(self, layers: dict[str, nn.Linear], optimizer: str = "adam", lr: float = 1e-2,
+                 lr_factor: Callable[[int], float] | None = None, reg_lambda: Callable[[int], float] | None = None) -> None:
         super().__init__(layers)
         if optimizer not in SCORE_OPTIMIZERS:
             raise ValueError(f"score_optimizer must be one of: {', '.join(SCORE_OPTIMIZERS)} (got {optimizer!r})")
+        if not lr > 0:
+            raise ValueError(f"score_lr must be > 0, got {lr!r}")
         self.optimizer, self.lr = optimizer, float(lr)
+        self.lr_factor, self.reg_lambda = lr_factor, reg_lambda
         self.S = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in self.layers.items()}
-        # "adam": the scores are stepped by torch's Adam with dL/dS = W * dL/dW' as their gradient
+        # "adam": the scores are stepped by torch's Adam with dL/dS = W * dL/dW' (+ dR/dS) as their gradient
         self._adam = torch.optim.Adam(list(self.S.values()), lr=self.lr, betas=(0.9, 0.999), eps=1e-8) if optimizer == "adam" else None
         # latent values of the weights (== the weight while kept, frozen once pruned)
         self.latent = {n: lin.weight.detach().clone() for n, lin in self.layers.items()}
@@ -119,37 +130,59 @@ class MovementScore(Score):
         self.steps = 0
 
     @torch.no_grad()
+    def gradient(self, name: str, lam: float) -> torch.Tensor:
+        """``∂(L + R)/∂S`` of layer ``name`` from the weight gradient now in ``.grad``: the
+        straight-through ``W_latent ⊙ ∂L/∂W'`` (``.grad`` is the gradient of the effective,
+        masked weight W', read before the optimizer masks it) plus, for ``lam`` > 0, the
+        penalty's ``lam · σ(S)(1 − σ(S)) / (numel · L)``. Float32, shape of the weight."""
+        lin, S = self.layers[name], self.S[name]
+        g = lin.weight.grad
+        dS = torch.zeros_like(S) if g is None else torch.where(self.keep[name], lin.weight.detach(), self.latent[name]).float() * g.float()
+        if lam > 0.0:
+            sig = torch.sigmoid(S)
+            dS.add_(sig * (1.0 - sig), alpha=lam / (S.numel() * len(self.S)))
+        return dS
+
+    @torch.no_grad()
     def accumulate(self) -> None:
-        for n, lin in self.layers.items():
-            g = lin.weight.grad
-            self.S[n].grad = None
-            if g is not None:
-                w = torch.where(self.keep[n], lin.weight.detach(), self.latent[n])
-                dS = w.float() * g.float()  # dL/dS (straight-through)
-                if self._adam is None:
-                    self.S[n].sub_(dS)
-                else:
-                    self.S[n].grad = dS
+        lam = float(self.reg_lambda(self.steps)) if self.reg_lambda is not None else 0.0
+        for n in self.layers:
+            self.S[n].grad = self.gradient(n, lam)
+            if self._adam is None:
+                self.S[n].sub_(self.S[n].grad)
         if self._adam is not None:
+            factor = float(self.lr_factor(self.steps)) if self.lr_factor is not None else 1.0
+            for group in self._adam.param_groups:
+                group["lr"] = self.lr * factor
             self._adam.step()
         self.steps += 1
 
     @torch.no_grad()
     def update_masks(self, masks: MaskSet, new: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, sparsity: float) -> None:
+        # element-wise selects per layer (no indexing by position): cheap enough to run every step
         for n, lin in self.layers.items():
-            dropped = self.keep[n] & ~new[n]
-            self.latent[n][dropped] = lin.weight.detach()[dropped]
+            torch.where(self.keep[n] & ~new[n], lin.weight.detach(), self.latent[n], out=self.latent[n])
         masks.update(new, optimizer, sparsity=sparsity)
         for n, lin in self.layers.items():
             back = ~self.keep[n] & new[n]
             self.regrown += int(back.sum())
-            lin.weight.data[back] = self.latent[n][back]
+            torch.where(back, self.latent[n], lin.weight.data, out=lin.weight.data)
             self.keep[n] = new[n].clone()
 
     def scores(self) -> dict[str, torch.Tensor]:
         return self.S
 
+    @torch.no_grad()
     def describe(self) -> dict:
-        return {"score": "movement (Sanh et al. 2020): S stepped along -W * dL/dW; pruned weights keep a frozen latent value",
+        """Notes for the prune report, with the mean |W| of the pruned weights (their latent,
+        i.e. last trained, values) and of the kept ones: a score that prunes large weights shows
+        a ratio near or above 1, magnitude pruning one far below."""
+        pruned = sum(float(self.latent[n][~k].abs().sum()) for n, k in self.keep.items())
+        kept = sum(float(lin.weight[self.keep[n]].abs().sum()) for n, lin in self.layers.items())
+        n_pruned = sum(int((~k).sum()) for k in self.keep.values())
+        n_kept = sum(int(k.sum()) for k in self.keep.values())
+        return {"score": "movement (Sanh et al. 2020): S stepped along -dL/dS = -W * dL/dW' (+ soft's penalty); pruned weights keep a frozen latent value",
                 "score_optimizer": self.optimizer, "score_lr": self.lr if self.optimizer == "adam" else None,
-                "score_steps": self.steps, "regrown_weights": self.regrown}
+                "score_steps": self.steps, "regrown_weights": self.regrown,
+                "mean_abs_weight_pruned": pruned / n_pruned if n_pruned else None,
+                "mean_abs_weight_kept": kept / n_kept if n_kept else None}

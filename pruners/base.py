@@ -206,7 +206,7 @@ def _keep_mask(scores: torch.Tensor, k_zero: int) -> torch.Tensor:
     else:
         cut = torch.topk(scores, n - k_zero + 1, largest=True, sorted=False).values.min()
     keep = scores > cut
-    below = int((scores < cut).sum())
+    below = int(torch.count_nonzero(scores < cut))
     ties = torch.nonzero(scores == cut).flatten()  # ascending positions
     keep[ties[k_zero - below :]] = True  # drop the first (k_zero - below) tied positions, keep the rest
     return keep

@@ -54,7 +54,6 @@ dense fine-tuned model, like GMP, and is distilled from it.
 """
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import torch
@@ -62,14 +61,11 @@ from torch import nn
 
 from accelerators.params import Range
 from pruners.gmp import TrainingPruner, _num, training_params
-from pruners.base import _keep_mask
+from pruners.movement_masks import MIN_KEEP, Sampler, flat_global_keep, masks_sparsity, sigmoid_cut, threshold_masks
 from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score
 
 VARIANTS = ("hard", "soft")
 INITS = ("pretrained", "finetuned")
-#: per-layer floor of kept weights under one global threshold: int(MIN_KEEP · numel) + 1
-#: (Sanh et al.'s ThresholdBinarizer keeps at least 0.5 % of each matrix)
-MIN_KEEP = 0.005
 #: λ_f when not given: the paper's soft-movement value (their ``final_lambda``, SQuAD recipe)
 PAPER_FINAL_LAMBDA = 400.0
 
@@ -143,6 +139,7 @@ class MovementPruner(TrainingPruner):
             raise ValueError(f"start_frac must leave >= 1 step of score learning before the first mask (start_frac·steps >= 1), got {training['start_frac']!r}")
         self._check_soft(final_lambda, final_threshold)
         self.sparsity_before_final_adjustment: float | None = None
+        self._sampler = Sampler(self.seed)
         self._last_soft: tuple[dict, dict] | None = None  # scores and keep-masks of the last soft selection
 
     def _check_soft(self, final_lambda: float | None, final_threshold: float | None) -> None:
@@ -167,6 +164,7 @@ class MovementPruner(TrainingPruner):
 
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
         self.sparsity_before_final_adjustment, self._last_soft = None, None
+        self._sampler = Sampler(self.seed)
         return MovementScore(layers, self.score_optimizer, self.score_lr,
                              lr_factor=lambda t: lr_factor(t, self.warmup_steps, self.steps),
                              reg_lambda=self.lambda_at if self.final_lambda > 0 else None)
@@ -184,16 +182,27 @@ class MovementPruner(TrainingPruner):
 
     @torch.no_grad()
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
-        """Keep-masks from the scores at the schedule's sparsity ``sparsity`` (see the module doc)."""
+        """Keep-masks from the scores at the schedule's sparsity ``sparsity`` (see the module doc).
+
+        During the ramp (``sparsity`` below the final one) the unstructured top-v cut is the
+        quantile of a fixed random sample of the scores (:class:`pruners.movement_masks.Sampler`:
+        within a fraction of a percent of v, and one comparison per weight instead of a top-k);
+        at the end of the ramp, and for blocks and N:M, the selection is exact."""
         S = score.scores()
+        ramp = sparsity < self.sparsity
+        flat = self.structure.kind == "unstructured" and isinstance(score, MovementScore)
         if self.variant == "hard":
-            return self.structure.masks(S, sparsity, self.scope)
-        if self.final_threshold is not None and sparsity < self.sparsity:
+            keep = self._sampler.keep(score, sparsity, self.scope) if ramp and flat else None
+            return keep if keep is not None else self.structure.masks(S, sparsity, self.scope)
+        if self.final_threshold is not None and ramp:
             return threshold_masks(S, self.threshold_at(sparsity))
         if self.final_threshold is not None and self.sparsity_before_final_adjustment is None:
-            before = threshold_masks(S, self.threshold_at(sparsity))
-            self.sparsity_before_final_adjustment = 1.0 - sum(int(m.sum()) for m in before.values()) / sum(m.numel() for m in before.values())
-        keep = self.structure.masks(S, sparsity, "global", min_keep=MIN_KEEP)
+            self.sparsity_before_final_adjustment = masks_sparsity(threshold_masks(S, self.threshold_at(sparsity)))
+        keep = None
+        if flat:
+            keep = self._sampler.keep(score, sparsity, "global", MIN_KEEP) if ramp else flat_global_keep(score, sparsity, MIN_KEEP)
+        if keep is None:
+            keep = self.structure.masks(S, sparsity, "global", min_keep=MIN_KEEP)
         self._last_soft = (S, keep)  # for the threshold in the notes, computed once at the end
         return keep
 
@@ -206,36 +215,9 @@ class MovementPruner(TrainingPruner):
                 "final_lambda": self.final_lambda,
                 "threshold": "calibrated to the schedule's sparsity each step" if self.final_threshold is None
                 else f"paper schedule to final_threshold {self.final_threshold:g}, top-k at the end of the ramp",
-                "final_sigmoid_threshold": _sigmoid_cut(*self._last_soft) if self._last_soft else None,
+                "final_sigmoid_threshold": sigmoid_cut(*self._last_soft) if self._last_soft else None,
                 "sparsity_before_final_adjustment": self.sparsity_before_final_adjustment,
                 "min_keep_per_layer": f"int({MIN_KEEP:g} * numel) + 1",
             }
         d["masks_during_cool_down"] = "fixed"
         return d
-
-
-@torch.no_grad()
-def threshold_masks(scores: dict[str, torch.Tensor], tau: float) -> dict[str, torch.Tensor]:
-    """The paper's soft-movement masks ``M = 1(σ(S) > τ)`` (bool, shapes of ``scores``), compared
-    as ``S > logit(τ)`` (σ is increasing; no sigmoid pass), with each layer keeping at least its
-    ``int(0.005 · numel) + 1`` best weights. ``tau`` in [0, 1): 0 keeps everything."""
-    if not 0.0 <= tau < 1.0:
-        raise ValueError(f"tau must be in [0, 1), got {tau!r}")
-    cut = -math.inf if tau == 0.0 else math.log(tau / (1.0 - tau))
-    out = {}
-    for n, s in scores.items():
-        m = s > cut
-        floor = min(s.numel(), int(MIN_KEEP * s.numel()) + 1)
-        if int(m.sum()) < floor:
-            m = _keep_mask(s.flatten().float(), s.numel() - floor).view_as(s)
-        out[n] = m
-    return out
-
-
-def _sigmoid_cut(scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> float | None:
-    """σ of the largest pruned score (the threshold a calibrated soft mask amounts to), or None
-    when nothing is pruned."""
-    dropped = [s[~keep[n]] for n, s in scores.items() if not bool(keep[n].all())]
-    if not dropped:
-        return None
-    return float(torch.sigmoid(torch.cat(dropped).max()))

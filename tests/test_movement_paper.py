@@ -11,7 +11,8 @@ from torch import nn
 from profiler.tasks import TinySynthetic
 from pruners.base import _keep_mask, prunable_linears
 from pruners.masks import MaskSet
-from pruners.movement import MovementPruner, lr_factor, threshold_masks
+from pruners.movement import MovementPruner, lr_factor
+from pruners.movement_masks import Sampler, threshold_masks
 from pruners.scores import MovementScore
 from pruners.structure import parse_structure
 
@@ -116,7 +117,7 @@ def test_soft_movement_reaches_exactly_the_target_with_masks_moving_every_step(t
     assert rep.prunable_zeros == round(0.9 * total)  # global count, exact
     for n, z in _zeros(model).items():  # the report counts the model's exact zeros
         assert int(z.sum()) == rep.per_layer[n].zeros and int(z.sum()) < z.numel()  # no layer emptied
-    if threshold is None:  # calibrated: every step of the ramp is at the schedule's sparsity exactly
+    if threshold is None:  # calibrated: every step of the ramp at the schedule's sparsity (exact: the sample covers all)
         assert all(sum(int(m.sum()) for m in z.values()) == round(s * total) for _, s, z in seen)
         assert 0 < rep.notes["soft"]["final_sigmoid_threshold"] < 1
     else:
@@ -170,3 +171,20 @@ def test_per_layer_floor_under_one_global_threshold():
     assert all(bool(m.all()) for m in threshold_masks({"low": low}, 0.0).values())
     with pytest.raises(ValueError, match="min_keep"):
         parse_structure("unstructured").masks({"low": low}, 0.5, "global", min_keep=1.0)
+
+
+def test_sampled_cut_is_near_the_target_and_exact_when_ties_would_fool_it():
+    torch.manual_seed(0)
+    lin = nn.Linear(1000, 200, bias=False)
+    score = MovementScore({"a": lin, "b": nn.Linear(200, 50, bias=False)})
+    score.flat_S.copy_(torch.randn(score.flat_S.numel()))
+    sampler, n = Sampler(seed=1), score.flat_S.numel()
+    for s in (0.3, 0.9):
+        keep = sampler.cut(score.flat_S, round(s * n), 4096)
+        assert abs(int((~keep).sum()) - s * n) <= 4 * (s * (1 - s) / 4096) ** 0.5 * n + 1
+        keep = sampler.keep(score, s, "layer")
+        assert set(keep) == {"a", "b"} and all(abs(1 - float(m.float().mean()) - s) < 0.02 for m in keep.values())
+    score.flat_S.zero_()
+    score.flat_S[: n // 2] = 1.0  # half the scores tie at 0: a sampled cut at 0 would drop all of them
+    assert sampler.cut(score.flat_S, round(0.3 * n), 4096) is None
+    assert int((~sampler.keep(score, 0.3, "layer")["a"]).sum()) == round(0.3 * 200_000)  # exact fallback

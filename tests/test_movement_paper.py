@@ -188,3 +188,13 @@ def test_sampled_cut_is_near_the_target_and_exact_when_ties_would_fool_it():
     score.flat_S[: n // 2] = 1.0  # half the scores tie at 0: a sampled cut at 0 would drop all of them
     assert sampler.cut(score.flat_S, round(0.3 * n), 4096) is None
     assert int((~sampler.keep(score, 0.3, "layer")["a"]).sum()) == round(0.3 * 200_000)  # exact fallback
+
+
+def test_labels_name_the_variant_and_non_default_soft_settings():
+    from profiler.labels import plugin_label
+
+    base = {"sparsity": 0.95, "distill": True, "init": "finetuned", "final_lambda": None, "final_threshold": None}
+    assert plugin_label("movement", {**base, "variant": "soft"}) == "movement 0.95 soft KD"
+    assert plugin_label("movement", {**base, "variant": "hard", "init": "pretrained"}) == "movement 0.95 hard from pretrained KD"
+    assert plugin_label("movement", {**base, "variant": "soft", "final_lambda": 4000.0, "final_threshold": 0.1}) == \
+        "movement 0.95 soft lambda 4000 tau 0.1 KD"

@@ -17,8 +17,9 @@ mask**, and evaluates each on all 872 dev sentences:
 
 What it shows: how much of the model a criterion destroys before any recovery, the failure
 that makes movement pruning collapse at short budgets. Per ranking: accuracy, predicted-class
-counts, the collapse flag of the runner, and the mean |W| of the weights it removes (magnitude
-removes the smallest; a criterion blind to magnitude removes weights of average size).
+counts, the collapse flag of the runner, the mean |W| of the weights it removes (magnitude
+removes the smallest; a criterion blind to magnitude removes weights of average size), and the
+sparsity of each encoder layer.
 
 Output: one line per ranking on stdout and JSON (``--out``). Cost: ``--steps`` training steps
 plus one evaluation per ranking (about 5 minutes on a quiet 2-core machine with the defaults).
@@ -76,9 +77,16 @@ def evaluate_mask(task: SST2, model: torch.nn.Module, keep: dict[str, torch.Tens
             layers[n].weight.masked_fill_(~k, 0.0)
     counter = PredictionCounter(masked)
     acc = task.evaluate_metrics(counter)["accuracy"]
+    by_layer: dict[str, list[int]] = {}  # encoder layer index → [removed, total]
+    for n, k in keep.items():
+        idx = n.split("layer.")[1].split(".")[0] if "layer." in n else n
+        c = by_layer.setdefault(idx, [0, 0])
+        c[0] += k.numel() - int(torch.count_nonzero(k))
+        c[1] += k.numel()
     return {"accuracy": round(acc, 4), "classes": counter.classes,
             "collapsed": counter.collapse_fields(task, acc)["collapsed"],
-            "mean_abs_weight_removed": round(float(torch.cat(removed).mean()), 5)}
+            "mean_abs_weight_removed": round(float(torch.cat(removed).mean()), 5),
+            "sparsity_by_encoder_layer": {i: round(r / t, 3) for i, (r, t) in by_layer.items()}}
 
 
 def main() -> None:

@@ -13,8 +13,13 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
     params = params or {}
     parts = [name] + [str(params[k]) for k in _SHOWN if k in params and params[k] != "auto"]
     parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d]
-    if name == "movement" and params.get("variant") == "soft":
-        parts.append("soft")
+    if name == "movement":  # both variants named: the default changed from hard to soft
+        parts += [str(params[k]) for k in ("variant",) if k in params]
+        parts += ["from pretrained"] if params.get("init") == "pretrained" else []
+        if params.get("final_lambda") not in (None, 400, 400.0):  # 400: the paper's, the default
+            parts.append(f"lambda {params['final_lambda']:g}")
+        if params.get("final_threshold") is not None:
+            parts.append(f"tau {params['final_threshold']:g}")
     if params.get("distill") is True:
         parts.append("KD")
     if params.get("sparse_weights_rate") is not None:

@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -405,7 +406,7 @@ class Runner:
                     metrics = task.evaluate_metrics(counter, self.cfg.measure.eval_batch_size)
                 self._accuracy[c.model_id] = metrics[task.metric_name]
                 self._metrics[c.model_id] = {f"metric_{k}": v for k, v in metrics.items()}
-                self._metrics[c.model_id].update(counter.collapse_fields())
+                self._metrics[c.model_id].update(counter.collapse_fields(task, metrics[task.metric_name]))
             row.accuracy = self._accuracy[c.model_id]
             row.extra.update(self._metrics.get(c.model_id, {}))
             self._record(row, "ok", row.extra.get("collapse_reason"))
@@ -488,30 +489,60 @@ class Runner:
 
 class PredictionCounter(nn.Module):
     """Passes calls through to ``module`` and counts its argmax predictions (classification heads),
-    so that a model that predicts one class for every evaluation example is named collapsed:
-    its metric is the majority-class rate, not a result of the pruning recipe."""
+    so that a collapsed model is named: one that predicts one class for every evaluation example,
+    or whose headline metric is no better than always answering the majority class (its metric is
+    then the majority-class rate, not a result of the pruning recipe)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
         self.classes: dict[int, int] = {}
+        self.num_classes = 0
 
     def forward(self, **inputs):
         out = self.module(**inputs)
         logits = logits_of(out)
         if logits.dim() == 2 and logits.shape[-1] > 1:
+            self.num_classes = int(logits.shape[-1])
             for c in logits.argmax(-1).tolist():
                 self.classes[c] = self.classes.get(c, 0) + 1
         return out
 
-    def collapse_fields(self) -> dict[str, Any]:
-        """``collapsed`` (bool; None for regression heads) and, when collapsed, ``collapse_reason``."""
+    def collapse_fields(self, task: Task | None = None, metric: float | None = None) -> dict[str, Any]:
+        """``collapsed`` (bool; None for regression heads) and, when collapsed, ``collapse_reason``.
+
+        Collapsed: one predicted class for every example, or (given ``task`` and its headline
+        ``metric`` on the evaluation split) ``metric`` <= the metric of the constant predictor of
+        the evaluation split's majority class (accuracy: the majority-class rate; F1: the F1 of
+        always answering that class; higher-is-better metrics)."""
         if not self.classes:
             return {"collapsed": None}
-        if len(self.classes) > 1:
-            return {"collapsed": False}
-        (c, n), = self.classes.items()
-        return {"collapsed": True, "collapse_reason": f"collapsed: predicts class {c} for all {n} evaluation examples"}
+        if len(self.classes) == 1:
+            (c, n), = self.classes.items()
+            return {"collapsed": True, "collapse_reason": f"collapsed: predicts class {c} for all {n} evaluation examples"}
+        if task is not None and metric is not None and not math.isnan(metric):
+            base = majority_class_metric(task, self.num_classes)
+            if base is not None and metric <= base[1] + 1e-12:
+                return {"collapsed": True, "collapse_reason": (
+                    f"collapsed: {task.metric_name} {metric:.4f} is no better than always answering the majority "
+                    f"class {base[0]} ({base[1]:.4f})")}
+        return {"collapsed": False}
+
+
+def majority_class_metric(task: Task, num_classes: int) -> tuple[int, float] | None:
+    """``(c, m)``: the evaluation split's most frequent label ``c`` and the task's headline metric
+    ``m`` of the constant predictor that always answers ``c`` (for accuracy, the majority-class
+    rate); None when the labels are not class ids below ``num_classes``."""
+    labels = torch.tensor([e.label for e in task.eval_examples()])
+    if labels.numel() == 0 or labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        return None
+    labels = labels.long()
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        return None
+    c = int(torch.bincount(labels, minlength=num_classes).argmax())
+    const = torch.zeros(labels.numel(), num_classes)
+    const[:, c] = 1.0
+    return c, float(task.metrics(const, labels)[task.metric_name])
 
 
 def _tb() -> str:

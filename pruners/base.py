@@ -189,8 +189,28 @@ def magnitude_masks(
 
 
 def _keep_mask(scores: torch.Tensor, k_zero: int) -> torch.Tensor:
+    """Keep-mask (bool, shape of the 1-D ``scores``) that drops exactly the ``k_zero`` lowest
+    scores; among equal scores at the cut the earliest positions are dropped (the order of a
+    stable ascending sort). ValueError if a score is NaN (it has no rank).
+
+    Selection is one ``torch.topk`` plus comparisons, not a full sort: movement pruning recomputes
+    masks at every training step, and a stable sort of every encoder weight of MiniLM costs more
+    than a training step on a small CPU (measured ~1.5 s against ~0.1 s)."""
+    n = scores.numel()
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if k_zero > 0:
-        order = torch.sort(scores, stable=True).indices
-        keep[order[:k_zero]] = False
+    if k_zero <= 0:
+        return keep
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("scores contain NaN; cannot rank them (did training diverge?)")
+    if k_zero >= n:
+        return keep.fill_(False)
+    # the k_zero-th smallest score, from whichever side of the cut is shorter
+    if k_zero <= n - k_zero + 1:
+        cut = torch.topk(scores, k_zero, largest=False, sorted=False).values.max()
+    else:
+        cut = torch.topk(scores, n - k_zero + 1, largest=True, sorted=False).values.min()
+    keep = scores > cut
+    below = int(torch.count_nonzero(scores < cut))
+    ties = torch.nonzero(scores == cut).flatten()  # ascending positions
+    keep[ties[k_zero - below :]] = True  # drop the first (k_zero - below) tied positions, keep the rest
     return keep

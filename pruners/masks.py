@@ -13,7 +13,11 @@ is never a ``weight_orig`` or ``weight_mask`` to leak into a checkpoint:
   zero; re-applying the mask afterwards also covers decoupled or coupled weight decay and any
   optimizer we did not anticipate, so pruned weights stay *exactly* zero through every step.
 * :meth:`squash` applies the masks a last time and drops them: the model is left with plain
-  weights holding exact zeros.
+  weights holding exact zeros (``+0.0``).
+
+During training, masking multiplies by the boolean mask instead of ``masked_fill_`` (measured ~4×
+faster on CPU, and movement pruning masks at every step); a pruned negative weight is then
+``-0.0``, which equals 0 for every comparison and kernel, and :meth:`squash` writes ``+0.0``.
 * :meth:`report` counts sparsity from the masks: per layer, over the targeted (prunable) weights,
   and over all parameters (mask zeros + exact zeros of every untargeted parameter).
 """
@@ -55,17 +59,31 @@ class MaskSet:
         if optimizer is not None:
             self.mask_optimizer_state(optimizer)
 
+    def set(self, masks: dict[str, torch.Tensor], sparsity: float | None = None) -> None:
+        """Install keep-masks whose zeros the caller has already written into the weights (a
+        pruner that moves weights itself, e.g. movement pruning's latent values), without a pass
+        over the weights or the optimizer state: the next :meth:`step` masks the gradients
+        before the optimizer and its state after it, which is all a newly pruned weight needs."""
+        if set(masks) != set(self.masks):
+            raise ValueError(f"masks must cover exactly the targeted layers; got {sorted(set(masks) ^ set(self.masks))} extra/missing")
+        for n, m in masks.items():
+            if m.shape != self.masks[n].shape or m.dtype != torch.bool:
+                raise ValueError(f"mask for {n} must be bool {tuple(self.masks[n].shape)}, got {m.dtype} {tuple(m.shape)}")
+        self.masks.update(masks)
+        if sparsity is not None:
+            self.sparsity = float(sparsity)
+
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero every masked weight (in place, on the plain ``weight`` tensor)."""
+        """Zero every masked weight (in place, on the plain ``weight`` tensor; ±0.0, see the module doc)."""
         for n, lin in self.layers.items():
-            lin.weight.masked_fill_(~self.masks[n], 0.0)
+            lin.weight.mul_(self.masks[n])
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         for n, lin in self.layers.items():
             if lin.weight.grad is not None:
-                lin.weight.grad.masked_fill_(~self.masks[n], 0.0)
+                lin.weight.grad.mul_(self.masks[n])
 
     @torch.no_grad()
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
@@ -76,7 +94,7 @@ class MaskSet:
                 continue
             for v in state.values():
                 if isinstance(v, torch.Tensor) and v.shape == lin.weight.shape:
-                    v.masked_fill_(~self.masks[n], 0)
+                    v.mul_(self.masks[n])
 
     def step(self, optimizer: torch.optim.Optimizer, clip_norm: float | None = None, params: Any = None) -> None:
         """Masked ``optimizer.step()``: mask grads, optionally clip ``params``' grad norm, step,
@@ -90,9 +108,10 @@ class MaskSet:
 
     @torch.no_grad()
     def squash(self) -> None:
-        """Bake the masks into the plain weights and forget them (nothing of the mechanism remains)."""
-        self.apply()
-        for lin in self.layers.values():
+        """Bake the masks into the plain weights and forget them (nothing of the mechanism remains):
+        every masked weight is ``+0.0``."""
+        for n, lin in self.layers.items():
+            lin.weight.masked_fill_(~self.masks[n], 0.0)
             lin.weight.grad = None
 
     # ---- accounting -------------------------------------------------------------------------------

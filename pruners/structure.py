@@ -61,10 +61,20 @@ class Structure:
 
     # ---- selection --------------------------------------------------------------------------------
     @torch.no_grad()
-    def masks(self, scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:
-        """Boolean keep-masks (True = keep) with exactly this structure at ``sparsity``."""
+    def masks(self, scores: dict[str, torch.Tensor], sparsity: float, scope: str = "layer",
+              min_keep: float = 0.0) -> dict[str, torch.Tensor]:
+        """Boolean keep-masks (True = keep) with exactly this structure at ``sparsity``.
+
+        ``min_keep`` (global scope only, a fraction in [0, 1)): every layer keeps at least its
+        ``int(min_keep · groups) + 1`` best groups whatever the global ranking says (0: no floor),
+        so one global threshold cannot empty a layer and cut the network (movement pruning's
+        per-layer floor, 0.5 % in Sanh et al.'s code). The floors are taken out of the global
+        budget, so the total stays exact unless the floors alone exceed it (then the sparsity is
+        below ``sparsity``)."""
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
+        if not 0.0 <= min_keep < 1.0:
+            raise ValueError(f"min_keep must be in [0, 1), got {min_keep!r}")
         for name, s in scores.items():
             self.check_shape(name, s.shape)
         if self.kind == "nm":
@@ -73,12 +83,7 @@ class Structure:
         if scope == "layer":
             keep = {n: _keep_mask(p.flatten(), int(round(sparsity * p.numel()))).view_as(p) for n, p in pooled.items()}
         else:
-            flat = torch.cat([p.flatten() for p in pooled.values()])
-            k = _keep_mask(flat, int(round(sparsity * flat.numel())))
-            keep, start = {}, 0
-            for n, p in pooled.items():
-                keep[n] = k[start : start + p.numel()].view_as(p)
-                start += p.numel()
+            keep = _global_keep(pooled, sparsity, min_keep)
         return {n: self._expand(m) for n, m in keep.items()}
 
     def _pool(self, s: torch.Tensor) -> torch.Tensor:
@@ -101,6 +106,27 @@ class Structure:
             order = torch.sort(groups, dim=-1, stable=True).indices[..., :drop]
             keep.scatter_(-1, order, False)
         return keep.reshape(s.shape)
+
+
+def _global_keep(pooled: dict[str, torch.Tensor], sparsity: float, min_keep: float) -> dict[str, torch.Tensor]:
+    """One ranking over every layer's (pooled) scores; with ``min_keep`` > 0 each layer's floor of
+    best groups is ranked above everything else first (see :meth:`Structure.masks`)."""
+    flats, reserved = [], 0
+    for p in pooled.values():
+        f = p.flatten()
+        if min_keep > 0.0:
+            floor = min(f.numel(), int(min_keep * f.numel()) + 1)
+            f = f.clone()
+            f[torch.topk(f, floor, sorted=False).indices] = float("inf")
+            reserved += floor
+        flats.append(f)
+    flat = torch.cat(flats)
+    k = _keep_mask(flat, min(int(round(sparsity * flat.numel())), flat.numel() - reserved))
+    keep, start = {}, 0
+    for n, p in pooled.items():
+        keep[n] = k[start : start + p.numel()].view_as(p)
+        start += p.numel()
+    return keep
 
 
 def parse_structure(spec: str) -> Structure:

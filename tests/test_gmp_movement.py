@@ -103,12 +103,14 @@ def test_movement_declares_the_training_parameters_once():
     from profiler.plugins import PRUNERS
 
     gmp, mov = PRUNERS.params("gmp"), PRUNERS.params("movement")
-    assert set(gmp) < set(mov) and set(mov) - set(gmp) == {"variant", "init", "score_optimizer", "score_lr"}
-    assert mov["start_frac"].default == 0.1 and mov["distill"].default is True
-    assert all(mov[k].default == gmp[k].default for k in gmp if k not in ("start_frac", "distill"))
+    assert set(gmp) < set(mov) and set(mov) - set(gmp) == {"variant", "init", "score_optimizer", "score_lr",
+                                                           "final_lambda", "final_threshold"}
+    paper = {"start_frac": 0.1, "end_frac": 0.8, "update_every": 1, "distill": True}
+    assert all(mov[k].default == v for k, v in paper.items())
+    assert all(mov[k].default == gmp[k].default for k in gmp if k not in paper)
     assert PRUNERS.hints("movement")["score_lr"] is float and PRUNERS.hints("movement")["steps"] is int
     p = MovementPruner(sparsity=0.5, steps=20)
-    assert (p.sparsity, p.steps, p.start_frac, p.distill, p.variant) == (0.5, 20, 0.1, True, "hard")
+    assert (p.sparsity, p.steps, p.start_frac, p.distill, p.variant, p.init) == (0.5, 20, 0.1, True, "soft", "finetuned")
 
 
 def test_movement_validation():
@@ -172,7 +174,7 @@ def test_movement_pruned_weight_keeps_latent_value_and_regrows_with_it():
     assert lin.weight[0, 1] == -2.0 and lin.weight[0, 0] == 1.5 and score.describe()["regrown_weights"] == 1
 
 
-def test_movement_starts_from_the_pretrained_model_by_default(tiny):
+def test_movement_starts_from_the_finetuned_model_by_default(tiny):
     task, _ = tiny
     finetuned = task.base_model()
     with torch.no_grad():
@@ -180,10 +182,10 @@ def test_movement_starts_from_the_pretrained_model_by_default(tiny):
             p.add_(1.0)
     pre = task.base_model().state_dict()
     student = copy.deepcopy(finetuned)
-    MovementPruner().init_student(student, task)
+    MovementPruner(init="pretrained").init_student(student, task)
     assert all(torch.equal(student.state_dict()[k], v) for k, v in pre.items())
     student = copy.deepcopy(finetuned)
-    MovementPruner(init="finetuned").init_student(student, task)
+    MovementPruner().init_student(student, task)
     assert all(torch.equal(student.state_dict()[k], v) for k, v in finetuned.state_dict().items())
 
 

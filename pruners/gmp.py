@@ -147,16 +147,21 @@ class TrainingPruner(Pruner):
         draws; default: the training batches themselves."""
         return batches
 
-    # ---- the loop --------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
-        clock = StepClock()
-        precision = resolve_precision(self.precision)
-        torch.manual_seed(self.seed)
+    def target_layers(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """The Linear layers of ``roles``; ValueError if none, or if a shape does not tile the structure."""
         layers = prunable_linears(model, self.roles)
         if not layers:
             raise ValueError(f"no encoder Linear layer matches roles {list(self.roles)}")
         for n, lin in layers.items():
             self.structure.check_shape(n, lin.weight.shape)
+        return layers
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
+        clock = StepClock()
+        precision = resolve_precision(self.precision)
+        torch.manual_seed(self.seed)
+        layers = self.target_layers(model)
         data = task.train_examples()
         distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir)
                      if self.distill else None)

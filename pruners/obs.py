@@ -49,7 +49,7 @@ from torch import nn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from pruners.base import Progress, PruneReport, prunable_linears
+from pruners.base import Progress, PruneReport
 from pruners.fisher import UPDATES, BlockFisherInverse, obs_update, saliency
 from pruners.gmp import TrainingPruner, _int, _num, training_params
 from pruners.masks import MaskSet, assert_plain
@@ -284,11 +284,7 @@ class OBSPruner(TrainingPruner):
     def _prune_oneshot(self, model: nn.Module, task: Any, progress: Progress | None) -> PruneReport:
         t_wall = time.perf_counter()
         torch.manual_seed(self.seed)
-        layers = prunable_linears(model, self.roles)
-        if not layers:
-            raise ValueError(f"no encoder Linear layer matches roles {list(self.roles)}")
-        for n, lin in layers.items():
-            self.structure.check_shape(n, lin.weight.shape)
+        layers = self.target_layers(model)
         masks, score = MaskSet(layers), self.make_score(layers)
         if progress is not None:
             score.on_gradient = lambda i, m, loss: progress(i, m, loss, 0.0)

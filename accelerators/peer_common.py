@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings, cpu_flags, logits_of
+from accelerators.base import PrepareSettings, logits_of
 
 #: the model inputs a peer graph may take, in the order of the export wrapper's arguments
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
+from accelerators.base import Accelerator, PrepareSettings, Prepared
 from accelerators.params import Range, check_ranges
 from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing

@@ -17,6 +17,7 @@ the most expensive part of a small-batch step). Same arithmetic as the unfused A
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from typing import Any, Iterable, Iterator
 
@@ -105,8 +106,6 @@ def index_batches(n: int, lengths: list[int], batch_size: int, seed: int) -> Ite
     """Endless shuffled batches of example indices in ``range(n)``, length-bucketed: each chunk of
     50 batches is sorted by ``lengths`` before being cut, so padding stays small; batches are then
     shuffled. Deterministic for a given seed."""
-    import random
-
     rng = random.Random(seed)
     while True:
         order = list(range(n))

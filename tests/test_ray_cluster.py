@@ -158,4 +158,7 @@ def test_dead_node_is_retried_on_the_targets_other_node_and_a_killed_driver_resu
         assert main(["run", "--resume", str(run_dir), "--address", cluster.address]) == 0
         _assert_complete(run_dir, cell_ids)
         after = [r for r in _rows_of(run_dir, "b") if r["cell_id"] not in delivered]
-        assert after and {r["ray_node_id"] for r in after} == {survivor}
+        # rows the victim finished before it died may still arrive after the snapshot above; every
+        # later row comes from the survivor
+        nodes = {r["ray_node_id"] for r in after}
+        assert after and survivor in nodes and nodes <= {survivor, victim}

@@ -6,8 +6,8 @@ the attention-interface dispatch) and separate residual adds. :class:`FusedBertL
 the same function with fewer passes:
 
     qkv  = x W_qkv^T + b_qkv                      one kernel call for q, k and v (stacked rows)
-    ctx  = softmax(q k^T / sqrt(d) + mask) v      our fused attention kernel (``_sparse_kernels.attention``)
-                                                  for key-padding masks, torch SDPA otherwise
+    ctx  = softmax(q k^T / sqrt(d) + mask) v      our fused attention kernel (``_sparse_kernels.attention``,
+                                                  fp32 or INT8) for key-padding masks, torch SDPA otherwise
     h    = LayerNorm1(ctx W_o^T + b_o + x)        residual and LayerNorm inside the kernel call
     y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)   GELU in the kernel; with INT8 kernels the
                                                   intermediate leaves the first kernel already quantized
@@ -29,7 +29,11 @@ from accelerators import _sparse_kernels as _sk
 from accelerators.roles import ENCODER_LAYER_RE
 from accelerators.sparse_linear import SparseLinear
 
-__all__ = ["FusedBertLayer", "KeyBiasCache", "fuse_encoder_layers", "key_padding_bias"]
+__all__ = ["ATTENTION_PRECISIONS", "FusedBertLayer", "KeyBiasCache", "fuse_encoder_layers", "key_padding_bias",
+           "set_attention_precision"]
+
+#: what the fused attention kernel computes in
+ATTENTION_PRECISIONS = ("fp32", "int8")
 
 
 def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:
@@ -100,14 +104,21 @@ class FusedBertLayer(nn.Module):
 
     ``threads`` / ``variant``: OpenMP threads and kernel ISA variant (None = the extension's default)
     of the attention kernel; ``key_bias``: the cache shared by the layers of one model (a new one
-    when None).
+    when None); ``attention_precision``: ``"fp32"`` or ``"int8"`` (Q K^T and P V with exact int32
+    sums: see ``_sparse_kernels.attention``; query-dependent masks always take fp32 SDPA).
+    Raises ValueError for another precision.
     """
 
     def __init__(self, layer: nn.Module, returns_tuple: bool = False, threads: int = 1,
-                 variant: Optional[str] = None, key_bias: Optional[KeyBiasCache] = None) -> None:
+                 variant: Optional[str] = None, key_bias: Optional[KeyBiasCache] = None,
+                 attention_precision: str = "fp32") -> None:
         super().__init__()
+        if attention_precision not in ATTENTION_PRECISIONS:
+            raise ValueError(f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)} "
+                             f"(got {attention_precision!r})")
         self.threads = int(threads)
         self.variant = variant
+        self.attention_precision = attention_precision
         self.key_bias = key_bias if key_bias is not None else KeyBiasCache()
         att = layer.attention.self
         self.num_heads = int(att.num_attention_heads)
@@ -151,7 +162,7 @@ class FusedBertLayer(nn.Module):
         if kb is not None:
             ctx = torch.empty(B * S, H, dtype=torch.float32)
             _sk.attention(qkv.view(B, S, 3 * H).numpy(), ctx.view(B, S, H).numpy(), nh, self.scaling,
-                          kb.numpy(), self.threads, self.variant)
+                          kb.numpy(), self.threads, self.variant, self.attention_precision)
         else:
             q, k, v = qkv.view(B, S, 3, nh, dh).permute(2, 0, 3, 1, 4)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
@@ -160,6 +171,17 @@ class FusedBertLayer(nn.Module):
         i = self.ffn_in.forward_quantized(h) if self.int8_ffn else self.act(self.ffn_in(h))
         y = _linear_add_norm(self.ffn_out, i, h, self.ln2).view(B, S, H)
         return (y,) if self.returns_tuple else y
+
+
+def set_attention_precision(model: nn.Module, precision: str) -> int:
+    """Set the attention precision of every :class:`FusedBertLayer` in ``model``; returns the count.
+    Raises ValueError for a precision not in :data:`ATTENTION_PRECISIONS`."""
+    if precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"attention precision must be one of {', '.join(ATTENTION_PRECISIONS)} (got {precision!r})")
+    layers = [m for m in model.modules() if isinstance(m, FusedBertLayer)]
+    for m in layers:
+        m.attention_precision = precision
+    return len(layers)
 
 
 def _fusable(layer: nn.Module) -> str:
@@ -183,9 +205,11 @@ def _fusable(layer: nn.Module) -> str:
     return ""
 
 
-def fuse_encoder_layers(model: nn.Module, threads: int = 1, variant: Optional[str] = None) -> tuple[int, str]:
+def fuse_encoder_layers(model: nn.Module, threads: int = 1, variant: Optional[str] = None,
+                        attention_precision: str = "fp32") -> tuple[int, str]:
     """Replace every plain BERT encoder layer of ``model`` (in place) by a :class:`FusedBertLayer`
-    whose attention kernel runs with ``threads`` and ``variant`` (None = the extension's default).
+    whose attention kernel runs with ``threads``, ``variant`` (None = the extension's default) and
+    ``attention_precision``.
 
     Returns ``(layers fused, reason none were)``; the reason is '' when at least one was fused.
     """
@@ -202,6 +226,7 @@ def fuse_encoder_layers(model: nn.Module, threads: int = 1, variant: Optional[st
         if why:
             continue
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, FusedBertLayer(layer, returns_tuple, threads, variant, key_bias))
+        setattr(model.get_submodule(parent), child, FusedBertLayer(layer, returns_tuple, threads, variant, key_bias,
+                                                                  attention_precision))
         n += 1
     return n, "" if n else why

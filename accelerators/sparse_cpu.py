@@ -37,22 +37,33 @@ def fuse_ffn_gelu(model: nn.Module) -> int:
     for a ``SparseLinear``. Returns the count."""
     from accelerators.sparse_linear import SparseLinear
 
-    probe = torch.linspace(-8, 8, 257)
     n = 0
     for block, in_attr, act_attr in ffn_blocks(model):
         dense, act = getattr(block, in_attr, None), getattr(block, act_attr, None)
         if not isinstance(dense, SparseLinear) or dense.activation != "none" or act is None:
             continue
-        try:
-            with torch.no_grad():
-                ok = torch.allclose(act(probe), F.gelu(probe), rtol=0, atol=1e-6)
-        except Exception:
-            ok = False
-        if ok:
+        if is_exact_gelu(act):
             dense.activation = "gelu"
             setattr(block, act_attr, nn.Identity())
             n += 1
     return n
+
+
+def is_exact_gelu(act: Any) -> bool:
+    """Whether the callable ``act`` is the exact erf GELU (checked numerically against ``F.gelu``)."""
+    probe = torch.linspace(-8, 8, 257)
+    try:
+        with torch.no_grad():
+            return bool(torch.allclose(act(probe), F.gelu(probe), rtol=0, atol=1e-6))
+    except Exception:
+        return False
+
+
+def gelu_ffn_inputs(model: nn.Module) -> set[int]:
+    """``id()`` of each FFN-in Linear whose activation is the exact GELU: the layers whose sparse
+    kernel would apply the GELU itself (:func:`fuse_ffn_gelu`)."""
+    return {id(getattr(b, i)) for b, i, a in ffn_blocks(model)
+            if isinstance(getattr(b, i, None), nn.Linear) and is_exact_gelu(getattr(b, a, None))}
 
 
 def layer_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -135,6 +146,8 @@ class SwapRun:
     fused_gelu: int = 0
     fused_layers: int = 0
     fuse_note: str = ""
+    attention_precision: str = "fp32"
+    attention_note: str = ""
 
     @property
     def any_sparse(self) -> bool:
@@ -148,6 +161,10 @@ class _SparseSwap(Accelerator):
     #: fused vs unfused encoder layer outputs, max abs difference relative to the layer's largest
     #: |activation|: the attention kernel's rounding differs from torch's SDPA by ~1e-6
     fuse_tolerance: float = 1e-4
+    #: what the fused layers' attention kernel computes in (sparse-int8 lets the user choose)
+    attention: str = "fp32"
+    #: extra error (same measure) allowed to a lower-precision attention kernel
+    attention_tolerance: float = 2.5e-2
 
     def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
@@ -241,6 +258,7 @@ class _SparseSwap(Accelerator):
         """Swap each encoder Linear layer of ``new`` (in place) for the fastest accepted module."""
         gen = torch.Generator().manual_seed(0)
         xs: dict[int, torch.Tensor] = {}
+        gelu_in = gelu_ffn_inputs(new) if self.fuse_gelu else set()
         for name, lin in encoder_linears(new):
             w = lin.weight.detach()
             sparsity = 1.0 - float((w != 0).sum().item()) / max(1, w.numel())
@@ -251,7 +269,7 @@ class _SparseSwap(Accelerator):
                 continue
             if lin.in_features not in xs:
                 xs[lin.in_features] = torch.randn(tokens, lin.in_features, generator=gen)
-            self._swap_layer(new, name, lin, xs[lin.in_features], sparsity, rec, run)
+            self._swap_layer(new, name, lin, xs[lin.in_features], sparsity, rec, run, id(lin) in gelu_in)
 
     def _accepted_candidates(self, lin: nn.Linear, x: torch.Tensor, rec: dict[str, Any], run: SwapRun) -> dict[str, nn.Module]:
         """Format -> sparse module, for the candidates whose output on ``x`` is within tolerance."""
@@ -267,7 +285,10 @@ class _SparseSwap(Accelerator):
         return cands
 
     def _swap_layer(self, new: nn.Module, name: str, lin: nn.Linear, x: torch.Tensor, sparsity: float,
-                    rec: dict[str, Any], run: SwapRun) -> None:
+                    rec: dict[str, Any], run: SwapRun, gelu: bool = False) -> None:
+        """Swap one layer for its fastest accepted module. ``gelu``: the layer feeds an exact GELU
+        that the sparse kernel would apply itself, so both sides are timed with it (dense: a
+        separate GELU pass; sparse: the kernel's epilogue)."""
         cands = self._accepted_candidates(lin, x, rec, run)
         if not cands:
             rec.update(choice="dense", why="no candidate within tolerance")
@@ -283,9 +304,20 @@ class _SparseSwap(Accelerator):
                 self._keep_dense(new, name, lin, rec, run)
             return None
         dense_mod = self._make_dense(lin, run) or lin
-        fns = {"dense": (lambda m=dense_mod: m(x))}
+        if gelu:
+            fns = {"dense": (lambda m=dense_mod: F.gelu(m(x)))}
+            for m in cands.values():
+                m.activation = "gelu"
+        else:
+            fns = {"dense": (lambda m=dense_mod: m(x))}
         fns.update({fmt: (lambda m=m: m(x)) for fmt, m in cands.items()})
-        t = interleaved_timing(fns, self.repeats, self.min_time_s)
+        try:
+            t = interleaved_timing(fns, self.repeats, self.min_time_s)
+        finally:
+            for m in cands.values():  # fuse_ffn_gelu moves the activation in, once the layer is chosen
+                m.activation = "none"
+        if gelu:
+            rec["timed_with_gelu"] = True
         best = min(cands, key=lambda f: t[f])
         rec["dense_s"] = t["dense"]
         rec.update({f"{f}_s": t[f] for f in cands})
@@ -316,27 +348,46 @@ class _SparseSwap(Accelerator):
         fused layer is kept where its error is at most the unfused path's error plus
         :attr:`fuse_tolerance` (or twice it). So the INT8 rounding both paths share never counts
         against fusing, and the decision does not depend on the classifier head's scale."""
-        from accelerators.fused_layer import fuse_encoder_layers
+        from accelerators.fused_layer import fuse_encoder_layers, set_attention_precision
 
         fused = copy.deepcopy(model)
+        run.attention_precision = "fp32"
         try:
             n, why = fuse_encoder_layers(fused, run.threads, run.variant)
             if n:
                 ref = layer_outputs(fp32, example)
                 plain = [relative_error(h, r) for h, r in zip(layer_outputs(model, example), ref)]
-                with torch.inference_mode():  # the runner times and evaluates in inference mode
-                    got_inf = [h.clone() for h in layer_outputs(fused, example)]
-                for got in (layer_outputs(fused, example), got_inf):
-                    for i, (g, r, e) in enumerate(zip(got, ref, plain)):
-                        err = relative_error(g, r)
-                        if err > max(e + self.fuse_tolerance, 2 * e):
-                            n, why = 0, (f"fused layer {i} is {err:.1e} from fp32 against the unfused path's "
-                                         f"{e:.1e} (relative to the layer's max)")
-                            break
+                why = self._fused_error(fused, example, ref, plain, self.fuse_tolerance)
+                n = 0 if why else n
+            if n and self.attention != "fp32":
+                # lower-precision attention adds its own rounding: kept within attention_tolerance
+                set_attention_precision(fused, self.attention)
+                att_why = self._fused_error(fused, example, ref, plain, self.attention_tolerance, 1.0)
+                if att_why:
+                    set_attention_precision(fused, "fp32")
+                    run.attention_note = f"{self.attention} attention rejected: {att_why}"
+                else:
+                    run.attention_precision = self.attention
         except Exception as exc:  # a model layout the fused layer does not reproduce
             n, why = 0, f"{type(exc).__name__}: {exc}"[:200]
         run.fused_layers, run.fuse_note = n, why
         return fused if n else model
+
+    @staticmethod
+    def _fused_error(fused: nn.Module, example: dict[str, torch.Tensor], ref: list[torch.Tensor],
+                     plain: list[float], tolerance: float, factor: float = 2.0) -> str:
+        """'' when every fused layer's error (relative to the layer's max, against the fp32 hidden
+        states ``ref``) is at most the unfused path's error ``plain`` plus ``tolerance`` (or
+        ``factor`` times it), with and without inference mode; else which layer is not."""
+        with torch.inference_mode():  # the runner times and evaluates in inference mode
+            got_inf = [h.clone() for h in layer_outputs(fused, example)]
+        for got in (layer_outputs(fused, example), got_inf):
+            for i, (g, r, e) in enumerate(zip(got, ref, plain)):
+                err = relative_error(g, r)
+                if err > max(e + tolerance, factor * e):
+                    return (f"fused layer {i} is {err:.1e} from fp32 against the unfused path's "
+                            f"{e:.1e} (relative to the layer's max)")
+        return ""
 
     def _check_whole_model(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
                            run: SwapRun) -> nn.Module:
@@ -371,6 +422,8 @@ class _SparseSwap(Accelerator):
             "sparse_fused_gelu_layers": 0 if run.fell_back else run.fused_gelu,
             "fused_encoder_layers": 0 if run.fell_back else run.fused_layers,
             "fused_encoder_note": run.fuse_note or None,
+            "attention_precision": run.attention_precision if run.fused_layers and not run.fell_back else None,
+            "attention_note": run.attention_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }
 

@@ -6,8 +6,8 @@ rescaled to fp32 with the bias. Each encoder Linear layer is measured at the exa
 and thread count: our sparse INT8 kernel in each candidate layout against the dense fallback
 (torch dynamic INT8 with the fastest quantized engine, by default), and the faster one is kept.
 A final whole-model check falls back to the all-dense-INT8 model if the mix is slower.
-Embeddings, LayerNorm, attention (our fused fp32 kernel, see ``fuse_layers``), pooler and
-classifier stay fp32.
+Attention runs in our fused kernel (``fuse_layers``), in INT8 by default (``attention``);
+embeddings, LayerNorm, pooler and classifier stay fp32.
 """
 from __future__ import annotations
 
@@ -75,6 +75,10 @@ class SparseInt8(_SparseSwap):
             (keep nn.Linear) for layers where sparse is not faster.
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
+        attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in
+            INT8 with VNNI where the CPU has it, kept only when every layer's output stays within
+            :attr:`attention_tolerance` of the fp32 attention path's error) or ``"fp32"``. Rows say
+            which ran (``attention_precision``) and why not (``attention_note``).
         min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, fuse_gelu,
             fuse_layers: as sparse-cpu (fused layers kept when the logits agree within 1e-2 of their max).
     """
@@ -90,7 +94,12 @@ class SparseInt8(_SparseSwap):
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "torch-int8",
                  engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
-                 fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
+                 fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:
+        from accelerators.fused_layer import ATTENTION_PRECISIONS
+
+        if attention not in ATTENTION_PRECISIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_PRECISIONS)} (got {attention!r})")
+        self.attention = attention
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
         if dense_fallback not in ("torch-int8", "fp32"):
@@ -188,5 +197,6 @@ class SparseInt8(_SparseSwap):
         f.update(sparse_act_quant=self.act_quant, sparse_dense_fallback=self.dense_fallback,
                  quant_engine=run.engine,
                  quant_scope="encoder Linear layers int8 (weights per channel, activations per "
-                             f"{self.act_quant}); embeddings, attention, LayerNorm, pooler, classifier fp32")
+                             f"{self.act_quant}); attention {f['attention_precision'] or 'fp32'}; "
+                             "embeddings, LayerNorm, pooler, classifier fp32")
         return f

@@ -265,7 +265,7 @@ def test_sparse_cpu_fused_layers_match_transformers(attn):
 def test_sparse_int8_fused_layers_match_unfused():
     model = tiny_bert(0.9)
     ex = padded_example()
-    fused = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
+    fused = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", attention="fp32")
     plain = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32", fuse_layers=False)
     pa, pb = fused.prepare(model, ex, PrepareSettings(threads=2)), plain.prepare(model, ex, PrepareSettings(threads=2))
     a, b = pa.module, pb.module
@@ -432,7 +432,7 @@ def test_fused_layers_kept_with_a_small_random_head(acc_cls):
         model.classifier.bias.zero_()
     ex = padded_example()
     assert logits(model, ex).abs().max() < 0.01
-    kw = {"dense_fallback": "fp32"} if acc_cls is SparseInt8 else {}
+    kw = {"dense_fallback": "fp32", "attention": "fp32"} if acc_cls is SparseInt8 else {}
     p = acc_cls(format="csr", min_speedup=1.0, calibrate=False, **kw).prepare(model, ex, PrepareSettings(threads=2))
     assert p.fields["fused_encoder_layers"] == 2, p.fields["fused_encoder_note"]
     plain = acc_cls(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False, **kw).prepare(

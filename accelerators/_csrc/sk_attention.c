@@ -4,6 +4,7 @@
  */
 #include "sk_py.h"
 #include <math.h>
+#include <string.h>
 
 typedef struct {
     const float *qkv;    /* (B, S, 3H) */
@@ -11,6 +12,7 @@ typedef struct {
     float *out;          /* (B, S, H) */
     int64_t B, S, H, dh;
     int heads;
+    int int8;            /* 1: sk_kernels.attn_head_int8 */
     float scale;
 } attn_call;
 
@@ -38,6 +40,11 @@ static int check_attention(attn_call *a, const Py_buffer *vq, const Py_buffer *v
         return -1;
     }
     a->dh = a->H / a->heads;
+    if (a->int8 && a->S > SK_ATTN8_MAX_S) {
+        PyErr_Format(PyExc_ValueError, "precision='int8' supports at most %d keys (int32 sums), got seq %lld",
+                     SK_ATTN8_MAX_S, (long long)a->S);
+        return -1;
+    }
     a->scale = scale < 0 ? (float)(1.0 / sqrt((double)(a->dh > 0 ? a->dh : 1))) : (float)scale;
     if (!isfinite(scale)) {
         PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
@@ -53,7 +60,10 @@ static int check_attention(attn_call *a, const Py_buffer *vq, const Py_buffer *v
 static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
 {
     if (a->B <= 0 || a->S <= 0 || a->dh <= 0) return 0;
-    const int64_t per = sk_round_up(sk_attn_scratch_floats(a->S, a->dh), 16);
+    const int64_t per = sk_round_up(a->int8 ? sk_attn8_scratch_floats(a->S, a->dh)
+                                            : sk_attn_scratch_floats(a->S, a->dh), 16);
+    void (*head)(const float *, const float *, const float *, int64_t, int64_t, int64_t, float, const float *,
+                 float *, int64_t, float *) = a->int8 ? kt->attn_head_int8 : kt->attn_head;
     size_t scr_n = 0;
     float *scr = (float *)sk_ws_take(sizeof(float) * (size_t)(per * threads), &scr_n);
     if (!scr) {
@@ -67,7 +77,7 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
         float *s = scr + (int64_t)sk_thread_num() * per;
         const int64_t b = w / a->heads, h = w % a->heads;
         const float *base = a->qkv + b * S * H3 + h * dh;
-        kt->attn_head(base, base + H, base + 2 * H, H3, S, dh, a->scale, a->kb ? a->kb + b * S : NULL,
+        head(base, base + H, base + 2 * H, H3, S, dh, a->scale, a->kb ? a->kb + b * S : NULL,
                       a->out + b * S * H + h * dh, H, s);
     }
     Py_END_ALLOW_THREADS
@@ -78,14 +88,20 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
 PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"qkv", "out", "num_heads", "scale", "key_bias", "threads", "variant", NULL};
+    static char *kwlist[] = {"qkv", "out", "num_heads", "scale", "key_bias", "threads", "variant", "precision", NULL};
     PyObject *o_qkv, *o_out, *o_kb = Py_None, *o_var = Py_None;
+    const char *precision = "fp32";
     int threads = 1;
     double scale = -1.0;
     attn_call a = {.heads = 0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|dOiO:attention", kwlist, &o_qkv, &o_out, &a.heads, &scale,
-                                     &o_kb, &threads, &o_var))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|dOiOs:attention", kwlist, &o_qkv, &o_out, &a.heads, &scale,
+                                     &o_kb, &threads, &o_var, &precision))
         return NULL;
+    if (strcmp(precision, "fp32") != 0 && strcmp(precision, "int8") != 0) {
+        PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'int8', got '%s'", precision);
+        return NULL;
+    }
+    a.int8 = precision[0] == 'i';
     if (sk_check_threads(threads) < 0) return NULL;
     const int variant = sk_variant_from_obj(o_var);
     if (variant < 0) return NULL;
@@ -101,7 +117,8 @@ PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw)
 }
 
 const char sk_doc_attention[] =
-    "attention(qkv, out, num_heads, scale=1/sqrt(head_dim), key_bias=None, threads=1, variant=None)\n\n"
+    "attention(qkv, out, num_heads, scale=1/sqrt(head_dim), key_bias=None, threads=1, variant=None,\n"
+    "          precision='fp32')\n\n"
     "Fused multi-head self-attention (softmax(scale * Q K^T + key_bias) V), fp32, for inference.\n"
     "qkv: float32 C-contiguous (batch, seq, 3 * hidden), the q | k | v projections side by side,\n"
     "each hidden = num_heads * head_dim with heads contiguous (BERT's layout). out: writable float32\n"
@@ -109,4 +126,7 @@ const char sk_doc_attention[] =
     "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding); a query\n"
     "whose keys are all masked gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
     "the AVX-512 variants and libm expf elsewhere (AVX2 uses the portable code). One (batch, head)\n"
-    "pair per OpenMP work item, GIL released. Raises TypeError / ValueError on bad buffers.";
+    "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"
+    "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel, the\n"
+    "softmax numerators as uint8 rint(255 e), normalised by their integer sum (seq <= 65536); a\n"
+    "row with a zero or non-finite range quantizes to 0. Raises TypeError / ValueError on bad buffers.";

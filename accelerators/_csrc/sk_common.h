@@ -146,6 +146,16 @@ typedef struct sk_kernels {
      * as the activations of spmm_int8: amax = max |x| (NaN counts as +inf); a finite, non-zero amax
      * gives scale = amax / 127 and q = clamp(rint(x * 127 / amax), -127, 127); otherwise scale 0, q 0. */
     void (*quant_rows)(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale);
+    /* One attention head in INT8 (arguments as attn_head; scratch: sk_attn8_scratch_floats(S, dh)
+     * floats, 64-byte aligned). The arithmetic every variant follows (sk_attn8 below):
+     *   q, k rows quantized per row and v per channel (d) over the head's S keys, by quant_rows'
+     *   rule (amax / 127, rint, clamp to +-127; a zero or non-finite range gives 0);
+     *   s[i][j] = (float)(q8[i] . k8[j]) * (sk[j] * (sq[i] * scale)) + kb[j]   (exact int32 dot);
+     *   e = exp(s - max_j s), u[i][j] = rint(255 e) in [0, 255], L[i] = sum_j u[i][j] (>= 255);
+     *   o[i][d] = (float)(sum_j u[i][j] v8[j][d]) * (sv[d] * (1 / (float)L[i]))  (exact int32 sum).
+     * A row whose keys are all masked gets zeros. Needs S <= SK_ATTN8_MAX_S (int32 accumulators). */
+    void (*attn_head_int8)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 } sk_kernels;
 
 /* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */
@@ -160,6 +170,48 @@ static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
     const int64_t Sp = (S + 15) / 16 * 16;
     return (dh + 1 + SK_ATTN_ROWS) * Sp + S * ((dh + 15) / 16 * 16) + 16;
 }
+
+/* INT8 attention: 255 * 127 * S < 2^31 keeps the u . v8 sums exact */
+#define SK_ATTN8_MAX_S 65536
+/* The INT8 head's scratch, carved from one 64-byte aligned block (every part 64-byte aligned):
+ * keys padded to Sp (multiple of 16), head dim to dhp (multiple of 16) and to nq quads of 4. */
+typedef struct {
+    int64_t S, Sp, dh, dhp, nq;
+    int8_t *k8;      /* [nq][Sp][4]: key j's channels 4c..4c+3 at (c * Sp + j) * 4; padding 0 */
+    int32_t *kcomp;  /* Sp: 128 * sum_d k8[j][d] (removes the +128 offset of q8) */
+    float *ksc;      /* Sp: key scales (0 on padding keys) */
+    float *bias;     /* Sp: key bias, -inf on padding keys */
+    uint8_t *q8;     /* [S][nq * 4]: q8 + 128 (uint8, vpdpbusd's unsigned operand); padding 128 */
+    float *qsc;      /* S (padded to 16): query scales */
+    int8_t *v8;      /* [Sp / 4][dhp][4]: value of key 4 jq + e, channel d at (jq * dhp + d) * 4 + e */
+    float *vsc;      /* dhp: value scales per channel */
+    float *p;        /* SK_ATTN_ROWS x Sp: scores, then exponentials */
+    uint8_t *pu;     /* SK_ATTN_ROWS x Sp: u = rint(255 e), 0 on masked and padding keys (at least
+                        dhp int32: the portable kernel's accumulators) */
+} sk_attn8;
+
+static inline int64_t sk_attn8_parts(int64_t S, int64_t dh, sk_attn8 *a, float *base)
+{
+    const int64_t Sp = (S + 15) / 16 * 16, dhp = (dh + 15) / 16 * 16, nq = (dh + 3) / 4;
+    const int64_t sizes[10] = {nq * Sp * 4, Sp * 4, Sp * 4, Sp * 4, S * nq * 4, (S + 15) / 16 * 64,
+                               Sp * dhp, dhp * 4, SK_ATTN_ROWS * Sp * 4,
+                               SK_ATTN_ROWS * Sp > dhp * 4 ? SK_ATTN_ROWS * Sp : dhp * 4};
+    int64_t off[10], total = 0; /* bytes, each part rounded up to 64 */
+    for (int i = 0; i < 10; i++) {
+        off[i] = total;
+        total += (sizes[i] + 63) / 64 * 64;
+    }
+    if (a) {
+        char *b = (char *)base;
+        a->S = S, a->Sp = Sp, a->dh = dh, a->dhp = dhp, a->nq = nq;
+        a->k8 = (int8_t *)(b + off[0]), a->kcomp = (int32_t *)(b + off[1]), a->ksc = (float *)(b + off[2]);
+        a->bias = (float *)(b + off[3]), a->q8 = (uint8_t *)(b + off[4]), a->qsc = (float *)(b + off[5]);
+        a->v8 = (int8_t *)(b + off[6]), a->vsc = (float *)(b + off[7]), a->p = (float *)(b + off[8]);
+        a->pu = (uint8_t *)(b + off[9]);
+    }
+    return total / 4;
+}
+static inline int64_t sk_attn8_scratch_floats(int64_t S, int64_t dh) { return sk_attn8_parts(S, dh, NULL, NULL); }
 
 extern const sk_kernels sk_kernels_scalar;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -193,6 +245,8 @@ void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, f
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                               float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 #ifdef SK_HAVE_X86
 /* AVX-512 fp32 kernels (defined in sk_avx512.c), shared by the avx512 and vnni tables. */
 void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);

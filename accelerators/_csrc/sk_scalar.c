@@ -214,6 +214,86 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
     }
 }
 
+/* amax of n floats at stride st (NaN counts as +inf) and the quantization rule of quant_rows:
+ * returns the inverse scale 127 / amax (0 when the range is zero or not finite), *scale = amax / 127 */
+static float attn8_range(const float *x, int64_t n, int64_t st, float *scale)
+{
+    float a = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = fabsf(x[i * st]);
+        a = (v > a || v != v) ? (v != v ? __builtin_inff() : v) : a;
+    }
+    const int ok = a > 0.0f && a <= 3.0e38f;
+    *scale = ok ? a / 127.0f : 0.0f;
+    return ok ? 127.0f / a : 0.0f;
+}
+
+/* Portable INT8 attention head: the arithmetic of sk_kernels.attn_head_int8 in plain loops
+ * (the same layouts as the VNNI kernel, so the two share one scratch plan). */
+void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                               float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    const int64_t Sp = a.Sp, nq = a.nq, dhp = a.dhp;
+    memset(a.k8, 0, (size_t)(nq * Sp * 4));
+    memset(a.v8, 0, (size_t)(Sp * dhp));
+    for (int64_t j = 0; j < Sp; j++) {
+        int32_t sum = 0;
+        float sc = 0.0f;
+        if (j < S) {
+            const float inv = attn8_range(k + j * ld, dh, 1, &sc);
+            for (int64_t d = 0; d < dh; d++) {
+                const int32_t kq = inv > 0.0f ? sk_quant1(k[j * ld + d], inv) : 0;
+                a.k8[((d / 4) * Sp + j) * 4 + d % 4] = (int8_t)kq;
+                sum += kq;
+            }
+        }
+        a.kcomp[j] = 128 * sum;
+        a.ksc[j] = sc;
+        a.bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+    }
+    for (int64_t d = 0; d < dhp; d++) {
+        float sc = 0.0f;
+        const float inv = d < dh ? attn8_range(v + d, S, ld, &sc) : 0.0f;
+        a.vsc[d] = sc;
+        for (int64_t j = 0; d < dh && j < S; j++)
+            a.v8[((j / 4) * dhp + d) * 4 + j % 4] = (int8_t)(inv > 0.0f ? sk_quant1(v[j * ld + d], inv) : 0);
+    }
+    int32_t *acc = (int32_t *)a.pu; /* dh int32 per row: the pu rows are not needed here */
+    for (int64_t i = 0; i < S; i++) {
+        float sq;
+        const float inv = attn8_range(q + i * ld, dh, 1, &sq);
+        uint8_t *qi = a.q8 + i * nq * 4;
+        for (int64_t d = 0; d < nq * 4; d++)
+            qi[d] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ld + d], inv) : 0));
+        const float rs = sq * scale;
+        float m = -__builtin_inff();
+        for (int64_t j = 0; j < Sp; j++) {
+            int32_t dot = 0;
+            for (int64_t d = 0; d < nq * 4; d++) dot += (int32_t)qi[d] * a.k8[((d / 4) * Sp + j) * 4 + d % 4];
+            const float sj = (float)(dot - a.kcomp[j]) * (a.ksc[j] * rs) + a.bias[j];
+            a.p[j] = sj;
+            if (sj > m) m = sj;
+        }
+        float *oi = o + i * ldo;
+        if (!(m > -__builtin_inff())) { /* every key masked (or NaN scores): zeros */
+            for (int64_t d = 0; d < dh; d++) oi[d] = 0.0f;
+            continue;
+        }
+        int32_t L = 0;
+        for (int64_t d = 0; d < dh; d++) acc[d] = 0;
+        for (int64_t j = 0; j < Sp; j++) {
+            const float e = a.p[j] - m >= -87.0f ? expf(a.p[j] - m) : 0.0f;
+            const int32_t u = (int32_t)__builtin_rintf(e * 255.0f);
+            L += u;
+            for (int64_t d = 0; u && d < dh; d++) acc[d] += u * a.v8[((j / 4) * dhp + d) * 4 + j % 4];
+        }
+        const float il = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+        for (int64_t d = 0; d < dh; d++) oi[d] = (float)acc[d] * (a.vsc[d] * il);
+    }
+}
+
 void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale)
 {
     for (int64_t t = 0; t < ntok; t++) {
@@ -245,5 +325,5 @@ const sk_kernels sk_kernels_scalar = {
     "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
-    sk_quant_rows_generic,
+    sk_quant_rows_generic, sk_attn_head_int8_generic,
 };

@@ -245,9 +245,214 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
     }
 }
 
+/* ------------------------------------------------------------------------------------
+ * INT8 attention head (sk_kernels.attn_head_int8): Q K^T and P V with vpdpbusd. Scores are 16
+ * keys wide (K packed [quads][keys][4 bytes], one broadcast 32-bit quad of q per step); the
+ * probabilities leave the softmax as uint8 u = rint(255 e), the unsigned operand of vpdpbusd, and
+ * meet V packed [key quads][channels][4 bytes], so each output vector is 16 channels wide.
+ * ---------------------------------------------------------------------------------- */
+enum { AR8 = SK_ATTN_ROWS };
+
+/* 16 lanes of x * inv rounded to nearest even and clamped to [-127, 127] (quant_rows' rule) */
+static inline __attribute__((always_inline)) __m512i qv16(__m512 x, __m512 inv)
+{
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, inv), _mm512_set1_ps(-127.0f)),
+                                   _mm512_set1_ps(127.0f));
+    return _mm512_cvtps_epi32(v);
+}
+
+/* 255 e^(s - m) for s <= m, given mv = m log2(e): 2^t with t = s log2(e) - mv split into
+ * n + f (|f| <= 1/2), 2^f by a degree-3 polynomial (relative error < 8e-5, far below the 1/255 of
+ * the uint8 it is rounded to), t clamped at -126 so masked keys (-inf) and NaN give 0 */
+static inline __attribute__((always_inline)) __m512 exp255(__m512 s, __m512 mv)
+{
+    const __m512 t = _mm512_max_ps(_mm512_fmsub_ps(s, _mm512_set1_ps(1.44269504088896341f), mv),
+                                   _mm512_set1_ps(-126.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(255.0f * 0.05508876591920853f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(255.0f * 0.24260465800762177f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(255.0f * 0.6932762861251831f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(255.0f * 0.999928891658783f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline int32_t load_i32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* inverse scale of one row of n floats (0 when its range is zero or not finite), *scale = amax / 127 */
+static inline float row_inv(const float *x, int64_t n, float *scale)
+{
+    float a;
+    rows_amax(x, n, n, 0, 1, &a);
+    const int ok = a > 0.0f && a <= 3.0e38f;
+    *scale = ok ? a / 127.0f : 0.0f;
+    return ok ? 127.0f / a : 0.0f;
+}
+
+static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float *v, int64_t ld, const float *kb)
+{
+    const int64_t S = a->S, Sp = a->Sp, dh = a->dh, nq = a->nq, dhp = a->dhp, nc = dhp / 16;
+    /* keys: quads of 4 channels, keys contiguous */
+    for (int64_t j = 0; j < Sp; j++) {
+        float sc = 0.0f;
+        const float inv = j < S ? row_inv(k + j * ld, dh, &sc) : 0.0f;
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t c = 0; c < nc; c++) {
+            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+            const __m512 x = j < S ? _mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), k + j * ld + c * 16)
+                                   : _mm512_setzero_ps();
+            const __m512i qi = qv16(x, _mm512_set1_ps(inv));
+            sum = _mm512_add_epi32(sum, qi);
+            int32_t ws[4]; /* 4 quads of channels */
+            _mm_storeu_si128((__m128i *)ws, _mm512_cvtepi32_epi8(qi));
+            for (int t = 0; t < 4 && c * 4 + t < nq; t++) memcpy(a->k8 + ((c * 4 + t) * Sp + j) * 4, &ws[t], 4);
+        }
+        a->kcomp[j] = 128 * _mm512_reduce_add_epi32(sum);
+        a->ksc[j] = sc;
+        a->bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+    }
+    /* values: one scale per channel over the head's keys; quads of 4 keys, channels contiguous */
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+        const __mmask16 m = (__mmask16)((1u << nd) - 1u);
+        __m512 am = _mm512_setzero_ps();
+        for (int64_t j = 0; j < S; j++) {
+            __m512 x = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16));
+            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), inf);
+            am = _mm512_max_ps(am, x);
+        }
+        const __mmask16 ok = _mm512_cmp_ps_mask(am, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                             _mm512_cmp_ps_mask(am, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ);
+        const __m512 inv = _mm512_maskz_div_ps(ok, _mm512_set1_ps(127.0f), am);
+        _mm512_store_ps(a->vsc + c * 16, _mm512_maskz_div_ps(ok, am, _mm512_set1_ps(127.0f)));
+        for (int64_t jq = 0; jq < Sp / 4; jq++) {
+            __m512i w = _mm512_setzero_si512();
+            for (int e = 0; e < 4; e++) {
+                const int64_t j = jq * 4 + e;
+                if (j >= S) break;
+                const __m512i qi = qv16(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16), inv);
+                w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qi, _mm512_set1_epi32(0xff)), 8 * e));
+            }
+            _mm512_store_si512((void *)(a->v8 + (jq * dhp + c * 16) * 4), w);
+        }
+    }
+    /* queries: rows of nq quads, + 128 (unsigned operand) */
+    for (int64_t i = 0; i < S; i++) {
+        const float inv = row_inv(q + i * ld, dh, &a->qsc[i]);
+        for (int64_t c = 0; c * 16 < nq * 4; c++) {
+            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+            const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
+            const __m512i qi = _mm512_add_epi32(
+                qv16(_mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), q + i * ld + c * 16), _mm512_set1_ps(inv)),
+                _mm512_set1_epi32(128));
+            _mm_mask_storeu_epi8(a->q8 + i * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u), _mm512_cvtepi32_epi8(qi));
+        }
+    }
+}
+
+static void attn_head_int8(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                           float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    attn8_pack(&a, q, k, v, ld, kb);
+    const int64_t Sp = a.Sp, nj = Sp / 16, nq = a.nq, dhp = a.dhp, nc = dhp / 16, nkq = (S + 3) / 4;
+    for (int64_t i0 = 0; i0 < S; i0 += AR8) {
+        const int64_t nr = S - i0 < AR8 ? S - i0 : AR8;
+        const uint8_t *qr[AR8]; /* rows past the end repeat the last one (computed, never stored) */
+        __m512 rs[AR8], mx[AR8];
+        for (int r = 0; r < AR8; r++) {
+            const int64_t i = i0 + (r < nr ? r : nr - 1);
+            qr[r] = a.q8 + i * nq * 4;
+            rs[r] = _mm512_set1_ps(a.qsc[i] * scale);
+            mx[r] = _mm512_set1_ps(-__builtin_inff());
+        }
+        /* scores: two 16-key vectors x AR8 rows per step */
+        for (int64_t jv = 0; jv < nj; jv += 2) {
+            const int two = jv + 1 < nj;
+            __m512i acc0[AR8], acc1[AR8];
+            for (int r = 0; r < AR8; r++) acc0[r] = acc1[r] = _mm512_setzero_si512();
+            for (int64_t c = 0; c < nq; c++) {
+                const int8_t *kc = a.k8 + (c * Sp + jv * 16) * 4;
+                const __m512i k0 = _mm512_load_si512((const void *)kc);
+                const __m512i k1 = two ? _mm512_load_si512((const void *)(kc + 64)) : _mm512_setzero_si512();
+                for (int r = 0; r < AR8; r++) {
+                    const __m512i qb = _mm512_set1_epi32(load_i32(qr[r] + c * 4));
+                    acc0[r] = _mm512_dpbusd_epi32(acc0[r], qb, k0);
+                    acc1[r] = _mm512_dpbusd_epi32(acc1[r], qb, k1);
+                }
+            }
+            for (int h = 0; h <= two; h++) {
+                const int64_t j = (jv + h) * 16;
+                const __m512i comp = _mm512_load_si512((const void *)(a.kcomp + j));
+                const __m512 ks = _mm512_load_ps(a.ksc + j), bv = _mm512_load_ps(a.bias + j);
+                for (int r = 0; r < AR8; r++) {
+                    const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(h ? acc1[r] : acc0[r], comp));
+                    const __m512 sc = _mm512_add_ps(_mm512_mul_ps(d, _mm512_mul_ps(ks, rs[r])), bv);
+                    _mm512_store_ps(a.p + r * Sp + j, sc);
+                    mx[r] = _mm512_max_ps(mx[r], sc);
+                }
+            }
+        }
+        /* softmax numerators, quantized to u = rint(255 e) */
+        float il[AR8];
+        for (int r = 0; r < AR8; r++) {
+            const float m = _mm512_reduce_max_ps(mx[r]);
+            if (!(m > -__builtin_inff())) { /* every key masked (or NaN scores): zeros */
+                memset(a.pu + r * Sp, 0, (size_t)Sp);
+                il[r] = 0.0f;
+                continue;
+            }
+            const __m512 mv = _mm512_set1_ps(m * 1.44269504088896341f);
+            __m512i sum = _mm512_setzero_si512();
+            for (int64_t jv = 0; jv < nj; jv++) {
+                const __m512i u = _mm512_cvtps_epi32(exp255(_mm512_load_ps(a.p + r * Sp + jv * 16), mv));
+                _mm_store_si128((__m128i *)(a.pu + r * Sp + jv * 16), _mm512_cvtepi32_epi8(u));
+                sum = _mm512_add_epi32(sum, u);
+            }
+            const int32_t L = _mm512_reduce_add_epi32(sum);
+            il[r] = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+        }
+        /* P V: two 16-channel vectors x AR8 rows per step, 4 keys per vpdpbusd */
+        for (int64_t c = 0; c < nc; c += 2) {
+            const int two = c + 1 < nc;
+            __m512i o0[AR8], o1[AR8];
+            for (int r = 0; r < AR8; r++) o0[r] = o1[r] = _mm512_setzero_si512();
+            for (int64_t jq = 0; jq < nkq; jq++) {
+                const int8_t *vc = a.v8 + (jq * dhp + c * 16) * 4;
+                const __m512i v0 = _mm512_load_si512((const void *)vc);
+                const __m512i v1 = two ? _mm512_load_si512((const void *)(vc + 64)) : _mm512_setzero_si512();
+                for (int r = 0; r < AR8; r++) {
+                    const __m512i pb = _mm512_set1_epi32(load_i32(a.pu + r * Sp + jq * 4));
+                    o0[r] = _mm512_dpbusd_epi32(o0[r], pb, v0);
+                    o1[r] = _mm512_dpbusd_epi32(o1[r], pb, v1);
+                }
+            }
+            for (int h = 0; h <= two; h++) {
+                const int64_t d0 = (c + h) * 16;
+                const int64_t nd = dh - d0 < 16 ? dh - d0 : 16;
+                if (nd <= 0) break;
+                const __mmask16 m = (__mmask16)((1u << nd) - 1u);
+                const __m512 sv = _mm512_load_ps(a.vsc + d0);
+                for (int r = 0; r < nr; r++) {
+                    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(h ? o1[r] : o0[r]),
+                                                   _mm512_mul_ps(sv, _mm512_set1_ps(il[r])));
+                    _mm512_mask_storeu_ps(o + (i0 + r) * ldo + d0, m, y);
+                }
+            }
+        }
+    }
+}
+
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
-    sk_avx512_layer_norm, quant_rows,
+    sk_avx512_layer_norm, quant_rows, attn_head_int8,
 };
 #endif

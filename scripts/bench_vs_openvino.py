@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Whole-model latency: our ``sparse-int8`` on pruned models against OpenVINO INT8 on the dense model.
+
+For each model (``minilm``: all-MiniLM-L6-v2 with the SST-2 head; ``bert-base``: a BERT-base-shaped
+encoder, 12 layers x 768, built from its config with random weights, since speed does not depend
+on the values), each pruning (one-shot magnitude: ``90-1x4``, ``80-1x4``, ``90-unstructured``),
+batch size and thread count (sequence 128, SST-2 dev sentences padded to 128):
+
+* ``openvino-int8``: the dense model, OpenVINO INT8 (NNCF post-training quantization calibrated on
+  SST-2 training sentences), prepared by the ``openvino`` accelerator;
+* ``sparse-int8``: the pruned model prepared by the ``sparse-int8`` accelerator (INT8 attention,
+  the default), and ``sparse-int8 (fp32 attention)`` with ``attention = "fp32"`` where asked.
+
+Engines of one (model, batch, threads) are timed in interleaved rounds (each round: a loop of
+about ``--loop-s`` seconds per engine, per-call times, median per loop); the speed-up is the
+median over rounds of the same-round ratio OpenVINO / ours (> 1: we are faster).
+
+Output: a table on stdout and JSON (``--out``, default runs/bench_vs_openvino-<time>.json) with the
+CPU model, the command line and one record per (model, pruning, batch, threads, engine).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from accelerators.base import PrepareSettings, logits_of
+from accelerators.peer_openvino import OpenVINO
+from accelerators.sparse_int8 import SparseInt8
+from profiler.hardware import fingerprint
+from profiler.tasks.sst2 import SST2
+from pruners.magnitude import MagnitudePruner
+
+PRUNINGS = {"90-1x4": (0.9, "1x4"), "80-1x4": (0.8, "1x4"), "90-unstructured": (0.9, "unstructured")}
+MODELS = ("minilm", "bert-base")
+
+
+def dense_model(task: SST2, name: str) -> torch.nn.Module:
+    """The dense model ``name`` (eval mode); ``bert-base`` is built from BERT-base's config."""
+    if name == "minilm":
+        return task.base_model().eval()
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).eval()
+
+
+def pruned(model: torch.nn.Module, task: SST2, pruning: str) -> torch.nn.Module:
+    import copy
+
+    m = copy.deepcopy(model)
+    sparsity, structure = PRUNINGS[pruning]
+    MagnitudePruner(sparsity=sparsity, structure=structure).prune(m, task)
+    return m.eval()
+
+
+def round_times(engines: dict, example: dict, rounds: int, loop_s: float) -> dict[str, list[float]]:
+    """Per engine, the median per-call seconds of each round's loop, engines interleaved."""
+    calls = {}
+    with torch.inference_mode():
+        for name, mod in engines.items():
+            for _ in range(3):
+                logits_of(mod(**example))
+            t0 = time.perf_counter()
+            logits_of(mod(**example))
+            calls[name] = max(3, int(loop_s / max(time.perf_counter() - t0, 1e-6)))
+        out: dict[str, list[float]] = {k: [] for k in engines}
+        for _ in range(rounds):
+            for name, mod in engines.items():
+                ts = []
+                for _ in range(calls[name]):
+                    t0 = time.perf_counter()
+                    logits_of(mod(**example))
+                    ts.append(time.perf_counter() - t0)
+                out[name].append(statistics.median(ts))
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm,bert-base", help=f"comma list of {', '.join(MODELS)}")
+    ap.add_argument("--prunings", default=",".join(PRUNINGS), help=f"comma list of {', '.join(PRUNINGS)}")
+    ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
+    ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    ap.add_argument("--fp32-attention", action="store_true",
+                    help="also time sparse-int8 with attention = 'fp32' (what INT8 attention buys)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--loop-s", type=float, default=0.4, help="seconds per engine per round")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    models = args.models.split(",")
+    prunings = args.prunings.split(",")
+    for m in models:
+        if m not in MODELS:
+            ap.error(f"--models: unknown {m!r} (choose from {', '.join(MODELS)})")
+    for p in prunings:
+        if p not in PRUNINGS:
+            ap.error(f"--prunings: unknown {p!r} (choose from {', '.join(PRUNINGS)})")
+    task = SST2()
+    cpu = fingerprint().get("cpu_model")
+    records = []
+    for model_name in models:
+        dense = dense_model(task, model_name)
+        sparse_models = {p: pruned(dense, task, p) for p in prunings}
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            for batch in (int(b) for b in args.batch.split(",")):
+                example = task.example_inputs(batch, 128)
+                settings = PrepareSettings(threads=threads, batch_size=batch, seq_len=128,
+                                           calibration=task.calibration_inputs)
+                engines = {"openvino-int8": OpenVINO(precision="int8").prepare(dense, example, settings).module}
+                fields = {}
+                for p, sm in sparse_models.items():
+                    prep = SparseInt8().prepare(sm, example, settings)
+                    engines[f"sparse-int8 {p}"] = prep.module
+                    fields[f"sparse-int8 {p}"] = {k: prep.fields.get(k) for k in (
+                        "sparse_layers", "dense_layers", "fused_encoder_layers", "attention_precision",
+                        "sparse_fell_back_to_dense", "kernel_variant_used")}
+                    if args.fp32_attention:
+                        engines[f"sparse-int8 {p} (fp32 attention)"] = SparseInt8(attention="fp32").prepare(
+                            sm, example, settings).module
+                times = round_times(engines, example, args.rounds, args.loop_s)
+                ov = times["openvino-int8"]
+                for name, ts in times.items():
+                    rec = {"model": model_name, "engine": name, "batch_size": batch, "seq_len": 128,
+                           "threads": threads, "latency_p50_ms": round(statistics.median(ts) * 1e3, 3),
+                           "speedup_vs_openvino_int8": round(statistics.median(o / t for o, t in zip(ov, ts)), 3),
+                           "rounds": len(ts), "cpu": cpu, **fields.get(name, {})}
+                    records.append(rec)
+                    print(f"{model_name:9s} b{batch} t{threads} {name:45s} {rec['latency_p50_ms']:8.2f} ms  "
+                          f"x{rec['speedup_vs_openvino_int8']:.2f} vs OpenVINO INT8", flush=True)
+    path = Path(args.out or f"runs/bench_vs_openvino-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+                                "command": " ".join(["python", "scripts/bench_vs_openvino.py", *sys.argv[1:]]),
+                                "results": records}, indent=1))
+    print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -158,14 +158,18 @@ def attention(
     key_bias: Buffer | None = None,
     threads: int = 1,
     variant: _Variant = None,
+    precision: Literal["fp32", "int8"] = "fp32",
 ) -> None:
-    """Fused multi-head self-attention: out = softmax(scale * Q K^T + key_bias) V per head, fp32.
+    """Fused multi-head self-attention: out = softmax(scale * Q K^T + key_bias) V per head.
 
     qkv: float32 (batch, seq, 3 * hidden), q | k | v side by side, hidden = num_heads * head_dim
     with heads contiguous (BERT's layout); out: writable float32 (batch, seq, hidden), not
     overlapping the inputs; key_bias: float32 (batch, seq) added to every query's scores for that
     key (0 keeps, -inf masks); a query whose keys are all masked gets zeros. scale: finite; omitted
-    (or negative) = 1 / sqrt(head_dim).
+    (or negative) = 1 / sqrt(head_dim). precision: "fp32", or "int8": q, k quantized per row and v
+    per channel (symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax
+    numerators rounded to uint8 rint(255 e) and normalised by their integer sum; seq <= 65536.
+    Raises ValueError for another precision or a longer seq.
     """
 
 def kernel_variant() -> str:

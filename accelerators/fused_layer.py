@@ -12,6 +12,11 @@ the same function with fewer passes:
     y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)   GELU in the kernel; with INT8 kernels the
                                                   intermediate leaves the first kernel already quantized
 
+When every product is one of our kernels (stacked q/k/v, both LayerNorms inside their calls, the
+FFN activation in the first FFN kernel), the forward runs on numpy views with one kernel call per
+step and no module calls or torch ops in between (``lean``; the same calls, so the same bits): at
+batch 1 the Python around the kernels costs about as much as the attention.
+
 It is built only for plain encoder layers (no cross-attention, no decoder cache, no feed-forward
 chunking, ``sdpa`` or ``eager`` attention, the padding mask additive or boolean as transformers
 passes it to SDPA) and only in eval mode; :func:`fuse_encoder_layers` leaves any other layer as it is.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,6 +148,13 @@ class FusedBertLayer(nn.Module):
         self.int8_ffn = (isinstance(self.ffn_in, SparseLinear) and isinstance(self.ffn_out, SparseLinear)
                          and self.ffn_in.dtype_name == "int8" and self.ffn_out.dtype_name == "int8"
                          and self.ffn_out.act_quant == "token" and isinstance(self.act, nn.Identity))
+        # every product in our kernels, both LayerNorms inside their calls, the FFN activation in the
+        # first FFN kernel: the forward then runs on numpy views, without module calls or torch ops
+        self.lean = (self.qkv is not None
+                     and all(isinstance(m, SparseLinear) for m in (self.att_out, self.ffn_in, self.ffn_out))
+                     and all(isinstance(n, nn.LayerNorm) and n.weight is not None
+                             and tuple(n.normalized_shape) == (self.att_out.out_features,) for n in (self.ln1, self.ln2))
+                     and isinstance(self.act, nn.Identity))
         self.returns_tuple = returns_tuple
         self.train(layer.training)
 
@@ -154,11 +167,14 @@ class FusedBertLayer(nn.Module):
         x = hidden_states.reshape(B * S, H)
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.to(torch.float32).contiguous()
+        kb = self.key_bias.get(attention_mask, B, S)
+        if self.lean and kb is not None and x.device.type == "cpu":
+            y = self._lean_forward(x.detach().numpy(), kb, B, S, H)
+            return (y,) if self.returns_tuple else y
         if self.qkv is not None:
             qkv = self.qkv(x)
         else:
             qkv = torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-        kb = self.key_bias.get(attention_mask, B, S)
         if kb is not None:
             ctx = torch.empty(B * S, H, dtype=torch.float32)
             _sk.attention(qkv.view(B, S, 3 * H).numpy(), ctx.view(B, S, H).numpy(), nh, self.scaling,
@@ -171,6 +187,30 @@ class FusedBertLayer(nn.Module):
         i = self.ffn_in.forward_quantized(h) if self.int8_ffn else self.act(self.ffn_in(h))
         y = _linear_add_norm(self.ffn_out, i, h, self.ln2).view(B, S, H)
         return (y,) if self.returns_tuple else y
+
+    def _lean_forward(self, x: np.ndarray, kb: torch.Tensor, B: int, S: int, H: int) -> torch.Tensor:
+        """The layer on numpy views of (B * S, H) float32 ``x`` (:attr:`lean` layers): one kernel
+        call per step, intermediates as numpy arrays, the (B, S, H) float32 output a new tensor.
+        The same kernel calls as the general path, so the same bits."""
+        T = B * S
+        qkv = np.empty((T, 3 * H), np.float32)
+        self.qkv.kernel(x, qkv)
+        ctx = np.empty((T, H), np.float32)
+        _sk.attention(qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb.numpy(),
+                      self.threads, self.variant, self.attention_precision)
+        h = np.empty((T, H), np.float32)
+        self.att_out.kernel(ctx, h, x, self.ln1)
+        y = torch.empty(B, S, H, dtype=torch.float32)
+        inter = self.ffn_in.out_features
+        if self.int8_ffn:
+            iq, isc = np.empty((T, inter), np.int8), np.empty(T, np.float32)
+            self.ffn_in.kernel(h, iq, out_scale=isc)
+            self.ffn_out.kernel(iq, y.numpy().reshape(T, H), h, self.ln2, x_scale=isc)
+        else:
+            i = np.empty((T, inter), np.float32)
+            self.ffn_in.kernel(h, i)
+            self.ffn_out.kernel(i, y.numpy().reshape(T, H), h, self.ln2)
+        return y
 
 
 def set_attention_precision(model: nn.Module, precision: str) -> int:

@@ -303,6 +303,34 @@ class SparseLinear(nn.Module):
             raise ValueError("forward_quantized needs an int8 SparseLinear")
         return self._run(x, residual, layer_norm, quantize_out=True)
 
+    def kernel(self, x, out, residual=None, layer_norm: Optional[nn.LayerNorm] = None, x_scale=None,
+               out_scale=None) -> None:
+        """One kernel call on 2-D numpy arrays, the per-call path of ``forward`` and of the fused
+        layer: ``x`` (tokens, in_features) float32, or int8 with ``x_scale`` float32 (tokens,);
+        ``out`` (tokens, out_features) float32, or int8 with ``out_scale`` float32 (tokens,)
+        (int8 mode only); ``residual`` float32 like ``out`` or None; ``layer_norm`` an affine
+        ``nn.LayerNorm(out_features)`` or None. Repacks first if the buffers changed. The C
+        extension validates every buffer (TypeError / ValueError, never a crash)."""
+        mat = self._mat
+        if mat is None or self._buffers_key() != self._key:
+            mat = self.packed()
+        kw = {}
+        if self.activation != "none":
+            kw["activation"] = self.activation
+        if residual is not None:
+            kw["residual"] = residual
+        if layer_norm is not None:
+            kw.update(ln_weight=layer_norm.weight.detach().numpy(), ln_eps=float(layer_norm.eps),
+                      ln_bias=layer_norm.bias.detach().numpy() if layer_norm.bias is not None else None)
+        if x_scale is not None:
+            kw["x_scale"] = x_scale
+        if out_scale is not None:
+            kw["out_scale"] = out_scale
+        if self.dtype_name == "fp32":
+            _sk.spmm(mat, x, out, self._bias_np, self.threads, self.variant, **kw)
+        else:
+            _sk.spmm_int8(mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token", **kw)
+
     def _run(self, x, residual, layer_norm, quantize_out: bool):
         # Per-call path, kept lean: after a large kernel call Python and torch run with cold caches,
         # where each torch view or reshape costs ~10 us; numpy reshapes of the same memory are cheaper.
@@ -314,15 +342,12 @@ class SparseLinear(nn.Module):
             raise ValueError(f"expected last dim {self.in_features}, got shape {tuple(shape)}")
         if not q_in and not x.is_cpu:
             raise ValueError("SparseLinear runs on the CPU only")
-        mat = self._mat
-        if mat is None or self._buffers_key() != self._key:
-            mat = self.packed()
         lead = shape[:-1]
-        kw = {}
+        x_scale = out_scale_np = r_np = None
         if q_in:
             xv = x.values if x.values.is_contiguous() else x.values.contiguous()
             xn = xv.numpy()
-            kw["x_scale"] = x.scale.numpy()
+            x_scale = x.scale.numpy()
         else:
             x2 = x.detach() if x.requires_grad else x
             if x2.dtype != torch.float32 or not x2.is_contiguous():
@@ -334,29 +359,21 @@ class SparseLinear(nn.Module):
         if quantize_out:
             out = torch.empty(*lead, self.out_features, dtype=torch.int8)
             out_scale = torch.empty(tokens, dtype=torch.float32)
-            kw["out_scale"] = out_scale.numpy()
+            out_scale_np = out_scale.numpy()
         else:
             out = torch.empty(*lead, self.out_features, dtype=torch.float32)
         on = out.numpy()
         if on.ndim != 2:
             on = on.reshape(tokens, self.out_features)
-        if self.activation != "none":
-            kw["activation"] = self.activation
         if residual is not None:
             r2 = residual.detach()
             if r2.dtype != torch.float32 or not r2.is_contiguous():
                 r2 = r2.to(torch.float32).contiguous()
-            kw["residual"] = r2.numpy().reshape(tokens, self.out_features)
-        if layer_norm is not None:
-            if tuple(layer_norm.normalized_shape) != (self.out_features,) or layer_norm.weight is None:
-                raise ValueError(f"layer_norm must be an affine nn.LayerNorm({self.out_features})")
-            kw.update(ln_weight=layer_norm.weight.detach().numpy(), ln_eps=float(layer_norm.eps),
-                      ln_bias=layer_norm.bias.detach().numpy() if layer_norm.bias is not None else None)
-        if self.dtype_name == "fp32":
-            _sk.spmm(mat, xn, on, self._bias_np, self.threads, self.variant, **kw)
-        else:
-            _sk.spmm_int8(mat, xn, on, self._bias_np, self.threads, self.variant,
-                          self.act_quant == "token", **kw)
+            r_np = r2.numpy().reshape(tokens, self.out_features)
+        if layer_norm is not None and (tuple(layer_norm.normalized_shape) != (self.out_features,)
+                                       or layer_norm.weight is None):
+            raise ValueError(f"layer_norm must be an affine nn.LayerNorm({self.out_features})")
+        self.kernel(xn, on, r_np, layer_norm, x_scale, out_scale_np)
         if quantize_out:
             return QuantizedActivation(out, out_scale)
         if not q_in and x.dtype != torch.float32 and x.is_floating_point():

@@ -439,3 +439,19 @@ def test_fused_layers_kept_with_a_small_random_head(acc_cls):
         model, ex, PrepareSettings(threads=2)).module
     for got, ref in zip(layer_outputs(p.module, ex), layer_outputs(plain, ex)):
         assert relative_error(got, ref) <= acc_cls.fuse_tolerance
+
+
+@pytest.mark.parametrize("acc", [SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32"),
+                                 SparseCPU(format="csr", min_speedup=1.0, calibrate=False)])
+def test_lean_forward_is_bit_identical_to_the_module_path(acc):
+    """Layers whose products are all our kernels run on numpy views (one kernel call per step);
+    the module-call path computes the same bits."""
+    model = tiny_bert(0.9)
+    ex = padded_example()
+    new = acc.prepare(model, ex, PrepareSettings(threads=2)).module
+    layers = [m for m in new.modules() if isinstance(m, FusedBertLayer)]
+    assert len(layers) == 2 and all(m.lean for m in layers)
+    lean = logits(new, ex)
+    for m in layers:
+        m.lean = False
+    torch.testing.assert_close(logits(new, ex), lean, rtol=0, atol=0)

@@ -148,6 +148,7 @@ class SwapRun:
     fuse_note: str = ""
     attention_precision: str = "fp32"
     attention_note: str = ""
+    lean_note: str = "not fused"
 
     @property
     def any_sparse(self) -> bool:
@@ -249,6 +250,7 @@ class _SparseSwap(Accelerator):
             run.fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
             if self.fuse_layers and run.any_sparse:
                 new = self._fuse_layers(new, dense_model, example, run)
+                new = self._lean_model(new, example, run)
             if self.check_model and self.calibrate and run.any_sparse:
                 new = self._check_whole_model(new, dense_model, example, run)
         return Prepared(new, self._fields(run))
@@ -374,6 +376,23 @@ class _SparseSwap(Accelerator):
         return fused if n else model
 
     @staticmethod
+    def _lean_model(model: nn.Module, example: dict[str, torch.Tensor], run: SwapRun) -> nn.Module:
+        """``model`` behind :class:`accelerators.fused_layer.LeanBertClassifier` when it applies and
+        gives the same logits bit for bit on ``example`` (with and without inference mode)."""
+        from accelerators.base import logits_of
+        from accelerators.fused_layer import LeanBertClassifier
+
+        lean, why = LeanBertClassifier.wrap(model)
+        if lean is not model:
+            for ctx in (torch.no_grad, torch.inference_mode):
+                with ctx():
+                    if not torch.equal(logits_of(lean(**example)), logits_of(model(**example))):
+                        lean, why = model, "the lean forward's logits differ from the model's"
+                        break
+        run.lean_note = why
+        return lean
+
+    @staticmethod
     def _fused_error(fused: nn.Module, example: dict[str, torch.Tensor], ref: list[torch.Tensor],
                      plain: list[float], tolerance: float, factor: float = 2.0) -> str:
         """'' when every fused layer's error (relative to the layer's max, against the fp32 hidden
@@ -424,6 +443,8 @@ class _SparseSwap(Accelerator):
             "fused_encoder_note": run.fuse_note or None,
             "attention_precision": run.attention_precision if run.fused_layers and not run.fell_back else None,
             "attention_note": run.attention_note or None,
+            "lean_model": not run.lean_note and not run.fell_back,
+            "lean_model_note": run.lean_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }
 

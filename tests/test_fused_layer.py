@@ -455,3 +455,40 @@ def test_lean_forward_is_bit_identical_to_the_module_path(acc):
     for m in layers:
         m.lean = False
     torch.testing.assert_close(logits(new, ex), lean, rtol=0, atol=0)
+
+
+def test_lean_classifier_matches_the_transformers_forward_bit_for_bit():
+    from accelerators.fused_layer import LeanBertClassifier
+
+    model = tiny_bert(0.9)
+    ex = padded_example()
+    p = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32").prepare(
+        model, ex, PrepareSettings(threads=2))
+    lean = p.module
+    assert isinstance(lean, LeanBertClassifier) and p.fields["lean_model"] and p.fields["lean_model_note"] is None
+    inner = lean.model
+    other = padded_example(batch=2, seq=40)
+    cases = [ex, other, {k: v for k, v in other.items() if k != "attention_mask"},
+             {k: v for k, v in other.items() if k != "token_type_ids"}]
+    for case in cases:
+        for ctx in (torch.no_grad, torch.inference_mode):
+            with ctx():
+                assert torch.equal(lean(**case).logits, inner(**case).logits)
+    # anything else goes to the wrapped model; its attributes read through the wrapper
+    labels = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        assert lean(**ex, labels=labels).loss is not None
+    assert lean.bert is inner.bert and lean.config is inner.config
+    # the fused layers still run as modules: forward hooks (layer_outputs) see every layer
+    assert len(layer_outputs(lean, ex)) == 2
+
+
+def test_lean_classifier_declines_other_models():
+    from accelerators.fused_layer import LeanBertClassifier
+
+    model = tiny_bert(0.9)
+    assert LeanBertClassifier.wrap(model)[1] == "not every encoder layer is a lean fused layer"
+    p = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_gelu=False).prepare(
+        model, padded_example(), PrepareSettings(threads=1))
+    assert not p.fields["lean_model"] and "lean" in p.fields["lean_model_note"]
+    assert "not a BertForSequenceClassification" in LeanBertClassifier.wrap(torch.nn.Linear(2, 2))[1]

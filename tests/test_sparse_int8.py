@@ -278,3 +278,28 @@ def test_sparse_int8_config_errors():
         SparseInt8(act_quant="channel")
     with pytest.raises(ValueError):
         SparseInt8(engine="qnnpack9")
+
+
+def test_ffn_input_layers_are_timed_with_their_gelu(monkeypatch):
+    """The sparse kernel applies BERT's GELU in its output pass; a dense FFN-in layer pays a
+    separate GELU pass, so the per-layer choice times both sides with it."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.sparse_int8 import SparseInt8
+    from accelerators.sparse_linear import SparseLinear
+
+    seen = []
+    real = sc.interleaved_timing
+
+    def spy(fns, repeats, min_time_s):
+        sparse = [f.__defaults__[0] for k, f in fns.items() if k != "dense"]
+        seen.append((sparse[0].out_features, {m.activation for m in sparse}))
+        return real(fns, repeats, min_time_s)
+
+    monkeypatch.setattr(sc, "interleaved_timing", spy)
+    acc = SparseInt8(dense_fallback="fp32", min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
+    p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))
+    # intermediate.dense (256 outputs in tiny_bert) timed with the GELU in the kernel, the others without
+    assert sorted(seen) == sorted([(256, {"gelu"})] * 2 + [(64, {"none"})] * 10)
+    for m in p.module.modules():  # the activation ends where fuse_ffn_gelu put it, not left by the timing
+        if isinstance(m, SparseLinear):
+            assert m.activation == ("gelu" if m.out_features == 256 else "none")

@@ -143,6 +143,11 @@ class SwapRun:
     choices: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_speedup: Optional[float] = None
     fell_back: bool = False
+    #: layer -> (format, sparse module) for layers timed faster dense though a sparse module was accepted
+    alternatives: dict[str, tuple[str, nn.Module]] = field(default_factory=dict)
+    #: "per-layer" or "all-sparse" when both whole models were timed; mix time / all-sparse time
+    whole_model_choice: Optional[str] = None
+    all_sparse_speedup: Optional[float] = None
     fused_gelu: int = 0
     fused_layers: int = 0
     fuse_note: str = ""
@@ -247,13 +252,52 @@ class _SparseSwap(Accelerator):
             next(iter(example.values())).numel())
         with self._building(run), intra_op_threads(run.threads):
             self._swap_layers(new, tokens, run)
-            run.fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
-            if self.fuse_layers and run.any_sparse:
-                new = self._fuse_layers(new, dense_model, example, run)
-                new = self._lean_model(new, example, run)
+            alt = self._all_sparse(new, run)
+            new = self._finish(new, dense_model, example, run)
+            if alt is not None:
+                new, run = self._faster_model(new, run, *alt, dense_model, example)
             if self.check_model and self.calibrate and run.any_sparse:
                 new = self._check_whole_model(new, dense_model, example, run)
         return Prepared(new, self._fields(run))
+
+    def _finish(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
+                run: SwapRun) -> nn.Module:
+        """GELU into the FFN kernels, fused encoder layers, the lean classifier (each where it applies)."""
+        run.fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
+        if self.fuse_layers and run.any_sparse:
+            new = self._fuse_layers(new, dense_model, example, run)
+            new = self._lean_model(new, example, run)
+        return new
+
+    def _all_sparse(self, new: nn.Module, run: SwapRun) -> Optional[tuple[nn.Module, SwapRun]]:
+        """``new`` with every layer the per-layer timing left dense (though a sparse module was within
+        tolerance) swapped to its fastest sparse module, and its run record; None when there is none.
+
+        Timed alone, a dense layer can beat our kernel; in the model it also cuts the INT8 chain, the
+        fused GELU and the lean layer path, so the whole model may be faster all sparse."""
+        if not run.alternatives:
+            return None
+        alternatives, run.alternatives = run.alternatives, {}
+        alt, alt_run = copy.deepcopy(new), copy.deepcopy(run)
+        for name, (fmt, mod) in alternatives.items():
+            set_submodule(alt, name, mod)
+            alt_run.choices[name] = {**run.choices[name], "choice": fmt,
+                                     "why": "whole model all sparse measured faster than the per-layer mix"}
+        return alt, alt_run
+
+    def _faster_model(self, new: nn.Module, run: SwapRun, alt: nn.Module, alt_run: SwapRun, dense_model: nn.Module,
+                      example: dict[str, torch.Tensor]) -> tuple[nn.Module, SwapRun]:
+        """The faster whole model of the per-layer mix ``new`` and the all-sparse ``alt`` (finished
+        here), timed side by side on ``example``, with its run record."""
+        alt = self._finish(alt, dense_model, example, alt_run)
+        t = interleaved_timing({"mix": lambda: new(**example), "all": lambda: alt(**example)},
+                               max(5, self.repeats), self.min_time_s)
+        run.all_sparse_speedup = alt_run.all_sparse_speedup = t["mix"] / t["all"]
+        if t["all"] < t["mix"]:
+            alt_run.whole_model_choice = "all-sparse"
+            return alt, alt_run
+        run.whole_model_choice = "per-layer"
+        return new, run
 
     # -- the steps of prepare ---------------------------------------------------------------
     def _swap_layers(self, new: nn.Module, tokens: int, run: SwapRun) -> None:
@@ -329,6 +373,7 @@ class _SparseSwap(Accelerator):
             run.choices[name] = rec
         else:
             rec.update(choice="dense", why=f"sparse {t['dense'] / t[best]:.2f}x < {self.min_speedup}x")
+            run.alternatives[name] = (best, cands[best])
             self._keep_dense(new, name, lin, rec, run, dense_mod)
         return None
 
@@ -437,6 +482,8 @@ class _SparseSwap(Accelerator):
             "dense_layers": n_dense,
             "sparse_min_speedup": self.min_speedup,
             "sparse_model_check_speedup": round(run.model_speedup, 3) if run.model_speedup else None,
+            "sparse_whole_model_choice": run.whole_model_choice,
+            "sparse_all_sparse_speedup": round(run.all_sparse_speedup, 3) if run.all_sparse_speedup else None,
             "sparse_fell_back_to_dense": run.fell_back,
             "sparse_fused_gelu_layers": 0 if run.fell_back else run.fused_gelu,
             "fused_encoder_layers": 0 if run.fell_back else run.fused_layers,

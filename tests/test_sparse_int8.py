@@ -291,8 +291,9 @@ def test_ffn_input_layers_are_timed_with_their_gelu(monkeypatch):
     real = sc.interleaved_timing
 
     def spy(fns, repeats, min_time_s):
-        sparse = [f.__defaults__[0] for k, f in fns.items() if k != "dense"]
-        seen.append((sparse[0].out_features, {m.activation for m in sparse}))
+        if "dense" in fns and len(fns) > 1:  # a per-layer choice (not a whole-model comparison)
+            sparse = [f.__defaults__[0] for k, f in fns.items() if k != "dense"]
+            seen.append((sparse[0].out_features, {m.activation for m in sparse}))
         return real(fns, repeats, min_time_s)
 
     monkeypatch.setattr(sc, "interleaved_timing", spy)
@@ -303,3 +304,26 @@ def test_ffn_input_layers_are_timed_with_their_gelu(monkeypatch):
     for m in p.module.modules():  # the activation ends where fuse_ffn_gelu put it, not left by the timing
         if isinstance(m, SparseLinear):
             assert m.activation == ("gelu" if m.out_features == 256 else "none")
+
+
+def test_whole_model_all_sparse_is_timed_against_the_per_layer_mix():
+    """Layers the per-layer timing leaves dense (here: every layer, min_speedup 1000) are tried
+    all sparse as one whole model; the faster model is kept and the row says which."""
+    from accelerators.sparse_int8 import SparseInt8
+    from accelerators.sparse_linear import SparseLinear
+
+    acc = SparseInt8(dense_fallback="fp32", min_speedup=1000.0, repeats=2, min_time_s=0.0005, check_model=False)
+    model = tiny_bert(0.9)
+    ex = example()
+    p = acc.prepare(model, ex, PrepareSettings(threads=1))
+    f = p.fields
+    assert f["sparse_whole_model_choice"] in ("per-layer", "all-sparse") and f["sparse_all_sparse_speedup"] > 0
+    n_sparse = sum(3 if m.out_features == 192 else 1 for m in p.module.modules() if isinstance(m, SparseLinear))
+    if f["sparse_whole_model_choice"] == "all-sparse":
+        assert f["sparse_layers"] == n_sparse == 12 and f["sparse_all_sparse_speedup"] > 1
+        assert all(v.startswith("csr") for v in json.loads(f["sparse_layer_choices"]).values())
+    else:
+        assert f["sparse_layers"] == n_sparse == 0 and f["sparse_all_sparse_speedup"] <= 1
+    with torch.no_grad():
+        ref, got = model(**ex).logits, p.module(**ex).logits
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1

@@ -298,7 +298,10 @@ class LeanBertClassifier(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            inner = self.__dict__.get("_modules", {}).get("model")  # absent while copying or unpickling
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
 
     @staticmethod
     def wrap(model: nn.Module) -> tuple[nn.Module, str]:

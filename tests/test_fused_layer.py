@@ -492,3 +492,19 @@ def test_lean_classifier_declines_other_models():
         model, padded_example(), PrepareSettings(threads=1))
     assert not p.fields["lean_model"] and "lean" in p.fields["lean_model_note"]
     assert "not a BertForSequenceClassification" in LeanBertClassifier.wrap(torch.nn.Linear(2, 2))[1]
+
+
+def test_lean_classifier_copies_and_pickles():
+    import pickle
+
+    from accelerators.fused_layer import LeanBertClassifier
+
+    ex = padded_example()
+    lean = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32").prepare(
+        tiny_bert(0.9), ex, PrepareSettings(threads=1)).module
+    assert isinstance(lean, LeanBertClassifier)
+    for other in (copy.deepcopy(lean), pickle.loads(pickle.dumps(lean))):
+        assert isinstance(other, LeanBertClassifier) and other.layers[0] is other.model.bert.encoder.layer[0]
+        assert torch.equal(logits(other, ex), logits(lean, ex))
+    with pytest.raises(AttributeError):
+        lean.no_such_attribute

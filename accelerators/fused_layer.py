@@ -14,8 +14,9 @@ the same function with fewer passes:
 
 When every product is one of our kernels (stacked q/k/v, both LayerNorms inside their calls, the
 FFN activation in the first FFN kernel), the forward runs on numpy views with one kernel call per
-step and no module calls or torch ops in between (``lean``; the same calls, so the same bits): at
-batch 1 the Python around the kernels costs about as much as the attention.
+step and no module calls or torch ops in between (``lean``; the same calls, so the same bits):
+once the kernels are fast, module calls and per-call tensor bookkeeping are a visible share of a
+batch-1 forward pass.
 
 It is built only for plain encoder layers (no cross-attention, no decoder cache, no feed-forward
 chunking, ``sdpa`` or ``eager`` attention, the padding mask additive or boolean as transformers
@@ -278,7 +279,7 @@ class LeanBertClassifier(nn.Module):
     LayerNorm, in transformers' order), the padding mask as one key bias, the fused layers
     (called as modules, so forward hooks still fire), pooler and classifier, without the
     transformers model's per-call machinery (mask construction, output records, decorators),
-    which at batch 1 costs a seventh of a sparse INT8 forward pass.
+    which costs as much as a few kernel calls at batch 1.
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None)`` with int64 (batch, seq)
     tensors returns a ``SequenceClassifierOutput`` with ``logits`` (batch, num_labels) float32; any
@@ -291,7 +292,7 @@ class LeanBertClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.config = model.config
-        self.layers = [m for m in model.bert.encoder.layer]
+        self.layers = list(model.bert.encoder.layer)
 
     def __getattr__(self, name: str) -> Any:
         # the wrapped model's attributes (``bert``, ``classifier``, ...) read through the wrapper

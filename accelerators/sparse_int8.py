@@ -5,7 +5,9 @@ time (``act_quant="token"``, default) or per tensor; products accumulate exactly
 rescaled to fp32 with the bias. Each encoder Linear layer is measured at the example's token count
 and thread count: our sparse INT8 kernel in each candidate layout against the dense fallback
 (torch dynamic INT8 with the fastest quantized engine, by default), and the faster one is kept.
-A final whole-model check falls back to the all-dense-INT8 model if the mix is slower.
+Layers left dense that way are also tried all sparse, as one whole model against the mix (a dense
+layer cuts the INT8 chain and the fused layer path), and the faster model is kept; a final
+whole-model check falls back to the all-dense-INT8 model if that is slower.
 Attention runs in our fused kernel (``fuse_layers``), in INT8 by default (``attention``);
 embeddings, LayerNorm, pooler and classifier stay fp32.
 """

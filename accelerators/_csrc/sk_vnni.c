@@ -284,37 +284,67 @@ static inline int32_t load_i32(const void *p)
     return v;
 }
 
-/* inverse scale of one row of n floats (0 when its range is zero or not finite), *scale = amax / 127 */
-static inline float row_inv(const float *x, int64_t n, float *scale)
+/* 16 rows x 16 channels from c0 (rows past nr and channels past dh read as 0), transposed: r[d]
+ * holds channel c0 + d of the 16 rows */
+static inline __attribute__((always_inline)) void load_tr_rows(const float *x, int64_t ld, int64_t nr, int64_t c0,
+                                                               int64_t dh, __m512 r[16])
 {
-    float a;
-    rows_amax(x, n, n, 0, 1, &a);
-    const int ok = a > 0.0f && a <= 3.0e38f;
-    *scale = ok ? a / 127.0f : 0.0f;
-    return ok ? 127.0f / a : 0.0f;
+    const int64_t nd = dh - c0 < 16 ? dh - c0 : 16;
+    const __mmask16 m = (__mmask16)((1u << nd) - 1u);
+    for (int l = 0; l < 16; l++) r[l] = l < nr ? _mm512_maskz_loadu_ps(m, x + l * ld + c0) : _mm512_setzero_ps();
+    tr16(r);
 }
 
+/* |x| with NaN as +inf (the range rule of rows_amax) */
+static inline __attribute__((always_inline)) __m512 abs_nan_inf(__m512 x)
+{
+    x = _mm512_abs_ps(x);
+    return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_ps(__builtin_inff()));
+}
+
+/* inverse scales of 16 rows from their ranges am by quant_rows' rule (0 for a zero or non-finite
+ * range), the scales amax / 127 into *scale */
+static inline __attribute__((always_inline)) __m512 lanes_inv(__m512 am, __m512 *scale)
+{
+    const __mmask16 ok = _mm512_cmp_ps_mask(am, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                         _mm512_cmp_ps_mask(am, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ);
+    *scale = _mm512_maskz_div_ps(ok, am, _mm512_set1_ps(127.0f));
+    return _mm512_maskz_div_ps(ok, _mm512_set1_ps(127.0f), am);
+}
+
+/* Quantize and lay out one head (sk_attn8). Keys and queries go 16 rows at a time through 16 x 16
+ * transposes, so a row's range is a vertical max over channel vectors (no horizontal reduction
+ * per row) and, for keys, four quantized channel vectors interleaved bytewise are one
+ * [quad][16 keys][4] vector of k8. */
 static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float *v, int64_t ld, const float *kb)
 {
     const int64_t S = a->S, Sp = a->Sp, dh = a->dh, nq = a->nq, dhp = a->dhp, nc = dhp / 16;
-    /* keys: quads of 4 channels, keys contiguous */
-    for (int64_t j = 0; j < Sp; j++) {
-        float sc = 0.0f;
-        const float inv = j < S ? row_inv(k + j * ld, dh, &sc) : 0.0f;
+    const __m512i lo8 = _mm512_set1_epi32(0xff);
+    for (int64_t j0 = 0; j0 < Sp; j0 += 16) {
+        const int64_t nk = S - j0 < 16 ? S - j0 : 16;
+        const float *kr = k + j0 * ld;
+        __m512 r[16], am = _mm512_setzero_ps(), sc;
+        for (int64_t c = 0; c < nc; c++) {
+            load_tr_rows(kr, ld, nk, c * 16, dh, r);
+            for (int d = 0; d < 16; d++) am = _mm512_max_ps(am, abs_nan_inf(r[d]));
+        }
+        const __m512 inv = lanes_inv(am, &sc);
+        _mm512_store_ps(a->ksc + j0, sc);
         __m512i sum = _mm512_setzero_si512();
         for (int64_t c = 0; c < nc; c++) {
-            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
-            const __m512 x = j < S ? _mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), k + j * ld + c * 16)
-                                   : _mm512_setzero_ps();
-            const __m512i qi = qv16(x, _mm512_set1_ps(inv));
-            sum = _mm512_add_epi32(sum, qi);
-            int32_t ws[4]; /* 4 quads of channels */
-            _mm_storeu_si128((__m128i *)ws, _mm512_cvtepi32_epi8(qi));
-            for (int t = 0; t < 4 && c * 4 + t < nq; t++) memcpy(a->k8 + ((c * 4 + t) * Sp + j) * 4, &ws[t], 4);
+            load_tr_rows(kr, ld, nk, c * 16, dh, r);
+            for (int t = 0; t < 4 && c * 4 + t < nq; t++) {
+                __m512i w = _mm512_setzero_si512();
+                for (int e = 0; e < 4; e++) {
+                    const __m512i qi = qv16(r[4 * t + e], inv);
+                    sum = _mm512_add_epi32(sum, qi);
+                    w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qi, lo8), 8 * e));
+                }
+                _mm512_store_si512((void *)(a->k8 + ((c * 4 + t) * Sp + j0) * 4), w);
+            }
         }
-        a->kcomp[j] = 128 * _mm512_reduce_add_epi32(sum);
-        a->ksc[j] = sc;
-        a->bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+        _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
+        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
     }
     /* values: one scale per channel over the head's keys; quads of 4 keys, channels contiguous */
     const __m512 inf = _mm512_set1_ps(__builtin_inff());
@@ -342,18 +372,46 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
             _mm512_store_si512((void *)(a->v8 + (jq * dhp + c * 16) * 4), w);
         }
     }
-    /* queries: rows of nq quads, + 128 (unsigned operand) */
-    for (int64_t i = 0; i < S; i++) {
-        const float inv = row_inv(q + i * ld, dh, &a->qsc[i]);
-        for (int64_t c = 0; c * 16 < nq * 4; c++) {
-            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
-            const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
-            const __m512i qi = _mm512_add_epi32(
-                qv16(_mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), q + i * ld + c * 16), _mm512_set1_ps(inv)),
-                _mm512_set1_epi32(128));
-            _mm_mask_storeu_epi8(a->q8 + i * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u), _mm512_cvtepi32_epi8(qi));
+    /* queries: rows of nq quads, + 128 (unsigned operand); ranges 16 rows at a time */
+    for (int64_t i0 = 0; i0 < S; i0 += 16) {
+        const int64_t nr = S - i0 < 16 ? S - i0 : 16;
+        const float *qr = q + i0 * ld;
+        __m512 r[16], am = _mm512_setzero_ps(), sc;
+        for (int64_t c = 0; c < nc; c++) {
+            load_tr_rows(qr, ld, nr, c * 16, dh, r);
+            for (int d = 0; d < 16; d++) am = _mm512_max_ps(am, abs_nan_inf(r[d]));
+        }
+        float invs[16];
+        _mm512_storeu_ps(invs, lanes_inv(am, &sc));
+        _mm512_store_ps(a->qsc + i0, sc);
+        for (int64_t l = 0; l < nr; l++) {
+            const __m512 inv = _mm512_set1_ps(invs[l]);
+            for (int64_t c = 0; c * 16 < nq * 4; c++) {
+                const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+                const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
+                const __m512i qi = _mm512_add_epi32(
+                    qv16(_mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), qr + l * ld + c * 16), inv),
+                    _mm512_set1_epi32(128));
+                _mm_mask_storeu_epi8(a->q8 + (i0 + l) * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u),
+                                     _mm512_cvtepi32_epi8(qi));
+            }
         }
     }
+}
+
+/* Prefetch (to L2) rows [i0, i1) of the next head's q, k and v: dh floats to the right of this
+ * head's, where the next work item of the attention loop usually reads (a prefetch never faults,
+ * so past the end of the buffer it is only wasted). The packing of a head otherwise waits on
+ * memory for each of its rows, one or two lines per row at a stride of 3 * hidden floats. */
+static inline void prefetch_next_head(const float *q, const float *k, const float *v, int64_t ld, int64_t dh,
+                                      int64_t i0, int64_t i1)
+{
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t d = 0; d < dh; d += 16) {
+            _mm_prefetch((const char *)(q + i * ld + dh + d), _MM_HINT_T1);
+            _mm_prefetch((const char *)(k + i * ld + dh + d), _MM_HINT_T1);
+            _mm_prefetch((const char *)(v + i * ld + dh + d), _MM_HINT_T1);
+        }
 }
 
 static void attn_head_int8(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
@@ -365,6 +423,7 @@ static void attn_head_int8(const float *q, const float *k, const float *v, int64
     const int64_t Sp = a.Sp, nj = Sp / 16, nq = a.nq, dhp = a.dhp, nc = dhp / 16, nkq = (S + 3) / 4;
     for (int64_t i0 = 0; i0 < S; i0 += AR8) {
         const int64_t nr = S - i0 < AR8 ? S - i0 : AR8;
+        prefetch_next_head(q, k, v, ld, dh, i0, i0 + nr);
         const uint8_t *qr[AR8]; /* rows past the end repeat the last one (computed, never stored) */
         __m512 rs[AR8], mx[AR8];
         for (int r = 0; r < AR8; r++) {

@@ -25,6 +25,7 @@ Callers check the fused model's outputs against the unfused one (``prepare`` doe
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
 import numpy as np
@@ -191,27 +192,56 @@ class FusedBertLayer(nn.Module):
 
     def _lean_forward(self, x: np.ndarray, kb: torch.Tensor, B: int, S: int, H: int) -> torch.Tensor:
         """The layer on numpy views of (B * S, H) float32 ``x`` (:attr:`lean` layers): one kernel
-        call per step, intermediates as numpy arrays, the (B, S, H) float32 output a new tensor.
-        The same kernel calls as the general path, so the same bits."""
-        T = B * S
-        qkv = np.empty((T, 3 * H), np.float32)
-        self.qkv.kernel(x, qkv)
-        ctx = np.empty((T, H), np.float32)
-        _sk.attention(qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb.numpy(),
-                      self.threads, self.variant, self.attention_precision)
-        h = np.empty((T, H), np.float32)
-        self.att_out.kernel(ctx, h, x, self.ln1)
+        call per step (:meth:`bind`), intermediates as numpy arrays, the (B, S, H) float32 output a
+        new tensor. The same kernel calls as the general path, so the same bits."""
         y = torch.empty(B, S, H, dtype=torch.float32)
-        inter = self.ffn_in.out_features
-        if self.int8_ffn:
-            iq, isc = np.empty((T, inter), np.int8), np.empty(T, np.float32)
-            self.ffn_in.kernel(h, iq, out_scale=isc)
-            self.ffn_out.kernel(iq, y.numpy().reshape(T, H), h, self.ln2, x_scale=isc)
-        else:
-            i = np.empty((T, inter), np.float32)
-            self.ffn_in.kernel(h, i)
-            self.ffn_out.kernel(i, y.numpy().reshape(T, H), h, self.ln2)
+        for fn, args, kw in self.bind(x, y.numpy().reshape(B * S, H), kb.numpy(), B, S):
+            fn(*args, **kw)
         return y
+
+    def bind(self, x: np.ndarray, y: np.ndarray, kb: np.ndarray, B: int, S: int,
+             work: Optional[dict] = None) -> list[tuple]:
+        """The kernel calls of one lean forward, bound to arrays and not run: ``x`` the (B * S, H)
+        float32 input, ``y`` the (B * S, H) float32 output (not overlapping ``x``), ``kb`` the
+        (B, S) float32 key bias. Intermediates (stacked q/k/v, attention context, the
+        post-attention hidden state, the FFN intermediate) come from ``work`` (a dict reused by
+        every layer of one model: arrays of the same name, shape and dtype are shared) or are
+        allocated. Returns ``[(function, args, kwargs), ...]`` to call in order; the calls stay
+        valid while :meth:`bind_key` is unchanged. Lean layers only (RuntimeError otherwise)."""
+        if not self.lean:
+            raise RuntimeError("bind needs a lean layer (every product one of our kernels)")
+        work = {} if work is None else work
+
+        def buf(name: str, cols: int, dtype) -> np.ndarray:
+            a = work.get(name)
+            if a is None or a.shape != (B * S, cols) or a.dtype != dtype:
+                a = work[name] = np.empty((B * S, cols), dtype)
+            return a
+
+        H, T, inter = self.att_out.out_features, B * S, self.ffn_in.out_features
+        qkv, ctx, h = buf("qkv", 3 * H, np.float32), buf("ctx", H, np.float32), buf("h", H, np.float32)
+        calls = [self.qkv.bound_call(x, qkv),
+                 (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb,
+                                  self.threads, self.variant, self.attention_precision), {}),
+                 self.att_out.bound_call(ctx, h, x, self.ln1)]
+        if self.int8_ffn:
+            iq = buf("ffn_int8", inter, np.int8)
+            isc = work.get("ffn_scale")
+            if isc is None or isc.shape != (T,):
+                isc = work["ffn_scale"] = np.empty(T, np.float32)
+            calls += [self.ffn_in.bound_call(h, iq, out_scale=isc),
+                      self.ffn_out.bound_call(iq, y, h, self.ln2, x_scale=isc)]
+        else:
+            i = buf("ffn_fp32", inter, np.float32)
+            calls += [self.ffn_in.bound_call(h, i), self.ffn_out.bound_call(i, y, h, self.ln2)]
+        return calls
+
+    def bind_key(self) -> tuple:
+        """What the calls of :meth:`bind` depend on besides their arrays: attention settings, each
+        kernel's :meth:`SparseLinear.call_key`, the LayerNorm parameters (identity) and eps."""
+        lns = tuple((id(n.weight), id(n.bias), n.eps) for n in (self.ln1, self.ln2))
+        return (self.lean, self.int8_ffn, self.attention_precision, self.threads, self.variant, self.num_heads,
+                self.scaling, lns) + tuple(m.call_key() for m in (self.qkv, self.att_out, self.ffn_in, self.ffn_out))
 
 
 def set_attention_precision(model: nn.Module, precision: str) -> int:
@@ -281,6 +311,15 @@ class LeanBertClassifier(nn.Module):
     transformers model's per-call machinery (mask construction, output records, decorators),
     which costs as much as a few kernel calls at batch 1.
 
+    Without hooks on the encoder layers, the encoder runs as a *plan*: every layer's kernel calls
+    bound once per input shape (:meth:`FusedBertLayer.bind`) to arrays the plan owns (the hidden
+    states alternate between two buffers, the layers share their intermediates) and replayed in one
+    loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_key` changes. Between two
+    large kernel calls the Python of a layer runs with cold caches, which at batch 1 costs about a
+    fifth of the forward pass; the plan leaves a tuple unpacking per call. The same calls on the
+    same values, so the same bits. The plan's arrays are the model's state: concurrent forwards
+    from several threads take the per-layer path while another holds the plan.
+
     ``forward(input_ids, attention_mask=None, token_type_ids=None)`` with int64 (batch, seq)
     tensors returns a ``SequenceClassifierOutput`` with ``logits`` (batch, num_labels) float32; any
     other argument (``labels``, ``position_ids``, ``output_hidden_states``, ...) is passed to the
@@ -288,11 +327,16 @@ class LeanBertClassifier(nn.Module):
     wrapper); build with :meth:`wrap`.
     """
 
+    #: encoder plans kept (one per input shape, most recent first)
+    MAX_PLANS = 4
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
         self.layers = list(model.bert.encoder.layer)
+        self._plans: list = []  # [(B, S, key, x0, kb, out, calls)]
+        self._plan_lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         # the wrapped model's attributes (``bert``, ``classifier``, ...) read through the wrapper
@@ -337,9 +381,57 @@ class LeanBertClassifier(nn.Module):
         # one (batch, 1, 1, seq) additive key mask: every layer's KeyBiasCache turns it into the key bias once
         mask = None if attention_mask is None else \
             torch.zeros(B, 1, 1, S, dtype=torch.float32).masked_fill_(attention_mask[:, None, None, :] == 0, float("-inf"))
-        for layer in self.layers:
-            h = layer(h, mask)
-            if isinstance(h, tuple):
-                h = h[0]
+        if self._plannable() and h.dtype == torch.float32 and self._plan_lock.acquire(blocking=False):
+            try:
+                h = self._run_plan(h, mask, B, S)
+            finally:
+                self._plan_lock.release()
+        else:
+            for layer in self.layers:
+                h = layer(h, mask)
+                if isinstance(h, tuple):
+                    h = h[0]
         pooled = self.model.bert.pooler(h)
         return SequenceClassifierOutput(logits=self.model.classifier(pooled))
+
+    def _plannable(self) -> bool:
+        """Every layer lean and in eval mode, and no forward hook that the plan would skip."""
+        from torch.nn.modules import module as m
+
+        if m._global_forward_hooks or m._global_forward_pre_hooks:
+            return False
+        return all(layer.lean and not layer.training and not layer._forward_hooks and not layer._forward_pre_hooks
+                   for layer in self.layers)
+
+    def _run_plan(self, h: torch.Tensor, mask: Optional[torch.Tensor], B: int, S: int) -> torch.Tensor:
+        """The encoder as the bound kernel calls of every layer (see the class doc); ``h`` the
+        (B, S, H) float32 embeddings. Returns the last hidden state, (B, S, H) float32 (the plan's
+        buffer: read it before the next forward)."""
+        key = tuple(layer.bind_key() for layer in self.layers)
+        plan = next((p for p in self._plans if p[0] == B and p[1] == S and p[2] == key), None)
+        if plan is None:
+            H = h.shape[-1]
+            bufs = [np.empty((B * S, H), np.float32), np.empty((B * S, H), np.float32)]
+            kb = np.zeros((B, S), np.float32)
+            work: dict = {}
+            calls = []
+            for i, layer in enumerate(self.layers):
+                calls += layer.bind(bufs[i % 2], bufs[(i + 1) % 2], kb, B, S, work)
+            plan = (B, S, key, bufs[0], kb, bufs[len(self.layers) % 2], calls)
+            self._plans = [plan] + [p for p in self._plans if (p[0], p[1]) != (B, S)][: self.MAX_PLANS - 1]
+        _, _, _, x0, kb, out, calls = plan
+        np.copyto(x0, h.reshape(B * S, -1).numpy())
+        np.copyto(kb, key_padding_bias(mask, B, S).numpy())
+        for fn, args, kw in calls:
+            fn(*args, **kw)
+        return torch.from_numpy(out).view(B, S, -1)
+
+    def __getstate__(self):
+        # plans hold arrays bound to this process's kernel handles, and a lock: copies rebuild them
+        state = self.__dict__.copy()
+        state.update(_plans=[], _plan_lock=None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._plan_lock = threading.Lock()

@@ -311,6 +311,15 @@ class SparseLinear(nn.Module):
         (int8 mode only); ``residual`` float32 like ``out`` or None; ``layer_norm`` an affine
         ``nn.LayerNorm(out_features)`` or None. Repacks first if the buffers changed. The C
         extension validates every buffer (TypeError / ValueError, never a crash)."""
+        fn, args, kw = self.bound_call(x, out, residual, layer_norm, x_scale, out_scale)
+        fn(*args, **kw)
+
+    def bound_call(self, x, out, residual=None, layer_norm: Optional[nn.LayerNorm] = None, x_scale=None,
+                   out_scale=None) -> tuple:
+        """The kernel call of :meth:`kernel` (same arguments) as ``(function, args, kwargs)``, not
+        run: callers that repeat a call sequence on the same buffers bind it once (see
+        :class:`accelerators.fused_layer.LeanBertClassifier`). Repacks first if the buffers changed;
+        the bound call then stays valid while :meth:`call_key` is unchanged."""
         mat = self._mat
         if mat is None or self._buffers_key() != self._key:
             mat = self.packed()
@@ -327,9 +336,13 @@ class SparseLinear(nn.Module):
         if out_scale is not None:
             kw["out_scale"] = out_scale
         if self.dtype_name == "fp32":
-            _sk.spmm(mat, x, out, self._bias_np, self.threads, self.variant, **kw)
-        else:
-            _sk.spmm_int8(mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token", **kw)
+            return _sk.spmm, (mat, x, out, self._bias_np, self.threads, self.variant), kw
+        return _sk.spmm_int8, (mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token"), kw
+
+    def call_key(self) -> tuple:
+        """What a bound call depends on besides its arrays: the weight buffers (identity and in-place
+        version), activation, threads, variant and activation quantization."""
+        return self._buffers_key() + (self.activation, self.threads, self.variant, self.act_quant)
 
     def _run(self, x, residual, layer_norm, quantize_out: bool):
         # Per-call path, kept lean: after a large kernel call Python and torch run with cold caches,

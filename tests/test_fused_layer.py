@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from accelerators import _sparse_kernels as sk
 from accelerators.base import PrepareSettings
-from accelerators.fused_layer import FusedBertLayer, fuse_encoder_layers, key_padding_bias
+from accelerators.fused_layer import FusedBertLayer, fuse_encoder_layers, key_padding_bias, set_attention_precision
 from accelerators.sparse_cpu import SparseCPU, layer_outputs, relative_error
 from accelerators.sparse_int8 import SparseInt8
 from accelerators.sparse_linear import SparseLinear
@@ -508,3 +508,40 @@ def test_lean_classifier_copies_and_pickles():
         assert torch.equal(logits(other, ex), logits(lean, ex))
     with pytest.raises(AttributeError):
         lean.no_such_attribute
+
+
+def test_lean_classifier_plan_matches_the_layer_path_and_follows_changes():
+    """The encoder plan (every layer's kernel calls bound once per input shape) computes the bits of
+    the per-layer path, keeps at most MAX_PLANS shapes, is rebuilt when a layer's settings or
+    weights change (in place or replaced), and steps aside for forward hooks, which then fire."""
+    from accelerators.fused_layer import LeanBertClassifier
+
+    ex = padded_example()
+    lean = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32").prepare(
+        tiny_bert(0.9), ex, PrepareSettings(threads=1)).module
+    assert isinstance(lean, LeanBertClassifier)
+
+    def per_layer(case):  # a forward hook on each layer takes the per-layer path
+        seen = []
+        hooks = [layer.register_forward_hook(lambda *a: seen.append(1)) for layer in lean.layers]
+        try:
+            return logits(lean, case)
+        finally:
+            for h in hooks:
+                h.remove()
+            assert len(seen) == len(lean.layers)
+
+    shapes = [padded_example(batch=b, seq=s) for b, s in ((3, 24), (2, 40), (2, 8), (4, 16), (2, 12))]
+    for case in shapes + [ex]:
+        assert torch.equal(logits(lean, case), per_layer(case))
+    assert len(lean._plans) == LeanBertClassifier.MAX_PLANS
+    before = logits(lean, ex)
+    set_attention_precision(lean, "fp32" if lean.layers[0].attention_precision == "int8" else "int8")
+    assert torch.equal(logits(lean, ex), per_layer(ex))
+    with torch.no_grad():
+        lean.layers[0].att_out.values.mul_(-1)  # in place: the packed kernel handle must follow
+    changed = logits(lean, ex)
+    assert torch.equal(changed, per_layer(ex)) and not torch.equal(changed, before)
+    ln = lean.layers[1].ln2
+    ln.weight = torch.nn.Parameter(ln.weight.detach() * 2)  # replaced: the bound array must follow
+    assert torch.equal(logits(lean, ex), per_layer(ex)) and not torch.equal(logits(lean, ex), changed)

@@ -34,7 +34,7 @@ typedef struct {
 /* tokens per register tile: vpdpbusd fills 64 tokens of 16 rows; other variants run portable C */
 static int default_tile_int8(int variant, int bh)
 {
-    if (variant >= V_VNNI) return bh >= 8 ? 32 : 64;
+    if (variant >= V_VNNI) return bh >= 8 ? 32 : bh == 1 ? 128 : 64;
     return 16;
 }
 

@@ -27,6 +27,8 @@
 #include "sk_mk.inc.h"
 #define MK mq_b1_v4, 1, 4, 2
 #include "sk_mk.inc.h"
+#define MK mq_b1_v8, 1, 8, 1
+#include "sk_mk.inc.h"
 #define MK mq_b2_v1, 2, 1, 4
 #include "sk_mk.inc.h"
 #define MK mq_b2_v2, 2, 2, 2
@@ -63,7 +65,8 @@ static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int3
         const int64_t nvt = w / VW;
         switch (bh) {
         case 1:
-            if (nvt >= 4) { QROWLOOP(mq_b1_v4, 4) }
+            if (nvt >= 8) { QROWLOOP(mq_b1_v8, 8) }
+            else if (nvt >= 4) { QROWLOOP(mq_b1_v4, 4) }
             else if (nvt >= 2) { QROWLOOP(mq_b1_v2, 2) }
             else { QROWLOOP(mq_b1_v1, 1) }
             break;

@@ -1,0 +1,48 @@
+"""scripts/recipe_table.py: the recipes table from run directories."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("recipe_table", Path(__file__).parents[1] / "scripts" / "recipe_table.py")
+recipe_table = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(recipe_table)
+
+
+def _run(tmp_path: Path, name: str, rows: list[dict]) -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_table_reads_accuracy_kept_and_training_from_runs(tmp_path, capsys):
+    training = {"steps": 3000, "steps_per_s": 1.5, "wall_time_s": 2000.0, "precision": "bf16"}
+    a = _run(tmp_path, "recipe-a", [
+        {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.9},
+        {"pruner": "obs", "pruner_label": "obs 0.9 1x4 KD", "accelerator": "torch-fp32", "status": "ok",
+         "accuracy": 0.81, "pruner_params": {"sparsity": 0.9, "structure": "1x4"}, "pruner_training": training,
+         "collapsed": False},
+        {"pruner": "obs", "pruner_label": "obs 0.9 1x4 KD", "accelerator": "sparse-int8", "status": "ok",
+         "accuracy": 0.72, "pruner_params": {"sparsity": 0.9, "structure": "1x4"}, "pruner_training": training,
+         "collapsed": False}])
+    b = _run(tmp_path, "recipe-b", [
+        {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.8},
+        {"pruner": "movement", "pruner_label": "movement 0.95 soft KD", "accelerator": "torch-fp32", "status": "ok",
+         "accuracy": 0.5, "pruner_params": {"sparsity": 0.95, "variant": "soft"}, "collapsed": True}])
+    (tmp_path / "running").mkdir()  # a run without results yet is skipped
+    recs = recipe_table.records([b, a, tmp_path / "running"])
+    assert [r["pruner"] for r in recs] == ["obs", "movement"]  # 1x4 targets first
+    obs, mov = recs
+    assert obs["accuracy"] == {"torch-fp32": 0.81, "sparse-int8": 0.72} and obs["dense_accuracy"] == 0.9
+    assert mov["collapsed"] and mov["structure"] == "unstructured" and mov["dense_accuracy"] == 0.8
+    table = recipe_table.markdown(recs)
+    assert "| 90% 1x4 | obs | 0.8100 | 90.0 % | 0.7200 | 80.0 % | 3000 | 33 min | 1.5 | recipe-a |" in table
+    assert "movement (soft) — collapsed" in table and "62.5 %" in table
+    recipe_table.main([str(a), "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())[0]["run"] == "recipe-a"
+    with pytest.raises(SystemExit):
+        recipe_table.main([str(tmp_path / "running")])

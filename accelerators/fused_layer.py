@@ -35,7 +35,7 @@ from torch import nn
 
 from accelerators import _sparse_kernels as _sk
 from accelerators.roles import ENCODER_LAYER_RE
-from accelerators.sparse_linear import SparseLinear
+from accelerators.sparse_linear import SparseLinear, state_holds
 
 __all__ = ["ATTENTION_PRECISIONS", "FusedBertLayer", "KeyBiasCache", "LeanBertClassifier", "fuse_encoder_layers",
            "key_padding_bias", "set_attention_precision"]
@@ -207,7 +207,7 @@ class FusedBertLayer(nn.Module):
         post-attention hidden state, the FFN intermediate) come from ``work`` (a dict reused by
         every layer of one model: arrays of the same name, shape and dtype are shared) or are
         allocated. Returns ``[(function, args, kwargs), ...]`` to call in order; the calls stay
-        valid while :meth:`bind_key` is unchanged. Lean layers only (RuntimeError otherwise)."""
+        valid while :meth:`bind_state` holds. Lean layers only (RuntimeError otherwise)."""
         if not self.lean:
             raise RuntimeError("bind needs a lean layer (every product one of our kernels)")
         work = {} if work is None else work
@@ -236,12 +236,19 @@ class FusedBertLayer(nn.Module):
             calls += [self.ffn_in.bound_call(h, i), self.ffn_out.bound_call(i, y, h, self.ln2)]
         return calls
 
-    def bind_key(self) -> tuple:
-        """What the calls of :meth:`bind` depend on besides their arrays: attention settings, each
-        kernel's :meth:`SparseLinear.call_key`, the LayerNorm parameters (identity) and eps."""
-        lns = tuple((id(n.weight), id(n.bias), n.eps) for n in (self.ln1, self.ln2))
-        return (self.lean, self.int8_ffn, self.attention_precision, self.threads, self.variant, self.num_heads,
-                self.scaling, lns) + tuple(m.call_key() for m in (self.qkv, self.att_out, self.ffn_in, self.ffn_out))
+    def bind_state(self) -> list[tuple]:
+        """What the calls of :meth:`bind` depend on besides their arrays, as
+        :func:`accelerators.sparse_linear.state_holds` entries: attention settings, each kernel's
+        :meth:`SparseLinear.call_state`, the LayerNorm parameters (the same tensors; their values
+        are read through the bound arrays) and eps."""
+        st = [("attr", self, a, getattr(self, a), None)
+              for a in ("lean", "int8_ffn", "attention_precision", "threads", "variant", "num_heads", "scaling")]
+        for n in (self.ln1, self.ln2):
+            st += [("slot", n._parameters, "weight", n.weight, None), ("slot", n._parameters, "bias", n.bias, None),
+                   ("attr", n, "eps", n.eps, None)]
+        for m in (self.qkv, self.att_out, self.ffn_in, self.ffn_out):
+            st += m.call_state()
+        return st
 
 
 def set_attention_precision(model: nn.Module, precision: str) -> int:
@@ -314,7 +321,7 @@ class LeanBertClassifier(nn.Module):
     Without hooks on the encoder layers, the encoder runs as a *plan*: every layer's kernel calls
     bound once per input shape (:meth:`FusedBertLayer.bind`) to arrays the plan owns (the hidden
     states alternate between two buffers, the layers share their intermediates) and replayed in one
-    loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_key` changes. Between two
+    loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_state` no longer holds. Between two
     large kernel calls the Python of a layer runs with cold caches, which at batch 1 costs about a
     fifth of the forward pass; the plan leaves a tuple unpacking per call. The same calls on the
     same values, so the same bits. The plan's arrays are the model's state: concurrent forwards
@@ -407,18 +414,21 @@ class LeanBertClassifier(nn.Module):
         """The encoder as the bound kernel calls of every layer (see the class doc); ``h`` the
         (B, S, H) float32 embeddings. Returns the last hidden state, (B, S, H) float32 (the plan's
         buffer: read it before the next forward)."""
-        key = tuple(layer.bind_key() for layer in self.layers)
-        plan = next((p for p in self._plans if p[0] == B and p[1] == S and p[2] == key), None)
+        plan = next((p for p in self._plans if p[0] == B and p[1] == S), None)
+        if plan is not None and not state_holds(plan[2]):
+            self._plans.remove(plan)
+            plan = None
         if plan is None:
             H = h.shape[-1]
             bufs = [np.empty((B * S, H), np.float32), np.empty((B * S, H), np.float32)]
             kb = np.zeros((B, S), np.float32)
             work: dict = {}
-            calls = []
+            calls, state = [], []
             for i, layer in enumerate(self.layers):
                 calls += layer.bind(bufs[i % 2], bufs[(i + 1) % 2], kb, B, S, work)
-            plan = (B, S, key, bufs[0], kb, bufs[len(self.layers) % 2], calls)
-            self._plans = [plan] + [p for p in self._plans if (p[0], p[1]) != (B, S)][: self.MAX_PLANS - 1]
+                state += layer.bind_state()
+            plan = (B, S, state, bufs[0], kb, bufs[len(self.layers) % 2], calls)
+        self._plans = [plan] + [p for p in self._plans if p is not plan][: self.MAX_PLANS - 1]
         _, _, _, x0, kb, out, calls = plan
         np.copyto(x0, h.reshape(B * S, -1).numpy())
         np.copyto(kb, key_padding_bias(mask, B, S).numpy())

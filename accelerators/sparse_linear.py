@@ -102,6 +102,22 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
+def state_holds(state: list[tuple]) -> bool:
+    """True while every entry of ``state`` still holds: ``("slot", dict, key, obj, version)`` —
+    ``dict[key] is obj`` and, when ``version`` is not None, ``obj._version == version`` (no in-place
+    change); ``("attr", holder, name, value, None)`` — ``getattr(holder, name) == value``. The
+    entries of :meth:`SparseLinear.call_state` and ``FusedBertLayer.bind_state``; a check over
+    every layer of a model costs tens of microseconds, where hashing the same into a key costs
+    hundreds."""
+    for kind, holder, name, value, version in state:
+        if kind == "slot":
+            if holder.get(name) is not value or (version is not None and value._version != version):
+                return False
+        elif getattr(holder, name) != value:
+            return False
+    return True
+
+
 class SparseLinear(nn.Module):
     """y = act(x @ W.T + b) (+ residual) with a sparse W, computed by the C kernels.
 
@@ -319,7 +335,7 @@ class SparseLinear(nn.Module):
         """The kernel call of :meth:`kernel` (same arguments) as ``(function, args, kwargs)``, not
         run: callers that repeat a call sequence on the same buffers bind it once (see
         :class:`accelerators.fused_layer.LeanBertClassifier`). Repacks first if the buffers changed;
-        the bound call then stays valid while :meth:`call_key` is unchanged."""
+        the bound call then stays valid while :meth:`call_state` holds (:func:`state_holds`)."""
         mat = self._mat
         if mat is None or self._buffers_key() != self._key:
             mat = self.packed()
@@ -339,10 +355,14 @@ class SparseLinear(nn.Module):
             return _sk.spmm, (mat, x, out, self._bias_np, self.threads, self.variant), kw
         return _sk.spmm_int8, (mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token"), kw
 
-    def call_key(self) -> tuple:
-        """What a bound call depends on besides its arrays: the weight buffers (identity and in-place
-        version), activation, threads, variant and activation quantization."""
-        return self._buffers_key() + (self.activation, self.threads, self.variant, self.act_quant)
+    def call_state(self) -> list[tuple]:
+        """What a bound call depends on besides its arrays, as :func:`state_holds` entries: each
+        weight buffer (the same tensor in its slot, at the same in-place version), activation,
+        threads, variant and activation quantization."""
+        bufs = self._buffers
+        st = [("slot", bufs, name, bufs.get(name), None if bufs.get(name) is None else bufs[name]._version)
+              for name in ("indptr", "indices", "values", "bias", "w_scale")]
+        return st + [("attr", self, a, getattr(self, a), None) for a in ("activation", "threads", "variant", "act_quant")]
 
     def _run(self, x, residual, layer_norm, quantize_out: bool):
         # Per-call path, kept lean: after a large kernel call Python and torch run with cold caches,

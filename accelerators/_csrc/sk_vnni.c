@@ -315,6 +315,19 @@ static inline __attribute__((always_inline)) __m512 lanes_inv(__m512 am, __m512 
     return _mm512_maskz_div_ps(ok, _mm512_set1_ps(127.0f), am);
 }
 
+/* inverse scales (lanes_inv) of rows [0, nr) of x (row stride ld, dh channels), 16 rows at a time:
+ * each row's range is the vertical max of its transposed channel vectors; lanes past nr get 0 */
+static inline __attribute__((always_inline)) __m512 rows16_inv(const float *x, int64_t ld, int64_t nr, int64_t dh,
+                                                               __m512 *scale)
+{
+    __m512 r[16], am = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < dh; c0 += 16) {
+        load_tr_rows(x, ld, nr, c0, dh, r);
+        for (int d = 0; d < 16; d++) am = _mm512_max_ps(am, abs_nan_inf(r[d]));
+    }
+    return lanes_inv(am, scale);
+}
+
 /* Quantize and lay out one head (sk_attn8). Keys and queries go 16 rows at a time through 16 x 16
  * transposes, so a row's range is a vertical max over channel vectors (no horizontal reduction
  * per row) and, for keys, four quantized channel vectors interleaved bytewise are one
@@ -326,12 +339,8 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
     for (int64_t j0 = 0; j0 < Sp; j0 += 16) {
         const int64_t nk = S - j0 < 16 ? S - j0 : 16;
         const float *kr = k + j0 * ld;
-        __m512 r[16], am = _mm512_setzero_ps(), sc;
-        for (int64_t c = 0; c < nc; c++) {
-            load_tr_rows(kr, ld, nk, c * 16, dh, r);
-            for (int d = 0; d < 16; d++) am = _mm512_max_ps(am, abs_nan_inf(r[d]));
-        }
-        const __m512 inv = lanes_inv(am, &sc);
+        __m512 r[16], sc;
+        const __m512 inv = rows16_inv(kr, ld, nk, dh, &sc);
         _mm512_store_ps(a->ksc + j0, sc);
         __m512i sum = _mm512_setzero_si512();
         for (int64_t c = 0; c < nc; c++) {
@@ -350,27 +359,20 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
         for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
     }
     /* values: one scale per channel over the head's keys; quads of 4 keys, channels contiguous */
-    const __m512 inf = _mm512_set1_ps(__builtin_inff());
     for (int64_t c = 0; c < nc; c++) {
         const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
         const __mmask16 m = (__mmask16)((1u << nd) - 1u);
-        __m512 am = _mm512_setzero_ps();
-        for (int64_t j = 0; j < S; j++) {
-            __m512 x = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16));
-            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), inf);
-            am = _mm512_max_ps(am, x);
-        }
-        const __mmask16 ok = _mm512_cmp_ps_mask(am, _mm512_setzero_ps(), _CMP_GT_OQ) &
-                             _mm512_cmp_ps_mask(am, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ);
-        const __m512 inv = _mm512_maskz_div_ps(ok, _mm512_set1_ps(127.0f), am);
-        _mm512_store_ps(a->vsc + c * 16, _mm512_maskz_div_ps(ok, am, _mm512_set1_ps(127.0f)));
+        __m512 am = _mm512_setzero_ps(), sc;
+        for (int64_t j = 0; j < S; j++) am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16)));
+        const __m512 inv = lanes_inv(am, &sc);
+        _mm512_store_ps(a->vsc + c * 16, sc);
         for (int64_t jq = 0; jq < Sp / 4; jq++) {
             __m512i w = _mm512_setzero_si512();
             for (int e = 0; e < 4; e++) {
                 const int64_t j = jq * 4 + e;
                 if (j >= S) break;
                 const __m512i qi = qv16(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16), inv);
-                w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qi, _mm512_set1_epi32(0xff)), 8 * e));
+                w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qi, lo8), 8 * e));
             }
             _mm512_store_si512((void *)(a->v8 + (jq * dhp + c * 16) * 4), w);
         }
@@ -379,13 +381,9 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
     for (int64_t i0 = 0; i0 < S; i0 += 16) {
         const int64_t nr = S - i0 < 16 ? S - i0 : 16;
         const float *qr = q + i0 * ld;
-        __m512 r[16], am = _mm512_setzero_ps(), sc;
-        for (int64_t c = 0; c < nc; c++) {
-            load_tr_rows(qr, ld, nr, c * 16, dh, r);
-            for (int d = 0; d < 16; d++) am = _mm512_max_ps(am, abs_nan_inf(r[d]));
-        }
+        __m512 sc;
         float invs[16];
-        _mm512_storeu_ps(invs, lanes_inv(am, &sc));
+        _mm512_storeu_ps(invs, rows16_inv(qr, ld, nr, dh, &sc));
         _mm512_store_ps(a->qsc + i0, sc);
         for (int64_t l = 0; l < nr; l++) {
             const __m512 inv = _mm512_set1_ps(invs[l]);

@@ -430,7 +430,7 @@ class LeanBertClassifier(nn.Module):
             plan = (B, S, state, bufs[0], kb, bufs[len(self.layers) % 2], calls)
         self._plans = [plan] + [p for p in self._plans if p is not plan][: self.MAX_PLANS - 1]
         _, _, _, x0, kb, out, calls = plan
-        np.copyto(x0, h.reshape(B * S, -1).numpy())
+        np.copyto(x0, h.detach().reshape(B * S, -1).numpy())
         np.copyto(kb, key_padding_bias(mask, B, S).numpy())
         for fn, args, kw in calls:
             fn(*args, **kw)

@@ -5,6 +5,7 @@ checked against the transformers layer it replaces, with padded batches.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -471,7 +472,7 @@ def test_lean_classifier_matches_the_transformers_forward_bit_for_bit():
     cases = [ex, other, {k: v for k, v in other.items() if k != "attention_mask"},
              {k: v for k, v in other.items() if k != "token_type_ids"}]
     for case in cases:
-        for ctx in (torch.no_grad, torch.inference_mode):
+        for ctx in (torch.no_grad, torch.inference_mode, contextlib.nullcontext):  # and with grad enabled
             with ctx():
                 assert torch.equal(lean(**case).logits, inner(**case).logits)
     # anything else goes to the wrapped model; its attributes read through the wrapper

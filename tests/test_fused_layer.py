@@ -546,3 +546,17 @@ def test_lean_classifier_plan_matches_the_layer_path_and_follows_changes():
     ln = lean.layers[1].ln2
     ln.weight = torch.nn.Parameter(ln.weight.detach() * 2)  # replaced: the bound array must follow
     assert torch.equal(logits(lean, ex), per_layer(ex)) and not torch.equal(logits(lean, ex), changed)
+
+
+def test_lean_classifier_concurrent_forwards_agree():
+    """Forwards from several threads at once: one holds the plan, the others take the per-layer
+    path; every result is the single-threaded one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = padded_example()
+    lean = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32").prepare(
+        tiny_bert(0.9), ex, PrepareSettings(threads=1)).module
+    want = logits(lean, ex)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: logits(lean, ex), range(40)))
+    assert all(torch.equal(g, want) for g in got)

@@ -321,9 +321,9 @@ class LeanBertClassifier(nn.Module):
     Without hooks on the encoder layers, the encoder runs as a *plan*: every layer's kernel calls
     bound once per input shape (:meth:`FusedBertLayer.bind`) to arrays the plan owns (the hidden
     states alternate between two buffers, the layers share their intermediates) and replayed in one
-    loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_state` no longer holds. Between two
-    large kernel calls the Python of a layer runs with cold caches, which at batch 1 costs about a
-    fifth of the forward pass; the plan leaves a tuple unpacking per call. The same calls on the
+    loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_state` no longer holds.
+    Between two large kernel calls the Python of a layer runs with caches the kernel has just
+    evicted, a large share of a batch-1 forward pass; the plan leaves a tuple unpacking per call. The same calls on the
     same values, so the same bits. The plan's arrays are the model's state: concurrent forwards
     from several threads take the per-layer path while another holds the plan.
 
@@ -342,7 +342,7 @@ class LeanBertClassifier(nn.Module):
         self.model = model
         self.config = model.config
         self.layers = list(model.bert.encoder.layer)
-        self._plans: list = []  # [(B, S, key, x0, kb, out, calls)]
+        self._plans: list = []  # [(B, S, state, x0, kb, out, calls)], most recent first
         self._plan_lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:

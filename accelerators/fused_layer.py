@@ -389,8 +389,8 @@ class LeanBertClassifier(nn.Module):
         mask = None if attention_mask is None else \
             torch.zeros(B, 1, 1, S, dtype=torch.float32).masked_fill_(attention_mask[:, None, None, :] == 0, float("-inf"))
         if self._plannable() and h.dtype == torch.float32 and self._plan_lock.acquire(blocking=False):
-            try:
-                h = self._run_plan(h, mask, B, S)
+            try:  # the last hidden state is the plan's buffer: pool it before another forward may run
+                pooled = self.model.bert.pooler(self._run_plan(h, mask, B, S))
             finally:
                 self._plan_lock.release()
         else:
@@ -398,7 +398,7 @@ class LeanBertClassifier(nn.Module):
                 h = layer(h, mask)
                 if isinstance(h, tuple):
                     h = h[0]
-        pooled = self.model.bert.pooler(h)
+            pooled = self.model.bert.pooler(h)
         return SequenceClassifierOutput(logits=self.model.classifier(pooled))
 
     def _plannable(self) -> bool:

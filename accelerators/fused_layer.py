@@ -212,27 +212,24 @@ class FusedBertLayer(nn.Module):
             raise RuntimeError("bind needs a lean layer (every product one of our kernels)")
         work = {} if work is None else work
 
-        def buf(name: str, cols: int, dtype) -> np.ndarray:
+        def buf(name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
             a = work.get(name)
-            if a is None or a.shape != (B * S, cols) or a.dtype != dtype:
-                a = work[name] = np.empty((B * S, cols), dtype)
+            if a is None or a.shape != shape or a.dtype != dtype:
+                a = work[name] = np.empty(shape, dtype)
             return a
 
         H, T, inter = self.att_out.out_features, B * S, self.ffn_in.out_features
-        qkv, ctx, h = buf("qkv", 3 * H, np.float32), buf("ctx", H, np.float32), buf("h", H, np.float32)
+        qkv, ctx, h = buf("qkv", (T, 3 * H)), buf("ctx", (T, H)), buf("h", (T, H))
         calls = [self.qkv.bound_call(x, qkv),
                  (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb,
                                   self.threads, self.variant, self.attention_precision), {}),
                  self.att_out.bound_call(ctx, h, x, self.ln1)]
         if self.int8_ffn:
-            iq = buf("ffn_int8", inter, np.int8)
-            isc = work.get("ffn_scale")
-            if isc is None or isc.shape != (T,):
-                isc = work["ffn_scale"] = np.empty(T, np.float32)
+            iq, isc = buf("ffn_int8", (T, inter), np.int8), buf("ffn_scale", (T,))
             calls += [self.ffn_in.bound_call(h, iq, out_scale=isc),
                       self.ffn_out.bound_call(iq, y, h, self.ln2, x_scale=isc)]
         else:
-            i = buf("ffn_fp32", inter, np.float32)
+            i = buf("ffn_fp32", (T, inter))
             calls += [self.ffn_in.bound_call(h, i), self.ffn_out.bound_call(i, y, h, self.ln2)]
         return calls
 
@@ -323,9 +320,9 @@ class LeanBertClassifier(nn.Module):
     states alternate between two buffers, the layers share their intermediates) and replayed in one
     loop; the plan is rebuilt when a layer's :meth:`FusedBertLayer.bind_state` no longer holds.
     Between two large kernel calls the Python of a layer runs with caches the kernel has just
-    evicted, a large share of a batch-1 forward pass; the plan leaves a tuple unpacking per call. The same calls on the
-    same values, so the same bits. The plan's arrays are the model's state: concurrent forwards
-    from several threads take the per-layer path while another holds the plan.
+    evicted, a large share of a batch-1 forward pass; the plan leaves a tuple unpacking per call.
+    The same calls on the same values, so the same bits. The plan's arrays are the model's state:
+    concurrent forwards from several threads take the per-layer path while another holds the plan.
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None)`` with int64 (batch, seq)
     tensors returns a ``SequenceClassifierOutput`` with ``logits`` (batch, num_labels) float32; any

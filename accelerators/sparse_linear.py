@@ -178,7 +178,7 @@ class SparseLinear(nn.Module):
         else:
             self.bias = None
         self._mat = None
-        self._key = None
+        self._packed_state = None  # state_holds entries of the buffers the handle was packed from
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -261,21 +261,19 @@ class SparseLinear(nn.Module):
         return out
 
     # ---------------------------------------------------------------- kernel handle
-    def _buffers_key(self):
-        # identity + in-place version of every buffer: a replaced or modified buffer repacks
-        # (read self._buffers directly: nn.Module.__getattr__ is slow on the per-call path)
+    def _buffers_state(self) -> list[tuple]:
+        # each buffer in its slot at its in-place version (state_holds entries): a replaced or
+        # modified buffer repacks (self._buffers directly: nn.Module.__getattr__ is slow per call)
         bufs = self._buffers
-        key = []
-        for name in ("indptr", "indices", "values", "bias", "w_scale"):
-            t = bufs.get(name)
-            key.append(id(t))
-            key.append(t._version if t is not None else 0)
-        return tuple(key)
+        return [("slot", bufs, name, bufs.get(name), None if bufs.get(name) is None else bufs[name]._version)
+                for name in ("indptr", "indices", "values", "bias", "w_scale")]
+
+    def _stale(self) -> bool:
+        return self._mat is None or not state_holds(self._packed_state)
 
     def packed(self):
         """The validated kernel handle (``_sparse_kernels.SparseMatrix``), rebuilt if buffers changed."""
-        key = self._buffers_key()
-        if self._mat is None or key != self._key:
+        if self._stale():
             shape = (self.out_features, self.in_features)
             if self.dtype_name == "fp32":
                 vals = _np(self.values.contiguous())
@@ -288,14 +286,14 @@ class SparseLinear(nn.Module):
             else:
                 self._mat = _sk.pack_int8(_np(self.indptr), _np(self.indices), _np(self.values.contiguous()),
                                           _np(self.w_scale), shape, block=self.block_rows)
-            self._key = key
+            self._packed_state = self._buffers_state()
             self._bias_np = _np(self.bias) if self.bias is not None else None
         return self._mat
 
     def __getstate__(self):
         # the packed C handle is a cache: copies and pickles rebuild it from the buffers
         state = self.__dict__.copy()
-        state.update(_mat=None, _key=None)
+        state.update(_mat=None, _packed_state=None)
         state.pop("_bias_np", None)
         return state
 
@@ -335,9 +333,7 @@ class SparseLinear(nn.Module):
         run: callers that repeat a call sequence on the same buffers bind it once (see
         :class:`accelerators.fused_layer.LeanBertClassifier`). Repacks first if the buffers changed;
         the bound call then stays valid while :meth:`call_state` holds (:func:`state_holds`)."""
-        mat = self._mat
-        if mat is None or self._buffers_key() != self._key:
-            mat = self.packed()
+        mat = self.packed() if self._stale() else self._mat
         kw = {}
         if self.activation != "none":
             kw["activation"] = self.activation
@@ -358,10 +354,9 @@ class SparseLinear(nn.Module):
         """What a bound call depends on besides its arrays, as :func:`state_holds` entries: each
         weight buffer (the same tensor in its slot, at the same in-place version), activation,
         threads, variant and activation quantization."""
-        bufs = self._buffers
-        st = [("slot", bufs, name, bufs.get(name), None if bufs.get(name) is None else bufs[name]._version)
-              for name in ("indptr", "indices", "values", "bias", "w_scale")]
-        return st + [("attr", self, a, getattr(self, a), None) for a in ("activation", "threads", "variant", "act_quant")]
+        self.packed()
+        return self._packed_state + [("attr", self, a, getattr(self, a), None)
+                                     for a in ("activation", "threads", "variant", "act_quant")]
 
     def _run(self, x, residual, layer_norm, quantize_out: bool):
         # Per-call path, kept lean: after a large kernel call Python and torch run with cold caches,

@@ -60,7 +60,6 @@ static inline __attribute__((always_inline)) __m512 sk_exp_nonpos16(__m512 y)
     return _mm512_scalef_ps(p, n);
 }
 
-/* exact-form GELU 0.5 x (1 + erf(x / sqrt 2)); erf by Abramowitz-Stegun 7.1.26 (|error| <= 1.5e-7) */
 /* GELU x Phi(x) (Phi the standard normal CDF: the exact-form 0.5 x (1 + erf(x / sqrt 2))) within
  * 1.7e-6 absolute for every x, without a division or an exp: Phi(|x|) is a cubic in u on each of
  * 16 intervals |x| = (k + u) * 5/16, u in [0, 1), over [0, 5) (coefficients fitted to Phi by least

@@ -31,7 +31,8 @@ typedef struct {
     int per_token, raw;
 } int8_opts;
 
-/* tokens per register tile: vpdpbusd fills 64 tokens of 16 rows; other variants run portable C */
+/* tokens per register tile: vpdpbusd accumulators fill the register file (128 tokens for 1-row
+ * blocks, whose rows are short at 80-90 % sparsity; see _csrc/README.md); other variants run portable C */
 static int default_tile_int8(int variant, int bh)
 {
     if (variant >= V_VNNI) return bh >= 8 ? 32 : bh == 1 ? 128 : 64;

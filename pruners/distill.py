@@ -8,6 +8,16 @@ with teacher logits ``z_t``, student logits ``z_s``, temperature ``T`` and disti
 teacher is a frozen deep copy of the dense model taken before pruning starts (eval mode, no
 gradients). Movement pruning (Sanh et al. 2020) uses T = 2, α = 0.9.
 
+With a hidden-state weight β > 0 (TinyBERT, Jiao et al. 2020, eq. 8; CoFi, Xia et al. 2022, eq. 6),
+the loss adds the mean over the encoder layers l = 1..L of the mean squared error between the
+student's and the teacher's hidden states at the non-padding tokens::
+
+    L += β · (1/L) Σ_l  MSE_tokens( h_s^l, h_t^l )
+
+(student and teacher have the same width, so no projection). These targets depend on the whole
+sequence of activations, so the teacher runs on every batch for them (its logits still come from
+the cache).
+
 Because the teacher is frozen and in eval mode (dropout off), its logits for a training example
 never change: :class:`TeacherLogits` computes them once per example (fp32, no autocast) and keeps
 them, in memory for the run and on disk under a key of the teacher's weights and the training
@@ -27,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from accelerators.base import logits_of as default_logits_of
+from pruners.training import autocast
 
 
 def check_distill(temperature: float, alpha: float) -> None:
@@ -44,6 +55,27 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tas
 
 
 log = logging.getLogger(__name__)
+
+
+def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the per-token mean squared error of hidden states.
+
+    Args:
+        student, teacher: the encoder layers' outputs, each (batch, seq, hidden); equal counts and shapes.
+        attention_mask: (batch, seq), 1 at real tokens, 0 at padding (padding does not count).
+    Returns a float32 scalar. Raises ValueError on mismatched counts or shapes.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"hidden states: student has {len(student)} layers, teacher {len(teacher)}")
+    m = attention_mask.to(torch.float32).unsqueeze(-1)
+    tokens = m.sum().clamp_min(1.0)
+    total = torch.zeros((), dtype=torch.float32)
+    for hs, ht in zip(student, teacher):
+        if hs.shape != ht.shape:
+            raise ValueError(f"hidden states: student {tuple(hs.shape)} vs teacher {tuple(ht.shape)}")
+        d = (hs.float() - ht.float()) * m
+        total = total + d.pow(2).sum() / (tokens * hs.shape[-1])
+    return total / len(student)
 
 
 def weights_key(model: nn.Module, data: Sequence[Sequence[int]]) -> str:
@@ -133,8 +165,12 @@ class Distiller:
     """
 
     def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None,
-                 examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None) -> None:
+                 examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None, hidden_weight: float = 0.0,
+                 precision: str = "fp32") -> None:
         check_distill(temperature, alpha)
+        if isinstance(hidden_weight, bool) or not isinstance(hidden_weight, (int, float)) or not 0.0 <= hidden_weight < math.inf:
+            raise ValueError(f"hidden_distill must be a finite number >= 0, got {hidden_weight!r}")
+        self.hidden_weight, self.precision = float(hidden_weight), precision
         self.teacher = copy.deepcopy(dense).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -153,10 +189,29 @@ class Distiller:
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
             return self._logits_of(self.teacher(**inputs)).float()
 
+    @property
+    def wants_hidden(self) -> bool:
+        """True when :meth:`loss` needs the student's hidden states (``output_hidden_states=True``)."""
+        return self.hidden_weight > 0.0
+
+    def teacher_hidden(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The teacher's encoder-layer outputs (embeddings excluded), each (batch, seq, hidden), computed
+        at the training loop's ``precision`` (the targets need no more precision than the student)."""
+        with torch.no_grad(), autocast(self.precision):
+            out = self.teacher(**inputs, output_hidden_states=True)
+        return tuple(out.hidden_states[1:])
+
     def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor,
-             indices: Sequence[int] | None = None) -> torch.Tensor:
+             indices: Sequence[int] | None = None, student_hidden: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The mixed loss; ``student_hidden`` (the encoder layers' outputs) is required when
+        :attr:`wants_hidden` (ValueError otherwise) and ignored when not."""
         t = self.teacher_logits(inputs, indices)
-        return distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
+        loss = distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
+        if self.wants_hidden:
+            if student_hidden is None:
+                raise ValueError("hidden-state distillation needs the student's hidden states")
+            loss = loss + self.hidden_weight * hidden_mse(student_hidden, self.teacher_hidden(inputs), inputs["attention_mask"])
+        return loss
 
     def save(self) -> None:
         """Persist newly computed teacher logits (no-op without a cache file)."""
@@ -164,4 +219,7 @@ class Distiller:
             self.cache.save()
 
     def describe(self) -> dict:
-        return self.cache.describe() if self.cache is not None else {"teacher_logits": "live teacher every step"}
+        d = self.cache.describe() if self.cache is not None else {"teacher_logits": "live teacher every step"}
+        if self.wants_hidden:
+            d["teacher_hidden_states"] = "live teacher every step"
+        return d

@@ -66,6 +66,9 @@ class TrainingPruner(Pruner):
         distill: distil from the dense model (a frozen copy taken inside ``prune``).
         temperature: distillation temperature T (> 0).
         alpha: weight of the distillation term, in [0, 1].
+        hidden_distill: weight β of hidden-state distillation (mean over encoder layers of the
+            per-token MSE to the teacher's hidden states, :mod:`pruners.distill`), >= 0; 0 = off;
+            needs ``distill``. Costs one teacher forward pass per step.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         roles: encoder Linear roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
@@ -92,6 +95,7 @@ class TrainingPruner(Pruner):
         distill: bool = False,
         temperature: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 2.0,
         alpha: Annotated[float, Range(0.0, 1.0)] = 0.9,
+        hidden_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
         structure: str = "unstructured",
         scope: str = "layer",
         roles: Sequence[str] = ALL_ROLES,
@@ -117,6 +121,9 @@ class TrainingPruner(Pruner):
         self.distill = distill
         check_distill(temperature, alpha)
         self.temperature, self.alpha = float(temperature), float(alpha)
+        self.hidden_distill = _num("hidden_distill", hidden_distill, 0.0, 1000.0)
+        if self.hidden_distill > 0 and not self.distill:
+            raise ValueError(f"hidden_distill = {hidden_distill!r} needs distill = true")
         self.structure = parse_structure(structure)
         self.structure.check_sparsity(self.sparsity)
         if scope not in SCOPES:
@@ -163,8 +170,9 @@ class TrainingPruner(Pruner):
         torch.manual_seed(self.seed)
         layers = self.target_layers(model)
         data = task.train_examples()
-        distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir)
-                     if self.distill else None)
+        distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir,
+                               hidden_weight=self.hidden_distill, precision=precision) if self.distill else None)
+        hidden = distiller is not None and distiller.wants_hidden
         self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
@@ -178,9 +186,12 @@ class TrainingPruner(Pruner):
             idx = next(stream)
             inputs, labels = task.collate([data[i] for i in idx])
             with autocast(precision):
-                logits = logits_of(model(**inputs)).float()
+                out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
+                logits = logits_of(out).float()
             loss = task.loss(logits, labels)
-            return distiller.loss(inputs, logits, loss, idx) if distiller is not None else loss
+            if distiller is None:
+                return loss
+            return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None)
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
@@ -240,7 +251,8 @@ class TrainingPruner(Pruner):
                 "weight_decay": self.weight_decay, "optimizer": "AdamW, linear warm-up then linear decay to 0, clip 1.0",
                 "seed": self.seed, "precision": resolve_precision(self.precision),
             },
-            "distillation": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else False,
+            "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill}
+                             if self.distill else False),
         }
 
 

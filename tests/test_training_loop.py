@@ -147,3 +147,59 @@ def test_fingerprint_does_not_change_when_the_dense_model_is_loaded(tmp_path):
     task.load_finetuned(tmp_path)
     assert task.finetune_report["steps"] == 2
     assert task.fingerprint() == before
+
+
+def test_hidden_mse_counts_real_tokens_only_and_averages_layers():
+    a = [torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)]
+    b = [torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)]
+    b[0][0, 0] = 2.0          # a real token: squared error 4 in each of 4 channels
+    b[1][1, 2] = 100.0        # padding: must not count
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    from pruners.distill import hidden_mse
+    # layer 0: 16 / (3 real tokens · 4 channels); layer 1: 0; mean over the 2 layers
+    assert float(hidden_mse(a, b, mask)) == pytest.approx(16 / 12 / 2)
+    with pytest.raises(ValueError, match="layers"):
+        hidden_mse(a, b[:1], mask)
+    with pytest.raises(ValueError, match="student"):
+        hidden_mse([torch.zeros(2, 3, 5)], [torch.zeros(2, 3, 4)], mask)
+
+
+def test_hidden_distillation_adds_beta_times_the_layer_mse(tiny):
+    task, dense = tiny
+    student = copy.deepcopy(dense)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    student.eval()
+    inputs, labels = task.collate(task.train_examples()[:6])
+    out = student(**inputs, output_hidden_states=True)
+    s = logits_of(out)
+    task_loss = task.loss(s, labels)
+    plain = Distiller(dense, 2.0, 0.9).loss(inputs, s, task_loss)
+    with_hidden = Distiller(dense, 2.0, 0.9, hidden_weight=3.0)
+    with pytest.raises(ValueError, match="hidden states"):
+        with_hidden.loss(inputs, s, task_loss)
+    got = with_hidden.loss(inputs, s, task_loss, student_hidden=out.hidden_states[1:])
+    want_hidden = dense(**inputs, output_hidden_states=True).hidden_states[1:]
+    m = inputs["attention_mask"].float().unsqueeze(-1)
+    mse = sum(((h - t) ** 2 * m).sum() / (m.sum() * h.shape[-1]) for h, t in zip(out.hidden_states[1:], want_hidden))
+    mse = mse / len(want_hidden)
+    assert float(mse) > 0
+    torch.testing.assert_close(got, plain + 3.0 * mse, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="hidden_distill"):
+        Distiller(dense, hidden_weight=-1.0)
+
+
+def test_hidden_distillation_trains_and_is_recorded(tiny, tmp_path):
+    task, dense = tiny
+    with pytest.raises(ValueError, match="needs distill"):
+        GMPPruner(sparsity=0.5, steps=4, hidden_distill=1.0)
+    model = copy.deepcopy(dense)
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, hidden_distill=1.0,
+                       precision="fp32")
+    pruner.cache_dir = tmp_path
+    report = pruner.prune(model, task)
+    assert report.sparsity_prunable == pytest.approx(0.5)
+    assert report.notes["distillation"]["hidden_weight"] == 1.0
+    assert report.notes["training_speed"]["teacher_hidden_states"] == "live teacher every step"
+    assert report.notes["final_loss_mean_last_50"] > 0

@@ -10,7 +10,8 @@ the same function with fewer passes:
                                                   fp32 or INT8) for key-padding masks, torch SDPA otherwise
     h    = LayerNorm1(ctx W_o^T + b_o + x)        residual and LayerNorm inside the kernel call
     y    = LayerNorm2(GELU(h W_i^T + b_i) W_2^T + b_2 + h)   GELU in the kernel; with INT8 kernels the
-                                                  intermediate leaves the first kernel already quantized
+                                                  intermediate leaves the first kernel already quantized,
+                                                  or (lean layers) never leaves one ffn_int8 call
 
 When every product is one of our kernels (stacked q/k/v, both LayerNorms inside their calls, the
 FFN activation in the first FFN kernel), the forward runs on numpy views with one kernel call per
@@ -224,7 +225,9 @@ class FusedBertLayer(nn.Module):
                  (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb,
                                   self.threads, self.variant, self.attention_precision), {}),
                  self.att_out.bound_call(ctx, h, x, self.ln1)]
-        if self.int8_ffn:
+        if self.int8_ffn and self.ffn_in.can_fuse_ffn(self.ffn_out):
+            calls.append(self.ffn_in.bound_ffn_call(self.ffn_out, h, y, h, self.ln2))
+        elif self.int8_ffn:
             iq, isc = buf("ffn_int8", (T, inter), np.int8), buf("ffn_scale", (T,))
             calls += [self.ffn_in.bound_call(h, iq, out_scale=isc),
                       self.ffn_out.bound_call(iq, y, h, self.ln2, x_scale=isc)]

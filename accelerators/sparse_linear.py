@@ -350,6 +350,30 @@ class SparseLinear(nn.Module):
             return _sk.spmm, (mat, x, out, self._bias_np, self.threads, self.variant), kw
         return _sk.spmm_int8, (mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token"), kw
 
+    def can_fuse_ffn(self, second: "SparseLinear") -> bool:
+        """True when ``self`` then ``second`` can run as one ``ffn_int8`` call (:meth:`bound_ffn_call`):
+        both int8 with per-token activation scales, ``second`` without an activation of its own,
+        the same threads and variant, and ``second`` takes ``self``'s output width."""
+        return (isinstance(second, SparseLinear) and self.dtype_name == "int8" and second.dtype_name == "int8"
+                and self.act_quant == "token" and second.act_quant == "token" and second.activation == "none"
+                and self.threads == second.threads and self.variant == second.variant
+                and second.in_features == self.out_features)
+
+    def bound_ffn_call(self, second: "SparseLinear", x, out, residual=None,
+                       layer_norm: Optional[nn.LayerNorm] = None) -> tuple:
+        """``second(self(x))`` (with ``second``'s residual and LayerNorm epilogue) as one bound
+        ``ffn_int8`` call: the intermediate never leaves the kernel, the same bits as
+        :meth:`bound_call` of ``self`` with ``out_scale`` followed by ``second``'s with ``x_scale``.
+        ``x`` (tokens, in_features) float32, ``out`` (tokens, second.out_features) float32. Valid
+        while both layers' :meth:`call_state` hold; ValueError unless :meth:`can_fuse_ffn`."""
+        if not self.can_fuse_ffn(second):
+            raise ValueError("these two layers cannot run as one ffn_int8 call (see can_fuse_ffn)")
+        _, (m1, *_), kw1 = self.bound_call(x, out)
+        _, (m2, *_), kw = second.bound_call(x, out, residual, layer_norm)
+        if "activation" in kw1:
+            kw["activation"] = kw1["activation"]
+        return _sk.ffn_int8, (m1, m2, x, out, self._bias_np, second._bias_np, self.threads, self.variant), kw
+
     def call_state(self) -> list[tuple]:
         """What a bound call depends on besides its arrays, as :func:`state_holds` entries: each
         weight buffer (the same tensor in its slot, at the same in-place version), activation,

@@ -156,6 +156,18 @@ typedef struct sk_kernels {
      * A row whose keys are all masked gets zeros. Needs S <= SK_ATTN8_MAX_S (int32 accumulators). */
     void (*attn_head_int8)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                            float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+    /* Fused INT8 FFN (ffn_int8): the first product's output pass kept channel-major. In place
+     * over the int32 accumulators acc[r * lds + t] (r < nrows; tokens up to nb rounded up to 16,
+     * 64-byte aligned rows), the fp32
+     *   mid[r][t] = act((acc[r][t] - comp[r]) * (sx[t] * sw[r]) + bias[r])   (unpack_int8's arithmetic)
+     * and amax[t] = max(amax[t], max_r |mid[r][t]|) for t < nb (NaN counts as +inf). */
+    void (*mid_int8)(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, const float *bias, const float *sw,
+                     const int32_t *comp, const float *sx, int act, float *amax);
+    /* xq tiles (pack_xq's layout, n_in channels) of channel-major fp32 mid[c * ldm + t] for
+     * t < nb, quantized per token with inverse scales inv[t] by quant_rows' rule; tokens with
+     * inv[t] == 0 (a zero or non-finite range), tokens >= nb and channels >= n_in get u = 128. */
+    void (*pack_mid)(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
+                     const sk_tiling *tl);
 } sk_kernels;
 
 /* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */
@@ -242,6 +254,10 @@ void sk_unpack_i32_generic(const int32_t *scratch, int64_t lds, int64_t nrows, i
                            int64_t ldY, const int32_t *comp);
 void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax);
 void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale);
+void sk_mid_int8_generic(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, const float *bias, const float *sw,
+                         const int32_t *comp, const float *sx, int act, float *amax);
+void sk_pack_mid_generic(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
+                         const sk_tiling *tl);
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);

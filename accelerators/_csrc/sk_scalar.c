@@ -306,6 +306,43 @@ void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, f
     }
 }
 
+void sk_mid_int8_generic(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, const float *bias, const float *sw,
+                         const int32_t *comp, const float *sx, int act, float *amax)
+{
+    for (int64_t r = 0; r < nrows; r++) {
+        int32_t *a = acc + r * lds;
+        float *y = (float *)a;
+        for (int64_t t = 0; t < nb; t++) {
+            /* sk_unpack_int8_generic's expression, so the same bits */
+            const float v = (float)(a[t] - comp[r]) * (sx[t] * sw[r]) + (bias ? bias[r] : 0.0f);
+            const float g = act == SK_ACT_GELU ? sk_gelu1(v) : v;
+            const float m = g != g ? __builtin_inff() : fabsf(g);
+            y[t] = g;
+            if (m > amax[t]) amax[t] = m;
+        }
+    }
+}
+
+void sk_pack_mid_generic(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
+                         const sk_tiling *tl)
+{
+    const int64_t nq = (n_in + 3) / 4;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        uint8_t *xb = xq + tile->offset;
+        const int64_t w = tile->width;
+        for (int64_t q = 0; q < nq; q++)
+            for (int64_t l = 0; l < w; l++) {
+                const int64_t t = tile->t0 + l;
+                for (int e = 0; e < 4; e++) {
+                    const int64_t c = 4 * q + e;
+                    const int keep = t < nb && c < n_in && inv[t] != 0.0f;
+                    xb[(q * w + l) * 4 + e] = (uint8_t)(keep ? sk_quant1(mid[c * ldm + t], inv[t]) + 128 : 128);
+                }
+            }
+    }
+}
+
 /* Portable LayerNorm: double accumulators, two passes (mean, then centred variance). */
 void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
 {
@@ -325,5 +362,5 @@ const sk_kernels sk_kernels_scalar = {
     "scalar", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
-    sk_quant_rows_generic, sk_attn_head_int8_generic,
+    sk_quant_rows_generic, sk_attn_head_int8_generic, sk_mid_int8_generic, sk_pack_mid_generic,
 };

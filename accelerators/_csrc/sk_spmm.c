@@ -90,6 +90,41 @@ int sk_spmm_acquire(sk_spmm_call *c, const sk_spmm_opts *o, int want_dtype, cons
     return sk_epilogue_acquire(c, o);
 }
 
+int sk_ffn_acquire(sk_spmm_call *c1, sk_spmm_call *c2, const sk_spmm_opts *o1, const sk_spmm_opts *o2)
+{
+    memset(c1, 0, sizeof(*c1));
+    memset(c2, 0, sizeof(*c2));
+    if (check_options(c1, o1, DT_INT8, "mat_in: needs an int8 SparseMatrix (pack_int8)") < 0 ||
+        check_options(c2, o2, DT_INT8, "mat_out: needs an int8 SparseMatrix (pack_int8)") < 0)
+        return -1;
+    const SKMatrix *m1 = c1->m, *m2 = c2->m;
+    if (m2->n_in != m1->n_out) {
+        PyErr_Format(PyExc_ValueError, "mat_out: expected n_in %lld (mat_in's n_out), got %lld", (long long)m1->n_out,
+                     (long long)m2->n_in);
+        return -1;
+    }
+    Py_buffer *vb1, *vb2;
+    if (!(c1->x = sk_arg(&c1->bufs, o1->x, "x", 'f', 2, 0)) || !(c2->out = sk_arg(&c1->bufs, o2->out, "out", 'f', 2, 1)) ||
+        sk_arg_opt(&c1->bufs, o1->bias, "bias_in", 'f', 1, 0, &vb1) < 0 ||
+        sk_arg_opt(&c1->bufs, o2->bias, "bias_out", 'f', 1, 0, &vb2) < 0)
+        return -1;
+    c1->T = c2->T = c1->x->shape[0];
+    const int64_t xdims[2] = {SK_ANY, m1->n_in}, odims[2] = {c1->T, m2->n_out};
+    if (sk_check_shape(c1->x, "x", 2, xdims, "tokens") < 0 || sk_check_shape(c2->out, "out", 2, odims, NULL) < 0 ||
+        (vb1 && sk_check_shape(vb1, "bias_in", 1, &m1->n_out, NULL) < 0) ||
+        (vb2 && sk_check_shape(vb2, "bias_out", 1, &m2->n_out, NULL) < 0))
+        return -1;
+    if (sk_overlap(c1->x, c2->out) || (vb1 && sk_overlap(vb1, c2->out)) || (vb2 && sk_overlap(vb2, c2->out))) {
+        PyErr_SetString(PyExc_ValueError, "out must not overlap x, bias_in or bias_out");
+        return -1;
+    }
+    c1->out = c2->out;
+    c2->x = c1->x;
+    c1->bias = vb1 ? (const float *)vb1->buf : NULL;
+    c2->bias = vb2 ? (const float *)vb2->buf : NULL;
+    return sk_epilogue_acquire(c2, o2);
+}
+
 /* chunks per unpack group: scratch of about 160 KiB per thread (L2), at most 16 chunks */
 static int64_t unpack_group(int64_t lds)
 {

@@ -238,6 +238,155 @@ static int spmm_int8_run(const sk_spmm_call *c, const sk_spmm_opts *o, const int
     return rc;
 }
 
+/* ---- ffn_int8: two products with the intermediate kept channel-major ----------------------
+ * Per token block: x quantized and packed (as spmm_int8), the first product's accumulators for
+ * all n_mid rows kept (group by group: dequantize + bias + activation in place, per-token ranges as
+ * vertical maxima: mid_int8), the intermediate quantized per token straight into the second
+ * product's packed layout (pack_mid), the second product's output pass (bias, residual) and
+ * LayerNorm as spmm_int8. The same values as spmm_int8(..., out_scale) followed by
+ * spmm_int8(..., x_scale): no transposes, staging rows or packing of the intermediate between. */
+typedef struct {
+    int8_job in, out;  /* in: X, amax / sx / inv of x, xq; out: Y, sx / inv of the intermediate, xq, scratch */
+    int32_t *mid;      /* per thread: the first product's rows (nchunks * 16) x lds */
+    int64_t mid_stride;
+    float *amid;       /* T: per-token range of the intermediate */
+} ffn_job;
+
+static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
+{
+    const int8_job *A = &F->in, *B = &F->out;
+    const sk_spmm_call *c1 = A->c, *c2 = B->c;
+    const SKMatrix *m1 = c1->m, *m2 = c2->m;
+    const sk_kernels *kt = c1->kt;
+    const int64_t nq1 = (m1->n_in + 3) / 4, nq2 = (m2->n_in + 3) / 4, N1 = m1->n_out, N2 = m2->n_out;
+    const int64_t tb = A->p.tb, lds = A->p.lds, brpc = SK_ROWS_PER_CHUNK / m1->bh;
+    uint8_t *xq1 = A->xq + (int64_t)tid * A->xq_stride, *xq2 = B->xq + (int64_t)tid * B->xq_stride;
+    int32_t *mid = F->mid + (int64_t)tid * F->mid_stride;
+    int32_t *scr2 = B->scratch + (int64_t)tid * B->p.group * SK_ROWS_PER_CHUNK * lds;
+    sk_tiling tl1, tl2;
+    for (int64_t t0 = ta; t0 < te; t0 += tb) {
+        const int64_t nb = te - t0 < tb ? te - t0 : tb;
+        sk_make_tiling(&tl1, nb, A->p.tt, nq1 * 4);
+        int8_pack(A, &tl1, xq1, t0, nb, 0, nq1);
+        for (int64_t t = t0; t < t0 + nb; t++) F->amid[t] = 0.0f;
+        for (int64_t g = 0; g < m1->nchunks; g += A->p.group) {
+            const int64_t g1 = g + A->p.group < m1->nchunks ? g + A->p.group : m1->nchunks;
+            for (int64_t ch = g; ch < g1; ch++) {
+                const int64_t br0 = ch * brpc, br1 = br0 + brpc < m1->nbr ? br0 + brpc : m1->nbr;
+                kt->tile_int8(m1->bh, m1->ptr, m1->idx, m1->qval, br0, br1, xq1, &tl1, nq1,
+                              mid + ch * SK_ROWS_PER_CHUNK * lds, lds);
+            }
+            const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+            int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+            if (nrows > N1 - r0) nrows = N1 - r0;
+            if (nrows > 0) /* while the group's rows are in cache */
+                kt->mid_int8(mid + r0 * lds, lds, nrows, nb, c1->bias ? c1->bias + r0 : NULL, m1->wscale + r0,
+                             m1->wsum + r0, A->sx + t0, c1->act, F->amid + t0);
+        }
+        for (int64_t t = t0; t < t0 + nb; t++) { /* quant_rows' scales */
+            const float a = F->amid[t];
+            const int ok = a > 0.0f && a <= 3.0e38f;
+            B->inv[t] = ok ? 127.0f / a : 0.0f;
+            B->sx[t] = ok ? a / 127.0f : 0.0f;
+        }
+        sk_make_tiling(&tl2, nb, B->p.tt, nq2 * 4);
+        kt->pack_mid((const float *)mid, lds, N1, nb, B->inv + t0, xq2, &tl2);
+        int8_block(B, &tl2, xq2, scr2, B->Y + t0 * N2, t0, nb, 0, m2->nchunks);
+        sk_apply_ln(kt, c2->lnp, B->Y, N2, t0, t0 + nb);
+    }
+}
+
+static void run_ffn(const ffn_job *F)
+{
+    const int64_t T = F->in.c->T;
+#pragma omp parallel num_threads(F->in.p.nt)
+    {
+        const int tid = sk_thread_num(), nthr = sk_num_threads();
+        int64_t ta, te;
+        sk_token_range(T, tid, nthr, &ta, &te);
+        int8_scales(&F->in, ta, te); /* per token, token split: no barrier */
+        ffn_tokens(F, tid, ta, te);
+    }
+}
+
+static int ffn_int8_run(const sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_opts *o1)
+{
+    const SKMatrix *m1 = c1->m, *m2 = c2->m;
+    const int64_t T = c1->T, Tp = sk_round_up(T, 16), nq1 = (m1->n_in + 3) / 4, nq2 = (m2->n_in + 3) / 4;
+    if (T == 0 || m2->n_out == 0) return 0;
+    ffn_job F = {.in = {.c = c1, .per_token = 1}, .out = {.c = c2, .per_token = 1}};
+    /* token split always (each thread needs whole intermediate rows); one token block for both */
+    sk_plan_make(&F.in.p, o1, 2, T, default_tile_int8(c1->variant, m1->bh), 128);
+    sk_plan_make(&F.out.p, o1, 2, T, default_tile_int8(c2->variant, m2->bh), F.in.p.tb);
+    F.out.p.tb = F.in.p.tb;
+    F.out.p.lds = F.in.p.lds;
+    const int64_t nt = F.in.p.nt, tbp = sk_round_up(F.in.p.tb, SK_TOK_GROUP), lds = F.in.p.lds;
+    F.in.X = (const float *)c1->x->buf;
+    F.out.Y = (float *)c2->out->buf;
+    F.in.xq_stride = sk_round_up(nq1 * 4 * tbp, 64);
+    F.out.xq_stride = sk_round_up(nq2 * 4 * tbp, 64);
+    F.mid_stride = m1->nchunks * SK_ROWS_PER_CHUNK * lds;
+    size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0, n5 = 0;
+    F.in.xq = (uint8_t *)sk_ws_take((size_t)(F.in.xq_stride * nt), &n1);
+    F.out.xq = (uint8_t *)sk_ws_take((size_t)(F.out.xq_stride * nt), &n2);
+    F.mid = (int32_t *)sk_ws_take(sizeof(int32_t) * (size_t)(F.mid_stride * nt), &n3);
+    F.out.scratch = (int32_t *)sk_ws_take(sizeof(int32_t) * (size_t)(nt * F.out.p.group * SK_ROWS_PER_CHUNK * lds), &n4);
+    float *sc = (float *)sk_ws_take(sizeof(float) * (size_t)(6 * Tp), &n5);
+    int rc = 0;
+    if (!F.in.xq || !F.out.xq || !F.mid || !F.out.scratch || !sc) {
+        PyErr_NoMemory();
+        rc = -1;
+    } else {
+        F.in.amax = sc, F.in.sx = sc + Tp, F.in.inv = sc + 2 * Tp;
+        F.amid = sc + 3 * Tp, F.out.sx = sc + 4 * Tp, F.out.inv = sc + 5 * Tp;
+        Py_BEGIN_ALLOW_THREADS
+        run_ffn(&F);
+        Py_END_ALLOW_THREADS
+    }
+    sk_ws_give(F.in.xq, n1);
+    sk_ws_give(F.out.xq, n2);
+    sk_ws_give(F.mid, n3);
+    sk_ws_give(F.out.scratch, n4);
+    sk_ws_give(sc, n5);
+    return rc;
+}
+
+PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"mat_in", "mat_out", "x", "out", "bias_in", "bias_out", "threads", "variant", "tile",
+                             "token_block", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
+    sk_spmm_opts o1 = SK_SPMM_OPTS_INIT, o2 = SK_SPMM_OPTS_INIT;
+    PyObject *mat_out = NULL, *out = NULL, *bias_out = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOiOiiOOOOd:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
+                                     &o1.bias, &bias_out, &o1.threads, &o1.variant, &o1.tile, &o1.token_block,
+                                     &o1.activation, &o2.residual, &o2.ln_weight, &o2.ln_bias, &o2.ln_eps))
+        return NULL;
+    o2.mat = mat_out, o2.out = out, o2.bias = bias_out;
+    o2.threads = o1.threads, o2.variant = o1.variant, o2.tile = o1.tile, o2.token_block = o1.token_block;
+    sk_spmm_call c1, c2;
+    int rc = sk_ffn_acquire(&c1, &c2, &o1, &o2);
+    if (rc == 0) rc = ffn_int8_run(&c1, &c2, &o1);
+    sk_args_release(&c1.bufs);
+    sk_args_release(&c2.bufs);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+const char sk_doc_ffn_int8[] =
+    "ffn_int8(mat_in, mat_out, x, out, bias_in=None, bias_out=None, threads=1, variant=None, tile=0,\n"
+    "         token_block=0, activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12)\n\n"
+    "A transformer feed-forward block in two INT8 products, with the intermediate never leaving the call:\n"
+    "  mid = act(dequant(quant(x) @ W_in_q.T) + bias_in)        x float32 (tokens, n_in), per-token scales\n"
+    "  out = LN(dequant(quant(mid) @ W_out_q.T) + bias_out + residual)   out float32 (tokens, n_out)\n"
+    "mat_in, mat_out: int8 SparseMatrix (pack_int8) with mat_out's n_in equal to mat_in's n_out;\n"
+    "quant() is spmm_int8's per-token rule for both; activation None/'none'/'gelu'; residual float32\n"
+    "like out (it may be x itself); ln_weight / ln_bias / ln_eps as spmm. Bit-identical to\n"
+    "spmm_int8(mat_in, x, q, bias_in, per_token=True, activation=..., out_scale=s) followed by\n"
+    "spmm_int8(mat_out, q, out, bias_out, x_scale=s, residual=..., ln_...) with the same threads,\n"
+    "variant and tile. Threads always split the tokens. GIL released; errors as spmm (ValueError,\n"
+    "TypeError), never a crash.";
+
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",

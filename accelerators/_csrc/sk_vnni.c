@@ -248,6 +248,85 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
     }
 }
 
+/* one dequantized + activated vector of mid_int8, its |y| folded into am (NaN as +inf) */
+static inline __attribute__((always_inline)) void mid16(int32_t *p, __m512i cv, __m512 s, __m512 bv, int act,
+                                                         __m512 *am)
+{
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512((const void *)p), cv)), s, bv);
+    if (act == SK_ACT_GELU) y = sk_gelu16(y);
+    _mm512_store_ps((float *)p, y);
+    const __m512 v = _mm512_abs_ps(y);
+    *am = _mm512_max_ps(*am, _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                                                _mm512_set1_ps(__builtin_inff())));
+}
+
+/* mid_int8 (see sk_common.h): unpack_int8's arithmetic (sw * sx, then one fmadd) on 16 tokens per
+ * vector; per-token ranges as vertical maxima. A row's tokens are contiguous: rows outer, the
+ * token vectors of a full 128-token block unrolled (their ranges and scales stay in registers). */
+static void mid_int8(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, const float *bias, const float *sw,
+                     const int32_t *comp, const float *sx, int act, float *amax)
+{
+    if (nb == 128) {
+        __m512 am[8], sxv[8];
+        for (int v = 0; v < 8; v++) am[v] = _mm512_loadu_ps(amax + 16 * v), sxv[v] = _mm512_loadu_ps(sx + 16 * v);
+        for (int64_t r = 0; r < nrows; r++) {
+            const __m512i cv = _mm512_set1_epi32(comp[r]);
+            const __m512 swv = _mm512_set1_ps(sw[r]), bv = bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+            int32_t *p = acc + r * lds;
+            for (int v = 0; v < 8; v++) mid16(p + 16 * v, cv, _mm512_mul_ps(swv, sxv[v]), bv, act, &am[v]);
+        }
+        for (int v = 0; v < 8; v++) _mm512_storeu_ps(amax + 16 * v, am[v]);
+        return;
+    }
+    for (int64_t t = 0; t < nb; t += 16) {
+        const int64_t n = nb - t < 16 ? nb - t : 16;
+        const __mmask16 tm = (__mmask16)((1u << n) - 1u);
+        const __m512 sxv = _mm512_maskz_loadu_ps(tm, sx + t);
+        __m512 am = _mm512_maskz_loadu_ps(tm, amax + t);
+        for (int64_t r = 0; r < nrows; r++)
+            mid16(acc + r * lds + t, _mm512_set1_epi32(comp[r]), _mm512_mul_ps(_mm512_set1_ps(sw[r]), sxv),
+                  bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps(), act, &am);
+        _mm512_mask_storeu_ps(amax + t, tm, am);
+    }
+}
+
+/* pack_mid (see sk_common.h): for 16 tokens, each quad's 4 channel rows quantized (quant_rows'
+ * rule) and interleaved bytewise into one 32-bit word per token: no transpose */
+static void pack_mid(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
+                     const sk_tiling *tl)
+{
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    const __m512i off = _mm512_set1_epi32(128), pad = _mm512_set1_epi32((int)0x80808080u);
+    const int64_t nq = (n_in + 3) / 4;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        int32_t *xb = (int32_t *)(xq + tile->offset);
+        const int64_t w = tile->width;
+        for (int64_t tg = 0; tg < w; tg += 16) {
+            const int64_t t = tile->t0 + tg;
+            const int64_t n = nb - t <= 0 ? 0 : (nb - t < 16 ? nb - t : 16);
+            const __mmask16 tm = (__mmask16)((1u << n) - 1u);
+            const __m512 invv = _mm512_maskz_loadu_ps(tm, inv + t);
+            const __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, invv, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+            const float *col = mid + t;
+            for (int64_t q = 0; q < nq; q++) {
+                __m512i word = _mm512_setzero_si512();
+                for (int e = 0; e < 4; e++) {
+                    const int64_t c = 4 * q + e;
+                    __m512i u = off;
+                    if (c < n_in) {
+                        const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_load_ps(col + c * ldm), invv),
+                                                                     lo), hi);
+                        u = _mm512_add_epi32(_mm512_cvtps_epi32(v), off);
+                    }
+                    word = _mm512_or_si512(word, _mm512_slli_epi32(u, 8 * e));
+                }
+                _mm512_store_si512((void *)(xb + q * w + tg), _mm512_mask_mov_epi32(pad, keep, word));
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------
  * INT8 attention head (sk_kernels.attn_head_int8): Q K^T and P V with vpdpbusd. Scores are 16
  * keys wide (K packed [quads][keys][4 bytes], one broadcast 32-bit quad of q per step); the
@@ -513,6 +592,6 @@ static void attn_head_int8(const float *q, const float *k, const float *v, int64
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
-    sk_avx512_layer_norm, quant_rows, attn_head_int8,
+    sk_avx512_layer_norm, quant_rows, attn_head_int8, mid_int8, pack_mid,
 };
 #endif

@@ -1,0 +1,118 @@
+"""``ffn_int8``: the feed-forward block in one call, the intermediate kept channel-major inside it.
+It must give the same bits as the two ``spmm_int8`` calls it replaces (the first quantizing its
+output per token, the second taking that int8 input), on every variant this CPU supports, for
+every block height, token count (tails of 16-token groups and of token blocks), thread count, with
+and without each epilogue; and validate every argument like the other entry points."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+sk = pytest.importorskip("accelerators._sparse_kernels")
+
+from accelerators.sparse_linear import dense_to_blocks  # noqa: E402
+
+VARIANTS = sk.supported_variants()
+
+
+def pack(rng, n_out, n_in, bh, density):
+    w = rng.integers(-127, 128, (n_out, n_in), dtype=np.int64) * (rng.random((n_out, n_in)) < density)
+    ip, ix, bl = dense_to_blocks(torch.from_numpy(w.astype(np.int8)), bh, 4)
+    scale = (rng.random(n_out) * 0.01 + 1e-3).astype(np.float32)
+    return sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy(), scale, (n_out, n_in), block=bh)
+
+
+def two_calls(m1, m2, x, b1, b2, act, residual, lnw, lnb, **kw):
+    T = x.shape[0]
+    q, s = np.empty((T, m1.shape[0]), np.int8), np.empty(T, np.float32)
+    sk.spmm_int8(m1, x, q, b1, activation=act, out_scale=s, split="tokens", **kw)
+    out = np.empty((T, m2.shape[0]), np.float32)
+    sk.spmm_int8(m2, q, out, b2, x_scale=s, residual=residual, ln_weight=lnw, ln_bias=lnb, split="tokens", **kw)
+    return out
+
+
+def case(seed, T, hidden=40, inter=132, bh_in=1, bh_out=1, density=0.3):
+    rng = np.random.default_rng(seed)
+    m1, m2 = pack(rng, inter, hidden, bh_in, density), pack(rng, hidden, inter, bh_out, density)
+    x = rng.standard_normal((T, hidden)).astype(np.float32)
+    b1 = rng.standard_normal(inter).astype(np.float32)
+    b2 = rng.standard_normal(hidden).astype(np.float32)
+    lnw, lnb = rng.random(hidden).astype(np.float32) + 0.5, rng.standard_normal(hidden).astype(np.float32)
+    return m1, m2, x, b1, b2, lnw, lnb
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bh_in,bh_out", [(1, 1), (4, 1), (1, 8), (2, 4)])
+@pytest.mark.parametrize("tokens", [1, 16, 37, 128, 300])
+def test_same_bits_as_the_two_calls(variant, bh_in, bh_out, tokens):
+    m1, m2, x, b1, b2, lnw, lnb = case(tokens * 10 + bh_in + bh_out, tokens, bh_in=bh_in, bh_out=bh_out)
+    for threads in (1, 2):
+        want = two_calls(m1, m2, x, b1, b2, "gelu", x, lnw, lnb, threads=threads, variant=variant)
+        got = np.full_like(want, np.nan)
+        sk.ffn_int8(m1, m2, x, got, b1, b2, threads=threads, variant=variant, activation="gelu", residual=x,
+                    ln_weight=lnw, ln_bias=lnb)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_epilogues_optional_and_token_blocks(variant):
+    m1, m2, x, b1, b2, lnw, lnb = case(5, 200, hidden=64, inter=256)
+    for kw in ({}, {"tile": 16, "token_block": 48}, {"tile": 64}):
+        want = two_calls(m1, m2, x, None, None, None, None, None, None, variant=variant, **kw)
+        got = np.empty_like(want)
+        sk.ffn_int8(m1, m2, x, got, variant=variant, **kw)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_zero_nan_and_inf_rows(variant):
+    m1, m2, x, b1, b2, lnw, lnb = case(9, 48)
+    x[3] = 0.0
+    x[5, 2] = np.nan
+    x[7, 0] = np.inf
+    want = two_calls(m1, m2, x, b1, b2, "gelu", x, lnw, lnb, variant=variant)
+    got = np.empty_like(want)
+    sk.ffn_int8(m1, m2, x, got, b1, b2, variant=variant, activation="gelu", residual=x, ln_weight=lnw, ln_bias=lnb)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_validation():
+    m1, m2, x, b1, b2, lnw, lnb = case(1, 8)
+    out = np.empty((8, 40), np.float32)
+    with pytest.raises(ValueError, match="mat_out: expected n_in 132"):
+        sk.ffn_int8(m1, m1, x, out)
+    with pytest.raises(TypeError, match="mat_in: needs an int8"):
+        sk.ffn_int8(sk.pack_csr(np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.float32), (1, 40)), m2, x, out)
+    with pytest.raises(ValueError, match="x: expected shape"):
+        sk.ffn_int8(m1, m2, x[:, :39].copy(), out)
+    with pytest.raises(ValueError, match="out: expected shape"):
+        sk.ffn_int8(m1, m2, x, out[:7])
+    with pytest.raises(ValueError, match="bias_in: expected length 132"):
+        sk.ffn_int8(m1, m2, x, out, b2)
+    with pytest.raises(ValueError, match="bias_out: expected length 40"):
+        sk.ffn_int8(m1, m2, x, out, b1, b1)
+    with pytest.raises(ValueError, match="out must not overlap"):
+        sk.ffn_int8(m1, m2, x, x)
+    with pytest.raises(ValueError, match="residual must not overlap out"):
+        sk.ffn_int8(m1, m2, x, out, residual=out)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        sk.ffn_int8(m1, m2, x, out, residual=out[:4].copy())
+    with pytest.raises(ValueError, match="activation must be"):
+        sk.ffn_int8(m1, m2, x, out, activation="relu")
+    with pytest.raises(ValueError, match="ln_bias needs ln_weight"):
+        sk.ffn_int8(m1, m2, x, out, ln_bias=lnb)
+    with pytest.raises(ValueError, match="threads"):
+        sk.ffn_int8(m1, m2, x, out, threads=0)
+    with pytest.raises(TypeError):
+        sk.ffn_int8(m1, m2, x.astype(np.float64), out)
+    ro = np.empty((8, 40), np.float32)
+    ro.setflags(write=False)
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        sk.ffn_int8(m1, m2, x, ro)
+    # nothing written by a rejected call; empty input is a no-op
+    before = out.copy()
+    with pytest.raises(ValueError):
+        sk.ffn_int8(m1, m2, x, out, b2)
+    np.testing.assert_array_equal(out, before)
+    sk.ffn_int8(m1, m2, np.empty((0, 40), np.float32), np.empty((0, 40), np.float32))

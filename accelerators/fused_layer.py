@@ -200,15 +200,30 @@ class FusedBertLayer(nn.Module):
             fn(*args, **kw)
         return y
 
+    @property
+    def takes_x_amax(self) -> bool:
+        """True when :meth:`bind` can take ``x_amax``, the input's per-token ranges (INT8 q/k/v)."""
+        return self.lean and self.qkv.dtype_name == "int8"
+
+    @property
+    def gives_y_amax(self) -> bool:
+        """True when :meth:`bind` can write ``y_amax``, the output's per-token ranges (INT8 FFN output)."""
+        return self.lean and self.ffn_out.dtype_name == "int8"
+
     def bind(self, x: np.ndarray, y: np.ndarray, kb: np.ndarray, B: int, S: int,
-             work: Optional[dict] = None) -> list[tuple]:
+             work: Optional[dict] = None, x_amax: Optional[np.ndarray] = None,
+             y_amax: Optional[np.ndarray] = None) -> list[tuple]:
         """The kernel calls of one lean forward, bound to arrays and not run: ``x`` the (B * S, H)
         float32 input, ``y`` the (B * S, H) float32 output (not overlapping ``x``), ``kb`` the
         (B, S) float32 key bias. Intermediates (stacked q/k/v, attention context, the
         post-attention hidden state, the FFN intermediate) come from ``work`` (a dict reused by
         every layer of one model: arrays of the same name, shape and dtype are shared) or are
-        allocated. Returns ``[(function, args, kwargs), ...]`` to call in order; the calls stay
-        valid while :meth:`bind_state` holds. Lean layers only (RuntimeError otherwise)."""
+        allocated. ``x_amax`` (only where :attr:`takes_x_amax`): float32 (B * S,), max |x| per
+        token, written by the previous layer's calls before these run; ``y_amax`` (only where
+        :attr:`gives_y_amax`): float32 (B * S,) that receives max |y| per token, for the next
+        layer. Between the kernels of the layer, the post-attention hidden state's ranges pass
+        the same way. Returns ``[(function, args, kwargs), ...]`` to call in order; the calls
+        stay valid while :meth:`bind_state` holds. Lean layers only (RuntimeError otherwise)."""
         if not self.lean:
             raise RuntimeError("bind needs a lean layer (every product one of our kernels)")
         work = {} if work is None else work
@@ -219,21 +234,26 @@ class FusedBertLayer(nn.Module):
                 a = work[name] = np.empty(shape, dtype)
             return a
 
+        if (x_amax is not None and not self.takes_x_amax) or (y_amax is not None and not self.gives_y_amax):
+            raise ValueError("x_amax / y_amax where the layer's first / last kernel is not INT8")
         H, T, inter = self.att_out.out_features, B * S, self.ffn_in.out_features
         qkv, ctx, h = buf("qkv", (T, 3 * H)), buf("ctx", (T, H)), buf("h", (T, H))
-        calls = [self.qkv.bound_call(x, qkv),
+        # h's ranges from the attention output's LayerNorm to the first FFN kernel, when both are INT8
+        h_amax = buf("h_amax", (T,)) if self.att_out.dtype_name == "int8" and self.ffn_in.dtype_name == "int8" else None
+        calls = [self.qkv.bound_call(x, qkv, x_amax=x_amax),
                  (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb,
                                   self.threads, self.variant, self.attention_precision), {}),
-                 self.att_out.bound_call(ctx, h, x, self.ln1)]
+                 self.att_out.bound_call(ctx, h, x, self.ln1, out_amax=h_amax)]
         if self.int8_ffn and self.ffn_in.can_fuse_ffn(self.ffn_out):
-            calls.append(self.ffn_in.bound_ffn_call(self.ffn_out, h, y, h, self.ln2))
+            calls.append(self.ffn_in.bound_ffn_call(self.ffn_out, h, y, h, self.ln2, x_amax=h_amax, out_amax=y_amax))
         elif self.int8_ffn:
             iq, isc = buf("ffn_int8", (T, inter), np.int8), buf("ffn_scale", (T,))
-            calls += [self.ffn_in.bound_call(h, iq, out_scale=isc),
-                      self.ffn_out.bound_call(iq, y, h, self.ln2, x_scale=isc)]
+            calls += [self.ffn_in.bound_call(h, iq, out_scale=isc, x_amax=h_amax),
+                      self.ffn_out.bound_call(iq, y, h, self.ln2, x_scale=isc, out_amax=y_amax)]
         else:
             i = buf("ffn_fp32", (T, inter))
-            calls += [self.ffn_in.bound_call(h, i), self.ffn_out.bound_call(i, y, h, self.ln2)]
+            calls += [self.ffn_in.bound_call(h, i, x_amax=h_amax), self.ffn_out.bound_call(i, y, h, self.ln2,
+                                                                                           out_amax=y_amax)]
         return calls
 
     def bind_state(self) -> list[tuple]:
@@ -421,11 +441,18 @@ class LeanBertClassifier(nn.Module):
         if plan is None:
             H = h.shape[-1]
             bufs = [np.empty((B * S, H), np.float32), np.empty((B * S, H), np.float32)]
+            # each hidden state's per-token ranges, from the layer that writes it to the next one
+            amax = [np.empty(B * S, np.float32), np.empty(B * S, np.float32)]
             kb = np.zeros((B, S), np.float32)
             work: dict = {}
             calls, state = [], []
+            n = len(self.layers)
             for i, layer in enumerate(self.layers):
-                calls += layer.bind(bufs[i % 2], bufs[(i + 1) % 2], kb, B, S, work)
+                hand_in = i > 0 and self.layers[i - 1].gives_y_amax and layer.takes_x_amax
+                hand_out = i + 1 < n and layer.gives_y_amax and self.layers[i + 1].takes_x_amax
+                calls += layer.bind(bufs[i % 2], bufs[(i + 1) % 2], kb, B, S, work,
+                                    x_amax=amax[i % 2] if hand_in else None,
+                                    y_amax=amax[(i + 1) % 2] if hand_out else None)
                 state += layer.bind_state()
             plan = (B, S, state, bufs[0], kb, bufs[len(self.layers) % 2], calls)
         self._plans = [plan] + [p for p in self._plans if p is not plan][: self.MAX_PLANS - 1]

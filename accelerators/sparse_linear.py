@@ -328,11 +328,14 @@ class SparseLinear(nn.Module):
         fn(*args, **kw)
 
     def bound_call(self, x, out, residual=None, layer_norm: Optional[nn.LayerNorm] = None, x_scale=None,
-                   out_scale=None) -> tuple:
+                   out_scale=None, x_amax=None, out_amax=None) -> tuple:
         """The kernel call of :meth:`kernel` (same arguments) as ``(function, args, kwargs)``, not
         run: callers that repeat a call sequence on the same buffers bind it once (see
         :class:`accelerators.fused_layer.LeanBertClassifier`). Repacks first if the buffers changed;
-        the bound call then stays valid while :meth:`call_state` holds (:func:`state_holds`)."""
+        the bound call then stays valid while :meth:`call_state` holds (:func:`state_holds`).
+        int8 mode: ``x_amax`` float32 (tokens,) the per-token ranges max |x| of a float32 ``x``
+        already known (another call's ``out_amax``; the range pass is skipped), ``out_amax``
+        float32 (tokens,) receives those of a float32 ``out``; ValueError in fp32 mode."""
         mat = self.packed() if self._stale() else self._mat
         kw = {}
         if self.activation != "none":
@@ -346,6 +349,11 @@ class SparseLinear(nn.Module):
             kw["x_scale"] = x_scale
         if out_scale is not None:
             kw["out_scale"] = out_scale
+        for name, a in (("x_amax", x_amax), ("out_amax", out_amax)):
+            if a is not None:
+                if self.dtype_name != "int8":
+                    raise ValueError(f"{name} needs an int8 SparseLinear")
+                kw[name] = a
         if self.dtype_name == "fp32":
             return _sk.spmm, (mat, x, out, self._bias_np, self.threads, self.variant), kw
         return _sk.spmm_int8, (mat, x, out, self._bias_np, self.threads, self.variant, self.act_quant == "token"), kw
@@ -360,16 +368,18 @@ class SparseLinear(nn.Module):
                 and second.in_features == self.out_features)
 
     def bound_ffn_call(self, second: "SparseLinear", x, out, residual=None,
-                       layer_norm: Optional[nn.LayerNorm] = None) -> tuple:
+                       layer_norm: Optional[nn.LayerNorm] = None, x_amax=None, out_amax=None) -> tuple:
         """``second(self(x))`` (with ``second``'s residual and LayerNorm epilogue) as one bound
         ``ffn_int8`` call: the intermediate never leaves the kernel, the same bits as
         :meth:`bound_call` of ``self`` with ``out_scale`` followed by ``second``'s with ``x_scale``.
-        ``x`` (tokens, in_features) float32, ``out`` (tokens, second.out_features) float32. Valid
-        while both layers' :meth:`call_state` hold; ValueError unless :meth:`can_fuse_ffn`."""
+        ``x`` (tokens, in_features) float32, ``out`` (tokens, second.out_features) float32;
+        ``x_amax`` / ``out_amax`` as :meth:`bound_call`. Valid while both layers'
+        :meth:`call_state` hold; ValueError unless :meth:`can_fuse_ffn`."""
         if not self.can_fuse_ffn(second):
             raise ValueError("these two layers cannot run as one ffn_int8 call (see can_fuse_ffn)")
-        _, (m1, *_), kw1 = self.bound_call(x, out)
-        _, (m2, *_), kw = second.bound_call(x, out, residual, layer_norm)
+        _, (m1, *_), kw1 = self.bound_call(x, out, x_amax=x_amax)
+        _, (m2, *_), kw = second.bound_call(x, out, residual, layer_norm, out_amax=out_amax)
+        kw.update((k, v) for k, v in kw1.items() if k == "x_amax")
         if "activation" in kw1:
             kw["activation"] = kw1["activation"]
         return _sk.ffn_int8, (m1, m2, x, out, self._bias_np, second._bias_np, self.threads, self.variant), kw

@@ -116,3 +116,58 @@ def test_validation():
         sk.ffn_int8(m1, m2, x, out, b2)
     np.testing.assert_array_equal(out, before)
     sk.ffn_int8(m1, m2, np.empty((0, 40), np.float32), np.empty((0, 40), np.float32))
+
+
+def ranges(a):
+    a = np.abs(a)
+    return np.where(np.isnan(a), np.inf, a).max(axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ranges_handed_from_one_call_to_the_next(variant):
+    """out_amax of a call equals max |out| per token (NaN as +inf), with and without a LayerNorm
+    epilogue; a call given x_amax computes the same bits as without it."""
+    m1, m2, x, b1, b2, lnw, lnb = case(13, 150, hidden=48, inter=96)
+    x[4, 1] = np.nan
+    lnw96, lnb96 = np.linspace(0.5, 2.0, 96, dtype=np.float32), np.linspace(-1.0, 1.0, 96, dtype=np.float32)
+    for split in ("tokens", "rows"):
+        for ln in ({}, {"ln_weight": lnw96, "ln_bias": lnb96}):
+            out, amax = np.empty((150, 96), np.float32), np.full(150, -1.0, np.float32)
+            sk.spmm_int8(m1, x, out, b1, 2, variant, split=split, out_amax=amax, **ln)
+            np.testing.assert_array_equal(amax, ranges(out))
+            want, got = np.empty((150, 48), np.float32), np.empty((150, 48), np.float32)
+            sk.spmm_int8(m2, out, want, b2, 2, variant, split=split)
+            sk.spmm_int8(m2, out, got, b2, 2, variant, split=split, x_amax=amax)
+            np.testing.assert_array_equal(got, want)
+    # the fused FFN: ranges in and out
+    amax_x = ranges(x)
+    want = two_calls(m1, m2, x, b1, b2, "gelu", x, lnw, lnb, variant=variant)
+    got, amax = np.empty_like(want), np.empty(150, np.float32)
+    sk.ffn_int8(m1, m2, x, got, b1, b2, variant=variant, activation="gelu", residual=x, ln_weight=lnw, ln_bias=lnb,
+                x_amax=amax_x, out_amax=amax)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(amax, ranges(want))
+
+
+def test_range_arguments_are_validated():
+    m1, m2, x, b1, b2, lnw, lnb = case(2, 8)
+    out, q, s = np.empty((8, 132), np.float32), np.empty((8, 132), np.int8), np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="x_amax: expected length 8"):
+        sk.spmm_int8(m1, x, out, x_amax=np.ones(7, np.float32))
+    with pytest.raises(ValueError, match="x_amax needs a float32 x"):
+        sk.spmm_int8(m2, q, np.empty((8, 40), np.float32), x_scale=s, x_amax=np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="out_amax needs a float32 out"):
+        sk.spmm_int8(m1, x, q, out_scale=np.empty(8, np.float32), out_amax=np.empty(8, np.float32))
+    ro = np.empty(8, np.float32)
+    ro.setflags(write=False)
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        sk.spmm_int8(m1, x, out, out_amax=ro)
+    with pytest.raises(ValueError, match="must not overlap"):
+        sk.spmm_int8(m1, x, out, out_amax=out.reshape(-1)[:8])
+    with pytest.raises(ValueError, match="must not overlap"):
+        sk.spmm_int8(m1, x, out, x_amax=out.reshape(-1)[:8])
+    a = np.empty(8, np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), x_amax=a, out_amax=a)
+    with pytest.raises(TypeError):
+        sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), out_amax=np.empty(8, np.float64))

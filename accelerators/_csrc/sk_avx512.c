@@ -326,8 +326,10 @@ void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t
 }
 
 /* LayerNorm with 16-wide float accumulators: pass 1 mean, pass 2 centred variance, pass 3 write. */
-void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps,
+                          float *amax)
 {
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
     for (int64_t t = 0; t < ntok; t++) {
         float *y = Y + t * N;
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -353,12 +355,17 @@ void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma,
         }
         const float var = N > 0 ? _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / (float)N : 0.0f;
         const __m512 rs = _mm512_set1_ps(1.0f / sqrtf(var + eps));
+        __m512 am = _mm512_setzero_ps(); /* the range of the written row, as rows_amax: NaN as +inf */
         for (i = 0; i < N; i += 16) {
             const __mmask16 m = (__mmask16)((1u << (N - i < 16 ? N - i : 16)) - 1u);
             const __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gamma + i), rs);
             const __m512 b = beta ? _mm512_maskz_loadu_ps(m, beta + i) : _mm512_setzero_ps();
-            _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, y + i), mv), g, b));
+            const __m512 r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, y + i), mv), g, b);
+            _mm512_mask_storeu_ps(y + i, m, r);
+            const __m512 a = _mm512_maskz_mov_ps(m, _mm512_abs_ps(r));
+            am = _mm512_max_ps(am, _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), inf));
         }
+        if (amax) amax[t] = _mm512_reduce_max_ps(am);
     }
 }
 

@@ -140,8 +140,10 @@ typedef struct sk_kernels {
     void (*attn_head)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                       float scale, const float *kb, float *o, int64_t ldo, float *scratch);
     /* In-place LayerNorm of ntok rows of N floats (row stride N):
-     * y = (y - mean) / sqrt(var + eps) * gamma + beta, biased variance; beta may be NULL. */
-    void (*layer_norm)(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
+     * y = (y - mean) / sqrt(var + eps) * gamma + beta, biased variance; beta may be NULL.
+     * amax (or NULL): amax[t] = max |y| of the normalized row t, as rows_amax would give it. */
+    void (*layer_norm)(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps,
+                       float *amax);
     /* Per-row symmetric INT8 quantization of ntok rows of N floats (row stride N), the same rule
      * as the activations of spmm_int8: amax = max |x| (NaN counts as +inf); a finite, non-zero amax
      * gives scale = amax / 127 and q = clamp(rint(x * 127 / amax), -127, 127); otherwise scale 0, q 0. */
@@ -258,7 +260,8 @@ void sk_mid_int8_generic(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, c
                          const int32_t *comp, const float *sx, int act, float *amax);
 void sk_pack_mid_generic(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
                          const sk_tiling *tl);
-void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
+void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps,
+                           float *amax);
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
@@ -270,7 +273,8 @@ void sk_avx512_pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64
                       float *xt, const sk_tiling *tl, int64_t n_in);
 void sk_avx512_unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok,
                         float *Y, int64_t ldY, const float *bias, const float *R, int act);
-void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps);
+void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps,
+                          float *amax);
 void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                          float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 #endif

@@ -27,7 +27,7 @@ int sk_variant_from_obj(PyObject *obj);
  * Every entry point acquires its buffers into one sk_args and releases them all with one call,
  * whatever failed in between. Kinds: 'f' float32, 'b' int8, 'i' int32, 'q' int64,
  * 'I' int32 or int64. ndim: exact when > 0; 0: 1 or 2; -1: 1 to 3. */
-#define SK_MAX_ARGS 8
+#define SK_MAX_ARGS 12
 typedef struct {
     Py_buffer v[SK_MAX_ARGS];
     int n;
@@ -178,10 +178,14 @@ void sk_make_tiling(sk_tiling *tl, int64_t nb, int64_t tt, int64_t n_rows);
 void sk_token_range(int64_t T, int tid, int nthr, int64_t *ta, int64_t *tb);
 static inline int64_t sk_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-/* LayerNorm of tokens [t0, t1) of Y (N wide) when the call has one (rows still in cache) */
-static inline void sk_apply_ln(const sk_kernels *kt, const sk_ln *ln, float *Y, int64_t N, int64_t t0, int64_t t1)
+/* LayerNorm of tokens [t0, t1) of Y (N wide) when the call has one (rows still in cache); with
+ * amax (else NULL), the per-token ranges of the finished rows into amax[t0 .. t1) */
+static inline void sk_apply_ln(const sk_kernels *kt, const sk_ln *ln, float *Y, int64_t N, int64_t t0, int64_t t1,
+                               float *amax)
 {
-    if (ln && t1 > t0) kt->layer_norm(Y + t0 * N, t1 - t0, N, ln->gamma, ln->beta, ln->eps);
+    if (t1 <= t0) return;
+    if (ln) kt->layer_norm(Y + t0 * N, t1 - t0, N, ln->gamma, ln->beta, ln->eps, amax ? amax + t0 : NULL);
+    else if (amax) kt->rows_amax(Y, N, N, t0, t1, amax);
 }
 
 /* ---- output-pass epilogues (sk_epilogue.c) ------------------------------------------- */

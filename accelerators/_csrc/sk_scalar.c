@@ -344,7 +344,8 @@ void sk_pack_mid_generic(const float *mid, int64_t ldm, int64_t n_in, int64_t nb
 }
 
 /* Portable LayerNorm: double accumulators, two passes (mean, then centred variance). */
-void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps)
+void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps,
+                           float *amax)
 {
     for (int64_t t = 0; t < ntok; t++) {
         float *y = Y + t * N;
@@ -355,6 +356,7 @@ void sk_layer_norm_generic(float *Y, int64_t ntok, int64_t N, const float *gamma
         const float rstd = (float)(1.0 / sqrt((N > 0 ? sq / (double)N : 0.0) + (double)eps));
         const float mf = (float)mean;
         for (int64_t i = 0; i < N; i++) y[i] = (y[i] - mf) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+        if (amax) sk_rows_amax_generic(y, N, N, 0, 1, amax + t);
     }
 }
 

@@ -80,7 +80,7 @@ static void run_fp32(const fp32_job *J)
                 sk_make_tiling(&tl, nb, J->p.tt, K);
                 if (K > 0) c->kt->pack_x(X + t0 * K, K, nb, 0, K, xt, &tl, K);
                 fp32_block(J, &tl, xt, scr, t0, nb, 0, m->nchunks);
-                sk_apply_ln(c->kt, c->lnp, Y, m->n_out, t0, t0 + nb); /* rows still in L2 */
+                sk_apply_ln(c->kt, c->lnp, Y, m->n_out, t0, t0 + nb, NULL); /* rows still in L2 */
             }
         } else {
             int64_t c0, c1;
@@ -94,7 +94,7 @@ static void run_fp32(const fp32_job *J)
                 fp32_block(J, &tl, J->xt, scr, t0, nb, c0, c1);
 #pragma omp barrier
             }
-            sk_apply_ln(c->kt, c->lnp, Y, m->n_out, T * tid / nthr, T * (tid + 1) / nthr);
+            sk_apply_ln(c->kt, c->lnp, Y, m->n_out, T * tid / nthr, T * (tid + 1) / nthr, NULL);
         }
     }
 }

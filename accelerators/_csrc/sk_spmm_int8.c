@@ -23,11 +23,13 @@ typedef struct {
     uint8_t *xq;
     int32_t *scratch;
     float *amax, *sx, *inv; /* T each */
+    int amax_given;         /* amax holds x's ranges already (x_amax): no range pass */
+    float *oamax;           /* per-token ranges of the fp32 output (out_amax), or NULL */
 } int8_job;
 
 /* Options of spmm_int8 beyond the shared ones. */
 typedef struct {
-    PyObject *x_scale, *out_scale;
+    PyObject *x_scale, *out_scale, *x_amax, *out_amax;
     int per_token, raw;
 } int8_opts;
 
@@ -72,7 +74,7 @@ static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq
 static void int8_scales(const int8_job *J, int64_t ta, int64_t te)
 {
     const int64_t K = J->c->m->n_in, T = J->c->T;
-    if (te > ta) J->c->kt->rows_amax(J->X, K, K, ta, te, J->amax);
+    if (te > ta && !J->amax_given) J->c->kt->rows_amax(J->X, K, K, ta, te, J->amax);
     if (!J->per_token) {
 #pragma omp barrier
     }
@@ -116,11 +118,11 @@ static void int8_tokens(const int8_job *J, int tid, int64_t ta, int64_t te, int3
         if (J->Yq) { /* finish the block's fp32 rows while in L2, then quantize them */
             float *st = J->stage + (int64_t)tid * tb * N;
             int8_block(J, &tl, xq, scr, st, t0, nb, 0, m->nchunks);
-            sk_apply_ln(c->kt, c->lnp, st, N, 0, nb);
+            sk_apply_ln(c->kt, c->lnp, st, N, 0, nb, NULL);
             c->kt->quant_rows(st, nb, N, J->Yq + t0 * N, J->Ysc + t0);
         } else {
             int8_block(J, &tl, xq, scr, J->Y ? J->Y + t0 * N : NULL, t0, nb, 0, m->nchunks);
-            sk_apply_ln(c->kt, c->lnp, J->Y, N, t0, t0 + nb);
+            sk_apply_ln(c->kt, c->lnp, J->Y, N, t0, t0 + nb, J->oamax);
         }
     }
 }
@@ -145,7 +147,7 @@ static void int8_rows(const int8_job *J, int tid, int nthr, int32_t *scr)
 #pragma omp barrier
     }
     const int64_t u0 = T * tid / nthr, u1 = T * (tid + 1) / nthr;
-    sk_apply_ln(c->kt, c->lnp, dst, N, u0, u1);
+    sk_apply_ln(c->kt, c->lnp, dst, N, u0, u1, J->Yq ? NULL : J->oamax);
     if (J->Yq && u1 > u0) c->kt->quant_rows(J->stage + u0 * N, u1 - u0, N, J->Yq + u0 * N, J->Ysc + u0);
 }
 
@@ -184,6 +186,33 @@ static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs
     return 0;
 }
 
+/* x_amax (float32 (tokens,), only with a float32 x) and out_amax (writable float32 (tokens,), only
+ * with a float32 out, apart from out, x and x_amax) into J; buffers go to a. */
+static int get_amax(sk_args *a, int8_job *J, PyObject *x_amax, PyObject *out_amax, const Py_buffer *x,
+                    const Py_buffer *out, int x_fp32, int out_fp32, int64_t T)
+{
+    Py_buffer *vxa, *voa;
+    if (sk_arg_opt(a, x_amax, "x_amax", 'f', 1, 0, &vxa) < 0 || (vxa && sk_check_shape(vxa, "x_amax", 1, &T, "tokens") < 0) ||
+        sk_arg_opt(a, out_amax, "out_amax", 'f', 1, 1, &voa) < 0 ||
+        (voa && sk_check_shape(voa, "out_amax", 1, &T, "tokens") < 0))
+        return -1;
+    if ((vxa && !x_fp32) || (voa && !out_fp32)) {
+        PyErr_SetString(PyExc_ValueError, vxa && !x_fp32 ? "x_amax needs a float32 x" : "out_amax needs a float32 out");
+        return -1;
+    }
+    if ((vxa && sk_overlap(vxa, out)) ||
+        (voa && (sk_overlap(voa, out) || sk_overlap(voa, x) || (vxa && sk_overlap(voa, vxa))))) {
+        PyErr_SetString(PyExc_ValueError, "x_amax and out_amax must not overlap out, x or each other");
+        return -1;
+    }
+    if (vxa) {
+        J->amax = (float *)vxa->buf; /* read only: amax_given */
+        J->amax_given = 1;
+    }
+    J->oamax = voa ? (float *)voa->buf : NULL;
+    return 0;
+}
+
 /* input / output pointers by mode: raw (int8 in, int32 out), x_scale (int8 in), out_scale (int8 out) */
 static void int8_io(int8_job *J, const int8_opts *q, const Py_buffer *vxs, const Py_buffer *vos)
 {
@@ -199,12 +228,14 @@ static void int8_io(int8_job *J, const int8_opts *q, const Py_buffer *vxs, const
 }
 
 /* Plan, take the scratch buffers, run with the GIL released, give them back. */
-static int spmm_int8_run(const sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts *q, const Py_buffer *vxs,
+static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts *q, const Py_buffer *vxs,
                          const Py_buffer *vos)
 {
     const SKMatrix *m = c->m;
-    if (c->T == 0 || m->n_out == 0) return 0;
     int8_job J = {.c = c};
+    if (get_amax(&c->bufs, &J, q->x_amax, q->out_amax, c->x, c->out, !q->raw && !vxs, !q->raw && !vos, c->T) < 0)
+        return -1;
+    if (c->T == 0 || m->n_out == 0) return 0;
     const int64_t nq = (m->n_in + 3) / 4, Tp = sk_round_up(c->T, 16);
     /* about 384 KiB of packed activations; sk_plan_make caps it to keep scratch rows short */
     const int64_t auto_tb = (384 * 1024) / (nq * 4 > 0 ? nq * 4 : 1);
@@ -224,7 +255,7 @@ static int spmm_int8_run(const sk_spmm_call *c, const sk_spmm_opts *o, const int
         PyErr_NoMemory();
         rc = -1;
     } else {
-        J.amax = scales;
+        if (!J.amax_given) J.amax = scales;
         J.sx = vxs ? (float *)vxs->buf : scales + Tp; /* read-only when given */
         J.inv = scales + 2 * Tp;
         Py_BEGIN_ALLOW_THREADS
@@ -292,7 +323,7 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
         sk_make_tiling(&tl2, nb, B->p.tt, nq2 * 4);
         kt->pack_mid((const float *)mid, lds, N1, nb, B->inv + t0, xq2, &tl2);
         int8_block(B, &tl2, xq2, scr2, B->Y + t0 * N2, t0, nb, 0, m2->nchunks);
-        sk_apply_ln(kt, c2->lnp, B->Y, N2, t0, t0 + nb);
+        sk_apply_ln(kt, c2->lnp, B->Y, N2, t0, t0 + nb, B->oamax);
     }
 }
 
@@ -309,15 +340,22 @@ static void run_ffn(const ffn_job *F)
     }
 }
 
-static int ffn_int8_run(const sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_opts *o1)
+static int ffn_int8_run(sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_opts *o1, PyObject *x_amax,
+                        PyObject *out_amax)
 {
     const SKMatrix *m1 = c1->m, *m2 = c2->m;
     const int64_t T = c1->T, Tp = sk_round_up(T, 16), nq1 = (m1->n_in + 3) / 4, nq2 = (m2->n_in + 3) / 4;
-    if (T == 0 || m2->n_out == 0) return 0;
     ffn_job F = {.in = {.c = c1, .per_token = 1}, .out = {.c = c2, .per_token = 1}};
-    /* token split always (each thread needs whole intermediate rows); one token block for both */
-    sk_plan_make(&F.in.p, o1, 2, T, default_tile_int8(c1->variant, m1->bh), 128);
-    sk_plan_make(&F.out.p, o1, 2, T, default_tile_int8(c2->variant, m2->bh), F.in.p.tb);
+    if (get_amax(&c1->bufs, &F.in, x_amax, out_amax, c1->x, c2->out, 1, 1, T) < 0) return -1;
+    F.out.oamax = F.in.oamax;
+    F.in.oamax = NULL;
+    if (T == 0 || m2->n_out == 0) return 0;
+    /* token split always (each thread needs whole intermediate rows); one token block for both, by
+     * default 64 tokens with register tiles of at most 64: the intermediate's rows of a block (n_mid x
+     * 80 int32, 0.5-1 MB at 1536-3072 wide) then stay in L2 while the second product reads them */
+    const int64_t tt1 = default_tile_int8(c1->variant, m1->bh), tt2 = default_tile_int8(c2->variant, m2->bh);
+    sk_plan_make(&F.in.p, o1, 2, T, tt1 < 64 ? tt1 : 64, 64);
+    sk_plan_make(&F.out.p, o1, 2, T, tt2 < 64 ? tt2 : 64, F.in.p.tb);
     F.out.p.tb = F.in.p.tb;
     F.out.p.lds = F.in.p.lds;
     const int64_t nt = F.in.p.nt, tbp = sk_round_up(F.in.p.tb, SK_TOK_GROUP), lds = F.in.p.lds;
@@ -337,7 +375,8 @@ static int ffn_int8_run(const sk_spmm_call *c1, const sk_spmm_call *c2, const sk
         PyErr_NoMemory();
         rc = -1;
     } else {
-        F.in.amax = sc, F.in.sx = sc + Tp, F.in.inv = sc + 2 * Tp;
+        if (!F.in.amax_given) F.in.amax = sc;
+        F.in.sx = sc + Tp, F.in.inv = sc + 2 * Tp;
         F.amid = sc + 3 * Tp, F.out.sx = sc + 4 * Tp, F.out.inv = sc + 5 * Tp;
         Py_BEGIN_ALLOW_THREADS
         run_ffn(&F);
@@ -355,18 +394,20 @@ PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = {"mat_in", "mat_out", "x", "out", "bias_in", "bias_out", "threads", "variant", "tile",
-                             "token_block", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
+                             "token_block", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", "x_amax",
+                             "out_amax", NULL};
     sk_spmm_opts o1 = SK_SPMM_OPTS_INIT, o2 = SK_SPMM_OPTS_INIT;
-    PyObject *mat_out = NULL, *out = NULL, *bias_out = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOiOiiOOOOd:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
+    PyObject *mat_out = NULL, *out = NULL, *bias_out = Py_None, *x_amax = Py_None, *out_amax = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOiOiiOOOOdOO:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
                                      &o1.bias, &bias_out, &o1.threads, &o1.variant, &o1.tile, &o1.token_block,
-                                     &o1.activation, &o2.residual, &o2.ln_weight, &o2.ln_bias, &o2.ln_eps))
+                                     &o1.activation, &o2.residual, &o2.ln_weight, &o2.ln_bias, &o2.ln_eps, &x_amax,
+                                     &out_amax))
         return NULL;
     o2.mat = mat_out, o2.out = out, o2.bias = bias_out;
     o2.threads = o1.threads, o2.variant = o1.variant, o2.tile = o1.tile, o2.token_block = o1.token_block;
     sk_spmm_call c1, c2;
     int rc = sk_ffn_acquire(&c1, &c2, &o1, &o2);
-    if (rc == 0) rc = ffn_int8_run(&c1, &c2, &o1);
+    if (rc == 0) rc = ffn_int8_run(&c1, &c2, &o1, x_amax, out_amax);
     sk_args_release(&c1.bufs);
     sk_args_release(&c2.bufs);
     if (rc < 0) return NULL;
@@ -375,7 +416,8 @@ PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw)
 
 const char sk_doc_ffn_int8[] =
     "ffn_int8(mat_in, mat_out, x, out, bias_in=None, bias_out=None, threads=1, variant=None, tile=0,\n"
-    "         token_block=0, activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12)\n\n"
+    "         token_block=0, activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12,\n"
+    "         x_amax=None, out_amax=None)\n\n"
     "A transformer feed-forward block in two INT8 products, with the intermediate never leaving the call:\n"
     "  mid = act(dequant(quant(x) @ W_in_q.T) + bias_in)        x float32 (tokens, n_in), per-token scales\n"
     "  out = LN(dequant(quant(mid) @ W_out_q.T) + bias_out + residual)   out float32 (tokens, n_out)\n"
@@ -384,23 +426,26 @@ const char sk_doc_ffn_int8[] =
     "like out (it may be x itself); ln_weight / ln_bias / ln_eps as spmm. Bit-identical to\n"
     "spmm_int8(mat_in, x, q, bias_in, per_token=True, activation=..., out_scale=s) followed by\n"
     "spmm_int8(mat_out, q, out, bias_out, x_scale=s, residual=..., ln_...) with the same threads,\n"
-    "variant and tile. Threads always split the tokens. GIL released; errors as spmm (ValueError,\n"
+    "variant and tile. Threads always split the tokens; token_block 0 means 64 tokens (tile at most 64).\n"
+    "x_amax / out_amax: the ranges of x given / of out computed, as spmm_int8.\n"
+    "GIL released; errors as spmm (ValueError,\n"
     "TypeError), never a crash.";
 
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
                              "split", "activation", "residual", "ln_weight", "ln_bias", "ln_eps", "x_scale",
-                             "out_scale", NULL};
+                             "out_scale", "x_amax", "out_amax", NULL};
     static char *kwlist_raw[] = {"mat", "x", "out", "threads", "variant", "tile", "token_block", "split", NULL};
     sk_spmm_opts o = SK_SPMM_OPTS_INIT;
-    int8_opts q = {.x_scale = Py_None, .out_scale = Py_None, .per_token = 1, .raw = raw};
+    int8_opts q = {.x_scale = Py_None, .out_scale = Py_None, .x_amax = Py_None, .out_amax = Py_None, .per_token = 1,
+                   .raw = raw};
     if (raw ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o.mat, &o.x, &o.out,
                                            &o.threads, &o.variant, &o.tile, &o.token_block, &o.split)
-            : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
+            : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOOOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
                                            &o.bias, &o.threads, &o.variant, &q.per_token, &o.tile, &o.token_block,
                                            &o.split, &o.activation, &o.residual, &o.ln_weight, &o.ln_bias,
-                                           &o.ln_eps, &q.x_scale, &q.out_scale))
+                                           &o.ln_eps, &q.x_scale, &q.out_scale, &q.x_amax, &q.out_amax))
         return NULL;
     const char xk = (raw || q.x_scale != Py_None) ? 'b' : 'f';
     const char ok = raw ? 'i' : (q.out_scale != Py_None ? 'b' : 'f');
@@ -439,6 +484,10 @@ const char sk_doc_spmm_int8[] =
     "per_token ignored. out_scale: writable float32 (tokens,) -> out is int8 (tokens, n_out): the fp32\n"
     "result (after the epilogues) quantized per token by the same rule, scale in out_scale, so one\n"
     "layer's INT8 output feeds the next layer without an fp32 round trip through memory.\n"
+    "x_amax: float32 (tokens,), max |x| per token (NaN as +inf) of a float32 x, known already (the\n"
+    "out_amax of the call that wrote x): the range pass over x is skipped; a wrong range gives wrong\n"
+    "quantization, never a crash. out_amax: writable float32 (tokens,) -> the same ranges of the\n"
+    "float32 out (after the epilogues), computed while each row is still in cache.\n"
     "GIL released; errors as spmm.";
 
 const char sk_doc_spmm_int8_raw[] =

@@ -66,6 +66,18 @@ def test_epilogues_optional_and_token_blocks(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_wide_intermediate_takes_64_token_blocks(variant):
+    # 2,048 rows x 144 int32 outgrow the 1 MiB a 128-token block may take: 64-token blocks
+    m1, m2, x, b1, b2, lnw, lnb = case(21, 200, hidden=32, inter=2048, density=0.05)
+    for threads in (1, 2):
+        want = two_calls(m1, m2, x, b1, b2, "gelu", x, lnw, lnb, threads=threads, variant=variant)
+        got = np.empty_like(want)
+        sk.ffn_int8(m1, m2, x, got, b1, b2, threads=threads, variant=variant, activation="gelu", residual=x,
+                    ln_weight=lnw, ln_bias=lnb)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_zero_nan_and_inf_rows(variant):
     m1, m2, x, b1, b2, lnw, lnb = case(9, 48)
     x[3] = 0.0

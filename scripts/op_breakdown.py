@@ -46,7 +46,8 @@ from pruners.magnitude import MagnitudePruner
 
 #: builtin function name fragment -> operator class (first match wins)
 SPARSE_CLASSES = (
-    ("spmm", "linear kernels (sparse)"), ("quantized", "linear (torch INT8 fallback)"),
+    ("spmm", "linear kernels (sparse)"), ("ffn_int8", "linear kernels (sparse)"),
+    ("quantized", "linear (torch INT8 fallback)"),
     ("linear", "linear (dense: pooler, head, fallback)"), ("addmm", "linear (dense: pooler, head, fallback)"),
     ("attention", "attention"), ("softmax", "attention"), ("matmul", "attention"), ("bmm", "attention"),
     ("layer_norm", "LayerNorm"), ("gelu", "GELU"), ("quantize", "quantize / dequantize"),

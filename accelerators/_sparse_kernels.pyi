@@ -128,6 +128,8 @@ def spmm_int8(
     ln_eps: float = 1e-12,
     x_scale: Buffer | None = None,
     out_scale: Buffer | None = None,
+    x_amax: Buffer | None = None,
+    out_amax: Buffer | None = None,
 ) -> None:
     """out = dequant(quant(x) @ W_q.T) + bias, then activation, residual, LayerNorm as in spmm; mat is int8.
 
@@ -137,6 +139,36 @@ def spmm_int8(
     quantized (x ~= x_scale[t] * x_q) and per_token is ignored. With out_scale (writable float32
     (tokens,)), out is int8 (tokens, n_out): the fp32 result quantized per token by the same rule,
     its scales written to out_scale. Otherwise out is float32 (tokens, n_out).
+    x_amax: float32 (tokens,), max |x| per token (NaN as +inf) of a float32 x, already known (the
+    out_amax of the call that wrote x): the range pass over x is skipped. out_amax: writable
+    float32 (tokens,) that receives the same ranges of a float32 out, after the epilogues.
+    """
+
+def ffn_int8(
+    mat_in: SparseMatrix,
+    mat_out: SparseMatrix,
+    x: Buffer,
+    out: Buffer,
+    bias_in: Buffer | None = None,
+    bias_out: Buffer | None = None,
+    threads: int = 1,
+    variant: _Variant = None,
+    tile: int = 0,
+    token_block: int = 0,
+    activation: _Activation = None,
+    residual: Buffer | None = None,
+    ln_weight: Buffer | None = None,
+    ln_bias: Buffer | None = None,
+    ln_eps: float = 1e-12,
+    x_amax: Buffer | None = None,
+    out_amax: Buffer | None = None,
+) -> None:
+    """A feed-forward block in two INT8 products; the intermediate never leaves the call:
+    mid = act(dequant(quant(x) @ W_in_q.T) + bias_in), out = LN(dequant(quant(mid) @ W_out_q.T) +
+    bias_out + residual). x float32 (tokens, n_in), out float32 (tokens, n_out); mat_out's n_in is
+    mat_in's n_out; quant() per token for both. Bit-identical to spmm_int8(mat_in, ...,
+    out_scale=s) then spmm_int8(mat_out, ..., x_scale=s). Threads split the tokens; x_amax /
+    out_amax as spmm_int8.
     """
 
 def spmm_int8_raw(

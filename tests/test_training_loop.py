@@ -9,7 +9,7 @@ from accelerators.base import logits_of
 from profiler.tasks import TinySynthetic
 from pruners import training
 from pruners.base import prunable_linears
-from pruners.distill import Distiller, weights_key
+from pruners.distill import Distiller, hidden_mse, weights_key
 from pruners.gmp import GMPPruner
 
 
@@ -71,13 +71,18 @@ def _loss_live_and_cached(task, dense, student, tmp_path):
     return live.loss(inputs, s, task_loss), cached, (inputs, s, task_loss, idx)
 
 
-def test_teacher_logit_cache_gives_the_live_teachers_loss(tiny, tmp_path):
-    task, dense = tiny
+def perturbed(dense, scale):
+    """A copy of ``dense`` (eval mode) with N(0, scale²) noise added to every parameter."""
     student = copy.deepcopy(dense)
     with torch.no_grad():
         for p in student.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    student.eval()
+            p.add_(scale * torch.randn_like(p))
+    return student.eval()
+
+
+def test_teacher_logit_cache_gives_the_live_teachers_loss(tiny, tmp_path):
+    task, dense = tiny
+    student = perturbed(dense, 0.01)
     want, cached, (inputs, s, task_loss, idx) = _loss_live_and_cached(task, dense, student, tmp_path)
     first = cached.loss(inputs, s, task_loss, idx)
     again = cached.loss(inputs, s, task_loss, idx)  # served from the cache
@@ -155,7 +160,6 @@ def test_hidden_mse_counts_real_tokens_only_and_averages_layers():
     b[0][0, 0] = 2.0          # a real token: squared error 4 in each of 4 channels
     b[1][1, 2] = 100.0        # padding: must not count
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    from pruners.distill import hidden_mse
     # layer 0: 16 / (3 real tokens · 4 channels); layer 1: 0; mean over the 2 layers
     assert float(hidden_mse(a, b, mask)) == pytest.approx(16 / 12 / 2)
     with pytest.raises(ValueError, match="layers"):
@@ -166,11 +170,7 @@ def test_hidden_mse_counts_real_tokens_only_and_averages_layers():
 
 def test_hidden_distillation_adds_beta_times_the_layer_mse(tiny):
     task, dense = tiny
-    student = copy.deepcopy(dense)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    student.eval()
+    student = perturbed(dense, 0.02)
     inputs, labels = task.collate(task.train_examples()[:6])
     out = student(**inputs, output_hidden_states=True)
     s = logits_of(out)

@@ -379,9 +379,7 @@ class SparseLinear(nn.Module):
             raise ValueError("these two layers cannot run as one ffn_int8 call (see can_fuse_ffn)")
         _, (m1, *_), kw1 = self.bound_call(x, out, x_amax=x_amax)
         _, (m2, *_), kw = second.bound_call(x, out, residual, layer_norm, out_amax=out_amax)
-        kw.update((k, v) for k, v in kw1.items() if k == "x_amax")
-        if "activation" in kw1:
-            kw["activation"] = kw1["activation"]
+        kw.update((k, kw1[k]) for k in ("x_amax", "activation") if k in kw1)
         return _sk.ffn_int8, (m1, m2, x, out, self._bias_np, second._bias_np, self.threads, self.variant), kw
 
     def call_state(self) -> list[tuple]:

@@ -57,7 +57,8 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tas
 log = logging.getLogger(__name__)
 
 
-def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+               attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over layers of the per-token mean squared error of hidden states.
 
     Args:
@@ -161,14 +162,17 @@ class Distiller:
     With ``n_examples`` the teacher's logits are cached per training example (:class:`TeacherLogits`,
     persisted under ``cache_dir/teacher_logits/`` when ``cache_dir`` is given, keyed by the teacher's
     weights and ``examples``); ``loss`` then needs the batch's example ``indices``. Without, or with
-    ``indices=None``, the teacher runs on every batch.
+    ``indices=None``, the teacher runs on every batch. ``hidden_weight`` β > 0 adds hidden-state
+    distillation (module doc), the teacher's hidden states computed at ``precision`` (see
+    :func:`pruners.training.autocast`); ValueError for a negative or non-finite β.
     """
 
     def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None,
                  examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None, hidden_weight: float = 0.0,
                  precision: str = "fp32") -> None:
         check_distill(temperature, alpha)
-        if isinstance(hidden_weight, bool) or not isinstance(hidden_weight, (int, float)) or not 0.0 <= hidden_weight < math.inf:
+        if isinstance(hidden_weight, bool) or not isinstance(hidden_weight, (int, float)) \
+                or not 0.0 <= hidden_weight < math.inf:
             raise ValueError(f"hidden_distill must be a finite number >= 0, got {hidden_weight!r}")
         self.hidden_weight, self.precision = float(hidden_weight), precision
         self.teacher = copy.deepcopy(dense).eval()
@@ -210,7 +214,8 @@ class Distiller:
         if self.wants_hidden:
             if student_hidden is None:
                 raise ValueError("hidden-state distillation needs the student's hidden states")
-            loss = loss + self.hidden_weight * hidden_mse(student_hidden, self.teacher_hidden(inputs), inputs["attention_mask"])
+            teacher_hidden = self.teacher_hidden(inputs)
+            loss = loss + self.hidden_weight * hidden_mse(student_hidden, teacher_hidden, inputs["attention_mask"])
         return loss
 
     def save(self) -> None:

@@ -22,6 +22,8 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
             parts.append(f"tau {params['final_threshold']:g}")
     if params.get("distill") is True:
         parts.append("KD")
+        if params.get("hidden_distill"):
+            parts.append(f"+hidden {params['hidden_distill']:g}")
     if params.get("sparse_weights_rate") is not None:
         parts.append(f"sparse-weights {params['sparse_weights_rate']:g}")
     return " ".join(parts)

@@ -195,6 +195,9 @@ def test_labels_name_the_variant_and_non_default_soft_settings():
 
     base = {"sparsity": 0.95, "distill": True, "init": "finetuned", "final_lambda": None, "final_threshold": None}
     assert plugin_label("movement", {**base, "variant": "soft"}) == "movement 0.95 soft KD"
+    assert plugin_label("obs", {"sparsity": 0.9, "structure": "1x4", "distill": True, "hidden_distill": 5.0}) == \
+        "obs 0.9 1x4 KD +hidden 5"
+    assert plugin_label("obs", {"sparsity": 0.9, "distill": True, "hidden_distill": 0.0}) == "obs 0.9 KD"
     assert plugin_label("movement", {**base, "variant": "hard", "init": "pretrained"}) == "movement 0.95 hard from pretrained KD"
     assert plugin_label("movement", {**base, "variant": "soft", "final_lambda": 4000.0, "final_threshold": 0.1}) == \
         "movement 0.95 soft lambda 4000 tau 0.1 KD"

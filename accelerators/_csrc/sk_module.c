@@ -8,6 +8,18 @@
 #include "sk_py.h"
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+int64_t sk_l2_bytes = 1 << 20;
+
+/* the per-core L2 size (sysconf; 1 MiB where the C library does not say) */
+static void detect_l2(void)
+{
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (b >= 64 * 1024 && b <= (1L << 30)) sk_l2_bytes = b;
+#endif
+}
 
 /* ------------------------------------------------------------------------------------
  * Variants
@@ -203,6 +215,7 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__sparse_kernels(void)
 {
     detect_variants();
+    detect_l2();
     const int v = variant_from_env();
     if (v < 0) return NULL;
     current_variant = v;

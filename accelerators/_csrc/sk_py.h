@@ -23,6 +23,9 @@ extern const sk_kernels *sk_variant_tables[V_COUNT];
  * not compiled or not supported by this CPU). Returns -1 with an exception set. */
 int sk_variant_from_obj(PyObject *obj);
 
+/* per-core L2 cache size in bytes, read at import (sk_module.c); sizes the blocks of ffn_int8 */
+extern int64_t sk_l2_bytes;
+
 /* ---- argument buffers (sk_buffers.c) -------------------------------------------------
  * Every entry point acquires its buffers into one sk_args and releases them all with one call,
  * whatever failed in between. Kinds: 'f' float32, 'b' int8, 'i' int32, 'q' int64,

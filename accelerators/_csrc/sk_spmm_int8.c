@@ -351,10 +351,10 @@ static int ffn_int8_run(sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_
     F.in.oamax = NULL;
     if (T == 0 || m2->n_out == 0) return 0;
     /* token split always (each thread needs whole intermediate rows); one token block for both: 128
-     * tokens while the block's intermediate rows (n_mid x (tb + 16) int32) fit in 1 MiB (L2), else 64
-     * with register tiles of at most 64 (measured in the whole model: 128 is faster at 1536 wide,
-     * 64 at 3072) */
-    const int64_t rows = m1->nchunks * SK_ROWS_PER_CHUNK, tb = rows * (128 + 16) * 4 <= (1 << 20) ? 128 : 64;
+     * tokens while the block's intermediate rows (n_mid x (tb + 16) int32) take at most half the L2,
+     * else 64 with register tiles of at most 64 (measured in the whole model on a 2 MiB-L2 Xeon:
+     * 128 faster at 1536 wide, 0.86 MiB; 64 faster at 3072 wide, 1.7 MiB at 128) */
+    const int64_t rows = m1->nchunks * SK_ROWS_PER_CHUNK, tb = rows * (128 + 16) * 4 <= sk_l2_bytes / 2 ? 128 : 64;
     const int64_t tt1 = default_tile_int8(c1->variant, m1->bh), tt2 = default_tile_int8(c2->variant, m2->bh);
     sk_plan_make(&F.in.p, o1, 2, T, tt1 < tb ? tt1 : tb, tb);
     sk_plan_make(&F.out.p, o1, 2, T, tt2 < tb ? tt2 : tb, F.in.p.tb);
@@ -429,7 +429,7 @@ const char sk_doc_ffn_int8[] =
     "spmm_int8(mat_in, x, q, bias_in, per_token=True, activation=..., out_scale=s) followed by\n"
     "spmm_int8(mat_out, q, out, bias_out, x_scale=s, residual=..., ln_...) with the same threads,\n"
     "variant and tile. Threads always split the tokens; token_block 0 (auto): 128 tokens while\n"
-    "n_mid x 144 int32 fit in 1 MiB, else 64 (tile at most the block).\n"
+    "n_mid x 144 int32 take at most half the per-core L2 (read at import), else 64.\n"
     "x_amax / out_amax: the ranges of x given / of out computed, as spmm_int8.\n"
     "GIL released; errors as spmm (ValueError,\n"
     "TypeError), never a crash.";

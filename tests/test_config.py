@@ -103,3 +103,16 @@ def test_run_directory_lock_refuses_a_second_runner(tmp_path):
                 pass
     with RunDirLock(tmp_path):  # released
         pass
+
+
+def test_every_shipped_config_is_valid():
+    """The recipes, experiments and example configs in scripts/ load and expand (a renamed or
+    mistyped parameter fails here, before anyone spends an hour of training on it)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "scripts"
+    paths = sorted(root.glob("configs/**/*.toml")) + sorted(root.glob("experiments/*.toml"))
+    assert len(paths) >= 20
+    for path in paths:
+        cfg = load_config(str(path))
+        assert expand(cfg), path

@@ -181,5 +181,14 @@ def test_range_arguments_are_validated():
     a = np.empty(8, np.float32)
     with pytest.raises(ValueError, match="must not overlap"):
         sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), x_amax=a, out_amax=a)
+    with pytest.raises(ValueError, match="must not overlap"):  # out_amax over the residual (an input)
+        r = np.zeros((8, 40), np.float32)
+        sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), residual=r, out_amax=r.reshape(-1)[:8])
+    with pytest.raises(ValueError, match="must not overlap"):  # x_amax over out_scale (written)
+        sc = np.empty(8, np.float32)
+        sk.spmm_int8(m1, x, q, out_scale=sc, x_amax=sc)
+    with pytest.raises(ValueError, match="must not overlap"):  # out_amax over the bias
+        b = np.zeros(132 + 8, np.float32)
+        sk.spmm_int8(m1, x, out, b[:132], out_amax=b[124:132])
     with pytest.raises(TypeError):
         sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), out_amax=np.empty(8, np.float64))

@@ -186,10 +186,20 @@ static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs
     return 0;
 }
 
-/* x_amax (float32 (tokens,), only with a float32 x) and out_amax (writable float32 (tokens,), only
- * with a float32 out, apart from out, x and x_amax) into J; buffers go to a. */
-static int get_amax(sk_args *a, int8_job *J, PyObject *x_amax, PyObject *out_amax, const Py_buffer *x,
-                    const Py_buffer *out, int x_fp32, int out_fp32, int64_t T)
+/* 1 when v shares memory with a buffer of a (other than v itself); a may be NULL */
+static int overlaps_args(const Py_buffer *v, const sk_args *a)
+{
+    for (int i = 0; a && i < a->n; i++)
+        if (&a->v[i] != v && sk_overlap(&a->v[i], v)) return 1;
+    return 0;
+}
+
+/* x_amax (float32 (tokens,), only with a float32 x, apart from what the call writes) and out_amax
+ * (writable float32 (tokens,), only with a float32 out, apart from every other buffer of the call:
+ * those of a and of others) into J; the two buffers go to a. */
+
+static int get_amax(sk_args *a, const sk_args *others, int8_job *J, PyObject *x_amax, PyObject *out_amax,
+                    const Py_buffer *out, const Py_buffer *out_scale, int x_fp32, int out_fp32, int64_t T)
 {
     Py_buffer *vxa, *voa;
     if (sk_arg_opt(a, x_amax, "x_amax", 'f', 1, 0, &vxa) < 0 || (vxa && sk_check_shape(vxa, "x_amax", 1, &T, "tokens") < 0) ||
@@ -200,9 +210,10 @@ static int get_amax(sk_args *a, int8_job *J, PyObject *x_amax, PyObject *out_ama
         PyErr_SetString(PyExc_ValueError, vxa && !x_fp32 ? "x_amax needs a float32 x" : "out_amax needs a float32 out");
         return -1;
     }
-    if ((vxa && sk_overlap(vxa, out)) ||
-        (voa && (sk_overlap(voa, out) || sk_overlap(voa, x) || (vxa && sk_overlap(voa, vxa))))) {
-        PyErr_SetString(PyExc_ValueError, "x_amax and out_amax must not overlap out, x or each other");
+    /* x_amax apart from what the call writes; out_amax apart from every other buffer of the call */
+    if ((vxa && (sk_overlap(vxa, out) || (out_scale && sk_overlap(vxa, out_scale)))) ||
+        (voa && (overlaps_args(voa, a) || overlaps_args(voa, others)))) {
+        PyErr_SetString(PyExc_ValueError, "x_amax must not overlap out or out_scale, out_amax no other buffer");
         return -1;
     }
     if (vxa) {
@@ -233,7 +244,7 @@ static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts
 {
     const SKMatrix *m = c->m;
     int8_job J = {.c = c};
-    if (get_amax(&c->bufs, &J, q->x_amax, q->out_amax, c->x, c->out, !q->raw && !vxs, !q->raw && !vos, c->T) < 0)
+    if (get_amax(&c->bufs, NULL, &J, q->x_amax, q->out_amax, c->out, vos, !q->raw && !vxs, !q->raw && !vos, c->T) < 0)
         return -1;
     if (c->T == 0 || m->n_out == 0) return 0;
     const int64_t nq = (m->n_in + 3) / 4, Tp = sk_round_up(c->T, 16);
@@ -346,7 +357,7 @@ static int ffn_int8_run(sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_
     const SKMatrix *m1 = c1->m, *m2 = c2->m;
     const int64_t T = c1->T, Tp = sk_round_up(T, 16), nq1 = (m1->n_in + 3) / 4, nq2 = (m2->n_in + 3) / 4;
     ffn_job F = {.in = {.c = c1, .per_token = 1}, .out = {.c = c2, .per_token = 1}};
-    if (get_amax(&c1->bufs, &F.in, x_amax, out_amax, c1->x, c2->out, 1, 1, T) < 0) return -1;
+    if (get_amax(&c1->bufs, &c2->bufs, &F.in, x_amax, out_amax, c2->out, NULL, 1, 1, T) < 0) return -1;
     F.out.oamax = F.in.oamax;
     F.in.oamax = NULL;
     if (T == 0 || m2->n_out == 0) return 0;

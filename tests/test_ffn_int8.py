@@ -122,6 +122,12 @@ def test_validation():
     ro.setflags(write=False)
     with pytest.raises((TypeError, ValueError, BufferError)):
         sk.ffn_int8(m1, m2, x, ro)
+    with pytest.raises((TypeError, ValueError, BufferError)):  # non-contiguous x
+        sk.ffn_int8(m1, m2, np.empty((8, 80), np.float32)[:, ::2], out)
+    with pytest.raises((TypeError, ValueError, BufferError)):  # non-contiguous out
+        sk.ffn_int8(m1, m2, x, np.empty((40, 8), np.float32).T)
+    with pytest.raises(TypeError):
+        sk.ffn_int8(m1, m2, x, out, bias_in=[0.0] * 132)
     # nothing written by a rejected call; empty input is a no-op
     before = out.copy()
     with pytest.raises(ValueError):

@@ -560,3 +560,28 @@ def test_lean_classifier_concurrent_forwards_agree():
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda _: logits(lean, ex), range(40)))
     assert all(torch.equal(g, want) for g in got)
+
+
+def test_lean_classifier_ffn_call_and_range_handoff_are_switches_with_the_same_bits():
+    """The plan binds one ffn_int8 call per INT8 layer and hands ranges between kernels; turning
+    either off (fuse_ffn / hand_ranges) rebuilds the plan with the chained calls, the same bits."""
+    from accelerators import _sparse_kernels as _sk
+
+    ex = padded_example()
+    lean = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32").prepare(
+        tiny_bert(0.9), ex, PrepareSettings(threads=1)).module
+    want = logits(lean, ex)
+
+    def plan_calls():
+        return [(fn, kw) for fn, _, kw in lean._plans[0][6]]
+
+    calls = plan_calls()
+    assert sum(fn is _sk.ffn_int8 for fn, _ in calls) == len(lean.layers)
+    assert any("x_amax" in kw for _, kw in calls) and any("out_amax" in kw for _, kw in calls)
+    for fuse, hand in ((False, True), (True, False), (False, False)):
+        for layer in lean.layers:
+            layer.fuse_ffn, layer.hand_ranges = fuse, hand
+        assert torch.equal(logits(lean, ex), want)
+        calls = plan_calls()
+        assert any(fn is _sk.ffn_int8 for fn, _ in calls) == fuse
+        assert any("x_amax" in kw or "out_amax" in kw for _, kw in calls) == hand

@@ -165,7 +165,9 @@ def main(argv=None) -> None:
     path = Path(args.out or f"runs/bench_ffn-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "python": platform.python_version(),
-                                "torch": torch.__version__, "command": " ".join(["python", *sys.argv]),
+                                "torch": torch.__version__,
+                                "command": " ".join(["python", "scripts/bench_ffn.py",
+                                                     *(sys.argv[1:] if argv is None else argv)]),
                                 "results": recs}, indent=1))
     print(f"JSON: {path}")
 

@@ -20,6 +20,6 @@ def test_kernel_part_writes_its_records(tmp_path):
     assert {r["engine"] for r in recs} == {"chained", "ffn_int8"}
     assert all(r["speedup_vs_chained"] == 1.0 for r in recs if r["engine"] == "chained")
     assert all(r["latency_p50_ms"] > 0 and r["rounds"] == 1 for r in recs)
-    assert data["cpu"] and "bench_ffn" in data["command"]
+    assert data["cpu"] and data["command"].endswith("bench_ffn.py --parts kernel --rounds 1 --loop-s 0.001 --out " + str(out))
     with pytest.raises(SystemExit):
         bench_ffn.main(["--parts", "nope"])

@@ -149,6 +149,13 @@ int sk_overlap(const Py_buffer *a, const Py_buffer *b)
     return a->len > 0 && b->len > 0 && a0 < b1 && b0 < a1;
 }
 
+int sk_overlaps_args(const Py_buffer *v, const sk_args *a)
+{
+    for (int i = 0; a && i < a->n; i++)
+        if (&a->v[i] != v && sk_overlap(&a->v[i], v)) return 1;
+    return 0;
+}
+
 int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i)
 {
     return kind == 'i' ? (int64_t)((const int32_t *)v->buf)[i] : ((const int64_t *)v->buf)[i];

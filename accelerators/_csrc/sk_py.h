@@ -50,6 +50,8 @@ void sk_args_release(sk_args *a);
  * "name: expected shape (dim_name, N), got (M, K)". */
 int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t *dims, const char *dim_name);
 int sk_overlap(const Py_buffer *a, const Py_buffer *b); /* 1 when the memory ranges intersect */
+/* 1 when v intersects a buffer of a other than itself (a may be NULL) */
+int sk_overlaps_args(const Py_buffer *v, const sk_args *a);
 char sk_buffer_kind(const Py_buffer *v);                /* one of the kinds above, or '?' */
 int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i);
 int sk_check_threads(int threads); /* [1, 1024], else -1 with ValueError */

@@ -186,18 +186,9 @@ static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs
     return 0;
 }
 
-/* 1 when v shares memory with a buffer of a (other than v itself); a may be NULL */
-static int overlaps_args(const Py_buffer *v, const sk_args *a)
-{
-    for (int i = 0; a && i < a->n; i++)
-        if (&a->v[i] != v && sk_overlap(&a->v[i], v)) return 1;
-    return 0;
-}
-
 /* x_amax (float32 (tokens,), only with a float32 x, apart from what the call writes) and out_amax
  * (writable float32 (tokens,), only with a float32 out, apart from every other buffer of the call:
  * those of a and of others) into J; the two buffers go to a. */
-
 static int get_amax(sk_args *a, const sk_args *others, int8_job *J, PyObject *x_amax, PyObject *out_amax,
                     const Py_buffer *out, const Py_buffer *out_scale, int x_fp32, int out_fp32, int64_t T)
 {
@@ -212,7 +203,7 @@ static int get_amax(sk_args *a, const sk_args *others, int8_job *J, PyObject *x_
     }
     /* x_amax apart from what the call writes; out_amax apart from every other buffer of the call */
     if ((vxa && (sk_overlap(vxa, out) || (out_scale && sk_overlap(vxa, out_scale)))) ||
-        (voa && (overlaps_args(voa, a) || overlaps_args(voa, others)))) {
+        (voa && (sk_overlaps_args(voa, a) || sk_overlaps_args(voa, others)))) {
         PyErr_SetString(PyExc_ValueError, "x_amax must not overlap out or out_scale, out_amax no other buffer");
         return -1;
     }

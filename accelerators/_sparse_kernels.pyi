@@ -171,6 +171,26 @@ def ffn_int8(
     out_amax as spmm_int8.
     """
 
+def qkv_attention_int8(
+    mat: SparseMatrix,
+    x: Buffer,
+    out: Buffer,
+    num_heads: int,
+    bias: Buffer | None = None,
+    scale: float = ...,
+    key_bias: Buffer | None = None,
+    threads: int = 1,
+    variant: _Variant = None,
+    x_amax: Buffer | None = None,
+) -> None:
+    """Self-attention's stacked q / k / v product and INT8 attention in one call: qkv =
+    dequant(quant(x) @ W_q.T) + bias, out = attention(qkv, num_heads, scale, key_bias,
+    precision="int8"). mat int8 with n_out = 3 * hidden; x float32 (batch, seq, n_in); out
+    writable float32 (batch, seq, hidden); bias (3 * hidden,); key_bias float32 (batch, seq);
+    x_amax as spmm_int8. Bit-identical to spmm_int8 then attention(precision="int8"); the
+    product's rows stay channel-major and go straight into each head's INT8 layouts.
+    """
+
 def spmm_int8_raw(
     mat: SparseMatrix,
     x: Buffer,

@@ -117,14 +117,16 @@ class FusedBertLayer(nn.Module):
     sums: see ``_sparse_kernels.attention``; query-dependent masks always take fp32 SDPA).
     Raises ValueError for another precision.
 
-    ``fuse_ffn`` / ``hand_ranges`` (class defaults True; set on an instance to compare, as
-    ``scripts/bench_ffn.py`` does): lean layers run an INT8 FFN as one ``ffn_int8`` call, and hand
-    per-token ranges from the kernel that writes a hidden state to the one that quantizes it (see
+    ``fuse_ffn`` / ``hand_ranges`` / ``fuse_attention`` (class defaults True; set on an instance to
+    compare, as ``scripts/bench_ffn.py`` does): lean layers run an INT8 FFN as one ``ffn_int8``
+    call, hand per-token ranges from the kernel that writes a hidden state to the one that
+    quantizes it, and run INT8 q / k / v with INT8 attention as one ``qkv_attention_int8`` call (see
     :meth:`bind`); False gives the chained calls, the same bits.
     """
 
     fuse_ffn = True
     hand_ranges = True
+    fuse_attention = True
 
     def __init__(self, layer: nn.Module, returns_tuple: bool = False, threads: int = 1,
                  variant: Optional[str] = None, key_bias: Optional[KeyBiasCache] = None,
@@ -245,14 +247,20 @@ class FusedBertLayer(nn.Module):
         if (x_amax is not None and not self.takes_x_amax) or (y_amax is not None and not self.gives_y_amax):
             raise ValueError("x_amax / y_amax where the layer's first / last kernel is not INT8")
         H, T, inter = self.att_out.out_features, B * S, self.ffn_in.out_features
-        qkv, ctx, h = buf("qkv", (T, 3 * H)), buf("ctx", (T, H)), buf("h", (T, H))
+        ctx, h = buf("ctx", (T, H)), buf("h", (T, H))
         # h's ranges from the attention output's LayerNorm to the first FFN kernel, when both are INT8
         h_amax = buf("h_amax", (T,)) if self.hand_ranges and self.att_out.dtype_name == "int8" \
             and self.ffn_in.dtype_name == "int8" else None
-        calls = [self.qkv.bound_call(x, qkv, x_amax=x_amax),
-                 (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling, kb,
-                                  self.threads, self.variant, self.attention_precision), {}),
-                 self.att_out.bound_call(ctx, h, x, self.ln1, out_amax=h_amax)]
+        if self.fuse_attention and self.attention_precision == "int8" \
+                and self.qkv.can_fuse_attention(self.threads, self.variant):
+            calls = [self.qkv.bound_qkv_attention_call(x.reshape(B, S, -1), ctx.reshape(B, S, H), self.num_heads,
+                                                       self.scaling, kb, x_amax=x_amax)]
+        else:
+            qkv = buf("qkv", (T, 3 * H))
+            calls = [self.qkv.bound_call(x, qkv, x_amax=x_amax),
+                     (_sk.attention, (qkv.reshape(B, S, 3 * H), ctx.reshape(B, S, H), self.num_heads, self.scaling,
+                                      kb, self.threads, self.variant, self.attention_precision), {})]
+        calls.append(self.att_out.bound_call(ctx, h, x, self.ln1, out_amax=h_amax))
         if self.int8_ffn and self.fuse_ffn and self.ffn_in.can_fuse_ffn(self.ffn_out):
             calls.append(self.ffn_in.bound_ffn_call(self.ffn_out, h, y, h, self.ln2, x_amax=h_amax, out_amax=y_amax))
         elif self.int8_ffn:
@@ -271,8 +279,8 @@ class FusedBertLayer(nn.Module):
         :meth:`SparseLinear.call_state`, the LayerNorm parameters (the same tensors; their values
         are read through the bound arrays) and eps."""
         st = [("attr", self, a, getattr(self, a), None)
-              for a in ("lean", "int8_ffn", "fuse_ffn", "hand_ranges", "attention_precision", "threads", "variant",
-                        "num_heads", "scaling")]
+              for a in ("lean", "int8_ffn", "fuse_ffn", "hand_ranges", "fuse_attention", "attention_precision",
+                        "threads", "variant", "num_heads", "scaling")]
         for n in (self.ln1, self.ln2):
             st += [("slot", n._parameters, "weight", n.weight, None), ("slot", n._parameters, "bias", n.bias, None),
                    ("attr", n, "eps", n.eps, None)]

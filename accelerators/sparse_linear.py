@@ -382,6 +382,29 @@ class SparseLinear(nn.Module):
         kw.update((k, kw1[k]) for k in ("x_amax", "activation") if k in kw1)
         return _sk.ffn_int8, (m1, m2, x, out, self._bias_np, second._bias_np, self.threads, self.variant), kw
 
+    def can_fuse_attention(self, threads: int, variant: Optional[str]) -> bool:
+        """True when ``self`` (the stacked q | k | v layer) and INT8 attention run with ``threads``
+        and ``variant`` can be one ``qkv_attention_int8`` call (:meth:`bound_qkv_attention_call`):
+        int8 with per-token activation scales, no activation, the same threads and variant."""
+        return (self.dtype_name == "int8" and self.act_quant == "token" and self.activation == "none"
+                and self.threads == threads and self.variant == variant and self.out_features % 3 == 0)
+
+    def bound_qkv_attention_call(self, x, out, num_heads: int, scale: float, key_bias, x_amax=None) -> tuple:
+        """INT8 self-attention on ``self(x)`` (the stacked q | k | v projections) as one bound
+        ``qkv_attention_int8`` call: ``x`` (batch, seq, in_features) float32, ``out`` (batch, seq,
+        out_features / 3) float32, ``key_bias`` (batch, seq) float32; ``x_amax`` as
+        :meth:`bound_call`. The same bits as :meth:`bound_call` followed by
+        ``attention(..., precision="int8")``; valid while :meth:`call_state` holds. ValueError
+        unless :meth:`can_fuse_attention` with this layer's own threads and variant."""
+        if not self.can_fuse_attention(self.threads, self.variant):
+            raise ValueError("this layer cannot run as one qkv_attention_int8 call (see can_fuse_attention)")
+        mat = self.packed() if self._stale() else self._mat
+        kw = {"key_bias": key_bias}
+        if x_amax is not None:
+            kw["x_amax"] = x_amax
+        return (_sk.qkv_attention_int8, (mat, x, out, int(num_heads), self._bias_np, float(scale)),
+                {**kw, "threads": self.threads, "variant": self.variant})
+
     def call_state(self) -> list[tuple]:
         """What a bound call depends on besides its arrays, as :func:`state_holds` entries: each
         weight buffer (the same tensor in its slot, at the same in-place version), activation,

@@ -1,21 +1,26 @@
 #!/usr/bin/env python
-"""What the INT8 FFN in one call (``ffn_int8``) and the range handoff (``x_amax`` / ``out_amax``) buy.
+"""What the layer fusions of the INT8 encoder buy: the FFN in one call (``ffn_int8``), the range
+handoff (``x_amax`` / ``out_amax``) and q / k / v with attention in one call (``qkv_attention_int8``).
 
-Two parts, both timed in interleaved rounds (median per round; the ratio is the median over rounds
-of the same-round ratio, > 1: faster than the chained calls):
+Three parts, all timed in interleaved rounds (median per round; the ratio is the median over
+rounds of the same-round ratio, > 1: faster than the chained calls):
 
 * ``kernel``: one feed-forward block, 90 % sparse in 1x4 blocks with random int8 weights, at
   MiniLM's (384 -> 1536 -> 384) and BERT-base's (768 -> 3072 -> 768) shapes, 128 and 1,024 tokens,
   1 and 2 threads: ``spmm_int8`` (GELU, int8 out) then ``spmm_int8`` (int8 in, residual,
   LayerNorm) against one ``ffn_int8`` call with the same arguments.
+* ``attention``: the stacked q / k / v product (90 % in 1x4 blocks) and INT8 attention at the same
+  shapes (12 heads), sequence 128, batch 1 and 8, 1 and 2 threads: ``spmm_int8`` into fp32
+  q | k | v rows then ``attention(precision="int8")`` against one ``qkv_attention_int8`` call.
 * ``model``: ``sparse-int8`` on MiniLM / BERT-base pruned one-shot to 90 % in 1x4 blocks (as
-  ``bench_vs_openvino.py``), sequence 128, with the lean layers' ``fuse_ffn`` / ``hand_ranges``
-  switched: ``chained`` (both off), ``ffn_int8`` (the call, no handoff), ``ffn_int8 + ranges``.
+  ``bench_vs_openvino.py``), sequence 128, with the lean layers' ``fuse_ffn`` / ``hand_ranges`` /
+  ``fuse_attention`` switched: ``chained`` (all off), ``ffn_int8`` (the call, no handoff),
+  ``ffn_int8 + ranges``, ``+ qkv_attention`` (all on, the default).
 
 Output: a table on stdout and JSON (``--out``, default runs/bench_ffn-<time>.json) with the CPU,
 the command line and one record per case and engine.
 
-    python scripts/bench_ffn.py [--parts kernel,model] [--rounds 7]
+    python scripts/bench_ffn.py [--parts kernel,attention,model] [--rounds 7]
 """
 from __future__ import annotations
 
@@ -109,6 +114,30 @@ def kernel_part(rounds: int, loop_s: float) -> list[dict]:
     return recs
 
 
+def attention_part(rounds: int, loop_s: float) -> list[dict]:
+    rng = np.random.default_rng(1)
+    recs = []
+    for model, (H, _) in SHAPES.items():
+        m = _pack(rng, 3 * H, H, 0.1)
+        bias = rng.standard_normal(3 * H).astype(np.float32)
+        for B in (1, 8):
+            x = rng.standard_normal((B, 128, H)).astype(np.float32)
+            kb = np.zeros((B, 128), np.float32)
+            qkv, out = np.empty((B * 128, 3 * H), np.float32), np.empty((B, 128, H), np.float32)
+            for threads in (1, 2):
+                def chained(threads=threads):
+                    sk.spmm_int8(m, x.reshape(B * 128, H), qkv, bias, threads)
+                    sk.attention(qkv.reshape(B, 128, 3 * H), out, 12, -1.0, kb, threads, precision="int8")
+
+                def fused(threads=threads):
+                    sk.qkv_attention_int8(m, x, out, 12, bias, key_bias=kb, threads=threads)
+
+                times = _rounds({"chained": chained, "qkv_attention_int8": fused}, rounds, loop_s)
+                recs += _records({"part": "attention", "shape": model, "batch_size": B, "seq_len": 128,
+                                  "threads": threads}, times)
+    return recs
+
+
 def model_part(rounds: int, loop_s: float) -> list[dict]:
     from accelerators.base import PrepareSettings
     from accelerators.fused_layer import FusedBertLayer
@@ -128,17 +157,18 @@ def model_part(rounds: int, loop_s: float) -> list[dict]:
                                                                        calibration=task.calibration_inputs)).module
                 layers = [m for m in mod.modules() if isinstance(m, FusedBertLayer)]
 
-                def switch(fuse: bool, hand: bool):
+                def switch(fuse: bool, hand: bool, fuse_att: bool):
                     def set_switches():
                         for layer in layers:  # the plan is rebuilt at the next forward
-                            layer.fuse_ffn, layer.hand_ranges = fuse, hand
+                            layer.fuse_ffn, layer.hand_ranges, layer.fuse_attention = fuse, hand, fuse_att
                     return set_switches
 
                 def forward():
                     with torch.inference_mode():
                         mod(**ex)
 
-                engines = {"chained": (False, False), "ffn_int8": (True, False), "ffn_int8 + ranges": (True, True)}
+                engines = {"chained": (False, False, False), "ffn_int8": (True, False, False),
+                           "ffn_int8 + ranges": (True, True, False), "+ qkv_attention": (True, True, True)}
                 times = _rounds({k: forward for k in engines}, rounds, loop_s,
                                 setup={k: switch(*v) for k, v in engines.items()})
                 recs += _records({"part": "model", "model": model, "pruning": "90-1x4", "batch_size": batch,
@@ -148,18 +178,20 @@ def model_part(rounds: int, loop_s: float) -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="kernel,model", help="comma list of kernel, model")
+    ap.add_argument("--parts", default="kernel,attention,model", help="comma list of kernel, attention, model")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--loop-s", type=float, default=0.3, help="seconds per engine per round")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     parts = args.parts.split(",")
     for p in parts:
-        if p not in ("kernel", "model"):
-            ap.error(f"--parts: unknown {p!r} (choose from kernel, model)")
+        if p not in ("kernel", "attention", "model"):
+            ap.error(f"--parts: unknown {p!r} (choose from kernel, attention, model)")
     recs = []
     if "kernel" in parts:
         recs += kernel_part(args.rounds, args.loop_s)
+    if "attention" in parts:
+        recs += attention_part(args.rounds, args.loop_s)
     if "model" in parts:
         recs += model_part(args.rounds, args.loop_s)
     path = Path(args.out or f"runs/bench_ffn-{dt.datetime.now():%Y%m%d-%H%M%S}.json")

@@ -47,6 +47,7 @@ from pruners.magnitude import MagnitudePruner
 #: builtin function name fragment -> operator class (first match wins)
 SPARSE_CLASSES = (
     ("spmm", "linear kernels (sparse)"), ("ffn_int8", "linear kernels (sparse)"),
+    ("qkv_attention", "q/k/v product + attention (one call)"),
     ("quantized", "linear (torch INT8 fallback)"),
     ("linear", "linear (dense: pooler, head, fallback)"), ("addmm", "linear (dense: pooler, head, fallback)"),
     ("attention", "attention"), ("softmax", "attention"), ("matmul", "attention"), ("bmm", "attention"),

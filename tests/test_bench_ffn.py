@@ -23,3 +23,12 @@ def test_kernel_part_writes_its_records(tmp_path):
     assert data["cpu"] and data["command"].endswith("bench_ffn.py --parts kernel --rounds 1 --loop-s 0.001 --out " + str(out))
     with pytest.raises(SystemExit):
         bench_ffn.main(["--parts", "nope"])
+
+
+def test_attention_part_writes_its_records(tmp_path):
+    out = tmp_path / "att.json"
+    bench_ffn.main(["--parts", "attention", "--rounds", "1", "--loop-s", "0.001", "--out", str(out)])
+    recs = json.loads(out.read_text())["results"]
+    assert len(recs) == 2 * 2 * 2 * 2  # shapes x batch sizes x threads x engines
+    assert {r["engine"] for r in recs} == {"chained", "qkv_attention_int8"}
+    assert all(r["part"] == "attention" and r["seq_len"] == 128 and r["latency_p50_ms"] > 0 for r in recs)

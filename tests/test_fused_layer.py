@@ -562,9 +562,10 @@ def test_lean_classifier_concurrent_forwards_agree():
     assert all(torch.equal(g, want) for g in got)
 
 
-def test_lean_classifier_ffn_call_and_range_handoff_are_switches_with_the_same_bits():
-    """The plan binds one ffn_int8 call per INT8 layer and hands ranges between kernels; turning
-    either off (fuse_ffn / hand_ranges) rebuilds the plan with the chained calls, the same bits."""
+def test_lean_classifier_fused_calls_and_range_handoff_are_switches_with_the_same_bits():
+    """The plan binds one ffn_int8 and one qkv_attention_int8 call per INT8 layer (INT8 attention)
+    and hands ranges between kernels; turning any off (fuse_ffn / hand_ranges / fuse_attention)
+    rebuilds the plan with the chained calls, the same bits."""
     from accelerators import _sparse_kernels as _sk
 
     ex = padded_example()
@@ -576,12 +577,18 @@ def test_lean_classifier_ffn_call_and_range_handoff_are_switches_with_the_same_b
         return [(fn, kw) for fn, _, kw in lean._plans[0][6]]
 
     calls = plan_calls()
+    assert all(layer.attention_precision == "int8" for layer in lean.layers)
     assert sum(fn is _sk.ffn_int8 for fn, _ in calls) == len(lean.layers)
+    assert sum(fn is _sk.qkv_attention_int8 for fn, _ in calls) == len(lean.layers)
+    assert not any(fn is _sk.attention for fn, _ in calls)
     assert any("x_amax" in kw for _, kw in calls) and any("out_amax" in kw for _, kw in calls)
-    for fuse, hand in ((False, True), (True, False), (False, False)):
+    for fuse, hand, fuse_att in ((False, True, True), (True, False, True), (True, True, False),
+                                 (False, False, False)):
         for layer in lean.layers:
-            layer.fuse_ffn, layer.hand_ranges = fuse, hand
+            layer.fuse_ffn, layer.hand_ranges, layer.fuse_attention = fuse, hand, fuse_att
         assert torch.equal(logits(lean, ex), want)
         calls = plan_calls()
         assert any(fn is _sk.ffn_int8 for fn, _ in calls) == fuse
+        assert any(fn is _sk.qkv_attention_int8 for fn, _ in calls) == fuse_att
+        assert any(fn is _sk.attention for fn, _ in calls) != fuse_att
         assert any("x_amax" in kw or "out_amax" in kw for _, kw in calls) == hand

@@ -375,5 +375,6 @@ const sk_kernels sk_kernels_avx512 = {
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_avx512_attn_head, sk_avx512_layer_norm,
     sk_quant_rows_generic, sk_attn_head_int8_generic, sk_mid_int8_generic, sk_pack_mid_generic,
+    sk_attn_head_int8_cm_generic,
 };
 #endif

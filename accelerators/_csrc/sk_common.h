@@ -170,6 +170,11 @@ typedef struct sk_kernels {
      * inv[t] == 0 (a zero or non-finite range), tokens >= nb and channels >= n_in get u = 128. */
     void (*pack_mid)(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
                      const sk_tiling *tl);
+    /* attn_head_int8 on channel-major q, k, v (qkv_attention_int8: the q / k / v product's rows as
+     * its output pass leaves them): row i, channel d at q[d * ld + i] (k, v alike); the same
+     * arithmetic, so the same bits as attn_head_int8 on the transposed rows. */
+    void (*attn_head_int8_cm)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                              float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 } sk_kernels;
 
 /* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */
@@ -266,6 +271,8 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                                float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+void sk_attn_head_int8_cm_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                                  float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 #ifdef SK_HAVE_X86
 /* AVX-512 fp32 kernels (defined in sk_avx512.c), shared by the avx512 and vnni tables. */
 void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);

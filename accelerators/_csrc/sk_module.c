@@ -183,6 +183,7 @@ static PyMethodDef methods[] = {
     SK_KW_METHOD("spmm_int8", sk_py_spmm_int8, sk_doc_spmm_int8),
     SK_KW_METHOD("spmm_int8_raw", sk_py_spmm_int8_raw, sk_doc_spmm_int8_raw),
     SK_KW_METHOD("ffn_int8", sk_py_ffn_int8, sk_doc_ffn_int8),
+    SK_KW_METHOD("qkv_attention_int8", sk_py_qkv_attention_int8, sk_doc_qkv_attention_int8),
     SK_KW_METHOD("attention", sk_py_attention, sk_doc_attention),
     {"kernel_variant", py_kernel_variant, METH_NOARGS, "kernel_variant() -> str: the default variant in use."},
     {"compiled_variants", py_compiled_variants, METH_NOARGS,

@@ -173,6 +173,10 @@ int sk_spmm_acquire(sk_spmm_call *c, const sk_spmm_opts *o, int want_dtype, cons
  * c2->x is c1->x and c1->out is c2->out (the intermediate has no buffer). Returns 0, or -1 with an
  * exception set; either way the caller releases c1->bufs and c2->bufs. */
 int sk_ffn_acquire(sk_spmm_call *c1, sk_spmm_call *c2, const sk_spmm_opts *o1, const sk_spmm_opts *o2);
+/* qkv_attention_int8: o's mat (int8, n_out = 3 * hidden), x float32 (batch, seq, n_in), out
+ * writable float32 (batch, seq, hidden), bias (3 * hidden,) and key_bias float32 (batch, seq) or
+ * None (*kb NULL) into c (T = batch * seq), shapes and overlaps checked. 0, or -1 with an exception. */
+int sk_qkva_acquire(sk_spmm_call *c, const sk_spmm_opts *o, PyObject *key_bias, const float **kb);
 /* Fill p for T tokens: tile (0 = auto_tile), token block (0 = auto_tb, then clamped), scratch
  * stride, unpack group and the way threads share the work. */
 void sk_plan_make(sk_plan *p, const sk_spmm_opts *o, int split, int64_t T, int64_t auto_tile, int64_t auto_tb);
@@ -206,8 +210,10 @@ PyObject *sk_py_spmm(PyObject *self, PyObject *args, PyObject *kw);      /* sk_s
 PyObject *sk_py_spmm_int8(PyObject *self, PyObject *args, PyObject *kw); /* sk_spmm_int8.c */
 PyObject *sk_py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw); /* sk_attention.c */
 extern const char sk_doc_pack_csr[], sk_doc_pack_bsr[], sk_doc_pack_int8[], sk_doc_spmm[], sk_doc_spmm_int8[],
-    sk_doc_spmm_int8_raw[], sk_doc_ffn_int8[], sk_doc_attention[];
+    sk_doc_spmm_int8_raw[], sk_doc_ffn_int8[], sk_doc_attention[],
+    sk_doc_qkv_attention_int8[];
 
 #endif

@@ -230,8 +230,10 @@ static float attn8_range(const float *x, int64_t n, int64_t st, float *scale)
 
 /* Portable INT8 attention head: the arithmetic of sk_kernels.attn_head_int8 in plain loops
  * (the same layouts as the VNNI kernel, so the two share one scratch plan). */
-void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
-                               float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+/* element (row i, channel d) of q, k, v at [i * ls + d * cs]: token-major (ls = ld, cs = 1) or
+ * channel-major (ls = 1, cs = ld) */
+static void attn_head_int8_strided(const float *q, const float *k, const float *v, int64_t ls, int64_t cs, int64_t S,
+                                   int64_t dh, float scale, const float *kb, float *o, int64_t ldo, float *scratch)
 {
     sk_attn8 a;
     sk_attn8_parts(S, dh, &a, scratch);
@@ -242,9 +244,9 @@ void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, i
         int32_t sum = 0;
         float sc = 0.0f;
         if (j < S) {
-            const float inv = attn8_range(k + j * ld, dh, 1, &sc);
+            const float inv = attn8_range(k + j * ls, dh, cs, &sc);
             for (int64_t d = 0; d < dh; d++) {
-                const int32_t kq = inv > 0.0f ? sk_quant1(k[j * ld + d], inv) : 0;
+                const int32_t kq = inv > 0.0f ? sk_quant1(k[j * ls + d * cs], inv) : 0;
                 a.k8[((d / 4) * Sp + j) * 4 + d % 4] = (int8_t)kq;
                 sum += kq;
             }
@@ -255,18 +257,18 @@ void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, i
     }
     for (int64_t d = 0; d < dhp; d++) {
         float sc = 0.0f;
-        const float inv = d < dh ? attn8_range(v + d, S, ld, &sc) : 0.0f;
+        const float inv = d < dh ? attn8_range(v + d * cs, S, ls, &sc) : 0.0f;
         a.vsc[d] = sc;
         for (int64_t j = 0; d < dh && j < S; j++)
-            a.v8[((j / 4) * dhp + d) * 4 + j % 4] = (int8_t)(inv > 0.0f ? sk_quant1(v[j * ld + d], inv) : 0);
+            a.v8[((j / 4) * dhp + d) * 4 + j % 4] = (int8_t)(inv > 0.0f ? sk_quant1(v[j * ls + d * cs], inv) : 0);
     }
     int32_t *acc = (int32_t *)a.pu; /* dh int32 per row: the pu rows are not needed here */
     for (int64_t i = 0; i < S; i++) {
         float sq;
-        const float inv = attn8_range(q + i * ld, dh, 1, &sq);
+        const float inv = attn8_range(q + i * ls, dh, cs, &sq);
         uint8_t *qi = a.q8 + i * nq * 4;
         for (int64_t d = 0; d < nq * 4; d++)
-            qi[d] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ld + d], inv) : 0));
+            qi[d] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ls + d * cs], inv) : 0));
         const float rs = sq * scale;
         float m = -__builtin_inff();
         for (int64_t j = 0; j < Sp; j++) {
@@ -292,6 +294,18 @@ void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, i
         const float il = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
         for (int64_t d = 0; d < dh; d++) oi[d] = (float)acc[d] * (a.vsc[d] * il);
     }
+}
+
+void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                               float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    attn_head_int8_strided(q, k, v, ld, 1, S, dh, scale, kb, o, ldo, scratch);
+}
+
+void sk_attn_head_int8_cm_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                                  float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    attn_head_int8_strided(q, k, v, 1, ld, S, dh, scale, kb, o, ldo, scratch);
 }
 
 void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale)
@@ -365,4 +379,5 @@ const sk_kernels sk_kernels_scalar = {
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
     sk_quant_rows_generic, sk_attn_head_int8_generic, sk_mid_int8_generic, sk_pack_mid_generic,
+    sk_attn_head_int8_cm_generic,
 };

@@ -125,6 +125,37 @@ int sk_ffn_acquire(sk_spmm_call *c1, sk_spmm_call *c2, const sk_spmm_opts *o1, c
     return sk_epilogue_acquire(c2, o2);
 }
 
+int sk_qkva_acquire(sk_spmm_call *c, const sk_spmm_opts *o, PyObject *key_bias, const float **kb)
+{
+    memset(c, 0, sizeof(*c));
+    if (check_options(c, o, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8) of the stacked q | k | v") < 0)
+        return -1;
+    const SKMatrix *m = c->m;
+    if (m->n_out % 3 != 0) {
+        PyErr_Format(PyExc_ValueError, "mat: n_out must be 3 * hidden (q | k | v stacked), got %lld", (long long)m->n_out);
+        return -1;
+    }
+    Py_buffer *vb, *vk;
+    if (!(c->x = sk_arg(&c->bufs, o->x, "x", 'f', 3, 0)) || !(c->out = sk_arg(&c->bufs, o->out, "out", 'f', 3, 1)) ||
+        sk_arg_opt(&c->bufs, o->bias, "bias", 'f', 1, 0, &vb) < 0 ||
+        sk_arg_opt(&c->bufs, key_bias, "key_bias", 'f', 2, 0, &vk) < 0)
+        return -1;
+    const int64_t B = c->x->shape[0], S = c->x->shape[1];
+    const int64_t xdims[3] = {SK_ANY, SK_ANY, m->n_in}, odims[3] = {B, S, m->n_out / 3}, kdims[2] = {B, S};
+    if (sk_check_shape(c->x, "x", 3, xdims, NULL) < 0 || sk_check_shape(c->out, "out", 3, odims, NULL) < 0 ||
+        (vb && sk_check_shape(vb, "bias", 1, &m->n_out, NULL) < 0) ||
+        (vk && sk_check_shape(vk, "key_bias", 2, kdims, NULL) < 0))
+        return -1;
+    if (sk_overlap(c->x, c->out) || (vb && sk_overlap(vb, c->out)) || (vk && sk_overlap(vk, c->out))) {
+        PyErr_SetString(PyExc_ValueError, "out must not overlap x, bias or key_bias");
+        return -1;
+    }
+    c->T = B * S;
+    c->bias = vb ? (const float *)vb->buf : NULL;
+    *kb = vk ? (const float *)vk->buf : NULL;
+    return 0;
+}
+
 /* chunks per unpack group: scratch of about 160 KiB per thread (L2), at most 16 chunks */
 static int64_t unpack_group(int64_t lds)
 {

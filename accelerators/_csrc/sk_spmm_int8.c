@@ -7,6 +7,8 @@
  * quantized per token into an int8 Y, so one layer's INT8 output feeds the next.
  */
 #include "sk_py.h"
+#include <math.h>
+#include <string.h>
 
 typedef struct {
     const sk_spmm_call *c;
@@ -435,6 +437,200 @@ const char sk_doc_ffn_int8[] =
     "x_amax / out_amax: the ranges of x given / of out computed, as spmm_int8.\n"
     "GIL released; errors as spmm (ValueError,\n"
     "TypeError), never a crash.";
+
+/* ---- qkv_attention_int8: the q / k / v product and INT8 attention in one call -----------
+ * Per block of whole sequences (as many as fit in 128 tokens, at least one): x quantized and
+ * packed (as spmm_int8), the stacked q | k | v product's accumulators kept channel-major for all
+ * 3H rows and dequantized + biased in place (mid_int8, no activation), then every (sequence,
+ * head) of the block runs attn_head_int8_cm on those rows. The same values as spmm_int8 into fp32
+ * q | k | v rows followed by attention(precision='int8'), without writing the rows out token-major
+ * and reading them back through transposes. Threads take whole blocks when there are enough
+ * (no barrier), else share each block: slices of the packing, row chunks of the product, heads. */
+typedef struct {
+    int8_job J;          /* the product: X, amax / sx / inv of x, xq, plan (tb = tokens per block) */
+    float *out;          /* (B * S, H) */
+    const float *kb;     /* (B, S) additive key bias, or NULL */
+    int64_t B, S, H, dh, spb, nblocks; /* spb: sequences per block */
+    int heads, coop;     /* coop: all threads share each block */
+    float scale;
+    int32_t *acc;        /* per thread (or one, coop): the product's rows, nchunks * 16 x lds */
+    int64_t acc_stride;
+    float *ascr, *amid;  /* per thread: attention head scratch; mid_int8's ranges (not used) */
+    int64_t ascr_stride, amid_stride;
+} qkva_job;
+
+/* sequences [s0, s1) as one block, by thread tid of the nthr that share it (nthr 1: alone) */
+static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t s1, uint8_t *xq, int32_t *acc)
+{
+    const int8_job *J = &Q->J;
+    const sk_spmm_call *c = J->c;
+    const SKMatrix *m = c->m;
+    const sk_kernels *kt = c->kt;
+    const int64_t S = Q->S, H = Q->H, dh = Q->dh, t0 = s0 * S, nb = (s1 - s0) * S, N = m->n_out;
+    const int64_t nq = (m->n_in + 3) / 4, lds = J->p.lds, brpc = SK_ROWS_PER_CHUNK / m->bh;
+    float *amid = Q->amid + (int64_t)sk_thread_num() * Q->amid_stride;
+    sk_tiling tl;
+    sk_make_tiling(&tl, nb, J->p.tt, nq * 4);
+    int64_t c0 = 0, c1 = m->nchunks;
+    if (nthr > 1) {
+        int8_pack(J, &tl, xq, t0, nb, nq * tid / nthr, nq * (tid + 1) / nthr);
+#pragma omp barrier
+        skm_thread_chunks(m, tid, nthr, &c0, &c1);
+    } else
+        int8_pack(J, &tl, xq, t0, nb, 0, nq);
+    for (int64_t g = c0; g < c1; g += J->p.group) {
+        const int64_t g1 = g + J->p.group < c1 ? g + J->p.group : c1;
+        for (int64_t ch = g; ch < g1; ch++) {
+            const int64_t br0 = ch * brpc, br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
+            kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, xq, &tl, nq, acc + ch * SK_ROWS_PER_CHUNK * lds, lds);
+        }
+        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+        if (nrows > N - r0) nrows = N - r0;
+        if (nrows > 0) /* while the group's rows are in cache */
+            kt->mid_int8(acc + r0 * lds, lds, nrows, nb, c->bias ? c->bias + r0 : NULL, m->wscale + r0, m->wsum + r0,
+                         J->sx + t0, SK_ACT_NONE, amid);
+    }
+    if (nthr > 1) {
+#pragma omp barrier
+    }
+    float *ascr = Q->ascr + (int64_t)sk_thread_num() * Q->ascr_stride;
+    const int64_t nw = (s1 - s0) * Q->heads;
+    for (int64_t w = tid; w < nw; w += nthr) {
+        const int64_t s = w / Q->heads, h = w % Q->heads;
+        const float *qr = (const float *)acc + h * dh * lds + s * S;
+        kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale, Q->kb ? Q->kb + (s0 + s) * S : NULL,
+                              Q->out + (s0 + s) * S * H + h * dh, H, ascr);
+    }
+}
+
+static void run_qkva(const qkva_job *Q)
+{
+    const int64_t T = Q->J.c->T;
+#pragma omp parallel num_threads(Q->J.p.nt)
+    {
+        const int tid = sk_thread_num(), nthr = sk_num_threads();
+        if (Q->coop) {
+            int8_scales(&Q->J, T * tid / nthr, T * (tid + 1) / nthr); /* ends with a barrier */
+            for (int64_t b = 0; b < Q->nblocks; b++)
+                qkva_block(Q, tid, nthr, b * Q->spb, (b + 1) * Q->spb < Q->B ? (b + 1) * Q->spb : Q->B, Q->J.xq, Q->acc);
+        } else {
+            const int64_t b0 = Q->nblocks * tid / nthr, b1 = Q->nblocks * (tid + 1) / nthr;
+            const int64_t s0 = b0 * Q->spb, s1 = b1 * Q->spb < Q->B ? b1 * Q->spb : Q->B;
+            int8_scales(&Q->J, s0 * Q->S, s1 * Q->S); /* per token, token split: no barrier */
+            for (int64_t b = b0; b < b1; b++)
+                qkva_block(Q, 0, 1, b * Q->spb, (b + 1) * Q->spb < Q->B ? (b + 1) * Q->spb : Q->B,
+                           Q->J.xq + (int64_t)tid * Q->J.xq_stride, Q->acc + (int64_t)tid * Q->acc_stride);
+        }
+    }
+}
+
+static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObject *x_amax)
+{
+    const SKMatrix *m = c->m;
+    int8_job *J = &Q->J;
+    J->c = c;
+    J->per_token = 1;
+    if (get_amax(&c->bufs, NULL, J, x_amax, Py_None, c->out, NULL, 1, 1, c->T) < 0) return -1;
+    if (c->T == 0) return 0;
+    const int64_t T = c->T, Tp = sk_round_up(T, 16), nq = (m->n_in + 3) / 4;
+    Q->spb = Q->S <= 128 ? 128 / Q->S : 1;
+    if (Q->spb > Q->B) Q->spb = Q->B;
+    Q->nblocks = (Q->B + Q->spb - 1) / Q->spb;
+    const int64_t nb = Q->spb * Q->S, nt = o->threads;
+    /* whole blocks per thread when they divide evenly or are many, else every block shared */
+    Q->coop = nt > 1 && !(Q->nblocks % nt == 0 || Q->nblocks >= 4 * nt);
+    const int64_t tt = default_tile_int8(c->variant, m->bh);
+    sk_plan_make(&J->p, o, 2, T, tt, nb);
+    J->p.tb = nb; /* whole sequences, even past 128 tokens: the heads need every key */
+    J->p.lds = sk_round_up(nb, SK_TOK_GROUP) + 16;
+    J->p.token_split = !Q->coop;
+    J->X = (const float *)c->x->buf;
+    const int64_t copies = Q->coop ? 1 : nt;
+    J->xq_stride = sk_round_up(nq * 4 * sk_round_up(nb, SK_TOK_GROUP), 64);
+    Q->acc_stride = m->nchunks * SK_ROWS_PER_CHUNK * J->p.lds;
+    Q->ascr_stride = sk_round_up(sk_attn8_scratch_floats(Q->S, Q->dh), 16);
+    Q->amid_stride = sk_round_up(nb, 16);
+    size_t n1 = 0, n2 = 0, n3 = 0, n4 = 0;
+    J->xq = (uint8_t *)sk_ws_take((size_t)(J->xq_stride * copies), &n1);
+    Q->acc = (int32_t *)sk_ws_take(sizeof(int32_t) * (size_t)(Q->acc_stride * copies), &n2);
+    Q->ascr = (float *)sk_ws_take(sizeof(float) * (size_t)((Q->ascr_stride + Q->amid_stride) * nt), &n3);
+    float *sc = (float *)sk_ws_take(sizeof(float) * (size_t)(3 * Tp), &n4);
+    int rc = 0;
+    if (!J->xq || !Q->acc || !Q->ascr || !sc) {
+        PyErr_NoMemory();
+        rc = -1;
+    } else {
+        Q->amid = Q->ascr + Q->ascr_stride * nt;
+        memset(Q->amid, 0, sizeof(float) * (size_t)(Q->amid_stride * nt));
+        if (!J->amax_given) J->amax = sc;
+        J->sx = sc + Tp, J->inv = sc + 2 * Tp;
+        Py_BEGIN_ALLOW_THREADS
+        run_qkva(Q);
+        Py_END_ALLOW_THREADS
+    }
+    sk_ws_give(J->xq, n1);
+    sk_ws_give(Q->acc, n2);
+    sk_ws_give(Q->ascr, n3);
+    sk_ws_give(sc, n4);
+    return rc;
+}
+
+PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"mat", "x", "out", "num_heads", "bias", "scale", "key_bias", "threads", "variant",
+                             "x_amax", NULL};
+    sk_spmm_opts o = SK_SPMM_OPTS_INIT;
+    PyObject *key_bias = Py_None, *x_amax = Py_None;
+    double scale = -1.0;
+    qkva_job Q;
+    memset(&Q, 0, sizeof(Q));
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OdOiOO:qkv_attention_int8", kwlist, &o.mat, &o.x, &o.out,
+                                     &Q.heads, &o.bias, &scale, &key_bias, &o.threads, &o.variant, &x_amax))
+        return NULL;
+    sk_spmm_call c;
+    int rc = sk_qkva_acquire(&c, &o, key_bias, &Q.kb);
+    if (rc == 0) {
+        Q.B = c.x->shape[0], Q.S = c.x->shape[1], Q.H = c.m->n_out / 3;
+        Q.out = (float *)c.out->buf;
+        if (Q.heads < 1 || Q.H % Q.heads != 0) {
+            PyErr_Format(PyExc_ValueError, "num_heads must be >= 1 and divide hidden %lld, got %d", (long long)Q.H,
+                         Q.heads);
+            rc = -1;
+        } else if (Q.S > SK_ATTN8_MAX_S) {
+            PyErr_Format(PyExc_ValueError, "at most %d keys per sequence (int32 sums), got seq %lld", SK_ATTN8_MAX_S,
+                         (long long)Q.S);
+            rc = -1;
+        } else if (!isfinite(scale)) {
+            PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        Q.dh = Q.H / Q.heads;
+        Q.scale = scale < 0 ? (float)(1.0 / sqrt((double)Q.dh)) : (float)scale;
+        rc = qkva_run(&c, &o, &Q, x_amax);
+    }
+    sk_args_release(&c.bufs);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+const char sk_doc_qkv_attention_int8[] =
+    "qkv_attention_int8(mat, x, out, num_heads, bias=None, scale=1/sqrt(head_dim), key_bias=None, threads=1,\n"
+    "                   variant=None, x_amax=None)\n\n"
+    "Self-attention's q / k / v product and INT8 attention in one call, for inference:\n"
+    "  qkv = dequant(quant(x) @ W_q.T) + bias        (spmm_int8, per-token activation scales)\n"
+    "  out = attention(qkv, num_heads, scale, key_bias, precision='int8')\n"
+    "mat: int8 SparseMatrix (pack_int8) of q | k | v stacked, n_out = 3 * hidden; x: float32 C-contiguous\n"
+    "(batch, seq, n_in); out: writable float32 (batch, seq, hidden), heads side by side, apart from\n"
+    "the inputs; bias: float32 (3 * hidden,) or None; key_bias: float32 (batch, seq) or None, as\n"
+    "attention; x_amax: float32 (batch * seq,), max |x| per token already known, as spmm_int8.\n"
+    "Bit-identical to spmm_int8(mat, x2d, qkv, bias, x_amax=...) followed by attention(qkv, out,\n"
+    "num_heads, scale, key_bias, precision='int8') with the same variant, for any threads: the\n"
+    "product's rows stay channel-major and go straight into each head's INT8 layouts. seq <= 65536.\n"
+    "GIL released; ValueError / TypeError on bad input, never a crash.";
 
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
 {

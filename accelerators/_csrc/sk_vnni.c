@@ -494,16 +494,93 @@ static inline void prefetch_next_head(const float *q, const float *k, const floa
         }
 }
 
-static void attn_head_int8(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
-                           float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+/* Quantize and lay out one head (sk_attn8) from channel-major q, k, v (channel d of row i at
+ * x[d * ld + i]), with attn8_pack's arithmetic on the same values, so the same bytes and scales.
+ * Keys are already in the layout k8 needs (a vector of 16 keys per channel): ranges are vertical
+ * maxima over the channel rows and four quantized rows interleave bytewise into a k8 vector.
+ * Values and queries need vectors of channels per row: 16 x 16 transposes. */
+static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const float *v, int64_t ld, const float *kb)
 {
-    sk_attn8 a;
-    sk_attn8_parts(S, dh, &a, scratch);
-    attn8_pack(&a, q, k, v, ld, kb);
-    const int64_t Sp = a.Sp, nj = Sp / 16, nq = a.nq, dhp = a.dhp, nc = dhp / 16, nkq = (S + 3) / 4;
+    const int64_t S = a->S, Sp = a->Sp, dh = a->dh, nq = a->nq, dhp = a->dhp, nc = dhp / 16;
+    const __m512i lo8 = _mm512_set1_epi32(0xff);
+    for (int64_t j0 = 0; j0 < Sp; j0 += 16) {
+        const int64_t nk = S - j0 < 16 ? (S - j0 > 0 ? S - j0 : 0) : 16;
+        const __mmask16 km = (__mmask16)((1u << nk) - 1u);
+        __m512 am = _mm512_setzero_ps(), sc;
+        for (int64_t d = 0; d < dh; d++) am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(km, k + d * ld + j0)));
+        const __m512 inv = lanes_inv(am, &sc);
+        _mm512_store_ps(a->ksc + j0, sc);
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t c = 0; c < nq; c++) {
+            __m512i w = _mm512_setzero_si512();
+            for (int e = 0; e < 4 && 4 * c + e < dh; e++) {
+                const __m512i qi = qv16(_mm512_maskz_loadu_ps(km, k + (4 * c + e) * ld + j0), inv);
+                sum = _mm512_add_epi32(sum, qi);
+                w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qi, lo8), 8 * e));
+            }
+            _mm512_store_si512((void *)(a->k8 + (c * Sp + j0) * 4), w);
+        }
+        _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
+        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
+    }
+    /* values: one scale per channel (a horizontal max over the channel's row of keys) */
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+        float amc[16] = {0};
+        for (int64_t d = 0; d < nd; d++) {
+            const float *vr = v + (c * 16 + d) * ld;
+            __m512 m = _mm512_setzero_ps();
+            for (int64_t j0 = 0; j0 < S; j0 += 16)
+                m = _mm512_max_ps(m, abs_nan_inf(_mm512_maskz_loadu_ps(
+                                         (__mmask16)((1u << (S - j0 < 16 ? S - j0 : 16)) - 1u), vr + j0)));
+            amc[d] = _mm512_reduce_max_ps(m);
+        }
+        __m512 sc, r[16];
+        const __m512 inv = lanes_inv(_mm512_loadu_ps(amc), &sc);
+        _mm512_store_ps(a->vsc + c * 16, sc);
+        for (int64_t j0 = 0; j0 < Sp; j0 += 16) {
+            load_tr_rows(v + c * 16 * ld, ld, nd, j0, S, r); /* r[e]: the 16 channels of key j0 + e */
+            for (int64_t t = 0; t < 4; t++) {
+                __m512i w = _mm512_setzero_si512();
+                for (int e = 0; e < 4; e++)
+                    w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(qv16(r[4 * t + e], inv), lo8), 8 * e));
+                _mm512_store_si512((void *)(a->v8 + ((j0 / 4 + t) * dhp + c * 16) * 4), w);
+            }
+        }
+    }
+    /* queries: ranges as vertical maxima over the channel rows, then rows of nq quads + 128 */
+    for (int64_t i0 = 0; i0 < S; i0 += 16) {
+        const int64_t nr = S - i0 < 16 ? S - i0 : 16;
+        const __mmask16 qm = (__mmask16)((1u << nr) - 1u);
+        __m512 am = _mm512_setzero_ps(), sc, r[16];
+        for (int64_t d = 0; d < dh; d++) am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(qm, q + d * ld + i0)));
+        float invs[16];
+        _mm512_storeu_ps(invs, lanes_inv(am, &sc));
+        _mm512_store_ps(a->qsc + i0, sc);
+        for (int64_t c = 0; c * 16 < nq * 4; c++) {
+            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
+            const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
+            load_tr_rows(q + c * 16 * ld, ld, nd, i0, S, r); /* r[l]: the 16 channels of query i0 + l */
+            for (int64_t l = 0; l < nr; l++) {
+                const __m512i qi = _mm512_add_epi32(qv16(r[l], _mm512_set1_ps(invs[l])), _mm512_set1_epi32(128));
+                _mm_mask_storeu_epi8(a->q8 + (i0 + l) * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u),
+                                     _mm512_cvtepi32_epi8(qi));
+            }
+        }
+    }
+}
+
+/* Q K^T, softmax and P V of a packed head (sk_attn8) into o; q, k, v, ld: the token-major rows to
+ * prefetch for the next head (q NULL: none) */
+static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, const float *q, const float *k,
+                      const float *v, int64_t ld)
+{
+    const sk_attn8 a = *ap;
+    const int64_t S = a.S, dh = a.dh, Sp = a.Sp, nj = Sp / 16, nq = a.nq, dhp = a.dhp, nc = dhp / 16,
+                  nkq = (S + 3) / 4;
     for (int64_t i0 = 0; i0 < S; i0 += AR8) {
         const int64_t nr = S - i0 < AR8 ? S - i0 : AR8;
-        prefetch_next_head(q, k, v, ld, dh, i0, i0 + nr);
+        if (q) prefetch_next_head(q, k, v, ld, dh, i0, i0 + nr);
         const uint8_t *qr[AR8]; /* rows past the end repeat the last one (computed, never stored) */
         __m512 rs[AR8], mx[AR8];
         for (int r = 0; r < AR8; r++) {
@@ -589,9 +666,27 @@ static void attn_head_int8(const float *q, const float *k, const float *v, int64
     }
 }
 
+static void attn_head_int8(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                           float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    attn8_pack(&a, q, k, v, ld, kb);
+    attn8_run(&a, scale, o, ldo, q, k, v, ld);
+}
+
+static void attn_head_int8_cm(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                              float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    attn8_pack_cm(&a, q, k, v, ld, kb);
+    attn8_run(&a, scale, o, ldo, NULL, NULL, NULL, 0);
+}
+
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
-    sk_avx512_layer_norm, quant_rows, attn_head_int8, mid_int8, pack_mid,
+    sk_avx512_layer_norm, quant_rows, attn_head_int8, mid_int8, pack_mid, attn_head_int8_cm,
 };
 #endif

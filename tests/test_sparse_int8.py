@@ -53,6 +53,26 @@ def test_exact_integer_accumulation(variant, bh, tokens):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_wide_rows_every_tile_and_split(variant):
+    """Wide 1x4-block rows (n_in 1,503, a packed tile of up to 188 KiB) called a group of chunks at a
+    time: empty rows, rows whose blocks all lie at the end or the start, every tile width, both splits."""
+    rng = np.random.default_rng(11)
+    n_out, n_in = 300, 1503
+    keep = np.repeat(rng.random((n_out, (n_in + 3) // 4)) < 0.1, 4, axis=1)[:, :n_in]
+    wq = (rng.integers(-127, 128, (n_out, n_in)) * keep).astype(np.int8)
+    wq[5] = 0
+    wq[6, :-40] = 0
+    wq[7, 300:] = 0
+    xq = rng.integers(-128, 128, (200, n_in)).astype(np.int8)
+    ref = xq.astype(np.int64) @ wq.astype(np.int64).T
+    m = pack_q(wq, 1)
+    for tile in (0, 16, 32, 64, 128):
+        for split in ("rows", "tokens"):
+            for threads in (1, 2):
+                assert np.array_equal(raw(m, xq, variant, threads, tile=tile, split=split), ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_extremes_and_saturation_free_accumulation(variant):
     # all-extreme operands: u8 = 0 / 255 against s8 = -128 / 127 (a vpmaddubsw would saturate int16)
     n_in = 4096

@@ -53,12 +53,8 @@ static void int8_block(const int8_job *J, const sk_tiling *tl, const uint8_t *xq
     const int64_t brpc = SK_ROWS_PER_CHUNK / m->bh;
     for (int64_t g = c0; g < c1; g += group) {
         const int64_t g1 = g + group < c1 ? g + group : c1;
-        for (int64_t ch = g; ch < g1; ch++) {
-            const int64_t br0 = ch * brpc;
-            const int64_t br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-            c->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, xq, tl, nq,
-                             scr + (ch - g) * SK_ROWS_PER_CHUNK * lds, lds);
-        }
+        c->kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, tl, nq,
+                         scr, lds);
         const int64_t r0 = g * SK_ROWS_PER_CHUNK;
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
         if (nrows > N - r0) nrows = N - r0;
@@ -306,11 +302,8 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
         for (int64_t t = t0; t < t0 + nb; t++) F->amid[t] = 0.0f;
         for (int64_t g = 0; g < m1->nchunks; g += A->p.group) {
             const int64_t g1 = g + A->p.group < m1->nchunks ? g + A->p.group : m1->nchunks;
-            for (int64_t ch = g; ch < g1; ch++) {
-                const int64_t br0 = ch * brpc, br1 = br0 + brpc < m1->nbr ? br0 + brpc : m1->nbr;
-                kt->tile_int8(m1->bh, m1->ptr, m1->idx, m1->qval, br0, br1, xq1, &tl1, nq1,
-                              mid + ch * SK_ROWS_PER_CHUNK * lds, lds);
-            }
+            kt->tile_int8(m1->bh, m1->ptr, m1->idx, m1->qval, g * brpc, g1 * brpc < m1->nbr ? g1 * brpc : m1->nbr,
+                          xq1, &tl1, nq1, mid + g * SK_ROWS_PER_CHUNK * lds, lds);
             const int64_t r0 = g * SK_ROWS_PER_CHUNK;
             int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
             if (nrows > N1 - r0) nrows = N1 - r0;
@@ -480,10 +473,8 @@ static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t
         int8_pack(J, &tl, xq, t0, nb, 0, nq);
     for (int64_t g = c0; g < c1; g += J->p.group) {
         const int64_t g1 = g + J->p.group < c1 ? g + J->p.group : c1;
-        for (int64_t ch = g; ch < g1; ch++) {
-            const int64_t br0 = ch * brpc, br1 = br0 + brpc < m->nbr ? br0 + brpc : m->nbr;
-            kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, br0, br1, xq, &tl, nq, acc + ch * SK_ROWS_PER_CHUNK * lds, lds);
-        }
+        kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, &tl, nq,
+                      acc + g * SK_ROWS_PER_CHUNK * lds, lds);
         const int64_t r0 = g * SK_ROWS_PER_CHUNK;
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
         if (nrows > N - r0) nrows = N - r0;

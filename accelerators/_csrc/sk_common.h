@@ -200,7 +200,8 @@ typedef struct {
     int32_t *kcomp;  /* Sp: 128 * sum_d k8[j][d] (removes the +128 offset of q8) */
     float *ksc;      /* Sp: key scales (0 on padding keys) */
     float *bias;     /* Sp: key bias, -inf on padding keys */
-    uint8_t *q8;     /* [S][nq * 4]: q8 + 128 (uint8, vpdpbusd's unsigned operand); padding 128 */
+    uint8_t *q8;     /* [nq][Sp][4]: query i's channels 4c..4c+3 at (c * Sp + i) * 4, as q8 + 128 (uint8,
+                        vpdpbusd's unsigned operand); padding channels 128 */
     float *qsc;      /* S (padded to 16): query scales */
     int8_t *v8;      /* [Sp / 4][dhp][4]: value of key 4 jq + e, channel d at (jq * dhp + d) * 4 + e */
     float *vsc;      /* dhp: value scales per channel */
@@ -212,7 +213,7 @@ typedef struct {
 static inline int64_t sk_attn8_parts(int64_t S, int64_t dh, sk_attn8 *a, float *base)
 {
     const int64_t Sp = (S + 15) / 16 * 16, dhp = (dh + 15) / 16 * 16, nq = (dh + 3) / 4;
-    const int64_t sizes[10] = {nq * Sp * 4, Sp * 4, Sp * 4, Sp * 4, S * nq * 4, (S + 15) / 16 * 64,
+    const int64_t sizes[10] = {nq * Sp * 4, Sp * 4, Sp * 4, Sp * 4, nq * Sp * 4, (S + 15) / 16 * 64,
                                Sp * dhp, dhp * 4, SK_ATTN_ROWS * Sp * 4,
                                SK_ATTN_ROWS * Sp > dhp * 4 ? SK_ATTN_ROWS * Sp : dhp * 4};
     int64_t off[10], total = 0; /* bytes, each part rounded up to 64 */

@@ -266,14 +266,15 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
     for (int64_t i = 0; i < S; i++) {
         float sq;
         const float inv = attn8_range(q + i * ls, dh, cs, &sq);
-        uint8_t *qi = a.q8 + i * nq * 4;
+        uint8_t *qi = a.q8 + i * 4; /* channel d at qi[(d / 4) * Sp * 4 + d % 4] */
         for (int64_t d = 0; d < nq * 4; d++)
-            qi[d] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ls + d * cs], inv) : 0));
+            qi[(d / 4) * Sp * 4 + d % 4] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ls + d * cs], inv) : 0));
         const float rs = sq * scale;
         float m = -__builtin_inff();
         for (int64_t j = 0; j < Sp; j++) {
             int32_t dot = 0;
-            for (int64_t d = 0; d < nq * 4; d++) dot += (int32_t)qi[d] * a.k8[((d / 4) * Sp + j) * 4 + d % 4];
+            for (int64_t d = 0; d < nq * 4; d++)
+                dot += (int32_t)qi[(d / 4) * Sp * 4 + d % 4] * a.k8[((d / 4) * Sp + j) * 4 + d % 4];
             const float sj = (float)(dot - a.kcomp[j]) * (a.ksc[j] * rs) + a.bias[j];
             a.p[j] = sj;
             if (sj > m) m = sj;

@@ -456,24 +456,22 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
             _mm512_store_si512((void *)(a->v8 + (jq * dhp + c * 16) * 4), w);
         }
     }
-    /* queries: rows of nq quads, + 128 (unsigned operand); ranges 16 rows at a time */
+    /* queries: like keys, [quad][16 queries][4] vectors of q8 + 128 (the unsigned operand) */
+    const __m512i off = _mm512_set1_epi32(128);
     for (int64_t i0 = 0; i0 < S; i0 += 16) {
         const int64_t nr = S - i0 < 16 ? S - i0 : 16;
         const float *qr = q + i0 * ld;
-        __m512 sc;
-        float invs[16];
-        _mm512_storeu_ps(invs, rows16_inv(qr, ld, nr, dh, &sc));
+        __m512 r[16], sc;
+        const __m512 inv = rows16_inv(qr, ld, nr, dh, &sc);
         _mm512_store_ps(a->qsc + i0, sc);
-        for (int64_t l = 0; l < nr; l++) {
-            const __m512 inv = _mm512_set1_ps(invs[l]);
-            for (int64_t c = 0; c * 16 < nq * 4; c++) {
-                const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
-                const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
-                const __m512i qi = _mm512_add_epi32(
-                    qv16(_mm512_maskz_loadu_ps((__mmask16)((1u << nd) - 1u), qr + l * ld + c * 16), inv),
-                    _mm512_set1_epi32(128));
-                _mm_mask_storeu_epi8(a->q8 + (i0 + l) * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u),
-                                     _mm512_cvtepi32_epi8(qi));
+        for (int64_t c = 0; c < nc; c++) {
+            load_tr_rows(qr, ld, nr, c * 16, dh, r);
+            for (int t = 0; t < 4 && c * 4 + t < nq; t++) {
+                __m512i w = _mm512_setzero_si512();
+                for (int e = 0; e < 4; e++) /* channels past dh: q8 = 0, u = 128 */
+                    w = _mm512_or_si512(w, _mm512_slli_epi32(
+                        _mm512_and_si512(_mm512_add_epi32(qv16(r[4 * t + e], inv), off), lo8), 8 * e));
+                _mm512_store_si512((void *)(a->q8 + ((c * 4 + t) * Sp + i0) * 4), w);
             }
         }
     }
@@ -548,24 +546,23 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
             }
         }
     }
-    /* queries: ranges as vertical maxima over the channel rows, then rows of nq quads + 128 */
+    /* queries: like keys (vertical ranges, bytewise interleave), + 128 (the unsigned operand) */
+    const __m512i off = _mm512_set1_epi32(128);
     for (int64_t i0 = 0; i0 < S; i0 += 16) {
         const int64_t nr = S - i0 < 16 ? S - i0 : 16;
         const __mmask16 qm = (__mmask16)((1u << nr) - 1u);
-        __m512 am = _mm512_setzero_ps(), sc, r[16];
+        __m512 am = _mm512_setzero_ps(), sc;
         for (int64_t d = 0; d < dh; d++) am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(qm, q + d * ld + i0)));
-        float invs[16];
-        _mm512_storeu_ps(invs, lanes_inv(am, &sc));
+        const __m512 inv = lanes_inv(am, &sc);
         _mm512_store_ps(a->qsc + i0, sc);
-        for (int64_t c = 0; c * 16 < nq * 4; c++) {
-            const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
-            const int64_t nb = nq * 4 - c * 16 < 16 ? nq * 4 - c * 16 : 16;
-            load_tr_rows(q + c * 16 * ld, ld, nd, i0, S, r); /* r[l]: the 16 channels of query i0 + l */
-            for (int64_t l = 0; l < nr; l++) {
-                const __m512i qi = _mm512_add_epi32(qv16(r[l], _mm512_set1_ps(invs[l])), _mm512_set1_epi32(128));
-                _mm_mask_storeu_epi8(a->q8 + (i0 + l) * nq * 4 + c * 16, (__mmask16)((1u << nb) - 1u),
-                                     _mm512_cvtepi32_epi8(qi));
+        for (int64_t c = 0; c < nq; c++) {
+            __m512i w = _mm512_setzero_si512();
+            for (int e = 0; e < 4; e++) {
+                const int64_t d = 4 * c + e; /* channels past dh: q8 = 0, u = 128 */
+                const __m512 x = d < dh ? _mm512_maskz_loadu_ps(qm, q + d * ld + i0) : _mm512_setzero_ps();
+                w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_and_si512(_mm512_add_epi32(qv16(x, inv), off), lo8), 8 * e));
             }
+            _mm512_store_si512((void *)(a->q8 + (c * Sp + i0) * 4), w);
         }
     }
 }
@@ -585,7 +582,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, co
         __m512 rs[AR8], mx[AR8];
         for (int r = 0; r < AR8; r++) {
             const int64_t i = i0 + (r < nr ? r : nr - 1);
-            qr[r] = a.q8 + i * nq * 4;
+            qr[r] = a.q8 + i * 4;
             rs[r] = _mm512_set1_ps(a.qsc[i] * scale);
             mx[r] = _mm512_set1_ps(-__builtin_inff());
         }
@@ -599,7 +596,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, co
                 const __m512i k0 = _mm512_load_si512((const void *)kc);
                 const __m512i k1 = two ? _mm512_load_si512((const void *)(kc + 64)) : _mm512_setzero_si512();
                 for (int r = 0; r < AR8; r++) {
-                    const __m512i qb = _mm512_set1_epi32(load_i32(qr[r] + c * 4));
+                    const __m512i qb = _mm512_set1_epi32(load_i32(qr[r] + c * Sp * 4));
                     acc0[r] = _mm512_dpbusd_epi32(acc0[r], qb, k0);
                     acc1[r] = _mm512_dpbusd_epi32(acc1[r], qb, k1);
                 }

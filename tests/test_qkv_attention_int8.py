@@ -72,6 +72,18 @@ def test_block_heights_bias_scale_and_ranges(variant, bh):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bh", [1, 8])
+def test_long_sequences_keep_their_tiling_in_bounds(variant, bh):
+    """A block is a whole sequence: past 512 register tiles of the variant's width (8,192 tokens
+    at 16) the tiles widen instead of overflowing the tiling."""
+    m, x, bias, kb = case(bh, 1, 9000, 4, n_in=4, bh=bh, masked=False)
+    want = two_calls(m, x, bias, 1, None, variant=variant)
+    got = np.empty_like(want)
+    sk.qkv_attention_int8(m, x, got, 1, bias, variant=variant)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_close_to_float_attention(variant):
     """Against float64 attention on the same fp32 q | k | v rows: within the INT8 attention
     kernel's stated bound (1 % of max |v| for q, k, v of unit scale)."""
@@ -136,4 +148,6 @@ def test_validation():
         sk.qkv_attention_int8(m, x, out, 3)
     np.testing.assert_array_equal(out, before)  # nothing written by a rejected call
     sk.qkv_attention_int8(m, np.empty((0, 8, 32), np.float32), np.empty((0, 8, 32), np.float32), 2)
+    empty = pack(np.random.default_rng(0), 0, 32, 1, 0.3)  # hidden 0: nothing to do, whatever num_heads
+    sk.qkv_attention_int8(empty, x, np.empty((2, 8, 0), np.float32), 2**30)
     sk.qkv_attention_int8(m, np.empty((2, 0, 32), np.float32), np.empty((2, 0, 32), np.float32), 2)

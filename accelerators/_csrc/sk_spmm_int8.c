@@ -202,7 +202,7 @@ static int get_amax(sk_args *a, const sk_args *others, int8_job *J, PyObject *x_
     /* x_amax apart from what the call writes; out_amax apart from every other buffer of the call */
     if ((vxa && (sk_overlap(vxa, out) || (out_scale && sk_overlap(vxa, out_scale)))) ||
         (voa && (sk_overlaps_args(voa, a) || sk_overlaps_args(voa, others)))) {
-        PyErr_SetString(PyExc_ValueError, "x_amax must not overlap out or out_scale, out_amax no other buffer");
+        PyErr_SetString(PyExc_ValueError, "x_amax must not overlap a buffer the call writes, out_amax no other buffer");
         return -1;
     }
     if (vxa) {
@@ -523,7 +523,7 @@ static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObjec
     J->c = c;
     J->per_token = 1;
     if (get_amax(&c->bufs, NULL, J, x_amax, Py_None, c->out, NULL, 1, 1, c->T) < 0) return -1;
-    if (c->T == 0) return 0;
+    if (c->T == 0 || Q->H == 0) return 0;
     const int64_t T = c->T, Tp = sk_round_up(T, 16), nq = (m->n_in + 3) / 4;
     Q->spb = Q->S <= 128 ? 128 / Q->S : 1;
     if (Q->spb > Q->B) Q->spb = Q->B;
@@ -531,8 +531,12 @@ static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObjec
     const int64_t nb = Q->spb * Q->S, nt = o->threads;
     /* whole blocks per thread when they divide evenly or are many, else every block shared */
     Q->coop = nt > 1 && !(Q->nblocks % nt == 0 || Q->nblocks >= 4 * nt);
-    const int64_t tt = default_tile_int8(c->variant, m->bh);
+    /* a block is a whole sequence at most: wider register tiles for long ones, so that its tiling
+     * stays within SK_MAX_TILES (seq <= SK_ATTN8_MAX_S: at most 256 tiles of 256 tokens, plus tails) */
+    int64_t tt = default_tile_int8(c->variant, m->bh);
+    while (tt < 256 && sk_round_up(nb, SK_TOK_GROUP) / tt + 8 > SK_MAX_TILES) tt *= 2;
     sk_plan_make(&J->p, o, 2, T, tt, nb);
+    J->p.tt = tt;
     J->p.tb = nb; /* whole sequences, even past 128 tokens: the heads need every key */
     J->p.lds = sk_round_up(nb, SK_TOK_GROUP) + 16;
     J->p.token_split = !Q->coop;
@@ -620,7 +624,8 @@ const char sk_doc_qkv_attention_int8[] =
     "attention; x_amax: float32 (batch * seq,), max |x| per token already known, as spmm_int8.\n"
     "Bit-identical to spmm_int8(mat, x2d, qkv, bias, x_amax=...) followed by attention(qkv, out,\n"
     "num_heads, scale, key_bias, precision='int8') with the same variant, for any threads: the\n"
-    "product's rows stay channel-major and go straight into each head's INT8 layouts. seq <= 65536.\n"
+    "product's rows stay channel-major and go straight into each head's INT8 layouts. seq <= 65536;\n"
+    "a negative scale means the default.\n"
     "GIL released; ValueError / TypeError on bad input, never a crash.";
 
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)

@@ -16,6 +16,27 @@ typedef struct {
     float scale;
 } attn_call;
 
+int sk_attention_params(int heads, int64_t H, int64_t S, int int8, double scale, int64_t *dh, float *scale_out)
+{
+    if (heads < 1 || H % heads != 0) {
+        PyErr_Format(PyExc_ValueError, "num_heads must be >= 1 and hidden %lld divisible by num_heads=%d",
+                     (long long)H, heads);
+        return -1;
+    }
+    if (int8 && S > SK_ATTN8_MAX_S) {
+        PyErr_Format(PyExc_ValueError, "INT8 attention supports at most %d keys (int32 sums), got seq %lld",
+                     SK_ATTN8_MAX_S, (long long)S);
+        return -1;
+    }
+    if (!isfinite(scale)) {
+        PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
+        return -1;
+    }
+    *dh = H / heads;
+    *scale_out = scale < 0 ? (float)(1.0 / sqrt((double)(*dh > 0 ? *dh : 1))) : (float)scale;
+    return 0;
+}
+
 /* shapes, overlaps and scale of an attention call whose buffers are acquired */
 static int check_attention(attn_call *a, const Py_buffer *vq, const Py_buffer *vo, const Py_buffer *vk, double scale)
 {
@@ -23,31 +44,16 @@ static int check_attention(attn_call *a, const Py_buffer *vq, const Py_buffer *v
     a->B = vq->shape[0];
     a->S = vq->shape[1];
     a->H = H3 / 3;
-    if (a->heads < 1) {
-        PyErr_Format(PyExc_ValueError, "num_heads must be >= 1, got %d", a->heads);
+    if (H3 % 3 != 0) {
+        PyErr_Format(PyExc_ValueError, "qkv: last dimension must be 3 * hidden, got %lld", (long long)H3);
         return -1;
     }
-    if (H3 % 3 != 0 || a->H % a->heads != 0) {
-        PyErr_Format(PyExc_ValueError, "qkv: last dimension must be 3 * hidden with hidden divisible by num_heads=%d, "
-                     "got %lld", a->heads, (long long)H3);
-        return -1;
-    }
+    if (sk_attention_params(a->heads, a->H, a->S, a->int8, scale, &a->dh, &a->scale) < 0) return -1;
     const int64_t odims[3] = {a->B, a->S, a->H}, kdims[2] = {a->B, a->S};
     if (sk_check_shape(vo, "out", 3, odims, NULL) < 0 || (vk && sk_check_shape(vk, "key_bias", 2, kdims, NULL) < 0))
         return -1;
     if (sk_overlap(vq, vo) || (vk && sk_overlap(vk, vo))) {
         PyErr_SetString(PyExc_ValueError, "out must not overlap qkv or key_bias");
-        return -1;
-    }
-    a->dh = a->H / a->heads;
-    if (a->int8 && a->S > SK_ATTN8_MAX_S) {
-        PyErr_Format(PyExc_ValueError, "precision='int8' supports at most %d keys (int32 sums), got seq %lld",
-                     SK_ATTN8_MAX_S, (long long)a->S);
-        return -1;
-    }
-    a->scale = scale < 0 ? (float)(1.0 / sqrt((double)(a->dh > 0 ? a->dh : 1))) : (float)scale;
-    if (!isfinite(scale)) {
-        PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
         return -1;
     }
     a->qkv = (const float *)vq->buf;

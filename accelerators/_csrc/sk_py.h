@@ -209,6 +209,9 @@ PyObject *sk_py_pack_int8(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *sk_py_spmm(PyObject *self, PyObject *args, PyObject *kw);      /* sk_spmm_fp32.c */
 PyObject *sk_py_spmm_int8(PyObject *self, PyObject *args, PyObject *kw); /* sk_spmm_int8.c */
 PyObject *sk_py_spmm_int8_raw(PyObject *self, PyObject *args, PyObject *kw);
+/* attention's num_heads (>= 1, dividing hidden H), seq S (<= SK_ATTN8_MAX_S when int8) and scale
+ * (finite; negative: 1/sqrt(head_dim)) into *dh and *scale_out (sk_attention.c): 0, or -1 with ValueError */
+int sk_attention_params(int heads, int64_t H, int64_t S, int int8, double scale, int64_t *dh, float *scale_out);
 PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw); /* sk_attention.c */

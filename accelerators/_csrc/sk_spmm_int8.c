@@ -7,7 +7,6 @@
  * quantized per token into an int8 Y, so one layer's INT8 output feeds the next.
  */
 #include "sk_py.h"
-#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -589,24 +588,9 @@ PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw)
     if (rc == 0) {
         Q.B = c.x->shape[0], Q.S = c.x->shape[1], Q.H = c.m->n_out / 3;
         Q.out = (float *)c.out->buf;
-        if (Q.heads < 1 || Q.H % Q.heads != 0) {
-            PyErr_Format(PyExc_ValueError, "num_heads must be >= 1 and divide hidden %lld, got %d", (long long)Q.H,
-                         Q.heads);
-            rc = -1;
-        } else if (Q.S > SK_ATTN8_MAX_S) {
-            PyErr_Format(PyExc_ValueError, "at most %d keys per sequence (int32 sums), got seq %lld", SK_ATTN8_MAX_S,
-                         (long long)Q.S);
-            rc = -1;
-        } else if (!isfinite(scale)) {
-            PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
-            rc = -1;
-        }
+        rc = sk_attention_params(Q.heads, Q.H, Q.S, 1, scale, &Q.dh, &Q.scale);
     }
-    if (rc == 0) {
-        Q.dh = Q.H / Q.heads;
-        Q.scale = scale < 0 ? (float)(1.0 / sqrt((double)Q.dh)) : (float)scale;
-        rc = qkva_run(&c, &o, &Q, x_amax);
-    }
+    if (rc == 0) rc = qkva_run(&c, &o, &Q, x_amax);
     sk_args_release(&c.bufs);
     if (rc < 0) return NULL;
     Py_RETURN_NONE;

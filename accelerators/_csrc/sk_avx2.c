@@ -3,6 +3,8 @@
 #ifdef SK_HAVE_X86
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #define VEC __m256
 #define VW 8
@@ -51,12 +53,658 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
     }
 }
 
+/* ---- INT8 without VNNI -----------------------------------------------------------------
+ * The 4-wide u8 x s8 dot product of vpdpbusd from AVX2's 2-wide vpmaddubsw (u8 x s8 -> s16 pair
+ * sums) and vpmaddwd against ones (s16 pairs -> s32). vpmaddubsw saturates its pair sums, and
+ * u * w does overflow them (2 * 255 * 127 > 32767), so the product runs signed: x_q = u - 128
+ * (u ^ 0x80) takes the weight's sign (vpsignb) and meets |w| (vpabsb) as the unsigned operand;
+ * |pair| <= 2 * 127 * 128 < 2^15, exact for x_q in [-127, 127] (u >= 1: the +128 offset of
+ * every quantized activation; the int8-input entry points check for -128: sk_kernels.int8_no_x_min).
+ * The tile's contract (sum u * w) adds back 128 * (sum of the row's weights) at the end. */
+#define Q_NV_MAX 8 /* 8 accumulators + 2 constants + weight, |weight| and 3 temporaries: 16 ymm */
+
+static inline __attribute__((always_inline)) int32_t wsum4(int32_t word)
+{
+    return (int32_t)(int8_t)word + (int8_t)(word >> 8) + (int8_t)(word >> 16) + (int8_t)(word >> 24);
+}
+
+/* out[b * lds + v * 8 + l] = sum_j u(idx[j])[token v * 8 + l] . w(j, b), j in [j0, j1): blocks of
+ * B rows x 4 columns, NV vectors of 8 tokens (xt: the tile's quad rows, ldx tokens apart) */
+static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_t *restrict idx,
+                                                     const int32_t *restrict val, int64_t j0, int64_t j1,
+                                                     const int32_t *restrict xt, int64_t ldx, int32_t *restrict out,
+                                                     int64_t lds)
+{
+    __m256i acc[8][Q_NV_MAX];
+    int32_t ws[8] = {0};
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    _Pragma("GCC unroll 8")
+    for (int b = 0; b < B; b++)
+        _Pragma("GCC unroll 8")
+        for (int v = 0; v < NV; v++) acc[b][v] = _mm256_setzero_si256();
+    for (int64_t j = j0; j < j1; j++) {
+        const int32_t *xp = xt + (int64_t)idx[j] * ldx;
+        __m256i xs[Q_NV_MAX];
+        _Pragma("GCC unroll 8")
+        for (int v = 0; v < NV; v++)
+            xs[v] = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(xp + v * 8)), flip);
+        _Pragma("GCC unroll 8")
+        for (int b = 0; b < B; b++) {
+            const int32_t word = val[j * B + b];
+            ws[b] += wsum4(word);
+            const __m256i wv = _mm256_set1_epi32(word), aw = _mm256_abs_epi8(wv);
+            _Pragma("GCC unroll 8")
+            for (int v = 0; v < NV; v++) {
+                const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xs[v], wv));
+                acc[b][v] = _mm256_add_epi32(acc[b][v], _mm256_madd_epi16(p16, ones));
+            }
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int b = 0; b < B; b++) {
+        const __m256i off = _mm256_set1_epi32(128 * ws[b]);
+        _Pragma("GCC unroll 8")
+        for (int v = 0; v < NV; v++)
+            _mm256_store_si256((__m256i *)(out + b * lds + v * 8), _mm256_add_epi32(acc[b][v], off));
+    }
+}
+
+/* every block row br0..br1 of every tile, NV vectors at a time (the tile width is a multiple of 16) */
+#define Q_ROWLOOP(B, NV)                                                                   \
+    for (int64_t br = br0; br < br1; br++) {                                               \
+        int32_t *o = scratch + (br - br0) * (B) * lds + tile->t0;                          \
+        int64_t s = 0;                                                                     \
+        for (; s + (NV) <= nvt; s += (NV)) mq(B, NV, idx, qval, ptr[br], ptr[br + 1], xb + s * 8, w, o + s * 8, lds); \
+        for (; s < nvt; s += 1) mq(B, 1, idx, qval, ptr[br], ptr[br + 1], xb + s * 8, w, o + s * 8, lds); \
+    }
+
+static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                      const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds)
+{
+    (void)nq;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        const int32_t *xb = (const int32_t *)(xq + tile->offset);
+        const int64_t w = tile->width, nvt = w / 8; /* tokens = int32 words per quad row; nvt even */
+        switch (bh) {
+        case 1: Q_ROWLOOP(1, 8) break;
+        case 2: Q_ROWLOOP(2, 4) break;
+        case 4: Q_ROWLOOP(4, 2) break;
+        default: Q_ROWLOOP(8, 1) break;
+        }
+    }
+}
+
+/* ---- layout changes and quantization around the INT8 product ------------------------- */
+
+/* In-register 8x8 transpose of 32-bit lanes r[0..7] (float or int32 data). */
+static inline __attribute__((always_inline)) void tr8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
+/* lane mask of the first n (0..8) 32-bit lanes */
+static inline __attribute__((always_inline)) __m256i lanes(int64_t n)
+{
+    n = n < 0 ? 0 : (n > 8 ? 8 : n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* 8 fp32 -> int32 x_q by quant_rows' rule: rint(x * inv) clamped to [-127, 127], NaN -> -127 */
+static inline __attribute__((always_inline)) __m256i quant8(__m256 x, __m256 inv)
+{
+    __m256 v = _mm256_max_ps(_mm256_mul_ps(x, inv), _mm256_set1_ps(-127.0f)); /* NaN -> 2nd operand */
+    return _mm256_cvtps_epi32(_mm256_min_ps(v, _mm256_set1_ps(127.0f)));
+}
+
+/* 32 int32 in [-128, 127] (a: channels 0-7, b: 8-15, c: 16-23, d: 24-31) -> 32 bytes x ^ 0x80 (u = x + 128) in order */
+static inline __attribute__((always_inline)) __m256i bytes32(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+    const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d); /* per 128-bit lane */
+    const __m256i x = _mm256_packs_epi16(ab, cd); /* a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7 (4-byte groups) */
+    const __m256i u = _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    return _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
+}
+
+/* pack_xq (fp32 X with inverse scales inv) and pack_xq_raw (int8 X; raw is a compile-time
+ * constant after inlining) in one body: 8 tokens x 8 quads (32 bytes of u per token) per 8x8
+ * transpose; tokens past nb and columns past n_in hold u = 128. */
+static inline __attribute__((always_inline)) void pack_quads(const void *X, int raw, int64_t ldX, int64_t nb,
+                                                             int64_t n_in, int64_t q0, int64_t q1, const float *inv,
+                                                             uint8_t *xq, const sk_tiling *tl)
+{
+    const __m256i pad = _mm256_set1_epi32((int)0x80808080u);
+    const int64_t kend = 4 * q1 < n_in ? 4 * q1 : n_in;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        int32_t *xb = (int32_t *)(xq + tile->offset);
+        const int64_t w = tile->width;
+        for (int64_t tg = 0; tg < w; tg += 8) {
+            const int64_t t = tile->t0 + tg;
+            for (int64_t qa = q0; qa < q1; qa += 8) {
+                const int64_t nqv = q1 - qa < 8 ? q1 - qa : 8, n = kend - 4 * qa; /* valid columns of the 32 */
+                __m256i r[8];
+                for (int l = 0; l < 8; l++) {
+                    const int64_t off = (t + l) * ldX + 4 * qa;
+                    if (t + l >= nb) {
+                        r[l] = pad;
+                    } else if (raw) {
+                        const int8_t *xr = (const int8_t *)X + off;
+                        if (n >= 32) {
+                            r[l] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xr), pad);
+                        } else {
+                            int8_t buf[32] = {0};
+                            for (int64_t k = 0; k < n; k++) buf[k] = xr[k];
+                            r[l] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)buf), pad);
+                        }
+                    } else {
+                        const float *xr = (const float *)X + off;
+                        const __m256 iv = _mm256_set1_ps(inv[t + l]);
+                        __m256i v[4];
+                        for (int g = 0; g < 4; g++) {
+                            const __m256 x = n >= 8 * g + 8 ? _mm256_loadu_ps(xr + 8 * g)
+                                                            : _mm256_maskload_ps(xr + 8 * g, lanes(n - 8 * g));
+                            v[g] = quant8(x, iv); /* masked-off lanes load 0 -> x_q 0 */
+                        }
+                        r[l] = bytes32(v[0], v[1], v[2], v[3]);
+                    }
+                }
+                tr8((__m256 *)r);
+                for (int l = 0; l < nqv; l++) _mm256_store_si256((__m256i *)(xb + (qa + l) * w + tg), r[l]);
+            }
+        }
+    }
+}
+
+static void pack_xq(const float *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                    const float *inv, uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
+    (void)nq;
+    pack_quads(X, 0, ldX, nb, n_in, q0, q1, inv, xq, tl);
+}
+
+static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, int64_t q0, int64_t q1,
+                        uint8_t *xq, const sk_tiling *tl, int64_t nq)
+{
+    (void)nq;
+    pack_quads(X, 1, ldX, nb, n_in, q0, q1, NULL, xq, tl);
+}
+
+/* GELU as sk_gelu16 (sk_avx512_inline.h: the same piecewise cubics of Phi, within 1.7e-6
+ * absolute), 8 lanes: the 16 coefficients of each power are two 8-lane tables, one permute each. */
+static const float gelu_pw[4][16] __attribute__((aligned(32))) = {
+    {4.99999493e-01f, 6.22668326e-01f, 7.34012783e-01f, 8.25747907e-01f, 8.94349515e-01f, 9.40914810e-01f,
+     9.69603956e-01f, 9.85647440e-01f, 9.93790746e-01f, 9.97542381e-01f, 9.99111116e-01f, 9.99706507e-01f,
+     9.99911606e-01f, 9.99975741e-01f, 9.99993920e-01f, 9.99998629e-01f},
+    {1.24684803e-01f, 1.18772738e-01f, 1.02604680e-01f, 8.03798512e-02f, 5.71008399e-02f, 3.67825031e-02f,
+     2.14849357e-02f, 1.13792438e-02f, 5.46479179e-03f, 2.37963605e-03f, 9.39552730e-04f, 3.36359517e-04f,
+     1.09183587e-04f, 3.21352709e-05f, 8.57586838e-06f, 2.07513790e-06f},
+    {-6.83290928e-05f, -6.01429259e-03f, -1.02865007e-02f, -1.19931968e-02f, -1.12683764e-02f, -8.99472926e-03f,
+     -6.24573464e-03f, -3.82076227e-03f, -2.07485608e-03f, -1.00516458e-03f, -4.35880007e-04f, -1.69602252e-04f,
+     -5.93218319e-05f, -1.86773268e-05f, -5.29908493e-06f, -1.35596099e-06f},
+    {-1.94686442e-03f, -1.41375454e-03f, -5.83351764e-04f, 2.14338914e-04f, 7.32257206e-04f, 9.01041669e-04f,
+     8.04162759e-04f, 5.84874477e-04f, 3.61816492e-04f, 1.94391425e-04f, 9.17875514e-05f, 3.83751722e-05f,
+     1.42778272e-05f, 4.74427134e-06f, 1.41161581e-06f, 3.76854445e-07f},
+};
+
+static inline __attribute__((always_inline)) __m256 coef8(int c, __m256i k, __m256 hi)
+{
+    const __m256 lo8 = _mm256_permutevar8x32_ps(_mm256_load_ps(gelu_pw[c]), k);
+    const __m256 hi8 = _mm256_permutevar8x32_ps(_mm256_load_ps(gelu_pw[c] + 8), k);
+    return _mm256_blendv_ps(lo8, hi8, hi);
+}
+
+static inline __attribute__((always_inline)) __m256 gelu8(__m256 x)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    const __m256 t = _mm256_mul_ps(a, _mm256_set1_ps(3.2f)); /* 16 / 5 */
+    const __m256 kf = _mm256_floor_ps(t);
+    const __m256i k = _mm256_cvttps_epi32(kf); /* lanes past 5 index garbage: replaced below */
+    const __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28)); /* sign bit = bit 3 of k: entries 8-15 */
+    const __m256 u = _mm256_sub_ps(t, kf);
+    __m256 p = coef8(3, k, hi);
+    p = _mm256_fmadd_ps(p, u, coef8(2, k, hi));
+    p = _mm256_fmadd_ps(p, u, coef8(1, k, hi));
+    p = _mm256_fmadd_ps(p, u, coef8(0, k, hi));
+    p = _mm256_blendv_ps(p, one, _mm256_cmp_ps(a, _mm256_set1_ps(5.0f), _CMP_GE_OQ));
+    p = _mm256_blendv_ps(p, _mm256_sub_ps(one, p), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return _mm256_mul_ps(x, p);
+}
+
+/* Y (tokens x rows) from the int32 scratch (rows x tokens): 8 x 8 blocks through tr8, with
+ * unpack_int8's arithmetic (sw * sx, then one fmadd) */
+static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
+                        int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
+                        const float *sx, int act)
+{
+    for (int64_t t = 0; t < ntok; t += 8) {
+        const int64_t nt = ntok - t < 8 ? ntok - t : 8;
+        for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+            const int64_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
+            const __m256i rm = lanes(nr);
+            const __m256 bv = bias ? _mm256_maskload_ps(bias + r0, rm) : _mm256_setzero_ps();
+            const __m256 swv = _mm256_maskload_ps(sw + r0, rm);
+            const __m256i cv = _mm256_maskload_epi32(comp + r0, rm);
+            __m256i r[8];
+            for (int l = 0; l < 8; l++)
+                r[l] = l < nr ? _mm256_load_si256((const __m256i *)(scratch + (r0 + l) * lds + t)) : _mm256_setzero_si256();
+            tr8((__m256 *)r);
+            float *yb = Y + t * ldY + r0;
+            for (int l = 0; l < nt; l++) {
+                const __m256 a = _mm256_cvtepi32_ps(_mm256_sub_epi32(r[l], cv));
+                __m256 y = _mm256_fmadd_ps(a, _mm256_mul_ps(swv, _mm256_set1_ps(sx[t + l])), bv);
+                if (act == SK_ACT_GELU) y = gelu8(y);
+                if (R) y = _mm256_add_ps(y, _mm256_maskload_ps(R + (t + l) * ldY + r0, rm));
+                if (nr == 8) _mm256_storeu_ps(yb + l * ldY, y);
+                else _mm256_maskstore_ps(yb + l * ldY, rm, y);
+            }
+        }
+    }
+}
+
+/* amax[t] = max_k |X[t, k]|, NaN as +inf */
+static void rows_amax(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax)
+{
+    const __m256 inf = _mm256_set1_ps(__builtin_inff()), sgn = _mm256_set1_ps(-0.0f);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *xr = X + t * ldX;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            __m256 v0 = _mm256_andnot_ps(sgn, _mm256_loadu_ps(xr + k)), v1 = _mm256_andnot_ps(sgn, _mm256_loadu_ps(xr + k + 8));
+            v0 = _mm256_blendv_ps(v0, inf, _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
+            v1 = _mm256_blendv_ps(v1, inf, _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q));
+            a0 = _mm256_max_ps(a0, v0);
+            a1 = _mm256_max_ps(a1, v1);
+        }
+        for (; k < K; k += 8) {
+            __m256 v = _mm256_andnot_ps(sgn, _mm256_maskload_ps(xr + k, lanes(K - k)));
+            v = _mm256_blendv_ps(v, inf, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            a0 = _mm256_max_ps(a0, v);
+        }
+        a0 = _mm256_max_ps(a0, a1);
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        amax[t] = _mm_cvtss_f32(m);
+    }
+}
+
+/* quant_rows (see sk_common.h) */
+static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        const float *x = X + t * N;
+        float a;
+        rows_amax(x, N, N, 0, 1, &a);
+        const int ok = a > 0.0f && a <= 3.0e38f;
+        const __m256 inv = _mm256_set1_ps(ok ? 127.0f / a : 0.0f);
+        scale[t] = ok ? a / 127.0f : 0.0f;
+        int8_t *q = Q + t * N;
+        if (!ok) {
+            memset(q, 0, (size_t)N);
+            continue;
+        }
+        int64_t i = 0;
+        for (; i + 32 <= N; i += 32) {
+            const __m256i u = bytes32(quant8(_mm256_loadu_ps(x + i), inv), quant8(_mm256_loadu_ps(x + i + 8), inv),
+                                      quant8(_mm256_loadu_ps(x + i + 16), inv), quant8(_mm256_loadu_ps(x + i + 24), inv));
+            _mm256_storeu_si256((__m256i *)(q + i), _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80)));
+        }
+        for (; i < N; i++) q[i] = (int8_t)sk_quant1(x[i], 127.0f / a);
+    }
+}
+
+/* one dequantized + activated vector of mid_int8, its |y| folded into am (NaN as +inf) */
+static inline __attribute__((always_inline)) void mid8(int32_t *p, __m256i cv, __m256 s, __m256 bv, int act, __m256 *am)
+{
+    __m256 y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_load_si256((const __m256i *)p), cv)), s, bv);
+    if (act == SK_ACT_GELU) y = gelu8(y);
+    _mm256_store_ps((float *)p, y);
+    const __m256 v = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), y);
+    *am = _mm256_max_ps(*am, _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+
+/* mid_int8 (see sk_common.h): 8 tokens per vector, rows inner so the token ranges stay in a register */
+static void mid_int8(int32_t *acc, int64_t lds, int64_t nrows, int64_t nb, const float *bias, const float *sw,
+                     const int32_t *comp, const float *sx, int act, float *amax)
+{
+    for (int64_t t = 0; t < nb; t += 8) {
+        const __m256i tm = lanes(nb - t);
+        const __m256 sxv = _mm256_maskload_ps(sx + t, tm);
+        __m256 am = _mm256_maskload_ps(amax + t, tm);
+        for (int64_t r = 0; r < nrows; r++)
+            mid8(acc + r * lds + t, _mm256_set1_epi32(comp[r]), _mm256_mul_ps(_mm256_set1_ps(sw[r]), sxv),
+                 bias ? _mm256_set1_ps(bias[r]) : _mm256_setzero_ps(), act, &am);
+        _mm256_maskstore_ps(amax + t, tm, am);
+    }
+}
+
+/* pack_mid (see sk_common.h): for 8 tokens, each quad's 4 channel rows quantized and interleaved
+ * bytewise into one 32-bit word per token: no transpose */
+static void pack_mid(const float *mid, int64_t ldm, int64_t n_in, int64_t nb, const float *inv, uint8_t *xq,
+                     const sk_tiling *tl)
+{
+    const __m256i off = _mm256_set1_epi32(128), pad = _mm256_set1_epi32((int)0x80808080u), bytes = _mm256_set1_epi32(0xff);
+    const int64_t nq = (n_in + 3) / 4;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        int32_t *xb = (int32_t *)(xq + tile->offset);
+        const int64_t w = tile->width;
+        for (int64_t tg = 0; tg < w; tg += 8) {
+            const int64_t t = tile->t0 + tg;
+            const __m256i tm = lanes(nb - t);
+            const __m256 invv = _mm256_maskload_ps(inv + t, tm);
+            const __m256i keep = _mm256_and_si256(tm, _mm256_castps_si256(_mm256_cmp_ps(invv, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+            const float *col = mid + t;
+            for (int64_t q = 0; q < nq; q++) {
+                __m256i word = _mm256_setzero_si256();
+                for (int e = 0; e < 4; e++) {
+                    const int64_t c = 4 * q + e;
+                    __m256i u = off;
+                    if (c < n_in) u = _mm256_add_epi32(quant8(_mm256_load_ps(col + c * ldm), invv), off);
+                    word = _mm256_or_si256(word, _mm256_slli_epi32(_mm256_and_si256(u, bytes), 8 * e));
+                }
+                _mm256_store_si256((__m256i *)(xb + q * w + tg), _mm256_blendv_epi8(pad, word, keep));
+            }
+        }
+    }
+}
+
+/* LayerNorm (see sk_common.h): the portable kernel's double-precision mean and centred variance
+ * (4 doubles per vector), then one fp32 pass */
+static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, const float *beta, float eps, float *amax)
+{
+    for (int64_t t = 0; t < ntok; t++) {
+        float *y = Y + t * N;
+        __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+        int64_t i = 0;
+        for (; i + 8 <= N; i += 8) {
+            const __m256 v = _mm256_loadu_ps(y + i);
+            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+        double d[4], sum = 0.0, sq = 0.0;
+        _mm256_storeu_pd(d, _mm256_add_pd(s0, s1));
+        sum = (d[0] + d[1]) + (d[2] + d[3]);
+        for (; i < N; i++) sum += y[i];
+        const double mean = N > 0 ? sum / (double)N : 0.0;
+        const __m256d mv = _mm256_set1_pd(mean);
+        s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+        for (i = 0; i + 8 <= N; i += 8) {
+            const __m256 v = _mm256_loadu_ps(y + i);
+            const __m256d a = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv);
+            const __m256d b = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv);
+            s0 = _mm256_fmadd_pd(a, a, s0);
+            s1 = _mm256_fmadd_pd(b, b, s1);
+        }
+        _mm256_storeu_pd(d, _mm256_add_pd(s0, s1));
+        sq = (d[0] + d[1]) + (d[2] + d[3]);
+        for (; i < N; i++) sq += (y[i] - mean) * (y[i] - mean);
+        const float rstd = (float)(1.0 / sqrt((N > 0 ? sq / (double)N : 0.0) + (double)eps));
+        const __m256 mf = _mm256_set1_ps((float)mean), rs = _mm256_set1_ps(rstd);
+        for (i = 0; i + 8 <= N; i += 8) {
+            const __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(y + i), mf), rs), _mm256_loadu_ps(gamma + i));
+            _mm256_storeu_ps(y + i, beta ? _mm256_add_ps(v, _mm256_loadu_ps(beta + i)) : v);
+        }
+        for (; i < N; i++) y[i] = (y[i] - (float)mean) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+        if (amax) rows_amax(y, N, N, 0, 1, amax + t);
+    }
+}
+
+/* ---- INT8 attention head (attn_head_int8, attn_head_int8_cm) ---------------------------
+ * sk_attn8's layouts and arithmetic (the bits of every variant's integer sums): Q K^T with the
+ * signed form of the product above (q8 ^ 0x80 = q, k's sign moved onto it, |k| unsigned), so the
+ * sums are q . k directly (no kcomp); the softmax numerators u = rint(255 e) in [0, 255] do not fit
+ * vpmaddubsw's signed pairs with v, so P V runs on 16-bit lanes: v sign-extended (vpmovsxbw) and
+ * u zero-extended, vpmaddwd per two keys, the two partial sums of a channel added at the end. */
+enum { AR2 = SK_ATTN_ROWS };
+
+/* |x| with NaN as +inf (the range rule of rows_amax) */
+static inline __attribute__((always_inline)) __m256 abs_nan_inf8(__m256 x)
+{
+    x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    return _mm256_blendv_ps(x, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+/* inverse scales from ranges am by quant_rows' rule (0 for a zero or non-finite range), amax / 127 into *scale */
+static inline __attribute__((always_inline)) __m256 lanes_inv8(__m256 am, __m256 *scale)
+{
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(am, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                    _mm256_cmp_ps(am, _mm256_set1_ps(3.0e38f), _CMP_LE_OQ));
+    *scale = _mm256_and_ps(ok, _mm256_div_ps(am, _mm256_set1_ps(127.0f)));
+    return _mm256_and_ps(ok, _mm256_div_ps(_mm256_set1_ps(127.0f), am));
+}
+
+/* four int32 vectors of quantized channels (e = 0..3) interleaved bytewise: one [8 rows][4] word vector */
+static inline __attribute__((always_inline)) __m256i interleave4(const __m256i qi[4])
+{
+    const __m256i lo8 = _mm256_set1_epi32(0xff);
+    __m256i w = _mm256_setzero_si256();
+    for (int e = 0; e < 4; e++) w = _mm256_or_si256(w, _mm256_slli_epi32(_mm256_and_si256(qi[e], lo8), 8 * e));
+    return w;
+}
+
+/* channel d of the 8 rows j0.. (lanes past S read 0): channel-major x[d * ld + j], or token-major x[j * ld + d] (a gather) */
+static inline __attribute__((always_inline)) __m256 rows8(const float *x, int64_t ld, int64_t d, int64_t j0, __m256i m, int tm)
+{
+    if (!tm) return _mm256_maskload_ps(x + d * ld + j0, m);
+    const __m256i vi = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ld));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x + j0 * ld + d, vi, _mm256_castsi256_ps(m), 4);
+}
+
+/* Quantize and lay out one head (sk_attn8) from channel-major (tm 0) or token-major (tm 1) q, k, v:
+ * vectors of 8 rows per channel, so ranges are vertical maxima and four quantized channels
+ * interleave bytewise into one [8 rows][4] vector of k8 / q8 */
+static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float *v,
+                                                             int64_t ld, const float *kb, int tm)
+{
+    const int64_t S = a->S, Sp = a->Sp, dh = a->dh, nq = a->nq, dhp = a->dhp;
+    /* keys (8 at a time, a vector per channel) and queries (+ 128), ranges as vertical maxima */
+    for (int pass = 0; pass < 2; pass++) {
+        const float *x = pass ? q : k;
+        const int64_t end = pass ? (S + 7) / 8 * 8 : Sp;
+        const __m256i off = _mm256_set1_epi32(pass ? 128 : 0);
+        for (int64_t j0 = 0; j0 < end; j0 += 8) {
+            const __m256i m = lanes(S - j0);
+            __m256 am = _mm256_setzero_ps(), sc;
+            for (int64_t d = 0; d < dh; d++) am = _mm256_max_ps(am, abs_nan_inf8(rows8(x, ld, d, j0, m, tm)));
+            const __m256 inv = lanes_inv8(am, &sc);
+            _mm256_store_ps((pass ? a->qsc : a->ksc) + j0, sc);
+            for (int64_t c = 0; c < nq; c++) {
+                __m256i qi[4];
+                for (int e = 0; e < 4; e++) { /* channels past dh: 0 (q: u = 128) */
+                    const int64_t d = 4 * c + e;
+                    qi[e] = _mm256_add_epi32(d < dh ? quant8(rows8(x, ld, d, j0, m, tm), inv)
+                                                    : _mm256_setzero_si256(), off);
+                }
+                _mm256_store_si256((__m256i *)((pass ? (int8_t *)a->q8 : a->k8) + (c * Sp + j0) * 4), interleave4(qi));
+            }
+            if (!pass)
+                for (int64_t l = 0; l < 8; l++) a->bias[j0 + l] = j0 + l < S ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
+        }
+    }
+    /* values: per channel one scale over the head's keys; a channel's quantized row of keys, 4 keys
+     * to a word, is the channel's column of v8 */
+    memset(a->v8, 0, (size_t)(Sp * dhp));
+    for (int64_t d = 0; d < dhp; d++) {
+        if (d >= dh) {
+            a->vsc[d] = 0.0f;
+            continue;
+        }
+        __m256 am = _mm256_setzero_ps(), sc;
+        for (int64_t j0 = 0; j0 < S; j0 += 8) am = _mm256_max_ps(am, abs_nan_inf8(rows8(v, ld, d, j0, lanes(S - j0), tm)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const __m256 inv = lanes_inv8(_mm256_set1_ps(_mm_cvtss_f32(h)), &sc);
+        a->vsc[d] = _mm256_cvtss_f32(sc);
+        for (int64_t j0 = 0; j0 < S; j0 += 8) {
+            const __m256i qi = quant8(rows8(v, ld, d, j0, lanes(S - j0), tm), inv); /* keys past S: 0 */
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(qi, qi), _mm256_setzero_si256());
+            const int32_t w0 = _mm256_extract_epi32(b, 0), w1 = _mm256_extract_epi32(b, 4);
+            memcpy(a->v8 + ((j0 / 4) * dhp + d) * 4, &w0, 4);
+            memcpy(a->v8 + ((j0 / 4 + 1) * dhp + d) * 4, &w1, 4);
+        }
+    }
+}
+
+/* 255 e^(s - m) for s <= m, given mv = m log2(e): as exp255 of the VNNI kernel (2^f by a degree-3
+ * polynomial, t clamped at -126 so masked keys and NaN give 0), 2^n built in the exponent bits */
+static inline __attribute__((always_inline)) __m256 exp255_8(__m256 s, __m256 mv)
+{
+    const __m256 t = _mm256_max_ps(_mm256_fmsub_ps(s, _mm256_set1_ps(1.44269504088896341f), mv), _mm256_set1_ps(-126.0f));
+    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(t, n);
+    __m256 p = _mm256_set1_ps(255.0f * 0.05508876591920853f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(255.0f * 0.24260465800762177f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(255.0f * 0.6932762861251831f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(255.0f * 0.999928891658783f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __attribute__((always_inline)) float hmax8(__m256 v)
+{
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
+{
+    const sk_attn8 a = *ap;
+    const int64_t S = a.S, dh = a.dh, Sp = a.Sp, nq = a.nq, dhp = a.dhp, nkq = (S + 3) / 4;
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t i0 = 0; i0 < S; i0 += AR2) {
+        const int64_t nr = S - i0 < AR2 ? S - i0 : AR2;
+        const uint8_t *qr[AR2]; /* rows past the end repeat the last one (computed, never stored) */
+        __m256 rs[AR2], mx[AR2];
+        for (int r = 0; r < AR2; r++) {
+            const int64_t i = i0 + (r < nr ? r : nr - 1);
+            qr[r] = a.q8 + i * 4;
+            rs[r] = _mm256_set1_ps(a.qsc[i] * scale);
+            mx[r] = _mm256_set1_ps(-__builtin_inff());
+        }
+        /* scores: two 8-key vectors x AR2 rows per step */
+        for (int64_t j = 0; j < Sp; j += 16) {
+            __m256i acc0[AR2], acc1[AR2];
+            for (int r = 0; r < AR2; r++) acc0[r] = acc1[r] = _mm256_setzero_si256();
+            for (int64_t c = 0; c < nq; c++) {
+                const int8_t *kc = a.k8 + (c * Sp + j) * 4;
+                const __m256i k0 = _mm256_load_si256((const __m256i *)kc), k1 = _mm256_load_si256((const __m256i *)(kc + 32));
+                const __m256i a0 = _mm256_abs_epi8(k0), a1 = _mm256_abs_epi8(k1);
+                for (int r = 0; r < AR2; r++) {
+                    int32_t qw;
+                    memcpy(&qw, qr[r] + c * Sp * 4, 4);
+                    const __m256i qs = _mm256_xor_si256(_mm256_set1_epi32(qw), flip);
+                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qs, k0)), ones));
+                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qs, k1)), ones));
+                }
+            }
+            for (int h = 0; h < 2; h++) {
+                const __m256 ks = _mm256_load_ps(a.ksc + j + 8 * h), bv = _mm256_load_ps(a.bias + j + 8 * h);
+                for (int r = 0; r < AR2; r++) {
+                    const __m256 d = _mm256_cvtepi32_ps(h ? acc1[r] : acc0[r]);
+                    const __m256 sc = _mm256_add_ps(_mm256_mul_ps(d, _mm256_mul_ps(ks, rs[r])), bv);
+                    _mm256_store_ps(a.p + r * Sp + j + 8 * h, sc);
+                    mx[r] = _mm256_max_ps(mx[r], sc);
+                }
+            }
+        }
+        /* softmax numerators u = rint(255 e), written as uint16 over the front of the row's scores */
+        float il[AR2];
+        for (int r = 0; r < AR2; r++) {
+            float *pr = a.p + r * Sp;
+            uint16_t *ur = (uint16_t *)pr;
+            const float m = hmax8(mx[r]);
+            if (!(m > -__builtin_inff())) { /* every key masked (or NaN scores): zeros */
+                memset(ur, 0, (size_t)Sp * 2);
+                il[r] = 0.0f;
+                continue;
+            }
+            const __m256 mv = _mm256_set1_ps(m * 1.44269504088896341f);
+            __m256i sum = _mm256_setzero_si256();
+            for (int64_t jv = 0; jv < Sp; jv += 8) {
+                const __m256i u = _mm256_cvtps_epi32(exp255_8(_mm256_load_ps(pr + jv), mv));
+                sum = _mm256_add_epi32(sum, u);
+                const __m256i u16 = _mm256_packus_epi32(u, u); /* lanes: u0-3 u0-3 | u4-7 u4-7 */
+                _mm_storeu_si128((__m128i *)(ur + jv), _mm256_castsi256_si128(_mm256_permute4x64_epi64(u16, 0x08)));
+            }
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            const int32_t L = _mm_cvtsi128_si32(s4);
+            il[r] = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+        }
+        /* P V: 8 channels x AR2 rows per step; per 4 keys one vpmaddwd per 4 channels */
+        for (int64_t c0 = 0; c0 < dh; c0 += 8) {
+            __m256i lo[AR2], hi[AR2];
+            for (int r = 0; r < AR2; r++) lo[r] = hi[r] = _mm256_setzero_si256();
+            for (int64_t jq = 0; jq < nkq; jq++) {
+                const int8_t *vc = a.v8 + (jq * dhp + c0) * 4;
+                const __m256i v0 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)vc));        /* channels c0..c0+3 */
+                const __m256i v1 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(vc + 16))); /* c0+4..c0+7 */
+                for (int r = 0; r < AR2; r++) {
+                    int64_t uw;
+                    memcpy(&uw, (const uint16_t *)(a.p + r * Sp) + jq * 4, 8);
+                    const __m256i pb = _mm256_set1_epi64x(uw);
+                    lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(pb, v0));
+                    hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(pb, v1));
+                }
+            }
+            const int64_t nd = dh - c0 < 8 ? dh - c0 : 8;
+            const __m256i dm = lanes(nd);
+            const __m256 sv = _mm256_load_ps(a.vsc + c0);
+            for (int r = 0; r < nr; r++) {
+                const __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[r], hi[r]), 0xd8);
+                const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(sv, _mm256_set1_ps(il[r])));
+                if (nd == 8) _mm256_storeu_ps(o + (i0 + r) * ldo + c0, y);
+                else _mm256_maskstore_ps(o + (i0 + r) * ldo + c0, dm, y);
+            }
+        }
+    }
+}
+
+static void attn_head_int8_cm(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                              float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    attn8_pack(&a, q, k, v, ld, kb, 0);
+    attn8_run(&a, scale, o, ldo);
+}
+
+static void attn_head_int8(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
+                           float scale, const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    sk_attn8 a;
+    sk_attn8_parts(S, dh, &a, scratch);
+    attn8_pack(&a, q, k, v, ld, kb, 1);
+    attn8_run(&a, scale, o, ldo);
+}
+
 const sk_kernels sk_kernels_avx2 = {
-    /* only the fp32 multiply is AVX2; packing, unpacking, int8 and attention are portable C */
+    /* AVX2: the fp32 and int8 products and what surrounds the int8 product; fp32 packing and attention are portable C */
     "avx2", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
-    sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
-    sk_rows_amax_generic, sk_unpack_i32_generic, sk_attn_head_generic, sk_layer_norm_generic,
-    sk_quant_rows_generic, sk_attn_head_int8_generic, sk_mid_int8_generic, sk_pack_mid_generic,
-    sk_attn_head_int8_cm_generic,
+    tile_int8, pack_xq, pack_xq_raw, unpack_int8,
+    rows_amax, sk_unpack_i32_generic, sk_attn_head_generic, layer_norm,
+    quant_rows, attn_head_int8, mid_int8, pack_mid,
+    attn_head_int8_cm,
+    /* int8_no_x_min */ 1,
 };
 #endif

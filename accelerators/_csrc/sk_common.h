@@ -175,6 +175,9 @@ typedef struct sk_kernels {
      * arithmetic, so the same bits as attn_head_int8 on the transposed rows. */
     void (*attn_head_int8_cm)(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                               float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+    /* 1: tile_int8 is exact only for u >= 1 (x_q >= -127), which every quantizing pack gives; an
+     * int8 input holding -128 then runs on the scalar table (0 in the tables that leave it out) */
+    int int8_no_x_min;
 } sk_kernels;
 
 /* LayerNorm epilogue of a Linear kernel call (applied after bias, activation and residual). */

@@ -612,6 +612,14 @@ const char sk_doc_qkv_attention_int8[] =
     "a negative scale means the default.\n"
     "GIL released; ValueError / TypeError on bad input, never a crash.";
 
+/* whether any of the n int8 values is -128 */
+static int has_int8_min(const int8_t *x, int64_t n)
+{
+    int found = 0;
+    for (int64_t i = 0; i < n; i++) found |= x[i] == -128;
+    return found;
+}
+
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
@@ -634,6 +642,10 @@ static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
     Py_buffer *vxs = NULL, *vos = NULL;
     int rc = sk_spmm_acquire(&c, &o, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", xk, ok);
     if (rc == 0) rc = get_token_scales(&c, &q, &vxs, &vos);
+    if (rc == 0 && xk == 'b' && c.kt->int8_no_x_min && has_int8_min((const int8_t *)c.x->buf, c.T * c.m->n_in)) {
+        c.variant = V_SCALAR; /* -128 is outside what this variant's product is exact for: same bits, slower */
+        c.kt = sk_variant_tables[V_SCALAR];
+    }
     if (rc == 0) rc = spmm_int8_run(&c, &o, &q, vxs, vos);
     sk_args_release(&c.bufs);
     if (rc < 0) return NULL;

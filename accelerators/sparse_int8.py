@@ -1,4 +1,4 @@
-"""``sparse-int8``: sparse INT8 C kernels (VNNI) for pruned encoder Linear layers, dense INT8 elsewhere.
+"""``sparse-int8``: sparse INT8 C kernels (VNNI, or AVX2 without it) for pruned encoder Linear layers, dense INT8 elsewhere.
 
 Weights are quantized per output channel (symmetric, [-127, 127]); activations per token at run
 time (``act_quant="token"``, default) or per tensor; products accumulate exactly in int32 and are

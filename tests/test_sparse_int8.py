@@ -139,6 +139,23 @@ def test_dequantized_matches_emulation(variant, per_token):
             np.testing.assert_array_equal(out[3], bias)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_gelu_epilogue_within_its_bound(variant):
+    """The INT8 output pass's GELU (libm erff, or the SIMD variants' piecewise cubic of Phi) on the
+    dequantized values the same call gives without it: within 2e-6 absolute of x Phi(x) in float64,
+    over [-12, 12] (the cubic's joints and its switch to Phi = 1 at |x| = 5 included)."""
+    n, tokens = 64, 4096
+    wq = np.eye(n, dtype=np.int8) * 127
+    m = pack_q(wq, 1, np.full(n, 1 / 127, np.float32))
+    x = np.linspace(-12.0, 12.0, tokens * n, dtype=np.float32).reshape(tokens, n)
+    plain, gelu = np.empty_like(x), np.empty_like(x)
+    sk.spmm_int8(m, x, plain, variant=variant)
+    sk.spmm_int8(m, x, gelu, variant=variant, activation="gelu")
+    ref = torch.nn.functional.gelu(torch.from_numpy(plain).double()).numpy()
+    assert np.abs(plain).max() > 11.9
+    assert np.max(np.abs(gelu - ref)) <= 2e-6
+
+
 def test_quantization_clamps_at_127():
     # one huge activation: the row's others round toward 0, the max maps to exactly 127
     wq = np.eye(8, dtype=np.int8)

@@ -11,6 +11,11 @@ batch size and thread count (sequence 128, SST-2 dev sentences padded to 128):
 * ``sparse-int8``: the pruned model prepared by the ``sparse-int8`` accelerator (INT8 attention,
   the default), and ``sparse-int8 (fp32 attention)`` with ``attention = "fp32"`` where asked.
 
+* ``--dense-peers``: other engines on the dense model, timed in the same rounds (``openvino-fp32``,
+  ``onnxruntime-int8``, ``onnxruntime-fp32``, ``torch-int8`` (dynamic INT8), ``torch-fp32``): on a
+  CPU where OpenVINO INT8 is not the fastest dense engine, ``speedup_vs_best_dense`` compares ours
+  with the fastest of all dense engines timed, round by round.
+
 Engines of one (model, batch, threads) are timed in interleaved rounds (each round: a loop of
 about ``--loop-s`` seconds per engine, per-call times, median per loop); the speed-up is the
 median over rounds of the same-round ratio OpenVINO / ours (> 1: we are faster).
@@ -32,7 +37,10 @@ from pathlib import Path
 import torch
 
 from accelerators.base import PrepareSettings, logits_of
+from accelerators.int8_dynamic import Int8Dynamic
+from accelerators.peer_onnxruntime import ONNXRuntime
 from accelerators.peer_openvino import OpenVINO
+from accelerators.torch_fp32 import TorchFP32
 from accelerators.sparse_int8 import SparseInt8
 from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
@@ -40,6 +48,14 @@ from pruners.magnitude import MagnitudePruner
 
 PRUNINGS = {"90-1x4": (0.9, "1x4"), "80-1x4": (0.8, "1x4"), "90-unstructured": (0.9, "unstructured")}
 MODELS = ("minilm", "bert-base")
+#: dense engines --dense-peers can add (each prepared on the dense model)
+DENSE_PEERS = {
+    "openvino-fp32": lambda: OpenVINO(precision="fp32"),
+    "onnxruntime-int8": lambda: ONNXRuntime(precision="int8"),
+    "onnxruntime-fp32": lambda: ONNXRuntime(precision="fp32"),
+    "torch-int8": lambda: Int8Dynamic(),
+    "torch-fp32": lambda: TorchFP32(),
+}
 
 
 def dense_model(task: SST2, name: str) -> torch.nn.Module:
@@ -91,6 +107,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--fp32-attention", action="store_true",
                     help="also time sparse-int8 with attention = 'fp32' (what INT8 attention buys)")
+    ap.add_argument("--dense-peers", default="", help=f"comma list of {', '.join(DENSE_PEERS)} (default: none)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--loop-s", type=float, default=0.4, help="seconds per engine per round")
     ap.add_argument("--out", default=None)
@@ -103,6 +120,10 @@ def main(argv=None) -> None:
     for p in prunings:
         if p not in PRUNINGS:
             ap.error(f"--prunings: unknown {p!r} (choose from {', '.join(PRUNINGS)})")
+    peers = [p for p in args.dense_peers.split(",") if p]
+    for p in peers:
+        if p not in DENSE_PEERS:
+            ap.error(f"--dense-peers: unknown {p!r} (choose from {', '.join(DENSE_PEERS)})")
     task = SST2()
     cpu = fingerprint().get("cpu_model")
     records = []
@@ -116,6 +137,9 @@ def main(argv=None) -> None:
                 settings = PrepareSettings(threads=threads, batch_size=batch, seq_len=128,
                                            calibration=task.calibration_inputs)
                 engines = {"openvino-int8": OpenVINO(precision="int8").prepare(dense, example, settings).module}
+                for p in peers:
+                    engines[p] = DENSE_PEERS[p]().prepare(dense, example, settings).module
+                dense_names = ["openvino-int8", *peers]
                 fields = {}
                 for p, sm in sparse_models.items():
                     prep = SparseInt8().prepare(sm, example, settings)
@@ -128,14 +152,18 @@ def main(argv=None) -> None:
                             sm, example, settings).module
                 times = round_times(engines, example, args.rounds, args.loop_s)
                 ov = times["openvino-int8"]
+                best = [min(times[d][i] for d in dense_names) for i in range(args.rounds)]  # per round
                 for name, ts in times.items():
                     rec = {"model": model_name, "engine": name, "batch_size": batch, "seq_len": 128,
                            "threads": threads, "latency_p50_ms": round(statistics.median(ts) * 1e3, 3),
                            "speedup_vs_openvino_int8": round(statistics.median(o / t for o, t in zip(ov, ts)), 3),
                            "rounds": len(ts), "cpu": cpu, **fields.get(name, {})}
+                    if peers:
+                        rec["speedup_vs_best_dense"] = round(statistics.median(b / t for b, t in zip(best, ts)), 3)
                     records.append(rec)
+                    vs_best = f"  x{rec['speedup_vs_best_dense']:.2f} vs the best dense" if peers else ""
                     print(f"{model_name:9s} b{batch} t{threads} {name:45s} {rec['latency_p50_ms']:8.2f} ms  "
-                          f"x{rec['speedup_vs_openvino_int8']:.2f} vs OpenVINO INT8", flush=True)
+                          f"x{rec['speedup_vs_openvino_int8']:.2f} vs OpenVINO INT8{vs_best}", flush=True)
     path = Path(args.out or f"runs/bench_vs_openvino-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,

@@ -246,25 +246,11 @@ static void pack_xq_raw(const int8_t *X, int64_t ldX, int64_t nb, int64_t n_in, 
 
 /* GELU as sk_gelu16 (sk_avx512_inline.h: the same piecewise cubics of Phi, within 1.7e-6
  * absolute), 8 lanes: the 16 coefficients of each power are two 8-lane tables, one permute each. */
-static const float gelu_pw[4][16] __attribute__((aligned(32))) = {
-    {4.99999493e-01f, 6.22668326e-01f, 7.34012783e-01f, 8.25747907e-01f, 8.94349515e-01f, 9.40914810e-01f,
-     9.69603956e-01f, 9.85647440e-01f, 9.93790746e-01f, 9.97542381e-01f, 9.99111116e-01f, 9.99706507e-01f,
-     9.99911606e-01f, 9.99975741e-01f, 9.99993920e-01f, 9.99998629e-01f},
-    {1.24684803e-01f, 1.18772738e-01f, 1.02604680e-01f, 8.03798512e-02f, 5.71008399e-02f, 3.67825031e-02f,
-     2.14849357e-02f, 1.13792438e-02f, 5.46479179e-03f, 2.37963605e-03f, 9.39552730e-04f, 3.36359517e-04f,
-     1.09183587e-04f, 3.21352709e-05f, 8.57586838e-06f, 2.07513790e-06f},
-    {-6.83290928e-05f, -6.01429259e-03f, -1.02865007e-02f, -1.19931968e-02f, -1.12683764e-02f, -8.99472926e-03f,
-     -6.24573464e-03f, -3.82076227e-03f, -2.07485608e-03f, -1.00516458e-03f, -4.35880007e-04f, -1.69602252e-04f,
-     -5.93218319e-05f, -1.86773268e-05f, -5.29908493e-06f, -1.35596099e-06f},
-    {-1.94686442e-03f, -1.41375454e-03f, -5.83351764e-04f, 2.14338914e-04f, 7.32257206e-04f, 9.01041669e-04f,
-     8.04162759e-04f, 5.84874477e-04f, 3.61816492e-04f, 1.94391425e-04f, 9.17875514e-05f, 3.83751722e-05f,
-     1.42778272e-05f, 4.74427134e-06f, 1.41161581e-06f, 3.76854445e-07f},
-};
 
 static inline __attribute__((always_inline)) __m256 coef8(int c, __m256i k, __m256 hi)
 {
-    const __m256 lo8 = _mm256_permutevar8x32_ps(_mm256_load_ps(gelu_pw[c]), k);
-    const __m256 hi8 = _mm256_permutevar8x32_ps(_mm256_load_ps(gelu_pw[c] + 8), k);
+    const __m256 lo8 = _mm256_permutevar8x32_ps(_mm256_load_ps(sk_gelu_pw[c]), k);
+    const __m256 hi8 = _mm256_permutevar8x32_ps(_mm256_load_ps(sk_gelu_pw[c] + 8), k);
     return _mm256_blendv_ps(lo8, hi8, hi);
 }
 

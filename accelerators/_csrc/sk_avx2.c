@@ -454,7 +454,7 @@ static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, co
 
 /* ---- INT8 attention head (attn_head_int8, attn_head_int8_cm) ---------------------------
  * sk_attn8's layouts and arithmetic (the bits of every variant's integer sums): Q K^T with the
- * signed form of the product above (q8 ^ 0x80 = q, k's sign moved onto it, |k| unsigned), so the
+ * signed form of the product above (q8 stored signed, k's sign moved onto it, |k| unsigned), so the
  * sums are q . k directly (no kcomp); the softmax numerators u = rint(255 e) in [0, 255] do not fit
  * vpmaddubsw's signed pairs with v, so P V runs on 16-bit lanes: v sign-extended (vpmovsxbw) and
  * u zero-extended, vpmaddwd per two keys, the two partial sums of a channel added at the end. */
@@ -485,40 +485,51 @@ static inline __attribute__((always_inline)) __m256i interleave4(const __m256i q
     return w;
 }
 
-/* channel d of the 8 rows j0.. (lanes past S read 0): channel-major x[d * ld + j], or token-major x[j * ld + d] (a gather) */
-static inline __attribute__((always_inline)) __m256 rows8(const float *x, int64_t ld, int64_t d, int64_t j0, __m256i m, int tm)
+/* channels d0..d0+7 of the 8 rows j0..j0+7 into r[e] (lane l: row j0 + l); rows past S and channels
+ * past dh read 0. Channel-major x[d * ld + j]: one masked load per channel; token-major x[j * ld + d]:
+ * one masked load per row and an 8x8 transpose (no gathers) */
+static inline __attribute__((always_inline)) void chan8(const float *x, int64_t ld, int64_t S, int64_t dh, int64_t j0,
+                                                        int64_t d0, int tm, __m256 r[8])
 {
-    if (!tm) return _mm256_maskload_ps(x + d * ld + j0, m);
-    const __m256i vi = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ld));
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x + j0 * ld + d, vi, _mm256_castsi256_ps(m), 4);
+    if (!tm) {
+        const __m256i m = lanes(S - j0);
+        for (int e = 0; e < 8; e++) r[e] = d0 + e < dh ? _mm256_maskload_ps(x + (d0 + e) * ld + j0, m) : _mm256_setzero_ps();
+        return;
+    }
+    const __m256i m = lanes(dh - d0);
+    for (int l = 0; l < 8; l++) r[l] = j0 + l < S ? _mm256_maskload_ps(x + (j0 + l) * ld + d0, m) : _mm256_setzero_ps();
+    tr8(r);
 }
 
 /* Quantize and lay out one head (sk_attn8) from channel-major (tm 0) or token-major (tm 1) q, k, v:
  * vectors of 8 rows per channel, so ranges are vertical maxima and four quantized channels
- * interleave bytewise into one [8 rows][4] vector of k8 / q8 */
+ * interleave bytewise into one [8 rows][4] vector of k8 / q8. q8 holds q itself (signed, padding
+ * channels 0), not sk_attn8's q + 128: only attn8_run below reads it, and the signed product wants q. */
 static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float *v,
                                                              int64_t ld, const float *kb, int tm)
 {
     const int64_t S = a->S, Sp = a->Sp, dh = a->dh, nq = a->nq, dhp = a->dhp;
-    /* keys (8 at a time, a vector per channel) and queries (+ 128), ranges as vertical maxima */
+    __m256 r[8];
+    /* keys (8 at a time, a vector per channel) and queries, ranges as vertical maxima */
     for (int pass = 0; pass < 2; pass++) {
         const float *x = pass ? q : k;
         const int64_t end = pass ? (S + 7) / 8 * 8 : Sp;
-        const __m256i off = _mm256_set1_epi32(pass ? 128 : 0);
         for (int64_t j0 = 0; j0 < end; j0 += 8) {
-            const __m256i m = lanes(S - j0);
             __m256 am = _mm256_setzero_ps(), sc;
-            for (int64_t d = 0; d < dh; d++) am = _mm256_max_ps(am, abs_nan_inf8(rows8(x, ld, d, j0, m, tm)));
+            for (int64_t d0 = 0; d0 < dh; d0 += 8) {
+                chan8(x, ld, S, dh, j0, d0, tm, r);
+                for (int e = 0; e < 8; e++) am = _mm256_max_ps(am, abs_nan_inf8(r[e])); /* zeros past dh */
+            }
             const __m256 inv = lanes_inv8(am, &sc);
             _mm256_store_ps((pass ? a->qsc : a->ksc) + j0, sc);
-            for (int64_t c = 0; c < nq; c++) {
-                __m256i qi[4];
-                for (int e = 0; e < 4; e++) { /* channels past dh: 0 (q: u = 128) */
-                    const int64_t d = 4 * c + e;
-                    qi[e] = _mm256_add_epi32(d < dh ? quant8(rows8(x, ld, d, j0, m, tm), inv)
-                                                    : _mm256_setzero_si256(), off);
+            int8_t *dst = pass ? (int8_t *)a->q8 : a->k8;
+            for (int64_t d0 = 0; d0 < 4 * nq; d0 += 8) {
+                chan8(x, ld, S, dh, j0, d0, tm, r);
+                for (int h = 0; h < 2 && d0 / 4 + h < nq; h++) {
+                    __m256i qi[4];
+                    for (int e = 0; e < 4; e++) qi[e] = quant8(r[4 * h + e], inv); /* channels past dh: 0 */
+                    _mm256_store_si256((__m256i *)(dst + ((d0 / 4 + h) * Sp + j0) * 4), interleave4(qi));
                 }
-                _mm256_store_si256((__m256i *)((pass ? (int8_t *)a->q8 : a->k8) + (c * Sp + j0) * 4), interleave4(qi));
             }
             if (!pass)
                 for (int64_t l = 0; l < 8; l++) a->bias[j0 + l] = j0 + l < S ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
@@ -527,24 +538,31 @@ static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const 
     /* values: per channel one scale over the head's keys; a channel's quantized row of keys, 4 keys
      * to a word, is the channel's column of v8 */
     memset(a->v8, 0, (size_t)(Sp * dhp));
-    for (int64_t d = 0; d < dhp; d++) {
-        if (d >= dh) {
-            a->vsc[d] = 0.0f;
-            continue;
-        }
-        __m256 am = _mm256_setzero_ps(), sc;
-        for (int64_t j0 = 0; j0 < S; j0 += 8) am = _mm256_max_ps(am, abs_nan_inf8(rows8(v, ld, d, j0, lanes(S - j0), tm)));
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        const __m256 inv = lanes_inv8(_mm256_set1_ps(_mm_cvtss_f32(h)), &sc);
-        a->vsc[d] = _mm256_cvtss_f32(sc);
+    for (int64_t d = dh; d < dhp; d++) a->vsc[d] = 0.0f;
+    for (int64_t d0 = 0; d0 < dh; d0 += 8) {
+        __m256 am[8], inv[8];
+        for (int e = 0; e < 8; e++) am[e] = _mm256_setzero_ps();
         for (int64_t j0 = 0; j0 < S; j0 += 8) {
-            const __m256i qi = quant8(rows8(v, ld, d, j0, lanes(S - j0), tm), inv); /* keys past S: 0 */
-            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(qi, qi), _mm256_setzero_si256());
-            const int32_t w0 = _mm256_extract_epi32(b, 0), w1 = _mm256_extract_epi32(b, 4);
-            memcpy(a->v8 + ((j0 / 4) * dhp + d) * 4, &w0, 4);
-            memcpy(a->v8 + ((j0 / 4 + 1) * dhp + d) * 4, &w1, 4);
+            chan8(v, ld, S, dh, j0, d0, tm, r);
+            for (int e = 0; e < 8; e++) am[e] = _mm256_max_ps(am[e], abs_nan_inf8(r[e]));
+        }
+        for (int e = 0; e < 8; e++) {
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(am[e]), _mm256_extractf128_ps(am[e], 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            __m256 sc;
+            inv[e] = lanes_inv8(_mm256_set1_ps(_mm_cvtss_f32(h)), &sc);
+            if (d0 + e < dh) a->vsc[d0 + e] = _mm256_cvtss_f32(sc);
+        }
+        for (int64_t j0 = 0; j0 < S; j0 += 8) {
+            chan8(v, ld, S, dh, j0, d0, tm, r);
+            for (int e = 0; e < 8 && d0 + e < dh; e++) {
+                const __m256i qi = quant8(r[e], inv[e]); /* keys past S: 0 */
+                const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(qi, qi), _mm256_setzero_si256());
+                const int32_t w0 = _mm256_extract_epi32(b, 0), w1 = _mm256_extract_epi32(b, 4);
+                memcpy(a->v8 + ((j0 / 4) * dhp + d0 + e) * 4, &w0, 4);
+                memcpy(a->v8 + ((j0 / 4 + 1) * dhp + d0 + e) * 4, &w1, 4);
+            }
         }
     }
 }
@@ -575,7 +593,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
 {
     const sk_attn8 a = *ap;
     const int64_t S = a.S, dh = a.dh, Sp = a.Sp, nq = a.nq, dhp = a.dhp, nkq = (S + 3) / 4;
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t i0 = 0; i0 < S; i0 += AR2) {
         const int64_t nr = S - i0 < AR2 ? S - i0 : AR2;
         const uint8_t *qr[AR2]; /* rows past the end repeat the last one (computed, never stored) */
@@ -586,30 +604,25 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
             rs[r] = _mm256_set1_ps(a.qsc[i] * scale);
             mx[r] = _mm256_set1_ps(-__builtin_inff());
         }
-        /* scores: two 8-key vectors x AR2 rows per step */
-        for (int64_t j = 0; j < Sp; j += 16) {
-            __m256i acc0[AR2], acc1[AR2];
-            for (int r = 0; r < AR2; r++) acc0[r] = acc1[r] = _mm256_setzero_si256();
+        /* scores: one 8-key vector x AR2 rows per step (accumulators and operands stay in the 16
+         * registers); q8 holds q signed (attn8_pack), k's sign moves onto it, |k| is unsigned */
+        for (int64_t j = 0; j < Sp; j += 8) {
+            __m256i acc[AR2];
+            for (int r = 0; r < AR2; r++) acc[r] = _mm256_setzero_si256();
             for (int64_t c = 0; c < nq; c++) {
-                const int8_t *kc = a.k8 + (c * Sp + j) * 4;
-                const __m256i k0 = _mm256_load_si256((const __m256i *)kc), k1 = _mm256_load_si256((const __m256i *)(kc + 32));
-                const __m256i a0 = _mm256_abs_epi8(k0), a1 = _mm256_abs_epi8(k1);
+                const __m256i k0 = _mm256_load_si256((const __m256i *)(a.k8 + (c * Sp + j) * 4));
+                const __m256i a0 = _mm256_abs_epi8(k0);
                 for (int r = 0; r < AR2; r++) {
                     int32_t qw;
                     memcpy(&qw, qr[r] + c * Sp * 4, 4);
-                    const __m256i qs = _mm256_xor_si256(_mm256_set1_epi32(qw), flip);
-                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qs, k0)), ones));
-                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qs, k1)), ones));
+                    acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(_mm256_set1_epi32(qw), k0)), ones));
                 }
             }
-            for (int h = 0; h < 2; h++) {
-                const __m256 ks = _mm256_load_ps(a.ksc + j + 8 * h), bv = _mm256_load_ps(a.bias + j + 8 * h);
-                for (int r = 0; r < AR2; r++) {
-                    const __m256 d = _mm256_cvtepi32_ps(h ? acc1[r] : acc0[r]);
-                    const __m256 sc = _mm256_add_ps(_mm256_mul_ps(d, _mm256_mul_ps(ks, rs[r])), bv);
-                    _mm256_store_ps(a.p + r * Sp + j + 8 * h, sc);
-                    mx[r] = _mm256_max_ps(mx[r], sc);
-                }
+            const __m256 ks = _mm256_load_ps(a.ksc + j), bv = _mm256_load_ps(a.bias + j);
+            for (int r = 0; r < AR2; r++) {
+                const __m256 sc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_mul_ps(ks, rs[r])), bv);
+                _mm256_store_ps(a.p + r * Sp + j, sc);
+                mx[r] = _mm256_max_ps(mx[r], sc);
             }
         }
         /* softmax numerators u = rint(255 e), written as uint16 over the front of the row's scores */
@@ -637,30 +650,34 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
             const int32_t L = _mm_cvtsi128_si32(s4);
             il[r] = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
         }
-        /* P V: 8 channels x AR2 rows per step; per 4 keys one vpmaddwd per 4 channels */
-        for (int64_t c0 = 0; c0 < dh; c0 += 8) {
-            __m256i lo[AR2], hi[AR2];
-            for (int r = 0; r < AR2; r++) lo[r] = hi[r] = _mm256_setzero_si256();
-            for (int64_t jq = 0; jq < nkq; jq++) {
-                const int8_t *vc = a.v8 + (jq * dhp + c0) * 4;
-                const __m256i v0 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)vc));        /* channels c0..c0+3 */
-                const __m256i v1 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(vc + 16))); /* c0+4..c0+7 */
-                for (int r = 0; r < AR2; r++) {
-                    int64_t uw;
-                    memcpy(&uw, (const uint16_t *)(a.p + r * Sp) + jq * 4, 8);
-                    const __m256i pb = _mm256_set1_epi64x(uw);
-                    lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(pb, v0));
-                    hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(pb, v1));
+        /* P V: 8 channels x 2 rows per step (4 accumulators, no spills); per 4 keys one vpmaddwd per
+         * row and 4 channels, the two partial sums of a channel (keys 0-1, 2-3) added at the end */
+        for (int r0 = 0; r0 < nr; r0 += 2) {
+            const uint16_t *u0 = (const uint16_t *)(a.p + r0 * Sp), *u1 = (const uint16_t *)(a.p + (r0 + 1) * Sp);
+            for (int64_t c0 = 0; c0 < dh; c0 += 8) {
+                __m256i lo0 = _mm256_setzero_si256(), hi0 = lo0, lo1 = lo0, hi1 = lo0;
+                for (int64_t jq = 0; jq < nkq; jq++) {
+                    const int8_t *vc = a.v8 + (jq * dhp + c0) * 4;
+                    const __m256i v0 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)vc));        /* c0..c0+3 */
+                    const __m256i v1 = _mm256_cvtepi8_epi16(_mm_load_si128((const __m128i *)(vc + 16))); /* c0+4..c0+7 */
+                    int64_t w0, w1;
+                    memcpy(&w0, u0 + jq * 4, 8);
+                    memcpy(&w1, u1 + jq * 4, 8);
+                    const __m256i p0 = _mm256_set1_epi64x(w0), p1 = _mm256_set1_epi64x(w1);
+                    lo0 = _mm256_add_epi32(lo0, _mm256_madd_epi16(p0, v0));
+                    hi0 = _mm256_add_epi32(hi0, _mm256_madd_epi16(p0, v1));
+                    lo1 = _mm256_add_epi32(lo1, _mm256_madd_epi16(p1, v0));
+                    hi1 = _mm256_add_epi32(hi1, _mm256_madd_epi16(p1, v1));
                 }
-            }
-            const int64_t nd = dh - c0 < 8 ? dh - c0 : 8;
-            const __m256i dm = lanes(nd);
-            const __m256 sv = _mm256_load_ps(a.vsc + c0);
-            for (int r = 0; r < nr; r++) {
-                const __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[r], hi[r]), 0xd8);
-                const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(sv, _mm256_set1_ps(il[r])));
-                if (nd == 8) _mm256_storeu_ps(o + (i0 + r) * ldo + c0, y);
-                else _mm256_maskstore_ps(o + (i0 + r) * ldo + c0, dm, y);
+                const int64_t nd = dh - c0 < 8 ? dh - c0 : 8;
+                const __m256i dm = lanes(nd);
+                const __m256 sv = _mm256_load_ps(a.vsc + c0);
+                for (int r = r0; r < r0 + 2 && r < nr; r++) {
+                    const __m256i sum = _mm256_permute4x64_epi64(r == r0 ? _mm256_hadd_epi32(lo0, hi0) : _mm256_hadd_epi32(lo1, hi1), 0xd8);
+                    const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(sv, _mm256_set1_ps(il[r])));
+                    if (nd == 8) _mm256_storeu_ps(o + (i0 + r) * ldo + c0, y);
+                    else _mm256_maskstore_ps(o + (i0 + r) * ldo + c0, dm, y);
+                }
             }
         }
     }

@@ -452,6 +452,133 @@ static void layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma, co
     }
 }
 
+/* ---- fp32 attention head (attn_head) ------------------------------------------------
+ * sk_avx512_attn_head's plan on 8 lanes: K transposed once into scratch (dh x Sp, keys contiguous),
+ * V rows packed (S x dhp), SK_ATTN_ROWS query rows per block; two 8-key vectors x 4 rows of FMA
+ * chains for the scores, two 8-channel chunks x 4 rows for P V (11 live registers of 16). */
+enum { AF = SK_ATTN_ROWS };
+
+/* e^y for y <= 0: sk_exp_nonpos16's reduction and polynomial on 8 lanes, 2^n built in the exponent
+ * bits; y below -87 (including -inf for masked keys) and NaN give exactly 0 */
+static inline __attribute__((always_inline)) __m256 exp8_nonpos(__m256 x)
+{
+    const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+    const __m256 y = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e))); /* n >= -126: a normal 2^n */
+}
+
+static inline __attribute__((always_inline)) float hsum8(__m256 v)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+static inline __attribute__((always_inline)) float hmax8(__m256 v)
+{
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+static void attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh, float scale,
+                      const float *kb, float *o, int64_t ldo, float *scratch)
+{
+    const int64_t Sp = (S + 15) / 16 * 16, ncv = (dh + 7) / 8, dhp = (dh + 15) / 16 * 16;
+    float *kt = scratch, *bias = kt + dh * Sp, *p = bias + Sp, *vb = p + AF * Sp; /* sk_attn_scratch_floats */
+    for (int64_t j = 0; j < S; j++) {
+        for (int64_t d = 0; d < dh; d++) kt[d * Sp + j] = k[j * ld + d];
+        for (int64_t c = 0; c < ncv; c++)
+            _mm256_store_ps(vb + j * dhp + c * 8, _mm256_maskload_ps(v + j * ld + c * 8, lanes(dh - c * 8)));
+    }
+    for (int64_t d = 0; d < dh; d++)
+        for (int64_t j = S; j < Sp; j++) kt[d * Sp + j] = 0.0f;
+    for (int64_t j = 0; j < Sp; j++) bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (int64_t i0 = 0; i0 < S; i0 += AF) {
+        const int64_t nr = S - i0 < AF ? S - i0 : AF;
+        const float *qr[AF]; /* rows past the end repeat the last one (computed, never stored) */
+        __m256 mx[AF];
+        float inv[AF];
+        for (int r = 0; r < AF; r++) {
+            qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
+            mx[r] = _mm256_set1_ps(-__builtin_inff());
+        }
+        /* scores: two 8-key vectors x AF rows per step (Sp is a multiple of 16) */
+        for (int64_t j = 0; j < Sp; j += 16) {
+            __m256 acc0[AF], acc1[AF];
+            for (int r = 0; r < AF; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+            for (int64_t d = 0; d < dh; d++) {
+                const __m256 k0 = _mm256_load_ps(kt + d * Sp + j), k1 = _mm256_load_ps(kt + d * Sp + j + 8);
+                for (int r = 0; r < AF; r++) {
+                    const __m256 qb = _mm256_broadcast_ss(qr[r] + d);
+                    acc0[r] = _mm256_fmadd_ps(qb, k0, acc0[r]);
+                    acc1[r] = _mm256_fmadd_ps(qb, k1, acc1[r]);
+                }
+            }
+            for (int h = 0; h < 2; h++) {
+                const __m256 bv = _mm256_load_ps(bias + j + 8 * h);
+                for (int r = 0; r < AF; r++) {
+                    const __m256 sc = _mm256_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
+                    _mm256_store_ps(p + r * Sp + j + 8 * h, sc);
+                    mx[r] = _mm256_max_ps(mx[r], sc);
+                }
+            }
+        }
+        /* softmax: p <- exp(p - max), inv = 1 / sum; a row whose keys are all masked gets zeros */
+        for (int r = 0; r < AF; r++) {
+            const float m = hmax8(mx[r]);
+            if (!(m > -__builtin_inff())) {
+                memset(p + r * Sp, 0, sizeof(float) * (size_t)Sp);
+                inv[r] = 0.0f;
+                continue;
+            }
+            const __m256 mv = _mm256_set1_ps(m);
+            __m256 sum = _mm256_setzero_ps();
+            for (int64_t j = 0; j < Sp; j += 8) {
+                const __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_load_ps(p + r * Sp + j), mv));
+                _mm256_store_ps(p + r * Sp + j, e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            inv[r] = 1.0f / hsum8(sum);
+        }
+        /* o = inv * p V: two 8-channel chunks x AF rows per step */
+        for (int64_t c = 0; c < ncv; c += 2) {
+            const int two = c + 1 < ncv;
+            __m256 o0[AF], o1[AF];
+            for (int r = 0; r < AF; r++) o0[r] = o1[r] = _mm256_setzero_ps();
+            const float *vc = vb + c * 8;
+            for (int64_t j = 0; j < S; j++) {
+                const __m256 v0 = _mm256_load_ps(vc + j * dhp), v1 = two ? _mm256_load_ps(vc + j * dhp + 8) : _mm256_setzero_ps();
+                for (int r = 0; r < AF; r++) {
+                    const __m256 pb = _mm256_broadcast_ss(p + r * Sp + j);
+                    o0[r] = _mm256_fmadd_ps(pb, v0, o0[r]);
+                    o1[r] = _mm256_fmadd_ps(pb, v1, o1[r]);
+                }
+            }
+            const __m256i m0 = lanes(dh - c * 8), m1 = lanes(two ? dh - c * 8 - 8 : 0);
+            for (int r = 0; r < nr; r++) {
+                const __m256 iv = _mm256_set1_ps(inv[r]);
+                float *orow = o + (i0 + r) * ldo + c * 8;
+                _mm256_maskstore_ps(orow, m0, _mm256_mul_ps(o0[r], iv));
+                if (two) _mm256_maskstore_ps(orow + 8, m1, _mm256_mul_ps(o1[r], iv));
+            }
+        }
+    }
+}
+
 /* ---- INT8 attention head (attn_head_int8, attn_head_int8_cm) ---------------------------
  * sk_attn8's layouts and arithmetic (the bits of every variant's integer sums): Q K^T with the
  * signed form of the product above (q8 stored signed, k's sign moved onto it, |k| unsigned), so the
@@ -582,12 +709,6 @@ static inline __attribute__((always_inline)) __m256 exp255_8(__m256 s, __m256 mv
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-static inline __attribute__((always_inline)) float hmax8(__m256 v)
-{
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-}
 
 static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
 {
@@ -702,10 +823,10 @@ static void attn_head_int8(const float *q, const float *k, const float *v, int64
 }
 
 const sk_kernels sk_kernels_avx2 = {
-    /* AVX2: the fp32 and int8 products and what surrounds the int8 product; fp32 packing and attention are portable C */
+    /* AVX2: the fp32 and int8 products, what surrounds the int8 product, both attentions; fp32 packing is portable C */
     "avx2", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8,
-    rows_amax, sk_unpack_i32_generic, sk_attn_head_generic, layer_norm,
+    rows_amax, sk_unpack_i32_generic, attn_head, layer_norm,
     quant_rows, attn_head_int8, mid_int8, pack_mid,
     attn_head_int8_cm,
     /* int8_no_x_min */ 1,

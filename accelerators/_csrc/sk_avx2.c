@@ -302,6 +302,62 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
     }
 }
 
+/* pack_x (fp32): X (tokens x K) into the tiles' transposed layout (k rows of w tokens), 8 tokens x
+ * 8 columns per tr8; tokens past nb are zeros, as in sk_pack_x_generic. */
+static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1, float *xt,
+                   const sk_tiling *tl, int64_t n_in)
+{
+    (void)n_in;
+    for (int i = 0; i < tl->ntiles; i++) {
+        const sk_tile *tile = &tl->tiles[i];
+        float *xb = xt + tile->offset;
+        const int64_t w = tile->width;
+        for (int64_t tg = 0; tg < w; tg += 8) {
+            const int64_t t = tile->t0 + tg;
+            const int64_t nt = nb - t < 0 ? 0 : (nb - t > 8 ? 8 : nb - t);
+            for (int64_t k = k0; k < k1; k += 8) {
+                const int64_t nk = k1 - k < 8 ? k1 - k : 8;
+                const __m256i km = lanes(nk);
+                __m256 r[8];
+                for (int l = 0; l < 8; l++)
+                    r[l] = l >= nt ? _mm256_setzero_ps()
+                                   : (nk == 8 ? _mm256_loadu_ps(X + (t + l) * ldX + k)
+                                              : _mm256_maskload_ps(X + (t + l) * ldX + k, km));
+                tr8(r);
+                for (int l = 0; l < nk; l++) _mm256_store_ps(xb + (k + l) * w + tg, r[l]);
+            }
+        }
+    }
+}
+
+/* unpack_y (fp32): Y (tokens x rows) = scratch (rows x tokens) transposed 8 x 8 through tr8, with
+ * the Linear epilogue (+ bias, GELU as gelu8 — the AVX-512 variant's approximation — + residual).
+ * 8-token strips put at most 8 lines of one L1 set in flight, so they are stored straight into Y
+ * (the AVX-512 variant stages its 16-token strips for that reason). */
+static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y, int64_t ldY,
+                     const float *bias, const float *R, int act)
+{
+    for (int64_t t = 0; t < ntok; t += 8) {
+        const int64_t nt = ntok - t < 8 ? ntok - t : 8;
+        for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+            const int64_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
+            const __m256i rm = lanes(nr);
+            const __m256 bv = bias ? _mm256_maskload_ps(bias + r0, rm) : _mm256_setzero_ps();
+            __m256 r[8];
+            for (int l = 0; l < 8; l++) r[l] = l < nr ? _mm256_load_ps(scratch + (r0 + l) * lds + t) : _mm256_setzero_ps();
+            tr8(r);
+            float *yb = Y + t * ldY + r0;
+            for (int l = 0; l < nt; l++) {
+                __m256 y = _mm256_add_ps(r[l], bv);
+                if (act == SK_ACT_GELU) y = gelu8(y);
+                if (R) y = _mm256_add_ps(y, _mm256_maskload_ps(R + (t + l) * ldY + r0, rm));
+                if (nr == 8) _mm256_storeu_ps(yb + l * ldY, y);
+                else _mm256_maskstore_ps(yb + l * ldY, rm, y);
+            }
+        }
+    }
+}
+
 /* amax[t] = max_k |X[t, k]|, NaN as +inf */
 static void rows_amax(const float *X, int64_t ldX, int64_t K, int64_t t0, int64_t t1, float *amax)
 {
@@ -823,8 +879,8 @@ static void attn_head_int8(const float *q, const float *k, const float *v, int64
 }
 
 const sk_kernels sk_kernels_avx2 = {
-    /* AVX2: the fp32 and int8 products, what surrounds the int8 product, both attentions; fp32 packing is portable C */
-    "avx2", tile_fp32, sk_pack_x_generic, sk_unpack_y_generic,
+    /* AVX2: the fp32 and int8 products, what surrounds them, both attentions */
+    "avx2", tile_fp32, pack_x, unpack_y,
     tile_int8, pack_xq, pack_xq_raw, unpack_int8,
     rows_amax, sk_unpack_i32_generic, attn_head, layer_norm,
     quant_rows, attn_head_int8, mid_int8, pack_mid,

@@ -66,6 +66,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+#: CPU flags of native bf16 dot products; without either, oneDNN emulates bf16 (slower than fp32)
+BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_native() -> bool:
+    """Whether the CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16``)."""
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
 def logits_of(out: Any) -> torch.Tensor:
     """Logits from a transformers output object (``.logits``), a tuple (first item), or a plain tensor."""
     if isinstance(out, torch.Tensor):

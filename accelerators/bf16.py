@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared, cpu_flags, logits_of
+from accelerators.base import Accelerator, PrepareSettings, Prepared, bf16_native, cpu_flags, logits_of
 
 
 class _FloatLogits(nn.Module):
@@ -23,7 +23,9 @@ class _FloatLogits(nn.Module):
 class BF16(Accelerator):
     """The whole model cast to ``torch.bfloat16`` (weights and activations), fp32 logits out.
 
-    Pruned zeros stay exact zeros in bf16, but dense bf16 kernels do not skip them.
+    Pruned zeros stay exact zeros in bf16, but dense bf16 kernels do not skip them. The row says
+    whether the CPU has native bf16 dot products (``bf16_native``: avx512_bf16 or amx_bf16) and AMX
+    tiles (``bf16_amx``); without native bf16, oneDNN emulates it and the cell is slower than fp32.
     """
 
     name = "bf16"
@@ -38,5 +40,6 @@ class BF16(Accelerator):
         return True, ""
 
     def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:
-        return Prepared(_FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval()), {"bf16_amx": "amx_bf16" in cpu_flags()})
+        return Prepared(_FloatLogits(copy.deepcopy(model).to(torch.bfloat16).eval()),
+                        {"bf16_native": bf16_native(), "bf16_amx": "amx_bf16" in cpu_flags()})
 

@@ -23,15 +23,9 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from accelerators.base import cpu_flags
+from accelerators.base import BF16_FLAGS, bf16_native
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
-
-
-def bf16_native() -> bool:
-    """Whether the CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16``)."""
-    return bool(cpu_flags() & set(BF16_FLAGS))
 
 
 def check_precision(precision: str, key: str = "precision") -> str:

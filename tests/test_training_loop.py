@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from accelerators import base as accel_base
 from accelerators.base import logits_of
 from profiler.tasks import TinySynthetic
 from pruners import training
@@ -20,11 +21,11 @@ def tiny():
 
 
 def test_precision_auto_follows_cpu_flags(monkeypatch):
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(accel_base, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert training.resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    monkeypatch.setattr(accel_base, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
     assert training.resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(training, "cpu_flags", lambda: {"avx512f", "avx2"})
+    monkeypatch.setattr(accel_base, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert training.resolve_precision("auto") == "fp32"
     assert training.resolve_precision("fp32") == "fp32"
     with pytest.raises(ValueError, match="needs a CPU with avx512_bf16 or amx_bf16"):
@@ -33,8 +34,19 @@ def test_precision_auto_follows_cpu_flags(monkeypatch):
         training.check_precision("fp16")
 
 
+def test_bf16_accelerator_row_says_whether_bf16_is_native(monkeypatch, tiny):
+    from accelerators.base import PrepareSettings
+    from accelerators.bf16 import BF16
+    _, model = tiny
+    for flags, native, amx in [({"avx2"}, False, False), ({"avx512_bf16"}, True, False), ({"amx_bf16"}, True, True)]:
+        monkeypatch.setattr(accel_base, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr("accelerators.bf16.cpu_flags", lambda flags=flags: flags)
+        fields = BF16().prepare(model, {}, PrepareSettings()).fields
+        assert (fields["bf16_native"], fields["bf16_amx"]) == (native, amx)
+
+
 def test_precision_is_validated_by_pruner_and_task_constructors(monkeypatch):
-    monkeypatch.setattr(training, "cpu_flags", lambda: set())
+    monkeypatch.setattr(accel_base, "cpu_flags", lambda: set())
     with pytest.raises(ValueError, match="precision = 'bf16' needs a CPU"):
         GMPPruner(precision="bf16")
     with pytest.raises(ValueError, match="finetune_precision must be one of"):

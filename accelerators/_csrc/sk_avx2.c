@@ -271,11 +271,16 @@ static inline __attribute__((always_inline)) __m256 gelu8(__m256 x)
     return _mm256_mul_ps(x, p);
 }
 
-/* Y (tokens x rows) from the int32 scratch (rows x tokens): 8 x 8 blocks through tr8, with
- * unpack_int8's arithmetic (sw * sx, then one fmadd) */
-static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
-                        int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
-                        const float *sx, int act)
+/* Y (tokens x rows) from the scratch (rows x tokens), 8 x 8 blocks through tr8, and the Linear
+ * epilogue (+ bias, GELU as gelu8 — the AVX-512 variants' approximation — + residual). int8 (a
+ * compile-time constant after inlining): the scratch holds int32 sums and each value is first
+ * dequantized with unpack_int8's arithmetic (sw * sx, then one fmadd: the portable kernel's bits);
+ * fp32: the scratch holds the sums themselves. 8-token strips put at most 8 lines of one L1 set in
+ * flight, so they are stored straight into Y (the AVX-512 variant stages its 16-token strips). */
+static inline __attribute__((always_inline)) void unpack8(const void *scratch, int int8, int64_t lds, int64_t nrows,
+                                                          int64_t ntok, float *Y, int64_t ldY, const float *bias,
+                                                          const float *R, const float *sw, const int32_t *comp,
+                                                          const float *sx, int act)
 {
     for (int64_t t = 0; t < ntok; t += 8) {
         const int64_t nt = ntok - t < 8 ? ntok - t : 8;
@@ -283,16 +288,21 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
             const int64_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
             const __m256i rm = lanes(nr);
             const __m256 bv = bias ? _mm256_maskload_ps(bias + r0, rm) : _mm256_setzero_ps();
-            const __m256 swv = _mm256_maskload_ps(sw + r0, rm);
-            const __m256i cv = _mm256_maskload_epi32(comp + r0, rm);
-            __m256i r[8];
+            const __m256 swv = int8 ? _mm256_maskload_ps(sw + r0, rm) : _mm256_setzero_ps();
+            const __m256i cv = int8 ? _mm256_maskload_epi32(comp + r0, rm) : _mm256_setzero_si256();
+            __m256 r[8];
             for (int l = 0; l < 8; l++)
-                r[l] = l < nr ? _mm256_load_si256((const __m256i *)(scratch + (r0 + l) * lds + t)) : _mm256_setzero_si256();
-            tr8((__m256 *)r);
+                r[l] = l < nr ? _mm256_load_ps((const float *)scratch + (r0 + l) * lds + t) : _mm256_setzero_ps();
+            tr8(r); /* 32-bit lanes: int32 sums travel as float bit patterns */
             float *yb = Y + t * ldY + r0;
             for (int l = 0; l < nt; l++) {
-                const __m256 a = _mm256_cvtepi32_ps(_mm256_sub_epi32(r[l], cv));
-                __m256 y = _mm256_fmadd_ps(a, _mm256_mul_ps(swv, _mm256_set1_ps(sx[t + l])), bv);
+                __m256 y;
+                if (int8) {
+                    const __m256 a = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_castps_si256(r[l]), cv));
+                    y = _mm256_fmadd_ps(a, _mm256_mul_ps(swv, _mm256_set1_ps(sx[t + l])), bv);
+                } else {
+                    y = _mm256_add_ps(r[l], bv);
+                }
                 if (act == SK_ACT_GELU) y = gelu8(y);
                 if (R) y = _mm256_add_ps(y, _mm256_maskload_ps(R + (t + l) * ldY + r0, rm));
                 if (nr == 8) _mm256_storeu_ps(yb + l * ldY, y);
@@ -300,6 +310,19 @@ static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int6
             }
         }
     }
+}
+
+static void unpack_int8(const int32_t *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y,
+                        int64_t ldY, const float *bias, const float *R, const float *sw, const int32_t *comp,
+                        const float *sx, int act)
+{
+    unpack8(scratch, 1, lds, nrows, ntok, Y, ldY, bias, R, sw, comp, sx, act);
+}
+
+static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y, int64_t ldY,
+                     const float *bias, const float *R, int act)
+{
+    unpack8(scratch, 0, lds, nrows, ntok, Y, ldY, bias, R, NULL, NULL, NULL, act);
 }
 
 /* pack_x (fp32): X (tokens x K) into the tiles' transposed layout (k rows of w tokens), 8 tokens x
@@ -325,34 +348,6 @@ static void pack_x(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t 
                                               : _mm256_maskload_ps(X + (t + l) * ldX + k, km));
                 tr8(r);
                 for (int l = 0; l < nk; l++) _mm256_store_ps(xb + (k + l) * w + tg, r[l]);
-            }
-        }
-    }
-}
-
-/* unpack_y (fp32): Y (tokens x rows) = scratch (rows x tokens) transposed 8 x 8 through tr8, with
- * the Linear epilogue (+ bias, GELU as gelu8 — the AVX-512 variant's approximation — + residual).
- * 8-token strips put at most 8 lines of one L1 set in flight, so they are stored straight into Y
- * (the AVX-512 variant stages its 16-token strips for that reason). */
-static void unpack_y(const float *scratch, int64_t lds, int64_t nrows, int64_t ntok, float *Y, int64_t ldY,
-                     const float *bias, const float *R, int act)
-{
-    for (int64_t t = 0; t < ntok; t += 8) {
-        const int64_t nt = ntok - t < 8 ? ntok - t : 8;
-        for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
-            const int64_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
-            const __m256i rm = lanes(nr);
-            const __m256 bv = bias ? _mm256_maskload_ps(bias + r0, rm) : _mm256_setzero_ps();
-            __m256 r[8];
-            for (int l = 0; l < 8; l++) r[l] = l < nr ? _mm256_load_ps(scratch + (r0 + l) * lds + t) : _mm256_setzero_ps();
-            tr8(r);
-            float *yb = Y + t * ldY + r0;
-            for (int l = 0; l < nt; l++) {
-                __m256 y = _mm256_add_ps(r[l], bv);
-                if (act == SK_ACT_GELU) y = gelu8(y);
-                if (R) y = _mm256_add_ps(y, _mm256_maskload_ps(R + (t + l) * ldY + r0, rm));
-                if (nr == 8) _mm256_storeu_ps(yb + l * ldY, y);
-                else _mm256_maskstore_ps(yb + l * ldY, rm, y);
             }
         }
     }

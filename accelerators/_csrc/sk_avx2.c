@@ -274,7 +274,7 @@ static inline __attribute__((always_inline)) __m256 gelu8(__m256 x)
 /* Y (tokens x rows) from the scratch (rows x tokens), 8 x 8 blocks through tr8, and the Linear
  * epilogue (+ bias, GELU as gelu8 — the AVX-512 variants' approximation — + residual). int8 (a
  * compile-time constant after inlining): the scratch holds int32 sums and each value is first
- * dequantized with unpack_int8's arithmetic (sw * sx, then one fmadd: the portable kernel's bits);
+ * dequantized with unpack_int8's arithmetic (sw * sx, then one fmadd, as before the merge);
  * fp32: the scratch holds the sums themselves. 8-token strips put at most 8 lines of one L1 set in
  * flight, so they are stored straight into Y (the AVX-512 variant stages its 16-token strips). */
 static inline __attribute__((always_inline)) void unpack8(const void *scratch, int int8, int64_t lds, int64_t nrows,

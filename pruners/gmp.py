@@ -193,10 +193,20 @@ class TrainingPruner(Pruner):
                 return loss
             return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None)
 
+        targets = {id(lin.weight) for lin in layers.values()}
+        others = [p for p in params if id(p) not in targets]
+
         def gradient() -> float:
+            # only the targeted weights' gradients are used: backward stops short of the embeddings
             opt.zero_grad(set_to_none=True)
-            loss = next_loss(grad_batches)
-            loss.backward()
+            for p in others:
+                p.requires_grad_(False)
+            try:
+                loss = next_loss(grad_batches)
+                loss.backward()
+            finally:
+                for p in others:
+                    p.requires_grad_(True)
             return float(loss.detach())
 
         recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress)

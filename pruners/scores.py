@@ -68,7 +68,8 @@ class Score:
     def before_update(self, gradient: Callable[[], float]) -> None:
         """Called at each pruning step before :meth:`scores`. ``gradient()`` zeroes the model's
         gradients, runs forward, the training loss (with distillation when on) and backward on the
-        next training batch, leaving ``.grad`` on every weight, and returns the loss; second-order
+        next training batch, leaving ``.grad`` on every targeted weight (only those: the other
+        parameters get none, so backward skips the embeddings), and returns the loss; second-order
         scores (OBS) call it as often as they need gradients. The loop zeroes gradients afterwards."""
 
     def update_masks(self, masks: "MaskSet", new: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, sparsity: float) -> None:

@@ -230,6 +230,33 @@ def test_gradual_obs_with_distillation_end_to_end(tiny):
     assert not model.training
 
 
+def test_gradual_fisher_gradients_reach_only_the_targeted_weights(tiny, monkeypatch):
+    """The Fisher's gradients in the gradual loop: ``.grad`` on the targeted weights, none on the
+    embeddings, biases or LayerNorms (backward stops early), and every parameter trains after."""
+    task, dense = tiny
+    model = copy.deepcopy(dense)
+    targets = {id(lin.weight) for lin in prunable_linears(model).values()}
+    seen = []
+    orig = OBSScore.collect
+
+    def spy(self, gradient):
+        def recorded():
+            loss = gradient()
+            seen.append(({id(q) for q in model.parameters() if q.grad is not None},
+                         all(q.requires_grad for q in model.parameters())))
+            return loss
+        orig(self, recorded)
+
+    monkeypatch.setattr(OBSScore, "collect", spy)
+    p = OBSPruner(sparsity=0.8, steps=8, update_every=2, end_frac=0.75, batch_size=8, num_grads=3, grad_batch_size=4,
+                  distill=True, hidden_distill=1.0)
+    p.prune(model, task)
+    assert len(seen) == 3 * 3  # pruning steps 2, 4, 6, three gradients each
+    for with_grad, trainable in seen:
+        assert with_grad == targets and trainable
+    assert all(q.requires_grad for q in model.parameters())
+
+
 def test_masked_weights_stay_zero_through_training(tiny):
     """The last pruning step lands mid-run (end_frac 0.5): the recovery steps after it keep zeros."""
     task, dense = tiny

@@ -6,9 +6,10 @@ LayerNorm, pooler and classifier are never prunable targets.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterable
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +36,22 @@ def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
 def prunable_linears(model: nn.Module, roles: Iterable[str] = ALL_ROLES) -> dict[str, nn.Linear]:
     """Qualified name → ``nn.Linear`` for every encoder Linear layer whose role is in ``roles``."""
     return linears_by_role(model, tuple(roles))
+
+
+@contextlib.contextmanager
+def gradients_only_for(model: nn.Module, weights: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Within the block only ``weights`` require gradients, so backward computes theirs and stops
+    short of the rest (the embeddings' 11.7 M-entry gradient on MiniLM); every parameter's
+    ``requires_grad`` is restored after, also on an exception."""
+    keep = {id(w) for w in weights}
+    was = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in was:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, r in was:
+            p.requires_grad_(r)
 
 
 @dataclass

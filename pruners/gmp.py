@@ -23,7 +23,8 @@ from torch import nn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from pruners.base import ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, prunable_linears, validate_roles
+from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
+                          prunable_linears, validate_roles)
 from pruners.distill import Distiller, check_distill
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
@@ -193,20 +194,11 @@ class TrainingPruner(Pruner):
                 return loss
             return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None)
 
-        targets = {id(lin.weight) for lin in layers.values()}
-        others = [p for p in params if id(p) not in targets]
-
         def gradient() -> float:
-            # only the targeted weights' gradients are used: backward stops short of the embeddings
             opt.zero_grad(set_to_none=True)
-            for p in others:
-                p.requires_grad_(False)
-            try:
+            with gradients_only_for(model, [lin.weight for lin in layers.values()]):  # all a score reads
                 loss = next_loss(grad_batches)
                 loss.backward()
-            finally:
-                for p in others:
-                    p.requires_grad_(True)
             return float(loss.detach())
 
         recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress)

@@ -52,7 +52,7 @@ from torch import nn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from pruners.base import Progress, PruneReport
+from pruners.base import Progress, PruneReport, gradients_only_for
 from pruners.fisher import UPDATES, BlockFisherInverse, obs_update, saliency
 from pruners.gmp import TrainingPruner, _int, _num, training_params
 from pruners.masks import MaskSet, assert_plain
@@ -292,9 +292,6 @@ class OBSPruner(TrainingPruner):
         if progress is not None:
             score.on_gradient = lambda i, m, loss: progress(i, m, loss, 0.0)
         batches = task.train_batches(self.grad_batch_size, self.seed)
-        targets = {id(lin.weight) for lin in layers.values()}
-        was = [(p, p.requires_grad) for p in model.parameters()]
-
         def gradient() -> float:
             model.zero_grad(set_to_none=True)
             inputs, labels = next(batches)
@@ -304,14 +301,11 @@ class OBSPruner(TrainingPruner):
 
         model.eval()  # no dropout: the Fisher of the loss the pruned model is evaluated with
         try:
-            for p, _ in was:  # only the targeted weights need gradients (no embedding gradients)
-                p.requires_grad_(id(p) in targets)
-            score.before_update(gradient)
-            model.zero_grad(set_to_none=True)
-            score.update_masks(masks, self.select(score, self.sparsity), None, self.sparsity)
+            with gradients_only_for(model, [lin.weight for lin in layers.values()]):  # no embedding gradients
+                score.before_update(gradient)
+                model.zero_grad(set_to_none=True)
+                score.update_masks(masks, self.select(score, self.sparsity), None, self.sparsity)
         finally:
-            for p, r in was:
-                p.requires_grad_(r)
             model.zero_grad(set_to_none=True)
         masks.squash()
         assert_plain(model)

@@ -292,6 +292,7 @@ class OBSPruner(TrainingPruner):
         if progress is not None:
             score.on_gradient = lambda i, m, loss: progress(i, m, loss, 0.0)
         batches = task.train_batches(self.grad_batch_size, self.seed)
+
         def gradient() -> float:
             model.zero_grad(set_to_none=True)
             inputs, labels = next(batches)

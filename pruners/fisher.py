@@ -14,16 +14,22 @@ different blocks are treated as uncorrelated)::
 
     (E1)  L(w + δw) − L(w) ≈ ½ δwᵀ F δw,     F = λ I + (1/m) Σ_{i=1..m} g_i g_iᵀ
 
-with ``m`` gradients ``g_i`` (one per mini-batch), damping ``λ``. Its inverse is built without ever
+with ``m`` gradients ``g_i`` (one per mini-batch), damping ``λ``. The paper builds its inverse without ever
 inverting a ``B × B`` matrix, by the Woodbury (Sherman–Morrison) identity from ``F⁻¹ = (1/λ) I``::
 
     (E2)  F⁻¹ ← F⁻¹ − (F⁻¹ g)(F⁻¹ g)ᵀ / (m + gᵀ F⁻¹ g)          once per gradient g
 
-:meth:`BlockFisherInverse.add_grads` applies ``k`` gradients at once with the rank-k form of the
-same identity, ``F⁻¹ ← F⁻¹ − U (m I_k + Gᵀ U)⁻¹ Uᵀ`` with ``U = F⁻¹ G`` (``G``: the ``k`` gradients
-as columns), which equals ``k`` successive (E2) updates in exact arithmetic; it reads and writes
-the ``numel · B`` floats of ``F⁻¹`` once per ``k`` gradients instead of once per gradient (the
-rank-1 loop is memory-bound: ~4× slower per gradient on a quarter of MiniLM's weights, B = 48).
+online, so that no gradient is kept once folded in. :class:`BlockFisherInverse` offers that recursion (``method="woodbury"``: ``k``
+gradients at once with the rank-k form of (E2), ``F⁻¹ ← F⁻¹ − U (m I_k + Gᵀ U)⁻¹ Uᵀ``, ``U = F⁻¹ G``,
+equal to ``k`` successive (E2) updates in exact arithmetic) and the same inverse by accumulating
+``F`` itself and inverting each ``B × B`` block once when it is first read (``method="direct"``, the
+default: ``F ← F + G Gᵀ`` per ``k`` gradients, then a float64 Cholesky inverse of ``λ I + F / m``).
+Both hold ``numel · B`` floats and neither stores more than ``k`` gradients. Per Fisher block the
+recursion costs about ``3 m B²`` flops in small batched products plus ``m / k`` small
+factorisations; the direct form ``m B²`` flops in one product per ``k`` gradients plus one ``B³``
+factorisation, fewer whenever ``m > B`` (the recipes: ``m = 256``, ``B = 48``), and it factors in
+float64 what the recursion downdates in float32 (``scripts/bench_fisher.py`` measures both, time
+and distance to a float64 reference, on MiniLM's gradients).
 
 Pruning a set ``Q`` of weights (``E_Q`` selects them) solves ``min ½ δwᵀ F δw`` subject to
 ``E_Q (w + δw) = 0`` (the OBS problem of Hassibi & Stork 1993, in the paper's block form)::
@@ -61,6 +67,8 @@ import torch
 
 #: how :func:`obs_update` moves the remaining weights (see the module docstring)
 UPDATES = ("joint", "independent", "none")
+#: how :class:`BlockFisherInverse` builds ``F⁻¹`` (see the module docstring)
+METHODS = ("direct", "woodbury")
 
 # blocks per batched float64 solve: bounds the temporaries (4096 · 48² · 8 B = 75 MB)
 _CHUNK = 4096
@@ -72,37 +80,55 @@ class BlockFisherInverse:
     Args:
         numel: entries of the (flattened, row-major) weight matrix.
         block_size: ``B``, consecutive entries per Fisher block (>= 1).
-        damp: ``λ`` > 0; the inverse starts at ``(1/λ) I``.
+        damp: ``λ`` > 0; ``F = λ I + (1/m) Σ g gᵀ``.
         num_grads: ``m``, the number of gradients the Fisher averages (the ``1/m`` of ``F``);
             :meth:`add_grads` may be called with fewer in total (then ``F`` is ``λI + (1/m) Σ``
             over those given).
-        dtype: of the stored inverse (float32; float64 for reference checks).
+        dtype: of the stored blocks (float32; float64 for reference checks).
+        method: ``"direct"`` (accumulate ``F``, invert every block on the first read of
+            :attr:`finv`; no gradients may be added after that read) or ``"woodbury"`` (update
+            ``F⁻¹`` as gradients arrive, readable at any time).
 
-    Attributes:
-        finv: ``(n_blocks, B, B)`` tensor of ``dtype``, block ``b`` covering entries
-            ``[b·B, (b+1)·B)`` of the flattened weight (entries past ``numel`` are padding: zero
-            gradient, so they stay ``1/λ`` on the diagonal and decoupled).
+    Raises:
+        ValueError: a size below 1, ``damp`` not > 0, or an unknown ``method``.
     """
 
-    def __init__(self, numel: int, block_size: int, damp: float, num_grads: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, numel: int, block_size: int, damp: float, num_grads: int, dtype: torch.dtype = torch.float32,
+                 method: str = "direct") -> None:
         if numel < 1 or block_size < 1 or num_grads < 1 or not damp > 0:
             raise ValueError(f"need numel, block_size, num_grads >= 1 and damp > 0; got {numel}, {block_size}, {num_grads}, {damp}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of: {', '.join(METHODS)} (got {method!r})")
         self.numel, self.B, self.m, self.damp = int(numel), int(block_size), int(num_grads), float(damp)
+        self.method, self.dtype = method, dtype
         self.n_blocks = math.ceil(self.numel / self.B)
-        self.finv = torch.eye(self.B, dtype=dtype).div_(self.damp).repeat(self.n_blocks, 1, 1)
+        if method == "woodbury":
+            self._blocks = torch.eye(self.B, dtype=dtype).div_(self.damp).repeat(self.n_blocks, 1, 1)
+        else:  # Σ g gᵀ until the first read, then F⁻¹ in place
+            self._blocks = torch.zeros(self.n_blocks, self.B, self.B, dtype=dtype)
+        self._inverted = method == "woodbury"
         self.grads_added = 0
 
     @property
+    def finv(self) -> torch.Tensor:
+        """``(n_blocks, B, B)`` tensor of ``dtype``, block ``b`` covering entries ``[b·B, (b+1)·B)`` of
+        the flattened weight (entries past ``numel`` are padding: zero gradient, so they stay ``1/λ``
+        on the diagonal and decoupled). For ``"direct"`` the first read inverts the blocks."""
+        if not self._inverted:
+            self._invert()
+        return self._blocks
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of :attr:`finv` (``n_blocks · B² · itemsize``)."""
-        return self.finv.numel() * self.finv.element_size()
+        """Bytes of the stored blocks (``n_blocks · B² · itemsize``)."""
+        return self._blocks.numel() * self._blocks.element_size()
 
     def to_blocks(self, v: torch.Tensor) -> torch.Tensor:
-        """``(..., numel)`` → ``(..., n_blocks, B)`` in :attr:`finv`'s dtype, zero-padded.
+        """``(..., numel)`` → ``(..., n_blocks, B)`` in :attr:`dtype`, zero-padded.
         ValueError if the last dimension is not ``numel``."""
         if v.shape[-1] != self.numel:
             raise ValueError(f"expected {self.numel} entries per vector, got {v.shape[-1]}")
-        flat = v.to(self.finv.dtype)
+        flat = v.to(self.dtype)
         pad = self.n_blocks * self.B - self.numel
         if pad:
             flat = torch.nn.functional.pad(flat, (0, pad))
@@ -114,22 +140,48 @@ class BlockFisherInverse:
 
     @torch.no_grad()
     def add_grads(self, grads: torch.Tensor) -> None:
-        """Fold ``k`` gradients into the inverse: ``k`` updates (E2), applied as one rank-k Woodbury update.
+        """Fold ``k`` gradients into the Fisher: ``F ← F + G Gᵀ`` (``"direct"``) or ``k`` updates (E2)
+        as one rank-k Woodbury update (``"woodbury"``).
 
         Args:
             grads: ``(k, numel)`` (any float dtype), one gradient of the flattened weight per row.
+
+        Raises:
+            RuntimeError: ``"direct"`` after :attr:`finv` was read (the blocks hold ``F⁻¹`` by then).
         """
         g = self.to_blocks(grads).permute(1, 2, 0)  # (n_blocks, B, k)
         k = g.shape[-1]
-        u = torch.bmm(self.finv, g)  # F⁻¹ G, (n_blocks, B, k)
+        if self.method == "direct":
+            if self._inverted:
+                raise RuntimeError("the Fisher was already inverted (finv was read); build a new BlockFisherInverse")
+            self._blocks.baddbmm_(g, g.transpose(1, 2))
+            self.grads_added += k
+            return
+        u = torch.bmm(self._blocks, g)  # F⁻¹ G, (n_blocks, B, k)
         # S = m·I + Gᵀ F⁻¹ G, (n_blocks, k, k): small, so factorised in float64; SPD since m > 0
         s = torch.bmm(g.transpose(1, 2), u).double()
         s.diagonal(dim1=1, dim2=2).add_(self.m)
         # with S = L Lᵀ: U S⁻¹ Uᵀ = Vᵀ V for V = L⁻¹ Uᵀ, one symmetric rank-k downdate of F⁻¹
         chol = torch.linalg.cholesky(s).to(u.dtype)
         v = torch.linalg.solve_triangular(chol, u.transpose(1, 2), upper=False)  # (n_blocks, k, B)
-        self.finv.baddbmm_(v.transpose(1, 2), v, alpha=-1.0)
+        self._blocks.baddbmm_(v.transpose(1, 2), v, alpha=-1.0)
         self.grads_added += k
+
+    @torch.no_grad()
+    def _invert(self) -> None:
+        """``"direct"``: replace every block's ``Σ g gᵀ`` by ``(λ I + Σ g gᵀ / m)⁻¹``, in float64, in place,
+        :data:`_CHUNK` blocks at a time (SPD since ``λ > 0``; a block whose Cholesky fails in round-off
+        gets the symmetric pseudo-inverse)."""
+        eye = torch.eye(self.B, dtype=torch.float64)
+        for s in range(0, self.n_blocks, _CHUNK):
+            f = self._blocks[s : s + _CHUNK].double().div_(self.m).add_(eye, alpha=self.damp)
+            chol, info = torch.linalg.cholesky_ex(f)
+            inv = torch.cholesky_inverse(chol)
+            bad = info != 0
+            if bool(bad.any()):
+                inv[bad] = torch.linalg.pinv(f[bad], hermitian=True)
+            self._blocks[s : s + _CHUNK] = inv
+        self._inverted = True
 
     def diag(self) -> torch.Tensor:
         """``[F⁻¹]_ii`` as ``(n_blocks, B)``."""
@@ -156,7 +208,7 @@ def saliency(fisher: BlockFisherInverse, w: torch.Tensor, group: int = 1) -> tor
     keeps that weight."""
     wb = fisher.to_blocks(w.reshape(-1))
     if group == 1:
-        d = fisher.diag().clamp_min(torch.finfo(fisher.finv.dtype).tiny)
+        d = fisher.diag().clamp_min(torch.finfo(fisher.dtype).tiny)
         return wb.square() / (2.0 * d)
     nb, g = fisher.n_blocks, fisher.B // group
     wg = wb.reshape(nb, g, group).double()

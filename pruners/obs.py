@@ -38,9 +38,11 @@ Fisher, already-pruned weights get saliency −∞ (they stay pruned) and no upd
 Cost (MiniLM-L6, 10.6 M prunable weights, fp32): the Fisher holds ``numel · block_size · 4`` bytes
 (2.04 GB at B = 48) plus a buffer of 16 gradients (680 MB). Measured by ``scripts/obs_oneshot.py``
 (one-shot, 1024 gradients of batch 8, on a 2-core machine shared with other work, load 2–6):
-Fisher 240–278 s (gradients 94–133 s, Woodbury 107–178 s), OBS update 10–21 s, peak resident
-memory 3.9 GB, 2.7–3.0 GB above the loaded model. In a gradual run the Fisher exists only during a
-pruning step, on top of the training memory (AdamW moments, teacher): peak 4.1 GB on MiniLM.
+Fisher 240–278 s (gradients 94–133 s, inverse by the Woodbury recursion 107–178 s), OBS update
+10–21 s, peak resident memory 3.9 GB, 2.7–3.0 GB above the loaded model. In a gradual run the
+Fisher exists only during a pruning step, on top of the training memory (AdamW moments, teacher):
+peak 4.1 GB on MiniLM. The inverse is now built directly (:mod:`pruners.fisher`), in the same
+memory; ``scripts/bench_fisher.py`` measures one rebuild, part by part, against the recursion.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ from pruners.schedules import Cubic
 from pruners.scores import Score
 from pruners.structure import Structure
 
-#: gradients folded into the inverse per rank-k Woodbury update (buffer: k · numel · 4 bytes; MiniLM: 680 MB)
+#: gradients folded into the Fisher per batched update (buffer: k · numel · 4 bytes; MiniLM: 680 MB)
 GRADS_PER_UPDATE = 16
 
 
@@ -106,7 +108,7 @@ class OBSScore(Score):
         self.keep = {n: torch.ones_like(lin.weight, dtype=torch.bool) for n, lin in self.layers.items()}
         self.fisher: dict[str, BlockFisherInverse] | None = None
         self._gradient: Callable[[], float] | None = None
-        self.stats: dict[str, Any] = {"fisher_passes": 0, "gradient_s": 0.0, "woodbury_s": 0.0, "update_s": 0.0,
+        self.stats: dict[str, Any] = {"fisher_passes": 0, "gradient_s": 0.0, "inverse_s": 0.0, "update_s": 0.0,
                                       "predicted_loss_increase": [], "mean_gradient_loss": [], "nonpositive_fisher_diag": 0}
 
     @property
@@ -124,7 +126,7 @@ class OBSScore(Score):
         t = time.perf_counter()
         for n, f in fisher.items():
             f.add_grads(buf[n][:filled])
-        self.stats["woodbury_s"] += time.perf_counter() - t
+        self.stats["inverse_s"] += time.perf_counter() - t
 
     def collect(self, gradient: Callable[[], float]) -> None:
         """Build every layer's inverse Fisher from ``num_grads`` calls of ``gradient()`` (each leaves
@@ -154,6 +156,10 @@ class OBSScore(Score):
             if self.on_gradient is not None:
                 self.on_gradient(i + 1, self.num_grads, loss)
         del buf
+        t = time.perf_counter()
+        for f in fisher.values():
+            f.finv  # noqa: B018 -- the direct method inverts its blocks on this first read
+        self.stats["inverse_s"] += time.perf_counter() - t
         self.fisher = fisher
         self.stats["fisher_passes"] += 1
         self.stats["mean_gradient_loss"].append(round(total_loss / self.num_grads, 6))
@@ -205,7 +211,7 @@ class OBSScore(Score):
                      "for 1xC groups, from a block-diagonal inverse empirical Fisher; OBS update of the remaining weights",
             "num_grads": self.num_grads, "block_size": self.block_size, "damp": self.damp, "update": self.update,
             "group": self.group, "fisher_bytes": self.fisher_bytes, "fisher_passes": st["fisher_passes"],
-            "fisher_gradient_s": round(st["gradient_s"], 2), "fisher_woodbury_s": round(st["woodbury_s"], 2),
+            "fisher_gradient_s": round(st["gradient_s"], 2), "fisher_inverse_s": round(st["inverse_s"], 2),
             "obs_update_s": round(st["update_s"], 2), "mean_gradient_loss": st["mean_gradient_loss"],
             "predicted_loss_increase": [round(p, 6) for p in st["predicted_loss_increase"]],
             "nonpositive_fisher_diag": st["nonpositive_fisher_diag"],

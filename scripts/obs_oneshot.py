@@ -4,7 +4,7 @@ memory of the OBS Fisher pass.
 For each sparsity: the dense fine-tuned model (from the cache; fine-tuned first if absent) is
 pruned once by ``magnitude`` and once by ``obs`` with ``steps = 0`` (no training), and both are
 evaluated on all 872 SST-2 dev sentences. For OBS the prune report's notes give the time spent in
-gradients, in the Woodbury updates and in the OBS update; peak resident memory is sampled every
+gradients, in building the inverse Fisher and in the OBS update; peak resident memory is sampled every
 20 ms during the prune (``/proc/self/statm``; ``ru_maxrss`` where that is missing, then only the
 first run's value is a per-run peak).
 
@@ -84,8 +84,8 @@ def run_obs(dense: torch.nn.Module, task: SST2, sparsity: float, args: argparse.
     row = {
         "pruner": "obs", "sparsity": sparsity, "sparsity_prunable": report.sparsity_prunable,
         "accuracy": task.evaluate(model), "prune_wall_s": round(wall, 2),
-        "fisher_gradient_s": n["fisher_gradient_s"], "fisher_woodbury_s": n["fisher_woodbury_s"],
-        "fisher_wall_s": round(n["fisher_gradient_s"] + n["fisher_woodbury_s"], 2), "obs_update_s": n["obs_update_s"],
+        "fisher_gradient_s": n["fisher_gradient_s"], "fisher_inverse_s": n["fisher_inverse_s"],
+        "fisher_wall_s": round(n["fisher_gradient_s"] + n["fisher_inverse_s"], 2), "obs_update_s": n["obs_update_s"],
         "fisher_bytes": n["fisher_bytes"], "rss_before_bytes": mem.before, "peak_rss_bytes": mem.peak,
         "peak_rss_increase_bytes": mem.peak - mem.before if mem.before else None,
         "predicted_loss_increase": n["predicted_loss_increase"][0], "mean_gradient_loss": n["mean_gradient_loss"][0],

@@ -27,18 +27,19 @@ def dense_fisher_blocks(grads: torch.Tensor, block: int, damp: float) -> list[to
     return [damp * torch.eye(block, dtype=F64) + g[:, b].T @ g[:, b] / m for b in range(g.shape[1])]
 
 
-def fisher_of(grads: torch.Tensor, block: int, damp: float, chunk: int, dtype=F64) -> BlockFisherInverse:
-    f = BlockFisherInverse(grads.shape[1], block, damp, grads.shape[0], dtype=dtype)
+def fisher_of(grads: torch.Tensor, block: int, damp: float, chunk: int, dtype=F64, method="direct") -> BlockFisherInverse:
+    f = BlockFisherInverse(grads.shape[1], block, damp, grads.shape[0], dtype=dtype, method=method)
     for s in range(0, grads.shape[0], chunk):
         f.add_grads(grads[s : s + chunk])
     return f
 
 
+@pytest.mark.parametrize("method", ["direct", "woodbury"])
 @pytest.mark.parametrize("chunk", [1, 3, 8, 40])
-def test_woodbury_inverse_equals_dense_inverse(chunk):
+def test_fisher_inverse_equals_dense_inverse(chunk, method):
     torch.manual_seed(0)
     grads = torch.randn(40, 6 * 7, dtype=F64)  # 42 weights, B = 16: the last block is padded
-    f = fisher_of(grads, 16, 1e-2, chunk)
+    f = fisher_of(grads, 16, 1e-2, chunk, method=method)
     assert f.finv.shape == (3, 16, 16) and f.grads_added == 40
     for b, F in enumerate(dense_fisher_blocks(grads, 16, 1e-2)):
         ref = torch.linalg.inv(F)
@@ -47,13 +48,23 @@ def test_woodbury_inverse_equals_dense_inverse(chunk):
     assert f.nbytes == 3 * 16 * 16 * 8
 
 
-def test_woodbury_float32_close_to_reference():
+@pytest.mark.parametrize("method", ["direct", "woodbury"])
+def test_fisher_inverse_float32_close_to_reference(method):
     torch.manual_seed(1)
     grads = torch.randn(64, 96) * 1e-2
-    f = fisher_of(grads, 32, 1e-5, 8, dtype=torch.float32)
+    f = fisher_of(grads, 32, 1e-5, 8, dtype=torch.float32, method=method)
     for b, F in enumerate(dense_fisher_blocks(grads, 32, 1e-5)):
         ref = torch.linalg.inv(F)
         assert (f.finv[b].double() - ref).abs().max() <= 1e-3 * ref.abs().max(), b
+
+
+def test_direct_fisher_refuses_gradients_after_it_was_inverted_and_bad_methods():
+    f = fisher_of(torch.randn(8, 20, dtype=F64), 4, 1e-2, 8)
+    f.finv
+    with pytest.raises(RuntimeError, match="already inverted"):
+        f.add_grads(torch.randn(2, 20, dtype=F64))
+    with pytest.raises(ValueError, match="method must be one of: direct, woodbury"):
+        BlockFisherInverse(20, 4, 1e-2, 8, method="cholesky")
 
 
 def _problem(seed=0, shape=(4, 12), block=8, m=30, damp=1e-2):

@@ -105,6 +105,10 @@ class Config:
     #: ``[ray]``: fault settings of the Ray executor
     ray: RaySettings = field(default_factory=RaySettings)
     raw: dict[str, Any] = field(default_factory=dict)
+    #: ``run.training_threads``: torch threads of fine-tuning and training-time pruning (None: the
+    #: count torch had when the run started, i.e. its default or ``OMP_NUM_THREADS``), apart from the
+    #: matrix's ``threads``, which only the timed cells use
+    training_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class Cell:
 
 
 SECTIONS = {"run", "measure", "meter", "tasks", "pruners", "accelerators", "matrix", "targets", "ray"}
-RUN_KEYS = {"name", "seed", "output_dir"}
+RUN_KEYS = {"name", "seed", "output_dir", "training_threads"}
 MATRIX_KEYS = {"batch_size", "seq_len", "threads", "kernel_variant"}
 
 
@@ -251,6 +255,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"run.seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if not isinstance(run.get("output_dir", "runs"), str) or "\0" in run.get("output_dir", "runs"):
         raise ConfigError(f"run.output_dir: must be a folder path (a string without NUL), got {run.get('output_dir')!r}")
+    training_threads = run.get("training_threads")
+    if training_threads is not None and (isinstance(training_threads, bool) or not isinstance(training_threads, int)
+                                         or not 1 <= training_threads <= MAX_THREADS):
+        raise ConfigError(f"run.training_threads: must be an integer in [1, {MAX_THREADS}], got {training_threads!r}")
     measure = _measure(_table(raw, "measure"))
     matrix = _table(raw, "matrix")
     for k in matrix:
@@ -284,6 +292,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         targets=parse_targets(raw["targets"]) if "targets" in raw else None,
         ray=parse_ray(raw.get("ray", {})),
         raw=raw,
+        training_threads=training_threads,
     )
     for section in ("tasks", "pruners", "accelerators"):
         seen: dict[str, str] = {}

@@ -214,6 +214,9 @@ class Runner:
         self._accuracy: dict[str, float] = {}
         #: every metric the task reports, as row fields ``metric_<name>``, by model_id
         self._metrics: dict[str, dict[str, float]] = {}
+        #: torch threads of fine-tuning and pruning; the timed cells set their own, so this is fixed
+        #: before the first of them (without it a second task would train at the last cell's count)
+        self.training_threads = cfg.training_threads or torch.get_num_threads()
 
     # ---- run-level files ----------------------------------------------------------------------
     def _write_run_files(self) -> dict[str, Any]:
@@ -301,6 +304,7 @@ class Runner:
                                       f"(affinity {cpu_list_text(cpus)}); latency will suffer")
 
     def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
+        torch.set_num_threads(self.training_threads)
         try:
             task: Task = TASKS.build(spec.name, spec.params, spec.key)
             dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))

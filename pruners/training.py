@@ -90,9 +90,9 @@ class StepClock:
         return time.perf_counter() - self.t0
 
     def describe(self, precision: str) -> dict[str, Any]:
-        """``{"precision", "steps", "wall_time_s", "steps_per_s"}`` for reports."""
+        """``{"precision", "threads", "steps", "wall_time_s", "steps_per_s"}`` for reports (threads: torch's, now)."""
         wall = self.wall_s
-        return {"precision": precision, "steps": self.steps, "wall_time_s": round(wall, 1),
+        return {"precision": precision, "threads": torch.get_num_threads(), "steps": self.steps, "wall_time_s": round(wall, 1),
                 "steps_per_s": round(self.steps / wall, 3) if wall > 0 else None}
 
 

@@ -221,3 +221,32 @@ def test_runner_trains_caches_and_reports(tmp_path):
     assert rep["notes"]["training"]["steps"] == 6 and rep["notes"]["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0}
     rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert rows[0]["status"] == "ok" and rows[0]["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_training_runs_at_training_threads_for_every_task_not_at_the_last_timed_cells(tmp_path):
+    """The matrix's threads = 1 is set for timing the first task; the second task's fine-tuning
+    and pruning still run at run.training_threads."""
+    import json
+
+    from profiler.runner import Reporter, Runner
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the default a run without training_threads would keep
+        cfg = parse_config(tiny_config(
+            run={"name": "t", "training_threads": 2},
+            tasks=[{"name": "tiny-synthetic", "finetune_steps": 4, "n_train": 64, "n_eval": 16, "seed": s} for s in (0, 1)],
+            pruners=[{"name": "gmp", "sparsity": 0.5, "steps": 2, "batch_size": 8, "update_every": 1}],
+            accelerators=[{"name": "torch-fp32"}],
+            matrix={"batch_size": [1], "seq_len": [16], "threads": [1]},
+        ))
+        Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", reporter=Reporter()).run()
+    finally:
+        torch.set_num_threads(before)
+    reports = [json.loads((p / "prune_report.json").read_text()) for p in (tmp_path / "cache" / "pruned").iterdir()]
+    assert len(reports) == 2 and [r["notes"]["training_speed"]["threads"] for r in reports] == [2, 2]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["torch_threads"] == 1 for r in rows)
+    assert {r["dense_finetune"]["threads"] for r in rows} == {2}
+    with pytest.raises(ConfigError, match=r"run\.training_threads: must be an integer in \[1, 256\]"):
+        parse_config(tiny_config(run={"name": "t", "training_threads": 0}))

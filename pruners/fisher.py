@@ -19,17 +19,18 @@ inverting a ``B × B`` matrix, by the Woodbury (Sherman–Morrison) identity fro
 
     (E2)  F⁻¹ ← F⁻¹ − (F⁻¹ g)(F⁻¹ g)ᵀ / (m + gᵀ F⁻¹ g)          once per gradient g
 
-online, so that no gradient is kept once folded in. :class:`BlockFisherInverse` offers that recursion (``method="woodbury"``: ``k``
-gradients at once with the rank-k form of (E2), ``F⁻¹ ← F⁻¹ − U (m I_k + Gᵀ U)⁻¹ Uᵀ``, ``U = F⁻¹ G``,
+online, so that no gradient is kept once folded in. :class:`BlockFisherInverse` offers that
+recursion (``method="woodbury"``: ``k`` gradients at once with the rank-k form of (E2), ``F⁻¹ ← F⁻¹ − U (m I_k + Gᵀ U)⁻¹ Uᵀ``, ``U = F⁻¹ G``,
 equal to ``k`` successive (E2) updates in exact arithmetic) and the same inverse by accumulating
 ``F`` itself and inverting each ``B × B`` block once when it is first read (``method="direct"``, the
 default: ``F ← F + G Gᵀ`` per ``k`` gradients, then a float64 Cholesky inverse of ``λ I + F / m``).
 Both hold ``numel · B`` floats and neither stores more than ``k`` gradients. Per Fisher block the
 recursion costs about ``3 m B²`` flops in small batched products plus ``m / k`` small
 factorisations; the direct form ``m B²`` flops in one product per ``k`` gradients plus one ``B³``
-factorisation, fewer whenever ``m > B`` (the recipes: ``m = 256``, ``B = 48``), and it factors in
-float64 what the recursion downdates in float32 (``scripts/bench_fisher.py`` measures both, time
-and distance to a float64 reference, on MiniLM's gradients).
+factorisation: fewer flops whenever ``m > B``, but the batched factorisations are slow per flop,
+so it is faster in time only from about ``m ≈ 110`` at ``B = 48`` (1.9× at the recipes' ``m = 256``;
+``scripts/bench_fisher.py`` measures both, time and distance to a float64 reference, on MiniLM's
+gradients; docs/results.md, "Fourth wave").
 
 Pruning a set ``Q`` of weights (``E_Q`` selects them) solves ``min ½ δwᵀ F δw`` subject to
 ``E_Q (w + δw) = 0`` (the OBS problem of Hassibi & Stork 1993, in the paper's block form)::

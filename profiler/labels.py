@@ -24,6 +24,8 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
         parts.append("KD")
         if params.get("hidden_distill"):
             parts.append(f"+hidden {params['hidden_distill']:g}")
+    if params.get("ema_decay"):
+        parts.append(f"ema {params['ema_decay']:g}")
     if params.get("sparse_weights_rate") is not None:
         parts.append(f"sparse-weights {params['sparse_weights_rate']:g}")
     return " ".join(parts)

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
@@ -77,6 +78,12 @@ class TrainingPruner(Pruner):
         precision: ``"auto"`` (bf16 autocast with fp32 master weights where the CPU has native
             bf16, else fp32), ``"fp32"`` or ``"bf16"``; see :mod:`pruners.training`. Masked
             weights stay exact zeros either way (the masks act on the fp32 weights).
+        ema_decay: ``d`` of an exponential moving average of the weights over the recovery phase
+            (every step from ``end_step`` on, after the final mask: ``w̄ ← d·w̄ + (1−d)·w``,
+            starting from the weights; iterate averaging, Polyak & Juditsky 1992, in the
+            exponential form of ``torch.optim.swa_utils``), in [0, 1); 0 = off. The pruned model
+            gets the average; the report also gives the task metric of the last weights (one eval
+            pass), so one run compares the two on the same trajectory.
     """
 
     needs_training = True
@@ -102,6 +109,7 @@ class TrainingPruner(Pruner):
         roles: Sequence[str] = ALL_ROLES,
         seed: Annotated[int, Range(0, 2**32 - 1)] = 0,
         precision: str = "auto",
+        ema_decay: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)
         self.initial_sparsity = _num("initial_sparsity", initial_sparsity, 0.0, self.sparsity)
@@ -133,6 +141,9 @@ class TrainingPruner(Pruner):
         self.roles = validate_roles(roles)
         self.seed = _int("seed", seed, 0)
         self.precision = check_precision(precision)
+        self.ema_decay = _num("ema_decay", ema_decay, 0.0, 1.0)
+        if self.ema_decay >= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         self.start_step = int(round(self.start_frac * self.steps))
         self.end_step = max(self.start_step + 1, int(round(self.end_frac * self.steps)))
         self.schedule = Cubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
@@ -201,9 +212,11 @@ class TrainingPruner(Pruner):
                 loss.backward()
             return float(loss.detach())
 
-        recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress)
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay)) if self.ema_decay else None
+        recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress, average)
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
             score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
+        averaged = self._use_average(model, masks, average, task) if average is not None else None
         masks.squash()
         if distiller is not None:
             distiller.save()
@@ -213,13 +226,16 @@ class TrainingPruner(Pruner):
         notes.update(score.describe())
         notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
         notes["training_speed"] = {**clock.describe(precision), **(distiller.describe() if distiller else {})}
+        if averaged is not None:
+            notes["weight_average"] = averaged
         notes["wall_time_s"] = notes["training_speed"]["wall_time_s"]
         return masks.report(model, notes)
 
     def _train(self, model: nn.Module, masks: MaskSet, score: Score, opt: torch.optim.Optimizer, sched: Any,
                params: list[torch.nn.Parameter], next_loss: Callable[[], torch.Tensor], gradient: Callable[[], float],
-               clock: StepClock, progress: Progress | None) -> deque[float]:
-        """The training steps: mask updates on the schedule, one masked optimizer step per batch."""
+               clock: StepClock, progress: Progress | None, average: AveragedModel | None = None) -> deque[float]:
+        """The training steps: mask updates on the schedule, one masked optimizer step per batch;
+        ``average`` (if any) takes in the weights after every step from ``end_step`` on."""
         recent: deque[float] = deque(maxlen=50)
         model.train()
         for step in range(self.steps):
@@ -234,6 +250,8 @@ class TrainingPruner(Pruner):
             masks.step(opt, clip_norm=1.0, params=params)
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if average is not None and step >= self.end_step:
+                average.update_parameters(model)
             clock.tick()
             recent.append(float(loss.detach()))
             if progress:
@@ -243,6 +261,21 @@ class TrainingPruner(Pruner):
                          sum(recent) / len(recent), len(recent), masks.sparsity, clock.wall_s)
         return recent
 
+    @torch.no_grad()
+    def _use_average(self, model: nn.Module, masks: MaskSet, average: AveragedModel, task: Any) -> dict[str, Any]:
+        """Give ``model`` the averaged weights (masked weights stay exact zeros); what the report says of it,
+        with the task metric of the last weights. No step to average (``end_frac = 1``): weights unchanged."""
+        n = int(average.n_averaged)
+        out: dict[str, Any] = {"decay": self.ema_decay, "from_step": self.end_step, "steps_averaged": n}
+        if n == 0:
+            return out
+        model.eval()
+        out[f"{task.metric_name}_last_weights"] = task.evaluate(model)
+        for p, q in zip(model.parameters(), average.module.parameters()):
+            p.copy_(q)
+        masks.apply()  # exact zeros already (every averaged step had them); kept explicit
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "pruner": self.name,
@@ -251,7 +284,7 @@ class TrainingPruner(Pruner):
             "training": {
                 "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
                 "weight_decay": self.weight_decay, "optimizer": "AdamW, linear warm-up then linear decay to 0, clip 1.0",
-                "seed": self.seed, "precision": resolve_precision(self.precision),
+                "seed": self.seed, "precision": resolve_precision(self.precision), "ema_decay": self.ema_decay,
             },
             "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill}
                              if self.distill else False),

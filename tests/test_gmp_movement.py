@@ -92,6 +92,8 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
         (dict(sparsity=0.9, structure="2:4"), "1 - N/M"),
         (dict(scope="model"), "scope"),
         (dict(roles=["ffn"]), "roles"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(ema_decay=-0.1), "ema_decay"),
     ],
 )
 def test_constructor_validation_names_the_param(kw, match):
@@ -250,3 +252,29 @@ def test_training_runs_at_training_threads_for_every_task_not_at_the_last_timed_
     assert {r["dense_finetune"]["threads"] for r in rows} == {2}
     with pytest.raises(ConfigError, match=r"run\.training_threads: must be an integer in \[1, 256\]"):
         parse_config(tiny_config(run={"name": "t", "training_threads": 0}))
+
+
+def test_ema_gives_the_model_the_moving_average_of_the_recovery_weights_with_masks_exact(tiny):
+    task, dense = tiny
+    model = copy.deepcopy(dense)
+    d, snaps = 0.7, []
+    p = GMPPruner(sparsity=0.8, steps=10, end_frac=0.5, update_every=1, batch_size=8, ema_decay=d)
+
+    def progress(step, total, loss, sparsity):  # called after each step (and its average update)
+        if step - 1 >= p.end_step:
+            snaps.append({n: t.detach().clone() for n, t in model.named_parameters()})
+
+    rep = p.prune(model, task, progress=progress)
+    assert len(snaps) == 10 - p.end_step == rep.notes["weight_average"]["steps_averaged"]
+    expected = dict(snaps[0])
+    for snap in snaps[1:]:
+        expected = {n: d * expected[n] + (1 - d) * snap[n] for n in expected}
+    for n, t in model.named_parameters():
+        assert torch.allclose(t, expected[n], rtol=1e-5, atol=1e-6), n
+    assert not torch.equal(model.classifier.weight, snaps[-1]["classifier.weight"])  # not the last weights
+    for name, ls in rep.per_layer.items():
+        assert ls.zeros == round(0.8 * ls.numel), name  # the average keeps every masked weight at exactly 0
+    avg = rep.notes["weight_average"]
+    assert avg["decay"] == d and avg["from_step"] == p.end_step and 0.0 <= avg[f"{task.metric_name}_last_weights"] <= 1.0
+    assert rep.notes["training"]["ema_decay"] == d
+    assert "weight_average" not in GMPPruner(sparsity=0.5, steps=2, batch_size=8).prune(copy.deepcopy(dense), task).notes

@@ -376,6 +376,8 @@ class Runner:
         row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
         if report.notes.get("training_speed"):
             row.extra["pruner_training"] = report.notes["training_speed"]
+        if report.notes.get("weight_average"):
+            row.extra["pruner_weight_average"] = report.notes["weight_average"]
         if task.finetune_report:
             row.extra["dense_finetune"] = task.finetune_report
         acc = ACCELERATORS.build(c.accelerator.name, c.accelerator.params, c.accelerator.key)

@@ -6,7 +6,8 @@ Reads the ``results.jsonl`` of one or more run directories (``sparsebench run`` 
 accuracy under ``torch-fp32`` and ``sparse-int8`` (where the run has that accelerator), the
 percentage of the dense model's accuracy *of the same run* (its ``pruner = "none"`` row under
 ``torch-fp32``), the pruner's training steps, wall time and steps/s (``pruner_training``), and
-``collapsed`` / a failure's reason. Rows are sorted by target (structure, sparsity), then pruner.
+``collapsed`` / a failure's reason; with ``ema_decay``, the task metric of the last (un-averaged)
+weights of the same run next to the pruner's name. Rows are sorted by target (structure, sparsity), then pruner.
 
 Output: a Markdown table on stdout and, with ``--out``, JSON with one record per pruned model.
 
@@ -44,7 +45,8 @@ def records(run_dirs: list[Path]) -> list[dict]:
                 "run": run.name, "pruner": r["pruner"], "label": r.get("pruner_label"),
                 "variant": params.get("variant"), "sparsity": params.get("sparsity"),
                 "structure": params.get("structure", "unstructured"), "dense_accuracy": dense,
-                "training": r.get("pruner_training"), "collapsed": r.get("collapsed"), "accuracy": {},
+                "training": r.get("pruner_training"), "weight_average": r.get("pruner_weight_average"),
+                "collapsed": r.get("collapsed"), "accuracy": {},
                 "reason": None})
             if r.get("status") != "ok":
                 rec["reason"] = r.get("reason")
@@ -67,6 +69,10 @@ def markdown(recs: list[dict]) -> str:
         tr = m["training"] or {}
         wall = tr.get("wall_time_s")
         name = m["pruner"] + (f" ({m['variant']})" if m.get("variant") else "")
+        avg = m.get("weight_average") or {}
+        last = next((v for k, v in avg.items() if k.endswith("_last_weights")), None)
+        if last is not None:
+            name += f" (ema {avg['decay']:g}; last weights {last:.4f} fp32)"
         if m["collapsed"]:
             name += " — collapsed"
         if m["reason"]:

@@ -209,7 +209,7 @@ def test_runner_trains_caches_and_reports(tmp_path):
 
     cfg = parse_config(tiny_config(
         tasks=[{"name": "tiny-synthetic", "finetune_steps": 20, "n_train": 256, "n_eval": 32}],
-        pruners=[{"name": "gmp", "sparsity": 0.9, "steps": 6, "batch_size": 8, "update_every": 2, "distill": True}],
+        pruners=[{"name": "gmp", "sparsity": 0.9, "steps": 6, "batch_size": 8, "update_every": 2, "distill": True, "ema_decay": 0.5}],
         accelerators=[{"name": "torch-fp32"}],
         matrix={"batch_size": [1], "seq_len": [16], "threads": [1]},
     ))
@@ -223,6 +223,7 @@ def test_runner_trains_caches_and_reports(tmp_path):
     assert rep["notes"]["training"]["steps"] == 6 and rep["notes"]["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0}
     rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert rows[0]["status"] == "ok" and rows[0]["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
+    assert rows[0]["pruner_weight_average"]["steps_averaged"] == 6 - 4  # end_step = round(0.7 · 6)
 
 
 def test_training_runs_at_training_threads_for_every_task_not_at_the_last_timed_cells(tmp_path):

@@ -32,16 +32,20 @@ def test_table_reads_accuracy_kept_and_training_from_runs(tmp_path, capsys):
     b = _run(tmp_path, "recipe-b", [
         {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.8},
         {"pruner": "movement", "pruner_label": "movement 0.95 soft KD", "accelerator": "torch-fp32", "status": "ok",
-         "accuracy": 0.5, "pruner_params": {"sparsity": 0.95, "variant": "soft"}, "collapsed": True}])
+         "accuracy": 0.5, "pruner_params": {"sparsity": 0.95, "variant": "soft"}, "collapsed": True},
+        {"pruner": "gmp", "pruner_label": "gmp 0.95 ema 0.999", "accelerator": "torch-fp32", "status": "ok",
+         "accuracy": 0.7, "pruner_params": {"sparsity": 0.95}, "collapsed": False,
+         "pruner_weight_average": {"decay": 0.999, "from_step": 10, "steps_averaged": 5, "accuracy_last_weights": 0.6875}}])
     (tmp_path / "running").mkdir()  # a run without results yet is skipped
     recs = recipe_table.records([b, a, tmp_path / "running"])
-    assert [r["pruner"] for r in recs] == ["obs", "movement"]  # 1x4 targets first
-    obs, mov = recs
+    assert [r["pruner"] for r in recs] == ["obs", "gmp", "movement"]  # 1x4 targets first
+    obs, gmp, mov = recs
     assert obs["accuracy"] == {"torch-fp32": 0.81, "sparse-int8": 0.72} and obs["dense_accuracy"] == 0.9
     assert mov["collapsed"] and mov["structure"] == "unstructured" and mov["dense_accuracy"] == 0.8
     table = recipe_table.markdown(recs)
     assert "| 90% 1x4 | obs | 0.8100 | 90.0 % | 0.7200 | 80.0 % | 3000 | 33 min | 1.5 | recipe-a |" in table
     assert "movement (soft) — collapsed" in table and "62.5 %" in table
+    assert "| gmp (ema 0.999; last weights 0.6875 fp32) | 0.7000 | 87.5 % |" in table
     recipe_table.main([str(a), "--out", str(tmp_path / "t.json")])
     assert json.loads((tmp_path / "t.json").read_text())[0]["run"] == "recipe-a"
     with pytest.raises(SystemExit):

@@ -5,7 +5,7 @@ from typing import Any
 
 # parameter → how it shows when it differs from the plain default
 _SHOWN = ("sparsity", "engine", "format", "precision")
-_UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer"}
+_UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "lr_schedule": "linear"}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:

@@ -31,7 +31,8 @@ from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
 from pruners.structure import SCOPES, parse_structure
-from pruners.training import StepClock, adamw, autocast, check_precision, resolve_precision, warmup_linear_decay
+from pruners.training import (StepClock, adamw, autocast, check_lr_schedule, check_precision, cyclic_linear_factor,
+                              linear_decay_factor, resolve_precision)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class TrainingPruner(Pruner):
         end_frac: sparsity reaches ``s_f`` at step ``round(end_frac·steps)``, in (start_frac, 1];
             the remaining steps fine-tune at constant sparsity (recovery).
         update_every: steps between mask updates (``Δt``), >= 1.
-        lr: peak AdamW learning rate (linear warm-up over ``warmup_steps``, then linear decay to 0).
+        lr: peak AdamW learning rate (linear warm-up over ``warmup_steps``, then ``lr_schedule``).
+        lr_schedule: ``"linear"`` (decay to 0 over all steps, the BERT fine-tuning schedule) or
+            ``"cyclic"`` (rewound to ``lr`` at every mask update, linear decay to ``lr / 10`` until
+            the next one or the end: oBERT's recipes; :func:`pruners.training.cyclic_linear_factor`).
         batch_size: training sentences per step.
         warmup_steps: learning-rate warm-up steps, in [0, steps).
         weight_decay: AdamW decoupled weight decay, >= 0.
@@ -97,6 +101,7 @@ class TrainingPruner(Pruner):
         end_frac: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.7,
         update_every: Annotated[int, Range(1, 10_000_000)] = 10,
         lr: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1e-4,
+        lr_schedule: str = "linear",
         batch_size: Annotated[int, Range(1, 65536)] = 32,
         warmup_steps: Annotated[int, Range(0, 10_000_000)] = 0,
         weight_decay: Annotated[float, Range(0.0, 1.0)] = 0.01,
@@ -120,6 +125,7 @@ class TrainingPruner(Pruner):
         self.end_frac = _num("end_frac", end_frac, self.start_frac, 1.0, lo_open=True)
         self.update_every = _int("update_every", update_every, 1)
         self.lr = _num("lr", lr, 0.0, 1.0, lo_open=True)
+        self.lr_schedule = check_lr_schedule(lr_schedule)
         self.batch_size = _int("batch_size", batch_size, 1)
         self.warmup_steps = _int("warmup_steps", warmup_steps, 0)
         if self.warmup_steps >= self.steps:
@@ -175,6 +181,15 @@ class TrainingPruner(Pruner):
             self.structure.check_shape(n, lin.weight.shape)
         return layers
 
+    def lr_factor(self) -> Callable[[int], float]:
+        """``step → multiplier`` of :attr:`lr` under ``lr_schedule`` over :attr:`steps` (``"cyclic"``
+        restarts at the schedule's mask-update steps); the weights' schedule, and movement's scores'."""
+        if self.lr_schedule == "cyclic":
+            last = min(self.end_step, self.steps - 1)
+            restarts = [s for s in range(self.start_step, last + 1) if self.schedule.is_update(s)]
+            return cyclic_linear_factor(restarts, self.steps, self.warmup_steps)
+        return linear_decay_factor(self.warmup_steps, self.steps)
+
     # ---- the loop --------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         clock = StepClock()
@@ -190,7 +205,7 @@ class TrainingPruner(Pruner):
         score = self.make_score(layers)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = adamw(params, self.lr, self.weight_decay)
-        sched = warmup_linear_decay(opt, self.warmup_steps, self.steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor())
         batches = task.train_index_batches(self.batch_size, self.seed)
         grad_batches = self.gradient_batches(task, batches)
 
@@ -283,7 +298,9 @@ class TrainingPruner(Pruner):
             "structure": self.structure.spec, "scope": self.scope, "roles": list(self.roles),
             "training": {
                 "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
-                "weight_decay": self.weight_decay, "optimizer": "AdamW, linear warm-up then linear decay to 0, clip 1.0",
+                "weight_decay": self.weight_decay, "lr_schedule": self.lr_schedule,
+                "optimizer": ("AdamW, linear warm-up, then " + ("linear decay to lr/10 from every mask update (rewinding)"
+                              if self.lr_schedule == "cyclic" else "linear decay to 0") + ", clip 1.0"),
                 "seed": self.seed, "precision": resolve_precision(self.precision), "ema_decay": self.ema_decay,
             },
             "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill}

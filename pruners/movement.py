@@ -81,15 +81,6 @@ INITS = ("pretrained", "finetuned")
 PAPER_FINAL_LAMBDA = 400.0
 
 
-def lr_factor(step: int, warmup_steps: int, steps: int) -> float:
-    """The weights' learning-rate multiplier at ``step`` (0-based): linear warm-up over
-    ``warmup_steps`` then linear decay to 0 at ``steps`` (the schedule of
-    :meth:`pruners.gmp.TrainingPruner.prune`); the score learning rate follows it too."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (steps - step) / max(1, steps - warmup_steps))
-
-
 def schedule_progress(sparsity_t: float, final_sparsity: float) -> float:
     """``u_t = s_t / s_f`` in [0, 1]: how far the cubic schedule is (0 before the first mask, 1
     from the end of the ramp on); τ_t and λ_t of soft movement are ``u_t`` times their finals."""
@@ -177,7 +168,7 @@ class MovementPruner(TrainingPruner):
         self.sparsity_before_final_adjustment, self._last_soft = None, None
         self._sampler = Sampler(self.seed)
         return MovementScore(layers, self.score_optimizer, self.score_lr,
-                             lr_factor=lambda t: lr_factor(t, self.warmup_steps, self.steps),
+                             lr_factor=self.lr_factor(),
                              reg_lambda=self.lambda_at if self.final_lambda > 0 else None)
 
     def lambda_at(self, step: int) -> float:

@@ -16,10 +16,11 @@ the most expensive part of a small-batch step). Same arithmetic as the unfused A
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import random
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -66,12 +67,56 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate × ``(s+1)/warmup`` for the first ``warmup_steps`` steps, then linear decay to 0
-    at ``total_steps`` (the BERT fine-tuning schedule, Devlin et al. 2019)."""
+def linear_decay_factor(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """``step → learning-rate multiplier``: ``(s+1)/warmup`` for the first ``warmup_steps`` steps,
+    then linear decay to 0 at ``total_steps`` (the BERT fine-tuning schedule, Devlin et al. 2019)."""
     warm, total = int(warmup_steps), int(total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    return lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+
+
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler of :func:`linear_decay_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay_factor(warmup_steps, total_steps))
+
+
+LR_SCHEDULES = ("linear", "cyclic")
+CYCLE_FLOOR = 0.1  # oBERT's recipes: each cycle from init_lr to final_lr = init_lr / 10
+
+
+def check_lr_schedule(lr_schedule: str) -> str:
+    """Return ``lr_schedule`` if it is one of :data:`LR_SCHEDULES`; ValueError naming the valid values."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of: {', '.join(LR_SCHEDULES)} (got {lr_schedule!r})")
+    return lr_schedule
+
+
+def cyclic_linear_factor(restarts: Sequence[int], total_steps: int, warmup_steps: int = 0,
+                         floor: float = CYCLE_FLOOR) -> Callable[[int], float]:
+    """``step → learning-rate multiplier`` with rewinding at every mask update: 1 at step 0 and at
+    each step of ``restarts``, decaying linearly to ``floor`` just before the next restart (or at
+    ``total_steps`` for the last cycle). The ``cyclic_linear`` schedule of the oBERT recipes (Kurtic
+    et al. 2022: one cycle per pruning interval, 8e-5 → 8e-6), after learning-rate rewinding (Renda
+    et al. 2020). A linear warm-up over the first ``warmup_steps`` multiplies the first cycle.
+
+    Args:
+        restarts: optimizer steps (0-based) where a cycle starts; any order, out-of-range ones ignored.
+        total_steps: steps in all (>= 1). floor: the end of each cycle as a fraction of the peak, in [0, 1].
+    Raises ValueError for ``total_steps < 1`` or ``floor`` outside [0, 1].
+    """
+    total, warm = int(total_steps), int(warmup_steps)
+    if total < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor!r}")
+    bounds = sorted({0, *(int(r) for r in restarts if 0 <= int(r) < total)}) + [total]
+
+    def factor(s: int) -> float:
+        i = min(max(0, bisect.bisect_right(bounds, s) - 1), len(bounds) - 2)
+        a, b = bounds[i], bounds[i + 1]
+        f = 1.0 - (1.0 - floor) * min(1.0, (s - a) / max(1, b - a))
+        return f * ((s + 1) / warm if s < warm else 1.0)
+
+    return factor
 
 
 class StepClock:

@@ -11,7 +11,8 @@ from torch import nn
 from profiler.tasks import TinySynthetic
 from pruners.base import _keep_mask, prunable_linears
 from pruners.masks import MaskSet
-from pruners.movement import MovementPruner, lr_factor
+from pruners.movement import MovementPruner
+from pruners.training import linear_decay_factor
 from pruners.movement_masks import Sampler, threshold_masks
 from pruners.scores import MovementScore
 from pruners.structure import parse_structure
@@ -63,8 +64,10 @@ def test_score_adam_lr_follows_the_weights_schedule():
     lin.weight.grad = torch.ones(2, 3)
     score.accumulate()  # Adam's first step moves each score by lr·factor against the sign of its gradient
     assert torch.allclose(score.S["l"], -0.25e-2 * torch.sign(lin.weight.detach()), atol=1e-7)
-    assert lr_factor(0, 0, 100) == 1.0 and lr_factor(50, 0, 100) == 0.5 and lr_factor(99, 0, 100) == 0.01
-    assert lr_factor(0, 4, 100) == 0.25 and lr_factor(3, 4, 100) == 1.0 and lr_factor(52, 4, 100) == 0.5
+    lr_factor = linear_decay_factor(0, 100)
+    assert lr_factor(0) == 1.0 and lr_factor(50) == 0.5 and lr_factor(99) == 0.01
+    lr_factor = linear_decay_factor(4, 100)
+    assert lr_factor(0) == 0.25 and lr_factor(3) == 1.0 and lr_factor(52) == 0.5
 
 
 def test_soft_penalty_and_threshold_schedules_golden_values():
@@ -198,6 +201,8 @@ def test_labels_name_the_variant_and_non_default_soft_settings():
     assert plugin_label("obs", {"sparsity": 0.9, "structure": "1x4", "distill": True, "hidden_distill": 5.0}) == \
         "obs 0.9 1x4 KD +hidden 5"
     assert plugin_label("obs", {"sparsity": 0.9, "distill": True, "hidden_distill": 0.0}) == "obs 0.9 KD"
+    assert plugin_label("obs", {"sparsity": 0.9, "scope": "global", "lr_schedule": "cyclic"}) == "obs 0.9 global cyclic"
+    assert plugin_label("obs", {"sparsity": 0.9, "lr_schedule": "linear"}) == "obs 0.9"
     assert plugin_label("movement", {**base, "variant": "hard", "init": "pretrained"}) == "movement 0.95 hard from pretrained KD"
     assert plugin_label("movement", {**base, "variant": "soft", "final_lambda": 4000.0, "final_threshold": 0.1}) == \
         "movement 0.95 soft lambda 4000 tau 0.1 KD"

@@ -64,6 +64,48 @@ def test_warmup_linear_decay_golden():
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
 
 
+def test_cyclic_linear_factor_golden():
+    # cycles [0, 4), [4, 8), [8, 10): from 1 down to the floor 0.1 just before the next restart
+    f = training.cyclic_linear_factor([8, 4, 12], 10)
+    assert [f(s) for s in range(10)] == pytest.approx([1.0, 0.775, 0.55, 0.325, 1.0, 0.775, 0.55, 0.325, 1.0, 0.55])
+    g = training.cyclic_linear_factor([4], 8, warmup_steps=2, floor=0.0)
+    assert [g(s) for s in range(8)] == pytest.approx([0.5, 0.75, 0.5, 0.25, 1.0, 0.75, 0.5, 0.25])
+    with pytest.raises(ValueError, match="floor"):
+        training.cyclic_linear_factor([], 10, floor=1.5)
+    with pytest.raises(ValueError, match="total_steps"):
+        training.cyclic_linear_factor([], 0)
+
+
+def test_cyclic_lr_schedule_rewinds_at_every_mask_update():
+    p = GMPPruner(sparsity=0.5, steps=20, start_frac=0.1, end_frac=0.6, update_every=5, lr=1e-3, lr_schedule="cyclic")
+    f = p.lr_factor()
+    updates = [s for s in range(20) if p.schedule.is_update(s)]
+    assert updates == [2, 7, 12]
+    assert [f(s) for s in updates] == [1.0, 1.0, 1.0] and f(0) == 1.0
+    assert f(11) == pytest.approx(0.1 + 0.9 / 5) and f(19) == pytest.approx(1.0 - 0.9 * 7 / 8)
+    assert p.describe()["training"]["lr_schedule"] == "cyclic"
+    assert GMPPruner(steps=20).lr_factor()(10) == pytest.approx(0.5)  # default: linear decay to 0
+    with pytest.raises(ValueError, match="lr_schedule must be one of: linear, cyclic"):
+        GMPPruner(lr_schedule="cosine")
+
+
+def test_cyclic_lr_schedule_drives_the_optimizer(tiny, monkeypatch):
+    seen: list[float] = []
+
+    class Spy(torch.optim.lr_scheduler.LambdaLR):
+        def step(self, *args, **kwargs):  # called after each optimizer step: the rate that step used
+            seen.append(self.optimizer.param_groups[0]["lr"])
+            super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "LambdaLR", Spy)
+    task, model = tiny
+    p = GMPPruner(sparsity=0.5, steps=12, end_frac=0.7, update_every=4, lr=1e-3, lr_schedule="cyclic", precision="fp32")
+    p.prune(copy.deepcopy(model), task)
+    seen = seen[1:]  # the scheduler's constructor steps once, before training
+    assert seen == pytest.approx([1e-3 * p.lr_factor()(s) for s in range(12)])
+    assert seen[0] == seen[4] == seen[8] == pytest.approx(1e-3) and seen[3] == pytest.approx(1e-3 * (1 - 0.9 * 3 / 4))
+
+
 def test_index_batches_cover_every_example_once_per_epoch_and_are_deterministic():
     lengths = [(i * 7) % 13 for i in range(100)]
     a, b = training.index_batches(100, lengths, 8, 3), training.index_batches(100, lengths, 8, 3)

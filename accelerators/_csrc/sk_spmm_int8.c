@@ -454,28 +454,18 @@ typedef struct {
     int64_t ascr_stride, amid_stride;
 } qkva_job;
 
-/* sequences [s0, s1) as one block, by thread tid of the nthr that share it (nthr 1: alone) */
-static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t s1, uint8_t *xq, int32_t *acc)
+/* the product's row chunks [c0, c1) of one block into acc (channel-major, lds), in groups */
+static void qkva_rows(const qkva_job *Q, const sk_tiling *tl, const uint8_t *xq, int32_t *acc, int64_t t0, int64_t nb,
+                      int64_t c0, int64_t c1, float *amid)
 {
     const int8_job *J = &Q->J;
     const sk_spmm_call *c = J->c;
     const SKMatrix *m = c->m;
     const sk_kernels *kt = c->kt;
-    const int64_t S = Q->S, H = Q->H, dh = Q->dh, t0 = s0 * S, nb = (s1 - s0) * S, N = m->n_out;
-    const int64_t nq = (m->n_in + 3) / 4, lds = J->p.lds, brpc = SK_ROWS_PER_CHUNK / m->bh;
-    float *amid = Q->amid + (int64_t)sk_thread_num() * Q->amid_stride;
-    sk_tiling tl;
-    sk_make_tiling(&tl, nb, J->p.tt, nq * 4);
-    int64_t c0 = 0, c1 = m->nchunks;
-    if (nthr > 1) {
-        int8_pack(J, &tl, xq, t0, nb, nq * tid / nthr, nq * (tid + 1) / nthr);
-#pragma omp barrier
-        skm_thread_chunks(m, tid, nthr, &c0, &c1);
-    } else
-        int8_pack(J, &tl, xq, t0, nb, 0, nq);
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, lds = J->p.lds, brpc = SK_ROWS_PER_CHUNK / m->bh;
     for (int64_t g = c0; g < c1; g += J->p.group) {
         const int64_t g1 = g + J->p.group < c1 ? g + J->p.group : c1;
-        kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, &tl, nq,
+        kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, tl, nq,
                       acc + g * SK_ROWS_PER_CHUNK * lds, lds);
         const int64_t r0 = g * SK_ROWS_PER_CHUNK;
         int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
@@ -484,17 +474,57 @@ static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t
             kt->mid_int8(acc + r0 * lds, lds, nrows, nb, c->bias ? c->bias + r0 : NULL, m->wscale + r0, m->wsum + r0,
                          J->sx + t0, SK_ACT_NONE, amid);
     }
+}
+
+/* whether the threads sharing a block can each take whole heads: q, k and v rows of every head
+ * start on a chunk (and so a block-row) boundary and there is a head for every thread */
+static int qkva_head_split(const qkva_job *Q, int nthr)
+{
+    const SKMatrix *m = Q->J.c->m;
+    return Q->heads >= nthr && Q->dh % SK_ROWS_PER_CHUNK == 0 && SK_ROWS_PER_CHUNK % m->bh == 0;
+}
+
+/* sequences [s0, s1) as one block, by thread tid of the nthr that share it (nthr 1: alone). Shared
+ * blocks: the threads pack slices of the input, then each computes the q, k and v rows of its own
+ * heads and runs those heads (no second barrier, and each head reads rows its own core wrote) where
+ * qkva_head_split allows, else row chunks balanced by work, a barrier, and heads round robin. */
+static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t s1, uint8_t *xq, int32_t *acc)
+{
+    const int8_job *J = &Q->J;
+    const SKMatrix *m = J->c->m;
+    const int64_t S = Q->S, H = Q->H, dh = Q->dh, t0 = s0 * S, nb = (s1 - s0) * S;
+    const int64_t nq = (m->n_in + 3) / 4, lds = J->p.lds;
+    float *amid = Q->amid + (int64_t)sk_thread_num() * Q->amid_stride;
+    sk_tiling tl;
+    sk_make_tiling(&tl, nb, J->p.tt, nq * 4);
+    int64_t h0 = 0, h1 = Q->heads, hstep = 1;
     if (nthr > 1) {
+        int8_pack(J, &tl, xq, t0, nb, nq * tid / nthr, nq * (tid + 1) / nthr);
 #pragma omp barrier
+        if (qkva_head_split(Q, nthr)) {
+            h0 = Q->heads * tid / nthr, h1 = Q->heads * (tid + 1) / nthr;
+            for (int part = 0; part < 3; part++) /* q, k, v rows of heads [h0, h1) */
+                qkva_rows(Q, &tl, xq, acc, t0, nb, (part * H + h0 * dh) / SK_ROWS_PER_CHUNK,
+                          (part * H + h1 * dh) / SK_ROWS_PER_CHUNK, amid);
+        } else {
+            int64_t c0, c1;
+            skm_thread_chunks(m, tid, nthr, &c0, &c1);
+            qkva_rows(Q, &tl, xq, acc, t0, nb, c0, c1, amid);
+#pragma omp barrier
+            h0 = tid, hstep = nthr;
+        }
+    } else {
+        int8_pack(J, &tl, xq, t0, nb, 0, nq);
+        qkva_rows(Q, &tl, xq, acc, t0, nb, 0, m->nchunks, amid);
     }
     float *ascr = Q->ascr + (int64_t)sk_thread_num() * Q->ascr_stride;
-    const int64_t nw = (s1 - s0) * Q->heads;
-    for (int64_t w = tid; w < nw; w += nthr) {
-        const int64_t s = w / Q->heads, h = w % Q->heads;
-        const float *qr = (const float *)acc + h * dh * lds + s * S;
-        kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale, Q->kb ? Q->kb + (s0 + s) * S : NULL,
-                              Q->out + (s0 + s) * S * H + h * dh, H, ascr);
-    }
+    for (int64_t s = 0; s < s1 - s0; s++)
+        for (int64_t h = h0; h < h1; h += hstep) {
+            const float *qr = (const float *)acc + h * dh * lds + s * S;
+            Q->J.c->kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale,
+                                          Q->kb ? Q->kb + (s0 + s) * S : NULL, Q->out + (s0 + s) * S * H + h * dh, H,
+                                          ascr);
+        }
 }
 
 static void run_qkva(const qkva_job *Q)
@@ -505,8 +535,14 @@ static void run_qkva(const qkva_job *Q)
         const int tid = sk_thread_num(), nthr = sk_num_threads();
         if (Q->coop) {
             int8_scales(&Q->J, T * tid / nthr, T * (tid + 1) / nthr); /* ends with a barrier */
-            for (int64_t b = 0; b < Q->nblocks; b++)
+            for (int64_t b = 0; b < Q->nblocks; b++) {
                 qkva_block(Q, tid, nthr, b * Q->spb, (b + 1) * Q->spb < Q->B ? (b + 1) * Q->spb : Q->B, Q->J.xq, Q->acc);
+                /* with whole heads per thread no barrier follows the product: the next block's
+                 * packing must wait until every thread has read this block's input */
+                if (b + 1 < Q->nblocks && qkva_head_split(Q, nthr)) {
+#pragma omp barrier
+                }
+            }
         } else {
             const int64_t b0 = Q->nblocks * tid / nthr, b1 = Q->nblocks * (tid + 1) / nthr;
             const int64_t s0 = b0 * Q->spb, s1 = b1 * Q->spb < Q->B ? b1 * Q->spb : Q->B;

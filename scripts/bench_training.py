@@ -52,7 +52,7 @@ def parts(fused: bool, cache: bool) -> Iterator[None]:
     if not fused:
         gmp.adamw = lambda params, lr, wd: torch.optim.AdamW(list(params), lr=lr, weight_decay=wd)
     if not cache:
-        gmp.Distiller = lambda dense, T, a, examples=None, cache_dir=None: saved_distiller(dense, T, a)
+        gmp.Distiller = lambda dense, T, a, examples=None, cache_dir=None, **kw: saved_distiller(dense, T, a, **kw)
     try:
         yield
     finally:

@@ -257,3 +257,26 @@ def test_hidden_distillation_trains_and_is_recorded(tiny, tmp_path):
     assert report.notes["distillation"]["hidden_weight"] == 1.0
     assert report.notes["training_speed"]["teacher_hidden_states"] == "live teacher every step"
     assert report.notes["final_loss_mean_last_50"] > 0
+
+
+def test_bench_training_substitutes_take_every_argument_the_pruner_passes(tiny):
+    """scripts/bench_training.py switches the fused optimizer and the teacher cache off by
+    substituting plain building blocks; they must accept what the pruner passes today (the
+    hidden-state weight and precision included) and be restored afterwards."""
+    import importlib.util
+    from pathlib import Path
+
+    import pruners.gmp as gmp
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_training", Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, model = tiny
+    originals = gmp.adamw, gmp.Distiller
+    with bench.parts(fused=False, cache=False):
+        d = gmp.Distiller(model, 2.0, 0.9, examples=[[1, 2, 3]], cache_dir=None, hidden_weight=1.0, precision="fp32")
+        opt = gmp.adamw(model.parameters(), 1e-4, 0.01)
+    assert d.cache is None and d.hidden_weight == 1.0  # no teacher cache, the hidden weight kept
+    assert not opt.defaults.get("fused")
+    assert (gmp.adamw, gmp.Distiller) == originals

@@ -1,6 +1,8 @@
 """The shared training machinery: precision selection, the teacher-logit cache, bf16 masks,
 the schedule, and the speed figures written into reports."""
 import copy
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from accelerators import base as accel_base
 from accelerators.base import logits_of
 from profiler.tasks import TinySynthetic
+import pruners.gmp as gmp
 from pruners import training
 from pruners.base import prunable_linears
 from pruners.distill import Distiller, hidden_mse, weights_key
@@ -263,11 +266,6 @@ def test_bench_training_substitutes_take_every_argument_the_pruner_passes(tiny):
     """scripts/bench_training.py switches the fused optimizer and the teacher cache off by
     substituting plain building blocks; they must accept what the pruner passes today (the
     hidden-state weight and precision included) and be restored afterwards."""
-    import importlib.util
-    from pathlib import Path
-
-    import pruners.gmp as gmp
-
     spec = importlib.util.spec_from_file_location(
         "bench_training", Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py")
     bench = importlib.util.module_from_spec(spec)

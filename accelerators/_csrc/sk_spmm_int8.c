@@ -271,6 +271,29 @@ static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts
     return rc;
 }
 
+/* The product's row chunks [c0, c1) of one token block (t0, nb tokens, packed in xq) into acc
+ * (channel-major, J->p.lds), group by group, each group dequantized, biased and activated in place
+ * while in cache (mid_int8; per-token ranges into amid). Shared by ffn_int8 and qkv_attention_int8. */
+static void int8_rows_mid(const int8_job *J, const sk_tiling *tl, const uint8_t *xq, int32_t *acc, int64_t t0,
+                          int64_t nb, int64_t c0, int64_t c1, int act, float *amid)
+{
+    const sk_spmm_call *c = J->c;
+    const SKMatrix *m = c->m;
+    const sk_kernels *kt = c->kt;
+    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, lds = J->p.lds, brpc = SK_ROWS_PER_CHUNK / m->bh;
+    for (int64_t g = c0; g < c1; g += J->p.group) {
+        const int64_t g1 = g + J->p.group < c1 ? g + J->p.group : c1;
+        kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, tl, nq,
+                      acc + g * SK_ROWS_PER_CHUNK * lds, lds);
+        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
+        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
+        if (nrows > N - r0) nrows = N - r0;
+        if (nrows > 0) /* while the group's rows are in cache */
+            kt->mid_int8(acc + r0 * lds, lds, nrows, nb, c->bias ? c->bias + r0 : NULL, m->wscale + r0, m->wsum + r0,
+                         J->sx + t0, act, amid);
+    }
+}
+
 /* ---- ffn_int8: two products with the intermediate kept channel-major ----------------------
  * Per token block: x quantized and packed (as spmm_int8), the first product's accumulators for
  * all n_mid rows kept (group by group: dequantize + bias + activation in place, per-token ranges as
@@ -292,7 +315,7 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
     const SKMatrix *m1 = c1->m, *m2 = c2->m;
     const sk_kernels *kt = c1->kt;
     const int64_t nq1 = (m1->n_in + 3) / 4, nq2 = (m2->n_in + 3) / 4, N1 = m1->n_out, N2 = m2->n_out;
-    const int64_t tb = A->p.tb, lds = A->p.lds, brpc = SK_ROWS_PER_CHUNK / m1->bh;
+    const int64_t tb = A->p.tb, lds = A->p.lds;
     uint8_t *xq1 = A->xq + (int64_t)tid * A->xq_stride, *xq2 = B->xq + (int64_t)tid * B->xq_stride;
     int32_t *mid = F->mid + (int64_t)tid * F->mid_stride;
     int32_t *scr2 = B->scratch + (int64_t)tid * B->p.group * SK_ROWS_PER_CHUNK * lds;
@@ -302,17 +325,7 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
         sk_make_tiling(&tl1, nb, A->p.tt, nq1 * 4);
         int8_pack(A, &tl1, xq1, t0, nb, 0, nq1);
         for (int64_t t = t0; t < t0 + nb; t++) F->amid[t] = 0.0f;
-        for (int64_t g = 0; g < m1->nchunks; g += A->p.group) {
-            const int64_t g1 = g + A->p.group < m1->nchunks ? g + A->p.group : m1->nchunks;
-            kt->tile_int8(m1->bh, m1->ptr, m1->idx, m1->qval, g * brpc, g1 * brpc < m1->nbr ? g1 * brpc : m1->nbr,
-                          xq1, &tl1, nq1, mid + g * SK_ROWS_PER_CHUNK * lds, lds);
-            const int64_t r0 = g * SK_ROWS_PER_CHUNK;
-            int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
-            if (nrows > N1 - r0) nrows = N1 - r0;
-            if (nrows > 0) /* while the group's rows are in cache */
-                kt->mid_int8(mid + r0 * lds, lds, nrows, nb, c1->bias ? c1->bias + r0 : NULL, m1->wscale + r0,
-                             m1->wsum + r0, A->sx + t0, c1->act, F->amid + t0);
-        }
+        int8_rows_mid(A, &tl1, xq1, mid, t0, nb, 0, m1->nchunks, c1->act, F->amid + t0);
         for (int64_t t = t0; t < t0 + nb; t++) { /* quant_rows' scales */
             const float a = F->amid[t];
             const int ok = a > 0.0f && a <= 3.0e38f;
@@ -454,28 +467,6 @@ typedef struct {
     int64_t ascr_stride, amid_stride;
 } qkva_job;
 
-/* the product's row chunks [c0, c1) of one block into acc (channel-major, lds), in groups */
-static void qkva_rows(const qkva_job *Q, const sk_tiling *tl, const uint8_t *xq, int32_t *acc, int64_t t0, int64_t nb,
-                      int64_t c0, int64_t c1, float *amid)
-{
-    const int8_job *J = &Q->J;
-    const sk_spmm_call *c = J->c;
-    const SKMatrix *m = c->m;
-    const sk_kernels *kt = c->kt;
-    const int64_t N = m->n_out, nq = (m->n_in + 3) / 4, lds = J->p.lds, brpc = SK_ROWS_PER_CHUNK / m->bh;
-    for (int64_t g = c0; g < c1; g += J->p.group) {
-        const int64_t g1 = g + J->p.group < c1 ? g + J->p.group : c1;
-        kt->tile_int8(m->bh, m->ptr, m->idx, m->qval, g * brpc, g1 * brpc < m->nbr ? g1 * brpc : m->nbr, xq, tl, nq,
-                      acc + g * SK_ROWS_PER_CHUNK * lds, lds);
-        const int64_t r0 = g * SK_ROWS_PER_CHUNK;
-        int64_t nrows = (g1 - g) * SK_ROWS_PER_CHUNK;
-        if (nrows > N - r0) nrows = N - r0;
-        if (nrows > 0) /* while the group's rows are in cache */
-            kt->mid_int8(acc + r0 * lds, lds, nrows, nb, c->bias ? c->bias + r0 : NULL, m->wscale + r0, m->wsum + r0,
-                         J->sx + t0, SK_ACT_NONE, amid);
-    }
-}
-
 /* whether the threads sharing a block can each take whole heads: q, k and v rows of every head
  * start on a chunk (and so a block-row) boundary and there is a head for every thread */
 static int qkva_head_split(const qkva_job *Q, int nthr)
@@ -504,18 +495,18 @@ static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t
         if (qkva_head_split(Q, nthr)) {
             h0 = Q->heads * tid / nthr, h1 = Q->heads * (tid + 1) / nthr;
             for (int part = 0; part < 3; part++) /* q, k, v rows of heads [h0, h1) */
-                qkva_rows(Q, &tl, xq, acc, t0, nb, (part * H + h0 * dh) / SK_ROWS_PER_CHUNK,
-                          (part * H + h1 * dh) / SK_ROWS_PER_CHUNK, amid);
+                int8_rows_mid(J, &tl, xq, acc, t0, nb, (part * H + h0 * dh) / SK_ROWS_PER_CHUNK,
+                              (part * H + h1 * dh) / SK_ROWS_PER_CHUNK, SK_ACT_NONE, amid);
         } else {
             int64_t c0, c1;
             skm_thread_chunks(m, tid, nthr, &c0, &c1);
-            qkva_rows(Q, &tl, xq, acc, t0, nb, c0, c1, amid);
+            int8_rows_mid(J, &tl, xq, acc, t0, nb, c0, c1, SK_ACT_NONE, amid);
 #pragma omp barrier
             h0 = tid, hstep = nthr;
         }
     } else {
         int8_pack(J, &tl, xq, t0, nb, 0, nq);
-        qkva_rows(Q, &tl, xq, acc, t0, nb, 0, m->nchunks, amid);
+        int8_rows_mid(J, &tl, xq, acc, t0, nb, 0, m->nchunks, SK_ACT_NONE, amid);
     }
     float *ascr = Q->ascr + (int64_t)sk_thread_num() * Q->ascr_stride;
     for (int64_t s = 0; s < s1 - s0; s++)

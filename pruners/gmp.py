@@ -77,6 +77,9 @@ class TrainingPruner(Pruner):
             needs ``distill``. Costs one teacher forward pass per step.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
+        min_keep: with ``scope = "global"``, the fraction of its groups (1×4 blocks, or weights) every
+            matrix keeps at least, in [0, 1 − sparsity]: a cap of ``1 − min_keep`` on any one matrix's
+            sparsity, so the global ranking cannot empty a layer (``Structure.masks``); 0 = no floor.
         roles: encoder Linear roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
         seed: seed of the batch order and dropout.
         precision: ``"auto"`` (bf16 autocast with fp32 master weights where the CPU has native
@@ -111,6 +114,7 @@ class TrainingPruner(Pruner):
         hidden_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
         structure: str = "unstructured",
         scope: str = "layer",
+        min_keep: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
         roles: Sequence[str] = ALL_ROLES,
         seed: Annotated[int, Range(0, 2**32 - 1)] = 0,
         precision: str = "auto",
@@ -144,6 +148,9 @@ class TrainingPruner(Pruner):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
         self.scope = scope
+        self.min_keep = _num("min_keep", min_keep, 0.0, 1.0 - self.sparsity)
+        if self.min_keep > 0 and scope != "global":
+            raise ValueError(f"min_keep = {min_keep!r} needs scope = \"global\" (under \"layer\" every matrix is at the sparsity)")
         self.roles = validate_roles(roles)
         self.seed = _int("seed", seed, 0)
         self.precision = check_precision(precision)
@@ -165,7 +172,7 @@ class TrainingPruner(Pruner):
         return MagnitudeScore(layers)
 
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
-        return self.structure.masks(score.scores(), sparsity, self.scope)
+        return self.structure.masks(score.scores(), sparsity, self.scope, min_keep=self.min_keep)
 
     def gradient_batches(self, task: Any, batches: Iterator[list[int]]) -> Iterator[list[int]]:
         """Batches of training-example indices that ``gradient()`` (see :meth:`Score.before_update`)
@@ -295,7 +302,7 @@ class TrainingPruner(Pruner):
         return {
             "pruner": self.name,
             **self.schedule.describe(),
-            "structure": self.structure.spec, "scope": self.scope, "roles": list(self.roles),
+            "structure": self.structure.spec, "scope": self.scope, "min_keep": self.min_keep, "roles": list(self.roles),
             "training": {
                 "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
                 "weight_decay": self.weight_decay, "lr_schedule": self.lr_schedule,

@@ -194,17 +194,17 @@ class MovementPruner(TrainingPruner):
         ramp = sparsity < self.sparsity
         flat = self.structure.kind == "unstructured" and isinstance(score, MovementScore)
         if self.variant == "hard":
-            keep = self._sampler.keep(score, sparsity, self.scope) if ramp and flat else None
-            return keep if keep is not None else self.structure.masks(S, sparsity, self.scope)
+            keep = self._sampler.keep(score, sparsity, self.scope, self.min_keep) if ramp and flat else None
+            return keep if keep is not None else self.structure.masks(S, sparsity, self.scope, min_keep=self.min_keep)
         if self.final_threshold is not None and ramp:
             return threshold_masks(S, self.threshold_at(sparsity))
         if self.final_threshold is not None and self.sparsity_before_final_adjustment is None:
             self.sparsity_before_final_adjustment = masks_sparsity(threshold_masks(S, self.threshold_at(sparsity)))
-        keep = None
+        keep, floor = None, max(MIN_KEEP, self.min_keep)
         if flat:
-            keep = self._sampler.keep(score, sparsity, "global", MIN_KEEP) if ramp else flat_global_keep(score, sparsity, MIN_KEEP)
+            keep = self._sampler.keep(score, sparsity, "global", floor) if ramp else flat_global_keep(score, sparsity, floor)
         if keep is None:
-            keep = self.structure.masks(S, sparsity, "global", min_keep=MIN_KEEP)
+            keep = self.structure.masks(S, sparsity, "global", min_keep=floor)
         self._last_soft = (S, keep)  # for the threshold in the notes, computed once at the end
         return keep
 
@@ -219,7 +219,7 @@ class MovementPruner(TrainingPruner):
                 else f"paper schedule to final_threshold {self.final_threshold:g}, top-k at the end of the ramp",
                 "final_sigmoid_threshold": sigmoid_cut(*self._last_soft) if self._last_soft else None,
                 "sparsity_before_final_adjustment": self.sparsity_before_final_adjustment,
-                "min_keep_per_layer": f"int({MIN_KEEP:g} * numel) + 1",
+                "min_keep_per_layer": f"int({max(MIN_KEEP, self.min_keep):g} * numel) + 1",
             }
         d["masks_during_cool_down"] = "fixed"
         return d

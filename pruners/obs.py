@@ -323,7 +323,8 @@ class OBSPruner(TrainingPruner):
         grads = {"batch_size": self.grad_batch_size, "batches": "training split, a stream of its own"}
         if self.steps == 0:
             return {"pruner": self.name, "schedule": "one-shot", "sparsity": self.sparsity, "final_sparsity": self.sparsity,
-                    "structure": self.structure.spec, "scope": self.scope, "roles": list(self.roles), "training": None,
+                    "structure": self.structure.spec, "scope": self.scope, "min_keep": self.min_keep, "roles": list(self.roles),
+                    "training": None,
                     "distillation": False, "gradients": {**grads, "model_mode": "eval", "loss": "task"}}
         d = super().describe()
         d["schedule"] += ", update steps that raise the sparsity"

@@ -13,7 +13,7 @@ from pruners.base import prunable_linears
 from pruners.masks import MaskSet
 from pruners.gmp import GMPPruner
 from pruners.movement import MovementPruner
-from pruners.scores import MovementScore
+from pruners.scores import MagnitudeScore, MovementScore
 from tests.conftest import tiny_config
 
 
@@ -94,11 +94,35 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
         (dict(roles=["ffn"]), "roles"),
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(ema_decay=-0.1), "ema_decay"),
+        (dict(min_keep=0.05), "min_keep.*global"),
+        (dict(sparsity=0.9, scope="global", min_keep=0.2), "min_keep"),
+        (dict(scope="global", min_keep=-0.01), "min_keep"),
     ],
 )
 def test_constructor_validation_names_the_param(kw, match):
     with pytest.raises(ValueError, match=match):
         GMPPruner(**kw)
+
+
+@pytest.mark.parametrize("cls, kw", [(GMPPruner, dict(structure="1x4")), (GMPPruner, dict()),
+                                     (MovementPruner, dict(variant="hard", structure="1x4"))])
+def test_global_min_keep_caps_every_layer_and_keeps_the_total(cls, kw):
+    """A layer whose weights are all the smallest would be emptied by one global ranking at 75 %;
+    with min_keep = 0.1 it keeps int(0.1·groups) + 1 groups and the other layer pays for them."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(16, 8, bias=False), nn.Linear(16, 8, bias=False)
+    with torch.no_grad():
+        a.weight.uniform_(1.0, 2.0)
+        b.weight.uniform_(-1e-3, 1e-3)
+    layers = {"a": a, "b": b}
+    groups = 32 if kw.get("structure") == "1x4" else 128
+    for min_keep, floor in ((0.0, 0), (0.1, int(0.1 * groups) + 1)):
+        p = cls(sparsity=0.75, scope="global", min_keep=min_keep, **kw)
+        keep = p.select(MagnitudeScore(layers), 0.75)
+        per = 4 if kw.get("structure") == "1x4" else 1
+        assert int(keep["b"].sum()) == floor * per
+        assert int(keep["a"].sum()) + int(keep["b"].sum()) == 64  # 25 % of 256 weights kept either way
+    assert p.describe()["min_keep"] == 0.1
 
 
 def test_movement_declares_the_training_parameters_once():

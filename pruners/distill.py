@@ -186,10 +186,24 @@ class Distiller:
             file = Path(cache_dir) / "teacher_logits" / f"{key}.pt" if cache_dir else None
             self.cache = TeacherLogits(self.teacher, len(examples), self._logits_of, file, key)
 
-    def teacher_logits(self, inputs: dict[str, torch.Tensor], indices: Sequence[int] | None = None) -> torch.Tensor:
-        """Teacher logits (batch, num_labels) float32, from the cache when ``indices`` are given."""
-        if self.cache is not None and indices is not None:
+    def teacher_logits(self, inputs: dict[str, torch.Tensor], indices: Sequence[int] | None = None,
+                       live: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher logits (batch, num_labels) float32, from the cache when ``indices`` are given,
+        except at the rows where the bool ``(batch,)`` mask ``live`` is True (inputs that are not the
+        indexed examples, e.g. augmented copies): those run through the teacher and are not cached."""
+        if self.cache is None or indices is None:
+            return self._live_logits(inputs)
+        if live is None or not bool(live.any()):
             return self.cache(indices, inputs)
+        keep = ~live
+        out = self._live_logits({k: v[live] for k, v in inputs.items()})
+        full = out.new_empty((live.numel(), out.shape[-1]))
+        full[live] = out
+        if bool(keep.any()):
+            full[keep] = self.cache([i for i, k in zip(indices, keep.tolist()) if k], {k: v[keep] for k, v in inputs.items()})
+        return full
+
+    def _live_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
             return self._logits_of(self.teacher(**inputs)).float()
 
@@ -206,10 +220,12 @@ class Distiller:
         return tuple(out.hidden_states[1:])
 
     def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor,
-             indices: Sequence[int] | None = None, student_hidden: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+             indices: Sequence[int] | None = None, student_hidden: Sequence[torch.Tensor] | None = None,
+             live: torch.Tensor | None = None) -> torch.Tensor:
         """The mixed loss; ``student_hidden`` (the encoder layers' outputs) is required when
-        :attr:`wants_hidden` (ValueError otherwise) and ignored when not."""
-        t = self.teacher_logits(inputs, indices)
+        :attr:`wants_hidden` (ValueError otherwise) and ignored when not; ``live``: see
+        :meth:`teacher_logits`."""
+        t = self.teacher_logits(inputs, indices, live)
         loss = distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
         if self.wants_hidden:
             if student_hidden is None:

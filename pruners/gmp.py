@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
+from pruners.augment import TokenAugmenter
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
 from pruners.distill import Distiller, check_distill
@@ -75,6 +76,12 @@ class TrainingPruner(Pruner):
         hidden_distill: weight β of hidden-state distillation (mean over encoder layers of the
             per-token MSE to the teacher's hidden states, :mod:`pruners.distill`), >= 0; 0 = off;
             needs ``distill``. Costs one teacher forward pass per step.
+        augment: share of every training batch replaced by perturbed copies of its examples, in
+            [0, 1]; 0 = off. Words are swapped for neighbours in the dense model's word-embedding
+            space and the teacher labels the copies (TinyBERT's data augmentation,
+            :mod:`pruners.augment`); needs ``distill`` and a task that knows its vocabulary. The
+            copies' teacher logits are computed live (not cached); the hard-label term uses the
+            original examples only. The Fisher's gradients use the original examples.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         min_keep: with ``scope = "global"``, the fraction of its groups (1×4 blocks, or weights) every
@@ -112,6 +119,7 @@ class TrainingPruner(Pruner):
         temperature: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 2.0,
         alpha: Annotated[float, Range(0.0, 1.0)] = 0.9,
         hidden_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
+        augment: Annotated[float, Range(0.0, 1.0)] = 0.0,
         structure: str = "unstructured",
         scope: str = "layer",
         min_keep: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
@@ -143,6 +151,9 @@ class TrainingPruner(Pruner):
         self.hidden_distill = _num("hidden_distill", hidden_distill, 0.0, 1000.0)
         if self.hidden_distill > 0 and not self.distill:
             raise ValueError(f"hidden_distill = {hidden_distill!r} needs distill = true")
+        self.augment = _num("augment", augment, 0.0, 1.0)
+        if self.augment > 0 and not self.distill:
+            raise ValueError(f"augment = {augment!r} needs distill = true (the teacher labels the augmented copies)")
         self.structure = parse_structure(structure)
         self.structure.check_sparsity(self.sparsity)
         if scope not in SCOPES:
@@ -188,6 +199,18 @@ class TrainingPruner(Pruner):
             self.structure.check_shape(n, lin.weight.shape)
         return layers
 
+    def _augmenter(self, model: nn.Module, task: Any) -> TokenAugmenter | None:
+        """The :class:`~pruners.augment.TokenAugmenter` of ``augment`` (None when 0), from the dense
+        model's input word embeddings; ValueError for a task without a known vocabulary."""
+        if not self.augment:
+            return None
+        vocab = task.augment_vocab()
+        if vocab is None:
+            raise ValueError(f"augment: task {getattr(task, 'name', task)!r} does not know its vocabulary "
+                             "(augment_vocab); use augment = 0")
+        words, pieces = vocab
+        return TokenAugmenter(model.get_input_embeddings().weight.detach(), words, self.augment, self.seed, pieces)
+
     def lr_factor(self) -> Callable[[int], float]:
         """``step → multiplier`` of :attr:`lr` under ``lr_schedule`` over :attr:`steps` (``"cyclic"``
         restarts at the schedule's mask-update steps); the weights' schedule, and movement's scores'."""
@@ -207,6 +230,7 @@ class TrainingPruner(Pruner):
         distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir,
                                hidden_weight=self.hidden_distill, precision=precision) if self.distill else None)
         hidden = distiller is not None and distiller.wants_hidden
+        augmenter = self._augmenter(model, task)
         self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
@@ -218,14 +242,21 @@ class TrainingPruner(Pruner):
 
         def next_loss(stream: Iterator[list[int]] = batches) -> torch.Tensor:
             idx = next(stream)
-            inputs, labels = task.collate([data[i] for i in idx])
+            examples, copies = [data[i] for i in idx], None
+            if augmenter is not None and stream is batches:
+                examples, copies = augmenter.batch(examples)
+            inputs, labels = task.collate(examples)
             with autocast(precision):
                 out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
                 logits = logits_of(out).float()
-            loss = task.loss(logits, labels)
+            if copies is None or not bool(copies.any()):
+                loss = task.loss(logits, labels)
+            else:  # the copies' labels are the originals': only the teacher's targets hold for them
+                own = ~copies
+                loss = task.loss(logits[own], labels[own]) if bool(own.any()) else logits.sum() * 0.0
             if distiller is None:
                 return loss
-            return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None)
+            return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None, live=copies)
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
@@ -248,6 +279,8 @@ class TrainingPruner(Pruner):
         notes.update(score.describe())
         notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
         notes["training_speed"] = {**clock.describe(precision), **(distiller.describe() if distiller else {})}
+        if augmenter is not None:
+            notes["augmentation"] = augmenter.describe()
         if averaged is not None:
             notes["weight_average"] = averaged
         notes["wall_time_s"] = notes["training_speed"]["wall_time_s"]
@@ -310,7 +343,8 @@ class TrainingPruner(Pruner):
                               if self.lr_schedule == "cyclic" else "linear decay to 0") + ", clip 1.0"),
                 "seed": self.seed, "precision": resolve_precision(self.precision), "ema_decay": self.ema_decay,
             },
-            "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill}
+            "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill,
+                              "augment": self.augment}
                              if self.distill else False),
         }
 

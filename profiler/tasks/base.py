@@ -105,6 +105,13 @@ class Task:
     def eval_examples(self) -> list[Example]:
         raise NotImplementedError
 
+    def augment_vocab(self) -> tuple[list[int], list[int]] | None:
+        """``(words, pieces)`` for data augmentation (:mod:`pruners.augment`): the token ids it may
+        replace and use as replacements (whole words: no special tokens, no continuation pieces)
+        and the ids that continue a word; None where the task's vocabulary is unknown (then
+        ``augment`` is refused)."""
+        return None
+
     def metric(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         """Accuracy of argmax predictions (override for regression tasks)."""
         return float((logits.argmax(-1) == labels.long()).float().mean())

@@ -217,6 +217,12 @@ class TextClassification(Task):
     def eval_examples(self) -> list[Example]:
         return self._eval
 
+    def augment_vocab(self) -> tuple[list[int], list[int]]:
+        """The tokenizer's alphabetic whole-word tokens (no special tokens) and its ``##`` pieces."""
+        special, vocab = set(self.tokenizer.all_special_ids), self.tokenizer.get_vocab()
+        return (sorted(i for t, i in vocab.items() if t.isalpha() and i not in special),
+                sorted(i for t, i in vocab.items() if t.startswith("##")))
+
     def calibration_examples(self) -> list[Example]:
         """The training examples, or the eval examples when there is no training data."""
         return self.train_examples() if "train" in self._raw else self.eval_examples()

@@ -95,3 +95,7 @@ class TinySynthetic(Task):
 
     def eval_examples(self) -> list[Example]:
         return self._eval
+
+    def augment_vocab(self) -> tuple[list[int], list[int]]:
+        """Every non-special id is a word (the marker included: the teacher labels the copies); no pieces."""
+        return list(range(10, self.vocab_size)), []

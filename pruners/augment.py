@@ -1,0 +1,116 @@
+"""Data augmentation for distillation: word substitution by embedding neighbours (TinyBERT).
+
+TinyBERT (Jiao et al. 2020, §3.2 and Algorithm 1) distils the student on the task's training set
+*plus* perturbed copies of its sentences: each word is replaced, with probability ``p_t = 0.4``, by
+one of its ``K = 15`` nearest candidates (from BERT's masked-LM for single-piece words, GloVe
+neighbours for the others), and the teacher labels every copy, so the student learns to match the
+teacher on inputs near the data, not only on the training sentences themselves. A pruned student
+that agrees with its teacher on nearly every training sentence but not on the dev set (the gap this
+closes) is the case it is for.
+
+Here the candidates are the nearest neighbours of a token in the dense model's own input word
+embeddings (cosine similarity), which needs no masked-LM head and no download; substitutions are
+token for token, so a copy keeps its length, padding and segment ids. Only *whole words* are
+replaced or used as replacements (a task's :meth:`~profiler.tasks.base.Task.augment_vocab`: no
+special tokens, no ``##`` continuation pieces), and a word's first piece is left alone when a
+continuation piece follows it (``secret`` of ``secret ##ions``), where TinyBERT would look the
+whole word up in GloVe.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+#: TinyBERT's probability of replacing a word (p_t, Algorithm 1)
+P_TOKEN = 0.4
+#: TinyBERT's number of candidates per word (K)
+K_NEIGHBOURS = 15
+#: candidates whose similarities are computed at once (bounds the (chunk, candidates) float32 matrix)
+_CHUNK = 2048
+
+
+@torch.no_grad()
+def nearest_neighbours(embeddings: torch.Tensor, candidates: Sequence[int], k: int = K_NEIGHBOURS) -> torch.Tensor:
+    """``(V, k)`` int64 table: row ``i`` holds the ``k`` candidates nearest to token ``i`` by cosine
+    similarity of ``embeddings`` rows (most similar first, ``i`` itself excluded) when ``i`` is a
+    candidate, and ``-1`` everywhere else.
+
+    Args:
+        embeddings: ``(V, H)`` word-embedding matrix (any float dtype).
+        candidates: token ids in ``[0, V)`` that may be replaced and may replace (duplicates ignored).
+        k: neighbours per token, >= 1; ValueError if there are not ``k + 1`` distinct candidates.
+    """
+    V = embeddings.shape[0]
+    ids = torch.as_tensor(sorted({int(c) for c in candidates}), dtype=torch.long)
+    if k < 1 or ids.numel() < k + 1:
+        raise ValueError(f"need k >= 1 and more than k candidates; got k={k}, {ids.numel()} candidates")
+    if int(ids.min()) < 0 or int(ids.max()) >= V:
+        raise ValueError(f"candidate ids must be in [0, {V})")
+    e = torch.nn.functional.normalize(embeddings[ids].float(), dim=1)
+    table = torch.full((V, k), -1, dtype=torch.long)
+    for s in range(0, ids.numel(), _CHUNK):
+        sim = e[s : s + _CHUNK] @ e.T  # (chunk, candidates)
+        rows = torch.arange(sim.shape[0])
+        sim[rows, rows + s] = -float("inf")  # not itself
+        table[ids[s : s + _CHUNK]] = ids[sim.topk(k, dim=1).indices]
+    return table
+
+
+class TokenAugmenter:
+    """Replaces a share of a training batch by perturbed copies (module doc).
+
+    Args:
+        embeddings: ``(V, H)`` the dense model's input word embeddings.
+        candidates: whole-word token ids (see :func:`nearest_neighbours`).
+        fraction: probability that an example of a batch is replaced by a perturbed copy, in (0, 1].
+        seed: seed of the draws (a ``torch.Generator`` of its own: the training's random stream is untouched).
+        pieces: token ids that continue a word (``##…``): the token before one is never replaced.
+        p_token, k: TinyBERT's ``p_t`` and ``K``.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, candidates: Sequence[int], fraction: float, seed: int = 0,
+                 pieces: Sequence[int] = (), p_token: float = P_TOKEN, k: int = K_NEIGHBOURS) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"augment must be in (0, 1], got {fraction!r}")
+        if not 0.0 < p_token <= 1.0:
+            raise ValueError(f"p_token must be in (0, 1], got {p_token!r}")
+        self.fraction, self.p_token, self.k = float(fraction), float(p_token), int(k)
+        self.table = nearest_neighbours(embeddings, candidates, k)
+        self.n_candidates = int((self.table[:, 0] >= 0).sum())
+        self.is_piece = torch.zeros(self.table.shape[0] + 1, dtype=torch.bool)  # last slot: ids outside the table
+        self.is_piece[torch.as_tensor([int(i) for i in pieces if 0 <= int(i) < self.table.shape[0]], dtype=torch.long)] = True
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.examples = 0  # copies made
+        self.tokens = 0  # tokens replaced in them
+
+    def perturb(self, input_ids: Sequence[int]) -> list[int]:
+        """A copy of ``input_ids`` with each candidate token replaced, with probability ``p_token``,
+        by one of its ``k`` neighbours drawn uniformly; other tokens (special, ``##`` pieces, the
+        first piece of a longer word, out-of-table ids) unchanged. Same length."""
+        ids = torch.as_tensor(list(input_ids), dtype=torch.long)
+        V = self.table.shape[0]
+        inside = (ids >= 0) & (ids < V)
+        nbr = self.table[ids.clamp(0, V - 1)]  # (len, k)
+        slot = torch.where(inside, ids, torch.full_like(ids, V))
+        before_piece = torch.cat([self.is_piece[slot[1:]], torch.zeros(1, dtype=torch.bool)])
+        flip = inside & ~before_piece & (nbr[:, 0] >= 0) & (torch.rand(ids.numel(), generator=self.gen) < self.p_token)
+        pick = torch.randint(self.k, (ids.numel(),), generator=self.gen)
+        new = torch.where(flip, nbr[torch.arange(ids.numel()), pick], ids)
+        self.tokens += int(flip.sum())
+        return new.tolist()
+
+    def batch(self, examples: Sequence) -> tuple[list, torch.Tensor]:
+        """``(examples', augmented)``: each example (a :class:`profiler.tasks.base.Example`) kept or,
+        with probability ``fraction``, replaced by a perturbed copy (its label is the original's and
+        must not be trusted: the teacher labels the copy); ``augmented`` is a bool ``(batch,)`` tensor."""
+        aug = torch.rand(len(examples), generator=self.gen) < self.fraction
+        out = [dataclasses.replace(e, input_ids=self.perturb(e.input_ids)) if a else e for e, a in zip(examples, aug.tolist())]
+        self.examples += int(aug.sum())
+        return out, aug
+
+    def describe(self) -> dict:
+        return {"method": "word substitution by embedding neighbours (TinyBERT data augmentation)",
+                "fraction": self.fraction, "p_token": self.p_token, "k_neighbours": self.k,
+                "candidates": self.n_candidates, "examples_augmented": self.examples, "tokens_replaced": self.tokens}

@@ -1,0 +1,134 @@
+"""Data augmentation for distillation (pruners/augment.py): neighbour table against brute force,
+substitution rate and scope, live teacher logits for the copies, and the training pruners with it."""
+import copy
+
+import pytest
+import torch
+
+from profiler.tasks import TinySynthetic
+from pruners.augment import TokenAugmenter, nearest_neighbours
+from pruners.distill import Distiller
+from pruners.gmp import GMPPruner
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    task = TinySynthetic(finetune_steps=0, n_train=128, n_eval=32)
+    return task, task.base_model().eval()
+
+
+def test_neighbours_are_the_cosine_top_k_among_candidates():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(60, 8, generator=g)
+    cands = list(range(5, 60, 2))
+    table = nearest_neighbours(emb, cands, k=4)
+    assert table.shape == (60, 4)
+    e = torch.nn.functional.normalize(emb, dim=1)
+    for i in range(60):
+        if i not in cands:
+            assert table[i].tolist() == [-1] * 4
+            continue
+        sims = {j: float(e[i] @ e[j]) for j in cands if j != i}
+        want = sorted(sims, key=lambda j: -sims[j])[:4]
+        assert table[i].tolist() == want
+    with pytest.raises(ValueError, match="candidates"):
+        nearest_neighbours(emb, [1, 2, 3], k=4)
+    with pytest.raises(ValueError, match="candidate ids"):
+        nearest_neighbours(emb, list(range(50, 70)), k=4)
+
+
+def test_perturb_replaces_candidates_only_at_the_token_rate_and_is_seeded():
+    emb = torch.randn(100, 16, generator=torch.Generator().manual_seed(1))
+    cands = list(range(20, 100))
+    aug = TokenAugmenter(emb, cands, fraction=1.0, seed=3)
+    ids = [101, 0, 5] + list(range(20, 100)) * 50 + [102]  # 101/102 outside the table, 0 and 5 not candidates
+    new = aug.perturb(ids)
+    assert len(new) == len(ids) and new[:3] == ids[:3] and new[-1] == ids[-1]
+    changed = [(a, b) for a, b in zip(ids, new) if a != b]
+    assert all(b in aug.table[a].tolist() for a, b in changed)
+    n = 80 * 50  # candidate tokens; neighbours are never the token itself, so changed = replaced
+    assert aug.tokens == len(changed)
+    assert abs(len(changed) - 0.4 * n) < 6 * (n * 0.4 * 0.6) ** 0.5
+    assert TokenAugmenter(emb, cands, 1.0, seed=3).perturb(ids) == new
+
+
+def test_batch_replaces_a_fraction_and_leaves_the_data_untouched(tiny):
+    task, dense = tiny
+    data = task.train_examples()
+    before = [list(e.input_ids) for e in data[:64]]
+    aug = TokenAugmenter(dense.get_input_embeddings().weight, task.augment_vocab()[0], fraction=0.5, seed=0)
+    out, copies = aug.batch(data[:64])
+    assert copies.dtype == torch.bool and copies.shape == (64,) and 10 < int(copies.sum()) < 54
+    assert [list(e.input_ids) for e in data[:64]] == before
+    for e, o, c in zip(data[:64], out, copies.tolist()):
+        assert (o is e) != c and len(o.input_ids) == len(e.input_ids) and o.label == e.label
+    assert aug.describe()["examples_augmented"] == int(copies.sum())
+
+
+def test_copies_get_the_live_teacher_and_stay_out_of_the_cache(tiny):
+    task, dense = tiny
+    exs = task.train_examples()[:8]
+    aug = TokenAugmenter(dense.get_input_embeddings().weight, task.augment_vocab()[0], fraction=1.0, seed=0)
+    d = Distiller(dense, examples=[e.input_ids for e in task.train_examples()])
+    mixed = [aug.perturb(e.input_ids) if i % 2 else e.input_ids for i, e in enumerate(exs)]
+    inputs, _ = task.collate([type(e)(input_ids=m, label=e.label) for e, m in zip(exs, mixed)])
+    live = torch.tensor([i % 2 == 1 for i in range(8)])
+    got = d.teacher_logits(inputs, list(range(8)), live)
+    with torch.no_grad():
+        want = dense(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert d.cache.have[:8].tolist() == [True, False] * 4  # only the originals were cached
+
+
+def test_gmp_trains_with_augmentation_and_records_it(tiny, tmp_path):
+    task, dense = tiny
+    with pytest.raises(ValueError, match="needs distill"):
+        GMPPruner(sparsity=0.5, steps=4, augment=0.5)
+    with pytest.raises(ValueError, match="augment"):
+        GMPPruner(sparsity=0.5, steps=4, distill=True, augment=1.5)
+    model = copy.deepcopy(dense)
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, alpha=0.5, augment=0.5,
+                       batch_size=8, precision="fp32")
+    pruner.cache_dir = tmp_path
+    report = pruner.prune(model, task)
+    assert report.sparsity_prunable == pytest.approx(0.5)
+    a = report.notes["augmentation"]
+    assert 0 < a["examples_augmented"] < 48 and a["tokens_replaced"] > 0 and a["p_token"] == 0.4
+    assert report.notes["distillation"]["augment"] == 0.5
+    # the cache holds the originals the loop saw, never a copy: cached logits are the teacher's on the originals
+    d = Distiller(dense, examples=[e.input_ids for e in task.train_examples()], cache_dir=tmp_path)
+    have = d.cache.have.nonzero().flatten().tolist()
+    assert have
+    inputs, _ = task.collate([task.train_examples()[i] for i in have])
+    with torch.no_grad():
+        torch.testing.assert_close(d.cache.logits[have], dense(**inputs).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_a_task_without_a_vocabulary_refuses_augmentation(tiny):
+    task, dense = tiny
+
+    class NoVocab(TinySynthetic):
+        def augment_vocab(self):
+            return None
+
+    t = NoVocab(finetune_steps=0, n_train=32, n_eval=8)
+    with pytest.raises(ValueError, match="vocabulary"):
+        GMPPruner(sparsity=0.5, steps=2, distill=True, augment=0.5).prune(copy.deepcopy(dense), t)
+
+
+def test_sst2_candidates_are_whole_words():
+    from profiler.tasks.sst2 import SST2
+
+    task = SST2()
+    tok = task.tokenizer
+    words, pieces = task.augment_vocab()
+    cands = set(words)
+    vocab = tok.get_vocab()
+    assert vocab["good"] in cands and vocab["movie"] in cands
+    assert not cands & set(tok.all_special_ids)
+    assert not any(vocab[t] in cands for t in vocab if t.startswith("##"))
+    assert len(cands) > 15000 and vocab["##ions"] in pieces
+    aug = TokenAugmenter(torch.randn(len(vocab), 8), words, 1.0, 0, pieces, p_token=1.0)
+    ids = tok("secretions are good")["input_ids"]  # [CLS] secret ##ions are good [SEP]
+    new = aug.perturb(ids)
+    assert new[1:3] == ids[1:3] and new[3] != ids[3] and new[4] != ids[4]

@@ -132,3 +132,33 @@ def test_sst2_candidates_are_whole_words():
     ids = tok("secretions are good")["input_ids"]  # [CLS] secret ##ions are good [SEP]
     new = aug.perturb(ids)
     assert new[1:3] == ids[1:3] and new[3] != ids[3] and new[4] != ids[4]
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_teacher_agreement_script_measures_what_it_says(tiny):
+    """scripts/teacher_agreement.py: a student equal to its teacher agrees everywhere with no
+    distillation loss; one forced to class 1 agrees exactly where the teacher predicts class 1."""
+    task, dense = tiny
+    compare = _script("teacher_agreement").compare
+    exs = task.eval_examples()
+    same = compare(dense, copy.deepcopy(dense), task, exs, 2.0)
+    assert same["agreement"] == 1.0 and same["t2_kl_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert same["hidden_mse_per_layer"] == [0.0] * task.num_layers and same["examples"] == len(exs)
+    forced = copy.deepcopy(dense)
+    with torch.no_grad():
+        forced.classifier.bias.copy_(torch.tensor([-1e4, 1e4]))
+    got = compare(dense, forced, task, exs, 2.0)
+    inputs, _ = task.collate(exs)
+    with torch.no_grad():
+        want = float((dense(**inputs).logits.argmax(-1) == 1).float().mean())
+    assert got["agreement"] == pytest.approx(want) and got["t2_kl_mean"] > 0
+    assert got["hidden_mse_per_layer"] == [0.0] * task.num_layers  # the head changed, not the encoder

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in args.students:
         student = task.load_saved(path).eval()
-        r = {"student": str(path), "train_sample": compare(teacher, student, task, sample, args.temperature),
+        r = {"student": path.name, "train_sample": compare(teacher, student, task, sample, args.temperature),
              "eval_split": compare(teacher, student, task, task.eval_examples(), args.temperature)}
         results.append(r)
         tr, ev = r["train_sample"], r["eval_split"]
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from profiler.hardware import fingerprint
 
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "teacher": str(args.teacher),
+        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "teacher": args.teacher.name,
                                         "task": args.task, "train_sample": len(sample), "seed": args.seed,
                                         "threads": args.threads, "results": results}, indent=1))
     return 0

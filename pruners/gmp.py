@@ -159,7 +159,7 @@ class TrainingPruner(Pruner):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
         self.scope = scope
-        self.min_keep = _num("min_keep", min_keep, 0.0, 1.0 - self.sparsity)
+        self.min_keep = _num("min_keep", min_keep, 0.0, round(1.0 - self.sparsity, 12))  # 1 - 0.9 is 0.0999…
         if self.min_keep > 0 and scope != "global":
             raise ValueError(f"min_keep = {min_keep!r} needs scope = \"global\" (under \"layer\" every matrix is at the sparsity)")
         self.roles = validate_roles(roles)

@@ -123,6 +123,7 @@ def test_global_min_keep_caps_every_layer_and_keeps_the_total(cls, kw):
         assert int(keep["b"].sum()) == floor * per
         assert int(keep["a"].sum()) + int(keep["b"].sum()) == 64  # 25 % of 256 weights kept either way
     assert p.describe()["min_keep"] == 0.1
+    assert GMPPruner(sparsity=0.9, scope="global", min_keep=0.1).min_keep == 0.1  # the bound itself, 1 - 0.9
 
 
 def test_movement_declares_the_training_parameters_once():

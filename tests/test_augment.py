@@ -9,6 +9,7 @@ from profiler.tasks import TinySynthetic
 from pruners.augment import TokenAugmenter, nearest_neighbours
 from pruners.distill import Distiller
 from pruners.gmp import GMPPruner
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +135,11 @@ def test_sst2_candidates_are_whole_words():
     assert new[1:3] == ids[1:3] and new[3] != ids[3] and new[4] != ids[4]
 
 
-def _script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_teacher_agreement_script_measures_what_it_says(tiny):
     """scripts/teacher_agreement.py: a student equal to its teacher agrees everywhere with no
     distillation loss; one forced to class 1 agrees exactly where the teacher predicts class 1."""
     task, dense = tiny
-    compare = _script("teacher_agreement").compare
+    compare = load_script("teacher_agreement").compare
     exs = task.eval_examples()
     same = compare(dense, copy.deepcopy(dense), task, exs, 2.0)
     assert same["agreement"] == 1.0 and same["t2_kl_mean"] == pytest.approx(0.0, abs=1e-6)

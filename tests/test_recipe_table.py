@@ -1,15 +1,14 @@
 """scripts/recipe_table.py: the recipes table from run directories."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("recipe_table", Path(__file__).parents[1] / "scripts" / "recipe_table.py")
-recipe_table = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(recipe_table)
+from tests.conftest import load_script
+
+recipe_table = load_script("recipe_table")
 
 
 def _run(tmp_path: Path, name: str, rows: list[dict]) -> Path:

@@ -1,8 +1,6 @@
 """The shared training machinery: precision selection, the teacher-logit cache, bf16 masks,
 the schedule, and the speed figures written into reports."""
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from pruners import training
 from pruners.base import prunable_linears
 from pruners.distill import Distiller, hidden_mse, weights_key
 from pruners.gmp import GMPPruner
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
@@ -266,10 +265,7 @@ def test_bench_training_substitutes_take_every_argument_the_pruner_passes(tiny):
     """scripts/bench_training.py switches the fused optimizer and the teacher cache off by
     substituting plain building blocks; they must accept what the pruner passes today (the
     hidden-state weight and precision included) and be restored afterwards."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_training", Path(__file__).resolve().parents[1] / "scripts" / "bench_training.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_training")
     _, model = tiny
     originals = gmp.adamw, gmp.Distiller
     with bench.parts(fused=False, cache=False):

@@ -9,14 +9,21 @@ percentage of the dense model's accuracy *of the same run* (its ``pruner = "none
 ``collapsed`` / a failure's reason; with ``ema_decay``, the task metric of the last (un-averaged)
 weights of the same run next to the pruner's name. Rows are sorted by target (structure, sparsity), then pruner.
 
-Output: a Markdown table on stdout and, with ``--out``, JSON with one record per pruned model.
+With ``--seeds``, a second table pools the models whose pruner settings differ only in ``seed``
+(a setting an older run did not record counts as the pruner's default): the seeds, and the mean,
+minimum and maximum of the % of dense under each engine — the seed spread a one-seed gain has to
+clear. Each model's % is against the dense model of its own run.
 
-    python scripts/recipe_table.py runs/recipe-* [--out table.json]
+Output: Markdown tables on stdout and, with ``--out``, JSON with one record per pruned model.
+
+    python scripts/recipe_table.py runs/recipe-* [--seeds] [--out table.json]
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,7 +53,7 @@ def records(run_dirs: list[Path]) -> list[dict]:
                 "variant": params.get("variant"), "sparsity": params.get("sparsity"),
                 "structure": params.get("structure", "unstructured"), "dense_accuracy": dense,
                 "training": r.get("pruner_training"), "weight_average": r.get("pruner_weight_average"),
-                "collapsed": r.get("collapsed"), "accuracy": {},
+                "collapsed": r.get("collapsed"), "accuracy": {}, "params": params,
                 "reason": None})
             if r.get("status") != "ok":
                 rec["reason"] = r.get("reason")
@@ -85,17 +92,90 @@ def markdown(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _defaults(pruner: str) -> dict:
+    """The constructor defaults of built-in pruner ``pruner`` ({} when it is not one)."""
+    import profiler.plugins  # noqa: F401  (fills the registry)
+    from profiler.registry import PRUNERS
+
+    if pruner not in PRUNERS:
+        return {}
+    return {k: p.default for k, p in PRUNERS.params(pruner).items() if p.default is not inspect.Parameter.empty}
+
+
+def seed_groups(recs: list[dict]) -> list[dict]:
+    """Pool the records whose pruner and settings are equal but for ``seed``.
+
+    Returns one dict per setting (in the order of first appearance): ``pruner``, ``structure``,
+    ``sparsity``, ``params`` (without ``seed``), ``seeds`` (list, one per model), ``runs`` and
+    ``pct_of_dense``: {engine: {"mean", "min", "max", "n"}} in percent, over the models with that
+    engine's accuracy and their run's dense accuracy.
+    """
+    groups: dict[str, dict] = {}
+    defaults: dict[str, dict] = {}
+    for m in recs:
+        if m["pruner"] not in defaults:
+            defaults[m["pruner"]] = _defaults(m["pruner"])
+        params = {**defaults[m["pruner"]], **(m.get("params") or {})}
+        seed = params.pop("seed", None)
+        key = json.dumps([m["pruner"], params], sort_keys=True, default=str)
+        g = groups.setdefault(key, {"pruner": m["pruner"], "structure": m["structure"], "sparsity": m["sparsity"],
+                                    "params": params, "seeds": [], "runs": [], "_pct": {}})
+        g["seeds"].append(seed)
+        g["runs"].append(m["run"])
+        for engine, acc in m["accuracy"].items():
+            if acc is not None and m["dense_accuracy"]:
+                g["_pct"].setdefault(engine, []).append(100 * acc / m["dense_accuracy"])
+    out = []
+    for g in groups.values():
+        g["pct_of_dense"] = {e: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}
+                             for e, v in g.pop("_pct").items()}
+        out.append(g)
+    return out
+
+
+def seeds_markdown(groups: list[dict]) -> str:
+    """Markdown: one row per setting, the seeds and the % of dense (mean, min–max) per engine."""
+    def cell(g: dict, engine: str) -> str:
+        s = g["pct_of_dense"].get(engine)
+        if s is None:
+            return "— | —"
+        return f"{s['mean']:.1f} % | {s['min']:.1f}–{s['max']:.1f} %"
+
+    def target(g: dict) -> tuple:
+        return g["pruner"], g["structure"], g["sparsity"]
+
+    def differs(g: dict) -> list[str]:  # the settings that tell this row from others of its target
+        peers = [h for h in groups if target(h) == target(g)]
+        return sorted(k for k in g["params"]
+                      if len({json.dumps(h["params"].get(k), default=str) for h in peers}) > 1)
+
+    lines = ["| target | pruner | settings that differ | seeds | sparse-int8: mean % of dense | min–max "
+             "| torch-fp32: mean % of dense | min–max |", "|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        setting = ", ".join(f"{k} = {g['params'][k]}" for k in differs(g)) or "—"
+        lines.append(f"| {g['sparsity']:.0%} {g['structure']} | {g['pruner']} | {setting} | "
+                     f"{', '.join(str(s) for s in g['seeds'])} | {cell(g, 'sparse-int8')} | {cell(g, 'torch-fp32')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories")
+    ap.add_argument("--seeds", action="store_true",
+                    help="also pool the models whose settings differ only in seed (mean, min-max)")
     ap.add_argument("--out", type=Path, help="JSON output")
     args = ap.parse_args(argv)
     recs = records(args.runs)
     if not recs:
         sys.exit("no pruned models in these runs")
     print(markdown(recs))
+    groups = seed_groups(recs) if args.seeds else None
+    if groups is not None:
+        print()
+        print(seeds_markdown(groups))
     if args.out:
-        args.out.write_text(json.dumps(recs, indent=1) + "\n")
+        payload = recs if groups is None else {"models": recs, "seed_groups": groups}
+        args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         print(f"JSON: {args.out}")
 
 

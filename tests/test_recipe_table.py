@@ -49,3 +49,29 @@ def test_table_reads_accuracy_kept_and_training_from_runs(tmp_path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())[0]["run"] == "recipe-a"
     with pytest.raises(SystemExit):
         recipe_table.main([str(tmp_path / "running")])
+
+
+def test_seed_groups_pool_models_that_differ_only_in_seed(tmp_path, capsys):
+    def run(name: str, dense: float, int8: float, **params) -> Path:
+        p = {"sparsity": 0.8, "structure": "1x4", "steps": 100, **params}
+        return _run(tmp_path, name, [
+            {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": dense},
+            {"pruner": "gmp", "pruner_label": "gmp", "accelerator": "sparse-int8", "status": "ok",
+             "accuracy": int8, "pruner_params": p}])
+    # seed 1 from an older run that did not record `augment`: counts as the default (0.0)
+    runs = [run("s1", 0.9, 0.81, seed=1), run("s2", 0.8, 0.76, seed=2, augment=0.0),
+            run("aug", 0.9, 0.9, seed=1, augment=0.5)]
+    groups = recipe_table.seed_groups(recipe_table.records(runs))
+    assert len(groups) == 2
+    plain, aug = sorted(groups, key=lambda g: g["params"]["augment"])
+    assert plain["seeds"] == [1, 2] and "seed" not in plain["params"] and aug["seeds"] == [1]
+    stats = plain["pct_of_dense"]["sparse-int8"]
+    assert stats["n"] == 2 and stats["min"] == pytest.approx(90.0) and stats["max"] == pytest.approx(95.0)
+    assert stats["mean"] == pytest.approx(92.5) and "torch-fp32" not in plain["pct_of_dense"]
+    table = recipe_table.seeds_markdown(groups)
+    assert "| 80% 1x4 | gmp | augment = 0.0 | 1, 2 | 92.5 % | 90.0–95.0 % | — | — |" in table
+    assert "| augment = 0.5 | 1 | 100.0 % | 100.0–100.0 % |" in table
+    recipe_table.main([*map(str, runs), "--seeds", "--out", str(tmp_path / "s.json")])
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert len(out["models"]) == 3 and [g["seeds"] for g in out["seed_groups"]] == [[1, 2], [1]]
+    assert "90.0–95.0 %" in capsys.readouterr().out

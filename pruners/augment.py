@@ -67,7 +67,10 @@ class TokenAugmenter:
         fraction: probability that an example of a batch is replaced by a perturbed copy, in (0, 1].
         seed: seed of the draws (a ``torch.Generator`` of its own: the training's random stream is untouched).
         pieces: token ids that continue a word (``##…``): the token before one is never replaced.
-        p_token, k: TinyBERT's ``p_t`` and ``K``.
+        p_token, k: TinyBERT's ``p_t`` and ``K`` (at most the number of candidates − 1).
+
+    Raises:
+        ValueError: ``fraction`` or ``p_token`` out of range, or fewer than 2 candidates.
     """
 
     def __init__(self, embeddings: torch.Tensor, candidates: Sequence[int], fraction: float, seed: int = 0,
@@ -76,8 +79,13 @@ class TokenAugmenter:
             raise ValueError(f"augment must be in (0, 1], got {fraction!r}")
         if not 0.0 < p_token <= 1.0:
             raise ValueError(f"p_token must be in (0, 1], got {p_token!r}")
-        self.fraction, self.p_token, self.k = float(fraction), float(p_token), int(k)
-        self.table = nearest_neighbours(embeddings, candidates, k)
+        n = len({int(c) for c in candidates})
+        if n < 2:
+            raise ValueError(f"augment: the task's vocabulary has {n} whole-word token(s); a word needs a "
+                             "neighbour to be swapped for (use augment = 0)")
+        # a vocabulary smaller than K + 1 (a tiny test task) draws from all of its other words
+        self.fraction, self.p_token, self.k = float(fraction), float(p_token), min(int(k), n - 1)
+        self.table = nearest_neighbours(embeddings, candidates, self.k)
         self.n_candidates = int((self.table[:, 0] >= 0).sum())
         self.is_piece = torch.zeros(self.table.shape[0] + 1, dtype=torch.bool)  # last slot: ids outside the table
         self.is_piece[torch.as_tensor([int(i) for i in pieces if 0 <= int(i) < self.table.shape[0]], dtype=torch.long)] = True

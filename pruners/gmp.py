@@ -81,12 +81,14 @@ class TrainingPruner(Pruner):
             space and the teacher labels the copies (TinyBERT's data augmentation,
             :mod:`pruners.augment`); needs ``distill`` and a task that knows its vocabulary. The
             copies' teacher logits are computed live (not cached); the hard-label term uses the
-            original examples only. The Fisher's gradients use the original examples.
+            original examples only. The Fisher's gradients use the original examples. OBS: not
+            one-shot (``steps = 0``), which trains nothing.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
-        min_keep: with ``scope = "global"``, the fraction of its groups (1×4 blocks, or weights) every
-            matrix keeps at least, in [0, 1 − sparsity]: a cap of ``1 − min_keep`` on any one matrix's
-            sparsity, so the global ranking cannot empty a layer (``Structure.masks``); 0 = no floor.
+        min_keep: with ``scope = "global"`` (soft movement: always), the fraction of its groups (1×4
+            blocks, or weights) every matrix keeps at least, in [0, 1 − sparsity]: a cap of
+            ``1 − min_keep`` on any one matrix's sparsity, so the global ranking cannot empty a layer
+            (``Structure.masks``); 0 = no floor. Not with N:M structures (each matrix is at N/M).
         roles: encoder Linear roles to prune (see :data:`accelerators.roles.ROLE_PATTERNS`).
         seed: seed of the batch order and dropout.
         precision: ``"auto"`` (bf16 autocast with fp32 master weights where the CPU has native
@@ -159,8 +161,15 @@ class TrainingPruner(Pruner):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")
         self.scope = scope
-        self.min_keep = _num("min_keep", min_keep, 0.0, round(1.0 - self.sparsity, 12))  # 1 - 0.9 is 0.0999…
-        if self.min_keep > 0 and scope != "global":
+        self.min_keep = _num("min_keep", min_keep, 0.0, 1.0)
+        bound = round(1.0 - self.sparsity, 12)  # 1 - 0.9 is 0.0999…
+        if self.min_keep > bound:
+            raise ValueError(f"min_keep must be in [0, 1 - sparsity] = [0, {bound:g}] at sparsity {self.sparsity:g}, "
+                             f"got {min_keep!r}")
+        if self.min_keep > 0 and self.structure.kind == "nm":
+            raise ValueError(f"min_keep = {min_keep!r} does not apply to structure {self.structure.spec!r} "
+                             "(N:M keeps N of every M weights in every matrix)")
+        if self.min_keep > 0 and not self._ranks_globally():
             raise ValueError(f"min_keep = {min_keep!r} needs scope = \"global\" (under \"layer\" every matrix is at the sparsity)")
         self.roles = validate_roles(roles)
         self.seed = _int("seed", seed, 0)
@@ -174,6 +183,10 @@ class TrainingPruner(Pruner):
 
     def target_sparsity(self) -> float:
         return self.sparsity
+
+    def _ranks_globally(self) -> bool:
+        """Whether one ranking spans all matrices (what ``min_keep`` puts a floor under)."""
+        return self.scope == "global"
 
     # ---- hooks for subclasses ----------------------------------------------------------------------
     def init_student(self, model: nn.Module, task: Any) -> None:

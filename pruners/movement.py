@@ -159,6 +159,9 @@ class MovementPruner(TrainingPruner):
                                  f"structure 'unstructured'; got variant {self.variant!r}, structure {self.structure.spec!r}")
         self.final_threshold = final_threshold
 
+    def _ranks_globally(self) -> bool:
+        return self.variant == "soft" or self.scope == "global"  # soft: one threshold over all matrices
+
     # ---- hooks of the training loop ------------------------------------------------------------
     def init_student(self, model: nn.Module, task: Any) -> None:
         if self.init == "pretrained":

@@ -275,6 +275,8 @@ class OBSPruner(TrainingPruner):
             training = {**training, "warmup_steps": 0}
         super().__init__(steps=max(steps, 1), **training)
         self.steps = steps
+        if steps == 0 and self.augment > 0:
+            raise ValueError(f"augment = {self.augment:g} needs steps >= 1: one-shot OBS (steps = 0) trains nothing")
         self.group = check_obs_structure(self.structure, self.block_size)
         self.schedule = RisingCubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
 

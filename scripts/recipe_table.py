@@ -29,17 +29,34 @@ from pathlib import Path
 
 
 def _rows(run_dir: Path) -> list[dict]:
+    """The rows of ``run_dir/results.jsonl``; a line that is not a JSON object (the torn last line
+    of a killed or running run) is skipped with a warning naming it."""
+    if not run_dir.is_dir():
+        print(f"skipped {run_dir}: not a directory", file=sys.stderr)
+        return []
     path = run_dir / "results.jsonl"
     if not path.is_file():  # a run still in its first cell, or not a run directory
         print(f"skipped {run_dir}: no results.jsonl yet", file=sys.stderr)
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            row = e
+        if not isinstance(row, dict):
+            print(f"skipped {path}:{i}: not a JSON object", file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows
 
 
 def records(run_dirs: list[Path]) -> list[dict]:
     """One record per (run, pruned model): accuracies, % of dense, training figures."""
     out = []
-    for run in run_dirs:
+    for run in dict.fromkeys(p.resolve() for p in run_dirs):  # a run named twice counts once
         rows = _rows(run)
         dense = next((r.get("accuracy") for r in rows if r.get("pruner") == "none"
                       and r.get("accelerator") == "torch-fp32" and r.get("status") == "ok"), None)
@@ -58,10 +75,14 @@ def records(run_dirs: list[Path]) -> list[dict]:
             if r.get("status") != "ok":
                 rec["reason"] = r.get("reason")
                 continue
-            rec["accuracy"][r["accelerator"]] = r.get("accuracy")
+            rec["accuracy"][r.get("accelerator", "?")] = r.get("accuracy")
         out.extend(models.values())
     out.sort(key=lambda m: (m["structure"] != "1x4", m["sparsity"] or 0, m["pruner"]))
     return out
+
+
+def _target(m: dict) -> str:
+    return f"{m['sparsity']:.0%} {m['structure']}" if isinstance(m["sparsity"], (int, float)) else f"— {m['structure']}"
 
 
 def _pct(acc, dense) -> str:
@@ -84,7 +105,7 @@ def markdown(recs: list[dict]) -> str:
             name += " — collapsed"
         if m["reason"]:
             name += f" — failed: {m['reason']}"
-        lines.append(f"| {m['sparsity']:.0%} {m['structure']} | {name} | "
+        lines.append(f"| {_target(m)} | {name} | "
                      f"{'—' if fp32 is None else f'{fp32:.4f}'} | {_pct(fp32, m['dense_accuracy'])} | "
                      f"{'—' if int8 is None else f'{int8:.4f}'} | {_pct(int8, m['dense_accuracy'])} | "
                      f"{tr.get('steps', '—')} | {'—' if wall is None else f'{wall / 60:.0f} min'} | "
@@ -153,7 +174,7 @@ def seeds_markdown(groups: list[dict]) -> str:
              "| torch-fp32: mean % of dense | min–max |", "|---|---|---|---|---|---|---|---|"]
     for g in groups:
         setting = ", ".join(f"{k} = {g['params'][k]}" for k in differs(g)) or "—"
-        lines.append(f"| {g['sparsity']:.0%} {g['structure']} | {g['pruner']} | {setting} | "
+        lines.append(f"| {_target(g)} | {g['pruner']} | {setting} | "
                      f"{', '.join(str(s) for s in g['seeds'])} | {cell(g, 'sparse-int8')} | {cell(g, 'torch-fp32')} |")
     return "\n".join(lines)
 

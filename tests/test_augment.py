@@ -9,6 +9,7 @@ from profiler.tasks import TinySynthetic
 from pruners.augment import TokenAugmenter, nearest_neighbours
 from pruners.distill import Distiller
 from pruners.gmp import GMPPruner
+from pruners.obs import OBSPruner
 from tests.conftest import load_script
 
 
@@ -53,6 +54,18 @@ def test_perturb_replaces_candidates_only_at_the_token_rate_and_is_seeded():
     assert TokenAugmenter(emb, cands, 1.0, seed=3).perturb(ids) == new
 
 
+def test_a_vocabulary_smaller_than_k_draws_from_all_its_other_words():
+    emb = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
+    aug = TokenAugmenter(emb, range(20, 26), fraction=1.0, seed=0)  # 6 words < K + 1 = 16
+    assert aug.k == 5 and aug.describe()["k_neighbours"] == 5
+    for w in range(20, 26):
+        assert sorted(aug.table[w].tolist()) == [c for c in range(20, 26) if c != w]
+    new = aug.perturb(list(range(20, 26)) * 20)
+    assert all(20 <= t < 26 for t in new) and new != list(range(20, 26)) * 20
+    with pytest.raises(ValueError, match="augment: the task's vocabulary has 1 whole-word"):
+        TokenAugmenter(emb, [20, 20], fraction=0.5)
+
+
 def test_batch_replaces_a_fraction_and_leaves_the_data_untouched(tiny):
     task, dense = tiny
     data = task.train_examples()
@@ -87,6 +100,8 @@ def test_gmp_trains_with_augmentation_and_records_it(tiny, tmp_path):
         GMPPruner(sparsity=0.5, steps=4, augment=0.5)
     with pytest.raises(ValueError, match="augment"):
         GMPPruner(sparsity=0.5, steps=4, distill=True, augment=1.5)
+    with pytest.raises(ValueError, match="augment.*one-shot"):
+        OBSPruner(sparsity=0.5, steps=0, distill=True, augment=0.5)
     model = copy.deepcopy(dense)
     pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, alpha=0.5, augment=0.5,
                        batch_size=8, precision="fp32")

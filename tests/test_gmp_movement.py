@@ -95,13 +95,23 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(ema_decay=-0.1), "ema_decay"),
         (dict(min_keep=0.05), "min_keep.*global"),
-        (dict(sparsity=0.9, scope="global", min_keep=0.2), "min_keep"),
+        (dict(sparsity=0.9, scope="global", min_keep=0.2), r"min_keep must be in \[0, 1 - sparsity\] = \[0, 0.1\] at sparsity 0.9"),
+        (dict(sparsity=0.5, structure="2:4", scope="global", min_keep=0.1), "min_keep.*N:M"),
         (dict(scope="global", min_keep=-0.01), "min_keep"),
     ],
 )
 def test_constructor_validation_names_the_param(kw, match):
     with pytest.raises(ValueError, match=match):
         GMPPruner(**kw)
+
+
+def test_min_keep_scope_follows_the_ranking_the_variant_uses():
+    """Soft movement ranks all matrices under one threshold whatever ``scope`` says, so its floor is
+    accepted under the default scope; hard movement ranks per ``scope`` like GMP."""
+    assert MovementPruner(sparsity=0.9, min_keep=0.05).min_keep == 0.05  # soft, scope "layer"
+    with pytest.raises(ValueError, match="min_keep.*global"):
+        MovementPruner(variant="hard", sparsity=0.9, min_keep=0.05)
+    assert MovementPruner(variant="hard", sparsity=0.9, scope="global", min_keep=0.05).min_keep == 0.05
 
 
 @pytest.mark.parametrize("cls, kw", [(GMPPruner, dict(structure="1x4")), (GMPPruner, dict()),

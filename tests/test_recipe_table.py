@@ -75,3 +75,20 @@ def test_seed_groups_pool_models_that_differ_only_in_seed(tmp_path, capsys):
     out = json.loads((tmp_path / "s.json").read_text())
     assert len(out["models"]) == 3 and [g["seeds"] for g in out["seed_groups"]] == [[1, 2], [1]]
     assert "90.0–95.0 %" in capsys.readouterr().out
+
+
+def test_torn_lines_missing_dirs_and_repeats_are_reported_not_fatal(tmp_path, capsys):
+    row = {"pruner": "gmp", "pruner_label": "gmp", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.8,
+           "pruner_params": {"sparsity": 0.5, "seed": 1}}
+    run = _run(tmp_path, "r", [{"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.9},
+                               {"pruner": "gmp", "pruner_label": "no params", "accelerator": "torch-fp32",
+                                "status": "ok", "accuracy": 0.7}])
+    with (run / "results.jsonl").open("a") as f:
+        f.write("[]\n" + json.dumps(row) + "\n" + json.dumps(row)[:20])  # not an object; a torn last line
+    recs = recipe_table.records([run, run, tmp_path / "missing"])
+    assert len(recs) == 2  # the run counted once; the two good pruned models read
+    err = capsys.readouterr().err
+    assert "results.jsonl:3: not a JSON object" in err and "results.jsonl:5: not a JSON object" in err
+    assert "missing: not a directory" in err
+    assert "| — unstructured | gmp | 0.7000 |" in recipe_table.markdown(recs)  # a row without its params
+    assert [g["seeds"] for g in recipe_table.seed_groups(recs)] == [[0], [1]]  # unrecorded: the default seed

@@ -44,8 +44,8 @@ def _rows(run_dir: Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            row = e
+        except json.JSONDecodeError:
+            row = None
         if not isinstance(row, dict):
             print(f"skipped {path}:{i}: not a JSON object", file=sys.stderr)
             continue
@@ -85,8 +85,14 @@ def _target(m: dict) -> str:
     return f"{m['sparsity']:.0%} {m['structure']}" if isinstance(m["sparsity"], (int, float)) else f"— {m['structure']}"
 
 
+def _share(acc, dense) -> float | None:
+    """``acc`` as a percentage of ``dense`` (None when either is missing)."""
+    return 100 * acc / dense if acc is not None and dense else None
+
+
 def _pct(acc, dense) -> str:
-    return f"{100 * acc / dense:.1f} %" if acc is not None and dense else "—"
+    share = _share(acc, dense)
+    return "—" if share is None else f"{share:.1f} %"
 
 
 def markdown(recs: list[dict]) -> str:
@@ -144,8 +150,9 @@ def seed_groups(recs: list[dict]) -> list[dict]:
         g["seeds"].append(seed)
         g["runs"].append(m["run"])
         for engine, acc in m["accuracy"].items():
-            if acc is not None and m["dense_accuracy"]:
-                g["_pct"].setdefault(engine, []).append(100 * acc / m["dense_accuracy"])
+            share = _share(acc, m["dense_accuracy"])
+            if share is not None:
+                g["_pct"].setdefault(engine, []).append(share)
     out = []
     for g in groups.values():
         g["pct_of_dense"] = {e: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "n": len(v)}

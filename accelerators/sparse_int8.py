@@ -28,6 +28,10 @@ from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, S
 from accelerators.timing import interleaved_timing
 
 INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
+#: what runs a layer left dense (see :class:`SparseInt8`)
+DENSE_FALLBACKS = ("torch-int8", "kernel-int8", "fp32")
+DENSE_FALLBACK_SCOPE = {"torch-int8": "; layers left dense: torch dynamic INT8, activations per call",
+                        "kernel-int8": "", "fp32": "; layers left dense: fp32"}
 
 
 def quad_block_fill(weight: torch.Tensor, bh: int) -> float:
@@ -73,8 +77,13 @@ class SparseInt8(_SparseSwap):
         format: ``"auto"`` (measure ``csr`` = 1x4 quads and, where the pruning left whole blocks,
             ``bsr4x4`` / ``bsr8x4``) or one fixed format from ``csr, bsr2x4, bsr4x4, bsr8x4``.
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
-        dense_fallback: ``"torch-int8"`` (torch dynamic INT8, per-channel weights) or ``"fp32"``
-            (keep nn.Linear) for layers where sparse is not faster.
+        dense_fallback: for layers where sparse is not faster: ``"torch-int8"`` (torch dynamic INT8:
+            per-channel weights, one activation scale per call), ``"kernel-int8"`` (our INT8 ``csr`` kernel on
+            the layer as it is: the sparse layers' quantization, activations per ``act_quant``, so per
+            token by default; slower than torch's on a matrix with few zeros) or ``"fp32"`` (keep nn.Linear). One activation scale
+            per call is the coarsest: BERT's FFN-output inputs carry outlier tokens (Dettmers et al.
+            2022, LLM.int8()), and on a pruned MiniLM it cost points of SST-2 accuracy where a per-token
+            scale cost none (docs/results.md, ninth wave).
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in
@@ -104,8 +113,8 @@ class SparseInt8(_SparseSwap):
         self.attention = attention
         if act_quant not in ("token", "tensor"):
             raise ValueError("act_quant must be 'token' or 'tensor'")
-        if dense_fallback not in ("torch-int8", "fp32"):
-            raise ValueError("dense_fallback must be 'torch-int8' or 'fp32'")
+        if dense_fallback not in DENSE_FALLBACKS:
+            raise ValueError(f"dense_fallback must be one of {', '.join(DENSE_FALLBACKS)} (got {dense_fallback!r})")
         if engine != "auto" and engine not in X86_QUANT_ENGINES:
             raise ValueError(f"engine must be 'auto' or one of {', '.join(X86_QUANT_ENGINES)}")
         self.act_quant = act_quant
@@ -154,6 +163,11 @@ class SparseInt8(_SparseSwap):
     def _make_dense(self, lin: nn.Linear, run: SwapRun) -> Optional[nn.Module]:
         if self.dense_fallback == "fp32":
             return None
+        if self.dense_fallback == "kernel-int8":
+            from accelerators.sparse_linear import SparseLinear
+
+            return SparseLinear.from_dense(lin, "csr", dtype="int8", threads=run.threads, act_quant=self.act_quant,
+                                           variant=run.variant)
         return EngineInt8Linear(lin, run.engine or "x86")
 
     def _tolerance(self) -> float:
@@ -191,7 +205,7 @@ class SparseInt8(_SparseSwap):
             return dense_model
         m = copy.deepcopy(dense_model)
         for name, lin in encoder_linears(m):
-            set_submodule(m, name, EngineInt8Linear(lin, run.engine or "x86"))
+            set_submodule(m, name, self._make_dense(lin, run))
         return m
 
     def _fields(self, run: SwapRun) -> dict[str, Any]:
@@ -199,6 +213,6 @@ class SparseInt8(_SparseSwap):
         f.update(sparse_act_quant=self.act_quant, sparse_dense_fallback=self.dense_fallback,
                  quant_engine=run.engine,
                  quant_scope="encoder Linear layers int8 (weights per channel, activations per "
-                             f"{self.act_quant}); attention {f['attention_precision'] or 'fp32'}; "
-                             "embeddings, LayerNorm, pooler, classifier fp32")
+                             f"{self.act_quant}{DENSE_FALLBACK_SCOPE[self.dense_fallback]}); attention "
+                             f"{f['attention_precision'] or 'fp32'}; embeddings, LayerNorm, pooler, classifier fp32")
         return f

@@ -265,7 +265,7 @@ def example(batch=2, seq=16):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
-@pytest.mark.parametrize("fallback", ["torch-int8", "fp32"])
+@pytest.mark.parametrize("fallback", ["torch-int8", "kernel-int8", "fp32"])
 def test_sparse_int8_accelerator(fallback):
     from accelerators.sparse_int8 import SparseInt8
 
@@ -288,6 +288,34 @@ def test_sparse_int8_accelerator(fallback):
     assert f["sparse_layers"] + f["dense_layers"] == 12
     assert f["sparse_dtype"] == "int8" and f["sparse_act_quant"] == "token"
     assert len(json.loads(f["sparse_layer_choices"])) == 12
+
+
+def test_kernel_int8_fallback_quantizes_the_layers_left_dense_per_token():
+    """Layers below min_sparsity run on our INT8 kernel with the sparse layers' per-token
+    activation scales (not torch's one scale per call), and the logits stay near fp32."""
+    from accelerators.sparse_int8 import SparseInt8
+
+    acc = SparseInt8(dense_fallback="kernel-int8", min_sparsity=0.95, repeats=2, min_time_s=0.0005,
+                     check_model=False, fuse_layers=False)
+    model = tiny_bert(0.9)
+    ex = example()
+    p = acc.prepare(model, ex, PrepareSettings(threads=1))
+    kept = [m for m in p.module.modules() if isinstance(m, SparseLinear)]
+    assert len(kept) == 12 and not any(isinstance(m, torch.nn.Linear) for m in p.module.bert.encoder.modules())
+    assert all(m.dtype_name == "int8" and m.act_quant == "token" for m in kept)
+    assert p.fields["dense_layers"] == 12 and p.fields["sparse_dense_fallback"] == "kernel-int8"
+    assert "activations per call" not in p.fields["quant_scope"]
+    with torch.no_grad():
+        ref = model(**ex).logits
+        got = p.module(**ex).logits
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
+
+
+def test_dense_fallback_error_names_the_choices():
+    from accelerators.sparse_int8 import SparseInt8
+
+    with pytest.raises(ValueError, match="torch-int8, kernel-int8, fp32"):
+        SparseInt8(dense_fallback="int4")
 
 
 def test_engine_int8_linear_leaves_the_global_engine_alone():

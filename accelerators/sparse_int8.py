@@ -102,7 +102,7 @@ class SparseInt8(_SparseSwap):
     #: about one quantization step, not to float rounding
     fuse_tolerance = 1e-2
 
-    def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "torch-int8",
+    def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",
                  engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:

@@ -4,7 +4,8 @@ Weights are quantized per output channel (symmetric, [-127, 127]); activations p
 time (``act_quant="token"``, default) or per tensor; products accumulate exactly in int32 and are
 rescaled to fp32 with the bias. Each encoder Linear layer is measured at the example's token count
 and thread count: our sparse INT8 kernel in each candidate layout against the dense fallback
-(torch dynamic INT8 with the fastest quantized engine, by default), and the faster one is kept.
+(by default our INT8 ``csr`` kernel on the layer as it is, activations per token; or torch dynamic
+INT8 with the fastest quantized engine, or fp32), and the faster one is kept.
 Layers left dense that way are also tried all sparse, as one whole model against the mix (a dense
 layer cuts the INT8 chain and the fused layer path), and the faster model is kept; a final
 whole-model check falls back to the all-dense-INT8 model if that is slower.
@@ -77,13 +78,13 @@ class SparseInt8(_SparseSwap):
         format: ``"auto"`` (measure ``csr`` = 1x4 quads and, where the pruning left whole blocks,
             ``bsr4x4`` / ``bsr8x4``) or one fixed format from ``csr, bsr2x4, bsr4x4, bsr8x4``.
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
-        dense_fallback: for layers where sparse is not faster: ``"torch-int8"`` (torch dynamic INT8:
-            per-channel weights, one activation scale per call), ``"kernel-int8"`` (our INT8 ``csr`` kernel on
-            the layer as it is: the sparse layers' quantization, activations per ``act_quant``, so per
-            token by default; slower than torch's on a matrix with few zeros) or ``"fp32"`` (keep nn.Linear). One activation scale
-            per call is the coarsest: BERT's FFN-output inputs carry outlier tokens (Dettmers et al.
-            2022, LLM.int8()), and on a pruned MiniLM it cost points of SST-2 accuracy where a per-token
-            scale cost none (docs/results.md, ninth wave).
+        dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
+            ``csr`` kernel on the layer as it is, the sparse layers' quantization, activations per
+            ``act_quant``; slower than torch's on a matrix with few zeros), ``"torch-int8"`` (torch
+            dynamic INT8: per-channel weights, one activation scale per call) or ``"fp32"`` (keep
+            nn.Linear). One activation scale per call is the coarsest: BERT's FFN-output inputs carry
+            outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
+            of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md, ninth wave).
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in

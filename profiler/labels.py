@@ -6,13 +6,18 @@ from typing import Any
 # parameter → how it shows when it differs from the plain default
 _SHOWN = ("sparsity", "engine", "format", "precision")
 _UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "lr_schedule": "linear"}
+# accelerator parameters that change the numbers: (default, how a set value shows)
+_ACCEL_UNLESS_DEFAULT = {"dense_fallback": ("kernel-int8", "fallback {}"), "attention": ("int8", "attention {}"),
+                         "fuse_layers": (True, "unfused")}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:
-    """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``, ``openvino int8``."""
+    """E.g. ``magnitude 0.9 1x4``, ``gmp 0.9 KD``, ``int8-dynamic onednn``, ``openvino int8``,
+    ``sparse-int8 fallback fp32``."""
     params = params or {}
     parts = [name] + [str(params[k]) for k in _SHOWN if k in params and params[k] != "auto"]
     parts += [str(params[k]) for k, d in _UNLESS_DEFAULT.items() if k in params and params[k] != d]
+    parts += [fmt.format(params[k]) for k, (d, fmt) in _ACCEL_UNLESS_DEFAULT.items() if k in params and params[k] != d]
     if name == "movement":  # both variants named: the default changed from hard to soft
         parts += [str(params[k]) for k in ("variant",) if k in params]
         parts += ["from pretrained"] if params.get("init") == "pretrained" else []

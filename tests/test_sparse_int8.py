@@ -396,3 +396,15 @@ def test_whole_model_all_sparse_is_timed_against_the_per_layer_mix():
     with torch.no_grad():
         ref, got = model(**ex).logits, p.module(**ex).logits
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
+
+
+def test_labels_tell_sparse_int8_variants_apart():
+    """Cells of one run that differ in what changes the numbers get different labels (reports, verdicts)."""
+    from profiler.labels import plugin_label
+
+    assert plugin_label("sparse-int8", {}) == "sparse-int8"
+    assert plugin_label("sparse-int8", {"dense_fallback": "kernel-int8", "attention": "int8", "fuse_layers": True}) == \
+        "sparse-int8"
+    assert plugin_label("sparse-int8", {"dense_fallback": "torch-int8", "engine": "fbgemm"}) == \
+        "sparse-int8 fbgemm fallback torch-int8"
+    assert plugin_label("sparse-int8", {"attention": "fp32", "fuse_layers": False}) == "sparse-int8 attention fp32 unfused"

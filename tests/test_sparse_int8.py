@@ -311,6 +311,30 @@ def test_kernel_int8_fallback_quantizes_the_layers_left_dense_per_token():
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
 
 
+def test_per_token_fallback_keeps_other_tokens_exact_beside_an_outlier_token():
+    """One outlier token (LLM.int8()'s case) coarsens torch's single activation scale for every
+    token of the call; the kernel-int8 fallback scales each token apart, so the other tokens keep
+    their INT8 precision."""
+    from accelerators.int8_dynamic import supported_quant_engines
+    from accelerators.sparse_int8 import EngineInt8Linear
+
+    engines = supported_quant_engines(("x86", "fbgemm", "onednn"))
+    if not engines:
+        pytest.skip("no torch quantized engine")
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(16, 64, generator=g)
+    x[0] *= 100.0
+    with torch.no_grad():
+        ref = lin(x)[1:]
+        per_token = SparseLinear.from_dense(lin, "csr", dtype="int8", act_quant="token")(x)[1:]
+        per_call = EngineInt8Linear(lin, engines[0])(x)[1:]
+    err_token = (per_token - ref).abs().max().item()
+    err_call = (per_call - ref).abs().max().item()
+    assert err_token < 0.05 * ref.abs().max().item()
+    assert err_token * 5 < err_call
+
+
 def test_dense_fallback_error_names_the_choices():
     from accelerators.sparse_int8 import SparseInt8
 

@@ -92,3 +92,18 @@ def test_torn_lines_missing_dirs_and_repeats_are_reported_not_fatal(tmp_path, ca
     assert "missing: not a directory" in err
     assert "| — unstructured | gmp | 0.7000 |" in recipe_table.markdown(recs)  # a row without its params
     assert [g["seeds"] for g in recipe_table.seed_groups(recs)] == [[0], [1]]  # unrecorded: the default seed
+
+
+def test_the_engine_column_reads_the_plain_cell_beside_variant_cells(tmp_path):
+    """A run with several sparse-int8 cells (one per fallback): the table shows the plainly
+    labelled one whatever the row order, and each variant stays in the record under its label."""
+    common = {"pruner": "obs", "pruner_label": "obs 0.8 1x4", "status": "ok", "pruner_params": {"sparsity": 0.8}}
+    run = _run(tmp_path, "r", [
+        {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.9},
+        {**common, "accelerator": "sparse-int8", "accelerator_label": "sparse-int8 fallback torch-int8", "accuracy": 0.88},
+        {**common, "accelerator": "sparse-int8", "accelerator_label": "sparse-int8", "accuracy": 0.89},
+        {**common, "accelerator": "sparse-int8", "accelerator_label": "sparse-int8 fallback fp32", "accuracy": 0.87}])
+    (rec,) = recipe_table.records([run])
+    assert rec["accuracy"]["sparse-int8"] == 0.89
+    assert rec["accuracy"]["sparse-int8 fallback torch-int8"] == 0.88
+    assert rec["accuracy"]["sparse-int8 fallback fp32"] == 0.87

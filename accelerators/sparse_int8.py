@@ -29,10 +29,10 @@ from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, S
 from accelerators.timing import interleaved_timing
 
 INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
-#: what runs a layer left dense (see :class:`SparseInt8`)
-DENSE_FALLBACKS = ("torch-int8", "kernel-int8", "fp32")
+#: what can run a layer left dense (see :class:`SparseInt8`) -> what ``quant_scope`` adds for it
 DENSE_FALLBACK_SCOPE = {"torch-int8": "; layers left dense: torch dynamic INT8, activations per call",
                         "kernel-int8": "", "fp32": "; layers left dense: fp32"}
+DENSE_FALLBACKS = tuple(DENSE_FALLBACK_SCOPE)
 
 
 def quad_block_fill(weight: torch.Tensor, bh: int) -> float:

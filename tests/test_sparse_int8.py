@@ -432,3 +432,15 @@ def test_labels_tell_sparse_int8_variants_apart():
     assert plugin_label("sparse-int8", {"dense_fallback": "torch-int8", "engine": "fbgemm"}) == \
         "sparse-int8 fbgemm fallback torch-int8"
     assert plugin_label("sparse-int8", {"attention": "fp32", "fuse_layers": False}) == "sparse-int8 attention fp32 unfused"
+
+
+def test_label_defaults_follow_the_accelerator_defaults():
+    """profiler.labels (no torch import) restates which sparse-int8 settings are the defaults; a
+    changed default there or here must change both."""
+    import inspect
+
+    from accelerators.sparse_int8 import SparseInt8
+    from profiler.labels import _ACCEL_UNLESS_DEFAULT
+
+    sig = inspect.signature(SparseInt8.__init__).parameters
+    assert {k: d for k, (d, _) in _ACCEL_UNLESS_DEFAULT.items()} == {k: sig[k].default for k in _ACCEL_UNLESS_DEFAULT}

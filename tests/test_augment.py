@@ -168,3 +168,17 @@ def test_teacher_agreement_script_measures_what_it_says(tiny):
         want = float((dense(**inputs).logits.argmax(-1) == 1).float().mean())
     assert got["agreement"] == pytest.approx(want) and got["t2_kl_mean"] > 0
     assert got["hidden_mse_per_layer"] == [0.0] * task.num_layers  # the head changed, not the encoder
+    # by length: buckets partition the examples; each bucket's agreement is the forced class's share there
+    lengths = [len(e.input_ids) for e in exs]
+    edge = sorted(lengths)[len(lengths) // 2]
+    split = compare(dense, forced, task, exs, 2.0, (edge,))
+    buckets = split["by_length"]
+    assert sum(b["examples"] for b in buckets) == len(exs) and buckets[0]["tokens"][0] == 0
+    for b in buckets:
+        part = [e for e in exs if b["tokens"][0] <= len(e.input_ids) < b["tokens"][1]]
+        inputs, labels = task.collate(part)
+        with torch.no_grad():
+            teacher_pred = dense(**inputs).logits.argmax(-1)
+        assert b["examples"] == len(part)
+        assert b["agreement"] == pytest.approx(float((teacher_pred == 1).float().mean()))
+        assert b["student_metric"] == pytest.approx(float((labels.long() == 1).float().mean()))

@@ -213,6 +213,11 @@ class _SparseSwap(Accelerator):
         """The dense fallback; None = keep the original nn.Linear."""
         return None
 
+    def _fallback_format(self) -> Optional[str]:
+        """The sparse format the dense fallback itself runs (None: a dense module). Where it is a
+        candidate, the fallback is not timed apart and that candidate needs no margin over it."""
+        return None
+
     def _dense_model(self, dense_model: nn.Module, run: SwapRun) -> nn.Module:
         """Whole-model dense fallback (fp32 copy here; int8 subclass quantizes)."""
         return dense_model
@@ -349,13 +354,20 @@ class _SparseSwap(Accelerator):
                 rec.update(choice="dense", why="rule: sparsity<0.7")
                 self._keep_dense(new, name, lin, rec, run)
             return None
-        dense_mod = self._make_dense(lin, run) or lin
+        same = self._fallback_format()
+        same = same if same in cands else None
+        if same is not None and len(cands) == 1:  # nothing to choose: the fallback's own kernel
+            rec.update(choice=same, why=f"the dense fallback runs {same}")
+            set_submodule(new, name, cands[same])
+            run.choices[name] = rec
+            return None
+        fns = {}
+        if same is None:
+            dense_mod = self._make_dense(lin, run) or lin
+            fns["dense"] = (lambda m=dense_mod: F.gelu(m(x))) if gelu else (lambda m=dense_mod: m(x))
         if gelu:
-            fns = {"dense": (lambda m=dense_mod: F.gelu(m(x)))}
             for m in cands.values():
                 m.activation = "gelu"
-        else:
-            fns = {"dense": (lambda m=dense_mod: m(x))}
         fns.update({fmt: (lambda m=m: m(x)) for fmt, m in cands.items()})
         try:
             t = interleaved_timing(fns, self.repeats, self.min_time_s)
@@ -365,8 +377,16 @@ class _SparseSwap(Accelerator):
         if gelu:
             rec["timed_with_gelu"] = True
         best = min(cands, key=lambda f: t[f])
-        rec["dense_s"] = t["dense"]
         rec.update({f"{f}_s": t[f] for f in cands})
+        if same is not None:
+            # the fallback would run this very kernel: another format must beat it by min_speedup
+            if t[best] * self.min_speedup > t[same]:
+                best = same
+            rec.update(choice=best, speedup=round(t[same] / t[best], 3), why=f"the dense fallback runs {same}")
+            set_submodule(new, name, cands[best])
+            run.choices[name] = rec
+            return None
+        rec["dense_s"] = t["dense"]
         if t[best] * self.min_speedup <= t["dense"]:
             rec.update(choice=best, speedup=round(t["dense"] / t[best], 3))
             set_submodule(new, name, cands[best])

@@ -80,7 +80,9 @@ class SparseInt8(_SparseSwap):
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
         dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
             ``csr`` kernel on the layer as it is, the sparse layers' quantization, activations per
-            ``act_quant``; slower than torch's on a matrix with few zeros), ``"torch-int8"`` (torch
+            ``act_quant``; slower than torch's on a matrix with few zeros; as that is the ``csr``
+            candidate itself, a layer at ``min_sparsity`` or above runs ``csr`` unless another format
+            beats it by ``min_speedup``, and counts as sparse), ``"torch-int8"`` (torch
             dynamic INT8: per-channel weights, one activation scale per call) or ``"fp32"`` (keep
             nn.Linear). One activation scale per call is the coarsest: BERT's FFN-output inputs carry
             outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
@@ -170,6 +172,9 @@ class SparseInt8(_SparseSwap):
             return SparseLinear.from_dense(lin, "csr", dtype="int8", threads=run.threads, act_quant=self.act_quant,
                                            variant=run.variant)
         return EngineInt8Linear(lin, run.engine or "x86")
+
+    def _fallback_format(self) -> Optional[str]:
+        return "csr" if self.dense_fallback == "kernel-int8" else None
 
     def _tolerance(self) -> float:
         return 5e-2  # int8 vs fp32: max abs error relative to the output's max

@@ -311,6 +311,45 @@ def test_kernel_int8_fallback_quantizes_the_layers_left_dense_per_token():
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
 
 
+def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
+    """With the kernel-int8 fallback a layer's "dense" module is the csr kernel itself: csr is
+    chosen without a margin to beat (whatever min_speedup) and counted as sparse, and a layer whose
+    only candidate is csr is not timed at all. The torch-int8 fallback still times dense."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.sparse_int8 import SparseInt8
+
+    real, per_layer = sc.interleaved_timing, []
+
+    def spy(fns, repeats, min_time_s):
+        if set(fns) & {"csr", "bsr4x4", "bsr8x4"}:  # a layer's choice (not the engine's, not a whole model's)
+            per_layer.append(sorted(fns))
+        return real(fns, repeats, min_time_s)
+
+    monkeypatch.setattr(sc, "interleaved_timing", spy)
+    acc = SparseInt8(dense_fallback="kernel-int8", min_speedup=1000.0, repeats=2, min_time_s=0.0005,
+                     check_model=False, fuse_layers=False)
+    p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))  # unstructured: csr the only candidate
+    assert p.fields["sparse_layers"] == 12 and p.fields["dense_layers"] == 0 and per_layer == []
+    assert set(json.loads(p.fields["sparse_layer_choices"]).values()) == {"csr"}
+    blocks = tiny_bert(0.0)  # 4x4 blocks pruned: bsr4x4 competes with csr, and needs min_speedup over it
+    with torch.no_grad():
+        for _, lin in sc.encoder_linears(blocks):
+            w = lin.weight.view(lin.out_features // 4, 4, lin.in_features // 4, 4)
+            norms = w.abs().sum((1, 3))
+            w.mul_((norms > norms.flatten().kthvalue(int(0.9 * norms.numel())).values)[:, None, :, None])
+    p = acc.prepare(blocks, example(), PrepareSettings(threads=1))
+    choices = json.loads(p.fields["sparse_layer_choices"])
+    assert p.fields["sparse_layers"] == 12 and len(per_layer) == 12
+    assert all("dense" not in names and "csr" in names for names in per_layer)  # never csr against csr
+    assert all(v.startswith("csr:") for v in choices.values())  # no format is 1000x faster than csr
+    if SparseInt8(dense_fallback="torch-int8").availability()[0]:
+        per_layer.clear()
+        acc = SparseInt8(dense_fallback="torch-int8", min_speedup=1000.0, repeats=2, min_time_s=0.0005,
+                         check_model=False, fuse_layers=False)
+        p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))
+        assert len(per_layer) == 12 and all("dense" in names for names in per_layer)
+
+
 def test_per_token_fallback_keeps_other_tokens_exact_beside_an_outlier_token():
     """One outlier token (LLM.int8()'s case) coarsens torch's single activation scale for every
     token of the call; the kernel-int8 fallback scales each token apart, so the other tokens keep

@@ -84,6 +84,17 @@ def compare(teacher, student, task, examples, temperature: float, length_edges: 
     return out
 
 
+def _edges(text: str) -> tuple[int, ...]:
+    """``"16,24,32"`` -> (16, 24, 32): ascending positive word-piece counts ("" = no buckets)."""
+    try:
+        edges = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
+        raise argparse.ArgumentTypeError(f"edges must be positive and strictly ascending, got {text!r}")
+    return edges
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("students", nargs="+", type=Path, help="pruned model folders")
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-sample", type=int, default=1024, help="training sentences to compare on (default 1024)")
     ap.add_argument("--long-tokens", type=int, default=20,
                     help="word pieces from which a training item counts as long (default 20)")
-    ap.add_argument("--length-edges", default="16,24,32", help="bucket edges in word pieces (default 16,24,32)")
+    ap.add_argument("--length-edges", type=_edges, default=(16, 24, 32),
+                    help="bucket edges in word pieces, comma-separated, ascending (default 16,24,32)")
     ap.add_argument("--temperature", type=float, default=2.0, help="T of the KL term (default 2, the recipes')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = [train[i] for i in rng.sample(range(len(train)), min(args.train_sample, len(train)))]
     longs = [e for e in train if len(e.input_ids) >= args.long_tokens]
     long_sample = rng.sample(longs, min(args.train_sample, len(longs)))
-    edges = tuple(int(x) for x in args.length_edges.split(",") if x.strip())
+    edges = args.length_edges
     teacher = task.load_saved(args.teacher).eval()
     results = []
     for path in args.students:

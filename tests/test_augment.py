@@ -182,3 +182,14 @@ def test_teacher_agreement_script_measures_what_it_says(tiny):
         assert b["examples"] == len(part)
         assert b["agreement"] == pytest.approx(float((teacher_pred == 1).float().mean()))
         assert b["student_metric"] == pytest.approx(float((labels.long() == 1).float().mean()))
+
+
+def test_teacher_agreement_length_edges_are_checked():
+    """--length-edges: ascending positive integers, or an argparse error naming the input."""
+    import argparse
+
+    edges = load_script("teacher_agreement")._edges
+    assert edges("16,24,32") == (16, 24, 32) and edges("") == ()
+    for bad in ("3,2", "0,4", "a,4", "8,8"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            edges(bad)

@@ -348,8 +348,7 @@ class _SparseSwap(Accelerator):
             fmt = next(iter(cands))
             if sparsity >= 0.7:
                 rec.update(choice=fmt, why="rule: sparsity>=0.7")
-                set_submodule(new, name, cands[fmt])
-                run.choices[name] = rec
+                self._keep_sparse(new, name, cands[fmt], rec, run)
             else:
                 rec.update(choice="dense", why="rule: sparsity<0.7")
                 self._keep_dense(new, name, lin, rec, run)
@@ -358,8 +357,7 @@ class _SparseSwap(Accelerator):
         same = same if same in cands else None
         if same is not None and len(cands) == 1:  # nothing to choose: the fallback's own kernel
             rec.update(choice=same, why=f"the dense fallback runs {same}")
-            set_submodule(new, name, cands[same])
-            run.choices[name] = rec
+            self._keep_sparse(new, name, cands[same], rec, run)
             return None
         fns = {}
         if same is None:
@@ -383,19 +381,22 @@ class _SparseSwap(Accelerator):
             if t[best] * self.min_speedup > t[same]:
                 best = same
             rec.update(choice=best, speedup=round(t[same] / t[best], 3), why=f"the dense fallback runs {same}")
-            set_submodule(new, name, cands[best])
-            run.choices[name] = rec
+            self._keep_sparse(new, name, cands[best], rec, run)
             return None
         rec["dense_s"] = t["dense"]
         if t[best] * self.min_speedup <= t["dense"]:
             rec.update(choice=best, speedup=round(t["dense"] / t[best], 3))
-            set_submodule(new, name, cands[best])
-            run.choices[name] = rec
+            self._keep_sparse(new, name, cands[best], rec, run)
         else:
             rec.update(choice="dense", why=f"sparse {t['dense'] / t[best]:.2f}x < {self.min_speedup}x")
             run.alternatives[name] = (best, cands[best])
             self._keep_dense(new, name, lin, rec, run, dense_mod)
         return None
+
+    @staticmethod
+    def _keep_sparse(root: nn.Module, name: str, module: nn.Module, rec: dict[str, Any], run: SwapRun) -> None:
+        set_submodule(root, name, module)
+        run.choices[name] = rec
 
     def _keep_dense(self, root: nn.Module, name: str, lin: nn.Linear, rec: dict[str, Any], run: SwapRun,
                     dense_mod: Optional[nn.Module] = None) -> None:

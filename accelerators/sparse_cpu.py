@@ -134,12 +134,15 @@ class SwapRun:
 
     threads: OpenMP/intra-op threads. variant: the kernel variant forced on every swapped module
     (None = the extension's default). engine: sparse-int8's quantized engine for the dense fallback.
+    dense_format: the format our INT8 kernel runs a layer left dense in (sparse-int8's ``kernel-int8``
+    fallback).
     choices: per-layer records (choice, sparsity, timings in seconds, speed-up or why dense).
     """
 
     threads: int
     variant: Optional[str]
     engine: Optional[str] = None
+    dense_format: Optional[str] = None
     choices: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_speedup: Optional[float] = None
     fell_back: bool = False
@@ -213,7 +216,7 @@ class _SparseSwap(Accelerator):
         """The dense fallback; None = keep the original nn.Linear."""
         return None
 
-    def _fallback_format(self) -> Optional[str]:
+    def _fallback_format(self, run: SwapRun) -> Optional[str]:
         """The sparse format the dense fallback itself runs (None: a dense module). Where it is a
         candidate, the fallback is not timed apart and that candidate needs no margin over it."""
         return None
@@ -269,7 +272,8 @@ class _SparseSwap(Accelerator):
                 run: SwapRun) -> nn.Module:
         """GELU into the FFN kernels, fused encoder layers, the lean classifier (each where it applies)."""
         run.fused_gelu = fuse_ffn_gelu(new) if self.fuse_gelu else 0
-        if self.fuse_layers and run.any_sparse:
+        # a fallback that runs our kernel fuses as well as sparse layers do
+        if self.fuse_layers and (run.any_sparse or self._fallback_format(run) is not None):
             new = self._fuse_layers(new, dense_model, example, run)
             new = self._lean_model(new, example, run)
         return new
@@ -353,7 +357,7 @@ class _SparseSwap(Accelerator):
                 rec.update(choice="dense", why="rule: sparsity<0.7")
                 self._keep_dense(new, name, lin, rec, run)
             return None
-        same = self._fallback_format()
+        same = self._fallback_format(run)
         same = same if same in cands else None
         if same is not None and len(cands) == 1:  # nothing to choose: the fallback's own kernel
             rec.update(choice=same, why=f"the dense fallback runs {same}")

@@ -4,8 +4,9 @@ Weights are quantized per output channel (symmetric, [-127, 127]); activations p
 time (``act_quant="token"``, default) or per tensor; products accumulate exactly in int32 and are
 rescaled to fp32 with the bias. Each encoder Linear layer is measured at the example's token count
 and thread count: our sparse INT8 kernel in each candidate layout against the dense fallback
-(by default our INT8 ``csr`` kernel on the layer as it is, activations per token; or torch dynamic
-INT8 with the fastest quantized engine, or fp32), and the faster one is kept.
+(by default our INT8 kernel on the layer as it is, in the layout measured fastest on a dense
+matrix, activations per token; or torch dynamic INT8 with the fastest quantized engine, or fp32),
+and the faster one is kept.
 Layers left dense that way are also tried all sparse, as one whole model against the mix (a dense
 layer cuts the INT8 chain and the fused layer path), and the faster model is kept; a final
 whole-model check falls back to the all-dense-INT8 model if that is slower.
@@ -79,14 +80,20 @@ class SparseInt8(_SparseSwap):
             ``bsr4x4`` / ``bsr8x4``) or one fixed format from ``csr, bsr2x4, bsr4x4, bsr8x4``.
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
         dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
-            ``csr`` kernel on the layer as it is, the sparse layers' quantization, activations per
-            ``act_quant``; slower than torch's on a matrix with few zeros; as that is the ``csr``
-            candidate itself, a layer at ``min_sparsity`` or above runs ``csr`` unless another format
-            beats it by ``min_speedup``, and counts as sparse), ``"torch-int8"`` (torch
+            kernel on the layer as it is, in ``dense_format``, the sparse layers' quantization,
+            activations per ``act_quant``; where that format is a layer's candidate too, the layer
+            runs it unless another format beats it by ``min_speedup``, and counts as sparse), ``"torch-int8"`` (torch
             dynamic INT8: per-channel weights, one activation scale per call) or ``"fp32"`` (keep
             nn.Linear). One activation scale per call is the coarsest: BERT's FFN-output inputs carry
             outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
             of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md, ninth wave).
+        dense_format: the layout ``kernel-int8`` runs a layer left dense in: ``"auto"`` (default: the
+            fastest of ``csr, bsr2x4, bsr4x4, bsr8x4`` on a dense matrix of the largest encoder layer's
+            shape at the example's token count, timed once per prepare; ``csr`` without ``calibrate``)
+            or one of them. Blocks of 2-8 rows reuse each activation load across rows: on VNNI they
+            run a dense matrix about twice as fast as ``csr``, while the AVX2 variant's block kernels
+            are not faster than its ``csr``, hence measured. All formats give the same bits (exact
+            int32 sums). Only with ``dense_fallback = "kernel-int8"``.
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in
@@ -106,7 +113,7 @@ class SparseInt8(_SparseSwap):
     fuse_tolerance = 1e-2
 
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",
-                 engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
+                 dense_format: str = "auto", engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:
         from accelerators.fused_layer import ATTENTION_PRECISIONS
@@ -118,11 +125,17 @@ class SparseInt8(_SparseSwap):
             raise ValueError("act_quant must be 'token' or 'tensor'")
         if dense_fallback not in DENSE_FALLBACKS:
             raise ValueError(f"dense_fallback must be one of {', '.join(DENSE_FALLBACKS)} (got {dense_fallback!r})")
+        if dense_format != "auto" and dense_format not in INT8_FORMATS:
+            raise ValueError(f"dense_format must be 'auto' or one of {', '.join(INT8_FORMATS)} (got {dense_format!r})")
+        if dense_format != "auto" and dense_fallback != "kernel-int8":
+            raise ValueError(f"dense_format = {dense_format!r} needs dense_fallback = 'kernel-int8' "
+                             f"(got {dense_fallback!r}): only our kernel runs a dense layer in one of its formats")
         if engine != "auto" and engine not in X86_QUANT_ENGINES:
             raise ValueError(f"engine must be 'auto' or one of {', '.join(X86_QUANT_ENGINES)}")
         self.act_quant = act_quant
         self.padding_sensitive = act_quant == "tensor"
         self.dense_fallback = dense_fallback
+        self.dense_format = dense_format
         self.engine = engine
         super().__init__(format=format, min_speedup=min_speedup, min_sparsity=min_sparsity, calibrate=calibrate,
                          repeats=repeats, min_time_s=min_time_s, check_model=check_model,
@@ -169,12 +182,12 @@ class SparseInt8(_SparseSwap):
         if self.dense_fallback == "kernel-int8":
             from accelerators.sparse_linear import SparseLinear
 
-            return SparseLinear.from_dense(lin, "csr", dtype="int8", threads=run.threads, act_quant=self.act_quant,
-                                           variant=run.variant)
+            return SparseLinear.from_dense(lin, run.dense_format or "csr", dtype="int8", threads=run.threads,
+                                           act_quant=self.act_quant, variant=run.variant)
         return EngineInt8Linear(lin, run.engine or "x86")
 
-    def _fallback_format(self) -> Optional[str]:
-        return "csr" if self.dense_fallback == "kernel-int8" else None
+    def _fallback_format(self, run: SwapRun) -> Optional[str]:
+        return run.dense_format if self.dense_fallback == "kernel-int8" else None
 
     def _tolerance(self) -> float:
         return 5e-2  # int8 vs fp32: max abs error relative to the output's max
@@ -183,7 +196,33 @@ class SparseInt8(_SparseSwap):
         run = super()._start(model, example, settings)
         if self.dense_fallback == "torch-int8":
             run.engine = self._pick_engine(model, example, run.threads)
+        elif self.dense_fallback == "kernel-int8":
+            run.dense_format = self._pick_dense_format(model, example, run)
         return run
+
+    def _pick_dense_format(self, model: nn.Module, example: dict[str, torch.Tensor], run: SwapRun) -> str:
+        """The configured ``dense_format``, or with ``"auto"`` the fastest of :data:`INT8_FORMATS` on a
+        dense random matrix of the largest encoder layer's shape at the example's token count
+        (``csr`` without ``calibrate`` or encoder layers)."""
+        from accelerators.sparse_linear import SparseLinear
+
+        if self.dense_format != "auto":
+            return self.dense_format
+        layers = encoder_linears(model)
+        if not self.calibrate or not layers:
+            return "csr"
+        lin = max((m for _, m in layers), key=lambda m: m.weight.numel())
+        gen = torch.Generator().manual_seed(0)
+        dense = nn.utils.skip_init(nn.Linear, lin.in_features, lin.out_features)  # no draw from the global RNG
+        with torch.no_grad():
+            dense.weight.copy_(torch.randn(dense.weight.shape, generator=gen))
+            dense.bias.zero_()
+        x = torch.randn(int(example["input_ids"].numel()), lin.in_features, generator=gen)
+        mods = {f: SparseLinear.from_dense(dense, f, dtype="int8", threads=run.threads, act_quant=self.act_quant,
+                                           variant=run.variant) for f in INT8_FORMATS}
+        t = interleaved_timing({f: (lambda m=m: m(x)) for f, m in mods.items()},
+                               max(3, self.repeats // 2), self.min_time_s)
+        return min(t, key=t.get)
 
     def _pick_engine(self, model: nn.Module, example: dict[str, torch.Tensor], threads: int) -> str:
         """The configured engine, or with ``"auto"`` the fastest supported one on the largest
@@ -217,6 +256,7 @@ class SparseInt8(_SparseSwap):
     def _fields(self, run: SwapRun) -> dict[str, Any]:
         f = super()._fields(run)
         f.update(sparse_act_quant=self.act_quant, sparse_dense_fallback=self.dense_fallback,
+                 sparse_dense_format=run.dense_format,
                  quant_engine=run.engine,
                  quant_scope="encoder Linear layers int8 (weights per channel, activations per "
                              f"{self.act_quant}{DENSE_FALLBACK_SCOPE[self.dense_fallback]}); attention "

@@ -220,25 +220,37 @@ class SparseLinear(nn.Module):
                    w_scale=scale, act_quant=act_quant, activation=activation)
 
     @staticmethod
+    def _stack_format(mods: "list[SparseLinear]") -> str:
+        """The format a stack of ``mods`` is stored in: the most common one (the first on a tie)."""
+        formats = [m.format for m in mods]
+        return max(formats, key=formats.count)
+
+    @staticmethod
     def can_stack(mods: "list[SparseLinear]") -> bool:
-        """True when ``mods`` share in_features, format, dtype, activation and act_quant, have block-row
-        aligned out_features, and all or none have a bias (so :meth:`stack` applies)."""
+        """True when ``mods`` share in_features, dtype, activation and act_quant, and format (int8 layers
+        may differ: :meth:`reformat` re-blocks them exactly), have out_features aligned to the stack's
+        block rows, and all or none have a bias (so :meth:`stack` applies)."""
         a = mods[0]
-        return all(m.in_features == a.in_features and m.format == a.format and m.dtype_name == a.dtype_name
+        fmt = SparseLinear._stack_format(mods)
+        bh = parse_format(fmt, a.dtype_name)[1]
+        return all(m.in_features == a.in_features and m.dtype_name == a.dtype_name
+                   and (m.format == fmt or a.dtype_name == "int8")
                    and m.activation == a.activation and m.act_quant == a.act_quant
-                   and m.out_features % m.block_rows == 0 and (m.bias is None) == (a.bias is None)
+                   and m.out_features % bh == 0 and (m.bias is None) == (a.bias is None)
                    for m in mods)
 
     @classmethod
     @torch.no_grad()
     def stack(cls, mods: "list[SparseLinear]") -> "SparseLinear":
         """One SparseLinear computing ``torch.cat([m(x) for m in mods], -1)`` in a single kernel call
-        (e.g. BERT's q, k, v projections): the weights' block rows are stacked, nothing is
-        re-quantized, so the outputs are bit-identical to the separate calls. Raises ValueError
-        when :meth:`can_stack` is False."""
+        (e.g. BERT's q, k, v projections): the weights' block rows are stacked (int8 layers of other
+        formats re-blocked into the most common one first), nothing is re-quantized, so the outputs
+        are bit-identical to the separate calls. Raises ValueError when :meth:`can_stack` is False."""
         if not mods or not cls.can_stack(mods):
-            raise ValueError("stack needs SparseLinear modules with the same in_features, format, dtype, "
-                             "activation and act_quant, block-aligned out_features and consistent biases")
+            raise ValueError("stack needs SparseLinear modules with the same in_features, format (int8: any), "
+                             "dtype, activation and act_quant, block-aligned out_features and consistent biases")
+        fmt = cls._stack_format(mods)
+        mods = [m if m.format == fmt else m.reformat(fmt) for m in mods]
         a = mods[0]
         offsets = [0]
         for m in mods:
@@ -472,18 +484,42 @@ class SparseLinear(nn.Module):
         """Fraction of the dense weight's entries that are stored (block fill included)."""
         return self.nnz_stored / max(1, self.in_features * self.out_features)
 
-    def to_dense(self) -> torch.Tensor:
-        """The (dequantized for int8) dense weight, float32 (out_features, in_features)."""
+    def _stored_dense(self) -> torch.Tensor:
+        """The stored weights as a dense (out_features, in_features) tensor of ``values``' dtype
+        (int8 layers: the quantized weights, unscaled)."""
         bh, bw = self.block_rows, self.block_cols
         nbr = self.indptr.numel() - 1
         nbc = -(-self.in_features // bw)
-        w = torch.zeros(nbr, nbc, bh, bw, dtype=torch.float32)
+        w = torch.zeros(nbr, nbc, bh, bw, dtype=self.values.dtype)
         rows = torch.repeat_interleave(torch.arange(nbr), self.indptr[1:] - self.indptr[:-1])
-        w[rows, self.indices.long()] = self.values.to(torch.float32).reshape(-1, bh, bw)
-        w = w.permute(0, 2, 1, 3).reshape(nbr * bh, nbc * bw)[: self.out_features, : self.in_features]
+        w[rows, self.indices.long()] = self.values.reshape(-1, bh, bw)
+        return w.permute(0, 2, 1, 3).reshape(nbr * bh, nbc * bw)[: self.out_features, : self.in_features]
+
+    def to_dense(self) -> torch.Tensor:
+        """The (dequantized for int8) dense weight, float32 (out_features, in_features)."""
+        w = self._stored_dense().to(torch.float32)
         if self.w_scale is not None:
             w = w * self.w_scale[:, None]
         return w.contiguous()
+
+    @torch.no_grad()
+    def reformat(self, format: str) -> "SparseLinear":
+        """This int8 layer stored in INT8 ``format`` (``csr``, ``bsr2x4``, ``bsr4x4``, ``bsr8x4``): the
+        same int8 weights and scales re-blocked, nothing re-quantized, so the outputs are the same
+        bits (the kernels' int32 sums are exact in any order); ``self`` when already in it. Raises
+        ValueError for an fp32 layer (its sums' order, and so its rounding, follows the format) or
+        an unknown format."""
+        if self.dtype_name != "int8":
+            raise ValueError(f"reformat needs an int8 layer (fp32 rounding depends on the format), got {self.dtype_name}")
+        name, bh, bw = parse_format(format, "int8")
+        if name == self.format:
+            return self
+        indptr, indices, blocks = dense_to_blocks(self._stored_dense(), bh, bw)
+        out = type(self)(self.in_features, self.out_features, indptr, indices, blocks.reshape(-1, bh, bw), self.bias,
+                         name, "int8", self.threads, w_scale=self.w_scale, act_quant=self.act_quant,
+                         activation=self.activation)
+        out.variant = self.variant
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "

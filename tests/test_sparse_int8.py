@@ -312,7 +312,7 @@ def test_kernel_int8_fallback_quantizes_the_layers_left_dense_per_token():
 
 
 def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
-    """With the kernel-int8 fallback a layer's "dense" module is the csr kernel itself: csr is
+    """With the kernel-int8 fallback in csr a layer's "dense" module is the csr kernel itself: csr is
     chosen without a margin to beat (whatever min_speedup) and counted as sparse, and a layer whose
     only candidate is csr is not timed at all. The torch-int8 fallback still times dense."""
     import accelerators.sparse_cpu as sc
@@ -326,8 +326,8 @@ def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
         return real(fns, repeats, min_time_s)
 
     monkeypatch.setattr(sc, "interleaved_timing", spy)
-    acc = SparseInt8(dense_fallback="kernel-int8", min_speedup=1000.0, repeats=2, min_time_s=0.0005,
-                     check_model=False, fuse_layers=False)
+    acc = SparseInt8(dense_fallback="kernel-int8", dense_format="csr", min_speedup=1000.0, repeats=2,
+                     min_time_s=0.0005, check_model=False, fuse_layers=False)
     p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))  # unstructured: csr the only candidate
     assert p.fields["sparse_layers"] == 12 and p.fields["dense_layers"] == 0 and per_layer == []
     assert set(json.loads(p.fields["sparse_layer_choices"]).values()) == {"csr"}
@@ -348,6 +348,81 @@ def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
                          check_model=False, fuse_layers=False)
         p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))
         assert len(per_layer) == 12 and all("dense" in names for names in per_layer)
+
+
+def test_kernel_int8_fallback_runs_dense_layers_in_the_format_measured_fastest(monkeypatch):
+    """dense_format "auto" times our INT8 formats once on a dense matrix of the largest layer's shape
+    (here with fake times: bsr2x4 fastest) and runs every layer left dense in the winner; a fixed
+    dense_format is used as given, without timing; without calibration the fallback stays csr."""
+    import accelerators.sparse_int8 as si
+    from accelerators.sparse_int8 import INT8_FORMATS, SparseInt8
+
+    picks = []
+
+    def fake_timing(fns, repeats, min_time_s):
+        picks.append(sorted(fns))
+        return {f: (1.0 if f == "bsr2x4" else 2.0) for f in fns}
+
+    monkeypatch.setattr(si, "interleaved_timing", fake_timing)
+    model, ex = tiny_bert(0.1), example()
+    for fmt, timed in (("auto", True), ("bsr4x4", False)):
+        picks.clear()
+        acc = SparseInt8(dense_format=fmt, min_sparsity=0.95, repeats=2, min_time_s=0.0005, check_model=False)
+        p = acc.prepare(model, ex, PrepareSettings(threads=1))
+        want = "bsr2x4" if fmt == "auto" else fmt
+        assert picks == ([sorted(INT8_FORMATS)] if timed else [])
+        assert p.fields["sparse_dense_format"] == want and p.fields["dense_layers"] == 12
+        kept = [m for m in p.module.modules() if isinstance(m, SparseLinear)]
+        # q / k / v of each layer run stacked (one module): 4 modules per layer
+        assert len(kept) == 8 and {m.format for m in kept} == {want}
+        with torch.no_grad():
+            ref, got = model(**ex).logits, p.module(**ex).logits
+        assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
+    picks.clear()
+    p = SparseInt8(calibrate=False, min_sparsity=0.95, check_model=False).prepare(model, ex, PrepareSettings(threads=1))
+    assert picks == [] and p.fields["sparse_dense_format"] == "csr"
+    p = SparseInt8(dense_fallback="fp32", min_sparsity=0.95, check_model=False).prepare(model, ex, PrepareSettings(threads=1))
+    assert p.fields["sparse_dense_format"] is None
+
+
+def test_dense_format_errors_name_the_choices():
+    from accelerators.sparse_int8 import SparseInt8
+
+    with pytest.raises(ValueError, match="dense_format must be 'auto' or one of csr, bsr2x4, bsr4x4, bsr8x4"):
+        SparseInt8(dense_format="bsr3x4")
+    with pytest.raises(ValueError, match="needs dense_fallback = 'kernel-int8'"):
+        SparseInt8(dense_format="csr", dense_fallback="torch-int8")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reformat_and_mixed_format_stack_give_the_same_bits(variant):
+    """An int8 layer re-blocked into another format, and a stack of int8 layers of different
+    formats (q / k / v with their own choices), give exactly the outputs of the originals: the
+    weights are not re-quantized and the int32 sums are exact. fp32 layers do not reformat."""
+    g = torch.Generator().manual_seed(3)
+    lins = []
+    for sparsity in (0.0, 0.5, 0.9):
+        lin = torch.nn.Linear(64, 48)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(48, 64, generator=g) * (torch.rand(48, 64, generator=g) >= sparsity))
+        lins.append(lin)
+    x = torch.randn(2, 9, 64, generator=g)
+    mods = [SparseLinear.from_dense(lin, fmt, dtype="int8", variant=variant)
+            for lin, fmt in zip(lins, ("bsr2x4", "csr", "bsr8x4"))]
+    outs = [m(x) for m in mods]
+    for m, y in zip(mods, outs):
+        for fmt in ("csr", "bsr2x4", "bsr4x4", "bsr8x4"):
+            r = m.reformat(fmt)
+            assert r.format == fmt and r.variant == variant and torch.equal(r.to_dense(), m.to_dense())
+            assert torch.equal(r(x), y)
+    assert SparseLinear.can_stack(mods)
+    stacked = SparseLinear.stack(mods)
+    assert stacked.format == "bsr2x4"  # the first of equally common formats
+    assert torch.equal(stacked(x), torch.cat(outs, -1))
+    fp32 = [SparseLinear.from_dense(lin, fmt) for lin, fmt in zip(lins, ("csr", "bsr4x1", "csr"))]
+    assert not SparseLinear.can_stack(fp32)
+    with pytest.raises(ValueError, match="needs an int8 layer"):
+        fp32[0].reformat("bsr4x1")
 
 
 def test_per_token_fallback_keeps_other_tokens_exact_beside_an_outlier_token():

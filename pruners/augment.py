@@ -1,4 +1,5 @@
-"""Data augmentation for distillation: word substitution by embedding neighbours (TinyBERT).
+"""Data for distillation beyond the task's labelled set: word substitution by embedding neighbours
+(TinyBERT, :class:`TokenAugmenter`) and unlabeled text the teacher labels (:class:`ExtraText`).
 
 TinyBERT (Jiao et al. 2020, §3.2 and Algorithm 1) distils the student on the task's training set
 *plus* perturbed copies of its sentences: each word is replaced, with probability ``p_t = 0.4``, by
@@ -122,3 +123,47 @@ class TokenAugmenter:
         return {"method": "word substitution by embedding neighbours (TinyBERT data augmentation)",
                 "fraction": self.fraction, "p_token": self.p_token, "k_neighbours": self.k,
                 "candidates": self.n_candidates, "examples_augmented": self.examples, "tokens_replaced": self.tokens}
+
+
+class ExtraText:
+    """Unlabeled text in the training batches, labelled by the teacher: each example of a batch is
+    replaced, with probability ``fraction``, by one drawn at random from ``examples``.
+
+    Distillation on a *transfer set* of unlabeled text (Turc et al. 2019, "Well-Read Students Learn
+    Better", §3: the teacher's soft labels on unlabeled text beside the labelled task data; the
+    general-distillation stage of TinyBERT, Jiao et al. 2020, §3.3, is the task-agnostic extreme):
+    the student matches the teacher on text the task's training set does not hold, which is where a
+    pruned student that copies its teacher on the training sentences but not on new ones misses.
+
+    Args:
+        examples: tokenized texts (:class:`profiler.tasks.base.Example`, labels unused), non-empty.
+        fraction: share of each batch replaced, in (0, 1].
+        seed: seed of the draws (a generator of its own: the training's RNG streams are untouched).
+        sources: what ``examples`` came from, for :meth:`describe`.
+    """
+
+    def __init__(self, examples: Sequence, fraction: float, seed: int = 0, sources: Sequence[str] = ()):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"distill_text_share must be in (0, 1], got {fraction!r}")
+        if not examples:
+            raise ValueError("distill_text: no texts to distil on")
+        self.pool = list(examples)
+        self.fraction = float(fraction)
+        self.sources = list(sources)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.examples = 0
+
+    def batch(self, examples: Sequence) -> tuple[list, torch.Tensor]:
+        """``(examples', extra)``: each example kept or, with probability ``fraction``, replaced by a
+        random text of the pool (label untrusted: the teacher labels it); ``extra`` is a bool
+        ``(batch,)`` tensor, the interface of :meth:`TokenAugmenter.batch`."""
+        extra = torch.rand(len(examples), generator=self.gen) < self.fraction
+        picks = torch.randint(len(self.pool), (len(examples),), generator=self.gen).tolist()
+        out = [self.pool[j] if x else e for e, x, j in zip(examples, extra.tolist(), picks)]
+        self.examples += int(extra.sum())
+        return out, extra
+
+    def describe(self) -> dict:
+        return {"method": "unlabeled text labelled by the teacher (transfer-set distillation)",
+                "sources": self.sources, "fraction": self.fraction, "texts": len(self.pool),
+                "examples_drawn": self.examples}

@@ -24,7 +24,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from pruners.augment import TokenAugmenter
+from profiler.tasks.textdata import check_text_source, unlabeled_texts
+from pruners.augment import ExtraText, TokenAugmenter
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
 from pruners.distill import Distiller, check_distill
@@ -83,6 +84,14 @@ class TrainingPruner(Pruner):
             copies' teacher logits are computed live (not cached); the hard-label term uses the
             original examples only. The Fisher's gradients use the original examples. OBS: not
             one-shot (``steps = 0``), which trains nothing.
+        distill_text: unlabeled text for distillation beside the task's training set: packaged GLUE
+            sets (``"sst2"``, ``"mrpc"``, ``"stsb"``: their training sentences, labels ignored) and/or
+            ``.txt`` files (one text per line); the teacher labels every text (transfer-set
+            distillation, :class:`pruners.augment.ExtraText`). Needs ``distill_text_share``.
+        distill_text_share: share of every training batch replaced by texts of ``distill_text``, in
+            [0, 1]; 0 = off. Handled as ``augment``'s copies (live teacher logits, no hard-label
+            term, not in the Fisher's gradients); not together with ``augment``; needs ``distill``
+            and a task that tokenizes text.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         min_keep: with ``scope = "global"`` (soft movement: always), the fraction of its groups (1×4
@@ -122,6 +131,8 @@ class TrainingPruner(Pruner):
         alpha: Annotated[float, Range(0.0, 1.0)] = 0.9,
         hidden_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
         augment: Annotated[float, Range(0.0, 1.0)] = 0.0,
+        distill_text: Sequence[str] = (),
+        distill_text_share: Annotated[float, Range(0.0, 1.0)] = 0.0,
         structure: str = "unstructured",
         scope: str = "layer",
         min_keep: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
@@ -156,6 +167,15 @@ class TrainingPruner(Pruner):
         self.augment = _num("augment", augment, 0.0, 1.0)
         if self.augment > 0 and not self.distill:
             raise ValueError(f"augment = {augment!r} needs distill = true (the teacher labels the augmented copies)")
+        self.distill_text = check_text_sources(distill_text)
+        self.distill_text_share = _num("distill_text_share", distill_text_share, 0.0, 1.0)
+        if self.distill_text_share > 0 and not self.distill:
+            raise ValueError(f"distill_text_share = {distill_text_share!r} needs distill = true (the teacher labels the texts)")
+        if bool(self.distill_text) != (self.distill_text_share > 0):
+            raise ValueError("distill_text and distill_text_share go together: name the texts and give a share > 0 "
+                             f"(got distill_text = {list(self.distill_text)}, distill_text_share = {distill_text_share!r})")
+        if self.distill_text_share > 0 and self.augment > 0:
+            raise ValueError("use one of augment and distill_text_share (each replaces a share of the batch)")
         self.structure = parse_structure(structure)
         self.structure.check_sparsity(self.sparsity)
         if scope not in SCOPES:
@@ -212,9 +232,16 @@ class TrainingPruner(Pruner):
             self.structure.check_shape(n, lin.weight.shape)
         return layers
 
-    def _augmenter(self, model: nn.Module, task: Any) -> TokenAugmenter | None:
-        """The :class:`~pruners.augment.TokenAugmenter` of ``augment`` (None when 0), from the dense
-        model's input word embeddings; ValueError for a task without a known vocabulary."""
+    def _augmenter(self, model: nn.Module, task: Any) -> TokenAugmenter | ExtraText | None:
+        """The :class:`~pruners.augment.TokenAugmenter` of ``augment``, from the dense model's input
+        word embeddings, or the :class:`~pruners.augment.ExtraText` of ``distill_text`` (None when
+        neither); ValueError for a task without a known vocabulary, or that cannot tokenize text."""
+        if self.distill_text_share:
+            examples = task.encode_texts([t for src in self.distill_text for t in unlabeled_texts(src)])
+            if examples is None:
+                raise ValueError(f"distill_text: task {getattr(task, 'name', task)!r} cannot tokenize text "
+                                 "(encode_texts); use distill_text_share = 0")
+            return ExtraText(examples, self.distill_text_share, self.seed, self.distill_text)
         if not self.augment:
             return None
         vocab = task.augment_vocab()
@@ -357,9 +384,21 @@ class TrainingPruner(Pruner):
                 "seed": self.seed, "precision": resolve_precision(self.precision), "ema_decay": self.ema_decay,
             },
             "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill,
-                              "augment": self.augment}
+                              "augment": self.augment,
+                              **({"distill_text": list(self.distill_text), "distill_text_share": self.distill_text_share}
+                                 if self.distill_text_share else {})}
                              if self.distill else False),
         }
+
+
+def check_text_sources(sources: Any) -> tuple[str, ...]:
+    """``distill_text`` as a tuple of sources, each checked (:func:`profiler.tasks.textdata.check_text_source`);
+    ValueError for anything but a list of strings."""
+    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
+        raise ValueError(f"distill_text must be a list of text sources, got {sources!r}")
+    for src in sources:
+        check_text_source(src)
+    return tuple(sources)
 
 
 def training_params(**defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:

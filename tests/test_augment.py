@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from profiler.tasks import TinySynthetic
-from pruners.augment import TokenAugmenter, nearest_neighbours
+from profiler.tasks.base import Example
+from profiler.tasks.textdata import read_rows, packaged_glue_dir, unlabeled_texts
+from pruners.augment import ExtraText, TokenAugmenter, nearest_neighbours
 from pruners.distill import Distiller
 from pruners.gmp import GMPPruner
 from pruners.obs import OBSPruner
@@ -132,6 +134,86 @@ def test_a_task_without_a_vocabulary_refuses_augmentation(tiny):
         GMPPruner(sparsity=0.5, steps=2, distill=True, augment=0.5).prune(copy.deepcopy(dense), t)
 
 
+def test_unlabeled_texts_reads_glue_sentences_and_txt_files(tmp_path):
+    rows = read_rows(packaged_glue_dir("mrpc") / "train.tsv")
+    want = {r[c].strip() for r in rows for c in ("sentence1", "sentence2")} - {""}
+    got = unlabeled_texts("mrpc")
+    assert len(got) == len(set(got)) == len(want) and set(got) == want
+    assert len(unlabeled_texts("sst2")) == len({r["sentence"].strip() for r in read_rows(packaged_glue_dir("sst2") / "train.tsv")})
+    f = tmp_path / "reviews.txt"
+    f.write_text("a fine film\n\n  a fine film \nslow and dull\n", encoding="utf-8")
+    assert unlabeled_texts(str(f)) == ["a fine film", "slow and dull"]
+    with pytest.raises(ValueError, match="use one of sst2, mrpc, stsb"):
+        unlabeled_texts("imdb")
+    with pytest.raises(ValueError, match="does not exist"):
+        unlabeled_texts(str(tmp_path / "missing.txt"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        unlabeled_texts(str(tmp_path / "latin1.txt"))
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no text"):
+        unlabeled_texts(str(tmp_path / "blank.txt"))
+
+
+def test_extra_text_replaces_a_seeded_share_of_the_batch_from_its_pool():
+    pool = [Example([1, 100 + i, 2], 0) for i in range(50)]
+    batch = [Example([1, 10 + i % 7, 2], i % 2) for i in range(2000)]
+    out, extra = ExtraText(pool, 0.25, seed=0).batch(batch)
+    assert extra.dtype == torch.bool and extra.shape == (2000,)
+    assert 0.2 < extra.float().mean().item() < 0.3  # binomial(2000, 0.25): sd 0.01
+    assert all(o is b for o, b, x in zip(out, batch, extra.tolist()) if not x)
+    assert all(any(o is p for p in pool) for o, x in zip(out, extra.tolist()) if x)
+    assert len({tuple(o.input_ids) for o, x in zip(out, extra.tolist()) if x}) > 40  # draws spread over the pool
+    again, extra2 = ExtraText(pool, 0.25, seed=0).batch(batch)
+    assert torch.equal(extra, extra2) and [o.input_ids for o in again] == [o.input_ids for o in out]
+    with pytest.raises(ValueError, match="distill_text_share"):
+        ExtraText(pool, 0.0)
+    with pytest.raises(ValueError, match="no texts"):
+        ExtraText([], 0.5)
+
+
+class _Texts(TinySynthetic):
+    """TinySynthetic with a toy tokenizer: one id per character, inside the model's vocabulary."""
+
+    def encode_texts(self, texts):
+        return [Example([1] + [10 + ord(c) % 100 for c in t] + [2], 0) for t in texts]
+
+
+def test_gmp_distils_on_extra_text_and_records_it(tiny, tmp_path):
+    task, dense = tiny
+    f = tmp_path / "texts.txt"
+    f.write_text("\n".join(f"unlabeled text number {i}" for i in range(40)), encoding="utf-8")
+    for bad, match in (({"distill_text": [str(f)], "distill_text_share": 0.5}, "needs distill"),
+                       ({"distill": True, "distill_text": [str(f)]}, "go together"),
+                       ({"distill": True, "distill_text_share": 0.5}, "go together"),
+                       ({"distill": True, "distill_text": "mrpc", "distill_text_share": 0.5}, "list of text sources"),
+                       ({"distill": True, "distill_text": ["imdb"], "distill_text_share": 0.5}, "use one of sst2"),
+                       ({"distill": True, "distill_text": ["mrpc"], "distill_text_share": 0.5, "augment": 0.5}, "one of augment")):
+        with pytest.raises(ValueError, match=match):
+            GMPPruner(sparsity=0.5, steps=4, **bad)
+    with pytest.raises(ValueError, match="distill_text_share.*one-shot"):
+        OBSPruner(sparsity=0.5, steps=0, distill=True, distill_text=["mrpc"], distill_text_share=0.5)
+    with pytest.raises(ValueError, match="cannot tokenize"):
+        GMPPruner(sparsity=0.5, steps=2, distill=True, distill_text=[str(f)], distill_text_share=0.5).prune(
+            copy.deepcopy(dense), task)
+    t = _Texts(finetune_steps=0, n_train=128, n_eval=32)
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, alpha=0.5, hidden_distill=1.0,
+                       distill_text=[str(f)], distill_text_share=0.5, batch_size=8, precision="fp32")
+    pruner.cache_dir = tmp_path
+    report = pruner.prune(copy.deepcopy(dense), t)
+    assert report.sparsity_prunable == pytest.approx(0.5)
+    a = report.notes["augmentation"]
+    assert 0 < a["examples_drawn"] < 48 and a["texts"] == 40 and a["sources"] == [str(f)]
+    assert report.notes["distillation"]["distill_text_share"] == 0.5
+    # the teacher-logit cache holds the training examples the loop saw, never a drawn text
+    d = Distiller(dense, examples=[e.input_ids for e in t.train_examples()], cache_dir=tmp_path)
+    have = d.cache.have.nonzero().flatten().tolist()
+    assert have
+    inputs, _ = t.collate([t.train_examples()[i] for i in have])
+    with torch.no_grad():
+        torch.testing.assert_close(d.cache.logits[have], dense(**inputs).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_sst2_candidates_are_whole_words():
     from profiler.tasks.sst2 import SST2
 
@@ -148,6 +230,8 @@ def test_sst2_candidates_are_whole_words():
     ids = tok("secretions are good")["input_ids"]  # [CLS] secret ##ions are good [SEP]
     new = aug.perturb(ids)
     assert new[1:3] == ids[1:3] and new[3] != ids[3] and new[4] != ids[4]
+    enc = task.encode_texts(["secretions are good", "a fine film"])
+    assert [e.input_ids for e in enc] == [ids, tok("a fine film")["input_ids"]] and {e.label for e in enc} == {0}
 
 
 def test_teacher_agreement_script_measures_what_it_says(tiny):

@@ -112,6 +112,12 @@ class Task:
         ``augment`` is refused)."""
         return None
 
+    def encode_texts(self, texts: list[str]) -> list[Example] | None:
+        """Single texts tokenized as the model's inputs, label 0 (not a label: for unlabeled
+        distillation data, which the teacher labels; :class:`pruners.augment.ExtraText`); None where
+        the task cannot tokenize text (then ``distill_text`` is refused)."""
+        return None
+
     def metric(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         """Accuracy of argmax predictions (override for regression tasks)."""
         return float((logits.argmax(-1) == labels.long()).float().mean())

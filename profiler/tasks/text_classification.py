@@ -217,6 +217,11 @@ class TextClassification(Task):
     def eval_examples(self) -> list[Example]:
         return self._eval
 
+    def encode_texts(self, texts: list[str]) -> list[Example]:
+        """``texts`` tokenized one by one (truncated to ``max_length``), label 0."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [Example(ids, 0) for ids in enc["input_ids"]]
+
     def augment_vocab(self) -> tuple[list[int], list[int]]:
         """The tokenizer's alphabetic whole-word tokens (no special tokens) and its ``##`` pieces."""
         special, vocab = set(self.tokenizer.all_special_ids), self.tokenizer.get_vocab()

@@ -80,6 +80,41 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def check_text_source(source: str) -> None:
+    """ValueError unless ``source`` is a packaged GLUE set (a key of :data:`GLUE`) or an existing
+    ``.txt`` file (one text per line): what :func:`unlabeled_texts` reads."""
+    if source in GLUE:
+        return
+    path = Path(source)
+    if path.suffix.lower() != ".txt":
+        raise ValueError(f"text source {source!r}: use one of {', '.join(GLUE)} (the packaged GLUE training "
+                         "sentences) or a .txt file with one text per line")
+    if not path.is_file():
+        raise ValueError(f"text source {source!r}: the file does not exist")
+
+
+def unlabeled_texts(source: str) -> list[str]:
+    """The distinct non-empty texts of ``source``, in first-seen order: a packaged GLUE set's training
+    sentences (both sentences of a pair, labels ignored) or the lines of a UTF-8 ``.txt`` file.
+    Raises ValueError as :func:`check_text_source`, for a file that is not UTF-8, or for no text."""
+    check_text_source(source)
+    if source in GLUE:
+        preset = GLUE[source]
+        rows = read_rows(packaged_glue_dir(source) / "train.tsv")
+        cols = [c for c in (preset.text_column, preset.text_pair_column) if c]
+        check_columns(rows, cols, f"packaged {source} train.tsv")
+        texts = [row[c] for row in rows for c in cols]
+    else:
+        try:
+            texts = Path(source).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    out = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    if not out:
+        raise ValueError(f"text source {source}: no text")
+    return out
+
+
 def check_columns(rows: list[dict[str, Any]], columns: Iterable[str | None], where: str) -> None:
     """ValueError naming the missing column(s) and the ones present, unless every row has every column."""
     want = [c for c in columns if c]

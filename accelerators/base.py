@@ -94,6 +94,9 @@ class Accelerator:
     name: ClassVar[str] = ""
     #: device the prepared module runs on ("cpu" or "cuda")
     device: ClassVar[str] = "cpu"
+    #: constructor parameters added after cells were keyed by their full parameter set: left out of
+    #: the canonical parameters (cell ids) while at their defaults, so earlier run directories match
+    late_params: ClassVar[tuple[str, ...]] = ()
     #: number format of the prepared module's heavy arithmetic ("fp32", "bf16", "fp16", "int8");
     #: dense cells in "fp32" are the full-precision engines every savings factor is also taken against
     compute_precision: str = "fp32"

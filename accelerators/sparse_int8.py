@@ -105,6 +105,7 @@ class SparseInt8(_SparseSwap):
     """
 
     name = "sparse-int8"
+    late_params = ("dense_format",)
     compute_precision = "int8"
     dtype = "int8"
     #: a ~1e-6 difference in the attention output can move an activation across an INT8 rounding

@@ -194,6 +194,10 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
             registry.build(name, concrete, k)  # validates every value now, before any work
             full = {p: _jsonable(v.default) for p, v in valid.items() if v.default is not v.empty}
             full.update({p: _jsonable(v) for p, v in concrete.items()})
+            for p in getattr(registry.get(name), "late_params", ()):
+                # added after cells and models were keyed: at its default it stays out of the keys
+                if p in full and full[p] == _jsonable(valid[p].default):
+                    del full[p]
             specs.append(PluginSpec(registry.kind, name, full, k))
     return specs
 

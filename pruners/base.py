@@ -144,6 +144,10 @@ class Pruner:
     #: bumped when a change to the algorithm makes models cached on disk stale (part of the cache
     #: key when non-zero, so caches of unchanged pruners stay valid)
     cache_version: ClassVar[int] = 0
+    #: constructor parameters added after models and cells were keyed by their full parameter set:
+    #: while at their defaults they are left out of the plugin's canonical parameters (cache keys,
+    #: cell ids), so models cached and run directories written before them stay valid
+    late_params: ClassVar[tuple[str, ...]] = ()
     #: a folder where the pruner may keep data derived from the dense model (e.g. the distillation
     #: teacher's logits); set by the runner, None = nothing written to disk
     cache_dir: Path | None = None

@@ -112,6 +112,7 @@ class TrainingPruner(Pruner):
     """
 
     needs_training = True
+    late_params = ("distill_text", "distill_text_share")
 
     def __init__(
         self,

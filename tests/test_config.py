@@ -73,6 +73,23 @@ def test_cell_ids_are_stable_and_distinct():
     assert [x.cell_id for x in c] == [x.cell_id for x in a]
 
 
+def test_late_params_stay_out_of_the_keys_at_their_defaults():
+    """Parameters added after models were cached and cells keyed (a plugin's ``late_params``) are
+    left out of the canonical parameters while at their defaults, spelled out or not, so earlier
+    caches and run directories keep their keys; any other value is part of the key."""
+    def specs(gmp=None, int8=None):
+        cfg = parse_config(tiny_config(pruners=[{"name": "gmp", "sparsity": 0.5, "distill": True, **(gmp or {})}],
+                                       accelerators=[{"name": "sparse-int8", **(int8 or {})}]))
+        return cfg.pruners[0].params, cfg.accelerators[0].params
+
+    pruner, acc = specs()
+    assert "distill_text" not in pruner and "distill_text_share" not in pruner and "dense_format" not in acc
+    assert "augment" in pruner and "dense_fallback" in acc  # parameters that were there all along
+    assert specs({"distill_text": [], "distill_text_share": 0.0}, {"dense_format": "auto"}) == (pruner, acc)
+    pruner2, acc2 = specs({"distill_text": ["mrpc"], "distill_text_share": 0.5}, {"dense_format": "csr"})
+    assert pruner2["distill_text"] == ["mrpc"] and pruner2["distill_text_share"] == 0.5 and acc2["dense_format"] == "csr"
+
+
 def test_cell_id_golden():
     """Cross-machine joins rely on this exact value not drifting between releases."""
     cells = expand(parse_config(tiny_config()))

@@ -27,6 +27,13 @@ layer uses) against torch's ``F.scaled_dot_product_attention`` on the same q/k/v
 key-padding mask of zeros), MiniLM's 12 heads x 32 at sequence 128, batch 1 and 8, threads 1 and 2;
 rows carry batch, seq, heads, head_dim, threads, median_s, sdpa_median_s, speedup_vs_sdpa, gflops.
 
+``--dense-formats``: our INT8 kernel in each of its formats (csr = 1x4 quads, bsr2x4, bsr4x4, bsr8x4)
+on the *same* dense or lightly pruned weight, in every ISA variant this CPU supports, against torch
+dynamic INT8 on the dense weight: what ``sparse-int8``'s ``dense_format = "auto"`` chooses among for
+the layers left dense. Default grid: MiniLM's shapes (1536x384, 384x1536, 1152x384: the stacked
+q / k / v), 128 tokens, 1 thread, sparsity 0 and 0.3 unstructured (``--sparsities`` overrides);
+rows carry variant, format, median_s, speedup_vs_csr, speedup_vs_dense_int8, stored_density.
+
 ``--model``: a whole MiniLM-shaped BERT (random weights, encoder Linear layers pruned per layer):
 torch fp32 against our accelerators (and torch INT8 / bf16 with ``--int8``), interleaved.
 
@@ -424,6 +431,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batches", default="8,1", help="model mode: batch sizes")
     ap.add_argument("--seq", type=int, default=128, help="model / attention mode: sequence length")
     ap.add_argument("--attention", action="store_true", help="our fused attention kernel vs torch SDPA")
+    ap.add_argument("--dense-formats", action="store_true",
+                    help="our INT8 formats on dense / lightly pruned weights, every ISA variant, vs torch INT8")
     ap.add_argument("--heads", type=int, default=12, help="attention mode: heads")
     ap.add_argument("--head-dim", type=int, default=32, help="attention mode: head dimension")
     return ap.parse_args(argv)
@@ -489,6 +498,59 @@ def run_layers(args, quiet) -> list[dict]:
     return rows
 
 
+INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
+
+
+def run_dense_formats(args) -> list[dict]:
+    """Our INT8 formats on one weight per case, per ISA variant, interleaved with torch dynamic INT8."""
+    shapes = ([tuple(int(v) for v in x.split("x")) for x in args.shapes.split(",")] if args.shapes
+              else [(1536, 384), (384, 1536), (1152, 384)])
+    tokens = [int(v) for v in args.tokens.split(",")] if args.tokens else [128]
+    sparsities = [float(v) for v in args.sparsities.split(",")] if args.sparsities else [0.0, 0.3]
+    threads = [int(v) for v in args.threads.split(",")] if args.threads else [1]
+    variants = sk.supported_variants()
+    print(f"# dense formats: variants {variants}, default {sk.kernel_variant()}, torch {torch.__version__}")
+    print(f"{'shape':>10} {'tok':>4} {'thr':>3} {'sparsity':>8} {'variant':>7} "
+          + " ".join(f"{f:>8}" for f in INT8_FORMATS) + f" {'torch':>8}  (ms)")
+    rows = []
+    for (n_out, n_in) in shapes:
+        for t in tokens:
+            for th in threads:
+                for sp in sparsities:
+                    g = torch.Generator().manual_seed(n_out + n_in + t + int(sp * 1000))
+                    w = torch.randn(n_out, n_in, generator=g) / n_in ** 0.5
+                    w = prune(w, sp) if sp > 0 else w
+                    b = torch.randn(n_out, generator=g) * 0.1
+                    x = torch.randn(t, n_in, generator=g)
+                    lin = linear_of(w, b)
+                    mods = {(v, f): SparseLinear.from_dense(lin, f, dtype="int8", threads=th, variant=v)
+                            for v in variants for f in INT8_FORMATS}
+                    for (v, f), m in mods.items():  # every format: the same exact int32 sums as csr
+                        if not torch.equal(m(x), mods[(v, "csr")](x)):
+                            raise RuntimeError(f"{v} {f}: output differs from {v} csr's")
+                    engines = _torch_int8_modules(w, b, x)
+                    fns = {key: (lambda m=m: m(x)) for key, m in mods.items()}
+                    fns.update({("torch", e): (lambda q=q: q(x)) for e, q in engines.items()})
+                    torch.set_num_threads(th)
+                    res = timeit(fns, args.reps, args.min_time)
+                    med = {k: stats(v)[0] for k, v in res.items()}
+                    best_torch = min((med[("torch", e)] for e in engines), default=None)
+                    for v in variants:
+                        print(f"{n_out:>5}x{n_in:<4} {t:>4} {th:>3} {sp:>8.2f} {v:>7} "
+                              + " ".join(f"{med[(v, f)] * 1e3:>8.3f}" for f in INT8_FORMATS)
+                              + f" {(best_torch or float('nan')) * 1e3:>8.3f}", flush=True)
+                        for f in INT8_FORMATS:
+                            mm = med[(v, f)]
+                            rows.append(dict(out_features=n_out, in_features=n_in, tokens=t, threads=th, sparsity=sp,
+                                             variant=v, format=f, dtype="int8", median_s=mm,
+                                             spread=stats(res[(v, f)])[2], stored_density=mods[(v, f)].density(),
+                                             speedup_vs_csr=med[(v, "csr")] / mm,
+                                             dense_int8_median_s=best_torch,
+                                             speedup_vs_dense_int8=best_torch / mm if best_torch else None,
+                                             torch_version=torch.__version__))
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.json) if args.json else ROOT / "runs" / f"bench_kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -497,7 +559,11 @@ def main(argv=None):
     if args.wait_quiet > 0:
         quiet = wait_for_quiet(args.wait_quiet)
         print(f"# machine quiet: {quiet}", flush=True)
-    if args.model or args.attention:
+    if args.dense_formats:
+        rows = run_dense_formats(args)
+        for r in rows:
+            r["machine_quiet_at_start"] = quiet
+    elif args.model or args.attention:
         rows = run_model(args) if args.model else run_attention(args)
         for r in rows:
             r["machine_quiet_at_start"] = quiet

@@ -385,6 +385,24 @@ def test_kernel_int8_fallback_runs_dense_layers_in_the_format_measured_fastest(m
     assert p.fields["sparse_dense_format"] is None
 
 
+def test_dense_formats_benchmark_rows_cover_every_variant_and_format(tmp_path):
+    """scripts/bench_kernels.py --dense-formats: a row per (case, variant, format), csr the unit of
+    speedup_vs_csr, the dense weight stored whole in every format (it checks the outputs itself)."""
+    from tests.conftest import load_script
+
+    bench = load_script("bench_kernels")
+    out = tmp_path / "df.json"
+    bench.main(["--dense-formats", "--shapes", "32x16", "--sparsities", "0,0.5", "--reps", "2",
+                "--min-time", "0.0005", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * len(VARIANTS) * 4
+    assert {(r["variant"], r["format"]) for r in rows} == {(v, f) for v in VARIANTS
+                                                           for f in ("csr", "bsr2x4", "bsr4x4", "bsr8x4")}
+    assert all(r["speedup_vs_csr"] == 1.0 for r in rows if r["format"] == "csr")
+    assert all(r["stored_density"] == 1.0 for r in rows if r["sparsity"] == 0.0)
+    assert all(r["median_s"] > 0 for r in rows)
+
+
 def test_dense_format_errors_name_the_choices():
     from accelerators.sparse_int8 import SparseInt8
 

@@ -146,6 +146,8 @@ class SwapRun:
     choices: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_speedup: Optional[float] = None
     fell_back: bool = False
+    #: the whole-model fallback ran through :meth:`_SparseSwap._finish` too (its kernel fuses)
+    fallback_finished: bool = False
     #: layer -> (format, sparse module) for layers timed faster dense though a sparse module was accepted
     alternatives: dict[str, tuple[str, nn.Module]] = field(default_factory=dict)
     #: "per-layer" or "all-sparse" when both whole models were timed; mix time / all-sparse time
@@ -480,12 +482,19 @@ class _SparseSwap(Accelerator):
 
     def _check_whole_model(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
                            run: SwapRun) -> nn.Module:
-        fallback = self._dense_model(dense_model, run)
+        fallback, fb_run = self._dense_model(dense_model, run), None
+        if self._fallback_format(run) is not None:  # our kernel: fused like the mix, so the race is even
+            fb_run = copy.copy(run)
+            fallback = self._finish(fallback, dense_model, example, fb_run)
         t = interleaved_timing({"dense": lambda: fallback(**example), "sparse": lambda: new(**example)},
                                max(5, self.repeats), self.min_time_s)
         run.model_speedup = t["dense"] / t["sparse"]
         if t["sparse"] > t["dense"]:
             run.fell_back = True
+            if fb_run is not None:
+                for f in ("fused_gelu", "fused_layers", "fuse_note", "attention_precision", "attention_note", "lean_note"):
+                    setattr(run, f, getattr(fb_run, f))
+                run.fallback_finished = True
             return fallback
         return new
 
@@ -497,6 +506,7 @@ class _SparseSwap(Accelerator):
         n_dense = len(run.choices) - n_sparse
         if run.fell_back:
             n_dense, n_sparse = len(run.choices), 0
+        plain = run.fell_back and not run.fallback_finished  # the fallback model as _dense_model built it
         compact = {_short_layer_name(k): (r["choice"] if "speedup" not in r else f"{r['choice']}:{r['speedup']:.2f}x")
                    for k, r in run.choices.items()}
         return {
@@ -510,12 +520,12 @@ class _SparseSwap(Accelerator):
             "sparse_whole_model_choice": run.whole_model_choice,
             "sparse_all_sparse_speedup": round(run.all_sparse_speedup, 3) if run.all_sparse_speedup else None,
             "sparse_fell_back_to_dense": run.fell_back,
-            "sparse_fused_gelu_layers": 0 if run.fell_back else run.fused_gelu,
-            "fused_encoder_layers": 0 if run.fell_back else run.fused_layers,
+            "sparse_fused_gelu_layers": 0 if plain else run.fused_gelu,
+            "fused_encoder_layers": 0 if plain else run.fused_layers,
             "fused_encoder_note": run.fuse_note or None,
-            "attention_precision": run.attention_precision if run.fused_layers and not run.fell_back else None,
+            "attention_precision": run.attention_precision if run.fused_layers and not plain else None,
             "attention_note": run.attention_note or None,
-            "lean_model": not run.lean_note and not run.fell_back,
+            "lean_model": not run.lean_note and not plain,
             "lean_model_note": run.lean_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }

@@ -221,9 +221,16 @@ class SparseLinear(nn.Module):
 
     @staticmethod
     def _stack_format(mods: "list[SparseLinear]") -> str:
-        """The format a stack of ``mods`` is stored in: the most common one (the first on a tie)."""
+        """The format a stack of ``mods`` is stored in: the most common of theirs (the first on a tie)
+        whose block rows divide every layer's out_features, else the first layer's. Mixed (int8)
+        formats arise when some of the stacked layers were left dense in the fallback's block format
+        and the others chose ``csr``; the minority is re-blocked, so it runs in the majority's format."""
         formats = [m.format for m in mods]
-        return max(formats, key=formats.count)
+        for fmt in sorted(dict.fromkeys(formats), key=lambda f: -formats.count(f)):
+            bh = parse_format(fmt, mods[0].dtype_name)[1]
+            if all(m.out_features % bh == 0 for m in mods):
+                return fmt
+        return formats[0]
 
     @staticmethod
     def can_stack(mods: "list[SparseLinear]") -> bool:
@@ -231,9 +238,11 @@ class SparseLinear(nn.Module):
         may differ: :meth:`reformat` re-blocks them exactly), have out_features aligned to the stack's
         block rows, and all or none have a bias (so :meth:`stack` applies)."""
         a = mods[0]
+        if any(m.dtype_name != a.dtype_name for m in mods):
+            return False
         fmt = SparseLinear._stack_format(mods)
         bh = parse_format(fmt, a.dtype_name)[1]
-        return all(m.in_features == a.in_features and m.dtype_name == a.dtype_name
+        return all(m.in_features == a.in_features
                    and (m.format == fmt or a.dtype_name == "int8")
                    and m.activation == a.activation and m.act_quant == a.act_quant
                    and m.out_features % bh == 0 and (m.bias is None) == (a.bias is None)
@@ -516,7 +525,7 @@ class SparseLinear(nn.Module):
             return self
         indptr, indices, blocks = dense_to_blocks(self._stored_dense(), bh, bw)
         out = type(self)(self.in_features, self.out_features, indptr, indices, blocks.reshape(-1, bh, bw), self.bias,
-                         name, "int8", self.threads, w_scale=self.w_scale, act_quant=self.act_quant,
+                         name, "int8", self.threads, w_scale=self.w_scale.clone(), act_quant=self.act_quant,
                          activation=self.activation)
         out.variant = self.variant
         return out

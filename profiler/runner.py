@@ -339,6 +339,9 @@ class Runner:
         what = {"task": task.fingerprint(), "pruner": spec.canonical()}
         if pruner.cache_version:
             what["pruner_version"] = pruner.cache_version
+        data = pruner.data_fingerprint()
+        if data:
+            what["pruner_data"] = data
         key = stable_hash(what)
         path = self.cache_dir / "pruned" / f"{task.name}-{spec.name}-{key}"
         cached = load_cached(

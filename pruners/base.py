@@ -152,6 +152,12 @@ class Pruner:
     #: teacher's logits); set by the runner, None = nothing written to disk
     cache_dir: Path | None = None
 
+    def data_fingerprint(self) -> dict[str, str]:
+        """Content hashes of the files the pruner reads beside the task's data, by name: part of the
+        pruned model's cache key when not empty, so an edited file is never answered from a stale
+        cache. Default: none."""
+        return {}
+
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         raise NotImplementedError
 

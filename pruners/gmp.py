@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from profiler.tasks.textdata import check_text_source, unlabeled_texts
+from profiler.tasks.textdata import check_text_sources, text_source_digest, unlabeled_texts
 from pruners.augment import ExtraText, TokenAugmenter
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
@@ -91,7 +91,8 @@ class TrainingPruner(Pruner):
         distill_text_share: share of every training batch replaced by texts of ``distill_text``, in
             [0, 1]; 0 = off. Handled as ``augment``'s copies (live teacher logits, no hard-label
             term, not in the Fisher's gradients); not together with ``augment``; needs ``distill``
-            and a task that tokenizes text.
+            and a task that tokenizes text. Each text is one input (a pair task's model sees it as
+            a single segment); a text in several sources counts once.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         min_keep: with ``scope = "global"`` (soft movement: always), the fraction of its groups (1×4
@@ -233,12 +234,19 @@ class TrainingPruner(Pruner):
             self.structure.check_shape(n, lin.weight.shape)
         return layers
 
+    def data_fingerprint(self) -> dict[str, str]:
+        """The sha256 of each ``.txt`` file of ``distill_text``."""
+        digests = {src: text_source_digest(src) for src in self.distill_text} if self.distill_text_share else {}
+        return {src: d for src, d in digests.items() if d is not None}
+
     def _augmenter(self, model: nn.Module, task: Any) -> TokenAugmenter | ExtraText | None:
         """The :class:`~pruners.augment.TokenAugmenter` of ``augment``, from the dense model's input
         word embeddings, or the :class:`~pruners.augment.ExtraText` of ``distill_text`` (None when
         neither); ValueError for a task without a known vocabulary, or that cannot tokenize text."""
         if self.distill_text_share:
-            examples = task.encode_texts([t for src in self.distill_text for t in unlabeled_texts(src)])
+            # sources may share sentences (MRPC and STS-B both hold MSRpar's): each text once
+            texts = list(dict.fromkeys(t for src in self.distill_text for t in unlabeled_texts(src)))
+            examples = task.encode_texts(texts)
             if examples is None:
                 raise ValueError(f"distill_text: task {getattr(task, 'name', task)!r} cannot tokenize text "
                                  "(encode_texts); use distill_text_share = 0")
@@ -268,10 +276,10 @@ class TrainingPruner(Pruner):
         torch.manual_seed(self.seed)
         layers = self.target_layers(model)
         data = task.train_examples()
+        augmenter = self._augmenter(model, task)  # first: a task that cannot take it fails before any work
         distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir,
                                hidden_weight=self.hidden_distill, precision=precision) if self.distill else None)
         hidden = distiller is not None and distiller.wants_hidden
-        augmenter = self._augmenter(model, task)
         self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
@@ -390,16 +398,6 @@ class TrainingPruner(Pruner):
                                  if self.distill_text_share else {})}
                              if self.distill else False),
         }
-
-
-def check_text_sources(sources: Any) -> tuple[str, ...]:
-    """``distill_text`` as a tuple of sources, each checked (:func:`profiler.tasks.textdata.check_text_source`);
-    ValueError for anything but a list of strings."""
-    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
-        raise ValueError(f"distill_text must be a list of text sources, got {sources!r}")
-    for src in sources:
-        check_text_source(src)
-    return tuple(sources)
 
 
 def training_params(**defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:

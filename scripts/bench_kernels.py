@@ -63,6 +63,7 @@ from accelerators import _sparse_kernels as sk  # noqa: E402
 from accelerators.base import PrepareSettings, logits_of  # noqa: E402
 from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, supported_quant_engines  # noqa: E402
 from accelerators.roles import encoder_linears  # noqa: E402
+from accelerators.sparse_int8 import INT8_FORMATS  # noqa: E402
 from accelerators.sparse_linear import SparseLinear  # noqa: E402
 from accelerators.timing import interleaved_samples  # noqa: E402
 from pruners.structure import parse_structure  # noqa: E402
@@ -496,9 +497,6 @@ def run_layers(args, quiet) -> list[dict]:
         r.update(torch_version=torch.__version__, loadavg_start=loadavg, loadavg_end=loadavg_end,
                  machine_quiet_at_start=quiet)
     return rows
-
-
-INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
 
 
 def run_dense_formats(args) -> list[dict]:

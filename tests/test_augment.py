@@ -187,7 +187,8 @@ def test_gmp_distils_on_extra_text_and_records_it(tiny, tmp_path):
                        ({"distill": True, "distill_text": [str(f)]}, "go together"),
                        ({"distill": True, "distill_text_share": 0.5}, "go together"),
                        ({"distill": True, "distill_text": "mrpc", "distill_text_share": 0.5}, "list of text sources"),
-                       ({"distill": True, "distill_text": ["imdb"], "distill_text_share": 0.5}, "use one of sst2"),
+                       ({"distill": True, "distill_text": ["imdb"], "distill_text_share": 0.5},
+                        "distill_text: text source 'imdb': use one of sst2"),
                        ({"distill": True, "distill_text": ["mrpc"], "distill_text_share": 0.5, "augment": 0.5}, "one of augment")):
         with pytest.raises(ValueError, match=match):
             GMPPruner(sparsity=0.5, steps=4, **bad)
@@ -196,6 +197,13 @@ def test_gmp_distils_on_extra_text_and_records_it(tiny, tmp_path):
     with pytest.raises(ValueError, match="cannot tokenize"):
         GMPPruner(sparsity=0.5, steps=2, distill=True, distill_text=[str(f)], distill_text_share=0.5).prune(
             copy.deepcopy(dense), task)
+    # a file's content is part of the pruned model's cache key; the packaged sets ship with the package
+    p = GMPPruner(sparsity=0.5, steps=2, distill=True, distill_text=["mrpc", str(f)], distill_text_share=0.5)
+    before = p.data_fingerprint()
+    assert list(before) == [str(f)] and len(before[str(f)]) == 64
+    assert GMPPruner(sparsity=0.5, steps=2, distill=True).data_fingerprint() == {}
+    f.write_text(f.read_text(encoding="utf-8") + "\none more", encoding="utf-8")
+    assert p.data_fingerprint() != before
     t = _Texts(finetune_steps=0, n_train=128, n_eval=32)
     pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, alpha=0.5, hidden_distill=1.0,
                        distill_text=[str(f)], distill_text_share=0.5, batch_size=8, precision="fp32")
@@ -203,7 +211,7 @@ def test_gmp_distils_on_extra_text_and_records_it(tiny, tmp_path):
     report = pruner.prune(copy.deepcopy(dense), t)
     assert report.sparsity_prunable == pytest.approx(0.5)
     a = report.notes["augmentation"]
-    assert 0 < a["examples_drawn"] < 48 and a["texts"] == 40 and a["sources"] == [str(f)]
+    assert 0 < a["examples_drawn"] < 48 and a["texts"] == 41 and a["sources"] == [str(f)]
     assert report.notes["distillation"]["distill_text_share"] == 0.5
     # the teacher-logit cache holds the training examples the loop saw, never a drawn text
     d = Distiller(dense, examples=[e.input_ids for e in t.train_examples()], cache_dir=tmp_path)

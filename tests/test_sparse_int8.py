@@ -385,6 +385,36 @@ def test_kernel_int8_fallback_runs_dense_layers_in_the_format_measured_fastest(m
     assert p.fields["sparse_dense_format"] is None
 
 
+def test_kernel_int8_whole_model_fallback_is_fused_like_the_mix(monkeypatch):
+    """The whole-model check races the mix against the all-dense fallback; with the kernel-int8
+    fallback (our kernel) that model gets the fused layers too, and the rows say so when it wins."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.fused_layer import FusedBertLayer
+    from accelerators.sparse_int8 import SparseInt8
+
+    real = sc.interleaved_timing
+
+    def dense_wins(fns, repeats, min_time_s):
+        t = real(fns, repeats, min_time_s)
+        return {**t, "dense": 0.0} if set(fns) == {"dense", "sparse"} else t
+
+    monkeypatch.setattr(sc, "interleaved_timing", dense_wins)
+    model, ex = tiny_bert(0.9), example()
+    p = SparseInt8(dense_format="bsr4x4", repeats=2, min_time_s=0.0005).prepare(model, ex, PrepareSettings(threads=1))
+    f = p.fields
+    assert f["sparse_fell_back_to_dense"] and f["sparse_layers"] == 0 and f["fused_encoder_layers"] == 2
+    layers = [m for m in p.module.modules() if isinstance(m, FusedBertLayer)]
+    assert len(layers) == 2 and {m.format for m in p.module.modules() if isinstance(m, SparseLinear)} == {"bsr4x4"}
+    with torch.no_grad():
+        ref, got = model(**ex).logits, p.module(**ex).logits
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1
+    monkeypatch.setattr(sc, "interleaved_timing", real)
+    p = SparseInt8(dense_fallback="fp32", repeats=2, min_time_s=0.0005)
+    monkeypatch.setattr(sc, "interleaved_timing", dense_wins)
+    f = p.prepare(model, ex, PrepareSettings(threads=1)).fields
+    assert f["sparse_fell_back_to_dense"] and f["fused_encoder_layers"] == 0  # nn.Linear: nothing to fuse
+
+
 def test_dense_formats_benchmark_rows_cover_every_variant_and_format(tmp_path):
     """scripts/bench_kernels.py --dense-formats: a row per (case, variant, format), csr the unit of
     speedup_vs_csr, the dense weight stored whole in every format (it checks the outputs itself)."""
@@ -398,8 +428,12 @@ def test_dense_formats_benchmark_rows_cover_every_variant_and_format(tmp_path):
     assert len(rows) == 2 * len(VARIANTS) * 4
     assert {(r["variant"], r["format"]) for r in rows} == {(v, f) for v in VARIANTS
                                                            for f in ("csr", "bsr2x4", "bsr4x4", "bsr8x4")}
-    assert all(r["speedup_vs_csr"] == 1.0 for r in rows if r["format"] == "csr")
     assert all(r["stored_density"] == 1.0 for r in rows if r["sparsity"] == 0.0)
+    half = {(r["variant"], r["format"]): r for r in rows if r["sparsity"] == 0.5}
+    for v in VARIANTS:  # blocks store the zeros inside them: csr the least, 8-row blocks the most
+        d = [half[(v, f)]["stored_density"] for f in ("csr", "bsr2x4", "bsr4x4", "bsr8x4")]
+        assert 0.5 < d[0] <= d[1] <= d[2] <= d[3] <= 1.0
+        assert half[(v, "bsr2x4")]["speedup_vs_csr"] == pytest.approx(half[(v, "csr")]["median_s"] / half[(v, "bsr2x4")]["median_s"])
     assert all(r["median_s"] > 0 for r in rows)
 
 
@@ -439,6 +473,13 @@ def test_reformat_and_mixed_format_stack_give_the_same_bits(variant):
     assert torch.equal(stacked(x), torch.cat(outs, -1))
     fp32 = [SparseLinear.from_dense(lin, fmt) for lin, fmt in zip(lins, ("csr", "bsr4x1", "csr"))]
     assert not SparseLinear.can_stack(fp32)
+    assert not SparseLinear.can_stack([mods[0]] + fp32[1:])  # mixed dtypes: False, not an error
+    # the majority's blocks must tile every layer: 6 rows take 2-row blocks, not 4-row ones
+    six = torch.nn.Linear(64, 6)
+    odd = [SparseLinear.from_dense(six, "csr", dtype="int8", variant=variant)] + [
+        SparseLinear.from_dense(torch.nn.Linear(64, 8), "bsr4x4", dtype="int8", variant=variant) for _ in range(2)]
+    assert SparseLinear.can_stack(odd) and SparseLinear.stack(odd).format == "csr"
+    assert torch.equal(SparseLinear.stack(odd)(x), torch.cat([m(x) for m in odd], -1))
     with pytest.raises(ValueError, match="needs an int8 layer"):
         fp32[0].reformat("bsr4x1")
 

@@ -8,7 +8,7 @@ _SHOWN = ("sparsity", "engine", "format", "precision")
 _UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "lr_schedule": "linear"}
 # accelerator parameters that change the numbers: (default, how a set value shows)
 _ACCEL_UNLESS_DEFAULT = {"dense_fallback": ("kernel-int8", "fallback {}"), "attention": ("int8", "attention {}"),
-                         "fuse_layers": (True, "unfused")}
+                         "fuse_layers": (True, "unfused"), "dense_format": ("auto", "dense {}")}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:
@@ -29,6 +29,8 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
         parts.append("KD")
         if params.get("hidden_distill"):
             parts.append(f"+hidden {params['hidden_distill']:g}")
+    if params.get("distill_text_share"):
+        parts.append(f"+text {params['distill_text_share']:g}")
     if params.get("ema_decay"):
         parts.append(f"ema {params['ema_decay']:g}")
     if params.get("sparse_weights_rate") is not None:

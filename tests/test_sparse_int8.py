@@ -605,6 +605,10 @@ def test_labels_tell_sparse_int8_variants_apart():
     assert plugin_label("sparse-int8", {"dense_fallback": "torch-int8", "engine": "fbgemm"}) == \
         "sparse-int8 fbgemm fallback torch-int8"
     assert plugin_label("sparse-int8", {"attention": "fp32", "fuse_layers": False}) == "sparse-int8 attention fp32 unfused"
+    assert plugin_label("sparse-int8", {"dense_format": "auto"}) == "sparse-int8"
+    assert plugin_label("sparse-int8", {"dense_format": "csr"}) == "sparse-int8 dense csr"
+    assert plugin_label("obs", {"sparsity": 0.8, "distill": True, "distill_text": ["mrpc"], "distill_text_share": 0.5}) == \
+        "obs 0.8 KD +text 0.5"
 
 
 def test_label_defaults_follow_the_accelerator_defaults():

@@ -90,10 +90,10 @@ class SparseInt8(_SparseSwap):
         dense_format: the layout ``kernel-int8`` runs a layer left dense in: ``"auto"`` (default: the
             fastest of ``csr, bsr2x4, bsr4x4, bsr8x4`` on a dense matrix of the largest encoder layer's
             shape at the example's token count, timed once per prepare; ``csr`` without ``calibrate``)
-            or one of them. Blocks of 2-8 rows reuse each activation load across rows: on VNNI they
-            run a dense matrix about twice as fast as ``csr``, while the AVX2 variant's block kernels
-            are not faster than its ``csr``, hence measured. All formats give the same bits (exact
-            int32 sums). Only with ``dense_fallback = "kernel-int8"``.
+            or one of them. Blocks of 2-8 rows reuse each activation load across rows, which pays on
+            VNNI and not in the AVX2 variant (docs/results.md), hence measured; the timing costs a few
+            tens of ms per prepare, also when every layer ends up sparse. All formats give the same
+            bits (exact int32 sums). Only with ``dense_fallback = "kernel-int8"``.
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in

@@ -96,6 +96,17 @@ def test_copies_get_the_live_teacher_and_stay_out_of_the_cache(tiny):
     assert d.cache.have[:8].tolist() == [True, False] * 4  # only the originals were cached
 
 
+def assert_cache_holds_only_training_examples(task, dense, cache_dir):
+    """The teacher-logit cache holds the training examples the loop saw, never a copy or a drawn
+    text: each cached row is the teacher's logits on that training example."""
+    d = Distiller(dense, examples=[e.input_ids for e in task.train_examples()], cache_dir=cache_dir)
+    have = d.cache.have.nonzero().flatten().tolist()
+    assert have
+    inputs, _ = task.collate([task.train_examples()[i] for i in have])
+    with torch.no_grad():
+        torch.testing.assert_close(d.cache.logits[have], dense(**inputs).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_gmp_trains_with_augmentation_and_records_it(tiny, tmp_path):
     task, dense = tiny
     with pytest.raises(ValueError, match="needs distill"):
@@ -113,13 +124,7 @@ def test_gmp_trains_with_augmentation_and_records_it(tiny, tmp_path):
     a = report.notes["augmentation"]
     assert 0 < a["examples_augmented"] < 48 and a["tokens_replaced"] > 0 and a["p_token"] == 0.4
     assert report.notes["distillation"]["augment"] == 0.5
-    # the cache holds the originals the loop saw, never a copy: cached logits are the teacher's on the originals
-    d = Distiller(dense, examples=[e.input_ids for e in task.train_examples()], cache_dir=tmp_path)
-    have = d.cache.have.nonzero().flatten().tolist()
-    assert have
-    inputs, _ = task.collate([task.train_examples()[i] for i in have])
-    with torch.no_grad():
-        torch.testing.assert_close(d.cache.logits[have], dense(**inputs).logits, rtol=1e-5, atol=1e-6)
+    assert_cache_holds_only_training_examples(task, dense, tmp_path)
 
 
 def test_a_task_without_a_vocabulary_refuses_augmentation(tiny):
@@ -213,13 +218,7 @@ def test_gmp_distils_on_extra_text_and_records_it(tiny, tmp_path):
     a = report.notes["augmentation"]
     assert 0 < a["examples_drawn"] < 48 and a["texts"] == 41 and a["sources"] == [str(f)]
     assert report.notes["distillation"]["distill_text_share"] == 0.5
-    # the teacher-logit cache holds the training examples the loop saw, never a drawn text
-    d = Distiller(dense, examples=[e.input_ids for e in t.train_examples()], cache_dir=tmp_path)
-    have = d.cache.have.nonzero().flatten().tolist()
-    assert have
-    inputs, _ = t.collate([t.train_examples()[i] for i in have])
-    with torch.no_grad():
-        torch.testing.assert_close(d.cache.logits[have], dense(**inputs).logits, rtol=1e-5, atol=1e-6)
+    assert_cache_holds_only_training_examples(t, dense, tmp_path)
 
 
 def test_sst2_candidates_are_whole_words():

@@ -82,8 +82,9 @@ class SparseInt8(_SparseSwap):
         dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
             kernel on the layer as it is, in ``dense_format``, the sparse layers' quantization,
             activations per ``act_quant``; where that format is a layer's candidate too, the layer
-            runs it unless another format beats it by ``min_speedup``, and counts as sparse), ``"torch-int8"`` (torch
-            dynamic INT8: per-channel weights, one activation scale per call) or ``"fp32"`` (keep
+            runs it unless another format beats it by ``min_speedup``, and counts as sparse),
+            ``"torch-int8"`` (torch dynamic INT8: per-channel weights, one activation scale per
+            call) or ``"fp32"`` (keep
             nn.Linear). One activation scale per call is the coarsest: BERT's FFN-output inputs carry
             outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
             of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md, ninth wave).
@@ -114,7 +115,8 @@ class SparseInt8(_SparseSwap):
     fuse_tolerance = 1e-2
 
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",
-                 dense_format: str = "auto", engine: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
+                 dense_format: str = "auto", engine: str = "auto", min_speedup: MinSpeedup = 1.05,
+                 min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:
         from accelerators.fused_layer import ATTENTION_PRECISIONS

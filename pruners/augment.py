@@ -20,9 +20,15 @@ whole word up in GloVe.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
+
+#: the packaged GLUE sets whose training sentences ``distill_text`` may name (the task reads them:
+#: :meth:`profiler.tasks.base.Task.unlabeled_texts`)
+TEXT_SETS = ("sst2", "mrpc", "stsb")
 
 #: TinyBERT's probability of replacing a word (p_t, Algorithm 1)
 P_TOKEN = 0.4
@@ -167,3 +173,24 @@ class ExtraText:
         return {"method": "unlabeled text labelled by the teacher (transfer-set distillation)",
                 "sources": self.sources, "fraction": self.fraction, "texts": len(self.pool),
                 "examples_drawn": self.examples}
+
+
+def check_text_sources(sources: Any, key: str = "distill_text") -> tuple[str, ...]:
+    """``sources`` as a tuple: each a name of :data:`TEXT_SETS` or an existing ``.txt`` file (one text
+    per line). ValueError naming ``key`` for anything else, before any work."""
+    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
+        raise ValueError(f"{key} must be a list of text sources, got {sources!r}")
+    for src in sources:
+        if src in TEXT_SETS:
+            continue
+        if Path(src).suffix.lower() != ".txt":
+            raise ValueError(f"{key}: text source {src!r}: use one of {', '.join(TEXT_SETS)} (the packaged GLUE "
+                             "training sentences) or a .txt file with one text per line")
+        if not Path(src).is_file():
+            raise ValueError(f"{key}: text source {src!r}: the file does not exist")
+    return tuple(sources)
+
+
+def text_source_digest(source: str) -> str | None:
+    """sha256 of a ``.txt`` source's bytes; None for a packaged set (it ships with the package)."""
+    return None if source in TEXT_SETS else hashlib.sha256(Path(source).read_bytes()).hexdigest()

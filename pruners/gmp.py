@@ -24,8 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
-from profiler.tasks.textdata import check_text_sources, text_source_digest, unlabeled_texts
-from pruners.augment import ExtraText, TokenAugmenter
+from pruners.augment import ExtraText, TokenAugmenter, check_text_sources, text_source_digest
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
 from pruners.distill import Distiller, check_distill
@@ -245,7 +244,7 @@ class TrainingPruner(Pruner):
         neither); ValueError for a task without a known vocabulary, or that cannot tokenize text."""
         if self.distill_text_share:
             # sources may share sentences (MRPC and STS-B both hold MSRpar's): each text once
-            texts = list(dict.fromkeys(t for src in self.distill_text for t in unlabeled_texts(src)))
+            texts = list(dict.fromkeys(t for src in self.distill_text for t in task.unlabeled_texts(src)))
             examples = task.encode_texts(texts)
             if examples is None:
                 raise ValueError(f"distill_text: task {getattr(task, 'name', task)!r} cannot tokenize text "

@@ -140,6 +140,10 @@ def test_a_task_without_a_vocabulary_refuses_augmentation(tiny):
 
 
 def test_unlabeled_texts_reads_glue_sentences_and_txt_files(tmp_path):
+    from profiler.tasks.textdata import GLUE
+    from pruners.augment import TEXT_SETS
+
+    assert TEXT_SETS == tuple(GLUE)  # the sets a pruner accepts are the ones the tasks ship
     rows = read_rows(packaged_glue_dir("mrpc") / "train.tsv")
     want = {r[c].strip() for r in rows for c in ("sentence1", "sentence2")} - {""}
     got = unlabeled_texts("mrpc")

@@ -112,6 +112,13 @@ class Task:
         ``augment`` is refused)."""
         return None
 
+    def unlabeled_texts(self, source: str) -> list[str]:
+        """The distinct texts of a ``distill_text`` source (:func:`profiler.tasks.textdata.unlabeled_texts`:
+        a packaged GLUE set's training sentences or a ``.txt`` file's lines)."""
+        from profiler.tasks.textdata import unlabeled_texts
+
+        return unlabeled_texts(source)
+
     def encode_texts(self, texts: list[str]) -> list[Example] | None:
         """Single texts tokenized as the model's inputs, label 0 (not a label: for unlabeled
         distillation data, which the teacher labels; :class:`pruners.augment.ExtraText`); None where

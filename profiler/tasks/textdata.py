@@ -8,7 +8,6 @@ error is a ValueError naming the file and what is wrong, raised before any model
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -92,26 +91,6 @@ def check_text_source(source: str) -> None:
                          "sentences) or a .txt file with one text per line")
     if not path.is_file():
         raise ValueError(f"text source {source!r}: the file does not exist")
-
-
-def check_text_sources(sources: Any, key: str = "distill_text") -> tuple[str, ...]:
-    """``sources`` as a tuple, each checked by :func:`check_text_source`; ValueError naming ``key``
-    for anything but a list of strings or for a bad source."""
-    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
-        raise ValueError(f"{key} must be a list of text sources, got {sources!r}")
-    for src in sources:
-        try:
-            check_text_source(src)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return tuple(sources)
-
-
-def text_source_digest(source: str) -> str | None:
-    """sha256 of a ``.txt`` source's bytes; None for a packaged GLUE set (it ships with the package)."""
-    if source in GLUE:
-        return None
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
 def unlabeled_texts(source: str) -> list[str]:

@@ -22,6 +22,13 @@ Because the teacher is frozen and in eval mode (dropout off), its logits for a t
 never change: :class:`TeacherLogits` computes them once per example (fp32, no autocast) and keeps
 them, in memory for the run and on disk under a key of the teacher's weights and the training
 data, so every later pruner distilled from the same dense model skips the teacher's forward pass.
+
+An ensemble teacher (``members``: dense models fine-tuned from other seeds) gives the mean of its
+members' logits as ``z_t`` — the arithmetic mean of the logits, i.e. the normalised geometric mean of
+the members' softmax outputs (Hinton et al. 2015, §2: soft targets of an ensemble; Furlanello et al.
+2018 and Allen-Zhu & Li 2023 on why an ensemble's soft labels carry more than any member's). Each
+member's logits are cached as above under its own key. Hidden-state targets come from the first
+teacher only: members are trained apart, so their hidden spaces do not line up.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import hashlib
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -45,6 +52,18 @@ def check_distill(temperature: float, alpha: float) -> None:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
+
+def check_teacher_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """``teacher_seeds`` as a tuple: distinct ints in [0, 2**32 − 1]; ValueError otherwise."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise ValueError(f"teacher_seeds must be a list of seeds, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1:
+            raise ValueError(f"teacher_seeds: each seed must be an integer in [0, 4294967295], got {s!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"teacher_seeds: a seed given twice would weigh one model double: {list(seeds)}")
+    return tuple(int(s) for s in seeds)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task_loss: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
@@ -164,48 +183,62 @@ class Distiller:
     weights and ``examples``); ``loss`` then needs the batch's example ``indices``. Without, or with
     ``indices=None``, the teacher runs on every batch. ``hidden_weight`` β > 0 adds hidden-state
     distillation (module doc), the teacher's hidden states computed at ``precision`` (see
-    :func:`pruners.training.autocast`); ValueError for a negative or non-finite β.
+    :func:`pruners.training.autocast`); ValueError for a negative or non-finite β. ``members``: more
+    dense models of the same task (same labels; e.g. fine-tuned from other seeds) whose logits are
+    averaged with the first teacher's (module doc, ensemble teacher), each cached under its own key.
     """
 
     def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None,
                  examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None, hidden_weight: float = 0.0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", members: Sequence[nn.Module] = ()) -> None:
         check_distill(temperature, alpha)
         if isinstance(hidden_weight, bool) or not isinstance(hidden_weight, (int, float)) \
                 or not 0.0 <= hidden_weight < math.inf:
             raise ValueError(f"hidden_distill must be a finite number >= 0, got {hidden_weight!r}")
         self.hidden_weight, self.precision = float(hidden_weight), precision
-        self.teacher = copy.deepcopy(dense).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teachers = [_frozen(m) for m in (dense, *members)]
+        self.teacher = self.teachers[0]
         self.temperature, self.alpha = float(temperature), float(alpha)
         self._logits_of = logits_of or default_logits_of
-        self.cache: TeacherLogits | None = None
+        self.caches: list[TeacherLogits] = []
         if examples is not None:
-            key = weights_key(self.teacher, examples) if cache_dir else ""
-            file = Path(cache_dir) / "teacher_logits" / f"{key}.pt" if cache_dir else None
-            self.cache = TeacherLogits(self.teacher, len(examples), self._logits_of, file, key)
+            for teacher in self.teachers:
+                key = weights_key(teacher, examples) if cache_dir else ""
+                file = Path(cache_dir) / "teacher_logits" / f"{key}.pt" if cache_dir else None
+                self.caches.append(TeacherLogits(teacher, len(examples), self._logits_of, file, key))
+
+    @property
+    def cache(self) -> TeacherLogits | None:
+        """The first teacher's logit cache (None without ``examples``)."""
+        return self.caches[0] if self.caches else None
 
     def teacher_logits(self, inputs: dict[str, torch.Tensor], indices: Sequence[int] | None = None,
                        live: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher logits (batch, num_labels) float32, from the cache when ``indices`` are given,
-        except at the rows where the bool ``(batch,)`` mask ``live`` is True (inputs that are not the
-        indexed examples, e.g. augmented copies): those run through the teacher and are not cached."""
-        if self.cache is None or indices is None:
-            return self._live_logits(inputs)
+        """Teacher logits (batch, num_labels) float32 — the mean over the ensemble's teachers — from
+        the caches when ``indices`` are given, except at the rows where the bool ``(batch,)`` mask
+        ``live`` is True (inputs that are not the indexed examples, e.g. augmented copies): those run
+        through the teachers and are not cached."""
+        if not self.caches or indices is None:
+            return self._mean(self._live_logits(t, inputs) for t in self.teachers)
         if live is None or not bool(live.any()):
-            return self.cache(indices, inputs)
+            return self._mean(c(indices, inputs) for c in self.caches)
         keep = ~live
-        out = self._live_logits({k: v[live] for k, v in inputs.items()})
+        out = self._mean(self._live_logits(t, {k: v[live] for k, v in inputs.items()}) for t in self.teachers)
         full = out.new_empty((live.numel(), out.shape[-1]))
         full[live] = out
         if bool(keep.any()):
-            full[keep] = self.cache([i for i, k in zip(indices, keep.tolist()) if k], {k: v[keep] for k, v in inputs.items()})
+            kept = [i for i, k in zip(indices, keep.tolist()) if k]
+            full[keep] = self._mean(c(kept, {k: v[keep] for k, v in inputs.items()}) for c in self.caches)
         return full
 
-    def _live_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def _mean(logits: Iterable[torch.Tensor]) -> torch.Tensor:
+        stacked = list(logits)
+        return stacked[0] if len(stacked) == 1 else torch.stack(stacked).mean(0)
+
+    def _live_logits(self, teacher: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            return self._logits_of(self.teacher(**inputs)).float()
+            return self._logits_of(teacher(**inputs)).float()
 
     @property
     def wants_hidden(self) -> bool:
@@ -236,11 +269,26 @@ class Distiller:
 
     def save(self) -> None:
         """Persist newly computed teacher logits (no-op without a cache file)."""
-        if self.cache is not None:
-            self.cache.save()
+        for c in self.caches:
+            c.save()
 
     def describe(self) -> dict:
-        d = self.cache.describe() if self.cache is not None else {"teacher_logits": "live teacher every step"}
+        if self.caches:
+            d = {"teacher_logits": "cached per example",
+                 "teacher_forward_examples": sum(c.computed for c in self.caches),
+                 "teacher_logits_reused": sum(c.loaded for c in self.caches)}
+        else:
+            d = {"teacher_logits": "live teacher every step"}
+        if len(self.teachers) > 1:
+            d["teacher_ensemble_size"] = len(self.teachers)
         if self.wants_hidden:
-            d["teacher_hidden_states"] = "live teacher every step"
+            d["teacher_hidden_states"] = "live teacher every step" + (" (first teacher)" if len(self.teachers) > 1 else "")
         return d
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode deep copy of ``model`` (no gradients)."""
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

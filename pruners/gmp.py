@@ -27,7 +27,7 @@ from accelerators.params import Range
 from pruners.augment import ExtraText, TokenAugmenter, check_text_sources, text_source_digest
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
-from pruners.distill import Distiller, check_distill
+from pruners.distill import Distiller, check_distill, check_teacher_seeds
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
@@ -92,6 +92,12 @@ class TrainingPruner(Pruner):
             term, not in the Fisher's gradients); not together with ``augment``; needs ``distill``
             and a task that tokenizes text. Each text is one input (a pair task's model sees it as
             a single segment); a text in several sources counts once.
+        teacher_seeds: an ensemble teacher: seeds of more dense models of the task, fine-tuned as the
+            task's own dense model but from these seeds (loaded from the cache, else fine-tuned first);
+            the distillation targets are the mean of all the teachers' logits, the hidden-state targets
+            the task's own model's (:mod:`pruners.distill`). Each member's logits are cached per
+            example; each costs one forward pass per example on first use. Needs ``distill`` and a
+            task that fine-tunes (``load_finetuned_seed``); distinct seeds, not the task's own.
         structure: ``"unstructured"``, a block ``"1x4"``/``"4x1"`` (any ``RxC``), or ``"N:M"`` e.g. ``"2:4"``.
         scope: ``"layer"`` (each matrix at the schedule's sparsity) or ``"global"`` (one ranking).
         min_keep: with ``scope = "global"`` (soft movement: always), the fraction of its groups (1×4
@@ -112,7 +118,7 @@ class TrainingPruner(Pruner):
     """
 
     needs_training = True
-    late_params = ("distill_text", "distill_text_share")
+    late_params = ("distill_text", "distill_text_share", "teacher_seeds")
 
     def __init__(
         self,
@@ -134,6 +140,7 @@ class TrainingPruner(Pruner):
         augment: Annotated[float, Range(0.0, 1.0)] = 0.0,
         distill_text: Sequence[str] = (),
         distill_text_share: Annotated[float, Range(0.0, 1.0)] = 0.0,
+        teacher_seeds: Annotated[Sequence[int], Range(0, 2**32 - 1)] = (),
         structure: str = "unstructured",
         scope: str = "layer",
         min_keep: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
@@ -177,6 +184,9 @@ class TrainingPruner(Pruner):
                              f"(got distill_text = {list(self.distill_text)}, distill_text_share = {distill_text_share!r})")
         if self.distill_text_share > 0 and self.augment > 0:
             raise ValueError("use one of augment and distill_text_share (each replaces a share of the batch)")
+        self.teacher_seeds = check_teacher_seeds(teacher_seeds)
+        if self.teacher_seeds and not self.distill:
+            raise ValueError(f"teacher_seeds = {list(self.teacher_seeds)} needs distill = true (the ensemble is a teacher)")
         self.structure = parse_structure(structure)
         self.structure.check_sparsity(self.sparsity)
         if scope not in SCOPES:
@@ -259,6 +269,22 @@ class TrainingPruner(Pruner):
         words, pieces = vocab
         return TokenAugmenter(model.get_input_embeddings().weight.detach(), words, self.augment, self.seed, pieces)
 
+    def _ensemble(self, task: Any, progress: Progress | None) -> list[nn.Module]:
+        """The dense models of :attr:`teacher_seeds` (``task.load_finetuned_seed``: from the cache, or
+        fine-tuned now with ``progress``); ValueError for a task that cannot fine-tune from a seed or
+        a seed equal to the task's own (the same model twice)."""
+        if not self.teacher_seeds:
+            return []
+        load = getattr(task, "load_finetuned_seed", None)
+        if load is None:
+            raise ValueError(f"teacher_seeds: task {getattr(task, 'name', task)!r} cannot fine-tune from another seed")
+        own = getattr(task, "seed", None)
+        if own in self.teacher_seeds:
+            raise ValueError(f"teacher_seeds: {own} is the task's own seed (its dense model is already the teacher); "
+                             f"got {list(self.teacher_seeds)}")
+        step = (lambda s, n, loss: progress(s, n, loss, 0.0)) if progress is not None else None
+        return [load(seed, self.cache_dir, step) for seed in self.teacher_seeds]
+
     def lr_factor(self) -> Callable[[int], float]:
         """``step → multiplier`` of :attr:`lr` under ``lr_schedule`` over :attr:`steps` (``"cyclic"``
         restarts at the schedule's mask-update steps); the weights' schedule, and movement's scores'."""
@@ -276,8 +302,11 @@ class TrainingPruner(Pruner):
         layers = self.target_layers(model)
         data = task.train_examples()
         augmenter = self._augmenter(model, task)  # first: a task that cannot take it fails before any work
+        members = self._ensemble(task, progress)
         distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir,
-                               hidden_weight=self.hidden_distill, precision=precision) if self.distill else None)
+                               hidden_weight=self.hidden_distill, precision=precision, members=members)
+                     if self.distill else None)
+        del members  # the distiller holds frozen copies
         hidden = distiller is not None and distiller.wants_hidden
         self.init_student(model, task)
         masks = MaskSet(layers)
@@ -394,7 +423,8 @@ class TrainingPruner(Pruner):
             "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill,
                               "augment": self.augment,
                               **({"distill_text": list(self.distill_text), "distill_text_share": self.distill_text_share}
-                                 if self.distill_text_share else {})}
+                                 if self.distill_text_share else {}),
+                              **({"teacher_seeds": list(self.teacher_seeds)} if self.teacher_seeds else {})}
                              if self.distill else False),
         }
 

@@ -278,6 +278,9 @@ class OBSPruner(TrainingPruner):
         if steps == 0 and (self.augment > 0 or self.distill_text_share > 0):
             what = "augment" if self.augment > 0 else "distill_text_share"
             raise ValueError(f"{what} = {getattr(self, what):g} needs steps >= 1: one-shot OBS (steps = 0) trains nothing")
+        if steps == 0 and self.teacher_seeds:
+            raise ValueError(f"teacher_seeds = {list(self.teacher_seeds)} needs steps >= 1: one-shot OBS (steps = 0) "
+                             "distils nothing")
         self.group = check_obs_structure(self.structure, self.block_size)
         self.schedule = RisingCubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
 

@@ -88,6 +88,8 @@ def test_late_params_stay_out_of_the_keys_at_their_defaults():
     assert specs({"distill_text": [], "distill_text_share": 0.0}, {"dense_format": "auto"}) == (pruner, acc)
     pruner2, acc2 = specs({"distill_text": ["mrpc"], "distill_text_share": 0.5}, {"dense_format": "csr"})
     assert pruner2["distill_text"] == ["mrpc"] and pruner2["distill_text_share"] == 0.5 and acc2["dense_format"] == "csr"
+    assert "teacher_seeds" not in pruner and specs({"teacher_seeds": []}) == (pruner, acc)
+    assert specs({"teacher_seeds": [1, 2]})[0]["teacher_seeds"] == [1, 2]
 
 
 def test_cell_id_golden():

@@ -11,8 +11,9 @@ from profiler.tasks import TinySynthetic
 import pruners.gmp as gmp
 from pruners import training
 from pruners.base import prunable_linears
-from pruners.distill import Distiller, hidden_mse, weights_key
+from pruners.distill import Distiller, check_teacher_seeds, hidden_mse, weights_key
 from pruners.gmp import GMPPruner
+from pruners.obs import OBSPruner
 from tests.conftest import load_script
 
 
@@ -269,8 +270,82 @@ def test_bench_training_substitutes_take_every_argument_the_pruner_passes(tiny):
     _, model = tiny
     originals = gmp.adamw, gmp.Distiller
     with bench.parts(fused=False, cache=False):
-        d = gmp.Distiller(model, 2.0, 0.9, examples=[[1, 2, 3]], cache_dir=None, hidden_weight=1.0, precision="fp32")
+        d = gmp.Distiller(model, 2.0, 0.9, examples=[[1, 2, 3]], cache_dir=None, hidden_weight=1.0, precision="fp32",
+                          members=[])
         opt = gmp.adamw(model.parameters(), 1e-4, 0.01)
     assert d.cache is None and d.hidden_weight == 1.0  # no teacher cache, the hidden weight kept
     assert not opt.defaults.get("fused")
     assert (gmp.adamw, gmp.Distiller) == originals
+
+
+def test_ensemble_teacher_averages_its_members_logits_cached_or_live(tiny, tmp_path):
+    """An ensemble teacher's targets are the mean of its teachers' logits, the same from the
+    per-member caches (one file per member) as live, and on live rows (augmented copies); the
+    hidden-state targets are the first teacher's."""
+    task, dense = tiny
+    other = perturbed(dense, 0.05)
+    data = task.train_examples()
+    idx = list(range(0, 40, 3))
+    inputs, _ = task.collate([data[i] for i in idx])
+    with torch.no_grad():
+        want = (logits_of(dense(**inputs)) + logits_of(other(**inputs))).float() / 2
+    ensemble = Distiller(dense, 2.0, 0.9, examples=[e.input_ids for e in data], cache_dir=tmp_path, members=[other],
+                         hidden_weight=1.0)
+    torch.testing.assert_close(ensemble.teacher_logits(inputs), want, rtol=1e-5, atol=1e-6)  # live
+    torch.testing.assert_close(ensemble.teacher_logits(inputs, idx), want, rtol=1e-5, atol=1e-6)  # computed, cached
+    torch.testing.assert_close(ensemble.teacher_logits(inputs, idx), want, rtol=1e-5, atol=1e-6)  # from the caches
+    live = torch.tensor([i % 2 == 0 for i in range(len(idx))])
+    torch.testing.assert_close(ensemble.teacher_logits(inputs, idx, live), want, rtol=1e-5, atol=1e-6)
+    assert [c.computed for c in ensemble.caches] == [len(idx), len(idx)]
+    ensemble.save()
+    assert len(list((tmp_path / "teacher_logits").glob("*.pt"))) == 2  # each member under its own key
+    with torch.no_grad():
+        first = dense(**inputs, output_hidden_states=True).hidden_states[1:]
+    for got, ref in zip(ensemble.teacher_hidden(inputs), first):
+        torch.testing.assert_close(got, ref)
+    d = ensemble.describe()
+    assert d["teacher_ensemble_size"] == 2 and d["teacher_forward_examples"] == 2 * len(idx)
+    assert "first teacher" in d["teacher_hidden_states"]
+    single = Distiller(dense, 2.0, 0.9).teacher_logits(inputs)
+    assert not torch.allclose(single, want)  # the member moves the targets
+
+
+def test_teacher_seeds_are_checked_before_any_work():
+    assert check_teacher_seeds([1, 2]) == (1, 2) and check_teacher_seeds(()) == ()
+    for bad, match in ((3, "list of seeds"), ("12", "list of seeds"), ([1, 1], "given twice"), ([-1], r"\[0, 4294967295\]"),
+                       ([True], "integer"), ([1.5], "integer")):
+        with pytest.raises(ValueError, match=match):
+            check_teacher_seeds(bad)
+    with pytest.raises(ValueError, match="teacher_seeds.*needs distill"):
+        GMPPruner(sparsity=0.5, steps=2, teacher_seeds=[1])
+    with pytest.raises(ValueError, match="teacher_seeds.*one-shot"):
+        OBSPruner(sparsity=0.5, steps=0, distill=True, teacher_seeds=[1])
+
+
+def test_task_fine_tunes_an_ensemble_member_from_another_seed_on_its_own_data(tmp_path):
+    task = TinySynthetic(finetune_steps=3, n_train=64, n_eval=16, seed=0)
+    own = task.load_finetuned(tmp_path)
+    member = task.load_finetuned_seed(5, tmp_path)
+    assert task.seed == 0 and task.train_examples() == TinySynthetic(finetune_steps=3, n_train=64, n_eval=16).train_examples()
+    assert len(list((tmp_path / "finetuned").iterdir())) == 2  # cached under its own fingerprint
+    w_own, w_member = own.state_dict(), member.state_dict()
+    assert any(not torch.equal(w_own[k], w_member[k]) for k in w_own)
+    again = task.load_finetuned_seed(5, tmp_path)  # from the cache
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in w_member.items())
+
+
+def test_pruner_with_teacher_seeds_distils_from_the_ensemble(tiny, tmp_path):
+    task, dense = tiny
+    with pytest.raises(ValueError, match="task's own seed"):
+        pruner = GMPPruner(sparsity=0.5, steps=2, distill=True, teacher_seeds=[task.seed])
+        pruner.prune(copy.deepcopy(dense), task)
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, teacher_seeds=[7],
+                       precision="fp32", batch_size=8)
+    pruner.cache_dir = tmp_path
+    calls = []
+    report = pruner.prune(copy.deepcopy(dense), task, progress=lambda *a: calls.append(a))
+    assert report.sparsity_prunable == pytest.approx(0.5)
+    assert report.notes["distillation"]["teacher_seeds"] == [7]
+    assert report.notes["training_speed"]["teacher_ensemble_size"] == 2
+    assert [p.name for p in (tmp_path / "finetuned").iterdir()]  # the member, fine-tuned and cached
+    assert len(calls) == 6  # the member's fine-tune (finetune_steps = 0 here) reports nothing, training 6 steps

@@ -1,6 +1,7 @@
 """Task interface: model, data, metric, and the fine-tuning loop shared by every task."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -204,6 +205,17 @@ class Task:
         (tmp / "sparsebench_task.json").write_text(json.dumps({**self.fingerprint(), "training": training}, indent=1, default=str))
         tmp.replace(path) if not path.exists() else None
         return model
+
+    def load_finetuned_seed(self, seed: int, cache_dir: Path | None = None,
+                            progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
+        """The dense model fine-tuned as this task's (:meth:`load_finetuned`: same steps, batch, lr,
+        precision) but from ``seed`` — batch order, dropout, classifier initialisation; cached
+        under its own fingerprint. A member of an ensemble teacher (``teacher_seeds``); this task's
+        own seed and :attr:`finetune_report` are left as they are."""
+        self.train_examples(), self.eval_examples()  # cached first: a task whose data derive from its seed shares them
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other.load_finetuned(cache_dir, progress)
 
     def load_saved(self, path: Path) -> nn.Module:
         """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise)."""

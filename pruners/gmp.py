@@ -283,7 +283,8 @@ class TrainingPruner(Pruner):
             raise ValueError(f"teacher_seeds: {own} is the task's own seed (its dense model is already the teacher); "
                              f"got {list(self.teacher_seeds)}")
         step = (lambda s, n, loss: progress(s, n, loss, 0.0)) if progress is not None else None
-        return [load(seed, self.cache_dir, step) for seed in self.teacher_seeds]
+        with torch.random.fork_rng(devices=[]):  # a member fine-tuned now must not shift the student's dropout
+            return [load(seed, self.cache_dir, step) for seed in self.teacher_seeds]
 
     def lr_factor(self) -> Callable[[int], float]:
         """``step → multiplier`` of :attr:`lr` under ``lr_schedule`` over :attr:`steps` (``"cyclic"``

@@ -349,3 +349,20 @@ def test_pruner_with_teacher_seeds_distils_from_the_ensemble(tiny, tmp_path):
     assert report.notes["training_speed"]["teacher_ensemble_size"] == 2
     assert [p.name for p in (tmp_path / "finetuned").iterdir()]  # the member, fine-tuned and cached
     assert len(calls) == 6  # the member's fine-tune (finetune_steps = 0 here) reports nothing, training 6 steps
+
+
+def test_ensemble_run_is_the_same_whether_its_members_were_cached_or_not(tmp_path):
+    """Fine-tuning a member inside prune() must not move the student's random stream."""
+    task = TinySynthetic(finetune_steps=4, n_train=64, n_eval=16)
+    dense = task.base_model().eval()
+
+    def pruned():
+        p = GMPPruner(sparsity=0.5, steps=4, update_every=2, end_frac=0.5, distill=True, teacher_seeds=[3],
+                      precision="fp32", batch_size=8)
+        p.cache_dir = tmp_path
+        model = copy.deepcopy(dense).train()
+        p.prune(model, task)
+        return model.state_dict()
+
+    first, second = pruned(), pruned()  # the member fine-tuned, then loaded from the cache
+    assert all(torch.equal(v, second[k]) for k, v in first.items())

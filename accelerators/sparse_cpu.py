@@ -127,6 +127,14 @@ def _short_layer_name(name: str) -> str:
             .replace("output.dense", "ffn.out"))
 
 
+def _stacked_qkv_formats(model: nn.Module) -> dict[str, str]:
+    """Short layer name -> format of each fused encoder layer's stacked q | k | v SparseLinear."""
+    from accelerators.fused_layer import FusedBertLayer
+
+    return {_short_layer_name(name): m.qkv.format for name, m in model.named_modules()
+            if isinstance(m, FusedBertLayer) and m.qkv is not None}
+
+
 @dataclass
 class SwapRun:
     """Everything one ``prepare`` call decides, handed through its steps and turned into the row
@@ -156,6 +164,9 @@ class SwapRun:
     fused_gelu: int = 0
     fused_layers: int = 0
     fuse_note: str = ""
+    #: short layer name -> the format its stacked q | k | v layer runs in (fused layers only): the
+    #: per-layer choices of q, k and v may name another, re-blocked into the stack's (SparseLinear.stack)
+    qkv_formats: dict[str, str] = field(default_factory=dict)
     attention_precision: str = "fp32"
     attention_note: str = ""
     lean_note: str = "not fused"
@@ -445,6 +456,7 @@ class _SparseSwap(Accelerator):
         except Exception as exc:  # a model layout the fused layer does not reproduce
             n, why = 0, f"{type(exc).__name__}: {exc}"[:200]
         run.fused_layers, run.fuse_note = n, why
+        run.qkv_formats = _stacked_qkv_formats(fused) if n else {}
         return fused if n else model
 
     @staticmethod
@@ -492,7 +504,8 @@ class _SparseSwap(Accelerator):
         if t["sparse"] > t["dense"]:
             run.fell_back = True
             if fb_run is not None:
-                for f in ("fused_gelu", "fused_layers", "fuse_note", "attention_precision", "attention_note", "lean_note"):
+                for f in ("fused_gelu", "fused_layers", "fuse_note", "qkv_formats", "attention_precision", "attention_note",
+                          "lean_note"):
                     setattr(run, f, getattr(fb_run, f))
                 run.fallback_finished = True
             return fallback
@@ -523,6 +536,8 @@ class _SparseSwap(Accelerator):
             "sparse_fused_gelu_layers": 0 if plain else run.fused_gelu,
             "fused_encoder_layers": 0 if plain else run.fused_layers,
             "fused_encoder_note": run.fuse_note or None,
+            "fused_qkv_formats": (json.dumps(run.qkv_formats, separators=(",", ":"))
+                                  if run.qkv_formats and not plain else None),
             "attention_precision": run.attention_precision if run.fused_layers and not plain else None,
             "attention_note": run.attention_note or None,
             "lean_model": not run.lean_note and not plain,

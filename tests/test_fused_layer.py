@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -248,6 +249,7 @@ def test_sparse_cpu_fused_layers_match_transformers(attn):
     assert fields["fused_encoder_layers"] == 2, fields["fused_encoder_note"]
     assert all(isinstance(layer, FusedBertLayer) for layer in new.bert.encoder.layer)
     assert all(layer.qkv is not None for layer in new.bert.encoder.layer)
+    assert json.loads(fields["fused_qkv_formats"]) == {"bert.L0": "csr", "bert.L1": "csr"}
     torch.testing.assert_close(logits(new, ex), logits(model, ex), rtol=1e-4, atol=1e-5)
     other = padded_example(batch=2, seq=40)  # another shape and padding than prepare() saw
     torch.testing.assert_close(logits(new, other), logits(model, other), rtol=1e-4, atol=1e-5)
@@ -259,7 +261,7 @@ def test_sparse_cpu_fused_layers_match_transformers(attn):
     off = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False)
     p_off = off.prepare(model, ex, PrepareSettings(threads=1))
     plain = p_off.module
-    assert p_off.fields["fused_encoder_layers"] == 0
+    assert p_off.fields["fused_encoder_layers"] == 0 and p_off.fields["fused_qkv_formats"] is None
     assert not any(isinstance(layer, FusedBertLayer) for layer in plain.bert.encoder.layer)
 
 

@@ -405,6 +405,7 @@ def test_kernel_int8_whole_model_fallback_is_fused_like_the_mix(monkeypatch):
     assert f["sparse_fell_back_to_dense"] and f["sparse_layers"] == 0 and f["fused_encoder_layers"] == 2
     layers = [m for m in p.module.modules() if isinstance(m, FusedBertLayer)]
     assert len(layers) == 2 and {m.format for m in p.module.modules() if isinstance(m, SparseLinear)} == {"bsr4x4"}
+    assert set(json.loads(f["fused_qkv_formats"]).values()) == {"bsr4x4"}  # the fallback's layers, not the mix's
     with torch.no_grad():
         ref, got = model(**ex).logits, p.module(**ex).logits
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.1

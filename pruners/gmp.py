@@ -85,8 +85,10 @@ class TrainingPruner(Pruner):
             one-shot (``steps = 0``), which trains nothing.
         distill_text: unlabeled text for distillation beside the task's training set: packaged GLUE
             sets (``"sst2"``, ``"mrpc"``, ``"stsb"``: their training sentences, labels ignored) and/or
-            ``.txt`` files (one text per line); the teacher labels every text (transfer-set
-            distillation, :class:`pruners.augment.ExtraText`). Needs ``distill_text_share``.
+            ``.txt`` files (one text per line); a sentence-pair task reads pairs instead (the pair
+            sets' pairs, ``first<TAB>second`` lines; ``Task.unlabeled_texts``). The teacher labels
+            every text (transfer-set distillation, :class:`pruners.augment.ExtraText`). Needs
+            ``distill_text_share``.
         distill_text_share: share of every training batch replaced by texts of ``distill_text``, in
             [0, 1]; 0 = off. Handled as ``augment``'s copies (live teacher logits, no hard-label
             term, not in the Fisher's gradients); not together with ``augment``; needs ``distill``

@@ -164,6 +164,30 @@ def test_unlabeled_texts_reads_glue_sentences_and_txt_files(tmp_path):
         unlabeled_texts(str(tmp_path / "blank.txt"))
 
 
+def test_unlabeled_pairs_reads_glue_pairs_and_tab_separated_lines(tmp_path):
+    from profiler.tasks.textdata import unlabeled_pairs
+
+    rows = read_rows(packaged_glue_dir("mrpc") / "train.tsv")
+    want = {(r["sentence1"].strip(), r["sentence2"].strip()) for r in rows}
+    got = unlabeled_pairs("mrpc")
+    assert len(got) == len(set(got)) == len(want) and set(got) == want
+    f = tmp_path / "pairs.txt"
+    f.write_text("a cat sat\ta cat was sitting\n\n a cat sat \t a cat was sitting\nhe left\tshe\tstayed\n",
+                 encoding="utf-8")
+    assert unlabeled_pairs(str(f)) == [("a cat sat", "a cat was sitting"), ("he left", "she\tstayed")]
+    for text, line in (("one\ttwo\njust one text\n", 2), ("\t second only\n", 1)):
+        f.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=f"line {line}: a pair task needs two tab-separated texts"):
+            unlabeled_pairs(str(f))
+    with pytest.raises(ValueError, match="'sst2' holds single sentences"):
+        unlabeled_pairs("sst2")
+    with pytest.raises(ValueError, match="use one of sst2, mrpc, stsb"):
+        unlabeled_pairs("imdb")
+    (tmp_path / "blank.txt").write_text("\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no sentence pair"):
+        unlabeled_pairs(str(tmp_path / "blank.txt"))
+
+
 def test_extra_text_replaces_a_seeded_share_of_the_batch_from_its_pool():
     pool = [Example([1, 100 + i, 2], 0) for i in range(50)]
     batch = [Example([1, 10 + i % 7, 2], i % 2) for i in range(2000)]

@@ -110,6 +110,19 @@ def test_glue_presets_pick_headline_and_companion_metrics(tmp_path):
     assert set(mrpc.evaluate_metrics(mrpc.base_model())) == {"f1", "accuracy"}
 
 
+def test_pair_task_distils_on_sentence_pairs_as_two_segments(tmp_path):
+    """distill_text on a pair task: the source's pairs, tokenized as the task's own examples."""
+    mrpc = TextClassification(model=str(save_tiny_model(tmp_path / "cls", "bert")), glue="mrpc")
+    pairs = mrpc.unlabeled_texts("stsb")
+    assert pairs and all(isinstance(p, tuple) and len(p) == 2 and all(p) for p in pairs)
+    (ex,) = mrpc.encode_texts([pairs[0]])
+    want = mrpc.tokenizer(*pairs[0], truncation=True, max_length=mrpc.max_length)
+    assert ex.input_ids == want["input_ids"] and ex.token_type_ids == want["token_type_ids"] and ex.label == 0
+    assert ex.token_type_ids[0] == 0 and ex.token_type_ids[-1] == 1
+    with pytest.raises(ValueError, match="holds single sentences.*use mrpc, stsb"):
+        mrpc.unlabeled_texts("sst2")
+
+
 def test_metrics_golden():
     from profiler.tasks.textdata import compute_metric
 

@@ -113,17 +113,18 @@ class Task:
         ``augment`` is refused)."""
         return None
 
-    def unlabeled_texts(self, source: str) -> list[str]:
+    def unlabeled_texts(self, source: str) -> list[str] | list[tuple[str, str]]:
         """The distinct texts of a ``distill_text`` source (:func:`profiler.tasks.textdata.unlabeled_texts`:
-        a packaged GLUE set's training sentences or a ``.txt`` file's lines)."""
+        a packaged GLUE set's training sentences or a ``.txt`` file's lines), what :meth:`encode_texts`
+        takes; a sentence-pair task returns pairs instead."""
         from profiler.tasks.textdata import unlabeled_texts
 
         return unlabeled_texts(source)
 
-    def encode_texts(self, texts: list[str]) -> list[Example] | None:
-        """Single texts tokenized as the model's inputs, label 0 (not a label: for unlabeled
-        distillation data, which the teacher labels; :class:`pruners.augment.ExtraText`); None where
-        the task cannot tokenize text (then ``distill_text`` is refused)."""
+    def encode_texts(self, texts: list[str] | list[tuple[str, str]]) -> list[Example] | None:
+        """Texts of :meth:`unlabeled_texts` tokenized as the model's inputs, label 0 (not a label: for
+        unlabeled distillation data, which the teacher labels; :class:`pruners.augment.ExtraText`);
+        None where the task cannot tokenize text (then ``distill_text`` is refused)."""
         return None
 
     def metric(self, logits: torch.Tensor, labels: torch.Tensor) -> float:

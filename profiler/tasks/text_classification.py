@@ -217,9 +217,21 @@ class TextClassification(Task):
     def eval_examples(self) -> list[Example]:
         return self._eval
 
-    def encode_texts(self, texts: list[str]) -> list[Example]:
-        """``texts`` tokenized one by one (truncated to ``max_length``), label 0."""
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+    def unlabeled_texts(self, source: str) -> list[str] | list[tuple[str, str]]:
+        """A ``distill_text`` source's distinct texts; for a sentence-pair task its pairs
+        (:func:`textdata.unlabeled_pairs`), so the student sees them as two segments, as it is trained."""
+        return textdata.unlabeled_pairs(source) if self.text_pair_column else textdata.unlabeled_texts(source)
+
+    def encode_texts(self, texts: list[str] | list[tuple[str, str]]) -> list[Example]:
+        """``texts`` (or ``(first, second)`` pairs, as the task's own examples) tokenized one by one,
+        truncated to ``max_length``, label 0."""
+        items = list(texts)
+        if items and isinstance(items[0], tuple):
+            enc = self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True,
+                                 max_length=self.max_length)
+            types = enc.get("token_type_ids") if self.pair_token_types else None
+            return [Example(ids, 0, types[i] if types is not None else None) for i, ids in enumerate(enc["input_ids"])]
+        enc = self.tokenizer(items, truncation=True, max_length=self.max_length)
         return [Example(ids, 0) for ids in enc["input_ids"]]
 
     def augment_vocab(self) -> tuple[list[int], list[int]]:

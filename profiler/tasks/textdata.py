@@ -82,13 +82,14 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def check_text_source(source: str) -> None:
     """ValueError unless ``source`` is a packaged GLUE set (a key of :data:`GLUE`) or an existing
-    ``.txt`` file (one text per line): what :func:`unlabeled_texts` reads."""
+    ``.txt`` file (one text per line, or one tab-separated pair): what :func:`unlabeled_texts` and
+    :func:`unlabeled_pairs` read."""
     if source in GLUE:
         return
     path = Path(source)
     if path.suffix.lower() != ".txt":
         raise ValueError(f"text source {source!r}: use one of {', '.join(GLUE)} (the packaged GLUE training "
-                         "sentences) or a .txt file with one text per line")
+                         "sentences) or a .txt file with one text per line (a pair task: one tab-separated pair)")
     if not path.is_file():
         raise ValueError(f"text source {source!r}: the file does not exist")
 
@@ -112,6 +113,41 @@ def unlabeled_texts(source: str) -> list[str]:
     out = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if not out:
         raise ValueError(f"text source {source}: no text")
+    return out
+
+
+def unlabeled_pairs(source: str) -> list[tuple[str, str]]:
+    """The distinct sentence pairs of ``source``, in first-seen order, for a pair task (MRPC, STS-B):
+    a packaged GLUE pair set's training pairs (labels ignored) or the lines of a UTF-8 ``.txt`` file,
+    each ``first<TAB>second`` (split at the first tab; blank lines skipped). Raises ValueError as
+    :func:`check_text_source`, for a GLUE set of single sentences, a line without a tab or with an
+    empty side (naming the line), a file that is not UTF-8, or no pair."""
+    check_text_source(source)
+    if source in GLUE:
+        preset = GLUE[source]
+        if not preset.text_pair_column:
+            pair_sets = ", ".join(k for k, v in GLUE.items() if v.text_pair_column)
+            raise ValueError(f"text source {source!r} holds single sentences, and this task reads sentence pairs: "
+                             f"use {pair_sets} or a .txt file with one tab-separated pair per line")
+        rows = read_rows(packaged_glue_dir(source) / "train.tsv")
+        check_columns(rows, (preset.text_column, preset.text_pair_column), f"packaged {source} train.tsv")
+        pairs = [(row[preset.text_column].strip(), row[preset.text_pair_column].strip()) for row in rows]
+    else:
+        try:
+            lines = Path(source).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+        pairs = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            first, tab, second = line.partition("\t")
+            if not tab or not first.strip() or not second.strip():
+                raise ValueError(f"text source {source} line {i}: a pair task needs two tab-separated texts per line")
+            pairs.append((first.strip(), second.strip()))
+    out = list(dict.fromkeys(p for p in pairs if p[0] and p[1]))
+    if not out:
+        raise ValueError(f"text source {source}: no sentence pair")
     return out
 
 

@@ -177,7 +177,7 @@ class ExtraText:
 
 def check_text_sources(sources: Any, key: str = "distill_text") -> tuple[str, ...]:
     """``sources`` as a tuple: each a name of :data:`TEXT_SETS` or an existing ``.txt`` file (one text
-    per line). ValueError naming ``key`` for anything else, before any work."""
+    per line; a pair task: one tab-separated pair). ValueError naming ``key`` for anything else, before any work."""
     if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
         raise ValueError(f"{key} must be a list of text sources, got {sources!r}")
     for src in sources:
@@ -185,7 +185,8 @@ def check_text_sources(sources: Any, key: str = "distill_text") -> tuple[str, ..
             continue
         if Path(src).suffix.lower() != ".txt":
             raise ValueError(f"{key}: text source {src!r}: use one of {', '.join(TEXT_SETS)} (the packaged GLUE "
-                             "training sentences) or a .txt file with one text per line")
+                             "training sentences) or a .txt file with one text per line (a pair task: one "
+                             "tab-separated pair)")
         if not Path(src).is_file():
             raise ValueError(f"{key}: text source {src!r}: the file does not exist")
     return tuple(sources)

@@ -195,7 +195,10 @@ class TextClassification(Task):
             logging.set_verbosity(verbosity)
 
     def _encode(self, split: str) -> list[Example]:
-        texts, pairs, labels = self._raw[split]
+        return self._tokenize(*self._raw[split])
+
+    def _tokenize(self, texts: list[str], pairs: list[str] | None, labels: list) -> list[Example]:
+        """Examples of ``texts`` (with their second segments ``pairs``, or None), truncated to ``max_length``."""
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         types = enc.get("token_type_ids") if self.pair_token_types and pairs is not None else None
         return [Example(ids, lab, types[i] if types is not None else None)
@@ -227,12 +230,8 @@ class TextClassification(Task):
         truncated to ``max_length``, label 0."""
         items = list(texts)
         if items and isinstance(items[0], tuple):
-            enc = self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True,
-                                 max_length=self.max_length)
-            types = enc.get("token_type_ids") if self.pair_token_types else None
-            return [Example(ids, 0, types[i] if types is not None else None) for i, ids in enumerate(enc["input_ids"])]
-        enc = self.tokenizer(items, truncation=True, max_length=self.max_length)
-        return [Example(ids, 0) for ids in enc["input_ids"]]
+            return self._tokenize([a for a, _ in items], [b for _, b in items], [0] * len(items))
+        return self._tokenize(items, None, [0] * len(items))
 
     def augment_vocab(self) -> tuple[list[int], list[int]]:
         """The tokenizer's alphabetic whole-word tokens (no special tokens) and its ``##`` pieces."""

@@ -94,6 +94,14 @@ def check_text_source(source: str) -> None:
         raise ValueError(f"text source {source!r}: the file does not exist")
 
 
+def _source_lines(source: str) -> list[str]:
+    """The lines of the ``.txt`` text source ``source``; ValueError when it is not UTF-8."""
+    try:
+        return Path(source).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+
+
 def unlabeled_texts(source: str) -> list[str]:
     """The distinct non-empty texts of ``source``, in first-seen order: a packaged GLUE set's training
     sentences (both sentences of a pair, labels ignored) or the lines of a UTF-8 ``.txt`` file.
@@ -106,10 +114,7 @@ def unlabeled_texts(source: str) -> list[str]:
         check_columns(rows, cols, f"packaged {source} train.tsv")
         texts = [row[c] for row in rows for c in cols]
     else:
-        try:
-            texts = Path(source).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+        texts = _source_lines(source)
     out = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if not out:
         raise ValueError(f"text source {source}: no text")
@@ -133,12 +138,8 @@ def unlabeled_pairs(source: str) -> list[tuple[str, str]]:
         check_columns(rows, (preset.text_column, preset.text_pair_column), f"packaged {source} train.tsv")
         pairs = [(row[preset.text_column].strip(), row[preset.text_pair_column].strip()) for row in rows]
     else:
-        try:
-            lines = Path(source).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
         pairs = []
-        for i, line in enumerate(lines, 1):
+        for i, line in enumerate(_source_lines(source), 1):
             if not line.strip():
                 continue
             first, tab, second = line.partition("\t")

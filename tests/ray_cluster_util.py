@@ -9,10 +9,12 @@ root; elsewhere these tests are skipped, with that reason (without Ray they fail
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,9 +29,19 @@ from profiler.targets import TARGET_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
 INNER_ENV = "SPARSEBENCH_TEST_PRIVATE_NETWORK"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
 # --kill-child: the namespace's first process dies with unshare (e.g. on a timeout), and with it
 # every process of the PID namespace; --mount-proc: /proc shows that namespace, as Ray expects
 NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+# The inner pytest leaves without interpreter finalization once the test has passed or failed
+# (its nodes and driver are already shut down; PID 1 of the namespace exiting ends any left):
+# Ray's core worker can crash in its exit handlers after nodes of its cluster were killed, which
+# would turn a finished test's result into a signal with its report lost.
+INNER_PYTEST = ("import os, sys, pytest\n"
+                "code = pytest.main(['-q', '-x', '-p', 'no:cacheprovider', sys.argv[1]])\n"
+                "sys.stdout.flush(); sys.stderr.flush()\n"
+                "os._exit(int(code))\n")
 
 
 def require_ray() -> None:
@@ -76,21 +88,31 @@ def private_network(timeout_s: float = 600) -> Callable:
     return wrap
 
 
+def _die_with_parent() -> None:
+    """In the forked child before exec: SIGKILL it when the test process dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed test run takes its namespaces, and their Ray processes, along
+    (``unshare --fork`` itself ignores SIGTERM)."""
+    _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 def _run_inside(node_id: str, timeout_s: float) -> None:
     ray_tmp = tempfile.mkdtemp(prefix="sbray-")  # Ray's session files and sockets, removed afterwards
-    env = {**os.environ, INNER_ENV: "1", "RAY_TMPDIR": ray_tmp,
+    # unbuffered, with faulthandler on for the whole life of the process: a crash (even one at
+    # interpreter exit, after pytest's own faulthandler is off) still shows its output and traceback
+    env = {**os.environ, INNER_ENV: "1", "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    cmd = NAMESPACES + ["sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-                        sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", node_id]
+    cmd = NAMESPACES + ["sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-c", INNER_PYTEST, node_id]
     try:
-        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                              preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"")[-6000:]
         pytest.fail(f"{node_id} did not finish within {timeout_s:.0f} s inside its namespaces:\n{out!r}")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0:
-        pytest.fail(f"{node_id} failed inside its namespaces (exit {proc.returncode}):\n"
+        how = f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        pytest.fail(f"{node_id} failed inside its namespaces ({how}):\n"
                     f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}")
 
 

@@ -305,7 +305,27 @@ def parse_config(raw: dict[str, Any]) -> Config:
             if h in seen:
                 raise ConfigError(f"{spec.key}: duplicates {seen[h]} ({spec.label()}); each cell must be unique")
             seen[h] = spec.key
+    _check_text_sources(cfg)
     return cfg
+
+
+def _check_text_sources(cfg: Config) -> None:
+    """Read every pruner's text sources (:meth:`pruners.base.Pruner.text_sources`) with every task,
+    as the pruner will when it prunes: a single-sentence set for a sentence-pair task, or a bad line
+    of a .txt source, is a ConfigError naming the pruner and the task before any work. Tasks are
+    built (their data read) only when a pruner has text sources."""
+    readers = [(spec, PRUNERS.build(spec.name, spec.params, spec.key).text_sources()) for spec in cfg.pruners]
+    readers = [(spec, sources) for spec, sources in readers if sources]
+    if not readers:
+        return
+    for task_spec in cfg.tasks:
+        task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
+        for spec, sources in readers:
+            for source in sources:
+                try:
+                    task.unlabeled_texts(source)
+                except ValueError as exc:
+                    raise ConfigError(f"{spec.key}: {exc} ({task_spec.key}: {task_spec.label()})") from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

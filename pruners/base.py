@@ -152,6 +152,12 @@ class Pruner:
     #: teacher's logits); set by the runner, None = nothing written to disk
     cache_dir: Path | None = None
 
+    def text_sources(self) -> tuple[str, ...]:
+        """The text sources (e.g. ``distill_text``) this pruner reads through the task's
+        ``unlabeled_texts`` when it prunes: the config reads each with every task of the matrix
+        when it is loaded, so a source that does not fit a task fails before any work. Default: none."""
+        return ()
+
     def data_fingerprint(self) -> dict[str, str]:
         """Content hashes of the files the pruner reads beside the task's data, by name: part of the
         pruned model's cache key when not empty, so an edited file is never answered from a stale

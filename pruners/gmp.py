@@ -245,6 +245,10 @@ class TrainingPruner(Pruner):
             self.structure.check_shape(n, lin.weight.shape)
         return layers
 
+    def text_sources(self) -> tuple[str, ...]:
+        """``distill_text`` while ``distill_text_share`` > 0 (read through the task's ``unlabeled_texts``)."""
+        return tuple(self.distill_text) if self.distill_text_share else ()
+
     def data_fingerprint(self) -> dict[str, str]:
         """The sha256 of each ``.txt`` file of ``distill_text``."""
         digests = {src: text_source_digest(src) for src in self.distill_text} if self.distill_text_share else {}

@@ -123,6 +123,30 @@ def test_pair_task_distils_on_sentence_pairs_as_two_segments(tmp_path):
         mrpc.unlabeled_texts("sst2")
 
 
+def test_a_distill_text_source_that_does_not_fit_a_task_fails_when_the_config_is_read(tmp_path):
+    """A single-sentence set (or a .txt line without a tab) for a sentence-pair task is refused by
+    parse_config, naming the pruner and the task, before any work; a fitting source passes."""
+    from profiler.config import parse_config
+    from profiler.errors import ConfigError
+    from tests.conftest import tiny_config
+
+    model = str(save_tiny_model(tmp_path / "cls", "bert"))
+
+    def config(source: str) -> dict:
+        return tiny_config(tasks=[{"name": "text-classification", "model": model, "glue": "mrpc"}],
+                           pruners=[{"name": "none"}, {"name": "gmp", "sparsity": 0.5, "distill": True,
+                                                        "distill_text": [source], "distill_text_share": 0.25}])
+
+    with pytest.raises(ConfigError, match=r"^pruners\[1\]: text source 'sst2' holds single sentences.*"
+                                          r"\(tasks\[0\]: text-classification"):
+        parse_config(config("sst2"))
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("a cat sat\ta cat was sitting\nno tab here\n")
+    with pytest.raises(ConfigError, match=r"^pruners\[1\]: .*line 2: a pair task needs two tab-separated texts"):
+        parse_config(config(str(lines)))
+    assert parse_config(config("stsb")).pruners[1].params["distill_text"] == ["stsb"]
+
+
 def test_metrics_golden():
     from profiler.tasks.textdata import compute_metric
 

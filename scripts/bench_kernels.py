@@ -16,8 +16,8 @@ the same pruned weight (pruned with :mod:`pruners.structure`, the pruners' own s
 * ours, int8 (``--int8``) ``csr`` (1x4 quads) on unstructured W, ``bsr4x4`` on 4x4-block-pruned W,
                           vs torch dynamic INT8 (engines x86 / fbgemm / onednn where available)
 
-Output: a table on stdout and a JSON list of objects (``--json`` / ``--out``, default runs/bench_kernels-<time>.json)
-with one object per (case, competitor): out_features, in_features, tokens, sparsity, dtype, format,
+Output: a table on stdout and a JSON list of objects (``--json`` / ``--out``, default runs/bench_kernels-<time>.json),
+every one with ``cpu`` (the CPU model) and, in the per-layer mode, one per (case, competitor): out_features, in_features, tokens, sparsity, dtype, format,
 block, variant, threads, median_s, dense_median_s, torch_csr_median_s, speedup_vs_dense,
 speedup_vs_torch_csr, torch_csr_pretransposed_median_s, speedup_vs_torch_csr_pretransposed, gflops_effective (useful FLOPs = 2 * tokens * nnz(W) per second), roofline
 fraction, spread (IQR / median) and, for int8 rows, dense_int8_median_s / speedup_vs_dense_int8.
@@ -66,6 +66,7 @@ from accelerators.roles import encoder_linears  # noqa: E402
 from accelerators.sparse_int8 import INT8_FORMATS  # noqa: E402
 from accelerators.sparse_linear import SparseLinear  # noqa: E402
 from accelerators.timing import interleaved_samples  # noqa: E402
+from profiler.hardware import fingerprint  # noqa: E402
 from pruners.structure import parse_structure  # noqa: E402
 
 #: roofline of one AVX-512 core: 2 FMA ports x 16 lanes x 2 flops x ~3.4 GHz (GFLOP/s)
@@ -567,6 +568,9 @@ def main(argv=None):
             r["machine_quiet_at_start"] = quiet
     else:
         rows = run_layers(args, quiet)
+    cpu = fingerprint().get("cpu_model")  # every figure names the CPU it was measured on
+    for r in rows:
+        r["cpu"] = cpu
     out.write_text(json.dumps(rows, indent=1))
     print(f"# wrote {out}")
 

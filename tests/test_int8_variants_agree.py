@@ -4,6 +4,7 @@ The design notes (``accelerators/_csrc/README.md``, "Without VNNI: AVX2") say th
 is exact and its softmax numerators use VNNI's ``exp255``, so a model gives the same outputs on an
 AVX2-only CPU as on a VNNI one. Each variant is checked against a float64 reference elsewhere; this
 file compares the variants with each other, on CPUs that run more than one SIMD INT8 variant.
+``avx512`` (AVX-512 without VNNI) runs AVX2's INT8 entries beside its own fp32 ones and LayerNorm.
 The portable ``scalar`` table is left out: its ``exp`` is libm's. LayerNorm is the one known
 difference: AVX-512 accumulates its mean and variance in 16 float lanes, AVX2 (like the portable
 kernel) in double, so a block ending in LayerNorm agrees to float rounding, not bit for bit.
@@ -17,8 +18,8 @@ sk = pytest.importorskip("accelerators._sparse_kernels")
 
 from tests.test_ffn_int8 import case, pack  # noqa: E402
 
-SIMD = [v for v in sk.supported_variants() if v in ("avx2", "vnni")]
-pytestmark = pytest.mark.skipif(len(SIMD) < 2, reason=f"needs the avx2 and vnni variants; this CPU runs {SIMD}")
+SIMD = [v for v in sk.supported_variants() if v in ("avx2", "avx512", "vnni")]
+pytestmark = pytest.mark.skipif(len(SIMD) < 2, reason=f"needs two SIMD INT8 variants; this CPU runs {SIMD}")
 
 
 @pytest.mark.parametrize("S,heads,dh,masked", [(128, 12, 32, 0), (128, 12, 64, 40), (37, 3, 20, 5), (1, 2, 8, 0)])

@@ -314,13 +314,18 @@ def _check_text_sources(cfg: Config) -> None:
     as the pruner will when it prunes: a single-sentence set for a sentence-pair task, or a bad line
     of a .txt source, is a ConfigError naming the pruner and the task before any work. Tasks are
     built (their data read) only when a pruner has text sources."""
-    readers = [(spec, PRUNERS.build(spec.name, spec.params, spec.key).text_sources()) for spec in cfg.pruners]
+    pruners = [(spec, PRUNERS.build(spec.name, spec.params, spec.key)) for spec in cfg.pruners]
+    # a third-party pruner need not derive from Pruner: no text_sources, no text read
+    readers = [(spec, tuple(p.text_sources())) for spec, p in pruners if hasattr(p, "text_sources")]
     readers = [(spec, sources) for spec, sources in readers if sources]
     if not readers:
         return
     for task_spec in cfg.tasks:
         task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         for spec, sources in readers:
+            if not hasattr(task, "unlabeled_texts"):
+                raise ConfigError(f"{spec.key}: reads text sources ({', '.join(sources)}) and {task_spec.key} "
+                                  f"({task_spec.label()}) cannot read them (no unlabeled_texts)")
             for source in sources:
                 try:
                     task.unlabeled_texts(source)

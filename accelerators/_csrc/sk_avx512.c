@@ -370,7 +370,7 @@ void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma,
 }
 
 const sk_kernels sk_kernels_avx512 = {
-    /* int8 without VNNI: placeholders, replaced by AVX2's when sk_module.c builds the table */
+    /* the fp32 entries; sk_module.c builds the avx512 table from AVX2's with these (int8: placeholders) */
     "avx512", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
     sk_tile_int8_generic, sk_pack_xq_generic, sk_pack_xq_raw_generic, sk_unpack_int8_generic,
     sk_rows_amax_generic, sk_unpack_i32_generic, sk_avx512_attn_head, sk_avx512_layer_norm,

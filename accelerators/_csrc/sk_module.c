@@ -27,7 +27,7 @@ static void detect_l2(void)
 static const char *const variant_names[V_COUNT] = {"scalar", "avx2", "avx512", "vnni"};
 const sk_kernels *sk_variant_tables[V_COUNT];
 #ifdef SK_HAVE_X86
-static sk_kernels avx512_kernels; /* AVX-512's fp32 entries, AVX2's int8 ones: see detect_variants */
+static sk_kernels avx512_kernels; /* AVX2's table with AVX-512's fp32 entries: see detect_variants */
 #endif
 static int variant_compiled[V_COUNT];
 static int variant_supported[V_COUNT];
@@ -40,22 +40,14 @@ static void detect_variants(void)
     variant_supported[V_SCALAR] = 1;
 #ifdef SK_HAVE_X86
     sk_variant_tables[V_AVX2] = &sk_kernels_avx2;
-    /* AVX-512 without VNNI (e.g. Skylake-SP): its INT8 entries are AVX2's (vpmaddubsw micro-kernels,
-     * ~30x the portable C's speed); the AVX2 functions are static to their translation unit, so the
-     * table is put together here. Same arithmetic, so the same bits as every other variant. */
-    avx512_kernels = sk_kernels_avx512;
-    avx512_kernels.tile_int8 = sk_kernels_avx2.tile_int8;
-    avx512_kernels.pack_xq = sk_kernels_avx2.pack_xq;
-    avx512_kernels.pack_xq_raw = sk_kernels_avx2.pack_xq_raw;
-    avx512_kernels.unpack_int8 = sk_kernels_avx2.unpack_int8;
-    avx512_kernels.rows_amax = sk_kernels_avx2.rows_amax;
-    avx512_kernels.unpack_i32 = sk_kernels_avx2.unpack_i32;
-    avx512_kernels.quant_rows = sk_kernels_avx2.quant_rows;
-    avx512_kernels.attn_head_int8 = sk_kernels_avx2.attn_head_int8;
-    avx512_kernels.mid_int8 = sk_kernels_avx2.mid_int8;
-    avx512_kernels.pack_mid = sk_kernels_avx2.pack_mid;
-    avx512_kernels.attn_head_int8_cm = sk_kernels_avx2.attn_head_int8_cm;
-    avx512_kernels.int8_no_x_min = sk_kernels_avx2.int8_no_x_min;
+    /* AVX-512 without VNNI (e.g. Skylake-SP): AVX2's table (vpmaddubsw INT8 micro-kernels, ~30x the
+     * portable C's speed) with AVX-512's fp32 entries; AVX2's functions are static to their
+     * translation unit, so the table is put together here. Same arithmetic, same bits. */
+    avx512_kernels = sk_kernels_avx2;
+#define SK_TAKE_AVX512(entry) avx512_kernels.entry = sk_kernels_avx512.entry;
+    SK_TAKE_AVX512(name) SK_TAKE_AVX512(tile_fp32) SK_TAKE_AVX512(pack_x) SK_TAKE_AVX512(unpack_y)
+    SK_TAKE_AVX512(attn_head) SK_TAKE_AVX512(layer_norm)
+#undef SK_TAKE_AVX512
     sk_variant_tables[V_AVX512] = &avx512_kernels;
     sk_variant_tables[V_VNNI] = &sk_kernels_vnni;
     variant_compiled[V_AVX2] = variant_compiled[V_AVX512] = variant_compiled[V_VNNI] = 1;

@@ -4,7 +4,8 @@ The design notes (``accelerators/_csrc/README.md``, "Without VNNI: AVX2") say th
 is exact and its softmax numerators use VNNI's ``exp255``, so a model gives the same outputs on an
 AVX2-only CPU as on a VNNI one. Each variant is checked against a float64 reference elsewhere; this
 file compares the variants with each other, on CPUs that run more than one SIMD INT8 variant.
-``avx512`` (AVX-512 without VNNI) runs AVX2's INT8 entries beside its own fp32 ones and LayerNorm.
+``avx512`` (AVX-512 without VNNI) runs its own 16-lane ``vpmaddubsw`` product beside AVX2's other INT8
+entries and its own fp32 ones and LayerNorm.
 The portable ``scalar`` table is left out: its ``exp`` is libm's. LayerNorm is the one known
 difference: AVX-512 accumulates its mean and variance in 16 float lanes, AVX2 (like the portable
 kernel) in double, so a block ending in LayerNorm agrees to float rounding, not bit for bit.

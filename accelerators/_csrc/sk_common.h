@@ -288,6 +288,9 @@ void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma,
                           float *amax);
 void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                          float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+/* the INT8 product without VNNI (AVX-512BW; the avx512 table's only int8 entry of its own) */
+void sk_avx512_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                         const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
 #endif
 /* x * inv rounded to nearest even, clamped to [-127, 127] (shared definition of quantization) */
 static inline int32_t sk_quant1(float x, float inv)

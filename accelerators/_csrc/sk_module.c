@@ -40,13 +40,13 @@ static void detect_variants(void)
     variant_supported[V_SCALAR] = 1;
 #ifdef SK_HAVE_X86
     sk_variant_tables[V_AVX2] = &sk_kernels_avx2;
-    /* AVX-512 without VNNI (e.g. Skylake-SP): AVX2's table (vpmaddubsw INT8 micro-kernels, ~30x the
-     * portable C's speed) with AVX-512's fp32 entries; AVX2's functions are static to their
-     * translation unit, so the table is put together here. Same arithmetic, same bits. */
+    /* AVX-512 without VNNI (e.g. Skylake-SP): AVX2's table with AVX-512's fp32 entries and its
+     * 512-bit vpmaddubsw INT8 product (the rest of the int8 path stays AVX2's); AVX2's functions are
+     * static to their translation unit, so the table is put together here. Same arithmetic, same bits. */
     avx512_kernels = sk_kernels_avx2;
 #define SK_TAKE_AVX512(entry) avx512_kernels.entry = sk_kernels_avx512.entry;
     SK_TAKE_AVX512(name) SK_TAKE_AVX512(tile_fp32) SK_TAKE_AVX512(pack_x) SK_TAKE_AVX512(unpack_y)
-    SK_TAKE_AVX512(attn_head) SK_TAKE_AVX512(layer_norm)
+    SK_TAKE_AVX512(attn_head) SK_TAKE_AVX512(layer_norm) SK_TAKE_AVX512(tile_int8)
 #undef SK_TAKE_AVX512
     sk_variant_tables[V_AVX512] = &avx512_kernels;
     sk_variant_tables[V_VNNI] = &sk_kernels_vnni;

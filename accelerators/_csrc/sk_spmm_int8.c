@@ -34,14 +34,14 @@ typedef struct {
     int per_token, raw;
 } int8_opts;
 
-/* tokens per tile: vpdpbusd accumulators fill the register file (128 tokens for 1-row blocks,
- * whose rows are short at 80-90 % sparsity; see _csrc/README.md); avx2 runs 64 tokens of a row per
- * pass of its register tile (2-2.4x faster than 16 at MiniLM and BERT-base shapes, 128 no better),
- * and so does avx512, whose int8 entries are AVX2's; the portable C, 16 */
+/* tokens per tile: vpdpbusd (vnni) or 16-lane vpmaddubsw (avx512) accumulators fill the register
+ * file (128 tokens for 1-row blocks, whose rows are short at 80-90 % sparsity; see _csrc/README.md);
+ * avx2 runs 64 tokens of a row per pass of its register tile (2-2.4x faster than 16 at MiniLM and
+ * BERT-base shapes, 128 no better); the portable C, 16 */
 static int default_tile_int8(int variant, int bh)
 {
-    if (variant >= V_VNNI) return bh >= 8 ? 32 : bh == 1 ? 128 : 64;
-    if (variant == V_AVX2 || variant == V_AVX512) return 64; /* avx512 runs AVX2's int8 kernels */
+    if (variant >= V_AVX512) return bh >= 8 ? 32 : bh == 1 ? 128 : 64;
+    if (variant == V_AVX2) return 64;
     return 16;
 }
 

@@ -53,70 +53,25 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
     }
 }
 
-/* ---- INT8 without VNNI -----------------------------------------------------------------
- * The 4-wide u8 x s8 dot product of vpdpbusd from AVX2's 2-wide vpmaddubsw (u8 x s8 -> s16 pair
- * sums) and vpmaddwd against ones (s16 pairs -> s32). vpmaddubsw saturates its pair sums, and
- * u * w does overflow them (2 * 255 * 127 > 32767), so the product runs signed: x_q = u - 128
- * (u ^ 0x80) takes the weight's sign (vpsignb) and meets |w| (vpabsb) as the unsigned operand;
- * |pair| <= 2 * 127 * 128 < 2^15, exact for x_q in [-127, 127] (u >= 1: the +128 offset of
- * every quantized activation; the int8-input entry points check for -128: sk_kernels.int8_no_x_min).
- * The tile's contract (sum u * w) adds back 128 * (sum of the row's weights) at the end. */
+/* ---- INT8 without VNNI: the signed-pair product (sk_mq_signed.inc.h) on 8-token vectors ---- */
 #define Q_NV_MAX 8 /* 8 accumulators + 2 constants + weight, |weight| and 3 temporaries: 16 ymm */
-
-static inline __attribute__((always_inline)) int32_t wsum4(int32_t word)
-{
-    return (int32_t)(int8_t)word + (int8_t)(word >> 8) + (int8_t)(word >> 16) + (int8_t)(word >> 24);
-}
-
-/* out[b * lds + v * 8 + l] = sum_j u(idx[j])[token v * 8 + l] . w(j, b), j in [j0, j1): blocks of
- * B rows x 4 columns, NV vectors of 8 tokens (xt: the tile's quad rows, ldx tokens apart) */
-static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_t *restrict idx,
-                                                     const int32_t *restrict val, int64_t j0, int64_t j1,
-                                                     const int32_t *restrict xt, int64_t ldx, int32_t *restrict out,
-                                                     int64_t lds)
-{
-    __m256i acc[8][Q_NV_MAX];
-    int32_t ws[8] = {0};
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++)
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++) acc[b][v] = _mm256_setzero_si256();
-    for (int64_t j = j0; j < j1; j++) {
-        const int32_t *xp = xt + (int64_t)idx[j] * ldx;
-        __m256i xs[Q_NV_MAX];
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++)
-            xs[v] = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(xp + v * 8)), flip);
-        _Pragma("GCC unroll 8")
-        for (int b = 0; b < B; b++) {
-            const int32_t word = val[j * B + b];
-            ws[b] += wsum4(word);
-            const __m256i wv = _mm256_set1_epi32(word), aw = _mm256_abs_epi8(wv);
-            _Pragma("GCC unroll 8")
-            for (int v = 0; v < NV; v++) {
-                const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xs[v], wv));
-                acc[b][v] = _mm256_add_epi32(acc[b][v], _mm256_madd_epi16(p16, ones));
-            }
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++) {
-        const __m256i off = _mm256_set1_epi32(128 * ws[b]);
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++)
-            _mm256_store_si256((__m256i *)(out + b * lds + v * 8), _mm256_add_epi32(acc[b][v], off));
-    }
-}
-
-/* every block row br0..br1 of every tile, NV vectors at a time (the tile width is a multiple of 16) */
-#define Q_ROWLOOP(B, NV)                                                                   \
-    for (int64_t br = br0; br < br1; br++) {                                               \
-        int32_t *o = scratch + (br - br0) * (B) * lds + tile->t0;                          \
-        int64_t s = 0;                                                                     \
-        for (; s + (NV) <= nvt; s += (NV)) mq(B, NV, idx, qval, ptr[br], ptr[br + 1], xb + s * 8, w, o + s * 8, lds); \
-        for (; s < nvt; s += 1) mq(B, 1, idx, qval, ptr[br], ptr[br + 1], xb + s * 8, w, o + s * 8, lds); \
-    }
+#define QV __m256i
+#define QW 8
+#define QZERO() _mm256_setzero_si256()
+#define QLOAD(p) _mm256_load_si256((const __m256i *)(p))
+#define QSTORE(p, v) _mm256_store_si256((__m256i *)(p), (v))
+#define QXOR(a, b) _mm256_xor_si256((a), (b))
+#define QADD32(a, b) _mm256_add_epi32((a), (b))
+#define QSET1_8(x) _mm256_set1_epi8(x)
+#define QSET1_16(x) _mm256_set1_epi16(x)
+#define QSET1_32(x) _mm256_set1_epi32(x)
+#define QABS8(v) _mm256_abs_epi8(v)
+#define QSIGN_T __m256i
+#define QSIGN_OF(wv) (wv)
+#define QAPPLY_SIGN(x, s) _mm256_sign_epi8((x), (s))
+#define QMADDUBS(a, b) _mm256_maddubs_epi16((a), (b))
+#define QMADDWD(a, b) _mm256_madd_epi16((a), (b))
+#include "sk_mq_signed.inc.h"
 
 static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
                       const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds)

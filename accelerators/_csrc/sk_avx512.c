@@ -370,70 +370,27 @@ void sk_avx512_layer_norm(float *Y, int64_t ntok, int64_t N, const float *gamma,
 }
 
 /* ---- INT8 without VNNI (AVX-512BW) -----------------------------------------------------
- * AVX2's signed-pair product (sk_avx2.c) on 16-token vectors: vpmaddubsw (u8 x s8 -> saturating
- * s16 pairs) and vpmaddwd against ones (-> s32), with x_q = u ^ 0x80 given the weight's sign and
- * |w| as the unsigned operand, so every pair is at most 2 * 127 * 128 < 2^15: exact for x_q in
- * [-127, 127] (sk_kernels.int8_no_x_min). AVX-512 has no vpsignb: the sign is a masked negation
- * (the mask from the weight's sign bits, once per block row); where w = 0 the operand keeps x_q
- * but meets |w| = 0, so the sums are the same as AVX2's. 32 registers hold 4 rows x 4 vectors of
- * accumulators (AVX2: 2 x 4 at most). Same contract as every tile_int8: sum u * w per row. */
+ * AVX2's signed-pair product (sk_mq_signed.inc.h) on 16-token vectors. AVX-512 has no vpsignb:
+ * the sign is a masked negation, the mask from the weight's sign bits, once per block row. 32
+ * registers hold 4 rows x 4 vectors of accumulators (AVX2: 4 x 2). */
 #define Q_NV_MAX 8
-
-static inline __attribute__((always_inline)) int32_t wsum4(int32_t word)
-{
-    return (int32_t)(int8_t)word + (int8_t)(word >> 8) + (int8_t)(word >> 16) + (int8_t)(word >> 24);
-}
-
-/* out[b * lds + v * 16 + l] = sum_j u(idx[j])[token v * 16 + l] . w(j, b), j in [j0, j1): blocks of
- * B rows x 4 columns, NV vectors of 16 tokens (xt: the tile's quad rows, ldx tokens apart) */
-static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_t *restrict idx,
-                                                     const int32_t *restrict val, int64_t j0, int64_t j1,
-                                                     const int32_t *restrict xt, int64_t ldx, int32_t *restrict out,
-                                                     int64_t lds)
-{
-    __m512i acc[8][Q_NV_MAX];
-    int32_t ws[8] = {0};
-    const __m512i ones = _mm512_set1_epi16(1), flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
-    _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++)
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++) acc[b][v] = _mm512_setzero_si512();
-    for (int64_t j = j0; j < j1; j++) {
-        const int32_t *xp = xt + (int64_t)idx[j] * ldx;
-        __m512i xs[Q_NV_MAX];
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++)
-            xs[v] = _mm512_xor_si512(_mm512_load_si512((const void *)(xp + v * 16)), flip);
-        _Pragma("GCC unroll 8")
-        for (int b = 0; b < B; b++) {
-            const int32_t word = val[j * B + b];
-            ws[b] += wsum4(word);
-            const __m512i wv = _mm512_set1_epi32(word), aw = _mm512_abs_epi8(wv);
-            const __mmask64 neg = _mm512_movepi8_mask(wv);
-            _Pragma("GCC unroll 8")
-            for (int v = 0; v < NV; v++) {
-                const __m512i p16 = _mm512_maddubs_epi16(aw, _mm512_mask_sub_epi8(xs[v], neg, zero, xs[v]));
-                acc[b][v] = _mm512_add_epi32(acc[b][v], _mm512_madd_epi16(p16, ones));
-            }
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++) {
-        const __m512i off = _mm512_set1_epi32(128 * ws[b]);
-        _Pragma("GCC unroll 8")
-        for (int v = 0; v < NV; v++)
-            _mm512_store_si512((void *)(out + b * lds + v * 16), _mm512_add_epi32(acc[b][v], off));
-    }
-}
-
-/* every block row br0..br1 of every tile, NV vectors at a time (the tile width is a multiple of 16) */
-#define Q_ROWLOOP(B, NV)                                                                   \
-    for (int64_t br = br0; br < br1; br++) {                                               \
-        int32_t *o = scratch + (br - br0) * (B) * lds + tile->t0;                          \
-        int64_t s = 0;                                                                     \
-        for (; s + (NV) <= nvt; s += (NV)) mq(B, NV, idx, qval, ptr[br], ptr[br + 1], xb + s * 16, w, o + s * 16, lds); \
-        for (; s < nvt; s += 1) mq(B, 1, idx, qval, ptr[br], ptr[br + 1], xb + s * 16, w, o + s * 16, lds); \
-    }
+#define QV __m512i
+#define QW 16
+#define QZERO() _mm512_setzero_si512()
+#define QLOAD(p) _mm512_load_si512((const void *)(p))
+#define QSTORE(p, v) _mm512_store_si512((void *)(p), (v))
+#define QXOR(a, b) _mm512_xor_si512((a), (b))
+#define QADD32(a, b) _mm512_add_epi32((a), (b))
+#define QSET1_8(x) _mm512_set1_epi8(x)
+#define QSET1_16(x) _mm512_set1_epi16(x)
+#define QSET1_32(x) _mm512_set1_epi32(x)
+#define QABS8(v) _mm512_abs_epi8(v)
+#define QSIGN_T __mmask64
+#define QSIGN_OF(wv) _mm512_movepi8_mask(wv)
+#define QAPPLY_SIGN(x, s) _mm512_mask_sub_epi8((x), (s), _mm512_setzero_si512(), (x))
+#define QMADDUBS(a, b) _mm512_maddubs_epi16((a), (b))
+#define QMADDWD(a, b) _mm512_madd_epi16((a), (b))
+#include "sk_mq_signed.inc.h"
 
 void sk_avx512_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
                          const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds)

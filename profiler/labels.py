@@ -29,6 +29,8 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
         parts.append("KD")
         if params.get("hidden_distill"):
             parts.append(f"+hidden {params['hidden_distill']:g}")
+        if params.get("attention_distill"):
+            parts.append(f"+attention {params['attention_distill']:g}")
     if params.get("distill_text_share"):
         parts.append(f"+text {params['distill_text_share']:g}")
     if params.get("ema_decay"):

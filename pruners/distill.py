@@ -18,6 +18,19 @@ student's and the teacher's hidden states at the non-padding tokens::
 sequence of activations, so the teacher runs on every batch for them (its logits still come from
 the cache).
 
+With a self-attention weight γ > 0 (MiniLM, Wang et al. 2020, eqs. 2–5), the loss adds, per encoder
+layer l and head a, the KL divergence of the student's attention distributions from the teacher's
+and of its value relations from the teacher's, averaged over layers, heads and real (non-padding)
+query tokens::
+
+    L += γ · (1/L) Σ_l (1/A) Σ_a  mean_queries [ KL( A_t ‖ A_s ) + KL( VR_t ‖ VR_s ) ]
+    A  = softmax( Q Kᵀ / √d_k + mask ),   VR = softmax( V Vᵀ / √d_k + mask )
+
+with Q, K, V the layer's query, key and value projections split into heads of width d_k and the
+padding keys masked out. Attention distributions constrain how every layer mixes tokens, not
+only what it outputs; the projections are read with forward hooks (:class:`AttentionTap`), so any
+attention implementation (eager, SDPA) serves.
+
 Because the teacher is frozen and in eval mode (dropout off), its logits for a training example
 never change: :class:`TeacherLogits` computes them once per example (fp32, no autocast) and keeps
 them, in memory for the run and on disk under a key of the teacher's weights and the training
@@ -96,6 +109,79 @@ def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
         d = (hs.float() - ht.float()) * m
         total = total + d.pow(2).sum() / (tokens * hs.shape[-1])
     return total / len(student)
+
+
+def attention_kl(student: Sequence[Sequence[torch.Tensor]], teacher: Sequence[Sequence[torch.Tensor]],
+                 attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Mean over layers of KL(attention_t ‖ attention_s) + KL(value-relation_t ‖ value-relation_s)
+    (MiniLM, Wang et al. 2020, eqs. 2–5; module doc), each averaged over heads and real query tokens.
+
+    Args:
+        student, teacher: per encoder layer the (query, key, value) projections, each (batch, seq,
+            hidden) with hidden = heads · d_k; equal layer counts and shapes.
+        attention_mask: (batch, seq), 1 at real tokens, 0 at padding (masked as keys, not counted as queries).
+        heads: attention heads per layer (hidden must be a multiple).
+    Returns a float32 scalar (computed in float32 whatever the inputs' dtype). Raises ValueError on
+    mismatched counts or shapes, or a width not divisible by ``heads``.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"attention: student has {len(student)} layers, teacher {len(teacher)}")
+    m = attention_mask.to(torch.float32)
+    key_bias = (1.0 - m)[:, None, None, :] * -1e4  # padding keys get no weight; -inf would make 0 · inf
+    queries = (m.sum() * heads).clamp_min(1.0)
+    total = torch.zeros((), dtype=torch.float32)
+    for s_qkv, t_qkv in zip(student, teacher):
+        for xs, xt in zip(s_qkv, t_qkv):
+            if xs.shape != xt.shape:
+                raise ValueError(f"attention: student {tuple(xs.shape)} vs teacher {tuple(xt.shape)}")
+        b, n, width = t_qkv[0].shape
+        if width % heads:
+            raise ValueError(f"attention: width {width} is not a multiple of {heads} heads")
+        d = width // heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (batch, heads, seq, d_k)
+            return x.float().reshape(b, n, heads, d).transpose(1, 2)
+
+        for (a, c) in ((0, 1), (2, 2)):  # Q Kᵀ, V Vᵀ
+            log_t = F.log_softmax(split(t_qkv[a]) @ split(t_qkv[c]).transpose(-1, -2) / math.sqrt(d) + key_bias, dim=-1)
+            log_s = F.log_softmax(split(s_qkv[a]) @ split(s_qkv[c]).transpose(-1, -2) / math.sqrt(d) + key_bias, dim=-1)
+            kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)  # (batch, heads, seq)
+            total = total + (kl * m[:, None, :]).sum() / queries
+    return total / len(student)
+
+
+class AttentionTap:
+    """Forward hooks that keep the query, key and value projections of every self-attention layer
+    of a BERT-family model (modules with ``query``, ``key`` and ``value`` submodules, in model
+    order) during the passes inside ``with tap:``; :attr:`outputs` then holds, per layer, the
+    (query, key, value) outputs of the last pass, each (batch, seq, hidden), with their autograd
+    graph. Raises ValueError for a model without such layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [(m.query, m.key, m.value) for m in model.modules()
+                       if all(isinstance(getattr(m, a, None), nn.Module) for a in ("query", "key", "value"))]
+        if not self.layers:
+            raise ValueError(f"attention distillation needs self-attention layers with query / key / value "
+                             f"projections; {type(model).__name__} has none")
+        self.outputs: list[list[torch.Tensor | None]] = []
+        self._hooks: list = []
+
+    def __enter__(self) -> "AttentionTap":
+        self.outputs = [[None, None, None] for _ in self.layers]
+        for i, mods in enumerate(self.layers):
+            for j, mod in enumerate(mods):
+                self._hooks.append(mod.register_forward_hook(self._keeper(i, j)))
+        return self
+
+    def _keeper(self, i: int, j: int) -> Callable:
+        def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self.outputs[i][j] = output
+        return keep
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
 
 def weights_key(model: nn.Module, data: Sequence[Sequence[int]]) -> str:
@@ -186,18 +272,25 @@ class Distiller:
     :func:`pruners.training.autocast`); ValueError for a negative or non-finite β. ``members``: more
     dense models of the same task (same labels; e.g. fine-tuned from other seeds) whose logits are
     averaged with the first teacher's (module doc, ensemble teacher), each cached under its own key.
+    ``attention_weight`` γ > 0 adds self-attention distillation (module doc; the first teacher's
+    attention, computed in the same teacher pass as the hidden states); ValueError for a negative or
+    non-finite γ, or a teacher without query / key / value projections.
     """
 
     def __init__(self, dense: nn.Module, temperature: float = 2.0, alpha: float = 0.9, logits_of: Callable | None = None,
                  examples: Sequence[Sequence[int]] | None = None, cache_dir: Path | None = None, hidden_weight: float = 0.0,
-                 precision: str = "fp32", members: Sequence[nn.Module] = ()) -> None:
+                 precision: str = "fp32", members: Sequence[nn.Module] = (), attention_weight: float = 0.0) -> None:
         check_distill(temperature, alpha)
-        if isinstance(hidden_weight, bool) or not isinstance(hidden_weight, (int, float)) \
-                or not 0.0 <= hidden_weight < math.inf:
-            raise ValueError(f"hidden_distill must be a finite number >= 0, got {hidden_weight!r}")
-        self.hidden_weight, self.precision = float(hidden_weight), precision
+        for key, w in (("hidden_distill", hidden_weight), ("attention_distill", attention_weight)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < math.inf:
+                raise ValueError(f"{key} must be a finite number >= 0, got {w!r}")
+        self.hidden_weight, self.attention_weight, self.precision = float(hidden_weight), float(attention_weight), precision
         self.teachers = [_frozen(m) for m in (dense, *members)]
         self.teacher = self.teachers[0]
+        self._teacher_tap = AttentionTap(self.teacher) if self.attention_weight > 0 else None
+        self.heads = int(getattr(getattr(dense, "config", None), "num_attention_heads", 0) or 0)
+        if self._teacher_tap is not None and self.heads < 1:
+            raise ValueError("attention_distill needs the model's config.num_attention_heads")
         self.temperature, self.alpha = float(temperature), float(alpha)
         self._logits_of = logits_of or default_logits_of
         self.caches: list[TeacherLogits] = []
@@ -245,26 +338,46 @@ class Distiller:
         """True when :meth:`loss` needs the student's hidden states (``output_hidden_states=True``)."""
         return self.hidden_weight > 0.0
 
+    @property
+    def wants_attention(self) -> bool:
+        """True when :meth:`loss` needs the student's attention projections (an :class:`AttentionTap`'s outputs)."""
+        return self.attention_weight > 0.0
+
     def teacher_hidden(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """The teacher's encoder-layer outputs (embeddings excluded), each (batch, seq, hidden), computed
         at the training loop's ``precision`` (the targets need no more precision than the student)."""
+        return self.teacher_internals(inputs)[0]
+
+    def teacher_internals(self, inputs: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], list]:
+        """One teacher pass at ``precision``: its encoder-layer outputs (as :meth:`teacher_hidden`) and,
+        when :attr:`wants_attention`, its per-layer (query, key, value) projections (else [])."""
         with torch.no_grad(), autocast(self.precision):
-            out = self.teacher(**inputs, output_hidden_states=True)
-        return tuple(out.hidden_states[1:])
+            if self._teacher_tap is None:
+                return tuple(self.teacher(**inputs, output_hidden_states=True).hidden_states[1:]), []
+            with self._teacher_tap as tap:
+                out = self.teacher(**inputs, output_hidden_states=True)
+            return tuple(out.hidden_states[1:]), tap.outputs
 
     def loss(self, inputs: dict[str, torch.Tensor], student_logits: torch.Tensor, task_loss: torch.Tensor,
              indices: Sequence[int] | None = None, student_hidden: Sequence[torch.Tensor] | None = None,
-             live: torch.Tensor | None = None) -> torch.Tensor:
+             live: torch.Tensor | None = None, student_attention: Sequence[Sequence[torch.Tensor]] | None = None) -> torch.Tensor:
         """The mixed loss; ``student_hidden`` (the encoder layers' outputs) is required when
-        :attr:`wants_hidden` (ValueError otherwise) and ignored when not; ``live``: see
-        :meth:`teacher_logits`."""
+        :attr:`wants_hidden` and ``student_attention`` (per layer the (query, key, value) projections,
+        :class:`AttentionTap`) when :attr:`wants_attention` (ValueError otherwise), each ignored when
+        not; ``live``: see :meth:`teacher_logits`."""
         t = self.teacher_logits(inputs, indices, live)
         loss = distill_loss(student_logits.float(), t, task_loss, self.temperature, self.alpha)
-        if self.wants_hidden:
-            if student_hidden is None:
-                raise ValueError("hidden-state distillation needs the student's hidden states")
-            teacher_hidden = self.teacher_hidden(inputs)
-            loss = loss + self.hidden_weight * hidden_mse(student_hidden, teacher_hidden, inputs["attention_mask"])
+        if self.wants_hidden and student_hidden is None:
+            raise ValueError("hidden-state distillation needs the student's hidden states")
+        if self.wants_attention and student_attention is None:
+            raise ValueError("attention distillation needs the student's attention projections")
+        if self.wants_hidden or self.wants_attention:
+            teacher_hidden, teacher_attention = self.teacher_internals(inputs)
+            if self.wants_hidden:
+                loss = loss + self.hidden_weight * hidden_mse(student_hidden, teacher_hidden, inputs["attention_mask"])
+            if self.wants_attention:
+                loss = loss + self.attention_weight * attention_kl(student_attention, teacher_attention,
+                                                                   inputs["attention_mask"], self.heads)
         return loss
 
     def save(self) -> None:
@@ -283,6 +396,8 @@ class Distiller:
             d["teacher_ensemble_size"] = len(self.teachers)
         if self.wants_hidden:
             d["teacher_hidden_states"] = "live teacher every step" + (" (first teacher)" if len(self.teachers) > 1 else "")
+        if self.wants_attention:
+            d["teacher_attention"] = "live teacher every step" + (" (first teacher)" if len(self.teachers) > 1 else "")
         return d
 
 

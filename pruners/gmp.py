@@ -10,6 +10,7 @@ weights and the report (from the masks) carries the training budget and wall tim
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -27,7 +28,7 @@ from accelerators.params import Range
 from pruners.augment import ExtraText, TokenAugmenter, check_text_sources, text_source_digest
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
-from pruners.distill import Distiller, check_distill, check_teacher_seeds
+from pruners.distill import AttentionTap, Distiller, check_distill, check_teacher_seeds
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
@@ -76,6 +77,9 @@ class TrainingPruner(Pruner):
         hidden_distill: weight β of hidden-state distillation (mean over encoder layers of the
             per-token MSE to the teacher's hidden states, :mod:`pruners.distill`), >= 0; 0 = off;
             needs ``distill``. Costs one teacher forward pass per step.
+        attention_distill: weight γ of self-attention distillation (MiniLM's attention distributions
+            and value relations, KL per layer and head, :mod:`pruners.distill`), >= 0; 0 = off; needs
+            ``distill``. Shares the teacher pass of ``hidden_distill`` (one per step).
         augment: share of every training batch replaced by perturbed copies of its examples, in
             [0, 1]; 0 = off. Words are swapped for neighbours in the dense model's word-embedding
             space and the teacher labels the copies (TinyBERT's data augmentation,
@@ -139,6 +143,7 @@ class TrainingPruner(Pruner):
         temperature: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 2.0,
         alpha: Annotated[float, Range(0.0, 1.0)] = 0.9,
         hidden_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
+        attention_distill: Annotated[float, Range(0.0, 1000.0)] = 0.0,
         augment: Annotated[float, Range(0.0, 1.0)] = 0.0,
         distill_text: Sequence[str] = (),
         distill_text_share: Annotated[float, Range(0.0, 1.0)] = 0.0,
@@ -174,6 +179,9 @@ class TrainingPruner(Pruner):
         self.hidden_distill = _num("hidden_distill", hidden_distill, 0.0, 1000.0)
         if self.hidden_distill > 0 and not self.distill:
             raise ValueError(f"hidden_distill = {hidden_distill!r} needs distill = true")
+        self.attention_distill = _num("attention_distill", attention_distill, 0.0, 1000.0)
+        if self.attention_distill > 0 and not self.distill:
+            raise ValueError(f"attention_distill = {attention_distill!r} needs distill = true")
         self.augment = _num("augment", augment, 0.0, 1.0)
         if self.augment > 0 and not self.distill:
             raise ValueError(f"augment = {augment!r} needs distill = true (the teacher labels the augmented copies)")
@@ -311,10 +319,12 @@ class TrainingPruner(Pruner):
         augmenter = self._augmenter(model, task)  # first: a task that cannot take it fails before any work
         members = self._ensemble(task, progress)
         distiller = (Distiller(model, self.temperature, self.alpha, examples=[e.input_ids for e in data], cache_dir=self.cache_dir,
-                               hidden_weight=self.hidden_distill, precision=precision, members=members)
+                               hidden_weight=self.hidden_distill, precision=precision, members=members,
+                               attention_weight=self.attention_distill)
                      if self.distill else None)
         del members  # the distiller holds frozen copies
         hidden = distiller is not None and distiller.wants_hidden
+        tap = AttentionTap(model) if distiller is not None and distiller.wants_attention else None
         self.init_student(model, task)
         masks = MaskSet(layers)
         score = self.make_score(layers)
@@ -330,7 +340,7 @@ class TrainingPruner(Pruner):
             if augmenter is not None and stream is batches:
                 examples, copies = augmenter.batch(examples)
             inputs, labels = task.collate(examples)
-            with autocast(precision):
+            with autocast(precision), (tap if tap is not None else contextlib.nullcontext()):
                 out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
                 logits = logits_of(out).float()
             if copies is None or not bool(copies.any()):
@@ -340,7 +350,8 @@ class TrainingPruner(Pruner):
                 loss = task.loss(logits[own], labels[own]) if bool(own.any()) else logits.sum() * 0.0
             if distiller is None:
                 return loss
-            return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None, live=copies)
+            return distiller.loss(inputs, logits, loss, idx, out.hidden_states[1:] if hidden else None, live=copies,
+                                  student_attention=tap.outputs if tap is not None else None)
 
         def gradient() -> float:
             opt.zero_grad(set_to_none=True)
@@ -428,7 +439,7 @@ class TrainingPruner(Pruner):
                 "seed": self.seed, "precision": resolve_precision(self.precision), "ema_decay": self.ema_decay,
             },
             "distillation": ({"temperature": self.temperature, "alpha": self.alpha, "hidden_weight": self.hidden_distill,
-                              "augment": self.augment,
+                              "attention_weight": self.attention_distill, "augment": self.augment,
                               **({"distill_text": list(self.distill_text), "distill_text_share": self.distill_text_share}
                                  if self.distill_text_share else {}),
                               **({"teacher_seeds": list(self.teacher_seeds)} if self.teacher_seeds else {})}

@@ -255,7 +255,7 @@ def test_runner_trains_caches_and_reports(tmp_path):
 
     rep = json.loads((saved / "prune_report.json").read_text())
     assert rep["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
-    assert rep["notes"]["training"]["steps"] == 6 and rep["notes"]["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0, "augment": 0.0}
+    assert rep["notes"]["training"]["steps"] == 6 and rep["notes"]["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0, "attention_weight": 0.0, "augment": 0.0}
     rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert rows[0]["status"] == "ok" and rows[0]["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
     assert rows[0]["pruner_weight_average"]["steps_averaged"] == 6 - 4  # end_step = round(0.7 · 6)

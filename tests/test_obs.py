@@ -235,7 +235,8 @@ def test_gradual_obs_with_distillation_end_to_end(tiny):
     assert seen == sorted(seen) and seen[-1] == 0.8
     for name, ls in rep.per_layer.items():
         assert ls.zeros == round(0.8 * ls.numel), name
-    assert rep.notes["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0, "augment": 0.0}
+    assert rep.notes["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0, "attention_weight": 0.0,
+                                         "augment": 0.0}
     assert rep.notes["gradients"]["model_mode"] == "train"
     assert_plain(model)
     assert not model.training

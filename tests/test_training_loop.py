@@ -11,7 +11,7 @@ from profiler.tasks import TinySynthetic
 import pruners.gmp as gmp
 from pruners import training
 from pruners.base import prunable_linears
-from pruners.distill import Distiller, check_teacher_seeds, hidden_mse, weights_key
+from pruners.distill import AttentionTap, Distiller, attention_kl, check_teacher_seeds, hidden_mse, weights_key
 from pruners.gmp import GMPPruner
 from pruners.obs import OBSPruner
 from tests.conftest import load_script
@@ -245,6 +245,91 @@ def test_hidden_distillation_adds_beta_times_the_layer_mse(tiny):
     torch.testing.assert_close(got, plain + 3.0 * mse, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="hidden_distill"):
         Distiller(dense, hidden_weight=-1.0)
+
+
+def _reference_attention_kl(student, teacher, mask, heads):
+    """attention_kl written out per layer, head, query and key (float64 loops over the real tokens)."""
+    total = 0.0
+    for s_qkv, t_qkv in zip(student, teacher):
+        b, n, width = t_qkv[0].shape
+        d = width // heads
+        for x, y in ((0, 1), (2, 2)):
+            for i in range(b):
+                real = [j for j in range(n) if mask[i, j]]
+                for h in range(heads):
+                    cols = slice(h * d, (h + 1) * d)
+                    kl = 0.0
+                    for q in real:
+                        def dist(qkv):
+                            scores = torch.stack([qkv[x][i, q, cols].double() @ qkv[y][i, k, cols].double() for k in real])
+                            return torch.softmax(scores / d ** 0.5, 0)
+                        pt, ps = dist(t_qkv), dist(s_qkv)
+                        kl += float((pt * (pt.log() - ps.log())).sum())
+                    total += kl / (mask.sum().item() * heads)
+    return total / len(student)
+
+
+def test_attention_kl_matches_the_definition_and_ignores_padding():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    teacher = [[torch.randn(2, 4, 6) for _ in range(3)] for _ in range(2)]
+    student = [[t + 0.3 * torch.randn_like(t) for t in qkv] for qkv in teacher]
+    got = attention_kl(student, teacher, mask, heads=2)
+    assert float(got) > 0
+    assert float(got) == pytest.approx(_reference_attention_kl(student, teacher, mask, 2), rel=1e-5)
+    assert float(attention_kl(teacher, teacher, mask, heads=2)) == pytest.approx(0.0, abs=1e-6)
+    noisy_padding = [[t.clone() for t in qkv] for qkv in student]
+    for qkv in noisy_padding:
+        for t in qkv:
+            t[0, 3] = 1e3  # the padding token of sequence 0, as query, key and value
+    assert float(attention_kl(noisy_padding, teacher, mask, heads=2)) == pytest.approx(float(got), rel=1e-5)
+    with pytest.raises(ValueError, match="layers"):
+        attention_kl(student[:1], teacher, mask, heads=2)
+    with pytest.raises(ValueError, match="heads"):
+        attention_kl(student, teacher, mask, heads=4)
+
+
+def test_attention_distillation_adds_gamma_times_the_kl_of_the_models_projections(tiny):
+    task, dense = tiny
+    student = perturbed(dense, 0.02)
+    inputs, labels = task.collate(task.train_examples()[:6])
+    with AttentionTap(student) as tap:
+        out = student(**inputs)
+    s = logits_of(out)
+    task_loss = task.loss(s, labels)
+    assert len(tap.outputs) == dense.config.num_hidden_layers and all(x is not None for qkv in tap.outputs for x in qkv)
+    plain = Distiller(dense, 2.0, 0.9).loss(inputs, s, task_loss)
+    with_attention = Distiller(dense, 2.0, 0.9, attention_weight=2.0, precision="fp32")
+    with pytest.raises(ValueError, match="attention projections"):
+        with_attention.loss(inputs, s, task_loss)
+    got = with_attention.loss(inputs, s, task_loss, student_attention=tap.outputs)
+    with AttentionTap(dense) as teacher_tap, torch.no_grad():
+        dense(**inputs)
+    kl = attention_kl(tap.outputs, teacher_tap.outputs, inputs["attention_mask"], dense.config.num_attention_heads)
+    assert float(kl.detach()) > 0
+    torch.testing.assert_close(got, plain + 2.0 * kl, rtol=1e-5, atol=1e-6)
+    got.backward()  # the hooks kept the student's graph: gradients reach the query projections
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in student.named_parameters() if "query" in n)
+    with pytest.raises(ValueError, match="attention_distill"):
+        Distiller(dense, attention_weight=-1.0)
+    with pytest.raises(ValueError, match="query / key / value"):
+        AttentionTap(torch.nn.Linear(2, 2))
+
+
+def test_attention_distillation_trains_and_is_recorded(tiny, tmp_path):
+    task, dense = tiny
+    with pytest.raises(ValueError, match="needs distill"):
+        GMPPruner(sparsity=0.5, steps=4, attention_distill=1.0)
+    model = copy.deepcopy(dense)
+    hooks = [len(m._forward_hooks) for m in model.modules()]
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, attention_distill=1.0,
+                       precision="fp32")
+    pruner.cache_dir = tmp_path
+    report = pruner.prune(model, task)
+    assert report.sparsity_prunable == pytest.approx(0.5)
+    assert report.notes["distillation"]["attention_weight"] == 1.0
+    assert report.notes["training_speed"]["teacher_attention"] == "live teacher every step"
+    assert [len(m._forward_hooks) for m in model.modules()] == hooks  # the taps are gone
 
 
 def test_hidden_distillation_trains_and_is_recorded(tiny, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -236,6 +237,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import write_report
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        print(f"sparsebench: {run_dir} {'is a file, not' if run_dir.exists() else 'does not exist: not'} a run directory",
+              file=sys.stderr)
+        return 2
     targets = [] if (run_dir / "results.jsonl").is_file() else target_dirs(run_dir)
     if not targets and not (run_dir / "results.jsonl").is_file():
         print(f"sparsebench: {run_dir} has no results.jsonl (nor targets/*/results.jsonl)", file=sys.stderr)
@@ -262,6 +267,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output is None:
         multi = len(given) == 1 and not (given[0] / "results.jsonl").is_file() and target_dirs(given[0])
         args.output = str(given[0] / "compare.html") if multi else "compare.html"
+    absent = [str(d) for d in dirs if not d.is_dir()]
+    if absent:
+        print(f"sparsebench: not run directories (missing, or a file): {', '.join(absent)}", file=sys.stderr)
+        return 2
     missing = [str(d) for d in dirs if not (d / "results.jsonl").is_file()]
     if missing:
         print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
@@ -387,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", help="output path (default: RUN_DIR/report.html)")
     rp.set_defaults(func=cmd_report)
     c = sub.add_parser("compare", help="the same cells side by side across run directories (hardware targets)",
-                       description="Join rows on cell_id across run directories (one per hardware target) into one self-contained HTML page.")
+                       description="Join rows on recipe_id (the cell without threads and kernel variant) across run directories "
+                                   "(one per hardware target) into one self-contained HTML page.")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories; a multi-target run directory (--executor ray) stands for all its targets")
     c.add_argument("-o", "--output", help="output HTML path (default: RUN_DIR/compare.html for one multi-target "
@@ -431,7 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = plugin_warning_printer(previous)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe found at exit would print a traceback there
+        return status
+    except BrokenPipeError:  # `sparsebench plugins --json | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would hit the closed pipe again
+        return 1
     finally:
         warnings.showwarning = previous
 

@@ -302,6 +302,9 @@ def parse_config(raw: dict[str, Any]) -> Config:
         seen: dict[str, str] = {}
         for spec in getattr(cfg, section):
             h = stable_hash(spec.canonical())
+            if h in seen and seen[h] == spec.key:  # one table's sweep expanded to the same values twice
+                raise ConfigError(f"{spec.key}: a swept parameter lists the same value twice ({spec.label()}); "
+                                  "each cell must be unique")
             if h in seen:
                 raise ConfigError(f"{spec.key}: duplicates {seen[h]} ({spec.label()}); each cell must be unique")
             seen[h] = spec.key
@@ -344,11 +347,39 @@ def load_config(path: str | Path | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(raw)
+    return parse_config(absolute_paths(raw))
+
+
+# task and pruner parameters that name local files or folders (a ``model`` may also be a hub id)
+PATH_PARAMS = ("model", "train_file", "eval_file", "data_dir", "distill_text")
+
+
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with every relative local path of :data:`PATH_PARAMS` in its task and pruner tables
+    made absolute against the working directory (what it was read against), so that the run's
+    manifest, its cell ids and ``--resume`` from another folder name the same files. A value that
+    names nothing on disk (a hub id, a packaged GLUE set, a missing file for the checks to report)
+    stays as written; sweeps (lists) are handled value by value."""
+    def fix(key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [fix(key, v) for v in value]
+        if key == "distill_text" and isinstance(value, str) and not value.lower().endswith(".txt"):
+            return value  # a packaged set's name, even where a folder of that name exists
+        if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
+            return str(Path(value).resolve())
+        return value
+
+    out = dict(raw)
+    for section in ("tasks", "pruners"):
+        tables = raw.get(section)
+        if isinstance(tables, list):
+            out[section] = [{k: fix(k, v) if k in PATH_PARAMS else v for k, v in t.items()} if isinstance(t, dict) else t
+                            for t in tables]
+    return out
 
 
 def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path``. Raises ConfigError naming the file: missing, a directory,
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped). Raises ConfigError naming the file: missing, a directory,
     unreadable, or not UTF-8 (with the byte offset of the first bad byte)."""
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory, not a file")
@@ -359,7 +390,7 @@ def read_text_file(path: Path, what: str) -> str:
     except OSError as exc:
         raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not part of the text
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
 

@@ -86,8 +86,10 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
-    cfg = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, "RUN_DIR")
     cell = find_cell(cfg, cell_id)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} exists and is not empty")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)

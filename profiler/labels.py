@@ -25,7 +25,7 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
             parts.append(f"lambda {params['final_lambda']:g}")
         if params.get("final_threshold") is not None:
             parts.append(f"tau {params['final_threshold']:g}")
-    if params.get("distill") is True:
+    if params.get("distill") is True and params.get("steps") != 0:  # steps = 0: one-shot OBS, nothing trained
         parts.append("KD")
         if params.get("hidden_distill"):
             parts.append(f"+hidden {params['hidden_distill']:g}")

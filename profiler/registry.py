@@ -205,7 +205,11 @@ def describe(hint: Any) -> str:
         return " or ".join(describe(h) for h in typing.get_args(hint))
     if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
         args = typing.get_args(hint)
-        return f"a list of {describe(args[0])}" if args else "a list"
+        if not args:
+            return "a list"
+        item = describe(args[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+        return f"a list of {plural.get(item, item)}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 

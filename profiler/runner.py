@@ -88,14 +88,19 @@ def read_run_json(path: Path) -> Any:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); start a new run") from None
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``). Raises ConfigError."""
+def load_run_config(run_dir: Path, what: str = "--resume") -> Config:
+    """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``; ``what`` names the
+    argument that gave ``run_dir`` in the messages). Raises ConfigError."""
     path = Path(run_dir) / MANIFEST
+    if not Path(run_dir).exists():
+        raise ConfigError(f"{what}: {run_dir} does not exist")
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{what}: {run_dir} is a file, not a run directory")
     if not path.exists():
-        raise ConfigError(f"--resume: {run_dir} is not a run directory (no {MANIFEST})")
+        raise ConfigError(f"{what}: {run_dir} is not a run directory (no {MANIFEST})")
     manifest = read_run_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise ConfigError(f"--resume: {path} is damaged (no 'config' table); start a new run")
+        raise ConfigError(f"{what}: {path} is damaged (no 'config' table); start a new run")
     return parse_config(manifest["config"])
 
 
@@ -111,6 +116,8 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True) -> 
                               "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
     for label, folder in (("model cache (--cache-dir / SPARSEBENCH_CACHE)", Path(cache_dir) if cache_dir else default_cache_dir()),
                           ("output folder (--output-dir / run.output_dir)", Path(cfg.output_dir))):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{label}: {folder} is a file, not a folder")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"

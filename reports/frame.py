@@ -198,7 +198,8 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
 def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
     through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
-    factors against the fastest dense fp32 engine, or that none beats the dense engines."""
+    factors against the fastest dense fp32 engine, or that none beats the dense engines (also when
+    the same-round interval of its latency factor reaches down to 1×)."""
     out: list[str] = []
     if df.empty or "latency_p50_s" not in df:
         return out
@@ -221,6 +222,12 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
         acc = x.get("accelerator_label") or x["accelerator"]
         label = (f"the dense model under {acc} (no pruning)" if x["pruner"] == BASELINE_PRUNER
                  else f"{x.get('pruner_label') or x['pruner']} + {acc}")
+        low, high = x.get("latency_savings_vs_best_dense_low"), x.get("latency_savings_vs_best_dense_high")
+        if is_number(low) and is_number(high) and low <= 1.0:  # interleaved rounds: no lead beyond the noise
+            out.append(f"{where}: none is measurably faster than the dense engines at ≥ {min_kept:.0%} of the dense "
+                       f"accuracy: the fastest, {label}, is {n:.2f}× the fastest dense engine "
+                       f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
+            continue
         joules = f" and {m:.2f}× fewer joules" if is_number(m) else " (energy not comparable)"
         out.append(f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
                    f"{n:.2f}× lower latency{joules} than the fastest dense engine "

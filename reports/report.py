@@ -175,6 +175,7 @@ def _harness_note(df: pd.DataFrame, overhead_s: Any) -> str:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report (default ``RUN_DIR/report.html``) and return its path."""
     out = Path(out) if out else Path(run_dir) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)  # as compare's -o
     out.write_text(build_report_html(Path(run_dir)), encoding="utf-8")
     return out
 

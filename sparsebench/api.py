@@ -42,6 +42,18 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
     return str(path)
 
 
+def _axis(name: str, value: Any) -> Any:
+    """A matrix axis as a list: one integer becomes [it]; a string or another non-sequence is a
+    ConfigError (the config's own check then validates the values)."""
+    from profiler.errors import ConfigError
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name}: expected an integer or a list of integers, got {value!r}")
+    return list(value)
+
+
 def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
     """A folder path or hub id for the task: ``model`` itself when a string, else ``model`` and
     ``tokenizer`` saved into ``folder`` (``save_pretrained``, safetensors)."""
@@ -77,8 +89,10 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             ``{"name": "magnitude", "sparsity": [0.5, 0.9]}``.
         batch_size / seq_len / threads: the matrix axes (sequences, tokens, intra-op threads).
         metric: accuracy | f1 | matthews | pearson | spearman (default accuracy).
-        out: run directory to write (results.jsonl, manifest, the model and data as given); None =
-            a temporary one (and a temporary model cache), removed afterwards.
+        out: a new run directory to write (results.jsonl, manifest, the model and data as given): a
+            folder that does not exist yet, or an empty one (ConfigError otherwise: a finished run is
+            resumed with ``sparsebench run --resume``); None = a temporary one (and a temporary model
+            cache), removed afterwards.
         cache_dir: fine-tuned/pruned model cache; default ``$SPARSEBENCH_CACHE`` with ``out``.
 
     Returns a pandas DataFrame with exactly the rows of ``results.jsonl`` (one per cell; units in
@@ -91,12 +105,18 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
     from profiler.results import read_results
     from profiler.runner import RESULTS, Runner, preflight
 
+    from profiler.errors import ConfigError
+
+    axes = {name: _axis(name, v) for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads))}
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ConfigError(f"out: {out} {'is a file' if not Path(out).is_dir() else 'is not empty'}; give a new or empty "
+                          "folder (a run directory is resumed with `sparsebench run --resume`)")
     tmp = Path(tempfile.mkdtemp(prefix="sparsebench-")) if out is None else None
     run_dir = Path(out) if out is not None else tmp / "run"
     created = not run_dir.exists()
     started = False
+    inputs = run_dir / "inputs"
     try:
-        inputs = run_dir / "inputs"
         (inputs / "model").mkdir(parents=True, exist_ok=True)
         task: dict[str, Any] = {
             "name": "text-classification", "model": _model_arg(model, tokenizer, inputs / "model"),
@@ -109,13 +129,19 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         raw: dict[str, Any] = {
             "run": {"name": "profile"}, "tasks": [task], "pruners": [dict(p) for p in pruners],
             "accelerators": [dict(a) for a in accelerators], "meter": dict(meter or {"name": "auto"}),
-            "matrix": {"batch_size": list(batch_size), "seq_len": list(seq_len), "threads": list(threads)},
+            "matrix": axes,
         }
         if measure:
             raw["measure"] = dict(measure)
-        cfg = parse_config(raw)
-        cache = Path(cache_dir) if cache_dir else (tmp / "cache" if tmp else None)
-        preflight(cfg, cache)
+        try:
+            cfg = parse_config(raw)
+            cache = Path(cache_dir) if cache_dir else (tmp / "cache" if tmp else None)
+            preflight(cfg, cache)
+        except ConfigError as exc:  # name the caller's arguments, not the files written from them
+            msg = str(exc)
+            for name in ("eval_data", "train_data"):
+                msg = msg.replace(str(inputs / f"{name.split('_')[0]}.jsonl"), name)
+            raise ConfigError(msg) from None
         started = True
         Runner(cfg, run_dir, cache_dir=cache).run()
         return pd.DataFrame(read_results(run_dir / RESULTS).rows)

@@ -66,6 +66,28 @@ def test_profile_bad_input_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_profile_refuses_an_out_folder_that_holds_something(profiled, tmp_path):
+    root, _ = profiled
+    before = (root / "run" / "results.jsonl").read_bytes()
+    for out, why in ((root / "run", "is not empty"), (root / "run" / "results.jsonl", "is a file")):
+        with pytest.raises(ConfigError, match=why):
+            sparsebench.profile(str(root / "run" / "inputs" / "model"), None, [{"text": "good", "label": 1}],
+                                out=out, meter={"name": "estimate"})
+    assert (root / "run" / "results.jsonl").read_bytes() == before
+
+
+def test_profile_names_its_arguments_in_errors_and_takes_a_scalar_axis(tmp_path):
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    with pytest.raises(ConfigError, match=r"eval_data.*column\(s\) \['text'\] missing") as exc:
+        sparsebench.profile(str(folder), None, [{"review": "good", "label": 1}], meter={"name": "estimate"})
+    assert "eval.jsonl" not in str(exc.value)
+    with pytest.raises(ConfigError, match="batch_size: expected an integer or a list of integers"):
+        sparsebench.profile(str(folder), None, [{"text": "good", "label": 1}], batch_size="8")
+    df = sparsebench.profile(str(folder), None, [{"text": a, "label": y} for a, _, y in sentences(4)], batch_size=1,
+                             seq_len=8, measure=FAST, meter={"name": "estimate"})
+    assert list(df["batch_size"]) == [1] and list(df["seq_len"]) == [8]
+
+
 def test_export_round_trip_identical_logits_and_zero_counts(profiled, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -93,6 +115,13 @@ def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
     assert main(["export", str(root / "run"), "--cell", "zzzz", "--out", str(tmp_path / "o")]) == 2
     assert "not a cell of this run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    cell = read_results(root / "run" / "results.jsonl").rows[0]["cell_id"]
+    (tmp_path / "afile").write_text("")
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nowhere"), "--cell", cell, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "--resume" not in err
 
 
 def test_export_openvino_ir(profiled, tmp_path):

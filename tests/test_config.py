@@ -44,7 +44,9 @@ def test_sweep_expands_list_params_only_for_scalar_params():
         ({"measure": 5}, ["measure", "table"]),
         ({"measure": {"warmup_iters": 2.5}}, ["measure.warmup_iters", "integer"]),
         ({"pruners": [{"name": "magnitude", "sparsity": []}]}, ["pruners[0].sparsity", "empty sweep"]),
-        ({"pruners": [{"name": "magnitude", "sparsity": [0.5, 0.5]}]}, ["pruners[0]", "duplicates"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": [0.5, 0.5]}]}, ["pruners[0]", "same value twice", "magnitude 0.5"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": 0.5}, {"name": "magnitude", "sparsity": 0.5}]},
+         ["pruners[1]", "duplicates pruners[0]"]),
         ({"pruners": [{"name": "magnitude", "sparsity": "high"}]}, ["pruners[0].sparsity", "a number"]),
         ({"tasks": [{"name": "tiny-synthetic", "finetune_lr": "fast"}]}, ["tasks[0].finetune_lr", "a number"]),
         ({"tasks": [{"name": "tiny-synthetic", "seed": "x"}]}, ["tasks[0].seed", "an integer"]),
@@ -135,3 +137,31 @@ def test_every_shipped_config_is_valid():
     for path in paths:
         cfg = load_config(str(path))
         assert expand(cfg), path
+
+
+def test_a_byte_order_mark_is_not_part_of_the_config(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM; TOML parsers reject it as a statement."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff".encode() + b'[run]\nname = "bom"\n[[tasks]]\nname = "tiny-synthetic"\n'
+                     b'[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n')
+    assert load_config(path).name == "bom"
+
+
+def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A run read from one folder and resumed from another names the same files (the manifest and the
+    cell ids hold absolute paths); names that are not paths here stay as written."""
+    from profiler.config import absolute_paths
+
+    (tmp_path / "d.csv").write_text("text,label\ngood,1\n")
+    (tmp_path / "extra.txt").write_text("fine\n")
+    (tmp_path / "sst2").mkdir()  # a folder named like a packaged set
+    monkeypatch.chdir(tmp_path)
+    raw = {"tasks": [{"name": "text-classification", "eval_file": "d.csv", "train_file": ["d.csv", "gone.csv"],
+                      "model": "some-org/model"}],
+           "pruners": [{"name": "gmp", "distill_text": ["sst2", "extra.txt"]}], "run": {"name": "x"}}
+    out = absolute_paths(raw)
+    assert out["tasks"][0]["eval_file"] == str(tmp_path / "d.csv")
+    assert out["tasks"][0]["train_file"] == [str(tmp_path / "d.csv"), "gone.csv"]
+    assert out["tasks"][0]["model"] == "some-org/model"
+    assert out["pruners"][0]["distill_text"] == ["sst2", str(tmp_path / "extra.txt")]
+    assert raw["tasks"][0]["eval_file"] == "d.csv" and out["run"] is raw["run"]

@@ -105,7 +105,20 @@ def test_unwritable_report_output_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(a), "-o", str(tmp_path)]) == 2  # a directory
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write" in err
-    assert main(["report", str(a), "-o", str(tmp_path / "no" / "such" / "dir" / "r.html")]) == 2
+    assert main(["report", str(a), "-o", str(tmp_path / "new" / "dir" / "r.html")]) == 0  # as compare: folders made
+    assert (tmp_path / "new" / "dir" / "r.html").is_file()
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(a), "-o", str(tmp_path / "afile" / "r.html")]) == 2  # a file in the way
+
+
+def test_report_and_compare_say_what_is_wrong_with_a_path(tmp_path, capsys):
+    a = make_run(tmp_path / "a", standard())
+    (tmp_path / "f").write_text("")
+    for path, why in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "f", "is a file")):
+        assert main(["report", str(path)]) == 2
+        assert why in capsys.readouterr().err
+        assert main(["compare", str(a), str(path)]) == 2
+        assert "missing, or a file" in capsys.readouterr().err and not (tmp_path / "compare.html").exists()
 
 
 def test_damaged_run_json_files_do_not_crash_the_reader(tmp_path):

@@ -203,6 +203,7 @@ def test_labels_name_the_variant_and_non_default_soft_settings():
     assert plugin_label("obs", {"sparsity": 0.9, "distill": True, "hidden_distill": 0.0}) == "obs 0.9 KD"
     assert plugin_label("obs", {"sparsity": 0.9, "distill": True, "hidden_distill": 1.0, "attention_distill": 2.0}) == \
         "obs 0.9 KD +hidden 1 +attention 2"
+    assert plugin_label("obs", {"sparsity": 0.8, "steps": 0, "distill": True}) == "obs 0.8"  # one-shot: nothing distilled
     assert plugin_label("obs", {"sparsity": 0.9, "scope": "global", "lr_schedule": "cyclic"}) == "obs 0.9 global cyclic"
     assert plugin_label("obs", {"sparsity": 0.9, "lr_schedule": "linear"}) == "obs 0.9"
     assert plugin_label("movement", {**base, "variant": "hard", "init": "pretrained"}) == "movement 0.95 hard from pretrained KD"

@@ -208,3 +208,17 @@ def test_cli_prints_plugin_warnings_as_one_line(capsys):
     assert capsys.readouterr().err == "sparsebench: warning: sparsebench.plugins: distribution 'x' failed\n"
     show(UserWarning("other"), UserWarning, "f.py", 1)
     assert len(others) == 1 and others[0][1] is UserWarning
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`sparsebench plugins --json | head -c 200`: the pipe closes under the writer."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "profiler.cli", "plugins", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert len(p.stdout.read(200)) == 200
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)  # 0 when the whole listing fit the pipe's buffer before the close, else 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -168,3 +168,12 @@ def test_compare_and_report_read_a_multi_target_run_directory(multi_target_run, 
     assert main(["report", str(run_dir), "-o", "x.html"]) == 2
     assert "multi-target run writes RUN_DIR/targets/<target>/report.html" in capsys.readouterr().err
     assert main(["report", str(run_dir.parent)]) == 2
+
+
+def test_a_bad_ray_address_from_the_environment_is_named_as_such(config_file, tmp_path, capsys, monkeypatch):
+    require_ray()
+    monkeypatch.setenv("RAY_ADDRESS", "garbage:xx")
+    assert main(["run", str(config_file), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "RAY_ADDRESS: 'garbage:xx' is not HOST:PORT" in err and "--address" not in err.split("HOST:PORT")[0], err
+    assert _no_run_dir(tmp_path)

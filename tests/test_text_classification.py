@@ -170,7 +170,8 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
-                                  "empty-file", "header-only", "not-utf8", "hub-offline", "unsupported-arch"])
+                                  "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
+                                  "unsupported-arch"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
                                            "label_column": "stars"}
@@ -195,6 +196,11 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
     elif case == "not-utf8":
         (tmp_path / "l.csv").write_bytes("review,stars\ncafé crème,1\n".encode("latin-1"))
         kw["eval_file"], match = str(tmp_path / "l.csv"), "not UTF-8"
+    elif case == "extra-field":
+        (tmp_path / "x.csv").write_text("review,stars\ngood film,1\nbad movie,0,extra\n")
+        kw["eval_file"], match = str(tmp_path / "x.csv"), "line 3: 3 fields, the header has 2"
+    elif case == "folder":
+        kw["eval_file"], match = str(tmp_path), "is a folder, not a file"
     elif case == "hub-offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -62,3 +62,18 @@ def test_rows_without_compute_precision_use_the_torch_baseline_as_dense():
 def test_an_empty_frame_has_no_savings_and_no_verdict():
     out = add_savings(pd.DataFrame())
     assert out.empty and verdicts(out) == []
+
+
+def test_a_lead_inside_the_noise_is_no_winner():
+    """A cell 1.00× the dense engine with a same-round interval reaching 1× is not named the winner;
+    one whose whole interval is above 1× is."""
+    def frame(low, high):
+        return pd.DataFrame([
+            row("none", "torch-fp32", 0.040, 0.90, latency_savings_vs_best_dense=1.0),
+            row("magnitude-50", "torch-fp32", 0.0399, 0.90, latency_savings_vs_best_dense=1.0001,
+                latency_savings_vs_best_dense_low=low, latency_savings_vs_best_dense_high=high),
+        ])
+    (v,) = verdicts(add_savings(frame(0.996, 1.006)))
+    assert "none is measurably faster than the dense engines" in v and "0.996" not in v and "1.00–1.01×" in v
+    (v,) = verdicts(add_savings(frame(1.01, 1.02)))
+    assert "fastest configuration that keeps ≥ 99% of the dense accuracy: magnitude-50 + torch-fp32" in v

@@ -4,6 +4,7 @@ refuses the connection."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
@@ -47,17 +48,17 @@ def resolve_address(address: str | None) -> str:
     return found
 
 
-def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S, given_by: str = "--address") -> None:
     """Raise ConfigError unless ``HOST:PORT`` accepts a TCP connection within ``timeout_s`` (ray.init
-    itself would retry for minutes)."""
+    itself would retry for minutes); ``given_by`` names where the address came from in the message."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--address: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
+        raise ConfigError(f"{given_by}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise ConfigError(f"--address: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
+        raise ConfigError(f"{given_by}: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
                           "started (`ray start --head`) and the port open from here?") from None
 
 
@@ -67,7 +68,8 @@ def connect(address: str | None) -> Any:
     Worker stdout is not forwarded (rows and errors come back as data). Raises ConfigError."""
     ray = import_ray()
     resolved = resolve_address(address)
-    check_reachable(resolved)
+    from_env = address in (None, "auto") and bool(os.environ.get("RAY_ADDRESS"))
+    check_reachable(resolved, given_by="RAY_ADDRESS" if from_env else "--address")
     try:
         ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError by cause

@@ -47,16 +47,16 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` file as dicts keyed by column.
 
     Raises ValueError when the file is missing, not UTF-8, of another extension, has no data rows,
-    or a JSONL line is not a JSON object.
+    a CSV / TSV row has more or fewer fields than the header, or a JSONL line is not a JSON object.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {path} does not exist")
+        raise ValueError(f"data file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     kind = path.suffix.lower()
     if kind not in (".csv", ".tsv", ".jsonl"):
         raise ValueError(f"data file {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark would join the first column's name
     except UnicodeDecodeError as exc:
         raise ValueError(f"data file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     if kind == ".jsonl":
@@ -74,7 +74,15 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(text.splitlines(), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
         header = next(reader, None) or []
-        rows = [dict(zip(header, row)) for row in reader if row]
+        rows = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):  # a stray delimiter would shift or drop a field silently
+                raise ValueError(f"data file {path} line {reader.line_num}: {len(row)} fields, the header has "
+                                 f"{len(header)} ({', '.join(header)})" + ("; quote fields that hold commas"
+                                                                           if kind == ".csv" else ""))
+            rows.append(dict(zip(header, row)))
     if not rows:
         raise ValueError(f"data file {path} has no data rows")
     return rows

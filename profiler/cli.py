@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -103,6 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
         return 2
+    class Terminated(KeyboardInterrupt):
+        """SIGTERM (a job scheduler, `kill`): stop as Ctrl-C does, finished cells saved."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         from profiler.config import expand
 
@@ -114,15 +123,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 executor.run(run_dir)
             else:
                 Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         address = f" --address {args.address}" if args.address else ""
-        print(f"\ninterrupted; finished cells are saved. Continue with: sparsebench run --resume {run_dir}{address}",
-              file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; finished cells are saved. "
+              f"Continue with: sparsebench run --resume {run_dir}{address}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)
         return 2
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if executor is not None:
             executor.close()
     return _report_run(run_dir)

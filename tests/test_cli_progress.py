@@ -22,3 +22,43 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
     err = capsys.readouterr().err
     assert "gmp 0.9: step 2/2 loss 0.5000 sparsity 0.900" in err
     assert "cell 2/3: gmp 0.9 sparse-int8 b8: ok p50 26.1 ms" in err
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
+    """A scheduler's SIGTERM mid-run: status 143, finished cells kept, the hint to resume; the
+    resumed run adds the rest without repeating a cell."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[run]\nname = "t"\n[measure]\nwarmup_iters = 1\nmin_iters = 3\nmin_seconds = 0.3\nidle_seconds = 0\n'
+                   '[meter]\nname = "estimate"\n[[tasks]]\nname = "tiny-synthetic"\n[[pruners]]\nname = "none"\n'
+                   '[[pruners]]\nname = "magnitude"\nsparsity = [0.3, 0.5, 0.7, 0.9]\n[[accelerators]]\nname = "torch-fp32"\n'
+                   '[matrix]\nbatch_size = [1, 2]\nseq_len = [16]\nthreads = [1]\n')
+    cmd = [sys.executable, "-m", "profiler.cli", "run", str(cfg), "--output-dir", str(tmp_path / "runs"),
+           "--cache-dir", str(tmp_path / "cache")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    results = None
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "runs").glob("t-*/results.jsonl"))
+        if found and found[0].read_text().count("\n") >= 1:
+            results = found[0]
+            break
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    assert results is not None
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "terminated; finished cells are saved. Continue with: sparsebench run --resume" in err
+    done = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
+    assert 1 <= len(done) < 10
+    r = subprocess.run([sys.executable, "-m", "profiler.cli", "run", "--resume", str(results.parent), "--cache-dir",
+                        str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ids = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 10 and ids[:len(done)] == done

@@ -316,35 +316,23 @@ def test_attention_distillation_adds_gamma_times_the_kl_of_the_models_projection
         AttentionTap(torch.nn.Linear(2, 2))
 
 
-def test_attention_distillation_trains_and_is_recorded(tiny, tmp_path):
+@pytest.mark.parametrize("param, weight_key, speed_key", [
+    ("hidden_distill", "hidden_weight", "teacher_hidden_states"),
+    ("attention_distill", "attention_weight", "teacher_attention"),
+])
+def test_intermediate_distillation_trains_and_is_recorded(tiny, tmp_path, param, weight_key, speed_key):
     task, dense = tiny
     with pytest.raises(ValueError, match="needs distill"):
-        GMPPruner(sparsity=0.5, steps=4, attention_distill=1.0)
+        GMPPruner(sparsity=0.5, steps=4, **{param: 1.0})
     model = copy.deepcopy(dense)
-    hooks = [len(m._forward_hooks) for m in model.modules()]
-    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, attention_distill=1.0,
-                       precision="fp32")
+    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, precision="fp32", **{param: 1.0})
     pruner.cache_dir = tmp_path
     report = pruner.prune(model, task)
     assert report.sparsity_prunable == pytest.approx(0.5)
-    assert report.notes["distillation"]["attention_weight"] == 1.0
-    assert report.notes["training_speed"]["teacher_attention"] == "live teacher every step"
-    assert [len(m._forward_hooks) for m in model.modules()] == hooks  # the taps are gone
-
-
-def test_hidden_distillation_trains_and_is_recorded(tiny, tmp_path):
-    task, dense = tiny
-    with pytest.raises(ValueError, match="needs distill"):
-        GMPPruner(sparsity=0.5, steps=4, hidden_distill=1.0)
-    model = copy.deepcopy(dense)
-    pruner = GMPPruner(sparsity=0.5, steps=6, update_every=2, end_frac=0.5, distill=True, hidden_distill=1.0,
-                       precision="fp32")
-    pruner.cache_dir = tmp_path
-    report = pruner.prune(model, task)
-    assert report.sparsity_prunable == pytest.approx(0.5)
-    assert report.notes["distillation"]["hidden_weight"] == 1.0
-    assert report.notes["training_speed"]["teacher_hidden_states"] == "live teacher every step"
+    assert report.notes["distillation"][weight_key] == 1.0
+    assert report.notes["training_speed"][speed_key] == "live teacher every step"
     assert report.notes["final_loss_mean_last_50"] > 0
+    assert not [h for m in model.modules() for h in m._forward_hooks.values() if "AttentionTap" in h.__qualname__]
 
 
 def test_bench_training_substitutes_take_every_argument_the_pruner_passes(tiny):

@@ -50,7 +50,8 @@ class Structure:
         """ValueError if ``sparsity`` is not reachable with this structure (N:M fixes it)."""
         fixed = self.fixed_sparsity
         if fixed is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(f"sparsity must equal 1 - N/M = {fixed:g} for structure {self.spec!r}, got {sparsity!r}")
+            raise ValueError(f"sparsity must equal 1 - N/M = {fixed:g} for structure {self.spec!r}, got {sparsity!r}; "
+                             f"set sparsity = {fixed:g} (sparsity has a default when not set)")
 
     def check_shape(self, name: str, shape: torch.Size) -> None:
         out_f, in_f = shape

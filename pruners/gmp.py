@@ -324,8 +324,9 @@ class TrainingPruner(Pruner):
                      if self.distill else None)
         del members  # the distiller holds frozen copies
         hidden = distiller is not None and distiller.wants_hidden
-        tap = AttentionTap(model) if distiller is not None and distiller.wants_attention else None
         self.init_student(model, task)
+        # after init_student, which may replace the projections (movement's masked layers)
+        tap = AttentionTap(model) if distiller is not None and distiller.wants_attention else None
         masks = MaskSet(layers)
         score = self.make_score(layers)
         params = [p for p in model.parameters() if p.requires_grad]

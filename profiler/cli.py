@@ -93,6 +93,14 @@ class RichReporter:
             state["id"] = None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`) during `sparsebench run`: stop as Ctrl-C does, finished cells saved."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from profiler.runner import Runner
 
@@ -105,13 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
         return 2
-    class Terminated(KeyboardInterrupt):
-        """SIGTERM (a job scheduler, `kill`): stop as Ctrl-C does, finished cells saved."""
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    previous_sigterm = (signal.signal(signal.SIGTERM, _on_sigterm)
+                        if threading.current_thread() is threading.main_thread() else None)
     try:
         from profiler.config import expand
 

@@ -82,16 +82,14 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     """
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
+    from profiler.rundir import check_new_folder
     from profiler.runner import Runner, load_run_config
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
     cfg = load_run_config(run_dir, "RUN_DIR")
     cell = find_cell(cfg, cell_id)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file; give a new or empty folder")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out: {out} exists and is not empty")
+    check_new_folder(out, "--out")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
     model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)

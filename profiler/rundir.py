@@ -16,6 +16,17 @@ TARGETS_DIR = "targets"
 RESULTS = "results.jsonl"
 
 
+def check_new_folder(path: Path, what: str) -> None:
+    """ConfigError (named by ``what``, e.g. ``--out``) unless ``path`` is absent or an empty folder:
+    where an export or a new run directory may be written without mixing into something else."""
+    from profiler.errors import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: {path} is a file; give a new or empty folder")
+    if path.exists() and any(path.iterdir()):
+        raise ConfigError(f"{what}: {path} exists and is not empty; give a new or empty folder")
+
+
 def target_dir(run_dir: Path, target: str) -> Path:
     """``RUN_DIR/targets/<target>``."""
     return Path(run_dir) / TARGETS_DIR / target

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from profiler.errors import ConfigError
+
 #: the pruner and accelerator of a plain dense fp32 baseline
 DEFAULT_PRUNERS: tuple[dict[str, Any], ...] = ({"name": "none"},)
 DEFAULT_ACCELERATORS: tuple[dict[str, Any], ...] = ({"name": "torch-fp32"},)
@@ -45,8 +47,6 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
 def _axis(name: str, value: Any) -> Any:
     """A matrix axis as a list: one integer becomes [it]; a string or another non-sequence is a
     ConfigError (the config's own check then validates the values)."""
-    from profiler.errors import ConfigError
-
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -103,14 +103,12 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
 
     from profiler.config import parse_config
     from profiler.results import read_results
+    from profiler.rundir import check_new_folder
     from profiler.runner import RESULTS, Runner, preflight
 
-    from profiler.errors import ConfigError
-
     axes = {name: _axis(name, v) for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads))}
-    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise ConfigError(f"out: {out} {'is a file' if not Path(out).is_dir() else 'is not empty'}; give a new or empty "
-                          "folder (a run directory is resumed with `sparsebench run --resume`)")
+    if out is not None:
+        check_new_folder(Path(out), "out")
     tmp = Path(tempfile.mkdtemp(prefix="sparsebench-")) if out is None else None
     run_dir = Path(out) if out is not None else tmp / "run"
     created = not run_dir.exists()

@@ -175,20 +175,29 @@ class ExtraText:
                 "examples_drawn": self.examples}
 
 
+def check_text_source(source: str, key: str = "") -> None:
+    """ValueError unless ``source`` is a name of :data:`TEXT_SETS` (a packaged GLUE set's training
+    sentences) or an existing ``.txt`` file (one text per line; a pair task: one tab-separated pair);
+    the message starts with ``key`` when given. The one check of a text source, for the pruners'
+    ``distill_text`` and the tasks' readers alike."""
+    if source in TEXT_SETS:
+        return
+    where = f"{key}: " if key else ""
+    if Path(source).suffix.lower() != ".txt":
+        raise ValueError(f"{where}text source {source!r}: use one of {', '.join(TEXT_SETS)} (the packaged GLUE "
+                         "training sentences) or a .txt file with one text per line (a pair task: one "
+                         "tab-separated pair)")
+    if not Path(source).is_file():
+        raise ValueError(f"{where}text source {source!r}: the file does not exist")
+
+
 def check_text_sources(sources: Any, key: str = "distill_text") -> tuple[str, ...]:
-    """``sources`` as a tuple: each a name of :data:`TEXT_SETS` or an existing ``.txt`` file (one text
-    per line; a pair task: one tab-separated pair). ValueError naming ``key`` for anything else, before any work."""
+    """``sources`` as a tuple, each checked by :func:`check_text_source`; ValueError naming ``key``
+    for anything else, before any work."""
     if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
         raise ValueError(f"{key} must be a list of text sources, got {sources!r}")
     for src in sources:
-        if src in TEXT_SETS:
-            continue
-        if Path(src).suffix.lower() != ".txt":
-            raise ValueError(f"{key}: text source {src!r}: use one of {', '.join(TEXT_SETS)} (the packaged GLUE "
-                             "training sentences) or a .txt file with one text per line (a pair task: one "
-                             "tab-separated pair)")
-        if not Path(src).is_file():
-            raise ValueError(f"{key}: text source {src!r}: the file does not exist")
+        check_text_source(src, key)
     return tuple(sources)
 
 

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import torch
 
+from pruners.augment import check_text_source
+
 #: metric name -> True when it scores a regression head (one output), False for classification
 METRICS: dict[str, bool] = {"accuracy": False, "f1": False, "matthews": False, "pearson": True, "spearman": True}
 
@@ -86,20 +88,6 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"data file {path} has no data rows")
     return rows
-
-
-def check_text_source(source: str) -> None:
-    """ValueError unless ``source`` is a packaged GLUE set (a key of :data:`GLUE`) or an existing
-    ``.txt`` file (one text per line, or one tab-separated pair): what :func:`unlabeled_texts` and
-    :func:`unlabeled_pairs` read."""
-    if source in GLUE:
-        return
-    path = Path(source)
-    if path.suffix.lower() != ".txt":
-        raise ValueError(f"text source {source!r}: use one of {', '.join(GLUE)} (the packaged GLUE training "
-                         "sentences) or a .txt file with one text per line (a pair task: one tab-separated pair)")
-    if not path.is_file():
-        raise ValueError(f"text source {source!r}: the file does not exist")
 
 
 def _source_lines(source: str) -> list[str]:

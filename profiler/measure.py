@@ -115,10 +115,17 @@ def fill_measurements(row: Result, t: Timed) -> None:
         row.extra["latency_rounds"] = len(t.round_medians)
 
 
-def savings_fields(cell: Timed, ref: Timed, key: str, seed: int = 0) -> dict[str, float | int | None]:
+#: the same-round savings factors every timed row carries: against the dense torch-fp32 cell, and
+#: against the fastest dense fp32 cell of its round
+SAVINGS_KEYS = ("latency_savings_factor", "latency_savings_vs_best_dense")
+
+
+def savings_fields(cell: Timed, ref: Timed | None, key: str, seed: int = 0) -> dict[str, float | int | None]:
     """Same-round latency savings factor of ``cell`` against ``ref`` (ref's median latency ÷ the
     cell's, per round; median over rounds with a bootstrap 95 % interval): ``{key}``,
-    ``{key}_low``, ``{key}_high`` and ``{key}_rounds`` (``None``/0 without common rounds)."""
-    r = median_ratio(same_round_ratios(ref.round_medians or [], cell.round_medians or []), seed=seed)
+    ``{key}_low``, ``{key}_high`` and ``{key}_rounds`` (``None``/0 without common rounds, or
+    without ``ref``: a cell timed on its own has no same-round partner)."""
+    ratios = same_round_ratios(ref.round_medians or [], cell.round_medians or []) if ref is not None else []
+    r = median_ratio(ratios, seed=seed)
     return {key: r.median if r else None, f"{key}_low": r.low if r else None,
             f"{key}_high": r.high if r else None, f"{key}_rounds": r.n_rounds if r else 0}

@@ -30,7 +30,7 @@ from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, s
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
 from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
-from profiler.measure import Timed, harness_overhead_s, fill_measurements, make_call, measure_group, measure_one, savings_fields
+from profiler.measure import Timed, harness_overhead_s, fill_measurements, make_call, measure_group, measure_one, savings_fields, SAVINGS_KEYS
 from pruners.base import PruneReport
 
 RESULTS = "results.jsonl"
@@ -441,6 +441,9 @@ class Runner:
             timed = measure_one(call, self.cfg.measure, meter, idle, c.batch_size)
             self._contention([row], other_busy_cpus(before, snapshot()))
             fill_measurements(row, timed)
+            # every row carries the same keys: a cell timed on its own has no same-round factor
+            for key in SAVINGS_KEYS:
+                row.extra.update(savings_fields(timed, None, key))
         except Exception as exc:
             return self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
         self._finish_cell(c, task, row, module)
@@ -484,10 +487,10 @@ class Runner:
         best = min(dense, key=lambda k: cells[k][0].latency_p50_s or float("inf"), default=None)
         for k, (row, t) in cells.items():
             if base is not None:
-                row.extra.update(savings_fields(t, cells[base][1], "latency_savings_factor", self.cfg.seed))
+                row.extra.update(savings_fields(t, cells[base][1], SAVINGS_KEYS[0], self.cfg.seed))
                 row.extra["baseline_cell_id"] = base
             if best is not None:
-                row.extra.update(savings_fields(t, cells[best][1], "latency_savings_vs_best_dense", self.cfg.seed))
+                row.extra.update(savings_fields(t, cells[best][1], SAVINGS_KEYS[1], self.cfg.seed))
                 row.extra["best_dense_cell_id"] = best
                 row.extra["best_dense_label"] = cells[best][0].extra.get("accelerator_label")
 

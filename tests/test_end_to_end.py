@@ -141,7 +141,12 @@ def test_sequential_schedule_times_cells_one_by_one(tmp_path):
     Runner(cfg, tmp_path / "seq").run()
     rows = read_results(tmp_path / "seq" / "results.jsonl").rows
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    assert all("latency_rounds" not in r and "latency_savings_factor" not in r for r in rows)
+    assert all("latency_rounds" not in r for r in rows)
+    # the same keys as an interleaved row, null: no same-round partner; the report takes the ratio of medians
+    assert all(r["latency_savings_factor"] is None and r["latency_savings_vs_best_dense_rounds"] == 0 for r in rows)
+    from reports.frame import add_savings, load_rows
+    df, _ = load_rows(tmp_path / "seq")
+    assert add_savings(df)["latency_savings_factor"].notna().all()
     html = write_report(tmp_path / "seq").read_text()
     assert "Verdict" in html and ("none beats the dense engines" in html or "fastest configuration" in html)
 

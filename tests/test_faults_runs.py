@@ -113,3 +113,13 @@ def test_compare_warns_on_the_same_dir_twice_and_on_an_empty_one(tmp_path, capsy
     assert main(["compare", str(a), str(tmp_path / "." / "a"), str(empty), "-o", str(tmp_path / "c.html")]) == 0
     err = capsys.readouterr().err
     assert "is given twice" in err and f"{empty} has no valid result rows" in err
+
+
+@pytest.mark.parametrize("accelerator, noted", [("null", True), ("torch-fp32", False)])
+def test_a_matrix_without_the_baseline_cell_is_noted(tmp_path, capsys, accelerator, noted):
+    """Without pruner none + torch-fp32 no row gets a savings factor or accuracy kept: the run says so."""
+    cfg = write_config(tmp_path / "c.toml", tiny_config(
+        **{**ONE_CELL, "accelerators": [{"name": accelerator}]},
+        measure={"warmup_iters": 1, "min_iters": 2, "min_seconds": 0.01, "max_seconds": 0.5, "idle_seconds": 0}))
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "out")]) == 0
+    assert ("note: no pruner 'none' with accelerator 'torch-fp32'" in capsys.readouterr().err) is noted

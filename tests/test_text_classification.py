@@ -171,7 +171,7 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
 
 @pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
                                   "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
-                                  "unsupported-arch"])
+                                  "unsupported-arch", "label-unseen-in-training"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
                                            "label_column": "stars"}
@@ -185,6 +185,15 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
     elif case == "label-range":
         write_jsonl(tmp_path / "d.jsonl", [{"text": "good", "label": 0}, {"text": "bad", "label": 3}])
         kw, match = {"eval_file": str(tmp_path / "d.jsonl")}, r"labels \[3\] are outside the model head's range 0..1"
+    elif case == "label-unseen-in-training":  # a new head learns only the classes of the training set
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+        write_jsonl(tmp_path / "t.jsonl", [{"text": "good", "label": 0}, {"text": "bad", "label": 2}])
+        write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": 1}, {"text": "bad", "label": 2}])
+        model, kw = str(folder), {"eval_file": str(tmp_path / "d.jsonl"), "train_file": str(tmp_path / "t.jsonl"),
+                                  "finetune_steps": 1}
+        match = r"labels \[1\] never occur in .*t.jsonl"
     elif case == "regression-metric":
         kw["metric"], match = "spearman", "needs a regression head"
     elif case == "empty-file":

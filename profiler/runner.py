@@ -30,7 +30,8 @@ from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, s
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
 from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
-from profiler.measure import Timed, harness_overhead_s, fill_measurements, make_call, measure_group, measure_one, savings_fields, SAVINGS_KEYS
+from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
+                              measure_one, savings_fields)
 from pruners.base import PruneReport
 
 RESULTS = "results.jsonl"

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 from profiler.errors import ConfigError, PluginWarning
 from profiler.executors import EXECUTORS
-from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER
 
 EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
           "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
@@ -147,7 +146,7 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     """(config, run directory, Ray executor or None) of ``sparsebench run``, after every check;
     the run directory of a new run is created last, so a rejected run writes nothing. Raises
     ConfigError. On a raise after the Ray executor connected, it is closed here."""
-    from profiler.config import load_config
+    from profiler.config import load_config, missing_baseline_note
     from profiler.runner import load_run_config, new_run_dir, preflight
 
     if args.resume:
@@ -162,10 +161,8 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     if args.address and executor != "ray":
         raise ConfigError("--address: applies to --executor ray only")
     preflight(cfg, args.cache_dir, check_meter=executor == "local")
-    if not args.resume and not has_baseline(cfg):
-        print(f"sparsebench: note: no pruner {BASELINE_PRUNER!r} with accelerator {BASELINE_ACCELERATOR!r} in this "
-              "config: its rows get no savings factor against the dense torch model and no accuracy kept; add them "
-              "to [[pruners]] and [[accelerators]] to have both", file=sys.stderr)
+    if not args.resume and (note := missing_baseline_note(cfg)):
+        print(f"sparsebench: note: {note}", file=sys.stderr)
     if executor == "local":
         if cfg.targets is not None or "ray" in cfg.raw:
             print("sparsebench: note: [targets] and [ray] apply to --executor ray; this local run ignores them",
@@ -180,13 +177,6 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     except BaseException:
         ray_ex.close()
         raise
-
-
-def has_baseline(cfg: Any) -> bool:
-    """Whether the matrix holds the seed's baseline cell (the dense model under torch fp32), that
-    every row's savings factor and accuracy kept are taken against."""
-    return (any(p.name == BASELINE_PRUNER for p in cfg.pruners)
-            and any(a.name == BASELINE_ACCELERATOR for a in cfg.accelerators))
 
 
 def resume_executor(run_dir: Path, given: str | None) -> str:

@@ -23,7 +23,7 @@ from accelerators.base import KERNEL_VARIANTS
 from accelerators.params import Range, number_problem
 from profiler import identity
 from profiler.errors import ConfigError
-from profiler.identity import stable_hash
+from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, stable_hash
 from profiler.labels import plugin_label
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
@@ -334,6 +334,16 @@ def _check_text_sources(cfg: Config) -> None:
                     task.unlabeled_texts(source)
                 except ValueError as exc:
                     raise ConfigError(f"{spec.key}: {exc} ({task_spec.key}: {task_spec.label()})") from None
+
+
+def missing_baseline_note(cfg: Config) -> str | None:
+    """What a matrix without the seed's baseline cell (pruner ``none`` under ``torch-fp32``, the
+    dense model every savings factor and accuracy kept divides by) goes without; None when it has it."""
+    if (any(p.name == BASELINE_PRUNER for p in cfg.pruners)
+            and any(a.name == BASELINE_ACCELERATOR for a in cfg.accelerators)):
+        return None
+    return (f"no pruner {BASELINE_PRUNER!r} with accelerator {BASELINE_ACCELERATOR!r} in this matrix: its rows get no "
+            "savings factor against the dense torch model and no accuracy kept; add both to have them")
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -101,7 +102,7 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
     """
     import pandas as pd
 
-    from profiler.config import parse_config
+    from profiler.config import missing_baseline_note, parse_config
     from profiler.results import read_results
     from profiler.rundir import check_new_folder
     from profiler.runner import RESULTS, Runner, preflight
@@ -140,6 +141,8 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             for name in ("eval_data", "train_data"):
                 msg = msg.replace(str(inputs / f"{name.split('_')[0]}.jsonl"), name)
             raise ConfigError(msg) from None
+        if note := missing_baseline_note(cfg):
+            warnings.warn(note, UserWarning, stacklevel=2)
         started = True
         Runner(cfg, run_dir, cache_dir=cache).run()
         return pd.DataFrame(read_results(run_dir / RESULTS).rows)

@@ -58,6 +58,21 @@ def test_profile_without_out_leaves_nothing_and_takes_list_of_dicts(tmp_path):
     assert list(df["status"]) == ["ok"] and list(df["metric_name"]) == ["accuracy"]
 
 
+def test_profile_warns_when_the_matrix_has_no_baseline_cell(tmp_path, recwarn):
+    """No pruner none under torch-fp32: no savings factor, no accuracy kept; the caller is told."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    model, tok = AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    data = [{"text": a, "label": y} for a, _, y in sentences(12)]
+    kw = dict(batch_size=[1], seq_len=[8], measure=FAST, meter={"name": "estimate"})
+    sparsebench.profile(model, tok, data, **kw)
+    assert not [w for w in recwarn if "no pruner 'none'" in str(w.message)]
+    with pytest.warns(UserWarning, match="no pruner 'none' with accelerator 'torch-fp32'"):
+        df = sparsebench.profile(model, tok, data, accelerators=[{"name": "sparse-cpu", "calibrate": False}], **kw)
+    assert list(df["status"]) == ["ok"]
+
+
 def test_profile_bad_input_writes_nothing(tmp_path):
     folder = save_tiny_model(tmp_path / "m", "bert")
     with pytest.raises(ConfigError, match="outside the model head's range"):

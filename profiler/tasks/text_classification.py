@@ -147,10 +147,9 @@ class TextClassification(Task):
         if not self.regression:
             if not self.has_head:
                 self.num_labels = max(2, 1 + int(max(max(v[2]) for v in self._raw.values())))
-                if "train" in self._raw and self.finetune_steps > 0:
+                if self.finetune_steps > 0:  # (train_file is there: checked above)
                     # a class the new head never sees in training would still widen it and be scored
-                    train = {int(x) for x in self._raw["train"][2]}
-                    unseen = sorted({int(x) for x in self._raw.get("eval", ((), (), []))[2]} - train)
+                    unseen = sorted({int(x) for x in self._raw["eval"][2]} - {int(x) for x in self._raw["train"][2]})
                     if unseen:
                         raise ValueError(f"{self.eval_path}: labels {unseen[:10]} never occur in {self.train_path}: "
                                          "the new head would learn no class for them; use a training set that holds "

@@ -10,17 +10,7 @@ from profiler.energy import (
     readings_energy, safe_availability, window_result, worst_method,
 )
 from profiler.meters.base import Counter, EnergyMeter, Reading
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
+from tests.fakes import Clock
 
 
 class ScriptMeter(EnergyMeter):

@@ -7,6 +7,7 @@ import pytest
 
 from profiler.energy import EnergyWindow
 from profiler.meters import CodecarbonMeter
+from tests.fakes import Clock
 
 
 class CPU:
@@ -22,14 +23,6 @@ class GPU:
     def __init__(self, counter_error=None):
         self.devices = types.SimpleNamespace(
             devices=[types.SimpleNamespace(_counter_error=counter_error)])
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 def fake_tracker(hardware, step_kwh):

@@ -8,14 +8,7 @@ from profiler.errors import ConfigError
 from profiler.meters import EstimateMeter
 from profiler.plugins import METERS
 from profiler.meters.estimate import lookup_tdp, normalise_cpu_model, read_cpuinfo
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
+from tests.fakes import Clock
 
 
 @pytest.mark.parametrize("model,watts", [

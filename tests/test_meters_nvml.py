@@ -8,6 +8,7 @@ import pytest
 
 from profiler.energy import EnergyWindow, measure_idle_power
 from profiler.meters import AutoMeter, EstimateMeter, NvmlMeter
+from tests.fakes import Clock
 
 
 class NVMLError(Exception):
@@ -48,16 +49,8 @@ def fake_nvml(gpus, init_error=None):
     return mod
 
 
-class Clock:
-    def __init__(self):
-        self.t = 50.0
-
-    def __call__(self):
-        return self.t
-
-
 def test_not_supported_polls_150w_over_2s_to_300j():
-    clock = Clock()
+    clock = Clock(50.0)
     nv = fake_nvml([{"energy_mj": NVMLError(3), "power_mw": 150_000}])
     m = NvmlMeter(nvml=nv, clock=clock, background=False, poll_hz=10)
     ok, reason = m.availability()
@@ -88,7 +81,7 @@ def test_background_thread_polls_at_least_10hz():
 
 
 def test_poll_integrates_varying_power_with_trapezoid():
-    clock = Clock()
+    clock = Clock(50.0)
     p = {"mw": 100_000}
     nv = fake_nvml([{"energy_mj": NVMLError(3), "power_mw": lambda: p["mw"]}])
     m = NvmlMeter(nvml=nv, clock=clock, background=False)
@@ -101,7 +94,7 @@ def test_poll_integrates_varying_power_with_trapezoid():
 
 
 def test_sparse_sampling_is_flagged():
-    clock = Clock()
+    clock = Clock(50.0)
     nv = fake_nvml([{"energy_mj": NVMLError(3), "power_mw": 50_000}])
     m = NvmlMeter(nvml=nv, clock=clock, background=False, poll_hz=10)
     with EnergyWindow(m) as w:
@@ -112,7 +105,7 @@ def test_sparse_sampling_is_flagged():
 
 
 def test_energy_counter_measured_in_mj():
-    clock = Clock()
+    clock = Clock(50.0)
     e = {"mj": 1_000_000}
     nv = fake_nvml([{"energy_mj": lambda: e["mj"], "power_mw": 1}, {"energy_mj": 5, "power_mw": 1}])
     m = NvmlMeter(nvml=nv, clock=clock, devices=[0])
@@ -133,7 +126,7 @@ def test_counter_reading_zero_falls_back_to_poll():
 
 
 def test_not_ready_mid_run_gives_none_then_polls():
-    clock = Clock()
+    clock = Clock(50.0)
     state = {"fail": False}
 
     def energy():
@@ -176,7 +169,7 @@ def test_pynvml_not_installed(monkeypatch):
 
 
 def test_auto_combines_rapl_fallback_and_gpu_and_labels_weakest(tmp_path):
-    clock = Clock()
+    clock = Clock(50.0)
     nv = fake_nvml([{"energy_mj": NVMLError(3), "power_mw": 150_000}])
     gpu = NvmlMeter(nvml=nv, clock=clock, background=False)
     est = EstimateMeter(tdp_w=10, ram_gb=0, logical_cpus=1, clock=clock, cpu_time=lambda: clock.t)

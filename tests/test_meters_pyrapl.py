@@ -8,19 +8,9 @@ import pytest
 
 from profiler.meters import PyRaplMeter, RaplMeter, compare_with_direct
 from profiler.meters.rapl import PERMISSION_REASON
+from tests.fakes import Clock
 
 MAX = 262143328850
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 def tree(root, pkg_uj, dram_uj):

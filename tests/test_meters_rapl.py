@@ -8,19 +8,9 @@ import pytest
 from profiler.energy import EnergyWindow, measure_idle_power
 from profiler.meters import AutoMeter, EstimateMeter, RaplMeter
 from profiler.meters.rapl import PERMISSION_REASON
+from tests.fakes import Clock
 
 MAX = 262143328850  # µJ, a real max_energy_range_uj
-
-
-class Clock:
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
 
 
 def zone(root, zid, name, energy_uj=0, max_uj=MAX, max_power_uw=None, nested_in=None):
@@ -49,7 +39,7 @@ def window(meter, clock, update, seconds=1.0, n=1, idle=None):
 
 
 def test_wrap_is_corrected_with_max_energy_range(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     p0 = zone(tmp_path, "intel-rapl:0", "package-0", 262143000000)
     m = RaplMeter(root=str(tmp_path), clock=clock)
     assert m.availability()[0]
@@ -61,7 +51,7 @@ def test_wrap_is_corrected_with_max_energy_range(tmp_path):
 
 
 def test_two_sockets_summed_and_kept_apart(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     p0 = zone(tmp_path, "intel-rapl:0", "package-0", 10_000_000)
     p1 = zone(tmp_path, "intel-rapl:1", "package-1", 262000000000)
 
@@ -77,7 +67,7 @@ def test_two_sockets_summed_and_kept_apart(tmp_path):
 
 
 def test_hierarchy_psys_mirror_children(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     pkg = zone(tmp_path, "intel-rapl:0", "package-0", 0)
     core = zone(tmp_path, "intel-rapl:0:0", "core", 0, nested_in="intel-rapl:0")
     unc = zone(tmp_path, "intel-rapl:0:1", "uncore", 0, nested_in="intel-rapl:0")
@@ -103,7 +93,7 @@ def test_hierarchy_psys_mirror_children(tmp_path):
 
 
 def test_subdomains_reported_but_never_summed(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     pkg = zone(tmp_path, "intel-rapl:0", "package-0", 0)
     core = zone(tmp_path, "intel-rapl:0:0", "core", 0, nested_in="intel-rapl:0")
 
@@ -117,7 +107,7 @@ def test_subdomains_reported_but_never_summed(tmp_path):
 
 
 def test_duplicate_name_and_identical_dies_counted_once(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     a = zone(tmp_path, "intel-rapl:0", "package-0", 5_000_000)
     b = zone(tmp_path, "intel-rapl:1", "package-0", 5_000_000)  # duplicate zone, same name
     d0 = zone(tmp_path, "intel-rapl:2", "package-1-die-0", 7_000_000)
@@ -133,7 +123,7 @@ def test_duplicate_name_and_identical_dies_counted_once(tmp_path):
 
 
 def test_distinct_dies_are_summed(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     d0 = zone(tmp_path, "intel-rapl:0", "package-0-die-0", 1_000_000)
     d1 = zone(tmp_path, "intel-rapl:1", "package-0-die-1", 2_000_000)
 
@@ -147,7 +137,7 @@ def test_distinct_dies_are_summed(tmp_path):
 
 
 def test_unreadable_max_flags_instead_of_negative(tmp_path):
-    clock = Clock()
+    clock = Clock(100.0)
     p0 = zone(tmp_path, "intel-rapl:0", "package-0", 262143000000, max_uj=None)
     m = RaplMeter(root=str(tmp_path), clock=clock)
     r = window(m, clock, lambda: set_uj(p0, 1000000))
@@ -162,7 +152,7 @@ def test_unreadable_max_flags_instead_of_negative(tmp_path):
 
 def test_max_range_reread_on_every_read(tmp_path):
     """A changed max_energy_range_uj is picked up: each Counter carries the current range."""
-    clock = Clock()
+    clock = Clock(100.0)
     p0 = zone(tmp_path, "intel-rapl:0", "package-0", 10)
     m = RaplMeter(root=str(tmp_path), clock=clock)
     assert m.read().counters["package:0"].max_range_j == pytest.approx(MAX / 1e6)
@@ -199,7 +189,7 @@ def test_permission_denied_falls_back_to_estimate_never_measured(tmp_path):
         "energy_uj is readable by root only; run as root or grant read access with a udev rule")
     assert reason == PERMISSION_REASON
 
-    clock = Clock()
+    clock = Clock(100.0)
     cpu = {"t": 0.0}
     est = EstimateMeter(tdp_w=100, ram_gb=8, logical_cpus=4, clock=clock,
                         cpu_time=lambda: cpu["t"])
@@ -234,7 +224,7 @@ def test_safe_window_from_constraints_and_default(tmp_path):
 
 def test_long_window_sampled_so_two_wraps_are_both_corrected(tmp_path):
     """A window spanning two wraps is correct when sampled at least once per safe window."""
-    clock = Clock()
+    clock = Clock(100.0)
     p0 = zone(tmp_path, "intel-rapl:0", "package-0", 0, max_power_uw=200_000_000)
     m = RaplMeter(root=str(tmp_path), clock=clock)
     assert m.availability()[0]

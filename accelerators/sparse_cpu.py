@@ -187,6 +187,10 @@ class _SparseSwap(Accelerator):
     attention: str = "fp32"
     #: extra error (same measure) allowed to a lower-precision attention kernel
     attention_tolerance: float = 2.5e-2
+    #: blocked formats timed beside ``csr`` under ``format = "auto"``: (format, block height)
+    blocked_formats: tuple[tuple[str, int], ...] = (("bsr4x1", 4), ("bsr8x1", 8))
+    #: the share of a matrix's non-zeros that whole blocks of a given height would hold (1.0: perfect blocks)
+    block_fill = staticmethod(block_fill)
 
     def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
@@ -215,8 +219,8 @@ class _SparseSwap(Accelerator):
             return [self.format]
         cands = ["csr"]
         # blocked formats only pay off when the pruning left (mostly) whole blocks
-        for fmt, bh in (("bsr4x1", 4), ("bsr8x1", 8)):
-            if block_fill(weight, bh) >= 0.6:
+        for fmt, bh in self.blocked_formats:
+            if self.block_fill(weight, bh) >= 0.6:
                 cands.append(fmt)
         return cands
 

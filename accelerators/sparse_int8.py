@@ -113,6 +113,9 @@ class SparseInt8(_SparseSwap):
     #: boundary of the next kernel (1/127 of its range), so fused and unfused layer outputs agree to
     #: about one quantization step, not to float rounding
     fuse_tolerance = 1e-2
+    #: 1 x 4 quads stacked 4 or 8 rows high (the VNNI block)
+    blocked_formats = (("bsr4x4", 4), ("bsr8x4", 8))
+    block_fill = staticmethod(quad_block_fill)
 
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",
                  dense_format: str = "auto", engine: str = "auto", min_speedup: MinSpeedup = 1.05,
@@ -163,15 +166,6 @@ class SparseInt8(_SparseSwap):
             if self.engine != "auto" and self.engine not in engines:
                 return False, f"quantized engine {self.engine!r} not supported here (supported: {engines})"
         return True, ""
-
-    def _candidates(self, weight: torch.Tensor) -> list[str]:
-        if self.format != "auto":
-            return [self.format]
-        cands = ["csr"]
-        for fmt, bh in (("bsr4x4", 4), ("bsr8x4", 8)):
-            if quad_block_fill(weight, bh) >= 0.6:
-                cands.append(fmt)
-        return cands
 
     def _make_sparse(self, lin: nn.Linear, fmt: str, run: SwapRun) -> nn.Module:
         from accelerators.sparse_linear import SparseLinear

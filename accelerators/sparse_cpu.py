@@ -189,7 +189,7 @@ class _SparseSwap(Accelerator):
     attention_tolerance: float = 2.5e-2
     #: blocked formats timed beside ``csr`` under ``format = "auto"``: (format, block height)
     blocked_formats: tuple[tuple[str, int], ...] = (("bsr4x1", 4), ("bsr8x1", 8))
-    #: the share of a matrix's non-zeros that whole blocks of a given height would hold (1.0: perfect blocks)
+    #: non-zeros / entries stored when stored in blocks of a given height (1.0: perfectly block-structured)
     block_fill = staticmethod(block_fill)
 
     def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,

@@ -15,6 +15,7 @@ sk = pytest.importorskip("accelerators._sparse_kernels")
 
 from accelerators.base import PrepareSettings  # noqa: E402
 from accelerators.sparse_linear import SparseLinear, dense_to_blocks  # noqa: E402
+from tests.tiny_family import tiny_bert, tiny_inputs  # noqa: E402
 
 VARIANTS = sk.supported_variants()
 BLOCKS = [1, 2, 4, 8]
@@ -243,28 +244,6 @@ def test_sparse_linear_int8_close_to_fp32(fmt):
 
 
 # ------------------------------------------------------------------------------------------ accelerator
-def tiny_bert(sparsity, seed=0):
-    transformers = pytest.importorskip("transformers")
-    from accelerators.sparse_cpu import encoder_linears
-
-    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
-    torch.manual_seed(seed)
-    model = transformers.BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        for _, lin in encoder_linears(model):
-            w = lin.weight
-            thr = w.abs().flatten().kthvalue(max(1, int(sparsity * w.numel()))).values
-            w.mul_(w.abs() > thr)
-    return model
-
-
-def example(batch=2, seq=16):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 120, (batch, seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
-
 @pytest.mark.parametrize("fallback", ["torch-int8", "kernel-int8", "fp32"])
 def test_sparse_int8_accelerator(fallback):
     from accelerators.sparse_int8 import SparseInt8
@@ -275,7 +254,7 @@ def test_sparse_int8_accelerator(fallback):
         pytest.skip(reason)
     model = tiny_bert(0.9)
     before = copy.deepcopy(model.state_dict())
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=2))
     new = p.module
     for k, v in model.state_dict().items():
@@ -298,7 +277,7 @@ def test_kernel_int8_fallback_quantizes_the_layers_left_dense_per_token():
     acc = SparseInt8(dense_fallback="kernel-int8", min_sparsity=0.95, repeats=2, min_time_s=0.0005,
                      check_model=False, fuse_layers=False)
     model = tiny_bert(0.9)
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=1))
     kept = [m for m in p.module.modules() if isinstance(m, SparseLinear)]
     assert len(kept) == 12 and not any(isinstance(m, torch.nn.Linear) for m in p.module.bert.encoder.modules())
@@ -328,7 +307,7 @@ def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
     monkeypatch.setattr(sc, "interleaved_timing", spy)
     acc = SparseInt8(dense_fallback="kernel-int8", dense_format="csr", min_speedup=1000.0, repeats=2,
                      min_time_s=0.0005, check_model=False, fuse_layers=False)
-    p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))  # unstructured: csr the only candidate
+    p = acc.prepare(tiny_bert(0.9), tiny_inputs(), PrepareSettings(threads=1))  # unstructured: csr the only candidate
     assert p.fields["sparse_layers"] == 12 and p.fields["dense_layers"] == 0 and per_layer == []
     assert set(json.loads(p.fields["sparse_layer_choices"]).values()) == {"csr"}
     blocks = tiny_bert(0.0)  # 4x4 blocks pruned: bsr4x4 competes with csr, and needs min_speedup over it
@@ -337,7 +316,7 @@ def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
             w = lin.weight.view(lin.out_features // 4, 4, lin.in_features // 4, 4)
             norms = w.abs().sum((1, 3))
             w.mul_((norms > norms.flatten().kthvalue(int(0.9 * norms.numel())).values)[:, None, :, None])
-    p = acc.prepare(blocks, example(), PrepareSettings(threads=1))
+    p = acc.prepare(blocks, tiny_inputs(), PrepareSettings(threads=1))
     choices = json.loads(p.fields["sparse_layer_choices"])
     assert p.fields["sparse_layers"] == 12 and len(per_layer) == 12
     assert all("dense" not in names and "csr" in names for names in per_layer)  # never csr against csr
@@ -346,7 +325,7 @@ def test_kernel_int8_fallback_is_not_timed_against_its_own_kernel(monkeypatch):
         per_layer.clear()
         acc = SparseInt8(dense_fallback="torch-int8", min_speedup=1000.0, repeats=2, min_time_s=0.0005,
                          check_model=False, fuse_layers=False)
-        p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))
+        p = acc.prepare(tiny_bert(0.9), tiny_inputs(), PrepareSettings(threads=1))
         assert len(per_layer) == 12 and all("dense" in names for names in per_layer)
 
 
@@ -364,7 +343,7 @@ def test_kernel_int8_fallback_runs_dense_layers_in_the_format_measured_fastest(m
         return {f: (1.0 if f == "bsr2x4" else 2.0) for f in fns}
 
     monkeypatch.setattr(si, "interleaved_timing", fake_timing)
-    model, ex = tiny_bert(0.1), example()
+    model, ex = tiny_bert(0.1), tiny_inputs()
     for fmt, timed in (("auto", True), ("bsr4x4", False)):
         picks.clear()
         acc = SparseInt8(dense_format=fmt, min_sparsity=0.95, repeats=2, min_time_s=0.0005, check_model=False)
@@ -399,7 +378,7 @@ def test_kernel_int8_whole_model_fallback_is_fused_like_the_mix(monkeypatch):
         return {**t, "dense": 0.0} if set(fns) == {"dense", "sparse"} else t
 
     monkeypatch.setattr(sc, "interleaved_timing", dense_wins)
-    model, ex = tiny_bert(0.9), example()
+    model, ex = tiny_bert(0.9), tiny_inputs()
     p = SparseInt8(dense_format="bsr4x4", repeats=2, min_time_s=0.0005).prepare(model, ex, PrepareSettings(threads=1))
     f = p.fields
     assert f["sparse_fell_back_to_dense"] and f["sparse_layers"] == 0 and f["fused_encoder_layers"] == 2
@@ -565,7 +544,7 @@ def test_ffn_input_layers_are_timed_with_their_gelu(monkeypatch):
 
     monkeypatch.setattr(sc, "interleaved_timing", spy)
     acc = SparseInt8(dense_fallback="fp32", min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
-    p = acc.prepare(tiny_bert(0.9), example(), PrepareSettings(threads=1))
+    p = acc.prepare(tiny_bert(0.9), tiny_inputs(), PrepareSettings(threads=1))
     # intermediate.dense (256 outputs in tiny_bert) timed with the GELU in the kernel, the others without
     assert sorted(seen) == sorted([(256, {"gelu"})] * 2 + [(64, {"none"})] * 10)
     for m in p.module.modules():  # the activation ends where fuse_ffn_gelu put it, not left by the timing
@@ -581,7 +560,7 @@ def test_whole_model_all_sparse_is_timed_against_the_per_layer_mix():
 
     acc = SparseInt8(dense_fallback="fp32", min_speedup=1000.0, repeats=2, min_time_s=0.0005, check_model=False)
     model = tiny_bert(0.9)
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=1))
     f = p.fields
     assert f["sparse_whole_model_choice"] in ("per-layer", "all-sparse") and f["sparse_all_sparse_speedup"] > 0

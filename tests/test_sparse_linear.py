@@ -17,6 +17,7 @@ from accelerators.sparse_linear import SparseLinear, parse_format  # noqa: E402
 from profiler.config import parse_config  # noqa: E402
 from profiler.errors import ConfigError  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
+from tests.tiny_family import tiny_bert, tiny_inputs  # noqa: E402
 
 
 def pruned_linear(n_in, n_out, sparsity, bias=True, seed=0, block=1):
@@ -96,26 +97,6 @@ def test_non_float32_input_and_errors():
 # ------------------------------------------------------------------------------------------
 # the sparse-cpu accelerator on a tiny BERT built in code
 # ------------------------------------------------------------------------------------------
-def tiny_bert(sparsity: float, seed: int = 0):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
-    torch.manual_seed(seed)
-    model = transformers.BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():
-        for _, lin in encoder_linears(model):
-            w = lin.weight
-            thr = w.abs().flatten().kthvalue(max(1, int(sparsity * w.numel()))).values
-            w.mul_(w.abs() > thr) if sparsity > 0 else None
-    return model
-
-
-def example(batch=2, seq=16):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 120, (batch, seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
-
 def logits(m, ex):
     with torch.no_grad():
         out = m(**ex)
@@ -134,7 +115,7 @@ def test_sparse_cpu_swaps_and_keeps_outputs():
     before = copy.deepcopy(model.state_dict())
     acc = SparseCPU(format="csr", min_speedup=1.0, repeats=2, min_time_s=0.0005, check_model=False)
     assert acc.availability() == (True, "")
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=2))
     new = p.module
     # input model untouched
@@ -155,7 +136,7 @@ def test_sparse_cpu_swaps_and_keeps_outputs():
 def test_sparse_cpu_keeps_dense_when_not_sparse():
     model = tiny_bert(0.0)
     acc = SparseCPU(repeats=2, min_time_s=0.0005)
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=1))
     new = p.module
     assert not any(isinstance(m, SparseLinear) for m in new.modules())
@@ -166,7 +147,7 @@ def test_sparse_cpu_keeps_dense_when_not_sparse():
 def test_sparse_cpu_rule_mode_and_forced_variant():
     model = tiny_bert(0.95)
     acc = SparseCPU(calibrate=False, format="auto")
-    ex = example(batch=1, seq=8)
+    ex = tiny_inputs(batch=1, seq=8)
     p = acc.prepare(model, ex, PrepareSettings(threads=1, kernel_variant="scalar"))
     new = p.module
     assert p.fields["sparse_layers"] == 12
@@ -196,7 +177,7 @@ def test_one_instance_prepares_each_cell_with_its_own_settings():
     model = tiny_bert(0.95)
     acc = SparseCPU(calibrate=False, format="csr")
     fresh = dict(vars(acc))
-    ex = example(batch=1, seq=8)
+    ex = tiny_inputs(batch=1, seq=8)
     a = acc.prepare(model, ex, PrepareSettings(threads=1, kernel_variant="scalar"))
     b = acc.prepare(model, ex, PrepareSettings(threads=2))
     assert vars(acc) == fresh  # what prepare found comes back in Prepared, never in the instance
@@ -251,7 +232,7 @@ def test_fused_gelu_epilogue(variant, dtype):
 def test_sparse_cpu_fuses_ffn_gelu():
     model = tiny_bert(0.9)
     acc = SparseCPU(format="csr", min_speedup=1.0, calibrate=False, fuse_layers=False)
-    ex = example()
+    ex = tiny_inputs()
     p = acc.prepare(model, ex, PrepareSettings(threads=2))
     new, fields = p.module, p.fields
     assert fields["sparse_fused_gelu_layers"] == 2

@@ -1,5 +1,6 @@
-"""Tiny random-weight BERT-family models with a tokenizer built in code, saved as transformers
-folders (no downloads): the fixtures of the text-classification, API and export tests."""
+"""Tiny random-weight BERT-family models built in code (no downloads): saved as transformers folders
+with a tokenizer for the text-classification, API and export tests, and held in memory, magnitude-pruned,
+for the sparse-swap tests."""
 from __future__ import annotations
 
 import json
@@ -74,6 +75,32 @@ def save_tiny_model(folder: Path, arch: str = "bert", num_labels: int = 2, seed:
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
+
+
+def tiny_bert(sparsity: float, seed: int = 0):
+    """A 2-layer, hidden-64 ``BertForSequenceClassification`` in eval mode, every encoder Linear's weight
+    magnitude-pruned to ``sparsity`` (fraction of zeros per matrix, unstructured; 0 leaves it dense)."""
+    import transformers
+
+    from accelerators.sparse_cpu import encoder_linears
+
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    if sparsity > 0:
+        with torch.no_grad():
+            for _, lin in encoder_linears(model):
+                w = lin.weight
+                w.mul_(w.abs() > w.abs().flatten().kthvalue(max(1, int(sparsity * w.numel()))).values)
+    return model
+
+
+def tiny_inputs(batch: int = 2, seq: int = 16) -> dict[str, torch.Tensor]:
+    """Fixed random ``tiny_bert`` inputs: int64 ``input_ids`` of shape (batch, seq), no padding."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 120, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
 def sentences(n: int, seed: int = 0) -> list[tuple[str, str, int]]:

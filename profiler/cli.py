@@ -181,11 +181,15 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
 
 def resume_executor(run_dir: Path, given: str | None) -> str:
     """The executor a resumed run uses: the one its manifest names (``local`` for runs made
-    before executors existed). Raises ConfigError when ``--executor`` names another."""
+    before executors existed). Raises ConfigError when ``--executor`` names another, or the
+    manifest names none that exists."""
     from profiler.runner import MANIFEST, read_run_json
 
     manifest = read_run_json(run_dir / MANIFEST)
     stored = manifest.get("executor", "local") if isinstance(manifest, dict) else "local"
+    if stored not in EXECUTORS:
+        raise ConfigError(f"{run_dir}/{MANIFEST}: executor {stored!r} is not one of {', '.join(EXECUTORS)}; "
+                          "the manifest is damaged")
     if given and given != stored:
         raise ConfigError(f"--executor {given}: {run_dir} was run with --executor {stored}; resume it with the same one")
     return stored
@@ -266,7 +270,9 @@ def cmd_report(args: argparse.Namespace) -> int:
               "RUN_DIR/targets/<target>/report.html (and `sparsebench compare RUN_DIR` the comparison)", file=sys.stderr)
         return 2
     for d in targets or [run_dir]:
-        _results_warnings(d)
+        if _results_warnings(d) == 0:
+            print(f"sparsebench: warning: {d} has no valid result rows yet: the report says so and shows nothing else",
+                  file=sys.stderr)
         status = _write_page(lambda: write_report(d, Path(args.output) if args.output else None))
         if status:
             return status
@@ -292,6 +298,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
         return 2
     seen: dict[Path, Path] = {}
+    empty: list[Path] = []
     for d in dirs:
         if d.resolve() in seen:
             print(f"sparsebench: warning: {d} is given twice (as {seen[d.resolve()]}); it is compared with itself",
@@ -299,6 +306,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seen.setdefault(d.resolve(), d)
         if _results_warnings(d) == 0:
             print(f"sparsebench: warning: {d} has no valid result rows", file=sys.stderr)
+            empty.append(d)
+    if len(empty) == len(dirs):
+        print("sparsebench: nothing to compare: no run directory has a valid result row", file=sys.stderr)
+        return 2
     return _write_page(lambda: write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
 
 
@@ -382,6 +393,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def path_arg(value: str) -> str:
+    """An argparse ``type`` for file and folder arguments: an empty (or blank) string is an error
+    rather than a silent fallback to the default or to the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from profiler import __version__
 
@@ -395,11 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
-    r.add_argument("config", nargs="?", help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
+    r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
+    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
-    r.add_argument("--output-dir", help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
-    r.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    r.add_argument("--output-dir", type=path_arg, help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
+    r.add_argument("--cache-dir", type=path_arg, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
     r.add_argument("--executor", choices=EXECUTORS, help="where the cells run: local (default: this process) or ray "
                    "(every cell on every hardware target of a Ray cluster, one target per node label; "
                    "pip install 'sparsebench[ray]'). A resumed run uses the executor it was started with")
@@ -408,15 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained, works offline)",
                         description="Turn RUN_DIR/results.jsonl into one self-contained HTML report (plotly.js embedded).")
-    rp.add_argument("run_dir", metavar="RUN_DIR")
-    rp.add_argument("-o", "--output", help="output path (default: RUN_DIR/report.html)")
+    rp.add_argument("run_dir", metavar="RUN_DIR", type=path_arg)
+    rp.add_argument("-o", "--output", type=path_arg, help="output path (default: RUN_DIR/report.html)")
     rp.set_defaults(func=cmd_report)
     c = sub.add_parser("compare", help="the same cells side by side across run directories (hardware targets)",
                        description="Join rows on recipe_id (the cell without threads and kernel variant) across run directories "
                                    "(one per hardware target) into one self-contained HTML page.")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=path_arg,
                    help="run directories; a multi-target run directory (--executor ray) stands for all its targets")
-    c.add_argument("-o", "--output", help="output HTML path (default: RUN_DIR/compare.html for one multi-target "
+    c.add_argument("-o", "--output", type=path_arg, help="output HTML path (default: RUN_DIR/compare.html for one multi-target "
                                           "run directory, else compare.html)")
     c.add_argument("--allow-mixed-energy", action="store_true", help="allow energy ratios between targets whose energy methods differ (e.g. measured vs estimated)")
     c.set_defaults(func=cmd_compare)
@@ -435,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plugins)
     from profiler.export import add_parser as add_export_parser
 
-    add_export_parser(sub)
+    add_export_parser(sub, path_arg)
+    p.set_defaults(subcommands=sub.choices)  # main() names a stray argument in its subcommand's usage
     return p
 
 
@@ -453,7 +473,9 @@ def plugin_warning_printer(fallback: Callable) -> Callable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, stray = build_parser().parse_known_args(argv)
+    if stray:
+        args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(stray)}")
     previous = warnings.showwarning
     warnings.showwarning = plugin_warning_printer(previous)
     try:

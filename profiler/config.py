@@ -35,6 +35,8 @@ SCHEDULES = ("interleaved", "sequential")
 MAX_THREADS = 256  # torch.set_num_threads crashes the interpreter far above any real core count
 MAX_SEQ_LEN = 512  # position embeddings of BERT-family models
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: a file name has at most 255 bytes; the run directory adds "-YYYYmmdd-HHMMSS" and maybe "-N"
+MAX_NAME_CHARS = 200
 MAX_SEED = 2**32 - 1  # numpy's seed limit; torch and random accept it too
 DAY_S = 86_400.0  # no timed loop or idle window of one cell should need longer
 
@@ -254,11 +256,15 @@ def parse_config(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"run.{k}: unknown key; valid keys: {', '.join(sorted(RUN_KEYS))}")
     if not isinstance(run.get("name", "run"), str) or not NAME_PATTERN.match(run.get("name", "run")):
         raise ConfigError(f"run.name: letters, digits, '.', '_' and '-' only (it names the run directory), got {run.get('name')!r}")
+    if len(run.get("name", "run")) > MAX_NAME_CHARS:
+        raise ConfigError(f"run.name: at most {MAX_NAME_CHARS} characters (with its time stamp it names the run "
+                          f"directory), got {len(run['name'])}")
     seed = run.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"run.seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    if not isinstance(run.get("output_dir", "runs"), str) or "\0" in run.get("output_dir", "runs"):
-        raise ConfigError(f"run.output_dir: must be a folder path (a string without NUL), got {run.get('output_dir')!r}")
+    output_dir = run.get("output_dir", "runs")
+    if not isinstance(output_dir, str) or "\0" in output_dir or not output_dir.strip():
+        raise ConfigError(f"run.output_dir: must be a folder path (a non-empty string without NUL), got {output_dir!r}")
     training_threads = run.get("training_threads")
     if training_threads is not None and (isinstance(training_threads, bool) or not isinstance(training_threads, int)
                                          or not 1 <= training_threads <= MAX_THREADS):

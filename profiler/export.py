@@ -15,7 +15,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FORMATS = ("transformers", "onnx", "openvino")
 
@@ -111,17 +111,17 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     return out
 
 
-def add_parser(sub: Any) -> None:
-    """Register the ``export`` subcommand on the CLI's subparsers."""
+def add_parser(sub: Any, path_type: Callable[[str], str]) -> None:
+    """Register the ``export`` subcommand on the CLI's subparsers; ``path_type`` checks its path arguments."""
     e = sub.add_parser("export", help="a cell's pruned model as a transformers folder (plus ONNX / OpenVINO IR)",
                        description="Write the pruned model of one cell of RUN_DIR as a transformers folder "
                                    "(safetensors, tokenizer, sparsity.json) that plain transformers loads with "
                                    "identical logits; --format onnx|openvino adds the engine's portable file.")
-    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("run_dir", metavar="RUN_DIR", type=path_type)
     e.add_argument("--cell", required=True, metavar="CELL_ID", help="cell id (or a unique prefix) from results.jsonl")
-    e.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
+    e.add_argument("--out", required=True, metavar="DIR", type=path_type, help="new (or empty) output folder")
     e.add_argument("--format", default="transformers", choices=FORMATS, help="also write ONNX or OpenVINO IR")
-    e.add_argument("--cache-dir", help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    e.add_argument("--cache-dir", type=path_type, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
     e.set_defaults(func=cmd_export)
 
 

@@ -135,6 +135,32 @@ def test_resume_of_a_damaged_manifest_is_one_line_exit_2(tmp_path, capsys):
     assert "damaged" in capsys.readouterr().err
     (run / "manifest.json").write_text(json.dumps({"config": 5}))
     assert main(["run", "--resume", str(run)]) == 2
+    (run / "manifest.json").write_text(json.dumps({"config": tiny_config(), "executor": "spark"}))
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "executor 'spark' is not one of local, ray" in capsys.readouterr().err
+    assert not (run / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "{cfg}", "--output-dir", ""], ["run", "{cfg}", "--cache-dir", " "],
+                                  ["run", "--resume", ""], ["report", ""], ["report", "{run}", "-o", ""],
+                                  ["compare", "{run}", ""], ["compare", "{run}", "-o", ""],
+                                  ["export", "{run}", "--cell", "x", "--out", ""]])
+def test_an_empty_path_argument_is_an_error_not_a_default(tmp_path, capsys, argv):
+    run = make_run(tmp_path / "a", standard())
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(cfg=cfg, run=run) for a in argv])
+    assert exc.value.code == 2 and "empty path" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c.toml"] and not (run / "report.html").exists()
+
+
+def test_report_warns_and_compare_refuses_when_no_row_is_valid(tmp_path, capsys):
+    empty = make_run(tmp_path / "e", [], tail="{not json\n")
+    assert main(["report", str(empty)]) == 0  # a run that has not finished a cell yet still gets its page
+    assert "has no valid result rows yet" in capsys.readouterr().err
+    assert main(["compare", str(empty), str(empty), "-o", str(tmp_path / "c.html")]) == 2
+    assert "nothing to compare" in capsys.readouterr().err and not (tmp_path / "c.html").exists()
 
 
 def test_results_file_that_is_a_directory_is_reported(tmp_path):
@@ -167,3 +193,12 @@ def test_output_dir_with_nul_is_a_config_error():
 
     with pytest.raises(ConfigError, match="run.output_dir"):
         parse_config(tiny_config(run={"name": "t", "output_dir": "a\0b"}))
+
+
+@pytest.mark.parametrize("argv, usage", [(["plugins", "gmp", "magnitude"], "usage: sparsebench plugins"),
+                                         (["doctor", "--bogus"], "usage: sparsebench doctor")])
+def test_a_stray_argument_shows_its_subcommands_usage(capsys, argv, usage):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and usage in err and f"unrecognized arguments: {argv[-1]}" in err

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import random
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from accelerators.params import Range
 from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, Seed, Task
 
 MARKER_TOKEN = 7
@@ -29,27 +30,21 @@ class TinySynthetic(Task):
 
     def __init__(
         self,
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        intermediate_size: int = 256,
-        vocab_size: int = 200,
-        n_train: int = 2000,
-        n_eval: int = 256,
+        hidden_size: Annotated[int, Range(1, 4096)] = 64,
+        num_layers: Annotated[int, Range(1, 48)] = 2,
+        num_heads: Annotated[int, Range(1, 64)] = 4,
+        intermediate_size: Annotated[int, Range(1, 16384)] = 256,
+        vocab_size: Annotated[int, Range(21, 250_000)] = 200,
+        n_train: Annotated[int, Range(1, 1_000_000)] = 2000,
+        n_eval: Annotated[int, Range(1, 1_000_000)] = 256,
         finetune_steps: FinetuneSteps = 150,
         finetune_batch_size: FinetuneBatch = 32,
         finetune_lr: FinetuneLR = 2e-3,
         seed: Seed = 0,
         finetune_precision: str = "auto",
     ) -> None:
-        for label, v in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
-                         ("intermediate_size", intermediate_size), ("n_train", n_train), ("n_eval", n_eval)):
-            if v < 1:
-                raise ValueError(f"{label} must be >= 1, got {v}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
-        if vocab_size <= 20:
-            raise ValueError(f"vocab_size must be > 20, got {vocab_size}")
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.vocab_size = intermediate_size, vocab_size
         self.n_train, self.n_eval = n_train, n_eval

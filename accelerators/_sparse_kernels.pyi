@@ -82,7 +82,8 @@ def pack_int8(
     indptr: int32/int64 (ceil(n_out / block) + 1,); indices: int32/int64 (nblocks,) quad numbers in
     [0, ceil(n_in / 4)); values: int8 with nblocks * block * 4 entries laid out (block, row, col)
     (1-D, 2-D or 3-D); w_scale: float32 (n_out,), finite >= 0, W ~= w_scale[o] * W_q[o].
-    n_in <= 65536 (exact int32 accumulation).
+    n_in <= 65536 and at most 16384 quads per block row, repeated indices included (exact int32
+    accumulation). Raises ValueError beyond.
     """
 
 def spmm(

@@ -193,7 +193,8 @@ class SparseLinear(nn.Module):
         quantization, round-to-nearest-even, range [-127, 127]; activations quantized per token at
         run time, or per tensor with ``act_quant="tensor"``). activation: ``"none"`` or ``"gelu"``
         (y = GELU(x W^T + b), fused into the kernel's output pass). variant: the kernel ISA variant
-        every call of this module uses (None = the extension's default). Raises ValueError on bad options.
+        every call of this module uses (None = the extension's default). Raises ValueError on bad
+        options, and for dtype ``"int8"`` on a NaN or inf weight.
         """
         m = cls._from_dense(linear, format, block, dtype, threads, act_quant, activation)
         m.variant = variant
@@ -212,6 +213,10 @@ class SparseLinear(nn.Module):
             indptr, indices, blocks = dense_to_blocks(w, bh, 1)
             values = blocks.reshape(-1, bh)
             return cls(n_in, n_out, indptr, indices, values, bias, name, dtype, threads, activation=activation)
+        bad = (~torch.isfinite(w)).any(dim=1).nonzero()
+        if len(bad):
+            raise ValueError(f"from_dense: weight row {int(bad[0])} holds NaN or inf; INT8 quantization needs finite "
+                             "weights")
         amax = w.abs().amax(dim=1)
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
         wq = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler.errors import ConfigError, PluginWarning
+from profiler.errors import ConfigError, SparsebenchWarning
 from profiler.executors import EXECUTORS
 
 EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
@@ -160,7 +160,7 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
         executor = args.executor or "local"
     if args.address and executor != "ray":
         raise ConfigError("--address: applies to --executor ray only")
-    preflight(cfg, args.cache_dir, check_meter=executor == "local")
+    preflight(cfg, args.cache_dir, check_meter=executor == "local", resume_dir=run_dir if args.resume else None)
     if not args.resume and (note := missing_baseline_note(cfg)):
         print(f"sparsebench: note: {note}", file=sys.stderr)
     if executor == "local":
@@ -247,7 +247,11 @@ def _write_page(write: Callable[[], Path]) -> int:
     try:
         print(write())
     except OSError as exc:
-        print(f"sparsebench: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
+        where = Path(exc.filename) if exc.filename else None
+        if isinstance(exc, FileExistsError) and where and where.is_file():  # a file where a folder should be
+            print(f"sparsebench: cannot write the output: {where} is a file, not a folder", file=sys.stderr)
+        else:
+            print(f"sparsebench: cannot write {where or 'the output'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -263,7 +267,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     targets = [] if (run_dir / "results.jsonl").is_file() else target_dirs(run_dir)
     if not targets and not (run_dir / "results.jsonl").is_file():
-        print(f"sparsebench: {run_dir} has no results.jsonl (nor targets/*/results.jsonl)", file=sys.stderr)
+        what = "is not a file" if (run_dir / "results.jsonl").exists() else "is missing"
+        print(f"sparsebench: {run_dir / 'results.jsonl'} {what} (nor is there targets/*/results.jsonl)", file=sys.stderr)
         return 2
     if targets and args.output:
         print("sparsebench: -o applies to a one-target run directory; a multi-target run writes "
@@ -459,12 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plugin_warning_printer(fallback: Callable) -> Callable:
-    """A ``warnings.showwarning`` that prints a :class:`PluginWarning` as one ``sparsebench: warning:``
-    line and hands every other warning to ``fallback``."""
+def warning_printer(fallback: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints a :class:`SparsebenchWarning` (a :class:`PluginWarning`,
+    a damaged cache entry...) as one ``sparsebench: warning:`` line and hands every other warning
+    to ``fallback``."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, PluginWarning):
+        if issubclass(category, SparsebenchWarning):
             print(f"sparsebench: warning: {message}", file=file or sys.stderr)
         else:
             fallback(message, category, filename, lineno, file, line)
@@ -477,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(stray)}")
     previous = warnings.showwarning
-    warnings.showwarning = plugin_warning_printer(previous)
+    warnings.showwarning = warning_printer(previous)
     try:
         status = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe found at exit would print a traceback there

@@ -9,6 +9,11 @@ class ConfigError(ValueError):
     """
 
 
-class PluginWarning(UserWarning):
+class SparsebenchWarning(UserWarning):
+    """A warning meant for the person running sparsebench (the CLI prints it as one
+    ``sparsebench: warning:`` line, without the file and line that raised it)."""
+
+
+class PluginWarning(SparsebenchWarning):
     """A third-party plugin entry point was skipped; the message names the distribution, the
     entry point and why (see :mod:`profiler.plugins`)."""

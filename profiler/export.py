@@ -78,11 +78,12 @@ def export_portable(model: Any, example: dict[str, Any], fmt: str, out: Path) ->
 def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers", cache_dir: Path | None = None) -> Path:
     """Export cell ``cell_id`` of ``run_dir`` into the new folder ``out`` (see the module doc).
 
-    Raises ConfigError (bad run directory, unknown cell, ``out`` not empty) before any model work.
+    Raises ConfigError (bad run directory, unknown cell, ``out`` not empty or not writable) before
+    any model work.
     """
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
-    from profiler.rundir import check_new_folder
+    from profiler.rundir import check_new_folder, check_writable
     from profiler.runner import Runner, load_run_config
 
     if fmt not in FORMATS:
@@ -92,11 +93,11 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     check_new_folder(out, "--out")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
-    model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
-    model.eval()
-    example = task.example_inputs(2, min(cell.seq_len, 32))
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out")  # creates it: removed below if the export fails
     try:
+        model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
+        model.eval()
+        example = task.example_inputs(2, min(cell.seq_len, 32))
         model.save_pretrained(out, safe_serialization=True)
         tokenizer = getattr(task, "tokenizer", None)
         if tokenizer is not None:

@@ -9,6 +9,7 @@ label selector; its ``hardware.json`` was taken on a node of the target). ``repo
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -25,6 +26,43 @@ def check_new_folder(path: Path, what: str) -> None:
         raise ConfigError(f"{what}: {path} is a file; give a new or empty folder")
     if path.exists() and any(path.iterdir()):
         raise ConfigError(f"{what}: {path} exists and is not empty; give a new or empty folder")
+
+
+def check_writable(folder: Path, label: str) -> None:
+    """Create ``folder`` (parents too) if absent and check that files can be written in it;
+    ConfigError naming ``label`` (e.g. ``--out``) otherwise, so work that would end in a write
+    fails before it starts."""
+    from profiler.errors import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{label}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{label}: {folder} is not writable: {exc.strerror or exc}") from None
+
+
+def check_resumable(run_dir: Path) -> None:
+    """ConfigError unless a resumed run can append to ``run_dir``: the folder, its lock and every
+    results file in it (a target folder's included) writable. Nothing is created or changed."""
+    from profiler.errors import ConfigError
+
+    check_writable(run_dir, "RUN_DIR")
+    files = [run_dir / ".lock", run_dir / RESULTS]
+    for folder in [run_dir, *((run_dir / TARGETS_DIR).iterdir() if (run_dir / TARGETS_DIR).is_dir() else [])]:
+        files += [folder / ".lock", folder / RESULTS]
+    for f in dict.fromkeys(files):
+        if not f.exists():
+            continue
+        try:
+            with open(f, "a"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"RUN_DIR: {f} is not writable: {exc.strerror or exc}; "
+                              "finished cells are kept, but no new one could be saved") from None
 
 
 def target_dir(run_dir: Path, target: str) -> Path:

@@ -29,6 +29,7 @@ from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_f
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
+from profiler.rundir import check_resumable, check_writable
 from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
@@ -105,27 +106,22 @@ def load_run_config(run_dir: Path, what: str = "--resume") -> Config:
     return parse_config(manifest["config"])
 
 
-def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True) -> None:
+def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, resume_dir: Path | None = None) -> None:
     """Checks that need this machine, done before any work: an explicitly chosen energy meter
     must be available (unless ``check_meter`` is False: a Ray run checks it on each target's
-    node instead), and the model cache and output folders writable. Raises ConfigError."""
+    node instead), and the model cache writable, and the output folder — or, resuming, the run
+    directory ``resume_dir`` with its results files. Raises ConfigError."""
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     if check_meter and cfg.meter.name != "auto":
         ok, why = meter.availability()
         if not ok:
             raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
                               "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
-    for label, folder in (("model cache (--cache-dir / SPARSEBENCH_CACHE)", Path(cache_dir) if cache_dir else default_cache_dir()),
-                          ("output folder (--output-dir / run.output_dir)", Path(cfg.output_dir))):
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{label}: {folder} is a file, not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(f"{label}: {folder} is not writable: {exc.strerror or exc}") from None
+    check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)")
+    if resume_dir is not None:
+        check_resumable(Path(resume_dir))
+    else:
+        check_writable(Path(cfg.output_dir), "output folder (--output-dir / run.output_dir)")
 
 
 class RunDirLock:

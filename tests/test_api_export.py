@@ -137,6 +137,9 @@ def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--cell", cell, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "--resume" not in err
+    # an --out that cannot be created: one line, exit 2, nothing left behind
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(tmp_path / "afile" / "o")]) == 2
+    assert "--out:" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_export_openvino_ir(profiled, tmp_path):

@@ -163,6 +163,57 @@ def test_report_warns_and_compare_refuses_when_no_row_is_valid(tmp_path, capsys)
     assert "nothing to compare" in capsys.readouterr().err and not (tmp_path / "c.html").exists()
 
 
+@pytest.mark.parametrize("blocker", [".lock", "results.jsonl", "targets/a/results.jsonl"])
+def test_resume_into_a_run_directory_it_cannot_append_to_fails_before_any_work(tmp_path, monkeypatch, capsys, blocker):
+    from profiler.runner import Runner
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"config": tiny_config(), "executor": "local"}))
+    (run / blocker).mkdir(parents=True)  # a file the run appends to, that no open() can append to
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Runner, "run", lambda self: pytest.fail("the run started"))
+    assert main(["run", "--resume", str(run), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"RUN_DIR: {run / blocker} is not writable" in err and "Traceback" not in err
+    # a resume writes in RUN_DIR only: the config's own output folder (runs/) is not created
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_cache_variable_is_the_default_cache(monkeypatch, tmp_path):
+    from profiler.tasks.base import default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SPARSEBENCH_CACHE", "")
+    assert default_cache_dir() == tmp_path / ".cache" / "sparsebench"
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+
+
+def test_a_damaged_cache_entry_is_moved_aside_with_a_one_line_warning(tmp_path):
+    from profiler.errors import SparsebenchWarning
+    from profiler.tasks.base import load_cached
+
+    entry = tmp_path / "finetuned" / "sst2-abc"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_bytes(b"\xff")
+    with pytest.warns(SparsebenchWarning, match="could not be loaded .*and rebuilding"):
+        assert load_cached(entry, lambda p: json.loads((p / "config.json").read_text()), "config.json") is None
+    aside = [p.name for p in entry.parent.iterdir()]
+    assert len(aside) == 1 and aside[0].startswith("sst2-abc.damaged-")
+
+
+def test_report_names_a_results_folder_and_a_file_in_the_output_path(tmp_path, capsys):
+    run = make_run(tmp_path / "a", standard())
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(run), "-o", str(tmp_path / "afile" / "x.html")]) == 2
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    odd = tmp_path / "b"
+    (odd / "results.jsonl").mkdir(parents=True)
+    assert main(["report", str(odd)]) == 2
+    assert f"{odd / 'results.jsonl'} is not a file" in capsys.readouterr().err
+
+
 def test_results_file_that_is_a_directory_is_reported(tmp_path):
     (tmp_path / "results.jsonl").mkdir()
     rf = read_results(tmp_path / "results.jsonl")

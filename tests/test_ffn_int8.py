@@ -180,9 +180,9 @@ def test_range_arguments_are_validated():
     ro.setflags(write=False)
     with pytest.raises((TypeError, ValueError, BufferError)):
         sk.spmm_int8(m1, x, out, out_amax=ro)
-    with pytest.raises(ValueError, match="must not overlap"):
+    with pytest.raises(ValueError, match="out_amax must not overlap"):
         sk.spmm_int8(m1, x, out, out_amax=out.reshape(-1)[:8])
-    with pytest.raises(ValueError, match="must not overlap"):
+    with pytest.raises(ValueError, match="x_amax must not overlap"):
         sk.spmm_int8(m1, x, out, x_amax=out.reshape(-1)[:8])
     a = np.empty(8, np.float32)
     with pytest.raises(ValueError, match="must not overlap"):
@@ -190,7 +190,7 @@ def test_range_arguments_are_validated():
     with pytest.raises(ValueError, match="must not overlap"):  # out_amax over the residual (an input)
         r = np.zeros((8, 40), np.float32)
         sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), residual=r, out_amax=r.reshape(-1)[:8])
-    with pytest.raises(ValueError, match="must not overlap"):  # x_amax over out_scale (written)
+    with pytest.raises(ValueError, match="x_amax must not overlap"):  # x_amax over out_scale (written)
         sc = np.empty(8, np.float32)
         sk.spmm_int8(m1, x, q, out_scale=sc, x_amax=sc)
     with pytest.raises(ValueError, match="must not overlap"):  # out_amax over the bias

@@ -191,6 +191,24 @@ def test_unsorted_and_duplicate_indices():
             np.testing.assert_allclose(out, reference(X, W), rtol=1e-5, atol=1e-5)
 
 
+def test_rows_of_duplicates_longer_than_n_in():
+    # column panels sort segments by length; a row of repeated indices is longer than n_in
+    k, n_in = 300, 256
+    X = np.random.default_rng(1).standard_normal((3, n_in)).astype(np.float32)
+    expected = np.zeros((3, 4), np.float64)
+    expected[:, :] = (k * X[:, :1].astype(np.float64))
+    for panel in (0, 128, -1):
+        m = sk.pack_csr(np.array([0, k, 2 * k, 3 * k, 4 * k]), np.zeros(4 * k, np.int32),
+                        np.ones(4 * k, np.float32), (4, n_in), panel=panel)
+        mb = sk.pack_bsr(np.array([0, k]), np.zeros(k, np.int32), np.ones((k, 4), np.float32), (4, n_in),
+                         block=4, panel=panel)
+        for variant in VARIANTS:
+            for mat in (m, mb):
+                out = np.empty((3, 4), np.float32)
+                sk.spmm(mat, X, out, variant=variant)
+                np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_int64_indices_and_matrix_attributes():
     rng = np.random.default_rng(1)
     W = rand_sparse(rng, 16, 20, 0.3)
@@ -318,6 +336,10 @@ def test_spmm_validation():
         m3 = sk.pack_csr(np.array([0, 1, 1, 1], np.int64), np.array([0], np.int32),
                          np.array([1.0], np.float32), (3, 3))
         sk.spmm(m3, buf, buf)  # out aliases x
+    with pytest.raises(ValueError, match="ln_weight and ln_bias must not overlap out"):
+        sk.spmm(m, X, out, ln_weight=out[1])  # LayerNorm's gamma inside the rows it rewrites
+    with pytest.raises(ValueError, match=r"ln_eps must be finite and >= 0, got -1$"):
+        sk.spmm(m, X, out, ln_weight=np.ones(2, np.float32), ln_eps=-1.0)
     # still usable after all those errors
     sk.spmm(m, X, out, b)
     np.testing.assert_allclose(out, reference(X, np.array([[0, 0, 1], [2, 3, 0]], np.float32), b))

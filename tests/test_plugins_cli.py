@@ -11,7 +11,7 @@ import profiler.plugins as plugins
 from accelerators.base import Accelerator, Prepared
 from profiler.cli import main
 from profiler.config import parse_config
-from profiler.errors import ConfigError, PluginWarning
+from profiler.errors import ConfigError, PluginWarning, SparsebenchWarning
 from profiler.plugins import ACCELERATORS, ENTRY_POINT_GROUP, REGISTRIES, load_entry_points
 
 
@@ -200,12 +200,14 @@ def test_unreadable_entry_point_metadata_is_a_warning(monkeypatch, isolated_regi
 
 
 def test_cli_prints_plugin_warnings_as_one_line(capsys):
-    from profiler.cli import plugin_warning_printer
+    from profiler.cli import warning_printer
 
     others = []
-    show = plugin_warning_printer(lambda *a: others.append(a))
+    show = warning_printer(lambda *a: others.append(a))
     show(PluginWarning("sparsebench.plugins: distribution 'x' failed"), PluginWarning, "f.py", 1)
     assert capsys.readouterr().err == "sparsebench: warning: sparsebench.plugins: distribution 'x' failed\n"
+    show(SparsebenchWarning("cache entry c damaged"), SparsebenchWarning, "f.py", 1)
+    assert capsys.readouterr().err == "sparsebench: warning: cache entry c damaged\n"
     show(UserWarning("other"), UserWarning, "f.py", 1)
     assert len(others) == 1 and others[0][1] is UserWarning
 

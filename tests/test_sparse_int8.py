@@ -205,6 +205,17 @@ def test_int8_validation():
     with pytest.raises(ValueError):
         sk.pack_int8(np.array([0, 1], np.int64), np.array([0], np.int32), np.ones(4, np.int8),
                      np.ones(1, np.float32), (1, 70000))
+    # repeated quads add up, but beyond 16384 per row the int32 sums could wrap: refused, not wrong
+    k = 16385
+    with pytest.raises(ValueError, match="16385 quads"):
+        sk.pack_int8(np.array([0, k], np.int64), np.zeros(k, np.int32), np.full(4 * k, 127, np.int8),
+                     np.ones(1, np.float32), (1, 64))
+    k = 16384
+    mk = sk.pack_int8(np.array([0, k], np.int64), np.zeros(k, np.int32), np.full(4 * k, -128, np.int8),
+                      np.ones(1, np.float32), (1, 64))
+    xk = np.zeros((1, 64), np.int8)
+    xk[0, :4] = 127
+    assert raw(mk, xk, VARIANTS[0])[0, 0] == k * 4 * 127 * -128  # -266,338,304: exact
     x = np.ones((2, 8), np.float32)
     with pytest.raises(TypeError):
         sk.spmm_int8(m, x, np.empty((2, 4), np.int32))  # fp32 path needs float out

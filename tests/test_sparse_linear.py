@@ -33,6 +33,16 @@ def pruned_linear(n_in, n_out, sparsity, bias=True, seed=0, block=1):
     return lin
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int8_from_dense_refuses_a_non_finite_weight(bad):
+    lin = nn.Linear(32, 16)
+    with torch.no_grad():
+        lin.weight[3, 5] = bad
+    with pytest.raises(ValueError, match="weight row 3 holds NaN or inf"):
+        SparseLinear.from_dense(lin, dtype="int8")
+    assert not torch.isfinite(SparseLinear.from_dense(lin)(torch.ones(1, 32))[0, 3])  # fp32 keeps it
+
+
 @pytest.mark.parametrize("fmt", ["csr", "bsr2x1", "bsr4x1", "bsr8x1"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_from_dense_matches_linear(fmt, bias):

@@ -22,6 +22,7 @@
 
 #define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
 #define SK_TOK_GROUP 16        /* token padding granularity */
+#define SK_INT8_MAX_ROW_QUADS 16384 /* int8: quads per row whose int32 sums stay exact (n_in <= 65536) */
 #define SK_ACT_NONE 0          /* epilogue activations applied while writing Y */
 #define SK_ACT_GELU 1          /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
 

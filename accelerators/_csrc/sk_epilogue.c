@@ -35,7 +35,9 @@ static int get_layer_norm(sk_spmm_call *c, PyObject *ow, PyObject *ob, double ep
         return 0;
     }
     if (!(eps >= 0.0) || !isfinite(eps)) {
-        PyErr_Format(PyExc_ValueError, "ln_eps must be finite and >= 0, got %g", eps);
+        char msg[96]; /* PyErr_Format has no %g */
+        snprintf(msg, sizeof msg, "ln_eps must be finite and >= 0, got %g", eps);
+        PyErr_SetString(PyExc_ValueError, msg);
         return -1;
     }
     const int64_t *n_out = &c->m->n_out;
@@ -44,6 +46,11 @@ static int get_layer_norm(sk_spmm_call *c, PyObject *ow, PyObject *ob, double ep
         sk_arg_opt(&c->bufs, ob, "ln_bias", 'f', 1, 0, &vb) < 0 ||
         (vb && sk_check_shape(vb, "ln_bias", 1, n_out, NULL) < 0))
         return -1;
+    /* the LayerNorm reads gamma and beta while it rewrites each finished row of out */
+    if (sk_overlap(vw, c->out) || (vb && sk_overlap(vb, c->out))) {
+        PyErr_SetString(PyExc_ValueError, "ln_weight and ln_bias must not overlap out");
+        return -1;
+    }
     c->ln.gamma = (const float *)vw->buf;
     c->ln.beta = vb ? (const float *)vb->buf : NULL;
     c->ln.eps = (float)eps;

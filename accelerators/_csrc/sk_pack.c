@@ -266,7 +266,11 @@ static int compute_panels(SKMatrix *m, int64_t panel)
         return -1;
     }
     const int64_t ng = (m->nbr + w.gbr - 1) / w.gbr, nseg = count_segments(m, w.np, panel);
-    w.cnt = (int64_t *)calloc((size_t)(m->n_in + 2), sizeof(int64_t));
+    /* a segment is at most a whole block row, which repeated indices can make longer than n_in */
+    int64_t maxrow = 0;
+    for (int64_t r = 0; r < m->nbr; r++)
+        if (m->ptr[r + 1] - m->ptr[r] > maxrow) maxrow = m->ptr[r + 1] - m->ptr[r];
+    w.cnt = (int64_t *)calloc((size_t)(maxrow + 1), sizeof(int64_t));
     w.len = (int64_t *)malloc(sizeof(int64_t) * (size_t)(w.gbr * (w.np + 1)));
     w.beg = (int64_t *)malloc(sizeof(int64_t) * (size_t)(w.gbr * (w.np + 1)));
     m->sg_ptr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(ng * w.np + 1));
@@ -426,6 +430,18 @@ static int finish_int8(SKMatrix *m)
     if (sort_rows(m, m->qval, m->bh, sizeof(int32_t)) < 0) return -1;
     const int bh = m->bh;
     for (int64_t br = 0; br < m->nbr; br++) {
+        /* the int32 sums are exact up to 65536 / 4 quads of 4 int8 products per row; repeated
+         * indices add quads beyond what n_in <= 65536 bounds */
+        const int64_t nq = m->ptr[br + 1] - m->ptr[br];
+        if (nq > SK_INT8_MAX_ROW_QUADS) {
+            PyErr_Format(PyExc_ValueError,
+                         "indices: block row %lld has %lld quads (repeated indices count); the int8 kernels' "
+                         "int32 accumulation is exact up to %d per row",
+                         (long long)br, (long long)nq, SK_INT8_MAX_ROW_QUADS);
+            return -1;
+        }
+    }
+    for (int64_t br = 0; br < m->nbr; br++) {
         for (int b = 0; b < bh; b++) {
             int32_t s = 0;
             for (int64_t j = m->ptr[br]; j < m->ptr[br + 1]; j++) {
@@ -450,9 +466,9 @@ PyObject *sk_py_pack_int8(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     int64_t n_out, n_in;
     if (parse_shape(o_shape, &n_out, &n_in) < 0) return NULL;
-    if (n_in > 65536) {
-        PyErr_Format(PyExc_ValueError, "int8 kernels support n_in <= 65536 (int32 accumulation), got %lld",
-                     (long long)n_in);
+    if (n_in > 4 * SK_INT8_MAX_ROW_QUADS) {
+        PyErr_Format(PyExc_ValueError, "int8 kernels support n_in <= %d (int32 accumulation), got %lld",
+                     4 * SK_INT8_MAX_ROW_QUADS, (long long)n_in);
         return NULL;
     }
     if (check_block(bh) < 0) return NULL;

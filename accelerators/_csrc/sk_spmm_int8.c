@@ -202,9 +202,12 @@ static int get_amax(sk_args *a, const sk_args *others, int8_job *J, PyObject *x_
         return -1;
     }
     /* x_amax apart from what the call writes; out_amax apart from every other buffer of the call */
-    if ((vxa && (sk_overlap(vxa, out) || (out_scale && sk_overlap(vxa, out_scale)))) ||
-        (voa && (sk_overlaps_args(voa, a) || sk_overlaps_args(voa, others)))) {
-        PyErr_SetString(PyExc_ValueError, "x_amax must not overlap a buffer the call writes, out_amax no other buffer");
+    if (vxa && (sk_overlap(vxa, out) || (out_scale && sk_overlap(vxa, out_scale)))) {
+        PyErr_SetString(PyExc_ValueError, "x_amax must not overlap out or out_scale (buffers the call writes)");
+        return -1;
+    }
+    if (voa && (sk_overlaps_args(voa, a) || sk_overlaps_args(voa, others))) {
+        PyErr_SetString(PyExc_ValueError, "out_amax must not overlap any other buffer of the call");
         return -1;
     }
     if (vxa) {

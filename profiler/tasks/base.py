@@ -19,8 +19,9 @@ from pruners.training import StepClock, adamw, autocast, check_precision, index_
 
 
 def default_cache_dir() -> Path:
-    """``$SPARSEBENCH_CACHE`` or ``~/.cache/sparsebench``: fine-tuned and pruned models live here."""
-    return Path(os.environ.get("SPARSEBENCH_CACHE", Path.home() / ".cache" / "sparsebench"))
+    """``$SPARSEBENCH_CACHE`` (when set and not empty) or ``~/.cache/sparsebench``: fine-tuned and
+    pruned models live here."""
+    return Path(os.environ.get("SPARSEBENCH_CACHE") or Path.home() / ".cache" / "sparsebench")
 
 
 @dataclass
@@ -309,7 +310,10 @@ def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any |
 
         aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
         path.rename(aside)
-        warnings.warn(f"cache entry {path} could not be loaded ({type(exc).__name__}: {exc}); moved to {aside} and rebuilding")
+        from profiler.errors import SparsebenchWarning
+
+        warnings.warn(f"cache entry {path} could not be loaded ({type(exc).__name__}: {exc}); moved to {aside} and "
+                      "rebuilding", SparsebenchWarning)
         return None
 
 

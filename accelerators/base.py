@@ -9,6 +9,7 @@ a ``logits`` attribute or a logits tensor (:func:`logits_of` reads either).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -38,6 +39,15 @@ class PrepareSettings:
     seq_len: int = 128
     calibration: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None = None
     cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        # a config is checked before any work; this catches direct API callers before an engine does
+        for name in ("threads", "batch_size", "seq_len"):
+            if not isinstance(getattr(self, name), numbers.Integral) or getattr(self, name) < 1:
+                raise ValueError(f"PrepareSettings.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if self.kernel_variant not in ("auto", *KERNEL_VARIANTS):
+            raise ValueError(f"PrepareSettings.kernel_variant: {self.kernel_variant!r}; valid: auto, "
+                             f"{', '.join(KERNEL_VARIANTS)}")
 
     @property
     def forced_variant(self) -> str | None:

@@ -47,14 +47,12 @@ def check_writable(folder: Path, label: str) -> None:
 
 def check_resumable(run_dir: Path) -> None:
     """ConfigError unless a resumed run can append to ``run_dir``: the folder, its lock and every
-    results file in it (a target folder's included) writable. Nothing is created or changed."""
+    results file in it (a target folder's included) writable. Changes nothing in it."""
     from profiler.errors import ConfigError
 
     check_writable(run_dir, "RUN_DIR")
-    files = [run_dir / ".lock", run_dir / RESULTS]
-    for folder in [run_dir, *((run_dir / TARGETS_DIR).iterdir() if (run_dir / TARGETS_DIR).is_dir() else [])]:
-        files += [folder / ".lock", folder / RESULTS]
-    for f in dict.fromkeys(files):
+    targets = sorted((run_dir / TARGETS_DIR).iterdir()) if (run_dir / TARGETS_DIR).is_dir() else []
+    for f in (folder / name for folder in [run_dir, *targets] for name in (".lock", RESULTS)):
         if not f.exists():
             continue
         try:

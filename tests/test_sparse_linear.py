@@ -262,3 +262,11 @@ def test_constructor_rejects_nonsense_shapes_and_threads():
         bad = torch.nn.Linear(8, 4)
         bad.weight = torch.nn.Parameter(torch.zeros(4, 8, 1))
         SparseLinear.from_dense(bad)
+
+
+@pytest.mark.parametrize("kw, match", [({"threads": 0}, "threads"), ({"batch_size": 0}, "batch_size"),
+                                       ({"seq_len": 1.5}, "seq_len"), ({"kernel_variant": "sse"}, "valid: auto, scalar")])
+def test_prepare_settings_refuse_what_no_engine_can_run(kw, match):
+    with pytest.raises(ValueError, match=f"PrepareSettings.*{match}"):
+        PrepareSettings(**kw)
+    assert PrepareSettings(threads=np.int64(2)).threads == 2

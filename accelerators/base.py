@@ -85,6 +85,16 @@ def bf16_native() -> bool:
     return bool(cpu_flags() & set(BF16_FLAGS))
 
 
+def example_tokens(example: dict[str, torch.Tensor]) -> int:
+    """Tokens in one timing batch: ``example["input_ids"]`` (int64, (batch, seq_len)) has batch ×
+    seq_len of them. Raises ValueError when the batch has no ``input_ids``."""
+    ids = example.get("input_ids") if isinstance(example, dict) else None
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError("example: one timing batch, a dict with an 'input_ids' tensor of shape (batch, seq_len), "
+                         f"is needed; got {type(example).__name__} with keys {sorted(example) if isinstance(example, dict) else '-'}")
+    return int(ids.numel())
+
+
 def logits_of(out: Any) -> torch.Tensor:
     """Logits from a transformers output object (``.logits``), a tuple (first item), or a plain tensor."""
     if isinstance(out, torch.Tensor):

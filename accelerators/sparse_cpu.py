@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared
+from accelerators.base import Accelerator, PrepareSettings, Prepared, example_tokens
 from accelerators.params import Range, check_ranges
 from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing
@@ -270,11 +270,10 @@ class _SparseSwap(Accelerator):
         ok, reason = self.availability(settings)
         if not ok:
             raise RuntimeError(reason)
+        tokens = example_tokens(example)
         run = self._start(model, example, settings)
         dense_model = copy.deepcopy(model).eval()
         new = copy.deepcopy(model).eval()
-        tokens = int(example["input_ids"].numel()) if "input_ids" in example else int(
-            next(iter(example.values())).numel())
         with self._building(run), intra_op_threads(run.threads):
             self._swap_layers(new, tokens, run)
             alt = self._all_sparse(new, run)

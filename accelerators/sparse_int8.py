@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings
+from accelerators.base import PrepareSettings, example_tokens
 from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, supported_quant_engines
 from accelerators.roles import encoder_linears
 from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, SwapRun, _SparseSwap, intra_op_threads, set_submodule
@@ -214,7 +214,7 @@ class SparseInt8(_SparseSwap):
         with torch.no_grad():
             dense.weight.copy_(torch.randn(dense.weight.shape, generator=gen))
             dense.bias.zero_()
-        x = torch.randn(int(example["input_ids"].numel()), lin.in_features, generator=gen)
+        x = torch.randn(example_tokens(example), lin.in_features, generator=gen)
         mods = {f: SparseLinear.from_dense(dense, f, dtype="int8", threads=run.threads, act_quant=self.act_quant,
                                            variant=run.variant) for f in INT8_FORMATS}
         t = interleaved_timing({f: (lambda m=m: m(x)) for f, m in mods.items()},
@@ -229,7 +229,7 @@ class SparseInt8(_SparseSwap):
         if len(engines) == 1 or not layers:
             return engines[0]
         lin = max((m for _, m in layers), key=lambda m: m.weight.numel())
-        x = torch.randn(int(example["input_ids"].numel()), lin.in_features)
+        x = torch.randn(example_tokens(example), lin.in_features)
         with intra_op_threads(threads):
             mods = {e: EngineInt8Linear(lin, e) for e in engines}
             t = interleaved_timing({e: (lambda m=m: m(x)) for e, m in mods.items()},

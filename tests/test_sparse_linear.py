@@ -270,3 +270,13 @@ def test_prepare_settings_refuse_what_no_engine_can_run(kw, match):
     with pytest.raises(ValueError, match=f"PrepareSettings.*{match}"):
         PrepareSettings(**kw)
     assert PrepareSettings(threads=np.int64(2)).threads == 2
+
+
+@pytest.mark.parametrize("example", [{}, {"attention_mask": torch.ones(1, 8, dtype=torch.long)}])
+def test_prepare_names_a_timing_batch_without_input_ids(example):
+    from accelerators.sparse_int8 import SparseInt8
+
+    model = tiny_bert(0.5).eval()
+    for acc in (SparseCPU(), SparseInt8()):
+        with pytest.raises(ValueError, match="'input_ids' tensor of shape \\(batch, seq_len\\)"):
+            acc.prepare(model, example, PrepareSettings(threads=1))

@@ -568,8 +568,10 @@ class SparseCPU(_SparseSwap):
             form, |error| <= ~1e-6), saving a full pass over the largest activation.
         fuse_layers: replace each BERT encoder layer by :class:`accelerators.fused_layer.FusedBertLayer`
             (q/k/v in one kernel call, our fp32 attention kernel, residual adds inside the output
-            pass), kept only if the logits match the unfused model within 1e-4 (relative to their max).
-            The per-layer records land in ``fused_encoder_layers`` / ``fused_encoder_note``.
+            pass), kept only if, layer by layer, the fused hidden states are no further from the fp32
+            model's than the unfused path's are, plus :attr:`fuse_tolerance` (1e-4 relative to the
+            layer's largest activation) or within twice the unfused error. Rows record how many
+            layers were fused (``fused_encoder_layers``) and why not (``fused_encoder_note``).
     """
 
     name = "sparse-cpu"

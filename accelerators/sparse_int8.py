@@ -37,7 +37,8 @@ DENSE_FALLBACKS = tuple(DENSE_FALLBACK_SCOPE)
 
 
 def quad_block_fill(weight: torch.Tensor, bh: int) -> float:
-    """Non-zeros in stored (bh x 4) blocks / non-zeros in stored 1 x 4 quads (1.0: perfect bh-row blocks)."""
+    """Fill of ``bh``-row INT8 blocks for a weight (out, in): non-zero 1 x 4 quads / quad slots stored
+    by (bh x 4) blocks (1.0: every stored block holds bh non-zero quads; lower: padding quads)."""
     n_out, n_in = weight.shape
     nbr, nq = -(-n_out // bh), -(-n_in // 4)
     wp = torch.zeros(nbr * bh, nq * 4, dtype=weight.dtype)
@@ -87,7 +88,7 @@ class SparseInt8(_SparseSwap):
             call) or ``"fp32"`` (keep
             nn.Linear). One activation scale per call is the coarsest: BERT's FFN-output inputs carry
             outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
-            of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md, ninth wave).
+            of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md).
         dense_format: the layout ``kernel-int8`` runs a layer left dense in: ``"auto"`` (default: the
             fastest of ``csr, bsr2x4, bsr4x4, bsr8x4`` on a dense matrix of the largest encoder layer's
             shape at the example's token count, timed once per prepare; ``csr`` without ``calibrate``)
@@ -98,11 +99,12 @@ class SparseInt8(_SparseSwap):
         engine: quantized engine for the torch fallback, ``"auto"`` = the fastest measured of
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in
-            INT8 with VNNI where the CPU has it, kept only when every layer's output stays within
-            :attr:`attention_tolerance` of the fp32 attention path's error) or ``"fp32"``. Rows say
+            INT8 with VNNI where the CPU has it, kept only when every layer's hidden states stay
+            within :attr:`attention_tolerance` (relative to the layer's largest activation) of the
+            unfused path's error against the fp32 model) or ``"fp32"``. Rows say
             which ran (``attention_precision``) and why not (``attention_note``).
         min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, fuse_gelu,
-            fuse_layers: as sparse-cpu (fused layers kept when the logits agree within 1e-2 of their max).
+            fuse_layers: as sparse-cpu (with :attr:`fuse_tolerance` 1e-2: the INT8 layers' own rounding).
     """
 
     name = "sparse-int8"

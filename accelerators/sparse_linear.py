@@ -1,7 +1,7 @@
 """``SparseLinear``: the torch face of the sparse C kernels (``accelerators._sparse_kernels``).
 
 A ``SparseLinear`` holds a pruned ``nn.Linear`` weight in a sparse format as plain buffers
-(``indptr``, ``indices``, ``values``, and for INT8 ``w_scale`` / ``w_sum``), so it survives
+(``indptr``, ``indices``, ``values``, and for INT8 the per-row ``w_scale``), so it survives
 ``state_dict`` round trips; the packed, validated kernel handle is built from those buffers and
 rebuilt whenever they change. Inference only: no autograd through the kernels.
 
@@ -191,7 +191,10 @@ class SparseLinear(nn.Module):
         format/block: see the module docstring (``"csr"``, ``"bsr"`` + ``block``, ``"bsr4x1"``...).
         dtype: ``"fp32"`` (exact weights) or ``"int8"`` (per-output-channel symmetric weight
         quantization, round-to-nearest-even, range [-127, 127]; activations quantized per token at
-        run time, or per tensor with ``act_quant="tensor"``). activation: ``"none"`` or ``"gelu"``
+        run time, or per tensor with ``act_quant="tensor"``: the symmetric linear quantization of
+        Jacob et al. 2018, "Quantization and training of neural networks for efficient integer-
+        arithmetic-only inference", eq. 1 with zero point 0, and the per-token dynamic activation
+        scales of LLM.int8(), Dettmers et al. 2022, sec. 3.1). activation: ``"none"`` or ``"gelu"``
         (y = GELU(x W^T + b), fused into the kernel's output pass). variant: the kernel ISA variant
         every call of this module uses (None = the extension's default). Raises ValueError on bad
         options, and for dtype ``"int8"`` on a NaN or inf weight.

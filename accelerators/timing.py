@@ -56,7 +56,8 @@ def loop_lengths(fns: Mapping[str, Fn], min_time_s: float, max_calls: int | None
 
 
 def interleaved_timing(fns: Mapping[str, Fn], repeats: int, min_time_s: float) -> dict[str, float]:
-    """Seconds per call of each fn: timed round-robin, each repeat a loop lasting >= min_time_s;
+    """Seconds per call of each fn: timed round-robin, each repeat a loop of about min_time_s (its
+    length set from one timed call, :func:`loop_lengths`; at least one call);
     returns the fastest repeat's mean per fn. The minimum over repeats is the estimator least
     disturbed by other tenants of a shared machine (interference only ever adds time), and the
     round-robin order exposes every candidate to the same conditions."""

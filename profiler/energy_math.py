@@ -72,7 +72,7 @@ def readings_energy(
 
 
 # --------------------------------------------------------------------------------------------
-# idle baseline
+# energy over several measured segments
 
 def segments_energy(segments: list[list[Reading]]) -> tuple[dict[str, float | None], list[str]]:
     """:func:`readings_energy` summed over segments, per domain; a domain missing from a segment
@@ -121,6 +121,9 @@ def gross_total(
         return None, f"no value for {', '.join(missing)}"
     return sum(energies[d] for d in summed), None  # type: ignore[misc]
 
+
+# --------------------------------------------------------------------------------------------
+# idle baseline
 
 def net_energy(
     gross: float, summed: list[str], window_s: float,

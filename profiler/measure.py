@@ -58,7 +58,14 @@ def harness_overhead_s(seconds: float = 0.2) -> float:
 
 
 def measure_one(call: Callable[[], None], m: MeasureSpec, meter, idle: IdlePower | None, batch_size: int) -> Timed:
-    """Warm-up, then a timed loop inside one energy window (at least 10× the meter's resolution)."""
+    """Warm-up, then a timed loop inside one energy window.
+
+    ``call`` runs one batch of ``batch_size`` sequences; ``meter`` is an energy meter
+    (:class:`profiler.meters.base.EnergyMeter`). The loop runs at least ``m.min_iters`` calls and
+    ``m.min_seconds``, at most ``m.max_seconds``; both are raised to the window's minimum (10× the
+    meter's resolution) so that the energy reading is valid. Returns the per-call samples (seconds
+    per batch) and the window's energy divided over ``len(samples) · batch_size`` inferences
+    (joules per sequence)."""
     with torch.inference_mode():
         for _ in range(m.warmup_iters):
             call()
@@ -82,7 +89,8 @@ class _EnergyHooks(VisitHooks):
 def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int, m: MeasureSpec, meter,
                   idle: IdlePower | None, seed: int, on_round: Callable[[int], None] | None = None) -> dict[Hashable, Timed]:
     """Warm every call up, then time them in interleaved rounds (:func:`profiler.interleave.run_rounds`,
-    order seeded by ``seed``); each cell's energy counts its own visits only."""
+    order seeded by ``seed``); each cell's energy counts its own visits only. Samples are seconds per
+    batch of ``batch_size`` sequences, energy is divided per sequence, as in :func:`measure_one`."""
     windows = {k: VisitWindows(meter, idle) for k in calls}
     min_energy_s = MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s)  # each cell's visits add up to a valid window
     plan = RoundPlan(visit_seconds=m.visit_seconds, min_rounds=m.min_rounds, min_iters=m.min_iters,
@@ -100,7 +108,9 @@ def _timed(c: CellSamples, w: VisitWindows, batch_size: int) -> Timed:
 
 
 def fill_measurements(row: Result, t: Timed) -> None:
-    """Latency percentiles, throughput and energy fields of ``row`` from ``t``."""
+    """Latency percentiles (seconds per batch), throughput (sequences per second: batch size ÷ mean
+    latency) and energy fields (joules per sequence, with their method) of ``row`` from ``t``.
+    Raises ValueError when ``t`` holds no samples."""
     stats = LatencyStats.from_samples(t.samples)
     row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
     row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag

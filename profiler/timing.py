@@ -43,10 +43,12 @@ class LatencyStats:
 
     @property
     def spread_flag(self) -> bool:
+        """True when the interquartile range exceeds :data:`SPREAD_LIMIT` of the median (a noisy cell)."""
         return self.iqr_over_median > SPREAD_LIMIT
 
     @classmethod
     def from_samples(cls, samples_s: Sequence[float]) -> "LatencyStats":
+        """Nearest-rank percentiles of ``samples_s`` (seconds per call). Raises ValueError when empty."""
         s = sorted(samples_s)
         p50 = nearest_rank(s, 50)
         iqr = nearest_rank(s, 75) - nearest_rank(s, 25)

@@ -165,6 +165,9 @@ class Pruner:
         return {}
 
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
+        """Prune ``model`` in place (its targeted weights end as exact zeros, plain tensors: no
+        masks or hooks left) and return what it achieved. ``task`` (:class:`profiler.tasks.base.Task`)
+        supplies training data to the pruners that train; ``progress`` receives step updates."""
         raise NotImplementedError
 
     def target_sparsity(self) -> float:
@@ -186,7 +189,8 @@ Sparsity = Annotated[float, Range(0.0, 1.0, hi_open=True)]
 
 
 def check_sparsity(sparsity: float) -> float:
-    """Return ``sparsity`` as float; ValueError unless 0 <= sparsity < 1."""
+    """Return ``sparsity`` as float; TypeError for a non-number (bool included), ValueError unless
+    0 <= sparsity < 1."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     if not 0.0 <= float(sparsity) < 1.0:

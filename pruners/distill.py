@@ -19,7 +19,8 @@ sequence of activations, so the teacher runs on every batch for them (its logits
 the cache).
 
 With a self-attention weight γ > 0 (MiniLM, Wang et al. 2020, eqs. 2–5), the loss adds, per encoder
-layer l and head a, the KL divergence of the student's attention distributions from the teacher's
+layer l and head a (MiniLM transfers only the teacher's last layer, into a smaller student; here student
+and teacher have the same depth, so every layer is matched, as TinyBERT's layer-wise attention loss does), the KL divergence of the student's attention distributions from the teacher's
 and of its value relations from the teacher's, averaged over layers, heads and real (non-padding)
 query tokens::
 
@@ -61,6 +62,7 @@ from pruners.training import autocast
 
 
 def check_distill(temperature: float, alpha: float) -> None:
+    """ValueError unless ``temperature`` is a finite number > 0 and ``alpha`` a number in [0, 1]."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
@@ -80,7 +82,11 @@ def check_teacher_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task_loss: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    """``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·task_loss`` (KL averaged over the batch)."""
+    """``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·task_loss``: Hinton et al. 2015, "Distilling the
+    knowledge in a neural network", sec. 2 (the T² keeps the soft term's gradient scale as T changes).
+
+    student_logits, teacher_logits: (batch, num_labels), any float dtype; task_loss: a scalar.
+    Returns a scalar (KL averaged over the batch)."""
     T = float(temperature)
     kl = F.kl_div(F.log_softmax(student_logits / T, dim=-1), F.log_softmax(teacher_logits / T, dim=-1), reduction="batchmean", log_target=True)
     return alpha * T * T * kl + (1.0 - alpha) * task_loss
@@ -204,6 +210,7 @@ class TeacherLogits:
     Args:
         teacher: the frozen teacher (eval mode).
         n_examples: number of training examples (indices are in ``range(n_examples)``).
+        logits_of: maps the teacher's output to its logits tensor (:func:`accelerators.base.logits_of`).
         file: where the logits persist (``torch.save`` of ``{"key", "logits", "have"}``); None = memory only.
         key: :func:`weights_key` of the teacher and the data; a file with another key is ignored.
 
@@ -264,7 +271,7 @@ class TeacherLogits:
 class Distiller:
     """Holds the frozen teacher; ``loss(inputs, student_logits, task_loss, indices)`` gives the mixed loss.
 
-    With ``n_examples`` the teacher's logits are cached per training example (:class:`TeacherLogits`,
+    With ``examples`` (the training set's token ids, one list per example) the teacher's logits are cached per training example (:class:`TeacherLogits`,
     persisted under ``cache_dir/teacher_logits/`` when ``cache_dir`` is given, keyed by the teacher's
     weights and ``examples``); ``loss`` then needs the batch's example ``indices``. Without, or with
     ``indices=None``, the teacher runs on every batch. ``hidden_weight`` β > 0 adds hidden-state

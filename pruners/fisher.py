@@ -30,7 +30,7 @@ factorisations; the direct form ``m B²`` flops in one product per ``k`` gradien
 factorisation: fewer flops whenever ``m > B``, but the batched factorisations are slow per flop,
 so it is faster in time only from about ``m ≈ 110`` at ``B = 48`` (1.9× at the recipes' ``m = 256``;
 ``scripts/bench_fisher.py`` measures both, time and distance to a float64 reference, on MiniLM's
-gradients; docs/results.md, "Fourth wave").
+gradients; the figures are on the results page).
 
 Pruning a set ``Q`` of weights (``E_Q`` selects them) solves ``min ½ δwᵀ F δw`` subject to
 ``E_Q (w + δw) = 0`` (the OBS problem of Hassibi & Stork 1993, in the paper's block form)::
@@ -53,8 +53,8 @@ modifier) instead adds the updates each pruned weight (or 4-block) would get alo
 coupling between pruned weights of one block, and then zeroes the pruned weights by hand; that is
 ``"independent"`` here. ``"none"`` keeps the remaining weights unchanged (saliency only). We
 default to the joint solution because it is the minimiser of the model the saliencies come from,
-so the zeroing is not a second, unmodelled perturbation, and it measured best on SST-2 / MiniLM at
-70 % (one-shot: 0.853 joint, 0.845 independent, 0.843 none; 50 %: 0.876, 0.870, 0.876). It costs
+so the zeroing is not a second, unmodelled perturbation; one-shot on SST-2 / MiniLM it was ahead at
+70 % (0.853 joint, 0.845 independent, 0.843 none) and tied with "none" at 50 % (0.876, 0.870, 0.876). It costs
 one batched float64 ``B × B`` solve per Fisher block that loses weights.
 
 Memory: ``F⁻¹`` holds ``n_blocks · B²`` floats, i.e. ``numel · B · 4`` bytes in fp32 when ``B``
@@ -206,7 +206,7 @@ def saliency(fisher: BlockFisherInverse, w: torch.Tensor, group: int = 1) -> tor
     1×C group holds ``ρ_g / C`` with (E4) ``ρ_g = ½ w_gᵀ ([F⁻¹]_gg)⁻¹ w_g``, so that summing a group's entries
     (what :class:`pruners.structure.Structure` does for a block) gives the group saliency exactly.
     A non-positive ``[F⁻¹]_ii`` (fp32 round-off) is clamped to the smallest positive float, which
-    keeps that weight."""
+    keeps that weight. Raises ValueError when ``group`` does not divide ``B``."""
     wb = fisher.to_blocks(w.reshape(-1))
     if group == 1:
         d = fisher.diag().clamp_min(torch.finfo(fisher.dtype).tiny)

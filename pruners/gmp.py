@@ -70,7 +70,7 @@ class TrainingPruner(Pruner):
             the next one or the end: oBERT's recipes; :func:`pruners.training.cyclic_linear_factor`).
         batch_size: training sentences per step.
         warmup_steps: learning-rate warm-up steps, in [0, steps).
-        weight_decay: AdamW decoupled weight decay, >= 0.
+        weight_decay: AdamW decoupled weight decay, in [0, 1].
         distill: distil from the dense model (a frozen copy taken inside ``prune``).
         temperature: distillation temperature T (> 0).
         alpha: weight of the distillation term, in [0, 1].
@@ -234,9 +234,12 @@ class TrainingPruner(Pruner):
         """Weights the pruned student starts from (in place); default: the dense model handed to :meth:`prune`."""
 
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
+        """The importance score the schedule ranks by (GMP: ``|W|``; subclasses: OBS, movement)."""
         return MagnitudeScore(layers)
 
     def select(self, score: Score, sparsity: float) -> dict[str, torch.Tensor]:
+        """Keep-masks (bool, weight-shaped) at ``sparsity`` from ``score`` in this pruner's structure
+        and scope."""
         return self.structure.masks(score.scores(), sparsity, self.scope, min_keep=self.min_keep)
 
     def gradient_batches(self, task: Any, batches: Iterator[list[int]]) -> Iterator[list[int]]:

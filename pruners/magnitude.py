@@ -14,7 +14,9 @@ from pruners.structure import SCOPES, parse_structure
 
 
 class MagnitudePruner(Pruner):
-    """Zero the smallest-|W| fraction ``sparsity`` of the targeted encoder Linear weights, once.
+    """Zero the smallest-|W| fraction ``sparsity`` of the targeted encoder Linear weights, once:
+    one-shot magnitude pruning (Han et al. 2015, "Learning both weights and connections for efficient
+    neural networks"); a block structure ranks whole blocks by the L1 norm of their weights.
 
     Args:
         sparsity: fraction of targeted weights set to zero, in [0, 1).

@@ -46,12 +46,12 @@ class MaskSet:
 
     @torch.no_grad()
     def update(self, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None, sparsity: float | None = None) -> None:
-        """Install new keep-masks (one per layer, bool, weight-shaped) and zero what they drop."""
-        if set(masks) != set(self.masks):
-            raise ValueError(f"masks must cover exactly the targeted layers; got {sorted(set(masks) ^ set(self.masks))} extra/missing")
+        """Install new keep-masks and zero what they drop, in the weights and, with ``optimizer``, in
+        its state tensors shaped like them (AdamW moments). ``masks``: one bool tensor per targeted
+        layer, shaped like its weight (out, in), True = keep; ``sparsity``: the schedule's target to
+        record. Raises ValueError for a missing or extra layer, a wrong shape or a non-bool dtype."""
+        self._check(masks)
         for n, m in masks.items():
-            if m.shape != self.masks[n].shape or m.dtype != torch.bool:
-                raise ValueError(f"mask for {n} must be bool {tuple(self.masks[n].shape)}, got {m.dtype} {tuple(m.shape)}")
             self.masks[n] = m.to(self.layers[n].weight.device)
         if sparsity is not None:
             self.sparsity = float(sparsity)
@@ -63,15 +63,19 @@ class MaskSet:
         """Install keep-masks whose zeros the caller has already written into the weights (a
         pruner that moves weights itself, e.g. movement pruning's latent values), without a pass
         over the weights or the optimizer state: the next :meth:`step` masks the gradients
-        before the optimizer and its state after it, which is all a newly pruned weight needs."""
+        before the optimizer and its state after it, which is all a newly pruned weight needs.
+        Raises ValueError as :meth:`update` does."""
+        self._check(masks)
+        self.masks.update(masks)
+        if sparsity is not None:
+            self.sparsity = float(sparsity)
+
+    def _check(self, masks: dict[str, torch.Tensor]) -> None:
         if set(masks) != set(self.masks):
             raise ValueError(f"masks must cover exactly the targeted layers; got {sorted(set(masks) ^ set(self.masks))} extra/missing")
         for n, m in masks.items():
             if m.shape != self.masks[n].shape or m.dtype != torch.bool:
                 raise ValueError(f"mask for {n} must be bool {tuple(self.masks[n].shape)}, got {m.dtype} {tuple(m.shape)}")
-        self.masks.update(masks)
-        if sparsity is not None:
-            self.sparsity = float(sparsity)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -97,8 +101,11 @@ class MaskSet:
                     v.mul_(self.masks[n])
 
     def step(self, optimizer: torch.optim.Optimizer, clip_norm: float | None = None, params: Any = None) -> None:
-        """Masked ``optimizer.step()``: mask grads, optionally clip ``params``' grad norm, step,
-        then mask weights and optimizer state again."""
+        """Masked ``optimizer.step()``: mask grads, optionally clip ``params``' grad norm to
+        ``clip_norm`` (then ``params`` is required; ValueError without), step, then mask weights and
+        optimizer state again."""
+        if clip_norm is not None and params is None:
+            raise ValueError("clip_norm needs params: the parameters whose gradient norm is clipped")
         self.mask_grads()
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_norm)

@@ -20,9 +20,9 @@ gradient ``∂L/∂S = ∂L/∂W' ⊙ W`` of the masked forward pass ``W' = W �
   ``score_lr`` per step when its movement is small and noisy (small ``|W|·|∂L/∂W|``) and barely
   when its movement is large and noisy, so soft movement's ranking leans towards small, idle
   weights, where hard movement's is blind to magnitude at a short budget; and its one global
-  threshold lets the layers where the push dominates lose the most. Measured one-shot at 50 % on
-  MiniLM / SST-2 after 40 steps (docs/results.md): hard 0.48 (collapsed), soft ranked per layer
-  0.49, soft with its global threshold 0.77, magnitude 0.85.
+  threshold lets the layers where the push dominates lose the most (one-shot at 50 % on MiniLM /
+  SST-2 after 40 steps: hard 0.48, collapsed; soft ranked per layer 0.49; soft with its global
+  threshold 0.77; magnitude 0.85; docs/results.md).
 
   The paper's final sparsity is not prescribed: it follows from λ_f and τ_f. A benchmark needs
   the model at exactly ``sparsity``, so (deviation, ``final_threshold``):
@@ -60,8 +60,8 @@ Where training starts (``init``): the paper prunes *while fine-tuning the pretra
 (``"pretrained"``), over ~10 epochs. At this project's budgets (a few thousand steps of batch
 32) a student from the pretrained model has to learn the task and lose most of its weights at
 once, so the default is ``"finetuned"``: the student starts from the dense fine-tuned model, like
-GMP, and is distilled from it. (Every earlier run, hard movement from either start, collapsed;
-docs/results.md. The two starts are compared by ``scripts/experiments/movement.toml``.)
+GMP, and is distilled from it, so it only has to lose weights, not learn the task as well
+(``scripts/experiments/movement.toml`` compares the two starts).
 """
 from __future__ import annotations
 

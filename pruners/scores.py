@@ -12,8 +12,8 @@ descent on S (score learning rate ``α_S``, eq. (4) of the paper)::
     S_ij^(T) = −α_S · Σ_{t<T} (∂L/∂W'_ij)^(t) · W_ij^(t)
 
 i.e. a weight's score grows when the weight *moves away from zero* (W and −∂L/∂W have the same
-sign). We accumulate exactly this sum with ``α_S = 1`` (a constant α_S does not change the
-ranking): after every backward pass, ``S ← S − W ⊙ ∂L/∂W`` where ``∂L/∂W`` is the gradient of the
+sign). With ``score_optimizer = "sum"`` we accumulate exactly this sum with ``α_S = 1`` (a constant
+α_S does not change the ranking): after every backward pass, ``S ← S − W ⊙ ∂L/∂W`` where ``∂L/∂W`` is the gradient of the
 effective (masked) weight, read before the optimizer masks it.
 
 Pruned weights, as in the paper: the paper keeps a dense latent ``W`` and multiplies it by the mask
@@ -21,7 +21,7 @@ in the forward pass; a pruned weight gets no weight update (its gradient is mask
 value stays where it was when it was pruned, while its *score* keeps moving with
 ``−W_latent · ∂L/∂W'``. A wrongly pruned weight therefore earns its way back, with its old value.
 Our single mask mechanism keeps pruned weights at exact zeros in the model, so
-:class:`MovementScore` keeps the latent values itself (:meth:`Score.update_masks` records a
+:class:`MovementScore` keeps the latent values itself (:meth:`MovementScore.update_masks` records a
 weight's value when it is pruned and writes it back if the weight re-enters the top-v); without
 it a regrown weight would restart from zero and a score would freeze the moment its weight is
 pruned.
@@ -36,7 +36,7 @@ How S is stepped (``score_optimizer``): the paper optimises S as a parameter wit
 α_S = 1e-2), so each step moves a score by about α_S in the direction of ``−W·∂L/∂W'``
 whatever the size of that product; ``"adam"`` (our default) does the same (β = 0.9, 0.999,
 ε = 1e-8, bias-corrected), with the score learning rate following the weights' schedule
-(warm-up, then linear decay to 0), as the paper's code puts S in the weights' optimizer with its
+(warm-up, then linear decay to 0, or the cyclic schedule's rewinding), as the paper's code puts S in the weights' optimizer with its
 own learning rate. ``"sum"`` is the closed form of plain gradient descent above (α_S = 1, no
 schedule), where the extremes of S are dominated by the largest weights.
 
@@ -77,6 +77,8 @@ class Score:
         masks.update(new, optimizer, sparsity=sparsity)
 
     def scores(self) -> dict[str, torch.Tensor]:
+        """Layer name → float tensor shaped like its weight (out, in): higher = more worth keeping.
+        Already-pruned weights may score −inf (they stay pruned)."""
         raise NotImplementedError
 
     def describe(self) -> dict:

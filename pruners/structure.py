@@ -31,6 +31,11 @@ SCOPES = ("layer", "global")
 
 @dataclass(frozen=True)
 class Structure:
+    """A sparsity pattern of a Linear weight (out_features, in_features): ``"unstructured"``; a
+    ``"block"`` of ``rows`` × ``cols`` weights (rows along the output dimension, cols along the
+    input: ``1x4`` is the VNNI quad) pruned or kept whole; or ``"nm"``: N = ``rows`` non-zeros in
+    every M = ``cols`` consecutive inputs of a row. Built by :func:`parse_structure`."""
+
     kind: str  # "unstructured" | "block" | "nm"
     rows: int = 1  # block rows, or N for N:M
     cols: int = 1  # block cols, or M for N:M
@@ -54,6 +59,8 @@ class Structure:
                              f"set sparsity = {fixed:g} (sparsity has a default when not set)")
 
     def check_shape(self, name: str, shape: torch.Size) -> None:
+        """ValueError when weight ``shape`` (out, in) of layer ``name`` does not tile into the blocks
+        (or, for N:M, when in is not a multiple of M)."""
         out_f, in_f = shape
         if self.kind == "block" and (out_f % self.rows or in_f % self.cols):
             raise ValueError(f"structure {self.spec!r}: layer {name} weight {tuple(shape)} is not a multiple of the block")

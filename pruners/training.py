@@ -93,8 +93,9 @@ def check_lr_schedule(lr_schedule: str) -> str:
 def cyclic_linear_factor(restarts: Sequence[int], total_steps: int, warmup_steps: int = 0,
                          floor: float = CYCLE_FLOOR) -> Callable[[int], float]:
     """``step → learning-rate multiplier`` with rewinding at every mask update: 1 at step 0 and at
-    each step of ``restarts``, decaying linearly to ``floor`` just before the next restart (or at
-    ``total_steps`` for the last cycle). The ``cyclic_linear`` schedule of the oBERT recipes (Kurtic
+    each step of ``restarts``, decaying linearly towards ``floor``, which it would reach at the next
+    restart (or at ``total_steps`` for the last cycle): a cycle from a to b gives
+    1 − (1 − floor)·(s − a)/(b − a) at step s. The ``cyclic_linear`` schedule of the oBERT recipes (Kurtic
     et al. 2022: one cycle per pruning interval, 8e-5 → 8e-6), after learning-rate rewinding (Renda
     et al. 2020). A linear warm-up over the first ``warmup_steps`` multiplies the first cycle.
 

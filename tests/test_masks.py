@@ -135,3 +135,22 @@ def test_tiny_bert_report_at_90_names_both_figures_from_masks(pruned_tiny):
     w = sparsity_report(model)
     assert (w.prunable_zeros, w.all_zeros) == (rep.prunable_zeros, rep.all_zeros)
     assert set(d["per_layer"]) == set(layers)
+
+
+def test_mask_set_refuses_wrong_masks_and_clipping_without_params():
+    lin = nn.Linear(8, 4)
+    ms = MaskSet({"lin": lin})
+    keep = torch.ones(4, 8, dtype=torch.bool)
+    for install in (ms.update, ms.set):
+        with pytest.raises(ValueError, match="cover exactly the targeted layers"):
+            install({"other": keep})
+        with pytest.raises(ValueError, match="must be bool \\(4, 8\\)"):
+            install({"lin": keep.float()})
+        with pytest.raises(ValueError, match="must be bool \\(4, 8\\)"):
+            install({"lin": keep[:, :4]})
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    lin(torch.randn(2, 8)).sum().backward()
+    before = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match="clip_norm needs params"):
+        ms.step(opt, clip_norm=1.0)
+    assert torch.equal(lin.weight, before)  # refused before any step

@@ -3,8 +3,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsebench-installed
-# CPU build of torch, installed before anything that depends on torch (no multi-GB CUDA pull).
+# torch first, before anything that depends on it, so pip does not pick a build of its own;
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build where the default index
+# serves the multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 CONFIG ?=
 
 .PHONY: run test bench doctor clean
@@ -12,7 +15,7 @@ CONFIG ?=
 $(STAMP): pyproject.toml setup.py $(wildcard accelerators/_csrc/*.c accelerators/_csrc/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test,peers,ray]'
 	touch $(STAMP)
 

@@ -188,6 +188,8 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
             if p not in valid:
                 raise ConfigError(f"{k}.{p}: unknown parameter for {registry.kind} {name!r}; valid parameters: {', '.join(sorted(valid)) or '(none)'}")
         sweep_keys = [p for p, v in params.items() if isinstance(v, list) and not _is_list_param(registry, name, p)]
+        if key == "meter" and sweep_keys:  # one meter measures every cell: a sweep would be dropped silently
+            raise ConfigError(f"{k}.{sweep_keys[0]}: the meter takes one value, not a list (one meter measures every cell)")
         for p in sweep_keys:
             if not params[p]:
                 raise ConfigError(f"{k}.{p}: an empty sweep; give a value or a non-empty list")

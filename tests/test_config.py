@@ -32,6 +32,7 @@ def test_sweep_expands_list_params_only_for_scalar_params():
         ({"accelerators": [{"name": "int8-dynamic", "engine": "mkl"}]}, ["accelerators[0]", "engine", "onednn"]),
         ({"tasks": [{"name": "sst2", "data_dir": "/nonexistent"}]}, ["tasks[0]", "data_dir", "missing data file"]),
         ({"meter": {"name": "joulemeter"}}, ["meter.name", "estimate"]),
+        ({"meter": {"name": "estimate", "tdp_w": [100, 200]}}, ["meter.tdp_w", "one value, not a list"]),
         ({"matrix": {"batch_size": [0]}}, ["matrix.batch_size"]),
         ({"matrix": {"batchsize": [1]}}, ["matrix.batchsize", "batch_size"]),
         ({"matrix": {"kernel_variant": ["sse"]}}, ["matrix.kernel_variant", "avx512"]),

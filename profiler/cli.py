@@ -53,6 +53,8 @@ class RichReporter:
     def cell_done(self, r) -> None:
         from rich.markup import escape
 
+        from reports.html import first_line
+
         target = (getattr(r, "extra", None) or {}).get("target")  # a Ray run's hardware target
         where = escape(f"[{target}] ") if target else ""
         info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
@@ -63,7 +65,7 @@ class RichReporter:
         if self.plain:
             self.console.print(f"cell {self.done}/{self.total}: {where}{r.pruner} {info}", highlight=False)
         if r.status != "ok":
-            self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {(r.reason or '').splitlines()[0]}")
+            self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {escape(first_line(r.reason, 2000))}")
 
     def message(self, text: str) -> None:
         self.console.print(text, markup=False)  # plain text: "[target] ..." is not a style

@@ -390,9 +390,10 @@ def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
     out = dict(raw)
     for section in ("tasks", "pruners"):
         tables = raw.get(section)
-        if isinstance(tables, list):
-            out[section] = [{k: fix(k, v) if k in PATH_PARAMS else v for k, v in t.items()} if isinstance(t, dict) else t
-                            for t in tables]
+        if isinstance(tables, (list, dict)):  # [[tasks]] tables, or one [tasks] table
+            fixed = [{k: fix(k, v) if k in PATH_PARAMS else v for k, v in t.items()} if isinstance(t, dict) else t
+                     for t in (tables if isinstance(tables, list) else [tables])]
+            out[section] = fixed if isinstance(tables, list) else fixed[0]
     return out
 
 

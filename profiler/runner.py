@@ -226,10 +226,18 @@ class Runner:
     def _write_run_files(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         hw_path = self.run_dir / HARDWARE
+        here = fingerprint()
         if hw_path.exists():
             hw = read_run_json(hw_path)
+            if hw.get("hardware_id") != here["hardware_id"]:
+                # one run's rows, savings factors and idle power all belong to one machine
+                raise ConfigError(
+                    f"{self.run_dir} was started on other hardware ({hw.get('cpu_model')!r}, hardware_id "
+                    f"{hw.get('hardware_id')}) than this machine ({here.get('cpu_model')!r}, {here['hardware_id']}): "
+                    "resume it there, or run the config here as a new run and put the two side by side with "
+                    "sparsebench compare")
         else:
-            hw = fingerprint()
+            hw = here
             hw_path.write_text(json.dumps(hw, indent=1))
         man_path = self.run_dir / MANIFEST
         if not man_path.exists():

@@ -24,6 +24,18 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
     assert "cell 2/3: gmp 0.9 sparse-int8 b8: ok p50 26.1 ms" in err
 
 
+def test_a_failed_cell_line_survives_an_empty_reason_and_markup_in_it(capsys):
+    rep = RichReporter()
+    cell = dict(pruner="none", pruner_params={}, accelerator="mine", batch_size=1, latency_p50_s=None, seq_len=16, threads=1)
+    with rep:
+        rep.start(total=2, done=0)
+        rep.cell_done(SimpleNamespace(**cell, status="skipped", reason=""))  # a plugin's availability() said (False, "")
+        rep.cell_done(SimpleNamespace(**cell, status="failed", reason="ValueError: [/bold] shape [1, 2]\ntraceback"))
+    err = capsys.readouterr().err
+    assert "skipped: none/mine b1 s16 t1:" in err
+    assert "failed: none/mine b1 s16 t1: ValueError: [/bold] shape [1, 2]" in err and "traceback" not in err
+
+
 def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
     """A scheduler's SIGTERM mid-run: status 143, finished cells kept, the hint to resume; the
     resumed run adds the rest without repeating a cell."""

@@ -170,3 +170,5 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert out["tasks"][0]["model"] == "some-org/model"
     assert out["pruners"][0]["distill_text"] == ["sst2", str(tmp_path / "extra.txt")]
     assert raw["tasks"][0]["eval_file"] == "d.csv" and out["run"] is raw["run"]
+    one = absolute_paths({"tasks": {"name": "text-classification", "eval_file": "d.csv"}})  # one [tasks] table
+    assert one["tasks"] == {"name": "text-classification", "eval_file": str(tmp_path / "d.csv")}

@@ -94,6 +94,22 @@ def test_resume_keeps_failed_cells_unless_retry_failed(tmp_path, monkeypatch):
     assert redone == [cell.cell_id]
 
 
+def test_resume_on_other_hardware_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A run's rows, savings factors and idle power belong to one machine: a resume elsewhere would mix two."""
+    import json
+
+    from profiler.errors import ConfigError
+
+    cfg = parse_config(tiny_config(**ONE_CELL, measure={"idle_seconds": 0}))
+    monkeypatch.setattr(Runner, "_run_task", lambda *a: pytest.fail("no cell may run"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "hardware.json").write_text(json.dumps({"hardware_id": "0123456789", "cpu_model": "Other CPU"}))
+    with pytest.raises(ConfigError, match="started on other hardware \\('Other CPU', hardware_id 0123456789\\)"):
+        Runner(cfg, run_dir).run()
+    assert not (run_dir / "results.jsonl").exists()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--resume", "{run}", "--output-dir", "{tmp}"], "--output-dir does not apply to --resume"),
     (["{cfg}", "--retry-failed"], "--retry-failed applies to --resume"),

@@ -177,3 +177,13 @@ def test_a_bad_ray_address_from_the_environment_is_named_as_such(config_file, tm
     err = capsys.readouterr().err
     assert "RAY_ADDRESS: 'garbage:xx' is not HOST:PORT" in err and "--address" not in err.split("HOST:PORT")[0], err
     assert _no_run_dir(tmp_path)
+
+
+def test_a_worker_keeps_models_of_equal_size_but_other_bytes_apart():
+    """Two tasks' models of one pruner config have the same file names and sizes (same architecture):
+    their payloads must not share a worker's copy."""
+    a = ray_node.ModelPayload("p", {"model.safetensors": b"\x00" * 64, "config.json": b"{}"}, {}, {"host": "h"})
+    b = ray_node.ModelPayload("p", {"model.safetensors": b"\x01" * 64, "config.json": b"{}"}, {}, {"host": "h"})
+    same = ray_node.ModelPayload("p", dict(a.files), {}, {"host": "h"})
+    assert a.key != b.key and a.key == same.key
+    assert ray_node.ModelPayload("q", dict(a.files), {}, {"host": "h"}).key != a.key

@@ -20,6 +20,7 @@ run however many units it runs (Ray reuses a job's worker processes).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import queue
@@ -43,17 +44,28 @@ class ModelPayload:
     """A built model on its way to the nodes. ``pruner_key``: :func:`pruner_key` of the pruner
     whose cells use it; ``files``: the ``save_pretrained`` folder (relative path → bytes);
     ``report``: the :class:`pruners.base.PruneReport` as a dict; ``built_on``: row fields saying
-    where it was built (``model_built_on`` and friends)."""
+    where it was built (``model_built_on`` and friends); ``digest``: sha256 of the files' names and
+    bytes, computed once where the payload is made."""
 
     pruner_key: str
     files: dict[str, bytes]
     report: dict[str, Any]
     built_on: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            h = hashlib.sha256()
+            for name in sorted(self.files):
+                h.update(name.encode() + b"\0" + len(self.files[name]).to_bytes(8, "little"))
+                h.update(self.files[name])
+            self.digest = h.hexdigest()
 
     @property
     def key(self) -> str:
-        """Identity of the model's bytes (a worker keeps one copy per key)."""
-        return stable_hash([self.pruner_key, sorted((k, len(v)) for k, v in self.files.items()), self.built_on])
+        """Identity of the model (a worker keeps one copy per key): its files' content digest, so two
+        tasks whose models share a pruner config and file sizes never share a copy."""
+        return stable_hash([self.pruner_key, self.digest, self.built_on])
 
 
 def pruner_key(canonical_pruner: dict[str, Any]) -> str:

@@ -27,8 +27,8 @@ def timed_loop(
     max_seconds: float = float("inf"),
     clock_ns: Callable[[], int] = time.perf_counter_ns,
 ) -> list[float]:
-    """Call ``fn`` until at least ``min_iters`` calls AND ``min_seconds`` have passed (stopping at
-    ``max_seconds`` once ``min_iters`` is reached). Returns per-call latencies in seconds, timed
+    """Call ``fn`` until at least ``min_iters`` calls AND ``min_seconds`` have passed (or, once
+    ``min_iters`` is reached, ``max_seconds``: it only shortens the loop when below ``min_seconds``). Returns per-call latencies in seconds, timed
     with ``clock_ns`` (``perf_counter_ns``; tests inject a fake clock)."""
     samples: list[float] = []
     start = clock_ns()

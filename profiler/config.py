@@ -66,7 +66,9 @@ class MeasureSpec:
 
     warmup_iters: untimed calls before timing. min_iters / min_seconds: the timed loop runs until
     both are reached (and the energy window is at least 10× the meter's resolution);
-    max_seconds: stop once min_iters are done. idle_seconds: idle-power window before the matrix.
+    max_seconds: interleaved, a group stops once any of its cells has this many timed seconds (and
+    min_iters), so a slow cell does not hold the others at min_seconds; sequential cells stop at
+    min_iters and min_seconds (config validation keeps max_seconds >= min_seconds). idle_seconds: idle-power window before the matrix.
     eval_batch_size: batch size of the (untimed) accuracy pass.
     schedule: ``"interleaved"`` (default: cells of one task and shape are timed side by side in
     rounds, :mod:`profiler.interleave`; min/max bounds apply per cell, summed over its visits) or

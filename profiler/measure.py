@@ -62,7 +62,7 @@ def measure_one(call: Callable[[], None], m: MeasureSpec, meter, idle: IdlePower
 
     ``call`` runs one batch of ``batch_size`` sequences; ``meter`` is an energy meter
     (:class:`profiler.meters.base.EnergyMeter`). The loop runs at least ``m.min_iters`` calls and
-    ``m.min_seconds``, at most ``m.max_seconds``; both are raised to the window's minimum (10× the
+    ``m.min_seconds`` (``m.max_seconds`` bounds only the interleaved schedule); both are raised to the window's minimum (10× the
     meter's resolution) so that the energy reading is valid. Returns the per-call samples (seconds
     per batch) and the window's energy divided over ``len(samples) · batch_size`` inferences
     (joules per sequence)."""

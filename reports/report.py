@@ -100,7 +100,7 @@ def build_report_html(run_dir: Path) -> str:
     head.append(_models_note(df))
     lines = verdicts(df)
     head.append("<h2>Verdict</h2>" + ("<ul>" + "".join(f"<li>{esc(v)}</li>" for v in lines) + "</ul>" if lines else
-                "<p class='note'>No verdict: the run needs a dense fp32 cell (pruner none) with an accuracy in each shape.</p>"))
+                "<p class='note'>No verdict: the run needs, in each shape, the dense torch-fp32 baseline (pruner none, accelerator torch-fp32) with an accuracy.</p>"))
     methods = sorted(df.loc[df["status"] == "ok", "energy_method"].dropna().unique())
     if any(m != "measured" for m in methods):
         reasons = "; ".join(sorted({str(r) for col in ("energy_estimated_because", "energy_reason")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 FORMATS = ("transformers", "onnx", "openvino")
+#: the packages each portable format is written with
+FORMAT_PACKAGES = {"transformers": (), "onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
 
 
 def find_cell(cfg: Any, cell_id: str) -> Any:
@@ -78,8 +80,9 @@ def export_portable(model: Any, example: dict[str, Any], fmt: str, out: Path) ->
 def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers", cache_dir: Path | None = None) -> Path:
     """Export cell ``cell_id`` of ``run_dir`` into the new folder ``out`` (see the module doc).
 
-    Raises ConfigError (bad run directory, unknown cell, ``out`` not empty or not writable) before
-    any model work.
+    Raises ConfigError (bad run directory, unknown cell, ``out`` not empty or not writable, the
+    format's package not installed) before any model work; RuntimeError when the written folder does
+    not give the model's logits back.
     """
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
@@ -88,6 +91,12 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
+    if FORMAT_PACKAGES[fmt]:
+        from accelerators.peer_common import import_status
+
+        ok, why = import_status(*FORMAT_PACKAGES[fmt])
+        if not ok:
+            raise ConfigError(f"--format {fmt}: {why}")
     cfg = load_run_config(run_dir, "RUN_DIR")
     cell = find_cell(cfg, cell_id)
     check_new_folder(out, "--out")
@@ -135,5 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sparsebench: export: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # the round-trip check: nothing was left behind
+        print(f"sparsebench: export: failed: {exc}", file=sys.stderr)
+        return 1
     print(f"exported: {out}")
     return 0

@@ -142,6 +142,21 @@ def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
     assert "--out:" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_export_without_the_formats_package_fails_before_any_model_work(profiled, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from profiler.runner import Runner
+
+    root, _ = profiled
+    cell = read_results(root / "run" / "results.jsonl").rows[0]["cell_id"]
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: its import raises ImportError
+    monkeypatch.setattr(Runner, "pruned", lambda *a, **k: pytest.fail("no model work before the check"))
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(tmp_path / "o"), "--format", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert "--format openvino: package 'openvino' is not installed" in err and "pip install" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_export_openvino_ir(profiled, tmp_path):
     pytest.importorskip("openvino")
     root, df = profiled

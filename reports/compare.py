@@ -31,8 +31,10 @@ from reports.html import fmt
 #: accuracy kept (cell metric ÷ dense fp32 metric) a configuration needs to count as a winner
 MIN_KEPT = 0.99
 #: the columns that describe a recipe (one value per recipe_id, whatever the target)
-RECIPE_COLS = ["task", "pruner", "pruner_label", "accelerator", "accelerator_label", "batch_size", "seq_len", "sparsity"]
-SHAPE_KEYS = ["task", "batch_size", "seq_len"]
+RECIPE_COLS = ["task", "task_key", "task_shown", "pruner", "pruner_label", "accelerator", "accelerator_label",
+               "batch_size", "seq_len", "sparsity"]
+#: a shape: one task (name and parameters: two text-classification data sets are two tasks), batch, seq
+SHAPE_KEYS = ["task_key", "batch_size", "seq_len"]
 
 
 @dataclass
@@ -152,22 +154,29 @@ def _load_targets(run_dirs: Sequence[Path], allow_mixed_energy: bool) -> tuple[l
 
 # ---- the join -------------------------------------------------------------------------------------
 
+def task_names(df: pd.DataFrame) -> pd.Series:
+    """The task's name per row, with a short key appended where one name stands for several tasks
+    (``text-classification [a1b2c3]``)."""
+    keys_per_name = df.groupby("task")["task_key"].transform("nunique")
+    return df["task"].where(keys_per_name <= 1, df["task"] + " [" + df["task_key"].str[:6] + "]")
+
+
 def _recipe_label(r: pd.Series, many_tasks: bool) -> str:
     lab = f"{r['pruner_label']} + {r['accelerator_label']} · b{int(r['batch_size'])} s{int(r['seq_len'])}"
-    return f"{r['task']}: {lab}" if many_tasks else lab
+    return f"{r['task_shown']}: {lab}" if many_tasks else lab
 
 
 def _recipes(long: pd.DataFrame) -> pd.DataFrame:
     """One row per recipe_id (index): RECIPE_COLS plus ``recipe``, a unique readable label;
     ordered by shape, the dense baseline first, then sparsity, pruner and accelerator."""
-    many_tasks = long["task"].nunique() > 1
+    many_tasks = long["task_key"].nunique() > 1
     recipes = long.drop_duplicates("recipe_id").set_index("recipe_id")[RECIPE_COLS]
     recipes["recipe"] = [_recipe_label(r, many_tasks) for _, r in recipes.iterrows()]
     dup = recipes["recipe"].duplicated(keep=False)  # configurations differing in a parameter the labels omit
     recipes.loc[dup, "recipe"] = recipes.loc[dup, "recipe"] + " [" + recipes.index[dup].str[:6] + "]"
     recipes["_base"] = ~is_baseline(recipes)
     recipes["_acc"] = recipes["accelerator"] != BASELINE_ACCELERATOR
-    recipes = recipes.sort_values(SHAPE_KEYS + ["_base", "sparsity", "pruner_label", "_acc", "accelerator"])
+    recipes = recipes.sort_values(["task_shown", "batch_size", "seq_len", "_base", "sparsity", "pruner_label", "_acc", "accelerator"])
     return recipes.drop(columns=["_base", "_acc"])
 
 
@@ -177,6 +186,7 @@ def _grid(targets: list[Target], frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not present:
         return pd.DataFrame(columns=["target", "recipe_id", "status"])
     long = pd.concat(present, ignore_index=True).drop_duplicates(["target", "recipe_id"], keep="last")
+    long["task_shown"] = task_names(long)
     recipes = _recipes(long)
     grid = pd.MultiIndex.from_product([[t.key for t in targets], recipes.index], names=["target", "recipe_id"])
     joined = long.set_index(["target", "recipe_id"]).drop(columns=RECIPE_COLS)
@@ -269,7 +279,8 @@ def best_per_target(joined: pd.DataFrame, min_kept: float = MIN_KEPT) -> pd.Data
         w = (steady if not steady.empty else g).iloc[0]
         base = g[is_baseline(g)]
         skipped = g[g["_noisy"] & (g["latency_savings_factor"] > w["latency_savings_factor"])]
-        out = {k: w.get(k) for k in ("target", "target_label", "task", "batch_size", "seq_len", "recipe_id", "recipe",
+        out = {k: w.get(k) for k in ("target", "target_label", "task", "task_key", "task_shown", "batch_size", "seq_len",
+                                     "recipe_id", "recipe",
                                      "pruner_label", "accelerator_label", "latency_savings_factor",
                                      "energy_savings_factor", "energy_method", "accuracy", "accuracy_kept",
                                      "latency_p50_s", "energy_j_per_inference")}

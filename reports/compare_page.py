@@ -183,9 +183,9 @@ def _best_section(c: Comparison) -> str:
     heads = ["task", "batch", "seq"] + [f"{t.key} · {t.label}" for t in c.targets]
     rows = []
     for _, s in shapes.iterrows():
-        line: list[Any] = [s["task"], s["batch_size"], s["seq_len"]]
+        line: list[Any] = [c.best.loc[s.name, "task_shown"], s["batch_size"], s["seq_len"]]
         for t in c.targets:
-            m = c.best[(c.best["target"] == t.key) & (c.best["task"] == s["task"]) & (c.best["batch_size"] == s["batch_size"]) & (c.best["seq_len"] == s["seq_len"])]
+            m = c.best[(c.best["target"] == t.key) & (c.best["task_key"] == s["task_key"]) & (c.best["batch_size"] == s["batch_size"]) & (c.best["seq_len"] == s["seq_len"])]
             if m.empty:
                 line.append(("<span class='tag'>—</span>", None))
             else:

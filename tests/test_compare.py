@@ -201,6 +201,28 @@ def test_best_configuration_at_99_percent_of_dense(tmp_path):
     assert "Best configuration per target" in html and "magnitude 0.7 + torch-fp32 · b1 s32</b> — 2× latency" in html
 
 
+def test_two_tasks_of_one_plugin_each_get_their_best_configuration(tmp_path):
+    """Two data sets under one task name (text-classification on two files) are two shapes, not one."""
+    def other_task(r: dict) -> dict:
+        r = {k: v for k, v in r.items() if k not in ("cell_id", "recipe_id", "model_id")} | {"task_params": {"hidden_size": 32}}
+        canon = {"task": {"name": r["task"], "params": r["task_params"]}, "pruner": {"name": r["pruner"], "params": r["pruner_params"]},
+                 "accelerator": {"name": r["accelerator"], "params": {}}, "batch_size": r["batch_size"], "seq_len": 32,
+                 "threads": r["threads"], "kernel_variant": r["kernel_variant"]}
+        return r | {"cell_id": stable_hash(canon, 12)} | ids_of_row(r | {"cell_id": stable_hash(canon, 12)})
+
+    first = [row(p50=0.010, accuracy=0.90), row("magnitude", 0.7, p50=0.0050, accuracy=0.90)]      # magnitude wins
+    second = [other_task(row(p50=0.010, accuracy=0.80)), other_task(row("magnitude", 0.7, p50=0.0050, accuracy=0.70)),
+              other_task(row(acc="int8-dynamic", p50=0.008, accuracy=0.80))]                          # int8 wins
+    c = build_compare([make_run(tmp_path / "a", first + second)])
+    best = c.best.sort_values("accelerator_label")
+    assert len(best) == 2 and best["task_key"].nunique() == 2
+    assert list(best["accelerator_label"]) == ["int8-dynamic", "torch-fp32"]
+    assert list(best["pruner_label"]) == ["none", "magnitude 0.7"]
+    assert all(t.startswith("tiny [") for t in best["task_shown"])  # one name, two tasks: told apart
+    html = build_compare_html([tmp_path / "a"])
+    assert html.count("tiny [") >= 2
+
+
 def test_page_is_self_contained(two_targets, tmp_path):
     out = write_compare(two_targets, tmp_path / "sub" / "compare.html")
     html = out.read_text()

@@ -122,13 +122,15 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     (cell − baseline) and ``energy_mixed``. An energy factor needs both cells on one energy
     method, unless ``allow_mixed_energy``: then cells of another method than their baseline get
     a factor too, with ``energy_mixed`` True. A latency factor the runner stored (the median of
-    same-round ratios of an interleaved run) is kept; only rows without one get the ratio of p50s.
-    Then :func:`add_best_dense` adds the factors against the fastest dense engine.
+    same-round ratios of an interleaved run) is kept when it was taken against the baseline chosen
+    here (its ``baseline_cell_id``; a resumed run or a baseline that failed its accuracy pass can
+    leave another); other rows get the ratio of p50s. Then :func:`add_best_dense` adds the factors against the fastest dense engine.
     """
     df = add_task_key(df.copy())
     stored = pd.to_numeric(df["latency_savings_factor"], errors="coerce") if "latency_savings_factor" in df else None
     if stored is not None:  # a non-finite stored factor is a gap, like a missing one
         stored = stored.where(np.isfinite(stored))
+    stored_ref = df["baseline_cell_id"] if "baseline_cell_id" in df else pd.Series(None, index=df.index, dtype=object)
     for col in ("latency_savings_factor", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
         df[col] = float("nan")
     df["energy_mixed"] = False
@@ -142,6 +144,9 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if key not in base.index:
             continue
         b = base.loc[key]
+        if stored is not None and not _same_reference(stored_ref.get(i), b.get("cell_id")):
+            stored.at[i] = float("nan")
+            _drop_interval(df, i, "latency_savings_factor")
         if positive(row.get("latency_p50_s")) and positive(b["latency_p50_s"]):
             df.at[i, "latency_savings_factor"] = b["latency_p50_s"] / row["latency_p50_s"]
         same_method = row.get("energy_method") == b.get("energy_method")
@@ -155,6 +160,22 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     if stored is not None:
         df["latency_savings_factor"] = stored.where(stored.notna(), df["latency_savings_factor"])
     return add_best_dense(df)
+
+
+def _drop_interval(df: pd.DataFrame, i: Any, key: str) -> None:
+    """Forget the same-round interval stored with factor ``key`` of row ``i`` (the factor was dropped)."""
+    for col in (f"{key}_low", f"{key}_high"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+            df.at[i, col] = float("nan")
+    if f"{key}_rounds" in df:
+        df.at[i, f"{key}_rounds"] = 0
+
+
+def _same_reference(stored_ref: Any, chosen: Any) -> bool:
+    """Whether a stored factor's reference cell (``None`` in rows written before it was stored:
+    trusted) is the cell chosen as reference here."""
+    return not isinstance(stored_ref, str) or stored_ref == chosen
 
 
 def dense_fp32_mask(df: pd.DataFrame) -> pd.Series:
@@ -186,7 +207,10 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
         if key not in best.index:
             continue
         b = best.loc[key]
-        if not is_number(row["latency_savings_vs_best_dense"]) and positive(row.get("latency_p50_s")):
+        if not _same_reference(row.get("best_dense_cell_id"), b.get("cell_id")):
+            df.at[i, "latency_savings_vs_best_dense"] = float("nan")  # taken against another engine
+            _drop_interval(df, i, "latency_savings_vs_best_dense")
+        if not is_number(df.at[i, "latency_savings_vs_best_dense"]) and positive(row.get("latency_p50_s")):
             df.at[i, "latency_savings_vs_best_dense"] = b["latency_p50_s"] / row["latency_p50_s"]
         df.at[i, "best_dense_label"] = b.get("accelerator_label") or b.get("accelerator")
         if positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference")) \

@@ -53,6 +53,23 @@ def test_stored_same_round_factors_are_kept():
     assert out.loc[1, "latency_savings_vs_best_dense"] == 2.1
 
 
+def test_stored_factors_taken_against_another_reference_are_recomputed():
+    """The runner stores which cells its same-round factors divide by; where the report picks another
+    reference (that cell failed later, or a resumed run timed part of a group), the p50 ratio stands."""
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90, cell_id="base"),
+        row("magnitude-90", "sparse-cpu", 0.020, 0.90, cell_id="c1", latency_savings_factor=3.0,
+            latency_savings_factor_low=2.9, latency_savings_factor_high=3.1, baseline_cell_id="gone",
+            latency_savings_vs_best_dense=3.0, best_dense_cell_id="gone"),
+        row("magnitude-50", "sparse-cpu", 0.030, 0.90, cell_id="c2", latency_savings_factor=1.4, baseline_cell_id="base",
+            latency_savings_vs_best_dense=1.4, best_dense_cell_id="base"),
+    ])
+    out = add_savings(df)
+    assert math.isclose(out.loc[1, "latency_savings_factor"], 2.0) and math.isnan(out.loc[1, "latency_savings_factor_low"])
+    assert math.isclose(out.loc[1, "latency_savings_vs_best_dense"], 2.0)
+    assert out.loc[2, "latency_savings_factor"] == 1.4 and out.loc[2, "latency_savings_vs_best_dense"] == 1.4
+
+
 def test_rows_without_compute_precision_use_the_torch_baseline_as_dense():
     df = pd.DataFrame([row("none", "torch-fp32", 0.04, 0.9), row("gmp", "sparse-cpu", 0.02, 0.9)]).drop(columns="compute_precision")
     out = add_savings(df)

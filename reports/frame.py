@@ -53,6 +53,26 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     return df, rf.damaged_lines
 
 
+def shape_labels(df: pd.DataFrame) -> pd.Series:
+    """Per row, short text of the group axes (:data:`GROUP_KEYS`) that vary in ``df``, batch always:
+    ``"b8"``, ``"b8 t2"``, ``"sst2 b1 s64 t1 avx2"``, so cells of different shapes never share a
+    chart category."""
+    def varies(col: str) -> bool:
+        return col in df and df[col].nunique(dropna=False) > 1
+
+    parts = []
+    if varies("task_key"):
+        parts.append(df["task"].astype(str))
+    parts.append("b" + df["batch_size"].astype(str))
+    for col, prefix in (("seq_len", "s"), ("threads", "t"), ("kernel_variant", "")):
+        if varies(col):
+            parts.append(prefix + df[col].astype(str))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + " " + p
+    return out
+
+
 def add_task_key(df: pd.DataFrame) -> pd.DataFrame:
     """Add ``task_key`` in place (if missing): the task's name and parameters hashed, so two tasks
     of one plugin (two ``text-classification`` models or data sets) never share a baseline."""

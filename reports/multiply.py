@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.frame import BASELINE_PRUNER, GROUP_KEYS
+from reports.frame import BASELINE_PRUNER, GROUP_KEYS, shape_labels
 from reports.html import esc, figure, table
 
 SPARSE = "sparse-cpu"
@@ -50,7 +50,7 @@ def multiply_section(df: pd.DataFrame) -> str:
     t = multiply_table(df)
     if t.empty:
         return ""
-    t = t.assign(cell=t["pruned"] + " b" + t["batch_size"].astype(str) + " t" + t["threads"].astype(str))
+    t = t.assign(cell=t["pruned"] + " " + shape_labels(t))
     figs = []
     for kind in ("latency", "energy"):
         if t[f"{kind}_both"].isna().all():

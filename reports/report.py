@@ -7,7 +7,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.frame import add_savings, is_flagged, is_number, kernel_variant_text, load_json, load_rows, pareto_front, verdicts
+from reports.frame import (add_savings, is_flagged, is_number, kernel_variant_text, load_json, load_rows, pareto_front,
+                           shape_labels, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
 from reports.multiply import multiply_section
 
@@ -47,9 +48,10 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
     d = df[(df["status"] == "ok")].dropna(subset=[x, "accuracy"])
     if d.empty:
         return f"<p class='note'>{esc(title)}: no data.</p>"
+    d = d.assign(_shape=shape_labels(d))
     fig = go.Figure()
-    for (bs, method), g in d.groupby(["batch_size", "energy_method"] if x.startswith("energy") else ["batch_size", "status"]):
-        name = f"batch {bs}" + (f" ({method})" if x.startswith("energy") else "")
+    for (shape, method), g in d.groupby(["_shape", "energy_method"] if x.startswith("energy") else ["_shape", "status"]):
+        name = shape + (f" ({method})" if x.startswith("energy") else "")
         fig.add_trace(go.Scatter(
             x=g[x] * (1e3 if x.startswith("latency") else 1), y=g["accuracy"], mode="markers", name=name, text=g["label"],
             marker=dict(size=10, symbol=ENERGY_SYMBOL.get(method, "circle") if x.startswith("energy") else "circle"),
@@ -67,7 +69,7 @@ def _savings(df: pd.DataFrame) -> str:
     d = df[(df["status"] == "ok")].dropna(subset=["latency_savings_factor"])
     if d.empty:
         return "<p class='note'>No savings factors: the run has no dense torch-fp32 baseline cell.</p>"
-    d = d.assign(cell=d["label"] + " b" + d["batch_size"].astype(str))
+    d = d.assign(cell=d["label"] + " " + shape_labels(d))
     fig = go.Figure()
     fig.add_trace(go.Bar(x=d["cell"], y=d["latency_savings_factor"], name="latency ×"))
     if d["energy_savings_factor"].notna().any():

@@ -73,3 +73,20 @@ def test_models_note_names_the_dense_finetune_and_each_pruners_training():
     assert "dense model of sst2: fine-tuned 6315 steps, bf16, 9.50 steps/s, 665 s" in html
     assert "gmp 0.9: trained 12000 steps, fp32, 4.25 steps/s, 2824 s" in html
     assert _models_note(pd.DataFrame([row("none", "torch-fp32", 0.1, 1.0)])) == ""
+
+
+def test_chart_categories_keep_cells_of_other_threads_and_tasks_apart():
+    from reports.frame import shape_labels
+
+    rows = [row("none", "torch-fp32", 0.1, 1.0) | {"threads": t} for t in (1, 2)]
+    assert list(shape_labels(pd.DataFrame(rows))) == ["b8 t1", "b8 t2"]
+    one = pd.DataFrame([row("none", "torch-fp32", 0.1, 1.0)])
+    assert list(shape_labels(one)) == ["b8"]
+    tasks = pd.DataFrame([row("none", "torch-fp32", 0.1, 1.0) | {"task": n, "task_key": n} for n in ("sst2", "mrpc")])
+    assert list(shape_labels(tasks)) == ["sst2 b8", "mrpc b8"]
+    t = multiply_table(add_savings(pd.DataFrame([
+        r | {"threads": th} for th in (1, 2) for r in (
+            row("none", "torch-fp32", 0.12, 3.0), row("none", "int8-dynamic", 0.06, 1.5, accuracy=0.89),
+            row("magnitude", "sparse-cpu", 0.04, 1.0, sparsity=0.9, accuracy=0.88),
+            row("magnitude", "sparse-int8", 0.03, 0.75, sparsity=0.9, accuracy=0.87))])))
+    assert len(t) == 2 and list(shape_labels(t)) == ["b8 t1", "b8 t2"]

@@ -30,7 +30,7 @@ from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, s
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
 from profiler.rundir import check_resumable, check_writable
-from profiler.tasks.base import Task, default_cache_dir, load_cached, seed_everything
+from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
 from pruners.base import PruneReport
@@ -369,11 +369,11 @@ class Runner:
         report = pruner.prune(model, task, progress=progress)
         self.reporter.training_done()
         model.eval()
-        tmp = path.with_name(path.name + ".tmp")
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
-        if not path.exists():
-            tmp.replace(path)
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder, safe_serialization=True)
+            (folder / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
+
+        publish_cached(path, write)
         return model, report
 
     def _base_row(self, c: Cell, task: Task | None) -> Result:

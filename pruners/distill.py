@@ -50,6 +50,7 @@ import copy
 import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -259,7 +260,7 @@ class TeacherLogits:
         if self.file is None or not self.computed or self.logits is None:
             return
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(self.file.name + ".tmp")
+        tmp = self.file.with_name(f"{self.file.name}.tmp-{os.getpid()}")  # processes sharing the cache write apart
         torch.save({"key": self.key, "logits": self.logits, "have": self.have}, tmp)
         tmp.replace(self.file)
 

@@ -253,3 +253,24 @@ def test_a_stray_argument_shows_its_subcommands_usage(capsys, argv, usage):
         main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and usage in err and f"unrecognized arguments: {argv[-1]}" in err
+
+
+def test_a_cache_entry_published_by_another_process_first_is_kept(tmp_path):
+    """Two processes building one cache entry: each writes a private folder, the first rename wins,
+    the loser's copy is dropped and nothing half-written is ever at the entry's path."""
+    from profiler.tasks.base import publish_cached
+
+    entry = tmp_path / "finetuned" / "x"
+    entry.parent.mkdir()
+
+    def write(tag):
+        def w(folder):
+            folder.mkdir()
+            assert not entry.exists() or (entry / "who").read_text() == "first"
+            (folder / "who").write_text(tag)
+        return w
+
+    publish_cached(entry, write("first"))
+    publish_cached(entry, write("second"))
+    assert (entry / "who").read_text() == "first"
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["x"]  # no private folder left behind

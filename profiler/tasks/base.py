@@ -202,10 +202,12 @@ class Task:
         training = self.finetune(model, self.finetune_steps, progress) if self.finetune_steps > 0 else None
         self.finetune_report = training
         model.eval()
-        tmp = path.with_name(path.name + ".tmp")
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "sparsebench_task.json").write_text(json.dumps({**self.fingerprint(), "training": training}, indent=1, default=str))
-        tmp.replace(path) if not path.exists() else None
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder, safe_serialization=True)
+            (folder / "sparsebench_task.json").write_text(json.dumps({**self.fingerprint(), "training": training},
+                                                                     indent=1, default=str))
+
+        publish_cached(path, write)
         return model
 
     def load_finetuned_seed(self, seed: int, cache_dir: Path | None = None,
@@ -295,6 +297,25 @@ def _saved_training(path: Path, steps: int) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         saved = None
     return saved or {"steps": steps}
+
+
+def publish_cached(path: Path, write: Callable[[Path], None]) -> None:
+    """Build a cache entry in a private folder (``write(folder)``) and move it to ``path`` in one
+    rename, so that processes sharing the cache never see a half-written entry nor write into one
+    folder together; when another process published ``path`` first, its entry stays and ours is
+    dropped (both come from the same inputs)."""
+    import shutil
+    import uuid
+
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.rename(tmp, path)  # atomic; fails when path exists (a non-empty folder)
+    except OSError:
+        if not path.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any | None:

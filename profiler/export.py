@@ -104,6 +104,9 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
     check_writable(out, "--out")  # creates it: removed below if the export fails
     try:
+        import torch
+
+        torch.set_num_threads(runner.training_threads)  # as the run built it: same threads, same rounding
         model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
         model.eval()
         example = task.example_inputs(2, min(cell.seq_len, 32))

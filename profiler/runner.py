@@ -14,7 +14,7 @@ import traceback
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -315,23 +315,39 @@ class Runner:
                 self.reporter.message(f"warning: threads={th} exceeds the {len(cpus)} CPUs this process may use "
                                       f"(affinity {cpu_list_text(cpus)}); latency will suffer")
 
-    def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
+    def build_models(self, spec: PluginSpec, pruners: Iterable[PluginSpec],
+                     fail: Callable[[Task | None, PluginSpec | None, str], None],
+                     ) -> tuple[Task, dict[PluginSpec, tuple[nn.Module, PruneReport]]] | None:
+        """The task of ``spec`` and each pruner's model of its fine-tuned dense model, built (fine-tuning
+        and pruning at :attr:`training_threads`) or loaded from the model cache. What cannot be built
+        is handed to ``fail(task, pruner, reason)``: ``(None, None, reason)`` for the task (then None
+        is returned), ``(task, pruner, reason)`` for a pruner (left out of the models)."""
         torch.set_num_threads(self.training_threads)
         try:
             task: Task = TASKS.build(spec.name, spec.params, spec.key)
             dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
             self.reporter.training_done()
         except Exception as exc:  # a task that cannot build fails its cells, the matrix goes on
-            for c in cells:
-                self._record(self._base_row(c, None), "failed", f"task: {type(exc).__name__}: {exc}")
-            return
+            fail(None, None, f"task: {type(exc).__name__}: {exc}")
+            return None
         models: dict[PluginSpec, tuple[nn.Module, PruneReport]] = {}
-        for p_spec in dict.fromkeys(c.pruner for c in cells):
+        for p_spec in dict.fromkeys(pruners):
             try:
                 models[p_spec] = self.pruned(task, dense, p_spec)
             except Exception as exc:
-                for c in (c for c in cells if c.pruner == p_spec):
-                    self._record(self._base_row(c, task), "failed", f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
+                fail(task, p_spec, f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
+        return task, models
+
+    def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
+        def fail(task: Task | None, pruner: PluginSpec | None, reason: str) -> None:
+            for c in cells:
+                if pruner is None or c.pruner == pruner:
+                    self._record(self._base_row(c, task), "failed", reason)
+
+        built = self.build_models(spec, (c.pruner for c in cells), fail)
+        if built is None:
+            return
+        task, models = built
         cells = [c for c in cells if c.pruner in models]
         if self.cfg.measure.schedule == "sequential":
             for c in cells:

@@ -35,8 +35,8 @@ def _payloads(cfg, tmp_path):
     runner = Runner(cfg, tmp_path / "unused")
     dense = task.load_finetuned(runner.cache_dir)
     built_on = ray_node.driver_built_on("driver-node", "hw0")
-    return [ray_node.pack_model(*runner.pruned(task, dense, p), ray_node.pruner_key(p.canonical()), built_on)
-            for p in cfg.pruners]
+    return [ray_node.pack_model(*runner.pruned(task, dense, p), ray_node.pruner_key(p.canonical()), built_on,
+                                task.finetune_report) for p in cfg.pruners]
 
 
 def test_a_unit_yields_one_row_per_cell_in_its_order(tmp_path, fresh_process):
@@ -46,8 +46,11 @@ def test_a_unit_yields_one_row_per_cell_in_its_order(tmp_path, fresh_process):
     known = {cells[0].model_id: {"accuracy": 0.123, "metric_accuracy": 0.123, "collapsed": False}}
     spec = ray_node.UnitSpec(config=cfg.raw, cell_ids=order, stamp={"target": "t1", "executor": "ray"},
                              known_metrics=known)
-    rows = list(ray_node.run_unit(spec, *_payloads(cfg, tmp_path)))
+    payloads = _payloads(cfg, tmp_path)
+    rows = list(ray_node.run_unit(spec, *payloads))
     assert [r["cell_id"] for r in rows] == order
+    assert payloads[0].dense_finetune["steps"] == 60  # the tiny task fine-tunes 60 steps
+    assert all(r["dense_finetune"] == payloads[0].dense_finetune for r in rows)  # as a local run's rows say
     for r in rows:
         assert r["status"] == "ok", r["reason"]
         assert r["target"] == "t1" and r["executor"] == "ray" and r["ray_node_id"] is None  # not inside Ray here

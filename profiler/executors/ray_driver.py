@@ -297,7 +297,6 @@ class RayExecutor:
         from transformers.utils import logging as hf_logging
 
         from profiler.hardware import fingerprint
-        from profiler.plugins import TASKS
         from profiler.tasks.base import seed_everything
 
         hf_logging.disable_progress_bar()  # our own bars cover loading and saving
@@ -310,21 +309,19 @@ class RayExecutor:
         builder = Runner(self.cfg, Path(), cache_dir=self.cache_dir, reporter=self.reporter)
         built_on = ray_node.driver_built_on(self.ray.get_runtime_context().get_node_id(), fingerprint()["hardware_id"])
         for task_spec, pruners in needed.items():
-            try:
-                task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
-                dense = task.load_finetuned(builder.cache_dir, self.reporter.training(f"fine-tuning {task_spec.name}"))
-                self.reporter.training_done()
-            except Exception as exc:
-                self._fail_cells(lambda c: c.task == task_spec, f"task: {type(exc).__name__}: {exc}")
+            def fail(task: Any, pruner: PluginSpec | None, reason: str, task_spec: PluginSpec = task_spec) -> None:
+                self._fail_cells(lambda c: c.task == task_spec and (pruner is None or c.pruner == pruner), reason)
+
+            built = builder.build_models(task_spec, pruners, fail)
+            if built is None:
                 continue
-            for p_spec in pruners:
+            task, models = built
+            for p_spec, (model, report) in models.items():
+                key = ray_node.pruner_key(p_spec.canonical())
                 try:
-                    model, report = builder.pruned(task, dense, p_spec)
-                    key = ray_node.pruner_key(p_spec.canonical())
-                    payload = ray_node.pack_model(model, report, key, built_on)
+                    payload = ray_node.pack_model(model, report, key, built_on, task.finetune_report)
                 except Exception as exc:
-                    self._fail_cells(lambda c: c.task == task_spec and c.pruner == p_spec,
-                                     f"pruner: {type(exc).__name__}: {exc}")
+                    fail(task, p_spec, f"pruner: {type(exc).__name__}: {exc}")
                     continue
                 self._payloads[(stable_hash(task_spec.canonical()), key)] = self.ray.put(payload)
 

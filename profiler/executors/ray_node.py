@@ -44,7 +44,8 @@ class ModelPayload:
     """A built model on its way to the nodes. ``pruner_key``: :func:`pruner_key` of the pruner
     whose cells use it; ``files``: the ``save_pretrained`` folder (relative path → bytes);
     ``report``: the :class:`pruners.base.PruneReport` as a dict; ``built_on``: row fields saying
-    where it was built (``model_built_on`` and friends); ``digest``: sha256 of the files' names and
+    where it was built (``model_built_on`` and friends); ``dense_finetune``: how the task's dense
+    model was fine-tuned (the rows' ``dense_finetune``), None when loaded as given; ``digest``: sha256 of the files' names and
     bytes, computed once where the payload is made."""
 
     pruner_key: str
@@ -52,6 +53,7 @@ class ModelPayload:
     report: dict[str, Any]
     built_on: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    dense_finetune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.digest:
@@ -73,12 +75,14 @@ def pruner_key(canonical_pruner: dict[str, Any]) -> str:
     return stable_hash(canonical_pruner)
 
 
-def pack_model(model: Any, report: Any, key: str, built_on: dict[str, Any]) -> ModelPayload:
-    """The payload of ``model`` (saved with ``save_pretrained``, safetensors) and its PruneReport."""
+def pack_model(model: Any, report: Any, key: str, built_on: dict[str, Any],
+               dense_finetune: dict[str, Any] | None = None) -> ModelPayload:
+    """The payload of ``model`` (saved with ``save_pretrained``, safetensors), its PruneReport and
+    the fine-tuning record of the dense model it came from."""
     with tempfile.TemporaryDirectory(prefix="sparsebench-pack-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         files = {str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
-    return ModelPayload(key, files, report.to_dict(), built_on)
+    return ModelPayload(key, files, report.to_dict(), built_on, dense_finetune=dense_finetune)
 
 
 @dataclass
@@ -226,6 +230,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     cells = [by_id[i] for i in spec.cell_ids]
     seed_everything(cfg.seed)
     task = _node_task(cells[0].task)
+    task.finetune_report = next((p.dense_finetune for p in payloads if p.dense_finetune), None)
     loaded = {p.pruner_key: _unpack(p, task) for p in payloads}
     models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in cells}
     node_id, labels = node_identity()

@@ -47,9 +47,14 @@ def check_writable(folder: Path, label: str) -> None:
 
 def check_resumable(run_dir: Path) -> None:
     """ConfigError unless a resumed run can append to ``run_dir``: the folder, its lock and every
-    results file in it (a target folder's included) writable. Changes nothing in it."""
+    results file in it (a target folder's included) writable, and ``run_dir`` not one target's folder
+    of a multi-target run. Changes nothing in it."""
     from profiler.errors import ConfigError
 
+    root = Path(run_dir).resolve().parent.parent
+    if Path(run_dir).resolve().parent.name == TARGETS_DIR and (root / "manifest.json").is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} is one target's folder of the multi-target run {root}; resume that "
+                          f"run: sparsebench run --resume {root} (it picks up every target)")
     check_writable(run_dir, "RUN_DIR")
     targets = sorted((run_dir / TARGETS_DIR).iterdir()) if (run_dir / TARGETS_DIR).is_dir() else []
     for f in (folder / name for folder in [run_dir, *targets] for name in (".lock", RESULTS)):

@@ -180,6 +180,24 @@ def test_resume_into_a_run_directory_it_cannot_append_to_fails_before_any_work(t
     assert not (tmp_path / "runs").exists()
 
 
+def test_resume_of_one_targets_folder_names_the_run_to_resume(tmp_path, monkeypatch, capsys):
+    """A target's folder reads like a run directory (its own manifest), but resuming it alone would run
+    every target again inside it."""
+    from profiler.runner import Runner
+
+    run = tmp_path / "r"
+    one = run / "targets" / "a"
+    one.mkdir(parents=True)
+    manifest = {"config": tiny_config(), "executor": "ray", "targets": {"a": "a"}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (one / "manifest.json").write_text(json.dumps(manifest | {"target": "a"}))
+    monkeypatch.setattr(Runner, "run", lambda self: pytest.fail("the run started"))
+    assert main(["run", "--resume", str(one), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "one target's folder of the multi-target run" in err and f"--resume {run}" in err
+    assert sorted(p.name for p in one.iterdir()) == ["manifest.json"]
+
+
 def test_an_empty_cache_variable_is_the_default_cache(monkeypatch, tmp_path):
     from profiler.tasks.base import default_cache_dir
 

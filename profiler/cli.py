@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from profiler.errors import ConfigError, SparsebenchWarning
 from profiler.executors import EXECUTORS
+from profiler.rundir import RESULTS
 
 EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
           "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
@@ -238,7 +239,7 @@ def _results_warnings(run_dir: Path) -> int:
     number of valid rows."""
     from profiler.results import read_results
 
-    rf = read_results(run_dir / "results.jsonl")
+    rf = read_results(run_dir / RESULTS)
     for line in rf.warnings():
         print(f"sparsebench: warning: {line}", file=sys.stderr)
     return len(rf.rows)
@@ -267,9 +268,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"sparsebench: {run_dir} {'is a file, not' if run_dir.exists() else 'does not exist: not'} a run directory",
               file=sys.stderr)
         return 2
-    targets = [] if (run_dir / "results.jsonl").is_file() else target_dirs(run_dir)
-    if not targets and not (run_dir / "results.jsonl").is_file():
-        what = "is not a file" if (run_dir / "results.jsonl").exists() else "is missing"
+    targets = [] if (run_dir / RESULTS).is_file() else target_dirs(run_dir)
+    if not targets and not (run_dir / RESULTS).is_file():
+        what = "is not a file" if (run_dir / RESULTS).exists() else "is missing"
         print(f"sparsebench: {run_dir / 'results.jsonl'} {what} (nor is there targets/*/results.jsonl)", file=sys.stderr)
         return 2
     if targets and args.output:
@@ -294,13 +295,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     given = [Path(d) for d in args.run_dirs]
     dirs = expand_run_dirs(given)  # a multi-target run directory stands for its target folders
     if args.output is None:
-        multi = len(given) == 1 and not (given[0] / "results.jsonl").is_file() and target_dirs(given[0])
+        multi = len(given) == 1 and not (given[0] / RESULTS).is_file() and target_dirs(given[0])
         args.output = str(given[0] / "compare.html") if multi else "compare.html"
     absent = [str(d) for d in dirs if not d.is_dir()]
     if absent:
         print(f"sparsebench: not run directories (missing, or a file): {', '.join(absent)}", file=sys.stderr)
         return 2
-    missing = [str(d) for d in dirs if not (d / "results.jsonl").is_file()]
+    missing = [str(d) for d in dirs if not (d / RESULTS).is_file()]
     if missing:
         print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
         return 2

@@ -29,13 +29,12 @@ from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_f
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import Result, append_result, read_results, repair_tail
-from profiler.rundir import check_resumable, check_writable
+from profiler.rundir import RESULTS, check_resumable, check_writable
 from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
 from pruners.base import PruneReport
 
-RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
 HARDWARE = "hardware.json"
 

@@ -17,6 +17,7 @@ import pandas as pd
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import plugin_label
 from profiler.results import read_results
+from profiler.rundir import RESULTS
 
 # Cells that share these keys are compared with each other (same shape, threads and target).
 GROUP_KEYS = ["task_key", "batch_size", "seq_len", "threads", "kernel_variant"]
@@ -31,7 +32,7 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     :func:`profiler.identity.ids_of_row` where a row lacks them), ``sparsity`` (the pruner's
     target, 0.0 for none) and the labels ``pruner_label``, ``accelerator_label`` and ``label``.
     """
-    rf = read_results(Path(run_dir) / "results.jsonl")
+    rf = read_results(Path(run_dir) / RESULTS)
     df = pd.DataFrame(rf.rows)
     if df.empty:
         return df, rf.damaged_lines

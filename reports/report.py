@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from profiler.contention import BUSY_LIMIT_CPUS
 from reports.frame import (add_savings, is_flagged, is_number, kernel_variant_text, load_json, load_rows, pareto_front,
                            shape_labels, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
@@ -115,7 +116,7 @@ def build_report_html(run_dir: Path) -> str:
     contended = int(df["contention_flag"].map(is_flagged).sum()) if "contention_flag" in df else 0
     if contended:
         head.append(f"<div class='warn'>[busy] {contended} cell(s) were timed while other processes kept more than "
-                    "0.2 CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
+                    f"{BUSY_LIMIT_CPUS:g} CPUs busy (<code>other_busy_cpus</code>): their latency and energy are inflated; rerun on a quiet machine.</div>")
     padded = df["padding_flag"].dropna() if "padding_flag" in df else pd.Series(dtype=object)
     if len(padded):
         head.append(f"<div class='warn'>[padding] {len(padded)} cell(s) have outputs that depend on padding: "

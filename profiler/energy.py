@@ -105,6 +105,18 @@ class IdlePower:
         """JSON-able form: ``{"watts": {...}, "duration_s": s, "flags": [...]}``."""
         return {"watts": dict(self.watts), "duration_s": self.duration_s, "flags": list(self.flags)}
 
+    @classmethod
+    def from_dict(cls, d: Any) -> "IdlePower":
+        """The inverse of :meth:`to_dict` (``flags`` optional). Raises ValueError when ``d`` lacks
+        ``watts`` per domain (numbers or null) or a numeric ``duration_s``."""
+        watts = d.get("watts") if isinstance(d, dict) else None
+        duration = d.get("duration_s") if isinstance(d, dict) else None
+        if not isinstance(watts, dict) or not all(w is None or isinstance(w, (int, float)) for w in watts.values()) \
+                or isinstance(duration, bool) or not isinstance(duration, (int, float)):
+            raise ValueError("needs 'watts' per domain (numbers or null) and a numeric 'duration_s'")
+        flags = d.get("flags")
+        return cls(watts=dict(watts), duration_s=float(duration), flags=list(flags) if isinstance(flags, list) else [])
+
 
 def measure_idle_power(
     meter: EnergyMeter, seconds: float = 2.0, sleep: Callable[[float], None] = time.sleep

@@ -37,6 +37,7 @@ from pruners.base import PruneReport
 
 MANIFEST = "manifest.json"
 HARDWARE = "hardware.json"
+IDLE_POWER = "idle_power.json"
 
 
 class Reporter:
@@ -78,6 +79,18 @@ def new_run_dir(cfg: Config, now: Callable[[], dt.datetime] = dt.datetime.now) -
         except OSError as exc:
             raise ConfigError(f"run.output_dir: cannot create {path}: {exc.strerror or exc}") from None
     raise ConfigError(f"run.output_dir: {parent} already has 9999 runs named {cfg.name}-{stamp}")
+
+
+def read_idle_power(folder: Path) -> IdlePower | None:
+    """The idle power a run (or a target's folder) measured, from ``folder/idle_power.json``; None
+    when there is none. Raises ConfigError when the file is damaged."""
+    path = Path(folder) / IDLE_POWER
+    if not path.exists():
+        return None
+    try:
+        return IdlePower.from_dict(read_run_json(path))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is damaged ({exc}); start a new run") from None
 
 
 def read_run_json(path: Path) -> Any:
@@ -250,17 +263,12 @@ class Runner:
         return hw
 
     def _idle(self, meter) -> IdlePower | None:
-        path = self.run_dir / "idle_power.json"
-        if path.exists():
-            d = read_run_json(path)
-            if not (isinstance(d, dict) and isinstance(d.get("watts"), dict) and isinstance(d.get("duration_s"), (int, float))):
-                raise ConfigError(f"{path} is damaged (needs 'watts' per domain and 'duration_s'); start a new run")
-            return IdlePower(watts=d["watts"], duration_s=d["duration_s"])
-        if self.cfg.measure.idle_seconds <= 0:
-            return None
+        idle = read_idle_power(self.run_dir)
+        if idle is not None or self.cfg.measure.idle_seconds <= 0:
+            return idle
         self.reporter.message(f"measuring idle power for {self.cfg.measure.idle_seconds:g} s")
         idle = measure_idle_power(meter, self.cfg.measure.idle_seconds)
-        path.write_text(json.dumps({"watts": idle.watts, "duration_s": idle.duration_s}))
+        (self.run_dir / IDLE_POWER).write_text(json.dumps(idle.to_dict()))
         return idle
 
     # ---- the matrix ----------------------------------------------------------------------------

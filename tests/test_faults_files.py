@@ -292,3 +292,18 @@ def test_a_cache_entry_published_by_another_process_first_is_kept(tmp_path):
     publish_cached(entry, write("second"))
     assert (entry / "who").read_text() == "first"
     assert sorted(p.name for p in entry.parent.iterdir()) == ["x"]  # no private folder left behind
+
+
+@pytest.mark.parametrize("content", ['{"watts": 5}', '{"watts": {"cpu": "hot"}, "duration_s": 1}', '{"watts": {}}', "[1]"])
+def test_a_damaged_idle_power_file_is_one_clear_error(tmp_path, content):
+    from profiler.energy import IdlePower
+    from profiler.errors import ConfigError
+    from profiler.runner import read_idle_power
+
+    assert read_idle_power(tmp_path) is None
+    (tmp_path / "idle_power.json").write_text(content)
+    with pytest.raises(ConfigError, match="idle_power.json is damaged .*start a new run"):
+        read_idle_power(tmp_path)
+    good = IdlePower(watts={"cpu": 3.5, "dram": None}, duration_s=2.0, flags=["short"])
+    (tmp_path / "idle_power.json").write_text(json.dumps(good.to_dict()))
+    assert read_idle_power(tmp_path) == good

@@ -49,8 +49,8 @@ from profiler.hardware import software_versions
 from profiler.identity import stable_hash
 from profiler.results import Result, append_result, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
-from profiler.runner import (HARDWARE, MANIFEST, Reporter, Runner, RunDirLock, base_row, git_commit, interleave_key,
-                             known_metrics, read_run_json)
+from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, git_commit, interleave_key,
+                             known_metrics, read_idle_power, read_run_json)
 from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
 
 #: rows with this ``executor_outcome`` stand for cells that never ran; ``--resume`` runs them again
@@ -158,7 +158,7 @@ class RayExecutor:
         live = live_targets({n: tr.target for n, tr in runs.items()}, cluster_nodes(self.ray))
         for name, tr in runs.items():
             if live[name]:
-                has_idle = resume_dir is not None and (tr.dir / "idle_power.json").exists()
+                has_idle = resume_dir is not None and read_idle_power(tr.dir) is not None  # a damaged file: ConfigError now
                 tr.probe_ref = self._submit_probe(tr, 0.0 if has_idle else self.cfg.measure.idle_seconds)
         while True:
             waiting = [tr for tr in runs.values() if tr.probe_ref is not None]
@@ -266,7 +266,7 @@ class RayExecutor:
     def _write_target_files(self, tr: TargetRun) -> None:
         """The target's manifest, hardware.json and idle_power.json from its probe (kept if there)."""
         p = tr.probe
-        hw_path, idle_path, man_path = tr.dir / HARDWARE, tr.dir / "idle_power.json", tr.dir / MANIFEST
+        hw_path, idle_path, man_path = tr.dir / HARDWARE, tr.dir / IDLE_POWER, tr.dir / MANIFEST
         if not hw_path.exists():
             hw_path.write_text(json.dumps(p["hardware"], indent=1))
             tr.hardware_id = p["hardware"]["hardware_id"]
@@ -360,8 +360,8 @@ class RayExecutor:
         return None if any(r is None for r in refs) else refs
 
     def _idle(self, tr: TargetRun) -> dict[str, Any] | None:
-        path = tr.dir / "idle_power.json"
-        return read_run_json(path) if path.exists() else None
+        idle = read_idle_power(tr.dir)
+        return idle.to_dict() if idle is not None else None
 
     def _loop(self) -> None:
         """Wait for rows, units and probes until every target is finished or given up."""

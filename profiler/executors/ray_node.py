@@ -239,7 +239,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     for mid, fields in spec.known_metrics.items():
         runner._accuracy.setdefault(mid, fields["accuracy"])
         runner._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
-    idle = IdlePower(watts=spec.idle["watts"], duration_s=spec.idle["duration_s"]) if spec.idle else None
+    idle = IdlePower.from_dict(spec.idle) if spec.idle else None
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     meter.start()
     try:

@@ -67,6 +67,13 @@ class Result:
     timestamp: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def set_outcome(self, status: str, reason: str | None) -> None:
+        """Set ``status`` (ok | failed | skipped), ``reason`` and ``timestamp`` (now, ISO 8601 UTC)."""
+        import datetime as dt
+
+        self.status, self.reason = status, reason
+        self.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+
     def to_dict(self) -> dict[str, Any]:
         """The flat row. A non-finite number (NaN, ±inf) anywhere in it becomes None, and
         ``null_reasons`` maps its dotted path to why (e.g. ``{"latency_p99_s": "measured inf"}``)."""

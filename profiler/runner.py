@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import traceback
@@ -291,9 +290,7 @@ class Runner:
             self.reporter.message(f"warning: {line}")
         rows = rf.rows
         done = {r["cell_id"] for r in rows if not (self.retry_failed and r["status"] == "failed")}
-        for mid, fields in known_metrics(rows).items():
-            self._accuracy.setdefault(mid, fields["accuracy"])
-            self._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
+        self.reuse_metrics(known_metrics(rows))
         cells = expand(self.cfg)
         todo = [c for c in cells if c.cell_id not in done]
         self.reporter.start(len(cells), len(cells) - len(todo))
@@ -399,12 +396,18 @@ class Runner:
         publish_cached(path, write)
         return model, report
 
+    def reuse_metrics(self, known: dict[str, dict[str, Any]]) -> None:
+        """Take accuracy and metric fields already measured (``model_id`` → fields, as
+        :func:`known_metrics` gives them) instead of measuring them again."""
+        for mid, fields in known.items():
+            self._accuracy.setdefault(mid, fields["accuracy"])
+            self._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
+
     def _base_row(self, c: Cell, task: Task | None) -> Result:
         return base_row(c, task, self.hw["hardware_id"])
 
     def _record(self, row: Result, status: str, reason: str | None) -> None:
-        row.status, row.reason = status, reason
-        row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        row.set_outcome(status, reason)
         append_result(self.results_path, row)
         self.reporter.cell_done(row)
 

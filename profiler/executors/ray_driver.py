@@ -419,8 +419,7 @@ class RayExecutor:
             if c.cell_id in tr.done:
                 continue
             row = base_row(c, None, tr.hardware_id)
-            row.status, row.reason = status, reason
-            row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+            row.set_outcome(status, reason)
             row.extra.update({"target": tr.name, "executor": "ray", "label_selector": tr.target.selector, **(extra or {})})
             self._write_row(tr, row)
 

@@ -19,7 +19,6 @@ run however many units it runs (Ray reuses a job's worker processes).
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import platform
@@ -213,8 +212,7 @@ class NodeRunner(Runner):
         self._accuracy, self._metrics = _PROCESS["accuracy"], _PROCESS["metrics"]
 
     def _record(self, row: Any, status: str, reason: str | None) -> None:
-        row.status, row.reason = status, reason
-        row.timestamp = dt.datetime.now(dt.timezone.utc).isoformat()
+        row.set_outcome(status, reason)
         row.extra.update(self.stamp)
         row.extra.update(self.built_on.get(pruner_key({"name": row.pruner, "params": row.pruner_params}), {}))
         self.sink(row)
@@ -236,9 +234,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     node_id, labels = node_identity()
     stamp = {**spec.stamp, "ray_node_id": node_id, "node_labels": labels}
     runner = NodeRunner(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
-    for mid, fields in spec.known_metrics.items():
-        runner._accuracy.setdefault(mid, fields["accuracy"])
-        runner._metrics.setdefault(mid, {k: v for k, v in fields.items() if k != "accuracy"})
+    runner.reuse_metrics(spec.known_metrics)
     idle = IdlePower.from_dict(spec.idle) if spec.idle else None
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     meter.start()
@@ -288,7 +284,7 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
 def _unrecorded(spec: UnitSpec, cell_id: str) -> dict[str, Any]:
     """A failed row for a cell the runner recorded nothing for (a bug: the row says so)."""
     row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
-    row.status, row.reason = "failed", "the runner recorded no row for this cell on the node (a bug; please report)"
+    row.set_outcome("failed", "the runner recorded no row for this cell on the node (a bug; please report)")
     row.extra.update(spec.stamp)
     return row.to_dict()
 

@@ -80,6 +80,13 @@ def new_run_dir(cfg: Config, now: Callable[[], dt.datetime] = dt.datetime.now) -
     raise ConfigError(f"run.output_dir: {parent} already has 9999 runs named {cfg.name}-{stamp}")
 
 
+def manifest_base(cfg: Config, versions: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of ``manifest.json`` every executor writes: version, creation time (ISO 8601 UTC),
+    git commit, command line, the validated config, seed and software versions."""
+    return {"sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "git_commit": git_commit(), "argv": sys.argv, "config": cfg.raw, "seed": cfg.seed, "versions": versions}
+
+
 def read_idle_power(folder: Path) -> IdlePower | None:
     """The idle power a run (or a target's folder) measured, from ``folder/idle_power.json``; None
     when there is none. Raises ConfigError when the file is damaged."""
@@ -252,12 +259,8 @@ class Runner:
             hw_path.write_text(json.dumps(hw, indent=1))
         man_path = self.run_dir / MANIFEST
         if not man_path.exists():
-            manifest = {
-                "sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "git_commit": git_commit(), "argv": sys.argv, "config": self.cfg.raw, "seed": self.cfg.seed,
-                "versions": hw.get("versions"), "hardware_id": hw["hardware_id"],
-                "harness_overhead_s": harness_overhead_s(),
-            }
+            manifest = manifest_base(self.cfg, hw.get("versions"))
+            manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s()})
             man_path.write_text(json.dumps(manifest, indent=1, default=str))
         return hw
 

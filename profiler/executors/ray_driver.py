@@ -31,16 +31,13 @@ for failed rows. A driver killed mid-run loses nothing written: Ray ends the uni
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, expand
 from profiler.errors import ConfigError
 from profiler.executors import ray_node
@@ -49,8 +46,8 @@ from profiler.hardware import software_versions
 from profiler.identity import stable_hash
 from profiler.results import Result, append_result, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
-from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, git_commit, interleave_key,
-                             known_metrics, read_idle_power, read_run_json)
+from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, interleave_key,
+                             known_metrics, manifest_base, read_idle_power, read_run_json)
 from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
 
 #: rows with this ``executor_outcome`` stand for cells that never ran; ``--resume`` runs them again
@@ -238,12 +235,9 @@ class RayExecutor:
         path = run_dir / MANIFEST
         if path.exists():
             return
-        manifest = {
-            "sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "git_commit": git_commit(), "argv": sys.argv, "config": self.cfg.raw, "seed": self.cfg.seed,
-            "versions": software_versions(), "executor": "ray", "ray_version": self.ray.__version__,
-            "targets": {name: tr.target.selector for name, tr in self.runs.items()},
-        }
+        manifest = manifest_base(self.cfg, software_versions())
+        manifest.update({"executor": "ray", "ray_version": self.ray.__version__,
+                         "targets": {name: tr.target.selector for name, tr in self.runs.items()}})
         path.write_text(json.dumps(manifest, indent=1, default=str))
 
     def _open_target(self, tr: TargetRun) -> None:

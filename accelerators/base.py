@@ -85,6 +85,17 @@ def bf16_native() -> bool:
     return bool(cpu_flags() & set(BF16_FLAGS))
 
 
+def numerics_key(choices: dict[str, Any]) -> str:
+    """A short hash of what an accelerator chose at ``prepare`` that changes its outputs (per-layer
+    formats, fallbacks, fusions), for the ``numerics_key`` field: an accelerator whose choices are
+    timed at the cell's shape and threads reports it, so that cells of one model whose prepared
+    modules compute differently get their own accuracy pass. ``choices`` must be JSON-able."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(choices, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def example_tokens(example: dict[str, torch.Tensor]) -> int:
     """Tokens in one timing batch: ``example["input_ids"]`` (int64, (batch, seq_len)) has batch ×
     seq_len of them. Raises ValueError when the batch has no ``input_ids``."""

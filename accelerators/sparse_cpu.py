@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accelerators.base import Accelerator, PrepareSettings, Prepared, example_tokens
+from accelerators.base import Accelerator, PrepareSettings, Prepared, example_tokens, numerics_key
 from accelerators.params import Range, check_ranges
 from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing
@@ -282,7 +282,12 @@ class _SparseSwap(Accelerator):
                 new, run = self._faster_model(new, run, *alt, dense_model, example)
             if self.check_model and self.calibrate and run.any_sparse:
                 new = self._check_whole_model(new, dense_model, example, run)
-        return Prepared(new, self._fields(run))
+        fields = self._fields(run)
+        # per-layer choices, fallbacks and fusions are timed at this cell's shape and threads
+        fields["numerics_key"] = numerics_key({
+            "choices": {k: r["choice"] for k, r in run.choices.items()},
+            **{k: fields.get(k) for k in NUMERICS_FIELDS}})
+        return Prepared(new, fields)
 
     def _finish(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
                 run: SwapRun) -> nn.Module:
@@ -547,6 +552,12 @@ class _SparseSwap(Accelerator):
             "lean_model_note": run.lean_note or None,
             "sparse_layer_choices": json.dumps(compact, separators=(",", ":")),
         }
+
+
+#: the row fields of a prepare that, with the per-layer choices, determine what the module computes
+NUMERICS_FIELDS = ("sparse_fell_back_to_dense", "sparse_whole_model_choice", "sparse_fused_gelu_layers",
+                   "fused_encoder_layers", "fused_qkv_formats", "attention_precision", "sparse_dense_format",
+                   "quant_engine")
 
 
 class SparseCPU(_SparseSwap):

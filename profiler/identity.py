@@ -5,7 +5,8 @@ reports/ (which never imports torch) computes the same ids as the profiler.
 - ``recipe_id``: the cell without its target axes (threads, kernel variant): the same recipe run
   on another machine, thread count or ISA variant; ``compare`` joins on it.
 - ``model_id``: what determines the prepared model's predictions (task, pruner, accelerator,
-  kernel variant); cells with equal ``model_id`` share one accuracy pass.
+  kernel variant); cells with equal ``model_id`` share one accuracy pass, unless the accelerator
+  reports a ``numerics_key`` (choices timed at the cell's shape) that differs between them.
 """
 from __future__ import annotations
 

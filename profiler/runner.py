@@ -194,14 +194,20 @@ def base_row(c: Cell, task: Task | None, hardware_id: str | None) -> Result:
     )
 
 
+def accuracy_key(model_id: str, numerics: str | None) -> str:
+    """Key of one accuracy pass: the cell's ``model_id`` and, for an accelerator whose prepared module
+    depends on the cell's shape or threads (choices timed at prepare), the ``numerics_key`` it reported."""
+    return f"{model_id}/{numerics}" if numerics else model_id
+
+
 def known_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``model_id`` → ``accuracy`` and the metric fields (``metric_<name>``, ``collapsed``,
+    """:func:`accuracy_key` → ``accuracy`` and the metric fields (``metric_<name>``, ``collapsed``,
     ``collapse_reason``) of the first ok row with an accuracy: what a resumed run reuses instead
     of evaluating the same model again."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.get("status") == "ok" and r.get("accuracy") is not None:
-            mid = r.get("model_id") or ids_of_row(r)["model_id"]
+            mid = accuracy_key(r.get("model_id") or ids_of_row(r)["model_id"], r.get("numerics_key"))
             out.setdefault(mid, {"accuracy": r["accuracy"], **{
                 k: v for k, v in r.items()
                 if (k.startswith("metric_") and k != "metric_name") or k in ("collapsed", "collapse_reason")}})
@@ -448,17 +454,18 @@ class Runner:
             return None
 
     def _finish_cell(self, c: Cell, task: Task, row: Result, module: nn.Module) -> None:
-        """Accuracy (one pass per model_id), then the row is appended."""
+        """Accuracy (one pass per :func:`accuracy_key`), then the row is appended."""
         try:
-            if c.model_id not in self._accuracy:
+            key = accuracy_key(c.model_id, row.extra.get("numerics_key"))
+            if key not in self._accuracy:
                 counter = PredictionCounter(module)
                 with torch.inference_mode():
                     metrics = task.evaluate_metrics(counter, self.cfg.measure.eval_batch_size)
-                self._accuracy[c.model_id] = metrics[task.metric_name]
-                self._metrics[c.model_id] = {f"metric_{k}": v for k, v in metrics.items()}
-                self._metrics[c.model_id].update(counter.collapse_fields(task, metrics[task.metric_name]))
-            row.accuracy = self._accuracy[c.model_id]
-            row.extra.update(self._metrics.get(c.model_id, {}))
+                self._accuracy[key] = metrics[task.metric_name]
+                self._metrics[key] = {f"metric_{k}": v for k, v in metrics.items()}
+                self._metrics[key].update(counter.collapse_fields(task, metrics[task.metric_name]))
+            row.accuracy = self._accuracy[key]
+            row.extra.update(self._metrics.get(key, {}))
             self._record(row, "ok", row.extra.get("collapse_reason"))
         except Exception as exc:
             self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")

@@ -7,7 +7,7 @@ from profiler.cli import main
 from profiler.config import expand, parse_config
 from profiler.identity import ids_of_row
 from profiler.results import read_results
-from profiler.runner import Runner
+from profiler.runner import Runner, accuracy_key
 from reports.report import write_report
 from tests.conftest import tiny_config
 
@@ -89,7 +89,7 @@ def test_resume_reuses_accuracy_of_rows_without_ids(finished_run, tmp_path):
     runner = Runner(cfg, resumed)
     runner.run()
     for r in rows[:5]:
-        assert runner._accuracy[r["model_id"]] == r["accuracy"]
+        assert runner._accuracy[accuracy_key(r["model_id"], r.get("numerics_key"))] == r["accuracy"]
     new = read_results(resumed / "results.jsonl").rows[5:]
     assert len(new) == len(rows) - 5 and all(r["recipe_id"] and r["model_id"] for r in new)
 

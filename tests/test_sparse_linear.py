@@ -280,3 +280,23 @@ def test_prepare_names_a_timing_batch_without_input_ids(example):
     for acc in (SparseCPU(), SparseInt8()):
         with pytest.raises(ValueError, match="'input_ids' tensor of shape \\(batch, seq_len\\)"):
             acc.prepare(model, example, PrepareSettings(threads=1))
+
+
+def test_cells_of_one_model_whose_prepares_chose_differently_get_their_own_accuracy_pass():
+    """The per-layer choices are timed at the cell's shape and threads: a numerics_key tells prepares
+    that compute differently apart, and the runner keys accuracy by it (resume included)."""
+    from profiler.runner import accuracy_key, known_metrics
+
+    model, ex = tiny_bert(0.9), tiny_inputs()
+    kw = dict(format="csr", repeats=2, min_time_s=0.0005, check_model=False)
+    sparse = SparseCPU(min_speedup=1.0, calibrate=False, **kw).prepare(model, ex, PrepareSettings(threads=1)).fields
+    dense = SparseCPU(calibrate=False, min_sparsity=0.95, **kw).prepare(model, ex, PrepareSettings(threads=1)).fields
+    assert sparse["sparse_layers"] > 0 and dense["sparse_layers"] == 0
+    assert len(sparse["numerics_key"]) == 12 and sparse["numerics_key"] != dense["numerics_key"]
+    again = SparseCPU(min_speedup=1.0, calibrate=False, **kw).prepare(model, ex, PrepareSettings(threads=1)).fields
+    assert again["numerics_key"] == sparse["numerics_key"]  # the same choices: one pass shared
+    rows = [{"status": "ok", "model_id": "m", "accuracy": a, "numerics_key": k}
+            for a, k in ((0.9, sparse["numerics_key"]), (0.8, dense["numerics_key"]), (0.7, None))]
+    known = known_metrics(rows)
+    assert known[accuracy_key("m", sparse["numerics_key"])]["accuracy"] == 0.9
+    assert known[accuracy_key("m", dense["numerics_key"])]["accuracy"] == 0.8 and known["m"]["accuracy"] == 0.7

@@ -335,7 +335,7 @@ class RayExecutor:
             spec = ray_node.UnitSpec(
                 config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=self._idle(tr),
                 stamp={"target": tr.name, "executor": "ray", "label_selector": tr.target.selector},
-                known_metrics={c.model_id: known[c.model_id] for c in cells if c.model_id in known})
+                known_metrics={k: v for k, v in known.items() if k.split("/")[0] in {c.model_id for c in cells}})
             t = tr.target
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)

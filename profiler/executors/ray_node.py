@@ -90,7 +90,7 @@ class UnitSpec:
     that it fetches them to the node before the unit starts). ``config``: the raw validated
     config; ``cell_ids``: the unit's cells in order; ``stamp``: fields every row gets (target,
     executor); ``idle``: the target's idle power (``IdlePower.to_dict()``) or None;
-    ``known_metrics``: ``model_id`` → accuracy and metric fields already measured on this target
+    ``known_metrics``: :func:`profiler.runner.accuracy_key` → accuracy and metric fields already measured on this target
     (rows of an earlier, resumed attempt)."""
 
     config: dict[str, Any]

@@ -406,7 +406,7 @@ class Runner:
         return model, report
 
     def reuse_metrics(self, known: dict[str, dict[str, Any]]) -> None:
-        """Take accuracy and metric fields already measured (``model_id`` → fields, as
+        """Take accuracy and metric fields already measured (:func:`accuracy_key` → fields, as
         :func:`known_metrics` gives them) instead of measuring them again."""
         for mid, fields in known.items():
             self._accuracy.setdefault(mid, fields["accuracy"])

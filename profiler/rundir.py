@@ -51,8 +51,9 @@ def check_resumable(run_dir: Path) -> None:
     of a multi-target run. Changes nothing in it."""
     from profiler.errors import ConfigError
 
-    root = Path(run_dir).resolve().parent.parent
-    if Path(run_dir).resolve().parent.name == TARGETS_DIR and (root / "manifest.json").is_file():
+    parent = Path(run_dir).resolve().parent
+    root = parent.parent
+    if parent.name == TARGETS_DIR and (root / "manifest.json").is_file():
         raise ConfigError(f"RUN_DIR: {run_dir} is one target's folder of the multi-target run {root}; resume that "
                           f"run: sparsebench run --resume {root} (it picks up every target)")
     check_writable(run_dir, "RUN_DIR")

@@ -327,15 +327,16 @@ class RayExecutor:
             self._record_cells(tr, tr.todo, "skipped", f"meter {self.cfg.meter.name!r} unavailable on target "
                                                        f"{tr.name}: {tr.probe['meter_why']}")
             return
-        known = known_metrics(read_results(tr.dir / RESULTS).rows)
+        known = known_metrics(read_results(tr.dir / RESULTS).rows)  # the node takes what its cells' keys match
+        idle = self._idle(tr)
         for cells in plan_units([c for c in tr.todo if c.cell_id not in tr.done], self.cfg.measure.schedule):
             refs = self._unit_payloads(cells)
             if refs is None:
                 continue
             spec = ray_node.UnitSpec(
-                config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=self._idle(tr),
+                config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=idle,
                 stamp={"target": tr.name, "executor": "ray", "label_selector": tr.target.selector},
-                known_metrics={k: v for k, v in known.items() if k.split("/")[0] in {c.model_id for c in cells}})
+                known_metrics=known)
             t = tr.target
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)

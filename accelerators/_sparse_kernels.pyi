@@ -20,7 +20,7 @@ _Variant = str | None
 # rows, for few tokens) or "auto"/None (tokens when there are >= 64 per thread).
 _Split = Literal["auto", "rows", "tokens"] | None
 # Applied to the output before the residual: None/"none", or "gelu" (the erf form; libm erff in the
-# scalar and avx2 variants, a piecewise cubic of Phi within 2e-6 absolute in the AVX-512 ones).
+# scalar variant, a piecewise cubic of Phi within 2e-6 absolute in the avx2 and AVX-512 ones).
 _Activation = Literal["none", "gelu"] | None
 
 @final

@@ -383,6 +383,9 @@ class Runner:
         data = pruner.data_fingerprint()
         if data:
             what["pruner_data"] = data
+        resolved = pruner.resolved_settings()
+        if resolved:
+            what["pruner_resolved"] = resolved
         key = stable_hash(what)
         path = self.cache_dir / "pruned" / f"{task.name}-{spec.name}-{key}"
         cached = load_cached(

@@ -164,6 +164,12 @@ class Pruner:
         cache. Default: none."""
         return {}
 
+    def resolved_settings(self) -> dict[str, str]:
+        """Settings the pruner resolves from the machine it runs on (``precision = "auto"`` → bf16 or
+        fp32): part of the pruned model's cache key when not empty, so a model trained one way is not
+        served from a shared cache to a machine where the same config trains another. Default: none."""
+        return {}
+
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
         """Prune ``model`` in place (its targeted weights end as exact zeros, plain tensors: no
         masks or hooks left) and return what it achieved. ``task`` (:class:`profiler.tasks.base.Task`)

@@ -85,9 +85,15 @@ def check_teacher_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task_loss: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
     """``α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·task_loss``: Hinton et al. 2015, "Distilling the
     knowledge in a neural network", sec. 2 (the T² keeps the soft term's gradient scale as T changes).
+    A regression head (``num_labels = 1``, e.g. STS-B) has no distribution to soften — the KL of two
+    one-way softmaxes is 0 — so its soft term is the mean squared error to the teacher's prediction,
+    ``α·MSE(s, t) + (1−α)·task_loss`` (no temperature), as TinyBERT's code distils regression tasks
+    (Jiao et al. 2020).
 
     student_logits, teacher_logits: (batch, num_labels), any float dtype; task_loss: a scalar.
-    Returns a scalar (KL averaged over the batch)."""
+    Returns a scalar (KL or MSE averaged over the batch)."""
+    if student_logits.shape[-1] == 1:
+        return alpha * F.mse_loss(student_logits.float(), teacher_logits.float()) + (1.0 - alpha) * task_loss
     T = float(temperature)
     kl = F.kl_div(F.log_softmax(student_logits / T, dim=-1), F.log_softmax(teacher_logits / T, dim=-1), reduction="batchmean", log_target=True)
     return alpha * T * T * kl + (1.0 - alpha) * task_loss
@@ -198,7 +204,7 @@ def weights_key(model: nn.Module, data: Sequence[Sequence[int]]) -> str:
     for name, t in model.state_dict().items():
         t = t.detach().contiguous().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim buffers too
     for ids in data:
         h.update(len(ids).to_bytes(4, "little"))
         h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())

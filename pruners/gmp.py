@@ -260,6 +260,10 @@ class TrainingPruner(Pruner):
         """``distill_text`` while ``distill_text_share`` > 0 (read through the task's ``unlabeled_texts``)."""
         return tuple(self.distill_text) if self.distill_text_share else ()
 
+    def resolved_settings(self) -> dict[str, str]:
+        """The training precision ``precision`` resolves to on this CPU."""
+        return {"precision": resolve_precision(self.precision)}
+
     def data_fingerprint(self) -> dict[str, str]:
         """The sha256 of each ``.txt`` file of ``distill_text``."""
         digests = {src: text_source_digest(src) for src in self.distill_text} if self.distill_text_share else {}
@@ -367,6 +371,8 @@ class TrainingPruner(Pruner):
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay)) if self.ema_decay else None
         recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress, average)
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
+            score.before_update(gradient)  # OBS's Fisher, also when no pruning step fell inside the steps
+            opt.zero_grad(set_to_none=True)
             score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
         averaged = self._use_average(model, masks, average, task) if average is not None else None
         masks.squash()

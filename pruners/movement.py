@@ -145,6 +145,10 @@ class MovementPruner(TrainingPruner):
         self._last_soft: tuple[dict, dict] | None = None  # scores and keep-masks of the last soft selection
 
     def _check_soft(self, final_lambda: float | None, final_threshold: float | None) -> None:
+        if self.variant == "soft" and self.sparsity > 1.0 - MIN_KEEP:
+            raise ValueError(f"variant 'soft' keeps at least {MIN_KEEP:.1%} of every matrix (one global threshold, "
+                             f"Sanh et al.'s per-layer floor), so sparsity must be <= {1.0 - MIN_KEEP:g}; got "
+                             f"{self.sparsity!r} (variant 'hard' has no such floor)")
         if final_lambda is not None:
             final_lambda = _num("final_lambda", final_lambda, 0.0, 1e9)
         if self.variant == "hard" and final_lambda:
@@ -165,7 +169,8 @@ class MovementPruner(TrainingPruner):
     # ---- hooks of the training loop ------------------------------------------------------------
     def init_student(self, model: nn.Module, task: Any) -> None:
         if self.init == "pretrained":
-            model.load_state_dict(task.base_model().state_dict())
+            with torch.random.fork_rng(devices=[]):  # base_model() seeds torch: keep the pruner's seed for dropout
+                model.load_state_dict(task.base_model().state_dict())
 
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
         self.sparsity_before_final_adjustment, self._last_soft = None, None

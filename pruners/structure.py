@@ -54,9 +54,9 @@ class Structure:
     def check_sparsity(self, sparsity: float) -> None:
         """ValueError if ``sparsity`` is not reachable with this structure (N:M fixes it)."""
         fixed = self.fixed_sparsity
-        if fixed is not None and abs(sparsity - fixed) > 1e-9:
-            raise ValueError(f"sparsity must equal 1 - N/M = {fixed:g} for structure {self.spec!r}, got {sparsity!r}; "
-                             f"set sparsity = {fixed:g} (sparsity has a default when not set)")
+        if fixed is not None and abs(sparsity - fixed) > 1e-6:  # 0.666667 stands for 2:3's 1 − 2/3
+            raise ValueError(f"sparsity must equal 1 - N/M = {fixed:.6g} for structure {self.spec!r}, got {sparsity!r}; "
+                             f"set sparsity = {fixed:.6g} (the pruner's default sparsity is not 1 - N/M)")
 
     def check_shape(self, name: str, shape: torch.Size) -> None:
         """ValueError when weight ``shape`` (out, in) of layer ``name`` does not tile into the blocks

@@ -97,7 +97,8 @@ def cyclic_linear_factor(restarts: Sequence[int], total_steps: int, warmup_steps
     restart (or at ``total_steps`` for the last cycle): a cycle from a to b gives
     1 − (1 − floor)·(s − a)/(b − a) at step s. The ``cyclic_linear`` schedule of the oBERT recipes (Kurtic
     et al. 2022: one cycle per pruning interval, 8e-5 → 8e-6), after learning-rate rewinding (Renda
-    et al. 2020). A linear warm-up over the first ``warmup_steps`` multiplies the first cycle.
+    et al. 2020). A linear warm-up over the first ``warmup_steps`` multiplies every step below
+    ``warmup_steps``, in whichever cycles those steps fall.
 
     Args:
         restarts: optimizer steps (0-based) where a cycle starts; any order, out-of-range ones ignored.
@@ -145,7 +146,10 @@ class StepClock:
 def index_batches(n: int, lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless shuffled batches of example indices in ``range(n)``, length-bucketed: each chunk of
     50 batches is sorted by ``lengths`` before being cut, so padding stays small; batches are then
-    shuffled. Deterministic for a given seed."""
+    shuffled. Deterministic for a given seed. ValueError for ``n < 1`` (an empty epoch would never
+    yield)."""
+    if n < 1:
+        raise ValueError(f"index_batches needs at least one example, got n = {n!r}")
     rng = random.Random(seed)
     while True:
         order = list(range(n))

@@ -198,3 +198,12 @@ def test_range_arguments_are_validated():
         sk.spmm_int8(m1, x, out, b[:132], out_amax=b[124:132])
     with pytest.raises(TypeError):
         sk.ffn_int8(m1, m2, x, np.empty((8, 40), np.float32), out_amax=np.empty(8, np.float64))
+    with pytest.raises(ValueError, match="out_scale must not overlap"):  # out_scale over the bias, read while written
+        b = np.zeros(132 + 8, np.float32)
+        sk.spmm_int8(m1, x, q, b[:132], out_scale=b[124:132])
+    with pytest.raises(ValueError, match="out_scale must not overlap"):  # over the residual
+        r = np.zeros((8, 132), np.float32)
+        sk.spmm_int8(m1, x, q, residual=r, out_scale=r.reshape(-1)[:8])
+    with pytest.raises(ValueError, match="x_scale must not overlap out"):  # read by later blocks, written by earlier ones
+        o = np.empty((8, 40), np.float32)
+        sk.spmm_int8(m2, np.zeros((8, 132), np.int8), o, x_scale=o.reshape(-1)[:8])

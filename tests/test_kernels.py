@@ -158,6 +158,34 @@ def test_panel_default_rule():
     assert pack(W, 1, panel=0).nbytes == 513 * 8 + nnz * 8  # indptr, indices, values
     assert pack(W, 1, panel=128).nbytes > 513 * 8 + nnz * 16  # plus the panel copy and its segments
 
+    # very wide rows: the default skips a width that would need more panels than compute_panels accepts
+    n_in, nnz = 4096 * 128 + 1000, 40_000
+    ix = np.sort(np.random.default_rng(2).choice(n_in, nnz, replace=False)).astype(np.int32)
+    assert sk.pack_csr(np.array([0, nnz]), ix, np.ones(nnz, np.float32), (1, n_in)).panel == 256
+    with pytest.raises(ValueError, match="more than 4096 panels"):
+        sk.pack_csr(np.array([0, nnz]), ix, np.ones(nnz, np.float32), (1, n_in), panel=128)
+
+
+def test_integers_and_floats_beyond_their_c_types_are_value_errors():
+    """An int too large for its C type raises ValueError (not OverflowError); a double that is
+    infinite as float32 is refused where the kernels take a float."""
+    m = pack(np.ones((4, 8), np.float32), 1)
+    x, out = np.ones((2, 8), np.float32), np.empty((2, 4), np.float32)
+    for kw in (dict(threads=2**40), dict(tile=2**40), dict(token_block=2**70)):
+        with pytest.raises(ValueError):
+            sk.spmm(m, x, out, **kw)
+    with pytest.raises(ValueError):
+        sk.pack_csr(np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.float32), (2**70, 1))
+    with pytest.raises(ValueError):
+        sk.pack_csr(np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.float32), (1, 8), panel=2**70)
+    with pytest.raises(ValueError, match="ln_eps must be finite as a float32"):
+        sk.spmm(m, x, out, ln_weight=np.ones(4, np.float32), ln_eps=1e39)
+    qkv, att = np.ones((1, 3, 3 * 8), np.float32), np.empty((1, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="scale must be finite as a float32"):
+        sk.attention(qkv, att, 2, scale=1e39)
+    with pytest.raises(ValueError):
+        sk.attention(qkv, att, 2**40)
+
 
 def test_zero_sizes():
     for variant in VARIANTS:
@@ -338,7 +366,7 @@ def test_spmm_validation():
         sk.spmm(m3, buf, buf)  # out aliases x
     with pytest.raises(ValueError, match="ln_weight and ln_bias must not overlap out"):
         sk.spmm(m, X, out, ln_weight=out[1])  # LayerNorm's gamma inside the rows it rewrites
-    with pytest.raises(ValueError, match=r"ln_eps must be finite and >= 0, got -1$"):
+    with pytest.raises(ValueError, match=r"ln_eps must be finite as a float32 and >= 0, got -1$"):
         sk.spmm(m, X, out, ln_weight=np.ones(2, np.float32), ln_eps=-1.0)
     # still usable after all those errors
     sk.spmm(m, X, out, b)

@@ -92,11 +92,26 @@ def test_soft_penalty_and_threshold_schedules_golden_values():
         (dict(final_threshold=0.0), "final_threshold"),
         (dict(final_lambda=-1.0), "final_lambda"),
         (dict(score_lr=0.0), "score_lr"),
+        (dict(variant="soft", sparsity=0.998), "sparsity must be <= 0.995"),
     ],
 )
 def test_movement_validation_names_the_param(kw, match):
     with pytest.raises(ValueError, match=match):
         MovementPruner(**kw)
+    MovementPruner(variant="hard", sparsity=0.998)  # no per-layer floor there
+
+
+def test_pretrained_init_keeps_the_pruners_seed_for_dropout():
+    """init = "pretrained" rebuilds the base model, which seeds torch: not the dropout stream after it."""
+    task = TinySynthetic(finetune_steps=0, n_train=32, hidden_size=32, intermediate_size=64)
+    draws = []
+    for seed in (0, 1):
+        p = MovementPruner(init="pretrained", seed=seed, steps=10, sparsity=0.5)
+        model = task.base_model()
+        torch.manual_seed(p.seed)  # as TrainingPruner.prune does before init_student
+        p.init_student(model, task)
+        draws.append(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1])
 
 
 @pytest.fixture(scope="module")

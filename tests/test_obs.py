@@ -332,3 +332,14 @@ def test_registered_with_its_config():
         parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "obs", "structure": "1x4", "block_size": 50}]))
     with pytest.raises(ConfigError, match=r"pruners\[0\]\.damp"):
         parse_config(tiny_config(pruners=[{"name": "obs", "damp": 0.0}]))
+
+
+@pytest.mark.parametrize("kw", [dict(steps=1, end_frac=1.0), dict(steps=4, end_frac=1.0, update_every=4)])
+def test_gradual_obs_whose_only_pruning_step_follows_the_last_training_step(tiny, kw):
+    """end_frac = 1 with no pruning step inside the steps: the final step builds its own Fisher."""
+    task, dense = tiny
+    p = OBSPruner(sparsity=0.5, num_grads=4, block_size=8, batch_size=4, grad_batch_size=4, distill=False,
+                  precision="fp32", **kw)
+    report = p.prune(copy.deepcopy(dense), task)
+    assert report.sparsity_prunable == pytest.approx(0.5, abs=1e-3)
+    assert report.notes["fisher_passes"] == 1

@@ -33,6 +33,15 @@ def test_n_m_intermediate_and_validation():
         st.masks({"x": torch.rand(4, 6)}, 0.5)
 
 
+def test_n_m_sparsity_as_the_error_prints_it_is_accepted():
+    st = parse_structure("2:3")
+    with pytest.raises(ValueError, match=r"set sparsity = 0\.333333") as e:
+        st.check_sparsity(0.5)
+    st.check_sparsity(float(str(e.value).split("set sparsity = ")[1].split()[0]))  # what the user copies
+    with pytest.raises(ValueError, match="1 - N/M"):
+        st.check_sparsity(0.3334)
+
+
 @pytest.mark.parametrize("spec, r, c", [("1x4", 1, 4), ("4x1", 4, 1)])
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_block_masks_exact(spec, r, c, scope):

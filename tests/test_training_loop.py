@@ -37,6 +37,27 @@ def test_precision_auto_follows_cpu_flags(monkeypatch):
         training.check_precision("fp16")
 
 
+def test_pruned_cache_key_holds_the_precision_auto_resolves_to(monkeypatch, tmp_path):
+    """A model trained in bf16 is not served from a shared cache to a CPU where "auto" trains in fp32."""
+    from profiler.config import parse_config
+    from profiler.plugins import TASKS
+    from profiler.runner import Runner
+    from tests.conftest import tiny_config
+
+    cfg = parse_config(tiny_config(pruners=[{"name": "gmp", "sparsity": 0.5, "steps": 2, "batch_size": 8}]))
+    spec = cfg.tasks[0]
+    task = TASKS.build(spec.name, spec.params, spec.key)
+    runner = Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache")
+    dense = task.load_finetuned(runner.cache_dir)
+    precisions = []
+    for flags in ({"avx512f", "avx512_bf16"}, {"avx512f", "avx2"}, {"avx512f", "avx512_bf16"}):
+        monkeypatch.setattr(accel_base, "cpu_flags", lambda flags=flags: flags)
+        _, report = runner.pruned(task, dense, cfg.pruners[0])
+        precisions.append(report.notes["training_speed"]["precision"])
+    assert precisions == ["bf16", "fp32", "bf16"]  # the third from the cache: the first one's entry
+    assert len(list((tmp_path / "cache" / "pruned").iterdir())) == 2
+
+
 def test_bf16_accelerator_row_says_whether_bf16_is_native(monkeypatch, tiny):
     from accelerators.base import PrepareSettings
     from accelerators.bf16 import BF16
@@ -109,6 +130,11 @@ def test_cyclic_lr_schedule_drives_the_optimizer(tiny, monkeypatch):
     assert seen[0] == seen[4] == seen[8] == pytest.approx(1e-3) and seen[3] == pytest.approx(1e-3 * (1 - 0.9 * 3 / 4))
 
 
+def test_index_batches_refuse_an_empty_epoch():
+    with pytest.raises(ValueError, match="at least one example"):
+        next(training.index_batches(0, [], 4, seed=0))
+
+
 def test_index_batches_cover_every_example_once_per_epoch_and_are_deterministic():
     lengths = [(i * 7) % 13 for i in range(100)]
     a, b = training.index_batches(100, lengths, 8, 3), training.index_batches(100, lengths, 8, 3)
@@ -164,6 +190,27 @@ def test_teacher_cache_key_changes_with_weights_and_data(tiny):
     assert weights_key(dense, ids) == weights_key(copy.deepcopy(dense), ids)
     assert weights_key(dense, ids) != weights_key(other, ids)
     assert weights_key(dense, ids) != weights_key(dense, ids[:-1])
+
+
+def test_teacher_cache_key_takes_zero_dim_buffers():
+    model = torch.nn.BatchNorm1d(3)  # num_batches_tracked: a 0-dim int64 buffer
+    other = copy.deepcopy(model)
+    other.num_batches_tracked += 1
+    assert weights_key(model, [[1, 2]]) != weights_key(other, [[1, 2]])
+
+
+def test_distillation_of_a_regression_head_is_the_mse_to_the_teachers_prediction():
+    """One output (STS-B): the KL of one-way softmaxes would be 0; the soft term is the MSE instead."""
+    from pruners.distill import distill_loss
+
+    s, t, task_loss = torch.tensor([[0.5], [2.0]]), torch.tensor([[1.5], [2.0]]), torch.tensor(3.0)
+    torch.testing.assert_close(distill_loss(s, t, task_loss, 2.0, 0.9), torch.tensor(0.9 * 0.5 + 0.1 * 3.0))
+    torch.testing.assert_close(distill_loss(s, t, task_loss, 2.0, 1.0), torch.tensor(0.5))
+    # more than one label: the tempered KL, unchanged
+    s2, t2 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s2 / 2, -1), torch.log_softmax(t2 / 2, -1),
+                                    reduction="batchmean", log_target=True)
+    torch.testing.assert_close(distill_loss(s2, t2, task_loss, 2.0, 0.9), 0.9 * 4 * kl + 0.1 * 3.0)
 
 
 @pytest.mark.skipif(not training.bf16_native(), reason="CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be emulated)")

@@ -28,8 +28,8 @@ int sk_attention_params(int heads, int64_t H, int64_t S, int int8, double scale,
                      SK_ATTN8_MAX_S, (long long)S);
         return -1;
     }
-    if (!isfinite(scale)) {
-        PyErr_SetString(PyExc_ValueError, "scale must be finite (or omitted for 1/sqrt(head_dim))");
+    if (!isfinite(scale) || !isfinite((float)scale)) { /* the kernels take it as a float */
+        PyErr_SetString(PyExc_ValueError, "scale must be finite as a float32 (or omitted for 1/sqrt(head_dim))");
         return -1;
     }
     *dh = H / heads;
@@ -101,8 +101,10 @@ PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw)
     double scale = -1.0;
     attn_call a = {.heads = 0};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|dOiOs:attention", kwlist, &o_qkv, &o_out, &a.heads, &scale,
-                                     &o_kb, &threads, &o_var, &precision))
+                                     &o_kb, &threads, &o_var, &precision)) {
+        sk_parse_failed();
         return NULL;
+    }
     if (strcmp(precision, "fp32") != 0 && strcmp(precision, "int8") != 0) {
         PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'int8', got '%s'", precision);
         return NULL;
@@ -131,7 +133,7 @@ const char sk_doc_attention[] =
     "(batch, seq, hidden), heads side by side, not overlapping the inputs. key_bias: None or float32\n"
     "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding); a query\n"
     "whose keys are all masked gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
-    "the AVX-512 variants and libm expf elsewhere (AVX2 uses the portable code). One (batch, head)\n"
+    "the avx2 and AVX-512 variants and libm expf in the scalar one. One (batch, head)\n"
     "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"
     "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel, the\n"
     "softmax numerators as uint8 rint(255 e), normalised by their integer sum (seq <= 65536); a\n"

@@ -161,6 +161,28 @@ int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i)
     return kind == 'i' ? (int64_t)((const int32_t *)v->buf)[i] : ((const int64_t *)v->buf)[i];
 }
 
+int sk_parse_failed(void)
+{
+    /* the module's rule is ValueError for a bad value: an int argument too large for its C type is one */
+    if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *msg = value ? PyObject_Str(value) : NULL;
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (msg) {
+            PyErr_SetObject(PyExc_ValueError, msg);
+            Py_DECREF(msg);
+        } else {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "an integer argument is out of range");
+        }
+    }
+    return -1;
+}
+
 int sk_check_threads(int threads)
 {
     if (threads < 1 || threads > 1024) {

@@ -34,9 +34,9 @@ static int get_layer_norm(sk_spmm_call *c, PyObject *ow, PyObject *ob, double ep
         }
         return 0;
     }
-    if (!(eps >= 0.0) || !isfinite(eps)) {
+    if (!(eps >= 0.0) || !isfinite((float)eps)) { /* the kernels take it as a float */
         char msg[96]; /* PyErr_Format has no %g */
-        snprintf(msg, sizeof msg, "ln_eps must be finite and >= 0, got %g", eps);
+        snprintf(msg, sizeof msg, "ln_eps must be finite as a float32 and >= 0, got %g", eps);
         PyErr_SetString(PyExc_ValueError, msg);
         return -1;
     }

@@ -19,7 +19,7 @@ static int parse_shape(PyObject *shape, int64_t *n_out, int64_t *n_in)
     if (!t) return -1;
     int ok = PyArg_ParseTuple(t, "LL;shape must be a pair of ints (n_out, n_in)", &a, &b);
     Py_DECREF(t);
-    if (!ok) return -1;
+    if (!ok) return sk_parse_failed();
     if (a < 0 || b < 0) {
         PyErr_SetString(PyExc_ValueError, "shape entries must be >= 0");
         return -1;
@@ -304,14 +304,15 @@ static int compute_panels(SKMatrix *m, int64_t panel)
 /* Default panel width for CSR: the narrower of 128 / 256 input columns that gives >= 8 non-zeros
  * per row and panel on average (a 64-token slice of the packed activations for 128 columns is
  * 32 KiB and stays in L1); none when neither does (fewer non-zeros per segment than the segment
- * overhead repays), when there would be fewer than 2 panels, and for blocks (a 4x1 block already
+ * overhead repays), when there would be fewer than 2 or more than 4096 panels, and for blocks (a 4x1 block already
  * reuses each activation load 4 times). */
 static int64_t auto_panel(const SKMatrix *m)
 {
     if (m->bh != 1 || m->nbr == 0) return 0;
     for (int64_t P = 128; P <= 256; P *= 2) {
         const double per_seg = (double)m->nnzb / (double)m->nbr * (double)P / (double)m->n_in;
-        if (m->n_in >= 2 * P && per_seg >= 8.0) return P;
+        /* compute_panels refuses more than 4096 panels: very wide rows get none */
+        if (m->n_in >= 2 * P && (m->n_in + P - 1) / P <= 4096 && per_seg >= 8.0) return P;
     }
     return 0;
 }
@@ -376,7 +377,10 @@ PyObject *sk_py_pack_csr(PyObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"indptr", "indices", "values", "shape", "panel", NULL};
     PyObject *a, *b, *c, *s;
     long long panel = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|L:pack_csr", kwlist, &a, &b, &c, &s, &panel)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|L:pack_csr", kwlist, &a, &b, &c, &s, &panel)) {
+        sk_parse_failed();
+        return NULL;
+    }
     return pack_fp32(a, b, c, s, 1, panel);
 }
 
@@ -387,7 +391,10 @@ PyObject *sk_py_pack_bsr(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *a, *b, *c, *s;
     int bh = 4;
     long long panel = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|iL:pack_bsr", kwlist, &a, &b, &c, &s, &bh, &panel)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|iL:pack_bsr", kwlist, &a, &b, &c, &s, &bh, &panel)) {
+        sk_parse_failed();
+        return NULL;
+    }
     return pack_fp32(a, b, c, s, bh, panel);
 }
 
@@ -462,8 +469,10 @@ PyObject *sk_py_pack_int8(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *o_ptr, *o_idx, *o_val, *o_sc, *o_shape;
     int bh = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|i:pack_int8", kwlist, &o_ptr, &o_idx, &o_val, &o_sc,
-                                     &o_shape, &bh))
+                                     &o_shape, &bh)) {
+        sk_parse_failed();
         return NULL;
+    }
     int64_t n_out, n_in;
     if (parse_shape(o_shape, &n_out, &n_in) < 0) return NULL;
     if (n_in > 4 * SK_INT8_MAX_ROW_QUADS) {

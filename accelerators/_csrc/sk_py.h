@@ -55,6 +55,8 @@ int sk_overlaps_args(const Py_buffer *v, const sk_args *a);
 char sk_buffer_kind(const Py_buffer *v);                /* one of the kinds above, or '?' */
 int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i);
 int sk_check_threads(int threads); /* [1, 1024], else -1 with ValueError */
+/* after a failed PyArg_Parse*: OverflowError (an int beyond C's range) re-raised as ValueError; returns -1 */
+int sk_parse_failed(void);
 
 /* inside a parallel region: this thread's number and the team's size (0 and 1 without OpenMP) */
 static inline int sk_thread_num(void)

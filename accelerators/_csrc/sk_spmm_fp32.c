@@ -135,8 +135,10 @@ PyObject *sk_py_spmm(PyObject *self, PyObject *args, PyObject *kw)
     sk_spmm_opts o = SK_SPMM_OPTS_INIT;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOOOOOd:spmm", kwlist, &o.mat, &o.x, &o.out, &o.bias,
                                      &o.threads, &o.variant, &o.tile, &o.token_block, &o.split, &o.activation,
-                                     &o.residual, &o.ln_weight, &o.ln_bias, &o.ln_eps))
+                                     &o.residual, &o.ln_weight, &o.ln_bias, &o.ln_eps)) {
+        sk_parse_failed();
         return NULL;
+    }
     sk_spmm_call c;
     const int rc = sk_spmm_acquire(&c, &o, DT_FP32, "mat: spmm needs an fp32 SparseMatrix; use spmm_int8 for int8",
                                    'f', 'f') < 0 ? -1 : spmm_fp32_run(&c, &o);
@@ -154,7 +156,7 @@ const char sk_doc_spmm[] =
     "variant: None (module default) or a name from supported_variants(). tile / token_block:\n"
     "tuning knobs (tokens per register tile, power of two 16..256; tokens per packed block), 0 = auto.\n"
     "activation: None/'none', or 'gelu' = exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) applied to the\n"
-    "output (libm erff in the scalar and avx2 variants; in the AVX-512 variants Phi(x) is a piecewise\n"
+    "output (libm erff in the scalar variant; in the avx2 and AVX-512 variants Phi(x) is a piecewise\n"
     "cubic and the result within 2e-6 absolute of the exact form).\n"
     "residual: None, or float32 C-contiguous (tokens, n_out) not overlapping out, added after the\n"
     "activation in the same output pass: out = act(x @ W.T + bias) + residual (BERT's skip connection).\n"

@@ -171,7 +171,8 @@ static void run_int8(const int8_job *J)
     }
 }
 
-/* x_scale / out_scale: float32 (tokens,), out_scale writable and apart from out, x, x_scale */
+/* x_scale / out_scale: float32 (tokens,); x_scale apart from out (written block by block while later
+ * blocks still read their scales); out_scale writable and apart from every other buffer of the call */
 static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs, Py_buffer **vos)
 {
     if (sk_arg_opt(&c->bufs, q->x_scale, "x_scale", 'f', 1, 0, vxs) < 0 ||
@@ -179,8 +180,12 @@ static int get_token_scales(sk_spmm_call *c, const int8_opts *q, Py_buffer **vxs
         sk_arg_opt(&c->bufs, q->out_scale, "out_scale", 'f', 1, 1, vos) < 0 ||
         (*vos && sk_check_shape(*vos, "out_scale", 1, &c->T, "tokens") < 0))
         return -1;
-    if (*vos && (sk_overlap(*vos, c->out) || sk_overlap(*vos, c->x) || (*vxs && sk_overlap(*vos, *vxs)))) {
-        PyErr_SetString(PyExc_ValueError, "out_scale must not overlap out, x or x_scale");
+    if (*vos && sk_overlaps_args(*vos, &c->bufs)) {
+        PyErr_SetString(PyExc_ValueError, "out_scale must not overlap any other buffer of the call");
+        return -1;
+    }
+    if (*vxs && sk_overlap(*vxs, c->out)) {
+        PyErr_SetString(PyExc_ValueError, "x_scale must not overlap out (a buffer the call writes)");
         return -1;
     }
     return 0;
@@ -418,8 +423,10 @@ PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOiOiiOOOOdOO:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
                                      &o1.bias, &bias_out, &o1.threads, &o1.variant, &o1.tile, &o1.token_block,
                                      &o1.activation, &o2.residual, &o2.ln_weight, &o2.ln_bias, &o2.ln_eps, &x_amax,
-                                     &out_amax))
+                                     &out_amax)) {
+        sk_parse_failed();
         return NULL;
+    }
     o2.mat = mat_out, o2.out = out, o2.bias = bias_out;
     o2.threads = o1.threads, o2.variant = o1.variant, o2.tile = o1.tile, o2.token_block = o1.token_block;
     sk_spmm_call c1, c2;
@@ -614,8 +621,10 @@ PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw)
     qkva_job Q;
     memset(&Q, 0, sizeof(Q));
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OdOiOO:qkv_attention_int8", kwlist, &o.mat, &o.x, &o.out,
-                                     &Q.heads, &o.bias, &scale, &key_bias, &o.threads, &o.variant, &x_amax))
+                                     &Q.heads, &o.bias, &scale, &key_bias, &o.threads, &o.variant, &x_amax)) {
+        sk_parse_failed();
         return NULL;
+    }
     sk_spmm_call c;
     int rc = sk_qkva_acquire(&c, &o, key_bias, &Q.kb);
     if (rc == 0) {
@@ -667,8 +676,10 @@ static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
             : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOOOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
                                            &o.bias, &o.threads, &o.variant, &q.per_token, &o.tile, &o.token_block,
                                            &o.split, &o.activation, &o.residual, &o.ln_weight, &o.ln_bias,
-                                           &o.ln_eps, &q.x_scale, &q.out_scale, &q.x_amax, &q.out_amax))
+                                           &o.ln_eps, &q.x_scale, &q.out_scale, &q.x_amax, &q.out_amax)) {
+        sk_parse_failed();
         return NULL;
+    }
     const char xk = (raw || q.x_scale != Py_None) ? 'b' : 'f';
     const char ok = raw ? 'i' : (q.out_scale != Py_None ? 'b' : 'f');
     sk_spmm_call c;

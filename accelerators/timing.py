@@ -6,7 +6,8 @@ time things the same way.
 - :func:`interleaved_timing`: several callables round-robin, the fastest repeat's mean per call
   (the estimator least disturbed by other tenants of a shared machine).
 - :func:`interleaved_samples`: several callables round-robin, every call timed on its own, calls
-  during which this process was preempted set apart.
+  during which this process was preempted set apart; :func:`interleaved_rounds` the same, kept per
+  round, for same-round ratios.
 
 All times are seconds (floats) measured with ``time.perf_counter_ns``. Warm-up is the caller's
 job, except that the interleaved loops call each function once untimed to size their loops.
@@ -78,21 +79,22 @@ def involuntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
-def interleaved_samples(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,
-                        preemptions: Callable[[], int] = involuntary_switches) -> dict[str, tuple[list[float], list[float]]]:
-    """Per-call seconds of each fn, timed round-robin: each repeat runs every fn in turn for a loop
-    of individually timed calls (loop length sized so that one loop lasts about ``min_time_s``, at
-    most ``max_calls`` calls).
+def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,
+                       preemptions: Callable[[], int] = involuntary_switches) -> dict[str, list[tuple[list[float], list[float]]]]:
+    """Per-call seconds of each fn, timed round-robin and kept per round: each of ``repeats`` rounds
+    runs every fn in turn for a loop of individually timed calls (loop length sized so that one loop
+    lasts about ``min_time_s``, at most ``max_calls`` calls).
 
     On a shared machine a call during which one of our threads was preempted (``preemptions()``
     changed across it) measures the other tenants, not the callable: such calls are left out of
-    the first list. Returns ``{name: (clean samples, all samples)}``.
+    the first list. Returns ``{name: [(clean samples, all samples) of each round]}``.
     """
     n = loop_lengths(fns, min_time_s, max_calls)
-    res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in fns}
+    res: dict[str, list[tuple[list[float], list[float]]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
-            clean, every = res[k]
+            clean: list[float] = []
+            every: list[float] = []
             for _ in range(n[k]):
                 c0 = preemptions()
                 t0 = time.perf_counter_ns()
@@ -101,4 +103,12 @@ def interleaved_samples(fns: Mapping[str, Fn], repeats: int, min_time_s: float, 
                 if preemptions() == c0:
                     clean.append(dt)
                 every.append(dt)
+            res[k].append((clean, every))
     return res
+
+
+def interleaved_samples(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,
+                        preemptions: Callable[[], int] = involuntary_switches) -> dict[str, tuple[list[float], list[float]]]:
+    """:func:`interleaved_rounds` with the rounds pooled: ``{name: (clean samples, all samples)}``."""
+    rounds = interleaved_rounds(fns, repeats, min_time_s, max_calls, preemptions)
+    return {k: ([t for clean, _ in r for t in clean], [t for _, every in r for t in every]) for k, r in rounds.items()}

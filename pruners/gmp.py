@@ -371,7 +371,7 @@ class TrainingPruner(Pruner):
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay)) if self.ema_decay else None
         recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress, average)
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
-            score.before_update(gradient)  # OBS's Fisher, also when no pruning step fell inside the steps
+            score.before_update(gradient)  # a second-order score (OBS) measures its Fisher at the weights it prunes
             opt.zero_grad(set_to_none=True)
             score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
         averaged = self._use_average(model, masks, average, task) if average is not None else None

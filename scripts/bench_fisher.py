@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     model.zero_grad(set_to_none=True)
 
     timed = [next(batches) for _ in range(args.grad_samples)]
+    load_at_start = os.getloadavg()[0]  # before the rounds: what else ran, not this benchmark's own load
     rounds = []
     for r in range(args.rounds):
         row: dict[str, float] = {}
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     med["rebuild_woodbury_all_params_s"] = round(args.num_grads * med["gradient_all_params_s"] + med["inverse_woodbury_s"], 2)
     out = {
         "cpu": fingerprint().get("cpu_model"), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpus_available": len(os.sched_getaffinity(0)), "loadavg_1min_start": os.getloadavg()[0],
+        "cpus_available": len(os.sched_getaffinity(0)), "loadavg_1min_start": load_at_start,
         "python": platform.python_version(), "model": "all-MiniLM-L6-v2 fine-tuned on SST-2 (sparsebench cache)",
         "targeted_weights": sum(lin.weight.numel() for lin in layers.values()),
         "settings": {"num_grads": args.num_grads, "block_size": args.block_size, "damp": args.damp,

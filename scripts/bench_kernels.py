@@ -20,10 +20,14 @@ Output: a table on stdout and a JSON list of objects (``--json`` / ``--out``, de
 every one with ``cpu`` (the CPU model) and, in the per-layer mode, one per (case, competitor): out_features, in_features, tokens, sparsity, dtype, format,
 block, variant, threads, median_s, dense_median_s, torch_csr_median_s, speedup_vs_dense,
 speedup_vs_torch_csr, torch_csr_pretransposed_median_s, speedup_vs_torch_csr_pretransposed, gflops_effective (useful FLOPs = 2 * tokens * nnz(W) per second), roofline
-fraction, spread (IQR / median) and, for int8 rows, dense_int8_median_s / speedup_vs_dense_int8.
+fraction, spread (IQR / median) and, with ``--int8``, dense_int8_median_s / speedup_vs_dense_int8 (against
+the fastest torch INT8 engine) on every row. Every ``speedup_vs_*`` without ``_p10`` is the median over
+the repeats of the same-repeat ratio of the two competitors' medians (:func:`same_round`); the
+``_p10`` ones are ratios of the pooled 10th percentiles.
 
-``--attention``: our fused attention kernel (``_sparse_kernels.attention``, the one the fused encoder
-layer uses) against torch's ``F.scaled_dot_product_attention`` on the same q/k/v (BERT layout, a
+``--attention``: our fp32 attention kernel (``_sparse_kernels.attention`` at ``precision = "fp32"``:
+what ``sparse-cpu``'s fused layers and ``sparse-int8`` with ``attention = "fp32"`` run; its INT8 form is
+benchmarked by ``scripts/bench_ffn.py``) against torch's ``F.scaled_dot_product_attention`` on the same q/k/v (BERT layout, a
 key-padding mask of zeros), MiniLM's 12 heads x 32 at sequence 128, batch 1 and 8, threads 1 and 2;
 rows carry batch, seq, heads, head_dim, threads, median_s, sdpa_median_s, speedup_vs_sdpa, gflops.
 
@@ -65,7 +69,7 @@ from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, suppo
 from accelerators.roles import encoder_linears  # noqa: E402
 from accelerators.sparse_int8 import INT8_FORMATS  # noqa: E402
 from accelerators.sparse_linear import SparseLinear  # noqa: E402
-from accelerators.timing import interleaved_samples  # noqa: E402
+from accelerators.timing import interleaved_rounds  # noqa: E402
 from profiler.hardware import fingerprint  # noqa: E402
 from pruners.structure import parse_structure  # noqa: E402
 
@@ -108,16 +112,30 @@ def wait_for_quiet(max_wait_s: float, need_s: int = 3, idle: float = 0.85) -> bo
 
 
 def timeit(fns: dict, reps: int, min_time: float) -> dict:
-    """``{name: (clean samples, all samples)}`` in seconds per call (see
-    :func:`accelerators.timing.interleaved_samples`)."""
-    return interleaved_samples(fns, reps, min_time, max_calls=MAX_CALLS_PER_LOOP)
+    """``{name: (clean samples, all samples, per-repeat medians)}`` in seconds per call, the repeats
+    interleaved (see :func:`accelerators.timing.interleaved_rounds`); a repeat's median is over its
+    clean calls when it has at least 3, else over all of them."""
+    out = {}
+    for name, rounds in interleaved_rounds(fns, reps, min_time, max_calls=MAX_CALLS_PER_LOOP).items():
+        medians = [statistics.median(clean if len(clean) >= 3 else every) for clean, every in rounds]
+        out[name] = ([t for c, _ in rounds for t in c], [t for _, e in rounds for t in e], medians)
+    return out
+
+
+def same_round(res: dict, ref, key) -> float:
+    """Speed-up of ``key`` over ``ref`` (> 1: ``key`` faster): the median over repeats of the ratio of
+    the two repeats' medians, so that drift between repeats cancels. ``ref`` may be a list of keys:
+    per repeat, the fastest of them (the best of several baselines)."""
+    refs = ref if isinstance(ref, list) else [ref]
+    per_round = [min(r) for r in zip(*(res[k][2] for k in refs))]
+    return statistics.median(r / k for r, k in zip(per_round, res[key][2]))
 
 
 def stats(samples):
     """(median, min, IQR / median, 10th percentile, clean fraction, median of all) in seconds.
 
     Statistics are over the clean samples (no preemption) when there are at least 5 of them."""
-    clean, every = samples if isinstance(samples, tuple) else (samples, samples)
+    clean, every = samples[:2] if isinstance(samples, tuple) else (samples, samples)
     v = sorted(clean if len(clean) >= 5 else every)
     med = statistics.median(v)
     q = statistics.quantiles(v, n=4) if len(v) >= 4 else [v[0], med, v[-1]]
@@ -218,46 +236,47 @@ def _case_base(res, engines, n_out, n_in, tokens, s, threads) -> dict:
     return base
 
 
-def _timing_fields(samples, base) -> dict:
-    """median/min/p10/spread/clean fraction of one competitor and its speed-ups over the baselines."""
-    med, mn, spread, p10, clean, med_all = stats(samples)
-    dense_med = base["dense_median_s"]
-    return dict(median_s=med, latency_median_s=med, min_s=mn, p10_s=p10, spread=spread, clean_fraction=clean,
-                median_all_s=med_all, speedup_vs_dense_p10=base["dense_p10_s"] / p10,
-                speedup_vs_dense=dense_med / med, speedup_vs_dense_fp32=dense_med / med,
-                speedup_vs_torch_csr=base["torch_csr_median_s"] / med)
+def _timing_fields(res, key, base, int8_keys) -> dict:
+    """median/min/p10/spread/clean fraction of one competitor and its same-round speed-ups over the
+    baselines (the ``_p10`` ones: ratios of pooled 10th percentiles)."""
+    med, mn, spread, p10, clean, med_all = stats(res[key])
+    vs_dense = same_round(res, "dense", key)
+    out = dict(median_s=med, latency_median_s=med, min_s=mn, p10_s=p10, spread=spread, clean_fraction=clean,
+               median_all_s=med_all, speedup_vs_dense_p10=base["dense_p10_s"] / p10,
+               speedup_vs_dense=vs_dense, speedup_vs_dense_fp32=vs_dense,
+               speedup_vs_torch_csr=same_round(res, "torch_csr", key),
+               speedup_vs_torch_csr_pretransposed=same_round(res, "torch_csr_pretransposed", key))
+    if int8_keys:
+        out["speedup_vs_dense_int8"] = same_round(res, int8_keys, key)
+    return out
 
 
 def _case_rows(res, meta, engines, base, tokens, threads, nnz_u) -> list[dict]:
     rows = []
     n_out, n_in = base["out_features"], base["in_features"]
-    best_int8 = base.get("dense_int8_median_s")
+    int8_keys = [("torch_int8", eng) for eng in engines]
     for name, key, nnz in (("torch-dense", "dense", n_out * n_in), ("torch-csr", "torch_csr", nnz_u)):
-        t = _timing_fields(res[key], base)
+        t = _timing_fields(res, key, base, int8_keys)
         rows.append(dict(base, impl=name, dtype="fp32", format="dense" if key == "dense" else "csr", block=None,
                          variant="torch", **t, speedup_vs_torch_csr_p10=base["torch_csr_p10_s"] / t["p10_s"],
-                         speedup_vs_torch_csr_pretransposed=base["torch_csr_pretransposed_median_s"] / t["median_s"],
                          gflops_effective=2 * tokens * nnz / t["median_s"] / 1e9))
     for eng in engines:
-        t = _timing_fields(res[("torch_int8", eng)], base)
+        t = _timing_fields(res, ("torch_int8", eng), base, int8_keys)
         rows.append(dict(base, impl=f"torch-int8-{eng}", dtype="int8", format="dense", block=None, variant="torch",
-                         **t, speedup_vs_dense_int8=best_int8 / t["median_s"],
-                         gflops_effective=2 * tokens * n_out * n_in / t["median_s"] / 1e9))
+                         **t, gflops_effective=2 * tokens * n_out * n_in / t["median_s"] / 1e9))
     variant = sk.kernel_variant()
     for key, (mod, nnz) in meta.items():
-        t = _timing_fields(res[key], base)
+        t = _timing_fields(res, key, base, int8_keys)
         med, p10 = t["median_s"], t["p10_s"]
         gf = 2 * tokens * nnz / med / 1e9
         row = dict(base, impl="sparsebench", dtype=key[0], format=key[1], block=[key[2], 1 if key[0] == "fp32" else 4],
                    variant=variant, kernel_variant=variant, **t,
                    speedup_vs_torch_csr_p10=base["torch_csr_p10_s"] / p10,
                    gflops_effective_p10=2 * tokens * nnz / p10 / 1e9,
-                   speedup_vs_torch_csr_pretransposed=base["torch_csr_pretransposed_median_s"] / med,
                    gflops_effective=gf, gflops_useful=gf,
                    roofline_fraction=gf / (PEAK_FP32_GFLOPS_PER_CORE * threads), nnz=nnz,
                    stored_density=mod.density())
-        if best_int8 is not None:
-            row["speedup_vs_dense_int8"] = best_int8 / med
+        if int8_keys:
             row["speedup_vs_dense_int8_p10"] = base["dense_int8_p10_s"] / p10
         rows.append(row)
     return rows
@@ -351,11 +370,11 @@ def _model_case(args, model, s: float, batch: int, th: int, vocab_size: int) -> 
                          seq=args.seq, threads=th, accelerator=name, median_s=med, min_s=mn, p10_s=p10,
                          spread=spread, dense_p10_s=dense_p10, speedup_vs_torch_fp32_p10=dense_p10 / p10,
                          clean_fraction=clean, median_all_s=med_all,
-                         dense_median_s=dense_med, speedup_vs_torch_fp32=dense_med / med,
+                         dense_median_s=dense_med, speedup_vs_torch_fp32=same_round(res, "torch-fp32", name),
                          logits_max_rel_diff=rel, prepare_s=prep_s[name],
                          **{k: v for k, v in fields[name].items() if not isinstance(v, (dict, list))}))
         print(f"model s={s} b={batch} seq={args.seq} thr={th} {name:>22}: {med * 1e3:8.2f} ms "
-              f"{dense_med / med:5.2f}x  p10 {p10 * 1e3:8.2f} ms {dense_p10 / p10:5.2f}x  "
+              f"{rows[-1]['speedup_vs_torch_fp32']:5.2f}x  p10 {p10 * 1e3:8.2f} ms {dense_p10 / p10:5.2f}x  "
               f"spread {spread:4.2f} clean {clean:4.2f}  logits rel diff {rel:.1e}  "
               f"sparse layers {fields[name].get('sparse_layers', '-')}", flush=True)
     return rows
@@ -402,11 +421,12 @@ def run_attention(args) -> list[dict]:
             (m_ours, *_rest), (m_sdpa, *_r2) = stats(res["ours"]), stats(res["sdpa"])
             flops = 4.0 * b * heads * seq * seq * dh
             clean = stats(res["ours"])[4]
+            x_sdpa = same_round(res, "sdpa", "ours")
             print(f"{b:>5} {seq:>4} {heads:>5} {dh:>3} {th:>3} {m_ours * 1e3:>8.3f} {m_sdpa * 1e3:>8.3f} "
-                  f"{m_sdpa / m_ours:>6.2f} {flops / m_ours / 1e9:>7.1f} {clean:>5.2f}", flush=True)
+                  f"{x_sdpa:>6.2f} {flops / m_ours / 1e9:>7.1f} {clean:>5.2f}", flush=True)
             rows.append(dict(kind="attention", batch=b, seq=seq, heads=heads, head_dim=dh, threads=th, dtype="fp32",
                              variant=sk.kernel_variant(), median_s=m_ours, sdpa_median_s=m_sdpa,
-                             speedup_vs_sdpa=m_sdpa / m_ours, gflops=flops / m_ours / 1e9, clean_fraction=clean))
+                             speedup_vs_sdpa=x_sdpa, gflops=flops / m_ours / 1e9, clean_fraction=clean))
     return rows
 
 
@@ -543,9 +563,10 @@ def run_dense_formats(args) -> list[dict]:
                             rows.append(dict(out_features=n_out, in_features=n_in, tokens=t, threads=th, sparsity=sp,
                                              variant=v, format=f, dtype="int8", median_s=mm,
                                              spread=stats(res[(v, f)])[2], stored_density=mods[(v, f)].density(),
-                                             speedup_vs_csr=med[(v, "csr")] / mm,
+                                             speedup_vs_csr=same_round(res, (v, "csr"), (v, f)),
                                              dense_int8_median_s=best_torch,
-                                             speedup_vs_dense_int8=best_torch / mm if best_torch else None,
+                                             speedup_vs_dense_int8=(same_round(res, [("torch", e) for e in engines], (v, f))
+                                                                    if engines else None),
                                              torch_version=torch.__version__))
     return rows
 

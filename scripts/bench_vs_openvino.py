@@ -21,7 +21,8 @@ about ``--loop-s`` seconds per engine, per-call times, median per loop); the spe
 median over rounds of the same-round ratio OpenVINO / ours (> 1: we are faster).
 
 Output: a table on stdout and JSON (``--out``, default runs/bench_vs_openvino-<time>.json) with the
-CPU model, the command line and one record per (model, pruning, batch, threads, engine).
+CPU model, the command line and one record per (model, batch, threads, engine); the engine's name
+carries the pruning (``sparse-int8 90-1x4``) and a sparse record the choices its ``prepare()`` made.
 """
 from __future__ import annotations
 
@@ -142,14 +143,15 @@ def main(argv=None) -> None:
                 dense_names = ["openvino-int8", *peers]
                 fields = {}
                 for p, sm in sparse_models.items():
-                    prep = SparseInt8().prepare(sm, example, settings)
-                    engines[f"sparse-int8 {p}"] = prep.module
-                    fields[f"sparse-int8 {p}"] = {k: prep.fields.get(k) for k in (
-                        "sparse_layers", "dense_layers", "fused_encoder_layers", "attention_precision",
-                        "sparse_fell_back_to_dense", "kernel_variant_used")}
+                    variants = {f"sparse-int8 {p}": SparseInt8()}
                     if args.fp32_attention:
-                        engines[f"sparse-int8 {p} (fp32 attention)"] = SparseInt8(attention="fp32").prepare(
-                            sm, example, settings).module
+                        variants[f"sparse-int8 {p} (fp32 attention)"] = SparseInt8(attention="fp32")
+                    for name, acc in variants.items():  # each prepared on its own: record the choices it made
+                        prep = acc.prepare(sm, example, settings)
+                        engines[name] = prep.module
+                        fields[name] = {k: prep.fields.get(k) for k in (
+                            "sparse_layers", "dense_layers", "fused_encoder_layers", "attention_precision",
+                            "sparse_fell_back_to_dense", "kernel_variant_used")}
                 times = round_times(engines, example, args.rounds, args.loop_s)
                 ov = times["openvino-int8"]
                 best = [min(times[d][i] for d in dense_names) for i in range(args.rounds)]  # per round
@@ -167,7 +169,8 @@ def main(argv=None) -> None:
     path = Path(args.out or f"runs/bench_vs_openvino-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-                                "command": " ".join(["python", "scripts/bench_vs_openvino.py", *sys.argv[1:]]),
+                                "command": " ".join(["python", "scripts/bench_vs_openvino.py",
+                                                     *(sys.argv[1:] if argv is None else argv)]),
                                 "results": records}, indent=1))
     print(f"JSON: {path}")
 

@@ -15,11 +15,15 @@ sentences) — the engine the sparse model has to beat.
 
 Both run at one thread count and shape per case, batch ``--batch`` (default 1 and 8), sequence 128.
 Profiling adds overhead to both (cProfile per Python call; PERF_COUNT per primitive), so the
-breakdown's *shares* are what to read; the unprofiled p50 of each engine is given beside it.
+breakdown's *shares* are what to read. Beside it, unprofiled: the two engines (OpenVINO compiled
+again without the counters) timed in ``--rounds`` interleaved rounds (``bench_vs_openvino.round_times``):
+each engine's p50 (median of its round medians) and the median of the same-round ratios.
 
 Output: a table on stdout and JSON (``--out``, default runs/op_breakdown-<time>.json): one object
 per (engine, batch, threads) with ``p50_ms`` (unprofiled), ``profiled_ms`` per inference and
-``ops_ms`` {operator class: ms per forward pass}, plus the CPU model.
+``ops_ms`` {operator class: ms per forward pass}; the ``sparse-int8`` object also has
+``speedup_vs_openvino_same_round`` (OpenVINO's round median ÷ ours, median over rounds; > 1: ours
+faster); plus the CPU model and the command.
 """
 from __future__ import annotations
 
@@ -30,16 +34,19 @@ import json
 import platform
 import pstats
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_openvino import round_times  # noqa: E402  (the whole-model bench's interleaved rounds)
+
 from accelerators.base import PrepareSettings, logits_of
 from accelerators.peer_openvino import OpenVINO
 from accelerators.sparse_int8 import SparseInt8
-from accelerators.timing import timed_loop
 from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
 from pruners.magnitude import MagnitudePruner
@@ -56,7 +63,7 @@ SPARSE_CLASSES = (
     ("transpose", "layout changes"), ("contiguous", "layout changes"), ("permute", "layout changes"),
     ("view", "layout changes"), ("reshape", "layout changes"), ("copy", "layout changes"), ("cat", "layout changes"),
 )
-#: OpenVINO primitive type -> operator class
+#: OpenVINO primitive type -> operator class (every ``FullyConnected*`` type is a Linear kernel)
 OPENVINO_CLASSES = {
     "FullyConnected": "linear kernels", "MatMul": "attention", "Softmax": "attention",
     "ScaledDotProductAttention": "attention", "MVN": "LayerNorm", "Gelu": "GELU", "Eltwise": "elementwise (add, scale, GELU)",
@@ -97,6 +104,14 @@ class ProfiledOpenVINO(OpenVINO):
         return {**super().compile_config(settings), "PERF_COUNT": True}
 
 
+def openvino_class(node_type: str) -> str:
+    """The operator class of an OpenVINO primitive type (e.g. ``FullyConnectedQuantizedLegacy``:
+    a Linear kernel); an unknown type is its own class."""
+    if node_type.startswith("FullyConnected"):
+        return OPENVINO_CLASSES["FullyConnected"]
+    return OPENVINO_CLASSES.get(node_type, node_type)
+
+
 def openvino_breakdown(module, example: dict, calls: int) -> tuple[float, dict[str, float]]:
     request = module._run.static_request
     ops: dict[str, float] = defaultdict(float)
@@ -108,29 +123,21 @@ def openvino_breakdown(module, example: dict, calls: int) -> tuple[float, dict[s
             module(**example)
             for p in request.get_profiling_info():
                 ms = p.real_time.total_seconds() * 1e3
-                ops[OPENVINO_CLASSES.get(p.node_type, p.node_type)] += ms / calls
+                ops[openvino_class(p.node_type)] += ms / calls
                 total += ms / calls
     return total, dict(ops)
-
-
-def p50_ms(module, example: dict, seconds: float) -> float:
-    def call():
-        logits_of(module(**example))
-
-    with torch.inference_mode():
-        for _ in range(5):
-            call()
-        return statistics.median(timed_loop(call, 10, seconds)) * 1e3
 
 
 def prepare(task: SST2, sparse_model, dense_model, batch: int, threads: int) -> dict:
     example = task.example_inputs(batch, 128)
     settings = PrepareSettings(threads=threads, batch_size=batch, seq_len=128, calibration=task.calibration_inputs)
     torch.set_num_threads(threads)
+    sparse = SparseInt8().prepare(sparse_model, example, settings)
     return {
-        "sparse-int8": (SparseInt8().prepare(sparse_model, example, settings), sparse_breakdown),
+        "sparse-int8": (sparse, sparse_breakdown, sparse),
         "openvino-int8 (dense model)": (ProfiledOpenVINO(precision="int8").prepare(dense_model, example, settings),
-                                        openvino_breakdown),
+                                        openvino_breakdown,
+                                        OpenVINO(precision="int8").prepare(dense_model, example, settings)),
         "_example": example,
     }
 
@@ -142,7 +149,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--structure", default="1x4")
     ap.add_argument("--calls", type=int, default=30, help="profiled forward passes per engine and case")
-    ap.add_argument("--seconds", type=float, default=2.0, help="unprofiled timing per engine and case")
+    ap.add_argument("--seconds", type=float, default=2.0, help="unprofiled timing per engine and case, all rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the unprofiled timing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     task = SST2()
@@ -155,22 +163,31 @@ def main(argv=None) -> None:
         for batch in (int(b) for b in args.batch.split(",")):
             engines = prepare(task, sparse, dense, batch, threads)
             example = engines.pop("_example")
-            for name, (prepared, breakdown) in engines.items():
+            rounds = round_times({name: plain.module for name, (_, _, plain) in engines.items()}, example,
+                                 args.rounds, args.seconds / args.rounds)
+            ours, theirs = rounds["sparse-int8"], rounds["openvino-int8 (dense model)"]
+            same_round = statistics.median(o / s for s, o in zip(ours, theirs))
+            for name, (prepared, breakdown, _) in engines.items():
                 profiled, ops = breakdown(prepared.module, example, args.calls)
                 rec = {"engine": name, "batch_size": batch, "seq_len": 128, "threads": threads,
-                       "p50_ms": round(p50_ms(prepared.module, example, args.seconds), 3),
+                       "p50_ms": round(statistics.median(rounds[name]) * 1e3, 3), "rounds": args.rounds,
                        "profiled_ms": round(profiled, 3),
                        "ops_ms": {k: round(v, 3) for k, v in sorted(ops.items(), key=lambda kv: -kv[1])},
                        "sparsity": args.sparsity, "structure": args.structure, "cpu": cpu}
+                if name == "sparse-int8":
+                    rec["speedup_vs_openvino_same_round"] = round(same_round, 3)
                 out.append(rec)
-                print(f"\n{name}  b{batch} t{threads}: p50 {rec['p50_ms']:.2f} ms (profiled {profiled:.2f} ms)")
+                print(f"\n{name}  b{batch} t{threads}: p50 {rec['p50_ms']:.2f} ms (profiled {profiled:.2f} ms)"
+                      + (f", {same_round:.2f}x OpenVINO INT8 (same-round median)" if name == "sparse-int8" else ""))
                 for k, v in rec["ops_ms"].items():
                     if v < 0.005:
                         continue
                     print(f"  {k:40s} {v:8.3f} ms  {v / max(profiled, 1e-9):6.1%}")
     path = Path(args.out or f"runs/op_breakdown-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "results": out}, indent=1))
+    command = "python scripts/op_breakdown.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "command": command.strip(),
+                                "results": out}, indent=1))
     print(f"\nJSON: {path}")
 
 

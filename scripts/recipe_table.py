@@ -7,7 +7,8 @@ accuracy under ``torch-fp32`` and ``sparse-int8`` (where the run has that accele
 percentage of the dense model's accuracy *of the same run* (its ``pruner = "none"`` row under
 ``torch-fp32``), the pruner's training steps, wall time and steps/s (``pruner_training``), and
 ``collapsed`` / a failure's reason; with ``ema_decay``, the task metric of the last (un-averaged)
-weights of the same run next to the pruner's name. Rows are sorted by target (structure, sparsity), then pruner.
+weights of the same run next to the pruner's name. Rows are sorted with the 1x4 targets first, then by
+sparsity, then pruner (the other structures share one group, ordered by sparsity).
 
 With ``--seeds``, a second table pools the models whose pruner settings differ only in ``seed``
 (a setting an older run did not record counts as the pruner's default): the seeds, and the mean,

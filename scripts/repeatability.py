@@ -4,8 +4,9 @@
 Reads two run directories (the same config run twice in a row), joins their ok rows on
 ``cell_id`` and, for every savings factor both rows carry (``latency_savings_factor``,
 ``latency_savings_vs_best_dense``; energy factors as the report computes them), gives the
-relative difference second ÷ first − 1. The worst pair is what a reader should expect between
-two runs; a trustworthy setup keeps it within ±5 %.
+relative difference second ÷ first − 1. A reference cell (the baseline, or the best dense engine,
+whose own factor is exactly 1 in both runs) is left out: it would count as a perfect pair. The
+worst pair is what a reader should expect between two runs; a trustworthy setup keeps it within ±5 %.
 
 Output: the worst pairs on stdout and JSON (``--out``): ``{"worst": {...}, "within_5pct": bool,
 "pairs": [{cell_id, label, batch_size, threads, factor, first, second, rel_diff}, ...]}``.
@@ -36,6 +37,8 @@ def pairs(run_a: Path, run_b: Path) -> list[dict]:
         for f in FACTORS:
             x, y = ra.get(f), rb.get(f)
             if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (x, y)):
+                continue
+            if x == 1.0 and y == 1.0:  # the reference itself in both runs: 1 by definition
                 continue
             out.append({"cell_id": cid, "label": f"{ra['pruner_label']} + {ra['accelerator_label']}",
                         "batch_size": int(ra["batch_size"]), "threads": int(ra["threads"]), "factor": f,

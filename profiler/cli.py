@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler.errors import ConfigError, SparsebenchWarning
+from profiler.errors import ConfigError, SetupError, SparsebenchWarning
 from profiler.executors import EXECUTORS
 from profiler.rundir import RESULTS
 
@@ -114,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg, run_dir, executor = _prepare_run(args)
     except ConfigError as exc:
-        print(f"sparsebench: {'cannot resume' if args.resume else 'invalid config'}: {exc}", file=sys.stderr)
+        what = "cannot resume" if args.resume else "cannot run" if isinstance(exc, SetupError) else "invalid config"
+        print(f"sparsebench: {what}: {exc}", file=sys.stderr)
         return 2
     previous_sigterm = (signal.signal(signal.SIGTERM, _on_sigterm)
                         if threading.current_thread() is threading.main_thread() else None)
@@ -259,6 +260,16 @@ def _write_page(write: Callable[[], Path]) -> int:
     return 0
 
 
+def _no_results(run_dir: Path) -> str:
+    """Why ``run_dir`` (a folder without a results file) cannot be read: a run stopped before its
+    first cell finished (it has a manifest) is told how to go on."""
+    if not (run_dir / RESULTS).exists() and (run_dir / "manifest.json").is_file():
+        return (f"{run_dir}: no cell has finished yet (the run stopped before its first result); "
+                f"go on with `sparsebench run --resume {run_dir}`")
+    what = "is not a file" if (run_dir / RESULTS).exists() else "is missing"
+    return f"{run_dir / RESULTS} {what} (nor is there targets/*/{RESULTS})"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from profiler.rundir import target_dirs
     from reports.report import write_report
@@ -270,8 +281,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     targets = [] if (run_dir / RESULTS).is_file() else target_dirs(run_dir)
     if not targets and not (run_dir / RESULTS).is_file():
-        what = "is not a file" if (run_dir / RESULTS).exists() else "is missing"
-        print(f"sparsebench: {run_dir / 'results.jsonl'} {what} (nor is there targets/*/results.jsonl)", file=sys.stderr)
+        print(f"sparsebench: {_no_results(run_dir)}", file=sys.stderr)
         return 2
     if targets and args.output:
         print("sparsebench: -o applies to a one-target run directory; a multi-target run writes "
@@ -301,9 +311,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if absent:
         print(f"sparsebench: not run directories (missing, or a file): {', '.join(absent)}", file=sys.stderr)
         return 2
-    missing = [str(d) for d in dirs if not (d / RESULTS).is_file()]
+    missing = [d for d in dirs if not (d / RESULTS).is_file()]
     if missing:
-        print(f"sparsebench: not run directories (no results.jsonl): {', '.join(missing)}", file=sys.stderr)
+        for d in missing:
+            print(f"sparsebench: {_no_results(d)}", file=sys.stderr)
         return 2
     seen: dict[Path, Path] = {}
     empty: list[Path] = []
@@ -318,7 +329,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(empty) == len(dirs):
         print("sparsebench: nothing to compare: no run directory has a valid result row", file=sys.stderr)
         return 2
+    for line in _compare_notes(dirs):
+        print(f"sparsebench: warning: {line}", file=sys.stderr)
     return _write_page(lambda: write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
+
+
+def _compare_notes(dirs: list[Path]) -> list[str]:
+    """What a reader of the comparison should know first: one target only, or targets without a
+    cell in common (other tasks, pruners or accelerators: every row is missing on the others)."""
+    from reports.frame import load_rows
+
+    if len({d.resolve() for d in dirs}) < 2:
+        return [f"one run directory ({dirs[0]}): the page lists its cells with no second target to compare with"]
+    recipes = [set(df["recipe_id"]) if len(df) else set() for df in (load_rows(d)[0] for d in dirs)]
+    if not set.intersection(*recipes):
+        return ["the run directories have no cell in common (other tasks, pruners or accelerators): "
+                "every row of one target is missing on the others"]
+    return []
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -350,12 +377,13 @@ def select_plugins(which: str | None) -> list[dict[str, Any]] | None:
 
 
 def _default_text(p: dict[str, Any]) -> str:
-    """``required``, ``optional`` (default None: leave it out) or ``default <TOML value>``."""
+    """``required``, ``optional`` (default None: leave it out; with what that means where the plugin
+    says) or ``default <TOML value>``."""
     if p["required"]:
         return "required"
     v = p["default"]
     if v is None:
-        return "optional"
+        return f"optional: {p['when_omitted']}" if p.get("when_omitted") else "optional"
     return f"default {json.dumps(v) if isinstance(v, (bool, list, str)) else v}"
 
 

@@ -346,6 +346,39 @@ def _check_text_sources(cfg: Config) -> None:
                     raise ConfigError(f"{spec.key}: {exc} ({task_spec.key}: {task_spec.label()})") from None
 
 
+def check_pruners_fit_tasks(cfg: Config) -> None:
+    """Every pruner against every task, before any work: a pruner that trains (or, like OBS, takes
+    gradients) needs the task's training data, and a block or N:M structure must tile every weight
+    it prunes of the task's model (its shapes: the model is built, not fine-tuned). Tasks are built
+    only when some pruner needs either check. Raises ConfigError naming the pruner and the task."""
+    from pruners.base import ALL_ROLES, prunable_linears
+
+    pruners = [(spec, PRUNERS.build(spec.name, spec.params, spec.key)) for spec in cfg.pruners]
+    trains = [(spec, p) for spec, p in pruners if getattr(p, "needs_training", False)]
+    shaped = [(spec, p) for spec, p in pruners
+              if getattr(getattr(p, "structure", None), "kind", "unstructured") != "unstructured"]
+    if not trains and not shaped:
+        return
+    for task_spec in cfg.tasks:
+        task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
+        where = f"{task_spec.key} ({task_spec.label()})"
+        if trains and not task.has_training_data():
+            spec = trains[0][0]
+            raise ConfigError(f"{spec.key} ({spec.label()}) trains on the task's training data and {where} has "
+                              "none: give the task a train_file, or use a pruner that does not train (magnitude)")
+        if not shaped:
+            continue
+        model = task.base_model()
+        for spec, p in shaped:
+            layers = prunable_linears(model, getattr(p, "roles", ALL_ROLES))
+            try:
+                for name, lin in layers.items():
+                    p.structure.check_shape(name, lin.weight.shape)
+            except ValueError as exc:
+                raise ConfigError(f"{spec.key}: {exc} ({where}); choose a structure that divides the model's "
+                                  "weight shapes") from None
+
+
 def missing_baseline_note(cfg: Config) -> str | None:
     """What a matrix without the seed's baseline cell (pruner ``none`` under ``torch-fp32``, the
     dense model every savings factor and accuracy kept divides by) goes without; None when it has it."""

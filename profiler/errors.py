@@ -9,6 +9,11 @@ class ConfigError(ValueError):
     """
 
 
+class SetupError(ConfigError):
+    """The config is valid but this machine cannot run it as asked (a folder it cannot write):
+    raised before any work starts, like :class:`ConfigError`, and reported as such, not as a bad config."""
+
+
 class SparsebenchWarning(UserWarning):
     """A warning meant for the person running sparsebench (the CLI prints it as one
     ``sparsebench: warning:`` line, without the file and line that raised it)."""

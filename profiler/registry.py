@@ -105,13 +105,15 @@ class Registry(Generic[T]):
         Keys: ``kind``, ``section`` (config table), ``name``, ``summary`` (first line of the class
         docstring, ``""`` without one), ``class`` (``module.QualName``), ``source``, ``params``:
         one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
-        plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one,
+        plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one and ``"when_omitted"``
+        where the class says what an omitted (None) parameter means (its ``when_omitted`` dict),
         ``type`` as written in the annotation (``"any"`` when unannotated), ``default`` made
         JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
         Raises ConfigError for an unknown name.
         """
         cls = self.get(name)
         hints, ranges = self.hints(name), self.ranges(name)
+        omitted = getattr(cls, "when_omitted", {})
         params = []
         for p, v in self.params(name).items():
             required = v.default is inspect.Parameter.empty
@@ -121,6 +123,7 @@ class Registry(Generic[T]):
                 "default": None if required else _jsonable(v.default),
                 "required": required,
                 **({"range": str(ranges[p])} if p in ranges else {}),
+                **({"when_omitted": omitted[p]} if p in omitted else {}),
             })
         return {
             "kind": self.kind, "section": self.section, "name": name, "summary": summary(cls),

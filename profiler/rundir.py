@@ -30,19 +30,19 @@ def check_new_folder(path: Path, what: str) -> None:
 
 def check_writable(folder: Path, label: str) -> None:
     """Create ``folder`` (parents too) if absent and check that files can be written in it;
-    ConfigError naming ``label`` (e.g. ``--out``) otherwise, so work that would end in a write
+    :class:`~profiler.errors.SetupError` (a ConfigError) naming ``label`` (e.g. ``--out``) otherwise, so work that would end in a write
     fails before it starts."""
-    from profiler.errors import ConfigError
+    from profiler.errors import SetupError
 
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{label}: {folder} is a file, not a folder")
+        raise SetupError(f"{label}: {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"{label}: {folder} is not writable: {exc.strerror or exc}") from None
+        raise SetupError(f"{label}: {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def check_resumable(run_dir: Path) -> None:

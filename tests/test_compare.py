@@ -259,3 +259,24 @@ def test_noisy_cells_do_not_win_while_a_steady_one_qualifies(tmp_path):
     assert w["pruner_label"] == "magnitude 0.5" and not w["noisy"]
     assert w["noisy_skipped"] == "magnitude 0.9 + torch-fp32 (10×)"
     assert "not counted (noisy)" in build_compare_html([tmp_path / "a"])
+
+
+def test_cli_warns_for_one_target_and_for_targets_without_a_cell_in_common(tmp_path, capsys):
+    a = make_run(tmp_path / "a", standard())
+    other = [dict(r, recipe_id="other-" + r["recipe_id"]) for r in standard(threads=2)]  # another task's cells
+    b = make_run(tmp_path / "b", other)
+    assert main(["compare", str(a), "-o", str(tmp_path / "one.html")]) == 0
+    assert "one run directory" in capsys.readouterr().err and (tmp_path / "one.html").is_file()
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "two.html")]) == 0
+    assert "no cell in common" in capsys.readouterr().err
+    assert main(["compare", str(a), str(make_run(tmp_path / "c", standard(threads=2))), "-o", str(tmp_path / "3.html")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_cell_is_told_how_to_go_on(tmp_path, capsys):
+    run = make_run(tmp_path / "r", [])
+    (run / "results.jsonl").unlink()
+    assert main(["report", str(run)]) == 2
+    assert f"sparsebench run --resume {run}" in capsys.readouterr().err
+    assert main(["compare", str(run), str(make_run(tmp_path / "a", standard()))]) == 2
+    assert "no cell has finished yet" in capsys.readouterr().err

@@ -172,3 +172,15 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert raw["tasks"][0]["eval_file"] == "d.csv" and out["run"] is raw["run"]
     one = absolute_paths({"tasks": {"name": "text-classification", "eval_file": "d.csv"}})  # one [tasks] table
     assert one["tasks"] == {"name": "text-classification", "eval_file": str(tmp_path / "d.csv")}
+
+
+def test_an_unwritable_output_folder_is_not_called_an_invalid_config(tmp_path, capsys):
+    from profiler.cli import main
+    from tests.faults_util import write_config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = write_config(tmp_path / "c.toml", tiny_config())
+    assert main(["run", str(cfg), "--output-dir", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run: output folder" in err and "invalid config" not in err

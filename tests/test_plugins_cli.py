@@ -1,6 +1,7 @@
 """`sparsebench plugins` and third-party plugins from the `sparsebench.plugins` entry-point group."""
 from __future__ import annotations
 
+import re
 import copy
 import importlib.metadata
 import json
@@ -224,3 +225,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     err = p.stderr.read().decode()
     p.wait(timeout=120)  # 0 when the whole listing fit the pipe's buffer before the close, else 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_plugins_say_what_an_omitted_parameter_means(capsys):
+    assert main(["plugins", "text-classification"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"label_column\s+str \| None\s+optional: \"label\"", text)
+    assert re.search(r"model\s+str \| None\s+optional: all-MiniLM-L6-v2", text)

@@ -234,6 +234,24 @@ def test_bad_task_fails_config_validation_and_writes_nothing(tmp_path, model_dir
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("pruner, match", [
+    ('name = "gmp"\nsparsity = 0.5\nsteps = 4', r"pruners\[0\] \(gmp.*\) trains on the task's training data and tasks\[0\]"),
+    ('name = "magnitude"\nsparsity = 0.5\nstructure = "1x3"', r"pruners\[0\]: structure '1x3': layer .* is not a multiple"),
+])
+def test_a_pruner_the_task_cannot_feed_fails_before_any_work(tmp_path, model_dirs, data_dir, pruner, match, capsys):
+    """No train_file for a pruner that trains; a block that does not tile the model's weights: exit 2, nothing written."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[meter]\nname = "estimate"\n[[tasks]]\nname = "text-classification"\nmodel = "{model_dirs["bert"]}"\n'
+                   f'eval_file = "{data_dir / "reviews.csv"}"\ntext_column = "review"\nlabel_column = "stars"\n'
+                   f'[[pruners]]\n{pruner}\n[[accelerators]]\nname = "torch-fp32"\n')
+    from profiler.cli import main
+
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
+    import re
+    assert re.search(match, capsys.readouterr().err)
+
+
 def test_unsupported_architecture_is_rejected_by_the_role_map():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
@@ -287,3 +305,11 @@ def test_resumed_cells_reuse_every_metric_of_their_model(tmp_path, model_dirs, d
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[1]["metric_accuracy"] == rows[0]["metric_accuracy"]
     assert rows[1]["metric_f1"] == rows[0]["metric_f1"] == rows[1]["accuracy"]
+
+
+def test_data_errors_name_the_key_and_what_a_label_may_be(tmp_path, model_dirs, data_dir):
+    with pytest.raises(ValueError, match=r"^eval_file: data file .*nope.csv does not exist"):
+        TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "nope.csv"))
+    write_csv(tmp_path / "t.csv", ["text", "label"], [("hated it .", "hated it .")])
+    with pytest.raises(ValueError, match=r"is not a class index \(0, 1, \.\.\.; the model's config names no labels\)"):
+        TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "t.csv"))

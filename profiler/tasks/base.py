@@ -97,6 +97,10 @@ class Task:
     def check(self) -> None:
         """Raise ValueError if the task cannot run (missing data file, missing model package)."""
 
+    def has_training_data(self) -> bool:
+        """Whether the task has training examples (fine-tuning and training pruners need them)."""
+        return True
+
     def base_model(self) -> nn.Module:
         """A fresh (not yet fine-tuned) sequence-classification model."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +46,15 @@ class TextClassification(Task):
     """
 
     name = "text-classification"
+
+    #: what each parameter left out means (``sparsebench plugins`` shows it)
+    when_omitted: ClassVar[dict[str, str]] = {
+        "model": "all-MiniLM-L6-v2 (packaged)", "glue": "your own files (eval_file)",
+        "train_file": "none (no fine-tuning, no training pruner)", "eval_file": "the glue preset's dev split",
+        "text_column": '"text" (a glue preset: its own)', "text_pair_column": "single sentences",
+        "label_column": '"label" (a glue preset: its own)', "metric": '"accuracy" (a glue preset: its headline)',
+        "data_dir": "the packaged GLUE data",
+    }
 
     def __init__(
         self,
@@ -136,7 +145,10 @@ class TextClassification(Task):
         for split, path in (("eval", self.eval_path), ("train", self.train_path)):
             if path is None:
                 continue
-            rows = textdata.read_rows(path)
+            try:
+                rows = textdata.read_rows(path)
+            except ValueError as exc:
+                raise ValueError(f"{split}_file: {exc}") from None
             textdata.check_columns(rows, (self.text_column, self.text_pair_column, self.label_column), str(path))
             labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id, str(path))
             texts = [str(r[self.text_column]).strip() for r in rows]
@@ -210,6 +222,9 @@ class TextClassification(Task):
         types = enc.get("token_type_ids") if self.pair_token_types and pairs is not None else None
         return [Example(ids, lab, types[i] if types is not None else None)
                 for i, (ids, lab) in enumerate(zip(enc["input_ids"], labels))]
+
+    def has_training_data(self) -> bool:
+        return "train" in self._raw
 
     @cached_property
     def _train(self) -> list[Example]:

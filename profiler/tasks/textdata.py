@@ -173,7 +173,8 @@ def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], 
                     raise ValueError
                 out.append(int(f))
         except (TypeError, ValueError):
-            kind = "a number" if regression else f"a class index or one of {sorted(label2id)}"
+            kind = ("a number" if regression else f"a class index or one of {sorted(label2id)}" if label2id
+                    else "a class index (0, 1, ...; the model's config names no labels)")
             raise ValueError(f"{where}: label {v!r} (row {i + 1}) is not {kind}") from None
     return out
 

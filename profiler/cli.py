@@ -19,6 +19,24 @@ EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plug
           "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
 
 
+class _Sigint:
+    """Ctrl-C recorded as well as raised. Python prints and drops a KeyboardInterrupt raised inside a
+    finalizer (``__del__``, e.g. while a library imports), so a run that got past it would go on; the
+    progress reports, which a run makes at every cell and training step, stop it anyway."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.seen:
+            raise KeyboardInterrupt
+
+
 class RichReporter:
     """Progress bars over cells and training steps on a terminal; plain lines when stderr is a file or
     pipe (a line per finished cell, and a training line every ``PLAIN_EVERY_S`` seconds)."""
@@ -52,6 +70,7 @@ class RichReporter:
         self.total, self.done = total, done
 
     def cell_done(self, r) -> None:
+        _Sigint.check()
         from rich.markup import escape
 
         from reports.html import first_line
@@ -77,6 +96,7 @@ class RichReporter:
         state = {"id": None, "printed": 0.0}
 
         def cb(step: int, total: int, loss: float, sparsity: float | None = None) -> None:
+            _Sigint.check()
             if state["id"] is None:
                 state["id"] = self.progress.add_task(label, total=total, info="")
             info = f"loss {loss:.4f}" + (f" sparsity {sparsity:.3f}" if sparsity is not None else "")
@@ -113,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg, run_dir, executor = _prepare_run(args)
+    except KeyboardInterrupt:  # while checking the config and the machine
+        print("\ninterrupted before the first cell", file=sys.stderr)
+        return 130
     except ConfigError as exc:
         what = "cannot resume" if args.resume else "cannot run" if isinstance(exc, SetupError) else "invalid config"
         print(f"sparsebench: {what}: {exc}", file=sys.stderr)
@@ -120,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous_sigterm = (signal.signal(signal.SIGTERM, _on_sigterm)
                         if threading.current_thread() is threading.main_thread() else None)
     try:
+        _Sigint.check()  # an interrupt a finalizer dropped while the config was read
         from profiler.config import expand
 
         with RichReporter() as rep:
@@ -515,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(stray)}")
     previous = warnings.showwarning
     warnings.showwarning = warning_printer(previous)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigint = signal.signal(signal.SIGINT, _Sigint.handler) if main_thread else None
+    _Sigint.seen = False
     try:
         status = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe found at exit would print a traceback there
@@ -523,8 +550,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would hit the closed pipe again
         return 1
+    except KeyboardInterrupt:  # outside a run's own handling (report, compare, export, ...)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.showwarning = previous
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
 if __name__ == "__main__":

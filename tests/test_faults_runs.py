@@ -139,3 +139,43 @@ def test_a_matrix_without_the_baseline_cell_is_noted(tmp_path, capsys, accelerat
         measure={"warmup_iters": 1, "min_iters": 2, "min_seconds": 0.01, "max_seconds": 0.5, "idle_seconds": 0}))
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "out")]) == 0
     assert ("note: no pruner 'none' with accelerator 'torch-fp32'" in capsys.readouterr().err) is noted
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_dropped_by_a_finalizer_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """Python prints and drops a KeyboardInterrupt raised in __del__; the run stops at its next report."""
+    import profiler.cli as cli
+
+    real = cli._prepare_run
+
+    class Finalized:
+        def __del__(self):
+            cli._Sigint.handler(2, None)  # Ctrl-C arriving while a library's finalizer runs
+
+    def prepare_with_a_dropped_interrupt(args):
+        out = real(args)
+        obj = Finalized()
+        del obj  # "Exception ignored in ...": the KeyboardInterrupt goes no further
+        return out
+
+    monkeypatch.setattr(cli, "_prepare_run", prepare_with_a_dropped_interrupt)
+    cfg = write_config(tmp_path / "c.toml", tiny_config())
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; finished cells are saved" in err
+    (run,) = (tmp_path / "runs").iterdir()
+    results = run / "results.jsonl"
+    assert not results.exists() or not read_results(results).rows  # stopped before its first cell
+
+
+def test_ctrl_c_while_the_config_is_checked_is_one_line(tmp_path, monkeypatch, capsys):
+    import profiler.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_prepare_run", interrupted)
+    cfg = write_config(tmp_path / "c.toml", tiny_config())
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the first cell" in err and "Traceback" not in err

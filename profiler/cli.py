@@ -157,8 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         address = f" --address {args.address}" if args.address else ""
         print(f"\n{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; finished cells are saved. "
-              f"Continue with: sparsebench run --resume {run_dir}{address} (a fine-tune or training pruner "
-              "that was in progress starts over)", file=sys.stderr)
+              f"Continue with: sparsebench run --resume {run_dir}{address} (a fine-tune goes on from its last "
+              "checkpoint, at most a few minutes back; a training pruner that was running starts over)", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)

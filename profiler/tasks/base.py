@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Iterator
@@ -203,7 +204,8 @@ class Task:
             self.finetune_report = _saved_training(path, self.finetune_steps)
             return cached
         model = self.base_model()
-        training = self.finetune(model, self.finetune_steps, progress) if self.finetune_steps > 0 else None
+        checkpoint = path.with_name(f"{path.name}.partial.pt")
+        training = self.finetune(model, self.finetune_steps, progress, checkpoint) if self.finetune_steps > 0 else None
         self.finetune_report = training
         model.eval()
         def write(folder: Path) -> None:
@@ -212,6 +214,7 @@ class Task:
                                                                      indent=1, default=str))
 
         publish_cached(path, write)
+        checkpoint.unlink(missing_ok=True)
         return model
 
     def load_finetuned_seed(self, seed: int, cache_dir: Path | None = None,
@@ -235,19 +238,33 @@ class Task:
             raise RuntimeError(f"checkpoint {path} did not load strictly: {bad}")
         return model.eval()
 
-    def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    #: seconds of fine-tuning between two checkpoints (a model and its AdamW state: ~3× the weights)
+    CHECKPOINT_EVERY_S: ClassVar[float] = 120.0
+
+    def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None,
+                 checkpoint: Path | None = None) -> dict[str, Any]:
         """Fine-tune ``model`` in place: AdamW (lr :attr:`finetune_lr`, weight decay 0.01), linear
         warm-up over 6 % of the steps then linear decay, gradient clipping at 1.0, the task loss, in
         :attr:`finetune_precision` (see :mod:`pruners.training`). Returns ``{"precision", "steps",
-        "wall_time_s", "steps_per_s"}``."""
+        "wall_time_s", "steps_per_s"}`` (``resumed_from_step`` too after a resume).
+
+        With ``checkpoint`` (a file path), the state after a step — weights, AdamW and schedule
+        state, torch's RNG, the step — is saved there every :attr:`CHECKPOINT_EVERY_S` seconds
+        (written aside, then renamed), and a fine-tune of the same steps that finds it goes on from
+        it: an interrupted run loses at most that much, and ends with the same weights as one that
+        was never interrupted (same batches, same dropout draws)."""
         precision = resolve_precision(self.finetune_precision)
         clock = StepClock()
         torch.manual_seed(self.seed)
         model.train()
         opt = adamw(model.parameters(), self.finetune_lr, 0.01)
         sched = warmup_linear_decay(opt, max(1, int(0.06 * steps)), steps)
+        start, wall_before = self._resume_finetune(checkpoint, steps, model, opt, sched)
         batches = self.train_batches(self.finetune_batch_size)
-        for step in range(steps):
+        for _ in range(start):  # the batch order is a function of the seed: skip what was trained
+            next(batches)
+        saved_at = time.monotonic()
+        for step in range(start, steps):
             inputs, labels = next(batches)
             with autocast(precision):
                 logits = logits_of(model(**inputs))
@@ -258,10 +275,51 @@ class Task:
             sched.step()
             opt.zero_grad(set_to_none=True)
             clock.tick()
+            if checkpoint is not None and step + 1 < steps and time.monotonic() - saved_at >= self.CHECKPOINT_EVERY_S:
+                _save_checkpoint(checkpoint, {"steps": steps, "step": step + 1, "model": model.state_dict(),
+                                              "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                                              "rng": torch.get_rng_state(), "wall_s": wall_before + clock.wall_s})
+                saved_at = time.monotonic()
             if progress:
                 progress(step + 1, steps, loss.detach().item())
         model.eval()
-        return clock.describe(precision)
+        report = clock.describe(precision)
+        if start:  # the whole fine-tune's time and speed, the run before the interruption included
+            report.update(steps=steps, wall_time_s=round(wall_before + clock.wall_s, 1), resumed_from_step=start,
+                          steps_per_s=round(steps / (wall_before + clock.wall_s), 3))
+        return report
+
+    @staticmethod
+    def _resume_finetune(checkpoint: Path | None, steps: int, model: nn.Module, opt: torch.optim.Optimizer,
+                         sched: Any) -> tuple[int, float]:
+        """(first step, seconds already trained) from ``checkpoint`` when it holds a fine-tune of
+        ``steps`` steps of this model (its state loaded into model, optimizer, schedule and torch's
+        RNG), else (0, 0). A file that cannot be read, or holds other weights' names or shapes, is
+        warned about and ignored before anything is changed."""
+        if checkpoint is None or not checkpoint.is_file():
+            return 0, 0.0
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if state.get("steps") != steps:
+                return 0, 0.0
+            own = model.state_dict()
+            theirs = state["model"]
+            if set(theirs) != set(own) or any(theirs[k].shape != own[k].shape for k in own):
+                raise ValueError("its weights are not this model's")
+            step, wall = int(state["step"]), float(state["wall_s"])
+        except Exception as exc:  # a damaged or foreign checkpoint costs the time it saved, nothing else
+            import warnings
+
+            from profiler.errors import SparsebenchWarning
+
+            warnings.warn(f"fine-tuning checkpoint {checkpoint} could not be used ({type(exc).__name__}: {exc}); "
+                          "fine-tuning from the start", SparsebenchWarning)
+            return 0, 0.0
+        model.load_state_dict(theirs)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        return step, wall
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Every metric the task reports, headline (:attr:`metric_name`) first; default: the headline only."""
@@ -303,6 +361,14 @@ def _saved_training(path: Path, steps: int) -> dict[str, Any] | None:
     return saved or {"steps": steps}
 
 
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` into a private file next to ``path``, then one rename: a reader never sees half a file."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def publish_cached(path: Path, write: Callable[[Path], None]) -> None:
     """Build a cache entry in a private folder (``write(folder)``) and move it to ``path`` in one
     rename, so that processes sharing the cache never see a half-written entry nor write into one
@@ -330,7 +396,6 @@ def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any |
     try:
         return loader(path)
     except Exception as exc:
-        import time
         import warnings
 
         aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")

@@ -1,0 +1,47 @@
+"""An interrupted fine-tune goes on from its last checkpoint and ends with the weights of one never interrupted."""
+import pytest
+import torch
+
+from profiler.tasks import TinySynthetic
+from profiler.tasks.base import Task
+
+
+def _task() -> TinySynthetic:
+    return TinySynthetic(finetune_steps=12, n_train=128, n_eval=16, finetune_precision="fp32")
+
+
+def test_an_interrupted_fine_tune_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(Task, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
+    whole = _task().load_finetuned(tmp_path / "a")
+
+    def stop_at_5(step, total, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    task = _task()
+    with pytest.raises(KeyboardInterrupt):
+        task.load_finetuned(tmp_path / "b", stop_at_5)
+    partial = task.model_cache_path(tmp_path / "b").with_name(task.model_cache_path(tmp_path / "b").name + ".partial.pt")
+    assert torch.load(partial, weights_only=True)["step"] == 5
+    seen = []
+    resumed = _task()
+    model = resumed.load_finetuned(tmp_path / "b", lambda step, total, loss: seen.append(step))
+    assert seen[0] == 6 and seen[-1] == 12  # steps 1-5 were not trained again
+    assert resumed.finetune_report["resumed_from_step"] == 5 and resumed.finetune_report["steps"] == 12
+    for (name, a), (_, b) in zip(whole.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not partial.exists()  # the finished model is cached; its checkpoint is gone
+
+
+def test_a_damaged_checkpoint_is_warned_about_and_fine_tuning_starts_over(tmp_path, monkeypatch):
+    from profiler.errors import SparsebenchWarning
+
+    task = _task()
+    path = task.model_cache_path(tmp_path)
+    partial = path.with_name(path.name + ".partial.pt")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"not a checkpoint")
+    seen = []
+    with pytest.warns(SparsebenchWarning, match="could not be used"):
+        task.load_finetuned(tmp_path, lambda step, total, loss: seen.append(step))
+    assert seen[0] == 1 and "resumed_from_step" not in task.finetune_report

@@ -124,9 +124,10 @@ def measure_idle_power(
     """Measure idle power per domain by reading ``meter`` before and after ``sleep(seconds)``.
 
     Run it before the matrix, with nothing else of ours running. If ``seconds`` is shorter than
-    ``10 × meter.resolution_s`` it is lengthened to that. An unavailable meter, a failed read or a
-    zero-length interval gives ``None`` watts (never 0 W, never a division by zero); this
-    function does not raise for meter problems.
+    ``10 × meter.resolution_s`` it is lengthened to that. An unavailable meter gives no watts at
+    all (an empty ``watts``, with a flag saying why); a failed read or a zero-length interval gives
+    ``None`` watts for the domains concerned (never 0 W, never a division by zero); this function
+    does not raise for meter problems.
 
     Args:
         meter: any :class:`~profiler.meters.base.EnergyMeter`.
@@ -459,14 +460,21 @@ def window_result(
         flags.append("mixed methods: " + ", ".join(f"{d}={methods[d]}" for d in summed))
 
     def result(energy_j, reason, per_inf=None, net=None) -> EnergyResult:
+        # no per-inference value is no measurement, whatever the counters were: "unavailable" + the reason
         return EnergyResult(
-            method=method, reason=reason, window_s=window_s, energy_j=energy_j,
+            method=method if per_inf is not None else "unavailable",
+            reason=reason if per_inf is not None else (reason or "no energy value"), window_s=window_s, energy_j=energy_j,
             energy_j_per_inference=per_inf, energy_j_per_inference_net=net, flags=flags,
             domain_methods=methods, idle_power_w=idle_w, meter_info=info,
             n_inferences=n_inferences,
         )
 
     min_duration_s = MIN_RESOLUTION_MULTIPLE * float(resolution_s)
+    short = [seg[-1].t_s - seg[0].t_s for seg in segments if seg and seg[-1].t_s - seg[0].t_s < min_duration_s]
+    if len(segments) > 1 and short:  # a counter that updates every resolution_s smears energy across visits
+        flags.append(f"{len(short)} of {len(segments)} visits are shorter than {MIN_RESOLUTION_MULTIPLE}× the meter "
+                     f"resolution ({min_duration_s:.3f} s; the shortest {min(short):.3f} s): energy may leak between "
+                     "interleaved cells — raise measure.visit_seconds")
     if window_s < min_duration_s:
         flags.append(
             f"window {window_s:.6f} s is shorter than {MIN_RESOLUTION_MULTIPLE}× the meter "

@@ -131,7 +131,8 @@ def net_energy(
 ) -> float | None:
     """Gross joules minus idle watts × window seconds; ``None`` without a full idle baseline.
 
-    A negative result (idle power above the window's mean power) is flagged, not clamped.
+    A negative result (idle power above the window's mean power) is flagged, not clamped; one
+    within float rounding of zero (a meter whose power never changes) is zero.
     """
     if idle_w is None:
         return None
@@ -141,6 +142,8 @@ def net_energy(
         return None
     idle_total_w = sum(idle_w[d] for d in summed)  # type: ignore[misc]
     net = gross - idle_total_w * window_s
+    if abs(net) <= 1e-9 * max(abs(gross), 1e-300):  # rounding of gross − idle · t, not a measurement
+        return 0.0
     if net < 0:
         flags.append(
             f"idle power {idle_total_w:.3f} W exceeds the window's mean power "

@@ -247,3 +247,34 @@ def test_window_result_is_the_window_arithmetic():
     assert pure.energy_j_per_inference == pytest.approx((120 + 10) / 100)
     assert pure.energy_j_per_inference_net == pytest.approx((130 - 45 * 2) / 100)
     assert window_result([w.readings[:1]], 5, meter_method="measured", resolution_s=0.001).energy_j_per_inference is None
+
+
+@pytest.mark.parametrize("case", ["short", "no-inferences", "dram-stuck"])
+def test_a_window_without_a_value_is_unavailable_with_its_reason(case):
+    c = Clock()
+    watts = {"package:0": 10.0, "dram:0": 0.0 if case == "dram-stuck" else 1.0}
+    r = run(ScriptMeter(c, watts), c, 0.005 if case == "short" else 1.0, 0 if case == "no-inferences" else 4)
+    assert r.energy_j_per_inference is None
+    assert r.method == "unavailable" and r.reason
+    assert r.row_fields()["energy_method"] == "unavailable"
+    assert r.domain_methods["package:0"] == "measured"  # what each counter was stays recorded
+
+
+def test_a_constant_power_meter_nets_to_zero_not_a_negative_flag():
+    c = Clock()
+    r = run(ScriptMeter(c, {"package:0": 50.0}), c, 0.3, 3, idle=IdlePower({"package:0": 50.0}, 2.0))
+    assert r.energy_j_per_inference_net == 0.0 and not any("exceeds" in f for f in r.flags)
+
+
+def test_visits_shorter_than_ten_resolutions_are_flagged():
+    c = Clock()
+    m = ScriptMeter(c, {"package:0": 10.0}, resolution_s=0.1)
+    segments = []
+    for _ in range(5):  # five interleaved visits of 0.2 s: 1 s in all, each under 10 × 0.1 s
+        a = m.read()
+        c.sleep(0.2)
+        segments.append([a, m.read()])
+        c.sleep(0.5)  # other cells' visits
+    r = window_result(segments, 10, meter_method="measured", resolution_s=0.1)
+    assert r.energy_j_per_inference == pytest.approx(1.0)
+    assert any("5 of 5 visits are shorter" in f for f in r.flags)

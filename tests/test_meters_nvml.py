@@ -185,3 +185,32 @@ def test_auto_combines_rapl_fallback_and_gpu_and_labels_weakest(tmp_path):
     assert r.method == "estimated"
     assert r.domain_methods["gpu:0"] == "power-poll" and r.domain_methods["cpu"] == "estimated"
     assert r.energy_j["gpu:0"] == pytest.approx(150.0) and r.energy_j["cpu"] == pytest.approx(10.0)
+
+
+def test_a_window_after_a_stopped_meter_is_not_flagged_for_the_stopped_time():
+    """Each cell's window starts and stops the meter; the time between cells is no sampling gap."""
+    clock = Clock(0.0)
+    m = NvmlMeter(nvml=fake_nvml([{"energy_mj": NVMLError(3), "power_mw": 100_000}]), clock=clock, background=False,
+                  poll_hz=10)
+    m.start()
+    for cell in range(2):
+        with EnergyWindow(m, background_sampling=False) as w:
+            for _ in range(20):
+                clock.t += 0.1
+                m.sample()
+        r = w.result(1)
+        assert r.energy_j["gpu:0"] == pytest.approx(200.0) and r.flags == [], (cell, r.flags)
+        clock.t += 30.0  # the next cell's preparation: the window stopped the meter
+
+
+def test_one_gpu_without_a_handle_leaves_the_others_measured():
+    nv = fake_nvml([{"energy_mj": 5, "power_mw": 1}, {"energy_mj": 5, "power_mw": 1}])
+
+    def handle(i):
+        if i == 1:
+            raise NVMLError(4)  # no permission: a GPU not given to this container
+        return i
+
+    nv.nvmlDeviceGetHandleByIndex = handle
+    ok, why = NvmlMeter(nvml=nv).availability()
+    assert ok and "gpu:1" in why and "no handle" in why

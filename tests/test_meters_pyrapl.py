@@ -127,3 +127,14 @@ def test_compare_when_one_side_unavailable(tmp_path):
     res = compare_with_direct(RaplMeter(root=str(tmp_path / "x")), PyRaplMeter(
         pyrapl=fake_pyrapl(error=CantRecord())))
     assert res["agree"] is None and "unavailable" in res["message"]
+
+
+def test_pyrapl_counters_wrap_so_its_windows_get_the_wrap_guard(tmp_path):
+    """pyRAPL's counters are RAPL's: a window longer than range ÷ power is sampled inside (the guard)."""
+    from profiler.meters.rapl import DEFAULT_MAX_POWER_W
+
+    root = tmp_path / "intel-rapl"
+    tree(root, 0, 0)
+    m = PyRaplMeter(pyrapl=fake_pyrapl(lambda: [1.0, 1.0]), powercap_dir=str(root))
+    assert m.availability()[0]
+    assert m.max_safe_window_s == pytest.approx(MAX / 1e6 / DEFAULT_MAX_POWER_W)

@@ -239,3 +239,19 @@ def test_long_window_sampled_so_two_wraps_are_both_corrected(tmp_path):
     r = w.result(1)
     assert r.energy_j["package:0"] == pytest.approx(4 * (MAX * 2 // 3) / 1e6)
     assert any("longer than the counter's safe window" in f for f in r.flags)
+
+
+def test_a_die_counter_that_ticks_between_the_two_reads_is_still_one_counter(tmp_path):
+    shared = {"uj": 7_000_000}
+    zone(tmp_path, "intel-rapl:0", "package-0-die-0", 7_000_000)
+    zone(tmp_path, "intel-rapl:1", "package-0-die-1", 7_000_000)
+
+    def reader(path):  # one counter behind both dies, advancing one RAPL update (0.1 J) per read
+        if path.endswith("energy_uj"):
+            shared["uj"] += 100_000
+            return f"{shared['uj']}\n"
+        with open(path) as f:
+            return f.read()
+
+    m = RaplMeter(root=str(tmp_path), reader=reader)
+    assert [z.domain for z in m.active_zones()] == ["package:0-die-0"]

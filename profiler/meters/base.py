@@ -52,8 +52,9 @@ class EnergyMeter:
     method: EnergyMethod = "measured"
     resolution_s: float = 0.001
     #: Longest interval (s) between two reads for which wrap correction is still unambiguous
-    #: (counter range ÷ max power). ``None``: the counters do not wrap. The profiler samples the
-    #: meter more often than this inside long windows.
+    #: (counter range ÷ max power). ``None``: the counters do not wrap (a meter whose counters wrap
+    #: must set it, as ``rapl`` and ``pyrapl`` do). The profiler samples the meter more often than
+    #: this inside long windows.
     max_safe_window_s: float | None = None
 
     def availability(self) -> tuple[bool, str]:

@@ -188,7 +188,7 @@ class EstimateMeter(EnergyMeter):
     """CPU energy = TDP × utilisation, memory energy = W/GB × RAM; labelled ``estimated``.
 
     Domains: ``cpu`` (all sockets together) and ``dram`` (``None`` is never used: the model always
-    has a value; ``dram`` is omitted if the RAM size is unknown and ``memory_w_per_gb`` is 0).
+    has a value; ``dram`` is omitted when the RAM size is unknown, and stays at 0 J with ``memory_w_per_gb = 0``).
     Counters start at 0 J when the meter is created.
 
     Args:

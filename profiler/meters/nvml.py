@@ -140,7 +140,11 @@ class NvmlMeter(EnergyMeter):
             return False, f"GPU index {bad} out of range (found {count})"
         gpus = []
         for i in indices:
-            h = nv.nvmlDeviceGetHandleByIndex(i)
+            try:
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+            except err as e:  # this GPU only (no permission, lost): the others are still measured
+                gpus.append(_Gpu(i, None, "unknown GPU", "broken", f"no handle: {_nvml_error_text(e)}"))
+                continue
             try:
                 name = nv.nvmlDeviceGetName(h)
                 name = name.decode() if isinstance(name, bytes) else str(name)
@@ -212,6 +216,11 @@ class NvmlMeter(EnergyMeter):
         self._started = True
         if not any(g.mode == "poll" for g in self._gpus or []):
             return
+        if self._thread is None:  # (re)starting after stop(): the stopped time is no window's, nor a gap in sampling
+            with self._lock:
+                for g in self._gpus or []:
+                    g.last_t = g.last_w = None
+                    g.max_gap_s = 0.0
         self.sample()
         if self._background and self._thread is None:
             self._stop_evt.clear()

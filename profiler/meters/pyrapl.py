@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, ClassVar
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
-from profiler.meters.rapl import PERMISSION_REASON, RaplMeter
+from profiler.meters.rapl import DEFAULT_MAX_POWER_W, PERMISSION_REASON, RaplMeter
 
 
 class PyRaplMeter(EnergyMeter):
@@ -82,7 +82,21 @@ class PyRaplMeter(EnergyMeter):
         self._doms = doms
         if not doms:
             return False, "pyRAPL returned no readable counter"
+        self.max_safe_window_s = self._safe_window_s(doms)
         return True, "pyRAPL: " + ", ".join(doms)
+
+    def _safe_window_s(self, doms: list[str]) -> float | None:
+        """The longest interval in which a counter wraps at most once (s): as
+        :meth:`RaplMeter.largest_safe_window_s` reads it from the same zones, else each readable
+        ``max_energy_range_uj`` ÷ :data:`DEFAULT_MAX_POWER_W`; None when no range is readable."""
+        try:
+            safe = RaplMeter(self.powercap_dir).largest_safe_window_s()
+        except Exception:  # pyRAPL located its zones; the direct reader may not (another layout)
+            safe = None
+        if safe is None:
+            ranges = [r for r, _ in (self._max_range_j(d) for d in doms) if r]
+            safe = min(ranges) / DEFAULT_MAX_POWER_W if ranges else None
+        return safe
 
     @staticmethod
     def _domains(values: list) -> dict[str, float | None]:

@@ -212,9 +212,15 @@ class RaplMeter(EnergyMeter):
             z.domain = domain
             owner[domain] = z
 
+    #: two dies' ``energy_uj`` less than this many µJ (0.5 J) apart read the same counter: it updates
+    #: about every millisecond, so two reads microseconds apart straddle at most one update (≤ 0.5 J
+    #: at 500 W), while two dies' own counters (joules since boot) differ by far more
+    DIE_TWIN_TOLERANCE_UJ: ClassVar[int] = 500_000
+
     def _identical_die(self, z: Zone, domain: str, owner: dict[str, Zone]) -> Zone | None:
-        """Another die of the same package whose ``energy_uj`` reads identical to ``z``'s: the
-        same package-scope counter exposed once per die (counted once)."""
+        """Another die of the same package whose ``energy_uj`` reads the same as ``z``'s (within
+        :attr:`DIE_TWIN_TOLERANCE_UJ`: the counter may tick between the two reads): the same
+        package-scope counter exposed once per die (counted once)."""
         pkg = domain.split("-die-")[0] + "-die-"
         try:
             v = self._read_int(os.path.join(z.path, "energy_uj"))
@@ -223,7 +229,7 @@ class RaplMeter(EnergyMeter):
         for dom, other in owner.items():
             if dom.startswith(pkg):
                 try:
-                    if self._read_int(os.path.join(other.path, "energy_uj")) == v:
+                    if abs(self._read_int(os.path.join(other.path, "energy_uj")) - v) < self.DIE_TWIN_TOLERANCE_UJ:
                         return other
                 except (OSError, ValueError):
                     continue
@@ -270,8 +276,9 @@ class RaplMeter(EnergyMeter):
     def zone_max_power_w(self, z: Zone) -> tuple[float, str]:
         """Highest power this zone can draw, in W, and where the figure came from.
 
-        From ``constraint_*_max_power_uw``, else ``constraint_*_power_limit_uw``, else the
-        parent package's figure (for DRAM), else ``default_max_power_w``.
+        From ``constraint_*_max_power_uw``, else ``constraint_*_power_limit_uw``, else
+        ``default_max_power_w`` (also for a DRAM zone without constraints: an over-estimate, so
+        the wrap-safe window comes out shorter, the safe side).
         """
         for suffix in ("max_power_uw", "power_limit_uw"):
             vals = []

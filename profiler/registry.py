@@ -39,12 +39,16 @@ class Registry(Generic[T]):
         """Add ``cls`` under ``cls.name``; ``source`` says where it came from (:data:`BUILT_IN`,
         or a third-party distribution and entry point).
 
-        Raises ValueError on an empty name, or a name already taken by another class (the message
-        names both classes and their sources).
+        Raises ValueError on an empty name, a name already taken by another class (the message
+        names both classes and their sources), or a constructor parameter called ``name`` (the
+        config key that selects the plugin: it could never be set).
         """
         name = getattr(cls, "name", "")
         if not name or not isinstance(name, str):
             raise ValueError(f"{cls.__qualname__} has no 'name' class attribute")
+        if "name" in inspect.signature(cls.__init__).parameters:
+            raise ValueError(f"{class_path(cls)}: a constructor parameter called 'name' could never be set (the config's "
+                             "'name' selects the plugin); rename it")
         old = self._classes.get(name)
         if old is not None and old is not cls:
             raise ValueError(
@@ -139,8 +143,9 @@ class Registry(Generic[T]):
 
         Raises:
             ConfigError: unknown name, unknown or missing parameter, a value of the wrong type,
-                non-finite or out of its range (the range is in the message), or a value the
-                plugin rejects (its ValueError/TypeError message is kept), always naming ``key``.
+                non-finite or out of its range (the range is in the message), a value the
+                plugin rejects (its ValueError/TypeError message is kept), or any other exception
+                of its constructor (named with the plugin's source), always naming ``key``.
         """
         cls = self.get(name, f"{key}.name")
         valid = self.params(name)
@@ -163,6 +168,9 @@ class Registry(Generic[T]):
             return cls(**params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
+        except Exception as exc:  # a plugin's bug, not the config's: still one line naming the key and the plugin
+            raise ConfigError(f"{key}: {self.kind} {name!r} ({self._sources.get(name, 'built-in')}) failed to construct: "
+                              f"{type(exc).__name__}: {exc}") from None
 
 
 def _strip(hint: Any) -> Any:

@@ -124,6 +124,10 @@ class Damaged:
         return f"{self.file}:{self.line}: {self.why}" if self.line else f"{self.file}: {self.why}"
 
 
+
+#: the row's own columns (a plugin's extra fields may not take these names)
+RESULT_FIELDS = frozenset(f.name for f in fields(Result)) - {"extra"}
+
 @dataclass
 class ResultsFile:
     """Valid rows of a ``results.jsonl`` (one per cell: a repeated cell keeps its last row, at

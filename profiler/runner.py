@@ -18,16 +18,16 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings, logits_of
+from accelerators.base import Prepared, PrepareSettings, logits_of
 from profiler import __version__
 from profiler.config import Cell, Config, PluginSpec, check_pruners_fit_tasks, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, SparsebenchWarning
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
-from profiler.results import Result, append_result, read_results, repair_tail
+from profiler.results import RESULT_FIELDS, Result, append_result, read_results, repair_tail
 from profiler.rundir import RESULTS, check_resumable, check_writable
 from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
@@ -131,7 +131,7 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     directory ``resume_dir`` with its results files. Raises ConfigError."""
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     if check_meter and cfg.meter.name != "auto":
-        ok, why = meter.availability()
+        ok, why = safe_availability(meter)
         if not ok:
             raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
                               "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
@@ -400,6 +400,9 @@ class Runner:
         progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
         pruner.cache_dir = self.cache_dir
         report = pruner.prune(model, task, progress=progress)
+        if not isinstance(report, PruneReport):  # a third-party pruner's mistake, named as such
+            raise TypeError(f"pruner {spec.name!r}: prune() returned {type(report).__name__}; it must prune the model "
+                            "in place and return a PruneReport (pruners.base.sparsity_report(model) builds one)")
         self.reporter.training_done()
         model.eval()
         def write(folder: Path) -> None:
@@ -450,7 +453,14 @@ class Runner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 prepared = acc.prepare(model, example, settings)
-            row.extra.update(prepared.fields)
+            if not isinstance(prepared, Prepared):  # a third-party accelerator's mistake, named as such
+                raise TypeError(f"accelerator {acc.name!r}: prepare() returned {type(prepared).__name__}; it must "
+                                "return accelerators.base.Prepared(module, fields)")
+            taken = sorted(set(prepared.fields) & RESULT_FIELDS)
+            if taken:
+                warnings.warn(f"accelerator {acc.name!r}: prepare() fields {taken} are row columns of their own; "
+                              "dropped (name them otherwise)", SparsebenchWarning)
+            row.extra.update({k: v for k, v in prepared.fields.items() if k not in RESULT_FIELDS})
             row.model_bytes = model_bytes(prepared.module)
             return row, (prepared.module, make_call(prepared.module, example, acc.device))
         except Exception as exc:

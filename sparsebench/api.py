@@ -69,6 +69,20 @@ def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
     return str(folder)
 
 
+def _tables(entries: Iterable[Any], arg: str) -> list[dict[str, Any]]:
+    """``pruners`` / ``accelerators`` as config tables: a dict each, or a plugin name for ``{"name": ...}``."""
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            out.append({"name": e})
+        elif isinstance(e, dict):
+            out.append(dict(e))
+        else:
+            raise ConfigError(f"{arg}: each entry is a dict like {{'name': 'magnitude', 'sparsity': 0.5}} or a "
+                              f"plugin name, got {e!r}")
+    return out
+
+
 def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = None,
             pruners: Iterable[dict[str, Any]] = DEFAULT_PRUNERS,
             accelerators: Iterable[dict[str, Any]] = DEFAULT_ACCELERATORS,
@@ -87,7 +101,8 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             ``text_column`` (and ``text_pair_column``) and ``label_column``; train only for
             fine-tuning (``finetune_steps`` > 0) and training pruners (gmp, movement).
         pruners / accelerators / measure / meter: the same dicts as the TOML tables, e.g.
-            ``{"name": "magnitude", "sparsity": [0.5, 0.9]}``.
+            ``{"name": "magnitude", "sparsity": [0.5, 0.9]}`` (a pruner or accelerator may also be
+            given by its name alone).
         batch_size / seq_len / threads: the matrix axes (sequences, tokens, intra-op threads).
         metric: accuracy | f1 | matthews | pearson | spearman (default accuracy).
         out: a new run directory to write (results.jsonl, manifest, the model and data as given): a
@@ -97,13 +112,15 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         cache_dir: fine-tuned/pruned model cache; default ``$SPARSEBENCH_CACHE`` with ``out``.
 
     Returns a pandas DataFrame with exactly the rows of ``results.jsonl`` (one per cell; units in
-    the column names). Raises :class:`profiler.errors.ConfigError` (a ValueError) on bad input,
+    the column names; ``latency_savings_factor`` and ``latency_savings_vs_best_dense`` always
+    present, NaN where a cell has none). With ``out``, the run directory also gets its ``report.html``. Raises :class:`profiler.errors.ConfigError` (a ValueError) on bad input,
     before any work. Warns (UserWarning) when no pruner ``none`` runs under ``torch-fp32``: the rows
     then get no savings factor and no accuracy kept.
     """
     import pandas as pd
 
     from profiler.config import missing_baseline_note, parse_config
+    from profiler.measure import SAVINGS_KEYS
     from profiler.results import read_results
     from profiler.rundir import check_new_folder
     from profiler.runner import RESULTS, Runner, preflight
@@ -127,8 +144,8 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             task["train_file"] = _write_jsonl(records_of(train_data, "train_data"), inputs / "train.jsonl")
         task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric)) if v is not None})
         raw: dict[str, Any] = {
-            "run": {"name": "profile"}, "tasks": [task], "pruners": [dict(p) for p in pruners],
-            "accelerators": [dict(a) for a in accelerators], "meter": dict(meter or {"name": "auto"}),
+            "run": {"name": "profile"}, "tasks": [task], "pruners": _tables(pruners, "pruners"),
+            "accelerators": _tables(accelerators, "accelerators"), "meter": dict(meter or {"name": "auto"}),
             "matrix": axes,
         }
         if measure:
@@ -146,9 +163,17 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             warnings.warn(note, UserWarning, stacklevel=2)
         started = True
         Runner(cfg, run_dir, cache_dir=cache).run()
-        return pd.DataFrame(read_results(run_dir / RESULTS).rows)
+        if out is not None:  # a kept run directory gets its page, as a CLI run does
+            from reports.report import write_report
+
+            write_report(run_dir)
+        df = pd.DataFrame(read_results(run_dir / RESULTS).rows)
+        for col in SAVINGS_KEYS:  # the same columns whether or not the matrix has its baseline cell
+            if col not in df:
+                df[col] = float("nan")
+        return df
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        elif created and not started:  # bad input: leave no half-written run directory behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+        elif not started:  # bad input: leave no half-written run directory (nor files in an empty one)
+            shutil.rmtree(run_dir if created else inputs, ignore_errors=True)

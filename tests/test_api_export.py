@@ -45,6 +45,7 @@ def test_profile_returns_exactly_the_rows_of_results_jsonl(profiled):
     assert set(df["status"]) == {"ok"}, df["reason"].tolist()
     assert set(df["metric_name"]) == {"spearman"}
     assert (df["accuracy"] == df["metric_spearman"]).all() and df["metric_pearson"].notna().all()
+    assert (root / "run" / "report.html").is_file()  # a kept run directory gets its page
 
 
 def test_profile_without_out_leaves_nothing_and_takes_list_of_dicts(tmp_path):
@@ -53,9 +54,11 @@ def test_profile_without_out_leaves_nothing_and_takes_list_of_dicts(tmp_path):
     folder = save_tiny_model(tmp_path / "m", "distilbert")
     data = [{"text": a, "label": y} for a, _, y in sentences(12)]
     df = sparsebench.profile(AutoModelForSequenceClassification.from_pretrained(folder),
-                             AutoTokenizer.from_pretrained(folder), data, batch_size=[1], seq_len=[8],
-                             measure=FAST, meter={"name": "estimate"})
+                             AutoTokenizer.from_pretrained(folder), data, pruners=["none"], accelerators=["torch-fp32"],
+                             batch_size=[1], seq_len=[8], measure=FAST, meter={"name": "estimate"})
     assert list(df["status"]) == ["ok"] and list(df["metric_name"]) == ["accuracy"]
+    with pytest.raises(ConfigError, match=r"pruners: each entry is a dict like .* or a plugin name, got 3"):
+        sparsebench.profile(str(folder), None, data, pruners=[3])
 
 
 def test_profile_warns_when_the_matrix_has_no_baseline_cell(tmp_path, recwarn):
@@ -71,6 +74,7 @@ def test_profile_warns_when_the_matrix_has_no_baseline_cell(tmp_path, recwarn):
     with pytest.warns(UserWarning, match="no pruner 'none' with accelerator 'torch-fp32'"):
         df = sparsebench.profile(model, tok, data, accelerators=[{"name": "sparse-cpu", "calibrate": False}], **kw)
     assert list(df["status"]) == ["ok"]
+    assert df["latency_savings_factor"].isna().all()  # the column is there, empty, without a baseline
 
 
 def test_profile_bad_input_writes_nothing(tmp_path):
@@ -79,6 +83,11 @@ def test_profile_bad_input_writes_nothing(tmp_path):
         sparsebench.profile(str(folder), None, [{"text": "good movie", "label": 7}], out=tmp_path / "run",
                             meter={"name": "estimate"})
     assert not (tmp_path / "run").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder given as out stays empty
+    with pytest.raises(ConfigError, match="outside the model head's range"):
+        sparsebench.profile(str(folder), None, [{"text": "good movie", "label": 7}], out=tmp_path / "empty",
+                            meter={"name": "estimate"})
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_profile_refuses_an_out_folder_that_holds_something(profiled, tmp_path):

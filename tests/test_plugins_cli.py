@@ -232,3 +232,119 @@ def test_plugins_say_what_an_omitted_parameter_means(capsys):
     text = capsys.readouterr().out
     assert re.search(r"label_column\s+str \| None\s+optional: \"label\"", text)
     assert re.search(r"model\s+str \| None\s+optional: all-MiniLM-L6-v2", text)
+
+
+# -- a third-party plugin's mistakes: one clear line, the key and the plugin named -----------------
+
+
+class BrokenInit(Accelerator):
+    """Raises something other than ValueError while constructing."""
+
+    name = "broken-init"
+
+    def __init__(self):
+        raise RuntimeError("boom in __init__")
+
+
+class BareModule(Accelerator):
+    """Returns the module itself instead of Prepared."""
+
+    name = "bare-module"
+
+    def prepare(self, model, example, settings):
+        return copy.deepcopy(model).eval()
+
+
+class ClashingFields(Accelerator):
+    """Reports fields that are the row's own columns."""
+
+    name = "clashing-fields"
+
+    def prepare(self, model, example, settings):
+        return Prepared(copy.deepcopy(model).eval(), {"accuracy": 0.123, "status": "great", "clash_ok": 1})
+
+
+class NamedParam(Accelerator):
+    name = "named-param"
+
+    def __init__(self, name: str = "x"):
+        self.label = name
+
+
+def _tiny_run(tmp_path, accelerator: str, **overrides) -> tuple[int, list[dict]]:
+    from profiler.results import read_results
+    from tests.conftest import tiny_config
+    from tests.faults_util import write_config
+
+    cfg = tiny_config(pruners=[{"name": "none"}], accelerators=[{"name": accelerator}],
+                      matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}, **overrides)
+    status = main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")])
+    runs = list((tmp_path / "runs").glob("*/results.jsonl")) if (tmp_path / "runs").exists() else []
+    return status, (read_results(runs[0]).rows if runs else [])
+
+
+def test_a_constructor_raising_anything_is_one_line_naming_the_key(isolated_registries, tmp_path, capsys):
+    ACCELERATORS.register(BrokenInit, source="distribution 'x'")
+    status, rows = _tiny_run(tmp_path, "broken-init")
+    err = capsys.readouterr().err
+    assert status == 2 and not rows and "Traceback" not in err
+    assert "accelerators[0]: accelerator 'broken-init' (distribution 'x') failed to construct: RuntimeError: boom" in err
+
+
+def test_prepare_returning_a_bare_module_fails_the_cell_with_what_to_return(isolated_registries, tmp_path):
+    ACCELERATORS.register(BareModule, source="distribution 'x'")
+    status, (row,) = _tiny_run(tmp_path, "bare-module")
+    assert row["status"] == "failed" and "must return accelerators.base.Prepared(module, fields)" in row["reason"]
+
+
+def test_prepare_fields_named_like_row_columns_are_dropped_with_a_warning(isolated_registries, tmp_path, capsys):
+    ACCELERATORS.register(ClashingFields, source="distribution 'x'")
+    status, (row,) = _tiny_run(tmp_path, "clashing-fields")
+    assert row["status"] == "ok" and row["accuracy"] != 0.123 and row["clash_ok"] == 1
+    assert "['accuracy', 'status'] are row columns of their own" in capsys.readouterr().err
+
+
+def test_a_parameter_called_name_is_refused_at_registration(isolated_registries):
+    with pytest.raises(ValueError, match="parameter called 'name' could never be set"):
+        ACCELERATORS.register(NamedParam)
+
+
+def test_a_meter_whose_probe_raises_is_unavailable_before_any_work(isolated_registries, tmp_path, capsys):
+    from profiler.meters.base import EnergyMeter
+    from profiler.plugins import METERS
+
+    class RaisingProbe(EnergyMeter):
+        name = "raising-probe"
+
+        def availability(self):
+            raise RuntimeError("probe bug")
+
+    METERS.register(RaisingProbe, source="distribution 'x'")
+    status, rows = _tiny_run(tmp_path, "torch-fp32", meter={"name": "raising-probe"})
+    err = capsys.readouterr().err
+    assert status == 2 and not rows and "Traceback" not in err
+    assert "'raising-probe' is unavailable here: availability() raised RuntimeError('probe bug')" in err
+
+
+def test_a_pruner_returning_no_report_fails_its_cells_saying_what_to_return(isolated_registries, tmp_path):
+    from profiler.plugins import PRUNERS
+    from pruners.base import Pruner
+
+    class NoReport(Pruner):
+        name = "no-report"
+
+        def prune(self, model, task=None, progress=None):
+            return None
+
+    PRUNERS.register(NoReport, source="distribution 'x'")
+    from profiler.results import read_results
+    from tests.conftest import tiny_config
+    from tests.faults_util import write_config
+
+    cfg = tiny_config(pruners=[{"name": "none"}, {"name": "no-report"}], accelerators=[{"name": "torch-fp32"}],
+                      matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
+    main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")])
+    (results,) = (tmp_path / "runs").glob("*/results.jsonl")
+    bad = [r for r in read_results(results).rows if r["pruner"] == "no-report"]
+    assert bad and bad[0]["status"] == "failed"
+    assert "prune() returned NoneType; it must prune the model in place and return a PruneReport" in bad[0]["reason"]

@@ -42,6 +42,7 @@ def fake_nvml(gpus, init_error=None):
         nvmlDeviceGetCount=lambda: len(gpus),
         nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetName=lambda h: gpus[h].get("name", "Fake GPU").encode(),
+        nvmlDeviceGetUUID=lambda h: gpus[h].get("uuid", f"GPU-0000000{h}-aaaa-bbbb-cccc-dddddddddddd"),
         nvmlDeviceGetTotalEnergyConsumption=lambda h: value(gpus[h]["energy_mj"]),
         nvmlDeviceGetPowerUsage=power,
         calls=calls,
@@ -214,3 +215,33 @@ def test_one_gpu_without_a_handle_leaves_the_others_measured():
     nv.nvmlDeviceGetHandleByIndex = handle
     ok, why = NvmlMeter(nvml=nv).availability()
     assert ok and "gpu:1" in why and "no handle" in why
+
+
+@pytest.mark.parametrize("visible, order, want", [
+    (None, "FASTEST_FIRST", [0, 1, 2]),
+    ("GPU-00000002", "FASTEST_FIRST", [2]),          # a UUID prefix: that GPU only
+    ("1", "PCI_BUS_ID", [1]),                       # CUDA index = NVML index in PCI order
+    ("2,GPU-nonexistent,0", "PCI_BUS_ID", [2]),     # an entry matching nothing ends the list, as in CUDA
+    ("1", "FASTEST_FIRST", [1]),                    # no CUDA in this process to match UUIDs: NVML's numbering, said
+])
+def test_only_the_gpus_this_process_may_use_are_measured(monkeypatch, visible, order, want):
+    """Another tenant's GPU on a shared host is not added to ours."""
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", order)
+    m = NvmlMeter(nvml=fake_nvml([{"energy_mj": 5, "power_mw": 1}] * 3))
+    ok, why = m.availability()
+    assert ok and [g.index for g in m._gpus] == want
+    assert ("CUDA_VISIBLE_DEVICES" in why) == (visible is not None)
+    if order == "FASTEST_FIRST" and visible and visible.isdigit():
+        import torch
+
+        assert torch.cuda.is_available() or "NVML's numbering assumed" in why
+
+
+def test_cuda_visible_devices_hiding_every_gpu_is_unavailable(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    ok, why = NvmlMeter(nvml=fake_nvml([{"energy_mj": 5, "power_mw": 1}])).availability()
+    assert not ok and "hides every GPU" in why

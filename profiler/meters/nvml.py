@@ -16,6 +16,7 @@ not installed, no driver, no GPU) → :meth:`~NvmlMeter.availability` is ``(Fals
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,11 +57,56 @@ class _Gpu:
     flags: list[str] = field(default_factory=list)
 
 
+def visible_nvml_indices(nv: Any, count: int, visible: str | None, order: str) -> tuple[list[int], str]:
+    """NVML indices of the GPUs ``CUDA_VISIBLE_DEVICES`` (``visible``) lets this process use, and a
+    note saying how they were chosen ("" when it is unset: every GPU). Entries are UUIDs
+    (``GPU-…``, prefixes allowed), matched against ``nvmlDeviceGetUUID``, or CUDA indices: NVML's own
+    under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, else matched by UUID through ``torch.cuda`` (CUDA's default
+    order is fastest first, NVML's is PCI bus order). An entry that matches nothing ends the list,
+    as CUDA does."""
+    if visible is None:
+        return list(range(count)), ""
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if not entries or entries[0] == "-1":
+        return [], f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+
+    def uuid_of(i: int) -> str:
+        u = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
+        return u.decode() if isinstance(u, bytes) else str(u)
+
+    uuids = [uuid_of(i) for i in range(count)]
+    out: list[int] = []
+    for cuda_index, e in enumerate(entries):
+        if e.startswith("GPU-"):
+            hit = [i for i, u in enumerate(uuids) if u.startswith(e)]
+        elif e.isdigit() and order == "PCI_BUS_ID":
+            hit = [int(e)] if int(e) < count else []
+        elif e.isdigit():
+            try:
+                import torch
+
+                u = "GPU-" + str(torch.cuda.get_device_properties(cuda_index).uuid)
+                hit = [i for i, v in enumerate(uuids) if v == u]
+            except Exception:  # no CUDA in this process: fall back to NVML's numbering, said in the note
+                hit = [int(e)] if int(e) < count else []
+                order = "NVML's numbering assumed"
+        else:
+            hit = []
+        if len(hit) != 1:
+            break
+        out.append(hit[0])
+    return out, f"CUDA_VISIBLE_DEVICES={visible!r} → NVML {', '.join(map(str, out)) or 'none'}" + (
+        f"; {order}" if order not in ("PCI_BUS_ID", "FASTEST_FIRST") else "")
+
+
 class NvmlMeter(EnergyMeter):
     """NVIDIA GPU energy, one ``gpu:<index>`` domain per device.
 
     Args:
-        devices: GPU indices to measure; ``None`` = all.
+        devices: NVML indices of the GPUs to measure; ``None`` = the GPUs this process may use:
+            those ``CUDA_VISIBLE_DEVICES`` names (UUIDs matched to NVML's; indices are NVML's
+            only under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, else matched by UUID through torch), all
+            when it is unset — not another tenant's GPU on a shared host.
         poll_hz: power-sampling rate in poll mode (Hz); must be ≥ 10.
         force_poll: use power polling even where the energy counter works (for comparisons).
         nvml: the NVML module (``pynvml``-compatible); ``None`` imports ``pynvml``. Tests inject
@@ -134,7 +180,13 @@ class NvmlMeter(EnergyMeter):
         count = nv.nvmlDeviceGetCount()
         if count == 0:
             return False, "NVML found no NVIDIA GPU"
-        indices = self.devices if self.devices is not None else list(range(count))
+        if self.devices is not None:
+            indices, chosen = self.devices, ""
+        else:
+            indices, chosen = visible_nvml_indices(nv, count, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                                   os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST"))
+            if not indices:
+                return False, f"no GPU to measure: {chosen}"
         bad = [i for i in indices if not 0 <= i < count]
         if bad:
             return False, f"GPU index {bad} out of range (found {count})"
@@ -156,7 +208,7 @@ class NvmlMeter(EnergyMeter):
         if not usable:
             return False, "; ".join(f"gpu:{g.index} {g.name}: {g.note}" for g in gpus)
         self.method = "power-poll" if any(g.mode == "poll" for g in usable) else "measured"
-        return True, "; ".join(f"gpu:{g.index} {g.name}: {g.note}" for g in gpus)
+        return True, "; ".join(f"gpu:{g.index} {g.name}: {g.note}" for g in gpus) + (f" ({chosen})" if chosen else "")
 
     def _classify(self, nv, err, i, h, name) -> _Gpu:
         why = "forced" if self.force_poll else ""

@@ -346,22 +346,25 @@ def _check_text_sources(cfg: Config) -> None:
                     raise ConfigError(f"{spec.key}: {exc} ({task_spec.key}: {task_spec.label()})") from None
 
 
-def check_pruners_fit_tasks(cfg: Config) -> None:
-    """Every pruner against every task, before any work: a pruner that trains (or, like OBS, takes
-    gradients) needs the task's training data, and a block or N:M structure must tile every weight
-    it prunes of the task's model (its shapes: the model is built, not fine-tuned). Tasks are built
-    only when some pruner needs either check. Raises ConfigError naming the pruner and the task."""
+def check_matrix_fits_tasks(cfg: Config) -> None:
+    """The matrix against every task, before any work: ``matrix.seq_len`` within the model's
+    position embeddings (:attr:`~profiler.tasks.base.Task.max_positions`, where the task knows
+    them), a pruner that trains (or, like OBS, takes gradients) given the task's training data, and
+    a block or N:M structure that tiles every weight it prunes of the task's model (its shapes: the
+    model is built, not fine-tuned). Raises ConfigError naming the key and the task."""
     from pruners.base import ALL_ROLES, prunable_linears
 
     pruners = [(spec, PRUNERS.build(spec.name, spec.params, spec.key)) for spec in cfg.pruners]
     trains = [(spec, p) for spec, p in pruners if getattr(p, "needs_training", False)]
     shaped = [(spec, p) for spec, p in pruners
               if getattr(getattr(p, "structure", None), "kind", "unstructured") != "unstructured"]
-    if not trains and not shaped:
-        return
     for task_spec in cfg.tasks:
         task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         where = f"{task_spec.key} ({task_spec.label()})"
+        positions = getattr(task, "max_positions", None)
+        if positions and max(cfg.seq_lens) > positions:
+            raise ConfigError(f"matrix.seq_len: {max(cfg.seq_lens)} is longer than {where}'s model takes "
+                              f"({positions} positions); use seq_len <= {positions}")
         if trains and not task.has_training_data():
             spec = trains[0][0]
             raise ConfigError(f"{spec.key} ({spec.label()}) trains on the task's training data and {where} has "

@@ -20,7 +20,7 @@ from torch import nn
 
 from accelerators.base import Prepared, PrepareSettings, logits_of
 from profiler import __version__
-from profiler.config import Cell, Config, PluginSpec, check_pruners_fit_tasks, expand, parse_config
+from profiler.config import Cell, Config, PluginSpec, check_matrix_fits_tasks, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError, SparsebenchWarning
@@ -136,7 +136,7 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
             raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
                               "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
     check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)")
-    check_pruners_fit_tasks(cfg)
+    check_matrix_fits_tasks(cfg)
     if resume_dir is not None:
         check_resumable(Path(resume_dir))
     else:

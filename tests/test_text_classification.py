@@ -234,6 +234,28 @@ def test_bad_task_fails_config_validation_and_writes_nothing(tmp_path, model_dir
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("arch, seq_len, ok", [("bert", 160, True), ("bert", 161, False), ("roberta", 158, True),
+                                               ("roberta", 159, False)])
+def test_seq_len_beyond_the_models_positions_fails_before_any_work(tmp_path, model_dirs, data_dir, arch, seq_len, ok,
+                                                                   capsys):
+    """160 position embeddings: BERT takes 160 tokens, RoBERTa 158 (its positions start after the padding index)."""
+    from profiler.config import parse_config
+    from profiler.errors import ConfigError
+    from profiler.runner import preflight
+
+    cfg = parse_config({"meter": {"name": "estimate"}, "run": {"name": "t", "output_dir": str(tmp_path / "runs")},
+                        "tasks": [{"name": "text-classification", "model": str(model_dirs[arch]),
+                                   "eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
+                                   "label_column": "stars"}],
+                        "pruners": [{"name": "none"}], "accelerators": [{"name": "torch-fp32"}],
+                        "matrix": {"seq_len": [16, seq_len]}})
+    if ok:
+        preflight(cfg, tmp_path / "cache")
+    else:
+        with pytest.raises(ConfigError, match=rf"matrix.seq_len: {seq_len} is longer than tasks\[0\].*use seq_len <= "):
+            preflight(cfg, tmp_path / "cache")
+
+
 @pytest.mark.parametrize("pruner, match", [
     ('name = "gmp"\nsparsity = 0.5\nsteps = 4', r"pruners\[0\] \(gmp.*\) trains on the task's training data and tasks\[0\]"),
     ('name = "magnitude"\nsparsity = 0.5\nstructure = "1x3"', r"pruners\[0\]: structure '1x3': layer .* is not a multiple"),

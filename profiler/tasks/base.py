@@ -58,6 +58,8 @@ class Task:
     num_labels: int = 2
     #: whether the model takes ``token_type_ids`` (DistilBERT does not)
     uses_token_types: bool = True
+    #: the longest sequence (tokens) the model's position embeddings take; None = not known
+    max_positions: int | None = None
 
     # fine-tuning hyper-parameters, set by subclasses' constructors
     finetune_steps: int = 0

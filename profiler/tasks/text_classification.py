@@ -128,6 +128,10 @@ class TextClassification(Task):
         self.has_head = modelsource.has_classification_head(config)
         self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
         self.pair_token_types = getattr(config, "type_vocab_size", 0) > 1
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if positions and self.model_type in ("roberta", "xlm-roberta"):
+            positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1  # positions start after the padding index
+        self.max_positions = int(positions) if positions else None
         labels = dict(getattr(config, "label2id", None) or {})
         self.label2id = {k: int(v) for k, v in labels.items() if not k.startswith("LABEL_")}
         if self.has_head:

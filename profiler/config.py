@@ -10,6 +10,7 @@ checked by :mod:`profiler.targets`; they leave the cells and their ids unchanged
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import tomllib
@@ -24,7 +25,7 @@ from accelerators.params import Range, number_problem
 from profiler import identity
 from profiler.errors import ConfigError
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, stable_hash
-from profiler.labels import plugin_label
+from profiler.labels import distinct_labels, plugin_label
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
 from profiler.targets import RaySettings, parse_ray, parse_targets
@@ -49,12 +50,14 @@ class PluginSpec:
     name: str
     params: dict[str, Any]
     key: str
+    #: the label when :func:`~profiler.labels.plugin_label` alone would not tell it from another spec
+    shown: str | None = field(default=None, compare=False)
 
     def canonical(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params}
 
     def label(self) -> str:
-        return plugin_label(self.name, self.params)
+        return self.shown or plugin_label(self.name, self.params)
 
     def __hash__(self) -> int:
         return hash(stable_hash(self.canonical()))
@@ -295,8 +298,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
         seed=int(run.get("seed", 0)),
         output_dir=str(run.get("output_dir", "runs")),
         tasks=_plugins(TASKS, raw["tasks"], "tasks"),
-        pruners=_plugins(PRUNERS, raw["pruners"], "pruners"),
-        accelerators=_plugins(ACCELERATORS, raw["accelerators"], "accelerators"),
+        pruners=_told_apart(_plugins(PRUNERS, raw["pruners"], "pruners")),
+        accelerators=_told_apart(_plugins(ACCELERATORS, raw["accelerators"], "accelerators")),
         meter=_plugins(METERS, raw.get("meter", {"name": "auto"}), "meter")[0],
         batch_sizes=_int_list(matrix, "batch_size", [1], maximum=65536),
         seq_lens=_int_list(matrix, "seq_len", [128], minimum=2, maximum=MAX_SEQ_LEN),
@@ -344,6 +347,14 @@ def _check_text_sources(cfg: Config) -> None:
                     task.unlabeled_texts(source)
                 except ValueError as exc:
                     raise ConfigError(f"{spec.key}: {exc} ({task_spec.key}: {task_spec.label()})") from None
+
+
+def _told_apart(specs: list[PluginSpec]) -> list[PluginSpec]:
+    """``specs`` with :attr:`PluginSpec.shown` set where their plain labels would coincide
+    (:func:`~profiler.labels.distinct_labels`), so rows, progress lines and reports tell them apart."""
+    labels = distinct_labels([(s.name, s.params) for s in specs])
+    return [s if label == plugin_label(s.name, s.params) else dataclasses.replace(s, shown=label)
+            for s, label in zip(specs, labels)]
 
 
 def check_matrix_fits_tasks(cfg: Config) -> None:

@@ -1,6 +1,8 @@
 """Short human labels for plugin configs (used in result rows and reports; no torch import)."""
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from typing import Any
 
 # parameter → how it shows when it differs from the plain default
@@ -38,3 +40,25 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
     if params.get("sparse_weights_rate") is not None:
         parts.append(f"sparse-weights {params['sparse_weights_rate']:g}")
     return " ".join(parts)
+
+
+def distinct_labels(items: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
+    """:func:`plugin_label` of each ``(name, params)``, with ``key=value`` added for the parameters
+    that tell apart entries which would otherwise share a label (a sweep over a parameter the label
+    does not show, e.g. a third-party plugin's): rows of different configurations never look alike."""
+    def text(v: Any) -> str:
+        return json.dumps(v, sort_keys=True, default=str)
+
+    params = [p if isinstance(p, dict) else {} for _, p in items]
+    labels = [plugin_label(n, p) for (n, _), p in zip(items, params)]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        groups[label].append(i)
+    for label, idx in groups.items():
+        if len({text(params[i]) for i in idx}) < 2:
+            continue
+        keys = sorted({k for i in idx for k in params[i]})
+        differ = [k for k in keys if len({text(params[i].get(k)) for i in idx}) > 1]
+        for i in idx:
+            labels[i] = " ".join([label] + [f"{k}={params[i].get(k)}" for k in differ])
+    return labels

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, is_dense_fp32, stable_hash
-from profiler.labels import plugin_label
+from profiler.labels import distinct_labels
 from profiler.results import read_results
 from profiler.rundir import RESULTS
 
@@ -48,8 +48,8 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     add_task_key(df)
     df["sparsity"] = df["pruner_params"].map(lambda p: (p or {}).get("sparsity", 0.0) if isinstance(p, dict) else 0.0)
     # labels come from the params, not the stored label, so rows label alike whoever wrote them
-    df["pruner_label"] = [plugin_label(n, p) for n, p in zip(df["pruner"], df["pruner_params"])]
-    df["accelerator_label"] = [plugin_label(n, p) for n, p in zip(df["accelerator"], df["accelerator_params"])]
+    df["pruner_label"] = distinct_labels(list(zip(df["pruner"], df["pruner_params"])))
+    df["accelerator_label"] = distinct_labels(list(zip(df["accelerator"], df["accelerator_params"])))
     df["label"] = df["pruner_label"] + " + " + df["accelerator_label"]
     return df, rf.damaged_lines
 

@@ -280,3 +280,11 @@ def test_a_run_stopped_before_its_first_cell_is_told_how_to_go_on(tmp_path, caps
     assert f"sparsebench run --resume {run}" in capsys.readouterr().err
     assert main(["compare", str(run), str(make_run(tmp_path / "a", standard()))]) == 2
     assert "no cell has finished yet" in capsys.readouterr().err
+
+
+def test_report_labels_tell_apart_rows_of_a_sweep_their_labels_do_not_show(tmp_path):
+    from reports.frame import load_rows
+
+    rows = [dict(row(acc="wrap"), accelerator_params={"level": lvl}, cell_id=f"c{lvl}") for lvl in (1, 2)]
+    df, _ = load_rows(make_run(tmp_path / "r", rows))
+    assert sorted(df["accelerator_label"]) == ["wrap level=1", "wrap level=2"]

@@ -184,3 +184,14 @@ def test_an_unwritable_output_folder_is_not_called_an_invalid_config(tmp_path, c
     assert main(["run", str(cfg), "--output-dir", str(blocker / "runs")]) == 2
     err = capsys.readouterr().err
     assert "cannot run: output folder" in err and "invalid config" not in err
+
+
+def test_labels_tell_apart_a_sweep_over_a_parameter_they_do_not_show():
+    """sparse-cpu's min_speedup is not in its label: a sweep over it gets key=value in each label."""
+    from profiler.labels import distinct_labels
+
+    cfg = parse_config(tiny_config(accelerators=[{"name": "torch-fp32"}, {"name": "sparse-cpu", "min_speedup": [1.0, 1.2]}]))
+    labels = [a.label() for a in cfg.accelerators]
+    assert labels == ["torch-fp32", "sparse-cpu min_speedup=1.0", "sparse-cpu min_speedup=1.2"]
+    assert [p.label() for p in cfg.pruners] == ["none", "magnitude 0.5", "magnitude 0.9"]  # shown already: unchanged
+    assert distinct_labels([("x", {"a": 1}), ("x", {"a": 1})]) == ["x", "x"]  # the same config twice: one label

@@ -71,7 +71,10 @@ def visible_nvml_indices(nv: Any, count: int, visible: str | None, order: str) -
         return [], f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
 
     def uuid_of(i: int) -> str:
-        u = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
+        try:
+            u = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
+        except Exception:  # a GPU this process may not open matches no entry
+            return ""
         return u.decode() if isinstance(u, bytes) else str(u)
 
     uuids = [uuid_of(i) for i in range(count)]

@@ -7,7 +7,7 @@ time things the same way.
   (the estimator least disturbed by other tenants of a shared machine).
 - :func:`interleaved_samples`: several callables round-robin, every call timed on its own, calls
   during which this process was preempted set apart; :func:`interleaved_rounds` the same, kept per
-  round, for same-round ratios.
+  round, and :func:`round_medians` each round's median, for same-round ratios.
 
 All times are seconds (floats) measured with ``time.perf_counter_ns``. Warm-up is the caller's
 job, except that the interleaved loops call each function once untimed to size their loops.
@@ -15,6 +15,7 @@ job, except that the interleaved loops call each function once untimed to size t
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from typing import Any, Callable, Mapping
 
@@ -43,15 +44,16 @@ def timed_loop(
             return samples
 
 
-def loop_lengths(fns: Mapping[str, Fn], min_time_s: float, max_calls: int | None = None) -> dict[str, int]:
-    """Calls per loop so that one loop of each fn lasts about ``min_time_s`` (>= 1, <= ``max_calls``
-    when given): each fn is called once untimed, then once timed."""
+def loop_lengths(fns: Mapping[str, Fn], min_time_s: float, max_calls: int | None = None,
+                 min_calls: int = 1) -> dict[str, int]:
+    """Calls per loop so that one loop of each fn lasts about ``min_time_s`` (>= ``min_calls``,
+    <= ``max_calls`` when given): each fn is called once untimed, then once timed."""
     loops = {}
     for k, f in fns.items():
         f()
         t0 = time.perf_counter()
         f()
-        n = max(1, int(min_time_s / max(time.perf_counter() - t0, 1e-7)))
+        n = max(min_calls, int(min_time_s / max(time.perf_counter() - t0, 1e-7)))
         loops[k] = n if max_calls is None else min(max_calls, n)
     return loops
 
@@ -79,17 +81,18 @@ def involuntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
-def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,
-                       preemptions: Callable[[], int] = involuntary_switches) -> dict[str, list[tuple[list[float], list[float]]]]:
+def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int | None = 200,
+                       preemptions: Callable[[], int] = involuntary_switches,
+                       min_calls: int = 1) -> dict[str, list[tuple[list[float], list[float]]]]:
     """Per-call seconds of each fn, timed round-robin and kept per round: each of ``repeats`` rounds
     runs every fn in turn for a loop of individually timed calls (loop length sized so that one loop
-    lasts about ``min_time_s``, at most ``max_calls`` calls).
+    lasts about ``min_time_s``, from ``min_calls`` to ``max_calls`` calls).
 
     On a shared machine a call during which one of our threads was preempted (``preemptions()``
     changed across it) measures the other tenants, not the callable: such calls are left out of
     the first list. Returns ``{name: [(clean samples, all samples) of each round]}``.
     """
-    n = loop_lengths(fns, min_time_s, max_calls)
+    n = loop_lengths(fns, min_time_s, max_calls, min_calls)
     res: dict[str, list[tuple[list[float], list[float]]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
@@ -105,6 +108,13 @@ def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, m
                 every.append(dt)
             res[k].append((clean, every))
     return res
+
+
+def round_medians(rounds: list[tuple[list[float], list[float]]], min_clean: int | None = 3) -> list[float]:
+    """The median of each round of :func:`interleaved_rounds`: of its clean calls when there are at
+    least ``min_clean`` (``None``: always of all its calls), else of all of them."""
+    return [statistics.median(clean if min_clean is not None and len(clean) >= min_clean else every)
+            for clean, every in rounds]
 
 
 def interleaved_samples(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int = 200,

@@ -69,7 +69,7 @@ from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, suppo
 from accelerators.roles import encoder_linears  # noqa: E402
 from accelerators.sparse_int8 import INT8_FORMATS  # noqa: E402
 from accelerators.sparse_linear import SparseLinear  # noqa: E402
-from accelerators.timing import interleaved_rounds  # noqa: E402
+from accelerators.timing import interleaved_rounds, round_medians  # noqa: E402
 from profiler.hardware import fingerprint  # noqa: E402
 from pruners.structure import parse_structure  # noqa: E402
 
@@ -117,8 +117,7 @@ def timeit(fns: dict, reps: int, min_time: float) -> dict:
     clean calls when it has at least 3, else over all of them."""
     out = {}
     for name, rounds in interleaved_rounds(fns, reps, min_time, max_calls=MAX_CALLS_PER_LOOP).items():
-        medians = [statistics.median(clean if len(clean) >= 3 else every) for clean, every in rounds]
-        out[name] = ([t for c, _ in rounds for t in c], [t for _, e in rounds for t in e], medians)
+        out[name] = ([t for c, _ in rounds for t in c], [t for _, e in rounds for t in e], round_medians(rounds))
     return out
 
 

@@ -32,7 +32,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ from accelerators.peer_onnxruntime import ONNXRuntime
 from accelerators.peer_openvino import OpenVINO
 from accelerators.torch_fp32 import TorchFP32
 from accelerators.sparse_int8 import SparseInt8
+from accelerators.timing import interleaved_rounds, round_medians
 from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
 from pruners.magnitude import MagnitudePruner
@@ -79,25 +79,16 @@ def pruned(model: torch.nn.Module, task: SST2, pruning: str) -> torch.nn.Module:
 
 
 def round_times(engines: dict, example: dict, rounds: int, loop_s: float) -> dict[str, list[float]]:
-    """Per engine, the median per-call seconds of each round's loop, engines interleaved."""
-    calls = {}
+    """Per engine, the median per-call seconds of each round's loop (all its calls), engines
+    interleaved (:func:`accelerators.timing.interleaved_rounds`: loops of about ``loop_s``, at
+    least 3 calls), after two warm-up calls each."""
+    fns = {name: (lambda m=mod: logits_of(m(**example))) for name, mod in engines.items()}
     with torch.inference_mode():
-        for name, mod in engines.items():
-            for _ in range(3):
-                logits_of(mod(**example))
-            t0 = time.perf_counter()
-            logits_of(mod(**example))
-            calls[name] = max(3, int(loop_s / max(time.perf_counter() - t0, 1e-6)))
-        out: dict[str, list[float]] = {k: [] for k in engines}
-        for _ in range(rounds):
-            for name, mod in engines.items():
-                ts = []
-                for _ in range(calls[name]):
-                    t0 = time.perf_counter()
-                    logits_of(mod(**example))
-                    ts.append(time.perf_counter() - t0)
-                out[name].append(statistics.median(ts))
-    return out
+        for f in fns.values():
+            for _ in range(2):
+                f()
+        per_round = interleaved_rounds(fns, rounds, loop_s, max_calls=None, min_calls=3)
+    return {name: round_medians(r, min_clean=None) for name, r in per_round.items()}
 
 
 def main(argv=None) -> None:

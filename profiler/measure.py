@@ -123,6 +123,8 @@ def fill_measurements(row: Result, t: Timed) -> None:
     row.extra.update(energy)
     if t.round_medians is not None:
         row.extra["latency_rounds"] = len(t.round_medians)
+        # per round, so that any two cells of one interleaved group can be divided round by round
+        row.extra["latency_round_medians_s"] = list(t.round_medians)
 
 
 #: the same-round savings factors every timed row carries: against the dense torch-fp32 cell, and

@@ -47,6 +47,9 @@ from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
 from pruners.magnitude import MagnitudePruner
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_bert_base_shaped import bert_base_shaped  # noqa: E402  (one home for the BERT-base-shaped model)
+
 PRUNINGS = {"90-1x4": (0.9, "1x4"), "80-1x4": (0.8, "1x4"), "90-unstructured": (0.9, "unstructured")}
 MODELS = ("minilm", "bert-base")
 #: dense engines --dense-peers can add (each prepared on the dense model)
@@ -63,10 +66,7 @@ def dense_model(task: SST2, name: str) -> torch.nn.Module:
     """The dense model ``name`` (eval mode); ``bert-base`` is built from BERT-base's config."""
     if name == "minilm":
         return task.base_model().eval()
-    import transformers
-
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).eval()
+    return bert_base_shaped(seed=0)
 
 
 def pruned(model: torch.nn.Module, task: SST2, pruning: str) -> torch.nn.Module:

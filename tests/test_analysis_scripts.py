@@ -1,6 +1,9 @@
-"""Small pure parts of the benchmark scripts: operator classes of OpenVINO's primitives, and the
-pairs scripts/repeatability.py compares."""
+"""Small pure parts of the benchmark scripts: operator classes of OpenVINO's primitives, the
+pairs scripts/repeatability.py compares, and the same-round ratios of scripts/vs_reference.py."""
+import json
+
 import pandas as pd
+import pytest
 
 from tests.conftest import load_script
 
@@ -27,3 +30,37 @@ def test_repeatability_leaves_out_the_reference_cells(monkeypatch, tmp_path):
     monkeypatch.setattr(rep, "add_savings", lambda df: df)
     (pair,) = rep.pairs(tmp_path / "a", tmp_path / "b")
     assert pair["cell_id"] == "x" and abs(pair["rel_diff"] - 0.1) < 1e-12
+
+
+def _row(cell_id, pruner, acc, rounds, accuracy, threads=1, collapsed=False):
+    return {"cell_id": cell_id, "status": "ok", "task": "sst2", "batch_size": 1, "seq_len": 128, "threads": threads,
+            "pruner_label": pruner, "accelerator_label": acc, "latency_round_medians_s": rounds,
+            "latency_p50_s": sorted(rounds)[len(rounds) // 2], "accuracy": accuracy, "collapsed": collapsed}
+
+
+def test_vs_reference_divides_round_by_round_and_pairs_the_fp32_accuracy(tmp_path):
+    vr = load_script("vs_reference")
+    rows = [
+        _row("ov", "none", "openvino int8", [0.010, 0.020, 0.010], 0.88),
+        _row("fp", "magnitude 0.9 1x4", "torch-fp32", [0.040, 0.080, 0.040], 0.80),
+        # twice as fast as the reference in every round, although round 2 ran twice as slow for both
+        _row("sp", "magnitude 0.9 1x4", "sparse-int8", [0.005, 0.010, 0.005], 0.795),
+        _row("other", "none", "openvino int8", [0.1, 0.1, 0.1], 0.88, threads=2),  # another shape: not a reference here
+    ]
+    (rec,) = vr.compare(rows, "openvino int8", "none", "sparse-int8", "torch-fp32")
+    assert rec["ratio"] == 2.0 and rec["rounds"] == 3
+    assert rec["metric_fp32"] == 0.80 and abs(rec["delta_points"] - (-0.5)) < 1e-9
+    # a resumed run's rows file: the last row of a cell wins; failed rows are left out
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [*rows, {**rows[2], "status": "failed"}]) + "\n")
+    assert {r["cell_id"] for r in vr.read_rows(tmp_path)} == {"ov", "fp", "other"}
+
+
+def test_vs_reference_refuses_rows_without_round_medians_or_reference():
+    vr = load_script("vs_reference")
+    cell = _row("sp", "magnitude 0.9 1x4", "sparse-int8", [0.005], 0.8)
+    with pytest.raises(ValueError, match="no ok cell of 'openvino int8'"):
+        vr.compare([cell], "openvino int8", "none", "sparse-int8", "torch-fp32")
+    ref = {**_row("ov", "none", "openvino int8", [0.01], 0.88), "latency_round_medians_s": None}
+    with pytest.raises(ValueError, match="latency_round_medians_s"):
+        vr.compare([cell, ref], "openvino int8", "none", "sparse-int8", "torch-fp32")

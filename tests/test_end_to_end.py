@@ -1,11 +1,13 @@
 """One real end-to-end matrix on the tiny-synthetic task, to report.html; resume; bad configs."""
 import json
+import statistics
 
 import pytest
 
 from profiler.cli import main
 from profiler.config import expand, parse_config
 from profiler.identity import ids_of_row
+from profiler.interleave import same_round_ratios
 from profiler.results import read_results
 from profiler.runner import Runner, accuracy_key
 from reports.report import write_report
@@ -43,7 +45,10 @@ def test_matrix_writes_every_cell_and_report(finished_run):
         base = [d for d in dense if d["batch_size"] == r["batch_size"]][0]
         assert r["baseline_cell_id"] == base["cell_id"] and r["latency_rounds"] >= 3
         assert r["latency_savings_factor_low"] <= r["latency_savings_factor"] <= r["latency_savings_factor_high"]
-        assert r["latency_savings_factor_rounds"] == r["latency_rounds"]
+        assert r["latency_savings_factor_rounds"] == r["latency_rounds"] == len(r["latency_round_medians_s"])
+        # the stored round medians give back the row's factor: any two cells can be divided the same way
+        ratios = same_round_ratios(base["latency_round_medians_s"], r["latency_round_medians_s"])
+        assert statistics.median(ratios) == pytest.approx(r["latency_savings_factor"], rel=1e-12)
         assert r["best_dense_cell_id"] in {d["cell_id"] for d in rows if d["pruner"] == "none"}
         assert r["compute_precision"] == ("int8" if r["accelerator"] == "int8-dynamic" else "fp32")
     assert all(d["latency_savings_factor"] == 1.0 for d in dense)

@@ -1,5 +1,5 @@
 """The training machinery shared by fine-tuning and every training-time pruner: numeric precision,
-optimizer, learning-rate schedule, and steps-per-second accounting.
+optimizer, learning-rate schedule, steps-per-second accounting, and checkpoints.
 
 Precision (``"auto" | "fp32" | "bf16"``): ``bf16`` runs forward and loss under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (matmuls and GELU in bfloat16 through oneDNN,
@@ -13,13 +13,22 @@ Optimizer: AdamW with decoupled weight decay (Loshchilov & Hutter 2019), torch's
 kernel where the build has it (one pass over every parameter instead of a dozen element-wise
 kernels per tensor: MiniLM's 11.7 M-entry word-embedding matrix alone makes the unfused update
 the most expensive part of a small-batch step). Same arithmetic as the unfused AdamW.
+
+Checkpoints: a fine-tune (:meth:`profiler.tasks.base.Task.finetune`) and a training pruner
+(:class:`pruners.gmp.TrainingPruner`) save their state after a training step every
+:data:`CHECKPOINT_EVERY_S` seconds (:class:`Checkpoints`: written aside, then renamed, so a file is
+never half written), never after the last step, and a run of the same configuration that finds the
+file goes on from it to the same final weights as a run never interrupted. What each saves, and
+where, is in their docstrings; whoever stores the finished model deletes the file.
 """
 from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import random
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -123,18 +132,28 @@ def cyclic_linear_factor(restarts: Sequence[int], total_steps: int, warmup_steps
 
 class StepClock:
     """Steps per second of a training loop, wall clock (``time.perf_counter``), mask updates and
-    evaluation included: what a user waits for."""
+    evaluation included: what a user waits for. A loop resumed from a checkpoint counts the steps
+    and seconds of the run before the interruption too (:meth:`load_state_dict`)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.steps = 0
+        self.before_s = 0.0  # wall time of the runs before a resume
 
     def tick(self) -> None:
         self.steps += 1
 
     @property
     def wall_s(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.before_s + time.perf_counter() - self.t0
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"steps", "wall_s"}`` so far, for a checkpoint."""
+        return {"steps": self.steps, "wall_s": self.wall_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Count on from a checkpoint's :meth:`state_dict`: its steps and seconds are added to this run's."""
+        self.steps, self.before_s = int(state["steps"]), float(state["wall_s"])
 
     def describe(self, precision: str) -> dict[str, Any]:
         """``{"precision", "threads", "steps", "wall_time_s", "steps_per_s"}`` for reports (threads: torch's, now)."""
@@ -161,3 +180,76 @@ def index_batches(n: int, lengths: list[int], batch_size: int, seed: int) -> Ite
             batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
         rng.shuffle(batches)
         yield from batches
+
+
+#: seconds of training between two checkpoints, for fine-tunes and training pruners alike (one write
+#: costs about the weights and the AdamW state: ~3× the model's size)
+CHECKPOINT_EVERY_S = 120.0
+
+
+class CheckpointWarning(UserWarning):
+    """A training checkpoint was found but cannot be used (unreadable, or saved by another
+    configuration): training starts from the beginning. The CLI prints it as one warning line."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save(state)`` into a private file next to ``path`` (its folder created), then one
+    rename: a reader never sees half a file, and a process killed while writing leaves the previous
+    checkpoint whole. Raises what ``torch.save`` raises (OSError for a full disk), the private file
+    removed."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: no stray half file beside the cache entries
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class Checkpoints:
+    """When a training loop saves its state, and the save: a step boundary at least
+    :data:`CHECKPOINT_EVERY_S` seconds (read at each call) after the loop started or last saved,
+    never after the last step; ``path`` None = never."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._saved_at = time.monotonic()
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether to save after ``done`` of ``total`` steps."""
+        return (self.path is not None and done < total
+                and time.monotonic() - self._saved_at >= CHECKPOINT_EVERY_S)
+
+    def save(self, state: dict[str, Any]) -> None:
+        """:func:`save_checkpoint` to :attr:`path`, and the interval starts again."""
+        assert self.path is not None
+        save_checkpoint(self.path, state)
+        self._saved_at = time.monotonic()
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states a training step may draw from: torch's CPU generator (dropout),
+    Python's ``random`` and NumPy's legacy one, in types ``torch.load(weights_only=True)`` reads."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if state.get("numpy") is not None:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

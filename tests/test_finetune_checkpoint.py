@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+import pruners.training
 from profiler.tasks import TinySynthetic
-from profiler.tasks.base import Task
 
 
 def _task() -> TinySynthetic:
@@ -11,7 +11,7 @@ def _task() -> TinySynthetic:
 
 
 def test_an_interrupted_fine_tune_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(Task, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
+    monkeypatch.setattr(pruners.training, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
     whole = _task().load_finetuned(tmp_path / "a")
 
     def stop_at_5(step, total, loss):

@@ -16,7 +16,8 @@ from torch import nn
 from accelerators.base import logits_of
 from accelerators.params import Range
 from profiler.identity import stable_hash
-from pruners.training import StepClock, adamw, autocast, check_precision, index_batches, resolve_precision, warmup_linear_decay
+from pruners.training import (Checkpoints, StepClock, adamw, autocast, check_precision, index_batches, resolve_precision,
+                              warmup_linear_decay)
 
 
 def default_cache_dir() -> Path:
@@ -240,9 +241,6 @@ class Task:
             raise RuntimeError(f"checkpoint {path} did not load strictly: {bad}")
         return model.eval()
 
-    #: seconds of fine-tuning between two checkpoints (a model and its AdamW state: ~3× the weights)
-    CHECKPOINT_EVERY_S: ClassVar[float] = 120.0
-
     def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None,
                  checkpoint: Path | None = None) -> dict[str, Any]:
         """Fine-tune ``model`` in place: AdamW (lr :attr:`finetune_lr`, weight decay 0.01), linear
@@ -251,10 +249,11 @@ class Task:
         "wall_time_s", "steps_per_s"}`` (``resumed_from_step`` too after a resume).
 
         With ``checkpoint`` (a file path), the state after a step — weights, AdamW and schedule
-        state, torch's RNG, the step — is saved there every :attr:`CHECKPOINT_EVERY_S` seconds
-        (written aside, then renamed), and a fine-tune of the same steps that finds it goes on from
-        it: an interrupted run loses at most that much, and ends with the same weights as one that
-        was never interrupted (same batches, same dropout draws)."""
+        state, torch's RNG, the step — is saved there every
+        :data:`pruners.training.CHECKPOINT_EVERY_S` seconds (:class:`pruners.training.Checkpoints`:
+        written aside, then renamed; never after the last step), and a fine-tune of the same steps
+        that finds it goes on from it: an interrupted run loses at most that much, and ends with
+        the same weights as one that was never interrupted (same batches, same dropout draws)."""
         precision = resolve_precision(self.finetune_precision)
         clock = StepClock()
         torch.manual_seed(self.seed)
@@ -265,7 +264,7 @@ class Task:
         batches = self.train_batches(self.finetune_batch_size)
         for _ in range(start):  # the batch order is a function of the seed: skip what was trained
             next(batches)
-        saved_at = time.monotonic()
+        checkpoints = Checkpoints(checkpoint)
         for step in range(start, steps):
             inputs, labels = next(batches)
             with autocast(precision):
@@ -277,11 +276,10 @@ class Task:
             sched.step()
             opt.zero_grad(set_to_none=True)
             clock.tick()
-            if checkpoint is not None and step + 1 < steps and time.monotonic() - saved_at >= self.CHECKPOINT_EVERY_S:
-                _save_checkpoint(checkpoint, {"steps": steps, "step": step + 1, "model": model.state_dict(),
-                                              "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                                              "rng": torch.get_rng_state(), "wall_s": wall_before + clock.wall_s})
-                saved_at = time.monotonic()
+            if checkpoints.due(step + 1, steps):
+                checkpoints.save({"steps": steps, "step": step + 1, "model": model.state_dict(),
+                                  "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                                  "rng": torch.get_rng_state(), "wall_s": wall_before + clock.wall_s})
             if progress:
                 progress(step + 1, steps, loss.detach().item())
         model.eval()
@@ -361,14 +359,6 @@ def _saved_training(path: Path, steps: int) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         saved = None
     return saved or {"steps": steps}
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` into a private file next to ``path``, then one rename: a reader never sees half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def publish_cached(path: Path, write: Callable[[Path], None]) -> None:

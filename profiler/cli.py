@@ -157,8 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         address = f" --address {args.address}" if args.address else ""
         print(f"\n{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; finished cells are saved. "
-              f"Continue with: sparsebench run --resume {run_dir}{address} (a fine-tune goes on from its last "
-              "checkpoint, at most a few minutes back; a training pruner that was running starts over)", file=sys.stderr)
+              f"Continue with: sparsebench run --resume {run_dir}{address} (a fine-tune or a built-in training pruner goes on "
+              "from its last checkpoint, at most a few minutes back)", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)
@@ -522,11 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def warning_printer(fallback: Callable) -> Callable:
     """A ``warnings.showwarning`` that prints a :class:`SparsebenchWarning` (a :class:`PluginWarning`,
-    a damaged cache entry...) as one ``sparsebench: warning:`` line and hands every other warning
-    to ``fallback``."""
+    a damaged cache entry...) or a training pruner's :class:`pruners.training.CheckpointWarning` as one
+    ``sparsebench: warning:`` line and hands every other warning to ``fallback``."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, SparsebenchWarning):
+        training = sys.modules.get("pruners.training")  # loaded once a pruner trains; not imported here (torch)
+        if issubclass(category, SparsebenchWarning) or (training is not None and issubclass(category, training.CheckpointWarning)):
             print(f"sparsebench: warning: {message}", file=file or sys.stderr)
         else:
             fallback(message, category, filename, lineno, file, line)

@@ -374,7 +374,9 @@ class Runner:
             self._run_group(group, task, models, meter, idle)
 
     def pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
-        """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now."""
+        """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now;
+        a resumable pruner (``Pruner.resumable``) checkpoints its training beside the cache entry
+        (``<key>.partial.pt``, deleted once the model is stored) and goes on from there after a kill."""
         pruner = PRUNERS.build(spec.name, spec.params, spec.key)
         if spec.name == "none":
             return dense, pruner.prune(dense, task)
@@ -399,6 +401,9 @@ class Runner:
         model.train(pruner.needs_training)
         progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
         pruner.cache_dir = self.cache_dir
+        checkpoint = path.with_name(f"{path.name}.partial.pt")  # a killed training goes on from here
+        if pruner.resumable:
+            pruner.checkpoint = checkpoint
         report = pruner.prune(model, task, progress=progress)
         if not isinstance(report, PruneReport):  # a third-party pruner's mistake, named as such
             raise TypeError(f"pruner {spec.name!r}: prune() returned {type(report).__name__}; it must prune the model "
@@ -410,6 +415,8 @@ class Runner:
             (folder / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
 
         publish_cached(path, write)
+        if pruner.resumable:
+            checkpoint.unlink(missing_ok=True)
         return model, report
 
     def reuse_metrics(self, known: dict[str, dict[str, Any]]) -> None:

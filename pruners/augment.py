@@ -125,6 +125,14 @@ class TokenAugmenter:
         self.examples += int(aug.sum())
         return out, aug
 
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state and the counters, for a training checkpoint."""
+        return {"gen": self.gen.get_state(), "examples": self.examples, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.examples, self.tokens = int(state["examples"]), int(state["tokens"])
+
     def describe(self) -> dict:
         return {"method": "word substitution by embedding neighbours (TinyBERT data augmentation)",
                 "fraction": self.fraction, "p_token": self.p_token, "k_neighbours": self.k,
@@ -168,6 +176,14 @@ class ExtraText:
         out = [self.pool[j] if x else e for e, x, j in zip(examples, extra.tolist(), picks)]
         self.examples += int(extra.sum())
         return out, extra
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state and the counter, for a training checkpoint."""
+        return {"gen": self.gen.get_state(), "examples": self.examples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.examples = int(state["examples"])
 
     def describe(self) -> dict:
         return {"method": "unlabeled text labelled by the teacher (transfer-set distillation)",

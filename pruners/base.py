@@ -134,7 +134,9 @@ class Pruner:
     reports sparsity; a training pruner calls ``progress`` (a :data:`Progress`) after each step.
 
     Subclasses set ``name``; their constructor keyword parameters are their config. A pruner that
-    trains (GMP, movement) sets ``needs_training = True`` and uses the task's training batches.
+    trains (GMP, movement) sets ``needs_training = True`` and uses the task's training batches; one
+    that can resume its training after an interruption sets ``resumable = True`` and uses
+    :attr:`checkpoint` (see :meth:`pruners.gmp.TrainingPruner.prune`).
     The model handed back holds plain weights with exact zeros: no hooks, parametrizations,
     ``weight_orig`` or ``weight_mask`` remain.
     """
@@ -151,6 +153,13 @@ class Pruner:
     #: a folder where the pruner may keep data derived from the dense model (e.g. the distillation
     #: teacher's logits); set by the runner, None = nothing written to disk
     cache_dir: Path | None = None
+    #: whether :meth:`prune` saves its training to :attr:`checkpoint` and goes on from it when called
+    #: again (the training pruners of :mod:`pruners.gmp`); the runner sets :attr:`checkpoint` only then
+    resumable: ClassVar[bool] = False
+    #: the file a resumable pruner keeps its training checkpoint in; set by the runner beside the
+    #: pruned model's cache entry (``<cache>/pruned/<key>.partial.pt``, deleted once the model is
+    #: stored), None = no checkpoint
+    checkpoint: Path | None = None
 
     def text_sources(self) -> tuple[str, ...]:
         """The text sources (e.g. ``distill_text``) this pruner reads through the task's

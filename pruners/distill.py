@@ -52,7 +52,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -270,6 +270,18 @@ class TeacherLogits:
         torch.save({"key": self.key, "logits": self.logits, "have": self.have}, tmp)
         tmp.replace(self.file)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The logits computed or loaded so far, which rows hold one, and the counters: a resumed
+        run looks up the very values (and reports the very counts) of a run never interrupted."""
+        return {"key": self.key, "logits": self.logits, "have": self.have, "computed": self.computed, "loaded": self.loaded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["key"] != self.key or state["have"].shape != self.have.shape:
+            raise ValueError("teacher logits: saved for another teacher or training set")
+        self.logits = state["logits"].float() if state["logits"] is not None else None
+        self.have = state["have"].bool()
+        self.computed, self.loaded = int(state["computed"]), int(state["loaded"])
+
     def describe(self) -> dict:
         return {"teacher_logits": "cached per example", "teacher_forward_examples": self.computed,
                 "teacher_logits_reused": self.loaded}
@@ -393,6 +405,17 @@ class Distiller:
                 loss = loss + self.attention_weight * attention_kl(student_attention, teacher_attention,
                                                                    inputs["attention_mask"], self.heads)
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """What distillation carries across training steps: the teacher logits cached so far, per
+        teacher (:meth:`TeacherLogits.state_dict`); the teachers are frozen, the rest is per batch."""
+        return {"caches": [c.state_dict() for c in self.caches]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["caches"]) != len(self.caches):
+            raise ValueError(f"distillation: {len(state['caches'])} teacher caches saved, {len(self.caches)} here")
+        for c, st in zip(self.caches, state["caches"]):
+            c.load_state_dict(st)
 
     def save(self) -> None:
         """Persist newly computed teacher logits (no-op without a cache file)."""

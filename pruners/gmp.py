@@ -6,17 +6,25 @@ linear warm-up then linear decay to zero, gradient clipping at 1.0, the task's t
 masks are recomputed from the score at each update step of the cubic schedule and kept applied
 through every optimizer step by :class:`pruners.masks.MaskSet`; optionally distilled from a frozen
 copy of the dense model (:mod:`pruners.distill`). At the end the masks are squashed into plain
-weights and the report (from the masks) carries the training budget and wall time.
+weights and the report (from the masks) carries the training budget and wall time. With a
+checkpoint path (:attr:`pruners.base.Pruner.checkpoint`) the training state is saved every couple
+of minutes and an interrupted run goes on from it to the same result (:meth:`TrainingPruner.prune`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
+import json
 import logging
 import math
+import re
 import typing
+import warnings
 from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import torch
@@ -28,15 +36,20 @@ from accelerators.params import Range
 from pruners.augment import ExtraText, TokenAugmenter, check_text_sources, text_source_digest
 from pruners.base import (ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, check_sparsity, gradients_only_for,
                           prunable_linears, validate_roles)
-from pruners.distill import AttentionTap, Distiller, check_distill, check_teacher_seeds
+from pruners.distill import AttentionTap, Distiller, check_distill, check_teacher_seeds, weights_key
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
 from pruners.structure import SCOPES, parse_structure
-from pruners.training import (StepClock, adamw, autocast, check_lr_schedule, check_precision, cyclic_linear_factor,
-                              linear_decay_factor, resolve_precision)
+from pruners.training import (Checkpoints, CheckpointWarning, StepClock, adamw, autocast, check_lr_schedule,
+                              check_precision, cyclic_linear_factor, linear_decay_factor, resolve_precision, rng_state,
+                              set_rng_state)
 
 log = logging.getLogger(__name__)
+
+#: layout of a training pruner's checkpoint; bumped when what :meth:`TrainingPruner._checkpoint_state`
+#: saves changes, so an older file is refused (and warned about) instead of half restored
+CHECKPOINT_FORMAT = 1
 
 
 def _int(name: str, v: Any, lo: int) -> int:
@@ -51,6 +64,58 @@ def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> floa
     if (v <= lo if lo_open else v < lo) or v > hi:
         raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
     return float(v)
+
+
+def _brief(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut at ``limit`` characters (torch's unpickling errors run to a page)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Counted:
+    """An iterator that counts what it has handed out: a resumed run skips as many (a batch stream of
+    the task is a function of its seed, so skipping replays it exactly)."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self._items, self.taken = iter(items), 0
+
+    def __iter__(self) -> "_Counted":
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._items)
+        self.taken += 1
+        return item
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            next(self)
+
+
+@dataclass
+class _Run:
+    """What one training run of :meth:`TrainingPruner.prune` works with (built by ``_setup``), and
+    what its checkpoints save and restore."""
+
+    model: nn.Module
+    clock: StepClock
+    masks: MaskSet
+    score: Score
+    opt: torch.optim.Optimizer
+    sched: Any
+    params: list[torch.nn.Parameter]
+    batches: _Counted
+    grad_batches: _Counted
+    next_loss: Callable[..., torch.Tensor]
+    gradient: Callable[[], float]
+    progress: Progress | None
+    average: AveragedModel | None
+    augmenter: TokenAugmenter | ExtraText | None
+    distiller: Distiller | None
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    checkpoints: Checkpoints | None = None
+    identity: str = ""
 
 
 class TrainingPruner(Pruner):
@@ -124,6 +189,7 @@ class TrainingPruner(Pruner):
     """
 
     needs_training = True
+    resumable = True
     late_params = ("distill_text", "distill_text_share", "teacher_seeds")
 
     def __init__(
@@ -318,8 +384,72 @@ class TrainingPruner(Pruner):
 
     # ---- the loop --------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: Any, progress: Progress | None = None) -> PruneReport:
-        clock = StepClock()
+        """Train and prune ``model`` in place (see the class and module docs); the report comes from
+        the masks, with the training budget, speed and wall time in its notes.
+
+        Checkpoints: with :attr:`checkpoint` set (a file path; the runner sets it beside the pruned
+        model's cache entry, ``<cache>/pruned/<key>.partial.pt``), the whole training state is saved
+        there after a step every :data:`pruners.training.CHECKPOINT_EVERY_S` seconds (120; never
+        after the last step; written aside, then renamed): the model's state dict, AdamW's and the
+        learning-rate schedule's state, the masks, the score's running state (movement's scores,
+        their Adam state and latent values; OBS's kept weights and statistics — its Fisher is
+        rebuilt at every pruning step, so a step boundary holds none), the weight average, the
+        augmentation's random generator, the teacher logits computed so far, the batches drawn
+        from each data stream (replayed on resume: the task's streams are a function of the seed),
+        torch's, Python's and NumPy's random states, the wall time, the last losses, the step and
+        what the pruner itself keeps (:meth:`loop_state`). A call that finds a checkpoint of exactly
+        this configuration (pruner class, parameters, resolved settings, data files, the task's
+        fingerprint and the starting weights: :meth:`checkpoint_identity`) goes on from it and ends
+        with the weights, masks and report of a run never interrupted, wall-clock fields aside
+        (``training_speed`` counts both runs' time and adds ``resumed_from_step``). A file that
+        cannot be read, is of another configuration or cannot be restored is warned about
+        (:class:`pruners.training.CheckpointWarning`) and training starts from the beginning; one
+        that cannot be written (OSError: a full disk) is warned about and training goes on without
+        checkpoints. The file is left in place: whoever stores the pruned model deletes it then (the
+        runner does). An interruption (KeyboardInterrupt) propagates, the last checkpoint kept."""
         precision = resolve_precision(self.precision)
+        identity = self.checkpoint_identity(model, task) if self.checkpoint is not None else ""
+        saved = self._read_checkpoint(identity, model)
+        dense = {k: v.detach().clone() for k, v in model.state_dict().items()} if saved is not None else None
+        run = self._setup(model, task, progress, precision)
+        start = 0
+        if saved is not None:
+            try:
+                start = self._restore(run, saved)
+            except Exception as exc:  # an old layout the identity did not catch: start again, from the dense weights
+                self._warn_checkpoint(f"could not be restored ({_brief(exc)})")
+                model.load_state_dict(dense)
+                run, start = self._setup(model, task, progress, precision), 0
+        del saved, dense
+        run.checkpoints, run.identity = Checkpoints(self.checkpoint), identity
+        self._train(run, start)
+        model, masks, score, clock, distiller, augmenter = run.model, run.masks, run.score, run.clock, run.distiller, run.augmenter
+        if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
+            score.before_update(run.gradient)  # a second-order score (OBS) measures its Fisher at the weights it prunes
+            run.opt.zero_grad(set_to_none=True)
+            score.update_masks(masks, self.select(score, self.sparsity), run.opt, self.sparsity)
+        averaged = self._use_average(model, masks, run.average, task) if run.average is not None else None
+        masks.squash()
+        if distiller is not None:
+            distiller.save()
+        model.eval()
+        assert_plain(model)
+        notes = self.describe()
+        notes.update(score.describe())
+        recent = run.recent
+        notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
+        notes["training_speed"] = {**clock.describe(precision), **({"resumed_from_step": start} if start else {}),
+                                   **(distiller.describe() if distiller else {})}
+        if augmenter is not None:
+            notes["augmentation"] = augmenter.describe()
+        if averaged is not None:
+            notes["weight_average"] = averaged
+        notes["wall_time_s"] = notes["training_speed"]["wall_time_s"]
+        return masks.report(model, notes)
+
+    def _setup(self, model: nn.Module, task: Any, progress: Progress | None, precision: str) -> _Run:
+        """Everything one training run of :meth:`prune` works with, at step 0 (seeded)."""
+        clock = StepClock()
         torch.manual_seed(self.seed)
         layers = self.target_layers(model)
         data = task.train_examples()
@@ -339,8 +469,10 @@ class TrainingPruner(Pruner):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = adamw(params, self.lr, self.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor())
-        batches = task.train_index_batches(self.batch_size, self.seed)
+        batches = _Counted(task.train_index_batches(self.batch_size, self.seed))
         grad_batches = self.gradient_batches(task, batches)
+        if grad_batches is not batches:
+            grad_batches = _Counted(grad_batches)
 
         def next_loss(stream: Iterator[list[int]] = batches) -> torch.Tensor:
             idx = next(stream)
@@ -369,57 +501,133 @@ class TrainingPruner(Pruner):
             return float(loss.detach())
 
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay)) if self.ema_decay else None
-        recent = self._train(model, masks, score, opt, sched, params, next_loss, gradient, clock, progress, average)
-        if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
-            score.before_update(gradient)  # a second-order score (OBS) measures its Fisher at the weights it prunes
-            opt.zero_grad(set_to_none=True)
-            score.update_masks(masks, self.select(score, self.sparsity), opt, self.sparsity)
-        averaged = self._use_average(model, masks, average, task) if average is not None else None
-        masks.squash()
-        if distiller is not None:
-            distiller.save()
-        model.eval()
-        assert_plain(model)
-        notes = self.describe()
-        notes.update(score.describe())
-        notes["final_loss_mean_last_50"] = sum(recent) / len(recent) if recent else None
-        notes["training_speed"] = {**clock.describe(precision), **(distiller.describe() if distiller else {})}
-        if augmenter is not None:
-            notes["augmentation"] = augmenter.describe()
-        if averaged is not None:
-            notes["weight_average"] = averaged
-        notes["wall_time_s"] = notes["training_speed"]["wall_time_s"]
-        return masks.report(model, notes)
+        return _Run(model=model, clock=clock, masks=masks, score=score, opt=opt, sched=sched, params=params,
+                    batches=batches, grad_batches=grad_batches, next_loss=next_loss, gradient=gradient,
+                    progress=progress, average=average, augmenter=augmenter, distiller=distiller)
 
-    def _train(self, model: nn.Module, masks: MaskSet, score: Score, opt: torch.optim.Optimizer, sched: Any,
-               params: list[torch.nn.Parameter], next_loss: Callable[[], torch.Tensor], gradient: Callable[[], float],
-               clock: StepClock, progress: Progress | None, average: AveragedModel | None = None) -> deque[float]:
-        """The training steps: mask updates on the schedule, one masked optimizer step per batch;
-        ``average`` (if any) takes in the weights after every step from ``end_step`` on."""
-        recent: deque[float] = deque(maxlen=50)
+    def _train(self, run: _Run, start: int = 0) -> None:
+        """The training steps from ``start``: mask updates on the schedule, one masked optimizer step
+        per batch; ``run.average`` (if any) takes in the weights after every step from ``end_step``
+        on; a checkpoint after a step when one is due (before ``progress`` hears of the step)."""
+        model, masks, score, opt, recent, clock = run.model, run.masks, run.score, run.opt, run.recent, run.clock
         model.train()
-        for step in range(self.steps):
+        for step in range(start, self.steps):
             if self.schedule.is_update(step):
                 s = self.schedule.sparsity_at(step)
-                score.before_update(gradient)
+                score.before_update(run.gradient)
                 opt.zero_grad(set_to_none=True)
                 score.update_masks(masks, self.select(score, s), opt, s)
-            loss = next_loss()
+            loss = run.next_loss()
             loss.backward()
             score.accumulate()
-            masks.step(opt, clip_norm=1.0, params=params)
-            sched.step()
+            masks.step(opt, clip_norm=1.0, params=run.params)
+            run.sched.step()
             opt.zero_grad(set_to_none=True)
-            if average is not None and step >= self.end_step:
-                average.update_parameters(model)
+            if run.average is not None and step >= self.end_step:
+                run.average.update_parameters(model)
             clock.tick()
             recent.append(float(loss.detach()))
-            if progress:
-                progress(step + 1, self.steps, recent[-1], masks.sparsity)
+            if run.checkpoints is not None and run.checkpoints.due(step + 1, self.steps):
+                try:
+                    run.checkpoints.save(self._checkpoint_state(run, step + 1))
+                except OSError as exc:  # a full or read-only disk costs the checkpoints, not the training
+                    warnings.warn(f"training checkpoint {self.checkpoint} could not be written ({_brief(exc)}); "
+                                  f"training {self.name} goes on without checkpoints", CheckpointWarning, stacklevel=2)
+                    run.checkpoints = None
+            if run.progress:
+                run.progress(step + 1, self.steps, recent[-1], masks.sparsity)
             if (step + 1) % 50 == 0 or step + 1 == self.steps:
                 log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, self.steps,
                          sum(recent) / len(recent), len(recent), masks.sparsity, clock.wall_s)
-        return recent
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def loop_state(self, score: Score, masks: MaskSet) -> dict[str, Any]:
+        """What the pruner object itself changes during training, beyond the model, score and masks
+        (saved in checkpoints, tensors as they are); default: nothing."""
+        return {}
+
+    def load_loop_state(self, state: dict[str, Any], score: Score, masks: MaskSet) -> None:
+        """Take back :meth:`loop_state` (``score`` and ``masks`` already restored)."""
+
+    def checkpoint_identity(self, model: nn.Module, task: Any) -> str:
+        """sha256 (hex) of what determines the training, which a checkpoint must match to be used:
+        the pruner's class, ``cache_version`` and constructor parameters, :meth:`resolved_settings`,
+        :meth:`data_fingerprint`, the task's ``fingerprint()`` and ``model``'s weights (the dense
+        model training starts from: :func:`pruners.distill.weights_key`, one pass over them)."""
+        params = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name != "self":  # reprs without memory addresses: the same configuration in another process
+                params[name] = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(getattr(self, name, None)))
+        fingerprint = getattr(task, "fingerprint", None)
+        what = {"pruner": f"{type(self).__module__}.{type(self).__qualname__}", "cache_version": self.cache_version,
+                "params": params, "resolved": self.resolved_settings(), "data": self.data_fingerprint(),
+                "task": fingerprint() if callable(fingerprint) else type(task).__qualname__,
+                "weights": weights_key(model, [])}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _checkpoint_state(self, run: _Run, step: int) -> dict[str, Any]:
+        """Everything :meth:`_restore` needs to go on after ``step`` steps (see :meth:`prune`)."""
+        return {"format": CHECKPOINT_FORMAT, "identity": run.identity, "step": step,
+                "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.sched.state_dict(),
+                "masks": run.masks.state_dict(), "score": run.score.state_dict(),
+                "average": run.average.state_dict() if run.average is not None else None,
+                "augmenter": run.augmenter.state_dict() if run.augmenter is not None else None,
+                "distiller": run.distiller.state_dict() if run.distiller is not None else None,
+                "batches_taken": run.batches.taken,
+                "gradient_batches_taken": run.grad_batches.taken if run.grad_batches is not run.batches else None,
+                "rng": rng_state(), "clock": run.clock.state_dict(), "recent": list(run.recent),
+                "pruner": self.loop_state(run.score, run.masks)}
+
+    def _restore(self, run: _Run, state: dict[str, Any]) -> int:
+        """Load a checkpoint's state into a fresh ``run`` (:meth:`_setup`); returns the step to go on from."""
+        for part in ("average", "augmenter", "distiller"):
+            if (state[part] is None) != (getattr(run, part) is None):
+                raise ValueError(f"{part}: {'none' if state[part] is None else 'one'} saved, "
+                                 f"{'none' if getattr(run, part) is None else 'one'} here")
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["schedule"])
+        run.masks.load_state_dict(state["masks"])
+        run.score.load_state_dict(state["score"])
+        for part in ("average", "augmenter", "distiller"):
+            if state[part] is not None:
+                getattr(run, part).load_state_dict(state[part])
+        run.batches.skip(int(state["batches_taken"]))
+        if run.grad_batches is not run.batches:
+            run.grad_batches.skip(int(state["gradient_batches_taken"]))
+        self.load_loop_state(state["pruner"], run.score, run.masks)
+        run.clock.load_state_dict(state["clock"])
+        run.recent.extend(float(x) for x in state["recent"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def _read_checkpoint(self, identity: str, model: nn.Module) -> dict[str, Any] | None:
+        """The state in :attr:`checkpoint` when it is a checkpoint of this configuration (``identity``)
+        and of ``model``'s weights, at a step inside the training; else None, with a
+        :class:`CheckpointWarning` when there is a file."""
+        path = self.checkpoint
+        if path is None or not Path(path).is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("not a training pruner's checkpoint of this version")
+            if state.get("identity") != identity:
+                raise ValueError("saved by another configuration (pruner, parameters, task or starting weights)")
+            step = state["step"]
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 < step < self.steps:
+                raise ValueError(f"step {step!r} is not inside the {self.steps} training steps")
+            own, theirs = model.state_dict(), state["model"]
+            if set(theirs) != set(own) or any(theirs[k].shape != own[k].shape or theirs[k].dtype != own[k].dtype for k in own):
+                raise ValueError("its weights are not this model's")
+        except Exception as exc:  # a damaged or foreign checkpoint costs the time it saved, nothing else
+            self._warn_checkpoint(f"could not be used ({_brief(exc)})")
+            return None
+        return state
+
+    def _warn_checkpoint(self, why: str) -> None:
+        warnings.warn(f"training checkpoint {self.checkpoint} {why}; training {self.name} from the start",
+                      CheckpointWarning, stacklevel=2)
 
     @torch.no_grad()
     def _use_average(self, model: nn.Module, masks: MaskSet, average: AveragedModel, task: Any) -> dict[str, Any]:

@@ -70,6 +70,18 @@ class MaskSet:
         if sparsity is not None:
             self.sparsity = float(sparsity)
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"masks", "sparsity"}``: the keep-masks (the tensors themselves, not copies) and the
+        schedule's target, for a training checkpoint."""
+        return {"masks": dict(self.masks), "sparsity": self.sparsity}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Install a :meth:`state_dict`'s masks as they are (the weights they belong with are restored
+        apart); ValueError as :meth:`update` for masks of other layers or shapes."""
+        self._check(state["masks"])
+        self.masks = dict(state["masks"])
+        self.sparsity = float(state["sparsity"])
+
     def _check(self, masks: dict[str, torch.Tensor]) -> None:
         if set(masks) != set(self.masks):
             raise ValueError(f"masks must cover exactly the targeted layers; got {sorted(set(masks) ^ set(self.masks))} extra/missing")

@@ -72,6 +72,7 @@ from torch import nn
 
 from accelerators.params import Range
 from pruners.gmp import TrainingPruner, _num, training_params
+from pruners.masks import MaskSet
 from pruners.movement_masks import MIN_KEEP, Sampler, flat_global_keep, masks_sparsity, sigmoid_cut, threshold_masks
 from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score
 
@@ -178,6 +179,17 @@ class MovementPruner(TrainingPruner):
         return MovementScore(layers, self.score_optimizer, self.score_lr,
                              lr_factor=self.lr_factor(),
                              reg_lambda=self.lambda_at if self.final_lambda > 0 else None)
+
+    def loop_state(self, score: Score, masks: MaskSet) -> dict[str, Any]:
+        """The sparsity the paper's threshold had reached at the end of the ramp (once known) and
+        the keep-masks of the last soft selection (for the threshold in the notes)."""
+        return {"sparsity_before_final_adjustment": self.sparsity_before_final_adjustment,
+                "last_soft_keep": self._last_soft[1] if self._last_soft is not None else None}
+
+    def load_loop_state(self, state: dict[str, Any], score: Score, masks: MaskSet) -> None:
+        self.sparsity_before_final_adjustment = state["sparsity_before_final_adjustment"]
+        keep = state["last_soft_keep"]
+        self._last_soft = (score.scores(), keep) if keep is not None else None
 
     def lambda_at(self, step: int) -> float:
         """λ_t = λ_f · u_t of soft movement at training ``step`` (0 for hard movement)."""

@@ -202,6 +202,19 @@ class OBSScore(Score):
         self.keep = {n: new[n].clone() for n in self.layers}
         self.fisher = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The keep-masks and the statistics of the report. No Fisher: it is built anew at every
+        pruning step and freed by :meth:`update_masks`, so a step boundary holds none."""
+        return {"keep": dict(self.keep), "stats": self.stats}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        keep = state["keep"]
+        if set(keep) != set(self.keep) or any(keep[n].shape != self.keep[n].shape for n in keep):
+            raise ValueError("obs score: saved for other layers")
+        self.keep = {n: keep[n].clone() for n in self.keep}
+        self.stats = {k: (list(v) if isinstance(v, list) else v) for k, v in state["stats"].items()}
+        self.fisher = None
+
     def describe(self) -> dict:
         st = self.stats
         return {

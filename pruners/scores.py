@@ -46,7 +46,7 @@ sparsity, distillation T = 2, α_distil = 0.9.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -83,6 +83,14 @@ class Score:
 
     def describe(self) -> dict:
         return {"score": self.name}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the score carries from one training step to the next, for a training checkpoint
+        (tensors as they are, not copies); default: nothing (a score computed from the weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back a :meth:`state_dict`; ValueError where it does not fit these layers."""
 
 
 class MagnitudeScore(Score):
@@ -215,6 +223,30 @@ class MovementScore(Score):
 
     def scores(self) -> dict[str, torch.Tensor]:
         return self.S
+
+    def state_dict(self) -> dict[str, Any]:
+        """S and its last gradient, the keep-mask, the frozen latent values, Adam's state on S and
+        the counters (steps, regrown weights)."""
+        return {"S": self.flat_S.detach(), "grad": self.flat_S.grad, "keep": self.flat_keep, "latent": self._P,
+                "adam": self._adam.state_dict() if self._adam is not None else None,
+                "steps": self.steps, "regrown": self.regrown}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copied into the flat vectors in place (the per-layer views stay theirs)."""
+        for key, mine in (("S", self.flat_S), ("grad", self.flat_S.grad), ("keep", self.flat_keep), ("latent", self._P)):
+            if state[key].shape != mine.shape or state[key].dtype != mine.dtype:
+                raise ValueError(f"movement score {key}: {state[key].dtype} {tuple(state[key].shape)} saved, "
+                                 f"{mine.dtype} {tuple(mine.shape)} here")
+        if (state["adam"] is None) != (self._adam is None):
+            raise ValueError("movement score: saved with another score_optimizer")
+        self.flat_S.copy_(state["S"])
+        self.flat_S.grad.copy_(state["grad"])
+        self.flat_keep.copy_(state["keep"])
+        self._P.copy_(state["latent"])
+        if self._adam is not None:
+            self._adam.load_state_dict(state["adam"])
+        self.steps, self.regrown = int(state["steps"]), int(state["regrown"])
 
     @torch.no_grad()
     def describe(self) -> dict:

@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import traceback
+import uuid
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -221,6 +222,25 @@ def interleave_key(c: Cell) -> tuple:
     return (c.batch_size, c.seq_len, c.threads, c.kernel_variant)
 
 
+def references_to_retime(cells: list[Cell], todo: list[Cell], rows: list[dict[str, Any]], schedule: str) -> list[Cell]:
+    """Finished dense fp32 cells (the baseline and the "best dense" candidates: ok rows of ``rows``)
+    of the interleaved groups where ``todo`` still has cells. A resumed run times them again beside
+    those cells, so that the new rows' savings factors stay same-round ratios; their own rows are not
+    written again. Empty for ``schedule = "sequential"``."""
+    if schedule == "sequential":
+        return []
+    finished = {r["cell_id"]: r for r in rows if r.get("status") == "ok"}
+    open_groups = {(c.task, interleave_key(c)) for c in todo}
+    todo_ids = {c.cell_id for c in todo}
+    out = []
+    for c in cells:
+        r = finished.get(c.cell_id)
+        if (r is not None and c.cell_id not in todo_ids and (c.task, interleave_key(c)) in open_groups
+                and is_dense_fp32(r.get("pruner"), r.get("accelerator"), r.get("compute_precision"))):
+            out.append(c)
+    return out
+
+
 def model_bytes(module: nn.Module) -> int:
     """Bytes of the module's serialized state_dict (packed INT8 and sparse buffers included)."""
     buf = io.BytesIO()
@@ -306,6 +326,7 @@ class Runner:
         self.reporter.start(len(cells), len(cells) - len(todo))
         if not todo:
             return self.run_dir
+        references = references_to_retime(cells, todo, rows, self.cfg.measure.schedule)
         self._warn_oversubscription()
         meter = METERS.build(self.cfg.meter.name, self.cfg.meter.params, "meter")
         idle = self._idle(meter)
@@ -315,7 +336,7 @@ class Runner:
             for c in todo:
                 by_task[c.task].append(c)
             for task_spec, task_cells in by_task.items():
-                self._run_task(task_spec, task_cells, meter, idle)
+                self._run_task(task_spec, task_cells, meter, idle, [r for r in references if r.task == task_spec])
         finally:
             meter.stop()
         return self.run_dir
@@ -352,13 +373,14 @@ class Runner:
                 fail(task, p_spec, f"pruner: {type(exc).__name__}: {exc}\n{_tb()}")
         return task, models
 
-    def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle) -> None:
+    def _run_task(self, spec: PluginSpec, cells: list[Cell], meter, idle, references: list[Cell] = ()) -> None:
+        """Run ``cells`` of one task; ``references``: finished cells timed again beside them, not recorded."""
         def fail(task: Task | None, pruner: PluginSpec | None, reason: str) -> None:
             for c in cells:
                 if pruner is None or c.pruner == pruner:
                     self._record(self._base_row(c, task), "failed", reason)
 
-        built = self.build_models(spec, (c.pruner for c in cells), fail)
+        built = self.build_models(spec, (c.pruner for c in [*cells, *references]), fail)
         if built is None:
             return
         task, models = built
@@ -370,8 +392,12 @@ class Runner:
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for c in cells:  # side by side: every model and accelerator of this task at one shape
             groups[interleave_key(c)].append(c)
-        for group in groups.values():
-            self._run_group(group, task, models, meter, idle)
+        refs: dict[tuple, list[Cell]] = defaultdict(list)
+        for c in references:
+            if c.pruner in models:
+                refs[interleave_key(c)].append(c)
+        for key, group in groups.items():
+            self._run_group(group, task, models, meter, idle, refs.get(key, []))
 
     def pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
         """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now;
@@ -434,8 +460,10 @@ class Runner:
         append_result(self.results_path, row)
         self.reporter.cell_done(row)
 
-    def _prepare_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport) -> tuple[Result, Any] | None:
-        """The cell's row and prepared module; None when the cell was recorded skipped or failed."""
+    def _prepare_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport,
+                      record: bool = True) -> tuple[Result, Any] | None:
+        """The cell's row and prepared module; None when the cell was recorded skipped or failed
+        (with ``record=False``, not recorded: a finished cell timed again as a reference)."""
         row = self._base_row(c, task)
         row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
         if report.notes.get("training_speed"):
@@ -449,7 +477,8 @@ class Runner:
                                    seq_len=c.seq_len, calibration=task.calibration_inputs, cache_dir=str(self.cache_dir))
         ok, why = safe_availability(acc, settings)
         if not ok:
-            self._record(row, "skipped", why)
+            if record:
+                self._record(row, "skipped", why)
             return None
         row.device = acc.device
         row.extra["compute_precision"] = acc.compute_precision
@@ -471,7 +500,8 @@ class Runner:
             row.model_bytes = model_bytes(prepared.module)
             return row, (prepared.module, make_call(prepared.module, example, acc.device))
         except Exception as exc:
-            self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
+            if record:
+                self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
             return None
 
     def _finish_cell(self, c: Cell, task: Task, row: Result, module: nn.Module) -> None:
@@ -510,8 +540,10 @@ class Runner:
             return self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
         self._finish_cell(c, task, row, module)
 
-    def _run_group(self, group: list[Cell], task: Task, models: dict, meter, idle) -> None:
-        """Prepare every cell of one shape, time them side by side in rounds, then evaluate."""
+    def _run_group(self, group: list[Cell], task: Task, models: dict, meter, idle, references: list[Cell] = ()) -> None:
+        """Prepare every cell of one shape, time them side by side in rounds, then evaluate.
+        ``references`` (finished cells of the shape, on resume) are timed with them for the same-round
+        factors, and neither evaluated nor recorded. Every row gets the group's ``interleave_group_id``."""
         live: dict[str, tuple[Cell, Result, nn.Module, Callable]] = {}
         for c in group:
             prepared = self._prepare_cell(c, task, *models[c.pruner])
@@ -520,9 +552,18 @@ class Runner:
                 live[c.cell_id] = (c, row, module, call)
         if not live:
             return
+        reference_ids = set()
+        for c in references:
+            prepared = self._prepare_cell(c, task, *models[c.pruner], record=False)
+            if prepared is not None:
+                row, (module, call) = prepared
+                live[c.cell_id] = (c, row, module, call)
+                reference_ids.add(c.cell_id)
+        group_id = uuid.uuid4().hex[:12]
         c0 = group[0]
-        self.reporter.message(f"timing {len(live)} cells side by side: b{c0.batch_size} seq {c0.seq_len} "
-                              f"{c0.threads} thread(s)")
+        again = f" (with {len(reference_ids)} finished reference cell(s) again)" if reference_ids else ""
+        self.reporter.message(f"timing {len(live) - len(reference_ids)} cells side by side{again}: b{c0.batch_size} "
+                              f"seq {c0.seq_len} {c0.threads} thread(s)")
         try:
             torch.set_num_threads(c0.threads)
             for v in live.values():
@@ -532,14 +573,17 @@ class Runner:
                                   seed=self.cfg.seed)
             self._contention([v[1] for v in live.values()], other_busy_cpus(before, snapshot()))
         except Exception as exc:
-            for c, row, _, _ in live.values():
-                self._record(row, "failed", f"timing group: {type(exc).__name__}: {exc}\n{_tb()}")
+            for k, (c, row, _, _) in live.items():
+                if k not in reference_ids:
+                    self._record(row, "failed", f"timing group: {type(exc).__name__}: {exc}\n{_tb()}")
             return
         for k, (c, row, _, _) in live.items():
             fill_measurements(row, timed[k])
+            row.extra["interleave_group_id"] = group_id
         self._group_savings({k: (v[1], timed[k]) for k, v in live.items()})
-        for c, row, module, _ in live.values():
-            self._finish_cell(c, task, row, module)
+        for k, (c, row, module, _) in live.items():
+            if k not in reference_ids:
+                self._finish_cell(c, task, row, module)
 
     def _group_savings(self, cells: dict[str, tuple[Result, Timed]]) -> None:
         """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell."""

@@ -32,6 +32,14 @@ from profiler.interleave import median_ratio, same_round_ratios
 from profiler.rundir import RESULTS
 
 SHAPE = ("task", "batch_size", "seq_len", "threads")
+#: what else splits the runner's interleaved groups: cells differing here were never timed together
+GROUP = ("task_params", "kernel_variant", "interleave_group_id")
+
+
+def group_key(row: dict) -> tuple:
+    """The interleaved group of ``row``: its shape, task parameters, kernel variant and timing
+    session (``interleave_group_id``: a resumed run times its missing cells in a new session)."""
+    return tuple(json.dumps(row.get(k), sort_keys=True, default=str) for k in (*SHAPE, *GROUP))
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -49,28 +57,32 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
     """One record per ok cell of ``accelerator``: its same-round ratio against the cell of
     ``reference`` (accelerator label) on ``reference_pruner`` (pruner label) of its shape.
     ValueError when a shape has cells but no reference, or the rows carry no round medians."""
-    by_shape: dict[tuple, list[dict]] = {}
+    by_group: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_shape.setdefault(tuple(r.get(k) for k in SHAPE), []).append(r)
-    fp32_metric = {(r.get("task"), r.get("pruner_label")): r.get("accuracy")
-                   for r in rows if r.get("accelerator_label") == fp32}
+        by_group.setdefault(group_key(r), []).append(r)
+    fp32_metric = {(r.get("task"), json.dumps(r.get("task_params"), sort_keys=True, default=str), r.get("pruner_label")):
+                   r.get("accuracy") for r in rows if r.get("accelerator_label") == fp32}
     out = []
-    for shape, group in sorted(by_shape.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+    for _, group in sorted(by_group.items()):
         cells = [r for r in group if r.get("accelerator_label") == accelerator]
         if not cells:
             continue
         refs = [r for r in group if r.get("accelerator_label") == reference and r.get("pruner_label") == reference_pruner]
-        if not refs:
-            raise ValueError(f"no ok cell of {reference!r} on {reference_pruner!r} at {dict(zip(SHAPE, shape))}")
+        if len(refs) != 1:
+            where = {k: cells[0].get(k) for k in (*SHAPE, "kernel_variant")}
+            raise ValueError(f"{len(refs)} ok cells of {reference!r} on {reference_pruner!r} timed with {accelerator!r} at "
+                             f"{where} (need exactly one; a resumed run times its missing cells without the finished ones)")
         ref = refs[0]
         if ref.get("latency_round_medians_s") is None:
             raise ValueError("the rows hold no latency_round_medians_s: the run was not interleaved, or was timed "
                              "by a sparsebench that did not store them")
         for c in sorted(cells, key=lambda r: str(r.get("pruner_label"))):
             r = median_ratio(same_round_ratios(ref["latency_round_medians_s"], c.get("latency_round_medians_s") or []))
-            metric, base = c.get("accuracy"), fp32_metric.get((c.get("task"), c.get("pruner_label")))
+            metric = c.get("accuracy")
+            base = fp32_metric.get((c.get("task"), json.dumps(c.get("task_params"), sort_keys=True, default=str),
+                                    c.get("pruner_label")))
             out.append({
-                **{k: c.get(k) for k in ("pruner_label", "accelerator_label", *SHAPE)},
+                **{k: c.get(k) for k in ("pruner_label", "accelerator_label", *SHAPE, "kernel_variant")},
                 "ratio": r.median if r else None, "ratio_low": r.low if r else None, "ratio_high": r.high if r else None,
                 "rounds": r.n_rounds if r else 0, "latency_p50_s": c.get("latency_p50_s"),
                 "reference_p50_s": ref.get("latency_p50_s"), "metric": metric, "metric_fp32": base,

@@ -59,8 +59,21 @@ def test_vs_reference_divides_round_by_round_and_pairs_the_fp32_accuracy(tmp_pat
 def test_vs_reference_refuses_rows_without_round_medians_or_reference():
     vr = load_script("vs_reference")
     cell = _row("sp", "magnitude 0.9 1x4", "sparse-int8", [0.005], 0.8)
-    with pytest.raises(ValueError, match="no ok cell of 'openvino int8'"):
+    with pytest.raises(ValueError, match="0 ok cells of 'openvino int8'"):
         vr.compare([cell], "openvino int8", "none", "sparse-int8", "torch-fp32")
     ref = {**_row("ov", "none", "openvino int8", [0.01], 0.88), "latency_round_medians_s": None}
     with pytest.raises(ValueError, match="latency_round_medians_s"):
         vr.compare([cell, ref], "openvino int8", "none", "sparse-int8", "torch-fp32")
+
+
+def test_vs_reference_never_divides_across_kernel_variants_or_timing_sessions():
+    vr = load_script("vs_reference")
+    rows = [{**_row("ov2", "none", "openvino int8", [0.010], 0.88), "kernel_variant": "avx2"},
+            {**_row("sp2", "m", "sparse-int8", [0.005], 0.8), "kernel_variant": "avx2"},
+            {**_row("ov5", "none", "openvino int8", [0.004], 0.88), "kernel_variant": "avx512"},
+            {**_row("sp5", "m", "sparse-int8", [0.002], 0.8), "kernel_variant": "avx512"}]
+    recs = vr.compare(rows, "openvino int8", "none", "sparse-int8", "torch-fp32")
+    assert sorted((r["kernel_variant"], r["ratio"]) for r in recs) == [("avx2", 2.0), ("avx512", 2.0)]
+    resumed = [{**rows[0], "interleave_group_id": "a"}, {**rows[1], "interleave_group_id": "b"}]
+    with pytest.raises(ValueError, match="resumed run"):
+        vr.compare(resumed, "openvino int8", "none", "sparse-int8", "torch-fp32")

@@ -77,6 +77,31 @@ def test_resume_adds_only_missing_cells(finished_run, tmp_path):
     assert ids[:5] == [json.loads(l)["cell_id"] for l in lines[:5]]
 
 
+def test_resume_times_the_finished_references_again_so_factors_stay_same_round(finished_run, tmp_path):
+    """A run killed with only its dense torch-fp32 rows written: the resumed cells are timed beside a
+    fresh timing of those reference cells (same-round factors against them), whose rows stay as written."""
+    cfg, run_dir = finished_run
+    rows = [json.loads(l) for l in (run_dir / "results.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if r["pruner"] == "none" and r["accelerator"] == "torch-fp32"]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for f in ("manifest.json", "hardware.json", "idle_power.json"):
+        (resumed / f).write_text((run_dir / f).read_text())
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    (resumed / "results.jsonl").write_text(text)
+    Runner(cfg, resumed).run()
+    out = read_results(resumed / "results.jsonl")
+    assert out.duplicates == [] and (resumed / "results.jsonl").read_text().startswith(text)  # not written again
+    new = [r for r in out.rows if r["cell_id"] not in {k["cell_id"] for k in kept}]
+    assert len(new) == len(rows) - len(kept)
+    for r in new:
+        base = [k for k in kept if k["batch_size"] == r["batch_size"]][0]
+        assert r["baseline_cell_id"] == base["cell_id"] and r["latency_savings_factor"] is not None
+        assert r["latency_savings_factor_rounds"] == len(r["latency_round_medians_s"]) >= 3
+        assert r["interleave_group_id"] != base["interleave_group_id"]  # another timing session than the kept row's
+    assert len({r["interleave_group_id"] for r in new}) == len({r["batch_size"] for r in new})
+
+
 def test_resume_reuses_accuracy_of_rows_without_ids(finished_run, tmp_path):
     """Rows written before recipe_id/model_id existed still key the accuracy reuse."""
     cfg, run_dir = finished_run

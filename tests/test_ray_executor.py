@@ -62,6 +62,20 @@ def test_a_unit_yields_one_row_per_cell_in_its_order(tmp_path, fresh_process):
     assert all(0.0 <= a <= 1.0 for a in by_model.values())
 
 
+def test_a_resumed_unit_times_its_finished_reference_again_without_a_row(tmp_path, fresh_process):
+    cfg = parse_config(tiny_config())
+    cells = [c for c in expand(cfg) if interleave_key(c) == interleave_key(expand(cfg)[0])]
+    base = next(c for c in cells if c.pruner.name == "none" and c.accelerator.name == "torch-fp32")
+    rest = [c.cell_id for c in cells if c is not base]
+    spec = ray_node.UnitSpec(config=cfg.raw, cell_ids=rest, stamp={"target": "t1", "executor": "ray"},
+                             reference_ids=[base.cell_id])
+    rows = list(ray_node.run_unit(spec, *_payloads(cfg, tmp_path)))
+    assert [r["cell_id"] for r in rows] == rest  # no row for the reference
+    for r in rows:
+        assert r["status"] == "ok", r["reason"]
+        assert r["baseline_cell_id"] == base.cell_id and r["latency_savings_factor"] is not None
+
+
 def test_a_sequential_unit_and_a_failing_unit(tmp_path, fresh_process):
     doc = tiny_config(pruners=[{"name": "none"}], matrix={"batch_size": [1, 2], "seq_len": [16], "threads": [1]})
     doc["measure"]["schedule"] = "sequential"

@@ -47,7 +47,7 @@ from profiler.identity import stable_hash
 from profiler.results import Result, append_result, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
 from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, interleave_key,
-                             known_metrics, manifest_base, read_idle_power, read_run_json)
+                             known_metrics, manifest_base, read_idle_power, read_run_json, references_to_retime)
 from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
 
 #: rows with this ``executor_outcome`` stand for cells that never ran; ``--resume`` runs them again
@@ -74,6 +74,8 @@ class TargetRun:
     probe: dict[str, Any] | None = None
     probe_ref: Any = None
     units: list[Unit] = field(default_factory=list)
+    #: finished cells timed again beside the unfinished ones of their group (resume; not recorded)
+    references: list[Cell] = field(default_factory=list)
     hardware_id: str | None = None
     given_up: bool = False
 
@@ -139,7 +141,9 @@ class RayExecutor:
             tr = TargetRun(Target(name, sel), target_dir(resume_dir, name) if resume_dir else Path())
             if resume_dir is not None:
                 rows = read_results(tr.dir / RESULTS).rows
-                tr.done, tr.todo, _ = cells_to_run(rows, self.cells, self.retry_failed)
+                tr.done, tr.todo, redo = cells_to_run(rows, self.cells, self.retry_failed)
+                tr.references = references_to_retime(self.cells, tr.todo, [r for r in rows if r["cell_id"] not in redo],
+                                                     self.cfg.measure.schedule)
             else:
                 tr.todo = list(self.cells)
             self.runs[name] = tr
@@ -297,7 +301,7 @@ class RayExecutor:
         seed_everything(self.cfg.seed)
         needed: dict[PluginSpec, dict[PluginSpec, None]] = defaultdict(dict)
         for tr in self.runs.values():
-            for c in tr.todo:
+            for c in [*tr.todo, *tr.references]:
                 needed[c.task][c.pruner] = None
         # the runner's model building (cache, pruning) on the driver; it runs no cells, writes no run files
         builder = Runner(self.cfg, Path(), cache_dir=self.cache_dir, reporter=self.reporter)
@@ -330,13 +334,15 @@ class RayExecutor:
         known = known_metrics(read_results(tr.dir / RESULTS).rows)  # the node takes what its cells' keys match
         idle = self._idle(tr)
         for cells in plan_units([c for c in tr.todo if c.cell_id not in tr.done], self.cfg.measure.schedule):
-            refs = self._unit_payloads(cells)
+            group = (cells[0].task, interleave_key(cells[0]))
+            again = [r for r in tr.references if (r.task, interleave_key(r)) == group]
+            refs = self._unit_payloads([*cells, *again])
             if refs is None:
                 continue
             spec = ray_node.UnitSpec(
                 config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=idle,
                 stamp={"target": tr.name, "executor": "ray", "label_selector": tr.target.selector},
-                known_metrics=known)
+                known_metrics=known, reference_ids=[r.cell_id for r in again])
             t = tr.target
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)

@@ -98,6 +98,8 @@ class UnitSpec:
     stamp: dict[str, Any]
     idle: dict[str, Any] | None = None
     known_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: finished cells of the unit's interleave group, timed again beside its cells and not recorded
+    reference_ids: list[str] = field(default_factory=list)
 
 
 #: per worker process: parsed configs, built tasks, unpacked models, accuracy per model_id, the
@@ -226,11 +228,12 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
 
     cfg, by_id = _config_cells(spec.config)
     cells = [by_id[i] for i in spec.cell_ids]
+    references = [by_id[i] for i in spec.reference_ids]
     seed_everything(cfg.seed)
     task = _node_task(cells[0].task)
     task.finetune_report = next((p.dense_finetune for p in payloads if p.dense_finetune), None)
     loaded = {p.pruner_key: _unpack(p, task) for p in payloads}
-    models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in cells}
+    models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in [*cells, *references]}
     node_id, labels = node_identity()
     stamp = {**spec.stamp, "ray_node_id": node_id, "node_labels": labels}
     runner = NodeRunner(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
@@ -243,7 +246,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
             for c in cells:
                 runner._run_cell(c, task, *models[c.pruner], meter, idle)
         else:
-            runner._run_group(cells, task, models, meter, idle)
+            runner._run_group(cells, task, models, meter, idle, references)
     finally:
         meter.stop()
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from reports.frame import (BASELINE_ACCELERATOR, add_savings, is_baseline, is_flagged, kernel_variant_text, load_json,
-                           load_rows, positive)
+from reports.frame import (BASELINE_ACCELERATOR, add_savings, collapsed_mask, is_baseline, is_flagged, kernel_variant_text,
+                           load_json, load_rows, positive, task_names)
 from reports.html import fmt
 
 #: accuracy kept (cell metric ÷ dense fp32 metric) a configuration needs to count as a winner
@@ -154,13 +154,6 @@ def _load_targets(run_dirs: Sequence[Path], allow_mixed_energy: bool) -> tuple[l
 
 # ---- the join -------------------------------------------------------------------------------------
 
-def task_names(df: pd.DataFrame) -> pd.Series:
-    """The task's name per row, with a short key appended where one name stands for several tasks
-    (``text-classification [a1b2c3]``)."""
-    keys_per_name = df.groupby("task")["task_key"].transform("nunique")
-    return df["task"].where(keys_per_name <= 1, df["task"] + " [" + df["task_key"].str[:6] + "]")
-
-
 def _recipe_label(r: pd.Series, many_tasks: bool) -> str:
     lab = f"{r['pruner_label']} + {r['accelerator_label']} · b{int(r['batch_size'])} s{int(r['seq_len'])}"
     return f"{r['task_shown']}: {lab}" if many_tasks else lab
@@ -268,8 +261,10 @@ def best_per_target(joined: pd.DataFrame, min_kept: float = MIN_KEPT) -> pd.Data
 
     Cells whose latency spread is flagged (IQR/median > 10 %) do not win while a steady cell
     qualifies; ``noisy_skipped`` names those that would have, ``noisy`` marks a winner that is
-    itself noisy or whose baseline is."""
-    ok = joined[(joined["status"] == "ok") & joined["latency_savings_factor"].notna() & (joined["accuracy_kept"] >= min_kept)]
+    itself noisy or whose baseline is. A collapsed model (``collapsed``: it predicts one class, or
+    does no better than the majority class) never wins, whatever its metric."""
+    ok = joined[(joined["status"] == "ok") & joined["latency_savings_factor"].notna() & (joined["accuracy_kept"] >= min_kept)
+                & ~collapsed_mask(joined)]
     spread = joined["latency_spread_flag"] if "latency_spread_flag" in joined else pd.Series(False, index=joined.index)
     rows = []
     for _, g in ok.groupby(["target"] + SHAPE_KEYS, sort=False):

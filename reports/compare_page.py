@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
 from reports.frame import is_flagged
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table
 
 EXTRA_CSS = """<style>
 td.gap{color:#999;font-style:italic;background:#f6f6f6} tr.diff td{background:#fff8e1}
@@ -111,14 +111,19 @@ def _recipe_rows(c: Comparison, targets: list[Target], cells: Callable[[pd.Serie
 
 def _savings_table(c: Comparison) -> str:
     def cells(r: pd.Series, _ref: pd.Series) -> list[Any]:
-        kept = r.get("accuracy_kept")
+        kept = _cell(r, r.get("accuracy_kept"))
+        if kept[1] is not None:  # rounded down: a cell below 99 % never reads as 99 %
+            mark = (f" <span class='badge failed' title='{esc(r.get('collapse_reason') or 'collapsed')}'>collapsed</span>"
+                    if is_flagged(r.get("collapsed")) else "")
+            kept = (esc(fmt_kept(kept[1])) + mark, kept[1])
         return [_cell(r, r.get("latency_savings_factor"), 3, "×"),
                 _cell(r, r.get("energy_savings_factor"), 3, "×" + (" ⚠ mixed" if bool(r.get("energy_mixed")) else "")),
-                _cell(r, kept * 100 if pd.notna(kept) else None, 4, " %")]
+                kept]
 
     heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("latency ×", "energy ×", "acc. kept")]
     return ("<h2>Savings factors per target</h2><p class='note'>Within each target: its dense (pruner none) torch-fp32 cell of the "
-            "same task, batch and sequence ÷ the cell (higher is better); accuracy kept = cell metric ÷ dense metric. "
+            "same task, batch and sequence ÷ the cell (higher is better); accuracy kept = cell metric ÷ dense metric, rounded down "
+            "to 0.01 % (collapsed: the model answers one class, or no better than the majority class; never the best). "
             "'missing': the target has no such cell. Click a header to sort.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
@@ -175,7 +180,7 @@ def _best_section(c: Comparison) -> str:
         e = w.get("energy_savings_factor")
         items.append(f"<li><b>{esc(t.key)} · {esc(t.label)}</b>: <b>{esc(w['recipe'])}</b> — {fmt(w['latency_savings_factor'], 3)}× latency"
                      + (f", {fmt(e, 3)}× energy ({esc(w['energy_method'])})" if pd.notna(e) else "")
-                     + f", {fmt(w['accuracy_kept'] * 100, 4)} % of dense accuracy"
+                     + f", {fmt_kept(w['accuracy_kept'])} of dense accuracy"
                      + (" <span class='badge estimated'>⚠ noisy latency: rerun</span>" if w["noisy"] else "")
                      + (f" <span class='tag'>(noisy cells not counted: {esc(w['noisy_skipped'])})</span>" if w["noisy_skipped"] else "")
                      + "</li>")
@@ -191,7 +196,7 @@ def _best_section(c: Comparison) -> str:
             else:
                 w = m.iloc[0]
                 line.append((f"{esc(w['pruner_label'])} + {esc(w['accelerator_label'])}<br><b>{fmt(w['latency_savings_factor'], 3)}×</b> "
-                             f"<span class='tag'>kept {fmt(w['accuracy_kept'] * 100, 4)} %</span>" + (" ⚠" if w["noisy"] else "")
+                             f"<span class='tag'>kept {fmt_kept(w['accuracy_kept'])}</span>" + (" ⚠" if w["noisy"] else "")
                              + (f"<br><span class='tag'>not counted (noisy): {esc(w['noisy_skipped'])}</span>" if w["noisy_skipped"] else ""),
                              w["latency_savings_factor"]))
         rows.append(line)
@@ -275,7 +280,7 @@ def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = Fals
     sections = head + [
         _best_section(c),
         "<h2>Hardware targets</h2>", _hardware_table(c.targets),
-        "<h2>Latency savings per target</h2>", _bars(c, "latency_savings_factor", "Latency savings factor vs each target's dense fp32 (higher is better)", "× (dense p50 ÷ cell p50)", hline=1.0),
+        "<h2>Latency savings per target</h2>", _bars(c, "latency_savings_factor", "Latency savings factor vs each target's dense fp32 (higher is better)", "× dense torch fp32 (p50 ÷ p50; the median of same-round ratios where interleaved)", hline=1.0),
         "<h2>Accuracy per target</h2>", _bars(c, "accuracy", "Accuracy per configuration and target", "accuracy"),
     ]
     if c.joined["energy_savings_factor"].notna().any():

@@ -56,14 +56,14 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
 
 def shape_labels(df: pd.DataFrame) -> pd.Series:
     """Per row, short text of the group axes (:data:`GROUP_KEYS`) that vary in ``df``, batch always:
-    ``"b8"``, ``"b8 t2"``, ``"sst2 b1 s64 t1 avx2"``, so cells of different shapes never share a
-    chart category."""
+    ``"b8"``, ``"b8 t2"``, ``"sst2 b1 s64 t1 avx2"`` (the task as :func:`task_names` shows it), so
+    cells of different shapes never share a chart category."""
     def varies(col: str) -> bool:
-        return col in df and df[col].nunique(dropna=False) > 1
+        return _varies(df, col)
 
     parts = []
     if varies("task_key"):
-        parts.append(df["task"].astype(str))
+        parts.append(task_names(df).astype(str))
     parts.append("b" + df["batch_size"].astype(str))
     for col, prefix in (("seq_len", "s"), ("threads", "t"), ("kernel_variant", "")):
         if varies(col):
@@ -72,6 +72,18 @@ def shape_labels(df: pd.DataFrame) -> pd.Series:
     for p in parts[1:]:
         out = out + " " + p
     return out
+
+
+def _varies(df: pd.DataFrame, col: str) -> bool:
+    """Whether column ``col`` takes more than one value in ``df`` (a missing value counts as one)."""
+    return col in df and df[col].nunique(dropna=False) > 1
+
+
+def task_names(df: pd.DataFrame) -> pd.Series:
+    """The task's name per row, with a short key appended where one name stands for several tasks
+    (``text-classification [a1b2c3]``)."""
+    keys_per_name = df.groupby("task")["task_key"].transform("nunique")
+    return df["task"].where(keys_per_name <= 1, df["task"].astype(str) + " [" + df["task_key"].astype(str).str[:6] + "]")
 
 
 def add_task_key(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,6 +128,14 @@ def is_flagged(v: Any) -> bool:
     """A stored boolean flag (``latency_spread_flag``, ``contention_flag``): True only for a true
     bool, False for False, None or NaN (cells that have no such flag)."""
     return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
+def collapsed_mask(df: pd.DataFrame) -> pd.Series:
+    """Boolean mask of the rows whose model collapsed (``collapsed`` true: it predicts one class,
+    or does no better than the majority class); False where a row has no such flag."""
+    if "collapsed" not in df:
+        return pd.Series(False, index=df.index, dtype=bool)
+    return df["collapsed"].map(is_flagged).astype(bool)
 
 
 def is_number(v: Any) -> bool:
@@ -212,7 +232,9 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     """Factors against the **fastest dense fp32 cell of the same group** (the engine a user would
     run instead of pruning): ``latency_savings_vs_best_dense`` (kept when the runner stored the
     same-round median, else best p50 ÷ cell p50), ``energy_savings_vs_best_dense`` (best J ÷ cell
-    J, one energy method only), ``best_dense_label``."""
+    J, one energy method only), ``best_dense_label``. A collapsed dense cell (see
+    :func:`collapsed_mask`) is no reference: a factor the runner stored against it is recomputed
+    against the fastest dense cell that did not collapse."""
     for col in ("latency_savings_vs_best_dense", "energy_savings_vs_best_dense", "best_dense_label"):
         if col not in df:
             df[col] = None
@@ -220,12 +242,16 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     df["energy_savings_vs_best_dense"] = float("nan")
     if df.empty:
         return df
-    dense = df[dense_fp32_mask(df)]
+    dense = df[dense_fp32_mask(df) & ~collapsed_mask(df)]
     best = dense.loc[dense.groupby(GROUP_KEYS, dropna=False)["latency_p50_s"].idxmin()] if len(dense) else dense
     best = best.set_index(GROUP_KEYS)
     for i, row in df[df["status"] == "ok"].iterrows():
         key = tuple(row[k] for k in GROUP_KEYS)
-        if key not in best.index:
+        if key not in best.index:  # no dense cell left to divide (failed or collapsed)
+            if not _same_reference(row.get("best_dense_cell_id"), None):  # a stored factor against one of those
+                df.at[i, "latency_savings_vs_best_dense"] = float("nan")
+                _drop_interval(df, i, "latency_savings_vs_best_dense")
+                df.at[i, "best_dense_label"] = None
             continue
         b = best.loc[key]
         if not _same_reference(row.get("best_dense_cell_id"), b.get("cell_id")):
@@ -244,15 +270,24 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
     through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
     factors against the fastest dense fp32 engine, or that none beats the dense engines (also when
-    the same-round interval of its latency factor reaches down to 1×)."""
+    the same-round interval of its latency factor reaches down to 1×). Each sentence opens with its
+    group, told apart as :func:`shape_labels` tells chart categories apart: the task with a short
+    key where one name stands for several tasks (:func:`task_names`), the kernel variant where the
+    frame has several or one other than "auto". Collapsed models are never a candidate; energy
+    factors say their method unless it is ``measured``."""
     out: list[str] = []
     if df.empty or "latency_p50_s" not in df:
         return out
+    df = add_task_key(df.copy()).assign(_task_shown=lambda d: task_names(d))
+    show_variant = _varies(df, "kernel_variant")
     ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)]
-    if "collapsed" in ok:  # a model predicting one class is not a candidate, whatever its metric
-        ok = ok[~ok["collapsed"].map(is_flagged)]
+    ok = ok[~collapsed_mask(ok)]  # a model predicting one class is not a candidate, whatever its metric
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
-        where = f"{g['task'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
+        where = f"{g['_task_shown'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
+        variant = key[4] if isinstance(key[4], str) and key[4] else "auto"
+        if show_variant or variant != "auto":
+            used = ", ".join(sorted(map(str, g["kernel_variant_used"].dropna().unique()))) if "kernel_variant_used" in g else None
+            where += f", kernel {kernel_variant_text(variant, used or None)}"
         kept = g[pd.to_numeric(g["accuracy_kept"], errors="coerce") >= min_kept]
         dense = g[dense_fp32_mask(g)]
         if kept.empty or dense.empty:
@@ -273,7 +308,9 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
                        f"accuracy: the fastest, {label}, is {n:.2f}× the fastest dense engine "
                        f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
             continue
-        joules = f" and {m:.2f}× fewer joules" if is_number(m) else " (energy not comparable)"
+        method = x.get("energy_method")
+        how = f" ({method})" if isinstance(method, str) and method and method != "measured" else ""
+        joules = f" and {m:.2f}× fewer joules{how}" if is_number(m) else " (energy not comparable)"
         out.append(f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
                    f"{n:.2f}× lower latency{joules} than the fastest dense engine "
                    f"({y.get('accelerator_label') or y['accelerator']}).")

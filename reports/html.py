@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
@@ -68,12 +69,30 @@ def damaged_warning(name: str, lines: Sequence[int]) -> str:
 
 def fmt(v: Any, digits: int = 3) -> str:
     """``v`` for a table cell; ``"n/a"`` for a value that is missing or not finite (the pages'
-    footnotes say so), never a number made up for it."""
+    footnotes say so), never a number made up for it. Below 1, ``digits + 1`` significant digits
+    (``0.0015``, ``0.0024``, ``0.9896``: two values never merge because they are small); from 1 to
+    1e4, ``digits`` decimals without trailing zeros; above, ``digits`` significant digits."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
+        if v == 0:
+            return "0"
+        if abs(v) < 1:
+            return f"{v:.{digits + 1}g}"
+        if abs(v) >= 1e4:
+            return f"{v:.{max(digits, 1)}g}"
+        return f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
     return str(v)
+
+
+def fmt_kept(v: Any) -> str:
+    """Accuracy kept (cell metric ÷ dense metric) as a percentage with two decimals, **rounded
+    down**, so that a cell below a threshold never reads as reaching it (0.9896 → ``98.96 %``,
+    0.98999 → ``98.99 %``, never ``99.00 %``); ``"n/a"`` where there is none."""
+    if not is_number(v):
+        return "n/a"
+    pct = (Decimal(repr(float(v))) * 100).quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
+    return f"{pct} %"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 0, sortable: bool = True) -> str:

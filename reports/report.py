@@ -8,12 +8,23 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
-from reports.frame import (add_savings, is_flagged, is_number, kernel_variant_text, load_json, load_rows, pareto_front,
-                           shape_labels, verdicts)
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, ms, page, table
+from reports.frame import (add_savings, collapsed_mask, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
+                           pareto_front, shape_labels, verdicts)
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table
 from reports.multiply import multiply_section
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
+#: the marker of a collapsed model in the scatter plots (never on a Pareto front)
+COLLAPSED_SYMBOL = "x-thin-open"
+COLLAPSED_MARK = "(collapsed)"
+
+
+def collapse_text(r: pd.Series) -> str:
+    """Why a collapsed row's model collapsed (``collapse_reason``, else its ``reason``)."""
+    for col in ("collapse_reason", "reason"):
+        if isinstance(r.get(col), str) and r.get(col):
+            return r[col]
+    return "collapsed: the model predicts one class"
 
 
 def metric_title(df: pd.DataFrame) -> str:
@@ -27,20 +38,30 @@ def _cell_table(df: pd.DataFrame) -> str:
                "sparsity (prunable)", "p50 ms", "p90 ms", "p99 ms", "n", "throughput /s", "J/inference",
                "J/inf net", "energy method", "latency ×", "energy ×", "model MB", "reason"]
     rows = []
-    for _, r in df.iterrows():
+    collapsed = collapsed_mask(df)
+    for i, r in df.iterrows():
         method = r.get("energy_method") or "unavailable"
         spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" [busy]" if is_flagged(r.get("contention_flag")) else "")
+        accuracy: Any = r.get("accuracy")
+        reason = first_line(r.get("reason"), 160) if r["status"] != "ok" else ""
+        if collapsed[i]:
+            why = collapse_text(r)
+            accuracy = (f"{esc(fmt(accuracy))} <span class='badge failed' title='{esc(why)}'>{esc(COLLAPSED_MARK)}</span>",
+                        accuracy if is_number(accuracy) else None)
+            reason = reason or first_line(why, 160)  # a failed row's own reason first
+        kept = r.get("accuracy_kept")
         rows.append([
             r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
             kernel_variant_text(r.get("kernel_variant"), r.get("kernel_variant_used")),
-            (badge(r["status"]), r["status"]), r.get("accuracy"), r.get("accuracy_kept"), r.get("sparsity_prunable"),
+            (badge(r["status"]), r["status"]), accuracy, (esc(fmt_kept(kept)), kept if is_number(kept) else None),
+            r.get("sparsity_prunable"),
             (esc(fmt(ms(r.get("latency_p50_s")))) + spread, r.get("latency_p50_s")),
             ms(r.get("latency_p90_s")), ms(r.get("latency_p99_s")),
             r.get("latency_n"), r.get("throughput_per_s"), r.get("energy_j_per_inference"),
             r.get("energy_j_per_inference_net"), (badge(method), method),
             r.get("latency_savings_factor"), r.get("energy_savings_factor"),
             r["model_bytes"] / 1e6 if pd.notna(r.get("model_bytes")) else None,
-            first_line(r.get("reason"), 160) if r["status"] != "ok" else "",
+            reason,
         ])
     return table(headers, rows, left=3)
 
@@ -49,12 +70,13 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
     d = df[(df["status"] == "ok")].dropna(subset=[x, "accuracy"])
     if d.empty:
         return f"<p class='note'>{esc(title)}: no data.</p>"
-    d = d.assign(_shape=shape_labels(d))
+    d = d.assign(_shape=shape_labels(d), _collapsed=collapsed_mask(d))
+    scale = 1e3 if x.startswith("latency") else 1
     fig = go.Figure()
-    for (shape, method), g in d.groupby(["_shape", "energy_method"] if x.startswith("energy") else ["_shape", "status"]):
+    for (shape, method), g in d[~d["_collapsed"]].groupby(["_shape", "energy_method"] if x.startswith("energy") else ["_shape", "status"]):
         name = shape + (f" ({method})" if x.startswith("energy") else "")
         fig.add_trace(go.Scatter(
-            x=g[x] * (1e3 if x.startswith("latency") else 1), y=g["accuracy"], mode="markers", name=name, text=g["label"],
+            x=g[x] * scale, y=g["accuracy"], mode="markers", name=name, text=g["label"],
             marker=dict(size=10, symbol=ENERGY_SYMBOL.get(method, "circle") if x.startswith("energy") else "circle"),
             hovertemplate="%{text}<br>%{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
         ))
@@ -62,6 +84,14 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
         fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines+markers",
                                  line=dict(dash="dot"), marker=dict(size=18, symbol="circle-open", line=dict(width=2)),
                                  name=f"{name} Pareto front", hoverinfo="skip"))
+    c = d[d["_collapsed"]]
+    if not c.empty:  # shown, but apart: a model answering one class is on no front
+        fig.add_trace(go.Scatter(
+            x=c[x] * scale, y=c["accuracy"], mode="markers", name="collapsed (not on the Pareto front)",
+            text=[f"{lab} {shape}<br>{esc(collapse_text(r))}" for lab, shape, (_, r) in zip(c["label"], c["_shape"], c.iterrows())],
+            marker=dict(size=12, symbol=COLLAPSED_SYMBOL, color="#c0392b", line=dict(width=2, color="#c0392b")),
+            hovertemplate="%{text}<br>%{x:.4g}<br>accuracy %{y:.4f}<extra>collapsed</extra>",
+        ))
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=metric_title(df))
     return figure(fig)
 
@@ -70,14 +100,17 @@ def _savings(df: pd.DataFrame) -> str:
     d = df[(df["status"] == "ok")].dropna(subset=["latency_savings_factor"])
     if d.empty:
         return "<p class='note'>No savings factors: the run has no dense torch-fp32 baseline cell.</p>"
-    d = d.assign(cell=d["label"] + " " + shape_labels(d))
+    d = d.assign(cell=d["label"] + " " + shape_labels(d) + collapsed_mask(d).map({True: " " + COLLAPSED_MARK, False: ""}))
     fig = go.Figure()
     fig.add_trace(go.Bar(x=d["cell"], y=d["latency_savings_factor"], name="latency ×"))
     if d["energy_savings_factor"].notna().any():
         methods = ", ".join(sorted(d["energy_method"].dropna().unique()))
         fig.add_trace(go.Bar(x=d["cell"], y=d["energy_savings_factor"], name=f"energy × ({methods})"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#888")
-    fig.update_layout(title="Savings factor vs dense fp32 baseline (higher is better)", barmode="group", yaxis_title="×")
+    title = "Savings factor vs dense fp32 baseline (higher is better)"
+    if collapsed_mask(d).any():
+        title += f" — {COLLAPSED_MARK}: the model collapsed, not a candidate"
+    fig.update_layout(title=title, barmode="group", yaxis_title="×")
     return figure(fig)
 
 
@@ -121,6 +154,10 @@ def build_report_html(run_dir: Path) -> str:
     if len(padded):
         head.append(f"<div class='warn'>[padding] {len(padded)} cell(s) have outputs that depend on padding: "
                     f"{esc(str(padded.iloc[0]))}.</div>")
+    collapsed = df[collapsed_mask(df)]
+    if len(collapsed):
+        head.append(f"<div class='warn'>{esc(COLLAPSED_MARK)} {len(collapsed)} cell(s) hold a collapsed model, never a verdict candidate "
+                    f"nor on a Pareto front: {esc(', '.join(dict.fromkeys(collapsed['label'])))} — {esc(first_line(collapse_text(collapsed.iloc[0]), 200))}.</div>")
     counts = df["status"].value_counts().to_dict()
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
     sections = head + [
@@ -130,7 +167,9 @@ def build_report_html(run_dir: Path) -> str:
     ]
     sections.append(multiply_section(df))
     sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; [busy] a cell timed while other processes were busy; "
+                 "(collapsed): the model predicts one class, or does no better than the majority class (the reason column says which). "
                  "n/a: a value that was not measured or not finite (the row's <code>reason</code>, <code>energy_reason</code> or <code>null_reasons</code> say why). "
+                 "kept: the metric ÷ the dense baseline's, rounded down to 0.01 %. "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)
@@ -195,16 +234,20 @@ def print_summary(run_dir: Path) -> None:
     t = Table(title=f"sparsebench — {Path(run_dir).name}")
     for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×", "× best dense"):
         t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
-    for _, r in df.iterrows():
+    collapsed = collapsed_mask(df)
+    for i, r in df.iterrows():
         ok = r["status"] == "ok"
         t.add_row(
             str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
-            fmt(r.get("accuracy"), 4), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
+            fmt(r.get("accuracy"), 4) + (f" {COLLAPSED_MARK}" if collapsed[i] else ""), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
             fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
             fmt(r.get("latency_savings_vs_best_dense"), 2),
         )
     console = Console()
     console.width = max(console.width, 130)  # a readable table beats a wrapped one
     console.print(t)
+    for i in df.index[collapsed]:
+        console.print(f"{COLLAPSED_MARK} {df.at[i, 'label']} b{df.at[i, 'batch_size']}: {first_line(collapse_text(df.loc[i]), 200)} "
+                      "— never a verdict candidate", markup=False)
     for line in verdicts(df):
         console.print(line)

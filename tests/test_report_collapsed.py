@@ -1,0 +1,160 @@
+"""Reports and collapsed models, verdict wording and number formatting: a collapsed model never
+wins (compare) nor serves as the fastest dense engine (frame), the report marks it; verdicts of
+groups that differ only by kernel variant or task parameters read apart and name an energy method
+that is not a measurement; small numbers and accuracy kept never merge across a threshold."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from profiler.results import Result
+from reports.compare import build_compare
+from reports.compare_page import build_compare_html
+from reports.frame import add_savings, load_rows, shape_labels, verdicts
+from reports.html import fmt, fmt_kept
+from reports.report import build_report_html
+
+MAJORITY = "collapsed: accuracy 0.9000 is no better than always answering the majority class 0 (0.9000)"
+
+
+def result(cell_id, pruner, acc, p50, accuracy, kv="auto", prec="fp32", energy=None, method="estimated",
+           sparsity=0.9, task_params=None, **extra) -> dict:
+    """One results row as the runner writes it (``extra`` lands as top-level fields)."""
+    pp = {} if pruner == "none" else {"sparsity": sparsity}
+    r = Result(cell_id=cell_id, task="tiny-synthetic", pruner=pruner, pruner_params=pp, accelerator=acc, accelerator_params={},
+               batch_size=1, seq_len=32, threads=1, status="ok", kernel_variant=kv, metric_name="accuracy",
+               accuracy=accuracy, latency_p50_s=p50, latency_mean_s=p50, latency_p90_s=p50, latency_p99_s=p50, latency_n=10,
+               energy_j_per_inference=energy, energy_method=method if energy else "unavailable",
+               extra={"compute_precision": prec, "task_params": task_params or {}, **extra})
+    return r.to_dict()
+
+
+def write_run(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "hardware.json").write_text(json.dumps({"hardware_id": "hw1", "cpu_model": "x"}))
+    (path / "manifest.json").write_text(json.dumps({"sparsebench_version": "0"}))
+    return path
+
+
+def collapsed_majority_run(tmp_path: Path) -> Path:
+    """Dense 0.905; a pruned model at 0.870 (96 % kept); a collapsed 97 % model at 0.900 (99.4 % kept,
+    5× faster): the collapsed one would win on the numbers alone."""
+    return write_run(tmp_path / "run", [
+        result("b", "none", "torch-fp32", 0.010, 0.905, collapsed=False),
+        result("s", "magnitude", "sparse-cpu", 0.006, 0.870, collapsed=False),
+        result("c", "magnitude", "sparse-int8", 0.002, 0.900, sparsity=0.97, prec="int8", collapsed=True,
+               collapse_reason=MAJORITY, reason=MAJORITY)])
+
+
+def test_compare_never_names_a_collapsed_model_best(tmp_path):
+    run = collapsed_majority_run(tmp_path)
+    c = build_compare([run])
+    (w,) = c.best.to_dict("records")
+    assert (w["pruner_label"], w["accelerator_label"]) == ("none", "torch-fp32")  # the baseline, not the collapsed 5×
+    df, _ = load_rows(run)
+    assert all("sparse-int8" not in v for v in verdicts(add_savings(df)))  # as the report's verdict
+    html = build_compare_html([run])
+    assert "collapsed</span>" in html and "99.44 %" in html  # marked in the savings table, kept rounded down
+
+
+def test_a_collapsed_dense_engine_is_no_best_dense_reference(tmp_path):
+    """torch-fp32 10 ms, a collapsed onnxruntime fp32 2 ms, sparse-cpu 4 ms: the factor and the name
+    in the verdict both refer to torch-fp32; a factor the runner stored against the collapsed cell is
+    recomputed."""
+    run = write_run(tmp_path / "run", [
+        result("b", "none", "torch-fp32", 0.010, 0.905, collapsed=False,
+               best_dense_cell_id="o", latency_savings_vs_best_dense=0.2),
+        result("o", "none", "onnxruntime", 0.002, 0.50, collapsed=True, collapse_reason=MAJORITY,
+               best_dense_cell_id="o", latency_savings_vs_best_dense=1.0),
+        result("s", "magnitude", "sparse-cpu", 0.004, 0.900, collapsed=False,
+               best_dense_cell_id="o", latency_savings_vs_best_dense=0.5, latency_savings_vs_best_dense_low=0.45,
+               latency_savings_vs_best_dense_high=0.55, best_dense_label="onnxruntime")])
+    df, _ = load_rows(run)
+    d = add_savings(df).set_index("cell_id")
+    assert set(d["best_dense_label"]) == {"torch-fp32"}
+    assert d.loc["s", "latency_savings_vs_best_dense"] == pytest.approx(2.5)  # 10 ms ÷ 4 ms, not the stored 0.5
+    assert pd.isna(d.loc["s", "latency_savings_vs_best_dense_low"])  # its interval went with it
+    (v,) = verdicts(add_savings(df))
+    assert "2.50× lower latency" in v and "(torch-fp32)" in v and "0.50×" not in v
+
+
+def test_a_stored_factor_against_a_collapsed_only_dense_cell_is_dropped(tmp_path):
+    """Where the only dense fp32 cell collapsed, no best-dense factor or label stays."""
+    run = write_run(tmp_path / "run", [
+        result("o", "none", "torch-fp32", 0.002, 0.50, collapsed=True, collapse_reason=MAJORITY),
+        result("s", "magnitude", "sparse-cpu", 0.004, 0.900, collapsed=False, best_dense_cell_id="o",
+               latency_savings_vs_best_dense=0.5, best_dense_label="torch-fp32")])
+    df, _ = load_rows(run)
+    d = add_savings(df).set_index("cell_id")
+    assert pd.isna(d.loc["s", "latency_savings_vs_best_dense"]) and pd.isna(d.loc["s", "best_dense_label"])
+
+
+def test_the_report_marks_a_collapsed_model(tmp_path):
+    html = build_report_html(collapsed_majority_run(tmp_path))
+    cells = html[html.index("<h2>All cells"):]
+    rows = [r for r in cells.split("<tr>") if "sparse-int8" in r]
+    assert len(rows) == 1 and "(collapsed)</span>" in rows[0] and f"title='{MAJORITY}'" in rows[0]
+    assert f"<td>{MAJORITY}</td>" in rows[0]  # the reason column of an ok row that collapsed
+    assert all("(collapsed)" not in r for r in cells.split("<tr>") if "sparse-cpu" in r)
+    assert "1 cell(s) hold a collapsed model" in html
+    assert "collapsed (not on the Pareto front)" in html  # its own trace, apart from the fronts
+    assert "magnitude 0.97 + sparse-int8 b1 (collapsed)" in html  # its savings bar says so
+
+
+def test_verdicts_of_kernel_variants_read_apart(tmp_path):
+    rows = []
+    for kv, p50 in (("avx2", 0.009), ("avx512", 0.004)):
+        rows += [result(f"b{kv}", "none", "torch-fp32", 0.010, 0.90, kv=kv),
+                 result(f"s{kv}", "magnitude", "sparse-cpu", p50, 0.899, kv=kv)]
+    df, _ = load_rows(write_run(tmp_path / "kv", rows))
+    v = verdicts(add_savings(df))
+    assert len(v) == 2 and len({s.split(":")[0] for s in v}) == 2
+    assert v[0].startswith("tiny-synthetic, batch 1, seq 32, 1 thread(s), kernel avx2:") and "1.11×" in v[0]
+    assert v[1].startswith("tiny-synthetic, batch 1, seq 32, 1 thread(s), kernel avx512:") and "2.50×" in v[1]
+    one, _ = load_rows(write_run(tmp_path / "auto", rows[:2]))  # one variant: nothing to tell apart
+    (w,) = verdicts(add_savings(one.assign(kernel_variant="auto")))
+    assert w.startswith("tiny-synthetic, batch 1, seq 32, 1 thread(s):")
+
+
+def test_verdicts_of_two_tasks_of_one_name_read_apart(tmp_path):
+    rows = []
+    for data, p50 in (("a", 0.009), ("b", 0.004)):
+        rows += [result(f"b{data}", "none", "torch-fp32", 0.010, 0.90, task_params={"dataset": data}),
+                 result(f"s{data}", "magnitude", "sparse-cpu", p50, 0.899, task_params={"dataset": data})]
+    df, _ = load_rows(write_run(tmp_path / "t", rows))
+    d = add_savings(df)
+    v = verdicts(d)
+    heads = {s.split(":")[0] for s in v}
+    assert len(v) == 2 and len(heads) == 2 and all(h.startswith("tiny-synthetic [") for h in heads)
+    labels = set(shape_labels(d))  # the chart categories name the tasks alike
+    assert len(labels) == 2 and {label.split(" b1")[0] for label in labels} == {h.split(",")[0] for h in heads}
+
+
+@pytest.mark.parametrize("method, shown", [("estimated", " (estimated)"), ("power-poll", " (power-poll)"), ("measured", "")])
+def test_the_verdict_names_an_energy_method_that_is_not_a_measurement(tmp_path, method, shown):
+    df, _ = load_rows(write_run(tmp_path / "e", [
+        result("b", "none", "torch-fp32", 0.010, 0.90, energy=1.0, method=method),
+        result("s", "magnitude", "sparse-cpu", 0.005, 0.90, energy=0.4, method=method)]))
+    (v,) = verdicts(add_savings(df))
+    assert f"2.50× fewer joules{shown} than the fastest dense engine" in v
+
+
+def test_small_numbers_and_accuracy_kept_never_merge():
+    assert [fmt(x) for x in (0.0015, 0.0024, 0.0009)] == ["0.0015", "0.0024", "0.0009"]
+    assert fmt(0.9896) == "0.9896" and fmt(0.99) == "0.99" and fmt(0.5) == "0.5" and fmt(0.0) == "0"
+    assert fmt(12.3456) == "12.346" and fmt(12345.6) == "1.23e+04" and fmt(float("nan")) == "n/a" and fmt(None) == "n/a"
+    assert fmt(0.7412, 2) == "0.741" and fmt(1.04, 2) == "1.04"
+    assert fmt_kept(0.9896) == "98.96 %"
+    assert fmt_kept(0.98999) == "98.99 %"  # below 99 % never reads as 99 %
+    assert fmt_kept(0.99) == "99.00 %" and fmt_kept(0.891 / 0.9) == "99.00 %" and fmt_kept(1.0) == "100.00 %"
+    assert fmt_kept(float("nan")) == "n/a" and fmt_kept(None) == "n/a"
+
+
+def test_the_compare_latency_axis_says_what_it_plots(tmp_path):
+    run = collapsed_majority_run(tmp_path)
+    html = build_compare_html([run])
+    assert "same-round ratios where interleaved" in html and "dense p50 ÷ cell p50" not in html

@@ -245,7 +245,7 @@ def test_resume_skips_damaged_rows_with_a_warning(tmp_path, monkeypatch):
     cfg = parse_config(tiny_config(pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}],
                                    matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}, measure={"idle_seconds": 0}))
     redone, messages = [], []
-    monkeypatch.setattr(Runner, "_run_task", lambda self, spec, cells, meter, idle: redone.extend(cells))
+    monkeypatch.setattr(Runner, "_run_task", lambda self, spec, cells, meter, idle, references=(): redone.extend(cells))
     rep = Reporter()
     rep.message = messages.append
     run_dir = tmp_path / "run"

@@ -75,7 +75,7 @@ def test_resume_keeps_failed_cells_unless_retry_failed(tmp_path, monkeypatch):
     (cell,) = expand(cfg)
     redone = []
 
-    def fake_task(self, spec, cells, meter, idle):
+    def fake_task(self, spec, cells, meter, idle, references=()):
         for c in cells:
             redone.append(c.cell_id)
             self._record(self._base_row(c, None), "ok", None)

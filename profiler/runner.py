@@ -504,11 +504,14 @@ class Runner:
                 self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
             return None
 
-    def _finish_cell(self, c: Cell, task: Task, row: Result, module: nn.Module) -> None:
-        """Accuracy (one pass per :func:`accuracy_key`), then the row is appended."""
+    def _evaluate(self, c: Cell, task: Task, row: Result, module: nn.Module | None) -> str | None:
+        """``row``'s accuracy and metric fields (one pass per :func:`accuracy_key`; with ``module``
+        None only what is already known); the failure's text, or None."""
         try:
             key = accuracy_key(c.model_id, row.extra.get("numerics_key"))
             if key not in self._accuracy:
+                if module is None:
+                    return "accuracy not measured"
                 counter = PredictionCounter(module)
                 with torch.inference_mode():
                     metrics = task.evaluate_metrics(counter, self.cfg.measure.eval_batch_size)
@@ -517,9 +520,19 @@ class Runner:
                 self._metrics[key].update(counter.collapse_fields(task, metrics[task.metric_name]))
             row.accuracy = self._accuracy[key]
             row.extra.update(self._metrics.get(key, {}))
-            self._record(row, "ok", row.extra.get("collapse_reason"))
+            return None
         except Exception as exc:
-            self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
+            return f"{type(exc).__name__}: {exc}\n{_tb()}"
+
+    def _finish_cell(self, c: Cell, task: Task, row: Result, module: nn.Module) -> None:
+        """Accuracy (one pass per :func:`accuracy_key`), then the row is appended."""
+        self._record_evaluated(row, self._evaluate(c, task, row, module))
+
+    def _record_evaluated(self, row: Result, failure: str | None) -> None:
+        if failure is None:
+            self._record(row, "ok", row.extra.get("collapse_reason"))
+        else:
+            self._record(row, "failed", failure)
 
     def _run_cell(self, c: Cell, task: Task, model: nn.Module, report: PruneReport, meter, idle) -> None:
         prepared = self._prepare_cell(c, task, model, report)
@@ -580,17 +593,25 @@ class Runner:
         for k, (c, row, _, _) in live.items():
             fill_measurements(row, timed[k])
             row.extra["interleave_group_id"] = group_id
-        self._group_savings({k: (v[1], timed[k]) for k, v in live.items()})
-        for k, (c, row, module, _) in live.items():
-            if k not in reference_ids:
-                self._finish_cell(c, task, row, module)
+        # the dense fp32 cells' accuracy first: a collapsed or failed one is no "best dense" reference
+        failures = {k: self._evaluate(c, task, row, None if k in reference_ids else module)
+                    for k, (c, row, module, _) in live.items()
+                    if is_dense_fp32(row.pruner, row.accelerator, row.extra.get("compute_precision"))}
+        self._group_savings({k: (v[1], timed[k]) for k, v in live.items()},
+                            unusable={k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")})
+        for k, (c, row, module, _) in live.items():  # each recorded as soon as it is evaluated: a kill loses one
+            if k in reference_ids:
+                continue
+            self._record_evaluated(row, failures[k] if k in failures else self._evaluate(c, task, row, module))
 
-    def _group_savings(self, cells: dict[str, tuple[Result, Timed]]) -> None:
-        """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell."""
+    def _group_savings(self, cells: dict[str, tuple[Result, Timed]], unusable: set[str] = frozenset()) -> None:
+        """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell that
+        is not in ``unusable`` (collapsed, or failed its evaluation)."""
         dense = {k: v for k, v in cells.items()
                  if is_dense_fp32(v[0].pruner, v[0].accelerator, v[0].extra.get("compute_precision"))}
         base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR), None)
-        best = min(dense, key=lambda k: cells[k][0].latency_p50_s or float("inf"), default=None)
+        best = min((k for k in dense if k not in unusable), key=lambda k: cells[k][0].latency_p50_s or float("inf"),
+                   default=None)
         for k, (row, t) in cells.items():
             if base is not None:
                 row.extra.update(savings_fields(t, cells[base][1], SAVINGS_KEYS[0], self.cfg.seed))

@@ -181,6 +181,33 @@ def test_sequential_schedule_times_cells_one_by_one(tmp_path):
     assert "Verdict" in html and ("none beats the dense engines" in html or "fastest configuration" in html)
 
 
+def test_a_collapsed_dense_fp32_engine_is_no_best_dense_reference(tmp_path, monkeypatch):
+    """A dense fp32 engine that answers one class (constant logits, faster than any real engine)
+    is recorded, but the same-round factors against "the fastest dense engine" use the real one."""
+    from accelerators.null import NullAccelerator
+    from profiler.plugins import ACCELERATORS
+
+    class BrokenFP32(NullAccelerator):
+        """Constant logits claimed as fp32 arithmetic."""
+        name = "broken-fp32"
+        compute_precision = "fp32"
+
+    monkeypatch.setattr(ACCELERATORS, "_classes", dict(ACCELERATORS._classes))
+    monkeypatch.setattr(ACCELERATORS, "_sources", dict(ACCELERATORS._sources))
+    ACCELERATORS.register(BrokenFP32)
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "visit_seconds": 0.01, "min_rounds": 2},
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "broken-fp32"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "c").run()
+    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    assert rows["broken-fp32"]["collapsed"] is True
+    assert rows["broken-fp32"]["latency_p50_s"] < rows["torch-fp32"]["latency_p50_s"]  # it would have been "best"
+    assert {r["best_dense_cell_id"] for r in rows.values()} == {rows["torch-fp32"]["cell_id"]}
+    assert rows["torch-fp32"]["latency_savings_vs_best_dense"] == 1.0
+
+
 def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
     """The null accelerator's constant logits predict class 0 for every example: the row says
     collapsed (with the reason) and the verdict does not take it as a candidate."""

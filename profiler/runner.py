@@ -421,13 +421,14 @@ class Runner:
             path, lambda p: (task.load_saved(p), PruneReport.from_dict(json.loads((p / "prune_report.json").read_text()))),
             "prune_report.json",
         )
+        checkpoint = path.with_name(f"{path.name}.partial.pt")  # a killed training goes on from here
         if cached is not None:
+            checkpoint.unlink(missing_ok=True)  # left by a kill between storing the model and deleting it
             return cached
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
         progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
         pruner.cache_dir = self.cache_dir
-        checkpoint = path.with_name(f"{path.name}.partial.pt")  # a killed training goes on from here
         if pruner.resumable:
             pruner.checkpoint = checkpoint
         report = pruner.prune(model, task, progress=progress)

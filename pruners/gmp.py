@@ -189,8 +189,15 @@ class TrainingPruner(Pruner):
     """
 
     needs_training = True
-    resumable = True
     late_params = ("distill_text", "distill_text_share", "teacher_seeds")
+
+    @property
+    def resumable(self) -> bool:  # type: ignore[override]
+        """The built-in training pruners resume from their checkpoints. A subclass defined elsewhere
+        opts in with the class attribute ``resumable = True`` once every state of its own is saved
+        (its score's ``Score.state_dict`` / ``load_state_dict``, :meth:`loop_state`): until then an
+        interrupted run starts it over rather than resuming it to other weights."""
+        return type(self).__module__.split(".")[0] == "pruners"
 
     def __init__(
         self,

@@ -195,13 +195,20 @@ class CheckpointWarning(UserWarning):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save(state)`` into a private file next to ``path`` (its folder created), then one
     rename: a reader never sees half a file, and a process killed while writing leaves the previous
-    checkpoint whole. Raises what ``torch.save`` raises (OSError for a full disk), the private file
-    removed."""
+    checkpoint whole; the data reach the disk (fsync) before the rename, so a power loss cannot leave
+    an empty file in place of the previous checkpoint. Raises OSError for a full, read-only or
+    otherwise failing disk (torch's own write errors included), the private file removed."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:  # a Python file: a failing write raises OSError, not torch's RuntimeError
+            try:
+                torch.save(state, f)
+            except RuntimeError as exc:  # torch's serializer reports some write failures this way
+                raise OSError(f"writing {tmp}: {exc}") from exc
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # Ctrl-C or a full disk mid-write: no stray half file beside the cache entries
         tmp.unlink(missing_ok=True)

@@ -127,6 +127,53 @@ def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoints_not_the_train
     _assert_same(whole, model, rep_whole, rep)
 
 
+def test_a_full_disk_mid_write_costs_the_checkpoints_not_the_training(tiny, tmp_path):
+    """A file-size limit stands in for a full disk: torch's serializer fails mid-write (it raises
+    RuntimeError of its own); the save says OSError, leaves no half file, and training goes on."""
+    import subprocess
+    import sys
+
+    code = (  # in a child process: the limit and its SIGXFSZ must not reach the test runner
+        "import resource, signal, sys, torch\n"
+        "from pathlib import Path\n"
+        "from pruners.training import save_checkpoint\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "try:\n"
+        "    save_checkpoint(Path(sys.argv[1]), {'w': torch.zeros(1 << 16)})\n"
+        "except OSError as exc:\n"
+        "    print('OSError', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.partial.pt")], capture_output=True, text=True)
+    assert out.stdout.startswith("OSError"), (out.stdout, out.stderr[-2000:])
+    assert list(tmp_path.iterdir()) == []
+    task, dense = tiny
+    make = CONFIGS["gmp"]
+    whole, rep_whole = _prune(make, dense, task)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "save", full)
+        with pytest.warns(CheckpointWarning, match="could not be written"):
+            model, rep = _prune(make, dense, task, tmp_path / "p.partial.pt")
+    _assert_same(whole, model, rep_whole, rep)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_training_pruner_from_elsewhere_resumes_only_when_it_says_so():
+    """Its own state (a score that accumulates, say) is not in the checkpoint unless it saves it."""
+    class Mine(GMPPruner):
+        pass
+
+    class MineSaved(GMPPruner):
+        resumable = True
+
+    assert GMPPruner(sparsity=0.5).resumable and OBSPruner(sparsity=0.5).resumable
+    assert MovementPruner(sparsity=0.5).resumable
+    assert not Mine(sparsity=0.5).resumable and MineSaved(sparsity=0.5).resumable
+
+
 def test_a_damaged_checkpoint_is_warned_about_and_training_starts_over(tiny, tmp_path):
     task, dense = tiny
     make = CONFIGS["movement"]

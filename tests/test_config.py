@@ -131,16 +131,37 @@ def test_run_directory_lock_refuses_a_second_runner(tmp_path):
         pass
 
 
-def test_every_shipped_config_is_valid():
+#: shipped configs that read a model folder a script writes first (config file name → that folder,
+#: relative to the working directory the config is run from)
+BUILT_MODELS = {"peers_bert_base.toml": "build/bert-base-shaped"}
+
+
+def test_every_shipped_config_is_valid(tmp_path, monkeypatch):
     """The recipes, experiments and example configs in scripts/ load and expand (a renamed or
-    mistyped parameter fails here, before anyone spends an hour of training on it)."""
+    mistyped parameter fails here, before anyone spends an hour of training on it). A config that
+    reads a model folder written by a script is read from a folder holding a small model of that name."""
     from pathlib import Path
+
+    import transformers
+
+    from profiler.tasks.modelsource import minilm_path
 
     root = Path(__file__).resolve().parents[1] / "scripts"
     paths = sorted(root.glob("configs/**/*.toml")) + sorted(root.glob("experiments/*.toml"))
     assert len(paths) >= 20
+    assert {p.name for p in paths} >= set(BUILT_MODELS)
     for path in paths:
-        cfg = load_config(str(path))
+        if path.name in BUILT_MODELS:
+            with monkeypatch.context() as m:
+                m.chdir(tmp_path)
+                folder = tmp_path / BUILT_MODELS[path.name]
+                small = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=64, num_labels=2)
+                transformers.BertForSequenceClassification(small).save_pretrained(folder)
+                transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+                cfg = load_config(str(path))
+        else:
+            cfg = load_config(str(path))
         assert expand(cfg), path
 
 

@@ -240,6 +240,8 @@ def test_the_runner_resumes_a_killed_pruner_and_deletes_its_checkpoint(tmp_path)
             return progress
 
     cfg = parse_config(tiny_config(
+        # fixed: else each Runner trains with the threads torch has when it starts, which the run before changed
+        run={"name": "t", "training_threads": 1},
         tasks=[{"name": "tiny-synthetic", "finetune_steps": 10, "n_train": 128, "n_eval": 16, "finetune_precision": "fp32"}],
         pruners=[{"name": "gmp", "sparsity": 0.8, "steps": 6, "batch_size": 8, "update_every": 2, "distill": True,
                   "ema_decay": 0.5, "precision": "fp32"}],

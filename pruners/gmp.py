@@ -41,7 +41,7 @@ from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
 from pruners.structure import SCOPES, parse_structure
-from pruners.training import (Checkpoints, CheckpointWarning, StepClock, adamw, autocast, check_lr_schedule,
+from pruners.training import (Checkpoints, CheckpointWarning, StepClock, adamw, autocast, brief, check_lr_schedule,
                               check_precision, cyclic_linear_factor, linear_decay_factor, resolve_precision, rng_state,
                               set_rng_state)
 
@@ -64,13 +64,6 @@ def _num(name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> floa
     if (v <= lo if lo_open else v < lo) or v > hi:
         raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
     return float(v)
-
-
-def _brief(exc: BaseException, limit: int = 160) -> str:
-    """``Type: first line of the message``, cut at ``limit`` characters (torch's unpickling errors run to a page)."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Counted:
@@ -424,11 +417,11 @@ class TrainingPruner(Pruner):
             try:
                 start = self._restore(run, saved)
             except Exception as exc:  # an old layout the identity did not catch: start again, from the dense weights
-                self._warn_checkpoint(f"could not be restored ({_brief(exc)})")
+                self._warn_checkpoint(f"could not be restored ({brief(exc)})")
                 model.load_state_dict(dense)
                 run, start = self._setup(model, task, progress, precision), 0
         del saved, dense
-        run.checkpoints, run.identity = Checkpoints(self.checkpoint), identity
+        run.checkpoints, run.identity = Checkpoints(self.checkpoint, f"training {self.name}"), identity
         self._train(run, start)
         model, masks, score, clock, distiller, augmenter = run.model, run.masks, run.score, run.clock, run.distiller, run.augmenter
         if masks.sparsity != self.sparsity:  # end_frac = 1: the last update lands after the last step
@@ -535,12 +528,7 @@ class TrainingPruner(Pruner):
             clock.tick()
             recent.append(float(loss.detach()))
             if run.checkpoints is not None and run.checkpoints.due(step + 1, self.steps):
-                try:
-                    run.checkpoints.save(self._checkpoint_state(run, step + 1))
-                except OSError as exc:  # a full or read-only disk costs the checkpoints, not the training
-                    warnings.warn(f"training checkpoint {self.checkpoint} could not be written ({_brief(exc)}); "
-                                  f"training {self.name} goes on without checkpoints", CheckpointWarning, stacklevel=2)
-                    run.checkpoints = None
+                run.checkpoints.save(self._checkpoint_state(run, step + 1))
             if run.progress:
                 run.progress(step + 1, self.steps, recent[-1], masks.sparsity)
             if (step + 1) % 50 == 0 or step + 1 == self.steps:
@@ -628,7 +616,7 @@ class TrainingPruner(Pruner):
             if set(theirs) != set(own) or any(theirs[k].shape != own[k].shape or theirs[k].dtype != own[k].dtype for k in own):
                 raise ValueError("its weights are not this model's")
         except Exception as exc:  # a damaged or foreign checkpoint costs the time it saved, nothing else
-            self._warn_checkpoint(f"could not be used ({_brief(exc)})")
+            self._warn_checkpoint(f"could not be used ({brief(exc)})")
             return None
         return state
 

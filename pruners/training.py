@@ -28,6 +28,7 @@ import contextlib
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -215,13 +216,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut at ``limit`` characters (torch's unpickling errors run to a page)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Checkpoints:
     """When a training loop saves its state, and the save: a step boundary at least
     :data:`CHECKPOINT_EVERY_S` seconds (read at each call) after the loop started or last saved,
-    never after the last step; ``path`` None = never."""
+    never after the last step; ``path`` None = never. ``what`` names the training in the warning a
+    failing write gives (then no more checkpoints: a full or read-only disk costs them, not the training)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, what: str = "training") -> None:
         self.path = Path(path) if path is not None else None
+        self.what = what
         self._saved_at = time.monotonic()
 
     def due(self, done: int, total: int) -> bool:
@@ -230,9 +240,15 @@ class Checkpoints:
                 and time.monotonic() - self._saved_at >= CHECKPOINT_EVERY_S)
 
     def save(self, state: dict[str, Any]) -> None:
-        """:func:`save_checkpoint` to :attr:`path`, and the interval starts again."""
+        """:func:`save_checkpoint` to :attr:`path`, and the interval starts again. An OSError is a
+        :class:`CheckpointWarning` and turns the checkpoints off (:meth:`due` says False from then on)."""
         assert self.path is not None
-        save_checkpoint(self.path, state)
+        try:
+            save_checkpoint(self.path, state)
+        except OSError as exc:
+            warnings.warn(f"training checkpoint {self.path} could not be written ({brief(exc)}); "
+                          f"{self.what} goes on without checkpoints", CheckpointWarning, stacklevel=3)
+            self.path = None
         self._saved_at = time.monotonic()
 
 

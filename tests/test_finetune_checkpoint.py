@@ -45,3 +45,15 @@ def test_a_damaged_checkpoint_is_warned_about_and_fine_tuning_starts_over(tmp_pa
     with pytest.warns(SparsebenchWarning, match="could not be used"):
         task.load_finetuned(tmp_path, lambda step, total, loss: seen.append(step))
     assert seen[0] == 1 and "resumed_from_step" not in task.finetune_report
+
+
+def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoints_not_the_fine_tune(tmp_path, monkeypatch):
+    monkeypatch.setattr(pruners.training, "CHECKPOINT_EVERY_S", 0.0)
+    whole = _task().load_finetuned(tmp_path / "a")
+    (tmp_path / "a-file").write_text("")
+    with pytest.warns(pruners.training.CheckpointWarning, match="fine-tuning .* goes on without checkpoints") as caught:
+        model = _task()
+        model.finetune(m := model.base_model(), 12, checkpoint=tmp_path / "a-file" / "x.partial.pt")
+    assert len([w for w in caught if issubclass(w.category, pruners.training.CheckpointWarning)]) == 1
+    for (name, a), (_, b) in zip(whole.state_dict().items(), m.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -264,7 +264,7 @@ class Task:
         batches = self.train_batches(self.finetune_batch_size)
         for _ in range(start):  # the batch order is a function of the seed: skip what was trained
             next(batches)
-        checkpoints = Checkpoints(checkpoint)
+        checkpoints = Checkpoints(checkpoint, f"fine-tuning {self.name}")
         for step in range(start, steps):
             inputs, labels = next(batches)
             with autocast(precision):

@@ -77,9 +77,11 @@ class RoundPlan:
 
 
 class VisitHooks:
-    """Called around every visit's timed calls (after the untimed one); the runner opens and
-    closes the cell's energy window segment here. Default: nothing."""
+    """Called at every visit: ``start`` before its untimed call (the runner sets the cell's thread
+    count here), ``begin`` and ``end`` around its timed calls (the runner opens and closes the
+    cell's energy window segment). Default: nothing."""
 
+    def start(self, key: Hashable) -> None: ...
     def begin(self, key: Hashable) -> None: ...
     def end(self, key: Hashable, n_calls: int) -> None: ...
 
@@ -108,6 +110,7 @@ def run_rounds(
         orders.append(order)
         for k in order:
             fn = fns[k]
+            hooks.start(k)
             fn()  # untimed: re-warms caches the previous visitor evicted
             hooks.begin(k)
             samples = timed_loop(fn, 1, plan.visit_seconds, clock_ns=clock_ns)

@@ -75,9 +75,16 @@ def measure_one(call: Callable[[], None], m: MeasureSpec, meter, idle: IdlePower
     return Timed(samples, win.result(n_inferences=len(samples) * batch_size))
 
 
-class _EnergyHooks(VisitHooks):
-    def __init__(self, windows: Mapping[Hashable, VisitWindows]) -> None:
+class _GroupHooks(VisitHooks):
+    """Each visit runs at its cell's torch thread count and counts in its cell's energy window."""
+
+    def __init__(self, windows: Mapping[Hashable, VisitWindows], threads: Mapping[Hashable, int]) -> None:
         self.windows = windows
+        self.threads = threads
+
+    def start(self, key: Hashable) -> None:
+        if key in self.threads:
+            torch.set_num_threads(self.threads[key])
 
     def begin(self, key: Hashable) -> None:
         self.windows[key].begin()
@@ -87,19 +94,26 @@ class _EnergyHooks(VisitHooks):
 
 
 def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int, m: MeasureSpec, meter,
-                  idle: IdlePower | None, seed: int, on_round: Callable[[int], None] | None = None) -> dict[Hashable, Timed]:
+                  idle: IdlePower | None, seed: int, on_round: Callable[[int], None] | None = None,
+                  threads: Mapping[Hashable, int] | None = None) -> dict[Hashable, Timed]:
     """Warm every call up, then time them in interleaved rounds (:func:`profiler.interleave.run_rounds`,
     order seeded by ``seed``); each cell's energy counts its own visits only. Samples are seconds per
-    batch of ``batch_size`` sequences, energy is divided per sequence, as in :func:`measure_one`."""
+    batch of ``batch_size`` sequences, energy is divided per sequence, as in :func:`measure_one`.
+
+    ``threads``: torch's thread count (``torch.set_num_threads``) for the warm-up and every visit
+    of a call (calls not named keep the count they find), so that cells of several thread counts
+    share rounds and their thread scaling is a same-round ratio too."""
     windows = {k: VisitWindows(meter, idle) for k in calls}
     min_energy_s = MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s)  # each cell's visits add up to a valid window
     plan = RoundPlan(visit_seconds=m.visit_seconds, min_rounds=m.min_rounds, min_iters=m.min_iters,
                      min_seconds=max(m.min_seconds, min_energy_s), max_seconds=max(m.max_seconds, min_energy_s))
+    hooks = _GroupHooks(windows, threads or {})
     with torch.inference_mode():
-        for call in calls.values():
+        for key, call in calls.items():
+            hooks.start(key)
             for _ in range(m.warmup_iters):
                 call()
-        cells, _ = run_rounds(calls, plan, rng=random.Random(seed), hooks=_EnergyHooks(windows), on_round=on_round)
+        cells, _ = run_rounds(calls, plan, rng=random.Random(seed), hooks=hooks, on_round=on_round)
     return {k: _timed(cells[k], windows[k], batch_size) for k in calls}
 
 

@@ -218,8 +218,15 @@ def known_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def interleave_key(c: Cell) -> tuple:
     """Cells of one task with equal keys are timed side by side (``measure.schedule = "interleaved"``):
-    every model and accelerator at one batch, sequence, thread count and kernel variant."""
-    return (c.batch_size, c.seq_len, c.threads, c.kernel_variant)
+    every model, accelerator and thread count at one batch, sequence and kernel variant. Savings
+    factors divide cells of one thread count; across thread counts the same rounds give the thread
+    scaling (:data:`THREAD_SCALING_KEY`)."""
+    return (c.batch_size, c.seq_len, c.kernel_variant)
+
+
+#: same-round factor of a cell against the same recipe and accelerator at the fewest threads of its
+#: group: that cell's latency ÷ this one's (> 1: the extra threads pay)
+THREAD_SCALING_KEY = "thread_scaling_factor"
 
 
 def references_to_retime(cells: list[Cell], todo: list[Cell], rows: list[dict[str, Any]], schedule: str) -> list[Cell]:
@@ -239,6 +246,24 @@ def references_to_retime(cells: list[Cell], todo: list[Cell], rows: list[dict[st
                 and is_dense_fp32(r.get("pruner"), r.get("accelerator"), r.get("compute_precision"))):
             out.append(c)
     return out
+
+
+def thread_scaling(cells: dict[str, tuple[Cell, Result, Timed]], seed: int = 0) -> None:
+    """Set :data:`THREAD_SCALING_KEY` (with ``_low``, ``_high``, ``_rounds``) and
+    ``thread_scaling_reference_threads`` on every row of one interleaved group: the same-round
+    median of (latency of the same recipe and accelerator at the fewest threads timed in the group ÷
+    this cell's latency), :func:`profiler.measure.savings_fields`. ``None`` and 0 rounds where the
+    group timed that recipe and accelerator at one thread count only."""
+    fewest: dict[tuple, tuple[Cell, Result, Timed]] = {}
+    for c, row, t in cells.values():
+        key = (c.recipe_id, c.kernel_variant)
+        if key not in fewest or c.threads < fewest[key][0].threads:
+            fewest[key] = (c, row, t)
+    for c, row, t in cells.values():
+        ref_c, _, ref_t = fewest[(c.recipe_id, c.kernel_variant)]
+        alone = not any(o.recipe_id == c.recipe_id and o.threads != c.threads for o, _, _ in cells.values())
+        row.extra.update(savings_fields(t, None if alone else ref_t, THREAD_SCALING_KEY, seed))
+        row.extra["thread_scaling_reference_threads"] = None if alone else ref_c.threads
 
 
 def model_bytes(module: nn.Module) -> int:
@@ -548,8 +573,9 @@ class Runner:
             self._contention([row], other_busy_cpus(before, snapshot()))
             fill_measurements(row, timed)
             # every row carries the same keys: a cell timed on its own has no same-round factor
-            for key in SAVINGS_KEYS:
+            for key in (*SAVINGS_KEYS, THREAD_SCALING_KEY):
                 row.extra.update(savings_fields(timed, None, key))
+            row.extra["thread_scaling_reference_threads"] = None
         except Exception as exc:
             return self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
         self._finish_cell(c, task, row, module)
@@ -576,15 +602,16 @@ class Runner:
         group_id = uuid.uuid4().hex[:12]
         c0 = group[0]
         again = f" (with {len(reference_ids)} finished reference cell(s) again)" if reference_ids else ""
+        threads = ", ".join(map(str, sorted({v[0].threads for v in live.values()})))
         self.reporter.message(f"timing {len(live) - len(reference_ids)} cells side by side{again}: b{c0.batch_size} "
-                              f"seq {c0.seq_len} {c0.threads} thread(s)")
+                              f"seq {c0.seq_len} {threads} thread(s)")
         try:
-            torch.set_num_threads(c0.threads)
-            for v in live.values():
-                v[1].extra.update(thread_fields(torch.get_num_threads()))
+            for c, row, _, _ in live.values():
+                torch.set_num_threads(c.threads)
+                row.extra.update(thread_fields(torch.get_num_threads()))
             before = snapshot()
             timed = measure_group({k: v[3] for k, v in live.items()}, c0.batch_size, self.cfg.measure, meter, idle,
-                                  seed=self.cfg.seed)
+                                  seed=self.cfg.seed, threads={k: v[0].threads for k, v in live.items()})
             self._contention([v[1] for v in live.values()], other_busy_cpus(before, snapshot()))
         except Exception as exc:
             for k, (c, row, _, _) in live.items():
@@ -598,8 +625,10 @@ class Runner:
         failures = {k: self._evaluate(c, task, row, None if k in reference_ids else module)
                     for k, (c, row, module, _) in live.items()
                     if is_dense_fp32(row.pruner, row.accelerator, row.extra.get("compute_precision"))}
-        self._group_savings({k: (v[1], timed[k]) for k, v in live.items()},
-                            unusable={k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")})
+        unusable = {k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")}
+        for th in {c.threads for c, _, _, _ in live.values()}:
+            self._group_savings({k: (v[1], timed[k]) for k, v in live.items() if v[0].threads == th}, unusable)
+        thread_scaling({k: (v[0], v[1], timed[k]) for k, v in live.items()}, self.cfg.seed)
         for k, (c, row, module, _) in live.items():  # each recorded as soon as it is evaluated: a kill loses one
             if k in reference_ids:
                 continue
@@ -607,7 +636,7 @@ class Runner:
 
     def _group_savings(self, cells: dict[str, tuple[Result, Timed]], unusable: set[str] = frozenset()) -> None:
         """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell that
-        is not in ``unusable`` (collapsed, or failed its evaluation)."""
+        is not in ``unusable`` (collapsed, or failed its evaluation); ``cells``: one thread count."""
         dense = {k: v for k, v in cells.items()
                  if is_dense_fp32(v[0].pruner, v[0].accelerator, v[0].extra.get("compute_precision"))}
         base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR), None)

@@ -114,6 +114,34 @@ def _savings(df: pd.DataFrame) -> str:
     return figure(fig)
 
 
+def _thread_scaling(df: pd.DataFrame) -> str:
+    """Bars of ``thread_scaling_factor`` (same-round median with its 95 % interval) of the cells
+    timed beside the same recipe at fewer threads, and a warning naming those that are slower with
+    more threads (interval entirely below 1). Empty when the run has one thread count per shape."""
+    if "thread_scaling_factor" not in df:
+        return ""
+    ref = pd.to_numeric(df.get("thread_scaling_reference_threads"), errors="coerce")
+    d = df[(df["status"] == "ok") & ref.notna() & (df["threads"] != ref)].dropna(subset=["thread_scaling_factor"])
+    if d.empty:
+        return ""
+    d = d.assign(cell=d["label"] + " " + shape_labels(d), _ref=ref[d.index].astype(int))
+    f, lo, hi = (pd.to_numeric(d[c], errors="coerce") for c in
+                 ("thread_scaling_factor", "thread_scaling_factor_low", "thread_scaling_factor_high"))
+    fig = go.Figure(go.Bar(x=d["cell"], y=f, name="thread scaling ×",
+                           error_y=dict(type="data", symmetric=False, array=(hi - f).fillna(0), arrayminus=(f - lo).fillna(0)),
+                           text=[f"÷ {t} thread(s)" for t in d["_ref"]], hovertemplate="%{x}<br>%{y:.3g}× %{text}<extra></extra>"))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="#888")
+    fig.update_layout(title="Thread scaling: latency at the fewest threads ÷ latency here, same rounds (higher is better)",
+                      yaxis_title="×")
+    slower = d[hi < 1.0]
+    warn = (f"<div class='warn'>{len(slower)} cell(s) are slower with more threads (95 % interval below 1×): "
+            + esc(", ".join(f"{c} ({fmt(x)}×)" for c, x in zip(slower["cell"], f[slower.index]))) + ".</div>"
+            if len(slower) else "")
+    return ("<h2>Thread scaling</h2><p class='note'>Cells of one shape at every thread count are timed in the same "
+            "rounds; each bar is the median over rounds of the same recipe's latency at its fewest threads ÷ this "
+            "cell's latency.</p>" + warn + figure(fig))
+
+
 def build_report_html(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     df, damaged = load_rows(run_dir)
@@ -163,7 +191,7 @@ def build_report_html(run_dir: Path) -> str:
     sections = head + [
         "<h2>Accuracy vs latency</h2>", _scatter(df, "latency_p50_s", "p50 latency per batch (ms)", "Accuracy vs p50 latency (Pareto front: rings and dotted line)"),
         "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J)", "Accuracy vs energy per inference (open markers: estimated)"),
-        "<h2>Savings factors</h2>", _savings(df),
+        "<h2>Savings factors</h2>", _savings(df), _thread_scaling(df),
     ]
     sections.append(multiply_section(df))
     sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; [busy] a cell timed while other processes were busy; "

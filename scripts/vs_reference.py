@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Same-round latency ratios of a run's cells against one reference engine of their shape.
 
-A run with ``schedule = "interleaved"`` times the cells of one shape (task, batch, sequence,
-threads) in shared rounds and stores each cell's per-round median latency
+A run with ``schedule = "interleaved"`` times the cells of one shape (task, batch, sequence; every
+thread count) in shared rounds and stores each cell's per-round median latency
 (``latency_round_medians_s``). The run's own factors divide by dense torch fp32 and by the fastest
-dense fp32 engine; this script divides by any reference — by default OpenVINO INT8 on the dense
+dense fp32 engine; this script divides by any reference of the same thread count — by default OpenVINO INT8 on the dense
 model, the engine a user would pick instead of pruning — round by round: per shape, for every ok
 cell of ``--accelerator`` (default ``sparse-int8``), the median over rounds of reference ÷ cell
 (> 1: the cell is faster) with a bootstrap 95 % interval (``profiler.interleave.median_ratio``).

@@ -224,3 +224,56 @@ def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
     from reports.frame import add_savings, load_rows, verdicts
     df, _ = load_rows(tmp_path / "c")
     assert all("null" not in v for v in verdicts(add_savings(df)))
+
+
+def test_thread_counts_share_rounds_and_scaling_is_same_round(tmp_path):
+    """Cells of one shape at 1 and 2 threads are timed in one group, each visit at its own thread
+    count; savings factors divide cells of one thread count; thread scaling is a same-round ratio."""
+    cfg = parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "magnitude", "sparsity": 0.9}],
+                                   matrix={"batch_size": [1, 4], "seq_len": [16], "threads": [1, 2]}))
+    Runner(cfg, tmp_path / "r").run()
+    rows = read_results(tmp_path / "r" / "results.jsonl").rows
+    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
+    by_id = {r["cell_id"]: r for r in rows}
+    for b in (1, 4):
+        assert len({r["interleave_group_id"] for r in rows if r["batch_size"] == b}) == 1
+    assert rows[0]["interleave_group_id"] != [r for r in rows if r["batch_size"] != rows[0]["batch_size"]][0]["interleave_group_id"]
+    for r in rows:
+        assert r["torch_threads"] == r["threads"]
+        base = by_id[r["baseline_cell_id"]]
+        assert (base["threads"], base["pruner"], base["accelerator"]) == (r["threads"], "none", "torch-fp32")
+        assert by_id[r["best_dense_cell_id"]]["threads"] == r["threads"]
+        assert r["thread_scaling_reference_threads"] == 1
+        partner = next(o for o in rows if o["recipe_id"] == r["recipe_id"] and o["threads"] == 1)
+        ratios = same_round_ratios(partner["latency_round_medians_s"], r["latency_round_medians_s"])
+        assert r["thread_scaling_factor_rounds"] == len(ratios) == r["latency_rounds"] >= 3
+        assert r["thread_scaling_factor"] == pytest.approx(statistics.median(ratios), rel=1e-12)
+        if r["threads"] == 1:
+            assert r["thread_scaling_factor"] == 1.0
+        assert r["thread_scaling_factor_low"] <= r["thread_scaling_factor"] <= r["thread_scaling_factor_high"]
+    assert "<h2>Thread scaling</h2>" in write_report(tmp_path / "r").read_text()
+
+
+def test_measure_group_runs_each_call_at_its_thread_count():
+    import torch
+
+    from profiler.config import MeasureSpec
+    from profiler.measure import measure_group
+    from profiler.meters.estimate import EstimateMeter
+
+    seen: dict[str, set[int]] = {"one": set(), "two": set(), "unnamed": set()}
+
+    def call(k):
+        return lambda: seen[k].add(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    try:
+        m = MeasureSpec(warmup_iters=2, min_iters=3, min_seconds=0.0, max_seconds=1.0, visit_seconds=0.002,
+                        min_rounds=5)
+        timed = measure_group({k: call(k) for k in seen}, 1, m, EstimateMeter(tdp_w=10.0), None, seed=0,
+                              threads={"one": 1, "two": 2})
+        assert seen["one"] == {1} and seen["two"] == {2}
+        assert seen["unnamed"] <= {1, 2}  # keeps whatever count the visit before it set
+        assert all(len(t.round_medians) >= 5 for t in timed.values())
+    finally:
+        torch.set_num_threads(before)

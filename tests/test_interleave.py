@@ -68,6 +68,9 @@ def test_hooks_wrap_each_visits_timed_calls():
     events = []
 
     class H(VisitHooks):
+        def start(self, key):
+            events.append(("start", key, clock.t))
+
         def begin(self, key):
             events.append(("begin", key, clock.t))
 
@@ -77,7 +80,9 @@ def test_hooks_wrap_each_visits_timed_calls():
     fns = {"a": clock.work(0.01), "b": clock.work(0.02)}
     run_rounds(fns, RoundPlan(visit_seconds=0.04, min_rounds=2, min_iters=1, min_seconds=0), rng=random.Random(0),
                clock_ns=clock, hooks=H())
-    assert [e[0] for e in events] == ["begin", "end"] * 4
+    assert [e[0] for e in events] == ["start", "begin", "end"] * 4
+    for start, begin in zip(events[0::3], events[1::3]):  # start comes before the visit's untimed call
+        assert start[1] == begin[1] and begin[2] - start[2] == int({"a": 0.01, "b": 0.02}[start[1]] * 1e9)
     ends = {e[1]: e[2] for e in events if e[0] == "end"}
     assert ends == {"a": 4, "b": 2}
 

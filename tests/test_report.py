@@ -90,3 +90,22 @@ def test_chart_categories_keep_cells_of_other_threads_and_tasks_apart():
             row("magnitude", "sparse-cpu", 0.04, 1.0, sparsity=0.9, accuracy=0.88),
             row("magnitude", "sparse-int8", 0.03, 0.75, sparsity=0.9, accuracy=0.87))])))
     assert len(t) == 2 and list(shape_labels(t)) == ["b8 t1", "b8 t2"]
+
+
+def test_thread_scaling_section_names_cells_slower_with_more_threads():
+    from reports.report import _thread_scaling
+
+    def scaled(acc, th, f, lo, hi):
+        return row("none", acc, 0.01, 1.0) | {"label": f"none + {acc}", "threads": th, "thread_scaling_factor": f, "thread_scaling_factor_low": lo,
+                                             "thread_scaling_factor_high": hi, "thread_scaling_reference_threads": 1}
+    df = add_savings(pd.DataFrame([
+        scaled("torch-fp32", 1, 1.0, 1.0, 1.0), scaled("torch-fp32", 2, 1.8, 1.7, 1.9),
+        scaled("sparse-int8", 1, 1.0, 1.0, 1.0), scaled("sparse-int8", 2, 0.93, 0.9, 0.97),
+    ]))
+    html = _thread_scaling(df)
+    assert "Thread scaling" in html and "1 cell(s) are slower with more threads" in html
+    warning = html.split("<div class='warn'>", 1)[1].split("</div>", 1)[0]
+    assert "sparse-int8" in warning and "0.93" in warning and "torch-fp32" not in warning
+    one = add_savings(pd.DataFrame([row("none", "torch-fp32", 0.01, 1.0) | {"label": "x", "thread_scaling_factor": None,
+                                                                             "thread_scaling_reference_threads": None}]))
+    assert _thread_scaling(one) == ""

@@ -77,6 +77,9 @@ class MeasureSpec:
     rounds, :mod:`profiler.interleave`; min/max bounds apply per cell, summed over its visits) or
     ``"sequential"`` (one cell after the other). visit_seconds: timed seconds per visit;
     min_rounds: rounds at least (the savings factors' medians and intervals are over rounds).
+    interleave_threads: interleaved, every thread count of a shape shares the rounds (thread
+    scaling is then a same-round factor); ``False``: one group per thread count, which holds fewer
+    prepared models in memory at once.
     Each number's range is declared next to it and checked by :func:`parse_config`, as are
     ``min_seconds <= max_seconds`` and ``visit_seconds <= max_seconds``.
     """
@@ -90,6 +93,7 @@ class MeasureSpec:
     schedule: str = "interleaved"
     visit_seconds: Annotated[float, Range(0.0, 3600.0, lo_open=True)] = 0.2
     min_rounds: Annotated[int, Range(1, 100_000)] = 7
+    interleave_threads: bool = True
 
 
 @dataclass
@@ -238,6 +242,10 @@ def _measure(m: dict[str, Any]) -> MeasureSpec:
         if k == "schedule":
             if v not in SCHEDULES:
                 raise ConfigError(f"measure.schedule: must be one of {', '.join(SCHEDULES)}, got {v!r}")
+            continue
+        if hints[k] is bool:
+            if not isinstance(v, bool):
+                raise ConfigError(f"measure.{k}: must be true or false, got {v!r}")
             continue
         base, rng = hints[k].__origin__, hints[k].__metadata__[0]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (base is int and not isinstance(v, int)):

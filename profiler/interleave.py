@@ -98,7 +98,7 @@ def run_rounds(
     """Visit every fn once per round in a fresh random order until ``plan`` says done.
 
     Returns ``(samples per key, visiting order of each round)``. ``rng`` makes the order
-    reproducible (seeded by the caller); ``hooks`` wrap each visit's timed calls.
+    reproducible (seeded by the caller); ``hooks`` start each visit and wrap its timed calls.
     """
     rng = rng or random.Random(0)
     hooks = hooks or VisitHooks()

@@ -216,12 +216,14 @@ def known_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def interleave_key(c: Cell) -> tuple:
+def interleave_key(c: Cell, threads_share_rounds: bool = True) -> tuple:
     """Cells of one task with equal keys are timed side by side (``measure.schedule = "interleaved"``):
-    every model, accelerator and thread count at one batch, sequence and kernel variant. Savings
-    factors divide cells of one thread count; across thread counts the same rounds give the thread
-    scaling (:data:`THREAD_SCALING_KEY`)."""
-    return (c.batch_size, c.seq_len, c.kernel_variant)
+    every model, accelerator and thread count at one batch, sequence and kernel variant (with
+    ``threads_share_rounds`` False, ``measure.interleave_threads = false``: one group per thread
+    count). Savings factors divide cells of one thread count; across thread counts the same rounds
+    give the thread scaling (:data:`THREAD_SCALING_KEY`)."""
+    return (c.batch_size, c.seq_len, c.kernel_variant) if threads_share_rounds else \
+        (c.batch_size, c.seq_len, c.threads, c.kernel_variant)
 
 
 #: same-round factor of a cell against the same recipe and accelerator at the fewest threads of its
@@ -229,41 +231,50 @@ def interleave_key(c: Cell) -> tuple:
 THREAD_SCALING_KEY = "thread_scaling_factor"
 
 
-def references_to_retime(cells: list[Cell], todo: list[Cell], rows: list[dict[str, Any]], schedule: str) -> list[Cell]:
-    """Finished dense fp32 cells (the baseline and the "best dense" candidates: ok rows of ``rows``)
-    of the interleaved groups where ``todo`` still has cells. A resumed run times them again beside
-    those cells, so that the new rows' savings factors stay same-round ratios; their own rows are not
+def references_to_retime(cells: list[Cell], todo: list[Cell], rows: list[dict[str, Any]], schedule: str,
+                         threads_share_rounds: bool = True) -> list[Cell]:
+    """Finished cells (ok rows of ``rows``) of the interleaved groups where ``todo`` still has
+    cells that those cells' factors divide by: the dense fp32 cells (the baseline and the "best
+    dense" candidates) and, where thread counts share rounds, each open recipe's cell at the fewest
+    threads of the matrix (the thread-scaling reference). A resumed run times them again beside
+    the missing cells, so that the new rows' factors stay same-round ratios; their own rows are not
     written again. Empty for ``schedule = "sequential"``."""
     if schedule == "sequential":
         return []
     finished = {r["cell_id"]: r for r in rows if r.get("status") == "ok"}
-    open_groups = {(c.task, interleave_key(c)) for c in todo}
+    key = lambda c: (c.task, interleave_key(c, threads_share_rounds))  # noqa: E731
+    open_groups = {key(c) for c in todo}
+    open_recipes = {(*key(c), c.recipe_id) for c in todo} if threads_share_rounds else set()
+    fewest = min((c.threads for c in cells), default=0)
     todo_ids = {c.cell_id for c in todo}
     out = []
     for c in cells:
         r = finished.get(c.cell_id)
-        if (r is not None and c.cell_id not in todo_ids and (c.task, interleave_key(c)) in open_groups
-                and is_dense_fp32(r.get("pruner"), r.get("accelerator"), r.get("compute_precision"))):
+        if r is None or c.cell_id in todo_ids or key(c) not in open_groups:
+            continue
+        if (is_dense_fp32(r.get("pruner"), r.get("accelerator"), r.get("compute_precision"))
+                or (c.threads == fewest and (*key(c), c.recipe_id) in open_recipes)):
             out.append(c)
     return out
 
 
-def thread_scaling(cells: dict[str, tuple[Cell, Result, Timed]], seed: int = 0) -> None:
-    """Set :data:`THREAD_SCALING_KEY` (with ``_low``, ``_high``, ``_rounds``) and
-    ``thread_scaling_reference_threads`` on every row of one interleaved group: the same-round
-    median of (latency of the same recipe and accelerator at the fewest threads timed in the group ÷
-    this cell's latency), :func:`profiler.measure.savings_fields`. ``None`` and 0 rounds where the
-    group timed that recipe and accelerator at one thread count only."""
-    fewest: dict[tuple, tuple[Cell, Result, Timed]] = {}
-    for c, row, t in cells.values():
-        key = (c.recipe_id, c.kernel_variant)
-        if key not in fewest or c.threads < fewest[key][0].threads:
-            fewest[key] = (c, row, t)
-    for c, row, t in cells.values():
-        ref_c, _, ref_t = fewest[(c.recipe_id, c.kernel_variant)]
-        alone = not any(o.recipe_id == c.recipe_id and o.threads != c.threads for o, _, _ in cells.values())
-        row.extra.update(savings_fields(t, None if alone else ref_t, THREAD_SCALING_KEY, seed))
-        row.extra["thread_scaling_reference_threads"] = None if alone else ref_c.threads
+def thread_scaling(cells: dict[str, tuple[Cell, Timed]], reference_threads: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per cell id of one interleaved group, the fields :data:`THREAD_SCALING_KEY` (with ``_low``,
+    ``_high``, ``_rounds``) and ``thread_scaling_reference_threads``: the same-round median of (the
+    latency of the same recipe and kernel variant at ``reference_threads`` ÷ this cell's latency),
+    :func:`profiler.measure.savings_fields`; 1.0 at ``reference_threads`` itself. ``None`` and 0
+    rounds where the group has no such cell, or no other thread count of the recipe."""
+    cell_ids = {(c.recipe_id, c.kernel_variant, c.threads): k for k, (c, _) in cells.items()}
+    counts: dict[tuple, int] = {}
+    for c, _ in cells.values():
+        counts[(c.recipe_id, c.kernel_variant)] = counts.get((c.recipe_id, c.kernel_variant), 0) + 1
+    out = {}
+    for k, (c, t) in cells.items():
+        ref = cell_ids.get((c.recipe_id, c.kernel_variant, reference_threads))
+        ref = ref if counts[(c.recipe_id, c.kernel_variant)] > 1 else None
+        out[k] = {**savings_fields(t, cells[ref][1] if ref is not None else None, THREAD_SCALING_KEY, seed),
+                  "thread_scaling_reference_threads": reference_threads if ref is not None else None}
+    return out
 
 
 def model_bytes(module: nn.Module) -> int:
@@ -351,7 +362,7 @@ class Runner:
         self.reporter.start(len(cells), len(cells) - len(todo))
         if not todo:
             return self.run_dir
-        references = references_to_retime(cells, todo, rows, self.cfg.measure.schedule)
+        references = references_to_retime(cells, todo, rows, self.cfg.measure.schedule, self.cfg.measure.interleave_threads)
         self._warn_oversubscription()
         meter = METERS.build(self.cfg.meter.name, self.cfg.meter.params, "meter")
         idle = self._idle(meter)
@@ -416,11 +427,11 @@ class Runner:
             return
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for c in cells:  # side by side: every model and accelerator of this task at one shape
-            groups[interleave_key(c)].append(c)
+            groups[interleave_key(c, self.cfg.measure.interleave_threads)].append(c)
         refs: dict[tuple, list[Cell]] = defaultdict(list)
         for c in references:
             if c.pruner in models:
-                refs[interleave_key(c)].append(c)
+                refs[interleave_key(c, self.cfg.measure.interleave_threads)].append(c)
         for key, group in groups.items():
             self._run_group(group, task, models, meter, idle, refs.get(key, []))
 
@@ -539,6 +550,7 @@ class Runner:
                 if module is None:
                     return "accuracy not measured"
                 counter = PredictionCounter(module)
+                torch.set_num_threads(c.threads)  # the cell's own rounding (timing may have left another count)
                 with torch.inference_mode():
                     metrics = task.evaluate_metrics(counter, self.cfg.measure.eval_batch_size)
                 self._accuracy[key] = metrics[task.metric_name]
@@ -628,7 +640,9 @@ class Runner:
         unusable = {k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")}
         for th in {c.threads for c, _, _, _ in live.values()}:
             self._group_savings({k: (v[1], timed[k]) for k, v in live.items() if v[0].threads == th}, unusable)
-        thread_scaling({k: (v[0], v[1], timed[k]) for k, v in live.items()}, self.cfg.seed)
+        scaling = thread_scaling({k: (v[0], timed[k]) for k, v in live.items()}, min(self.cfg.threads), self.cfg.seed)
+        for k, (_, row, _, _) in live.items():
+            row.extra.update(scaling[k])
         for k, (c, row, module, _) in live.items():  # each recorded as soon as it is evaluated: a kill loses one
             if k in reference_ids:
                 continue

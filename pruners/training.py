@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import glob
 import os
 import random
 import time
@@ -214,6 +215,38 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:  # Ctrl-C or a full disk mid-write: no stray half file beside the cache entries
         tmp.unlink(missing_ok=True)
         raise
+    remove_orphans(path)
+
+
+#: seconds without a write after which a killed writer's private checkpoint file is removed
+ORPHAN_AGE_S = 600.0
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Delete the private files a killed :func:`save_checkpoint` left next to ``path``: those whose
+    writer (the pid in the name) no longer runs on this machine and that nothing wrote to for
+    :data:`ORPHAN_AGE_S` (a writer on another machine sharing the folder is never cut off mid-write). Returns the files removed; one that cannot be removed stays."""
+    removed = []
+    for stale in Path(path).parent.glob(f"{glob.escape(Path(path).name)}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        try:
+            if not pid.isdigit() or _running(int(pid)) or time.time() - stale.stat().st_mtime < ORPHAN_AGE_S:
+                continue
+            stale.unlink()
+            removed.append(stale)
+        except OSError:
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or no pid at all: keep the file
+    return True
 
 
 def brief(exc: BaseException, limit: int = 160) -> str:

@@ -121,15 +121,17 @@ def _thread_scaling(df: pd.DataFrame) -> str:
     if "thread_scaling_factor" not in df:
         return ""
     ref = pd.to_numeric(df.get("thread_scaling_reference_threads"), errors="coerce")
-    d = df[(df["status"] == "ok") & ref.notna() & (df["threads"] != ref)].dropna(subset=["thread_scaling_factor"])
+    ok = df[df["status"] == "ok"]
+    d = ok[ref[ok.index].notna() & (ok["threads"] != ref[ok.index])].dropna(subset=["thread_scaling_factor"])
     if d.empty:
         return ""
-    d = d.assign(cell=d["label"] + " " + shape_labels(d), _ref=ref[d.index].astype(int))
+    # shapes labelled among every ok row: the thread count shows where the run has several
+    d = d.assign(cell=d["label"] + " " + shape_labels(ok)[d.index], _ref=ref[d.index].astype(int))
     f, lo, hi = (pd.to_numeric(d[c], errors="coerce") for c in
                  ("thread_scaling_factor", "thread_scaling_factor_low", "thread_scaling_factor_high"))
     fig = go.Figure(go.Bar(x=d["cell"], y=f, name="thread scaling ×",
                            error_y=dict(type="data", symmetric=False, array=(hi - f).fillna(0), arrayminus=(f - lo).fillna(0)),
-                           text=[f"÷ {t} thread(s)" for t in d["_ref"]], hovertemplate="%{x}<br>%{y:.3g}× %{text}<extra></extra>"))
+                           customdata=d["_ref"], hovertemplate="%{x}<br>%{y:.3g}× (÷ %{customdata} thread(s))<extra></extra>"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#888")
     fig.update_layout(title="Thread scaling: latency at the fewest threads ÷ latency here, same rounds (higher is better)",
                       yaxis_title="×")

@@ -277,3 +277,43 @@ def test_measure_group_runs_each_call_at_its_thread_count():
         assert all(len(t.round_medians) >= 5 for t in timed.values())
     finally:
         torch.set_num_threads(before)
+
+
+def test_interleave_threads_false_times_each_thread_count_apart(tmp_path):
+    cfg = parse_config(tiny_config(
+        pruners=[{"name": "none"}], measure={**tiny_config()["measure"], "interleave_threads": False},
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1, 2]}))
+    Runner(cfg, tmp_path / "r").run()
+    rows = read_results(tmp_path / "r" / "results.jsonl").rows
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert len({r["interleave_group_id"] for r in rows}) == 2
+    for r in rows:
+        assert len({o["interleave_group_id"] for o in rows if o["threads"] == r["threads"]}) == 1
+        assert r["thread_scaling_factor"] is None and r["thread_scaling_factor_rounds"] == 0
+        assert r["thread_scaling_reference_threads"] is None
+
+
+def test_resume_times_again_what_the_missing_cells_divide_by():
+    """The finished dense fp32 cells of an open group, and each open recipe's cell at the fewest
+    threads (its thread-scaling reference); nothing of a closed group."""
+    from profiler.runner import references_to_retime
+
+    cfg = parse_config(tiny_config(matrix={"batch_size": [1, 4], "seq_len": [16], "threads": [1, 2]}))
+    cells = expand(cfg)
+    todo = [c for c in cells if c.batch_size == 1 and c.threads == 2 and c.pruner.params.get("sparsity") == 0.9
+            and c.accelerator.name == "int8-dynamic"]
+    assert len(todo) == 1
+    rows = [{"cell_id": c.cell_id, "status": "ok", "pruner": c.pruner.name, "accelerator": c.accelerator.name,
+             "compute_precision": "int8" if c.accelerator.name == "int8-dynamic" else "fp32"}
+            for c in cells if c not in todo]
+    again = references_to_retime(cells, todo, rows, "interleaved")
+    dense = {c.cell_id for c in cells if c.batch_size == 1 and c.pruner.name == "none" and c.accelerator.name == "torch-fp32"}
+    scaling_ref = {c.cell_id for c in cells if c.recipe_id == todo[0].recipe_id and c.threads == 1}
+    assert {c.cell_id for c in again} == dense | scaling_ref and len(dense) == 2 and len(scaling_ref) == 1
+    apart = references_to_retime(cells, todo, rows, "interleaved", threads_share_rounds=False)
+    assert {c.cell_id for c in apart} == {c for c in dense if by_threads(cells, c) == 2}
+    assert references_to_retime(cells, todo, rows, "sequential") == []
+
+
+def by_threads(cells, cell_id):
+    return next(c.threads for c in cells if c.cell_id == cell_id)

@@ -28,6 +28,8 @@ NAN, INF = float("nan"), float("inf")
     ({"eval_batch_size": 0}, ["measure.eval_batch_size", "[1, 65536]"]),
     ({"visit_seconds": 0.0}, ["measure.visit_seconds", "(0, 3600]"]),
     ({"min_rounds": True}, ["measure.min_rounds", "integer"]),
+    ({"interleave_threads": 1}, ["measure.interleave_threads", "true or false"]),
+    ({"interleave_threads": "yes"}, ["measure.interleave_threads", "true or false"]),
 ])
 def test_measure_numbers_are_finite_in_range_and_consistent(measure, must_say):
     with pytest.raises(ConfigError) as e:

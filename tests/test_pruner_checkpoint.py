@@ -272,3 +272,30 @@ def test_the_cli_prints_a_checkpoint_warning_as_one_line(capsys):
     show = warning_printer(lambda *a: pytest.fail("handed to the fallback"))
     show(CheckpointWarning("training checkpoint x could not be used"), CheckpointWarning, "gmp.py", 1)
     assert capsys.readouterr().err == "sparsebench: warning: training checkpoint x could not be used\n"
+
+
+def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pruners.training import ORPHAN_AGE_S, save_checkpoint
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    old = os.path.getmtime(tmp_path) - 2 * ORPHAN_AGE_S
+    files = {name: tmp_path / name for name in (
+        f"p.pt.tmp-{gone.pid}",          # a killed writer's, long untouched: removed
+        f"p.pt.tmp-{gone.pid}x",         # not a pid
+        f"p.pt.tmp-{os.getppid()}",      # a live writer's
+        f"q.pt.tmp-{gone.pid}",          # another checkpoint's
+    )}
+    for f in files.values():
+        f.write_bytes(b"half")
+        os.utime(f, (old, old))
+    recent = tmp_path / f"p.pt.tmp-{gone.pid + 100000}"  # written just now: maybe another machine's writer
+    recent.write_bytes(b"half")
+    save_checkpoint(tmp_path / "p.pt", {"step": 1})
+    assert not files[f"p.pt.tmp-{gone.pid}"].exists()
+    assert all(f.exists() for n, f in files.items() if n != f"p.pt.tmp-{gone.pid}") and recent.exists()
+    assert torch.load(tmp_path / "p.pt", weights_only=True) == {"step": 1}

@@ -106,6 +106,7 @@ def test_thread_scaling_section_names_cells_slower_with_more_threads():
     assert "Thread scaling" in html and "1 cell(s) are slower with more threads" in html
     warning = html.split("<div class='warn'>", 1)[1].split("</div>", 1)[0]
     assert "sparse-int8" in warning and "0.93" in warning and "torch-fp32" not in warning
+    assert "none + sparse-int8 b8 t2 (0.93×)" in warning  # the thread count shows: the run has two
     one = add_savings(pd.DataFrame([row("none", "torch-fp32", 0.01, 1.0) | {"label": "x", "thread_scaling_factor": None,
                                                                              "thread_scaling_reference_threads": None}]))
     assert _thread_scaling(one) == ""

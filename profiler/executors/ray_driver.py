@@ -88,13 +88,13 @@ class TargetRun:
         return not self.given_up and (self.probe_ref is not None or bool(self.units))
 
 
-def plan_units(cells: list[Cell], schedule: str) -> list[list[Cell]]:
+def plan_units(cells: list[Cell], schedule: str, threads_share_rounds: bool = True) -> list[list[Cell]]:
     """Cells cut into units of work, in matrix order: per task, one interleave group each
     (``interleaved``: :func:`profiler.runner.interleave_key`) or one (task, pruner) each
     (``sequential``)."""
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for c in cells:
-        key = interleave_key(c) if schedule != "sequential" else (c.pruner,)
+        key = interleave_key(c, threads_share_rounds) if schedule != "sequential" else (c.pruner,)
         groups[(c.task, *key)].append(c)
     return list(groups.values())
 
@@ -143,7 +143,7 @@ class RayExecutor:
                 rows = read_results(tr.dir / RESULTS).rows
                 tr.done, tr.todo, redo = cells_to_run(rows, self.cells, self.retry_failed)
                 tr.references = references_to_retime(self.cells, tr.todo, [r for r in rows if r["cell_id"] not in redo],
-                                                     self.cfg.measure.schedule)
+                                                     self.cfg.measure.schedule, self.cfg.measure.interleave_threads)
             else:
                 tr.todo = list(self.cells)
             self.runs[name] = tr
@@ -333,9 +333,11 @@ class RayExecutor:
             return
         known = known_metrics(read_results(tr.dir / RESULTS).rows)  # the node takes what its cells' keys match
         idle = self._idle(tr)
-        for cells in plan_units([c for c in tr.todo if c.cell_id not in tr.done], self.cfg.measure.schedule):
-            group = (cells[0].task, interleave_key(cells[0]))
-            again = [r for r in tr.references if (r.task, interleave_key(r)) == group]
+        for cells in plan_units([c for c in tr.todo if c.cell_id not in tr.done], self.cfg.measure.schedule,
+                                self.cfg.measure.interleave_threads):
+            shared = self.cfg.measure.interleave_threads
+            group = (cells[0].task, interleave_key(cells[0], shared))
+            again = [r for r in tr.references if (r.task, interleave_key(r, shared)) == group]
             refs = self._unit_payloads([*cells, *again])
             if refs is None:
                 continue

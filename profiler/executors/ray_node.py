@@ -6,8 +6,8 @@ the node's id and labels, so this module also runs (and is tested) without a clu
 - :func:`run_unit`: one **unit of work**, a Ray streaming generator that yields one result row
   per cell, in the unit's cell order, as cells finish. A unit is what the local runner times
   together, so same-round savings factors keep their meaning per target: with
-  ``measure.schedule = "interleaved"`` one interleave group (every pruner and accelerator of a
-  task at one batch, sequence, thread count and kernel variant, timed side by side by
+  ``measure.schedule = "interleaved"`` one interleave group (every pruner, accelerator and
+  thread count of a task at one batch, sequence and kernel variant, timed side by side by
   :meth:`Runner._run_group`); with ``"sequential"`` the cells of one (task, pruner), timed one
   after the other by :meth:`Runner._run_cell`. Measuring is the runner's code; :class:`NodeRunner`
   only sends each recorded row to the driver instead of appending it to a file.

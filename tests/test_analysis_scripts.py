@@ -50,6 +50,11 @@ def test_vs_reference_divides_round_by_round_and_pairs_the_fp32_accuracy(tmp_pat
     (rec,) = vr.compare(rows, "openvino int8", "none", "sparse-int8", "torch-fp32")
     assert rec["ratio"] == 2.0 and rec["rounds"] == 3
     assert rec["metric_fp32"] == 0.80 and abs(rec["delta_points"] - (-0.5)) < 1e-9
+    assert rec["thread_scaling"] is None and rec["reference_thread_scaling"] is None  # not in these rows
+    scaled = [{**r, "thread_scaling_factor": f, "thread_scaling_factor_low": f - 0.1, "thread_scaling_factor_high": f + 0.1}
+              for r, f in zip(rows, (1.5, 1.0, 0.9, 1.0))]
+    (rec,) = vr.compare(scaled, "openvino int8", "none", "sparse-int8", "torch-fp32")
+    assert (rec["thread_scaling"], rec["thread_scaling_low"], rec["reference_thread_scaling"]) == (0.9, 0.9 - 0.1, 1.5)
     # a resumed run's rows file: the last row of a cell wins; failed rows are left out
     path = tmp_path / "results.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [*rows, {**rows[2], "status": "failed"}]) + "\n")

@@ -190,8 +190,9 @@ CHECKPOINT_EVERY_S = 120.0
 
 
 class CheckpointWarning(UserWarning):
-    """A training checkpoint was found but cannot be used (unreadable, or saved by another
-    configuration): training starts from the beginning. The CLI prints it as one warning line."""
+    """A training checkpoint (a fine-tune's or a training pruner's) cannot be used (unreadable,
+    or saved by another configuration: training starts from the beginning) or written (training
+    goes on without checkpoints). The CLI prints it as one warning line."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_weights(tmp_path, monkeypa
 
 
 def test_a_damaged_checkpoint_is_warned_about_and_fine_tuning_starts_over(tmp_path, monkeypatch):
-    from profiler.errors import SparsebenchWarning
+    from pruners.training import CheckpointWarning
 
     task = _task()
     path = task.model_cache_path(tmp_path)
@@ -42,7 +42,7 @@ def test_a_damaged_checkpoint_is_warned_about_and_fine_tuning_starts_over(tmp_pa
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"not a checkpoint")
     seen = []
-    with pytest.warns(SparsebenchWarning, match="could not be used"):
+    with pytest.warns(CheckpointWarning, match="could not be used"):
         task.load_finetuned(tmp_path, lambda step, total, loss: seen.append(step))
     assert seen[0] == 1 and "resumed_from_step" not in task.finetune_report
 

@@ -310,10 +310,10 @@ class Task:
         except Exception as exc:  # a damaged or foreign checkpoint costs the time it saved, nothing else
             import warnings
 
-            from profiler.errors import SparsebenchWarning
+            from pruners.training import CheckpointWarning, brief
 
-            warnings.warn(f"fine-tuning checkpoint {checkpoint} could not be used ({type(exc).__name__}: {exc}); "
-                          "fine-tuning from the start", SparsebenchWarning)
+            warnings.warn(f"fine-tuning checkpoint {checkpoint} could not be used ({brief(exc)}); "
+                          "fine-tuning from the start", CheckpointWarning)
             return 0, 0.0
         model.load_state_dict(theirs)
         opt.load_state_dict(state["optimizer"])

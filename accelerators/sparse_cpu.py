@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterator, Optional
@@ -83,6 +84,26 @@ def layer_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> list[to
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max |got − ref| ÷ max |ref| (a tiny floor keeps an all-zero reference finite)."""
     return ((got.float() - ref.float()).abs().max() / (ref.float().abs().max() + 1e-12)).item()
+
+
+#: calibration sentences the fused encoder layers (and lower-precision attention) are checked on
+CHECK_SEQUENCES = 8
+
+
+def check_inputs(settings: PrepareSettings) -> list[dict[str, torch.Tensor]]:
+    """The first :data:`CHECK_SEQUENCES` calibration sentences, each a batch of one at its own
+    length (no padding), or [] without calibration data. Dicts of int64 (1, length) tensors."""
+    if settings.calibration is None:
+        return []
+    return list(itertools.islice(settings.calibration(CHECK_SEQUENCES), CHECK_SEQUENCES))
+
+
+def sequence_errors(got: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """:func:`relative_error` of each sequence apart (dim 0 of (batch, seq, hidden) tensors),
+    each relative to its own largest |activation|: what a batch of sequences says of each one
+    does not depend on which other sequences share the batch."""
+    g, r = got.float().flatten(1), ref.float().flatten(1)
+    return ((g - r).abs().amax(1) / (r.abs().amax(1) + 1e-12)).tolist()
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -161,6 +182,8 @@ class SwapRun:
     #: "per-layer" or "all-sparse" when both whole models were timed; mix time / all-sparse time
     whole_model_choice: Optional[str] = None
     all_sparse_speedup: Optional[float] = None
+    #: the batches the fused layers are checked on (:func:`check_inputs`)
+    check_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     fused_gelu: int = 0
     fused_layers: int = 0
     fuse_note: str = ""
@@ -180,8 +203,8 @@ class _SparseSwap(Accelerator):
     """Shared machinery of ``sparse-cpu`` and ``sparse-int8``: per-layer measured swaps."""
 
     dtype: str = "fp32"
-    #: fused vs unfused encoder layer outputs, max abs difference relative to the layer's largest
-    #: |activation|: the attention kernel's rounding differs from torch's SDPA by ~1e-6
+    #: fused vs unfused encoder layer outputs, max abs difference relative to the largest
+    #: |activation| of the layer's sequence: the attention kernel's rounding differs from torch's SDPA by ~1e-6
     fuse_tolerance: float = 1e-4
     #: what the fused layers' attention kernel computes in (sparse-int8 lets the user choose)
     attention: str = "fp32"
@@ -272,6 +295,7 @@ class _SparseSwap(Accelerator):
             raise RuntimeError(reason)
         tokens = example_tokens(example)
         run = self._start(model, example, settings)
+        run.check_inputs = check_inputs(settings)
         dense_model = copy.deepcopy(model).eval()
         new = copy.deepcopy(model).eval()
         with self._building(run), intra_op_threads(run.threads):
@@ -439,7 +463,10 @@ class _SparseSwap(Accelerator):
         Both paths are compared, layer by layer, with the fp32 model ``fp32`` (hidden states after
         each encoder layer, max abs difference relative to that layer's largest |activation|): the
         fused layer is kept where its error is at most the unfused path's error plus
-        :attr:`fuse_tolerance` (or twice it). So the INT8 rounding both paths share never counts
+        :attr:`fuse_tolerance` (or twice it), in every sequence of ``run.check_inputs`` (the same
+        calibration sentences whatever the cell's shape, so the model's numerics do not depend on
+        the timing batch; ``example`` without calibration data), each relative to its own largest
+        activation (:func:`sequence_errors`). So the INT8 rounding both paths share never counts
         against fusing, and the decision does not depend on the classifier head's scale."""
         from accelerators.fused_layer import fuse_encoder_layers, set_attention_precision
 
@@ -447,15 +474,24 @@ class _SparseSwap(Accelerator):
         run.attention_precision = "fp32"
         try:
             n, why = fuse_encoder_layers(fused, run.threads, run.variant)
+            checks = run.check_inputs or [example]
+            refs = [layer_outputs(fp32, x) for x in checks] if n else []
+            plains = [[sequence_errors(h, r) for h, r in zip(layer_outputs(model, x), ref)] for x, ref in zip(checks, refs)]
+
+            def first_error(tolerance: float, factor: float = 2.0) -> str:
+                for x, ref, plain in zip(checks, refs, plains):
+                    err = self._fused_error(fused, x, ref, plain, tolerance, factor)
+                    if err:
+                        return err
+                return ""
+
             if n:
-                ref = layer_outputs(fp32, example)
-                plain = [relative_error(h, r) for h, r in zip(layer_outputs(model, example), ref)]
-                why = self._fused_error(fused, example, ref, plain, self.fuse_tolerance)
+                why = first_error(self.fuse_tolerance)
                 n = 0 if why else n
             if n and self.attention != "fp32":
                 # lower-precision attention adds its own rounding: kept within attention_tolerance
                 set_attention_precision(fused, self.attention)
-                att_why = self._fused_error(fused, example, ref, plain, self.attention_tolerance, 1.0)
+                att_why = first_error(self.attention_tolerance, 1.0)
                 if att_why:
                     set_attention_precision(fused, "fp32")
                     run.attention_note = f"{self.attention} attention rejected: {att_why}"
@@ -486,18 +522,19 @@ class _SparseSwap(Accelerator):
 
     @staticmethod
     def _fused_error(fused: nn.Module, example: dict[str, torch.Tensor], ref: list[torch.Tensor],
-                     plain: list[float], tolerance: float, factor: float = 2.0) -> str:
-        """'' when every fused layer's error (relative to the layer's max, against the fp32 hidden
-        states ``ref``) is at most the unfused path's error ``plain`` plus ``tolerance`` (or
-        ``factor`` times it), with and without inference mode; else which layer is not."""
+                     plain: list[list[float]], tolerance: float, factor: float = 2.0) -> str:
+        """'' when every fused layer's error in every sequence (:func:`sequence_errors` against the
+        fp32 hidden states ``ref``) is at most the unfused path's error ``plain`` in that sequence
+        plus ``tolerance`` (or ``factor`` times it), with and without inference mode; else which
+        layer and sequence is not."""
         with torch.inference_mode():  # the runner times and evaluates in inference mode
             got_inf = [h.clone() for h in layer_outputs(fused, example)]
         for got in (layer_outputs(fused, example), got_inf):
-            for i, (g, r, e) in enumerate(zip(got, ref, plain)):
-                err = relative_error(g, r)
-                if err > max(e + tolerance, factor * e):
-                    return (f"fused layer {i} is {err:.1e} from fp32 against the unfused path's "
-                            f"{e:.1e} (relative to the layer's max)")
+            for i, (g, r, es) in enumerate(zip(got, ref, plain)):
+                for b, (err, e) in enumerate(zip(sequence_errors(g, r), es)):
+                    if err > max(e + tolerance, factor * e):
+                        return (f"fused layer {i} is {err:.1e} from fp32 against the unfused path's "
+                                f"{e:.1e} (sequence {b}, relative to its max)")
         return ""
 
     def _check_whole_model(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
@@ -581,7 +618,7 @@ class SparseCPU(_SparseSwap):
             (q/k/v in one kernel call, our fp32 attention kernel, residual adds inside the output
             pass), kept only if, layer by layer, the fused hidden states are no further from the fp32
             model's than the unfused path's are, plus :attr:`fuse_tolerance` (1e-4 relative to the
-            layer's largest activation) or within twice the unfused error. Rows record how many
+            layer's largest activation, each sequence apart) or within twice the unfused error. Rows record how many
             layers were fused (``fused_encoder_layers``) and why not (``fused_encoder_note``).
     """
 

@@ -100,7 +100,7 @@ class SparseInt8(_SparseSwap):
             x86 / fbgemm / onednn on the largest encoder layer.
         attention: ``"int8"`` (default; the fused layers' attention kernel computes Q K^T and P V in
             INT8 with VNNI where the CPU has it, kept only when every layer's hidden states stay
-            within :attr:`attention_tolerance` (relative to the layer's largest activation) of the
+            within :attr:`attention_tolerance` (relative to the largest activation of each sequence) of the
             unfused path's error against the fp32 model) or ``"fp32"``. Rows say
             which ran (``attention_precision``) and why not (``attention_note``).
         min_speedup, min_sparsity, calibrate, repeats, min_time_s, check_model, fuse_gelu,

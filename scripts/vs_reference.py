@@ -18,7 +18,7 @@ Each line also gives the cell's accuracy next to the same model's accuracy under
 Output: a table on stdout and, with ``--out``, JSON ``{"run_dir", "cpu", "reference": {...},
 "cells": [{pruner_label, accelerator_label, batch_size, seq_len, threads, ratio, ratio_low,
 ratio_high, rounds, latency_p50_s, reference_p50_s, metric, metric_fp32, delta_points,
-collapsed, thread_scaling, thread_scaling_low, thread_scaling_high, reference_thread_scaling}, ...]}``
+collapsed, attention_precision, thread_scaling, thread_scaling_low, thread_scaling_high, reference_thread_scaling}, ...]}``
 (thread scaling: the rows' ``thread_scaling_factor``, the cell's and the reference's). Exits 2 when the run has no per-round medians (timed before they were
 stored, or not interleaved) or no reference cell.
 """
@@ -88,7 +88,7 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
                 "rounds": r.n_rounds if r else 0, "latency_p50_s": c.get("latency_p50_s"),
                 "reference_p50_s": ref.get("latency_p50_s"), "metric": metric, "metric_fp32": base,
                 "delta_points": (100 * (metric - base) if metric is not None and base is not None else None),
-                "collapsed": c.get("collapsed"),
+                "collapsed": c.get("collapsed"), "attention_precision": c.get("attention_precision"),
                 # the fewest threads -> these, same rounds (null where the run timed thread counts apart)
                 "thread_scaling": c.get("thread_scaling_factor"), "thread_scaling_low": c.get("thread_scaling_factor_low"),
                 "thread_scaling_high": c.get("thread_scaling_factor_high"),

@@ -152,3 +152,33 @@ def test_sparse_int8_rejects_int8_attention_beyond_tolerance():
 def test_sparse_int8_attention_config_error():
     with pytest.raises(ValueError, match="attention"):
         SparseInt8(attention="bf16")
+
+
+def test_fused_layers_are_checked_on_the_calibration_sentences_whatever_the_timing_batch(monkeypatch):
+    """The fused-layer and INT8-attention checks run on the first CHECK_SEQUENCES calibration
+    sentences, each alone, so cells of every batch size get the same numerics from one model."""
+    from accelerators.sparse_cpu import CHECK_SEQUENCES
+
+    g = torch.Generator().manual_seed(5)
+    sentences = [torch.randint(0, 120, (1, n), generator=g) for n in (7, 11, 19, 5, 9, 13, 17, 8, 12, 6)]
+
+    def calibration(n):
+        for ids in sentences[:n]:
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+    seen = []
+    real = SparseInt8._fused_error
+
+    def spy(fused, example, *a, **k):
+        seen.append(tuple(example["input_ids"].shape))
+        return real(fused, example, *a, **k)
+
+    monkeypatch.setattr(SparseInt8, "_fused_error", staticmethod(spy))
+    fields = []
+    for batch in (2, 3):
+        seen.clear()
+        acc = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
+        fields.append(acc.prepare(tiny_bert(0.9), padded_example(batch), PrepareSettings(threads=2, calibration=calibration)).fields)
+        assert set(seen) == {tuple(s.shape) for s in sentences[:CHECK_SEQUENCES]}  # never the timing batch
+    keys = ("fused_encoder_layers", "attention_precision", "attention_note", "numerics_key")
+    assert [{k: f.get(k) for k in keys} for f in fields][0] == [{k: f.get(k) for k in keys} for f in fields][1]

@@ -594,3 +594,22 @@ def test_lean_classifier_fused_calls_and_range_handoff_are_switches_with_the_sam
         assert any(fn is _sk.qkv_attention_int8 for fn, _ in calls) == fuse_att
         assert any(fn is _sk.attention for fn, _ in calls) != fuse_att
         assert any("x_amax" in kw or "out_amax" in kw for _, kw in calls) == hand
+
+
+def test_fusion_and_attention_checks_judge_each_sequence_on_its_own_scale(monkeypatch):
+    """A sequence whose error is large for its own activations is rejected however large the
+    activations of the sequences batched with it: the choice does not depend on the timing batch."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.sparse_cpu import sequence_errors
+
+    ref = torch.zeros(2, 4, 8)
+    ref[0, 0, 0], ref[1, 0, 0] = 100.0, 1.0
+    got = ref.clone()
+    got[1, 1, 1] = 0.1  # 0.1 of sequence 1's largest activation, 1e-3 of the batch's
+    assert sequence_errors(got, ref) == pytest.approx([0.0, 0.1])
+    assert sequence_errors(got[1:], ref[1:]) == pytest.approx([0.1])  # the same alone
+    assert relative_error(got, ref) == pytest.approx(1e-3)  # what a batch-wide scale would have said
+    monkeypatch.setattr(sc, "layer_outputs", lambda model, example: [got])
+    why = SparseCPU._fused_error(None, {}, [ref], [[0.0, 0.0]], 2.5e-2, 1.0)
+    assert "sequence 1" in why and "fused layer 0" in why
+    assert SparseCPU._fused_error(None, {}, [ref], [[0.0, 0.09]], 2.5e-2, 1.0) == ""  # within plain + tolerance

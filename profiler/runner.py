@@ -12,7 +12,7 @@ import sys
 import traceback
 import uuid
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -34,6 +34,7 @@ from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_ca
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
 from pruners.base import PruneReport
+from pruners.training import discard_checkpoint
 
 MANIFEST = "manifest.json"
 HARDWARE = "hardware.json"
@@ -226,8 +227,8 @@ def interleave_key(c: Cell, threads_share_rounds: bool = True) -> tuple:
         (c.batch_size, c.seq_len, c.threads, c.kernel_variant)
 
 
-#: same-round factor of a cell against the same recipe and accelerator at the fewest threads of its
-#: group: that cell's latency ÷ this one's (> 1: the extra threads pay)
+#: same-round factor of a cell against the same recipe and accelerator at the matrix's fewest threads,
+#: timed in the same rounds: that cell's latency ÷ this one's (> 1: the extra threads pay)
 THREAD_SCALING_KEY = "thread_scaling_factor"
 
 
@@ -265,9 +266,7 @@ def thread_scaling(cells: dict[str, tuple[Cell, Timed]], reference_threads: int,
     :func:`profiler.measure.savings_fields`; 1.0 at ``reference_threads`` itself. ``None`` and 0
     rounds where the group has no such cell, or no other thread count of the recipe."""
     cell_ids = {(c.recipe_id, c.kernel_variant, c.threads): k for k, (c, _) in cells.items()}
-    counts: dict[tuple, int] = {}
-    for c, _ in cells.values():
-        counts[(c.recipe_id, c.kernel_variant)] = counts.get((c.recipe_id, c.kernel_variant), 0) + 1
+    counts = Counter((c.recipe_id, c.kernel_variant) for c, _ in cells.values())
     out = {}
     for k, (c, t) in cells.items():
         ref = cell_ids.get((c.recipe_id, c.kernel_variant, reference_threads))
@@ -459,7 +458,7 @@ class Runner:
         )
         checkpoint = path.with_name(f"{path.name}.partial.pt")  # a killed training goes on from here
         if cached is not None:
-            checkpoint.unlink(missing_ok=True)  # left by a kill between storing the model and deleting it
+            discard_checkpoint(checkpoint)  # left by a kill between storing the model and deleting it
             return cached
         model = copy.deepcopy(dense)
         model.train(pruner.needs_training)
@@ -479,7 +478,7 @@ class Runner:
 
         publish_cached(path, write)
         if pruner.resumable:
-            checkpoint.unlink(missing_ok=True)
+            discard_checkpoint(checkpoint)
         return model, report
 
     def reuse_metrics(self, known: dict[str, dict[str, Any]]) -> None:

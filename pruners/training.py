@@ -219,6 +219,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     remove_orphans(path)
 
 
+def discard_checkpoint(path: Path) -> None:
+    """Delete the checkpoint at ``path`` (the training it saved is stored) and what killed saves
+    of it left (:func:`remove_orphans`)."""
+    Path(path).unlink(missing_ok=True)
+    remove_orphans(path)
+
+
 #: seconds without a write after which a killed writer's private checkpoint file is removed
 ORPHAN_AGE_S = 600.0
 
@@ -226,7 +233,8 @@ ORPHAN_AGE_S = 600.0
 def remove_orphans(path: Path) -> list[Path]:
     """Delete the private files a killed :func:`save_checkpoint` left next to ``path``: those whose
     writer (the pid in the name) no longer runs on this machine and that nothing wrote to for
-    :data:`ORPHAN_AGE_S` (a writer on another machine sharing the folder is never cut off mid-write). Returns the files removed; one that cannot be removed stays."""
+    :data:`ORPHAN_AGE_S` (a writer on another machine sharing the folder is never cut off
+    mid-write). Returns the files removed; one that cannot be removed stays."""
     removed = []
     for stale in Path(path).parent.glob(f"{glob.escape(Path(path).name)}.tmp-*"):
         pid = stale.name.rsplit("-", 1)[-1]

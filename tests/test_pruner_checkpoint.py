@@ -299,3 +299,23 @@ def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
     assert not files[f"p.pt.tmp-{gone.pid}"].exists()
     assert all(f.exists() for n, f in files.items() if n != f"p.pt.tmp-{gone.pid}") and recent.exists()
     assert torch.load(tmp_path / "p.pt", weights_only=True) == {"step": 1}
+
+
+def test_discarding_a_checkpoint_takes_what_killed_saves_of_it_left(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pruners.training import ORPHAN_AGE_S, discard_checkpoint, save_checkpoint
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / "m.partial.pt"
+    save_checkpoint(path, {"step": 3})
+    orphan = tmp_path / f"m.partial.pt.tmp-{gone.pid}"
+    orphan.write_bytes(b"half")
+    old = os.path.getmtime(orphan) - 2 * ORPHAN_AGE_S
+    os.utime(orphan, (old, old))
+    discard_checkpoint(path)
+    assert not path.exists() and not orphan.exists()
+    discard_checkpoint(path)  # nothing there: no error

@@ -16,8 +16,8 @@ from torch import nn
 from accelerators.base import logits_of
 from accelerators.params import Range
 from profiler.identity import stable_hash
-from pruners.training import (Checkpoints, StepClock, adamw, autocast, check_precision, index_batches, resolve_precision,
-                              warmup_linear_decay)
+from pruners.training import (Checkpoints, StepClock, adamw, autocast, check_precision, discard_checkpoint, index_batches,
+                              resolve_precision, warmup_linear_decay)
 
 
 def default_cache_dir() -> Path:
@@ -217,7 +217,7 @@ class Task:
                                                                      indent=1, default=str))
 
         publish_cached(path, write)
-        checkpoint.unlink(missing_ok=True)
+        discard_checkpoint(checkpoint)
         return model
 
     def load_finetuned_seed(self, seed: int, cache_dir: Path | None = None,

@@ -5,11 +5,13 @@ module shadow the ``onnxruntime`` package it imports.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -23,6 +25,25 @@ QUANT_METHOD = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per
 #: node types that compute on INT8 data after quantize_dynamic
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QGemm", "QEmbedLayerNormalization"})
 
+
+
+class _PreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_preprocess_hint() -> Iterator[None]:
+    """Drop the root-logger line ``quantize_dynamic`` prints for every model ("Please consider to
+    run pre-processing before quantization"): the model it gets is already optimised
+    (:func:`accelerators.peer_common.optimized_onnx`). Other log lines pass."""
+    hint = _PreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
 
 class ONNXRuntime(Accelerator):
     """ONNX Runtime CPU execution provider: ``torch.onnx.export`` (batch and sequence dynamic),
@@ -64,8 +85,9 @@ class ONNXRuntime(Accelerator):
 
                 quantized = Path(tmp) / "model-int8.onnx"
                 # the fused nodes are contrib ops onnx's shape inference cannot type: their tensors are float
-                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=False,
-                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                with without_preprocess_hint():
+                    quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=False,
+                                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
                 path = quantized
             blob = path.read_bytes()
         ops = Counter(node.op_type for node in onnx.load_from_string(blob).graph.node)

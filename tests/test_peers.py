@@ -6,6 +6,7 @@ unavailable with a reason, never a crash (tested with the import patched away).
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -105,12 +106,24 @@ def test_openvino_int8_agrees_and_is_cached(model, batches, reference, settings)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(run_all(second.module, batches), got))
 
 
-def test_onnxruntime_int8_agrees(model, batches, reference, settings):
+def test_onnxruntime_int8_agrees(model, batches, reference, settings, caplog):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    prepared = ONNXRuntime("int8").prepare(model, batches[0], settings)
+    with caplog.at_level(logging.WARNING):
+        prepared = ONNXRuntime("int8").prepare(model, batches[0], settings)
     assert_int8_agrees(run_all(prepared.module, batches), reference)
     assert prepared.fields["int8_ops"] > 0 and prepared.fields["inference_precision"] == "int8-dynamic"
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # the model is optimised already
+
+
+def test_only_the_preprocess_hint_is_dropped(caplog):
+    from accelerators.peer_onnxruntime import without_preprocess_hint
+
+    with caplog.at_level(logging.WARNING), without_preprocess_hint():
+        logging.warning("Please consider to run pre-processing before quantization. Refer to example: …")
+        logging.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+    assert not logging.getLogger().filters  # the filter is gone again
 
 
 def test_openvino_bf16(model, batches, reference, settings):

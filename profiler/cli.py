@@ -77,7 +77,7 @@ class RichReporter:
 
         target = (getattr(r, "extra", None) or {}).get("target")  # a Ray run's hardware target
         where = escape(f"[{target}] ") if target else ""
-        info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size}: {r.status}"
+        info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size} t{r.threads}: {r.status}"
         if r.status == "ok":
             info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
         self.progress.update(self.cells, advance=1, info=f"{where}{r.pruner} {info}")
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sparsebench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
-                       description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html.",
+                       description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
     r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")

@@ -140,8 +140,8 @@ def _thread_scaling(df: pd.DataFrame) -> str:
             + esc(", ".join(f"{c} ({fmt(x)}×)" for c, x in zip(slower["cell"], f[slower.index]))) + ".</div>"
             if len(slower) else "")
     return ("<h2>Thread scaling</h2><p class='note'>Cells of one shape at every thread count are timed in the same "
-            "rounds; each bar is the median over rounds of the same recipe's latency at its fewest threads ÷ this "
-            "cell's latency.</p>" + warn + figure(fig))
+            "rounds; each bar is the median over rounds of the same recipe's latency at the matrix's fewest threads ÷ "
+            "this cell's latency.</p>" + warn + figure(fig))
 
 
 def build_report_html(run_dir: Path) -> str:

@@ -18,9 +18,11 @@ Each line also gives the cell's accuracy next to the same model's accuracy under
 Output: a table on stdout and, with ``--out``, JSON ``{"run_dir", "cpu", "reference": {...},
 "cells": [{pruner_label, accelerator_label, batch_size, seq_len, threads, ratio, ratio_low,
 ratio_high, rounds, latency_p50_s, reference_p50_s, metric, metric_fp32, delta_points,
-collapsed, attention_precision, thread_scaling, thread_scaling_low, thread_scaling_high, reference_thread_scaling}, ...]}``
-(thread scaling: the rows' ``thread_scaling_factor``, the cell's and the reference's). Exits 2 when the run has no per-round medians (timed before they were
-stored, or not interleaved) or no reference cell.
+collapsed, attention_precision, thread_scaling, thread_scaling_low, thread_scaling_high, thread_scaling_rounds,
+thread_scaling_reference_threads, reference_thread_scaling}, ...]}`` (thread scaling: the rows'
+``thread_scaling_factor`` fields, the cell's and the reference's). A group without its reference
+cell (a resumed run's new session) is skipped with a note on stderr. Exits 2 when the run has no
+per-round medians (timed before they were stored, or not interleaved) or no cell is left to compare.
 """
 from __future__ import annotations
 
@@ -54,10 +56,12 @@ def read_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows.values() if r.get("status") == "ok"]
 
 
-def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator: str, fp32: str) -> list[dict]:
+def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator: str, fp32: str,
+            skipped: list[str] | None = None) -> list[dict]:
     """One record per ok cell of ``accelerator``: its same-round ratio against the cell of
     ``reference`` (accelerator label) on ``reference_pruner`` (pruner label) of its shape.
-    ValueError when a shape has cells but no reference, or the rows carry no round medians."""
+    ValueError when the rows carry no round medians, or when a group has cells but no reference
+    (with ``skipped`` a list, that group's reason is appended to it instead and the others go on)."""
     by_group: dict[tuple, list[dict]] = {}
     for r in rows:
         by_group.setdefault(group_key(r), []).append(r)
@@ -71,8 +75,12 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
         refs = [r for r in group if r.get("accelerator_label") == reference and r.get("pruner_label") == reference_pruner]
         if len(refs) != 1:
             where = {k: cells[0].get(k) for k in (*SHAPE, "kernel_variant")}
-            raise ValueError(f"{len(refs)} ok cells of {reference!r} on {reference_pruner!r} timed with {accelerator!r} at "
-                             f"{where} (need exactly one; a resumed run times its missing cells without the finished ones)")
+            why = (f"{len(refs)} ok cells of {reference!r} on {reference_pruner!r} timed with {accelerator!r} at {where} "
+                   "(need exactly one; a resumed run records only its new cells, not the finished ones it timed again)")
+            if skipped is None:
+                raise ValueError(why)
+            skipped.append(why)
+            continue
         ref = refs[0]
         if ref.get("latency_round_medians_s") is None:
             raise ValueError("the rows hold no latency_round_medians_s: the run was not interleaved, or was timed "
@@ -92,6 +100,8 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
                 # the fewest threads -> these, same rounds (null where the run timed thread counts apart)
                 "thread_scaling": c.get("thread_scaling_factor"), "thread_scaling_low": c.get("thread_scaling_factor_low"),
                 "thread_scaling_high": c.get("thread_scaling_factor_high"),
+                "thread_scaling_rounds": c.get("thread_scaling_factor_rounds"),
+                "thread_scaling_reference_threads": c.get("thread_scaling_reference_threads"),
                 "reference_thread_scaling": ref.get("thread_scaling_factor"),
             })
     return out
@@ -106,11 +116,15 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32", default="torch-fp32", help="accelerator label whose accuracy is the model's own (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="JSON output file")
     args = ap.parse_args(argv)
+    skipped: list[str] = []
     try:
-        records = compare(read_rows(args.run_dir), args.reference, args.reference_pruner, args.accelerator, args.fp32)
+        records = compare(read_rows(args.run_dir), args.reference, args.reference_pruner, args.accelerator, args.fp32,
+                          skipped)
     except (OSError, ValueError) as exc:
         print(f"vs_reference: {exc}", file=sys.stderr)
         return 2
+    for why in skipped:
+        print(f"vs_reference: skipped: {why}", file=sys.stderr)
     if not records:
         print(f"vs_reference: no ok cell of {args.accelerator!r} in {args.run_dir}", file=sys.stderr)
         return 2

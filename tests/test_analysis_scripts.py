@@ -82,3 +82,8 @@ def test_vs_reference_never_divides_across_kernel_variants_or_timing_sessions():
     resumed = [{**rows[0], "interleave_group_id": "a"}, {**rows[1], "interleave_group_id": "b"}]
     with pytest.raises(ValueError, match="resumed run"):
         vr.compare(resumed, "openvino int8", "none", "sparse-int8", "torch-fp32")
+    # the script's own call: the group without its reference is named and skipped, the others stay
+    skipped = []
+    recs = vr.compare([*resumed, *rows[2:]], "openvino int8", "none", "sparse-int8", "torch-fp32", skipped)
+    assert [(r["kernel_variant"], r["ratio"]) for r in recs] == [("avx512", 2.0)]
+    assert len(skipped) == 1 and "resumed run records only its new cells" in skipped[0]

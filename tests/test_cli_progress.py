@@ -21,7 +21,7 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
                                       threads=2))
     err = capsys.readouterr().err
     assert "gmp 0.9: step 2/2 loss 0.5000 sparsity 0.900" in err
-    assert "cell 2/3: gmp 0.9 sparse-int8 b8: ok p50 26.1 ms" in err
+    assert "cell 2/3: gmp 0.9 sparse-int8 b8 t2: ok p50 26.1 ms" in err
 
 
 def test_a_failed_cell_line_survives_an_empty_reason_and_markup_in_it(capsys):

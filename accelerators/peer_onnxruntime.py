@@ -45,6 +45,7 @@ def without_preprocess_hint() -> Iterator[None]:
     finally:
         root.removeFilter(hint)
 
+
 class ONNXRuntime(Accelerator):
     """ONNX Runtime CPU execution provider: ``torch.onnx.export`` (batch and sequence dynamic),
     the transformers graph optimizer for BERT-family models (fused attention, embedding and

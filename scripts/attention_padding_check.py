@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Does padding change what INT8 attention computes? SST-2 dev accuracy of ``sparse-int8`` on the
+cached fine-tuned MiniLM of ``scripts/configs/peers.toml`` (run it first), with attention in INT8
+and in fp32, evaluated one sentence per batch (no padding) and in padded batches.
+
+With fp32 attention the two must agree (padded keys are masked out); a difference under INT8
+attention means masked keys still shape the quantization (e.g. of V, whose scale per channel is
+taken over every key of the head, masked ones included: accelerators/_csrc/sk_common.h).
+
+    python scripts/attention_padding_check.py --out docs/data/attention_padding_check_zen3.json
+
+Output: one line per (attention, eval batch size) and, with ``--out``, JSON
+``{"cpu", "command", "results": [{"attention", "attention_precision", "eval_batch_size", "accuracy"}]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from accelerators.base import PrepareSettings
+from accelerators.sparse_int8 import SparseInt8
+from profiler.hardware import fingerprint
+from profiler.tasks.sst2 import SST2
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "sparsebench",
+                    help="model cache holding the fine-tuned model (default: %(default)s)")
+    ap.add_argument("--batches", default="1,64", help="comma list of evaluation batch sizes (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    task = SST2()
+    model = task.load_finetuned(args.cache_dir)
+    settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
+    results = []
+    for attention in ("int8", "fp32"):
+        prepared = SparseInt8(attention=attention).prepare(model, task.example_inputs(1, 128), settings)
+        with torch.inference_mode():
+            for bs in (int(b) for b in args.batches.split(",")):
+                acc = task.evaluate_metrics(prepared.module, bs)[task.metric_name]
+                results.append({"attention": attention, "attention_precision": prepared.fields["attention_precision"],
+                                "eval_batch_size": bs, "accuracy": acc})
+                print(f"attention {attention:4s} (ran {prepared.fields['attention_precision']}) eval batch {bs:3d}: "
+                      f"{acc:.4f}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "command": " ".join(
+            ["python", "scripts/attention_padding_check.py", *(sys.argv[1:] if argv is None else argv)]),
+            "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

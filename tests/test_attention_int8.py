@@ -21,11 +21,13 @@ from accelerators.sparse_int8 import SparseInt8
 from tests.test_fused_layer import attention_ref, padded_example, tiny_bert
 
 VARIANTS = sk.supported_variants()
+MASKED_BIAS = -1e30  # a key bias at or below this masks the key (SK_KEY_MASKED)
 
 
-def quantize(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 along ``axis`` (the kernels' rule): int values (float64) and scales."""
-    a = np.abs(x).max(axis=axis, keepdims=True).astype(np.float32)
+def quantize(x: np.ndarray, axis: int, counts=None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 along ``axis`` (the kernels' rule): int values (float64) and scales.
+    ``counts`` (broadcastable to ``x``, bool): the entries the range is taken over (all when None)."""
+    a = np.abs(x if counts is None else np.where(counts, x, 0)).max(axis=axis, keepdims=True).astype(np.float32)
     ok = (a > 0) & np.isfinite(a)
     inv = np.where(ok, np.float32(127.0) / np.where(ok, a, 1), 0).astype(np.float32)
     q = np.clip(np.rint(x.astype(np.float32) * inv), -127, 127)
@@ -33,15 +35,20 @@ def quantize(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def attention_int8_ref(qkv: np.ndarray, heads: int, key_bias=None, scale=None) -> np.ndarray:
-    """float64 emulation of precision='int8': q, k per row and v per channel quantized, exact
-    integer products, softmax numerators rounded to rint(255 e) and normalised by their sum."""
+    """float64 emulation of precision='int8': q, k per row and v per channel over the unmasked
+    keys (bias > -1e30; all keys when every one is masked) quantized, exact integer products,
+    softmax numerators rounded to rint(255 e) and normalised by their sum."""
     B, S, H3 = qkv.shape
     H = H3 // 3
     dh = H // heads
     x = qkv.reshape(B, S, 3, heads, dh).transpose(2, 0, 3, 1, 4)  # (3, B, heads, S, dh)
     q8, sq = quantize(x[0], -1)
     k8, sk_ = quantize(x[1], -1)
-    v8, sv = quantize(x[2], -2)
+    counts = None
+    if key_bias is not None:
+        unmasked = ~(key_bias <= MASKED_BIAS)  # (B, S); NaN counts as unmasked
+        counts = (unmasked | ~unmasked.any(-1, keepdims=True))[:, None, :, None]
+    v8, sv = quantize(x[2], -2, counts)
     s = (q8 @ k8.transpose(0, 1, 3, 2)) * (sq * (dh ** -0.5 if scale is None else scale)) * sk_.transpose(0, 1, 3, 2)
     if key_bias is not None:
         s = s + key_bias.astype(np.float64)[:, None, None, :]
@@ -73,6 +80,26 @@ def test_int8_attention_matches_its_float64_emulation(variant, B, S, heads, dh, 
     np.testing.assert_allclose(out, attention_int8_ref(qkv, heads, kb), rtol=0, atol=2 * vmax(qkv) / 255 + 1e-6)
     if masked >= S:
         assert not out[-1].any()  # every key masked: zeros
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("mask", [-np.inf, np.finfo(np.float32).min])
+def test_padded_sequence_gets_the_bits_it_gets_alone(variant, mask):
+    """Masked keys are left out of the value ranges, so padding, however large its values, does
+    not change a sequence's attention: the same bits as the sequence alone, on every variant."""
+    rng = np.random.default_rng(3)
+    heads, dh, n = 3, 20, 37
+    alone = rng.standard_normal((1, n, 3 * heads * dh)).astype(np.float32)
+    want = np.empty((1, n, heads * dh), np.float32)
+    sk.attention(alone, want, heads, variant=variant, precision="int8")
+    for pad in (1, 11, 91):
+        padded = 50 * rng.standard_normal((2, n + pad, 3 * heads * dh)).astype(np.float32)
+        padded[0, :n] = alone[0]
+        kb = np.zeros((2, n + pad), np.float32)
+        kb[0, n:] = mask
+        got = np.empty((2, n + pad, heads * dh), np.float32)
+        sk.attention(padded, got, heads, key_bias=kb, variant=variant, precision="int8", threads=2)
+        np.testing.assert_array_equal(got[0, :n], want[0])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

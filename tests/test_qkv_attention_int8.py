@@ -54,6 +54,24 @@ def test_same_bits_as_product_then_attention(variant, B, S, hidden, heads):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_padded_sequence_gets_the_bits_it_gets_alone(variant):
+    """Per-token activations and value ranges over unmasked keys: padding tokens, however large,
+    leave a sequence's output as it is alone."""
+    m, x, bias, _ = case(5, 1, 45, 64, bh=4, masked=False)
+    want = np.empty((1, 45, 64), np.float32)
+    sk.qkv_attention_int8(m, x, want, 2, bias, variant=variant)
+    rng = np.random.default_rng(6)
+    for pad in (3, 83):
+        xp = 40 * rng.standard_normal((2, 45 + pad, 64)).astype(np.float32)
+        xp[0, :45] = x[0]
+        kb = np.zeros((2, 45 + pad), np.float32)
+        kb[0, 45:] = np.finfo(np.float32).min
+        got = np.empty((2, 45 + pad, 64), np.float32)
+        sk.qkv_attention_int8(m, xp, got, 2, bias, key_bias=kb, threads=2, variant=variant)
+        np.testing.assert_array_equal(got[0, :45], want[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("bh", [1, 2, 4, 8])
 def test_block_heights_bias_scale_and_ranges(variant, bh):
     m, x, bias, kb = case(bh, 4, 64, 64, n_in=48, bh=bh)

@@ -135,6 +135,7 @@ const char sk_doc_attention[] =
     "whose keys are all masked gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
     "the avx2 and AVX-512 variants and libm expf in the scalar one. One (batch, head)\n"
     "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"
-    "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel, the\n"
+    "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel over the\n"
+    "unmasked keys (key_bias > -1e30: a padded sequence gets the bits it gets alone), the\n"
     "softmax numerators as uint8 rint(255 e), normalised by their integer sum (seq <= 65536); a\n"
     "row with a zero or non-finite range quantizes to 0. Raises TypeError / ValueError on bad buffers.";

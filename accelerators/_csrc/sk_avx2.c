@@ -672,12 +672,17 @@ static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const 
      * to a word, is the channel's column of v8 */
     memset(a->v8, 0, (size_t)(Sp * dhp));
     for (int64_t d = dh; d < dhp; d++) a->vsc[d] = 0.0f;
+    const int every = sk_attn8_every_key(kb, S);
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (int64_t d0 = 0; d0 < dh; d0 += 8) {
         __m256 am[8], inv[8];
         for (int e = 0; e < 8; e++) am[e] = _mm256_setzero_ps();
         for (int64_t j0 = 0; j0 < S; j0 += 8) {
             chan8(v, ld, S, dh, j0, d0, tm, r);
-            for (int e = 0; e < 8; e++) am[e] = _mm256_max_ps(am[e], abs_nan_inf8(r[e]));
+            /* lanes of the keys that count for the ranges (masked keys left out) */
+            const __m256i kv = _mm256_set1_epi32((int)sk_attn8_value_keys(kb, every, j0, S - j0 < 8 ? S - j0 : 8));
+            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(kv, bit), bit));
+            for (int e = 0; e < 8; e++) am[e] = _mm256_max_ps(am[e], _mm256_and_ps(abs_nan_inf8(r[e]), keep));
         }
         for (int e = 0; e < 8; e++) {
             __m128 h = _mm_max_ps(_mm256_castps256_ps128(am[e]), _mm256_extractf128_ps(am[e], 1));

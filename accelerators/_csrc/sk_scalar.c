@@ -215,11 +215,13 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
 }
 
 /* amax of n floats at stride st (NaN counts as +inf) and the quantization rule of quant_rows:
- * returns the inverse scale 127 / amax (0 when the range is zero or not finite), *scale = amax / 127 */
-static float attn8_range(const float *x, int64_t n, int64_t st, float *scale)
+ * returns the inverse scale 127 / amax (0 when the range is zero or not finite), *scale = amax / 127.
+ * kb (or NULL: all count): key biases of the n values; masked ones (SK_KEY_MASKED) are left out */
+static float attn8_range(const float *x, int64_t n, int64_t st, const float *kb, float *scale)
 {
     float a = 0.0f;
     for (int64_t i = 0; i < n; i++) {
+        if (kb && kb[i] <= SK_KEY_MASKED) continue;
         const float v = fabsf(x[i * st]);
         a = (v > a || v != v) ? (v != v ? __builtin_inff() : v) : a;
     }
@@ -244,7 +246,7 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
         int32_t sum = 0;
         float sc = 0.0f;
         if (j < S) {
-            const float inv = attn8_range(k + j * ls, dh, cs, &sc);
+            const float inv = attn8_range(k + j * ls, dh, cs, NULL, &sc);
             for (int64_t d = 0; d < dh; d++) {
                 const int32_t kq = inv > 0.0f ? sk_quant1(k[j * ls + d * cs], inv) : 0;
                 a.k8[((d / 4) * Sp + j) * 4 + d % 4] = (int8_t)kq;
@@ -255,9 +257,10 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
         a.ksc[j] = sc;
         a.bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
     }
+    const int every = sk_attn8_every_key(kb, S);
     for (int64_t d = 0; d < dhp; d++) {
         float sc = 0.0f;
-        const float inv = d < dh ? attn8_range(v + d * cs, S, ls, &sc) : 0.0f;
+        const float inv = d < dh ? attn8_range(v + d * cs, S, ls, every ? NULL : kb, &sc) : 0.0f;
         a.vsc[d] = sc;
         for (int64_t j = 0; d < dh && j < S; j++)
             a.v8[((j / 4) * dhp + d) * 4 + j % 4] = (int8_t)(inv > 0.0f ? sk_quant1(v[j * ls + d * cs], inv) : 0);
@@ -265,7 +268,7 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
     int32_t *acc = (int32_t *)a.pu; /* dh int32 per row: the pu rows are not needed here */
     for (int64_t i = 0; i < S; i++) {
         float sq;
-        const float inv = attn8_range(q + i * ls, dh, cs, &sq);
+        const float inv = attn8_range(q + i * ls, dh, cs, NULL, &sq);
         uint8_t *qi = a.q8 + i * 4; /* channel d at qi[(d / 4) * Sp * 4 + d % 4] */
         for (int64_t d = 0; d < nq * 4; d++)
             qi[(d / 4) * Sp * 4 + d % 4] = (uint8_t)(128 + (d < dh && inv > 0.0f ? sk_quant1(q[i * ls + d * cs], inv) : 0));

@@ -437,12 +437,15 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
         _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
         for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
     }
-    /* values: one scale per channel over the head's keys; quads of 4 keys, channels contiguous */
+    /* values: one scale per channel over the head's unmasked keys; quads of 4 keys, channels contiguous */
+    const int every = sk_attn8_every_key(kb, S);
     for (int64_t c = 0; c < nc; c++) {
         const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
         const __mmask16 m = (__mmask16)((1u << nd) - 1u);
         __m512 am = _mm512_setzero_ps(), sc;
-        for (int64_t j = 0; j < S; j++) am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16)));
+        for (int64_t j = 0; j < S; j++)
+            if (every || !(kb[j] <= SK_KEY_MASKED))
+                am = _mm512_max_ps(am, abs_nan_inf(_mm512_maskz_loadu_ps(m, v + j * ld + c * 16)));
         const __m512 inv = lanes_inv(am, &sc);
         _mm512_store_ps(a->vsc + c * 16, sc);
         for (int64_t jq = 0; jq < Sp / 4; jq++) {
@@ -521,7 +524,8 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
         _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
         for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
     }
-    /* values: one scale per channel (a horizontal max over the channel's row of keys) */
+    /* values: one scale per channel (a horizontal max over the channel's row of unmasked keys) */
+    const int every = sk_attn8_every_key(kb, S);
     for (int64_t c = 0; c < nc; c++) {
         const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
         float amc[16] = {0};
@@ -530,7 +534,7 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
             __m512 m = _mm512_setzero_ps();
             for (int64_t j0 = 0; j0 < S; j0 += 16)
                 m = _mm512_max_ps(m, abs_nan_inf(_mm512_maskz_loadu_ps(
-                                         (__mmask16)((1u << (S - j0 < 16 ? S - j0 : 16)) - 1u), vr + j0)));
+                                         (__mmask16)sk_attn8_value_keys(kb, every, j0, S - j0 < 16 ? S - j0 : 16), vr + j0)));
             amc[d] = _mm512_reduce_max_ps(m);
         }
         __m512 sc, r[16];

@@ -129,6 +129,12 @@ def test_int8_attention_edge_rows_and_errors():
     assert np.isfinite(out).all()
     with pytest.raises(ValueError, match="precision"):
         sk.attention(qkv, out, 2, precision="bf16")
+    for bad in (np.inf, np.nan):  # would make every score of the sequence NaN
+        kb = np.zeros((1, 6), np.float32)
+        kb[0, 4] = bad
+        for precision in ("fp32", "int8"):
+            with pytest.raises(ValueError, match=r"key_bias must be finite or -inf .* index 4"):
+                sk.attention(qkv, out, 2, key_bias=kb, precision=precision)
     with pytest.raises(ValueError, match="65536"):
         sk.attention(np.zeros((1, 65537, 3), np.float32), np.zeros((1, 65537, 1), np.float32), 1, precision="int8")
 

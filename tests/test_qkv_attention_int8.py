@@ -139,6 +139,8 @@ def test_validation():
         sk.qkv_attention_int8(m, x, out, 2, bias[:32].copy())
     with pytest.raises(ValueError, match="key_bias: expected shape"):
         sk.qkv_attention_int8(m, x, out, 2, key_bias=kb[:, :7].copy())
+    with pytest.raises(ValueError, match="key_bias must be finite or -inf"):
+        sk.qkv_attention_int8(m, x, out, 2, key_bias=np.where(np.arange(8) == 3, np.inf, kb).astype(np.float32))
     with pytest.raises(ValueError, match="out must not overlap"):
         sk.qkv_attention_int8(m, x, x, 2)
     with pytest.raises(ValueError, match="out must not overlap"):

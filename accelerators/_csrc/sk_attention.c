@@ -56,6 +56,7 @@ static int check_attention(attn_call *a, const Py_buffer *vq, const Py_buffer *v
         PyErr_SetString(PyExc_ValueError, "out must not overlap qkv or key_bias");
         return -1;
     }
+    if (vk && sk_check_key_bias(vk) < 0) return -1;
     a->qkv = (const float *)vq->buf;
     a->kb = vk ? (const float *)vk->buf : NULL;
     a->out = (float *)vo->buf;
@@ -131,7 +132,8 @@ const char sk_doc_attention[] =
     "qkv: float32 C-contiguous (batch, seq, 3 * hidden), the q | k | v projections side by side,\n"
     "each hidden = num_heads * head_dim with heads contiguous (BERT's layout). out: writable float32\n"
     "(batch, seq, hidden), heads side by side, not overlapping the inputs. key_bias: None or float32\n"
-    "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding); a query\n"
+    "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding; NaN and\n"
+    "+inf raise ValueError); a query\n"
     "whose keys are all masked gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
     "the avx2 and AVX-512 variants and libm expf in the scalar one. One (batch, head)\n"
     "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"

@@ -142,6 +142,19 @@ int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t
     return -1;
 }
 
+int sk_check_key_bias(const Py_buffer *v)
+{
+    const float *x = (const float *)v->buf;
+    const int64_t n = (int64_t)(v->len / (Py_ssize_t)sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        if (!(x[i] <= 3.4028235e38f)) { /* NaN or +inf; -inf masks */
+            PyErr_Format(PyExc_ValueError, "key_bias must be finite or -inf (a masked key), got %s at flat index %lld",
+                         x[i] != x[i] ? "nan" : "inf", (long long)i);
+            return -1;
+        }
+    return 0;
+}
+
 int sk_overlap(const Py_buffer *a, const Py_buffer *b)
 {
     const char *a0 = (const char *)a->buf, *a1 = a0 + a->len;

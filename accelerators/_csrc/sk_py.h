@@ -49,6 +49,9 @@ void sk_args_release(sk_args *a);
  * by it. Returns 0, or -1 with ValueError "name: expected length N (dim_name), got M" or
  * "name: expected shape (dim_name, N), got (M, K)". */
 int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t *dims, const char *dim_name);
+/* ValueError unless every float of the C-contiguous key bias v is finite or -inf (a masked key):
+ * NaN or +inf would turn every score of its rows into NaN */
+int sk_check_key_bias(const Py_buffer *v);
 int sk_overlap(const Py_buffer *a, const Py_buffer *b); /* 1 when the memory ranges intersect */
 /* 1 when v intersects a buffer of a other than itself (a may be NULL) */
 int sk_overlaps_args(const Py_buffer *v, const sk_args *a);

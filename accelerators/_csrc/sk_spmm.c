@@ -150,6 +150,7 @@ int sk_qkva_acquire(sk_spmm_call *c, const sk_spmm_opts *o, PyObject *key_bias, 
         PyErr_SetString(PyExc_ValueError, "out must not overlap x, bias or key_bias");
         return -1;
     }
+    if (vk && sk_check_key_bias(vk) < 0) return -1;
     c->T = B * S;
     c->bias = vb ? (const float *)vb->buf : NULL;
     *kb = vk ? (const float *)vk->buf : NULL;

@@ -3,11 +3,11 @@
 cached fine-tuned MiniLM of ``scripts/configs/peers.toml`` (run it first), with attention in INT8
 and in fp32, evaluated one sentence per batch (no padding) and in padded batches.
 
-With fp32 attention the two must agree (padded keys are masked out); a difference under INT8
-attention means masked keys still shape the quantization (e.g. of V, whose scale per channel is
-taken over every key of the head, masked ones included: accelerators/_csrc/sk_common.h).
+With fp32 attention the two must agree (padded keys are masked out); under INT8 attention too,
+now that V's scale per channel is taken over the head's unmasked keys only
+(accelerators/_csrc/sk_common.h): a difference would mean masked keys still shape the quantization.
 
-    python scripts/attention_padding_check.py --out docs/data/attention_padding_check_zen3.json
+    python scripts/attention_padding_check.py --out docs/data/attention_padding_check_zen3_unmasked_ranges.json
 
 Output: one line per (attention, eval batch size) and, with ``--out``, JSON
 ``{"cpu", "command", "results": [{"attention", "attention_precision", "eval_batch_size", "accuracy"}]}``.

@@ -36,8 +36,8 @@ def quantize(x: np.ndarray, axis: int, counts=None) -> tuple[np.ndarray, np.ndar
 
 def attention_int8_ref(qkv: np.ndarray, heads: int, key_bias=None, scale=None) -> np.ndarray:
     """float64 emulation of precision='int8': q, k per row and v per channel over the unmasked
-    keys (bias > -1e30; all keys when every one is masked) quantized, exact integer products,
-    softmax numerators rounded to rint(255 e) and normalised by their sum."""
+    keys (bias > -1e30; all keys when every one is masked) quantized, a masked key's bias as -inf,
+    exact integer products, softmax numerators rounded to rint(255 e) and normalised by their sum."""
     B, S, H3 = qkv.shape
     H = H3 // 3
     dh = H // heads
@@ -50,8 +50,8 @@ def attention_int8_ref(qkv: np.ndarray, heads: int, key_bias=None, scale=None) -
         counts = (unmasked | ~unmasked.any(-1, keepdims=True))[:, None, :, None]
     v8, sv = quantize(x[2], -2, counts)
     s = (q8 @ k8.transpose(0, 1, 3, 2)) * (sq * (dh ** -0.5 if scale is None else scale)) * sk_.transpose(0, 1, 3, 2)
-    if key_bias is not None:
-        s = s + key_bias.astype(np.float64)[:, None, None, :]
+    if key_bias is not None:  # a masked key's bias counts as -inf
+        s = s + np.where(key_bias <= MASKED_BIAS, -np.inf, key_bias.astype(np.float64))[:, None, None, :]
     m = s.max(-1, keepdims=True)
     dead = ~np.isfinite(m)
     u = np.where(dead, 0.0, np.rint(255 * np.exp(s - np.where(dead, 0.0, m))))
@@ -67,12 +67,13 @@ def vmax(qkv: np.ndarray) -> float:
 @pytest.mark.parametrize("variant", VARIANTS)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(B=st.integers(1, 3), S=st.integers(1, 40), heads=st.integers(1, 4), dh=st.integers(1, 40),
-       masked=st.integers(0, 40), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
-def test_int8_attention_matches_its_float64_emulation(variant, B, S, heads, dh, masked, threads, seed):
+       masked=st.integers(0, 40), mask=st.sampled_from([-np.inf, np.finfo(np.float32).min]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_int8_attention_matches_its_float64_emulation(variant, B, S, heads, dh, masked, mask, threads, seed):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((B, S, 3 * heads * dh)).astype(np.float32)
     kb = np.zeros((B, S), np.float32)
-    kb[-1, S - min(masked, S):] = -np.inf
+    kb[-1, S - min(masked, S):] = mask
     out = np.full((B, S, heads * dh), np.nan, np.float32)
     sk.attention(qkv, out, heads, key_bias=kb, threads=threads, variant=variant, precision="int8")
     # integer parts are exact; exp differs (libm / a degree-3 polynomial), so a numerator may land

@@ -134,7 +134,7 @@ const char sk_doc_attention[] =
     "(batch, seq, hidden), heads side by side, not overlapping the inputs. key_bias: None or float32\n"
     "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding; NaN and\n"
     "+inf raise ValueError); a query\n"
-    "whose keys are all masked gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
+    "whose keys are all -inf (int8: all <= -1e30) gets zeros. exp is a degree-6 polynomial (relative error < 2e-7) in\n"
     "the avx2 and AVX-512 variants and libm expf in the scalar one. One (batch, head)\n"
     "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"
     "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel over the\n"

@@ -665,23 +665,22 @@ static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const 
                 }
             }
             if (!pass)
-                for (int64_t l = 0; l < 8; l++) a->bias[j0 + l] = j0 + l < S ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
+                for (int64_t l = 0; l < 8; l++) a->bias[j0 + l] = j0 + l < S ? sk_attn8_key_bias(kb, j0 + l) : -__builtin_inff();
         }
     }
-    /* values: per channel one scale over the head's keys; a channel's quantized row of keys, 4 keys
+    /* values: per channel one scale over the head's unmasked keys; a channel's quantized row of keys, 4 keys
      * to a word, is the channel's column of v8 */
     memset(a->v8, 0, (size_t)(Sp * dhp));
     for (int64_t d = dh; d < dhp; d++) a->vsc[d] = 0.0f;
     const int every = sk_attn8_every_key(kb, S);
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (int64_t d0 = 0; d0 < dh; d0 += 8) {
         __m256 am[8], inv[8];
         for (int e = 0; e < 8; e++) am[e] = _mm256_setzero_ps();
         for (int64_t j0 = 0; j0 < S; j0 += 8) {
             chan8(v, ld, S, dh, j0, d0, tm, r);
-            /* lanes of the keys that count for the ranges (masked keys left out) */
-            const __m256i kv = _mm256_set1_epi32((int)sk_attn8_value_keys(kb, every, j0, S - j0 < 8 ? S - j0 : 8));
-            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(kv, bit), bit));
+            /* lanes of the keys that count for the ranges: masked keys left out (past S: zeros) */
+            const __m256 keep = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                                      : _mm256_cmp_ps(_mm256_load_ps(a->bias + j0), _mm256_set1_ps(SK_KEY_MASKED), _CMP_NLE_UQ);
             for (int e = 0; e < 8; e++) am[e] = _mm256_max_ps(am[e], _mm256_and_ps(abs_nan_inf8(r[e]), keep));
         }
         for (int e = 0; e < 8; e++) {

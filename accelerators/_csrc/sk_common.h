@@ -151,10 +151,11 @@ typedef struct sk_kernels {
     void (*quant_rows)(const float *X, int64_t ntok, int64_t N, int8_t *Q, float *scale);
     /* One attention head in INT8 (arguments as attn_head; scratch: sk_attn8_scratch_floats(S, dh)
      * floats, 64-byte aligned). The arithmetic every variant follows (sk_attn8 below):
-     *   q, k rows quantized per row and v per channel (d) over the head's unmasked keys (kb[j] >
-     *   SK_KEY_MASKED; all S keys when every key is masked or kb is NULL), by quant_rows' rule
+     *   q, k rows quantized per row and v per channel (d) over the head's unmasked keys (those
+     *   with !(kb[j] <= SK_KEY_MASKED); all S keys when every key is masked or kb is NULL), by quant_rows' rule
      *   (amax / 127, rint, clamp to +-127; a zero or non-finite range gives 0);
-     *   s[i][j] = (float)(q8[i] . k8[j]) * (sk[j] * (sq[i] * scale)) + kb[j]   (exact int32 dot);
+     *   s[i][j] = (float)(q8[i] . k8[j]) * (sk[j] * (sq[i] * scale)) + kb[j]   (exact int32 dot;
+     *   kb[j] <= SK_KEY_MASKED counts as -inf);
      *   e = exp(s - max_j s), u[i][j] = rint(255 e) in [0, 255], L[i] = sum_j u[i][j] (>= 255);
      *   o[i][d] = (float)(sum_j u[i][j] v8[j][d]) * (sv[d] * (1 / (float)L[i]))  (exact int32 sum).
      * A row whose keys are all masked gets zeros. Needs S <= SK_ATTN8_MAX_S (int32 accumulators). */
@@ -202,22 +203,22 @@ static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
  * (its score lies some 1e30 lower, where every variant's exponential gives 0), so its value is left out of the
  * value ranges: a sequence padded in a batch then gets the scales, and the bits, it gets alone. */
 #define SK_KEY_MASKED (-1.0e30f)
+/* key j's bias as the INT8 head adds it: a masked key's is -inf (u = 0 in every variant, and a row
+ * whose keys are all masked gets zeros, where a finite mask's huge scores would overflow the
+ * exponential's argument); 0 without a bias */
+static inline float sk_attn8_key_bias(const float *kb, int64_t j)
+{
+    return !kb ? 0.0f : kb[j] <= SK_KEY_MASKED ? -__builtin_inff() : kb[j];
+}
 /* 1 when every key counts for the value ranges: kb NULL, or every key masked (no unmasked row
- * then: all S keys count, as without a bias) */
+ * then: all S keys count, as without a bias). Otherwise key j counts when !(kb[j] <= SK_KEY_MASKED)
+ * (NaN counts as unmasked); the vector variants read that off sk_attn8.bias (-inf past S). */
 static inline int sk_attn8_every_key(const float *kb, int64_t S)
 {
     if (!kb) return 1;
     for (int64_t j = 0; j < S; j++)
-        if (!(kb[j] <= SK_KEY_MASKED)) return 0; /* NaN counts as unmasked */
+        if (!(kb[j] <= SK_KEY_MASKED)) return 0;
     return 1;
-}
-/* bit l set when key j0 + l (l < n) counts for the value ranges (every: sk_attn8_every_key) */
-static inline uint32_t sk_attn8_value_keys(const float *kb, int every, int64_t j0, int64_t n)
-{
-    uint32_t bits = 0;
-    for (int64_t l = 0; l < n; l++)
-        if (every || !(kb[j0 + l] <= SK_KEY_MASKED)) bits |= 1u << l;
-    return bits;
 }
 /* The INT8 head's scratch, carved from one 64-byte aligned block (every part 64-byte aligned):
  * keys padded to Sp (multiple of 16), head dim to dhp (multiple of 16) and to nq quads of 4. */

@@ -255,7 +255,7 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
         }
         a.kcomp[j] = 128 * sum;
         a.ksc[j] = sc;
-        a.bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
+        a.bias[j] = j < S ? sk_attn8_key_bias(kb, j) : -__builtin_inff();
     }
     const int every = sk_attn8_every_key(kb, S);
     for (int64_t d = 0; d < dhp; d++) {

@@ -435,7 +435,7 @@ static void attn8_pack(sk_attn8 *a, const float *q, const float *k, const float 
             }
         }
         _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
-        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
+        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? sk_attn8_key_bias(kb, j0 + l) : -__builtin_inff();
     }
     /* values: one scale per channel over the head's unmasked keys; quads of 4 keys, channels contiguous */
     const int every = sk_attn8_every_key(kb, S);
@@ -522,19 +522,22 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
             _mm512_store_si512((void *)(a->k8 + (c * Sp + j0) * 4), w);
         }
         _mm512_store_si512((void *)(a->kcomp + j0), _mm512_slli_epi32(sum, 7)); /* 128 * sum */
-        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? (kb ? kb[j0 + l] : 0.0f) : -__builtin_inff();
+        for (int64_t l = 0; l < 16; l++) a->bias[j0 + l] = l < nk ? sk_attn8_key_bias(kb, j0 + l) : -__builtin_inff();
     }
     /* values: one scale per channel (a horizontal max over the channel's row of unmasked keys) */
     const int every = sk_attn8_every_key(kb, S);
+    const __m512 unmasked = _mm512_set1_ps(SK_KEY_MASKED); /* bias !<= this: the key counts */
     for (int64_t c = 0; c < nc; c++) {
         const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
         float amc[16] = {0};
         for (int64_t d = 0; d < nd; d++) {
             const float *vr = v + (c * 16 + d) * ld;
             __m512 m = _mm512_setzero_ps();
-            for (int64_t j0 = 0; j0 < S; j0 += 16)
-                m = _mm512_max_ps(m, abs_nan_inf(_mm512_maskz_loadu_ps(
-                                         (__mmask16)sk_attn8_value_keys(kb, every, j0, S - j0 < 16 ? S - j0 : 16), vr + j0)));
+            for (int64_t j0 = 0; j0 < S; j0 += 16) { /* keys past S and masked keys read 0 */
+                const __mmask16 km = every ? (__mmask16)((1u << (S - j0 < 16 ? S - j0 : 16)) - 1u)
+                                           : _mm512_cmp_ps_mask(_mm512_load_ps(a->bias + j0), unmasked, _CMP_NLE_UQ);
+                m = _mm512_max_ps(m, abs_nan_inf(_mm512_maskz_loadu_ps(km, vr + j0)));
+            }
             amc[d] = _mm512_reduce_max_ps(m);
         }
         __m512 sc, r[16];

@@ -8,9 +8,10 @@ now that V's scale per channel is taken over the head's unmasked keys only
 (accelerators/_csrc/sk_common.h): a difference would mean masked keys still shape the quantization.
 
     python scripts/attention_padding_check.py --out docs/data/attention_padding_check_zen3_unmasked_ranges.json
+    python scripts/attention_padding_check.py --pruned sst2-magnitude-8c41f0813c98 --batches 64
 
 Output: one line per (attention, eval batch size) and, with ``--out``, JSON
-``{"cpu", "command", "results": [{"attention", "attention_precision", "eval_batch_size", "accuracy"}]}``.
+``{"cpu", "model", "command", "results": [{"attention", "attention_precision", "eval_batch_size", "accuracy"}]}``.
 """
 from __future__ import annotations
 
@@ -27,17 +28,30 @@ from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
 
 
+def describe(model_dir) -> str:
+    """What was checked: the fine-tuned dense model, or a saved model with its pruning notes."""
+    if model_dir is None:
+        return "dense (fine-tuned)"
+    report = Path(model_dir) / "prune_report.json"
+    notes = json.loads(report.read_text()).get("notes", {}) if report.exists() else {}
+    return ", ".join(f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure")) or "saved model"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "sparsebench",
                     help="model cache holding the fine-tuned model (default: %(default)s)")
+    ap.add_argument("--pruned", metavar="ENTRY",
+                    help="check a pruned model of the cache instead: the name of a folder in CACHE_DIR/pruned "
+                         "(its prune_report.json says which pruner made it)")
     ap.add_argument("--batches", default="1,64", help="comma list of evaluation batch sizes (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = SST2()
-    model = task.load_finetuned(args.cache_dir)
+    model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned else None
+    model = task.load_saved(model_dir) if model_dir else task.load_finetuned(args.cache_dir)
     settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
     results = []
     for attention in ("int8", "fp32"):
@@ -50,7 +64,8 @@ def main(argv=None) -> int:
                 print(f"attention {attention:4s} (ran {prepared.fields['attention_precision']}) eval batch {bs:3d}: "
                       f"{acc:.4f}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "command": " ".join(
+        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": describe(model_dir),
+                                        "command": " ".join(
             ["python", "scripts/attention_padding_check.py", *(sys.argv[1:] if argv is None else argv)]),
             "results": results}, indent=1))
     return 0

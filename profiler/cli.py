@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler.errors import ConfigError, SetupError, SparsebenchWarning
+from profiler.errors import ConfigError, ResultsWriteError, SetupError, SparsebenchWarning
 from profiler.executors import EXECUTORS
 from profiler.rundir import RESULTS
 
@@ -163,6 +163,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)
         return 2
+    except ResultsWriteError as exc:
+        address = f" --address {args.address}" if args.address else ""
+        print(f"sparsebench: {exc}. The run stops here; the cells finished before it are saved. Make room or fix "
+              f"the folder, then continue with: sparsebench run --resume {run_dir}{address}", file=sys.stderr)
+        return 1
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

@@ -14,6 +14,12 @@ class SetupError(ConfigError):
     raised before any work starts, like :class:`ConfigError`, and reported as such, not as a bad config."""
 
 
+class ResultsWriteError(RuntimeError):
+    """A finished cell's row could not be appended to its results file (a full disk, a folder that
+    went away or turned read-only). The run stops there, since no later row could be saved either;
+    the rows before are on disk, and a resumed run measures this cell again."""
+
+
 class SparsebenchWarning(UserWarning):
     """A warning meant for the person running sparsebench (the CLI prints it as one
     ``sparsebench: warning:`` line, without the file and line that raised it)."""

@@ -15,6 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from profiler.errors import ResultsWriteError
+
 STATUSES = ("ok", "failed", "skipped")
 
 
@@ -259,11 +261,20 @@ def repair_tail(path: Path) -> bool:
 
 
 def append_result(path: Path, result: Result) -> None:
-    """Append one row and flush it to disk (fsync) before returning."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(result.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one row and flush it to disk (fsync) before returning. Raises
+    :class:`~profiler.errors.ResultsWriteError` (naming the file, the cause and the cell) when the
+    file cannot take it; a row cut short by a full disk is a damaged last line, which a resumed run
+    repairs (:func:`repair_tail`)."""
+    line = result.to_json() + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ResultsWriteError(f"cannot append to {path} ({type(exc).__name__}: {exc.strerror or exc}): cell "
+                                f"{result.cell_id} ({result.pruner} / {result.accelerator}, b{result.batch_size}, "
+                                f"{result.threads} thread(s)) was measured but not saved") from exc
 
 
 def rewrite_without(path: Path, cell_ids: set[str]) -> int:

@@ -179,3 +179,36 @@ def test_ctrl_c_while_the_config_is_checked_is_one_line(tmp_path, monkeypatch, c
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 130
     err = capsys.readouterr().err
     assert "interrupted before the first cell" in err and "Traceback" not in err
+
+
+def test_a_results_file_that_stops_taking_rows_stops_the_run_with_one_clear_error(tmp_path, monkeypatch, capsys):
+    """A full disk or a folder gone mid-run: the run stops at that cell (no later row could be saved),
+    says which cell and how to go on, and the resumed run measures only the cells not saved."""
+    cfg = write_config(tmp_path / "c.toml", tiny_config(
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}], measure={"idle_seconds": 0},
+        matrix={"batch_size": [1, 2, 4], "seq_len": [16], "threads": [1]}))
+    measured = []
+
+    def fake_task(self, spec, cells, meter, idle, references=()):
+        for c in cells:
+            measured.append(c.cell_id)
+            r = self._base_row(c, None)
+            r.latency_p50_s = 0.01
+            self._record(r, "ok", None)
+            if len(measured) == 1:  # the file goes away after the first row: a directory takes its name
+                self.results_path.rename(self.results_path.with_name("kept.jsonl"))
+                self.results_path.mkdir()
+
+    monkeypatch.setattr(Runner, "_run_task", fake_task)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"cannot append to {run / 'results.jsonl'} (IsADirectoryError" in err
+    assert f"cell {measured[1]} (none / torch-fp32, b2, 1 thread(s)) was measured but not saved" in err
+    assert f"sparsebench run --resume {run}" in err and "Traceback" not in err
+    assert len(measured) == 2  # stopped at the first row it could not save
+    (run / "results.jsonl").rmdir()
+    (run / "kept.jsonl").rename(run / "results.jsonl")
+    assert main(["run", "--resume", str(run)]) == 0
+    assert len(measured) == 4 and measured[2] == measured[1]  # the unsaved cell again, then the one not reached
+    assert [r["cell_id"] for r in read_results(run / "results.jsonl").rows] == [measured[0], *measured[2:]]

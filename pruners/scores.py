@@ -225,23 +225,23 @@ class MovementScore(Score):
         return self.S
 
     def state_dict(self) -> dict[str, Any]:
-        """S and its last gradient, the keep-mask, the frozen latent values, Adam's state on S and
-        the counters (steps, regrown weights)."""
-        return {"S": self.flat_S.detach(), "grad": self.flat_S.grad, "keep": self.flat_keep, "latent": self._P,
+        """S, the keep-mask, the frozen latent values, Adam's state on S and the counters (steps,
+        regrown weights). Not S's gradient: :meth:`accumulate` overwrites it before each use."""
+        return {"S": self.flat_S.detach(), "keep": self.flat_keep, "latent": self._P,
                 "adam": self._adam.state_dict() if self._adam is not None else None,
                 "steps": self.steps, "regrown": self.regrown}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copied into the flat vectors in place (the per-layer views stay theirs)."""
-        for key, mine in (("S", self.flat_S), ("grad", self.flat_S.grad), ("keep", self.flat_keep), ("latent", self._P)):
+        """Copied into the flat vectors in place (the per-layer views stay theirs); a ``"grad"`` entry
+        (checkpoints of earlier releases) is not needed and left unread."""
+        for key, mine in (("S", self.flat_S), ("keep", self.flat_keep), ("latent", self._P)):
             if state[key].shape != mine.shape or state[key].dtype != mine.dtype:
                 raise ValueError(f"movement score {key}: {state[key].dtype} {tuple(state[key].shape)} saved, "
                                  f"{mine.dtype} {tuple(mine.shape)} here")
         if (state["adam"] is None) != (self._adam is None):
             raise ValueError("movement score: saved with another score_optimizer")
         self.flat_S.copy_(state["S"])
-        self.flat_S.grad.copy_(state["grad"])
         self.flat_keep.copy_(state["keep"])
         self._P.copy_(state["latent"])
         if self._adam is not None:

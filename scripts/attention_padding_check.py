@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     task = SST2()
     model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned else None
+    if model_dir is not None and not (model_dir / "prune_report.json").is_file():
+        entries = sorted(p.name for p in (args.cache_dir / "pruned").glob("*") if (p / "prune_report.json").is_file())
+        ap.error(f"--pruned {args.pruned}: not a pruned model in {args.cache_dir / 'pruned'}; "
+                 f"entries there: {', '.join(entries) or '(none)'}")
     model = task.load_saved(model_dir) if model_dir else task.load_finetuned(args.cache_dir)
     settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
     results = []

@@ -165,8 +165,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     except ResultsWriteError as exc:
         address = f" --address {args.address}" if args.address else ""
-        print(f"sparsebench: {exc}. The run stops here; the cells finished before it are saved. Make room or fix "
-              f"the folder, then continue with: sparsebench run --resume {run_dir}{address}", file=sys.stderr)
+        print(f"sparsebench: {exc}. The run stops here: the rows saved before it are kept; this cell, and any timed "
+              f"beside it but not saved yet, are measured again by: sparsebench run --resume {run_dir}{address} "
+              "(make room or fix the folder first)", file=sys.stderr)
         return 1
     finally:
         if previous_sigterm is not None:
@@ -238,7 +239,12 @@ def _report_run(run_dir: Path) -> int:
     dirs = target_dirs(run_dir) or [run_dir]
     failed = total = 0
     for d in dirs:
-        path = write_report(d)
+        try:
+            path = write_report(d)
+        except OSError as exc:  # a full disk after the last cell: the results are safe, the page can wait
+            print(f"sparsebench: cannot write the report {exc.filename or d / 'report.html'} ({exc.strerror or exc}); "
+                  f"the results are saved: write it later with `sparsebench report {d}`", file=sys.stderr)
+            return 1
         print_summary(d)
         print(f"report: {path}")
         df, _ = load_rows(d)

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
 from reports.frame import is_flagged
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
 
 EXTRA_CSS = """<style>
 td.gap{color:#999;font-style:italic;background:#f6f6f6} tr.diff td{background:#fff8e1}
@@ -292,7 +292,4 @@ def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = Fals
 
 def write_compare(run_dirs: Sequence[Path], out: Path, allow_mixed_energy: bool = False) -> Path:
     """Write the compare page to ``out`` and return its path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_compare_html([Path(d) for d in run_dirs], allow_mixed_energy), encoding="utf-8")
-    return out
+    return write_page(Path(out), build_compare_html([Path(d) for d in run_dirs], allow_mixed_energy))

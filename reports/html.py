@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from decimal import ROUND_FLOOR, Decimal
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
@@ -126,3 +128,21 @@ def page(title: str, sections: list[str]) -> str:
         + "\n".join(sections)
         + f"<script>{SORT_JS}</script></body></html>"
     )
+
+
+def write_page(out: Path, text: str) -> Path:
+    """Write an HTML page to ``out`` (its folder created) through a temporary file renamed over it,
+    so a full disk leaves the previous page, or none, never a truncated one. Raises OSError (the
+    temporary file removed) when the folder or the disk cannot take it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(tmp):
+            exc.filename = str(out)  # the page asked for, not the temporary file
+        raise
+    return out

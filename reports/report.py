@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from profiler.contention import BUSY_LIMIT_CPUS
 from reports.frame import (add_savings, collapsed_mask, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
                            pareto_front, shape_labels, verdicts)
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
 from reports.multiply import multiply_section
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
@@ -246,10 +246,7 @@ def _harness_note(df: pd.DataFrame, overhead_s: Any) -> str:
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report (default ``RUN_DIR/report.html``) and return its path."""
-    out = Path(out) if out else Path(run_dir) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)  # as compare's -o
-    out.write_text(build_report_html(Path(run_dir)), encoding="utf-8")
-    return out
+    return write_page(Path(out) if out else Path(run_dir) / "report.html", build_report_html(Path(run_dir)))
 
 
 def print_summary(run_dir: Path) -> None:

@@ -34,7 +34,29 @@ def describe(model_dir) -> str:
         return "dense (fine-tuned)"
     report = Path(model_dir) / "prune_report.json"
     notes = json.loads(report.read_text()).get("notes", {}) if report.exists() else {}
-    return ", ".join(f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure")) or "saved model"
+    named = [f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure")]
+    return ", ".join(named) or "saved model"
+
+
+def batch_sizes(text: str) -> list[int]:
+    """``--batches``: a comma list of positive integers."""
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of positive integers, e.g. 1,64") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return sizes
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
 
 
 def main(argv=None) -> int:
@@ -44,24 +66,30 @@ def main(argv=None) -> int:
     ap.add_argument("--pruned", metavar="ENTRY",
                     help="check a pruned model of the cache instead: the name of a folder in CACHE_DIR/pruned "
                          "(its prune_report.json says which pruner made it)")
-    ap.add_argument("--batches", default="1,64", help="comma list of evaluation batch sizes (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", type=batch_sizes, default="1,64",
+                    help="comma list of evaluation batch sizes (default: %(default)s)")
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = SST2()
-    model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned else None
-    if model_dir is not None and not (model_dir / "prune_report.json").is_file():
-        entries = sorted(p.name for p in (args.cache_dir / "pruned").glob("*") if (p / "prune_report.json").is_file())
-        ap.error(f"--pruned {args.pruned}: not a pruned model in {args.cache_dir / 'pruned'}; "
-                 f"entries there: {', '.join(entries) or '(none)'}")
+    model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned is not None else None
+    ours = args.pruned is not None and args.pruned.startswith(f"{task.name}-")  # entries are named by task
+    if model_dir is not None and not (ours and (model_dir / "prune_report.json").is_file()):
+        entries = sorted(p.name for p in (args.cache_dir / "pruned").glob(f"{task.name}-*")
+                         if (p / "prune_report.json").is_file())
+        ap.error(f"--pruned {args.pruned!r}: not a pruned {task.name} model in {args.cache_dir / 'pruned'}; "
+                 f"{task.name} entries there: {', '.join(entries) or '(none)'}")
+    if model_dir is None:
+        print(f"the fine-tuned {task.name} model from {args.cache_dir} (fine-tuned first when it is not there: "
+              "minutes)", file=sys.stderr, flush=True)
     model = task.load_saved(model_dir) if model_dir else task.load_finetuned(args.cache_dir)
     settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
     results = []
     for attention in ("int8", "fp32"):
         prepared = SparseInt8(attention=attention).prepare(model, task.example_inputs(1, 128), settings)
         with torch.inference_mode():
-            for bs in (int(b) for b in args.batches.split(",")):
+            for bs in args.batches:
                 acc = task.evaluate_metrics(prepared.module, bs)[task.metric_name]
                 results.append({"attention": attention, "attention_precision": prepared.fields["attention_precision"],
                                 "eval_batch_size": bs, "accuracy": acc})

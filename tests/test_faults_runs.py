@@ -212,3 +212,23 @@ def test_a_results_file_that_stops_taking_rows_stops_the_run_with_one_clear_erro
     assert main(["run", "--resume", str(run)]) == 0
     assert len(measured) == 4 and measured[2] == measured[1]  # the unsaved cell again, then the one not reached
     assert [r["cell_id"] for r in read_results(run / "results.jsonl").rows] == [measured[0], *measured[2:]]
+
+
+def test_a_report_that_cannot_be_written_after_the_run_is_one_line_and_leaves_no_partial_page(tmp_path, monkeypatch,
+                                                                                              capsys):
+    cfg = write_config(tmp_path / "c.toml", tiny_config(**ONE_CELL, measure={"idle_seconds": 0}))
+
+    def fake_task(self, spec, cells, meter, idle, references=()):
+        for c in cells:
+            r = self._base_row(c, None)
+            r.latency_p50_s = 0.01
+            self._record(r, "ok", None)
+        (self.results_path.parent / "report.html" / "blocked").mkdir(parents=True)  # no page can take that name
+
+    monkeypatch.setattr(Runner, "_run_task", fake_task)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"cannot write the report {run / 'report.html'}" in err and f"sparsebench report {run}" in err
+    assert "Traceback" not in err and len(read_results(run / "results.jsonl").rows) == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -152,8 +152,8 @@ typedef struct sk_kernels {
     /* One attention head in INT8 (arguments as attn_head; scratch: sk_attn8_scratch_floats(S, dh)
      * floats, 64-byte aligned). The arithmetic every variant follows (sk_attn8 below):
      *   q, k rows quantized per row and v per channel (d) over the head's unmasked keys (those
-     *   with !(kb[j] <= SK_KEY_MASKED); all S keys when every key is masked or kb is NULL), by quant_rows' rule
-     *   (amax / 127, rint, clamp to +-127; a zero or non-finite range gives 0);
+     *   with !(kb[j] <= SK_KEY_MASKED); all S keys when every key is masked or kb is NULL), by
+     *   quant_rows' rule (amax / 127, rint, clamp to +-127; a zero or non-finite range gives 0);
      *   s[i][j] = (float)(q8[i] . k8[j]) * (sk[j] * (sq[i] * scale)) + kb[j]   (exact int32 dot;
      *   kb[j] <= SK_KEY_MASKED counts as -inf);
      *   e = exp(s - max_j s), u[i][j] = rint(255 e) in [0, 255], L[i] = sum_j u[i][j] (>= 255);
@@ -199,9 +199,9 @@ static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
 /* INT8 attention: 255 * 127 * S < 2^31 keeps the u . v8 sums exact */
 #define SK_ATTN8_MAX_S 65536
 /* A key bias at or below this masks its key: -inf (boolean masks) and finfo(float32).min (the
- * additive masks of transformers). A masked key's numerator u is 0 for every row with an unmasked key
- * (its score lies some 1e30 lower, where every variant's exponential gives 0), so its value is left out of the
- * value ranges: a sequence padded in a batch then gets the scales, and the bits, it gets alone. */
+ * additive masks of transformers). A masked key's numerator u is 0 (its bias counts as -inf:
+ * sk_attn8_key_bias), so its value is left out of the value ranges: a sequence padded in a batch
+ * then gets the scales, and the bits, it gets alone. */
 #define SK_KEY_MASKED (-1.0e30f)
 /* key j's bias as the INT8 head adds it: a masked key's is -inf (u = 0 in every variant, and a row
  * whose keys are all masked gets zeros, where a finite mask's huge scores would overflow the

@@ -220,11 +220,10 @@ def attention(
     with heads contiguous (BERT's layout); out: writable float32 (batch, seq, hidden), not
     overlapping the inputs; key_bias: float32 (batch, seq) added to every query's scores for that
     key (0 keeps, -inf masks; NaN or +inf raise ValueError); a query whose keys are all -inf
-    (int8: all <= -1e30) gets zeros. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
+    (int8: all <= -10000) gets zeros. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
     precision: "fp32", or "int8": q, k quantized per row and v per channel over the unmasked keys
-    (key_bias <= -1e30 masks, as -inf and transformers' finfo(float32).min do: then padding leaves
-    a sequence's result as it is alone; a milder mask such as -10000 leaves the key in the ranges;
-    symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax
+    (key_bias <= -10000 masks, as -inf, transformers' finfo(float32).min and BERT's -10000 do:
+    padding then leaves a sequence's result as it is alone; symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax
     numerators rounded to uint8 rint(255 e) and normalised by their integer sum; seq <= 65536.
     Raises ValueError for another precision or a longer seq.
     """

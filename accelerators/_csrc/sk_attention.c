@@ -133,11 +133,11 @@ const char sk_doc_attention[] =
     "each hidden = num_heads * head_dim with heads contiguous (BERT's layout). out: writable float32\n"
     "(batch, seq, hidden), heads side by side, not overlapping the inputs. key_bias: None or float32\n"
     "(batch, seq) added to every query's scores for that key (0 keeps, -inf masks padding; NaN and\n"
-    "+inf raise ValueError); a query whose keys are all -inf (int8: all <= -1e30) gets zeros. exp\n"
+    "+inf raise ValueError); a query whose keys are all -inf (int8: all <= -10000) gets zeros. exp\n"
     "is a degree-6 polynomial (relative error < 2e-7) in the avx2 and AVX-512 variants and libm expf\n"
     "in the scalar one. One (batch, head)\n"
     "pair per OpenMP work item, GIL released. precision='int8': Q K^T and P V in INT8 with exact\n"
     "int32 sums (vpdpbusd in the vnni variant): q and k quantized per row, v per channel over the\n"
-    "unmasked keys (key_bias > -1e30: a padded sequence gets the bits it gets alone), the\n"
+    "unmasked keys (key_bias > -10000: a padded sequence gets the bits it gets alone), the\n"
     "softmax numerators as uint8 rint(255 e), normalised by their integer sum (seq <= 65536); a\n"
     "row with a zero or non-finite range quantizes to 0. Raises TypeError / ValueError on bad buffers.";

@@ -198,11 +198,12 @@ static inline int64_t sk_attn_scratch_floats(int64_t S, int64_t dh)
 
 /* INT8 attention: 255 * 127 * S < 2^31 keeps the u . v8 sums exact */
 #define SK_ATTN8_MAX_S 65536
-/* A key bias at or below this masks its key: -inf (boolean masks) and finfo(float32).min (the
- * additive masks of transformers). A masked key's numerator u is 0 (its bias counts as -inf:
- * sk_attn8_key_bias), so its value is left out of the value ranges: a sequence padded in a batch
- * then gets the scales, and the bits, it gets alone. */
-#define SK_KEY_MASKED (-1.0e30f)
+/* A key bias at or below this masks its key: -inf (boolean masks), finfo(float32).min (the additive
+ * masks of transformers), -1e9 and BERT's original -10000. Its bias counts as -inf
+ * (sk_attn8_key_bias), which changes no numerator u: exp of -10000 plus any realistic score
+ * difference (far below 9,900) is already 0 in every variant. So the key's value is left out of
+ * the value ranges: a sequence padded in a batch gets the scales, and the bits, it gets alone. */
+#define SK_KEY_MASKED (-1.0e4f)
 /* key j's bias as the INT8 head adds it: a masked key's is -inf (u = 0 in every variant, and a row
  * whose keys are all masked gets zeros, where a finite mask's huge scores would overflow the
  * exponential's argument); 0 without a bias */

@@ -526,7 +526,7 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
     }
     /* values: one scale per channel (a horizontal max over the channel's row of unmasked keys) */
     const int every = sk_attn8_every_key(kb, S);
-    const __m512 unmasked = _mm512_set1_ps(SK_KEY_MASKED); /* bias !<= this: the key counts */
+    const __m512 masked_at = _mm512_set1_ps(SK_KEY_MASKED); /* a key counts when its bias is not <= this */
     for (int64_t c = 0; c < nc; c++) {
         const int64_t nd = dh - c * 16 < 16 ? (dh - c * 16 > 0 ? dh - c * 16 : 0) : 16;
         float amc[16] = {0};
@@ -535,7 +535,7 @@ static void attn8_pack_cm(sk_attn8 *a, const float *q, const float *k, const flo
             __m512 m = _mm512_setzero_ps();
             for (int64_t j0 = 0; j0 < S; j0 += 16) { /* keys past S and masked keys read 0 */
                 const __mmask16 km = every ? (__mmask16)((1u << (S - j0 < 16 ? S - j0 : 16)) - 1u)
-                                           : _mm512_cmp_ps_mask(_mm512_load_ps(a->bias + j0), unmasked, _CMP_NLE_UQ);
+                                           : _mm512_cmp_ps_mask(_mm512_load_ps(a->bias + j0), masked_at, _CMP_NLE_UQ);
                 m = _mm512_max_ps(m, abs_nan_inf(_mm512_maskz_loadu_ps(km, vr + j0)));
             }
             amc[d] = _mm512_reduce_max_ps(m);

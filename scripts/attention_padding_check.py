@@ -25,17 +25,8 @@ import torch
 from accelerators.base import PrepareSettings
 from accelerators.sparse_int8 import SparseInt8
 from profiler.hardware import fingerprint
+from profiler.tasks.base import default_cache_dir
 from profiler.tasks.sst2 import SST2
-
-
-def describe(model_dir) -> str:
-    """What was checked: the fine-tuned dense model, or a saved model with its pruning notes."""
-    if model_dir is None:
-        return "dense (fine-tuned)"
-    report = Path(model_dir) / "prune_report.json"
-    notes = json.loads(report.read_text()).get("notes", {}) if report.exists() else {}
-    named = [f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure")]
-    return ", ".join(named) or "saved model"
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -61,7 +52,7 @@ def positive_int(text: str) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "sparsebench",
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="model cache holding the fine-tuned model (default: %(default)s)")
     ap.add_argument("--pruned", metavar="ENTRY",
                     help="check a pruned model of the cache instead: the name of a folder in CACHE_DIR/pruned "
@@ -73,17 +64,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = SST2()
-    model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned is not None else None
-    ours = args.pruned is not None and args.pruned.startswith(f"{task.name}-")  # entries are named by task
-    if model_dir is not None and not (ours and (model_dir / "prune_report.json").is_file()):
-        entries = sorted(p.name for p in (args.cache_dir / "pruned").glob(f"{task.name}-*")
-                         if (p / "prune_report.json").is_file())
-        ap.error(f"--pruned {args.pruned!r}: not a pruned {task.name} model in {args.cache_dir / 'pruned'}; "
-                 f"{task.name} entries there: {', '.join(entries) or '(none)'}")
-    if model_dir is None:
+    if args.pruned is not None:
+        try:
+            model, made_by = task.load_cached_pruned(args.pruned, args.cache_dir)
+        except ValueError as exc:
+            ap.error(f"--pruned {exc}")
+    else:
         print(f"the fine-tuned {task.name} model from {args.cache_dir} (fine-tuned first when it is not there: "
               "minutes)", file=sys.stderr, flush=True)
-    model = task.load_saved(model_dir) if model_dir else task.load_finetuned(args.cache_dir)
+        model, made_by = task.load_finetuned(args.cache_dir), "dense (fine-tuned)"
     settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
     results = []
     for attention in ("int8", "fp32"):
@@ -96,7 +85,7 @@ def main(argv=None) -> int:
                 print(f"attention {attention:4s} (ran {prepared.fields['attention_precision']}) eval batch {bs:3d}: "
                       f"{acc:.4f}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": describe(model_dir),
+        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
                                         "command": " ".join(
             ["python", "scripts/attention_padding_check.py", *(sys.argv[1:] if argv is None else argv)]),
             "results": results}, indent=1))

@@ -25,6 +25,7 @@ import torch
 from accelerators.base import PrepareSettings
 from accelerators.sparse_int8 import SparseInt8
 from profiler.hardware import fingerprint
+from profiler.tasks.base import default_cache_dir
 from profiler.tasks.sst2 import SST2
 
 #: variant name -> SparseInt8 parameters (attention in fp32 unless the variant says int8)
@@ -38,7 +39,7 @@ VARIANTS = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "sparsebench",
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="model cache (default: %(default)s)")
     ap.add_argument("--pruned", metavar="ENTRY",
                     help="a pruned sst2 model of the cache (a folder of CACHE_DIR/pruned); "
@@ -46,11 +47,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     task = SST2()
-    model_dir = args.cache_dir / "pruned" / args.pruned if args.pruned is not None else None
-    ours = args.pruned is not None and args.pruned.startswith(f"{task.name}-")  # entries are named by task
-    if model_dir is not None and not (ours and (model_dir / "prune_report.json").is_file()):
-        ap.error(f"--pruned {args.pruned!r}: not a pruned {task.name} model in {args.cache_dir / 'pruned'}")
-    model = task.load_saved(model_dir) if model_dir else task.load_finetuned(args.cache_dir)
+    if args.pruned is not None:
+        try:
+            model, made_by = task.load_cached_pruned(args.pruned, args.cache_dir)
+        except ValueError as exc:
+            ap.error(f"--pruned {exc}")
+    else:
+        model, made_by = task.load_finetuned(args.cache_dir), "dense (fine-tuned)"
     torch.set_num_threads(2)
     settings = PrepareSettings(threads=2, batch_size=8, seq_len=128, calibration=task.calibration_inputs)
     results = []
@@ -66,9 +69,7 @@ def main(argv=None) -> int:
         results.append({"variant": name, "params": params, "attention_precision": ran, "accuracy": acc})
         print(f"{name:36s} {acc:.4f} (attention ran {ran})", flush=True)
     if args.out:
-        notes = json.loads((model_dir / "prune_report.json").read_text()).get("notes", {}) if model_dir else {}
-        what = ", ".join(f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure"))
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": what or "dense (fine-tuned)",
+        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
                                         "command": " ".join(["python", "scripts/int8_fusion_accuracy.py",
                                                              *(sys.argv[1:] if argv is None else argv)]),
                                         "results": results}, indent=1))

@@ -57,3 +57,23 @@ def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoints_not_the_fine_
     assert len([w for w in caught if issubclass(w.category, pruners.training.CheckpointWarning)]) == 1
     for (name, a), (_, b) in zip(whole.state_dict().items(), m.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_cached_pruned_model_loads_by_entry_name_and_a_wrong_name_lists_the_tasks_entries(tmp_path):
+    import json
+
+    task = _task()
+    entry = tmp_path / "pruned" / "tiny-synthetic-magnitude-0123"
+    model = task.base_model()
+    model.save_pretrained(entry)
+    (entry / "prune_report.json").write_text(json.dumps({"notes": {"schedule": "one-shot", "sparsity": 0.5,
+                                                                   "structure": "1x4", "step": 0}}))
+    (tmp_path / "pruned" / "sst2-magnitude-4567").mkdir()
+    (tmp_path / "pruned" / "sst2-magnitude-4567" / "prune_report.json").write_text("{}")
+    loaded, made_by = task.load_cached_pruned("tiny-synthetic-magnitude-0123", tmp_path)
+    assert made_by == "schedule one-shot, sparsity 0.5, structure 1x4"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    for wrong in ("sst2-magnitude-4567", "tiny-synthetic-nothing", "../pruned/tiny-synthetic-magnitude-0123", ""):
+        with pytest.raises(ValueError, match=r"not a pruned tiny-synthetic model .* entries there: "
+                                             r"tiny-synthetic-magnitude-0123$"):
+            task.load_cached_pruned(wrong, tmp_path)

@@ -231,6 +231,21 @@ class Task:
         other.seed = int(seed)
         return other.load_finetuned(cache_dir, progress)
 
+    def load_cached_pruned(self, entry: str, cache_dir: Path | None = None) -> tuple[nn.Module, str]:
+        """A pruned model a run cached for this task: ``entry`` names a folder of ``CACHE/pruned``
+        (``<task>-<pruner>-<hash>``). Returns the model and what made it (e.g. "schedule one-shot,
+        sparsity 0.9, structure unstructured", from its prune report). Raises ValueError listing this
+        task's entries when ``entry`` is not one of them."""
+        root = Path(cache_dir or default_cache_dir()) / "pruned"
+        path = root / entry
+        if not (entry.startswith(f"{self.name}-") and "/" not in entry and (path / "prune_report.json").is_file()):
+            entries = sorted(p.name for p in root.glob(f"{self.name}-*") if (p / "prune_report.json").is_file())
+            raise ValueError(f"{entry!r}: not a pruned {self.name} model in {root}; {self.name} entries there: "
+                             f"{', '.join(entries) or '(none)'}")
+        notes = json.loads((path / "prune_report.json").read_text()).get("notes", {})
+        made_by = ", ".join(f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure"))
+        return self.load_saved(path), made_by or "a pruned model"
+
     def load_saved(self, path: Path) -> nn.Module:
         """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise)."""
         from transformers import AutoModelForSequenceClassification

@@ -50,13 +50,30 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--pruned``: which cached SST-2 model a check script loads (:func:`load_model`)."""
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="model cache holding the fine-tuned model (default: %(default)s)")
     ap.add_argument("--pruned", metavar="ENTRY",
                     help="check a pruned model of the cache instead: the name of a folder in CACHE_DIR/pruned "
                          "(its prune_report.json says which pruner made it)")
+
+
+def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace, task: SST2):
+    """(model, what made it) for :func:`add_model_args`' options; a wrong ``--pruned`` is a usage error."""
+    if args.pruned is not None:
+        try:
+            return task.load_cached_pruned(args.pruned, args.cache_dir)
+        except ValueError as exc:
+            ap.error(f"--pruned {exc}")
+    print(f"the fine-tuned {task.name} model from {args.cache_dir} (fine-tuned first when it is not there: "
+          "minutes)", file=sys.stderr, flush=True)
+    return task.load_finetuned(args.cache_dir), "dense (fine-tuned)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
     ap.add_argument("--batches", type=batch_sizes, default="1,64",
                     help="comma list of evaluation batch sizes (default: %(default)s)")
     ap.add_argument("--threads", type=positive_int, default=1)
@@ -64,15 +81,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = SST2()
-    if args.pruned is not None:
-        try:
-            model, made_by = task.load_cached_pruned(args.pruned, args.cache_dir)
-        except ValueError as exc:
-            ap.error(f"--pruned {exc}")
-    else:
-        print(f"the fine-tuned {task.name} model from {args.cache_dir} (fine-tuned first when it is not there: "
-              "minutes)", file=sys.stderr, flush=True)
-        model, made_by = task.load_finetuned(args.cache_dir), "dense (fine-tuned)"
+    model, made_by = load_model(ap, args, task)
     settings = PrepareSettings(threads=args.threads, batch_size=1, seq_len=128, calibration=task.calibration_inputs)
     results = []
     for attention in ("int8", "fp32"):

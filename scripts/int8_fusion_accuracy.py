@@ -25,8 +25,10 @@ import torch
 from accelerators.base import PrepareSettings
 from accelerators.sparse_int8 import SparseInt8
 from profiler.hardware import fingerprint
-from profiler.tasks.base import default_cache_dir
 from profiler.tasks.sst2 import SST2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_padding_check import add_model_args, load_model  # noqa: E402  (one home for picking the cached model)
 
 #: variant name -> SparseInt8 parameters (attention in fp32 unless the variant says int8)
 VARIANTS = {
@@ -39,21 +41,11 @@ VARIANTS = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                    help="model cache (default: %(default)s)")
-    ap.add_argument("--pruned", metavar="ENTRY",
-                    help="a pruned sst2 model of the cache (a folder of CACHE_DIR/pruned); "
-                         "default: the fine-tuned dense one")
+    add_model_args(ap)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     task = SST2()
-    if args.pruned is not None:
-        try:
-            model, made_by = task.load_cached_pruned(args.pruned, args.cache_dir)
-        except ValueError as exc:
-            ap.error(f"--pruned {exc}")
-    else:
-        model, made_by = task.load_finetuned(args.cache_dir), "dense (fine-tuned)"
+    model, made_by = load_model(ap, args, task)
     torch.set_num_threads(2)
     settings = PrepareSettings(threads=2, batch_size=8, seq_len=128, calibration=task.calibration_inputs)
     results = []

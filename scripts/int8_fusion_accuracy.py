@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """How much of ``sparse-int8``'s accuracy difference is numerics noise? SST-2 dev accuracy of one
-cached model under ``sparse-int8`` with its fusions switched off one at a time — paths that compute
-the same function, differing only in float rounding (e.g. the fused GELU's piecewise cubic, within
-1.7e-6 of erf GELU, before the next INT8 quantization) — next to the same model in torch fp32.
+cached model under ``sparse-int8`` with fp32 attention and its fusions switched off one at a time —
+paths that compute the same function, differing only in float rounding (e.g. the fused GELU's
+piecewise cubic, within 1.7e-6 of erf GELU, before the next INT8 quantization) — and with its
+default INT8 attention, next to the same model in torch fp32.
 
 On a model near chance, rounding-level changes flip borderline sentences; the spread of these
 variants is the noise floor of any INT8 accuracy comparison on that model.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import ResultsWriteError
+from profiler.rundir import write_atomic
 
 STATUSES = ("ok", "failed", "skipped")
 
@@ -279,8 +280,8 @@ def append_result(path: Path, result: Result) -> None:
 
 def rewrite_without(path: Path, cell_ids: set[str]) -> int:
     """Remove every row of ``cell_ids`` from ``path``, atomically: the kept lines (damaged ones
-    too, byte for byte) go to a temporary file that is fsync'ed and renamed over ``path``, so a
-    crash leaves either the old file or the new one. Returns the number of lines removed."""
+    too, byte for byte) replace it through :func:`~profiler.rundir.write_atomic`, so a crash
+    leaves either the old file or the new one. Returns the number of lines removed."""
     path = Path(path)
     if not cell_ids or not path.exists():
         return 0
@@ -292,17 +293,7 @@ def rewrite_without(path: Path, cell_ids: set[str]) -> int:
         else:
             kept.append(raw)
     if removed:
-        tmp = path.with_name(path.name + ".rewrite")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(kept))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself reaches the disk
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, b"".join(kept))
     return removed
 
 

@@ -89,3 +89,28 @@ def expand_run_dirs(run_dirs: Iterable[Path]) -> list[Path]:
     for d in map(Path, run_dirs):
         out += target_dirs(d) if not (d / RESULTS).is_file() and target_dirs(d) else [d]
     return out
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Replace ``path`` by ``data`` through a private temporary file next to it, fsync'ed and renamed
+    over it (the rename fsync'ed too), so a crash or a full disk leaves the old file or the new one,
+    never a truncated one. Raises OSError naming ``path``, the temporary file removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(tmp):
+            exc.filename = str(path)  # the file asked for, not the temporary one
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself reaches the disk
+    finally:
+        os.close(dir_fd)
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -12,6 +11,7 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from profiler.rundir import write_atomic
 from reports.frame import is_number
 
 CSS = """
@@ -131,18 +131,8 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def write_page(out: Path, text: str) -> Path:
-    """Write an HTML page to ``out`` (its folder created) through a temporary file renamed over it,
-    so a full disk leaves the previous page, or none, never a truncated one. Raises OSError (the
-    temporary file removed) when the folder or the disk cannot take it."""
+    """Write an HTML page to ``out`` (its folder created) with :func:`profiler.rundir.write_atomic`:
+    a full disk leaves the previous page, or none, never a truncated one. Raises OSError."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename == str(tmp):
-            exc.filename = str(out)  # the page asked for, not the temporary file
-        raise
-    return out
+    return write_atomic(out, text.encode("utf-8"))

@@ -104,6 +104,31 @@ def test_padded_sequence_gets_the_bits_it_gets_alone(variant, mask):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("shift", [3.3e3, 1.1e7, 3.7e8, 1e12])
+def test_softmax_is_shift_invariant_at_any_score_magnitude(variant, shift):
+    """Adding one constant to every score leaves the softmax alone: the numerators are e^(s - m)
+    with s - m formed first (exact here: the offsets are multiples of the shift's float32 spacing),
+    so a large common score gives the same bits as the offsets alone, on every variant."""
+    rng = np.random.default_rng(5)
+    heads, dh, S = 2, 8, 37
+    qkv = rng.standard_normal((1, S, 3 * heads * dh)).astype(np.float32)
+    qkv[..., : heads * dh] = 0  # q = 0: every score is its key's bias
+    shift = float(np.float32(shift))
+    ulp = float(np.spacing(np.float32(shift)))
+    offsets = -ulp * rng.integers(0, 4, S)
+    offsets[offsets <= MASKED_BIAS] = 0  # stay unmasked without the shift too
+    offsets[0] = 0
+    want = np.empty((1, S, heads * dh), np.float32)
+    sk.attention(qkv, want, heads, key_bias=offsets[None].astype(np.float32), variant=variant, precision="int8")
+    kb = (np.float32(shift) + offsets.astype(np.float32))[None].astype(np.float32)
+    assert (kb.astype(np.float64) - shift == offsets).all()  # the shift itself is exact
+    got = np.empty_like(want)
+    sk.attention(qkv, got, heads, key_bias=kb, variant=variant, precision="int8", threads=2)
+    assert np.abs(want).max() > 0
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("S,heads,dh", [(128, 12, 32), (128, 12, 64), (33, 3, 20)])
 def test_int8_attention_within_bound_of_fp32(variant, S, heads, dh):
     """The stated bound: on N(0, 1) inputs the INT8 output is within 1 % of max |v| of fp32

@@ -704,11 +704,13 @@ static inline __attribute__((always_inline)) void attn8_pack(sk_attn8 *a, const 
     }
 }
 
-/* 255 e^(s - m) for s <= m, given mv = m log2(e): as exp255 of the VNNI kernel (2^f by a degree-3
- * polynomial, t clamped at -126 so masked keys and NaN give 0), 2^n built in the exponent bits */
-static inline __attribute__((always_inline)) __m256 exp255_8(__m256 s, __m256 mv)
+/* 255 e^(s - m) for s <= m: as exp255 of the VNNI kernel (t = (s - m) log2(e) with s - m formed
+ * first, 2^f by a degree-3 polynomial, t clamped at -126 so masked keys and NaN give 0), 2^n built
+ * in the exponent bits */
+static inline __attribute__((always_inline)) __m256 exp255_8(__m256 s, __m256 m)
 {
-    const __m256 t = _mm256_max_ps(_mm256_fmsub_ps(s, _mm256_set1_ps(1.44269504088896341f), mv), _mm256_set1_ps(-126.0f));
+    const __m256 t = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(s, m), _mm256_set1_ps(1.44269504088896341f)),
+                                   _mm256_set1_ps(-126.0f));
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(t, n);
     __m256 p = _mm256_set1_ps(255.0f * 0.05508876591920853f);
@@ -767,7 +769,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
                 il[r] = 0.0f;
                 continue;
             }
-            const __m256 mv = _mm256_set1_ps(m * 1.44269504088896341f);
+            const __m256 mv = _mm256_set1_ps(m);
             __m256i sum = _mm256_setzero_si256();
             for (int64_t jv = 0; jv < Sp; jv += 8) {
                 const __m256i u = _mm256_cvtps_epi32(exp255_8(_mm256_load_ps(pr + jv), mv));

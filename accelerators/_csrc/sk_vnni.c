@@ -343,12 +343,14 @@ static inline __attribute__((always_inline)) __m512i qv16(__m512 x, __m512 inv)
     return _mm512_cvtps_epi32(v);
 }
 
-/* 255 e^(s - m) for s <= m, given mv = m log2(e): 2^t with t = s log2(e) - mv split into
- * n + f (|f| <= 1/2), 2^f by a degree-3 polynomial (relative error < 8e-5, far below the 1/255 of
- * the uint8 it is rounded to), t clamped at -126 so masked keys (-inf) and NaN give 0 */
-static inline __attribute__((always_inline)) __m512 exp255(__m512 s, __m512 mv)
+/* 255 e^(s - m) for s <= m: 2^t with t = (s - m) log2(e) split into n + f (|f| <= 1/2), 2^f by a
+ * degree-3 polynomial (relative error < 8e-5, far below the 1/255 of the uint8 it is rounded to),
+ * t clamped at -126 so masked keys (-inf) and NaN give 0. s - m is formed first, as the scalar
+ * variant's expf(s - m) does: s log2(e) - m log2(e) would carry m log2(e)'s rounding, which at
+ * scores of 1e7 and more is worth whole powers of two. */
+static inline __attribute__((always_inline)) __m512 exp255(__m512 s, __m512 m)
 {
-    const __m512 t = _mm512_max_ps(_mm512_fmsub_ps(s, _mm512_set1_ps(1.44269504088896341f), mv),
+    const __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(s, m), _mm512_set1_ps(1.44269504088896341f)),
                                    _mm512_set1_ps(-126.0f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
@@ -629,7 +631,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, co
                 il[r] = 0.0f;
                 continue;
             }
-            const __m512 mv = _mm512_set1_ps(m * 1.44269504088896341f);
+            const __m512 mv = _mm512_set1_ps(m);
             __m512i sum = _mm512_setzero_si512();
             for (int64_t jv = 0; jv < nj; jv++) {
                 const __m512i u = _mm512_cvtps_epi32(exp255(_mm512_load_ps(a.p + r * Sp + jv * 16), mv));

@@ -89,8 +89,20 @@ class Registry(Generic[T]):
 
     def hints(self, name: str) -> dict[str, Any]:
         """Constructor annotations of plugin ``name`` with ``Annotated`` metadata stripped
-        (``{}`` when one cannot be resolved: values are then left to the plugin to check)."""
-        return {p: _strip(h) for p, h in self._raw_hints(name).items()}
+        (``{}`` when one cannot be resolved: values are then left to the plugin to check).
+
+        An unannotated parameter whose default is a bool, a number or a string takes its type from
+        the default (a number default: any number, int or float), so a value of another type is
+        refused before any work instead of reaching the plugin; other unannotated parameters
+        accept anything.
+        """
+        hints = {p: _strip(h) for p, h in self._raw_hints(name).items()}
+        for p, v in self.params(name).items():
+            if p not in hints and v.annotation is inspect.Parameter.empty:
+                inferred = _type_of_default(v.default)
+                if inferred is not None:
+                    hints[p] = inferred
+        return hints
 
     def ranges(self, name: str) -> dict[str, Range]:
         """The :class:`~accelerators.params.Range` each numeric parameter declares
@@ -111,7 +123,8 @@ class Registry(Generic[T]):
         one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
         plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one and ``"when_omitted"``
         where the class says what an omitted (None) parameter means (its ``when_omitted`` dict),
-        ``type`` as written in the annotation (``"any"`` when unannotated), ``default`` made
+        ``type`` as written in the annotation (unannotated: the default's type, e.g. ``"float (from
+        its default)"``, or ``"any"``), ``default`` made
         JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
         Raises ConfigError for an unknown name.
         """
@@ -123,7 +136,8 @@ class Registry(Generic[T]):
             required = v.default is inspect.Parameter.empty
             params.append({
                 "name": p,
-                "type": type_name(hints.get(p, _strip(v.annotation))),
+                "type": type_name(hints.get(p, _strip(v.annotation)))
+                + (" (from its default)" if v.annotation is inspect.Parameter.empty and p in hints else ""),
                 "default": None if required else _jsonable(v.default),
                 "required": required,
                 **({"range": str(ranges[p])} if p in ranges else {}),
@@ -171,6 +185,15 @@ class Registry(Generic[T]):
         except Exception as exc:  # a plugin's bug, not the config's: still one line naming the key and the plugin
             raise ConfigError(f"{key}: {self.kind} {name!r} ({self._sources.get(name, 'built-in')}) failed to construct: "
                               f"{type(exc).__name__}: {exc}") from None
+
+
+def _type_of_default(default: Any) -> Any:
+    """The type an unannotated parameter takes from its default (:meth:`Registry.hints`), or None."""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float  # matches() takes any number for float
+    return str if isinstance(default, str) else None
 
 
 def _strip(hint: Any) -> Any:

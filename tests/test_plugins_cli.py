@@ -165,6 +165,38 @@ def test_entry_point_accelerator_is_listed_and_validates(monkeypatch, capsys, is
     assert load_entry_points() == []
 
 
+class UntypedAccelerator(Accelerator):
+    """A third-party accelerator whose constructor has no annotations."""
+
+    name = "untyped-acc"
+
+    def __init__(self, threshold=0.5, mode="fast", exact=False, extra=None):
+        self.threshold, self.mode, self.exact, self.extra = threshold, mode, exact, extra
+
+    def prepare(self, model, example, settings) -> Prepared:
+        return Prepared(copy.deepcopy(model).eval(), {})
+
+
+def test_unannotated_parameters_take_the_type_of_their_default(isolated_registries):
+    ACCELERATORS.register(UntypedAccelerator, source="distribution 'x'")
+    assert [(p["name"], p["type"]) for p in ACCELERATORS.describe("untyped-acc")["params"]] == [
+        ("threshold", "float (from its default)"), ("mode", "str (from its default)"),
+        ("exact", "bool (from its default)"), ("extra", "any")]
+    raw = {"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}]}
+
+    def parse(**params):
+        return parse_config({**raw, "accelerators": [{"name": "untyped-acc", **params}]}).accelerators[0].params
+
+    # a number default takes any number; a value of another type fails before any work, naming the key
+    assert parse(threshold=2, mode="slow", exact=True, extra={"any": "thing"})["threshold"] == 2
+    for key, bad, expected in [("threshold", "high", "a number"), ("threshold", True, "a number"),
+                               ("mode", 3, "a string"), ("exact", 1, "true or false")]:
+        with pytest.raises(ConfigError, match=rf"accelerators\[0\]\.{key}: expected {expected}, got {bad!r}"):
+            parse(**{key: bad})
+    with pytest.raises(ConfigError, match=r"accelerators\[0\]\.threshold: must be a finite number"):
+        parse(threshold=float("nan"))
+
+
 def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, isolated_registries):
     _fake_group(monkeypatch, FakeEntryPoint("broken", error=ImportError("No module named 'torch_xyz'")),
                 FakeEntryPoint("stray", NotAPlugin), FakeEntryPoint("tiny-acc", TinyAccelerator))

@@ -104,7 +104,7 @@ def test_padded_sequence_gets_the_bits_it_gets_alone(variant, mask):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("shift", [3.3e3, 1.1e7, 3.7e8, 1e12])
+@pytest.mark.parametrize("shift", [1e5, 1.1e7, 3e7, 1e9])
 def test_softmax_is_shift_invariant_at_any_score_magnitude(variant, shift):
     """Adding one constant to every score leaves the softmax alone: the numerators are e^(s - m)
     with s - m formed first (exact here: the offsets are multiples of the shift's float32 spacing),
@@ -114,18 +114,35 @@ def test_softmax_is_shift_invariant_at_any_score_magnitude(variant, shift):
     qkv = rng.standard_normal((1, S, 3 * heads * dh)).astype(np.float32)
     qkv[..., : heads * dh] = 0  # q = 0: every score is its key's bias
     shift = float(np.float32(shift))
-    ulp = float(np.spacing(np.float32(shift)))
-    offsets = -ulp * rng.integers(0, 4, S)
-    offsets[offsets <= MASKED_BIAS] = 0  # stay unmasked without the shift too
+    offsets = -float(np.spacing(np.float32(shift))) * rng.integers(0, 4, S)
     offsets[0] = 0
+    assert (offsets < 0).any() and (offsets > MASKED_BIAS).all()  # graded weights, no key masked
     want = np.empty((1, S, heads * dh), np.float32)
-    sk.attention(qkv, want, heads, key_bias=offsets[None].astype(np.float32), variant=variant, precision="int8")
+    sk.attention(qkv, want, heads, key_bias=offsets[None].astype(np.float32), variant=variant, precision="int8",
+                 threads=2)
     kb = (np.float32(shift) + offsets.astype(np.float32))[None].astype(np.float32)
     assert (kb.astype(np.float64) - shift == offsets).all()  # the shift itself is exact
     got = np.empty_like(want)
     sk.attention(qkv, got, heads, key_bias=kb, variant=variant, precision="int8", threads=2)
     assert np.abs(want).max() > 0
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_nan_score_does_not_hide_the_row_maximum(variant):
+    """A score of 0 x an overflowed scale is NaN; it gets no weight, and the row's maximum is taken
+    over the other keys wherever the NaN sits (every variant: as the scalar one does)."""
+    S, dh = 24, 4
+    qkv = np.zeros((1, S, 3 * dh), np.float32)
+    qkv[0, :, 2 * dh:] = np.random.default_rng(0).standard_normal((S, dh))
+    qkv[0, :, 1] = 1e22  # every query [0, 1e22, 0, 0]
+    qkv[0, 13, dh] = 1e22  # key 13 orthogonal to it, at a scale whose product overflows: 0 x inf
+    qkv[0, 5, dh + 1] = 1.0  # the largest score, in the same SIMD lane as key 13 (and key 21)
+    qkv[0, 21, dh + 1] = 0.5
+    out = np.empty((1, S, dh), np.float32)
+    sk.attention(qkv, out, 1, variant=variant, precision="int8")
+    v8, sv = quantize(qkv[0, :, 2 * dh:], 0)  # V per channel
+    np.testing.assert_allclose(out[0], np.broadcast_to(v8[5] * sv[0], (S, dh)), rtol=1e-6)  # all weight on key 5
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

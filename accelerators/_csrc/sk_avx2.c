@@ -755,7 +755,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
             for (int r = 0; r < AR2; r++) {
                 const __m256 sc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_mul_ps(ks, rs[r])), bv);
                 _mm256_store_ps(a.p + r * Sp + j, sc);
-                mx[r] = _mm256_max_ps(mx[r], sc);
+                mx[r] = _mm256_max_ps(sc, mx[r]); /* a NaN score is skipped, as by the scalar sj > m */
             }
         }
         /* softmax numerators u = rint(255 e), written as uint16 over the front of the row's scores */

@@ -618,7 +618,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, co
                     const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(h ? acc1[r] : acc0[r], comp));
                     const __m512 sc = _mm512_add_ps(_mm512_mul_ps(d, _mm512_mul_ps(ks, rs[r])), bv);
                     _mm512_store_ps(a.p + r * Sp + j, sc);
-                    mx[r] = _mm512_max_ps(mx[r], sc);
+                    mx[r] = _mm512_max_ps(sc, mx[r]); /* a NaN score is skipped, as by the scalar sj > m */
                 }
             }
         }

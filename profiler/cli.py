@@ -1,4 +1,4 @@
-"""``sparsebench`` command line: run, report, compare, doctor, plugins, export."""
+"""``sparsebench`` command line: run, report, compare, doctor, plugins, cache, export."""
 from __future__ import annotations
 
 import argparse
@@ -435,10 +435,11 @@ def format_plugins(plugins: list[dict[str, Any]], problems: list[str]) -> str:
         if d["source"] != "built-in":
             out.append(f"      from {d['source']}")
         width = max((len(p["name"]) for p in d["params"]), default=0)
-        twidth = max((len(p["type"]) for p in d["params"]), default=0)
-        for p in d["params"]:
+        types = [p["type"] + (" (from its default)" if p.get("type_from_default") else "") for p in d["params"]]
+        twidth = max((len(t) for t in types), default=0)
+        for p, t in zip(d["params"], types):
             rng = f", in {p['range']}" if "range" in p else ""
-            out.append(f"      {p['name']:<{width}}  {p['type']:<{twidth}}  {_default_text(p)}{rng}")
+            out.append(f"      {p['name']:<{width}}  {t:<{twidth}}  {_default_text(p)}{rng}")
         if not d["params"]:
             out.append("      (no parameters)")
     if problems:
@@ -462,6 +463,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps({"plugins": plugins, "problems": list(LOAD_PROBLEMS)}, indent=1))
     else:
         print(format_plugins(plugins, list(LOAD_PROBLEMS)))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from profiler.cache import entries, format_entries, human_bytes, leftovers, remove
+    from profiler.tasks.base import default_cache_dir
+
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.remove_leftovers:
+        gone = leftovers(root)
+        freed = remove(root, gone)
+        print(f"removed {len(gone)} left-over item(s) from {root}, {human_bytes(freed)} freed"
+              + "".join(f"\n  {e.kind}/{e.name} ({e.status})" for e in gone))
+        return 0
+    items = entries(root)
+    if args.json:
+        print(json.dumps({"cache_dir": str(root), "entries": [e.as_dict() for e in items]}, indent=1))
+    else:
+        print(format_entries(root, items))
     return 0
 
 
@@ -524,6 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only one kind (task, pruner, accelerator, meter) or the plugins of one name")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(func=cmd_plugins)
+    ca = sub.add_parser("cache", help="what the model cache holds; --remove-leftovers deletes unfinished trainings' checkpoints",
+                        description="List the model cache: fine-tuned and pruned models, peer engines' converted models and "
+                                    "distillation teachers' logits, with size, age and what made each; and what is left over: "
+                                    "checkpoints of trainings that did not finish (a run of the same configuration goes on "
+                                    "from them), entries that failed to load and were moved aside, and files of killed writes.")
+    ca.add_argument("--cache-dir", type=path_arg, help="the cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    ca.add_argument("--json", action="store_true", help="machine-readable output")
+    ca.add_argument("--remove-leftovers", action="store_true",
+                    help="delete the left-over items (an unfinished training then starts over when its configuration runs again)")
+    ca.set_defaults(func=cmd_cache)
     from profiler.export import add_parser as add_export_parser
 
     add_export_parser(sub, path_arg)

@@ -123,8 +123,8 @@ class Registry(Generic[T]):
         one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
         plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one and ``"when_omitted"``
         where the class says what an omitted (None) parameter means (its ``when_omitted`` dict),
-        ``type`` as written in the annotation (unannotated: the default's type, e.g. ``"float (from
-        its default)"``, or ``"any"``), ``default`` made
+        ``type`` as written in the annotation (unannotated: the type taken from the default, ``"bool"``,
+        ``"number"`` or ``"str"``, with ``"type_from_default": true``; else ``"any"``), ``default`` made
         JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
         Raises ConfigError for an unknown name.
         """
@@ -136,8 +136,9 @@ class Registry(Generic[T]):
             required = v.default is inspect.Parameter.empty
             params.append({
                 "name": p,
-                "type": type_name(hints.get(p, _strip(v.annotation)))
-                + (" (from its default)" if v.annotation is inspect.Parameter.empty and p in hints else ""),
+                **({"type": "number" if hints[p] is float else type_name(hints[p]), "type_from_default": True}
+                   if v.annotation is inspect.Parameter.empty and p in hints
+                   else {"type": type_name(hints.get(p, _strip(v.annotation)))}),
                 "default": None if required else _jsonable(v.default),
                 "required": required,
                 **({"range": str(ranges[p])} if p in ranges else {}),

@@ -177,11 +177,12 @@ class UntypedAccelerator(Accelerator):
         return Prepared(copy.deepcopy(model).eval(), {})
 
 
-def test_unannotated_parameters_take_the_type_of_their_default(isolated_registries):
+def test_unannotated_parameters_take_the_type_of_their_default(isolated_registries, capsys):
     ACCELERATORS.register(UntypedAccelerator, source="distribution 'x'")
-    assert [(p["name"], p["type"]) for p in ACCELERATORS.describe("untyped-acc")["params"]] == [
-        ("threshold", "float (from its default)"), ("mode", "str (from its default)"),
-        ("exact", "bool (from its default)"), ("extra", "any")]
+    assert [(p["name"], p["type"], p.get("type_from_default")) for p in ACCELERATORS.describe("untyped-acc")["params"]] == [
+        ("threshold", "number", True), ("mode", "str", True), ("exact", "bool", True), ("extra", "any", None)]
+    assert main(["plugins", "untyped-acc"]) == 0
+    assert re.search(r"threshold +number \(from its default\) +default 0\.5", capsys.readouterr().out)
     raw = {"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}]}
 
     def parse(**params):
@@ -195,6 +196,11 @@ def test_unannotated_parameters_take_the_type_of_their_default(isolated_registri
             parse(**{key: bad})
     with pytest.raises(ConfigError, match=r"accelerators\[0\]\.threshold: must be a finite number"):
         parse(threshold=float("nan"))
+    # a list is still a sweep, each value checked
+    sweep = parse_config({**raw, "accelerators": [{"name": "untyped-acc", "threshold": [0.1, 2]}]}).accelerators
+    assert [a.params["threshold"] for a in sweep] == [0.1, 2]
+    with pytest.raises(ConfigError, match=r"accelerators\[0\]\.threshold: expected a number, got 'x'"):
+        parse(threshold=[0.1, "x"])
 
 
 def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, isolated_registries):

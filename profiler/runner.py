@@ -21,6 +21,7 @@ from torch import nn
 
 from accelerators.base import Prepared, PrepareSettings, logits_of
 from profiler import __version__
+from profiler.cache import partial_checkpoint
 from profiler.config import Cell, Config, PluginSpec, check_matrix_fits_tasks, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
@@ -456,7 +457,7 @@ class Runner:
             path, lambda p: (task.load_saved(p), PruneReport.from_dict(json.loads((p / "prune_report.json").read_text()))),
             "prune_report.json",
         )
-        checkpoint = path.with_name(f"{path.name}.partial.pt")  # a killed training goes on from here
+        checkpoint = partial_checkpoint(path)  # a killed training goes on from here
         if cached is not None:
             discard_checkpoint(checkpoint)  # left by a kill between storing the model and deleting it
             return cached

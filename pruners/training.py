@@ -237,15 +237,23 @@ def remove_orphans(path: Path) -> list[Path]:
     mid-write). Returns the files removed; one that cannot be removed stays."""
     removed = []
     for stale in Path(path).parent.glob(f"{glob.escape(Path(path).name)}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
         try:
-            if not pid.isdigit() or _running(int(pid)) or time.time() - stale.stat().st_mtime < ORPHAN_AGE_S:
+            if not abandoned_write(stale):
                 continue
             stale.unlink()
             removed.append(stale)
         except OSError:
             continue
     return removed
+
+
+def abandoned_write(path: Path) -> bool:
+    """Whether ``path``, a private file or folder ``<name>.tmp-<pid>[-<tag>]`` that a writer renames into
+    place when done, was left by a killed writer: its pid no longer runs on this machine and nothing
+    wrote to it for :data:`ORPHAN_AGE_S`. Raises OSError when ``path`` cannot be read."""
+    path = Path(path)
+    pid = path.name.rsplit(".tmp-", 1)[-1].split("-")[0] if ".tmp-" in path.name else ""
+    return pid.isdigit() and not _running(int(pid)) and time.time() - path.stat().st_mtime >= ORPHAN_AGE_S
 
 
 def _running(pid: int) -> bool:

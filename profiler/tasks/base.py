@@ -15,6 +15,7 @@ from torch import nn
 
 from accelerators.base import logits_of
 from accelerators.params import Range
+from profiler.cache import DAMAGED_INFIX, partial_checkpoint, pruned_made_by
 from profiler.identity import stable_hash
 from pruners.training import (Checkpoints, StepClock, adamw, autocast, check_precision, discard_checkpoint, index_batches,
                               resolve_precision, warmup_linear_decay)
@@ -207,7 +208,7 @@ class Task:
             self.finetune_report = _saved_training(path, self.finetune_steps)
             return cached
         model = self.base_model()
-        checkpoint = path.with_name(f"{path.name}.partial.pt")
+        checkpoint = partial_checkpoint(path)
         training = self.finetune(model, self.finetune_steps, progress, checkpoint) if self.finetune_steps > 0 else None
         self.finetune_report = training
         model.eval()
@@ -242,9 +243,7 @@ class Task:
             entries = sorted(p.name for p in root.glob(f"{self.name}-*") if (p / "prune_report.json").is_file())
             raise ValueError(f"{entry!r}: not a pruned {self.name} model in {root}; {self.name} entries there: "
                              f"{', '.join(entries) or '(none)'}")
-        notes = json.loads((path / "prune_report.json").read_text()).get("notes", {})
-        made_by = ", ".join(f"{k} {v}" for k, v in notes.items() if k in ("schedule", "sparsity", "structure"))
-        return self.load_saved(path), made_by or "a pruned model"
+        return self.load_saved(path), pruned_made_by(json.loads((path / "prune_report.json").read_text()))
 
     def load_saved(self, path: Path) -> nn.Module:
         """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise)."""
@@ -405,7 +404,7 @@ def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any |
     except Exception as exc:
         import warnings
 
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        aside = path.with_name(f"{path.name}{DAMAGED_INFIX}{int(time.time())}")
         path.rename(aside)
         from profiler.errors import SparsebenchWarning
 

@@ -13,7 +13,7 @@ Layout of the cache folder (``--cache-dir``, ``$SPARSEBENCH_CACHE`` or ``~/.cach
 
 A partial checkpoint whose configuration is never run again stays until removed; so does a damaged
 entry, and the private file of a write whose process was killed (:func:`pruners.training.abandoned_write`).
-:func:`leftovers` lists them and :func:`remove` deletes them.
+:func:`leftovers` picks them out and :func:`remove` deletes them.
 """
 from __future__ import annotations
 
@@ -41,10 +41,12 @@ def partial_checkpoint(entry: Path) -> Path:
     return entry.with_name(f"{entry.name}{PARTIAL_SUFFIX}")
 
 
-def pruned_made_by(report: dict[str, Any]) -> str:
+def pruned_made_by(report: Any) -> str:
     """What made a pruned entry, from its ``prune_report.json``: e.g. "schedule one-shot, sparsity 0.9,
     structure unstructured" ("a pruned model" when the report's notes do not say)."""
-    notes = report.get("notes", {})
+    notes = report.get("notes") if isinstance(report, dict) else None
+    if not isinstance(notes, dict):
+        return "a pruned model"
     return ", ".join(f"{k} {notes[k]}" for k in ("schedule", "sparsity", "structure") if k in notes) or "a pruned model"
 
 
@@ -66,9 +68,10 @@ class Entry:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of a file or folder, links not followed (a link's own size: what removing it frees)."""
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_symlink() or p.is_file())
 
 
 def _about(kind: str, path: Path) -> str:
@@ -80,23 +83,35 @@ def _about(kind: str, path: Path) -> str:
                              + ([f"{steps:,} fine-tuning steps"] if isinstance(steps, int) else []))
         if kind == "pruned":
             return pruned_made_by(json.loads((path / "prune_report.json").read_text()))
-    except (OSError, ValueError, AttributeError):
-        return "(no readable description)"
+    except (OSError, ValueError, AttributeError, TypeError):
+        return "no readable description"
     return ""
 
 
-def entries(root: Path) -> list[Entry]:
-    """Every item of the cache at ``root`` (none when it does not exist), by kind then name.
-    Folders other than :data:`KINDS` are not the cache's and are left out."""
+def _is_private_write(name: str) -> bool:
+    """``<name>.tmp-<pid>[-<tag>]``: a file or folder a writer renames into place when done."""
+    return ".tmp-" in name and name.rsplit(".tmp-", 1)[1].split("-")[0].isdigit()
+
+
+def entries(root: Path, problems: list[str] | None = None) -> list[Entry]:
+    """Every item of the cache at ``root`` (none when it does not exist), by kind then name; links
+    are listed as links (not followed). Folders other than :data:`KINDS` are not the cache's and are
+    left out; a kind's folder that cannot be read is skipped, with a line in ``problems``."""
     out: list[Entry] = []
     for kind in KINDS:
         folder = Path(root) / kind
-        if not folder.is_dir():
+        if not folder.exists():
             continue
-        for path in sorted(folder.iterdir()):
+        try:
+            paths = sorted(folder.iterdir())
+        except OSError as exc:
+            if problems is not None:
+                problems.append(f"{folder}: cannot be read ({exc.strerror or exc})")
+            continue
+        for path in paths:
             name = path.name
             try:
-                if ".tmp-" in name:
+                if _is_private_write(name):
                     if not abandoned_write(path):
                         continue  # being written now (or lately): not ours to list or remove
                     status, about = "orphan", "a write whose process was killed"
@@ -106,7 +121,7 @@ def entries(root: Path) -> list[Entry]:
                     status, about = "damaged", "failed to load; moved aside and rebuilt"
                 else:
                     status, about = "stored", _about(kind, path)
-                out.append(Entry(kind, name, status, _size(path), path.stat().st_mtime, about))
+                out.append(Entry(kind, name, status, _size(path), path.lstat().st_mtime, about))
             except OSError:  # removed while listed (a run finishing beside this one)
                 continue
     return out
@@ -114,31 +129,41 @@ def entries(root: Path) -> list[Entry]:
 
 def in_use(e: Entry, now_s: float | None = None) -> bool:
     """A partial checkpoint written in the last :data:`~pruners.training.ORPHAN_AGE_S` seconds: its
-    training (which saves every few minutes) may be running."""
-    return e.status == "partial" and (time.time() if now_s is None else now_s) - e.modified_s < ORPHAN_AGE_S
+    training (which saves every few minutes) may be running. (A time as far in the future is a
+    clock's error, not a sign of use.)"""
+    return e.status == "partial" and abs((time.time() if now_s is None else now_s) - e.modified_s) < ORPHAN_AGE_S
 
 
-def leftovers(root: Path) -> list[Entry]:
-    """The partial checkpoints (but those :func:`in_use`), damaged entries and orphans: what
-    ``sparsebench cache --remove-leftovers`` deletes."""
-    return [e for e in entries(root) if e.status != "stored" and not in_use(e)]
+def leftovers(items: list[Entry], now_s: float | None = None) -> list[Entry]:
+    """Of ``items`` (:func:`entries`), the partial checkpoints (but those :func:`in_use`), damaged
+    entries and orphans: what ``sparsebench cache --remove-leftovers`` deletes."""
+    return [e for e in items if e.status != "stored" and not in_use(e, now_s)]
 
 
-def remove(root: Path, items: list[Entry]) -> int:
-    """Delete ``items`` (from :func:`entries` of ``root``); returns the bytes freed. A partial checkpoint
-    removed while its training runs is written again at its next save."""
-    freed = 0
+def remove(root: Path, items: list[Entry]) -> tuple[list[Entry], list[str]]:
+    """Delete ``items`` (from :func:`entries` of ``root``; a link is removed, not what it points to).
+    Returns the items removed and one line per item that could not be (the others still go). A partial
+    checkpoint removed while its training runs is written again at its next save."""
+    removed, failed = [], []
     for e in items:
         path = Path(root) / e.kind / e.name
         try:
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
         except FileNotFoundError:
             continue
-        freed += e.size_bytes
-    return freed
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror or exc}")
+            continue
+        removed.append(e)
+    return removed, failed
+
+
+def printable(name: str) -> str:
+    """A file name on one line: control characters (a newline in a name) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
 
 
 def human_bytes(n: float) -> str:
@@ -159,9 +184,9 @@ def format_entries(root: Path, items: list[Entry], now_s: float | None = None) -
         age_h = max(0.0, now_s - e.modified_s) / 3600
         age = f"{age_h:.1f} h" if age_h < 48 else f"{age_h / 24:.0f} d"
         about = e.about + ("; written in the last 10 minutes, so its training may be running: kept" if in_use(e, now_s) else "")
-        lines.append(f"  {KINDS[e.kind]:<18} {e.status:<8} {human_bytes(e.size_bytes):>9} {age:>7} ago  {e.name}"
+        lines.append(f"  {KINDS[e.kind]:<18} {e.status:<8} {human_bytes(e.size_bytes):>9} {age:>7} ago  {printable(e.name)}"
                      + (f"  ({about})" if about else ""))
-    left = [e for e in items if e.status != "stored" and not in_use(e, now_s)]
+    left = leftovers(items, now_s)
     lines.append(f"total {human_bytes(sum(e.size_bytes for e in items))}"
                  + (f"; {len(left)} left over (partial, damaged or orphan), {human_bytes(sum(e.size_bytes for e in left))}: "
                     "`sparsebench cache --remove-leftovers` deletes them" if left else ""))

@@ -467,22 +467,32 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from profiler.cache import entries, format_entries, human_bytes, leftovers, remove
+    from profiler.cache import entries, format_entries, human_bytes, leftovers, printable, remove
     from profiler.tasks.base import default_cache_dir
 
     root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if root.exists() and not root.is_dir():
+        print(f"sparsebench: --cache-dir {root}: not a folder", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    items = entries(root, problems)
     if args.remove_leftovers:
-        gone = leftovers(root)
-        freed = remove(root, gone)
-        print(f"removed {len(gone)} left-over item(s) from {root}, {human_bytes(freed)} freed"
-              + "".join(f"\n  {e.kind}/{e.name} ({e.status})" for e in gone))
-        return 0
-    items = entries(root)
-    if args.json:
-        print(json.dumps({"cache_dir": str(root), "entries": [e.as_dict() for e in items]}, indent=1))
+        removed, failed = remove(root, leftovers(items))
+        problems += [f"not removed: {f}" for f in failed]
+        freed = sum(e.size_bytes for e in removed)
+        if args.json:
+            print(json.dumps({"cache_dir": str(root), "removed": [e.as_dict() for e in removed], "freed_bytes": freed,
+                              "problems": problems}, indent=1))
+        else:
+            print(f"removed {len(removed)} left-over item(s) from {root}, {human_bytes(freed)} freed"
+                  + "".join(f"\n  {e.kind}/{printable(e.name)} ({e.status})" for e in removed))
+    elif args.json:
+        print(json.dumps({"cache_dir": str(root), "entries": [e.as_dict() for e in items], "problems": problems}, indent=1))
     else:
-        print(format_entries(root, items))
-    return 0
+        print(format_entries(root, items) + ("" if root.exists() else " (the folder does not exist yet)"))
+    for line in problems if not args.json else []:
+        print(f"sparsebench: warning: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def path_arg(value: str) -> str:

@@ -88,6 +88,53 @@ def test_cache_lists_what_a_run_stored_and_removes_only_the_leftovers(tmp_path, 
 
 def test_cache_that_does_not_exist_is_empty_not_an_error(tmp_path, capsys):
     assert main(["cache", "--cache-dir", str(tmp_path / "none")]) == 0
-    assert capsys.readouterr().out.strip() == f"model cache {tmp_path / 'none'}: empty"
+    assert capsys.readouterr().out.strip() == f"model cache {tmp_path / 'none'}: empty (the folder does not exist yet)"
     assert main(["cache", "--cache-dir", str(tmp_path / "none"), "--remove-leftovers"]) == 0
     assert "removed 0 left-over item(s)" in capsys.readouterr().out
+    (tmp_path / "a-file").write_text("x")
+    assert main(["cache", "--cache-dir", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err.strip() == f"sparsebench: --cache-dir {tmp_path / 'a-file'}: not a folder"
+
+
+def test_odd_entries_are_listed_without_following_links_and_removal_goes_on_past_failures(tmp_path, capsys, monkeypatch):
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big.bin").write_bytes(b"x" * 100_000)
+    for kind in ("pruned", "peers", "teacher_logits"):
+        (cache / kind).mkdir(parents=True)
+    for notes in ('"schedule"', "null", "5", '["schedule"]'):  # a report whose notes are not a table
+        entry = cache / "pruned" / f"t-magnitude-{abs(hash(notes))}"
+        entry.mkdir()
+        (entry / "prune_report.json").write_text(f'{{"notes": {notes}}}')
+    (cache / "pruned" / "t-gmp-bad").mkdir()
+    (cache / "pruned" / "t-gmp-bad" / "prune_report.json").write_text("{not json")
+    (cache / "peers" / "linked.damaged-1700000000").symlink_to(outside, target_is_directory=True)
+    (cache / "peers" / "gone.partial.pt").symlink_to(tmp_path / "nowhere")  # a broken link
+    os.utime(cache / "peers" / "gone.partial.pt", (0, 0), follow_symlinks=False)
+    (cache / "peers" / "notes.tmp-draft").write_text("kept")  # not a writer's private file
+    (cache / "teacher_logits" / "line\nbreak.damaged-1").write_text("x")
+    future = cache / "teacher_logits" / "future.partial.pt"
+    future.write_text("x")
+    _age(future, -2 * ORPHAN_AGE_S)  # a clock's error, not a training running
+
+    listed = {e["name"]: e for e in _cache_json(capsys, cache)["entries"]}
+    assert {listed[n]["about"] for n in listed if n.startswith("t-")} == {"a pruned model", "no readable description"}
+    assert listed["linked.damaged-1700000000"]["size_bytes"] < 1000  # the link, not what it points to
+    assert listed["gone.partial.pt"]["status"] == "partial" and listed["notes.tmp-draft"]["status"] == "stored"
+    assert main(["cache", "--cache-dir", str(cache)]) == 0
+    assert "line\\nbreak.damaged-1" in capsys.readouterr().out  # one line per entry
+
+    real_unlink = type(future).unlink
+
+    def unlink(self, *a, **kw):  # a file that cannot be removed (an immutable one, say)
+        if self.name == "future.partial.pt":
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(type(future), "unlink", unlink)
+    assert main(["cache", "--cache-dir", str(cache), "--remove-leftovers", "--json"]) == 1
+    out = capsys.readouterr()
+    done = json.loads(out.out)
+    assert sorted(e["name"] for e in done["removed"]) == ["gone.partial.pt", "line\nbreak.damaged-1", "linked.damaged-1700000000"]
+    assert done["problems"] == [f"not removed: {future}: Operation not permitted"]
+    assert (outside / "big.bin").exists() and future.exists() and (cache / "peers" / "notes.tmp-draft").exists()

@@ -170,8 +170,8 @@ class UntypedAccelerator(Accelerator):
 
     name = "untyped-acc"
 
-    def __init__(self, threshold=0.5, mode="fast", exact=False, extra=None):
-        self.threshold, self.mode, self.exact, self.extra = threshold, mode, exact, extra
+    def __init__(self, threshold=0.5, mode="fast", exact=False, extra=None, limit=float("inf")):
+        self.threshold, self.mode, self.exact, self.extra, self.limit = threshold, mode, exact, extra, limit
 
     def prepare(self, model, example, settings) -> Prepared:
         return Prepared(copy.deepcopy(model).eval(), {})
@@ -179,8 +179,11 @@ class UntypedAccelerator(Accelerator):
 
 def test_unannotated_parameters_take_the_type_of_their_default(isolated_registries, capsys):
     ACCELERATORS.register(UntypedAccelerator, source="distribution 'x'")
-    assert [(p["name"], p["type"], p.get("type_from_default")) for p in ACCELERATORS.describe("untyped-acc")["params"]] == [
-        ("threshold", "number", True), ("mode", "str", True), ("exact", "bool", True), ("extra", "any", None)]
+    described = ACCELERATORS.describe("untyped-acc")
+    assert [(p["name"], p["type"], p.get("type_from_default")) for p in described["params"]] == [
+        ("threshold", "number", True), ("mode", "str", True), ("exact", "bool", True), ("extra", "any", None),
+        ("limit", "number", True)]
+    assert json.loads(json.dumps(described, allow_nan=False))["params"][-1]["default"] == "inf"  # valid JSON
     assert main(["plugins", "untyped-acc"]) == 0
     assert re.search(r"threshold +number \(from its default\) +default 0\.5", capsys.readouterr().out)
     raw = {"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}]}

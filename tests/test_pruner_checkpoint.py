@@ -31,6 +31,16 @@ CONFIGS = {
                                                       precision="fp32"), **kw}),
     "movement-hard": lambda **kw: MovementPruner(**{**dict(sparsity=0.7, steps=10, batch_size=8, variant="hard",
                                                            score_optimizer="sum", precision="fp32"), **kw}),
+    # the learning rate rewound at each pruning step, attention maps distilled, 1x4 blocks ranked over all
+    # layers at once with a floor per matrix, pruning from a starting sparsity after a warm-up
+    "gmp-cyclic": lambda **kw: GMPPruner(**{**dict(sparsity=0.75, initial_sparsity=0.25, steps=10, update_every=2, end_frac=0.6,
+                                                   warmup_steps=2, lr_schedule="cyclic", batch_size=8, distill=True,
+                                                   attention_distill=1.0, structure="1x4", scope="global", min_keep=0.1,
+                                                   precision="fp32"), **kw}),
+    # an ensemble teacher (a second dense model fine-tuned from another seed), OBS in 1x4 blocks
+    "obs-ensemble": lambda **kw: OBSPruner(**{**dict(sparsity=0.75, steps=8, update_every=2, end_frac=0.75, batch_size=8,
+                                                     num_grads=4, block_size=8, grad_batch_size=4, structure="1x4",
+                                                     teacher_seeds=[1], precision="fp32"), **kw}),
 }
 
 
@@ -79,7 +89,7 @@ def _interrupt(make, dense, task, checkpoint, stop):
 
 
 @pytest.mark.parametrize("name, stop", [("gmp", 3), ("gmp", 8), ("obs", 3), ("obs", 6), ("movement", 4), ("movement", 9),
-                                        ("movement-hard", 5)])
+                                        ("movement-hard", 5), ("gmp-cyclic", 3), ("gmp-cyclic", 7), ("obs-ensemble", 5)])
 def test_an_interrupted_pruner_resumes_to_the_same_weights_masks_and_report(tiny, tmp_path, name, stop):
     task, dense = tiny
     make = CONFIGS[name]

@@ -15,9 +15,14 @@ With ``--seeds``, a second table pools the models whose pruner settings differ o
 minimum and maximum of the % of dense under each engine — the seed spread a one-seed gain has to
 clear. Each model's % is against the dense model of its own run.
 
-Output: Markdown tables on stdout and, with ``--out``, JSON with one record per pruned model.
+With ``--engines``, a third table gives every engine's accuracy on each model of a run (the dense one
+too) and its difference in points from the same model under ``torch-fp32``: what each INT8 path costs
+(``scripts/configs/peers_accuracy.toml`` runs the INT8 engines on trained models for this).
 
-    python scripts/recipe_table.py runs/recipe-* [--seeds] [--out table.json]
+Output: Markdown tables on stdout and, with ``--out``, JSON with one record per pruned model (with
+``--seeds`` or ``--engines``: ``{"models", "seed_groups", "engines"}``).
+
+    python scripts/recipe_table.py runs/recipe-* [--seeds] [--engines] [--out table.json]
 """
 from __future__ import annotations
 
@@ -126,6 +131,41 @@ def markdown(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def engine_deltas(run_dirs: list[Path]) -> list[dict]:
+    """One record per (run, model), the dense model included: each engine's accuracy (by accelerator
+    label: ``openvino int8``, ``sparse-int8``...) and its difference from the same model under
+    ``torch-fp32`` in points (100 × accuracy difference) — what INT8 costs on that model."""
+    out = []
+    for run in dict.fromkeys(p.resolve() for p in run_dirs):
+        models: dict[str, dict] = {}
+        for r in _rows(run):
+            if r.get("status") != "ok" or r.get("accuracy") is None:
+                continue
+            model = "dense" if r.get("pruner") == "none" else (r.get("pruner_label") or r.get("pruner", "?"))
+            rec = models.setdefault(model, {"run": run.name, "model": model, "collapsed": False, "accuracy": {}})
+            rec["accuracy"][r.get("accelerator_label") or r.get("accelerator", "?")] = r["accuracy"]
+            rec["collapsed"] = rec["collapsed"] or bool(r.get("collapsed"))
+        for rec in models.values():
+            base = rec["accuracy"].get("torch-fp32")
+            rec["points_vs_torch_fp32"] = {e: None if base is None else round(100 * (a - base), 2)
+                                           for e, a in rec["accuracy"].items() if e != "torch-fp32"}
+        out.extend(models.values())
+    return out
+
+
+def engines_markdown(recs: list[dict]) -> str:
+    engines = list(dict.fromkeys(e for m in recs for e in m["points_vs_torch_fp32"]))
+    lines = ["| model | torch-fp32 | " + " | ".join(f"{e} (points)" for e in engines) + " | run |",
+             "|---|---|" + "---|" * len(engines) + "---|"]
+    for m in recs:
+        base = m["accuracy"].get("torch-fp32")
+        cells = [("—" if e not in m["accuracy"] else f"{m['accuracy'][e]:.4f} ({m['points_vs_torch_fp32'][e]:+.2f})"
+                  if m["points_vs_torch_fp32"][e] is not None else f"{m['accuracy'][e]:.4f}") for e in engines]
+        lines.append(f"| {m['model']}{' — collapsed' if m['collapsed'] else ''} | {'—' if base is None else f'{base:.4f}'} | "
+                     + " | ".join(cells) + f" | {m['run']} |")
+    return "\n".join(lines)
+
+
 def _defaults(pruner: str) -> dict:
     """The constructor defaults of built-in pruner ``pruner`` ({} when it is not one)."""
     import profiler.plugins  # noqa: F401  (fills the registry)
@@ -198,6 +238,8 @@ def main(argv=None) -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="run directories")
     ap.add_argument("--seeds", action="store_true",
                     help="also pool the models whose settings differ only in seed (mean, min-max)")
+    ap.add_argument("--engines", action="store_true",
+                    help="also every engine's accuracy against torch-fp32 on the same model, the dense one included")
     ap.add_argument("--out", type=Path, help="JSON output")
     args = ap.parse_args(argv)
     recs = records(args.runs)
@@ -208,8 +250,14 @@ def main(argv=None) -> None:
     if groups is not None:
         print()
         print(seeds_markdown(groups))
+    deltas = engine_deltas(args.runs) if args.engines else None
+    if deltas is not None:
+        print()
+        print(engines_markdown(deltas))
     if args.out:
-        payload = recs if groups is None else {"models": recs, "seed_groups": groups}
+        payload = recs if groups is None and deltas is None else {
+            "models": recs, **({"seed_groups": groups} if groups is not None else {}),
+            **({"engines": deltas} if deltas is not None else {})}
         args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         print(f"JSON: {args.out}")
 

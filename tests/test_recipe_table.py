@@ -107,3 +107,25 @@ def test_the_engine_column_reads_the_plain_cell_beside_variant_cells(tmp_path):
     assert rec["accuracy"]["sparse-int8"] == 0.89
     assert rec["accuracy"]["sparse-int8 fallback torch-int8"] == 0.88
     assert rec["accuracy"]["sparse-int8 fallback fp32"] == 0.87
+
+
+def test_engines_table_gives_each_engine_against_torch_fp32_on_the_same_model(tmp_path, capsys):
+    run = _run(tmp_path, "peers-accuracy", [
+        {"pruner": "none", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.88},
+        {"pruner": "none", "accelerator": "openvino", "accelerator_label": "openvino int8", "status": "ok", "accuracy": 0.8835},
+        {"pruner": "gmp", "pruner_label": "gmp 0.9 KD", "accelerator": "torch-fp32", "status": "ok", "accuracy": 0.85},
+        {"pruner": "gmp", "pruner_label": "gmp 0.9 KD", "accelerator": "sparse-int8", "status": "ok", "accuracy": 0.8443},
+        {"pruner": "gmp", "pruner_label": "gmp 0.9 KD", "accelerator": "openvino", "accelerator_label": "openvino int8",
+         "status": "failed", "reason": "boom", "accuracy": None},
+        {"pruner": "magnitude", "pruner_label": "magnitude 0.9 1x4", "accelerator": "sparse-int8", "status": "ok",
+         "accuracy": 0.5092, "collapsed": True}])
+    deltas = {m["model"]: m for m in recipe_table.engine_deltas([run])}
+    assert deltas["dense"]["points_vs_torch_fp32"] == {"openvino int8": 0.35}
+    assert deltas["gmp 0.9 KD"]["points_vs_torch_fp32"] == {"sparse-int8": -0.57}  # a failed cell is left out
+    assert deltas["magnitude 0.9 1x4"]["points_vs_torch_fp32"] == {"sparse-int8": None}  # no fp32 cell to compare
+    table = recipe_table.engines_markdown(list(deltas.values()))
+    assert "| dense | 0.8800 | 0.8835 (+0.35) | — | peers-accuracy |" in table
+    assert "| gmp 0.9 KD | 0.8500 | — | 0.8443 (-0.57) | peers-accuracy |" in table
+    assert "| magnitude 0.9 1x4 — collapsed | — | — | 0.5092 | peers-accuracy |" in table
+    recipe_table.main([str(run), "--engines", "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())["engines"][0]["model"] == "dense"

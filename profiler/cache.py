@@ -47,6 +47,9 @@ def pruned_made_by(report: Any) -> str:
     notes = report.get("notes") if isinstance(report, dict) else None
     if not isinstance(notes, dict):
         return "a pruned model"
+    notes = dict(notes)
+    if "sparsity" not in notes and "final_sparsity" in notes:  # a training pruner's target
+        notes["sparsity"] = notes["final_sparsity"]
     return ", ".join(f"{k} {notes[k]}" for k in ("schedule", "sparsity", "structure") if k in notes) or "a pruned model"
 
 

@@ -45,6 +45,7 @@ def test_cache_lists_what_a_run_stored_and_removes_only_the_leftovers(tmp_path, 
     about = {e["name"].split("-")[-2] if e["kind"] == "pruned" else e["kind"]: e["about"] for e in stored}
     assert about["finetuned"] == "tiny-synthetic, 4 fine-tuning steps"
     assert about["magnitude"] == "schedule one-shot, sparsity 0.5, structure unstructured"
+    assert about["gmp"] == "schedule cubic (Zhu & Gupta 2017), sparsity 0.5, structure unstructured"  # its target
 
     # what a killed training, a damaged entry and a killed write leave, next to one training that may be running
     pruned = cache / "pruned"

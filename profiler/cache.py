@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pruners.training import ORPHAN_AGE_S, abandoned_write
+from pruners.training import ORPHAN_AGE_S, abandoned_write, writer_pid
 
 PARTIAL_SUFFIX = ".partial.pt"
 DAMAGED_INFIX = ".damaged-"
@@ -91,11 +91,6 @@ def _about(kind: str, path: Path) -> str:
     return ""
 
 
-def _is_private_write(name: str) -> bool:
-    """``<name>.tmp-<pid>[-<tag>]``: a file or folder a writer renames into place when done."""
-    return ".tmp-" in name and name.rsplit(".tmp-", 1)[1].split("-")[0].isdigit()
-
-
 def entries(root: Path, problems: list[str] | None = None) -> list[Entry]:
     """Every item of the cache at ``root`` (none when it does not exist), by kind then name; links
     are listed as links (not followed). Folders other than :data:`KINDS` are not the cache's and are
@@ -114,7 +109,7 @@ def entries(root: Path, problems: list[str] | None = None) -> list[Entry]:
         for path in paths:
             name = path.name
             try:
-                if _is_private_write(name):
+                if writer_pid(name) is not None:
                     if not abandoned_write(path):
                         continue  # being written now (or lately): not ours to list or remove
                     status, about = "orphan", "a write whose process was killed"

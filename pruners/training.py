@@ -247,13 +247,20 @@ def remove_orphans(path: Path) -> list[Path]:
     return removed
 
 
+def writer_pid(name: str) -> int | None:
+    """The pid in ``<name>.tmp-<pid>[-<tag>]``, the name of a private file or folder that a writer
+    renames into place when done; None for any other name."""
+    pid = name.rsplit(".tmp-", 1)[1].split("-")[0] if ".tmp-" in name else ""
+    return int(pid) if pid.isdigit() else None
+
+
 def abandoned_write(path: Path) -> bool:
-    """Whether ``path``, a private file or folder ``<name>.tmp-<pid>[-<tag>]`` that a writer renames into
-    place when done, was left by a killed writer: its pid no longer runs on this machine and nothing
-    wrote to it for :data:`ORPHAN_AGE_S`. Raises OSError when ``path`` cannot be read."""
+    """Whether ``path``, a private file or folder of a writer (:func:`writer_pid`), was left by a killed
+    one: its pid no longer runs on this machine and nothing wrote to it for :data:`ORPHAN_AGE_S`.
+    Raises OSError when ``path`` cannot be read."""
     path = Path(path)
-    pid = path.name.rsplit(".tmp-", 1)[-1].split("-")[0] if ".tmp-" in path.name else ""
-    return pid.isdigit() and not _running(int(pid)) and time.time() - path.stat().st_mtime >= ORPHAN_AGE_S
+    pid = writer_pid(path.name)
+    return pid is not None and not _running(pid) and time.time() - path.stat().st_mtime >= ORPHAN_AGE_S
 
 
 def _running(pid: int) -> bool:

@@ -139,3 +139,13 @@ def test_odd_entries_are_listed_without_following_links_and_removal_goes_on_past
     assert sorted(e["name"] for e in done["removed"]) == ["gone.partial.pt", "line\nbreak.damaged-1", "linked.damaged-1700000000"]
     assert done["problems"] == [f"not removed: {future}: Operation not permitted"]
     assert (outside / "big.bin").exists() and future.exists() and (cache / "peers" / "notes.tmp-draft").exists()
+
+
+def test_a_kind_folder_that_cannot_be_read_is_a_warning_and_the_rest_is_listed(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    (cache / "finetuned" / "t-0123").mkdir(parents=True)
+    (cache / "pruned").write_text("not a folder")  # where the pruned models' folder should be
+    assert main(["cache", "--cache-dir", str(cache)]) == 1
+    out = capsys.readouterr()
+    assert "t-0123" in out.out
+    assert out.err.startswith(f"sparsebench: warning: {cache / 'pruned'}: cannot be read (")

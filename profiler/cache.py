@@ -181,7 +181,8 @@ def format_entries(root: Path, items: list[Entry], now_s: float | None = None) -
     for e in items:
         age_h = max(0.0, now_s - e.modified_s) / 3600
         age = f"{age_h:.1f} h" if age_h < 48 else f"{age_h / 24:.0f} d"
-        about = e.about + ("; written in the last 10 minutes, so its training may be running: kept" if in_use(e, now_s) else "")
+        about = e.about + (f"; written in the last {ORPHAN_AGE_S / 60:.0f} minutes, so its training may be running: kept"
+                           if in_use(e, now_s) else "")
         lines.append(f"  {KINDS[e.kind]:<18} {e.status:<8} {human_bytes(e.size_bytes):>9} {age:>7} ago  {printable(e.name)}"
                      + (f"  ({about})" if about else ""))
     left = leftovers(items, now_s)

@@ -346,8 +346,8 @@ static inline __attribute__((always_inline)) __m512i qv16(__m512 x, __m512 inv)
 /* 255 e^(s - m) for s <= m: 2^t with t = (s - m) log2(e) split into n + f (|f| <= 1/2), 2^f by a
  * degree-3 polynomial (relative error < 8e-5, far below the 1/255 of the uint8 it is rounded to),
  * t clamped at -126 so masked keys (-inf) and NaN give 0. s - m is formed first, as the scalar
- * variant's expf(s - m) does: s log2(e) - m log2(e) would carry m log2(e)'s rounding, which at
- * scores of 1e7 and more is worth whole powers of two. */
+ * variant's expf(s - m) does: s log2(e) - m log2(e) would carry m log2(e)'s rounding, half a power
+ * of two at scores of 1e7 and whole powers beyond 1.2e7. */
 static inline __attribute__((always_inline)) __m512 exp255(__m512 s, __m512 m)
 {
     const __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(s, m), _mm512_set1_ps(1.44269504088896341f)),

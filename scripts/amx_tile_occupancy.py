@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Could AMX tiles run a pruned model's products faster than VNNI, and faster than dense AMX?
+
+An AMX INT8 tile product (``tdpbusd``) multiplies 16 tokens × 64 input channels of activations by 64
+input × 16 output channels of weights: 16 × 16 × 64 = 16,384 multiply-adds, one every 16 cycles on a
+Sapphire Rapids core (2,048 INT8 operations per cycle: Intel® 64 and IA-32 Architectures
+Optimization Reference Manual, "Intel AMX"). Our VNNI kernels instead issue one ``vpdpbusd`` per
+stored 1 x 4 quad and 16 tokens (64 multiply-adds; two per cycle on a core with two 512-bit FMA
+ports). A sparse weight matrix can feed AMX in two ways, counted here from a model's actual zeros:
+
+- **aligned**: the weight cut into fixed 16-output × 64-input tiles, all-zero tiles skipped;
+- **gathered**: the rows cut into groups of 16 output channels, each group's *union* of non-empty
+  quads packed 16 quads to a tile (the activations' matching quads gathered alongside), either in
+  the model's row order or after a greedy grouping of rows with similar supports (a row
+  permutation is free for a kernel that writes each output row back through an index).
+
+For every encoder Linear it counts stored quads, dense tiles and both kinds of sparse tiles, then
+turns them into cycles per 16 tokens at peak issue rates — a lower bound on the products alone (no
+loads, packing, gathers or the rest of the model). The ratios compare each sparse schedule to
+dense AMX, which is what OpenVINO INT8 runs on a CPU with AMX: above 1 the sparse schedule could
+be faster, below 1 it cannot be, whatever the kernel.
+
+Input: model folders holding ``model.safetensors`` (``sparsebench export``, or the pruned-model
+cache). Output: a table on stdout and, with ``--out``, JSON.
+
+    python scripts/amx_tile_occupancy.py MODEL_DIR [MODEL_DIR ...] [--out tiles.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TILE_ROWS = 16         # output channels per tile (the weight tile's 16 × 4-byte columns)
+TILE_QUADS = 16        # 1 x 4 input quads per tile (64 input channels)
+AMX_CYCLES_PER_TILE = 16.0
+
+
+def quad_mask(weight: np.ndarray) -> np.ndarray:
+    """bool (out, ceil(in / 4)): which 1 x 4 quads of a (out, in) weight hold a non-zero (columns
+    padded to a multiple of 4, as the kernels' packing does)."""
+    rows, cols = weight.shape
+    padded = np.zeros((rows, -(-cols // 4) * 4), dtype=bool)
+    padded[:, :cols] = weight != 0
+    return padded.reshape(rows, -1, 4).any(-1)
+
+
+def _row_groups(quads: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+    """``quads`` rows in ``order``, padded with empty rows to a multiple of 16, as (16, nq) groups."""
+    rows = -(-quads.shape[0] // TILE_ROWS) * TILE_ROWS
+    padded = np.zeros((rows, quads.shape[1]), dtype=bool)
+    padded[: quads.shape[0]] = quads[order]
+    return list(padded.reshape(-1, TILE_ROWS, quads.shape[1]))
+
+
+def aligned_tiles(quads: np.ndarray) -> int:
+    """Non-empty fixed tiles (16 rows × 16 quads) of a quad mask."""
+    groups = np.stack(_row_groups(quads, np.arange(quads.shape[0])))  # (g, 16, nq)
+    nq = -(-quads.shape[1] // TILE_QUADS) * TILE_QUADS
+    padded = np.zeros((groups.shape[0], TILE_ROWS, nq), dtype=bool)
+    padded[:, :, : quads.shape[1]] = groups
+    return int(padded.reshape(groups.shape[0], TILE_ROWS, -1, TILE_QUADS).any((1, 3)).sum())
+
+
+def gathered_tiles(quads: np.ndarray, order: np.ndarray) -> int:
+    """Σ over 16-row groups (rows taken in ``order``) of ceil(|union of the group's quads| / 16)."""
+    return int(sum(-(-int(g.any(0).sum()) // TILE_QUADS) for g in _row_groups(quads, order)))
+
+
+def greedy_row_order(quads: np.ndarray) -> np.ndarray:
+    """Rows grouped 16 at a time by shared quad support: each group starts from the densest row left
+    and adds, 15 times, the row that adds the fewest quads to the group's union (greedy,
+    O(rows² · quads / 16)).
+
+    Args:
+        quads: bool (rows, nq).
+    Returns:
+        int64 (rows,), a permutation of ``range(rows)``.
+    """
+    support = quads.astype(np.float32)
+    density = support.sum(1)
+    left = np.ones(quads.shape[0], dtype=bool)
+    order: list[int] = []
+    while left.any():
+        candidates = np.flatnonzero(left)
+        row = int(candidates[np.argmax(density[candidates])])
+        union = support[row].copy()
+        left[row] = False
+        order.append(row)
+        for _ in range(TILE_ROWS - 1):
+            candidates = np.flatnonzero(left)
+            if candidates.size == 0:
+                break
+            added = density[candidates] - support[candidates] @ union  # quads new to the union
+            row = int(candidates[np.argmin(added)])
+            left[row] = False
+            order.append(row)
+            union = np.maximum(union, support[row])
+    return np.asarray(order, dtype=np.int64)
+
+
+def count_matrix(weight: np.ndarray, greedy: bool = True) -> dict:
+    """Quad and tile counts of one (out, in) weight; see the module docstring."""
+    quads = quad_mask(weight)
+    rows, nq = quads.shape
+    identity = np.arange(rows)
+    return {
+        "shape": [int(weight.shape[0]), int(weight.shape[1])],
+        "nonzeros": int((weight != 0).sum()),
+        "quads": int(quads.sum()),
+        "dense_tiles": -(-rows // TILE_ROWS) * -(-nq // TILE_QUADS),
+        "aligned_tiles": aligned_tiles(quads),
+        "gathered_tiles": gathered_tiles(quads, identity),
+        "gathered_tiles_greedy_rows": gathered_tiles(quads, greedy_row_order(quads)) if greedy else None,
+    }
+
+
+def bounds(counts: dict, vnni_per_cycle: float) -> dict:
+    """Cycles per 16 tokens at peak issue and dense AMX ÷ each sparse schedule (× faster than dense AMX)."""
+    dense = counts["dense_tiles"] * AMX_CYCLES_PER_TILE
+    cycles = {
+        "vnni_quads": counts["quads"] / vnni_per_cycle,
+        "amx_aligned": counts["aligned_tiles"] * AMX_CYCLES_PER_TILE,
+        "amx_gathered": counts["gathered_tiles"] * AMX_CYCLES_PER_TILE,
+    }
+    if counts.get("gathered_tiles_greedy_rows") is not None:
+        cycles["amx_gathered_greedy_rows"] = counts["gathered_tiles_greedy_rows"] * AMX_CYCLES_PER_TILE
+    return {"cycles_per_16_tokens": {"amx_dense": dense, **cycles},
+            "vs_dense_amx": {k: (dense / v if v else float("inf")) for k, v in cycles.items()}}
+
+
+def analyse(model_dir: Path, vnni_per_cycle: float = 2.0, greedy: bool = True) -> dict:
+    """Counts and bounds for every encoder Linear of one model, and for the encoder as a whole."""
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    encoder = {k: w for k, w in sorted(weights.items())
+               if ".encoder.layer." in k and k.endswith(".weight") and w.ndim == 2}
+    if not encoder:
+        raise ValueError(f"{model_dir}: no BERT encoder Linear weights (…encoder.layer.N.….weight)")
+    per_matrix = {k: count_matrix(w, greedy) for k, w in encoder.items()}
+    keys = ("nonzeros", "quads", "dense_tiles", "aligned_tiles", "gathered_tiles")
+    total = {k: sum(c[k] for c in per_matrix.values()) for k in keys}
+    total["gathered_tiles_greedy_rows"] = (sum(c["gathered_tiles_greedy_rows"] for c in per_matrix.values())
+                                           if greedy else None)
+    numel = sum(w.size for w in encoder.values())
+    return {
+        "model": model_dir.name,
+        "encoder_sparsity": 1 - total["nonzeros"] / numel,
+        # quads per stored tile: the fraction of the tile's 256 quad slots that carry work
+        "quad_fill_aligned": total["quads"] / (256 * total["aligned_tiles"]) if total["aligned_tiles"] else 0.0,
+        "quad_fill_gathered": total["quads"] / (256 * total["gathered_tiles"]) if total["gathered_tiles"] else 0.0,
+        "encoder": {**total, **bounds(total, vnni_per_cycle)},
+        "matrices": {k: {**c, **bounds(c, vnni_per_cycle)} for k, c in per_matrix.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", type=Path, help="model folders with model.safetensors")
+    ap.add_argument("--out", type=Path, help="write the records as JSON here")
+    ap.add_argument("--vnni-per-cycle", type=float, default=2.0,
+                    help="vpdpbusd (512-bit) issued per cycle at peak (default 2: two FMA ports)")
+    ap.add_argument("--no-greedy", action="store_true", help="skip the greedy row grouping (the slow part)")
+    args = ap.parse_args(argv)
+    if not args.vnni_per_cycle > 0:
+        ap.error(f"--vnni-per-cycle must be > 0, got {args.vnni_per_cycle}")
+    records = []
+    print("| model | encoder sparsity | quads | dense tiles | aligned | gathered | gathered, greedy rows "
+          "| dense AMX ÷ VNNI | ÷ AMX aligned | ÷ AMX gathered | ÷ AMX gathered greedy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model_dir in args.models:
+        try:
+            r = analyse(model_dir, args.vnni_per_cycle, not args.no_greedy)
+        except (OSError, ValueError) as e:
+            print(f"skipped {model_dir}: {e}", file=sys.stderr)
+            continue
+        records.append(r)
+        e, v = r["encoder"], r["encoder"]["vs_dense_amx"]
+        greedy_cells = ((f"{e['gathered_tiles_greedy_rows']}", f"{v['amx_gathered_greedy_rows']:.2f}")
+                        if e["gathered_tiles_greedy_rows"] is not None else ("—", "—"))
+        print(f"| {r['model']} | {r['encoder_sparsity']:.3f} | {e['quads']} | {e['dense_tiles']} | {e['aligned_tiles']} "
+              f"| {e['gathered_tiles']} | {greedy_cells[0]} | {v['vnni_quads']:.2f} | {v['amx_aligned']:.2f} "
+              f"| {v['amx_gathered']:.2f} | {greedy_cells[1]} |")
+    if args.out:
+        meta = {"vnni_per_cycle": args.vnni_per_cycle, "amx_cycles_per_tile": AMX_CYCLES_PER_TILE,
+                "tile": f"{TILE_ROWS} outputs x {4 * TILE_QUADS} inputs"}
+        args.out.write_text(json.dumps({"assumptions": meta, "models": records}, indent=1) + "\n")
+    return 0 if records else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,9 @@ input × 16 output channels of weights: 16 × 16 × 64 = 16,384 multiply-adds, o
 Sapphire Rapids core (2,048 INT8 operations per cycle: Intel® 64 and IA-32 Architectures
 Optimization Reference Manual, "Intel AMX"). Our VNNI kernels instead issue one ``vpdpbusd`` per
 stored 1 x 4 quad and 16 tokens (64 multiply-adds; two per cycle on a core with two 512-bit FMA
-ports). A sparse weight matrix can feed AMX in two ways, counted here from a model's actual zeros:
+units: accelerators/_csrc/README.md measured 6.5 G independent ``vpdpbusd``/s on an Intel Xeon
+core, and 2.9–4.5 G/s, 45–70 % of that, inside the products). A sparse weight matrix can feed AMX
+in two ways, counted here from a model's actual zeros:
 
 - **aligned**: the weight cut into fixed 16-output × 64-input tiles, all-zero tiles skipped;
 - **gathered**: the rows cut into groups of 16 output channels, each group's *union* of non-empty
@@ -15,13 +17,18 @@ ports). A sparse weight matrix can feed AMX in two ways, counted here from a mod
   permutation is free for a kernel that writes each output row back through an index).
 
 For every encoder Linear it counts stored quads, dense tiles and both kinds of sparse tiles, then
-turns them into cycles per 16 tokens at peak issue rates — a lower bound on the products alone (no
-loads, packing, gathers or the rest of the model). The ratios compare each sparse schedule to
-dense AMX, which is what OpenVINO INT8 runs on a CPU with AMX: above 1 the sparse schedule could
-be faster, below 1 it cannot be, whatever the kernel.
+turns them into cycles per 16 tokens at peak issue rates: the products alone, at peak. Not
+counted: tile loads, packing, the rest of the model, and for the gathered schedule the operand
+each tile needs of its own (a gathered tile serves one row group only, so its 1 KiB of activations
+is assembled for it: about as much work as the product, so that bound may be ~2× optimistic). The
+ratios compare each schedule to dense AMX at its peak tile rate — what OpenVINO INT8 issues on a
+CPU with AMX; its sparse-weights decompression saves weight traffic and still issues dense tiles.
+Above 1 a schedule could beat it; below 1 it cannot beat a dense AMX kernel running at peak. A
+ratio near 1 decides nothing: neither kernel runs at peak.
 
 Input: model folders holding ``model.safetensors`` (``sparsebench export``, or the pruned-model
-cache). Output: a table on stdout and, with ``--out``, JSON.
+cache). Output: a table on stdout and, with ``--out``, JSON (a ratio of a matrix with no work is
+``null``).
 
     python scripts/amx_tile_occupancy.py MODEL_DIR [MODEL_DIR ...] [--out tiles.json]
 """
@@ -36,7 +43,7 @@ import numpy as np
 
 TILE_ROWS = 16         # output channels per tile (the weight tile's 16 × 4-byte columns)
 TILE_QUADS = 16        # 1 x 4 input quads per tile (64 input channels)
-AMX_CYCLES_PER_TILE = 16.0
+AMX_CYCLES_PER_TILE = 16.0  # tdpbusd issue interval on Sapphire Rapids (1,024 multiply-adds per cycle)
 
 
 def quad_mask(weight: np.ndarray) -> np.ndarray:
@@ -57,7 +64,8 @@ def _row_groups(quads: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
 
 
 def aligned_tiles(quads: np.ndarray) -> int:
-    """Non-empty fixed tiles (16 rows × 16 quads) of a quad mask."""
+    """Non-empty fixed tiles (16 rows × 16 quads) of a bool (rows, nq) quad mask; rows and quads padded
+    to multiples of 16."""
     groups = np.stack(_row_groups(quads, np.arange(quads.shape[0])))  # (g, 16, nq)
     nq = -(-quads.shape[1] // TILE_QUADS) * TILE_QUADS
     padded = np.zeros((groups.shape[0], TILE_ROWS, nq), dtype=bool)
@@ -66,14 +74,19 @@ def aligned_tiles(quads: np.ndarray) -> int:
 
 
 def gathered_tiles(quads: np.ndarray, order: np.ndarray) -> int:
-    """Σ over 16-row groups (rows taken in ``order``) of ceil(|union of the group's quads| / 16)."""
+    """Σ over 16-row groups of ceil(|union of the group's quads| / 16).
+
+    Args:
+        quads: bool (rows, nq).
+        order: int (rows,), a permutation of ``range(rows)``: the groups are its consecutive 16s.
+    """
     return int(sum(-(-int(g.any(0).sum()) // TILE_QUADS) for g in _row_groups(quads, order)))
 
 
 def greedy_row_order(quads: np.ndarray) -> np.ndarray:
     """Rows grouped 16 at a time by shared quad support: each group starts from the densest row left
-    and adds, 15 times, the row that adds the fewest quads to the group's union (greedy,
-    O(rows² · quads / 16)).
+    and adds, 15 times, the row that adds the fewest quads to the group's union, the densest of
+    those on a tie (greedy; rows² · nq / 16 multiply-adds).
 
     Args:
         quads: bool (rows, nq).
@@ -81,7 +94,7 @@ def greedy_row_order(quads: np.ndarray) -> np.ndarray:
         int64 (rows,), a permutation of ``range(rows)``.
     """
     support = quads.astype(np.float32)
-    density = support.sum(1)
+    density = quads.sum(1).astype(np.int64)
     left = np.ones(quads.shape[0], dtype=bool)
     order: list[int] = []
     while left.any():
@@ -91,11 +104,16 @@ def greedy_row_order(quads: np.ndarray) -> np.ndarray:
         left[row] = False
         order.append(row)
         for _ in range(TILE_ROWS - 1):
-            candidates = np.flatnonzero(left)
-            if candidates.size == 0:
+            if not left.any():
                 break
-            added = density[candidates] - support[candidates] @ union  # quads new to the union
-            row = int(candidates[np.argmin(added)])
+            # quads each row would add to the union (counts, exact in float32 below 2^24)
+            added = density - np.rint(support @ union).astype(np.int64)
+            # ties (rows adding no quad, such as the rows of a pruned-away block) go to the densest
+            # row: a row with the union's own support before a subset of it, so that the rows of
+            # one 16 x 4 block stay together; added and density are at most nq, so the key orders
+            # by added first
+            key = np.where(left, added * (quads.shape[1] + 1) - density, np.iinfo(np.int64).max)
+            row = int(np.argmin(key))
             left[row] = False
             order.append(row)
             union = np.maximum(union, support[row])
@@ -103,7 +121,13 @@ def greedy_row_order(quads: np.ndarray) -> np.ndarray:
 
 
 def count_matrix(weight: np.ndarray, greedy: bool = True) -> dict:
-    """Quad and tile counts of one (out, in) weight; see the module docstring."""
+    """Quad and tile counts of one (out, in) weight (any dtype; non-zero = kept).
+
+    Returns:
+        ``shape``, ``nonzeros``, ``quads`` (non-empty 1 x 4 quads), ``dense_tiles``,
+        ``aligned_tiles``, ``gathered_tiles`` (model row order) and ``gathered_tiles_greedy_rows``
+        (None with ``greedy=False``): counts.
+    """
     quads = quad_mask(weight)
     rows, nq = quads.shape
     identity = np.arange(rows)
@@ -119,7 +143,13 @@ def count_matrix(weight: np.ndarray, greedy: bool = True) -> dict:
 
 
 def bounds(counts: dict, vnni_per_cycle: float) -> dict:
-    """Cycles per 16 tokens at peak issue and dense AMX ÷ each sparse schedule (× faster than dense AMX)."""
+    """Cycles per 16 tokens at peak issue, and dense AMX ÷ each schedule.
+
+    Returns:
+        ``cycles_per_16_tokens``: cycles of ``amx_dense``, ``vnni_quads``, ``amx_aligned``,
+        ``amx_gathered`` (and ``amx_gathered_greedy_rows`` when counted); ``vs_dense_amx``: × faster
+        than dense AMX at peak for each of the sparse ones (None where a schedule has no work).
+    """
     dense = counts["dense_tiles"] * AMX_CYCLES_PER_TILE
     cycles = {
         "vnni_quads": counts["quads"] / vnni_per_cycle,
@@ -129,14 +159,23 @@ def bounds(counts: dict, vnni_per_cycle: float) -> dict:
     if counts.get("gathered_tiles_greedy_rows") is not None:
         cycles["amx_gathered_greedy_rows"] = counts["gathered_tiles_greedy_rows"] * AMX_CYCLES_PER_TILE
     return {"cycles_per_16_tokens": {"amx_dense": dense, **cycles},
-            "vs_dense_amx": {k: (dense / v if v else float("inf")) for k, v in cycles.items()}}
+            "vs_dense_amx": {k: (dense / v if v else None) for k, v in cycles.items()}}
 
 
 def analyse(model_dir: Path, vnni_per_cycle: float = 2.0, greedy: bool = True) -> dict:
-    """Counts and bounds for every encoder Linear of one model, and for the encoder as a whole."""
+    """Counts and bounds for every encoder Linear of one model, and for the encoder as a whole.
+
+    Raises:
+        OSError: no readable ``model.safetensors``; ValueError: not a safetensors file, or no BERT
+        encoder Linear weights in it.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    weights = load_file(str(model_dir / "model.safetensors"))
+    try:
+        weights = load_file(str(model_dir / "model.safetensors"))
+    except SafetensorError as e:
+        raise ValueError(f"{model_dir / 'model.safetensors'}: {e}") from e
     encoder = {k: w for k, w in sorted(weights.items())
                if ".encoder.layer." in k and k.endswith(".weight") and w.ndim == 2}
     if not encoder:
@@ -151,8 +190,8 @@ def analyse(model_dir: Path, vnni_per_cycle: float = 2.0, greedy: bool = True) -
         "model": model_dir.name,
         "encoder_sparsity": 1 - total["nonzeros"] / numel,
         # quads per stored tile: the fraction of the tile's 256 quad slots that carry work
-        "quad_fill_aligned": total["quads"] / (256 * total["aligned_tiles"]) if total["aligned_tiles"] else 0.0,
-        "quad_fill_gathered": total["quads"] / (256 * total["gathered_tiles"]) if total["gathered_tiles"] else 0.0,
+        "quad_fill_aligned": total["quads"] / (256 * total["aligned_tiles"]) if total["aligned_tiles"] else None,
+        "quad_fill_gathered": total["quads"] / (256 * total["gathered_tiles"]) if total["gathered_tiles"] else None,
         "encoder": {**total, **bounds(total, vnni_per_cycle)},
         "matrices": {k: {**c, **bounds(c, vnni_per_cycle)} for k, c in per_matrix.items()},
     }
@@ -163,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", type=Path, help="model folders with model.safetensors")
     ap.add_argument("--out", type=Path, help="write the records as JSON here")
     ap.add_argument("--vnni-per-cycle", type=float, default=2.0,
-                    help="vpdpbusd (512-bit) issued per cycle at peak (default 2: two FMA ports)")
+                    help="vpdpbusd (512-bit) issued per cycle at peak (default 2: cores with two 512-bit FMA "
+                         "units, as measured on the Xeon of accelerators/_csrc/README.md; 1 for one)")
     ap.add_argument("--no-greedy", action="store_true", help="skip the greedy row grouping (the slow part)")
     args = ap.parse_args(argv)
     if not args.vnni_per_cycle > 0:
@@ -180,15 +220,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         records.append(r)
         e, v = r["encoder"], r["encoder"]["vs_dense_amx"]
-        greedy_cells = ((f"{e['gathered_tiles_greedy_rows']}", f"{v['amx_gathered_greedy_rows']:.2f}")
-                        if e["gathered_tiles_greedy_rows"] is not None else ("—", "—"))
+
+        def ratio(k: str) -> str:
+            return "—" if v.get(k) is None else f"{v[k]:.2f}"
+
+        greedy_tiles = "—" if e["gathered_tiles_greedy_rows"] is None else str(e["gathered_tiles_greedy_rows"])
         print(f"| {r['model']} | {r['encoder_sparsity']:.3f} | {e['quads']} | {e['dense_tiles']} | {e['aligned_tiles']} "
-              f"| {e['gathered_tiles']} | {greedy_cells[0]} | {v['vnni_quads']:.2f} | {v['amx_aligned']:.2f} "
-              f"| {v['amx_gathered']:.2f} | {greedy_cells[1]} |")
+              f"| {e['gathered_tiles']} | {greedy_tiles} | {ratio('vnni_quads')} | {ratio('amx_aligned')} "
+              f"| {ratio('amx_gathered')} | {ratio('amx_gathered_greedy_rows')} |")
     if args.out:
         meta = {"vnni_per_cycle": args.vnni_per_cycle, "amx_cycles_per_tile": AMX_CYCLES_PER_TILE,
                 "tile": f"{TILE_ROWS} outputs x {4 * TILE_QUADS} inputs"}
-        args.out.write_text(json.dumps({"assumptions": meta, "models": records}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"assumptions": meta, "models": records}, indent=1, allow_nan=False) + "\n")
     return 0 if records else 1
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps({
             "run_dir": args.run_dir.name, "cpu": hw.get("cpu_model"), "hardware": hw,
             "reference": {"accelerator_label": args.reference, "pruner_label": args.reference_pruner},
-            "command": " ".join(["python", "scripts/vs_reference.py", *(argv if argv is not None else sys.argv[1:])]),
+            # quoted as a shell would need it: labels hold spaces
+            "command": shlex.join(["python", "scripts/vs_reference.py", *(argv if argv is not None else sys.argv[1:])]),
             "cells": records}, indent=1))
     return 0
 

@@ -87,3 +87,20 @@ def test_vs_reference_never_divides_across_kernel_variants_or_timing_sessions():
     recs = vr.compare([*resumed, *rows[2:]], "openvino int8", "none", "sparse-int8", "torch-fp32", skipped)
     assert [(r["kernel_variant"], r["ratio"]) for r in recs] == [("avx512", 2.0)]
     assert len(skipped) == 1 and "resumed run records only its new cells" in skipped[0]
+
+
+def test_vs_reference_json_records_a_command_that_reruns(tmp_path):
+    import shlex
+
+    vr = load_script("vs_reference")
+    rows = [_row("ref", "gmp 0.9 1x4 KD", "sparse-int8", [0.010, 0.010, 0.010], 0.82),
+            _row("sp", "gmp 0.9 16x4 KD", "sparse-int8", [0.005, 0.005, 0.005], 0.82),
+            _row("fp", "gmp 0.9 16x4 KD", "torch-fp32", [0.050, 0.050, 0.050], 0.82)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    argv = [str(tmp_path), "--reference", "sparse-int8", "--reference-pruner", "gmp 0.9 1x4 KD",
+            "--out", str(tmp_path / "o.json")]
+    assert vr.main(argv) == 0
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert shlex.split(doc["command"])[2:] == argv  # the label with spaces stays one argument
+    ratios = {r["pruner_label"]: r["ratio"] for r in doc["cells"]}
+    assert ratios == {"gmp 0.9 1x4 KD": 1.0, "gmp 0.9 16x4 KD": 2.0}

@@ -41,18 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+# the quad masks, the encoder's weights and the greedy grouping are quad_permutation's (same folder)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quad_permutation import encoder_linear_weights, greedy_groups, quad_mask  # noqa: E402
+
 TILE_ROWS = 16         # output channels per tile (the weight tile's 16 × 4-byte columns)
 TILE_QUADS = 16        # 1 x 4 input quads per tile (64 input channels)
 AMX_CYCLES_PER_TILE = 16.0  # tdpbusd issue interval on Sapphire Rapids (1,024 multiply-adds per cycle)
-
-
-def quad_mask(weight: np.ndarray) -> np.ndarray:
-    """bool (out, ceil(in / 4)): which 1 x 4 quads of a (out, in) weight hold a non-zero (columns
-    padded to a multiple of 4, as the kernels' packing does)."""
-    rows, cols = weight.shape
-    padded = np.zeros((rows, -(-cols // 4) * 4), dtype=bool)
-    padded[:, :cols] = weight != 0
-    return padded.reshape(rows, -1, 4).any(-1)
 
 
 def _row_groups(quads: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
@@ -84,40 +79,14 @@ def gathered_tiles(quads: np.ndarray, order: np.ndarray) -> int:
 
 
 def greedy_row_order(quads: np.ndarray) -> np.ndarray:
-    """Rows grouped 16 at a time by shared quad support: each group starts from the densest row left
-    and adds, 15 times, the row that adds the fewest quads to the group's union, the densest of
-    those on a tie (greedy; rows² · nq / 16 multiply-adds).
+    """Rows grouped 16 at a time by shared quad support (:func:`quad_permutation.greedy_groups`).
 
     Args:
         quads: bool (rows, nq).
     Returns:
         int64 (rows,), a permutation of ``range(rows)``.
     """
-    support = quads.astype(np.float32)
-    density = quads.sum(1).astype(np.int64)
-    left = np.ones(quads.shape[0], dtype=bool)
-    order: list[int] = []
-    while left.any():
-        candidates = np.flatnonzero(left)
-        row = int(candidates[np.argmax(density[candidates])])
-        union = support[row].copy()
-        left[row] = False
-        order.append(row)
-        for _ in range(TILE_ROWS - 1):
-            if not left.any():
-                break
-            # quads each row would add to the union (counts, exact in float32 below 2^24)
-            added = density - np.rint(support @ union).astype(np.int64)
-            # ties (rows adding no quad, such as the rows of a pruned-away block) go to the densest
-            # row: a row with the union's own support before a subset of it, so that the rows of
-            # one 16 x 4 block stay together; added and density are at most nq, so the key orders
-            # by added first
-            key = np.where(left, added * (quads.shape[1] + 1) - density, np.iinfo(np.int64).max)
-            row = int(np.argmin(key))
-            left[row] = False
-            order.append(row)
-            union = np.maximum(union, support[row])
-    return np.asarray(order, dtype=np.int64)
+    return greedy_groups(quads, TILE_ROWS)
 
 
 def count_matrix(weight: np.ndarray, greedy: bool = True) -> dict:
@@ -169,17 +138,7 @@ def analyse(model_dir: Path, vnni_per_cycle: float = 2.0, greedy: bool = True) -
         OSError: no readable ``model.safetensors``; ValueError: not a safetensors file, or no BERT
         encoder Linear weights in it.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        weights = load_file(str(model_dir / "model.safetensors"))
-    except SafetensorError as e:
-        raise ValueError(f"{model_dir / 'model.safetensors'}: {e}") from e
-    encoder = {k: w for k, w in sorted(weights.items())
-               if ".encoder.layer." in k and k.endswith(".weight") and w.ndim == 2}
-    if not encoder:
-        raise ValueError(f"{model_dir}: no BERT encoder Linear weights (…encoder.layer.N.….weight)")
+    encoder = encoder_linear_weights(model_dir)
     per_matrix = {k: count_matrix(w, greedy) for k, w in encoder.items()}
     keys = ("nonzeros", "quads", "dense_tiles", "aligned_tiles", "gathered_tiles")
     total = {k: sum(c[k] for c in per_matrix.values()) for k in keys}

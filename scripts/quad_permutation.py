@@ -28,50 +28,93 @@ from pathlib import Path
 import numpy as np
 
 
-def stored_quads(nonzero: np.ndarray) -> int:
-    """Non-empty 1 x 4 quads of a bool (rows, cols) mask; cols padded to a multiple of 4 as packing does."""
-    rows, cols = nonzero.shape
+def quad_mask(weight: np.ndarray) -> np.ndarray:
+    """bool (out, ceil(in / 4)): which 1 x 4 quads of a (out, in) weight hold a non-zero (any dtype;
+    columns padded to a multiple of 4, as the kernels' packing does)."""
+    rows, cols = weight.shape
     padded = np.zeros((rows, -(-cols // 4) * 4), dtype=bool)
-    padded[:, :cols] = nonzero
-    return int(padded.reshape(rows, -1, 4).any(-1).sum())
+    padded[:, :cols] = weight != 0
+    return padded.reshape(rows, -1, 4).any(-1)
+
+
+def stored_quads(nonzero: np.ndarray) -> int:
+    """Non-empty 1 x 4 quads of a (rows, cols) mask or weight; cols padded to a multiple of 4."""
+    return int(quad_mask(nonzero).sum())
+
+
+def greedy_groups(support: np.ndarray, size: int) -> np.ndarray:
+    """An order of the items (rows of ``support``) that groups them ``size`` at a time by shared
+    support: each group starts from the densest item left and adds, ``size - 1`` times, the item
+    that adds the fewest features to the group's union, the densest of those on a tie (greedy;
+    items² · features / size multiply-adds).
+
+    Args:
+        support: bool (items, features).
+        size: items per group (4 columns to a quad, 16 rows to an AMX tile).
+    Returns:
+        int64 (items,), a permutation of ``range(items)``.
+    """
+    weights = support.astype(np.float32)
+    density = support.sum(1).astype(np.int64)
+    left = np.ones(support.shape[0], dtype=bool)
+    order: list[int] = []
+    while left.any():
+        candidates = np.flatnonzero(left)
+        item = int(candidates[np.argmax(density[candidates])])
+        union = weights[item].copy()
+        left[item] = False
+        order.append(item)
+        for _ in range(size - 1):
+            if not left.any():
+                break
+            # features each item would add to the union (counts, exact in float32 below 2^24)
+            added = density - np.rint(weights @ union).astype(np.int64)
+            # ties (items adding nothing, such as the rows of a pruned-away block) go to the densest
+            # item: one with the union's own support before a subset of it, so that the rows of one
+            # block stay together; added and density are at most the feature count, so the key
+            # orders by added first
+            key = np.where(left, added * (support.shape[1] + 1) - density, np.iinfo(np.int64).max)
+            item = int(np.argmin(key))
+            left[item] = False
+            order.append(item)
+            union = np.maximum(union, weights[item])
+    return np.asarray(order, dtype=np.int64)
 
 
 def greedy_order(nonzero: np.ndarray) -> np.ndarray:
-    """A column order grouping columns four at a time by shared row support (greedy, O(cols² rows / 4)).
+    """A column order grouping columns four at a time by shared row support (:func:`greedy_groups`).
 
     Args:
         nonzero: bool (rows, cols).
     Returns:
         int64 (cols,), a permutation of ``range(cols)``.
     """
-    support = nonzero.astype(np.float32)
-    density = support.sum(0)
-    left = np.ones(nonzero.shape[1], dtype=bool)
-    order: list[int] = []
-    while left.any():
-        candidates = np.flatnonzero(left)
-        col = int(candidates[np.argmax(density[candidates])])
-        group = support[:, col].copy()
-        left[col] = False
-        order.append(col)
-        for _ in range(3):
-            candidates = np.flatnonzero(left)
-            if candidates.size == 0:
-                break
-            added = density[candidates] - group @ support[:, candidates]  # new (row, quad) pairs
-            col = int(candidates[np.argmin(added)])
-            left[col] = False
-            order.append(col)
-            group = np.maximum(group, support[:, col])
-    return np.asarray(order, dtype=np.int64)
+    return greedy_groups(nonzero.T, 4)
+
+
+def encoder_linear_weights(model_dir: Path) -> dict[str, np.ndarray]:
+    """The 2-D ``…encoder.layer.N.….weight`` arrays of ``model_dir/model.safetensors``, by name (sorted).
+
+    Raises:
+        OSError: no readable file; ValueError: not a safetensors file, or no such weights in it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        weights = load_file(str(model_dir / "model.safetensors"))
+    except SafetensorError as e:
+        raise ValueError(f"{model_dir / 'model.safetensors'}: {e}") from e
+    encoder = {k: w for k, w in sorted(weights.items())
+               if ".encoder.layer." in k and k.endswith(".weight") and w.ndim == 2}
+    if not encoder:
+        raise ValueError(f"{model_dir}: no BERT encoder Linear weights (…encoder.layer.N.….weight)")
+    return encoder
 
 
 def analyse(model_dir: Path, seed: int = 0) -> dict:
     """Quad counts of one model's FFN output matrices, as pruned / greedy / random / lower bound."""
-    from safetensors.numpy import load_file
-
-    weights = load_file(str(model_dir / "model.safetensors"))
-    encoder = {k: w for k, w in weights.items() if ".encoder.layer." in k and k.endswith(".weight") and w.ndim == 2}
+    encoder = encoder_linear_weights(model_dir)
     ffn_out = sorted(k for k in encoder if k.endswith(".output.dense.weight") and ".attention." not in k)
     if not ffn_out:
         raise ValueError(f"{model_dir}: no BERT encoder FFN output matrices (…encoder.layer.N.output.dense.weight)")

@@ -58,4 +58,4 @@ def test_a_folder_without_a_bert_encoder_is_skipped(tmp_path, capsys):
     save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(tmp_path / "x" / "model.safetensors"))
     assert qp.main([str(tmp_path / "x"), str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
-    assert "no BERT encoder FFN output matrices" in err and "missing" in err
+    assert "no BERT encoder Linear weights" in err and "No such file" in err

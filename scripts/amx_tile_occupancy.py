@@ -148,9 +148,9 @@ def analyse(model_dir: Path, vnni_per_cycle: float = 2.0, greedy: bool = True) -
     return {
         "model": model_dir.name,
         "encoder_sparsity": 1 - total["nonzeros"] / numel,
-        # quads per stored tile: the fraction of the tile's 256 quad slots that carry work
-        "quad_fill_aligned": total["quads"] / (256 * total["aligned_tiles"]) if total["aligned_tiles"] else None,
-        "quad_fill_gathered": total["quads"] / (256 * total["gathered_tiles"]) if total["gathered_tiles"] else None,
+        # the share of the stored tiles' quad slots (16 × 16 each) that carry work
+        "quad_fill_aligned": total["quads"] / (TILE_ROWS * TILE_QUADS * total["aligned_tiles"]) if total["aligned_tiles"] else None,
+        "quad_fill_gathered": total["quads"] / (TILE_ROWS * TILE_QUADS * total["gathered_tiles"]) if total["gathered_tiles"] else None,
         "encoder": {**total, **bounds(total, vnni_per_cycle)},
         "matrices": {k: {**c, **bounds(c, vnni_per_cycle)} for k, c in per_matrix.items()},
     }

@@ -8,8 +8,8 @@ and the columns of ``output.dense`` by one permutation — leaves the model's fu
 is, and changes which non-zeros of ``output.dense`` share a quad. This script counts, for each
 model, the quads ``output.dense`` stores as pruned, after a greedy grouping of its columns (each
 group of four starts from the densest column left and adds the column that adds the fewest new
-(row, quad) pairs, the densest of those on a tie), and after a random permutation (the baseline a mask without column correlation
-gives), with the per-row lower bound (each row's non-zeros packed four to a quad, which one shared
+(row, quad) pairs, the densest of those on a tie), and after a random permutation (the baseline a
+mask without column correlation gives), with the per-row lower bound (each row's non-zeros packed four to a quad, which one shared
 column permutation cannot reach in general). Counting stored quads, not time: the products' work
 is proportional to them; ``the encoder`` share bounds what the whole model could gain.
 

@@ -9,8 +9,8 @@ is, and changes which non-zeros of ``output.dense`` share a quad. This script co
 model, the quads ``output.dense`` stores as pruned, after a greedy grouping of its columns (each
 group of four starts from the densest column left and adds the column that adds the fewest new
 (row, quad) pairs, the densest of those on a tie), and after a random permutation (the baseline a
-mask without column correlation gives), with the per-row lower bound (each row's non-zeros packed four to a quad, which one shared
-column permutation cannot reach in general). Counting stored quads, not time: the products' work
+mask without column correlation gives), with the per-row lower bound (each row's non-zeros packed
+four to a quad, which one shared column permutation cannot reach in general). Counting stored quads, not time: the products' work
 is proportional to them; ``the encoder`` share bounds what the whole model could gain.
 
 Input: model folders holding ``model.safetensors`` (``sparsebench export RUN_DIR CELL_ID OUT``, or

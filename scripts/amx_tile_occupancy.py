@@ -50,22 +50,18 @@ TILE_QUADS = 16        # 1 x 4 input quads per tile (64 input channels)
 AMX_CYCLES_PER_TILE = 16.0  # tdpbusd issue interval on Sapphire Rapids (1,024 multiply-adds per cycle)
 
 
-def _row_groups(quads: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
-    """``quads`` rows in ``order``, padded with empty rows to a multiple of 16, as (16, nq) groups."""
-    rows = -(-quads.shape[0] // TILE_ROWS) * TILE_ROWS
-    padded = np.zeros((rows, quads.shape[1]), dtype=bool)
+def _row_groups(quads: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """bool (groups, 16, nq): ``quads`` rows in ``order``, padded with empty rows to a multiple of 16."""
+    padded = np.zeros((-(-quads.shape[0] // TILE_ROWS) * TILE_ROWS, quads.shape[1]), dtype=bool)
     padded[: quads.shape[0]] = quads[order]
-    return list(padded.reshape(-1, TILE_ROWS, quads.shape[1]))
+    return padded.reshape(-1, TILE_ROWS, quads.shape[1])
 
 
 def aligned_tiles(quads: np.ndarray) -> int:
     """Non-empty fixed tiles (16 rows × 16 quads) of a bool (rows, nq) quad mask; rows and quads padded
     to multiples of 16."""
-    groups = np.stack(_row_groups(quads, np.arange(quads.shape[0])))  # (g, 16, nq)
-    nq = -(-quads.shape[1] // TILE_QUADS) * TILE_QUADS
-    padded = np.zeros((groups.shape[0], TILE_ROWS, nq), dtype=bool)
-    padded[:, :, : quads.shape[1]] = groups
-    return int(padded.reshape(groups.shape[0], TILE_ROWS, -1, TILE_QUADS).any((1, 3)).sum())
+    groups = np.pad(_row_groups(quads, np.arange(quads.shape[0])), ((0, 0), (0, 0), (0, -quads.shape[1] % TILE_QUADS)))
+    return int(groups.reshape(groups.shape[0], TILE_ROWS, -1, TILE_QUADS).any((1, 3)).sum())
 
 
 def gathered_tiles(quads: np.ndarray, order: np.ndarray) -> int:
@@ -75,7 +71,8 @@ def gathered_tiles(quads: np.ndarray, order: np.ndarray) -> int:
         quads: bool (rows, nq).
         order: int (rows,), a permutation of ``range(rows)``: the groups are its consecutive 16s.
     """
-    return int(sum(-(-int(g.any(0).sum()) // TILE_QUADS) for g in _row_groups(quads, order)))
+    union = _row_groups(quads, order).any(1).sum(1)
+    return int((-(-union // TILE_QUADS)).sum())
 
 
 def greedy_row_order(quads: np.ndarray) -> np.ndarray:

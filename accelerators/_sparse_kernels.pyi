@@ -14,7 +14,7 @@ from typing import Literal, final
 
 from typing_extensions import Buffer
 
-# "scalar", "avx2", "avx512" or "vnni"; None = the module default (kernel_variant()).
+# "scalar", "avx2", "avx512", "vnni" or "amx"; None = the module default (kernel_variant()).
 _Variant = str | None
 # How threads share the work: "tokens" (each thread its own tokens, no barriers), "rows" (output
 # rows, for few tokens) or "auto"/None (tokens when there are >= 64 per thread).
@@ -38,7 +38,7 @@ class SparseMatrix:
         """(rows, cols) of one stored block: (1, 1) is CSR, (bh, 1) fp32 blocks, (bh, 4) int8."""
     @property
     def nblocks(self) -> int:
-        """Number of stored blocks."""
+        """Number of stored blocks (16-row int8 blocks: padding blocks included)."""
     @property
     def nnz_stored(self) -> int:
         """Stored weights, zeros inside blocks included (nblocks * rows * cols)."""
@@ -77,13 +77,15 @@ def pack_bsr(
 def pack_int8(
     indptr: Buffer, indices: Buffer, values: Buffer, w_scale: Buffer, shape: tuple[int, int], block: int = 1
 ) -> SparseMatrix:
-    """INT8 weight: blocks of `block` (1, 2, 4 or 8) output rows x 4 input columns ("quads").
+    """INT8 weight: blocks of `block` (1, 2, 4, 8 or 16) output rows x 4 input columns ("quads").
 
     indptr: int32/int64 (ceil(n_out / block) + 1,); indices: int32/int64 (nblocks,) quad numbers in
     [0, ceil(n_in / 4)); values: int8 with nblocks * block * 4 entries laid out (block, row, col)
     (1-D, 2-D or 3-D); w_scale: float32 (n_out,), finite >= 0, W ~= w_scale[o] * W_q[o].
     n_in <= 65536 and at most 16384 quads per block row, repeated indices included (exact int32
-    accumulation). Raises ValueError beyond.
+    accumulation). Raises ValueError beyond. Blocks of 16 rows (one row of an AMX weight tile) are
+    stored with every block row padded by zero blocks to a multiple of 16 blocks, which
+    ``nblocks`` counts; the ``amx`` variant multiplies them on AMX tiles.
     """
 
 def spmm(
@@ -232,7 +234,7 @@ def kernel_variant() -> str:
     """The module default variant (the best the CPU supports, or SPARSEBENCH_KERNEL_VARIANT)."""
 
 def compiled_variants() -> list[str]:
-    """Variants compiled into this build, in order scalar, avx2, avx512, vnni."""
+    """Variants compiled into this build, in order scalar, avx2, avx512, vnni, amx."""
 
 def supported_variants() -> list[str]:
     """Compiled variants this CPU can run."""

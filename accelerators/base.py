@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 #: ISA variants of the sparse C kernels, slowest first; ``"auto"`` (not listed) = the best this CPU has
-KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni")
+KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni", "amx")
 
 
 @dataclass(frozen=True)

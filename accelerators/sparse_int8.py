@@ -29,7 +29,7 @@ from accelerators.roles import encoder_linears
 from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, SwapRun, _SparseSwap, intra_op_threads, set_submodule
 from accelerators.timing import interleaved_timing
 
-INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4")
+INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4", "bsr16x4")
 #: what can run a layer left dense (see :class:`SparseInt8`) -> what ``quant_scope`` adds for it
 DENSE_FALLBACK_SCOPE = {"torch-int8": "; layers left dense: torch dynamic INT8, activations per call",
                         "kernel-int8": "", "fp32": "; layers left dense: fp32"}
@@ -78,7 +78,9 @@ class SparseInt8(_SparseSwap):
 
     Args:
         format: ``"auto"`` (measure ``csr`` = 1x4 quads and, where the pruning left whole blocks,
-            ``bsr4x4`` / ``bsr8x4``) or one fixed format from ``csr, bsr2x4, bsr4x4, bsr8x4``.
+            ``bsr4x4`` / ``bsr8x4`` / ``bsr16x4``) or one fixed format from ``csr, bsr2x4, bsr4x4,
+            bsr8x4, bsr16x4``. ``bsr16x4`` (16 rows x 4 columns: one row of an AMX weight tile) runs on
+            AMX tiles with the ``amx`` kernel variant, as 16-row ``vpdpbusd`` blocks elsewhere.
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
         dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
             kernel on the layer as it is, in ``dense_format``, the sparse layers' quantization,
@@ -90,7 +92,7 @@ class SparseInt8(_SparseSwap):
             outlier tokens (Dettmers et al. 2022, LLM.int8()); on a pruned MiniLM it cost 0.9 points
             of SST-2 accuracy where per-token scales cost 0.2 (docs/results.md).
         dense_format: the layout ``kernel-int8`` runs a layer left dense in: ``"auto"`` (default: the
-            fastest of ``csr, bsr2x4, bsr4x4, bsr8x4`` on a dense matrix of the largest encoder layer's
+            fastest of ``csr, bsr2x4, bsr4x4, bsr8x4, bsr16x4`` on a dense matrix of the largest encoder layer's
             shape at the example's token count, timed once per prepare; ``csr`` without ``calibrate``)
             or one of them. Blocks of 2-8 rows reuse each activation load across rows, which pays on
             VNNI and not in the AVX2 variant (docs/results.md), hence measured; the timing costs a few
@@ -115,8 +117,8 @@ class SparseInt8(_SparseSwap):
     #: boundary of the next kernel (1/127 of its range), so fused and unfused layer outputs agree to
     #: about one quantization step, not to float rounding
     fuse_tolerance = 1e-2
-    #: 1 x 4 quads stacked 4 or 8 rows high (the VNNI block)
-    blocked_formats = (("bsr4x4", 4), ("bsr8x4", 8))
+    #: 1 x 4 quads stacked 4 or 8 rows high (the VNNI block), or 16 (one row of an AMX weight tile)
+    blocked_formats = (("bsr4x4", 4), ("bsr8x4", 8), ("bsr16x4", 16))
     block_fill = staticmethod(quad_block_fill)
 
     def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",

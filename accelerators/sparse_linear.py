@@ -11,7 +11,8 @@ Formats
                    a quad is stored when any of its 4 weights is non-zero.
     ``"bsr{r}x1"`` fp32 only: blocks of r consecutive output rows x 1 input column (r in
                    1, 2, 4, 8); a block is stored when any of its r weights is non-zero.
-    ``"bsr{r}x4"`` int8 only: r output rows x 4 input columns (r in 1, 2, 4, 8).
+    ``"bsr{r}x4"`` int8 only: r output rows x 4 input columns (r in 1, 2, 4, 8, 16; 16 rows x 4
+    columns is one row of an AMX weight tile, run on AMX tiles by the ``amx`` kernel variant).
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) 
             raise ValueError(f"format {format!r}: {dtype} blocks have {bw} input column(s)")
         if block is not None and int(block) != bh:
             raise ValueError(f"format {format!r} conflicts with block={block}")
-    if bh not in (1, 2, 4, 8):
-        raise ValueError(f"block rows must be 1, 2, 4 or 8, got {bh}")
+    if bh not in (1, 2, 4, 8) and not (bh == 16 and dtype == "int8"):
+        raise ValueError(f"block rows must be 1, 2, 4 or 8 (int8: or 16), got {bh}")
     name = "csr" if (bh == 1) else f"bsr{bh}x{bw}"
     return name, bh, bw
 
@@ -521,7 +522,7 @@ class SparseLinear(nn.Module):
 
     @torch.no_grad()
     def reformat(self, format: str) -> "SparseLinear":
-        """This int8 layer stored in INT8 ``format`` (``csr``, ``bsr2x4``, ``bsr4x4``, ``bsr8x4``): the
+        """This int8 layer stored in INT8 ``format`` (``csr``, ``bsr2x4`` ... ``bsr16x4``): the
         same int8 weights and scales re-blocked, nothing re-quantized, so the outputs are the same
         bits (the kernels' int32 sums are exact in any order); ``self`` when already in it. Raises
         ValueError for an fp32 layer (its sums' order, and so its rounding, follows the format) or

@@ -31,8 +31,9 @@ benchmarked by ``scripts/bench_ffn.py``) against torch's ``F.scaled_dot_product_
 key-padding mask of zeros), MiniLM's 12 heads x 32 at sequence 128, batch 1 and 8, threads 1 and 2;
 rows carry batch, seq, heads, head_dim, threads, median_s, sdpa_median_s, speedup_vs_sdpa, gflops.
 
-``--dense-formats``: our INT8 kernel in each of its formats (csr = 1x4 quads, bsr2x4, bsr4x4, bsr8x4)
-on the *same* dense or lightly pruned weight, in every ISA variant this CPU supports, against torch
+``--dense-formats``: our INT8 kernel in each of its formats (csr = 1x4 quads, bsr2x4, bsr4x4, bsr8x4,
+bsr16x4: AMX tiles in the ``amx`` variant) on the *same* dense or lightly pruned weight, in every ISA
+variant this CPU supports, against torch
 dynamic INT8 on the dense weight: what ``sparse-int8``'s ``dense_format = "auto"`` chooses among for
 the layers left dense. Default grid: MiniLM's shapes (1536x384, 384x1536, 1152x384: the stacked
 q / k / v), 128 tokens, 1 thread, sparsity 0 and 0.3 unstructured (``--sparsities`` overrides);
@@ -448,7 +449,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="first wait up to SECONDS for an idle machine (>= 85%% idle for 3 s); the rows record "
                          "whether it was quiet")
     ap.add_argument("--model", action="store_true", help="whole MiniLM-shaped model instead of single layers")
-    ap.add_argument("--model-structure", default="unstructured", choices=["unstructured", "4x1", "1x4", "4x4"])
+    ap.add_argument("--model-structure", default="unstructured", choices=["unstructured", "4x1", "1x4", "4x4", "16x4"])
     ap.add_argument("--batches", default="8,1", help="model mode: batch sizes")
     ap.add_argument("--seq", type=int, default=128, help="model / attention mode: sequence length")
     ap.add_argument("--attention", action="store_true", help="our fused attention kernel vs torch SDPA")

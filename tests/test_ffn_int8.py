@@ -43,7 +43,7 @@ def case(seed, T, hidden=40, inter=132, bh_in=1, bh_out=1, density=0.3):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("bh_in,bh_out", [(1, 1), (4, 1), (1, 8), (2, 4)])
+@pytest.mark.parametrize("bh_in,bh_out", [(1, 1), (4, 1), (1, 8), (2, 4), (16, 16)])
 @pytest.mark.parametrize("tokens", [1, 16, 37, 128, 300])
 def test_same_bits_as_the_two_calls(variant, bh_in, bh_out, tokens):
     m1, m2, x, b1, b2, lnw, lnb = case(tokens * 10 + bh_in + bh_out, tokens, bh_in=bh_in, bh_out=bh_out)

@@ -19,7 +19,7 @@ sk = pytest.importorskip("accelerators._sparse_kernels")
 
 from tests.test_ffn_int8 import case, pack  # noqa: E402
 
-SIMD = [v for v in sk.supported_variants() if v in ("avx2", "avx512", "vnni")]
+SIMD = [v for v in sk.supported_variants() if v in ("avx2", "avx512", "vnni", "amx")]
 pytestmark = pytest.mark.skipif(len(SIMD) < 2, reason=f"needs two SIMD INT8 variants; this CPU runs {SIMD}")
 
 
@@ -39,7 +39,7 @@ def test_int8_attention_same_bits_on_every_simd_variant(S, heads, dh, masked, th
         np.testing.assert_array_equal(outs[v], outs[SIMD[0]], err_msg=f"{v} vs {SIMD[0]}")
 
 
-@pytest.mark.parametrize("bh", [1, 4])
+@pytest.mark.parametrize("bh", [1, 4, 16])
 @pytest.mark.parametrize("tokens", [1, 37, 128])
 def test_spmm_int8_same_bits_on_every_simd_variant(bh, tokens):
     rng = np.random.default_rng(tokens + bh)

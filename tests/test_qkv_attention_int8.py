@@ -72,7 +72,7 @@ def test_padded_sequence_gets_the_bits_it_gets_alone(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("bh", [1, 2, 4, 8])
+@pytest.mark.parametrize("bh", [1, 2, 4, 8, 16])
 def test_block_heights_bias_scale_and_ranges(variant, bh):
     m, x, bias, kb = case(bh, 4, 64, 64, n_in=48, bh=bh)
     want = two_calls(m, x, None, 4, None, 0.3, variant=variant)

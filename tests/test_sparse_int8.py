@@ -18,7 +18,7 @@ from accelerators.sparse_linear import SparseLinear, dense_to_blocks  # noqa: E4
 from tests.tiny_family import tiny_bert, tiny_inputs  # noqa: E402
 
 VARIANTS = sk.supported_variants()
-BLOCKS = [1, 2, 4, 8]
+BLOCKS = [1, 2, 4, 8, 16]
 
 
 def pack_q(wq: np.ndarray, bh: int, scale=None):
@@ -103,6 +103,41 @@ def test_tiles_tokens_blocks(variant):
         for split in ("rows", "tokens"):
             assert np.array_equal(raw(m, xq, variant, 2, split=split), ref)
             assert np.array_equal(raw(m, xq[:41], variant, 3, split=split, token_block=16), ref[:41])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_16x4_tiles_padding_and_repeats(variant):
+    """16x4 blocks are stored as AMX weight tiles, every block row padded to a multiple of 16 blocks:
+    rows of 0, 1, 15, 16, 17 and 40 blocks, a repeated quad (its blocks add up), a last partial block
+    row, against the exact product, at every tile width (passes of 1, 2 and 4 sub-tiles of 16 tokens,
+    several passes per tile) and both splits."""
+    rng = np.random.default_rng(16)
+    n_out, n_in = 16 * 6 - 5, 4 * 45 - 2
+    counts = [0, 1, 15, 16, 17, 40]
+    wq = np.zeros((n_out, n_in), np.int8)
+    for br, n in enumerate(counts):
+        quads = np.sort(rng.choice(45, n, replace=False))
+        for q in quads:
+            wq[16 * br:16 * br + 16, 4 * q:4 * q + 4] = rng.integers(-128, 128, (16, 4))[: n_out - 16 * br, : n_in - 4 * q]
+    ip, ix, bl = dense_to_blocks(torch.from_numpy(wq), 16, 4)
+    ix[ip[4]] = ix[ip[4] + 1]  # row 4: its first two blocks on one quad (block 0's own quad then gets nothing)
+    dense = np.zeros((6 * 16, 45 * 4), np.int64)
+    for br in range(6):
+        for j in range(int(ip[br]), int(ip[br + 1])):
+            dense[16 * br:16 * br + 16, 4 * int(ix[j]):4 * int(ix[j]) + 4] += bl[j].numpy().astype(np.int64)
+    m = sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy(), np.ones(n_out, np.float32), wq.shape, block=16)
+    assert m.block == (16, 4) and m.format == "bsr16x4"
+    assert m.nblocks == sum(-(-n // 16) * 16 for n in counts)
+    xq = rng.integers(-127, 128, (211, n_in)).astype(np.int8)
+    ref = xq.astype(np.int64) @ dense[:n_out, :n_in].T
+    for tile in (16, 32, 64, 128, 256):
+        for split in ("rows", "tokens"):
+            for tokens in (211, 176, 48):  # tiles narrower than asked at the end of a token block
+                assert np.array_equal(raw(m, xq[:tokens], variant, 2, tile=tile, split=split), ref[:tokens])
+    with pytest.raises(ValueError, match="int8: or 16"):
+        sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy(), np.ones(n_out, np.float32), wq.shape, block=32)
+    with pytest.raises(ValueError, match="1, 2, 4 or 8, got 16"):
+        sk.pack_bsr(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), (16, 4), block=16)
 
 
 def emulate(x, wq, sw, bias, per_token=True):
@@ -416,14 +451,14 @@ def test_dense_formats_benchmark_rows_cover_every_variant_and_format(tmp_path):
     bench.main(["--dense-formats", "--shapes", "32x16", "--sparsities", "0,0.5", "--reps", "2",
                 "--min-time", "0.0005", "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert len(rows) == 2 * len(VARIANTS) * 4
-    assert {(r["variant"], r["format"]) for r in rows} == {(v, f) for v in VARIANTS
-                                                           for f in ("csr", "bsr2x4", "bsr4x4", "bsr8x4")}
+    formats = ("csr", "bsr2x4", "bsr4x4", "bsr8x4", "bsr16x4")
+    assert len(rows) == 2 * len(VARIANTS) * len(formats)
+    assert {(r["variant"], r["format"]) for r in rows} == {(v, f) for v in VARIANTS for f in formats}
     assert all(r["stored_density"] == 1.0 for r in rows if r["sparsity"] == 0.0)
     half = {(r["variant"], r["format"]): r for r in rows if r["sparsity"] == 0.5}
-    for v in VARIANTS:  # blocks store the zeros inside them: csr the least, 8-row blocks the most
-        d = [half[(v, f)]["stored_density"] for f in ("csr", "bsr2x4", "bsr4x4", "bsr8x4")]
-        assert 0.5 < d[0] <= d[1] <= d[2] <= d[3] <= 1.0
+    for v in VARIANTS:  # blocks store the zeros inside them: csr the least, 16-row blocks the most
+        d = [half[(v, f)]["stored_density"] for f in formats]
+        assert 0.5 < d[0] <= d[1] <= d[2] <= d[3] <= d[4] <= 1.0
         assert half[(v, "csr")]["speedup_vs_csr"] == 1.0 and half[(v, "bsr2x4")]["speedup_vs_csr"] > 0
     assert all(r["median_s"] > 0 for r in rows)
 
@@ -440,7 +475,7 @@ def test_bench_speedups_are_medians_of_same_repeat_ratios():
 def test_dense_format_errors_name_the_choices():
     from accelerators.sparse_int8 import SparseInt8
 
-    with pytest.raises(ValueError, match="dense_format must be 'auto' or one of csr, bsr2x4, bsr4x4, bsr8x4"):
+    with pytest.raises(ValueError, match="dense_format must be 'auto' or one of csr, bsr2x4, bsr4x4, bsr8x4, bsr16x4"):
         SparseInt8(dense_format="bsr3x4")
     with pytest.raises(ValueError, match="needs dense_fallback = 'kernel-int8'"):
         SparseInt8(dense_format="csr", dense_fallback="torch-int8")

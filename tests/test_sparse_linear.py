@@ -72,7 +72,9 @@ def test_format_parsing():
     assert parse_format("csr") == ("csr", 1, 1)
     assert parse_format("bsr", block=8) == ("bsr8x1", 8, 1)
     assert parse_format("bsr4x4", "int8") == ("bsr4x4", 4, 4)
-    for bad in [("bsr3x1", "fp32"), ("bsr4x4", "fp32"), ("coo", "fp32"), ("csr", "fp16")]:
+    assert parse_format("bsr16x4", "int8") == ("bsr16x4", 16, 4)
+    for bad in [("bsr3x1", "fp32"), ("bsr4x4", "fp32"), ("bsr16x1", "fp32"), ("bsr32x4", "int8"), ("coo", "fp32"),
+                ("csr", "fp16")]:
         with pytest.raises(ValueError):
             parse_format(*bad)
 
@@ -175,7 +177,7 @@ def test_sparse_cpu_config_errors():
         parse_config(tiny_config(matrix={"kernel_variant": ["nonexistent"]}))  # a typo fails at config time
     with pytest.raises(ValueError, match="min_time_s"):
         SparseCPU(min_time_s=-1)
-    missing = [v for v in ("scalar", "avx2", "avx512", "vnni") if v not in sk.supported_variants()]
+    missing = [v for v in ("scalar", "avx2", "avx512", "vnni", "amx") if v not in sk.supported_variants()]
     if missing:  # a real variant this CPU lacks is reported by availability(), not a config error
         ok, reason = SparseCPU().availability(PrepareSettings(kernel_variant=missing[0]))
         assert not ok and missing[0] in reason

@@ -85,7 +85,8 @@ static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int3
         case 1: Q_ROWLOOP(1, 8) break;
         case 2: Q_ROWLOOP(2, 4) break;
         case 4: Q_ROWLOOP(4, 2) break;
-        default: Q_ROWLOOP(8, 1) break;
+        case 8: Q_ROWLOOP(8, 1) break;
+        default: Q_ROWLOOP(16, 1) break; /* 16x4 blocks: two slices of 8 rows */
         }
     }
 }

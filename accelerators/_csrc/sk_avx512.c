@@ -410,7 +410,8 @@ void sk_avx512_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const i
         case 4:
             if (nvt >= 4) { Q_ROWLOOP(4, 4) } else { Q_ROWLOOP(4, 2) }
             break;
-        default: Q_ROWLOOP(8, 2) break;
+        case 8: Q_ROWLOOP(8, 2) break;
+        default: Q_ROWLOOP(16, 2) break; /* 16x4 blocks: two slices of 8 rows */
         }
     }
 }

@@ -102,7 +102,18 @@ typedef struct {
  * lane holds 4 consecutive input channels of one token: the operand layout of vpdpbusd
  * (u8 x s8 -> s32). The +128 offset is removed with a per-row compensation 128 * sum(w_q).
  * Padding (tokens past the end, columns past n_in) holds u = 128 (x_q = 0).
+ *
+ * Blocks of SK_TILE_ROWS = 16 rows ("bsr16x4", the weight operand of one AMX tile row) are stored
+ * for AMX: every block row is padded with zero-weight blocks (column: the row's last) to a
+ * multiple of 16 blocks, and each group g of 16 consecutive blocks is one 16 x 64-byte tile,
+ * row b = the 16 blocks' words of output row b: block j's word of row b at sk_qword(16, j, b).
  */
+#define SK_TILE_ROWS 16
+/* index in qval of the word of block j, row b (block rows of bh rows) */
+static inline __attribute__((always_inline)) int64_t sk_qword(int bh, int64_t j, int b)
+{
+    return bh == SK_TILE_ROWS ? (j & ~(int64_t)15) * 16 + b * 16 + (j & 15) : j * bh + b;
+}
 typedef struct sk_kernels {
     const char *name;
     /* fp32: scratch[(row * bh + b) * lds + t] for the segments of sg (see sk_segs), all tiles. */
@@ -268,7 +279,17 @@ extern const sk_kernels sk_kernels_scalar;
 extern const sk_kernels sk_kernels_avx2;
 extern const sk_kernels sk_kernels_avx512;
 extern const sk_kernels sk_kernels_vnni;
+/* the vnni table's INT8 product (sk_vnni.c), which the amx table keeps for blocks other than 16x4 */
+void sk_vnni_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                       const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
+/* AMX tiles for 16x4 blocks (sk_amx.c): the product for bsr16x4 on a CPU with AMX-INT8 */
+void sk_amx_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                      const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
 #endif
+/* The portable 16x4 block product (sk_scalar.c): the AMX kernel's schedule with its tile operations
+ * written in C (sk_amx16.inc.h), so that schedule is tested on every CPU. */
+void sk_tile_int8_16x4_emulated(const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                                const uint8_t *xq, const sk_tiling *tl, int32_t *scratch, int64_t lds);
 
 /* Shared scalar helpers (defined in sk_scalar.c). */
 void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,

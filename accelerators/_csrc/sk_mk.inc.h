@@ -8,9 +8,11 @@
  *        over blocks to hide the FMA latency when B * NV is small).
  * and from the includer, once: VEC, VW, VZERO(), VLOAD(p), VSET1(x), VFMA(a, b, c) = a * b + c,
  * VADD(a, b), VSTORE(p, v); optionally MK_XT / MK_WT / MK_OT (element types of the packed
- * activations, of one stored weight, of the accumulator; float by default).
+ * activations, of one stored weight, of the accumulator; float by default), and per instance
+ * MK_WIDX(j, b), the index in val of block j's weight of row b (default j * B + b; 16x4 blocks
+ * use their AMX tile layout, sk_qword).
  *
- * out[b * lds + v * VW + l] = (accum ? out[...] : 0) + sum_j val[j*B+b] * xt[idx[j] * ldx + v * VW + l], j in [j0, j1)
+ * out[b * lds + v * VW + l] = (accum ? out[...] : 0) + sum_j val[MK_WIDX(j, b)] * xt[idx[j] * ldx + v * VW + l], j in [j0, j1)
  */
 #ifndef SK_MK_PARAMS
 #define SK_MK_PARAMS
@@ -27,6 +29,9 @@
 #define MK_XT float /* element type of the packed activations */
 #define MK_WT float /* element type of one stored weight (per block row) */
 #define MK_OT float /* accumulator / output element type */
+#endif
+#ifndef MK_WIDX
+#define MK_WIDX(j, b) ((j) * MK_B + (b))
 #endif
 #define MK_B SK_MK_B(MK)
 #define MK_NV SK_MK_NV(MK)
@@ -58,7 +63,7 @@ SK_MK_FN(MK)(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0,
             for (int v = 0; v < MK_NV; v++) xv[v] = VLOAD(xp + v * VW);
             _Pragma("GCC unroll 64")
             for (int b = 0; b < MK_B; b++) {
-                VEC wv = VSET1(val[(j + u) * MK_B + b]);
+                VEC wv = VSET1(val[MK_WIDX(j + u, b)]);
                 _Pragma("GCC unroll 64")
                 for (int v = 0; v < MK_NV; v++) acc[u][b][v] = VFMA(wv, xv[v], acc[u][b][v]);
             }
@@ -72,7 +77,7 @@ SK_MK_FN(MK)(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0,
         for (int v = 0; v < MK_NV; v++) xv[v] = VLOAD(xp + v * VW);
         _Pragma("GCC unroll 64")
         for (int b = 0; b < MK_B; b++) {
-            VEC wv = VSET1(val[j * MK_B + b]);
+            VEC wv = VSET1(val[MK_WIDX(j, b)]);
             _Pragma("GCC unroll 64")
             for (int v = 0; v < MK_NV; v++) acc[0][b][v] = VFMA(wv, xv[v], acc[0][b][v]);
         }
@@ -92,4 +97,5 @@ SK_MK_FN(MK)(const int32_t *restrict idx, const MK_WT *restrict val, int64_t j0,
 #undef MK_B
 #undef MK_NV
 #undef MK_U
+#undef MK_WIDX
 #undef MK

@@ -24,14 +24,29 @@ static void detect_l2(void)
 /* ------------------------------------------------------------------------------------
  * Variants
  * ---------------------------------------------------------------------------------- */
-static const char *const variant_names[V_COUNT] = {"scalar", "avx2", "avx512", "vnni"};
+static const char *const variant_names[V_COUNT] = {"scalar", "avx2", "avx512", "vnni", "amx"};
 const sk_kernels *sk_variant_tables[V_COUNT];
 #ifdef SK_HAVE_X86
 static sk_kernels avx512_kernels; /* AVX2's table with AVX-512's fp32 entries: see detect_variants */
+static sk_kernels amx_kernels;    /* vnni's table with the AMX product for 16x4 blocks */
 #endif
 static int variant_compiled[V_COUNT];
 static int variant_supported[V_COUNT];
 static int current_variant = V_SCALAR;
+
+#ifdef SK_HAVE_X86
+#include <sys/syscall.h>
+/* Linux hands a process AMX's 8 KiB of tile state only on request (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16+); without it a tile instruction faults. */
+static int amx_permitted(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+#endif
 
 static void detect_variants(void)
 {
@@ -50,7 +65,11 @@ static void detect_variants(void)
 #undef SK_TAKE_AVX512
     sk_variant_tables[V_AVX512] = &avx512_kernels;
     sk_variant_tables[V_VNNI] = &sk_kernels_vnni;
-    variant_compiled[V_AVX2] = variant_compiled[V_AVX512] = variant_compiled[V_VNNI] = 1;
+    amx_kernels = sk_kernels_vnni;
+    amx_kernels.name = "amx";
+    amx_kernels.tile_int8 = sk_amx_tile_int8;
+    sk_variant_tables[V_AMX] = &amx_kernels;
+    variant_compiled[V_AVX2] = variant_compiled[V_AVX512] = variant_compiled[V_VNNI] = variant_compiled[V_AMX] = 1;
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -59,13 +78,18 @@ static void detect_variants(void)
     variant_supported[V_AVX2] = avx2;
     variant_supported[V_AVX512] = avx512;
     variant_supported[V_VNNI] = vnni;
+    variant_supported[V_AMX] = vnni && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") &&
+                               amx_permitted();
 #endif
 }
 
+/* The default: the best supported variant short of amx, which runs only when asked for (by name or
+ * SPARSEBENCH_KERNEL_VARIANT) until its tiles have been measured on an AMX CPU; it differs from
+ * vnni only in the bsr16x4 product. */
 static int best_variant(void)
 {
     for (int v = V_COUNT - 1; v >= 0; v--)
-        if (variant_compiled[v] && variant_supported[v]) return v;
+        if (v != V_AMX && variant_compiled[v] && variant_supported[v]) return v;
     return V_SCALAR;
 }
 
@@ -84,7 +108,7 @@ static int parse_variant(const char *name, PyObject *exc_type)
         }
         return v;
     }
-    PyErr_Format(exc_type, "unknown kernel variant '%s' (valid: scalar, avx2, avx512, vnni)", name);
+    PyErr_Format(exc_type, "unknown kernel variant '%s' (valid: scalar, avx2, avx512, vnni, amx)", name);
     return -1;
 }
 

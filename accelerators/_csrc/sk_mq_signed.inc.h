@@ -22,9 +22,10 @@ static inline __attribute__((always_inline)) int32_t wsum4(int32_t word)
     return (int32_t)(int8_t)word + (int8_t)(word >> 8) + (int8_t)(word >> 16) + (int8_t)(word >> 24);
 }
 
-/* out[b * lds + v * QW + l] = sum_j u(idx[j])[token v * QW + l] . w(j, b), j in [j0, j1): blocks of
- * B rows x 4 columns, NV vectors of QW tokens (xt: the tile's quad rows, ldx tokens apart) */
-static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_t *restrict idx,
+/* out[b * lds + v * QW + l] = sum_j u(idx[j])[token v * QW + l] . w(j, b0 + b), j in [j0, j1), b < RB:
+ * rows b0 .. b0 + RB - 1 of blocks of B rows x 4 columns (RB <= 8 rows at once: 16x4 blocks run in
+ * two halves), NV vectors of QW tokens (xt: the tile's quad rows, ldx tokens apart) */
+static inline __attribute__((always_inline)) void mq(int B, int RB, int b0, int NV, const int32_t *restrict idx,
                                                      const int32_t *restrict val, int64_t j0, int64_t j1,
                                                      const int32_t *restrict xt, int64_t ldx, int32_t *restrict out,
                                                      int64_t lds)
@@ -33,7 +34,7 @@ static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_
     int32_t ws[8] = {0};
     const QV ones = QSET1_16(1), flip = QSET1_8((char)0x80);
     _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++)
+    for (int b = 0; b < RB; b++)
         _Pragma("GCC unroll 8")
         for (int v = 0; v < NV; v++) acc[b][v] = QZERO();
     for (int64_t j = j0; j < j1; j++) {
@@ -42,8 +43,8 @@ static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_
         _Pragma("GCC unroll 8")
         for (int v = 0; v < NV; v++) xs[v] = QXOR(QLOAD(xp + v * QW), flip);
         _Pragma("GCC unroll 8")
-        for (int b = 0; b < B; b++) {
-            const int32_t word = val[j * B + b];
+        for (int b = 0; b < RB; b++) {
+            const int32_t word = val[sk_qword(B, j, b0 + b)];
             ws[b] += wsum4(word);
             const QV wv = QSET1_32(word), aw = QABS8(wv);
             const QSIGN_T sg = QSIGN_OF(wv);
@@ -53,7 +54,7 @@ static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_
         }
     }
     _Pragma("GCC unroll 8")
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < RB; b++) {
         const QV off = QSET1_32(128 * ws[b]);
         _Pragma("GCC unroll 8")
         for (int v = 0; v < NV; v++) QSTORE(out + b * lds + v * QW, QADD32(acc[b][v], off));
@@ -61,11 +62,14 @@ static inline __attribute__((always_inline)) void mq(int B, int NV, const int32_
 }
 
 /* every block row br0..br1 of every tile, NV vectors at a time, then single vectors (the tile
- * width is a multiple of 16 tokens) */
+ * width is a multiple of 16 tokens); blocks of more than 8 rows in slices of 8 */
+#define Q_RB(B) ((B) > 8 ? 8 : (B))
 #define Q_ROWLOOP(B, NV)                                                                   \
-    for (int64_t br = br0; br < br1; br++) {                                               \
-        int32_t *o = scratch + (br - br0) * (B) * lds + tile->t0;                          \
-        int64_t s = 0;                                                                     \
-        for (; s + (NV) <= nvt; s += (NV)) mq(B, NV, idx, qval, ptr[br], ptr[br + 1], xb + s * QW, w, o + s * QW, lds); \
-        for (; s < nvt; s += 1) mq(B, 1, idx, qval, ptr[br], ptr[br + 1], xb + s * QW, w, o + s * QW, lds); \
-    }
+    for (int64_t br = br0; br < br1; br++)                                                 \
+        for (int h = 0; h < (B); h += Q_RB(B)) {                                           \
+            int32_t *o = scratch + ((br - br0) * (B) + h) * lds + tile->t0;                \
+            int64_t s = 0;                                                                 \
+            for (; s + (NV) <= nvt; s += (NV))                                             \
+                mq(B, Q_RB(B), h, NV, idx, qval, ptr[br], ptr[br + 1], xb + s * QW, w, o + s * QW, lds); \
+            for (; s < nvt; s += 1) mq(B, Q_RB(B), h, 1, idx, qval, ptr[br], ptr[br + 1], xb + s * QW, w, o + s * QW, lds); \
+        }

@@ -33,10 +33,12 @@ static int parse_shape(PyObject *shape, int64_t *n_out, int64_t *n_in)
     return 0;
 }
 
-static int check_block(int bh)
+static int check_block(int bh, int dtype)
 {
+    if (dtype == DT_INT8 && bh == SK_TILE_ROWS) return 0;
     if (bh != 1 && bh != 2 && bh != 4 && bh != 8) {
-        PyErr_Format(PyExc_ValueError, "block rows must be 1, 2, 4 or 8, got %d", bh);
+        PyErr_Format(PyExc_ValueError, "block rows must be 1, 2, 4 or 8%s, got %d",
+                     dtype == DT_INT8 ? " (int8: or 16)" : "", bh);
         return -1;
     }
     return 0;
@@ -360,7 +362,7 @@ static PyObject *pack_fp32(PyObject *o_ptr, PyObject *o_idx, PyObject *o_val, Py
                            int64_t panel)
 {
     int64_t n_out, n_in;
-    if (parse_shape(o_shape, &n_out, &n_in) < 0 || check_block(bh) < 0) return NULL;
+    if (parse_shape(o_shape, &n_out, &n_in) < 0 || check_block(bh, DT_FP32) < 0) return NULL;
     sk_args A = {.n = 0};
     SKMatrix *m = NULL;
     Py_buffer *vp, *vi, *vv;
@@ -430,6 +432,37 @@ static int copy_int8_values(SKMatrix *m, const Py_buffer *vv, const Py_buffer *v
     return 0;
 }
 
+/* 16x4 blocks, sorted: every block row padded to a multiple of 16 blocks (zero weights at the
+ * row's last column, so the columns stay sorted) and each group of 16 blocks laid out as one AMX
+ * weight tile (sk_qword, sk_common.h) */
+static int tile_layout_16x4(SKMatrix *m)
+{
+    int64_t total = 0;
+    for (int64_t br = 0; br < m->nbr; br++) total += (m->ptr[br + 1] - m->ptr[br] + 15) / 16 * 16;
+    int64_t *ptr = (int64_t *)malloc(sizeof(int64_t) * (size_t)(m->nbr + 1));
+    int32_t *idx = (int32_t *)sk_aligned_malloc(sizeof(int32_t) * (size_t)(total + 1));
+    int32_t *qval = (int32_t *)sk_aligned_malloc(sizeof(int32_t) * (size_t)(total * SK_TILE_ROWS + 1));
+    if (!ptr || !idx || !qval) {
+        free(ptr), free(idx), free(qval);
+        PyErr_NoMemory();
+        return -1;
+    }
+    ptr[0] = 0;
+    for (int64_t br = 0; br < m->nbr; br++) {
+        const int64_t n = m->ptr[br + 1] - m->ptr[br], np = (n + 15) / 16 * 16;
+        for (int64_t k = 0; k < np; k++) {
+            const int64_t j = ptr[br] + k, src = m->ptr[br] + (k < n ? k : n - 1);
+            idx[j] = m->idx[src];
+            for (int b = 0; b < SK_TILE_ROWS; b++)
+                qval[sk_qword(SK_TILE_ROWS, j, b)] = k < n ? m->qval[src * SK_TILE_ROWS + b] : 0;
+        }
+        ptr[br + 1] = ptr[br] + np;
+    }
+    free(m->ptr), free(m->idx), free(m->qval);
+    m->ptr = ptr, m->idx = idx, m->qval = qval, m->nnzb = total;
+    return 0;
+}
+
 /* after the values are copied: sort each row, then wsum[row] = 128 * sum of the row's int8
  * weights (it removes the +128 offset of the activations), then the work per chunk */
 static int finish_int8(SKMatrix *m)
@@ -448,11 +481,12 @@ static int finish_int8(SKMatrix *m)
             return -1;
         }
     }
+    if (bh == SK_TILE_ROWS && tile_layout_16x4(m) < 0) return -1;
     for (int64_t br = 0; br < m->nbr; br++) {
         for (int b = 0; b < bh; b++) {
             int32_t s = 0;
             for (int64_t j = m->ptr[br]; j < m->ptr[br + 1]; j++) {
-                const int8_t *wb = (const int8_t *)(m->qval + j * bh + b);
+                const int8_t *wb = (const int8_t *)(m->qval + sk_qword(bh, j, b));
                 s += wb[0] + wb[1] + wb[2] + wb[3];
             }
             m->wsum[br * bh + b] = 128 * s;
@@ -480,7 +514,7 @@ PyObject *sk_py_pack_int8(PyObject *self, PyObject *args, PyObject *kw)
                      4 * SK_INT8_MAX_ROW_QUADS, (long long)n_in);
         return NULL;
     }
-    if (check_block(bh) < 0) return NULL;
+    if (check_block(bh, DT_INT8) < 0) return NULL;
     sk_args A = {.n = 0};
     SKMatrix *m = NULL;
     Py_buffer *vp, *vi, *vv, *vs;
@@ -512,7 +546,9 @@ const char sk_doc_pack_bsr[] =
 const char sk_doc_pack_int8[] =
     "pack_int8(indptr, indices, values, w_scale, shape, block=1) -> SparseMatrix\n\n"
     "Validate and copy an INT8 weight stored as blocks of `block` output rows x 4 input columns\n"
-    "(quads; block in 1, 2, 4, 8). indptr over ceil(n_out / block) block rows; indices: quad number\n"
+    "(quads; block in 1, 2, 4, 8, 16). indptr over ceil(n_out / block) block rows; indices: quad number\n"
     "in [0, ceil(n_in / 4)); values: int8, nblocks * block * 4 entries laid out (block, row, col);\n"
+    "block 16 (the AMX tile format): each block row is stored padded with zero blocks to a multiple\n"
+    "of 16 blocks (nblocks counts them);\n"
     "w_scale: float32 (n_out,), finite >= 0, per-output-channel scale (W ~= w_scale[o] * W_q[o]).\n"
     "n_in <= 65536. Raises TypeError / ValueError like pack_csr.";

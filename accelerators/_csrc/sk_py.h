@@ -16,7 +16,7 @@
 #include "sk_common.h"
 
 /* ---- variants (sk_module.c) --------------------------------------------------------- */
-enum { V_SCALAR = 0, V_AVX2 = 1, V_AVX512 = 2, V_VNNI = 3, V_COUNT = 4 };
+enum { V_SCALAR = 0, V_AVX2 = 1, V_AVX512 = 2, V_VNNI = 3, V_AMX = 4, V_COUNT = 5 };
 /* kernel table per variant (NULL when not compiled) */
 extern const sk_kernels *sk_variant_tables[V_COUNT];
 /* variant= argument: None -> the module default; a str -> its index (ValueError when unknown,

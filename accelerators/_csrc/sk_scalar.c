@@ -70,11 +70,51 @@ static void tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tilin
 }
 
 /* ---------------------------------------------------------------------------- INT8 */
+/* AMX's tile operations in C, for the 16x4 block product's schedule (sk_amx16.inc.h): eight
+ * tiles of 16 rows x 64 bytes; tdpbsud's C[m][n] += sum_k A[m][k] (int8) * B[k / 4][4 n + k % 4] (uint8) */
+typedef struct {
+    uint8_t t[8][16][64];
+} sk_emu_tiles;
+
+static void emu_dp(sk_emu_tiles *T, int c, int a, int b)
+{
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            int32_t acc;
+            memcpy(&acc, T->t[c][m] + 4 * n, 4);
+            for (int k = 0; k < 64; k++) acc += (int8_t)T->t[a][m][k] * (int32_t)T->t[b][k / 4][4 * n + k % 4];
+            memcpy(T->t[c][m] + 4 * n, &acc, 4);
+        }
+}
+
+#define AMX16_FN sk_tile_int8_16x4_emulated_
+#define AMX_STATE sk_emu_tiles T_
+#define AMX_BEGIN() memset(&T_, 0, sizeof(T_))
+#define AMX_END() ((void)0)
+#define AMX_ZERO(n) memset(T_.t[n], 0, sizeof(T_.t[n]))
+#define AMX_LOAD(n, p, stride) \
+    for (int r_ = 0; r_ < 16; r_++) memcpy(T_.t[n][r_], (const uint8_t *)(p) + r_ * (int64_t)(stride), 64)
+#define AMX_STORE(n, p, stride) \
+    for (int r_ = 0; r_ < 16; r_++) memcpy((uint8_t *)(p) + r_ * (int64_t)(stride), T_.t[n][r_], 64)
+#define AMX_DP(c, a, b) emu_dp(&T_, c, a, b)
+#define AMX_COPY(dst, src, n) memcpy((dst), (src), (size_t)(n))
+#include "sk_amx16.inc.h"
+
+void sk_tile_int8_16x4_emulated(const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
+                                const uint8_t *xq, const sk_tiling *tl, int32_t *scratch, int64_t lds)
+{
+    sk_tile_int8_16x4_emulated_(ptr, idx, qval, br0, br1, xq, tl, scratch, lds);
+}
+
 void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                           int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
                           int64_t nq, int32_t *scratch, int64_t lds)
 {
     (void)nq;
+    if (bh == SK_TILE_ROWS) {
+        sk_tile_int8_16x4_emulated(ptr, idx, qval, br0, br1, xq, tl, scratch, lds);
+        return;
+    }
     for (int i = 0; i < tl->ntiles; i++) {
         const sk_tile *tile = &tl->tiles[i];
         const uint8_t *xb = xq + tile->offset;

@@ -45,6 +45,9 @@
 #include "sk_mk.inc.h"
 #define MK mq_b8_v2, 8, 2, 1
 #include "sk_mk.inc.h"
+#define MK mq_b16_v1, 16, 1, 1
+#define MK_WIDX(j, b) sk_qword(SK_TILE_ROWS, (j), (b))
+#include "sk_mk.inc.h"
 
 #define QROWLOOP(FN, NVV)                                                                  \
     for (int64_t br = br0; br < br1; br++) {                                               \
@@ -53,9 +56,9 @@
             FN(idx, qval, ptr[br], ptr[br + 1], xb + s * VW, w, o + s * VW, lds, 0);       \
     }
 
-static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
-                      int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
-                      int64_t nq, int32_t *scratch, int64_t lds)
+void sk_vnni_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
+                       int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
+                       int64_t nq, int32_t *scratch, int64_t lds)
 {
     (void)nq;
     for (int i = 0; i < tl->ntiles; i++) {
@@ -80,9 +83,12 @@ static void tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int3
             else if (nvt >= 2) { QROWLOOP(mq_b4_v2, 2) }
             else { QROWLOOP(mq_b4_v1, 1) }
             break;
-        default:
+        case 8:
             if (nvt >= 2) { QROWLOOP(mq_b8_v2, 2) }
             else { QROWLOOP(mq_b8_v1, 1) }
+            break;
+        default: /* 16x4 blocks: 16 accumulators of 16 tokens */
+            QROWLOOP(mq_b16_v1, 1)
             break;
         }
     }
@@ -692,7 +698,7 @@ static void attn_head_int8_cm(const float *q, const float *k, const float *v, in
 
 const sk_kernels sk_kernels_vnni = {
     "vnni", sk_avx512_tile_fp32, sk_avx512_pack_x, sk_avx512_unpack_y,
-    tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
+    sk_vnni_tile_int8, pack_xq, pack_xq_raw, unpack_int8, rows_amax, unpack_i32, sk_avx512_attn_head,
     sk_avx512_layer_norm, quant_rows, attn_head_int8, mid_int8, pack_mid, attn_head_int8_cm,
 };
 #endif

@@ -16,17 +16,28 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((aligned(64))) sk_tilecfg;
 
+/* The tile intrinsics are asm statements that name their pointer but not the memory behind it, so
+ * the compiler could keep, reorder or drop the plain stores a tile load reads (the gathered rows,
+ * the configuration) or cache what a tile store wrote: a compiler barrier before every tile load
+ * and the configuration, and after every tile store. */
+#define AMX_BARRIER() __asm__ volatile("" ::: "memory")
+
 static inline __attribute__((always_inline)) void amx_begin(sk_tilecfg *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->palette = 1;
     for (int t = 0; t < 8; t++) cfg->colsb[t] = 64, cfg->rows[t] = 16;
+    AMX_BARRIER();
     _tile_loadconfig(cfg);
 }
 
+/* n = 64, 128, 192 or 256 bytes (1 to 4 sub-tiles); written out, as a loop becomes a memcpy call */
 static inline __attribute__((always_inline)) void amx_copy(uint8_t *dst, const uint8_t *src, int64_t n)
 {
-    for (int64_t b = 0; b < n; b += 64) _mm512_store_si512((void *)(dst + b), _mm512_loadu_si512((const void *)(src + b)));
+    _mm512_store_si512((void *)dst, _mm512_loadu_si512((const void *)src));
+    if (n > 64) _mm512_store_si512((void *)(dst + 64), _mm512_loadu_si512((const void *)(src + 64)));
+    if (n > 128) _mm512_store_si512((void *)(dst + 128), _mm512_loadu_si512((const void *)(src + 128)));
+    if (n > 192) _mm512_store_si512((void *)(dst + 192), _mm512_loadu_si512((const void *)(src + 192)));
 }
 
 #define AMX16_FN amx_tile_16x4
@@ -34,8 +45,8 @@ static inline __attribute__((always_inline)) void amx_copy(uint8_t *dst, const u
 #define AMX_BEGIN() amx_begin(&cfg_)
 #define AMX_END() _tile_release()
 #define AMX_ZERO(n) _tile_zero(n)
-#define AMX_LOAD(n, p, stride) _tile_loadd(n, (const void *)(p), stride)
-#define AMX_STORE(n, p, stride) _tile_stored(n, (void *)(p), stride)
+#define AMX_LOAD(n, p, stride) do { AMX_BARRIER(); _tile_loadd(n, (const void *)(p), stride); } while (0)
+#define AMX_STORE(n, p, stride) do { _tile_stored(n, (void *)(p), stride); AMX_BARRIER(); } while (0)
 #define AMX_DP(c, a, b) _tile_dpbsud(c, a, b)
 #define AMX_COPY(dst, src, n) amx_copy((dst), (src), (n))
 #include "sk_amx16.inc.h"

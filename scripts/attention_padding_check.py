@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
                       f"{acc:.4f}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
-                                        "command": " ".join(
+                                        "command": shlex.join(
             ["python", "scripts/attention_padding_check.py", *(sys.argv[1:] if argv is None else argv)]),
             "results": results}, indent=1))
     return 0

@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -198,7 +199,7 @@ def main(argv=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "python": platform.python_version(),
                                 "torch": torch.__version__,
-                                "command": " ".join(["python", "scripts/bench_ffn.py",
+                                "command": shlex.join(["python", "scripts/bench_ffn.py",
                                                      *(sys.argv[1:] if argv is None else argv)]),
                                 "results": recs}, indent=1))
     print(f"JSON: {path}")

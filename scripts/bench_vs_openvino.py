@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -160,7 +161,7 @@ def main(argv=None) -> None:
     path = Path(args.out or f"runs/bench_vs_openvino-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-                                "command": " ".join(["python", "scripts/bench_vs_openvino.py",
+                                "command": shlex.join(["python", "scripts/bench_vs_openvino.py",
                                                      *(sys.argv[1:] if argv is None else argv)]),
                                 "results": records}, indent=1))
     print(f"JSON: {path}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         print(f"{name:36s} {acc:.4f} (attention ran {ran})", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
-                                        "command": " ".join(["python", "scripts/int8_fusion_accuracy.py",
+                                        "command": shlex.join(["python", "scripts/int8_fusion_accuracy.py",
                                                              *(sys.argv[1:] if argv is None else argv)]),
                                         "results": results}, indent=1))
     return 0

@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import platform
 import pstats
+import shlex
 import statistics
 import sys
 import time
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
                     print(f"  {k:40s} {v:8.3f} ms  {v / max(profiled, 1e-9):6.1%}")
     path = Path(args.out or f"runs/op_breakdown-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/op_breakdown.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "scripts/op_breakdown.py", *(sys.argv[1:] if argv is None else argv)])
     path.write_text(json.dumps({"cpu": cpu, "python": platform.python_version(), "command": command.strip(),
                                 "results": out}, indent=1))
     print(f"\nJSON: {path}")

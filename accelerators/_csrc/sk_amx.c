@@ -2,7 +2,7 @@
  * other block height keeps vpdpbusd. The tile schedule is sk_amx16.inc.h, shared with the
  * portable kernel (sk_scalar.c), which runs it with the tile operations written in C. */
 #include "sk_common.h"
-#ifdef SK_HAVE_X86
+#ifdef SK_HAVE_AMX
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,amx-tile,amx-int8")
 #include <immintrin.h>
 #include <string.h>
@@ -18,8 +18,9 @@ typedef struct {
 
 /* The tile intrinsics are asm statements that name their pointer but not the memory behind it, so
  * the compiler could keep, reorder or drop the plain stores a tile load reads (the gathered rows,
- * the configuration) or cache what a tile store wrote: a compiler barrier before every tile load
- * and the configuration, and after every tile store. */
+ * the configuration), move the next rows' stores above it, or cache what a tile store wrote: a
+ * compiler barrier on both sides of every tile load, before the configuration and after every
+ * tile store. */
 #define AMX_BARRIER() __asm__ volatile("" ::: "memory")
 
 static inline __attribute__((always_inline)) void amx_begin(sk_tilecfg *cfg)
@@ -45,7 +46,7 @@ static inline __attribute__((always_inline)) void amx_copy(uint8_t *dst, const u
 #define AMX_BEGIN() amx_begin(&cfg_)
 #define AMX_END() _tile_release()
 #define AMX_ZERO(n) _tile_zero(n)
-#define AMX_LOAD(n, p, stride) do { AMX_BARRIER(); _tile_loadd(n, (const void *)(p), stride); } while (0)
+#define AMX_LOAD(n, p, stride) do { AMX_BARRIER(); _tile_loadd(n, (const void *)(p), stride); AMX_BARRIER(); } while (0)
 #define AMX_STORE(n, p, stride) do { _tile_stored(n, (void *)(p), stride); AMX_BARRIER(); } while (0)
 #define AMX_DP(c, a, b) _tile_dpbsud(c, a, b)
 #define AMX_COPY(dst, src, n) amx_copy((dst), (src), (n))

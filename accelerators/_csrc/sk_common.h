@@ -282,9 +282,13 @@ extern const sk_kernels sk_kernels_vnni;
 /* the vnni table's INT8 product (sk_vnni.c), which the amx table keeps for blocks other than 16x4 */
 void sk_vnni_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
                        const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
+/* AMX intrinsics and target names: GCC 11 / clang 12 onwards */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define SK_HAVE_AMX 1
 /* AMX tiles for 16x4 blocks (sk_amx.c): the product for bsr16x4 on a CPU with AMX-INT8 */
 void sk_amx_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
                       const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
+#endif
 #endif
 /* The portable 16x4 block product (sk_scalar.c): the AMX kernel's schedule with its tile operations
  * written in C (sk_amx16.inc.h), so that schedule is tested on every CPU. */

@@ -28,23 +28,32 @@ static const char *const variant_names[V_COUNT] = {"scalar", "avx2", "avx512", "
 const sk_kernels *sk_variant_tables[V_COUNT];
 #ifdef SK_HAVE_X86
 static sk_kernels avx512_kernels; /* AVX2's table with AVX-512's fp32 entries: see detect_variants */
+#endif
+#ifdef SK_HAVE_AMX
 static sk_kernels amx_kernels;    /* vnni's table with the AMX product for 16x4 blocks */
 #endif
 static int variant_compiled[V_COUNT];
 static int variant_supported[V_COUNT];
 static int current_variant = V_SCALAR;
 
-#ifdef SK_HAVE_X86
+#ifdef SK_HAVE_AMX
+#include <errno.h>
 #include <sys/syscall.h>
 /* Linux hands a process AMX's 8 KiB of tile state only on request (arch_prctl
- * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16+); without it a tile instruction faults. */
-static int amx_permitted(void)
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16+); without it a tile instruction faults.
+ * Asked the first time amx is chosen, not at import: once granted, every later sigaltstack of the
+ * process must hold the larger signal frame. 0 = granted, else the errno of the refusal. */
+static int amx_request(void)
 {
+    static int state = -1; /* -1: not asked yet (the GIL serialises the callers) */
+    if (state < 0) {
 #if defined(__linux__) && defined(SYS_arch_prctl)
-    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+        state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0 ? 0 : errno;
 #else
-    return 0;
+        state = ENOSYS;
 #endif
+    }
+    return state;
 }
 #endif
 
@@ -65,11 +74,14 @@ static void detect_variants(void)
 #undef SK_TAKE_AVX512
     sk_variant_tables[V_AVX512] = &avx512_kernels;
     sk_variant_tables[V_VNNI] = &sk_kernels_vnni;
+    variant_compiled[V_AVX2] = variant_compiled[V_AVX512] = variant_compiled[V_VNNI] = 1;
+#ifdef SK_HAVE_AMX
     amx_kernels = sk_kernels_vnni;
     amx_kernels.name = "amx";
     amx_kernels.tile_int8 = sk_amx_tile_int8;
     sk_variant_tables[V_AMX] = &amx_kernels;
-    variant_compiled[V_AVX2] = variant_compiled[V_AVX512] = variant_compiled[V_VNNI] = variant_compiled[V_AMX] = 1;
+    variant_compiled[V_AMX] = 1;
+#endif
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -78,8 +90,9 @@ static void detect_variants(void)
     variant_supported[V_AVX2] = avx2;
     variant_supported[V_AVX512] = avx512;
     variant_supported[V_VNNI] = vnni;
-    variant_supported[V_AMX] = vnni && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") &&
-                               amx_permitted();
+#ifdef SK_HAVE_AMX
+    variant_supported[V_AMX] = vnni && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8");
+#endif
 #endif
 }
 
@@ -106,6 +119,14 @@ static int parse_variant(const char *name, PyObject *exc_type)
             PyErr_Format(exc_type, "kernel variant '%s' is not supported by this CPU", name);
             return -1;
         }
+#ifdef SK_HAVE_AMX
+        const int err = v == V_AMX ? amx_request() : 0;
+        if (err) {
+            PyErr_Format(exc_type, "kernel variant 'amx': the OS refused this process the AMX tile state "
+                                   "(arch_prctl ARCH_REQ_XCOMP_PERM: %s)", strerror(err));
+            return -1;
+        }
+#endif
         return v;
     }
     PyErr_Format(exc_type, "unknown kernel variant '%s' (valid: scalar, avx2, avx512, vnni, amx)", name);

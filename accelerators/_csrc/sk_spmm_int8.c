@@ -36,10 +36,13 @@ typedef struct {
 
 /* tokens per tile: vpdpbusd (vnni) or 16-lane vpmaddubsw (avx512) accumulators fill the register
  * file (128 tokens for 1-row blocks, whose rows are short at 80-90 % sparsity; see _csrc/README.md);
+ * AMX tiles (amx, 16x4 blocks) one pass of the schedule's 4 accumulator tiles;
  * avx2 runs 64 tokens of a row per pass of its register tile (2-2.4x faster than 16 at MiniLM and
  * BERT-base shapes, 128 no better); the portable C, 16 */
 static int default_tile_int8(int variant, int bh)
 {
+    /* amx: 4 sub-tiles of 16 tokens, so each weight tile meets 4 activation tiles per load */
+    if (variant == V_AMX && bh == SK_TILE_ROWS) return 64;
     if (variant >= V_AVX512) return bh >= 8 ? 32 : bh == 1 ? 128 : 64;
     if (variant == V_AVX2) return 64;
     return 16;

@@ -45,7 +45,7 @@ class QuantizedActivation(NamedTuple):
         v = self.values.reshape(self.scale.shape[0], -1).to(torch.float32) * self.scale[:, None]
         return v.view(self.values.shape)
 
-_FORMAT_RE = re.compile(r"^bsr(\d+)x(\d+)$")
+_FORMAT_RE = re.compile(r"^bsr([1-9]\d*)x([1-9]\d*)$")
 
 
 def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) -> tuple[str, int, int]:
@@ -70,8 +70,9 @@ def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) 
             raise ValueError(f"format {format!r}: {dtype} blocks have {bw} input column(s)")
         if block is not None and int(block) != bh:
             raise ValueError(f"format {format!r} conflicts with block={block}")
-    if bh not in (1, 2, 4, 8) and not (bh == 16 and dtype == "int8"):
-        raise ValueError(f"block rows must be 1, 2, 4 or 8 (int8: or 16), got {bh}")
+    rows = (1, 2, 4, 8) if dtype == "fp32" else (1, 2, 4, 8, 16)
+    if bh not in rows:
+        raise ValueError(f"{dtype} block rows must be one of {', '.join(map(str, rows))}, got {bh}")
     name = "csr" if (bh == 1) else f"bsr{bh}x{bw}"
     return name, bh, bw
 
@@ -200,6 +201,9 @@ class SparseLinear(nn.Module):
         every call of this module uses (None = the extension's default). Raises ValueError on bad
         options, and for dtype ``"int8"`` on a NaN or inf weight.
         """
+        if variant is not None and variant not in _sk.supported_variants():
+            raise ValueError(f"variant {variant!r}: this CPU runs {', '.join(_sk.supported_variants())} "
+                             f"(compiled: {', '.join(_sk.compiled_variants())})")
         m = cls._from_dense(linear, format, block, dtype, threads, act_quant, activation)
         m.variant = variant
         return m

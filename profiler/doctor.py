@@ -60,7 +60,8 @@ def doctor_report(
     (only when both RAPL readers work: see :func:`~profiler.meters.compare_with_direct`), ``cpu_energy`` (one
     sentence on what CPU energy will be), ``summary`` (list of sentences), ``hardware`` (the
     :func:`profiler.hardware.fingerprint` dict, or ``None``), ``hardware_id``, ``hardware_note``,
-    ``kernel_variant`` (``"not built"`` when the C extension is missing).
+    ``kernel_variant`` (``"not built"`` when the C extension is missing, ``"unavailable"`` when
+    SPARSEBENCH_KERNEL_VARIANT names a variant this CPU cannot run; ``kernel_note`` says why).
 
     Args:
         meters: meters to probe (tests inject fakes); default: every meter with default config.
@@ -151,13 +152,16 @@ def _hardware_section(fingerprint: Callable[[], dict] | None) -> dict[str, Any]:
 
 
 def _kernel_section() -> dict[str, Any]:
-    """``kernel_variant`` the C extension dispatches to (``"not built"`` without it)."""
-    try:
-        from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
-        return {"kernel_variant": k.kernel_variant()}
-    except Exception as e:
-        return {"kernel_variant": "not built",
-                "kernel_note": f"accelerators._sparse_kernels not importable: {e}"}
+    """``kernel_variant`` the C extension dispatches to (``"not built"`` without it, ``"unavailable"``
+    when SPARSEBENCH_KERNEL_VARIANT names one this CPU cannot run), with ``kernel_note`` saying why."""
+    from profiler.hardware import kernel_variant_info
+
+    info = kernel_variant_info()
+    if info["kernel_variant"]:
+        return {"kernel_variant": info["kernel_variant"]}
+    note = info["kernel_note"]
+    return {"kernel_variant": "not built" if note.startswith("C extension not built") else "unavailable",
+            "kernel_note": note}
 
 
 def _cpu_sentence(rep: dict, parts: list[str]) -> str:
@@ -221,5 +225,6 @@ def format_doctor(report: dict) -> str:
         out.append(f"  hardware_id: {report.get('hardware_id')}")
     else:
         out.append(f"  fingerprint unavailable ({report.get('hardware_note', 'unknown')})")
-    out.append(f"  sparse kernel variant: {report.get('kernel_variant', 'not built')}")
+    out.append(f"  sparse kernel variant: {report.get('kernel_variant', 'not built')}"
+               + (f" ({report['kernel_note']})" if report.get("kernel_note") else ""))
     return "\n".join(out)

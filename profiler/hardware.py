@@ -151,7 +151,9 @@ def kernel_variant_info() -> dict[str, Any]:
     try:
         from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
     except ImportError as exc:
-        return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_note": f"C extension not built: {exc}"}
+        # a built extension refuses to import when SPARSEBENCH_KERNEL_VARIANT names a variant it cannot run
+        why = str(exc) if "SPARSEBENCH_KERNEL_VARIANT" in str(exc) else f"C extension not built: {exc}"
+        return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_note": why}
     return {"kernel_variant": k.kernel_variant(), "kernel_variants_supported": list(k.supported_variants())}
 
 

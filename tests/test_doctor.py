@@ -65,6 +65,23 @@ def test_doctor_on_this_machine():
     json.dumps(rep, default=str)
 
 
+def test_doctor_names_an_unrunnable_kernel_variant_request():
+    """SPARSEBENCH_KERNEL_VARIANT naming a variant the extension cannot run makes its import fail:
+    the doctor says so and why, instead of calling the extension not built."""
+    import subprocess
+    import sys
+
+    code = ("import json; from profiler.doctor import _kernel_section; "
+            "print(json.dumps(_kernel_section()))")
+    env = dict(os.environ, SPARSEBENCH_KERNEL_VARIANT="bogus")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    sec = json.loads(out.stdout)
+    assert sec["kernel_variant"] == "unavailable"
+    assert sec["kernel_note"].startswith("SPARSEBENCH_KERNEL_VARIANT=bogus: unknown kernel variant 'bogus'")
+    text = format_doctor({"meters": {}, "auto": {}, "summary": [], **sec})
+    assert "sparse kernel variant: unavailable (SPARSEBENCH_KERNEL_VARIANT=bogus: unknown" in text
+
+
 def test_doctor_says_when_pyrapl_and_direct_disagree(tmp_path):
     import types
 

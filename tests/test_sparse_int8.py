@@ -134,6 +134,10 @@ def test_16x4_tiles_padding_and_repeats(variant):
         for split in ("rows", "tokens"):
             for tokens in (211, 176, 48):  # tiles narrower than asked at the end of a token block
                 assert np.array_equal(raw(m, xq[:tokens], variant, 2, tile=tile, split=split), ref[:tokens])
+    for shape in ((len(ix), 4, 16), (2 * len(ix), 8, 4), (len(ix), 16 * 4, 1)):  # right size, wrong shape
+        with pytest.raises(ValueError, match="values: expected shape"):
+            sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy().reshape(shape), np.ones(n_out, np.float32), wq.shape,
+                         block=16)
     with pytest.raises(ValueError, match="int8: or 16"):
         sk.pack_int8(ip.numpy(), ix.numpy(), bl.numpy(), np.ones(n_out, np.float32), wq.shape, block=32)
     with pytest.raises(ValueError, match="1, 2, 4 or 8, got 16"):

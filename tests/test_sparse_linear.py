@@ -58,6 +58,16 @@ def test_from_dense_matches_linear(fmt, bias):
     assert 0 < sl.density() <= 1
 
 
+def test_from_dense_rejects_a_variant_this_cpu_cannot_run():
+    lin = pruned_linear(40, 24, 0.9)
+    with pytest.raises(ValueError, match="variant 'bogus': this CPU runs scalar"):
+        SparseLinear.from_dense(lin, "csr", variant="bogus")
+    missing = [v for v in sk.compiled_variants() if v not in sk.supported_variants()]
+    if missing:
+        with pytest.raises(ValueError, match=f"variant '{missing[0]}': this CPU runs"):
+            SparseLinear.from_dense(lin, "csr", dtype="int8", variant=missing[0])
+
+
 @pytest.mark.parametrize("variant", sk.supported_variants())
 def test_every_variant_through_module(variant):
     lin = pruned_linear(40, 24, 0.9)
@@ -73,7 +83,11 @@ def test_format_parsing():
     assert parse_format("bsr", block=8) == ("bsr8x1", 8, 1)
     assert parse_format("bsr4x4", "int8") == ("bsr4x4", 4, 4)
     assert parse_format("bsr16x4", "int8") == ("bsr16x4", 16, 4)
-    for bad in [("bsr3x1", "fp32"), ("bsr4x4", "fp32"), ("bsr16x1", "fp32"), ("bsr32x4", "int8"), ("coo", "fp32"),
+    with pytest.raises(ValueError, match="fp32 block rows must be one of 1, 2, 4, 8, got 16"):
+        parse_format("bsr16x1")
+    with pytest.raises(ValueError, match="int8 block rows must be one of 1, 2, 4, 8, 16, got 32"):
+        parse_format("bsr32x4", "int8")
+    for bad in [("bsr3x1", "fp32"), ("bsr4x4", "fp32"), ("bsr016x4", "int8"), ("bsr0x4", "int8"), ("coo", "fp32"),
                 ("csr", "fp16")]:
         with pytest.raises(ValueError):
             parse_format(*bad)

@@ -413,6 +413,15 @@ static int copy_int8_values(SKMatrix *m, const Py_buffer *vv, const Py_buffer *v
                      (long long)(m->nnzb * bh * 4), (long long)m->nnzb, bh, (long long)vv->len);
         return -1;
     }
+    /* 2-D and 3-D values must have the block's shape, not only its size */
+    const int shape_ok = vv->ndim <= 1 || (vv->ndim == 2 && vv->shape[0] == m->nnzb && vv->shape[1] == bh * 4) ||
+                         (vv->ndim == 3 && vv->shape[0] == m->nnzb && vv->shape[1] == bh && vv->shape[2] == 4);
+    if (!shape_ok) {
+        PyErr_Format(PyExc_ValueError, "values: expected shape (%lld,), (%lld, %d) or (%lld, %d, 4) (nblocks, block "
+                     "rows x 4 columns), got %d dimensions", (long long)(m->nnzb * bh * 4), (long long)m->nnzb,
+                     bh * 4, (long long)m->nnzb, bh, vv->ndim);
+        return -1;
+    }
     if (sk_check_shape(vs, "w_scale", 1, &n_out, NULL) < 0) return -1;
     m->qval = (int32_t *)sk_aligned_malloc(sizeof(int32_t) * (size_t)(m->nnzb * bh));
     m->wscale = (float *)sk_aligned_malloc(sizeof(float) * (size_t)(n_out > 0 ? n_out : 1));

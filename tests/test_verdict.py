@@ -43,6 +43,22 @@ def test_none_beats_the_dense_engines():
     assert "none beats the dense engines" in v and "dense openvino" in v
 
 
+def test_a_verdict_says_how_many_cells_of_its_group_did_not_run():
+    """Every sparse cell skipped (a kernel variant this CPU lacks): the verdict covers the dense cells
+    that ran and says the rest did not run, with their status."""
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90),
+        row("gmp-90", "sparse-int8", None, None, precision="int8", status="skipped"),
+        row("gmp-80", "sparse-int8", None, None, precision="int8", status="skipped"),
+        row("gmp-80", "sparse-cpu", None, None, status="failed"),
+        {**row("none", "torch-fp32", 0.040, 0.90), "batch_size": 8},
+    ])
+    v1, v8 = verdicts(add_savings(df))
+    assert "batch 1" in v1 and "none beats the dense engines" in v1
+    assert v1.endswith(" 3 cell(s) of this group did not run (skipped 2, failed 1).")
+    assert "batch 8" in v8 and "did not run" not in v8
+
+
 def test_stored_same_round_factors_are_kept():
     df = pd.DataFrame([
         row("none", "torch-fp32", 0.040, 0.90, latency_savings_factor=1.0, latency_savings_vs_best_dense=1.0),

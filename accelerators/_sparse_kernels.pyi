@@ -231,7 +231,8 @@ def attention(
     """
 
 def kernel_variant() -> str:
-    """The module default variant (the best the CPU supports, or SPARSEBENCH_KERNEL_VARIANT)."""
+    """The module default variant (the best the CPU supports short of the opt-in amx, or
+    SPARSEBENCH_KERNEL_VARIANT)."""
 
 def compiled_variants() -> list[str]:
     """Variants compiled into this build, in order scalar, avx2, avx512, vnni, amx."""
@@ -240,7 +241,7 @@ def supported_variants() -> list[str]:
     """Compiled variants this CPU can run."""
 
 def set_kernel_variant(name: str | None, /) -> str:
-    """Set the module default (None = best supported); returns the previous one.
+    """Set the module default (None = the best supported short of amx); returns the previous one.
 
     Raises ValueError for an unknown, uncompiled or unsupported name.
     """

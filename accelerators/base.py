@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 #: ISA variants of the sparse C kernels, slowest first; ``"auto"`` (not listed) = the best this CPU has
+#: short of ``"amx"`` (opt-in until timed on an AMX CPU: it differs from ``"vnni"`` only for bsr16x4)
 KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni", "amx")
 
 

@@ -80,7 +80,9 @@ class SparseInt8(_SparseSwap):
         format: ``"auto"`` (measure ``csr`` = 1x4 quads and, where the pruning left whole blocks,
             ``bsr4x4`` / ``bsr8x4`` / ``bsr16x4``) or one fixed format from ``csr, bsr2x4, bsr4x4,
             bsr8x4, bsr16x4``. ``bsr16x4`` (16 rows x 4 columns: one row of an AMX weight tile) runs on
-            AMX tiles with the ``amx`` kernel variant, as 16-row ``vpdpbusd`` blocks elsewhere.
+            AMX tiles with the ``amx`` kernel variant, as 16-row ``vpdpbusd`` blocks on ``vnni``, as two
+            8-row slices on ``avx2`` / ``avx512``, padding blocks included (slower than the other
+            formats there: ``auto`` times it).
         act_quant: ``"token"`` (one scale per token) or ``"tensor"`` (one per call).
         dense_fallback: for layers where sparse is not faster: ``"kernel-int8"`` (default: our INT8
             kernel on the layer as it is, in ``dense_format``, the sparse layers' quantization,

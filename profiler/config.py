@@ -30,7 +30,7 @@ from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import Registry
 from profiler.targets import RaySettings, parse_ray, parse_targets
 
-#: values of ``matrix.kernel_variant``: "auto" (the best this CPU has) or a forced variant
+#: values of ``matrix.kernel_variant``: "auto" (the best this CPU has, short of the opt-in "amx") or a forced variant
 MATRIX_KERNEL_VARIANTS = ("auto",) + KERNEL_VARIANTS
 SCHEDULES = ("interleaved", "sequential")
 MAX_THREADS = 256  # torch.set_num_threads crashes the interpreter far above any real core count

@@ -159,9 +159,7 @@ def _kernel_section() -> dict[str, Any]:
     info = kernel_variant_info()
     if info["kernel_variant"]:
         return {"kernel_variant": info["kernel_variant"]}
-    note = info["kernel_note"]
-    return {"kernel_variant": "not built" if note.startswith("C extension not built") else "unavailable",
-            "kernel_note": note}
+    return {"kernel_variant": info["kernel_status"], "kernel_note": info["kernel_note"]}
 
 
 def _cpu_sentence(rep: dict, parts: list[str]) -> str:

@@ -147,13 +147,19 @@ def software_versions() -> dict[str, str | None]:
 
 
 def kernel_variant_info() -> dict[str, Any]:
-    """The sparse C kernels' chosen ISA variant, or why it is unknown."""
+    """The sparse C kernels' chosen ISA variant, or why it is unknown: ``kernel_variant`` (None when
+    the extension does not import), ``kernel_variants_supported``, and without a variant
+    ``kernel_status`` (``"not built"``, or ``"unavailable"`` where SPARSEBENCH_KERNEL_VARIANT names a
+    variant the built extension cannot run here) and ``kernel_note`` (the reason)."""
     try:
         from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
     except ImportError as exc:
-        # a built extension refuses to import when SPARSEBENCH_KERNEL_VARIANT names a variant it cannot run
-        why = str(exc) if "SPARSEBENCH_KERNEL_VARIANT" in str(exc) else f"C extension not built: {exc}"
-        return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_note": why}
+        env = os.environ.get("SPARSEBENCH_KERNEL_VARIANT")
+        if env and str(exc).startswith("SPARSEBENCH_KERNEL_VARIANT="):  # the extension's own refusal
+            return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_status": "unavailable",
+                    "kernel_note": str(exc)}
+        return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_status": "not built",
+                "kernel_note": f"C extension not built: {exc}"}
     return {"kernel_variant": k.kernel_variant(), "kernel_variants_supported": list(k.supported_variants())}
 
 

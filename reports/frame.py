@@ -282,14 +282,17 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     df = add_task_key(df.copy()).assign(_task_shown=lambda d: task_names(d))
     show_variant = _varies(df, "kernel_variant")
     ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)]
-    not_run = {key: g["status"].value_counts() for key, g in
+    def same(key: tuple) -> tuple:  # NaN != NaN: group keys compared with NaN as None
+        return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
+
+    not_run = {same(key): g["status"].value_counts() for key, g in
                df[df["status"] != "ok"].groupby(GROUP_KEYS, dropna=False, sort=True)}
     ok = ok[~collapsed_mask(ok)]  # a model predicting one class is not a candidate, whatever its metric
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
         n_out = len(out)
         _verdict(out, key, g, show_variant, min_kept)
-        if len(out) > n_out and key in not_run:
-            counts = not_run[key]
+        if len(out) > n_out and same(key) in not_run:
+            counts = not_run[same(key)]
             out[-1] += (f" {int(counts.sum())} cell(s) of this group did not run ("
                         + ", ".join(f"{status} {int(n)}" for status, n in counts.items()) + ").")
     return out

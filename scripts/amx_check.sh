@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The `amx` kernel variant (AMX tiles for 16x4 INT8 blocks, bsr16x4) checked and timed on an Intel
-# CPU with AMX, in about 15 minutes:
+# CPU with AMX (not yet timed as a whole: each model process of step 4 took about 5 minutes on a
+# 2-vCPU AMD Zen 3, so expect 30-45 minutes):
 #   1. the CPU, and the variants the extension compiled and runs here
 #   2. the INT8 kernel tests, which run every supported variant, amx included (exact integer
 #      products, the same bits as vnni)

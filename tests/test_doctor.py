@@ -80,6 +80,16 @@ def test_doctor_names_an_unrunnable_kernel_variant_request():
     assert sec["kernel_note"].startswith("SPARSEBENCH_KERNEL_VARIANT=bogus: unknown kernel variant 'bogus'")
     text = format_doctor({"meters": {}, "auto": {}, "summary": [], **sec})
     assert "sparse kernel variant: unavailable (SPARSEBENCH_KERNEL_VARIANT=bogus: unknown" in text
+    from accelerators import _sparse_kernels as k
+
+    lacking = [v for v in k.compiled_variants() if v not in k.supported_variants()]
+    if lacking:  # compiled in, but not for this CPU
+        env["SPARSEBENCH_KERNEL_VARIANT"] = lacking[0]
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout) == {
+            "kernel_variant": "unavailable",
+            "kernel_note": f"SPARSEBENCH_KERNEL_VARIANT={lacking[0]}: kernel variant '{lacking[0]}' is not supported "
+                           "by this CPU"}
 
 
 def test_doctor_says_when_pyrapl_and_direct_disagree(tmp_path):

@@ -57,6 +57,10 @@ def test_a_verdict_says_how_many_cells_of_its_group_did_not_run():
     assert "batch 1" in v1 and "none beats the dense engines" in v1
     assert v1.endswith(" 3 cell(s) of this group did not run (skipped 2, failed 1).")
     assert "batch 8" in v8 and "did not run" not in v8
+    # rows without a kernel variant (older runs): a missing key still finds its group
+    old = df.assign(kernel_variant=float("nan"))
+    v1, v8 = verdicts(add_savings(old))
+    assert v1.endswith(" 3 cell(s) of this group did not run (skipped 2, failed 1).") and "did not run" not in v8
 
 
 def test_stored_same_round_factors_are_kept():

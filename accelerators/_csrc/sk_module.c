@@ -146,7 +146,7 @@ int sk_variant_from_obj(PyObject *obj)
 }
 
 /* The module default from SPARSEBENCH_KERNEL_VARIANT when set (ImportError naming the variable
- * when it is unknown or unsupported), else the best supported variant. -1 with an exception. */
+ * when it is unknown or unsupported), else best_variant(). -1 with an exception. */
 static int variant_from_env(void)
 {
     const char *env = getenv("SPARSEBENCH_KERNEL_VARIANT");
@@ -247,7 +247,8 @@ static PyMethodDef methods[] = {
     {"supported_variants", py_supported_variants, METH_NOARGS,
      "supported_variants() -> list[str]: compiled variants this CPU can run."},
     {"set_kernel_variant", py_set_kernel_variant, METH_O,
-     "set_kernel_variant(name) -> str: set the default variant (None = best supported); returns\n"
+     "set_kernel_variant(name) -> str: set the default variant (None = the best supported short of\n"
+     "amx, which is opt-in); returns\n"
      "the previous one. Raises ValueError for unknown, uncompiled or unsupported names."},
     {"max_threads", py_max_threads, METH_NOARGS, "max_threads() -> int: processors OpenMP sees."},
     {NULL, NULL, 0, NULL},
@@ -259,8 +260,9 @@ static struct PyModuleDef moduledef = {
     "Sparse weight x dense activation kernels (Y = X W^T + b) for CPU inference.\n\n"
     "Weights are packed once (pack_csr, pack_bsr, pack_int8) into validated private copies;\n"
     "spmm / spmm_int8 run with an explicit OpenMP thread count and the GIL released.\n"
-    "The ISA variant (scalar, avx2, avx512, vnni) is chosen at import: the best one the CPU\n"
-    "supports, or the one named by the environment variable SPARSEBENCH_KERNEL_VARIANT (an\n"
+    "The ISA variant (scalar, avx2, avx512, vnni, amx) is chosen at import: the best one the CPU\n"
+    "supports short of amx (opt-in: AMX tiles for bsr16x4), or the one named by the environment\n"
+    "variable SPARSEBENCH_KERNEL_VARIANT (an\n"
     "unknown or unsupported name raises ImportError). Query with kernel_variant(),\n"
     "compiled_variants(), supported_variants(); change with set_kernel_variant(name) or the\n"
     "per-call variant= argument.",

@@ -280,13 +280,11 @@ class _SparseSwap(Accelerator):
     # -- Accelerator API --------------------------------------------------------------------
     def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         try:
-            from accelerators import _sparse_kernels as sk
+            from accelerators.sparse_linear import variant_unavailable  # imports the C extension
         except Exception as exc:  # not built
             return False, f"C extension accelerators._sparse_kernels not importable: {exc} (run pip install -e .)"
-        variant = settings.forced_variant if settings is not None else None
-        if variant is not None and variant not in sk.supported_variants():
-            return False, f"kernel variant {variant!r} not supported here (supported: {sk.supported_variants()})"
-        return True, ""
+        why = variant_unavailable(settings.forced_variant if settings is not None else None)
+        return (False, why) if why else (True, "")
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, example: dict[str, torch.Tensor], settings: PrepareSettings) -> Prepared:

@@ -24,7 +24,7 @@ from torch import nn
 
 from accelerators import _sparse_kernels as _sk
 
-__all__ = ["QuantizedActivation", "SparseLinear", "dense_to_blocks", "parse_format"]
+__all__ = ["QuantizedActivation", "SparseLinear", "dense_to_blocks", "parse_format", "variant_unavailable"]
 
 
 class QuantizedActivation(NamedTuple):
@@ -98,6 +98,14 @@ def dense_to_blocks(weight: torch.Tensor, bh: int, bw: int = 1):
     indptr[1:] = mask.sum(1).cumsum(0)
     r, c = mask.nonzero(as_tuple=True)
     return indptr, c.to(torch.int32), b[r, c].contiguous()
+
+
+def variant_unavailable(variant: Optional[str]) -> Optional[str]:
+    """Why the kernel ISA ``variant`` cannot run on this CPU, or None when it can (None: the default)."""
+    if variant is None or variant in _sk.supported_variants():
+        return None
+    return (f"kernel variant {variant!r} not supported here (this CPU runs {', '.join(_sk.supported_variants())}; "
+            f"compiled: {', '.join(_sk.compiled_variants())})")
 
 
 def _np(t: torch.Tensor):
@@ -201,9 +209,9 @@ class SparseLinear(nn.Module):
         every call of this module uses (None = the extension's default). Raises ValueError on bad
         options, and for dtype ``"int8"`` on a NaN or inf weight.
         """
-        if variant is not None and variant not in _sk.supported_variants():
-            raise ValueError(f"variant {variant!r}: this CPU runs {', '.join(_sk.supported_variants())} "
-                             f"(compiled: {', '.join(_sk.compiled_variants())})")
+        why = variant_unavailable(variant)
+        if why:
+            raise ValueError(why)
         m = cls._from_dense(linear, format, block, dtype, threads, act_quant, activation)
         m.variant = variant
         return m

@@ -60,11 +60,11 @@ def test_from_dense_matches_linear(fmt, bias):
 
 def test_from_dense_rejects_a_variant_this_cpu_cannot_run():
     lin = pruned_linear(40, 24, 0.9)
-    with pytest.raises(ValueError, match="variant 'bogus': this CPU runs scalar"):
+    with pytest.raises(ValueError, match="kernel variant 'bogus' not supported here \\(this CPU runs scalar"):
         SparseLinear.from_dense(lin, "csr", variant="bogus")
     missing = [v for v in sk.compiled_variants() if v not in sk.supported_variants()]
     if missing:
-        with pytest.raises(ValueError, match=f"variant '{missing[0]}': this CPU runs"):
+        with pytest.raises(ValueError, match=f"kernel variant '{missing[0]}' not supported here"):
             SparseLinear.from_dense(lin, "csr", dtype="int8", variant=missing[0])
 
 

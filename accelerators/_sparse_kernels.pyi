@@ -240,6 +240,11 @@ def compiled_variants() -> list[str]:
 def supported_variants() -> list[str]:
     """Compiled variants this CPU can run."""
 
+def check_variant(name: str | None, /) -> str:
+    """The variant a call's ``variant=name`` runs (None: the module default). Raises ValueError, as that
+    call would, for an unknown, uncompiled or unsupported name, or when the OS refuses ``amx`` the
+    tile state (requested here the first time ``amx`` is chosen)."""
+
 def set_kernel_variant(name: str | None, /) -> str:
     """Set the module default (None = the best supported short of amx); returns the previous one.
 

@@ -101,11 +101,19 @@ def dense_to_blocks(weight: torch.Tensor, bh: int, bw: int = 1):
 
 
 def variant_unavailable(variant: Optional[str]) -> Optional[str]:
-    """Why the kernel ISA ``variant`` cannot run on this CPU, or None when it can (None: the default)."""
-    if variant is None or variant in _sk.supported_variants():
+    """Why the kernel ISA ``variant`` cannot run here, or None when it can (None: the default): not
+    among :func:`supported_variants` (unknown, not compiled, not for this CPU), or refused by the
+    extension itself (``check_variant``: the OS's refusal of amx's tile state)."""
+    if variant is None:
         return None
-    return (f"kernel variant {variant!r} not supported here (this CPU runs {', '.join(_sk.supported_variants())}; "
-            f"compiled: {', '.join(_sk.compiled_variants())})")
+    if variant not in _sk.supported_variants():
+        return (f"kernel variant {variant!r} not supported here (this CPU runs {', '.join(_sk.supported_variants())}; "
+                f"compiled: {', '.join(_sk.compiled_variants())})")
+    try:
+        _sk.check_variant(variant)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _np(t: torch.Tensor):

@@ -59,6 +59,12 @@ def test_from_dense_matches_linear(fmt, bias):
 
 
 def test_from_dense_rejects_a_variant_this_cpu_cannot_run():
+    assert sk.check_variant(None) == sk.kernel_variant()
+    assert [sk.check_variant(v) for v in sk.supported_variants()] == sk.supported_variants()
+    with pytest.raises(TypeError):
+        sk.check_variant(3)
+    with pytest.raises(ValueError, match="unknown kernel variant 'bogus'"):
+        sk.check_variant("bogus")
     lin = pruned_linear(40, 24, 0.9)
     with pytest.raises(ValueError, match="kernel variant 'bogus' not supported here \\(this CPU runs scalar"):
         SparseLinear.from_dense(lin, "csr", variant="bogus")

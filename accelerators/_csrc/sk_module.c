@@ -205,6 +205,15 @@ static PyObject *py_supported_variants(PyObject *self, PyObject *noargs)
     return variant_list(1);
 }
 
+/* what a call's variant= does with the name, without a call: amx's permission request included */
+static PyObject *py_check_variant(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const int v = sk_variant_from_obj(arg);
+    if (v < 0) return NULL;
+    return PyUnicode_FromString(variant_names[v]);
+}
+
 static PyObject *py_set_kernel_variant(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -246,6 +255,10 @@ static PyMethodDef methods[] = {
      "compiled_variants() -> list[str]: variants compiled into this build."},
     {"supported_variants", py_supported_variants, METH_NOARGS,
      "supported_variants() -> list[str]: compiled variants this CPU can run."},
+    {"check_variant", py_check_variant, METH_O,
+     "check_variant(name) -> str: the variant a call's variant=name runs (None: the default); raises\n"
+     "ValueError, as that call would, for an unknown, uncompiled or unsupported name, or when the OS\n"
+     "refuses amx its tile state (asked here the first time)."},
     {"set_kernel_variant", py_set_kernel_variant, METH_O,
      "set_kernel_variant(name) -> str: set the default variant (None = the best supported short of\n"
      "amx, which is opt-in); returns\n"

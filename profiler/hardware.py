@@ -154,8 +154,7 @@ def kernel_variant_info() -> dict[str, Any]:
     try:
         from accelerators import _sparse_kernels as k  # type: ignore[attr-defined]
     except ImportError as exc:
-        env = os.environ.get("SPARSEBENCH_KERNEL_VARIANT")
-        if env and str(exc).startswith("SPARSEBENCH_KERNEL_VARIANT="):  # the extension's own refusal
+        if str(exc).startswith("SPARSEBENCH_KERNEL_VARIANT="):  # the extension's own refusal of that variable
             return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_status": "unavailable",
                     "kernel_note": str(exc)}
         return {"kernel_variant": None, "kernel_variants_supported": [], "kernel_status": "not built",

@@ -282,24 +282,28 @@ def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
     df = add_task_key(df.copy()).assign(_task_shown=lambda d: task_names(d))
     show_variant = _varies(df, "kernel_variant")
     ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)]
-    def same(key: tuple) -> tuple:  # NaN != NaN: group keys compared with NaN as None
-        return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
-
-    not_run = {same(key): g["status"].value_counts() for key, g in
+    not_run = {_nan_as_none(key): g["status"].value_counts() for key, g in
                df[df["status"] != "ok"].groupby(GROUP_KEYS, dropna=False, sort=True)}
     ok = ok[~collapsed_mask(ok)]  # a model predicting one class is not a candidate, whatever its metric
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
-        n_out = len(out)
-        _verdict(out, key, g, show_variant, min_kept)
-        if len(out) > n_out and same(key) in not_run:
-            counts = not_run[same(key)]
-            out[-1] += (f" {int(counts.sum())} cell(s) of this group did not run ("
-                        + ", ".join(f"{status} {int(n)}" for status, n in counts.items()) + ").")
+        sentence = _verdict(key, g, show_variant, min_kept)
+        if sentence is None:
+            continue
+        counts = not_run.get(_nan_as_none(key))
+        if counts is not None:
+            sentence += (f" {int(counts.sum())} cell(s) of this group did not run ("
+                         + ", ".join(f"{status} {int(n)}" for status, n in counts.items()) + ").")
+        out.append(sentence)
     return out
 
 
-def _verdict(out: list[str], key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -> None:
-    """Append :func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, if any."""
+def _nan_as_none(key: tuple) -> tuple:
+    """A group key that compares equal to itself: NaN (a missing value; NaN != NaN) as None."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
+
+
+def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -> str | None:
+    """:func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, or None."""
     where = f"{g['_task_shown'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
     variant = key[4] if isinstance(key[4], str) and key[4] else "auto"
     if show_variant or variant != "auto":
@@ -308,27 +312,25 @@ def _verdict(out: list[str], key: tuple, g: pd.DataFrame, show_variant: bool, mi
     kept = g[pd.to_numeric(g["accuracy_kept"], errors="coerce") >= min_kept]
     dense = g[dense_fp32_mask(g)]
     if kept.empty or dense.empty:
-        return
+        return None
     x = kept.loc[kept["latency_p50_s"].idxmin()]
     y = dense.loc[dense["latency_p50_s"].idxmin()]
     if x.name in dense.index:
-        out.append(f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
-                   f"the fastest is the dense {y.get('accelerator_label') or y['accelerator']}.")
-        return
+        return (f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
+                f"the fastest is the dense {y.get('accelerator_label') or y['accelerator']}.")
     n, m = x.get("latency_savings_vs_best_dense"), x.get("energy_savings_vs_best_dense")
     acc = x.get("accelerator_label") or x["accelerator"]
     label = (f"the dense model under {acc} (no pruning)" if x["pruner"] == BASELINE_PRUNER
              else f"{x.get('pruner_label') or x['pruner']} + {acc}")
     low, high = x.get("latency_savings_vs_best_dense_low"), x.get("latency_savings_vs_best_dense_high")
     if is_number(low) and is_number(high) and low <= 1.0:  # interleaved rounds: no lead beyond the noise
-        out.append(f"{where}: none is measurably faster than the dense engines at ≥ {min_kept:.0%} of the dense "
-                   f"accuracy: the fastest, {label}, is {n:.2f}× the fastest dense engine "
-                   f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
-        return
+        return (f"{where}: none is measurably faster than the dense engines at ≥ {min_kept:.0%} of the dense "
+                f"accuracy: the fastest, {label}, is {n:.2f}× the fastest dense engine "
+                f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
     method = x.get("energy_method")
     how = f" ({method})" if isinstance(method, str) and method and method != "measured" else ""
     joules = f" and {m:.2f}× fewer joules{how}" if is_number(m) else " (energy not comparable)"
-    out.append(f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
+    return (f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
                f"{n:.2f}× lower latency{joules} than the fastest dense engine "
                f"({y.get('accelerator_label') or y['accelerator']}).")
 

@@ -290,10 +290,6 @@ void sk_amx_tile_int8(int bh, const int64_t *ptr, const int32_t *idx, const int3
                       const uint8_t *xq, const sk_tiling *tl, int64_t nq, int32_t *scratch, int64_t lds);
 #endif
 #endif
-/* The portable 16x4 block product (sk_scalar.c): the AMX kernel's schedule with its tile operations
- * written in C (sk_amx16.inc.h), so that schedule is tested on every CPU. */
-void sk_tile_int8_16x4_emulated(const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
-                                const uint8_t *xq, const sk_tiling *tl, int32_t *scratch, int64_t lds);
 
 /* Shared scalar helpers (defined in sk_scalar.c). */
 void sk_pack_x_generic(const float *X, int64_t ldX, int64_t nb, int64_t k0, int64_t k1,

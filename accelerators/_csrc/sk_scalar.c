@@ -87,7 +87,7 @@ static void emu_dp(sk_emu_tiles *T, int c, int a, int b)
         }
 }
 
-#define AMX16_FN sk_tile_int8_16x4_emulated_
+#define AMX16_FN tile_int8_16x4_emulated
 #define AMX_STATE sk_emu_tiles T_
 #define AMX_BEGIN() memset(&T_, 0, sizeof(T_))
 #define AMX_END() ((void)0)
@@ -98,13 +98,9 @@ static void emu_dp(sk_emu_tiles *T, int c, int a, int b)
     for (int r_ = 0; r_ < 16; r_++) memcpy((uint8_t *)(p) + r_ * (int64_t)(stride), T_.t[n][r_], 64)
 #define AMX_DP(c, a, b) emu_dp(&T_, c, a, b)
 #define AMX_COPY(dst, src, n) memcpy((dst), (src), (size_t)(n))
+/* the portable 16x4 block product: the AMX kernel's schedule with these operations, so that
+ * schedule is tested on every CPU */
 #include "sk_amx16.inc.h"
-
-void sk_tile_int8_16x4_emulated(const int64_t *ptr, const int32_t *idx, const int32_t *qval, int64_t br0, int64_t br1,
-                                const uint8_t *xq, const sk_tiling *tl, int32_t *scratch, int64_t lds)
-{
-    sk_tile_int8_16x4_emulated_(ptr, idx, qval, br0, br1, xq, tl, scratch, lds);
-}
 
 void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const int32_t *qval,
                           int64_t br0, int64_t br1, const uint8_t *xq, const sk_tiling *tl,
@@ -112,7 +108,7 @@ void sk_tile_int8_generic(int bh, const int64_t *ptr, const int32_t *idx, const 
 {
     (void)nq;
     if (bh == SK_TILE_ROWS) {
-        sk_tile_int8_16x4_emulated(ptr, idx, qval, br0, br1, xq, tl, scratch, lds);
+        tile_int8_16x4_emulated(ptr, idx, qval, br0, br1, xq, tl, scratch, lds);
         return;
     }
     for (int i = 0; i < tl->ntiles; i++) {

@@ -62,8 +62,9 @@ def is_summed(domain: str) -> bool:
 def worst_method(methods: Iterable[str | None]) -> str:
     """The least trustworthy of several methods, by their place in :data:`ENERGY_METHODS`.
 
-    Empty or ``None`` entries are ignored; no methods at all, or a name not in
-    :data:`ENERGY_METHODS`, counts as ``"unavailable"``.
+    Empty or ``None`` entries are ignored; no methods at all gives ``"unavailable"``. A name not
+    in :data:`ENERGY_METHODS` ranks as ``"unavailable"`` and is returned as it is
+    (:func:`window_result` then reports no value, naming it).
     """
     rank = {m: i for i, m in enumerate(ENERGY_METHODS)}
     known = [m for m in methods if m]
@@ -118,6 +119,14 @@ class IdlePower:
         return cls(watts=dict(watts), duration_s=float(duration), flags=list(flags) if isinstance(flags, list) else [])
 
 
+def _stop_quietly(meter: EnergyMeter) -> None:
+    """``meter.stop()``; a meter that fails to stop has already given (or failed) its readings."""
+    try:
+        meter.stop()
+    except Exception:
+        pass
+
+
 def measure_idle_power(
     meter: EnergyMeter, seconds: float = 2.0, sleep: Callable[[float], None] = time.sleep
 ) -> IdlePower:
@@ -138,21 +147,22 @@ def measure_idle_power(
     if not ok:
         return IdlePower(watts={}, duration_s=0.0, flags=[f"meter unavailable: {reason}"])
     seconds = max(float(seconds), MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s))
-    meter.start()
-    try:
-        readings = [meter.read()]
-        safe = meter.max_safe_window_s
-        remaining = seconds
-        step = seconds if not safe else min(seconds, safe / 4.0)
-        while remaining > 1e-12:
-            chunk = min(step, remaining)
-            sleep(chunk)
-            remaining -= chunk
-            readings.append(meter.read())
-    except Exception as e:  # a meter failing mid-way must not kill the run
+    try:  # a meter failing to start or mid-way must not kill the run
+        meter.start()
+        try:
+            readings = [meter.read()]
+            safe = meter.max_safe_window_s
+            remaining = seconds
+            step = seconds if not safe else min(seconds, safe / 4.0)
+            while remaining > 1e-12:
+                chunk = min(step, remaining)
+                sleep(chunk)
+                remaining -= chunk
+                readings.append(meter.read())
+        finally:
+            _stop_quietly(meter)
+    except Exception as e:
         return IdlePower(watts={}, duration_s=0.0, flags=[f"idle read failed: {e!r}"])
-    finally:
-        meter.stop()
     dt = readings[-1].t_s - readings[0].t_s
     energies, flags = readings_energy(readings)
     if dt <= 0:
@@ -353,10 +363,7 @@ class EnergyWindow:
                 self.sample()
             except Exception as e:
                 self._error = f"meter read failed at window end: {e!r}"
-        try:
-            self.meter.stop()
-        except Exception:
-            pass
+        _stop_quietly(self.meter)
         return None
 
     def _sampler(self) -> None:
@@ -448,9 +455,12 @@ def window_result(
     segments = [seg for seg in segments if seg] or [[]]
     window_s = sum(max(seg[-1].t_s - seg[0].t_s, 0.0) for seg in segments if seg)
     energies, flags = segments_energy(segments)
-    last = segments[-1]
-    methods = {d: (c.method or meter_method) for d, c in last[-1].counters.items()
-               if d in energies} if last else {}
+    # every domain of energies has a method, even one absent from the last reading (a counter
+    # that dropped out in a later visit: its energy is None, its method still named)
+    methods: dict[str, str] = {}
+    for seg in segments:
+        for reading in seg:
+            methods.update({d: c.method or meter_method for d, c in reading.counters.items() if d in energies})
     summed = [d for d in energies if is_summed(d)]
     method = worst_method(methods[d] for d in summed) if summed else meter_method
     for seg in segments:
@@ -469,6 +479,8 @@ def window_result(
             n_inferences=n_inferences,
         )
 
+    if method not in ENERGY_METHODS:  # a third-party meter's own word: no value we could label honestly
+        return result(energies, f"meter method {method!r} is none of {', '.join(ENERGY_METHODS)}")
     min_duration_s = MIN_RESOLUTION_MULTIPLE * float(resolution_s)
     short = [seg[-1].t_s - seg[0].t_s for seg in segments if seg and seg[-1].t_s - seg[0].t_s < min_duration_s]
     if len(segments) > 1 and short:  # a counter that updates every resolution_s smears energy across visits

@@ -102,7 +102,8 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     check_new_folder(out, "--out")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
-    check_writable(out, "--out")  # creates it: removed below if the export fails
+    existed = out.is_dir()  # an empty folder the user made: emptied, not removed, if the export fails
+    check_writable(out, "--out")  # creates it otherwise: removed below if the export fails
     try:
         import torch
 
@@ -119,7 +120,14 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
         if fmt != "transformers":
             export_portable(model, example, fmt, out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            for item in out.iterdir():
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return out
 

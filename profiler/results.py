@@ -13,10 +13,13 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler.errors import ResultsWriteError
 from profiler.rundir import write_atomic
+
+if TYPE_CHECKING:
+    from profiler.config import Cell
 
 STATUSES = ("ok", "failed", "skipped")
 
@@ -295,6 +298,20 @@ def rewrite_without(path: Path, cell_ids: set[str]) -> int:
     if removed:
         write_atomic(path, b"".join(kept))
     return removed
+
+
+#: rows with this ``executor_outcome`` stand for cells that never ran; ``--resume`` runs them again
+NO_LIVE_NODE = "no-live-node"
+
+
+def cells_to_run(rows: list[dict[str, Any]], cells: list[Cell], retry_failed: bool) -> tuple[set[str], list[Cell], set[str]]:
+    """(cell ids that keep their row, cells to run, cell ids whose rows are to be removed first):
+    a cell runs when it has no row, when its row says it never ran (``no-live-node``) or, with
+    ``retry_failed``, when it failed."""
+    redo = {r["cell_id"] for r in rows if r.get("executor_outcome") == NO_LIVE_NODE
+            or (retry_failed and r["status"] == "failed")}
+    done = {r["cell_id"] for r in rows} - redo
+    return done, [c for c in cells if c.cell_id not in done], redo
 
 
 SCHEMA: dict[str, tuple[Any, bool]] = _schema()

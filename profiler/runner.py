@@ -29,7 +29,8 @@ from profiler.errors import ConfigError, SparsebenchWarning
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
-from profiler.results import RESULT_FIELDS, Result, append_result, read_results, repair_tail
+from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run, read_results, repair_tail,
+                              rewrite_without)
 from profiler.rundir import RESULTS, check_resumable, check_writable
 from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
@@ -286,7 +287,8 @@ def model_bytes(module: nn.Module) -> int:
 
 class Runner:
     """Executes ``cfg`` into ``run_dir``; cells already in ``results.jsonl`` are skipped, except
-    failed ones when ``retry_failed`` (their new row then replaces the old one on read)."""
+    failed ones when ``retry_failed`` (their rows are removed first, in one atomic rewrite, so the
+    new row replaces the old one)."""
 
     def __init__(self, cfg: Config, run_dir: Path, cache_dir: Path | None = None, reporter: Reporter | None = None,
                  retry_failed: bool = False) -> None:
@@ -354,11 +356,12 @@ class Runner:
         rf = read_results(self.results_path)
         for line in rf.warnings():
             self.reporter.message(f"warning: {line}")
-        rows = rf.rows
-        done = {r["cell_id"] for r in rows if not (self.retry_failed and r["status"] == "failed")}
-        self.reuse_metrics(known_metrics(rows))
         cells = expand(self.cfg)
-        todo = [c for c in cells if c.cell_id not in done]
+        _, todo, redo = cells_to_run(rf.rows, cells, self.retry_failed)
+        if rewrite_without(self.results_path, redo):  # the new row replaces the failed one, not beside it
+            self.reporter.message(f"{len(redo)} failed cell(s) will run again")
+        rows = [r for r in rf.rows if r["cell_id"] not in redo]
+        self.reuse_metrics(known_metrics(rows))
         self.reporter.start(len(cells), len(cells) - len(todo))
         if not todo:
             return self.run_dir

@@ -24,12 +24,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from reports.frame import (BASELINE_ACCELERATOR, add_savings, collapsed_mask, is_baseline, is_flagged, kernel_variant_text,
-                           load_json, load_rows, positive, task_names)
+from reports.frame import (BASELINE_ACCELERATOR, MIN_KEPT, add_savings, collapsed_mask, is_baseline, is_flagged,
+                           kernel_variant_text, load_json, load_rows, positive, task_names)
 from reports.html import fmt
 
-#: accuracy kept (cell metric ÷ dense fp32 metric) a configuration needs to count as a winner
-MIN_KEPT = 0.99
 #: the columns that describe a recipe (one value per recipe_id, whatever the target)
 RECIPE_COLS = ["task", "task_key", "task_shown", "pruner", "pruner_label", "accelerator", "accelerator_label",
                "batch_size", "seq_len", "sparsity"]

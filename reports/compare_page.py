@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from profiler.timing import SPREAD_LIMIT
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
 from reports.frame import is_flagged
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
@@ -26,7 +27,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 # ---- hardware -------------------------------------------------------------------------------------
 
 def _gb(b: Any) -> str:
-    return f"{b / 2**30:.0f} GB" if isinstance(b, (int, float)) and b else "?"
+    return f"{b / 2**30:.0f} GiB" if isinstance(b, (int, float)) and b else "?"
 
 
 def _gpu_text(hw: dict) -> str:
@@ -68,7 +69,7 @@ def _hardware_table(targets: list[Target]) -> str:
         ("transformers / numpy", lambda t: f"{v(t.hardware, 'transformers')} / {v(t.hardware, 'numpy')}"),
         ("CUDA (torch build)", lambda t: v(t.hardware, "torch_cuda") or "none"),
         ("cells", lambda t: (" ".join(badge(k, f"{k} {n}") for k, n in sorted(t.status_counts.items())) or "no complete rows", None)),
-        ("noisy latency (spread > 10 %)", lambda t: f"{t.noisy_cells} cell{'s' if t.noisy_cells != 1 else ''}"),
+        (f"noisy latency (spread > {SPREAD_LIMIT:.0%})", lambda t: f"{t.noisy_cells} cell{'s' if t.noisy_cells != 1 else ''}"),
         ("damaged results lines", lambda t: (badge("failed", ", ".join(map(str, t.damaged_lines))) if t.damaged_lines else "none", None)),
         ("run created", lambda t: (t.manifest.get("created") or "?")[:19]),
     ]
@@ -138,7 +139,7 @@ def _measurements_table(c: Comparison) -> str:
 
     heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("p50 ms", "p90 ms", "J/inference", "method", "accuracy")]
     return ("<h2>Latency, energy and accuracy per target</h2>"
-            "<p class='note'>⚠ after p50: latency spread (IQR/median) above 10 % — a noisy measurement "
+            f"<p class='note'>⚠ after p50: latency spread (IQR/median) above {SPREAD_LIMIT:.0%} — a noisy measurement "
             "(shared or throttled cores); rerun before trusting that factor. n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
@@ -201,8 +202,8 @@ def _best_section(c: Comparison) -> str:
                              w["latency_savings_factor"]))
         rows.append(line)
     return (f"<h2>Best configuration per target (≥ {MIN_KEPT:.0%} of dense accuracy)</h2>"
-            "<p class='note'>Highest latency savings factor among cells keeping at least 99 % of the dense fp32 metric; "
-            "cells with a latency spread above 10 % do not win while a steady one qualifies (⚠: the winner or its baseline is noisy). "
+            f"<p class='note'>Highest latency savings factor among cells keeping at least {MIN_KEPT:.0%} of the dense fp32 metric; "
+            f"cells with a latency spread above {SPREAD_LIMIT:.0%} do not win while a steady one qualifies (⚠: the winner or its baseline is noisy). "
             "The headline is the best shape of each target.</p><ul class='targets'>" + "".join(items) + "</ul>"
             + table(heads, rows, left=3, sortable=False))
 
@@ -231,7 +232,7 @@ def _bars(c: Comparison, col: str, title: str, xtitle: str, hline: float | None 
     if hline is not None:
         fig.add_vline(x=hline, line_dash="dash", line_color="#888")
     if col != "accuracy":
-        title += " — hatched ⚠: latency spread above 10 %, rerun before quoting"
+        title += f" — hatched ⚠: latency spread above {SPREAD_LIMIT:.0%}, rerun before quoting"
     n_bars = len(order) * max(1, len(fig.data))
     fig.update_layout(title=title, barmode="group", xaxis_title=xtitle, bargap=0.25,
                       yaxis=dict(categoryorder="array", categoryarray=order[::-1], automargin=True),

@@ -20,6 +20,8 @@ from profiler.results import read_results
 from profiler.rundir import RESULTS
 
 # Cells that share these keys are compared with each other (same shape, threads and target).
+#: share of the dense model's metric a configuration must keep to be a verdict or a best configuration
+MIN_KEPT = 0.99
 GROUP_KEYS = ["task_key", "batch_size", "seq_len", "threads", "kernel_variant"]
 IDENTITY_FIELDS = ("recipe_id", "model_id")
 
@@ -182,7 +184,10 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     base = base.drop_duplicates(GROUP_KEYS).set_index(GROUP_KEYS)
     for i, row in df[ok].iterrows():
         key = tuple(row[k] for k in GROUP_KEYS)
-        if key not in base.index:
+        if key not in base.index:  # the baseline failed or is missing: a factor stored against it goes too
+            if stored is not None and isinstance(stored_ref.get(i), str):
+                stored.at[i] = float("nan")
+                _drop_interval(df, i, "latency_savings_factor")
             continue
         b = base.loc[key]
         if stored is not None and not _same_reference(stored_ref.get(i), b.get("cell_id")):
@@ -232,9 +237,12 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     """Factors against the **fastest dense fp32 cell of the same group** (the engine a user would
     run instead of pruning): ``latency_savings_vs_best_dense`` (kept when the runner stored the
     same-round median, else best p50 ÷ cell p50), ``energy_savings_vs_best_dense`` (best J ÷ cell
-    J, one energy method only), ``best_dense_label``. A collapsed dense cell (see
-    :func:`collapsed_mask`) is no reference: a factor the runner stored against it is recomputed
-    against the fastest dense cell that did not collapse."""
+    J, one energy method only), ``best_dense_label``. A factor the runner stored stays with its own
+    reference (``best_dense_cell_id``) while that is a usable dense cell of the group, even where
+    the p50s here rank another first: a resumed run times the dense cells again, and its fastest
+    can differ, within noise, from the first session's; a ratio of p50s across the two sessions
+    would not be same-round. A collapsed or failed dense cell is no reference: a factor stored
+    against it is recomputed against the fastest usable dense cell."""
     for col in ("latency_savings_vs_best_dense", "energy_savings_vs_best_dense", "best_dense_label"):
         if col not in df:
             df[col] = None
@@ -245,6 +253,7 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     dense = df[dense_fp32_mask(df) & ~collapsed_mask(df)]
     best = dense.loc[dense.groupby(GROUP_KEYS, dropna=False)["latency_p50_s"].idxmin()] if len(dense) else dense
     best = best.set_index(GROUP_KEYS)
+    by_id = dense.drop_duplicates("cell_id", keep="last").set_index("cell_id") if "cell_id" in dense else None
     for i, row in df[df["status"] == "ok"].iterrows():
         key = tuple(row[k] for k in GROUP_KEYS)
         if key not in best.index:  # no dense cell left to divide (failed or collapsed)
@@ -253,8 +262,12 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
                 _drop_interval(df, i, "latency_savings_vs_best_dense")
                 df.at[i, "best_dense_label"] = None
             continue
-        b = best.loc[key]
-        if not _same_reference(row.get("best_dense_cell_id"), b.get("cell_id")):
+        ref = row.get("best_dense_cell_id")
+        own = (by_id is not None and isinstance(ref, str) and ref in by_id.index
+               and _nan_as_none(tuple(by_id.loc[ref, k] for k in GROUP_KEYS)) == _nan_as_none(key)
+               and is_number(df.at[i, "latency_savings_vs_best_dense"]))
+        b = by_id.loc[ref] if own else best.loc[key]
+        if not own and not _same_reference(ref, b.get("cell_id")):
             df.at[i, "latency_savings_vs_best_dense"] = float("nan")  # taken against another engine
             _drop_interval(df, i, "latency_savings_vs_best_dense")
         if not is_number(df.at[i, "latency_savings_vs_best_dense"]) and positive(row.get("latency_p50_s")):
@@ -266,7 +279,7 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def verdicts(df: pd.DataFrame, min_kept: float = 0.99) -> list[str]:
+def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
     through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
     factors against the fastest dense fp32 engine, or that none beats the dense engines (also when

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
+from profiler.timing import SPREAD_LIMIT
 from reports.frame import (add_savings, collapsed_mask, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
                            pareto_front, shape_labels, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
@@ -81,7 +82,7 @@ def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
             hovertemplate="%{text}<br>%{x:.4g}<br>accuracy %{y:.4f}<extra></extra>",
         ))
         front = g[pareto_front(g, x)].sort_values(x)
-        fig.add_trace(go.Scatter(x=front[x] * (1e3 if x.startswith("latency") else 1), y=front["accuracy"], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=front[x] * scale, y=front["accuracy"], mode="lines+markers",
                                  line=dict(dash="dot"), marker=dict(size=18, symbol="circle-open", line=dict(width=2)),
                                  name=f"{name} Pareto front", hoverinfo="skip"))
     c = d[d["_collapsed"]]
@@ -196,7 +197,7 @@ def build_report_html(run_dir: Path) -> str:
         "<h2>Savings factors</h2>", _savings(df), _thread_scaling(df),
     ]
     sections.append(multiply_section(df))
-    sections += ["<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above 10 %; [busy] a cell timed while other processes were busy; "
+    sections += [f"<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above {SPREAD_LIMIT:.0%}; [busy] a cell timed while other processes were busy; "
                  "(collapsed): the model predicts one class, or does no better than the majority class (the reason column says which). "
                  "n/a: a value that was not measured or not finite (the row's <code>reason</code>, <code>energy_reason</code> or <code>null_reasons</code> say why). "
                  "kept: the metric ÷ the dense baseline's, rounded down to 0.01 %. "

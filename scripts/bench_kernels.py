@@ -376,7 +376,9 @@ def _model_case(args, model, s: float, batch: int, th: int, vocab_size: int) -> 
         print(f"model s={s} b={batch} seq={args.seq} thr={th} {name:>22}: {med * 1e3:8.2f} ms "
               f"{rows[-1]['speedup_vs_torch_fp32']:5.2f}x  p10 {p10 * 1e3:8.2f} ms {dense_p10 / p10:5.2f}x  "
               f"spread {spread:4.2f} clean {clean:4.2f}  logits rel diff {rel:.1e}  "
-              f"sparse layers {fields[name].get('sparse_layers', '-')}", flush=True)
+              f"sparse layers {fields[name].get('sparse_layers', '-')}"
+              f"{' (whole-model check kept the dense layout)' if fields[name].get('sparse_fell_back_to_dense') else ''}",
+              flush=True)
     return rows
 
 

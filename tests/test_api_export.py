@@ -166,6 +166,28 @@ def test_export_without_the_formats_package_fails_before_any_model_work(profiled
     assert not (tmp_path / "o").exists()
 
 
+def test_a_failed_export_empties_but_keeps_an_out_folder_the_user_made(profiled, tmp_path, monkeypatch):
+    """--out may be an existing empty folder: a failure mid-export removes what it wrote, not the
+    folder; a folder the export created itself goes."""
+    from profiler.export import export_cell
+
+    root, _ = profiled
+    cell = read_results(root / "run" / "results.jsonl").rows[0]["cell_id"]
+
+    def broken(out, model, example):
+        raise RuntimeError("round trip differs")
+
+    monkeypatch.setattr("profiler.export.check_round_trip", broken)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError, match="round trip"):
+        export_cell(root / "run", cell, mine, cache_dir=root / "cache")
+    assert mine.is_dir() and list(mine.iterdir()) == []
+    with pytest.raises(RuntimeError, match="round trip"):
+        export_cell(root / "run", cell, tmp_path / "new", cache_dir=root / "cache")
+    assert not (tmp_path / "new").exists()
+
+
 def test_export_openvino_ir(profiled, tmp_path):
     pytest.importorskip("openvino")
     root, df = profiled

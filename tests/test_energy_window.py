@@ -278,3 +278,31 @@ def test_visits_shorter_than_ten_resolutions_are_flagged():
     r = window_result(segments, 10, meter_method="measured", resolution_s=0.1)
     assert r.energy_j_per_inference == pytest.approx(1.0)
     assert any("5 of 5 visits are shorter" in f for f in r.flags)
+
+
+def test_a_domain_dropping_out_in_a_later_visit_gives_no_value_not_an_error():
+    """Visit 1 reads package and dram, visit 2 only package (a counter that went away): the sum
+    is unknown, named, and the window still returns a result."""
+    seg1 = [Reading(0.0, {"package:0": Counter(1.0), "dram:0": Counter(1.0)}),
+            Reading(1.0, {"package:0": Counter(11.0), "dram:0": Counter(2.0)})]
+    seg2 = [Reading(2.0, {"package:0": Counter(20.0)}), Reading(3.0, {"package:0": Counter(30.0)})]
+    r = window_result([seg1, seg2], 10, meter_method="measured", resolution_s=0.001)
+    assert r.energy_j_per_inference is None and r.method == "unavailable" and "dram:0" in r.reason
+    assert r.domain_methods == {"package:0": "measured", "dram:0": "measured"}
+
+
+def test_idle_power_survives_a_meter_that_fails_to_start():
+    class NoStart(ScriptMeter):
+        def start(self):
+            raise RuntimeError("driver gone")
+
+    idle = measure_idle_power(NoStart(Clock(), {"package:0": 10.0}), 1.0, sleep=Clock().sleep)
+    assert idle.watts == {} and "driver gone" in idle.flags[0]
+
+
+def test_a_method_outside_the_vocabulary_gives_no_labelled_value():
+    """A third-party meter calling its counters 'counter': no joules under a label we cannot vouch for."""
+    c = Clock()
+    r = run(ScriptMeter(c, {"package:0": 40.0}, method="counter"), c, 2.0, 10)
+    assert r.energy_j_per_inference is None and r.method == "unavailable"
+    assert "'counter'" in r.reason and "measured" in r.reason

@@ -93,6 +93,41 @@ def test_a_stored_factor_against_a_collapsed_only_dense_cell_is_dropped(tmp_path
     assert pd.isna(d.loc["s", "latency_savings_vs_best_dense"]) and pd.isna(d.loc["s", "best_dense_label"])
 
 
+def test_a_resumed_factor_keeps_its_own_same_round_reference(tmp_path):
+    """Two dense engines within noise: the first session's p50s rank openvino first, the resumed
+    session timed onnxruntime faster and stored the new cell's factor against it. The stored
+    same-round factor, its interval and its reference stay; a p50 ratio across the sessions
+    (17.0 ms ÷ 10.0 ms = 1.70) does not replace it."""
+    run = write_run(tmp_path / "run", [
+        result("b", "none", "torch-fp32", 0.040, 0.905),
+        result("ov", "none", "openvino", 0.0170, 0.905, accelerator_label="openvino"),
+        result("ort", "none", "onnxruntime", 0.0172, 0.905, accelerator_label="onnxruntime"),
+        result("new", "magnitude", "sparse-cpu", 0.0100, 0.900, best_dense_cell_id="ort",
+               latency_savings_vs_best_dense=1.60, latency_savings_vs_best_dense_low=1.58,
+               latency_savings_vs_best_dense_high=1.62)])
+    df, _ = load_rows(run)
+    d = add_savings(df).set_index("cell_id")
+    assert d.loc["new", "latency_savings_vs_best_dense"] == pytest.approx(1.60)
+    assert d.loc["new", "latency_savings_vs_best_dense_low"] == pytest.approx(1.58)
+    assert d.loc["new", "best_dense_label"] == "onnxruntime"
+    assert d.loc["b", "best_dense_label"] == "openvino"  # rows without a stored factor: the fastest p50
+
+
+def test_a_factor_stored_against_a_failed_baseline_is_dropped(tmp_path):
+    """The torch-fp32 baseline was timed, then failed its accuracy pass: the factor the runner
+    stored against it (and its interval) is no savings factor; no other row is the baseline."""
+    run = write_run(tmp_path / "run", [
+        result("b", "none", "torch-fp32", 0.040, None),
+        result("s", "magnitude", "sparse-cpu", 0.020, 0.900, baseline_cell_id="b", latency_savings_factor=2.0,
+               latency_savings_factor_low=1.9, latency_savings_factor_high=2.1)])
+    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    rows[0].update(status="failed", reason="accuracy pass: RuntimeError")
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df, _ = load_rows(run)
+    d = add_savings(df).set_index("cell_id")
+    assert pd.isna(d.loc["s", "latency_savings_factor"]) and pd.isna(d.loc["s", "latency_savings_factor_low"])
+
+
 def test_the_report_marks_a_collapsed_model(tmp_path):
     html = build_report_html(collapsed_majority_run(tmp_path))
     cells = html[html.index("<h2>All cells"):]

@@ -9,8 +9,8 @@ import pytest
 
 from profiler.config import expand, parse_config
 from profiler.errors import ConfigError
-from profiler.executors.ray_driver import NO_LIVE_NODE, cells_to_run, plan_units
-from profiler.results import read_results, rewrite_without
+from profiler.executors.ray_driver import plan_units
+from profiler.results import NO_LIVE_NODE, cells_to_run, read_results, rewrite_without
 from profiler.runner import interleave_key
 from profiler.targets import (NodeInfo, RaySettings, TargetWatch, default_targets, live_targets, resolve_targets,
                               selector_matches)

@@ -44,15 +44,11 @@ from profiler.executors import ray_node
 from profiler.executors.ray_cluster import cluster_nodes, connect
 from profiler.hardware import software_versions
 from profiler.identity import stable_hash
-from profiler.results import Result, append_result, read_results, repair_tail, rewrite_without
+from profiler.results import NO_LIVE_NODE, Result, append_result, cells_to_run, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
 from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, interleave_key,
                              known_metrics, manifest_base, read_idle_power, read_run_json, references_to_retime)
 from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
-
-#: rows with this ``executor_outcome`` stand for cells that never ran; ``--resume`` runs them again
-NO_LIVE_NODE = "no-live-node"
-
 
 @dataclass
 class Unit:
@@ -97,16 +93,6 @@ def plan_units(cells: list[Cell], schedule: str, threads_share_rounds: bool = Tr
         key = interleave_key(c, threads_share_rounds) if schedule != "sequential" else (c.pruner,)
         groups[(c.task, *key)].append(c)
     return list(groups.values())
-
-
-def cells_to_run(rows: list[dict[str, Any]], cells: list[Cell], retry_failed: bool) -> tuple[set[str], list[Cell], set[str]]:
-    """(cell ids that keep their row, cells to run, cell ids whose rows are to be removed first):
-    a cell runs when it has no row, when its row says it never ran (``no-live-node``) or, with
-    ``retry_failed``, when it failed."""
-    redo = {r["cell_id"] for r in rows if r.get("executor_outcome") == NO_LIVE_NODE
-            or (retry_failed and r["status"] == "failed")}
-    done = {r["cell_id"] for r in rows} - redo
-    return done, [c for c in cells if c.cell_id not in done], redo
 
 
 class RayExecutor:

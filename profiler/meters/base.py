@@ -2,7 +2,8 @@
 
 A meter reads *cumulative* energy counters per domain (``package``, ``dram``, ``platform``,
 ``gpu:0``, ...). All window arithmetic (begin/end deltas, wrap correction, idle baseline,
-per-inference division) lives once in :mod:`profiler.energy`, never in a meter.
+per-inference division) lives once in :mod:`profiler.energy` and :mod:`profiler.energy_math`,
+never in a meter.
 """
 from __future__ import annotations
 

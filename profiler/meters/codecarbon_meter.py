@@ -25,6 +25,7 @@ from typing import Annotated, Any, Callable, ClassVar
 
 from accelerators.params import Range
 
+from profiler.energy import worst_method
 from profiler.meters.base import Counter, EnergyMeter, Reading
 
 _J_PER_KWH = 3.6e6
@@ -133,8 +134,7 @@ class CodecarbonMeter(EnergyMeter):
                     getattr(d, "_counter_error", None) for d in devs)
                 methods["gpu"] = "measured" if counter_ok else "power-poll"
         self.domain_methods = methods
-        rank = {"measured": 0, "power-poll": 1, "estimated": 2}
-        self.method = max(methods.values(), key=rank.__getitem__) if methods else "estimated"
+        self.method = worst_method(methods.values()) if methods else "estimated"
 
     def read(self) -> Reading:
         """Cumulative codecarbon totals in J per domain. Raises ``RuntimeError`` if unavailable."""

@@ -10,12 +10,11 @@ becomes a cumulative counter (``package:<s>``, ``dram:<s>``) with the zone's
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, ClassVar
 
 from profiler.meters.base import Counter, EnergyMeter, Reading
-from profiler.meters.rapl import DEFAULT_MAX_POWER_W, PERMISSION_REASON, RaplMeter
+from profiler.meters.rapl import PERMISSION_REASON, RaplMeter
 
 
 class PyRaplMeter(EnergyMeter):
@@ -44,6 +43,7 @@ class PyRaplMeter(EnergyMeter):
         self._sensor = None
         self._avail: tuple[bool, str] | None = None
         self._doms: list[str] = []
+        self._rapl: RaplMeter | None = None
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "pyRAPL: package:0, dram:0")`` or ``(False, reason)``: pyRAPL not installed,
@@ -86,17 +86,19 @@ class PyRaplMeter(EnergyMeter):
         return True, "pyRAPL: " + ", ".join(doms)
 
     def _safe_window_s(self, doms: list[str]) -> float | None:
-        """The longest interval in which a counter wraps at most once (s): as
-        :meth:`RaplMeter.largest_safe_window_s` reads it from the same zones, else each readable
-        ``max_energy_range_uj`` ÷ :data:`DEFAULT_MAX_POWER_W`; None when no range is readable."""
+        """The longest interval in which a counter wraps at most once (s), as
+        :meth:`RaplMeter.largest_safe_window_s` reads it from the same zones; None when no range
+        is readable."""
         try:
-            safe = RaplMeter(self.powercap_dir).largest_safe_window_s()
+            return self._zones().largest_safe_window_s()
         except Exception:  # pyRAPL located its zones; the direct reader may not (another layout)
-            safe = None
-        if safe is None:
-            ranges = [r for r, _ in (self._max_range_j(d) for d in doms) if r]
-            safe = min(ranges) / DEFAULT_MAX_POWER_W if ranges else None
-        return safe
+            return None
+
+    def _zones(self) -> RaplMeter:
+        """The direct reader over pyRAPL's directory: it locates the zones of our domain names."""
+        if self._rapl is None:
+            self._rapl = RaplMeter(self.powercap_dir)
+        return self._rapl
 
     @staticmethod
     def _domains(values: list) -> dict[str, float | None]:
@@ -108,34 +110,13 @@ class PyRaplMeter(EnergyMeter):
         return out
 
     def _max_range_j(self, dom: str) -> tuple[float | None, str | None]:
-        """Read ``max_energy_range_uj`` for a domain the way pyRAPL locates zones."""
-        kind, sock = dom.split(":")
+        """``max_energy_range_uj`` (J) of the zone of ``dom`` (``package:0``, ``dram:0``), or ``(None, why)``."""
         try:
-            for entry in sorted(os.listdir(self.powercap_dir)):
-                d = os.path.join(self.powercap_dir, entry)
-                try:
-                    with open(os.path.join(d, "name")) as f:
-                        if f.read().strip() != f"package-{sock}":
-                            continue
-                except OSError:
-                    continue
-                if kind == "dram":
-                    for sub in sorted(os.listdir(d)):
-                        sd = os.path.join(d, sub)
-                        try:
-                            with open(os.path.join(sd, "name")) as f:
-                                if f.read().strip() == "dram":
-                                    d = sd
-                                    break
-                        except OSError:
-                            continue
-                    else:
-                        break
-                with open(os.path.join(d, "max_energy_range_uj")) as f:
-                    return int(f.read().strip()) / 1e6, None
-        except (OSError, ValueError) as e:
+            rapl = self._zones()
+            zone = next((z for z in rapl.active_zones() if z.domain == dom), None)
+        except Exception as e:
             return None, f"max_energy_range_uj unreadable: {e}"
-        return None, "max_energy_range_uj not found"
+        return rapl.max_range_j(zone) if zone is not None else (None, "max_energy_range_uj not found")
 
     def read(self) -> Reading:
         """Cumulative J per ``package:<s>``/``dram:<s>`` from ``pyRAPL.Sensor.energy()``.

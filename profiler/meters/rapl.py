@@ -292,18 +292,26 @@ class RaplMeter(EnergyMeter):
                 return max(vals) / 1e6, f"constraint_*_{suffix}"
         return self.default_max_power_w, "default"
 
+    def max_range_j(self, z: Zone) -> tuple[float | None, str | None]:
+        """``(max_energy_range_uj in J, None)`` of zone ``z``, or ``(None, why)`` when it is
+        unreadable or not positive (the counter then cannot be wrap-corrected)."""
+        try:
+            rng = self._read_int(os.path.join(z.path, "max_energy_range_uj")) / 1e6
+        except (OSError, ValueError) as ex:
+            return None, f"max_energy_range_uj unreadable: {ex}"
+        return (rng, None) if rng > 0 else (None, "max_energy_range_uj is not positive")
+
     def largest_safe_window_s(self) -> float | None:
         """Shortest over active zones of ``max_energy_range_uj ÷ max power`` (s): the longest
         interval between two reads in which at most one wrap can happen. ``None`` if no range
         is readable."""
         best: float | None = None
         for z in self.active_zones():
-            try:
-                rng_j = self._read_int(os.path.join(z.path, "max_energy_range_uj")) / 1e6
-            except (OSError, ValueError):
+            rng_j, _ = self.max_range_j(z)
+            if rng_j is None:
                 continue
             w, _ = self.zone_max_power_w(z)
-            if w > 0 and rng_j > 0:
+            if w > 0:
                 s = rng_j / w
                 best = s if best is None else min(best, s)
         return best
@@ -324,13 +332,7 @@ class RaplMeter(EnergyMeter):
             except (OSError, ValueError) as ex:
                 counters[z.domain] = Counter(None, None, f"energy_uj unreadable: {ex}")
                 continue
-            try:
-                rng: float | None = self._read_int(
-                    os.path.join(z.path, "max_energy_range_uj")) / 1e6
-                if rng <= 0:
-                    rng, flag = None, "max_energy_range_uj is not positive"
-            except (OSError, ValueError) as ex:
-                rng, flag = None, f"max_energy_range_uj unreadable: {ex}"
+            rng, flag = self.max_range_j(z)
             counters[z.domain] = Counter(e, rng, flag)
         return Reading(t_s=t, counters=counters)
 

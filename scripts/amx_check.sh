@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `amx` kernel variant (AMX tiles for 16x4 INT8 blocks, bsr16x4) checked and timed on an Intel
 # CPU with AMX (not yet timed as a whole: each model process of step 4 took about 5 minutes on a
-# 2-vCPU AMD Zen 3, so expect 30-45 minutes):
+# 2-vCPU AMD Zen 3, so expect 45-75 minutes with step 5):
 #   1. the CPU, and the variants the extension compiled and runs here
 #   2. the INT8 kernel tests, which run every supported variant, amx included (exact integer
 #      products, the same bits as vnni)
@@ -10,6 +10,9 @@
 #   4. bench_kernels.py --model --int8 --model-structure 16x4 at 80 / 90 %, b1 / b8, 1 thread, under
 #      vnni and amx in alternating processes (3 each), JSON per process: sparse-int8's `auto` picks
 #      bsr16x4 only where timed faster (sparse_layer_choices says which format each layer runs)
+#   5. bench_vs_openvino.py: the BERT-base-shaped model pruned in 16x4 blocks at 90 / 80 %, sparse-int8
+#      under vnni and under amx against OpenVINO INT8 on the dense model, same rounds, b1 / b8, 1 thread
+#      (issue 16's Intel cells, with 16x4 blocks in place of 1x4), JSON
 # Usage: scripts/amx_check.sh [OUT_DIR]      (default runs/amx-check; PY=python overrides .venv)
 # Exit status: 0 all checks passed, 1 a check failed, 2 no AMX here.
 set -uo pipefail
@@ -46,6 +49,10 @@ for round in 1 2 3; do
       || { echo "FAIL: model benchmark ($v, round $round)"; fail=1; }
   done
 done
+
+step "BERT-base-shaped 16x4 model against OpenVINO INT8, vnni and amx in the same rounds"
+timeout 2400 "$PY" scripts/bench_vs_openvino.py --models bert-base --prunings 90-16x4,80-16x4 --variants vnni,amx \
+  --batch 1,8 --threads 1 --out "$OUT/vs_openvino_16x4.json" || { echo "FAIL: whole-model benchmark"; fail=1; }
 
 step "done in $(( $(date +%s) - START )) s: JSON in $OUT"
 exit $fail

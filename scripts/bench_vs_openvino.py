@@ -3,13 +3,16 @@
 
 For each model (``minilm``: all-MiniLM-L6-v2 with the SST-2 head; ``bert-base``: a BERT-base-shaped
 encoder, 12 layers x 768, built from its config with random weights, since speed does not depend
-on the values), each pruning (one-shot magnitude: ``90-1x4``, ``80-1x4``, ``90-unstructured``),
-batch size and thread count (sequence 128, SST-2 dev sentences padded to 128):
+on the values), each pruning (one-shot magnitude: ``90-1x4``, ``80-1x4``, ``90-unstructured``; on
+request ``90-16x4`` and ``80-16x4``, the blocks of the ``amx`` kernel variant), batch size and thread count (sequence 128, SST-2 dev sentences padded to 128):
 
 * ``openvino-int8``: the dense model, OpenVINO INT8 (NNCF post-training quantization calibrated on
   SST-2 training sentences), prepared by the ``openvino`` accelerator;
 * ``sparse-int8``: the pruned model prepared by the ``sparse-int8`` accelerator (INT8 attention,
   the default), and ``sparse-int8 (fp32 attention)`` with ``attention = "fp32"`` where asked.
+
+* ``--variants``: ``sparse-int8`` under each of these kernel variants (``vnni,amx`` on an Intel CPU
+  with AMX), each an engine of its own in the same rounds (``sparse-int8 90-16x4 [amx]``);
 
 * ``--dense-peers``: other engines on the dense model, timed in the same rounds (``openvino-fp32``,
   ``onnxruntime-int8``, ``onnxruntime-fp32``, ``torch-int8`` (dynamic INT8), ``torch-fp32``): on a
@@ -27,7 +30,9 @@ carries the pruning (``sparse-int8 90-1x4``) and a sparse record the choices its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import itertools
 import json
 import platform
 import shlex
@@ -37,12 +42,13 @@ from pathlib import Path
 
 import torch
 
-from accelerators.base import PrepareSettings, logits_of
+from accelerators.base import KERNEL_VARIANTS, PrepareSettings, logits_of
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.peer_onnxruntime import ONNXRuntime
 from accelerators.peer_openvino import OpenVINO
 from accelerators.torch_fp32 import TorchFP32
 from accelerators.sparse_int8 import SparseInt8
+from accelerators.sparse_linear import variant_unavailable
 from accelerators.timing import interleaved_rounds, round_medians
 from profiler.hardware import fingerprint
 from profiler.tasks.sst2 import SST2
@@ -51,7 +57,9 @@ from pruners.magnitude import MagnitudePruner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_bert_base_shaped import bert_base_shaped  # noqa: E402  (one home for the BERT-base-shaped model)
 
-PRUNINGS = {"90-1x4": (0.9, "1x4"), "80-1x4": (0.8, "1x4"), "90-unstructured": (0.9, "unstructured")}
+PRUNINGS = {"90-1x4": (0.9, "1x4"), "80-1x4": (0.8, "1x4"), "90-unstructured": (0.9, "unstructured"),
+            "90-16x4": (0.9, "16x4"), "80-16x4": (0.8, "16x4")}
+DEFAULT_PRUNINGS = ("90-1x4", "80-1x4", "90-unstructured")
 MODELS = ("minilm", "bert-base")
 #: dense engines --dense-peers can add (each prepared on the dense model)
 DENSE_PEERS = {
@@ -95,7 +103,9 @@ def round_times(engines: dict, example: dict, rounds: int, loop_s: float) -> dic
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,bert-base", help=f"comma list of {', '.join(MODELS)}")
-    ap.add_argument("--prunings", default=",".join(PRUNINGS), help=f"comma list of {', '.join(PRUNINGS)}")
+    ap.add_argument("--prunings", default=",".join(DEFAULT_PRUNINGS), help=f"comma list of {', '.join(PRUNINGS)}")
+    ap.add_argument("--variants", default="auto",
+                    help=f"comma list of sparse kernel variants (auto, {', '.join(KERNEL_VARIANTS)}), each its own engine")
     ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--fp32-attention", action="store_true",
@@ -113,6 +123,13 @@ def main(argv=None) -> None:
     for p in prunings:
         if p not in PRUNINGS:
             ap.error(f"--prunings: unknown {p!r} (choose from {', '.join(PRUNINGS)})")
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in ("auto", *KERNEL_VARIANTS):
+            ap.error(f"--variants: unknown {v!r} (choose from auto, {', '.join(KERNEL_VARIANTS)})")
+        why = variant_unavailable(None if v == "auto" else v)
+        if why:
+            ap.error(f"--variants: {v} cannot run here: {why}")
     peers = [p for p in args.dense_peers.split(",") if p]
     for p in peers:
         if p not in DENSE_PEERS:
@@ -135,11 +152,13 @@ def main(argv=None) -> None:
                 dense_names = ["openvino-int8", *peers]
                 fields = {}
                 for p, sm in sparse_models.items():
-                    variants = {f"sparse-int8 {p}": SparseInt8()}
+                    accs = {f"sparse-int8 {p}": SparseInt8()}
                     if args.fp32_attention:
-                        variants[f"sparse-int8 {p} (fp32 attention)"] = SparseInt8(attention="fp32")
-                    for name, acc in variants.items():  # each prepared on its own: record the choices it made
-                        prep = acc.prepare(sm, example, settings)
+                        accs[f"sparse-int8 {p} (fp32 attention)"] = SparseInt8(attention="fp32")
+                    for (name, acc), v in itertools.product(accs.items(), variants):  # each prepared on its own
+                        if variants != ["auto"]:
+                            name = f"{name} [{v}]"
+                        prep = acc.prepare(sm, example, dataclasses.replace(settings, kernel_variant=v))
                         engines[name] = prep.module
                         fields[name] = {k: prep.fields.get(k) for k in (
                             "sparse_layers", "dense_layers", "fused_encoder_layers", "attention_precision",

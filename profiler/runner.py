@@ -642,7 +642,8 @@ class Runner:
                     if is_dense_fp32(row.pruner, row.accelerator, row.extra.get("compute_precision"))}
         unusable = {k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")}
         for th in {c.threads for c, _, _, _ in live.values()}:
-            self._group_savings({k: (v[1], timed[k]) for k, v in live.items() if v[0].threads == th}, unusable)
+            self._group_savings({k: (v[1], timed[k]) for k, v in live.items() if v[0].threads == th}, unusable,
+                                {k for k, f in failures.items() if f is not None})
         scaling = thread_scaling({k: (v[0], timed[k]) for k, v in live.items()}, min(self.cfg.threads), self.cfg.seed)
         for k, (_, row, _, _) in live.items():
             row.extra.update(scaling[k])
@@ -651,12 +652,14 @@ class Runner:
                 continue
             self._record_evaluated(row, failures[k] if k in failures else self._evaluate(c, task, row, module))
 
-    def _group_savings(self, cells: dict[str, tuple[Result, Timed]], unusable: set[str] = frozenset()) -> None:
-        """Same-round factors against the dense torch-fp32 cell and the fastest dense fp32 cell that
-        is not in ``unusable`` (collapsed, or failed its evaluation); ``cells``: one thread count."""
+    def _group_savings(self, cells: dict[str, tuple[Result, Timed]], unusable: set[str] = frozenset(),
+                       failed: set[str] = frozenset()) -> None:
+        """Same-round factors against the dense torch-fp32 cell (unless it ``failed`` its evaluation:
+        then none) and the fastest dense fp32 cell that is not in ``unusable`` (collapsed, or
+        failed); ``cells``: one thread count."""
         dense = {k: v for k, v in cells.items()
                  if is_dense_fp32(v[0].pruner, v[0].accelerator, v[0].extra.get("compute_precision"))}
-        base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR), None)
+        base = next((k for k, v in dense.items() if v[0].accelerator == BASELINE_ACCELERATOR and k not in failed), None)
         best = min((k for k in dense if k not in unusable), key=lambda k: cells[k][0].latency_p50_s or float("inf"),
                    default=None)
         for k, (row, t) in cells.items():

@@ -208,6 +208,29 @@ def test_a_collapsed_dense_fp32_engine_is_no_best_dense_reference(tmp_path, monk
     assert rows["torch-fp32"]["latency_savings_vs_best_dense"] == 1.0
 
 
+def test_no_savings_factor_against_a_baseline_that_failed_its_evaluation(tmp_path, monkeypatch):
+    """The torch-fp32 baseline is timed, then its accuracy pass fails: its row says failed, and no
+    other row carries a savings factor against it (the fastest usable dense engine still serves)."""
+    real = Runner._evaluate
+
+    def evaluate(self, c, task, row, module):
+        if row.pruner == "none" and row.accelerator == "torch-fp32":
+            return "RuntimeError: evaluation broke"
+        return real(self, c, task, row, module)
+
+    monkeypatch.setattr(Runner, "_evaluate", evaluate)
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "visit_seconds": 0.01, "min_rounds": 2},
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "int8-dynamic"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "c").run()
+    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    assert rows["torch-fp32"]["status"] == "failed" and rows["int8-dynamic"]["status"] == "ok"
+    assert rows["int8-dynamic"].get("latency_savings_factor") is None
+    assert rows["int8-dynamic"].get("baseline_cell_id") is None
+
+
 def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
     """The null accelerator's constant logits predict class 0 for every example: the row says
     collapsed (with the reason) and the verdict does not take it as a candidate."""

@@ -93,6 +93,25 @@ class _GroupHooks(VisitHooks):
         self.windows[key].end()
 
 
+class CallFailed(Exception):
+    """A call of one cell of an interleaved group raised: ``key`` names the cell, the cell's own
+    error is the ``__cause__``. The other cells did nothing wrong: time them again without it."""
+
+    def __init__(self, key: Hashable, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.key = key
+
+
+def _tagged(key: Hashable, call: Callable[[], None]) -> Callable[[], None]:
+    """``call``, its errors raised as :class:`CallFailed` naming ``key``."""
+    def run() -> None:
+        try:
+            call()
+        except Exception as exc:
+            raise CallFailed(key, exc) from exc
+    return run
+
+
 def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int, m: MeasureSpec, meter,
                   idle: IdlePower | None, seed: int, on_round: Callable[[int], None] | None = None,
                   threads: Mapping[Hashable, int] | None = None) -> dict[Hashable, Timed]:
@@ -102,7 +121,10 @@ def measure_group(calls: Mapping[Hashable, Callable[[], None]], batch_size: int,
 
     ``threads``: torch's thread count (``torch.set_num_threads``) for the warm-up and every visit
     of a call (calls not named keep the count they find), so that cells of several thread counts
-    share rounds and their thread scaling is a same-round ratio too."""
+    share rounds and their thread scaling is a same-round ratio too.
+
+    Raises :class:`CallFailed` (naming the cell) when a call raises, in the warm-up or a round."""
+    calls = {k: _tagged(k, call) for k, call in calls.items()}
     windows = {k: VisitWindows(meter, idle) for k in calls}
     min_energy_s = MIN_RESOLUTION_MULTIPLE * float(meter.resolution_s)  # each cell's visits add up to a valid window
     plan = RoundPlan(visit_seconds=m.visit_seconds, min_rounds=m.min_rounds, min_iters=m.min_iters,

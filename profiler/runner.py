@@ -33,7 +33,7 @@ from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run
                               rewrite_without)
 from profiler.rundir import RESULTS, check_resumable, check_writable
 from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
-from profiler.measure import (SAVINGS_KEYS, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
+from profiler.measure import (SAVINGS_KEYS, CallFailed, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
 from pruners.base import PruneReport
 from pruners.training import discard_checkpoint
@@ -620,18 +620,8 @@ class Runner:
         threads = ", ".join(map(str, sorted({v[0].threads for v in live.values()})))
         self.reporter.message(f"timing {len(live) - len(reference_ids)} cells side by side{again}: b{c0.batch_size} "
                               f"seq {c0.seq_len} {threads} thread(s)")
-        try:
-            for c, row, _, _ in live.values():
-                torch.set_num_threads(c.threads)
-                row.extra.update(thread_fields(torch.get_num_threads()))
-            before = snapshot()
-            timed = measure_group({k: v[3] for k, v in live.items()}, c0.batch_size, self.cfg.measure, meter, idle,
-                                  seed=self.cfg.seed, threads={k: v[0].threads for k, v in live.items()})
-            self._contention([v[1] for v in live.values()], other_busy_cpus(before, snapshot()))
-        except Exception as exc:
-            for k, (c, row, _, _) in live.items():
-                if k not in reference_ids:
-                    self._record(row, "failed", f"timing group: {type(exc).__name__}: {exc}\n{_tb()}")
+        timed = self._time_group(live, reference_ids, meter, idle)
+        if timed is None:
             return
         for k, (c, row, _, _) in live.items():
             fill_measurements(row, timed[k])
@@ -651,6 +641,40 @@ class Runner:
             if k in reference_ids:
                 continue
             self._record_evaluated(row, failures[k] if k in failures else self._evaluate(c, task, row, module))
+
+    def _time_group(self, live: dict[str, tuple[Cell, Result, nn.Module, Callable]], reference_ids: set[str], meter,
+                    idle) -> dict[str, Timed] | None:
+        """:func:`measure_group` over ``live``; a cell whose call raises is recorded failed with its
+        own error (a reference cell is dropped) and the others are timed again without it. None
+        when no cell of the group is left to record (every one failed, or the group failed as a
+        whole: each then recorded with that error). ``live`` and ``reference_ids`` lose the cells
+        that failed."""
+        c0 = next(iter(live.values()))[0]
+        while True:
+            try:
+                for c, row, _, _ in live.values():
+                    torch.set_num_threads(c.threads)
+                    row.extra.update(thread_fields(torch.get_num_threads()))
+                before = snapshot()
+                timed = measure_group({k: v[3] for k, v in live.items()}, c0.batch_size, self.cfg.measure, meter,
+                                      idle, seed=self.cfg.seed, threads={k: v[0].threads for k, v in live.items()})
+                self._contention([v[1] for v in live.values()], other_busy_cpus(before, snapshot()))
+                return timed
+            except CallFailed as exc:
+                _, row, _, _ = live.pop(exc.key)
+                if exc.key in reference_ids:
+                    reference_ids.discard(exc.key)
+                else:
+                    self._record(row, "failed", f"{exc}\n{_tb()}")
+                if not set(live) - reference_ids:
+                    return None
+                self.reporter.message(f"{row.pruner} / {row.accelerator} failed: {exc}; timing the other "
+                                      f"{len(live)} cell(s) again without it")
+            except Exception as exc:
+                for k, (c, row, _, _) in live.items():
+                    if k not in reference_ids:
+                        self._record(row, "failed", f"timing group: {type(exc).__name__}: {exc}\n{_tb()}")
+                return None
 
     def _group_savings(self, cells: dict[str, tuple[Result, Timed]], unusable: set[str] = frozenset(),
                        failed: set[str] = frozenset()) -> None:

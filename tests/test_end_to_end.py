@@ -231,6 +231,45 @@ def test_no_savings_factor_against_a_baseline_that_failed_its_evaluation(tmp_pat
     assert rows["int8-dynamic"].get("baseline_cell_id") is None
 
 
+def test_a_cell_failing_mid_group_fails_alone_and_the_group_is_timed_without_it(tmp_path, monkeypatch):
+    """Interleaved timing: a cell whose module raises after a few calls (past any check in
+    prepare) is recorded failed with its own error; the other cells of its group are timed again
+    without it and keep their same-round factors."""
+    from accelerators.null import ConstantLogits, NullAccelerator
+    from accelerators.base import Prepared
+    from profiler.plugins import ACCELERATORS
+
+    class Breaks(ConstantLogits):
+        calls = 0
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            Breaks.calls += 1
+            if Breaks.calls > 3:
+                raise RuntimeError("min should be less than or equal to max")
+            return super().forward(input_ids)
+
+    class Flaky(NullAccelerator):
+        name = "flaky"
+
+        def prepare(self, model, example, settings):
+            return Prepared(Breaks(2), {})
+
+    monkeypatch.setattr(ACCELERATORS, "_classes", dict(ACCELERATORS._classes))
+    monkeypatch.setattr(ACCELERATORS, "_sources", dict(ACCELERATORS._sources))
+    ACCELERATORS.register(Flaky)
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "visit_seconds": 0.01, "min_rounds": 2},
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "flaky"}, {"name": "null"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "c").run()
+    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    assert rows["flaky"]["status"] == "failed" and "min should be less than or equal to max" in rows["flaky"]["reason"]
+    assert rows["torch-fp32"]["status"] == "ok" and rows["null"]["status"] == "ok"
+    assert rows["null"]["latency_savings_factor"] is not None and rows["null"]["latency_rounds"] >= 2
+    assert rows["null"]["interleave_group_id"] == rows["torch-fp32"]["interleave_group_id"]
+
+
 def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
     """The null accelerator's constant logits predict class 0 for every example: the row says
     collapsed (with the reason) and the verdict does not take it as a candidate."""

@@ -19,6 +19,9 @@ from torch import nn
 #: ISA variants of the sparse C kernels, slowest first; ``"auto"`` (not listed) = the best this CPU has
 #: short of ``"amx"`` (opt-in until timed on an AMX CPU: it differs from ``"vnni"`` only for bsr16x4)
 KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni", "amx")
+#: what the fused attention kernel computes in (here, not beside the kernel, so that a config is
+#: checked without importing the C extension)
+ATTENTION_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 
 @dataclass(frozen=True)

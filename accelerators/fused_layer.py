@@ -35,14 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from accelerators import _sparse_kernels as _sk
+from accelerators.base import ATTENTION_PRECISIONS
 from accelerators.roles import ENCODER_LAYER_RE
 from accelerators.sparse_linear import SparseLinear, state_holds
 
 __all__ = ["ATTENTION_PRECISIONS", "FusedBertLayer", "KeyBiasCache", "LeanBertClassifier", "fuse_encoder_layers",
            "key_padding_bias", "set_attention_precision"]
 
-#: what the fused attention kernel computes in
-ATTENTION_PRECISIONS = ("fp32", "int8")
 
 
 def key_padding_bias(mask: Optional[torch.Tensor], batch: int, seq: int) -> Optional[torch.Tensor]:

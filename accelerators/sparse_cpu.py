@@ -281,7 +281,9 @@ class _SparseSwap(Accelerator):
     def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         try:
             from accelerators.sparse_linear import variant_unavailable  # imports the C extension
-        except Exception as exc:  # not built
+        except Exception as exc:
+            if str(exc).startswith("SPARSEBENCH_KERNEL_VARIANT="):  # built; the variable names what cannot run
+                return False, str(exc)
             return False, f"C extension accelerators._sparse_kernels not importable: {exc} (run pip install -e .)"
         why = variant_unavailable(settings.forced_variant if settings is not None else None)
         return (False, why) if why else (True, "")

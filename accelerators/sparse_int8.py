@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from accelerators.base import PrepareSettings, example_tokens
+from accelerators.base import ATTENTION_PRECISIONS, PrepareSettings, example_tokens
 from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, supported_quant_engines
 from accelerators.roles import encoder_linears
 from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, SwapRun, _SparseSwap, intra_op_threads, set_submodule
@@ -128,8 +128,6 @@ class SparseInt8(_SparseSwap):
                  min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
                  fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:
-        from accelerators.fused_layer import ATTENTION_PRECISIONS
-
         if attention not in ATTENTION_PRECISIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_PRECISIONS)} (got {attention!r})")
         self.attention = attention

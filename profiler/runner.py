@@ -26,7 +26,7 @@ from profiler.config import Cell, Config, PluginSpec, check_matrix_fits_tasks, e
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError, SparsebenchWarning
-from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, thread_fields
+from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run, read_results, repair_tail,
@@ -140,6 +140,10 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
             raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
                               "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
     check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)")
+    kernels = kernel_variant_info()
+    if kernels.get("kernel_status") == "unavailable":  # a process-wide choice: every sparse cell would be skipped
+        raise ConfigError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
+                          "runs), or sweep variants per cell with [matrix] kernel_variant")
     check_matrix_fits_tasks(cfg)
     if resume_dir is not None:
         check_resumable(Path(resume_dir))

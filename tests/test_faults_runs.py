@@ -232,3 +232,33 @@ def test_a_report_that_cannot_be_written_after_the_run_is_one_line_and_leaves_no
     assert f"cannot write the report {run / 'report.html'}" in err and f"sparsebench report {run}" in err
     assert "Traceback" not in err and len(read_results(run / "results.jsonl").rows) == 1
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_kernel_variant_variable_this_cpu_cannot_run_stops_the_run_before_any_work(tmp_path):
+    """SPARSEBENCH_KERNEL_VARIANT is read when the extension loads (a fresh process): junk, or a
+    variant this CPU lacks, exits 2 naming the variable, with a sparse-int8 config too (whose
+    checks need no extension), and writes no run directory; sparse-cpu's availability says why
+    without advising a reinstall."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from accelerators import _sparse_kernels as k
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[tasks]]\nname = "tiny-synthetic"\n[[pruners]]\nname = "none"\n'
+                   '[[accelerators]]\nname = "sparse-int8"\n[matrix]\nbatch_size = [1]\nseq_len = [16]\n')
+    lacking = [v for v in k.compiled_variants() if v not in k.supported_variants()]
+    for value in ["junk", *lacking[:1]]:
+        env = dict(os.environ, SPARSEBENCH_KERNEL_VARIANT=value)
+        out = subprocess.run([sys.executable, "-m", "profiler.cli", "run", str(cfg), "--output-dir", str(tmp_path / "runs")],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr
+        assert f"SPARSEBENCH_KERNEL_VARIANT={value}:" in out.stderr and "Traceback" not in out.stderr
+        assert not (tmp_path / "runs").exists()
+    code = ("import json; from accelerators.sparse_cpu import SparseCPU; print(json.dumps(SparseCPU().availability()))")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SPARSEBENCH_KERNEL_VARIANT="junk"),
+                         capture_output=True, text=True, check=True)
+    ok, why = json.loads(out.stdout)
+    assert not ok and why.startswith("SPARSEBENCH_KERNEL_VARIANT=junk: unknown kernel variant") and "pip install" not in why

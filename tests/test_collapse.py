@@ -55,3 +55,13 @@ def test_majority_class_metric_and_regression_heads(task):
     assert majority_class_metric(task, 2) == (0, 0.5)  # labels alternate 0, 1: class 0 first among equals
     assert PredictionCounter(nn.Identity()).collapse_fields(task, 0.1) == {"collapsed": None}  # nothing counted
     assert majority_class_metric(task, 1) is None  # labels do not fit a 1-output head
+
+
+def test_non_finite_logits_give_no_metric(task):
+    """A NaN logit would be argmax class 0: a broken model scored as if it answered. The pass
+    refuses, naming how many examples were non-finite."""
+    model = task.base_model().eval()
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([float("nan"), 0.0]))
+    with pytest.raises(ValueError, match=r"40 of 40 evaluation examples gave non-finite logits"):
+        task.evaluate_metrics(model)

@@ -348,7 +348,8 @@ class Task:
         """Every metric of :meth:`metrics` over the whole eval split, in a fixed order, padding masked.
 
         Examples are batched in length order (dynamic padding), which changes no prediction because
-        padding positions are masked out of attention.
+        padding positions are masked out of attention. Raises ValueError when any logit is NaN or
+        ±inf: argmax would read such a row as class 0 and score a broken model as if it answered.
         """
         ex = self.eval_examples()
         order = sorted(range(len(ex)), key=lambda i: len(ex[i].input_ids))
@@ -360,7 +361,12 @@ class Task:
             for j, i in enumerate(idx):
                 logits[i] = out[j]
         labels = torch.tensor([e.label for e in ex])
-        return self.metrics(torch.stack(logits), labels)
+        stacked = torch.stack(logits)
+        bad = int((~torch.isfinite(stacked)).flatten(1).any(dim=1).sum())
+        if bad:
+            raise ValueError(f"{bad} of {len(ex)} evaluation examples gave non-finite logits (NaN or inf): "
+                             "no metric for this model")
+        return self.metrics(stacked, labels)
 
 
 def _saved_training(path: Path, steps: int) -> dict[str, Any] | None:

@@ -272,13 +272,17 @@ def resume_flag_problem(args: argparse.Namespace) -> str | None:
 
 
 def _results_warnings(run_dir: Path) -> int:
-    """Print the damaged rows and duplicate cells of ``run_dir/results.jsonl`` to stderr; the
-    number of valid rows."""
+    """Print the damaged rows and duplicate cells of ``run_dir/results.jsonl``, and damaged run
+    files (:func:`reports.frame.damaged_run_files`), to stderr; the number of valid rows."""
     from profiler.results import read_results
+    from reports.frame import damaged_run_files
 
     rf = read_results(run_dir / RESULTS)
     for line in rf.warnings():
         print(f"sparsebench: warning: {line}", file=sys.stderr)
+    for name in damaged_run_files(run_dir):
+        print(f"sparsebench: warning: {run_dir / name} is damaged (no readable JSON object): the page shows its "
+              "fields as ?", file=sys.stderr)
     return len(rf.rows)
 
 

@@ -359,6 +359,15 @@ def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Seri
     return mask
 
 
+#: the run files a page reads besides results.jsonl (their fields show as "?" when unreadable)
+RUN_JSON_FILES = ("manifest.json", "hardware.json")
+
+
+def damaged_run_files(run_dir: Path) -> list[str]:
+    """Which of :data:`RUN_JSON_FILES` in ``run_dir`` exist but hold no readable JSON object."""
+    return [name for name in RUN_JSON_FILES if (Path(run_dir) / name).exists() and not load_json(Path(run_dir) / name)]
+
+
 def load_json(path: Path) -> dict:
     """The JSON object in ``path``, or {} when the file is missing, unreadable, not UTF-8 JSON
     or not an object."""

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
-from reports.frame import (add_savings, collapsed_mask, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
+from reports.frame import (add_savings, collapsed_mask, damaged_run_files, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
                            pareto_front, shape_labels, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
 from reports.multiply import multiply_section
@@ -160,6 +160,8 @@ def build_report_html(run_dir: Path) -> str:
     )
     if damaged:
         head.append(damaged_warning("results.jsonl", damaged))
+    for name in damaged_run_files(run_dir):
+        head.append(f"<div class='warn'>{esc(name)} is damaged (no readable JSON object): what it records shows as ?.</div>")
     if df.empty:
         return page(title, head + ["<p>No results yet.</p>"])
     df = add_savings(df)

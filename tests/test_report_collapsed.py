@@ -193,3 +193,14 @@ def test_the_compare_latency_axis_says_what_it_plots(tmp_path):
     run = collapsed_majority_run(tmp_path)
     html = build_compare_html([run])
     assert "same-round ratios where interleaved" in html and "dense p50 ÷ cell p50" not in html
+
+
+def test_a_damaged_manifest_is_named_on_the_page_and_by_the_command(tmp_path, capsys):
+    from profiler.cli import main
+
+    run = write_run(tmp_path / "run", [result("b", "none", "torch-fp32", 0.010, 0.905)])
+    (run / "manifest.json").write_text('{"sparsebench_version": ')  # cut short
+    html = build_report_html(run)
+    assert "manifest.json is damaged" in html and "hardware.json is damaged" not in html
+    assert main(["report", str(run)]) == 0
+    assert "manifest.json is damaged" in capsys.readouterr().err

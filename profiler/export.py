@@ -87,7 +87,7 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
     from profiler.rundir import check_new_folder, check_writable
-    from profiler.runner import Runner, load_run_config
+    from profiler.runner import Runner, check_inputs_unchanged, load_run_config
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -99,6 +99,7 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
             raise ConfigError(f"--format {fmt}: {why}")
     cfg = load_run_config(run_dir, "RUN_DIR")
     cell = find_cell(cfg, cell_id)
+    check_inputs_unchanged(cfg, run_dir, "RUN_DIR")
     check_new_folder(out, "--out")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)

@@ -112,6 +112,38 @@ def read_run_json(path: Path) -> Any:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); start a new run") from None
 
 
+#: manifest key: task key -> hash of the task's fingerprint (model files, data files, parameters)
+#: when the run started, so that a resume or an export notices inputs changed since
+TASK_FINGERPRINTS = "task_fingerprints"
+
+
+def task_fingerprints(cfg: Config) -> dict[str, str]:
+    """Task key -> :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()`` (model folder's
+    file sizes and times, data files' sha256, parameters); a task that cannot be built is left out
+    (its cells fail with the reason)."""
+    out = {}
+    for spec in cfg.tasks:
+        try:
+            out[spec.key] = stable_hash(TASKS.build(spec.name, spec.params, spec.key).fingerprint())
+        except Exception:
+            continue
+    return out
+
+
+def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str) -> None:
+    """Raise ConfigError when a task's model folder or data files differ from those ``run_dir``
+    started on (:data:`TASK_FINGERPRINTS` in its manifest; runs without the record pass): its rows
+    were measured on the old inputs, and new cells or an export would mix in others."""
+    manifest = read_run_json(Path(run_dir) / MANIFEST)
+    stored = manifest.get(TASK_FINGERPRINTS) if isinstance(manifest, dict) else None
+    if not isinstance(stored, dict):
+        return
+    changed = [k for k, h in task_fingerprints(cfg).items() if k in stored and stored[k] != h]
+    if changed:
+        raise ConfigError(f"{what}: the model folder or data files of task {', '.join(changed)} changed since "
+                          f"{run_dir} started (its rows were measured on the old ones): restore them, or start a new run")
+
+
 def load_run_config(run_dir: Path, what: str = "--resume") -> Config:
     """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``; ``what`` names the
     argument that gave ``run_dir`` in the messages). Raises ConfigError."""
@@ -329,8 +361,11 @@ class Runner:
         man_path = self.run_dir / MANIFEST
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
-            manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s()})
+            manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
+                             TASK_FINGERPRINTS: task_fingerprints(self.cfg)})
             man_path.write_text(json.dumps(manifest, indent=1, default=str))
+        else:
+            check_inputs_unchanged(self.cfg, self.run_dir, "--resume")
         return hw
 
     def _idle(self, meter) -> IdlePower | None:

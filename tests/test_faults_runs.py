@@ -262,3 +262,33 @@ def test_a_kernel_variant_variable_this_cpu_cannot_run_stops_the_run_before_any_
                          capture_output=True, text=True, check=True)
     ok, why = json.loads(out.stdout)
     assert not ok and why.startswith("SPARSEBENCH_KERNEL_VARIANT=junk: unknown kernel variant") and "pip install" not in why
+
+
+def test_resume_and_export_refuse_inputs_changed_since_the_run_started(tmp_path, monkeypatch):
+    """The manifest keeps a hash of each task's inputs (model files, data files, parameters): after
+    the data file changes, new cells would be measured on other inputs than the rows already
+    there, so --resume and export refuse, naming the task."""
+    import json
+
+    from profiler.errors import ConfigError
+    from profiler.export import export_cell
+
+    from tests.tiny_family import save_tiny_model
+
+    data = tmp_path / "dev.csv"
+    data.write_text("text,label\n" + "".join(f"sentence number {i},{i % 2}\n" for i in range(12)))
+    model = save_tiny_model(tmp_path / "model", "bert", num_labels=2)
+    task = {"name": "text-classification", "model": str(model), "eval_file": str(data), "finetune_steps": 0}
+    cfg = parse_config(tiny_config(**ONE_CELL, tasks=[task], measure={"idle_seconds": 0}))
+    monkeypatch.setattr(Runner, "_run_task", lambda *a, **k: None)
+    run_dir = tmp_path / "run"
+    Runner(cfg, run_dir).run()
+    assert json.loads((run_dir / "manifest.json").read_text())["task_fingerprints"]
+    Runner(cfg, run_dir).run()  # unchanged inputs: resumes
+    data.write_text(data.read_text().replace(",1\n", ",0\n"))
+    with pytest.raises(ConfigError, match="data files of task .* changed since"):
+        Runner(cfg, run_dir).run()
+    (cell,) = expand(cfg)
+    with pytest.raises(ConfigError, match="changed since"):
+        export_cell(run_dir, cell.cell_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

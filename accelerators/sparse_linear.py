@@ -47,6 +47,9 @@ class QuantizedActivation(NamedTuple):
 
 _FORMAT_RE = re.compile(r"^bsr([1-9]\d*)x([1-9]\d*)$")
 
+#: ``SparseLinear.act_quant`` values: int8 activation scales per token (row) or one per tensor
+ACT_QUANTS = ("token", "tensor")
+
 
 def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) -> tuple[str, int, int]:
     """Normalise a format name to ``(name, block_rows, block_cols)``.
@@ -106,6 +109,9 @@ def variant_unavailable(variant: Optional[str]) -> Optional[str]:
     extension itself (``check_variant``: the OS's refusal of amx's tile state)."""
     if variant is None:
         return None
+    if isinstance(variant, str) and "\x00" in variant:  # C would read it only up to the NUL
+        return (f"variant: {variant!r} holds a NUL character; valid: None or one of "
+                f"{', '.join(_sk.supported_variants())}")
     if variant not in _sk.supported_variants():
         return (f"kernel variant {variant!r} not supported here (this CPU runs {', '.join(_sk.supported_variants())}; "
                 f"compiled: {', '.join(_sk.compiled_variants())})")
@@ -141,14 +147,15 @@ class SparseLinear(nn.Module):
     Build with :meth:`from_dense`. ``forward(x, residual=None, layer_norm=None)`` accepts
     (..., in_features) inputs (e.g. (batch, seq, in)), flattens the leading dims into tokens, and
     returns (..., out_features) float32 (cast back to the input's floating dtype if it was not
-    float32); ``residual`` (any shape with tokens x out_features elements) is added in the kernel's
-    output pass (BERT's skip connection), and ``layer_norm`` (an affine
+    float32); ``residual`` (any shape with tokens x out_features elements, ValueError naming it
+    otherwise) is added in the kernel's output pass (BERT's skip connection), and ``layer_norm`` (an affine
     ``nn.LayerNorm(out_features)``) is applied to each output row inside the same call, while the
     rows are still in cache. In int8 mode ``x`` may also be a :class:`QuantizedActivation` (from
     :meth:`forward_quantized` of the previous layer). ``threads`` (attribute, settable) is the
     OpenMP thread count used per call; ``variant`` (attribute, settable; None = the extension's
     default) is the kernel ISA variant every call uses, so that two modules in one process can run
-    different variants.
+    different variants; ``act_quant`` (attribute, settable) is ``"token"`` or ``"tensor"`` (int8
+    activation scales per row or per call). Both are checked when set (ValueError).
 
     Buffers (fp32): ``indptr`` int64 [n_block_rows + 1], ``indices`` int32 [nblocks],
     ``values`` float32 [nblocks, bh]; ``bias`` float32 [out] or absent.
@@ -178,9 +185,7 @@ class SparseLinear(nn.Module):
         self.variant: Optional[str] = None
         #: fp32 column-panel width handed to the kernel pack (-1: chosen there from the density)
         self.panel: int = -1
-        if act_quant not in ("token", "tensor"):
-            raise ValueError("act_quant must be 'token' or 'tensor'")
-        self.act_quant = act_quant
+        self.act_quant = act_quant  # validated by the property's setter
         self.register_buffer("indptr", indptr.to(torch.int64).contiguous())
         self.register_buffer("indices", indices.to(torch.int32).contiguous())
         if dtype == "fp32":
@@ -197,6 +202,39 @@ class SparseLinear(nn.Module):
             self.bias = None
         self._mat = None
         self._packed_state = None  # state_holds entries of the buffers the handle was packed from
+
+    # ---------------------------------------------------------------- settable attributes
+    # Properties, so a value set after construction is checked when set: an invalid act_quant would
+    # otherwise run as per-tensor (the kernel gets only ``act_quant == "token"``), and a variant
+    # holding a NUL would reach the C extension cut at the NUL ("avx2\x00junk" ran as avx2).
+    @property
+    def act_quant(self) -> str:
+        """int8 activation scales: ``"token"`` (one per row) or ``"tensor"`` (one per call).
+        Setting anything else raises ValueError listing the valid values."""
+        return self._act_quant
+
+    @act_quant.setter
+    def act_quant(self, value: str) -> None:
+        if not isinstance(value, str) or value not in ACT_QUANTS:
+            raise ValueError(f"act_quant: must be one of {', '.join(map(repr, ACT_QUANTS))}, got {value!r}")
+        self._act_quant = value
+
+    @property
+    def variant(self) -> Optional[str]:
+        """The kernel ISA variant every call uses (``scalar``, ``avx2``, ``avx512``, ``vnni``,
+        ``amx``), None = the extension's default. Setting a non-string raises TypeError, a string
+        holding a NUL character ValueError; other names are checked by the extension at the call
+        (ValueError naming the valid variants)."""
+        return self._variant
+
+    @variant.setter
+    def variant(self, value: Optional[str]) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"variant: must be a str or None, got {type(value).__name__}")
+        if value is not None and "\x00" in value:
+            raise ValueError(f"variant: {value!r} holds a NUL character; valid: None or one of "
+                             f"{', '.join(_sk.supported_variants())}")
+        self._variant = value
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -498,6 +536,10 @@ class SparseLinear(nn.Module):
         if on.ndim != 2:
             on = on.reshape(tokens, self.out_features)
         if residual is not None:
+            if residual.numel() != tokens * self.out_features:  # numpy's reshape error would name neither
+                raise ValueError(f"residual: expected shape {(*lead, self.out_features)} (or another shape of "
+                                 f"tokens x out_features = {tokens} x {self.out_features} elements), got shape "
+                                 f"{tuple(residual.shape)}")
             r2 = residual.detach()
             if r2.dtype != torch.float32 or not r2.is_contiguous():
                 r2 = r2.to(torch.float32).contiguous()

@@ -22,23 +22,31 @@ DEFAULT_ACCELERATORS: tuple[dict[str, Any], ...] = ({"name": "torch-fp32"},)
 
 def records_of(data: Any, what: str) -> list[dict[str, Any]]:
     """Rows of ``data`` as dicts: a list of dicts, a pandas DataFrame or a ``datasets.Dataset``
-    (``datasets`` is optional; anything iterable of mappings works). Raises ValueError when empty
-    or not made of mappings."""
+    (``datasets`` is optional; anything iterable of mappings works). Raises ConfigError (a
+    ValueError) naming ``what`` when ``data`` is none of these (None, a string, a single dict, a
+    number), empty, or not made of mappings."""
+    accepted = "a list of dicts (one per example), a pandas DataFrame or a datasets.Dataset"
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
         rows = data.to_dict("records")
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         rows = data.to_list()
+    elif data is None or isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
+        # a string or a dict is iterable too, but as letters / keys: never a list of examples
+        raise ConfigError(f"{what}: expected {accepted}, got {type(data).__name__}")
     else:
         rows = list(data)
     if not rows:
-        raise ValueError(f"{what}: no rows")
+        raise ConfigError(f"{what}: no rows")
     if not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{what}: expected dicts (one per example), a DataFrame or a datasets.Dataset")
+        raise ConfigError(f"{what}: expected {accepted}; got a {type(data).__name__} holding "
+                          f"{type(next(r for r in rows if not isinstance(r, dict))).__name__} items")
     return rows
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
     def plain(v: Any) -> Any:  # numpy scalars from DataFrames
+        if type(v).__name__ == "NAType":  # pandas' missing value: null (the task rejects it), not the text "<NA>"
+            return None
         return v.item() if hasattr(v, "item") else str(v)
 
     path.write_text("".join(json.dumps(r, default=plain) + "\n" for r in rows), encoding="utf-8")
@@ -60,17 +68,24 @@ def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
     ``tokenizer`` saved into ``folder`` (``save_pretrained``, safetensors)."""
     if isinstance(model, (str, Path)):
         if tokenizer is not None:
-            raise ValueError("tokenizer: give it only with a model object (a model folder holds its own tokenizer)")
+            raise ConfigError("tokenizer: give it only with a model object (a model folder holds its own tokenizer)")
         return str(model)
     if tokenizer is None or not hasattr(model, "save_pretrained"):
-        raise ValueError("model: give a transformers model object and its tokenizer, or a model folder path")
+        raise ConfigError("model: give a transformers model object and its tokenizer, or a model folder path")
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
 
-def _tables(entries: Iterable[Any], arg: str) -> list[dict[str, Any]]:
-    """``pruners`` / ``accelerators`` as config tables: a dict each, or a plugin name for ``{"name": ...}``."""
+def _tables(entries: Any, arg: str) -> list[dict[str, Any]]:
+    """``pruners`` / ``accelerators`` as config tables: a dict each, or a plugin name for ``{"name": ...}``.
+    One entry may be given alone (a dict or a name, not in a list). Raises ConfigError naming ``arg``."""
+    example = "{'name': 'magnitude', 'sparsity': 0.5}" if arg == "pruners" else "{'name': 'torch-fp32'}"
+    if isinstance(entries, (str, dict)):  # one entry: iterating it would read its letters / its keys as entries
+        entries = [entries]
+    elif not isinstance(entries, Iterable):
+        raise ConfigError(f"{arg}: expected a list of dicts like {example} or plugin names (or one of them), "
+                          f"got {entries!r}")
     out = []
     for e in entries:
         if isinstance(e, str):
@@ -78,18 +93,46 @@ def _tables(entries: Iterable[Any], arg: str) -> list[dict[str, Any]]:
         elif isinstance(e, dict):
             out.append(dict(e))
         else:
-            raise ConfigError(f"{arg}: each entry is a dict like {{'name': 'magnitude', 'sparsity': 0.5}} or a "
-                              f"plugin name, got {e!r}")
+            raise ConfigError(f"{arg}: each entry is a dict like {example} or a plugin name, got {e!r}")
     return out
 
 
+def _meter_table(meter: Any) -> dict[str, Any]:
+    """``meter`` as the ``[meter]`` table: None for ``{"name": "auto"}``, a dict, or a meter name.
+    Raises ConfigError naming ``meter`` and the meters there are."""
+    if meter is None:
+        return {"name": "auto"}
+    if isinstance(meter, str):
+        return {"name": meter}
+    if isinstance(meter, dict):
+        return dict(meter)
+    from profiler.plugins import METERS
+
+    raise ConfigError(f"meter: expected a dict like {{'name': 'estimate'}} or a meter name "
+                      f"({', '.join(METERS.names())}), got {meter!r}")
+
+
+def _measure_table(measure: Any) -> dict[str, Any] | None:
+    """``measure`` as the ``[measure]`` table (None: the defaults). Raises ConfigError naming
+    ``measure`` and its keys when it is not a dict (the config check validates the keys and values)."""
+    if measure is None or isinstance(measure, dict):
+        return dict(measure) if measure else None
+    import dataclasses
+
+    from profiler.config import MeasureSpec
+
+    keys = ", ".join(f.name for f in dataclasses.fields(MeasureSpec))
+    raise ConfigError(f"measure: expected a dict of measurement settings like {{'min_iters': 3}} (keys: {keys}), "
+                      f"got {measure!r}")
+
+
 def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = None,
-            pruners: Iterable[dict[str, Any]] = DEFAULT_PRUNERS,
-            accelerators: Iterable[dict[str, Any]] = DEFAULT_ACCELERATORS,
+            pruners: Iterable[dict[str, Any] | str] | dict[str, Any] | str = DEFAULT_PRUNERS,
+            accelerators: Iterable[dict[str, Any] | str] | dict[str, Any] | str = DEFAULT_ACCELERATORS,
             batch_size: Sequence[int] = (1, 8), seq_len: Sequence[int] = (128,), threads: Sequence[int] = (1,),
             metric: str | None = None, text_column: str = "text", text_pair_column: str | None = None,
             label_column: str = "label", finetune_steps: int = 0, measure: dict[str, Any] | None = None,
-            meter: dict[str, Any] | None = None, out: str | Path | None = None,
+            meter: dict[str, Any] | str | None = None, out: str | Path | None = None,
             cache_dir: str | Path | None = None):
     """Profile ``model`` on ``eval_data``: every pruner × accelerator × batch × seq × threads cell.
 
@@ -100,9 +143,11 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         eval_data / train_data: a list of dicts, a pandas DataFrame or a ``datasets.Dataset`` with
             ``text_column`` (and ``text_pair_column``) and ``label_column``; train only for
             fine-tuning (``finetune_steps`` > 0) and training pruners (gmp, movement).
-        pruners / accelerators / measure / meter: the same dicts as the TOML tables, e.g.
-            ``{"name": "magnitude", "sparsity": [0.5, 0.9]}`` (a pruner or accelerator may also be
-            given by its name alone).
+        pruners / accelerators: a list of the same dicts as the TOML tables, e.g.
+            ``{"name": "magnitude", "sparsity": [0.5, 0.9]}``, or of plugin names (``"magnitude"``
+            for ``{"name": "magnitude"}``); a single entry may be given without the list.
+        measure: a dict of the ``[measure]`` keys (e.g. ``{"min_iters": 3}``); None = defaults.
+        meter: the ``[meter]`` dict (e.g. ``{"name": "estimate"}``) or a meter name; None = ``auto``.
         batch_size / seq_len / threads: the matrix axes (sequences, tokens, intra-op threads).
         metric: accuracy | f1 | matthews | pearson | spearman (default accuracy).
         out: a new run directory to write (results.jsonl, manifest, the model and data as given): a
@@ -126,6 +171,12 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
     from profiler.runner import RESULTS, Runner, preflight
 
     axes = {name: _axis(name, v) for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads))}
+    # every argument's type is checked here, before a folder is made or the model saved
+    eval_rows = records_of(eval_data, "eval_data")
+    train_rows = records_of(train_data, "train_data") if train_data is not None else None
+    tables = {"pruners": _tables(pruners, "pruners"), "accelerators": _tables(accelerators, "accelerators"),
+              "meter": _meter_table(meter)}
+    measure_table = _measure_table(measure)
     if out is not None:
         check_new_folder(Path(out), "out")
     tmp = Path(tempfile.mkdtemp(prefix="sparsebench-")) if out is None else None
@@ -137,19 +188,15 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         (inputs / "model").mkdir(parents=True, exist_ok=True)
         task: dict[str, Any] = {
             "name": "text-classification", "model": _model_arg(model, tokenizer, inputs / "model"),
-            "eval_file": _write_jsonl(records_of(eval_data, "eval_data"), inputs / "eval.jsonl"),
+            "eval_file": _write_jsonl(eval_rows, inputs / "eval.jsonl"),
             "text_column": text_column, "label_column": label_column, "finetune_steps": finetune_steps,
         }
-        if train_data is not None:
-            task["train_file"] = _write_jsonl(records_of(train_data, "train_data"), inputs / "train.jsonl")
+        if train_rows is not None:
+            task["train_file"] = _write_jsonl(train_rows, inputs / "train.jsonl")
         task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric)) if v is not None})
-        raw: dict[str, Any] = {
-            "run": {"name": "profile"}, "tasks": [task], "pruners": _tables(pruners, "pruners"),
-            "accelerators": _tables(accelerators, "accelerators"), "meter": dict(meter or {"name": "auto"}),
-            "matrix": axes,
-        }
-        if measure:
-            raw["measure"] = dict(measure)
+        raw: dict[str, Any] = {"run": {"name": "profile"}, "tasks": [task], **tables, "matrix": axes}
+        if measure_table:
+            raw["measure"] = measure_table
         try:
             cfg = parse_config(raw)
             cache = Path(cache_dir) if cache_dir else (tmp / "cache" if tmp else None)
@@ -158,6 +205,12 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             msg = str(exc)
             for name in ("eval_data", "train_data"):
                 msg = msg.replace(str(inputs / f"{name.split('_')[0]}.jsonl"), name)
+            if task["model"] == str(inputs / "model"):  # a model object, saved there by _model_arg
+                saved = str(inputs / "model")
+                for said, means in ((f"model: {saved}", "model: the model object"),
+                                    (f"model folder {saved}", "model: the model object (as saved by save_pretrained)"),
+                                    (saved, "model")):
+                    msg = msg.replace(said, means)
             raise ConfigError(msg) from None
         if note := missing_baseline_note(cfg):
             warnings.warn(note, UserWarning, stacklevel=2)

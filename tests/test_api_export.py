@@ -112,6 +112,70 @@ def test_profile_names_its_arguments_in_errors_and_takes_a_scalar_axis(tmp_path)
     assert list(df["batch_size"]) == [1] and list(df["seq_len"]) == [8]
 
 
+def test_profile_takes_one_pruner_accelerator_or_meter_without_a_list(tmp_path):
+    """A lone name or dict is one entry: not its letters, not its keys."""
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    data = [{"text": a, "label": y} for a, _, y in sentences(4)]
+    df = sparsebench.profile(str(folder), None, data, pruners="none", accelerators={"name": "torch-fp32"},
+                             batch_size=1, seq_len=8, measure=FAST, meter="estimate")
+    assert list(df["status"]) == ["ok"], df["reason"].tolist()
+    assert list(df["pruner"]) == ["none"] and list(df["accelerator"]) == ["torch-fp32"]
+    with pytest.raises(ConfigError, match=r"^pruners\[0\]\.name: unknown pruner 'magnitud';"):
+        sparsebench.profile(str(folder), None, data, pruners="magnitud")
+    with pytest.raises(ConfigError, match=r"^accelerators\[0\]\.name: unknown accelerator 'torch-fp64';"):
+        sparsebench.profile(str(folder), None, data, accelerators={"name": "torch-fp64"})
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"pruners": 3}, r"^pruners: expected a list of dicts like \{'name': 'magnitude', 'sparsity': 0.5\} or plugin "
+                     r"names \(or one of them\), got 3"),
+    ({"accelerators": None}, r"^accelerators: expected a list of dicts like \{'name': 'torch-fp32'\} or plugin names"),
+    ({"measure": "fast"}, r"^measure: expected a dict of measurement settings like \{'min_iters': 3\} "
+                          r"\(keys: warmup_iters, min_iters, .*\), got 'fast'"),
+    ({"measure": ["min_iters", 3]}, r"^measure: expected a dict .* got \['min_iters', 3\]"),
+    ({"meter": 3}, r"^meter: expected a dict like \{'name': 'estimate'\} or a meter name \(.*auto.*estimate.*\), got 3"),
+    ({"meter": ["auto"]}, r"^meter: expected a dict like .*, got \['auto'\]"),
+    ({"eval_data": None}, r"^eval_data: expected a list of dicts \(one per example\), a pandas DataFrame or a "
+                          r"datasets.Dataset, got NoneType"),
+    ({"eval_data": "good movie"}, r"^eval_data: expected a list of dicts .* got str"),
+    ({"eval_data": {"text": "good", "label": 1}}, r"^eval_data: expected a list of dicts .* got dict"),
+    ({"eval_data": 5}, r"^eval_data: expected a list of dicts .* got int"),
+    ({"train_data": "train.jsonl"}, r"^train_data: expected a list of dicts .* got str"),
+])
+def test_profile_argument_of_the_wrong_type_is_a_config_error_naming_it(tmp_path, kw, match):
+    kw = {"eval_data": [{"text": "good", "label": 1}], **kw}
+    with pytest.raises(ConfigError, match=match):
+        sparsebench.profile(str(tmp_path / "no-model-needed"), None, kw.pop("eval_data"), out=tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+def test_profile_names_a_model_object_not_the_folder_it_was_saved_to(tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    encoder = AutoModel.from_pretrained(folder)  # no classification head
+    with pytest.raises(ConfigError, match=r"model: the model object has no sequence-classification head") as exc:
+        sparsebench.profile(encoder, AutoTokenizer.from_pretrained(folder), [{"text": "good", "label": 1}],
+                            meter="estimate")
+    assert "sparsebench-" not in str(exc.value) and "inputs" not in str(exc.value)
+    with pytest.raises(ConfigError, match="model: give a transformers model object and its tokenizer"):
+        sparsebench.profile(encoder, None, [{"text": "good", "label": 1}])
+
+
+def test_profile_rejects_rows_whose_text_is_not_a_string(tmp_path):
+    """None, a list or pandas' NA is not evaluated as the text "None", "['good']" or "<NA>"."""
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    good = [{"text": "good", "label": 1}]
+    for rows, arg, holds in (([{"text": None, "label": 1}], "eval_data", "null"),
+                             (good + [{"text": ["good"], "label": 0}], "eval_data", r"a list \['good'\]"),
+                             ([{"text": pd.NA, "label": 1}], "eval_data", "null"),
+                             ([{"text": "good", "label": 1}] + [{"text": None, "label": 0}], "train_data", "null")):
+        kw = {"train_data": rows, "eval_data": good} if arg == "train_data" else {"eval_data": rows}
+        with pytest.raises(ConfigError, match=rf"^tasks\[0\]: {arg}: text_column 'text' \(row {len(rows)}\) holds "
+                                              rf"{holds}, not text; every value of a text column must be a string$"):
+            sparsebench.profile(str(folder), None, kw.pop("eval_data"), meter="estimate", **kw)
+
+
 def test_export_round_trip_identical_logits_and_zero_counts(profiled, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -209,7 +273,7 @@ def test_records_of_accepts_lists_dataframes_and_dataset_like_objects():
 
     rows = [{"text": "good", "label": 1}]
     assert records_of(rows, "x") == rows == records_of(pd.DataFrame(rows), "x") == records_of(FakeDataset(), "x")
-    with pytest.raises(ValueError, match="no rows"):
+    with pytest.raises(ConfigError, match="^eval_data: no rows"):
         records_of([], "eval_data")
-    with pytest.raises(ValueError, match="expected dicts"):
+    with pytest.raises(ConfigError, match=r"^eval_data: expected a list of dicts .*; got a list holding tuple items"):
         records_of([("good", 1)], "eval_data")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -124,6 +125,68 @@ def test_non_float32_input_and_errors():
         sl(torch.randn(4, 15))
     with pytest.raises(ValueError, match="expected last dim"):
         sl(torch.tensor(1.0))  # 0-d
+
+
+def test_a_residual_of_the_wrong_size_names_residual_and_both_shapes():
+    sl = SparseLinear.from_dense(pruned_linear(16, 8, 0.5))
+    x = torch.randn(2, 3, 16)
+    for bad in (torch.randn(5), torch.randn(2, 3, 7), torch.randn(6, 8, 2)):
+        with pytest.raises(ValueError, match=rf"^residual: expected shape \(2, 3, 8\) \(or another shape of tokens x "
+                                             rf"out_features = 6 x 8 elements\), got shape "
+                                             rf"{re.escape(str(tuple(bad.shape)))}$"):
+            sl(x, residual=bad)
+    r = torch.randn(6, 8)  # any shape of tokens x out_features elements still adds
+    torch.testing.assert_close(sl(x, residual=r), sl(x) + r.view(2, 3, 8))
+
+
+def test_act_quant_set_after_construction_is_checked():
+    lin = pruned_linear(16, 8, 0.5)
+    sl = SparseLinear.from_dense(lin, dtype="int8")
+    sl.act_quant = "tensor"
+    assert sl.act_quant == "tensor"
+    for bad in ("channel", "Token", None):
+        with pytest.raises(ValueError, match=r"^act_quant: must be one of 'token', 'tensor', got "):
+            sl.act_quant = bad
+    assert sl.act_quant == "tensor"  # a refused value leaves the old one
+    with pytest.raises(ValueError, match=r"^act_quant: must be one of 'token', 'tensor', got 'channel'"):
+        SparseLinear.from_dense(lin, dtype="int8", act_quant="channel")
+
+
+def test_a_variant_holding_a_nul_is_refused_not_cut_short():
+    """C reads a str up to its first NUL: "avx2\\x00junk" would run as avx2."""
+    lin = pruned_linear(16, 8, 0.5)
+    sl = SparseLinear.from_dense(lin)
+    good = sk.supported_variants()[0]
+    for bad in (good + "\x00junk", "\x00"):
+        with pytest.raises(ValueError, match=r"^variant: .* holds a NUL character; valid: None or one of "):
+            sl.variant = bad
+        with pytest.raises(ValueError, match=r"^variant: .* holds a NUL character"):
+            SparseLinear.from_dense(lin, variant=bad)
+    assert sl.variant is None
+    with pytest.raises(TypeError, match="^variant: must be a str or None, got int"):
+        sl.variant = 3
+    sl.variant = good
+    assert sl.variant == good and sl(torch.randn(2, 16)).shape == (2, 8)
+    with pytest.raises(ValueError, match="NUL"):  # the extension itself, for callers that bypass SparseLinear
+        sk.check_variant(good + "\x00junk")
+
+
+@pytest.mark.parametrize("values, got", [(lambda v: v[:-1], "(49)"), (lambda v: v[:3], "(3)"),
+                                         (lambda v: v[:48].reshape(24, 2), "(24, 2)"),
+                                         (lambda v: v.reshape(10, 5), "(10, 5)")])
+def test_pack_names_the_shape_of_values_it_got(values, got):
+    """1-D values: "(49)", not "(490)" (a second number of 0 printed after the first)."""
+    rng = np.random.default_rng(0)
+    w = np.zeros(8 * 16, np.float32)
+    w[rng.permutation(8 * 16)[:50]] = 1.0 + rng.random(50, dtype=np.float32)  # 50 non-zeros
+    w = w.reshape(8, 16)
+    ip = np.concatenate([[0], np.cumsum((w != 0).sum(1))]).astype(np.int64)
+    ix = np.nonzero(w)[1].astype(np.int32)
+    vv = w[w != 0]
+    sk.pack_csr(ip, ix, vv, (8, 16))
+    with pytest.raises(ValueError, match=rf"^values: expected 50 floats \(nblocks=50 x block rows=1\), got shape "
+                                         rf"{re.escape(got)}$"):
+        sk.pack_csr(ip, ix, values(vv), (8, 16))
 
 
 # ------------------------------------------------------------------------------------------

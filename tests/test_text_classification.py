@@ -335,3 +335,30 @@ def test_data_errors_name_the_key_and_what_a_label_may_be(tmp_path, model_dirs, 
     write_csv(tmp_path / "t.csv", ["text", "label"], [("hated it .", "hated it .")])
     with pytest.raises(ValueError, match=r"is not a class index \(0, 1, \.\.\.; the model's config names no labels\)"):
         TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "t.csv"))
+
+
+@pytest.mark.parametrize("value, holds", [
+    (None, "null"), (["good", "film"], r"a list \['good', 'film'\]"), ({"en": "good"}, r"an object \{'en': 'good'\}"),
+    (7, "a number 7"), (True, "a boolean True"), (["x" * 80], r"a list \['xxx.*\.\.\."),
+])
+def test_a_text_value_that_is_not_a_string_names_the_file_row_and_column(tmp_path, model_dirs, value, holds):
+    """null, a list or an object is not scored as its str() ("None", "['good', 'film']")."""
+    rows = [{"review": "fine", "other": "ok", "stars": 1}, {"review": value, "other": "ok", "stars": 0}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"^.*d\.jsonl: text_column 'review' \(row 2\) holds {holds}, not text; "
+                                         "every value of a text column must be a string$"):
+        TextClassification(model=str(model_dirs["bert"]), eval_file=str(path), text_column="review",
+                           label_column="stars")
+    # the second sentence of a pair, in the training file
+    eval_file = write_jsonl(tmp_path / "e.jsonl", [{"review": "fine", "other": "ok", "stars": 1}])
+    train_file = write_jsonl(tmp_path / "t.jsonl", [{"review": "fine", "other": "ok", "stars": 1},
+                                                    {"review": "fine", "other": value, "stars": 0}])
+    with pytest.raises(ValueError, match=rf"t\.jsonl: text_pair_column 'other' \(row 2\) holds {holds}, not text"):
+        TextClassification(model=str(model_dirs["bert"]), eval_file=str(eval_file), train_file=str(train_file),
+                           text_column="review", text_pair_column="other", label_column="stars")
+
+
+def test_jsonl_string_text_is_kept_stripped(tmp_path, model_dirs):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "  good film ", "label": 1}, {"text": "7", "label": 0}])
+    task = TextClassification(model=str(model_dirs["bert"]), eval_file=str(path))
+    assert task._raw["eval"][0] == ["good film", "7"]

@@ -140,8 +140,13 @@ int sk_variant_from_obj(PyObject *obj)
         PyErr_SetString(PyExc_TypeError, "variant must be a str or None");
         return -1;
     }
-    const char *s = PyUnicode_AsUTF8(obj);
+    Py_ssize_t n = 0;
+    const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
     if (!s) return -1;
+    if ((size_t)n != strlen(s)) { /* C reads up to the NUL: "avx2\0junk" would run as avx2 */
+        PyErr_SetString(PyExc_ValueError, "variant holds a NUL character");
+        return -1;
+    }
     return parse_variant(s, PyExc_ValueError);
 }
 

@@ -325,10 +325,17 @@ static int copy_fp32_values(SKMatrix *m, const Py_buffer *vv)
     const int bh = m->bh;
     const int shape_ok = vv->ndim == 1 ? vv->shape[0] == m->nnzb * bh : (vv->shape[0] == m->nnzb && vv->shape[1] == bh);
     if (!shape_ok) {
-        PyErr_Format(PyExc_ValueError,
-                     "values: expected %lld floats (nblocks=%lld x block rows=%d), got shape (%lld%s%lld)",
-                     (long long)(m->nnzb * bh), (long long)m->nnzb, bh, (long long)vv->shape[0],
-                     vv->ndim == 2 ? ", " : "", vv->ndim == 2 ? (long long)vv->shape[1] : 0LL);
+        /* sk_arg (ndim 0) admits only 1-D and 2-D values: one format each, since a single format
+         * with an optional second number printed "(49)" as "(490)" */
+        if (vv->ndim == 1)
+            PyErr_Format(PyExc_ValueError,
+                         "values: expected %lld floats (nblocks=%lld x block rows=%d), got shape (%lld)",
+                         (long long)(m->nnzb * bh), (long long)m->nnzb, bh, (long long)vv->shape[0]);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "values: expected %lld floats (nblocks=%lld x block rows=%d), got shape (%lld, %lld)",
+                         (long long)(m->nnzb * bh), (long long)m->nnzb, bh, (long long)vv->shape[0],
+                         (long long)vv->shape[1]);
         return -1;
     }
     m->val = (float *)sk_aligned_malloc(sizeof(float) * (size_t)(m->nnzb * bh));

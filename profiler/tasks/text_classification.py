@@ -155,8 +155,10 @@ class TextClassification(Task):
                 raise ValueError(f"{split}_file: {exc}") from None
             textdata.check_columns(rows, (self.text_column, self.text_pair_column, self.label_column), str(path))
             labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id, str(path))
-            texts = [str(r[self.text_column]).strip() for r in rows]
-            pairs = [str(r[self.text_pair_column]).strip() for r in rows] if self.text_pair_column else None
+            texts = textdata.parse_texts([r[self.text_column] for r in rows], "text_column", self.text_column,
+                                         str(path))
+            pairs = (textdata.parse_texts([r[self.text_pair_column] for r in rows], "text_pair_column",
+                                          self.text_pair_column, str(path)) if self.text_pair_column else None)
             self._raw[split] = (texts, pairs, labels)
         if self.finetune_steps > 0 and "train" not in self._raw:
             raise ValueError("finetune_steps > 0 needs train_file")

@@ -2,8 +2,9 @@
 CSV / TSV / JSONL files, and the metrics computed on them.
 
 One code path reads every file (GLUE's TSVs included): TSV with quoting OFF (GLUE sentences hold
-unbalanced quotes), CSV with standard quoting, JSONL one object per line; strict UTF-8. Every
-error is a ValueError naming the file and what is wrong, raised before any model work.
+unbalanced quotes), CSV with standard quoting, JSONL one object per line (text values strings,
+:func:`parse_texts`); strict UTF-8. Every error is a ValueError naming the file and what is wrong,
+raised before any model work.
 """
 from __future__ import annotations
 
@@ -155,6 +156,26 @@ def check_columns(rows: list[dict[str, Any]], columns: Iterable[str | None], whe
         missing = [c for c in want if c not in row]
         if missing:
             raise ValueError(f"{where}: column(s) {missing} missing (row {i + 1}); columns present: {sorted(row)}")
+
+
+def parse_texts(values: list[Any], key: str, column: str, where: str) -> list[str]:
+    """The texts of column ``column`` (the task's ``key``: ``text_column`` or ``text_pair_column``),
+    stripped. A JSONL value must be a string: null, a number, a boolean, a list or an object is a
+    ValueError naming ``where``, the row (from 1) and the column, since its ``str()`` (``"None"``,
+    ``"['a', 'b']"``) would be scored as if it were the example's text. CSV / TSV fields are strings."""
+    out: list[str] = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            # in JSON's words: the values reach here from JSONL (the API's rows are written as JSONL)
+            kind = ("null" if v is None else "a boolean " + shown if isinstance(v, bool)
+                    else "a number " + shown if isinstance(v, (int, float))
+                    else "a list " + shown if isinstance(v, list) else "an object " + shown if isinstance(v, dict)
+                    else f"a {type(v).__name__} {shown}")
+            raise ValueError(f"{where}: {key} {column!r} (row {i + 1}) holds {kind}, not text; every value of a "
+                             "text column must be a string")
+        out.append(v.strip())
+    return out
 
 
 def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], where: str) -> list[float]:

@@ -330,7 +330,7 @@ def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -
     y = dense.loc[dense["latency_p50_s"].idxmin()]
     if x.name in dense.index:
         return (f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
-                f"the fastest is the dense {y.get('accelerator_label') or y['accelerator']}.")
+                f"the fastest is the dense model under {y.get('accelerator_label') or y['accelerator']}.")
     n, m = x.get("latency_savings_vs_best_dense"), x.get("energy_savings_vs_best_dense")
     acc = x.get("accelerator_label") or x["accelerator"]
     label = (f"the dense model under {acc} (no pruning)" if x["pruner"] == BASELINE_PRUNER
@@ -338,7 +338,7 @@ def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -
     low, high = x.get("latency_savings_vs_best_dense_low"), x.get("latency_savings_vs_best_dense_high")
     if is_number(low) and is_number(high) and low <= 1.0:  # interleaved rounds: no lead beyond the noise
         return (f"{where}: none is measurably faster than the dense engines at ≥ {min_kept:.0%} of the dense "
-                f"accuracy: the fastest, {label}, is {n:.2f}× the fastest dense engine "
+                f"accuracy: the lowest p50, {label}, runs at {n:.2f}× the speed of the fastest dense engine "
                 f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
     method = x.get("energy_method")
     how = f" ({method})" if isinstance(method, str) and method and method != "measured" else ""

@@ -82,10 +82,10 @@ class PyRaplMeter(EnergyMeter):
         self._doms = doms
         if not doms:
             return False, "pyRAPL returned no readable counter"
-        self.max_safe_window_s = self._safe_window_s(doms)
+        self.max_safe_window_s = self._safe_window_s()
         return True, "pyRAPL: " + ", ".join(doms)
 
-    def _safe_window_s(self, doms: list[str]) -> float | None:
+    def _safe_window_s(self) -> float | None:
         """The longest interval in which a counter wraps at most once (s), as
         :meth:`RaplMeter.largest_safe_window_s` reads it from the same zones; None when no range
         is readable."""

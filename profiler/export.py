@@ -81,7 +81,8 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     """Export cell ``cell_id`` of ``run_dir`` into the new folder ``out`` (see the module doc).
 
     Raises ConfigError (bad run directory, unknown cell, ``out`` not empty or not writable, the
-    format's package not installed) before any model work; RuntimeError when the written folder does
+    format's package not installed, inputs changed since the run) before any model work;
+    RuntimeError when the cell's model cannot be built (its pruning fails) or the written folder does
     not give the model's logits back.
     """
     from profiler.errors import ConfigError
@@ -109,7 +110,11 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
         import torch
 
         torch.set_num_threads(runner.training_threads)  # as the run built it: same threads, same rounding
-        model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
+        try:
+            model, report = runner.pruned(task, task.load_finetuned(runner.cache_dir), cell.pruner)
+        except Exception as exc:  # the run recorded the same failure for this cell's pruning
+            raise RuntimeError(f"cell {cell_id}: its model cannot be built ({cell.pruner.label()}): "
+                               f"{type(exc).__name__}: {exc}") from exc
         model.eval()
         example = task.example_inputs(2, min(cell.seq_len, 32))
         model.save_pretrained(out, safe_serialization=True)
@@ -156,7 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sparsebench: export: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # the round-trip check: nothing was left behind
+    except RuntimeError as exc:  # the model could not be built, or failed the round-trip check: nothing left behind
         print(f"sparsebench: export: failed: {exc}", file=sys.stderr)
         return 1
     print(f"exported: {out}")

@@ -138,7 +138,8 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str) -> None:
     stored = manifest.get(TASK_FINGERPRINTS) if isinstance(manifest, dict) else None
     if not isinstance(stored, dict):
         return
-    changed = [k for k, h in task_fingerprints(cfg).items() if k in stored and stored[k] != h]
+    labels = {spec.key: f"{spec.key} ({spec.label()})" for spec in cfg.tasks}
+    changed = [labels[k] for k, h in task_fingerprints(cfg).items() if k in stored and stored[k] != h]
     if changed:
         raise ConfigError(f"{what}: the model folder or data files of task {', '.join(changed)} changed since "
                           f"{run_dir} started (its rows were measured on the old ones): restore them, or start a new run")

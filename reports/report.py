@@ -270,7 +270,7 @@ def print_summary(run_dir: Path) -> None:
         t.add_row(
             str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
             fmt(r.get("accuracy"), 4) + (f" {COLLAPSED_MARK}" if collapsed[i] else ""), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
-            fmt(r.get("energy_j_per_inference")), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
+            fmt(r.get("energy_j_per_inference") if ok else None), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
             fmt(r.get("latency_savings_vs_best_dense"), 2),
         )
     console = Console()

@@ -252,6 +252,22 @@ def test_a_failed_export_empties_but_keeps_an_out_folder_the_user_made(profiled,
     assert not (tmp_path / "new").exists()
 
 
+def test_export_of_a_cell_whose_pruning_fails_is_one_line_exit_1(profiled, tmp_path, monkeypatch, capsys):
+    from profiler.runner import Runner
+
+    root, _ = profiled
+    cell = read_results(root / "run" / "results.jsonl").rows[0]["cell_id"]
+
+    def broken(*a, **k):
+        raise ValueError("scores contain NaN; cannot rank them")
+
+    monkeypatch.setattr(Runner, "pruned", broken)
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "its model cannot be built" in err and "scores contain NaN" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_export_openvino_ir(profiled, tmp_path):
     pytest.importorskip("openvino")
     root, df = profiled

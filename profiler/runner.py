@@ -672,8 +672,9 @@ class Runner:
                     if is_dense_fp32(row.pruner, row.accelerator, row.extra.get("compute_precision"))}
         unusable = {k for k, f in failures.items() if f is not None or live[k][1].extra.get("collapsed")}
         for th in {c.threads for c, _, _, _ in live.values()}:
+            # a reference's row is ok (references_to_retime); its "accuracy not measured" is no failure
             self._group_savings({k: (v[1], timed[k]) for k, v in live.items() if v[0].threads == th}, unusable,
-                                {k for k, f in failures.items() if f is not None})
+                                {k for k, f in failures.items() if f is not None and k not in reference_ids})
         scaling = thread_scaling({k: (v[0], timed[k]) for k, v in live.items()}, min(self.cfg.threads), self.cfg.seed)
         for k, (_, row, _, _) in live.items():
             row.extra.update(scaling[k])

@@ -117,20 +117,26 @@ def read_run_json(path: Path) -> Any:
 TASK_FINGERPRINTS = "task_fingerprints"
 
 
-def task_fingerprints(cfg: Config) -> dict[str, str]:
+def build_task(spec: PluginSpec) -> Task:
+    """The task of ``spec`` (its data read on first use). Raises ConfigError or the task's error."""
+    return TASKS.build(spec.name, spec.params, spec.key)
+
+
+def task_fingerprints(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, str]:
     """Task key -> :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()`` (model folder's
-    file sizes and times, data files' sha256, parameters); a task that cannot be built is left out
-    (its cells fail with the reason)."""
+    file sizes and times, data files' sha256, parameters) of the task ``build`` gives; a task that
+    cannot be built is left out (its cells fail with the reason)."""
     out = {}
     for spec in cfg.tasks:
         try:
-            out[spec.key] = stable_hash(TASKS.build(spec.name, spec.params, spec.key).fingerprint())
+            out[spec.key] = stable_hash(build(spec).fingerprint())
         except Exception:
             continue
     return out
 
 
-def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str) -> None:
+def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
+                           build: Callable[[PluginSpec], Task] = build_task) -> None:
     """Raise ConfigError when a task's model folder or data files differ from those ``run_dir``
     started on (:data:`TASK_FINGERPRINTS` in its manifest; runs without the record pass): its rows
     were measured on the old inputs, and new cells or an export would mix in others."""
@@ -139,7 +145,7 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str) -> None:
     if not isinstance(stored, dict):
         return
     labels = {spec.key: f"{spec.key} ({spec.label()})" for spec in cfg.tasks}
-    changed = [labels[k] for k, h in task_fingerprints(cfg).items() if k in stored and stored[k] != h]
+    changed = [labels[k] for k, h in task_fingerprints(cfg, build).items() if k in stored and stored[k] != h]
     if changed:
         raise ConfigError(f"{what}: the model folder or data files of task {', '.join(changed)} changed since "
                           f"{run_dir} started (its rows were measured on the old ones): restore them, or start a new run")
@@ -341,6 +347,14 @@ class Runner:
         #: torch threads of fine-tuning and pruning; the timed cells set their own, so this is fixed
         #: before the first of them (without it a second task would train at the last cell's count)
         self.training_threads = cfg.training_threads or torch.get_num_threads()
+        #: each task built once per run: the inputs' fingerprint and the cache key read the same
+        #: tokenized data (SST-2's fingerprint tokenizes the training set)
+        self._tasks: dict[PluginSpec, Task] = {}
+
+    def _task(self, spec: PluginSpec) -> Task:
+        if spec not in self._tasks:
+            self._tasks[spec] = build_task(spec)
+        return self._tasks[spec]
 
     # ---- run-level files ----------------------------------------------------------------------
     def _write_run_files(self) -> dict[str, Any]:
@@ -363,10 +377,10 @@ class Runner:
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
-                             TASK_FINGERPRINTS: task_fingerprints(self.cfg)})
+                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self._task)})
             man_path.write_text(json.dumps(manifest, indent=1, default=str))
         else:
-            check_inputs_unchanged(self.cfg, self.run_dir, "--resume")
+            check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self._task)
         return hw
 
     def _idle(self, meter) -> IdlePower | None:
@@ -438,7 +452,7 @@ class Runner:
         is returned), ``(task, pruner, reason)`` for a pruner (left out of the models)."""
         torch.set_num_threads(self.training_threads)
         try:
-            task: Task = TASKS.build(spec.name, spec.params, spec.key)
+            task = self._task(spec)
             dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
             self.reporter.training_done()
         except Exception as exc:  # a task that cannot build fails its cells, the matrix goes on

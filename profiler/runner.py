@@ -351,7 +351,8 @@ class Runner:
         #: tokenized data (SST-2's fingerprint tokenizes the training set)
         self._tasks: dict[PluginSpec, Task] = {}
 
-    def _task(self, spec: PluginSpec) -> Task:
+    def task(self, spec: PluginSpec) -> Task:
+        """The task of ``spec``, built once per runner (:func:`build_task`)."""
         if spec not in self._tasks:
             self._tasks[spec] = build_task(spec)
         return self._tasks[spec]
@@ -377,10 +378,10 @@ class Runner:
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
-                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self._task)})
+                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.task)})
             man_path.write_text(json.dumps(manifest, indent=1, default=str))
         else:
-            check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self._task)
+            check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self.task)
         return hw
 
     def _idle(self, meter) -> IdlePower | None:
@@ -452,7 +453,7 @@ class Runner:
         is returned), ``(task, pruner, reason)`` for a pruner (left out of the models)."""
         torch.set_num_threads(self.training_threads)
         try:
-            task = self._task(spec)
+            task = self.task(spec)
             dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
             self.reporter.training_done()
         except Exception as exc:  # a task that cannot build fails its cells, the matrix goes on

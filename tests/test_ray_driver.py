@@ -127,3 +127,34 @@ def test_a_node_that_comes_back_restarts_the_clock(driver):
     now[0] = 50.0
     ex._watch_targets()
     assert tr.busy and not _rows(tr)  # 25 s without a node since it left again, not 50
+
+
+def test_a_resume_refuses_a_task_whose_data_changed_since_the_run_started(tmp_path, monkeypatch):
+    """The driver's manifest keeps each task's input fingerprint, as a local run's does, so a
+    resume of a Ray run refuses, before connecting, when the model folder or data files changed."""
+    import json
+
+    from profiler.errors import ConfigError
+    from profiler.executors import ray_driver
+    from tests.tiny_family import save_tiny_model
+
+    data = tmp_path / "dev.csv"
+    data.write_text("text,label\n" + "".join(f"sentence number {i},{i % 2}\n" for i in range(12)))
+    model = save_tiny_model(tmp_path / "model", "bert", num_labels=2)
+    task = {"name": "text-classification", "model": str(model), "eval_file": str(data), "finetune_steps": 0}
+    cfg = parse_config(tiny_config(tasks=[task]))
+    ex = RayExecutor(cfg)
+    ex.ray = FakeRay()
+    ex.ray.__version__ = "fake"
+    ex.runs = {"b": TargetRun(Target("b", {"sparsebench.target": "b"}), tmp_path / "run" / "targets" / "b")}
+    (tmp_path / "run").mkdir()
+    ex._write_manifest(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["task_fingerprints"]
+
+    def no_cluster(address):
+        raise AssertionError("connected to a cluster before the inputs were checked")
+
+    monkeypatch.setattr(ray_driver, "connect", no_cluster)
+    data.write_text(data.read_text().replace(",1\n", ",0\n"))
+    with pytest.raises(ConfigError, match="--resume: the model folder or data files of task .* changed since"):
+        RayExecutor(cfg).prepare(resume_dir=tmp_path / "run")

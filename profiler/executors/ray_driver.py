@@ -46,8 +46,9 @@ from profiler.hardware import software_versions
 from profiler.identity import stable_hash
 from profiler.results import NO_LIVE_NODE, Result, append_result, cells_to_run, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
-from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row, interleave_key,
-                             known_metrics, manifest_base, read_idle_power, read_run_json, references_to_retime)
+from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, TASK_FINGERPRINTS, Reporter, Runner, RunDirLock, base_row,
+                             check_inputs_unchanged, interleave_key, known_metrics, manifest_base, read_idle_power,
+                             read_run_json, references_to_retime, task_fingerprints)
 from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
 
 @dataclass
@@ -110,10 +111,14 @@ class RayExecutor:
         self.cells = expand(cfg)
         self.watch = TargetWatch(cfg.ray.target_timeout_s, clock)
         self._payloads: dict[tuple[str, str], Any] = {}
+        # the runner's model building (tasks, cache, pruning) on the driver; it runs no cells, writes no run files
+        self.builder = Runner(cfg, Path(), cache_dir=cache_dir, reporter=self.reporter)
 
     # ---- checks: nothing written ------------------------------------------------------------------
     def prepare(self, resume_dir: Path | None = None) -> None:
         """Connect, resolve the targets and probe them. Raises ConfigError before any work."""
+        if resume_dir is not None:
+            check_inputs_unchanged(self.cfg, Path(resume_dir), "--resume", self.builder.task)
         self.ray = connect(self.address)
         nodes = cluster_nodes(self.ray)
         if resume_dir is not None:
@@ -227,7 +232,8 @@ class RayExecutor:
             return
         manifest = manifest_base(self.cfg, software_versions())
         manifest.update({"executor": "ray", "ray_version": self.ray.__version__,
-                         "targets": {name: tr.target.selector for name, tr in self.runs.items()}})
+                         "targets": {name: tr.target.selector for name, tr in self.runs.items()},
+                         TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.builder.task)})
         path.write_text(json.dumps(manifest, indent=1, default=str))
 
     def _open_target(self, tr: TargetRun) -> None:
@@ -289,14 +295,12 @@ class RayExecutor:
         for tr in self.runs.values():
             for c in [*tr.todo, *tr.references]:
                 needed[c.task][c.pruner] = None
-        # the runner's model building (cache, pruning) on the driver; it runs no cells, writes no run files
-        builder = Runner(self.cfg, Path(), cache_dir=self.cache_dir, reporter=self.reporter)
         built_on = ray_node.driver_built_on(self.ray.get_runtime_context().get_node_id(), fingerprint()["hardware_id"])
         for task_spec, pruners in needed.items():
             def fail(task: Any, pruner: PluginSpec | None, reason: str, task_spec: PluginSpec = task_spec) -> None:
                 self._fail_cells(lambda c: c.task == task_spec and (pruner is None or c.pruner == pruner), reason)
 
-            built = builder.build_models(task_spec, pruners, fail)
+            built = self.builder.build_models(task_spec, pruners, fail)
             if built is None:
                 continue
             task, models = built

@@ -571,6 +571,10 @@ class Runner:
         settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
                                    seq_len=c.seq_len, calibration=task.calibration_inputs, cache_dir=str(self.cache_dir))
         ok, why = safe_availability(acc, settings)
+        other = self._variant_run_instead(c.kernel_variant) if ok else None
+        if other is not None:  # a cell without kernels: the same cell is timed in the other variant's group
+            ok, why = False, (f"kernel variant {c.kernel_variant!r} is unavailable on this CPU, so no cell of its group "
+                              f"runs it; this cell is timed under kernel_variant {other!r}")
         if not ok:
             if record:
                 self._record(row, "skipped", why)
@@ -598,6 +602,17 @@ class Runner:
             if record:
                 self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")
             return None
+
+    def _variant_run_instead(self, variant: str) -> str | None:
+        """For a forced kernel variant this CPU cannot run (every kernel cell of its group is skipped),
+        the first variant of the sweep that it can run ("auto" or a supported one), whose group times
+        the same cells without kernels; None otherwise."""
+        if variant == "auto":
+            return None
+        supported = kernel_variant_info()["kernel_variants_supported"]
+        if variant in supported:
+            return None
+        return next((v for v in self.cfg.kernel_variants if v == "auto" or v in supported), None)
 
     def _evaluate(self, c: Cell, task: Task, row: Result, module: nn.Module | None) -> str | None:
         """``row``'s accuracy and metric fields (one pass per :func:`accuracy_key`; with ``module``

@@ -301,8 +301,24 @@ def test_runner_passes_the_kernel_variant_axis_to_sparse_cells_only(tmp_path, mo
     assert skipped["status"] == "skipped" and "'scalar' not supported" in skipped["reason"]
     ran = rows[("sparse-cpu", supported[0])]
     assert ran["status"] == "ok" and ran["kernel_variant_used"] == supported[0], ran["reason"]
-    assert all(rows[("torch-fp32", v)]["status"] == "ok" for v in ("scalar", supported[0]))
-    assert "kernel_variant_used" not in rows[("torch-fp32", "scalar")]
+    assert rows[("torch-fp32", supported[0])]["status"] == "ok"
+    assert "kernel_variant_used" not in rows[("torch-fp32", supported[0])]
+    # the "scalar" group has no cell that runs the kernels: its dense cell is not timed twice
+    dense = rows[("torch-fp32", "scalar")]
+    assert dense["status"] == "skipped" and f"timed under kernel_variant {supported[0]!r}" in dense["reason"]
+
+
+def test_a_dense_cell_of_an_unavailable_variant_runs_when_the_sweep_has_no_other(tmp_path, monkeypatch):
+    from profiler.results import read_results
+    from profiler.runner import Runner
+
+    monkeypatch.setattr(sk, "supported_variants", lambda: ["avx2"])  # as on a CPU without "scalar"
+    cfg = parse_config(tiny_config(
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1], "kernel_variant": ["scalar"]}))
+    Runner(cfg, tmp_path / "r").run()
+    (row,) = read_results(tmp_path / "r" / "results.jsonl").rows
+    assert row["status"] == "ok", row["reason"]
 
 
 @pytest.mark.parametrize("variant", sk.supported_variants())

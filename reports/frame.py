@@ -162,7 +162,7 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
 
     Adds ``latency_savings_factor`` (baseline p50 ÷ cell p50), ``energy_savings_factor`` (baseline
     J/inference ÷ cell), ``accuracy_kept`` (cell metric ÷ baseline metric), ``accuracy_delta``
-    (cell − baseline) and ``energy_mixed``. An energy factor needs both cells on one energy
+    (cell − baseline; both NaN where the baseline collapsed) and ``energy_mixed``. An energy factor needs both cells on one energy
     method, unless ``allow_mixed_energy``: then cells of another method than their baseline get
     a factor too, with ``energy_mixed`` True. A latency factor the runner stored (the median of
     same-round ratios of an interleaved run) is kept when it was taken against the baseline chosen
@@ -200,7 +200,8 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if energies and (same_method or allow_mixed_energy):
             df.at[i, "energy_savings_factor"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
             df.at[i, "energy_mixed"] = not same_method
-        if is_number(row.get("accuracy")) and positive(b.get("accuracy")):
+        # a collapsed baseline's metric is the majority-class rate: a share of it is no kept accuracy
+        if is_number(row.get("accuracy")) and positive(b.get("accuracy")) and not is_flagged(b.get("collapsed")):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
             df.at[i, "accuracy_delta"] = row["accuracy"] - b["accuracy"]
     if stored is not None:
@@ -297,9 +298,16 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     ok = df[(df["status"] == "ok") & df["latency_p50_s"].map(positive)]
     not_run = {_nan_as_none(key): g["status"].value_counts() for key, g in
                df[df["status"] != "ok"].groupby(GROUP_KEYS, dropna=False, sort=True)}
-    ok = ok[~collapsed_mask(ok)]  # a model predicting one class is not a candidate, whatever its metric
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
-        sentence = _verdict(key, g, show_variant, min_kept)
+        fallen = g[collapsed_mask(g) & is_baseline(g)]
+        if not fallen.empty:  # its metric is the majority-class rate: no share of it is kept accuracy
+            base = fallen.iloc[0]
+            sentence = (f"{_where(key, g, show_variant)}: no verdict: the dense baseline ({BASELINE_PRUNER} + "
+                        f"{base.get('accelerator_label') or base['accelerator']}) "
+                        f"{_text(base.get('collapse_reason')) or _text(base.get('reason')) or 'collapsed'}, so no "
+                        "cell's kept accuracy is known; fine-tune the model first (finetune_steps) or check its labels.")
+        else:  # a model predicting one class is not a candidate, whatever its metric
+            sentence = _verdict(key, g[~collapsed_mask(g)], show_variant, min_kept)
         if sentence is None:
             continue
         counts = not_run.get(_nan_as_none(key))
@@ -310,18 +318,31 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     return out
 
 
+def _text(v: Any) -> str | None:
+    """``v`` where it is a non-empty string (a missing field reads as NaN in a frame), else None."""
+    return v if isinstance(v, str) and v else None
+
+
 def _nan_as_none(key: tuple) -> tuple:
     """A group key that compares equal to itself: NaN (a missing value; NaN != NaN) as None."""
     return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key)
 
 
-def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -> str | None:
-    """:func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, or None."""
+def _where(key: tuple, g: pd.DataFrame, show_variant: bool) -> str:
+    """The opening of a verdict sentence: the group ``key`` (:data:`GROUP_KEYS`) of the cells ``g``."""
     where = f"{g['_task_shown'].iloc[0]}, batch {key[1]}, seq {key[2]}, {key[3]} thread(s)"
     variant = key[4] if isinstance(key[4], str) and key[4] else "auto"
     if show_variant or variant != "auto":
         used = ", ".join(sorted(map(str, g["kernel_variant_used"].dropna().unique()))) if "kernel_variant_used" in g else None
         where += f", kernel {kernel_variant_text(variant, used or None)}"
+    return where
+
+
+def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -> str | None:
+    """:func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, or None."""
+    if g.empty:
+        return None
+    where = _where(key, g, show_variant)
     kept = g[pd.to_numeric(g["accuracy_kept"], errors="coerce") >= min_kept]
     dense = g[dense_fp32_mask(g)]
     if kept.empty or dense.empty:

@@ -93,6 +93,22 @@ def test_a_stored_factor_against_a_collapsed_only_dense_cell_is_dropped(tmp_path
     assert pd.isna(d.loc["s", "latency_savings_vs_best_dense"]) and pd.isna(d.loc["s", "best_dense_label"])
 
 
+def test_a_collapsed_baseline_gives_no_kept_accuracy_and_no_verdict(tmp_path):
+    """The dense baseline at the majority-class rate (a model used without fine-tuning): 0.55 is
+    110 % of it, yet no kept accuracy; the verdict says why there is none."""
+    run = write_run(tmp_path / "run", [
+        result("b", "none", "torch-fp32", 0.010, 0.50, collapsed=True, collapse_reason=MAJORITY),
+        result("s", "magnitude", "sparse-cpu", 0.004, 0.55, collapsed=False)])
+    df, _ = load_rows(run)
+    d = add_savings(df).set_index("cell_id")
+    assert d.loc["s", "latency_savings_factor"] == pytest.approx(2.5)  # its speed is still a speed
+    assert pd.isna(d.loc["s", "accuracy_kept"]) and pd.isna(d.loc["s", "accuracy_delta"])
+    (line,) = verdicts(add_savings(df))
+    assert "no verdict: the dense baseline (none + torch-fp32) " + MAJORITY in line
+    assert "fastest configuration" not in line
+    assert "no verdict" in build_report_html(run)
+
+
 def test_a_resumed_factor_keeps_its_own_same_round_reference(tmp_path):
     """Two dense engines within noise: the first session's p50s rank openvino first, the resumed
     session timed onnxruntime faster and stored the new cell's factor against it. The stored

@@ -226,8 +226,8 @@ def attention(
     precision: "fp32", or "int8": q, k quantized per row and v per channel over the unmasked keys
     (key_bias <= -10000 masks, as -inf, transformers' finfo(float32).min and BERT's -10000 do:
     padding then leaves a sequence's result as it is alone; symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax
-    numerators rounded to uint8 rint(255 e) and normalised by their integer sum; seq <= 65536.
-    Raises ValueError for another precision or a longer seq.
+    numerators rounded to uint8 rint(255 e) and normalised by their integer sum; seq <= 65536 and
+    head_dim <= 65536. Raises ValueError for another precision, a longer seq or a wider head.
     """
 
 def kernel_variant() -> str:

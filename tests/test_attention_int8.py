@@ -258,3 +258,11 @@ def test_fused_layers_are_checked_on_the_calibration_sentences_whatever_the_timi
         assert set(seen) == {tuple(s.shape) for s in sentences[:CHECK_SEQUENCES]}  # never the timing batch
     keys = ("fused_encoder_layers", "attention_precision", "attention_note", "numerics_key")
     assert [{k: f.get(k) for k in keys} for f in fields][0] == [{k: f.get(k) for k in keys} for f in fields][1]
+
+
+def test_int8_attention_refuses_a_head_too_wide_for_int32_scores():
+    """q . k sums up to 127 * 127 * head_dim in int32: head_dim above 65536 could wrap."""
+    qkv, out = np.zeros((1, 1, 3 * 65537), np.float32), np.zeros((1, 1, 65537), np.float32)
+    with pytest.raises(ValueError, match="head_dim <= 65536"):
+        sk.attention(qkv, out, 1, precision="int8")
+    sk.attention(qkv, out, 1)  # fp32 attention has no such limit

@@ -82,6 +82,39 @@ def test_attention_large_scores_are_stable():
     np.testing.assert_allclose(out, attention_ref(qkv, 1), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_nan_scores_give_nan_rows_and_masked_rows_zeros(variant):
+    """One NaN rule on every variant, torch's: a query row with a NaN score gets NaN outputs
+    (a NaN must not hide the row's maximum and leave a plausible mean of the other keys); the
+    other rows are unchanged; a query whose keys are all masked gets zeros even where V holds inf."""
+    S, dh = 24, 1
+    qkv = np.zeros((1, S, 3), np.float32)
+    qkv[0, :, 0] = 1.0  # every query 1
+    qkv[0, :, 1] = 0.0
+    qkv[0, 0, 1] = 100.0  # key 0: the largest score, in the same SIMD lane as key 8
+    qkv[0, 8, 1] = np.nan
+    qkv[0, :, 2] = np.arange(S)
+    out = np.empty((1, S, 1), np.float32)
+    sk.attention(qkv, out, 1, 1.0, None, 1, variant)
+    t = torch.from_numpy(qkv).view(1, S, 3, 1, 1).permute(2, 0, 3, 1, 4)
+    assert torch.isnan(F.scaled_dot_product_attention(t[0], t[1], t[2], scale=1.0)).all()  # torch's rule
+    assert np.isnan(out).all()
+    qkv = np.random.default_rng(1).standard_normal((2, 20, 3 * 2 * 4)).astype(np.float32)
+    qkv[0, 3, :4] = np.nan  # sequence 0, query 3, head 0: only that row of that head is NaN
+    kb = np.zeros((2, 20), np.float32)
+    kb[1] = -np.inf  # sequence 1: every key masked
+    qkv[1, 5, 16] = np.inf  # ... and an inf in its V
+    out = np.empty((2, 20, 8), np.float32)
+    sk.attention(qkv, out, 2, key_bias=kb, variant=variant, threads=2)
+    nan = np.zeros_like(out, bool)
+    nan[0, 3, :4] = True
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    assert not out[1].any()
+    clean = qkv.copy()
+    clean[0, 3, :4] = 0.0
+    np.testing.assert_allclose(out[0][~nan[0]], attention_ref(clean[:1], 2)[0][~nan[0]], rtol=2e-5, atol=2e-6)
+
+
 def test_attention_rejects_bad_buffers():
     qkv = np.zeros((2, 8, 12), np.float32)
     out = np.zeros((2, 8, 4), np.float32)

@@ -208,6 +208,49 @@ def test_quantization_clamps_at_127():
         np.testing.assert_array_equal(out[0, 2:], 0)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_range_too_small_for_a_finite_inverse_scale_quantizes_to_zero(variant):
+    """127 / amax overflows below about 3.7e-37: such a row is a zero range (scale 0, every value
+    0), never 0 x inf = NaN quantized to -127. Input tokens and out_scale outputs alike."""
+    wq = np.zeros((8, 8), np.int8)
+    wq[:, 0] = 1  # every output = x[0]
+    m = pack_q(wq, 1)
+    for v, zero_range in ((1e-30, False), (1e-37, True), (1e-39, True)):
+        x = np.zeros((1, 8), np.float32)
+        x[0, 0] = v
+        out = np.full((1, 8), np.nan, np.float32)
+        sk.spmm_int8(m, x, out, variant=variant)
+        np.testing.assert_allclose(out, 0.0 if zero_range else np.full((1, 8), v, np.float32), rtol=1e-6, atol=0)
+        one = pack_q(np.eye(8, dtype=np.int8), 1)  # out = x: a row [v, 0, ..., 0] quantized on the way out
+        q, scale = np.full((1, 8), 99, np.int8), np.full(1, np.nan, np.float32)
+        sk.spmm_int8(one, np.zeros((1, 8), np.float32), q, variant=variant, out_scale=scale,
+                     bias=np.array([v] + [0.0] * 7, np.float32))  # out = bias
+        want = np.zeros(8, np.int8)
+        if not zero_range:
+            want[0] = 127
+        np.testing.assert_array_equal(q[0], want)
+        assert scale[0] == (0.0 if zero_range else np.float32(v) / np.float32(127.0))
+
+
+def test_rows_of_width_zero_have_zero_scales_and_ranges():
+    """n_out = 0: out_scale and out_amax are written (0), not left as they were."""
+    m0 = sk.pack_int8(np.array([0], np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float32),
+                      (0, 8))
+    x = np.ones((4, 8), np.float32)
+    scale, amax = np.full(4, 123.0, np.float32), np.full(4, -7.0, np.float32)
+    sk.spmm_int8(m0, x, np.zeros((4, 0), np.int8), out_scale=scale)
+    sk.spmm_int8(m0, x, np.zeros((4, 0), np.float32), out_amax=amax)
+    assert not scale.any() and not amax.any()
+
+
+def test_options_holding_a_nul_character_are_refused():
+    m = pack_q(np.eye(8, dtype=np.int8), 1)
+    x, out = np.ones((2, 8), np.float32), np.empty((2, 8), np.float32)
+    for kw in ({"activation": "gelu\0junk"}, {"activation": "none\0gelu"}, {"split": "rows\0xyz"}):
+        with pytest.raises(ValueError, match="activation must be|split must be"):
+            sk.spmm_int8(m, x, out, **kw)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n_out=st.integers(1, 40), n_in=st.integers(1, 70), tokens=st.integers(1, 35),
        density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), bh=st.sampled_from(BLOCKS), seed=st.integers(0, 2**31 - 1))

@@ -28,6 +28,11 @@ int sk_attention_params(int heads, int64_t H, int64_t S, int int8, double scale,
                      SK_ATTN8_MAX_S, (long long)S);
         return -1;
     }
+    if (int8 && H / heads > SK_ATTN8_MAX_S) { /* q . k sums 127 * 127 * head_dim in int32 */
+        PyErr_Format(PyExc_ValueError, "INT8 attention supports head_dim <= %d (int32 sums), got %lld",
+                     SK_ATTN8_MAX_S, (long long)(H / heads));
+        return -1;
+    }
     if (!isfinite(scale) || !isfinite((float)scale)) { /* the kernels take it as a float */
         PyErr_SetString(PyExc_ValueError, "scale must be finite as a float32 (or omitted for 1/sqrt(head_dim))");
         return -1;

@@ -344,7 +344,7 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
         const float *x = X + t * N;
         float a;
         rows_amax(x, N, N, 0, 1, &a);
-        const int ok = a > 0.0f && a <= 3.0e38f;
+        const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const __m256 inv = _mm256_set1_ps(ok ? 127.0f / a : 0.0f);
         scale[t] = ok ? a / 127.0f : 0.0f;
         int8_t *q = Q + t * N;
@@ -517,11 +517,12 @@ static void attn_head(const float *q, const float *k, const float *v, int64_t ld
     for (int64_t i0 = 0; i0 < S; i0 += AF) {
         const int64_t nr = S - i0 < AF ? S - i0 : AF;
         const float *qr[AF]; /* rows past the end repeat the last one (computed, never stored) */
-        __m256 mx[AF];
+        __m256 mx[AF], nan[AF]; /* nan: lanes that saw a NaN score (max_ps below skips them) */
         float inv[AF];
         for (int r = 0; r < AF; r++) {
             qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
             mx[r] = _mm256_set1_ps(-__builtin_inff());
+            nan[r] = _mm256_setzero_ps();
         }
         /* scores: two 8-key vectors x AF rows per step (Sp is a multiple of 16) */
         for (int64_t j = 0; j < Sp; j += 16) {
@@ -540,16 +541,19 @@ static void attn_head(const float *q, const float *k, const float *v, int64_t ld
                 for (int r = 0; r < AF; r++) {
                     const __m256 sc = _mm256_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
                     _mm256_store_ps(p + r * Sp + j + 8 * h, sc);
-                    mx[r] = _mm256_max_ps(mx[r], sc);
+                    mx[r] = _mm256_max_ps(sc, mx[r]); /* a NaN sc keeps mx: the row max stays right */
+                    nan[r] = _mm256_or_ps(nan[r], _mm256_cmp_ps(sc, sc, _CMP_UNORD_Q));
                 }
             }
         }
-        /* softmax: p <- exp(p - max), inv = 1 / sum; a row whose keys are all masked gets zeros */
+        /* softmax: p <- exp(p - max), inv = 1 / sum; a row whose keys are all masked gets zeros
+         * (inv 0), a row with a NaN score NaNs (inv NaN), as the scalar kernel */
         for (int r = 0; r < AF; r++) {
             const float m = hmax8(mx[r]);
-            if (!(m > -__builtin_inff())) {
+            const int has_nan = _mm256_movemask_ps(nan[r]) != 0;
+            if (has_nan || !(m > -__builtin_inff())) {
                 memset(p + r * Sp, 0, sizeof(float) * (size_t)Sp);
-                inv[r] = 0.0f;
+                inv[r] = has_nan ? __builtin_nanf("") : 0.0f;
                 continue;
             }
             const __m256 mv = _mm256_set1_ps(m);
@@ -579,8 +583,11 @@ static void attn_head(const float *q, const float *k, const float *v, int64_t ld
             for (int r = 0; r < nr; r++) {
                 const __m256 iv = _mm256_set1_ps(inv[r]);
                 float *orow = o + (i0 + r) * ldo + c * 8;
-                _mm256_maskstore_ps(orow, m0, _mm256_mul_ps(o0[r], iv));
-                if (two) _mm256_maskstore_ps(orow + 8, m1, _mm256_mul_ps(o1[r], iv));
+                /* an all-masked row stores zeros, not 0 * V (an inf in V would make NaN) */
+                const __m256 y0 = inv[r] == 0.0f ? _mm256_setzero_ps() : _mm256_mul_ps(o0[r], iv);
+                const __m256 y1 = inv[r] == 0.0f ? _mm256_setzero_ps() : _mm256_mul_ps(o1[r], iv);
+                _mm256_maskstore_ps(orow, m0, y0);
+                if (two) _mm256_maskstore_ps(orow + 8, m1, y1);
             }
         }
     }
@@ -604,8 +611,8 @@ static inline __attribute__((always_inline)) __m256 abs_nan_inf8(__m256 x)
 /* inverse scales from ranges am by quant_rows' rule (0 for a zero or non-finite range), amax / 127 into *scale */
 static inline __attribute__((always_inline)) __m256 lanes_inv8(__m256 am, __m256 *scale)
 {
-    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(am, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                    _mm256_cmp_ps(am, _mm256_set1_ps(3.0e38f), _CMP_LE_OQ));
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(am, _mm256_set1_ps(SK_RANGE_MIN), _CMP_GE_OQ),
+                                    _mm256_cmp_ps(am, _mm256_set1_ps(SK_RANGE_MAX), _CMP_LE_OQ));
     *scale = _mm256_and_ps(ok, _mm256_div_ps(am, _mm256_set1_ps(127.0f)));
     return _mm256_and_ps(ok, _mm256_div_ps(_mm256_set1_ps(127.0f), am));
 }

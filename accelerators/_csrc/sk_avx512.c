@@ -208,13 +208,17 @@ static inline __attribute__((always_inline)) void attn_pack_kv(attn_kv *a, const
     for (int64_t j = 0; j < Sp; j++) a->bias[j] = j < S ? (kb ? kb[j] : 0.0f) : -__builtin_inff();
 }
 
-/* scores p[r] = scale * q_r . K + bias for the AR rows qr, and their maxima mx; two 16-key
- * vectors x AR rows per step: 2 AR independent FMA chains */
+/* scores p[r] = scale * q_r . K + bias for the AR rows qr, their maxima mx (NaN scores left out)
+ * and nan[r], the lanes that saw a NaN score; two 16-key vectors x AR rows per step: 2 AR
+ * independent FMA chains */
 static inline __attribute__((always_inline)) void attn_scores(const attn_kv *a, const float *const qr[AR],
-                                                              __m512 vscale, __m512 mx[AR])
+                                                              __m512 vscale, __m512 mx[AR], __mmask16 nan[AR])
 {
     const int64_t Sp = a->Sp;
-    for (int r = 0; r < AR; r++) mx[r] = _mm512_set1_ps(-__builtin_inff());
+    for (int r = 0; r < AR; r++) {
+        mx[r] = _mm512_set1_ps(-__builtin_inff());
+        nan[r] = 0;
+    }
     for (int64_t jv = 0; jv < a->nj; jv += 2) {
         const int two = jv + 1 < a->nj;
         __m512 acc0[AR], acc1[AR];
@@ -240,22 +244,25 @@ static inline __attribute__((always_inline)) void attn_scores(const attn_kv *a, 
             for (int r = 0; r < AR; r++) {
                 const __m512 s = _mm512_fmadd_ps(h ? acc1[r] : acc0[r], vscale, bv);
                 _mm512_store_ps(a->p + r * Sp + (jv + h) * 16, s);
-                mx[r] = _mm512_max_ps(mx[r], s);
+                mx[r] = _mm512_max_ps(s, mx[r]); /* a NaN s keeps mx: the row max stays right */
+                nan[r] |= _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
             }
         }
     }
 }
 
 /* p[r] <- exp(p[r] - max) in place, inv[r] = 1 / sum; a row whose keys are all masked gets zero
- * probabilities (and inv 0) */
-static inline __attribute__((always_inline)) void attn_softmax(const attn_kv *a, const __m512 mx[AR], float inv[AR])
+ * probabilities (and inv 0), a row with a NaN score zero probabilities and inv NaN (NaN outputs,
+ * as the scalar kernel) */
+static inline __attribute__((always_inline)) void attn_softmax(const attn_kv *a, const __m512 mx[AR],
+                                                               const __mmask16 nan[AR], float inv[AR])
 {
     const int64_t Sp = a->Sp;
     for (int r = 0; r < AR; r++) {
         const float m = _mm512_reduce_max_ps(mx[r]);
-        if (!(m > -__builtin_inff())) {
+        if (nan[r] || !(m > -__builtin_inff())) {
             memset(a->p + r * Sp, 0, sizeof(float) * (size_t)Sp);
-            inv[r] = 0.0f;
+            inv[r] = nan[r] ? __builtin_nanf("") : 0.0f;
             continue;
         }
         const __m512 mv = _mm512_set1_ps(m);
@@ -295,8 +302,11 @@ static inline __attribute__((always_inline)) void attn_pv(const attn_kv *a, cons
         for (int r = 0; r < nr; r++) {
             const __m512 iv = _mm512_set1_ps(inv[r]);
             float *orow = o + r * ldo + c * 16;
-            _mm512_mask_storeu_ps(orow, m0, _mm512_mul_ps(o0[r], iv));
-            if (two) _mm512_mask_storeu_ps(orow + 16, m1, _mm512_mul_ps(o1[r], iv));
+            /* an all-masked row stores zeros, not 0 * V (an inf in V would make NaN) */
+            const __m512 y0 = inv[r] == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(o0[r], iv);
+            const __m512 y1 = inv[r] == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(o1[r], iv);
+            _mm512_mask_storeu_ps(orow, m0, y0);
+            if (two) _mm512_mask_storeu_ps(orow + 16, m1, y1);
         }
     }
 }
@@ -318,9 +328,10 @@ void sk_avx512_attn_head(const float *q, const float *k, const float *v, int64_t
         const float *qr[AR]; /* rows past the end repeat the last one (computed, never stored) */
         for (int r = 0; r < AR; r++) qr[r] = q + (i0 + (r < nr ? r : nr - 1)) * ld;
         __m512 mx[AR];
+        __mmask16 nan[AR];
         float inv[AR];
-        attn_scores(&a, qr, vscale, mx);
-        attn_softmax(&a, mx, inv);
+        attn_scores(&a, qr, vscale, mx, nan);
+        attn_softmax(&a, mx, nan, inv);
         attn_pv(&a, inv, nr, o + i0 * ldo, ldo);
     }
 }

@@ -144,8 +144,11 @@ int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t
 
 int sk_check_key_bias(const Py_buffer *v)
 {
-    const float *x = (const float *)v->buf;
-    const int64_t n = (int64_t)(v->len / (Py_ssize_t)sizeof(float));
+    return sk_check_key_bias_values((const float *)v->buf, (int64_t)(v->len / (Py_ssize_t)sizeof(float)));
+}
+
+int sk_check_key_bias_values(const float *x, int64_t n)
+{
     for (int64_t i = 0; i < n; i++)
         if (!(x[i] <= 3.4028235e38f)) { /* NaN or +inf; -inf masks */
             PyErr_Format(PyExc_ValueError, "key_bias must be finite or -inf (a masked key), got %s at flat index %lld",

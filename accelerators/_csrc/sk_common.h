@@ -23,6 +23,11 @@
 #define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
 #define SK_TOK_GROUP 16        /* token padding granularity */
 #define SK_INT8_MAX_ROW_QUADS 16384 /* int8: quads per row whose int32 sums stay exact (n_in <= 65536) */
+/* INT8 quantization: a range max |x| gives a scale when SK_RANGE_MIN <= amax <= SK_RANGE_MAX (above
+ * 127 / FLT_MAX, so 127 / amax stays finite; below, zeros would quantize as 0 x inf = NaN); a zero,
+ * smaller or non-finite range maps every value to 0 with scale 0 */
+#define SK_RANGE_MIN 3.8e-37f
+#define SK_RANGE_MAX 3.0e38f
 #define SK_ACT_NONE 0          /* epilogue activations applied while writing Y */
 #define SK_ACT_GELU 1          /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
 

@@ -52,6 +52,8 @@ int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t
 /* ValueError unless every float of the C-contiguous key bias v is finite or -inf (a masked key):
  * NaN or +inf would turn every score of its rows into NaN */
 int sk_check_key_bias(const Py_buffer *v);
+/* the same check on n floats at x (a buffer already acquired) */
+int sk_check_key_bias_values(const float *x, int64_t n);
 int sk_overlap(const Py_buffer *a, const Py_buffer *b); /* 1 when the memory ranges intersect */
 /* 1 when v intersects a buffer of a other than itself (a may be NULL) */
 int sk_overlaps_args(const Py_buffer *v, const sk_args *a);

@@ -218,7 +218,8 @@ void sk_rows_amax_generic(const float *X, int64_t ldX, int64_t K, int64_t t0, in
     }
 }
 
-/* Portable attention head (two passes over the scores: max, then exp / sum / weighted V). */
+/* Portable attention head (two passes over the scores: max, then exp / sum / weighted V). A row
+ * with a NaN score gives NaN outputs (as torch's softmax); a row whose keys are all masked, zeros. */
 void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                           float scale, const float *kb, float *o, int64_t ldo, float *scratch)
 {
@@ -226,16 +227,18 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
     for (int64_t i = 0; i < S; i++) {
         const float *qi = q + i * ld;
         float m = -__builtin_inff();
+        int nan = 0;
         for (int64_t j = 0; j < S; j++) {
             const float *kj = k + j * ld;
             float acc = 0.0f;
             for (int64_t d = 0; d < dh; d++) acc += qi[d] * kj[d];
             p[j] = acc * scale + (kb ? kb[j] : 0.0f);
             if (p[j] > m) m = p[j];
+            nan |= p[j] != p[j];
         }
         float *oi = o + i * ldo;
-        for (int64_t d = 0; d < dh; d++) oi[d] = 0.0f;
-        if (!(m > -__builtin_inff())) continue; /* every key masked (or NaN scores): zeros */
+        for (int64_t d = 0; d < dh; d++) oi[d] = nan ? __builtin_nanf("") : 0.0f;
+        if (nan || !(m > -__builtin_inff())) continue; /* every key masked: zeros */
         float l = 0.0f;
         for (int64_t j = 0; j < S; j++) {
             p[j] = expf(p[j] - m);
@@ -261,7 +264,7 @@ static float attn8_range(const float *x, int64_t n, int64_t st, const float *kb,
         const float v = fabsf(x[i * st]);
         a = (v > a || v != v) ? (v != v ? __builtin_inff() : v) : a;
     }
-    const int ok = a > 0.0f && a <= 3.0e38f;
+    const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
     *scale = ok ? a / 127.0f : 0.0f;
     return ok ? 127.0f / a : 0.0f;
 }
@@ -353,7 +356,7 @@ void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, f
     for (int64_t t = 0; t < ntok; t++) {
         float a;
         sk_rows_amax_generic(X + t * N, N, N, 0, 1, &a);
-        const int ok = a > 0.0f && a <= 3.0e38f;
+        const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const float inv = ok ? 127.0f / a : 0.0f;
         scale[t] = ok ? a / 127.0f : 0.0f;
         for (int64_t i = 0; i < N; i++) Q[t * N + i] = ok ? (int8_t)sk_quant1(X[t * N + i], inv) : 0;

@@ -7,6 +7,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* the text of an option: NULL (no exception) when o is not a str or holds a NUL character, which
+ * strcmp would stop at ("gelu\0junk" must not pass as "gelu") */
+static const char *option_text(PyObject *o)
+{
+    Py_ssize_t n = 0;
+    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8AndSize(o, &n) : NULL;
+    if (s == NULL || (size_t)n != strlen(s)) {
+        PyErr_Clear(); /* a str that cannot be encoded: the caller's ValueError names the choices */
+        return NULL;
+    }
+    return s;
+}
+
 /* split: 0 auto, 1 rows, 2 tokens */
 static int parse_split(PyObject *o, int *split)
 {
@@ -14,7 +27,7 @@ static int parse_split(PyObject *o, int *split)
         *split = 0;
         return 0;
     }
-    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    const char *s = option_text(o);
     if (s && strcmp(s, "auto") == 0) *split = 0;
     else if (s && strcmp(s, "rows") == 0) *split = 1;
     else if (s && strcmp(s, "tokens") == 0) *split = 2;
@@ -31,7 +44,7 @@ static int parse_activation(PyObject *o, int *act)
         *act = SK_ACT_NONE;
         return 0;
     }
-    const char *s = PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    const char *s = option_text(o);
     if (s && strcmp(s, "none") == 0) *act = SK_ACT_NONE;
     else if (s && strcmp(s, "gelu") == 0) *act = SK_ACT_GELU;
     else {
@@ -150,8 +163,7 @@ int sk_qkva_acquire(sk_spmm_call *c, const sk_spmm_opts *o, PyObject *key_bias, 
         PyErr_SetString(PyExc_ValueError, "out must not overlap x, bias or key_bias");
         return -1;
     }
-    if (vk && sk_check_key_bias(vk) < 0) return -1;
-    c->T = B * S;
+    c->T = B * S; /* key_bias's values: checked by the caller once every buffer is acquired */
     c->bias = vb ? (const float *)vb->buf : NULL;
     *kb = vk ? (const float *)vk->buf : NULL;
     return 0;

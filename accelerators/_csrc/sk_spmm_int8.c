@@ -87,7 +87,7 @@ static void int8_scales(const int8_job *J, int64_t ta, int64_t te)
     for (int64_t t = ta; t < te; t++) {
         const float a = J->per_token ? J->amax[t] : g;
         /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 */
-        const int ok = a > 0.0f && a <= 3.0e38f;
+        const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         J->inv[t] = ok ? 127.0f / a : 0.0f;
         J->sx[t] = ok ? a / 127.0f : 0.0f;
     }
@@ -240,6 +240,14 @@ static void int8_io(int8_job *J, const int8_opts *q, const Py_buffer *vxs, const
     J->per_token = q->per_token;
 }
 
+/* whether any of the n int8 values is -128 */
+static int has_int8_min(const int8_t *x, int64_t n)
+{
+    int found = 0;
+    for (int64_t i = 0; i < n; i++) found |= x[i] == -128;
+    return found;
+}
+
 /* Plan, take the scratch buffers, run with the GIL released, give them back. */
 static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts *q, const Py_buffer *vxs,
                          const Py_buffer *vos)
@@ -248,7 +256,16 @@ static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts
     int8_job J = {.c = c};
     if (get_amax(&c->bufs, NULL, &J, q->x_amax, q->out_amax, c->out, vos, !q->raw && !vxs, !q->raw && !vos, c->T) < 0)
         return -1;
-    if (c->T == 0 || m->n_out == 0) return 0;
+    /* contents checked after the last acquisition: a buffer export (__buffer__) runs Python code */
+    if ((q->raw || vxs) && c->kt->int8_no_x_min && has_int8_min((const int8_t *)c->x->buf, c->T * m->n_in)) {
+        c->variant = V_SCALAR; /* -128 is outside what this variant's product is exact for: same bits, slower */
+        c->kt = sk_variant_tables[V_SCALAR];
+    }
+    if (c->T == 0 || m->n_out == 0) { /* output rows of width 0: their ranges and scales are 0 */
+        if (J.oamax) memset(J.oamax, 0, sizeof(float) * (size_t)c->T);
+        if (vos) memset(vos->buf, 0, sizeof(float) * (size_t)c->T);
+        return 0;
+    }
     const int64_t nq = (m->n_in + 3) / 4, Tp = sk_round_up(c->T, 16);
     /* about 384 KiB of packed activations; sk_plan_make caps it to keep scratch rows short */
     const int64_t auto_tb = (384 * 1024) / (nq * 4 > 0 ? nq * 4 : 1);
@@ -339,7 +356,7 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
         int8_rows_mid(A, &tl1, xq1, mid, t0, nb, 0, m1->nchunks, c1->act, F->amid + t0);
         for (int64_t t = t0; t < t0 + nb; t++) { /* quant_rows' scales */
             const float a = F->amid[t];
-            const int ok = a > 0.0f && a <= 3.0e38f;
+            const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
             B->inv[t] = ok ? 127.0f / a : 0.0f;
             B->sx[t] = ok ? a / 127.0f : 0.0f;
         }
@@ -372,7 +389,10 @@ static int ffn_int8_run(sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_
     if (get_amax(&c1->bufs, &c2->bufs, &F.in, x_amax, out_amax, c2->out, NULL, 1, 1, T) < 0) return -1;
     F.out.oamax = F.in.oamax;
     F.in.oamax = NULL;
-    if (T == 0 || m2->n_out == 0) return 0;
+    if (T == 0 || m2->n_out == 0) { /* output rows of width 0: their ranges are 0 */
+        if (F.out.oamax) memset(F.out.oamax, 0, sizeof(float) * (size_t)T);
+        return 0;
+    }
     /* token split always (each thread needs whole intermediate rows); one token block for both: 128
      * tokens while the block's intermediate rows (n_mid x (tb + 16) int32) take at most half the L2,
      * else 64 with register tiles of at most 64 (measured in the whole model on a 2 MiB-L2 Xeon:
@@ -565,6 +585,8 @@ static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObjec
     J->c = c;
     J->per_token = 1;
     if (get_amax(&c->bufs, NULL, J, x_amax, Py_None, c->out, NULL, 1, 1, c->T) < 0) return -1;
+    /* contents checked after the last acquisition: a buffer export (__buffer__) runs Python code */
+    if (Q->kb && sk_check_key_bias_values(Q->kb, c->T) < 0) return -1;
     if (c->T == 0 || Q->H == 0) return 0;
     const int64_t T = c->T, Tp = sk_round_up(T, 16), nq = (m->n_in + 3) / 4;
     Q->spb = Q->S <= 128 ? 128 / Q->S : 1;
@@ -657,14 +679,6 @@ const char sk_doc_qkv_attention_int8[] =
     "a negative scale means the default.\n"
     "GIL released; ValueError / TypeError on bad input, never a crash.";
 
-/* whether any of the n int8 values is -128 */
-static int has_int8_min(const int8_t *x, int64_t n)
-{
-    int found = 0;
-    for (int64_t i = 0; i < n; i++) found |= x[i] == -128;
-    return found;
-}
-
 static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
 {
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "per_token", "tile", "token_block",
@@ -689,10 +703,6 @@ static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
     Py_buffer *vxs = NULL, *vos = NULL;
     int rc = sk_spmm_acquire(&c, &o, DT_INT8, "mat: needs an int8 SparseMatrix (pack_int8); use spmm for fp32", xk, ok);
     if (rc == 0) rc = get_token_scales(&c, &q, &vxs, &vos);
-    if (rc == 0 && xk == 'b' && c.kt->int8_no_x_min && has_int8_min((const int8_t *)c.x->buf, c.T * c.m->n_in)) {
-        c.variant = V_SCALAR; /* -128 is outside what this variant's product is exact for: same bits, slower */
-        c.kt = sk_variant_tables[V_SCALAR];
-    }
     if (rc == 0) rc = spmm_int8_run(&c, &o, &q, vxs, vos);
     sk_args_release(&c.bufs);
     if (rc < 0) return NULL;

@@ -238,7 +238,7 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
         const float *x = X + t * N;
         float a;
         rows_amax(x, N, N, 0, 1, &a);
-        const int ok = a > 0.0f && a <= 3.0e38f;
+        const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const __m512 inv = _mm512_set1_ps(ok ? 127.0f / a : 0.0f);
         scale[t] = ok ? a / 127.0f : 0.0f;
         if (!ok) {
@@ -396,8 +396,8 @@ static inline __attribute__((always_inline)) __m512 abs_nan_inf(__m512 x)
  * range), the scales amax / 127 into *scale */
 static inline __attribute__((always_inline)) __m512 lanes_inv(__m512 am, __m512 *scale)
 {
-    const __mmask16 ok = _mm512_cmp_ps_mask(am, _mm512_setzero_ps(), _CMP_GT_OQ) &
-                         _mm512_cmp_ps_mask(am, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ);
+    const __mmask16 ok = _mm512_cmp_ps_mask(am, _mm512_set1_ps(SK_RANGE_MIN), _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(am, _mm512_set1_ps(SK_RANGE_MAX), _CMP_LE_OQ);
     *scale = _mm512_maskz_div_ps(ok, am, _mm512_set1_ps(127.0f));
     return _mm512_maskz_div_ps(ok, _mm512_set1_ps(127.0f), am);
 }

@@ -141,7 +141,9 @@ def spmm_int8(
     w_scale[o] + bias[o]. With x_scale (float32 (tokens,)), x is int8 (tokens, n_in) already
     quantized (x ~= x_scale[t] * x_q) and per_token is ignored. With out_scale (writable float32
     (tokens,)), out is int8 (tokens, n_out): the fp32 result quantized per token by the same rule,
-    its scales written to out_scale. Otherwise out is float32 (tokens, n_out).
+    its scales written to out_scale. Otherwise out is float32 (tokens, n_out). A range that is 0
+    or below 3.8e-37 gives x_q = 0 with scale 0 (out = bias); a token holding NaN or inf gives
+    x_q = 0 with scale NaN, so its outputs are NaN (per tensor: every output), as torch's would be.
     x_amax: float32 (tokens,), max |x| per token (NaN as +inf) of a float32 x, already known (the
     out_amax of the call that wrote x): the range pass over x is skipped. out_amax: writable
     float32 (tokens,) that receives the same ranges of a float32 out, after the epilogues.
@@ -222,7 +224,9 @@ def attention(
     with heads contiguous (BERT's layout); out: writable float32 (batch, seq, hidden), not
     overlapping the inputs; key_bias: float32 (batch, seq) added to every query's scores for that
     key (0 keeps, -inf masks; NaN or +inf raise ValueError); a query whose keys are all -inf
-    (int8: all <= -10000) gets zeros. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
+    (int8: all <= -10000) gets zeros. NaN as torch gives it: a query row with a NaN score (fp32)
+    or a NaN / inf value (int8) gets NaN outputs; int8: a NaN / inf in an unmasked key or value row,
+    the whole head. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
     precision: "fp32", or "int8": q, k quantized per row and v per channel over the unmasked keys
     (key_bias <= -10000 masks, as -inf, transformers' finfo(float32).min and BERT's -10000 do:
     padding then leaves a sequence's result as it is alone; symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax

@@ -167,9 +167,9 @@ def test_int8_attention_edge_rows_and_errors():
     assert not out.any()
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((1, 6, 12)).astype(np.float32)
-    qkv[0, 2, :4] = np.nan  # a query row with a non-finite range quantizes to 0: uniform over keys
+    qkv[0, 2, :4] = np.nan  # a query row holding NaN: that row is NaN (as torch's), the others are not
     sk.attention(qkv, out := np.empty((1, 6, 4), np.float32), 2, precision="int8")
-    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(np.isnan(out[0]).any(-1), np.arange(6) == 2)
     with pytest.raises(ValueError, match="precision"):
         sk.attention(qkv, out, 2, precision="bf16")
     for bad in (np.inf, np.nan):  # would make every score of the sequence NaN
@@ -266,3 +266,29 @@ def test_int8_attention_refuses_a_head_too_wide_for_int32_scores():
     with pytest.raises(ValueError, match="head_dim <= 65536"):
         sk.attention(qkv, out, 1, precision="int8")
     sk.attention(qkv, out, 1)  # fp32 attention has no such limit
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_int8_attention_gives_nan_where_torch_does(variant):
+    """The quantization maps NaN and inf to 0; the output still shows them as torch's would: a query
+    row holding one gives a NaN row, an unmasked key or value row a NaN head. A masked key's row is
+    left out (a padded sequence gets what it gets alone), and the other head is untouched."""
+    rng = np.random.default_rng(5)
+    S, heads, dh = 10, 2, 4
+    H = heads * dh
+    base = rng.standard_normal((1, S, 3 * H)).astype(np.float32)
+    kb = np.zeros((1, S), np.float32)
+    kb[0, 8:] = -np.inf
+    clean = np.empty((1, S, H), np.float32)
+    sk.attention(base, clean, heads, key_bias=kb, variant=variant, precision="int8")
+    cases = {"query": ((0, 3, 1), np.eye(S, dtype=bool)[3]), "key": ((0, 6, H + 2), np.ones(S, bool)),
+             "value": ((0, 1, 2 * H), np.ones(S, bool)), "masked key": ((0, 9, H + 1), np.zeros(S, bool))}
+    for what, (at, nan_rows) in cases.items():
+        for bad in (np.nan, np.inf):
+            qkv = base.copy()
+            qkv[at] = bad
+            out = np.empty((1, S, H), np.float32)
+            sk.attention(qkv, out, heads, key_bias=kb, variant=variant, precision="int8")
+            np.testing.assert_array_equal(np.isnan(out[0, :, :dh]).all(-1), nan_rows, err_msg=f"{what} {bad}")
+            np.testing.assert_array_equal(out[0, :, dh:], clean[0, :, dh:])  # head 1 untouched
+            np.testing.assert_array_equal(out[0, ~nan_rows, :dh], clean[0, ~nan_rows, :dh])

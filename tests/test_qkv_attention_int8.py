@@ -171,3 +171,20 @@ def test_validation():
     empty = pack(np.random.default_rng(0), 0, 32, 1, 0.3)  # hidden 0: nothing to do, whatever num_heads
     sk.qkv_attention_int8(empty, x, np.empty((2, 8, 0), np.float32), 2**30)
     sk.qkv_attention_int8(m, np.empty((2, 0, 32), np.float32), np.empty((2, 0, 32), np.float32), 2)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_token_holding_nan_makes_its_sequence_nan_as_in_two_calls(variant):
+    """A NaN input token gives NaN q, k and v rows (spmm_int8's rule), so every head of its
+    sequence is NaN where the token is an unmasked key (torch's answer too); the other sequences
+    keep their bits."""
+    m, x, bias, kb = case(4, 3, 12, 32, masked=False)
+    clean = np.empty((3, 12, 32), np.float32)
+    sk.qkv_attention_int8(m, x, clean, 4, bias, key_bias=kb, variant=variant)
+    x[1, 5, 3] = np.nan
+    for threads in (1, 2):
+        got = np.empty_like(clean)
+        sk.qkv_attention_int8(m, x, got, 4, bias, key_bias=kb, threads=threads, variant=variant)
+        np.testing.assert_array_equal(got, two_calls(m, x, bias, 4, kb, threads=threads, variant=variant))
+        assert np.isnan(got[1]).all()
+        np.testing.assert_array_equal(got[[0, 2]], clean[[0, 2]])

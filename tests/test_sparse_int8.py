@@ -232,6 +232,36 @@ def test_a_range_too_small_for_a_finite_inverse_scale_quantizes_to_zero(variant)
         assert scale[0] == (0.0 if zero_range else np.float32(v) / np.float32(127.0))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_token_holding_nan_or_inf_gives_nan_outputs_as_torch_would(variant):
+    """Its values quantize to 0, but its scale is NaN, so its outputs are NaN (not the bias);
+    per tensor, the one range is not finite and every output is NaN. Other tokens keep their bits;
+    out_scale hands the NaN on to the next call."""
+    rng = np.random.default_rng(2)
+    wq = rng.integers(-127, 128, (16, 32)).astype(np.int8)
+    m = pack_q(wq, 1)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    clean = np.empty((5, 16), np.float32)
+    sk.spmm_int8(m, x, clean, b, variant=variant)
+    for bad in (np.nan, np.inf):
+        xb = x.copy()
+        xb[2, 7] = bad
+        out = np.empty((5, 16), np.float32)
+        sk.spmm_int8(m, xb, out, b, variant=variant)
+        assert np.isnan(out[2]).all()
+        np.testing.assert_array_equal(np.delete(out, 2, 0), np.delete(clean, 2, 0))
+        sk.spmm_int8(m, xb, out, b, variant=variant, per_token=False)
+        assert np.isnan(out).all()
+        q, scale = np.empty((5, 16), np.int8), np.empty(5, np.float32)
+        sk.spmm_int8(m, xb, q, b, variant=variant, out_scale=scale)
+        assert np.isnan(scale[2]) and not q[2].any() and np.isfinite(np.delete(scale, 2)).all()
+        m2 = pack_q(np.eye(16, dtype=np.int8), 1)
+        y = np.empty((5, 16), np.float32)
+        sk.spmm_int8(m2, q, y, variant=variant, x_scale=scale)
+        assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, 0)).all()
+
+
 def test_rows_of_width_zero_have_zero_scales_and_ranges():
     """n_out = 0: out_scale and out_amax are written (0), not left as they were."""
     m0 = sk.pack_int8(np.array([0], np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.float32),

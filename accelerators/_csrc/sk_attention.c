@@ -89,8 +89,10 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
         float *s = scr + (int64_t)sk_thread_num() * per;
         const int64_t b = w / a->heads, h = w % a->heads;
         const float *base = a->qkv + b * S * H3 + h * dh;
-        head(base, base + H, base + 2 * H, H3, S, dh, a->scale, a->kb ? a->kb + b * S : NULL,
-                      a->out + b * S * H + h * dh, H, s);
+        const float *kb = a->kb ? a->kb + b * S : NULL;
+        float *o = a->out + b * S * H + h * dh;
+        head(base, base + H, base + 2 * H, H3, S, dh, a->scale, kb, o, H, s);
+        if (a->int8) sk_attn8_nan(base, base + H, base + 2 * H, H3, 1, S, dh, kb, o, H);
     }
     Py_END_ALLOW_THREADS
     sk_ws_give(scr, scr_n);

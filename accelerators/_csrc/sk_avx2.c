@@ -346,7 +346,7 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
         rows_amax(x, N, N, 0, 1, &a);
         const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const __m256 inv = _mm256_set1_ps(ok ? 127.0f / a : 0.0f);
-        scale[t] = ok ? a / 127.0f : 0.0f;
+        scale[t] = sk_range_scale(a);
         int8_t *q = Q + t * N;
         if (!ok) {
             memset(q, 0, (size_t)N);

@@ -28,6 +28,13 @@
  * smaller or non-finite range maps every value to 0 with scale 0 */
 #define SK_RANGE_MIN 3.8e-37f
 #define SK_RANGE_MAX 3.0e38f
+/* The dequantization scale of a linear layer's row (token) of range a (max |x|, NaN counted as
+ * +inf): a / 127; 0 for a zero or too small range; NaN for a non-finite one, whose values quantize
+ * to 0 but whose outputs (acc * scale + bias) must be NaN, as torch's would be, not the bias. */
+static inline float sk_range_scale(float a)
+{
+    return !(a <= SK_RANGE_MAX) ? __builtin_nanf("") : a >= SK_RANGE_MIN ? a / 127.0f : 0.0f;
+}
 #define SK_ACT_NONE 0          /* epilogue activations applied while writing Y */
 #define SK_ACT_GELU 1          /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
 
@@ -329,6 +336,12 @@ void sk_attn_head_int8_generic(const float *q, const float *k, const float *v, i
                                float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 void sk_attn_head_int8_cm_generic(const float *q, const float *k, const float *v, int64_t ld, int64_t S, int64_t dh,
                                   float scale, const float *kb, float *o, int64_t ldo, float *scratch);
+/* After an INT8 head (whose quantization maps NaN and inf to 0): NaN outputs where torch's would be
+ * NaN. A query row holding NaN or inf gets a NaN row; an unmasked key or value row holding one
+ * (every key counts when all are masked, as for the ranges) makes the whole head NaN (torch: every
+ * score, or every output of that channel). Element (i, d) of q, k, v at i * rs + d * cs. */
+void sk_attn8_nan(const float *q, const float *k, const float *v, int64_t rs, int64_t cs, int64_t S, int64_t dh,
+                  const float *kb, float *o, int64_t ldo);
 #ifdef SK_HAVE_X86
 /* AVX-512 fp32 kernels (defined in sk_avx512.c), shared by the avx512 and vnni tables. */
 void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);

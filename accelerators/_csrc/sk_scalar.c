@@ -253,6 +253,38 @@ void sk_attn_head_generic(const float *q, const float *k, const float *v, int64_
     }
 }
 
+/* whether the n floats at stride st hold NaN or inf (exponent bits all set) */
+static int any_nonfinite(const float *x, int64_t n, int64_t st)
+{
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i * st, sizeof b);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+
+void sk_attn8_nan(const float *q, const float *k, const float *v, int64_t rs, int64_t cs, int64_t S, int64_t dh,
+                  const float *kb, float *o, int64_t ldo)
+{
+    /* a contiguous pass over the head first (rows or channels, as the layout has them) */
+    const int64_t outer = cs == 1 ? S : dh, inner = cs == 1 ? dh : S, os = cs == 1 ? rs : cs, is = cs == 1 ? 1 : rs;
+    int bad = 0;
+    for (int64_t a = 0; a < outer && !bad; a++)
+        bad = any_nonfinite(q + a * os, inner, is) || any_nonfinite(k + a * os, inner, is) ||
+              any_nonfinite(v + a * os, inner, is);
+    if (!bad) return;
+    const int every = sk_attn8_every_key(kb, S);
+    int head = 0;
+    for (int64_t j = 0; j < S && !head; j++)
+        if (every || !(kb[j] <= SK_KEY_MASKED))
+            head = any_nonfinite(k + j * rs, dh, cs) || any_nonfinite(v + j * rs, dh, cs);
+    for (int64_t i = 0; i < S; i++)
+        if (head || any_nonfinite(q + i * rs, dh, cs))
+            for (int64_t d = 0; d < dh; d++) o[i * ldo + d] = __builtin_nanf("");
+}
+
 /* amax of n floats at stride st (NaN counts as +inf) and the quantization rule of quant_rows:
  * returns the inverse scale 127 / amax (0 when the range is zero or not finite), *scale = amax / 127.
  * kb (or NULL: all count): key biases of the n values; masked ones (SK_KEY_MASKED) are left out */
@@ -358,7 +390,7 @@ void sk_quant_rows_generic(const float *X, int64_t ntok, int64_t N, int8_t *Q, f
         sk_rows_amax_generic(X + t * N, N, N, 0, 1, &a);
         const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const float inv = ok ? 127.0f / a : 0.0f;
-        scale[t] = ok ? a / 127.0f : 0.0f;
+        scale[t] = sk_range_scale(a);
         for (int64_t i = 0; i < N; i++) Q[t * N + i] = ok ? (int8_t)sk_quant1(X[t * N + i], inv) : 0;
     }
 }

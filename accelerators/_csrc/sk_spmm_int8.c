@@ -86,10 +86,11 @@ static void int8_scales(const int8_job *J, int64_t ta, int64_t te)
         for (int64_t t = 0; t < T; t++) g = J->amax[t] > g ? J->amax[t] : g;
     for (int64_t t = ta; t < te; t++) {
         const float a = J->per_token ? J->amax[t] : g;
-        /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 */
+        /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 (and
+         * a non-finite range's outputs to NaN: sk_range_scale) */
         const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         J->inv[t] = ok ? 127.0f / a : 0.0f;
-        J->sx[t] = ok ? a / 127.0f : 0.0f;
+        J->sx[t] = sk_range_scale(a);
     }
     if (!J->p.token_split) {
 #pragma omp barrier
@@ -358,7 +359,7 @@ static void ffn_tokens(const ffn_job *F, int tid, int64_t ta, int64_t te)
             const float a = F->amid[t];
             const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
             B->inv[t] = ok ? 127.0f / a : 0.0f;
-            B->sx[t] = ok ? a / 127.0f : 0.0f;
+            B->sx[t] = sk_range_scale(a);
         }
         sk_make_tiling(&tl2, nb, B->p.tt, nq2 * 4);
         kt->pack_mid((const float *)mid, lds, N1, nb, B->inv + t0, xq2, &tl2);
@@ -545,9 +546,10 @@ static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t
     for (int64_t s = 0; s < s1 - s0; s++)
         for (int64_t h = h0; h < h1; h += hstep) {
             const float *qr = (const float *)acc + h * dh * lds + s * S;
-            Q->J.c->kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale,
-                                          Q->kb ? Q->kb + (s0 + s) * S : NULL, Q->out + (s0 + s) * S * H + h * dh, H,
-                                          ascr);
+            const float *kb = Q->kb ? Q->kb + (s0 + s) * S : NULL;
+            float *o = Q->out + (s0 + s) * S * H + h * dh;
+            Q->J.c->kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale, kb, o, H, ascr);
+            sk_attn8_nan(qr, qr + H * lds, qr + 2 * H * lds, 1, lds, S, dh, kb, o, H);
         }
 }
 

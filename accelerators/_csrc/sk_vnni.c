@@ -240,7 +240,7 @@ static void quant_rows(const float *X, int64_t ntok, int64_t N, int8_t *Q, float
         rows_amax(x, N, N, 0, 1, &a);
         const int ok = a >= SK_RANGE_MIN && a <= SK_RANGE_MAX;
         const __m512 inv = _mm512_set1_ps(ok ? 127.0f / a : 0.0f);
-        scale[t] = ok ? a / 127.0f : 0.0f;
+        scale[t] = sk_range_scale(a);
         if (!ok) {
             memset(Q + t * N, 0, (size_t)N);
             continue;

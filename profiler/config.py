@@ -366,8 +366,8 @@ def _told_apart(specs: list[PluginSpec]) -> list[PluginSpec]:
 
 
 def check_matrix_fits_tasks(cfg: Config) -> None:
-    """The matrix against every task, before any work: ``matrix.seq_len`` within the model's
-    position embeddings (:attr:`~profiler.tasks.base.Task.max_positions`, where the task knows
+    """The matrix against every task, before any work: ``matrix.seq_len`` and the task's
+    ``max_length`` within the model's position embeddings (:attr:`~profiler.tasks.base.Task.max_positions`, where the task knows
     them), a pruner that trains (or, like OBS, takes gradients) given the task's training data, and
     a block or N:M structure that tiles every weight it prunes of the task's model (its shapes: the
     model is built, not fine-tuned). Raises ConfigError naming the key and the task."""
@@ -384,6 +384,10 @@ def check_matrix_fits_tasks(cfg: Config) -> None:
         if positions and max(cfg.seq_lens) > positions:
             raise ConfigError(f"matrix.seq_len: {max(cfg.seq_lens)} is longer than {where}'s model takes "
                               f"({positions} positions); use seq_len <= {positions}")
+        length = getattr(task, "max_length", None)  # the tokenizer's cut for evaluation and fine-tuning
+        if positions and length and length > positions:
+            raise ConfigError(f"{task_spec.key}.max_length: {length} is longer than its model takes ({positions} "
+                              f"positions); set max_length <= {positions}")
         if trains and not task.has_training_data():
             spec = trains[0][0]
             raise ConfigError(f"{spec.key} ({spec.label()}) trains on the task's training data and {where} has "

@@ -256,6 +256,42 @@ def test_seq_len_beyond_the_models_positions_fails_before_any_work(tmp_path, mod
             preflight(cfg, tmp_path / "cache")
 
 
+def test_a_max_length_beyond_the_models_positions_fails_before_any_work(tmp_path, model_dirs, data_dir):
+    """max_length cuts every text the task tokenizes: longer than the 160 position embeddings, each
+    cell would fail inside torch."""
+    from profiler.config import parse_config
+    from profiler.errors import ConfigError
+    from profiler.runner import preflight
+
+    def cfg(max_length):
+        return parse_config({"meter": {"name": "estimate"}, "run": {"name": "t", "output_dir": str(tmp_path / "runs")},
+                             "tasks": [{"name": "text-classification", "model": str(model_dirs["bert"]),
+                                        "eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
+                                        "label_column": "stars", "max_length": max_length}],
+                             "pruners": [{"name": "none"}], "accelerators": [{"name": "torch-fp32"}],
+                             "matrix": {"seq_len": [16]}})
+
+    preflight(cfg(160), tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"tasks\[0\].max_length: 161 is longer than its model takes \(160 positions\)"):
+        preflight(cfg(161), tmp_path / "cache")
+
+
+def test_a_model_saved_in_bf16_is_profiled_in_fp32(tmp_path, model_dirs, data_dir):
+    """The torch-fp32 baseline divides every factor: a folder saved in bf16 loads as float32 (exact),
+    with or without its head."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(model_dirs["bert"]).to(torch.bfloat16).save_pretrained(folder)
+    for f in model_dirs["bert"].iterdir():  # the tokenizer's files
+        if not (folder / f.name).exists():
+            (folder / f.name).write_bytes(f.read_bytes())
+    task = TextClassification(model=str(folder), eval_file=str(data_dir / "reviews.csv"), text_column="review",
+                              label_column="stars")
+    model = task.base_model()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize("pruner, match", [
     ('name = "gmp"\nsparsity = 0.5\nsteps = 4', r"pruners\[0\] \(gmp.*\) trains on the task's training data and tasks\[0\]"),
     ('name = "magnitude"\nsparsity = 0.5\nstructure = "1x3"', r"pruners\[0\]: structure '1x3': layer .* is not a multiple"),
@@ -333,8 +369,12 @@ def test_data_errors_name_the_key_and_what_a_label_may_be(tmp_path, model_dirs, 
     with pytest.raises(ValueError, match=r"^eval_file: data file .*nope.csv does not exist"):
         TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "nope.csv"))
     write_csv(tmp_path / "t.csv", ["text", "label"], [("hated it .", "hated it .")])
-    with pytest.raises(ValueError, match=r"is not a class index \(0, 1, \.\.\.; the model's config names no labels\)"):
+    # the config's generic names are names too: what a pipeline answers
+    with pytest.raises(ValueError, match=r"is not a class index or one of \['LABEL_0', 'LABEL_1'\]"):
         TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "t.csv"))
+    write_csv(tmp_path / "n.csv", ["text", "label"], [("hated it .", "LABEL_0"), ("loved it .", "LABEL_1")])
+    task = TextClassification(model=str(model_dirs["bert"]), eval_file=str(tmp_path / "n.csv"))
+    assert [e.label for e in task.eval_examples()] == [0, 1]
 
 
 @pytest.mark.parametrize("value, holds", [

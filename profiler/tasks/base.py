@@ -246,14 +246,16 @@ class Task:
         return self.load_saved(path), pruned_made_by(json.loads((path / "prune_report.json").read_text()))
 
     def load_saved(self, path: Path) -> nn.Module:
-        """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise)."""
+        """Load a model saved with ``save_pretrained`` (strict: missing/unexpected keys raise), in
+        float32 whatever dtype it was saved in: the torch-fp32 baseline every factor divides by, and
+        the accelerators' starting point, is fp32 (bf16 / fp16 weights widen exactly)."""
         from transformers import AutoModelForSequenceClassification
 
         model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
         bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if bad:
             raise RuntimeError(f"checkpoint {path} did not load strictly: {bad}")
-        return model.eval()
+        return model.float().eval()
 
     def finetune(self, model: nn.Module, steps: int, progress: Callable[[int, int, float], None] | None = None,
                  checkpoint: Path | None = None) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class TextClassification(Task):
             positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1  # positions start after the padding index
         self.max_positions = int(positions) if positions else None
         labels = dict(getattr(config, "label2id", None) or {})
-        self.label2id = {k: int(v) for k, v in labels.items() if not k.startswith("LABEL_")}
+        self.label2id = {k: int(v) for k, v in labels.items()}  # LABEL_0 ... too: what pipelines answer
         if self.has_head:
             self.num_labels = int(config.num_labels)
             if self.regression != (self.num_labels == 1):
@@ -215,7 +215,9 @@ class TextClassification(Task):
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
         try:
-            return AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=self.num_labels, **extra)
+            model = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=self.num_labels,
+                                                                       **extra)
+            return model.float()  # as load_saved
         finally:
             logging.set_verbosity(verbosity)
 

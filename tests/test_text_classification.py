@@ -147,6 +147,16 @@ def test_a_distill_text_source_that_does_not_fit_a_task_fails_when_the_config_is
     assert parse_config(config("stsb")).pruners[1].params["distill_text"] == ["stsb"]
 
 
+def test_a_regression_head_defaults_to_pearson(tmp_path):
+    """No metric given: a model with one output is scored by correlation, not refused for accuracy."""
+    model = save_tiny_model(tmp_path / "reg", "bert", num_labels=1)
+    write_csv(tmp_path / "scores.csv", ["text", "label"], [(f"sentence {i}", i / 4) for i in range(8)])
+    task = TextClassification(model=str(model), eval_file=str(tmp_path / "scores.csv"))
+    assert (task.metric_name, task.also_metrics, task.regression) == ("pearson", ("spearman",), True)
+    with pytest.raises(ValueError, match="'accuracy' needs a classification head"):  # asked for: refused
+        TextClassification(model=str(model), eval_file=str(tmp_path / "scores.csv"), metric="accuracy")
+
+
 def test_metrics_golden():
     from profiler.tasks.textdata import compute_metric
 

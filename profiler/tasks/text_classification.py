@@ -34,7 +34,8 @@ class TextClassification(Task):
         text_column / text_pair_column / label_column: column names (default ``text`` / none /
             ``label``; GLUE presets name their own).
         metric: ``accuracy``, ``f1``, ``matthews`` (class labels) or ``pearson``, ``spearman``
-            (one regression output); default: the GLUE preset's, else accuracy. The headline goes
+            (one regression output); default: the GLUE preset's, else pearson for a model with a
+            regression head (num_labels = 1), else accuracy. The headline goes
             in the row's ``accuracy``; accuracy (beside f1 / matthews) or the other correlation is
             reported too, every metric as ``metric_<name>``.
         finetune_steps: 0 = use the model as given (it must have its classification head);
@@ -79,7 +80,7 @@ class TextClassification(Task):
         self._data_source(glue, train_file, eval_file, data_dir, (text_column, text_pair_column, label_column))
         self._pick_metric(metric)
         self.model_path = modelsource.resolve_model(model)
-        self._check_model()
+        self._check_model(metric_given=metric is not None or glue is not None)
         self._read_data()
 
     # ---- construction-time checks -------------------------------------------------------------
@@ -120,7 +121,7 @@ class TextClassification(Task):
             also = ("pearson", "spearman") if self.regression else ("accuracy",)
         self.also_metrics = tuple(m for m in also if m != self.metric_name)
 
-    def _check_model(self) -> None:
+    def _check_model(self, metric_given: bool = True) -> None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(self.model_path)
@@ -136,6 +137,8 @@ class TextClassification(Task):
         self.label2id = {k: int(v) for k, v in labels.items()}  # LABEL_0 ... too: what pipelines answer
         if self.has_head:
             self.num_labels = int(config.num_labels)
+            if not metric_given and self.num_labels == 1:  # a regression head: the default fits it
+                self._pick_metric("pearson")
             if self.regression != (self.num_labels == 1):
                 want = "a regression head (num_labels = 1)" if self.regression else "a classification head (num_labels >= 2)"
                 raise ValueError(f"metric: {self.metric_name!r} needs {want}; the model's head has num_labels = {self.num_labels}")

@@ -292,3 +292,10 @@ def test_int8_attention_gives_nan_where_torch_does(variant):
             np.testing.assert_array_equal(np.isnan(out[0, :, :dh]).all(-1), nan_rows, err_msg=f"{what} {bad}")
             np.testing.assert_array_equal(out[0, :, dh:], clean[0, :, dh:])  # head 1 untouched
             np.testing.assert_array_equal(out[0, ~nan_rows, :dh], clean[0, ~nan_rows, :dh])
+    qkv = base.copy()  # every key masked: zeros, whatever V holds (as fp32 attention gives)
+    qkv[0, 4, 2 * H] = np.inf
+    for precision in ("int8", "fp32"):
+        out = np.full((1, S, H), np.nan, np.float32)
+        sk.attention(qkv, out, heads, key_bias=np.full((1, S), -np.inf, np.float32), variant=variant,
+                     precision=precision)
+        assert not out.any(), precision

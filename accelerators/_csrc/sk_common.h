@@ -338,8 +338,9 @@ void sk_attn_head_int8_cm_generic(const float *q, const float *k, const float *v
                                   float scale, const float *kb, float *o, int64_t ldo, float *scratch);
 /* After an INT8 head (whose quantization maps NaN and inf to 0): NaN outputs where torch's would be
  * NaN. A query row holding NaN or inf gets a NaN row; an unmasked key or value row holding one
- * (every key counts when all are masked, as for the ranges) makes the whole head NaN (torch: every
- * score, or every output of that channel). Element (i, d) of q, k, v at i * rs + d * cs. */
+ * makes the whole head NaN (torch: every score, or every output of that channel); with every key
+ * masked, K and V do not count (the rows are zeros, as in fp32 attention). Element (i, d) of q, k,
+ * v at i * rs + d * cs. */
 void sk_attn8_nan(const float *q, const float *k, const float *v, int64_t rs, int64_t cs, int64_t S, int64_t dh,
                   const float *kb, float *o, int64_t ldo);
 #ifdef SK_HAVE_X86

@@ -289,10 +289,11 @@ void sk_attn8_nan(const float *q, const float *k, const float *v, int64_t rs, in
 {
     /* a contiguous pass over the head first (rows or channels, as the layout has them) */
     if (!(cs == 1 ? head_nonfinite(q, k, v, S, dh, rs) : head_nonfinite(q, k, v, dh, S, cs))) return;
-    const int every = sk_attn8_every_key(kb, S);
+    /* every key masked: the rows are zeros whatever K and V hold (as fp32 attention's) */
     int head = 0;
-    for (int64_t j = 0; j < S && !head; j++)
-        if (every || !(kb[j] <= SK_KEY_MASKED))
+    const int all_masked = kb && sk_attn8_every_key(kb, S);
+    for (int64_t j = 0; j < S && !head && !all_masked; j++)
+        if (!kb || !(kb[j] <= SK_KEY_MASKED))
             head = any_nonfinite(k + j * rs, dh, cs) || any_nonfinite(v + j * rs, dh, cs);
     for (int64_t i = 0; i < S; i++)
         if (head || any_nonfinite(q + i * rs, dh, cs))

@@ -733,3 +733,21 @@ def test_label_defaults_follow_the_accelerator_defaults():
 
     sig = inspect.signature(SparseInt8.__init__).parameters
     assert {k: d for k, (d, _) in _ACCEL_UNLESS_DEFAULT.items()} == {k: sig[k].default for k in _ACCEL_UNLESS_DEFAULT}
+
+
+def test_a_nan_hidden_state_reaches_the_logits_as_under_torch():
+    """The whole sparse-int8 model (fused INT8 layers and attention): a NaN in one token's embedding
+    makes its sequence's logits NaN, as torch's model does, instead of being quantized away into a
+    plausible answer the accuracy pass could not tell from a real one."""
+    from accelerators.sparse_int8 import SparseInt8
+    from tests.test_fused_layer import logits, padded_example
+    from tests.test_fused_layer import tiny_bert as tiny_bert_sparse
+
+    model, ex = tiny_bert_sparse(0.9), padded_example()
+    prepared = SparseInt8().prepare(copy.deepcopy(model), ex, PrepareSettings(threads=1))
+    assert prepared.fields["attention_precision"] == "int8" and torch.isfinite(logits(prepared.module, ex)).all()
+    for m in (prepared.module, model):
+        emb = next(x for x in m.modules() if isinstance(x, torch.nn.Embedding))
+        with torch.no_grad():
+            emb.weight[ex["input_ids"][0, 3]] = float("nan")
+        assert torch.isnan(logits(m, ex)).any(-1).tolist() == [True, False, False], type(m).__name__

@@ -7,6 +7,8 @@ matrix runs through the same ``text-classification`` task, config validation and
 from __future__ import annotations
 
 import json
+import numbers
+import operator
 import shutil
 import tempfile
 import warnings
@@ -43,24 +45,51 @@ def records_of(data: Any, what: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
-    def plain(v: Any) -> Any:  # numpy scalars from DataFrames
-        if type(v).__name__ == "NAType":  # pandas' missing value: null (the task rejects it), not the text "<NA>"
-            return None
-        return v.item() if hasattr(v, "item") else str(v)
+def jsonl_of(rows: list[dict[str, Any]], what: str) -> str:
+    """``rows`` (from :func:`records_of`) as JSONL text, one object per row, for the task to read as a
+    data file. numpy scalars (a DataFrame's values) become their Python value, pandas' NA null (the
+    task then refuses it as text). Raises ConfigError naming ``what``, the row (from 1) and the column
+    on a value JSON cannot hold (bytes, a set, a datetime ...): its ``str()`` (``"b'good movie'"``)
+    would be scored as the example's text."""
+    bad: list[Any] = []  # what json.dumps could not write: the message names it and its column
 
-    path.write_text("".join(json.dumps(r, default=plain) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
+    def plain(v: Any) -> Any:
+        if type(v).__name__ == "NAType":
+            return None
+        if hasattr(v, "item"):
+            try:
+                return v.item()  # a numpy scalar (an array of several values: ValueError)
+            except (TypeError, ValueError):
+                pass
+        bad.append(v)
+        raise TypeError(f"{type(v).__name__} is not a JSON value")
+
+    lines = []
+    for i, row in enumerate(rows, 1):
+        try:
+            lines.append(json.dumps(row, default=plain) + "\n")
+        except (TypeError, ValueError) as exc:  # ValueError: a list that holds itself
+            if not bad:  # a column name JSON cannot hold (a tuple)
+                raise ConfigError(f"{what}: row {i}: {exc}") from None
+            from profiler.tasks.textdata import describe_value
+
+            where = next((f"column {k!r}" for k, v in row.items() if v is bad[-1]), "a value nested in a column")
+            raise ConfigError(f"{what}: {where} (row {i}) holds {describe_value(bad[-1])}, not text, a "
+                              "number, a boolean or null: decode bytes to str, convert other objects") from None
+    return "".join(lines)
 
 
 def _axis(name: str, value: Any) -> Any:
-    """A matrix axis as a list: one integer becomes [it]; a string or another non-sequence is a
-    ConfigError (the config's own check then validates the values)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
+    """A matrix axis as a list of Python ints: one integer (numpy's too) becomes [it]; a string or
+    another non-sequence is a ConfigError (the config's own check then validates the values)."""
+    def plain(v: Any) -> Any:  # np.int64(8), np.arange(1, 3)'s items: the config wants int
+        return operator.index(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [plain(value)]
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ConfigError(f"{name}: expected an integer or a list of integers, got {value!r}")
-    return list(value)
+    return [plain(v) for v in value]
 
 
 def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
@@ -172,8 +201,8 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
 
     axes = {name: _axis(name, v) for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads))}
     # every argument's type is checked here, before a folder is made or the model saved
-    eval_rows = records_of(eval_data, "eval_data")
-    train_rows = records_of(train_data, "train_data") if train_data is not None else None
+    eval_jsonl = jsonl_of(records_of(eval_data, "eval_data"), "eval_data")
+    train_jsonl = jsonl_of(records_of(train_data, "train_data"), "train_data") if train_data is not None else None
     tables = {"pruners": _tables(pruners, "pruners"), "accelerators": _tables(accelerators, "accelerators"),
               "meter": _meter_table(meter)}
     measure_table = _measure_table(measure)
@@ -188,11 +217,12 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         (inputs / "model").mkdir(parents=True, exist_ok=True)
         task: dict[str, Any] = {
             "name": "text-classification", "model": _model_arg(model, tokenizer, inputs / "model"),
-            "eval_file": _write_jsonl(eval_rows, inputs / "eval.jsonl"),
             "text_column": text_column, "label_column": label_column, "finetune_steps": finetune_steps,
         }
-        if train_rows is not None:
-            task["train_file"] = _write_jsonl(train_rows, inputs / "train.jsonl")
+        for key, jsonl, name in (("eval_file", eval_jsonl, "eval.jsonl"), ("train_file", train_jsonl, "train.jsonl")):
+            if jsonl is not None:
+                (inputs / name).write_text(jsonl, encoding="utf-8")
+                task[key] = str(inputs / name)
         task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric)) if v is not None})
         raw: dict[str, Any] = {"run": {"name": "profile"}, "tasks": [task], **tables, "matrix": axes}
         if measure_table:

@@ -110,6 +110,11 @@ def test_profile_names_its_arguments_in_errors_and_takes_a_scalar_axis(tmp_path)
     df = sparsebench.profile(str(folder), None, [{"text": a, "label": y} for a, _, y in sentences(4)], batch_size=1,
                              seq_len=8, measure=FAST, meter={"name": "estimate"})
     assert list(df["batch_size"]) == [1] and list(df["seq_len"]) == [8]
+    import numpy as np  # numpy's integers are integers: np.int64(2), np.arange(...)
+
+    df = sparsebench.profile(str(folder), None, [{"text": a, "label": y} for a, _, y in sentences(4)],
+                             batch_size=np.int64(2), seq_len=np.arange(8, 9), measure=FAST, meter={"name": "estimate"})
+    assert list(df["batch_size"]) == [2] and list(df["seq_len"]) == [8]
 
 
 def test_profile_takes_one_pruner_accelerator_or_meter_without_a_list(tmp_path):

@@ -9,7 +9,10 @@ raised before any model work.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,8 +52,14 @@ def packaged_glue_dir(task: str) -> Path:
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` file as dicts keyed by column.
 
-    Raises ValueError when the file is missing, not UTF-8, of another extension, has no data rows,
-    a CSV / TSV row has more or fewer fields than the header, or a JSONL line is not a JSON object.
+    CSV / TSV fields are read as Python's csv module reads a file opened with ``newline=''``: a quoted
+    field keeps its line breaks (``\\n``, ``\\r\\n``, U+2028 ...) as written. A JSONL line ends only at
+    ``\\n`` (or ``\\r\\n``), so a raw U+2028 / U+0085 inside a JSON string stays in its text. Blank
+    lines are skipped, before the header as between rows; line numbers in errors count from 1.
+
+    Raises ValueError naming the file (and the line) when it is missing, not UTF-8, of another
+    extension, has no data rows, a CSV / TSV header names a column twice or a row has more or fewer
+    fields than the header, or a JSONL line is not a JSON object or repeats a key.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,36 +68,59 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if kind not in (".csv", ".tsv", ".jsonl"):
         raise ValueError(f"data file {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark would join the first column's name
+        # newline='': line breaks reach the csv module untranslated, as it needs for quoted fields
+        with path.open(encoding="utf-8-sig", newline="") as f:  # a byte-order mark would join the first column's name
+            text = f.read()
     except UnicodeDecodeError as exc:
         raise ValueError(f"data file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    rows = []
     if kind == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
+        # not splitlines(): it also splits at U+2028, U+0085 ..., which JSON allows raw inside a string
+        for i, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line, object_pairs_hook=_unique_keys)  # a '\r' before '\n' is JSON whitespace
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"data file {path} line {i}: not JSON ({exc.msg})") from None
+                except ValueError as exc:  # a repeated key (_unique_keys)
+                    raise ValueError(f"data file {path} line {i}: {exc}") from None
                 if not isinstance(obj, dict):
                     raise ValueError(f"data file {path} line {i}: expected a JSON object per line")
                 rows.append(obj)
     else:
         quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(text.splitlines(), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
-        header = next(reader, None) or []
-        rows = []
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
+        header: list[str] | None = None
+        end = 0  # the line the previous record ended on: a quoted field may span lines
         for row in reader:
+            start, end = end + 1, reader.line_num
             if not row:
                 continue
+            if header is None:
+                header = row
+                twice = sorted({c for c in header if header.count(c) > 1})
+                if twice:  # dict(zip()) would keep the last one's values silently
+                    raise ValueError(f"data file {path} line {start}: the header names column {twice[0]!r} more "
+                                     f"than once ({', '.join(header)}); rename or drop the copies")
+                continue
             if len(row) != len(header):  # a stray delimiter would shift or drop a field silently
-                raise ValueError(f"data file {path} line {reader.line_num}: {len(row)} fields, the header has "
+                raise ValueError(f"data file {path} line {start}: {len(row)} fields, the header has "
                                  f"{len(header)} ({', '.join(header)})" + ("; quote fields that hold commas"
                                                                            if kind == ".csv" else ""))
             rows.append(dict(zip(header, row)))
     if not rows:
         raise ValueError(f"data file {path} has no data rows")
     return rows
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object_pairs_hook: the object as a dict; ValueError naming a key it repeats
+    (plain ``json.loads`` keeps the last value silently)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ValueError(f"key {key!r} appears more than once in one object")
+    return obj
 
 
 def _source_lines(source: str) -> list[str]:
@@ -166,35 +198,51 @@ def parse_texts(values: list[Any], key: str, column: str, where: str) -> list[st
     out: list[str] = []
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-            # in JSON's words: the values reach here from JSONL (the API's rows are written as JSONL)
-            kind = ("null" if v is None else "a boolean " + shown if isinstance(v, bool)
-                    else "a number " + shown if isinstance(v, (int, float))
-                    else "a list " + shown if isinstance(v, list) else "an object " + shown if isinstance(v, dict)
-                    else f"a {type(v).__name__} {shown}")
-            raise ValueError(f"{where}: {key} {column!r} (row {i + 1}) holds {kind}, not text; every value of a "
-                             "text column must be a string")
+            raise ValueError(f"{where}: {key} {column!r} (row {i + 1}) holds {describe_value(v)}, not text; every "
+                             "value of a text column must be a string")
         out.append(v.strip())
     return out
 
 
+def describe_value(v: Any) -> str:
+    """``v`` for an error message, in JSON's words where it is a JSON value (the values reach the
+    task from JSONL; the API's rows are written as JSONL): ``null``, ``a boolean True``, ``a number
+    7``, ``a list [...]``, ``an object {...}``, else its Python type (``a bytes b'good'``); the repr
+    is cut to 60 characters."""
+    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    return ("null" if v is None else "a boolean " + shown if isinstance(v, bool)
+            else "a number " + shown if isinstance(v, (int, float))
+            else "a list " + shown if isinstance(v, list) else "an object " + shown if isinstance(v, dict)
+            else f"a {type(v).__name__} {shown}")
+
+
 def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], where: str) -> list[float]:
-    """Labels as floats (regression) or class indices. A class label is an int, a string of one,
-    or a name in ``label2id``. Raises ValueError on the first label that is neither."""
+    """Labels as floats (regression) or class indices (classification), one per row.
+
+    A regression label is a finite number or a string of one. A class label is a whole number, a
+    string of one, or a name in ``label2id``. Raises ValueError naming ``where`` and the row (from 1)
+    on the first label that is neither, NaN, inf and booleans included (JSON's ``true`` / ``false``
+    are refused, as in a text column, rather than read as 1 / 0).
+    """
     out: list[float] = []
     for i, v in enumerate(values):
         try:
+            if isinstance(v, bool):  # float(True) would read it as 1.0
+                raise ValueError
             if regression:
-                out.append(float(v))
+                f = float(v)
+                if not math.isfinite(f):  # a NaN or inf label makes every correlation NaN
+                    raise ValueError
+                out.append(f)
             elif isinstance(v, str) and v.strip() in label2id:
                 out.append(label2id[v.strip()])
             else:
                 f = float(v)
-                if f != int(f):
+                if f != int(f):  # int(inf) is an OverflowError, int(nan) a ValueError
                     raise ValueError
                 out.append(int(f))
-        except (TypeError, ValueError):
-            kind = ("a number" if regression else f"a class index or one of {sorted(label2id)}" if label2id
+        except (TypeError, ValueError, OverflowError):
+            kind = ("a finite number" if regression else f"a class index or one of {sorted(label2id)}" if label2id
                     else "a class index (0, 1, ...; the model's config names no labels)")
             raise ValueError(f"{where}: label {v!r} (row {i + 1}) is not {kind}") from None
     return out

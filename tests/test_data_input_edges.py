@@ -1,0 +1,166 @@
+"""Edges of the user's data files and the API's rows: quoted line breaks, raw U+2028 in JSONL,
+duplicated columns, leading blank lines, and labels that are NaN, inf or booleans. Each is read as
+Python's csv / json modules read it, or refused with the file, the line or row, and the column."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sparsebench
+from profiler.errors import ConfigError
+from profiler.tasks.textdata import parse_labels, read_rows
+from sparsebench.api import jsonl_of
+from tests.tiny_family import save_tiny_model
+
+#: characters str.splitlines() breaks at but csv (outside \r, \n) and JSON strings keep
+LINE_BREAKS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))  # bytes: no newline translation on any platform
+    return path
+
+
+# ---- CSV / TSV ------------------------------------------------------------------------------------
+def test_a_quoted_csv_field_keeps_its_line_breaks_as_pythons_csv_reads_them(tmp_path):
+    texts = ["good\nmovie", "good\r\nmovie", "bad\rplot", *(f"a{c}b" for c in LINE_BREAKS)]
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *((t, i % 2) for i, t in enumerate(texts))])
+    with open(path, newline="", encoding="utf-8") as f:
+        expected = list(csv.DictReader(f))
+    rows = read_rows(path)
+    assert rows == expected
+    assert [r["text"] for r in rows] == texts  # the words stay apart: not 'goodmovie'
+
+
+def test_a_tsv_field_holding_a_unicode_line_separator_stays_one_field(tmp_path):
+    # TSV has quoting off: a U+2028 in a sentence is part of it, not the end of the row
+    sentence = "".join(f"a{c}b" for c in LINE_BREAKS)
+    rows = read_rows(_write(tmp_path / "d.tsv", f"sentence\tlabel\n{sentence}\t1\n"))
+    assert rows == [{"sentence": sentence, "label": "1"}]
+
+
+def test_a_row_with_a_wrong_field_count_names_the_line_it_starts_on(tmp_path):
+    path = _write(tmp_path / "d.csv", 'text,label\n"good\nmovie",1\n"so\nso",1,extra\n')
+    with pytest.raises(ValueError, match=r"d\.csv line 4: 3 fields, the header has 2 \(text, label\); quote fields"):
+        read_rows(path)
+
+
+def test_blank_lines_before_the_header_are_skipped_as_between_rows(tmp_path):
+    assert read_rows(_write(tmp_path / "d.csv", "\n\r\ntext,label\ngood movie,1\n\nbad plot,0\n")) == [
+        {"text": "good movie", "label": "1"}, {"text": "bad plot", "label": "0"}]
+    assert read_rows(_write(tmp_path / "d.tsv", "\ntext\tlabel\ngood movie\t1\n")) == [
+        {"text": "good movie", "label": "1"}]
+    # the skipped lines still count in the line numbers
+    with pytest.raises(ValueError, match=r"d\.csv line 3: 3 fields, the header has 2 \(text, label\)"):
+        read_rows(_write(tmp_path / "d.csv", "\ntext,label\ngood movie,1,x\n"))
+
+
+@pytest.mark.parametrize("name, text", [("d.csv", "text,label,label\ngood movie,1,0\n"),
+                                        ("d.tsv", "\ntext\tlabel\tlabel\ngood movie\t1\t0\n")])
+def test_a_header_that_names_a_column_twice_is_refused(tmp_path, name, text):
+    line = 2 if text.startswith("\n") else 1
+    with pytest.raises(ValueError, match=rf"{name} line {line}: the header names column 'label' more than once "
+                                         r"\(text, label, label\)"):
+        read_rows(_write(tmp_path / name, text))
+
+
+# ---- JSONL ----------------------------------------------------------------------------------------
+def test_a_jsonl_string_may_hold_raw_unicode_line_breaks(tmp_path):
+    raw = ["\u2028", "\u2029", "\x85"]  # the others of LINE_BREAKS are control characters: JSON escapes them
+    texts = [f"good{c}movie" for c in raw]
+    # ensure_ascii=False writes them raw, as most JSON writers other than Python's do
+    lines = [json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) for i, t in enumerate(texts)]
+    assert all(c in "".join(lines) for c in raw)
+    rows = read_rows(_write(tmp_path / "d.jsonl", "\r\n".join(lines) + "\r\n"))
+    assert [r["text"] for r in rows] == texts
+
+
+def test_a_jsonl_line_error_counts_lines_at_newlines_only(tmp_path):
+    path = _write(tmp_path / "d.jsonl", '{"text": "a\u2028b", "label": 1}\n\n{"text": "c", "label": \n')
+    with pytest.raises(ValueError, match=r"d\.jsonl line 3: not JSON"):
+        read_rows(path)
+
+
+def test_a_jsonl_object_that_repeats_a_key_is_refused(tmp_path):
+    path = _write(tmp_path / "d.jsonl", '{"text": "good", "label": 1}\n{"text": "bad", "label": 0, "label": 1}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl line 2: key 'label' appears more than once in one object"):
+        read_rows(path)
+
+
+# ---- labels -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity", "1e999", float("nan"), float("inf")])
+def test_a_regression_label_must_be_a_finite_number(value):
+    with pytest.raises(ValueError, match=rf"^d\.csv: label {re.escape(repr(value))} \(row 2\) is not a finite number$"):
+        parse_labels(["0.5", value], True, {}, "d.csv")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e999", float("inf"), "nan"])
+def test_an_infinite_class_label_is_not_a_class_index(value):
+    # int(float('inf')) is an OverflowError: it must not escape as a bare "failed to construct"
+    with pytest.raises(ValueError, match=r"^d\.csv: label .* \(row 2\) is not a class index \(0, 1, \.\.\.; the "
+                                         r"model's config names no labels\)$"):
+        parse_labels(["1", value], False, {}, "d.csv")
+
+
+@pytest.mark.parametrize("regression, kind", [(False, r"a class index or one of \['neg', 'pos'\]"),
+                                              (True, "a finite number")])
+def test_a_boolean_label_is_refused_not_read_as_1_or_0(tmp_path, regression, kind):
+    path = _write(tmp_path / "d.jsonl", '{"text": "good movie", "label": 1}\n{"text": "bad plot", "label": false}\n')
+    values = [r["label"] for r in read_rows(path)]
+    with pytest.raises(ValueError, match=rf"d\.jsonl: label False \(row 2\) is not {kind}$"):
+        parse_labels(values, regression, {"neg": 0, "pos": 1}, str(path))
+
+
+def test_finite_labels_still_parse():
+    assert parse_labels(["0.5", 2, "-1e3", 0.25], True, {}, "d.csv") == [0.5, 2.0, -1000.0, 0.25]
+    assert parse_labels(["1", 0, "2.0", " pos "], False, {"pos": 1}, "d.csv") == [1, 0, 2, 1]
+
+
+# ---- the Python API's rows ------------------------------------------------------------------------
+def test_api_rows_keep_numpy_scalars_and_refuse_bytes_naming_the_column_and_row():
+    assert jsonl_of([{"text": np.str_("good"), "label": np.int64(1), "score": np.float32(0.5)}], "eval_data") == \
+        '{"text": "good", "label": 1, "score": 0.5}\n'
+    for rows, where in (([{"text": "good", "label": 1}, {"text": b"bad plot", "label": 0}], "column 'text'"),
+                        ([{"text": "good", "label": 1}, {"text": ["bad", b"plot"], "label": 0}],
+                         "a value nested in a column")):
+        with pytest.raises(ConfigError, match=rf"^eval_data: {where} \(row 2\) holds a bytes b'.*', not text, a "
+                                              "number, a boolean or null"):
+            jsonl_of(rows, "eval_data")
+
+
+def test_profile_refuses_bytes_text_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train_data: column 'text' \(row 1\) holds a bytes b'good movie'"):
+        sparsebench.profile(str(tmp_path / "no-model-needed"), None, [{"text": "fine", "label": 1}],
+                            train_data=[{"text": b"good movie", "label": 1}], out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- through the CLI: a config error, exit 2, nothing run ----------------------------------------
+@pytest.mark.parametrize("num_labels, name, text, match", [
+    (1, "d.csv", "text,label\ngood movie,0.5\nbad plot,nan\n", r"d\.csv: label 'nan' \(row 2\) is not a finite number"),
+    (2, "d.csv", "text,label\ngood movie,inf\nbad plot,0\n", r"d\.csv: label 'inf' \(row 1\) is not a class index"),
+    (2, "d.jsonl", '{"text": "good movie", "label": true}\n', r"d\.jsonl: label True \(row 1\) is not a class index"),
+    (2, "d.csv", "text,label,label\ngood movie,1,0\n",
+     r"d\.csv line 1: the header names column 'label' more than once"),
+])
+def test_bad_labels_and_columns_are_a_config_error_exit_2(tmp_path, capsys, num_labels, name, text, match):
+    from profiler.cli import main
+
+    model = save_tiny_model(tmp_path / "m", "bert", num_labels=num_labels)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[tasks]]\nname = "text-classification"\nmodel = "{model}"\n'
+                   f'eval_file = "{_write(tmp_path / name, text)}"\n'
+                   + ('metric = "pearson"\n' if num_labels == 1 else "")
+                   + '[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n')
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid config" in err and "failed to construct" not in err
+    assert re.search(match, err), err
+    assert not (tmp_path / "runs").exists()

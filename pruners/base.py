@@ -240,6 +240,13 @@ def magnitude_masks(
     raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
 
 
+def check_rankable(*scores: torch.Tensor) -> None:
+    """ValueError if any of ``scores`` holds a NaN: it has no rank, and every selection (top-k,
+    N:M groups, thresholds, sampled cuts) would keep or drop it arbitrarily."""
+    if any(bool(torch.isnan(s).any()) for s in scores):
+        raise ValueError("scores contain NaN; cannot rank them (did training diverge?)")
+
+
 def _keep_mask(scores: torch.Tensor, k_zero: int) -> torch.Tensor:
     """Keep-mask (bool, shape of the 1-D ``scores``) that drops exactly the ``k_zero`` lowest
     scores; among equal scores at the cut the earliest positions are dropped (the order of a
@@ -252,8 +259,7 @@ def _keep_mask(scores: torch.Tensor, k_zero: int) -> torch.Tensor:
     keep = torch.ones_like(scores, dtype=torch.bool)
     if k_zero <= 0:
         return keep
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores contain NaN; cannot rank them (did training diverge?)")
+    check_rankable(scores)
     if k_zero >= n:
         return keep.fill_(False)
     # the k_zero-th smallest score, from whichever side of the cut is shorter

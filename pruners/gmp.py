@@ -285,6 +285,9 @@ class TrainingPruner(Pruner):
         if self.ema_decay >= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         self.start_step = int(round(self.start_frac * self.steps))
+        if self.start_step >= self.steps:  # no update inside the run: one prune after it, no recovery
+            raise ValueError(f"start_frac = {start_frac!r} starts pruning at step {self.start_step} of a "
+                             f"{self.steps}-step run: use a start_frac below {(self.steps - 0.5) / self.steps:.4g}")
         self.end_step = max(self.start_step + 1, int(round(self.end_frac * self.steps)))
         self.schedule = Cubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from pruners.base import _keep_mask
+from pruners.base import _keep_mask, check_rankable
 from pruners.scores import MovementScore
 
 #: per-layer floor of kept weights under one global threshold: int(MIN_KEEP · numel) + 1
@@ -55,6 +55,7 @@ def threshold_masks(scores: dict[str, torch.Tensor], tau: float, min_keep: float
     of best weights. ``tau`` in [0, 1) (0 keeps everything); ValueError otherwise."""
     if not 0.0 <= tau < 1.0:
         raise ValueError(f"tau must be in [0, 1), got {tau!r}")
+    check_rankable(*scores.values())
     cut = -math.inf if tau == 0.0 else math.log(tau / (1.0 - tau))
     out = {}
     for n, s in scores.items():
@@ -104,6 +105,7 @@ class Sampler:
         sample would cover ``flat``), or None when the sampled cut misses the target by more
         than 4 sampling standard deviations (the caller then selects exactly)."""
         n = flat.numel()
+        check_rankable(flat)
         if k_zero <= 0 or k_zero >= n or m >= n:
             return _keep_mask(flat, k_zero)
         s = k_zero / n

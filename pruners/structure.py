@@ -4,7 +4,8 @@ Given per-layer scores (higher = more important; same shape as the weight, ``(ou
 target sparsity, :meth:`Structure.masks` returns boolean keep-masks:
 
 * ``"unstructured"`` — single weights. ``scope="layer"``: each matrix loses exactly
-  ``round(s · numel)`` lowest-score entries; ``scope="global"``: one ranking over all matrices.
+  ``round(s · numel)`` lowest-score entries (at most ``numel − 1``: a sparsity just below 1 never
+  empties a small layer); ``scope="global"``: one ranking over all matrices.
 * ``"RxC"`` blocks, e.g. ``"1x4"`` (4 consecutive inputs of one output row) or ``"4x1"`` (4
   consecutive output rows of one input column). A block's score is the sum of its entries' scores
   (L1 norm for magnitude); exactly ``round(s · n_blocks)`` blocks are dropped per layer (or over
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pruners.base import _keep_mask
+from pruners.base import _keep_mask, check_rankable
 
 STRUCTURE_HELP = "'unstructured', a block 'RxC' such as '1x4' or '4x1', or 'N:M' such as '2:4'"
 SCOPES = ("layer", "global")
@@ -85,11 +86,14 @@ class Structure:
             raise ValueError(f"min_keep must be in [0, 1), got {min_keep!r}")
         for name, s in scores.items():
             self.check_shape(name, s.shape)
+        check_rankable(*scores.values())
         if self.kind == "nm":
             return {n: self._nm(s, sparsity) for n, s in scores.items()}
         pooled = {n: self._pool(s.float()) for n, s in scores.items()}
         if scope == "layer":
-            keep = {n: _keep_mask(p.flatten(), int(round(sparsity * p.numel()))).view_as(p) for n, p in pooled.items()}
+            # at most numel - 1 groups: a sparsity just below 1 must not empty a small layer (cut the network)
+            keep = {n: _keep_mask(p.flatten(), min(int(round(sparsity * p.numel())), p.numel() - 1)).view_as(p)
+                    for n, p in pooled.items()}
         else:
             keep = _global_keep(pooled, sparsity, min_keep)
         return {n: self._expand(m) for n, m in keep.items()}

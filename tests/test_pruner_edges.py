@@ -1,0 +1,49 @@
+"""Edge inputs of the mask selection and the GMP schedule: NaN scores refused on every selection
+path, a sparsity just below 1 that keeps one group per layer, a start step past the run."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruners.movement_masks import Sampler, threshold_masks
+from pruners.structure import parse_structure
+
+
+def _scores():
+    s = torch.rand(8, 16, generator=torch.Generator().manual_seed(0))
+    s[2, 5] = float("nan")
+    return {"layer": s}
+
+
+@pytest.mark.parametrize("spec", ["unstructured", "1x4", "2:4"])
+def test_nan_scores_are_refused_by_every_structure(spec):
+    structure = parse_structure(spec)
+    sparsity = 0.5
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        structure.masks(_scores(), sparsity)
+
+
+def test_nan_scores_are_refused_by_thresholds_and_sampled_cuts():
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        threshold_masks(_scores(), 0.5)
+    flat = torch.rand(100_000, generator=torch.Generator().manual_seed(1))
+    flat[7] = float("nan")
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        Sampler(0).cut(flat, 50_000, 1_000)
+
+
+@pytest.mark.parametrize("spec", ["unstructured", "4x4"])
+def test_a_sparsity_just_below_one_keeps_a_group_of_each_layer(spec):
+    scores = {"a": torch.rand(8, 8), "b": torch.rand(16, 8)}
+    keep = parse_structure(spec).masks(scores, 0.999)
+    group = 1 if spec == "unstructured" else 16
+    assert {n: int(m.sum()) for n, m in keep.items()} == {"a": group, "b": group}
+
+
+def test_a_start_step_past_the_run_is_refused():
+    from pruners.gmp import GMPPruner
+
+    GMPPruner(sparsity=0.5, steps=10, start_frac=0.94, end_frac=1.0)  # starts at step 9: one update inside the run
+    with pytest.raises(ValueError, match=r"start_frac = 0.96 starts pruning at step 10 of a 10-step run: use a "
+                                         r"start_frac below 0.95"):
+        GMPPruner(sparsity=0.5, steps=10, start_frac=0.96, end_frac=1.0)

@@ -165,14 +165,17 @@ def attention_kl(student: Sequence[Sequence[torch.Tensor]], teacher: Sequence[Se
 
 class AttentionTap:
     """Forward hooks that keep the query, key and value projections of every self-attention layer
-    of a BERT-family model (modules with ``query``, ``key`` and ``value`` submodules, in model
-    order) during the passes inside ``with tap:``; :attr:`outputs` then holds, per layer, the
-    (query, key, value) outputs of the last pass, each (batch, seq, hidden), with their autograd
-    graph. Raises ValueError for a model without such layers."""
+    of a BERT-family model (modules with ``query``, ``key`` and ``value`` submodules, or
+    DistilBERT's ``q_lin``, ``k_lin`` and ``v_lin``, in model order) during the passes inside
+    ``with tap:``; :attr:`outputs` then holds, per layer, the (query, key, value) outputs of the last
+    pass, each (batch, seq, hidden), with their autograd graph. Raises ValueError for a model
+    without such layers."""
+
+    NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [(m.query, m.key, m.value) for m in model.modules()
-                       if all(isinstance(getattr(m, a, None), nn.Module) for a in ("query", "key", "value"))]
+        self.layers = [tuple(getattr(m, a) for a in names) for m in model.modules() for names in self.NAMES
+                       if all(isinstance(getattr(m, a, None), nn.Module) for a in names)]
         if not self.layers:
             raise ValueError(f"attention distillation needs self-attention layers with query / key / value "
                              f"projections; {type(model).__name__} has none")

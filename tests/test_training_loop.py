@@ -486,3 +486,17 @@ def test_ensemble_run_is_the_same_whether_its_members_were_cached_or_not(tmp_pat
 
     first, second = pruned(), pruned()  # the member fine-tuned, then loaded from the cache
     assert all(torch.equal(v, second[k]) for k, v in first.items())
+
+
+def test_attention_tap_finds_distilberts_projections(tmp_path):
+    """DistilBERT names its projections q_lin / k_lin / v_lin: tapped like BERT's query / key / value."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.tiny_family import save_tiny_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(save_tiny_model(tmp_path / "d", "distilbert"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    with AttentionTap(model) as tap:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert len(tap.outputs) == model.config.num_hidden_layers
+    assert all(x is not None and x.shape == (2, 7, model.config.dim) for qkv in tap.outputs for x in qkv)

@@ -21,7 +21,11 @@ def _wordpiece_tokenizer(folder: Path):
 
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(SPECIALS_BERT + WORDS + ["##s", "##ly"]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # from the folder: transformers 5 ignores vocab_file= here (every word then maps to [UNK])
+    tok = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    if len(tok) < len(WORDS):
+        raise RuntimeError(f"the tiny WordPiece tokenizer did not load its vocabulary ({len(tok)} tokens)")
+    return tok
 
 
 def _bpe_tokenizer(folder: Path):

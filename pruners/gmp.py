@@ -533,10 +533,10 @@ class TrainingPruner(Pruner):
             if run.checkpoints is not None and run.checkpoints.due(step + 1, self.steps):
                 run.checkpoints.save(self._checkpoint_state(run, step + 1))
             if run.progress:
-                run.progress(step + 1, self.steps, recent[-1], masks.sparsity)
+                run.progress(step + 1, self.steps, recent[-1], masks.achieved)
             if (step + 1) % 50 == 0 or step + 1 == self.steps:
                 log.info("%s step %d/%d loss %.4f (mean of last %d) sparsity %.4f %.0fs", self.name, step + 1, self.steps,
-                         sum(recent) / len(recent), len(recent), masks.sparsity, clock.wall_s)
+                         sum(recent) / len(recent), len(recent), masks.achieved, clock.wall_s)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def loop_state(self, score: Score, masks: MaskSet) -> dict[str, Any]:

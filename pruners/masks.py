@@ -40,6 +40,9 @@ class MaskSet:
             n: torch.ones_like(lin.weight, dtype=torch.bool) for n, lin in self.layers.items()
         }
         self.sparsity: float = 0.0  # the target of the last update (schedule value)
+        #: fraction of the targeted weights the masks drop now (what progress and logs show: soft
+        #: thresholds and N:M groups can stand far from the schedule's target)
+        self.achieved: float = 0.0
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: lin.weight for n, lin in self.layers.items()}
@@ -55,6 +58,7 @@ class MaskSet:
             self.masks[n] = m.to(self.layers[n].weight.device)
         if sparsity is not None:
             self.sparsity = float(sparsity)
+        self.achieved = self._dropped()
         self.apply()
         if optimizer is not None:
             self.mask_optimizer_state(optimizer)
@@ -69,6 +73,7 @@ class MaskSet:
         self.masks.update(masks)
         if sparsity is not None:
             self.sparsity = float(sparsity)
+        self.achieved = self._dropped()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"masks", "sparsity"}``: the keep-masks (the tensors themselves, not copies) and the
@@ -81,6 +86,11 @@ class MaskSet:
         self._check(state["masks"])
         self.masks = dict(state["masks"])
         self.sparsity = float(state["sparsity"])
+        self.achieved = self._dropped()
+
+    def _dropped(self) -> float:
+        total = sum(m.numel() for m in self.masks.values())
+        return 1.0 - sum(int(torch.count_nonzero(m)) for m in self.masks.values()) / total if total else 0.0
 
     def _check(self, masks: dict[str, torch.Tensor]) -> None:
         if set(masks) != set(self.masks):

@@ -62,7 +62,8 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
     seen = []
     p = cls(steps=10, update_every=2, batch_size=8, **kw)
     rep = p.prune(model, task, progress=lambda step, total, loss, sparsity: seen.append((step, total, sparsity)))
-    assert seen[-1][:2] == (10, 10) and seen[-1][2] == kw["sparsity"]
+    # the masks' own sparsity (each layer rounds its count of zeros): the target within rounding
+    assert seen[-1][:2] == (10, 10) and seen[-1][2] == pytest.approx(kw["sparsity"], abs=1e-4)
     assert [s for _, _, s in seen] == sorted(s for _, _, s in seen)  # sparsity only grows
     total = sum(l.weight.numel() for l in prunable_linears(model).values())
     if kw.get("scope", "layer") == "layer" and kw.get("variant") != "soft":
@@ -249,7 +250,8 @@ def test_runner_trains_caches_and_reports(tmp_path):
         matrix={"batch_size": [1], "seq_len": [16], "threads": [1]},
     ))
     Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", reporter=Rec()).run()
-    assert any(label.startswith("pruning gmp") and a[0] == 6 and a[3] == 0.9 for label, a in Rec.calls)
+    assert any(label.startswith("pruning gmp") and a[0] == 6 and a[3] == pytest.approx(0.9, abs=1e-4)
+               for label, a in Rec.calls)
     [saved] = list((tmp_path / "cache" / "pruned").iterdir())
     import json
 

@@ -47,3 +47,15 @@ def test_a_start_step_past_the_run_is_refused():
     with pytest.raises(ValueError, match=r"start_frac = 0.96 starts pruning at step 10 of a 10-step run: use a "
                                          r"start_frac below 0.95"):
         GMPPruner(sparsity=0.5, steps=10, start_frac=0.96, end_frac=1.0)
+
+
+def test_progress_shows_the_sparsity_the_masks_reach():
+    """N:M below its final level drops whole steps of its groups: the masks, not the schedule's value,
+    say what the model holds."""
+    from pruners.masks import MaskSet
+
+    lin = torch.nn.Linear(8, 4)
+    masks = MaskSet({"l": lin})
+    keep = parse_structure("2:4").masks({"l": torch.rand(4, 8)}, 0.44)  # each group drops 2 of 4 already
+    masks.update(keep, sparsity=0.44)
+    assert masks.sparsity == 0.44 and masks.achieved == 0.5

@@ -232,7 +232,7 @@ def test_gradual_obs_with_distillation_end_to_end(tiny):
     rep = p.prune(model, task, progress=lambda step, total, loss, s: seen.append(s))
     # pruning steps 0 (sparsity 0: skipped), 2, 4, 6 (the end step)
     assert rep.notes["fisher_passes"] == 3 and len(rep.notes["predicted_loss_increase"]) == 3
-    assert seen == sorted(seen) and seen[-1] == 0.8
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(0.8, abs=1e-4)  # the masks: layers round
     for name, ls in rep.per_layer.items():
         assert ls.zeros == round(0.8 * ls.numel), name
     assert rep.notes["distillation"] == {"temperature": 2.0, "alpha": 0.9, "hidden_weight": 0.0, "attention_weight": 0.0,

@@ -4,6 +4,7 @@
  */
 #include "sk_py.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -83,7 +84,19 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
         return -1;
     }
     const int64_t S = a->S, H = a->H, H3 = 3 * a->H, dh = a->dh, nwork = a->B * a->heads;
+    /* int8: which sequences hold NaN or inf (one contiguous pass each); only their heads get
+     * sk_attn8_nan's rows */
+    unsigned char *bad = a->int8 ? (unsigned char *)calloc((size_t)a->B, 1) : NULL;
+    if (a->int8 && !bad) {
+        sk_ws_give(scr, scr_n);
+        PyErr_NoMemory();
+        return -1;
+    }
     Py_BEGIN_ALLOW_THREADS
+    if (bad) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < a->B; b++) bad[b] = (unsigned char)sk_any_nonfinite(a->qkv + b * S * H3, S * H3);
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t w = 0; w < nwork; w++) {
         float *s = scr + (int64_t)sk_thread_num() * per;
@@ -92,9 +105,10 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
         const float *kb = a->kb ? a->kb + b * S : NULL;
         float *o = a->out + b * S * H + h * dh;
         head(base, base + H, base + 2 * H, H3, S, dh, a->scale, kb, o, H, s);
-        if (a->int8) sk_attn8_nan(base, base + H, base + 2 * H, H3, 1, S, dh, kb, o, H);
+        if (bad && bad[b]) sk_attn8_nan(base, base + H, base + 2 * H, H3, 1, S, dh, kb, o, H);
     }
     Py_END_ALLOW_THREADS
+    free(bad);
     sk_ws_give(scr, scr_n);
     return 0;
 }

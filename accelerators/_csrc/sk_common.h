@@ -343,6 +343,8 @@ void sk_attn_head_int8_cm_generic(const float *q, const float *k, const float *v
  * v at i * rs + d * cs. */
 void sk_attn8_nan(const float *q, const float *k, const float *v, int64_t rs, int64_t cs, int64_t S, int64_t dh,
                   const float *kb, float *o, int64_t ldo);
+/* whether the n contiguous floats at x hold NaN or inf (one branch-free pass) */
+int sk_any_nonfinite(const float *x, int64_t n);
 #ifdef SK_HAVE_X86
 /* AVX-512 fp32 kernels (defined in sk_avx512.c), shared by the avx512 and vnni tables. */
 void sk_avx512_tile_fp32(int bh, const sk_segs *sg, const float *xt, const sk_tiling *tl, float *scratch, int64_t lds);

@@ -271,6 +271,17 @@ static int any_nonfinite(const float *x, int64_t n, int64_t st)
 #if defined(SK_HAVE_X86) && defined(__linux__)
 __attribute__((target_clones("avx2", "default")))
 #endif
+int sk_any_nonfinite(const float *x, int64_t n)
+{
+    const uint32_t *b = (const uint32_t *)(const void *)x;
+    uint32_t acc = 0;
+    for (int64_t i = 0; i < n; i++) acc |= (b[i] & 0x7f800000u) + 0x00800000u;
+    return (acc & 0x80000000u) != 0;
+}
+
+#if defined(SK_HAVE_X86) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 static int head_nonfinite(const float *q, const float *k, const float *v, int64_t outer, int64_t inner, int64_t os)
 {
     uint32_t acc = 0;

@@ -7,6 +7,7 @@
  * quantized per token into an int8 Y, so one layer's INT8 output feeds the next.
  */
 #include "sk_py.h"
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -499,6 +500,9 @@ typedef struct {
     int64_t acc_stride;
     float *ascr, *amid;  /* per thread: attention head scratch; mid_int8's ranges (not used) */
     int64_t ascr_stride, amid_stride;
+    /* |q|, |k|, |v| <= sx_max * wbound + bmax (an exact int32 sum of at most 127 * 127 * n_in):
+     * a block whose bound is finite holds no NaN or inf, and skips sk_attn8_nan's pass */
+    float wbound, bmax;
 } qkva_job;
 
 /* whether the threads sharing a block can each take whole heads: q, k and v rows of every head
@@ -543,13 +547,16 @@ static void qkva_block(const qkva_job *Q, int tid, int nthr, int64_t s0, int64_t
         int8_rows_mid(J, &tl, xq, acc, t0, nb, 0, m->nchunks, SK_ACT_NONE, amid);
     }
     float *ascr = Q->ascr + (int64_t)sk_thread_num() * Q->ascr_stride;
+    float sx_max = 0.0f; /* NaN (a non-finite token) as +inf */
+    for (int64_t t = t0; t < t0 + nb; t++) sx_max = (J->sx[t] > sx_max || J->sx[t] != J->sx[t]) ? J->sx[t] : sx_max;
+    const int check = !(sx_max * Q->wbound + Q->bmax <= SK_RANGE_MAX);
     for (int64_t s = 0; s < s1 - s0; s++)
         for (int64_t h = h0; h < h1; h += hstep) {
             const float *qr = (const float *)acc + h * dh * lds + s * S;
             const float *kb = Q->kb ? Q->kb + (s0 + s) * S : NULL;
             float *o = Q->out + (s0 + s) * S * H + h * dh;
             Q->J.c->kt->attn_head_int8_cm(qr, qr + H * lds, qr + 2 * H * lds, lds, S, dh, Q->scale, kb, o, H, ascr);
-            sk_attn8_nan(qr, qr + H * lds, qr + 2 * H * lds, 1, lds, S, dh, kb, o, H);
+            if (check) sk_attn8_nan(qr, qr + H * lds, qr + 2 * H * lds, 1, lds, S, dh, kb, o, H);
         }
 }
 
@@ -589,6 +596,14 @@ static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObjec
     if (get_amax(&c->bufs, NULL, J, x_amax, Py_None, c->out, NULL, 1, 1, c->T) < 0) return -1;
     /* contents checked after the last acquisition: a buffer export (__buffer__) runs Python code */
     if (Q->kb && sk_check_key_bias_values(Q->kb, c->T) < 0) return -1;
+    float sw_max = 0.0f;
+    for (int64_t o = 0; o < m->n_out; o++) sw_max = m->wscale[o] > sw_max ? m->wscale[o] : sw_max; /* finite: pack */
+    Q->wbound = 127.0f * 127.0f * (float)m->n_in * sw_max;
+    Q->bmax = 0.0f;
+    for (int64_t o = 0; c->bias && o < m->n_out; o++) {
+        const float b = fabsf(c->bias[o]);
+        Q->bmax = (b > Q->bmax || b != b) ? b : Q->bmax;
+    }
     if (c->T == 0 || Q->H == 0) return 0;
     const int64_t T = c->T, Tp = sk_round_up(T, 16), nq = (m->n_in + 3) / 4;
     Q->spb = Q->S <= 128 ? 128 / Q->S : 1;

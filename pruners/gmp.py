@@ -285,7 +285,8 @@ class TrainingPruner(Pruner):
         if self.ema_decay >= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         self.start_step = int(round(self.start_frac * self.steps))
-        if self.start_step >= self.steps:  # no update inside the run: one prune after it, no recovery
+        if self.start_step >= self.steps:  # the schedule would start after the run (an end_frac = 1 prune that
+            # follows the last step is a schedule of its own, kept: its update still lies at end_step)
             raise ValueError(f"start_frac = {start_frac!r} starts pruning at step {self.start_step} of a "
                              f"{self.steps}-step run: use a start_frac below {(self.steps - 0.5) / self.steps:.4g}")
         self.end_step = max(self.start_step + 1, int(round(self.end_frac * self.steps)))

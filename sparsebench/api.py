@@ -85,6 +85,8 @@ def _axis(name: str, value: Any) -> Any:
     def plain(v: Any) -> Any:  # np.int64(8), np.arange(1, 3)'s items: the config wants int
         return operator.index(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
 
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.array(8), torch.tensor(8): one value
+        value = value.item()
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [plain(value)]
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):

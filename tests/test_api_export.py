@@ -115,6 +115,8 @@ def test_profile_names_its_arguments_in_errors_and_takes_a_scalar_axis(tmp_path)
     df = sparsebench.profile(str(folder), None, [{"text": a, "label": y} for a, _, y in sentences(4)],
                              batch_size=np.int64(2), seq_len=np.arange(8, 9), measure=FAST, meter={"name": "estimate"})
     assert list(df["batch_size"]) == [2] and list(df["seq_len"]) == [8]
+    with pytest.raises(ConfigError, match="batch_size"):  # a 0-d array is one value, checked as any other
+        sparsebench.profile(str(folder), None, [{"text": "good", "label": 1}], batch_size=np.array(0.5))
 
 
 def test_profile_takes_one_pruner_accelerator_or_meter_without_a_list(tmp_path):

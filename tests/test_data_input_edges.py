@@ -164,3 +164,15 @@ def test_bad_labels_and_columns_are_a_config_error_exit_2(tmp_path, capsys, num_
     assert "invalid config" in err and "failed to construct" not in err
     assert re.search(match, err), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unclosed_quote_is_named_as_such(tmp_path):
+    """The csv module swallows the rest of the file into the quoted field: the record is then one
+    field long and spans lines, which the message says."""
+    from profiler.tasks.textdata import read_rows
+
+    path = tmp_path / "open.csv"
+    path.write_text('text,label\n"good\nmovie,1\nbad plot,0\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: 1 field, the header has 2 \(text, label\); a quote opened on "
+                                         r"line 2 may not be closed \(the record runs to line 4\)"):
+        read_rows(path)

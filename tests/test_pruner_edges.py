@@ -43,7 +43,7 @@ def test_a_sparsity_just_below_one_keeps_a_group_of_each_layer(spec):
 def test_a_start_step_past_the_run_is_refused():
     from pruners.gmp import GMPPruner
 
-    GMPPruner(sparsity=0.5, steps=10, start_frac=0.94, end_frac=1.0)  # starts at step 9: one update inside the run
+    GMPPruner(sparsity=0.5, steps=10, start_frac=0.94, end_frac=1.0)  # starts at step 9, inside the run
     with pytest.raises(ValueError, match=r"start_frac = 0.96 starts pruning at step 10 of a 10-step run: use a "
                                          r"start_frac below 0.95"):
         GMPPruner(sparsity=0.5, steps=10, start_frac=0.96, end_frac=1.0)

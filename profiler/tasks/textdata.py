@@ -104,9 +104,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                                      f"than once ({', '.join(header)}); rename or drop the copies")
                 continue
             if len(row) != len(header):  # a stray delimiter would shift or drop a field silently
-                raise ValueError(f"data file {path} line {start}: {len(row)} fields, the header has "
-                                 f"{len(header)} ({', '.join(header)})" + ("; quote fields that hold commas"
-                                                                           if kind == ".csv" else ""))
+                hint = ("" if kind != ".csv" else
+                        f"; a quote opened on line {start} may not be closed (the record runs to line {end})"
+                        if end > start and len(row) < len(header) else "; quote fields that hold commas")
+                raise ValueError(f"data file {path} line {start}: {len(row)} field{'s' if len(row) != 1 else ''}, "
+                                 f"the header has {len(header)} ({', '.join(header)}){hint}")
             rows.append(dict(zip(header, row)))
     if not rows:
         raise ValueError(f"data file {path} has no data rows")

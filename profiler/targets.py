@@ -162,6 +162,13 @@ def default_targets(nodes: list[NodeInfo]) -> dict[str, dict[str, str]]:
     return {v: {TARGET_LABEL: v} for v in values}
 
 
+def dead_only_targets(nodes: list[NodeInfo]) -> list[str]:
+    """Values of :data:`TARGET_LABEL` that only dead nodes carry (what :func:`default_targets`
+    leaves out), sorted."""
+    live = {n.labels.get(TARGET_LABEL) for n in nodes if n.alive}
+    return sorted({n.labels[TARGET_LABEL] for n in nodes if not n.alive and TARGET_LABEL in n.labels} - live)
+
+
 def resolve_targets(declared: Mapping[str, dict[str, str]], nodes: list[NodeInfo]) -> dict[str, Target]:
     """Each declared target with its whole-node reservation. A target no node of the cluster has
     ever matched (live or dead) is an unknown label: ConfigError naming it and the labels present.

@@ -204,3 +204,48 @@ def test_a_worker_keeps_models_of_equal_size_but_other_bytes_apart():
     same = ray_node.ModelPayload("p", dict(a.files), {}, {"host": "h"})
     assert a.key != b.key and a.key == same.key
     assert ray_node.ModelPayload("q", dict(a.files), {}, {"host": "h"}).key != a.key
+
+
+@pytest.mark.parametrize("value, words", [
+    ("garbage", ["RAY_ADDRESS: 'garbage' is not HOST:PORT"]),
+    ("http://127.0.0.1:8265", ["RAY_ADDRESS: 'http://127.0.0.1:8265' is not HOST:PORT"]),
+    ("ray://127.0.0.1:10001", ["RAY_ADDRESS: ray://127.0.0.1:10001 is a Ray Client address"]),
+])
+def test_a_ray_address_ray_cannot_parse_from_the_environment_fails_cleanly(config_file, tmp_path, capsys, monkeypatch,
+                                                                            value, words):
+    require_ray()
+    monkeypatch.setenv("RAY_ADDRESS", value)
+    assert main(["run", str(config_file), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err, err
+    assert _no_run_dir(tmp_path)
+
+
+def _serve_once(reply: bytes):
+    """A loopback TCP server that answers its first connection with ``reply``; its address."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def answer():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(64)
+            conn.sendall(reply)
+        srv.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"127.0.0.1:{srv.getsockname()[1]}"
+
+
+def test_a_port_that_is_not_a_ray_head_fails_in_seconds_not_minutes():
+    """ray.init would retry a handshake with the dashboard (HTTP/1) or any other service for minutes;
+    the GCS speaks gRPC, whose HTTP/2 server answers the preface with a SETTINGS frame."""
+    from profiler.errors import ConfigError
+    from profiler.executors.ray_cluster import check_reachable
+
+    with pytest.raises(ConfigError, match=r"--address: 127.0.0.1:\d+ answers but is not a Ray head"):
+        check_reachable(_serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+    check_reachable(_serve_once(bytes([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])))  # an HTTP/2 SETTINGS frame

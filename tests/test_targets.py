@@ -12,8 +12,8 @@ from profiler.errors import ConfigError
 from profiler.executors.ray_driver import plan_units
 from profiler.results import NO_LIVE_NODE, cells_to_run, read_results, rewrite_without
 from profiler.runner import interleave_key
-from profiler.targets import (NodeInfo, RaySettings, TargetWatch, default_targets, live_targets, resolve_targets,
-                              selector_matches)
+from profiler.targets import (NodeInfo, RaySettings, TargetWatch, dead_only_targets, default_targets, live_targets,
+                              resolve_targets, selector_matches)
 from tests.conftest import tiny_config
 
 
@@ -70,6 +70,8 @@ def test_selectors_follow_rays_semantics():
 def test_default_targets_are_the_label_values_of_live_nodes():
     nodes = [node("spr"), node("zen5"), node("spr"), node("arm", alive=False), node(None, zone="eu")]
     assert default_targets(nodes) == {"spr": {"sparsebench.target": "spr"}, "zen5": {"sparsebench.target": "zen5"}}
+    # left out, so the driver warns about it: a dead "spr" node beside live ones is no such label
+    assert dead_only_targets([*nodes, node("spr", alive=False)]) == ["arm"]
     with pytest.raises(ConfigError) as exc:
         default_targets([node(None, zone="eu"), node("spr", alive=False)])
     assert "no live node" in str(exc.value) and "zone: eu" in str(exc.value) and "--labels=sparsebench.target=" in str(exc.value)

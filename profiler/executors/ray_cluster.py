@@ -29,8 +29,11 @@ def resolve_address(address: str | None) -> str:
     """The cluster's ``HOST:PORT``: ``address`` itself, or for None / ``"auto"`` the one Ray would
     use (``RAY_ADDRESS``, else the cluster last started on this machine with ``ray start``).
     Raises ConfigError for a Ray Client address or when there is no cluster to find."""
-    if address and address.startswith("ray://"):
-        raise ConfigError(f"--address: {address} is a Ray Client address, which sparsebench does not use; run "
+    env = os.environ.get("RAY_ADDRESS", "")
+    given_by = "RAY_ADDRESS" if address in (None, "auto") and env else "--address"
+    shown = env if given_by == "RAY_ADDRESS" else address
+    if shown and shown.startswith("ray://"):
+        raise ConfigError(f"{given_by}: {shown} is a Ray Client address, which sparsebench does not use; run "
                           "sparsebench on a node of the cluster (e.g. the head) with --address HEAD_IP:6379")
     if address and address != "auto":
         return address
@@ -38,6 +41,9 @@ def resolve_address(address: str | None) -> str:
 
     try:
         found = canonicalize_bootstrap_address(address or "auto")
+    except ValueError as exc:  # Ray's parser: "garbage", "http://HOST:8265" (a Jobs address), "HOST" alone
+        raise ConfigError(f"{given_by}: {shown!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379): "
+                          f"{exc}") from None
     except ConnectionError as exc:
         found, why = None, str(exc)
     else:
@@ -55,11 +61,35 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S, given_by
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{given_by}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+            speaks = speaks_http2(sock)
     except OSError as exc:
         raise ConfigError(f"{given_by}: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
                           "started (`ray start --head`) and the port open from here?") from None
+    if not speaks:  # ray.init would retry the handshake for minutes, printing only Ray's own log lines
+        raise ConfigError(f"{given_by}: {address} answers but is not a Ray head (its GCS speaks gRPC; this port "
+                          "does not: the dashboard's 8265 or another service?); give the GCS port, 6379 by default")
+
+
+#: an HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113, sections 3.4 and 6.5)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def speaks_http2(sock: socket.socket) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 preface with a SETTINGS frame (frame type 4
+    in the first 9-byte header), as every gRPC server, Ray's GCS among them, does; an HTTP/1
+    server answers with text or closes. Times out with the socket's timeout (False)."""
+    try:
+        sock.sendall(HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:
+        return False
+    return head[3] == 4
 
 
 def connect(address: str | None) -> Any:

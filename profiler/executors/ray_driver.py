@@ -49,7 +49,8 @@ from profiler.rundir import RESULTS, target_dir
 from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, TASK_FINGERPRINTS, Reporter, Runner, RunDirLock, base_row,
                              check_inputs_unchanged, interleave_key, known_metrics, manifest_base, read_idle_power,
                              read_run_json, references_to_retime, task_fingerprints)
-from profiler.targets import Target, TargetWatch, default_targets, live_targets, resolve_targets
+from profiler.targets import (TARGET_LABEL, Target, TargetWatch, dead_only_targets, default_targets, live_targets,
+                              resolve_targets)
 
 @dataclass
 class Unit:
@@ -127,6 +128,10 @@ class RayExecutor:
                 raise ConfigError(f"--resume: {resume_dir} has no targets in its manifest (not a Ray run directory)")
         else:
             declared = self.cfg.targets or default_targets(nodes)
+            for value in [] if self.cfg.targets else dead_only_targets(nodes):
+                self.reporter.message(f"warning: label {TARGET_LABEL}={value} is carried by dead nodes only: not a "
+                                      f"target of this run (list [targets] {value} = \"{value}\" to wait for it and "
+                                      "run its cells when it is back, with --resume)")
         pending = {}
         for name, sel in declared.items():
             tr = TargetRun(Target(name, sel), target_dir(resume_dir, name) if resume_dir else Path())

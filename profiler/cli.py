@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     except ConfigError as exc:
         what = "cannot resume" if args.resume else "cannot run" if isinstance(exc, SetupError) else "invalid config"
-        print(f"sparsebench: {what}: {exc}", file=sys.stderr)
+        text = str(exc).removeprefix("--resume: ") if args.resume else str(exc)  # said once
+        print(f"sparsebench: {what}: {text}", file=sys.stderr)
         return 2
     previous_sigterm = (signal.signal(signal.SIGTERM, _on_sigterm)
                         if threading.current_thread() is threading.main_thread() else None)
@@ -147,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from profiler.config import expand
 
         with RichReporter() as rep:
-            where = f" on {len(executor.runs)} targets" if executor else ""
+            n = len(executor.runs) if executor else 0
+            where = f" on {n} target{'s' if n != 1 else ''}" if executor else ""
             rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells{where})")
             if executor is not None:
                 executor.reporter = rep
@@ -521,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
-    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in RUN_DIR/results.jsonl")
+    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl)")
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
     r.add_argument("--output-dir", type=path_arg, help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", type=path_arg, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")

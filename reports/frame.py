@@ -363,7 +363,8 @@ def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -
                 f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
     method = x.get("energy_method")
     how = f" ({method})" if isinstance(method, str) and method and method != "measured" else ""
-    joules = f" and {m:.2f}× fewer joules{how}" if is_number(m) else " (energy not comparable)"
+    joules = (" (energy not comparable)" if not is_number(m) or m <= 0 else f" and {m:.2f}× fewer joules{how}"
+              if m >= 1 else f" but {1 / m:.2f}× more joules{how}")
     return (f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
                f"{n:.2f}× lower latency{joules} than the fastest dense engine "
                f"({y.get('accelerator_label') or y['accelerator']}).")

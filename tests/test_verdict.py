@@ -114,3 +114,14 @@ def test_a_lead_inside_the_noise_is_no_winner():
     assert "none is measurably faster than the dense engines" in v and "0.996" not in v and "1.00–1.01×" in v
     (v,) = verdicts(add_savings(frame(1.01, 1.02)))
     assert "fastest configuration that keeps ≥ 99% of the dense accuracy: magnitude-50 + torch-fp32" in v
+
+
+def test_a_faster_configuration_that_costs_joules_says_more_not_fewer():
+    """0.95× fewer joules would read as a saving: a factor below 1 is said as more joules."""
+    df = pd.DataFrame([
+        row("none", "torch-fp32", 0.040, 0.90, energy=1.0),
+        row("magnitude-90", "sparse-int8", 0.020, 0.90, precision="int8", energy=1.25),
+    ])
+    (v,) = verdicts(add_savings(df))
+    assert "2.00× lower latency but 1.25× more joules (estimated) than the fastest dense engine" in v
+    assert "fewer joules" not in v

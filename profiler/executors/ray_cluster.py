@@ -1,6 +1,7 @@
-"""Connecting the driver to a Ray cluster, with every failure a :class:`ConfigError` raised before
-any work: Ray not installed, a Ray Client address, an address nothing answers on, a cluster that
-refuses the connection."""
+"""Connecting the driver to a Ray cluster, with every failure raised before any work: a
+:class:`ConfigError` for Ray not installed or an address that is no HOST:PORT (a Ray Client
+address among them), a :class:`SetupError` for a cluster that cannot be found, reached or
+connected to (a port that is not a Ray head among them)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ import os
 import socket
 from typing import Any
 
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, SetupError
 from profiler.targets import NodeInfo
 
 INSTALL_HINT = "pip install 'sparsebench[ray]' (or: pip install 'ray>=2.60')"
@@ -49,7 +50,7 @@ def resolve_address(address: str | None) -> str:
     else:
         why = "no RAY_ADDRESS and no cluster started on this machine"
     if not found:
-        raise ConfigError(f"--address: no Ray cluster found ({why}); start one (`ray start --head`) or give "
+        raise SetupError(f"--address: no Ray cluster found ({why}); start one (`ray start --head`) or give "
                           "--address HEAD_IP:6379")
     return found
 
@@ -64,10 +65,10 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S, given_by
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
             speaks = speaks_http2(sock)
     except OSError as exc:
-        raise ConfigError(f"{given_by}: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
+        raise SetupError(f"{given_by}: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
                           "started (`ray start --head`) and the port open from here?") from None
     if not speaks:  # ray.init would retry the handshake for minutes, printing only Ray's own log lines
-        raise ConfigError(f"{given_by}: {address} answers but is not a Ray head (its GCS speaks gRPC; this port "
+        raise SetupError(f"{given_by}: {address} answers but is not a Ray head (its GCS speaks gRPC; this port "
                           "does not: the dashboard's 8265 or another service?); give the GCS port, 6379 by default")
 
 
@@ -103,7 +104,7 @@ def connect(address: str | None) -> Any:
     try:
         ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError by cause
-        raise ConfigError(f"--address: cannot connect to the Ray cluster at {resolved}: {type(exc).__name__}: "
+        raise SetupError(f"--address: cannot connect to the Ray cluster at {resolved}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
     return ray
 

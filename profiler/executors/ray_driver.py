@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from profiler.config import Cell, Config, PluginSpec, expand
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, SetupError
 from profiler.executors import ray_node
 from profiler.executors.ray_cluster import cluster_nodes, connect
 from profiler.hardware import software_versions
@@ -171,7 +171,7 @@ class RayExecutor:
                 break  # a target lost its nodes: the run loop records its cells, the others go on
         lacking = [f"{tr.name}: {tr.probe['meter_why']}" for tr in runs.values() if tr.probe and not tr.probe["meter_ok"]]
         if lacking:
-            raise ConfigError(f"meter.name: {self.cfg.meter.name!r} is unavailable on target(s) {'; '.join(lacking)}. "
+            raise SetupError(f"meter.name: {self.cfg.meter.name!r} is unavailable on target(s) {'; '.join(lacking)}. "
                               "Use 'auto' (picks the best meter on each node and says why) or 'estimate'")
 
     def _submit_probe(self, tr: TargetRun, idle_seconds: float) -> Any:

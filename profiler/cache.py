@@ -29,7 +29,7 @@ from pruners.training import ORPHAN_AGE_S, abandoned_write, writer_pid
 PARTIAL_SUFFIX = ".partial.pt"
 DAMAGED_INFIX = ".damaged-"
 KINDS = {
-    "finetuned": "fine-tuned model",
+    "finetuned": "dense model",  # fine-tuned, or as given (finetune_steps = 0): its description says
     "pruned": "pruned model",
     "peers": "peer engine model",
     "teacher_logits": "teacher logits",
@@ -82,8 +82,9 @@ def _about(kind: str, path: Path) -> str:
         if kind == "finetuned":
             meta = json.loads((path / "sparsebench_task.json").read_text())
             steps = (meta.get("training") or {}).get("steps")
-            return ", ".join([" / ".join(str(meta[k]) for k in ("task", "model") if meta.get(k))]
-                             + ([f"{steps:,} fine-tuning steps"] if isinstance(steps, int) else []))
+            tuned = ([f"{steps:,} fine-tuning steps" if steps else "as given, not fine-tuned"]
+                     if isinstance(steps, int) else [])
+            return ", ".join([" / ".join(str(meta[k]) for k in ("task", "model") if meta.get(k))] + tuned)
         if kind == "pruned":
             return pruned_made_by(json.loads((path / "prune_report.json").read_text()))
     except (OSError, ValueError, AttributeError, TypeError):

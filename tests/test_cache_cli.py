@@ -149,3 +149,13 @@ def test_a_kind_folder_that_cannot_be_read_is_a_warning_and_the_rest_is_listed(t
     out = capsys.readouterr()
     assert "t-0123" in out.out
     assert out.err.startswith(f"sparsebench: warning: {cache / 'pruned'}: cannot be read (")
+
+
+def test_a_dense_entry_used_as_given_is_not_called_fine_tuned(tmp_path):
+    from profiler.cache import _about
+
+    entry = tmp_path / "t-abc"
+    entry.mkdir()
+    (entry / "sparsebench_task.json").write_text(json.dumps({"task": "text-classification", "model": "m",
+                                                            "training": {"steps": 0}}))
+    assert _about("finetuned", entry) == "text-classification / m, as given, not fine-tuned"

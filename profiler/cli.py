@@ -270,6 +270,8 @@ def resume_flag_problem(args: argparse.Namespace) -> str | None:
         return "--output-dir does not apply to --resume: the run continues in RUN_DIR itself"
     if args.retry_failed and not args.resume:
         return "--retry-failed applies to --resume RUN_DIR only"
+    if getattr(args, "address", None) is not None and not args.address.strip():  # "--address=" would mean "auto"
+        return "--address: empty; give the head's HOST:PORT, or leave the flag out to find the cluster (RAY_ADDRESS)"
     return None
 
 

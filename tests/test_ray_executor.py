@@ -145,6 +145,8 @@ def test_an_unreachable_or_malformed_address_fails_before_any_work(config_file, 
 def test_executor_flags_that_do_not_fit(config_file, tmp_path, capsys):
     assert main(["run", str(config_file), "--address", "127.0.0.1:6379"]) == 2
     assert "--address: applies to --executor ray only" in capsys.readouterr().err
+    assert main(["run", str(config_file), "--executor", "ray", "--address="]) == 2
+    assert "--address: empty" in capsys.readouterr().err
     ray_run = tmp_path / "ray-run"
     ray_run.mkdir()
     (ray_run / "manifest.json").write_text(json.dumps({"config": tiny_config(), "executor": "ray", "targets": {"a": {}}}))

@@ -176,3 +176,12 @@ def test_an_unclosed_quote_is_named_as_such(tmp_path):
     with pytest.raises(ValueError, match=r"line 2: 1 field, the header has 2 \(text, label\); a quote opened on "
                                          r"line 2 may not be closed \(the record runs to line 4\)"):
         read_rows(path)
+
+
+def test_a_text_source_keeps_a_line_separator_inside_its_line(tmp_path):
+    """Only line ends split a .txt text source (as a data file's rows): U+2028 stays in the sentence."""
+    from profiler.tasks.textdata import unlabeled_texts
+
+    path = tmp_path / "source.txt"
+    path.write_text("a good\u2028movie\r\nbad plot\n\nbad plot\n", encoding="utf-8")
+    assert unlabeled_texts(str(path)) == ["a good\u2028movie", "bad plot"]

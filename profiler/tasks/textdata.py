@@ -126,9 +126,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _source_lines(source: str) -> list[str]:
-    """The lines of the ``.txt`` text source ``source``; ValueError when it is not UTF-8."""
+    """The lines of the ``.txt`` text source ``source`` (ended by ``\n``, ``\r\n`` or ``\r``: a U+2028 or
+    U+0085 inside a line stays in its text, as in a data file); ValueError when it is not UTF-8."""
     try:
-        return Path(source).read_text(encoding="utf-8").splitlines()
+        return Path(source).read_text(encoding="utf-8").split("\n")  # read_text made \r\n and \r into \n
     except UnicodeDecodeError as exc:
         raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
 

@@ -18,7 +18,7 @@ Cases (random data, 12 heads of 32 channels, sequence 128, batch ``--batch``, ``
 Output: a table on stdout and JSON (``--out``, default runs/bench_kernel_builds-<time>.json) with
 the CPU, the command line, both shared objects and one record per case.
 
-    python scripts/bench_kernel_builds.py --base /tmp/base/accelerators/_sparse_kernels*.so
+    python scripts/bench_kernel_builds.py --base BASE_BUILD/accelerators/_sparse_kernels*.so
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ side), the bad-input errors of ``run --executor ray`` (before any work), and ``r
 ``compare`` reading a multi-target run directory."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -233,7 +234,7 @@ def _serve_once(reply: bytes):
 
     def answer():
         conn, _ = srv.accept()
-        with conn:
+        with conn, contextlib.suppress(OSError):  # a client that closes without a word
             conn.recv(64)
             conn.sendall(reply)
         srv.close()
@@ -251,3 +252,10 @@ def test_a_port_that_is_not_a_ray_head_fails_in_seconds_not_minutes():
     with pytest.raises(ConfigError, match=r"--address: 127.0.0.1:\d+ answers but is not a Ray head"):
         check_reachable(_serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
     check_reachable(_serve_once(bytes([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])))  # an HTTP/2 SETTINGS frame
+
+
+def test_a_cluster_with_tls_is_not_sent_a_plaintext_preface(monkeypatch):
+    from profiler.executors.ray_cluster import check_reachable
+
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    check_reachable(_serve_once(b"\x15\x03\x03\x00\x02\x02\x46"))  # a TLS alert: no verdict on it

@@ -63,7 +63,8 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S, given_by
         raise ConfigError(f"{given_by}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.5:6379)")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
-            speaks = speaks_http2(sock)
+            # a cluster with TLS (RAY_USE_TLS) answers a plaintext preface with a TLS alert: not checked there
+            speaks = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or speaks_http2(sock)
     except OSError as exc:
         raise SetupError(f"{given_by}: cannot reach a Ray cluster at {address} ({exc.strerror or exc}); is the head "
                           "started (`ray start --head`) and the port open from here?") from None

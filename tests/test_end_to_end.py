@@ -181,6 +181,18 @@ def test_sequential_schedule_times_cells_one_by_one(tmp_path):
     assert "Verdict" in html and ("none beats the dense engines" in html or "fastest configuration" in html)
 
 
+def _dense_rows(tmp_path, accelerators: list[str]) -> dict[str, dict]:
+    """The rows, by accelerator, of a quick interleaved run of the dense model under ``accelerators``
+    (one shape: b1, seq 16, 1 thread) in ``tmp_path / "c"``."""
+    cfg = parse_config(tiny_config(
+        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
+                 "visit_seconds": 0.01, "min_rounds": 2},
+        pruners=[{"name": "none"}], accelerators=[{"name": a} for a in accelerators],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "c").run()
+    return {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+
+
 def test_a_collapsed_dense_fp32_engine_is_no_best_dense_reference(tmp_path, monkeypatch):
     """A dense fp32 engine that answers one class (constant logits, faster than any real engine)
     is recorded, but the same-round factors against "the fastest dense engine" use the real one."""
@@ -195,13 +207,7 @@ def test_a_collapsed_dense_fp32_engine_is_no_best_dense_reference(tmp_path, monk
     monkeypatch.setattr(ACCELERATORS, "_classes", dict(ACCELERATORS._classes))
     monkeypatch.setattr(ACCELERATORS, "_sources", dict(ACCELERATORS._sources))
     ACCELERATORS.register(BrokenFP32)
-    cfg = parse_config(tiny_config(
-        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
-                 "visit_seconds": 0.01, "min_rounds": 2},
-        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "broken-fp32"}],
-        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
-    Runner(cfg, tmp_path / "c").run()
-    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    rows = _dense_rows(tmp_path, ["torch-fp32", "broken-fp32"])
     assert rows["broken-fp32"]["collapsed"] is True
     assert rows["broken-fp32"]["latency_p50_s"] < rows["torch-fp32"]["latency_p50_s"]  # it would have been "best"
     assert {r["best_dense_cell_id"] for r in rows.values()} == {rows["torch-fp32"]["cell_id"]}
@@ -219,13 +225,7 @@ def test_no_savings_factor_against_a_baseline_that_failed_its_evaluation(tmp_pat
         return real(self, c, task, row, module)
 
     monkeypatch.setattr(Runner, "_evaluate", evaluate)
-    cfg = parse_config(tiny_config(
-        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
-                 "visit_seconds": 0.01, "min_rounds": 2},
-        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "int8-dynamic"}],
-        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
-    Runner(cfg, tmp_path / "c").run()
-    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    rows = _dense_rows(tmp_path, ["torch-fp32", "int8-dynamic"])
     assert rows["torch-fp32"]["status"] == "failed" and rows["int8-dynamic"]["status"] == "ok"
     assert rows["int8-dynamic"].get("latency_savings_factor") is None
     assert rows["int8-dynamic"].get("baseline_cell_id") is None
@@ -257,13 +257,7 @@ def test_a_cell_failing_mid_group_fails_alone_and_the_group_is_timed_without_it(
     monkeypatch.setattr(ACCELERATORS, "_classes", dict(ACCELERATORS._classes))
     monkeypatch.setattr(ACCELERATORS, "_sources", dict(ACCELERATORS._sources))
     ACCELERATORS.register(Flaky)
-    cfg = parse_config(tiny_config(
-        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
-                 "visit_seconds": 0.01, "min_rounds": 2},
-        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "flaky"}, {"name": "null"}],
-        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
-    Runner(cfg, tmp_path / "c").run()
-    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    rows = _dense_rows(tmp_path, ["torch-fp32", "flaky", "null"])
     assert rows["flaky"]["status"] == "failed" and "min should be less than or equal to max" in rows["flaky"]["reason"]
     assert rows["torch-fp32"]["status"] == "ok" and rows["null"]["status"] == "ok"
     assert rows["null"]["latency_savings_factor"] is not None and rows["null"]["latency_rounds"] >= 2
@@ -273,13 +267,7 @@ def test_a_cell_failing_mid_group_fails_alone_and_the_group_is_timed_without_it(
 def test_a_model_predicting_one_class_is_named_collapsed(tmp_path):
     """The null accelerator's constant logits predict class 0 for every example: the row says
     collapsed (with the reason) and the verdict does not take it as a candidate."""
-    cfg = parse_config(tiny_config(
-        measure={"warmup_iters": 1, "min_iters": 3, "min_seconds": 0.02, "max_seconds": 1.0, "idle_seconds": 0,
-                 "visit_seconds": 0.01, "min_rounds": 2},
-        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}, {"name": "null"}],
-        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
-    Runner(cfg, tmp_path / "c").run()
-    rows = {r["accelerator"]: r for r in read_results(tmp_path / "c" / "results.jsonl").rows}
+    rows = _dense_rows(tmp_path, ["torch-fp32", "null"])
     assert rows["null"]["status"] == "ok" and rows["null"]["collapsed"] is True
     assert rows["null"]["reason"].startswith("collapsed: predicts class 0 for all")
     assert rows["torch-fp32"]["collapsed"] is False and rows["torch-fp32"]["reason"] is None

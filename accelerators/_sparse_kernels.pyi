@@ -225,8 +225,8 @@ def attention(
     overlapping the inputs; key_bias: float32 (batch, seq) added to every query's scores for that
     key (0 keeps, -inf masks; NaN or +inf raise ValueError); a query whose keys are all -inf
     (int8: all <= -10000) gets zeros. NaN as torch gives it: a query row with a NaN score (fp32)
-    or a NaN / inf value (int8) gets NaN outputs; int8: a NaN / inf in an unmasked key or value row,
-    the whole head. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
+    or a NaN / inf value or a score overflowing to +inf (int8) gets NaN outputs; int8: a NaN / inf
+    in an unmasked key or value row, the whole head. scale: finite; omitted (or negative) = 1 / sqrt(head_dim).
     precision: "fp32", or "int8": q, k quantized per row and v per channel over the unmasked keys
     (key_bias <= -10000 masks, as -inf, transformers' finfo(float32).min and BERT's -10000 do:
     padding then leaves a sequence's result as it is alone; symmetric, 127 levels), Q K^T and P V as exact int32 sums, the softmax

@@ -146,6 +146,24 @@ def test_a_nan_score_does_not_hide_the_row_maximum(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_an_overflowing_score_gives_a_nan_row_as_fp32_does(variant):
+    """Finite q and k whose product overflows to +inf: fp32 softmax gives NaN (inf - inf); INT8
+    gives NaN too, not a row of zeros; the rows whose scores stay finite are unchanged."""
+    S, dh = 20, 4
+    qkv = np.zeros((1, S, 3 * dh), np.float32)
+    qkv[0, :, 2 * dh:] = np.random.default_rng(1).standard_normal((S, dh))
+    qkv[0, :, dh] = 1.0  # every key [1, 0, 0, 0]
+    qkv[0, 3, dh] = 1e30  # key 3 huge
+    qkv[0, 7, 0] = 1e30  # query 7 huge: its score for key 3 overflows
+    qkv[0, 9, 0] = 1.0  # query 9 ordinary
+    out = np.empty((1, S, dh), np.float32)
+    for precision in ("fp32", "int8"):
+        sk.attention(qkv, out, 1, variant=variant, precision=precision)
+        assert np.isnan(out[0, 7]).all(), precision
+        assert np.isfinite(out[0, 9]).all(), precision
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("S,heads,dh", [(128, 12, 32), (128, 12, 64), (33, 3, 20)])
 def test_int8_attention_within_bound_of_fp32(variant, S, heads, dh):
     """The stated bound: on N(0, 1) inputs the INT8 output is within 1 % of max |v| of fp32

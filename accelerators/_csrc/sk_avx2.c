@@ -789,7 +789,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo)
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
             const int32_t L = _mm_cvtsi128_si32(s4);
-            il[r] = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+            il[r] = L > 0 ? 1.0f / (float)L : __builtin_nanf(""); /* L = 0 only when a score overflows to +inf: NaN, as fp32 softmax gives */
         }
         /* P V: 8 channels x 2 rows per step (4 accumulators, no spills); per 4 keys one vpmaddwd per
          * row and 4 channels, the two partial sums of a channel (keys 0-1, 2-3) added at the end */

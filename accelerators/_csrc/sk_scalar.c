@@ -392,7 +392,7 @@ static void attn_head_int8_strided(const float *q, const float *k, const float *
             L += u;
             for (int64_t d = 0; u && d < dh; d++) acc[d] += u * a.v8[((j / 4) * dhp + d) * 4 + j % 4];
         }
-        const float il = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+        const float il = L > 0 ? 1.0f / (float)L : __builtin_nanf(""); /* L = 0 only when a score overflows to +inf: NaN, as fp32 softmax gives */
         for (int64_t d = 0; d < dh; d++) oi[d] = (float)acc[d] * (a.vsc[d] * il);
     }
 }

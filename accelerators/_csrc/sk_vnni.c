@@ -645,7 +645,7 @@ static void attn8_run(const sk_attn8 *ap, float scale, float *o, int64_t ldo, co
                 sum = _mm512_add_epi32(sum, u);
             }
             const int32_t L = _mm512_reduce_add_epi32(sum);
-            il[r] = L > 0 ? 1.0f / (float)L : 0.0f; /* L = 0 only for overflowing (inf) scores */
+            il[r] = L > 0 ? 1.0f / (float)L : __builtin_nanf(""); /* L = 0 only when a score overflows to +inf: NaN, as fp32 softmax gives */
         }
         /* P V: two 16-channel vectors x AR8 rows per step, 4 keys per vpdpbusd */
         for (int64_t c = 0; c < nc; c += 2) {

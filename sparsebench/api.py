@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import numbers
 import operator
+import re
 import shutil
 import tempfile
 import warnings
@@ -237,6 +238,8 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             msg = str(exc)
             for name in ("eval_data", "train_data"):
                 msg = msg.replace(str(inputs / f"{name.split('_')[0]}.jsonl"), name)
+            # the files hold one row per line: line N of the file is the caller's row N
+            msg = re.sub(r"\(line (\d+)\)", r"(row \1)", msg)
             if task["model"] == str(inputs / "model"):  # a model object, saved there by _model_arg
                 saved = str(inputs / "model")
                 for said, means in ((f"model: {saved}", "model: the model object"),

@@ -13,7 +13,7 @@ import pytest
 
 import sparsebench
 from profiler.errors import ConfigError
-from profiler.tasks.textdata import parse_labels, read_rows
+from profiler.tasks.textdata import parse_labels, read_rows, row_lines
 from sparsebench.api import jsonl_of
 from tests.tiny_family import save_tiny_model
 
@@ -95,6 +95,18 @@ def test_a_jsonl_object_that_repeats_a_key_is_refused(tmp_path):
 
 
 # ---- labels -------------------------------------------------------------------------------------
+def test_a_bad_value_in_a_file_names_its_line_not_its_row(tmp_path):
+    """The header, a blank line and a quoted line break move the record off its row number: the
+    error names the line the record starts on, where an editor shows it."""
+    path = _write(tmp_path / "d.csv", 'text,label\n"a film in\ntwo lines",1\n\nfine,0\nbad plot,maybe\n')
+    rows = read_rows(path)
+    assert [r.line for r in rows] == [2, 5, 6]
+    with pytest.raises(ValueError, match=r"^d\.csv: label 'maybe' \(line 6\) is not a class index"):
+        parse_labels([r["label"] for r in rows], False, {}, "d.csv", row_lines(rows))
+    with pytest.raises(ValueError, match=r"^d\.csv: label 'maybe' \(row 3\) is not"):  # values not from a file
+        parse_labels([r["label"] for r in rows], False, {}, "d.csv")
+
+
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity", "1e999", float("nan"), float("inf")])
 def test_a_regression_label_must_be_a_finite_number(value):
     with pytest.raises(ValueError, match=rf"^d\.csv: label {re.escape(repr(value))} \(row 2\) is not a finite number$"):
@@ -144,9 +156,9 @@ def test_profile_refuses_bytes_text_before_anything_is_written(tmp_path):
 
 # ---- through the CLI: a config error, exit 2, nothing run ----------------------------------------
 @pytest.mark.parametrize("num_labels, name, text, match", [
-    (1, "d.csv", "text,label\ngood movie,0.5\nbad plot,nan\n", r"d\.csv: label 'nan' \(row 2\) is not a finite number"),
-    (2, "d.csv", "text,label\ngood movie,inf\nbad plot,0\n", r"d\.csv: label 'inf' \(row 1\) is not a class index"),
-    (2, "d.jsonl", '{"text": "good movie", "label": true}\n', r"d\.jsonl: label True \(row 1\) is not a class index"),
+    (1, "d.csv", "text,label\ngood movie,0.5\nbad plot,nan\n", r"d\.csv: label 'nan' \(line 3\) is not a finite number"),
+    (2, "d.csv", "text,label\ngood movie,inf\nbad plot,0\n", r"d\.csv: label 'inf' \(line 2\) is not a class index"),
+    (2, "d.jsonl", '{"text": "good movie", "label": true}\n', r"d\.jsonl: label True \(line 1\) is not a class index"),
     (2, "d.csv", "text,label,label\ngood movie,1,0\n",
      r"d\.csv line 1: the header names column 'label' more than once"),
 ])

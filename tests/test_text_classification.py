@@ -395,7 +395,7 @@ def test_a_text_value_that_is_not_a_string_names_the_file_row_and_column(tmp_pat
     """null, a list or an object is not scored as its str() ("None", "['good', 'film']")."""
     rows = [{"review": "fine", "other": "ok", "stars": 1}, {"review": value, "other": "ok", "stars": 0}]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    with pytest.raises(ValueError, match=rf"^.*d\.jsonl: text_column 'review' \(row 2\) holds {holds}, not text; "
+    with pytest.raises(ValueError, match=rf"^.*d\.jsonl: text_column 'review' \(line 2\) holds {holds}, not text; "
                                          "every value of a text column must be a string$"):
         TextClassification(model=str(model_dirs["bert"]), eval_file=str(path), text_column="review",
                            label_column="stars")
@@ -403,7 +403,7 @@ def test_a_text_value_that_is_not_a_string_names_the_file_row_and_column(tmp_pat
     eval_file = write_jsonl(tmp_path / "e.jsonl", [{"review": "fine", "other": "ok", "stars": 1}])
     train_file = write_jsonl(tmp_path / "t.jsonl", [{"review": "fine", "other": "ok", "stars": 1},
                                                     {"review": "fine", "other": value, "stars": 0}])
-    with pytest.raises(ValueError, match=rf"t\.jsonl: text_pair_column 'other' \(row 2\) holds {holds}, not text"):
+    with pytest.raises(ValueError, match=rf"t\.jsonl: text_pair_column 'other' \(line 2\) holds {holds}, not text"):
         TextClassification(model=str(model_dirs["bert"]), eval_file=str(eval_file), train_file=str(train_file),
                            text_column="review", text_pair_column="other", label_column="stars")
 

@@ -157,11 +157,13 @@ class TextClassification(Task):
             except ValueError as exc:
                 raise ValueError(f"{split}_file: {exc}") from None
             textdata.check_columns(rows, (self.text_column, self.text_pair_column, self.label_column), str(path))
-            labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id, str(path))
+            lines = textdata.row_lines(rows)
+            labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id,
+                                           str(path), lines)
             texts = textdata.parse_texts([r[self.text_column] for r in rows], "text_column", self.text_column,
-                                         str(path))
+                                         str(path), lines)
             pairs = (textdata.parse_texts([r[self.text_pair_column] for r in rows], "text_pair_column",
-                                          self.text_pair_column, str(path)) if self.text_pair_column else None)
+                                          self.text_pair_column, str(path), lines) if self.text_pair_column else None)
             self._raw[split] = (texts, pairs, labels)
         if self.finetune_steps > 0 and "train" not in self._raw:
             raise ValueError("finetune_steps > 0 needs train_file")

@@ -49,8 +49,29 @@ def packaged_glue_dir(task: str) -> Path:
     return Path(str(resources.files("profiler") / "data" / task))
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` file as dicts keyed by column.
+class Row(dict):
+    """A data row: a dict keyed by column, and ``line``, the file line (from 1) its record starts on."""
+
+    line: int
+
+    def __init__(self, fields: Any, line: int) -> None:
+        super().__init__(fields)
+        self.line = line
+
+
+def row_lines(rows: list[dict[str, Any]]) -> list[int] | None:
+    """The file lines of ``rows`` (:class:`Row`), or None when they were not read from a file."""
+    return [r.line for r in rows] if rows and all(isinstance(r, Row) for r in rows) else None
+
+
+def _at(i: int, lines: list[int] | None) -> str:
+    """Where the ``i``-th value (from 0) sits, for an error: its file line, else its row (from 1)."""
+    return f"line {lines[i]}" if lines else f"row {i + 1}"
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """Rows of a ``.csv``, ``.tsv`` (quoting off) or ``.jsonl`` file as dicts keyed by column, each
+    with the line its record starts on (:class:`Row`).
 
     CSV / TSV fields are read as Python's csv module reads a file opened with ``newline=''``: a quoted
     field keeps its line breaks (``\\n``, ``\\r\\n``, U+2028 ...) as written. A JSONL line ends only at
@@ -86,7 +107,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     raise ValueError(f"data file {path} line {i}: {exc}") from None
                 if not isinstance(obj, dict):
                     raise ValueError(f"data file {path} line {i}: expected a JSON object per line")
-                rows.append(obj)
+                rows.append(Row(obj, i))
     else:
         quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
@@ -109,7 +130,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                         if end > start and len(row) < len(header) else "; quote fields that hold commas")
                 raise ValueError(f"data file {path} line {start}: {len(row)} field{'s' if len(row) != 1 else ''}, "
                                  f"the header has {len(header)} ({', '.join(header)}){hint}")
-            rows.append(dict(zip(header, row)))
+            rows.append(Row(zip(header, row), start))
     if not rows:
         raise ValueError(f"data file {path} has no data rows")
     return rows
@@ -187,21 +208,22 @@ def unlabeled_pairs(source: str) -> list[tuple[str, str]]:
 def check_columns(rows: list[dict[str, Any]], columns: Iterable[str | None], where: str) -> None:
     """ValueError naming the missing column(s) and the ones present, unless every row has every column."""
     want = [c for c in columns if c]
+    lines = row_lines(rows)
     for i, row in enumerate(rows):
         missing = [c for c in want if c not in row]
         if missing:
-            raise ValueError(f"{where}: column(s) {missing} missing (row {i + 1}); columns present: {sorted(row)}")
+            raise ValueError(f"{where}: column(s) {missing} missing ({_at(i, lines)}); columns present: {sorted(row)}")
 
 
-def parse_texts(values: list[Any], key: str, column: str, where: str) -> list[str]:
+def parse_texts(values: list[Any], key: str, column: str, where: str, lines: list[int] | None = None) -> list[str]:
     """The texts of column ``column`` (the task's ``key``: ``text_column`` or ``text_pair_column``),
     stripped. A JSONL value must be a string: null, a number, a boolean, a list or an object is a
-    ValueError naming ``where``, the row (from 1) and the column, since its ``str()`` (``"None"``,
+    ValueError naming ``where``, the line (``lines[i]``, the file's) or else the row (from 1) and the column, since its ``str()`` (``"None"``,
     ``"['a', 'b']"``) would be scored as if it were the example's text. CSV / TSV fields are strings."""
     out: list[str] = []
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise ValueError(f"{where}: {key} {column!r} (row {i + 1}) holds {describe_value(v)}, not text; every "
+            raise ValueError(f"{where}: {key} {column!r} ({_at(i, lines)}) holds {describe_value(v)}, not text; every "
                              "value of a text column must be a string")
         out.append(v.strip())
     return out
@@ -219,12 +241,13 @@ def describe_value(v: Any) -> str:
             else f"a {type(v).__name__} {shown}")
 
 
-def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], where: str) -> list[float]:
+def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], where: str,
+                 lines: list[int] | None = None) -> list[float]:
     """Labels as floats (regression) or class indices (classification), one per row.
 
     A regression label is a finite number or a string of one. A class label is a whole number, a
-    string of one, or a name in ``label2id``. Raises ValueError naming ``where`` and the row (from 1)
-    on the first label that is neither, NaN, inf and booleans included (JSON's ``true`` / ``false``
+    string of one, or a name in ``label2id``. Raises ValueError naming ``where`` and the file line
+    (``lines[i]``), or else the row (from 1), of the first label that is neither, NaN, inf and booleans included (JSON's ``true`` / ``false``
     are refused, as in a text column, rather than read as 1 / 0).
     """
     out: list[float] = []
@@ -247,7 +270,7 @@ def parse_labels(values: list[Any], regression: bool, label2id: dict[str, int], 
         except (TypeError, ValueError, OverflowError):
             kind = ("a finite number" if regression else f"a class index or one of {sorted(label2id)}" if label2id
                     else "a class index (0, 1, ...; the model's config names no labels)")
-            raise ValueError(f"{where}: label {v!r} (row {i + 1}) is not {kind}") from None
+            raise ValueError(f"{where}: label {v!r} ({_at(i, lines)}) is not {kind}") from None
     return out
 
 

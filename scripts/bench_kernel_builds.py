@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = {k: {"file": Path(glob.glob(getattr(args, k))[0]).name,
                  "sha256": hashlib.sha256(Path(glob.glob(getattr(args, k))[0]).read_bytes()).hexdigest()[:16]}
              for k in builds}
-    command = ["python", "scripts/bench_kernel_builds.py", "--base", "BASE.so",
+    # the builds as placeholders (their file names and hashes are in "builds"); --new only when given
+    given_new = args.new != ap.get_default("new")
+    command = ["python", "scripts/bench_kernel_builds.py", "--base", "BASE.so", *(["--new", "NEW.so"] if given_new else []),
                *[f"--{k}={getattr(args, k)}" for k in ("batch", "threads", "rounds", "repeats")]]
     out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "python": platform.python_version(),
                                "command": shlex.join(command), "builds": shown, "records": records}, indent=1))

@@ -52,6 +52,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -592,8 +593,9 @@ def main(argv=None):
     else:
         rows = run_layers(args, quiet)
     cpu = fingerprint().get("cpu_model")  # every figure names the CPU it was measured on
-    for r in rows:
-        r["cpu"] = cpu
+    command = shlex.join(["python", "scripts/bench_kernels.py", *(sys.argv[1:] if argv is None else argv)])
+    for r in rows:  # and the command and settings that produced it
+        r.update(cpu=cpu, command=command, settings=vars(args))
     out.write_text(json.dumps(rows, indent=1))
     print(f"# wrote {out}")
 

@@ -20,6 +20,7 @@ import copy
 import json
 import platform
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -70,14 +71,18 @@ def one_run(task: SST2, dense: torch.nn.Module, variant: str, steps: int, skip: 
     return (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="training steps per run (default 40)")
     ap.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the rate (default 3)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled order (default 0)")
+    args = ap.parse_args(argv)
+    if args.skip < 0 or args.steps < args.skip + 2:  # the rate needs two timed steps after the warm-up
+        ap.error(f"--steps must be at least --skip + 2 (got --steps {args.steps}, --skip {args.skip}); --skip >= 0")
+    if args.rounds < 1 or args.threads < 1:
+        ap.error("--rounds and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     variants = [v for v in VARIANTS if VARIANTS[v][2] == "fp32" or training.bf16_native()]
     task = SST2()
@@ -96,7 +101,8 @@ def main() -> None:
     out = {
         "cpu": hw.get("cpu_model"), "isa": hw.get("isa_flags"), "threads": args.threads, "python": platform.python_version(),
         "torch": torch.__version__, "task": "sst2 (MiniLM, batch 32)", "pruner": "gmp 90% 1x4, distilled, mask update every 50 steps (as the recipes)",
-        "steps_per_run": args.steps, "warmup_steps_skipped": args.skip, "rounds": args.rounds,
+        "command": shlex.join(["python", "scripts/bench_training.py", *(sys.argv[1:] if argv is None else argv)]),
+        "seed": args.seed, "steps_per_run": args.steps, "warmup_steps_skipped": args.skip, "rounds": args.rounds,
         "steps_per_s": {v: statistics.median(r) for v, r in rates.items()},
         "speedup_vs_plain_same_round": {v: statistics.median(a / b for a, b in zip(rates[v], rates[plain])) for v in variants},
         "per_round": rates,

@@ -154,6 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the unprofiled timing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.rounds < 1 or args.calls < 1 or not args.seconds > 0:
+        ap.error("--rounds and --calls must be at least 1 and --seconds above 0")
     task = SST2()
     dense = task.base_model().eval()
     sparse = task.base_model().eval()
@@ -167,7 +169,7 @@ def main(argv=None) -> None:
             rounds = round_times({name: plain.module for name, (_, _, plain) in engines.items()}, example,
                                  args.rounds, args.seconds / args.rounds)
             ours, theirs = rounds["sparse-int8"], rounds["openvino-int8 (dense model)"]
-            same_round = statistics.median(o / s for s, o in zip(ours, theirs))
+            same_round = statistics.median(t / o for o, t in zip(ours, theirs))  # OpenVINO's time / ours
             for name, (prepared, breakdown, _) in engines.items():
                 profiled, ops = breakdown(prepared.module, example, args.calls)
                 rec = {"engine": name, "batch_size": batch, "seq_len": 128, "threads": threads,

@@ -144,12 +144,14 @@ def _timed(c: CellSamples, w: VisitWindows, batch_size: int) -> Timed:
 
 
 def fill_measurements(row: Result, t: Timed) -> None:
-    """Latency percentiles (seconds per batch), throughput (sequences per second: batch size ÷ mean
+    """Latency percentiles (seconds per batch; p90 / p99 None, with a reason, from too few calls), throughput (sequences per second: batch size ÷ mean
     latency) and energy fields (joules per sequence, with their method) of ``row`` from ``t``.
     Raises ValueError when ``t`` holds no samples."""
     stats = LatencyStats.from_samples(t.samples)
     row.latency_mean_s, row.latency_p50_s, row.latency_p90_s, row.latency_p99_s = stats.mean_s, stats.p50_s, stats.p90_s, stats.p99_s
     row.latency_n, row.latency_iqr_over_median, row.latency_spread_flag = stats.n, stats.iqr_over_median, stats.spread_flag
+    if stats.null_reasons:  # a tail percentile of too few calls (Result.to_dict merges these with its own)
+        row.extra["null_reasons"] = {**(row.extra.get("null_reasons") or {}), **stats.null_reasons}
     row.throughput_per_s = row.batch_size / stats.mean_s
     energy = t.energy.row_fields()
     row.energy_j_per_inference = energy.pop("energy_j_per_inference", None)

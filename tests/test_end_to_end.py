@@ -1,5 +1,6 @@
 """One real end-to-end matrix on the tiny-synthetic task, to report.html; resume; bad configs."""
 import json
+import math
 import statistics
 
 import pytest
@@ -10,6 +11,7 @@ from profiler.identity import ids_of_row
 from profiler.interleave import same_round_ratios
 from profiler.results import read_results
 from profiler.runner import Runner, accuracy_key
+from profiler.timing import tail_min_samples
 from reports.report import write_report
 from tests.conftest import tiny_config
 
@@ -28,7 +30,11 @@ def test_matrix_writes_every_cell_and_report(finished_run):
     assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in expand(cfg))
     assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows if r["status"] != "ok"]
     for r in rows:
-        assert 0 < r["latency_p50_s"] <= r["latency_p90_s"] <= r["latency_p99_s"]
+        tails = [r[f"latency_p{q}_s"] for q in (90, 99) if r["latency_n"] >= tail_min_samples(q)]
+        assert 0 < r["latency_p50_s"] <= min(tails + [math.inf]) and tails == sorted(tails)
+        for q in (90, 99):  # a tail of too few calls would be their maximum: none, and why
+            if r["latency_n"] < tail_min_samples(q):
+                assert r[f"latency_p{q}_s"] is None and f"had {r['latency_n']}" in r["null_reasons"][f"latency_p{q}_s"]
         assert r["latency_n"] >= 3 and r["throughput_per_s"] > 0
         assert r["energy_method"] == "estimated" and r["energy_j_per_inference"] > 0
         assert 0.0 <= r["accuracy"] <= 1.0 and r["model_bytes"] > 0

@@ -1,6 +1,6 @@
 import pytest
 
-from profiler.timing import LatencyStats, nearest_rank, timed_loop
+from profiler.timing import LatencyStats, nearest_rank, tail_min_samples, timed_loop
 
 
 def test_nearest_rank_golden_values():
@@ -29,6 +29,17 @@ def test_latency_stats_and_spread_flag():
     assert not s.spread_flag
     wide = LatencyStats.from_samples([1.0, 1.0, 2.0, 2.0])
     assert wide.iqr_over_median == pytest.approx(1.0) and wide.spread_flag
+
+
+@pytest.mark.parametrize("n, p90, p99", [(9, None, None), (10, 0.028, None), (99, 0.028, None), (100, 0.028, 0.028)])
+def test_a_tail_percentile_of_too_few_calls_is_none_not_the_maximum(n, p90, p99):
+    """The nearest-rank p99 of fewer than 100 calls (p90: 10) is the slowest one: one preempted
+    call would be published as the tail. None, with the reason in null_reasons."""
+    s = LatencyStats.from_samples([0.028] * (n - 1) + [0.080])
+    assert (s.p90_s, s.p99_s) == (p90, p99)
+    assert sorted(s.null_reasons) == [f"latency_p{q}_s" for q, v in ((90, p90), (99, p99)) if v is None]
+    assert all(f"had {n}" in why for why in s.null_reasons.values())
+    assert (tail_min_samples(90), tail_min_samples(99), tail_min_samples(50)) == (10, 100, 2)
 
 
 def test_timed_loop_stops_at_count_and_time_with_fake_clock():

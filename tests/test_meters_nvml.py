@@ -213,19 +213,21 @@ def test_one_gpu_without_a_handle_leaves_the_others_measured():
         return i
 
     nv.nvmlDeviceGetHandleByIndex = handle
-    ok, why = NvmlMeter(nvml=nv).availability()
+    ok, why = NvmlMeter(nvml=nv, devices=[0, 1]).availability()
     assert ok and "gpu:1" in why and "no handle" in why
 
 
 @pytest.mark.parametrize("visible, order, want", [
-    (None, "FASTEST_FIRST", [0, 1, 2]),
+    (None, "FASTEST_FIRST", [0]),                   # the GPU "cuda" means: the first of all
     ("GPU-00000002", "FASTEST_FIRST", [2]),          # a UUID prefix: that GPU only
     ("1", "PCI_BUS_ID", [1]),                       # CUDA index = NVML index in PCI order
     ("2,GPU-nonexistent,0", "PCI_BUS_ID", [2]),     # an entry matching nothing ends the list, as in CUDA
+    ("2,0", "PCI_BUS_ID", [2]),                     # two visible: the first, where cells run
     ("1", "FASTEST_FIRST", [1]),                    # no CUDA in this process to match UUIDs: NVML's numbering, said
 ])
-def test_only_the_gpus_this_process_may_use_are_measured(monkeypatch, visible, order, want):
-    """Another tenant's GPU on a shared host is not added to ours."""
+def test_only_the_gpu_cells_run_on_is_measured(monkeypatch, visible, order, want):
+    """Another tenant's GPU on a shared host, or another idle GPU of ours, is not added to the
+    cell's energy: a cell runs on "cuda", the first visible GPU."""
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
@@ -235,10 +237,30 @@ def test_only_the_gpus_this_process_may_use_are_measured(monkeypatch, visible, o
     ok, why = m.availability()
     assert ok and [g.index for g in m._gpus] == want
     assert ("CUDA_VISIBLE_DEVICES" in why) == (visible is not None)
+    assert ("first of" in why) == (visible in (None, "2,0"))
     if order == "FASTEST_FIRST" and visible and visible.isdigit():
         import torch
 
         assert torch.cuda.is_available() or "NVML's numbering assumed" in why
+
+
+def test_two_gpus_one_busy_charge_the_cell_with_its_own_only(monkeypatch):
+    """GPU 0 runs the cell at 300 W, GPU 1 idles at 60 W: 300 W x 2 s over 100 inferences is
+    6 J each (summing both GPUs gave 7.2 J)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    clock = Clock(50.0)
+    gpus = [{"energy_mj": 1_000, "power_mw": 300_000}, {"energy_mj": 1_000, "power_mw": 60_000}]
+    m = NvmlMeter(nvml=fake_nvml(gpus), clock=clock, background=False, poll_hz=10)
+    assert m.availability()[0]
+    m.start()
+    with EnergyWindow(m, background_sampling=False) as w:
+        for _ in range(20):
+            clock.t += 0.1
+            for gpu, watts in zip(gpus, (300, 60)):
+                gpu["energy_mj"] += watts * 100  # 0.1 s at that power, in mJ
+            m.sample()
+    r = w.result(100)
+    assert sorted(r.energy_j) == ["gpu:0"] and r.energy_j["gpu:0"] / 100 == pytest.approx(6.0)
 
 
 def test_cuda_visible_devices_hiding_every_gpu_is_unavailable(monkeypatch):

@@ -106,10 +106,11 @@ class NvmlMeter(EnergyMeter):
     """NVIDIA GPU energy, one ``gpu:<index>`` domain per device.
 
     Args:
-        devices: NVML indices of the GPUs to measure; ``None`` = the GPUs this process may use:
-            those ``CUDA_VISIBLE_DEVICES`` names (UUIDs matched to NVML's; indices are NVML's
-            only under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, else matched by UUID through torch), all
-            when it is unset — not another tenant's GPU on a shared host.
+        devices: NVML indices of the GPUs to measure; ``None`` = the GPU a cell runs on as
+            ``"cuda"``: the first this process may use, of those ``CUDA_VISIBLE_DEVICES`` names
+            (UUIDs matched to NVML's; indices are NVML's only under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``,
+            else matched by UUID through torch), of all when it is unset — not another GPU's idle
+            draw, nor another tenant's GPU on a shared host.
         poll_hz: power-sampling rate in poll mode (Hz); must be ≥ 10.
         force_poll: use power polling even where the energy counter works (for comparisons).
         nvml: the NVML module (``pynvml``-compatible); ``None`` imports ``pynvml``. Tests inject
@@ -190,6 +191,10 @@ class NvmlMeter(EnergyMeter):
                                                    os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST"))
             if not indices:
                 return False, f"no GPU to measure: {chosen}"
+            if len(indices) > 1:  # a cell runs on "cuda", torch's first visible GPU: the others' draw is not its own
+                chosen = "; ".join(filter(None, (chosen, f"the first of {len(indices)} visible GPUs, the one cells run on "
+                                                         "as 'cuda'; meter devices = [...] measures others too")))
+                indices = indices[:1]
         bad = [i for i in indices if not 0 <= i < count]
         if bad:
             return False, f"GPU index {bad} out of range (found {count})"

@@ -456,11 +456,19 @@ def window_result(
     window_s = sum(max(seg[-1].t_s - seg[0].t_s, 0.0) for seg in segments if seg)
     energies, flags = segments_energy(segments)
     # every domain of energies has a method, even one absent from the last reading (a counter
-    # that dropped out in a later visit: its energy is None, its method still named)
-    methods: dict[str, str] = {}
+    # that dropped out in a later visit: its energy is None, its method still named): the worst of
+    # its readings, since a delta that spans a fallback (power-poll at the start, measured at the
+    # end) is no better than its weaker end
+    seen: dict[str, list[str]] = {}
     for seg in segments:
         for reading in seg:
-            methods.update({d: c.method or meter_method for d, c in reading.counters.items() if d in energies})
+            for d, c in reading.counters.items():
+                if d in energies:
+                    seen.setdefault(d, []).append(c.method or meter_method)
+    methods = {d: worst_method(ms) for d, ms in seen.items()}
+    for d, ms in seen.items():
+        if len(set(ms)) > 1:
+            flags.append(f"{d}: method changed inside the window ({', '.join(dict.fromkeys(ms))}); the worst is named")
     summed = [d for d in energies if is_summed(d)]
     method = worst_method(methods[d] for d in summed) if summed else meter_method
     for seg in segments:

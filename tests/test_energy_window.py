@@ -306,3 +306,15 @@ def test_a_method_outside_the_vocabulary_gives_no_labelled_value():
     r = run(ScriptMeter(c, {"package:0": 40.0}, method="counter"), c, 2.0, 10)
     assert r.energy_j_per_inference is None and r.method == "unavailable"
     assert "'counter'" in r.reason and "measured" in r.reason
+
+
+def test_a_domain_whose_method_changes_inside_the_window_is_named_by_its_worst_reading():
+    """codecarbon's GPU counter falls back to power polling and recovers between reads: a delta
+    from a power-poll start to a measured end is no better than power-poll, and says so."""
+    seg = [Reading(0.0, {"gpu": Counter(10.0, method="power-poll")}),
+           Reading(1.0, {"gpu": Counter(60.0, method="power-poll")}),
+           Reading(2.0, {"gpu": Counter(110.0, method="measured")})]
+    r = window_result([seg], 10, meter_method="measured", resolution_s=0.1)
+    assert r.method == "power-poll" and r.domain_methods == {"gpu": "power-poll"}
+    assert r.energy_j_per_inference == pytest.approx(10.0)
+    assert any("method changed inside the window (power-poll, measured)" in f for f in r.flags)

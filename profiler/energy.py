@@ -171,6 +171,11 @@ def measure_idle_power(
             flags=flags + ["idle interval has zero length; idle power unknown"],
         )
     watts = {d: (None if e is None else e / dt) for d, e in energies.items()}
+    for d, e in energies.items():  # as in a window: a measured counter that did not move did not update
+        c = readings[-1].counters.get(d)
+        if e == 0.0 and c is not None and (c.method or getattr(meter, "method", None)) in ("measured", "power-poll"):
+            watts[d] = None
+            flags.append(f"{d}: counter did not advance over the {dt:.3f} s idle interval; idle power unknown")
     return IdlePower(watts=watts, duration_s=dt, flags=flags)
 
 
@@ -502,11 +507,18 @@ def window_result(
         )
         return result({d: None for d in energies}, "window shorter than 10× meter resolution")
 
-    # a measured counter that did not move over a long-enough window did not update: unknown
+    # a measured counter that did not move over a long-enough window did not update: unknown. A
+    # DRAM zone that never moves is one the board does not implement (many client boards list
+    # one): it leaves the sum, where it would otherwise leave the CPU's measured energy unknown.
     for d, e in list(energies.items()):
         if e == 0.0 and methods.get(d) in ("measured", "power-poll"):
             energies[d] = None
-            flags.append(f"{d}: counter did not advance over {window_s:.3f} s; value dropped")
+            if domain_kind(d) == "dram" and d in summed:
+                summed.remove(d)
+                flags.append(f"{d}: counter did not advance over {window_s:.3f} s (a DRAM zone the board does not "
+                             "implement); left out of the sum")
+            else:
+                flags.append(f"{d}: counter did not advance over {window_s:.3f} s; value dropped")
 
     gross, reason = gross_total(energies, summed)
     per_inf = net_per_inf = None

@@ -249,10 +249,26 @@ def test_window_result_is_the_window_arithmetic():
     assert window_result([w.readings[:1]], 5, meter_method="measured", resolution_s=0.001).energy_j_per_inference is None
 
 
-@pytest.mark.parametrize("case", ["short", "no-inferences", "dram-stuck"])
+def test_a_dram_zone_that_never_moves_leaves_the_sum_not_the_package():
+    """Many client boards list a RAPL dram zone whose counter stays 0: it is not implemented, and
+    the package's measured energy stands alone (flagged), where it was dropped with it."""
+    c = Clock()
+    r = run(ScriptMeter(c, {"package:0": 10.0, "dram:0": 0.0}), c, 1.0, 4)
+    assert r.method == "measured" and r.energy_j_per_inference == pytest.approx(10.0 / 4)
+    assert r.energy_j["dram:0"] is None and any("dram:0" in f and "left out of the sum" in f for f in r.flags)
+
+
+def test_idle_power_of_a_counter_that_never_moves_is_unknown_not_zero():
+    c = Clock()
+    idle = measure_idle_power(ScriptMeter(c, {"package:0": 10.0, "dram:0": 0.0}), 1.0, sleep=c.sleep)
+    assert idle.watts["package:0"] == pytest.approx(10.0) and idle.watts["dram:0"] is None
+    assert any("dram:0" in f and "idle power unknown" in f for f in idle.flags)
+
+
+@pytest.mark.parametrize("case", ["short", "no-inferences", "package-stuck"])
 def test_a_window_without_a_value_is_unavailable_with_its_reason(case):
     c = Clock()
-    watts = {"package:0": 10.0, "dram:0": 0.0 if case == "dram-stuck" else 1.0}
+    watts = {"package:0": 0.0 if case == "package-stuck" else 10.0, "dram:0": 1.0}
     r = run(ScriptMeter(c, watts), c, 0.005 if case == "short" else 1.0, 0 if case == "no-inferences" else 4)
     assert r.energy_j_per_inference is None
     assert r.method == "unavailable" and r.reason

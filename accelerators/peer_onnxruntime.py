@@ -63,6 +63,8 @@ class ONNXRuntime(Accelerator):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")
         self.precision = self.compute_precision = precision
+        # quantize_dynamic's DynamicQuantizeLinear takes one activation scale per tensor, pad positions included
+        self.padding_sensitive = precision == "int8"
 
     def availability(self, settings: PrepareSettings | None = None) -> tuple[bool, str]:
         return import_status("onnxruntime", "onnx")

@@ -28,9 +28,11 @@ from accelerators.peer_common import (
 )
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
-#: INFERENCE_PRECISION_HINT per precision; int8 runs its non-quantized ops in f32 so the row means
-#: the same on every CPU (OpenVINO's own default is bf16 where the CPU has it)
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: INFERENCE_PRECISION_HINT per precision. int8 sets none: its non-quantized ops (softmax, the
+#: attention products NNCF leaves in float, LayerNorm) run at OpenVINO's default, bf16 where the CPU
+#: has it (AVX512_BF16, AMX), as a user of OpenVINO INT8 gets them; forcing f32 there would make
+#: the peer slower than it is. The row's ``inference_precision`` reads back what ran.
+PRECISION_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "int8": None}
 QUANT_METHOD = "nncf.quantize(model_type=TRANSFORMER), default preset, on the dynamic-shape IR"
 
 
@@ -116,12 +118,13 @@ class OpenVINO(Accelerator):
         return Prepared(PeerModule(names, runner, ir_bytes(ov_model)), fields)
 
     def compile_config(self, settings: PrepareSettings) -> dict[str, Any]:
-        """CPU plugin properties for ``settings``: threads, one stream, latency hint, precision
-        hint, and the sparse-weights rate when set."""
+        """CPU plugin properties for ``settings``: threads, one stream, latency hint, the precision
+        hint of fp32 / bf16 (int8: OpenVINO's default), and the sparse-weights rate when set."""
         config: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": int(settings.threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[self.precision],
         }
+        if PRECISION_HINTS[self.precision] is not None:
+            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[self.precision]
         if self.sparse_weights_rate is not None:
             config["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"] = float(self.sparse_weights_rate)
         return config

@@ -101,6 +101,11 @@ def test_openvino_int8_agrees_and_is_cached(model, batches, reference, settings)
     assert_int8_agrees(got, reference)
     assert first.fields["quant_cache"] == "miss" and first.fields["quant_calibration_samples"] == 64
     assert first.fields["fc_layers_int8"] > 0
+    # the float ops run at OpenVINO's own default (bf16 where the CPU has it), as its users get them
+    import openvino as ov
+
+    assert "INFERENCE_PRECISION_HINT" not in acc.compile_config(settings)
+    assert first.fields["inference_precision"] == ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
     second = acc.prepare(model, batches[0], settings)
     assert second.fields["quant_cache"] == "hit"
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(run_all(second.module, batches), got))
@@ -113,6 +118,13 @@ def test_onnxruntime_int8_agrees(model, batches, reference, settings, caplog):
         prepared = ONNXRuntime("int8").prepare(model, batches[0], settings)
     assert_int8_agrees(run_all(prepared.module, batches), reference)
     assert prepared.fields["int8_ops"] > 0 and prepared.fields["inference_precision"] == "int8-dynamic"
+    # one activation scale per tensor: pad positions move it, so the row says its accuracy was not taken as timed
+    assert ONNXRuntime("int8").padding_sensitive and not ONNXRuntime("fp32").padding_sensitive
+    b = batches[1]
+    pad = {k: torch.cat([v, torch.zeros(v.shape[0], 24, dtype=v.dtype)], 1) for k, v in b.items()}
+    with torch.inference_mode():
+        alone, padded = logits_of(prepared.module(**b)), logits_of(prepared.module(**pad))
+    assert not torch.equal(alone, padded)
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # the model is optimised already
 
 

@@ -14,6 +14,7 @@ job, except that the interleaved loops call each function once untimed to size t
 """
 from __future__ import annotations
 
+import random
 import resource
 import statistics
 import time
@@ -83,10 +84,13 @@ def involuntary_switches() -> int:
 
 def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, max_calls: int | None = 200,
                        preemptions: Callable[[], int] = involuntary_switches,
-                       min_calls: int = 1) -> dict[str, list[tuple[list[float], list[float]]]]:
+                       min_calls: int = 1, seed: int | None = 0) -> dict[str, list[tuple[list[float], list[float]]]]:
     """Per-call seconds of each fn, timed round-robin and kept per round: each of ``repeats`` rounds
     runs every fn in turn for a loop of individually timed calls (loop length sized so that one loop
-    lasts about ``min_time_s``, from ``min_calls`` to ``max_calls`` calls).
+    lasts about ``min_time_s``, from ``min_calls`` to ``max_calls`` calls), after one untimed call
+    (the previous fn's caches and the switch are not charged to it). The fns run in a new random
+    order each round (``random.Random(seed)``; ``seed=None``: the mapping's order), so that none
+    always follows the same neighbour.
 
     On a shared machine a call during which one of our threads was preempted (``preemptions()``
     changed across it) measures the other tenants, not the callable: such calls are left out of
@@ -94,8 +98,14 @@ def interleaved_rounds(fns: Mapping[str, Fn], repeats: int, min_time_s: float, m
     """
     n = loop_lengths(fns, min_time_s, max_calls, min_calls)
     res: dict[str, list[tuple[list[float], list[float]]]] = {k: [] for k in fns}
+    rng = random.Random(seed) if seed is not None else None
     for _ in range(repeats):
-        for k, f in fns.items():
+        order = list(fns)
+        if rng is not None:
+            rng.shuffle(order)
+        for k in order:
+            f = fns[k]
+            f()  # untimed: the switch from the previous fn
             clean: list[float] = []
             every: list[float] = []
             for _ in range(n[k]):

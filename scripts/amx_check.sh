@@ -12,7 +12,10 @@
 #      bsr16x4 only where timed faster (sparse_layer_choices says which format each layer runs)
 #   5. bench_vs_openvino.py: the BERT-base-shaped model pruned in 16x4 blocks at 90 / 80 %, sparse-int8
 #      under vnni and under amx against OpenVINO INT8 on the dense model, same rounds, b1 / b8, 1 thread
-#      (issue 16's Intel cells, with 16x4 blocks in place of 1x4), JSON
+#      (issue 16's Intel cells, with 16x4 blocks in place of 1x4), OpenVINO bf16 beside them, JSON
+#   6. bench_vs_openvino.py: issue 16's MiniLM cells as the issue states them (1x4 and unstructured),
+#      against OpenVINO INT8 at its default float precision (bf16 here; until 2026-12-07 the peer
+#      forced f32) and OpenVINO bf16, same rounds, b1 / b8, 1 thread, JSON
 # Usage: scripts/amx_check.sh [OUT_DIR]      (default runs/amx-check; PY=python overrides .venv)
 # Exit status: 0 all checks passed, 1 a check failed, 2 no AMX here.
 set -uo pipefail
@@ -52,7 +55,13 @@ done
 
 step "BERT-base-shaped 16x4 model against OpenVINO INT8, vnni and amx in the same rounds"
 timeout 2400 "$PY" scripts/bench_vs_openvino.py --models bert-base --prunings 90-16x4,80-16x4 --variants vnni,amx \
-  --batch 1,8 --threads 1 --out "$OUT/vs_openvino_16x4.json" || { echo "FAIL: whole-model benchmark"; fail=1; }
+  --dense-peers openvino-bf16 --batch 1,8 --threads 1 --out "$OUT/vs_openvino_16x4.json" \
+  || { echo "FAIL: whole-model benchmark"; fail=1; }
+
+step "MiniLM issue cells against OpenVINO INT8 at its default precision and OpenVINO bf16"
+timeout 1800 "$PY" scripts/bench_vs_openvino.py --models minilm --prunings 90-1x4,80-1x4,90-unstructured \
+  --dense-peers openvino-bf16 --batch 1,8 --threads 1 --out "$OUT/vs_openvino_minilm_default_precision.json" \
+  || { echo "FAIL: MiniLM whole-model benchmark"; fail=1; }
 
 step "done in $(( $(date +%s) - START )) s: JSON in $OUT"
 exit $fail

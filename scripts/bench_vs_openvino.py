@@ -15,7 +15,8 @@ request ``90-16x4`` and ``80-16x4``, the blocks of the ``amx`` kernel variant), 
   with AMX), each an engine of its own in the same rounds (``sparse-int8 90-16x4 [amx]``);
 
 * ``--dense-peers``: other engines on the dense model, timed in the same rounds (``openvino-fp32``,
-  ``onnxruntime-int8``, ``onnxruntime-fp32``, ``torch-int8`` (dynamic INT8), ``torch-fp32``): on a
+  ``openvino-bf16`` (AVX512_BF16 or AMX), ``onnxruntime-int8``, ``onnxruntime-fp32``, ``torch-int8``
+  (dynamic INT8), ``torch-fp32``): on a
   CPU where OpenVINO INT8 is not the fastest dense engine, ``speedup_vs_best_dense`` compares ours
   with the fastest of all dense engines timed, round by round.
 
@@ -64,6 +65,7 @@ MODELS = ("minilm", "bert-base")
 #: dense engines --dense-peers can add (each prepared on the dense model)
 DENSE_PEERS = {
     "openvino-fp32": lambda: OpenVINO(precision="fp32"),
+    "openvino-bf16": lambda: OpenVINO(precision="bf16"),  # needs AVX512_BF16 or AMX: refused up front elsewhere
     "onnxruntime-int8": lambda: ONNXRuntime(precision="int8"),
     "onnxruntime-fp32": lambda: ONNXRuntime(precision="fp32"),
     "torch-int8": lambda: Int8Dynamic(),
@@ -134,6 +136,9 @@ def main(argv=None) -> None:
     for p in peers:
         if p not in DENSE_PEERS:
             ap.error(f"--dense-peers: unknown {p!r} (choose from {', '.join(DENSE_PEERS)})")
+        ok, why = DENSE_PEERS[p]().availability()
+        if not ok:
+            ap.error(f"--dense-peers: {p} cannot run here: {why}")
     task = SST2()
     cpu = fingerprint().get("cpu_model")
     records = []

@@ -81,5 +81,18 @@ def test_interleaved_samples_sets_preempted_calls_apart():
     clean_a, all_a = res["a"]
     clean_b, all_b = res["b"]
     assert len(all_a) == len(all_b) == 12 and len(clean_a) == 12 and clean_b == []  # 3 repeats x 4 calls
-    assert calls == {"a": 14, "b": 14}  # 2 sizing calls each
+    assert calls == {"a": 17, "b": 17}  # 2 sizing calls and one untimed call per loop each
     assert loop_lengths({"a": a}, 0.0) == {"a": 1}
+
+
+def test_interleaved_rounds_shuffle_the_order_of_each_round():
+    from accelerators.timing import interleaved_rounds
+
+    seen: list[str] = []
+    fns = {k: (lambda k=k: seen.append(k)) for k in "abcd"}
+    interleaved_rounds(fns, repeats=8, min_time_s=0.0, max_calls=1)
+    firsts = [seen[i] for i in range(8, len(seen), 8)]  # after the sizing calls, each round is 4 x (untimed + 1)
+    assert len(set(firsts)) > 1  # not always the same fn first
+    seen.clear()
+    interleaved_rounds(fns, repeats=2, min_time_s=0.0, max_calls=1, seed=None)
+    assert seen[8:] == ["a", "a", "b", "b", "c", "c", "d", "d"] * 2  # after 2 sizing calls each

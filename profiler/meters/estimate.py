@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import time
 from typing import Annotated, Callable, ClassVar
 
@@ -180,8 +181,10 @@ def _ram_gb() -> float | None:
 
 
 def _process_cpu_time() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    """CPU seconds of this process and its waited children, user + system. getrusage counts in
+    microseconds where os.times() counts in clock ticks (10 ms): ±10-20 % of a 0.1 s window."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class EstimateMeter(EnergyMeter):
@@ -199,7 +202,7 @@ class EstimateMeter(EnergyMeter):
             ``/proc/cpuinfo`` and ``sysconf`` (tests, or machines that misreport).
         clock: monotonic wall clock in seconds (injectable for tests).
         cpu_time: cumulative CPU seconds of this process (injectable for tests); default
-            ``os.times()`` user + system (+ waited children).
+            ``getrusage`` user + system (+ waited children).
         cpuinfo_path: where to read the CPU description.
 
     Raises:

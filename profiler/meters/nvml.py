@@ -238,7 +238,9 @@ class NvmlMeter(EnergyMeter):
 
     # -- sampling -------------------------------------------------------------------------
     def sample(self) -> None:
-        """Take one power sample for every poll-mode GPU and integrate it (thread-safe)."""
+        """Take one power sample for every poll-mode GPU and integrate it (thread-safe). On Ampere
+        and newer GPUs ``nvmlDeviceGetPowerUsage`` is an average over the last second, so a visit
+        much shorter than that integrates mostly the power of what ran before it."""
         if not self.availability()[0]:
             return
         nv = self._nvml

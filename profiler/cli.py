@@ -290,6 +290,23 @@ def _results_warnings(run_dir: Path) -> int:
     return len(rf.rows)
 
 
+def _output_problem(out: str) -> str | None:
+    """Why ``-o OUT`` must not be written, or None. The page replaces its file through a renamed
+    temporary file: over a run's data (``results.jsonl``, the manifest) it would lose them, over a
+    FIFO or a device node it would replace the node itself. A link is followed (the page replaces
+    the file it points to)."""
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        return f"cannot write -o {out}: it is a folder; give the page's file name (ending in .html)"
+    if path.exists():
+        real = path.resolve()
+        if not real.is_file():
+            return f"cannot write -o {out}: it is not a regular file (a FIFO, a device or a socket); give the page's file name"
+        if real.suffix.lower() not in (".html", ".htm"):
+            return f"cannot write -o {out}: it exists and is not an HTML page, refusing to write over it (give a name ending in .html)"
+    return None
+
+
 def _write_page(write: Callable[[], Path]) -> int:
     """Run a page writer; an unwritable output path is a one-line error with exit status 2."""
     try:
@@ -319,6 +336,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import write_report
 
     run_dir = Path(args.run_dir)
+    problem = _output_problem(args.output) if args.output else None
+    if problem:  # before any work
+        print(f"sparsebench: {problem}", file=sys.stderr)
+        return 2
     if not run_dir.is_dir():
         print(f"sparsebench: {run_dir} {'is a file, not' if run_dir.exists() else 'does not exist: not'} a run directory",
               file=sys.stderr)
@@ -351,6 +372,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output is None:
         multi = len(given) == 1 and not (given[0] / RESULTS).is_file() and target_dirs(given[0])
         args.output = str(given[0] / "compare.html") if multi else "compare.html"
+    problem = _output_problem(args.output)
+    if problem:  # before any work
+        print(f"sparsebench: {problem}", file=sys.stderr)
+        return 2
     absent = [str(d) for d in dirs if not d.is_dir()]
     if absent:
         print(f"sparsebench: not run directories (missing, or a file): {', '.join(absent)}", file=sys.stderr)
@@ -383,9 +408,13 @@ def _compare_notes(dirs: list[Path]) -> list[str]:
     cell in common (other tasks, pruners or accelerators: every row is missing on the others)."""
     from reports.frame import load_rows
 
-    if len({d.resolve() for d in dirs}) < 2:
+    frames = [load_rows(d)[0] for d in dirs]
+    # one folder can hold several targets (a matrix over thread counts or kernel variants)
+    n_targets = sum(len(df[[c for c in ("kernel_variant", "threads") if c in df]].drop_duplicates()) if len(df) else 0
+                    for df in frames)
+    if len({d.resolve() for d in dirs}) < 2 and n_targets < 2:
         return [f"one run directory ({dirs[0]}): the page lists its cells with no second target to compare with"]
-    recipes = [set(df["recipe_id"]) if len(df) else set() for df in (load_rows(d)[0] for d in dirs)]
+    recipes = [set(df["recipe_id"]) if len(df) else set() for df in frames]
     if not set.intersection(*recipes):
         return ["the run directories have no cell in common (other tasks, pruners or accelerators): "
                 "every row of one target is missing on the others"]

@@ -161,20 +161,29 @@ def _schema() -> dict[str, tuple[Any, bool]]:
             for f in fields(Result) if f.name != "extra"}
 
 
+def _bases(hint: Any) -> list[Any]:
+    """The types a Result annotation allows besides None (``int | None`` → ``[int]``)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    return [typing.get_origin(h) or h for h in options if h is not type(None)]
+
+
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a Result annotation (str, int, float, bool, dict, ``X | None``)."""
+    """Whether a JSON value fits a Result annotation (str, int, float, bool, dict, ``X | None``);
+    an integral float (``545.0``) fits an int."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     options = typing.get_args(hint) if union else (hint,)
     if value is None:
         return type(None) in options
-    base = [h for h in options if h is not type(None)]
-    base = [typing.get_origin(h) or h for h in base]
+    base = _bases(hint)
     if Any in base:
         return True
     if isinstance(value, bool):
         return bool in base
     if isinstance(value, int):
         return int in base or float in base
+    if isinstance(value, float) and value.is_integer() and int in base:  # 545.0: pandas writes an int column holding a null so
+        return True
     return any(isinstance(value, b) for b in base if isinstance(b, type))
 
 
@@ -202,20 +211,34 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; ValueError for one that overflows to inf (``1e999``), which
+    ``parse_constant`` never sees."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"non-finite number {text[:40]}")
+    return value
+
+
 def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) for a valid row, (None, why) otherwise."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8 text (byte {exc.start} of the line)"
-    try:
-        row = json.loads(text, parse_constant=_reject_constant)
+    try:  # a byte-order mark (an editor's) is no part of the row
+        row = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         return None, "not JSON: nested too deeply"
     except ValueError as exc:
         return None, f"not JSON ({str(exc).splitlines()[0][:80]})"
     why = row_problem(row)
-    return (None, why) if why else (row, None)
+    if why:
+        return None, why
+    for name, (hint, _) in SCHEMA.items():  # a count written as 545.0 is the count 545
+        if isinstance(row.get(name), float) and float not in _bases(hint):
+            row[name] = int(row[name])
+    return row, None
 
 
 def read_results(path: Path) -> ResultsFile:

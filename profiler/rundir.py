@@ -94,8 +94,11 @@ def expand_run_dirs(run_dirs: Iterable[Path]) -> list[Path]:
 def write_atomic(path: Path, data: bytes) -> Path:
     """Replace ``path`` by ``data`` through a private temporary file next to it, fsync'ed and renamed
     over it (the rename fsync'ed too), so a crash or a full disk leaves the old file or the new one,
-    never a truncated one. Raises OSError naming ``path``, the temporary file removed."""
+    never a truncated one. A link is followed: the file it points to is replaced, the link kept.
+    Raises OSError naming ``path``, the temporary file removed."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

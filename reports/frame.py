@@ -16,7 +16,7 @@ import pandas as pd
 
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import distinct_labels
-from profiler.results import read_results
+from profiler.results import SCHEMA, read_results
 from profiler.rundir import RESULTS
 
 # Cells that share these keys are compared with each other (same shape, threads and target).
@@ -33,11 +33,16 @@ def load_rows(run_dir: Path) -> tuple[pd.DataFrame, list[int]]:
     (None where no sparse kernel reported one), ``recipe_id`` and ``model_id`` (recomputed by
     :func:`profiler.identity.ids_of_row` where a row lacks them), ``sparsity`` (the pruner's
     target, 0.0 for none) and the labels ``pruner_label``, ``accelerator_label`` and ``label``.
+    Every column of the row schema (:data:`profiler.results.SCHEMA`) is there, None where no row
+    has it: a row need only hold the required fields, and the pages show the rest as n/a.
     """
     rf = read_results(Path(run_dir) / RESULTS)
     df = pd.DataFrame(rf.rows)
     if df.empty:
         return df, rf.damaged_lines
+    for col in SCHEMA:
+        if col not in df:
+            df[col] = None
     if "kernel_variant" not in df:
         df["kernel_variant"] = "auto"
     df["kernel_variant"] = df["kernel_variant"].fillna("auto")

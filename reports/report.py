@@ -41,7 +41,7 @@ def _cell_table(df: pd.DataFrame) -> str:
     rows = []
     collapsed = collapsed_mask(df)
     for i, r in df.iterrows():
-        method = r.get("energy_method") or "unavailable"
+        method = r.get("energy_method") if isinstance(r.get("energy_method"), str) else "unavailable"  # NaN: a row without one
         spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" [busy]" if is_flagged(r.get("contention_flag")) else "")
         accuracy: Any = r.get("accuracy")
         reason = first_line(r.get("reason"), 160) if r["status"] != "ok" else ""

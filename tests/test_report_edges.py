@@ -1,0 +1,34 @@
+"""Report and compare pages from rows and run files a hand or an older version left incomplete:
+rows with only the required fields, wrongly typed hardware.json / manifest.json fields, and the
+page's wording (energy methods, task names, the folder a relative run directory names)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from profiler.cli import main
+
+#: a row with only the fields profiler.results.row_problem requires
+MINIMAL = {"cell_id": "abc", "task": "t", "pruner": "none", "pruner_params": {}, "accelerator": "torch-fp32",
+           "accelerator_params": {}, "batch_size": 1, "seq_len": 8, "threads": 1, "status": "ok"}
+
+
+def write_run(path: Path, rows: list[dict], hw: dict | None = None, manifest: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "hardware.json").write_text(json.dumps({"hardware_id": "hw1", "cpu_model": "x", "isa_flags": ["avx2"], "gpus": []}
+                                                   if hw is None else hw))
+    (path / "manifest.json").write_text(json.dumps({"sparsebench_version": "0", "git_commit": "abcdef0123456"}
+                                                   if manifest is None else manifest))
+    return path
+
+
+def test_a_row_with_only_the_required_fields_renders_both_pages(tmp_path):
+    run = write_run(tmp_path / "run", [MINIMAL, {**MINIMAL, "cell_id": "def", "pruner": "magnitude",
+                                                 "pruner_params": {"sparsity": 0.5}, "status": "failed"}])
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    assert main(["compare", str(run), "-o", str(tmp_path / "c.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    row = [r for r in html[html.index("<h2>All cells"):].split("<tr>") if "torch-fp32" in r and "magnitude" not in r][0]
+    assert "n/a" in row and "nan" not in row.lower().replace("class", "")
+    assert "n/a" in (tmp_path / "c.html").read_text()

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from reports.frame import (BASELINE_ACCELERATOR, MIN_KEPT, add_savings, collapsed_mask, is_baseline, is_flagged,
-                           kernel_variant_text, load_json, load_rows, positive, task_names)
+                           folder_name, kernel_variant_text, load_rows, load_run_file, positive, task_names)
 from reports.html import fmt
 
 #: the columns that describe a recipe (one value per recipe_id, whatever the target)
@@ -47,6 +47,8 @@ class Target:
     manifest: dict[str, Any]
     damaged_lines: list[int]
     label: str = ""
+    #: fields of hardware.json / manifest.json of the wrong type, per file (:func:`reports.frame.load_run_file`)
+    file_problems: dict[str, list[str]] = field(default_factory=dict)
     kernel_variant_used: str | None = None
     energy_methods: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
@@ -95,7 +97,7 @@ def _hw_name(hw: dict) -> str:
         return "unknown hardware (no hardware.json)"
     gpus = hw.get("gpus") or []
     cpu = _short_cpu(hw.get("cpu_model"))
-    return f"{cpu} + {gpus[0].get('name', 'GPU')}" if gpus else cpu
+    return f"{cpu} + {gpus[0].get('name') or 'GPU'}" if gpus else cpu
 
 
 def _label_targets(targets: list[Target]) -> None:
@@ -136,11 +138,12 @@ def _load_targets(run_dirs: Sequence[Path], allow_mixed_energy: bool) -> tuple[l
     targets, frames = [], []
     for run_dir in map(Path, run_dirs):
         df, damaged = load_rows(run_dir)
-        hw, manifest = load_json(run_dir / "hardware.json"), load_json(run_dir / "manifest.json")
+        (hw, hw_problems), (manifest, manifest_problems) = (load_run_file(run_dir, n) for n in ("hardware.json", "manifest.json"))
         groups = [((None, None), df)] if df.empty else list(df.groupby(["kernel_variant", "threads"], sort=True))
         for (kv, th), g in groups:
             t = Target(key=f"T{len(targets) + 1}", run_dir=run_dir, kernel_variant=kv or "auto",
-                       threads=None if th is None else int(th), hardware=hw, manifest=manifest, damaged_lines=damaged)
+                       threads=None if th is None else int(th), hardware=hw, manifest=manifest, damaged_lines=damaged,
+                       file_problems={"hardware.json": hw_problems, "manifest.json": manifest_problems})
             if not g.empty:
                 _describe(t, g)
                 g = add_savings(g, allow_mixed_energy).assign(target=t.key)

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 
 from profiler.timing import SPREAD_LIMIT
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
-from reports.frame import is_flagged
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
+from reports.frame import folder_name, is_flagged
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
 
 EXTRA_CSS = """<style>
 td.gap{color:#999;font-style:italic;background:#f6f6f6} tr.diff td{background:#fff8e1}
@@ -48,7 +48,7 @@ def _hardware_table(targets: list[Target]) -> str:
         return (hw.get("versions") or {}).get(keys[0])
 
     fields: list[tuple[str, Any]] = [
-        ("run directory", lambda t: t.run_dir.name),
+        ("run directory", lambda t: folder_name(t.run_dir)),
         ("hardware_id", lambda t: t.hardware_id or "?"),
         ("CPU", lambda t: t.hardware.get("cpu_model", "?")),
         ("vendor", lambda t: t.hardware.get("cpu_vendor") or "?"),
@@ -271,8 +271,9 @@ def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = Fals
     for f in c.flags:
         head.append(f"<div class='flag'>⚠ {esc(f)}</div>")
     for t in c.targets:
-        if t.damaged_lines and t is next(x for x in c.targets if x.run_dir == t.run_dir):  # once per run directory
-            head.append(damaged_warning(f"{t.run_dir.name}/results.jsonl", t.damaged_lines))
+        if t is next(x for x in c.targets if x.run_dir == t.run_dir):  # once per run directory
+            head.append(damaged_warning(f"{folder_name(t.run_dir)}/results.jsonl", t.damaged_lines))
+            head += [run_file_warning(f"{folder_name(t.run_dir)}/{name}", problems) for name, problems in t.file_problems.items()]
     if c.joined.empty or (c.joined["status"] == "missing").all():
         return page(title, head + ["<h2>Hardware</h2>", _hardware_table(c.targets), "<p>No results to compare.</p>"])
     gaps = {t.key: int(((c.joined["target"] == t.key) & (c.joined["status"] == "missing")).sum()) for t in c.targets}

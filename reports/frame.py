@@ -386,6 +386,12 @@ def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Seri
     return mask
 
 
+def folder_name(run_dir: Path) -> str:
+    """The name of the folder ``run_dir`` stands for, resolved: ``.`` or ``run/..`` name a folder too."""
+    p = Path(run_dir).resolve()
+    return p.name or str(p)
+
+
 #: the run files a page reads besides results.jsonl (their fields show as "?" when unreadable)
 RUN_JSON_FILES = ("manifest.json", "hardware.json")
 
@@ -393,6 +399,66 @@ RUN_JSON_FILES = ("manifest.json", "hardware.json")
 def damaged_run_files(run_dir: Path) -> list[str]:
     """Which of :data:`RUN_JSON_FILES` in ``run_dir`` exist but hold no readable JSON object."""
     return [name for name in RUN_JSON_FILES if (Path(run_dir) / name).exists() and not load_json(Path(run_dir) / name)]
+
+
+#: the fields of the run files that the pages show, and the JSON type each holds as written
+RUN_FILE_TYPES: dict[str, dict[str, type]] = {
+    "hardware.json": {"cpu_model": str, "cpu_vendor": str, "isa_flags": list, "logical_cpus": numbers.Real,
+                      "physical_cores": numbers.Real, "memory_gb": numbers.Real, "caches": dict, "os": str, "gpus": list,
+                      "versions": dict, "kernel_variant": str, "kernel_variants_supported": list, "kernel_note": str,
+                      "hardware_id": str},
+    "manifest.json": {"sparsebench_version": str, "git_commit": str, "created": str, "harness_overhead_s": numbers.Real,
+                      "config": dict, "target": str},
+}
+
+
+def load_run_file(run_dir: Path, name: str) -> tuple[dict, list[str]]:
+    """``run_dir/name`` (one of :data:`RUN_FILE_TYPES`) as :func:`load_json` reads it, with every
+    field the pages show in the type they expect, and what was wrong (``"isa_flags is null, not a
+    list"``) for the page to warn about. A hand-edited file may hold anything: a single value of
+    the wrong type becomes its text (a ``git_commit`` written as a number), a null where a list or
+    an object belongs, or a list or an object where a single value belongs, is dropped (shown as
+    ?), and the entries of a list become text (a GPU entry: ``{"name": text}``). A null single
+    value stays: the writer leaves some unknown (``cpu_vendor``, ``memory_gb``, ``git_commit``)."""
+    d = load_json(Path(run_dir) / name)
+    problems: list[str] = []
+    for key, want in RUN_FILE_TYPES[name].items():
+        if key not in d:
+            continue
+        v = d[key]
+        container = want in (list, dict)
+        if isinstance(v, want) and not (want is numbers.Real and isinstance(v, bool)):
+            if key == "gpus" and not all(isinstance(g, dict) for g in v):
+                problems.append(f"gpus holds {', '.join(sorted({type(g).__name__ for g in v if not isinstance(g, dict)}))}, not objects")
+                d[key] = [g if isinstance(g, dict) else {"name": _json_text(g)} for g in v]
+            elif want is list and key != "gpus" and not all(isinstance(x, str) for x in v):
+                problems.append(f"{key} holds {', '.join(sorted({type(x).__name__ for x in v if not isinstance(x, str)}))}, not text")
+                d[key] = [_json_text(x) for x in v]
+            continue
+        if v is None and not container:
+            continue
+        problems.append(f"{key} is {_json_type(v)}, not {_json_type(want)}")
+        if container or isinstance(v, (list, dict)):
+            del d[key]
+        else:
+            d[key] = _json_text(v)
+    return d, problems
+
+
+def _json_text(v: Any) -> str:
+    """A JSON value as the text to show (``null`` → ``"null"``, ``true`` → ``"true"``)."""
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _json_type(v: Any) -> str:
+    """The JSON name of a value's type, or of a type (``null``, ``a number``, ``a list``...)."""
+    t = v if isinstance(v, type) else type(v)
+    if v is None:
+        return "null"
+    for py, name in ((bool, "true/false"), (numbers.Real, "a number"), (str, "text"), (list, "a list"), (dict, "an object")):
+        if issubclass(t, py):
+            return name
+    return t.__name__
 
 
 def load_json(path: Path) -> dict:

@@ -69,6 +69,15 @@ def damaged_warning(name: str, lines: Sequence[int]) -> str:
             "(a run killed mid-write?) and are left out; every complete row is used.</div>")
 
 
+def run_file_warning(name: str, problems: Sequence[str]) -> str:
+    """The warning for a run file (``hardware.json``, ``manifest.json``) with fields of the wrong
+    type (:func:`reports.frame.load_run_file`'s problems), or ""."""
+    if not problems:
+        return ""
+    return (f"<div class='warn'>{esc(name)}: field(s) of the wrong type ({esc('; '.join(problems))}), edited by hand? "
+            "They show as their text, or as ? where no text fits.</div>")
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     """``v`` for a table cell; ``"n/a"`` for a value that is missing or not finite (the pages'
     footnotes say so), never a number made up for it. Below 1, ``digits + 1`` significant digits

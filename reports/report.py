@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
-from reports.frame import (add_savings, collapsed_mask, damaged_run_files, is_flagged, is_number, kernel_variant_text, load_json, load_rows,
-                           pareto_front, shape_labels, verdicts)
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, table, write_page
+from reports.frame import (add_savings, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
+                           load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
+from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
 from reports.multiply import multiply_section
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
@@ -148,20 +148,25 @@ def _thread_scaling(df: pd.DataFrame) -> str:
 def build_report_html(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     df, damaged = load_rows(run_dir)
-    hw, manifest = load_json(run_dir / "hardware.json"), load_json(run_dir / "manifest.json")
-    title = f"sparsebench report — {run_dir.name}"
+    (hw, hw_problems), (manifest, manifest_problems) = (load_run_file(run_dir, n) for n in ("hardware.json", "manifest.json"))
+    title = f"sparsebench report — {folder_name(run_dir)}"
     head = [f"<h1>{esc(title)}</h1>"]
-    gpus = ", ".join(g.get("name", "?") for g in hw.get("gpus") or []) or "none"
+
+    def known(v: Any) -> Any:
+        return "?" if v is None else v
+
+    gpus = (", ".join(str(known(g.get("name"))) for g in hw["gpus"]) or "none") if "gpus" in hw else "?"
     head.append(
-        f"<p class='note'>hardware <b>{esc(hw.get('cpu_model', '?'))}</b>, {esc(hw.get('logical_cpus', '?'))} logical CPUs, "
-        f"{esc(hw.get('memory_gb', '?'))} GB, ISA {esc(' '.join(hw.get('isa_flags', [])))}, GPU {esc(gpus)}; "
-        f"hardware_id {esc(hw.get('hardware_id', '?'))}; sparsebench {esc(manifest.get('sparsebench_version', '?'))}, "
+        f"<p class='note'>hardware <b>{esc(known(hw.get('cpu_model')))}</b>, {esc(known(hw.get('logical_cpus')))} logical CPUs, "
+        f"{esc(known(hw.get('memory_gb')))} GB, ISA {esc(' '.join(hw['isa_flags']) if 'isa_flags' in hw else '?')}, GPU {esc(gpus)}; "
+        f"hardware_id {esc(known(hw.get('hardware_id')))}; sparsebench {esc(known(manifest.get('sparsebench_version')))}, "
         f"git {esc((manifest.get('git_commit') or '?')[:10])}</p>"
     )
     if damaged:
         head.append(damaged_warning("results.jsonl", damaged))
     for name in damaged_run_files(run_dir):
         head.append(f"<div class='warn'>{esc(name)} is damaged (no readable JSON object): what it records shows as ?.</div>")
+    head += [run_file_warning("hardware.json", hw_problems), run_file_warning("manifest.json", manifest_problems)]
     if df.empty:
         return page(title, head + ["<p>No results yet.</p>"])
     df = add_savings(df)
@@ -261,7 +266,7 @@ def print_summary(run_dir: Path) -> None:
     if df.empty:
         return
     df = add_savings(df)
-    t = Table(title=f"sparsebench — {Path(run_dir).name}")
+    t = Table(title=f"sparsebench — {folder_name(run_dir)}")
     for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×", "× best dense"):
         t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
     collapsed = collapsed_mask(df)

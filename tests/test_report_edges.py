@@ -32,3 +32,30 @@ def test_a_row_with_only_the_required_fields_renders_both_pages(tmp_path):
     row = [r for r in html[html.index("<h2>All cells"):].split("<tr>") if "torch-fp32" in r and "magnitude" not in r][0]
     assert "n/a" in row and "nan" not in row.lower().replace("class", "")
     assert "n/a" in (tmp_path / "c.html").read_text()
+
+
+def test_wrongly_typed_run_file_fields_render_as_text_or_unknown_with_a_warning(tmp_path):
+    from reports.compare_page import build_compare_html
+    from reports.report import build_report_html
+
+    run = write_run(tmp_path / "run", [MINIMAL], hw={"hardware_id": "hw1", "cpu_model": "x", "isa_flags": None, "gpus": ["GPU0"]},
+                    manifest={"sparsebench_version": "0", "git_commit": 1234567, "created": 5})
+    other = write_run(tmp_path / "other", [MINIMAL])
+    html = build_report_html(run)
+    assert "ISA ?, GPU GPU0;" in html and "git 1234567" in html
+    assert "hardware.json: field(s) of the wrong type (isa_flags is null, not a list; gpus holds str, not objects)" in html
+    assert "manifest.json: field(s) of the wrong type (git_commit is a number, not text; created is a number, not text)" in html
+    page = build_compare_html([run, other])
+    assert "run/hardware.json: field(s) of the wrong type" in page and "run/manifest.json: field(s) of the wrong type" in page
+    assert "other/hardware.json: field(s)" not in page
+    assert "<td class='l' style='white-space:normal;max-width:420px'>1234567</td>" in page  # git commit, as text
+    assert "GPU0 (?, driver ?, cc ?)" in page
+
+
+def test_a_run_directory_given_as_dot_is_named_by_its_folder(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "myrun", [MINIMAL])
+    monkeypatch.chdir(run)
+    assert main(["report", "."]) == 0 and main(["compare", ".", "-o", str(tmp_path / "c.html")]) == 0
+    assert "<title>sparsebench report — myrun</title>" in (run / "report.html").read_text()
+    assert "<td class='l'><b>run directory</b></td><td class='l' style='white-space:normal;max-width:420px'>myrun</td>" \
+        in (tmp_path / "c.html").read_text()

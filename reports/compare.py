@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,7 +104,9 @@ def _hw_name(hw: dict) -> str:
 def _label_targets(targets: list[Target]) -> None:
     """Readable, unique labels: 'avx2 · 1 thread' when the hardware is the same everywhere,
     prefixed by the machine's short name when it differs, and by the target's name for a target
-    folder of a Ray run (its manifest's ``target``); the run directory breaks ties."""
+    folder of a Ray run (its manifest's ``target``). Ties (one machine, one axis value) get the run
+    directory's folder name, then its parent's too (``x1/run``, ``x3/run``), then a number (the same
+    folder given twice): the flags and the tables key targets by their label."""
     same_hw = len({t.hardware_id for t in targets}) <= 1
     names = {t.hardware_id: _hw_name(t.hardware) for t in targets}
     clash = len(set(names.values())) < len(names)
@@ -115,12 +118,17 @@ def _label_targets(targets: list[Target]) -> None:
         if t.threads is not None:
             parts.append(f"{t.threads} thread{'s' if t.threads != 1 else ''}")
         t.label = " · ".join(parts)
-    seen: dict[str, int] = {}
+    bases = {t.key: t.label for t in targets}
+    for tie in (lambda d: d.name, lambda d: f"{d.parent.name}/{d.name}"):
+        counts = Counter(t.label for t in targets)
+        for t in targets:
+            if counts[t.label] > 1:
+                t.label = f"{bases[t.key]} ({tie(Path(t.run_dir).resolve()) or folder_name(t.run_dir)})"
+    counts, seen = Counter(t.label for t in targets), Counter()
     for t in targets:
-        seen[t.label] = seen.get(t.label, 0) + 1
-    for t in targets:
-        if seen[t.label] > 1:
-            t.label += f" ({t.run_dir.name})"
+        if counts[t.label] > 1:
+            seen[t.label] += 1
+            t.label += f" #{seen[t.label]}" if seen[t.label] > 1 else ""
 
 
 def _describe(t: Target, g: pd.DataFrame) -> None:

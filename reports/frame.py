@@ -137,6 +137,10 @@ def is_flagged(v: Any) -> bool:
     return isinstance(v, (bool, np.bool_)) and bool(v)
 
 
+#: how the pages mark a collapsed model (its metric beside it, a chart category, a table cell)
+COLLAPSED_MARK = "(collapsed)"
+
+
 def collapsed_mask(df: pd.DataFrame) -> pd.Series:
     """Boolean mask of the rows whose model collapsed (``collapsed`` true: it predicts one class,
     or does no better than the majority class); False where a row has no such flag."""

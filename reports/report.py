@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
-from reports.frame import (add_savings, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
+from reports.frame import (COLLAPSED_MARK, add_savings, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
                            load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
 from reports.multiply import multiply_section
@@ -17,7 +17,6 @@ from reports.multiply import multiply_section
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
 #: the marker of a collapsed model in the scatter plots (never on a Pareto front)
 COLLAPSED_SYMBOL = "x-thin-open"
-COLLAPSED_MARK = "(collapsed)"
 
 
 def collapse_text(r: pd.Series) -> str:

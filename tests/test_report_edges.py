@@ -59,3 +59,28 @@ def test_a_run_directory_given_as_dot_is_named_by_its_folder(tmp_path, monkeypat
     assert "<title>sparsebench report — myrun</title>" in (run / "report.html").read_text()
     assert "<td class='l'><b>run directory</b></td><td class='l' style='white-space:normal;max-width:420px'>myrun</td>" \
         in (tmp_path / "c.html").read_text()
+
+
+def test_multiplicative_savings_name_the_energy_method_mark_collapsed_models_and_round_kept_down():
+    import pandas as pd
+
+    from reports.frame import add_savings
+    from reports.multiply import multiply_section, multiply_table
+
+    def cell(pruner, acc, p50, energy, accuracy, **extra):
+        return dict(task="t", task_key="t", batch_size=8, seq_len=128, threads=2, kernel_variant="auto", status="ok", pruner=pruner,
+                    pruner_label=pruner if pruner == "none" else f"{pruner} 0.9", accelerator=acc, accelerator_label=acc,
+                    latency_p50_s=p50, energy_j_per_inference=energy, energy_method="estimated", accuracy=accuracy,
+                    label=f"{pruner} + {acc}", **extra)
+
+    df = add_savings(pd.DataFrame([
+        cell("none", "torch-fp32", 0.12, 3.0, 0.9), cell("none", "int8-dynamic", 0.06, 1.5, 0.8999),
+        cell("magnitude", "sparse-cpu", 0.04, 1.0, 0.88), cell("magnitude", "sparse-int8", 0.03, 0.75, 0.5, collapsed=True),
+    ]))
+    t = multiply_table(df)
+    assert t.iloc[0]["energy_method"] == "estimated" and t.iloc[0]["collapsed_both"] and not t.iloc[0]["collapsed_sparse"]
+    html = multiply_section(df)
+    assert "energy × sparse (estimated)" in html and "energy × measured (estimated)" in html
+    assert '"yaxis":{"title":{"text":"energy \\u00d7 (estimated)"}}' in html  # the chart's axis (JSON-escaped ×)
+    assert "magnitude 0.9 b8 (collapsed)" in html and "55.55 % (collapsed)" in html
+    assert "99.98 %" in html  # 0.8999 / 0.9, rounded down

@@ -174,15 +174,7 @@ def build_report_html(run_dir: Path) -> str:
     lines = verdicts(df)
     head.append("<h2>Verdict</h2>" + ("<ul>" + "".join(f"<li>{esc(v)}</li>" for v in lines) + "</ul>" if lines else
                 "<p class='note'>No verdict: the run needs, in each shape, the dense torch-fp32 baseline (pruner none, accelerator torch-fp32) with an accuracy.</p>"))
-    methods = sorted(df.loc[df["status"] == "ok", "energy_method"].dropna().unique())
-    if any(m != "measured" for m in methods):
-        reasons = "; ".join(sorted({str(r) for col in ("energy_estimated_because", "energy_reason")
-                                    for r in df.get(col, pd.Series(dtype=str)).dropna().unique()}))
-        head.append(
-            "<div class='warn'>Energy here is " + ", ".join(badge(m) for m in methods)
-            + (" — not a measurement." if "estimated" in methods else ".")
-            + (f" {esc(reasons[:400])}" if reasons else "") + "</div>"
-        )
+    head.append(_energy_banner(df))
     contended = int(df["contention_flag"].map(is_flagged).sum()) if "contention_flag" in df else 0
     if contended:
         head.append(f"<div class='warn'>[busy] {contended} cell(s) were timed while other processes kept more than "
@@ -210,6 +202,29 @@ def build_report_html(run_dir: Path) -> str:
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)
+
+
+#: what each energy method means for a reader of the page
+METHOD_WORDS = {"measured": "energy counters", "power-poll": "polled power × time, not an energy counter",
+                "estimated": "not a measurement", "unavailable": "no energy value"}
+
+
+def _energy_banner(df: pd.DataFrame) -> str:
+    """The warning when some energy here is not ``measured``: the method, or with several, how
+    many cells each covers (a list of methods would read as if every cell were all of them)."""
+    counts = df.loc[df["status"] == "ok", "energy_method"].dropna().value_counts().sort_index()
+    if all(m == "measured" for m in counts.index):
+        return ""
+    reasons = "; ".join(sorted({str(r) for col in ("energy_estimated_because", "energy_reason")
+                                for r in df.get(col, pd.Series(dtype=str)).dropna().unique()}))
+    if len(counts) == 1:
+        (m,) = counts.index
+        text = f"Energy here is {badge(m)}" + (" — not a measurement." if m == "estimated" else ".")
+    else:
+        text = ("Energy here comes from several methods: "
+                + "; ".join(f"{badge(m)} for {n} cell(s) ({esc(METHOD_WORDS.get(m, m))})" for m, n in counts.items())
+                + ". Energy factors only compare cells of one method.")
+    return "<div class='warn'>" + text + (f" {esc(reasons[:400])}" if reasons else "") + "</div>"
 
 
 def _training_text(t: Any) -> str:

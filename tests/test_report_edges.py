@@ -84,3 +84,19 @@ def test_multiplicative_savings_name_the_energy_method_mark_collapsed_models_and
     assert '"yaxis":{"title":{"text":"energy \\u00d7 (estimated)"}}' in html  # the chart's axis (JSON-escaped ×)
     assert "magnitude 0.9 b8 (collapsed)" in html and "55.55 % (collapsed)" in html
     assert "99.98 %" in html  # 0.8999 / 0.9, rounded down
+
+
+def test_the_energy_banner_says_which_cells_each_method_covers(tmp_path):
+    from reports.report import build_report_html
+
+    methods = ["measured", "estimated", "estimated", "power-poll", "unavailable"]
+    rows = [{**MINIMAL, "cell_id": f"c{i}", "batch_size": i + 1, "energy_method": m,
+             "energy_j_per_inference": None if m == "unavailable" else 1.0} for i, m in enumerate(methods)]
+    html = build_report_html(write_run(tmp_path / "mixed", rows))
+    banner = html.split("Energy here", 1)[1].split("</div>", 1)[0]
+    assert "not a measurement" in banner and "— not a measurement" not in banner  # said of the estimated cells only
+    for m, n in (("estimated", 2), ("measured", 1), ("power-poll", 1), ("unavailable", 1)):
+        assert f'<span class="badge {m}">{m}</span> for {n} cell(s)' in banner
+    one = build_report_html(write_run(tmp_path / "est", [{**MINIMAL, "energy_method": "estimated", "energy_j_per_inference": 1.0}]))
+    assert 'Energy here is <span class="badge estimated">estimated</span> — not a measurement.' in one
+    assert "Energy here" not in build_report_html(write_run(tmp_path / "meas", [{**MINIMAL, "energy_method": "measured"}]))

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
-from reports.frame import (COLLAPSED_MARK, add_savings, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
+from reports.frame import (COLLAPSED_MARK, add_savings, add_task_key, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
                            load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
 from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
 from reports.multiply import multiply_section
@@ -238,11 +238,15 @@ def _training_text(t: Any) -> str:
 
 
 def _models_note(df: pd.DataFrame) -> str:
-    """Which dense model each task used (its fine-tune) and how each training pruner trained."""
+    """Which dense model each task used (its fine-tune) and how each training pruner trained. A task
+    is named as the charts name it (:func:`reports.frame.task_names`: a short key only where one
+    name stands for several tasks)."""
     items = []
     if "dense_finetune" in df:
-        for task_key, t in df.dropna(subset=["dense_finetune"]).groupby("task_key")["dense_finetune"].first().items():
-            items.append(f"dense model of {task_key}: fine-tuned {_training_text(t)}")
+        d = add_task_key(df.copy())
+        d = d.assign(_task=task_names(d)).dropna(subset=["dense_finetune"])
+        for task, t in d.groupby("_task", sort=False)["dense_finetune"].first().items():
+            items.append(f"dense model of {task}: fine-tuned {_training_text(t)}")
     if "pruner_training" in df:
         for label, t in df.dropna(subset=["pruner_training"]).groupby("pruner_label")["pruner_training"].first().items():
             items.append(f"{label}: trained {_training_text(t)}")

@@ -65,14 +65,18 @@ def test_models_note_names_the_dense_finetune_and_each_pruners_training():
     from reports.report import _models_note
 
     df = pd.DataFrame([
-        {**row("none", "torch-fp32", 0.1, 1.0), "task_key": "sst2", "dense_finetune": {"steps": 6315, "precision": "bf16", "steps_per_s": 9.5, "wall_time_s": 665.0}},
-        {**row("gmp", "sparse-int8", 0.05, 1.0, sparsity=0.9), "task_key": "sst2", "dense_finetune": {"steps": 6315},
+        {**row("none", "torch-fp32", 0.1, 1.0), "task": "sst2", "task_key": "6da2feac19ba",
+         "dense_finetune": {"steps": 6315, "precision": "bf16", "steps_per_s": 9.5, "wall_time_s": 665.0}},
+        {**row("gmp", "sparse-int8", 0.05, 1.0, sparsity=0.9), "task": "sst2", "task_key": "6da2feac19ba", "dense_finetune": {"steps": 6315},
          "pruner_training": {"steps": 12000, "precision": "fp32", "steps_per_s": 4.25, "wall_time_s": 2824.0}},
     ])
     html = _models_note(df)
-    assert "dense model of sst2: fine-tuned 6315 steps, bf16, 9.50 steps/s, 665 s" in html
+    assert "dense model of sst2: fine-tuned 6315 steps, bf16, 9.50 steps/s, 665 s" in html  # the task, not its key
     assert "gmp 0.9: trained 12000 steps, fp32, 4.25 steps/s, 2824 s" in html
     assert _models_note(pd.DataFrame([row("none", "torch-fp32", 0.1, 1.0)])) == ""
+    two = pd.concat([df, df.assign(task_key="0123456789ab", dense_finetune=[{"steps": 10}] * 2)], ignore_index=True)
+    html = _models_note(two)  # one name, two tasks (two data sets): the short key tells them apart
+    assert "dense model of sst2 [6da2fe]: fine-tuned 6315 steps" in html and "dense model of sst2 [012345]: fine-tuned 10 steps" in html
 
 
 def test_chart_categories_keep_cells_of_other_threads_and_tasks_apart():

@@ -137,10 +137,11 @@ def _measurements_table(c: Comparison) -> str:
                 (badge(method), method) if r["status"] == "ok" and method else _cell(r, None),
                 _cell(r, r.get("accuracy"), 4)]
 
-    heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("p50 ms", "p90 ms", "J/inference", "method", "accuracy")]
+    heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("p50 ms", "p90 ms", "J/inference (per sequence)", "method", "accuracy")]
     return ("<h2>Latency, energy and accuracy per target</h2>"
             f"<p class='note'>⚠ after p50: latency spread (IQR/median) above {SPREAD_LIMIT:.0%} — a noisy measurement "
-            "(shared or throttled cores); rerun before trusting that factor. n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
+            "(shared or throttled cores); rerun before trusting that factor. Latency is per batch; J/inference is per sequence "
+            "(one example). n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
 def _cross_table(c: Comparison) -> str:

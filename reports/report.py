@@ -35,8 +35,8 @@ def metric_title(df: pd.DataFrame) -> str:
 
 def _cell_table(df: pd.DataFrame) -> str:
     headers = ["task", "pruner", "accelerator", "batch", "seq", "threads", "kernel", "status", metric_title(df), "kept",
-               "sparsity (prunable)", "p50 ms", "p90 ms", "p99 ms", "n", "throughput /s", "J/inference",
-               "J/inf net", "energy method", "latency ×", "energy ×", "model MB", "reason"]
+               "sparsity (prunable)", "p50 ms", "p90 ms", "p99 ms", "n", "throughput /s", "J/inference (per sequence)",
+               "J/inf net (per sequence)", "energy method", "latency ×", "energy ×", "model MB", "reason"]
     rows = []
     collapsed = collapsed_mask(df)
     for i, r in df.iterrows():
@@ -191,7 +191,7 @@ def build_report_html(run_dir: Path) -> str:
     head.append("<p>" + " ".join(badge(k, f"{k}: {v}") for k, v in counts.items()) + "</p>")
     sections = head + [
         "<h2>Accuracy vs latency</h2>", _scatter(df, "latency_p50_s", "p50 latency per batch (ms)", "Accuracy vs p50 latency (Pareto front: rings and dotted line)"),
-        "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J)", "Accuracy vs energy per inference (open markers: estimated)"),
+        "<h2>Accuracy vs energy</h2>", _scatter(df, "energy_j_per_inference", "energy per inference (J per sequence)", "Accuracy vs energy per inference (open markers: estimated)"),
         "<h2>Savings factors</h2>", _savings(df), _thread_scaling(df),
     ]
     sections.append(multiply_section(df))
@@ -199,6 +199,7 @@ def build_report_html(run_dir: Path) -> str:
                  "(collapsed): the model predicts one class, or does no better than the majority class (the reason column says which). "
                  "n/a: a value that was not measured or not finite (the row's <code>reason</code>, <code>energy_reason</code> or <code>null_reasons</code> say why). "
                  "kept: the metric ÷ the dense baseline's, rounded down to 0.01 %. "
+                 "Latency (p50, p90, p99) is per batch; J/inference is per sequence (one example): a batch costs batch × J/inference. "
                  "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
                  "energy factors only between cells of one energy method.</p>", _cell_table(df)]
     return page(title, sections)
@@ -285,7 +286,7 @@ def print_summary(run_dir: Path) -> None:
         return
     df = add_savings(df)
     t = Table(title=f"sparsebench — {folder_name(run_dir)}")
-    for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inference", "energy method", "latency ×", "× best dense"):
+    for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inf (per seq)", "energy method", "latency ×", "× best dense"):
         t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
     collapsed = collapsed_mask(df)
     for i, r in df.iterrows():

@@ -100,3 +100,15 @@ def test_the_energy_banner_says_which_cells_each_method_covers(tmp_path):
     one = build_report_html(write_run(tmp_path / "est", [{**MINIMAL, "energy_method": "estimated", "energy_j_per_inference": 1.0}]))
     assert 'Energy here is <span class="badge estimated">estimated</span> — not a measurement.' in one
     assert "Energy here" not in build_report_html(write_run(tmp_path / "meas", [{**MINIMAL, "energy_method": "measured"}]))
+
+
+def test_energy_headers_say_joules_per_sequence_beside_per_batch_latency(tmp_path):
+    from reports.compare_page import build_compare_html
+    from reports.report import build_report_html
+
+    run = write_run(tmp_path / "run", [{**MINIMAL, "energy_method": "estimated", "energy_j_per_inference": 1.0, "accuracy": 0.9,
+                                        "latency_p50_s": 0.01}])
+    html = build_report_html(run)
+    assert "<th class=\"\">J/inference (per sequence)</th>" in html and "J/inf net (per sequence)" in html
+    assert "energy per inference (J per sequence)" in html and "J/inference is per sequence" in html
+    assert "T1 J/inference (per sequence)</th>" in build_compare_html([run])

@@ -143,7 +143,9 @@ class SparseInt8(_SparseSwap):
         if engine != "auto" and engine not in X86_QUANT_ENGINES:
             raise ValueError(f"engine must be 'auto' or one of {', '.join(X86_QUANT_ENGINES)}")
         self.act_quant = act_quant
-        self.padding_sensitive = act_quant == "tensor"
+        # one activation scale per call (per tensor, or torch's dynamic INT8 for the dense layers):
+        # pad positions and the batch's other sequences move it
+        self.padding_sensitive = act_quant == "tensor" or dense_fallback == "torch-int8"
         self.dense_fallback = dense_fallback
         self.dense_format = dense_format
         self.engine = engine
@@ -233,7 +235,7 @@ class SparseInt8(_SparseSwap):
         if len(engines) == 1 or not layers:
             return engines[0]
         lin = max((m for _, m in layers), key=lambda m: m.weight.numel())
-        x = torch.randn(example_tokens(example), lin.in_features)
+        x = torch.randn(example_tokens(example), lin.in_features, generator=torch.Generator().manual_seed(0))
         with intra_op_threads(threads):
             mods = {e: EngineInt8Linear(lin, e) for e in engines}
             t = interleaved_timing({e: (lambda m=m: m(x)) for e, m in mods.items()},

@@ -224,9 +224,9 @@ def padding_fields(acc: Any, c: Cell, eval_batch_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {"accuracy_padding": f"{ACCURACY_PADDING} (batches of {eval_batch_size})",
                            "timing_padding": f"every example padded or truncated to seq_len {c.seq_len}"}
     if getattr(acc, "padding_sensitive", False):
-        out["padding_flag"] = ("outputs depend on padding (activations quantized per tensor, pad positions "
-                               "included): the accuracy was measured with dynamic padding, not at seq_len "
-                               f"{c.seq_len} as timed")
+        out["padding_flag"] = ("outputs depend on padding and on the batch's other sequences (activations "
+                               "quantized with one scale per call, pad positions included): the accuracy was "
+                               f"measured with dynamic padding in its own batches, not at seq_len {c.seq_len} as timed")
     return out
 
 

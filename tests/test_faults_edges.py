@@ -91,6 +91,8 @@ def test_rows_state_their_padding_and_flag_padding_sensitive_accelerators():
     assert "padding_flag" in padding_fields(Int8Dynamic(), cell, 64)
     assert "padding_flag" in padding_fields(SparseInt8(act_quant="tensor"), cell, 64)
     assert "padding_flag" not in padding_fields(SparseInt8(act_quant="token"), cell, 64)
+    # per-token activations, but the dense layers in torch's dynamic INT8 (one scale per call)
+    assert "padding_flag" in padding_fields(SparseInt8(act_quant="token", dense_fallback="torch-int8"), cell, 64)
 
 
 def test_report_says_which_cells_have_padding_dependent_outputs(tmp_path):

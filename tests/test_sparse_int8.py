@@ -751,3 +751,70 @@ def test_a_nan_hidden_state_reaches_the_logits_as_under_torch():
         with torch.no_grad():
             emb.weight[ex["input_ids"][0, 3]] = float("nan")
         assert torch.isnan(logits(m, ex)).any(-1).tolist() == [True, False, False], type(m).__name__
+
+
+def test_a_mix_in_the_fallbacks_own_format_is_not_raced_against_it(monkeypatch):
+    """Every layer in csr, the kernel-int8 fallback in csr from the same weights: one model twice.
+    A race between them would set sparse_fell_back_to_dense and the layer counts by timing noise."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.sparse_int8 import SparseInt8
+
+    real, raced = sc.interleaved_timing, []
+
+    def record(fns, repeats, min_time_s):
+        raced.append(set(fns) == {"dense", "sparse"})
+        return real(fns, repeats, min_time_s)
+
+    monkeypatch.setattr(sc, "interleaved_timing", record)
+    model, ex = tiny_bert(0.9), tiny_inputs()
+    fields = [SparseInt8(format="csr", dense_format="csr", repeats=1, min_time_s=0.0).prepare(
+        model, ex, PrepareSettings(threads=1)).fields for _ in range(2)]
+    assert not any(raced)
+    for f in fields:
+        assert not f["sparse_fell_back_to_dense"] and f["sparse_model_check_speedup"] is None
+        assert f["sparse_layers"] + f["dense_layers"] == 12 and f["sparse_layers"] == fields[0]["sparse_layers"]
+
+
+def test_a_plain_dense_fallback_names_no_kernel_variant(monkeypatch):
+    """When the whole model falls back to the plain dense copy, no kernel of ours runs: the row
+    says so instead of naming the variant the discarded sparse model would have used."""
+    import accelerators.sparse_cpu as sc
+    from accelerators.sparse_cpu import SparseCPU
+
+    real = sc.interleaved_timing
+
+    def dense_wins(fns, repeats, min_time_s):
+        t = real(fns, repeats, min_time_s)
+        return {**t, "dense": 0.0} if set(fns) == {"dense", "sparse"} else t
+
+    monkeypatch.setattr(sc, "interleaved_timing", dense_wins)
+    p = SparseCPU(repeats=1, min_time_s=0.0).prepare(tiny_bert(0.9), tiny_inputs(), PrepareSettings(threads=1))
+    assert not any(isinstance(m, SparseLinear) for m in p.module.modules())
+    f = p.fields
+    assert f["sparse_fell_back_to_dense"] and f["kernel_variant_used"] is None
+    assert "fell back" in f["lean_model_note"]
+
+
+def test_a_nan_error_fails_the_fused_layer_check():
+    """err > limit is False for a NaN error: the check must refuse it, not pass it."""
+    from torch import nn
+
+    from accelerators.sparse_cpu import _SparseSwap, layer_outputs, sequence_errors
+
+    class Model(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.encoder = nn.Module()
+            self.encoder.layer = nn.ModuleList([layer])
+
+        def forward(self, input_ids):
+            return self.encoder.layer[0](input_ids.float()[..., None].expand(-1, -1, 4).clone())
+
+    class Nan(nn.Module):
+        def forward(self, x):
+            return x * float("nan")
+
+    ex = {"input_ids": torch.ones(1, 3, dtype=torch.long)}
+    ref = layer_outputs(Model(nn.Identity()), ex)
+    plain = [sequence_errors(h, r) for h, r in zip(ref, ref)]
+    assert _SparseSwap._fused_error(Model(Nan()), ex, ref, plain, 1e-4).startswith("fused layer 0")

@@ -279,14 +279,18 @@ def _results_warnings(run_dir: Path) -> int:
     """Print the damaged rows and duplicate cells of ``run_dir/results.jsonl``, and damaged run
     files (:func:`reports.frame.damaged_run_files`), to stderr; the number of valid rows."""
     from profiler.results import read_results
-    from reports.frame import damaged_run_files
+    from reports.frame import RUN_FILE_TYPES, damaged_run_files, load_run_file
 
     rf = read_results(run_dir / RESULTS)
     for line in rf.warnings():
         print(f"sparsebench: warning: {line}", file=sys.stderr)
-    for name in damaged_run_files(run_dir):
+    damaged = damaged_run_files(run_dir)
+    for name in damaged:
         print(f"sparsebench: warning: {run_dir / name} is damaged (no readable JSON object): the page shows its "
               "fields as ?", file=sys.stderr)
+    for name in (n for n in RUN_FILE_TYPES if n not in damaged):
+        for problem in load_run_file(run_dir, name)[1]:  # a hand-edited field of the wrong type
+            print(f"sparsebench: warning: {run_dir / name}: {problem}", file=sys.stderr)
     return len(rf.rows)
 
 

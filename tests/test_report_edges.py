@@ -52,6 +52,14 @@ def test_wrongly_typed_run_file_fields_render_as_text_or_unknown_with_a_warning(
     assert "GPU0 (?, driver ?, cc ?)" in page
 
 
+def test_the_command_warns_of_wrongly_typed_run_file_fields(tmp_path, capsys):
+    from profiler.cli import main
+
+    run = write_run(tmp_path / "run", [MINIMAL], hw={"hardware_id": "hw1", "cpu_model": "x", "isa_flags": None})
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    assert "hardware.json: isa_flags is null, not a list" in capsys.readouterr().err
+
+
 def test_a_run_directory_given_as_dot_is_named_by_its_folder(tmp_path, monkeypatch):
     run = write_run(tmp_path / "myrun", [MINIMAL])
     monkeypatch.chdir(run)

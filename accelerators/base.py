@@ -133,8 +133,10 @@ class Accelerator:
     #: the canonical parameters (cell ids) while at their defaults, so earlier run directories match
     late_params: ClassVar[tuple[str, ...]] = ()
     #: number format of the prepared module's heavy arithmetic ("fp32", "bf16", "fp16", "int8");
-    #: dense cells in "fp32" are the full-precision engines every savings factor is also taken against
-    compute_precision: str = "fp32"
+    #: dense cells in "fp32" are the full-precision engines every savings factor is also taken
+    #: against. A subclass declares it: one that does not ("unknown") is never such a reference, so
+    #: an fp16 or INT8 plugin cannot become the dense fp32 baseline by omission.
+    compute_precision: str = "unknown"
     #: whether outputs depend on the padding of a batch (not just on its real tokens), e.g. when
     #: activations are quantized with one scale per tensor, pad positions included: such cells'
     #: accuracy (measured with the task's own padding) and their timing (padded to seq_len) differ

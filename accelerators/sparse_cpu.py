@@ -630,3 +630,4 @@ class SparseCPU(_SparseSwap):
     """
 
     name = "sparse-cpu"
+    compute_precision = "fp32"

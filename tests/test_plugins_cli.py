@@ -389,3 +389,16 @@ def test_a_pruner_returning_no_report_fails_its_cells_saying_what_to_return(isol
     bad = [r for r in read_results(results).rows if r["pruner"] == "no-report"]
     assert bad and bad[0]["status"] == "failed"
     assert "prune() returned NoneType; it must prune the model in place and return a PruneReport" in bad[0]["reason"]
+
+
+def test_an_accelerator_that_declares_no_precision_is_no_dense_fp32_reference():
+    """A third-party fp16 or INT8 path that leaves compute_precision unset must not become the
+    dense fp32 engine every savings factor is also taken against."""
+    from accelerators.sparse_cpu import SparseCPU
+    from accelerators.torch_fp32 import TorchFP32
+    from profiler.identity import is_dense_fp32
+
+    assert TinyAccelerator.compute_precision == "unknown"
+    assert not is_dense_fp32("none", "tiny-acc", TinyAccelerator.compute_precision)
+    assert TorchFP32.compute_precision == SparseCPU.compute_precision == "fp32"
+    assert is_dense_fp32("none", "sparse-cpu", SparseCPU.compute_precision)

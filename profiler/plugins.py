@@ -18,8 +18,8 @@ the entry point's name) is the name a config uses, and its constructor's paramet
 exactly as for built-ins; ``sparsebench plugins`` lists it with its distribution.
 
 Loading never stops sparsebench: an entry point that fails to import, names something that is
-not a plugin class, or takes a name already registered (a built-in or another distribution's
-plugin) is skipped with a :class:`PluginWarning` naming the distribution and the entry point
+not a plugin class, takes a name already registered (a built-in or another distribution's
+plugin), or that the registry refuses (a constructor parameter called ``name``) is skipped with a :class:`PluginWarning` naming the distribution and the entry point
 (and, for a name clash, both classes). The messages are kept in :data:`LOAD_PROBLEMS`.
 """
 from __future__ import annotations
@@ -93,8 +93,9 @@ def _registry_for(obj: Any) -> Registry | None:
 def load_entry_point(ep: Any) -> str | None:
     """Register the plugin class one entry point names; return ``None``, or why it was skipped.
 
-    Never raises for a broken plugin: import errors, non-plugin objects and name clashes come
-    back as one sentence naming the distribution and the entry point.
+    Never raises for a broken plugin: import errors, non-plugin objects, name clashes and classes
+    the registry refuses (a constructor parameter called ``name``) come back as one sentence naming
+    the distribution and the entry point.
     """
     origin = _origin(ep)
     try:
@@ -116,7 +117,10 @@ def load_entry_point(ep: Any) -> str | None:
         return (f"{ENTRY_POINT_GROUP}: {origin}: {registry.kind} name {name!r} of {class_path(obj)} is "
                 f"already taken by {class_path(old)} ({registry.source(name)}); {class_path(obj)} "
                 f"was not loaded: give it another name")
-    registry.register(obj, source=origin)
+    try:
+        registry.register(obj, source=origin)
+    except ValueError as e:  # e.g. a constructor parameter called 'name': this plugin only, not sparsebench
+        return f"{ENTRY_POINT_GROUP}: {origin}: {e}; skipped"
     return None
 
 

@@ -402,3 +402,12 @@ def test_an_accelerator_that_declares_no_precision_is_no_dense_fp32_reference():
     assert not is_dense_fp32("none", "tiny-acc", TinyAccelerator.compute_precision)
     assert TorchFP32.compute_precision == SparseCPU.compute_precision == "fp32"
     assert is_dense_fp32("none", "sparse-cpu", SparseCPU.compute_precision)
+
+
+def test_a_plugin_the_registry_refuses_is_skipped_with_a_warning(monkeypatch, isolated_registries):
+    """A constructor parameter called 'name' stops that entry point only, never sparsebench."""
+    _fake_group(monkeypatch, FakeEntryPoint("named-param", NamedParam), FakeEntryPoint("tiny-acc", TinyAccelerator))
+    with pytest.warns(PluginWarning, match="parameter called 'name' could never be set"):
+        (problem,) = load_entry_points()
+    assert "'sparsebench-tiny'" in problem and "'named-param'" in problem and problem.endswith("skipped")
+    assert "named-param" not in ACCELERATORS and "tiny-acc" in ACCELERATORS

@@ -380,6 +380,11 @@ def check_matrix_fits_tasks(cfg: Config) -> None:
     for task_spec in cfg.tasks:
         task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         where = f"{task_spec.key} ({task_spec.label()})"
+        try:  # the dense model's cache key: a task plugin must give one before anything is trained
+            task.fingerprint()
+        except NotImplementedError:
+            raise ConfigError(f"{where}: the task's fingerprint() is not implemented; a task returns what "
+                              "determines its dense model (the model cache key)") from None
         positions = getattr(task, "max_positions", None)
         if positions and max(cfg.seq_lens) > positions:
             raise ConfigError(f"matrix.seq_len: {max(cfg.seq_lens)} is longer than {where}'s model takes "

@@ -350,10 +350,13 @@ class Task:
         """Every metric of :meth:`metrics` over the whole eval split, in a fixed order, padding masked.
 
         Examples are batched in length order (dynamic padding), which changes no prediction because
-        padding positions are masked out of attention. Raises ValueError when any logit is NaN or
-        ±inf: argmax would read such a row as class 0 and score a broken model as if it answered.
+        padding positions are masked out of attention. Raises ValueError when the eval split is
+        empty, or when any logit is NaN or ±inf: argmax would read such a row as class 0 and score a
+        broken model as if it answered.
         """
         ex = self.eval_examples()
+        if not ex:
+            raise ValueError(f"task {self.name!r} has no evaluation examples: eval_examples() returned none")
         order = sorted(range(len(ex)), key=lambda i: len(ex[i].input_ids))
         logits = [None] * len(ex)
         for s in range(0, len(order), batch_size):

@@ -23,6 +23,8 @@ Units: joules, seconds, watts. An absent device is ``None``, never ``0.0``.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,6 +87,45 @@ def safe_availability(plugin: Any, *args: Any) -> tuple[bool, str]:
         return bool(ok), str(reason)
     except Exception as e:
         return False, f"availability() raised {e!r}"
+
+
+def checked_read(meter: EnergyMeter) -> Reading:
+    """``meter.read()``, checked against the meter contract before any arithmetic uses it.
+
+    A third-party meter may return something else than a :class:`~profiler.meters.base.Reading`
+    of :class:`~profiler.meters.base.Counter` values (a bare float, joules as a string); the window
+    arithmetic would then crash the run far from the cause. Raises TypeError naming the meter and
+    what it returned; the callers treat it as a failed read (energy ``unavailable`` with that
+    reason, the matrix goes on). Non-finite joules are left to :func:`counter_delta` (it names them).
+    """
+    from profiler.meters.base import Counter, Reading  # meters import this module: no cycle at import time
+
+    r = meter.read()
+    who = f"meter {getattr(meter, 'name', '?')!r}: read()"
+    contract = "it must return profiler.meters.base.Reading(t_s, {domain: Counter(joules, max_range_j)})"
+    if not isinstance(r, Reading):
+        raise TypeError(f"{who} returned {type(r).__name__} {_short(r)}; {contract}")
+    if isinstance(r.t_s, bool) or not isinstance(r.t_s, numbers.Real) or not math.isfinite(r.t_s):
+        raise TypeError(f"{who} returned a Reading whose t_s is {type(r.t_s).__name__} {_short(r.t_s)}; "
+                        "it must be a finite monotonic time in seconds")
+    if not isinstance(r.counters, dict):
+        raise TypeError(f"{who} returned a Reading whose counters are {type(r.counters).__name__} "
+                        f"{_short(r.counters)}; {contract}")
+    for d, c in r.counters.items():
+        if not isinstance(d, str) or not isinstance(c, Counter):
+            raise TypeError(f"{who} returned domain {_short(d)} as {type(c).__name__} {_short(c)}; {contract}")
+        for attr in ("energy_j", "max_range_j"):
+            v = getattr(c, attr)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise TypeError(f"{who} returned domain {d!r} with {attr} = {type(v).__name__} {_short(v)}; "
+                                "it must be a number of joules, or None when unreadable")
+    return r
+
+
+def _short(v: Any) -> str:
+    """``repr(v)``, cut to 60 characters (a message names what a plugin returned, not all of it)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +191,7 @@ def measure_idle_power(
     try:  # a meter failing to start or mid-way must not kill the run
         meter.start()
         try:
-            readings = [meter.read()]
+            readings = [checked_read(meter)]
             safe = meter.max_safe_window_s
             remaining = seconds
             step = seconds if not safe else min(seconds, safe / 4.0)
@@ -158,7 +199,7 @@ def measure_idle_power(
                 chunk = min(step, remaining)
                 sleep(chunk)
                 remaining -= chunk
-                readings.append(meter.read())
+                readings.append(checked_read(meter))
         finally:
             _stop_quietly(meter)
     except Exception as e:
@@ -342,7 +383,7 @@ class EnergyWindow:
             return self
         try:
             self.meter.start()
-            first = self.meter.read()
+            first = checked_read(self.meter)
         except Exception as e:
             self._error = f"meter read failed at window start: {e!r}"
             return self
@@ -381,8 +422,9 @@ class EnergyWindow:
                 return
 
     def sample(self) -> None:
-        """Take an intermediate reading (thread-safe). Raises whatever ``meter.read()`` raises."""
-        r = self.meter.read()
+        """Take an intermediate reading (thread-safe). Raises whatever ``meter.read()`` raises, and
+        TypeError for a reading that breaks the meter contract (:func:`checked_read`)."""
+        r = checked_read(self.meter)
         with self._lock:
             self._readings.append(r)
 
@@ -558,7 +600,7 @@ class VisitWindows:
         if not self._available[0] or self._error is not None:
             return
         try:
-            r = self.meter.read()
+            r = checked_read(self.meter)
         except Exception as e:
             self._error = f"meter read failed at a visit's {'start' if new_segment else 'end'}: {e!r}"
             return

@@ -6,6 +6,7 @@ negative joule from a counter (a backwards counter with an unknown wrap range gi
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: meters import profiler.energy, which imports this module
@@ -16,23 +17,33 @@ def counter_delta(c0: Counter, c1: Counter) -> tuple[float | None, list[str]]:
     """Energy in joules between two readings of one cumulative counter, wrap-corrected.
 
     Returns ``(joules, flags)``. ``joules`` is ``None`` (never negative) when either read failed,
-    or when the counter went backwards and its wrap range is unknown. Flags carried on either
-    counter are passed through. At most one wrap per interval is assumed; keeping intervals
+    either value is NaN or infinite (the flag says which), or when the counter went backwards and
+    its wrap range is unknown. Flags carried on either counter are passed through. At most one wrap per interval is assumed; keeping intervals
     shorter than the meter's ``max_safe_window_s`` is the caller's job (:class:`EnergyWindow`).
     """
     flags = [f for f in (c0.flag, c1.flag) if f]
     if c0.energy_j is None or c1.energy_j is None:
         return None, flags or ["counter unreadable"]
+    bad = [v for v in (c0.energy_j, c1.energy_j) if not math.isfinite(v)]
+    if bad:  # NaN compares false both ways: it would read as a counter that went backwards
+        return None, flags + [f"counter read {_nonfinite(bad[0])}; value dropped"]
     d = c1.energy_j - c0.energy_j
     if d >= 0:
         return d, flags
     rng = c1.max_range_j if c1.max_range_j is not None else c0.max_range_j
+    if rng is not None and not math.isfinite(rng):
+        return None, flags + [f"counter went backwards and its wrap range is {_nonfinite(rng)}; value dropped"]
     if rng is None or rng <= 0:
         return None, flags + ["counter went backwards and its wrap range is unknown; value dropped"]
     d += rng
     if d < 0:
         return None, flags + ["counter went backwards by more than its wrap range; value dropped"]
     return d, flags
+
+
+def _nonfinite(v: float) -> str:
+    """``"NaN"``, ``"inf"`` or ``"-inf"``: how a flag names a non-finite counter value."""
+    return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
 def readings_energy(

@@ -334,3 +334,47 @@ def test_a_domain_whose_method_changes_inside_the_window_is_named_by_its_worst_r
     assert r.method == "power-poll" and r.domain_methods == {"gpu": "power-poll"}
     assert r.energy_j_per_inference == pytest.approx(10.0)
     assert any("method changed inside the window (power-poll, measured)" in f for f in r.flags)
+
+
+class WrongTypeMeter(ScriptMeter):
+    """A third-party meter breaking the read() contract: ``bad(t)`` is what it returns."""
+
+    name = "wrong-type"
+
+    def __init__(self, clock, bad):
+        super().__init__(clock, {})
+        self.bad = bad
+
+    def read(self):
+        return self.bad(self.clock())
+
+
+@pytest.mark.parametrize("bad, says", [
+    (lambda t: 12.5, "read() returned float 12.5; it must return profiler.meters.base.Reading"),
+    (lambda t: Reading(t, {"cpu": Counter(str(t))}), "domain 'cpu' with energy_j = str"),
+    (lambda t: Reading(t, {"cpu": 3.0}), "domain 'cpu' as float 3.0"),
+    (lambda t: Reading("now", {}), "t_s is str 'now'"),
+])
+def test_a_reading_of_the_wrong_type_is_unavailable_naming_the_meter(bad, says):
+    from profiler.energy import VisitWindows
+
+    c = Clock()
+    m = WrongTypeMeter(c, bad)
+    r = run(m, c, 1.0, 10)
+    assert r.method == "unavailable" and r.energy_j_per_inference is None
+    assert "meter 'wrong-type'" in r.reason and says in r.reason
+    idle = measure_idle_power(m, 1.0, sleep=c.sleep)
+    assert idle.watts == {} and "meter 'wrong-type'" in idle.flags[0] and says in idle.flags[0]
+    v = VisitWindows(m)
+    v.begin(), c.sleep(1.0), v.end()
+    r = v.result(10)
+    assert r.method == "unavailable" and says in r.reason
+
+
+@pytest.mark.parametrize("value, word", [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")])
+def test_a_non_finite_counter_is_named_not_called_backwards(value, word):
+    for pair in ((Counter(1.0), Counter(value)), (Counter(value), Counter(1.0)), (Counter(value), Counter(value))):
+        d, fl = counter_delta(*pair)
+        assert d is None and fl == [f"counter read {word}; value dropped"]
+    d, fl = counter_delta(Counter(5.0, value), Counter(2.0))
+    assert d is None and fl == [f"counter went backwards and its wrap range is {word}; value dropped"]

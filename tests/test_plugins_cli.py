@@ -411,3 +411,24 @@ def test_a_plugin_the_registry_refuses_is_skipped_with_a_warning(monkeypatch, is
         (problem,) = load_entry_points()
     assert "'sparsebench-tiny'" in problem and "'named-param'" in problem and problem.endswith("skipped")
     assert "named-param" not in ACCELERATORS and "tiny-acc" in ACCELERATORS
+
+
+def test_a_meter_reading_the_wrong_type_leaves_energy_unavailable_and_the_matrix_runs(isolated_registries, tmp_path):
+    import time
+
+    from profiler.meters.base import EnergyMeter
+    from profiler.plugins import METERS
+
+    class FloatReading(EnergyMeter):
+        name = "float-reading"
+
+        def availability(self):
+            return True, ""
+
+        def read(self):
+            return time.monotonic()  # not a Reading
+
+    METERS.register(FloatReading, source="distribution 'x'")
+    status, (row,) = _tiny_run(tmp_path, "torch-fp32", meter={"name": "float-reading"})
+    assert status == 0 and row["status"] == "ok" and row["energy_method"] == "unavailable"
+    assert "meter 'float-reading': read() returned float" in row["energy_reason"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Annotated, Any
 from accelerators.base import KERNEL_VARIANTS
 from accelerators.params import Range, number_problem
 from profiler import identity
+from profiler.energy import ENERGY_METHODS
 from profiler.errors import ConfigError
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, stable_hash
 from profiler.labels import distinct_labels, plugin_label
@@ -215,6 +217,27 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
     return specs
 
 
+def _check_meter(spec: PluginSpec) -> PluginSpec:
+    """``spec`` once its meter's class attributes keep the meter contract: ``method`` one of
+    :data:`~profiler.energy.ENERGY_METHODS`, ``resolution_s`` a finite number of seconds > 0 and
+    ``max_safe_window_s`` None or one. A third-party meter's mistake there would otherwise label
+    every row's energy wrongly or stretch every timing window; raises ConfigError naming the
+    meter and the valid values, before any work."""
+    meter = METERS.build(spec.name, spec.params, spec.key)
+    who = f"{spec.key}.name: energy meter {spec.name!r} ({METERS.source(spec.name)})"
+    method = getattr(meter, "method", None)
+    if not isinstance(method, str) or method not in ENERGY_METHODS:
+        raise ConfigError(f"{who} has method {method!r}; valid methods: {', '.join(ENERGY_METHODS)}")
+    for attr, optional in (("resolution_s", False), ("max_safe_window_s", True)):
+        v = getattr(meter, attr, None)
+        if v is None and optional:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{who} has {attr} {v!r}; it must be a finite number of seconds > 0"
+                              + (" (or None)" if optional else ""))
+    return spec
+
+
 def _int_list(raw: dict, key: str, default: list[int], minimum: int = 1, maximum: int = 1 << 20) -> list[int]:
     v = raw.get(key, default)
     v = v if isinstance(v, list) else [v]
@@ -308,7 +331,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         tasks=_plugins(TASKS, raw["tasks"], "tasks"),
         pruners=_told_apart(_plugins(PRUNERS, raw["pruners"], "pruners")),
         accelerators=_told_apart(_plugins(ACCELERATORS, raw["accelerators"], "accelerators")),
-        meter=_plugins(METERS, raw.get("meter", {"name": "auto"}), "meter")[0],
+        meter=_check_meter(_plugins(METERS, raw.get("meter", {"name": "auto"}), "meter")[0]),
         batch_sizes=_int_list(matrix, "batch_size", [1], maximum=65536),
         seq_lens=_int_list(matrix, "seq_len", [128], minimum=2, maximum=MAX_SEQ_LEN),
         threads=_int_list(matrix, "threads", [1], maximum=MAX_THREADS),

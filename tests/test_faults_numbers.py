@@ -122,3 +122,24 @@ def test_direct_construction_enforces_the_same_declared_ranges():
         EstimateMeter(tdp_w=NAN)
     with pytest.raises(ValueError, match=r"devices must be in \[0, 1023\]"):
         NvmlMeter(devices=[-2])
+
+
+@pytest.mark.parametrize("attrs, must_say", [
+    ({"method": "bogus"}, ["meter.name: energy meter 'odd-meter'", "method 'bogus'",
+                           "valid methods: measured, power-poll, estimated, unavailable"]),
+    ({"resolution_s": -1.0}, ["energy meter 'odd-meter'", "resolution_s -1.0", "finite number of seconds > 0"]),
+    ({"resolution_s": float("nan")}, ["resolution_s nan"]),
+    ({"resolution_s": "fast"}, ["resolution_s 'fast'"]),
+    ({"max_safe_window_s": 0.0}, ["max_safe_window_s 0.0", "(or None)"]),
+])
+def test_a_meter_with_an_invalid_method_or_resolution_fails_at_config_load(monkeypatch, attrs, must_say):
+    from profiler.meters.base import EnergyMeter
+    from profiler.plugins import METERS
+
+    odd = type("OddMeter", (EnergyMeter,), {"name": "odd-meter", **attrs})
+    monkeypatch.setattr(METERS, "_classes", {**METERS._classes, "odd-meter": odd})
+    monkeypatch.setattr(METERS, "_sources", {**METERS._sources, "odd-meter": "distribution 'x'"})
+    with pytest.raises(ConfigError) as e:
+        parse_config(tiny_config(meter={"name": "odd-meter"}))
+    assert all(s in str(e.value) for s in must_say), str(e.value)
+    parse_config(tiny_config(meter={"name": "estimate"}))  # the built-ins keep the contract

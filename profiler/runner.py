@@ -328,6 +328,69 @@ def model_bytes(module: nn.Module) -> int:
     return buf.tell()
 
 
+def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of ``model``'s state_dict (parameters and persistent buffers):
+    what a saved model must keep to load back strictly."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_pruned_model(model: nn.Module, shapes: dict[str, tuple[int, ...]], spec: PluginSpec) -> None:
+    """Raise ValueError unless the model pruner ``spec`` returned keeps the pruner contract: plain
+    weights (no ``torch.nn.utils.prune`` hooks, ``weight_orig`` / ``weight_mask`` tensors or
+    parametrizations left) and every name and shape of ``shapes`` (:func:`param_shapes` of the model
+    it was given), since the pruned model is cached, loaded back strictly and compared with the dense one."""
+    from pruners.masks import assert_plain
+
+    try:
+        assert_plain(model)
+    except RuntimeError as exc:
+        raise ValueError(f"pruner {spec.name!r} left torch.nn.utils.prune reparametrization (call prune.remove on "
+                         f"each pruned module before returning): {exc}") from None
+    now = param_shapes(model)
+    changes = [f"{k} missing" for k in shapes if k not in now] + [f"{k} added" for k in now if k not in shapes]
+    changes += [f"{k} {list(shapes[k])} → {list(now[k])}" for k in shapes if k in now and now[k] != shapes[k]]
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise ValueError(f"pruner {spec.name!r} changed the model's parameter names or shapes: {'; '.join(changes[:3])}"
+                         f"{more}; a pruner zeroes weights in place and keeps every name and shape")
+
+
+#: |claimed − counted| sparsity above which a pruner's own PruneReport is said to be wrong (rounding of
+#: a claim is below it; one weight in a million miscounted is not a finding)
+SPARSITY_CLAIM_TOLERANCE = 1e-4
+
+
+def counted_report(model: nn.Module, claim: PruneReport, pruner: Any, spec: PluginSpec) -> PruneReport:
+    """The sparsity of ``model`` counted from its weights' exact zeros
+    (:func:`pruners.base.sparsity_report` over the pruner's ``roles``, all roles without them),
+    with the notes of ``claim``, the pruner's own :class:`PruneReport`. Where the claim differs
+    from the count by more than :data:`SPARSITY_CLAIM_TOLERANCE` (prunable or all parameters), the
+    count stands and ``notes["sparsity_claim_mismatch"]`` says what was claimed (the rows carry it
+    as ``sparsity_flag``), with a warning: numbers in rows are measured, not claimed."""
+    from pruners.base import ALL_ROLES, ROLE_PATTERNS, sparsity_report
+
+    roles = getattr(pruner, "roles", ALL_ROLES)
+    if isinstance(roles, str) or not isinstance(roles, (list, tuple)) or not roles or \
+            not all(r in ROLE_PATTERNS for r in roles):
+        roles = ALL_ROLES
+    counted = sparsity_report(model, roles, notes=claim.notes)
+    counted.notes.pop("sparsity_claim_mismatch", None)
+    try:
+        claimed = (claim.sparsity_prunable, claim.sparsity_all_params)
+    except Exception:  # counts that do not divide (a string, ...): a claim of nothing
+        claimed = (None, None)
+    off = [(what, c, n) for what, c, n in (
+        ("sparsity_prunable", claimed[0], counted.sparsity_prunable),
+        ("sparsity_all_params", claimed[1], counted.sparsity_all_params))
+        if isinstance(c, bool) or not (isinstance(c, (int, float)) and abs(c - n) <= SPARSITY_CLAIM_TOLERANCE)]
+    if off:
+        text = "; ".join(f"{what} claimed {c!r}, counted {n:.6f}" for what, c, n in off)
+        counted.notes["sparsity_claim_mismatch"] = (f"pruner {spec.name!r} reported other sparsity than its model's "
+                                                    f"exact zeros ({text}); the count is recorded")
+        warnings.warn(counted.notes["sparsity_claim_mismatch"], SparsebenchWarning)
+    return counted
+
+
 class Runner:
     """Executes ``cfg`` into ``run_dir``; cells already in ``results.jsonl`` are skipped, except
     failed ones when ``retry_failed`` (their rows are removed first, in one atomic rewrite, so the
@@ -518,8 +581,9 @@ class Runner:
         checkpoint = partial_checkpoint(path)  # a killed training goes on from here
         if cached is not None:
             discard_checkpoint(checkpoint)  # left by a kill between storing the model and deleting it
-            return cached
+            return cached[0], counted_report(cached[0], cached[1], pruner, spec)
         model = copy.deepcopy(dense)
+        shapes = param_shapes(model)
         model.train(pruner.needs_training)
         progress = self.reporter.training(f"pruning {spec.label()}") if pruner.needs_training else None
         pruner.cache_dir = self.cache_dir
@@ -530,6 +594,10 @@ class Runner:
             raise TypeError(f"pruner {spec.name!r}: prune() returned {type(report).__name__}; it must prune the model "
                             "in place and return a PruneReport (pruners.base.sparsity_report(model) builds one)")
         self.reporter.training_done()
+        # before anything is cached: a model the runner cannot save and load back strictly, or whose
+        # prepare would deepcopy torch's pruning hooks, fails its cells here with the contract it broke
+        check_pruned_model(model, shapes, spec)
+        report = counted_report(model, report, pruner, spec)
         model.eval()
         def write(folder: Path) -> None:
             model.save_pretrained(folder, safe_serialization=True)
@@ -561,6 +629,8 @@ class Runner:
         (with ``record=False``, not recorded: a finished cell timed again as a reference)."""
         row = self._base_row(c, task)
         row.sparsity_prunable, row.sparsity_all_params = report.sparsity_prunable, report.sparsity_all_params
+        if report.notes.get("sparsity_claim_mismatch"):
+            row.extra["sparsity_flag"] = report.notes["sparsity_claim_mismatch"]
         if report.notes.get("training_speed"):
             row.extra["pruner_training"] = report.notes["training_speed"]
         if report.notes.get("weight_average"):

@@ -432,3 +432,81 @@ def test_a_meter_reading_the_wrong_type_leaves_energy_unavailable_and_the_matrix
     status, (row,) = _tiny_run(tmp_path, "torch-fp32", meter={"name": "float-reading"})
     assert status == 0 and row["status"] == "ok" and row["energy_method"] == "unavailable"
     assert "meter 'float-reading': read() returned float" in row["energy_reason"]
+
+
+def _pruner_run(tmp_path, pruner_cls) -> list[dict]:
+    """A tiny run of the dense model and ``pruner_cls`` (registered for the test) on torch-fp32."""
+    from profiler.plugins import PRUNERS
+    from profiler.results import read_results
+    from tests.conftest import tiny_config
+    from tests.faults_util import write_config
+
+    PRUNERS.register(pruner_cls, source="distribution 'x'")
+    cfg = tiny_config(pruners=[{"name": "none"}, {"name": pruner_cls.name}], accelerators=[{"name": "torch-fp32"}],
+                      matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
+    main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")])
+    (results,) = (tmp_path / "runs").glob("*/results.jsonl")
+    return [r for r in read_results(results).rows if r["pruner"] == pruner_cls.name]
+
+
+def _cached_pruned(name: str) -> list:
+    import os
+    from pathlib import Path
+
+    return list((Path(os.environ["SPARSEBENCH_CACHE"]) / "pruned").glob(f"tiny-synthetic-{name}-*"))
+
+
+def test_a_pruners_sparsity_claim_is_recounted_from_its_model(isolated_registries, tmp_path):
+    from pruners.base import Pruner, prunable_linears, sparsity_report
+
+    class Boastful(Pruner):
+        name = "boastful"
+
+        def prune(self, model, task=None, progress=None):
+            for lin in prunable_linears(model).values():
+                lin.weight.data[:, ::2] = 0
+            rep = sparsity_report(model)
+            rep.prunable_zeros = rep.prunable_numel  # claims every prunable weight is zero
+            return rep
+
+    (row,) = _pruner_run(tmp_path, Boastful)
+    assert row["status"] == "ok" and row["sparsity_prunable"] == pytest.approx(0.5, abs=0.01)
+    assert "sparsity_prunable claimed 1.0, counted 0.5" in row["sparsity_flag"]
+
+
+def test_a_pruner_changing_shapes_fails_its_cells_and_is_not_cached(isolated_registries, tmp_path):
+    from torch import nn
+
+    from pruners.base import Pruner, prunable_linears, sparsity_report
+
+    class HalveFFN(Pruner):
+        name = "halve-ffn"
+
+        def prune(self, model, task=None, progress=None):
+            for name, lin in prunable_linears(model, ("ffn_in",)).items():
+                parent, attr = name.rsplit(".", 1)
+                setattr(model.get_submodule(parent), attr, nn.Linear(lin.in_features, lin.out_features // 2))
+            return sparsity_report(model)
+
+    (row,) = _pruner_run(tmp_path, HalveFFN)
+    assert row["status"] == "failed" and "pruner 'halve-ffn' changed the model's parameter names or shapes" in row["reason"]
+    assert "keeps every name and shape" in row["reason"] and not _cached_pruned("halve-ffn")
+
+
+def test_a_pruner_leaving_torch_prune_hooks_fails_saying_call_prune_remove(isolated_registries, tmp_path):
+    import torch.nn.utils.prune as torch_prune
+
+    from pruners.base import Pruner, prunable_linears, sparsity_report
+
+    class Hooked(Pruner):
+        name = "hooked"
+
+        def prune(self, model, task=None, progress=None):
+            for lin in prunable_linears(model).values():
+                torch_prune.l1_unstructured(lin, "weight", amount=0.5)
+            return sparsity_report(model)
+
+    (row,) = _pruner_run(tmp_path, Hooked)
+    assert row["status"] == "failed"
+    assert "pruner 'hooked' left torch.nn.utils.prune reparametrization (call prune.remove" in row["reason"]
+    assert not _cached_pruned("hooked")

@@ -32,13 +32,26 @@ class Timed:
     round_medians: list[float | None] | None = None
 
 
-def make_call(module: nn.Module, example: dict[str, torch.Tensor], device: str) -> Callable[[], None]:
-    """One inference on the timing batch, synchronised on CUDA so the clock sees the whole call."""
+def make_call(module: nn.Module, example: dict[str, torch.Tensor], device: str,
+              expect_logits: tuple[int, int] | None = None, who: str = "the module") -> Callable[[], None]:
+    """One inference on the timing batch, synchronised on CUDA so the clock sees the whole call.
+
+    With ``expect_logits`` = (batch, labels), the first call checks that the logits have that shape
+    and raises ValueError naming ``who`` and the contract otherwise (a module of another shape would
+    fail later in the accuracy pass with torch's broadcasting error, far from the cause)."""
     inputs = {k: v.to(device) for k, v in example.items()} if device != "cpu" else example
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    unchecked = [expect_logits] if expect_logits is not None else []
 
     def call() -> None:
-        logits_of(module(**inputs))
+        logits = logits_of(module(**inputs))
+        if unchecked:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+            if shape != tuple(unchecked[0]):
+                got = f"shape {list(shape)}" if shape is not None else type(logits).__name__
+                raise ValueError(f"{who} returned logits of {got}; it must return logits of shape (batch, num_labels) "
+                                 f"= {list(unchecked[0])} (a tensor, or an object with .logits)")
+            unchecked.clear()
         sync()
 
     return call

@@ -29,6 +29,7 @@ from profiler.errors import ConfigError, SparsebenchWarning
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
+from profiler.registry import BUILT_IN
 from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run, read_results, repair_tail,
                               rewrite_without)
 from profiler.rundir import RESULTS, check_resumable, check_writable
@@ -319,6 +320,61 @@ def thread_scaling(cells: dict[str, tuple[Cell, Timed]], reference_threads: int,
         out[k] = {**savings_fields(t, cells[ref][1] if ref is not None else None, THREAD_SCALING_KEY, seed),
                   "thread_scaling_reference_threads": reference_threads if ref is not None else None}
     return out
+
+
+#: extra row fields the runner (or an executor) writes itself, beside the Result columns
+#: (:data:`~profiler.results.RESULT_FIELDS`): a plugin's Prepared.fields may not take these names
+RUNNER_FIELDS: frozenset[str] = frozenset({
+    "task_params", "pruner_label", "accelerator_label", "pruner_training", "pruner_weight_average", "dense_finetune",
+    "sparsity_flag", "compute_precision", "accuracy_padding", "timing_padding", "padding_flag", "cpu_affinity",
+    "affinity_cpus", "torch_threads", "thread_env", "interleave_group_id", "null_reasons", "latency_rounds",
+    "latency_round_medians_s", "idle_power_w", "baseline_cell_id", "best_dense_cell_id", "best_dense_label",
+    "thread_scaling_reference_threads", "other_busy_cpus", "contention_flag", "collapsed", "collapse_reason",
+    "target", "executor", "label_selector", "ray_node_id", "node_labels", "executor_outcome",
+    *(f"{k}{suffix}" for k in (*SAVINGS_KEYS, THREAD_SCALING_KEY) for suffix in ("", "_low", "_high", "_rounds")),
+})
+#: prefixes of the runner's own families of fields: every metric (``metric_<name>``), the energy
+#: window's fields (``energy_<meter>_*``), where a Ray run built the model
+RUNNER_PREFIXES: tuple[str, ...] = ("metric_", "energy_", "model_built_on")
+#: columns of the built-in accelerators that state what our own code ran: a third-party plugin may
+#: not claim them
+BUILT_IN_ONLY_FIELDS: frozenset[str] = frozenset({"kernel_variant_used"})
+
+
+def plugin_fields(fields: dict[str, Any], who: str, built_in: bool = False) -> dict[str, Any]:
+    """The ``Prepared.fields`` of accelerator ``who`` that may go into its rows. Dropped with one
+    :class:`SparsebenchWarning` each kind: names the runner writes itself (:data:`RESULT_FIELDS`,
+    :data:`RUNNER_FIELDS`, :data:`RUNNER_PREFIXES`; a third-party plugin also
+    :data:`BUILT_IN_ONLY_FIELDS`), non-string names, and values that are not JSON (they would be
+    stored as their repr)."""
+    def reserved(k: Any) -> bool:
+        return (not isinstance(k, str) or k in RESULT_FIELDS or k in RUNNER_FIELDS or k.startswith(RUNNER_PREFIXES)
+                or (not built_in and k in BUILT_IN_ONLY_FIELDS))
+
+    taken = sorted(map(str, filter(reserved, fields)))
+    if taken:
+        warnings.warn(f"accelerator {who!r}: prepare() fields {taken} are row columns of their own; "
+                      "dropped (name them otherwise)", SparsebenchWarning)
+    out, refused = {}, []
+    for k, v in fields.items():
+        if reserved(k):
+            continue
+        try:
+            json.dumps(v)  # NaN / inf pass: the row writes them as null with a reason
+        except (TypeError, ValueError, RecursionError):
+            refused.append(k)
+            continue
+        out[k] = v
+    if refused:
+        warnings.warn(f"accelerator {who!r}: prepare() fields {sorted(refused)} are not JSON values (numbers, strings, "
+                      "booleans, null, lists, objects); dropped", SparsebenchWarning)
+    return out
+
+
+def num_labels(model: nn.Module, task: Task) -> int:
+    """Logits per example of ``model``: its ``config.num_labels`` (a transformers model), else the task's."""
+    n = getattr(getattr(model, "config", None), "num_labels", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else int(getattr(task, "num_labels", 2))
 
 
 def model_bytes(module: nn.Module) -> int:
@@ -619,6 +675,10 @@ class Runner:
         return base_row(c, task, self.hw["hardware_id"])
 
     def _record(self, row: Result, status: str, reason: str | None) -> None:
+        if status != "ok":  # a factor only for a cell measured and evaluated: a failed one's would be read as a result
+            for key in (*SAVINGS_KEYS, THREAD_SCALING_KEY):
+                if key in row.extra:
+                    row.extra.update({key: None, f"{key}_low": None, f"{key}_high": None, f"{key}_rounds": 0})
         row.set_outcome(status, reason)
         append_result(self.results_path, row)
         self.reporter.cell_done(row)
@@ -661,13 +721,17 @@ class Runner:
             if not isinstance(prepared, Prepared):  # a third-party accelerator's mistake, named as such
                 raise TypeError(f"accelerator {acc.name!r}: prepare() returned {type(prepared).__name__}; it must "
                                 "return accelerators.base.Prepared(module, fields)")
-            taken = sorted(set(prepared.fields) & RESULT_FIELDS)
-            if taken:
-                warnings.warn(f"accelerator {acc.name!r}: prepare() fields {taken} are row columns of their own; "
-                              "dropped (name them otherwise)", SparsebenchWarning)
-            row.extra.update({k: v for k, v in prepared.fields.items() if k not in RESULT_FIELDS})
+            if not isinstance(prepared.module, nn.Module):
+                raise TypeError(f"accelerator {acc.name!r}: prepare() returned Prepared whose module is "
+                                f"{type(prepared.module).__name__}; it must be the runnable torch.nn.Module")
+            if not isinstance(prepared.fields, dict):
+                raise TypeError(f"accelerator {acc.name!r}: prepare() returned Prepared whose fields are "
+                                f"{type(prepared.fields).__name__}; they must be a dict of flat JSON row fields")
+            row.extra.update(plugin_fields(prepared.fields, acc.name, ACCELERATORS.source(c.accelerator.name) == BUILT_IN))
             row.model_bytes = model_bytes(prepared.module)
-            return row, (prepared.module, make_call(prepared.module, example, acc.device))
+            call = make_call(prepared.module, example, acc.device, expect_logits=(c.batch_size, num_labels(model, task)),
+                             who=f"accelerator {acc.name!r}: the prepared module")
+            return row, (prepared.module, call)
         except Exception as exc:
             if record:
                 self._record(row, "failed", f"{type(exc).__name__}: {exc}\n{_tb()}")

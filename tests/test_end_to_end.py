@@ -237,6 +237,29 @@ def test_no_savings_factor_against_a_baseline_that_failed_its_evaluation(tmp_pat
     assert rows["int8-dynamic"].get("baseline_cell_id") is None
 
 
+def test_a_failed_cell_carries_no_savings_factor(tmp_path, monkeypatch):
+    """A cell timed in its group whose accuracy pass then fails: failed, and no factor in its row
+    (the console table and the report would show it as a result); the ok cells keep theirs."""
+    real = Runner._evaluate
+
+    def evaluate(self, c, task, row, module):
+        if row.accelerator == "null":
+            return "RuntimeError: evaluation broke"
+        return real(self, c, task, row, module)
+
+    monkeypatch.setattr(Runner, "_evaluate", evaluate)
+    rows = _dense_rows(tmp_path, ["torch-fp32", "null"])
+    bad = rows["null"]
+    assert bad["status"] == "failed" and bad["latency_p50_s"] is not None
+    for key in ("latency_savings_factor", "latency_savings_vs_best_dense", "thread_scaling_factor"):
+        assert bad[key] is None and bad[f"{key}_low"] is None and bad[f"{key}_rounds"] == 0
+    assert rows["torch-fp32"]["status"] == "ok" and rows["torch-fp32"]["latency_savings_factor"] is not None
+    from reports.frame import add_savings, load_rows
+
+    df = add_savings(load_rows(tmp_path / "c")[0])
+    assert df.loc[df["accelerator"] == "null", "latency_savings_factor"].isna().all()
+
+
 def test_a_cell_failing_mid_group_fails_alone_and_the_group_is_timed_without_it(tmp_path, monkeypatch):
     """Interleaved timing: a cell whose module raises after a few calls (past any check in
     prepare) is recorded failed with its own error; the other cells of its group are timed again

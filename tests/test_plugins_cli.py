@@ -510,3 +510,65 @@ def test_a_pruner_leaving_torch_prune_hooks_fails_saying_call_prune_remove(isola
     assert row["status"] == "failed"
     assert "pruner 'hooked' left torch.nn.utils.prune reparametrization (call prune.remove" in row["reason"]
     assert not _cached_pruned("hooked")
+
+
+class NoModule(Accelerator):
+    name = "no-module"
+
+    def prepare(self, model, example, settings):
+        return Prepared(None, {})
+
+
+class ListFields(Accelerator):
+    name = "list-fields"
+
+    def prepare(self, model, example, settings):
+        return Prepared(copy.deepcopy(model).eval(), [("x", 1)])
+
+
+class WrongLogits(Accelerator):
+    name = "wrong-logits"
+
+    def prepare(self, model, example, settings):
+        import torch
+
+        class M(torch.nn.Module):
+            def forward(self, input_ids, **kw):
+                return torch.zeros(input_ids.shape[0], 7, 3)
+
+        return Prepared(M(), {})
+
+
+@pytest.mark.parametrize("cls, says", [
+    (NoModule, "accelerator 'no-module': prepare() returned Prepared whose module is NoneType; it must be the "
+               "runnable torch.nn.Module"),
+    (ListFields, "accelerator 'list-fields': prepare() returned Prepared whose fields are list; they must be a dict"),
+    (WrongLogits, "accelerator 'wrong-logits': the prepared module returned logits of shape [1, 7, 3]; it must "
+                  "return logits of shape (batch, num_labels) = [1, 2]"),
+])
+def test_a_malformed_prepared_or_logits_fail_the_cell_naming_the_contract(isolated_registries, tmp_path, cls, says):
+    ACCELERATORS.register(cls, source="distribution 'x'")
+    status, (row,) = _tiny_run(tmp_path, cls.name)
+    assert row["status"] == "failed" and says in row["reason"]
+
+
+class RunnerFieldClash(Accelerator):
+    name = "runner-field-clash"
+
+    def prepare(self, model, example, settings):
+        return Prepared(copy.deepcopy(model).eval(), {
+            "accuracy_padding": "none", "kernel_variant_used": "amx", "metric_accuracy": 1.0, "cell_id": "x",
+            "energy_meter": "mine", "latency_savings_factor": 99.0, "obj": object(), "fine": [1, {"a": 2}]})
+
+
+def test_prepare_fields_the_runner_writes_are_dropped_and_non_json_refused(isolated_registries, tmp_path, capsys):
+    ACCELERATORS.register(RunnerFieldClash, source="distribution 'x'")
+    status, (row,) = _tiny_run(tmp_path, "runner-field-clash")
+    err = capsys.readouterr().err
+    assert row["status"] == "ok" and row["fine"] == [1, {"a": 2}] and "obj" not in row
+    assert row["accuracy_padding"].startswith("dynamic") and row["metric_accuracy"] == row["accuracy"]
+    assert "kernel_variant_used" not in row and row["cell_id"] != "x" and row["energy_meter"] == "estimate"
+    assert row.get("latency_savings_factor") != 99.0
+    assert ("['accuracy_padding', 'cell_id', 'energy_meter', 'kernel_variant_used', 'latency_savings_factor', "
+            "'metric_accuracy'] are row columns of their own; dropped") in err
+    assert "prepare() fields ['obj'] are not JSON values" in err

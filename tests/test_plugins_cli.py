@@ -572,3 +572,37 @@ def test_prepare_fields_the_runner_writes_are_dropped_and_non_json_refused(isola
     assert ("['accuracy_padding', 'cell_id', 'energy_meter', 'kernel_variant_used', 'latency_savings_factor', "
             "'metric_accuracy'] are row columns of their own; dropped") in err
     assert "prepare() fields ['obj'] are not JSON values" in err
+
+
+def test_a_prepare_that_mutates_its_model_fails_and_later_cells_get_it_intact(isolated_registries, tmp_path):
+    import torch
+
+    class Mutates(Accelerator):
+        name = "mutates"
+
+        def prepare(self, model, example, settings):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.zero_()
+            return Prepared(model, {})
+
+    ACCELERATORS.register(Mutates, source="distribution 'x'")
+    from profiler.results import read_results
+    from tests.conftest import tiny_config
+    from tests.faults_util import write_config
+
+    # mutates first: in the group, torch-fp32 and int8-dynamic are prepared after it from the same model
+    cfg = tiny_config(pruners=[{"name": "none"}, {"name": "magnitude", "sparsity": 0.5}],
+                      accelerators=[{"name": "mutates"}, {"name": "torch-fp32"}, {"name": "int8-dynamic"}],
+                      matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
+    main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")])
+    (results,) = (tmp_path / "runs").glob("*/results.jsonl")
+    rows = read_results(results).rows
+    bad = [r for r in rows if r["accelerator"] == "mutates"]
+    assert len(bad) == 2 and all(r["status"] == "failed" for r in bad)
+    assert all("prepare changed the model it was given" in r["reason"] and "reloaded from the cache" in r["reason"]
+               for r in bad)
+    good = [r for r in rows if r["accelerator"] != "mutates"]
+    assert len(good) == 4 and all(r["status"] == "ok" and not r.get("collapsed") for r in good)
+    dense = next(r for r in good if r["pruner"] == "none" and r["accelerator"] == "torch-fp32")
+    assert dense["sparsity_all_params"] < 0.01  # not the zeroed model

@@ -213,7 +213,10 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if is_number(row.get("accuracy")) and positive(b.get("accuracy")) and not is_flagged(b.get("collapsed")):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
             df.at[i, "accuracy_delta"] = row["accuracy"] - b["accuracy"]
-    if stored is not None:
+    if stored is not None:  # a cell that did not finish has no factor, whatever an older row stored
+        stored = stored.where(ok)
+        for i in df.index[~ok]:
+            _drop_interval(df, i, "latency_savings_factor")
         df["latency_savings_factor"] = stored.where(stored.notna(), df["latency_savings_factor"])
     return add_best_dense(df)
 
@@ -260,6 +263,9 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
     df["energy_savings_vs_best_dense"] = float("nan")
     if df.empty:
         return df
+    for i in df.index[df["status"] != "ok"]:  # a stored factor of a cell that did not finish goes
+        df.at[i, "latency_savings_vs_best_dense"] = float("nan")
+        _drop_interval(df, i, "latency_savings_vs_best_dense")
     dense = df[dense_fp32_mask(df) & ~collapsed_mask(df)]
     best = dense.loc[dense.groupby(GROUP_KEYS, dropna=False)["latency_p50_s"].idxmin()] if len(dense) else dense
     best = best.set_index(GROUP_KEYS)

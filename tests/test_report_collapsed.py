@@ -220,3 +220,14 @@ def test_a_damaged_manifest_is_named_on_the_page_and_by_the_command(tmp_path, ca
     assert "manifest.json is damaged" in html and "hardware.json is damaged" not in html
     assert main(["report", str(run)]) == 0
     assert "manifest.json is damaged" in capsys.readouterr().err
+
+
+def test_a_failed_cell_shows_no_factor_an_older_row_stored():
+    """Rows written before the runner cleared them carry factors on failed cells: the pages drop them."""
+    rows = [result("b", "none", "torch-fp32", 0.010, 0.9),
+            {**result("f", "magnitude", "sparse-cpu", 0.0001, 0.5), "status": "failed", "reason": "boom",
+             "latency_savings_factor": 187.1, "latency_savings_factor_low": 150.0, "latency_savings_vs_best_dense": 99.0}]
+    df = add_savings(pd.DataFrame(rows))
+    failed = df[df["cell_id"] == "f"].iloc[0]
+    assert pd.isna(failed["latency_savings_factor"]) and pd.isna(failed["latency_savings_factor_low"])
+    assert pd.isna(failed["latency_savings_vs_best_dense"])

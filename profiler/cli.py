@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -124,6 +125,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _resume_command(run_dir: Path, args: argparse.Namespace) -> str:
+    """The command that continues ``run_dir``: with the --address and --cache-dir this run was
+    given (the manifest keeps the config, not where the models and checkpoints are cached)."""
+    extra = [*(["--address", args.address] if args.address else []),
+             *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
+    return shlex.join(["sparsebench", "run", "--resume", str(run_dir), *extra])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from profiler.runner import Runner
 
@@ -157,18 +166,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
     except KeyboardInterrupt as exc:
-        address = f" --address {args.address}" if args.address else ""
-        print(f"\n{'terminated' if isinstance(exc, Terminated) else 'interrupted'}; finished cells are saved. "
-              f"Continue with: sparsebench run --resume {run_dir}{address} (a fine-tune or a built-in training pruner goes on "
-              "from its last checkpoint, at most a few minutes back)", file=sys.stderr)
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if (Path(run_dir) / "manifest.json").is_file():
+            print(f"\n{what}; finished cells are saved. Continue with: {_resume_command(run_dir, args)} (a fine-tune "
+                  "or a built-in training pruner goes on from its last checkpoint, at most a few minutes back)",
+                  file=sys.stderr)
+        else:  # stopped before the run's files were written: a --resume would find no run there
+            print(f"\n{what} before the run started: nothing to resume in {run_dir}; run the same command again",
+                  file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except ConfigError as exc:  # run directory held by another process
         print(f"sparsebench: {exc}", file=sys.stderr)
         return 2
     except ResultsWriteError as exc:
-        address = f" --address {args.address}" if args.address else ""
         print(f"sparsebench: {exc}. The run stops here: the rows saved before it are kept; this cell, and any timed "
-              f"beside it but not saved yet, are measured again by: sparsebench run --resume {run_dir}{address} "
+              f"beside it but not saved yet, are measured again by: {_resume_command(run_dir, args)} "
               "(make room or fix the folder first)", file=sys.stderr)
         return 1
     finally:
@@ -558,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
                        epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
-    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl)")
+    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl); give the same --cache-dir as the first run, where its checkpoints are")
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
     r.add_argument("--output-dir", type=path_arg, help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
     r.add_argument("--cache-dir", type=path_arg, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")

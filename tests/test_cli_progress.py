@@ -67,6 +67,7 @@ def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143, err
     assert "terminated; finished cells are saved. Continue with: sparsebench run --resume" in err
+    assert f"--cache-dir {tmp_path / 'cache'}" in err  # where the checkpoints are: the manifest does not keep it
     done = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
     assert 1 <= len(done) < 10
     r = subprocess.run([sys.executable, "-m", "profiler.cli", "run", "--resume", str(results.parent), "--cache-dir",
@@ -74,3 +75,22 @@ def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
     assert r.returncode == 0, r.stderr
     ids = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 10 and ids[:len(done)] == done
+
+
+def test_an_interrupt_before_the_run_files_exist_offers_no_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the first seconds (imports, fingerprints) leaves a folder without a manifest: a
+    --resume of it would fail, so the message says to run again instead."""
+    from profiler import runner
+    from profiler.cli import main
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Runner, "run", interrupted)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[run]\nname = "t"\n[meter]\nname = "estimate"\n[[tasks]]\nname = "tiny-synthetic"\n'
+                   '[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n'
+                   '[matrix]\nbatch_size = [1]\nseq_len = [16]\nthreads = [1]\n')
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c")]) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--resume" not in err

@@ -25,14 +25,14 @@ from profiler.cache import partial_checkpoint
 from profiler.config import Cell, Config, PluginSpec, check_matrix_fits_tasks, expand, parse_config
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
-from profiler.errors import ConfigError, SparsebenchWarning
+from profiler.errors import ConfigError, SetupError, SparsebenchWarning
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import BUILT_IN
 from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run, read_results, repair_tail,
                               rewrite_without)
-from profiler.rundir import RESULTS, check_resumable, check_writable
+from profiler.rundir import RESULTS, check_resumable, check_writable, write_atomic
 from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, CallFailed, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
@@ -98,10 +98,21 @@ def read_idle_power(folder: Path) -> IdlePower | None:
     path = Path(folder) / IDLE_POWER
     if not path.exists():
         return None
+    data = read_run_json(path)  # ConfigError naming the file when it is no JSON
     try:
-        return IdlePower.from_dict(read_run_json(path))
+        return IdlePower.from_dict(data)
     except ValueError as exc:
         raise ConfigError(f"{path} is damaged ({exc}); start a new run") from None
+
+
+def write_run_file(path: Path, data: Any) -> None:
+    """Write run file ``path`` as JSON, atomically (a full disk leaves no empty file behind).
+    Raises SetupError naming the file when it cannot be written."""
+    try:
+        write_atomic(path, json.dumps(data, indent=1, default=str).encode())
+    except OSError as exc:
+        raise SetupError(f"cannot write {path}: {exc.strerror or exc}; make room or fix the folder, then run "
+                         "again") from None
 
 
 def read_run_json(path: Path) -> Any:
@@ -521,13 +532,13 @@ class Runner:
                     "sparsebench compare")
         else:
             hw = here
-            hw_path.write_text(json.dumps(hw, indent=1))
+            write_run_file(hw_path, hw)
         man_path = self.run_dir / MANIFEST
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
                              TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.task)})
-            man_path.write_text(json.dumps(manifest, indent=1, default=str))
+            write_run_file(man_path, manifest)
         else:
             check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self.task)
         return hw
@@ -538,7 +549,7 @@ class Runner:
             return idle
         self.reporter.message(f"measuring idle power for {self.cfg.measure.idle_seconds:g} s")
         idle = measure_idle_power(meter, self.cfg.measure.idle_seconds)
-        (self.run_dir / IDLE_POWER).write_text(json.dumps(idle.to_dict()))
+        write_run_file(self.run_dir / IDLE_POWER, idle.to_dict())
         return idle
 
     # ---- the matrix ----------------------------------------------------------------------------

@@ -307,3 +307,30 @@ def test_a_damaged_idle_power_file_is_one_clear_error(tmp_path, content):
     good = IdlePower(watts={"cpu": 3.5, "dram": None}, duration_s=2.0, flags=["short"])
     (tmp_path / "idle_power.json").write_text(json.dumps(good.to_dict()))
     assert read_idle_power(tmp_path) == good
+
+
+def test_a_full_disk_while_writing_the_run_files_is_one_line_and_leaves_no_empty_file(tmp_path, monkeypatch):
+    """hardware.json, the manifest and idle_power.json go through an atomic write: ENOSPC is a
+    SetupError naming the file, and no empty file is left for a resume to trip on."""
+    import errno
+
+    from profiler import runner
+    from profiler.errors import SetupError
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner, "write_atomic", full)
+    with pytest.raises(SetupError, match=r"cannot write .*hardware\.json: No space left on device"):
+        runner.write_run_file(tmp_path / "hardware.json", {"x": 1})
+    assert not (tmp_path / "hardware.json").exists()
+
+
+def test_a_damaged_idle_power_file_is_named_once(tmp_path):
+    from profiler.errors import ConfigError
+    from profiler.runner import read_idle_power
+
+    (tmp_path / "idle_power.json").write_text("")
+    with pytest.raises(ConfigError) as info:
+        read_idle_power(tmp_path)
+    assert str(info.value).count("is damaged") == 1

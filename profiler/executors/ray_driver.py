@@ -31,7 +31,6 @@ for failed rows. A driver killed mid-run loses nothing written: Ray ends the uni
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from profiler.results import NO_LIVE_NODE, Result, append_result, cells_to_run, 
 from profiler.rundir import RESULTS, target_dir
 from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, TASK_FINGERPRINTS, Reporter, Runner, RunDirLock, base_row,
                              check_inputs_unchanged, interleave_key, known_metrics, manifest_base, read_idle_power,
-                             read_run_json, references_to_retime, task_fingerprints)
+                             read_run_json, references_to_retime, task_fingerprints, write_run_file)
 from profiler.targets import (TARGET_LABEL, Target, TargetWatch, dead_only_targets, default_targets, live_targets,
                               resolve_targets)
 
@@ -239,7 +238,7 @@ class RayExecutor:
         manifest.update({"executor": "ray", "ray_version": self.ray.__version__,
                          "targets": {name: tr.target.selector for name, tr in self.runs.items()},
                          TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.builder.task)})
-        path.write_text(json.dumps(manifest, indent=1, default=str))
+        write_run_file(path, manifest)
 
     def _open_target(self, tr: TargetRun) -> None:
         """Create the target's folder; on resume, remove the rows to run again (one atomic rewrite)."""
@@ -263,18 +262,18 @@ class RayExecutor:
         p = tr.probe
         hw_path, idle_path, man_path = tr.dir / HARDWARE, tr.dir / IDLE_POWER, tr.dir / MANIFEST
         if not hw_path.exists():
-            hw_path.write_text(json.dumps(p["hardware"], indent=1))
+            write_run_file(hw_path, p["hardware"])
             tr.hardware_id = p["hardware"]["hardware_id"]
         elif p["hardware"]["hardware_id"] != tr.hardware_id:
             self.reporter.message(f"[{tr.name}] warning: this node's hardware ({p['hardware']['hardware_id']}) differs "
                                   f"from the target's hardware.json ({tr.hardware_id}); each row names its own")
         if p.get("idle") and not idle_path.exists():
-            idle_path.write_text(json.dumps(p["idle"]))
+            write_run_file(idle_path, p["idle"])
         if not man_path.exists():
             manifest = read_run_json(tr.dir.parent.parent / MANIFEST)
             manifest.update({"target": tr.name, "label_selector": tr.target.selector, "hardware_id": tr.hardware_id,
                              "harness_overhead_s": p["harness_overhead_s"], "probe_node_id": p["node_id"]})
-            man_path.write_text(json.dumps(manifest, indent=1, default=str))
+            write_run_file(man_path, manifest)
 
     def _warn_threads(self) -> None:
         for tr in self.runs.values():

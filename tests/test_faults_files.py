@@ -221,6 +221,22 @@ def test_a_damaged_cache_entry_is_moved_aside_with_a_one_line_warning(tmp_path):
     assert len(aside) == 1 and aside[0].startswith("sst2-abc.damaged-")
 
 
+def test_a_cache_entry_without_its_marker_is_moved_aside_so_a_rebuild_can_be_published(tmp_path):
+    """Entries are published whole; one whose marker file went missing was counted as absent, so
+    every run rebuilt the model and the rebuild's rename onto the existing folder failed silently."""
+    from profiler.errors import SparsebenchWarning
+    from profiler.tasks.base import load_cached, publish_cached
+
+    entry = tmp_path / "finetuned" / "sst2-abc"
+    entry.mkdir(parents=True)
+    (entry / "model.safetensors").write_bytes(b"x")
+    with pytest.warns(SparsebenchWarning, match="config.json is missing; moved to .*and rebuilding"):
+        assert load_cached(entry, lambda p: "loaded", "config.json") is None
+    publish_cached(entry, lambda folder: (folder.mkdir(), (folder / "config.json").write_text("{}")))
+    assert load_cached(entry, lambda p: "loaded", "config.json") == "loaded"
+    assert load_cached(tmp_path / "finetuned" / "absent", lambda p: "loaded", "config.json") is None  # no warning
+
+
 def test_report_names_a_results_folder_and_a_file_in_the_output_path(tmp_path, capsys):
     run = make_run(tmp_path / "a", standard())
     (tmp_path / "afile").write_text("")

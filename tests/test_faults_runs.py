@@ -162,7 +162,7 @@ def test_ctrl_c_dropped_by_a_finalizer_still_stops_the_run(tmp_path, monkeypatch
     cfg = write_config(tmp_path / "c.toml", tiny_config())
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 130
     err = capsys.readouterr().err
-    assert "interrupted; finished cells are saved" in err
+    assert "interrupted before the run started: nothing to resume" in err  # stopped before its manifest
     (run,) = (tmp_path / "runs").iterdir()
     results = run / "results.jsonl"
     assert not results.exists() or not read_results(results).rows  # stopped before its first cell

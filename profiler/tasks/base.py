@@ -406,22 +406,30 @@ def publish_cached(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any | None:
-    """``loader(path)`` if a cache entry is there; a damaged entry is moved aside (and a warning
-    issued) so that it is rebuilt instead of failing every cell."""
+    """``loader(path)`` if a cache entry is there; a damaged entry — one that fails to load, or
+    one without its ``marker`` file (entries are published whole, by :func:`publish_cached`, so a
+    folder without it was changed since: it would block every rebuild from being published) — is
+    moved aside (and a warning issued) so that it is rebuilt instead of failing every cell."""
     if not (path / marker).exists():
+        if path.exists():
+            _move_aside(path, f"its {marker} is missing")
         return None
     try:
         return loader(path)
     except Exception as exc:
-        import warnings
-
-        aside = path.with_name(f"{path.name}{DAMAGED_INFIX}{int(time.time())}")
-        path.rename(aside)
-        from profiler.errors import SparsebenchWarning
-
-        warnings.warn(f"cache entry {path} could not be loaded ({type(exc).__name__}: {exc}); moved to {aside} and "
-                      "rebuilding", SparsebenchWarning)
+        _move_aside(path, f"it could not be loaded ({type(exc).__name__}: {exc})")
         return None
+
+
+def _move_aside(path: Path, why: str) -> None:
+    """Rename the damaged cache entry ``path`` to ``<name>.damaged-<time>`` with a warning saying ``why``."""
+    import warnings
+
+    from profiler.errors import SparsebenchWarning
+
+    aside = path.with_name(f"{path.name}{DAMAGED_INFIX}{int(time.time())}")
+    path.rename(aside)
+    warnings.warn(f"cache entry {path}: {why}; moved to {aside} and rebuilding", SparsebenchWarning)
 
 
 def seed_everything(seed: int) -> None:

@@ -33,7 +33,7 @@ from profiler.registry import BUILT_IN
 from profiler.results import (RESULT_FIELDS, Result, append_result, cells_to_run, read_results, repair_tail,
                               rewrite_without)
 from profiler.rundir import RESULTS, check_resumable, check_writable, write_atomic
-from profiler.tasks.base import Task, default_cache_dir, load_cached, publish_cached, seed_everything
+from profiler.tasks.base import Task, default_cache_dir, load_cached, move_aside, publish_cached, seed_everything
 from profiler.measure import (SAVINGS_KEYS, CallFailed, Timed, fill_measurements, harness_overhead_s, make_call, measure_group,
                               measure_one, savings_fields)
 from pruners.base import PruneReport
@@ -451,6 +451,32 @@ def check_pruned_model(model: nn.Module, shapes: dict[str, tuple[int, ...]], spe
 SPARSITY_CLAIM_TOLERANCE = 1e-4
 
 
+def count_sparsity(model: nn.Module, pruner: Any, notes: dict[str, Any]) -> PruneReport:
+    """:func:`pruners.base.sparsity_report` of ``model`` over the pruner's ``roles`` (all roles
+    without valid ones), with ``notes``."""
+    from pruners.base import ALL_ROLES, ROLE_PATTERNS, sparsity_report
+
+    roles = getattr(pruner, "roles", ALL_ROLES)
+    if isinstance(roles, str) or not isinstance(roles, (list, tuple)) or not roles or \
+            not all(r in ROLE_PATTERNS for r in roles):
+        roles = ALL_ROLES
+    return sparsity_report(model, roles, notes=notes)
+
+
+def cached_model_problem(model: nn.Module, stored: PruneReport, pruner: Any) -> str | None:
+    """Why a pruned model loaded from the cache is not the one stored there, or None: weights
+    that are not finite, or zeros other than the counted sparsity stored with it (the entry's
+    files changed since)."""
+    if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "its weights hold NaN or inf"
+    now = count_sparsity(model, pruner, {})
+    for what in ("sparsity_prunable", "sparsity_all_params"):
+        was = getattr(stored, what, None)
+        if not isinstance(was, (int, float)) or abs(was - getattr(now, what)) > SPARSITY_CLAIM_TOLERANCE:
+            return f"its {what} is {getattr(now, what):.6f}, stored with it as {was!r}"
+    return None
+
+
 def counted_report(model: nn.Module, claim: PruneReport, pruner: Any, spec: PluginSpec) -> PruneReport:
     """The sparsity of ``model`` counted from its weights' exact zeros
     (:func:`pruners.base.sparsity_report` over the pruner's ``roles``, all roles without them),
@@ -458,13 +484,7 @@ def counted_report(model: nn.Module, claim: PruneReport, pruner: Any, spec: Plug
     from the count by more than :data:`SPARSITY_CLAIM_TOLERANCE` (prunable or all parameters), the
     count stands and ``notes["sparsity_claim_mismatch"]`` says what was claimed (the rows carry it
     as ``sparsity_flag``), with a warning: numbers in rows are measured, not claimed."""
-    from pruners.base import ALL_ROLES, ROLE_PATTERNS, sparsity_report
-
-    roles = getattr(pruner, "roles", ALL_ROLES)
-    if isinstance(roles, str) or not isinstance(roles, (list, tuple)) or not roles or \
-            not all(r in ROLE_PATTERNS for r in roles):
-        roles = ALL_ROLES
-    counted = sparsity_report(model, roles, notes=claim.notes)
+    counted = count_sparsity(model, pruner, claim.notes)
     counted.notes.pop("sparsity_claim_mismatch", None)
     try:
         claimed = (claim.sparsity_prunable, claim.sparsity_all_params)
@@ -676,8 +696,12 @@ class Runner:
         )
         checkpoint = partial_checkpoint(path)  # a killed training goes on from here
         if cached is not None:
-            discard_checkpoint(checkpoint)  # left by a kill between storing the model and deleting it
-            return cached[0], counted_report(cached[0], cached[1], pruner, spec)
+            # the report stored with it was counted from its zeros when it was stored
+            problem = cached_model_problem(*cached, pruner)
+            if problem is None:
+                discard_checkpoint(checkpoint)  # left by a kill between storing the model and deleting it
+                return cached
+            move_aside(path, problem)
         model = copy.deepcopy(dense)
         shapes = param_shapes(model)
         model.train(pruner.needs_training)

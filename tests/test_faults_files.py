@@ -350,3 +350,23 @@ def test_a_damaged_idle_power_file_is_named_once(tmp_path):
     with pytest.raises(ConfigError) as info:
         read_idle_power(tmp_path)
     assert str(info.value).count("is damaged") == 1
+
+
+def test_a_cached_pruned_model_whose_weights_changed_is_rebuilt_not_used(tmp_path):
+    """A cache entry whose safetensors were overwritten (header intact) loads, but its weights
+    are not the ones stored: NaN, or zeros other than the sparsity counted when it was stored."""
+    import torch
+
+    from pruners.base import ALL_ROLES, sparsity_report
+    from profiler.runner import cached_model_problem
+    from tests.tiny_family import tiny_bert
+
+    model = tiny_bert(0.5)
+    stored = sparsity_report(model, ALL_ROLES)
+    assert cached_model_problem(model, stored, object()) is None
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "encoder" in n and p.dim() == 2).fill_(1.0)
+    assert "stored with it as" in cached_model_problem(model, stored, object())
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    assert cached_model_problem(model, stored, object()) == "its weights hold NaN or inf"

@@ -472,6 +472,9 @@ def test_a_pruners_sparsity_claim_is_recounted_from_its_model(isolated_registrie
     (row,) = _pruner_run(tmp_path, Boastful)
     assert row["status"] == "ok" and row["sparsity_prunable"] == pytest.approx(0.5, abs=0.01)
     assert "sparsity_prunable claimed 1.0, counted 0.5" in row["sparsity_flag"]
+    (tmp_path / "second").mkdir()
+    (again,) = _pruner_run(tmp_path / "second", Boastful)  # from the cache: the count and the flag stay
+    assert again["sparsity_prunable"] == row["sparsity_prunable"] and again["sparsity_flag"] == row["sparsity_flag"]
 
 
 def test_a_pruner_changing_shapes_fails_its_cells_and_is_not_cached(isolated_registries, tmp_path):

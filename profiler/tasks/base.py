@@ -412,16 +412,16 @@ def load_cached(path: Path, loader: Callable[[Path], Any], marker: str) -> Any |
     moved aside (and a warning issued) so that it is rebuilt instead of failing every cell."""
     if not (path / marker).exists():
         if path.exists():
-            _move_aside(path, f"its {marker} is missing")
+            move_aside(path, f"its {marker} is missing")
         return None
     try:
         return loader(path)
     except Exception as exc:
-        _move_aside(path, f"it could not be loaded ({type(exc).__name__}: {exc})")
+        move_aside(path, f"it could not be loaded ({type(exc).__name__}: {exc})")
         return None
 
 
-def _move_aside(path: Path, why: str) -> None:
+def move_aside(path: Path, why: str) -> None:
     """Rename the damaged cache entry ``path`` to ``<name>.damaged-<time>`` with a warning saying ``why``."""
     import warnings
 

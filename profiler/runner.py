@@ -193,7 +193,7 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)")
     kernels = kernel_variant_info()
     if kernels.get("kernel_status") == "unavailable":  # a process-wide choice: every sparse cell would be skipped
-        raise ConfigError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
+        raise SetupError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
                           "runs), or sweep variants per cell with [matrix] kernel_variant")
     check_matrix_fits_tasks(cfg)
     if resume_dir is not None:

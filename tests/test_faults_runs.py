@@ -292,3 +292,16 @@ def test_resume_and_export_refuse_inputs_changed_since_the_run_started(tmp_path,
     with pytest.raises(ConfigError, match="changed since"):
         export_cell(run_dir, cell.cell_id, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unrunnable_kernel_variant_variable_is_a_setup_problem_not_a_config_error(tmp_path):
+    """SPARSEBENCH_KERNEL_VARIANT is the environment's, not the config's: 'cannot run', exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "c.toml", tiny_config())
+    env = dict(os.environ, SPARSEBENCH_KERNEL_VARIANT="bogus")
+    r = subprocess.run([sys.executable, "-m", "profiler.cli", "run", str(cfg), "--output-dir", str(tmp_path / "runs")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "sparsebench: cannot run: SPARSEBENCH_KERNEL_VARIANT=bogus" in r.stderr, r.stderr

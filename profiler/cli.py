@@ -175,8 +175,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n{what} before the run started: nothing to resume in {run_dir}; run the same command again",
                   file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    except ConfigError as exc:  # run directory held by another process
-        print(f"sparsebench: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # run directory held by another process, inputs changed since the run began
+        text = str(exc)
+        if text.startswith("--resume: "):  # worded as the checks before the run word it
+            text = "cannot resume: " + text.removeprefix("--resume: ")
+        print(f"sparsebench: {text}", file=sys.stderr)
         return 2
     except ResultsWriteError as exc:
         print(f"sparsebench: {exc}. The run stops here: the rows saved before it are kept; this cell, and any timed "

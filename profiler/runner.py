@@ -159,8 +159,9 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
     labels = {spec.key: f"{spec.key} ({spec.label()})" for spec in cfg.tasks}
     changed = [labels[k] for k, h in task_fingerprints(cfg, build).items() if k in stored and stored[k] != h]
     if changed:
-        raise ConfigError(f"{what}: the model folder or data files of task {', '.join(changed)} changed since "
-                          f"{run_dir} started (its rows were measured on the old ones): restore them, or start a new run")
+        raise ConfigError(f"{what}: the model folder, data files or parameters of task {', '.join(changed)} changed "
+                          f"since {run_dir} started (its rows were measured on the old ones): restore them, or start a "
+                          "new run")
 
 
 def load_run_config(run_dir: Path, what: str = "--resume") -> Config:

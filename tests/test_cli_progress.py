@@ -94,3 +94,20 @@ def test_an_interrupt_before_the_run_files_exist_offers_no_resume(tmp_path, monk
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c")]) == 130
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "--resume" not in err
+
+
+def test_a_resume_refused_inside_the_run_is_worded_as_the_checks_before_it(tmp_path, monkeypatch, capsys):
+    from profiler import runner
+    from profiler.cli import main
+    from profiler.errors import ConfigError
+
+    def refused(self):
+        raise ConfigError("--resume: the inputs changed")
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[run]\nname = "t"\n[meter]\nname = "estimate"\n[[tasks]]\nname = "tiny-synthetic"\n'
+                   '[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n'
+                   '[matrix]\nbatch_size = [1]\nseq_len = [16]\nthreads = [1]\n')
+    monkeypatch.setattr(runner.Runner, "run", refused)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "sparsebench: cannot resume: the inputs changed" in capsys.readouterr().err

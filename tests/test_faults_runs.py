@@ -286,7 +286,7 @@ def test_resume_and_export_refuse_inputs_changed_since_the_run_started(tmp_path,
     assert json.loads((run_dir / "manifest.json").read_text())["task_fingerprints"]
     Runner(cfg, run_dir).run()  # unchanged inputs: resumes
     data.write_text(data.read_text().replace(",1\n", ",0\n"))
-    with pytest.raises(ConfigError, match="data files of task .* changed since"):
+    with pytest.raises(ConfigError, match="data files or parameters of task .* changed since"):
         Runner(cfg, run_dir).run()
     (cell,) = expand(cfg)
     with pytest.raises(ConfigError, match="changed since"):

@@ -181,6 +181,8 @@ def fill_measurements(row: Result, t: Timed) -> None:
 #: the same-round savings factors every timed row carries: against the dense torch-fp32 cell, and
 #: against the fastest dense fp32 cell of its round
 SAVINGS_KEYS = ("latency_savings_factor", "latency_savings_vs_best_dense")
+#: the row field of a cell's latency at the matrix's fewest threads ÷ its own (same rounds)
+THREAD_SCALING_KEY = "thread_scaling_factor"
 
 
 def savings_fields(cell: Timed, ref: Timed | None, key: str, seed: int = 0) -> dict[str, float | int | None]:

@@ -358,7 +358,7 @@ def test_a_cached_pruned_model_whose_weights_changed_is_rebuilt_not_used(tmp_pat
     import torch
 
     from pruners.base import ALL_ROLES, sparsity_report
-    from profiler.runner import cached_model_problem
+    from profiler.contracts import cached_model_problem
     from tests.tiny_family import tiny_bert
 
     model = tiny_bert(0.5)

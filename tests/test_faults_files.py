@@ -370,3 +370,23 @@ def test_a_cached_pruned_model_whose_weights_changed_is_rebuilt_not_used(tmp_pat
     with torch.no_grad():
         next(model.parameters())[0, 0] = float("nan")
     assert cached_model_problem(model, stored, object()) == "its weights hold NaN or inf"
+
+
+def test_a_cache_entry_that_cannot_be_written_names_the_cache(tmp_path):
+    """A full disk or a file-size limit while saving a model: the reason names the entry and the
+    way out, whatever the writer's own error type (safetensors raises its own)."""
+    from profiler.tasks.base import publish_cached
+
+    class SafetensorError(Exception):
+        pass
+
+    def write(folder):
+        folder.mkdir()
+        raise SafetensorError("File too large (os error 27)")
+
+    entry = tmp_path / "pruned" / "tiny-abc"
+    entry.parent.mkdir()
+    with pytest.raises(RuntimeError, match=r"cannot write the model cache entry .*tiny-abc \(SafetensorError: File too "
+                                           r"large .*\); make room there or choose another cache \(--cache-dir"):
+        publish_cached(entry, write)
+    assert list(entry.parent.iterdir()) == []  # the private folder is gone

@@ -396,7 +396,11 @@ def publish_cached(path: Path, write: Callable[[Path], None]) -> None:
 
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as exc:  # a full disk, a file-size limit (safetensors' own error type, not OSError)
+            raise RuntimeError(f"cannot write the model cache entry {path} ({type(exc).__name__}: {exc}); make room "
+                               "there or choose another cache (--cache-dir / SPARSEBENCH_CACHE)") from exc
         os.rename(tmp, path)  # atomic; fails when path exists (a non-empty folder)
     except OSError:
         if not path.exists():

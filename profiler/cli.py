@@ -309,6 +309,14 @@ def _results_warnings(run_dir: Path) -> int:
     return len(rf.rows)
 
 
+def _refused_output(out: str) -> bool:
+    """Whether ``-o OUT`` is refused (:func:`_output_problem`), the reason printed as one line."""
+    problem = _output_problem(out)
+    if problem:
+        print(f"sparsebench: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def _output_problem(out: str) -> str | None:
     """Why ``-o OUT`` must not be written, or None. The page replaces its file through a renamed
     temporary file: over a run's data (``results.jsonl``, the manifest) it would lose them, over a
@@ -355,9 +363,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import write_report
 
     run_dir = Path(args.run_dir)
-    problem = _output_problem(args.output) if args.output else None
-    if problem:  # before any work
-        print(f"sparsebench: {problem}", file=sys.stderr)
+    if args.output and _refused_output(args.output):  # before any work
         return 2
     if not run_dir.is_dir():
         print(f"sparsebench: {run_dir} {'is a file, not' if run_dir.exists() else 'does not exist: not'} a run directory",
@@ -391,9 +397,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output is None:
         multi = len(given) == 1 and not (given[0] / RESULTS).is_file() and target_dirs(given[0])
         args.output = str(given[0] / "compare.html") if multi else "compare.html"
-    problem = _output_problem(args.output)
-    if problem:  # before any work
-        print(f"sparsebench: {problem}", file=sys.stderr)
+    if _refused_output(args.output):  # before any work
         return 2
     absent = [str(d) for d in dirs if not d.is_dir()]
     if absent:

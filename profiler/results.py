@@ -161,20 +161,22 @@ def _schema() -> dict[str, tuple[Any, bool]]:
             for f in fields(Result) if f.name != "extra"}
 
 
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a Result annotation (``int | None`` → ``(int, NoneType)``)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return typing.get_args(hint) if union else (hint,)
+
+
 def _bases(hint: Any) -> list[Any]:
     """The types a Result annotation allows besides None (``int | None`` → ``[int]``)."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = typing.get_args(hint) if union else (hint,)
-    return [typing.get_origin(h) or h for h in options if h is not type(None)]
+    return [typing.get_origin(h) or h for h in _options(hint) if h is not type(None)]
 
 
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a JSON value fits a Result annotation (str, int, float, bool, dict, ``X | None``);
     an integral float (``545.0``) fits an int."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = typing.get_args(hint) if union else (hint,)
     if value is None:
-        return type(None) in options
+        return type(None) in _options(hint)
     base = _bases(hint)
     if Any in base:
         return True

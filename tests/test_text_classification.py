@@ -412,3 +412,30 @@ def test_jsonl_string_text_is_kept_stripped(tmp_path, model_dirs):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "  good film ", "label": 1}, {"text": "7", "label": 0}])
     task = TextClassification(model=str(model_dirs["bert"]), eval_file=str(path))
     assert task._raw["eval"][0] == ["good film", "7"]
+
+
+def test_model_fingerprint_follows_content_not_file_times(tmp_path, model_dirs, data_dir):
+    """A touched model folder keeps its task key (a resume or a cache entry survives it), a copy
+    (new inodes and times, as on another machine) keeps its file digests; a changed weight byte
+    gives a new key."""
+    import os
+    import shutil
+
+    from profiler.identity import stable_hash
+
+    def fingerprint(folder: Path) -> dict:
+        return TextClassification(model=str(folder), eval_file=str(data_dir / "reviews.csv"),
+                                  text_column="review", label_column="stars").fingerprint()
+
+    folder = shutil.copytree(model_dirs["bert"], tmp_path / "model")
+    before = fingerprint(folder)
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(1, 1))  # touched: size and content unchanged
+    assert stable_hash(fingerprint(folder)) == stable_hash(before)
+    copied = shutil.copytree(folder, tmp_path / "copy", copy_function=shutil.copy)
+    assert fingerprint(copied)["model_files"] == before["model_files"]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(1, 1))  # the same times as before: only the content tells
+    assert stable_hash(fingerprint(folder)) != stable_hash(before)

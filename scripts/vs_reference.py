@@ -10,14 +10,19 @@ cell of ``--accelerator`` (default ``sparse-int8``), the median over rounds of r
 (> 1: the cell is faster) with a bootstrap 95 % interval (``profiler.interleave.median_ratio``).
 
 Each line also gives the cell's accuracy next to the same model's accuracy under ``--fp32``
-(default ``torch-fp32``), the difference in points, and whether the model is flagged collapsed.
+(default ``torch-fp32``), the difference in points, and whether the model is flagged collapsed,
+and the same-round ratio against the **fastest dense INT8 engine** of its group (lowest p50 among
+the ``--reference-pruner`` cells whose ``compute_precision`` is ``int8``, the cell itself aside):
+the reference a user reads may not be the fastest INT8 engine on their CPU (without VNNI,
+ONNX Runtime INT8 can beat OpenVINO INT8).
 
     python scripts/vs_reference.py runs/peers-20261206-101500
     python scripts/vs_reference.py RUN_DIR --reference "openvino fp32" --accelerator "openvino int8"
 
 Output: a table on stdout and, with ``--out``, JSON ``{"run_dir", "cpu", "reference": {...},
 "cells": [{pruner_label, accelerator_label, batch_size, seq_len, threads, ratio, ratio_low,
-ratio_high, rounds, latency_p50_s, reference_p50_s, metric, metric_fp32, delta_points,
+ratio_high, rounds, latency_p50_s, reference_p50_s, fastest_int8_label, fastest_int8_ratio,
+fastest_int8_ratio_low, fastest_int8_ratio_high, metric, metric_fp32, delta_points,
 collapsed, attention_precision, thread_scaling, thread_scaling_low, thread_scaling_high, thread_scaling_rounds,
 thread_scaling_reference_threads, reference_thread_scaling}, ...]}`` (thread scaling: the rows'
 ``thread_scaling_factor`` fields, the cell's and the reference's). A group without its reference
@@ -83,11 +88,16 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
             skipped.append(why)
             continue
         ref = refs[0]
+        int8 = [r for r in group if r.get("pruner_label") == reference_pruner and r.get("compute_precision") == "int8"
+                and r.get("latency_round_medians_s") and isinstance(r.get("latency_p50_s"), (int, float))]
         if ref.get("latency_round_medians_s") is None:
             raise ValueError("the rows hold no latency_round_medians_s: the run was not interleaved, or was timed "
                              "by a sparsebench that did not store them")
         for c in sorted(cells, key=lambda r: str(r.get("pruner_label"))):
             r = median_ratio(same_round_ratios(ref["latency_round_medians_s"], c.get("latency_round_medians_s") or []))
+            best = min((x for x in int8 if x is not c), key=lambda x: x["latency_p50_s"], default=None)
+            rb = best and median_ratio(same_round_ratios(best["latency_round_medians_s"],
+                                                         c.get("latency_round_medians_s") or []))
             metric = c.get("accuracy")
             base = fp32_metric.get((c.get("task"), json.dumps(c.get("task_params"), sort_keys=True, default=str),
                                     c.get("pruner_label")))
@@ -95,7 +105,10 @@ def compare(rows: list[dict], reference: str, reference_pruner: str, accelerator
                 **{k: c.get(k) for k in ("pruner_label", "accelerator_label", *SHAPE, "kernel_variant")},
                 "ratio": r.median if r else None, "ratio_low": r.low if r else None, "ratio_high": r.high if r else None,
                 "rounds": r.n_rounds if r else 0, "latency_p50_s": c.get("latency_p50_s"),
-                "reference_p50_s": ref.get("latency_p50_s"), "metric": metric, "metric_fp32": base,
+                "reference_p50_s": ref.get("latency_p50_s"),
+                "fastest_int8_label": best and best.get("accelerator_label"),
+                "fastest_int8_ratio": rb.median if rb else None, "fastest_int8_ratio_low": rb.low if rb else None,
+                "fastest_int8_ratio_high": rb.high if rb else None, "metric": metric, "metric_fp32": base,
                 "delta_points": (100 * (metric - base) if metric is not None and base is not None else None),
                 "collapsed": c.get("collapsed"), "attention_precision": c.get("attention_precision"),
                 # the fewest threads -> these, same rounds (null where the run timed thread counts apart)
@@ -130,14 +143,15 @@ def main(argv=None) -> int:
         print(f"vs_reference: no ok cell of {args.accelerator!r} in {args.run_dir}", file=sys.stderr)
         return 2
     print(f"{args.accelerator} ÷ {args.reference} on {args.reference_pruner} (same-round median, > 1: faster)")
-    print(f"{'pruner':<28} {'b':>3} {'t':>2} {'ratio':>6} {'95% CI':>14} {'rounds':>6} {'p50 ms':>8} {'ref ms':>8} {'acc':>7} {'fp32':>7} {'Δ pt':>6}")
+    print(f"{'pruner':<28} {'b':>3} {'t':>2} {'ratio':>6} {'95% CI':>14} {'rounds':>6} {'p50 ms':>8} {'ref ms':>8} {'acc':>7} {'fp32':>7} {'Δ pt':>6}  vs fastest dense INT8")
     for r in records:
         fmt = lambda v, spec: format(v, spec) if v is not None else "—"  # noqa: E731
         ci = f"[{fmt(r['ratio_low'], '.2f')}, {fmt(r['ratio_high'], '.2f')}]"
         print(f"{str(r['pruner_label'])[:28]:<28} {r['batch_size']:>3} {r['threads']:>2} {fmt(r['ratio'], '6.2f')} {ci:>14} "
               f"{r['rounds']:>6} {fmt(r['latency_p50_s'] and 1e3 * r['latency_p50_s'], '8.2f')} "
               f"{fmt(r['reference_p50_s'] and 1e3 * r['reference_p50_s'], '8.2f')} {fmt(r['metric'], '7.4f')} "
-              f"{fmt(r['metric_fp32'], '7.4f')} {fmt(r['delta_points'], '+6.2f')}{' collapsed' if r['collapsed'] else ''}")
+              f"{fmt(r['metric_fp32'], '7.4f')} {fmt(r['delta_points'], '+6.2f')}  "
+              f"{fmt(r['fastest_int8_ratio'], '.2f')} ({r['fastest_int8_label'] or '—'}){' collapsed' if r['collapsed'] else ''}")
     if args.out:
         hw = {}
         if (args.run_dir / "hardware.json").is_file():

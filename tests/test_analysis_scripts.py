@@ -104,3 +104,21 @@ def test_vs_reference_json_records_a_command_that_reruns(tmp_path):
     assert shlex.split(doc["command"])[2:] == argv  # the label with spaces stays one argument
     ratios = {r["pruner_label"]: r["ratio"] for r in doc["cells"]}
     assert ratios == {"gmp 0.9 1x4 KD": 1.0, "gmp 0.9 16x4 KD": 2.0}
+
+
+def test_vs_reference_also_divides_by_the_fastest_dense_int8_engine_of_the_group():
+    vr = load_script("vs_reference")
+    int8 = {"compute_precision": "int8"}
+    rows = [{**_row("ov", "none", "openvino int8", [0.020, 0.020, 0.020], 0.88), **int8},
+            {**_row("ort", "none", "onnxruntime int8", [0.010, 0.012, 0.010], 0.88), **int8},
+            # faster still, but not INT8: not a candidate
+            {**_row("bf", "none", "openvino bf16", [0.001, 0.001, 0.001], 0.88), "compute_precision": "bf16"},
+            {**_row("sd", "none", "sparse-int8", [0.015, 0.015, 0.015], 0.88), **int8},
+            {**_row("sp", "magnitude 0.9 1x4", "sparse-int8", [0.005, 0.006, 0.005], 0.80), **int8}]
+    recs = {r["pruner_label"]: r for r in vr.compare(rows, "openvino int8", "none", "sparse-int8", "torch-fp32")}
+    assert recs["magnitude 0.9 1x4"]["ratio"] == 4.0  # against the named reference, as before
+    assert (recs["magnitude 0.9 1x4"]["fastest_int8_label"], recs["magnitude 0.9 1x4"]["fastest_int8_ratio"]) == \
+        ("onnxruntime int8", 2.0)
+    # the dense sparse-int8 cell is never its own fastest engine
+    assert recs["none"]["fastest_int8_label"] == "onnxruntime int8"
+    assert abs(recs["none"]["fastest_int8_ratio"] - 2 / 3) < 1e-12

@@ -229,13 +229,27 @@ class OBSScore(Score):
         }
 
 
+#: the run length one-shot OBS (steps = 0) checks its unused schedule parameters against
+ONE_SHOT_CHECK_STEPS = 1_000_000
+
+
 class RisingCubic(Cubic):
     """:class:`pruners.schedules.Cubic` whose update steps are only those that raise the sparsity
-    (an OBS pruning step costs ``num_grads`` gradients, so a step that prunes nothing is skipped)."""
+    the structure reaches (an OBS pruning step costs ``num_grads`` gradients, so a step that prunes
+    nothing is skipped: under 2:4, only the steps where a group's drop count goes from 0 to 1 and
+    from 1 to 2).
+
+    Args: as :class:`~pruners.schedules.Cubic`, plus ``reached``: schedule sparsity -> the
+    sparsity the masks take (:meth:`pruners.structure.Structure.reached_sparsity`; default: the
+    same)."""
+
+    def __init__(self, *args: Any, reached: Callable[[float], float] = lambda s: s, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reached = reached
 
     def is_update(self, step: int) -> bool:
-        before = self.sparsity_at(step - 1) if step > 0 else 0.0
-        return super().is_update(step) and self.sparsity_at(step) > before
+        before = self.reached(self.sparsity_at(step - 1)) if step > 0 else 0.0
+        return super().is_update(step) and self.reached(self.sparsity_at(step)) > before
 
 
 class OBSPruner(TrainingPruner):
@@ -282,9 +296,10 @@ class OBSPruner(TrainingPruner):
             raise ValueError(f"update must be one of: {', '.join(UPDATES)} (got {update!r})")
         self.update = update
         steps = _int("steps", steps, 0)
-        if steps == 0:  # one-shot: the training parameters are unused; validate them against a 1-step run
+        if steps == 0:  # one-shot: the training parameters are unused; their ranges are checked against a run
+            # long enough that no start_frac < 1 rounds to its last step, so a sweep over steps = [0, N] shares them
             training = {**training, "warmup_steps": 0}
-        super().__init__(steps=max(steps, 1), **training)
+        super().__init__(steps=steps or ONE_SHOT_CHECK_STEPS, **training)
         self.steps = steps
         if steps == 0 and (self.augment > 0 or self.distill_text_share > 0):
             what = "augment" if self.augment > 0 else "distill_text_share"
@@ -293,7 +308,8 @@ class OBSPruner(TrainingPruner):
             raise ValueError(f"teacher_seeds = {list(self.teacher_seeds)} needs steps >= 1: one-shot OBS (steps = 0) "
                              "distils nothing")
         self.group = check_obs_structure(self.structure, self.block_size)
-        self.schedule = RisingCubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every)
+        self.schedule = RisingCubic(self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.update_every,
+                                    reached=self.structure.reached_sparsity)
 
     def make_score(self, layers: dict[str, nn.Linear]) -> Score:
         return OBSScore(layers, self.structure, self.num_grads, self.block_size, self.damp, self.update)

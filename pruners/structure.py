@@ -52,6 +52,16 @@ class Structure:
         """``1 − N/M`` for N:M, else None (any sparsity is reachable)."""
         return 1.0 - self.rows / self.cols if self.kind == "nm" else None
 
+    def reached_sparsity(self, sparsity: float) -> float:
+        """The share of each matrix's weights :meth:`masks` drops when asked for ``sparsity``: for
+        N:M, ``min(M − N, round(sparsity · M)) / M`` (it moves in steps of 1/M); else ``sparsity``
+        (each layer's rounding to whole groups aside)."""
+        return self._nm_drop(sparsity) / self.cols if self.kind == "nm" else sparsity
+
+    def _nm_drop(self, sparsity: float) -> int:
+        """Weights dropped in every group of M at ``sparsity`` (N:M only)."""
+        return min(self.cols - self.rows, int(round(sparsity * self.cols)))
+
     def check_sparsity(self, sparsity: float) -> None:
         """ValueError if ``sparsity`` is not reachable with this structure (N:M fixes it)."""
         fixed = self.fixed_sparsity
@@ -110,8 +120,7 @@ class Structure:
         return m.repeat_interleave(self.rows, 0).repeat_interleave(self.cols, 1)
 
     def _nm(self, s: torch.Tensor, sparsity: float) -> torch.Tensor:
-        n, m = self.rows, self.cols
-        drop = min(m - n, int(round(sparsity * m)))
+        m, drop = self.cols, self._nm_drop(sparsity)
         groups = s.float().reshape(s.shape[0], s.shape[1] // m, m)
         keep = torch.ones_like(groups, dtype=torch.bool)
         if drop > 0:

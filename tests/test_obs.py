@@ -328,6 +328,11 @@ def test_registered_with_its_config():
     assert str(PRUNERS.ranges("obs")["steps"]) == "[0, 10000000]"
     p = PRUNERS.build("obs", {"steps": 0, "sparsity": 0.5, "warmup_steps": 5}, "pruners[0]")
     assert p.steps == 0 and p.describe()["schedule"] == "one-shot"
+    # a sweep over steps shares its schedule parameters: one-shot ignores a late start, still checks its range
+    sweep = parse_config(tiny_config(pruners=[{"name": "obs", "steps": [0, 100], "sparsity": 0.5, "start_frac": 0.6}]))
+    assert sorted(spec.params["steps"] for spec in sweep.pruners) == [0, 100]
+    with pytest.raises(ConfigError, match=r"pruners\[0\]\.start_frac"):
+        parse_config(tiny_config(pruners=[{"name": "obs", "steps": 0, "start_frac": 1.5}]))
     with pytest.raises(ConfigError, match=r"pruners\[1\]: block_size must be a multiple of 4"):
         parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "obs", "structure": "1x4", "block_size": 50}]))
     with pytest.raises(ConfigError, match=r"pruners\[0\]\.damp"):
@@ -343,3 +348,16 @@ def test_gradual_obs_whose_only_pruning_step_follows_the_last_training_step(tiny
     report = p.prune(copy.deepcopy(dense), task)
     assert report.sparsity_prunable == pytest.approx(0.5, abs=1e-3)
     assert report.notes["fisher_passes"] == 1
+
+
+def test_n_m_obs_builds_a_fisher_only_where_the_masks_can_change():
+    """Under 2:4 a group drops 0, 1 or 2 weights: of the cubic schedule's rising steps only the two
+    where that count rises prune anything, so only they collect ``num_grads`` gradients."""
+    p = OBSPruner(sparsity=0.5, structure="2:4")
+    ups = [s for s in range(p.steps + 1) if p.schedule.is_update(s)]
+    drops = [round(p.schedule.sparsity_at(s) * 4) for s in ups]
+    assert drops == [1, 2]
+    assert p.structure.reached_sparsity(p.schedule.sparsity_at(ups[-1])) == 0.5
+    # unstructured: every step that raises the sparsity stays an update
+    q = OBSPruner(sparsity=0.5)
+    assert sum(q.schedule.is_update(s) for s in range(q.steps + 1)) > 2

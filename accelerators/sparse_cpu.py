@@ -90,12 +90,34 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
 CHECK_SEQUENCES = 8
 
 
-def check_inputs(settings: PrepareSettings) -> list[dict[str, torch.Tensor]]:
-    """The first :data:`CHECK_SEQUENCES` calibration sentences, each a batch of one at its own
-    length (no padding), or [] without calibration data. Dicts of int64 (1, length) tensors."""
+def check_inputs(settings: PrepareSettings, pad_id: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The batches the fused encoder layers (and lower-precision attention) are checked on: the
+    first :data:`CHECK_SEQUENCES` calibration sentences, each a batch of one at its own length (no
+    padding), then, where they differ in length, the same sentences as one right-padded batch
+    (:func:`padded_batch`, padded ``input_ids`` = ``pad_id``): the path of the timed and evaluated
+    batches (batch > 1, padded keys masked), which a sentence alone never takes. [] without
+    calibration data. Dicts of int64 tensors: (1, length) for each sentence, (n, longest) for the
+    padded batch."""
     if settings.calibration is None:
         return []
-    return list(itertools.islice(settings.calibration(CHECK_SEQUENCES), CHECK_SEQUENCES))
+    sentences = list(itertools.islice(settings.calibration(CHECK_SEQUENCES), CHECK_SEQUENCES))
+    padded = padded_batch(sentences, pad_id)
+    return sentences if padded is None else [*sentences, padded]
+
+
+def padded_batch(sentences: list[dict[str, torch.Tensor]], pad_id: int = 0) -> Optional[dict[str, torch.Tensor]]:
+    """``sentences`` (dicts of int64 (1, length) tensors: ``input_ids``, ``attention_mask``, maybe
+    ``token_type_ids``; every dict the same keys, else KeyError) stacked into one batch, right-padded
+    to the longest: int64 (n, longest) tensors, padded positions ``pad_id`` in ``input_ids`` and 0 in
+    the others (``attention_mask`` 0, ``token_type_ids`` 0; a sentence without ``attention_mask`` is
+    taken as all real). None with fewer than two sentences or all of one length: nothing is padded."""
+    lengths = {x["input_ids"].shape[1] for x in sentences}
+    if len(sentences) < 2 or len(lengths) < 2:
+        return None
+    longest = max(lengths)
+    rows = [{"attention_mask": torch.ones_like(x["input_ids"]), **x} for x in sentences]
+    return {k: torch.cat([F.pad(r[k], (0, longest - r[k].shape[1]), value=pad_id if k == "input_ids" else 0)
+                          for r in rows]) for k in rows[0]}
 
 
 def sequence_errors(got: torch.Tensor, ref: torch.Tensor) -> list[float]:
@@ -104,6 +126,19 @@ def sequence_errors(got: torch.Tensor, ref: torch.Tensor) -> list[float]:
     does not depend on which other sequences share the batch."""
     g, r = got.float().flatten(1), ref.float().flatten(1)
     return ((g - r).abs().amax(1) / (r.abs().amax(1) + 1e-12)).tolist()
+
+
+def real_sequence_errors(got: torch.Tensor, ref: torch.Tensor,
+                         attention_mask: Optional[torch.Tensor]) -> list[float]:
+    """:func:`sequence_errors` of the real positions only: where ``attention_mask`` (integer
+    (batch, seq); None = every position real) is 0, both (batch, seq, hidden) tensors are set to 0
+    first, so a padded position neither counts as an error nor sets the sequence's largest
+    |activation|. Its hidden state is meaningless (its key is masked: no real position reads it)
+    and engines legitimately differ there."""
+    if attention_mask is not None:
+        pad = (attention_mask == 0)[..., None]
+        got, ref = got.masked_fill(pad, 0.0), ref.masked_fill(pad, 0.0)
+    return sequence_errors(got, ref)
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -295,7 +330,10 @@ class _SparseSwap(Accelerator):
             raise RuntimeError(reason)
         tokens = example_tokens(example)
         run = self._start(model, example, settings)
-        run.check_inputs = check_inputs(settings)
+        # the check's padded batch is padded as the task pads (with the tokenizer's pad id, the
+        # model config's); padded positions are masked, so any valid id would do
+        pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+        run.check_inputs = check_inputs(settings, pad_id)
         dense_model = copy.deepcopy(model).eval()
         new = copy.deepcopy(model).eval()
         with self._building(run), intra_op_threads(run.threads):
@@ -463,11 +501,14 @@ class _SparseSwap(Accelerator):
         Both paths are compared, layer by layer, with the fp32 model ``fp32`` (hidden states after
         each encoder layer, max abs difference relative to that layer's largest |activation|): the
         fused layer is kept where its error is at most the unfused path's error plus
-        :attr:`fuse_tolerance` (or twice it), in every sequence of ``run.check_inputs`` (the same
-        calibration sentences whatever the cell's shape, so the model's numerics do not depend on
-        the timing batch; ``example`` without calibration data), each relative to its own largest
-        activation (:func:`sequence_errors`). So the INT8 rounding both paths share never counts
-        against fusing, and the decision does not depend on the classifier head's scale."""
+        :attr:`fuse_tolerance` (or twice it), in every sequence of every batch of
+        ``run.check_inputs`` (:func:`check_inputs`: the calibration sentences alone, then as one
+        padded batch, which takes the masked path of the timed batches; the same whatever the cell's
+        shape, so the model's numerics do not depend on the timing batch; ``example`` without
+        calibration data), each relative to its own largest activation, on its real positions only
+        (:func:`real_sequence_errors`: padded positions' hidden states mean nothing). So the INT8
+        rounding both paths share never counts against fusing, and the decision does not depend on
+        the classifier head's scale."""
         from accelerators.fused_layer import fuse_encoder_layers, set_attention_precision
 
         fused = copy.deepcopy(model)
@@ -476,7 +517,8 @@ class _SparseSwap(Accelerator):
             n, why = fuse_encoder_layers(fused, run.threads, run.variant)
             checks = run.check_inputs or [example]
             refs = [layer_outputs(fp32, x) for x in checks] if n else []
-            plains = [[sequence_errors(h, r) for h, r in zip(layer_outputs(model, x), ref)] for x, ref in zip(checks, refs)]
+            plains = [[real_sequence_errors(h, r, x.get("attention_mask"))
+                       for h, r in zip(layer_outputs(model, x), ref)] for x, ref in zip(checks, refs)]
 
             def first_error(tolerance: float, factor: float = 2.0) -> str:
                 for x, ref, plain in zip(checks, refs, plains):
@@ -523,18 +565,23 @@ class _SparseSwap(Accelerator):
     @staticmethod
     def _fused_error(fused: nn.Module, example: dict[str, torch.Tensor], ref: list[torch.Tensor],
                      plain: list[list[float]], tolerance: float, factor: float = 2.0) -> str:
-        """'' when every fused layer's error in every sequence (:func:`sequence_errors` against the
-        fp32 hidden states ``ref``) is at most the unfused path's error ``plain`` in that sequence
-        plus ``tolerance`` (or ``factor`` times it), with and without inference mode; else which
-        layer and sequence is not."""
+        """'' when every fused layer's error in every sequence of ``example`` (:func:`real_sequence_errors`
+        against the fp32 hidden states ``ref``, (batch, seq, hidden) per layer: positions whose
+        ``attention_mask`` is 0 do not count) is at most the unfused path's error ``plain`` (per
+        layer, per sequence) in that sequence plus ``tolerance`` (or ``factor`` times it), with and
+        without inference mode; else which layer and sequence is not (and the batch size, where the
+        batch is padded)."""
+        mask = example.get("attention_mask")
+        padded = mask is not None and not bool(mask.all())
         with torch.inference_mode():  # the runner times and evaluates in inference mode
             got_inf = [h.clone() for h in layer_outputs(fused, example)]
         for got in (layer_outputs(fused, example), got_inf):
             for i, (g, r, es) in enumerate(zip(got, ref, plain)):
-                for b, (err, e) in enumerate(zip(sequence_errors(g, r), es)):
+                for b, (err, e) in enumerate(zip(real_sequence_errors(g, r, mask), es)):
                     if not err <= max(e + tolerance, factor * e):  # a NaN error fails too
+                        where = f"padded batch of {len(mask)}, sequence {b}" if padded else f"sequence {b}"
                         return (f"fused layer {i} is {err:.1e} from fp32 against the unfused path's "
-                                f"{e:.1e} (sequence {b}, relative to its max)")
+                                f"{e:.1e} ({where}, relative to its max)")
         return ""
 
     def _check_whole_model(self, new: nn.Module, dense_model: nn.Module, example: dict[str, torch.Tensor],
@@ -625,7 +672,8 @@ class SparseCPU(_SparseSwap):
             (q/k/v in one kernel call, our fp32 attention kernel, residual adds inside the output
             pass), kept only if, layer by layer, the fused hidden states are no further from the fp32
             model's than the unfused path's are, plus :attr:`fuse_tolerance` (1e-4 relative to the
-            layer's largest activation, each sequence apart) or within twice the unfused error. Rows record how many
+            layer's largest activation, each sequence apart, real positions only, on the calibration
+            sentences alone and as one padded batch) or within twice the unfused error. Rows record how many
             layers were fused (``fused_encoder_layers``) and why not (``fused_encoder_note``).
     """
 

@@ -250,7 +250,8 @@ def test_sparse_int8_attention_config_error():
 
 def test_fused_layers_are_checked_on_the_calibration_sentences_whatever_the_timing_batch(monkeypatch):
     """The fused-layer and INT8-attention checks run on the first CHECK_SEQUENCES calibration
-    sentences, each alone, so cells of every batch size get the same numerics from one model."""
+    sentences, each alone and then as one padded batch, so cells of every batch size get the same
+    numerics from one model."""
     from accelerators.sparse_cpu import CHECK_SEQUENCES
 
     g = torch.Generator().manual_seed(5)
@@ -273,7 +274,9 @@ def test_fused_layers_are_checked_on_the_calibration_sentences_whatever_the_timi
         seen.clear()
         acc = SparseInt8(format="csr", min_speedup=1.0, calibrate=False, dense_fallback="fp32")
         fields.append(acc.prepare(tiny_bert(0.9), padded_example(batch), PrepareSettings(threads=2, calibration=calibration)).fields)
-        assert set(seen) == {tuple(s.shape) for s in sentences[:CHECK_SEQUENCES]}  # never the timing batch
+        # never the timing batch: the sentences alone, then as one batch padded to the longest
+        longest = max(s.shape[1] for s in sentences[:CHECK_SEQUENCES])
+        assert set(seen) == {tuple(s.shape) for s in sentences[:CHECK_SEQUENCES]} | {(CHECK_SEQUENCES, longest)}
     keys = ("fused_encoder_layers", "attention_precision", "attention_note", "numerics_key")
     assert [{k: f.get(k) for k in keys} for f in fields][0] == [{k: f.get(k) for k in keys} for f in fields][1]
 

@@ -25,7 +25,11 @@ __all__ = ["ALL_ROLES", "ROLE_PATTERNS", "NoPruner", "Progress", "PruneReport", 
 
 
 def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
-    """Return ``roles`` as a tuple; ValueError naming the valid roles if one is unknown or none given."""
+    """Return ``roles`` as a tuple; ValueError naming the valid roles if one is unknown, none is
+    given, or ``roles`` is one string (a list of names is expected: ``["attn_q"]``)."""
+    if isinstance(roles, str):
+        raise ValueError(f"roles must be a list of role names, got the string {roles!r}; e.g. [{roles!r}]; "
+                         f"valid roles: {', '.join(ALL_ROLES)}")
     roles = tuple(roles)
     bad = [r for r in roles if r not in ROLE_PATTERNS]
     if bad or not roles:

@@ -137,8 +137,8 @@ class MaskSet:
 
     @torch.no_grad()
     def squash(self) -> None:
-        """Bake the masks into the plain weights and forget them (nothing of the mechanism remains):
-        every masked weight is ``+0.0``."""
+        """Bake the masks into the plain weights (no hook or parametrization remains on the model;
+        the masks stay here for :meth:`report`): every masked weight is ``+0.0``."""
         for n, lin in self.layers.items():
             lin.weight.masked_fill_(~self.masks[n], 0.0)
             lin.weight.grad = None

@@ -93,6 +93,7 @@ def test_training_pruners_reach_exact_sparsity(tiny, cls, kw):
         (dict(sparsity=0.9, structure="2:4"), "1 - N/M"),
         (dict(scope="model"), "scope"),
         (dict(roles=["ffn"]), "roles"),
+        (dict(roles="attn_q"), r"roles must be a list of role names, got the string .attn_q.; e.g. \[.attn_q.\]"),
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(ema_decay=-0.1), "ema_decay"),
         (dict(min_keep=0.05), "min_keep.*global"),

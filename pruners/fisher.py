@@ -171,8 +171,11 @@ class BlockFisherInverse:
     @torch.no_grad()
     def _invert(self) -> None:
         """``"direct"``: replace every block's ``Σ g gᵀ`` by ``(λ I + Σ g gᵀ / m)⁻¹``, in float64, in place,
-        :data:`_CHUNK` blocks at a time (SPD since ``λ > 0``; a block whose Cholesky fails in round-off
-        gets the symmetric pseudo-inverse)."""
+        :data:`_CHUNK` blocks at a time. Exactly, every block is SPD with eigenvalues ``>= λ``; but
+        ``Σ g gᵀ`` accumulated in float32 carries round-off of order ``eps·|g|²`` that can exceed
+        ``λ`` where the block is rank-deficient (``m < B``, or tiny ``λ``), making it indefinite. A
+        block whose Cholesky fails is therefore projected back onto that set (eigenvalues clamped
+        to ``>= λ``) before it is inverted, so ``[F⁻¹]_ii`` stays positive and no saliency flips sign."""
         eye = torch.eye(self.B, dtype=torch.float64)
         for s in range(0, self.n_blocks, _CHUNK):
             f = self._blocks[s : s + _CHUNK].double().div_(self.m).add_(eye, alpha=self.damp)
@@ -180,7 +183,8 @@ class BlockFisherInverse:
             inv = torch.cholesky_inverse(chol)
             bad = info != 0
             if bool(bad.any()):
-                inv[bad] = torch.linalg.pinv(f[bad], hermitian=True)
+                w, q = torch.linalg.eigh(f[bad])
+                inv[bad] = (q / w.clamp_min(self.damp).unsqueeze(-2)) @ q.transpose(-1, -2)
             self._blocks[s : s + _CHUNK] = inv
         self._inverted = True
 

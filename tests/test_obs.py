@@ -58,6 +58,19 @@ def test_fisher_inverse_float32_close_to_reference(method):
         assert (f.finv[b].double() - ref).abs().max() <= 1e-3 * ref.abs().max(), b
 
 
+def test_float32_fisher_of_fewer_gradients_than_its_block_keeps_a_positive_inverse_diagonal():
+    """m < B at the paper's λ = 1e-7: Σ g gᵀ is rank-deficient and its float32 round-off exceeds
+    λ, so the stored block is indefinite; its inverse must still have [F⁻¹]_ii > 0 (a saliency
+    w²/(2[F⁻¹]_ii) of the right sign), near the float64 one."""
+    g = torch.randn(16, 48, generator=torch.Generator().manual_seed(0))
+    f32, f64 = BlockFisherInverse(48, 48, 1e-7, 16), BlockFisherInverse(48, 48, 1e-7, 16, dtype=torch.float64)
+    f32.add_grads(g)
+    f64.add_grads(g)
+    d32, d64 = f32.diag().double(), f64.diag()
+    assert bool((d32 > 0).all())
+    assert float((d32.log10() - d64.log10()).abs().max()) < 1.0  # within 10× where exact is 1/λ-scale
+
+
 def test_direct_fisher_refuses_gradients_after_it_was_inverted_and_bad_methods():
     f = fisher_of(torch.randn(8, 20, dtype=F64), 4, 1e-2, 8)
     f.finv

@@ -264,7 +264,8 @@ class OBSPruner(TrainingPruner):
         num_grads: ``m``, gradients per Fisher (paper: 1024), in [1, 1e6]. Use ``m >= block_size``:
             with fewer, each ``B × B`` Fisher block is rank-deficient and ``λ`` decides the rest.
         block_size: ``B``, consecutive row-major weights per Fisher block, in [1, 4096]; a multiple
-            of C for a ``"1xC"`` structure. Memory ``numel · B · 4`` bytes. Default 48 (paper: 50).
+            of C for a ``"1xC"`` structure. Memory ``numel · B · 4`` bytes (B = 48: 2.0 GB for
+            MiniLM-L6's 10.6 M encoder weights, 16 GB for BERT-base's 85 M). Default 48 (paper: 50).
         damp: ``λ`` of ``F = λI + (1/m) Σ g gᵀ``, in (0, 1000] (paper: 1e-7).
         grad_batch_size: sentences per gradient (paper: 8), in [1, 65536].
         update: ``"joint"`` (exact OBS update of the whole pruned set per Fisher block),

@@ -128,6 +128,21 @@ def test_onnxruntime_int8_agrees(model, batches, reference, settings, caplog):
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # the model is optimised already
 
 
+def test_onnxruntime_int8_per_channel_weights(model, batches, reference, settings):
+    """per_channel: one weight scale per output channel, recorded in quant_method, within the
+    INT8 agreement bound; refused outside INT8."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    prepared = ONNXRuntime("int8", per_channel=True).prepare(model, batches[0], settings)
+    assert prepared.fields["quant_method"].endswith("per_channel=True)")
+    assert_int8_agrees(run_all(prepared.module, batches), reference)
+    assert ONNXRuntime("int8").prepare(model, batches[0], settings).fields["quant_method"].endswith("per_channel=False)")
+    with pytest.raises(ValueError, match="per_channel = true applies to precision = \"int8\" only"):
+        ONNXRuntime("fp32", per_channel=True)
+    with pytest.raises(ValueError, match="per_channel must be true or false"):
+        ONNXRuntime("int8", per_channel="yes")
+
+
 def test_only_the_preprocess_hint_is_dropped(caplog):
     from accelerators.peer_onnxruntime import without_preprocess_hint
 

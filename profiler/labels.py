@@ -10,7 +10,8 @@ _SHOWN = ("sparsity", "engine", "format", "precision")
 _UNLESS_DEFAULT = {"structure": "unstructured", "scope": "layer", "lr_schedule": "linear"}
 # accelerator parameters that change the numbers: (default, how a set value shows)
 _ACCEL_UNLESS_DEFAULT = {"dense_fallback": ("kernel-int8", "fallback {}"), "attention": ("int8", "attention {}"),
-                         "fuse_layers": (True, "unfused"), "dense_format": ("auto", "dense {}")}
+                         "fuse_layers": (True, "unfused"), "dense_format": ("auto", "dense {}"),
+                         "per_channel": (False, "per-channel")}
 
 
 def plugin_label(name: str, params: dict[str, Any] | None) -> str:

@@ -141,6 +141,10 @@ def test_onnxruntime_int8_per_channel_weights(model, batches, reference, setting
         ONNXRuntime("fp32", per_channel=True)
     with pytest.raises(ValueError, match="per_channel must be true or false"):
         ONNXRuntime("int8", per_channel="yes")
+    from profiler.labels import plugin_label
+
+    assert plugin_label("onnxruntime", {"precision": "int8", "per_channel": True}) == "onnxruntime int8 per-channel"
+    assert plugin_label("onnxruntime", {"precision": "int8", "per_channel": False}) == "onnxruntime int8"
 
 
 def test_only_the_preprocess_hint_is_dropped(caplog):

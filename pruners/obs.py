@@ -278,6 +278,13 @@ class OBSPruner(TrainingPruner):
 
     name = "obs"
 
+    @property
+    def cache_version(self) -> int:  # type: ignore[override]
+        """1 for gradual N:M (its update steps became those where the masks can change, which moves
+        training's dropout stream and learning-rate restarts: models cached before are stale); 0
+        otherwise, so the caches of the unchanged structures stay valid."""
+        return 1 if self.structure.kind == "nm" and self.steps > 0 else 0
+
     @training_params(distill=True)
     def __init__(
         self,

@@ -408,6 +408,8 @@ def check_matrix_fits_tasks(cfg: Config) -> None:
         except NotImplementedError:
             raise ConfigError(f"{where}: the task's fingerprint() is not implemented; a task returns what "
                               "determines its dense model (the model cache key)") from None
+        except (ValueError, OSError) as exc:  # e.g. a model or data file that cannot be read
+            raise ConfigError(f"{where}: {exc}") from None
         positions = getattr(task, "max_positions", None)
         if positions and max(cfg.seq_lens) > positions:
             raise ConfigError(f"matrix.seq_len: {max(cfg.seq_lens)} is longer than {where}'s model takes "

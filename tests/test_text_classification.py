@@ -181,7 +181,9 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
 
 @pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
                                   "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
-                                  "unsupported-arch", "label-unseen-in-training"])
+                                  "unsupported-arch", "label-unseen-in-training", "truncated-weights",
+                                  "missing-shard", "tokenizer-of-another-model", "string-label-new-head",
+                                  "score-label-new-head"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
                                            "label_column": "stars"}
@@ -204,6 +206,31 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
         model, kw = str(folder), {"eval_file": str(tmp_path / "d.jsonl"), "train_file": str(tmp_path / "t.jsonl"),
                                   "finetune_steps": 1}
         match = r"labels \[1\] never occur in .*t.jsonl"
+    elif case == "truncated-weights":  # a copy cut short: found from the header, before any cell fails
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        w = folder / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        model, match = str(folder), r"model\.safetensors cannot be read: .*not fully covered"
+    elif case == "missing-shard":
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ("model.safetensors",))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+        model, match = str(folder), "names the shard model-00001-of-00002.safetensors, which is not in the folder"
+    elif case == "tokenizer-of-another-model":  # every cell would fail with an embedding index error
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "vocab_size": 5}))
+        model, match = str(folder), r"has \d+ tokens, but the model's word embedding has 5 rows"
+    elif case in ("string-label-new-head", "score-label-new-head"):
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+        label = "neg" if case == "string-label-new-head" else 3.5
+        write_jsonl(tmp_path / "d.jsonl", [{"text": "good", "label": label}, {"text": "bad", "label": 0}])
+        model, kw = str(folder), {"eval_file": str(tmp_path / "d.jsonl"), "train_file": str(tmp_path / "d.jsonl"),
+                                  "finetune_steps": 1}
+        # the saved config's default LABEL_0 / LABEL_1 are not offered as this new head's classes
+        match = r"is not a class index \(0, 1, \.\.\.; the model's config names no labels\): a new head .* metric = \"pearson\""
     elif case == "regression-metric":
         kw["metric"], match = "spearman", "needs a regression head"
     elif case == "empty-file":
@@ -439,3 +466,38 @@ def test_model_fingerprint_follows_content_not_file_times(tmp_path, model_dirs, 
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(1, 1))  # the same times as before: only the content tells
     assert stable_hash(fingerprint(folder)) != stable_hash(before)
+
+
+def test_an_unreadable_model_file_is_a_config_error_naming_it(tmp_path, model_dirs, data_dir, monkeypatch):
+    from profiler.config import ConfigError, check_matrix_fits_tasks, parse_config
+    from profiler.tasks import modelsource
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    cfg = parse_config({"tasks": [{"name": "text-classification", "model": str(model_dirs["bert"]),
+                                   "eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
+                                   "label_column": "stars"}],
+                        "pruners": [{"name": "none"}], "accelerators": [{"name": "torch-fp32"}]})
+    monkeypatch.setattr(modelsource, "file_digest", denied)
+    with pytest.raises(ConfigError, match=r"tasks\[0\] .*: model: .*config.json cannot be read: Permission denied"):
+        check_matrix_fits_tasks(cfg)
+
+
+def test_the_fine_tune_cache_key_leaves_out_what_only_evaluation_reads(tmp_path, model_dirs, data_dir):
+    """Another eval file or metric: the same fine-tuned model (no second fine-tune); another
+    training file: another model. The run's own task key still tells all three apart."""
+    from profiler.identity import stable_hash
+
+    other = tmp_path / "eval.csv"
+    other.write_text((data_dir / "reviews.csv").read_text() + "one more review,x,1\n")
+
+    def task(**kw) -> TextClassification:
+        base = {"model": str(model_dirs["bert"]), "eval_file": str(data_dir / "reviews.csv"),
+                "train_file": str(data_dir / "reviews.csv"), "text_column": "review", "label_column": "stars",
+                "finetune_steps": 2}
+        return TextClassification(**{**base, **kw})
+
+    a, b, c = task(), task(eval_file=str(other), metric="f1"), task(train_file=str(other))
+    assert a.model_cache_path(tmp_path) == b.model_cache_path(tmp_path) != c.model_cache_path(tmp_path)
+    assert len({stable_hash(t.fingerprint()) for t in (a, b, c)}) == 3

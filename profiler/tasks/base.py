@@ -96,8 +96,15 @@ class Task:
 
     # ---- hooks -----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the fine-tuned dense model (used as its cache key)."""
+        """Everything that determines the task's rows: the fine-tuned dense model and what it is
+        evaluated on (a run's task key: a resume refuses a task whose fingerprint changed)."""
         raise NotImplementedError
+
+    def model_fingerprint(self) -> dict[str, Any]:
+        """What determines the fine-tuned dense model alone: its cache key (default:
+        :meth:`fingerprint`). A task whose fingerprint also names what only evaluation reads (the
+        eval file, the metric) leaves it out here, so changing that does not fine-tune again."""
+        return self.fingerprint()
 
     def check(self) -> None:
         """Raise ValueError if the task cannot run (missing data file, missing model package)."""
@@ -197,7 +204,7 @@ class Task:
 
     # ---- fine-tuning and evaluation -----------------------------------------------------------
     def model_cache_path(self, cache_dir: Path) -> Path:
-        return Path(cache_dir) / "finetuned" / f"{self.name}-{stable_hash(self.fingerprint())}"
+        return Path(cache_dir) / "finetuned" / f"{self.name}-{stable_hash(self.model_fingerprint())}"
 
     def load_finetuned(self, cache_dir: Path | None = None, progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
         """The fine-tuned dense model, from the on-disk cache or fine-tuned now and cached
@@ -214,7 +221,7 @@ class Task:
         model.eval()
         def write(folder: Path) -> None:
             model.save_pretrained(folder, safe_serialization=True)
-            (folder / "sparsebench_task.json").write_text(json.dumps({**self.fingerprint(), "training": training},
+            (folder / "sparsebench_task.json").write_text(json.dumps({**self.model_fingerprint(), "training": training},
                                                                      indent=1, default=str))
 
         publish_cached(path, write)

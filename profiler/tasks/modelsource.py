@@ -41,6 +41,51 @@ def check_model_folder(folder: Path) -> None:
     if missing:
         raise ValueError(f"model folder {folder} has no {', '.join(missing)}; save it with "
                          "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+    check_weight_files(folder)
+
+
+def check_weight_files(folder: Path) -> None:
+    """ValueError naming the file when the folder's weights cannot be read whole, found without
+    loading a tensor: a safetensors file whose header is damaged or whose tensors run past its end
+    (a truncated copy), an index naming a shard that is missing, or an unreadable file. A
+    ``pytorch_model.bin`` is only checked for being a readable zip archive (the format
+    ``torch.save`` writes)."""
+    import json
+    import zipfile
+
+    from safetensors import safe_open
+
+    def readable(path: Path, check) -> None:
+        try:
+            check(path)
+        except Exception as exc:  # SafetensorError, OSError, JSON and zip errors alike: name the file
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise ValueError(f"model: {path} cannot be read: {why}; save the model again "
+                             "(model.save_pretrained(folder))") from None
+
+    def safetensors_header(path: Path) -> None:
+        with safe_open(str(path), "pt"):
+            pass
+
+    def torch_zip(path: Path) -> None:
+        with open(path, "rb"):
+            pass
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive, as torch.save writes")
+
+    for name, check in (("model.safetensors", safetensors_header), ("pytorch_model.bin", torch_zip)):
+        if (folder / name).is_file():
+            readable(folder / name, check)
+            return
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            shards: set[str] = set()
+            readable(folder / index, lambda p: shards.update(json.loads(p.read_text(encoding="utf-8"))["weight_map"].values()))
+            for shard in sorted(shards):
+                if not (folder / shard).is_file():
+                    raise ValueError(f"model: {folder / index} names the shard {shard}, which is not in the folder")
+                readable(folder / shard, safetensors_header if shard.endswith(".safetensors") else torch_zip)
+            return
 
 
 def _hub_reachable() -> bool:
@@ -116,5 +161,13 @@ def folder_fingerprint(folder: Path) -> dict[str, str]:
     """File name -> :func:`file_digest` of each file of a model folder (sub-folders aside): changes
     when a file's content does, not when a file is only touched or copied (to another machine,
     another clone), so a resume or a cache entry keyed by it survives both. Hashing reads every
-    byte once per process (SHA-256 runs at about 1 GB/s; BERT-base's 440 MB take under a second)."""
-    return {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    byte once per process (SHA-256 runs at about 1 GB/s; BERT-base's 440 MB take under a second).
+    ValueError naming a file that cannot be read."""
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            try:
+                out[p.name] = file_digest(p)
+            except OSError as exc:
+                raise ValueError(f"model: {p} cannot be read: {exc.strerror or exc}") from None
+    return out

@@ -145,6 +145,18 @@ class TextClassification(Task):
         elif self.finetune_steps == 0:
             raise ValueError(f"model: {self.model_path} has no sequence-classification head; set finetune_steps > 0 "
                              "to train one, or give a fine-tuned model")
+        else:  # a new head: the config's label names (transformers' LABEL_0, LABEL_1 defaults) name none of its classes
+            self.label2id = {}
+        self._check_vocabulary(config)
+
+    def _check_vocabulary(self, config) -> None:
+        """ValueError when the tokenizer's ids reach past the model's word embeddings (a tokenizer
+        saved with another model): every cell would fail with an index error in the embedding."""
+        vocab = getattr(config, "vocab_size", None)
+        if vocab and len(self.tokenizer) > int(vocab):
+            raise ValueError(f"model: the tokenizer in {self.model_path} has {len(self.tokenizer)} tokens, but the "
+                             f"model's word embedding has {vocab} rows (config vocab_size): save the tokenizer the "
+                             "model was trained with (tokenizer.save_pretrained(folder))")
 
     def _read_data(self) -> None:
         """Read, check and keep the raw rows (texts and parsed labels); tokenized lazily."""
@@ -158,8 +170,14 @@ class TextClassification(Task):
                 raise ValueError(f"{split}_file: {exc}") from None
             textdata.check_columns(rows, (self.text_column, self.text_pair_column, self.label_column), str(path))
             lines = textdata.row_lines(rows)
-            labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id,
-                                           str(path), lines)
+            try:
+                labels = textdata.parse_labels([r[self.label_column] for r in rows], self.regression, self.label2id,
+                                               str(path), lines)
+            except ValueError as exc:
+                if self.regression or self.has_head:
+                    raise
+                raise ValueError(f"{exc}: a new head learns classes 0, 1, ...; for a score (regression), set "
+                                 "metric = \"pearson\" or \"spearman\"") from None
             texts = textdata.parse_texts([r[self.text_column] for r in rows], "text_column", self.text_column,
                                          str(path), lines)
             pairs = (textdata.parse_texts([r[self.text_pair_column] for r in rows], "text_pair_column",
@@ -196,6 +214,15 @@ class TextClassification(Task):
             "num_labels": self.num_labels, "steps": self.finetune_steps, "batch": self.finetune_batch_size,
             "lr": self.finetune_lr, "seed": self.seed, "max_length": self.max_length, **self.precision_fingerprint(),
         }
+
+    def model_fingerprint(self) -> dict[str, Any]:
+        """:meth:`fingerprint` without the eval file's digest and the metric, which only evaluation
+        reads; with whether the head is a regression head (the metric decided it there), which
+        training reads."""
+        out = self.fingerprint()
+        out["data"] = {k: v for k, v in out["data"].items() if k != "eval"}
+        del out["metric"]
+        return {**out, "regression": self.regression}
 
     @cached_property
     def tokenizer(self):

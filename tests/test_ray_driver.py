@@ -1,6 +1,7 @@
 """The Ray driver's fault handling against a stand-in for the ``ray`` module (no cluster, a fake
 clock): a unit whose node died past its retries, a unit that ended without some rows, a row that
-comes twice, and a target that has had no live node for ``target_timeout_s``."""
+comes twice, a target that has had no live node for ``target_timeout_s``, a resume whose
+references lack a model, a probe that waits for a busy node, and the CLI's warnings before a run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from profiler.config import expand, parse_config
+from profiler.executors import ray_driver, ray_node
 from profiler.executors.ray_driver import NO_LIVE_NODE, RayExecutor, TargetRun, Unit
+from profiler.identity import stable_hash
 from profiler.results import read_results
-from profiler.runner import base_row
+from profiler.runner import Reporter, base_row, references_to_retime
 from profiler.targets import Target
 from tests.conftest import tiny_config
 
@@ -20,15 +23,44 @@ class FakeRayError(Exception):
 
 
 class FakeRay:
-    """What the driver uses of ``ray``: ``get``, ``cancel``, ``nodes`` and ``exceptions.RayError``."""
+    """What the driver uses of ``ray``: ``get``, ``cancel``, ``nodes``, ``remote`` (each submission
+    recorded in ``submitted`` as (function name, options, arguments)), ``wait`` (nothing ready until
+    ``ready_after`` calls, each advancing ``now`` by its timeout) and ``exceptions.RayError``."""
 
     class exceptions:
         RayError = FakeRayError
 
-    def __init__(self) -> None:
+    def __init__(self, now: list[float] | None = None) -> None:
         self.values: dict[str, object] = {}
         self.alive = True
         self.cancelled: list[object] = []
+        self.submitted: list[tuple[str, dict, tuple]] = []
+        self.now = now if now is not None else [0.0]
+        self.ready_after = 0
+
+    def remote(self, fn):
+        ray = self
+
+        class Remote:
+            def options(self, **options):
+                self.opts = options
+                return self
+
+            def remote(self, *args):
+                ray.submitted.append((fn.__name__, self.opts, args))
+                return f"ref{len(ray.submitted)}"
+
+        return Remote()
+
+    def wait(self, refs: list, num_returns: int, timeout: float) -> tuple[list, list]:
+        self.now[0] += timeout
+        if self.ready_after > 0:
+            self.ready_after -= 1
+            return [], list(refs)
+        return list(refs), []
+
+    def is_initialized(self) -> bool:
+        return False
 
     def get(self, ref: str) -> object:
         value = self.values[ref]
@@ -43,12 +75,22 @@ class FakeRay:
         return [{"NodeID": "n1", "Alive": self.alive, "Labels": {"sparsebench.target": "b"}, "Resources": {"CPU": 1.0}}]
 
 
+class Notes(Reporter):
+    """A reporter that keeps its messages."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
 @pytest.fixture()
 def driver(tmp_path):
     cfg = parse_config(tiny_config(ray={"max_retries": 2, "target_timeout_s": 30}))
     now = [0.0]
-    ex = RayExecutor(cfg, clock=lambda: now[0])
-    ex.ray = FakeRay()
+    ex = RayExecutor(cfg, clock=lambda: now[0], reporter=Notes())
+    ex.ray = FakeRay(now)
     tr = TargetRun(Target("b", {"sparsebench.target": "b"}), tmp_path / "targets" / "b", todo=expand(cfg))
     tr.dir.mkdir(parents=True)
     tr.hardware_id = "hw-b"
@@ -135,7 +177,6 @@ def test_a_resume_refuses_a_task_whose_data_changed_since_the_run_started(tmp_pa
     import json
 
     from profiler.errors import ConfigError
-    from profiler.executors import ray_driver
     from tests.tiny_family import save_tiny_model
 
     data = tmp_path / "dev.csv"
@@ -158,3 +199,110 @@ def test_a_resume_refuses_a_task_whose_data_changed_since_the_run_started(tmp_pa
     data.write_text(data.read_text().replace(",1\n", ",0\n"))
     with pytest.raises(ConfigError, match="--resume: the model folder, data files or parameters of task .* changed since"):
         RayExecutor(cfg).prepare(resume_dir=tmp_path / "run")
+
+
+def _probed(tr: TargetRun, cpu: str = "Test CPU") -> None:
+    """``tr`` as after its probe: the probe's answer, and the run's manifest its files start from."""
+    (tr.dir.parent.parent / "manifest.json").write_text("{}")
+    tr.probe = {"hardware": {"hardware_id": "hw-b", "cpu_model": cpu}, "idle": None, "harness_overhead_s": 0.0,
+                "node_id": "n1", "labels": {}, "meter_ok": True, "meter_why": None}
+
+
+def _built(ex: RayExecutor, pruners) -> None:
+    """Payloads in the object store for these pruners' models only (the others failed to build)."""
+    for p in pruners:
+        key = ray_node.pruner_key(p.canonical())
+        ex._payloads[(stable_hash(ex.cfg.tasks[0].canonical()), key)] = f"payload-{key}"
+
+
+def _units(ex: RayExecutor) -> list[ray_node.UnitSpec]:
+    return [args[0] for name, _, args in ex.ray.submitted if name == "run_unit"]
+
+
+def test_a_resume_whose_reference_has_no_model_runs_its_missing_cells_without_it(driver):
+    """The dense cells are done; the resumed run would time the dense fp32 references again beside the
+    magnitude cells, but the dense model failed to build: the magnitude cells run, without that
+    reference (as a local run does), instead of their whole units being dropped without a row."""
+    ex, tr, _ = driver
+    dense = [c for c in tr.todo if c.pruner.name == "none"]
+    done_rows = [_node_row(c) for c in dense]
+    tr.done = {c.cell_id for c in dense}
+    tr.todo = [c for c in tr.todo if c.cell_id not in tr.done]
+    tr.references = references_to_retime(ex.cells, tr.todo, done_rows, "interleaved")
+    assert len(tr.todo) == 8 and len(tr.references) == 2
+    _probed(tr)
+    _built(ex, [p for p in ex.cfg.pruners if p.name != "none"])
+    ex._start_target(tr)
+    units = _units(ex)
+    assert sorted(i for u in units for i in u.cell_ids) == sorted(c.cell_id for c in tr.todo)
+    assert all(u.reference_ids == [] for u in units) and tr.busy and not _rows(tr)
+    assert all(u.hardware == {"hardware_id": "hw-b", "cpu_model": "Test CPU"} for u in units)  # checked on the node
+
+
+def test_a_unit_cell_without_a_model_gets_a_failed_row_and_the_others_run(driver):
+    """Never a unit dropped without a row: a cell whose model is not in the object store (and that has
+    no row yet) is recorded failed with the reason; the rest of its unit is submitted."""
+    ex, tr, _ = driver
+    _probed(tr)
+    _built(ex, [p for p in ex.cfg.pruners if p.name != "none"])
+    ex._start_target(tr)
+    rows = _rows(tr)
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in tr.todo if c.pruner.name == "none")
+    assert all(r["status"] == "failed" and "no model was built" in r["reason"] for r in rows)
+    ran = sorted(i for u in _units(ex) for i in u.cell_ids)
+    assert ran == sorted(c.cell_id for c in tr.todo if c.pruner.name != "none")
+
+
+def test_a_probe_that_waits_for_a_busy_node_says_what_it_waits_for(driver):
+    """A live node whose CPUs another job holds: the probe waits, and says so every minute."""
+    ex, tr, now = driver
+    ex.ray.ready_after = 150  # 150 polls of 1 s without an answer
+    ex.ray.values = {"ref1": {"hardware": {"hardware_id": "hw-b"}, "meter_ok": True}}
+    ex._probe_first({"b": tr}, None)
+    assert tr.probe == ex.ray.values["ref1"]
+    waits = [line for line in ex.reporter.lines if "waiting" in line]
+    assert len(waits) == 2, ex.reporter.lines  # at 60 s and 120 s
+    assert waits[0].startswith("[b] waiting 60 s for the probe") and "1 CPU(s)" in waits[0]
+    assert "sparsebench.target=b" in waits[0]
+
+
+def test_a_label_that_only_dead_nodes_carry_is_named_on_the_cli_before_the_run(tmp_path, monkeypatch, capsys):
+    """The warning prepare() gives reaches the user: the CLI hands its reporter in before prepare()."""
+    from profiler.cli import main
+    from profiler.errors import SetupError
+    from tests.faults_util import write_config
+
+    class TwoNodes(FakeRay):
+        def nodes(self):
+            return [{"NodeID": "n1", "Alive": True, "Labels": {"sparsebench.target": "a"}, "Resources": {"CPU": 1.0}},
+                    {"NodeID": "n2", "Alive": False, "Labels": {"sparsebench.target": "gone"}, "Resources": {"CPU": 1.0}}]
+
+    def stop(self, runs, resume_dir):  # the probes are other tests' business
+        raise SetupError("stopped after the targets were resolved")
+
+    monkeypatch.setattr(ray_driver, "connect", lambda address: TwoNodes())
+    monkeypatch.setattr(RayExecutor, "_probe_first", stop)
+    doc = tiny_config()
+    doc["run"] = {"name": "w", "output_dir": str(tmp_path / "runs")}
+    cfg = write_config(tmp_path / "c.toml", doc)
+    assert main(["run", str(cfg), "--executor", "ray", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: label sparsebench.target=gone is carried by dead nodes only" in err, err
+    assert "stopped after the targets were resolved" in err
+
+
+def test_a_resume_probed_on_other_hardware_keeps_that_nodes_idle_power_out(driver):
+    """hardware.json names the target's machine; a probe answered by a node of other hardware warns,
+    names both CPUs, and its idle power is not written for the target's units to use."""
+    import json
+
+    ex, tr, _ = driver
+    _probed(tr, cpu="Other CPU")
+    tr.probe["hardware"]["hardware_id"] = "hw-other"
+    tr.probe["idle"] = {"watts": {"package": 5.0}}
+    (tr.dir / "hardware.json").write_text(json.dumps({"hardware_id": "hw-b", "cpu_model": "Test CPU"}))
+    ex._write_target_files(tr)
+    assert not (tr.dir / "idle_power.json").exists()
+    assert json.loads((tr.dir / "manifest.json").read_text())["harness_overhead_s"] is None
+    (warning,) = ex.reporter.lines
+    assert "'Other CPU' (hardware_id hw-other), not the target's 'Test CPU' (hw-b" in warning

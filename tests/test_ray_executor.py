@@ -107,6 +107,31 @@ def test_a_cell_the_runner_left_without_a_row_still_gets_one_in_order(monkeypatc
     assert rows[0]["target"] == "t" and "worker_niceness" in rows[0]
 
 
+def test_a_unit_on_a_node_of_other_hardware_fails_its_cells_without_timing(monkeypatch, fresh_process):
+    """A target's idle power, harness overhead and savings factors belong to the machine of its
+    hardware.json: a unit that lands on a node of other hardware (a target whose nodes differ, or
+    Ray's re-run on another node) times nothing and fails each cell, naming both machines and how
+    to give them their own targets. On a node of the same hardware the same unit runs."""
+    cfg = parse_config(tiny_config())
+    cells = expand(cfg)[:3]
+    ran = []
+    monkeypatch.setattr(ray_node, "_work", lambda spec, payloads, sink: ran.append(spec))
+    here = ray_node.node_hardware()
+    theirs = {"hardware_id": "other-hw", "cpu_model": "Other CPU 9000"}
+    spec = ray_node.UnitSpec(config=cfg.raw, cell_ids=[c.cell_id for c in cells], stamp={"target": "spr"},
+                             hardware=theirs)
+    rows = list(ray_node.run_unit(spec))
+    assert not ran and [r["cell_id"] for r in rows] == spec.cell_ids
+    for r in rows:
+        assert r["status"] == "failed" and r["target"] == "spr" and r["hardware_id"] == here["hardware_id"]
+        assert "Other CPU 9000" in r["reason"] and repr(here["cpu_model"]) in r["reason"]
+        assert "other-hw" in r["reason"] and "--labels=sparsebench.target=" in r["reason"]
+        assert "--retry-failed" in r["reason"]
+    same = {"hardware_id": here["hardware_id"], "cpu_model": here["cpu_model"]}
+    rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=spec.cell_ids, stamp={}, hardware=same)))
+    assert len(ran) == 1 and all("recorded no row" in r["reason"] for r in rows)  # it ran (the stub records none)
+
+
 @pytest.fixture()
 def config_file(tmp_path):
     doc = tiny_config()

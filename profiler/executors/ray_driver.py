@@ -23,11 +23,14 @@ Then the work:
 
 Faults: a node that dies mid-unit makes Ray re-run the unit on another node of the same target
 (``[ray] max_retries``); past that, the unit's unwritten cells are recorded ``failed`` with Ray's
-reason. A target with no live node for ``[ray] target_timeout_s`` gets its unwritten cells
-recorded ``skipped`` with the reason and ``executor_outcome = "no-live-node"``. ``--resume``
-re-submits only the cells without a row, and those ``no-live-node`` rows (removed first, with one
-atomic rewrite of the file, so every cell keeps exactly one row); ``--retry-failed`` does the same
-for failed rows. A driver killed mid-run loses nothing written: Ray ends the units it owned.
+reason. A unit that lands on a node whose hardware is not the target's ``hardware.json`` (written
+from the probe's node) times nothing and fails its cells with the reason: a target's idle power,
+harness overhead and savings factors belong to one machine, as a local run's do. A target with
+no live node for ``[ray] target_timeout_s`` gets its unwritten cells recorded ``skipped`` with the
+reason and ``executor_outcome = "no-live-node"``. ``--resume`` re-submits only the cells without a
+row, and those ``no-live-node`` rows (removed first, with one atomic rewrite of the file, so every
+cell keeps exactly one row); ``--retry-failed`` does the same for failed rows. A driver killed
+mid-run loses nothing written: Ray ends the units it owned.
 """
 from __future__ import annotations
 
@@ -50,6 +53,10 @@ from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, TASK_FINGERPRINTS, 
                              read_run_json, references_to_retime, task_fingerprints, write_run_file)
 from profiler.targets import (TARGET_LABEL, Target, TargetWatch, dead_only_targets, default_targets, live_targets,
                               resolve_targets)
+
+#: seconds between the notes of a probe still waiting for a free node of its target
+PROBE_NOTE_S = 60.0
+
 
 @dataclass
 class Unit:
@@ -150,12 +157,15 @@ class RayExecutor:
 
     def _probe_first(self, runs: dict[str, TargetRun], resume_dir: Path | None) -> None:
         """Probe the targets that have a live node now; wait for each until it answers or has had no
-        live node for ``target_timeout_s`` (it is then probed again during the run)."""
+        live node for ``target_timeout_s`` (it is then probed again during the run). A probe waits
+        for a whole node of its target to be free, without a limit (a live node busy with other
+        Ray work frees up in time), and says every :data:`PROBE_NOTE_S` seconds what it waits for."""
         live = live_targets({n: tr.target for n, tr in runs.items()}, cluster_nodes(self.ray))
         for name, tr in runs.items():
             if live[name]:
                 has_idle = resume_dir is not None and read_idle_power(tr.dir) is not None  # a damaged file: ConfigError now
                 tr.probe_ref = self._submit_probe(tr, 0.0 if has_idle else self.cfg.measure.idle_seconds)
+        started = note_at = self.clock()
         while True:
             waiting = [tr for tr in runs.values() if tr.probe_ref is not None]
             if not waiting:
@@ -166,12 +176,26 @@ class RayExecutor:
                     tr.probe = self._probe_result(tr)
             still = [tr for tr in waiting if tr.probe_ref is not None]
             live = live_targets({tr.name: tr.target for tr in still}, cluster_nodes(self.ray))
+            if still and self.clock() >= note_at + PROBE_NOTE_S:
+                note_at = self.clock()
+                for tr in (tr for tr in still if live[tr.name]):  # one without a live node: the watch speaks
+                    self._probe_note(tr, note_at - started)
             if [tr for tr in still if self.watch.update(tr.name, live[tr.name])]:
                 break  # a target lost its nodes: the run loop records its cells, the others go on
         lacking = [f"{tr.name}: {tr.probe['meter_why']}" for tr in runs.values() if tr.probe and not tr.probe["meter_ok"]]
         if lacking:
             raise SetupError(f"meter.name: {self.cfg.meter.name!r} is unavailable on target(s) {'; '.join(lacking)}. "
                               "Use 'auto' (picks the best meter on each node and says why) or 'estimate'")
+
+    def _probe_note(self, tr: TargetRun, waited_s: float) -> None:
+        """Say that ``tr``'s probe has waited ``waited_s`` seconds, and for what."""
+        t = tr.target
+        sel = ", ".join(f"{k}={v}" for k, v in t.selector.items())
+        self.reporter.message(
+            f"[{t.name}] waiting {waited_s:.0f} s for the probe (fingerprint, and idle power for up to "
+            f"{self.cfg.measure.idle_seconds:g} s): it needs a node matching {sel} with all its {t.cpus} CPU(s) and "
+            f"{t.gpus} GPU(s) free; a live one exists, so other Ray work may hold them (it starts once they are "
+            "free; Ctrl-C stops, nothing written)")
 
     def _submit_probe(self, tr: TargetRun, idle_seconds: float) -> Any:
         t = tr.target
@@ -258,21 +282,29 @@ class RayExecutor:
             self._write_target_files(tr)
 
     def _write_target_files(self, tr: TargetRun) -> None:
-        """The target's manifest, hardware.json and idle_power.json from its probe (kept if there)."""
+        """The target's manifest, hardware.json and idle_power.json from its probe (kept if there).
+        A probe whose node is not the hardware of an existing hardware.json (a resume) gives a
+        warning, and neither its idle power nor its harness overhead: they belong to that node."""
         p = tr.probe
         hw_path, idle_path, man_path = tr.dir / HARDWARE, tr.dir / IDLE_POWER, tr.dir / MANIFEST
         if not hw_path.exists():
             write_run_file(hw_path, p["hardware"])
             tr.hardware_id = p["hardware"]["hardware_id"]
-        elif p["hardware"]["hardware_id"] != tr.hardware_id:
-            self.reporter.message(f"[{tr.name}] warning: this node's hardware ({p['hardware']['hardware_id']}) differs "
-                                  f"from the target's hardware.json ({tr.hardware_id}); each row names its own")
-        if p.get("idle") and not idle_path.exists():
+        same = p["hardware"]["hardware_id"] == tr.hardware_id
+        if not same:
+            hw = read_run_json(hw_path)
+            self.reporter.message(
+                f"[{tr.name}] warning: the node that answered the probe is {p['hardware'].get('cpu_model')!r} "
+                f"(hardware_id {p['hardware']['hardware_id']}), not the target's {hw.get('cpu_model')!r} "
+                f"({tr.hardware_id}, its hardware.json): units that land on such a node fail their cells, saying "
+                "why (one target's rows belong to one machine)")
+        if same and p.get("idle") and not idle_path.exists():
             write_run_file(idle_path, p["idle"])
         if not man_path.exists():
             manifest = read_run_json(tr.dir.parent.parent / MANIFEST)
             manifest.update({"target": tr.name, "label_selector": tr.target.selector, "hardware_id": tr.hardware_id,
-                             "harness_overhead_s": p["harness_overhead_s"], "probe_node_id": p["node_id"]})
+                             "harness_overhead_s": p["harness_overhead_s"] if same else None,
+                             "probe_node_id": p["node_id"]})
             write_run_file(man_path, manifest)
 
     def _warn_threads(self) -> None:
@@ -327,18 +359,20 @@ class RayExecutor:
             return
         known = known_metrics(read_results(tr.dir / RESULTS).rows)  # the node takes what its cells' keys match
         idle = self._idle(tr)
+        hw = read_run_json(tr.dir / HARDWARE)
         for cells in plan_units([c for c in tr.todo if c.cell_id not in tr.done], self.cfg.measure.schedule,
                                 self.cfg.measure.interleave_threads):
             shared = self.cfg.measure.interleave_threads
             group = (cells[0].task, interleave_key(cells[0], shared))
             again = [r for r in tr.references if (r.task, interleave_key(r, shared)) == group]
-            refs = self._unit_payloads([*cells, *again])
-            if refs is None:
-                continue
+            cells, again, refs = self._unit_models(tr, cells, again)
+            if not cells:
+                continue  # every cell of the unit has its failed row
             spec = ray_node.UnitSpec(
                 config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=idle,
                 stamp={"target": tr.name, "executor": "ray", "label_selector": tr.target.selector},
-                known_metrics=known, reference_ids=[r.cell_id for r in again])
+                known_metrics=known, reference_ids=[r.cell_id for r in again],
+                hardware={"hardware_id": hw.get("hardware_id"), "cpu_model": hw.get("cpu_model")})
             t = tr.target
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)
@@ -348,13 +382,22 @@ class RayExecutor:
                               f"reserving a whole node ({tr.target.cpus} CPU(s), {tr.target.gpus} GPU(s)); rows "
                               "arrive as its cells finish")
 
-    def _unit_payloads(self, cells: list[Cell]) -> list[Any] | None:
-        """Object refs of the models a unit needs, one per pruner; None when some failed to build
-        (those cells already have their failed rows)."""
+    def _unit_models(self, tr: TargetRun, cells: list[Cell], references: list[Cell],
+                     ) -> tuple[list[Cell], list[Cell], list[Any]]:
+        """(cells, references, object refs of their models, one per pruner) of a unit of ``tr``, kept
+        to those whose model is in the object store, as a local run keeps a group to the models it
+        built. A reference without one is left out: the unit's factors divide by the references
+        that remain (none: no factor). A cell without one gets a failed row here, so no cell is
+        dropped without a row (a model that failed to build has written its cells' rows already)."""
         task = stable_hash(cells[0].task.canonical())
-        keys = dict.fromkeys(ray_node.pruner_key(c.pruner.canonical()) for c in cells)
-        refs = [self._payloads.get((task, k)) for k in keys]
-        return None if any(r is None for r in refs) else refs
+        key = lambda c: (task, ray_node.pruner_key(c.pruner.canonical()))  # noqa: E731
+        for c in cells:
+            if key(c) not in self._payloads:
+                self._record_cells(tr, [c], "failed", f"no model was built for pruner {c.pruner.label()} of task "
+                                                      f"{c.task.label()} (a bug if no earlier row says why)")
+        cells = [c for c in cells if key(c) in self._payloads]
+        references = [r for r in references if key(r) in self._payloads]
+        return cells, references, [self._payloads[k] for k in dict.fromkeys(map(key, [*cells, *references]))]
 
     def _idle(self, tr: TargetRun) -> dict[str, Any] | None:
         idle = read_idle_power(tr.dir)
@@ -404,9 +447,6 @@ class RayExecutor:
             return
         append_result(tr.dir / RESULTS, row)
         tr.done.add(row.cell_id)
-        if row.hardware_id and tr.hardware_id and row.hardware_id != tr.hardware_id:
-            self.reporter.message(f"[{tr.name}] warning: cell {row.cell_id} ran on hardware {row.hardware_id}, not "
-                                  f"the target's {tr.hardware_id}")
         self.reporter.cell_done(row)
 
     def _record_cells(self, tr: TargetRun, cells: list[Cell], status: str, reason: str,

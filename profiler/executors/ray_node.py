@@ -10,7 +10,9 @@ the node's id and labels, so this module also runs (and is tested) without a clu
   thread count of a task at one batch, sequence and kernel variant, timed side by side by
   :meth:`Runner._run_group`); with ``"sequential"`` the cells of one (task, pruner), timed one
   after the other by :meth:`Runner._run_cell`. Measuring is the runner's code; :class:`NodeRunner`
-  only sends each recorded row to the driver instead of appending it to a file.
+  only sends each recorded row to the driver instead of appending it to a file. A unit that lands
+  on a node whose hardware is not its target's (:func:`other_hardware`) times nothing: each of
+  its cells gets a failed row saying why.
 
 Models are built once, on the driver, and reach the node through Ray's object store as
 :class:`ModelPayload` (the ``save_pretrained`` files). A worker process keeps the models, the
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 from profiler.identity import stable_hash
 from profiler.runner import Runner, base_row
+from profiler.targets import TARGET_LABEL
 
 #: rows of a Ray run carry these fields besides the runner's
 STAMP_FIELDS = ("target", "executor", "label_selector", "ray_node_id", "node_labels", "worker_niceness",
@@ -91,7 +94,8 @@ class UnitSpec:
     config; ``cell_ids``: the unit's cells in order; ``stamp``: fields every row gets (target,
     executor); ``idle``: the target's idle power (``IdlePower.to_dict()``) or None;
     ``known_metrics``: :func:`profiler.runner.accuracy_key` → accuracy and metric fields already measured on this target
-    (rows of an earlier, resumed attempt)."""
+    (rows of an earlier, resumed attempt); ``hardware``: ``hardware_id`` and ``cpu_model`` of the
+    target's ``hardware.json``, the only machine the unit may time on (None: not checked)."""
 
     config: dict[str, Any]
     cell_ids: list[str]
@@ -100,6 +104,7 @@ class UnitSpec:
     known_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: finished cells of the unit's interleave group, timed again beside its cells and not recorded
     reference_ids: list[str] = field(default_factory=list)
+    hardware: dict[str, Any] | None = None
 
 
 #: per worker process: parsed configs, built tasks, unpacked models, accuracy per model_id, the
@@ -146,6 +151,21 @@ def probe_node(meter: dict[str, Any], idle_seconds: float) -> dict[str, Any]:
     idle = measure_idle_power(m, idle_seconds).to_dict() if ok and idle_seconds > 0 else None
     return {"hardware": node_hardware(), "node_id": node_id, "labels": labels, "meter_ok": ok, "meter_why": why,
             "idle": idle, "harness_overhead_s": harness_overhead_s()}
+
+
+def other_hardware(expected: dict[str, Any] | None, here: dict[str, Any], target: str | None) -> str | None:
+    """Why a unit of ``target`` must not time on this node (None when it may): its fingerprint
+    ``here`` is not the target's ``expected`` one (``hardware_id``, ``cpu_model``). A target's idle
+    power, harness overhead and same-round savings factors were measured on one machine, so, as a
+    local run refuses to resume on other hardware, its rows never mix machines."""
+    if expected is None or expected.get("hardware_id") == here.get("hardware_id"):
+        return None
+    return (f"this node's hardware ({here.get('cpu_model')!r}, hardware_id {here.get('hardware_id')}) is not "
+            f"target {target}'s ({expected.get('cpu_model')!r}, hardware_id {expected.get('hardware_id')}, in its "
+            "hardware.json), whose idle power and savings factors these cells would use: nothing was timed here. "
+            f"Give each kind of machine its own target (`ray start --labels={TARGET_LABEL}=NAME` on its nodes, or a "
+            "narrower selector in [targets]), then `sparsebench run --resume RUN_DIR --retry-failed` runs these "
+            "cells again")
 
 
 def normal_priority() -> int | None:
@@ -257,9 +277,16 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
 
     The order is fixed so that when Ray re-runs a unit whose node died, the rows it had already
     delivered (Ray skips that many items of the re-run) are the same cells. The cells run in a
-    worker thread; this generator only waits for their rows, so it costs no CPU while timing."""
+    worker thread; this generator only waits for their rows, so it costs no CPU while timing. On a
+    node whose hardware is not the target's (:func:`other_hardware`; checked on every attempt, so a
+    re-run on a node of the target's hardware times as usual) every row is a failed one."""
     rows: queue.Queue = queue.Queue()
     spec.stamp = {**spec.stamp, "worker_niceness": normal_priority()}  # before the work thread starts
+    refused = other_hardware(spec.hardware, node_hardware(), spec.stamp.get("target"))
+    if refused:
+        for cid in spec.cell_ids:
+            yield _failed_row(spec, cid, refused)
+        return
 
     def target() -> None:
         try:
@@ -280,14 +307,18 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
             ready[item["cell_id"]] = item
         while order and (order[0] in ready or kind == "done"):
             cid = order.pop(0)
-            yield ready.pop(cid) if cid in ready else _unrecorded(spec, cid)
+            yield ready.pop(cid) if cid in ready else _failed_row(spec, cid, UNRECORDED)
     thread.join()
 
 
-def _unrecorded(spec: UnitSpec, cell_id: str) -> dict[str, Any]:
-    """A failed row for a cell the runner recorded nothing for (a bug: the row says so)."""
+#: the reason of a cell the runner recorded nothing for (a bug: the row says so)
+UNRECORDED = "the runner recorded no row for this cell on the node (a bug; please report)"
+
+
+def _failed_row(spec: UnitSpec, cell_id: str, reason: str) -> dict[str, Any]:
+    """A failed row, made on the node, for a cell of ``spec`` that was not timed."""
     row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
-    row.set_outcome("failed", "the runner recorded no row for this cell on the node (a bug; please report)")
+    row.set_outcome("failed", reason)
     row.extra.update(spec.stamp)
     return row.to_dict()
 

@@ -4,8 +4,16 @@ Sparse weight x dense activation kernels for CPU inference. Every array argument
 exporting the buffer protocol (numpy array, memoryview, ``tensor.numpy()``), C-contiguous, with
 the dtype and shape given below; a wrong dtype or a non-buffer raises ``TypeError``, a wrong shape,
 a non-contiguous or read-only output, overlapping input/output memory or a bad option raises
-``ValueError``. Weights are validated and copied once by the ``pack_*`` functions. The ``spmm*``
-and ``attention`` calls run with ``threads`` OpenMP threads and the GIL released.
+``ValueError``. Weights are validated and copied once by the ``pack_*`` functions. The ``spmm*``,
+``ffn_int8``, ``qkv_attention_int8`` and ``attention`` calls run with ``threads`` OpenMP threads
+and the GIL released. ``threads`` is an int in [1, ``thread_limit()``]: 4 per processor OpenMP
+sees, at most OMP_THREAD_LIMIT and 1024. A larger count raises ValueError and a bool TypeError
+(GNU libgomp exits the whole process when the OS refuses to create a thread, so counts far above
+the machine's are refused before any thread starts).
+
+Scratch buffers are cached between calls (``workspace_bytes()``): at most 8, each at most 4 MiB
+per thread of the call that used it; a larger one (sized by a long input) is freed when its call
+returns.
 
 Shapes: ``n_out`` / ``n_in`` are the weight's output / input features, ``tokens`` the rows of the
 activations (batch x sequence, flattened).
@@ -109,7 +117,7 @@ def spmm(
     x: float32 (tokens, n_in); out: writable float32 (tokens, n_out), not overlapping x, bias or
     residual; bias: float32 (n_out,); residual: float32 (tokens, n_out); ln_weight / ln_bias:
     float32 (n_out,) (ln_bias only with ln_weight), ln_eps finite >= 0 (biased variance, as
-    torch.nn.LayerNorm). threads in [1, 1024]. tile: tokens per register tile, 0 = auto or a power
+    torch.nn.LayerNorm). threads in [1, thread_limit()]. tile: tokens per register tile, 0 = auto or a power
     of two in [16, 256]; token_block: tokens per packed block, 0 = auto.
     """
 
@@ -139,13 +147,19 @@ def spmm_int8(
     x: float32 (tokens, n_in), quantized symmetrically per token (per_token=False: one scale for
     all of x): x_q = clamp(rint(x * 127 / amax), -127, 127); out[t, o] = acc * (amax_t / 127) *
     w_scale[o] + bias[o]. With x_scale (float32 (tokens,)), x is int8 (tokens, n_in) already
-    quantized (x ~= x_scale[t] * x_q) and per_token is ignored. With out_scale (writable float32
+    quantized (x ~= x_scale[t] * x_q) and per_token is ignored; each x_scale entry is >= 0 and
+    finite, or NaN (what out_scale writes for a non-finite token: its outputs are NaN); a negative
+    or infinite one raises ValueError. With out_scale (writable float32
     (tokens,)), out is int8 (tokens, n_out): the fp32 result quantized per token by the same rule,
     its scales written to out_scale. Otherwise out is float32 (tokens, n_out). A range that is 0
     or below 3.8e-37 gives x_q = 0 with scale 0 (out = bias); a token holding NaN or inf gives
     x_q = 0 with scale NaN, so its outputs are NaN (per tensor: every output), as torch's would be.
+    Every finite range up to float32's max (3.4e38) is quantized like any other; outputs whose sums
+    exceed float32's range are +-inf, as torch's are.
     x_amax: float32 (tokens,), max |x| per token (NaN as +inf) of a float32 x, already known (the
-    out_amax of the call that wrote x): the range pass over x is skipped. out_amax: writable
+    out_amax of the call that wrote x): the range pass over x is skipped. A NaN entry gives its
+    token NaN outputs (per_token=False: every token, since it is the tensor's range); other wrong
+    ranges give wrong quantization, never a crash. out_amax: writable
     float32 (tokens,) that receives the same ranges of a float32 out, after the epilogues.
     """
 
@@ -257,3 +271,21 @@ def set_kernel_variant(name: str | None, /) -> str:
 
 def max_threads() -> int:
     """Processors OpenMP sees (1 in a build without OpenMP)."""
+
+def thread_limit() -> int:
+    """The largest ``threads`` a call accepts: 4 x max_threads(), at most OMP_THREAD_LIMIT and 1024
+    (1024 in a build without OpenMP, which ignores threads). Fixed at import: the processors
+    OpenMP sees then (the process's CPU affinity and OMP_THREAD_LIMIT at that time)."""
+
+def check_threads(n: int, /) -> int:
+    """``n``, checked as a call's ``threads=n`` is (what SparseLinear uses at construction).
+
+    Raises TypeError for a bool or a non-integer, ValueError outside [1, thread_limit()] (the
+    message names the value and the limit).
+    """
+
+def workspace_bytes() -> int:
+    """Bytes of scratch buffers the module keeps cached between calls. At most 8 buffers, each
+    at most 4 MiB per thread of the call that used it (a BERT-sized layer at 128-token blocks
+    needs 0.05 to 1.5 MiB per thread), so a call on a long input frees its large buffers when it
+    returns instead of holding them for the life of the process."""

@@ -152,7 +152,9 @@ class SparseLinear(nn.Module):
     ``nn.LayerNorm(out_features)``) is applied to each output row inside the same call, while the
     rows are still in cache. In int8 mode ``x`` may also be a :class:`QuantizedActivation` (from
     :meth:`forward_quantized` of the previous layer). ``threads`` (attribute, settable) is the
-    OpenMP thread count used per call; ``variant`` (attribute, settable; None = the extension's
+    OpenMP thread count used per call, an int in [1, ``_sparse_kernels.thread_limit()``] (4 per
+    processor; TypeError for a bool or a non-integer, ValueError outside, at construction or at the
+    call); ``variant`` (attribute, settable; None = the extension's
     default) is the kernel ISA variant every call uses, so that two modules in one process can run
     different variants; ``act_quant`` (attribute, settable) is ``"token"`` or ``"tensor"`` (int8
     activation scales per row or per call). Both are checked when set (ValueError).
@@ -175,13 +177,14 @@ class SparseLinear(nn.Module):
         self.activation = activation
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
-        if not 1 <= int(threads) <= 1024:
-            raise ValueError(f"threads must be in [1, 1024], got {threads}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.format, self.block_rows, self.block_cols = parse_format(format, dtype)
         self.dtype_name = dtype
-        self.threads = int(threads)
+        # the extension's own check, the bound's one home: TypeError for a bool or a non-integer,
+        # ValueError outside [1, _sk.thread_limit()] (beyond it OpenMP may fail to start the threads
+        # and libgomp then exits the process). A value set later is checked by each kernel call.
+        self.threads = _sk.check_threads(threads)
         self.variant: Optional[str] = None
         #: fp32 column-panel width handed to the kernel pack (-1: chosen there from the density)
         self.panel: int = -1

@@ -724,15 +724,19 @@ def test_labels_tell_sparse_int8_variants_apart():
 
 
 def test_label_defaults_follow_the_accelerator_defaults():
-    """profiler.labels (no torch import) restates which sparse-int8 settings are the defaults; a
-    changed default there or here must change both."""
-    import inspect
-
-    from accelerators.sparse_int8 import SparseInt8
+    """profiler.labels (no torch import) restates which accelerator settings are the defaults; a
+    changed default there or in any accelerator that takes the parameter must change both."""
     from profiler.labels import _ACCEL_UNLESS_DEFAULT
+    from profiler.plugins import ACCELERATORS
 
-    sig = inspect.signature(SparseInt8.__init__).parameters
-    assert {k: d for k, (d, _) in _ACCEL_UNLESS_DEFAULT.items()} == {k: sig[k].default for k in _ACCEL_UNLESS_DEFAULT}
+    seen = set()
+    for name in ACCELERATORS.names():
+        params = ACCELERATORS.params(name)
+        for k, (default, _) in _ACCEL_UNLESS_DEFAULT.items():
+            if k in params:
+                assert params[k].default == default, (name, k)
+                seen.add(k)
+    assert seen == set(_ACCEL_UNLESS_DEFAULT)  # every key names a parameter some accelerator takes
 
 
 def test_a_nan_hidden_state_reaches_the_logits_as_under_torch():

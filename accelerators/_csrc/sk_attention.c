@@ -88,7 +88,7 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
      * sk_attn8_nan's rows */
     unsigned char *bad = a->int8 ? (unsigned char *)calloc((size_t)a->B, 1) : NULL;
     if (a->int8 && !bad) {
-        sk_ws_give(scr, scr_n);
+        sk_ws_give(scr, scr_n, threads);
         PyErr_NoMemory();
         return -1;
     }
@@ -109,7 +109,7 @@ static int run_attention(const attn_call *a, const sk_kernels *kt, int threads)
     }
     Py_END_ALLOW_THREADS
     free(bad);
-    sk_ws_give(scr, scr_n);
+    sk_ws_give(scr, scr_n, threads);
     return 0;
 }
 
@@ -122,8 +122,8 @@ PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw)
     int threads = 1;
     double scale = -1.0;
     attn_call a = {.heads = 0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|dOiOs:attention", kwlist, &o_qkv, &o_out, &a.heads, &scale,
-                                     &o_kb, &threads, &o_var, &precision)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|dOO&Os:attention", kwlist, &o_qkv, &o_out, &a.heads, &scale,
+                                     &o_kb, sk_threads_arg, &threads, &o_var, &precision)) {
         sk_parse_failed();
         return NULL;
     }
@@ -132,7 +132,6 @@ PyObject *sk_py_attention(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     a.int8 = precision[0] == 'i';
-    if (sk_check_threads(threads) < 0) return NULL;
     const int variant = sk_variant_from_obj(o_var);
     if (variant < 0) return NULL;
     sk_args A = {.n = 0};

@@ -69,10 +69,14 @@ static int check_layout(const Py_buffer *view, const char *name, char kind, int 
                      name, kind_name(kind), view->format ? view->format : "B", view->itemsize);
         return -1;
     }
-    if (ndim > 0 ? view->ndim != ndim : (ndim == 0 ? (view->ndim != 1 && view->ndim != 2)
-                                                   : (view->ndim < 1 || view->ndim > 3))) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %d-dimensional buffer, got %d dimensions", name,
-                     ndim > 0 ? ndim : 1, view->ndim);
+    if (ndim > 0 && view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d-dimensional buffer, got %d dimensions", name, ndim, view->ndim);
+        return -1;
+    }
+    /* ndim 0 / -1: a range of accepted dimensions, which the message names */
+    const int most = ndim == 0 ? 2 : 3;
+    if (ndim <= 0 && (view->ndim < 1 || view->ndim > most)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected 1 to %d dimensions, got %d", name, most, view->ndim);
         return -1;
     }
     if (!PyBuffer_IsContiguous(view, 'C')) {
@@ -123,6 +127,13 @@ static void format_dims(char *buf, size_t n, int ndim, const int64_t *dims, cons
     if (k < n) snprintf(buf + k, n - k, ")");
 }
 
+void sk_format_shape(char *buf, size_t n, const Py_buffer *v)
+{
+    int64_t got[3] = {0, 0, 0};
+    for (int i = 0; i < v->ndim && i < 3; i++) got[i] = v->shape[i];
+    format_dims(buf, n, v->ndim < 3 ? v->ndim : 3, got, NULL);
+}
+
 int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t *dims, const char *dim_name)
 {
     int ok = v->ndim == ndim;
@@ -133,11 +144,9 @@ int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t
                      dim_name ? " (" : "", dim_name ? dim_name : "", dim_name ? ")" : "", (long long)v->shape[0]);
         return -1;
     }
-    int64_t got[3] = {0, 0, 0};
-    for (int i = 0; i < v->ndim && i < 3; i++) got[i] = v->shape[i];
     char want_s[96], got_s[96];
     format_dims(want_s, sizeof want_s, ndim, dims, dim_name);
-    format_dims(got_s, sizeof got_s, v->ndim < 3 ? v->ndim : 3, got, NULL);
+    sk_format_shape(got_s, sizeof got_s, v);
     PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want_s, got_s);
     return -1;
 }
@@ -199,13 +208,73 @@ int sk_parse_failed(void)
     return -1;
 }
 
+int sk_threads_limit(void)
+{
+#ifdef _OPENMP
+    /* libgomp exits the process ("Thread creation failed") when the OS refuses a thread, so a
+     * count is refused up front above what the machine can sensibly run: SK_THREADS_PER_PROC per
+     * processor (oversubscription for tests and measurements on small machines, never hundreds)
+     * and never above OMP_THREAD_LIMIT. Computed once (first call, with the GIL held):
+     * omp_get_num_procs() asks the kernel for the affinity mask, about 1 us, too much for every
+     * kernel call of a small layer. */
+    static int cached = 0;
+    if (cached == 0) {
+        long lim = (long)SK_THREADS_PER_PROC * (long)omp_get_num_procs();
+        const int tl = omp_get_thread_limit();
+        if (tl < lim) lim = tl;
+        if (lim > SK_THREADS_MAX) lim = SK_THREADS_MAX;
+        cached = lim < 1 ? 1 : (int)lim;
+    }
+    return cached;
+#else
+    return SK_THREADS_MAX; /* no OpenMP: threads is ignored, no thread is ever created */
+#endif
+}
+
+/* ValueError naming the limit and where it comes from; `got` is the value as the caller wrote it */
+static int threads_out_of_range(PyObject *got)
+{
+#ifdef _OPENMP
+    PyErr_Format(PyExc_ValueError,
+                 "threads must be in [1, %d], got %S (thread_limit(): %d per processor OpenMP sees, at most "
+                 "OMP_THREAD_LIMIT and %d)",
+                 sk_threads_limit(), got, SK_THREADS_PER_PROC, SK_THREADS_MAX);
+#else
+    PyErr_Format(PyExc_ValueError, "threads must be in [1, %d], got %S", sk_threads_limit(), got);
+#endif
+    return -1;
+}
+
 int sk_check_threads(int threads)
 {
-    if (threads < 1 || threads > 1024) {
-        PyErr_Format(PyExc_ValueError, "threads must be in [1, 1024], got %d", threads);
-        return -1;
+    if (threads >= 1 && threads <= sk_threads_limit()) return 0;
+    PyObject *v = PyLong_FromLong(threads);
+    if (v) {
+        threads_out_of_range(v);
+        Py_DECREF(v);
     }
-    return 0;
+    return -1;
+}
+
+int sk_threads_arg(PyObject *obj, void *addr)
+{
+    /* a bool is an int to Python but not a thread count: threads=True is a mistake, not 1 */
+    if (PyBool_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "threads: expected an int, got bool");
+        return 0;
+    }
+    PyObject *idx = PyNumber_Index(obj); /* int, numpy integer; TypeError for float or str */
+    if (!idx) return 0;
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    if (overflow || v < 1 || v > sk_threads_limit()) {
+        threads_out_of_range(obj);
+        return 0;
+    }
+    *(int *)addr = (int)v;
+    return 1;
 }
 
 /* ------------------------------------------------------------------------------------
@@ -245,10 +314,17 @@ void *sk_ws_take(size_t bytes, size_t *got)
     return sk_aligned_malloc(bytes);
 }
 
-/* keeps the larger buffers: a full cache drops its smallest one for a larger newcomer */
-void sk_ws_give(void *p, size_t n)
+/* Keeps the larger buffers: a full cache drops its smallest one for a larger newcomer. A buffer
+ * above SK_WS_KEEP_PER_THREAD per thread of the call is freed instead: such a buffer grew with the
+ * call's tokens or sequence length (a transient large input), and keeping it would hold that
+ * memory for the life of the process. */
+void sk_ws_give(void *p, size_t n, int threads)
 {
     if (!p) return;
+    if (n > (size_t)SK_WS_KEEP_PER_THREAD * (size_t)(threads > 1 ? threads : 1)) {
+        free(p);
+        return;
+    }
     int slot = -1;
     for (int i = 0; i < SK_WS_SLOTS; i++)
         if (!ws_cache[i].p) { slot = i; break; }
@@ -261,4 +337,11 @@ void sk_ws_give(void *p, size_t n)
     }
     ws_cache[slot].p = p;
     ws_cache[slot].n = n;
+}
+
+size_t sk_ws_bytes(void)
+{
+    size_t total = 0;
+    for (int i = 0; i < SK_WS_SLOTS; i++) total += ws_cache[i].p ? ws_cache[i].n : 0;
+    return total;
 }

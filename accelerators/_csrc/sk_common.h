@@ -23,11 +23,15 @@
 #define SK_ROWS_PER_CHUNK 16   /* output rows per unit of parallel work / unpack */
 #define SK_TOK_GROUP 16        /* token padding granularity */
 #define SK_INT8_MAX_ROW_QUADS 16384 /* int8: quads per row whose int32 sums stay exact (n_in <= 65536) */
-/* INT8 quantization: a range max |x| gives a scale when SK_RANGE_MIN <= amax <= SK_RANGE_MAX (above
- * 127 / FLT_MAX, so 127 / amax stays finite; below, zeros would quantize as 0 x inf = NaN); a zero,
- * smaller or non-finite range maps every value to 0 with scale 0 */
+/* INT8 quantization: a range max |x| gives a scale when SK_RANGE_MIN <= amax <= SK_RANGE_MAX, i.e.
+ * finite and above 127 / FLT_MAX, so 127 / amax stays finite (below, zeros would quantize as
+ * 0 x inf = NaN); a zero, smaller or non-finite range maps every value to 0 with scale 0.
+ * SK_RANGE_MAX is FLT_MAX: every finite range up to it has a finite 127 / amax (>= 3.7e-37, a
+ * normal float) and a finite amax / 127, so a token near the float32 limit is quantized like any
+ * other (its outputs may overflow to +-inf, as torch's would) instead of counting as non-finite;
+ * `a <= SK_RANGE_MAX` is the finiteness test (false for +inf and NaN) */
 #define SK_RANGE_MIN 3.8e-37f
-#define SK_RANGE_MAX 3.0e38f
+#define SK_RANGE_MAX 3.40282347e38f
 /* The dequantization scale of a linear layer's row (token) of range a (max |x|, NaN counted as
  * +inf): a / 127; 0 for a zero or too small range; NaN for a non-finite one, whose values quantize
  * to 0 but whose outputs (acc * scale + bias) must be NaN, as torch's would be, not the bias. */

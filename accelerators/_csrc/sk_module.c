@@ -240,6 +240,31 @@ static PyObject *py_max_threads(PyObject *self, PyObject *noargs)
 #endif
 }
 
+/* the largest threads= a call accepts now (sk_threads_limit) */
+static PyObject *py_thread_limit(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(sk_threads_limit());
+}
+
+/* what a call's threads=n does with n, without a call: the one check SparseLinear shares */
+static PyObject *py_check_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int n = 0;
+    if (!sk_threads_arg(arg, &n)) return NULL;
+    return PyLong_FromLong(n);
+}
+
+/* bytes the workspace cache holds between calls (sk_ws_bytes) */
+static PyObject *py_workspace_bytes(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromSize_t(sk_ws_bytes());
+}
+
 /* ------------------------------------------------------------------------------------
  * Module
  * ---------------------------------------------------------------------------------- */
@@ -269,6 +294,15 @@ static PyMethodDef methods[] = {
      "amx, which is opt-in); returns\n"
      "the previous one. Raises ValueError for unknown, uncompiled or unsupported names."},
     {"max_threads", py_max_threads, METH_NOARGS, "max_threads() -> int: processors OpenMP sees."},
+    {"thread_limit", py_thread_limit, METH_NOARGS,
+     "thread_limit() -> int: the largest threads= a call accepts: 4 per processor OpenMP sees\n"
+     "(max_threads()), at most OMP_THREAD_LIMIT and 1024 (1024 in a build without OpenMP)."},
+    {"check_threads", py_check_threads, METH_O,
+     "check_threads(n) -> int: n, checked as a call's threads=n is: TypeError for a bool or a\n"
+     "non-integer, ValueError outside [1, thread_limit()]."},
+    {"workspace_bytes", py_workspace_bytes, METH_NOARGS,
+     "workspace_bytes() -> int: bytes of scratch buffers cached between calls (at most 8 buffers,\n"
+     "each at most 4 MiB per thread of the call that used it; larger ones are freed after the call)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -291,6 +325,7 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__sparse_kernels(void)
 {
+    (void)sk_threads_limit(); /* fixed at import: the processors OpenMP sees then */
     detect_variants();
     detect_l2();
     const int v = variant_from_env();

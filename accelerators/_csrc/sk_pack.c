@@ -424,9 +424,11 @@ static int copy_int8_values(SKMatrix *m, const Py_buffer *vv, const Py_buffer *v
     const int shape_ok = vv->ndim <= 1 || (vv->ndim == 2 && vv->shape[0] == m->nnzb && vv->shape[1] == bh * 4) ||
                          (vv->ndim == 3 && vv->shape[0] == m->nnzb && vv->shape[1] == bh && vv->shape[2] == 4);
     if (!shape_ok) {
+        char got[96];
+        sk_format_shape(got, sizeof got, vv);
         PyErr_Format(PyExc_ValueError, "values: expected shape (%lld,), (%lld, %d) or (%lld, %d, 4) (nblocks, block "
-                     "rows x 4 columns), got %d dimensions", (long long)(m->nnzb * bh * 4), (long long)m->nnzb,
-                     bh * 4, (long long)m->nnzb, bh, vv->ndim);
+                     "rows x 4 columns), got %s", (long long)(m->nnzb * bh * 4), (long long)m->nnzb,
+                     bh * 4, (long long)m->nnzb, bh, got);
         return -1;
     }
     if (sk_check_shape(vs, "w_scale", 1, &n_out, NULL) < 0) return -1;

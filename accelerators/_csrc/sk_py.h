@@ -49,6 +49,8 @@ void sk_args_release(sk_args *a);
  * by it. Returns 0, or -1 with ValueError "name: expected length N (dim_name), got M" or
  * "name: expected shape (dim_name, N), got (M, K)". */
 int sk_check_shape(const Py_buffer *v, const char *name, int ndim, const int64_t *dims, const char *dim_name);
+/* "(d0, d1, d2)": v's shape (at most 3 dimensions) into buf, for messages */
+void sk_format_shape(char *buf, size_t n, const Py_buffer *v);
 /* ValueError unless every float of the C-contiguous key bias v is finite or -inf (a masked key):
  * NaN or +inf would turn every score of its rows into NaN */
 int sk_check_key_bias(const Py_buffer *v);
@@ -59,7 +61,18 @@ int sk_overlap(const Py_buffer *a, const Py_buffer *b); /* 1 when the memory ran
 int sk_overlaps_args(const Py_buffer *v, const sk_args *a);
 char sk_buffer_kind(const Py_buffer *v);                /* one of the kinds above, or '?' */
 int64_t sk_load_int(const Py_buffer *v, char kind, int64_t i);
-int sk_check_threads(int threads); /* [1, 1024], else -1 with ValueError */
+/* threads= : at most SK_THREADS_PER_PROC per processor OpenMP sees, OMP_THREAD_LIMIT and
+ * SK_THREADS_MAX (sk_threads_limit). GNU libgomp exits the process when the OS refuses to create a
+ * thread, so counts far above the machine's are refused before any parallel region runs. 4 per
+ * processor, not 1: tests and measurements oversubscribe small machines a little (threads=3 on
+ * 2 CPUs, threads=2 on a 1-CPU container), which must keep working. */
+#define SK_THREADS_PER_PROC 4
+#define SK_THREADS_MAX 1024
+int sk_threads_limit(void); /* the largest threads= accepted (1 to SK_THREADS_MAX), fixed at import */
+int sk_check_threads(int threads); /* 0 in [1, sk_threads_limit()], else -1 with ValueError */
+/* PyArg "O&" converter for threads= into an int: TypeError for a bool or a non-integer,
+ * ValueError outside [1, sk_threads_limit()] (an int beyond C's range included) */
+int sk_threads_arg(PyObject *obj, void *addr);
 /* after a failed PyArg_Parse*: OverflowError (an int beyond C's range) re-raised as ValueError; returns -1 */
 int sk_parse_failed(void);
 
@@ -83,12 +96,19 @@ static inline int sk_num_threads(void)
 }
 
 /* ---- scratch memory (sk_buffers.c) ----------------------------------------------------
- * 64-byte aligned; free() releases it. The workspace cache keeps a few large buffers across
- * calls (taken and given back with the GIL held) so packed activations are not mmap'ed and
- * page-faulted on every call; concurrent calls simply allocate extra buffers. */
+ * 64-byte aligned; free() releases it. The workspace cache keeps up to 8 buffers across calls
+ * (taken and given back with the GIL held) so packed activations are not mmap'ed and
+ * page-faulted on every call; concurrent calls simply allocate extra buffers. A buffer larger
+ * than SK_WS_KEEP_PER_THREAD per thread of the call is freed when given back: the buffers of
+ * BERT-sized layers at 128-token blocks are 0.05-1.5 MiB per thread (the largest: the 128 x 3072
+ * fp32 staging rows of a BERT-base chained INT8 call; MiniLM's largest, ffn_int8's 1536-row
+ * intermediate, 0.84 MiB), while a buffer sized by a call's tokens or sequence (a long input, a
+ * forced row split) can be hundreds of MiB and would otherwise stay for the life of the process. */
+#define SK_WS_KEEP_PER_THREAD (4u << 20)
 void *sk_aligned_malloc(size_t bytes);
-void *sk_ws_take(size_t bytes, size_t *got); /* at least `bytes`; *got = its real size */
-void sk_ws_give(void *p, size_t n);          /* NULL is ignored */
+void *sk_ws_take(size_t bytes, size_t *got);    /* at least `bytes`; *got = its real size */
+void sk_ws_give(void *p, size_t n, int threads); /* NULL is ignored; threads: the call's */
+size_t sk_ws_bytes(void);                        /* bytes the cache holds now (workspace_bytes()) */
 
 /* ---- SparseMatrix (sk_matrix.c, filled by sk_pack.c) ---------------------------------- */
 enum { DT_FP32 = 0, DT_INT8 = 1 };

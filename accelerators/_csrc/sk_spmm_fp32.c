@@ -122,8 +122,8 @@ static int spmm_fp32_run(const sk_spmm_call *c, const sk_spmm_opts *o)
         run_fp32(&J);
         Py_END_ALLOW_THREADS
     }
-    sk_ws_give(J.xt, xt_n);
-    sk_ws_give(J.scratch, scr_n);
+    sk_ws_give(J.xt, xt_n, J.p.nt);
+    sk_ws_give(J.scratch, scr_n, J.p.nt);
     return rc;
 }
 
@@ -133,8 +133,8 @@ PyObject *sk_py_spmm(PyObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"mat", "x", "out", "bias", "threads", "variant", "tile", "token_block", "split",
                              "activation", "residual", "ln_weight", "ln_bias", "ln_eps", NULL};
     sk_spmm_opts o = SK_SPMM_OPTS_INIT;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOiiOOOOOd:spmm", kwlist, &o.mat, &o.x, &o.out, &o.bias,
-                                     &o.threads, &o.variant, &o.tile, &o.token_block, &o.split, &o.activation,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO&OiiOOOOOd:spmm", kwlist, &o.mat, &o.x, &o.out, &o.bias,
+                                     sk_threads_arg, &o.threads, &o.variant, &o.tile, &o.token_block, &o.split, &o.activation,
                                      &o.residual, &o.ln_weight, &o.ln_bias, &o.ln_eps)) {
         sk_parse_failed();
         return NULL;
@@ -152,7 +152,8 @@ const char sk_doc_spmm[] =
     "     activation=None, residual=None, ln_weight=None, ln_bias=None, ln_eps=1e-12) -> None\n\n"
     "out[t, o] = sum_k x[t, k] * W[o, k] (+ bias[o]), i.e. out = x @ W.T + bias.\n"
     "x: float32 C-contiguous (tokens, n_in); out: writable float32 C-contiguous (tokens, n_out),\n"
-    "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads (>= 1).\n"
+    "not overlapping x; bias: float32 (n_out,) or None. threads: OpenMP threads,\n"
+    "1 to thread_limit() (4 per processor; ValueError beyond, TypeError for a bool).\n"
     "variant: None (module default) or a name from supported_variants(). tile / token_block:\n"
     "tuning knobs (tokens per register tile, power of two 16..256; tokens per packed block), 0 = auto.\n"
     "activation: None/'none', or 'gelu' = exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) applied to the\n"

@@ -8,6 +8,7 @@
  */
 #include "sk_py.h"
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -82,9 +83,9 @@ static void int8_scales(const int8_job *J, int64_t ta, int64_t te)
     if (!J->per_token) {
 #pragma omp barrier
     }
-    float g = 0.0f;
+    float g = 0.0f; /* NaN (a user's x_amax) propagates, as per token: NaN in, NaN out */
     if (!J->per_token)
-        for (int64_t t = 0; t < T; t++) g = J->amax[t] > g ? J->amax[t] : g;
+        for (int64_t t = 0; t < T; t++) g = (J->amax[t] > g || J->amax[t] != J->amax[t]) ? J->amax[t] : g;
     for (int64_t t = ta; t < te; t++) {
         const float a = J->per_token ? J->amax[t] : g;
         /* finite, non-zero range: x_q = rne(x * 127 / amax); otherwise everything maps to 0 (and
@@ -242,6 +243,22 @@ static void int8_io(int8_job *J, const int8_opts *q, const Py_buffer *vxs, const
     J->per_token = q->per_token;
 }
 
+/* x_scale: every entry >= 0 and not +inf (as pack_int8's w_scale), or NaN: the scale out_scale
+ * writes for a non-finite token, whose outputs are then NaN. A negative scale would flip the
+ * token's sign and an infinite one make inf x 0 = NaN of zeros; -1 with ValueError. */
+static int check_x_scale(const float *s, int64_t n)
+{
+    for (int64_t t = 0; t < n; t++)
+        if (s[t] < 0.0f || s[t] > SK_RANGE_MAX) {
+            char got[32];
+            snprintf(got, sizeof got, "%g", (double)s[t]);
+            PyErr_Format(PyExc_ValueError, "x_scale[%lld] must be >= 0 and finite (or NaN for a non-finite token), "
+                         "got %s", (long long)t, got);
+            return -1;
+        }
+    return 0;
+}
+
 /* whether any of the n int8 values is -128 */
 static int has_int8_min(const int8_t *x, int64_t n)
 {
@@ -259,6 +276,7 @@ static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts
     if (get_amax(&c->bufs, NULL, &J, q->x_amax, q->out_amax, c->out, vos, !q->raw && !vxs, !q->raw && !vos, c->T) < 0)
         return -1;
     /* contents checked after the last acquisition: a buffer export (__buffer__) runs Python code */
+    if (vxs && check_x_scale((const float *)vxs->buf, c->T) < 0) return -1;
     if ((q->raw || vxs) && c->kt->int8_no_x_min && has_int8_min((const int8_t *)c->x->buf, c->T * m->n_in)) {
         c->variant = V_SCALAR; /* -128 is outside what this variant's product is exact for: same bits, slower */
         c->kt = sk_variant_tables[V_SCALAR];
@@ -294,10 +312,10 @@ static int spmm_int8_run(sk_spmm_call *c, const sk_spmm_opts *o, const int8_opts
         run_int8(&J);
         Py_END_ALLOW_THREADS
     }
-    sk_ws_give(J.xq, xq_n);
-    sk_ws_give(J.scratch, scr_n);
-    sk_ws_give(scales, sc_n);
-    sk_ws_give(J.stage, st_n);
+    sk_ws_give(J.xq, xq_n, J.p.nt);
+    sk_ws_give(J.scratch, scr_n, J.p.nt);
+    sk_ws_give(scales, sc_n, J.p.nt);
+    sk_ws_give(J.stage, st_n, J.p.nt);
     return rc;
 }
 
@@ -429,11 +447,11 @@ static int ffn_int8_run(sk_spmm_call *c1, const sk_spmm_call *c2, const sk_spmm_
         run_ffn(&F);
         Py_END_ALLOW_THREADS
     }
-    sk_ws_give(F.in.xq, n1);
-    sk_ws_give(F.out.xq, n2);
-    sk_ws_give(F.mid, n3);
-    sk_ws_give(F.out.scratch, n4);
-    sk_ws_give(sc, n5);
+    sk_ws_give(F.in.xq, n1, (int)nt);
+    sk_ws_give(F.out.xq, n2, (int)nt);
+    sk_ws_give(F.mid, n3, (int)nt);
+    sk_ws_give(F.out.scratch, n4, (int)nt);
+    sk_ws_give(sc, n5, (int)nt);
     return rc;
 }
 
@@ -445,8 +463,8 @@ PyObject *sk_py_ffn_int8(PyObject *self, PyObject *args, PyObject *kw)
                              "out_amax", NULL};
     sk_spmm_opts o1 = SK_SPMM_OPTS_INIT, o2 = SK_SPMM_OPTS_INIT;
     PyObject *mat_out = NULL, *out = NULL, *bias_out = Py_None, *x_amax = Py_None, *out_amax = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOiOiiOOOOdOO:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
-                                     &o1.bias, &bias_out, &o1.threads, &o1.variant, &o1.tile, &o1.token_block,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOO&OiiOOOOdOO:ffn_int8", kwlist, &o1.mat, &mat_out, &o1.x, &out,
+                                     &o1.bias, &bias_out, sk_threads_arg, &o1.threads, &o1.variant, &o1.tile, &o1.token_block,
                                      &o1.activation, &o2.residual, &o2.ln_weight, &o2.ln_bias, &o2.ln_eps, &x_amax,
                                      &out_amax)) {
         sk_parse_failed();
@@ -645,10 +663,10 @@ static int qkva_run(sk_spmm_call *c, const sk_spmm_opts *o, qkva_job *Q, PyObjec
         run_qkva(Q);
         Py_END_ALLOW_THREADS
     }
-    sk_ws_give(J->xq, n1);
-    sk_ws_give(Q->acc, n2);
-    sk_ws_give(Q->ascr, n3);
-    sk_ws_give(sc, n4);
+    sk_ws_give(J->xq, n1, (int)nt);
+    sk_ws_give(Q->acc, n2, (int)nt);
+    sk_ws_give(Q->ascr, n3, (int)nt);
+    sk_ws_give(sc, n4, (int)nt);
     return rc;
 }
 
@@ -662,8 +680,8 @@ PyObject *sk_py_qkv_attention_int8(PyObject *self, PyObject *args, PyObject *kw)
     double scale = -1.0;
     qkva_job Q;
     memset(&Q, 0, sizeof(Q));
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OdOiOO:qkv_attention_int8", kwlist, &o.mat, &o.x, &o.out,
-                                     &Q.heads, &o.bias, &scale, &key_bias, &o.threads, &o.variant, &x_amax)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OdOO&OO:qkv_attention_int8", kwlist, &o.mat, &o.x, &o.out,
+                                     &Q.heads, &o.bias, &scale, &key_bias, sk_threads_arg, &o.threads, &o.variant, &x_amax)) {
         sk_parse_failed();
         return NULL;
     }
@@ -705,10 +723,10 @@ static PyObject *spmm_int8_entry(PyObject *args, PyObject *kw, int raw)
     sk_spmm_opts o = SK_SPMM_OPTS_INIT;
     int8_opts q = {.x_scale = Py_None, .out_scale = Py_None, .x_amax = Py_None, .out_amax = Py_None, .per_token = 1,
                    .raw = raw};
-    if (raw ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOiiO:spmm_int8_raw", kwlist_raw, &o.mat, &o.x, &o.out,
-                                           &o.threads, &o.variant, &o.tile, &o.token_block, &o.split)
-            : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OiOpiiOOOOOdOOOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
-                                           &o.bias, &o.threads, &o.variant, &q.per_token, &o.tile, &o.token_block,
+    if (raw ? !PyArg_ParseTupleAndKeywords(args, kw, "OOO|O&OiiO:spmm_int8_raw", kwlist_raw, &o.mat, &o.x, &o.out,
+                                           sk_threads_arg, &o.threads, &o.variant, &o.tile, &o.token_block, &o.split)
+            : !PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO&OpiiOOOOOdOOOO:spmm_int8", kwlist, &o.mat, &o.x, &o.out,
+                                           &o.bias, sk_threads_arg, &o.threads, &o.variant, &q.per_token, &o.tile, &o.token_block,
                                            &o.split, &o.activation, &o.residual, &o.ln_weight, &o.ln_bias,
                                            &o.ln_eps, &q.x_scale, &q.out_scale, &q.x_amax, &q.out_amax)) {
         sk_parse_failed();
@@ -745,14 +763,18 @@ const char sk_doc_spmm_int8[] =
     "out = dequant(quant(x) @ W_q.T) + bias with x float32 (tokens, n_in), out float32 (tokens, n_out).\n"
     "Activations are quantized symmetrically per token (per_token=False: one scale for the whole x):\n"
     "x_q = clamp(rint(x * (127 / amax)), -127, 127); products accumulate exactly in int32; then\n"
-    "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or non-finite) give bias.\n"
+    "out[t, o] = acc * (amax_t / 127) * w_scale[o] + bias[o]. Rows with amax 0 (or below 3.8e-37) give\n"
+    "bias; a row holding NaN or inf gives NaN (per_token=False: every row); any finite amax up to\n"
+    "float32's max is quantized (the outputs may overflow to +-inf).\n"
     "activation, residual and the LayerNorm epilogue as in spmm.\n"
     "x_scale: float32 (tokens,) -> x is int8 (tokens, n_in), already quantized (x ~= x_scale[t] * x_q),\n"
-    "per_token ignored. out_scale: writable float32 (tokens,) -> out is int8 (tokens, n_out): the fp32\n"
+    "per_token ignored; x_scale entries >= 0 and finite, or NaN (out_scale's mark of a non-finite\n"
+    "token: NaN outputs), else ValueError. out_scale: writable float32 (tokens,) -> out is int8 (tokens, n_out): the fp32\n"
     "result (after the epilogues) quantized per token by the same rule, scale in out_scale, so one\n"
     "layer's INT8 output feeds the next layer without an fp32 round trip through memory.\n"
     "x_amax: float32 (tokens,), max |x| per token (NaN as +inf) of a float32 x, known already (the\n"
-    "out_amax of the call that wrote x): the range pass over x is skipped; a wrong range gives wrong\n"
+    "out_amax of the call that wrote x): the range pass over x is skipped; a NaN entry gives NaN\n"
+    "outputs for its token (per_token=False: for every token); a wrong range gives wrong\n"
     "quantization, never a crash. out_amax: writable float32 (tokens,) -> the same ranges of the\n"
     "float32 out (after the epilogues), computed while each row is still in cache.\n"
     "GIL released; errors as spmm.";

@@ -12,12 +12,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from profiler.errors import ConfigError, ResultsWriteError, SetupError, SparsebenchWarning
+from profiler.errors import ConfigError, ResultsReadError, ResultsWriteError, SetupError, SparsebenchWarning
 from profiler.executors import EXECUTORS
 from profiler.rundir import RESULTS
 
 EPILOG = ("Your own model and data: task 'text-classification' (sparsebench plugins text-classification). "
-          "Docs and plugin guide: README.md. Outputs go to runs/<name>-<timestamp>/.")
+          "Docs and plugin guide: README.md.")
+#: the end of the help of the commands that write a run (not of those that only list or read)
+OUTPUTS = " Outputs go to runs/<name>-<timestamp>/."
 
 
 class _Sigint:
@@ -74,19 +76,19 @@ class RichReporter:
         _Sigint.check()
         from rich.markup import escape
 
+        from profiler.labels import cell_text
         from reports.html import first_line
 
         target = (getattr(r, "extra", None) or {}).get("target")  # a Ray run's hardware target
-        where = escape(f"[{target}] ") if target else ""
-        info = f"{r.pruner_params.get('sparsity', '')} {r.accelerator} b{r.batch_size} t{r.threads}: {r.status}"
-        if r.status == "ok":
-            info += f" p50 {r.latency_p50_s * 1e3:.1f} ms"
-        self.progress.update(self.cells, advance=1, info=f"{where}{r.pruner} {info}")
+        cell = f"[{target}] " if target else ""
+        cell += cell_text(r)  # the rows' labels: cells of a sweep read apart
+        info = f"{cell}: {r.status}" + (f" p50 {r.latency_p50_s * 1e3:.1f} ms" if r.status == "ok" else "")
+        self.progress.update(self.cells, advance=1, info=escape(info))
         self.done += 1
         if self.plain:
-            self.console.print(f"cell {self.done}/{self.total}: {where}{r.pruner} {info}", highlight=False)
+            self.console.print(f"cell {self.done}/{self.total}: {info}", highlight=False, markup=False)
         if r.status != "ok":
-            self.console.print(f"[yellow]{r.status}[/]: {where}{r.pruner}/{r.accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}: {escape(first_line(r.reason, 2000))}")
+            self.console.print(f"[yellow]{r.status}[/]: {escape(cell)}: {escape(first_line(r.reason, 2000))}")
 
     def message(self, text: str) -> None:
         self.console.print(text, markup=False)  # plain text: "[target] ..." is not a style
@@ -156,12 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _Sigint.check()  # an interrupt a finalizer dropped while the config was read
         from profiler.config import expand
 
-        with RichReporter() as rep:
+        with (executor.reporter if executor is not None else RichReporter()) as rep:
             n = len(executor.runs) if executor else 0
             where = f" on {n} target{'s' if n != 1 else ''}" if executor else ""
             rep.message(f"run directory: {run_dir}  ({len(expand(cfg))} cells{where})")
             if executor is not None:
-                executor.reporter = rep
                 executor.run(run_dir)
             else:
                 Runner(cfg, run_dir, cache_dir=args.cache_dir, reporter=rep, retry_failed=args.retry_failed).run()
@@ -196,8 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     """(config, run directory, Ray executor or None) of ``sparsebench run``, after every check;
-    the run directory of a new run is created last, so a rejected run writes nothing. Raises
-    ConfigError. On a raise after the Ray executor connected, it is closed here."""
+    the run directory of a new run is created last, so a rejected run writes nothing. The Ray
+    executor reports through its own :class:`RichReporter`, the run's. Raises ConfigError. On a
+    raise after the Ray executor connected, it is closed here."""
     from profiler.config import load_config, missing_baseline_note
     from profiler.runner import load_run_config, new_run_dir, preflight
 
@@ -205,6 +207,7 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
         executor = resume_executor(run_dir, args.executor)
+        args.cache_dir = resume_cache_dir(run_dir, args.cache_dir)  # the resume hint names it too
     else:
         cfg = load_config(args.config)
         if args.output_dir:
@@ -222,7 +225,10 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
         return cfg, run_dir if args.resume else new_run_dir(cfg), None
     from profiler.executors.ray_driver import RayExecutor
 
-    ray_ex = RayExecutor(cfg, cache_dir=args.cache_dir, address=args.address, retry_failed=args.retry_failed)
+    # the run's reporter from the start: prepare()'s warnings (a label only dead nodes carry) are printed
+    # as they come, and the models built on the driver show their training progress
+    ray_ex = RayExecutor(cfg, cache_dir=args.cache_dir, reporter=RichReporter(), address=args.address,
+                         retry_failed=args.retry_failed)
     try:
         ray_ex.prepare(run_dir if args.resume else None)
         return cfg, run_dir if args.resume else new_run_dir(cfg), ray_ex
@@ -245,6 +251,51 @@ def resume_executor(run_dir: Path, given: str | None) -> str:
     if given and given != stored:
         raise ConfigError(f"--executor {given}: {run_dir} was run with --executor {stored}; resume it with the same one")
     return stored
+
+
+def recorded_cache_dir(manifest: Any) -> Path | None:
+    """The model cache a run was started with: its manifest's ``cache_dir`` (absolute), else, for a
+    run whose manifest lacks it, the ``--cache-dir`` of its recorded command line (``argv``; a
+    relative one taken from here); None when neither says."""
+    if not isinstance(manifest, dict):
+        return None
+    if isinstance(manifest.get("cache_dir"), str) and manifest["cache_dir"]:
+        return Path(manifest["cache_dir"])
+    argv = manifest.get("argv")
+    argv = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+    for i, arg in enumerate(argv):
+        if arg == "--cache-dir" and i + 1 < len(argv) and argv[i + 1]:
+            return Path(argv[i + 1])
+        if arg.startswith("--cache-dir=") and arg.removeprefix("--cache-dir="):
+            return Path(arg.removeprefix("--cache-dir="))
+    return None
+
+
+def resume_cache_dir(run_dir: Path, given: str | None) -> str | None:
+    """The model cache a resumed run uses. Its remaining cells must prune the dense model its finished
+    cells used: another cache would fine-tune a new one, which can differ. So without ``--cache-dir``,
+    the cache the run recorded (:func:`recorded_cache_dir`) while it still exists, said in a note when
+    the default ($SPARSEBENCH_CACHE or ~/.cache/sparsebench) is another; a ``--cache-dir`` given is
+    used, with a warning naming both when the run recorded another. None: the default."""
+    from profiler.runner import MANIFEST, read_run_json
+    from profiler.tasks.base import default_cache_dir
+
+    recorded = recorded_cache_dir(read_run_json(run_dir / MANIFEST))
+    if recorded is None or (given is not None and Path(given).resolve() == recorded.resolve()):
+        return given
+    risk = "the dense model may be fine-tuned again there and differ from the one its finished cells used"
+    if given is not None:
+        print(f"sparsebench: warning: --cache-dir {given}: {run_dir} was run with the model cache {recorded}; "
+              f"its remaining cells use {given}: {risk}", file=sys.stderr)
+        return given
+    if not recorded.is_dir():
+        print(f"sparsebench: warning: the model cache {run_dir} was run with, {recorded}, is gone; its remaining "
+              f"cells use {default_cache_dir()}: {risk}", file=sys.stderr)
+        return None
+    if recorded.resolve() != default_cache_dir().resolve():
+        print(f"sparsebench: note: resuming with the model cache {run_dir} was run with, {recorded} "
+              "(give --cache-dir to use another)", file=sys.stderr)
+    return str(recorded)
 
 
 def _report_run(run_dir: Path) -> int:
@@ -499,6 +550,7 @@ def format_plugins(plugins: list[dict[str, Any]], problems: list[str]) -> str:
         twidth = max((len(t) for t in types), default=0)
         for p, t in zip(d["params"], types):
             rng = f", in {p['range']}" if "range" in p else ""
+            rng += f", one of {', '.join(map(str, p['choices']))}" if "choices" in p else ""
             out.append(f"      {p['name']:<{width}}  {t:<{twidth}}  {_default_text(p)}{rng}")
         if not d["params"]:
             out.append("      (no parameters)")
@@ -569,18 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparsebench",
         description="Energy, latency and accuracy profiling of pruned and quantized transformer inference.",
-        epilog=EPILOG,
+        epilog=EPILOG + OUTPUTS,
     )
     p.add_argument("--version", action="version", version=f"sparsebench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
-                       epilog="Example configs: scripts/configs/*.toml. " + EPILOG)
+                       epilog="Example configs: scripts/configs/*.toml. " + EPILOG + OUTPUTS)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
-    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl); give the same --cache-dir as the first run, where its checkpoints are")
+    r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl); uses the model cache the run used (its models and checkpoints) while it exists, unless --cache-dir names another")
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")
     r.add_argument("--output-dir", type=path_arg, help="parent folder of the run directory (default: run.output_dir of the config, 'runs')")
-    r.add_argument("--cache-dir", type=path_arg, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    r.add_argument("--cache-dir", type=path_arg, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench; with --resume, the one the run used)")
     r.add_argument("--executor", choices=EXECUTORS, help="where the cells run: local (default: this process) or ray "
                    "(every cell on every hardware target of a Ray cluster, one target per node label; "
                    "pip install 'sparsebench[ray]'). A resumed run uses the executor it was started with")
@@ -589,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained, works offline)",
                         description="Turn RUN_DIR/results.jsonl into one self-contained HTML report (plotly.js embedded).")
-    rp.add_argument("run_dir", metavar="RUN_DIR", type=path_arg)
+    rp.add_argument("run_dir", metavar="RUN_DIR", type=path_arg,
+                    help="a run directory of `sparsebench run` (runs/<name>-<timestamp>/, with its results.jsonl); "
+                         "a multi-target run directory (--executor ray) gets a report per target")
     rp.add_argument("-o", "--output", type=path_arg, help="output path (default: RUN_DIR/report.html)")
     rp.set_defaults(func=cmd_report)
     c = sub.add_parser("compare", help="the same cells side by side across run directories (hardware targets)",
@@ -607,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_doctor)
     pl = sub.add_parser("plugins", help="every task, pruner, accelerator and energy meter, with its parameters",
                         description="List every registered plugin (built-in, and third-party from the 'sparsebench.plugins' "
-                                    "entry-point group) with a one-line summary and its config parameters: type and default.",
+                                    "entry-point group) with a one-line summary and its config parameters: type, default, "
+                                    "and the range or the choices where the plugin declares them.",
                         epilog="A config names a plugin and sets its parameters, e.g. [[accelerators]] name = \"sparse-cpu\" "
                                "min_sparsity = 0.5. " + EPILOG)
     pl.add_argument("which", nargs="?", metavar="KIND|NAME",
@@ -663,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would hit the closed pipe again
         return 1
+    except ResultsReadError as exc:  # report, compare...: an unreadable results file is no empty run
+        print(f"sparsebench: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # outside a run's own handling (report, compare, export, ...)
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -85,7 +85,7 @@ def safe_availability(plugin: Any, *args: Any) -> tuple[bool, str]:
     try:
         ok, reason = plugin.availability(*args)
         return bool(ok), str(reason)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a plugin's sys.exit() too: the probe said no, nothing more
         return False, f"availability() raised {e!r}"
 
 

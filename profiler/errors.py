@@ -14,6 +14,12 @@ class SetupError(ConfigError):
     raised before any work starts, like :class:`ConfigError`, and reported as such, not as a bad config."""
 
 
+class ResultsReadError(SetupError):
+    """A results file that exists cannot be read (permission denied, a folder in its place). Not a
+    damaged row to skip: every row of it is unknown, so a report or comparison would come out empty
+    and a resume would run every cell again. The message names the file and the reason."""
+
+
 class ResultsWriteError(RuntimeError):
     """A finished cell's row could not be appended to its results file (a full disk, a folder that
     went away or turned read-only). The run stops there, since no later row could be saved either;

@@ -144,7 +144,9 @@ def add_parser(sub: Any, path_type: Callable[[str], str]) -> None:
                        description="Write the pruned model of one cell of RUN_DIR as a transformers folder "
                                    "(safetensors, tokenizer, sparsity.json) that plain transformers loads with "
                                    "identical logits; --format onnx|openvino adds the engine's portable file.")
-    e.add_argument("run_dir", metavar="RUN_DIR", type=path_type)
+    e.add_argument("run_dir", metavar="RUN_DIR", type=path_type,
+                   help="the run directory of the cell (runs/<name>-<timestamp>/): its manifest.json holds the config "
+                        "the model is rebuilt from")
     e.add_argument("--cell", required=True, metavar="CELL_ID", help="cell id (or a unique prefix) from results.jsonl")
     e.add_argument("--out", required=True, metavar="DIR", type=path_type, help="new (or empty) output folder")
     e.add_argument("--format", default="transformers", choices=FORMATS, help="also write ONNX or OpenVINO IR")

@@ -43,6 +43,20 @@ def plugin_label(name: str, params: dict[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+def cell_text(r: Any) -> str:
+    """A result row's cell in one line, as the rows, the report and the final table label it:
+    ``magnitude 0.9 + sparse-cpu min_speedup=2.0 b1 s32 t1`` (the kernel variant where it is not
+    "auto"). The labels are those the runner stored (told apart across the config by
+    :func:`distinct_labels`, so swept cells never read alike); a row without them is labelled
+    by :func:`plugin_label`."""
+    extra = getattr(r, "extra", None) or {}
+    pruner = extra.get("pruner_label") or plugin_label(r.pruner, getattr(r, "pruner_params", None))
+    accelerator = extra.get("accelerator_label") or plugin_label(r.accelerator, getattr(r, "accelerator_params", None))
+    variant = getattr(r, "kernel_variant", None) or "auto"
+    return (f"{pruner} + {accelerator} b{r.batch_size} s{r.seq_len} t{r.threads}"
+            + (f" kernel {variant}" if variant != "auto" else ""))
+
+
 def distinct_labels(items: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
     """:func:`plugin_label` of each ``(name, params)``, with ``key=value`` added for the parameters
     that tell apart entries which would otherwise share a label (a sweep over a parameter the label

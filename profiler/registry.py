@@ -122,7 +122,8 @@ class Registry(Generic[T]):
         Keys: ``kind``, ``section`` (config table), ``name``, ``summary`` (first line of the class
         docstring, ``""`` without one), ``class`` (``module.QualName``), ``source``, ``params``:
         one ``{"name", "type", "default", "required"}`` per config parameter (:meth:`params`),
-        plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one and ``"when_omitted"``
+        plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one, ``"choices"`` where its
+        annotation is a ``Literal`` (e.g. ``["machine", "process"]``), and ``"when_omitted"``
         where the class says what an omitted (None) parameter means (its ``when_omitted`` dict),
         ``type`` as written in the annotation (unannotated: the type taken from the default, ``"bool"``,
         ``"number"`` or ``"str"``, with ``"type_from_default": true``; else ``"any"``), ``default`` made
@@ -143,6 +144,7 @@ class Registry(Generic[T]):
                 "default": None if required else _jsonable(v.default),
                 "required": required,
                 **({"range": str(ranges[p])} if p in ranges else {}),
+                **({"choices": list(allowed)} if (allowed := choices(hints.get(p))) is not None else {}),
                 **({"when_omitted": omitted[p]} if p in omitted else {}),
             })
         return {
@@ -159,17 +161,19 @@ class Registry(Generic[T]):
 
         Raises:
             ConfigError: unknown name, unknown or missing parameter, a value of the wrong type,
-                non-finite or out of its range (the range is in the message), a value the
-                plugin rejects (its ValueError/TypeError message is kept), or any other exception
-                of its constructor (named with the plugin's source), always naming ``key``.
+                non-finite or out of its range (the range is in the message), not one of its
+                ``Literal`` choices (the choices are in the message), a value the
+                plugin rejects (its ValueError message is kept), or any other exception of its
+                constructor, SystemExit included (named with the plugin's class and source),
+                always naming ``key``.
         """
         cls = self.get(name, f"{key}.name")
         valid = self.params(name)
         for p in params:
             if p not in valid:
-                choices = ", ".join(sorted(valid)) or "(none)"
+                names = ", ".join(sorted(valid)) or "(none)"
                 raise ConfigError(
-                    f"{key}.{p}: unknown parameter for {self.kind} {name!r}; valid parameters: {choices}"
+                    f"{key}.{p}: unknown parameter for {self.kind} {name!r}; valid parameters: {names}"
                 )
         missing = [p for p, v in valid.items() if v.default is inspect.Parameter.empty and p not in params]
         if missing:
@@ -177,16 +181,21 @@ class Registry(Generic[T]):
         hints = self.hints(name)
         for p, v in params.items():
             if p in hints and not matches(v, hints[p]):
+                allowed = choices(hints[p])
+                if allowed is not None:
+                    raise ConfigError(f"{key}.{p}: must be one of {', '.join(map(str, allowed))} (got {v!r})")
                 raise ConfigError(f"{key}.{p}: expected {describe(hints[p])}, got {v!r}")
         for p, problem in range_problems(cls.__init__, params)[:1]:
             raise ConfigError(f"{key}.{p}: {problem}")
         try:
             return cls(**params)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:  # how a plugin rejects a value (docs/plugins.md): its message is the error
             raise ConfigError(f"{key}: {exc}") from None
-        except Exception as exc:  # a plugin's bug, not the config's: still one line naming the key and the plugin
-            raise ConfigError(f"{key}: {self.kind} {name!r} ({self._sources.get(name, 'built-in')}) failed to construct: "
-                              f"{type(exc).__name__}: {exc}") from None
+        except (Exception, SystemExit) as exc:
+            # a plugin's bug (a TypeError too: the types were checked above), not the config's; a sys.exit()
+            # in it must not end sparsebench without a word. One line naming the key, the plugin and its class
+            raise ConfigError(f"{key}: {self.kind} {name!r} ({class_path(cls)}; {self._sources.get(name, BUILT_IN)}) "
+                              f"failed to construct: {type(exc).__name__}: {exc}") from None
 
 
 def _type_of_default(default: Any) -> Any:
@@ -224,6 +233,8 @@ def matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:  # the type too: True == 1, yet true is no choice named 1
+        return any(type(value) is type(c) and value == c for c in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
         return any(matches(value, h) for h in typing.get_args(hint))
     if origin in (list, tuple, collections.abc.Sequence):
@@ -234,9 +245,22 @@ def matches(value: Any, hint: Any) -> bool:
     return True
 
 
+def choices(hint: Any) -> tuple | None:
+    """The values a ``Literal[...]`` annotation allows (also inside ``X | None``: None is then
+    allowed too, as the annotation says), or None where the annotation declares no choices."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [c for h in typing.get_args(hint) if (c := choices(h)) is not None]
+        return tuple(v for c in found for v in c) if found else None
+    return None
+
+
 def describe(hint: Any) -> str:
     if hint is type(None):
         return "none"
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(describe(h) for h in typing.get_args(hint))
     if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
@@ -260,6 +284,8 @@ def type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(type_name(h) for h in typing.get_args(hint))
+    if origin is typing.Literal:  # the values' type; describe() lists the values as "choices"
+        return " | ".join(dict.fromkeys(type(a).__name__ for a in typing.get_args(hint)))
     if origin is not None:
         args = typing.get_args(hint)
         base = getattr(origin, "__name__", str(origin))

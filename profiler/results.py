@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from profiler.errors import ResultsWriteError
+from profiler.errors import ResultsReadError, ResultsWriteError
 from profiler.rundir import write_atomic
 
 if TYPE_CHECKING:
@@ -119,15 +119,14 @@ def _finite(value: Any, path: str, reasons: dict[str, str]) -> Any:
 
 @dataclass(frozen=True)
 class Damaged:
-    """One line of a results file that was skipped: ``file``, 1-based ``line`` (0: the whole
-    file), and ``why``."""
+    """One line of a results file that was skipped: ``file``, 1-based ``line``, and ``why``."""
 
     file: str
     line: int
     why: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.why}" if self.line else f"{self.file}: {self.why}"
+        return f"{self.file}:{self.line}: {self.why}"
 
 
 
@@ -244,8 +243,11 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def read_results(path: Path) -> ResultsFile:
-    """Read every valid row of ``path`` (see :class:`ResultsFile`); damaged lines and an
-    unreadable file are reported in the result, never raised. A missing file has no rows."""
+    """Read every valid row of ``path`` (see :class:`ResultsFile`); damaged lines are reported in
+    the result, never raised. A missing file has no rows. Raises
+    :class:`~profiler.errors.ResultsReadError` naming the file and the reason when it exists but
+    cannot be read: report, compare and resume all read rows here, and none may take an unreadable
+    file for an empty one."""
     path = Path(path)
     out = ResultsFile([], [])
     if not path.exists():
@@ -253,8 +255,7 @@ def read_results(path: Path) -> ResultsFile:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        out.damaged.append(Damaged(str(path), 0, f"cannot be read: {exc.strerror or exc}"))
-        return out
+        raise ResultsReadError(f"cannot read {path}: {exc.strerror or exc}") from None
     where: dict[str, int] = {}
     for i, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():

@@ -2,6 +2,7 @@
 accelerator × kernel variant × threads × batch × sequence cell, appending one row per cell."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import io
@@ -14,7 +15,7 @@ import uuid
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from profiler.energy import IdlePower, measure_idle_power, safe_availability
 from profiler.errors import ConfigError, SetupError
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
+from profiler.labels import cell_text
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
 from profiler.registry import BUILT_IN
 from profiler.results import (Result, append_result, cells_to_run, read_results, repair_tail,
@@ -138,7 +140,7 @@ def build_task(spec: PluginSpec) -> Task:
 
 def task_fingerprints(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, str]:
     """Task key -> :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()`` (model folder's
-    file sizes and times, data files' sha256, parameters) of the task ``build`` gives; a task that
+    and data files' sha256, parameters) of the task ``build`` gives; a task that
     cannot be built is left out (its cells fail with the reason)."""
     out = {}
     for spec in cfg.tasks:
@@ -226,6 +228,18 @@ class RunDirLock:
 
     def __exit__(self, *exc) -> None:
         self._f.close()
+
+
+@contextlib.contextmanager
+def plugin_code(who: str) -> Iterator[None]:
+    """Run a plugin's code inside a cell (``who``: ``accelerator 'x' prepare()``). A ``sys.exit()``
+    there raises SystemExit, which a cell's ``except Exception`` lets through and which would end the
+    whole run without a word; here it becomes a RuntimeError naming the call, so that only this cell
+    (or this pruner's cells) fails and the matrix goes on. Ctrl-C and SIGTERM still stop the run."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise RuntimeError(f"SystemExit({exc.code!r}) raised in {who}") from exc
 
 
 #: how :meth:`profiler.tasks.base.Task.evaluate_metrics` pads the accuracy pass
@@ -397,7 +411,9 @@ class Runner:
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
-                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.task)})
+                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.task),
+                             # absolute, as --cache-dir or SPARSEBENCH_CACHE gave it: --resume goes on with it
+                             "cache_dir": str(self.cache_dir.resolve())})
             write_run_file(man_path, manifest)
         else:
             check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self.task)
@@ -473,7 +489,8 @@ class Runner:
         torch.set_num_threads(self.training_threads)
         try:
             task = self.task(spec)
-            dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
+            with plugin_code(f"task {spec.name!r} load_finetuned()"):
+                dense = task.load_finetuned(self.cache_dir, self.reporter.training(f"fine-tuning {spec.name}"))
             self.reporter.training_done()
         except Exception as exc:  # a task that cannot build fails its cells, the matrix goes on
             fail(None, None, f"task: {type(exc).__name__}: {exc}")
@@ -549,7 +566,8 @@ class Runner:
         pruner.cache_dir = self.cache_dir
         if pruner.resumable:
             pruner.checkpoint = checkpoint
-        report = pruner.prune(model, task, progress=progress)
+        with plugin_code(f"pruner {spec.name!r} prune()"):
+            report = pruner.prune(model, task, progress=progress)
         if not isinstance(report, PruneReport):  # a third-party pruner's mistake, named as such
             raise TypeError(f"pruner {spec.name!r}: prune() returned {type(report).__name__}; it must prune the model "
                             "in place and return a PruneReport (pruners.base.sparsity_report(model) builds one)")
@@ -624,7 +642,7 @@ class Runner:
             if id(model) not in self._digests:  # once per model: it must be unchanged by every prepare after
                 self._digests[id(model)] = model_digest(model)
             digest = self._digests[id(model)]
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), plugin_code(f"accelerator {acc.name!r} prepare()"):
                 warnings.simplefilter("ignore")
                 prepared = acc.prepare(model, example, settings)
             if model_digest(model) != digest:  # later cells of this model would run on what it left
@@ -806,7 +824,7 @@ class Runner:
                     self._record(row, "failed", f"{exc}\n{_tb()}")
                 if not set(live) - reference_ids:
                     return None
-                self.reporter.message(f"{row.pruner} / {row.accelerator} failed: {exc}; timing the other "
+                self.reporter.message(f"{cell_text(row)} failed: {exc}; timing the other "
                                       f"{len(live)} cell(s) again without it")
             except Exception as exc:
                 for k, (c, row, _, _) in live.items():
@@ -840,8 +858,8 @@ class Runner:
                 row.extra["contention_flag"] = True
         if others is not None and others > BUSY_LIMIT_CPUS:
             r = rows[0]
-            what = f"{r.pruner}/{r.accelerator}" if len(rows) == 1 else f"{len(rows)} cells"
-            self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {what} b{r.batch_size} "
+            what = cell_text(r) if len(rows) == 1 else f"{len(rows)} cells b{r.batch_size}"
+            self.reporter.message(f"warning: other processes kept {others:.2f} CPUs busy while {what} "
                                   "was timed; its latency and energy are inflated")
 
 

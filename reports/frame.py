@@ -302,7 +302,9 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     the same-round interval of its latency factor reaches down to 1×). Each sentence opens with its
     group, told apart as :func:`shape_labels` tells chart categories apart: the task with a short
     key where one name stands for several tasks (:func:`task_names`), the kernel variant where the
-    frame has several or one other than "auto". Collapsed models are never a candidate; energy
+    frame has several or one other than "auto". A group whose dense baseline collapsed, or has a
+    metric ≤ 0 (no share of it is kept accuracy), gets a sentence saying so instead of a verdict.
+    Collapsed models are never a candidate; energy
     factors say their method unless it is ``measured``. A group some of whose cells did not run
     says how many and their status, since the verdict only covers what ran."""
     out: list[str] = []
@@ -315,12 +317,20 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
                df[df["status"] != "ok"].groupby(GROUP_KEYS, dropna=False, sort=True)}
     for key, g in ok.groupby(GROUP_KEYS, dropna=False, sort=True):
         fallen = g[collapsed_mask(g) & is_baseline(g)]
+        # a metric ≤ 0 (a regression head's negative correlation) has no share: a ratio to it flips or divides by 0
+        unshared = g[is_baseline(g) & g["accuracy"].map(lambda v: is_number(v) and v <= 0)]
         if not fallen.empty:  # its metric is the majority-class rate: no share of it is kept accuracy
             base = fallen.iloc[0]
             sentence = (f"{_where(key, g, show_variant)}: no verdict: the dense baseline ({BASELINE_PRUNER} + "
                         f"{base.get('accelerator_label') or base['accelerator']}) "
                         f"{_text(base.get('collapse_reason')) or _text(base.get('reason')) or 'collapsed'}, so no "
-                        "cell's kept accuracy is known; fine-tune the model first (finetune_steps) or check its labels.")
+                        f"cell's kept accuracy is known; {_collapse_hint(base)}.")
+        elif not unshared.empty:
+            base = unshared.iloc[0]
+            metric = _text(base.get("metric_name")) or "accuracy"
+            sentence = (f"{_where(key, g, show_variant)}: no verdict: the dense baseline ({BASELINE_PRUNER} + "
+                        f"{base.get('accelerator_label') or base['accelerator']}) has {metric} {base['accuracy']:.4f}, "
+                        f"which is ≤ 0, so kept accuracy (a cell's {metric} ÷ the baseline's) is undefined.")
         else:  # a model predicting one class is not a candidate, whatever its metric
             sentence = _verdict(key, g[~collapsed_mask(g)], show_variant, min_kept)
         if sentence is None:
@@ -331,6 +341,18 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
                          + ", ".join(f"{status} {int(n)}" for status, n in counts.items()) + ").")
         out.append(sentence)
     return out
+
+
+def _collapse_hint(base: pd.Series) -> str:
+    """What to do about a collapsed dense baseline: fine-tune it, or, where it was fine-tuned (its
+    ``dense_finetune`` record, else its task's ``finetune_steps``), fine-tune longer."""
+    record = base.get("dense_finetune")
+    steps = record.get("steps") if isinstance(record, dict) else None
+    if steps is None and isinstance(base.get("task_params"), dict):
+        steps = base["task_params"].get("finetune_steps")
+    if is_number(steps) and steps > 0:
+        return f"fine-tune longer (finetune_steps = {steps:g} now) or check the labels"
+    return "fine-tune the model first (finetune_steps) or check its labels"
 
 
 def _text(v: Any) -> str | None:

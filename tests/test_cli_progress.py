@@ -21,7 +21,7 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
                                       threads=2))
     err = capsys.readouterr().err
     assert "gmp 0.9: step 2/2 loss 0.5000 sparsity 0.900" in err
-    assert "cell 2/3: gmp 0.9 sparse-int8 b8 t2: ok p50 26.1 ms" in err
+    assert "cell 2/3: gmp 0.9 + sparse-int8 b8 s128 t2: ok p50 26.1 ms" in err
 
 
 def test_a_failed_cell_line_survives_an_empty_reason_and_markup_in_it(capsys):
@@ -32,8 +32,33 @@ def test_a_failed_cell_line_survives_an_empty_reason_and_markup_in_it(capsys):
         rep.cell_done(SimpleNamespace(**cell, status="skipped", reason=""))  # a plugin's availability() said (False, "")
         rep.cell_done(SimpleNamespace(**cell, status="failed", reason="ValueError: [/bold] shape [1, 2]\ntraceback"))
     err = capsys.readouterr().err
-    assert "skipped: none/mine b1 s16 t1:" in err
-    assert "failed: none/mine b1 s16 t1: ValueError: [/bold] shape [1, 2]" in err and "traceback" not in err
+    assert "skipped: none + mine b1 s16 t1:" in err
+    assert "failed: none + mine b1 s16 t1: ValueError: [/bold] shape [1, 2]" in err and "traceback" not in err
+
+
+def test_progress_and_failure_lines_tell_swept_cells_apart(capsys):
+    """A sweep over a parameter the plain label does not show (sparse-cpu's min_speedup, a plugin's
+    mode): each cell's progress and failure line carries the distinct label its row and the final
+    table carry (``min_speedup=2.0``), not the same ``none sparse-cpu`` twice."""
+    from profiler.config import expand, parse_config
+    from profiler.runner import base_row
+    from tests.conftest import tiny_config
+
+    cfg = parse_config(tiny_config(pruners=[{"name": "none"}],
+                                   accelerators=[{"name": "sparse-cpu", "min_speedup": [1.05, 2.0]}],
+                                   matrix={"batch_size": [1], "seq_len": [32], "threads": [1]}))
+    rows = [base_row(c, None, "hw") for c in expand(cfg)]
+    rep = RichReporter()
+    with rep:
+        rep.start(total=len(rows), done=0)
+        for r in rows:
+            r.set_outcome("failed", "RuntimeError: no kernel")
+            rep.cell_done(r)
+    lines = capsys.readouterr().err.splitlines()
+    for speedup in ("1.05", "2.0"):
+        cell = f"none + sparse-cpu min_speedup={speedup} b1 s32 t1"
+        assert f"failed: {cell}: RuntimeError: no kernel" in lines
+        assert any(line.startswith("cell ") and f": {cell}: failed" in line for line in lines)
 
 
 def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
@@ -67,7 +92,7 @@ def test_sigterm_stops_like_ctrl_c_with_the_resume_hint(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 143, err
     assert "terminated; finished cells are saved. Continue with: sparsebench run --resume" in err
-    assert f"--cache-dir {tmp_path / 'cache'}" in err  # where the checkpoints are: the manifest does not keep it
+    assert f"--cache-dir {tmp_path / 'cache'}" in err  # where the checkpoints are, said in full
     done = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
     assert 1 <= len(done) < 10
     r = subprocess.run([sys.executable, "-m", "profiler.cli", "run", "--resume", str(results.parent), "--cache-dir",

@@ -207,6 +207,24 @@ def test_an_unwritable_output_folder_is_not_called_an_invalid_config(tmp_path, c
     assert "cannot run: output folder" in err and "invalid config" not in err
 
 
+def test_a_meter_parameter_outside_its_choices_is_refused_at_config_load(tmp_path, capsys):
+    """codecarbon's tracking_mode is "machine" or "process": another value (a capital letter) is a
+    config error naming the key and the choices, before the meter is probed or a run folder made
+    (it used to read as "codecarbon is unavailable here")."""
+    from profiler.cli import main
+    from tests.faults_util import write_config
+
+    for bad in ("Machine", "x"):
+        cfg = write_config(tmp_path / "c.toml", tiny_config(meter={"name": "codecarbon", "tracking_mode": bad},
+                                                            run={"name": "t", "output_dir": str(tmp_path / "runs")}))
+        assert main(["run", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"invalid config: meter.tracking_mode: must be one of machine, process (got {bad!r})" in err
+        assert "unavailable" not in err and not (tmp_path / "runs").exists()
+    cfg = parse_config(tiny_config(meter={"name": "codecarbon", "tracking_mode": "process"}))
+    assert cfg.meter.params["tracking_mode"] == "process"
+
+
 def test_labels_tell_apart_a_sweep_over_a_parameter_they_do_not_show():
     """sparse-cpu's min_speedup is not in its label: a sweep over it gets key=value in each label."""
     from profiler.labels import distinct_labels

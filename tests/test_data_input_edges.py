@@ -62,6 +62,28 @@ def test_blank_lines_before_the_header_are_skipped_as_between_rows(tmp_path):
         read_rows(_write(tmp_path / "d.csv", "\ntext,label\ngood movie,1,x\n"))
 
 
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl"])
+def test_whitespace_only_lines_are_skipped_in_every_format(tmp_path, name):
+    """Spaces or tabs alone on a line are a blank line (the docstring's promise, JSONL's behaviour);
+    CSV / TSV used to read them as a one-field row: "line 4: 1 field, the header has 2"."""
+    sep = {"d.csv": ",", "d.tsv": "\t"}.get(name)
+    rows = [{"text": "good movie", "label": "1"}, {"text": "bad plot", "label": "0"}]
+    lines = ([sep.join(rows[0])] + [sep.join(r.values()) for r in rows] if sep
+             else [json.dumps(r) for r in rows])
+    text = "  \n" + "\n \t \n".join(lines) + "\n\t\n   \r\n"
+    got = read_rows(_write(tmp_path / name, text))
+    assert got == rows and [r.line for r in got] == ([4, 6] if sep else [2, 4])  # skipped lines still count
+    if sep == ",":  # a quoted field of spaces is a value, not a blank line
+        assert read_rows(_write(tmp_path / name, 'text\n"  "\n'))[0]["text"] == "  "
+
+
+def test_a_data_file_that_is_a_device_is_not_called_missing(tmp_path):
+    with pytest.raises(ValueError, match=r"^data file /dev/null is not a regular file \(a device"):
+        read_rows("/dev/null")
+    with pytest.raises(ValueError, match=r"d\.csv does not exist$"):
+        read_rows(tmp_path / "d.csv")
+
+
 @pytest.mark.parametrize("name, text", [("d.csv", "text,label,label\ngood movie,1,0\n"),
                                         ("d.tsv", "\ntext\tlabel\tlabel\ngood movie\t1\t0\n")])
 def test_a_header_that_names_a_column_twice_is_refused(tmp_path, name, text):

@@ -10,7 +10,7 @@ import pytest
 
 from profiler.cli import main
 from profiler.config import load_config
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, ResultsReadError
 from profiler.results import Result, append_result, read_results, row_problem
 from reports.frame import load_json, load_rows
 from tests.conftest import tiny_config
@@ -248,10 +248,34 @@ def test_report_names_a_results_folder_and_a_file_in_the_output_path(tmp_path, c
     assert f"{odd / 'results.jsonl'} is not a file" in capsys.readouterr().err
 
 
-def test_results_file_that_is_a_directory_is_reported(tmp_path):
+def test_results_file_that_is_a_directory_is_an_error(tmp_path):
     (tmp_path / "results.jsonl").mkdir()
-    rf = read_results(tmp_path / "results.jsonl")
-    assert rf.rows == [] and rf.damaged and "cannot be read" in rf.damaged[0].why
+    with pytest.raises(ResultsReadError, match=r"cannot read .*results\.jsonl: Is a directory"):
+        read_results(tmp_path / "results.jsonl")
+
+
+def test_an_unreadable_results_file_is_an_error_not_an_empty_run(tmp_path, monkeypatch, capsys):
+    """Permission denied on results.jsonl used to be one "damaged row skipped" warning, then an empty
+    report and exit status 0: report and compare (which read rows through read_results) now stop with
+    status 2, naming the file and the reason, and write no page."""
+    from pathlib import Path
+
+    run = make_run(tmp_path / "a", standard())
+    other = make_run(tmp_path / "b", standard())
+    locked = run / "results.jsonl"
+    read_bytes = Path.read_bytes
+
+    def denied(self):  # chmod 000 does not stop root, who may run the tests
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    for args in (["report", str(run)], ["compare", str(run), str(other), "-o", str(tmp_path / "c.html")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"sparsebench: cannot read {locked}: Permission denied" in err and "damaged row" not in err
+    assert not (run / "report.html").exists() and not (tmp_path / "c.html").exists()
 
 
 def test_resume_skips_damaged_rows_with_a_warning(tmp_path, monkeypatch):
@@ -278,6 +302,22 @@ def test_output_dir_with_nul_is_a_config_error():
 
     with pytest.raises(ConfigError, match="run.output_dir"):
         parse_config(tiny_config(run={"name": "t", "output_dir": "a\0b"}))
+
+
+def test_help_describes_run_dir_and_says_where_outputs_go_only_where_something_is_written(capsys):
+    """``RUN_DIR`` of report, compare and export has a description (report's and export's had none);
+    "Outputs go to runs/..." ends the help of the commands that write a run, not that of plugins."""
+    def help_of(*argv) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--help"])
+        assert exc.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+
+    for command in ("report", "compare", "export"):
+        text = help_of(command)
+        assert "positional arguments: RUN_DIR " in text and "positional arguments: RUN_DIR options:" not in text, text
+    assert "Outputs go to runs/" not in help_of("plugins")
+    assert help_of("run").endswith("Outputs go to runs/<name>-<timestamp>/.")
 
 
 @pytest.mark.parametrize("argv, usage", [(["plugins", "gmp", "magnitude"], "usage: sparsebench plugins"),

@@ -110,6 +110,42 @@ def test_resume_on_other_hardware_is_refused_before_any_work(tmp_path, monkeypat
     assert not (run_dir / "results.jsonl").exists()
 
 
+def test_a_resume_goes_on_with_the_model_cache_the_run_used(tmp_path, monkeypatch, capsys):
+    """A resume without --cache-dir (or under another SPARSEBENCH_CACHE) used to fine-tune into that
+    other cache and finish with a possibly different dense model: it now takes the cache the run
+    recorded while that exists (an older run's: its command line's --cache-dir), and an explicit
+    other --cache-dir is used with a warning naming both."""
+    import json
+
+    used = []
+    monkeypatch.setattr(Runner, "_run_task", lambda self, *a, **k: used.append(self.cache_dir))
+    first, other = tmp_path / "first-cache", tmp_path / "other-cache"
+    first.mkdir()
+    cfg = write_config(tmp_path / "c.toml", tiny_config(**ONE_CELL, measure={"idle_seconds": 0}))
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(first)]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "manifest.json").read_text())["cache_dir"] == str(first.resolve())
+    capsys.readouterr()
+
+    assert main(["run", "--resume", str(run)]) == 0  # SPARSEBENCH_CACHE names the tests' own cache
+    assert used[-1] == first.resolve()
+    assert f"note: resuming with the model cache {run} was run with, {first.resolve()}" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run), "--cache-dir", str(other)]) == 0
+    assert used[-1] == other
+    assert (f"warning: --cache-dir {other}: {run} was run with the model cache {first.resolve()}; its remaining "
+            f"cells use {other}") in capsys.readouterr().err
+    manifest = json.loads((run / "manifest.json").read_text())  # a run written before the manifest kept it
+    del manifest["cache_dir"]
+    manifest["argv"] = ["sparsebench", "run", str(cfg), f"--cache-dir={first}"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["run", "--resume", str(run)]) == 0
+    assert used[-1] == first
+    first.rmdir()
+    assert main(["run", "--resume", str(run)]) == 0
+    assert used[-1] not in (first, first.resolve())
+    assert f"the model cache {run} was run with, {first}, is gone" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--resume", "{run}", "--output-dir", "{tmp}"], "--output-dir does not apply to --resume"),
     (["{cfg}", "--retry-failed"], "--retry-failed applies to --resume"),

@@ -5,6 +5,8 @@ import re
 import copy
 import importlib.metadata
 import json
+import sys
+from typing import Literal
 
 import pytest
 
@@ -206,6 +208,40 @@ def test_unannotated_parameters_take_the_type_of_their_default(isolated_registri
         parse(threshold=[0.1, "x"])
 
 
+class ChoosyAccelerator(Accelerator):
+    """A third-party accelerator whose string and number parameters have a closed set of values."""
+
+    name = "choosy-acc"
+
+    def __init__(self, mode: Literal["fast", "exact"] = "fast", level: Literal[1, 2] | None = None):
+        self.mode, self.level = mode, level
+
+    def prepare(self, model, example, settings) -> Prepared:
+        return Prepared(copy.deepcopy(model).eval(), {})
+
+
+def test_literal_choices_are_listed_and_enforced(isolated_registries, capsys):
+    """A ``Literal`` annotation is the parameter's choices: `sparsebench plugins` lists them (the
+    built-in codecarbon meter's tracking_mode too), and another value is refused naming them."""
+    ACCELERATORS.register(ChoosyAccelerator, source="distribution 'x'")
+    params = {p["name"]: p for p in ACCELERATORS.describe("choosy-acc")["params"]}
+    assert (params["mode"]["type"], params["mode"]["choices"]) == ("str", ["fast", "exact"])
+    assert (params["level"]["type"], params["level"]["choices"]) == ("int | None", [1, 2])
+    assert main(["plugins", "choosy-acc"]) == 0
+    assert re.search(r"mode +str +default \"fast\", one of fast, exact", capsys.readouterr().out)
+    assert main(["plugins", "codecarbon"]) == 0
+    assert re.search(r"tracking_mode +str +default \"machine\", one of machine, process", capsys.readouterr().out)
+    raw = {"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}]}
+
+    def parse(**params):
+        return parse_config({**raw, "accelerators": [{"name": "choosy-acc", **params}]}).accelerators[0].params
+
+    assert parse(mode="exact", level=2) == {"mode": "exact", "level": 2}
+    for key, bad, choices in [("mode", "Fast", "fast, exact"), ("level", 3, "1, 2"), ("level", True, "1, 2")]:
+        with pytest.raises(ConfigError, match=rf"accelerators\[0\]\.{key}: must be one of {choices} \(got {bad!r}\)"):
+            parse(**{key: bad})
+
+
 def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, isolated_registries):
     _fake_group(monkeypatch, FakeEntryPoint("broken", error=ImportError("No module named 'torch_xyz'")),
                 FakeEntryPoint("stray", NotAPlugin), FakeEntryPoint("tiny-acc", TinyAccelerator))
@@ -279,11 +315,15 @@ def test_plugins_say_what_an_omitted_parameter_means(capsys):
 
 
 class BrokenInit(Accelerator):
-    """Raises something other than ValueError while constructing."""
+    """Raises something other than ValueError while constructing (what, the config says)."""
 
     name = "broken-init"
 
-    def __init__(self):
+    def __init__(self, error: str = "runtime"):
+        if error == "type":
+            raise TypeError("oops")
+        if error == "exit":
+            sys.exit(3)
         raise RuntimeError("boom in __init__")
 
 
@@ -329,7 +369,15 @@ def test_a_constructor_raising_anything_is_one_line_naming_the_key(isolated_regi
     status, rows = _tiny_run(tmp_path, "broken-init")
     err = capsys.readouterr().err
     assert status == 2 and not rows and "Traceback" not in err
-    assert "accelerators[0]: accelerator 'broken-init' (distribution 'x') failed to construct: RuntimeError: boom" in err
+    who = "accelerators[0]: accelerator 'broken-init' (tests.test_plugins_cli.BrokenInit; distribution 'x') failed to construct"
+    assert f"{who}: RuntimeError: boom" in err
+    # a TypeError is no value the plugin rejects (the registry checked the types): named as its bug, as
+    # is a sys.exit() in the constructor, which used to end sparsebench with status 3 and no word
+    for error, what in (("type", "TypeError: oops"), ("exit", "SystemExit: 3")):
+        with pytest.raises(ConfigError) as raised:
+            parse_config({"tasks": [{"name": "tiny-synthetic"}], "pruners": [{"name": "none"}],
+                          "accelerators": [{"name": "broken-init", "error": error}]})
+        assert str(raised.value) == f"{who}: {what}"
 
 
 def test_prepare_returning_a_bare_module_fails_the_cell_with_what_to_return(isolated_registries, tmp_path):
@@ -365,6 +413,44 @@ def test_a_meter_whose_probe_raises_is_unavailable_before_any_work(isolated_regi
     err = capsys.readouterr().err
     assert status == 2 and not rows and "Traceback" not in err
     assert "'raising-probe' is unavailable here: availability() raised RuntimeError('probe bug')" in err
+
+
+def test_a_plugin_calling_sys_exit_fails_its_cells_and_the_matrix_goes_on(isolated_registries, tmp_path, capsys):
+    """sys.exit() inside prepare() or prune() used to end the whole run (status 3, no word, the other
+    cells never run): each such cell is recorded failed naming the call, the other cells run."""
+    from profiler.plugins import PRUNERS
+    from pruners.base import Pruner
+
+    class ExitingPrepare(Accelerator):
+        name = "exiting-prepare"
+
+        def prepare(self, model, example, settings) -> Prepared:
+            sys.exit(3)
+
+    class ExitingPrune(Pruner):
+        name = "exiting-prune"
+
+        def prune(self, model, task=None, progress=None):
+            sys.exit(4)
+
+    ACCELERATORS.register(ExitingPrepare, source="distribution 'x'")
+    PRUNERS.register(ExitingPrune, source="distribution 'x'")
+    from profiler.results import read_results
+    from tests.conftest import tiny_config
+    from tests.faults_util import write_config
+
+    cfg = tiny_config(pruners=[{"name": "none"}, {"name": "exiting-prune"}],
+                      accelerators=[{"name": "torch-fp32"}, {"name": "exiting-prepare"}],
+                      matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
+    assert main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")]) == 0
+    (results,) = (tmp_path / "runs").glob("*/results.jsonl")
+    rows = {(r["pruner"], r["accelerator"]): r for r in read_results(results).rows}
+    assert len(rows) == 4 and rows["none", "torch-fp32"]["status"] == "ok"
+    assert rows["none", "exiting-prepare"]["status"] == "failed"
+    assert "SystemExit(3) raised in accelerator 'exiting-prepare' prepare()" in rows["none", "exiting-prepare"]["reason"]
+    for acc in ("torch-fp32", "exiting-prepare"):
+        assert rows["exiting-prune", acc]["status"] == "failed"
+        assert "SystemExit(4) raised in pruner 'exiting-prune' prune()" in rows["exiting-prune", acc]["reason"]
 
 
 def test_a_pruner_returning_no_report_fails_its_cells_saying_what_to_return(isolated_registries, tmp_path):

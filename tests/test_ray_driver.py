@@ -184,13 +184,15 @@ def test_a_resume_refuses_a_task_whose_data_changed_since_the_run_started(tmp_pa
     model = save_tiny_model(tmp_path / "model", "bert", num_labels=2)
     task = {"name": "text-classification", "model": str(model), "eval_file": str(data), "finetune_steps": 0}
     cfg = parse_config(tiny_config(tasks=[task]))
-    ex = RayExecutor(cfg)
+    ex = RayExecutor(cfg, cache_dir=tmp_path / "cache")
     ex.ray = FakeRay()
     ex.ray.__version__ = "fake"
     ex.runs = {"b": TargetRun(Target("b", {"sparsebench.target": "b"}), tmp_path / "run" / "targets" / "b")}
     (tmp_path / "run").mkdir()
     ex._write_manifest(tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["task_fingerprints"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["task_fingerprints"]
+    assert manifest["cache_dir"] == str((tmp_path / "cache").resolve())  # a resume reuses the driver's models
 
     def no_cluster(address):
         raise AssertionError("connected to a cluster before the inputs were checked")

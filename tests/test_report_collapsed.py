@@ -109,6 +109,49 @@ def test_a_collapsed_baseline_gives_no_kept_accuracy_and_no_verdict(tmp_path):
     assert "no verdict" in build_report_html(run)
 
 
+def test_a_collapsed_baseline_that_was_fine_tuned_asks_to_fine_tune_longer(tmp_path):
+    """After a fine-tune of 15 steps, "fine-tune the model first" would be wrong: the verdict asks for
+    a longer one, naming the steps it had (from the row's dense_finetune record, else the task's
+    finetune_steps)."""
+    rows = [result("b", "none", "torch-fp32", 0.010, 0.50, collapsed=True, collapse_reason=MAJORITY,
+                   dense_finetune={"steps": 15, "precision": "fp32"}),
+            result("s", "magnitude", "sparse-cpu", 0.004, 0.55, collapsed=False)]
+    (line,) = verdicts(add_savings(load_rows(write_run(tmp_path / "a", rows))[0]))
+    assert line.endswith("; fine-tune longer (finetune_steps = 15 now) or check the labels.")
+    assert "fine-tune the model first" not in line
+    rows[0] = result("b", "none", "torch-fp32", 0.010, 0.50, collapsed=True, collapse_reason=MAJORITY,
+                     task_params={"finetune_steps": 15})
+    (line,) = verdicts(add_savings(load_rows(write_run(tmp_path / "b", rows))[0]))
+    assert "fine-tune longer (finetune_steps = 15 now)" in line
+    rows[0] = result("b", "none", "torch-fp32", 0.010, 0.50, collapsed=True, collapse_reason=MAJORITY,
+                     task_params={"finetune_steps": 0})  # used as given: fine-tuning it is the advice
+    (line,) = verdicts(add_savings(load_rows(write_run(tmp_path / "c", rows))[0]))
+    assert "fine-tune the model first (finetune_steps) or check its labels." in line
+
+
+def test_a_baseline_metric_at_or_below_zero_gets_a_no_verdict_sentence(tmp_path, capsys):
+    """A regression head's dense baseline at Pearson -0.0115: no cell's kept accuracy exists (a share
+    of a negative number); each group says why there is no verdict, on the console and in the page,
+    instead of the page's "the run needs ... the dense torch-fp32 baseline" while the baseline is there."""
+    from reports.report import print_summary
+
+    rows = [{**result("b", "none", "torch-fp32", 0.010, -0.0115), "metric_name": "pearson"},
+            {**result("s", "magnitude", "sparse-cpu", 0.004, 0.2), "metric_name": "pearson"}]
+    rows += [{**r, "cell_id": r["cell_id"] + "8", "batch_size": 8} for r in rows]
+    run = write_run(tmp_path / "run", rows)
+    df, _ = load_rows(run)
+    assert pd.isna(add_savings(df)["accuracy_kept"]).all()
+    lines = verdicts(add_savings(df))
+    assert [("batch 1" in v, "batch 8" in v) for v in lines] == [(True, False), (False, True)]
+    for v in lines:
+        assert v.endswith(": no verdict: the dense baseline (none + torch-fp32) has pearson -0.0115, which is ≤ 0, "
+                          "so kept accuracy (a cell's pearson ÷ the baseline's) is undefined.")
+    html = build_report_html(run)
+    assert "has pearson -0.0115, which is ≤ 0" in html and "the run needs" not in html
+    print_summary(run)
+    assert " ".join(capsys.readouterr().out.split()).count("has pearson -0.0115, which is ≤ 0") == 2  # rich wraps
+
+
 def test_a_resumed_factor_keeps_its_own_same_round_reference(tmp_path):
     """Two dense engines within noise: the first session's p50s rank openvino first, the resumed
     session timed onnxruntime faster and stored the new cell's factor against it. The stored

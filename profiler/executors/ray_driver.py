@@ -261,6 +261,8 @@ class RayExecutor:
         manifest = manifest_base(self.cfg, software_versions())
         manifest.update({"executor": "ray", "ray_version": self.ray.__version__,
                          "targets": {name: tr.target.selector for name, tr in self.runs.items()},
+                         # the models are built here, on the driver: a resume reuses this cache
+                         "cache_dir": str(self.builder.cache_dir.resolve()),
                          TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.builder.task)})
         write_run_file(path, manifest)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from accelerators.params import Range
 
@@ -51,7 +51,7 @@ class CodecarbonMeter(EnergyMeter):
     def __init__(
         self,
         country_iso_code: str = "USA",
-        tracking_mode: str = "machine",
+        tracking_mode: Literal["machine", "process"] = "machine",  # codecarbon's own two modes: checked at config load
         measure_power_secs: Annotated[float, Range(0.1, 3600.0)] = 1.0,
         *,
         tracker_factory: Callable[[], Any] | None = None,

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -76,15 +76,19 @@ def read_rows(path: str | Path) -> list[Row]:
     CSV / TSV fields are read as Python's csv module reads a file opened with ``newline=''``: a quoted
     field keeps its line breaks (``\\n``, ``\\r\\n``, U+2028 ...) as written. A JSONL line ends only at
     ``\\n`` (or ``\\r\\n``), so a raw U+2028 / U+0085 inside a JSON string stays in its text. Blank
-    lines are skipped, before the header as between rows; line numbers in errors count from 1.
+    and whitespace-only lines are skipped, before the header as between rows, in every format; line
+    numbers in errors count from 1.
 
-    Raises ValueError naming the file (and the line) when it is missing, not UTF-8, of another
-    extension, has no data rows, a CSV / TSV header names a column twice or a row has more or fewer
-    fields than the header, or a JSONL line is not a JSON object or repeats a key.
+    Raises ValueError naming the file (and the line) when it is missing, not a regular file (a
+    device such as /dev/null), not UTF-8, of another extension, has no data rows, a CSV / TSV header
+    names a column twice or a row has more or fewer fields than the header, or a JSONL line is not a
+    JSON object or repeats a key.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+        what = ("is a folder, not a file" if path.is_dir() else "does not exist" if not path.exists()
+                else "is not a regular file (a device, a FIFO or a socket)")  # /dev/null exists
+        raise ValueError(f"data file {path} {what}")
     kind = path.suffix.lower()
     if kind not in (".csv", ".tsv", ".jsonl"):
         raise ValueError(f"data file {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl")
@@ -110,12 +114,21 @@ def read_rows(path: str | Path) -> list[Row]:
                 rows.append(Row(obj, i))
     else:
         quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
+        consumed: list[str] = []  # the lines of the record the reader is on, as written
+
+        def lines() -> Iterator[str]:
+            for line in io.StringIO(text, newline=""):
+                consumed.append(line)
+                yield line
+
+        reader = csv.reader(lines(), delimiter="\t" if kind == ".tsv" else ",", quoting=quoting)
         header: list[str] | None = None
         end = 0  # the line the previous record ended on: a quoted field may span lines
         for row in reader:
             start, end = end + 1, reader.line_num
-            if not row:
+            record = "".join(consumed)
+            consumed.clear()
+            if not record.strip():  # blank or spaces only, as JSONL skips them; csv reads "  " as a field
                 continue
             if header is None:
                 header = row

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Literal, get_args
 
 import torch
 from torch import nn
@@ -21,7 +21,12 @@ from torch import nn
 KERNEL_VARIANTS: tuple[str, ...] = ("scalar", "avx2", "avx512", "vnni", "amx")
 #: what the fused attention kernel computes in (here, not beside the kernel, so that a config is
 #: checked without importing the C extension)
-ATTENTION_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+AttentionPrecision = Literal["fp32", "int8"]
+ATTENTION_PRECISIONS: tuple[str, ...] = get_args(AttentionPrecision)
+#: ``SparseLinear.act_quant`` values: int8 activation scales per token (row) or one per tensor (here
+#: for the same reason: sparse-int8's ``act_quant`` takes them)
+ActQuant = Literal["token", "tensor"]
+ACT_QUANTS: tuple[str, ...] = get_args(ActQuant)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ runner synchronises CUDA per call), while the accuracy pass feeds CPU tensors an
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -18,7 +18,9 @@ from accelerators.base import Accelerator, PrepareSettings, Prepared, logits_of
 from accelerators.roles import ENCODER_LINEAR_RE
 
 CUDA_ABSENT = "torch.cuda.is_available() is False: no CUDA device/driver"
-BACKENDS_24 = ("auto", "cutlass", "cusparselt")
+#: cuda-2:4's ``backend``: all of them, whatever this torch build has (``availability`` says where one is missing)
+Backend24 = Literal["auto", "cutlass", "cusparselt"]
+BACKENDS_24: tuple[str, ...] = get_args(Backend24)
 
 
 def cuda_availability(min_capability: tuple[int, int] | None = None, what: str = "") -> tuple[bool, str]:
@@ -178,7 +180,7 @@ class Cuda24(Accelerator):
     compute_precision = "fp16"
     device = "cuda"
 
-    def __init__(self, backend: str = "auto") -> None:
+    def __init__(self, backend: Backend24 = "auto") -> None:
         if backend not in BACKENDS_24:
             raise ValueError(f"backend must be one of: {', '.join(BACKENDS_24)} (got {backend!r})")
         self.backend = backend

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, get_args
 
 import torch
 from torch import nn
 
 from accelerators.base import Accelerator, PrepareSettings, Prepared
 
-#: torch's quantized engines: the x86 server engines first, then qnnpack (the mobile/ARM engine)
-QUANT_ENGINES: tuple[str, ...] = ("x86", "fbgemm", "onednn", "qnnpack")
 #: the x86 server engines (sparse-int8 measures these for its dense fallback)
-X86_QUANT_ENGINES: tuple[str, ...] = QUANT_ENGINES[:3]
+X86QuantEngine = Literal["x86", "fbgemm", "onednn"]
+#: torch's quantized engines: the x86 server engines first, then qnnpack (the mobile/ARM engine). All
+#: of them, whatever this torch build supports: a config is valid on any machine, and ``availability``
+#: says where an engine is missing
+QuantEngine = Literal[X86QuantEngine, "qnnpack"]
+QUANT_ENGINES: tuple[str, ...] = get_args(QuantEngine)
+X86_QUANT_ENGINES: tuple[str, ...] = get_args(X86QuantEngine)
 
 
 def supported_quant_engines(candidates: Iterable[str] = QUANT_ENGINES) -> list[str]:
@@ -61,7 +65,7 @@ class Int8Dynamic(Accelerator):
     compute_precision = "int8"
     padding_sensitive = True  # torch's dynamic quantization: one activation scale per tensor
 
-    def __init__(self, engine: str = "x86") -> None:
+    def __init__(self, engine: QuantEngine = "x86") -> None:
         if engine not in QUANT_ENGINES:
             raise ValueError(f"engine must be one of: {', '.join(QUANT_ENGINES)} (got {engine!r})")
         self.engine = engine

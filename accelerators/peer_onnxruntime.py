@@ -11,7 +11,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 import torch
 from torch import nn
@@ -19,7 +19,8 @@ from torch import nn
 from accelerators.base import Accelerator, PrepareSettings, Prepared
 from accelerators.peer_common import LogitsOnly, PeerModule, import_status, input_names, quiet_trace
 
-PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 OPSET = 17
 #: what ``quant_method`` records; ``{per_channel}`` is the accelerator's parameter
 QUANT_METHOD = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel={per_channel})"
@@ -63,7 +64,7 @@ class ONNXRuntime(Accelerator):
 
     name = "onnxruntime"
 
-    def __init__(self, precision: str = "fp32", per_channel: bool = False) -> None:
+    def __init__(self, precision: Precision = "fp32", per_channel: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")
         if not isinstance(per_channel, bool):

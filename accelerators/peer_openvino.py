@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -27,12 +27,16 @@ from accelerators.peer_common import (
     quiet_trace, weights_digest,
 )
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 #: INFERENCE_PRECISION_HINT per precision. int8 sets none: its non-quantized ops (softmax, the
 #: attention products NNCF leaves in float, LayerNorm) run at OpenVINO's default, bf16 where the CPU
 #: has it (AVX512_BF16, AMX), as a user of OpenVINO INT8 gets them; forcing f32 there would make
 #: the peer slower than it is. The row's ``inference_precision`` reads back what ran.
 PRECISION_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "int8": None}
+#: ``precision``'s choices, made from the keys above so that the names are written once (a static type
+#: checker cannot read a computed Literal; the plugin registry, which checks configs, can). bf16 needs a
+#: CPU with it: ``availability`` says so, the config stays valid on any machine
+Precision = Literal[tuple(PRECISION_HINTS)]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 QUANT_METHOD = "nncf.quantize(model_type=TRANSFORMER), default preset, on the dynamic-shape IR"
 
 
@@ -55,7 +59,7 @@ class OpenVINO(Accelerator):
 
     name = "openvino"
 
-    def __init__(self, precision: str = "fp32", sparse_weights_rate: Annotated[float | None, Range(0.0, 1.0)] = None,
+    def __init__(self, precision: Precision = "fp32", sparse_weights_rate: Annotated[float | None, Range(0.0, 1.0)] = None,
                  calibration_samples: Annotated[int, Range(1, 100_000)] = 300) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of: {', '.join(PRECISIONS)} (got {precision!r})")

@@ -15,7 +15,7 @@ import copy
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Iterator, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from accelerators.params import Range, check_ranges
 from accelerators.roles import ENCODER_LAYER_RE, encoder_linears, ffn_blocks
 from accelerators.timing import interleaved_timing
 
-FP32_FORMATS = ("csr", "bsr2x1", "bsr4x1", "bsr8x1")
+Fp32Format = Literal["csr", "bsr2x1", "bsr4x1", "bsr8x1"]
+FP32_FORMATS: tuple[str, ...] = get_args(Fp32Format)
 
 __all__ = ["FP32_FORMATS", "SparseCPU", "SwapRun", "encoder_linears", "fuse_ffn_gelu", "set_submodule"]
 
@@ -250,9 +251,13 @@ class _SparseSwap(Accelerator):
     #: non-zeros / entries stored when stored in blocks of a given height (1.0: perfectly block-structured)
     block_fill = staticmethod(block_fill)
 
-    def __init__(self, format: str = "auto", min_speedup: MinSpeedup = 1.05, min_sparsity: MinSparsity = 0.3,
-                 calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
-                 fuse_gelu: bool = True, fuse_layers: bool = True) -> None:
+    # ``format`` is annotated with sparse-cpu's choices: this is sparse-cpu's constructor (the registry
+    # reads it as its schema); a subclass of other formats declares its own in its own constructor and
+    # checks them in _validate_format
+    def __init__(self, format: Literal["auto", Fp32Format] = "auto", min_speedup: MinSpeedup = 1.05,
+                 min_sparsity: MinSparsity = 0.3, calibrate: bool = True, repeats: Repeats = 7,
+                 min_time_s: MinTime = 0.004, check_model: bool = True, fuse_gelu: bool = True,
+                 fuse_layers: bool = True) -> None:
         # min_speedup >= 1: the swap must never be slower than dense
         check_ranges(_SparseSwap.__init__, {"min_speedup": min_speedup, "min_sparsity": min_sparsity,
                                             "repeats": repeats, "min_time_s": min_time_s})

@@ -18,22 +18,29 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional, get_args
 
 import torch
 from torch import nn
 
-from accelerators.base import ATTENTION_PRECISIONS, PrepareSettings, example_tokens
-from accelerators.int8_dynamic import X86_QUANT_ENGINES, quantized_engine, supported_quant_engines
+from accelerators.base import (ACT_QUANTS, ATTENTION_PRECISIONS, ActQuant, AttentionPrecision, PrepareSettings,
+                               example_tokens)
+from accelerators.int8_dynamic import X86_QUANT_ENGINES, X86QuantEngine, quantized_engine, supported_quant_engines
 from accelerators.roles import encoder_linears
 from accelerators.sparse_cpu import MinSparsity, MinSpeedup, MinTime, Repeats, SwapRun, _SparseSwap, intra_op_threads, set_submodule
 from accelerators.timing import interleaved_timing
 
-INT8_FORMATS = ("csr", "bsr2x4", "bsr4x4", "bsr8x4", "bsr16x4")
+Int8Format = Literal["csr", "bsr2x4", "bsr4x4", "bsr8x4", "bsr16x4"]
+INT8_FORMATS: tuple[str, ...] = get_args(Int8Format)
+#: ``format`` and ``dense_format``: measured (``"auto"``) or fixed
+Int8FormatChoice = Literal["auto", Int8Format]
 #: what can run a layer left dense (see :class:`SparseInt8`) -> what ``quant_scope`` adds for it
 DENSE_FALLBACK_SCOPE = {"torch-int8": "; layers left dense: torch dynamic INT8, activations per call",
                         "kernel-int8": "", "fp32": "; layers left dense: fp32"}
-DENSE_FALLBACKS = tuple(DENSE_FALLBACK_SCOPE)
+#: ``dense_fallback``'s choices, made from the keys above so that the names are written once (a static type
+#: checker cannot read a computed Literal; the plugin registry, which checks configs, can)
+DenseFallback = Literal[tuple(DENSE_FALLBACK_SCOPE)]
+DENSE_FALLBACKS: tuple[str, ...] = get_args(DenseFallback)
 
 
 def quad_block_fill(weight: torch.Tensor, bh: int) -> float:
@@ -123,16 +130,18 @@ class SparseInt8(_SparseSwap):
     blocked_formats = (("bsr4x4", 4), ("bsr8x4", 8), ("bsr16x4", 16))
     block_fill = staticmethod(quad_block_fill)
 
-    def __init__(self, format: str = "auto", act_quant: str = "token", dense_fallback: str = "kernel-int8",
-                 dense_format: str = "auto", engine: str = "auto", min_speedup: MinSpeedup = 1.05,
+    # engine: every x86 engine, whatever this torch build supports (availability() says where one is missing)
+    def __init__(self, format: Int8FormatChoice = "auto", act_quant: ActQuant = "token",
+                 dense_fallback: DenseFallback = "kernel-int8", dense_format: Int8FormatChoice = "auto",
+                 engine: Literal["auto", X86QuantEngine] = "auto", min_speedup: MinSpeedup = 1.05,
                  min_sparsity: MinSparsity = 0.3,
                  calibrate: bool = True, repeats: Repeats = 7, min_time_s: MinTime = 0.004, check_model: bool = True,
-                 fuse_gelu: bool = True, fuse_layers: bool = True, attention: str = "int8") -> None:
+                 fuse_gelu: bool = True, fuse_layers: bool = True, attention: AttentionPrecision = "int8") -> None:
         if attention not in ATTENTION_PRECISIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_PRECISIONS)} (got {attention!r})")
         self.attention = attention
-        if act_quant not in ("token", "tensor"):
-            raise ValueError("act_quant must be 'token' or 'tensor'")
+        if act_quant not in ACT_QUANTS:
+            raise ValueError(f"act_quant must be one of {', '.join(ACT_QUANTS)} (got {act_quant!r})")
         if dense_fallback not in DENSE_FALLBACKS:
             raise ValueError(f"dense_fallback must be one of {', '.join(DENSE_FALLBACKS)} (got {dense_fallback!r})")
         if dense_format != "auto" and dense_format not in INT8_FORMATS:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from accelerators import _sparse_kernels as _sk
+from accelerators.base import ACT_QUANTS
 
 __all__ = ["QuantizedActivation", "SparseLinear", "dense_to_blocks", "parse_format", "variant_unavailable"]
 
@@ -46,9 +47,6 @@ class QuantizedActivation(NamedTuple):
         return v.view(self.values.shape)
 
 _FORMAT_RE = re.compile(r"^bsr([1-9]\d*)x([1-9]\d*)$")
-
-#: ``SparseLinear.act_quant`` values: int8 activation scales per token (row) or one per tensor
-ACT_QUANTS = ("token", "tensor")
 
 
 def parse_format(format: str, dtype: str = "fp32", block: Optional[int] = None) -> tuple[str, int, int]:

@@ -63,11 +63,13 @@ divides ``numel`` (MiniLM-L6: 10,616,832 prunable weights, B = 48 → 2.04 GB; B
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
 #: how :func:`obs_update` moves the remaining weights (see the module docstring)
-UPDATES = ("joint", "independent", "none")
+Update = Literal["joint", "independent", "none"]
+UPDATES: tuple[str, ...] = get_args(Update)
 #: how :class:`BlockFisherInverse` builds ``F⁻¹`` (see the module docstring)
 METHODS = ("direct", "woodbury")
 

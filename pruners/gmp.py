@@ -40,10 +40,10 @@ from pruners.distill import AttentionTap, Distiller, check_distill, check_teache
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
 from pruners.scores import MagnitudeScore, Score
-from pruners.structure import SCOPES, parse_structure
-from pruners.training import (Checkpoints, CheckpointWarning, StepClock, adamw, autocast, brief, check_lr_schedule,
-                              check_precision, cyclic_linear_factor, linear_decay_factor, resolve_precision, rng_state,
-                              set_rng_state)
+from pruners.structure import SCOPES, Scope, parse_structure
+from pruners.training import (Checkpoints, CheckpointWarning, LrSchedule, Precision, StepClock, adamw, autocast, brief,
+                              check_lr_schedule, check_precision, cyclic_linear_factor, linear_decay_factor,
+                              resolve_precision, rng_state, set_rng_state)
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class TrainingPruner(Pruner):
         end_frac: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.7,
         update_every: Annotated[int, Range(1, 10_000_000)] = 10,
         lr: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1e-4,
-        lr_schedule: str = "linear",
+        lr_schedule: LrSchedule = "linear",
         batch_size: Annotated[int, Range(1, 65536)] = 32,
         warmup_steps: Annotated[int, Range(0, 10_000_000)] = 0,
         weight_decay: Annotated[float, Range(0.0, 1.0)] = 0.01,
@@ -215,11 +215,11 @@ class TrainingPruner(Pruner):
         distill_text_share: Annotated[float, Range(0.0, 1.0)] = 0.0,
         teacher_seeds: Annotated[Sequence[int], Range(0, 2**32 - 1)] = (),
         structure: str = "unstructured",
-        scope: str = "layer",
+        scope: Scope = "layer",
         min_keep: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
         roles: Sequence[str] = ALL_ROLES,
         seed: Annotated[int, Range(0, 2**32 - 1)] = 0,
-        precision: str = "auto",
+        precision: Precision = "auto",
         ema_decay: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0,
     ) -> None:
         self.sparsity = check_sparsity(sparsity)

@@ -10,7 +10,7 @@ from pruners.base import ALL_ROLES, Sparsity, Progress, PruneReport, Pruner, che
 from pruners.masks import MaskSet
 from pruners.schedules import OneShot
 from pruners.scores import MagnitudeScore
-from pruners.structure import SCOPES, parse_structure
+from pruners.structure import SCOPES, Scope, parse_structure
 
 
 class MagnitudePruner(Pruner):
@@ -29,7 +29,7 @@ class MagnitudePruner(Pruner):
 
     name = "magnitude"
 
-    def __init__(self, sparsity: Sparsity = 0.9, scope: str = "layer", roles: Sequence[str] = ALL_ROLES, structure: str = "unstructured") -> None:
+    def __init__(self, sparsity: Sparsity = 0.9, scope: Scope = "layer", roles: Sequence[str] = ALL_ROLES, structure: str = "unstructured") -> None:
         self.sparsity = check_sparsity(sparsity)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of: {', '.join(SCOPES)} (got {scope!r})")

@@ -65,7 +65,7 @@ GMP, and is distilled from it, so it only has to lose weights, not learn the tas
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -74,10 +74,14 @@ from accelerators.params import Range
 from pruners.gmp import TrainingPruner, _num, training_params
 from pruners.masks import MaskSet
 from pruners.movement_masks import MIN_KEEP, Sampler, flat_global_keep, masks_sparsity, sigmoid_cut, threshold_masks
-from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score
+from pruners.scores import SCORE_OPTIMIZERS, MovementScore, Score, ScoreOptimizer
 
-VARIANTS = ("hard", "soft")
-INITS = ("pretrained", "finetuned")
+#: hard (Top_v) or soft (threshold + penalty) movement, see the module doc (``variant``)
+Variant = Literal["hard", "soft"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+#: what the student starts from (``init``)
+Init = Literal["pretrained", "finetuned"]
+INITS: tuple[str, ...] = get_args(Init)
 #: λ_f when not given: the paper's soft-movement value (their ``final_lambda``, SQuAD recipe)
 PAPER_FINAL_LAMBDA = 400.0
 
@@ -119,9 +123,9 @@ class MovementPruner(TrainingPruner):
     @training_params(start_frac=0.1, end_frac=0.8, update_every=1, distill=True)
     def __init__(
         self,
-        variant: str = "soft",
-        init: str = "finetuned",
-        score_optimizer: str = "adam",
+        variant: Variant = "soft",
+        init: Init = "finetuned",
+        score_optimizer: ScoreOptimizer = "adam",
         score_lr: Annotated[float, Range(0.0, 10.0, lo_open=True)] = 1e-2,
         final_lambda: Annotated[float, Range(0.0, 1e9)] | None = None,
         final_threshold: Annotated[float, Range(0.0, 1.0, lo_open=True, hi_open=True)] | None = None,

@@ -53,7 +53,7 @@ from torch import nn
 from accelerators.base import logits_of
 from accelerators.params import Range
 from pruners.base import Progress, PruneReport, gradients_only_for
-from pruners.fisher import UPDATES, BlockFisherInverse, obs_update, saliency
+from pruners.fisher import UPDATES, BlockFisherInverse, Update, obs_update, saliency
 from pruners.gmp import TrainingPruner, _int, _num, training_params
 from pruners.masks import MaskSet, assert_plain
 from pruners.schedules import Cubic
@@ -292,7 +292,7 @@ class OBSPruner(TrainingPruner):
         block_size: Annotated[int, Range(1, 4096)] = 48,
         damp: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 1e-7,
         grad_batch_size: Annotated[int, Range(1, 65536)] = 8,
-        update: str = "joint",
+        update: Update = "joint",
         steps: Annotated[int, Range(0, 10_000_000)] = 1000,
         **training: Any,
     ) -> None:

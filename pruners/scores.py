@@ -46,7 +46,7 @@ sparsity, distillation T = 2, α_distil = 0.9.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import nn
@@ -103,7 +103,9 @@ class MagnitudeScore(Score):
         return {n: lin.weight.detach().abs() for n, lin in self.layers.items()}
 
 
-SCORE_OPTIMIZERS = ("adam", "sum")
+#: how movement scores are stepped (module doc); movement's ``score_optimizer``
+ScoreOptimizer = Literal["adam", "sum"]
+SCORE_OPTIMIZERS: tuple[str, ...] = get_args(ScoreOptimizer)
 
 
 class MovementScore(Score):

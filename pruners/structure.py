@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from pruners.base import _keep_mask, check_rankable
 
 STRUCTURE_HELP = "'unstructured', a block 'RxC' such as '1x4' or '4x1', or 'N:M' such as '2:4'"
-SCOPES = ("layer", "global")
+#: how a sparsity is spread: per matrix (``"layer"``) or one ranking over all of them (``"global"``)
+Scope = Literal["layer", "global"]
+SCOPES: tuple[str, ...] = get_args(Scope)
 
 
 @dataclass(frozen=True)

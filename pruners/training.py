@@ -31,13 +31,16 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, get_args
 
 import torch
 
 from accelerators.base import BF16_FLAGS, bf16_native
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+#: training precision (module doc): all three on any machine, so that a config stays valid everywhere;
+#: :func:`check_precision` refuses ``"bf16"`` where the CPU lacks it
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def check_precision(precision: str, key: str = "precision") -> str:
@@ -90,7 +93,9 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, tot
     return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay_factor(warmup_steps, total_steps))
 
 
-LR_SCHEDULES = ("linear", "cyclic")
+#: learning-rate schedules of the training pruners (``TrainingPruner``'s ``lr_schedule``)
+LrSchedule = Literal["linear", "cyclic"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 CYCLE_FLOOR = 0.1  # oBERT's recipes: each cycle from init_lr to final_lr = init_lr / 10
 
 

@@ -242,6 +242,42 @@ def test_literal_choices_are_listed_and_enforced(isolated_registries, capsys):
             parse(**{key: bad})
 
 
+def test_built_in_string_choices_are_declared_as_literals():
+    """The built-ins' fixed string choices are Literal annotations (the module tuples are made from
+    them): listed by `sparsebench plugins` for every plugin that takes them (the training parameters
+    re-exported by ``training_params`` too), defaults among them, another value refused at config load."""
+    from accelerators.int8_dynamic import QUANT_ENGINES
+    from accelerators.sparse_int8 import DENSE_FALLBACKS
+    from profiler.tasks.textdata import METRICS
+    from pruners.structure import SCOPES
+    from pruners.training import LR_SCHEDULES, PRECISIONS
+
+    declared = {(r.kind, n, p["name"]): p for r in REGISTRIES for n in r.names() for p in r.describe(n)["params"]
+                if "choices" in p}
+    for key, p in declared.items():
+        assert p["required"] or p["default"] is None or p["default"] in p["choices"], key
+    training = {("pruner", n, k) for n in ("gmp", "movement", "obs") for k in ("lr_schedule", "scope", "precision")}
+    expected = training | {("task", n, "finetune_precision") for n in ("sst2", "mrpc", "stsb", "text-classification",
+                                                                         "tiny-synthetic")} | {
+        ("task", "text-classification", "glue"), ("task", "text-classification", "metric"),
+        ("pruner", "magnitude", "scope"), ("pruner", "obs", "update"),
+        *(("pruner", "movement", k) for k in ("variant", "init", "score_optimizer")),
+        ("accelerator", "int8-dynamic", "engine"), ("accelerator", "onnxruntime", "precision"),
+        ("accelerator", "openvino", "precision"), ("accelerator", "sparse-cpu", "format"), ("accelerator", "cuda-2:4", "backend"),
+        *(("accelerator", "sparse-int8", k) for k in ("format", "dense_format", "act_quant", "dense_fallback", "engine",
+                                                      "attention")),
+    }
+    assert expected <= set(declared), sorted(expected - set(declared))
+    for key, values in [(("pruner", "obs", "lr_schedule"), LR_SCHEDULES), (("pruner", "movement", "precision"), PRECISIONS),
+                        (("pruner", "magnitude", "scope"), SCOPES), (("accelerator", "int8-dynamic", "engine"), QUANT_ENGINES),
+                        (("accelerator", "sparse-int8", "dense_fallback"), DENSE_FALLBACKS),
+                        (("task", "text-classification", "metric"), tuple(METRICS))]:
+        assert declared[key]["choices"] == list(values), key
+    raw = {"tasks": [{"name": "tiny-synthetic"}], "accelerators": [{"name": "torch-fp32"}]}
+    with pytest.raises(ConfigError, match=r"pruners\[0\]\.lr_schedule: must be one of linear, cyclic \(got 'cosine'\)"):
+        parse_config({**raw, "pruners": [{"name": "movement", "lr_schedule": "cosine"}]})
+
+
 def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, isolated_registries):
     _fake_group(monkeypatch, FakeEntryPoint("broken", error=ImportError("No module named 'torch_xyz'")),
                 FakeEntryPoint("stray", NotAPlugin), FakeEntryPoint("tiny-acc", TinyAccelerator))

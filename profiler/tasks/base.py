@@ -17,8 +17,8 @@ from accelerators.base import logits_of
 from accelerators.params import Range
 from profiler.cache import DAMAGED_INFIX, partial_checkpoint, pruned_made_by
 from profiler.identity import stable_hash
-from pruners.training import (Checkpoints, StepClock, adamw, autocast, check_precision, discard_checkpoint, index_batches,
-                              resolve_precision, warmup_linear_decay)
+from pruners.training import (Checkpoints, Precision, StepClock, adamw, autocast, check_precision, discard_checkpoint,
+                              index_batches, resolve_precision, warmup_linear_decay)
 
 
 def default_cache_dir() -> Path:
@@ -45,6 +45,8 @@ FinetuneBatch = Annotated[int, Range(1, 4096)]
 FinetuneLR = Annotated[float, Range(0.0, 1.0, lo_open=True)]
 Seed = Annotated[int, Range(0, 2**32 - 1)]
 MaxLength = Annotated[int, Range(8, 512)]
+#: the training pruners' ``precision`` choices, checked at config load (bf16's CPU check stays in set_finetuning)
+FinetunePrecision = Precision
 
 class Task:
     """Base class for tasks. Subclasses set ``name``/``metric_name`` and implement the data and
@@ -69,12 +71,13 @@ class Task:
     finetune_lr: float = 5e-5
     seed: int = 0
     max_length: int = 128
-    finetune_precision: str = "auto"
+    finetune_precision: FinetunePrecision = "auto"
     #: how the dense model was fine-tuned (steps, precision, wall time, steps/s), set by
     #: :meth:`load_finetuned`; None before, or for a model used as given
     finetune_report: dict[str, Any] | None = None
 
-    def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int, precision: str = "auto") -> None:
+    def set_finetuning(self, steps: int, batch_size: int, lr: float, seed: int, max_length: int,
+                       precision: FinetunePrecision = "auto") -> None:
         """Check and store the fine-tuning hyper-parameters (constructors call this).
 
         Raises ValueError unless steps >= 0, batch_size >= 1, lr > 0, 8 <= max_length <= 512 and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from profiler.tasks.base import FinetuneBatch, FinetuneLR, FinetuneSteps, MaxLength, Seed
+from profiler.tasks.base import FinetuneBatch, FinetuneLR, FinetunePrecision, FinetuneSteps, MaxLength, Seed
 from profiler.tasks.text_classification import TextClassification
 
 
@@ -31,7 +31,7 @@ class GlueMiniLM(TextClassification):
         seed: Seed = 0,
         max_length: MaxLength = 128,
         data_dir: str | None = None,
-        finetune_precision: str = "auto",
+        finetune_precision: FinetunePrecision = "auto",
     ) -> None:
         super().__init__(glue=self.glue_task, finetune_steps=finetune_steps, finetune_batch_size=finetune_batch_size,
                          finetune_lr=finetune_lr, seed=seed, max_length=max_length, data_dir=data_dir,

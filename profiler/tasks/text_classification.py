@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from profiler.tasks import modelsource, textdata
-from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, MaxLength, Seed, Task
+from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetunePrecision, FinetuneSteps, MaxLength, Seed, Task
 
 
 class TextClassification(Task):
@@ -60,20 +60,20 @@ class TextClassification(Task):
     def __init__(
         self,
         model: str | None = None,
-        glue: str | None = None,
+        glue: textdata.GlueTask | None = None,
         train_file: str | None = None,
         eval_file: str | None = None,
         text_column: str | None = None,
         text_pair_column: str | None = None,
         label_column: str | None = None,
-        metric: str | None = None,
+        metric: textdata.Metric | None = None,
         finetune_steps: FinetuneSteps = 0,
         finetune_batch_size: FinetuneBatch = 32,
         finetune_lr: FinetuneLR = 5e-5,
         seed: Seed = 0,
         max_length: MaxLength = 128,
         data_dir: str | None = None,
-        finetune_precision: str = "auto",
+        finetune_precision: FinetunePrecision = "auto",
     ) -> None:
         self.set_finetuning(finetune_steps, finetune_batch_size, finetune_lr, seed, max_length, finetune_precision)
         self.model_arg, self.glue = model, glue
@@ -101,7 +101,7 @@ class TextClassification(Task):
             self.text_column, self.text_pair_column, self.label_column = p.text_column, p.text_pair_column, p.label_column
             return
         if not eval_file:
-            raise ValueError("give glue = 'sst2' | 'mrpc' | 'stsb', or eval_file (and train_file to fine-tune)")
+            raise ValueError(f"give glue = {' | '.join(map(repr, textdata.GLUE))}, or eval_file (and train_file to fine-tune)")
         self.train_path = Path(train_file) if train_file else None
         self.eval_path = Path(eval_file)
         self.text_column = columns[0] or "text"

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 
@@ -24,6 +24,9 @@ from pruners.augment import check_text_source
 
 #: metric name -> True when it scores a regression head (one output), False for classification
 METRICS: dict[str, bool] = {"accuracy": False, "f1": False, "matthews": False, "pearson": True, "spearman": True}
+#: ``text-classification``'s ``metric`` choices, made from the keys above so that the names are written once
+#: (a static type checker cannot read a computed Literal; the plugin registry, which checks configs, can)
+Metric = Literal[tuple(METRICS)]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ GLUE: dict[str, GluePreset] = {
     "mrpc": GluePreset("sentence1", "sentence2", "label", "f1", ("accuracy",)),
     "stsb": GluePreset("sentence1", "sentence2", "score", "spearman", ("pearson",)),
 }
+#: ``text-classification``'s ``glue`` choices, made from the presets' names as :data:`Metric` is
+GlueTask = Literal[tuple(GLUE)]
 
 
 def packaged_glue_dir(task: str) -> Path:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from accelerators.params import Range
-from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetuneSteps, Seed, Task
+from profiler.tasks.base import Example, FinetuneBatch, FinetuneLR, FinetunePrecision, FinetuneSteps, Seed, Task
 
 MARKER_TOKEN = 7
 
@@ -41,7 +41,7 @@ class TinySynthetic(Task):
         finetune_batch_size: FinetuneBatch = 32,
         finetune_lr: FinetuneLR = 2e-3,
         seed: Seed = 0,
-        finetune_precision: str = "auto",
+        finetune_precision: FinetunePrecision = "auto",
     ) -> None:
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")

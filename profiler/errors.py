@@ -1,6 +1,14 @@
 """Exceptions and warnings shared across the profiler."""
 
 
+def plugin_exit(exc: SystemExit, who: str) -> RuntimeError:
+    """What a ``sys.exit()`` in plugin code (``who``: e.g. ``accelerator 'x' prepare()``) becomes:
+    a RuntimeError naming the call, so only the cells that ran it fail. SystemExit is no Exception:
+    a cell's ``except Exception`` would let it end the whole run without a word. (Ctrl-C and SIGTERM
+    raise KeyboardInterrupt, which still stops the run.)"""
+    return RuntimeError(f"SystemExit({exc.code!r}) raised in {who}")
+
+
 class ConfigError(ValueError):
     """An invalid configuration: raised before any work starts.
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from accelerators.base import logits_of
 from profiler.config import MeasureSpec
+from profiler.errors import plugin_exit
 from profiler.energy import MIN_RESOLUTION_MULTIPLE, EnergyResult, EnergyWindow, IdlePower, VisitWindows
 from profiler.interleave import CellSamples, RoundPlan, VisitHooks, median_ratio, run_rounds, same_round_ratios
 from profiler.results import Result
@@ -44,7 +45,10 @@ def make_call(module: nn.Module, example: dict[str, torch.Tensor], device: str,
     unchecked = [expect_logits] if expect_logits is not None else []
 
     def call() -> None:
-        logits = logits_of(module(**inputs))
+        try:  # free when nothing is raised: no cost inside the timed loop
+            logits = logits_of(module(**inputs))
+        except SystemExit as exc:  # the prepared module is plugin code: only its cell fails
+            raise plugin_exit(exc, f"{who}'s forward") from exc
         if unchecked:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
             if shape != tuple(unchecked[0]):

@@ -28,7 +28,7 @@ from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.contracts import (cached_model_problem, check_pruned_model, counted_report, model_digest, num_labels,
                                 param_shapes, plugin_fields)
 from profiler.energy import IdlePower, measure_idle_power, safe_availability
-from profiler.errors import ConfigError, SetupError
+from profiler.errors import ConfigError, SetupError, plugin_exit
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import cell_text
@@ -232,14 +232,13 @@ class RunDirLock:
 
 @contextlib.contextmanager
 def plugin_code(who: str) -> Iterator[None]:
-    """Run a plugin's code inside a cell (``who``: ``accelerator 'x' prepare()``). A ``sys.exit()``
-    there raises SystemExit, which a cell's ``except Exception`` lets through and which would end the
-    whole run without a word; here it becomes a RuntimeError naming the call, so that only this cell
-    (or this pruner's cells) fails and the matrix goes on. Ctrl-C and SIGTERM still stop the run."""
+    """Run a plugin's code inside a cell (``who``: ``accelerator 'x' prepare()``): a ``sys.exit()``
+    there becomes :func:`profiler.errors.plugin_exit`'s RuntimeError, so that only this cell (or this
+    pruner's cells) fails and the matrix goes on. Ctrl-C and SIGTERM still stop the run."""
     try:
         yield
     except SystemExit as exc:
-        raise RuntimeError(f"SystemExit({exc.code!r}) raised in {who}") from exc
+        raise plugin_exit(exc, who) from exc
 
 
 #: how :meth:`profiler.tasks.base.Task.evaluate_metrics` pads the accuracy pass
@@ -876,7 +875,10 @@ class PredictionCounter(nn.Module):
         self.num_classes = 0
 
     def forward(self, **inputs):
-        out = self.module(**inputs)
+        try:
+            out = self.module(**inputs)
+        except SystemExit as exc:  # the prepared module is plugin code
+            raise plugin_exit(exc, "the prepared module's forward (accuracy pass)") from exc
         logits = logits_of(out)
         if logits.dim() == 2 and logits.shape[-1] > 1:
             self.num_classes = int(logits.shape[-1])

@@ -1,14 +1,15 @@
 """`sparsebench plugins` and third-party plugins from the `sparsebench.plugins` entry-point group."""
 from __future__ import annotations
 
-import re
 import copy
 import importlib.metadata
 import json
+import re
 import sys
 from typing import Literal
 
 import pytest
+import torch
 
 import profiler.plugins as plugins
 from accelerators.base import Accelerator, Prepared
@@ -469,19 +470,46 @@ def test_a_plugin_calling_sys_exit_fails_its_cells_and_the_matrix_goes_on(isolat
         def prune(self, model, task=None, progress=None):
             sys.exit(4)
 
+    class ExitingModule(torch.nn.Module):  # exits on batches larger than `above` sequences
+        def __init__(self, model, above):
+            super().__init__()
+            self.model, self.above = model, above
+
+        def forward(self, **inputs):
+            if inputs["input_ids"].shape[0] > self.above:
+                sys.exit(5)
+            return self.model(**inputs)
+
+    class ExitingForward(Accelerator):
+        """its module exits in the timed call (above = 0) or only in the accuracy pass (above = 1)"""
+        name = "exiting-forward"
+
+        def __init__(self, above: int = 0) -> None:
+            self.above = above
+
+        def prepare(self, model, example, settings) -> Prepared:
+            return Prepared(ExitingModule(copy.deepcopy(model).eval(), self.above), {})
+
     ACCELERATORS.register(ExitingPrepare, source="distribution 'x'")
+    ACCELERATORS.register(ExitingForward, source="distribution 'x'")
     PRUNERS.register(ExitingPrune, source="distribution 'x'")
     from profiler.results import read_results
     from tests.conftest import tiny_config
     from tests.faults_util import write_config
 
     cfg = tiny_config(pruners=[{"name": "none"}, {"name": "exiting-prune"}],
-                      accelerators=[{"name": "torch-fp32"}, {"name": "exiting-prepare"}],
+                      accelerators=[{"name": "torch-fp32"}, {"name": "exiting-prepare"},
+                                    {"name": "exiting-forward", "above": [0, 1]}],
                       matrix={"batch_size": [1], "seq_len": [16], "threads": [1]})
     assert main(["run", str(write_config(tmp_path / "c.toml", cfg)), "--output-dir", str(tmp_path / "runs")]) == 0
     (results,) = (tmp_path / "runs").glob("*/results.jsonl")
-    rows = {(r["pruner"], r["accelerator"]): r for r in read_results(results).rows}
-    assert len(rows) == 4 and rows["none", "torch-fp32"]["status"] == "ok"
+    all_rows = read_results(results).rows
+    rows = {(r["pruner"], r["accelerator"]): r for r in all_rows if r["accelerator"] != "exiting-forward"}
+    assert len(all_rows) == 8 and rows["none", "torch-fp32"]["status"] == "ok"
+    forward = {r["accelerator_params"]["above"]: r for r in all_rows
+               if r["accelerator"] == "exiting-forward" and r["pruner"] == "none"}
+    assert forward[0]["status"] == "failed" and "SystemExit(5) raised in accelerator 'exiting-forward'" in forward[0]["reason"]
+    assert "SystemExit(5) raised in the prepared module's forward (accuracy pass)" in str(forward[1].get("reason"))
     assert rows["none", "exiting-prepare"]["status"] == "failed"
     assert "SystemExit(3) raised in accelerator 'exiting-prepare' prepare()" in rows["none", "exiting-prepare"]["reason"]
     for acc in ("torch-fp32", "exiting-prepare"):

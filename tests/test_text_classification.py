@@ -182,7 +182,7 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
 @pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
                                   "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
                                   "unsupported-arch", "label-unseen-in-training", "truncated-weights",
-                                  "missing-shard", "tokenizer-of-another-model", "string-label-new-head",
+                                  "missing-shard", "index-without-weight-map", "tokenizer-of-another-model", "string-label-new-head",
                                   "score-label-new-head"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
@@ -216,6 +216,10 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
         (folder / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
         model, match = str(folder), "names the shard model-00001-of-00002.safetensors, which is not in the folder"
+    elif case == "index-without-weight-map":
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ("model.safetensors",))
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+        model, match = str(folder), r"index\.json cannot be read: it has no weight_map"
     elif case == "tokenizer-of-another-model":  # every cell would fail with an embedding index error
         folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
         cfg = json.loads((folder / "config.json").read_text())

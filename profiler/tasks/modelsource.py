@@ -64,8 +64,16 @@ def check_weight_files(folder: Path) -> None:
                              "(model.save_pretrained(folder))") from None
 
     def safetensors_header(path: Path) -> None:
+        with open(path, "rb"):  # the OS's own reason first: safetensors words a permission error as a missing file
+            pass
         with safe_open(str(path), "pt"):
             pass
+
+    def shard_names(path: Path) -> None:
+        weight_map = json.loads(path.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError("it has no weight_map (tensor name -> shard file)")
+        shards.update(map(str, weight_map.values()))
 
     def torch_zip(path: Path) -> None:
         with open(path, "rb"):
@@ -73,14 +81,14 @@ def check_weight_files(folder: Path) -> None:
         if not zipfile.is_zipfile(path):
             raise ValueError("not a zip archive, as torch.save writes")
 
+    shards: set[str] = set()
     for name, check in (("model.safetensors", safetensors_header), ("pytorch_model.bin", torch_zip)):
         if (folder / name).is_file():
             readable(folder / name, check)
             return
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            shards: set[str] = set()
-            readable(folder / index, lambda p: shards.update(json.loads(p.read_text(encoding="utf-8"))["weight_map"].values()))
+            readable(folder / index, shard_names)
             for shard in sorted(shards):
                 if not (folder / shard).is_file():
                     raise ValueError(f"model: {folder / index} names the shard {shard}, which is not in the folder")

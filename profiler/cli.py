@@ -402,6 +402,8 @@ def _write_page(write: Callable[[], Path]) -> int:
 def _no_results(run_dir: Path) -> str:
     """Why ``run_dir`` (a folder without a results file) cannot be read: a run stopped before its
     first cell finished (it has a manifest) is told how to go on."""
+    if (run_dir / RESULTS).is_symlink() and not (run_dir / RESULTS).exists():
+        return f"{run_dir / RESULTS} is a link to {os.readlink(run_dir / RESULTS)}, which does not exist"
     if not (run_dir / RESULTS).exists() and (run_dir / "manifest.json").is_file():
         return (f"{run_dir}: no cell has finished yet (the run stopped before its first result); "
                 f"go on with `sparsebench run --resume {run_dir}`")

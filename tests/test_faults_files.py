@@ -246,6 +246,12 @@ def test_report_names_a_results_folder_and_a_file_in_the_output_path(tmp_path, c
     (odd / "results.jsonl").mkdir(parents=True)
     assert main(["report", str(odd)]) == 2
     assert f"{odd / 'results.jsonl'} is not a file" in capsys.readouterr().err
+    dangling = tmp_path / "c"
+    dangling.mkdir()
+    (dangling / "manifest.json").write_text("{}")  # a run, whose results file links nowhere: not "no cell finished"
+    (dangling / "results.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    assert main(["report", str(dangling)]) == 2
+    assert f"{dangling / 'results.jsonl'} is a link to {tmp_path / 'gone.jsonl'}, which does not exist" in capsys.readouterr().err
 
 
 def test_results_file_that_is_a_directory_is_an_error(tmp_path):

@@ -287,7 +287,9 @@ def print_summary(run_dir: Path) -> None:
     df = add_savings(df)
     t = Table(title=f"sparsebench — {folder_name(run_dir)}")
     for c in ("pruner", "accelerator", "batch", "seq", "threads", "status", "accuracy", "p50 ms", "p90 ms", "J/inf (per seq)", "energy method", "latency ×", "× best dense"):
-        t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right")
+        # labels fold onto more lines rather than end in "…": cells of a sweep differ at their end
+        t.add_column(c, justify="left" if c in ("pruner", "accelerator", "status", "energy method") else "right",
+                     overflow="fold" if c in ("pruner", "accelerator") else "ellipsis")
     collapsed = collapsed_mask(df)
     for i, r in df.iterrows():
         ok = r["status"] == "ok"
@@ -298,7 +300,8 @@ def print_summary(run_dir: Path) -> None:
             fmt(r.get("latency_savings_vs_best_dense"), 2),
         )
     console = Console()
-    console.width = max(console.width, 130)  # a readable table beats a wrapped one
+    # a readable table beats a wrapped one; a log or a pipe has no width to keep to: labels whole there
+    console.width = max(console.width, 130 if console.is_terminal else 200)
     console.print(t)
     for i in df.index[collapsed]:
         console.print(f"{COLLAPSED_MARK} {df.at[i, 'label']} b{df.at[i, 'batch_size']}: {first_line(collapse_text(df.loc[i]), 200)} "

@@ -304,9 +304,9 @@ def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     key where one name stands for several tasks (:func:`task_names`), the kernel variant where the
     frame has several or one other than "auto". A group whose dense baseline collapsed, or has a
     metric ≤ 0 (no share of it is kept accuracy), gets a sentence saying so instead of a verdict.
-    Collapsed models are never a candidate; energy
-    factors say their method unless it is ``measured``. A group some of whose cells did not run
-    says how many and their status, since the verdict only covers what ran."""
+    Collapsed models are never a candidate; energy factors say their method unless it is
+    ``measured``. A group some of whose cells did not run says how many and their status, since the
+    verdict only covers what ran."""
     out: list[str] = []
     if df.empty or "latency_p50_s" not in df:
         return out

@@ -403,11 +403,12 @@ def check_matrix_fits_tasks(cfg: Config) -> None:
     for task_spec in cfg.tasks:
         task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         where = f"{task_spec.key} ({task_spec.label()})"
-        try:  # the dense model's cache key: a task plugin must give one before anything is trained
+        try:  # the run's task key and the dense model's cache key: a task plugin must give both before any work
             task.fingerprint()
+            task.model_fingerprint()
         except NotImplementedError:
             raise ConfigError(f"{where}: the task's fingerprint() is not implemented; a task returns what "
-                              "determines its dense model (the model cache key)") from None
+                              "determines its rows (the dense model and its evaluation data)") from None
         except (ValueError, OSError) as exc:  # e.g. a model or data file that cannot be read
             raise ConfigError(f"{where}: {exc}") from None
         positions = getattr(task, "max_positions", None)

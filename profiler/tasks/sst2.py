@@ -36,3 +36,8 @@ class SST2(GlueMiniLM):
             "seed": self.seed, "max_length": self.max_length, "train_rows": len(self.train_examples()),
             **self.precision_fingerprint(),
         }
+
+    def model_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint itself (the base class's default; text-classification's narrower key
+        reads fields this preset's fingerprint does not have): existing caches stay valid."""
+        return self.fingerprint()

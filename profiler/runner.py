@@ -529,13 +529,14 @@ class Runner:
             self._run_group(group, task, models, meter, idle, refs.get(key, []))
 
     def pruned(self, task: Task, dense: nn.Module, spec: PluginSpec) -> tuple[nn.Module, PruneReport]:
-        """The pruned model, from the cache (keyed by task fingerprint + pruner config) or pruned now;
+        """The pruned model, from the cache (keyed by the task's model fingerprint + pruner config) or pruned now;
         a resumable pruner (``Pruner.resumable``) checkpoints its training beside the cache entry
         (``<key>.partial.pt``, deleted once the model is stored) and goes on from there after a kill."""
         pruner = PRUNERS.build(spec.name, spec.params, spec.key)
         if spec.name == "none":
             return dense, pruner.prune(dense, task)
-        what = {"task": task.fingerprint(), "pruner": spec.canonical()}
+        # the dense model's key: editing what only evaluation reads (eval file, metric) prunes nothing again
+        what = {"task": task.model_fingerprint(), "pruner": spec.canonical()}
         if pruner.cache_version:
             what["pruner_version"] = pruner.cache_version
         data = pruner.data_fingerprint()

@@ -557,7 +557,7 @@ class TrainingPruner(Pruner):
         for name in inspect.signature(type(self).__init__).parameters:
             if name != "self":  # reprs without memory addresses: the same configuration in another process
                 params[name] = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(getattr(self, name, None)))
-        fingerprint = getattr(task, "fingerprint", None)
+        fingerprint = getattr(task, "model_fingerprint", None) or getattr(task, "fingerprint", None)
         what = {"pruner": f"{type(self).__module__}.{type(self).__qualname__}", "cache_version": self.cache_version,
                 "params": params, "resolved": self.resolved_settings(), "data": self.data_fingerprint(),
                 "task": fingerprint() if callable(fingerprint) else type(task).__qualname__,
@@ -631,7 +631,9 @@ class TrainingPruner(Pruner):
     @torch.no_grad()
     def _use_average(self, model: nn.Module, masks: MaskSet, average: AveragedModel, task: Any) -> dict[str, Any]:
         """Give ``model`` the averaged weights (masked weights stay exact zeros); what the report says of it,
-        with the task metric of the last weights. No step to average (``end_frac = 1``): weights unchanged."""
+        with the task metric of the last weights on the eval split as it was when the model was pruned
+        (a cached model keeps this note when only the eval file changes later). No step to average
+        (``end_frac = 1``): weights unchanged."""
         n = int(average.n_averaged)
         out: dict[str, Any] = {"decay": self.ema_decay, "from_step": self.end_step, "steps_averaged": n}
         if n == 0:

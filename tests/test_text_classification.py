@@ -505,3 +505,13 @@ def test_the_fine_tune_cache_key_leaves_out_what_only_evaluation_reads(tmp_path,
     a, b, c = task(), task(eval_file=str(other), metric="f1"), task(train_file=str(other))
     assert a.model_cache_path(tmp_path) == b.model_cache_path(tmp_path) != c.model_cache_path(tmp_path)
     assert len({stable_hash(t.fingerprint()) for t in (a, b, c)}) == 3
+    # the pruned models are keyed the same way: the second task finds the first one's in the cache
+    from profiler.config import PluginSpec, parse_config
+    from profiler.runner import Runner
+    from tests.conftest import tiny_config
+
+    runner = Runner(parse_config(tiny_config()), tmp_path / "run", cache_dir=tmp_path / "cache")
+    spec = PluginSpec("pruner", "magnitude", {"sparsity": 0.5}, "pruners[0]")
+    for t in (a, b):
+        runner.pruned(t, t.base_model(), spec)
+    assert len(list((tmp_path / "cache" / "pruned").iterdir())) == 1

@@ -32,8 +32,7 @@ from accelerators.peer_common import (
 #: has it (AVX512_BF16, AMX), as a user of OpenVINO INT8 gets them; forcing f32 there would make
 #: the peer slower than it is. The row's ``inference_precision`` reads back what ran.
 PRECISION_HINTS: dict[str, str | None] = {"fp32": "f32", "bf16": "bf16", "int8": None}
-#: ``precision``'s choices, made from the keys above so that the names are written once (a static type
-#: checker cannot read a computed Literal; the plugin registry, which checks configs, can). bf16 needs a
+#: ``precision``'s choices, made from the keys above (see profiler.registry.choices). bf16 needs a
 #: CPU with it: ``availability`` says so, the config stays valid on any machine
 Precision = Literal[tuple(PRECISION_HINTS)]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

@@ -37,8 +37,7 @@ Int8FormatChoice = Literal["auto", Int8Format]
 #: what can run a layer left dense (see :class:`SparseInt8`) -> what ``quant_scope`` adds for it
 DENSE_FALLBACK_SCOPE = {"torch-int8": "; layers left dense: torch dynamic INT8, activations per call",
                         "kernel-int8": "", "fp32": "; layers left dense: fp32"}
-#: ``dense_fallback``'s choices, made from the keys above so that the names are written once (a static type
-#: checker cannot read a computed Literal; the plugin registry, which checks configs, can)
+#: ``dense_fallback``'s choices, made from the keys above (see profiler.registry.choices)
 DenseFallback = Literal[tuple(DENSE_FALLBACK_SCOPE)]
 DENSE_FALLBACKS: tuple[str, ...] = get_args(DenseFallback)
 

@@ -129,7 +129,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _resume_command(run_dir: Path, args: argparse.Namespace) -> str:
     """The command that continues ``run_dir``: with the --address and --cache-dir this run was
-    given (the manifest keeps the config, not where the models and checkpoints are cached)."""
+    given (a resume finds the model cache in the manifest; the hint names it to be explicit)."""
     extra = [*(["--address", args.address] if args.address else []),
              *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])]
     return shlex.join(["sparsebench", "run", "--resume", str(run_dir), *extra])

@@ -125,7 +125,7 @@ class Registry(Generic[T]):
         plus ``"range"`` (e.g. ``"[0, 1)"``) where the parameter declares one, ``"choices"`` where its
         annotation is a ``Literal`` (e.g. ``["machine", "process"]``), and ``"when_omitted"``
         where the class says what an omitted (None) parameter means (its ``when_omitted`` dict),
-        ``type`` as written in the annotation (unannotated: the type taken from the default, ``"bool"``,
+        ``type`` as written in the annotation (a ``Literal``: its values' type; unannotated: the type taken from the default, ``"bool"``,
         ``"number"`` or ``"str"``, with ``"type_from_default": true``; else ``"any"``), ``default`` made
         JSON-able (tuples as lists, other objects as their ``repr``), ``None`` when ``required``.
         Raises ConfigError for an unknown name.
@@ -247,7 +247,11 @@ def matches(value: Any, hint: Any) -> bool:
 
 def choices(hint: Any) -> tuple | None:
     """The values a ``Literal[...]`` annotation allows (also inside ``X | None``: None is then
-    allowed too, as the annotation says), or None where the annotation declares no choices."""
+    allowed too, as the annotation says), or None where the annotation declares no choices.
+
+    A plugin whose choices are the keys of a table (``Literal[tuple(TABLE)]``) writes the names
+    once: a static type checker cannot read such a computed Literal, this function can, and the
+    config check is what needs it."""
     if typing.get_origin(hint) is typing.Literal:
         return typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

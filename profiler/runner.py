@@ -131,6 +131,9 @@ def read_run_json(path: Path) -> Any:
 #: manifest key: task key -> hash of the task's fingerprint (model files, data files, parameters)
 #: when the run started, so that a resume or an export notices inputs changed since
 TASK_FINGERPRINTS = "task_fingerprints"
+#: prefix of those hashes since model folders are fingerprinted by content: a run recorded before
+#: (by file sizes and times) cannot be compared, and is told so rather than that its inputs changed
+FINGERPRINT_FORMAT = "content"
 
 
 def build_task(spec: PluginSpec) -> Task:
@@ -139,13 +142,13 @@ def build_task(spec: PluginSpec) -> Task:
 
 
 def task_fingerprints(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, str]:
-    """Task key -> :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()`` (model folder's
-    and data files' sha256, parameters) of the task ``build`` gives; a task that
+    """Task key -> ``content:`` + :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()``
+    (model folder's and data files' sha256, parameters) of the task ``build`` gives; a task that
     cannot be built is left out (its cells fail with the reason)."""
     out = {}
     for spec in cfg.tasks:
         try:
-            out[spec.key] = stable_hash(build(spec).fingerprint())
+            out[spec.key] = f"{FINGERPRINT_FORMAT}:{stable_hash(build(spec).fingerprint())}"
         except Exception:
             continue
     return out
@@ -162,6 +165,10 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
         return
     labels = {spec.key: f"{spec.key} ({spec.label()})" for spec in cfg.tasks}
     changed = [labels[k] for k, h in task_fingerprints(cfg, build).items() if k in stored and stored[k] != h]
+    if changed and not all(str(stored[k]).startswith(f"{FINGERPRINT_FORMAT}:") for k in stored):
+        raise ConfigError(f"{what}: {run_dir} recorded its tasks' inputs as an older sparsebench did (model folders by "
+                          "file sizes and times, not content), which cannot be compared with today's record: start "
+                          "a new run")
     if changed:
         raise ConfigError(f"{what}: the model folder, data files or parameters of task {', '.join(changed)} changed "
                           f"since {run_dir} started (its rows were measured on the old ones): restore them, or start a "

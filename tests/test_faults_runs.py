@@ -328,6 +328,12 @@ def test_resume_and_export_refuse_inputs_changed_since_the_run_started(tmp_path,
     with pytest.raises(ConfigError, match="changed since"):
         export_cell(run_dir, cell.cell_id, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # a run recorded by an older sparsebench (model folders by sizes and times) is told so, not "changed"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["task_fingerprints"] = {k: v.split(":")[-1] for k, v in manifest["task_fingerprints"].items()}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="recorded its tasks' inputs as an older sparsebench did"):
+        Runner(cfg, run_dir).run()
 
 
 def test_an_unrunnable_kernel_variant_variable_is_a_setup_problem_not_a_config_error(tmp_path):

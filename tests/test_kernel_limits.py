@@ -130,10 +130,10 @@ def test_omp_thread_limit_lowers_the_bound():
     assert "ValueError threads must be in [1, 1], got 2" in r.stdout
 
 
-def test_a_refused_thread_count_no_longer_ends_the_process_under_a_memory_limit():
-    """The review's repro: 1,024 threads, each with its own stack, under a tight address-space
-    limit. libgomp printed "Thread creation failed" and exited with status 1; now the count is a
-    ValueError, and thread_limit()'s count (at most 8 here) still runs in that limit."""
+def test_a_thread_count_past_the_limit_is_refused_under_a_memory_limit_not_fatal():
+    """1,024 threads, each with its own stack, under a tight address-space limit: refused with a
+    ValueError instead of libgomp exiting the process ("Thread creation failed"), while
+    thread_limit()'s count still runs in that limit."""
     if sk.thread_limit() >= 1024:
         pytest.skip("1024 threads are within this machine's limit")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)

@@ -30,7 +30,8 @@ def minilm_path() -> Path:
 
 
 def check_model_folder(folder: Path) -> None:
-    """ValueError unless ``folder`` holds a config, weights and a tokenizer (naming what is missing)."""
+    """ValueError unless ``folder`` holds a config, weights and a tokenizer (naming what is missing)
+    and its weights can be read whole (:func:`check_weight_files`)."""
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")

@@ -24,8 +24,7 @@ from pruners.augment import check_text_source
 
 #: metric name -> True when it scores a regression head (one output), False for classification
 METRICS: dict[str, bool] = {"accuracy": False, "f1": False, "matthews": False, "pearson": True, "spearman": True}
-#: ``text-classification``'s ``metric`` choices, made from the keys above so that the names are written once
-#: (a static type checker cannot read a computed Literal; the plugin registry, which checks configs, can)
+#: ``text-classification``'s ``metric`` choices, made from the keys above (see profiler.registry.choices)
 Metric = Literal[tuple(METRICS)]
 
 

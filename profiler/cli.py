@@ -253,31 +253,13 @@ def resume_executor(run_dir: Path, given: str | None) -> str:
     return stored
 
 
-def recorded_cache_dir(manifest: Any) -> Path | None:
-    """The model cache a run was started with: its manifest's ``cache_dir`` (absolute), else, for a
-    run whose manifest lacks it, the ``--cache-dir`` of its recorded command line (``argv``; a
-    relative one taken from here); None when neither says."""
-    if not isinstance(manifest, dict):
-        return None
-    if isinstance(manifest.get("cache_dir"), str) and manifest["cache_dir"]:
-        return Path(manifest["cache_dir"])
-    argv = manifest.get("argv")
-    argv = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
-    for i, arg in enumerate(argv):
-        if arg == "--cache-dir" and i + 1 < len(argv) and argv[i + 1]:
-            return Path(argv[i + 1])
-        if arg.startswith("--cache-dir=") and arg.removeprefix("--cache-dir="):
-            return Path(arg.removeprefix("--cache-dir="))
-    return None
-
-
 def resume_cache_dir(run_dir: Path, given: str | None) -> str | None:
     """The model cache a resumed run uses. Its remaining cells must prune the dense model its finished
     cells used: another cache would fine-tune a new one, which can differ. So without ``--cache-dir``,
-    the cache the run recorded (:func:`recorded_cache_dir`) while it still exists, said in a note when
+    the cache the run recorded (:func:`profiler.runner.recorded_cache_dir`) while it still exists, said in a note when
     the default ($SPARSEBENCH_CACHE or ~/.cache/sparsebench) is another; a ``--cache-dir`` given is
     used, with a warning naming both when the run recorded another. None: the default."""
-    from profiler.runner import MANIFEST, read_run_json
+    from profiler.runner import MANIFEST, read_run_json, recorded_cache_dir
     from profiler.tasks.base import default_cache_dir
 
     recorded = recorded_cache_dir(read_run_json(run_dir / MANIFEST))

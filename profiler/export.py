@@ -88,7 +88,8 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
     from profiler.rundir import check_new_folder, check_writable
-    from profiler.runner import Runner, check_inputs_unchanged, load_run_config
+    from profiler.runner import (MANIFEST, Runner, check_inputs_unchanged, load_run_config, read_run_json,
+                                 recorded_cache_dir)
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -103,6 +104,9 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     check_inputs_unchanged(cfg, run_dir, "RUN_DIR")
     check_new_folder(out, "--out")
     task = TASKS.build(cell.task.name, cell.task.params, cell.task.key)
+    if cache_dir is None:  # the run's own models, where it recorded them and they are still there
+        recorded = recorded_cache_dir(read_run_json(Path(run_dir) / MANIFEST))
+        cache_dir = recorded if recorded is not None and recorded.is_dir() else None
     runner = Runner(cfg, run_dir, cache_dir=cache_dir)
     existed = out.is_dir()  # an empty folder the user made: emptied, not removed, if the export fails
     check_writable(out, "--out")  # creates it otherwise: removed below if the export fails
@@ -150,7 +154,8 @@ def add_parser(sub: Any, path_type: Callable[[str], str]) -> None:
     e.add_argument("--cell", required=True, metavar="CELL_ID", help="cell id (or a unique prefix) from results.jsonl")
     e.add_argument("--out", required=True, metavar="DIR", type=path_type, help="new (or empty) output folder")
     e.add_argument("--format", default="transformers", choices=FORMATS, help="also write ONNX or OpenVINO IR")
-    e.add_argument("--cache-dir", type=path_type, help="fine-tuned/pruned model cache (default: $SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
+    e.add_argument("--cache-dir", type=path_type, help="fine-tuned/pruned model cache (default: the one the run recorded, while it exists; else "
+                                                        "$SPARSEBENCH_CACHE or ~/.cache/sparsebench)")
     e.set_defaults(func=cmd_export)
 
 

@@ -175,6 +175,24 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
                           "new run")
 
 
+def recorded_cache_dir(manifest: Any) -> Path | None:
+    """The model cache a run was started with: its manifest's ``cache_dir`` (absolute), else, for a
+    run whose manifest lacks it, the ``--cache-dir`` of its recorded command line (``argv``; a
+    relative one taken from here); None when neither says."""
+    if not isinstance(manifest, dict):
+        return None
+    if isinstance(manifest.get("cache_dir"), str) and manifest["cache_dir"]:
+        return Path(manifest["cache_dir"])
+    argv = manifest.get("argv")
+    argv = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+    for i, arg in enumerate(argv):
+        if arg == "--cache-dir" and i + 1 < len(argv) and argv[i + 1]:
+            return Path(argv[i + 1])
+        if arg.startswith("--cache-dir=") and arg.removeprefix("--cache-dir="):
+            return Path(arg.removeprefix("--cache-dir="))
+    return None
+
+
 def load_run_config(run_dir: Path, what: str = "--resume") -> Config:
     """The validated config stored in ``run_dir/manifest.json`` (for ``--resume``; ``what`` names the
     argument that gave ``run_dir`` in the messages). Raises ConfigError."""

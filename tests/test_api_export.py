@@ -205,6 +205,17 @@ def test_export_round_trip_identical_logits_and_zero_counts(profiled, tmp_path):
         assert model(**batch).logits.shape == dense(**batch).logits.shape == (2, 1)
 
 
+def test_export_without_cache_dir_uses_the_models_the_run_recorded(profiled, tmp_path, monkeypatch):
+    """Without --cache-dir, export takes the run's own model cache (its manifest says where), not
+    the default one, where it would fine-tune and prune the model again."""
+    root, df = profiled
+    default = tmp_path / "default-cache"
+    monkeypatch.setenv("SPARSEBENCH_CACHE", str(default))
+    cell = df[(df["pruner"] == "magnitude") & (df["accelerator"] == "sparse-cpu")]["cell_id"].iloc[0]
+    assert main(["export", str(root / "run"), "--cell", cell, "--out", str(tmp_path / "exported")]) == 0
+    assert not default.exists() or not any(default.rglob("*.safetensors"))
+
+
 def test_export_unknown_cell_is_a_clear_error(profiled, tmp_path, capsys):
     root, _ = profiled
     assert main(["export", str(root / "run"), "--cell", "zzzz", "--out", str(tmp_path / "o")]) == 2

@@ -131,6 +131,9 @@ def read_run_json(path: Path) -> Any:
 #: manifest key: task key -> hash of the task's fingerprint (model files, data files, parameters)
 #: when the run started, so that a resume or an export notices inputs changed since
 TASK_FINGERPRINTS = "task_fingerprints"
+#: manifest key: task key -> the fingerprint itself (file names -> digests, parameters), so that a
+#: refused resume can say which input changed
+TASK_INPUTS = "task_inputs"
 #: prefix of those hashes since model folders are fingerprinted by content: a run recorded before
 #: (by file sizes and times) cannot be compared, and is told so rather than that its inputs changed
 FINGERPRINT_FORMAT = "content"
@@ -145,13 +148,35 @@ def task_fingerprints(cfg: Config, build: Callable[[PluginSpec], Task] = build_t
     """Task key -> ``content:`` + :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()``
     (model folder's and data files' sha256, parameters) of the task ``build`` gives; a task that
     cannot be built is left out (its cells fail with the reason)."""
+    return {k: f"{FINGERPRINT_FORMAT}:{stable_hash(f)}" for k, f in _task_inputs(cfg, build).items()}
+
+
+def _task_inputs(cfg: Config, build: Callable[[PluginSpec], Task]) -> dict[str, Any]:
+    """Task key -> ``Task.fingerprint()`` made JSON (what :func:`task_fingerprints` hashes)."""
     out = {}
     for spec in cfg.tasks:
         try:
-            out[spec.key] = f"{FINGERPRINT_FORMAT}:{stable_hash(build(spec).fingerprint())}"
+            out[spec.key] = json.loads(json.dumps(build(spec).fingerprint(), sort_keys=True, default=str))
         except Exception:
             continue
     return out
+
+
+def task_records(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, Any]:
+    """The manifest's record of the tasks' inputs: :data:`TASK_FINGERPRINTS` (compared on resume and
+    export) and :data:`TASK_INPUTS` (what a refusal names)."""
+    inputs = _task_inputs(cfg, build)
+    return {TASK_FINGERPRINTS: {k: f"{FINGERPRINT_FORMAT}:{stable_hash(f)}" for k, f in inputs.items()},
+            TASK_INPUTS: inputs}
+
+
+def changed_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two fingerprints (``model_files.config.json``,
+    ``data.eval``, ``steps``), added and removed ones included."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [name for k in sorted(set(old) | set(new), key=str)
+                for name in changed_inputs(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
 def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
@@ -170,7 +195,12 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
                           "file sizes and times, not content), which cannot be compared with today's record: start "
                           "a new run")
     if changed:
-        raise ConfigError(f"{what}: the model folder, data files or parameters of task {', '.join(changed)} changed "
+        recorded, now = manifest.get(TASK_INPUTS), _task_inputs(cfg, build)
+        which = ""
+        if isinstance(recorded, dict):
+            names = [n for k in sorted(now) if k in recorded for n in changed_inputs(recorded[k], now[k])]
+            which = f" ({', '.join(names[:6])}{', …' if len(names) > 6 else ''})" if names else ""
+        raise ConfigError(f"{what}: the model folder, data files or parameters of task {', '.join(changed)} changed{which} "
                           f"since {run_dir} started (its rows were measured on the old ones): restore them, or start a "
                           "new run")
 
@@ -435,7 +465,7 @@ class Runner:
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
-                             TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.task),
+                             **task_records(self.cfg, self.task),
                              # absolute, as --cache-dir or SPARSEBENCH_CACHE gave it: --resume goes on with it
                              "cache_dir": str(self.cache_dir.resolve())})
             write_run_file(man_path, manifest)

@@ -322,10 +322,10 @@ def test_resume_and_export_refuse_inputs_changed_since_the_run_started(tmp_path,
     assert json.loads((run_dir / "manifest.json").read_text())["task_fingerprints"]
     Runner(cfg, run_dir).run()  # unchanged inputs: resumes
     data.write_text(data.read_text().replace(",1\n", ",0\n"))
-    with pytest.raises(ConfigError, match="data files or parameters of task .* changed since"):
+    with pytest.raises(ConfigError, match=r"data files or parameters of task .* changed \(data\.eval\) since"):
         Runner(cfg, run_dir).run()
     (cell,) = expand(cfg)
-    with pytest.raises(ConfigError, match="changed since"):
+    with pytest.raises(ConfigError, match=r"changed \(data\.eval\) since"):
         export_cell(run_dir, cell.cell_id, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # a run recorded by an older sparsebench (model folders by sizes and times) is told so, not "changed"
@@ -347,3 +347,13 @@ def test_an_unrunnable_kernel_variant_variable_is_a_setup_problem_not_a_config_e
     r = subprocess.run([sys.executable, "-m", "profiler.cli", "run", str(cfg), "--output-dir", str(tmp_path / "runs")],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "sparsebench: cannot run: SPARSEBENCH_KERNEL_VARIANT=bogus" in r.stderr, r.stderr
+
+
+def test_changed_inputs_names_each_entry_that_differs():
+    from profiler.runner import changed_inputs
+
+    old = {"model_files": {"config.json": "a", "model.safetensors": "b"}, "data": {"eval": "c"}, "steps": 1}
+    new = {"model_files": {"config.json": "a", "model.safetensors": "B", "extra.txt": "x"}, "data": {"eval": "c"},
+           "steps": 2}
+    assert changed_inputs(old, new) == ["model_files.extra.txt", "model_files.model.safetensors", "steps"]
+    assert changed_inputs(old, old) == []

@@ -48,9 +48,9 @@ from profiler.hardware import software_versions
 from profiler.identity import stable_hash
 from profiler.results import NO_LIVE_NODE, Result, append_result, cells_to_run, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
-from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, TASK_FINGERPRINTS, Reporter, Runner, RunDirLock, base_row,
+from profiler.runner import (HARDWARE, IDLE_POWER, MANIFEST, Reporter, Runner, RunDirLock, base_row,
                              check_inputs_unchanged, interleave_key, known_metrics, manifest_base, read_idle_power,
-                             read_run_json, references_to_retime, task_fingerprints, write_run_file)
+                             read_run_json, references_to_retime, task_records, write_run_file)
 from profiler.targets import (TARGET_LABEL, Target, TargetWatch, dead_only_targets, default_targets, live_targets,
                               resolve_targets)
 
@@ -263,7 +263,7 @@ class RayExecutor:
                          "targets": {name: tr.target.selector for name, tr in self.runs.items()},
                          # the models are built here, on the driver: a resume reuses this cache
                          "cache_dir": str(self.builder.cache_dir.resolve()),
-                         TASK_FINGERPRINTS: task_fingerprints(self.cfg, self.builder.task)})
+                         **task_records(self.cfg, self.builder.task)})
         write_run_file(path, manifest)
 
     def _open_target(self, tr: TargetRun) -> None:

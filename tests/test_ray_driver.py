@@ -199,7 +199,7 @@ def test_a_resume_refuses_a_task_whose_data_changed_since_the_run_started(tmp_pa
 
     monkeypatch.setattr(ray_driver, "connect", no_cluster)
     data.write_text(data.read_text().replace(",1\n", ",0\n"))
-    with pytest.raises(ConfigError, match="--resume: the model folder, data files or parameters of task .* changed \(data\.eval\) since"):
+    with pytest.raises(ConfigError, match=r"--resume: the model folder, data files or parameters of task .* changed \(data\.eval\) since"):
         RayExecutor(cfg).prepare(resume_dir=tmp_path / "run")
 
 

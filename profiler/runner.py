@@ -144,15 +144,9 @@ def build_task(spec: PluginSpec) -> Task:
     return TASKS.build(spec.name, spec.params, spec.key)
 
 
-def task_fingerprints(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, str]:
-    """Task key -> ``content:`` + :func:`~profiler.identity.stable_hash` of ``Task.fingerprint()``
-    (model folder's and data files' sha256, parameters) of the task ``build`` gives; a task that
-    cannot be built is left out (its cells fail with the reason)."""
-    return {k: f"{FINGERPRINT_FORMAT}:{stable_hash(f)}" for k, f in _task_inputs(cfg, build).items()}
-
-
 def _task_inputs(cfg: Config, build: Callable[[PluginSpec], Task]) -> dict[str, Any]:
-    """Task key -> ``Task.fingerprint()`` made JSON (what :func:`task_fingerprints` hashes)."""
+    """Task key -> ``Task.fingerprint()`` made JSON, of the task ``build`` gives; a task that
+    cannot be built is left out (its cells fail with the reason)."""
     out = {}
     for spec in cfg.tasks:
         try:
@@ -163,8 +157,10 @@ def _task_inputs(cfg: Config, build: Callable[[PluginSpec], Task]) -> dict[str, 
 
 
 def task_records(cfg: Config, build: Callable[[PluginSpec], Task] = build_task) -> dict[str, Any]:
-    """The manifest's record of the tasks' inputs: :data:`TASK_FINGERPRINTS` (compared on resume and
-    export) and :data:`TASK_INPUTS` (what a refusal names)."""
+    """The manifest's record of the tasks' inputs: :data:`TASK_FINGERPRINTS` (task key -> ``content:``
+    + :func:`~profiler.identity.stable_hash` of the fingerprint: model folder's and data files'
+    sha256, parameters; compared on resume and export) and :data:`TASK_INPUTS` (the fingerprints
+    themselves: what a refusal names)."""
     inputs = _task_inputs(cfg, build)
     return {TASK_FINGERPRINTS: {k: f"{FINGERPRINT_FORMAT}:{stable_hash(f)}" for k, f in inputs.items()},
             TASK_INPUTS: inputs}
@@ -189,16 +185,17 @@ def check_inputs_unchanged(cfg: Config, run_dir: Path, what: str,
     if not isinstance(stored, dict):
         return
     labels = {spec.key: f"{spec.key} ({spec.label()})" for spec in cfg.tasks}
-    changed = [labels[k] for k, h in task_fingerprints(cfg, build).items() if k in stored and stored[k] != h]
+    now = task_records(cfg, build)  # every task built once
+    changed = [labels[k] for k, h in now[TASK_FINGERPRINTS].items() if k in stored and stored[k] != h]
     if changed and not all(str(stored[k]).startswith(f"{FINGERPRINT_FORMAT}:") for k in stored):
         raise ConfigError(f"{what}: {run_dir} recorded its tasks' inputs as an older sparsebench did (model folders by "
                           "file sizes and times, not content), which cannot be compared with today's record: start "
                           "a new run")
     if changed:
-        recorded, now = manifest.get(TASK_INPUTS), _task_inputs(cfg, build)
+        recorded, inputs = manifest.get(TASK_INPUTS), now[TASK_INPUTS]
         which = ""
         if isinstance(recorded, dict):
-            names = [n for k in sorted(now) if k in recorded for n in changed_inputs(recorded[k], now[k])]
+            names = [n for k in sorted(inputs) if k in recorded for n in changed_inputs(recorded[k], inputs[k])]
             which = f" ({', '.join(names[:6])}{', …' if len(names) > 6 else ''})" if names else ""
         raise ConfigError(f"{what}: the model folder, data files or parameters of task {', '.join(changed)} changed{which} "
                           f"since {run_dir} started (its rows were measured on the old ones): restore them, or start a "

@@ -58,6 +58,8 @@ def check_weight_files(folder: Path) -> None:
 
     def readable(path: Path, check) -> None:
         try:
+            with open(path, "rb"):  # the OS's own reason first: safetensors words a permission error as a missing file
+                pass
             check(path)
         except Exception as exc:  # SafetensorError, OSError, JSON and zip errors alike: name the file
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
@@ -65,8 +67,6 @@ def check_weight_files(folder: Path) -> None:
                              "(model.save_pretrained(folder))") from None
 
     def safetensors_header(path: Path) -> None:
-        with open(path, "rb"):  # the OS's own reason first: safetensors words a permission error as a missing file
-            pass
         with safe_open(str(path), "pt"):
             pass
 
@@ -77,8 +77,6 @@ def check_weight_files(folder: Path) -> None:
         shards.update(map(str, weight_map.values()))
 
     def torch_zip(path: Path) -> None:
-        with open(path, "rb"):
-            pass
         if not zipfile.is_zipfile(path):
             raise ValueError("not a zip archive, as torch.save writes")
 

@@ -278,12 +278,11 @@ class OBSPruner(TrainingPruner):
 
     name = "obs"
 
-    @property
-    def cache_version(self) -> int:  # type: ignore[override]
-        """1 for gradual N:M (its update steps became those where the masks can change, which moves
-        training's dropout stream and learning-rate restarts: models cached before are stale); 0
-        otherwise, so the caches of the unchanged structures stay valid."""
-        return 1 if self.structure.kind == "nm" and self.steps > 0 else 0
+    #: 2: an indefinite Fisher block (float32 round-off where the block is rank-deficient) is now
+    #: projected to eigenvalues >= λ instead of pseudo-inverted, which can change the saliencies of any
+    #: structure and no setting predicts which blocks fail Cholesky; 1 was gradual N:M's update steps
+    #: becoming the steps where masks can change. Models cached before either are stale.
+    cache_version = 2
 
     @training_params(distill=True)
     def __init__(

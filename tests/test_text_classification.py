@@ -182,7 +182,8 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
 @pytest.mark.parametrize("case", ["no-weights", "no-tokenizer", "missing-column", "label-range", "regression-metric",
                                   "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
                                   "unsupported-arch", "label-unseen-in-training", "truncated-weights",
-                                  "missing-shard", "index-without-weight-map", "tokenizer-of-another-model", "string-label-new-head",
+                                  "missing-shard", "index-without-weight-map", "tokenizer-of-another-model", "config-of-another-size",
+                                  "more-layers-than-saved", "more-layers-than-saved-new-head", "string-label-new-head",
                                   "score-label-new-head"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
@@ -221,10 +222,28 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
         model, match = str(folder), r"index\.json cannot be read: it has no weight_map"
     elif case == "tokenizer-of-another-model":  # every cell would fail with an embedding index error
+        from transformers import AutoTokenizer
+
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        tok = AutoTokenizer.from_pretrained(folder)
+        tok.add_tokens([f"word{i}" for i in range(40)])
+        tok.save_pretrained(folder)
+        model, match = str(folder), r"has \d+ tokens, but the model's word embedding has \d+ rows"
+    elif case == "config-of-another-size":  # transformers would refuse only when the first cell loads it
         folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**cfg, "vocab_size": 5}))
-        model, match = str(folder), r"has \d+ tokens, but the model's word embedding has 5 rows"
+        model, match = str(folder), r"do not fit its config.json: 1 tensor\(s\) of another shape, e.g. bert.embeddings.word_embeddings.weight \[\d+, 40\] \(config: \[5, 40\]\)"
+    elif case in ("more-layers-than-saved", "more-layers-than-saved-new-head"):
+        # transformers would start the third layer at random, without a word
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["num_hidden_layers"] = 3
+        if case.endswith("new-head"):
+            cfg["architectures"] = ["BertModel"]
+            kw.update(train_file=kw["eval_file"], finetune_steps=1)
+        (folder / "config.json").write_text(json.dumps(cfg))
+        model, match = str(folder), r"describes \d+ tensor\(s\) its weights lack .* e.g. bert.encoder.layer.2."
     elif case in ("string-label-new-head", "score-label-new-head"):
         folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
         cfg = json.loads((folder / "config.json").read_text())
@@ -515,3 +534,24 @@ def test_the_fine_tune_cache_key_leaves_out_what_only_evaluation_reads(tmp_path,
     for t in (a, b):
         runner.pruned(t, t.base_model(), spec)
     assert len(list((tmp_path / "cache" / "pruned").iterdir())) == 1
+
+
+def test_an_encoder_tensor_the_weights_lack_fails_the_load_where_no_header_told_it(tmp_path, model_dirs, data_dir,
+                                                                                   monkeypatch):
+    """``.bin`` weights have no header to check at config time: the new-head load itself refuses
+    an encoder left at random (here the safetensors header check is switched off to stand in)."""
+    from profiler.tasks import modelsource
+
+    folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3, "architectures": ["BertModel"]}))
+    monkeypatch.setattr(modelsource, "saved_tensor_shapes", lambda folder: None)
+    task = TextClassification(model=str(folder), eval_file=str(data_dir / "reviews.csv"), train_file=str(data_dir / "reviews.csv"),
+                              text_column="review", label_column="stars", finetune_steps=1)
+    with pytest.raises(RuntimeError, match=r"its weights lack \d+ tensor\(s\) of the encoder .* e.g. bert.encoder.layer.2."):
+        task.base_model()
+    cfg_ok = {**cfg, "architectures": ["BertModel"]}  # the new head (and pooler) alone may be missing
+    (folder / "config.json").write_text(json.dumps(cfg_ok))
+    ok = TextClassification(model=str(folder), eval_file=str(data_dir / "reviews.csv"), train_file=str(data_dir / "reviews.csv"),
+                            text_column="review", label_column="stars", finetune_steps=1)
+    assert ok.base_model().classifier.out_features == 2

@@ -95,6 +95,74 @@ def check_weight_files(folder: Path) -> None:
             return
 
 
+def saved_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Name -> shape of every tensor in the folder's safetensors weights (one file or the shards its
+    index names), read from the headers without loading a tensor; None for ``pytorch_model.bin``
+    weights (a pickle: no shapes without loading it). Assumes :func:`check_weight_files` passed."""
+    import json
+
+    from safetensors import safe_open
+
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "model.safetensors.index.json").is_file():
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        files = [folder / f for f in sorted(set(map(str, index["weight_map"].values())))]
+    else:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def must_load(key: str, base_model_prefix: str, has_head: bool) -> bool:
+    """Whether the classification model's tensor ``key`` has to come from the saved weights: all of
+    them for a model with its head; without one, the encoder's (under ``base_model_prefix``), but
+    not the new head's nor BERT's pooler, which fine-tuning trains from scratch."""
+    if has_head:
+        return True
+    prefix = base_model_prefix + "."
+    return key.startswith(prefix) and not key[len(prefix):].startswith("pooler.")
+
+
+def check_weights_match_config(folder: Path, config, has_head: bool) -> None:
+    """ValueError when the saved weights do not fit the model ``config.json`` describes: a tensor
+    whose shape differs (a ``vocab_size`` or ``hidden_size`` edited or copied from another model),
+    or tensors of the encoder the weights lack (``num_hidden_layers`` above what was saved), which
+    transformers would otherwise initialise at random without a word. The new head's tensors (and
+    BERT's pooler, which it trains too) may be absent when the model has no head (``has_head``
+    False). Shapes come from the safetensors headers (:func:`saved_tensor_shapes`); ``.bin``
+    weights are left to the strict load. The model is built on the meta device: no memory, no
+    weights initialised."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    saved = saved_tensor_shapes(folder)
+    if saved is None:
+        return
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    prefix = model.base_model_prefix + "."
+    # a base model's checkpoint names its tensors without the prefix the classification model adds
+    base = dict(model.base_model.named_parameters())
+    saved = {(prefix + k if k in base and not k.startswith(prefix) else k): v for k, v in saved.items()}
+    # parameters only: a buffer the weights lack is rebuilt from the config, never left at random
+    expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    wrong = [f"{k} {list(saved[k])} (config: {list(v)})" for k, v in expected.items() if k in saved and saved[k] != v]
+    if wrong:
+        raise ValueError(f"model: the weights in {folder} do not fit its config.json: {len(wrong)} tensor(s) of "
+                         f"another shape, e.g. {'; '.join(wrong[:3])}; save the model and its config together "
+                         "(model.save_pretrained(folder))")
+    missing = [k for k in expected if k not in saved and must_load(k, model.base_model_prefix, has_head)]
+    if missing:
+        raise ValueError(f"model: config.json in {folder} describes {len(missing)} tensor(s) its weights lack "
+                         f"(transformers would initialise them at random), e.g. {', '.join(missing[:3])}; check "
+                         "num_hidden_layers and the architecture, or save the model again (model.save_pretrained(folder))")
+
+
 def _hub_reachable() -> bool:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=HUB_PROBE_TIMEOUT_S).close()

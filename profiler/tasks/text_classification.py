@@ -147,6 +147,7 @@ class TextClassification(Task):
                              "to train one, or give a fine-tuned model")
         else:  # a new head: the config's label names (transformers' LABEL_0, LABEL_1 defaults) name none of its classes
             self.label2id = {}
+        modelsource.check_weights_match_config(self.model_path, config, self.has_head)
         self._check_vocabulary(config)
 
     def _check_vocabulary(self, config) -> None:
@@ -247,11 +248,17 @@ class TextClassification(Task):
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=self.num_labels,
-                                                                       **extra)
-            return model.float()  # as load_saved
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                self.model_path, num_labels=self.num_labels, output_loading_info=True, **extra)
         finally:
             logging.set_verbosity(verbosity)
+        # .bin weights skip the config-time shape check: an encoder tensor left at random fails here
+        random = sorted(k for k in info.get("missing_keys", ()) if modelsource.must_load(k, model.base_model_prefix, False))
+        if random:
+            raise RuntimeError(f"model {self.model_path}: its weights lack {len(random)} tensor(s) of the encoder "
+                               f"config.json describes, e.g. {', '.join(random[:3])}; transformers would leave "
+                               "them at random (check num_hidden_layers, or save the model again)")
+        return model.float()  # as load_saved
 
     def _encode(self, split: str) -> list[Example]:
         return self._tokenize(*self._raw[split])

@@ -81,7 +81,8 @@ def _about(kind: str, path: Path) -> str:
     try:
         if kind == "finetuned":
             meta = json.loads((path / "sparsebench_task.json").read_text())
-            steps = (meta.get("training") or {}).get("steps")
+            # a model used as given is stored with "training": null
+            steps = 0 if "training" in meta and meta["training"] is None else (meta.get("training") or {}).get("steps")
             tuned = ([f"{steps:,} fine-tuning steps" if steps else "as given, not fine-tuned"]
                      if isinstance(steps, int) else [])
             return ", ".join([" / ".join(str(meta[k]) for k in ("task", "model") if meta.get(k))] + tuned)

@@ -3,7 +3,8 @@
 A competing process ruins CPU latency far beyond its share: OpenMP workers wait at every
 operator for a descheduled thread, so one busy process on a small machine can multiply a
 multi-threaded model's latency many times over. Each row therefore records the average number of
-CPUs other processes kept busy while it was timed.
+CPUs other processes kept busy while it was timed, on the CPUs the run may use (all of them unless
+it is pinned).
 """
 from __future__ import annotations
 
@@ -18,26 +19,40 @@ BUSY_LIMIT_CPUS = 0.2
 @dataclass(frozen=True)
 class CpuSnapshot:
     t_s: float
-    machine_busy_s: float | None  # CPU-seconds all processes spent busy (None where /proc/stat is absent)
+    machine_busy_s: float | None  # CPU-seconds all processes spent busy on the CPUs this process may use (None: unknown)
     own_s: float  # CPU-seconds of this process
 
 
-def _machine_busy_s(path: str = "/proc/stat") -> float | None:
+def _busy_s(cpus: frozenset[int] | None = None, path: str = "/proc/stat") -> float | None:
+    """CPU-seconds all processes spent busy on ``cpus`` (the ``cpuN`` lines of ``/proc/stat``; None =
+    the machine's total ``cpu`` line); None where the file, or a line of one of ``cpus``, is absent.
+    Busy = user + nice + system + irq + softirq + steal (not idle, not iowait)."""
     try:
         with open(path) as f:
-            fields = f.readline().split()
+            lines = [ln.split() for ln in f if ln.startswith("cpu")]
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
+    want = {"cpu"} if cpus is None else {f"cpu{c}" for c in cpus}
+    rows = [ln for ln in lines if ln and ln[0] in want]
+    if len(rows) != len(want):
         return None
-    v = [int(x) for x in fields[1:]]
-    busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system + irq softirq steal (not idle, iowait)
+    busy = sum(int(r[1]) + int(r[2]) + int(r[3]) + sum(map(int, r[6:9])) for r in rows)
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpus() -> frozenset[int] | None:
+    """The CPUs this process may run on when pinned to fewer than all of them (taskset, a cpuset):
+    work on the others cannot slow it and is not counted; None = every CPU (read the total line)."""
+    try:
+        mine = frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    return None if len(mine) >= (os.cpu_count() or len(mine)) else mine
 
 
 def snapshot() -> CpuSnapshot:
     t = os.times()
-    return CpuSnapshot(time.monotonic(), _machine_busy_s(), t.user + t.system)
+    return CpuSnapshot(time.monotonic(), _busy_s(_own_cpus()), t.user + t.system)
 
 
 def other_busy_cpus(before: CpuSnapshot, after: CpuSnapshot) -> float | None:

@@ -151,11 +151,14 @@ def test_a_kind_folder_that_cannot_be_read_is_a_warning_and_the_rest_is_listed(t
     assert out.err.startswith(f"sparsebench: warning: {cache / 'pruned'}: cannot be read (")
 
 
-def test_a_dense_entry_used_as_given_is_not_called_fine_tuned(tmp_path):
+@pytest.mark.parametrize("training", [None, {"steps": 0}])  # None: what Task.load_finetuned writes for 0 steps
+def test_a_dense_entry_used_as_given_is_not_called_fine_tuned(tmp_path, training):
     from profiler.cache import _about
 
     entry = tmp_path / "t-abc"
     entry.mkdir()
     (entry / "sparsebench_task.json").write_text(json.dumps({"task": "text-classification", "model": "m",
-                                                            "training": {"steps": 0}}))
+                                                            "training": training}))
     assert _about("finetuned", entry) == "text-classification / m, as given, not fine-tuned"
+    (entry / "sparsebench_task.json").write_text(json.dumps({"task": "text-classification", "model": "m"}))
+    assert _about("finetuned", entry) == "text-classification / m"  # an entry that does not say

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from profiler.contention import CpuSnapshot, other_busy_cpus, snapshot
@@ -19,3 +21,30 @@ def test_unknown_or_empty_windows_give_none_never_a_division_by_zero():
 def test_real_snapshot_is_sane():
     s = snapshot()
     assert s.own_s >= 0 and (s.machine_busy_s is None or s.machine_busy_s > 0)
+
+
+def test_busy_time_counts_only_the_cpus_the_run_may_use(tmp_path):
+    """A process pinned to CPU 0 is not slowed by a busy CPU 1: only its own CPUs' lines count."""
+    from profiler.contention import _busy_s
+
+    stat = tmp_path / "stat"
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice (clock ticks)
+    stat.write_text("cpu  1100 0 100 800 50 0 0 0 0 0\n"
+                    "cpu0 100 0 50 700 50 0 0 0 0 0\n"
+                    "cpu1 1000 0 50 100 0 0 0 0 0 0\n"
+                    "intr 1 2 3\n")
+    tick = os.sysconf("SC_CLK_TCK")
+    assert _busy_s(None, str(stat)) == pytest.approx(1200 / tick)
+    assert _busy_s(frozenset({0}), str(stat)) == pytest.approx(150 / tick)
+    assert _busy_s(frozenset({0, 1}), str(stat)) == pytest.approx(1200 / tick)
+    assert _busy_s(frozenset({7}), str(stat)) is None  # a CPU the file does not list: unknown, not 0
+
+
+def test_a_pinned_process_reads_its_own_cpus(monkeypatch):
+    import profiler.contention as c
+
+    monkeypatch.setattr(c.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(c.os, "cpu_count", lambda: 2)
+    assert c._own_cpus() == frozenset({0})
+    monkeypatch.setattr(c.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert c._own_cpus() is None

@@ -31,7 +31,9 @@ def test_roles_pick_only_encoder_linears(tiny):
 def test_magnitude_exact_sparsity(tiny, scope, sparsity):
     task, model = tiny
     m = copy.deepcopy(model)
+    before = {n: lin.weight.detach().clone() for n, lin in prunable_linears(model).items()}
     rep = MagnitudePruner(sparsity=sparsity, scope=scope).prune(m, task)
+    _assert_smallest_groups_were_pruned(before, prunable_linears(m), (1, 1), scope)
     expected = sum(round(sparsity * w.weight.numel()) for w in prunable_linears(m).values()) if scope == "layer" else round(sparsity * rep.prunable_numel)
     assert rep.prunable_zeros == expected
     if scope == "layer":
@@ -40,6 +42,36 @@ def test_magnitude_exact_sparsity(tiny, scope, sparsity):
     # untouched parts keep every weight
     assert torch.equal(m.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
     assert torch.equal(m.classifier.weight, model.classifier.weight)
+
+
+def _assert_smallest_groups_were_pruned(before: dict[str, torch.Tensor], after: dict, block: tuple[int, int],
+                                       scope: str) -> None:
+    """Every pruned group (a ``block`` = rows x cols of weights, all zero after pruning) had an L1
+    norm of its weights before pruning no larger than every kept group's, within the pruner's
+    ranking scope: each layer alone (``"layer"``) or all layers together (``"global"``)."""
+    r, c = block
+    pruned, kept = {}, {}
+    for n, w0 in before.items():
+        l1 = w0.abs().reshape(w0.shape[0] // r, r, w0.shape[1] // c, c).sum(dim=(1, 3))
+        w = after[n].weight.detach()
+        gone = (w.reshape(w.shape[0] // r, r, w.shape[1] // c, c) == 0).all(dim=3).all(dim=1)
+        pruned[n], kept[n] = l1[gone], l1[~gone]
+    if scope == "global":
+        pruned = {"all layers": torch.cat(list(pruned.values()))}
+        kept = {"all layers": torch.cat(list(kept.values()))}
+    for n, p in pruned.items():
+        if p.numel() and kept[n].numel():
+            assert p.max() <= kept[n].min(), f"{n}: a pruned group's L1 {p.max():.4g} > a kept one's {kept[n].min():.4g}"
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_1x4_blocks_drop_the_lowest_l1_blocks(tiny, scope):
+    task, model = tiny
+    m = copy.deepcopy(model)
+    before = {n: lin.weight.detach().clone() for n, lin in prunable_linears(model).items()}
+    rep = MagnitudePruner(sparsity=0.5, scope=scope, structure="1x4").prune(m, task)
+    assert rep.prunable_zeros > 0
+    _assert_smallest_groups_were_pruned(before, prunable_linears(m), (1, 4), scope)
 
 
 def test_magnitude_ties_are_broken_exactly():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import shutil
 import socket
 import sys
@@ -249,8 +250,10 @@ def test_a_ray_address_ray_cannot_parse_from_the_environment_fails_cleanly(confi
     assert _no_run_dir(tmp_path)
 
 
-def _serve_once(reply: bytes):
-    """A loopback TCP server that answers its first connection with ``reply``; its address."""
+def _serve_once(reply: bytes, received: "queue.Queue[bytes | None] | None" = None):
+    """A loopback TCP server that answers its first connection with ``reply``; its address.
+    ``received``: gets the client's first bytes (at most 64; b"" when it closed without a word, None
+    when the connection failed), once the server is done."""
     import threading
 
     srv = socket.socket()
@@ -259,10 +262,13 @@ def _serve_once(reply: bytes):
 
     def answer():
         conn, _ = srv.accept()
+        got = None
         with conn, contextlib.suppress(OSError):  # a client that closes without a word
-            conn.recv(64)
+            got = conn.recv(64)
             conn.sendall(reply)
         srv.close()
+        if received is not None:
+            received.put(got)
 
     threading.Thread(target=answer, daemon=True).start()
     return f"127.0.0.1:{srv.getsockname()[1]}"
@@ -280,7 +286,13 @@ def test_a_port_that_is_not_a_ray_head_fails_in_seconds_not_minutes():
 
 
 def test_a_cluster_with_tls_is_not_sent_a_plaintext_preface(monkeypatch):
-    from profiler.executors.ray_cluster import check_reachable
+    from profiler.executors.ray_cluster import HTTP2_PREFACE, check_reachable
 
+    tls_alert = b"\x15\x03\x03\x00\x02\x02\x46"
+    received: queue.Queue[bytes | None] = queue.Queue()
+    monkeypatch.setenv("RAY_USE_TLS", "0")  # without TLS the server sees the preface: what is recorded is what was sent
+    check_reachable(_serve_once(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]), received))
+    assert received.get(timeout=10) == HTTP2_PREFACE
     monkeypatch.setenv("RAY_USE_TLS", "1")
-    check_reachable(_serve_once(b"\x15\x03\x03\x00\x02\x02\x46"))  # a TLS alert: no verdict on it
+    check_reachable(_serve_once(tls_alert, received))  # a TLS alert: no verdict on it
+    assert received.get(timeout=10) == b""  # connected and closed: no plaintext HTTP/2 preface on a TLS port

@@ -1,6 +1,7 @@
 """Edges of the user's data files and the API's rows: quoted line breaks, raw U+2028 in JSONL,
-duplicated columns, leading blank lines, and labels that are NaN, inf or booleans. Each is read as
-Python's csv / json modules read it, or refused with the file, the line or row, and the column."""
+duplicated columns, leading blank lines, blank texts, labels that are NaN, inf or booleans, byte-order
+marks and ``~`` in their paths. Each is read as Python's csv / json modules read it, or refused with
+the file, the line or row, and the column."""
 from __future__ import annotations
 
 import csv
@@ -183,6 +184,11 @@ def test_profile_refuses_bytes_text_before_anything_is_written(tmp_path):
     (2, "d.jsonl", '{"text": "good movie", "label": true}\n', r"d\.jsonl: label True \(line 1\) is not a class index"),
     (2, "d.csv", "text,label,label\ngood movie,1,0\n",
      r"d\.csv line 1: the header names column 'label' more than once"),
+    # a text left out would be scored as an example of special tokens only
+    (2, "d.csv", "text,label\ngood movie,1\n,0\n", r"d\.csv: text_column 'text' \(line 3\) is empty"),
+    (2, "d.tsv", "text\tlabel\ngood movie\t1\n \t0\n", r"d\.tsv: text_column 'text' \(line 3\) is empty"),
+    (2, "d.jsonl", '{"text": "good movie", "label": 1}\n{"text": " \\t", "label": 0}\n',
+     r"d\.jsonl: text_column 'text' \(line 2\) is empty"),
 ])
 def test_bad_labels_and_columns_are_a_config_error_exit_2(tmp_path, capsys, num_labels, name, text, match):
     from profiler.cli import main
@@ -219,3 +225,59 @@ def test_a_text_source_keeps_a_line_separator_inside_its_line(tmp_path):
     path = tmp_path / "source.txt"
     path.write_text("a good\u2028movie\r\nbad plot\n\nbad plot\n", encoding="utf-8")
     assert unlabeled_texts(str(path)) == ["a good\u2028movie", "bad plot"]
+
+
+def test_the_packaged_glue_sets_hold_no_blank_text():
+    """Blank texts are refused; the packaged train/dev splits (the quickstart's data) must still load."""
+    from profiler.tasks.textdata import GLUE, check_columns, packaged_glue_dir, parse_texts
+
+    for name, preset in GLUE.items():
+        for split in ("train", "dev"):
+            path = packaged_glue_dir(name) / f"{split}.tsv"
+            rows = read_rows(path)
+            for key, column in (("text_column", preset.text_column), ("text_pair_column", preset.text_pair_column)):
+                if column:
+                    check_columns(rows, [column], str(path))
+                    assert all(parse_texts([r[column] for r in rows], key, column, str(path), row_lines(rows)))
+
+
+def test_a_text_source_drops_its_byte_order_mark(tmp_path):
+    """As a data file's: str.strip() keeps a U+FEFF, which would start the first distillation text."""
+    from profiler.tasks.textdata import unlabeled_pairs, unlabeled_texts
+
+    path = tmp_path / "source.txt"
+    path.write_bytes(b"\xef\xbb\xbfgood movie\r\nbad plot\r\n")
+    assert unlabeled_texts(str(path)) == ["good movie", "bad plot"]
+    path.write_bytes(b"\xef\xbb\xbfgood movie\ta fine film\n")
+    assert unlabeled_pairs(str(path)) == [("good movie", "a fine film")]
+
+
+def test_a_tilde_is_expanded_in_every_path_parameter(tmp_path, monkeypatch):
+    """``~`` names the home folder in each path parameter, not only in ``model``; the stored value
+    is the full path (another ``$HOME`` would read another folder), whether or not it exists."""
+    from profiler.config import PATH_PARAMS, absolute_paths, load_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    save_tiny_model(home / "m", "bert")
+    _write(home / "d.csv", "text,label\ngood movie,1\nbad plot,0\n")
+    _write(home / "extra.txt", "fine\n")
+    raw = {"tasks": [{"name": "text-classification", "model": "~/m", "eval_file": "~/d.csv",
+                      "train_file": ["~/d.csv", "~/gone.csv"], "data_dir": "~/glue"}],
+           "pruners": [{"name": "gmp", "distill_text": ["sst2", "~/extra.txt"]}]}
+    out = absolute_paths(raw)
+    assert out["tasks"][0] == {"name": "text-classification", "model": str(home / "m"), "eval_file": str(home / "d.csv"),
+                               "train_file": [str(home / "d.csv"), str(home / "gone.csv")],
+                               "data_dir": str(home / "glue")}
+    assert out["pruners"][0]["distill_text"] == ["sst2", str(home / "extra.txt")]
+    assert set(PATH_PARAMS) <= set(out["tasks"][0]) | set(out["pruners"][0])  # every path parameter was tried
+    # without a ~ nothing changes: an absolute path, a hub id, a name with a ~ inside it
+    plain = {"tasks": [{"name": "text-classification", "model": "org/m~1", "eval_file": str(home / "d.csv"),
+                        "train_file": "a~/b.csv"}]}
+    assert absolute_paths(plain) == plain
+    config = _write(tmp_path / "c.toml", '[[tasks]]\nname = "text-classification"\nmodel = "~/m"\n'
+                    'eval_file = "~/d.csv"\n[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n')
+    params = load_config(config).tasks[0].params  # used to fail: "data file ~/d.csv does not exist"
+    assert (params["model"], params["eval_file"]) == (str(home / "m"), str(home / "d.csv"))

@@ -184,7 +184,9 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
                                   "unsupported-arch", "label-unseen-in-training", "truncated-weights",
                                   "missing-shard", "index-without-weight-map", "tokenizer-of-another-model", "config-of-another-size",
                                   "more-layers-than-saved", "more-layers-than-saved-new-head", "string-label-new-head",
-                                  "score-label-new-head"])
+                                  "score-label-new-head", "damaged-tokenizer-json", "config-not-json",
+                                  "config-num-labels-a-string", "vocab-without-unk", "data-dir-without-glue",
+                                  "blank-text"])
 def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, tmp_path, monkeypatch):
     model, kw = str(model_dirs["bert"]), {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review",
                                            "label_column": "stars"}
@@ -254,6 +256,26 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
                                   "finetune_steps": 1}
         # the saved config's default LABEL_0 / LABEL_1 are not offered as this new head's classes
         match = r"is not a class index \(0, 1, \.\.\.; the model's config names no labels\): a new head .* metric = \"pearson\""
+    elif case == "damaged-tokenizer-json":  # json's own message names no file
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        (folder / "tokenizer.json").write_text("")
+        model, match = str(folder), (r"^model: .*m: cannot read its tokenizer files \(tokenizer\.json, vocab\.txt.*\) "
+                                     r"\(JSONDecodeError: Expecting value")
+    elif case in ("config-not-json", "config-num-labels-a-string"):
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text("{" if case == "config-not-json" else json.dumps({**cfg, "num_labels": "2"}))
+        why = "OSError" if case == "config-not-json" else "TypeError: 'str' object cannot be interpreted as an integer"
+        model, match = str(folder), rf"^model: .*m: cannot read its config\.json \({why}"
+    elif case == "vocab-without-unk":  # loads, then fails on every text: every cell would fail alike
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ("tokenizer.json",))
+        (folder / "vocab.txt").write_text("")
+        model, match = str(folder), r"^model: the tokenizer in .*m cannot tokenize the first text of .*reviews\.csv .*\[UNK\]"
+    elif case == "data-dir-without-glue":  # ignored, it would still change the cell ids
+        kw["data_dir"], match = str(tmp_path), r"^data_dir: applies to glue only"
+    elif case == "blank-text":  # a field left out would be scored as [CLS] [SEP]
+        write_csv(tmp_path / "e.csv", ["review", "stars"], [("good film", 1), ("  ", 0)])
+        kw["eval_file"], match = str(tmp_path / "e.csv"), r"e\.csv: text_column 'review' \(line 3\) is empty"
     elif case == "regression-metric":
         kw["metric"], match = "spearman", "needs a regression head"
     elif case == "empty-file":
@@ -281,6 +303,33 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
         model, match = str(folder), "unsupported architecture 'gpt2'; supported: bert, roberta"
     with pytest.raises(ValueError, match=match):
         TextClassification(model=model, **kw)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("tokenizer.json", r"m: cannot read its tokenizer files \(tokenizer\.json"),
+    ("config.json", r"m: cannot read its config\.json \(TypeError"),
+])
+def test_a_damaged_model_file_is_the_folders_fault_not_a_failed_construction(tmp_path, model_dirs, data_dir, damage,
+                                                                             match, capsys):
+    """The registry words an error that is not a ValueError as a plugin's bug ("failed to construct");
+    a model folder's file that cannot be read is the config's, named with its folder."""
+    from profiler.cli import main
+
+    folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+    if damage == "tokenizer.json":
+        (folder / damage).write_text("")
+    else:
+        (folder / damage).write_text(json.dumps({**json.loads((folder / damage).read_text()), "num_labels": "2"}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[tasks]]\nname = "text-classification"\nmodel = "{folder}"\n'
+                   f'eval_file = "{data_dir / "reviews.csv"}"\ntext_column = "review"\nlabel_column = "stars"\n'
+                   '[[pruners]]\nname = "none"\n[[accelerators]]\nname = "torch-fp32"\n')
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid config: tasks[0]: model: " in err and "failed to construct" not in err
+    import re
+    assert re.search(match, err), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_task_fails_config_validation_and_writes_nothing(tmp_path, model_dirs):

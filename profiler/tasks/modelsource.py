@@ -15,6 +15,8 @@ from accelerators.roles import ROLE_MAPS, SUPPORTED_ARCHITECTURES
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+#: what a tokenizer may read besides TOKENIZER_FILES (named when a load fails)
+TOKENIZER_EXTRA_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 #: seconds to wait for the hub before calling it unreachable
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -43,6 +45,11 @@ def check_model_folder(folder: Path) -> None:
         raise ValueError(f"model folder {folder} has no {', '.join(missing)}; save it with "
                          "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
     check_weight_files(folder)
+
+
+def tokenizer_files(folder: Path) -> list[str]:
+    """The names of the tokenizer's files (:data:`TOKENIZER_FILES`, :data:`TOKENIZER_EXTRA_FILES`) that ``folder`` holds."""
+    return [f for f in TOKENIZER_FILES + TOKENIZER_EXTRA_FILES if (folder / f).is_file()]
 
 
 def check_weight_files(folder: Path) -> None:

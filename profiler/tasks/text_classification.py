@@ -41,7 +41,8 @@ class TextClassification(Task):
         finetune_steps: 0 = use the model as given (it must have its classification head);
             otherwise fine-tune (AdamW, linear warm-up/decay) and cache the result.
         finetune_batch_size, finetune_lr, seed, max_length: fine-tuning and tokenization.
-        data_dir: folder with the GLUE ``train.tsv``/``dev.tsv``; default: the packaged copy.
+        data_dir: folder with the GLUE ``train.tsv``/``dev.tsv``; default: the packaged copy. Only
+            with ``glue`` (ValueError otherwise).
         finetune_precision: ``auto`` (bf16 autocast with fp32 master weights where the CPU has
             native bf16, else fp32), ``fp32`` or ``bf16``; see :mod:`pruners.training`.
     """
@@ -82,6 +83,7 @@ class TextClassification(Task):
         self.model_path = modelsource.resolve_model(model)
         self._check_model(metric_given=metric is not None or glue is not None)
         self._read_data()
+        self._check_tokenizes()
 
     # ---- construction-time checks -------------------------------------------------------------
     def _data_source(self, glue: str | None, train_file: str | None, eval_file: str | None, data_dir: str | None,
@@ -100,6 +102,9 @@ class TextClassification(Task):
             p = textdata.GLUE[glue]
             self.text_column, self.text_pair_column, self.label_column = p.text_column, p.text_pair_column, p.label_column
             return
+        if data_dir is not None:  # it would be ignored, yet still change the cell ids
+            raise ValueError("data_dir: applies to glue only (the folder of its train.tsv/dev.tsv); "
+                             "use train_file/eval_file for your own files")
         if not eval_file:
             raise ValueError(f"give glue = {' | '.join(map(repr, textdata.GLUE))}, or eval_file (and train_file to fine-tune)")
         self.train_path = Path(train_file) if train_file else None
@@ -124,7 +129,11 @@ class TextClassification(Task):
     def _check_model(self, metric_given: bool = True) -> None:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(self.model_path)
+        try:
+            config = AutoConfig.from_pretrained(self.model_path)
+        except Exception as exc:  # bad JSON, a "num_labels": "2" (TypeError), no model_type: the folder's fault
+            raise ValueError(f"model: {self.model_path}: cannot read its config.json ({type(exc).__name__}: {exc}); "
+                             "save it again (model.save_pretrained(folder))") from None
         self.model_type = modelsource.check_architecture(config)
         self.has_head = modelsource.has_classification_head(config)
         self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
@@ -148,6 +157,12 @@ class TextClassification(Task):
         else:  # a new head: the config's label names (transformers' LABEL_0, LABEL_1 defaults) name none of its classes
             self.label2id = {}
         modelsource.check_weights_match_config(self.model_path, config, self.has_head)
+        try:
+            _ = self.tokenizer  # its first load: a damaged tokenizer.json is a JSONDecodeError naming no file
+        except Exception as exc:
+            files = ", ".join(modelsource.tokenizer_files(self.model_path)) or "none found"
+            raise ValueError(f"model: {self.model_path}: cannot read its tokenizer files ({files}) "
+                             f"({type(exc).__name__}: {exc}); save them again (tokenizer.save_pretrained(folder))") from None
         self._check_vocabulary(config)
 
     def _check_vocabulary(self, config) -> None:
@@ -158,6 +173,17 @@ class TextClassification(Task):
             raise ValueError(f"model: the tokenizer in {self.model_path} has {len(self.tokenizer)} tokens, but the "
                              f"model's word embedding has {vocab} rows (config vocab_size): save the tokenizer the "
                              "model was trained with (tokenizer.save_pretrained(folder))")
+
+    def _check_tokenizes(self) -> None:
+        """ValueError naming the model folder when its tokenizer cannot tokenize the first eval example
+        (a vocab.txt without ``[UNK]`` loads, then fails on every text): every cell would fail alike."""
+        texts, pairs, labels = self._raw["eval"]
+        try:
+            self._tokenize(texts[:1], pairs[:1] if pairs is not None else None, labels[:1])
+        except Exception as exc:
+            raise ValueError(f"model: the tokenizer in {self.model_path} cannot tokenize the first text of "
+                             f"{self.eval_path} ({type(exc).__name__}: {exc}); save the tokenizer the model was "
+                             "trained with (tokenizer.save_pretrained(folder))") from None
 
     def _read_data(self) -> None:
         """Read, check and keep the raw rows (texts and parsed labels); tokenized lazily."""

@@ -165,9 +165,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _source_lines(source: str) -> list[str]:
     """The lines of the ``.txt`` text source ``source`` (ended by ``\n``, ``\r\n`` or ``\r``: a U+2028 or
-    U+0085 inside a line stays in its text, as in a data file); ValueError when it is not UTF-8."""
+    U+0085 inside a line stays in its text, as in a data file; a leading byte-order mark dropped, as
+    :func:`read_rows` drops it); ValueError when it is not UTF-8."""
     try:
-        return Path(source).read_text(encoding="utf-8").split("\n")  # read_text made \r\n and \r into \n
+        # utf-8-sig: str.strip() keeps a U+FEFF, which would start the first text
+        return Path(source).read_text(encoding="utf-8-sig").split("\n")  # read_text made \r\n and \r into \n
     except UnicodeDecodeError as exc:
         raise ValueError(f"text source {source}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
 
@@ -236,12 +238,17 @@ def parse_texts(values: list[Any], key: str, column: str, where: str, lines: lis
     """The texts of column ``column`` (the task's ``key``: ``text_column`` or ``text_pair_column``),
     stripped. A JSONL value must be a string: null, a number, a boolean, a list or an object is a
     ValueError naming ``where``, the line (``lines[i]``, the file's) or else the row (from 1) and the column, since its ``str()`` (``"None"``,
-    ``"['a', 'b']"``) would be scored as if it were the example's text. CSV / TSV fields are strings."""
+    ``"['a', 'b']"``) would be scored as if it were the example's text. CSV / TSV fields are strings.
+    An empty or whitespace-only text is a ValueError named the same way: it would be scored as an
+    example of special tokens only (a field left out, as ``,1`` in a CSV)."""
     out: list[str] = []
     for i, v in enumerate(values):
         if not isinstance(v, str):
             raise ValueError(f"{where}: {key} {column!r} ({_at(i, lines)}) holds {describe_value(v)}, not text; every "
                              "value of a text column must be a string")
+        if not v.strip():
+            raise ValueError(f"{where}: {key} {column!r} ({_at(i, lines)}) is empty; every example needs its text "
+                             "(fill it in or drop the row)")
         out.append(v.strip())
     return out
 

@@ -213,8 +213,8 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
         if args.output_dir:
             cfg.output_dir = args.output_dir
         executor = args.executor or "local"
-    if args.address and executor != "ray":
-        raise ConfigError("--address: applies to --executor ray only")
+    if args.address and executor != "ray":  # a resumed local run (a new run's flags: resume_flag_problem)
+        raise ConfigError(f"--address: applies to --executor ray only; {run_dir} was run with --executor {executor}")
     preflight(cfg, args.cache_dir, check_meter=executor == "local", resume_dir=run_dir if args.resume else None)
     if not args.resume and (note := missing_baseline_note(cfg)):
         print(f"sparsebench: note: {note}", file=sys.stderr)
@@ -311,7 +311,8 @@ def _report_run(run_dir: Path) -> int:
 
 def resume_flag_problem(args: argparse.Namespace) -> str | None:
     """Why the flags given to ``run`` do not fit together (None when they do): a resumed run
-    takes its config and run directory from RUN_DIR, and only a resumed run has failed cells."""
+    takes its config and run directory from RUN_DIR, only a resumed run has failed cells, and
+    ``--address`` goes with ``--executor ray``. Checked before anything is read."""
     if args.resume and args.config:
         return "give either CONFIG or --resume RUN_DIR (a resumed run uses the config stored in it)"
     if args.resume and args.output_dir:
@@ -320,6 +321,9 @@ def resume_flag_problem(args: argparse.Namespace) -> str | None:
         return "--retry-failed applies to --resume RUN_DIR only"
     if getattr(args, "address", None) is not None and not args.address.strip():  # "--address=" would mean "auto"
         return "--address: empty; give the head's HOST:PORT, or leave the flag out to find the cluster (RAY_ADDRESS)"
+    if getattr(args, "address", None) is not None and args.executor != "ray" and not (args.resume and not args.executor):
+        # a resumed run without --executor uses the one it was started with: _prepare_run checks that one
+        return "--address: applies to --executor ray only"
     return None
 
 

@@ -172,6 +172,39 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+#: pruner parameters whose list is a set: its order changes nothing that is pruned (a role picks
+#: layers, :func:`pruners.base.validate_roles`), so two cells apart only in it are one cell
+UNORDERED_PRUNER_PARAMS = ("roles",)
+
+
+def _comparable(v: Any) -> Any:
+    """``v`` in a form where values that set a plugin up the same way compare equal: ``0`` and ``0.0``
+    (TOML reads a number without a point as an integer), a table's keys in any order; ``True``
+    stays apart from ``1``. Only for refusing duplicates: ids and cache keys hash ``v`` as written."""
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _comparable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_comparable(x) for x in v)
+    try:
+        hash(v)
+    except TypeError:  # an API caller's object (an array ...): told apart as the cell id tells it, by str()
+        return ("str", str(v))
+    return v
+
+
+def _sameness(spec: PluginSpec) -> Any:
+    """What tells ``spec`` from another spec of its section (:func:`_comparable` of its params, a
+    pruner's :data:`UNORDERED_PRUNER_PARAMS` as sets)."""
+    params = dict(spec.params)
+    if spec.kind == PRUNERS.kind:
+        for p in UNORDERED_PRUNER_PARAMS:
+            if isinstance(params.get(p), list):
+                params[p] = sorted(params[p], key=repr)
+    return spec.name, _comparable(params)
+
+
 def _is_list_param(registry: Registry, name: str, param: str) -> bool:
     ann = str(registry.params(name)[param].annotation)
     return any(t in ann.lower() for t in ("list", "tuple", "sequence"))
@@ -204,6 +237,12 @@ def _plugins(registry: Registry, raw: Any, key: str) -> list[PluginSpec]:
         for p in sweep_keys:
             if not params[p]:
                 raise ConfigError(f"{k}.{p}: an empty sweep; give a value or a non-empty list")
+            values = [_comparable(v) for v in params[p]]
+            twice = next(((a, b) for i, (a, cmp_a) in enumerate(zip(params[p], values))
+                          for b, cmp_b in zip(params[p][i + 1:], values[i + 1:]) if cmp_a == cmp_b), None)
+            if twice:  # 0 and 0.0 too: one model, pruned (or trained) twice under two cell ids
+                raise ConfigError(f"{k}.{p}: the sweep lists the same value twice ({twice[0]!r} and {twice[1]!r}); "
+                                  "each cell must be unique")
         for values in itertools.product(*(params[p] for p in sweep_keys)) if sweep_keys else [()]:
             concrete = {**params, **dict(zip(sweep_keys, values))}
             registry.build(name, concrete, k)  # validates every value now, before any work
@@ -343,15 +382,18 @@ def parse_config(raw: dict[str, Any]) -> Config:
         training_threads=training_threads,
     )
     for section in ("tasks", "pruners", "accelerators"):
-        seen: dict[str, str] = {}
+        seen: dict[Any, PluginSpec] = {}
         for spec in getattr(cfg, section):
-            h = stable_hash(spec.canonical())
-            if h in seen and seen[h] == spec.key:  # one table's sweep expanded to the same values twice
+            h = _sameness(spec)
+            if h in seen and seen[h].key == spec.key:  # one table's sweep expanded to the same values twice
                 raise ConfigError(f"{spec.key}: a swept parameter lists the same value twice ({spec.label()}); "
                                   "each cell must be unique")
             if h in seen:
-                raise ConfigError(f"{spec.key}: duplicates {seen[h]} ({spec.label()}); each cell must be unique")
-            seen[h] = spec.key
+                same = seen[h]
+                how = "" if stable_hash(same.canonical()) == stable_hash(spec.canonical()) else (
+                    f" is {same.label()} written another way: 0 and 0.0 are one value, roles one set in any order")
+                raise ConfigError(f"{spec.key}: duplicates {same.key} ({spec.label()}{how}); each cell must be unique")
+            seen[h] = spec
     _check_text_sources(cfg)
     return cfg
 
@@ -467,12 +509,18 @@ PATH_PARAMS = ("model", "train_file", "eval_file", "data_dir", "distill_text")
 def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with every relative local path of :data:`PATH_PARAMS` in its task and pruner tables
     made absolute against the working directory (what it was read against), so that the run's
-    manifest, its cell ids and ``--resume`` from another folder name the same files. A value that
-    names nothing on disk (a hub id, a packaged GLUE set, a missing file for the checks to report)
-    stays as written; sweeps (lists) are handled value by value."""
+    manifest, its cell ids and ``--resume`` from another folder name the same files. A leading
+    ``~`` (``~user``) is expanded first, whether or not the path exists: the stored path names one
+    folder, whoever's ``$HOME`` a resume runs under, and a missing file is reported by its full path. Any other
+    value that names nothing on disk (a hub id, a packaged GLUE set, a missing file for the checks
+    to report) stays as written; sweeps (lists) are handled value by value."""
+    from os.path import expanduser
+
     def fix(key: str, value: Any) -> Any:
         if isinstance(value, list):
             return [fix(key, v) for v in value]
+        if isinstance(value, str) and value.startswith("~"):
+            value = expanduser(value)  # unchanged for an unknown ~user: left to the checks to report
         if key == "distill_text" and isinstance(value, str) and not value.lower().endswith(".txt"):
             return value  # a packaged set's name, even where a folder of that name exists
         if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():

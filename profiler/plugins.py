@@ -93,14 +93,14 @@ def _registry_for(obj: Any) -> Registry | None:
 def load_entry_point(ep: Any) -> str | None:
     """Register the plugin class one entry point names; return ``None``, or why it was skipped.
 
-    Never raises for a broken plugin: import errors, non-plugin objects, name clashes and classes
-    the registry refuses (a constructor parameter called ``name``) come back as one sentence naming
-    the distribution and the entry point.
+    Never raises for a broken plugin: import errors (``sys.exit()`` at import included), non-plugin
+    objects, name clashes and classes the registry refuses (a constructor parameter called
+    ``name``) come back as one sentence naming the distribution and the entry point.
     """
     origin = _origin(ep)
     try:
         obj = ep.load()
-    except Exception as e:  # any import-time error of someone else's package
+    except (Exception, SystemExit) as e:  # any import-time error of someone else's package, sys.exit() too
         return f"{ENTRY_POINT_GROUP}: {origin} failed to load: {type(e).__name__}: {e}"
     registry = _registry_for(obj)
     if registry is None:

@@ -26,7 +26,7 @@ __all__ = ["ALL_ROLES", "ROLE_PATTERNS", "NoPruner", "Progress", "PruneReport", 
 
 def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
     """Return ``roles`` as a tuple; ValueError naming the valid roles if one is unknown, none is
-    given, or ``roles`` is one string (a list of names is expected: ``["attn_q"]``)."""
+    given, one is given twice, or ``roles`` is one string (a list of names is expected: ``["attn_q"]``)."""
     if isinstance(roles, str):
         raise ValueError(f"roles must be a list of role names, got the string {roles!r}; e.g. [{roles!r}]; "
                          f"valid roles: {', '.join(ALL_ROLES)}")
@@ -34,6 +34,9 @@ def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
     bad = [r for r in roles if r not in ROLE_PATTERNS]
     if bad or not roles:
         raise ValueError(f"roles {list(bad) or '[]'} invalid; valid roles: {', '.join(ALL_ROLES)}")
+    twice = sorted({r for r in roles if roles.count(r) > 1}, key=ALL_ROLES.index)
+    if twice:  # the same layers: only the cell id and the pruned-model cache key would differ
+        raise ValueError(f"roles: {', '.join(twice)} given twice in {list(roles)}; list each role once")
     return roles
 
 

@@ -10,6 +10,7 @@ import json
 import numbers
 import operator
 import re
+import reprlib
 import shutil
 import tempfile
 import warnings
@@ -95,15 +96,39 @@ def _axis(name: str, value: Any) -> Any:
     return [plain(v) for v in value]
 
 
-def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
-    """A folder path or hub id for the task: ``model`` itself when a string, else ``model`` and
-    ``tokenizer`` saved into ``folder`` (``save_pretrained``, safetensors)."""
+def _check_model_arg(model: Any, tokenizer: Any) -> None:
+    """ConfigError naming ``model`` or ``tokenizer`` unless ``model`` is a folder path / hub id with no
+    ``tokenizer``, or a model object with its tokenizer object (both with ``save_pretrained``)."""
     if isinstance(model, (str, Path)):
         if tokenizer is not None:
             raise ConfigError("tokenizer: give it only with a model object (a model folder holds its own tokenizer)")
-        return str(model)
+        return
     if tokenizer is None or not hasattr(model, "save_pretrained"):
         raise ConfigError("model: give a transformers model object and its tokenizer, or a model folder path")
+    if not hasattr(tokenizer, "save_pretrained"):
+        # a hub id or folder here would be saved as nothing: only an object can be written next to the model
+        raise ConfigError(f"tokenizer: expected the model's tokenizer object (e.g. AutoTokenizer.from_pretrained(...)), "
+                          f"got {type(tokenizer).__name__} {reprlib.repr(tokenizer)}")
+
+
+def _folder_arg(value: Any, name: str) -> Path | None:
+    """``out`` / ``cache_dir`` as a Path (None stays None). Raises ConfigError naming ``name`` when it
+    is not a str or ``os.PathLike`` of str (an int, bytes ...)."""
+    if value is None:
+        return None
+    try:
+        return Path(value)
+    except TypeError:
+        raise ConfigError(f"{name}: expected a folder path (str or pathlib.Path), "
+                          f"got {type(value).__name__} {reprlib.repr(value)}") from None
+
+
+def _model_arg(model: Any, tokenizer: Any, folder: Path) -> str:
+    """A folder path or hub id for the task: ``model`` itself when a string, else ``model`` and
+    ``tokenizer`` saved into ``folder`` (``save_pretrained``, safetensors), once
+    :func:`_check_model_arg` has accepted them."""
+    if isinstance(model, (str, Path)):
+        return str(model)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -199,7 +224,7 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
     from profiler.config import missing_baseline_note, parse_config
     from profiler.measure import SAVINGS_KEYS
     from profiler.results import read_results
-    from profiler.rundir import check_new_folder
+    from profiler.rundir import check_new_folder, check_writable
     from profiler.runner import RESULTS, Runner, preflight
 
     axes = {name: _axis(name, v) for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("threads", threads))}
@@ -209,10 +234,13 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
     tables = {"pruners": _tables(pruners, "pruners"), "accelerators": _tables(accelerators, "accelerators"),
               "meter": _meter_table(meter)}
     measure_table = _measure_table(measure)
+    _check_model_arg(model, tokenizer)
+    out, cache_path = _folder_arg(out, "out"), _folder_arg(cache_dir, "cache_dir")
     if out is not None:
-        check_new_folder(Path(out), "out")
+        check_new_folder(out, "out")
+        check_writable(out, "out", create=False)  # creates nothing: a rejected call leaves no folder
     tmp = Path(tempfile.mkdtemp(prefix="sparsebench-")) if out is None else None
-    run_dir = Path(out) if out is not None else tmp / "run"
+    run_dir = out if out is not None else tmp / "run"
     created = not run_dir.exists()
     started = False
     inputs = run_dir / "inputs"
@@ -232,7 +260,7 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             raw["measure"] = measure_table
         try:
             cfg = parse_config(raw)
-            cache = Path(cache_dir) if cache_dir else (tmp / "cache" if tmp else None)
+            cache = cache_path if cache_dir else (tmp / "cache" if tmp else None)
             preflight(cfg, cache)
         except ConfigError as exc:  # name the caller's arguments, not the files written from them
             msg = str(exc)
@@ -240,6 +268,7 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
                 msg = msg.replace(str(inputs / f"{name.split('_')[0]}.jsonl"), name)
             # the files hold one row per line: line N of the file is the caller's row N
             msg = re.sub(r"\(line (\d+)\)", r"(row \1)", msg)
+            msg = re.sub(r"\btrain_file\b", "train_data", msg)  # the task's key for what the caller passed as train_data
             if task["model"] == str(inputs / "model"):  # a model object, saved there by _model_arg
                 saved = str(inputs / "model")
                 for said, means in ((f"model: {saved}", "model: the model object"),

@@ -169,6 +169,36 @@ def test_profile_names_a_model_object_not_the_folder_it_was_saved_to(tmp_path):
         sparsebench.profile(encoder, None, [{"text": "good", "label": 1}])
 
 
+def test_profile_bad_tokenizer_out_cache_dir_or_missing_train_data_is_a_config_error_naming_it(tmp_path):
+    """Each one a ConfigError naming the argument before anything is written, not an AttributeError,
+    TypeError or OSError from deep inside."""
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    rows = [{"text": "good", "label": 1}]
+    with pytest.raises(ConfigError, match=r"^tokenizer: expected the model's tokenizer object .*, "
+                                          r"got str 'bert-base-uncased'$"):
+        sparsebench.profile(model, "bert-base-uncased", rows, out=tmp_path / "run", meter="estimate")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "afile").write_text("")
+    outs = [(5, r"^out: expected a folder path \(str or pathlib.Path\), got int 5$"),
+            (tmp_path / "afile" / "run", r"^out: .*afile/run cannot be created: .*afile is a file, not a folder$")]
+    if Path("/proc").is_dir():  # a folder nobody, root included, can create files in
+        outs.append(("/proc/nope/run", r"^out: /proc/nope/run is not writable: "))
+    for out, match in outs:
+        with pytest.raises(ConfigError, match=match):
+            sparsebench.profile(str(folder), None, rows, out=out, meter="estimate")
+    with pytest.raises(ConfigError, match=r"^cache_dir: expected a folder path \(str or pathlib.Path\), got int 5$"):
+        sparsebench.profile(str(folder), None, rows, out=tmp_path / "run", cache_dir=5, meter="estimate")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"finetune_steps > 0 needs train_data$") as exc:
+        sparsebench.profile(str(folder), None, rows, finetune_steps=5, meter="estimate")
+    assert "train_file" not in str(exc.value)
+
+
 def test_profile_rejects_rows_whose_text_is_not_a_string(tmp_path):
     """None, a list or pandas' NA is not evaluated as the text "None", "['good']" or "<NA>"."""
     folder = save_tiny_model(tmp_path / "m", "bert")

@@ -45,7 +45,7 @@ def test_sweep_expands_list_params_only_for_scalar_params():
         ({"measure": 5}, ["measure", "table"]),
         ({"measure": {"warmup_iters": 2.5}}, ["measure.warmup_iters", "integer"]),
         ({"pruners": [{"name": "magnitude", "sparsity": []}]}, ["pruners[0].sparsity", "empty sweep"]),
-        ({"pruners": [{"name": "magnitude", "sparsity": [0.5, 0.5]}]}, ["pruners[0]", "same value twice", "magnitude 0.5"]),
+        ({"pruners": [{"name": "magnitude", "sparsity": [0.5, 0.5]}]}, ["pruners[0].sparsity", "same value twice", "(0.5 and 0.5)"]),
         ({"pruners": [{"name": "magnitude", "sparsity": 0.5}, {"name": "magnitude", "sparsity": 0.5}]},
          ["pruners[1]", "duplicates pruners[0]"]),
         ({"pruners": [{"name": "magnitude", "sparsity": "high"}]}, ["pruners[0].sparsity", "a number"]),
@@ -68,6 +68,30 @@ def test_invalid_configs_name_the_key_and_choices(override, must_say):
         parse_config(tiny_config(**override))
     for s in must_say:
         assert s in str(exc.value), (s, str(exc.value))
+
+
+def test_one_value_written_two_ways_is_one_cell_and_refused_twice():
+    """0 and 0.0, or one set of roles in another order, prune the same model: as two cells they would
+    be pruned (or trained) twice under two ids. The ids of the spelling given are kept as they were."""
+    tables = [
+        ([{"name": "magnitude", "sparsity": [0, 0.0]}], r"^pruners\[0\]\.sparsity: the sweep lists the same value "
+                                                        r"twice \(0 and 0\.0\); each cell must be unique$"),
+        ([{"name": "magnitude", "sparsity": [0.5, 0.9, 0.50]}], r"^pruners\[0\]\.sparsity: .*\(0\.5 and 0\.5\)"),
+        ([{"name": "magnitude", "sparsity": 0}, {"name": "magnitude", "sparsity": 0.0}],
+         r"^pruners\[1\]: duplicates pruners\[0\] \(magnitude 0\.0 is magnitude 0 written another way: 0 and 0\.0 are one value"),
+        ([{"name": "magnitude", "roles": ["attn_q", "ffn_in"]}, {"name": "magnitude", "roles": ["ffn_in", "attn_q"]}],
+         r"^pruners\[1\]: duplicates pruners\[0\] \(.* written another way: .*roles one set in any order\)"),
+        ([{"name": "magnitude", "roles": ["attn_q", "ffn_in", "attn_q"]}],
+         r"^pruners\[0\]: roles: attn_q given twice in \['attn_q', 'ffn_in', 'attn_q'\]; list each role once$"),
+        ([{"name": "gmp", "roles": ["ffn_out", "ffn_out"], "steps": 1}], r"^pruners\[0\]: roles: ffn_out given twice"),
+    ]
+    for pruners, match in tables:
+        with pytest.raises(ConfigError, match=match):
+            parse_config(tiny_config(pruners=pruners))
+    # a sweep whose values differ stays a sweep, and the params keep their spelling (ids unchanged)
+    cfg = parse_config(tiny_config(pruners=[{"name": "magnitude", "sparsity": [0, 0.5], "roles": ["ffn_in", "attn_q"]}]))
+    assert [p.params["sparsity"] for p in cfg.pruners] == [0, 0.5]
+    assert cfg.pruners[0].params["roles"] == ["ffn_in", "attn_q"]
 
 
 def test_cell_ids_are_stable_and_distinct():

@@ -294,6 +294,39 @@ def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, capsys, i
     assert _plugins_json(capsys)["problems"] == problems
 
 
+def test_an_entry_point_that_calls_sys_exit_at_import_is_a_warning(monkeypatch, capsys, isolated_registries):
+    """sys.exit() in a plugin's module body must not end sparsebench (silently, with rc 0)."""
+    _fake_group(monkeypatch, FakeEntryPoint("exits", error=SystemExit(0)),
+                FakeEntryPoint("needs-cuda", error=SystemExit("this plugin needs CUDA")),
+                FakeEntryPoint("tiny-acc", TinyAccelerator))
+    with pytest.warns(PluginWarning) as caught:
+        problems = load_entry_points()
+    assert len(problems) == 2 and len(caught) == 2
+    assert "'exits'" in problems[0] and "failed to load: SystemExit: 0" in problems[0]
+    assert "'needs-cuda'" in problems[1] and "SystemExit: this plugin needs CUDA" in problems[1]
+    assert "tiny-acc" in ACCELERATORS
+    assert main(["plugins"]) == 0
+    assert "this plugin needs CUDA" in capsys.readouterr().out
+
+
+def test_address_without_executor_ray_is_a_flag_error_before_the_config_is_read(tmp_path, capsys):
+    """The config is not what is wrong: refused with the other flag conflicts, before it is read."""
+    from tests.conftest import tiny_config
+
+    missing = tmp_path / "no-such.toml"
+    for flags in ([], ["--executor", "local"]):
+        assert main(["run", str(missing), *flags, "--address", "1.2.3.4:1"]) == 2
+        err = capsys.readouterr().err
+        assert "sparsebench: --address: applies to --executor ray only\n" in err
+        assert "invalid config" not in err and "no-such.toml" not in err
+    local_run = tmp_path / "local-run"  # without --executor, a resumed run's own executor decides
+    local_run.mkdir()
+    (local_run / "manifest.json").write_text(json.dumps({"config": tiny_config(), "executor": "local"}))
+    assert main(["run", "--resume", str(local_run), "--address", "1.2.3.4:1"]) == 2
+    assert (f"sparsebench: cannot resume: --address: applies to --executor ray only; {local_run} was run with "
+            "--executor local\n") in capsys.readouterr().err
+
+
 def test_name_clash_with_a_built_in_names_both(monkeypatch, isolated_registries):
     builtin = ACCELERATORS.get("torch-fp32")
     _fake_group(monkeypatch, FakeEntryPoint("clash", ClashingAccelerator))

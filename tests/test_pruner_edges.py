@@ -59,3 +59,21 @@ def test_progress_shows_the_sparsity_the_masks_reach():
     keep = parse_structure("2:4").masks({"l": torch.rand(4, 8)}, 0.44)  # each group drops 2 of 4 already
     masks.update(keep, sparsity=0.44)
     assert masks.sparsity == 0.44 and masks.achieved == 0.5
+
+
+def test_temperature_and_alpha_need_distill_in_every_training_pruner():
+    """Without distillation they change nothing but the cell id and the pruned-model cache key (the
+    pruner would train again for the same model): refused as hidden_distill, augment ... are."""
+    from pruners.gmp import GMPPruner
+    from pruners.movement import MovementPruner
+    from pruners.obs import OBSPruner
+
+    for cls in (GMPPruner, MovementPruner, OBSPruner):
+        for kw, match in (({"temperature": 5.0}, r"^temperature = 5.0 needs distill = true .*leave it at 2.0"),
+                          ({"alpha": 0.1}, r"^alpha = 0.1 needs distill = true .*leave it at 0.9")):
+            with pytest.raises(ValueError, match=match):
+                cls(distill=False, **kw)
+            cls(distill=True, **kw)  # used then
+        cls(distill=False, temperature=2, alpha=0.9)  # the defaults, however spelled
+    with pytest.raises(ValueError, match=r"^alpha = 0.2 needs distill = true"):
+        OBSPruner(steps=0, distill=False, alpha=0.2)  # one-shot as gradual: one check for a steps sweep

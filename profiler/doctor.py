@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from profiler.energy import MIN_RESOLUTION_MULTIPLE, safe_availability
+from profiler.energy import MIN_RESOLUTION_MULTIPLE, close_quietly, safe_availability
 from profiler.meters.base import EnergyMeter
 
 _LABELS = {"rapl": "RAPL", "pyrapl": "pyRAPL", "nvml": "NVML", "codecarbon": "codecarbon",
@@ -79,10 +79,8 @@ def doctor_report(
             rep["meters"].get("pyrapl", {}).get("available"):
         rep["pyrapl_vs_direct"] = _compare_rapl_readers(meters, compare_seconds, sleep)
     rep["auto"] = _auto_section(meters, auto)
-    for m in meters.values():
-        close = getattr(m, "close", None)
-        if callable(close) and m.name == "codecarbon":
-            close()
+    for m in meters.values():  # a probe may have started a tracker thread (codecarbon)
+        close_quietly(m)
     rep.update(_hardware_section(fingerprint))
     rep.update(_kernel_section())
     parts = rep["auto"]["parts"]
@@ -215,8 +213,8 @@ def format_doctor(report: dict) -> str:
                    + (f" / {logical} threads" if logical else ""))
         if flags:
             out.append(f"  ISA: {', '.join(flags) if isinstance(flags, (list, tuple)) else flags}")
-        if hw.get("memory_gb") is not None:
-            out.append(f"  RAM: {hw['memory_gb']} GB")
+        if hw.get("memory_gib") is not None:
+            out.append(f"  RAM: {hw['memory_gib']} GiB")
         gpus = hw.get("gpus") or []
         out.append("  GPU: " + (", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g)
                                           for g in gpus) or "none"))

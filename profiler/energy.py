@@ -168,6 +168,16 @@ def _stop_quietly(meter: EnergyMeter) -> None:
         pass
 
 
+def close_quietly(meter: EnergyMeter) -> None:
+    """``meter.close()`` (see :meth:`~profiler.meters.base.EnergyMeter.close`) for a caller done with
+    the meter. An exception is ignored: the readings are taken, and a meter that fails to close must
+    not replace the error a run is ending with."""
+    try:
+        meter.close()
+    except Exception:
+        pass
+
+
 def measure_idle_power(
     meter: EnergyMeter, seconds: float = 2.0, sleep: Callable[[float], None] = time.sleep
 ) -> IdlePower:

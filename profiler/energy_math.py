@@ -51,25 +51,29 @@ def readings_energy(
 ) -> tuple[dict[str, float | None], list[str]]:
     """Sum wrap-corrected deltas over consecutive readings, per domain.
 
-    Only domains present in the first and last reading are reported; a domain missing from an
-    intermediate reading, or unreadable in any interval, is ``None`` for the whole window.
+    Every domain seen in any reading is reported (first appearance order). A domain missing from
+    any reading (the first, the last or one in between) or unreadable in any interval is ``None``
+    for the whole window, with a flag saying which: its energy over the window is unknown, and a
+    summed domain that silently left the total would understate it.
     Returns ``(joules per domain, flags)`` where flags are prefixed with the domain name.
     """
     if len(readings) < 2:
         return {}, ["fewer than two readings"]
-    domains = [d for d in readings[0].counters if d in readings[-1].counters]
+    domains = list(dict.fromkeys(d for r in readings for d in r.counters))
     out: dict[str, float | None] = {}
     flags: list[str] = []
     for dom in domains:
         total: float | None = 0.0
         seen: list[str] = []
+        absent = [i for i, r in enumerate(readings) if dom not in r.counters]
+        if absent:
+            where = ("the first reading" if absent[0] == 0 else
+                     "the last reading" if absent[0] == len(readings) - 1 else "an intermediate reading")
+            out[dom] = None
+            flags.append(f"{dom}: missing from {where}; value dropped")
+            continue
         for r0, r1 in zip(readings, readings[1:]):
-            c0, c1 = r0.counters.get(dom), r1.counters.get(dom)
-            if c0 is None or c1 is None:
-                total = None
-                seen.append("missing from an intermediate reading")
-                break
-            d, fl = counter_delta(c0, c1)
+            d, fl = counter_delta(r0.counters[dom], r1.counters[dom])
             for f in fl:
                 if f not in seen:
                     seen.append(f)
@@ -86,20 +90,27 @@ def readings_energy(
 # energy over several measured segments
 
 def segments_energy(segments: list[list[Reading]]) -> tuple[dict[str, float | None], list[str]]:
-    """:func:`readings_energy` summed over segments, per domain; a domain missing from a segment
-    or unknown in one is ``None`` overall. Flags are merged without repeats."""
-    total: dict[str, float | None] | None = None
+    """:func:`readings_energy` summed over segments (visits), per domain.
+
+    Every domain seen in any segment is reported; one missing from a segment (flagged "missing
+    from visit k", 1-based) or unknown in one is ``None`` overall. Flags are merged without repeats.
+    """
+    per_seg = [readings_energy(seg) for seg in segments]
+    domains = list(dict.fromkeys(d for energies, _ in per_seg for d in energies))
+    total: dict[str, float | None] = dict.fromkeys(domains, 0.0)
     flags: list[str] = []
-    for seg in segments:
-        energies, fl = readings_energy(seg)
+    for k, (energies, fl) in enumerate(per_seg, start=1):
         flags += [f for f in fl if f not in flags]
-        if total is None:
-            total = dict(energies)
-            continue
-        for d in list(total):
-            e = energies.get(d)
+        for d in domains:
+            if d not in energies:
+                # a segment with fewer than two readings already says so; naming every domain adds nothing
+                if energies:
+                    flags.append(f"{d}: missing from visit {k}; value dropped")
+                total[d] = None
+                continue
+            e = energies[d]
             total[d] = None if total[d] is None or e is None else total[d] + e
-    return total or {}, flags
+    return total, flags
 
 
 def sampling_flags(readings: list[Reading], window_s: float, safe: float | None) -> list[str]:

@@ -13,7 +13,10 @@ ISA_FLAGS = (
     "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve",
 )
 # Fields that identify the hardware; software versions are recorded but do not change the id.
-ID_FIELDS = ("cpu_model", "cpu_vendor", "isa_flags", "physical_cores", "logical_cpus", "memory_gb", "gpus")
+ID_FIELDS = ("cpu_model", "cpu_vendor", "isa_flags", "physical_cores", "logical_cpus", "memory_gib", "gpus")
+#: hardware.json fields renamed since run directories were first written: former name → name.
+#: ``memory_gb`` always held GiB (MemTotal / 2**20 kB), so its value carries over as it is.
+RENAMED_FIELDS = {"memory_gb": "memory_gib"}
 
 
 def _read(path: str) -> str:
@@ -167,7 +170,7 @@ def fingerprint(cpuinfo: Callable[[], str] = lambda: _read("/proc/cpuinfo"), gpu
     fp = parse_cpuinfo(cpuinfo())
     mem_kb = next((int(l.split()[1]) for l in _read("/proc/meminfo").splitlines() if l.startswith("MemTotal")), 0)
     fp.update({
-        "memory_gb": round(mem_kb / 2**20) if mem_kb else None,
+        "memory_gib": round(mem_kb / 2**20) if mem_kb else None,  # MemTotal is in KiB
         "caches": cache_sizes(),
         "os": platform.platform(),
         "kernel": platform.release(),
@@ -181,11 +184,25 @@ def fingerprint(cpuinfo: Callable[[], str] = lambda: _read("/proc/cpuinfo"), gpu
     return fp
 
 
+def current_field_names(fp: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``fp`` (a ``hardware.json`` read back) with every field under its current name
+    (:data:`RENAMED_FIELDS`), so that an old run directory's file reads like a new one."""
+    out = dict(fp)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def hardware_id(fp: dict[str, Any]) -> str:
     """Stable short id of the hardware: same machine → same id; a changed ISA flag, core count,
-    memory size or GPU → a different id. Software versions do not enter it."""
+    memory size or GPU → a different id. Software versions do not enter it. ``fp`` may use the
+    former field names (:data:`RENAMED_FIELDS`)."""
+    fp = current_field_names(fp)
     gpu_ids = [{"name": g.get("name"), "memory_bytes": g.get("memory_bytes")} for g in fp.get("gpus") or []]
-    key = {k: fp.get(k) for k in ID_FIELDS}
+    former = {new: old for old, new in RENAMED_FIELDS.items()}
+    # hashed under the names the first run directories used: a rename must not change the id of a machine
+    key = {former.get(k, k): fp.get(k) for k in ID_FIELDS}
     key["gpus"] = gpu_ids
     return stable_hash(key, 10)
 

@@ -28,17 +28,25 @@ def check_new_folder(path: Path, what: str) -> None:
         raise ConfigError(f"{what}: {path} exists and is not empty; give a new or empty folder")
 
 
-def check_writable(folder: Path, label: str) -> None:
-    """Create ``folder`` (parents too) if absent and check that files can be written in it;
-    :class:`~profiler.errors.SetupError` (a ConfigError) naming ``label`` (e.g. ``--out``) otherwise, so work that would end in a write
-    fails before it starts."""
+def check_writable(folder: Path, label: str, create: bool = True) -> None:
+    """Check that files can be written in ``folder``; :class:`~profiler.errors.SetupError` (a
+    ConfigError) naming ``label`` (e.g. ``--out``) otherwise, so work that would end in a write
+    fails before it starts. An absent ``folder`` is created (parents too), or, with ``create=False``
+    (a check before the run is accepted, which must leave nothing behind), only its nearest existing
+    parent is checked: the folder can be created there."""
     from profiler.errors import SetupError
 
     if folder.exists() and not folder.is_dir():
         raise SetupError(f"{label}: {folder} is a file, not a folder")
+    where = folder
+    if not create:
+        while not where.exists() and where.parent != where:
+            where = where.parent
+        if not where.is_dir():
+            raise SetupError(f"{label}: {folder} cannot be created: {where} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

@@ -27,7 +27,7 @@ from profiler.config import Cell, Config, PluginSpec, check_matrix_fits_tasks, e
 from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.contracts import (cached_model_problem, check_pruned_model, counted_report, model_digest, num_labels,
                                 param_shapes, plugin_fields)
-from profiler.energy import IdlePower, measure_idle_power, safe_availability
+from profiler.energy import IdlePower, close_quietly, measure_idle_power, safe_availability
 from profiler.errors import ConfigError, SetupError, plugin_exit
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
@@ -240,14 +240,20 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     """Checks that need this machine, done before any work: an explicitly chosen energy meter
     must be available (unless ``check_meter`` is False: a Ray run checks it on each target's
     node instead), and the model cache writable, and the output folder — or, resuming, the run
-    directory ``resume_dir`` with its results files. Raises ConfigError."""
+    directory ``resume_dir`` with its results files. Creates nothing: a run rejected here or later
+    in its checks leaves no folder behind (the run creates them as it writes). Raises ConfigError."""
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
-    if check_meter and cfg.meter.name != "auto":
-        ok, why = safe_availability(meter)
-        if not ok:
-            raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the best "
-                              "available meter and says why) or 'estimate'; `sparsebench doctor` lists what works here")
-    check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)")
+    try:  # a probe may start a tracker thread (codecarbon): it must not sample through the run's timing
+        if check_meter and cfg.meter.name != "auto":
+            ok, why = safe_availability(meter)
+            if not ok:
+                raise ConfigError(f"meter.name: {cfg.meter.name!r} is unavailable here: {why}. Use 'auto' (picks the "
+                                  "best available meter and says why) or 'estimate'; `sparsebench doctor` lists what "
+                                  "works here")
+    finally:
+        close_quietly(meter)
+    check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)",
+                   create=False)
     kernels = kernel_variant_info()
     if kernels.get("kernel_status") == "unavailable":  # a process-wide choice: every sparse cell would be skipped
         raise SetupError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
@@ -256,7 +262,7 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     if resume_dir is not None:
         check_resumable(Path(resume_dir))
     else:
-        check_writable(Path(cfg.output_dir), "output folder (--output-dir / run.output_dir)")
+        check_writable(Path(cfg.output_dir), "output folder (--output-dir / run.output_dir)", create=False)
 
 
 class RunDirLock:
@@ -444,6 +450,8 @@ class Runner:
     # ---- run-level files ----------------------------------------------------------------------
     def _write_run_files(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # the manifest names the cache: a resume looks for it there (preflight created nothing)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         hw_path = self.run_dir / HARDWARE
         here = fingerprint()
         if hw_path.exists():
@@ -519,6 +527,7 @@ class Runner:
                 self._run_task(task_spec, task_cells, meter, idle, [r for r in references if r.task == task_spec])
         finally:
             meter.stop()
+            close_quietly(meter)  # a codecarbon tracker samples until closed
         return self.run_dir
 
     def _warn_oversubscription(self) -> None:

@@ -6,9 +6,10 @@ thread count; a run whose matrix sweeps ``threads`` or ``kernel_variant`` yields
 value. Rows are joined across targets on their ``recipe_id`` (the cell without those two axes:
 task, pruner, accelerator, batch, sequence; see :mod:`profiler.identity`), whereas ``cell_id``
 also hashes threads and kernel variant. Savings factors stay within each target (its own dense
-torch-fp32 baseline, :func:`reports.frame.add_savings`); cross-target ratios divide the first
-target's value for the same recipe. No energy ratio mixes energy methods (measured vs estimated)
-unless ``allow_mixed_energy`` is set, and then it is marked.
+torch-fp32 baseline, :func:`reports.frame.add_savings`); cross-target ratios divide the
+reference target's value for the same recipe: the first target with a cell that ran (an empty
+run directory given first is no reference). No energy ratio mixes energy methods (measured vs
+estimated) unless ``allow_mixed_energy`` is set, and then it is marked.
 
 Only results files are read (``results.jsonl``, ``hardware.json``, ``manifest.json``): copying run
 directories from several machines into one place is all this needs. A run on a Ray cluster
@@ -72,10 +73,13 @@ class Comparison:
     ``joined``: one row per (target, recipe), every recipe for every target; a recipe a target
     lacks has ``status == "missing"``. Columns include ``target``, ``target_label``, ``recipe_id``,
     ``recipe``, the measurements, the within-target savings factors, ``energy_mixed`` (an energy
-    factor computed across methods because mixing was allowed), and ``latency_vs_ref`` /
-    ``energy_vs_ref`` (first target's value ÷ this target's, for the same recipe), with
+    factor computed across methods because mixing was allowed) or ``energy_factor_refused``
+    (the methods that kept it from being computed), and ``latency_vs_ref`` / ``energy_vs_ref``
+    (the reference target's value ÷ this target's, for the same recipe), with
     ``energy_vs_ref_mixed`` (computed across methods) or ``energy_vs_ref_refused`` ("A vs B":
-    the methods that kept it from being computed). ``best``: see :func:`best_per_target`."""
+    the methods that kept it from being computed). ``best``: see :func:`best_per_target`.
+    ``reference``: the key of the target the cross-target ratios divide (:func:`reference_target`).
+    ``notes``: what a reader should know first (:func:`compare_notes`)."""
 
     targets: list[Target]
     joined: pd.DataFrame
@@ -84,6 +88,12 @@ class Comparison:
     energy_methods_differ: bool
     versions_differ: bool
     flags: list[str]
+    reference: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference_target(self) -> Target | None:
+        return next((t for t in self.targets if t.key == self.reference), None)
 
 
 # ---- targets --------------------------------------------------------------------------------------
@@ -215,6 +225,13 @@ def _vs_reference(joined: pd.DataFrame, ref: str, allow_mixed: bool) -> None:
                 joined.at[i, "energy_vs_ref_refused"] = f"{b.get('energy_method')} vs {r.get('energy_method')}"
 
 
+def reference_target(targets: list[Target]) -> Target | None:
+    """The target cross-target ratios divide: the first with a cell that ran (status ok), else
+    the first target (None without targets). A run directory without results, given first,
+    would leave every ratio missing."""
+    return next((t for t in targets if t.status_counts.get("ok")), targets[0] if targets else None)
+
+
 def _join(targets: list[Target], frames: list[pd.DataFrame], allow_mixed_energy: bool) -> pd.DataFrame:
     joined = _grid(targets, frames)
     joined["target_label"] = joined["target"].map({t.key: t.label for t in targets})
@@ -223,8 +240,10 @@ def _join(targets: list[Target], frames: list[pd.DataFrame], allow_mixed_energy:
     joined["energy_mixed"] = joined["energy_mixed"].fillna(False).astype(bool) if "energy_mixed" in joined else False
     joined["energy_vs_ref_mixed"] = False
     joined["energy_vs_ref_refused"] = pd.Series([None] * len(joined), index=joined.index, dtype=object)
+    if "energy_factor_refused" not in joined:
+        joined["energy_factor_refused"] = None
     if not joined.empty and targets:
-        _vs_reference(joined, targets[0].key, allow_mixed_energy)
+        _vs_reference(joined, reference_target(targets).key, allow_mixed_energy)
     return joined
 
 
@@ -307,7 +326,66 @@ def build_compare(run_dirs: Sequence[Path], allow_mixed_energy: bool = False) ->
     energy, version = _energy_flag(targets, allow_mixed_energy), _version_flag(targets, joined)
     flags = [f for f in (energy, version, _measure_flag(targets)) if f]
     best = best_per_target(joined) if not joined.empty and "accuracy_kept" in joined else pd.DataFrame()
-    return Comparison(targets, joined, best, allow_mixed_energy, energy is not None, version is not None, flags)
+    ref = reference_target(targets)
+    return Comparison(targets, joined, best, allow_mixed_energy, energy is not None, version is not None, flags,
+                      reference=ref.key if ref else None, notes=compare_notes(targets, frames))
+
+
+# ---- notes ----------------------------------------------------------------------------------------
+
+def compare_notes(targets: list[Target], frames: list[pd.DataFrame]) -> list[str]:
+    """What a reader of the comparison should know first, one sentence each: one target only;
+    targets without a result row; a reference target other than the first (the first has no cell
+    that ran: :func:`reference_target`); targets that have rows but no cell in
+    common (every row of one is missing on the others), with what differs between them: the task
+    parameters of a task run under several (``tiny-synthetic [6da2fe] vs [f16d72]: hidden_size 64
+    vs 36``), tasks, pruners, accelerators, batch sizes, sequence lengths. ``frames`` are the
+    targets' rows, in order (:func:`_load_targets`)."""
+    notes = []
+    dirs = {Path(t.run_dir).resolve() for t in targets}
+    if len(dirs) < 2 and len(targets) < 2:
+        return [f"one run directory ({targets[0].run_dir}): the page lists its cells with no second target to compare with"] if targets else []
+    empty = [t for t, f in zip(targets, frames) if f.empty]
+    if empty:
+        notes.append("no result rows in " + ", ".join(f"{t.key} ({t.run_dir})" for t in empty)
+                     + ": every configuration is missing there")
+    ref = reference_target(targets)
+    if ref is not targets[0]:
+        notes.append(f"{targets[0].key} has no cell that ran: the ratios across targets divide {ref.key} ({ref.label}), "
+                     "the first target with one")
+    full = [(t, f) for t, f in zip(targets, frames) if not f.empty]
+    if len(full) >= 2 and not set.intersection(*(set(f["recipe_id"]) for _, f in full)):
+        notes.append(f"{', '.join(t.key for t, _ in full)} have no cell in common: every row of one target is missing on the others"
+                     + (f"; they differ in {'; '.join(why)}" if (why := _differences(full)) else ""))
+    return notes
+
+
+def _differences(full: list[tuple[Target, pd.DataFrame]]) -> list[str]:
+    """What keeps targets from sharing a cell: task parameters (per task name run under several
+    parameter sets: the keys whose values differ), then each recipe axis whose values differ."""
+    rows = pd.concat([f.assign(_target=t.key) for t, f in full], ignore_index=True)
+    out = []
+    params = rows["task_params"] if "task_params" in rows else pd.Series([None] * len(rows), index=rows.index)
+    for task, g in rows.assign(_params=params).groupby("task", sort=True):
+        if g["task_key"].nunique() < 2:
+            continue
+        per_key = {k: (p if isinstance(p, dict) else {}) for k, p in zip(g["task_key"], g["_params"])}
+        keys = sorted({name for p in per_key.values() for name in p})
+        differ = [name for name in keys if len({json.dumps(p.get(name), sort_keys=True, default=str) for p in per_key.values()}) > 1]
+        shown = " vs ".join(f"[{k[:6]}]" for k in per_key)
+        values = ", ".join(f"{name} " + " vs ".join(_param_text(p.get(name)) for p in per_key.values()) for name in differ)
+        out.append(f"task parameters of {task} {shown}: {values or 'parameters not recorded'}")
+    for col, name in (("task", "tasks"), ("pruner_label", "pruners"), ("accelerator_label", "accelerators"),
+                      ("batch_size", "batch sizes"), ("seq_len", "sequence lengths")):
+        sets = {t: sorted(map(str, set(g[col].dropna()))) for t, g in rows.groupby("_target", sort=False)}
+        if len({tuple(v) for v in sets.values()}) > 1:
+            out.append(f"{name} (" + "; ".join(f"{t}: {', '.join(v) or '?'}" for t, v in sets.items()) + ")")
+    return out
+
+
+def _param_text(v: Any) -> str:
+    """A task parameter's value as the note shows it (a missing one as "unset")."""
+    return "unset" if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
 
 
 def joined_frame(run_dirs: Sequence[Path], allow_mixed_energy: bool = False) -> pd.DataFrame:

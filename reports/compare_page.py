@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 
 from profiler.timing import SPREAD_LIMIT
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
-from reports.frame import folder_name, is_flagged
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
+from reports.frame import energy_flag_text, folder_name, is_flagged, is_number
+from reports.html import (badge, damaged_warning, esc, figure, first_line, flagged_cell, fmt, fmt_kept, fmt_with_delta, ms, page,
+                          refused_cell, run_file_warning, table, write_page)
 
 EXTRA_CSS = """<style>
 td.gap{color:#999;font-style:italic;background:#f6f6f6} tr.diff td{background:#fff8e1}
@@ -55,7 +56,7 @@ def _hardware_table(targets: list[Target]) -> str:
         ("cores / logical CPUs", lambda t: f"{t.hardware.get('physical_cores', '?')} / {t.hardware.get('logical_cpus', '?')}"),
         ("caches", lambda t: " ".join(f"{k} {s}" for k, s in (t.hardware.get("caches") or {}).items()) or "?"),
         ("ISA", lambda t: " ".join(t.hardware.get("isa_flags") or []) or "?"),
-        ("memory", lambda t: f"{t.hardware.get('memory_gb', '?')} GB"),
+        ("memory", lambda t: f"{t.hardware.get('memory_gib', '?')} GiB"),
         ("GPU", lambda t: _gpu_text(t.hardware)),
         ("OS", lambda t: t.hardware.get("os", "?")),
         ("kernel variant", _variant_cell),
@@ -98,9 +99,9 @@ def _cell(r: pd.Series, value: Any, digits: int = 3, suffix: str = "") -> Any:
 
 def _recipe_rows(c: Comparison, targets: list[Target], cells: Callable[[pd.Series, pd.Series], list[Any]]) -> list[list[Any]]:
     """One table row per recipe: its label, then ``cells(row, reference_row)`` for each of
-    ``targets`` (the reference row is the first target's row of the same recipe)."""
+    ``targets`` (the reference row is the reference target's row of the same recipe)."""
     by = {(r["target"], r["recipe_id"]): r for _, r in c.joined.iterrows()}
-    ref = c.targets[0].key
+    ref = c.reference or c.targets[0].key
     rows = []
     for _, rc in c.joined.drop_duplicates("recipe_id").iterrows():
         line: list[Any] = [rc["recipe"]]
@@ -117,54 +118,63 @@ def _savings_table(c: Comparison) -> str:
             mark = (f" <span class='badge failed' title='{esc(r.get('collapse_reason') or 'collapsed')}'>collapsed</span>"
                     if is_flagged(r.get("collapsed")) else "")
             kept = (esc(fmt_kept(kept[1])) + mark, kept[1])
-        return [_cell(r, r.get("latency_savings_factor"), 3, "×"),
-                _cell(r, r.get("energy_savings_factor"), 3, "×" + (" ⚠ mixed" if bool(r.get("energy_mixed")) else "")),
-                kept]
+        refused = r.get("energy_factor_refused")
+        energy = (refused_cell(refused) if r["status"] == "ok" and isinstance(refused, str) else
+                  _cell(r, r.get("energy_savings_factor"), 3, "×" + (" ⚠ mixed" if bool(r.get("energy_mixed")) else "")))
+        return [_cell(r, r.get("latency_savings_factor"), 3, "×"), energy, kept]
 
     heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("latency ×", "energy ×", "acc. kept")]
     return ("<h2>Savings factors per target</h2><p class='note'>Within each target: its dense (pruner none) torch-fp32 cell of the "
             "same task, batch and sequence ÷ the cell (higher is better); accuracy kept = cell metric ÷ dense metric, rounded down "
             "to 0.01 % (collapsed: the model answers one class, or no better than the majority class; never the best). "
-            "'missing': the target has no such cell. Click a header to sort.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
+            "Latency ×: the median of same-round ratios where interleaved, else the p50 ratio. mixed: the cell's energy method is not "
+            "its baseline's, so no energy factor. 'missing': the target has no such cell. Click a header to sort.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
 def _measurements_table(c: Comparison) -> str:
     def cells(r: pd.Series, _ref: pd.Series) -> list[Any]:
         method = r.get("energy_method") if isinstance(r.get("energy_method"), str) else None
         spread = " ⚠" if is_flagged(r.get("latency_spread_flag")) else ""
+        ok = r["status"] == "ok"
         return [_cell(r, ms(r.get("latency_p50_s")), 3, spread), _cell(r, ms(r.get("latency_p90_s"))),
-                _cell(r, r.get("energy_j_per_inference")),
-                (badge(method), method) if r["status"] == "ok" and method else _cell(r, None),
-                _cell(r, r.get("accuracy"), 4)]
+                flagged_cell(r.get("energy_j_per_inference"), energy_flag_text(r.get("energy_flags"))) if ok else _cell(r, None),
+                (badge(method), method) if ok and method else _cell(r, None),
+                (esc(fmt_with_delta(r.get("accuracy"), r.get("accuracy_delta"), 4)), r.get("accuracy")) if ok and is_number(r.get("accuracy"))
+                else _cell(r, r.get("accuracy"), 4)]
 
     heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets for m in ("p50 ms", "p90 ms", "J/inference (per sequence)", "method", "accuracy")]
     return ("<h2>Latency, energy and accuracy per target</h2>"
             f"<p class='note'>⚠ after p50: latency spread (IQR/median) above {SPREAD_LIMIT:.0%} — a noisy measurement "
             "(shared or throttled cores); rerun before trusting that factor. Latency is per batch; J/inference is per sequence "
-            "(one example). n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
+            "(one example); ⚠ after it: the energy meter flagged the value (hover for its flags). "
+            "(±x) after accuracy: the cell's metric − its target's dense baseline's. n/a: not measured or not finite.</p>" + table(heads, _recipe_rows(c, c.targets, cells), left=1))
 
 
 def _cross_table(c: Comparison) -> str:
-    """Ratios against the first target; empty with a single target."""
-    if len(c.targets) < 2:
+    """Ratios against the reference target (:func:`reports.compare.reference_target`); empty with
+    a single target."""
+    ref = c.reference_target
+    if len(c.targets) < 2 or ref is None:
         return ""
-    ref = c.targets[0]
+    others = [t for t in c.targets if t is not ref]
 
     def cells(r: pd.Series, rref: pd.Series) -> list[Any]:
+        if rref["status"] != "ok":  # no reference value: both ratios say why, alike
+            tag = (f"<span class='tag'>{esc(ref.key)} {esc(rref['status'])}</span>", None)
+            return [tag, tag]
         refused = r.get("energy_vs_ref_refused")
         if r["status"] == "ok" and isinstance(refused, str):
-            ecell: Any = (f"<span class='badge estimated' title='{esc(refused)}'>mixed: {esc(refused)}</span>", None)
+            ecell: Any = refused_cell(refused)
         else:
             ecell = _cell(r, r.get("energy_vs_ref"), 3, "×" + (" ⚠ mixed" if r.get("energy_vs_ref_mixed") else ""))
-        if rref["status"] != "ok":
-            return [(f"<span class='tag'>{esc(ref.key)} {esc(rref['status'])}</span>", None), ecell]
         return [_cell(r, r.get("latency_vs_ref"), 3, "×"), ecell]
 
-    heads = ["configuration"] + [f"{t.key} {m}" for t in c.targets[1:] for m in (f"latency vs {ref.key}", f"energy vs {ref.key}")]
-    return (f"<h2>Across targets (reference {esc(ref.key)} · {esc(ref.label)})</h2><p class='note'>{esc(ref.key)}'s value ÷ this "
-            "target's, for the same configuration: above 1 means this target is faster / uses less energy. "
+    why = "" if ref is c.targets[0] else f" — {c.targets[0].key} has no cell that ran; the first target with one is the reference"
+    heads = ["configuration"] + [f"{t.key} {m}" for t in others for m in (f"latency vs {ref.key}", f"energy vs {ref.key}")]
+    return (f"<h2>Across targets (reference {esc(ref.key)} · {esc(ref.label)}{esc(why)})</h2><p class='note'>{esc(ref.key)}'s value ÷ this "
+            "target's, for the same configuration: above 1 means this target is faster / uses less energy (latency: ratio of p50s). "
             "Energy ratios only between one energy method unless --allow-mixed-energy.</p>"
-            + table(heads, _recipe_rows(c, c.targets[1:], cells), left=1))
+            + table(heads, _recipe_rows(c, others, cells), left=1))
 
 
 # ---- best configuration and plots -----------------------------------------------------------------
@@ -269,7 +279,7 @@ def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = Fals
             "<ul class='targets'>" + "".join(
                 f"<li><b>{esc(t.key)}</b> · {esc(t.label)} — <span class='tag'>{esc(str(t.run_dir))}, hardware_id {esc(t.hardware_id or '?')}, "
                 f"energy {' '.join(badge(m) for m in t.energy_methods) or 'none'}</span></li>" for t in c.targets) + "</ul>"]
-    for f in c.flags:
+    for f in c.notes + c.flags:
         head.append(f"<div class='flag'>⚠ {esc(f)}</div>")
     for t in c.targets:
         if t is next(x for x in c.targets if x.run_dir == t.run_dir):  # once per run directory

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from profiler.hardware import current_field_names
 from profiler.identity import BASELINE_ACCELERATOR, BASELINE_PRUNER, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import distinct_labels
 from profiler.results import SCHEMA, read_results
@@ -169,23 +170,30 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
     """A copy of ``df`` with savings factors against the dense (pruner none) torch-fp32 cell of
     the same group (:data:`GROUP_KEYS`); cells without such a baseline get NaN.
 
-    Adds ``latency_savings_factor`` (baseline p50 ÷ cell p50), ``energy_savings_factor`` (baseline
-    J/inference ÷ cell), ``accuracy_kept`` (cell metric ÷ baseline metric), ``accuracy_delta``
-    (cell − baseline; both NaN where the baseline collapsed) and ``energy_mixed``. An energy factor needs both cells on one energy
-    method, unless ``allow_mixed_energy``: then cells of another method than their baseline get
-    a factor too, with ``energy_mixed`` True. A latency factor the runner stored (the median of
-    same-round ratios of an interleaved run) is kept when it was taken against the baseline chosen
-    here (its ``baseline_cell_id``; a resumed run or a baseline that failed its accuracy pass can
-    leave another); other rows get the ratio of p50s. Then :func:`add_best_dense` adds the factors against the fastest dense engine.
+    Adds ``latency_savings_factor`` (see below), ``latency_savings_p50_ratio`` (baseline p50 ÷
+    cell p50, always), ``energy_savings_factor`` (baseline J/inference ÷ cell), ``accuracy_kept``
+    (cell metric ÷ baseline metric), ``accuracy_delta`` (cell − baseline, in the metric's units;
+    both NaN where the baseline collapsed), ``energy_mixed`` and ``energy_factor_refused``. An
+    energy factor needs both cells on one energy method, unless ``allow_mixed_energy``: then cells
+    of another method than their baseline get a factor too, with ``energy_mixed`` True; where it
+    is refused, ``energy_factor_refused`` holds the methods ("measured vs estimated": baseline's,
+    then the cell's; None elsewhere). A latency factor the runner stored (the median of
+    same-round ratios of an interleaved run, :func:`is_same_round`) is kept when it was taken
+    against the baseline chosen here (its ``baseline_cell_id``; a resumed run or a baseline that
+    failed its accuracy pass can leave another); other rows get the ratio of p50s. Then
+    :func:`add_best_dense` adds the factors against the fastest dense engine.
     """
     df = add_task_key(df.copy())
     stored = pd.to_numeric(df["latency_savings_factor"], errors="coerce") if "latency_savings_factor" in df else None
     if stored is not None:  # a non-finite stored factor is a gap, like a missing one
+        for i in stored.index[stored.notna() & ~np.isfinite(stored)]:
+            _drop_interval(df, i, "latency_savings_factor")
         stored = stored.where(np.isfinite(stored))
     stored_ref = df["baseline_cell_id"] if "baseline_cell_id" in df else pd.Series(None, index=df.index, dtype=object)
-    for col in ("latency_savings_factor", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
+    for col in ("latency_savings_factor", "latency_savings_p50_ratio", "energy_savings_factor", "accuracy_kept", "accuracy_delta"):
         df[col] = float("nan")
     df["energy_mixed"] = False
+    df["energy_factor_refused"] = pd.Series([None] * len(df), index=df.index, dtype=object)
     if df.empty:
         return add_best_dense(df)
     ok = df["status"] == "ok"
@@ -204,11 +212,14 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
             _drop_interval(df, i, "latency_savings_factor")
         if positive(row.get("latency_p50_s")) and positive(b["latency_p50_s"]):
             df.at[i, "latency_savings_factor"] = b["latency_p50_s"] / row["latency_p50_s"]
+            df.at[i, "latency_savings_p50_ratio"] = b["latency_p50_s"] / row["latency_p50_s"]
         same_method = row.get("energy_method") == b.get("energy_method")
         energies = positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference"))
         if energies and (same_method or allow_mixed_energy):
             df.at[i, "energy_savings_factor"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
             df.at[i, "energy_mixed"] = not same_method
+        elif energies:  # both measured, by different methods: said as such, never as "not measured"
+            df.at[i, "energy_factor_refused"] = f"{b.get('energy_method')} vs {row.get('energy_method')}"
         # a collapsed baseline's metric is the majority-class rate: a share of it is no kept accuracy
         if is_number(row.get("accuracy")) and positive(b.get("accuracy")) and not is_flagged(b.get("collapsed")):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
@@ -235,6 +246,24 @@ def _same_reference(stored_ref: Any, chosen: Any) -> bool:
     """Whether a stored factor's reference cell (``None`` in rows written before it was stored:
     trusted) is the cell chosen as reference here."""
     return not isinstance(stored_ref, str) or stored_ref == chosen
+
+
+def is_same_round(row: pd.Series | dict, key: str = "latency_savings_factor") -> bool:
+    """Whether latency factor ``key`` of a row that went through :func:`add_savings` is the
+    runner's median of same-round ratios (interleaved rounds: ``{key}_rounds`` > 0) rather than
+    the ratio of p50s, which the pages compute where no stored factor stands."""
+    return is_number(row.get(key)) and is_number(row.get(f"{key}_rounds")) and row.get(f"{key}_rounds") > 0
+
+
+def energy_flag_text(v: Any) -> str:
+    """A row's ``energy_flags`` (what the energy meter found suspect: a counter wrap, DRAM left out,
+    a negative net not clamped, ...) as one "; "-joined text, "" where it has none (an empty
+    list, None or NaN in rows written before the field existed)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "; ".join(str(f) for f in v if f is not None and str(f))
+    return ""
 
 
 def dense_fp32_mask(df: pd.DataFrame) -> pd.Series:
@@ -297,9 +326,11 @@ def add_best_dense(df: pd.DataFrame) -> pd.DataFrame:
 
 def verdicts(df: pd.DataFrame, min_kept: float = MIN_KEPT) -> list[str]:
     """One sentence per group (task, batch, sequence, threads, kernel variant) of a frame that went
-    through :func:`add_savings`: the fastest cell keeping ``min_kept`` of the dense accuracy and its
-    factors against the fastest dense fp32 engine, or that none beats the dense engines (also when
-    the same-round interval of its latency factor reaches down to 1×). Each sentence opens with its
+    through :func:`add_savings`: the cell keeping ``min_kept`` of the dense accuracy with the
+    highest latency factor against the fastest dense fp32 engine (``latency_savings_vs_best_dense``:
+    a same-round median, said as such with both p50s, else a p50 ratio) and its factors, or that
+    none beats the dense engines (also when the same-round interval of its latency factor reaches
+    down to 1×). Each sentence opens with its
     group, told apart as :func:`shape_labels` tells chart categories apart: the task with a short
     key where one name stands for several tasks (:func:`task_names`), the kernel variant where the
     frame has several or one other than "auto". A group whose dense baseline collapsed, or has a
@@ -376,7 +407,12 @@ def _where(key: tuple, g: pd.DataFrame, show_variant: bool) -> str:
 
 
 def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -> str | None:
-    """:func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, or None."""
+    """:func:`verdicts`' sentence for the group ``key`` of the cells ``g`` that ran, or None.
+
+    The candidate is the kept cell with the highest ``latency_savings_vs_best_dense``, the figure
+    the sentence quotes: under contention a same-round median and a ratio of pooled p50s can rank
+    two cells apart, and a sentence naming a cell by one and quoting the other contradicts itself.
+    A same-round factor is said as such, with both p50s beside it."""
     if g.empty:
         return None
     where = _where(key, g, show_variant)
@@ -384,27 +420,45 @@ def _verdict(key: tuple, g: pd.DataFrame, show_variant: bool, min_kept: float) -
     dense = g[dense_fp32_mask(g)]
     if kept.empty or dense.empty:
         return None
-    x = kept.loc[kept["latency_p50_s"].idxmin()]
+    factor = pd.to_numeric(kept["latency_savings_vs_best_dense"], errors="coerce")
+    x = kept.loc[factor.idxmax()] if factor.notna().any() else kept.loc[kept["latency_p50_s"].idxmin()]
     y = dense.loc[dense["latency_p50_s"].idxmin()]
-    if x.name in dense.index:
-        return (f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
-                f"the fastest is the dense model under {y.get('accelerator_label') or y['accelerator']}.")
+    # the engine x's factor divides (a stored same-round factor keeps its own reference)
+    ref_label = _text(x.get("best_dense_label")) or y.get("accelerator_label") or y["accelerator"]
+    same_ref = dense[dense["accelerator_label"] == ref_label] if "accelerator_label" in dense else dense.iloc[:0]
+    ref = same_ref.iloc[0] if len(same_ref) else y
     n, m = x.get("latency_savings_vs_best_dense"), x.get("energy_savings_vs_best_dense")
+    basis = _latency_basis(x, ref) if is_same_round(x, "latency_savings_vs_best_dense") else ""
+    if x.name in dense.index or not is_number(n) or n <= 1.0:
+        fastest = x if x.name in dense.index else ref
+        # a dense engine other than the p50-fastest can lead in the same rounds: its factor says so
+        lead = (f" ({n:.2f}× the speed of {ref_label}" + (f"; {basis}" if basis else "") + ")"
+                if fastest.name != ref.name and is_number(n) else "")
+        return (f"{where}: none beats the dense engines at ≥ {min_kept:.0%} of the dense accuracy; "
+                f"the fastest is the dense model under {fastest.get('accelerator_label') or fastest['accelerator']}{lead}.")
     acc = x.get("accelerator_label") or x["accelerator"]
     label = (f"the dense model under {acc} (no pruning)" if x["pruner"] == BASELINE_PRUNER
              else f"{x.get('pruner_label') or x['pruner']} + {acc}")
     low, high = x.get("latency_savings_vs_best_dense_low"), x.get("latency_savings_vs_best_dense_high")
     if is_number(low) and is_number(high) and low <= 1.0:  # interleaved rounds: no lead beyond the noise
         return (f"{where}: none is measurably faster than the dense engines at ≥ {min_kept:.0%} of the dense "
-                f"accuracy: the lowest p50, {label}, runs at {n:.2f}× the speed of the fastest dense engine "
-                f"({y.get('accelerator_label') or y['accelerator']}) with a 95 % interval of {low:.2f}–{high:.2f}×.")
+                f"accuracy: the highest latency factor, {label}, runs at {n:.2f}× the speed of the fastest dense engine "
+                f"({ref_label}) with a 95 % interval of {low:.2f}–{high:.2f}×{f' ({basis})' if basis else ''}.")
     method = x.get("energy_method")
     how = f" ({method})" if isinstance(method, str) and method and method != "measured" else ""
     joules = (" (energy not comparable)" if not is_number(m) or m <= 0 else f" and {m:.2f}× fewer joules{how}"
               if m >= 1 else f" but {1 / m:.2f}× more joules{how}")
     return (f"{where}: fastest configuration that keeps ≥ {min_kept:.0%} of the dense accuracy: {label} — "
-               f"{n:.2f}× lower latency{joules} than the fastest dense engine "
-               f"({y.get('accelerator_label') or y['accelerator']}).")
+            f"{n:.2f}× lower latency{joules} than the fastest dense engine ({ref_label}){f' ({basis})' if basis else ''}.")
+
+
+def _latency_basis(x: pd.Series, ref: pd.Series) -> str:
+    """What a same-round latency factor of ``x`` against ``ref`` is, with both p50s (which can
+    disagree with it under contention: the rounds are paired, the pooled p50s are not)."""
+    rounds = x.get("latency_savings_vs_best_dense_rounds")
+    p50s = (f"; p50 {x['latency_p50_s'] * 1e3:.3g} ms vs {ref['latency_p50_s'] * 1e3:.3g} ms"
+            if positive(x.get("latency_p50_s")) and positive(ref.get("latency_p50_s")) else "")
+    return f"latency: median of {int(rounds)} same-round ratios{p50s}"
 
 
 def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Series:
@@ -436,7 +490,7 @@ def damaged_run_files(run_dir: Path) -> list[str]:
 #: the fields of the run files that the pages show, and the JSON type each holds as written
 RUN_FILE_TYPES: dict[str, dict[str, type]] = {
     "hardware.json": {"cpu_model": str, "cpu_vendor": str, "isa_flags": list, "logical_cpus": numbers.Real,
-                      "physical_cores": numbers.Real, "memory_gb": numbers.Real, "caches": dict, "os": str, "gpus": list,
+                      "physical_cores": numbers.Real, "memory_gib": numbers.Real, "caches": dict, "os": str, "gpus": list,
                       "versions": dict, "kernel_variant": str, "kernel_variants_supported": list, "kernel_note": str,
                       "hardware_id": str},
     "manifest.json": {"sparsebench_version": str, "git_commit": str, "created": str, "harness_overhead_s": numbers.Real,
@@ -451,8 +505,11 @@ def load_run_file(run_dir: Path, name: str) -> tuple[dict, list[str]]:
     the wrong type becomes its text (a ``git_commit`` written as a number), a null where a list or
     an object belongs, or a list or an object where a single value belongs, is dropped (shown as
     ?), and the entries of a list become text (a GPU entry: ``{"name": text}``). A null single
-    value stays: the writer leaves some unknown (``cpu_vendor``, ``memory_gb``, ``git_commit``)."""
+    value stays: the writer leaves some unknown (``cpu_vendor``, ``memory_gib``, ``git_commit``).
+    A field an older run wrote under a former name (``memory_gb``) is read under its current one."""
     d = load_json(Path(run_dir) / name)
+    if name == "hardware.json":
+        d = current_field_names(d)
     problems: list[str] = []
     for key, want in RUN_FILE_TYPES[name].items():
         if key not in d:

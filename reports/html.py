@@ -106,6 +106,30 @@ def fmt_kept(v: Any) -> str:
     return f"{pct} %"
 
 
+def fmt_with_delta(v: Any, delta: Any, digits: int = 3) -> str:
+    """A metric and its difference from the dense baseline's, in the metric's units:
+    ``"0.8807 (−0.0034)"``, ``"0.9 (±0)"``; the metric alone where there is no difference (no
+    baseline, or a collapsed one), ``"n/a"`` where there is no metric."""
+    text = fmt(v, digits)
+    if not is_number(v) or not is_number(delta):
+        return text
+    sign = "±" if delta == 0 else "+" if delta > 0 else "−"
+    return f"{text} ({sign}{fmt(abs(float(delta)), digits) if delta else '0'})"
+
+
+def flagged_cell(value: Any, flags: str, digits: int = 3) -> tuple[str, float | None]:
+    """A table cell (display, sort value) for an energy value, with ⚠ and the meter's flags
+    (:func:`reports.frame.energy_flag_text`) as its hover text where it has any."""
+    mark = f" <span title='{esc(flags)}'>⚠</span>" if flags else ""
+    return esc(fmt(value, digits)) + mark, value if is_number(value) else None
+
+
+def refused_cell(refused: str) -> tuple[str, None]:
+    """The cell of an energy factor refused because the two cells' energy methods differ
+    (``"measured vs estimated"``): "mixed", never "n/a", which means not measured."""
+    return f"<span class='badge estimated' title='{esc(refused)}'>mixed: {esc(refused)}</span>", None
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 0, sortable: bool = True) -> str:
     """HTML table; cells may be (display_html, sort_value) pairs or plain values (escaped)."""
     th = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(headers))

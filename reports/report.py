@@ -9,10 +9,14 @@ import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
-from reports.frame import (COLLAPSED_MARK, add_savings, add_task_key, collapsed_mask, damaged_run_files, folder_name, is_flagged, is_number, kernel_variant_text,
-                           load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
-from reports.html import badge, damaged_warning, esc, figure, first_line, fmt, fmt_kept, ms, page, run_file_warning, table, write_page
+from reports.frame import (COLLAPSED_MARK, add_savings, add_task_key, collapsed_mask, damaged_run_files, energy_flag_text, folder_name, is_flagged,
+                           is_number, is_same_round, kernel_variant_text, load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
+from reports.html import (badge, damaged_warning, esc, figure, first_line, flagged_cell, fmt, fmt_kept, fmt_with_delta, ms, page, refused_cell,
+                          run_file_warning, table, write_page)
 from reports.multiply import multiply_section
+
+#: what the "latency ×" figures are (the runner's same-round median where it stored one)
+LATENCY_FACTOR_WORDS = "latency ×: median of same-round ratios against the baseline where interleaved, else the p50 ratio"
 
 ENERGY_SYMBOL = {"measured": "circle", "power-poll": "diamond", "estimated": "circle-open", "unavailable": "x"}
 #: the marker of a collapsed model in the scatter plots (never on a Pareto front)
@@ -42,14 +46,16 @@ def _cell_table(df: pd.DataFrame) -> str:
     for i, r in df.iterrows():
         method = r.get("energy_method") if isinstance(r.get("energy_method"), str) else "unavailable"  # NaN: a row without one
         spread = (" ⚠" if is_flagged(r.get("latency_spread_flag")) else "") + (" [busy]" if is_flagged(r.get("contention_flag")) else "")
-        accuracy: Any = r.get("accuracy")
+        value = r.get("accuracy")
+        accuracy: Any = (esc(fmt_with_delta(value, r.get("accuracy_delta"))), value if is_number(value) else None)
         reason = first_line(r.get("reason"), 160) if r["status"] != "ok" else ""
         if collapsed[i]:
             why = collapse_text(r)
-            accuracy = (f"{esc(fmt(accuracy))} <span class='badge failed' title='{esc(why)}'>{esc(COLLAPSED_MARK)}</span>",
-                        accuracy if is_number(accuracy) else None)
+            accuracy = (f"{accuracy[0]} <span class='badge failed' title='{esc(why)}'>{esc(COLLAPSED_MARK)}</span>", accuracy[1])
             reason = reason or first_line(why, 160)  # a failed row's own reason first
         kept = r.get("accuracy_kept")
+        flags = energy_flag_text(r.get("energy_flags"))
+        refused = r.get("energy_factor_refused")
         rows.append([
             r["task"], r["pruner_label"], r["accelerator_label"], r["batch_size"], r["seq_len"], r["threads"],
             kernel_variant_text(r.get("kernel_variant"), r.get("kernel_variant_used")),
@@ -57,13 +63,34 @@ def _cell_table(df: pd.DataFrame) -> str:
             r.get("sparsity_prunable"),
             (esc(fmt(ms(r.get("latency_p50_s")))) + spread, r.get("latency_p50_s")),
             ms(r.get("latency_p90_s")), ms(r.get("latency_p99_s")),
-            r.get("latency_n"), r.get("throughput_per_s"), r.get("energy_j_per_inference"),
-            r.get("energy_j_per_inference_net"), (badge(method), method),
-            r.get("latency_savings_factor"), r.get("energy_savings_factor"),
+            r.get("latency_n"), r.get("throughput_per_s"), flagged_cell(r.get("energy_j_per_inference"), flags),
+            flagged_cell(r.get("energy_j_per_inference_net"), flags), (badge(method), method),
+            _latency_factor_cell(r),
+            refused_cell(refused) if isinstance(refused, str) else r.get("energy_savings_factor"),
             r["model_bytes"] / 1e6 if pd.notna(r.get("model_bytes")) else None,
             reason,
         ])
     return table(headers, rows, left=3)
+
+
+def latency_factor_text(r: pd.Series, key: str = "latency_savings_factor") -> str:
+    """What latency factor ``key`` of a row is, for hover text: "median of 7 same-round ratios,
+    95 % interval 1.02–1.31×; p50 ratio 1.19×", or "p50 ratio"."""
+    if not is_same_round(r, key):
+        return "p50 ratio (baseline p50 ÷ this cell's)"
+    lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
+    text = f"median of {int(r[f'{key}_rounds'])} same-round ratios"
+    text += f", 95 % interval {fmt(lo)}–{fmt(hi)}×" if is_number(lo) and is_number(hi) else ""
+    p50 = r.get("latency_savings_p50_ratio") if key == "latency_savings_factor" else None
+    return text + (f"; p50 ratio {fmt(p50)}×" if is_number(p50) else "")
+
+
+def _latency_factor_cell(r: pd.Series) -> Any:
+    """The "latency ×" cell: the factor, with what it is (same-round median or p50 ratio) as hover text."""
+    f = r.get("latency_savings_factor")
+    if not is_number(f):
+        return f
+    return f"<span title='{esc(latency_factor_text(r))}'>{esc(fmt(f))}</span>", f
 
 
 def _scatter(df: pd.DataFrame, x: str, xlabel: str, title: str) -> str:
@@ -102,12 +129,14 @@ def _savings(df: pd.DataFrame) -> str:
         return "<p class='note'>No savings factors: the run has no dense torch-fp32 baseline cell.</p>"
     d = d.assign(cell=d["label"] + " " + shape_labels(d) + collapsed_mask(d).map({True: " " + COLLAPSED_MARK, False: ""}))
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=d["cell"], y=d["latency_savings_factor"], name="latency ×"))
+    fig.add_trace(go.Bar(x=d["cell"], y=d["latency_savings_factor"], name="latency ×",
+                         hovertext=[latency_factor_text(r) for _, r in d.iterrows()],
+                         hovertemplate="%{x}<br>%{y:.4g}×<br>%{hovertext}<extra>latency ×</extra>"))
     if d["energy_savings_factor"].notna().any():
         methods = ", ".join(sorted(d["energy_method"].dropna().unique()))
         fig.add_trace(go.Bar(x=d["cell"], y=d["energy_savings_factor"], name=f"energy × ({methods})"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#888")
-    title = "Savings factor vs dense fp32 baseline (higher is better)"
+    title = f"Savings factor vs dense fp32 baseline (higher is better; {LATENCY_FACTOR_WORDS})"
     if collapsed_mask(d).any():
         title += f" — {COLLAPSED_MARK}: the model collapsed, not a candidate"
     fig.update_layout(title=title, barmode="group", yaxis_title="×")
@@ -157,7 +186,7 @@ def build_report_html(run_dir: Path) -> str:
     gpus = (", ".join(str(known(g.get("name"))) for g in hw["gpus"]) or "none") if "gpus" in hw else "?"
     head.append(
         f"<p class='note'>hardware <b>{esc(known(hw.get('cpu_model')))}</b>, {esc(known(hw.get('logical_cpus')))} logical CPUs, "
-        f"{esc(known(hw.get('memory_gb')))} GB, ISA {esc(' '.join(hw['isa_flags']) if 'isa_flags' in hw else '?')}, GPU {esc(gpus)}; "
+        f"{esc(known(hw.get('memory_gib')))} GiB RAM, ISA {esc(' '.join(hw['isa_flags']) if 'isa_flags' in hw else '?')}, GPU {esc(gpus)}; "
         f"hardware_id {esc(known(hw.get('hardware_id')))}; sparsebench {esc(known(manifest.get('sparsebench_version')))}, "
         f"git {esc((manifest.get('git_commit') or '?')[:10])}</p>"
     )
@@ -198,10 +227,15 @@ def build_report_html(run_dir: Path) -> str:
     sections += [f"<h2>All cells</h2><p class='note'>Click a header to sort. ⚠ marks a latency spread (IQR/median) above {SPREAD_LIMIT:.0%}; [busy] a cell timed while other processes were busy; "
                  "(collapsed): the model predicts one class, or does no better than the majority class (the reason column says which). "
                  "n/a: a value that was not measured or not finite (the row's <code>reason</code>, <code>energy_reason</code> or <code>null_reasons</code> say why). "
+                 "(±x) after the metric: the cell's metric − the dense baseline's, in the metric's units. "
                  "kept: the metric ÷ the dense baseline's, rounded down to 0.01 %. "
+                 "⚠ after J/inference: the energy meter flagged the value (hover for its <code>energy_flags</code>: a counter wrap, DRAM left out, "
+                 "a negative net energy, visits too short for the meter...). "
                  "Latency (p50, p90, p99) is per batch; J/inference is per sequence (one example): a batch costs batch × J/inference. "
-                 "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant; "
-                 "energy factors only between cells of one energy method.</p>", _cell_table(df)]
+                 "Savings factors divide the dense (pruner none) torch-fp32 cell of the same task, batch, sequence, threads and kernel variant. "
+                 "latency ×: the median of same-round ratios against that cell (interleaved runs; hover for the rounds, the 95 % interval and the p50 ratio), "
+                 "else the ratio of p50s. Energy factors only between cells of one energy method: "
+                 "mixed: the two cells' methods differ (baseline's vs this cell's), so no factor.</p>", _cell_table(df)]
     return page(title, sections)
 
 
@@ -295,7 +329,7 @@ def print_summary(run_dir: Path) -> None:
         ok = r["status"] == "ok"
         t.add_row(
             str(r["pruner_label"]), str(r["accelerator_label"]), str(r["batch_size"]), str(r["seq_len"]), str(r["threads"]), str(r["status"]),
-            fmt(r.get("accuracy"), 4) + (f" {COLLAPSED_MARK}" if collapsed[i] else ""), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
+            fmt_with_delta(r.get("accuracy"), r.get("accuracy_delta"), 4) + (f" {COLLAPSED_MARK}" if collapsed[i] else ""), fmt(ms(r.get("latency_p50_s")) if ok else None), fmt(ms(r.get("latency_p90_s")) if ok else None),
             fmt(r.get("energy_j_per_inference") if ok else None), str(r.get("energy_method")), fmt(r.get("latency_savings_factor"), 2),
             fmt(r.get("latency_savings_vs_best_dense"), 2),
         )

@@ -18,7 +18,7 @@ def _meters(rapl):
     nv = types.SimpleNamespace(NVMLError=E, nvmlInit=lambda: (_ for _ in ()).throw(E("NVML Shared Library Not Found")))
     return {"rapl": rapl, "nvml": NvmlMeter(nvml=nv),
             "estimate": EstimateMeter(cpu_model="Intel(R) Xeon(R) Processor", physical_cores=2,
-                                      logical_cpus=2, ram_gb=8)}
+                                      logical_cpus=2, ram_gib=8)}
 
 
 def test_absent_rapl_is_stated_plainly(tmp_path):
@@ -32,6 +32,17 @@ def test_absent_rapl_is_stated_plainly(tmp_path):
     assert rep["meters"]["rapl"]["available"] is False
     assert rep["hardware_id"] == "abc"
     json.dumps(rep)
+
+
+def test_missing_powercap_reads_absent_for_rapl_and_pyrapl_alike(tmp_path):
+    from profiler.meters import PyRaplMeter
+    from tests.test_meters_pyrapl import CantRecord, fake_pyrapl
+
+    ms = _meters(RaplMeter(root=str(tmp_path / "powercap")))
+    ms["pyrapl"] = PyRaplMeter(pyrapl=fake_pyrapl(error=CantRecord()), powercap_dir=str(tmp_path / "powercap" / "intel-rapl"))
+    rep = doctor_report(meters=ms, fingerprint=lambda: {})
+    assert rep["meters"]["rapl"]["status"] == rep["meters"]["pyrapl"]["status"] == "absent"
+    assert f"pyRAPL: absent ({tmp_path / 'powercap' / 'intel-rapl'} not found;" in format_doctor(rep)
 
 
 def test_permission_denied_reason_is_shown(tmp_path):

@@ -307,6 +307,37 @@ def test_a_domain_dropping_out_in_a_later_visit_gives_no_value_not_an_error():
     assert r.domain_methods == {"package:0": "measured", "dram:0": "measured"}
 
 
+@pytest.mark.parametrize("where, readings", [
+    ("the last reading", [Reading(0.0, {"package:0": Counter(100.0), "dram:0": Counter(50.0), "gpu:0": Counter(10.0)}),
+                          Reading(1.0, {"package:0": Counter(130.0), "gpu:0": Counter(210.0)})]),
+    ("the first reading", [Reading(0.0, {"package:0": Counter(100.0)}),
+                           Reading(1.0, {"package:0": Counter(130.0), "gpu:0": Counter(210.0)})]),
+])
+def test_a_summed_domain_missing_from_the_first_or_last_reading_is_no_value_not_left_out(where, readings):
+    """A third-party meter that omits a domain at one end of the window: its joules are unknown,
+    so the total is unknown and says which domain — not a smaller total labelled measured."""
+    r = window_result([readings], 10, meter_method="measured", resolution_s=0.001)
+    dom = "dram:0" if where == "the last reading" else "gpu:0"
+    assert r.energy_j_per_inference is None and r.method == "unavailable" and dom in r.reason
+    assert r.energy_j[dom] is None and f"{dom}: missing from {where}; value dropped" in r.flags
+    assert r.energy_j["package:0"] == pytest.approx(30.0)
+
+
+def test_a_domain_present_only_in_a_later_visit_is_no_value_not_left_out():
+    """gpu:0 is read only in visit 2 (300 J): the total is unknown, not visit 1's package alone."""
+    s1 = [Reading(0.0, {"package:0": Counter(0.0)}), Reading(1.0, {"package:0": Counter(10.0)})]
+    s2 = [Reading(5.0, {"package:0": Counter(50.0), "gpu:0": Counter(0.0)}),
+          Reading(6.0, {"package:0": Counter(60.0), "gpu:0": Counter(300.0)})]
+    r = window_result([s1, s2], 2, meter_method="measured", resolution_s=0.001)
+    assert r.energy_j_per_inference is None and r.method == "unavailable" and "gpu:0" in r.reason
+    assert r.energy_j == {"package:0": pytest.approx(20.0), "gpu:0": None}
+    assert "gpu:0: missing from visit 1; value dropped" in r.flags
+    # the same domain on both visits adds up
+    s1b = [Reading(0.0, {**s1[0].counters, "gpu:0": Counter(0.0)}), Reading(1.0, {**s1[1].counters, "gpu:0": Counter(100.0)})]
+    r = window_result([s1b, s2], 2, meter_method="measured", resolution_s=0.001)
+    assert r.method == "measured" and r.energy_j_per_inference == pytest.approx((20.0 + 400.0) / 2)
+
+
 def test_idle_power_survives_a_meter_that_fails_to_start():
     class NoStart(ScriptMeter):
         def start(self):

@@ -41,7 +41,7 @@ def test_same_machine_same_id():
     assert a["hardware_id"] == b["hardware_id"] == hardware_id(a)
     real1, real2 = fingerprint(), fingerprint()  # this machine, probed twice
     assert real1["hardware_id"] == real2["hardware_id"]
-    assert {"caches", "os", "kernel", "gpus", "versions", "kernel_variant", "memory_gb"} <= set(real1)
+    assert {"caches", "os", "kernel", "gpus", "versions", "kernel_variant", "memory_gib"} <= set(real1)
 
 
 def test_id_is_a_pure_function_of_hardware_fields():

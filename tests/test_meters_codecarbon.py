@@ -110,3 +110,120 @@ def test_close_stops_tracker():
     assert m.availability()[0]
     m.close()
     assert made[0].stopped and not m.availability()[0]
+
+
+def sampling_tracker_meter(made):
+    """A ``codecarbon`` meter class whose tracker, like codecarbon's, samples in a thread of its own
+    from ``start()`` until ``stop()``; each tracker built is appended to ``made``."""
+    import threading
+
+    base = fake_tracker([CPU("cpu_load"), RAM()], {"cpu": 1e-7, "ram": 1e-8})
+
+    class Sampling(base):
+        def start(self):
+            super().start()
+            self.halt = threading.Event()
+            self.thread = threading.Thread(target=lambda: self.halt.wait(), name="fake-codecarbon-scheduler",
+                                           daemon=True)
+            self.thread.start()
+
+        def stop(self):
+            super().stop()
+            self.halt.set()
+            self.thread.join()
+
+    class FakeCodecarbon(CodecarbonMeter):
+        def _default_factory(self):
+            made.append(Sampling())
+            return made[-1]
+
+    return FakeCodecarbon
+
+
+def _use_meter(monkeypatch, cls):
+    from profiler.plugins import METERS
+
+    monkeypatch.setattr(METERS, "_classes", {**METERS._classes, "codecarbon": cls})
+
+
+def test_preflight_stops_the_tracker_its_probe_started(monkeypatch, tmp_path):
+    """preflight's availability check starts a tracker: it must not go on sampling through the run."""
+    from profiler.config import parse_config
+    from profiler.runner import preflight
+    from tests.conftest import tiny_config
+
+    made = []
+    _use_meter(monkeypatch, sampling_tracker_meter(made))
+    cfg = parse_config(tiny_config(meter={"name": "codecarbon"}, run={"name": "t", "output_dir": str(tmp_path / "runs")}))
+    preflight(cfg, tmp_path / "cache")
+    assert len(made) == 1 and made[0].stopped and not made[0].thread.is_alive()
+
+
+def test_a_run_stops_its_codecarbon_tracker_at_the_end(monkeypatch, tmp_path):
+    """The run's meter is closed once the matrix is done (stop() after each window cannot: a
+    codecarbon tracker does not restart), so no tracker thread outlives the run."""
+    from profiler.config import parse_config
+    from profiler.runner import Runner
+    from tests.conftest import tiny_config
+
+    made = []
+    _use_meter(monkeypatch, sampling_tracker_meter(made))
+    cfg = parse_config(tiny_config(
+        meter={"name": "codecarbon"}, tasks=[{"name": "tiny-synthetic", "finetune_steps": 2, "n_train": 32, "n_eval": 8}],
+        pruners=[{"name": "none"}], accelerators=[{"name": "torch-fp32"}],
+        matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    Runner(cfg, tmp_path / "run", cache_dir=tmp_path / "cache").run()
+    assert len(made) == 1 and made[0].stopped and not made[0].thread.is_alive()
+    from profiler.results import read_results
+
+    rows = read_results(tmp_path / "run" / "results.jsonl").rows
+    assert rows and rows[0]["energy_meter"] == "codecarbon" and rows[0]["energy_j_per_inference"] is not None
+
+
+def test_a_ray_node_probe_stops_the_tracker_it_started(monkeypatch):
+    """The probe of a Ray target (availability and idle power) builds its own meter: closed after."""
+    from profiler.executors.ray_node import probe_node
+
+    made = []
+    _use_meter(monkeypatch, sampling_tracker_meter(made))
+    out = probe_node({"name": "codecarbon", "params": {}}, 0.05)
+    assert out["meter_ok"] and out["idle"] is not None
+    assert len(made) == 1 and made[0].stopped and not made[0].thread.is_alive()
+
+
+def test_the_real_tracker_leaves_no_thread_after_preflight(tmp_path):
+    """codecarbon offline, as installed: preflight's probe leaves none of its threads behind."""
+    pytest.importorskip("codecarbon")
+    import threading
+
+    from profiler.config import parse_config
+    from profiler.runner import preflight
+    from tests.conftest import tiny_config
+
+    before = set(threading.enumerate())
+    cfg = parse_config(tiny_config(meter={"name": "codecarbon"}, run={"name": "t", "output_dir": str(tmp_path / "runs")}))
+    preflight(cfg, tmp_path / "cache")
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+
+def test_auto_closes_its_parts():
+    from profiler.meters.auto import AutoMeter
+    from profiler.meters.base import EnergyMeter, Reading
+
+    class Part(EnergyMeter):
+        name, method = "part", "measured"
+        closed = 0
+
+        def availability(self):
+            return True, "ok"
+
+        def read(self):
+            return Reading(0.0, {})
+
+        def close(self):
+            self.closed += 1
+
+    est, gpu = Part(), Part()
+    auto = AutoMeter(meters={"rapl": None, "estimate": est, "nvml": gpu})
+    auto.close()
+    assert est.closed == 1 and gpu.closed == 1

@@ -30,7 +30,7 @@ def test_tdp_lookup_is_robust(model, watts):
 def test_unknown_model_uses_per_core_default_and_says_so():
     assert lookup_tdp("Intel(R) Xeon(R) Processor") is None
     m = EstimateMeter(cpu_model="Intel(R) Xeon(R) Processor", physical_cores=2, logical_cpus=2,
-                      sockets=1, ram_gb=24)
+                      sockets=1, ram_gib=24)
     assert m.tdp_w == 20.0
     d = m.describe()
     assert d["estimate_tdp_w"] == 20.0 and "default 10 W/core × 2 core" in d["estimate_source"]
@@ -39,17 +39,17 @@ def test_unknown_model_uses_per_core_default_and_says_so():
 
 def test_vm_sees_fewer_cores_scales_tdp():
     m = EstimateMeter(cpu_model="Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", physical_cores=4,
-                      logical_cpus=8, sockets=1, ram_gb=16)
+                      logical_cpus=8, sockets=1, ram_gib=16)
     assert m.tdp_w == pytest.approx(150 * 4 / 20)
     assert "scaled to 4 of 20 cores" in m.tdp_source
     m2 = EstimateMeter(cpu_model="AMD EPYC 7763 64-Core Processor", physical_cores=128,
-                       logical_cpus=256, sockets=2, ram_gb=16)
+                       logical_cpus=256, sockets=2, ram_gib=16)
     assert m2.tdp_w == 560
 
 
 def test_model_with_fake_clock_and_cpu_time():
     clock, cpu = Clock(), {"t": 0.0}
-    m = EstimateMeter(tdp_w=80, memory_w_per_gb=0.5, ram_gb=16, logical_cpus=4, clock=clock,
+    m = EstimateMeter(tdp_w=80, memory_w_per_gib=0.5, ram_gib=16, logical_cpus=4, clock=clock,
                       cpu_time=lambda: cpu["t"])
     assert m.method == "estimated" and m.availability()[0]
     with EnergyWindow(m) as w:
@@ -87,3 +87,33 @@ def test_cpuinfo_parsing(tmp_path):
                     "physical_cores": 4, "sockets": 2}
     assert normalise_cpu_model(info["model"]) == "intel xeon gold 6130"
     assert read_cpuinfo(str(tmp_path / "missing"))["model"] is None
+
+
+def test_ram_is_counted_in_gib_as_the_w_per_gib_figure_is(monkeypatch):
+    """0.375 W per GiB (codecarbon < 3.0: 3 W per 8 GiB) × RAM in GiB: an 8 GiB machine draws
+    3 W, not 3.22 W (its 8.59 decimal GB)."""
+    import os
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 8 * 2**30 // 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    m = EstimateMeter(tdp_w=10, logical_cpus=1)
+    assert m.ram_gib == 8.0 and m.memory_w == pytest.approx(3.0)
+    d = m.describe()
+    assert d["estimate_ram_gib"] == 8.0 and d["estimate_memory_w_per_gib"] == 0.375
+    assert "ram_gib" in d["estimate_model"] and not any(k.endswith("_gb") for k in d)
+
+
+def test_the_former_setting_names_still_load():
+    """Configs and run manifests written with ram_gb / memory_w_per_gb: the same numbers."""
+    m = METERS.build("estimate", {"ram_gb": 16, "memory_w_per_gb": 0.5, "tdp_w": 10}, "meter")
+    assert m.ram_gib == 16 and m.memory_w_per_gib == 0.5 and m.memory_w == pytest.approx(8.0)
+    assert METERS.build("estimate", {"ram_gib": 16, "ram_gb": 16}, "meter").ram_gib == 16
+    with pytest.raises(ConfigError, match=r"meter: ram_gib = 16 and its former name ram_gb = 8 are both given; give "
+                                          r"ram_gib only"):
+        METERS.build("estimate", {"ram_gib": 16, "ram_gb": 8}, "meter")
+    with pytest.raises(ConfigError, match=r"meter.ram_gb: .*\[0, 1000000\]"):
+        METERS.build("estimate", {"ram_gb": -1}, "meter")
+    auto = METERS.build("auto", {"memory_w_per_gb": 0.5, "rapl_root": "/nonexistent", "gpu": False}, "meter")
+    assert auto.parts[0].memory_w_per_gib == 0.5
+    with pytest.raises(ConfigError, match="memory_w_per_gib = 1.0 and its former name memory_w_per_gb = 0.5"):
+        METERS.build("auto", {"memory_w_per_gib": 1.0, "memory_w_per_gb": 0.5, "gpu": False}, "meter")

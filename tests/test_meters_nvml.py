@@ -173,7 +173,7 @@ def test_auto_combines_rapl_fallback_and_gpu_and_labels_weakest(tmp_path):
     clock = Clock(50.0)
     nv = fake_nvml([{"energy_mj": NVMLError(3), "power_mw": 150_000}])
     gpu = NvmlMeter(nvml=nv, clock=clock, background=False)
-    est = EstimateMeter(tdp_w=10, ram_gb=0, logical_cpus=1, clock=clock, cpu_time=lambda: clock.t)
+    est = EstimateMeter(tdp_w=10, ram_gib=0, logical_cpus=1, clock=clock, cpu_time=lambda: clock.t)
     auto = AutoMeter(rapl_root=str(tmp_path / "none"), meters={"nvml": gpu, "estimate": est})
     assert [p.name for p in auto.parts] == ["estimate", "nvml"]
     assert "GPU: nvml" in auto.choice_reason and "not found" in auto.choice_reason

@@ -72,9 +72,16 @@ def test_missing_dram_is_absent_not_zero(tmp_path):
     (CantRecord(), "found no usable RAPL"),
     (FileNotFoundError(2, "No such file", "/sys/devices/system/cpu/present"), "not found"),
 ])
-def test_unavailable_reasons(error, expect):
-    ok, reason = PyRaplMeter(pyrapl=fake_pyrapl(error=error)).availability()
+def test_unavailable_reasons(error, expect, tmp_path):
+    ok, reason = PyRaplMeter(pyrapl=fake_pyrapl(error=error), powercap_dir=str(tmp_path)).availability()
     assert not ok and expect in reason
+
+
+def test_no_powercap_folder_is_said_as_not_found(tmp_path):
+    """pyRAPL raises its own error when the powercap tree is missing: the reason names the missing
+    folder, as the rapl meter's does, so both read "absent" (not "unavailable") in doctor."""
+    ok, reason = PyRaplMeter(pyrapl=fake_pyrapl(error=CantRecord()), powercap_dir=str(tmp_path / "intel-rapl")).availability()
+    assert not ok and reason.startswith(f"{tmp_path / 'intel-rapl'} not found; no RAPL interface for pyRAPL")
 
 
 def test_not_installed(monkeypatch):

@@ -191,7 +191,7 @@ def test_permission_denied_falls_back_to_estimate_never_measured(tmp_path):
 
     clock = Clock(100.0)
     cpu = {"t": 0.0}
-    est = EstimateMeter(tdp_w=100, ram_gb=8, logical_cpus=4, clock=clock,
+    est = EstimateMeter(tdp_w=100, ram_gib=8, logical_cpus=4, clock=clock,
                         cpu_time=lambda: cpu["t"])
     auto = AutoMeter(meters={"rapl": rapl, "nvml": None, "estimate": est})
     assert auto.parts == [est]
@@ -206,7 +206,7 @@ def test_permission_denied_falls_back_to_estimate_never_measured(tmp_path):
     assert "measured" not in set(row["energy_domain_methods"].values())
     assert row["energy_meter_method"] == "estimated"
     assert r.energy_j["cpu"] == pytest.approx(50.0)
-    assert r.energy_j["dram"] == pytest.approx(3.0)     # 0.375 W/GB × 8 GB × 1 s
+    assert r.energy_j["dram"] == pytest.approx(3.0)     # 0.375 W/GiB × 8 GiB × 1 s
     assert r.energy_j_per_inference == pytest.approx(5.3)
     assert r.energy_j_per_inference_net == pytest.approx(5.0)  # idle 3 W dram, 0 W cpu
     assert "root only" in row["energy_auto_choice"]

@@ -141,14 +141,17 @@ def probe_node(meter: dict[str, Any], idle_seconds: float) -> dict[str, Any]:
 
     Returns a dict: ``hardware``, ``node_id``, ``labels``, ``meter_ok`` (bool), ``meter_why``,
     ``idle`` (``IdlePower.to_dict()`` or None), ``harness_overhead_s`` (seconds per call)."""
-    from profiler.energy import measure_idle_power
+    from profiler.energy import close_quietly, measure_idle_power
     from profiler.measure import harness_overhead_s
     from profiler.plugins import METERS
 
     node_id, labels = node_identity()
     m = METERS.build(meter["name"], meter["params"], "meter")
-    ok, why = (True, None) if meter["name"] == "auto" else m.availability()
-    idle = measure_idle_power(m, idle_seconds).to_dict() if ok and idle_seconds > 0 else None
+    try:
+        ok, why = (True, None) if meter["name"] == "auto" else m.availability()
+        idle = measure_idle_power(m, idle_seconds).to_dict() if ok and idle_seconds > 0 else None
+    finally:
+        close_quietly(m)  # the units build their own meter: a probe's codecarbon tracker must not sample on
     return {"hardware": node_hardware(), "node_id": node_id, "labels": labels, "meter_ok": ok, "meter_why": why,
             "idle": idle, "harness_overhead_s": harness_overhead_s()}
 
@@ -242,7 +245,7 @@ class NodeRunner(Runner):
 
 def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[Any], None]) -> None:
     """Run the unit's cells with the runner's cell functions; every row goes to ``sink``."""
-    from profiler.energy import IdlePower
+    from profiler.energy import IdlePower, close_quietly
     from profiler.plugins import METERS
     from profiler.tasks.base import seed_everything
 
@@ -269,6 +272,7 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
             runner._run_group(cells, task, models, meter, idle, references)
     finally:
         meter.stop()
+        close_quietly(meter)  # a codecarbon tracker samples until closed
 
 
 def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]]:

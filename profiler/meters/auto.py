@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from profiler.energy import safe_availability, worst_method
 from profiler.meters.base import EnergyMeter, Reading
-from profiler.meters.estimate import DEFAULT_MEMORY_W_PER_GB, EstimateMeter, Watts, WattsPerGB
+from profiler.meters.estimate import DEFAULT_MEMORY_W_PER_GIB, EstimateMeter, Watts, WattsPerGiB, former_name
 from profiler.meters.rapl import DEFAULT_ROOT, RaplMeter
 
 
@@ -24,7 +24,9 @@ class AutoMeter(EnergyMeter):
     Args:
         rapl_root: powercap root for the RAPL probe.
         gpu: probe NVML for GPUs (``False`` skips it).
-        tdp_w, memory_w_per_gb: passed to the ``estimate`` fallback.
+        tdp_w, memory_w_per_gib: passed to the ``estimate`` fallback (W; W per GiB of RAM).
+        memory_w_per_gb: the former name of ``memory_w_per_gib`` (configs and run manifests
+            written with it still load).
         meters: for tests: ``{"rapl": meter, "nvml": meter, "estimate": meter}`` replacing the
             probed candidates (a missing key is built normally; ``None`` disables it).
 
@@ -38,10 +40,13 @@ class AutoMeter(EnergyMeter):
         rapl_root: str = DEFAULT_ROOT,
         gpu: bool = True,
         tdp_w: Watts | None = None,
-        memory_w_per_gb: WattsPerGB = DEFAULT_MEMORY_W_PER_GB,
+        memory_w_per_gib: WattsPerGiB = DEFAULT_MEMORY_W_PER_GIB,
+        memory_w_per_gb: WattsPerGiB | None = None,
         *,
         meters: dict[str, EnergyMeter | None] | None = None,
     ):
+        memory_w_per_gib = former_name(memory_w_per_gib, DEFAULT_MEMORY_W_PER_GIB, memory_w_per_gb, "memory_w_per_gib",
+                                       "memory_w_per_gb")
         given = dict(meters or {})
         rapl = given["rapl"] if "rapl" in given else RaplMeter(root=rapl_root)
         if "nvml" in given:
@@ -63,7 +68,7 @@ class AutoMeter(EnergyMeter):
             why.append(f"CPU: rapl measured ({reason})")
         else:
             est = (given["estimate"] if "estimate" in given and given["estimate"] is not None
-                   else EstimateMeter(tdp_w=tdp_w, memory_w_per_gb=memory_w_per_gb))
+                   else EstimateMeter(tdp_w=tdp_w, memory_w_per_gib=memory_w_per_gib))
             self.probes["estimate"] = safe_availability(est)
             parts.append(est)
             why.append(f"CPU: estimated (TDP × utilisation, {est.describe().get('estimate_source', '')})"
@@ -107,6 +112,11 @@ class AutoMeter(EnergyMeter):
         """Stop every part's background sampling."""
         for p in self.parts:
             p.stop()
+
+    def close(self) -> None:
+        """Close every part (a codecarbon tracker, an NVML handle)."""
+        for p in self.parts:
+            p.close()
 
     def read(self) -> Reading:
         """Counters of all parts, each tagged with its part's method; ``t_s`` of the first."""

@@ -70,7 +70,15 @@ class EnergyMeter:
         """Start background sampling, if the meter needs it (power polling). Idempotent."""
 
     def stop(self) -> None:
-        """Stop background sampling. Idempotent."""
+        """Stop background sampling. Idempotent. Called after every window: the meter must be able
+        to :meth:`start` again."""
+
+    def close(self) -> None:
+        """Release the meter for good: stop its background sampling and any tracker thread or
+        library handle it holds. The profiler calls it once it is done with the meter (the end of a
+        run, after a preflight probe); the meter need not work afterwards. Idempotent. The default
+        only calls :meth:`stop`."""
+        self.stop()
 
     def describe(self) -> dict:
         """Flat, JSON-able description of how the energy was obtained (stored in result rows)."""

@@ -1,7 +1,9 @@
 """``codecarbon``: codecarbon's ``OfflineEmissionsTracker`` behind the meter interface.
 
 For users who want codecarbon's CO₂ conversion next to our joules. The tracker runs offline
-(no API, no file output, no network) and is started once and kept running; each
+(no API, no file output, no network) and is started once and kept running until
+:meth:`CodecarbonMeter.close` (the runner closes its meters when done; ``stop()``, called after
+every window, leaves it running, since a codecarbon tracker cannot be restarted); each
 :meth:`CodecarbonMeter.read` asks it to measure now and returns its cumulative totals converted
 from kWh to joules, per domain ``cpu``, ``dram`` and (if it tracks GPUs) ``gpu``.
 

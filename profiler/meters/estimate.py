@@ -3,7 +3,7 @@
 Model (every input is reported by :meth:`EstimateMeter.describe` and lands in result rows)::
 
     cpu_J  = tdp_w × Δcpu_time_s / logical_cpus          # = TDP × utilisation × wall
-    dram_J = memory_w_per_gb × ram_gb × Δwall_s            # constant memory power
+    dram_J = memory_w_per_gib × ram_gib × Δwall_s          # constant memory power
 
 * ``tdp_w`` is the power of the CPUs *visible to this machine* at full load: either given by the
   user, or the CPU model string (``/proc/cpuinfo``) matched against :data:`TDP_TABLE`
@@ -12,7 +12,10 @@ Model (every input is reported by :meth:`EstimateMeter.describe` and lands in re
   ``default_w_per_core`` (10 W) × physical cores. ``estimate_source`` says which.
 * utilisation is this process's CPU time (user + system, including waited-for children, all
   threads) divided by wall time × logical CPUs — so OpenMP threads count, other processes don't.
-* memory power is codecarbon's figure of 3 W per 8 GB (0.375 W/GB) × installed RAM.
+* memory power is 0.375 W per GiB (2**30 bytes) × installed RAM in GiB: the figure of codecarbon
+  before 3.0, 3 W per 8 GiB (its "GB" is 2**30 bytes). codecarbon 3.x, which the
+  ``codecarbon>=2.3`` requirement installs now, models RAM power per DIMM slot instead (5 W each
+  on x86), so the ``codecarbon`` meter's ``dram`` is another model than this one.
 
 The model ignores idle/static power below TDP, turbo above it, and GPUs. Values are labelled
 ``estimated`` and must never be compared with measured ones as if they were measurements.
@@ -102,11 +105,12 @@ FAMILY_RULES: list[tuple[str, float, str]] = [
 ]
 
 DEFAULT_W_PER_CORE = 10.0
-DEFAULT_MEMORY_W_PER_GB = 0.375  # codecarbon: 3 W per 8 GB
+DEFAULT_MEMORY_W_PER_GIB = 0.375  # codecarbon < 3.0: 3 W per 8 GiB
 # Meter settings: ranges the registry enforces. Upper bounds are far above any real machine
-# (a 100 kW CPU, 100 W per GB) so that only typos and unit mix-ups (mW for W) are rejected.
+# (a 100 kW CPU, 100 W per GiB) so that only typos and unit mix-ups (mW for W) are rejected.
 Watts = Annotated[float, Range(0.0, 100_000.0)]
-WattsPerGB = Annotated[float, Range(0.0, 100.0)]
+WattsPerGiB = Annotated[float, Range(0.0, 100.0)]
+GiB = Annotated[float, Range(0.0, 1_000_000.0)]
 Count = Annotated[int, Range(1, 1_000_000)]
 
 
@@ -173,11 +177,23 @@ def read_cpuinfo(path: str = "/proc/cpuinfo") -> dict:
     return out
 
 
-def _ram_gb() -> float | None:
+def _ram_gib() -> float | None:
+    """Installed RAM in GiB (2**30 bytes), or None when the OS does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def former_name(value: float | None, default: float | None, former: float | None, key: str, former_key: str) -> float | None:
+    """The value of setting ``key``: ``value``, or the one given under its former name
+    ``former_key`` when that is given and ``value`` is still its ``default``. ValueError when both
+    are given and differ."""
+    if former is None:
+        return value
+    if value != default and value != former:
+        raise ValueError(f"{key} = {value} and its former name {former_key} = {former} are both given; give {key} only")
+    return former
 
 
 def _process_cpu_time() -> float:
@@ -188,25 +204,29 @@ def _process_cpu_time() -> float:
 
 
 class EstimateMeter(EnergyMeter):
-    """CPU energy = TDP × utilisation, memory energy = W/GB × RAM; labelled ``estimated``.
+    """CPU energy = TDP × utilisation, memory energy = W/GiB × RAM; labelled ``estimated``.
 
     Domains: ``cpu`` (all sockets together) and ``dram`` (``None`` is never used: the model always
-    has a value; ``dram`` is omitted when the RAM size is unknown, and stays at 0 J with ``memory_w_per_gb = 0``).
+    has a value; ``dram`` is omitted when the RAM size is unknown, and stays at 0 J with ``memory_w_per_gib = 0``).
     Counters start at 0 J when the meter is created.
 
     Args:
         tdp_w: machine CPU power at full load in watts; ``None`` → looked up (see module doc).
-        memory_w_per_gb: memory power in W per GB of RAM (default 0.375).
+        memory_w_per_gib: memory power in W per GiB (2**30 bytes) of RAM (default 0.375).
         default_w_per_core: W per physical core when the CPU is not in the table (default 10).
-        cpu_model, logical_cpus, physical_cores, sockets, ram_gb: override what is read from
-            ``/proc/cpuinfo`` and ``sysconf`` (tests, or machines that misreport).
+        cpu_model, logical_cpus, physical_cores, sockets, ram_gib: override what is read from
+            ``/proc/cpuinfo`` and ``sysconf`` (tests, or machines that misreport); RAM in GiB.
+        memory_w_per_gb, ram_gb: the former names of ``memory_w_per_gib`` and ``ram_gib`` (same
+            values: the RAM they were applied to is now counted in GiB), so that configs and run
+            manifests written with them still load.
         clock: monotonic wall clock in seconds (injectable for tests).
         cpu_time: cumulative CPU seconds of this process (injectable for tests); default
             ``getrusage`` user + system (+ waited children).
         cpuinfo_path: where to read the CPU description.
 
     Raises:
-        ValueError: a negative or non-finite ``tdp_w``/``memory_w_per_gb``/``default_w_per_core``.
+        ValueError: a negative or non-finite ``tdp_w``/``memory_w_per_gib``/``default_w_per_core``,
+            or a setting given under both its names.
     """
 
     name: ClassVar[str] = "estimate"
@@ -216,30 +236,36 @@ class EstimateMeter(EnergyMeter):
     def __init__(
         self,
         tdp_w: Watts | None = None,
-        memory_w_per_gb: WattsPerGB = DEFAULT_MEMORY_W_PER_GB,
+        memory_w_per_gib: WattsPerGiB = DEFAULT_MEMORY_W_PER_GIB,
         default_w_per_core: Watts = DEFAULT_W_PER_CORE,
         cpu_model: str | None = None,
         logical_cpus: Count | None = None,
         physical_cores: Count | None = None,
         sockets: Count | None = None,
-        ram_gb: Annotated[float | None, Range(0.0, 1_000_000.0)] = None,
+        ram_gib: GiB | None = None,
+        memory_w_per_gb: WattsPerGiB | None = None,
+        ram_gb: GiB | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         cpu_time: Callable[[], float] | None = None,
         cpuinfo_path: str = "/proc/cpuinfo",
     ):
-        check_ranges(EstimateMeter.__init__, {"tdp_w": tdp_w, "memory_w_per_gb": memory_w_per_gb,
-                                              "default_w_per_core": default_w_per_core, "ram_gb": ram_gb})
+        check_ranges(EstimateMeter.__init__, {"tdp_w": tdp_w, "memory_w_per_gib": memory_w_per_gib,
+                                              "default_w_per_core": default_w_per_core, "ram_gib": ram_gib,
+                                              "memory_w_per_gb": memory_w_per_gb, "ram_gb": ram_gb})
+        memory_w_per_gib = former_name(memory_w_per_gib, DEFAULT_MEMORY_W_PER_GIB, memory_w_per_gb, "memory_w_per_gib",
+                                       "memory_w_per_gb")
+        ram_gib = former_name(ram_gib, None, ram_gb, "ram_gib", "ram_gb")
         info = read_cpuinfo(cpuinfo_path)
         self.cpu_model = cpu_model or info["model"] or platform.processor() or "unknown"
         self.logical_cpus = int(logical_cpus or info["logical"] or os.cpu_count() or 1)
         self.sockets = int(sockets or info["sockets"] or 1)
         self.physical_cores = int(physical_cores or info["physical_cores"] or self.logical_cpus)
-        self.ram_gb = ram_gb if ram_gb is not None else _ram_gb()
-        self.memory_w_per_gb = float(memory_w_per_gb)
+        self.ram_gib = ram_gib if ram_gib is not None else _ram_gib()
+        self.memory_w_per_gib = float(memory_w_per_gib)
         self.default_w_per_core = float(default_w_per_core)
         self.tdp_w, self.tdp_source = self._resolve_tdp(tdp_w)
-        self.memory_w = (self.memory_w_per_gb * self.ram_gb) if self.ram_gb is not None else None
+        self.memory_w = (self.memory_w_per_gib * self.ram_gib) if self.ram_gib is not None else None
         self._clock = clock
         self._cpu_time = cpu_time or _process_cpu_time
         self._t0 = clock()
@@ -282,7 +308,7 @@ class EstimateMeter(EnergyMeter):
     def describe(self) -> dict:
         """Model inputs: ``estimate_tdp_w`` (W), ``estimate_source``, ``estimate_cpu_model``,
         ``estimate_logical_cpus``, ``estimate_physical_cores``, ``estimate_sockets``,
-        ``estimate_ram_gb``, ``estimate_memory_w_per_gb``, ``estimate_memory_w`` (W),
+        ``estimate_ram_gib``, ``estimate_memory_w_per_gib``, ``estimate_memory_w`` (W),
         ``estimate_model`` (the formula)."""
         return {
             "meter": self.name,
@@ -293,9 +319,9 @@ class EstimateMeter(EnergyMeter):
             "estimate_logical_cpus": self.logical_cpus,
             "estimate_physical_cores": self.physical_cores,
             "estimate_sockets": self.sockets,
-            "estimate_ram_gb": self.ram_gb,
-            "estimate_memory_w_per_gb": self.memory_w_per_gb,
+            "estimate_ram_gib": self.ram_gib,
+            "estimate_memory_w_per_gib": self.memory_w_per_gib,
             "estimate_memory_w": self.memory_w,
             "estimate_model": "cpu_J = tdp_w * cpu_time_s / logical_cpus; "
-                              "dram_J = memory_w_per_gb * ram_gb * wall_s",
+                              "dram_J = memory_w_per_gib * ram_gib * wall_s",
         }

@@ -10,6 +10,7 @@ becomes a cumulative counter (``package:<s>``, ``dram:<s>``) with the zone's
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, ClassVar
 
@@ -73,6 +74,8 @@ class PyRaplMeter(EnergyMeter):
             return False, f"pyRAPL cannot work here: {e.filename or e} not found (no RAPL)"
         except Exception as e:
             cls = type(e).__name__
+            if not os.path.isdir(self.powercap_dir):  # worded as the rapl meter words it: doctor says "absent" for both
+                return False, f"{self.powercap_dir} not found; no RAPL interface for pyRAPL to read ({cls})"
             if "CantRecordEnergyConsumption" in cls or "CantInitDeviceAPI" in cls:
                 return False, ("pyRAPL found no usable RAPL package/DRAM interface under "
                                f"{self.powercap_dir} ({cls})")

@@ -21,7 +21,7 @@ from accelerators.roles import ALL_ROLES, ROLE_PATTERNS, linears_by_role
 Progress = Callable[[int, int, float, float], None]
 
 __all__ = ["ALL_ROLES", "ROLE_PATTERNS", "NoPruner", "Progress", "PruneReport", "Pruner", "check_sparsity",
-           "magnitude_masks", "prunable_linears", "sparsity_report", "validate_roles"]
+           "prunable_linears", "sparsity_report", "validate_roles"]
 
 
 def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
@@ -218,33 +218,6 @@ def check_sparsity(sparsity: float) -> float:
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     return float(sparsity)
-
-
-@torch.no_grad()
-def magnitude_masks(
-    weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer"
-) -> dict[str, torch.Tensor]:
-    """Keep-masks (bool, same shapes) zeroing exactly ``round(sparsity · n)`` smallest-|W| entries.
-
-    ``scope="layer"`` selects per matrix; ``scope="global"`` ranks all matrices together. Ties are
-    broken by position (stable sort), so the achieved zero count is exact even with equal
-    magnitudes. Source: magnitude pruning (Han et al. 2015; Zhu & Gupta 2017 with one step).
-    """
-    if scope == "layer":
-        masks = {}
-        for name, w in weights.items():
-            k = int(round(sparsity * w.numel()))
-            masks[name] = _keep_mask(w.abs().flatten(), k).view_as(w)
-        return masks
-    if scope == "global":
-        flat = torch.cat([w.abs().flatten() for w in weights.values()])
-        keep = _keep_mask(flat, int(round(sparsity * flat.numel())))
-        masks, start = {}, 0
-        for name, w in weights.items():
-            masks[name] = keep[start : start + w.numel()].view_as(w)
-            start += w.numel()
-        return masks
-    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
 
 
 def check_rankable(*scores: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ from accelerators.base import PrepareSettings
 from accelerators.int8_dynamic import Int8Dynamic
 from accelerators.torch_fp32 import TorchFP32
 from profiler.tasks import TinySynthetic
-from pruners.base import ALL_ROLES, magnitude_masks, prunable_linears, sparsity_report
+from pruners.base import ALL_ROLES, _keep_mask, prunable_linears, sparsity_report
 from pruners.magnitude import MagnitudePruner
 
 
@@ -75,11 +75,10 @@ def test_magnitude_1x4_blocks_drop_the_lowest_l1_blocks(tiny, scope):
 
 
 def test_magnitude_ties_are_broken_exactly():
-    w = torch.ones(10, 10)  # all magnitudes tie
-    keep = magnitude_masks({"w": w}, 0.37)["w"]
-    assert int((~keep).sum()) == 37
-    w2 = torch.tensor([[3.0, 1.0, 1.0, 1.0, 2.0]])
-    assert magnitude_masks({"w": w2}, 0.4)["w"].tolist() == [[True, False, False, True, True]]
+    # the selection every pruner ranks with: exact counts, ties dropped earliest-first
+    keep = _keep_mask(torch.ones(100), 37)
+    assert int((~keep).sum()) == 37 and not keep[:37].any() and keep[37:].all()
+    assert _keep_mask(torch.tensor([3.0, 1.0, 1.0, 1.0, 2.0]), 2).tolist() == [True, False, False, True, True]
 
 
 def test_sparsity_report_names_both_denominators(tiny):

@@ -201,11 +201,12 @@ def _prepare_run(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     executor reports through its own :class:`RichReporter`, the run's. Raises ConfigError. On a
     raise after the Ray executor connected, it is closed here."""
     from profiler.config import load_config, missing_baseline_note
-    from profiler.runner import load_run_config, new_run_dir, preflight
+    from profiler.runner import check_measure_unchanged, load_run_config, new_run_dir, preflight
 
     if args.resume:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
+        check_measure_unchanged(cfg, run_dir)  # either executor, before anything is probed
         executor = resume_executor(run_dir, args.executor)
         args.cache_dir = resume_cache_dir(run_dir, args.cache_dir)  # the resume hint names it too
     else:
@@ -281,13 +282,15 @@ def resume_cache_dir(run_dir: Path, given: str | None) -> str | None:
 
 
 def _report_run(run_dir: Path) -> int:
-    """Write the report(s) of a finished run and print the summary; exit status 1 when every cell failed."""
+    """Write the report(s) of a finished run and print the summary. Exit status 1 when no cell
+    measured anything (no ok row): every cell failed, some failed and the rest were skipped, or
+    every cell was skipped (nothing in the matrix runs on this hardware); else 0."""
     from profiler.rundir import target_dirs
     from reports.frame import load_rows
     from reports.report import print_summary, write_report
 
     dirs = target_dirs(run_dir) or [run_dir]
-    failed = total = 0
+    failed = skipped = ok = total = 0
     for d in dirs:
         try:
             path = write_report(d)
@@ -298,7 +301,10 @@ def _report_run(run_dir: Path) -> int:
         print_summary(d)
         print(f"report: {path}")
         df, _ = load_rows(d)
-        failed += int((df["status"] == "failed").sum()) if not df.empty else 0
+        if not df.empty:
+            failed += int((df["status"] == "failed").sum())
+            skipped += int((df["status"] == "skipped").sum())
+            ok += int((df["status"] == "ok").sum())
         total += len(df)
     if dirs != [run_dir]:
         from reports.compare_page import write_compare
@@ -306,7 +312,12 @@ def _report_run(run_dir: Path) -> int:
         print(f"compare: {write_compare(dirs, run_dir / 'compare.html')}")
     if failed:
         print(f"{failed} of {total} cells failed; their reasons are in results.jsonl and the report", file=sys.stderr)
-    return 1 if failed and failed == total else 0
+    if total and not ok:
+        if not failed and skipped == total:
+            print(f"no cell ran: all {total} were skipped (nothing in the matrix runs on this hardware); the reasons "
+                  "are in results.jsonl and the report", file=sys.stderr)
+        return 1
+    return 0
 
 
 def resume_flag_problem(args: argparse.Namespace) -> str | None:
@@ -427,6 +438,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import build_compare
     from reports.compare_page import write_compare
 
     from profiler.rundir import expand_run_dirs, target_dirs
@@ -460,27 +472,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(empty) == len(dirs):
         print("sparsebench: nothing to compare: no run directory has a valid result row", file=sys.stderr)
         return 2
-    for line in _compare_notes(dirs):
+    comparison = build_compare(dirs, allow_mixed_energy=args.allow_mixed_energy)
+    for line in comparison.notes:  # the page's own notes (reports.compare.compare_notes), said here too
         print(f"sparsebench: warning: {line}", file=sys.stderr)
-    return _write_page(lambda: write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy))
-
-
-def _compare_notes(dirs: list[Path]) -> list[str]:
-    """What a reader of the comparison should know first: one target only, or targets without a
-    cell in common (other tasks, pruners or accelerators: every row is missing on the others)."""
-    from reports.frame import load_rows
-
-    frames = [load_rows(d)[0] for d in dirs]
-    # one folder can hold several targets (a matrix over thread counts or kernel variants)
-    n_targets = sum(len(df[[c for c in ("kernel_variant", "threads") if c in df]].drop_duplicates()) if len(df) else 0
-                    for df in frames)
-    if len({d.resolve() for d in dirs}) < 2 and n_targets < 2:
-        return [f"one run directory ({dirs[0]}): the page lists its cells with no second target to compare with"]
-    recipes = [set(df["recipe_id"]) if len(df) else set() for df in frames]
-    if not set.intersection(*recipes):
-        return ["the run directories have no cell in common (other tasks, pruners or accelerators): "
-                "every row of one target is missing on the others"]
-    return []
+    return _write_page(lambda: write_compare(dirs, Path(args.output), allow_mixed_energy=args.allow_mixed_energy,
+                                             comparison=comparison))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -615,7 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
-                       epilog="Example configs: scripts/configs/*.toml. " + EPILOG + OUTPUTS)
+                       epilog="Exit status: 0 when at least one cell measured (ok); 1 when none did (every cell failed or "
+                              "was skipped, e.g. nothing in the matrix runs on this hardware) or the results file stopped "
+                              "taking rows; 2 for a bad config, flag or run directory; 130 on Ctrl-C, 143 on SIGTERM. "
+                              "Example configs: scripts/configs/*.toml. " + EPILOG + OUTPUTS)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
     r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl); uses the model cache the run used (its models and checkpoints) while it exists, unless --cache-dir names another")
     r.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed cells again (default: keep their rows)")

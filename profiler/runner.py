@@ -14,6 +14,7 @@ import traceback
 import uuid
 import warnings
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -89,11 +90,39 @@ def new_run_dir(cfg: Config, now: Callable[[], dt.datetime] = dt.datetime.now) -
     raise ConfigError(f"run.output_dir: {parent} already has 9999 runs named {cfg.name}-{stamp}")
 
 
+#: manifest key: the ``[measure]`` settings the run was timed with, defaults filled in (the stored
+#: ``config`` holds only what the user wrote, and a resume parses it with the code's own defaults)
+EFFECTIVE_MEASURE = "effective_measure"
+
+
 def manifest_base(cfg: Config, versions: dict[str, Any] | None) -> dict[str, Any]:
     """The fields of ``manifest.json`` every executor writes: version, creation time (ISO 8601 UTC),
-    git commit, command line, the validated config, seed and software versions."""
+    git commit, command line, the validated config, the effective ``[measure]`` settings
+    (:data:`EFFECTIVE_MEASURE`), seed and software versions."""
     return {"sparsebench_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "git_commit": git_commit(), "argv": sys.argv, "config": cfg.raw, "seed": cfg.seed, "versions": versions}
+            "git_commit": git_commit(), "argv": sys.argv, "config": cfg.raw, EFFECTIVE_MEASURE: asdict(cfg.measure),
+            "seed": cfg.seed, "versions": versions}
+
+
+def check_measure_unchanged(cfg: Config, run_dir: Path, what: str = "--resume") -> None:
+    """Raise ConfigError when ``cfg``'s ``[measure]`` settings (the run's stored config as this code
+    parses it, defaults filled in) differ from those ``run_dir`` was timed with
+    (:data:`EFFECTIVE_MEASURE` in its manifest), naming each changed setting with its old and new
+    value: after an upgrade that changed a default, the resumed cells would be timed under another
+    protocol than the finished ones. A run whose manifest lacks the record (written before it was
+    kept) passes, as does a setting only one side knows (one added or removed since)."""
+    manifest = read_run_json(Path(run_dir) / MANIFEST)
+    stored = manifest.get(EFFECTIVE_MEASURE) if isinstance(manifest, dict) else None
+    if not isinstance(stored, dict):
+        return
+    now = asdict(cfg.measure)
+    changed = [f"{k} {stored[k]!r} -> {now[k]!r}" for k in now if k in stored and stored[k] != now[k]]
+    if changed:
+        then = manifest.get("sparsebench_version") or "unknown"
+        raise ConfigError(f"{what}: {run_dir} was timed with other [measure] settings (sparsebench {then}) than this "
+                          f"sparsebench ({__version__}) derives from its stored config: {', '.join(changed)}; its "
+                          "remaining cells would be timed under another protocol. Start a new run (pin these values in "
+                          "its config's [measure] table to keep the old protocol)")
 
 
 def read_idle_power(folder: Path) -> IdlePower | None:
@@ -452,21 +481,12 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # the manifest names the cache: a resume looks for it there (preflight created nothing)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        hw_path = self.run_dir / HARDWARE
+        hw_path, man_path = self.run_dir / HARDWARE, self.run_dir / MANIFEST
         here = fingerprint()
-        if hw_path.exists():
-            hw = read_run_json(hw_path)
-            if hw.get("hardware_id") != here["hardware_id"]:
-                # one run's rows, savings factors and idle power all belong to one machine
-                raise ConfigError(
-                    f"{self.run_dir} was started on other hardware ({hw.get('cpu_model')!r}, hardware_id "
-                    f"{hw.get('hardware_id')}) than this machine ({here.get('cpu_model')!r}, {here['hardware_id']}): "
-                    "resume it there, or run the config here as a new run and put the two side by side with "
-                    "sparsebench compare")
-        else:
+        hw = self._check_same_hardware(hw_path, man_path, here)
+        if hw is None:  # a new run, or a resumed one whose hardware.json is gone (the manifest's id matched)
             hw = here
             write_run_file(hw_path, hw)
-        man_path = self.run_dir / MANIFEST
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
             manifest.update({"hardware_id": hw["hardware_id"], "harness_overhead_s": harness_overhead_s(),
@@ -475,7 +495,39 @@ class Runner:
                              "cache_dir": str(self.cache_dir.resolve())})
             write_run_file(man_path, manifest)
         else:
+            check_measure_unchanged(self.cfg, self.run_dir)
             check_inputs_unchanged(self.cfg, self.run_dir, "--resume", self.task)
+        return hw
+
+    def _check_same_hardware(self, hw_path: Path, man_path: Path, here: dict[str, Any]) -> dict[str, Any] | None:
+        """The run directory's ``hardware.json`` (None when it has none yet). Raises ConfigError when
+        that file is damaged (valid JSON that is no object included), or when it or the manifest's
+        ``hardware_id`` names other hardware than ``here``: one run's rows, savings factors and idle
+        power all belong to one machine, and a missing ``hardware.json`` must not let a resume on
+        another one through."""
+        hw = read_run_json(hw_path) if hw_path.exists() else None
+        if hw is not None and not isinstance(hw, dict):
+            raise ConfigError(f"{hw_path} is damaged (a JSON {type(hw).__name__}, not an object); start a new run")
+        manifest = read_run_json(man_path) if man_path.exists() else None
+        if manifest is not None and not isinstance(manifest, dict):
+            raise ConfigError(f"{man_path} is damaged (a JSON {type(manifest).__name__}, not an object); start a new run")
+        recorded = [(hw.get("hardware_id"), hw.get("cpu_model"))] if hw is not None else []
+        if manifest is not None and "hardware_id" in manifest:
+            # the manifest keeps no CPU name: hardware.json's, when it names the same machine
+            cpu = hw.get("cpu_model") if hw is not None and hw.get("hardware_id") == manifest["hardware_id"] else None
+            recorded.append((manifest["hardware_id"], cpu))
+        elif manifest is not None and hw is None:
+            raise ConfigError(f"{self.run_dir} has neither a {HARDWARE} nor a hardware_id in its {MANIFEST}: which "
+                              "machine its rows were measured on cannot be told; start a new run")
+        for hardware_id, cpu_model in recorded:
+            if hardware_id != here["hardware_id"]:
+                cpu = repr(cpu_model) if cpu_model is not None else "its CPU not recorded"
+                raise ConfigError(
+                    f"{self.run_dir} was started on other hardware ({cpu}, hardware_id {hardware_id}) than this "
+                    f"machine ({here.get('cpu_model')!r}, {here['hardware_id']}): resume it there, or run the config "
+                    "here as a new run and put the two side by side with sparsebench compare")
+        if hw is None and manifest is not None:
+            self.reporter.message(f"{hw_path} was missing; written again from this machine, the one the run's manifest names")
         return hw
 
     def _idle(self, meter) -> IdlePower | None:

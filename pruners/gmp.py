@@ -130,8 +130,9 @@ class TrainingPruner(Pruner):
         warmup_steps: learning-rate warm-up steps, in [0, steps).
         weight_decay: AdamW decoupled weight decay, in [0, 1].
         distill: distil from the dense model (a frozen copy taken inside ``prune``).
-        temperature: distillation temperature T (> 0). Needs ``distill`` when not at its default.
-        alpha: weight of the distillation term, in [0, 1]. Needs ``distill`` when not at its default.
+        temperature: distillation temperature T (> 0); unused without ``distill`` (accepted, so one table
+            can sweep ``distill = [false, true]``).
+        alpha: weight of the distillation term, in [0, 1]; unused without ``distill``, as ``temperature``.
         hidden_distill: weight β of hidden-state distillation (mean over encoder layers of the
             per-token MSE to the teacher's hidden states, :mod:`pruners.distill`), >= 0; 0 = off;
             needs ``distill``. Costs one teacher forward pass per step.
@@ -242,13 +243,6 @@ class TrainingPruner(Pruner):
         self.distill = distill
         check_distill(temperature, alpha)
         self.temperature, self.alpha = float(temperature), float(alpha)
-        if not self.distill:  # unused then, yet in the cell id and cache key: a value of its own would train again
-            own = inspect.signature(type(self).__init__).parameters  # a subclass's defaults (training_params)
-            for p, v in (("temperature", temperature), ("alpha", alpha)):
-                default = (own.get(p) or inspect.signature(TrainingPruner.__init__).parameters[p]).default
-                if v != default:
-                    raise ValueError(f"{p} = {v!r} needs distill = true (a setting of the distillation loss; "
-                                     f"leave it at {default!r} without distillation)")
         self.hidden_distill = _num("hidden_distill", hidden_distill, 0.0, 1000.0)
         if self.hidden_distill > 0 and not self.distill:
             raise ValueError(f"hidden_distill = {hidden_distill!r} needs distill = true")

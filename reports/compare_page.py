@@ -272,8 +272,11 @@ def _scatter(c: Comparison) -> str:
     return figure(fig)
 
 
-def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = False) -> str:
-    c = build_compare(run_dirs, allow_mixed_energy)
+def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = False,
+                       comparison: Comparison | None = None) -> str:
+    """The compare page of ``run_dirs``; ``comparison``: their :func:`build_compare`, when the caller
+    has it already (the CLI prints its notes)."""
+    c = comparison if comparison is not None else build_compare(run_dirs, allow_mixed_energy)
     title = f"sparsebench compare — {len(c.targets)} target{'s' if len(c.targets) != 1 else ''}"
     head = [EXTRA_CSS, f"<h1>{esc(title)}</h1>",
             "<ul class='targets'>" + "".join(
@@ -303,6 +306,7 @@ def build_compare_html(run_dirs: Sequence[Path], allow_mixed_energy: bool = Fals
     return page(title, sections)
 
 
-def write_compare(run_dirs: Sequence[Path], out: Path, allow_mixed_energy: bool = False) -> Path:
-    """Write the compare page to ``out`` and return its path."""
-    return write_page(Path(out), build_compare_html([Path(d) for d in run_dirs], allow_mixed_energy))
+def write_compare(run_dirs: Sequence[Path], out: Path, allow_mixed_energy: bool = False,
+                  comparison: Comparison | None = None) -> Path:
+    """Write the compare page to ``out`` and return its path (``comparison``: see :func:`build_compare_html`)."""
+    return write_page(Path(out), build_compare_html([Path(d) for d in run_dirs], allow_mixed_energy, comparison))

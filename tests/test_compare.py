@@ -1,5 +1,6 @@
 """``sparsebench compare``: the join across targets, energy-method flag and refused mixed ratios,
 damaged results lines, gaps, version flag, best-at-99 % selection, a self-contained page."""
+import html
 import json
 import re
 from pathlib import Path
@@ -271,6 +272,24 @@ def test_cli_warns_for_one_target_and_for_targets_without_a_cell_in_common(tmp_p
     assert "no cell in common" in capsys.readouterr().err
     assert main(["compare", str(a), str(make_run(tmp_path / "c", standard(threads=2))), "-o", str(tmp_path / "3.html")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_cli_says_the_notes_the_page_shows(tmp_path, capsys):
+    """One home for the notes: stderr carries build_compare's notes, word for word (an empty first
+    folder is named as such, not blamed on other tasks, pruners or accelerators)."""
+    a = make_run(tmp_path / "a", standard())
+    b = make_run(tmp_path / "b", [dict(r, recipe_id="other-" + r["recipe_id"], batch_size=r["batch_size"] + 1)
+                                  for r in standard(threads=2)])
+    empty = make_run(tmp_path / "e", [])
+    for dirs in ([a, b], [empty, a], [a]):
+        notes = build_compare(dirs).notes
+        assert notes
+        out = tmp_path / f"{len(dirs)}-{dirs[0].name}.html"
+        assert main(["compare", *map(str, dirs), "-o", str(out)]) == 0
+        said = [line.removeprefix("sparsebench: warning: ") for line in capsys.readouterr().err.splitlines()
+                if line.startswith("sparsebench: warning: ") and "has no valid result rows" not in line]
+        assert said == notes
+        assert all(html.escape(n, quote=True) in out.read_text() for n in notes)
 
 
 def test_a_run_stopped_before_its_first_cell_is_told_how_to_go_on(tmp_path, capsys):

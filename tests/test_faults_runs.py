@@ -1,17 +1,21 @@
 """Fault class 3: runs that race or repeat. Run directories are claimed atomically (a suffix when
 taken, within one second and across processes); --resume --retry-failed reruns failed cells;
 duplicate rows collapse on read with a warning; flags that do not apply to --resume are refused;
-compare warns on a directory given twice or without rows."""
+compare warns on a directory given twice or without rows; a resume is refused on another machine
+(hardware.json or, when that is gone, the manifest's hardware_id) and under [measure] settings the
+current code derives differently; a run in which no cell measured anything exits 1."""
 from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
 import types
+from pathlib import Path
 
 import pytest
 
 from profiler.cli import main
 from profiler.config import expand, parse_config
+from profiler.errors import ConfigError
 from profiler.results import Result, append_result, read_results
 from profiler.runner import Runner, new_run_dir
 from tests.conftest import tiny_config
@@ -357,3 +361,142 @@ def test_changed_inputs_names_each_entry_that_differs():
            "steps": 2}
     assert changed_inputs(old, new) == ["model_files.extra.txt", "model_files.model.safetensors", "steps"]
     assert changed_inputs(old, old) == []
+
+
+# ---- resume: the run's machine and its [measure] protocol; exit status of a run with nothing measured ----
+
+def _ok_cells(self, spec, cells, meter, idle, references=()):
+    for c in cells:
+        r = self._base_row(c, None)
+        r.latency_p50_s = 0.01
+        self._record(r, "ok", None)
+
+
+def _started_run(tmp_path, monkeypatch, **matrix) -> tuple[Path, Path]:
+    """A local run of two cells (batch 1 and 2) with its first cell finished, through the CLI; its
+    config file and run directory."""
+    import json
+
+    cfg = write_config(tmp_path / "c.toml", tiny_config(
+        **{**ONE_CELL, "matrix": {**ONE_CELL["matrix"], "batch_size": [1, 2], **matrix}}, measure={"idle_seconds": 0}))
+    monkeypatch.setattr(Runner, "_run_task", _ok_cells)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = (run / "results.jsonl").read_text().splitlines()
+    (run / "results.jsonl").write_text(rows[0] + "\n")  # as if killed after the first cell
+    assert json.loads((run / "manifest.json").read_text())["hardware_id"]
+    return cfg, run
+
+
+def _edit_manifest(run, **fields) -> None:
+    import json
+
+    m = json.loads((run / "manifest.json").read_text())
+    m.update(fields)
+    (run / "manifest.json").write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+
+
+def test_a_hardware_file_that_is_no_object_is_a_damaged_run_not_a_traceback(tmp_path, monkeypatch, capsys):
+    _, run = _started_run(tmp_path, monkeypatch)
+    (run / "hardware.json").write_text("[]")
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'hardware.json'} is damaged (a JSON list, not an object); start a new run" in err
+    assert "Traceback" not in err and len(read_results(run / "results.jsonl").rows) == 1
+
+
+def test_a_resume_without_hardware_json_is_checked_against_the_manifest(tmp_path, monkeypatch, capsys):
+    """hardware.json gone: the manifest's hardware_id still decides. Another machine's run is refused
+    (its rows must not mix with this one's); this machine's gets the file written again and goes on."""
+    import json
+
+    from profiler.hardware import fingerprint
+
+    _, run = _started_run(tmp_path, monkeypatch)
+    here = fingerprint()
+    (run / "hardware.json").unlink()
+    _edit_manifest(run, hardware_id="ffffffffff")
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (f"was started on other hardware (its CPU not recorded, hardware_id ffffffffff) than this machine "
+            f"({here['cpu_model']!r}, {here['hardware_id']})") in err
+    assert not (run / "hardware.json").exists() and len(read_results(run / "results.jsonl").rows) == 1
+    # hardware.json of this machine beside a manifest naming another: refused too
+    (run / "hardware.json").write_text(json.dumps(here))
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "hardware_id ffffffffff) than this machine" in capsys.readouterr().err
+    (run / "hardware.json").unlink()
+    _edit_manifest(run, hardware_id=here["hardware_id"])
+    assert main(["run", "--resume", str(run)]) == 0
+    assert json.loads((run / "hardware.json").read_text())["hardware_id"] == here["hardware_id"]
+    assert "hardware.json was missing; written again" in capsys.readouterr().err
+    assert len(read_results(run / "results.jsonl").rows) == 2
+    # nothing names the machine: refused rather than guessed
+    (run / "hardware.json").unlink()
+    _edit_manifest(run, hardware_id=None)
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "neither a hardware.json nor a hardware_id in its manifest.json" in capsys.readouterr().err
+
+
+def test_a_run_written_before_the_memory_rename_and_the_measure_record_resumes_here(tmp_path, monkeypatch):
+    """An older run on this machine: hardware.json with memory_gb, no effective_measure in the manifest."""
+    import json
+
+    _, run = _started_run(tmp_path, monkeypatch)
+    hw = json.loads((run / "hardware.json").read_text())
+    hw["memory_gb"] = hw.pop("memory_gib")
+    (run / "hardware.json").write_text(json.dumps(hw))
+    _edit_manifest(run, effective_measure=None)
+    assert main(["run", "--resume", str(run)]) == 0
+    assert len(read_results(run / "results.jsonl").rows) == 2
+
+
+def test_a_resume_refuses_measure_settings_the_current_code_derives_differently(tmp_path, monkeypatch, capsys):
+    """The manifest keeps the [measure] settings with defaults filled in; after an upgrade that
+    changed a default (simulated: the record says the old default), the resumed cells would be timed
+    under another protocol, so the resume is refused naming each setting, old and new value."""
+    import json
+
+    from profiler.config import MeasureSpec
+
+    _, run = _started_run(tmp_path, monkeypatch)
+    stored = json.loads((run / "manifest.json").read_text())["effective_measure"]
+    assert stored["eval_batch_size"] == MeasureSpec.eval_batch_size and stored["schedule"] == "interleaved"  # defaults
+    assert stored["idle_seconds"] == 0  # and what the config set
+    assert set(stored) == set(MeasureSpec.__dataclass_fields__)
+    _edit_manifest(run, effective_measure={**stored, "eval_batch_size": 32, "schedule": "sequential",
+                                           "retired_setting": 1}, sparsebench_version="0.0.9")
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert ("cannot resume: " f"{run} was timed with other [measure] settings (sparsebench 0.0.9) than this sparsebench"
+            in err)
+    assert "schedule 'sequential' -> 'interleaved'" in err and "eval_batch_size 32 -> 64" in err
+    assert "retired_setting" not in err and "Start a new run" in err
+    assert len(read_results(run / "results.jsonl").rows) == 1
+    with pytest.raises(ConfigError, match=r"eval_batch_size 32 -> 64"):  # the runner checks it too (API resumes)
+        Runner(parse_config(json.loads((run / "manifest.json").read_text())["config"]), run).run()
+    _edit_manifest(run, effective_measure={**stored, "min_rounds": float(stored["min_rounds"])})  # 3 == 3.0
+    assert main(["run", "--resume", str(run)]) == 0
+
+
+@pytest.mark.parametrize("statuses, code", [
+    (("failed", "skipped"), 1),   # nothing measured: one failed, the other could not run here
+    (("skipped", "skipped"), 1),  # nothing in the matrix runs on this hardware
+    (("failed", "failed"), 1),
+    (("ok", "skipped"), 0),
+    (("ok", "failed"), 0),
+])
+def test_a_run_with_no_ok_cell_exits_1(tmp_path, monkeypatch, capsys, statuses, code):
+    cfg = write_config(tmp_path / "c.toml", tiny_config(
+        **{**ONE_CELL, "matrix": {**ONE_CELL["matrix"], "batch_size": [1, 2]}}, measure={"idle_seconds": 0}))
+
+    def fake_task(self, spec, cells, meter, idle, references=()):
+        for c, status in zip(cells, statuses):
+            r = self._base_row(c, None)
+            r.latency_p50_s = 0.01 if status == "ok" else None
+            self._record(r, status, None if status == "ok" else "why not")
+
+    monkeypatch.setattr(Runner, "_run_task", fake_task)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == code
+    err = capsys.readouterr().err
+    assert ("no cell ran: all 2 were skipped" in err) is (statuses == ("skipped", "skipped"))

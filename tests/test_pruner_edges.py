@@ -61,19 +61,15 @@ def test_progress_shows_the_sparsity_the_masks_reach():
     assert masks.sparsity == 0.44 and masks.achieved == 0.5
 
 
-def test_temperature_and_alpha_need_distill_in_every_training_pruner():
-    """Without distillation they change nothing but the cell id and the pruned-model cache key (the
-    pruner would train again for the same model): refused as hidden_distill, augment ... are."""
-    from pruners.gmp import GMPPruner
-    from pruners.movement import MovementPruner
-    from pruners.obs import OBSPruner
+def test_one_table_may_sweep_distill_with_its_own_temperature_and_alpha(tmp_path):
+    """temperature / alpha are unused without distillation but accepted, so ``distill = [false, true]``
+    beside a temperature of its own stays one table (and runs written with it resume)."""
+    from profiler.config import load_config
 
-    for cls in (GMPPruner, MovementPruner, OBSPruner):
-        for kw, match in (({"temperature": 5.0}, r"^temperature = 5.0 needs distill = true .*leave it at 2.0"),
-                          ({"alpha": 0.1}, r"^alpha = 0.1 needs distill = true .*leave it at 0.9")):
-            with pytest.raises(ValueError, match=match):
-                cls(distill=False, **kw)
-            cls(distill=True, **kw)  # used then
-        cls(distill=False, temperature=2, alpha=0.9)  # the defaults, however spelled
-    with pytest.raises(ValueError, match=r"^alpha = 0.2 needs distill = true"):
-        OBSPruner(steps=0, distill=False, alpha=0.2)  # one-shot as gradual: one check for a steps sweep
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[tasks]]\nname = "tiny-synthetic"\n[[pruners]]\nname = "gmp"\nsparsity = 0.5\nsteps = 4\n'
+                   'distill = [false, true]\ntemperature = 4.0\nalpha = 0.5\n'
+                   '[[accelerators]]\nname = "torch-fp32"\n')
+    specs = [p for p in load_config(cfg).pruners if p.name == "gmp"]
+    assert sorted(p.params["distill"] for p in specs) == [False, True]
+    assert {(p.params["temperature"], p.params["alpha"]) for p in specs} == {(4.0, 0.5)}

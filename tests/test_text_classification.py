@@ -183,7 +183,8 @@ def _broken_folder(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
                                   "empty-file", "header-only", "not-utf8", "extra-field", "folder", "hub-offline",
                                   "unsupported-arch", "label-unseen-in-training", "truncated-weights",
                                   "missing-shard", "index-without-weight-map", "tokenizer-of-another-model", "config-of-another-size",
-                                  "more-layers-than-saved", "more-layers-than-saved-new-head", "string-label-new-head",
+                                  "more-layers-than-saved", "more-layers-than-saved-new-head", "head-the-weights-lack",
+                                  "safetensors-shard-missing-beside-a-bin", "string-label-new-head",
                                   "score-label-new-head", "damaged-tokenizer-json", "config-not-json",
                                   "config-num-labels-a-string", "vocab-without-unk", "data-dir-without-glue",
                                   "blank-text"])
@@ -245,7 +246,21 @@ def test_bad_input_is_a_clear_error_before_any_work(case, model_dirs, data_dir, 
             cfg["architectures"] = ["BertModel"]
             kw.update(train_file=kw["eval_file"], finetune_steps=1)
         (folder / "config.json").write_text(json.dumps(cfg))
-        model, match = str(folder), r"describes \d+ tensor\(s\) its weights lack .* e.g. bert.encoder.layer.2."
+        model, match = str(folder), r"describes 3 encoder layers, its weights hold 2 \(no tensors of layer\(s\) \[2\]"
+    elif case == "head-the-weights-lack":  # architectures promise a head: transformers would start it at random
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+        from safetensors.torch import load_file, save_file
+
+        w = load_file(folder / "model.safetensors")
+        save_file({k: v for k, v in w.items() if not k.startswith("classifier.")}, folder / "model.safetensors",
+                  metadata={"format": "pt"})
+        model, match = str(folder), r"names a sequence-classification model \(BertForSequenceClassification\), but its weights hold no head \(classifier\)"
+    elif case == "safetensors-shard-missing-beside-a-bin":  # transformers reads the safetensors index first
+        folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ("model.safetensors",))
+        (folder / "pytorch_model.bin").write_bytes(b"")
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+        model, match = str(folder), "names the shard model-00001-of-00002.safetensors, which is not in the folder"
     elif case in ("string-label-new-head", "score-label-new-head"):
         folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
         cfg = json.loads((folder / "config.json").read_text())
@@ -604,3 +619,26 @@ def test_an_encoder_tensor_the_weights_lack_fails_the_load_where_no_header_told_
     ok = TextClassification(model=str(folder), eval_file=str(data_dir / "reviews.csv"), train_file=str(data_dir / "reviews.csv"),
                             text_column="review", label_column="stars", finetune_steps=1)
     assert ok.base_model().classifier.out_features == 2
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_a_checkpoint_with_legacy_layernorm_names_loads(tmp_path, model_dirs, data_dir, head):
+    """Checkpoints converted from TensorFlow BERT name LayerNorm tensors gamma / beta; transformers
+    renames them on load, so the config-time weight check must not call them missing."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _broken_folder(model_dirs["bert"], tmp_path / "m", ())
+    w = load_file(folder / "model.safetensors")
+    legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in w.items()}
+    assert sum(".gamma" in k for k in legacy) >= 5
+    save_file(legacy, folder / "model.safetensors", metadata={"format": "pt"})
+    kw = {"eval_file": str(data_dir / "reviews.csv"), "text_column": "review", "label_column": "stars"}
+    if not head:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+        kw.update(train_file=kw["eval_file"], finetune_steps=1)
+    task = TextClassification(model=str(folder), **kw)
+    model = task.base_model()
+    ln = model.bert.embeddings.LayerNorm.weight
+    assert torch.equal(ln, w["bert.embeddings.LayerNorm.weight"])  # loaded, not started at ones

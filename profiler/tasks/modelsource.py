@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def tokenizer_files(folder: Path) -> list[str]:
     return [f for f in TOKENIZER_FILES + TOKENIZER_EXTRA_FILES if (folder / f).is_file()]
 
 
+def weights_file(folder: Path) -> Path | None:
+    """The weights transformers loads from ``folder``: the first of :data:`WEIGHT_FILES` present
+    (safetensors before a pickle, one file before an index of shards); None if there is none."""
+    return next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+
+
 def check_weight_files(folder: Path) -> None:
     """ValueError naming the file when the folder's weights cannot be read whole, found without
     loading a tensor: a safetensors file whose header is damaged or whose tensors run past its end
@@ -88,18 +95,17 @@ def check_weight_files(folder: Path) -> None:
             raise ValueError("not a zip archive, as torch.save writes")
 
     shards: set[str] = set()
-    for name, check in (("model.safetensors", safetensors_header), ("pytorch_model.bin", torch_zip)):
-        if (folder / name).is_file():
-            readable(folder / name, check)
-            return
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (folder / index).is_file():
-            readable(folder / index, shard_names)
-            for shard in sorted(shards):
-                if not (folder / shard).is_file():
-                    raise ValueError(f"model: {folder / index} names the shard {shard}, which is not in the folder")
-                readable(folder / shard, safetensors_header if shard.endswith(".safetensors") else torch_zip)
-            return
+    path = weights_file(folder)
+    if path is None:
+        return
+    if not path.name.endswith(".index.json"):
+        readable(path, safetensors_header if path.suffix == ".safetensors" else torch_zip)
+        return
+    readable(path, shard_names)
+    for shard in sorted(shards):
+        if not (folder / shard).is_file():
+            raise ValueError(f"model: {path} names the shard {shard}, which is not in the folder")
+        readable(folder / shard, safetensors_header if shard.endswith(".safetensors") else torch_zip)
 
 
 def saved_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
@@ -110,13 +116,14 @@ def saved_tensor_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
 
     from safetensors import safe_open
 
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif (folder / "model.safetensors.index.json").is_file():
-        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+    path = weights_file(folder)
+    if path is None or not path.name.startswith("model.safetensors"):
+        return None
+    if path.name.endswith(".index.json"):
+        index = json.loads(path.read_text(encoding="utf-8"))
         files = [folder / f for f in sorted(set(map(str, index["weight_map"].values())))]
     else:
-        return None
+        files = [path]
     shapes: dict[str, tuple[int, ...]] = {}
     for path in files:
         with safe_open(str(path), "pt") as f:
@@ -135,15 +142,25 @@ def must_load(key: str, base_model_prefix: str, has_head: bool) -> bool:
     return key.startswith(prefix) and not key[len(prefix):].startswith("pooler.")
 
 
+#: an encoder layer's tensors: ``encoder.layer.N.`` (BERT, RoBERTa, XLM-R, ELECTRA), ``transformer.layer.N.`` (DistilBERT)
+_LAYER = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
+
+
 def check_weights_match_config(folder: Path, config, has_head: bool) -> None:
-    """ValueError when the saved weights do not fit the model ``config.json`` describes: a tensor
-    whose shape differs (a ``vocab_size`` or ``hidden_size`` edited or copied from another model),
-    or tensors of the encoder the weights lack (``num_hidden_layers`` above what was saved), which
-    transformers would otherwise initialise at random without a word. The new head's tensors (and
-    BERT's pooler, which it trains too) may be absent when the model has no head (``has_head``
-    False). Shapes come from the safetensors headers (:func:`saved_tensor_shapes`); ``.bin``
-    weights are left to the strict load. The model is built on the meta device: no memory, no
-    weights initialised."""
+    """ValueError when the saved weights do not fit the model ``config.json`` describes, found from
+    the safetensors headers (:func:`saved_tensor_shapes`; ``.bin`` weights are left to the load):
+
+    - a tensor of another shape than the config gives it (``vocab_size`` or ``hidden_size`` edited,
+      or copied from another model), which transformers refuses only when the first cell loads it;
+    - encoder layers the weights lack (``num_hidden_layers`` above what was saved), or a head the
+      config's ``architectures`` promises (``has_head``) that the weights lack: transformers would
+      start them at random without a word.
+
+    Names are compared after the renaming transformers applies to every checkpoint on load (its
+    "legacy" mapping: ``LayerNorm.gamma`` / ``.beta`` to ``.weight`` / ``.bias``); layers and the head
+    are found by their structure, not by every tensor's name, so a checkpoint written under other
+    names is not refused here (the load's own check, :meth:`TextClassification.base_model`, still
+    sees it). The model is built on the meta device: no memory, no weights initialised."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -153,9 +170,14 @@ def check_weights_match_config(folder: Path, config, has_head: bool) -> None:
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     prefix = model.base_model_prefix + "."
-    # a base model's checkpoint names its tensors without the prefix the classification model adds
     base = dict(model.base_model.named_parameters())
-    saved = {(prefix + k if k in base and not k.startswith(prefix) else k): v for k, v in saved.items()}
+
+    def name(k: str) -> str:
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        # a base model's checkpoint names its tensors without the prefix the classification model adds
+        return prefix + k if k in base and not k.startswith(prefix) else k
+
+    saved = {name(k): v for k, v in saved.items()}
     # parameters only: a buffer the weights lack is rebuilt from the config, never left at random
     expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
     wrong = [f"{k} {list(saved[k])} (config: {list(v)})" for k, v in expected.items() if k in saved and saved[k] != v]
@@ -163,11 +185,21 @@ def check_weights_match_config(folder: Path, config, has_head: bool) -> None:
         raise ValueError(f"model: the weights in {folder} do not fit its config.json: {len(wrong)} tensor(s) of "
                          f"another shape, e.g. {'; '.join(wrong[:3])}; save the model and its config together "
                          "(model.save_pretrained(folder))")
-    missing = [k for k in expected if k not in saved and must_load(k, model.base_model_prefix, has_head)]
-    if missing:
-        raise ValueError(f"model: config.json in {folder} describes {len(missing)} tensor(s) its weights lack "
-                         f"(transformers would initialise them at random), e.g. {', '.join(missing[:3])}; check "
-                         "num_hidden_layers and the architecture, or save the model again (model.save_pretrained(folder))")
+
+    def layers(names) -> set[int]:
+        return {int(m.group(1)) for k in names for m in [_LAYER.search(k)] if m}
+
+    have, want = layers(saved), layers(expected)
+    if have and want - have:
+        raise ValueError(f"model: config.json in {folder} describes {len(want)} encoder layers, its weights hold "
+                         f"{len(have)} (no tensors of layer(s) {sorted(want - have)[:5]}; transformers would start "
+                         "them at random); set num_hidden_layers to what was saved, or save the model again "
+                         "(model.save_pretrained(folder))")
+    head = {k.split(".")[0] for k in expected if not k.startswith(prefix)}
+    if has_head and not any(k.split(".")[0] in head for k in saved):
+        raise ValueError(f"model: config.json in {folder} names a sequence-classification model "
+                         f"({', '.join(config.architectures or [])}), but its weights hold no head ({', '.join(sorted(head))}); "
+                         "save the fine-tuned model with its head (model.save_pretrained(folder))")
 
 
 def _hub_reachable() -> bool:

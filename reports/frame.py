@@ -213,13 +213,14 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
         if positive(row.get("latency_p50_s")) and positive(b["latency_p50_s"]):
             df.at[i, "latency_savings_factor"] = b["latency_p50_s"] / row["latency_p50_s"]
             df.at[i, "latency_savings_p50_ratio"] = b["latency_p50_s"] / row["latency_p50_s"]
-        same_method = row.get("energy_method") == b.get("energy_method")
+        other_inputs = _estimate_inputs_differ(b, row)
+        same_method = row.get("energy_method") == b.get("energy_method") and not other_inputs
         energies = positive(row.get("energy_j_per_inference")) and positive(b.get("energy_j_per_inference"))
         if energies and (same_method or allow_mixed_energy):
             df.at[i, "energy_savings_factor"] = b["energy_j_per_inference"] / row["energy_j_per_inference"]
             df.at[i, "energy_mixed"] = not same_method
         elif energies:  # both measured, by different methods: said as such, never as "not measured"
-            df.at[i, "energy_factor_refused"] = f"{b.get('energy_method')} vs {row.get('energy_method')}"
+            df.at[i, "energy_factor_refused"] = other_inputs or f"{b.get('energy_method')} vs {row.get('energy_method')}"
         # a collapsed baseline's metric is the majority-class rate: a share of it is no kept accuracy
         if is_number(row.get("accuracy")) and positive(b.get("accuracy")) and not is_flagged(b.get("collapsed")):
             df.at[i, "accuracy_kept"] = row["accuracy"] / b["accuracy"]
@@ -230,6 +231,21 @@ def add_savings(df: pd.DataFrame, allow_mixed_energy: bool = False) -> pd.DataFr
             _drop_interval(df, i, "latency_savings_factor")
         df["latency_savings_factor"] = stored.where(stored.notna(), df["latency_savings_factor"])
     return add_best_dense(df)
+
+
+#: the estimate meter's model inputs a row records (W): two estimates taken with others are not one method
+ESTIMATE_INPUTS = ("energy_estimate_tdp_w", "energy_estimate_memory_w")
+
+
+def _estimate_inputs_differ(b: Any, row: Any) -> str | None:
+    """"estimated vs estimated (…)" naming the inputs that differ when both rows are estimates whose
+    model inputs (:data:`ESTIMATE_INPUTS`) differ, e.g. a run resumed under a release that counts
+    RAM otherwise; None when they agree, are not both estimates, or a row does not record them."""
+    if not (b.get("energy_method") == row.get("energy_method") == "estimated"):
+        return None
+    diff = [f"{k[len('energy_estimate_'):]} {b.get(k):g} vs {row.get(k):g}" for k in ESTIMATE_INPUTS
+            if is_number(b.get(k)) and is_number(row.get(k)) and not math.isclose(b.get(k), row.get(k), rel_tol=1e-9)]
+    return f"estimated vs estimated ({', '.join(diff)})" if diff else None
 
 
 def _drop_interval(df: pd.DataFrame, i: Any, key: str) -> None:
@@ -458,7 +474,12 @@ def _latency_basis(x: pd.Series, ref: pd.Series) -> str:
     rounds = x.get("latency_savings_vs_best_dense_rounds")
     p50s = (f"; p50 {x['latency_p50_s'] * 1e3:.3g} ms vs {ref['latency_p50_s'] * 1e3:.3g} ms"
             if positive(x.get("latency_p50_s")) and positive(ref.get("latency_p50_s")) else "")
-    return f"latency: median of {int(rounds)} same-round ratios{p50s}"
+    return f"latency: {same_round_words(rounds)}{p50s}"
+
+
+def same_round_words(rounds: Any) -> str:
+    """How a same-round factor over ``rounds`` rounds is said, in the verdict and in hover text alike."""
+    return f"median of {int(rounds)} same-round ratios"
 
 
 def pareto_front(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Series:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from profiler.contention import BUSY_LIMIT_CPUS
 from profiler.timing import SPREAD_LIMIT
 from reports.frame import (COLLAPSED_MARK, add_savings, add_task_key, collapsed_mask, damaged_run_files, energy_flag_text, folder_name, is_flagged,
-                           is_number, is_same_round, kernel_variant_text, load_rows, load_run_file, pareto_front, shape_labels, task_names, verdicts)
+                           is_number, is_same_round, kernel_variant_text, load_rows, load_run_file, pareto_front, same_round_words, shape_labels, task_names, verdicts)
 from reports.html import (badge, damaged_warning, esc, figure, first_line, flagged_cell, fmt, fmt_kept, fmt_with_delta, ms, page, refused_cell,
                           run_file_warning, table, write_page)
 from reports.multiply import multiply_section
@@ -79,7 +79,7 @@ def latency_factor_text(r: pd.Series, key: str = "latency_savings_factor") -> st
     if not is_same_round(r, key):
         return "p50 ratio (baseline p50 ÷ this cell's)"
     lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
-    text = f"median of {int(r[f'{key}_rounds'])} same-round ratios"
+    text = same_round_words(r[f"{key}_rounds"])
     text += f", 95 % interval {fmt(lo)}–{fmt(hi)}×" if is_number(lo) and is_number(hi) else ""
     p50 = r.get("latency_savings_p50_ratio") if key == "latency_savings_factor" else None
     return text + (f"; p50 ratio {fmt(p50)}×" if is_number(p50) else "")

@@ -154,6 +154,19 @@ def test_an_energy_factor_refused_for_mixed_methods_reads_mixed(tmp_path):
     assert "mixed: estimated vs measured" in r
 
 
+def test_estimates_taken_with_other_model_inputs_are_not_one_method():
+    """A run resumed under a release that models RAM otherwise mixes two estimates: no factor."""
+    base, cell = row(), row(acc="int8-dynamic", p50=0.005, energy=0.5)
+    base.update(energy_estimate_tdp_w=20.0, energy_estimate_memory_w=9.478)
+    cell.update(energy_estimate_tdp_w=20.0, energy_estimate_memory_w=8.828)
+    df = add_savings(pd.DataFrame([base, cell]))
+    assert df.loc[1, "energy_factor_refused"] == "estimated vs estimated (memory_w 9.478 vs 8.828)"
+    assert pd.isna(df.loc[1, "energy_savings_factor"])
+    cell["energy_estimate_memory_w"] = 9.478  # the same inputs: one method
+    df = add_savings(pd.DataFrame([base, cell]))
+    assert df.loc[1, "energy_factor_refused"] is None and df.loc[1, "energy_savings_factor"] > 0
+
+
 # ---- 8: the accuracy delta is shown where accuracy is ---------------------------------------------
 
 def test_the_accuracy_delta_is_shown_beside_the_metric(tmp_path, capsys):

@@ -188,7 +188,8 @@ def _ram_gib() -> float | None:
 def former_name(value: float | None, default: float | None, former: float | None, key: str, former_key: str) -> float | None:
     """The value of setting ``key``: ``value``, or the one given under its former name
     ``former_key`` when that is given and ``value`` is still its ``default``. ValueError when both
-    are given and differ."""
+    are given and differ; a ``value`` equal to ``default`` cannot be told from one not given, so
+    there the former name's value is taken without an error."""
     if former is None:
         return value
     if value != default and value != former:
@@ -226,7 +227,7 @@ class EstimateMeter(EnergyMeter):
 
     Raises:
         ValueError: a negative or non-finite ``tdp_w``/``memory_w_per_gib``/``default_w_per_core``,
-            or a setting given under both its names.
+            or a setting given under both its names with two values (:func:`former_name`).
     """
 
     name: ClassVar[str] = "estimate"

@@ -148,13 +148,16 @@ def write_run_file(path: Path, data: Any) -> None:
                          "again") from None
 
 
-def read_run_json(path: Path) -> Any:
-    """The JSON in run file ``path``. Raises ConfigError naming the file when it is not UTF-8 JSON
-    (a damaged run directory: start a new run)."""
+def read_run_json(path: Path) -> dict[str, Any]:
+    """The JSON object in run file ``path`` (every run file holds one). Raises ConfigError naming the
+    file when it is not UTF-8 JSON, or JSON of another kind (a damaged run directory: start a new run)."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); start a new run") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged (a JSON {type(data).__name__}, not an object); start a new run")
+    return data
 
 
 #: manifest key: task key -> hash of the task's fingerprint (model files, data files, parameters)
@@ -506,11 +509,7 @@ class Runner:
         power all belong to one machine, and a missing ``hardware.json`` must not let a resume on
         another one through."""
         hw = read_run_json(hw_path) if hw_path.exists() else None
-        if hw is not None and not isinstance(hw, dict):
-            raise ConfigError(f"{hw_path} is damaged (a JSON {type(hw).__name__}, not an object); start a new run")
         manifest = read_run_json(man_path) if man_path.exists() else None
-        if manifest is not None and not isinstance(manifest, dict):
-            raise ConfigError(f"{man_path} is damaged (a JSON {type(manifest).__name__}, not an object); start a new run")
         recorded = [(hw.get("hardware_id"), hw.get("cpu_model"))] if hw is not None else []
         if manifest is not None and "hardware_id" in manifest:
             # the manifest keeps no CPU name: hardware.json's, when it names the same machine

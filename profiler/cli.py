@@ -284,7 +284,8 @@ def resume_cache_dir(run_dir: Path, given: str | None) -> str | None:
 def _report_run(run_dir: Path) -> int:
     """Write the report(s) of a finished run and print the summary. Exit status 1 when no cell
     measured anything (no ok row): every cell failed, some failed and the rest were skipped, or
-    every cell was skipped (nothing in the matrix runs on this hardware); else 0."""
+    every cell was skipped (nothing in the matrix runs on this hardware), or a report could not be
+    written (the results are kept); else 0."""
     from profiler.rundir import target_dirs
     from reports.frame import load_rows
     from reports.report import print_summary, write_report
@@ -612,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a profiling matrix (the packaged quickstart when no CONFIG is given)",
                        description="Run every cell of a profiling matrix (task × pruner × accelerator × kernel variant × threads × batch × sequence), appending one row per cell to RUN_DIR/results.jsonl, then write RUN_DIR/report.html. Cells of one shape, at every thread count, are timed side by side in interleaved rounds (measure.schedule, measure.interleave_threads), so savings factors and thread scaling are same-round ratios.",
                        epilog="Exit status: 0 when at least one cell measured (ok); 1 when none did (every cell failed or "
-                              "was skipped, e.g. nothing in the matrix runs on this hardware) or the results file stopped "
-                              "taking rows; 2 for a bad config, flag or run directory; 130 on Ctrl-C, 143 on SIGTERM. "
+                              "was skipped, e.g. nothing in the matrix runs on this hardware), the results file stopped "
+                              "taking rows, or the report could not be written (the results are kept); 2 for a bad config, flag or run directory; 130 on Ctrl-C, 143 on SIGTERM. "
                               "Example configs: scripts/configs/*.toml. " + EPILOG + OUTPUTS)
     r.add_argument("config", nargs="?", type=path_arg, help="TOML config file (default: packaged quickstart: SST-2, MiniLM, magnitude 0.5/0.7/0.9, torch fp32, torch INT8, sparse-cpu and sparse-int8, batch 1 and 8, seq 128, 2 threads)")
     r.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue a killed run with the config stored in RUN_DIR: skips cells already in its results.jsonl (a Ray run: each RUN_DIR/targets/<target>/results.jsonl); uses the model cache the run used (its models and checkpoints) while it exists, unless --cache-dir names another")

@@ -34,6 +34,9 @@ class AutoMeter(EnergyMeter):
     """
 
     name: ClassVar[str] = "auto"
+    when_omitted: ClassVar[dict[str, str]] = {
+        "tdp_w": "the estimate's own (TDP table, else per core)",
+        "memory_w_per_gb": "the former name of memory_w_per_gib"}
 
     def __init__(
         self,

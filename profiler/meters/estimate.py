@@ -231,6 +231,12 @@ class EstimateMeter(EnergyMeter):
     """
 
     name: ClassVar[str] = "estimate"
+    when_omitted: ClassVar[dict[str, str]] = {
+        "tdp_w": "the CPU's TDP table entry, else default_w_per_core × physical cores",
+        "cpu_model": "read from the machine", "logical_cpus": "read from the machine",
+        "physical_cores": "read from the machine", "sockets": "read from the machine",
+        "ram_gib": "read from the machine",
+        "memory_w_per_gb": "the former name of memory_w_per_gib", "ram_gb": "the former name of ram_gib"}
     method = "estimated"
     resolution_s = 0.01
 

@@ -29,7 +29,7 @@ from profiler.contention import BUSY_LIMIT_CPUS, other_busy_cpus, snapshot
 from profiler.contracts import (cached_model_problem, check_pruned_model, counted_report, model_digest, num_labels,
                                 param_shapes, plugin_fields)
 from profiler.energy import IdlePower, close_quietly, measure_idle_power, safe_availability
-from profiler.errors import ConfigError, SetupError, plugin_exit
+from profiler.errors import ConfigError, SetupError, SparsebenchWarning, plugin_exit
 from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import cell_text
@@ -270,10 +270,13 @@ def load_run_config(run_dir: Path, what: str = "--resume") -> Config:
 
 def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, resume_dir: Path | None = None) -> None:
     """Checks that need this machine, done before any work: an explicitly chosen energy meter
-    must be available (unless ``check_meter`` is False: a Ray run checks it on each target's
-    node instead), and the model cache writable, and the output folder — or, resuming, the run
-    directory ``resume_dir`` with its results files. Creates nothing: a run rejected here or later
-    in its checks leaves no folder behind (the run creates them as it writes). Raises ConfigError."""
+    must be available, and the model cache writable, and the output folder — or, resuming, the run
+    directory ``resume_dir`` with its results files — and some cell of the matrix must have its
+    accelerator available (:func:`check_accelerators_available`: a warning names the cells that
+    will be skipped). With ``check_meter`` False (a Ray run, whose cells run on the targets' nodes)
+    neither the meter nor the accelerators are asked here: each node asks them. Creates nothing: a
+    run rejected here or later in its checks leaves no folder behind (the run creates them as it
+    writes). Raises ConfigError (SetupError for what this machine cannot do)."""
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     try:  # a probe may start a tracker thread (codecarbon): it must not sample through the run's timing
         if check_meter and cfg.meter.name != "auto":
@@ -284,8 +287,8 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
                                   "works here")
     finally:
         close_quietly(meter)
-    check_writable(Path(cache_dir) if cache_dir else default_cache_dir(), "model cache (--cache-dir / SPARSEBENCH_CACHE)",
-                   create=False)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    check_writable(cache, "model cache (--cache-dir / SPARSEBENCH_CACHE)", create=False)
     kernels = kernel_variant_info()
     if kernels.get("kernel_status") == "unavailable":  # a process-wide choice: every sparse cell would be skipped
         raise SetupError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
@@ -295,6 +298,73 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
         check_resumable(Path(resume_dir))
     else:
         check_writable(Path(cfg.output_dir), "output folder (--output-dir / run.output_dir)", create=False)
+    if check_meter:  # last: its note is for a run that goes ahead
+        check_accelerators_available(cfg, cache)
+
+
+def timed_in_another_group(variants: list[str], variant: str) -> str | None:
+    """Why a cell whose accelerator is available is still skipped in kernel variant ``variant``'s
+    group: this CPU cannot run that forced variant, so no cell of the group runs the kernels, and the
+    same cell is timed (without kernels) in the group of the first variant of the sweep ``variants``
+    it can run ("auto" or a supported one). None when the cell is timed in its own group."""
+    if variant == "auto":
+        return None
+    supported = kernel_variant_info()["kernel_variants_supported"]
+    if variant in supported:
+        return None
+    other = next((v for v in variants if v == "auto" or v in supported), None)
+    if other is None:
+        return None
+    return (f"kernel variant {variant!r} is unavailable on this CPU, so no cell of its group runs it; this cell is "
+            f"timed under kernel_variant {other!r}")
+
+
+def check_accelerators_available(cfg: Config, cache_dir: Path) -> None:
+    """Ask each accelerator's ``availability`` with the settings each cell of the matrix will give its
+    ``prepare`` (shape, threads, kernel variant, the task's calibration data, ``cache_dir``), before
+    any fine-tuning or pruning; a cell the runner skips although its accelerator is available
+    (:func:`timed_in_another_group`) counts as skipped too. Raises SetupError listing every
+    accelerator and its reason when no cell can run here; when only some cannot, warns
+    (:class:`SparsebenchWarning`) once, naming them and why. Each cell asks again when it runs (with
+    the same settings), and one that cannot run is recorded ``skipped`` with its reason then."""
+    tasks = {spec.key: build_task(spec) for spec in cfg.tasks}  # built before by check_matrix_fits_tasks: no error left
+    accs = {spec.key: ACCELERATORS.build(spec.name, spec.params, spec.key) for spec in cfg.accelerators}
+    asked: dict[tuple, tuple[bool, str]] = {}  # the pruner changes no setting: one question per setting
+    cells = expand(cfg)
+    down: dict[tuple[PluginSpec, str], list[Cell]] = defaultdict(list)
+    for c in cells:
+        key = (c.task.key, c.accelerator.key, c.kernel_variant, c.threads, c.batch_size, c.seq_len)
+        if key not in asked:
+            settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
+                                       seq_len=c.seq_len, calibration=tasks[c.task.key].calibration_inputs,
+                                       cache_dir=str(cache_dir))
+            ok, why = safe_availability(accs[c.accelerator.key], settings)
+            elsewhere = timed_in_another_group(cfg.kernel_variants, c.kernel_variant) if ok else None
+            asked[key] = (False, elsewhere) if elsewhere else (ok, why)
+        ok, why = asked[key]
+        if not ok:
+            down[(c.accelerator, why)].append(c)
+    if not down:
+        return
+    per_acc = Counter(c.accelerator.key for c in cells)
+    parts = [f"{spec.key} ({spec.label()}){_cells_where(group, per_acc[spec.key] == len(group))}: "
+             f"{why or 'no reason given'}" for (spec, why), group in down.items()]
+    skipped = sum(len(g) for g in down.values())
+    if skipped == len(cells):
+        raise SetupError(f"no cell of the matrix can run here: {'; '.join(parts)}. "
+                         "Run it where one of them is available, or add an accelerator that runs here (e.g. torch-fp32)")
+    warnings.warn(f"{skipped} of the matrix's {len(cells)} cells cannot run here and will be skipped: {'; '.join(parts)}",
+                  SparsebenchWarning)
+
+
+def _cells_where(group: list[Cell], every: bool) -> str:
+    """Which of an accelerator's cells ``group`` is, for :func:`check_accelerators_available`'s
+    messages: nothing when ``every`` one, else the cells (at most 3, then a count)."""
+    if every:
+        return ""
+    shown = [cell_text(base_row(c, None, None)) for c in group[:3]]  # as the run's progress lines name them
+    more = f" and {len(group) - 3} more" if len(group) > 3 else ""
+    return f" in {', '.join(shown)}{more}"
 
 
 class RunDirLock:
@@ -735,10 +805,8 @@ class Runner:
         settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
                                    seq_len=c.seq_len, calibration=task.calibration_inputs, cache_dir=str(self.cache_dir))
         ok, why = safe_availability(acc, settings)
-        other = self._variant_run_instead(c.kernel_variant) if ok else None
-        if other is not None:  # a cell without kernels: the same cell is timed in the other variant's group
-            ok, why = False, (f"kernel variant {c.kernel_variant!r} is unavailable on this CPU, so no cell of its group "
-                              f"runs it; this cell is timed under kernel_variant {other!r}")
+        if ok and (elsewhere := timed_in_another_group(self.cfg.kernel_variants, c.kernel_variant)):
+            ok, why = False, elsewhere
         if not ok:
             if record:
                 self._record(row, "skipped", why)
@@ -799,17 +867,6 @@ class Runner:
         self._damaged[id(model)] = (f"an earlier cell's prepare changed this model and it could not be reloaded ({why}); "
                                     "not run on a changed model")
         return f"It could not be reloaded ({why}); the later cells of this model fail."
-
-    def _variant_run_instead(self, variant: str) -> str | None:
-        """For a forced kernel variant this CPU cannot run (every kernel cell of its group is skipped),
-        the first variant of the sweep that it can run ("auto" or a supported one), whose group times
-        the same cells without kernels; None otherwise."""
-        if variant == "auto":
-            return None
-        supported = kernel_variant_info()["kernel_variants_supported"]
-        if variant in supported:
-            return None
-        return next((v for v in self.cfg.kernel_variants if v == "auto" or v in supported), None)
 
     def _evaluate(self, c: Cell, task: Task, row: Result, module: nn.Module | None) -> str | None:
         """``row``'s accuracy and metric fields (one pass per :func:`accuracy_key`; with ``module``

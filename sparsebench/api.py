@@ -183,14 +183,26 @@ def _measure_table(measure: Any) -> dict[str, Any] | None:
                       f"got {measure!r}")
 
 
+def _fitted_max_length(spec: Any) -> int | None:
+    """The ``max_length`` :func:`profile` gives the task ``spec`` (its config entry, without one):
+    the model's number of positions (:attr:`profiler.tasks.base.Task.max_positions`, as the task reads
+    them) when it is under the task's default; None (the default stands) otherwise. Raises
+    ConfigError as building the task does (a model or data the task refuses)."""
+    from profiler.plugins import TASKS
+
+    task = TASKS.build(spec.name, spec.params, spec.key)
+    positions = task.max_positions
+    return positions if positions and positions < task.max_length else None
+
+
 def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = None,
             pruners: Iterable[dict[str, Any] | str] | dict[str, Any] | str = DEFAULT_PRUNERS,
             accelerators: Iterable[dict[str, Any] | str] | dict[str, Any] | str = DEFAULT_ACCELERATORS,
             batch_size: Sequence[int] = (1, 8), seq_len: Sequence[int] = (128,), threads: Sequence[int] = (1,),
             metric: str | None = None, text_column: str = "text", text_pair_column: str | None = None,
-            label_column: str = "label", finetune_steps: int = 0, measure: dict[str, Any] | None = None,
-            meter: dict[str, Any] | str | None = None, out: str | Path | None = None,
-            cache_dir: str | Path | None = None):
+            label_column: str = "label", finetune_steps: int = 0, max_length: int | None = None,
+            measure: dict[str, Any] | None = None, meter: dict[str, Any] | str | None = None,
+            out: str | Path | None = None, cache_dir: str | Path | None = None):
     """Profile ``model`` on ``eval_data``: every pruner × accelerator × batch × seq × threads cell.
 
     Args:
@@ -199,7 +211,9 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         tokenizer: the model's tokenizer object.
         eval_data / train_data: a list of dicts, a pandas DataFrame or a ``datasets.Dataset`` with
             ``text_column`` (and ``text_pair_column``) and ``label_column``; train only for
-            fine-tuning (``finetune_steps`` > 0) and training pruners (gmp, movement).
+            fine-tuning (``finetune_steps`` > 0) and the pruners that learn from training data:
+            gmp, movement and obs (which trains on it with ``steps`` > 0 and takes its gradients
+            from it with ``steps = 0``).
         pruners / accelerators: a list of the same dicts as the TOML tables, e.g.
             ``{"name": "magnitude", "sparsity": [0.5, 0.9]}``, or of plugin names (``"magnitude"``
             for ``{"name": "magnitude"}``); a single entry may be given without the list.
@@ -207,6 +221,10 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
         meter: the ``[meter]`` dict (e.g. ``{"name": "estimate"}``) or a meter name; None = ``auto``.
         batch_size / seq_len / threads: the matrix axes (sequences, tokens, intra-op threads).
         metric: accuracy | f1 | matthews | pearson | spearman (default accuracy).
+        max_length: tokens each example is cut to (8..512) for fine-tuning and the accuracy pass
+            (the timing batches take ``seq_len``); None = the text-classification task's default
+            (128), or the model's number of position embeddings where it has fewer (a model with 64
+            positions gets 64). A value longer than the model takes is a ConfigError.
         out: a new run directory to write (results.jsonl, manifest, the model and data as given): a
             folder that does not exist yet, or an empty one (ConfigError otherwise: a finished run is
             resumed with ``sparsebench run --resume``); None = a temporary one (and a temporary model
@@ -254,12 +272,16 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             if jsonl is not None:
                 (inputs / name).write_text(jsonl, encoding="utf-8")
                 task[key] = str(inputs / name)
-        task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric)) if v is not None})
+        task.update({k: v for k, v in (("text_pair_column", text_pair_column), ("metric", metric),
+                                       ("max_length", max_length)) if v is not None})
         raw: dict[str, Any] = {"run": {"name": "profile"}, "tasks": [task], **tables, "matrix": axes}
         if measure_table:
             raw["measure"] = measure_table
         try:
             cfg = parse_config(raw)
+            if max_length is None and (fitted := _fitted_max_length(cfg.tasks[0])) is not None:
+                task["max_length"] = fitted
+                cfg = parse_config(raw)
             cache = cache_path if cache_dir else (tmp / "cache" if tmp else None)
             preflight(cfg, cache)
         except ConfigError as exc:  # name the caller's arguments, not the files written from them
@@ -269,6 +291,7 @@ def profile(model: Any, tokenizer: Any, eval_data: Any, *, train_data: Any = Non
             # the files hold one row per line: line N of the file is the caller's row N
             msg = re.sub(r"\(line (\d+)\)", r"(row \1)", msg)
             msg = re.sub(r"\btrain_file\b", "train_data", msg)  # the task's key for what the caller passed as train_data
+            msg = msg.replace("tasks[0].max_length", "max_length")  # the caller's argument, the one task it fills
             if task["model"] == str(inputs / "model"):  # a model object, saved there by _model_arg
                 saved = str(inputs / "model")
                 for said, means in ((f"model: {saved}", "model: the model object"),

@@ -156,6 +156,29 @@ def test_profile_argument_of_the_wrong_type_is_a_config_error_naming_it(tmp_path
     assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
+def test_profile_fits_max_length_to_a_model_with_fewer_positions(tmp_path):
+    """A model with 64 position embeddings (under the task's default max_length 128) runs with
+    max_length left out, taking 64; max_length is the caller's argument, named as such when it is too
+    long."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = save_tiny_model(tmp_path / "m", "bert")
+    config = AutoConfig.from_pretrained(folder)
+    config.max_position_embeddings = 64
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder, safe_serialization=True)
+    data = [{"text": a, "label": y} for a, _, y in sentences(8)]
+    kw = dict(pruners=["none"], accelerators=["torch-fp32"], batch_size=[1], seq_len=[32], measure=FAST,
+              meter={"name": "estimate"})
+    df = sparsebench.profile(str(folder), None, data, **kw)
+    assert list(df["status"]) == ["ok"], df["reason"].tolist()
+    assert df["task_params"][0]["max_length"] == 64
+    df = sparsebench.profile(str(folder), None, data, max_length=16, **kw)
+    assert list(df["status"]) == ["ok"] and df["task_params"][0]["max_length"] == 16
+    with pytest.raises(ConfigError, match=r"^max_length: 128 is longer than its model takes \(64 positions\); "
+                                          r"set max_length <= 64$"):
+        sparsebench.profile(str(folder), None, data, max_length=128, **kw)
+
+
 def test_profile_names_a_model_object_not_the_folder_it_was_saved_to(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 

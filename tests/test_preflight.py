@@ -53,3 +53,87 @@ def test_an_accepted_run_creates_the_cache_its_manifest_names(tmp_path, monkeypa
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(cache)]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert cache.is_dir() and json.loads((run / "manifest.json").read_text())["cache_dir"] == str(cache.resolve())
+
+
+def _two_accelerator_config(tmp_path, batch_sizes=(1,)):
+    return write_config(tmp_path / "c.toml", tiny_config(
+        measure={**tiny_config()["measure"], "idle_seconds": 0}, pruners=[{"name": "none"}],
+        accelerators=[{"name": "torch-fp32"}, {"name": "int8-dynamic"}],
+        matrix={"batch_size": list(batch_sizes), "seq_len": [16], "threads": [1]}))
+
+
+def test_a_matrix_no_cell_of_which_runs_here_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """Every accelerator unavailable (one says no, one's probe raises): exit 2 naming each with its
+    reason, before the dense model is fine-tuned: no model cache, no run directory. availability
+    was asked with the settings the cell's prepare would get."""
+    from accelerators.int8_dynamic import Int8Dynamic
+    from accelerators.torch_fp32 import TorchFP32
+    from profiler.cli import main
+
+    asked = []
+
+    def no(self, settings=None):
+        asked.append(settings)
+        return False, "no fp32 here (test)"
+
+    def raises(self, settings=None):
+        raise RuntimeError("probe bug")
+
+    monkeypatch.setattr(TorchFP32, "availability", no)
+    monkeypatch.setattr(Int8Dynamic, "availability", raises)
+    cfg = _two_accelerator_config(tmp_path)
+    cache = tmp_path / "cache"
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert "sparsebench: cannot run: no cell of the matrix can run here: accelerators[0] (torch-fp32): no fp32 here (test); " \
+           "accelerators[1] (int8-dynamic x86): availability() raised RuntimeError('probe bug')" in err
+    assert "fine-tuning" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+    (s,) = asked
+    assert (s.threads, s.batch_size, s.seq_len, s.kernel_variant, s.cache_dir) == (1, 1, 16, "auto", str(cache))
+    assert s.calibration is not None  # the task's calibration data, as each cell passes it
+
+
+def test_cells_that_cannot_run_here_are_named_once_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """One accelerator unavailable: one warning before any work names it and why; the other cell
+    runs, and the unavailable one is still recorded skipped with its reason."""
+    from accelerators.int8_dynamic import Int8Dynamic
+    from profiler.cli import main
+    from profiler.results import read_results
+
+    monkeypatch.setattr(Int8Dynamic, "availability", lambda self, settings=None: (False, "no int8 engine (test)"))
+    cfg = _two_accelerator_config(tmp_path)
+    assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    err = capsys.readouterr().err
+    note = ("sparsebench: warning: 1 of the matrix's 2 cells cannot run here and will be skipped: "
+            "accelerators[1] (int8-dynamic x86): no int8 engine (test)")
+    assert err.count(note) == 1 and err.index(note) < err.index("fine-tuning")
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = {r["accelerator"]: r for r in read_results(run / "results.jsonl").rows}
+    assert rows["torch-fp32"]["status"] == "ok"
+    assert rows["int8-dynamic"]["status"] == "skipped" and rows["int8-dynamic"]["reason"] == "no int8 engine (test)"
+
+
+def test_the_note_names_the_cells_of_an_accelerator_that_runs_some_settings_only(tmp_path, monkeypatch):
+    """Unavailable at batch 4 only: the warning names those cells; a Ray run (check_meter False)
+    leaves the question to each node."""
+    import warnings
+
+    from accelerators.torch_fp32 import TorchFP32
+    from profiler.errors import SparsebenchWarning
+    from profiler.runner import preflight
+
+    monkeypatch.setattr(TorchFP32, "availability",
+                        lambda self, settings=None: (settings.batch_size < 4, "batch 4 too big (test)"))
+    cfg = parse_config(tiny_config(pruners=[{"name": "none"}, {"name": "magnitude", "sparsity": 0.5}],
+                                   run={"name": "t", "output_dir": str(tmp_path / "runs")},
+                                   matrix={"batch_size": [1, 4], "seq_len": [16], "threads": [1]}))
+    with pytest.warns(SparsebenchWarning) as seen:
+        preflight(cfg, tmp_path / "cache")
+    (w,) = seen
+    assert str(w.message) == ("2 of the matrix's 8 cells cannot run here and will be skipped: accelerators[0] "
+                              "(torch-fp32) in none + torch-fp32 b4 s16 t1, magnitude 0.5 + torch-fp32 b4 s16 t1: "
+                              "batch 4 too big (test)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preflight(cfg, tmp_path / "cache", check_meter=False)

@@ -113,8 +113,14 @@ def fmt_with_delta(v: Any, delta: Any, digits: int = 3) -> str:
     text = fmt(v, digits)
     if not is_number(v) or not is_number(delta):
         return text
-    sign = "±" if delta == 0 else "+" if delta > 0 else "−"
-    return f"{text} ({sign}{fmt(abs(float(delta)), digits) if delta else '0'})"
+    # the difference to the decimals the metric shows, ``digits`` at least (a metric of 0.5 shows
+    # one): 0.8738 (−0.0103), not (−0.010321)
+    shown_decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    decimals = max(shown_decimals, digits)
+    shown = f"{abs(float(delta)):.{decimals}f}"
+    if float(shown) == 0:
+        return f"{text} (±0)"
+    return f"{text} ({'+' if delta > 0 else '−'}{shown})"
 
 
 def flagged_cell(value: Any, flags: str, digits: int = 3) -> tuple[str, float | None]:

@@ -195,3 +195,12 @@ def test_energy_values_the_meter_flagged_are_marked(tmp_path):
     assert "⚠</span>" not in plain
     (flagged,) = [r for r in table_rows(build_compare_html([run]), "Latency, energy and accuracy per target") if "none +" in r]
     assert title in flagged
+
+
+def test_an_accuracy_delta_is_shown_to_the_metrics_own_decimals():
+    from reports.html import fmt_with_delta
+
+    assert fmt_with_delta(0.87385, -0.010321, 4) == "0.87385 (−0.01032)"  # not (−0.010321)
+    assert fmt_with_delta(0.8807339, -0.0034404) == "0.8807 (−0.0034)"
+    assert fmt_with_delta(0.5, -0.0034) == "0.5 (−0.003)"  # a metric that shows one decimal: the delta still shows
+    assert fmt_with_delta(0.9, 0.00001) == "0.9 (±0)"

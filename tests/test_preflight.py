@@ -137,3 +137,23 @@ def test_the_note_names_the_cells_of_an_accelerator_that_runs_some_settings_only
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         preflight(cfg, tmp_path / "cache", check_meter=False)
+
+
+def test_one_value_of_a_swept_accelerator_table_unavailable_is_named(tmp_path, monkeypatch):
+    """A sweep in one table (engine = ["x86", "qnnpack"]) gives specs that share the table's key:
+    each is asked on its own, so the unavailable one is named, not hidden behind its sibling."""
+    from accelerators.int8_dynamic import Int8Dynamic
+    from profiler.errors import SparsebenchWarning
+    from profiler.runner import preflight
+
+    monkeypatch.setattr(Int8Dynamic, "availability",
+                        lambda self, settings=None: (self.engine != "qnnpack", "no qnnpack here (test)"))
+    for engines in (["qnnpack", "x86"], ["x86", "qnnpack"]):  # whichever comes last in the table
+        cfg = parse_config(tiny_config(pruners=[{"name": "none"}], run={"name": "t", "output_dir": str(tmp_path / "runs")},
+                                       accelerators=[{"name": "torch-fp32"}, {"name": "int8-dynamic", "engine": engines}],
+                                       matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+        with pytest.warns(SparsebenchWarning) as seen:
+            preflight(cfg, tmp_path / "cache")
+        (w,) = seen
+        assert str(w.message) == ("1 of the matrix's 3 cells cannot run here and will be skipped: accelerators[1] "
+                                  "(int8-dynamic qnnpack): no qnnpack here (test)")

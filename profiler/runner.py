@@ -327,17 +327,17 @@ def check_accelerators_available(cfg: Config, cache_dir: Path) -> None:
     accelerator and its reason when no cell can run here; when only some cannot, warns
     (:class:`SparsebenchWarning`) once, naming them and why. Each cell asks again when it runs (with
     the same settings), and one that cannot run is recorded ``skipped`` with its reason then."""
-    tasks = {spec.key: build_task(spec) for spec in cfg.tasks}  # built before by check_matrix_fits_tasks: no error left
+    tasks = {spec: build_task(spec) for spec in cfg.tasks}  # built before by check_matrix_fits_tasks: no error left
     # by spec, not by key: a table's sweep (precision = ["fp32", "bf16"]) gives specs that share its key
     accs = {spec: ACCELERATORS.build(spec.name, spec.params, spec.key) for spec in cfg.accelerators}
     asked: dict[tuple, tuple[bool, str]] = {}  # the pruner changes no setting: one question per setting
     cells = expand(cfg)
     down: dict[tuple[PluginSpec, str], list[Cell]] = defaultdict(list)
     for c in cells:
-        key = (c.task.key, c.accelerator, c.kernel_variant, c.threads, c.batch_size, c.seq_len)
+        key = (c.task, c.accelerator, c.kernel_variant, c.threads, c.batch_size, c.seq_len)
         if key not in asked:
             settings = PrepareSettings(threads=c.threads, kernel_variant=c.kernel_variant, batch_size=c.batch_size,
-                                       seq_len=c.seq_len, calibration=tasks[c.task.key].calibration_inputs,
+                                       seq_len=c.seq_len, calibration=tasks[c.task].calibration_inputs,
                                        cache_dir=str(cache_dir))
             ok, why = safe_availability(accs[c.accelerator], settings)
             elsewhere = timed_in_another_group(cfg.kernel_variants, c.kernel_variant) if ok else None

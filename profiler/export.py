@@ -85,12 +85,15 @@ def export_cell(run_dir: Path, cell_id: str, out: Path, fmt: str = "transformers
     RuntimeError when the cell's model cannot be built (its pruning fails) or the written folder does
     not give the model's logits back.
     """
+    from transformers.utils import logging as hf_logging
+
     from profiler.errors import ConfigError
     from profiler.registry import TASKS
     from profiler.rundir import check_new_folder, check_writable
     from profiler.runner import (MANIFEST, Runner, check_inputs_unchanged, load_run_config, read_run_json,
                                  recorded_cache_dir)
 
+    hf_logging.disable_progress_bar()  # loading and saving bars are no news to an export's caller
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; valid: {', '.join(FORMATS)}")
     if FORMAT_PACKAGES[fmt]:

@@ -277,6 +277,9 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     neither the meter nor the accelerators are asked here: each node asks them. Creates nothing: a
     run rejected here or later in its checks leaves no folder behind (the run creates them as it
     writes). Raises ConfigError (SetupError for what this machine cannot do)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the shape checks load the model: the run's own lines say what happens
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
     try:  # a probe may start a tracker thread (codecarbon): it must not sample through the run's timing
         if check_meter and cfg.meter.name != "auto":

@@ -157,3 +157,22 @@ def test_one_value_of_a_swept_accelerator_table_unavailable_is_named(tmp_path, m
         (w,) = seen
         assert str(w.message) == ("1 of the matrix's 3 cells cannot run here and will be skipped: accelerators[1] "
                                   "(int8-dynamic qnnpack): no qnnpack here (test)")
+
+
+def test_preflight_and_export_print_no_transformers_loading_bars(tmp_path, capfd):
+    """The block-shape check loads the model before the run starts: transformers' own bar is not the
+    run's output (the run's lines say what happens)."""
+    from transformers.utils import logging as hf_logging
+
+    from profiler.runner import preflight
+    from tests.tiny_family import save_tiny_model
+
+    hf_logging.enable_progress_bar()
+    model = save_tiny_model(tmp_path / "m")
+    (tmp_path / "d.jsonl").write_text('{"text": "good movie", "label": 1}\n{"text": "bad plot", "label": 0}\n')
+    cfg = parse_config(tiny_config(
+        tasks=[{"name": "text-classification", "model": str(model), "eval_file": str(tmp_path / "d.jsonl")}],
+        pruners=[{"name": "magnitude", "sparsity": 0.5, "structure": "1x4"}],
+        run={"name": "t", "output_dir": str(tmp_path / "runs")}, matrix={"batch_size": [1], "seq_len": [16], "threads": [1]}))
+    preflight(cfg, tmp_path / "cache")
+    assert "Loading weights" not in capfd.readouterr().err

@@ -409,8 +409,9 @@ def _check_text_sources(cfg: Config) -> None:
     readers = [(spec, sources) for spec, sources in readers if sources]
     if not readers:
         return
+    built: dict[PluginSpec, Any] = {}
     for task_spec in cfg.tasks:
-        task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
+        task = built[task_spec] = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         for spec, sources in readers:
             if not hasattr(task, "unlabeled_texts"):
                 raise ConfigError(f"{spec.key}: reads text sources ({', '.join(sources)}) and {task_spec.key} "
@@ -430,20 +431,22 @@ def _told_apart(specs: list[PluginSpec]) -> list[PluginSpec]:
             for s, label in zip(specs, labels)]
 
 
-def check_matrix_fits_tasks(cfg: Config) -> None:
+def check_matrix_fits_tasks(cfg: Config) -> dict[PluginSpec, Any]:
     """The matrix against every task, before any work: ``matrix.seq_len`` and the task's
     ``max_length`` within the model's position embeddings (:attr:`~profiler.tasks.base.Task.max_positions`, where the task knows
     them), a pruner that trains (or, like OBS, takes gradients) given the task's training data, and
     a block or N:M structure that tiles every weight it prunes of the task's model (its shapes: the
-    model is built, not fine-tuned). Raises ConfigError naming the key and the task."""
+    model is built, not fine-tuned). Returns the tasks it built, by spec (the next checks reuse
+    them). Raises ConfigError naming the key and the task."""
     from pruners.base import ALL_ROLES, prunable_linears
 
     pruners = [(spec, PRUNERS.build(spec.name, spec.params, spec.key)) for spec in cfg.pruners]
     trains = [(spec, p) for spec, p in pruners if getattr(p, "needs_training", False)]
     shaped = [(spec, p) for spec, p in pruners
               if getattr(getattr(p, "structure", None), "kind", "unstructured") != "unstructured"]
+    built: dict[PluginSpec, Any] = {}
     for task_spec in cfg.tasks:
-        task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
+        task = built[task_spec] = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         where = f"{task_spec.key} ({task_spec.label()})"
         try:  # the run's task key and the dense model's cache key: a task plugin must give both before any work
             task.fingerprint()
@@ -476,6 +479,7 @@ def check_matrix_fits_tasks(cfg: Config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{spec.key}: {exc} ({where}); choose a structure that divides the model's "
                                   "weight shapes") from None
+    return built
 
 
 def missing_baseline_note(cfg: Config) -> str | None:

@@ -296,13 +296,13 @@ def preflight(cfg: Config, cache_dir: Path | None, check_meter: bool = True, res
     if kernels.get("kernel_status") == "unavailable":  # a process-wide choice: every sparse cell would be skipped
         raise SetupError(f"{kernels['kernel_note']}. Unset it (the kernels then pick the best variant this CPU "
                           "runs), or sweep variants per cell with [matrix] kernel_variant")
-    check_matrix_fits_tasks(cfg)
+    tasks = check_matrix_fits_tasks(cfg)
     if resume_dir is not None:
         check_resumable(Path(resume_dir))
     else:
         check_writable(Path(cfg.output_dir), "output folder (--output-dir / run.output_dir)", create=False)
     if check_meter:  # last: its note is for a run that goes ahead
-        check_accelerators_available(cfg, cache)
+        check_accelerators_available(cfg, cache, tasks)
 
 
 def timed_in_another_group(variants: list[str], variant: str) -> str | None:
@@ -322,7 +322,7 @@ def timed_in_another_group(variants: list[str], variant: str) -> str | None:
             f"timed under kernel_variant {other!r}")
 
 
-def check_accelerators_available(cfg: Config, cache_dir: Path) -> None:
+def check_accelerators_available(cfg: Config, cache_dir: Path, tasks: dict[PluginSpec, Task] | None = None) -> None:
     """Ask each accelerator's ``availability`` with the settings each cell of the matrix will give its
     ``prepare`` (shape, threads, kernel variant, the task's calibration data, ``cache_dir``), before
     any fine-tuning or pruning; a cell the runner skips although its accelerator is available
@@ -330,7 +330,8 @@ def check_accelerators_available(cfg: Config, cache_dir: Path) -> None:
     accelerator and its reason when no cell can run here; when only some cannot, warns
     (:class:`SparsebenchWarning`) once, naming them and why. Each cell asks again when it runs (with
     the same settings), and one that cannot run is recorded ``skipped`` with its reason then."""
-    tasks = {spec: build_task(spec) for spec in cfg.tasks}  # built before by check_matrix_fits_tasks: no error left
+    if tasks is None:  # preflight hands over those check_matrix_fits_tasks built
+        tasks = {spec: build_task(spec) for spec in cfg.tasks}
     # by spec, not by key: a table's sweep (precision = ["fp32", "bf16"]) gives specs that share its key
     accs = {spec: ACCELERATORS.build(spec.name, spec.params, spec.key) for spec in cfg.accelerators}
     asked: dict[tuple, tuple[bool, str]] = {}  # the pruner changes no setting: one question per setting

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 from profiler.energy import MIN_RESOLUTION_MULTIPLE, close_quietly, safe_availability
+from profiler.hardware import cpu_display_name
 from profiler.meters.base import EnergyMeter
 
 _LABELS = {"rapl": "RAPL", "pyrapl": "pyRAPL", "nvml": "NVML", "codecarbon": "codecarbon",
@@ -205,7 +206,7 @@ def format_doctor(report: dict) -> str:
     hw = report.get("hardware")
     out.append("Hardware")
     if hw:
-        cpu = hw.get("cpu_model") or hw.get("model") or "?"
+        cpu = cpu_display_name({**hw, "cpu_model": hw.get("cpu_model") or hw.get("model")})
         cores = hw.get("physical_cores") or hw.get("cores")
         logical = hw.get("logical_cpus") or hw.get("threads")
         flags = hw.get("isa") or hw.get("isa_flags")

@@ -17,6 +17,13 @@ ID_FIELDS = ("cpu_model", "cpu_vendor", "isa_flags", "physical_cores", "logical_
 #: hardware.json fields renamed since run directories were first written: former name → name.
 #: ``memory_gb`` always held GiB (MemTotal / 2**20 kB), so its value carries over as it is.
 RENAMED_FIELDS = {"memory_gb": "memory_gib"}
+#: x86 family and model numbers: cloud VMs often give several CPU generations one "model name"
+#: ("Intel(R) Xeon(R) Processor"), so these tell them apart. Hashed into the id only where known
+#: (not None): an id written before they were recorded, or on a CPU without them (ARM), stays as it was.
+GENERATION_FIELDS = ("cpu_family", "cpu_model_number")
+#: /proc/cpuinfo key → hardware.json field, for the integer fields of x86 CPUs. Case matters: on
+#: x86 ``model`` is the number, while ARM's ``Model`` is a name (read as ``cpu_model``).
+_CPUINFO_NUMBERS = {"cpu family": "cpu_family", "model": "cpu_model_number", "stepping": "cpu_stepping"}
 
 
 def _read(path: str) -> str:
@@ -26,9 +33,20 @@ def _read(path: str) -> str:
         return ""
 
 
+def _int_or_none(val: str) -> int | None:
+    """``val`` as a decimal integer; None when it is none (another architecture's text)."""
+    try:
+        return int(val)
+    except ValueError:
+        return None
+
+
 def parse_cpuinfo(text: str) -> dict[str, Any]:
-    """CPU model, vendor, ISA flags of interest and core counts from /proc/cpuinfo text."""
-    info: dict[str, Any] = {"cpu_model": platform.processor() or platform.machine(), "cpu_vendor": None}
+    """CPU model name, vendor, ISA flags of interest and core counts from /proc/cpuinfo text, and on
+    x86 the ``cpu_family``, ``cpu_model_number`` and ``cpu_stepping`` integers (None where the text
+    has no such key, as on ARM, or its value is no integer)."""
+    info: dict[str, Any] = {"cpu_model": platform.processor() or platform.machine(), "cpu_vendor": None,
+                            **{f: None for f in _CPUINFO_NUMBERS.values()}}
     flags: set[str] = set()
     cores: set[tuple[str, str]] = set()
     phys, logical = None, 0
@@ -41,6 +59,8 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
             info["cpu_model"] = val
         elif key == "vendor_id":
             info["cpu_vendor"] = val
+        elif key in _CPUINFO_NUMBERS:
+            info[_CPUINFO_NUMBERS[key]] = _int_or_none(val)
         elif key in ("flags", "Features"):
             flags.update(val.split())
         elif key == "physical id":
@@ -194,17 +214,102 @@ def current_field_names(fp: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def hardware_id(fp: dict[str, Any]) -> str:
-    """Stable short id of the hardware: same machine → same id; a changed ISA flag, core count,
-    memory size or GPU → a different id. Software versions do not enter it. ``fp`` may use the
-    former field names (:data:`RENAMED_FIELDS`)."""
+def _id_key(fp: dict[str, Any]) -> dict[str, Any]:
+    """The fields :func:`legacy_hardware_id` hashes, under the names the first run directories used:
+    a rename must not change the id of a machine."""
     fp = current_field_names(fp)
     gpu_ids = [{"name": g.get("name"), "memory_bytes": g.get("memory_bytes")} for g in fp.get("gpus") or []]
     former = {new: old for old, new in RENAMED_FIELDS.items()}
-    # hashed under the names the first run directories used: a rename must not change the id of a machine
     key = {former.get(k, k): fp.get(k) for k in ID_FIELDS}
     key["gpus"] = gpu_ids
+    return key
+
+
+def hardware_id(fp: dict[str, Any]) -> str:
+    """Stable short id (10 hex digits) of the hardware: same machine → same id; a changed CPU name,
+    x86 family or model number, ISA flag, core count, memory size or GPU → a different id. Software
+    versions and the CPU stepping do not enter it. ``fp`` may use the former field names
+    (:data:`RENAMED_FIELDS`); a ``fp`` without :data:`GENERATION_FIELDS` (a ``hardware.json``
+    written before they were recorded, or an ARM CPU) gets the id it always had."""
+    key = _id_key(fp)
+    key.update({f: fp[f] for f in GENERATION_FIELDS if fp.get(f) is not None})
     return stable_hash(key, 10)
+
+
+def legacy_hardware_id(fp: dict[str, Any]) -> str:
+    """The id of ``fp`` as computed before :data:`GENERATION_FIELDS` entered it: what run
+    directories written before then recorded for the same machine. It cannot tell apart two CPU
+    generations with one model name, flags, core count and memory."""
+    return stable_hash(_id_key(fp), 10)
+
+
+def legacy_fingerprint(fp: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``fp`` as written before the x86 numbers were recorded: without ``cpu_family``,
+    ``cpu_model_number`` and ``cpu_stepping``, and with :func:`legacy_hardware_id` as its id. For a
+    run directory begun then, so that its files and rows keep the one id they started with."""
+    out = {k: v for k, v in fp.items() if k not in _CPUINFO_NUMBERS.values()}
+    out["hardware_id"] = legacy_hardware_id(fp)
+    return out
+
+
+def has_generation(recorded: dict[str, Any]) -> bool:
+    """Whether ``recorded`` (a ``hardware.json`` read back) holds the x86 family, i.e. whether its
+    ``hardware_id`` hashes it. False for files written before it was recorded and for CPUs without
+    one (ARM), whose ids are :func:`legacy_hardware_id` ones."""
+    return recorded.get("cpu_family") is not None
+
+
+def same_hardware(recorded: dict[str, Any], here: dict[str, Any]) -> bool:
+    """Whether ``recorded`` (a ``hardware.json`` read back, or any dict with at least its
+    ``hardware_id``, possibly without :data:`GENERATION_FIELDS`) names the machine of ``here`` (this
+    machine's :func:`fingerprint`). True when the recorded id is this machine's id; also when the
+    recorded data lacks the x86 family and its id is this machine's :func:`legacy_hardware_id`: a run
+    directory written before the family was recorded was written on this machine, or on one of
+    another generation that the old id could not tell apart (the best that can be known). False
+    when ``recorded`` has no ``hardware_id``."""
+    rec_id = recorded.get("hardware_id")
+    if rec_id is None:
+        return False
+    if rec_id == (here.get("hardware_id") or hardware_id(here)):
+        return True
+    return not has_generation(recorded) and rec_id == legacy_hardware_id(here)
+
+
+def machine_keys(recorded: list[dict[str, Any]]) -> list[str | None]:
+    """One key per ``hardware.json`` read back (``{}`` where there is none: key None), equal keys
+    meaning one machine: each file's ``hardware_id`` while every file holds the x86 family;
+    otherwise every file's :func:`legacy_hardware_id` (an old file's stored id, which is one), so
+    that an old and a new run of one machine still read as one machine."""
+    if all(has_generation(hw) for hw in recorded if hw):
+        return [hw.get("hardware_id") if hw else None for hw in recorded]
+    return [None if not hw else legacy_hardware_id(hw) if has_generation(hw) else hw.get("hardware_id")
+            for hw in recorded]
+
+
+def hardware_summary(hw: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`same_hardware` and :func:`cpu_display_name` need of ``hw`` (a ``hardware.json``
+    read back): ``hardware_id``, ``cpu_model`` and the :data:`GENERATION_FIELDS` it holds (not None)."""
+    return {"hardware_id": hw.get("hardware_id"), "cpu_model": hw.get("cpu_model"),
+            **{f: hw[f] for f in GENERATION_FIELDS if hw.get(f) is not None}}
+
+
+def cpu_generation(hw: dict[str, Any]) -> str | None:
+    """``"family 6 model 207"`` from the x86 numbers of ``hw`` (the parts known); None without them."""
+    parts = [f"{label} {hw[f]}" for label, f in (("family", "cpu_family"), ("model", "cpu_model_number"))
+             if hw.get(f) is not None]
+    return " ".join(parts) or None
+
+
+def cpu_display_name(hw: dict[str, Any], unknown: str = "?", shorten: Callable[[str], str] | None = None) -> str:
+    """The CPU of ``hw`` (a fingerprint or ``hardware.json``) as a reader should see it: its model
+    name (``unknown`` when missing; passed through ``shorten`` when given) followed by the x86
+    family and model, which tell apart generations sold under one name:
+    ``"Intel(R) Xeon(R) Processor (family 6 model 207)"``; just the name without them."""
+    name = hw.get("cpu_model") or unknown
+    if shorten is not None:
+        name = shorten(name)
+    gen = cpu_generation(hw)
+    return f"{name} ({gen})" if gen else name
 
 
 #: environment variables that set the thread pools of OpenMP, MKL and OpenBLAS under torch

@@ -30,7 +30,8 @@ from profiler.contracts import (cached_model_problem, check_pruned_model, counte
                                 param_shapes, plugin_fields)
 from profiler.energy import IdlePower, close_quietly, measure_idle_power, safe_availability
 from profiler.errors import ConfigError, SetupError, SparsebenchWarning, plugin_exit
-from profiler.hardware import cpu_affinity, cpu_list_text, fingerprint, kernel_variant_info, thread_fields
+from profiler.hardware import (GENERATION_FIELDS, cpu_affinity, cpu_display_name, cpu_list_text, fingerprint,
+                               kernel_variant_info, legacy_fingerprint, same_hardware, thread_fields)
 from profiler.identity import BASELINE_ACCELERATOR, ids_of_row, is_dense_fp32, stable_hash
 from profiler.labels import cell_text
 from profiler.plugins import ACCELERATORS, METERS, PRUNERS, TASKS
@@ -563,7 +564,7 @@ class Runner:
         here = fingerprint()
         hw = self._check_same_hardware(hw_path, man_path, here)
         if hw is None:  # a new run, or a resumed one whose hardware.json is gone (the manifest's id matched)
-            hw = here
+            hw = self._hardware_to_write(man_path, here)
             write_run_file(hw_path, hw)
         if not man_path.exists():
             manifest = manifest_base(self.cfg, hw.get("versions"))
@@ -580,29 +581,50 @@ class Runner:
     def _check_same_hardware(self, hw_path: Path, man_path: Path, here: dict[str, Any]) -> dict[str, Any] | None:
         """The run directory's ``hardware.json`` (None when it has none yet). Raises ConfigError when
         that file is damaged (valid JSON that is no object included), or when it or the manifest's
-        ``hardware_id`` names other hardware than ``here``: one run's rows, savings factors and idle
-        power all belong to one machine, and a missing ``hardware.json`` must not let a resume on
-        another one through."""
+        ``hardware_id`` names other hardware than ``here`` (:func:`profiler.hardware.same_hardware`):
+        one run's rows, savings factors and idle power all belong to one machine, and a missing
+        ``hardware.json`` must not let a resume on another one through."""
         hw = read_run_json(hw_path) if hw_path.exists() else None
         manifest = read_run_json(man_path) if man_path.exists() else None
-        recorded = [(hw.get("hardware_id"), hw.get("cpu_model"))] if hw is not None else []
+        recorded = [hw] if hw is not None else []
         if manifest is not None and "hardware_id" in manifest:
-            # the manifest keeps no CPU name: hardware.json's, when it names the same machine
-            cpu = hw.get("cpu_model") if hw is not None and hw.get("hardware_id") == manifest["hardware_id"] else None
-            recorded.append((manifest["hardware_id"], cpu))
+            recorded.append(self._manifest_hardware(manifest["hardware_id"], hw))
         elif manifest is not None and hw is None:
             raise ConfigError(f"{self.run_dir} has neither a {HARDWARE} nor a hardware_id in its {MANIFEST}: which "
                               "machine its rows were measured on cannot be told; start a new run")
-        for hardware_id, cpu_model in recorded:
-            if hardware_id != here["hardware_id"]:
-                cpu = repr(cpu_model) if cpu_model is not None else "its CPU not recorded"
+        for rec in recorded:
+            if not same_hardware(rec, here):
+                cpu = repr(cpu_display_name(rec)) if rec.get("cpu_model") is not None else "its CPU not recorded"
                 raise ConfigError(
-                    f"{self.run_dir} was started on other hardware ({cpu}, hardware_id {hardware_id}) than this "
-                    f"machine ({here.get('cpu_model')!r}, {here['hardware_id']}): resume it there, or run the config "
-                    "here as a new run and put the two side by side with sparsebench compare")
+                    f"{self.run_dir} was started on other hardware ({cpu}, hardware_id {rec.get('hardware_id')}) than "
+                    f"this machine ({cpu_display_name(here)!r}, {here['hardware_id']}): resume it there, or run the "
+                    "config here as a new run and put the two side by side with sparsebench compare")
         if hw is None and manifest is not None:
             self.reporter.message(f"{hw_path} was missing; written again from this machine, the one the run's manifest names")
         return hw
+
+    @staticmethod
+    def _hardware_to_write(man_path: Path, here: dict[str, Any]) -> dict[str, Any]:
+        """The ``hardware.json`` to write: ``here``, or, where the manifest (already checked against
+        this machine) holds another id, ``here`` as the code that began the run wrote it
+        (:func:`profiler.hardware.legacy_fingerprint`): the run's manifest, rows and hardware.json keep
+        the one id it began with, and the next resume matches them."""
+        manifest_id = read_run_json(man_path).get("hardware_id") if man_path.exists() else None
+        return here if manifest_id in (None, here["hardware_id"]) else legacy_fingerprint(here)
+
+    @staticmethod
+    def _manifest_hardware(manifest_id: str, hw: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest's ``hardware_id`` as a recorded fingerprint for
+        :func:`profiler.hardware.same_hardware`. The manifest keeps neither the CPU name nor its family:
+        the name is hardware.json's when that names the same machine, and the family fields are
+        hardware.json's whatever its id (the two files are written by one run, so a hardware.json
+        without a family, or none at all, leaves the manifest's id an old-style one)."""
+        rec: dict[str, Any] = {"hardware_id": manifest_id}
+        if hw is not None:
+            rec.update({f: hw[f] for f in GENERATION_FIELDS if f in hw})
+            if hw.get("hardware_id") == manifest_id:
+                rec["cpu_model"] = hw.get("cpu_model")
+        return rec
 
     def _idle(self, meter) -> IdlePower | None:
         idle = read_idle_power(self.run_dir)

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from profiler.hardware import cpu_display_name, has_generation, machine_keys
 from reports.frame import (BASELINE_ACCELERATOR, MIN_KEPT, add_savings, collapsed_mask, is_baseline, is_flagged,
                            folder_name, kernel_variant_text, load_rows, load_run_file, positive, task_names)
 from reports.html import fmt
@@ -107,7 +108,7 @@ def _hw_name(hw: dict) -> str:
     if not hw:
         return "unknown hardware (no hardware.json)"
     gpus = hw.get("gpus") or []
-    cpu = _short_cpu(hw.get("cpu_model"))
+    cpu = cpu_display_name(hw, shorten=_short_cpu)
     return f"{cpu} + {gpus[0].get('name') or 'GPU'}" if gpus else cpu
 
 
@@ -116,14 +117,20 @@ def _label_targets(targets: list[Target]) -> None:
     prefixed by the machine's short name when it differs, and by the target's name for a target
     folder of a Ray run (its manifest's ``target``). Ties (one machine, one axis value) get the run
     directory's folder name, then its parent's too (``x1/run``, ``x3/run``), then a number (the same
-    folder given twice): the flags and the tables key targets by their label."""
-    same_hw = len({t.hardware_id for t in targets}) <= 1
-    names = {t.hardware_id: _hw_name(t.hardware) for t in targets}
+    folder given twice): the flags and the tables key targets by their label. One machine is one
+    :func:`profiler.hardware.machine_keys` key, so that a run written before the x86 family entered
+    the ``hardware_id`` and a newer one of the same machine read as one machine."""
+    keys = dict(zip((t.key for t in targets), machine_keys([t.hardware for t in targets])))
+    same_hw = len(set(keys.values())) <= 1
+    names: dict[str | None, str] = {}
+    # a machine's name from its most informative file: one with the x86 family where any has it
+    for t in sorted(targets, key=lambda t: has_generation(t.hardware)):
+        names[keys[t.key]] = _hw_name(t.hardware)
     clash = len(set(names.values())) < len(names)
     for t in targets:
         parts = [str(t.manifest["target"])] if t.manifest.get("target") else []
         if not same_hw:
-            parts.append(names[t.hardware_id] + (f" [{t.hardware_id}]" if clash else ""))
+            parts.append(names[keys[t.key]] + (f" [{keys[t.key]}]" if clash else ""))
         parts.append(kernel_variant_text(t.kernel_variant, t.kernel_variant_used))
         if t.threads is not None:
             parts.append(f"{t.threads} thread{'s' if t.threads != 1 else ''}")

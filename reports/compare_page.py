@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from profiler.hardware import cpu_display_name
 from profiler.timing import SPREAD_LIMIT
 from reports.compare import MIN_KEPT, SHAPE_KEYS, Comparison, Target, build_compare
 from reports.frame import energy_flag_text, folder_name, is_flagged, is_number
@@ -51,7 +52,7 @@ def _hardware_table(targets: list[Target]) -> str:
     fields: list[tuple[str, Any]] = [
         ("run directory", lambda t: folder_name(t.run_dir)),
         ("hardware_id", lambda t: t.hardware_id or "?"),
-        ("CPU", lambda t: t.hardware.get("cpu_model", "?")),
+        ("CPU", lambda t: cpu_display_name(t.hardware)),
         ("vendor", lambda t: t.hardware.get("cpu_vendor") or "?"),
         ("cores / logical CPUs", lambda t: f"{t.hardware.get('physical_cores', '?')} / {t.hardware.get('logical_cpus', '?')}"),
         ("caches", lambda t: " ".join(f"{k} {s}" for k, s in (t.hardware.get("caches") or {}).items()) or "?"),

@@ -513,7 +513,9 @@ RUN_FILE_TYPES: dict[str, dict[str, type]] = {
     "hardware.json": {"cpu_model": str, "cpu_vendor": str, "isa_flags": list, "logical_cpus": numbers.Real,
                       "physical_cores": numbers.Real, "memory_gib": numbers.Real, "caches": dict, "os": str, "gpus": list,
                       "versions": dict, "kernel_variant": str, "kernel_variants_supported": list, "kernel_note": str,
-                      "hardware_id": str},
+                      "hardware_id": str,
+                      # x86 only, and absent from files written before they were recorded
+                      "cpu_family": numbers.Real, "cpu_model_number": numbers.Real, "cpu_stepping": numbers.Real},
     "manifest.json": {"sparsebench_version": str, "git_commit": str, "created": str, "harness_overhead_s": numbers.Real,
                       "config": dict, "target": str},
 }

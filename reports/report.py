@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from profiler.contention import BUSY_LIMIT_CPUS
+from profiler.hardware import cpu_display_name
 from profiler.timing import SPREAD_LIMIT
 from reports.frame import (COLLAPSED_MARK, add_savings, add_task_key, collapsed_mask, damaged_run_files, energy_flag_text, folder_name, is_flagged,
                            is_number, is_same_round, kernel_variant_text, load_rows, load_run_file, pareto_front, same_round_words, shape_labels, task_names, verdicts)
@@ -185,7 +186,7 @@ def build_report_html(run_dir: Path) -> str:
 
     gpus = (", ".join(str(known(g.get("name"))) for g in hw["gpus"]) or "none") if "gpus" in hw else "?"
     head.append(
-        f"<p class='note'>hardware <b>{esc(known(hw.get('cpu_model')))}</b>, {esc(known(hw.get('logical_cpus')))} logical CPUs, "
+        f"<p class='note'>hardware <b>{esc(cpu_display_name(hw))}</b>, {esc(known(hw.get('logical_cpus')))} logical CPUs, "
         f"{esc(known(hw.get('memory_gib')))} GiB RAM, ISA {esc(' '.join(hw['isa_flags']) if 'isa_flags' in hw else '?')}, GPU {esc(gpus)}; "
         f"hardware_id {esc(known(hw.get('hardware_id')))}; sparsebench {esc(known(manifest.get('sparsebench_version')))}, "
         f"git {esc((manifest.get('git_commit') or '?')[:10])}</p>"

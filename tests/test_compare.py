@@ -307,3 +307,33 @@ def test_report_labels_tell_apart_rows_of_a_sweep_their_labels_do_not_show(tmp_p
     rows = [dict(row(acc="wrap"), accelerator_params={"level": lvl}, cell_id=f"c{lvl}") for lvl in (1, 2)]
     df, _ = load_rows(make_run(tmp_path / "r", rows))
     assert sorted(df["accelerator_label"]) == ["wrap level=1", "wrap level=2"]
+
+
+def _xeon(model: int, old: bool = False) -> dict:
+    """hardware.json of a generic-named Xeon VM of family 6 and this model number (143 or 207), as
+    written now (its id pinned: files on disk), or as written before the family entered the id (``old``)."""
+    from tests.test_hardware import ID_143, ID_207, old_style, x86_fp
+
+    fp = x86_fp(model)
+    hw = {**HW, **(old_style(fp) if old else {**fp, "hardware_id": {143: ID_143, 207: ID_207}[model]})}
+    hw.pop("memory_gb")  # x86_fp's memory_gib holds the RAM
+    return hw
+
+
+def test_an_old_and_a_new_run_of_one_machine_read_as_one_machine(tmp_path):
+    """A run written before the x86 family entered the hardware_id and one written since, on the
+    same machine: their ids differ, but it is one machine, labelled by its axes alone."""
+    old, new = _xeon(207, old=True), _xeon(207)
+    assert old["hardware_id"] != new["hardware_id"]
+    c = build_compare([make_run(tmp_path / "a", standard(threads=1), hw=old),
+                       make_run(tmp_path / "b", standard(threads=2), hw=new)])
+    assert [t.label for t in c.targets] == ["auto · 1 thread", "auto · 2 threads"]
+
+
+def test_two_cpu_generations_of_one_name_are_labelled_by_family_and_model(tmp_path):
+    a, b = make_run(tmp_path / "a", standard(), hw=_xeon(143)), make_run(tmp_path / "b", standard(), hw=_xeon(207))
+    c = build_compare([a, b])
+    assert [t.label for t in c.targets] == ["Intel Xeon (family 6 model 143) · auto · 1 thread",
+                                            "Intel Xeon (family 6 model 207) · auto · 1 thread"]
+    page = build_compare_html([a, b])
+    assert "<td class='l' style='white-space:normal;max-width:420px'>Intel(R) Xeon(R) Processor (family 6 model 207)</td>" in page

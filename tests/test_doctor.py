@@ -133,3 +133,13 @@ def test_doctor_says_when_pyrapl_and_direct_disagree(tmp_path):
     assert "DISAGREE on package:0" in format_doctor(rep)
     assert rep["meters"]["rapl"]["method"] == "measured"
     assert rep["meters"]["nvml"]["method"] == "unavailable"
+
+
+def test_doctor_names_the_cpu_with_its_family_and_model():
+    from tests.test_hardware import x86_fp
+
+    hw = x86_fp(207)
+    text = format_doctor({"hardware": hw, "hardware_id": hw["hardware_id"]})
+    assert "  CPU: Intel(R) Xeon(R) Processor (family 6 model 207), 2 cores / 2 threads" in text
+    arm = {"cpu_model": "Neoverse-V2", "physical_cores": 4, "logical_cpus": 4}
+    assert "  CPU: Neoverse-V2, 4 cores" in format_doctor({"hardware": arm, "hardware_id": "x"})

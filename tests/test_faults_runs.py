@@ -410,7 +410,7 @@ def test_a_resume_without_hardware_json_is_checked_against_the_manifest(tmp_path
     (its rows must not mix with this one's); this machine's gets the file written again and goes on."""
     import json
 
-    from profiler.hardware import fingerprint
+    from profiler.hardware import cpu_display_name, fingerprint
 
     _, run = _started_run(tmp_path, monkeypatch)
     here = fingerprint()
@@ -419,7 +419,7 @@ def test_a_resume_without_hardware_json_is_checked_against_the_manifest(tmp_path
     assert main(["run", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert (f"was started on other hardware (its CPU not recorded, hardware_id ffffffffff) than this machine "
-            f"({here['cpu_model']!r}, {here['hardware_id']})") in err
+            f"({cpu_display_name(here)!r}, {here['hardware_id']})") in err
     assert not (run / "hardware.json").exists() and len(read_results(run / "results.jsonl").rows) == 1
     # hardware.json of this machine beside a manifest naming another: refused too
     (run / "hardware.json").write_text(json.dumps(here))
@@ -500,3 +500,72 @@ def test_a_run_with_no_ok_cell_exits_1(tmp_path, monkeypatch, capsys, statuses, 
     assert main(["run", str(cfg), "--output-dir", str(tmp_path / "runs")]) == code
     err = capsys.readouterr().err
     assert ("no cell ran: all 2 were skipped" in err) is (statuses == ("skipped", "skipped"))
+
+
+def _on_machine(monkeypatch, model: int, flags: str = "fpu sse4_2 avx avx2 avx512f") -> dict:
+    """Make the runner see an x86 VM of family 6 and this model number under the generic Xeon name
+    (the rest of the fingerprint is this machine's); its fingerprint."""
+    import profiler.runner as runner_mod
+    from profiler.hardware import fingerprint
+    from tests.test_hardware import x86_cpuinfo
+
+    fp = fingerprint(cpuinfo=lambda: x86_cpuinfo(model, flags=flags), gpu_probe=lambda: [])
+    monkeypatch.setattr(runner_mod, "fingerprint", lambda: dict(fp))
+    return fp
+
+
+def _as_begun_before_the_cpu_family(run: Path) -> str:
+    """Rewrite ``run`` as the code before the x86 family entered the id left it: hardware.json
+    without the family, model and stepping, and that code's id in it, the manifest and the rows."""
+    import json
+
+    from tests.test_hardware import old_style
+
+    hw = old_style(json.loads((run / "hardware.json").read_text()))
+    (run / "hardware.json").write_text(json.dumps(hw))
+    _edit_manifest(run, hardware_id=hw["hardware_id"])
+    rows = [{**json.loads(line), "hardware_id": hw["hardware_id"]} for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return hw["hardware_id"]
+
+
+def test_a_run_begun_before_the_cpu_family_was_recorded_resumes_on_its_machine_only(tmp_path, monkeypatch, capsys):
+    """Its hardware.json and manifest hold the id without the family: on the same machine that is
+    this machine's legacy id, so the resume goes on (keeping that id, in the rows too); on a machine
+    with other ISA flags it is refused. With its hardware.json gone, the file is written again the
+    old way, so that the next resume still matches."""
+    import json
+
+    _on_machine(monkeypatch, 207)
+    _, run = _started_run(tmp_path, monkeypatch)
+    old_id = _as_begun_before_the_cpu_family(run)
+    _on_machine(monkeypatch, 207, flags="fpu sse4_2 avx avx2")
+    assert main(["run", "--resume", str(run)]) == 2
+    assert f"was started on other hardware ('Intel(R) Xeon(R) Processor', hardware_id {old_id})" in capsys.readouterr().err
+    _on_machine(monkeypatch, 207)
+    (run / "hardware.json").unlink()
+    assert main(["run", "--resume", str(run)]) == 0
+    hw = json.loads((run / "hardware.json").read_text())
+    assert hw["hardware_id"] == old_id and "cpu_family" not in hw
+    assert [r["hardware_id"] for r in read_results(run / "results.jsonl").rows] == [old_id, old_id]
+    (run / "results.jsonl").write_text((run / "results.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(["run", "--resume", str(run)]) == 0, capsys.readouterr().err  # hardware.json as written again
+    assert len(read_results(run / "results.jsonl").rows) == 2
+
+
+def test_a_run_begun_on_one_cpu_generation_is_refused_on_another_of_the_same_name(tmp_path, monkeypatch, capsys):
+    """Sapphire Rapids (family 6 model 143) and Emerald Rapids (model 207) VMs both say "Intel(R)
+    Xeon(R) Processor" with the same flags: a run begun on one is refused on the other, naming both
+    generations, through hardware.json and, with that gone, through the manifest's id."""
+    spr = _on_machine(monkeypatch, 143)
+    _, run = _started_run(tmp_path, monkeypatch)
+    emr = _on_machine(monkeypatch, 207)
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (f"was started on other hardware ('Intel(R) Xeon(R) Processor (family 6 model 143)', hardware_id "
+            f"{spr['hardware_id']}) than this machine ('Intel(R) Xeon(R) Processor (family 6 model 207)', "
+            f"{emr['hardware_id']})") in err
+    (run / "hardware.json").unlink()
+    assert main(["run", "--resume", str(run)]) == 2
+    assert f"(its CPU not recorded, hardware_id {spr['hardware_id']}) than this machine" in capsys.readouterr().err
+    assert len(read_results(run / "results.jsonl").rows) == 1

@@ -1,10 +1,13 @@
-"""hardware_id stability: same machine → same id; a changed ISA flag, core count or GPU → a
-different id; software versions, OS and kernel variant never change it."""
+"""hardware_id stability: same machine → same id; a changed ISA flag, core count, GPU or x86
+family/model number → a different id; software versions, OS, kernel variant and CPU stepping never
+change it, and a hardware.json written before the family was recorded keeps its id."""
 import copy
 
 import pytest
 
-from profiler.hardware import fingerprint, gpus, hardware_id, parse_cpuinfo
+from profiler.hardware import (cpu_display_name, fingerprint, gpus, hardware_id, legacy_hardware_id, machine_keys,
+                               parse_cpuinfo, same_hardware)
+from profiler.identity import stable_hash
 
 CPUINFO = """\
 processor\t: 0
@@ -113,3 +116,128 @@ def test_gpu_probe_falls_back_to_torch_without_nvml():
     seen = [{"index": 0, "name": "X", "memory_bytes": 1, "driver": None, "compute_capability": "8.0"}]
     assert gpus(nvml=NoNvml(), torch_probe=lambda: seen) == seen
     assert gpus(nvml=NoNvml(), torch_probe=lambda: []) == []
+
+
+# ---- CPU generations under one model name ---------------------------------------------------------
+
+GENERIC = "Intel(R) Xeon(R) Processor"  # what cloud VMs show for Sapphire Rapids and Emerald Rapids alike
+
+
+def x86_cpuinfo(model: int = 207, stepping: int = 2, flags: str = "fpu sse4_2 avx avx2 avx512f") -> str:
+    """/proc/cpuinfo text of a two-vCPU x86 VM: family 6, this model number, the generic name."""
+    return "".join(f"""\
+processor\t: {i}
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: {model}
+model name\t: {GENERIC}
+stepping\t: {stepping}
+physical id\t: 0
+core id\t: {i}
+flags\t\t: {flags}
+
+""" for i in range(2))
+
+
+ARM_CPUINFO = """\
+processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x0
+CPU part\t: 0xd08
+CPU revision\t: 3
+
+Hardware\t: BCM2835
+Revision\t: c03114
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def x86_fp(model: int = 207, stepping: int = 2, **kw) -> dict:
+    """A fingerprint of fixed fields (no probing of this machine), with its hardware_id."""
+    fp = {**parse_cpuinfo(x86_cpuinfo(model, stepping, **kw)), "memory_gib": 8, "gpus": []}
+    fp["hardware_id"] = hardware_id(fp)
+    return fp
+
+
+def old_style(fp: dict) -> dict:
+    """``fp`` as hardware.json was written before the x86 numbers were recorded (its id: :func:`head_id`)."""
+    out = {k: v for k, v in fp.items() if k not in ("cpu_family", "cpu_model_number", "cpu_stepping")}
+    out["hardware_id"] = head_id(out)
+    return out
+
+
+def head_id(fp: dict) -> str:
+    """The hardware_id the code before the x86 family entered it gave ``fp``: that code's key
+    layout (RAM under its first name, ``memory_gb``), hashed here independently of profiler.hardware."""
+    key = {k: fp.get(k) for k in ("cpu_model", "cpu_vendor", "isa_flags", "physical_cores", "logical_cpus")}
+    key["memory_gb"] = fp.get("memory_gib", fp.get("memory_gb"))
+    key["gpus"] = [{"name": g.get("name"), "memory_bytes": g.get("memory_bytes")} for g in fp.get("gpus") or []]
+    return stable_hash(key, 10)
+
+
+#: ids pinned from the code: 2882f1096a is what the code before the family entered the id gave the
+#: model-207 fingerprint (legacy_hardware_id gives it now); the others are what hardware.json
+#: files written since hold for family 6 model 143 / 207
+HEAD_ID, ID_143, ID_207 = "2882f1096a", "de46cbd6bd", "e968f101f2"
+
+
+def test_parse_cpuinfo_reads_the_x86_family_model_and_stepping():
+    info = parse_cpuinfo(x86_cpuinfo(model=143, stepping=8))
+    assert (info["cpu_family"], info["cpu_model_number"], info["cpu_stepping"]) == (6, 143, 8)
+    assert info["cpu_model"] == GENERIC and info["cpu_vendor"] == "GenuineIntel"  # "model name", not "model"
+    assert info["logical_cpus"] == 2 and info["isa_flags"] == ["avx", "avx2", "avx512f", "sse4_2"]
+
+
+def test_parse_cpuinfo_on_arm_reads_the_model_name_and_no_numbers():
+    """ARM's capitalised ``Model`` is a name, not the x86 model number."""
+    info = parse_cpuinfo(ARM_CPUINFO)
+    assert info["cpu_model"] == "Raspberry Pi 4 Model B Rev 1.4" and info["isa_flags"] == ["asimd"]
+    assert info["cpu_family"] is None and info["cpu_model_number"] is None and info["cpu_stepping"] is None
+    fp = {**info, "memory_gib": 4, "gpus": []}
+    assert hardware_id(fp) == legacy_hardware_id(fp) == head_id(fp)  # nothing new to hash: its id is as it was
+    assert cpu_display_name(fp) == "Raspberry Pi 4 Model B Rev 1.4"
+
+
+def test_two_generations_under_one_name_get_two_ids_and_a_stepping_none():
+    a, b = x86_fp(143), x86_fp(207)
+    assert a["cpu_model"] == b["cpu_model"] and a["isa_flags"] == b["isa_flags"]
+    assert a["hardware_id"] != b["hardware_id"]
+    assert (a["hardware_id"], b["hardware_id"]) == (ID_143, ID_207)
+    assert x86_fp(207, stepping=5)["hardware_id"] == ID_207  # a stepping is a revision of one target
+    assert not same_hardware(a, b) and same_hardware(b, x86_fp(207, stepping=5))
+
+
+def test_an_old_hardware_json_keeps_its_id():
+    """A file without the new fields hashes as before; its id is the legacy id of the same machine
+    probed now, so resume and compare still find it."""
+    new = x86_fp(207)
+    old = old_style(new)
+    assert old["hardware_id"] == HEAD_ID
+    assert hardware_id(old) == HEAD_ID and legacy_hardware_id(new) == HEAD_ID != new["hardware_id"]
+    assert hardware_id({**{k: v for k, v in old.items() if k != "memory_gib"}, "memory_gb": 8}) == HEAD_ID
+
+
+def test_same_hardware_takes_an_old_record_of_this_machine_and_no_other():
+    here = x86_fp(207)
+    assert same_hardware(here, here) and same_hardware(old_style(here), here)
+    assert same_hardware({"hardware_id": HEAD_ID}, here)  # an old manifest's id alone
+    assert not same_hardware(old_style(x86_fp(207, flags="fpu avx avx2")), here)  # other flags
+    assert not same_hardware({"hardware_id": None}, here)
+    # a new record names its generation: its legacy id matching is not enough
+    assert not same_hardware({**x86_fp(143), "hardware_id": HEAD_ID}, here)
+
+
+def test_machine_keys_read_an_old_and_a_new_file_of_one_machine_as_one():
+    new, other = x86_fp(207), x86_fp(143)
+    assert machine_keys([new, other, {}]) == [ID_207, ID_143, None]  # all new: their own ids
+    assert machine_keys([old_style(new), new, {}]) == [HEAD_ID, HEAD_ID, None]
+
+
+def test_cpu_display_name_shows_family_and_model():
+    assert cpu_display_name(x86_fp(207)) == "Intel(R) Xeon(R) Processor (family 6 model 207)"
+    assert cpu_display_name(old_style(x86_fp(207))) == GENERIC
+    assert cpu_display_name({}) == "?" and cpu_display_name({"cpu_family": 25, "cpu_model_number": 17}) == "? (family 25 model 17)"
+    assert cpu_display_name({"cpu_model": "AMD EPYC 9R14 96-Core Processor"}, shorten=str.upper) == "AMD EPYC 9R14 96-CORE PROCESSOR"

@@ -308,3 +308,48 @@ def test_a_resume_probed_on_other_hardware_keeps_that_nodes_idle_power_out(drive
     assert json.loads((tr.dir / "manifest.json").read_text())["harness_overhead_s"] is None
     (warning,) = ex.reporter.lines
     assert "'Other CPU' (hardware_id hw-other), not the target's 'Test CPU' (hw-b" in warning
+
+
+def test_a_probe_tells_cpu_generations_of_one_name_apart(driver):
+    """A target recorded on family 6 model 143: a probe answered by a model-207 node of the same name
+    and flags warns naming both generations, and its idle power stays out; the units carry the
+    family so that the node checks it too."""
+    import json
+
+    from tests.test_hardware import x86_fp
+
+    ex, tr, _ = driver
+    _probed(tr)
+    tr.probe["hardware"] = x86_fp(207)
+    tr.probe["idle"] = {"watts": {"package": 5.0}}
+    recorded = x86_fp(143)
+    (tr.dir / "hardware.json").write_text(json.dumps(recorded))
+    tr.hardware_id = recorded["hardware_id"]
+    ex._write_target_files(tr)
+    assert not (tr.dir / "idle_power.json").exists()
+    (warning,) = ex.reporter.lines
+    assert ("'Intel(R) Xeon(R) Processor (family 6 model 207)' (hardware_id e968f101f2), not the target's "
+            "'Intel(R) Xeon(R) Processor (family 6 model 143)' (de46cbd6bd") in warning
+    _built(ex, ex.cfg.pruners)
+    ex._start_target(tr)
+    assert all(u.hardware == {"hardware_id": "de46cbd6bd", "cpu_model": "Intel(R) Xeon(R) Processor", "cpu_family": 6,
+                              "cpu_model_number": 143} for u in _units(ex))
+
+
+def test_a_probe_of_the_machine_of_a_target_recorded_before_the_cpu_family_takes_its_idle_power(driver):
+    """The target's hardware.json predates the family (its id the old one of the probe's node): the
+    same machine, so no warning and the probe's idle power and harness overhead are the target's."""
+    import json
+
+    from tests.test_hardware import old_style, x86_fp
+
+    ex, tr, _ = driver
+    _probed(tr)
+    tr.probe["hardware"] = x86_fp(207)
+    tr.probe["idle"] = {"watts": {"package": 5.0}}
+    recorded = old_style(x86_fp(207))
+    (tr.dir / "hardware.json").write_text(json.dumps(recorded))
+    tr.hardware_id = recorded["hardware_id"]
+    ex._write_target_files(tr)
+    assert ex.reporter.lines == [] and (tr.dir / "idle_power.json").exists()
+    assert json.loads((tr.dir / "manifest.json").read_text())["hardware_id"] == recorded["hardware_id"]

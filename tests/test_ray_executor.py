@@ -15,6 +15,7 @@ import pytest
 from profiler.cli import main
 from profiler.config import expand, parse_config
 from profiler.executors import ray_node
+from profiler.hardware import cpu_display_name
 from profiler.plugins import TASKS
 from profiler.rundir import expand_run_dirs, target_dirs
 from profiler.runner import Runner, interleave_key
@@ -125,12 +126,28 @@ def test_a_unit_on_a_node_of_other_hardware_fails_its_cells_without_timing(monke
     assert not ran and [r["cell_id"] for r in rows] == spec.cell_ids
     for r in rows:
         assert r["status"] == "failed" and r["target"] == "spr" and r["hardware_id"] == here["hardware_id"]
-        assert "Other CPU 9000" in r["reason"] and repr(here["cpu_model"]) in r["reason"]
+        assert "Other CPU 9000" in r["reason"] and repr(cpu_display_name(here)) in r["reason"]
         assert "other-hw" in r["reason"] and "--labels=sparsebench.target=" in r["reason"]
         assert "--retry-failed" in r["reason"]
     same = {"hardware_id": here["hardware_id"], "cpu_model": here["cpu_model"]}
     rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=spec.cell_ids, stamp={}, hardware=same)))
     assert len(ran) == 1 and all("recorded no row" in r["reason"] for r in rows)  # it ran (the stub records none)
+
+
+def test_a_unit_tells_cpu_generations_of_one_name_apart_and_takes_an_old_target_record():
+    """The node compares the target's hardware.json (as the driver sends it: hardware_summary) with
+    its own fingerprint: a target recorded on family 6 model 143 refuses a model-207 node of the same
+    name and flags, naming both; a target whose hardware.json predates the family (its id the old
+    one of this node) is this node's."""
+    from profiler.hardware import hardware_summary
+    from tests.test_hardware import old_style, x86_fp
+
+    here = x86_fp(207)
+    why = ray_node.other_hardware(hardware_summary(x86_fp(143)), here, "spr")
+    assert why and "(family 6 model 143)" in why and "'Intel(R) Xeon(R) Processor (family 6 model 207)'" in why
+    assert ray_node.other_hardware(hardware_summary(x86_fp(207, stepping=5)), here, "emr") is None
+    assert ray_node.other_hardware(hardware_summary(old_style(here)), here, "old") is None
+    assert ray_node.other_hardware(hardware_summary(old_style(x86_fp(207, flags="fpu avx2"))), here, "old")
 
 
 @pytest.fixture()

@@ -120,3 +120,17 @@ def test_energy_headers_say_joules_per_sequence_beside_per_batch_latency(tmp_pat
     assert "<th class=\"\">J/inference (per sequence)</th>" in html and "J/inf net (per sequence)" in html
     assert "energy per inference (J per sequence)" in html and "J/inference is per sequence" in html
     assert "T1 J/inference (per sequence)</th>" in build_compare_html([run])
+
+
+def test_the_report_names_the_cpu_with_its_family_and_model(tmp_path):
+    """A generic cloud CPU name says which generation it is; a file without the numbers (an older
+    run, an ARM CPU) shows the name alone, and neither is a field of the wrong type."""
+    from reports.report import build_report_html
+    from tests.test_hardware import old_style, x86_fp
+
+    new = write_run(tmp_path / "new", [MINIMAL], hw=x86_fp(207))
+    old = write_run(tmp_path / "old", [MINIMAL], hw=old_style(x86_fp(207)))
+    html = build_report_html(new)
+    assert "hardware <b>Intel(R) Xeon(R) Processor (family 6 model 207)</b>, 2 logical CPUs" in html
+    assert "wrong type" not in html
+    assert "hardware <b>Intel(R) Xeon(R) Processor</b>, 2 logical CPUs" in build_report_html(old)

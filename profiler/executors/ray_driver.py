@@ -44,7 +44,7 @@ from profiler.config import Cell, Config, PluginSpec, expand
 from profiler.errors import ConfigError, SetupError
 from profiler.executors import ray_node
 from profiler.executors.ray_cluster import cluster_nodes, connect
-from profiler.hardware import software_versions
+from profiler.hardware import cpu_display_name, hardware_summary, same_hardware, software_versions
 from profiler.identity import stable_hash
 from profiler.results import NO_LIVE_NODE, Result, append_result, cells_to_run, read_results, repair_tail, rewrite_without
 from profiler.rundir import RESULTS, target_dir
@@ -292,12 +292,12 @@ class RayExecutor:
         if not hw_path.exists():
             write_run_file(hw_path, p["hardware"])
             tr.hardware_id = p["hardware"]["hardware_id"]
-        same = p["hardware"]["hardware_id"] == tr.hardware_id
+        hw = read_run_json(hw_path)
+        same = same_hardware(hw, p["hardware"])
         if not same:
-            hw = read_run_json(hw_path)
             self.reporter.message(
-                f"[{tr.name}] warning: the node that answered the probe is {p['hardware'].get('cpu_model')!r} "
-                f"(hardware_id {p['hardware']['hardware_id']}), not the target's {hw.get('cpu_model')!r} "
+                f"[{tr.name}] warning: the node that answered the probe is {cpu_display_name(p['hardware'])!r} "
+                f"(hardware_id {p['hardware']['hardware_id']}), not the target's {cpu_display_name(hw)!r} "
                 f"({tr.hardware_id}, its hardware.json): units that land on such a node fail their cells, saying "
                 "why (one target's rows belong to one machine)")
         if same and p.get("idle") and not idle_path.exists():
@@ -374,7 +374,7 @@ class RayExecutor:
                 config=self.cfg.raw, cell_ids=[c.cell_id for c in cells], idle=idle,
                 stamp={"target": tr.name, "executor": "ray", "label_selector": tr.target.selector},
                 known_metrics=known, reference_ids=[r.cell_id for r in again],
-                hardware={"hardware_id": hw.get("hardware_id"), "cpu_model": hw.get("cpu_model")})
+                hardware=hardware_summary(hw))
             t = tr.target
             remote = self.ray.remote(ray_node.run_unit).options(
                 label_selector=t.selector, num_cpus=t.cpus, num_gpus=t.gpus, max_retries=self.cfg.ray.max_retries)

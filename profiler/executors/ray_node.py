@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from profiler.hardware import cpu_display_name, same_hardware
 from profiler.identity import stable_hash
 from profiler.runner import Runner, base_row
 from profiler.targets import TARGET_LABEL
@@ -94,7 +95,8 @@ class UnitSpec:
     config; ``cell_ids``: the unit's cells in order; ``stamp``: fields every row gets (target,
     executor); ``idle``: the target's idle power (``IdlePower.to_dict()``) or None;
     ``known_metrics``: :func:`profiler.runner.accuracy_key` → accuracy and metric fields already measured on this target
-    (rows of an earlier, resumed attempt); ``hardware``: ``hardware_id`` and ``cpu_model`` of the
+    (rows of an earlier, resumed attempt); ``hardware``: ``hardware_id``, ``cpu_model`` and the x86
+    family and model number where recorded (:func:`profiler.hardware.hardware_summary`) of the
     target's ``hardware.json``, the only machine the unit may time on (None: not checked)."""
 
     config: dict[str, Any]
@@ -158,13 +160,14 @@ def probe_node(meter: dict[str, Any], idle_seconds: float) -> dict[str, Any]:
 
 def other_hardware(expected: dict[str, Any] | None, here: dict[str, Any], target: str | None) -> str | None:
     """Why a unit of ``target`` must not time on this node (None when it may): its fingerprint
-    ``here`` is not the target's ``expected`` one (``hardware_id``, ``cpu_model``). A target's idle
-    power, harness overhead and same-round savings factors were measured on one machine, so, as a
-    local run refuses to resume on other hardware, its rows never mix machines."""
-    if expected is None or expected.get("hardware_id") == here.get("hardware_id"):
+    ``here`` is not the target's ``expected`` one (:func:`profiler.hardware.hardware_summary` of its
+    hardware.json; compared by :func:`profiler.hardware.same_hardware`). A target's idle power,
+    harness overhead and same-round savings factors were measured on one machine, so, as a local
+    run refuses to resume on other hardware, its rows never mix machines."""
+    if expected is None or same_hardware(expected, here):
         return None
-    return (f"this node's hardware ({here.get('cpu_model')!r}, hardware_id {here.get('hardware_id')}) is not "
-            f"target {target}'s ({expected.get('cpu_model')!r}, hardware_id {expected.get('hardware_id')}, in its "
+    return (f"this node's hardware ({cpu_display_name(here)!r}, hardware_id {here.get('hardware_id')}) is not "
+            f"target {target}'s ({cpu_display_name(expected)!r}, hardware_id {expected.get('hardware_id')}, in its "
             "hardware.json), whose idle power and savings factors these cells would use: nothing was timed here. "
             f"Give each kind of machine its own target (`ray start --labels={TARGET_LABEL}=NAME` on its nodes, or a "
             "narrower selector in [targets]), then `sparsebench run --resume RUN_DIR --retry-failed` runs these "

@@ -25,7 +25,7 @@ import torch
 
 from accelerators.base import PrepareSettings
 from accelerators.sparse_int8 import SparseInt8
-from profiler.hardware import fingerprint
+from profiler.hardware import cpu_display_name, fingerprint
 from profiler.tasks.base import default_cache_dir
 from profiler.tasks.sst2 import SST2
 
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                 print(f"attention {attention:4s} (ran {prepared.fields['attention_precision']}) eval batch {bs:3d}: "
                       f"{acc:.4f}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
+        args.out.write_text(json.dumps({"cpu": cpu_display_name(fingerprint()), "model": made_by,
                                         "command": shlex.join(
             ["python", "scripts/attention_padding_check.py", *(sys.argv[1:] if argv is None else argv)]),
             "results": results}, indent=1))

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_vs_openvino's 
 
 from accelerators import _sparse_kernels as sk  # noqa: E402
 from accelerators.sparse_linear import dense_to_blocks  # noqa: E402
-from profiler.hardware import fingerprint  # noqa: E402
+from profiler.hardware import cpu_display_name, fingerprint  # noqa: E402
 
 SHAPES = {"minilm": (384, 1536), "bert-base": (768, 3072)}
 
@@ -197,7 +197,7 @@ def main(argv=None) -> None:
         recs += model_part(args.rounds, args.loop_s)
     path = Path(args.out or f"runs/bench_ffn-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "python": platform.python_version(),
+    path.write_text(json.dumps({"cpu": cpu_display_name(fingerprint()), "python": platform.python_version(),
                                 "torch": torch.__version__,
                                 "command": shlex.join(["python", "scripts/bench_ffn.py",
                                                      *(sys.argv[1:] if argv is None else argv)]),

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from accelerators.base import logits_of  # noqa: E402
-from profiler.hardware import fingerprint  # noqa: E402
+from profiler.hardware import cpu_display_name, fingerprint  # noqa: E402
 from profiler.tasks.sst2 import SST2  # noqa: E402
 from pruners.base import gradients_only_for  # noqa: E402
 from pruners.fisher import METHODS, BlockFisherInverse  # noqa: E402
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     med["rebuild_direct_targeted_s"] = round(args.num_grads * med["gradient_targeted_s"] + med["inverse_direct_s"], 2)
     med["rebuild_woodbury_all_params_s"] = round(args.num_grads * med["gradient_all_params_s"] + med["inverse_woodbury_s"], 2)
     out = {
-        "cpu": fingerprint().get("cpu_model"), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_display_name(fingerprint()), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpus_available": len(os.sched_getaffinity(0)), "loadavg_1min_start": load_at_start,
         "python": platform.python_version(), "model": "all-MiniLM-L6-v2 fine-tuned on SST-2 (sparsebench cache)",
         "command": shlex.join(["python", "scripts/bench_fisher.py", *(sys.argv[1:] if argv is None else argv)]),

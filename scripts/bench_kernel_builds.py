@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = records[-1]
         print(f"{case:20s} base {rec['base_median_s'] * 1e3:8.2f} ms  new {rec['new_median_s'] * 1e3:8.2f} ms  "
               f"new/base {rec['new_over_base']:.3f} ({rec['new_over_base_min']:.3f}-{rec['new_over_base_max']:.3f})")
-    from profiler.hardware import fingerprint
+    from profiler.hardware import cpu_display_name, fingerprint
 
     out = args.out or ROOT / "runs" / f"bench_kernel_builds-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     given_new = args.new != ap.get_default("new")
     command = ["python", "scripts/bench_kernel_builds.py", "--base", "BASE.so", *(["--new", "NEW.so"] if given_new else []),
                *[f"--{k}={getattr(args, k)}" for k in ("batch", "threads", "rounds", "repeats")]]
-    out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "python": platform.python_version(),
+    out.write_text(json.dumps({"cpu": cpu_display_name(fingerprint()), "python": platform.python_version(),
                                "command": shlex.join(command), "builds": shown, "records": records}, indent=1))
     print(f"wrote {out}")
     return 0

@@ -72,7 +72,7 @@ from accelerators.roles import encoder_linears  # noqa: E402
 from accelerators.sparse_int8 import INT8_FORMATS  # noqa: E402
 from accelerators.sparse_linear import SparseLinear  # noqa: E402
 from accelerators.timing import interleaved_rounds, round_medians  # noqa: E402
-from profiler.hardware import fingerprint  # noqa: E402
+from profiler.hardware import cpu_display_name, fingerprint  # noqa: E402
 from pruners.structure import parse_structure  # noqa: E402
 
 #: roofline of one AVX-512 core: 2 FMA ports x 16 lanes x 2 flops x ~3.4 GHz (GFLOP/s)
@@ -592,7 +592,7 @@ def main(argv=None):
             r["machine_quiet_at_start"] = quiet
     else:
         rows = run_layers(args, quiet)
-    cpu = fingerprint().get("cpu_model")  # every figure names the CPU it was measured on
+    cpu = cpu_display_name(fingerprint())  # every figure names the CPU it was measured on
     command = shlex.join(["python", "scripts/bench_kernels.py", *(sys.argv[1:] if argv is None else argv)])
     for r in rows:  # and the command and settings that produced it
         r.update(cpu=cpu, command=command, settings=vars(args))

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import pruners.gmp as gmp  # noqa: E402
-from profiler.hardware import fingerprint  # noqa: E402
+from profiler.hardware import cpu_display_name, fingerprint  # noqa: E402
 from profiler.tasks.sst2 import SST2  # noqa: E402
 from pruners import training  # noqa: E402
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     plain = variants[0]
     hw = fingerprint()
     out = {
-        "cpu": hw.get("cpu_model"), "isa": hw.get("isa_flags"), "threads": args.threads, "python": platform.python_version(),
+        "cpu": cpu_display_name(hw), "isa": hw.get("isa_flags"), "threads": args.threads, "python": platform.python_version(),
         "torch": torch.__version__, "task": "sst2 (MiniLM, batch 32)", "pruner": "gmp 90% 1x4, distilled, mask update every 50 steps (as the recipes)",
         "command": shlex.join(["python", "scripts/bench_training.py", *(sys.argv[1:] if argv is None else argv)]),
         "seed": args.seed, "steps_per_run": args.steps, "warmup_steps_skipped": args.skip, "rounds": args.rounds,

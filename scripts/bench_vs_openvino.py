@@ -51,7 +51,7 @@ from accelerators.torch_fp32 import TorchFP32
 from accelerators.sparse_int8 import SparseInt8
 from accelerators.sparse_linear import variant_unavailable
 from accelerators.timing import interleaved_rounds, round_medians
-from profiler.hardware import fingerprint
+from profiler.hardware import cpu_display_name, fingerprint
 from profiler.tasks.sst2 import SST2
 from pruners.magnitude import MagnitudePruner
 
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
         if not ok:
             ap.error(f"--dense-peers: {p} cannot run here: {why}")
     task = SST2()
-    cpu = fingerprint().get("cpu_model")
+    cpu = cpu_display_name(fingerprint())
     records = []
     for model_name in models:
         dense = dense_model(task, model_name)

@@ -26,7 +26,7 @@ import torch
 
 from accelerators.base import PrepareSettings
 from accelerators.sparse_int8 import SparseInt8
-from profiler.hardware import fingerprint
+from profiler.hardware import cpu_display_name, fingerprint
 from profiler.tasks.sst2 import SST2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         results.append({"variant": name, "params": params, "attention_precision": ran, "accuracy": acc})
         print(f"{name:36s} {acc:.4f} (attention ran {ran})", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "model": made_by,
+        args.out.write_text(json.dumps({"cpu": cpu_display_name(fingerprint()), "model": made_by,
                                         "command": shlex.join(["python", "scripts/int8_fusion_accuracy.py",
                                                              *(sys.argv[1:] if argv is None else argv)]),
                                         "results": results}, indent=1))

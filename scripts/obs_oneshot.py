@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiler.hardware import fingerprint  # noqa: E402
+from profiler.hardware import cpu_display_name, fingerprint  # noqa: E402
 from profiler.tasks.sst2 import SST2  # noqa: E402
 from pruners.magnitude import MagnitudePruner  # noqa: E402
 from pruners.obs import OBSPruner  # noqa: E402
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "task": "sst2 (GLUE dev, 872 sentences)", "model": "all-MiniLM-L6-v2 fine-tuned (sparsebench cache)",
         "dense_accuracy": task.evaluate(dense), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpu": fingerprint().get("cpu_model"), "cpus_available": len(os.sched_getaffinity(0)),
+        "cpu": cpu_display_name(fingerprint()), "cpus_available": len(os.sched_getaffinity(0)),
         "loadavg_1min_start": os.getloadavg()[0],
         "obs": {"num_grads": args.num_grads, "block_size": args.block_size, "damp": args.damp,
                 "grad_batch_size": args.grad_batch_size, "update": args.update, "structure": args.structure,

@@ -48,7 +48,7 @@ from bench_vs_openvino import round_times  # noqa: E402  (the whole-model bench'
 from accelerators.base import PrepareSettings, logits_of
 from accelerators.peer_openvino import OpenVINO
 from accelerators.sparse_int8 import SparseInt8
-from profiler.hardware import fingerprint
+from profiler.hardware import cpu_display_name, fingerprint
 from profiler.tasks.sst2 import SST2
 from pruners.magnitude import MagnitudePruner
 
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
     dense = task.base_model().eval()
     sparse = task.base_model().eval()
     MagnitudePruner(sparsity=args.sparsity, structure=args.structure).prune(sparse, task)
-    cpu = fingerprint().get("cpu_model")
+    cpu = cpu_display_name(fingerprint())
     out = []
     for threads in (int(t) for t in args.threads.split(",")):
         for batch in (int(b) for b in args.batch.split(",")):

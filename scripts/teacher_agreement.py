@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{task.metric_name} student {ev['student_metric']:.4f} teacher {ev['teacher_metric']:.4f}; train T²KL "
               f"{tr['t2_kl_mean']:.4f}, hidden MSE per layer {', '.join(f'{x:.3f}' for x in tr['hidden_mse_per_layer'])}")
     if args.out:
-        from profiler.hardware import fingerprint
+        from profiler.hardware import cpu_display_name, fingerprint
 
-        args.out.write_text(json.dumps({"cpu": fingerprint().get("cpu_model"), "teacher": args.teacher.name,
+        args.out.write_text(json.dumps({"cpu": cpu_display_name(fingerprint()), "teacher": args.teacher.name,
                                         "task": args.task, "train_sample": len(sample), "seed": args.seed,
                                         "long_tokens": args.long_tokens, "train_long_items": len(longs),
                                         "length_edges": list(edges),

@@ -277,13 +277,25 @@ def same_hardware(recorded: dict[str, Any], here: dict[str, Any]) -> bool:
 
 def machine_keys(recorded: list[dict[str, Any]]) -> list[str | None]:
     """One key per ``hardware.json`` read back (``{}`` where there is none: key None), equal keys
-    meaning one machine: each file's ``hardware_id`` while every file holds the x86 family;
-    otherwise every file's :func:`legacy_hardware_id` (an old file's stored id, which is one), so
-    that an old and a new run of one machine still read as one machine."""
-    if all(has_generation(hw) for hw in recorded if hw):
-        return [hw.get("hardware_id") if hw else None for hw in recorded]
-    return [None if not hw else legacy_hardware_id(hw) if has_generation(hw) else hw.get("hardware_id")
-            for hw in recorded]
+    meaning one machine. A file with the x86 family is keyed by its own ``hardware_id``. A file
+    without it (written before the family entered the id) takes the id of the one machine among the
+    others whose :func:`legacy_hardware_id` is its stored id, so that an old and a new run of one
+    machine read as one; where none or several generations match (the old id cannot tell them
+    apart), it keeps its stored id: one machine of its own."""
+    new_ids: dict[str, set[str]] = {}
+    for hw in recorded:
+        if hw and has_generation(hw) and hw.get("hardware_id") is not None:
+            new_ids.setdefault(legacy_hardware_id(hw), set()).add(hw["hardware_id"])
+    keys: list[str | None] = []
+    for hw in recorded:
+        if not hw:
+            keys.append(None)
+        elif has_generation(hw):
+            keys.append(hw.get("hardware_id"))
+        else:
+            match = new_ids.get(hw.get("hardware_id"), set())
+            keys.append(next(iter(match)) if len(match) == 1 else hw.get("hardware_id"))
+    return keys
 
 
 def hardware_summary(hw: dict[str, Any]) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         if (args.run_dir / "hardware.json").is_file():
             hw = json.loads((args.run_dir / "hardware.json").read_text())
         args.out.write_text(json.dumps({
-            "run_dir": args.run_dir.name, "cpu": cpu_display_name(hw), "hardware": hw,
+            "run_dir": args.run_dir.name, "cpu": cpu_display_name(hw) if hw else None, "hardware": hw,
             "reference": {"accelerator_label": args.reference, "pruner_label": args.reference_pruner},
             # quoted as a shell would need it: labels hold spaces
             "command": shlex.join(["python", "scripts/vs_reference.py", *(argv if argv is not None else sys.argv[1:])]),

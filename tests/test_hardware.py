@@ -233,7 +233,12 @@ def test_same_hardware_takes_an_old_record_of_this_machine_and_no_other():
 def test_machine_keys_read_an_old_and_a_new_file_of_one_machine_as_one():
     new, other = x86_fp(207), x86_fp(143)
     assert machine_keys([new, other, {}]) == [ID_207, ID_143, None]  # all new: their own ids
-    assert machine_keys([old_style(new), new, {}]) == [HEAD_ID, HEAD_ID, None]
+    assert machine_keys([old_style(new), new, {}]) == [ID_207, ID_207, None]
+    # two generations of one name stay two machines beside an old file, which neither claims alone
+    assert machine_keys([new, other, old_style(new)]) == [ID_207, ID_143, HEAD_ID]
+    other_flags = old_style(x86_fp(207, flags="fpu avx2"))  # an old file of another machine
+    assert machine_keys([other, other_flags]) == [ID_143, other_flags["hardware_id"]]
+    assert machine_keys([old_style(new), old_style(new)]) == [HEAD_ID, HEAD_ID]
 
 
 def test_cpu_display_name_shows_family_and_model():

@@ -134,6 +134,23 @@ def test_a_unit_on_a_node_of_other_hardware_fails_its_cells_without_timing(monke
     assert len(ran) == 1 and all("recorded no row" in r["reason"] for r in rows)  # it ran (the stub records none)
 
 
+def test_a_unit_of_a_target_begun_before_the_cpu_family_keeps_the_targets_hardware_id(monkeypatch, fresh_process):
+    """A target whose hardware.json predates the x86 family in the id, on its own machine: the node
+    accepts it, and every row it makes carries the target's (old) id, not the node's new one, so that
+    the target's rows, manifest and hardware.json keep one id."""
+    from profiler.hardware import hardware_summary, legacy_fingerprint
+
+    cfg = parse_config(tiny_config())
+    cells = expand(cfg)[:2]
+    seen = []
+    monkeypatch.setattr(ray_node, "_work", lambda spec, payloads, sink: seen.append(ray_node._row_hardware_id(spec)))
+    old = hardware_summary(legacy_fingerprint(ray_node.node_hardware()))
+    rows = list(ray_node.run_unit(ray_node.UnitSpec(config=cfg.raw, cell_ids=[c.cell_id for c in cells], stamp={},
+                                                    hardware=old)))
+    assert seen == [old["hardware_id"]]  # what _work hands its runner for every timed row
+    assert [r["hardware_id"] for r in rows] == [old["hardware_id"]] * 2 and all("recorded no row" in r["reason"] for r in rows)
+
+
 def test_a_unit_tells_cpu_generations_of_one_name_apart_and_takes_an_old_target_record():
     """The node compares the target's hardware.json (as the driver sends it: hardware_summary) with
     its own fingerprint: a target recorded on family 6 model 143 refuses a model-207 node of the same

@@ -262,7 +262,8 @@ def _work(spec: UnitSpec, payloads: tuple[ModelPayload, ...], sink: Callable[[An
     models = {c.pruner: loaded[pruner_key(c.pruner.canonical())] for c in [*cells, *references]}
     node_id, labels = node_identity()
     stamp = {**spec.stamp, "ray_node_id": node_id, "node_labels": labels}
-    runner = NodeRunner(cfg, node_hardware(), stamp, {p.pruner_key: p.built_on for p in payloads}, sink)
+    runner = NodeRunner(cfg, {**node_hardware(), "hardware_id": _row_hardware_id(spec)}, stamp,
+                        {p.pruner_key: p.built_on for p in payloads}, sink)
     runner.reuse_metrics(spec.known_metrics)
     idle = IdlePower.from_dict(spec.idle) if spec.idle else None
     meter = METERS.build(cfg.meter.name, cfg.meter.params, "meter")
@@ -292,7 +293,7 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
     refused = other_hardware(spec.hardware, node_hardware(), spec.stamp.get("target"))
     if refused:
         for cid in spec.cell_ids:
-            yield _failed_row(spec, cid, refused)
+            yield _failed_row(spec, cid, refused, node_hardware()["hardware_id"])
         return
 
     def target() -> None:
@@ -314,7 +315,7 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
             ready[item["cell_id"]] = item
         while order and (order[0] in ready or kind == "done"):
             cid = order.pop(0)
-            yield ready.pop(cid) if cid in ready else _failed_row(spec, cid, UNRECORDED)
+            yield ready.pop(cid) if cid in ready else _failed_row(spec, cid, UNRECORDED, _row_hardware_id(spec))
     thread.join()
 
 
@@ -322,9 +323,18 @@ def run_unit(spec: UnitSpec, *payloads: ModelPayload) -> Iterator[dict[str, Any]
 UNRECORDED = "the runner recorded no row for this cell on the node (a bug; please report)"
 
 
-def _failed_row(spec: UnitSpec, cell_id: str, reason: str) -> dict[str, Any]:
-    """A failed row, made on the node, for a cell of ``spec`` that was not timed."""
-    row = base_row(_config_cells(spec.config)[1][cell_id], None, node_hardware()["hardware_id"])
+def _row_hardware_id(spec: UnitSpec) -> str:
+    """The ``hardware_id`` the rows of ``spec`` carry on a node :func:`other_hardware` accepted: the
+    target's, as its hardware.json, manifest and earlier rows have it. The two differ only for a
+    target begun before the x86 family entered the id (:func:`profiler.hardware.same_hardware`'s
+    legacy branch), whose rows must keep the one id the target began with."""
+    return (spec.hardware or {}).get("hardware_id") or node_hardware()["hardware_id"]
+
+
+def _failed_row(spec: UnitSpec, cell_id: str, reason: str, hardware_id: str) -> dict[str, Any]:
+    """A failed row, made on the node, for a cell of ``spec`` that was not timed; ``hardware_id``:
+    the node's own where it was refused, the target's (:func:`_row_hardware_id`) where not."""
+    row = base_row(_config_cells(spec.config)[1][cell_id], None, hardware_id)
     row.set_outcome("failed", reason)
     row.extra.update(spec.stamp)
     return row.to_dict()

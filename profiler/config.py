@@ -409,9 +409,8 @@ def _check_text_sources(cfg: Config) -> None:
     readers = [(spec, sources) for spec, sources in readers if sources]
     if not readers:
         return
-    built: dict[PluginSpec, Any] = {}
     for task_spec in cfg.tasks:
-        task = built[task_spec] = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
+        task = TASKS.build(task_spec.name, task_spec.params, task_spec.key)
         for spec, sources in readers:
             if not hasattr(task, "unlabeled_texts"):
                 raise ConfigError(f"{spec.key}: reads text sources ({', '.join(sources)}) and {task_spec.key} "
